@@ -1,0 +1,93 @@
+//! The global allocator wrapper: the fast path.
+//!
+//! Each call forwards to the inner allocator after, at most, a thread-local
+//! subtract and branch (`sampler::countdown_expired`) and, on free, an AND
+//! with a mask (`sampled::may_contain`). Everything else, recording a
+//! sample or crediting a sampled free, is in `recorder.rs`, out of line.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+
+use crate::{recorder, sampled, sampler};
+
+/// A global allocator that samples the allocations it forwards to `A`.
+///
+/// ```no_run
+/// #[global_allocator]
+/// static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+/// ```
+pub struct Profiler<A: GlobalAlloc = System> {
+    inner: A,
+}
+
+impl Profiler<System> {
+    /// A profiler over the system allocator.
+    pub const fn new() -> Self {
+        Profiler { inner: System }
+    }
+}
+
+impl Default for Profiler<System> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<A: GlobalAlloc> Profiler<A> {
+    /// A profiler over another allocator, e.g. `Profiler::wrap(mimalloc::MiMalloc)`.
+    pub const fn wrap(inner: A) -> Self {
+        Profiler { inner }
+    }
+
+    /// The allocator this one forwards to.
+    pub const fn inner(&self) -> &A {
+        &self.inner
+    }
+}
+
+// SAFETY: every method forwards to `inner` with the layout the caller gave,
+// except for sampled blocks, which `recorder` allocates with a stricter
+// alignment (same size) and frees with that same stricter layout; those
+// blocks satisfy the caller's layout too. No method unwinds: the recorder
+// catches nothing because nothing it calls on these paths panics.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if sampler::countdown_expired(layout.size()) {
+            return recorder::alloc(&self.inner, layout, false);
+        }
+        // SAFETY: forwarded with the caller's own layout and contract.
+        unsafe { self.inner.alloc(layout) }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if sampler::countdown_expired(layout.size()) {
+            return recorder::alloc(&self.inner, layout, true);
+        }
+        // SAFETY: as for `alloc`.
+        unsafe { self.inner.alloc_zeroed(layout) }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if sampled::may_contain(ptr) {
+            // SAFETY: the caller's contract (ptr allocated here with layout)
+            // is passed on unchanged.
+            return unsafe { recorder::dealloc(&self.inner, ptr, layout) };
+        }
+        // SAFETY: not a sampled block, so it came from `inner` with `layout`.
+        unsafe { self.inner.dealloc(ptr, layout) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let maybe_sampled = sampled::may_contain(ptr);
+        if maybe_sampled || sampler::countdown_expired(new_size) {
+            // SAFETY: the caller's contract is passed on unchanged.
+            return unsafe { recorder::realloc(&self.inner, ptr, layout, new_size, maybe_sampled) };
+        }
+        // SAFETY: not a sampled block and the new one is not sampled either:
+        // a plain realloc in `inner`, which may grow in place.
+        unsafe { self.inner.realloc(ptr, layout, new_size) }
+    }
+}

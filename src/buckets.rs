@@ -1,0 +1,267 @@
+//! The bucket table: one bucket per allocation site (stack), holding what
+//! was sampled there.
+//!
+//! Like Go's `mprof.go` buckets, each one counts allocations and frees
+//! credited back to it, so `inuse = alloc - free` per site. Unlike Go's,
+//! buckets are keyed by stack alone (not stack + size), so a bucket holds
+//! estimates already weighted per sample (see `sampler.rs`).
+//!
+//! The table is split into stripes, each behind its own lock, picked by the
+//! stack hash, so threads that sample at the same time rarely meet. Memory
+//! is bounded: at most `max_sites` buckets and `max_sites * 32` stored frame
+//! addresses in all (about 6 MiB at the default 16 Ki sites). A sample whose
+//! site does not fit goes to a single overflow bucket, which the profile
+//! shows as its own site, so nothing is dropped silently.
+//!
+//! All locking happens with the reentrancy guard held (`guard.rs`), so the
+//! `Vec`/`HashMap` growth inside a stripe goes to the inner allocator.
+
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use parking_lot::Mutex;
+
+use crate::config;
+
+const STRIPES: usize = 64;
+/// Average frames per stored stack the frame budget allows for.
+const FRAMES_PER_SITE_BUDGET: usize = 32;
+
+/// Identifies a bucket: stripe in the high bits, index in the low 24.
+/// `OVERFLOW` names the overflow bucket.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct BucketId(u32);
+
+impl BucketId {
+    pub(crate) const OVERFLOW: BucketId = BucketId(u32::MAX);
+}
+
+/// What a bucket has seen. `*_est` are the unbiased estimates (sum of
+/// weights, sum of size × weight); `sampled_*` are raw sample counts.
+#[derive(Clone, Copy, Default, Debug, PartialEq)]
+pub(crate) struct Counts {
+    pub sampled_allocs: u64,
+    pub sampled_alloc_bytes: u64,
+    pub sampled_frees: u64,
+    pub alloc_objects_est: f64,
+    pub alloc_bytes_est: f64,
+    pub free_objects_est: f64,
+    pub free_bytes_est: f64,
+}
+
+impl Counts {
+    fn add_alloc(&mut self, size: usize, weight: f64) {
+        self.sampled_allocs += 1;
+        self.sampled_alloc_bytes += size as u64;
+        self.alloc_objects_est += weight;
+        self.alloc_bytes_est += size as f64 * weight;
+    }
+
+    fn add_free(&mut self, size: usize, weight: f64) {
+        self.sampled_frees += 1;
+        self.free_objects_est += weight;
+        self.free_bytes_est += size as f64 * weight;
+    }
+}
+
+struct Bucket {
+    frames_start: u32,
+    frames_len: u32,
+    counts: Counts,
+}
+
+#[derive(Default)]
+struct Stripe {
+    by_hash: HashMap<u64, u32, BuildHasherDefault<PassThroughHasher>>,
+    buckets: Vec<Bucket>,
+    frames: Vec<usize>,
+}
+
+/// The keys are already good hashes.
+#[derive(Default)]
+struct PassThroughHasher(u64);
+
+impl std::hash::Hasher for PassThroughHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | b as u64;
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+struct Table {
+    stripes: [Mutex<Stripe>; STRIPES],
+    overflow: Mutex<Counts>,
+    sites: AtomicUsize,
+    frames: AtomicUsize,
+}
+
+static TABLE: Table = Table {
+    stripes: [const {
+        Mutex::new(Stripe {
+            by_hash: HashMap::with_hasher(BuildHasherDefault::new()),
+            buckets: Vec::new(),
+            frames: Vec::new(),
+        })
+    }; STRIPES],
+    overflow: Mutex::new(Counts {
+        sampled_allocs: 0,
+        sampled_alloc_bytes: 0,
+        sampled_frees: 0,
+        alloc_objects_est: 0.0,
+        alloc_bytes_est: 0.0,
+        free_objects_est: 0.0,
+        free_bytes_est: 0.0,
+    }),
+    sites: AtomicUsize::new(0),
+    frames: AtomicUsize::new(0),
+};
+
+/// Records a sampled allocation of `size` bytes with `weight` at the site
+/// `frames` (leaf first, already hashed to `hash`).
+pub(crate) fn record_alloc(frames: &[usize], hash: u64, size: usize, weight: f64) -> BucketId {
+    let stripe_index = (hash >> 58) as usize % STRIPES;
+    let mut stripe = TABLE.stripes[stripe_index].lock();
+    if let Some(&index) = stripe.by_hash.get(&hash) {
+        stripe.buckets[index as usize]
+            .counts
+            .add_alloc(size, weight);
+        return BucketId((stripe_index as u32) << 24 | index);
+    }
+    if !reserve(frames.len()) {
+        drop(stripe);
+        TABLE.overflow.lock().add_alloc(size, weight);
+        return BucketId::OVERFLOW;
+    }
+    let index = stripe.buckets.len() as u32;
+    let frames_start = stripe.frames.len() as u32;
+    stripe.frames.extend_from_slice(frames);
+    let mut counts = Counts::default();
+    counts.add_alloc(size, weight);
+    stripe.buckets.push(Bucket {
+        frames_start,
+        frames_len: frames.len() as u32,
+        counts,
+    });
+    stripe.by_hash.insert(hash, index);
+    BucketId((stripe_index as u32) << 24 | index)
+}
+
+/// Claims room for one more site with `frames` addresses, or says the
+/// table is full.
+fn reserve(frames: usize) -> bool {
+    let max_sites = config::get().max_sites;
+    let claimed_site = TABLE
+        .sites
+        .fetch_update(Relaxed, Relaxed, |n| (n < max_sites).then_some(n + 1))
+        .is_ok();
+    if !claimed_site {
+        return false;
+    }
+    let max_frames = max_sites.saturating_mul(FRAMES_PER_SITE_BUDGET);
+    let claimed_frames = TABLE
+        .frames
+        .fetch_update(Relaxed, Relaxed, |n| {
+            (n + frames <= max_frames).then_some(n + frames)
+        })
+        .is_ok();
+    if !claimed_frames {
+        TABLE.sites.fetch_sub(1, Relaxed);
+    }
+    claimed_frames
+}
+
+/// Credits the free of a sampled block back to the bucket that allocated it.
+pub(crate) fn record_free(id: BucketId, size: usize, weight: f64) {
+    if id == BucketId::OVERFLOW {
+        TABLE.overflow.lock().add_free(size, weight);
+        return;
+    }
+    let stripe_index = (id.0 >> 24) as usize;
+    let index = (id.0 & 0x00FF_FFFF) as usize;
+    if let Some(bucket) = TABLE.stripes[stripe_index].lock().buckets.get_mut(index) {
+        bucket.counts.add_free(size, weight);
+    }
+}
+
+/// A copy of one bucket, taken for writing a profile.
+#[derive(Clone, Debug)]
+pub(crate) struct Site {
+    /// Return addresses, leaf first; empty for the overflow bucket.
+    pub frames: Vec<usize>,
+    pub counts: Counts,
+    pub overflow: bool,
+}
+
+/// Copies every bucket out of the table, one stripe lock at a time, so
+/// that symbolization and encoding run with no lock held.
+pub(crate) fn snapshot() -> Vec<Site> {
+    let mut sites = Vec::with_capacity(TABLE.sites.load(Relaxed) + 1);
+    for stripe in &TABLE.stripes {
+        let stripe = stripe.lock();
+        for bucket in &stripe.buckets {
+            let start = bucket.frames_start as usize;
+            sites.push(Site {
+                frames: stripe.frames[start..start + bucket.frames_len as usize].to_vec(),
+                counts: bucket.counts,
+                overflow: false,
+            });
+        }
+    }
+    let overflow = *TABLE.overflow.lock();
+    if overflow.sampled_allocs > 0 {
+        sites.push(Site {
+            frames: Vec::new(),
+            counts: overflow,
+            overflow: true,
+        });
+    }
+    sites
+}
+
+/// Bytes the table holds now (buckets, frames, hash index), for reporting
+/// the profiler's own memory.
+pub(crate) fn memory_bytes() -> usize {
+    TABLE
+        .stripes
+        .iter()
+        .map(|s| {
+            let s = s.lock();
+            s.buckets.capacity() * std::mem::size_of::<Bucket>()
+                + s.frames.capacity() * std::mem::size_of::<usize>()
+                + s.by_hash.capacity() * (std::mem::size_of::<(u64, u32)>() + 1)
+        })
+        .sum()
+}
+
+/// Takes every lock of the table, so that `fork` cannot copy one in a
+/// locked state into the child. Paired with [`unlock_all`].
+pub(crate) fn lock_all() {
+    for stripe in &TABLE.stripes {
+        std::mem::forget(stripe.lock());
+    }
+    std::mem::forget(TABLE.overflow.lock());
+}
+
+/// Releases the locks [`lock_all`] took.
+///
+/// # Safety
+/// Only after `lock_all` on this thread (or, in a fork child, on the thread
+/// that forked).
+pub(crate) unsafe fn unlock_all() {
+    // SAFETY: the caller guarantees each lock is held by lock_all, whose
+    // guards were forgotten.
+    unsafe {
+        TABLE.overflow.force_unlock();
+        for stripe in TABLE.stripes.iter().rev() {
+            stripe.force_unlock();
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The memory mappings of the executable and the shared libraries, with
+//! their GNU build IDs, for the profile's `Mapping` messages.
+//!
+//! `dl_iterate_phdr` walks the loaded objects in memory: each executable
+//! `PT_LOAD` segment becomes one mapping, and the build ID is read from the
+//! object's `PT_NOTE` segments, which the loader has mapped. No file is
+//! opened, so this works for deleted or replaced binaries too.
+
+use std::ffi::CStr;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Mapping {
+    pub start: u64,
+    pub limit: u64,
+    pub file_offset: u64,
+    pub path: String,
+    /// Lower-case hex; empty if the object has none.
+    pub build_id: String,
+}
+
+/// The executable's mappings first (pprof treats the first mapping as the
+/// main binary), then the libraries', each group in address order.
+pub(crate) fn current() -> Vec<Mapping> {
+    let mut found: Vec<(bool, Mapping)> = Vec::new();
+    // SAFETY: `collect` matches the callback type dl_iterate_phdr expects,
+    // and `found` outlives the call, which is synchronous.
+    unsafe {
+        libc::dl_iterate_phdr(
+            Some(collect),
+            (&mut found as *mut Vec<(bool, Mapping)>).cast(),
+        );
+    }
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let mut mappings: Vec<(bool, Mapping)> = found
+        .into_iter()
+        .map(|(is_main, mut m)| {
+            if is_main {
+                m.path = exe.clone();
+            }
+            (is_main, m)
+        })
+        .collect();
+    mappings.sort_by_key(|(is_main, m)| (!is_main, m.start));
+    mappings.into_iter().map(|(_, m)| m).collect()
+}
+
+unsafe extern "C" fn collect(
+    info: *mut libc::dl_phdr_info,
+    _size: libc::size_t,
+    data: *mut libc::c_void,
+) -> libc::c_int {
+    // SAFETY: dl_iterate_phdr passes a valid info for the duration of the
+    // call, and `data` is the Vec pointer `current` gave it.
+    let (info, found) = unsafe { (&*info, &mut *(data as *mut Vec<(bool, Mapping)>)) };
+    let name = if info.dlpi_name.is_null() {
+        String::new()
+    } else {
+        // SAFETY: a non-null dlpi_name is a NUL-terminated string owned by
+        // the loader.
+        unsafe { CStr::from_ptr(info.dlpi_name) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    let is_main = name.is_empty() && found.iter().all(|(main, _)| !main);
+    // SAFETY: dlpi_phdr points to dlpi_phnum program headers.
+    let phdrs = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
+    let mut build_id = String::new();
+    for ph in phdrs.iter().filter(|ph| ph.p_type == libc::PT_NOTE) {
+        let start = info.dlpi_addr as usize + ph.p_vaddr as usize;
+        // SAFETY: a PT_NOTE segment of a loaded object lies inside one of
+        // its PT_LOAD segments, which the loader mapped readable.
+        let notes = unsafe { std::slice::from_raw_parts(start as *const u8, ph.p_memsz as usize) };
+        if let Some(id) = gnu_build_id(notes) {
+            build_id = id;
+            break;
+        }
+    }
+    for ph in phdrs {
+        if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0 {
+            let start = info.dlpi_addr + ph.p_vaddr;
+            found.push((
+                is_main,
+                Mapping {
+                    start,
+                    limit: start + ph.p_memsz,
+                    file_offset: ph.p_offset,
+                    path: name.clone(),
+                    build_id: build_id.clone(),
+                },
+            ));
+        }
+    }
+    0
+}
+
+/// Finds the `NT_GNU_BUILD_ID` note in an ELF note segment: a sequence of
+/// (namesz, descsz, type) u32 headers, each followed by the name and the
+/// descriptor padded to 4 bytes.
+fn gnu_build_id(mut notes: &[u8]) -> Option<String> {
+    const NT_GNU_BUILD_ID: u32 = 3;
+    let word = |b: &[u8], at: usize| -> Option<u32> {
+        Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    };
+    let pad = |n: usize| n.div_ceil(4) * 4;
+    while notes.len() >= 12 {
+        let (namesz, descsz, kind) = (
+            word(notes, 0)? as usize,
+            word(notes, 4)? as usize,
+            word(notes, 8)?,
+        );
+        let name = notes.get(12..12 + namesz)?;
+        let desc_at = 12 + pad(namesz);
+        let desc = notes.get(desc_at..desc_at + descsz)?;
+        if kind == NT_GNU_BUILD_ID && name == b"GNU\0" {
+            return Some(desc.iter().map(|b| format!("{b:02x}")).collect());
+        }
+        notes = notes.get(desc_at + pad(descsz)..)?;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_build_id_note_after_another_note() {
+        let mut notes = Vec::new();
+        // An ABI-tag note first: name "GNU\0", 16-byte descriptor, type 1.
+        for w in [4u32, 16, 1] {
+            notes.extend_from_slice(&w.to_ne_bytes());
+        }
+        notes.extend_from_slice(b"GNU\0");
+        notes.extend_from_slice(&[0; 16]);
+        for w in [4u32, 4, 3] {
+            notes.extend_from_slice(&w.to_ne_bytes());
+        }
+        notes.extend_from_slice(b"GNU\0");
+        notes.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        assert_eq!(gnu_build_id(&notes).as_deref(), Some("deadbeef"));
+        assert_eq!(gnu_build_id(&notes[..20]), None);
+    }
+
+    #[test]
+    fn finds_the_executable_first() {
+        let maps = current();
+        assert!(!maps.is_empty());
+        let here = finds_the_executable_first as *const () as u64;
+        assert!(maps[0].start <= here && here < maps[0].limit, "{maps:?}");
+        assert!(maps[0].path.contains("heapprof"), "{}", maps[0].path);
+    }
+}

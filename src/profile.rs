@@ -1,0 +1,331 @@
+//! Building the pprof `Profile` from a snapshot of the bucket table:
+//! trimming, symbolization, mappings, values, and encoding.
+//!
+//! The four sample types follow Go's heap profile, in Go's order, so that
+//! pprof's default view (the last type) is `inuse_space`:
+//!
+//! | index | type          | unit  | value                                  |
+//! |-------|---------------|-------|----------------------------------------|
+//! | 0     | alloc_objects | count | Σ w over sampled allocations           |
+//! | 1     | alloc_space   | bytes | Σ size·w over sampled allocations      |
+//! | 2     | inuse_objects | count | the same, minus sampled frees          |
+//! | 3     | inuse_space   | bytes | the same, minus sampled frees          |
+//!
+//! where `w = 1/(1 - exp(-size/rate))` (see `sampler.rs`). Each sample also
+//! carries a numeric `bytes` label: the mean size of the sampled blocks at
+//! that site, as Go's label gives the block size of its bucket.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use prost::Message;
+
+use crate::buckets::{self, Site};
+use crate::mappings::{self, Mapping};
+use crate::proto;
+use crate::symbolize::{self, Frames};
+
+/// The name under which the overflow bucket appears in profiles.
+pub(crate) const OVERFLOW_FUNCTION: &str = "[heapprof overflow: site table full]";
+
+/// How to present a profile.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Options {
+    /// `Some("alloc_space")` for the `allocs` flavour; `None` leaves pprof's
+    /// default (the last type, `inuse_space`).
+    pub default_sample_type: Option<&'static str>,
+}
+
+/// Writes the current profile, gzipped, to `w`.
+pub(crate) fn write<W: Write>(w: W, options: Options) -> io::Result<()> {
+    let sites = buckets::snapshot();
+    let profile = build(&sites, crate::sampler::rate(), options);
+    encode(&profile, w)
+}
+
+/// Encodes `profile` as a gzip-compressed protobuf.
+pub(crate) fn encode<W: Write>(profile: &proto::Profile, w: W) -> io::Result<()> {
+    let bytes = profile.encode_to_vec();
+    let mut gz = GzEncoder::new(w, Compression::default());
+    gz.write_all(&bytes)?;
+    gz.finish()?.flush()
+}
+
+/// Builds the profile message for `sites`, sampled at `rate`.
+pub(crate) fn build(sites: &[Site], rate: usize, options: Options) -> proto::Profile {
+    let resolved = symbolize::resolve_all(sites.iter().flat_map(|s| s.frames.iter().copied()));
+    let mut b = Builder {
+        strings: StringTable::new(),
+        functions: HashMap::new(),
+        locations: HashMap::new(),
+        mappings: mappings::current(),
+        profile: proto::Profile::default(),
+        resolved,
+    };
+    b.header(rate, options);
+    for site in sites {
+        b.add_site(site);
+    }
+    b.add_mappings();
+    b.profile.string_table = b.strings.strings;
+    b.profile
+}
+
+/// The profile's strings, each stored once; index 0 is "" as the format
+/// requires.
+struct StringTable {
+    index: HashMap<String, i64>,
+    strings: Vec<String>,
+}
+
+impl StringTable {
+    fn new() -> Self {
+        StringTable {
+            index: HashMap::new(),
+            strings: vec![String::new()],
+        }
+    }
+
+    fn get(&mut self, s: &str) -> i64 {
+        if s.is_empty() {
+            return 0;
+        }
+        if let Some(&i) = self.index.get(s) {
+            return i;
+        }
+        let i = self.strings.len() as i64;
+        self.strings.push(s.to_owned());
+        self.index.insert(s.to_owned(), i);
+        i
+    }
+}
+
+struct Builder {
+    strings: StringTable,
+    /// (name, system name, file) → function id.
+    functions: HashMap<(String, String, String), u64>,
+    /// (address, innermost lines trimmed) → location id.
+    locations: HashMap<(usize, usize), u64>,
+    mappings: Vec<Mapping>,
+    profile: proto::Profile,
+    resolved: HashMap<usize, Frames>,
+}
+
+impl Builder {
+    fn header(&mut self, rate: usize, options: Options) {
+        let mut value_type = |t: &str, u: &str| proto::ValueType {
+            r#type: self.strings.get(t),
+            unit: self.strings.get(u),
+        };
+        self.profile.sample_type = vec![
+            value_type("alloc_objects", "count"),
+            value_type("alloc_space", "bytes"),
+            value_type("inuse_objects", "count"),
+            value_type("inuse_space", "bytes"),
+        ];
+        self.profile.period_type = Some(value_type("space", "bytes"));
+        self.profile.period = rate as i64;
+        self.profile.time_nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        if let Some(t) = options.default_sample_type {
+            self.profile.default_sample_type = self.strings.get(t);
+        }
+        // `pprof -comments` shows these: how to read the numbers, and what
+        // the profiler itself costs.
+        let (live_sampled, set_bytes) = crate::sampled::stats();
+        let comments = [
+            format!(
+                "heapprof {}: values are unbiased estimates from sampling every {rate} bytes on average",
+                env!("CARGO_PKG_VERSION")
+            ),
+            format!(
+                "heapprof: {live_sampled} live sampled blocks; profiler tables use {} bytes",
+                crate::buckets::memory_bytes() + set_bytes
+            ),
+        ];
+        for c in comments {
+            let i = self.strings.get(&c);
+            self.profile.comment.push(i);
+        }
+    }
+
+    fn add_site(&mut self, site: &Site) {
+        let c = &site.counts;
+        if c.sampled_allocs == 0 {
+            return;
+        }
+        let location_id = if site.overflow {
+            vec![self.overflow_location()]
+        } else {
+            self.trimmed_locations(&site.frames)
+        };
+        let round = |x: f64| x.max(0.0).round() as i64;
+        let bytes_key = self.strings.get("bytes");
+        self.profile.sample.push(proto::Sample {
+            location_id,
+            value: vec![
+                round(c.alloc_objects_est),
+                round(c.alloc_bytes_est),
+                round(c.alloc_objects_est - c.free_objects_est),
+                round(c.alloc_bytes_est - c.free_bytes_est),
+            ],
+            label: vec![proto::Label {
+                key: bytes_key,
+                num: (c.sampled_alloc_bytes / c.sampled_allocs) as i64,
+                num_unit: bytes_key,
+                ..Default::default()
+            }],
+        });
+    }
+
+    /// The site's locations, leaf first, with the leading allocation
+    /// machinery removed: whole locations while all their lines are
+    /// machinery, then the machinery lines inlined at the top of the first
+    /// location that also has user code. If everything is machinery (an
+    /// allocation made by the runtime itself), nothing is trimmed.
+    fn trimmed_locations(&mut self, frames: &[usize]) -> Vec<u64> {
+        let mut skip_lines = Vec::with_capacity(frames.len());
+        let mut trimming = true;
+        for &addr in frames {
+            let lines = self.resolved.get(&addr).map(|f| f.len()).unwrap_or(0);
+            let machinery = if trimming {
+                self.resolved.get(&addr).map_or(0, |f| {
+                    f.iter()
+                        .take_while(|fr| symbolize::is_machinery(&fr.name))
+                        .count()
+                })
+            } else {
+                0
+            };
+            if lines > 0 && machinery == lines {
+                skip_lines.push(None);
+                continue;
+            }
+            trimming = false;
+            skip_lines.push(Some(machinery));
+        }
+        if trimming {
+            skip_lines = vec![Some(0); frames.len()];
+        }
+        frames
+            .iter()
+            .zip(skip_lines)
+            .filter_map(|(&addr, skip)| skip.map(|s| self.location(addr, s)))
+            .collect()
+    }
+
+    fn location(&mut self, addr: usize, skip: usize) -> u64 {
+        if let Some(&id) = self.locations.get(&(addr, skip)) {
+            return id;
+        }
+        let id = self.profile.location.len() as u64 + 1;
+        let frames = self.resolved.get(&addr).cloned().unwrap_or_default();
+        let line = frames
+            .iter()
+            .skip(skip)
+            .map(|f| proto::Line {
+                function_id: self.function(&f.name, &f.system_name, &f.file),
+                line: f.line as i64,
+                column: 0,
+            })
+            .collect();
+        // The call instruction, not the return address.
+        let address = addr.saturating_sub(1) as u64;
+        self.profile.location.push(proto::Location {
+            id,
+            mapping_id: self.mapping_id(address),
+            address,
+            line,
+            is_folded: false,
+        });
+        self.locations.insert((addr, skip), id);
+        id
+    }
+
+    fn overflow_location(&mut self) -> u64 {
+        if let Some(&id) = self.locations.get(&(0, 0)) {
+            return id;
+        }
+        let id = self.profile.location.len() as u64 + 1;
+        let function_id = self.function(OVERFLOW_FUNCTION, OVERFLOW_FUNCTION, "");
+        self.profile.location.push(proto::Location {
+            id,
+            line: vec![proto::Line {
+                function_id,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        self.locations.insert((0, 0), id);
+        id
+    }
+
+    fn function(&mut self, name: &str, system_name: &str, file: &str) -> u64 {
+        let key = (name.to_owned(), system_name.to_owned(), file.to_owned());
+        if let Some(&id) = self.functions.get(&key) {
+            return id;
+        }
+        let id = self.profile.function.len() as u64 + 1;
+        let function = proto::Function {
+            id,
+            name: self.strings.get(name),
+            system_name: self.strings.get(system_name),
+            filename: self.strings.get(file),
+            start_line: 0,
+        };
+        self.profile.function.push(function);
+        self.functions.insert(key, id);
+        id
+    }
+
+    fn mapping_id(&self, address: u64) -> u64 {
+        self.mappings
+            .iter()
+            .position(|m| m.start <= address && address < m.limit)
+            .map_or(0, |i| i as u64 + 1)
+    }
+
+    /// Adds the mappings, with flags that say truthfully what was resolved
+    /// for the locations in each: a flag is set only if every location in
+    /// the mapping has it, so pprof symbolizes again where we could not.
+    fn add_mappings(&mut self) {
+        let mut flags = vec![[true; 4]; self.mappings.len()];
+        let mut used = vec![false; self.mappings.len()];
+        for loc in &self.profile.location {
+            let Some(i) = (loc.mapping_id as usize).checked_sub(1) else {
+                continue;
+            };
+            used[i] = true;
+            let frames = self
+                .resolved
+                .get(&(loc.address as usize + 1))
+                .cloned()
+                .unwrap_or_default();
+            let f = &mut flags[i];
+            f[0] &= !frames.is_empty() && frames.iter().all(|fr| !fr.name.is_empty());
+            f[1] &= !frames.is_empty() && frames.iter().all(|fr| !fr.file.is_empty());
+            f[2] &= !frames.is_empty() && frames.iter().all(|fr| fr.line != 0);
+            // Inlined frames come from the same debug info as line numbers.
+            f[3] = f[2];
+        }
+        for (i, m) in self.mappings.iter().enumerate() {
+            let f = if used[i] { flags[i] } else { [false; 4] };
+            self.profile.mapping.push(proto::Mapping {
+                id: i as u64 + 1,
+                memory_start: m.start,
+                memory_limit: m.limit,
+                file_offset: m.file_offset,
+                filename: self.strings.get(&m.path),
+                build_id: self.strings.get(&m.build_id),
+                has_functions: f[0],
+                has_filenames: f[1],
+                has_line_numbers: f[2],
+                has_inline_frames: f[3],
+            });
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The slow paths: recording a sampled allocation, crediting a sampled free.
+//!
+//! Every function here runs with the reentrancy guard held, so whatever the
+//! unwinder, the tables or parking_lot allocate goes straight to the inner
+//! allocator. Locks are taken only after the stack is captured, one at a
+//! time, and never around a call that could lock again.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+use crate::sampled::{self, Entry};
+use crate::{buckets, guard, sampler, stack};
+
+/// Set by the first allocation that reaches heapprof, so `write_profile`
+/// can tell a program that forgot `#[global_allocator]`.
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn installed() -> bool {
+    INSTALLED.load(Relaxed)
+}
+
+/// An allocation whose size used up this thread's countdown.
+#[cold]
+#[inline(never)]
+pub(crate) fn alloc<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool) -> *mut u8 {
+    if !INSTALLED.load(Relaxed) {
+        let _busy = guard::Busy::enter();
+        INSTALLED.store(true, Relaxed);
+        crate::fork::register_handlers();
+    }
+    match sampler::on_countdown_expired(layout.size()) {
+        Some(weight) => alloc_sampled(inner, layout, zeroed, weight),
+        // SAFETY: forwarded with the caller's layout (non-zero size per the
+        // GlobalAlloc contract).
+        None => unsafe { alloc_plain(inner, layout, zeroed) },
+    }
+}
+
+/// # Safety
+/// `layout` has a non-zero size.
+unsafe fn alloc_plain<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool) -> *mut u8 {
+    // SAFETY: the caller guarantees a non-zero size.
+    unsafe {
+        if zeroed {
+            inner.alloc_zeroed(layout)
+        } else {
+            inner.alloc(layout)
+        }
+    }
+}
+
+fn alloc_sampled<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool, weight: f64) -> *mut u8 {
+    let _busy = guard::Busy::enter();
+    let page_aligned = sampler::rate() >= sampled::PAGE_ALIGN_MIN_RATE;
+    let actual = actual_layout(layout, page_aligned);
+    // SAFETY: `actual` has the caller's non-zero size.
+    let ptr = unsafe { alloc_plain(inner, actual, zeroed) };
+    if ptr.is_null() {
+        return ptr;
+    }
+    let stack = stack::capture();
+    let frames = stack.frames();
+    let bucket = buckets::record_alloc(frames, stack::hash(frames), layout.size(), weight);
+    let entry = Entry {
+        bucket,
+        weight,
+        size: layout.size(),
+        page_aligned,
+    };
+    sampled::insert(ptr, entry);
+    ptr
+}
+
+/// The layout a sampled block is really allocated with: the caller's, or
+/// the caller's with its alignment raised to a page (see `sampled.rs`).
+fn actual_layout(layout: Layout, page_aligned: bool) -> Layout {
+    if page_aligned {
+        layout.align_to(sampled::PAGE).unwrap_or(layout)
+    } else {
+        layout
+    }
+}
+
+/// A free whose pointer passed the filter: maybe sampled.
+///
+/// # Safety
+/// As `GlobalAlloc::dealloc`.
+#[cold]
+#[inline(never)]
+pub(crate) unsafe fn dealloc<A: GlobalAlloc>(inner: &A, ptr: *mut u8, layout: Layout) {
+    let entry = if sampled::in_set() {
+        // This thread is inside the set: the block is the set's own storage.
+        None
+    } else {
+        let _busy = guard::Busy::enter();
+        let entry = sampled::remove(ptr);
+        if let Some(e) = entry {
+            buckets::record_free(e.bucket, e.size, e.weight);
+        }
+        entry
+    };
+    let layout = match entry {
+        Some(e) => actual_layout(layout, e.page_aligned),
+        None => layout,
+    };
+    // SAFETY: the block came from `inner` with `layout`, or, if sampled,
+    // with the layout `alloc_sampled` used, rebuilt here the same way.
+    unsafe { inner.dealloc(ptr, layout) }
+}
+
+/// A realloc where the old block may be sampled or the new one is to be.
+///
+/// Sampled blocks move (allocate, copy, free) so that the old one is
+/// credited and the new one gets its own layout; every other case stays a
+/// plain `realloc` in the inner allocator.
+///
+/// # Safety
+/// As `GlobalAlloc::realloc`.
+#[cold]
+#[inline(never)]
+pub(crate) unsafe fn realloc<A: GlobalAlloc>(
+    inner: &A,
+    ptr: *mut u8,
+    layout: Layout,
+    new_size: usize,
+    maybe_sampled: bool,
+) -> *mut u8 {
+    let old_sampled = maybe_sampled && !sampled::in_set() && {
+        let _busy = guard::Busy::enter();
+        sampled::contains(ptr)
+    };
+    // If the filter sent us here, the fast path did not charge the
+    // countdown: do it now. Otherwise it was charged and ran out (charging
+    // again is harmless: an expired countdown is left as it is).
+    let expired = !maybe_sampled || sampler::countdown_expired(new_size);
+    let weight = if expired {
+        sampler::on_countdown_expired(new_size)
+    } else {
+        None
+    };
+    if !old_sampled && weight.is_none() {
+        // SAFETY: the caller's contract, unchanged; the block is not sampled.
+        return unsafe { inner.realloc(ptr, layout, new_size) };
+    }
+    // SAFETY: `new_size` is non-zero and does not overflow when rounded to
+    // `layout.align()`, per `realloc`'s contract.
+    let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+    let new_ptr = match weight {
+        Some(w) => alloc_sampled(inner, new_layout, false, w),
+        // SAFETY: non-zero size per the contract.
+        None => unsafe { alloc_plain(inner, new_layout, false) },
+    };
+    if !new_ptr.is_null() {
+        // SAFETY: both blocks are valid for the smaller size and distinct.
+        unsafe {
+            std::ptr::copy_nonoverlapping(ptr, new_ptr, layout.size().min(new_size));
+            dealloc(inner, ptr, layout);
+        }
+    }
+    new_ptr
+}

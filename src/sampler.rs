@@ -1,0 +1,262 @@
+//! When to sample, and what a sample stands for.
+//!
+//! # The model
+//!
+//! Think of every byte a thread allocates as laid end to end on a line.
+//! Sampling drops points on that line as a Poisson process with rate
+//! `1/R` per byte, where `R` is the sample rate (mean bytes between
+//! samples, 512 KiB by default). An allocation is *sampled* when at least
+//! one point falls inside its bytes.
+//!
+//! Gaps between points of a Poisson process are exponentially distributed
+//! with mean `R`, so each thread keeps a countdown of bytes until the next
+//! point, drawn as `T = -R · ln(U)` with `U` uniform in (0, 1]. The fast path
+//! subtracts each allocation's size from the countdown; an allocation of `s`
+//! bytes that does not fit in what is left contains a point and is sampled.
+//!
+//! After a sample the countdown restarts from a *fresh* draw, counted from
+//! the end of the sampled block. The exponential distribution is memoryless,
+//! so this is the same process as carrying the overshoot over, minus one
+//! flaw: with carry-over, a 10 MiB block at `R` = 512 KiB would leave ~20
+//! points' worth of debt and the next ~20 allocations would all be sampled,
+//! whatever their size.
+//!
+//! # Weights
+//!
+//! Under that process an allocation of `s` bytes is sampled with
+//! probability
+//!
+//! ```text
+//!     p(s) = 1 - exp(-s / R)
+//! ```
+//!
+//! independently of every other allocation. Counting each sample as
+//! `w = 1/p(s)` allocations (and `s · w` bytes) makes every site's estimate
+//! unbiased, whatever mix of sizes it allocates: `E[sampled · w] = p · 1/p
+//! = 1` per allocation. For `s ≪ R`, `w ≈ R/s` (one sample speaks for `R`
+//! bytes); for `s ≫ R`, `w ≈ 1` (big blocks are always seen). Go's
+//! `scaleHeapSample` applies the same factor at write time, per bucket; we
+//! apply it per sample, because our buckets are keyed by stack alone and can
+//! hold mixed sizes.
+//!
+//! The estimate of a site that allocated `B` bytes has a relative standard
+//! error of about `1/sqrt(B/R)` (a Poisson count with mean `B/R`): a site
+//! with 100 × R bytes is known to ±10 %, one with R bytes only to ±100 %.
+//!
+//! `R = 1` is special: every allocation is recorded with weight 1, so exact
+//! counts can be asserted in tests. `R = 0` turns sampling off.
+//!
+//! # Threads and the generator
+//!
+//! The countdown and the generator are thread-local, so the fast path
+//! touches no shared memory. rand's `SmallRng` cannot be built in a `const`
+//! initializer, so each thread holds it as `Option<SmallRng>` (`None` until
+//! the thread's first slow path, which seeds it). The thread-local is
+//! const-initialized and has no destructor: the fast path is a plain
+//! `fs:`-relative load, subtract and branch.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::{config, guard};
+
+struct ThreadSampler {
+    /// Bytes this thread may still allocate before the next sample. Zero on
+    /// a new thread, so its first allocation takes the slow path and seeds
+    /// the generator.
+    countdown: Cell<usize>,
+    rng: Cell<Option<SmallRng>>,
+}
+
+thread_local! {
+    static THREAD: ThreadSampler = const {
+        ThreadSampler { countdown: Cell::new(0), rng: Cell::new(None) }
+    };
+}
+
+/// Marks "not read from the environment yet".
+const RATE_UNSET: usize = usize::MAX;
+static RATE: AtomicUsize = AtomicUsize::new(RATE_UNSET);
+
+/// 0 = seed from the clock and the thread's address; otherwise a fixed seed
+/// (from `HEAPPROF_SEED` or `set_seed`) mixed with the thread's ordinal.
+static SEED: AtomicU64 = AtomicU64::new(0);
+static SEED_SET: AtomicUsize = AtomicUsize::new(0);
+static THREAD_ORDINAL: AtomicU64 = AtomicU64::new(0);
+
+/// The current sample rate in bytes.
+pub(crate) fn rate() -> usize {
+    match RATE.load(Relaxed) {
+        RATE_UNSET => {
+            let from_env = config::get().sample_rate;
+            // Another thread, or `set_rate`, may have got there first.
+            let _ = RATE.compare_exchange(RATE_UNSET, from_env, Relaxed, Relaxed);
+            RATE.load(Relaxed)
+        }
+        rate => rate,
+    }
+}
+
+/// Changes the rate. The calling thread starts a fresh countdown at once;
+/// other threads take the new rate at their next sample, and new threads
+/// from their first allocation.
+pub(crate) fn set_rate(bytes: usize) {
+    // usize::MAX is our "unset" marker; it means "practically never" anyway.
+    RATE.store(bytes.min(usize::MAX - 1), Relaxed);
+    let _ = THREAD.try_with(|t| t.countdown.set(0));
+}
+
+/// Seeds the generators of the calling thread and of threads that draw
+/// their first threshold from now on.
+pub(crate) fn set_seed(seed: u64) {
+    SEED.store(seed, Relaxed);
+    SEED_SET.store(1, Relaxed);
+    let _ = THREAD.try_with(|t| {
+        t.rng.set(None);
+        t.countdown.set(0);
+    });
+}
+
+/// The fast path: charges `size` bytes to this thread's countdown. Returns
+/// `true` when the countdown has run out, and the caller must ask
+/// [`on_countdown_expired`] whether to record the allocation.
+#[inline(always)]
+pub(crate) fn countdown_expired(size: usize) -> bool {
+    THREAD
+        .try_with(|t| {
+            let left = t.countdown.get();
+            if size < left {
+                t.countdown.set(left - size);
+                false
+            } else {
+                true
+            }
+        })
+        .unwrap_or(false)
+}
+
+/// The slow path, after [`countdown_expired`] returned true for an
+/// allocation of `size` bytes. Returns the sample's weight if the
+/// allocation is to be recorded, `None` if not (sampling is off, the
+/// thread is inside the profiler, or this was the thread's first
+/// allocation and it fits in the first countdown).
+#[cold]
+pub(crate) fn on_countdown_expired(size: usize) -> Option<f64> {
+    let inside_profiler = guard::is_busy();
+    let _busy = guard::Busy::enter();
+    let rate = rate();
+    THREAD
+        .try_with(|t| {
+            if rate == 0 {
+                t.countdown.set(usize::MAX);
+                return None;
+            }
+            let mut rng = match t.rng.take() {
+                Some(rng) => rng,
+                None => {
+                    // First slow path on this thread: seed, draw the first
+                    // countdown and charge this allocation against it.
+                    let mut rng = new_thread_rng(t as *const ThreadSampler as usize);
+                    let first = draw_countdown(&mut rng, rate);
+                    if size < first && !inside_profiler {
+                        t.countdown.set(first - size);
+                        t.rng.set(Some(rng));
+                        return None;
+                    }
+                    rng
+                }
+            };
+            // A point fell inside this block: restart from a fresh draw at
+            // its end (see the module comment for why not carry over).
+            t.countdown.set(draw_countdown(&mut rng, rate));
+            t.rng.set(Some(rng));
+            // The profiler's own allocations use up points but are never
+            // recorded; user blocks are still sampled with probability p(s)
+            // because the process is memoryless.
+            (!inside_profiler).then(|| weight(size, rate))
+        })
+        .ok()
+        .flatten()
+}
+
+/// `-R · ln(U)`, U uniform in (0, 1]. `R <= 1` means "every allocation".
+fn draw_countdown(rng: &mut SmallRng, rate: usize) -> usize {
+    if rate <= 1 {
+        return 0;
+    }
+    let u = 1.0 - rng.random::<f64>(); // in (0, 1]
+    let t = -(rate as f64) * u.ln();
+    // `as` saturates; a countdown is never meaningfully above 2^53 anyway.
+    t as usize
+}
+
+/// The number of allocations one sample of `size` bytes stands for:
+/// `1 / (1 - exp(-size/rate))`, computed with `exp_m1` so that small
+/// `size/rate` keep their precision.
+pub(crate) fn weight(size: usize, rate: usize) -> f64 {
+    if rate <= 1 {
+        return 1.0;
+    }
+    let p = -(-(size as f64) / rate as f64).exp_m1();
+    if p > 0.0 { 1.0 / p } else { rate as f64 }
+}
+
+fn new_thread_rng(thread_addr: usize) -> SmallRng {
+    let ordinal = THREAD_ORDINAL.fetch_add(1, Relaxed);
+    let fixed = SEED_SET.load(Relaxed) != 0 || config::get().seed.is_some();
+    let seed = if fixed {
+        let base = if SEED_SET.load(Relaxed) != 0 {
+            SEED.load(Relaxed)
+        } else {
+            config::get().seed.unwrap_or(0)
+        };
+        base ^ ordinal.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    } else {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        nanos ^ (thread_addr as u64).rotate_left(32) ^ ordinal.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    };
+    SmallRng::seed_from_u64(seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weight_matches_the_inverse_probability() {
+        let r = 512 * 1024;
+        // Tiny blocks: w ≈ R/s.
+        let w = weight(16, r);
+        assert!((w / (r as f64 / 16.0) - 1.0).abs() < 1e-4, "{w}");
+        // Blocks far above the rate are always sampled: w → 1.
+        assert!((weight(100 * r, r) - 1.0).abs() < 1e-12);
+        // s = R: 1 / (1 - 1/e).
+        let expected = 1.0 / (1.0 - (-1.0f64).exp());
+        assert!((weight(r, r) - expected).abs() < 1e-12);
+        assert_eq!(weight(7, 1), 1.0);
+        assert_eq!(weight(7, 0), 1.0);
+    }
+
+    #[test]
+    fn countdowns_are_exponential_with_the_rate_as_mean() {
+        // Mean of n exponential draws has relative standard error 1/sqrt(n):
+        // n = 200_000 gives 0.22 %; 1.5 % is ~7 standard errors.
+        let mut rng = SmallRng::seed_from_u64(7);
+        let rate = 4096;
+        let n = 200_000;
+        let draws: Vec<f64> = (0..n)
+            .map(|_| draw_countdown(&mut rng, rate) as f64)
+            .collect();
+        let mean = draws.iter().sum::<f64>() / n as f64;
+        assert!((mean / rate as f64 - 1.0).abs() < 0.015, "mean {mean}");
+        // Memorylessness check: P(T > R) = 1/e.
+        let tail = draws.iter().filter(|&&t| t > rate as f64).count() as f64 / n as f64;
+        assert!((tail - (-1.0f64).exp()).abs() < 0.01, "tail {tail}");
+    }
+}

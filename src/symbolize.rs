@@ -1,0 +1,210 @@
+//! Turning return addresses into functions, files and lines, and deciding
+//! which frames are allocation machinery rather than the user's code.
+//!
+//! Symbolization happens only when a profile is written, never while
+//! sampling. Results are cached per address for the life of the process
+//! (code does not move; see `mappings.rs` for what a reload would mean), so
+//! a second profile of a process that has not met new sites resolves
+//! nothing. The cache lock is never held across `backtrace::resolve`,
+//! which takes backtrace's own global lock.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+/// One source-level frame at an address. An address yields several when
+/// functions were inlined into each other, innermost first.
+#[derive(Debug, Clone)]
+pub(crate) struct Frame {
+    /// Demangled, without the trailing `::h0123…` hash.
+    pub name: String,
+    /// The symbol as linked (mangled), for `pprof -symbolize` and friends.
+    pub system_name: String,
+    pub file: String,
+    pub line: u32,
+}
+
+/// The frames at one address, innermost first; empty if nothing is known.
+pub(crate) type Frames = Arc<[Frame]>;
+
+static CACHE: Mutex<Option<HashMap<usize, Frames>>> = Mutex::new(None);
+
+/// Held around every call into `backtrace::resolve`, so that the fork
+/// handlers can make sure no thread is inside backtrace's own (unreachable)
+/// lock when the process forks. Nobody who holds backtrace's lock ever asks
+/// for this one, so holding it across `resolve` cannot deadlock.
+static RESOLVING: Mutex<()> = Mutex::new(());
+
+pub(crate) fn lock() {
+    std::mem::forget(RESOLVING.lock());
+    std::mem::forget(CACHE.lock());
+}
+
+/// # Safety
+/// Only after [`lock`] on this thread, or in the child it forked.
+pub(crate) unsafe fn unlock() {
+    // SAFETY: `lock` took both and forgot the guards.
+    unsafe {
+        CACHE.force_unlock();
+        RESOLVING.force_unlock();
+    }
+}
+
+/// Resolves every address in `addrs` (return addresses), using and filling
+/// the cache.
+pub(crate) fn resolve_all(addrs: impl IntoIterator<Item = usize>) -> HashMap<usize, Frames> {
+    let mut wanted: Vec<usize> = addrs.into_iter().collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut out = HashMap::with_capacity(wanted.len());
+    let mut missing = Vec::new();
+    {
+        let cache = CACHE.lock();
+        for addr in wanted {
+            match cache.as_ref().and_then(|c| c.get(&addr)) {
+                Some(frames) => {
+                    out.insert(addr, frames.clone());
+                }
+                None => missing.push(addr),
+            }
+        }
+    }
+    if missing.is_empty() {
+        return out;
+    }
+    let resolved: Vec<(usize, Frames)> = {
+        let _resolving = RESOLVING.lock();
+        missing.into_iter().map(|a| (a, resolve(a))).collect()
+    };
+    let mut cache = CACHE.lock();
+    let cache = cache.get_or_insert_with(HashMap::new);
+    for (addr, frames) in resolved {
+        cache.insert(addr, frames.clone());
+        out.insert(addr, frames);
+    }
+    out
+}
+
+fn resolve(addr: usize) -> Frames {
+    let mut frames = Vec::new();
+    // `resolve` treats the address as a return address and looks up the
+    // call instruction before it, which is what we want for every frame.
+    backtrace::resolve(addr as *mut std::ffi::c_void, |symbol| {
+        let (name, system_name) = match symbol.name() {
+            Some(n) => (
+                format!("{n:#}"),
+                String::from_utf8_lossy(n.as_bytes()).into_owned(),
+            ),
+            None => (String::new(), String::new()),
+        };
+        frames.push(Frame {
+            name,
+            system_name,
+            file: symbol
+                .filename()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            line: symbol.lineno().unwrap_or(0),
+        });
+    });
+    frames.into()
+}
+
+/// Whether a function is part of the allocation path rather than code that
+/// decided to allocate: the profiler itself, the allocator shims, and the
+/// standard library's allocation and collection internals that only pass a
+/// request on (`RawVec` growth, `vec![x; n]`, `String` pushes, `format!`,
+/// `Box::new`, `HashMap` inserts, `collect`, `to_vec`, `clone`…). These
+/// are trimmed from the leaf end of every stack, the way Go hides
+/// `mallocgc`, `makeslice`, `growslice` and `mapassign`, so that `-top`
+/// shows the user's functions as the flat entries.
+///
+/// The test is on the function's *subject*: for `<T as Trait>::method` that
+/// is `T`, so the user's own `impl Clone for MyType` stays visible while
+/// `<alloc::string::String as core::clone::Clone>::clone` is trimmed.
+pub(crate) fn is_machinery(name: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "heapprof::",
+        "backtrace::",
+        "__rust_",
+        "__rustc::",
+        "__rdl_",
+        "__rg_",
+        "alloc::",
+        "core::",
+        "hashbrown::",
+        "std::alloc::",
+        "std::collections::",
+        "std::sys::alloc::",
+        "std::sys::pal::unix::alloc::",
+    ];
+    let subject = match name.strip_prefix('<') {
+        Some(rest) => {
+            let end = rest
+                .find(" as ")
+                .or_else(|| rest.find('>'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        }
+        None => name,
+    };
+    // Primitive types, slices, references, pointers, tuples, and a generic
+    // parameter (`<T as alloc::…>`): impls the standard library owns.
+    const PRIMITIVES: &[&str] = &[
+        "str", "bool", "char", "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32",
+        "i64", "i128", "isize", "f32", "f64",
+    ];
+    let builtin = subject.starts_with(['[', '&', '*', '('])
+        || PRIMITIVES.contains(&subject)
+        || (subject.len() == 1 && subject.bytes().all(|b| b.is_ascii_uppercase()));
+    builtin || PREFIXES.iter().any(|p| subject.starts_with(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_machinery;
+
+    #[test]
+    fn trims_allocation_machinery() {
+        for name in [
+            "__rust_alloc",
+            "__rustc::__rust_alloc",
+            "<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem",
+            "__rdl_alloc",
+            "alloc::raw_vec::RawVec<T,A>::grow_one",
+            "alloc::raw_vec::finish_grow",
+            "alloc::vec::from_elem",
+            "alloc::fmt::format::format_inner",
+            "<alloc::string::String as core::fmt::Write>::write_str",
+            "<alloc::vec::Vec<T> as core::iter::traits::collect::FromIterator<T>>::from_iter",
+            "<str as alloc::string::ToString>::to_string",
+            "<[T] as alloc::slice::hack::ConvertVec>::to_vec",
+            "<T as alloc::string::SpecToString>::spec_to_string",
+            "core::fmt::write",
+            "std::collections::hash::map::HashMap<K,V,S>::insert",
+            "hashbrown::raw::RawTable<T,A>::reserve_rehash",
+            "<heapprof::Profiler<A> as core::alloc::global::GlobalAlloc>::alloc",
+            "heapprof::recorder::alloc",
+            "backtrace::backtrace::libunwind::trace",
+        ] {
+            assert!(is_machinery(name), "{name} should be trimmed");
+        }
+    }
+
+    #[test]
+    fn keeps_user_and_runtime_code() {
+        for name in [
+            "batch_job::add_map",
+            "<batch_job::Record as core::clone::Clone>::clone",
+            "my_crate::Tokenizer::next",
+            "std::fs::read_to_string",
+            "std::rt::lang_start_internal",
+            "main",
+            "",
+            "Trie::insert",
+        ] {
+            assert!(!is_machinery(name), "{name} should be kept");
+        }
+    }
+}
