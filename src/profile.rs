@@ -195,7 +195,7 @@ impl Builder {
             let machinery = if trimming {
                 self.resolved.get(&addr).map_or(0, |f| {
                     f.iter()
-                        .take_while(|fr| symbolize::is_machinery(&fr.name))
+                        .take_while(|fr| symbolize::is_machinery_frame(fr))
                         .count()
                 })
             } else {

@@ -145,7 +145,10 @@ pub(crate) fn countdown_expired(size: usize) -> bool {
 /// allocation and it fits in the first countdown).
 #[cold]
 pub(crate) fn on_countdown_expired(size: usize) -> Option<f64> {
-    let inside_profiler = guard::is_busy();
+    if guard::is_busy() {
+        inside_profiler_expired();
+        return None;
+    }
     let _busy = guard::Busy::enter();
     let rate = rate();
     THREAD
@@ -161,7 +164,7 @@ pub(crate) fn on_countdown_expired(size: usize) -> Option<f64> {
                     // countdown and charge this allocation against it.
                     let mut rng = new_thread_rng(t as *const ThreadSampler as usize);
                     let first = draw_countdown(&mut rng, rate);
-                    if size < first && !inside_profiler {
+                    if size < first {
                         t.countdown.set(first - size);
                         t.rng.set(Some(rng));
                         return None;
@@ -173,13 +176,36 @@ pub(crate) fn on_countdown_expired(size: usize) -> Option<f64> {
             // its end (see the module comment for why not carry over).
             t.countdown.set(draw_countdown(&mut rng, rate));
             t.rng.set(Some(rng));
-            // The profiler's own allocations use up points but are never
-            // recorded; user blocks are still sampled with probability p(s)
-            // because the process is memoryless.
-            (!inside_profiler).then(|| weight(size, rate))
+            Some(weight(size, rate))
         })
         .ok()
         .flatten()
+}
+
+/// The countdown ran out on one of the profiler's own allocations. Such
+/// allocations use up points but are never recorded; user blocks are still
+/// sampled with probability p(s) because the process is memoryless.
+///
+/// This may run inside the configuration's own initialization (reading the
+/// environment allocates), so it must not ask for the configuration: it
+/// uses the rate only if already known, and leaves a thread that has no
+/// generator yet at a zero countdown, to be seeded by its next allocation
+/// outside the profiler.
+fn inside_profiler_expired() {
+    let _ = THREAD.try_with(|t| {
+        let rate = RATE.load(Relaxed);
+        if rate == RATE_UNSET {
+            return;
+        }
+        if let Some(mut rng) = t.rng.take() {
+            let countdown = match rate {
+                0 => usize::MAX,
+                _ => draw_countdown(&mut rng, rate),
+            };
+            t.countdown.set(countdown);
+            t.rng.set(Some(rng));
+        }
+    });
 }
 
 /// `-R · ln(U)`, U uniform in (0, 1]. `R <= 1` means "every allocation".

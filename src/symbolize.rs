@@ -111,6 +111,31 @@ fn resolve(addr: usize) -> Frames {
     frames.into()
 }
 
+/// Whether a frame is allocation machinery, by its name or, when the debug
+/// info only has short names (`debug = "line-tables-only"` gives `reserve`
+/// rather than `alloc::raw_vec::RawVec<T>::reserve`), by its source file.
+pub(crate) fn is_machinery_frame(frame: &Frame) -> bool {
+    is_machinery(&frame.name) || is_machinery_file(&frame.file)
+}
+
+/// Source files of the allocation path: the standard library's `alloc` and
+/// `core` crates, its collections and allocator glue, hashbrown (vendored
+/// by std or used directly), the unwinder, and heapprof itself.
+pub(crate) fn is_machinery_file(file: &str) -> bool {
+    const STD_PARTS: &[&str] = &[
+        "/library/alloc/src/",
+        "/library/core/src/",
+        "/library/std/src/collections/",
+        "/library/std/src/alloc.rs",
+        "/library/std/src/sys/alloc/",
+        "/hashbrown-",
+        "/backtrace-",
+    ];
+    const OWN_SOURCES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/");
+    !file.is_empty()
+        && (file.starts_with(OWN_SOURCES) || STD_PARTS.iter().any(|p| file.contains(p)))
+}
+
 /// Whether a function is part of the allocation path rather than code that
 /// decided to allocate: the profiler itself, the allocator shims, and the
 /// standard library's allocation and collection internals that only pass a
@@ -163,7 +188,28 @@ pub(crate) fn is_machinery(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_machinery;
+    use super::{is_machinery, is_machinery_file};
+
+    #[test]
+    fn trims_by_file_when_names_are_short() {
+        for file in [
+            "/rustc/59807616e1fa2540724bfbac14d7976d7e4a3860/library/alloc/src/alloc.rs",
+            "/rust/deps/hashbrown-0.16.1/src/raw/mod.rs",
+            "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/backtrace-0.3.77/src/backtrace/mod.rs",
+            "/rustc/x/library/std/src/collections/hash/map.rs",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/src/recorder.rs"),
+        ] {
+            assert!(is_machinery_file(file), "{file}");
+        }
+        for file in [
+            "",
+            "/work/app/src/main.rs",
+            "/rustc/x/library/std/src/fs.rs",
+            "/rustc/x/library/std/src/rt.rs",
+        ] {
+            assert!(!is_machinery_file(file), "{file}");
+        }
+    }
 
     #[test]
     fn trims_allocation_machinery() {
@@ -186,6 +232,7 @@ mod tests {
             "hashbrown::raw::RawTable<T,A>::reserve_rehash",
             "<heapprof::Profiler<A> as core::alloc::global::GlobalAlloc>::alloc",
             "heapprof::recorder::alloc",
+            "<alloc::raw_vec::RawVec<u8>>::reserve",
             "backtrace::backtrace::libunwind::trace",
         ] {
             assert!(is_machinery(name), "{name} should be trimmed");

@@ -1,0 +1,215 @@
+//! Compatibility with the real client: `go tool pprof` reads our profiles
+//! and shows what Go users expect (`-top`, `-list`, `-traces`, `-base`,
+//! `-sample_index=alloc_space`), after the first seed's batch job.
+//!
+//! Skips, saying why, when `go` is not installed, unless
+//! `HEAPPROF_REQUIRE_GO=1` (set by `.ci/run`, which installs Go), in which
+//! case a missing `go` fails the test.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[global_allocator]
+static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+
+fn go_available() -> bool {
+    let found = Command::new("go")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("HEAPPROF_REQUIRE_GO").is_none_or(|v| v != "1"),
+            "HEAPPROF_REQUIRE_GO=1 but `go` is not on PATH (install Debian's golang-go)"
+        );
+        eprintln!(
+            "SKIPPED: `go` is not on PATH, so `go tool pprof` cannot be run; install golang-go or set HEAPPROF_REQUIRE_GO=1 to make this a failure"
+        );
+    }
+    found
+}
+
+fn pprof(args: &[&str], profile: &Path) -> String {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new("go")
+        .args(["tool", "pprof"])
+        .args(args)
+        .arg(&exe)
+        .arg(profile)
+        // Never reach out for symbols: the profile carries them.
+        .env("PPROF_BINARY_PATH", "/nonexistent")
+        .output()
+        .expect("run go tool pprof");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "go tool pprof {args:?} failed:\n{stderr}\n{stdout}"
+    );
+    println!(
+        "$ go tool pprof {} <exe> {}\n{stdout}",
+        args.join(" "),
+        profile.display()
+    );
+    stdout
+}
+
+/// `-top` rows as (flat bytes, name). pprof prints sizes like `12.50MB`.
+fn top_rows(top: &str) -> Vec<(f64, String)> {
+    top.lines()
+        .skip_while(|l| !l.trim_start().starts_with("flat"))
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.len() >= 6).then(|| (parse_size(cols[0]), cols[5..].join(" ")))
+        })
+        .collect()
+}
+
+fn parse_size(s: &str) -> f64 {
+    let units = [
+        ("GB", 1e9 * 1.073741824),
+        ("MB", 1048576.0),
+        ("kB", 1024.0),
+        ("B", 1.0),
+    ];
+    for (u, m) in units {
+        if let Some(n) = s.strip_suffix(u) {
+            return n.parse::<f64>().unwrap_or(0.0) * m;
+        }
+    }
+    s.parse().unwrap_or(0.0)
+}
+
+#[inline(never)]
+fn add_map(map: &mut HashMap<String, String>, prefix: &str, count: usize) {
+    for i in 0..count {
+        let key = format!("{prefix}key{i}");
+        let val = format!("value{i}");
+        map.insert(key, val);
+    }
+}
+
+#[inline(never)]
+fn do_nothing(prefix: &str, count: usize) {
+    for i in 0..count {
+        let key = format!("{prefix}key{i}");
+        let val = format!("value{i}");
+        std::hint::black_box(key + &val);
+    }
+}
+
+fn write(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    heapprof::write_profile(std::fs::File::create(&path).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn go_tool_pprof_reads_our_profiles() {
+    if !go_available() {
+        return;
+    }
+    heapprof::set_seed(1);
+    heapprof::set_sample_rate(64 * 1024);
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut map = HashMap::new();
+    do_nothing("foo", 200_000);
+    add_map(&mut map, "bar", 100_000);
+    let before = write(dir.path(), "before.pb.gz");
+    add_map(&mut map, "buzz", 400_000);
+    let after = write(dir.path(), "after.pb.gz");
+
+    // -top: the user's function is the first flat entry, holding nearly all.
+    let top = pprof(&["-top"], &after);
+    assert!(
+        top.contains("Type: inuse_space"),
+        "default sample type is inuse_space"
+    );
+    let rows = top_rows(&top);
+    let total: f64 = rows.iter().map(|r| r.0).sum();
+    assert!(
+        rows[0].1.contains("go_pprof::add_map"),
+        "first flat entry: {:?}",
+        rows[0]
+    );
+    assert!(
+        rows[0].0 > 0.9 * total,
+        "add_map holds most of the heap: {rows:?}"
+    );
+    assert!(
+        !rows
+            .iter()
+            .any(|r| r.0 > 0.0 && (r.1.starts_with("alloc::") || r.1.contains("heapprof"))),
+        "{rows:?}"
+    );
+    assert!(
+        !top.contains("do_nothing"),
+        "do_nothing keeps nothing:\n{top}"
+    );
+
+    // -sample_index=alloc_space: do_nothing allocated, so it shows there.
+    let alloc = pprof(&["-sample_index=alloc_space", "-top"], &after);
+    assert!(alloc.contains("Type: alloc_space"));
+    assert!(
+        top_rows(&alloc)
+            .iter()
+            .any(|r| r.1.contains("do_nothing") && r.0 > 1e6),
+        "{alloc}"
+    );
+
+    // -list: source lines of add_map, with values on the lines that allocate.
+    let list = pprof(&["-list", "go_pprof::add_map"], &after);
+    assert!(
+        list.contains("ROUTINE ======================== go_pprof::add_map"),
+        "{list}"
+    );
+    assert!(list.contains("tests/go_pprof.rs"), "{list}");
+    let hot: Vec<&str> = list
+        .lines()
+        .filter(|l| l.contains("map.insert(key, val)") || l.contains("format!(\"{prefix}key{i}\")"))
+        .collect();
+    assert!(
+        hot.iter()
+            .any(|l| l.trim_start().as_bytes()[0].is_ascii_digit()),
+        "no value on the allocating lines:\n{list}"
+    );
+
+    // -traces: whole stacks, leaf first, through our callers.
+    let traces = pprof(&["-traces"], &after);
+    let first_trace: Vec<&str> = traces
+        .split("-----------+")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .collect();
+    assert!(
+        traces.contains("go_pprof::go_tool_pprof_reads_our_profiles"),
+        "{traces}"
+    );
+    assert!(
+        first_trace.iter().any(|l| l.contains("go_pprof::")),
+        "{first_trace:?}"
+    );
+
+    // -base: only the growth between the two profiles, ~400 000 entries.
+    let diff = pprof(&["-base", before.to_str().unwrap(), "-top"], &after);
+    let rows = top_rows(&diff);
+    let growth = rows
+        .iter()
+        .find(|r| r.1.contains("add_map"))
+        .expect("add_map grew")
+        .0;
+    let whole = top_rows(&top)
+        .iter()
+        .find(|r| r.1.contains("add_map"))
+        .unwrap()
+        .0;
+    assert!(
+        growth > 0.6 * whole && growth < 0.95 * whole,
+        "growth {growth} of {whole}:\n{diff}"
+    );
+    drop(map);
+}
