@@ -86,7 +86,11 @@ pub(crate) fn resolve_all(addrs: impl IntoIterator<Item = usize>) -> HashMap<usi
     out
 }
 
+/// Addresses resolved so far (not served from the cache), for tests.
+static RESOLVED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 fn resolve(addr: usize) -> Frames {
+    RESOLVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut frames = Vec::new();
     // `resolve` treats the address as a return address and looks up the
     // call instruction before it, which is what we want for every frame.
@@ -189,6 +193,28 @@ pub(crate) fn is_machinery(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::{is_machinery, is_machinery_file};
+
+    #[test]
+    fn a_second_lookup_is_served_from_the_cache() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let here = a_second_lookup_is_served_from_the_cache as *const () as usize + 1;
+        let addrs = [here, here + 4, here + 8];
+        let first = super::resolve_all(addrs);
+        assert!(
+            first[&here]
+                .iter()
+                .any(|f| f.name.contains("a_second_lookup")),
+            "{first:?}"
+        );
+        let before = super::RESOLVED.load(Relaxed);
+        let second = super::resolve_all(addrs);
+        assert_eq!(
+            super::RESOLVED.load(Relaxed),
+            before,
+            "nothing resolved again"
+        );
+        assert_eq!(second[&here][0].name, first[&here][0].name);
+    }
 
     #[test]
     fn trims_by_file_when_names_are_short() {

@@ -1,6 +1,9 @@
 //! Estimates at a small rate (16 KiB) against known truths: kept and freed
 //! data, mixed sizes, large blocks, realloc chains, zeroed blocks. One test
 //! function, because the profiler's state is process-wide.
+//!
+//! Workload functions end in `black_box(..)` so that release builds do not
+//! turn their last call into a tail call, which would remove their frame.
 
 mod common;
 use common::*;
@@ -15,7 +18,7 @@ const SIGMAS: f64 = 5.0;
 
 #[inline(never)]
 fn keep_small() -> Vec<Vec<u8>> {
-    (0..80_000).map(|_| vec![1u8; 100]).collect()
+    black_box((0..80_000).map(|_| vec![1u8; 100]).collect())
 }
 
 /// Sizes cycle over 16 B .. 32 KiB: some far below the rate, some above.
@@ -23,14 +26,14 @@ fn keep_small() -> Vec<Vec<u8>> {
 fn keep_mixed() -> (Vec<Vec<u8>>, usize) {
     let sizes = [16usize, 48, 200, 1000, 4096, 9000, 20_000, 32_768];
     let mut total = 0;
-    let blocks = (0..2_000)
+    let blocks: Vec<Vec<u8>> = (0..2_000)
         .map(|i| {
             let n = sizes[i % sizes.len()];
             total += n;
             vec![2u8; n]
         })
         .collect();
-    (blocks, total)
+    (black_box(blocks), total)
 }
 
 #[inline(never)]
@@ -42,7 +45,7 @@ fn allocate_and_free() -> usize {
 
 #[inline(never)]
 fn keep_large() -> Vec<Vec<u8>> {
-    (0..10).map(|_| vec![4u8; 1 << 20]).collect()
+    black_box((0..10).map(|_| vec![4u8; 1 << 20]).collect())
 }
 
 /// Grows one Vec by pushes to 4 MiB: a chain of reallocs.
@@ -52,12 +55,12 @@ fn realloc_chain() -> Vec<u64> {
     for i in 0..(4 << 20) / 8 {
         v.push(i as u64);
     }
-    v
+    black_box(v)
 }
 
 #[inline(never)]
 fn keep_zeroed() -> Vec<Vec<u8>> {
-    (0..32).map(|_| vec![0u8; 64 * 1024]).collect()
+    black_box((0..32).map(|_| vec![0u8; 64 * 1024]).collect())
 }
 
 #[test]
@@ -210,7 +213,33 @@ fn estimates_match_the_truth() {
         "{}",
         string(&p, main.filename)
     );
-    assert!(main.has_functions && main.has_filenames && main.has_line_numbers);
+    // The flags are truthful: each is set iff every location in the mapping
+    // has that information.
+    let in_main: Vec<_> = p
+        .location
+        .iter()
+        .filter(|l| l.mapping_id == main.id)
+        .collect();
+    assert!(!in_main.is_empty());
+    let every = |f: &dyn Fn(&heapprof::proto::Line) -> bool| {
+        in_main
+            .iter()
+            .all(|l| !l.line.is_empty() && l.line.iter().all(f))
+    };
+    let func = |id: u64| &p.function[id as usize - 1];
+    assert_eq!(
+        main.has_functions,
+        every(&|ln| func(ln.function_id).name != 0)
+    );
+    assert_eq!(
+        main.has_filenames,
+        every(&|ln| func(ln.function_id).filename != 0)
+    );
+    assert_eq!(main.has_line_numbers, every(&|ln| ln.line != 0));
+    assert!(
+        main.has_functions,
+        "every location in the test binary has a name"
+    );
     assert!(
         !string(&p, main.build_id).is_empty(),
         "the test binary has a GNU build ID"

@@ -1,0 +1,106 @@
+//! `Profiler::wrap` forwards every call to the inner allocator: unsampled
+//! reallocs stay reallocs (no alloc + copy + free), `alloc_zeroed` stays
+//! `alloc_zeroed`, and sampled blocks are freed with the layout they were
+//! really allocated with.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+/// Counts what reaches it, and remembers the last free's alignment.
+struct Counting {
+    alloc: AtomicUsize,
+    zeroed: AtomicUsize,
+    dealloc: AtomicUsize,
+    realloc: AtomicUsize,
+    last_dealloc_align: AtomicUsize,
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        self.alloc.fetch_add(1, Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        self.zeroed.fetch_add(1, Relaxed);
+        unsafe { System.alloc_zeroed(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        self.dealloc.fetch_add(1, Relaxed);
+        self.last_dealloc_align.store(l.align(), Relaxed);
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        self.realloc.fetch_add(1, Relaxed);
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: heapprof::Profiler<Counting> = heapprof::Profiler::wrap(Counting {
+    alloc: AtomicUsize::new(0),
+    zeroed: AtomicUsize::new(0),
+    dealloc: AtomicUsize::new(0),
+    realloc: AtomicUsize::new(0),
+    last_dealloc_align: AtomicUsize::new(0),
+});
+
+fn counts() -> [usize; 4] {
+    let c = ALLOC.inner();
+    [&c.alloc, &c.zeroed, &c.dealloc, &c.realloc].map(|a| a.load(Relaxed))
+}
+
+#[test]
+fn forwards_each_call_and_frees_sampled_blocks_with_their_real_layout() {
+    // Sampling off: every call is a plain forward.
+    heapprof::set_sample_rate(0);
+    let layout = Layout::from_size_align(1000, 8).unwrap();
+    let before = counts();
+    unsafe {
+        let p = ALLOC.alloc(layout);
+        p.write_bytes(0xAB, 1000);
+        let q = ALLOC.realloc(p, layout, 5000);
+        assert_eq!(*q.add(999), 0xAB, "realloc keeps the contents");
+        ALLOC.dealloc(q, Layout::from_size_align(5000, 8).unwrap());
+        let z = ALLOC.alloc_zeroed(layout);
+        assert!(std::slice::from_raw_parts(z, 1000).iter().all(|&b| b == 0));
+        ALLOC.dealloc(z, layout);
+    }
+    let after = counts();
+    let delta: Vec<usize> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    assert_eq!(
+        delta,
+        [1, 1, 2, 1],
+        "alloc, alloc_zeroed, dealloc, realloc each forwarded once"
+    );
+
+    // At 1 MiB, a 16 MiB block is always sampled (p = 1 - e^-16) and is
+    // allocated page-aligned; its free must use that alignment.
+    heapprof::set_sample_rate(1 << 20);
+    let big = Layout::from_size_align(16 << 20, 8).unwrap();
+    unsafe {
+        let p = ALLOC.alloc(big);
+        assert_eq!(p as usize % 4096, 0, "sampled blocks are page aligned");
+        p.write_bytes(7, 16 << 20);
+        // Moving a sampled block: a new allocation, a copy, and a free.
+        let before = counts();
+        let q = ALLOC.realloc(p, big, 32 << 20);
+        assert_eq!(*q.add((16 << 20) - 1), 7);
+        let after = counts();
+        assert_eq!(
+            after[3], before[3],
+            "a sampled block is moved, not realloc'd in place"
+        );
+        assert_eq!(ALLOC.inner().last_dealloc_align.load(Relaxed), 4096);
+        ALLOC.dealloc(q, Layout::from_size_align(32 << 20, 8).unwrap());
+        assert_eq!(ALLOC.inner().last_dealloc_align.load(Relaxed), 4096);
+    }
+
+    // Rate 1: every block sampled, at its own alignment.
+    heapprof::set_sample_rate(1);
+    unsafe {
+        let p = ALLOC.alloc(layout);
+        let q = ALLOC.realloc(p, layout, 3000);
+        ALLOC.dealloc(q, Layout::from_size_align(3000, 8).unwrap());
+        assert_eq!(ALLOC.inner().last_dealloc_align.load(Relaxed), 8);
+    }
+}
