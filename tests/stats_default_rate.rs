@@ -11,6 +11,7 @@ static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
 const RATE: usize = 512 * 1024;
 
 #[inline(never)]
+#[allow(clippy::vec_box)] // one heap block per item is the point
 fn hold_small_blocks() -> Vec<Box<[u8; 1024]>> {
     std::hint::black_box((0..256 * 1024).map(|_| Box::new([7u8; 1024])).collect())
 }
