@@ -8,12 +8,13 @@
 //! both the parent and the child afterwards. The handlers run with the
 //! reentrancy guard held, so nothing they do is sampled.
 //!
-//! Lock order in `prepare` is: symbolizer, bucket stripes, set stripes. No
+//! Lock order in `prepare` is: symbolizer, bucket stripes, set stripes,
+//! spare pools. No
 //! other code path holds two of these at once, so the order cannot invert.
 
 use std::sync::Once;
 
-use crate::{buckets, guard, sampled, symbolize};
+use crate::{buckets, guard, sampled, spare, symbolize};
 
 static REGISTER: Once = Once::new();
 
@@ -34,12 +35,14 @@ extern "C" fn prepare() {
     symbolize::lock();
     buckets::lock_all();
     sampled::lock_all();
+    spare::lock_all();
 }
 
 extern "C" fn after() {
     // SAFETY: `prepare` ran on this thread (parent) or on the thread that
     // became the child's only thread, and took exactly these locks.
     unsafe {
+        spare::unlock_all();
         sampled::unlock_all();
         buckets::unlock_all();
         symbolize::unlock();

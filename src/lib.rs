@@ -95,6 +95,7 @@ pub mod proto;
 mod recorder;
 mod sampled;
 mod sampler;
+mod spare;
 mod stack;
 mod symbolize;
 

@@ -144,7 +144,7 @@ impl Builder {
             ),
             format!(
                 "heapprof: {live_sampled} live sampled blocks; profiler tables use {} bytes",
-                crate::buckets::memory_bytes() + set_bytes
+                crate::buckets::memory_bytes() + set_bytes + crate::spare::bytes()
             ),
         ];
         for c in comments {

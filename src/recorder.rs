@@ -9,7 +9,7 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use crate::sampled::{self, Entry};
-use crate::{buckets, guard, sampler, stack};
+use crate::{buckets, guard, sampler, spare, stack};
 
 /// Set by the first allocation that reaches heapprof, so `write_profile`
 /// can tell a program that forgot `#[global_allocator]`.
@@ -53,8 +53,17 @@ fn alloc_sampled<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool, weight
     let _busy = guard::Busy::enter();
     let page_aligned = sampler::rate() >= sampled::PAGE_ALIGN_MIN_RATE;
     let actual = actual_layout(layout, page_aligned);
-    // SAFETY: `actual` has the caller's non-zero size.
-    let ptr = unsafe { alloc_plain(inner, actual, zeroed) };
+    let ptr = match page_aligned.then(|| spare::take(actual)).flatten() {
+        Some(ptr) => {
+            if zeroed {
+                // SAFETY: a spare block has room for `actual.size()` bytes.
+                unsafe { ptr.write_bytes(0, actual.size()) };
+            }
+            ptr
+        }
+        // SAFETY: `actual` has a non-zero size (at least the caller's).
+        None => unsafe { alloc_plain(inner, actual, zeroed) },
+    };
     if ptr.is_null() {
         return ptr;
     }
@@ -71,11 +80,11 @@ fn alloc_sampled<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool, weight
     ptr
 }
 
-/// The layout a sampled block is really allocated with: the caller's, or
-/// the caller's with its alignment raised to a page (see `sampled.rs`).
+/// The layout a sampled block is really allocated with: the caller's, or,
+/// when page aligned, a page-aligned size class (see `spare.rs`).
 fn actual_layout(layout: Layout, page_aligned: bool) -> Layout {
     if page_aligned {
-        layout.align_to(sampled::PAGE).unwrap_or(layout)
+        spare::layout_for(layout)
     } else {
         layout
     }
@@ -88,8 +97,10 @@ fn actual_layout(layout: Layout, page_aligned: bool) -> Layout {
 #[cold]
 #[inline(never)]
 pub(crate) unsafe fn dealloc<A: GlobalAlloc>(inner: &A, ptr: *mut u8, layout: Layout) {
-    let entry = if sampled::in_set() {
-        // This thread is inside the set: the block is the set's own storage.
+    let entry = if sampled::in_set() || !sampled::may_be_live(ptr) {
+        // Either this thread is inside the set (the block is the set's own
+        // storage), or no live sampled block hashes here (a recycled
+        // address): a plain free, without a lock.
         None
     } else {
         let _busy = guard::Busy::enter();
@@ -100,7 +111,13 @@ pub(crate) unsafe fn dealloc<A: GlobalAlloc>(inner: &A, ptr: *mut u8, layout: La
         entry
     };
     let layout = match entry {
-        Some(e) => actual_layout(layout, e.page_aligned),
+        Some(e) => {
+            let actual = actual_layout(layout, e.page_aligned);
+            if e.page_aligned && spare::keep(ptr, actual) {
+                return;
+            }
+            actual
+        }
         None => layout,
     };
     // SAFETY: the block came from `inner` with `layout`, or, if sampled,
@@ -125,7 +142,7 @@ pub(crate) unsafe fn realloc<A: GlobalAlloc>(
     new_size: usize,
     maybe_sampled: bool,
 ) -> *mut u8 {
-    let old_sampled = maybe_sampled && !sampled::in_set() && {
+    let old_sampled = maybe_sampled && !sampled::in_set() && sampled::may_be_live(ptr) && {
         let _busy = guard::Busy::enter();
         sampled::contains(ptr)
     };

@@ -21,6 +21,16 @@
 //! free consults the set. That is the testing mode, where the cost of the
 //! lookup is beside the point.
 //!
+//! Page alignment alone is not a stable signature: when a sampled block is
+//! freed, the allocator recycles its page-aligned address for ordinary
+//! blocks of the same size, over and over, and each of their frees passes
+//! the page test. So a second, lock-free filter follows it: a table of
+//! saturating counters indexed by a hash of the address, counting *live*
+//! sampled blocks. A recycled address whose counter is zero is rejected
+//! with one load (the table is 64 KiB and read-mostly). Only pointers that
+//! pass both go on to lock a stripe of the set. With N live sampled blocks
+//! the second filter lets through at most N/65536 of what reaches it.
+//!
 //! # The set
 //!
 //! A striped `HashMap` from address to [`Entry`]. It is touched only on a
@@ -33,7 +43,7 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 
 use parking_lot::Mutex;
 
@@ -79,12 +89,24 @@ impl std::hash::Hasher for AddrHasher {
     }
 }
 
-static STRIPE_MAPS: [Mutex<Map>; STRIPES] =
-    [const { Mutex::new(HashMap::with_hasher(BuildHasherDefault::new())) }; STRIPES];
+/// Keeps a value on its own cache lines (128 bytes: adjacent-line
+/// prefetching pairs lines on x86), so that a lock taken by one thread does
+/// not slow down the reads of its neighbours by every other thread.
+#[repr(align(128))]
+struct CachePadded<T>(T);
+
+static STRIPE_MAPS: [CachePadded<Mutex<Map>>; STRIPES] =
+    [const { CachePadded(Mutex::new(HashMap::with_hasher(BuildHasherDefault::new()))) }; STRIPES];
 
 /// `ptr & FILTER_MASK == 0` means "may be sampled". PAGE_MASK while every
-/// live sampled block is page aligned; 0 while some are not.
-static FILTER_MASK: AtomicUsize = AtomicUsize::new(PAGE_MASK);
+/// live sampled block is page aligned; 0 while some are not. Read by every
+/// free, written almost never: it gets a cache line to itself.
+static FILTER_MASK: CachePadded<AtomicUsize> = CachePadded(AtomicUsize::new(PAGE_MASK));
+
+/// The second filter: live sampled blocks per hash slot of their address,
+/// saturating at 255 (a saturated slot stays "maybe" for good).
+const LIVE_SLOTS: usize = 1 << 16;
+static LIVE_COUNTS: [AtomicU8; LIVE_SLOTS] = [const { AtomicU8::new(0) }; LIVE_SLOTS];
 /// Live sampled blocks that are not page aligned, and the lock that keeps
 /// FILTER_MASK in step with it.
 static UNALIGNED_LIVE: AtomicUsize = AtomicUsize::new(0);
@@ -98,12 +120,26 @@ thread_local! {
 /// The free path's filter: false means "certainly not sampled".
 #[inline(always)]
 pub(crate) fn may_contain(ptr: *mut u8) -> bool {
-    (ptr as usize) & FILTER_MASK.load(Relaxed) == 0
+    (ptr as usize) & FILTER_MASK.0.load(Relaxed) == 0
+}
+
+fn addr_hash(addr: usize) -> u64 {
+    (addr as u64 >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+fn live_slot(addr: usize) -> &'static AtomicU8 {
+    &LIVE_COUNTS[(addr_hash(addr) >> 48) as usize % LIVE_SLOTS]
+}
+
+/// The second filter, lock-free: false means "certainly not a live
+/// sampled block".
+#[inline]
+pub(crate) fn may_be_live(ptr: *mut u8) -> bool {
+    live_slot(ptr as usize).load(SeqCst) != 0
 }
 
 fn stripe(addr: usize) -> &'static Mutex<Map> {
-    let h = (addr as u64 >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    &STRIPE_MAPS[(h >> 58) as usize % STRIPES]
+    &STRIPE_MAPS[(addr_hash(addr) >> 58) as usize % STRIPES].0
 }
 
 fn with_stripe<R>(addr: usize, f: impl FnOnce(&mut Map) -> R) -> R {
@@ -125,6 +161,8 @@ pub(crate) fn insert(ptr: *mut u8, entry: Entry) {
     if !entry.page_aligned && UNALIGNED_LIVE.fetch_add(1, SeqCst) == 0 {
         update_mask();
     }
+    // Saturating increment: 255 means "too many to count", kept for good.
+    let _ = live_slot(ptr as usize).fetch_update(SeqCst, SeqCst, |n| (n < 255).then(|| n + 1));
     with_stripe(ptr as usize, |map| map.insert(ptr as usize, entry));
 }
 
@@ -136,6 +174,8 @@ pub(crate) fn contains(ptr: *mut u8) -> bool {
 /// Removes a block if it was sampled, returning its entry.
 pub(crate) fn remove(ptr: *mut u8) -> Option<Entry> {
     let entry = with_stripe(ptr as usize, |map| map.remove(&(ptr as usize)))?;
+    let _ =
+        live_slot(ptr as usize).fetch_update(SeqCst, SeqCst, |n| (n > 0 && n < 255).then(|| n - 1));
     if !entry.page_aligned && UNALIGNED_LIVE.fetch_sub(1, SeqCst) == 1 {
         update_mask();
     }
@@ -152,13 +192,13 @@ fn update_mask() {
     } else {
         0
     };
-    FILTER_MASK.store(mask, SeqCst);
+    FILTER_MASK.0.store(mask, SeqCst);
 }
 
 /// Live sampled blocks, and the bytes the set's maps hold.
 pub(crate) fn stats() -> (usize, usize) {
     STRIPE_MAPS.iter().fold((0, 0), |(n, bytes), m| {
-        let m = m.lock();
+        let m = m.0.lock();
         (
             n + m.len(),
             bytes + m.capacity() * (std::mem::size_of::<(usize, Entry)>() + 1),
@@ -170,7 +210,7 @@ pub(crate) fn stats() -> (usize, usize) {
 pub(crate) fn lock_all() {
     std::mem::forget(MASK_LOCK.lock());
     for m in &STRIPE_MAPS {
-        std::mem::forget(m.lock());
+        std::mem::forget(m.0.lock());
     }
 }
 
@@ -180,7 +220,7 @@ pub(crate) unsafe fn unlock_all() {
     // SAFETY: the caller guarantees lock_all took these and forgot guards.
     unsafe {
         for m in STRIPE_MAPS.iter().rev() {
-            m.force_unlock();
+            m.0.force_unlock();
         }
         MASK_LOCK.force_unlock();
     }

@@ -1,0 +1,70 @@
+//! The workloads the overhead benchmark runs under each allocator. Every
+//! configuration binary (`benches/cfg_*.rs`) includes this file with its own
+//! `#[global_allocator]`, so the workload code is identical everywhere.
+//!
+//! A configuration binary run with `<workload> <scale>` runs it once and
+//! prints `elapsed_ns=N`, measured around the workload only (not process
+//! start-up, not the allocator's own exit work). Run by `cargo bench` with
+//! no workload argument, it does nothing.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::time::Instant;
+
+/// A map of 1 M formatted strings, then 10 M small alloc/free pairs
+/// (sizes 16..136 B), scaled by `scale` / 100.
+pub fn alloc_heavy(scale: usize) {
+    let n_map = 1_000_000 * scale / 100;
+    let n_pairs = 10_000_000 * scale / 100;
+    let mut map = HashMap::with_capacity(16);
+    for i in 0..n_map {
+        map.insert(i, format!("value number {i}"));
+    }
+    for i in 0..n_pairs {
+        let b: Vec<u8> = Vec::with_capacity(16 + (i % 16) * 8);
+        black_box(b);
+    }
+    black_box(map);
+}
+
+/// Two threads, each churning small blocks through a window of 1000 live
+/// ones (so frees are not always of the block just allocated).
+pub fn threads2(scale: usize) {
+    let per_thread = 5_000_000 * scale / 100;
+    let workers: Vec<_> = (0..2)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut window: Vec<Option<Vec<u8>>> = (0..1000).map(|_| None).collect();
+                for i in 0..per_thread {
+                    let size = 16 + ((i * 7 + t) % 24) * 8;
+                    window[i % 1000] = Some(Vec::with_capacity(size));
+                }
+                black_box(window);
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+}
+
+/// Runs the workload named by the first argument, if any, and prints its
+/// time. Returns whether one ran.
+pub fn run_from_args() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(name) = args.get(1).filter(|a| !a.starts_with('-')) else {
+        return false;
+    };
+    let scale: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100);
+    let start = Instant::now();
+    match name.as_str() {
+        "alloc_heavy" => alloc_heavy(scale),
+        "threads2" => threads2(scale),
+        other => {
+            eprintln!("unknown workload {other}");
+            std::process::exit(2);
+        }
+    }
+    println!("elapsed_ns={}", start.elapsed().as_nanos());
+    true
+}

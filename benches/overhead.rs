@@ -1,0 +1,229 @@
+//! The overhead benchmark: heapprof against the bare allocator it wraps,
+//! and against the peers (jemalloc's profiler, dhat), each pair measured
+//! side by side in one run.
+//!
+//! The global allocator is fixed per binary, so each configuration is its
+//! own binary (`benches/cfg_*.rs`, all running `benches/common/workload.rs`).
+//! For each row this driver runs A and B alternately (A B A B …) for
+//! `HEAPPROF_BENCH_ROUNDS` rounds (default 11), and reports the median of
+//! the per-round ratios A/B, so that drifts in machine speed cancel out.
+//!
+//! Run with `cargo bench --bench overhead` after `cargo build --release
+//! --benches` (or simply `cargo bench`, which builds everything first).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Config {
+    binary: &'static str,
+    env: &'static [(&'static str, &'static str)],
+    label: &'static str,
+}
+
+const SYSTEM: Config = Config {
+    binary: "cfg_system",
+    env: &[],
+    label: "System",
+};
+const HEAPPROF: Config = Config {
+    binary: "cfg_heapprof",
+    env: &[],
+    label: "heapprof (512 KiB)",
+};
+const HEAPPROF_RATE1: Config = Config {
+    binary: "cfg_heapprof",
+    env: &[("HEAPPROF_SAMPLE_RATE", "1")],
+    label: "heapprof rate 1",
+};
+const JEMALLOC: Config = Config {
+    binary: "cfg_jemalloc",
+    env: &[],
+    label: "jemalloc",
+};
+const JEMALLOC_PROF: Config = Config {
+    binary: "cfg_jemalloc",
+    env: &[("_RJEM_MALLOC_CONF", "prof:true,lg_prof_sample:19")],
+    label: "jemalloc prof (lg_prof_sample:19)",
+};
+const HEAPPROF_JEMALLOC: Config = Config {
+    binary: "cfg_heapprof_jemalloc",
+    env: &[],
+    label: "heapprof over jemalloc",
+};
+const MIMALLOC: Config = Config {
+    binary: "cfg_mimalloc",
+    env: &[],
+    label: "mimalloc",
+};
+const HEAPPROF_MIMALLOC: Config = Config {
+    binary: "cfg_heapprof_mimalloc",
+    env: &[],
+    label: "heapprof over mimalloc",
+};
+const DHAT: Config = Config {
+    binary: "cfg_dhat",
+    env: &[],
+    label: "dhat",
+};
+
+/// One measured row: `a` against `b` on a workload at a scale (percent).
+struct Row {
+    workload: &'static str,
+    scale: usize,
+    a: Config,
+    b: Config,
+    target: &'static str,
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench -- --list`
+    }
+    let rounds: usize = std::env::var("HEAPPROF_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(11);
+    let dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    // dhat and rate 1 record every allocation: a tenth of the workload.
+    let rows = [
+        Row {
+            workload: "alloc_heavy",
+            scale: 100,
+            a: HEAPPROF,
+            b: SYSTEM,
+            target: "≤ 1.02",
+        },
+        Row {
+            workload: "threads2",
+            scale: 100,
+            a: HEAPPROF,
+            b: SYSTEM,
+            target: "≤ 1.03",
+        },
+        Row {
+            workload: "alloc_heavy",
+            scale: 100,
+            a: HEAPPROF_MIMALLOC,
+            b: MIMALLOC,
+            target: "≤ 1.03",
+        },
+        Row {
+            workload: "alloc_heavy",
+            scale: 100,
+            a: HEAPPROF_JEMALLOC,
+            b: JEMALLOC,
+            target: "≤ 1.03",
+        },
+        Row {
+            workload: "alloc_heavy",
+            scale: 100,
+            a: JEMALLOC_PROF,
+            b: JEMALLOC,
+            target: "(peer)",
+        },
+        Row {
+            workload: "alloc_heavy",
+            scale: 10,
+            a: HEAPPROF_RATE1,
+            b: SYSTEM,
+            target: "< dhat",
+        },
+        Row {
+            workload: "alloc_heavy",
+            scale: 10,
+            a: DHAT,
+            b: SYSTEM,
+            target: "(peer)",
+        },
+    ];
+    println!(
+        "heapprof overhead benchmark: {rounds} alternating rounds per row; ratio = median of per-round A/B wall times of the workload"
+    );
+    println!();
+    println!(
+        "| workload | scale | A | B | A median ms | B median ms | A/B median | A/B min–max | target |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for row in &rows {
+        let a = binary(&dir, row.a.binary);
+        let b = binary(&dir, row.b.binary);
+        let (mut ta, mut tb, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let x = run(&a, &row.a, row.workload, row.scale);
+            let y = run(&b, &row.b, row.workload, row.scale);
+            ta.push(x);
+            tb.push(y);
+            ratios.push(x / y);
+        }
+        let (lo, hi) = min_max(&ratios);
+        println!(
+            "| {} | {}% | {} | {} | {:.1} | {:.1} | **{:.3}** | {:.3}–{:.3} | {} |",
+            row.workload,
+            row.scale,
+            row.a.label,
+            row.b.label,
+            median(&mut ta) / 1e6,
+            median(&mut tb) / 1e6,
+            median(&mut ratios),
+            lo,
+            hi,
+            row.target
+        );
+    }
+}
+
+/// The newest executable `name-<hash>` beside this one.
+fn binary(dir: &Path, name: &str) -> PathBuf {
+    let prefix = format!("{name}-");
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with(&prefix) && !n.contains('.')
+        })
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .map(|e| e.path())
+        .unwrap_or_else(|| {
+            panic!("{name} is not built: run `cargo build --release --benches` first")
+        })
+}
+
+fn run(binary: &Path, config: &Config, workload: &str, scale: usize) -> f64 {
+    let out = Command::new(binary)
+        .args([workload, &scale.to_string()])
+        .envs(config.env.iter().copied())
+        .output()
+        .expect("run a configuration binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        binary.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("elapsed_ns="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no elapsed_ns from {}: {stdout}", binary.display()))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn min_max(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+}

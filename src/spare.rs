@@ -1,0 +1,111 @@
+//! Spare page-aligned blocks, kept for the next samples.
+//!
+//! At the default rate sampled blocks are page aligned (see `sampled.rs`).
+//! If a freed sampled block went back to the inner allocator, the
+//! allocator would recycle its page-aligned address for ordinary blocks of
+//! the same size, again and again: each of their frees would then pass the
+//! page filter, and, worse, the ordinary blocks in circulation would drift
+//! to one per page, costing cache and TLB misses on every malloc and free
+//! (measured: twice the time in glibc's `free` on a two-thread churn).
+//!
+//! So small sampled blocks are allocated in power-of-two classes (16 B to
+//! 64 KiB) and, when freed, kept here for later samples of the same class
+//! instead of being returned. Sampled blocks are rare (one per 512 KiB
+//! allocated), so a few dozen per class cover the turnover; past the
+//! bound, blocks go back to the inner allocator. Larger sampled blocks are
+//! returned at once: glibc serves those from `mmap` (no recycling), and
+//! other allocators recycle them rarely enough.
+
+use std::alloc::Layout;
+
+use parking_lot::Mutex;
+
+use crate::sampled::PAGE;
+
+/// Classes 16 B, 32 B, …, 64 KiB.
+const CLASSES: usize = 13;
+const MIN_CLASS: usize = 16;
+const MAX_CLASS: usize = MIN_CLASS << (CLASSES - 1);
+/// Spare blocks kept per class.
+const PER_CLASS: usize = 64;
+
+static POOLS: [Mutex<Vec<usize>>; CLASSES] = [const { Mutex::new(Vec::new()) }; CLASSES];
+
+/// The layout a page-aligned sampled block of `layout` is allocated with:
+/// its class size for small blocks, its own size otherwise; always at least
+/// page alignment.
+pub(crate) fn layout_for(layout: Layout) -> Layout {
+    let size = match class_of(layout) {
+        Some(c) => MIN_CLASS << c,
+        None => layout.size(),
+    };
+    Layout::from_size_align(size, layout.align().max(PAGE)).unwrap_or(layout)
+}
+
+fn class_of(layout: Layout) -> Option<usize> {
+    if layout.size() > MAX_CLASS || layout.align() > PAGE {
+        return None;
+    }
+    let rounded = layout.size().max(MIN_CLASS).next_power_of_two();
+    Some((rounded / MIN_CLASS).trailing_zeros() as usize)
+}
+
+/// A spare block for `actual` (a layout from [`layout_for`]), if one is kept.
+pub(crate) fn take(actual: Layout) -> Option<*mut u8> {
+    let class = class_of(actual)?;
+    POOLS[class].lock().pop().map(|addr| addr as *mut u8)
+}
+
+/// Keeps a freed block for reuse. Returns false if it was not kept (too
+/// big, or the class is full), and the caller must free it.
+pub(crate) fn keep(ptr: *mut u8, actual: Layout) -> bool {
+    let Some(class) = class_of(actual) else {
+        return false;
+    };
+    let mut pool = POOLS[class].lock();
+    if pool.len() >= PER_CLASS {
+        return false;
+    }
+    pool.push(ptr as usize);
+    true
+}
+
+/// Bytes held in spare blocks.
+pub(crate) fn bytes() -> usize {
+    POOLS
+        .iter()
+        .enumerate()
+        .map(|(c, p)| p.lock().len() * (MIN_CLASS << c))
+        .sum()
+}
+
+/// Takes every pool lock, for `fork` (see `fork.rs`).
+pub(crate) fn lock_all() {
+    for p in &POOLS {
+        std::mem::forget(p.lock());
+    }
+}
+
+/// # Safety
+/// Only after [`lock_all`] on this thread, or in the child it forked.
+pub(crate) unsafe fn unlock_all() {
+    for p in POOLS.iter().rev() {
+        // SAFETY: lock_all took this lock and forgot its guard.
+        unsafe { p.force_unlock() };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_round_up_to_powers_of_two_and_page_alignment() {
+        let l = |s, a| Layout::from_size_align(s, a).unwrap();
+        assert_eq!(layout_for(l(1, 1)), l(16, PAGE));
+        assert_eq!(layout_for(l(100, 8)), l(128, PAGE));
+        assert_eq!(layout_for(l(65536, 16)), l(65536, PAGE));
+        assert_eq!(layout_for(l(65537, 16)), l(65537, PAGE));
+        assert_eq!(layout_for(l(100, 8192)), l(100, 8192));
+    }
+}
