@@ -1,13 +1,14 @@
 //! The global allocator wrapper: the fast path.
 //!
-//! Each call forwards to the inner allocator after, at most, a thread-local
-//! subtract and branch (`sampler::countdown_expired`) and, on free, an AND
-//! with a mask (`sampled::may_contain`). Everything else, recording a
+//! Each call forwards to the inner allocator after, at most, two
+//! thread-local counter bumps (`counters`), a thread-local subtract and
+//! branch (`sampler::countdown_expired`) and, on free, an AND with a mask
+//! (`sampled::may_contain`). Everything else, recording a
 //! sample or crediting a sampled free, is in `recorder.rs`, out of line.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
-use crate::{recorder, sampled, sampler};
+use crate::{counters, recorder, sampled, sampler};
 
 /// A global allocator that samples the allocations it forwards to `A`.
 ///
@@ -52,6 +53,7 @@ impl<A: GlobalAlloc> Profiler<A> {
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        counters::on_alloc(layout.size());
         if sampler::countdown_expired(layout.size()) {
             return recorder::alloc(&self.inner, layout, false);
         }
@@ -61,6 +63,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        counters::on_alloc(layout.size());
         if sampler::countdown_expired(layout.size()) {
             return recorder::alloc(&self.inner, layout, true);
         }
@@ -70,6 +73,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        counters::on_free(layout.size());
         if sampled::may_contain(ptr) {
             // SAFETY: the caller's contract (ptr allocated here with layout)
             // is passed on unchanged.
@@ -81,6 +85,9 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // Counted as a free of the old block and an allocation of the new.
+        counters::on_free(layout.size());
+        counters::on_alloc(new_size);
         let maybe_sampled = sampled::may_contain(ptr);
         if maybe_sampled || sampler::countdown_expired(new_size) {
             // SAFETY: the caller's contract is passed on unchanged.

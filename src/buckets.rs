@@ -58,6 +58,22 @@ impl Counts {
         self.alloc_bytes_est += size as f64 * weight;
     }
 
+    /// These counts minus `earlier`'s (counts only grow, so each field of
+    /// the result is what happened in between).
+    pub(crate) fn minus(&self, earlier: &Counts) -> Counts {
+        Counts {
+            sampled_allocs: self.sampled_allocs.saturating_sub(earlier.sampled_allocs),
+            sampled_alloc_bytes: self
+                .sampled_alloc_bytes
+                .saturating_sub(earlier.sampled_alloc_bytes),
+            sampled_frees: self.sampled_frees.saturating_sub(earlier.sampled_frees),
+            alloc_objects_est: self.alloc_objects_est - earlier.alloc_objects_est,
+            alloc_bytes_est: self.alloc_bytes_est - earlier.alloc_bytes_est,
+            free_objects_est: self.free_objects_est - earlier.free_objects_est,
+            free_bytes_est: self.free_bytes_est - earlier.free_bytes_est,
+        }
+    }
+
     fn add_free(&mut self, size: usize, weight: f64) {
         self.sampled_frees += 1;
         self.free_objects_est += weight;

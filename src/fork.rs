@@ -8,13 +8,13 @@
 //! both the parent and the child afterwards. The handlers run with the
 //! reentrancy guard held, so nothing they do is sampled.
 //!
-//! Lock order in `prepare` is: symbolizer, bucket stripes, set stripes,
+//! Lock order in `prepare` is: symbolizer, thread registry, bucket stripes, set stripes,
 //! spare pools. No
 //! other code path holds two of these at once, so the order cannot invert.
 
 use std::sync::Once;
 
-use crate::{buckets, guard, sampled, spare, symbolize};
+use crate::{buckets, counters, guard, sampled, spare, symbolize};
 
 static REGISTER: Once = Once::new();
 
@@ -33,6 +33,7 @@ extern "C" fn prepare() {
     let busy = guard::Busy::enter();
     std::mem::forget(busy); // released in `after`
     symbolize::lock();
+    counters::lock();
     buckets::lock_all();
     sampled::lock_all();
     spare::lock_all();
@@ -45,6 +46,7 @@ extern "C" fn after() {
         spare::unlock_all();
         sampled::unlock_all();
         buckets::unlock_all();
+        counters::unlock();
         symbolize::unlock();
     }
     guard::leave_forgotten();

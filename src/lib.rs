@@ -86,6 +86,7 @@
 mod allocator;
 mod buckets;
 mod config;
+mod counters;
 mod fork;
 mod guard;
 mod mappings;
@@ -95,6 +96,7 @@ pub mod proto;
 mod recorder;
 mod sampled;
 mod sampler;
+mod snapshot;
 mod spare;
 mod stack;
 mod symbolize;
@@ -102,6 +104,7 @@ mod symbolize;
 use std::io;
 
 pub use allocator::Profiler;
+pub use snapshot::{Frame, FunctionBytes, Site, Snapshot, Stats, snapshot, stats};
 
 /// Writes the current heap profile to `w`: a gzip-compressed pprof
 /// `profile.proto` message with sample types `alloc_objects`,

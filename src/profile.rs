@@ -155,15 +155,17 @@ impl Builder {
 
     fn add_site(&mut self, site: &Site) {
         let c = &site.counts;
-        if c.sampled_allocs == 0 {
-            return;
+        if c.sampled_allocs == 0 && c.sampled_frees == 0 {
+            return; // nothing happened here (in a delta: nothing in between)
         }
         let location_id = if site.overflow {
             vec![self.overflow_location()]
         } else {
             self.trimmed_locations(&site.frames)
         };
-        let round = |x: f64| x.max(0.0).round() as i64;
+        // Frees cancel allocations exactly up to float rounding; deltas may
+        // be negative (more freed than allocated in between).
+        let round = |x: f64| x.round() as i64;
         let bytes_key = self.strings.get("bytes");
         self.profile.sample.push(proto::Sample {
             location_id,
@@ -175,7 +177,7 @@ impl Builder {
             ],
             label: vec![proto::Label {
                 key: bytes_key,
-                num: (c.sampled_alloc_bytes / c.sampled_allocs) as i64,
+                num: (c.sampled_alloc_bytes / c.sampled_allocs.max(1)) as i64,
                 num_unit: bytes_key,
                 ..Default::default()
             }],

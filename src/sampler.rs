@@ -150,6 +150,7 @@ pub(crate) fn on_countdown_expired(size: usize) -> Option<f64> {
         return None;
     }
     let _busy = guard::Busy::enter();
+    crate::counters::register_thread();
     let rate = rate();
     THREAD
         .try_with(|t| {

@@ -1,0 +1,362 @@
+//! The profile as Rust data, for tests and in-process views: exact
+//! counters ([`Stats`]), symbolized sites ([`Snapshot`]), differences
+//! between two moments, a `pprof -top`-like table, and a flame graph.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+
+use crate::buckets::{self, Counts};
+use crate::{counters, guard, profile, proto, sampler};
+
+/// Exact counts of everything that went through the allocator since the
+/// program started, over all threads (not estimates: every allocation is
+/// counted, whatever the sample rate).
+///
+/// `allocated_bytes - freed_bytes` is the live heap as the program asked
+/// for it; the process's resident size is larger (allocator overhead and
+/// fragmentation, memory not from the heap), and the sampled profile's
+/// `inuse_space` is an estimate of this same number.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Blocks allocated (a `realloc` counts as one allocation and one free).
+    pub allocations: u64,
+    /// Blocks freed.
+    pub deallocations: u64,
+    /// Bytes requested by all allocations.
+    pub allocated_bytes: u64,
+    /// Bytes released by all frees.
+    pub freed_bytes: u64,
+}
+
+impl Stats {
+    /// Bytes allocated and not yet freed.
+    pub fn live_bytes(&self) -> u64 {
+        self.allocated_bytes.saturating_sub(self.freed_bytes)
+    }
+
+    /// Blocks allocated and not yet freed.
+    pub fn live_blocks(&self) -> u64 {
+        self.allocations.saturating_sub(self.deallocations)
+    }
+}
+
+/// The exact counters now. Cheap: sums one small record per running thread.
+pub fn stats() -> Stats {
+    let _busy = guard::Busy::enter();
+    let [allocations, allocated_bytes, deallocations, freed_bytes] = counters::totals();
+    Stats {
+        allocations,
+        deallocations,
+        allocated_bytes,
+        freed_bytes,
+    }
+}
+
+/// One source-level frame of a site's stack.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Frame {
+    /// Demangled function name, e.g. `myapp::cache::Cache::insert`.
+    pub function: String,
+    /// Source file, if debug info has it.
+    pub file: String,
+    /// Line, 0 if unknown.
+    pub line: u32,
+}
+
+/// An allocation site: a stack and what was allocated there. Values are
+/// estimates (exact at sample rate 1).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Site {
+    /// Leaf first (the function that allocated), inlined frames expanded,
+    /// allocation machinery trimmed as in the pprof output.
+    pub frames: Vec<Frame>,
+    /// Allocations made at this site.
+    pub alloc_objects: i64,
+    /// Bytes allocated at this site.
+    pub alloc_bytes: i64,
+    /// Allocations made here still live.
+    pub inuse_objects: i64,
+    /// Bytes allocated here still live.
+    pub inuse_bytes: i64,
+}
+
+impl Site {
+    fn mentions(&self, name: &str) -> bool {
+        self.frames.iter().any(|f| f.function.contains(name))
+    }
+}
+
+/// The heap profile at one moment (or the difference between two), as
+/// Rust data. Take one with [`snapshot`].
+///
+/// ```no_run
+/// let before = heapprof::snapshot();
+/// let cache = build_cache();
+/// let grown = heapprof::snapshot().delta(&before);
+/// println!("{grown}"); // a pprof -top-like table
+/// assert!(grown.inuse_bytes_in("build_cache") < 10 << 20);
+/// # fn build_cache() {}
+/// ```
+#[derive(Clone)]
+pub struct Snapshot {
+    raw: Vec<buckets::Site>,
+    rate: usize,
+    sites: Vec<Site>,
+    profile: proto::Profile,
+}
+
+/// Takes a [`Snapshot`] of the heap profile now, symbolized.
+pub fn snapshot() -> Snapshot {
+    let _busy = guard::Busy::enter();
+    Snapshot::from_raw(buckets::snapshot(), sampler::rate())
+}
+
+/// One row of [`Snapshot::top`]: a function and the live bytes it
+/// allocated itself (flat) and through its callees (cum).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FunctionBytes {
+    /// Demangled function name.
+    pub function: String,
+    /// Live bytes allocated by this function itself (it is the leaf).
+    pub flat: i64,
+    /// Live bytes allocated by this function or anything it called.
+    pub cum: i64,
+}
+
+impl Snapshot {
+    fn from_raw(raw: Vec<buckets::Site>, rate: usize) -> Snapshot {
+        let profile = profile::build(&raw, rate, profile::Options::default());
+        let sites = sites_of(&profile);
+        Snapshot {
+            raw,
+            rate,
+            sites,
+            profile,
+        }
+    }
+
+    /// Every site, in no particular order.
+    pub fn sites(&self) -> &[Site] {
+        &self.sites
+    }
+
+    /// The sample rate in force when this snapshot was taken.
+    pub fn sample_rate(&self) -> usize {
+        self.rate
+    }
+
+    /// What happened between `earlier` and this snapshot: allocations made
+    /// in between, and the change in live memory (negative where more was
+    /// freed than allocated). Both snapshots count the whole process, so a
+    /// delta taken in one test also sees what other threads did meanwhile;
+    /// select by function name to isolate a region of code.
+    pub fn delta(&self, earlier: &Snapshot) -> Snapshot {
+        let _busy = guard::Busy::enter();
+        let before: HashMap<(&[usize], bool), &Counts> = earlier
+            .raw
+            .iter()
+            .map(|s| ((s.frames.as_slice(), s.overflow), &s.counts))
+            .collect();
+        let raw = self
+            .raw
+            .iter()
+            .map(|s| {
+                let mut site = s.clone();
+                if let Some(b) = before.get(&(s.frames.as_slice(), s.overflow)) {
+                    site.counts = s.counts.minus(b);
+                }
+                site
+            })
+            .collect();
+        Snapshot::from_raw(raw, self.rate)
+    }
+
+    fn sum_where(&self, name: &str, value: fn(&Site) -> i64) -> i64 {
+        self.sites
+            .iter()
+            .filter(|s| s.mentions(name))
+            .map(value)
+            .sum()
+    }
+
+    /// Live bytes allocated by functions whose name contains `name`, and by
+    /// everything they called (pprof's cum column).
+    pub fn inuse_bytes_in(&self, name: &str) -> i64 {
+        self.sum_where(name, |s| s.inuse_bytes)
+    }
+
+    /// Live blocks allocated in functions whose name contains `name` (cum).
+    pub fn inuse_objects_in(&self, name: &str) -> i64 {
+        self.sum_where(name, |s| s.inuse_objects)
+    }
+
+    /// Bytes ever allocated in functions whose name contains `name` (cum).
+    pub fn alloc_bytes_in(&self, name: &str) -> i64 {
+        self.sum_where(name, |s| s.alloc_bytes)
+    }
+
+    /// Blocks ever allocated in functions whose name contains `name` (cum).
+    pub fn alloc_objects_in(&self, name: &str) -> i64 {
+        self.sum_where(name, |s| s.alloc_objects)
+    }
+
+    /// Live bytes in all sites.
+    pub fn total_inuse_bytes(&self) -> i64 {
+        self.sites.iter().map(|s| s.inuse_bytes).sum()
+    }
+
+    /// The `n` functions holding the most live memory themselves (flat), as
+    /// in `pprof -top`.
+    pub fn top(&self, n: usize) -> Vec<FunctionBytes> {
+        let mut flat: HashMap<&str, i64> = HashMap::new();
+        let mut cum: HashMap<&str, i64> = HashMap::new();
+        for site in &self.sites {
+            if let Some(leaf) = site.frames.first() {
+                *flat.entry(&leaf.function).or_default() += site.inuse_bytes;
+            }
+            let mut seen: Vec<&str> = site.frames.iter().map(|f| f.function.as_str()).collect();
+            seen.sort_unstable();
+            seen.dedup();
+            for f in seen {
+                *cum.entry(f).or_default() += site.inuse_bytes;
+            }
+        }
+        let mut rows: Vec<FunctionBytes> = cum
+            .iter()
+            .map(|(f, &c)| FunctionBytes {
+                function: f.to_string(),
+                flat: flat.get(f).copied().unwrap_or(0),
+                cum: c,
+            })
+            .collect();
+        rows.sort_by(|a, b| (b.flat, b.cum, &a.function).cmp(&(a.flat, a.cum, &b.function)));
+        rows.truncate(n);
+        rows
+    }
+
+    /// Panics, with the top of the profile in the message, if functions
+    /// whose name contains `function` hold more than `max_bytes` live bytes
+    /// (cum). At sample rate 1 the numbers are exact: see the crate docs'
+    /// testing section.
+    #[track_caller]
+    pub fn assert_inuse_at_most(&self, function: &str, max_bytes: i64) {
+        let held = self.inuse_bytes_in(function);
+        assert!(
+            held <= max_bytes,
+            "heapprof: `{function}` holds {held} live bytes, more than the {max_bytes} allowed\n{self}"
+        );
+    }
+
+    /// Writes this snapshot as a gzipped pprof profile: for a snapshot from
+    /// [`snapshot`], the same bytes `write_profile` would have written then.
+    pub fn write_pprof<W: io::Write>(&self, w: W) -> io::Result<()> {
+        let _busy = guard::Busy::enter();
+        profile::encode(&self.profile, w)
+    }
+
+    /// Writes an SVG flame graph of live bytes (inuse_space): one box per
+    /// function, as wide as the memory allocated under it.
+    #[cfg(feature = "flamegraph")]
+    pub fn write_flamegraph<W: io::Write>(&self, w: W) -> io::Result<()> {
+        let _busy = guard::Busy::enter();
+        let lines: Vec<String> = self
+            .sites
+            .iter()
+            .filter(|s| s.inuse_bytes > 0)
+            .map(|s| {
+                let stack: Vec<&str> = s.frames.iter().rev().map(|f| f.function.as_str()).collect();
+                // ';' separates frames in the folded format.
+                format!(
+                    "{} {}",
+                    stack.join(";").replace(' ', "\u{a0}"),
+                    s.inuse_bytes
+                )
+            })
+            .collect();
+        let mut options = inferno::flamegraph::Options::default();
+        options.title = "heapprof: live bytes (inuse_space)".into();
+        options.count_name = "bytes".into();
+        inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), w)
+            .map_err(io::Error::other)
+    }
+}
+
+/// A `pprof -top`-like table of live bytes.
+impl fmt::Display for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let total = self.total_inuse_bytes();
+        let pct = |x: i64| {
+            if total == 0 {
+                0.0
+            } else {
+                100.0 * x as f64 / total as f64
+            }
+        };
+        writeln!(
+            f,
+            "heapprof: {total} live bytes (estimated at a sample rate of {} bytes)",
+            self.rate
+        )?;
+        writeln!(
+            f,
+            "{:>12} {:>6} {:>6} {:>12} {:>6}  function",
+            "flat", "flat%", "sum%", "cum", "cum%"
+        )?;
+        let mut sum = 0;
+        for row in self.top(20) {
+            sum += row.flat;
+            writeln!(
+                f,
+                "{:>12} {:>5.1}% {:>5.1}% {:>12} {:>5.1}%  {}",
+                row.flat,
+                pct(row.flat),
+                pct(sum),
+                row.cum,
+                pct(row.cum),
+                row.function
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("rate", &self.rate)
+            .field("sites", &self.sites)
+            .finish()
+    }
+}
+
+/// The sites of a built profile, with frames read back from its locations.
+fn sites_of(p: &proto::Profile) -> Vec<Site> {
+    let text = |i: i64| p.string_table.get(i as usize).cloned().unwrap_or_default();
+    p.sample
+        .iter()
+        .map(|s| {
+            let frames = s
+                .location_id
+                .iter()
+                .filter_map(|id| p.location.get(*id as usize - 1))
+                .flat_map(|loc| loc.line.iter())
+                .map(|line| {
+                    let func = &p.function[line.function_id as usize - 1];
+                    Frame {
+                        function: text(func.name),
+                        file: text(func.filename),
+                        line: line.line as u32,
+                    }
+                })
+                .collect();
+            Site {
+                frames,
+                alloc_objects: s.value[0],
+                alloc_bytes: s.value[1],
+                inuse_objects: s.value[2],
+                inuse_bytes: s.value[3],
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,157 @@
+//! The in-process API at sample rate 1 (every allocation recorded): exact
+//! counts and bytes per function, exact process counters, deltas scoped to
+//! a region of code, the -top table, the flame graph, and pprof bytes.
+
+use std::hint::black_box;
+use std::sync::Mutex;
+
+#[global_allocator]
+static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+
+/// Tests in this binary run on parallel threads; the rate is process-wide,
+/// so each test sets it under this lock.
+static RATE: Mutex<()> = Mutex::new(());
+
+#[inline(never)]
+fn make_exact() -> Vec<Vec<u8>> {
+    let mut v = Vec::with_capacity(10);
+    for _ in 0..10 {
+        v.push(vec![1u8; 1000]);
+    }
+    black_box(v)
+}
+
+#[inline(never)]
+fn make_and_drop() {
+    for _ in 0..100 {
+        black_box(vec![2u8; 333]);
+    }
+}
+
+#[test]
+fn exact_bytes_and_objects_at_rate_1() {
+    let _rate = RATE.lock().unwrap();
+    heapprof::set_sample_rate(1);
+    let before = heapprof::snapshot();
+    let kept = make_exact();
+    make_and_drop();
+    let d = heapprof::snapshot().delta(&before);
+    // Ten 1000-byte buffers plus the outer Vec's 10 × 24 bytes.
+    assert_eq!(d.inuse_bytes_in("make_exact"), 10 * 1000 + 10 * 24);
+    assert_eq!(d.inuse_objects_in("make_exact"), 11);
+    assert_eq!(d.alloc_bytes_in("make_exact"), 10 * 1000 + 10 * 24);
+    assert_eq!(d.alloc_objects_in("make_and_drop"), 100);
+    assert_eq!(d.alloc_bytes_in("make_and_drop"), 100 * 333);
+    assert_eq!(d.inuse_bytes_in("make_and_drop"), 0);
+    d.assert_inuse_at_most("make_exact", 10_240);
+    let too_tight = std::panic::catch_unwind(|| d.assert_inuse_at_most("make_exact", 10_239));
+    assert!(too_tight.is_err(), "one byte over the limit must fail");
+
+    // Frees show as negative in-use deltas.
+    let mid = heapprof::snapshot();
+    drop(kept);
+    let freed = heapprof::snapshot().delta(&mid);
+    assert_eq!(freed.inuse_bytes_in("make_exact"), -10_240);
+    assert_eq!(freed.alloc_bytes_in("make_exact"), 0);
+
+    // The leaf is the user's function, with a file and a line.
+    let site = d
+        .sites()
+        .iter()
+        .find(|s| s.inuse_bytes == 1000)
+        .expect("a 1000-byte site");
+    assert!(
+        site.frames[0].function.ends_with("make_exact"),
+        "{:?}",
+        site.frames[0]
+    );
+    assert!(site.frames[0].file.ends_with("tests/snapshot_api.rs") && site.frames[0].line > 0);
+    heapprof::set_sample_rate(512 * 1024);
+}
+
+#[test]
+fn stats_are_exact() {
+    let _rate = RATE.lock().unwrap();
+    let s0 = heapprof::stats();
+    let b = black_box(vec![0u8; 123_456]);
+    let s1 = heapprof::stats();
+    drop(b);
+    let s2 = heapprof::stats();
+    // Other test threads may allocate meanwhile, so allow a little more.
+    let grown = s1.allocated_bytes - s0.allocated_bytes;
+    assert!((123_456..123_456 + 65_536).contains(&grown), "{grown}");
+    assert!(s1.allocations > s0.allocations);
+    assert!(s2.freed_bytes - s1.freed_bytes >= 123_456);
+    assert!(s2.live_bytes() <= s2.allocated_bytes);
+    assert!(s2.live_blocks() > 0, "the test harness holds memory");
+    // Threads that exit keep their counts.
+    let before = heapprof::stats();
+    std::thread::spawn(|| black_box(vec![0u8; 1 << 20]))
+        .join()
+        .unwrap();
+    let after = heapprof::stats();
+    assert!(after.allocated_bytes - before.allocated_bytes >= 1 << 20);
+    assert!(after.freed_bytes - before.freed_bytes >= 1 << 20);
+}
+
+#[inline(never)]
+fn hold_for_flamegraph() -> Vec<String> {
+    black_box((0..2000).map(|i| format!("flame {i:>40}")).collect())
+}
+
+#[test]
+fn top_table_flamegraph_and_pprof() {
+    let _rate = RATE.lock().unwrap();
+    heapprof::set_sample_rate(1);
+    let before = heapprof::snapshot();
+    let held = hold_for_flamegraph();
+    let d = heapprof::snapshot().delta(&before);
+    heapprof::set_sample_rate(512 * 1024);
+
+    // The strings are allocated in the closure, the outer Vec in the
+    // function itself: together their flat bytes are the function's cum.
+    let top = d.top(5);
+    assert!(top[0].function.contains("hold_for_flamegraph"), "{top:?}");
+    let flat: i64 = top
+        .iter()
+        .filter(|r| r.function.contains("hold_for_flamegraph"))
+        .map(|r| r.flat)
+        .sum();
+    assert_eq!(flat, d.inuse_bytes_in("hold_for_flamegraph"));
+    assert_eq!(
+        flat,
+        2000 * 48 + 2000 * 24,
+        "2000 48-byte strings and their Vec"
+    );
+    let table = d.to_string();
+    assert!(
+        table.contains("flat%") && table.contains("hold_for_flamegraph"),
+        "{table}"
+    );
+
+    let mut svg = Vec::new();
+    d.write_flamegraph(&mut svg).unwrap();
+    let svg = String::from_utf8(svg).unwrap();
+    assert!(svg.contains("hold_for_flamegraph"));
+    let mut reader = quick_xml::Reader::from_str(&svg);
+    let mut elements = 0;
+    loop {
+        match reader.read_event() {
+            Ok(quick_xml::events::Event::Eof) => break,
+            Ok(quick_xml::events::Event::Start(_)) => elements += 1,
+            Ok(_) => {}
+            Err(e) => panic!("the flame graph is not well-formed XML: {e}"),
+        }
+    }
+    assert!(elements > 3);
+
+    // write_pprof gives a decodable profile with the same numbers.
+    let mut gz = Vec::new();
+    d.write_pprof(&mut gz).unwrap();
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw).unwrap();
+    let p = <heapprof::proto::Profile as prost::Message>::decode(&raw[..]).unwrap();
+    let inuse: i64 = p.sample.iter().map(|s| s.value[3]).sum();
+    assert_eq!(inuse, d.total_inuse_bytes());
+    drop(held);
+}
