@@ -8,7 +8,9 @@
 //! reported in one line on stderr, naming the variable and the default that
 //! is used instead; the program goes on.
 
+use std::path::PathBuf;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 /// Mean bytes between samples when `HEAPPROF_SAMPLE_RATE` is not set: the
 /// same 512 KiB as Go's `runtime.MemProfileRate` and tcmalloc.
@@ -24,6 +26,15 @@ pub(crate) struct Config {
     /// Seed for the sampler's generators; `None` means seed from the clock
     /// and addresses (`HEAPPROF_SEED`).
     pub seed: Option<u64>,
+    /// Where to write a profile at exit (`HEAPPROF_OUT`); also names the
+    /// peak profile and the periodic series.
+    pub out: Option<PathBuf>,
+    /// `HEAPPROF_DUMP_EVERY`: a profile every so often (`30s`, `500ms`, `5m`).
+    pub dump_every: Option<Duration>,
+    /// `HEAPPROF_DUMP_EVERY_ALLOCATED`: a profile per so many bytes allocated.
+    pub dump_every_allocated: Option<u64>,
+    /// `HEAPPROF_DUMP_INUSE_GROWTH`: a profile when the live heap grew so much.
+    pub dump_inuse_growth: Option<u64>,
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -37,12 +48,26 @@ pub(crate) fn get() -> &'static Config {
             max_sites: read("HEAPPROF_MAX_SITES", DEFAULT_MAX_SITES, |s| {
                 parse_bytes(s).filter(|&n| n > 0)
             }),
-            seed: std::env::var("HEAPPROF_SEED")
-                .ok()
-                .and_then(|s| s.trim().parse().ok()),
+            seed: optional("HEAPPROF_SEED", "a whole number", |s| s.parse().ok()),
+            out: std::env::var_os("HEAPPROF_OUT")
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
+            dump_every: optional(
+                "HEAPPROF_DUMP_EVERY",
+                "a duration such as 30s, 500ms or 5m",
+                |s| parse_duration(s).filter(|d| !d.is_zero()),
+            ),
+            dump_every_allocated: optional("HEAPPROF_DUMP_EVERY_ALLOCATED", BYTES_HINT, |s| {
+                parse_bytes(s).filter(|&n| n > 0).map(|n| n as u64)
+            }),
+            dump_inuse_growth: optional("HEAPPROF_DUMP_INUSE_GROWTH", BYTES_HINT, |s| {
+                parse_bytes(s).filter(|&n| n > 0).map(|n| n as u64)
+            }),
         }
     })
 }
+
+const BYTES_HINT: &str = "a byte count such as 524288, 512KiB, 2MiB or 64k";
 
 fn read(name: &str, default: usize, parse: fn(&str) -> Option<usize>) -> usize {
     let Some(raw) = std::env::var_os(name) else {
@@ -52,11 +77,39 @@ fn read(name: &str, default: usize, parse: fn(&str) -> Option<usize>) -> usize {
         Some(value) => value,
         None => {
             eprintln!(
-                "heapprof: ignoring {name}={raw:?}: expected a byte count such as 524288, 512KiB, 2MiB or 64k; using the default {default}"
+                "heapprof: ignoring {name}={raw:?}: expected {BYTES_HINT}; using the default {default}"
             );
             default
         }
     }
+}
+
+/// An optional setting: unset is `None`; a malformed value is reported and
+/// also `None` (the feature stays off).
+fn optional<T>(name: &str, expected: &str, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
+    let raw = std::env::var_os(name)?;
+    let value = raw.to_str().and_then(|s| parse(s.trim()));
+    if value.is_none() {
+        eprintln!("heapprof: ignoring {name}={raw:?}: expected {expected}; leaving it off");
+    }
+    value
+}
+
+/// Parses `30`, `30s`, `500ms`, `5m`, `1h` (a bare number is seconds).
+pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(digits_end);
+    let n: u64 = digits.parse().ok()?;
+    let millis = match unit.trim() {
+        "" | "s" => n.checked_mul(1000)?,
+        "ms" => n,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(millis))
 }
 
 /// Parses a byte count: a decimal number with an optional unit. Units are
@@ -96,6 +149,18 @@ mod tests {
         assert_eq!(parse_bytes(" 1 GB "), Some(1 << 30));
         assert_eq!(parse_bytes("0"), Some(0));
         assert_eq!(parse_bytes("1"), Some(1));
+    }
+
+    #[test]
+    fn durations() {
+        use super::parse_duration;
+        use std::time::Duration;
+        assert_eq!(parse_duration("30"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        for bad in ["", "x", "-1s", "1.5s", "3 days"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -9,12 +9,12 @@
 //! reentrancy guard held, so nothing they do is sampled.
 //!
 //! Lock order in `prepare` is: symbolizer, thread registry, bucket stripes, set stripes,
-//! spare pools. No
+//! spare pools, peak copy. No
 //! other code path holds two of these at once, so the order cannot invert.
 
 use std::sync::Once;
 
-use crate::{buckets, counters, guard, sampled, spare, symbolize};
+use crate::{buckets, counters, guard, peak, sampled, spare, symbolize};
 
 static REGISTER: Once = Once::new();
 
@@ -37,12 +37,14 @@ extern "C" fn prepare() {
     buckets::lock_all();
     sampled::lock_all();
     spare::lock_all();
+    peak::lock();
 }
 
 extern "C" fn after() {
     // SAFETY: `prepare` ran on this thread (parent) or on the thread that
     // became the child's only thread, and took exactly these locks.
     unsafe {
+        peak::unlock();
         spare::unlock_all();
         sampled::unlock_all();
         buckets::unlock_all();

@@ -31,11 +31,13 @@ use crate::symbolize::{self, Frames};
 pub(crate) const OVERFLOW_FUNCTION: &str = "[heapprof overflow: site table full]";
 
 /// How to present a profile.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Options {
     /// `Some("alloc_space")` for the `allocs` flavour; `None` leaves pprof's
     /// default (the last type, `inuse_space`).
     pub default_sample_type: Option<&'static str>,
+    /// Notes added to the profile's comments (`pprof -comments`).
+    pub comments: Vec<String>,
 }
 
 /// Writes the current profile, gzipped, to `w`.
@@ -64,7 +66,7 @@ pub(crate) fn build(sites: &[Site], rate: usize, options: Options) -> proto::Pro
         profile: proto::Profile::default(),
         resolved,
     };
-    b.header(rate, options);
+    b.header(rate, &options);
     for site in sites {
         b.add_site(site);
     }
@@ -114,7 +116,7 @@ struct Builder {
 }
 
 impl Builder {
-    fn header(&mut self, rate: usize, options: Options) {
+    fn header(&mut self, rate: usize, options: &Options) {
         let mut value_type = |t: &str, u: &str| proto::ValueType {
             r#type: self.strings.get(t),
             unit: self.strings.get(u),
@@ -147,8 +149,8 @@ impl Builder {
                 crate::buckets::memory_bytes() + set_bytes + crate::spare::bytes()
             ),
         ];
-        for c in comments {
-            let i = self.strings.get(&c);
+        for c in options.comments.iter().chain(&comments) {
+            let i = self.strings.get(c);
             self.profile.comment.push(i);
         }
     }

@@ -9,7 +9,7 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use crate::sampled::{self, Entry};
-use crate::{buckets, guard, sampler, spare, stack};
+use crate::{buckets, dump, guard, peak, sampler, spare, stack};
 
 /// Set by the first allocation that reaches heapprof, so `write_profile`
 /// can tell a program that forgot `#[global_allocator]`.
@@ -27,6 +27,7 @@ pub(crate) fn alloc<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool) -> 
         let _busy = guard::Busy::enter();
         INSTALLED.store(true, Relaxed);
         crate::fork::register_handlers();
+        crate::dump::register_exit_dump();
     }
     match sampler::on_countdown_expired(layout.size()) {
         Some(weight) => alloc_sampled(inner, layout, zeroed, weight),
@@ -77,6 +78,8 @@ fn alloc_sampled<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool, weight
         page_aligned,
     };
     sampled::insert(ptr, entry);
+    peak::on_alloc(layout.size() as f64 * weight);
+    dump::start_from_env();
     ptr
 }
 
@@ -107,6 +110,7 @@ pub(crate) unsafe fn dealloc<A: GlobalAlloc>(inner: &A, ptr: *mut u8, layout: La
         let entry = sampled::remove(ptr);
         if let Some(e) = entry {
             buckets::record_free(e.bucket, e.size, e.weight);
+            peak::on_free(e.size as f64 * e.weight);
         }
         entry
     };

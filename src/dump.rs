@@ -1,0 +1,306 @@
+//! Profiles written without a call at the right moment: at exit, when a
+//! guard is dropped, periodically or on growth, and the peak.
+//!
+//! Every dump goes through the same code as `write_profile`. A dump that
+//! fails is reported on stderr once per kind of dump (the program goes
+//! on); later failures of the same kind are silent.
+
+use std::fs::File;
+use std::io::{self, BufWriter};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use crate::{config, guard, peak, profile, sampler};
+
+/// Writes the current profile to `path`. The error names the path.
+pub(crate) fn write_file(path: &Path, options: profile::Options) -> io::Result<()> {
+    let _busy = guard::Busy::enter();
+    let with_path =
+        |e: io::Error| io::Error::new(e.kind(), format!("heapprof: {}: {e}", path.display()));
+    let file = File::create(path).map_err(with_path)?;
+    let sites = crate::buckets::snapshot();
+    let p = profile::build(&sites, sampler::rate(), options);
+    profile::encode(&p, BufWriter::new(file)).map_err(with_path)
+}
+
+/// Writes the peak profile to `w`; `Ok(false)` if the heap never reached
+/// the size at which peaks are recorded (1 MiB).
+pub(crate) fn write_peak<W: io::Write>(w: W) -> io::Result<bool> {
+    let _busy = guard::Busy::enter();
+    let built = peak::with_peak(|peak| {
+        peak.map(|p| {
+            let secs = p.when.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let options = profile::Options {
+                comments: vec![format!(
+                    "heapprof peak profile: the live heap at its largest, about {} bytes (sampled estimate), at {secs} s since the Unix epoch",
+                    p.live_bytes
+                )],
+                ..Default::default()
+            };
+            profile::build(&p.sites, sampler::rate(), options)
+        })
+    });
+    match built {
+        Some(p) => profile::encode(&p, w).map(|()| true),
+        None => Ok(false),
+    }
+}
+
+/// Reports `result`'s error on stderr, once per `flag`.
+fn report(result: io::Result<()>, what: &str, flag: &AtomicBool) {
+    if let Err(e) = result
+        && !flag.swap(true, Relaxed)
+    {
+        eprintln!(
+            "heapprof: could not write the {what} profile ({e}); further failures of this kind are not reported"
+        );
+    }
+}
+
+/// `heap.pb.gz` → `heap.peak.pb.gz`, `heap.0003.pb.gz`, …
+fn sibling(path: &Path, tag: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (stem, ext) = match name.strip_suffix(".pb.gz") {
+        Some(stem) => (stem.to_owned(), ".pb.gz"),
+        None => (name.clone(), ""),
+    };
+    path.with_file_name(format!("{stem}.{tag}{ext}"))
+}
+
+// ---- At exit -------------------------------------------------------------
+
+static EXIT_PID: AtomicU32 = AtomicU32::new(0);
+
+/// Registers the exit dump if `HEAPPROF_OUT` is set. Called once, on the
+/// first allocation, with the reentrancy guard held.
+pub(crate) fn register_exit_dump() {
+    if config::get().out.is_none() {
+        return;
+    }
+    EXIT_PID.store(std::process::id(), Relaxed);
+    // SAFETY: `at_exit` is an `extern "C" fn()` that never unwinds.
+    unsafe {
+        libc::atexit(at_exit);
+    }
+}
+
+/// Runs on `exit` (return from `main`, `std::process::exit`). Other
+/// threads may still be running and may be mid-sample; the writer takes
+/// heapprof's locks one at a time, each held only for short, non-blocking
+/// work, so it waits at most for those to finish. A forked child that exits
+/// (rather than execs, which drops the handler) does not write: the
+/// profile is its parent's.
+extern "C" fn at_exit() {
+    if EXIT_PID.load(Relaxed) != std::process::id() {
+        return;
+    }
+    let Some(out) = config::get().out.clone() else {
+        return;
+    };
+    static FAILED: AtomicBool = AtomicBool::new(false);
+    report(
+        write_file(&out, profile::Options::default()),
+        "exit",
+        &FAILED,
+    );
+    let peak_path = sibling(&out, "peak");
+    let peak = File::create(&peak_path).and_then(|f| write_peak(BufWriter::new(f)));
+    match peak {
+        Ok(true) => {}
+        Ok(false) => {
+            let _ = std::fs::remove_file(&peak_path);
+        }
+        Err(e) => report(Err(e), "peak", &FAILED),
+    }
+}
+
+// ---- A guard -------------------------------------------------------------
+
+/// Writes a profile to a file when dropped: the Rust spelling of Go's
+/// `defer profile.Start(profile.MemProfile).Stop()`.
+///
+/// ```no_run
+/// let _profile = heapprof::ProfileGuard::new("mem.pb.gz");
+/// // … the whole program: mem.pb.gz is written when `_profile` goes out
+/// // of scope at the end of `main` …
+/// ```
+///
+/// A failure on drop is reported on stderr; call [`ProfileGuard::finish`]
+/// to get it as an error instead.
+#[must_use = "the profile is written when the guard is dropped"]
+pub struct ProfileGuard {
+    path: Option<PathBuf>,
+}
+
+impl ProfileGuard {
+    /// Starts a guard that writes to `path` when dropped.
+    pub fn new(path: impl Into<PathBuf>) -> ProfileGuard {
+        ProfileGuard {
+            path: Some(path.into()),
+        }
+    }
+
+    /// Writes the profile now and returns the outcome.
+    pub fn finish(mut self) -> io::Result<()> {
+        match self.path.take() {
+            Some(path) => write_file(&path, profile::Options::default()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ProfileGuard {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            static FAILED: AtomicBool = AtomicBool::new(false);
+            report(
+                write_file(&path, profile::Options::default()),
+                "guard",
+                &FAILED,
+            );
+        }
+    }
+}
+
+// ---- Periodically and on growth -------------------------------------------
+
+/// A series of profiles written in the background, numbered so that any
+/// two can be compared with `go tool pprof -base`: `heap.0001.pb.gz`,
+/// `heap.0002.pb.gz`, … A profile is written whenever any of the chosen
+/// triggers fires.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// heapprof::AutoDump::new("heap.pb.gz")
+///     .every(Duration::from_secs(60))
+///     .on_inuse_growth(256 << 20)
+///     .start()
+///     .expect("start the dump thread");
+/// ```
+#[derive(Clone, Debug)]
+pub struct AutoDump {
+    path: PathBuf,
+    every: Option<Duration>,
+    every_allocated: Option<u64>,
+    inuse_growth: Option<u64>,
+}
+
+impl AutoDump {
+    /// A series named after `path` (`x.pb.gz` gives `x.0001.pb.gz`, …).
+    pub fn new(path: impl Into<PathBuf>) -> AutoDump {
+        AutoDump {
+            path: path.into(),
+            every: None,
+            every_allocated: None,
+            inuse_growth: None,
+        }
+    }
+
+    /// Write a profile every `interval`.
+    pub fn every(mut self, interval: Duration) -> AutoDump {
+        self.every = Some(interval);
+        self
+    }
+
+    /// Write a profile each time the program has allocated another `bytes`
+    /// (exact count, freed or not).
+    pub fn every_allocated_bytes(mut self, bytes: u64) -> AutoDump {
+        self.every_allocated = Some(bytes);
+        self
+    }
+
+    /// Write a profile each time the estimated live heap has grown by
+    /// `bytes` since the last profile of the series.
+    pub fn on_inuse_growth(mut self, bytes: u64) -> AutoDump {
+        self.inuse_growth = Some(bytes);
+        self
+    }
+
+    /// Starts the background thread.
+    pub fn start(self) -> io::Result<()> {
+        let _busy = guard::Busy::enter();
+        std::thread::Builder::new()
+            .name("heapprof-dump".into())
+            .spawn(move || self.run())
+            .map(drop)
+    }
+
+    fn run(self) {
+        let _busy = guard::Busy::enter();
+        let poll = self.every.map_or(Duration::from_millis(50), |e| {
+            e.min(Duration::from_millis(50))
+        });
+        let mut last_time = Instant::now();
+        let mut last_allocated = crate::stats().allocated_bytes;
+        let mut last_inuse = peak::live_estimate();
+        static FAILED: AtomicBool = AtomicBool::new(false);
+        for seq in 1.. {
+            loop {
+                std::thread::sleep(poll);
+                let allocated = crate::stats().allocated_bytes;
+                let inuse = peak::live_estimate();
+                let due = self.every.is_some_and(|e| last_time.elapsed() >= e)
+                    || self
+                        .every_allocated
+                        .is_some_and(|n| allocated - last_allocated >= n)
+                    || self
+                        .inuse_growth
+                        .is_some_and(|n| inuse - last_inuse >= n as i64);
+                if due {
+                    (last_time, last_allocated, last_inuse) = (Instant::now(), allocated, inuse);
+                    break;
+                }
+            }
+            let path = sibling(&self.path, &format!("{seq:04}"));
+            report(
+                write_file(&path, profile::Options::default()),
+                "periodic",
+                &FAILED,
+            );
+        }
+    }
+}
+
+/// Starts the series configured by the environment, once, if any trigger
+/// is set. Called from the sampled path (never the first allocation), so
+/// the runtime is up; spawning allocates, which the guard sends straight to
+/// the inner allocator.
+pub(crate) fn start_from_env() {
+    static STARTED: AtomicBool = AtomicBool::new(false);
+    let c = config::get();
+    if (c.dump_every.is_none() && c.dump_every_allocated.is_none() && c.dump_inuse_growth.is_none())
+        || STARTED.swap(true, Relaxed)
+    {
+        return;
+    }
+    let mut series = AutoDump::new(
+        c.out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("heapprof.pb.gz")),
+    );
+    series.every = c.dump_every;
+    series.every_allocated = c.dump_every_allocated;
+    series.inuse_growth = c.dump_inuse_growth;
+    if let Err(e) = series.start() {
+        eprintln!("heapprof: could not start the periodic dump thread: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sibling;
+    use std::path::Path;
+
+    #[test]
+    fn series_names() {
+        assert_eq!(
+            sibling(Path::new("/tmp/heap.pb.gz"), "0003"),
+            Path::new("/tmp/heap.0003.pb.gz")
+        );
+        assert_eq!(sibling(Path::new("heap"), "peak"), Path::new("heap.peak"));
+    }
+}

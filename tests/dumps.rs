@@ -1,0 +1,218 @@
+//! Automatic dumps: at exit (`HEAPPROF_OUT`), on a guard, as a periodic
+//! series, and the peak profile; a failing output path is reported once.
+//! Exit behaviour is tested in child processes (this binary re-run with
+//! `HEAPPROF_TEST_CHILD=<scenario>`).
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[global_allocator]
+static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+
+fn child(scenario: &str, env: &[(&str, &str)]) -> std::process::Output {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_scenarios",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("HEAPPROF_TEST_CHILD", scenario)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "child {scenario} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn read_profile(path: &Path) -> heapprof::proto::Profile {
+    decode(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}
+
+#[inline(never)]
+fn held_until_exit() -> Vec<Vec<u8>> {
+    std::hint::black_box((0..64).map(|_| vec![7u8; 64 * 1024]).collect())
+}
+
+#[inline(never)]
+fn churn_for(d: Duration) {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        std::hint::black_box(vec![0u8; 64 * 1024]);
+    }
+}
+
+/// The children's side.
+#[test]
+fn child_scenarios() {
+    match std::env::var("HEAPPROF_TEST_CHILD").as_deref() {
+        Ok("exit") => {
+            // Held in a leaked Vec so it is live when the process exits.
+            std::mem::forget(held_until_exit());
+        }
+        Ok("series") => churn_for(Duration::from_millis(900)),
+        _ => {}
+    }
+}
+
+#[test]
+fn exit_dump_appears_and_decodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("exit.pb.gz");
+    child(
+        "exit",
+        &[
+            ("HEAPPROF_OUT", out.to_str().unwrap()),
+            ("HEAPPROF_SAMPLE_RATE", "64k"),
+        ],
+    );
+    let p = read_profile(&out);
+    // 4 MiB in 64 KiB blocks at a 64 KiB rate: 64 samples; 5σ = 62 %.
+    assert_estimate(
+        "held_until_exit at exit",
+        cum(&p, "held_until_exit", INUSE_SPACE),
+        64 * 65536 + 64 * 24,
+        65536,
+        5.0,
+    );
+}
+
+#[test]
+fn periodic_series_has_increasing_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("series.pb.gz");
+    child(
+        "series",
+        &[
+            ("HEAPPROF_OUT", base.to_str().unwrap()),
+            ("HEAPPROF_DUMP_EVERY", "150ms"),
+        ],
+    );
+    let mut numbers: Vec<u32> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_prefix("series.")?
+                .strip_suffix(".pb.gz")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    numbers.sort();
+    assert!(
+        numbers.len() >= 3,
+        "expected a series over 900 ms at 150 ms: {numbers:?}"
+    );
+    assert_eq!(
+        numbers,
+        (1..=numbers.len() as u32).collect::<Vec<_>>(),
+        "numbered 1, 2, 3, …"
+    );
+    for n in &numbers {
+        let p = read_profile(&dir.path().join(format!("series.{n:04}.pb.gz")));
+        assert_eq!(p.sample_type.len(), 4);
+    }
+    assert!(
+        dir.path().join("series.pb.gz").exists(),
+        "the exit dump is written too"
+    );
+}
+
+#[test]
+fn failing_output_path_is_reported_once() {
+    let out = child(
+        "series",
+        &[
+            ("HEAPPROF_OUT", "/nonexistent-heapprof-dir/x.pb.gz"),
+            ("HEAPPROF_DUMP_EVERY", "100ms"),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let periodic = stderr
+        .matches("could not write the periodic profile")
+        .count();
+    let exit = stderr.matches("could not write the exit profile").count();
+    assert_eq!((periodic, exit), (1, 1), "one report per kind:\n{stderr}");
+    assert!(
+        stderr.contains("/nonexistent-heapprof-dir/x."),
+        "the path is named:\n{stderr}"
+    );
+}
+
+#[inline(never)]
+fn transient_peak() {
+    let blocks: Vec<Vec<u8>> = (0..200).map(|_| vec![1u8; 1 << 20]).collect();
+    std::hint::black_box(&blocks);
+}
+
+#[test]
+fn guard_and_peak_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("guard.pb.gz");
+    {
+        let _g = heapprof::ProfileGuard::new(&path);
+        transient_peak(); // 200 MiB, freed before the guard writes
+    }
+    let now = read_profile(&path);
+    assert_eq!(
+        cum(&now, "transient_peak", INUSE_SPACE),
+        0,
+        "the transient is gone"
+    );
+
+    let mut gz = Vec::new();
+    heapprof::write_peak_profile(&mut gz).unwrap();
+    let peak = decode(&gz);
+    let held = cum(&peak, "transient_peak", INUSE_SPACE) as f64;
+    // 1 MiB blocks at a 512 KiB rate are sampled with p = 0.86 and weight
+    // 1.16: the estimate of 200 of them has a relative error of ~3 %; and
+    // the copy is taken at the last 10 % step below the top.
+    let mib = 1024.0 * 1024.0;
+    assert!(
+        (0.8 * 200.0 * mib..1.1 * 200.0 * mib).contains(&held),
+        "peak shows {} MiB",
+        held / mib
+    );
+    let comments: Vec<&str> = peak.comment.iter().map(|&i| string(&peak, i)).collect();
+    assert!(
+        comments.iter().any(|c| c.contains("peak profile")),
+        "{comments:?}"
+    );
+
+    let err = heapprof::ProfileGuard::new("/nonexistent-heapprof-dir/g.pb.gz")
+        .finish()
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("/nonexistent-heapprof-dir/g.pb.gz"),
+        "{err}"
+    );
+}
+
+#[test]
+fn auto_dump_api_fires_on_allocated_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    heapprof::AutoDump::new(dir.path().join("api.pb.gz"))
+        .every_allocated_bytes(32 << 20)
+        .start()
+        .unwrap();
+    // 160 MiB allocated (and freed) in all: several 32 MiB steps.
+    for _ in 0..4 {
+        churn_for(Duration::from_millis(50));
+        for _ in 0..40 {
+            std::hint::black_box(vec![0u8; 1 << 20]);
+        }
+        std::thread::sleep(Duration::from_millis(120));
+    }
+    let first = dir.path().join("api.0001.pb.gz");
+    assert!(first.exists(), "no dump after 160 MiB allocated");
+    assert_eq!(read_profile(&first).sample_type.len(), 4);
+}
