@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::stack::Unwinder;
+
 /// Mean bytes between samples when `HEAPPROF_SAMPLE_RATE` is not set: the
 /// same 512 KiB as Go's `runtime.MemProfileRate` and tcmalloc.
 pub(crate) const DEFAULT_SAMPLE_RATE: usize = 512 * 1024;
@@ -35,6 +37,8 @@ pub(crate) struct Config {
     pub dump_every_allocated: Option<u64>,
     /// `HEAPPROF_DUMP_INUSE_GROWTH`: a profile when the live heap grew so much.
     pub dump_inuse_growth: Option<u64>,
+    /// `HEAPPROF_UNWIND`: `auto` (default), `dwarf` or `frame-pointers`.
+    pub unwinder: crate::stack::Unwinder,
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -63,6 +67,17 @@ pub(crate) fn get() -> &'static Config {
             dump_inuse_growth: optional("HEAPPROF_DUMP_INUSE_GROWTH", BYTES_HINT, |s| {
                 parse_bytes(s).filter(|&n| n > 0).map(|n| n as u64)
             }),
+            unwinder: optional(
+                "HEAPPROF_UNWIND",
+                "auto, dwarf or frame-pointers",
+                |s| match s {
+                    "auto" => Some(Unwinder::Auto),
+                    "dwarf" => Some(Unwinder::Dwarf),
+                    "frame-pointers" | "fp" => Some(Unwinder::FramePointers),
+                    _ => None,
+                },
+            )
+            .unwrap_or(Unwinder::Auto),
         }
     })
 }

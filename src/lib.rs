@@ -54,21 +54,89 @@
 //! …), so the flat entries of `-top` are the functions that decided to
 //! allocate, as in Go.
 //!
-//! ## Sample rate
+//! ## Exact counters beside the estimates
 //!
-//! * `HEAPPROF_SAMPLE_RATE=524288` (bytes; also `512KiB`, `2MiB`, `64k`): the
-//!   mean bytes between samples. `0` turns sampling off; `1` records every
-//!   allocation exactly (the testing mode). A value that does not parse is
-//!   reported on stderr and the default is used.
-//! * [`set_sample_rate`] / [`sample_rate`] at run time.
-//! * `HEAPPROF_SEED=N` or [`set_seed`]: fixed seeds for reproducible runs.
-//! * `HEAPPROF_MAX_SITES=N` (default 16384): distinct stacks kept; samples
-//!   at further sites are counted in one `[heapprof overflow…]` site.
+//! [`stats()`] counts every allocation exactly, like Go's `MemStats`:
+//! `allocations`, `deallocations`, `allocated_bytes`, `freed_bytes` and
+//! [`Stats::live_bytes`]. When the profile's `inuse_space` total and the
+//! process's resident size disagree, this is the number in between: the
+//! heap as the program asked for it, before allocator overhead and
+//! fragmentation.
+//!
+//! ## In tests: snapshots and exact assertions
+//!
+//! [`snapshot()`] returns the profile as Rust data. Take one before and one
+//! after the code under test, subtract them, and ask what a function holds:
+//!
+//! ```no_run
+//! #[global_allocator]
+//! static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+//!
+//! #[test]
+//! fn parse_keeps_nothing_but_its_result() {
+//!     heapprof::set_sample_rate(1); // record every allocation: exact numbers
+//!     let before = heapprof::snapshot();
+//!     let doc = my_crate::parse("…");
+//!     let grown = heapprof::snapshot().delta(&before);
+//!     grown.assert_inuse_at_most("my_crate::parse", 4096);
+//!     println!("{grown}"); // a pprof -top-like table
+//! #   drop(doc);
+//! }
+//! # mod my_crate { pub fn parse(_: &str) {} }
+//! ```
+//!
+//! * At rate 1 the numbers are exact; at other rates they are estimates
+//!   (see above), so assert with a tolerance.
+//! * `inuse_bytes_in(name)`, `alloc_bytes_in(name)` and the `_objects_in`
+//!   twins sum every site whose stack contains a function whose name
+//!   contains `name` (pprof's cum); [`Snapshot::top`] gives the flat view.
+//! * What is isolated: a delta selected by function name counts only that
+//!   code, even while other tests run on other threads. What is not: the
+//!   rate is process-wide (set it once per test binary, or under a lock),
+//!   and a delta's totals include every thread.
+//! * [`Snapshot::write_flamegraph`] draws an SVG flame graph of live
+//!   bytes, and [`Snapshot::write_pprof`] writes the same bytes as
+//!   [`write_profile`], for `go tool pprof` when Go is at hand.
+//!
+//! ## Automatic dumps
+//!
+//! * `HEAPPROF_OUT=heap.pb.gz`: write a profile when the process exits
+//!   (returns from `main` or calls `std::process::exit`), and the peak
+//!   profile beside it (`heap.peak.pb.gz`), with no code in the program.
+//! * [`ProfileGuard`]: `let _p = heapprof::ProfileGuard::new("mem.pb.gz");`
+//!   at the top of `main` writes when dropped, like Go's
+//!   `defer profile.Start(profile.MemProfile).Stop()`.
+//! * A numbered series for `go tool pprof -base`: [`AutoDump`], or
+//!   `HEAPPROF_DUMP_EVERY=30s`, `HEAPPROF_DUMP_EVERY_ALLOCATED=1GiB`,
+//!   `HEAPPROF_DUMP_INUSE_GROWTH=256MiB` (files `heap.0001.pb.gz`, … named
+//!   after `HEAPPROF_OUT`, or `heapprof.NNNN.pb.gz`).
+//! * [`write_peak_profile`]: what was live when the heap was largest, which
+//!   Go's profiler cannot show. The copy is refreshed whenever the sampled
+//!   live heap passes its previous peak by 10 %.
+//!
+//! A dump that fails is reported once on stderr; the program goes on.
+//!
+//! ## Configuration
+//!
+//! | variable | default | meaning |
+//! | --- | --- | --- |
+//! | `HEAPPROF_SAMPLE_RATE` | `524288` | mean bytes between samples; `512KiB`, `2MiB`, `64k` also work; `0` = off, `1` = every allocation |
+//! | `HEAPPROF_OUT` | unset | profile written at exit (and `.peak` beside it) |
+//! | `HEAPPROF_DUMP_EVERY` | unset | periodic series: `30s`, `500ms`, `5m` |
+//! | `HEAPPROF_DUMP_EVERY_ALLOCATED` | unset | a profile per so many bytes allocated |
+//! | `HEAPPROF_DUMP_INUSE_GROWTH` | unset | a profile whenever the live heap grew by so much |
+//! | `HEAPPROF_MAX_SITES` | `16384` | distinct stacks kept; the rest are counted in one `[heapprof overflow…]` site |
+//! | `HEAPPROF_SEED` | random | fixed seed for reproducible sampling |
+//!
+//! A value that does not parse is reported on stderr in one line and the
+//! default is used. At run time: [`set_sample_rate`], [`sample_rate`],
+//! [`set_seed`]. A rate change takes effect at once on the calling thread
+//! and on new threads; running threads switch at their next sample.
 //!
 //! ## Cost
 //!
-//! An allocation that is not sampled costs a thread-local subtract and a
-//! branch; a free costs an AND and a branch. A sampled allocation (one per
+//! An allocation that is not sampled costs two thread-local counter bumps,
+//! a subtract and a branch; a free, the counter bumps, an AND and a branch. A sampled allocation (one per
 //! 512 KiB) costs a stack walk and a short locked update. See
 //! `BENCHMARKS.md` in the repository for measurements.
 //!
@@ -79,7 +147,9 @@
 //! table), `sampled.rs` (the live sampled blocks and the free-path filter),
 //! `recorder.rs` (the slow paths), `symbolize.rs` and `mappings.rs`
 //! (addresses to names), `profile.rs` (the pprof encoding), `config.rs`
-//! (the environment) and `guard.rs` (reentrancy).
+//! (the environment), `guard.rs` (reentrancy), `spare.rs` (reuse of
+//! sampled blocks), `counters.rs` (exact counts), `snapshot.rs` (the Rust
+//! view), `peak.rs` and `dump.rs` (automatic dumps) and `fork.rs`.
 
 #![warn(missing_docs)]
 

@@ -145,6 +145,10 @@ impl Builder {
                 env!("CARGO_PKG_VERSION")
             ),
             format!(
+                "heapprof: stacks unwound with {}",
+                crate::stack::unwinder_name()
+            ),
+            format!(
                 "heapprof: {live_sampled} live sampled blocks; profiler tables use {} bytes",
                 crate::buckets::memory_bytes() + set_bytes + crate::spare::bytes()
             ),
