@@ -30,6 +30,11 @@ const HEAPPROF: Config = Config {
     env: &[],
     label: "heapprof (512 KiB)",
 };
+const HEAPPROF_DWARF: Config = Config {
+    binary: "cfg_heapprof",
+    env: &[("HEAPPROF_UNWIND", "dwarf")],
+    label: "heapprof (512 KiB, DWARF unwinding)",
+};
 const HEAPPROF_RATE1: Config = Config {
     binary: "cfg_heapprof",
     env: &[("HEAPPROF_SAMPLE_RATE", "1")],

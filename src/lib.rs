@@ -244,6 +244,17 @@ pub fn sample_rate() -> usize {
     sampler::rate()
 }
 
+/// Internals exposed for `benches/micro.rs` only; not part of the API.
+#[doc(hidden)]
+pub mod __bench {
+    /// Captures the calling thread's stack as a sample would (with the
+    /// unwinder chosen for this process); returns the frame count.
+    pub fn capture_stack() -> usize {
+        let _busy = crate::guard::Busy::enter();
+        crate::stack::capture().frames().len()
+    }
+}
+
 /// Seeds the sampler's random generators, for reproducible runs: the
 /// calling thread restarts from this seed, and each thread that starts
 /// sampling later is seeded from it and its start order.

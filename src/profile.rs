@@ -40,6 +40,12 @@ pub(crate) struct Options {
     pub comments: Vec<String>,
 }
 
+/// Memory the profiler holds for itself: tables, the sampled-address set,
+/// spare sampled blocks.
+pub(crate) fn profiler_bytes() -> usize {
+    crate::buckets::memory_bytes() + crate::sampled::stats().1 + crate::spare::bytes()
+}
+
 /// Writes the current profile, gzipped, to `w`.
 pub(crate) fn write<W: Write>(w: W, options: Options) -> io::Result<()> {
     let sites = buckets::snapshot();
@@ -138,7 +144,7 @@ impl Builder {
         }
         // `pprof -comments` shows these: how to read the numbers, and what
         // the profiler itself costs.
-        let (live_sampled, set_bytes) = crate::sampled::stats();
+        let live_sampled = crate::sampled::stats().0;
         let comments = [
             format!(
                 "heapprof {}: values are unbiased estimates from sampling every {rate} bytes on average",
@@ -150,7 +156,7 @@ impl Builder {
             ),
             format!(
                 "heapprof: {live_sampled} live sampled blocks; profiler tables use {} bytes",
-                crate::buckets::memory_bytes() + set_bytes + crate::spare::bytes()
+                profiler_bytes()
             ),
         ];
         for c in options.comments.iter().chain(&comments) {

@@ -56,7 +56,9 @@
 //! `fs:`-relative load, subtract and branch.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
@@ -81,10 +83,10 @@ thread_local! {
 const RATE_UNSET: usize = usize::MAX;
 static RATE: AtomicUsize = AtomicUsize::new(RATE_UNSET);
 
-/// 0 = seed from the clock and the thread's address; otherwise a fixed seed
-/// (from `HEAPPROF_SEED` or `set_seed`) mixed with the thread's ordinal.
+/// A seed from `set_seed`; else `HEAPPROF_SEED`; else the clock and the
+/// thread's address. (Touched only when a thread seeds its generator.)
 static SEED: AtomicU64 = AtomicU64::new(0);
-static SEED_SET: AtomicUsize = AtomicUsize::new(0);
+static SEEDED: AtomicBool = AtomicBool::new(false);
 static THREAD_ORDINAL: AtomicU64 = AtomicU64::new(0);
 
 /// The current sample rate in bytes.
@@ -113,7 +115,7 @@ pub(crate) fn set_rate(bytes: usize) {
 /// their first threshold from now on.
 pub(crate) fn set_seed(seed: u64) {
     SEED.store(seed, Relaxed);
-    SEED_SET.store(1, Relaxed);
+    SEEDED.store(true, Release);
     let _ = THREAD.try_with(|t| {
         t.rng.set(None);
         t.countdown.set(0);
@@ -232,21 +234,21 @@ pub(crate) fn weight(size: usize, rate: usize) -> f64 {
 }
 
 fn new_thread_rng(thread_addr: usize) -> SmallRng {
-    let ordinal = THREAD_ORDINAL.fetch_add(1, Relaxed);
-    let fixed = SEED_SET.load(Relaxed) != 0 || config::get().seed.is_some();
-    let seed = if fixed {
-        let base = if SEED_SET.load(Relaxed) != 0 {
-            SEED.load(Relaxed)
-        } else {
-            config::get().seed.unwrap_or(0)
-        };
-        base ^ ordinal.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-    } else {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        nanos ^ (thread_addr as u64).rotate_left(32) ^ ordinal.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    // Threads get distinct streams: the seed is mixed with the order in
+    // which they first sampled.
+    let ordinal = THREAD_ORDINAL
+        .fetch_add(1, Relaxed)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let fixed = SEEDED.load(Acquire).then(|| SEED.load(Relaxed));
+    let seed = match fixed.or(config::get().seed) {
+        Some(seed) => seed ^ ordinal,
+        None => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            nanos ^ (thread_addr as u64).rotate_left(32) ^ ordinal
+        }
     };
     SmallRng::seed_from_u64(seed)
 }

@@ -27,6 +27,9 @@ pub struct Stats {
     pub allocated_bytes: u64,
     /// Bytes released by all frees.
     pub freed_bytes: u64,
+    /// Memory heapprof holds for itself: the bucket table, the set of live
+    /// sampled blocks and spare sampled blocks (not counted above).
+    pub profiler_bytes: u64,
 }
 
 impl Stats {
@@ -50,6 +53,7 @@ pub fn stats() -> Stats {
         deallocations,
         allocated_bytes,
         freed_bytes,
+        profiler_bytes: crate::profile::profiler_bytes() as u64,
     }
 }
 

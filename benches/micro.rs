@@ -1,0 +1,232 @@
+//! Micro-benchmarks of heapprof's own paths, in one process with heapprof
+//! installed, each measured beside its baseline in the same run:
+//!
+//! * the cost of one sample at a ~30-frame stack, split into unwinding and
+//!   recording (record = a sampled allocation and free, minus an unsampled
+//!   one, minus unwinding);
+//! * the free of an unsampled block, against the same free straight to the
+//!   system allocator;
+//! * `write_profile` with 10 000 distinct sites: the first call (cold
+//!   symbol cache) and the next (warm);
+//! * the profiler's own memory against the live heap at the default rate.
+//!
+//! Each figure is the median of several repetitions. Run with
+//! `cargo bench --bench micro`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::time::Instant;
+
+#[global_allocator]
+static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Calls `f` at a stack `depth` frames deeper than here.
+#[inline(never)]
+fn at_depth(depth: usize, f: &mut dyn FnMut()) {
+    if depth == 0 {
+        f();
+    } else {
+        at_depth(depth - 1, f);
+        black_box(depth);
+    }
+}
+
+/// ns per iteration of `f`, median of 9 runs of `n` iterations.
+fn time_ns(n: usize, mut f: impl FnMut()) -> f64 {
+    median(
+        (0..9)
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..n {
+                    f();
+                }
+                t.elapsed().as_nanos() as f64 / n as f64
+            })
+            .collect(),
+    )
+}
+
+fn sample_cost() {
+    let layout = Layout::from_size_align(64, 8).unwrap();
+    let alloc_free = || unsafe {
+        let p = std::alloc::alloc(layout);
+        black_box(p);
+        std::alloc::dealloc(p, layout);
+    };
+    let mut results = (0.0, 0.0, 0.0, 0);
+    at_depth(24, &mut || {
+        heapprof::set_sample_rate(0);
+        let plain = time_ns(20_000, alloc_free);
+        heapprof::set_sample_rate(1);
+        let sampled = time_ns(20_000, alloc_free);
+        heapprof::set_sample_rate(512 * 1024);
+        let frames = heapprof::__bench::capture_stack();
+        let unwind = time_ns(20_000, || {
+            black_box(heapprof::__bench::capture_stack());
+        });
+        results = (plain, sampled, unwind, frames);
+    });
+    let (plain, sampled, unwind, frames) = results;
+    let sample = sampled - plain;
+    println!(
+        "| one sample (alloc + free of a sampled 64 B block, {frames} frames) | {:.2} µs | unwind {:.2} µs + record {:.2} µs; unsampled alloc+free {plain:.0} ns |",
+        sample / 1e3,
+        unwind / 1e3,
+        (sample - unwind) / 1e3
+    );
+}
+
+fn free_path() {
+    // Sampling off, so that no block is sampled: this is the unsampled free.
+    heapprof::set_sample_rate(0);
+    let layout = Layout::from_size_align(48, 8).unwrap();
+    let n = 200_000;
+    let mut blocks = Vec::with_capacity(n);
+    let mut run = |through_heapprof: bool| {
+        median(
+            (0..9)
+                .map(|_| {
+                    // Each side allocates and frees through its own allocator
+                    // (heapprof forwards to System); only the frees are timed.
+                    blocks.extend((0..n).map(|_| unsafe {
+                        if through_heapprof {
+                            ALLOC.alloc(layout)
+                        } else {
+                            System.alloc(layout)
+                        }
+                    }));
+                    let t = Instant::now();
+                    for &p in &blocks {
+                        unsafe {
+                            if through_heapprof {
+                                ALLOC.dealloc(p, layout)
+                            } else {
+                                System.dealloc(p, layout)
+                            }
+                        }
+                    }
+                    let ns = t.elapsed().as_nanos() as f64 / n as f64;
+                    blocks.clear();
+                    ns
+                })
+                .collect(),
+        )
+    };
+    // Alternate, so that neither side always meets the heap the other left.
+    let (mut system, mut heapprof) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        system.push(run(false));
+        heapprof.push(run(true));
+    }
+    let (system, heapprof) = (median(system), median(heapprof));
+    heapprof::set_sample_rate(512 * 1024);
+    println!(
+        "| free of an unsampled 48 B block | {heapprof:.1} ns | System alone {system:.1} ns (ratio {:.3}) |",
+        heapprof / system
+    );
+}
+
+/// 2^14 call paths through `left`/`right`: one distinct stack per path.
+#[inline(never)]
+fn left(path: u32, depth: u32, keep: &mut Vec<Vec<u8>>) {
+    branch(path, depth, keep);
+    black_box(depth);
+}
+
+#[inline(never)]
+fn right(path: u32, depth: u32, keep: &mut Vec<Vec<u8>>) {
+    branch(path, depth, keep);
+    black_box(depth);
+}
+
+fn branch(path: u32, depth: u32, keep: &mut Vec<Vec<u8>>) {
+    if depth == 0 {
+        keep.push(vec![0u8; 32]);
+    } else if path >> (depth - 1) & 1 == 0 {
+        left(path, depth - 1, keep)
+    } else {
+        right(path, depth - 1, keep)
+    }
+}
+
+fn write_profile_cost() {
+    heapprof::set_sample_rate(1);
+    let mut keep = Vec::with_capacity(10_000);
+    for path in 0..10_000 {
+        branch(path, 14, &mut keep);
+    }
+    heapprof::set_sample_rate(512 * 1024);
+    let mut buf = Vec::new();
+    let t = Instant::now();
+    heapprof::write_profile(&mut buf).unwrap();
+    let cold = t.elapsed().as_secs_f64() * 1e3;
+    let warm = median(
+        (0..5)
+            .map(|_| {
+                buf.clear();
+                let t = Instant::now();
+                heapprof::write_profile(&mut buf).unwrap();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect(),
+    );
+    println!(
+        "| write_profile, 10 000 distinct sites, symbols cached | {warm:.1} ms | first call (cold symbolization) {cold:.0} ms; {} KiB gzipped |",
+        buf.len() / 1024
+    );
+    drop(keep);
+}
+
+fn profiler_memory() {
+    heapprof::set_sample_rate(512 * 1024);
+    // A live heap of ~1 GiB in mixed small and large blocks.
+    let mut keep: Vec<Vec<u8>> = Vec::new();
+    for i in 0..4_000_000usize {
+        keep.push(vec![1u8; 16 + (i % 32) * 8]);
+    }
+    for _ in 0..200 {
+        keep.push(vec![2u8; 1 << 20]);
+    }
+    let s = heapprof::stats();
+    println!(
+        "| profiler memory at 512 KiB, live heap {} MiB | {} KiB | {:.3} % of the live heap (tables, live-sample set, spare sampled blocks) |",
+        s.live_bytes() >> 20,
+        s.profiler_bytes >> 10,
+        100.0 * s.profiler_bytes as f64 / s.live_bytes() as f64
+    );
+    drop(keep);
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    println!("heapprof micro-benchmarks (medians)");
+    println!();
+    println!("| what | heapprof | detail |");
+    println!("|---|---|---|");
+    sample_cost();
+    free_path();
+    write_profile_cost();
+    profiler_memory();
+    println!();
+    println!("({})", unwinder());
+}
+
+fn unwinder() -> String {
+    let mut gz = Vec::new();
+    heapprof::write_profile(&mut gz).unwrap();
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw).unwrap();
+    let p = <heapprof::proto::Profile as prost::Message>::decode(&raw[..]).unwrap();
+    p.comment
+        .iter()
+        .map(|&i| p.string_table[i as usize].clone())
+        .find(|c| c.contains("unwound with"))
+        .unwrap_or_default()
+}
