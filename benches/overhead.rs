@@ -110,6 +110,13 @@ fn main() {
             target: "≤ 1.03",
         },
         Row {
+            workload: "threads2",
+            scale: 100,
+            a: HEAPPROF_DWARF,
+            b: SYSTEM,
+            target: "(no frame pointers)",
+        },
+        Row {
             workload: "alloc_heavy",
             scale: 100,
             a: HEAPPROF_MIMALLOC,
