@@ -16,7 +16,9 @@ use crate::{counters, guard, profile, proto, sampler};
 /// `allocated_bytes - freed_bytes` is the live heap as the program asked
 /// for it; the process's resident size is larger (allocator overhead and
 /// fragmentation, memory not from the heap), and the sampled profile's
-/// `inuse_space` is an estimate of this same number.
+/// `inuse_space` is an estimate of this same number. heapprof's own
+/// allocations go through the same allocator and are counted here too;
+/// `profiler_bytes` says how much of the live heap they are.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Blocks allocated (a `realloc` counts as one allocation and one free).
