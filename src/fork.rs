@@ -11,6 +11,11 @@
 //! Lock order in `prepare` is: symbolizer, bucket stripes, set stripes,
 //! spare pools. No
 //! other code path holds two of these at once, so the order cannot invert.
+//!
+//! Releasing a lock in the child must not depend on the threads that were
+//! waiting for it in the parent, which do not exist in the child: the locks
+//! are futex words with their waiters kept in the kernel (`lock.rs`), so
+//! the child's unlock leaves them free.
 
 use std::sync::Once;
 

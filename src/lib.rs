@@ -79,7 +79,8 @@
 //! table), `sampled.rs` (the live sampled blocks and the free-path filter),
 //! `recorder.rs` (the slow paths), `symbolize.rs` and `mappings.rs`
 //! (addresses to names), `profile.rs` (the pprof encoding), `config.rs`
-//! (the environment) and `guard.rs` (reentrancy).
+//! (the environment), `guard.rs` (reentrancy), `lock.rs` (a fork-safe
+//! futex mutex) and `fork.rs`.
 
 #![warn(missing_docs)]
 
@@ -88,6 +89,7 @@ mod buckets;
 mod config;
 mod fork;
 mod guard;
+mod lock;
 mod mappings;
 mod profile;
 #[doc(hidden)]

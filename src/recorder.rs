@@ -1,8 +1,7 @@
 //! The slow paths: recording a sampled allocation, crediting a sampled free.
 //!
 //! Every function here runs with the reentrancy guard held, so whatever the
-//! unwinder, the tables or parking_lot allocate goes straight to the inner
-//! allocator. Locks are taken only after the stack is captured, one at a
+//! unwinder or the tables allocate goes straight to the inner allocator. Locks are taken only after the stack is captured, one at a
 //! time, and never around a call that could lock again.
 
 use std::alloc::{GlobalAlloc, Layout};

@@ -45,7 +45,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 
-use parking_lot::Mutex;
+use crate::lock::Mutex;
 
 use crate::buckets::BucketId;
 
