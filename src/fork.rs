@@ -8,9 +8,14 @@
 //! both the parent and the child afterwards. The handlers run with the
 //! reentrancy guard held, so nothing they do is sampled.
 //!
-//! Lock order in `prepare` is: symbolizer, bucket stripes, set stripes,
-//! spare pools. No
-//! other code path holds two of these at once, so the order cannot invert.
+//! Lock order in `prepare` is: symbolizer, bucket stripes, spare pools,
+//! then the sampled set (its stripes and mask lock). Other paths nest
+//! locks in one way only: a thread holding a symbolizer, bucket or pool
+//! lock may free memory (a `Vec` or `HashMap` growing), and a free may look
+//! the pointer up in the set. So the set comes last; while a thread holds a
+//! set stripe its frees skip the set and it takes no other lock. Taking the
+//! set before the pools, as this once did, could deadlock `fork` against a
+//! thread whose pool `Vec` grew while it held the pool lock.
 //!
 //! Releasing a lock in the child must not depend on the threads that were
 //! waiting for it in the parent, which do not exist in the child: the locks
@@ -39,16 +44,16 @@ extern "C" fn prepare() {
     std::mem::forget(busy); // released in `after`
     symbolize::lock();
     buckets::lock_all();
-    sampled::lock_all();
     spare::lock_all();
+    sampled::lock_all();
 }
 
 extern "C" fn after() {
     // SAFETY: `prepare` ran on this thread (parent) or on the thread that
     // became the child's only thread, and took exactly these locks.
     unsafe {
-        spare::unlock_all();
         sampled::unlock_all();
+        spare::unlock_all();
         buckets::unlock_all();
         symbolize::unlock();
     }
