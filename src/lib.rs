@@ -136,7 +136,8 @@ fn check_installed() -> io::Result<()> {
 
 /// Sets the mean number of bytes between samples. `0` stops sampling; `1`
 /// records every allocation. Takes effect at once on the calling thread and
-/// on threads started later; running threads switch at their next sample.
+/// on threads started later; running threads switch at their next sample,
+/// or, if sampling was off, within their next 512 KiB of allocations.
 pub fn set_sample_rate(bytes: usize) {
     sampler::set_rate(bytes)
 }

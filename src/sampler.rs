@@ -79,6 +79,14 @@ thread_local! {
 
 /// Marks "not read from the environment yet".
 const RATE_UNSET: usize = usize::MAX;
+
+/// A thread's countdown while sampling is off (rate 0). Not "never": the
+/// rate is only read on the slow path, so a thread parked at "never" would
+/// not see sampling turned back on for the rest of its life. With this,
+/// a running thread picks up a new rate within 512 KiB of allocation, as it
+/// would from the default rate, for one short trip to the slow path per
+/// 512 KiB while off.
+const OFF_COUNTDOWN: usize = 512 * 1024;
 static RATE: AtomicUsize = AtomicUsize::new(RATE_UNSET);
 
 /// 0 = seed from the clock and the thread's address; otherwise a fixed seed
@@ -101,8 +109,9 @@ pub(crate) fn rate() -> usize {
 }
 
 /// Changes the rate. The calling thread starts a fresh countdown at once;
-/// other threads take the new rate at their next sample, and new threads
-/// from their first allocation.
+/// other threads take the new rate at their next sample (within
+/// [`OFF_COUNTDOWN`] bytes if sampling was off), and new threads from their
+/// first allocation.
 pub(crate) fn set_rate(bytes: usize) {
     // usize::MAX is our "unset" marker; it means "practically never" anyway.
     RATE.store(bytes.min(usize::MAX - 1), Relaxed);
@@ -154,7 +163,7 @@ pub(crate) fn on_countdown_expired(size: usize) -> Option<f64> {
     THREAD
         .try_with(|t| {
             if rate == 0 {
-                t.countdown.set(usize::MAX);
+                t.countdown.set(OFF_COUNTDOWN);
                 return None;
             }
             let mut rng = match t.rng.take() {
@@ -199,7 +208,7 @@ fn inside_profiler_expired() {
         }
         if let Some(mut rng) = t.rng.take() {
             let countdown = match rate {
-                0 => usize::MAX,
+                0 => OFF_COUNTDOWN,
                 _ => draw_countdown(&mut rng, rate),
             };
             t.countdown.set(countdown);
