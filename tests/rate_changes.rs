@@ -1,16 +1,22 @@
-//! Changing the sample rate reaches threads that are already running,
-//! including after sampling was turned off with rate 0.
+//! Changing the sample rate: the change reaches threads that are already
+//! running, including after sampling was turned off with rate 0, and the
+//! switch to a rate where sampled blocks are not page aligned loses no
+//! frees. The tests share the global rate, so they take turns.
 
 mod common;
 use common::*;
 
-use std::sync::mpsc;
+use std::alloc::{Layout, alloc, dealloc};
+use std::sync::{Arc, Barrier, Mutex, mpsc};
 use std::time::Duration;
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
 
 const BLOCKS: usize = 100;
+
+/// The rate is global: one test at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 #[inline(never)]
 fn after_the_switch() -> Vec<Vec<u8>> {
@@ -23,6 +29,7 @@ fn after_the_switch() -> Vec<Vec<u8>> {
 /// next sample, unless the countdown is finite.
 #[test]
 fn a_running_thread_resumes_sampling_after_rate_zero() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let _watchdog = watchdog("rate change test", Duration::from_secs(60));
     let (to_thread, switched) = mpsc::channel::<()>();
     let (to_main, off_seen) = mpsc::channel::<()>();
@@ -54,4 +61,64 @@ fn a_running_thread_resumes_sampling_after_rate_zero() {
     // blocks may be charged to the caller: `after_the_switch` can end in a
     // tail call to `collect`.)
     assert!(seen >= BLOCKS as i64, "{seen} of {BLOCKS} recorded");
+}
+
+const CHURN_THREADS: usize = 8;
+const CHURN_OPS: usize = 2_000_000;
+
+#[inline(never)]
+fn churn(ops: usize) {
+    let layout = Layout::from_size_align(48, 8).unwrap();
+    for _ in 0..ops {
+        // SAFETY: non-zero size; freed once with the same layout.
+        unsafe {
+            let p = alloc(layout);
+            assert!(!p.is_null());
+            std::hint::black_box(p);
+            dealloc(p, layout);
+        }
+    }
+}
+
+/// Below 64 KiB sampled blocks keep their own alignment, and the free
+/// path's filter must open (mask 0) before the first such block can be
+/// freed. Eight threads allocate and at once free small blocks at 4 KiB,
+/// so the count of unaligned sampled blocks keeps going 0 -> 1 -> 0 while
+/// other threads sample: every free must still be credited. Before the
+/// fix, a block sampled just after another thread's 0 -> 1 increment, and
+/// freed before that thread stored the mask, skipped the set, and stayed
+/// "in use" for good (every run showed 86 or many more phantom objects).
+#[test]
+fn no_free_is_lost_while_unaligned_sampling_starts_and_stops() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _watchdog = watchdog("unaligned churn", Duration::from_secs(120));
+    // Start from page-aligned sampling, with no unaligned block live.
+    heapprof::set_sample_rate(64 * 1024);
+    let start = Arc::new(Barrier::new(CHURN_THREADS + 1));
+    let threads: Vec<_> = (0..CHURN_THREADS)
+        .map(|_| {
+            let start = start.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                churn(CHURN_OPS)
+            })
+        })
+        .collect();
+    heapprof::set_sample_rate(4096);
+    start.wait();
+    for t in threads {
+        t.join().unwrap();
+    }
+    heapprof::set_sample_rate(64 * 1024);
+    let p = take_profile();
+    assert_sane_values(&p);
+    let allocated = cum(&p, "churn", ALLOC_OBJECTS);
+    let in_use = cum(&p, "churn", INUSE_OBJECTS);
+    println!(
+        "{} blocks allocated and freed by {CHURN_THREADS} threads at 4096: estimated {allocated}, \
+         in use {in_use}",
+        CHURN_THREADS * CHURN_OPS
+    );
+    assert!(allocated > 0, "the churn was sampled");
+    assert_eq!(in_use, 0, "every sampled block was freed, and every free must be credited");
 }
