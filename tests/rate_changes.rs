@@ -1,5 +1,6 @@
 //! Changing the sample rate: the change reaches threads that are already
-//! running, including after sampling was turned off with rate 0, and the
+//! running, including after sampling was turned off with rate 0; a sample
+//! taken across a change counts for what it really stands for; and the
 //! switch to a rate where sampled blocks are not page aligned loses no
 //! frees. The tests share the global rate, so they take turns.
 
@@ -121,4 +122,42 @@ fn no_free_is_lost_while_unaligned_sampling_starts_and_stops() {
     );
     assert!(allocated > 0, "the churn was sampled");
     assert_eq!(in_use, 0, "every sampled block was freed, and every free must be credited");
+}
+
+#[inline(never)]
+fn one_small_block() -> Box<[u8; 16]> {
+    std::hint::black_box(Box::new([7u8; 16]))
+}
+
+/// A thread's countdown is drawn at the rate in force when it was drawn,
+/// and a sample that ends it stands for what that rate says. At rate 1 the
+/// countdown is 0: the next allocation is recorded whatever the rate is by
+/// then, so it is certain, and must count once, not as the 1/p(16 B) =
+/// 32768 allocations a 16-byte sample stands for at 512 KiB. The same for
+/// the thread that calls `set_sample_rate`, whose next allocation is
+/// recorded at once.
+#[test]
+fn a_sample_across_a_rate_change_counts_for_what_it_stands_for() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _watchdog = watchdog("rate change weights", Duration::from_secs(60));
+    heapprof::set_sample_rate(1);
+    let (to_thread, raised) = mpsc::channel::<()>();
+    let (to_main, ready) = mpsc::channel::<()>();
+    let t = std::thread::spawn(move || {
+        std::hint::black_box(vec![0u8; 100]); // countdown drawn at rate 1: 0
+        to_main.send(()).unwrap();
+        raised.recv().unwrap();
+        one_small_block()
+    });
+    ready.recv().unwrap();
+    heapprof::set_sample_rate(512 * 1024);
+    to_thread.send(()).unwrap();
+    let other = t.join().unwrap();
+    heapprof::set_sample_rate(512 * 1024);
+    let mine = one_small_block();
+    let p = take_profile();
+    let counted = flat(&p, "one_small_block", ALLOC_OBJECTS);
+    println!("two certain 16-byte samples across 1 -> 512 KiB counted as {counted} allocations");
+    assert_eq!(counted, 2, "each certain sample counts once");
+    drop((other, mine));
 }
