@@ -73,7 +73,11 @@ fn samples(p: &heapprof::proto::Profile) -> Vec<(Vec<String>, Vec<i64>)> {
         .sample
         .iter()
         .map(|s| (common::stack_names(p, s), s.value.clone()))
-        .filter(|(names, _)| names.iter().any(|n| n.contains("child_writer_fails_mid_way")))
+        .filter(|(names, _)| {
+            names
+                .iter()
+                .any(|n| n.contains("child_writer_fails_mid_way"))
+        })
         .collect();
     v.sort();
     v

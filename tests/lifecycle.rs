@@ -134,7 +134,10 @@ fn child_rate_first() {
     assert_sane_values(&p);
     let objects = flat(&p, "main_allocates", ALLOC_OBJECTS);
     let bytes = flat(&p, "main_allocates", INUSE_SPACE);
-    assert_eq!(objects, MAIN_BLOCKS as i64, "every allocation of main counted once");
+    assert_eq!(
+        objects, MAIN_BLOCKS as i64,
+        "every allocation of main counted once"
+    );
     assert_eq!(bytes, (MAIN_BLOCKS * 1000) as i64);
     say(&format!(
         "RATE-FIRST-OK objects={objects} bytes={bytes} samples={}",

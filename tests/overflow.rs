@@ -122,7 +122,11 @@ fn child_many_distinct_stacks() {
     if std::env::var_os("HEAPPROF_TEST_CHILD").is_none() {
         return;
     }
-    assert_eq!(heapprof::sample_rate(), 0, "run with HEAPPROF_SAMPLE_RATE=0");
+    assert_eq!(
+        heapprof::sample_rate(),
+        0,
+        "run with HEAPPROF_SAMPLE_RATE=0"
+    );
     let bytes_before = table_bytes(&take_profile());
     heapprof::set_sample_rate(1);
     for path in 0..DISTINCT_STACKS {
@@ -139,7 +143,11 @@ fn child_many_distinct_stacks() {
     let workload_sites = after
         .sample
         .iter()
-        .filter(|s| stack_names(&after, s).iter().any(|n| n.contains("overflow::deeper")))
+        .filter(|s| {
+            stack_names(&after, s)
+                .iter()
+                .any(|n| n.contains("overflow::deeper"))
+        })
         .count();
     println!(
         "samples={} workload_sites={workload_sites} overflow_sites={} overflow_objects={} \

@@ -121,7 +121,10 @@ fn no_free_is_lost_while_unaligned_sampling_starts_and_stops() {
         CHURN_THREADS * CHURN_OPS
     );
     assert!(allocated > 0, "the churn was sampled");
-    assert_eq!(in_use, 0, "every sampled block was freed, and every free must be credited");
+    assert_eq!(
+        in_use, 0,
+        "every sampled block was freed, and every free must be credited"
+    );
 }
 
 #[inline(never)]

@@ -254,7 +254,11 @@ fn threads_allocate_resize_and_free_while_profiles_are_written_and_the_rate_chan
         table_bytes(&p),
         started.elapsed()
     );
-    assert_eq!(total.allocs + total.zeroed, total.frees, "every block freed");
+    assert_eq!(
+        total.allocs + total.zeroed,
+        total.frees,
+        "every block freed"
+    );
     assert!(profiles.load(Relaxed) > 0 && rate_changes.load(Relaxed) > 0);
     assert!(sampled > 0, "the workers' allocations were sampled");
     assert_eq!(

@@ -194,14 +194,21 @@ fn thousands_of_short_lived_threads_allocate_hand_over_and_exit() {
         started.elapsed()
     );
     assert_eq!(spawned, PHASES.len() * THREADS_PER_PHASE);
-    assert_eq!(EXIT_DROPS.load(Relaxed), spawned, "every exit destructor ran");
+    assert_eq!(
+        EXIT_DROPS.load(Relaxed),
+        spawned,
+        "every exit destructor ran"
+    );
     assert_eq!(
         RECEIVED.load(Relaxed) + leftover_count,
         spawned * HAND_OVER,
         "every parcel arrived once"
     );
     assert_eq!(exact_count, THREADS_PER_PHASE);
-    assert_eq!(once, exact_count as i64, "at rate 1 every allocation counts once");
+    assert_eq!(
+        once, exact_count as i64,
+        "at rate 1 every allocation counts once"
+    );
     assert_eq!(once_in_use, exact_count as i64);
     assert!(profiles.load(Relaxed) > 0);
     assert_eq!(
