@@ -50,6 +50,8 @@ impl<A: GlobalAlloc> Profiler<A> {
 // blocks satisfy the caller's layout too. No method unwinds: the recorder
 // catches nothing because nothing it calls on these paths panics.
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
+    /// # Safety
+    /// `GlobalAlloc::alloc`'s contract: `layout` has a non-zero size.
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if sampler::countdown_expired(layout.size()) {
@@ -59,6 +61,8 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
         unsafe { self.inner.alloc(layout) }
     }
 
+    /// # Safety
+    /// As for `alloc`: `layout` has a non-zero size.
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         if sampler::countdown_expired(layout.size()) {
@@ -68,6 +72,9 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
         unsafe { self.inner.alloc_zeroed(layout) }
     }
 
+    /// # Safety
+    /// `ptr` was returned by this allocator for `layout` and is not freed
+    /// yet.
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if sampled::may_contain(ptr) {
@@ -79,6 +86,10 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
         unsafe { self.inner.dealloc(ptr, layout) }
     }
 
+    /// # Safety
+    /// `ptr` was returned by this allocator for `layout` and is not freed
+    /// yet; `new_size` is non-zero and, rounded up to `layout.align()`,
+    /// does not exceed `isize::MAX`.
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let maybe_sampled = sampled::may_contain(ptr);
