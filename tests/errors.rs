@@ -57,10 +57,10 @@ impl Write for FailingFlush {
 const KEPT: usize = 500;
 
 #[inline(never)]
-fn kept_blocks() -> Vec<Box<[u8; 1000]>> {
+fn kept_blocks() -> Vec<Vec<u8>> {
     let mut v = Vec::with_capacity(KEPT);
     for i in 0..KEPT {
-        v.push(Box::new([i as u8; 1000]));
+        v.push(vec![i as u8; 1000]);
     }
     v
 }
