@@ -27,7 +27,12 @@ use std::time::{Duration, Instant};
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
 
 const WORKERS: usize = 8;
-const OPS_PER_WORKER: usize = 40_000;
+/// A few seconds in release; unoptimized pattern checks are ~10x slower.
+const OPS_PER_WORKER: usize = if cfg!(debug_assertions) {
+    5_000
+} else {
+    40_000
+};
 /// Live blocks per worker at most.
 const SLOTS: usize = 32;
 /// 1 = every allocation, 4096 and 65536 either side of page alignment,
