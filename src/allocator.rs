@@ -51,6 +51,8 @@ impl<A: GlobalAlloc> Profiler<A> {
 // blocks satisfy the caller's layout too. No method unwinds: the recorder
 // catches nothing because nothing it calls on these paths panics.
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
+    /// # Safety
+    /// `GlobalAlloc::alloc`'s contract: `layout` has a non-zero size.
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         counters::on_alloc(layout.size());
@@ -61,6 +63,8 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
         unsafe { self.inner.alloc(layout) }
     }
 
+    /// # Safety
+    /// As for `alloc`: `layout` has a non-zero size.
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         counters::on_alloc(layout.size());
@@ -71,6 +75,9 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
         unsafe { self.inner.alloc_zeroed(layout) }
     }
 
+    /// # Safety
+    /// `ptr` was returned by this allocator for `layout` and is not freed
+    /// yet.
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         counters::on_free(layout.size());
@@ -83,6 +90,10 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
         unsafe { self.inner.dealloc(ptr, layout) }
     }
 
+    /// # Safety
+    /// `ptr` was returned by this allocator for `layout` and is not freed
+    /// yet; `new_size` is non-zero and, rounded up to `layout.align()`,
+    /// does not exceed `isize::MAX`.
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // Counted as a free of the old block and an allocation of the new.

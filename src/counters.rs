@@ -18,7 +18,7 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use parking_lot::Mutex;
+use crate::lock::Mutex;
 
 pub(crate) struct Counters {
     allocs: AtomicU64,

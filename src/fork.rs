@@ -8,9 +8,20 @@
 //! both the parent and the child afterwards. The handlers run with the
 //! reentrancy guard held, so nothing they do is sampled.
 //!
-//! Lock order in `prepare` is: symbolizer, thread registry, bucket stripes, set stripes,
-//! spare pools, peak copy. No
-//! other code path holds two of these at once, so the order cannot invert.
+//! Lock order in `prepare` is: symbolizer, thread registry, bucket
+//! stripes, spare pools, peak copy, then the sampled set (its stripes and
+//! mask lock). Other paths nest locks in one way only: a thread holding
+//! one of the others may free memory (a `Vec` or `HashMap` growing, an old
+//! peak copy dropped), and a free may look the pointer up in the set. So
+//! the set comes last; while a thread holds a set stripe its frees skip the
+//! set and it takes no other lock. Taking the set before the pools, as
+//! this once did, could deadlock `fork` against a thread whose pool `Vec`
+//! grew while it held the pool lock.
+//!
+//! Releasing a lock in the child must not depend on the threads that were
+//! waiting for it in the parent, which do not exist in the child: the locks
+//! are futex words with their waiters kept in the kernel (`lock.rs`), so
+//! the child's unlock leaves them free.
 
 use std::sync::Once;
 
@@ -35,18 +46,18 @@ extern "C" fn prepare() {
     symbolize::lock();
     counters::lock();
     buckets::lock_all();
-    sampled::lock_all();
     spare::lock_all();
     peak::lock();
+    sampled::lock_all();
 }
 
 extern "C" fn after() {
     // SAFETY: `prepare` ran on this thread (parent) or on the thread that
     // became the child's only thread, and took exactly these locks.
     unsafe {
+        sampled::unlock_all();
         peak::unlock();
         spare::unlock_all();
-        sampled::unlock_all();
         buckets::unlock_all();
         counters::unlock();
         symbolize::unlock();

@@ -147,9 +147,10 @@
 //! table), `sampled.rs` (the live sampled blocks and the free-path filter),
 //! `recorder.rs` (the slow paths), `symbolize.rs` and `mappings.rs`
 //! (addresses to names), `profile.rs` (the pprof encoding), `config.rs`
-//! (the environment), `guard.rs` (reentrancy), `spare.rs` (reuse of
-//! sampled blocks), `counters.rs` (exact counts), `snapshot.rs` (the Rust
-//! view), `peak.rs` and `dump.rs` (automatic dumps) and `fork.rs`.
+//! (the environment), `guard.rs` (reentrancy), `lock.rs` (a fork-safe
+//! futex mutex), `spare.rs` (reuse of sampled blocks), `counters.rs`
+//! (exact counts), `snapshot.rs` (the Rust view), `peak.rs` and `dump.rs`
+//! (automatic dumps) and `fork.rs`.
 
 #![warn(missing_docs)]
 
@@ -160,6 +161,7 @@ mod counters;
 mod dump;
 mod fork;
 mod guard;
+mod lock;
 mod mappings;
 mod peak;
 mod profile;
@@ -232,7 +234,8 @@ fn check_installed() -> io::Result<()> {
 
 /// Sets the mean number of bytes between samples. `0` stops sampling; `1`
 /// records every allocation. Takes effect at once on the calling thread and
-/// on threads started later; running threads switch at their next sample.
+/// on threads started later; running threads switch at their next sample,
+/// or, if sampling was off, within their next 512 KiB of allocations.
 pub fn set_sample_rate(bytes: usize) {
     sampler::set_rate(bytes)
 }

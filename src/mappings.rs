@@ -46,6 +46,12 @@ pub(crate) fn current() -> Vec<Mapping> {
     mappings.into_iter().map(|(_, m)| m).collect()
 }
 
+/// `dl_iterate_phdr`'s callback.
+///
+/// # Safety
+/// Called only by `dl_iterate_phdr`, from [`current`]: `info` points to a
+/// valid `dl_phdr_info` for the duration of the call, and `data` is the
+/// `Vec<(bool, Mapping)>` that `current` passed, not otherwise borrowed.
 unsafe extern "C" fn collect(
     info: *mut libc::dl_phdr_info,
     _size: libc::size_t,

@@ -14,7 +14,7 @@
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::time::SystemTime;
 
-use parking_lot::Mutex;
+use crate::lock::Mutex;
 
 use crate::buckets::{self, Site};
 

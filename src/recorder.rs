@@ -1,8 +1,7 @@
 //! The slow paths: recording a sampled allocation, crediting a sampled free.
 //!
 //! Every function here runs with the reentrancy guard held, so whatever the
-//! unwinder, the tables or parking_lot allocate goes straight to the inner
-//! allocator. Locks are taken only after the stack is captured, one at a
+//! unwinder or the tables allocate goes straight to the inner allocator. Locks are taken only after the stack is captured, one at a
 //! time, and never around a call that could lock again.
 
 use std::alloc::{GlobalAlloc, Layout};
@@ -117,8 +116,16 @@ pub(crate) unsafe fn dealloc<A: GlobalAlloc>(inner: &A, ptr: *mut u8, layout: La
     let layout = match entry {
         Some(e) => {
             let actual = actual_layout(layout, e.page_aligned);
-            if e.page_aligned && spare::keep(ptr, actual) {
-                return;
+            if e.page_aligned {
+                // Keeping the block may grow the pool's Vec while its lock
+                // is held; with the guard, that allocation goes straight to
+                // the inner allocator. Unguarded, it could be sampled, and
+                // the sample would ask this same pool for a block and wait
+                // for the lock this thread holds.
+                let _busy = guard::Busy::enter();
+                if spare::keep(ptr, actual) {
+                    return;
+                }
             }
             actual
         }

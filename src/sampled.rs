@@ -45,7 +45,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 
-use parking_lot::Mutex;
+use crate::lock::Mutex;
 
 use crate::buckets::BucketId;
 
@@ -158,7 +158,18 @@ pub(crate) fn in_set() -> bool {
 /// Adds a sampled block. Must be called before the pointer is handed to the
 /// program, so that any thread that can free it sees the filter update.
 pub(crate) fn insert(ptr: *mut u8, entry: Entry) {
-    if !entry.page_aligned && UNALIGNED_LIVE.fetch_add(1, SeqCst) == 0 {
+    if !entry.page_aligned {
+        // The mask must be 0 before this block can be freed, that is,
+        // before this returns, whichever thread moved the count off 0. So
+        // every unaligned insert passes through `update_mask`: after its
+        // increment, under the lock, it cannot be overtaken by a remover
+        // that saw the count at 0 and is about to raise the mask. (Only the
+        // 0 -> 1 insert used to call it: another thread's block sampled
+        // just after could be freed before that call stored the 0, and the
+        // free skipped the set, so the block stayed "in use" for good.)
+        // A global lock per unaligned sample, at rates below
+        // PAGE_ALIGN_MIN_RATE only, next to the cost of the stack walk.
+        UNALIGNED_LIVE.fetch_add(1, SeqCst);
         update_mask();
     }
     // Saturating increment: 255 means "too many to count", kept for good.
@@ -182,9 +193,10 @@ pub(crate) fn remove(ptr: *mut u8) -> Option<Entry> {
     Some(entry)
 }
 
-/// Sets the mask from the current count. Every 0↔1 transition of the count
-/// calls this after it, under one lock, and each call reads the count
-/// afresh, so the last call to run always sees the final count.
+/// Sets the mask from the current count. Every unaligned insert and every
+/// 1 -> 0 removal calls this after changing the count, under one lock, and
+/// each call reads the count afresh, so the last call to run always sees
+/// the final count, and an insert returns only once the mask is 0.
 fn update_mask() {
     let _lock = MASK_LOCK.lock();
     let mask = if UNALIGNED_LIVE.load(SeqCst) == 0 {

@@ -21,6 +21,15 @@
 //! points' worth of debt and the next ~20 allocations would all be sampled,
 //! whatever their size.
 //!
+//! When the rate changes, a running thread finishes the countdown it drew
+//! at the old rate, and the allocation that ends it was sampled with the
+//! old rate's probability: its weight uses the rate the countdown was drawn
+//! at, not the current one. (Weighting it at the new rate counted, after a
+//! switch from 1 to 512 KiB, one certain 16-byte sample as 32768
+//! allocations.) Countdowns that are not draws (zero after
+//! [`set_rate`], the fixed countdown while sampling is off) end in a
+//! certain sample, which counts once.
+//!
 //! # Weights
 //!
 //! Under that process an allocation of `s` bytes is sampled with
@@ -70,17 +79,29 @@ struct ThreadSampler {
     /// a new thread, so its first allocation takes the slow path and seeds
     /// the generator.
     countdown: Cell<usize>,
+    /// The rate `countdown` was drawn at: what a sample that ends it stands
+    /// for. 1 for a countdown that is not a draw: its end records one
+    /// allocation with certainty, so with weight 1.
+    drawn_at: Cell<usize>,
     rng: Cell<Option<SmallRng>>,
 }
 
 thread_local! {
     static THREAD: ThreadSampler = const {
-        ThreadSampler { countdown: Cell::new(0), rng: Cell::new(None) }
+        ThreadSampler { countdown: Cell::new(0), drawn_at: Cell::new(1), rng: Cell::new(None) }
     };
 }
 
 /// Marks "not read from the environment yet".
 const RATE_UNSET: usize = usize::MAX;
+
+/// A thread's countdown while sampling is off (rate 0). Not "never": the
+/// rate is only read on the slow path, so a thread parked at "never" would
+/// not see sampling turned back on for the rest of its life. With this,
+/// a running thread picks up a new rate within 512 KiB of allocation, as it
+/// would from the default rate, for one short trip to the slow path per
+/// 512 KiB while off.
+const OFF_COUNTDOWN: usize = 512 * 1024;
 static RATE: AtomicUsize = AtomicUsize::new(RATE_UNSET);
 
 /// A seed from `set_seed`; else `HEAPPROF_SEED`; else the clock and the
@@ -103,12 +124,16 @@ pub(crate) fn rate() -> usize {
 }
 
 /// Changes the rate. The calling thread starts a fresh countdown at once;
-/// other threads take the new rate at their next sample, and new threads
-/// from their first allocation.
+/// other threads take the new rate at their next sample (within
+/// [`OFF_COUNTDOWN`] bytes if sampling was off), and new threads from their
+/// first allocation.
 pub(crate) fn set_rate(bytes: usize) {
     // usize::MAX is our "unset" marker; it means "practically never" anyway.
     RATE.store(bytes.min(usize::MAX - 1), Relaxed);
-    let _ = THREAD.try_with(|t| t.countdown.set(0));
+    let _ = THREAD.try_with(|t| {
+        t.countdown.set(0);
+        t.drawn_at.set(1);
+    });
 }
 
 /// Seeds the generators of the calling thread and of threads that draw
@@ -157,7 +182,8 @@ pub(crate) fn on_countdown_expired(size: usize) -> Option<f64> {
     THREAD
         .try_with(|t| {
             if rate == 0 {
-                t.countdown.set(usize::MAX);
+                t.countdown.set(OFF_COUNTDOWN);
+                t.drawn_at.set(1);
                 return None;
             }
             let mut rng = match t.rng.take() {
@@ -167,6 +193,7 @@ pub(crate) fn on_countdown_expired(size: usize) -> Option<f64> {
                     // countdown and charge this allocation against it.
                     let mut rng = new_thread_rng(t as *const ThreadSampler as usize);
                     let first = draw_countdown(&mut rng, rate);
+                    t.drawn_at.set(rate);
                     if size < first {
                         t.countdown.set(first - size);
                         t.rng.set(Some(rng));
@@ -175,11 +202,15 @@ pub(crate) fn on_countdown_expired(size: usize) -> Option<f64> {
                     rng
                 }
             };
-            // A point fell inside this block: restart from a fresh draw at
-            // its end (see the module comment for why not carry over).
+            // A point of the process the countdown was drawn from fell
+            // inside this block: it stands for what that rate says. Restart
+            // from a fresh draw at the current rate, at the block's end (see
+            // the module comment for why not carry over).
+            let sampled_at = t.drawn_at.get();
             t.countdown.set(draw_countdown(&mut rng, rate));
+            t.drawn_at.set(rate);
             t.rng.set(Some(rng));
-            Some(weight(size, rate))
+            Some(weight(size, sampled_at))
         })
         .ok()
         .flatten()
@@ -201,11 +232,12 @@ fn inside_profiler_expired() {
             return;
         }
         if let Some(mut rng) = t.rng.take() {
-            let countdown = match rate {
-                0 => usize::MAX,
-                _ => draw_countdown(&mut rng, rate),
+            let (countdown, drawn_at) = match rate {
+                0 => (OFF_COUNTDOWN, 1),
+                _ => (draw_countdown(&mut rng, rate), rate),
             };
             t.countdown.set(countdown);
+            t.drawn_at.set(drawn_at);
             t.rng.set(Some(rng));
         }
     });

@@ -18,7 +18,7 @@
 
 use std::alloc::Layout;
 
-use parking_lot::Mutex;
+use crate::lock::Mutex;
 
 use crate::sampled::PAGE;
 

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use crate::lock::Mutex;
 
 /// One source-level frame at an address. An address yields several when
 /// functions were inlined into each other, innermost first.

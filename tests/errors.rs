@@ -41,6 +41,106 @@ fn failing_writer_gets_err_and_the_next_write_works() {
     drop(keep);
 }
 
+/// A writer that accepts everything and fails on flush.
+struct FailingFlush(Vec<u8>);
+
+impl Write for FailingFlush {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Err(io::Error::other("flush failed (test)"))
+    }
+}
+
+const KEPT: usize = 500;
+
+#[inline(never)]
+fn kept_blocks() -> Vec<Vec<u8>> {
+    let mut v = Vec::with_capacity(KEPT);
+    for i in 0..KEPT {
+        v.push(vec![i as u8; 1000]);
+    }
+    v
+}
+
+/// This thread's samples as (stack, values), sorted: what two profiles of
+/// the same heap must agree on. (The harness's main thread may allocate
+/// meanwhile, so its samples are left out.)
+fn samples(p: &heapprof::proto::Profile) -> Vec<(Vec<String>, Vec<i64>)> {
+    let mut v: Vec<_> = p
+        .sample
+        .iter()
+        .map(|s| (common::stack_names(p, s), s.value.clone()))
+        .filter(|(names, _)| {
+            names
+                .iter()
+                .any(|n| n.contains("child_writer_fails_mid_way"))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Child (at rate 1, so counts are exact): a reference profile, then
+/// writes that fail a quarter, half and three quarters of the way, and on
+/// the final flush (after the gzip trailer), then a profile that must
+/// decode (gzip checks its CRC and length) and match the reference sample
+/// for sample: this thread allocated nothing in between outside heapprof's
+/// own writes, which are not profiled.
+#[test]
+fn child_writer_fails_mid_way() {
+    if std::env::var_os("HEAPPROF_TEST_CHILD").is_none() {
+        return;
+    }
+    let kept = kept_blocks();
+    let mut reference = Vec::new();
+    heapprof::write_profile(&mut reference).unwrap();
+    let n = reference.len();
+    let budgets = [n / 4, n / 2, 3 * n / 4];
+    let mut failures = [false; 4];
+    for (i, &budget) in budgets.iter().enumerate() {
+        failures[i] = heapprof::write_profile(FailingWriter { budget }).is_err();
+    }
+    failures[3] = heapprof::write_profile(FailingFlush(Vec::new())).is_err();
+    let mut next = Vec::new();
+    heapprof::write_profile(&mut next).unwrap();
+
+    assert_eq!(failures, [true; 4], "each failing writer got Err");
+    let (reference, next) = (common::decode(&reference), common::decode(&next));
+    assert_eq!(
+        common::flat(&next, "kept_blocks", common::INUSE_OBJECTS),
+        KEPT as i64 + 1,
+        "the blocks and the Vec holding them"
+    );
+    let (before, after) = (samples(&reference), samples(&next));
+    assert!(!after.is_empty());
+    assert_eq!(before, after);
+    println!(
+        "MIDWAY-OK: failed at {budgets:?} of {n} bytes and on flush; the next profile has the same {} samples from this thread",
+        after.len()
+    );
+    drop(kept);
+}
+
+#[test]
+fn a_write_that_fails_mid_way_leaves_the_next_one_complete() {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_writer_fails_mid_way", "--nocapture"])
+        .env("HEAPPROF_TEST_CHILD", "1")
+        .env("HEAPPROF_SAMPLE_RATE", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("MIDWAY-OK"),
+        "child failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Run in a child process with a given environment: reports the rate.
 #[test]
 fn child_reports_rate() {

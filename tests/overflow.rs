@@ -1,6 +1,8 @@
 //! More distinct stacks than the table holds: memory stays bounded, the
 //! excess is counted in a visible overflow site, and the program goes on.
-//! Runs itself as a child with `HEAPPROF_MAX_SITES=64`.
+//! Runs itself as a child with `HEAPPROF_MAX_SITES=64`, and with 256 sites
+//! against ~5000 distinct stacks of varying depth, where the profiler's
+//! own memory must stay under a bound derived from the table's layout.
 
 mod common;
 use common::*;
@@ -70,4 +72,185 @@ fn overflow_is_visible_and_bounded() {
     // many samples must have gone to the overflow site.
     assert!(field("overflow_objects=") >= 50, "{stdout}");
     assert!(field("samples=") <= 65);
+}
+
+/// Distinct stacks for the bounds test: 13 levels of `left`/`right` spell
+/// the bits of `path`, then `path % 5` levels of `deeper`.
+const DISTINCT_STACKS: usize = 5000;
+const PATH_LEVELS: u32 = 13;
+const CAPPED_SITES: usize = 256;
+
+#[inline(never)]
+fn left(level: u32, path: usize) -> Vec<u8> {
+    let v = descend(level, path);
+    std::hint::black_box(v)
+}
+
+#[inline(never)]
+fn right(level: u32, path: usize) -> Vec<u8> {
+    let mut v = descend(level, path);
+    v.push(1); // differs from `left`, so the two are not merged
+    std::hint::black_box(v)
+}
+
+fn descend(level: u32, path: usize) -> Vec<u8> {
+    if level == PATH_LEVELS {
+        return deeper(path % 5);
+    }
+    if path >> level & 1 == 0 {
+        left(level + 1, path)
+    } else {
+        right(level + 1, path)
+    }
+}
+
+#[inline(never)]
+fn deeper(extra: usize) -> Vec<u8> {
+    if extra == 0 {
+        return std::hint::black_box(Vec::with_capacity(64));
+    }
+    let v = deeper(extra - 1);
+    std::hint::black_box(v)
+}
+
+/// Child: one block per distinct stack, each freed at once. It starts
+/// with sampling off (`HEAPPROF_SAMPLE_RATE=0`) and samples only during
+/// the workload, so the tables hold the workload's sites alone and the
+/// sampled set never tracks more than the workload's one live block.
+#[test]
+fn child_many_distinct_stacks() {
+    if std::env::var_os("HEAPPROF_TEST_CHILD").is_none() {
+        return;
+    }
+    assert_eq!(
+        heapprof::sample_rate(),
+        0,
+        "run with HEAPPROF_SAMPLE_RATE=0"
+    );
+    let bytes_before = table_bytes(&take_profile());
+    heapprof::set_sample_rate(1);
+    for path in 0..DISTINCT_STACKS {
+        drop(left(0, path));
+    }
+    heapprof::set_sample_rate(0);
+    let after = take_profile();
+    assert_sane_values(&after);
+    let overflow: Vec<_> = after
+        .sample
+        .iter()
+        .filter(|s| leaf_name(&after, s).starts_with("[heapprof overflow"))
+        .collect();
+    let workload_sites = after
+        .sample
+        .iter()
+        .filter(|s| {
+            stack_names(&after, s)
+                .iter()
+                .any(|n| n.contains("overflow::deeper"))
+        })
+        .count();
+    println!(
+        "samples={} workload_sites={workload_sites} overflow_sites={} overflow_objects={} \
+         bytes_before={bytes_before} bytes_after={} live_after={}",
+        after.sample.len(),
+        overflow.len(),
+        overflow.iter().map(|s| s.value[ALLOC_OBJECTS]).sum::<i64>(),
+        table_bytes(&after),
+        live_sampled_blocks(&after),
+    );
+}
+
+fn run_many_stacks_child(max_sites: usize) -> String {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_many_distinct_stacks", "--nocapture"])
+        .env("HEAPPROF_TEST_CHILD", "1")
+        .env("HEAPPROF_SAMPLE_RATE", "0")
+        .env("HEAPPROF_MAX_SITES", max_sites.to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "child failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn field(stdout: &str, name: &str) -> usize {
+    let at = stdout
+        .find(name)
+        .unwrap_or_else(|| panic!("no {name} in {stdout}"))
+        + name.len();
+    stdout[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+/// The most bytes heapprof can report for its tables (`profiler tables
+/// use N bytes`) with `sites` sites in the bucket table and at most `live`
+/// sampled blocks ever live at once, none of them page aligned (so the
+/// spare pools stay empty). From the layouts in `buckets.rs` and
+/// `sampled.rs`: 64 stripes each, every `Vec` holds at most twice its
+/// length or 4 elements, every hashbrown map at most twice its length or 3:
+///
+/// ```text
+/// buckets      64 B × (64·4 + 2·sites)        Vec<Bucket>, 64-byte buckets
+/// frames        8 B × (64·4 + 2·32·sites)     Vec<usize>; ≤ 32 frames per site overall
+/// site index   17 B × (64·3 + 2·sites)        HashMap<u64, u32>, as reported
+/// sampled set  33 B × (64·3 + 2·live)         HashMap<usize, Entry>, as reported
+/// ```
+///
+/// For 256 sites and one live block: 49 152 + 133 120 + 11 968 + 6 402 =
+/// 200 642 bytes, whatever the number of distinct stacks.
+fn memory_bound(sites: usize, live: usize) -> usize {
+    64 * (64 * 4 + 2 * sites)
+        + 8 * (64 * 4 + 2 * 32 * sites)
+        + 17 * (64 * 3 + 2 * sites)
+        + 33 * (64 * 3 + 2 * live)
+}
+
+/// 5000 distinct stacks, 13 to 17 frames deeper than the test, into a
+/// table of 256 sites at rate 1: at most 256 sites plus the one overflow
+/// site appear, the overflow site counts exactly the allocations that got
+/// no site, and the profiler's memory stays within `memory_bound`. The
+/// workload frees each block before the next, so at most one sampled
+/// block of it is live at a time, plus whatever it left live at the end.
+/// The same workload with the default 16 Ki sites must need more than the
+/// bound, or the test would not show that the cap bounds anything.
+#[test]
+fn distinct_stacks_beyond_the_cap_keep_memory_bounded() {
+    let capped = run_many_stacks_child(CAPPED_SITES);
+    print!("capped at {CAPPED_SITES}: {capped}");
+    let bound = memory_bound(CAPPED_SITES, 1 + field(&capped, "live_after="));
+    let after = field(&capped, "bytes_after=");
+    println!("tables after {DISTINCT_STACKS} distinct stacks: {after} bytes, bound {bound}");
+    let kept = field(&capped, "workload_sites=");
+    assert!(field(&capped, "samples=") <= CAPPED_SITES + 1);
+    assert!(kept <= CAPPED_SITES);
+    assert_eq!(field(&capped, "overflow_sites="), 1, "one overflow site");
+    assert_eq!(
+        kept + field(&capped, "overflow_objects="),
+        DISTINCT_STACKS,
+        "each allocation is in its own site or counted once in the overflow site"
+    );
+    assert!(after <= bound, "{after} bytes > bound {bound}");
+
+    let uncapped = run_many_stacks_child(16 * 1024);
+    print!("uncapped: {uncapped}");
+    assert_eq!(
+        field(&uncapped, "workload_sites="),
+        DISTINCT_STACKS,
+        "the stacks are distinct"
+    );
+    assert_eq!(field(&uncapped, "overflow_sites="), 0);
+    let uncapped_after = field(&uncapped, "bytes_after=");
+    println!("without the cap the same workload takes {uncapped_after} bytes");
+    assert!(
+        uncapped_after > bound,
+        "the uncapped run ({uncapped_after} B) must exceed the bound ({bound} B) for the test to mean anything"
+    );
 }

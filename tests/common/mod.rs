@@ -91,3 +91,121 @@ pub fn assert_estimate(what: &str, estimate: i64, truth: usize, rate: usize, sig
         tolerance * 100.0
     );
 }
+
+/// Aborts the whole process if it is not dropped within `limit`, so that a
+/// deadlock fails the test (the harness sees SIGABRT) instead of hanging CI.
+/// The message is written with `write(2)` directly: a deadlocked thread
+/// might hold the lock of Rust's `stderr`.
+pub struct Watchdog {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub fn watchdog(what: &'static str, limit: std::time::Duration) -> Watchdog {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let message = format!(
+        "\nWATCHDOG: {what} did not finish within {limit:?}: deadlock or livelock; aborting\n"
+    );
+    let thread = std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(limit) {
+                // SAFETY: writes a valid buffer of its own length to fd 2.
+                unsafe { libc::write(2, message.as_ptr().cast(), message.len()) };
+                std::process::abort();
+            }
+        })
+        .expect("spawn the watchdog");
+    Watchdog {
+        stop: Some(stop),
+        thread: Some(thread),
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A small, seedable xorshift64* generator: no dependency, reproducible.
+pub struct XorShift(u64);
+
+impl XorShift {
+    pub fn new(seed: u64) -> Self {
+        XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in `0..n` (n > 0), near enough for tests.
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((self.next_u64() >> 32) * n) >> 32
+    }
+    /// Log-uniform in `lo..=hi`.
+    pub fn log_uniform(&mut self, lo: usize, hi: usize) -> usize {
+        let (l, h) = ((lo as f64).ln(), (hi as f64).ln());
+        let u = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        ((l + u * (h - l)).exp() as usize).clamp(lo, hi)
+    }
+}
+
+/// Checks the invariants every sample of a heap profile must hold: four
+/// values, none negative, and never more in use than was allocated.
+pub fn assert_sane_values(p: &Profile) {
+    for s in &p.sample {
+        let v = &s.value;
+        assert_eq!(v.len(), 4, "four values per sample: {v:?}");
+        assert!(v.iter().all(|&x| x >= 0), "negative value: {v:?}");
+        assert!(
+            v[ALLOC_OBJECTS] >= v[INUSE_OBJECTS] && v[ALLOC_SPACE] >= v[INUSE_SPACE],
+            "more in use than allocated: {v:?} at {:?}",
+            stack_names(p, s)
+        );
+    }
+}
+
+/// The `profiler tables use N bytes` figure from the profile's comments.
+pub fn table_bytes(p: &Profile) -> usize {
+    comment_number(p, "profiler tables use ")
+}
+
+/// The `N live sampled blocks` figure from the profile's comments.
+pub fn live_sampled_blocks(p: &Profile) -> usize {
+    let c = p
+        .comment
+        .iter()
+        .map(|&i| string(p, i))
+        .find(|c| c.contains(" live sampled blocks"))
+        .expect("a comment with the live sampled blocks");
+    let after = &c[c.find("heapprof: ").expect("heapprof: prefix") + "heapprof: ".len()..];
+    after
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .expect("a number")
+}
+
+fn comment_number(p: &Profile, before: &str) -> usize {
+    let c = p
+        .comment
+        .iter()
+        .map(|&i| string(p, i))
+        .find(|c| c.contains(before))
+        .unwrap_or_else(|| panic!("no comment containing {before:?}"));
+    c[c.find(before).unwrap() + before.len()..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .expect("a number")
+}

@@ -1,0 +1,201 @@
+//! `fork()` while other threads allocate, record samples and write
+//! profiles: the child must be able to allocate, record and write a
+//! profile (no lock of heapprof's left held by a thread that does not exist
+//! in the child), and the parent must go on as before.
+//!
+//! Each of the 20 rounds forks at a different sample rate (1, a small one,
+//! the smallest page-aligned one, the default), with four threads
+//! allocating and one writing profiles the whole time. The child checks its
+//! own profile and leaves with `_exit`; the parent polls `waitpid` and
+//! kills a child that has not finished in 30 s (a deadlock: the test fails).
+
+mod common;
+use common::*;
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+#[global_allocator]
+static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+
+const ROUNDS: usize = 20;
+const ALLOCATING_THREADS: usize = 4;
+const RATES: [usize; 4] = [1, 4096, 65536, 512 * 1024];
+const CHILD_TIMEOUT: Duration = Duration::from_secs(30);
+const CHILD_BLOCKS: usize = 100;
+
+/// What the background threads do until told to stop: blocks of mixed
+/// sizes, some kept a while, some freed at once, some grown.
+#[inline(never)]
+fn allocate_until(stop: &AtomicBool, seed: u64, ops: &AtomicUsize) {
+    let mut rng = XorShift::new(seed);
+    let mut kept: Vec<Vec<u8>> = Vec::new();
+    while !stop.load(Relaxed) {
+        let size = rng.log_uniform(1, 64 * 1024);
+        let mut v = vec![seed as u8; size];
+        if rng.below(4) == 0 {
+            v.extend_from_slice(&[1, 2, 3]);
+        }
+        if kept.len() < 64 {
+            kept.push(v);
+        } else {
+            let i = rng.below(kept.len() as u64) as usize;
+            kept[i] = v;
+        }
+        black_box(&kept);
+        ops.fetch_add(1, Relaxed);
+    }
+}
+
+/// The child's own allocations, at a site the child looks for.
+#[inline(never)]
+fn child_allocates() -> Vec<Vec<u8>> {
+    (0..CHILD_BLOCKS).map(|i| vec![i as u8; 1000]).collect()
+}
+
+/// Runs in the forked child: only this thread exists. Returns the exit
+/// code. Writes nothing to Rust's stdout/stderr (another thread of the
+/// parent may have held their locks at the fork).
+fn child_main() -> i32 {
+    heapprof::set_sample_rate(1);
+    let blocks = child_allocates();
+    let mut gz = Vec::new();
+    if heapprof::write_profile(&mut gz).is_err() {
+        return 2;
+    }
+    let p = decode(&gz);
+    assert_sane_values(&p);
+    // At rate 1 each of the child's blocks is one sample of weight 1
+    // (plus the Vec holding them).
+    if flat(&p, "child_allocates", ALLOC_OBJECTS) < CHILD_BLOCKS as i64 {
+        return 3;
+    }
+    if flat(&p, "child_allocates", INUSE_SPACE) < (CHILD_BLOCKS * 1000) as i64 {
+        return 4;
+    }
+    drop(blocks);
+    // And again: frees were credited, the second write works.
+    let p = take_profile();
+    if flat(&p, "child_allocates", INUSE_OBJECTS) != 0 {
+        return 5;
+    }
+    0
+}
+
+fn wait_with_timeout(pid: libc::pid_t) -> Result<i32, String> {
+    let start = Instant::now();
+    loop {
+        let mut status = 0;
+        // SAFETY: plain waitpid on our own child, with a valid status pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            if libc::WIFEXITED(status) {
+                return Ok(libc::WEXITSTATUS(status));
+            }
+            return Err(format!("child died: wait status {status:#x}"));
+        }
+        assert_eq!(r, 0, "waitpid failed: {}", std::io::Error::last_os_error());
+        if start.elapsed() > CHILD_TIMEOUT {
+            // SAFETY: signals our own child, then reaps it.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            return Err(format!(
+                "child did not finish within {CHILD_TIMEOUT:?}: deadlocked after fork"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn fork_while_other_threads_allocate_and_sample() {
+    let _watchdog = watchdog("fork test", Duration::from_secs(300));
+    let started = Instant::now();
+    // Warm the symbol cache so that children mostly reuse it.
+    heapprof::set_sample_rate(1);
+    let warm = child_allocates();
+    take_profile();
+    drop(warm);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops = Arc::new(AtomicUsize::new(0));
+    let profiles = Arc::new(AtomicUsize::new(0));
+    let mut threads = Vec::new();
+    for t in 0..ALLOCATING_THREADS {
+        let (stop, ops) = (stop.clone(), ops.clone());
+        threads.push(std::thread::spawn(move || {
+            allocate_until(&stop, t as u64 + 1, &ops)
+        }));
+    }
+    {
+        let (stop, profiles) = (stop.clone(), profiles.clone());
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(Relaxed) {
+                heapprof::write_profile(Vec::new()).expect("write_profile");
+                profiles.fetch_add(1, Relaxed);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }));
+    }
+
+    let mut failures = Vec::new();
+    let mut child_time = Duration::ZERO;
+    for round in 0..ROUNDS {
+        let rate = RATES[round % RATES.len()];
+        heapprof::set_sample_rate(rate);
+        // Let the threads pick the rate up and get busy.
+        std::thread::sleep(Duration::from_millis(20));
+        let forked = Instant::now();
+        // SAFETY: the child runs only `child_main` (allocations, heapprof,
+        // decoding) and leaves with `_exit`, never returning into the test
+        // harness; it does not touch locks other threads may have held
+        // except heapprof's and malloc's, which is what is under test.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            let code = std::panic::catch_unwind(child_main).unwrap_or(101);
+            // SAFETY: ends the child at once, without running the parent's
+            // atexit handlers or unwinding into the harness.
+            unsafe { libc::_exit(code) };
+        }
+        // The parent keeps allocating while the child runs.
+        let mut mine = Vec::new();
+        for i in 0..1000 {
+            mine.push(vec![i as u8; 100 + i]);
+        }
+        match wait_with_timeout(pid) {
+            Ok(0) => {}
+            Ok(code) => failures.push(format!("round {round} (rate {rate}): child exited {code}")),
+            Err(e) => failures.push(format!("round {round} (rate {rate}): {e}")),
+        }
+        child_time += forked.elapsed();
+        drop(mine);
+    }
+    stop.store(true, Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+
+    // The parent is intact: it can still sample and write a profile.
+    heapprof::set_sample_rate(1);
+    let after = child_allocates();
+    let p = take_profile();
+    assert_sane_values(&p);
+    assert!(flat(&p, "child_allocates", INUSE_OBJECTS) >= CHILD_BLOCKS as i64);
+    drop(after);
+
+    println!(
+        "fork: {ROUNDS} forks, {} children ok, {} allocations by {ALLOCATING_THREADS} threads, \
+         {} profiles written meanwhile, mean child lifetime {:?}, total {:?}",
+        ROUNDS - failures.len(),
+        ops.load(Relaxed),
+        profiles.load(Relaxed),
+        child_time / ROUNDS as u32,
+        started.elapsed()
+    );
+    assert!(failures.is_empty(), "{failures:#?}");
+}
