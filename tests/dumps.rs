@@ -6,31 +6,19 @@
 mod common;
 use common::*;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
 
-fn child(scenario: &str, env: &[(&str, &str)]) -> std::process::Output {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_scenarios",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("HEAPPROF_TEST_CHILD", scenario)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "child {scenario} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+/// Runs `child_scenarios` in a child process, as `scenario`; returns its
+/// stderr.
+fn child(scenario: &str, env: &[(&str, &str)]) -> String {
+    let env: Vec<(&str, &str)> = [("HEAPPROF_TEST_CHILD", scenario)]
+        .into_iter()
+        .chain(env.iter().copied())
+        .collect();
+    run_child("child_scenarios", &env).1
 }
 
 fn read_profile(path: &Path) -> heapprof::proto::Profile {
@@ -128,14 +116,13 @@ fn periodic_series_has_increasing_numbers() {
 
 #[test]
 fn failing_output_path_is_reported_once() {
-    let out = child(
+    let stderr = child(
         "series",
         &[
             ("HEAPPROF_OUT", "/nonexistent-heapprof-dir/x.pb.gz"),
             ("HEAPPROF_DUMP_EVERY", "100ms"),
         ],
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
     let periodic = stderr
         .matches("could not write the periodic profile")
         .count();

@@ -3,8 +3,8 @@
 //! writer gets `Err` and the next profile is whole.
 
 mod common;
+use common::*;
 use std::io::{self, Write};
-use std::process::Command;
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
@@ -91,7 +91,7 @@ fn samples(p: &heapprof::proto::Profile) -> Vec<(Vec<String>, Vec<i64>)> {
 /// own writes, which are not profiled.
 #[test]
 fn child_writer_fails_mid_way() {
-    if std::env::var_os("HEAPPROF_TEST_CHILD").is_none() {
+    if !is_child() {
         return;
     }
     let kept = kept_blocks();
@@ -126,47 +126,28 @@ fn child_writer_fails_mid_way() {
 
 #[test]
 fn a_write_that_fails_mid_way_leaves_the_next_one_complete() {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_writer_fails_mid_way", "--nocapture"])
-        .env("HEAPPROF_TEST_CHILD", "1")
-        .env("HEAPPROF_SAMPLE_RATE", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (stdout, _) = run_child(
+        "child_writer_fails_mid_way",
+        &[("HEAPPROF_SAMPLE_RATE", "1")],
+    );
     println!("{stdout}");
     assert!(
-        out.status.success() && stdout.contains("MIDWAY-OK"),
-        "child failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        stdout.contains("MIDWAY-OK"),
+        "the child did not finish:\n{stdout}"
     );
 }
 
 /// Run in a child process with a given environment: reports the rate.
 #[test]
 fn child_reports_rate() {
-    if std::env::var_os("HEAPPROF_TEST_CHILD").is_some() {
+    if is_child() {
         println!("rate={}", heapprof::sample_rate());
     }
 }
 
 fn child_with_rate(value: &str) -> (usize, String) {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_reports_rate",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("HEAPPROF_TEST_CHILD", "1")
-        .env("HEAPPROF_SAMPLE_RATE", value)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let after = &stdout[stdout.find("rate=").expect("child printed its rate") + 5..];
-    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
-    let rate = digits.parse().unwrap();
-    (rate, String::from_utf8_lossy(&out.stderr).into_owned())
+    let (stdout, stderr) = run_child("child_reports_rate", &[("HEAPPROF_SAMPLE_RATE", value)]);
+    (printed_number(&stdout, "rate=") as usize, stderr)
 }
 
 #[test]

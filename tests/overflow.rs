@@ -6,7 +6,6 @@
 
 mod common;
 use common::*;
-use std::process::Command;
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
@@ -23,7 +22,7 @@ fn nest(depth: usize) -> Vec<u8> {
 
 #[test]
 fn child_fills_the_table() {
-    if std::env::var_os("HEAPPROF_TEST_CHILD").is_none() {
+    if !is_child() {
         return;
     }
     heapprof::set_sample_rate(1);
@@ -44,30 +43,8 @@ fn child_fills_the_table() {
 
 #[test]
 fn overflow_is_visible_and_bounded() {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_fills_the_table", "--nocapture"])
-        .env("HEAPPROF_TEST_CHILD", "1")
-        .env("HEAPPROF_MAX_SITES", "64")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "child failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let field = |name: &str| -> i64 {
-        let at = stdout
-            .find(name)
-            .unwrap_or_else(|| panic!("no {name} in {stdout}"))
-            + name.len();
-        stdout[at..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse()
-            .unwrap()
-    };
+    let (stdout, _) = run_child("child_fills_the_table", &[("HEAPPROF_MAX_SITES", "64")]);
+    let field = |name: &str| printed_number(&stdout, name);
     // 200 blocks at 50 depths, plus the runtime's own sites, into 64 sites:
     // many samples must have gone to the overflow site.
     assert!(field("overflow_objects=") >= 50, "{stdout}");
@@ -119,7 +96,7 @@ fn deeper(extra: usize) -> Vec<u8> {
 /// sampled set never tracks more than the workload's one live block.
 #[test]
 fn child_many_distinct_stacks() {
-    if std::env::var_os("HEAPPROF_TEST_CHILD").is_none() {
+    if !is_child() {
         return;
     }
     assert_eq!(
@@ -161,33 +138,16 @@ fn child_many_distinct_stacks() {
 }
 
 fn run_many_stacks_child(max_sites: usize) -> String {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_many_distinct_stacks", "--nocapture"])
-        .env("HEAPPROF_TEST_CHILD", "1")
-        .env("HEAPPROF_SAMPLE_RATE", "0")
-        .env("HEAPPROF_MAX_SITES", max_sites.to_string())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "child failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    let max_sites = max_sites.to_string();
+    let env = [
+        ("HEAPPROF_SAMPLE_RATE", "0"),
+        ("HEAPPROF_MAX_SITES", max_sites.as_str()),
+    ];
+    run_child("child_many_distinct_stacks", &env).0
 }
 
 fn field(stdout: &str, name: &str) -> usize {
-    let at = stdout
-        .find(name)
-        .unwrap_or_else(|| panic!("no {name} in {stdout}"))
-        + name.len();
-    stdout[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap()
+    printed_number(stdout, name) as usize
 }
 
 /// The most bytes heapprof can report for its tables (`profiler tables

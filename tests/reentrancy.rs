@@ -13,7 +13,6 @@ mod common;
 use common::*;
 
 use std::alloc::{Layout, alloc, dealloc};
-use std::process::Command;
 use std::time::Duration;
 
 #[global_allocator]
@@ -31,7 +30,7 @@ fn sampled_block(layout: Layout) -> *mut u8 {
 
 #[test]
 fn child_frees_a_sampled_block_into_an_empty_pool() {
-    if std::env::var_os("HEAPPROF_TEST_CHILD").is_none() {
+    if !is_child() {
         return;
     }
     let _watchdog = watchdog("freeing a sampled block", Duration::from_secs(60));
@@ -71,22 +70,13 @@ fn child_frees_a_sampled_block_into_an_empty_pool() {
 
 #[test]
 fn freeing_a_sampled_block_into_an_empty_spare_pool() {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_frees_a_sampled_block_into_an_empty_pool",
-            "--nocapture",
-        ])
-        .env("HEAPPROF_TEST_CHILD", "1")
-        .env("HEAPPROF_SAMPLE_RATE", "0")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (stdout, _) = run_child(
+        "child_frees_a_sampled_block_into_an_empty_pool",
+        &[("HEAPPROF_SAMPLE_RATE", "0")],
+    );
     println!("{stdout}");
     assert!(
-        out.status.success() && stdout.contains("CHILD-OK"),
-        "child failed ({}):\n{stdout}\n{stderr}",
-        out.status
+        stdout.contains("CHILD-OK"),
+        "the child did not finish:\n{stdout}"
     );
 }

@@ -6,7 +6,6 @@
 
 mod common;
 use common::*;
-use std::process::Command;
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
@@ -28,7 +27,7 @@ fn inner() -> Vec<u8> {
 
 #[test]
 fn child_prints_stack() {
-    if std::env::var_os("HEAPPROF_TEST_CHILD").is_none() {
+    if !is_child() {
         return;
     }
     heapprof::set_sample_rate(1);
@@ -53,18 +52,7 @@ fn child_prints_stack() {
 }
 
 fn run(unwind: &str) -> (String, String) {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_prints_stack", "--nocapture"])
-        .env("HEAPPROF_TEST_CHILD", "1")
-        .env("HEAPPROF_UNWIND", unwind)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{unwind}: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (stdout, _) = run_child("child_prints_stack", &[("HEAPPROF_UNWIND", unwind)]);
     let field = |key: &str| {
         stdout
             .lines()

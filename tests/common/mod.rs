@@ -209,3 +209,45 @@ fn comment_number(p: &Profile, before: &str) -> usize {
         .parse()
         .expect("a number")
 }
+
+/// Re-runs this test binary as a child process that runs only the test
+/// named `test`, with `HEAPPROF_TEST_CHILD=1` and then `env` (which may
+/// override it) in its environment: the way to test what happens at
+/// start-up, at exit, or with settings read from the environment. Returns
+/// the child's stdout and stderr; panics, showing both, if it failed.
+pub fn run_child(test: &str, env: &[(&str, &str)]) -> (String, String) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env("HEAPPROF_TEST_CHILD", "1")
+        .envs(env.iter().copied())
+        .output()
+        .expect("start the child test process");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "child `{test}` failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    (stdout, stderr)
+}
+
+/// Whether this process is a child started by [`run_child`].
+pub fn is_child() -> bool {
+    std::env::var_os("HEAPPROF_TEST_CHILD").is_some()
+}
+
+/// The number a child printed right after `name` (e.g. `samples=`).
+pub fn printed_number(stdout: &str, name: &str) -> i64 {
+    let at = stdout
+        .find(name)
+        .unwrap_or_else(|| panic!("no {name} in {stdout}"))
+        + name.len();
+    let digits: String = stdout[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '-')
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no number after {name} in {stdout}"))
+}
