@@ -242,6 +242,27 @@ pub(crate) fn snapshot() -> Vec<Site> {
     sites
 }
 
+/// What happened between two copies of the table: each site of `later`
+/// with `earlier`'s counts subtracted (sites new since `earlier` are kept
+/// whole). Counts only grow, so alloc values are what was allocated in
+/// between and inuse values are the change in live memory.
+pub(crate) fn delta(later: &[Site], earlier: &[Site]) -> Vec<Site> {
+    let before: HashMap<(&[usize], bool), &Counts> = earlier
+        .iter()
+        .map(|s| ((s.frames.as_slice(), s.overflow), &s.counts))
+        .collect();
+    later
+        .iter()
+        .map(|s| {
+            let mut site = s.clone();
+            if let Some(b) = before.get(&(s.frames.as_slice(), s.overflow)) {
+                site.counts = s.counts.minus(b);
+            }
+            site
+        })
+        .collect()
+}
+
 /// Bytes the table holds now (buckets, frames, hash index), for reporting
 /// the profiler's own memory.
 pub(crate) fn memory_bytes() -> usize {

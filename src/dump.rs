@@ -28,23 +28,27 @@ pub(crate) fn write_file(path: &Path, options: profile::Options) -> io::Result<(
 /// the size at which peaks are recorded (1 MiB).
 pub(crate) fn write_peak<W: io::Write>(w: W) -> io::Result<bool> {
     let _busy = guard::Busy::enter();
-    let built = peak::with_peak(|peak| {
-        peak.map(|p| {
-            let secs = p.when.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            let options = profile::Options {
-                comments: vec![format!(
-                    "heapprof peak profile: the live heap at its largest, about {} bytes (sampled estimate), at {secs} s since the Unix epoch",
-                    p.live_bytes
-                )],
-                ..Default::default()
-            };
-            profile::build(&p.sites, sampler::rate(), options)
-        })
-    });
-    match built {
-        Some(p) => profile::encode(&p, w).map(|()| true),
-        None => Ok(false),
-    }
+    let Some(peak) = peak::copy() else {
+        return Ok(false);
+    };
+    let options = profile::Options {
+        comments: vec![peak_comment(&peak)],
+        ..Default::default()
+    };
+    profile::encode(&profile::build(&peak.sites, sampler::rate(), options), w).map(|()| true)
+}
+
+/// The comment that marks a peak profile: how large, and when.
+pub(crate) fn peak_comment(peak: &peak::Peak) -> String {
+    let secs = peak
+        .when
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!(
+        "heapprof peak profile: the live heap at its largest, about {} bytes (sampled estimate), at {secs} s since the Unix epoch",
+        peak.live_bytes
+    )
 }
 
 /// Reports `result`'s error on stderr, once per `flag`.

@@ -27,6 +27,7 @@ static LIVE_ESTIMATE: AtomicI64 = AtomicI64::new(0);
 /// The estimate above which the next copy is taken.
 static NEXT_PEAK: AtomicI64 = AtomicI64::new(MIN_PEAK);
 
+#[derive(Clone)]
 pub(crate) struct Peak {
     pub sites: Vec<Site>,
     pub live_bytes: i64,
@@ -70,9 +71,10 @@ pub(crate) fn on_free(bytes: f64) {
     LIVE_ESTIMATE.fetch_sub(bytes as i64, Relaxed);
 }
 
-/// Calls `f` with the peak copy, if one was taken.
-pub(crate) fn with_peak<R>(f: impl FnOnce(Option<&Peak>) -> R) -> R {
-    f(PEAK.lock().as_ref())
+/// A copy of the peak, if one was taken (cloned under the lock, so that
+/// the caller builds its profile with no lock held).
+pub(crate) fn copy() -> Option<Peak> {
+    PEAK.lock().clone()
 }
 
 pub(crate) fn lock() {

@@ -38,6 +38,9 @@ pub(crate) struct Options {
     pub default_sample_type: Option<&'static str>,
     /// Notes added to the profile's comments (`pprof -comments`).
     pub comments: Vec<String>,
+    /// For a delta profile: the span it covers, and when it started (the
+    /// profile's `duration_nanos`; `time_nanos` is then its end, as Go's).
+    pub duration: Option<std::time::Duration>,
 }
 
 /// Memory the profiler holds for itself: tables, the sampled-address set,
@@ -79,6 +82,31 @@ pub(crate) fn build(sites: &[Site], rate: usize, options: Options) -> proto::Pro
     b.add_mappings();
     b.profile.string_table = b.strings.strings;
     b.profile
+}
+
+/// Which frames of a stack (leaf first) a profile shows: `(address,
+/// inlined lines to skip)` for each kept address. The leading allocation
+/// machinery goes: whole addresses while all their lines are machinery,
+/// then the machinery lines inlined at the top of the first address that
+/// also has user code (one address can carry `Vec::push` inlined into the
+/// user's function). If everything is machinery (an allocation made by the
+/// runtime itself), nothing is trimmed.
+pub(crate) fn trim(frames: &[usize], resolved: &HashMap<usize, Frames>) -> Vec<(usize, usize)> {
+    let mut kept = Vec::with_capacity(frames.len());
+    for (i, &addr) in frames.iter().enumerate() {
+        let lines = resolved.get(&addr).map_or(&[][..], |f| &f[..]);
+        let machinery = lines
+            .iter()
+            .take_while(|fr| symbolize::is_machinery_frame(fr))
+            .count();
+        if !lines.is_empty() && machinery == lines.len() {
+            continue;
+        }
+        kept.push((addr, machinery));
+        kept.extend(frames[i + 1..].iter().map(|&a| (a, 0)));
+        return kept;
+    }
+    frames.iter().map(|&a| (a, 0)).collect()
 }
 
 /// The profile's strings, each stored once; index 0 is "" as the format
@@ -139,6 +167,9 @@ impl Builder {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as i64)
             .unwrap_or(0);
+        if let Some(d) = options.duration {
+            self.profile.duration_nanos = d.as_nanos().min(i64::MAX as u128) as i64;
+        }
         if let Some(t) = options.default_sample_type {
             self.profile.default_sample_type = self.strings.get(t);
         }
@@ -196,39 +227,12 @@ impl Builder {
         });
     }
 
-    /// The site's locations, leaf first, with the leading allocation
-    /// machinery removed: whole locations while all their lines are
-    /// machinery, then the machinery lines inlined at the top of the first
-    /// location that also has user code. If everything is machinery (an
-    /// allocation made by the runtime itself), nothing is trimmed.
+    /// The site's locations, leaf first, allocation machinery trimmed (see
+    /// [`trim`]).
     fn trimmed_locations(&mut self, frames: &[usize]) -> Vec<u64> {
-        let mut skip_lines = Vec::with_capacity(frames.len());
-        let mut trimming = true;
-        for &addr in frames {
-            let lines = self.resolved.get(&addr).map(|f| f.len()).unwrap_or(0);
-            let machinery = if trimming {
-                self.resolved.get(&addr).map_or(0, |f| {
-                    f.iter()
-                        .take_while(|fr| symbolize::is_machinery_frame(fr))
-                        .count()
-                })
-            } else {
-                0
-            };
-            if lines > 0 && machinery == lines {
-                skip_lines.push(None);
-                continue;
-            }
-            trimming = false;
-            skip_lines.push(Some(machinery));
-        }
-        if trimming {
-            skip_lines = vec![Some(0); frames.len()];
-        }
-        frames
-            .iter()
-            .zip(skip_lines)
-            .filter_map(|(&addr, skip)| skip.map(|s| self.location(addr, s)))
+        trim(frames, &self.resolved)
+            .into_iter()
+            .map(|(addr, skip)| self.location(addr, skip))
             .collect()
     }
 

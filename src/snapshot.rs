@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 
-use crate::buckets::{self, Counts};
+use crate::buckets;
 use crate::{counters, guard, profile, proto, sampler};
 
 /// Exact counts of everything that went through the allocator since the
@@ -159,22 +159,7 @@ impl Snapshot {
     /// select by function name to isolate a region of code.
     pub fn delta(&self, earlier: &Snapshot) -> Snapshot {
         let _busy = guard::Busy::enter();
-        let before: HashMap<(&[usize], bool), &Counts> = earlier
-            .raw
-            .iter()
-            .map(|s| ((s.frames.as_slice(), s.overflow), &s.counts))
-            .collect();
-        let raw = self
-            .raw
-            .iter()
-            .map(|s| {
-                let mut site = s.clone();
-                if let Some(b) = before.get(&(s.frames.as_slice(), s.overflow)) {
-                    site.counts = s.counts.minus(b);
-                }
-                site
-            })
-            .collect();
+        let raw = buckets::delta(&self.raw, &earlier.raw);
         Snapshot::from_raw(raw, self.rate)
     }
 
