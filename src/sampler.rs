@@ -172,12 +172,17 @@ pub(crate) fn countdown_expired(size: usize) -> bool {
 /// allocation and it fits in the first countdown).
 #[cold]
 pub(crate) fn on_countdown_expired(size: usize) -> Option<f64> {
-    if guard::is_busy() {
+    let was_busy = guard::is_busy();
+    let _busy = guard::Busy::enter();
+    // Every thread's first allocation comes here (its countdown starts at
+    // zero), busy or not: the moment to put its exact counters in the
+    // registry, so that threads that only ever allocate inside the
+    // profiler (the HTTP server's, the dump thread) are counted too.
+    crate::counters::register_thread();
+    if was_busy {
         inside_profiler_expired();
         return None;
     }
-    let _busy = guard::Busy::enter();
-    crate::counters::register_thread();
     let rate = rate();
     THREAD
         .try_with(|t| {
