@@ -8,6 +8,7 @@ mod common;
 use common::*;
 
 use std::alloc::{Layout, alloc, dealloc};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Barrier, Mutex, mpsc};
 use std::time::Duration;
 
@@ -149,17 +150,25 @@ fn a_sample_across_a_rate_change_counts_for_what_it_stands_for() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let _watchdog = watchdog("rate change weights", Duration::from_secs(60));
     heapprof::set_sample_rate(1);
-    let (to_thread, raised) = mpsc::channel::<()>();
-    let (to_main, ready) = mpsc::channel::<()>();
+    // Plain flags, not channels: between the rate change and its
+    // `one_small_block`, the thread must not allocate (a channel's receive
+    // may, and that allocation would take the certain sample and draw the
+    // next countdown at the new rate).
+    static READY: AtomicBool = AtomicBool::new(false);
+    static RAISED: AtomicBool = AtomicBool::new(false);
     let t = std::thread::spawn(move || {
         std::hint::black_box(vec![0u8; 100]); // countdown drawn at rate 1: 0
-        to_main.send(()).unwrap();
-        raised.recv().unwrap();
+        READY.store(true, SeqCst);
+        while !RAISED.load(SeqCst) {
+            std::hint::spin_loop();
+        }
         one_small_block()
     });
-    ready.recv().unwrap();
+    while !READY.load(SeqCst) {
+        std::thread::yield_now();
+    }
     heapprof::set_sample_rate(512 * 1024);
-    to_thread.send(()).unwrap();
+    RAISED.store(true, SeqCst);
     let other = t.join().unwrap();
     heapprof::set_sample_rate(512 * 1024);
     let mine = one_small_block();
