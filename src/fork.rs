@@ -8,15 +8,19 @@
 //! both the parent and the child afterwards. The handlers run with the
 //! reentrancy guard held, so nothing they do is sampled.
 //!
-//! Lock order in `prepare` is: symbolizer, thread registry, bucket
-//! stripes, spare pools, peak copy, then the sampled set (its stripes and
-//! mask lock). Other paths nest locks in one way only: a thread holding
-//! one of the others may free memory (a `Vec` or `HashMap` growing, an old
-//! peak copy dropped), and a free may look the pointer up in the set. So
-//! the set comes last; while a thread holds a set stripe its frees skip the
-//! set and it takes no other lock. Taking the set before the pools, as
-//! this once did, could deadlock `fork` against a thread whose pool `Vec`
-//! grew while it held the pool lock.
+//! Lock order in `prepare` is: the HTTP server's build lock (held while a
+//! profile is built, so around all the others), symbolizer, bucket
+//! stripes, spare pools, peak copy, thread registry, then the sampled set
+//! (its stripes and mask lock). Other paths nest locks in two ways only: a
+//! thread's first allocation registers its counters (`counters.rs`), which
+//! could in principle happen while it holds any of the earlier locks; and
+//! a thread holding one of the others may free memory (a `Vec` or
+//! `HashMap` growing, an old peak copy dropped), and a free may look the
+//! pointer up in the set. So the registry comes late and the set last;
+//! while a thread holds a set stripe its frees skip the set and it takes
+//! no other lock. Taking the set before the pools, as this once did, could
+//! deadlock `fork` against a thread whose pool `Vec` grew while it held
+//! the pool lock.
 //!
 //! Releasing a lock in the child must not depend on the threads that were
 //! waiting for it in the parent, which do not exist in the child: the locks
@@ -43,11 +47,13 @@ pub(crate) fn register_handlers() {
 extern "C" fn prepare() {
     let busy = guard::Busy::enter();
     std::mem::forget(busy); // released in `after`
+    #[cfg(feature = "http")]
+    crate::http::lock();
     symbolize::lock();
-    counters::lock();
     buckets::lock_all();
     spare::lock_all();
     peak::lock();
+    counters::lock();
     sampled::lock_all();
 }
 
@@ -56,11 +62,13 @@ extern "C" fn after() {
     // became the child's only thread, and took exactly these locks.
     unsafe {
         sampled::unlock_all();
+        counters::unlock();
         peak::unlock();
         spare::unlock_all();
         buckets::unlock_all();
-        counters::unlock();
         symbolize::unlock();
+        #[cfg(feature = "http")]
+        crate::http::unlock();
     }
     guard::leave_forgotten();
 }

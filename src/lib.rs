@@ -116,6 +116,15 @@
 //!
 //! A dump that fails is reported once on stderr; the program goes on.
 //!
+//! ## A running service: `/debug/pprof`
+//!
+//! [`http::serve`]`("127.0.0.1:6060")` serves Go's `net/http/pprof` paths
+//! (`/debug/pprof/heap`, `allocs`, `?debug=1`, `?seconds=N`, an index
+//! page) from a background thread, for `go tool pprof http://…`, `curl`,
+//! Parca and Pyroscope; [`http::handle`] mounts the same in a server the
+//! program already runs. [`write_text_profile`] writes the `?debug=1` text
+//! anywhere. (Cargo feature `http`, on by default.)
+//!
 //! ## Configuration
 //!
 //! | variable | default | meaning |
@@ -146,7 +155,8 @@
 //! sampling math), `stack.rs` (unwinding), `buckets.rs` (the per-site
 //! table), `sampled.rs` (the live sampled blocks and the free-path filter),
 //! `recorder.rs` (the slow paths), `symbolize.rs` and `mappings.rs`
-//! (addresses to names), `profile.rs` (the pprof encoding), `config.rs`
+//! (addresses to names), `profile.rs` (the pprof encoding), `text.rs` (the
+//! legacy text format), `http/` (the endpoint), `config.rs`
 //! (the environment), `guard.rs` (reentrancy), `lock.rs` (a fork-safe
 //! futex mutex), `spare.rs` (reuse of sampled blocks), `counters.rs`
 //! (exact counts), `snapshot.rs` (the Rust view), `peak.rs` and `dump.rs`
@@ -161,6 +171,8 @@ mod counters;
 mod dump;
 mod fork;
 mod guard;
+#[cfg(feature = "http")]
+pub mod http;
 mod lock;
 mod mappings;
 mod peak;
@@ -174,6 +186,7 @@ mod snapshot;
 mod spare;
 mod stack;
 mod symbolize;
+mod text;
 
 use std::io;
 
@@ -197,6 +210,23 @@ pub fn write_profile<W: io::Write>(w: W) -> io::Result<()> {
     let _busy = guard::Busy::enter();
     check_installed()?;
     profile::write(w, profile::Options::default())
+}
+
+/// Writes the current heap profile in the legacy text format, as Go's
+/// `pprof.Lookup("heap").WriteTo(w, 1)` and `/debug/pprof/heap?debug=1` do:
+/// a `heap profile: …` header, one record per site with its addresses and
+/// symbolized `#` lines, the exact counters of [`stats()`] in a
+/// `# heapprof stats` trailer, and the memory map. People can read it
+/// without tools; `go tool pprof <binary> <file>` reads it too.
+///
+/// # Errors
+///
+/// Whatever `w` returns; `Other` if heapprof is not the global allocator.
+pub fn write_text_profile<W: io::Write>(w: W) -> io::Result<()> {
+    let _busy = guard::Busy::enter();
+    check_installed()?;
+    let sites = buckets::snapshot();
+    text::write(io::BufWriter::new(w), &sites, sampler::rate(), &stats())
 }
 
 /// Writes the peak-heap profile: the live sites when the sampled estimate

@@ -38,6 +38,16 @@ fn failing_writer_gets_err_and_the_next_write_works() {
     }
     let p = common::take_profile();
     assert!(!p.sample.is_empty());
+    // The text format too, however far it got, and on a failing flush.
+    for budget in [0, 10, 100, 1000] {
+        let err = heapprof::write_text_profile(FailingWriter { budget }).unwrap_err();
+        assert!(err.to_string().contains("disk full"), "{err}");
+    }
+    let err = heapprof::write_text_profile(FailingFlush(Vec::new())).unwrap_err();
+    assert!(err.to_string().contains("flush failed"), "{err}");
+    let mut text = Vec::new();
+    heapprof::write_text_profile(&mut text).unwrap();
+    assert!(text.starts_with(b"heap profile: "));
     drop(keep);
 }
 

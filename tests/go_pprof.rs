@@ -6,80 +6,22 @@
 //! `HEAPPROF_REQUIRE_GO=1` (set by `.ci/run`, which installs Go), in which
 //! case a missing `go` fails the test.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use common::{go_available, go_pprof, top_rows};
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
 
-fn go_available() -> bool {
-    let found = Command::new("go")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("HEAPPROF_REQUIRE_GO").is_none_or(|v| v != "1"),
-            "HEAPPROF_REQUIRE_GO=1 but `go` is not on PATH (install Debian's golang-go)"
-        );
-        eprintln!(
-            "SKIPPED: `go` is not on PATH, so `go tool pprof` cannot be run; install golang-go or set HEAPPROF_REQUIRE_GO=1 to make this a failure"
-        );
-    }
-    found
-}
-
 fn pprof(args: &[&str], profile: &Path) -> String {
     let exe = std::env::current_exe().unwrap();
-    let out = Command::new("go")
-        .args(["tool", "pprof"])
-        .args(args)
-        .arg(&exe)
-        .arg(profile)
-        // Never reach out for symbols: the profile carries them.
-        .env("PPROF_BINARY_PATH", "/nonexistent")
-        .output()
-        .expect("run go tool pprof");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "go tool pprof {args:?} failed:\n{stderr}\n{stdout}"
-    );
-    println!(
-        "$ go tool pprof {} <exe> {}\n{stdout}",
-        args.join(" "),
-        profile.display()
-    );
-    stdout
-}
-
-/// `-top` rows as (flat bytes, name). pprof prints sizes like `12.50MB`.
-fn top_rows(top: &str) -> Vec<(f64, String)> {
-    top.lines()
-        .skip_while(|l| !l.trim_start().starts_with("flat"))
-        .skip(1)
-        .filter_map(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            (cols.len() >= 6).then(|| (parse_size(cols[0]), cols[5..].join(" ")))
-        })
-        .collect()
-}
-
-fn parse_size(s: &str) -> f64 {
-    let units = [
-        ("GB", 1e9 * 1.073741824),
-        ("MB", 1048576.0),
-        ("kB", 1024.0),
-        ("B", 1.0),
-    ];
-    for (u, m) in units {
-        if let Some(n) = s.strip_suffix(u) {
-            return n.parse::<f64>().unwrap_or(0.0) * m;
-        }
-    }
-    s.parse().unwrap_or(0.0)
+    let mut all: Vec<&str> = args.to_vec();
+    all.push(exe.to_str().unwrap());
+    all.push(profile.to_str().unwrap());
+    go_pprof(&all)
 }
 
 #[inline(never)]

@@ -251,3 +251,131 @@ pub fn printed_number(stdout: &str, name: &str) -> i64 {
         .parse()
         .unwrap_or_else(|_| panic!("no number after {name} in {stdout}"))
 }
+
+/// A reply from heapprof's HTTP server, read until it closed the
+/// connection (it answers one request per connection).
+pub struct HttpReply {
+    pub status: u16,
+    /// The status line and headers, as text.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// `GET target` from the server at `addr`.
+pub fn http_get(addr: std::net::SocketAddr, target: &str) -> HttpReply {
+    http_raw(
+        addr,
+        format!("GET {target} HTTP/1.1\r\nHost: test\r\nUser-Agent: heapprof-test\r\n\r\n")
+            .as_bytes(),
+    )
+}
+
+/// Sends `request` as it is and reads the reply.
+pub fn http_raw(addr: std::net::SocketAddr, request: &[u8]) -> HttpReply {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the server");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    stream.write_all(request).expect("send the request");
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).expect("read the reply");
+    let split = reply
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of head in {:?}", String::from_utf8_lossy(&reply)));
+    let head = String::from_utf8_lossy(&reply[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    HttpReply {
+        status,
+        head,
+        body: reply[split + 4..].to_vec(),
+    }
+}
+
+/// Whether `go` is installed. When it is not, says so on stderr (the
+/// caller then skips), unless `HEAPPROF_REQUIRE_GO=1` (set by `.ci/run`,
+/// which installs Go), which makes a missing `go` a failure.
+pub fn go_available() -> bool {
+    let found = std::process::Command::new("go")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("HEAPPROF_REQUIRE_GO").is_none_or(|v| v != "1"),
+            "HEAPPROF_REQUIRE_GO=1 but `go` is not on PATH (install Debian's golang-go)"
+        );
+        eprintln!(
+            "SKIPPED: `go` is not on PATH, so `go tool pprof` cannot be run; install golang-go or set HEAPPROF_REQUIRE_GO=1 to make this a failure"
+        );
+    }
+    found
+}
+
+/// Runs `go tool pprof ARGS`, asserts it succeeded, prints and returns its
+/// output. pprof keeps copies of fetched profiles under `PPROF_TMPDIR`:
+/// that is a fresh temporary directory here.
+pub fn go_pprof(args: &[&str]) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("go")
+        .args(["tool", "pprof"])
+        .args(args)
+        // Never reach out for symbols: the profile carries them.
+        .env("PPROF_BINARY_PATH", "/nonexistent")
+        .env("PPROF_TMPDIR", tmp.path())
+        .output()
+        .expect("run go tool pprof");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "go tool pprof {args:?} failed:\n{stderr}\n{stdout}"
+    );
+    println!("$ go tool pprof {}\n{stdout}", args.join(" "));
+    stdout
+}
+
+/// `-top` rows as (flat bytes, name). pprof prints sizes like `12.50MB`.
+pub fn top_rows(top: &str) -> Vec<(f64, String)> {
+    top.lines()
+        .skip_while(|l| !l.trim_start().starts_with("flat"))
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.len() >= 6).then(|| (parse_size(cols[0]), cols[5..].join(" ")))
+        })
+        .collect()
+}
+
+pub fn parse_size(s: &str) -> f64 {
+    let units = [
+        ("GB", 1e9 * 1.073741824),
+        ("MB", 1048576.0),
+        ("kB", 1024.0),
+        ("B", 1.0),
+    ];
+    for (u, m) in units {
+        if let Some(n) = s.strip_suffix(u) {
+            return n.parse::<f64>().unwrap_or(0.0) * m;
+        }
+    }
+    s.parse().unwrap_or(0.0)
+}

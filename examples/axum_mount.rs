@@ -1,0 +1,51 @@
+//! Mounting heapprof's `/debug/pprof` handler in an existing axum server,
+//! instead of running heapprof's own.
+//!
+//! ```text
+//! cargo run --release --example axum_mount
+//! go tool pprof -top http://127.0.0.1:3000/debug/pprof/heap
+//! ```
+//!
+//! `heapprof::http::handle` takes the path and the query and returns the
+//! status, content type and body; any framework can serve those. It
+//! blocks (building a profile takes milliseconds, `?seconds=N` waits N
+//! seconds), so it runs on tokio's blocking pool.
+
+use axum::Router;
+use axum::http::{StatusCode, Uri, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+#[global_allocator]
+static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+
+async fn pprof(uri: Uri) -> impl IntoResponse {
+    let (path, query) = (uri.path().to_owned(), uri.query().unwrap_or("").to_owned());
+    let answer = tokio::task::spawn_blocking(move || heapprof::http::handle(&path, &query)).await;
+    match answer {
+        Ok(r) => (
+            StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            [(header::CONTENT_TYPE, r.content_type)],
+            r.body,
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            format!("profile task failed: {e}").into_bytes(),
+        ),
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/", get(|| async { "hello\n" }))
+        .route("/debug/pprof/", get(pprof))
+        .route("/debug/pprof/{*profile}", get(pprof));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+    println!(
+        "serving on http://{}; try go tool pprof -top http://{0}/debug/pprof/heap",
+        listener.local_addr()?
+    );
+    axum::serve(listener, app).await
+}

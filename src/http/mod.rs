@@ -1,0 +1,346 @@
+//! `/debug/pprof/heap` over HTTP, the way Go's `net/http/pprof` serves it,
+//! for `go tool pprof http://…`, `curl`, and continuous profilers (Parca
+//! and Grafana Pyroscope scrape these paths).
+//!
+//! Either let heapprof run a small server of its own:
+//!
+//! ```no_run
+//! #[global_allocator]
+//! static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+//!
+//! fn main() -> std::io::Result<()> {
+//!     let addr = heapprof::http::serve("127.0.0.1:6060")?;
+//!     eprintln!("profiles at http://{addr}/debug/pprof/");
+//!     // … the service …
+//! #   Ok(())
+//! }
+//! ```
+//!
+//! or mount [`handle`] in the server the program already has (it takes a
+//! path and a query and returns status, content type and body; see
+//! `examples/axum_mount.rs`).
+//!
+//! | path | what |
+//! | --- | --- |
+//! | `/debug/pprof/` | an index page: the profiles, what their counts mean, the exact counters |
+//! | `/debug/pprof/heap` | the heap profile, gzipped protobuf; pprof's default view is `inuse_space` |
+//! | `/debug/pprof/allocs` | the same data, with `alloc_space` as the default view |
+//! | `/debug/pprof/peak` | the peak-heap profile (what was live when the heap was largest) |
+//! | `…?debug=1` | the legacy text format, readable by people and by `go tool pprof` |
+//! | `…?seconds=N` | a delta: what happened in the next N seconds (at most 300) |
+//!
+//! Anything else is a 404. The server binds only where it is told: bind to
+//! loopback (`127.0.0.1:6060`) unless the network in between is trusted,
+//! since a heap profile shows the program's code paths and the sizes of
+//! its data.
+
+mod server;
+
+use std::fmt::Write as _;
+use std::io;
+use std::time::Duration;
+
+use crate::lock::Mutex;
+use crate::{buckets, guard, profile, sampler};
+
+pub use server::{Server, serve};
+
+/// The longest `?seconds=N` delta served. Go bounds it by the server's
+/// write timeout; a delta holds a connection open for its whole span.
+pub const MAX_DELTA_SECONDS: u64 = 300;
+
+/// An HTTP response, framework-neutral: hand these three to whatever
+/// server the program runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    /// The status code: 200, or 400, 404, 500 with a plain-text message.
+    pub status: u16,
+    /// The `Content-Type` header's value.
+    pub content_type: &'static str,
+    /// The body: a gzipped profile, text or HTML.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    fn ok(content_type: &'static str, body: Vec<u8>) -> Response {
+        Response {
+            status: 200,
+            content_type,
+            body,
+        }
+    }
+
+    fn error(status: u16, message: impl Into<String>) -> Response {
+        let mut body = message.into().into_bytes();
+        body.push(b'\n');
+        Response {
+            status,
+            content_type: TEXT,
+            body,
+        }
+    }
+}
+
+const PROTO: &str = "application/octet-stream";
+const TEXT: &str = "text/plain; charset=utf-8";
+const HTML: &str = "text/html; charset=utf-8";
+
+/// Answers a request for `path` with query string `query` (the part after
+/// `?`, empty if none), as the built-in server does. For mounting heapprof
+/// in another server; the paths are in the [module docs](self).
+///
+/// Blocking: building a profile takes milliseconds to (the first time,
+/// while debug info is loaded) a second or so, and `?seconds=N` waits N
+/// seconds. From an async server, call it on a blocking thread
+/// (`tokio::task::spawn_blocking`). Its own allocations are not profiled.
+pub fn handle(path: &str, query: &str) -> Response {
+    let _busy = guard::Busy::enter();
+    let params = match Params::parse(query) {
+        Ok(p) => p,
+        Err(message) => return Response::error(400, message),
+    };
+    let kind = match path.strip_prefix("/debug/pprof") {
+        Some("" | "/") => return index(),
+        Some("/heap") => Kind::Heap,
+        Some("/allocs") => Kind::Allocs,
+        Some("/peak") => Kind::Peak,
+        _ => return Response::error(404, format!("heapprof: no profile at {path}")),
+    };
+    if !crate::recorder::installed() {
+        return Response::error(
+            500,
+            "heapprof is not this program's global allocator, so there is nothing to profile",
+        );
+    }
+    match profile_response(kind, &params) {
+        Ok(r) => r,
+        Err(e) => Response::error(500, format!("heapprof: could not write the profile: {e}")),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Heap,
+    Allocs,
+    Peak,
+}
+
+/// The query parameters we understand; others are ignored, as Go does
+/// (`gc=1`, for one, means nothing here).
+#[derive(Default)]
+struct Params {
+    debug: u32,
+    seconds: Option<u64>,
+}
+
+impl Params {
+    fn parse(query: &str) -> Result<Params, String> {
+        let mut p = Params::default();
+        for pair in query.split('&').filter(|s| !s.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "debug" => {
+                    p.debug = value.parse().map_err(|_| {
+                        format!("bad request: debug={value:?} is not a whole number")
+                    })?
+                }
+                "seconds" => {
+                    let s = value
+                        .parse()
+                        .ok()
+                        .filter(|s| (1..=MAX_DELTA_SECONDS).contains(s))
+                        .ok_or_else(|| {
+                            format!(
+                                "bad request: seconds={value:?}: expected a whole number from 1 to {MAX_DELTA_SECONDS}"
+                            )
+                        })?;
+                    p.seconds = Some(s);
+                }
+                _ => {}
+            }
+        }
+        Ok(p)
+    }
+}
+
+/// One profile is built at a time: fifty scrapers at once then cost the
+/// memory of one profile, not fifty. Taken by `fork`'s handlers too (a
+/// forked child must not inherit it locked), before any other heapprof
+/// lock, since building takes those.
+static BUILDING: Mutex<()> = Mutex::new(());
+
+pub(crate) fn lock() {
+    std::mem::forget(BUILDING.lock());
+}
+
+/// # Safety
+/// Only after [`lock`] on this thread, or in the child it forked.
+pub(crate) unsafe fn unlock() {
+    // SAFETY: `lock` took it and forgot the guard.
+    unsafe { BUILDING.force_unlock() };
+}
+
+fn profile_response(kind: Kind, params: &Params) -> io::Result<Response> {
+    if let Some(seconds) = params.seconds {
+        if params.debug != 0 {
+            return Ok(Response::error(
+                400,
+                "bad request: seconds and debug cannot be combined (as in Go)",
+            ));
+        }
+        if kind == Kind::Peak {
+            return Ok(Response::error(
+                400,
+                "bad request: the peak profile has no delta form",
+            ));
+        }
+        return delta(kind, seconds).map(|body| Response::ok(PROTO, body));
+    }
+    let (sites, comments) = match kind {
+        Kind::Peak => match crate::peak::copy() {
+            Some(peak) => {
+                let comment = crate::dump::peak_comment(&peak);
+                (peak.sites, vec![comment])
+            }
+            None => {
+                return Ok(Response::error(
+                    404,
+                    "heapprof: no peak recorded yet (the sampled live heap has not reached 1 MiB)",
+                ));
+            }
+        },
+        _ => (buckets::snapshot(), Vec::new()),
+    };
+    let _one_at_a_time = BUILDING.lock();
+    let mut body = Vec::new();
+    if params.debug > 0 {
+        crate::text::write(&mut body, &sites, sampler::rate(), &crate::stats())?;
+        return Ok(Response::ok(TEXT, body));
+    }
+    let options = profile::Options {
+        default_sample_type: (kind == Kind::Allocs).then_some("alloc_space"),
+        comments,
+        ..Default::default()
+    };
+    profile::encode(&profile::build(&sites, sampler::rate(), options), &mut body)?;
+    Ok(Response::ok(PROTO, body))
+}
+
+/// `?seconds=N`: the table now and N seconds later, subtracted. Alloc
+/// values are what was allocated in between; inuse values are the change
+/// in live memory (negative where more was freed than allocated), as in
+/// Go's delta profiles. No lock is held while waiting.
+fn delta(kind: Kind, seconds: u64) -> io::Result<Vec<u8>> {
+    let span = Duration::from_secs(seconds);
+    let before = buckets::snapshot();
+    std::thread::sleep(span);
+    let after = buckets::snapshot();
+    let sites = buckets::delta(&after, &before);
+    let options = profile::Options {
+        default_sample_type: (kind == Kind::Allocs).then_some("alloc_space"),
+        comments: vec![format!(
+            "heapprof delta profile: what happened in {seconds} s"
+        )],
+        duration: Some(span),
+    };
+    let _one_at_a_time = BUILDING.lock();
+    let mut body = Vec::new();
+    profile::encode(&profile::build(&sites, sampler::rate(), options), &mut body)?;
+    Ok(body)
+}
+
+/// The index page. Go's shows a "count" beside `heap` that is the number
+/// of records in the profile, freed ones included, so it grows for ever in
+/// a healthy program and has been read as a leak (the second seed). Here
+/// every number says what it counts.
+fn index() -> Response {
+    let sites = buckets::snapshot();
+    let live = sites
+        .iter()
+        .filter(|s| s.counts.alloc_objects_est - s.counts.free_objects_est >= 0.5)
+        .count();
+    let stats = crate::stats();
+    let has_peak = crate::peak::copy().is_some();
+    let rate = sampler::rate();
+    let mut page = String::new();
+    let _ = write!(
+        page,
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>heapprof: /debug/pprof/</title></head><body>\n\
+         <h1>/debug/pprof/</h1>\n\
+         <p>Heap profiles from heapprof, sampled every {rate} bytes on average. \
+         Read them with <code>go tool pprof http://HOST/debug/pprof/heap</code>.</p>\n\
+         <table>\n<tr><th>count</th><th>profile</th><th>what the count is</th></tr>\n\
+         <tr><td>{live}</td><td><a href=\"heap\">heap</a> (<a href=\"heap?debug=1\">text</a>)</td>\
+         <td>allocation sites with sampled memory still live: it falls when a site's memory is freed</td></tr>\n\
+         <tr><td>{all}</td><td><a href=\"allocs\">allocs</a> (<a href=\"allocs?debug=1\">text</a>)</td>\
+         <td>allocation sites seen since the program started, freed or not: it only grows, and is not a leak</td></tr>\n\
+         <tr><td>{peak}</td><td>{peak_link}</td>\
+         <td>1 once the live heap has reached 1 MiB and a peak was recorded</td></tr>\n\
+         </table>\n\
+         <p>A count is a number of allocation sites (distinct stacks), not of objects or bytes. \
+         For bytes, open a profile; for exact totals, see below.</p>\n\
+         <h2>Exact counters (all allocations, all threads, since start)</h2>\n<pre>\n\
+         allocations     {allocs}\n\
+         deallocations   {frees}\n\
+         live blocks     {live_blocks}\n\
+         allocated bytes {allocated}\n\
+         freed bytes     {freed}\n\
+         live bytes      {live_bytes}\n\
+         profiler bytes  {profiler}\n\
+         </pre>\n\
+         <p>Add <code>?seconds=N</code> to <code>heap</code> or <code>allocs</code> for what happens in the next N seconds \
+         (at most {MAX_DELTA_SECONDS}).</p>\n</body></html>\n",
+        all = sites.len(),
+        peak = u8::from(has_peak),
+        peak_link = if has_peak {
+            "<a href=\"peak\">peak</a> (<a href=\"peak?debug=1\">text</a>)"
+        } else {
+            "peak"
+        },
+        allocs = stats.allocations,
+        frees = stats.deallocations,
+        live_blocks = stats.live_blocks(),
+        allocated = stats.allocated_bytes,
+        freed = stats.freed_bytes,
+        live_bytes = stats.live_bytes(),
+        profiler = stats.profiler_bytes,
+    );
+    Response::ok(HTML, page.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters() {
+        let p = Params::parse("debug=1&gc=1").unwrap();
+        assert_eq!((p.debug, p.seconds), (1, None));
+        let p = Params::parse("seconds=30").unwrap();
+        assert_eq!(p.seconds, Some(30));
+        assert_eq!(Params::parse("").unwrap().debug, 0);
+        for bad in [
+            "debug=x",
+            "debug=-1",
+            "seconds=0",
+            "seconds=-5",
+            "seconds=301",
+            "seconds=",
+            "seconds=1e3",
+        ] {
+            assert!(Params::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_paths_are_404() {
+        for path in [
+            "/",
+            "/debug/pprof/goroutine",
+            "/debug/pprof/heap/x",
+            "/debug/pprofheap",
+        ] {
+            assert_eq!(handle(path, "").status, 404, "{path}");
+        }
+    }
+}

@@ -1,0 +1,432 @@
+//! The `/debug/pprof` endpoint, through real sockets: every profile decodes,
+//! the text format is what Go and pprof expect, deltas cover their window,
+//! bad requests get 4xx, and misbehaving clients do not stop the others.
+
+mod common;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[global_allocator]
+static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+
+/// Small enough for tight estimates of the few MiB these tests allocate.
+const RATE: usize = 32 * 1024;
+
+/// One server for the tests that use the default limits.
+fn server() -> SocketAddr {
+    static ADDR: OnceLock<SocketAddr> = OnceLock::new();
+    *ADDR.get_or_init(|| {
+        heapprof::set_seed(7);
+        heapprof::set_sample_rate(RATE);
+        heapprof::http::serve("127.0.0.1:0").expect("start the server")
+    })
+}
+
+#[inline(never)]
+fn hold_for_proto(n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|i| vec![i as u8; 4096]).collect()
+}
+
+#[inline(never)]
+fn hold_for_text(n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|i| vec![i as u8; 8192]).collect()
+}
+
+#[inline(never)]
+fn grow_during_delta(n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|i| vec![i as u8; 16384]).collect()
+}
+
+/// Not the same code as `grow_during_delta` (12 KiB blocks): identical
+/// functions may be merged by the compiler, and then share one name.
+#[inline(never)]
+fn hold_before_delta(n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|i| vec![i as u8; 12288]).collect()
+}
+
+#[test]
+fn heap_and_allocs_decode_with_their_default_views() {
+    let addr = server();
+    let kept = hold_for_proto(2048); // 8 MiB
+    let heap = http_get(addr, "/debug/pprof/heap");
+    assert_eq!(heap.status, 200, "{}", heap.head);
+    assert_eq!(
+        heap.header("content-type"),
+        Some("application/octet-stream")
+    );
+    let p = decode(&heap.body);
+    let types: Vec<&str> = p.sample_type.iter().map(|t| string(&p, t.r#type)).collect();
+    assert_eq!(
+        types,
+        [
+            "alloc_objects",
+            "alloc_space",
+            "inuse_objects",
+            "inuse_space"
+        ]
+    );
+    assert_eq!(
+        p.default_sample_type, 0,
+        "heap: pprof's default, inuse_space"
+    );
+    assert_eq!(p.period, RATE as i64);
+    assert_estimate(
+        "inuse_space of hold_for_proto",
+        cum(&p, "http::hold_for_proto", INUSE_SPACE),
+        2048 * 4096,
+        RATE,
+        5.0,
+    );
+
+    let allocs = http_get(addr, "/debug/pprof/allocs");
+    assert_eq!(allocs.status, 200);
+    let a = decode(&allocs.body);
+    assert_eq!(string(&a, a.default_sample_type), "alloc_space");
+    assert!(cum(&a, "http::hold_for_proto", ALLOC_SPACE) > 0);
+
+    let head = http_raw(addr, b"HEAD /debug/pprof/heap HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty(), "HEAD has no body");
+    assert!(
+        head.header("content-length")
+            .unwrap()
+            .parse::<usize>()
+            .unwrap()
+            > 0
+    );
+    drop(kept);
+}
+
+/// `heap profile: N: B [N: B] @ heap/2R`, records, `#` frames, the stats
+/// trailer and the memory map; pprof's own scaling of the records must
+/// give back the estimate.
+#[test]
+fn debug_1_is_the_legacy_text_format() {
+    let addr = server();
+    let kept = hold_for_text(1024); // 8 MiB
+    let reply = http_get(addr, "/debug/pprof/heap?debug=1");
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    let text = reply.text();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    println!("{header}");
+    let nums = numbers_of_record(header.strip_prefix("heap profile: ").expect("header"));
+    assert_eq!(
+        header.rsplit_once("@ heap/").unwrap().1,
+        (2 * RATE).to_string(),
+        "period is twice the rate"
+    );
+
+    // Sites: one or two records `i: ib [a: ab] @ 0x…` (the live part and
+    // the freed part), then `#` lines, then a blank line.
+    let mut records: Vec<([i64; 4], String)> = Vec::new();
+    let mut site_start = 0;
+    for line in lines.by_ref() {
+        if line.starts_with("# heapprof stats") {
+            break;
+        }
+        if let Some(frame) = line.strip_prefix('#') {
+            for r in &mut records[site_start..] {
+                r.1 += frame;
+            }
+        } else if line.is_empty() {
+            site_start = records.len();
+        } else {
+            let (values, addrs) = line.split_once(" @ ").expect("a record");
+            assert!(addrs.split(' ').all(|a| a.starts_with("0x")), "{line}");
+            let v = numbers_of_record(values);
+            assert!(v[0] <= v[2] && v[1] <= v[3], "inuse <= alloc: {line}");
+            records.push((v, String::new()));
+        }
+    }
+    let sums = records.iter().fold([0; 4], |s, (v, _)| {
+        [s[0] + v[0], s[1] + v[1], s[2] + v[2], s[3] + v[3]]
+    });
+    assert_eq!(sums, nums, "header totals = sum of the records");
+    // pprof scales each record by 1/(1 - exp(-avg/R)), avg = bytes/count.
+    let as_pprof_reads = |count: i64, bytes: i64| {
+        let avg = bytes as f64 / count as f64;
+        bytes as f64 / (1.0 - (-avg / RATE as f64).exp())
+    };
+    let ours: f64 = records
+        .iter()
+        .filter(|(_, frames)| frames.contains("http::hold_for_text"))
+        .map(|(v, _)| as_pprof_reads(v[0], v[1]))
+        .sum();
+    assert_estimate(
+        "hold_for_text as pprof reads the text",
+        ours as i64,
+        1024 * 8192,
+        RATE,
+        5.0,
+    );
+    let rest: Vec<&str> = lines.collect();
+    for key in [
+        "# allocations = ",
+        "# live_bytes = ",
+        "# sample_rate = 32768",
+    ] {
+        assert!(rest.iter().any(|l| l.starts_with(key)), "{key} in {rest:?}");
+    }
+    let map_at = rest
+        .iter()
+        .position(|l| *l == "MAPPED_LIBRARIES:")
+        .expect("a memory map section");
+    let exe = std::env::current_exe().unwrap();
+    assert!(
+        rest[map_at + 1].contains(" r-xp ") && rest[map_at + 1].ends_with(exe.to_str().unwrap()),
+        "the executable's mapping first: {}",
+        rest[map_at + 1]
+    );
+
+    let allocs = http_get(addr, "/debug/pprof/allocs?debug=1");
+    assert!(allocs.text().starts_with("heap profile: "));
+    drop(kept);
+}
+
+fn numbers_of_record(s: &str) -> [i64; 4] {
+    let s = s.split(" @").next().unwrap();
+    let n: Vec<i64> = s
+        .split(|c: char| !c.is_ascii_digit() && c != '-')
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse().unwrap())
+        .collect();
+    n.try_into()
+        .unwrap_or_else(|n| panic!("four numbers in {s:?}: {n:?}"))
+}
+
+#[test]
+fn seconds_gives_a_delta_over_the_window() {
+    let addr = server();
+    let before = hold_before_delta(512); // 6 MiB, before the window
+    let grower = std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_millis(300));
+        grow_during_delta(512) // 8 MiB, inside it
+    });
+    let started = Instant::now();
+    let reply = http_get(addr, "/debug/pprof/heap?seconds=2");
+    let took = started.elapsed();
+    let grown = grower.join().unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(took >= Duration::from_secs(2), "waited {took:?}");
+    let p = decode(&reply.body);
+    assert_eq!(p.duration_nanos, 2_000_000_000);
+    assert_estimate(
+        "alloc_space of grow_during_delta in the delta",
+        cum(&p, "grow_during_delta", ALLOC_SPACE),
+        512 * 16384,
+        RATE,
+        5.0,
+    );
+    assert_eq!(
+        cum(&p, "hold_before_delta", ALLOC_SPACE),
+        0,
+        "allocated before the window"
+    );
+    drop((before, grown));
+}
+
+#[test]
+fn index_page_says_what_its_counts_mean() {
+    let addr = server();
+    for path in ["/debug/pprof/", "/debug/pprof"] {
+        let reply = http_get(addr, path);
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            reply.header("content-type"),
+            Some("text/html; charset=utf-8")
+        );
+        let page = reply.text();
+        for needle in [
+            "href=\"heap\"",
+            "href=\"allocs\"",
+            "heap?debug=1",
+            "allocation sites with sampled memory still live",
+            "not a leak",
+            "live bytes",
+        ] {
+            assert!(page.contains(needle), "{needle} in\n{page}");
+        }
+    }
+}
+
+#[test]
+fn bad_requests_get_4xx_and_the_server_goes_on() {
+    let addr = server();
+    let cases: &[(&[u8], u16)] = &[
+        (b"GET /debug/pprof/goroutine HTTP/1.1\r\n\r\n", 404),
+        (b"GET / HTTP/1.1\r\n\r\n", 404),
+        (b"GET /debug/pprof/heap?seconds=abc HTTP/1.1\r\n\r\n", 400),
+        (b"GET /debug/pprof/heap?seconds=0 HTTP/1.1\r\n\r\n", 400),
+        (
+            b"GET /debug/pprof/heap?seconds=100000 HTTP/1.1\r\n\r\n",
+            400,
+        ),
+        (b"GET /debug/pprof/heap?debug=x HTTP/1.1\r\n\r\n", 400),
+        (
+            b"GET /debug/pprof/heap?seconds=1&debug=1 HTTP/1.1\r\n\r\n",
+            400,
+        ),
+        (
+            b"POST /debug/pprof/heap HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            405,
+        ),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400), // a TLS hello
+        (b"GET /debug/pprof/heap HTTP/1.1\r\nBad Header\r\n\r\n", 400),
+        (b"GET /\xff\xfe HTTP/1.1\r\n\r\n", 400),
+    ];
+    for (request, status) in cases {
+        let reply = http_raw(addr, request);
+        assert_eq!(
+            reply.status,
+            *status,
+            "{:?} -> {}",
+            String::from_utf8_lossy(request),
+            reply.text()
+        );
+    }
+    // A head larger than 8 KiB.
+    let huge = format!(
+        "GET /debug/pprof/heap HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(16 * 1024)
+    );
+    assert_eq!(http_raw(addr, huge.as_bytes()).status, 431);
+    // A client that connects and closes at once, or sends half and
+    // closes: nothing to answer, nothing breaks.
+    drop(TcpStream::connect(addr).unwrap());
+    let mut half = TcpStream::connect(addr).unwrap();
+    half.write_all(b"GET /debug/pp").unwrap();
+    drop(half);
+    assert_eq!(http_get(addr, "/debug/pprof/heap").status, 200);
+    println!(
+        "{} bad requests answered, server still serving",
+        cases.len() + 3
+    );
+}
+
+/// A client that sends half a request and waits does not hold up anyone
+/// else, and is cut off when its time is up.
+#[test]
+fn a_slow_client_does_not_block_others() {
+    server(); // the rate
+    let addr = heapprof::http::Server::new()
+        .header_timeout(Duration::from_millis(1500))
+        .serve("127.0.0.1:0")
+        .unwrap();
+    let mut slow = TcpStream::connect(addr).unwrap();
+    slow.write_all(b"GET /debug/pprof/heap HTTP/1.1\r\nHost: sl")
+        .unwrap();
+    let started = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(http_get(addr, "/debug/pprof/heap").status, 200);
+    }
+    let others = started.elapsed();
+    assert!(
+        others < Duration::from_millis(1500),
+        "the other requests waited for the slow client: {others:?}"
+    );
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reply = String::new();
+    std::io::Read::read_to_string(&mut slow, &mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 408 "), "{reply}");
+    println!(
+        "5 requests in {others:?} beside a slow client, which was cut off after {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn connections_over_the_limit_get_503() {
+    server();
+    let addr = heapprof::http::Server::new()
+        .max_connections(2)
+        .header_timeout(Duration::from_secs(5))
+        .serve("127.0.0.1:0")
+        .unwrap();
+    let hold: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET /").unwrap();
+            s
+        })
+        .collect();
+    // Let the server accept both before the third arrives.
+    std::thread::sleep(Duration::from_millis(200));
+    let third = http_get(addr, "/debug/pprof/heap");
+    assert_eq!(third.status, 503, "{}", third.text());
+    drop(hold);
+    // The slots come back when those connections end.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = http_get(addr, "/debug/pprof/heap").status;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slots never came back: {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn fifty_concurrent_scrapes_all_succeed() {
+    let addr = server();
+    let _watchdog = watchdog("50 concurrent scrapes", Duration::from_secs(120));
+    let kept = hold_for_proto(256);
+    let scrapers: Vec<_> = (0..50)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let target = if i % 5 == 4 {
+                    "/debug/pprof/heap?debug=1"
+                } else {
+                    "/debug/pprof/heap"
+                };
+                let reply = http_get(addr, target);
+                assert_eq!(reply.status, 200, "scrape {i}: {}", reply.text());
+                if i % 5 != 4 {
+                    let p = decode(&reply.body);
+                    assert!(!p.sample.is_empty(), "scrape {i}: an empty profile");
+                }
+                reply.body.len()
+            })
+        })
+        .collect();
+    let sizes: Vec<usize> = scrapers.into_iter().map(|t| t.join().unwrap()).collect();
+    println!(
+        "50 concurrent scrapes: all 200, {} to {} bytes",
+        sizes.iter().min().unwrap(),
+        sizes.iter().max().unwrap()
+    );
+    drop(kept);
+}
+
+#[test]
+fn the_handler_mounts_anywhere() {
+    server();
+    let r = heapprof::http::handle("/debug/pprof/heap", "");
+    assert_eq!(
+        (r.status, r.content_type),
+        (200, "application/octet-stream")
+    );
+    decode(&r.body);
+    let r = heapprof::http::handle("/debug/pprof/heap", "debug=1");
+    assert!(
+        String::from_utf8(r.body)
+            .unwrap()
+            .starts_with("heap profile: ")
+    );
+    assert_eq!(heapprof::http::handle("/metrics", "").status, 404);
+    assert_eq!(
+        heapprof::http::handle("/debug/pprof/heap", "seconds=x").status,
+        400
+    );
+}
