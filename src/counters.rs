@@ -98,6 +98,12 @@ pub(crate) fn register_thread() {
     }
 }
 
+/// Whether this thread's thread-locals are still up (false once its
+/// thread-local destructors have started running).
+pub(crate) fn thread_alive() -> bool {
+    RETIRE_ON_EXIT.try_with(|_| ()).is_ok()
+}
+
 struct Retire;
 
 impl Drop for Retire {
@@ -120,8 +126,12 @@ impl Drop for Retire {
 /// Sums the counters of running and exited threads: allocations,
 /// allocated bytes, deallocations, freed bytes.
 pub(crate) fn totals() -> [u64; 4] {
-    let mut sum = RETIRED.each_ref().map(|a| a.load(Relaxed));
+    // The retired totals are read under the registry's lock: a thread that
+    // exits moves its counts from the registry to them under that lock, so
+    // reading them before taking it could miss a thread that exits in
+    // between, and the totals would go backwards.
     let live = LIVE.lock();
+    let mut sum = RETIRED.each_ref().map(|a| a.load(Relaxed));
     for &addr in live.iter() {
         // SAFETY: an address stays in LIVE only while its thread runs: the
         // thread's `Retire` destructor removes it, under this same lock,

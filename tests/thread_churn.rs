@@ -217,3 +217,66 @@ fn thousands_of_short_lived_threads_allocate_hand_over_and_exit() {
         "every block the threads allocated was freed, on whatever thread"
     );
 }
+
+/// `stats()` is read while threads keep exiting: its totals never go
+/// backwards. (Exiting threads move their counts from the registry of
+/// running threads to the retired totals; a reader that took the retired
+/// totals outside the registry's lock missed such a thread and saw the
+/// totals drop, by up to 20 MB here.)
+#[test]
+fn stats_never_go_backwards_while_threads_exit() {
+    let _watchdog = watchdog("monotonic stats", Duration::from_secs(120));
+    let stop = Arc::new(AtomicBool::new(false));
+    let spawner = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut exited = 0;
+            while !stop.load(Relaxed) {
+                let batch: Vec<_> = (0..8)
+                    .map(|_| {
+                        std::thread::spawn(|| {
+                            for _ in 0..50 {
+                                std::hint::black_box(vec![0u8; 100_000]);
+                            }
+                        })
+                    })
+                    .collect();
+                for t in batch {
+                    t.join().unwrap();
+                }
+                exited += 8;
+            }
+            exited
+        })
+    };
+    let started = Instant::now();
+    let mut last = heapprof::stats();
+    let (mut polls, mut backwards) = (0u64, Vec::new());
+    while started.elapsed() < Duration::from_secs(2) {
+        let now = heapprof::stats();
+        polls += 1;
+        for (what, before, after) in [
+            ("allocations", last.allocations, now.allocations),
+            ("allocated_bytes", last.allocated_bytes, now.allocated_bytes),
+            ("deallocations", last.deallocations, now.deallocations),
+            ("freed_bytes", last.freed_bytes, now.freed_bytes),
+        ] {
+            if after < before {
+                backwards.push(format!("{what}: {before} -> {after}"));
+            }
+        }
+        last = now;
+    }
+    stop.store(true, Relaxed);
+    let exited = spawner.join().unwrap();
+    println!(
+        "stats read {polls} times while {exited} threads exited: {} backward steps",
+        backwards.len()
+    );
+    assert!(exited > 0 && polls > 100);
+    assert!(
+        backwards.is_empty(),
+        "{:?}",
+        &backwards[..backwards.len().min(10)]
+    );
+}
