@@ -9,7 +9,8 @@
 //! reentrancy guard held, so nothing they do is sampled.
 //!
 //! Lock order in `prepare` is: the HTTP server's build lock (held while a
-//! profile is built, so around all the others), symbolizer, bucket
+//! profile is built, so around all the others), the loaded-object walk
+//! (`mappings.rs`: fork must not copy the loader's lock held), symbolizer, bucket
 //! stripes, spare pools, peak copy, thread registry, then the sampled set
 //! (its stripes and mask lock). Other paths nest locks in two ways only: a
 //! thread's first allocation registers its counters (`counters.rs`), which
@@ -29,7 +30,7 @@
 
 use std::sync::Once;
 
-use crate::{buckets, counters, guard, peak, sampled, spare, symbolize};
+use crate::{buckets, counters, guard, mappings, peak, sampled, spare, symbolize};
 
 static REGISTER: Once = Once::new();
 
@@ -49,6 +50,7 @@ extern "C" fn prepare() {
     std::mem::forget(busy); // released in `after`
     #[cfg(feature = "http")]
     crate::http::lock();
+    mappings::lock();
     symbolize::lock();
     buckets::lock_all();
     spare::lock_all();
@@ -67,6 +69,7 @@ extern "C" fn after() {
         spare::unlock_all();
         buckets::unlock_all();
         symbolize::unlock();
+        mappings::unlock();
         #[cfg(feature = "http")]
         crate::http::unlock();
     }

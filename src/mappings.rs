@@ -8,6 +8,27 @@
 
 use std::ffi::CStr;
 
+use crate::lock::Mutex;
+
+/// Held around `dl_iterate_phdr`, and taken by `fork`'s handlers. The walk
+/// holds the dynamic loader's own lock, which glibc does not reset in a
+/// forked child: a fork in the middle of our walk left the child's next
+/// profile waiting for that lock for ever. With this, `fork` waits for
+/// the walk to end. (Only heapprof's walks; the symbolizer's are under
+/// its own lock, also taken by the handlers.)
+static WALKING: Mutex<()> = Mutex::new(());
+
+pub(crate) fn lock() {
+    std::mem::forget(WALKING.lock());
+}
+
+/// # Safety
+/// Only after [`lock`] on this thread, or in the child it forked.
+pub(crate) unsafe fn unlock() {
+    // SAFETY: `lock` took it and forgot the guard.
+    unsafe { WALKING.force_unlock() };
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Mapping {
     pub start: u64,
@@ -22,13 +43,16 @@ pub(crate) struct Mapping {
 /// main binary), then the libraries', each group in address order.
 pub(crate) fn current() -> Vec<Mapping> {
     let mut found: Vec<(bool, Mapping)> = Vec::new();
-    // SAFETY: `collect` matches the callback type dl_iterate_phdr expects,
-    // and `found` outlives the call, which is synchronous.
-    unsafe {
-        libc::dl_iterate_phdr(
-            Some(collect),
-            (&mut found as *mut Vec<(bool, Mapping)>).cast(),
-        );
+    {
+        let _walking = WALKING.lock();
+        // SAFETY: `collect` matches the callback type dl_iterate_phdr
+        // expects, and `found` outlives the call, which is synchronous.
+        unsafe {
+            libc::dl_iterate_phdr(
+                Some(collect),
+                (&mut found as *mut Vec<(bool, Mapping)>).cast(),
+            );
+        }
     }
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())

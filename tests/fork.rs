@@ -134,8 +134,21 @@ fn fork_while_other_threads_allocate_and_sample() {
     {
         let (stop, profiles) = (stop.clone(), profiles.clone());
         threads.push(std::thread::spawn(move || {
-            while !stop.load(Relaxed) {
-                heapprof::write_profile(Vec::new()).expect("write_profile");
+            // Every way to write a profile, in turn: each takes its own
+            // locks (the peak copy, the loaded-object walk, the text
+            // writer's stats) and a fork may land in any of them.
+            for n in 0usize.. {
+                if stop.load(Relaxed) {
+                    break;
+                }
+                match n % 3 {
+                    0 => heapprof::write_profile(Vec::new()).expect("write_profile"),
+                    1 => match heapprof::write_peak_profile(Vec::new()) {
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        other => other.expect("write_peak_profile"),
+                    },
+                    _ => heapprof::write_text_profile(Vec::new()).expect("write_text_profile"),
+                }
                 profiles.fetch_add(1, Relaxed);
                 std::thread::sleep(Duration::from_millis(2));
             }
