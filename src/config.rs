@@ -22,6 +22,26 @@ pub(crate) const DEFAULT_SAMPLE_RATE: usize = 512 * 1024;
 /// sites go to the overflow bucket (`HEAPPROF_MAX_SITES`).
 pub(crate) const DEFAULT_MAX_SITES: usize = 16 * 1024;
 
+/// A new peak profile is kept when the live heap passes the last by this
+/// much: tcmalloc's 10 %.
+pub(crate) const DEFAULT_PEAK_GROWTH: Percent = Percent(10.0);
+
+/// A percentage, printed with its sign.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Percent(pub f64);
+
+impl Percent {
+    pub(crate) fn fraction(self) -> f64 {
+        self.0 / 100.0
+    }
+}
+
+impl std::fmt::Display for Percent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}%", self.0)
+    }
+}
+
 pub(crate) struct Config {
     pub sample_rate: usize,
     pub max_sites: usize,
@@ -37,6 +57,9 @@ pub(crate) struct Config {
     pub dump_every_allocated: Option<u64>,
     /// `HEAPPROF_DUMP_INUSE_GROWTH`: a profile when the live heap grew so much.
     pub dump_inuse_growth: Option<u64>,
+    /// `HEAPPROF_PEAK_GROWTH`: how far (as a fraction) the sampled live heap
+    /// must pass the last peak copy before a new one is taken.
+    pub peak_growth: Percent,
     /// `HEAPPROF_UNWIND`: `auto` (default), `dwarf` or `frame-pointers`.
     pub unwinder: crate::stack::Unwinder,
 }
@@ -48,10 +71,25 @@ pub(crate) fn get() -> &'static Config {
     CONFIG.get_or_init(|| {
         let _busy = crate::guard::Busy::enter();
         Config {
-            sample_rate: read("HEAPPROF_SAMPLE_RATE", DEFAULT_SAMPLE_RATE, parse_bytes),
-            max_sites: read("HEAPPROF_MAX_SITES", DEFAULT_MAX_SITES, |s| {
-                parse_bytes(s).filter(|&n| n > 0)
-            }),
+            sample_rate: read(
+                "HEAPPROF_SAMPLE_RATE",
+                BYTES_HINT,
+                DEFAULT_SAMPLE_RATE,
+                parse_bytes,
+            ),
+            // A bucket's index within its stripe has 24 bits (`BucketId`).
+            max_sites: read(
+                "HEAPPROF_MAX_SITES",
+                "a whole number from 1 to 16777215 (64k also works)",
+                DEFAULT_MAX_SITES,
+                |s| parse_bytes(s).filter(|&n| n > 0 && n < 1 << 24),
+            ),
+            peak_growth: read(
+                "HEAPPROF_PEAK_GROWTH",
+                "a percentage above 0 such as 10% or 25",
+                DEFAULT_PEAK_GROWTH,
+                parse_percent,
+            ),
             seed: optional("HEAPPROF_SEED", "a whole number", |s| s.parse().ok()),
             out: std::env::var_os("HEAPPROF_OUT")
                 .filter(|p| !p.is_empty())
@@ -84,16 +122,21 @@ pub(crate) fn get() -> &'static Config {
 
 const BYTES_HINT: &str = "a byte count such as 524288, 512KiB, 2MiB or 64k";
 
-fn read(name: &str, default: usize, parse: fn(&str) -> Option<usize>) -> usize {
+fn read<T: std::fmt::Display>(
+    name: &str,
+    expected: &str,
+    default: T,
+    parse: impl Fn(&str) -> Option<T>,
+) -> T {
     let Some(raw) = std::env::var_os(name) else {
         return default;
     };
     match raw.to_str().and_then(parse) {
         Some(value) => value,
         None => {
-            eprintln!(
-                "heapprof: ignoring {name}={raw:?}: expected {BYTES_HINT}; using the default {default}"
-            );
+            crate::report::warn(format_args!(
+                "heapprof: ignoring {name}={raw:?}: expected {expected}; using the default {default}"
+            ));
             default
         }
     }
@@ -105,7 +148,9 @@ fn optional<T>(name: &str, expected: &str, parse: impl Fn(&str) -> Option<T>) ->
     let raw = std::env::var_os(name)?;
     let value = raw.to_str().and_then(|s| parse(s.trim()));
     if value.is_none() {
-        eprintln!("heapprof: ignoring {name}={raw:?}: expected {expected}; leaving it off");
+        crate::report::warn(format_args!(
+            "heapprof: ignoring {name}={raw:?}: expected {expected}; leaving it off"
+        ));
     }
     value
 }
@@ -125,6 +170,14 @@ pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
         _ => return None,
     };
     Some(Duration::from_millis(millis))
+}
+
+/// Parses `10%`, `10` or `2.5%`: a percentage above 0 and at most 1000.
+pub(crate) fn parse_percent(text: &str) -> Option<Percent> {
+    let text = text.trim();
+    let number = text.strip_suffix('%').unwrap_or(text).trim();
+    let p: f64 = number.parse().ok()?;
+    (p > 0.0 && p <= 1000.0).then_some(Percent(p))
 }
 
 /// Parses a byte count: a decimal number with an optional unit. Units are
@@ -164,6 +217,17 @@ mod tests {
         assert_eq!(parse_bytes(" 1 GB "), Some(1 << 30));
         assert_eq!(parse_bytes("0"), Some(0));
         assert_eq!(parse_bytes("1"), Some(1));
+    }
+
+    #[test]
+    fn percentages() {
+        use super::{Percent, parse_percent};
+        assert_eq!(parse_percent("10%"), Some(Percent(10.0)));
+        assert_eq!(parse_percent(" 25 "), Some(Percent(25.0)));
+        assert_eq!(parse_percent("2.5 %"), Some(Percent(2.5)));
+        for bad in ["", "%", "0", "-5%", "abc", "1e9", "NaN", "inf"] {
+            assert_eq!(parse_percent(bad), None, "{bad}");
+        }
     }
 
     #[test]

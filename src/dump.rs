@@ -56,9 +56,9 @@ fn report(result: io::Result<()>, what: &str, flag: &AtomicBool) {
     if let Err(e) = result
         && !flag.swap(true, Relaxed)
     {
-        eprintln!(
+        crate::report::warn(format_args!(
             "heapprof: could not write the {what} profile ({e}); further failures of this kind are not reported"
-        );
+        ));
     }
 }
 
@@ -250,10 +250,10 @@ impl AutoDump {
                 let due = self.every.is_some_and(|e| last_time.elapsed() >= e)
                     || self
                         .every_allocated
-                        .is_some_and(|n| allocated - last_allocated >= n)
+                        .is_some_and(|n| allocated.saturating_sub(last_allocated) >= n)
                     || self
                         .inuse_growth
-                        .is_some_and(|n| inuse - last_inuse >= n as i64);
+                        .is_some_and(|n| inuse.saturating_sub(last_inuse) >= n as i64);
                 if due {
                     (last_time, last_allocated, last_inuse) = (Instant::now(), allocated, inuse);
                     break;
@@ -273,10 +273,16 @@ impl AutoDump {
 /// is set. Called from the sampled path (never the first allocation), so
 /// the runtime is up; spawning allocates, which the guard sends straight to
 /// the inner allocator.
+///
+/// Spawning from inside the allocator must not panic (that would abort):
+/// it is not tried on a thread whose thread-locals are being torn down,
+/// where std's spawn may panic; that sample leaves the start to a later
+/// one. A panic anyway is caught and reported.
 pub(crate) fn start_from_env() {
     static STARTED: AtomicBool = AtomicBool::new(false);
     let c = config::get();
     if (c.dump_every.is_none() && c.dump_every_allocated.is_none() && c.dump_inuse_growth.is_none())
+        || !crate::counters::thread_alive()
         || STARTED.swap(true, Relaxed)
     {
         return;
@@ -289,8 +295,12 @@ pub(crate) fn start_from_env() {
     series.every = c.dump_every;
     series.every_allocated = c.dump_every_allocated;
     series.inuse_growth = c.dump_inuse_growth;
-    if let Err(e) = series.start() {
-        eprintln!("heapprof: could not start the periodic dump thread: {e}");
+    let started = std::panic::catch_unwind(move || series.start())
+        .unwrap_or_else(|_| Err(io::Error::other("spawning the thread panicked")));
+    if let Err(e) = started {
+        crate::report::warn(format_args!(
+            "heapprof: could not start the periodic dump thread: {e}"
+        ));
     }
 }
 

@@ -180,6 +180,7 @@ mod profile;
 #[doc(hidden)]
 pub mod proto;
 mod recorder;
+mod report;
 mod sampled;
 mod sampler;
 mod snapshot;

@@ -79,9 +79,9 @@ pub(crate) fn capture() -> Stack {
             return fp;
         }
         MODE.store(USE_DWARF, Relaxed);
-        eprintln!(
+        crate::report::warn(format_args!(
             "heapprof: a frame-pointer stack disagreed with the DWARF unwinder (code built without frame pointers?); using DWARF from now on"
-        );
+        ));
     }
     capture_dwarf()
 }

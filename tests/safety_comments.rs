@@ -238,6 +238,41 @@ fn every_unsafe_in_src_says_why_it_is_sound() {
     );
 }
 
+/// `eprintln!` and `println!` panic when the stream cannot be written, and
+/// a panic inside the global allocator aborts the program: heapprof's
+/// messages go through `report::warn`, which drops write errors.
+#[test]
+fn no_panicking_print_macros_in_src() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut found = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        // Unit tests may print.
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        for (i, line) in code.lines().enumerate() {
+            let code = code_part(line);
+            if ["eprintln!", "println!", "eprint!", "print!"]
+                .iter()
+                .any(|m| code.contains(m))
+            {
+                found.push(format!(
+                    "{}:{}: {}",
+                    file.strip_prefix(&src).unwrap().display(),
+                    i + 1,
+                    line.trim()
+                ));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "use report::warn instead:\n{}",
+        found.join("\n")
+    );
+}
+
 #[test]
 fn checker_finds_gaps() {
     let text = r#"

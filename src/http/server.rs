@@ -175,9 +175,9 @@ fn spawn(f: impl FnOnce() + Send + 'static) {
     if let Err(e) = spawned
         && !FAILED.swap(true, Relaxed)
     {
-        eprintln!(
+        crate::report::warn(format_args!(
             "heapprof: http: could not start a connection thread ({e}); dropping connections meanwhile"
-        );
+        ));
     }
 }
 
