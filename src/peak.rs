@@ -6,10 +6,14 @@
 //!
 //! The sampled estimate of live bytes is one shared counter, changed only
 //! on sampled allocations and sampled frees (never on the fast path). When
-//! it passes the previous peak by 10 %, the thread that noticed copies the
-//! bucket table (one stripe lock at a time, like a profile write). Copies
+//! it passes the previous peak by 10 % (`HEAPPROF_PEAK_GROWTH`), the
+//! thread that noticed copies the bucket table (one stripe lock at a time,
+//! like a profile write) there and then: a copy taken later, elsewhere,
+//! would no longer be the peak. A copy costs about as much as the table
+//! is large (a millisecond or so for thousands of sites), but copies
 //! happen at most log(max/min)/log(1.1) times over a run: about 170 for a
-//! heap that grows from 1 MiB to 10 GiB.
+//! heap that grows from 1 MiB to 10 GiB, so on average they add a small
+//! constant to each sampled allocation.
 
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::time::SystemTime;
@@ -18,8 +22,6 @@ use crate::lock::Mutex;
 
 use crate::buckets::{self, Site};
 
-/// A new peak must exceed the last by this fraction.
-const GROWTH: f64 = 0.10;
 /// Peaks below this are not worth a copy.
 const MIN_PEAK: i64 = 1 << 20;
 
@@ -47,22 +49,34 @@ pub(crate) fn on_alloc(bytes: f64) {
     let live = LIVE_ESTIMATE.fetch_add(bytes as i64, Relaxed) + bytes as i64;
     let next = NEXT_PEAK.load(Relaxed);
     // One thread wins the right to copy this peak.
+    let growth = crate::config::get().peak_growth.fraction();
     if live > next
         && NEXT_PEAK
             .compare_exchange(
                 next,
-                (live as f64 * (1.0 + GROWTH)) as i64,
+                (live as f64 * (1.0 + growth)) as i64,
                 Relaxed,
                 Relaxed,
             )
             .is_ok()
     {
         let sites = buckets::snapshot();
-        *PEAK.lock() = Some(Peak {
+        let copy = Peak {
             sites,
             live_bytes: live,
             when: SystemTime::now(),
-        });
+        };
+        // Two threads may copy two peaks at once; the larger one stays,
+        // whichever finishes last. The old copy is dropped after the lock
+        // is released.
+        let mut kept = PEAK.lock();
+        let old = if kept.as_ref().is_none_or(|p| p.live_bytes < copy.live_bytes) {
+            kept.replace(copy)
+        } else {
+            Some(copy)
+        };
+        drop(kept);
+        drop(old);
     }
 }
 
