@@ -143,7 +143,10 @@ static TABLE: Table = Table {
 /// Records a sampled allocation of `size` bytes with `weight` at the site
 /// `frames` (leaf first, already hashed to `hash`).
 pub(crate) fn record_alloc(frames: &[usize], hash: u64, size: usize, weight: f64) -> BucketId {
-    let stripe_index = (hash >> 58) as usize % STRIPES;
+    // Bits 32..38: the stripe's map uses the low bits of the same hash to
+    // place a key and the top 7 as its tag, so picking stripes by either
+    // would leave each stripe's keys alike in the bits its map relies on.
+    let stripe_index = (hash >> 32) as usize % STRIPES;
     let mut stripe = TABLE.stripes[stripe_index].lock();
     if let Some(&index) = stripe.by_hash.get(&hash) {
         stripe.buckets[index as usize]

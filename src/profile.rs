@@ -220,7 +220,14 @@ impl Builder {
             ],
             label: vec![proto::Label {
                 key: bytes_key,
-                num: (c.sampled_alloc_bytes / c.sampled_allocs.max(1)) as i64,
+                // The mean block size at the site: the estimates' ratio,
+                // not the samples' (which big blocks, always sampled,
+                // would dominate).
+                num: if c.alloc_objects_est > 0.0 {
+                    (c.alloc_bytes_est / c.alloc_objects_est).round() as i64
+                } else {
+                    0
+                },
                 num_unit: bytes_key,
                 ..Default::default()
             }],
@@ -293,6 +300,11 @@ impl Builder {
             name: self.strings.get(name),
             system_name: self.strings.get(system_name),
             filename: self.strings.get(file),
+            // The declaration line is not in what `backtrace` resolves;
+            // reading it would mean walking DWARF ourselves. pprof uses it
+            // only to start `-list` windows (which then start a few lines
+            // above the first line with a value), and merges functions by
+            // it, so 0 everywhere is better than a guess that varies.
             start_line: 0,
         };
         self.profile.function.push(function);
