@@ -47,8 +47,80 @@ fn child_scenarios() {
             std::mem::forget(held_until_exit());
         }
         Ok("series") => churn_for(Duration::from_millis(900)),
+        Ok("exit_busy") => {
+            // Threads still allocating and sampling while `exit` writes.
+            for t in 0..3 {
+                std::thread::spawn(move || {
+                    loop {
+                        churn_for(Duration::from_millis(10 + t));
+                    }
+                });
+            }
+            std::mem::forget(held_until_exit());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok("fork_exit") => {
+            std::mem::forget(held_until_exit());
+            let out = std::env::var("HEAPPROF_OUT").unwrap();
+            // SAFETY: the child only calls `exit` (running the atexit
+            // handlers, heapprof's among them); this process is single
+            // threaded apart from the harness's main thread, which is
+            // waiting for this test.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0);
+            if pid == 0 {
+                std::process::exit(0);
+            }
+            let mut status = 0;
+            // SAFETY: waits for our own child with a valid status pointer.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            let written = Path::new(&out).exists();
+            println!("forked child exited: profile written by it: {written}");
+        }
         _ => {}
     }
+}
+
+/// `exit` while other threads are mid-allocation and mid-sample: the exit
+/// dump must not deadlock on a lock one of them holds, and must decode.
+#[test]
+fn exit_dump_while_threads_still_sample() {
+    let _watchdog = watchdog("exit dump with busy threads", Duration::from_secs(60));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("busy.pb.gz");
+    for round in 0..5 {
+        child(
+            "exit_busy",
+            &[
+                ("HEAPPROF_OUT", out.to_str().unwrap()),
+                ("HEAPPROF_SAMPLE_RATE", "4k"),
+            ],
+        );
+        let p = read_profile(&out);
+        assert_sane_values(&p);
+        assert!(cum(&p, "held_until_exit", INUSE_SPACE) > 0, "round {round}");
+        assert!(cum(&p, "churn_for", ALLOC_SPACE) > 0, "round {round}");
+    }
+}
+
+/// A child forked without exec that exits runs the atexit handlers it
+/// inherited; the profile is its parent's, so it must not write one.
+#[test]
+fn a_forked_child_that_exits_writes_no_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("forked.pb.gz");
+    let (stdout, _) = run_child(
+        "child_scenarios",
+        &[
+            ("HEAPPROF_TEST_CHILD", "fork_exit"),
+            ("HEAPPROF_OUT", out.to_str().unwrap()),
+        ],
+    );
+    assert!(
+        stdout.contains("profile written by it: false"),
+        "the forked child wrote the exit profile:\n{stdout}"
+    );
+    assert!(out.exists(), "the parent's exit dump is written");
 }
 
 #[test]
@@ -202,4 +274,52 @@ fn auto_dump_api_fires_on_allocated_bytes() {
     let first = dir.path().join("api.0001.pb.gz");
     assert!(first.exists(), "no dump after 160 MiB allocated");
     assert_eq!(read_profile(&first).sample_type.len(), 4);
+}
+
+#[inline(never)]
+fn grow_by(mib: usize) -> Vec<Vec<u8>> {
+    (0..mib).map(|_| vec![3u8; 1 << 20]).collect()
+}
+
+/// `on_inuse_growth`: a profile each time the live heap has grown by the
+/// step since the last one; `every`: on a timer.
+#[test]
+fn auto_dump_api_fires_on_growth_and_on_a_timer() {
+    let dir = tempfile::tempdir().unwrap();
+    heapprof::AutoDump::new(dir.path().join("growth.pb.gz"))
+        .on_inuse_growth(32 << 20)
+        .start()
+        .unwrap();
+    heapprof::AutoDump::new(dir.path().join("timer.pb.gz"))
+        .every(Duration::from_millis(100))
+        .start()
+        .unwrap();
+    // Four steps of 40 MiB held, each past the 32 MiB growth threshold.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(grow_by(40));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let count = |prefix: &str| {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                let name = name.to_string_lossy();
+                name.starts_with(prefix) && name.ends_with(".pb.gz")
+            })
+            .count()
+    };
+    let (growth, timer) = (count("growth."), count("timer."));
+    println!(
+        "160 MiB held in 40 MiB steps over 800 ms: {growth} growth dumps, {timer} timer dumps"
+    );
+    assert!(growth >= 3, "one dump per 32 MiB step: {growth}");
+    assert!(timer >= 4, "a dump every 100 ms over 800 ms: {timer}");
+    let p = read_profile(&dir.path().join("growth.0003.pb.gz"));
+    assert!(
+        cum(&p, "grow_by", INUSE_SPACE) > 64 << 20,
+        "the third dump sees the growth"
+    );
+    drop(held);
 }

@@ -63,5 +63,31 @@ fn default_rate_estimates_are_within_the_poisson_bound() {
         0,
         "everything hold_then_free made was freed"
     );
-    drop(held);
+
+    // The in-process view of the same table, and a delta scoped to code
+    // run after `before`: the same bounds.
+    let before = heapprof::snapshot();
+    assert_estimate(
+        "snapshot: inuse_bytes_in(hold_small_blocks)",
+        before.inuse_bytes_in("hold_small_blocks"),
+        truth,
+        RATE,
+        5.0,
+    );
+    let more = hold_then_free(); // kept this time
+    let more_bytes: usize = more.iter().map(|v| v.len()).sum();
+    let grown = heapprof::snapshot().delta(&before);
+    assert_estimate(
+        "delta: inuse_bytes_in(hold_then_free)",
+        grown.inuse_bytes_in("hold_then_free"),
+        more_bytes + 64 * 1024 * 24,
+        RATE,
+        5.0,
+    );
+    assert_eq!(
+        grown.alloc_bytes_in("hold_small_blocks"),
+        0,
+        "nothing allocated there in between"
+    );
+    drop((held, more));
 }
