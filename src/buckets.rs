@@ -9,9 +9,18 @@
 //! The table is split into stripes, each behind its own lock, picked by the
 //! stack hash, so threads that sample at the same time rarely meet. Memory
 //! is bounded: at most `max_sites` buckets and `max_sites * 32` stored frame
-//! addresses in all (about 6 MiB at the default 16 Ki sites). A sample whose
-//! site does not fit goes to a single overflow bucket, which the profile
-//! shows as its own site, so nothing is dropped silently.
+//! addresses in all, held in vectors that grow by eighths. At the default
+//! 16 Ki sites the worst case is
+//!
+//! ```text
+//! buckets   64 B × 16 Ki × 9/8        1.1 MiB
+//! frames     8 B × 16 Ki × 32 × 9/8   4.5 MiB
+//! index     ~26 B × 16 Ki             0.4 MiB  (hash maps, which double)
+//! total                               6.0 MiB
+//! ```
+//!
+//! A sample whose site does not fit goes to a single overflow bucket, which
+//! the profile shows as its own site, so nothing is dropped silently.
 //!
 //! All locking happens with the reentrancy guard held (`guard.rs`), so the
 //! `Vec`/`HashMap` growth inside a stripe goes to the inner allocator.
@@ -161,7 +170,9 @@ pub(crate) fn record_alloc(frames: &[usize], hash: u64, size: usize, weight: f64
     }
     let index = stripe.buckets.len() as u32;
     let frames_start = stripe.frames.len() as u32;
+    grow_by_eighths(&mut stripe.frames, frames.len());
     stripe.frames.extend_from_slice(frames);
+    grow_by_eighths(&mut stripe.buckets, 1);
     let mut counts = Counts::default();
     counts.add_alloc(size, weight);
     stripe.buckets.push(Bucket {
@@ -171,6 +182,17 @@ pub(crate) fn record_alloc(frames: &[usize], hash: u64, size: usize, weight: f64
     });
     stripe.by_hash.insert(hash, index);
     BucketId((stripe_index as u32) << 24 | index)
+}
+
+/// Makes room for `extra` more elements, growing by an eighth of the
+/// current capacity (or `extra`, if larger) rather than doubling: a
+/// capacity never exceeds 9/8 of what was needed when it grew, which is
+/// what keeps the table's worst case within its bound (see the module
+/// comment), at the cost of a few more reallocations while it fills.
+fn grow_by_eighths<T>(v: &mut Vec<T>, extra: usize) {
+    if v.capacity() - v.len() < extra {
+        v.reserve_exact(extra.max(v.capacity() / 8));
+    }
 }
 
 /// Claims room for one more site with `frames` addresses, or says the

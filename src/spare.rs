@@ -12,7 +12,7 @@
 //! 64 KiB) and, when freed, kept here for later samples of the same class
 //! instead of being returned. Sampled blocks are rare (one per 512 KiB
 //! allocated), so a few dozen per class cover the turnover; past the
-//! bound, blocks go back to the inner allocator. Larger sampled blocks are
+//! bound (under 1 MiB in all), blocks go back to the inner allocator. Larger sampled blocks are
 //! returned at once: glibc serves those from `mmap` (no recycling), and
 //! other allocators recycle them rarely enough.
 
@@ -26,8 +26,15 @@ use crate::sampled::PAGE;
 const CLASSES: usize = 13;
 const MIN_CLASS: usize = 16;
 const MAX_CLASS: usize = MIN_CLASS << (CLASSES - 1);
-/// Spare blocks kept per class.
+/// Spare blocks kept per class: 64, or as many as fit in 128 KiB for the
+/// classes above 2 KiB, so that all the pools together hold at most
+/// 64 × (16 B + … + 2 KiB) + 5 × 128 KiB ≈ 0.9 MiB.
 const PER_CLASS: usize = 64;
+const PER_CLASS_BYTES: usize = 128 * 1024;
+
+fn kept_per_class(class: usize) -> usize {
+    PER_CLASS.min(PER_CLASS_BYTES / (MIN_CLASS << class))
+}
 
 static POOLS: [Mutex<Vec<usize>>; CLASSES] = [const { Mutex::new(Vec::new()) }; CLASSES];
 
@@ -63,7 +70,7 @@ pub(crate) fn keep(ptr: *mut u8, actual: Layout) -> bool {
         return false;
     };
     let mut pool = POOLS[class].lock();
-    if pool.len() >= PER_CLASS {
+    if pool.len() >= kept_per_class(class) {
         return false;
     }
     pool.push(ptr as usize);
@@ -98,6 +105,16 @@ pub(crate) unsafe fn unlock_all() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn full_pools_hold_under_a_mebibyte() {
+        let most: usize = (0..CLASSES)
+            .map(|c| kept_per_class(c) * (MIN_CLASS << c))
+            .sum();
+        assert!(most < 1 << 20, "{most}");
+        assert_eq!(kept_per_class(0), 64);
+        assert_eq!(kept_per_class(CLASSES - 1), 2);
+    }
 
     #[test]
     fn classes_round_up_to_powers_of_two_and_page_alignment() {

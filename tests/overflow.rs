@@ -154,21 +154,22 @@ fn field(stdout: &str, name: &str) -> usize {
 /// use N bytes`) with `sites` sites in the bucket table and at most `live`
 /// sampled blocks ever live at once, none of them page aligned (so the
 /// spare pools stay empty). From the layouts in `buckets.rs` and
-/// `sampled.rs`: 64 stripes each, every `Vec` holds at most twice its
-/// length or 4 elements, every hashbrown map at most twice its length or 3:
+/// `sampled.rs`: 64 stripes each; the bucket and frame `Vec`s grow by
+/// eighths, so each holds at most 9/8 of its length, plus one element of
+/// rounding; every hashbrown map at most twice its length or 3:
 ///
 /// ```text
-/// buckets      64 B × (64·4 + 2·sites)        Vec<Bucket>, 64-byte buckets
-/// frames        8 B × (64·4 + 2·32·sites)     Vec<usize>; ≤ 32 frames per site overall
+/// buckets      64 B × (9·sites/8 + 64)        Vec<Bucket>, 64-byte buckets
+/// frames        8 B × (9·32·sites/8 + 64)     Vec<usize>; ≤ 32 frames per site overall
 /// site index   17 B × (64·3 + 2·sites)        HashMap<u64, u32>, as reported
 /// sampled set  33 B × (64·3 + 2·live)         HashMap<usize, Entry>, as reported
 /// ```
 ///
-/// For 256 sites and one live block: 49 152 + 133 120 + 11 968 + 6 402 =
-/// 200 642 bytes, whatever the number of distinct stacks.
+/// For 256 sites and one live block: 22 528 + 74 240 + 11 968 + 6 402 =
+/// 115 138 bytes, whatever the number of distinct stacks.
 fn memory_bound(sites: usize, live: usize) -> usize {
-    64 * (64 * 4 + 2 * sites)
-        + 8 * (64 * 4 + 2 * 32 * sites)
+    64 * (9 * sites / 8 + 64)
+        + 8 * (9 * 32 * sites / 8 + 64)
         + 17 * (64 * 3 + 2 * sites)
         + 33 * (64 * 3 + 2 * live)
 }
