@@ -136,6 +136,8 @@
 //! | `HEAPPROF_DUMP_INUSE_GROWTH` | unset | a profile whenever the live heap grew by so much |
 //! | `HEAPPROF_MAX_SITES` | `16384` | distinct stacks kept; the rest are counted in one `[heapprof overflow…]` site |
 //! | `HEAPPROF_SEED` | random | fixed seed for reproducible sampling |
+//! | `HEAPPROF_PEAK_GROWTH` | `10%` | growth past the last peak copy before a new one is kept |
+//! | `HEAPPROF_UNWIND` | `auto` | `auto` (frame pointers when they are shown to work, else DWARF), `dwarf` or `frame-pointers` |
 //!
 //! A value that does not parse is reported on stderr in one line and the
 //! default is used. At run time: [`set_sample_rate`], [`sample_rate`],

@@ -29,8 +29,10 @@ pub struct Stats {
     pub allocated_bytes: u64,
     /// Bytes released by all frees.
     pub freed_bytes: u64,
-    /// Memory heapprof holds for itself: the bucket table, the set of live
-    /// sampled blocks and spare sampled blocks (not counted above).
+    /// Memory heapprof holds for itself: the bucket table and the set of
+    /// live sampled blocks (allocated through the same allocator, so also
+    /// counted above), and spare sampled blocks (freed by the program and
+    /// counted as freed above, but kept by heapprof for reuse).
     pub profiler_bytes: u64,
 }
 
