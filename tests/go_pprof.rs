@@ -155,3 +155,53 @@ fn go_tool_pprof_reads_our_profiles() {
     );
     drop(map);
 }
+
+/// The README's main example, end to end: run `examples/batch_job` as a
+/// user would, then read its `mem.pb.gz` with `go tool pprof` and the
+/// example's binary, as its output says to.
+#[test]
+fn the_batch_job_example_reads_like_the_seed() {
+    if !go_available() {
+        return;
+    }
+    // Examples live beside the test binaries' directory: target/<profile>/examples.
+    let exe = std::env::current_exe().unwrap();
+    let examples = exe.parent().unwrap().parent().unwrap().join("examples");
+    let example = examples.join("batch_job");
+    if !example.exists() {
+        // `cargo test` builds the examples first; a run of this test alone
+        // may not have.
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--release", "--example", "batch_job"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build --example batch_job");
+        assert!(status.success());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(&example)
+        .current_dir(dir.path())
+        .output()
+        .expect("run the batch_job example");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("go tool pprof -top"), "{stdout}");
+    let profile = dir.path().join("mem.pb.gz");
+    let (ex, prof) = (example.to_str().unwrap(), profile.to_str().unwrap());
+
+    let top = go_pprof(&["-top", ex, prof]);
+    let rows = top_rows(&top);
+    assert!(
+        rows[0].1.contains("batch_job::add_map"),
+        "add_map is the first flat entry, as main.addMap in the seed: {rows:?}"
+    );
+    let total: f64 = rows.iter().map(|r| r.0).sum();
+    assert!(rows[0].0 > 0.9 * total, "{rows:?}");
+    for caller in ["batch_job::exec", "batch_job::main"] {
+        assert!(top.contains(caller), "{caller} in the cum column:\n{top}");
+    }
+    let list = go_pprof(&["-list", "batch_job::add_map", ex, prof]);
+    assert!(list.contains("examples/batch_job.rs"), "{list}");
+    let alloc = go_pprof(&["-sample_index=alloc_space", "-top", ex, prof]);
+    assert!(alloc.contains("batch_job::do_nothing"), "{alloc}");
+}
