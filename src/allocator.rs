@@ -1,10 +1,12 @@
 //! The global allocator wrapper: the fast path.
 //!
-//! Each call forwards to the inner allocator after, at most, two
-//! thread-local counter bumps (`counters`), a thread-local subtract and
-//! branch (`sampler::countdown_expired`) and, on free, an AND with a mask
-//! (`sampled::may_contain`). Everything else, recording a
-//! sample or crediting a sampled free, is in `recorder.rs`, out of line.
+//! Each call forwards to the inner allocator after work on one
+//! thread-local (`local.rs`) only: on allocation, a counter bump
+//! (`counters`) and a subtract and branch (`sampler::countdown_expired`,
+//! which also counts the bytes); on free, two counter bumps and an AND
+//! with the thread's copy of a mask (`sampled::may_contain`). Everything
+//! else, recording a sample or crediting a sampled free, is in
+//! `recorder.rs`, out of line.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
@@ -55,7 +57,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
     /// `GlobalAlloc::alloc`'s contract: `layout` has a non-zero size.
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        counters::on_alloc(layout.size());
+        counters::on_alloc();
         if sampler::countdown_expired(layout.size()) {
             return recorder::alloc(&self.inner, layout, false);
         }
@@ -67,7 +69,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
     /// As for `alloc`: `layout` has a non-zero size.
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        counters::on_alloc(layout.size());
+        counters::on_alloc();
         if sampler::countdown_expired(layout.size()) {
             return recorder::alloc(&self.inner, layout, true);
         }
@@ -98,7 +100,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // Counted as a free of the old block and an allocation of the new.
         counters::on_free(layout.size());
-        counters::on_alloc(new_size);
+        counters::on_alloc();
         let maybe_sampled = sampled::may_contain(ptr);
         if maybe_sampled || sampler::countdown_expired(new_size) {
             // SAFETY: the caller's contract is passed on unchanged.

@@ -3,48 +3,117 @@
 //! profile says 320 MB" with "the heap is 1.2 GB" (the third seed).
 //!
 //! Counting is per thread, so the fast path touches no shared cache line:
-//! each thread owns four counters in a const-initialized, destructor-free
-//! thread-local and bumps them with a plain load and store (relaxed
-//! atomics: other threads may read them, so they must be atomic, but only
-//! the owner writes, so no read-modify-write is needed).
+//! each thread owns its counters in the fast path's const-initialized,
+//! destructor-free thread-local (`local.rs`) and bumps them with a plain
+//! load and store (relaxed atomics: other threads may read them, so they
+//! must be atomic, but only the owner writes, so no read-modify-write is
+//! needed).
+//!
+//! Allocated bytes have no counter of their own: the sampler's countdown
+//! (`sampler.rs`) already takes every allocation's size off, so a thread
+//! has allocated `granted - countdown` bytes, where `granted` sums the
+//! countdowns it was given (plus the sizes of allocations that ran a
+//! countdown out, which the countdown did not take). An allocation's fast
+//! path then bumps one counter, not two. `granted` changes together with
+//! the countdown only on the slow path, under a sequence number, so that
+//! another thread never reads one without the other.
 //!
 //! A thread puts its counters in a registry on its first slow path (every
-//! thread's first allocation takes the slow path). When it exits, a
+//! thread's first allocation takes the slow path, and so does every free
+//! before it: the thread's copy of the free filter's mask is 0 until then,
+//! see `sampled.rs`; frees made before the first allocation used to stay
+//! out of the totals until it). When it exits, a
 //! second thread-local's destructor adds its counts to the retired totals
 //! and takes it out of the registry, before its thread-local memory goes
 //! away. Allocations made by the thread's *later* destructors are not
 //! counted: a handful of blocks per exiting thread, at most.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 
+use crate::local::LOCAL;
 use crate::lock::Mutex;
 
+#[repr(C)]
 pub(crate) struct Counters {
+    /// The sampler's countdown: bytes this thread may still allocate
+    /// before its next sample (see `sampler.rs`). Written by the owner
+    /// only, on the fast path by `sampler::countdown_expired`, elsewhere by
+    /// [`Counters::reset_countdown`].
+    pub(crate) countdown: AtomicUsize,
     allocs: AtomicU64,
-    alloc_bytes: AtomicU64,
     frees: AtomicU64,
     freed_bytes: AtomicU64,
+    /// Bytes granted to this thread: allocated bytes are `granted -
+    /// countdown` (wrapping).
+    granted: AtomicU64,
+    /// Odd while the slow path changes `granted` and `countdown` together.
+    seq: AtomicU64,
 }
 
+/// How many times a reader retries a thread whose slow path is changing
+/// `granted` and `countdown`. That takes nanoseconds; the bound is for a
+/// fork child, where a thread copied in the middle of it never finishes.
+const READ_RETRIES: usize = 10_000;
+
 impl Counters {
-    const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Counters {
+            countdown: AtomicUsize::new(0),
             allocs: AtomicU64::new(0),
-            alloc_bytes: AtomicU64::new(0),
             frees: AtomicU64::new(0),
             freed_bytes: AtomicU64::new(0),
+            granted: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
         }
     }
 
+    /// Allocations, allocated bytes, deallocations, freed bytes.
     fn read(&self) -> [u64; 4] {
+        let mut allocated = 0;
+        for _ in 0..READ_RETRIES {
+            let before = self.seq.load(Acquire);
+            let granted = self.granted.load(Relaxed);
+            let countdown = self.countdown.load(Relaxed);
+            std::sync::atomic::fence(Acquire);
+            allocated = granted.wrapping_sub(countdown as u64);
+            if before % 2 == 0 && self.seq.load(Relaxed) == before {
+                break;
+            }
+            std::hint::spin_loop();
+        }
         [
-            &self.allocs,
-            &self.alloc_bytes,
-            &self.frees,
-            &self.freed_bytes,
+            self.allocs.load(Relaxed),
+            allocated,
+            self.frees.load(Relaxed),
+            self.freed_bytes.load(Relaxed),
         ]
-        .map(|c| c.load(Relaxed))
+    }
+
+    /// Counts `bytes` allocated that the countdown did not take (an
+    /// allocation that ran it out). Owner thread, slow path.
+    pub(crate) fn charge(&self, bytes: usize) {
+        bump(&self.granted, bytes as u64);
+    }
+
+    /// Replaces the countdown, leaving allocated bytes as they are. Owner
+    /// thread, slow path.
+    pub(crate) fn reset_countdown(&self, countdown: usize) {
+        let seq = self.seq.load(Relaxed);
+        self.seq.store(seq.wrapping_add(1), Relaxed);
+        std::sync::atomic::fence(Release);
+        let old = self.countdown.load(Relaxed);
+        let granted = self.granted.load(Relaxed);
+        self.granted.store(
+            granted
+                .wrapping_add(countdown as u64)
+                .wrapping_sub(old as u64),
+            Relaxed,
+        );
+        self.countdown.store(countdown, Relaxed);
+        self.seq.store(seq.wrapping_add(2), Release);
     }
 }
 
@@ -54,8 +123,13 @@ fn bump(counter: &AtomicU64, by: u64) {
     counter.store(counter.load(Relaxed).wrapping_add(by), Relaxed);
 }
 
+/// This thread's counters, in the fast path's thread-local (`local.rs`).
+#[inline(always)]
+fn with_counters<R>(f: impl FnOnce(&Counters) -> R) -> Result<R, std::thread::AccessError> {
+    LOCAL.try_with(|l| f(&l.counters))
+}
+
 thread_local! {
-    static COUNTERS: Counters = const { Counters::new() };
     static REGISTERED: Cell<bool> = const { Cell::new(false) };
     static RETIRE_ON_EXIT: Retire = const { Retire };
 }
@@ -66,35 +140,40 @@ static LIVE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 /// Counts of threads that have exited.
 static RETIRED: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 
+/// Counts an allocation. Its bytes are counted by the countdown.
 #[inline(always)]
-pub(crate) fn on_alloc(size: usize) {
-    let _ = COUNTERS.try_with(|c| {
-        bump(&c.allocs, 1);
-        bump(&c.alloc_bytes, size as u64);
-    });
+pub(crate) fn on_alloc() {
+    let _ = with_counters(|c| bump(&c.allocs, 1));
 }
 
 #[inline(always)]
 pub(crate) fn on_free(size: usize) {
-    let _ = COUNTERS.try_with(|c| {
+    let _ = with_counters(|c| {
         bump(&c.frees, 1);
         bump(&c.freed_bytes, size as u64);
     });
 }
 
-/// Puts this thread's counters in the registry, once. Called from the slow
-/// path with the reentrancy guard held.
+/// Whether this thread has yet to call [`register_thread`].
+pub(crate) fn unregistered() -> bool {
+    !REGISTERED.try_with(Cell::get).unwrap_or(true)
+}
+
+/// Puts this thread's counters in the registry, and gives it its own copy
+/// of the free filter's mask, once. Called from the slow path with the
+/// reentrancy guard held.
 pub(crate) fn register_thread() {
     if REGISTERED.try_with(|r| r.replace(true)).unwrap_or(true) {
         return;
     }
-    let Ok(addr) = COUNTERS.try_with(|c| c as *const Counters as usize) else {
+    let Ok(addr) = with_counters(|c| c as *const Counters as usize) else {
         return;
     };
     // Touching this thread-local registers its destructor; if the thread is
     // already exiting, leave the counters out (they could not be retired).
     if RETIRE_ON_EXIT.try_with(|_| ()).is_ok() {
         LIVE.lock().push(addr);
+        crate::sampled::register_thread();
     }
 }
 
@@ -109,17 +188,19 @@ struct Retire;
 impl Drop for Retire {
     fn drop(&mut self) {
         let _busy = crate::guard::Busy::enter();
-        let Ok(addr) = COUNTERS.try_with(|c| c as *const Counters as usize) else {
+        let Ok(addr) = with_counters(|c| c as *const Counters as usize) else {
             return;
         };
         let mut live = LIVE.lock();
         if let Some(i) = live.iter().position(|&a| a == addr) {
             live.swap_remove(i);
-            let counts = COUNTERS.with(Counters::read);
+            let counts = with_counters(Counters::read).unwrap_or_default();
             for (total, n) in RETIRED.iter().zip(counts) {
                 total.fetch_add(n, Relaxed);
             }
         }
+        drop(live);
+        crate::sampled::unregister_thread();
     }
 }
 

@@ -146,8 +146,8 @@
 //!
 //! ## Cost
 //!
-//! An allocation that is not sampled costs two thread-local counter bumps,
-//! a subtract and a branch; a free, the counter bumps, an AND and a branch. A sampled allocation (one per
+//! An allocation that is not sampled costs a thread-local counter bump, a
+//! subtract and a branch; a free, two counter bumps, an AND and a branch. A sampled allocation (one per
 //! 512 KiB) costs a stack walk and a short locked update. See
 //! `BENCHMARKS.md` in the repository for measurements.
 //!
@@ -175,6 +175,7 @@ mod fork;
 mod guard;
 #[cfg(feature = "http")]
 pub mod http;
+mod local;
 mod lock;
 mod mappings;
 mod peak;

@@ -99,6 +99,15 @@ fn actual_layout(layout: Layout, page_aligned: bool) -> Layout {
 #[cold]
 #[inline(never)]
 pub(crate) unsafe fn dealloc<A: GlobalAlloc>(inner: &A, ptr: *mut u8, layout: Layout) {
+    if crate::counters::unregistered() && !guard::is_busy() && !sampled::in_set() {
+        // A thread that frees before it ever allocates (its copy of the
+        // filter's mask is 0 until then, so every free of it comes here):
+        // register it now, so that `stats()` sees the frees it counted
+        // (they stayed out of the totals until its first allocation) and
+        // its next frees take the fast path.
+        let _busy = guard::Busy::enter();
+        crate::counters::register_thread();
+    }
     let entry = if sampled::in_set() || !sampled::may_be_live(ptr) {
         // Either this thread is inside the set (the block is the set's own
         // storage), or no live sampled block hashes here (a recycled

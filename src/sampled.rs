@@ -21,6 +21,15 @@
 //! free consults the set. That is the testing mode, where the cost of the
 //! lookup is beside the point.
 //!
+//! The mask is read by every free, so each thread keeps its own copy in
+//! the fast path's thread-local (`local.rs`), beside the counters it bumps
+//! anyway: the test is then one AND with thread-local memory, with no load
+//! of a shared line (and, from the user's crate, of its address through
+//! the GOT). The copies are registered, and [`update_mask`] writes every
+//! one of them, under the lock that serializes mask changes. A thread's
+//! copy is 0, "look every block up", until the thread registers, on its
+//! first slow path, and again after it retires on exit.
+//!
 //! Page alignment alone is not a stable signature: when a sampled block is
 //! freed, the allocator recycles its page-aligned address for ordinary
 //! blocks of the same size, over and over, and each of their frees passes
@@ -45,6 +54,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 
+use crate::local::LOCAL;
 use crate::lock::Mutex;
 
 use crate::buckets::BucketId;
@@ -99,18 +109,20 @@ static STRIPE_MAPS: [CachePadded<Mutex<Map>>; STRIPES] =
     [const { CachePadded(Mutex::new(HashMap::with_hasher(BuildHasherDefault::new()))) }; STRIPES];
 
 /// `ptr & FILTER_MASK == 0` means "may be sampled". PAGE_MASK while every
-/// live sampled block is page aligned; 0 while some are not. Read by every
-/// free, written almost never: it gets a cache line to itself.
-static FILTER_MASK: CachePadded<AtomicUsize> = CachePadded(AtomicUsize::new(PAGE_MASK));
+/// live sampled block is page aligned; 0 while some are not. Frees read
+/// their thread's copy of it (`Local::filter_mask`); this is the value new
+/// copies start from. Written under [`MASK_COPIES`]' lock only.
+static FILTER_MASK: AtomicUsize = AtomicUsize::new(PAGE_MASK);
 
 /// The second filter: live sampled blocks per hash slot of their address,
 /// saturating at 255 (a saturated slot stays "maybe" for good).
 const LIVE_SLOTS: usize = 1 << 16;
 static LIVE_COUNTS: [AtomicU8; LIVE_SLOTS] = [const { AtomicU8::new(0) }; LIVE_SLOTS];
-/// Live sampled blocks that are not page aligned, and the lock that keeps
-/// FILTER_MASK in step with it.
+/// Live sampled blocks that are not page aligned.
 static UNALIGNED_LIVE: AtomicUsize = AtomicUsize::new(0);
-static MASK_LOCK: Mutex<()> = Mutex::new(());
+/// The addresses of the registered threads' mask copies. Its lock keeps
+/// FILTER_MASK and every copy in step with UNALIGNED_LIVE.
+static MASK_COPIES: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
 thread_local! {
     /// Set while this thread holds a stripe of the set.
@@ -120,7 +132,36 @@ thread_local! {
 /// The free path's filter: false means "certainly not sampled".
 #[inline(always)]
 pub(crate) fn may_contain(ptr: *mut u8) -> bool {
-    (ptr as usize) & FILTER_MASK.0.load(Relaxed) == 0
+    LOCAL
+        .try_with(|l| (ptr as usize) & l.filter_mask.load(Relaxed) == 0)
+        .unwrap_or(true)
+}
+
+/// Gives this thread a mask copy of its own, kept up to date from now on.
+/// Called once per thread, from the slow path with the reentrancy guard
+/// held (the list may grow; the blocks it allocates and frees are never
+/// sampled, so freeing them cannot come back here for the lock).
+pub(crate) fn register_thread() {
+    let Ok(addr) = LOCAL.try_with(|l| &l.filter_mask as *const AtomicUsize as usize) else {
+        return;
+    };
+    let mut copies = MASK_COPIES.lock();
+    copies.push(addr);
+    let _ = LOCAL.try_with(|l| l.filter_mask.store(FILTER_MASK.load(SeqCst), SeqCst));
+}
+
+/// Takes this thread's copy out of the list, before its thread-local
+/// memory goes away, and leaves it at 0: the frees of the thread's last
+/// destructors then look every block up.
+pub(crate) fn unregister_thread() {
+    let Ok(addr) = LOCAL.try_with(|l| &l.filter_mask as *const AtomicUsize as usize) else {
+        return;
+    };
+    let mut copies = MASK_COPIES.lock();
+    if let Some(i) = copies.iter().position(|&a| a == addr) {
+        copies.swap_remove(i);
+    }
+    let _ = LOCAL.try_with(|l| l.filter_mask.store(0, SeqCst));
 }
 
 fn addr_hash(addr: usize) -> u64 {
@@ -198,13 +239,22 @@ pub(crate) fn remove(ptr: *mut u8) -> Option<Entry> {
 /// each call reads the count afresh, so the last call to run always sees
 /// the final count, and an insert returns only once the mask is 0.
 fn update_mask() {
-    let _lock = MASK_LOCK.lock();
+    let copies = MASK_COPIES.lock();
     let mask = if UNALIGNED_LIVE.load(SeqCst) == 0 {
         PAGE_MASK
     } else {
         0
     };
-    FILTER_MASK.0.store(mask, SeqCst);
+    FILTER_MASK.store(mask, SeqCst);
+    for &addr in copies.iter() {
+        // SAFETY: an address stays in MASK_COPIES only while its thread
+        // runs: the thread's `Retire` destructor (`counters.rs`) removes it,
+        // under this same lock, before the thread's thread-local memory is
+        // released. (In a fork child, the other threads' memory is a frozen
+        // copy, still mapped.) The copy is atomic: its thread reads it.
+        let copy = unsafe { &*(addr as *const AtomicUsize) };
+        copy.store(mask, SeqCst);
+    }
 }
 
 /// Live sampled blocks, and the bytes the set's maps hold.
@@ -220,7 +270,7 @@ pub(crate) fn stats() -> (usize, usize) {
 
 /// Takes every lock of the set for `fork`; see `buckets::lock_all`.
 pub(crate) fn lock_all() {
-    std::mem::forget(MASK_LOCK.lock());
+    std::mem::forget(MASK_COPIES.lock());
     for m in &STRIPE_MAPS {
         std::mem::forget(m.0.lock());
     }
@@ -234,6 +284,6 @@ pub(crate) unsafe fn unlock_all() {
         for m in STRIPE_MAPS.iter().rev() {
             m.0.force_unlock();
         }
-        MASK_LOCK.force_unlock();
+        MASK_COPIES.force_unlock();
     }
 }

@@ -72,13 +72,15 @@ use std::sync::atomic::{
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
+use crate::local::{LOCAL, Local};
 use crate::{config, guard};
 
-struct ThreadSampler {
-    /// Bytes this thread may still allocate before the next sample. Zero on
-    /// a new thread, so its first allocation takes the slow path and seeds
-    /// the generator.
-    countdown: Cell<usize>,
+/// The slow path's per-thread state. The countdown itself, bytes this
+/// thread may still allocate before the next sample, is `Counters::countdown`
+/// (`counters.rs`), which also derives the allocated bytes from it. It is
+/// zero on a new thread, so the thread's first allocation takes the slow
+/// path and seeds the generator.
+pub(crate) struct ThreadSampler {
     /// The rate `countdown` was drawn at: what a sample that ends it stands
     /// for. 1 for a countdown that is not a draw: its end records one
     /// allocation with certainty, so with weight 1.
@@ -86,10 +88,20 @@ struct ThreadSampler {
     rng: Cell<Option<SmallRng>>,
 }
 
-thread_local! {
-    static THREAD: ThreadSampler = const {
-        ThreadSampler { countdown: Cell::new(0), drawn_at: Cell::new(1), rng: Cell::new(None) }
-    };
+impl ThreadSampler {
+    pub(crate) const fn new() -> Self {
+        ThreadSampler {
+            drawn_at: Cell::new(1),
+            rng: Cell::new(None),
+        }
+    }
+}
+
+/// This thread's countdown (`l.counters`) and sampler (`l.sampler`), in
+/// the fast path's thread-local (`local.rs`).
+#[inline(always)]
+fn with_thread<R>(f: impl FnOnce(&Local) -> R) -> Result<R, std::thread::AccessError> {
+    LOCAL.try_with(f)
 }
 
 /// Marks "not read from the environment yet".
@@ -130,9 +142,9 @@ pub(crate) fn rate() -> usize {
 pub(crate) fn set_rate(bytes: usize) {
     // usize::MAX is our "unset" marker; it means "practically never" anyway.
     RATE.store(bytes.min(usize::MAX - 1), Relaxed);
-    let _ = THREAD.try_with(|t| {
-        t.countdown.set(0);
-        t.drawn_at.set(1);
+    let _ = with_thread(|l| {
+        l.counters.reset_countdown(0);
+        l.sampler.drawn_at.set(1);
     });
 }
 
@@ -141,9 +153,9 @@ pub(crate) fn set_rate(bytes: usize) {
 pub(crate) fn set_seed(seed: u64) {
     SEED.store(seed, Relaxed);
     SEEDED.store(true, Release);
-    let _ = THREAD.try_with(|t| {
-        t.rng.set(None);
-        t.countdown.set(0);
+    let _ = with_thread(|l| {
+        l.sampler.rng.set(None);
+        l.counters.reset_countdown(0);
     });
 }
 
@@ -152,17 +164,17 @@ pub(crate) fn set_seed(seed: u64) {
 /// [`on_countdown_expired`] whether to record the allocation.
 #[inline(always)]
 pub(crate) fn countdown_expired(size: usize) -> bool {
-    THREAD
-        .try_with(|t| {
-            let left = t.countdown.get();
-            if size < left {
-                t.countdown.set(left - size);
-                false
-            } else {
-                true
-            }
-        })
-        .unwrap_or(false)
+    with_thread(|l| {
+        let countdown = &l.counters.countdown;
+        let left = countdown.load(Relaxed);
+        if size < left {
+            countdown.store(left - size, Relaxed);
+            false
+        } else {
+            true
+        }
+    })
+    .unwrap_or(false)
 }
 
 /// The slow path, after [`countdown_expired`] returned true for an
@@ -172,6 +184,8 @@ pub(crate) fn countdown_expired(size: usize) -> bool {
 /// allocation and it fits in the first countdown).
 #[cold]
 pub(crate) fn on_countdown_expired(size: usize) -> Option<f64> {
+    // The countdown did not take this allocation's bytes: count them.
+    let _ = with_thread(|l| l.counters.charge(size));
     let was_busy = guard::is_busy();
     let _busy = guard::Busy::enter();
     // Every thread's first allocation comes here (its countdown starts at
@@ -184,41 +198,41 @@ pub(crate) fn on_countdown_expired(size: usize) -> Option<f64> {
         return None;
     }
     let rate = rate();
-    THREAD
-        .try_with(|t| {
-            if rate == 0 {
-                t.countdown.set(OFF_COUNTDOWN);
-                t.drawn_at.set(1);
-                return None;
-            }
-            let mut rng = match t.rng.take() {
-                Some(rng) => rng,
-                None => {
-                    // First slow path on this thread: seed, draw the first
-                    // countdown and charge this allocation against it.
-                    let mut rng = new_thread_rng(t as *const ThreadSampler as usize);
-                    let first = draw_countdown(&mut rng, rate);
-                    t.drawn_at.set(rate);
-                    if size < first {
-                        t.countdown.set(first - size);
-                        t.rng.set(Some(rng));
-                        return None;
-                    }
-                    rng
+    with_thread(|l| {
+        let t = &l.sampler;
+        if rate == 0 {
+            l.counters.reset_countdown(OFF_COUNTDOWN);
+            t.drawn_at.set(1);
+            return None;
+        }
+        let mut rng = match t.rng.take() {
+            Some(rng) => rng,
+            None => {
+                // First slow path on this thread: seed, draw the first
+                // countdown and charge this allocation against it.
+                let mut rng = new_thread_rng(l as *const Local as usize);
+                let first = draw_countdown(&mut rng, rate);
+                t.drawn_at.set(rate);
+                if size < first {
+                    l.counters.reset_countdown(first - size);
+                    t.rng.set(Some(rng));
+                    return None;
                 }
-            };
-            // A point of the process the countdown was drawn from fell
-            // inside this block: it stands for what that rate says. Restart
-            // from a fresh draw at the current rate, at the block's end (see
-            // the module comment for why not carry over).
-            let sampled_at = t.drawn_at.get();
-            t.countdown.set(draw_countdown(&mut rng, rate));
-            t.drawn_at.set(rate);
-            t.rng.set(Some(rng));
-            Some(weight(size, sampled_at))
-        })
-        .ok()
-        .flatten()
+                rng
+            }
+        };
+        // A point of the process the countdown was drawn from fell
+        // inside this block: it stands for what that rate says. Restart
+        // from a fresh draw at the current rate, at the block's end (see
+        // the module comment for why not carry over).
+        let sampled_at = t.drawn_at.get();
+        l.counters.reset_countdown(draw_countdown(&mut rng, rate));
+        t.drawn_at.set(rate);
+        t.rng.set(Some(rng));
+        Some(weight(size, sampled_at))
+    })
+    .ok()
+    .flatten()
 }
 
 /// The countdown ran out on one of the profiler's own allocations. Such
@@ -231,7 +245,8 @@ pub(crate) fn on_countdown_expired(size: usize) -> Option<f64> {
 /// generator yet at a zero countdown, to be seeded by its next allocation
 /// outside the profiler.
 fn inside_profiler_expired() {
-    let _ = THREAD.try_with(|t| {
+    let _ = with_thread(|l| {
+        let t = &l.sampler;
         let rate = RATE.load(Relaxed);
         if rate == RATE_UNSET {
             return;
@@ -241,7 +256,7 @@ fn inside_profiler_expired() {
                 0 => (OFF_COUNTDOWN, 1),
                 _ => (draw_countdown(&mut rng, rate), rate),
             };
-            t.countdown.set(countdown);
+            l.counters.reset_countdown(countdown);
             t.drawn_at.set(drawn_at);
             t.rng.set(Some(rng));
         }
