@@ -3,24 +3,25 @@
 //! at rate 1, get exact numbers for the functions they select by name,
 //! whatever the others allocate meanwhile. (What is not isolated: the rate
 //! is process-wide, so all of these set the same one, and a delta's
-//! totals count every thread.)
+//! totals count every thread: beta's delta may well contain alpha's
+//! blocks, if the two ran at the same time.)
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
 
 /// Allocates on another thread until told to stop: whatever runs beside
-/// a test (another test, or the program's own threads).
+/// a test (another test, or the program's own threads). Counts its
+/// allocations in `done`.
 #[inline(never)]
-fn noise(stop: &AtomicBool) -> usize {
-    let mut n = 0;
+fn noise(done: &AtomicUsize, stop: &AtomicBool) {
     while !stop.load(Relaxed) {
+        let n = done.load(Relaxed);
         black_box(vec![n as u8; 100 + n % 900]);
-        n += 1;
+        done.store(n + 1, Relaxed);
     }
-    n
 }
 
 // Explicit loops with a `black_box` at the end: a function that ends in
@@ -56,16 +57,24 @@ fn churn_gamma(n: usize) {
 /// tests of this binary run on the harness's other threads).
 fn exact_delta<T>(name: &str, work: impl FnOnce() -> T) -> (heapprof::Snapshot, T) {
     heapprof::set_sample_rate(1);
-    let stop = AtomicBool::new(false);
+    let (done, stop) = (AtomicUsize::new(0), AtomicBool::new(false));
     std::thread::scope(|s| {
-        let other = s.spawn(|| noise(&stop));
+        let other = s.spawn(|| noise(&done, &stop));
         let before = heapprof::snapshot();
+        let from = done.load(Relaxed);
         let out = work();
+        // Make sure the other thread did allocate inside the window.
+        while done.load(Relaxed) < from + 100 {
+            std::thread::yield_now();
+        }
         let delta = heapprof::snapshot().delta(&before);
         stop.store(true, Relaxed);
-        let noisy = other.join().unwrap();
-        println!("{name} (beside {noisy} allocations on another thread):\n{delta}");
-        assert!(delta.alloc_objects_in("noise") > 0 || noisy == 0);
+        other.join().unwrap();
+        println!(
+            "{name}, beside {} allocations on another thread:\n{delta}",
+            delta.alloc_objects_in("noise")
+        );
+        assert!(delta.alloc_objects_in("noise") >= 100);
         (delta, out)
     })
 }
@@ -85,7 +94,6 @@ fn beta_counts_only_its_own_strings() {
     // 3000 × 11 bytes, and the outer Vec of 16-byte boxes.
     assert_eq!(d.inuse_bytes_in("parse_beta"), 3000 * 11 + 3000 * 16);
     assert_eq!(d.inuse_objects_in("parse_beta"), 3001);
-    assert_eq!(d.inuse_bytes_in("parse_alpha"), 0);
     drop(kept);
 }
 
@@ -95,5 +103,4 @@ fn gamma_allocates_and_keeps_nothing() {
     assert_eq!(d.alloc_bytes_in("churn_gamma"), 4000 * 777);
     assert_eq!(d.alloc_objects_in("churn_gamma"), 4000);
     assert_eq!(d.inuse_bytes_in("churn_gamma"), 0);
-    assert_eq!(d.inuse_bytes_in("parse_beta"), 0);
 }
