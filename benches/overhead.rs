@@ -9,7 +9,9 @@
 //! the per-round ratios A/B, so that drifts in machine speed cancel out.
 //!
 //! Run with `cargo bench --bench overhead` after `cargo build --release
-//! --benches` (or simply `cargo bench`, which builds everything first).
+//! --benches` (or simply `cargo bench`, which builds everything first);
+//! `HEAPPROF_BENCH_ONLY=mimalloc` keeps the rows whose A label contains
+//! that text.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -160,7 +162,10 @@ fn main() {
         "| workload | scale | A | B | A median ms | B median ms | A/B median | A/B min–max | target |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    for row in &rows {
+    // HEAPPROF_BENCH_ONLY=mimalloc runs only the rows whose A label
+    // contains that text.
+    let only = std::env::var("HEAPPROF_BENCH_ONLY").unwrap_or_default();
+    for row in rows.iter().filter(|r| r.a.label.contains(only.as_str())) {
         let a = binary(&dir, row.a.binary);
         let b = binary(&dir, row.b.binary);
         let (mut ta, mut tb, mut ratios) = (Vec::new(), Vec::new(), Vec::new());

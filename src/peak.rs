@@ -85,6 +85,11 @@ pub(crate) fn on_free(bytes: f64) {
     LIVE_ESTIMATE.fetch_sub(bytes as i64, Relaxed);
 }
 
+/// Whether a peak copy was taken.
+pub(crate) fn recorded() -> bool {
+    PEAK.lock().is_some()
+}
+
 /// A copy of the peak, if one was taken (cloned under the lock, so that
 /// the caller builds its profile with no lock held).
 pub(crate) fn copy() -> Option<Peak> {

@@ -260,7 +260,7 @@ fn index() -> Response {
         .filter(|s| s.counts.alloc_objects_est - s.counts.free_objects_est >= 0.5)
         .count();
     let stats = crate::stats();
-    let has_peak = crate::peak::copy().is_some();
+    let has_peak = crate::peak::recorded();
     let rate = sampler::rate();
     let mut page = String::new();
     let _ = write!(
