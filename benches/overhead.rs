@@ -191,6 +191,64 @@ fn main() {
             row.target
         );
     }
+    instruction_table(&dir, &rows, &only);
+}
+
+/// The same rows counted in instructions under callgrind, at a tenth of
+/// the timed scale: deterministic where wall times on a shared machine are
+/// not (single rounds of the timed table range over ±50 % when other work
+/// runs). Counts are whole-process minus the same binary run with no
+/// workload (start-up and exit), so they cover the workload alone.
+fn instruction_table(dir: &Path, rows: &[Row], only: &str) {
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        println!("\n(valgrind is not installed: no instruction counts)");
+        return;
+    }
+    println!();
+    println!("Instructions (callgrind, one run each; workload only):");
+    println!();
+    println!("| workload | scale | A | B | A instructions | B instructions | A/B | added per allocation |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for row in rows.iter().filter(|r| r.a.label.contains(only)) {
+        let scale = (row.scale / 10).max(1);
+        let count = |c: &Config| {
+            let bin = binary(dir, c.binary);
+            instructions(&bin, c, &[row.workload, &scale.to_string()])
+                .saturating_sub(instructions(&bin, c, &[]))
+        };
+        let (a, b) = (count(&row.a), count(&row.b));
+        // alloc_heavy makes 11 M allocations at 100 %, threads2 10 M.
+        let allocations = match row.workload {
+            "alloc_heavy" => 11_000_000,
+            _ => 10_000_000,
+        } * scale
+            / 100;
+        println!(
+            "| {} | {scale}% | {} | {} | {a} | {b} | **{:.3}** | {:.1} |",
+            row.workload,
+            row.a.label,
+            row.b.label,
+            a as f64 / b as f64,
+            (a as f64 - b as f64) / allocations as f64
+        );
+    }
+}
+
+/// Instructions executed by `binary args` under callgrind.
+fn instructions(binary: &Path, config: &Config, args: &[&str]) -> u64 {
+    let out = Command::new("valgrind")
+        .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+        .arg(binary)
+        .args(args)
+        .envs(config.env.iter().copied())
+        .output()
+        .expect("run valgrind");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    stderr
+        .lines()
+        .find_map(|l| l.split("Collected : ").nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no instruction count from callgrind: {stderr}"))
 }
 
 /// The newest executable `name-<hash>` beside this one.
