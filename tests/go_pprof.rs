@@ -119,22 +119,27 @@ fn go_tool_pprof_reads_our_profiles() {
         "no value on the allocating lines:\n{list}"
     );
 
-    // -traces: whole stacks, leaf first, through our callers.
+    // -traces: whole stacks, leaf first, through our callers. (Not
+    // necessarily the first trace printed: the harness's own allocations
+    // may be sampled too.)
     let traces = pprof(&["-traces"], &after);
-    let first_trace: Vec<&str> = traces
+    let ours: Vec<&str> = traces
         .split("-----------+")
-        .nth(1)
-        .unwrap()
+        .find(|t| t.contains("go_pprof::add_map"))
+        .expect("a trace through add_map")
         .lines()
+        .filter(|l| {
+            !l.trim().is_empty() && !l.contains("bytes:") && !l.trim_start().starts_with("---")
+        })
         .collect();
-    assert!(
-        traces.contains("go_pprof::go_tool_pprof_reads_our_profiles"),
-        "{traces}"
-    );
-    assert!(
-        first_trace.iter().any(|l| l.contains("go_pprof::")),
-        "{first_trace:?}"
-    );
+    let at = |name: &str| {
+        ours.iter()
+            .position(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("{name} in {ours:#?}"))
+    };
+    assert_eq!(at("go_pprof::add_map"), 0, "the leaf first: {ours:#?}");
+    assert!(at("go_pprof::add_map") < at("go_pprof::go_tool_pprof_reads_our_profiles"));
+    assert!(at("go_pprof::go_tool_pprof_reads_our_profiles") < at("__rust_begin_short_backtrace"));
 
     // -base: only the growth between the two profiles, ~400 000 entries.
     let diff = pprof(&["-base", before.to_str().unwrap(), "-top"], &after);

@@ -115,7 +115,8 @@ fn top_table_flamegraph_and_pprof() {
     // still be drawn at, one small sample stands for far more.)
     let top = d.top(20);
     assert!(
-        top.iter().any(|r| r.function.contains("hold_for_flamegraph")),
+        top.iter()
+            .any(|r| r.function.contains("hold_for_flamegraph")),
         "{top:?}"
     );
     let flat: i64 = top

@@ -16,6 +16,8 @@
 //! the run is clean, libgcc's unwinder and glibc's loader included. If a
 //! platform needs one, suppress only frames outside heapprof and say why.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -24,24 +26,6 @@ use std::time::{Duration, Instant, SystemTime};
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
 
 const TIMEOUT: Duration = Duration::from_secs(600);
-
-fn valgrind_available() -> bool {
-    let found = Command::new("valgrind")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("HEAPPROF_REQUIRE_VALGRIND").is_none_or(|v| v != "1"),
-            "HEAPPROF_REQUIRE_VALGRIND=1 but `valgrind` is not on PATH (install Debian's valgrind)"
-        );
-        println!(
-            "SKIPPED: `valgrind` is not on PATH, so memcheck cannot run; install valgrind, or set \
-             HEAPPROF_REQUIRE_VALGRIND=1 to make this a failure"
-        );
-    }
-    found
-}
 
 /// `<target>/<profile>/examples/valgrind_smoke`, from this test's own path
 /// `<target>/<profile>/deps/valgrind-<hash>`.
@@ -91,7 +75,12 @@ fn check_example_is_fresh(example: &Path) {
 
 #[test]
 fn memcheck_reports_no_errors() {
-    if !valgrind_available() {
+    if !common::tool_available(
+        "valgrind",
+        "--version",
+        "HEAPPROF_REQUIRE_VALGRIND",
+        "valgrind",
+    ) {
         return;
     }
     let example = example_path();

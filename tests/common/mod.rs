@@ -310,24 +310,30 @@ pub fn http_raw(addr: std::net::SocketAddr, request: &[u8]) -> HttpReply {
     }
 }
 
-/// Whether `go` is installed. When it is not, says so on stderr (the
-/// caller then skips), unless `HEAPPROF_REQUIRE_GO=1` (set by `.ci/run`,
-/// which installs Go), which makes a missing `go` a failure.
-pub fn go_available() -> bool {
-    let found = std::process::Command::new("go")
-        .arg("version")
+/// Whether `program` runs (`program version_arg` succeeds). When it does
+/// not, says so on stdout (the caller then skips), unless `require_var` is
+/// `1` (set by `.ci/run`, which installs the tool), which makes a missing
+/// tool a failure.
+pub fn tool_available(program: &str, version_arg: &str, require_var: &str, package: &str) -> bool {
+    let found = std::process::Command::new(program)
+        .arg(version_arg)
         .output()
         .is_ok_and(|o| o.status.success());
     if !found {
         assert!(
-            std::env::var_os("HEAPPROF_REQUIRE_GO").is_none_or(|v| v != "1"),
-            "HEAPPROF_REQUIRE_GO=1 but `go` is not on PATH (install Debian's golang-go)"
+            std::env::var_os(require_var).is_none_or(|v| v != "1"),
+            "{require_var}=1 but `{program}` is not on PATH (install Debian's {package})"
         );
-        eprintln!(
-            "SKIPPED: `go` is not on PATH, so `go tool pprof` cannot be run; install golang-go or set HEAPPROF_REQUIRE_GO=1 to make this a failure"
+        println!(
+            "SKIPPED: `{program}` is not on PATH; install {package}, or set {require_var}=1 to make this a failure"
         );
     }
     found
+}
+
+/// Whether `go` is installed (see [`tool_available`]).
+pub fn go_available() -> bool {
+    tool_available("go", "version", "HEAPPROF_REQUIRE_GO", "golang-go")
 }
 
 /// Runs `go tool pprof ARGS`, asserts it succeeded, prints and returns its
