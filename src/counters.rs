@@ -72,14 +72,23 @@ impl Counters {
 
     /// Allocations, allocated bytes, deallocations, freed bytes.
     fn read(&self) -> [u64; 4] {
+        self.read_with_retries(READ_RETRIES)
+    }
+
+    /// As [`Counters::read`], giving up after `retries` torn reads of the
+    /// allocated bytes. A read that stays torn (only a thread frozen by
+    /// `fork` in its slow path can cause one) is off by at most one
+    /// countdown, and is kept from wrapping below zero.
+    fn read_with_retries(&self, retries: usize) -> [u64; 4] {
         let mut allocated = 0;
-        for _ in 0..READ_RETRIES {
+        for _ in 0..retries.max(1) {
             let before = self.seq.load(Acquire);
             let granted = self.granted.load(Relaxed);
             let countdown = self.countdown.load(Relaxed);
             std::sync::atomic::fence(Acquire);
-            allocated = granted.wrapping_sub(countdown as u64);
+            allocated = granted.saturating_sub(countdown as u64);
             if before % 2 == 0 && self.seq.load(Relaxed) == before {
+                allocated = granted.wrapping_sub(countdown as u64);
                 break;
             }
             std::hint::spin_loop();
@@ -216,14 +225,40 @@ pub(crate) fn totals() -> [u64; 4] {
     for &addr in live.iter() {
         // SAFETY: an address stays in LIVE only while its thread runs: the
         // thread's `Retire` destructor removes it, under this same lock,
-        // before the thread's thread-local memory is released. (In a fork
-        // child, the other threads' memory is a frozen copy, still mapped.)
+        // before the thread's thread-local memory is released. In a fork
+        // child the other threads' entries are removed by the child
+        // handler (`forget_other_threads_after_fork`) before anything else
+        // runs there.
         let counters = unsafe { &*(addr as *const Counters) };
         for (s, n) in sum.iter_mut().zip(counters.read()) {
             *s += n;
         }
     }
     sum
+}
+
+/// In a forked child, before any other code runs there: the registry's
+/// other entries are the parent's other threads, which do not exist here.
+/// Their counts move to the retired totals (their memory is still mapped
+/// at this point, but glibc recycles, and may unmap, their stacks, where
+/// the thread-locals live, as soon as the child starts threads of its
+/// own), and their entries go, so that nothing reads that memory later.
+pub(crate) fn forget_other_threads_after_fork() {
+    let Ok(own) = with_counters(|c| c as *const Counters as usize) else {
+        return;
+    };
+    let mut live = LIVE.lock();
+    for &addr in live.iter().filter(|&&a| a != own) {
+        // SAFETY: still the parent's thread-local memory, copied into the
+        // child and mapped until the child creates or reaps threads; this
+        // runs in the fork's child handler, before either can happen.
+        let counters = unsafe { &*(addr as *const Counters) };
+        // One try: a torn read cannot become whole, its thread is gone.
+        for (total, n) in RETIRED.iter().zip(counters.read_with_retries(1)) {
+            total.fetch_add(n, Relaxed);
+        }
+    }
+    live.retain(|&a| a == own);
 }
 
 pub(crate) fn lock() {

@@ -8,20 +8,30 @@
 //! both the parent and the child afterwards. The handlers run with the
 //! reentrancy guard held, so nothing they do is sampled.
 //!
-//! Lock order in `prepare` is: the HTTP server's build lock (held while a
-//! profile is built, so around all the others), the loaded-object walk
-//! (`mappings.rs`: fork must not copy the loader's lock held), symbolizer, bucket
-//! stripes, spare pools, peak copy, thread registry, then the sampled set
-//! (its stripes and mask lock). Other paths nest locks in two ways only: a
-//! thread's first allocation registers its counters (`counters.rs`), which
-//! could in principle happen while it holds any of the earlier locks; and
-//! a thread holding one of the others may free memory (a `Vec` or
-//! `HashMap` growing, an old peak copy dropped), and a free may look the
-//! pointer up in the set. So the registry comes late and the set last;
-//! while a thread holds a set stripe its frees skip the set and it takes
-//! no other lock. Taking the set before the pools, as this once did, could
-//! deadlock `fork` against a thread whose pool `Vec` grew while it held
-//! the pool lock.
+//! Lock order in `prepare` is: the loaded-object walk (`mappings.rs`: fork
+//! must not copy the loader's lock held), symbolizer, bucket stripes,
+//! spare pools, peak copy, thread registry, then the sampled set (its
+//! stripes and the mask copies' lock). Other paths nest locks in two ways
+//! only: a thread's first allocation registers its counters
+//! (`counters.rs`), which could in principle happen while it holds any of
+//! the earlier locks; and a thread holding one of the others may free
+//! memory (a `Vec` or `HashMap` growing, an old peak copy dropped), and a
+//! free may look the pointer up in the set. So the registry comes late and
+//! the set last; while a thread holds a set stripe its frees skip the set
+//! and it takes no other lock. Taking the set before the pools, as this
+//! once did, could deadlock `fork` against a thread whose pool `Vec` grew
+//! while it held the pool lock.
+//!
+//! The HTTP server's build lock is not taken: it is held for a whole
+//! profile build (up to a second or so, cold), and `fork` should not wait
+//! for that. It guards no data, so the child simply resets it.
+//!
+//! In the child, the registries of running threads (the exact counters'
+//! and the free filter's mask copies) still list the parent's other
+//! threads, whose thread-local memory glibc recycles, and may unmap, once
+//! the child starts threads of its own. The child handler folds their
+//! counts into the retired totals and drops them, before any other code
+//! runs in the child.
 //!
 //! Releasing a lock in the child must not depend on the threads that were
 //! waiting for it in the parent, which do not exist in the child: the locks
@@ -40,16 +50,14 @@ pub(crate) fn register_handlers() {
         // SAFETY: the three handlers are `extern "C"` functions that take no
         // arguments and never unwind.
         unsafe {
-            libc::pthread_atfork(Some(prepare), Some(after), Some(after));
+            libc::pthread_atfork(Some(prepare), Some(parent), Some(child));
         }
     });
 }
 
 extern "C" fn prepare() {
     let busy = guard::Busy::enter();
-    std::mem::forget(busy); // released in `after`
-    #[cfg(feature = "http")]
-    crate::http::lock();
+    std::mem::forget(busy); // released in `parent` or `child`
     mappings::lock();
     symbolize::lock();
     buckets::lock_all();
@@ -59,9 +67,14 @@ extern "C" fn prepare() {
     sampled::lock_all();
 }
 
-extern "C" fn after() {
-    // SAFETY: `prepare` ran on this thread (parent) or on the thread that
-    // became the child's only thread, and took exactly these locks.
+/// Releases what `prepare` took.
+///
+/// # Safety
+/// Only on the thread that ran `prepare` (in the parent), or on the
+/// child's only thread, which is that thread's copy.
+unsafe fn unlock_all() {
+    // SAFETY: per this function's contract, `prepare` took exactly these
+    // locks on this thread and forgot the guards.
     unsafe {
         sampled::unlock_all();
         counters::unlock();
@@ -70,8 +83,24 @@ extern "C" fn after() {
         buckets::unlock_all();
         symbolize::unlock();
         mappings::unlock();
-        #[cfg(feature = "http")]
-        crate::http::unlock();
     }
+}
+
+extern "C" fn parent() {
+    // SAFETY: `prepare` ran on this thread just before the fork.
+    unsafe { unlock_all() };
+    guard::leave_forgotten();
+}
+
+extern "C" fn child() {
+    // SAFETY: the child's only thread is the copy of the one that ran
+    // `prepare`.
+    unsafe { unlock_all() };
+    // The parent's other threads are gone; forget them before their
+    // memory can be reused (see `counters.rs`, `sampled.rs`).
+    counters::forget_other_threads_after_fork();
+    sampled::forget_other_threads_after_fork();
+    #[cfg(feature = "http")]
+    crate::http::reset_after_fork();
     guard::leave_forgotten();
 }

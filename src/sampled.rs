@@ -250,11 +250,23 @@ fn update_mask() {
         // SAFETY: an address stays in MASK_COPIES only while its thread
         // runs: the thread's `Retire` destructor (`counters.rs`) removes it,
         // under this same lock, before the thread's thread-local memory is
-        // released. (In a fork child, the other threads' memory is a frozen
-        // copy, still mapped.) The copy is atomic: its thread reads it.
+        // released. In a fork child, the child handler removes the other
+        // threads' entries before anything else runs there
+        // (`forget_other_threads_after_fork`). The copy is atomic: its
+        // thread reads it.
         let copy = unsafe { &*(addr as *const AtomicUsize) };
         copy.store(mask, SeqCst);
     }
+}
+
+/// In a forked child: the other entries of the mask copies are the
+/// parent's other threads, gone here, whose memory the child may reuse or
+/// unmap once it starts threads of its own. Keep only this thread's.
+pub(crate) fn forget_other_threads_after_fork() {
+    let Ok(own) = LOCAL.try_with(|l| &l.filter_mask as *const AtomicUsize as usize) else {
+        return;
+    };
+    MASK_COPIES.lock().retain(|&a| a == own);
 }
 
 /// Live sampled blocks, and the bytes the set's maps hold.

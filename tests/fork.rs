@@ -212,3 +212,75 @@ fn fork_while_other_threads_allocate_and_sample() {
     );
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// After `fork`, the parent's other threads are gone, and glibc recycles
+/// (and past 40 MiB of cached stacks, unmaps) their stacks, where their
+/// thread-locals lived, as soon as the child starts threads of its own.
+/// heapprof's registries of running threads must not keep pointing there:
+/// the child starts and joins threads, then reads `stats()` and takes
+/// unaligned samples (which update every registered mask copy). This
+/// crashed the child with SIGSEGV while the registries kept the parent's
+/// threads.
+#[test]
+fn a_child_that_starts_threads_never_touches_the_parents_thread_memory() {
+    let _watchdog = watchdog("fork with stale thread memory", Duration::from_secs(120));
+    const THREADS: usize = 4;
+    let ready = Arc::new(std::sync::Barrier::new(THREADS + 1));
+    let release = Arc::new(std::sync::Barrier::new(THREADS + 1));
+    let parked: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (ready, release) = (ready.clone(), release.clone());
+            std::thread::Builder::new()
+                .stack_size(32 << 20)
+                .spawn(move || {
+                    black_box(vec![1u8; 1000]);
+                    ready.wait();
+                    release.wait();
+                })
+                .unwrap()
+        })
+        .collect();
+    ready.wait();
+    let before = heapprof::stats();
+    // SAFETY: the child runs only heapprof calls, thread starts and
+    // allocations, and leaves with `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = std::panic::catch_unwind(|| {
+            let at_fork = heapprof::stats();
+            // Parked threads' counts were kept, not lost.
+            if at_fork.allocations < before.allocations {
+                return 10;
+            }
+            for stack in [32 << 20, 2 << 20, 32 << 20, 2 << 20, 64 << 10] {
+                let t = std::thread::Builder::new()
+                    .stack_size(stack)
+                    .spawn(|| black_box(vec![0u8; 100]).len())
+                    .unwrap();
+                if t.join().is_err() {
+                    return 11;
+                }
+            }
+            let after = heapprof::stats();
+            if after.allocations < at_fork.allocations {
+                return 12;
+            }
+            heapprof::set_sample_rate(1);
+            let kept = child_allocates();
+            drop(kept);
+            0
+        })
+        .unwrap_or(101);
+        // SAFETY: ends the child without unwinding into the harness.
+        unsafe { libc::_exit(code) };
+    }
+    let result = wait_with_timeout(pid);
+    release.wait();
+    for t in parked {
+        t.join().unwrap();
+    }
+    heapprof::set_sample_rate(512 * 1024);
+    assert_eq!(result, Ok(0), "the child failed");
+    println!("a child that started 5 threads after fork exited cleanly");
+}

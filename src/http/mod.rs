@@ -163,21 +163,21 @@ impl Params {
     }
 }
 
-/// One profile is built at a time: fifty scrapers at once then cost the
-/// memory of one profile, not fifty. Taken by `fork`'s handlers too (a
-/// forked child must not inherit it locked), before any other heapprof
-/// lock, since building takes those.
+/// One profile is built at a time, from the copy of the table to the
+/// encoded body: fifty scrapers at once then cost the memory of one
+/// profile, not fifty. `fork` does not wait for it (a build can take a
+/// second); a forked child, where no builder exists, resets it instead.
 static BUILDING: Mutex<()> = Mutex::new(());
 
-pub(crate) fn lock() {
-    std::mem::forget(BUILDING.lock());
-}
-
-/// # Safety
-/// Only after [`lock`] on this thread, or in the child it forked.
-pub(crate) unsafe fn unlock() {
-    // SAFETY: `lock` took it and forgot the guard.
-    unsafe { BUILDING.force_unlock() };
+/// In a forked child, whose only thread builds nothing: free the build
+/// lock if a thread of the parent held it at the fork.
+pub(crate) fn reset_after_fork() {
+    if BUILDING.is_locked() {
+        // SAFETY: held by a thread that does not exist in this process
+        // (the forking thread was running the fork, not a build), and no
+        // other thread exists to take it meanwhile.
+        unsafe { BUILDING.force_unlock() };
+    }
 }
 
 fn profile_response(kind: Kind, params: &Params) -> io::Result<Response> {
