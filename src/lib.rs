@@ -230,7 +230,13 @@ pub fn write_text_profile<W: io::Write>(w: W) -> io::Result<()> {
     let _busy = guard::Busy::enter();
     check_installed()?;
     let sites = buckets::snapshot();
-    text::write(io::BufWriter::new(w), &sites, sampler::rate(), &stats())
+    text::write(
+        io::BufWriter::new(w),
+        &sites,
+        sampler::rate(),
+        &stats(),
+        &[],
+    )
 }
 
 /// Writes the peak-heap profile: the live sites when the sampled estimate

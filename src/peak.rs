@@ -86,6 +86,7 @@ pub(crate) fn on_free(bytes: f64) {
 }
 
 /// Whether a peak copy was taken.
+#[cfg(feature = "http")]
 pub(crate) fn recorded() -> bool {
     PEAK.lock().is_some()
 }

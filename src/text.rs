@@ -69,6 +69,7 @@ pub(crate) fn write<W: Write>(
     sites: &[Site],
     rate: usize,
     stats: &crate::Stats,
+    comments: &[String],
 ) -> io::Result<()> {
     let resolved = symbolize::resolve_all(sites.iter().flat_map(|s| s.frames.iter().copied()));
     let mut records: Vec<SiteRecords> = sites
@@ -93,8 +94,13 @@ pub(crate) fn write<W: Write>(
         total[1],
         total[2],
         total[3],
-        rate.saturating_mul(2)
+        // pprof parses it as an i64.
+        rate.saturating_mul(2).min(i64::MAX as usize)
     )?;
+    // What the profile is (a peak, say): `#` lines, which readers skip.
+    for c in comments {
+        writeln!(w, "# {c}")?;
+    }
     for r in records.iter().filter(|r| r.live[2] > 0 || r.freed[2] > 0) {
         for v in [r.live, r.freed].iter().filter(|v| v[2] > 0) {
             write!(w, "{}: {} [{}: {}] @", v[0], v[1], v[2], v[3])?;
@@ -288,7 +294,7 @@ mod tests {
             overflow: false,
         };
         let mut out = Vec::new();
-        write(&mut out, &[site], rate, &crate::Stats::default()).unwrap();
+        write(&mut out, &[site], rate, &crate::Stats::default(), &[]).unwrap();
         let text = String::from_utf8(out).unwrap();
         let records: Vec<[i64; 4]> = text
             .lines()

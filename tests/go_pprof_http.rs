@@ -82,14 +82,16 @@ fn go_tool_pprof_reads_the_http_endpoint() {
     );
 
     // -seconds: a delta over a window in which one function churns.
+    // pprof starts, then asks for the delta, whose window opens when the
+    // request arrives: 1.5 s of margin for that on a loaded machine.
     let churner = std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(1500));
         churn_during_window(10_000) // 40 MiB allocated, none kept
     });
     let allocs_url = format!("{base}/allocs");
     let window = go_pprof(&[
         "-seconds",
-        "2",
+        "4",
         "-sample_index=alloc_space",
         "-top",
         &allocs_url,

@@ -38,6 +38,7 @@ mod server;
 
 use std::fmt::Write as _;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use crate::lock::Mutex;
@@ -95,16 +96,16 @@ const HTML: &str = "text/html; charset=utf-8";
 /// (`tokio::task::spawn_blocking`). Its own allocations are not profiled.
 pub fn handle(path: &str, query: &str) -> Response {
     let _busy = guard::Busy::enter();
-    let params = match Params::parse(query) {
-        Ok(p) => p,
-        Err(message) => return Response::error(400, message),
-    };
     let kind = match path.strip_prefix("/debug/pprof") {
         Some("" | "/") => return index(),
         Some("/heap") => Kind::Heap,
         Some("/allocs") => Kind::Allocs,
         Some("/peak") => Kind::Peak,
         _ => return Response::error(404, format!("heapprof: no profile at {path}")),
+    };
+    let params = match Params::parse(query) {
+        Ok(p) => p,
+        Err(message) => return Response::error(400, message),
     };
     if !crate::recorder::installed() {
         return Response::error(
@@ -180,7 +181,16 @@ pub(crate) fn reset_after_fork() {
     }
 }
 
+/// Deltas in progress at once, at most: each holds a connection and two
+/// copies of the table for up to [`MAX_DELTA_SECONDS`].
+const MAX_DELTAS: usize = 4;
+static DELTAS: AtomicUsize = AtomicUsize::new(0);
+
 fn profile_response(kind: Kind, params: &Params) -> io::Result<Response> {
+    let mut options = profile::Options {
+        default_sample_type: (kind == Kind::Allocs).then_some("alloc_space"),
+        ..Default::default()
+    };
     if let Some(seconds) = params.seconds {
         if params.debug != 0 {
             return Ok(Response::error(
@@ -194,34 +204,60 @@ fn profile_response(kind: Kind, params: &Params) -> io::Result<Response> {
                 "bad request: the peak profile has no delta form",
             ));
         }
-        return delta(kind, seconds).map(|body| Response::ok(PROTO, body));
+        if DELTAS.fetch_add(1, Relaxed) >= MAX_DELTAS {
+            DELTAS.fetch_sub(1, Relaxed);
+            return Ok(Response::error(
+                503,
+                format!("heapprof: {MAX_DELTAS} delta profiles are already in progress"),
+            ));
+        }
+        let sites = delta(seconds);
+        DELTAS.fetch_sub(1, Relaxed);
+        let comment = format!("heapprof delta profile: what happened in {seconds} s");
+        options.duration = Some(Duration::from_secs(seconds));
+        return build(|| Some((sites, vec![comment])), params, options);
     }
-    let (sites, comments) = match kind {
-        Kind::Peak => match crate::peak::copy() {
-            Some(peak) => {
+    if kind == Kind::Peak {
+        let peak = || {
+            crate::peak::copy().map(|peak| {
                 let comment = crate::dump::peak_comment(&peak);
                 (peak.sites, vec![comment])
-            }
-            None => {
-                return Ok(Response::error(
-                    404,
-                    "heapprof: no peak recorded yet (the sampled live heap has not reached 1 MiB)",
-                ));
-            }
-        },
-        _ => (buckets::snapshot(), Vec::new()),
-    };
+            })
+        };
+        return build(peak, params, options);
+    }
+    build(|| Some((buckets::snapshot(), Vec::new())), params, options)
+}
+
+/// Builds the response from the sites, and comments for the profile, that
+/// `sites` gives, taken under the build lock (so that waiting scrapers
+/// hold no copy of the table): the text format for `debug` >= 1, else the
+/// gzipped profile; 404 if there are none (no peak yet).
+fn build(
+    sites: impl FnOnce() -> Option<(Vec<buckets::Site>, Vec<String>)>,
+    params: &Params,
+    mut options: profile::Options,
+) -> io::Result<Response> {
     let _one_at_a_time = BUILDING.lock();
+    let Some((sites, comments)) = sites() else {
+        return Ok(Response::error(
+            404,
+            "heapprof: no peak recorded yet (the sampled live heap has not reached 1 MiB)",
+        ));
+    };
+    options.comments = comments;
     let mut body = Vec::new();
     if params.debug > 0 {
-        crate::text::write(&mut body, &sites, sampler::rate(), &crate::stats())?;
+        let stats = crate::stats();
+        crate::text::write(
+            &mut body,
+            &sites,
+            sampler::rate(),
+            &stats,
+            &options.comments,
+        )?;
         return Ok(Response::ok(TEXT, body));
     }
-    let options = profile::Options {
-        default_sample_type: (kind == Kind::Allocs).then_some("alloc_space"),
-        comments,
-        ..Default::default()
-    };
     profile::encode(&profile::build(&sites, sampler::rate(), options), &mut body)?;
     Ok(Response::ok(PROTO, body))
 }
@@ -230,23 +266,11 @@ fn profile_response(kind: Kind, params: &Params) -> io::Result<Response> {
 /// values are what was allocated in between; inuse values are the change
 /// in live memory (negative where more was freed than allocated), as in
 /// Go's delta profiles. No lock is held while waiting.
-fn delta(kind: Kind, seconds: u64) -> io::Result<Vec<u8>> {
-    let span = Duration::from_secs(seconds);
+fn delta(seconds: u64) -> Vec<buckets::Site> {
     let before = buckets::snapshot();
-    std::thread::sleep(span);
+    std::thread::sleep(Duration::from_secs(seconds));
     let after = buckets::snapshot();
-    let sites = buckets::delta(&after, &before);
-    let options = profile::Options {
-        default_sample_type: (kind == Kind::Allocs).then_some("alloc_space"),
-        comments: vec![format!(
-            "heapprof delta profile: what happened in {seconds} s"
-        )],
-        duration: Some(span),
-    };
-    let _one_at_a_time = BUILDING.lock();
-    let mut body = Vec::new();
-    profile::encode(&profile::build(&sites, sampler::rate(), options), &mut body)?;
-    Ok(body)
+    buckets::delta(&after, &before)
 }
 
 /// The index page. Go's shows a "count" beside `heap` that is the number
@@ -270,9 +294,9 @@ fn index() -> Response {
          <p>Heap profiles from heapprof, sampled every {rate} bytes on average. \
          Read them with <code>go tool pprof http://HOST/debug/pprof/heap</code>.</p>\n\
          <table>\n<tr><th>count</th><th>profile</th><th>what the count is</th></tr>\n\
-         <tr><td>{live}</td><td><a href=\"heap\">heap</a> (<a href=\"heap?debug=1\">text</a>)</td>\
+         <tr><td>{live}</td><td><a href=\"/debug/pprof/heap\">heap</a> (<a href=\"/debug/pprof/heap?debug=1\">text</a>)</td>\
          <td>allocation sites with sampled memory still live: it falls when a site's memory is freed</td></tr>\n\
-         <tr><td>{all}</td><td><a href=\"allocs\">allocs</a> (<a href=\"allocs?debug=1\">text</a>)</td>\
+         <tr><td>{all}</td><td><a href=\"/debug/pprof/allocs\">allocs</a> (<a href=\"/debug/pprof/allocs?debug=1\">text</a>)</td>\
          <td>allocation sites seen since the program started, freed or not: it only grows, and is not a leak</td></tr>\n\
          <tr><td>{peak}</td><td>{peak_link}</td>\
          <td>1 once the live heap has reached 1 MiB and a peak was recorded</td></tr>\n\
@@ -293,7 +317,7 @@ fn index() -> Response {
         all = sites.len(),
         peak = u8::from(has_peak),
         peak_link = if has_peak {
-            "<a href=\"peak\">peak</a> (<a href=\"peak?debug=1\">text</a>)"
+            "<a href=\"/debug/pprof/peak\">peak</a> (<a href=\"/debug/pprof/peak?debug=1\">text</a>)"
         } else {
             "peak"
         },

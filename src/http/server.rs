@@ -8,12 +8,13 @@
 //!   buffer of [`Server::max_head_bytes`] and parsed by `httparse`; more
 //!   gets 431, anything unparsable 400, a method other than GET or HEAD
 //!   405;
-//! * the whole head must arrive within [`Server::header_timeout`] (a total
-//!   deadline, not a per-read timeout, so a client that trickles one byte a
-//!   second is still cut off), and each write may block for at most
-//!   [`Server::write_timeout`];
+//! * the whole head must arrive within [`Server::header_timeout`], and the
+//!   whole response must be taken within [`Server::write_timeout`]: total
+//!   deadlines, not per-read or per-write timeouts, so a client that
+//!   trickles one byte a second, or reads one segment a minute, is still
+//!   cut off;
 //! * at most [`Server::max_connections`] connections are served at once;
-//!   past that, a few threads answer 503 without reading the request, and
+//!   past that, a few threads answer 503 without parsing the request, and
 //!   past those a connection is closed unanswered: a flood of connections
 //!   costs a bounded number of threads;
 //! * one request per connection (`Connection: close`): scrapers open a
@@ -64,12 +65,12 @@ impl Default for Server {
 
 impl Server {
     /// The defaults: 64 connections at once, 10 s to send the request head,
-    /// 30 s per blocked write, 8 KiB of request head.
+    /// 60 s to take the response, 8 KiB of request head.
     pub fn new() -> Server {
         Server {
             max_connections: 64,
             header_timeout: Duration::from_secs(10),
-            write_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(60),
             max_head_bytes: 8 * 1024,
         }
     }
@@ -86,7 +87,8 @@ impl Server {
         self
     }
 
-    /// Time one write to a client may block.
+    /// Time a client has to take the whole response (a `?seconds=N` delta
+    /// gets its N seconds on top).
     pub fn write_timeout(mut self, t: Duration) -> Server {
         self.write_timeout = t.max(Duration::from_millis(1));
         self
@@ -224,7 +226,6 @@ struct Request {
 
 fn serve_connection(mut stream: TcpStream, limits: &Server) {
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_write_timeout(Some(limits.write_timeout));
     let (status, content_type, body, head_only) = match read_request(&mut stream, limits) {
         Ok(Some(req)) => {
             let r = super::handle(&req.path, &req.query);
@@ -247,19 +248,33 @@ fn serve_connection(mut stream: TcpStream, limits: &Server) {
         head.push_str("Allow: GET, HEAD\r\n");
     }
     head.push_str("\r\n");
-    let written = stream
-        .write_all(head.as_bytes())
-        .and_then(|()| {
-            if head_only {
-                Ok(())
-            } else {
-                stream.write_all(&body)
-            }
-        })
-        .and_then(|()| stream.flush());
-    if written.is_ok() {
+    let deadline = Instant::now() + limits.write_timeout;
+    let body = if head_only { &[][..] } else { &body[..] };
+    if write_by(&mut stream, head.as_bytes(), deadline).is_ok()
+        && write_by(&mut stream, body, deadline).is_ok()
+    {
         linger(&mut stream);
     }
+}
+
+/// Writes `bytes` unless `deadline` passes first: in pieces, each allowed
+/// to block only for the time left, so that a client reading slowly cannot
+/// hold the connection past the deadline.
+fn write_by(stream: &mut TcpStream, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        stream.set_write_timeout(Some(left))?;
+        match stream.write(&bytes[..bytes.len().min(64 * 1024)]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Reads and parses one request head. `Ok(None)`: the client closed or the
