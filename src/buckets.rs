@@ -15,8 +15,9 @@
 //! ```text
 //! buckets   64 B × 16 Ki × 9/8        1.1 MiB
 //! frames     8 B × 16 Ki × 32 × 9/8   4.5 MiB
-//! index     ~26 B × 16 Ki             0.4 MiB  (hash maps, which double)
-//! total                               6.0 MiB
+//! index     17 B × 16 Ki × 16/7       0.6 MiB  (hash maps: power-of-two
+//!                                              bucket counts, 7/8 full)
+//! total                               6.2 MiB
 //! ```
 //!
 //! A sample whose site does not fit goes to a single overflow bucket, which
@@ -298,9 +299,21 @@ pub(crate) fn memory_bytes() -> usize {
             let s = s.lock();
             s.buckets.capacity() * std::mem::size_of::<Bucket>()
                 + s.frames.capacity() * std::mem::size_of::<usize>()
-                + s.by_hash.capacity() * (std::mem::size_of::<(u64, u32)>() + 1)
+                + hash_map_bytes(&s.by_hash)
         })
         .sum()
+}
+
+/// The bytes a std `HashMap` holds: its buckets (a power of two, of which
+/// at most 7/8 are usable, which is what `capacity()` counts), each an
+/// entry and a control byte, plus one group of 16 trailing control bytes.
+pub(crate) fn hash_map_bytes<K, V, S>(m: &HashMap<K, V, S>) -> usize {
+    let buckets = match m.capacity() {
+        0 => return 0,
+        c if c < 8 => c + 1,
+        c => c / 7 * 8,
+    };
+    buckets * (std::mem::size_of::<(K, V)>() + 1) + 16
 }
 
 /// Takes every lock of the table, so that `fork` cannot copy one in a

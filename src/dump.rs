@@ -16,12 +16,46 @@ use crate::{config, guard, peak, profile, sampler};
 /// Writes the current profile to `path`. The error names the path.
 pub(crate) fn write_file(path: &Path, options: profile::Options) -> io::Result<()> {
     let _busy = guard::Busy::enter();
+    write_atomically(path, |w| {
+        let sites = crate::buckets::snapshot();
+        let p = profile::build(&sites, sampler::rate(), options);
+        profile::encode(&p, w).map(|()| true)
+    })
+    .map(drop)
+}
+
+/// Writes `path` whole or not at all: `write` fills a temporary file
+/// beside it, which is renamed over `path` only if `write` succeeded and
+/// returned true (false: nothing worth writing, no file). A reader (the
+/// next dump's `-base`, a collector watching the directory, a test) never
+/// sees half a profile. The error names `path`.
+fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<File>) -> io::Result<bool>,
+) -> io::Result<bool> {
     let with_path =
         |e: io::Error| io::Error::new(e.kind(), format!("heapprof: {}: {e}", path.display()));
-    let file = File::create(path).map_err(with_path)?;
-    let sites = crate::buckets::snapshot();
-    let p = profile::build(&sites, sampler::rate(), options);
-    profile::encode(&p, BufWriter::new(file)).map_err(with_path)
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let result = File::create(&tmp).and_then(|file| {
+        let mut w = BufWriter::new(file);
+        let wanted = write(&mut w)?;
+        w.into_inner().map_err(|e| e.into_error())?;
+        Ok(wanted)
+    });
+    match result {
+        Ok(true) => std::fs::rename(&tmp, path)
+            .map(|()| true)
+            .map_err(with_path),
+        Ok(false) => {
+            let _ = std::fs::remove_file(&tmp);
+            Ok(false)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(with_path(e))
+        }
+    }
 }
 
 /// Writes the peak profile to `w`; `Ok(false)` if the heap never reached
@@ -111,15 +145,9 @@ extern "C" fn at_exit() {
         "exit",
         &FAILED,
     );
-    let peak_path = sibling(&out, "peak");
-    let peak = File::create(&peak_path).and_then(|f| write_peak(BufWriter::new(f)));
-    match peak {
-        Ok(true) => {}
-        Ok(false) => {
-            let _ = std::fs::remove_file(&peak_path);
-        }
-        Err(e) => report(Err(e), "peak", &FAILED),
-    }
+    // No peak yet (the heap never reached 1 MiB): no peak file.
+    let peak = write_atomically(&sibling(&out, "peak"), |w| write_peak(w));
+    report(peak.map(drop), "peak", &FAILED);
 }
 
 // ---- A guard -------------------------------------------------------------

@@ -273,10 +273,7 @@ pub(crate) fn forget_other_threads_after_fork() {
 pub(crate) fn stats() -> (usize, usize) {
     STRIPE_MAPS.iter().fold((0, 0), |(n, bytes), m| {
         let m = m.0.lock();
-        (
-            n + m.len(),
-            bytes + m.capacity() * (std::mem::size_of::<(usize, Entry)>() + 1),
-        )
+        (n + m.len(), bytes + crate::buckets::hash_map_bytes(&m))
     })
 }
 

@@ -156,22 +156,26 @@ fn field(stdout: &str, name: &str) -> usize {
 /// spare pools stay empty). From the layouts in `buckets.rs` and
 /// `sampled.rs`: 64 stripes each; the bucket and frame `Vec`s grow by
 /// eighths, so each holds at most 9/8 of its length, plus one element of
-/// rounding; every hashbrown map at most twice its length or 3:
+/// rounding; every hashbrown map has a power-of-two number of buckets, at
+/// most 7/8 of them usable, so at most 16/7 buckets per entry or 8 for a
+/// small map, each an entry and a control byte, plus 16 control bytes:
 ///
 /// ```text
 /// buckets      64 B × (9·sites/8 + 64)        Vec<Bucket>, 64-byte buckets
 /// frames        8 B × (9·32·sites/8 + 64)     Vec<usize>; ≤ 32 frames per site overall
-/// site index   17 B × (64·3 + 2·sites)        HashMap<u64, u32>, as reported
-/// sampled set  33 B × (64·3 + 2·live)         HashMap<usize, Entry>, as reported
+/// site index   17 B × (64·8 + 16·sites/7) + 64·16     HashMap<u64, u32>
+/// sampled set  33 B × (64·8 + 16·live/7) + 64·16      HashMap<usize, Entry>
 /// ```
 ///
-/// For 256 sites and one live block: 22 528 + 74 240 + 11 968 + 6 402 =
-/// 115 138 bytes, whatever the number of distinct stacks.
+/// For 256 sites and one live block: 22 528 + 74 240 + 19 673 + 17 986 =
+/// 134 427 bytes, whatever the number of distinct stacks.
 fn memory_bound(sites: usize, live: usize) -> usize {
     64 * (9 * sites / 8 + 64)
         + 8 * (9 * 32 * sites / 8 + 64)
-        + 17 * (64 * 3 + 2 * sites)
-        + 33 * (64 * 3 + 2 * live)
+        + 17 * (64 * 8 + 16 * sites / 7)
+        + 64 * 16
+        + 33 * (64 * 8 + 16 * live / 7)
+        + 64 * 16
 }
 
 /// 5000 distinct stacks, 13 to 17 frames deeper than the test, into a
