@@ -196,8 +196,8 @@ fn main() {
 
 /// The same rows counted in instructions under callgrind, at a tenth of
 /// the timed scale: deterministic where wall times on a shared machine are
-/// not (single rounds of the timed table range over ±50 % when other work
-/// runs). Counts are whole-process minus the same binary run with no
+/// not (single rounds of the timed table range over ±30–50 % when other
+/// work runs). Counts are whole-process minus the same binary run with no
 /// workload (start-up and exit), so they cover the workload alone.
 fn instruction_table(dir: &Path, rows: &[Row], only: &str) {
     if Command::new("valgrind").arg("--version").output().is_err() {
@@ -207,15 +207,18 @@ fn instruction_table(dir: &Path, rows: &[Row], only: &str) {
     println!();
     println!("Instructions (callgrind, one run each; workload only):");
     println!();
-    println!("| workload | scale | A | B | A instructions | B instructions | A/B | added per allocation |");
+    println!(
+        "| workload | scale | A | B | A instructions | B instructions | A/B | added per allocation |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     for row in rows.iter().filter(|r| r.a.label.contains(only)) {
         let scale = (row.scale / 10).max(1);
-        let count = |c: &Config| {
-            let bin = binary(dir, c.binary);
-            instructions(&bin, c, &[row.workload, &scale.to_string()])
-                .saturating_sub(instructions(&bin, c, &[]))
-        };
+        let count =
+            |c: &Config| {
+                let bin = binary(dir, c.binary);
+                instructions(&bin, c, &[row.workload, &scale.to_string()])
+                    .saturating_sub(instructions(&bin, c, &[]))
+            };
         let (a, b) = (count(&row.a), count(&row.b));
         // alloc_heavy makes 11 M allocations at 100 %, threads2 10 M.
         let allocations = match row.workload {
