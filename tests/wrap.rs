@@ -6,7 +6,18 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-/// Counts what reaches it, and remembers the last free's alignment.
+thread_local! {
+    /// Set on the test's thread: only its calls are counted (the harness's
+    /// other threads allocate and reallocate meanwhile).
+    static COUNTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn counted() -> bool {
+    COUNTED.try_with(|c| c.get()).unwrap_or(false)
+}
+
+/// Counts what reaches it from the test's thread, and remembers the last
+/// free's alignment there.
 struct Counting {
     alloc: AtomicUsize,
     zeroed: AtomicUsize,
@@ -15,22 +26,35 @@ struct Counting {
     last_dealloc_align: AtomicUsize,
 }
 
+fn bump(counter: &AtomicUsize) {
+    if counted() {
+        counter.fetch_add(1, Relaxed);
+    }
+}
+
+// SAFETY: every method forwards to System with its caller's arguments.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        self.alloc.fetch_add(1, Relaxed);
+        bump(&self.alloc);
+        // SAFETY: the caller's contract, passed on.
         unsafe { System.alloc(l) }
     }
     unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        self.zeroed.fetch_add(1, Relaxed);
+        bump(&self.zeroed);
+        // SAFETY: the caller's contract, passed on.
         unsafe { System.alloc_zeroed(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        self.dealloc.fetch_add(1, Relaxed);
-        self.last_dealloc_align.store(l.align(), Relaxed);
+        bump(&self.dealloc);
+        if counted() {
+            self.last_dealloc_align.store(l.align(), Relaxed);
+        }
+        // SAFETY: the caller's contract, passed on.
         unsafe { System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        self.realloc.fetch_add(1, Relaxed);
+        bump(&self.realloc);
+        // SAFETY: the caller's contract, passed on.
         unsafe { System.realloc(p, l, n) }
     }
 }
@@ -53,6 +77,7 @@ fn counts() -> [usize; 4] {
 fn forwards_each_call_and_frees_sampled_blocks_with_their_real_layout() {
     // Sampling off: every call is a plain forward.
     heapprof::set_sample_rate(0);
+    COUNTED.with(|c| c.set(true));
     let layout = Layout::from_size_align(1000, 8).unwrap();
     let before = counts();
     unsafe {
