@@ -278,10 +278,16 @@ fn draw_countdown(rng: &mut SmallRng, rate: usize) -> usize {
 /// `1 / (1 - exp(-size/rate))`, computed with `exp_m1` so that small
 /// `size/rate` keep their precision.
 pub(crate) fn weight(size: usize, rate: usize) -> f64 {
+    weight_of_bytes(size as f64, rate)
+}
+
+/// [`weight`] for a size that need not be whole: pprof applies the same
+/// factor to legacy text records at their mean block size (`text.rs`).
+pub(crate) fn weight_of_bytes(size: f64, rate: usize) -> f64 {
     if rate <= 1 {
         return 1.0;
     }
-    let p = -(-(size as f64) / rate as f64).exp_m1();
+    let p = -(-size / rate as f64).exp_m1();
     if p > 0.0 { 1.0 / p } else { rate as f64 }
 }
 

@@ -216,13 +216,10 @@ fn sample_scale(objects: f64, bytes: f64, rate: usize) -> (i64, i64) {
 
 /// pprof's `scaleHeapSample` factor for records of average size `avg`
 /// sampled every `rate` bytes: `1 / (1 - exp(-avg/rate))`, and 1 when the
-/// rate is 0 or 1 (everything recorded).
+/// rate is 0 or 1 (everything recorded). The very weight heapprof gives a
+/// sample of that size.
 fn pprof_factor(avg: f64, rate: usize) -> f64 {
-    if rate <= 1 {
-        return 1.0;
-    }
-    let p = -(-avg / rate as f64).exp_m1();
-    if p > 0.0 { 1.0 / p } else { 1.0 }
+    crate::sampler::weight_of_bytes(avg, rate)
 }
 
 #[cfg(test)]
