@@ -268,6 +268,20 @@ pub(crate) fn snapshot() -> Vec<Site> {
     sites
 }
 
+/// Sites in the table, and those of them with live sampled memory, counted
+/// under each stripe's lock without copying anything (for the index page).
+#[cfg(feature = "http")]
+pub(crate) fn site_counts() -> (usize, usize) {
+    let mut counts = (0, 0);
+    for stripe in &TABLE.stripes {
+        for b in &stripe.lock().buckets {
+            counts.0 += 1;
+            counts.1 += usize::from(b.counts.alloc_objects_est - b.counts.free_objects_est >= 0.5);
+        }
+    }
+    counts
+}
+
 /// What happened between two copies of the table: each site of `later`
 /// with `earlier`'s counts subtracted (sites new since `earlier` are kept
 /// whole). Counts only grow, so alloc values are what was allocated in

@@ -256,7 +256,7 @@ pub fn write_peak_profile<W: io::Write>(w: W) -> io::Result<()> {
     } else {
         Err(io::Error::new(
             io::ErrorKind::NotFound,
-            "heapprof: no peak recorded yet (the sampled live heap has not reached 1 MiB)",
+            crate::peak::NO_PEAK_YET,
         ))
     }
 }

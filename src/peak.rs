@@ -22,6 +22,10 @@ use crate::lock::Mutex;
 
 use crate::buckets::{self, Site};
 
+/// What to say when there is no peak copy yet.
+pub(crate) const NO_PEAK_YET: &str =
+    "heapprof: no peak recorded yet (the sampled live heap has not reached 1 MiB)";
+
 /// Peaks below this are not worth a copy.
 const MIN_PEAK: i64 = 1 << 20;
 

@@ -240,10 +240,7 @@ fn build(
 ) -> io::Result<Response> {
     let _one_at_a_time = BUILDING.lock();
     let Some((sites, comments)) = sites() else {
-        return Ok(Response::error(
-            404,
-            "heapprof: no peak recorded yet (the sampled live heap has not reached 1 MiB)",
-        ));
+        return Ok(Response::error(404, crate::peak::NO_PEAK_YET));
     };
     options.comments = comments;
     let mut body = Vec::new();
@@ -278,11 +275,7 @@ fn delta(seconds: u64) -> Vec<buckets::Site> {
 /// a healthy program and has been read as a leak (the second seed). Here
 /// every number says what it counts.
 fn index() -> Response {
-    let sites = buckets::snapshot();
-    let live = sites
-        .iter()
-        .filter(|s| s.counts.alloc_objects_est - s.counts.free_objects_est >= 0.5)
-        .count();
+    let (all, live) = buckets::site_counts();
     let stats = crate::stats();
     let has_peak = crate::peak::recorded();
     let rate = sampler::rate();
@@ -314,7 +307,6 @@ fn index() -> Response {
          </pre>\n\
          <p>Add <code>?seconds=N</code> to <code>heap</code> or <code>allocs</code> for what happens in the next N seconds \
          (at most {MAX_DELTA_SECONDS}).</p>\n</body></html>\n",
-        all = sites.len(),
         peak = u8::from(has_peak),
         peak_link = if has_peak {
             "<a href=\"/debug/pprof/peak\">peak</a> (<a href=\"/debug/pprof/peak?debug=1\">text</a>)"
