@@ -457,9 +457,16 @@ fn the_handler_mounts_anywhere() {
 fn deltas_in_progress_are_bounded() {
     let _one_at_a_time = DELTA_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     server();
+    // All five ask together; a 2 s window leaves the fifth no chance of
+    // starting after one of the others has finished.
+    let together = std::sync::Arc::new(std::sync::Barrier::new(5));
     let started: Vec<_> = (0..5)
         .map(|_| {
-            std::thread::spawn(|| heapprof::http::handle("/debug/pprof/allocs", "seconds=1").status)
+            let together = together.clone();
+            std::thread::spawn(move || {
+                together.wait();
+                heapprof::http::handle("/debug/pprof/allocs", "seconds=2").status
+            })
         })
         .collect();
     let mut statuses: Vec<u16> = started.into_iter().map(|t| t.join().unwrap()).collect();
