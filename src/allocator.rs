@@ -59,7 +59,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         counters::on_alloc();
         if sampler::countdown_expired(layout.size()) {
-            return recorder::alloc(&self.inner, layout, false);
+            return recorder::alloc(layout, false, &self.inner);
         }
         // SAFETY: forwarded with the caller's own layout and contract.
         unsafe { self.inner.alloc(layout) }
@@ -71,7 +71,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         counters::on_alloc();
         if sampler::countdown_expired(layout.size()) {
-            return recorder::alloc(&self.inner, layout, true);
+            return recorder::alloc(layout, true, &self.inner);
         }
         // SAFETY: as for `alloc`.
         unsafe { self.inner.alloc_zeroed(layout) }
@@ -86,7 +86,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
         if sampled::may_contain(ptr) {
             // SAFETY: the caller's contract (ptr allocated here with layout)
             // is passed on unchanged.
-            return unsafe { recorder::dealloc(&self.inner, ptr, layout) };
+            return unsafe { recorder::dealloc(ptr, layout, &self.inner) };
         }
         // SAFETY: not a sampled block, so it came from `inner` with `layout`.
         unsafe { self.inner.dealloc(ptr, layout) }
@@ -104,7 +104,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
         let maybe_sampled = sampled::may_contain(ptr);
         if maybe_sampled || sampler::countdown_expired(new_size) {
             // SAFETY: the caller's contract is passed on unchanged.
-            return unsafe { recorder::realloc(&self.inner, ptr, layout, new_size, maybe_sampled) };
+            return unsafe { recorder::realloc(ptr, layout, new_size, maybe_sampled, &self.inner) };
         }
         // SAFETY: not a sampled block and the new one is not sampled either:
         // a plain realloc in `inner`, which may grow in place.

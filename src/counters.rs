@@ -11,10 +11,10 @@
 //!
 //! Allocated bytes have no counter of their own: the sampler's countdown
 //! (`sampler.rs`) already takes every allocation's size off, so a thread
-//! has allocated `granted - countdown` bytes, where `granted` sums the
-//! countdowns it was given (plus the sizes of allocations that ran a
-//! countdown out, which the countdown did not take). An allocation's fast
-//! path then bumps one counter, not two. `granted` changes together with
+//! has allocated `granted - countdown` bytes (wrapping arithmetic: the
+//! allocation that runs a countdown out takes it below zero), where
+//! `granted` sums the countdowns it was given. An allocation's fast path
+//! then bumps one counter, not two. `granted` changes together with
 //! the countdown only on the slow path, under a sequence number, so that
 //! another thread never reads one without the other.
 //!
@@ -99,12 +99,6 @@ impl Counters {
             self.frees.load(Relaxed),
             self.freed_bytes.load(Relaxed),
         ]
-    }
-
-    /// Counts `bytes` allocated that the countdown did not take (an
-    /// allocation that ran it out). Owner thread, slow path.
-    pub(crate) fn charge(&self, bytes: usize) {
-        bump(&self.granted, bytes as u64);
     }
 
     /// Replaces the countdown, leaving allocated bytes as they are. Owner

@@ -21,7 +21,7 @@ pub(crate) fn installed() -> bool {
 /// An allocation whose size used up this thread's countdown.
 #[cold]
 #[inline(never)]
-pub(crate) fn alloc<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool) -> *mut u8 {
+pub(crate) fn alloc<A: GlobalAlloc>(layout: Layout, zeroed: bool, inner: &A) -> *mut u8 {
     if !INSTALLED.load(Relaxed) {
         let _busy = guard::Busy::enter();
         INSTALLED.store(true, Relaxed);
@@ -98,7 +98,7 @@ fn actual_layout(layout: Layout, page_aligned: bool) -> Layout {
 /// As `GlobalAlloc::dealloc`.
 #[cold]
 #[inline(never)]
-pub(crate) unsafe fn dealloc<A: GlobalAlloc>(inner: &A, ptr: *mut u8, layout: Layout) {
+pub(crate) unsafe fn dealloc<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner: &A) {
     if crate::counters::unregistered() && !guard::is_busy() && !sampled::in_set() {
         // A thread that frees before it ever allocates (its copy of the
         // filter's mask is 0 until then, so every free of it comes here):
@@ -156,19 +156,19 @@ pub(crate) unsafe fn dealloc<A: GlobalAlloc>(inner: &A, ptr: *mut u8, layout: La
 #[cold]
 #[inline(never)]
 pub(crate) unsafe fn realloc<A: GlobalAlloc>(
-    inner: &A,
     ptr: *mut u8,
     layout: Layout,
     new_size: usize,
     maybe_sampled: bool,
+    inner: &A,
 ) -> *mut u8 {
     let old_sampled = maybe_sampled && !sampled::in_set() && sampled::may_be_live(ptr) && {
         let _busy = guard::Busy::enter();
         sampled::contains(ptr)
     };
-    // If the filter sent us here, the fast path did not charge the
-    // countdown: do it now. Otherwise it was charged and ran out (charging
-    // again is harmless: an expired countdown is left as it is).
+    // If the filter sent us here, the fast path did not get to charge the
+    // countdown (`||` stopped at the filter): charge it now. Otherwise it
+    // was charged and ran out.
     let expired = !maybe_sampled || sampler::countdown_expired(new_size);
     let weight = if expired {
         sampler::on_countdown_expired(new_size)
@@ -191,7 +191,7 @@ pub(crate) unsafe fn realloc<A: GlobalAlloc>(
         // SAFETY: both blocks are valid for the smaller size and distinct.
         unsafe {
             std::ptr::copy_nonoverlapping(ptr, new_ptr, layout.size().min(new_size));
-            dealloc(inner, ptr, layout);
+            dealloc(ptr, layout, inner);
         }
     }
     new_ptr
