@@ -158,6 +158,7 @@ pub(crate) fn on_free(size: usize) {
 }
 
 /// Whether this thread has yet to call [`register_thread`].
+#[inline]
 pub(crate) fn unregistered() -> bool {
     !REGISTERED.try_with(Cell::get).unwrap_or(true)
 }

@@ -99,30 +99,27 @@ fn actual_layout(layout: Layout, page_aligned: bool) -> Layout {
 #[cold]
 #[inline(never)]
 pub(crate) unsafe fn dealloc<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner: &A) {
-    if crate::counters::unregistered() && !guard::is_busy() && !sampled::in_set() {
-        // A thread that frees before it ever allocates (its copy of the
-        // filter's mask is 0 until then, so every free of it comes here):
-        // register it now, so that `stats()` sees the frees it counted
-        // (they stayed out of the totals until its first allocation) and
-        // its next frees take the fast path.
-        let _busy = guard::Busy::enter();
-        crate::counters::register_thread();
+    // Most frees that get here are of ordinary blocks that merely sit at a
+    // page-aligned address (jemalloc starts every slab on a page, and its
+    // thread cache hands the same address out again and again): the second
+    // filter turns them away with one load, before any call.
+    if !sampled::may_be_live(ptr) && !crate::counters::unregistered() {
+        // SAFETY: no live sampled block hashes here, so this one came from
+        // `inner` with the caller's `layout`.
+        return unsafe { inner.dealloc(ptr, layout) };
     }
-    let entry = if sampled::in_set() || !sampled::may_be_live(ptr) {
-        // Either this thread is inside the set (the block is the set's own
-        // storage), or no live sampled block hashes here (a recycled
-        // address): a plain free, without a lock.
-        None
-    } else {
-        let _busy = guard::Busy::enter();
-        let entry = sampled::remove(ptr);
-        if let Some(e) = entry {
-            buckets::record_free(e.bucket, e.size, e.weight);
-            peak::on_free(e.size as f64 * e.weight);
-        }
-        entry
-    };
-    let layout = match entry {
+    // SAFETY: the caller's contract, passed on unchanged.
+    unsafe { dealloc_maybe_sampled(ptr, layout, inner) }
+}
+
+/// [`dealloc`] past the second filter, out of line so that the filter's
+/// own path stays free of register saves.
+///
+/// # Safety
+/// As `GlobalAlloc::dealloc`.
+#[inline(never)]
+unsafe fn dealloc_maybe_sampled<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner: &A) {
+    let layout = match take_sampled(ptr) {
         Some(e) => {
             let actual = actual_layout(layout, e.page_aligned);
             if e.page_aligned {
@@ -143,6 +140,34 @@ pub(crate) unsafe fn dealloc<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner
     // SAFETY: the block came from `inner` with `layout`, or, if sampled,
     // with the layout `alloc_sampled` used, rebuilt here the same way.
     unsafe { inner.dealloc(ptr, layout) }
+}
+
+/// The part of [`dealloc`] that does not depend on the inner allocator:
+/// registers a thread that frees before it ever allocated, and takes the
+/// block out of the sampled set, crediting its site, if it is there.
+fn take_sampled(ptr: *mut u8) -> Option<Entry> {
+    if crate::counters::unregistered() && !guard::is_busy() && !sampled::in_set() {
+        // A thread that frees before it ever allocates (its copy of the
+        // filter's mask is 0 until then, so every free of it comes here):
+        // register it now, so that `stats()` sees the frees it counted
+        // (they stayed out of the totals until its first allocation) and
+        // its next frees take the fast path.
+        let _busy = guard::Busy::enter();
+        crate::counters::register_thread();
+    }
+    if sampled::in_set() || !sampled::may_be_live(ptr) {
+        // Either this thread is inside the set (the block is the set's own
+        // storage), or no live sampled block hashes here (a recycled
+        // address): a plain free, without a lock.
+        return None;
+    }
+    let _busy = guard::Busy::enter();
+    let entry = sampled::remove(ptr);
+    if let Some(e) = entry {
+        buckets::record_free(e.bucket, e.size, e.weight);
+        peak::on_free(e.size as f64 * e.weight);
+    }
+    entry
 }
 
 /// A realloc where the old block may be sampled or the new one is to be.

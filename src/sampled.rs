@@ -164,10 +164,12 @@ pub(crate) fn unregister_thread() {
     let _ = LOCAL.try_with(|l| l.filter_mask.store(0, SeqCst));
 }
 
+#[inline]
 fn addr_hash(addr: usize) -> u64 {
     (addr as u64 >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
+#[inline]
 fn live_slot(addr: usize) -> &'static AtomicU8 {
     &LIVE_COUNTS[(addr_hash(addr) >> 48) as usize % LIVE_SLOTS]
 }
