@@ -155,13 +155,13 @@ fn main() {
         },
     ];
     println!(
-        "heapprof overhead benchmark: {rounds} alternating rounds per row; ratio = median of per-round A/B wall times of the workload"
+        "heapprof overhead benchmark: {rounds} alternating rounds per row; ratio = median of per-round A/B wall times of the workload (and of user CPU times)"
     );
     println!();
     println!(
-        "| workload | scale | A | B | A median ms | B median ms | A/B median | A/B min–max | target |"
+        "| workload | scale | A | B | A median ms | B median ms | A/B median | A/B min–max | user CPU A/B median (min–max) | target |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     // HEAPPROF_BENCH_ONLY=mimalloc runs only the rows whose A label
     // contains that text.
     let only = std::env::var("HEAPPROF_BENCH_ONLY").unwrap_or_default();
@@ -169,16 +169,19 @@ fn main() {
         let a = binary(&dir, row.a.binary);
         let b = binary(&dir, row.b.binary);
         let (mut ta, mut tb, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let mut user_ratios = Vec::new();
         for _ in 0..rounds {
             let x = run(&a, &row.a, row.workload, row.scale);
             let y = run(&b, &row.b, row.workload, row.scale);
-            ta.push(x);
-            tb.push(y);
-            ratios.push(x / y);
+            ta.push(x.wall);
+            tb.push(y.wall);
+            ratios.push(x.wall / y.wall);
+            user_ratios.push(x.user / y.user);
         }
         let (lo, hi) = min_max(&ratios);
+        let (user_lo, user_hi) = min_max(&user_ratios);
         println!(
-            "| {} | {}% | {} | {} | {:.1} | {:.1} | **{:.3}** | {:.3}–{:.3} | {} |",
+            "| {} | {}% | {} | {} | {:.1} | {:.1} | **{:.3}** | {:.3}–{:.3} | {:.3} ({:.3}–{:.3}) | {} |",
             row.workload,
             row.scale,
             row.a.label,
@@ -188,6 +191,9 @@ fn main() {
             median(&mut ratios),
             lo,
             hi,
+            median(&mut user_ratios),
+            user_lo,
+            user_hi,
             row.target
         );
     }
@@ -271,7 +277,13 @@ fn binary(dir: &Path, name: &str) -> PathBuf {
         })
 }
 
-fn run(binary: &Path, config: &Config, workload: &str, scale: usize) -> f64 {
+/// One run's figures, in ns.
+struct Times {
+    wall: f64,
+    user: f64,
+}
+
+fn run(binary: &Path, config: &Config, workload: &str, scale: usize) -> Times {
     let out = Command::new(binary)
         .args([workload, &scale.to_string()])
         .envs(config.env.iter().copied())
@@ -284,11 +296,17 @@ fn run(binary: &Path, config: &Config, workload: &str, scale: usize) -> f64 {
         binary.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("elapsed_ns="))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no elapsed_ns from {}: {stdout}", binary.display()))
+    let figure = |key: &str| -> f64 {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} from {}: {stdout}", binary.display()))
+    };
+    Times {
+        wall: figure("elapsed_ns="),
+        user: figure("user_ns="),
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {

@@ -3,7 +3,8 @@
 //! `#[global_allocator]`, so the workload code is identical everywhere.
 //!
 //! A configuration binary run with `<workload> <scale>` runs it once and
-//! prints `elapsed_ns=N`, measured around the workload only (not process
+//! prints `elapsed_ns=N` and `user_ns=N` (wall and user CPU time),
+//! measured around the workload only (not process
 //! start-up, not the allocator's own exit work). Run by `cargo bench` with
 //! no workload argument, it does nothing.
 
@@ -57,6 +58,7 @@ pub fn run_from_args() -> bool {
     };
     let scale: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100);
     let start = Instant::now();
+    let user_start = user_time_ns();
     match name.as_str() {
         "alloc_heavy" => alloc_heavy(scale),
         "threads2" => threads2(scale),
@@ -66,5 +68,21 @@ pub fn run_from_args() -> bool {
         }
     }
     println!("elapsed_ns={}", start.elapsed().as_nanos());
+    println!("user_ns={}", user_time_ns() - user_start);
     true
+}
+
+/// CPU time this process has spent in user mode, all threads, in ns.
+/// Unlike wall time, it leaves out time in the kernel (page faults, which
+/// swing by hundreds of milliseconds from run to run on a shared machine
+/// and are the same work whichever allocator wrapper runs) and time spent
+/// waiting for a processor.
+fn user_time_ns() -> u64 {
+    // SAFETY: `usage` is a valid, writable rusage for getrusage to fill.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    usage.ru_utime.tv_sec as u64 * 1_000_000_000 + usage.ru_utime.tv_usec as u64 * 1_000
 }
