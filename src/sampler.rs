@@ -166,10 +166,11 @@ pub(crate) fn set_seed(seed: u64) {
 pub(crate) fn countdown_expired(size: usize) -> bool {
     let size = opaque(size);
     with_thread(|l| {
-        // Stored unconditionally, so that LLVM can make the load, subtract
-        // and store one read-modify-write instruction whose flags feed the
-        // branch. An expired countdown may wrap below zero: the slow path
-        // zeroes it first thing.
+        // Stored whether or not it ran out: the same four instructions as
+        // a store on the not-expired side only, and the slow path no longer
+        // has to charge the expiring allocation separately. An expired
+        // countdown may wrap below zero; the slow path zeroes it first
+        // thing, keeping the bytes counted.
         let countdown = &l.counters.countdown;
         let left = countdown.load(Relaxed);
         countdown.store(left.wrapping_sub(size), Relaxed);
