@@ -8,7 +8,11 @@
 use std::fs::File;
 use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+use std::sync::Arc;
+use std::sync::atomic::{
+    AtomicBool, AtomicU32, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crate::{config, guard, peak, profile, sampler};
@@ -207,11 +211,13 @@ impl Drop for ProfileGuard {
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// heapprof::AutoDump::new("heap.pb.gz")
+/// let series = heapprof::AutoDump::new("heap.pb.gz")
 ///     .every(Duration::from_secs(60))
 ///     .on_inuse_growth(256 << 20)
 ///     .start()
 ///     .expect("start the dump thread");
+/// // ... later, if the series should end before the program does:
+/// series.stop();
 /// ```
 #[derive(Clone, Debug)]
 pub struct AutoDump {
@@ -252,16 +258,20 @@ impl AutoDump {
         self
     }
 
-    /// Starts the background thread.
-    pub fn start(self) -> io::Result<()> {
+    /// Starts the background thread. The series runs until the program
+    /// exits, or until [`AutoDumpHandle::stop`]; dropping the handle leaves
+    /// it running.
+    pub fn start(self) -> io::Result<AutoDumpHandle> {
         let _busy = guard::Busy::enter();
-        std::thread::Builder::new()
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_seen = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
             .name("heapprof-dump".into())
-            .spawn(move || self.run())
-            .map(drop)
+            .spawn(move || self.run(&stop_seen))?;
+        Ok(AutoDumpHandle { stop, thread })
     }
 
-    fn run(self) {
+    fn run(self, stop: &AtomicBool) {
         let _busy = guard::Busy::enter();
         let poll = self.every.map_or(Duration::from_millis(50), |e| {
             e.min(Duration::from_millis(50))
@@ -272,7 +282,12 @@ impl AutoDump {
         static FAILED: AtomicBool = AtomicBool::new(false);
         for seq in 1.. {
             loop {
-                std::thread::sleep(poll);
+                // Woken early by `AutoDumpHandle::stop`; a spurious wake-up
+                // only polls sooner.
+                std::thread::park_timeout(poll);
+                if stop.load(Acquire) {
+                    return;
+                }
                 let allocated = crate::stats().allocated_bytes;
                 let inuse = peak::live_estimate();
                 let due = self.every.is_some_and(|e| last_time.elapsed() >= e)
@@ -294,6 +309,27 @@ impl AutoDump {
                 &FAILED,
             );
         }
+    }
+}
+
+/// A running [`AutoDump`] series.
+#[derive(Debug)]
+pub struct AutoDumpHandle {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl AutoDumpHandle {
+    /// Ends the series: waits for a profile being written, if any, to be
+    /// complete, and returns once the thread has exited. No file of the
+    /// series is created after this returns.
+    pub fn stop(self) {
+        let _busy = guard::Busy::enter();
+        self.stop.store(true, Release);
+        self.thread.thread().unpark();
+        // The thread catches nothing, but nothing it calls panics; a join
+        // error would only repeat a panic message already printed.
+        let _ = self.thread.join();
     }
 }
 
@@ -323,7 +359,7 @@ pub(crate) fn start_from_env() {
     series.every = c.dump_every;
     series.every_allocated = c.dump_every_allocated;
     series.inuse_growth = c.dump_inuse_growth;
-    let started = std::panic::catch_unwind(move || series.start())
+    let started = std::panic::catch_unwind(move || series.start().map(drop))
         .unwrap_or_else(|_| Err(io::Error::other("spawning the thread panicked")));
     if let Err(e) = started {
         crate::report::warn(format_args!(

@@ -106,7 +106,8 @@
 //! * [`ProfileGuard`]: `let _p = heapprof::ProfileGuard::new("mem.pb.gz");`
 //!   at the top of `main` writes when dropped, like Go's
 //!   `defer profile.Start(profile.MemProfile).Stop()`.
-//! * A numbered series for `go tool pprof -base`: [`AutoDump`], or
+//! * A numbered series for `go tool pprof -base`: [`AutoDump`] (its
+//!   handle's [`stop`](AutoDumpHandle::stop) ends it), or
 //!   `HEAPPROF_DUMP_EVERY=30s`, `HEAPPROF_DUMP_EVERY_ALLOCATED=1GiB`,
 //!   `HEAPPROF_DUMP_INUSE_GROWTH=256MiB` (files `heap.0001.pb.gz`, … named
 //!   after `HEAPPROF_OUT`, or `heapprof.NNNN.pb.gz`).
@@ -195,7 +196,7 @@ mod text;
 use std::io;
 
 pub use allocator::Profiler;
-pub use dump::{AutoDump, ProfileGuard};
+pub use dump::{AutoDump, AutoDumpHandle, ProfileGuard};
 pub use snapshot::{Frame, FunctionBytes, Site, Snapshot, Stats, snapshot, stats};
 
 /// Writes the current heap profile to `w`: a gzip-compressed pprof

@@ -323,3 +323,39 @@ fn auto_dump_api_fires_on_growth_and_on_a_timer() {
     );
     drop(held);
 }
+
+/// `AutoDumpHandle::stop`: once it returns, the series writes nothing
+/// more, and what it wrote is whole.
+#[test]
+fn a_stopped_series_writes_nothing_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let series = heapprof::AutoDump::new(dir.path().join("stop.pb.gz"))
+        .every(Duration::from_millis(20))
+        .start()
+        .unwrap();
+    let files = || {
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while files().len() < 2 {
+        assert!(Instant::now() < deadline, "no second dump: {:?}", files());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    series.stop();
+    let at_stop = files();
+    // Ten periods: a series that kept running would write about ten more.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(files(), at_stop, "files written after stop() returned");
+    for name in &at_stop {
+        assert!(
+            name.ends_with(".pb.gz"),
+            "a temporary file left behind: {name}"
+        );
+        assert_eq!(read_profile(&dir.path().join(name)).sample_type.len(), 4);
+    }
+}
