@@ -268,7 +268,11 @@ impl AutoDump {
         let thread = std::thread::Builder::new()
             .name("heapprof-dump".into())
             .spawn(move || self.run(&stop_seen))?;
-        Ok(AutoDumpHandle { stop, thread })
+        Ok(AutoDumpHandle {
+            stop,
+            thread,
+            pid: std::process::id(),
+        })
     }
 
     fn run(self, stop: &AtomicBool) {
@@ -317,15 +321,22 @@ impl AutoDump {
 pub struct AutoDumpHandle {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<()>,
+    /// The process that started the thread: a forked child has no copy of
+    /// it, and joining it there would wait forever.
+    pid: u32,
 }
 
 impl AutoDumpHandle {
     /// Ends the series: waits for a profile being written, if any, to be
     /// complete, and returns once the thread has exited. No file of the
-    /// series is created after this returns.
+    /// series is created after this returns. In a child forked after
+    /// `start`, which has no copy of the thread, it returns at once.
     pub fn stop(self) {
         let _busy = guard::Busy::enter();
         self.stop.store(true, Release);
+        if std::process::id() != self.pid {
+            return;
+        }
         self.thread.thread().unpark();
         // The thread catches nothing, but nothing it calls panics; a join
         // error would only repeat a panic message already printed.

@@ -77,8 +77,60 @@ fn child_scenarios() {
             let written = Path::new(&out).exists();
             println!("forked child exited: profile written by it: {written}");
         }
+        Ok("fork_stop") => {
+            let dir = tempfile::tempdir().unwrap();
+            let series = heapprof::AutoDump::new(dir.path().join("f.pb.gz"))
+                .every(Duration::from_millis(20))
+                .start()
+                .unwrap();
+            // SAFETY: the child only stops its copy of the handle and calls
+            // `_exit`; the parent's other threads are the series' (asleep or
+            // writing) and the harness's main thread, waiting for this test.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0);
+            if pid == 0 {
+                series.stop();
+                // SAFETY: ends the child without running the parent's atexit
+                // handlers or destructors. The status says stop() returned:
+                // a panic out of it would end this (the child's only) thread
+                // with status 0 instead.
+                unsafe { libc::_exit(STOP_RETURNED) };
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut status = 0;
+            // SAFETY: polls our own child with a valid status pointer.
+            while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == 0 {
+                if Instant::now() > deadline {
+                    // SAFETY: our own child, hung; reaped right after.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                        libc::waitpid(pid, &mut status, 0);
+                    }
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let returned = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == STOP_RETURNED;
+            println!("stop() in the forked child returned: {returned}");
+            series.stop();
+        }
         _ => {}
     }
+}
+
+/// The forked child's exit status when `stop()` returned in it.
+const STOP_RETURNED: i32 = 7;
+
+/// A forked child has no copy of the series' thread: stopping its copy of
+/// the handle must return, not panic on or wait for a thread that is not
+/// there.
+#[test]
+fn stopping_a_series_in_a_forked_child_returns() {
+    let (stdout, _) = run_child("child_scenarios", &[("HEAPPROF_TEST_CHILD", "fork_stop")]);
+    assert!(
+        stdout.contains("stop() in the forked child returned: true"),
+        "{stdout}"
+    );
 }
 
 /// `exit` while other threads are mid-allocation and mid-sample: the exit
