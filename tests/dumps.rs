@@ -96,21 +96,7 @@ fn child_scenarios() {
                 // with status 0 instead.
                 unsafe { libc::_exit(STOP_RETURNED) };
             }
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let mut status = 0;
-            // SAFETY: polls our own child with a valid status pointer.
-            while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == 0 {
-                if Instant::now() > deadline {
-                    // SAFETY: our own child, hung; reaped right after.
-                    unsafe {
-                        libc::kill(pid, libc::SIGKILL);
-                        libc::waitpid(pid, &mut status, 0);
-                    }
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let returned = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == STOP_RETURNED;
+            let returned = wait_with_timeout(pid, Duration::from_secs(10)) == Ok(STOP_RETURNED);
             println!("stop() in the forked child returned: {returned}");
             series.stop();
         }

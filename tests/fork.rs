@@ -84,33 +84,6 @@ fn child_main() -> i32 {
     0
 }
 
-fn wait_with_timeout(pid: libc::pid_t) -> Result<i32, String> {
-    let start = Instant::now();
-    loop {
-        let mut status = 0;
-        // SAFETY: plain waitpid on our own child, with a valid status pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if r == pid {
-            if libc::WIFEXITED(status) {
-                return Ok(libc::WEXITSTATUS(status));
-            }
-            return Err(format!("child died: wait status {status:#x}"));
-        }
-        assert_eq!(r, 0, "waitpid failed: {}", std::io::Error::last_os_error());
-        if start.elapsed() > CHILD_TIMEOUT {
-            // SAFETY: signals our own child, then reaps it.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, &mut status, 0);
-            }
-            return Err(format!(
-                "child did not finish within {CHILD_TIMEOUT:?}: deadlocked after fork"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 #[test]
 fn fork_while_other_threads_allocate_and_sample() {
     let _watchdog = watchdog("fork test", Duration::from_secs(300));
@@ -180,7 +153,7 @@ fn fork_while_other_threads_allocate_and_sample() {
         for i in 0..1000 {
             mine.push(vec![i as u8; 100 + i]);
         }
-        match wait_with_timeout(pid) {
+        match wait_with_timeout(pid, CHILD_TIMEOUT) {
             Ok(0) => {}
             Ok(code) => failures.push(format!("round {round} (rate {rate}): child exited {code}")),
             Err(e) => failures.push(format!("round {round} (rate {rate}): {e}")),
@@ -275,7 +248,7 @@ fn a_child_that_starts_threads_never_touches_the_parents_thread_memory() {
         // SAFETY: ends the child without unwinding into the harness.
         unsafe { libc::_exit(code) };
     }
-    let result = wait_with_timeout(pid);
+    let result = wait_with_timeout(pid, CHILD_TIMEOUT);
     release.wait();
     for t in parked {
         t.join().unwrap();

@@ -215,6 +215,36 @@ fn comment_number(p: &Profile, before: &str) -> usize {
 /// override it) in its environment: the way to test what happens at
 /// start-up, at exit, or with settings read from the environment. Returns
 /// the child's stdout and stderr; panics, showing both, if it failed.
+/// Waits for forked child `pid` to exit: its exit status, or why there is
+/// none (killed by a signal, or still running after `limit`, in which case
+/// it is killed and reaped).
+pub fn wait_with_timeout(pid: libc::pid_t, limit: std::time::Duration) -> Result<i32, String> {
+    let start = std::time::Instant::now();
+    loop {
+        let mut status = 0;
+        // SAFETY: plain waitpid on our own child, with a valid status pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            if libc::WIFEXITED(status) {
+                return Ok(libc::WEXITSTATUS(status));
+            }
+            return Err(format!("child died: wait status {status:#x}"));
+        }
+        assert_eq!(r, 0, "waitpid failed: {}", std::io::Error::last_os_error());
+        if start.elapsed() > limit {
+            // SAFETY: signals our own child, then reaps it.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            return Err(format!(
+                "child did not finish within {limit:?}: deadlocked after fork"
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 pub fn run_child(test: &str, env: &[(&str, &str)]) -> (String, String) {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
