@@ -139,6 +139,30 @@ fn main() {
             b: JEMALLOC,
             target: "(peer)",
         },
+        // The two-thread churn over the other allocators, with jemalloc's
+        // own profiler beside it: how much of threads2's cost is peculiar
+        // to heapprof, and how much any per-allocation sampling check pays.
+        Row {
+            workload: "threads2",
+            scale: 100,
+            a: HEAPPROF_MIMALLOC,
+            b: MIMALLOC,
+            target: "≤ 1.03",
+        },
+        Row {
+            workload: "threads2",
+            scale: 100,
+            a: HEAPPROF_JEMALLOC,
+            b: JEMALLOC,
+            target: "≤ 1.03",
+        },
+        Row {
+            workload: "threads2",
+            scale: 100,
+            a: JEMALLOC_PROF,
+            b: JEMALLOC,
+            target: "(peer)",
+        },
         Row {
             workload: "alloc_heavy",
             scale: 10,
