@@ -50,7 +50,9 @@ impl<A: GlobalAlloc> Profiler<A> {
 // SAFETY: every method forwards to `inner` with the layout the caller gave,
 // except for sampled blocks, which `recorder` allocates with a stricter
 // alignment (same size) and frees with that same stricter layout; those
-// blocks satisfy the caller's layout too. No method unwinds: the recorder
+// blocks satisfy the caller's layout too. A freed sampled block kept for
+// reuse (`spare.rs`) is handed out again only over the allocator it came
+// from. No method unwinds: the recorder
 // catches nothing because nothing it calls on these paths panics.
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
     /// # Safety

@@ -53,7 +53,10 @@ fn alloc_sampled<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool, weight
     let _busy = guard::Busy::enter();
     let page_aligned = sampler::rate() >= sampled::PAGE_ALIGN_MIN_RATE;
     let actual = actual_layout(layout, page_aligned);
-    let ptr = match page_aligned.then(|| spare::take(actual)).flatten() {
+    let ptr = match page_aligned
+        .then(|| spare::take(actual, spare::owner(inner)))
+        .flatten()
+    {
         Some(ptr) => {
             if zeroed {
                 // SAFETY: a spare block has room for `actual.size()` bytes.
@@ -129,7 +132,7 @@ unsafe fn dealloc_maybe_sampled<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, in
                 // the sample would ask this same pool for a block and wait
                 // for the lock this thread holds.
                 let _busy = guard::Busy::enter();
-                if spare::keep(ptr, actual) {
+                if spare::keep(ptr, actual, spare::owner(inner)) {
                     return;
                 }
             }

@@ -16,7 +16,8 @@
 //! returned at once: glibc serves those from `mmap` (no recycling), and
 //! other allocators recycle them rarely enough.
 
-use std::alloc::Layout;
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use crate::lock::Mutex;
 
@@ -38,6 +39,37 @@ fn kept_per_class(class: usize) -> usize {
 
 static POOLS: [Mutex<Vec<usize>>; CLASSES] = [const { Mutex::new(Vec::new()) }; CLASSES];
 
+/// The allocator the pooled blocks came from, as [`owner`] names it; 0
+/// until the first sample claims the pools.
+///
+/// A process may hold more than one `Profiler` (a second one over an arena,
+/// called directly), and a block is only ever handed back to the allocator
+/// it came from: the pools serve the first allocator that uses them, and
+/// every other one allocates and frees its sampled blocks itself.
+static OWNER: AtomicUsize = AtomicUsize::new(0);
+
+/// A name for the allocator `inner`, the same for every handle on it. A
+/// stateless allocator (`System`, `MiMalloc`: zero-sized) is named by its
+/// `dealloc` function, since any two values of it are interchangeable;
+/// two types whose `dealloc` compiled to the same code may share the name,
+/// and may then share blocks too, since freeing through either does the
+/// same. An allocator with state is named by its address.
+pub(crate) fn owner<A: GlobalAlloc>(inner: &A) -> usize {
+    if std::mem::size_of::<A>() == 0 {
+        <A as GlobalAlloc>::dealloc as unsafe fn(&A, *mut u8, Layout) as usize
+    } else {
+        inner as *const A as usize
+    }
+}
+
+/// Whether the pools are `owner`'s (claiming them if nobody has yet).
+fn serves(owner: usize) -> bool {
+    match OWNER.compare_exchange(0, owner, Relaxed, Relaxed) {
+        Ok(_) => true,
+        Err(current) => current == owner,
+    }
+}
+
 /// The layout a page-aligned sampled block of `layout` is allocated with:
 /// its class size for small blocks, its own size otherwise; always at least
 /// page alignment.
@@ -57,18 +89,26 @@ fn class_of(layout: Layout) -> Option<usize> {
     Some((rounded / MIN_CLASS).trailing_zeros() as usize)
 }
 
-/// A spare block for `actual` (a layout from [`layout_for`]), if one is kept.
-pub(crate) fn take(actual: Layout) -> Option<*mut u8> {
+/// A spare block from allocator `owner` for `actual` (a layout from
+/// [`layout_for`]), if one is kept.
+pub(crate) fn take(actual: Layout, owner: usize) -> Option<*mut u8> {
     let class = class_of(actual)?;
+    if !serves(owner) {
+        return None;
+    }
     POOLS[class].lock().pop().map(|addr| addr as *mut u8)
 }
 
-/// Keeps a freed block for reuse. Returns false if it was not kept (too
-/// big, or the class is full), and the caller must free it.
-pub(crate) fn keep(ptr: *mut u8, actual: Layout) -> bool {
+/// Keeps a freed block of allocator `owner` for reuse. Returns false if it
+/// was not kept (too big, the class is full, or the pools serve another
+/// allocator), and the caller must free it.
+pub(crate) fn keep(ptr: *mut u8, actual: Layout, owner: usize) -> bool {
     let Some(class) = class_of(actual) else {
         return false;
     };
+    if !serves(owner) {
+        return false;
+    }
     let mut pool = POOLS[class].lock();
     if pool.len() >= kept_per_class(class) {
         return false;
