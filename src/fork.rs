@@ -39,6 +39,7 @@
 //! the child's unlock leaves them free.
 
 use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use crate::{buckets, counters, guard, mappings, peak, sampled, spare, symbolize};
 
@@ -55,9 +56,14 @@ pub(crate) fn register_handlers() {
     });
 }
 
+/// The forking thread's guard state from before `prepare`, restored by
+/// `parent` and `child`. Written after `prepare` holds every lock and read
+/// before they are released, so two threads forking at once cannot mix
+/// their values up.
+static WAS_BUSY: AtomicBool = AtomicBool::new(false);
+
 extern "C" fn prepare() {
     let busy = guard::Busy::enter();
-    std::mem::forget(busy); // released in `parent` or `child`
     mappings::lock();
     symbolize::lock();
     buckets::lock_all();
@@ -65,6 +71,7 @@ extern "C" fn prepare() {
     peak::lock();
     counters::lock();
     sampled::lock_all();
+    WAS_BUSY.store(busy.forget(), Relaxed); // released in `parent` or `child`
 }
 
 /// Releases what `prepare` took.
@@ -87,12 +94,14 @@ unsafe fn unlock_all() {
 }
 
 extern "C" fn parent() {
+    let was_busy = WAS_BUSY.load(Relaxed);
     // SAFETY: `prepare` ran on this thread just before the fork.
     unsafe { unlock_all() };
-    guard::leave_forgotten();
+    guard::leave_forgotten(was_busy);
 }
 
 extern "C" fn child() {
+    let was_busy = WAS_BUSY.load(Relaxed);
     // SAFETY: the child's only thread is the copy of the one that ran
     // `prepare`.
     unsafe { unlock_all() };
@@ -102,5 +111,5 @@ extern "C" fn child() {
     sampled::forget_other_threads_after_fork();
     #[cfg(feature = "http")]
     crate::http::reset_after_fork();
-    guard::leave_forgotten();
+    guard::leave_forgotten(was_busy);
 }

@@ -49,8 +49,20 @@ impl Drop for Busy {
     }
 }
 
-/// Clears the flag set by a `Busy` that was forgotten on purpose (the fork
-/// handlers take the guard in one callback and release it in another).
-pub(crate) fn leave_forgotten() {
-    let _ = BUSY.try_with(|b| b.set(false));
+impl Busy {
+    /// Keeps the flag set past this scope, for a caller that takes the
+    /// guard in one callback and releases it in another (the fork
+    /// handlers). Returns the state to give [`leave_forgotten`].
+    pub(crate) fn forget(self) -> bool {
+        let was_busy = self.was_busy;
+        std::mem::forget(self);
+        was_busy
+    }
+}
+
+/// Ends a guard kept by [`Busy::forget`], restoring the state from before
+/// it: a thread already inside the profiler (a `fork` from the writer of
+/// `write_profile`) stays inside.
+pub(crate) fn leave_forgotten(was_busy: bool) {
+    let _ = BUSY.try_with(|b| b.set(was_busy));
 }
