@@ -158,6 +158,17 @@ pub(crate) fn on_free(size: usize) {
 }
 
 /// Whether this thread has yet to call [`register_thread`].
+/// Bytes this thread has allocated minus bytes it has freed, since it
+/// started: the change across a stretch of code run on this thread is what
+/// that code kept.
+pub(crate) fn this_thread_net_bytes() -> i64 {
+    with_counters(|c| {
+        let [_, allocated, _, freed] = c.read();
+        allocated.wrapping_sub(freed) as i64
+    })
+    .unwrap_or(0)
+}
+
 #[inline]
 pub(crate) fn unregistered() -> bool {
     !REGISTERED.try_with(Cell::get).unwrap_or(true)

@@ -44,9 +44,12 @@ pub(crate) struct Options {
 }
 
 /// Memory the profiler holds for itself: tables, the sampled-address set,
-/// spare sampled blocks.
+/// spare sampled blocks, and what symbolization keeps.
 pub(crate) fn profiler_bytes() -> usize {
-    crate::buckets::memory_bytes() + crate::sampled::stats().1 + crate::spare::bytes()
+    crate::buckets::memory_bytes()
+        + crate::sampled::stats().1
+        + crate::spare::bytes()
+        + symbolize::memory_bytes()
 }
 
 /// Writes the current profile, gzipped, to `w`.
