@@ -118,6 +118,19 @@ impl Counters {
         self.countdown.store(countdown, Relaxed);
         self.seq.store(seq.wrapping_add(2), Release);
     }
+
+    /// Takes back an allocation of `size` bytes that was counted but that
+    /// the inner allocator failed. Owner thread, slow path.
+    fn uncount_alloc(&self, size: usize) {
+        bump(&self.allocs, 1u64.wrapping_neg());
+        let seq = self.seq.load(Relaxed);
+        self.seq.store(seq.wrapping_add(1), Relaxed);
+        std::sync::atomic::fence(Release);
+        let granted = self.granted.load(Relaxed);
+        self.granted
+            .store(granted.wrapping_sub(size as u64), Relaxed);
+        self.seq.store(seq.wrapping_add(2), Release);
+    }
 }
 
 /// Only the owning thread writes, so load + store cannot lose an update.
@@ -154,6 +167,23 @@ pub(crate) fn on_free(size: usize) {
     let _ = with_counters(|c| {
         bump(&c.frees, 1);
         bump(&c.freed_bytes, size as u64);
+    });
+}
+
+/// An allocation of `size` bytes that the inner allocator failed: it
+/// was counted on the way in and is taken back.
+pub(crate) fn on_alloc_failed(size: usize) {
+    let _ = with_counters(|c| c.uncount_alloc(size));
+}
+
+/// A realloc from `old_size` to `new_size` bytes that the inner allocator
+/// failed: the old block is still live, and neither its free nor the new
+/// allocation happened.
+pub(crate) fn on_realloc_failed(old_size: usize, new_size: usize) {
+    let _ = with_counters(|c| {
+        c.uncount_alloc(new_size);
+        bump(&c.frees, 1u64.wrapping_neg());
+        bump(&c.freed_bytes, (old_size as u64).wrapping_neg());
     });
 }
 

@@ -61,7 +61,9 @@
 //! [`Stats::live_bytes`]. When the profile's `inuse_space` total and the
 //! process's resident size disagree, this is the number in between: the
 //! heap as the program asked for it, before allocator overhead and
-//! fragmentation.
+//! fragmentation. A failed allocation of 1 MiB or more (a `try_reserve` of
+//! an untrusted length) is not counted; smaller ones, which fail only when
+//! memory is exhausted, are.
 //!
 //! ## In tests: snapshots and exact assertions
 //!

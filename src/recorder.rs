@@ -28,12 +28,18 @@ pub(crate) fn alloc<A: GlobalAlloc>(layout: Layout, zeroed: bool, inner: &A) -> 
         crate::fork::register_handlers();
         crate::dump::register_exit_dump();
     }
-    match sampler::on_countdown_expired(layout.size()) {
+    let ptr = match sampler::on_countdown_expired(layout.size()) {
         Some(weight) => alloc_sampled(inner, layout, zeroed, weight),
         // SAFETY: forwarded with the caller's layout (non-zero size per the
         // GlobalAlloc contract).
         None => unsafe { alloc_plain(inner, layout, zeroed) },
+    };
+    if ptr.is_null() {
+        // Every allocation of `sampler::MAX_COUNTDOWN` bytes or more comes
+        // here, so a failed big one (`try_reserve`) is never counted.
+        crate::counters::on_alloc_failed(layout.size());
     }
+    ptr
 }
 
 /// # Safety
@@ -205,7 +211,11 @@ pub(crate) unsafe fn realloc<A: GlobalAlloc>(
     };
     if !old_sampled && weight.is_none() {
         // SAFETY: the caller's contract, unchanged; the block is not sampled.
-        return unsafe { inner.realloc(ptr, layout, new_size) };
+        let new_ptr = unsafe { inner.realloc(ptr, layout, new_size) };
+        if new_ptr.is_null() {
+            crate::counters::on_realloc_failed(layout.size(), new_size);
+        }
+        return new_ptr;
     }
     // SAFETY: `new_size` is non-zero and does not overflow when rounded to
     // `layout.align()`, per `realloc`'s contract.
@@ -215,12 +225,16 @@ pub(crate) unsafe fn realloc<A: GlobalAlloc>(
         // SAFETY: non-zero size per the contract.
         None => unsafe { alloc_plain(inner, new_layout, false) },
     };
-    if !new_ptr.is_null() {
-        // SAFETY: both blocks are valid for the smaller size and distinct.
-        unsafe {
-            std::ptr::copy_nonoverlapping(ptr, new_ptr, layout.size().min(new_size));
-            dealloc(ptr, layout, inner);
-        }
+    if new_ptr.is_null() {
+        // The old block stays where it is, still live (and still sampled,
+        // if it was).
+        crate::counters::on_realloc_failed(layout.size(), new_size);
+        return new_ptr;
+    }
+    // SAFETY: both blocks are valid for the smaller size and distinct.
+    unsafe {
+        std::ptr::copy_nonoverlapping(ptr, new_ptr, layout.size().min(new_size));
+        dealloc(ptr, layout, inner);
     }
     new_ptr
 }

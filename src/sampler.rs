@@ -14,6 +14,11 @@
 //! subtracts each allocation's size from the countdown; an allocation of `s`
 //! bytes that does not fit in what is left contains a point and is sampled.
 //!
+//! The fast path's counter holds at most 1 MiB of the countdown, the rest
+//! waiting on the slow path ([`MAX_COUNTDOWN`]): an allocation that big
+//! always takes the slow path, which charges it against the whole
+//! countdown, so the process is unchanged, and sees whether it failed.
+//!
 //! After a sample the countdown restarts from a *fresh* draw, counted from
 //! the end of the sampled block. The exponential distribution is memoryless,
 //! so this is the same process as carrying the overshoot over, minus one
@@ -86,6 +91,8 @@ pub(crate) struct ThreadSampler {
     /// allocation with certainty, so with weight 1.
     drawn_at: Cell<usize>,
     rng: Cell<Option<SmallRng>>,
+    /// The part of the countdown past [`MAX_COUNTDOWN`], held back here.
+    beyond: Cell<usize>,
 }
 
 impl ThreadSampler {
@@ -93,7 +100,48 @@ impl ThreadSampler {
         ThreadSampler {
             drawn_at: Cell::new(1),
             rng: Cell::new(None),
+            beyond: Cell::new(0),
         }
+    }
+}
+
+/// The most of a countdown the fast path's counter holds; the rest waits
+/// in `ThreadSampler::beyond`. So every allocation of `MAX_COUNTDOWN` bytes
+/// or more runs the counter out and takes the slow path, which either
+/// finds it covered by the held-back bytes ([`continue_countdown`]: not a
+/// sample) or samples it, and in both cases sees whether the inner
+/// allocator failed: a failed `try_reserve` of an untrusted length must not
+/// count terabytes as allocated for the rest of the run. Allocations this
+/// big cost microseconds in the inner allocator (fresh pages), so the trip
+/// costs nothing measurable; smaller allocations fail only when memory is
+/// exhausted, and the fast path, which has no check after the inner call
+/// (that would cost a stack frame), counts those.
+pub(crate) const MAX_COUNTDOWN: usize = 1 << 20;
+
+/// Starts a countdown of `bytes`, the part past [`MAX_COUNTDOWN`] held
+/// back.
+fn start_countdown(l: &Local, bytes: usize) {
+    let now = bytes.min(MAX_COUNTDOWN);
+    l.counters.reset_countdown(now);
+    l.sampler.beyond.set(bytes - now);
+}
+
+/// For an allocation of `size` that ran the counter out: whether the
+/// countdown, with its held-back part, covers it after all. If so it is
+/// charged, exactly as the fast path would have, and is not a sample.
+fn continue_countdown(l: &Local, size: usize) -> bool {
+    let beyond = l.sampler.beyond.get();
+    if beyond == 0 {
+        return false;
+    }
+    // What was left before the fast path subtracted `size` (it wraps).
+    let left = l.counters.countdown.load(Relaxed).wrapping_add(size);
+    let total = left.saturating_add(beyond);
+    if size < total {
+        start_countdown(l, total - size);
+        true
+    } else {
+        false
     }
 }
 
@@ -143,7 +191,7 @@ pub(crate) fn set_rate(bytes: usize) {
     // usize::MAX is our "unset" marker; it means "practically never" anyway.
     RATE.store(bytes.min(usize::MAX - 1), Relaxed);
     let _ = with_thread(|l| {
-        l.counters.reset_countdown(0);
+        start_countdown(l, 0);
         l.sampler.drawn_at.set(1);
     });
 }
@@ -155,7 +203,7 @@ pub(crate) fn set_seed(seed: u64) {
     SEEDED.store(true, Release);
     let _ = with_thread(|l| {
         l.sampler.rng.set(None);
-        l.counters.reset_countdown(0);
+        start_countdown(l, 0);
     });
 }
 
@@ -213,14 +261,18 @@ fn opaque(x: usize) -> usize {
 /// allocation of `size` bytes. Returns the sample's weight if the
 /// allocation is to be recorded, `None` if not (sampling is off, the
 /// thread is inside the profiler, or this was the thread's first
-/// allocation and it fits in the first countdown).
+/// allocation and it fits in the first countdown, or the countdown's
+/// held-back part covers it).
 #[cold]
 pub(crate) fn on_countdown_expired(size: usize) -> Option<f64> {
+    if with_thread(|l| continue_countdown(l, size)).unwrap_or(false) {
+        return None;
+    }
     // The fast path took this allocation's bytes from the countdown, which
     // may have wrapped below zero. Zero it, keeping the bytes counted, so
     // that every path below starts from an expired countdown and one that
     // leaves it alone leaves it expired.
-    let _ = with_thread(|l| l.counters.reset_countdown(0));
+    let _ = with_thread(|l| start_countdown(l, 0));
     let was_busy = guard::is_busy();
     let _busy = guard::Busy::enter();
     // Every thread's first allocation comes here (its countdown starts at
@@ -236,7 +288,7 @@ pub(crate) fn on_countdown_expired(size: usize) -> Option<f64> {
     with_thread(|l| {
         let t = &l.sampler;
         if rate == 0 {
-            l.counters.reset_countdown(OFF_COUNTDOWN);
+            start_countdown(l, OFF_COUNTDOWN);
             t.drawn_at.set(1);
             return None;
         }
@@ -249,7 +301,7 @@ pub(crate) fn on_countdown_expired(size: usize) -> Option<f64> {
                 let first = draw_countdown(&mut rng, rate);
                 t.drawn_at.set(rate);
                 if size < first {
-                    l.counters.reset_countdown(first - size);
+                    start_countdown(l, first - size);
                     t.rng.set(Some(rng));
                     return None;
                 }
@@ -261,7 +313,7 @@ pub(crate) fn on_countdown_expired(size: usize) -> Option<f64> {
         // from a fresh draw at the current rate, at the block's end (see
         // the module comment for why not carry over).
         let sampled_at = t.drawn_at.get();
-        l.counters.reset_countdown(draw_countdown(&mut rng, rate));
+        start_countdown(l, draw_countdown(&mut rng, rate));
         t.drawn_at.set(rate);
         t.rng.set(Some(rng));
         Some(weight(size, sampled_at))
@@ -291,7 +343,7 @@ fn inside_profiler_expired() {
                 0 => (OFF_COUNTDOWN, 1),
                 _ => (draw_countdown(&mut rng, rate), rate),
             };
-            l.counters.reset_countdown(countdown);
+            start_countdown(l, countdown);
             t.drawn_at.set(drawn_at);
             t.rng.set(Some(rng));
         }
