@@ -22,9 +22,11 @@ pub(crate) fn installed() -> bool {
 #[cold]
 #[inline(never)]
 pub(crate) fn alloc<A: GlobalAlloc>(layout: Layout, zeroed: bool, inner: &A) -> *mut u8 {
-    if !INSTALLED.load(Relaxed) {
+    // One thread registers the handlers, even if two make their first
+    // allocations at once (threads started from C before any Rust
+    // allocation; a Rust spawn allocates on its parent first).
+    if !INSTALLED.load(Relaxed) && !INSTALLED.swap(true, Relaxed) {
         let _busy = guard::Busy::enter();
-        INSTALLED.store(true, Relaxed);
         crate::fork::register_handlers();
         crate::dump::register_exit_dump();
     }
