@@ -181,8 +181,13 @@ fn capture_frame_pointers() -> Stack {
             if fp < lo || fp % 8 != 0 || fp.checked_add(16).is_none_or(|end| end > hi) {
                 break;
             }
-            // SAFETY: `fp..fp+16` was just checked to be inside this thread's
-            // stack, which is mapped and readable, and 8-byte aligned.
+            // SAFETY: `fp` is 8-byte aligned and `fp..fp+16` lies below the
+            // top of this thread's stack (`hi`), at or above this
+            // function's own frame: the first `fp` is our `rbp`, and each
+            // next one is strictly higher (checked below). The stack is
+            // mapped from the running frame up to its top, so the words
+            // are readable. (`lo` alone would not do: for the main thread
+            // it is the rlimit's bound, below what is mapped.)
             let (next, ret) = unsafe { (*(fp as *const usize), *((fp + 8) as *const usize)) };
             if ret == 0 {
                 break;
