@@ -56,7 +56,7 @@ static OWNER: AtomicUsize = AtomicUsize::new(0);
 /// same. An allocator with state is named by its address.
 pub(crate) fn owner<A: GlobalAlloc>(inner: &A) -> usize {
     if std::mem::size_of::<A>() == 0 {
-        <A as GlobalAlloc>::dealloc as unsafe fn(&A, *mut u8, Layout) as usize
+        <A as GlobalAlloc>::dealloc as *const () as usize
     } else {
         inner as *const A as usize
     }
