@@ -238,21 +238,25 @@ impl AutoDump {
         }
     }
 
-    /// Write a profile every `interval`.
+    /// Write a profile every `interval`. A zero interval would write
+    /// without pause, so [`start`](AutoDump::start) rejects it.
     pub fn every(mut self, interval: Duration) -> AutoDump {
         self.every = Some(interval);
         self
     }
 
     /// Write a profile each time the program has allocated another `bytes`
-    /// (exact count, freed or not).
+    /// (exact count, freed or not). Zero would be due on every check, so
+    /// [`start`](AutoDump::start) rejects it.
     pub fn every_allocated_bytes(mut self, bytes: u64) -> AutoDump {
         self.every_allocated = Some(bytes);
         self
     }
 
     /// Write a profile each time the estimated live heap has grown by
-    /// `bytes` since the last profile of the series.
+    /// `bytes` since the last profile of the series. Zero would be due on
+    /// every check, so [`start`](AutoDump::start) rejects it; a step larger
+    /// than any heap can grow (above `i64::MAX`) never fires.
     pub fn on_inuse_growth(mut self, bytes: u64) -> AutoDump {
         self.inuse_growth = Some(bytes);
         self
@@ -261,7 +265,12 @@ impl AutoDump {
     /// Starts the background thread. The series runs until the program
     /// exits, or until [`AutoDumpHandle::stop`]; dropping the handle leaves
     /// it running.
+    ///
+    /// A trigger set to zero is an error of kind
+    /// [`InvalidInput`](io::ErrorKind::InvalidInput): it would always be
+    /// due, and the thread would write profiles as fast as it can.
     pub fn start(self) -> io::Result<AutoDumpHandle> {
+        self.check()?;
         let _busy = guard::Busy::enter();
         let stop = Arc::new(AtomicBool::new(false));
         let stop_seen = Arc::clone(&stop);
@@ -275,6 +284,25 @@ impl AutoDump {
         })
     }
 
+    /// Rejects the triggers that are always due.
+    fn check(&self) -> io::Result<()> {
+        let zero = if self.every == Some(Duration::ZERO) {
+            "AutoDump::every(Duration::ZERO)"
+        } else if self.every_allocated == Some(0) {
+            "AutoDump::every_allocated_bytes(0)"
+        } else if self.inuse_growth == Some(0) {
+            "AutoDump::on_inuse_growth(0)"
+        } else {
+            return Ok(());
+        };
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "heapprof: {zero} would write a profile on every check, without pause; use a step above zero"
+            ),
+        ))
+    }
+
     fn run(self, stop: &AtomicBool) {
         let _busy = guard::Busy::enter();
         let poll = self.every.map_or(Duration::from_millis(50), |e| {
@@ -283,6 +311,12 @@ impl AutoDump {
         let mut last_time = Instant::now();
         let mut last_allocated = crate::stats().allocated_bytes;
         let mut last_inuse = peak::live_estimate();
+        // The live estimate is an i64; a step above its range is clamped
+        // (it never fires) rather than cast, which would wrap it negative
+        // and make it due on every check.
+        let inuse_growth = self
+            .inuse_growth
+            .map(|n| i64::try_from(n).unwrap_or(i64::MAX));
         static FAILED: AtomicBool = AtomicBool::new(false);
         for seq in 1.. {
             loop {
@@ -298,9 +332,7 @@ impl AutoDump {
                     || self
                         .every_allocated
                         .is_some_and(|n| allocated.saturating_sub(last_allocated) >= n)
-                    || self
-                        .inuse_growth
-                        .is_some_and(|n| inuse.saturating_sub(last_inuse) >= n as i64);
+                    || inuse_growth.is_some_and(|n| inuse.saturating_sub(last_inuse) >= n);
                 if due {
                     (last_time, last_allocated, last_inuse) = (Instant::now(), allocated, inuse);
                     break;

@@ -397,3 +397,48 @@ fn a_stopped_series_writes_nothing_more() {
         assert_eq!(read_profile(&dir.path().join(name)).sample_type.len(), 4);
     }
 }
+
+/// A trigger of zero is always due: the series would write profiles as
+/// fast as the disk takes them. `start` refuses it, naming the builder.
+#[test]
+fn zero_triggers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = || heapprof::AutoDump::new(dir.path().join("zero.pb.gz"));
+    let cases = [
+        (base().every(Duration::ZERO), "every(Duration::ZERO)"),
+        (base().every_allocated_bytes(0), "every_allocated_bytes(0)"),
+        (base().on_inuse_growth(0), "on_inuse_growth(0)"),
+    ];
+    for (series, name) in cases {
+        match series.start() {
+            Ok(handle) => {
+                handle.stop();
+                panic!("{name} was accepted");
+            }
+            Err(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{name}: {e}");
+                assert!(e.to_string().contains(name), "{name}: {e}");
+            }
+        }
+    }
+    let written: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(written.is_empty(), "files written: {written:?}");
+}
+
+/// A growth step above `i64::MAX` cannot be reached: it must never fire
+/// (a cast to i64 would wrap it to a negative step, due on every check).
+#[test]
+fn a_huge_growth_step_never_fires() {
+    let dir = tempfile::tempdir().unwrap();
+    let series = heapprof::AutoDump::new(dir.path().join("huge.pb.gz"))
+        .on_inuse_growth(u64::MAX)
+        .start()
+        .unwrap();
+    // Several 50 ms polls, with the heap growing by 8 MiB meanwhile.
+    let held = grow_by(8);
+    std::thread::sleep(Duration::from_millis(300));
+    series.stop();
+    drop(held);
+    let written: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(written.is_empty(), "files written: {written:?}");
+}
