@@ -49,6 +49,11 @@ impl Stats {
 }
 
 /// The exact counters now. Cheap: sums one small record per running thread.
+///
+/// If heapprof is not the program's `#[global_allocator]`, no allocation
+/// passes through it and every counter is zero; nothing here says so (a
+/// zero is also a valid count), while [`write_profile`](crate::write_profile)
+/// returns an error in that case.
 pub fn stats() -> Stats {
     let _busy = guard::Busy::enter();
     let [allocations, allocated_bytes, deallocations, freed_bytes] = counters::totals();
@@ -115,6 +120,12 @@ pub struct Snapshot {
 }
 
 /// Takes a [`Snapshot`] of the heap profile now, symbolized.
+///
+/// If heapprof is not the program's `#[global_allocator]`, nothing is
+/// recorded and the snapshot is empty: no sites, every total zero. Its
+/// query methods then return zero for any code, which would let a memory
+/// test pass without measuring anything, so
+/// [`Snapshot::assert_inuse_at_most`] panics instead.
 pub fn snapshot() -> Snapshot {
     let _busy = guard::Busy::enter();
     Snapshot::from_raw(buckets::snapshot(), sampler::rate())
@@ -232,8 +243,16 @@ impl Snapshot {
     /// whose name contains `function` hold more than `max_bytes` live bytes
     /// (cum). At sample rate 1 the numbers are exact: see the crate docs'
     /// testing section.
+    ///
+    /// Also panics if heapprof is not the program's `#[global_allocator]`:
+    /// the snapshot is then empty, and the assertion would pass for any
+    /// code. In a test binary, the `#[global_allocator]` static goes in the
+    /// test file (or a module it includes).
     #[track_caller]
     pub fn assert_inuse_at_most(&self, function: &str, max_bytes: i64) {
+        if let Err(e) = crate::check_installed() {
+            panic!("heapprof: cannot check what `{function}` holds: {e}");
+        }
         let held = self.inuse_bytes_in(function);
         assert!(
             held <= max_bytes,

@@ -1,5 +1,6 @@
 //! A program that calls heapprof without installing it as the global
-//! allocator gets a clear error, not an empty profile.
+//! allocator gets a clear error, not an empty profile, and a memory
+//! assertion that cannot measure anything fails instead of passing.
 
 #[test]
 fn write_profile_says_the_allocator_is_missing() {
@@ -7,4 +8,44 @@ fn write_profile_says_the_allocator_is_missing() {
     let err = heapprof::write_profile(Vec::new()).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::Other);
     assert!(err.to_string().contains("#[global_allocator]"), "{err}");
+}
+
+#[inline(never)]
+fn keeps_a_mebibyte() -> Vec<u8> {
+    std::hint::black_box(vec![1u8; 1 << 20])
+}
+
+/// Without heapprof installed the snapshot is empty, so "at most 0 bytes"
+/// would hold for code that plainly keeps 1 MiB: the assertion must panic,
+/// and say why.
+#[test]
+fn the_assertion_panics_when_nothing_is_recorded() {
+    let before = heapprof::snapshot();
+    let kept = keeps_a_mebibyte();
+    let grown = heapprof::snapshot().delta(&before);
+    let outcome = std::panic::catch_unwind(|| {
+        grown.assert_inuse_at_most("not_installed::keeps_a_mebibyte", 0)
+    });
+    drop(kept);
+    let payload = outcome.expect_err("the assertion passed without heapprof installed");
+    let message = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        message.contains("not this program's global allocator")
+            && message.contains("#[global_allocator]"),
+        "{message}"
+    );
+}
+
+/// What `snapshot()` and `stats()` are documented to return when heapprof
+/// is not installed: nothing recorded, every counter zero.
+#[test]
+fn snapshot_and_stats_are_empty() {
+    let _some_allocation = std::hint::black_box(vec![0u8; 1 << 20]);
+    let s = heapprof::snapshot();
+    assert!(s.sites().is_empty(), "{s:?}");
+    assert_eq!(s.total_inuse_bytes(), 0);
+    assert_eq!(heapprof::stats(), heapprof::Stats::default());
 }
