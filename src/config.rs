@@ -105,9 +105,12 @@ pub(crate) fn get() -> &'static Config {
             dump_inuse_growth: optional("HEAPPROF_DUMP_INUSE_GROWTH", BYTES_HINT, |s| {
                 parse_bytes(s).filter(|&n| n > 0).map(|n| n as u64)
             }),
-            unwinder: optional(
+            // Unset and malformed both mean `auto`, so a malformed value
+            // must say `auto` is used, not that unwinding is off.
+            unwinder: lookup(
                 "HEAPPROF_UNWIND",
                 "auto, dwarf or frame-pointers",
+                "using the default auto",
                 |s| match s {
                     "auto" => Some(Unwinder::Auto),
                     "dwarf" => Some(Unwinder::Dwarf),
@@ -145,11 +148,23 @@ fn read<T: std::fmt::Display>(
 /// An optional setting: unset is `None`; a malformed value is reported and
 /// also `None` (the feature stays off).
 fn optional<T>(name: &str, expected: &str, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
+    lookup(name, expected, "leaving it off", parse)
+}
+
+/// `name` parsed, or `None` if it is unset or malformed. A malformed value
+/// is reported in one line that ends with `fallback`, what the caller does
+/// instead; the caller's fallback and this text must agree.
+fn lookup<T>(
+    name: &str,
+    expected: &str,
+    fallback: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Option<T> {
     let raw = std::env::var_os(name)?;
     let value = raw.to_str().and_then(|s| parse(s.trim()));
     if value.is_none() {
         crate::report::warn(format_args!(
-            "heapprof: ignoring {name}={raw:?}: expected {expected}; leaving it off"
+            "heapprof: ignoring {name}={raw:?}: expected {expected}; {fallback}"
         ));
     }
     value

@@ -80,3 +80,25 @@ fn dwarf_and_auto_agree() {
         );
     }
 }
+
+/// A malformed `HEAPPROF_UNWIND` falls back to `auto`, so the one line on
+/// stderr must say that, not that unwinding is left off; and the stacks
+/// must be the ones `auto` gives.
+#[test]
+fn a_malformed_value_says_auto_is_used() {
+    let (stdout, stderr) = run_child("child_prints_stack", &[("HEAPPROF_UNWIND", "foo")]);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("heapprof")).collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(
+        lines[0].contains("HEAPPROF_UNWIND") && lines[0].contains("using the default auto"),
+        "{}",
+        lines[0]
+    );
+    assert!(!lines[0].contains("leaving it off"), "{}", lines[0]);
+    let (auto, auto_mode) = run("auto");
+    assert!(stdout.contains(&format!("STACK={auto}")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("UNWINDER={auto_mode}")),
+        "{stdout}"
+    );
+}
