@@ -6,8 +6,11 @@
 //! so the `OsString`s `std::env` allocates go straight to the inner
 //! allocator and never through the sampler. A value that does not parse is
 //! reported in one line on stderr, naming the variable and the default that
-//! is used instead; the program goes on.
+//! is used instead; the program goes on. A variable set to nothing (or only
+//! blanks), as `HEAPPROF_SAMPLE_RATE= cmd` or a template that expanded to
+//! nothing leaves it, is taken as unset, silently.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -91,9 +94,7 @@ pub(crate) fn get() -> &'static Config {
                 parse_percent,
             ),
             seed: optional("HEAPPROF_SEED", "a whole number", |s| s.parse().ok()),
-            out: std::env::var_os("HEAPPROF_OUT")
-                .filter(|p| !p.is_empty())
-                .map(PathBuf::from),
+            out: var("HEAPPROF_OUT").map(PathBuf::from),
             dump_every: optional(
                 "HEAPPROF_DUMP_EVERY",
                 "a duration such as 30s, 500ms or 5m",
@@ -131,7 +132,7 @@ fn read<T: std::fmt::Display>(
     default: T,
     parse: impl Fn(&str) -> Option<T>,
 ) -> T {
-    let Some(raw) = std::env::var_os(name) else {
+    let Some(raw) = var(name) else {
         return default;
     };
     match raw.to_str().and_then(parse) {
@@ -160,7 +161,7 @@ fn lookup<T>(
     fallback: &str,
     parse: impl Fn(&str) -> Option<T>,
 ) -> Option<T> {
-    let raw = std::env::var_os(name)?;
+    let raw = var(name)?;
     let value = raw.to_str().and_then(|s| parse(s.trim()));
     if value.is_none() {
         crate::report::warn(format_args!(
@@ -168,6 +169,18 @@ fn lookup<T>(
         ));
     }
     value
+}
+
+/// The variable `name`, `None` if it is unset or set to nothing.
+fn var(name: &str) -> Option<OsString> {
+    not_blank(std::env::var_os(name))
+}
+
+/// A value that is empty or all blanks is no value: an empty assignment is
+/// the usual way to turn a setting off for one command, and reporting it as
+/// malformed would be noise. (Non-UTF-8 is kept, to be reported.)
+fn not_blank(raw: Option<OsString>) -> Option<OsString> {
+    raw.filter(|v| v.to_str().is_none_or(|s| !s.trim().is_empty()))
 }
 
 /// Parses `30`, `30s`, `500ms`, `5m`, `1h` (a bare number is seconds).
@@ -232,6 +245,23 @@ mod tests {
         assert_eq!(parse_bytes(" 1 GB "), Some(1 << 30));
         assert_eq!(parse_bytes("0"), Some(0));
         assert_eq!(parse_bytes("1"), Some(1));
+    }
+
+    #[test]
+    fn set_to_nothing_is_unset() {
+        use super::not_blank;
+        use std::ffi::OsString;
+        for blank in ["", " ", "\t", "  \n"] {
+            assert_eq!(not_blank(Some(blank.into())), None, "{blank:?}");
+        }
+        assert_eq!(not_blank(None), None);
+        for kept in ["0", "abc", " 64k "] {
+            assert_eq!(not_blank(Some(kept.into())), Some(kept.into()), "{kept:?}");
+        }
+        // Not UTF-8: kept, so that it is reported rather than ignored.
+        use std::os::unix::ffi::OsStringExt;
+        let odd = OsString::from_vec(vec![0xff]);
+        assert_eq!(not_blank(Some(odd.clone())), Some(odd));
     }
 
     #[test]

@@ -167,7 +167,6 @@ fn malformed_rates_are_reported_once_and_the_default_used() {
         "-1",
         "99999999999999999999999",
         "12 parsecs",
-        "",
         "1.5MiB",
         "5TiB",
     ] {
@@ -187,9 +186,33 @@ fn malformed_rates_are_reported_once_and_the_default_used() {
         ("0", 0),
         ("1", 1),
         ("4096", 4096),
+        // Set to nothing is unset: the default, silently.
+        ("", 524288),
+        ("  ", 524288),
     ] {
         let (rate, stderr) = child_with_rate(good);
         assert_eq!(rate, expected, "{good:?}");
         assert!(!stderr.contains("heapprof"), "{good:?} is valid: {stderr}");
     }
+}
+
+/// Every setting, set to nothing (`HEAPPROF_X= cmd`): taken as unset, with
+/// nothing on stderr, and the defaults in force.
+#[test]
+fn empty_settings_are_unset_and_silent() {
+    let names = [
+        "HEAPPROF_SAMPLE_RATE",
+        "HEAPPROF_OUT",
+        "HEAPPROF_DUMP_EVERY",
+        "HEAPPROF_DUMP_EVERY_ALLOCATED",
+        "HEAPPROF_DUMP_INUSE_GROWTH",
+        "HEAPPROF_MAX_SITES",
+        "HEAPPROF_SEED",
+        "HEAPPROF_PEAK_GROWTH",
+        "HEAPPROF_UNWIND",
+    ];
+    let env: Vec<(&str, &str)> = names.iter().map(|&n| (n, "")).collect();
+    let (stdout, stderr) = run_child("child_reports_rate", &env);
+    assert_eq!(printed_number(&stdout, "rate="), 524288);
+    assert!(!stderr.contains("heapprof"), "{stderr}");
 }
