@@ -7,12 +7,14 @@
 //! ```
 //!
 //! `heapprof::http::handle` takes the path and the query and returns the
-//! status, content type and body; any framework can serve those. It
+//! status, content type, content disposition (set on binary profiles, so a
+//! browser saves them as `heap`, `allocs`, …) and body; any framework can
+//! serve those. It
 //! blocks (building a profile takes milliseconds, `?seconds=N` waits N
 //! seconds), so it runs on tokio's blocking pool.
 
 use axum::Router;
-use axum::http::{StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
@@ -22,17 +24,30 @@ static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
 async fn pprof(uri: Uri) -> impl IntoResponse {
     let (path, query) = (uri.path().to_owned(), uri.query().unwrap_or("").to_owned());
     let answer = tokio::task::spawn_blocking(move || heapprof::http::handle(&path, &query)).await;
+    let mut headers = HeaderMap::new();
     match answer {
-        Ok(r) => (
-            StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            [(header::CONTENT_TYPE, r.content_type)],
-            r.body,
-        ),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/plain")],
-            format!("profile task failed: {e}").into_bytes(),
-        ),
+        Ok(r) => {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(r.content_type),
+            );
+            if let Some(d) = r.content_disposition {
+                headers.insert(header::CONTENT_DISPOSITION, HeaderValue::from_static(d));
+            }
+            (
+                StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                headers,
+                r.body,
+            )
+        }
+        Err(e) => {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                headers,
+                format!("profile task failed: {e}").into_bytes(),
+            )
+        }
     }
 }
 

@@ -498,3 +498,60 @@ fn the_peak_profile_says_it_is_the_peak() {
     );
     drop(held);
 }
+
+/// As Go's `net/http/pprof`: a binary profile is an attachment named after
+/// the profile (`-delta` for `?seconds=N`), so a browser saves it instead
+/// of showing bytes; the text form, the index page and errors are shown,
+/// so they have no such header.
+#[test]
+fn binary_profiles_are_attachments_named_after_the_profile() {
+    let addr = server();
+    let held = hold_for_proto(512); // 2 MiB: a peak is recorded
+    for (target, expected) in [
+        ("/debug/pprof/heap", Some("attachment; filename=\"heap\"")),
+        (
+            "/debug/pprof/allocs",
+            Some("attachment; filename=\"allocs\""),
+        ),
+        ("/debug/pprof/peak", Some("attachment; filename=\"peak\"")),
+        ("/debug/pprof/heap?debug=1", None),
+        ("/debug/pprof/allocs?debug=1", None),
+        ("/debug/pprof/peak?debug=1", None),
+        ("/debug/pprof/", None),
+        ("/debug/pprof/nothing", None),
+        ("/debug/pprof/heap?debug=x", None),
+    ] {
+        let reply = http_get(addr, target);
+        assert_eq!(
+            reply.header("content-disposition"),
+            expected,
+            "{target}:\n{}",
+            reply.head
+        );
+        if expected.is_some() {
+            assert_eq!(reply.status, 200, "{target}");
+            assert_eq!(
+                heapprof::http::handle(target, "").content_disposition,
+                expected,
+                "{target} through handle()"
+            );
+        }
+    }
+    let head = http_raw(
+        addr,
+        b"HEAD /debug/pprof/allocs HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!(
+        head.header("content-disposition"),
+        Some("attachment; filename=\"allocs\""),
+        "HEAD has the same headers as GET"
+    );
+    let _one_at_a_time = DELTA_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    let delta = http_get(addr, "/debug/pprof/heap?seconds=1");
+    assert_eq!(delta.status, 200);
+    assert_eq!(
+        delta.header("content-disposition"),
+        Some("attachment; filename=\"heap-delta\"")
+    );
+    drop(held);
+}

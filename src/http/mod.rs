@@ -17,8 +17,8 @@
 //! ```
 //!
 //! or mount [`handle`] in the server the program already has (it takes a
-//! path and a query and returns status, content type and body; see
-//! `examples/axum_mount.rs`).
+//! path and a query and returns status, content type, content disposition
+//! and body; see `examples/axum_mount.rs`).
 //!
 //! | path | what |
 //! | --- | --- |
@@ -58,6 +58,12 @@ pub struct Response {
     pub status: u16,
     /// The `Content-Type` header's value.
     pub content_type: &'static str,
+    /// The `Content-Disposition` header's value, when there should be one:
+    /// on a binary profile, `attachment; filename="heap"` (or `allocs`,
+    /// `peak`, `heap-delta`, `allocs-delta`), as Go's `net/http/pprof`
+    /// sends, so that a browser saves the profile under its name rather
+    /// than showing bytes. `None` for text, HTML and errors.
+    pub content_disposition: Option<&'static str>,
     /// The body: a gzipped profile, text or HTML.
     pub body: Vec<u8>,
 }
@@ -67,6 +73,7 @@ impl Response {
         Response {
             status: 200,
             content_type,
+            content_disposition: None,
             body,
         }
     }
@@ -77,6 +84,7 @@ impl Response {
         Response {
             status,
             content_type: TEXT,
+            content_disposition: None,
             body,
         }
     }
@@ -124,6 +132,20 @@ enum Kind {
     Heap,
     Allocs,
     Peak,
+}
+
+impl Kind {
+    /// The binary profile's `Content-Disposition`, named as Go names it:
+    /// the profile, with `-delta` for `?seconds=N`.
+    fn attachment(self, delta: bool) -> &'static str {
+        match (self, delta) {
+            (Kind::Heap, false) => "attachment; filename=\"heap\"",
+            (Kind::Heap, true) => "attachment; filename=\"heap-delta\"",
+            (Kind::Allocs, false) => "attachment; filename=\"allocs\"",
+            (Kind::Allocs, true) => "attachment; filename=\"allocs-delta\"",
+            (Kind::Peak, _) => "attachment; filename=\"peak\"",
+        }
+    }
 }
 
 /// The query parameters we understand; others are ignored, as Go does
@@ -215,7 +237,8 @@ fn profile_response(kind: Kind, params: &Params) -> io::Result<Response> {
         DELTAS.fetch_sub(1, Relaxed);
         let comment = format!("heapprof delta profile: what happened in {seconds} s");
         options.duration = Some(Duration::from_secs(seconds));
-        return build(|| Some((sites, vec![comment])), params, options);
+        let attachment = kind.attachment(true);
+        return build(|| Some((sites, vec![comment])), params, options, attachment);
     }
     if kind == Kind::Peak {
         let peak = || {
@@ -224,19 +247,26 @@ fn profile_response(kind: Kind, params: &Params) -> io::Result<Response> {
                 (peak.sites, vec![comment])
             })
         };
-        return build(peak, params, options);
+        return build(peak, params, options, kind.attachment(false));
     }
-    build(|| Some((buckets::snapshot(), Vec::new())), params, options)
+    build(
+        || Some((buckets::snapshot(), Vec::new())),
+        params,
+        options,
+        kind.attachment(false),
+    )
 }
 
 /// Builds the response from the sites, and comments for the profile, that
 /// `sites` gives, taken under the build lock (so that waiting scrapers
 /// hold no copy of the table): the text format for `debug` >= 1, else the
-/// gzipped profile; 404 if there are none (no peak yet).
+/// gzipped profile, sent as an `attachment` (its `Content-Disposition`);
+/// 404 if there are none (no peak yet).
 fn build(
     sites: impl FnOnce() -> Option<(Vec<buckets::Site>, Vec<String>)>,
     params: &Params,
     mut options: profile::Options,
+    attachment: &'static str,
 ) -> io::Result<Response> {
     let _one_at_a_time = BUILDING.lock();
     let Some((sites, comments)) = sites() else {
@@ -256,7 +286,10 @@ fn build(
         return Ok(Response::ok(TEXT, body));
     }
     profile::encode(&profile::build(&sites, sampler::rate(), options), &mut body)?;
-    Ok(Response::ok(PROTO, body))
+    Ok(Response {
+        content_disposition: Some(attachment),
+        ..Response::ok(PROTO, body)
+    })
 }
 
 /// `?seconds=N`: the table now and N seconds later, subtracted. Alloc

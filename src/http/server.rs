@@ -226,18 +226,21 @@ struct Request {
 
 fn serve_connection(mut stream: TcpStream, limits: &Server) {
     let _ = stream.set_nodelay(true);
-    let (status, content_type, body, head_only) = match read_request(&mut stream, limits) {
-        Ok(Some(req)) => {
-            let r = super::handle(&req.path, &req.query);
-            (r.status, r.content_type, r.body, req.head_only)
-        }
+    let (response, head_only) = match read_request(&mut stream, limits) {
+        Ok(Some(req)) => (super::handle(&req.path, &req.query), req.head_only),
         // The client went away, or the read failed: nobody to answer.
         Ok(None) => return,
-        Err((status, message)) => {
-            let body = format!("heapprof: {message}\n").into_bytes();
-            (status, super::TEXT, body, false)
-        }
+        Err((status, message)) => (
+            super::Response::error(status, format!("heapprof: {message}")),
+            false,
+        ),
     };
+    let super::Response {
+        status,
+        content_type,
+        content_disposition,
+        body,
+    } = response;
     let mut head = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
          X-Content-Type-Options: nosniff\r\nConnection: close\r\n",
@@ -246,6 +249,11 @@ fn serve_connection(mut stream: TcpStream, limits: &Server) {
     );
     if status == 405 {
         head.push_str("Allow: GET, HEAD\r\n");
+    }
+    if let Some(disposition) = content_disposition {
+        head.push_str("Content-Disposition: ");
+        head.push_str(disposition);
+        head.push_str("\r\n");
     }
     head.push_str("\r\n");
     let deadline = Instant::now() + limits.write_timeout;
