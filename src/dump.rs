@@ -165,6 +165,14 @@ extern "C" fn at_exit() {
 /// // of scope at the end of `main` …
 /// ```
 ///
+/// A guard made at the top of `main` is dropped last, after the locals
+/// declared below it have been freed, so the profile's default view
+/// (`inuse_space`, what is live) is usually close to empty. What the run
+/// did is in the alloc views (`go tool pprof -sample_index=alloc_space`);
+/// what was live at the heap's largest is in the peak profile, which a
+/// guard does not write: call [`write_peak_profile`](crate::write_peak_profile)
+/// before it drops, or set `HEAPPROF_OUT`, which writes one at exit.
+///
 /// A failure on drop is reported on stderr; call [`ProfileGuard::finish`]
 /// to get it as an error instead.
 #[must_use = "the profile is written when the guard is dropped"]

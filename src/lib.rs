@@ -31,6 +31,12 @@
 //! go tool pprof -http=:8080 heap.pb.gz                         # graph, flame graph, source
 //! ```
 //!
+//! Every stack runs down to the program's entry point, so `-top` also
+//! lists a dozen or more start-up frames (`_start`, `__libc_start_main_impl`,
+//! `main`, `std::rt::lang_start_internal`, …) at 100 % cum. To leave them
+//! out, add `-hide 'std::|core::|__libc|^_start$|^main$'`, or keep only
+//! your own crate's frames with `-show 'myprog::'`.
+//!
 //! To wrap another allocator: `heapprof::Profiler::wrap(mimalloc::MiMalloc)`.
 //!
 //! ## What the numbers mean
@@ -92,6 +98,13 @@
 //! * `inuse_bytes_in(name)`, `alloc_bytes_in(name)` and the `_objects_in`
 //!   twins sum every site whose stack contains a function whose name
 //!   contains `name` (pprof's cum); [`Snapshot::top`] gives the flat view.
+//!   Since `name` is a substring, qualify it with its path
+//!   (`"my_crate::parse"`): the test function is on the stack of all it
+//!   allocates, so a bare `"leaky"` would also match a test named
+//!   `leaky_fails_assertion` and count everything that test allocated.
+//! * If heapprof is not the `#[global_allocator]` of the test binary,
+//!   [`snapshot()`] is empty and [`stats()`] all zeros;
+//!   [`Snapshot::assert_inuse_at_most`] panics rather than pass.
 //! * What is isolated: a delta selected by function name counts only that
 //!   code, even while other tests run on other threads. What is not: the
 //!   rate is process-wide (set it once per test binary, or under a lock),
@@ -108,6 +121,13 @@
 //! * [`ProfileGuard`]: `let _p = heapprof::ProfileGuard::new("mem.pb.gz");`
 //!   at the top of `main` writes when dropped, like Go's
 //!   `defer profile.Start(profile.MemProfile).Stop()`.
+//! * Both of these write once `main` is over (the guard is dropped after
+//!   the locals declared below it; the exit dump runs after `main`
+//!   returns), when most of the heap has been freed: their default
+//!   `inuse_space` view is usually close to empty. Read them with
+//!   `-sample_index=alloc_space`, and read `HEAPPROF_OUT`'s peak profile
+//!   for what was live at the top; a guard writes no peak profile (call
+//!   [`write_peak_profile`]).
 //! * A numbered series for `go tool pprof -base`: [`AutoDump`] (its
 //!   handle's [`stop`](AutoDumpHandle::stop) ends it), or
 //!   `HEAPPROF_DUMP_EVERY=30s`, `HEAPPROF_DUMP_EVERY_ALLOCATED=1GiB`,
@@ -122,8 +142,10 @@
 //! ## A running service: `/debug/pprof`
 //!
 //! [`http::serve`]`("127.0.0.1:6060")` serves Go's `net/http/pprof` paths
-//! (`/debug/pprof/heap`, `allocs`, `?debug=1`, `?seconds=N`, an index
-//! page) from a background thread, for `go tool pprof http://…`, `curl`,
+//! (`/debug/pprof/heap`, `allocs`, `peak`, `?debug=1`, an index page, and
+//! `?seconds=N` deltas on `heap` and `allocs`: the peak has none, and
+//! asking is a 400) from a background thread, for
+//! `go tool pprof http://…`, `curl`,
 //! Parca and Pyroscope; [`http::handle`] mounts the same in a server the
 //! program already runs. [`write_text_profile`] writes the `?debug=1` text
 //! anywhere. (Cargo feature `http`, on by default.)
@@ -133,8 +155,8 @@
 //! | variable | default | meaning |
 //! | --- | --- | --- |
 //! | `HEAPPROF_SAMPLE_RATE` | `524288` | mean bytes between samples; `512KiB`, `2MiB`, `64k` also work; `0` = off, `1` = every allocation |
-//! | `HEAPPROF_OUT` | unset | profile written at exit (and `.peak` beside it) |
-//! | `HEAPPROF_DUMP_EVERY` | unset | periodic series: `30s`, `500ms`, `5m` |
+//! | `HEAPPROF_OUT` | unset | profile written at exit, and the peak profile beside it (`heap.pb.gz` → `heap.peak.pb.gz`) |
+//! | `HEAPPROF_DUMP_EVERY` | unset | periodic series: a whole number and `ms`, `s`, `m` or `h` (`500ms`, `30s`, `5m`); a bare number is seconds; not 0 |
 //! | `HEAPPROF_DUMP_EVERY_ALLOCATED` | unset | a profile per so many bytes allocated |
 //! | `HEAPPROF_DUMP_INUSE_GROWTH` | unset | a profile whenever the live heap grew by so much |
 //! | `HEAPPROF_MAX_SITES` | `16384` | distinct stacks kept; the rest are counted in one `[heapprof overflow…]` site |
@@ -143,7 +165,8 @@
 //! | `HEAPPROF_UNWIND` | `auto` | `auto` (frame pointers when they are shown to work, else DWARF), `dwarf` or `frame-pointers` |
 //!
 //! A value that does not parse is reported on stderr in one line and the
-//! default is used. At run time: [`set_sample_rate`], [`sample_rate`],
+//! default is used; a variable set to nothing counts as unset. At run
+//! time: [`set_sample_rate`], [`sample_rate`],
 //! [`set_seed`]. A rate change takes effect at once on the calling thread
 //! and on new threads; running threads switch at their next sample.
 //!

@@ -105,12 +105,18 @@ impl Site {
 ///
 /// ```no_run
 /// let before = heapprof::snapshot();
-/// let cache = build_cache();
+/// let cache = my_crate::build_cache();
 /// let grown = heapprof::snapshot().delta(&before);
 /// println!("{grown}"); // a pprof -top-like table
-/// assert!(grown.inuse_bytes_in("build_cache") < 10 << 20);
-/// # fn build_cache() {}
+/// assert!(grown.inuse_bytes_in("my_crate::build_cache") < 10 << 20);
+/// # mod my_crate { pub fn build_cache() {} }
 /// ```
+///
+/// The name is matched as a substring of each frame's function name, and
+/// a site counts if any frame on its stack matches: give the path
+/// (`"my_crate::build_cache"`), not the bare name. The calling test is on
+/// the stack of everything it allocates, so `"leaky"` would also match a
+/// test named `leaky_fails_assertion` and count all it allocated.
 #[derive(Clone)]
 pub struct Snapshot {
     raw: Vec<buckets::Site>,
@@ -185,7 +191,8 @@ impl Snapshot {
     }
 
     /// Live bytes allocated by functions whose name contains `name`, and by
-    /// everything they called (pprof's cum column).
+    /// everything they called (pprof's cum column). A substring match: see
+    /// the [`Snapshot`] docs for why `name` should include its path.
     pub fn inuse_bytes_in(&self, name: &str) -> i64 {
         self.sum_where(name, |s| s.inuse_bytes)
     }
@@ -241,8 +248,9 @@ impl Snapshot {
 
     /// Panics, with the top of the profile in the message, if functions
     /// whose name contains `function` hold more than `max_bytes` live bytes
-    /// (cum). At sample rate 1 the numbers are exact: see the crate docs'
-    /// testing section.
+    /// (cum; a substring match, so give the path, as in
+    /// `"my_crate::parse"`). At sample rate 1 the numbers are exact: see
+    /// the crate docs' testing section.
     ///
     /// Also panics if heapprof is not the program's `#[global_allocator]`:
     /// the snapshot is then empty, and the assertion would pass for any

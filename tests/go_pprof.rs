@@ -209,4 +209,25 @@ fn the_batch_job_example_reads_like_the_seed() {
     assert!(list.contains("examples/batch_job.rs"), "{list}");
     let alloc = go_pprof(&["-sample_index=alloc_space", "-top", ex, prof]);
     assert!(alloc.contains("batch_job::do_nothing"), "{alloc}");
+
+    // The README's (and crate docs') filter for the start-up frames under
+    // `main` must leave the example's own three functions, and only them.
+    let readme = include_str!("../README.md");
+    let hide = readme
+        .split("go tool pprof -top -hide '")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .expect("the README shows a -hide filter");
+    assert!(
+        include_str!("../src/lib.rs").contains(&format!("-hide '{hide}'")),
+        "the crate docs give the same filter as the README: {hide}"
+    );
+    let hidden = go_pprof(&["-top", "-hide", hide, ex, prof]);
+    let mut names: Vec<String> = top_rows(&hidden).into_iter().map(|r| r.1).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["batch_job::add_map", "batch_job::exec", "batch_job::main"],
+        "-hide '{hide}':\n{hidden}"
+    );
 }

@@ -27,7 +27,7 @@
 //! | `/debug/pprof/allocs` | the same data, with `alloc_space` as the default view |
 //! | `/debug/pprof/peak` | the peak-heap profile (what was live when the heap was largest) |
 //! | `…?debug=1` | the legacy text format, readable by people and by `go tool pprof` |
-//! | `…?seconds=N` | a delta: what happened in the next N seconds (at most 300) |
+//! | `…?seconds=N` | on `heap` and `allocs`: a delta, what happened in the next N seconds (at most 300); on `peak` a 400, since the peak is one moment |
 //!
 //! Anything else is a 404. The server binds only where it is told: bind to
 //! loopback (`127.0.0.1:6060`) unless the network in between is trusted,
