@@ -48,9 +48,12 @@ fn write_atomically(
         Ok(wanted)
     });
     match result {
-        Ok(true) => std::fs::rename(&tmp, path)
-            .map(|()| true)
-            .map_err(with_path),
+        // A failed rename (say, `path` is a directory) must not leave the
+        // temporary file behind either.
+        Ok(true) => std::fs::rename(&tmp, path).map(|()| true).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            with_path(e)
+        }),
         Ok(false) => {
             let _ = std::fs::remove_file(&tmp);
             Ok(false)

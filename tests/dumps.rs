@@ -442,3 +442,21 @@ fn a_huge_growth_step_never_fires() {
     let written: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(written.is_empty(), "files written: {written:?}");
 }
+
+/// A profile that is written but cannot take its name (here the name is a
+/// non-empty directory, so the rename fails) is an error, and leaves no
+/// temporary file beside it.
+#[test]
+fn a_failed_rename_leaves_no_temporary_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = dir.path().join("taken.pb.gz");
+    std::fs::create_dir(&taken).unwrap();
+    std::fs::write(taken.join("keep"), b"x").unwrap();
+    let err = heapprof::ProfileGuard::new(&taken).finish().unwrap_err();
+    assert!(err.to_string().contains("taken.pb.gz"), "{err}");
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["taken.pb.gz"], "left behind: {names:?}");
+}
