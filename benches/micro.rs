@@ -200,7 +200,7 @@ fn profiler_memory() {
     }
     let s = heapprof::stats();
     println!(
-        "| profiler memory at 512 KiB, live heap {} MiB | {} KiB | {:.3} % of the live heap (tables, live-sample set, spare sampled blocks) |",
+        "| profiler memory at 512 KiB, live heap {} MiB | {} KiB | {:.3} % of the live heap (tables, live-sample set, spare sampled blocks, symbol cache) |",
         s.live_bytes() >> 20,
         s.profiler_bytes >> 10,
         100.0 * s.profiler_bytes as f64 / s.live_bytes() as f64
