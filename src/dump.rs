@@ -279,7 +279,8 @@ impl AutoDump {
     ///
     /// A trigger set to zero is an error of kind
     /// [`InvalidInput`](io::ErrorKind::InvalidInput): it would always be
-    /// due, and the thread would write profiles as fast as it can.
+    /// due, and the thread would write profiles as fast as it can. So is a
+    /// series with no trigger at all, which would never write.
     pub fn start(self) -> io::Result<AutoDumpHandle> {
         self.check()?;
         let _busy = guard::Busy::enter();
@@ -295,8 +296,15 @@ impl AutoDump {
         })
     }
 
-    /// Rejects the triggers that are always due.
+    /// Rejects the triggers that are always due, and a series with none.
     fn check(&self) -> io::Result<()> {
+        if self.every.is_none() && self.every_allocated.is_none() && self.inuse_growth.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "heapprof: an AutoDump with no trigger would never write a profile; \
+                 set every, every_allocated_bytes or on_inuse_growth",
+            ));
+        }
         let zero = if self.every == Some(Duration::ZERO) {
             "AutoDump::every(Duration::ZERO)"
         } else if self.every_allocated == Some(0) {

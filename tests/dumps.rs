@@ -425,6 +425,19 @@ fn zero_triggers_are_refused() {
     assert!(written.is_empty(), "files written: {written:?}");
 }
 
+/// A series with no trigger would poll forever and never write: `start`
+/// refuses it and names the builders that set one.
+#[test]
+fn a_series_without_a_trigger_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = heapprof::AutoDump::new(dir.path().join("none.pb.gz"))
+        .start()
+        .map(|handle| handle.stop())
+        .expect_err("a series with no trigger was accepted");
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+    assert!(e.to_string().contains("no trigger"), "{e}");
+}
+
 /// A growth step above `i64::MAX` cannot be reached: it must never fire
 /// (a cast to i64 would wrap it to a negative step, due on every check).
 #[test]
