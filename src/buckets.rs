@@ -21,7 +21,10 @@
 //! ```
 //!
 //! A sample whose site does not fit goes to a single overflow bucket, which
-//! the profile shows as its own site, so nothing is dropped silently.
+//! the profile shows as its own site, so nothing is dropped silently. So
+//! does one whose new bucket the inner allocator has no memory for: the
+//! table grows with `try_reserve`, because a failure there would otherwise
+//! abort a program that was handling its own allocation failures.
 //!
 //! All locking happens with the reentrancy guard held (`guard.rs`), so the
 //! `Vec`/`HashMap` growth inside a stripe goes to the inner allocator.
@@ -164,16 +167,22 @@ pub(crate) fn record_alloc(frames: &[usize], hash: u64, size: usize, weight: f64
             .add_alloc(size, weight);
         return BucketId((stripe_index as u32) << 24 | index);
     }
-    if !reserve(frames.len()) {
+    let room = reserve(frames.len());
+    if !room
+        || !grow_by_eighths(&mut stripe.frames, frames.len())
+        || !grow_by_eighths(&mut stripe.buckets, 1)
+        || stripe.by_hash.try_reserve(1).is_err()
+    {
+        if room {
+            unreserve(frames.len());
+        }
         drop(stripe);
         TABLE.overflow.lock().add_alloc(size, weight);
         return BucketId::OVERFLOW;
     }
     let index = stripe.buckets.len() as u32;
     let frames_start = stripe.frames.len() as u32;
-    grow_by_eighths(&mut stripe.frames, frames.len());
     stripe.frames.extend_from_slice(frames);
-    grow_by_eighths(&mut stripe.buckets, 1);
     let mut counts = Counts::default();
     counts.add_alloc(size, weight);
     stripe.buckets.push(Bucket {
@@ -190,10 +199,9 @@ pub(crate) fn record_alloc(frames: &[usize], hash: u64, size: usize, weight: f64
 /// capacity never exceeds 9/8 of what was needed when it grew, which is
 /// what keeps the table's worst case within its bound (see the module
 /// comment), at the cost of a few more reallocations while it fills.
-fn grow_by_eighths<T>(v: &mut Vec<T>, extra: usize) {
-    if v.capacity() - v.len() < extra {
-        v.reserve_exact(extra.max(v.capacity() / 8));
-    }
+/// False if the inner allocator has no memory for it.
+fn grow_by_eighths<T>(v: &mut Vec<T>, extra: usize) -> bool {
+    v.capacity() - v.len() >= extra || v.try_reserve_exact(extra.max(v.capacity() / 8)).is_ok()
 }
 
 /// Claims room for one more site with `frames` addresses, or says the
@@ -220,6 +228,12 @@ fn reserve(frames: usize) -> bool {
     claimed_frames
 }
 
+/// Gives back what [`reserve`] claimed, for a site that was not stored.
+fn unreserve(frames: usize) {
+    TABLE.sites.fetch_sub(1, Relaxed);
+    TABLE.frames.fetch_sub(frames, Relaxed);
+}
+
 /// Credits the free of a sampled block back to the bucket that allocated it.
 pub(crate) fn record_free(id: BucketId, size: usize, weight: f64) {
     if id == BucketId::OVERFLOW {
@@ -243,15 +257,32 @@ pub(crate) struct Site {
 }
 
 /// Copies every bucket out of the table, one stripe lock at a time, so
-/// that symbolization and encoding run with no lock held.
+/// that symbolization and encoding run with no lock held. Out of memory,
+/// it ends the program, as any allocation outside the allocator would.
 pub(crate) fn snapshot() -> Vec<Site> {
-    let mut sites = Vec::with_capacity(TABLE.sites.load(Relaxed) + 1);
+    try_snapshot()
+        .unwrap_or_else(|| std::alloc::handle_alloc_error(std::alloc::Layout::new::<Site>()))
+}
+
+/// As [`snapshot`], or `None` if the inner allocator has no memory for the
+/// copy: for the peak copy, taken inside a sampled allocation.
+pub(crate) fn try_snapshot() -> Option<Vec<Site>> {
+    let mut sites = Vec::new();
+    sites
+        .try_reserve_exact(TABLE.sites.load(Relaxed) + 1)
+        .ok()?;
     for stripe in &TABLE.stripes {
         let stripe = stripe.lock();
         for bucket in &stripe.buckets {
             let start = bucket.frames_start as usize;
+            let stored = &stripe.frames[start..start + bucket.frames_len as usize];
+            let mut frames = Vec::new();
+            frames.try_reserve_exact(stored.len()).ok()?;
+            frames.extend_from_slice(stored);
+            // Sites stored since the capacity was read need more room.
+            sites.try_reserve(1).ok()?;
             sites.push(Site {
-                frames: stripe.frames[start..start + bucket.frames_len as usize].to_vec(),
+                frames,
                 counts: bucket.counts,
                 overflow: false,
             });
@@ -259,13 +290,14 @@ pub(crate) fn snapshot() -> Vec<Site> {
     }
     let overflow = *TABLE.overflow.lock();
     if overflow.sampled_allocs > 0 {
+        sites.try_reserve(1).ok()?;
         sites.push(Site {
             frames: Vec::new(),
             counts: overflow,
             overflow: true,
         });
     }
-    sites
+    Some(sites)
 }
 
 /// Sites in the table, and those of them with live sampled memory, counted

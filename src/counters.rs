@@ -217,7 +217,16 @@ pub(crate) fn register_thread() {
     // Touching this thread-local registers its destructor; if the thread is
     // already exiting, leave the counters out (they could not be retired).
     if RETIRE_ON_EXIT.try_with(|_| ()).is_ok() {
-        LIVE.lock().push(addr);
+        let mut live = LIVE.lock();
+        if live.try_reserve(1).is_err() {
+            // No memory to list the thread: try again on its next slow
+            // path (its frees all take the slow path until then).
+            drop(live);
+            let _ = REGISTERED.try_with(|r| r.set(false));
+            return;
+        }
+        live.push(addr);
+        drop(live);
         crate::sampled::register_thread();
     }
 }

@@ -28,7 +28,7 @@ use crate::proto;
 use crate::symbolize::{self, Frames};
 
 /// The name under which the overflow bucket appears in profiles.
-pub(crate) const OVERFLOW_FUNCTION: &str = "[heapprof overflow: site table full]";
+pub(crate) const OVERFLOW_FUNCTION: &str = "[heapprof overflow: site table full or out of memory]";
 
 /// How to present a profile.
 #[derive(Clone, Debug, Default)]

@@ -87,7 +87,20 @@ fn alloc_sampled<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool, weight
         size: layout.size(),
         page_aligned,
     };
-    sampled::insert(ptr, entry);
+    if !sampled::insert(ptr, entry) {
+        // The set has no memory to remember the block, so its free could
+        // not be credited. The sample counts as allocated and freed at
+        // once (the alloc_* estimates stay unbiased; inuse misses it), and
+        // the program gets an ordinary block instead of this one, which has
+        // heapprof's layout and could not be freed with the program's.
+        buckets::record_free(bucket, layout.size(), weight);
+        // SAFETY: `ptr` came from `inner` (or its spare pool) with `actual`
+        // and was never handed out; `layout` has a non-zero size.
+        unsafe {
+            release(inner, ptr, actual, page_aligned);
+            return alloc_plain(inner, layout, zeroed);
+        }
+    }
     peak::on_alloc(layout.size() as f64 * weight);
     dump::start_from_env();
     ptr
@@ -130,27 +143,42 @@ pub(crate) unsafe fn dealloc<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner
 /// As `GlobalAlloc::dealloc`.
 #[inline(never)]
 unsafe fn dealloc_maybe_sampled<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner: &A) {
-    let layout = match take_sampled(ptr) {
-        Some(e) => {
-            let actual = actual_layout(layout, e.page_aligned);
-            if e.page_aligned {
-                // Keeping the block may grow the pool's Vec while its lock
-                // is held; with the guard, that allocation goes straight to
-                // the inner allocator. Unguarded, it could be sampled, and
-                // the sample would ask this same pool for a block and wait
-                // for the lock this thread holds.
-                let _busy = guard::Busy::enter();
-                if spare::keep(ptr, actual, spare::owner(inner)) {
-                    return;
-                }
-            }
-            actual
+    match take_sampled(ptr) {
+        // SAFETY: a sampled block came from `inner` with the layout
+        // `alloc_sampled` used, rebuilt here the same way.
+        Some(e) => unsafe {
+            release(
+                inner,
+                ptr,
+                actual_layout(layout, e.page_aligned),
+                e.page_aligned,
+            )
+        },
+        // SAFETY: not sampled, so it came from `inner` with `layout`.
+        None => unsafe { inner.dealloc(ptr, layout) },
+    }
+}
+
+/// Frees a block allocated with a sampled block's layout: into the spare
+/// pool if it is page aligned and the pool has room, else to `inner`.
+///
+/// # Safety
+/// `ptr` came from `inner` (or the pool serving it) with `actual`, and is
+/// not used again.
+unsafe fn release<A: GlobalAlloc>(inner: &A, ptr: *mut u8, actual: Layout, page_aligned: bool) {
+    if page_aligned {
+        // Keeping the block may grow the pool's Vec while its lock is held;
+        // with the guard, that allocation goes straight to the inner
+        // allocator. Unguarded, it could be sampled, and the sample would
+        // ask this same pool for a block and wait for the lock this thread
+        // holds.
+        let _busy = guard::Busy::enter();
+        if spare::keep(ptr, actual, spare::owner(inner)) {
+            return;
         }
-        None => layout,
-    };
-    // SAFETY: the block came from `inner` with `layout`, or, if sampled,
-    // with the layout `alloc_sampled` used, rebuilt here the same way.
-    unsafe { inner.dealloc(ptr, layout) }
+    }
+    // SAFETY: the caller's contract.
+    unsafe { inner.dealloc(ptr, actual) }
 }
 
 /// The part of [`dealloc`] that does not depend on the inner allocator:

@@ -146,6 +146,11 @@ pub(crate) fn register_thread() {
         return;
     };
     let mut copies = MASK_COPIES.lock();
+    if copies.try_reserve(1).is_err() {
+        // No memory to list the copy: it stays 0, and every free of this
+        // thread looks its block up. Slower, never wrong.
+        return;
+    }
     copies.push(addr);
     let _ = LOCAL.try_with(|l| l.filter_mask.store(FILTER_MASK.load(SeqCst), SeqCst));
 }
@@ -200,7 +205,22 @@ pub(crate) fn in_set() -> bool {
 
 /// Adds a sampled block. Must be called before the pointer is handed to the
 /// program, so that any thread that can free it sees the filter update.
-pub(crate) fn insert(ptr: *mut u8, entry: Entry) {
+///
+/// False if the set has no memory for it: the caller must then not hand
+/// the block out as sampled. The map's room is reserved before anything
+/// changes, so such a block leaves no trace here.
+#[must_use]
+pub(crate) fn insert(ptr: *mut u8, entry: Entry) -> bool {
+    let stored = with_stripe(ptr as usize, |map| {
+        let room = map.try_reserve(1).is_ok();
+        if room {
+            map.insert(ptr as usize, entry);
+        }
+        room
+    });
+    if !stored {
+        return false;
+    }
     if !entry.page_aligned {
         // The mask must be 0 before this block can be freed, that is,
         // before this returns, whichever thread moved the count off 0. So
@@ -217,7 +237,7 @@ pub(crate) fn insert(ptr: *mut u8, entry: Entry) {
     }
     // Saturating increment: 255 means "too many to count", kept for good.
     let _ = live_slot(ptr as usize).fetch_update(SeqCst, SeqCst, |n| (n < 255).then(|| n + 1));
-    with_stripe(ptr as usize, |map| map.insert(ptr as usize, entry));
+    true
 }
 
 /// Whether a block is in the set.

@@ -110,7 +110,7 @@ pub(crate) fn keep(ptr: *mut u8, actual: Layout, owner: usize) -> bool {
         return false;
     }
     let mut pool = POOLS[class].lock();
-    if pool.len() >= kept_per_class(class) {
+    if pool.len() >= kept_per_class(class) || pool.try_reserve(1).is_err() {
         return false;
     }
     pool.push(ptr as usize);
