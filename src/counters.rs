@@ -146,7 +146,7 @@ fn with_counters<R>(f: impl FnOnce(&Counters) -> R) -> Result<R, std::thread::Ac
 }
 
 thread_local! {
-    static REGISTERED: Cell<bool> = const { Cell::new(false) };
+    static REGISTRATION: Cell<Registration> = const { Cell::new(Registration::NotTried) };
     static RETIRE_ON_EXIT: Retire = const { Retire };
 }
 
@@ -201,16 +201,41 @@ pub(crate) fn this_thread_net_bytes() -> i64 {
 
 #[inline]
 pub(crate) fn unregistered() -> bool {
-    !REGISTERED.try_with(Cell::get).unwrap_or(true)
+    REGISTRATION
+        .try_with(Cell::get)
+        .unwrap_or(Registration::Done)
+        != Registration::Done
+}
+
+/// Where this thread is with [`register_thread`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Registration {
+    NotTried,
+    /// Tried, or the thread was already exiting.
+    Done,
+    /// The registry had no memory for the thread; tried again later.
+    OutOfMemory,
 }
 
 /// Puts this thread's counters in the registry, and gives it its own copy
 /// of the free filter's mask, once. Called from the slow path with the
 /// reentrancy guard held.
-pub(crate) fn register_thread() {
-    if REGISTERED.try_with(|r| r.replace(true)).unwrap_or(true) {
+///
+/// After a try that found no memory, it tries again only with `retry`:
+/// the caller must not be inside heapprof already. There, this thread may
+/// hold a stripe of the sampled set, which a thread holding the registry's
+/// lock may be waiting for (its registry growth can be a realloc that
+/// looks the set up). The first try is safe anywhere: a thread allocates
+/// while holding a stripe only to grow the set for a sample of its own,
+/// and that sample's slow path made the first try.
+pub(crate) fn register_thread(retry: bool) {
+    let Ok(state) = REGISTRATION.try_with(Cell::get) else {
+        return;
+    };
+    if state == Registration::Done || (state == Registration::OutOfMemory && !retry) {
         return;
     }
+    let _ = REGISTRATION.try_with(|r| r.set(Registration::Done));
     let Ok(addr) = with_counters(|c| c as *const Counters as usize) else {
         return;
     };
@@ -219,10 +244,10 @@ pub(crate) fn register_thread() {
     if RETIRE_ON_EXIT.try_with(|_| ()).is_ok() {
         let mut live = LIVE.lock();
         if live.try_reserve(1).is_err() {
-            // No memory to list the thread: try again on its next slow
-            // path (its frees all take the slow path until then).
+            // No memory to list the thread: try again later (its frees
+            // all take the slow path until then).
             drop(live);
-            let _ = REGISTERED.try_with(|r| r.set(false));
+            let _ = REGISTRATION.try_with(|r| r.set(Registration::OutOfMemory));
             return;
         }
         live.push(addr);

@@ -75,7 +75,8 @@ fn alloc_sampled<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool, weight
         // SAFETY: `actual` has a non-zero size (at least the caller's).
         None => unsafe { alloc_plain(inner, actual, zeroed) },
     };
-    if ptr.is_null() {
+    if ptr.is_null() && !page_aligned {
+        // The caller's own layout failed: the program sees the failure.
         return ptr;
     }
     let stack = stack::capture();
@@ -87,17 +88,26 @@ fn alloc_sampled<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool, weight
         size: layout.size(),
         page_aligned,
     };
-    if !sampled::insert(ptr, entry) {
-        // The set has no memory to remember the block, so its free could
-        // not be credited. The sample counts as allocated and freed at
-        // once (the alloc_* estimates stay unbiased; inuse misses it), and
-        // the program gets an ordinary block instead of this one, which has
-        // heapprof's layout and could not be freed with the program's.
+    if ptr.is_null() || !sampled::insert(ptr, entry) {
+        // Out of memory for heapprof's page-aligned block, or for the set
+        // to remember the block: its free could not be credited. The
+        // sample counts as allocated and freed at once (the alloc_*
+        // estimates stay unbiased; inuse misses it).
         buckets::record_free(bucket, layout.size(), weight);
-        // SAFETY: `ptr` came from `inner` (or its spare pool) with `actual`
-        // and was never handed out; `layout` has a non-zero size.
+        if !page_aligned {
+            // The block has the program's own layout: hand it out as is.
+            return ptr;
+        }
+        // The program gets a block of its own layout instead, which it can
+        // free with that layout (or null, if memory is exhausted: the
+        // bucket then keeps one sample too many).
+        // SAFETY: a non-null `ptr` came from `inner` (or its spare pool)
+        // with `actual` and was never handed out; `layout` has a non-zero
+        // size.
         unsafe {
-            release(inner, ptr, actual, page_aligned);
+            if !ptr.is_null() {
+                release(inner, ptr, actual, true);
+            }
             return alloc_plain(inner, layout, zeroed);
         }
     }
@@ -192,7 +202,7 @@ fn take_sampled(ptr: *mut u8) -> Option<Entry> {
         // (they stayed out of the totals until its first allocation) and
         // its next frees take the fast path.
         let _busy = guard::Busy::enter();
-        crate::counters::register_thread();
+        crate::counters::register_thread(true);
     }
     if sampled::in_set() || !sampled::may_be_live(ptr) {
         // Either this thread is inside the set (the block is the set's own

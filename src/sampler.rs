@@ -279,7 +279,7 @@ pub(crate) fn on_countdown_expired(size: usize) -> Option<f64> {
     // zero), busy or not: the moment to put its exact counters in the
     // registry, so that threads that only ever allocate inside the
     // profiler (the HTTP server's, the dump thread) are counted too.
-    crate::counters::register_thread();
+    crate::counters::register_thread(!was_busy);
     if was_busy {
         inside_profiler_expired();
         return None;
