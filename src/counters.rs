@@ -32,6 +32,7 @@ use std::cell::Cell;
 use std::sync::atomic::{
     AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
 };
+use std::time::{Duration, Instant};
 
 use crate::local::LOCAL;
 use crate::lock::Mutex;
@@ -53,10 +54,17 @@ pub(crate) struct Counters {
     seq: AtomicU64,
 }
 
-/// How many times a reader retries a thread whose slow path is changing
-/// `granted` and `countdown`. That takes nanoseconds; the bound is for a
-/// fork child, where a thread copied in the middle of it never finishes.
-const READ_RETRIES: usize = 10_000;
+/// How long a reader waits for a thread whose slow path is changing
+/// `granted` and `countdown` together. That takes nanoseconds, unless the
+/// thread is preempted in between, which on a loaded machine lasts
+/// milliseconds: a reader that gave up after 10 000 spins (under a
+/// millisecond) read such a thread's allocated bytes as 0, and `stats()`
+/// stepped back by 84 MB in `tests/thread_churn.rs`. The bound is for a
+/// thread that never finishes (one interrupted by a signal handler that
+/// reads the stats, or killed): then the read is torn.
+const READ_PATIENCE: Duration = Duration::from_secs(1);
+/// Reads tried before the reader starts yielding its processor.
+const READ_SPINS: usize = 100;
 
 impl Counters {
     pub(crate) const fn new() -> Self {
@@ -72,33 +80,43 @@ impl Counters {
 
     /// Allocations, allocated bytes, deallocations, freed bytes.
     fn read(&self) -> [u64; 4] {
-        self.read_with_retries(READ_RETRIES)
+        let mut waiting_since = None;
+        loop {
+            for _ in 0..READ_SPINS {
+                if let Ok(counts) = self.try_read() {
+                    return counts;
+                }
+                std::hint::spin_loop();
+            }
+            // The writer is not running: let it.
+            let since = *waiting_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > READ_PATIENCE {
+                return self.try_read().unwrap_or_else(|torn| torn);
+            }
+            std::thread::yield_now();
+        }
     }
 
-    /// As [`Counters::read`], giving up after `retries` torn reads of the
-    /// allocated bytes. A read that stays torn (only a thread frozen by
-    /// `fork` in its slow path can cause one) is off by at most one
-    /// countdown, and is kept from wrapping below zero.
-    fn read_with_retries(&self, retries: usize) -> [u64; 4] {
-        let mut allocated = 0;
-        for _ in 0..retries.max(1) {
-            let before = self.seq.load(Acquire);
-            let granted = self.granted.load(Relaxed);
-            let countdown = self.countdown.load(Relaxed);
-            std::sync::atomic::fence(Acquire);
-            allocated = granted.saturating_sub(countdown as u64);
-            if before % 2 == 0 && self.seq.load(Relaxed) == before {
-                allocated = granted.wrapping_sub(countdown as u64);
-                break;
-            }
-            std::hint::spin_loop();
-        }
-        [
+    /// As [`Counters::read`], once: `Err` if the owner was changing
+    /// `granted` and `countdown`, with the allocated bytes read from
+    /// whatever mix of old and new values was there. A countdown that ran
+    /// out is below zero (wrapped), so the difference is taken as signed
+    /// and kept from going below zero: torn, it is off by at most one
+    /// countdown and the size of the allocation that ended it.
+    fn try_read(&self) -> Result<[u64; 4], [u64; 4]> {
+        let before = self.seq.load(Acquire);
+        let granted = self.granted.load(Relaxed);
+        let countdown = self.countdown.load(Relaxed);
+        std::sync::atomic::fence(Acquire);
+        let whole = before % 2 == 0 && self.seq.load(Relaxed) == before;
+        let allocated = (granted as i128 - countdown as isize as i128).max(0) as u64;
+        let counts = [
             self.allocs.load(Relaxed),
             allocated,
             self.frees.load(Relaxed),
             self.freed_bytes.load(Relaxed),
-        ]
+        ];
+        if whole { Ok(counts) } else { Err(counts) }
     }
 
     /// Replaces the countdown, leaving allocated bytes as they are. Owner
@@ -324,7 +342,8 @@ pub(crate) fn forget_other_threads_after_fork() {
         // runs in the fork's child handler, before either can happen.
         let counters = unsafe { &*(addr as *const Counters) };
         // One try: a torn read cannot become whole, its thread is gone.
-        for (total, n) in RETIRED.iter().zip(counters.read_with_retries(1)) {
+        let counts = counters.try_read().unwrap_or_else(|torn| torn);
+        for (total, n) in RETIRED.iter().zip(counts) {
             total.fetch_add(n, Relaxed);
         }
     }
@@ -340,4 +359,46 @@ pub(crate) fn lock() {
 pub(crate) unsafe fn unlock() {
     // SAFETY: `lock` took it and forgot the guard.
     unsafe { LIVE.force_unlock() };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+
+    /// A reader must wait out a writer preempted in the middle of
+    /// [`Counters::reset_countdown`], however long that lasts, rather than
+    /// take the half-written pair.
+    #[test]
+    fn a_reader_waits_for_a_preempted_writer() {
+        static C: Counters = Counters::new();
+        // 1000 bytes granted; a 5000-byte allocation ran the countdown out
+        // (wrapped below zero): 5000 bytes allocated.
+        C.reset_countdown(1000);
+        C.countdown.store(1000usize.wrapping_sub(5000), Relaxed);
+        assert_eq!(C.try_read().unwrap()[1], 5000);
+
+        let half_written = Barrier::new(2);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // reset_countdown(2000), preempted between its two stores.
+                C.seq.store(3, Relaxed);
+                let old = C.countdown.load(Relaxed) as u64;
+                let granted = C.granted.load(Relaxed);
+                C.granted
+                    .store(granted.wrapping_add(2000).wrapping_sub(old), Relaxed);
+                half_written.wait();
+                std::thread::sleep(Duration::from_millis(50));
+                C.countdown.store(2000, Relaxed);
+                C.seq.store(4, Release);
+            });
+            half_written.wait();
+            assert!(C.try_read().is_err(), "the pair is half written");
+            assert_eq!(
+                C.read()[1],
+                5000,
+                "allocated bytes, read while the writer sleeps"
+            );
+        });
+    }
 }
