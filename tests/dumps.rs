@@ -5,7 +5,7 @@
 
 mod common;
 use common::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[global_allocator]
@@ -46,7 +46,18 @@ fn child_scenarios() {
             // Held in a leaked Vec so it is live when the process exits.
             std::mem::forget(held_until_exit());
         }
-        Ok("series") => churn_for(Duration::from_millis(900)),
+        Ok("churn") => churn_for(Duration::from_millis(900)),
+        Ok("series") => {
+            // Until three files of the series exist (each write may take a
+            // few hundred ms on a loaded machine: new addresses reload debug
+            // info), or for at most 20 s.
+            let out = PathBuf::from(std::env::var("HEAPPROF_OUT").unwrap());
+            let dir = out.parent().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while series_numbers(dir).len() < 3 && Instant::now() < deadline {
+                churn_for(Duration::from_millis(50));
+            }
+        }
         Ok("exit_busy") => {
             // Threads still allocating and sampling while `exit` writes.
             for t in 0..3 {
@@ -183,6 +194,22 @@ fn exit_dump_appears_and_decodes() {
     );
 }
 
+/// The numbers of the `series.N.pb.gz` files in `dir`, sorted.
+fn series_numbers(dir: &Path) -> Vec<u32> {
+    let mut numbers: Vec<u32> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_prefix("series.")?
+                .strip_suffix(".pb.gz")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    numbers.sort();
+    numbers
+}
+
 #[test]
 fn periodic_series_has_increasing_numbers() {
     let dir = tempfile::tempdir().unwrap();
@@ -194,20 +221,10 @@ fn periodic_series_has_increasing_numbers() {
             ("HEAPPROF_DUMP_EVERY", "150ms"),
         ],
     );
-    let mut numbers: Vec<u32> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter_map(|e| {
-            let name = e.unwrap().file_name().into_string().unwrap();
-            name.strip_prefix("series.")?
-                .strip_suffix(".pb.gz")?
-                .parse()
-                .ok()
-        })
-        .collect();
-    numbers.sort();
+    let numbers = series_numbers(dir.path());
     assert!(
         numbers.len() >= 3,
-        "expected a series over 900 ms at 150 ms: {numbers:?}"
+        "expected three files of a series at 150 ms within 20 s: {numbers:?}"
     );
     assert_eq!(
         numbers,
@@ -227,7 +244,7 @@ fn periodic_series_has_increasing_numbers() {
 #[test]
 fn failing_output_path_is_reported_once() {
     let stderr = child(
-        "series",
+        "churn",
         &[
             ("HEAPPROF_OUT", "/nonexistent-heapprof-dir/x.pb.gz"),
             ("HEAPPROF_DUMP_EVERY", "100ms"),
