@@ -61,7 +61,7 @@ fn alloc_sampled<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool, weight
     let _busy = guard::Busy::enter();
     let page_aligned = sampler::rate() >= sampled::PAGE_ALIGN_MIN_RATE;
     let actual = actual_layout(layout, page_aligned);
-    let ptr = match page_aligned
+    let mut ptr = match page_aligned
         .then(|| spare::take(actual, spare::owner(inner)))
         .flatten()
     {
@@ -75,9 +75,22 @@ fn alloc_sampled<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool, weight
         // SAFETY: `actual` has a non-zero size (at least the caller's).
         None => unsafe { alloc_plain(inner, actual, zeroed) },
     };
-    if ptr.is_null() && !page_aligned {
-        // The caller's own layout failed: the program sees the failure.
-        return ptr;
+    // Whether `ptr` has the layout heapprof frees sampled blocks with.
+    let mut trackable = true;
+    if ptr.is_null() {
+        if !page_aligned {
+            // The caller's own layout failed: the program sees the failure.
+            return ptr;
+        }
+        // No memory for heapprof's page-aligned block (or a failed huge
+        // `try_reserve`): the program may still get one of its own layout.
+        // If not, nothing was allocated and nothing is recorded.
+        // SAFETY: the caller's layout has a non-zero size.
+        ptr = unsafe { alloc_plain(inner, layout, zeroed) };
+        if ptr.is_null() {
+            return ptr;
+        }
+        trackable = false;
     }
     let stack = stack::capture();
     let frames = stack.frames();
@@ -88,32 +101,29 @@ fn alloc_sampled<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool, weight
         size: layout.size(),
         page_aligned,
     };
-    if ptr.is_null() || !sampled::insert(ptr, entry) {
-        // Out of memory for heapprof's page-aligned block, or for the set
-        // to remember the block: its free could not be credited. The
-        // sample counts as allocated and freed at once (the alloc_*
-        // estimates stay unbiased; inuse misses it).
-        buckets::record_free(bucket, layout.size(), weight);
-        if !page_aligned {
-            // The block has the program's own layout: hand it out as is.
-            return ptr;
-        }
-        // The program gets a block of its own layout instead, which it can
-        // free with that layout (or null, if memory is exhausted: the
-        // bucket then keeps one sample too many).
-        // SAFETY: a non-null `ptr` came from `inner` (or its spare pool)
-        // with `actual` and was never handed out; `layout` has a non-zero
-        // size.
-        unsafe {
-            if !ptr.is_null() {
-                release(inner, ptr, actual, true);
-            }
-            return alloc_plain(inner, layout, zeroed);
-        }
+    if trackable && sampled::insert(ptr, entry) {
+        peak::on_alloc(layout.size() as f64 * weight);
+        dump::start_from_env();
+        return ptr;
     }
-    peak::on_alloc(layout.size() as f64 * weight);
-    dump::start_from_env();
-    ptr
+    // Untracked (the set has no memory to remember the block, or it is
+    // not page aligned): its free cannot be credited. The sample counts as
+    // allocated and freed at once; the alloc_* estimates stay unbiased,
+    // inuse misses it.
+    buckets::record_free(bucket, layout.size(), weight);
+    if !trackable || !page_aligned {
+        // `ptr` has the program's own layout: hand it out as is.
+        return ptr;
+    }
+    // A page-aligned block the program could not free with its own layout:
+    // it gets one of that layout instead (or null, if memory is exhausted;
+    // the bucket then keeps one sample too many).
+    // SAFETY: `ptr` came from `inner` (or its spare pool) with `actual` and
+    // was never handed out; `layout` has a non-zero size.
+    unsafe {
+        release(inner, ptr, actual, true);
+        alloc_plain(inner, layout, zeroed)
+    }
 }
 
 /// The layout a sampled block is really allocated with: the caller's, or,
