@@ -314,7 +314,7 @@ fn guard_and_peak_profile() {
 #[test]
 fn auto_dump_api_fires_on_allocated_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    heapprof::AutoDump::new(dir.path().join("api.pb.gz"))
+    let series = heapprof::AutoDump::new(dir.path().join("api.pb.gz"))
         .every_allocated_bytes(32 << 20)
         .start()
         .unwrap();
@@ -326,6 +326,8 @@ fn auto_dump_api_fires_on_allocated_bytes() {
         }
         std::thread::sleep(Duration::from_millis(120));
     }
+    // Stopped before its directory goes, or it reports failed writes.
+    series.stop();
     let first = dir.path().join("api.0001.pb.gz");
     assert!(first.exists(), "no dump after 160 MiB allocated");
     assert_eq!(read_profile(&first).sample_type.len(), 4);
@@ -341,20 +343,14 @@ fn grow_by(mib: usize) -> Vec<Vec<u8>> {
 #[test]
 fn auto_dump_api_fires_on_growth_and_on_a_timer() {
     let dir = tempfile::tempdir().unwrap();
-    heapprof::AutoDump::new(dir.path().join("growth.pb.gz"))
+    let growth_series = heapprof::AutoDump::new(dir.path().join("growth.pb.gz"))
         .on_inuse_growth(32 << 20)
         .start()
         .unwrap();
-    heapprof::AutoDump::new(dir.path().join("timer.pb.gz"))
+    let timer_series = heapprof::AutoDump::new(dir.path().join("timer.pb.gz"))
         .every(Duration::from_millis(100))
         .start()
         .unwrap();
-    // Four steps of 40 MiB held, each past the 32 MiB growth threshold.
-    let mut held = Vec::new();
-    for _ in 0..4 {
-        held.push(grow_by(40));
-        std::thread::sleep(Duration::from_millis(200));
-    }
     let count = |prefix: &str| {
         std::fs::read_dir(dir.path())
             .unwrap()
@@ -365,12 +361,32 @@ fn auto_dump_api_fires_on_growth_and_on_a_timer() {
             })
             .count()
     };
-    let (growth, timer) = (count("growth."), count("timer."));
-    println!(
-        "160 MiB held in 40 MiB steps over 800 ms: {growth} growth dumps, {timer} timer dumps"
-    );
+    // Waits up to `secs` for `n` files of a series: a write takes a few
+    // hundred ms on a loaded machine (new addresses reload debug info).
+    let wait_for = |prefix: &str, n: usize, secs: u64| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while count(prefix) < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        count(prefix)
+    };
+    // Four steps of 40 MiB held, each past the 32 MiB growth threshold,
+    // each given time to be dumped before the next. A step's estimate
+    // falls below the threshold 0.07 % of the time (40 blocks of 1 MiB,
+    // each seen with p = 1 - e^-2: σ = 2.5 MiB, 3.2 σ): one step may merge
+    // with the next.
+    let mut held = Vec::new();
+    for step in 1..=4 {
+        held.push(grow_by(40));
+        wait_for("growth.", step, 5);
+    }
+    let growth = count("growth.");
+    let timer = wait_for("timer.", 4, 20);
+    growth_series.stop();
+    timer_series.stop();
+    println!("160 MiB held in 40 MiB steps: {growth} growth dumps, {timer} timer dumps");
     assert!(growth >= 3, "one dump per 32 MiB step: {growth}");
-    assert!(timer >= 4, "a dump every 100 ms over 800 ms: {timer}");
+    assert!(timer >= 4, "a dump every 100 ms: {timer} within 20 s");
     let p = read_profile(&dir.path().join("growth.0003.pb.gz"));
     assert!(
         cum(&p, "grow_by", INUSE_SPACE) > 64 << 20,
