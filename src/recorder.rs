@@ -106,8 +106,8 @@ fn alloc_sampled<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool, weight
         dump::start_from_env();
         return ptr;
     }
-    // Untracked (the set has no memory to remember the block, or it is
-    // not page aligned): its free cannot be credited. The sample counts as
+    // Untracked (no memory for heapprof's page-aligned block, or for the
+    // set to remember the block): its free cannot be credited. The sample counts as
     // allocated and freed at once; the alloc_* estimates stay unbiased,
     // inuse misses it.
     buckets::record_free(bucket, layout.size(), weight);

@@ -48,15 +48,10 @@ fn child_scenarios() {
         }
         Ok("churn") => churn_for(Duration::from_millis(900)),
         Ok("series") => {
-            // Until three files of the series exist (each write may take a
-            // few hundred ms on a loaded machine: new addresses reload debug
-            // info), or for at most 20 s.
             let out = PathBuf::from(std::env::var("HEAPPROF_OUT").unwrap());
-            let dir = out.parent().unwrap();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while series_numbers(dir).len() < 3 && Instant::now() < deadline {
-                churn_for(Duration::from_millis(50));
-            }
+            wait_for_series(out.parent().unwrap(), "series", 3, 20, || {
+                churn_for(Duration::from_millis(50))
+            });
         }
         Ok("exit_busy") => {
             // Threads still allocating and sampling while `exit` writes.
@@ -194,13 +189,14 @@ fn exit_dump_appears_and_decodes() {
     );
 }
 
-/// The numbers of the `series.N.pb.gz` files in `dir`, sorted.
-fn series_numbers(dir: &Path) -> Vec<u32> {
+/// The numbers of the `{name}.N.pb.gz` files in `dir`, sorted.
+fn series_numbers(dir: &Path, name: &str) -> Vec<u32> {
     let mut numbers: Vec<u32> = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| {
-            let name = e.unwrap().file_name().into_string().unwrap();
-            name.strip_prefix("series.")?
+            let file = e.unwrap().file_name().into_string().unwrap();
+            file.strip_prefix(name)?
+                .strip_prefix('.')?
                 .strip_suffix(".pb.gz")?
                 .parse()
                 .ok()
@@ -208,6 +204,24 @@ fn series_numbers(dir: &Path) -> Vec<u32> {
         .collect();
     numbers.sort();
     numbers
+}
+
+/// Waits up to `secs` seconds for `n` files of the series `name` in `dir`,
+/// running `meanwhile` between looks (a write takes a few hundred ms on a
+/// loaded machine: new addresses reload debug info). Returns how many
+/// there are.
+fn wait_for_series(
+    dir: &Path,
+    name: &str,
+    n: usize,
+    secs: u64,
+    mut meanwhile: impl FnMut(),
+) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while series_numbers(dir, name).len() < n && Instant::now() < deadline {
+        meanwhile();
+    }
+    series_numbers(dir, name).len()
 }
 
 #[test]
@@ -221,7 +235,7 @@ fn periodic_series_has_increasing_numbers() {
             ("HEAPPROF_DUMP_EVERY", "150ms"),
         ],
     );
-    let numbers = series_numbers(dir.path());
+    let numbers = series_numbers(dir.path(), "series");
     assert!(
         numbers.len() >= 3,
         "expected three files of a series at 150 ms within 20 s: {numbers:?}"
@@ -351,25 +365,7 @@ fn auto_dump_api_fires_on_growth_and_on_a_timer() {
         .every(Duration::from_millis(100))
         .start()
         .unwrap();
-    let count = |prefix: &str| {
-        std::fs::read_dir(dir.path())
-            .unwrap()
-            .filter(|e| {
-                let name = e.as_ref().unwrap().file_name();
-                let name = name.to_string_lossy();
-                name.starts_with(prefix) && name.ends_with(".pb.gz")
-            })
-            .count()
-    };
-    // Waits up to `secs` for `n` files of a series: a write takes a few
-    // hundred ms on a loaded machine (new addresses reload debug info).
-    let wait_for = |prefix: &str, n: usize, secs: u64| {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while count(prefix) < n && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        count(prefix)
-    };
+    let pause = || std::thread::sleep(Duration::from_millis(20));
     // Four steps of 40 MiB held, each past the 32 MiB growth threshold,
     // each given time to be dumped before the next. A step's estimate
     // falls below the threshold 0.07 % of the time (40 blocks of 1 MiB,
@@ -378,10 +374,10 @@ fn auto_dump_api_fires_on_growth_and_on_a_timer() {
     let mut held = Vec::new();
     for step in 1..=4 {
         held.push(grow_by(40));
-        wait_for("growth.", step, 5);
+        wait_for_series(dir.path(), "growth", step, 5, pause);
     }
-    let growth = count("growth.");
-    let timer = wait_for("timer.", 4, 20);
+    let growth = series_numbers(dir.path(), "growth").len();
+    let timer = wait_for_series(dir.path(), "timer", 4, 20, pause);
     growth_series.stop();
     timer_series.stop();
     println!("160 MiB held in 40 MiB steps: {growth} growth dumps, {timer} timer dumps");
