@@ -275,6 +275,16 @@ fn failing_output_path_is_reported_once() {
     );
 }
 
+/// Held by the tests that move the live heap by tens of MiB. The live
+/// estimate is the process's, shared by every test here: a growth series
+/// that took its baseline during another test's 200 MiB peak saw no growth
+/// after it (one failure in a full run, once each step was given seconds).
+static BIG_HEAP_CHANGES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn big_heap_changes() -> std::sync::MutexGuard<'static, ()> {
+    BIG_HEAP_CHANGES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[inline(never)]
 fn transient_peak() {
     let blocks: Vec<Vec<u8>> = (0..200).map(|_| vec![1u8; 1 << 20]).collect();
@@ -283,6 +293,7 @@ fn transient_peak() {
 
 #[test]
 fn guard_and_peak_profile() {
+    let _alone = big_heap_changes();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("guard.pb.gz");
     {
@@ -356,6 +367,7 @@ fn grow_by(mib: usize) -> Vec<Vec<u8>> {
 /// step since the last one; `every`: on a timer.
 #[test]
 fn auto_dump_api_fires_on_growth_and_on_a_timer() {
+    let _alone = big_heap_changes();
     let dir = tempfile::tempdir().unwrap();
     let growth_series = heapprof::AutoDump::new(dir.path().join("growth.pb.gz"))
         .on_inuse_growth(32 << 20)
@@ -471,6 +483,7 @@ fn a_series_without_a_trigger_is_refused() {
 /// (a cast to i64 would wrap it to a negative step, due on every check).
 #[test]
 fn a_huge_growth_step_never_fires() {
+    let _alone = big_heap_changes();
     let dir = tempfile::tempdir().unwrap();
     let series = heapprof::AutoDump::new(dir.path().join("huge.pb.gz"))
         .on_inuse_growth(u64::MAX)
