@@ -5,27 +5,58 @@
 //! dynamic loader's lock, and a profiler lock held across it is how
 //! profilers deadlock.
 //!
-//! # Two unwinders
+//! # Two unwinders, and the rule that picks one
 //!
-//! * **DWARF** (`backtrace`, i.e. libgcc's `_Unwind_Backtrace`): works for
+//! * **DWARF** (`backtrace`, i.e. libgcc's `_Unwind_Backtrace`): right for
 //!   any build, but interprets unwind tables for every frame, about 0.1 to
-//!   0.2 µs a frame here: most of the cost of a sample.
+//!   0.2 µs a frame: most of the cost of a sample.
 //! * **Frame pointers**: follows the `rbp` chain, a few nanoseconds a
-//!   frame, but only correct when every function on the stack keeps a
-//!   frame pointer: build with `RUSTFLAGS="-C force-frame-pointers=yes"`
-//!   (the standard library shipped by rustup already keeps them). Each step
-//!   is checked: the frame must lie inside this thread's stack, be 8-byte
-//!   aligned and above the previous one, or the walk stops.
+//!   frame, but right only through functions that keep a frame pointer. A
+//!   function that keeps none does not break the chain: it is skipped, and
+//!   the allocation is charged to the nearest caller that keeps one. That
+//!   is a wrong answer that looks right, so the walk is used only where the
+//!   facts below say no frame can be skipped.
 //!
-//! `HEAPPROF_UNWIND=auto` (the default) decides by evidence: the first
-//! sample is unwound both ways, and frame pointers are used only if the
-//! two agree exactly, which they cannot if the code on that stack was
-//! built without frame pointers. Every 1024th sample is checked again; on
-//! any disagreement heapprof goes back to DWARF for good and says so once
-//! on stderr. `HEAPPROF_UNWIND=dwarf` or `frame-pointers` forces a choice.
+//! The rule, decided once ([`decide`]) and then checked on every stack:
+//!
+//! 1. **The code heapprof is linked into must keep frame pointers.** Cargo
+//!    compiles heapprof with the same `RUSTFLAGS` as the program's crates
+//!    (`-C force-frame-pointers=yes`, or none), and rustup's standard
+//!    library keeps them either way. So [`own_code_keeps_frame_pointers`]
+//!    looks at heapprof's own compiled code: a probe function reads its
+//!    own frame record and checks that it holds its return address. A
+//!    debug `cargo test` or a release build without the flag fails the
+//!    probe, and every stack is unwound with DWARF. Nothing about the
+//!    first sample, or any other, can change that answer.
+//! 2. **Every return address the walk records lies in that module's code**
+//!    (the executable, or the shared object heapprof is part of), except
+//!    the thread's root: the C library's `start_thread` or
+//!    `__libc_start_call_main`. A return address into another module (a C
+//!    library built without frame pointers calling back into Rust, a
+//!    signal handler's return to the kernel trampoline) ends the walk, and
+//!    that stack is unwound with DWARF instead. The first time a thread
+//!    reaches its root, DWARF confirms it is the root (at most
+//!    `ROOT_FRAMES` C start-up frames below it) and the thread remembers
+//!    the frame's stack slot and return address, so later stacks ending
+//!    there need no DWARF walk.
+//! 3. **A chain that breaks** (a frame outside the thread's stack,
+//!    misaligned, or not above the previous one) before reaching a root is
+//!    unwound with DWARF too.
+//!
+//! What this cannot see: C or assembly code compiled *into the same
+//! module* without frame pointers (a `-sys` crate's C sources) that calls
+//! back into Rust, which then allocates. As a last guard, every
+//! `RECHECK_EVERY`th frame-pointer stack is compared with DWARF, and a
+//! disagreement switches the process to DWARF for good, with one line on
+//! stderr.
+//!
+//! `HEAPPROF_UNWIND=dwarf` forces DWARF. `HEAPPROF_UNWIND=frame-pointers`
+//! skips the periodic comparison, but not rule 1: on code without frame
+//! pointers it says so on stderr and uses DWARF, rather than record stacks
+//! without the program's frames.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 /// The deepest stack we keep, as Go's `maxStack`-like bound: deeper stacks
 /// are truncated at the root end.
@@ -38,27 +69,53 @@ pub(crate) struct Stack {
 }
 
 impl Stack {
+    const fn empty() -> Stack {
+        Stack {
+            frames: [0; MAX_FRAMES],
+            len: 0,
+        }
+    }
+
     pub(crate) fn frames(&self) -> &[usize] {
         &self.frames[..self.len]
     }
+
+    /// Appends `ip`; false when the stack is full.
+    fn push(&mut self, ip: usize) -> bool {
+        self.frames[self.len] = ip;
+        self.len += 1;
+        self.len < MAX_FRAMES
+    }
 }
 
-/// Which unwinder [`capture`] uses.
+/// Which unwinder the configuration asks for (`HEAPPROF_UNWIND`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Unwinder {
     Dwarf,
     FramePointers,
-    /// Decide on the first sample, see the module comment.
+    /// Frame pointers where the rule in the module comment allows them.
     Auto,
 }
 
 const UNDECIDED: u8 = 0;
 const USE_DWARF: u8 = 1;
-const USE_FP: u8 = 2;
+/// Frame pointers, checked against DWARF every `RECHECK_EVERY` stacks.
+const USE_FP_CHECKED: u8 = 2;
+/// Frame pointers, forced by the configuration: no periodic check.
+const USE_FP_FORCED: u8 = 3;
 static MODE: AtomicU8 = AtomicU8::new(UNDECIDED);
 static SAMPLES: AtomicU64 = AtomicU64::new(0);
-/// Every this many samples, frame-pointer stacks are checked against DWARF.
+/// Every this many frame-pointer stacks, one is compared with DWARF.
 const RECHECK_EVERY: u64 = 1024;
+/// The C start-up frames a thread's stack may have below its last Rust
+/// frame (`__libc_start_call_main`, `__libc_start_main_impl`, `_start`;
+/// `start_thread`, `clone3`), which keep no frame pointer.
+const ROOT_FRAMES: usize = 4;
+
+/// The code of the module heapprof is linked into, as [start, end):
+/// where a frame-pointer walk may go (rule 2). Set by [`decide`].
+static CODE_START: AtomicUsize = AtomicUsize::new(0);
+static CODE_END: AtomicUsize = AtomicUsize::new(0);
 
 /// Captures the calling thread's stack.
 ///
@@ -72,49 +129,93 @@ pub(crate) fn capture() -> Stack {
         UNDECIDED => decide(),
         m => m,
     };
-    if mode == USE_FP {
-        let fp = capture_frame_pointers();
-        let n = SAMPLES.fetch_add(1, Relaxed);
-        if n % RECHECK_EVERY != RECHECK_EVERY - 1 || agrees(&fp, &capture_dwarf()) {
-            return fp;
-        }
-        MODE.store(USE_DWARF, Relaxed);
-        crate::report::warn(format_args!(
-            "heapprof: a frame-pointer stack disagreed with the DWARF unwinder (code built without frame pointers?); using DWARF from now on"
-        ));
+    if mode == USE_DWARF {
+        return capture_dwarf();
     }
-    capture_dwarf()
+    match walk_frame_pointers() {
+        Walk::Whole(fp) => {
+            let n = SAMPLES.fetch_add(1, Relaxed);
+            if mode == USE_FP_FORCED
+                || n % RECHECK_EVERY != RECHECK_EVERY - 1
+                || agrees(&fp, &capture_dwarf())
+            {
+                return fp;
+            }
+            MODE.store(USE_DWARF, Relaxed);
+            crate::report::warn(format_args!(
+                "heapprof: a frame-pointer stack disagreed with the DWARF unwinder (code without frame pointers in the program?); using DWARF from now on"
+            ));
+            capture_dwarf()
+        }
+        Walk::LeftModule { partial, record } => {
+            let dwarf = capture_dwarf();
+            if agrees(&partial, &dwarf) {
+                // The walk ended where DWARF finds only start-up frames
+                // left: this thread's root.
+                with_thread_stack(|t| t.root.set(record));
+            }
+            dwarf
+        }
+        Walk::Broken => capture_dwarf(),
+    }
 }
 
 /// The unwinder in use, for the profile's comments.
 pub(crate) fn unwinder_name() -> &'static str {
     match MODE.load(Relaxed) {
-        USE_FP => "frame pointers",
+        USE_FP_CHECKED | USE_FP_FORCED => {
+            "frame pointers (DWARF for stacks that leave the program's code)"
+        }
         USE_DWARF => "DWARF unwind tables",
         _ => "not chosen yet (no sample taken)",
     }
 }
 
-/// Settles `Auto` on the first sample; returns the mode.
+/// Applies the configuration and rule 1 on the first sample; returns the
+/// mode.
 #[cold]
 fn decide() -> u8 {
-    let mode = match crate::config::get().unwinder {
-        Unwinder::Dwarf => USE_DWARF,
-        Unwinder::FramePointers => USE_FP,
-        Unwinder::Auto => {
-            if agrees(&capture_frame_pointers(), &capture_dwarf()) {
-                USE_FP
-            } else {
-                USE_DWARF
-            }
+    let wanted = crate::config::get().unwinder;
+    let mode = if wanted == Unwinder::Dwarf {
+        USE_DWARF
+    } else if !own_code_keeps_frame_pointers() {
+        if wanted == Unwinder::FramePointers {
+            crate::report::warn(format_args!(
+                "heapprof: HEAPPROF_UNWIND=frame-pointers, but this program was built without frame pointers (RUSTFLAGS=\"-C force-frame-pointers=yes\" keeps them); using DWARF"
+            ));
         }
+        USE_DWARF
+    } else if let Some((start, end)) = own_code_range() {
+        CODE_START.store(start, Relaxed);
+        CODE_END.store(end, Relaxed);
+        if wanted == Unwinder::FramePointers {
+            USE_FP_FORCED
+        } else {
+            USE_FP_CHECKED
+        }
+    } else {
+        USE_DWARF
     };
     MODE.store(mode, Relaxed);
     mode
 }
 
-/// Whether a frame-pointer stack is the DWARF stack without its first few
-/// frames (the unwinder's own, which the frame-pointer walk starts above).
+/// The executable code of the module that holds this function.
+fn own_code_range() -> Option<(usize, usize)> {
+    let here = own_code_range as *const () as u64;
+    let maps = crate::mappings::current();
+    let own = maps.iter().find(|m| m.start <= here && here < m.limit)?;
+    let same_object = maps.iter().filter(|m| m.path == own.path);
+    let start = same_object.clone().map(|m| m.start).min()?;
+    let end = same_object.map(|m| m.limit).max()?;
+    Some((start as usize, end as usize))
+}
+
+/// Whether a frame pointer, rather than DWARF, gave `fp` the same frames as
+/// `dwarf` from the caller of the walk down: `fp` is a run of `dwarf`
+/// (after the unwinder's own frames), with at most [`ROOT_FRAMES`] more
+/// frames below it in `dwarf`.
+///
 /// The first frame of each is the call site of its own walk, so the
 /// comparison starts at the second.
 fn agrees(fp: &Stack, dwarf: &Stack) -> bool {
@@ -125,10 +226,6 @@ fn agrees(fp: &Stack, dwarf: &Stack) -> bool {
     let rest = &dwarf[start..];
     // A function without a frame pointer in the middle of the stack makes
     // the chain skip or garble frames: then `fp` is not a prefix of `rest`.
-    // At the root, the C runtime's start-up frames (`_start`,
-    // `__libc_start_main`, `start_thread`, `clone`) keep no frame pointer,
-    // so the chain may end up to ROOT_FRAMES before the DWARF walk does.
-    const ROOT_FRAMES: usize = 4;
     fp.len() >= 4
         && rest.len() >= fp.len()
         && rest.len() - fp.len() <= ROOT_FRAMES
@@ -136,10 +233,7 @@ fn agrees(fp: &Stack, dwarf: &Stack) -> bool {
 }
 
 fn capture_dwarf() -> Stack {
-    let mut stack = Stack {
-        frames: [0; MAX_FRAMES],
-        len: 0,
-    };
+    let mut stack = Stack::empty();
     // SAFETY: `trace_unsynchronized` is unsafe only because it skips the
     // crate's global lock. On Linux it calls libgcc's `_Unwind_Backtrace`,
     // which is safe to run concurrently on many threads; skipping the lock
@@ -149,37 +243,50 @@ fn capture_dwarf() -> Stack {
     unsafe {
         backtrace::trace_unsynchronized(|frame| {
             let ip = frame.ip() as usize;
-            if ip == 0 {
-                return false;
-            }
-            stack.frames[stack.len] = ip;
-            stack.len += 1;
-            stack.len < MAX_FRAMES
+            ip != 0 && stack.push(ip)
         });
     }
     stack
 }
 
-/// Walks the frame-pointer chain from this function's caller.
+/// What a frame-pointer walk found.
+enum Walk {
+    /// Every frame, down to this thread's known root, to a zero frame
+    /// pointer (the ABI's end of the chain), or to [`MAX_FRAMES`].
+    Whole(Stack),
+    /// A return address outside the program's code at frame record
+    /// `record` (its stack slot and the address): the thread's root, or a
+    /// foreign caller the chain cannot be trusted past. `partial` ends with
+    /// that address.
+    LeftModule {
+        partial: Stack,
+        record: (usize, usize),
+    },
+    /// The chain broke before reaching a root.
+    Broken,
+}
+
+/// Walks the frame-pointer chain from this function's caller, under rules
+/// 2 and 3 of the module comment.
 #[inline(never)]
-fn capture_frame_pointers() -> Stack {
-    let mut stack = Stack {
-        frames: [0; MAX_FRAMES],
-        len: 0,
-    };
+fn walk_frame_pointers() -> Walk {
     #[cfg(target_arch = "x86_64")]
     {
-        let (lo, hi) = thread_stack_bounds();
+        let mut stack = Stack::empty();
+        let (code_start, code_end) = (CODE_START.load(Relaxed), CODE_END.load(Relaxed));
+        let Some(((lo, hi), root)) = with_thread_stack(|t| (t.bounds(), t.root.get())) else {
+            return Walk::Broken;
+        };
         let mut fp: usize;
         // SAFETY: reads the frame-pointer register; no memory is touched.
         unsafe {
             std::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags))
         };
-        while stack.len < MAX_FRAMES {
+        loop {
             // A frame is [saved rbp][return address]: both words must lie in
             // this thread's stack.
             if fp < lo || fp % 8 != 0 || fp.checked_add(16).is_none_or(|end| end > hi) {
-                break;
+                return Walk::Broken;
             }
             // SAFETY: `fp` is 8-byte aligned and `fp..fp+16` lies below the
             // top of this thread's stack (`hi`), at or above this
@@ -190,38 +297,115 @@ fn capture_frame_pointers() -> Stack {
             // it is the rlimit's bound, below what is mapped.)
             let (next, ret) = unsafe { (*(fp as *const usize), *((fp + 8) as *const usize)) };
             if ret == 0 {
-                break;
+                return Walk::Broken;
             }
-            stack.frames[stack.len] = ret;
-            stack.len += 1;
+            let more = stack.push(ret);
+            if !(code_start..code_end).contains(&ret) {
+                if (fp, ret) == root {
+                    return Walk::Whole(stack);
+                }
+                return Walk::LeftModule {
+                    partial: stack,
+                    record: (fp, ret),
+                };
+            }
+            if !more || next == 0 {
+                return Walk::Whole(stack);
+            }
             // Frames grow towards higher addresses as we go up the stack.
             if next <= fp {
-                break;
+                return Walk::Broken;
             }
             fp = next;
         }
     }
-    stack
+    #[cfg(not(target_arch = "x86_64"))]
+    Walk::Broken
 }
 
-/// This thread's stack as [low, high), cached per thread; (0, 0) if
-/// unknown, which stops every frame-pointer walk at once.
-#[cfg(target_arch = "x86_64")]
-fn thread_stack_bounds() -> (usize, usize) {
-    thread_local! {
-        static BOUNDS: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+/// Rule 1: whether heapprof's own code, compiled with the program's flags,
+/// keeps frame pointers.
+#[inline(never)]
+fn own_code_keeps_frame_pointers() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let caller = own_code_keeps_frame_pointers as *const () as usize;
+        std::hint::black_box(probe_frame_record(caller))
     }
-    BOUNDS
-        .try_with(|b| {
-            if b.get() == (0, 0) {
-                b.set(query_stack_bounds());
-            }
-            b.get()
-        })
-        .unwrap_or((0, 0))
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
+/// The largest distance, in bytes, from the start of
+/// [`own_code_keeps_frame_pointers`] to its call of [`probe_frame_record`]
+/// (tens of bytes in practice, more in a debug build).
 #[cfg(target_arch = "x86_64")]
+const PROBE_CALL_WITHIN: usize = 4096;
+
+/// True if this function keeps a frame pointer: then `rbp` points at its
+/// frame record, just above its locals, and the record's second word is the
+/// return address into `caller`. Without one, `rbp` is whatever the caller
+/// left there, which is never a record holding that address.
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+fn probe_frame_record(caller: usize) -> bool {
+    // This function makes calls (the bounds query), so it is no leaf:
+    // some targets keep frame pointers in non-leaf functions only.
+    let Some((_, hi)) = with_thread_stack(ThreadStack::bounds) else {
+        return false;
+    };
+    let (rbp, rsp): (usize, usize);
+    // SAFETY: reads two registers; no memory is touched.
+    unsafe {
+        std::arch::asm!("mov {}, rbp", "mov {}, rsp", out(reg) rbp, out(reg) rsp,
+            options(nomem, nostack, preserves_flags))
+    };
+    if rbp < rsp || rbp % 8 != 0 || rbp.checked_add(16).is_none_or(|end| end > hi) {
+        return false;
+    }
+    // SAFETY: `rbp..rbp+16` lies between this function's stack pointer and
+    // the top of this thread's stack (checked above), which is mapped.
+    let ret = unsafe { *((rbp + 8) as *const usize) };
+    ret > caller && ret - caller < PROBE_CALL_WITHIN
+}
+
+/// The calling thread's stack, as the frame-pointer walk needs it.
+struct ThreadStack {
+    /// [lo, hi): the thread's stack, queried on first use; (0, 0) if
+    /// unknown, which stops every walk at once.
+    bounds: Cell<Option<(usize, usize)>>,
+    /// The frame record (stack slot, return address) where this thread's
+    /// stacks end in the C library's start-up code; (0, 0) until a DWARF
+    /// walk confirms one.
+    root: Cell<(usize, usize)>,
+}
+
+impl ThreadStack {
+    fn bounds(&self) -> (usize, usize) {
+        if let Some(bounds) = self.bounds.get() {
+            return bounds;
+        }
+        let bounds = query_stack_bounds();
+        self.bounds.set(Some(bounds));
+        bounds
+    }
+}
+
+/// Runs `f` on this thread's [`ThreadStack`]; `None` once the thread's
+/// thread-locals are gone. (Const-initialized and without a destructor,
+/// like every thread-local the allocation path touches.)
+fn with_thread_stack<R>(f: impl FnOnce(&ThreadStack) -> R) -> Option<R> {
+    thread_local! {
+        static THREAD_STACK: ThreadStack = const {
+            ThreadStack {
+                bounds: Cell::new(None),
+                root: Cell::new((0, 0)),
+            }
+        };
+    }
+    THREAD_STACK.try_with(f).ok()
+}
+
 fn query_stack_bounds() -> (usize, usize) {
     // SAFETY: `attr` is initialized by pthread_getattr_np before use and
     // destroyed after; the out-pointers point to locals.

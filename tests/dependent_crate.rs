@@ -1,0 +1,120 @@
+//! A crate that depends on heapprof (tests/fixtures/userapp) gets the same
+//! bytes per function whichever way it is built: debug and release, with
+//! and without frame pointers. A debug build keeps no frame pointers in the
+//! user's code while the standard library does, which is where a
+//! frame-pointer walk skips the user's frames and a heap assertion passes
+//! that must fail.
+//!
+//! Each build runs the fixture's own `cargo test`, which prints what
+//! heapprof saw; its test also asserts that an assertion on the cache
+//! fails.
+
+use std::path::Path;
+use std::process::Command;
+
+struct Seen {
+    expected: u64,
+    expected_pages: u64,
+    build: u64,
+    page_new: u64,
+    unwinder: String,
+}
+
+fn run_fixture(release: bool, frame_pointers: bool) -> Seen {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = root.join("tests/fixtures/userapp/Cargo.toml");
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("userapp");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.arg("test")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&target);
+    if release {
+        cmd.arg("--release");
+    }
+    cmd.args(["--", "--nocapture"]);
+    // The user's flags, whatever this repository's `.cargo/config.toml`
+    // says (the fixture lies under it): this variable overrides it.
+    let flags = if frame_pointers {
+        "-Cforce-frame-pointers=yes"
+    } else {
+        ""
+    };
+    cmd.env("CARGO_ENCODED_RUSTFLAGS", flags)
+        .env_remove("RUSTFLAGS");
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("HEAPPROF_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.output().expect("running cargo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the fixture's test failed (release={release}, frame_pointers={frame_pointers}):\n{stdout}\n{}",
+        stderr
+            .lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let field = |key: &str| -> String {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in:\n{stdout}"))
+            .to_owned()
+    };
+    let number = |key: &str| field(key).parse::<u64>().unwrap();
+    Seen {
+        expected: number("EXPECTED="),
+        expected_pages: number("EXPECTED_PAGES="),
+        build: number("BUILD="),
+        page_new: number("PAGE_NEW="),
+        unwinder: field("UNWINDER="),
+    }
+}
+
+#[test]
+fn same_bytes_per_function_in_every_build() {
+    let mut all = Vec::new();
+    for release in [false, true] {
+        for frame_pointers in [false, true] {
+            let seen = run_fixture(release, frame_pointers);
+            println!(
+                "release={release} frame_pointers={frame_pointers}: expected {} build {} Page::new {} ({})",
+                seen.expected, seen.build, seen.page_new, seen.unwinder
+            );
+            // Every byte the cache holds was allocated under
+            // `PageCache::build`; the page bodies and titles under
+            // `Page::new`, everything but the pages' own Vec.
+            assert_eq!(
+                seen.build, seen.expected,
+                "release={release} fp={frame_pointers}"
+            );
+            assert_eq!(
+                seen.page_new, seen.expected_pages,
+                "release={release} fp={frame_pointers}"
+            );
+            // The build really is the one named: without frame pointers
+            // only DWARF can see the user's frames.
+            assert_eq!(
+                seen.unwinder.starts_with("frame pointers"),
+                frame_pointers,
+                "release={release} fp={frame_pointers}: {}",
+                seen.unwinder
+            );
+            all.push(seen);
+        }
+    }
+    for s in &all[1..] {
+        assert_eq!((s.build, s.page_new), (all[0].build, all[0].page_new));
+    }
+}
