@@ -30,7 +30,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{
-    AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+    AtomicBool, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
 };
 use std::time::{Duration, Instant};
 
@@ -50,9 +50,21 @@ pub(crate) struct Counters {
     /// Bytes granted to this thread: allocated bytes are `granted -
     /// countdown` (wrapping).
     granted: AtomicU64,
-    /// Odd while the slow path changes `granted` and `countdown` together.
+    /// Odd while the owner changes fields that readers must see together:
+    /// `granted` with `countdown`, and the fields below with the ones
+    /// above.
     seq: AtomicU64,
+    /// Whether the owner is inside heapprof (the reentrancy guard, see
+    /// `guard.rs`). Everything counted above meanwhile is heapprof's own,
+    /// so readers take [`Counters::frozen`] instead; leaving takes it back
+    /// out ([`Counters::thaw`]).
+    inside: AtomicBool,
+    /// The counts when the owner went inside, in [`Counts`] order.
+    frozen: [AtomicU64; 4],
 }
+
+/// Allocations, allocated bytes, deallocations, freed bytes.
+pub(crate) type Counts = [u64; 4];
 
 /// How long a reader waits for a thread whose slow path is changing
 /// `granted` and `countdown` together. That takes nanoseconds, unless the
@@ -75,11 +87,14 @@ impl Counters {
             freed_bytes: AtomicU64::new(0),
             granted: AtomicU64::new(0),
             seq: AtomicU64::new(0),
+            inside: AtomicBool::new(false),
+            frozen: [const { AtomicU64::new(0) }; 4],
         }
     }
 
-    /// Allocations, allocated bytes, deallocations, freed bytes.
-    fn read(&self) -> [u64; 4] {
+    /// The program's counts: heapprof's own allocations and frees left
+    /// out.
+    fn read(&self) -> Counts {
         let mut waiting_since = None;
         loop {
             for _ in 0..READ_SPINS {
@@ -98,56 +113,107 @@ impl Counters {
     }
 
     /// As [`Counters::read`], once: `Err` if the owner was changing
-    /// `granted` and `countdown`, with the allocated bytes read from
-    /// whatever mix of old and new values was there. A countdown that ran
-    /// out is below zero (wrapped), so the difference is taken as signed
-    /// and kept from going below zero: torn, it is off by at most one
-    /// countdown and the size of the allocation that ended it.
-    fn try_read(&self) -> Result<[u64; 4], [u64; 4]> {
+    /// fields that go together, with whatever mix of old and new values was
+    /// there.
+    fn try_read(&self) -> Result<Counts, Counts> {
         let before = self.seq.load(Acquire);
-        let granted = self.granted.load(Relaxed);
-        let countdown = self.countdown.load(Relaxed);
+        let counts = if self.inside.load(Relaxed) {
+            self.frozen.each_ref().map(|c| c.load(Relaxed))
+        } else {
+            self.live()
+        };
         std::sync::atomic::fence(Acquire);
         let whole = before % 2 == 0 && self.seq.load(Relaxed) == before;
+        if whole { Ok(counts) } else { Err(counts) }
+    }
+
+    /// Everything counted, heapprof's own calls included. A countdown that
+    /// ran out is below zero (wrapped), so the difference is taken as
+    /// signed and kept from going below zero: read while the owner changes
+    /// `granted` and `countdown`, it is off by at most one countdown and the
+    /// size of the allocation that ended it.
+    fn live(&self) -> Counts {
+        let granted = self.granted.load(Relaxed);
+        let countdown = self.countdown.load(Relaxed);
         let allocated = (granted as i128 - countdown as isize as i128).max(0) as u64;
-        let counts = [
+        [
             self.allocs.load(Relaxed),
             allocated,
             self.frees.load(Relaxed),
             self.freed_bytes.load(Relaxed),
-        ];
-        if whole { Ok(counts) } else { Err(counts) }
+        ]
+    }
+
+    /// Runs `change` as one step for readers: they wait for it to end.
+    /// Owner thread only.
+    fn write_together(&self, change: impl FnOnce()) {
+        let seq = self.seq.load(Relaxed);
+        self.seq.store(seq.wrapping_add(1), Relaxed);
+        std::sync::atomic::fence(Release);
+        change();
+        self.seq.store(seq.wrapping_add(2), Release);
+    }
+
+    /// The owner goes inside heapprof: readers see the counts as they are
+    /// now until [`Counters::thaw`]. Owner thread only, not nested.
+    pub(crate) fn freeze(&self) {
+        let now = self.live();
+        self.write_together(|| {
+            for (f, n) in self.frozen.iter().zip(now) {
+                f.store(n, Relaxed);
+            }
+            self.inside.store(true, Relaxed);
+        });
+    }
+
+    /// The owner leaves heapprof: what was counted since
+    /// [`Counters::freeze`] is taken back out and returned (heapprof's own
+    /// calls). The countdown is left as it is: it is the sampler's.
+    pub(crate) fn thaw(&self) -> Counts {
+        let [allocs, allocated, frees, freed] = self.frozen.each_ref().map(|c| c.load(Relaxed));
+        let now = self.live();
+        let countdown = self.countdown.load(Relaxed) as u64;
+        self.write_together(|| {
+            self.allocs.store(allocs, Relaxed);
+            self.granted
+                .store(allocated.wrapping_add(countdown), Relaxed);
+            self.frees.store(frees, Relaxed);
+            self.freed_bytes.store(freed, Relaxed);
+            self.inside.store(false, Relaxed);
+        });
+        [
+            now[0].wrapping_sub(allocs),
+            now[1].wrapping_sub(allocated),
+            now[2].wrapping_sub(frees),
+            now[3].wrapping_sub(freed),
+        ]
     }
 
     /// Replaces the countdown, leaving allocated bytes as they are. Owner
     /// thread, slow path.
     pub(crate) fn reset_countdown(&self, countdown: usize) {
-        let seq = self.seq.load(Relaxed);
-        self.seq.store(seq.wrapping_add(1), Relaxed);
-        std::sync::atomic::fence(Release);
-        let old = self.countdown.load(Relaxed);
-        let granted = self.granted.load(Relaxed);
-        self.granted.store(
-            granted
-                .wrapping_add(countdown as u64)
-                .wrapping_sub(old as u64),
-            Relaxed,
-        );
-        self.countdown.store(countdown, Relaxed);
-        self.seq.store(seq.wrapping_add(2), Release);
+        self.write_together(|| {
+            let old = self.countdown.load(Relaxed);
+            let granted = self.granted.load(Relaxed);
+            self.granted.store(
+                granted
+                    .wrapping_add(countdown as u64)
+                    .wrapping_sub(old as u64),
+                Relaxed,
+            );
+            self.countdown.store(countdown, Relaxed);
+        });
     }
 
     /// Takes back an allocation of `size` bytes that was counted but that
     /// the inner allocator failed. Owner thread, slow path.
     fn uncount_alloc(&self, size: usize) {
         bump(&self.allocs, 1u64.wrapping_neg());
-        let seq = self.seq.load(Relaxed);
-        self.seq.store(seq.wrapping_add(1), Relaxed);
-        std::sync::atomic::fence(Release);
-        let granted = self.granted.load(Relaxed);
-        self.granted
-            .store(granted.wrapping_sub(size as u64), Relaxed);
-        self.seq.store(seq.wrapping_add(2), Release);
+        self.write_together(|| {
+            let granted = self.granted.load(Relaxed);
+            self.granted
+                .store(granted.wrapping_sub(size as u64), Relaxed);
+        });
     }
 }
 
@@ -173,6 +239,31 @@ thread_local! {
 static LIVE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 /// Counts of threads that have exited.
 static RETIRED: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+/// heapprof's own allocations and frees, as [`Counters::thaw`] takes them
+/// out of the threads' counts.
+static OWN: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+/// This thread enters heapprof (the outermost reentrancy guard): what it
+/// allocates and frees from now until [`leave_profiler`] is heapprof's.
+pub(crate) fn enter_profiler() {
+    let _ = with_counters(Counters::freeze);
+}
+
+/// This thread leaves heapprof: its own calls since [`enter_profiler`]
+/// move from the thread's counts to heapprof's.
+pub(crate) fn leave_profiler() {
+    if let Ok(own) = with_counters(Counters::thaw) {
+        for (total, n) in OWN.iter().zip(own) {
+            total.fetch_add(n, Relaxed);
+        }
+    }
+}
+
+/// heapprof's own allocations and frees so far, in [`Counts`] order (a
+/// thread still inside heapprof adds its share when it leaves).
+pub(crate) fn own_totals() -> Counts {
+    OWN.each_ref().map(|a| a.load(Relaxed))
+}
 
 /// Counts an allocation. Its bytes are counted by the countdown.
 #[inline(always)]
@@ -205,18 +296,18 @@ pub(crate) fn on_realloc_failed(old_size: usize, new_size: usize) {
     });
 }
 
-/// Whether this thread has yet to call [`register_thread`].
-/// Bytes this thread has allocated minus bytes it has freed, since it
-/// started: the change across a stretch of code run on this thread is what
-/// that code kept.
+/// Bytes this thread has allocated minus bytes it has freed, heapprof's
+/// own included: the change across a stretch of code run on this thread
+/// is what that code kept.
 pub(crate) fn this_thread_net_bytes() -> i64 {
     with_counters(|c| {
-        let [_, allocated, _, freed] = c.read();
+        let [_, allocated, _, freed] = c.live();
         allocated.wrapping_sub(freed) as i64
     })
     .unwrap_or(0)
 }
 
+/// Whether this thread has yet to call [`register_thread`].
 #[inline]
 pub(crate) fn unregistered() -> bool {
     REGISTRATION
@@ -303,7 +394,7 @@ impl Drop for Retire {
 
 /// Sums the counters of running and exited threads: allocations,
 /// allocated bytes, deallocations, freed bytes.
-pub(crate) fn totals() -> [u64; 4] {
+pub(crate) fn totals() -> Counts {
     // The retired totals are read under the registry's lock: a thread that
     // exits moves its counts from the registry to them under that lock, so
     // reading them before taking it could miss a thread that exits in

@@ -34,9 +34,15 @@ pub(crate) struct Busy {
 }
 
 impl Busy {
+    /// The outermost guard also tells the exact counters that what follows
+    /// is heapprof's own (`counters::enter_profiler`), so that `stats()`
+    /// counts the program's allocations only.
     #[inline]
     pub(crate) fn enter() -> Busy {
         let was_busy = BUSY.try_with(|b| b.replace(true)).unwrap_or(true);
+        if !was_busy {
+            crate::counters::enter_profiler();
+        }
         Busy { was_busy }
     }
 }
@@ -44,9 +50,16 @@ impl Busy {
 impl Drop for Busy {
     #[inline]
     fn drop(&mut self) {
-        let was_busy = self.was_busy;
-        let _ = BUSY.try_with(|b| b.set(was_busy));
+        leave(self.was_busy);
     }
+}
+
+/// Ends a guard, restoring the state from before it.
+fn leave(was_busy: bool) {
+    if !was_busy {
+        crate::counters::leave_profiler();
+    }
+    let _ = BUSY.try_with(|b| b.set(was_busy));
 }
 
 impl Busy {
@@ -64,5 +77,66 @@ impl Busy {
 /// it: a thread already inside the profiler (a `fork` from the writer of
 /// `write_profile`) stays inside.
 pub(crate) fn leave_forgotten(was_busy: bool) {
-    let _ = BUSY.try_with(|b| b.set(was_busy));
+    leave(was_busy);
+}
+
+/// Leaves the profiler for a call into the program's own code (the writer
+/// a profile is written to) until dropped: what that code allocates is the
+/// program's, counted and sampled as such. Only where this thread holds no
+/// lock of heapprof's, since a sample taken meanwhile takes some.
+pub(crate) struct Outside {
+    was_busy: bool,
+}
+
+impl Outside {
+    pub(crate) fn enter() -> Outside {
+        let was_busy = BUSY.try_with(Cell::get).unwrap_or(false);
+        if was_busy {
+            leave(false);
+        }
+        Outside { was_busy }
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        if self.was_busy {
+            std::mem::forget(Busy::enter());
+        }
+    }
+}
+
+/// The program's writer, called and dropped outside the profiler (see
+/// [`Outside`]): a `Vec` it grows or frees is the program's memory.
+pub(crate) struct ProgramWriter<W: std::io::Write>(std::mem::ManuallyDrop<W>);
+
+impl<W: std::io::Write> ProgramWriter<W> {
+    pub(crate) fn new(w: W) -> Self {
+        ProgramWriter(std::mem::ManuallyDrop::new(w))
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for ProgramWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _outside = Outside::enter();
+        self.0.write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let _outside = Outside::enter();
+        self.0.write_all(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _outside = Outside::enter();
+        self.0.flush()
+    }
+}
+
+impl<W: std::io::Write> Drop for ProgramWriter<W> {
+    fn drop(&mut self) {
+        let _outside = Outside::enter();
+        // SAFETY: dropped once, here; the field is not used after.
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.0) };
+    }
 }

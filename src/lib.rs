@@ -55,6 +55,10 @@
 //! default), ±100 % at 1 × the rate. Small sites come and go between
 //! profiles; large ones are stable.
 //!
+//! Samples carry no `bytes` label, so `-tags` shows no block sizes: Go
+//! keys its sites by stack and block size, heapprof by stack alone, and a
+//! site of mixed sizes has no one size that is true of all its samples.
+//!
 //! Stacks are trimmed at the leaf end of the allocation machinery
 //! (`__rust_alloc`, `RawVec` growth, `vec!`, `format!`, `HashMap::insert`,
 //! …), so the flat entries of `-top` are the functions that decided to
@@ -162,7 +166,7 @@
 //! | `HEAPPROF_MAX_SITES` | `16384` | distinct stacks kept; the rest are counted in one `[heapprof overflow…]` site |
 //! | `HEAPPROF_SEED` | random | fixed seed for reproducible sampling |
 //! | `HEAPPROF_PEAK_GROWTH` | `10%` | growth past the last peak copy before a new one is kept |
-//! | `HEAPPROF_UNWIND` | `auto` | `auto` (frame pointers when they are shown to work, else DWARF), `dwarf` or `frame-pointers` |
+//! | `HEAPPROF_UNWIND` | `auto` | `auto`: frame pointers if the program was built with them (`-C force-frame-pointers=yes`), DWARF otherwise and for stacks that leave its code; `dwarf`; or `frame-pointers` (no periodic check against DWARF) |
 //!
 //! A value that does not parse is reported on stderr in one line and the
 //! default is used; a variable set to nothing counts as unset. At run
@@ -239,7 +243,7 @@ pub use snapshot::{Frame, FunctionBytes, Site, Snapshot, Stats, snapshot, stats}
 pub fn write_profile<W: io::Write>(w: W) -> io::Result<()> {
     let _busy = guard::Busy::enter();
     check_installed()?;
-    profile::write(w, profile::Options::default())
+    profile::write(guard::ProgramWriter::new(w), profile::Options::default())
 }
 
 /// Writes the current heap profile in the legacy text format, as Go's
@@ -257,7 +261,7 @@ pub fn write_text_profile<W: io::Write>(w: W) -> io::Result<()> {
     check_installed()?;
     let sites = buckets::snapshot();
     text::write(
-        io::BufWriter::new(w),
+        io::BufWriter::new(guard::ProgramWriter::new(w)),
         &sites,
         sampler::rate(),
         &stats(),
@@ -277,7 +281,7 @@ pub fn write_text_profile<W: io::Write>(w: W) -> io::Result<()> {
 pub fn write_peak_profile<W: io::Write>(w: W) -> io::Result<()> {
     let _busy = guard::Busy::enter();
     check_installed()?;
-    if dump::write_peak(w)? {
+    if dump::write_peak(guard::ProgramWriter::new(w))? {
         Ok(())
     } else {
         Err(io::Error::new(

@@ -16,13 +16,14 @@ use crate::sampler::ThreadSampler;
 
 #[repr(C, align(64))]
 pub(crate) struct Local {
-    /// Touched by every allocation and free; the countdown, first, by
-    /// every allocation.
-    pub(crate) counters: Counters,
     /// This thread's copy of the free filter's mask (`sampled.rs`), read
     /// by every free. 0 ("look every block up") until the thread is
     /// registered.
     pub(crate) filter_mask: AtomicUsize,
+    /// Touched by every allocation and free (the countdown and the three
+    /// counters the fast path bumps come first in it, so they share the
+    /// mask's cache line).
+    pub(crate) counters: Counters,
     /// Only on the slow path.
     pub(crate) sampler: ThreadSampler,
 }
@@ -30,9 +31,13 @@ pub(crate) struct Local {
 thread_local! {
     pub(crate) static LOCAL: Local = const {
         Local {
-            counters: Counters::new(),
             filter_mask: AtomicUsize::new(0),
+            counters: Counters::new(),
             sampler: ThreadSampler::new(),
         }
     };
 }
+
+// The fast path's fields (the mask, the countdown, the allocation and free
+// counters) fit in the first cache line.
+const _: () = assert!(std::mem::offset_of!(Local, counters) + 5 * 8 <= 64);

@@ -15,10 +15,14 @@ use crate::{counters, guard, profile, proto, sampler};
 ///
 /// `allocated_bytes - freed_bytes` is the live heap as the program asked
 /// for it; the process's resident size is larger (allocator overhead and
-/// fragmentation, memory not from the heap), and the sampled profile's
-/// `inuse_space` is an estimate of this same number. heapprof's own
-/// allocations go through the same allocator and are counted here too;
-/// `profiler_bytes` says how much of the live heap they are.
+/// fragmentation, memory not from the heap, heapprof's own memory), and
+/// the sampled profile's `inuse_space` is an estimate of this same number.
+///
+/// heapprof's own allocations (its tables, stack capture, symbolization,
+/// encoding, the memory of a [`Snapshot`], a profile written to a `Vec`)
+/// go through the same allocator but are not counted in the first four
+/// fields, as Go's `MemStats` leaves its profiler's buckets out of the
+/// heap: they are in the `profiler_*` fields.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Blocks allocated (a `realloc` counts as one allocation and one free).
@@ -29,11 +33,15 @@ pub struct Stats {
     pub allocated_bytes: u64,
     /// Bytes released by all frees.
     pub freed_bytes: u64,
-    /// Memory heapprof holds for itself: the bucket table and the set of
-    /// live sampled blocks (allocated through the same allocator, so also
-    /// counted above), and spare sampled blocks (freed by the program and
-    /// counted as freed above, but kept by heapprof for reuse).
+    /// Memory heapprof holds for itself: the bucket table, the set of live
+    /// sampled blocks and the symbol cache, and spare sampled blocks (freed
+    /// by the program and counted as freed above, but kept by heapprof for
+    /// reuse).
     pub profiler_bytes: u64,
+    /// Allocations heapprof made for itself, not counted in `allocations`.
+    pub profiler_allocations: u64,
+    /// Bytes of those allocations, not counted in `allocated_bytes`.
+    pub profiler_allocated_bytes: u64,
 }
 
 impl Stats {
@@ -57,12 +65,15 @@ impl Stats {
 pub fn stats() -> Stats {
     let _busy = guard::Busy::enter();
     let [allocations, allocated_bytes, deallocations, freed_bytes] = counters::totals();
+    let [profiler_allocations, profiler_allocated_bytes, _, _] = counters::own_totals();
     Stats {
         allocations,
         deallocations,
         allocated_bytes,
         freed_bytes,
         profiler_bytes: crate::profile::profiler_bytes() as u64,
+        profiler_allocations,
+        profiler_allocated_bytes,
     }
 }
 
@@ -117,12 +128,36 @@ impl Site {
 /// (`"my_crate::build_cache"`), not the bare name. The calling test is on
 /// the stack of everything it allocates, so `"leaky"` would also match a
 /// test named `leaky_fails_assertion` and count all it allocated.
-#[derive(Clone)]
 pub struct Snapshot {
     raw: Vec<buckets::Site>,
     rate: usize,
     sites: Vec<Site>,
     profile: proto::Profile,
+}
+
+/// A snapshot's memory is heapprof's, allocated and freed inside the
+/// profiler, so that [`stats()`] leaves it out of the program's counts.
+impl Clone for Snapshot {
+    fn clone(&self) -> Self {
+        let _busy = guard::Busy::enter();
+        Snapshot {
+            raw: self.raw.clone(),
+            rate: self.rate,
+            sites: self.sites.clone(),
+            profile: self.profile.clone(),
+        }
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        let _busy = guard::Busy::enter();
+        drop((
+            std::mem::take(&mut self.raw),
+            std::mem::take(&mut self.sites),
+            std::mem::take(&mut self.profile),
+        ));
+    }
 }
 
 /// Takes a [`Snapshot`] of the heap profile now, symbolized.
@@ -272,7 +307,7 @@ impl Snapshot {
     /// [`snapshot`], the same bytes `write_profile` would have written then.
     pub fn write_pprof<W: io::Write>(&self, w: W) -> io::Result<()> {
         let _busy = guard::Busy::enter();
-        profile::encode(&self.profile, w)
+        profile::encode(&self.profile, guard::ProgramWriter::new(w))
     }
 
     /// Writes an SVG flame graph of live bytes (inuse_space): one box per

@@ -1,7 +1,8 @@
-//! A `fork` from inside the writer given to `write_profile`. The writer
-//! runs with heapprof's reentrancy guard held, so what it allocates is not
-//! sampled; the fork handlers take and release that guard too, and must
-//! leave it as they found it: held.
+//! A `fork` from inside the writer given to `write_profile`. The writer is
+//! the program's code and runs outside heapprof's reentrancy guard, so
+//! what it allocates is the program's memory, sampled like any other; the
+//! fork handlers take and release that guard too, and must leave it as
+//! they found it: released.
 
 use std::io::{self, Write};
 use std::sync::Mutex;
@@ -47,7 +48,7 @@ impl Write for ForkingWriter {
 }
 
 #[test]
-fn a_fork_inside_the_writer_leaves_the_guard_held() {
+fn a_fork_inside_the_writer_leaves_its_allocations_sampled() {
     heapprof::set_sample_rate(1); // record every allocation that is not guarded
     let before = heapprof::snapshot();
     let mut writer = ForkingWriter { writes: 0 };
@@ -56,8 +57,11 @@ fn a_fork_inside_the_writer_leaves_the_guard_held() {
     let recorded = heapprof::snapshot()
         .delta(&before)
         .alloc_objects_in("allocation_in_the_writer");
-    assert_eq!(
-        recorded, 0,
-        "the writer's allocations after the fork were sampled: the fork handlers cleared the guard"
+    // One block per write (and the list's growth): every one sampled at
+    // rate 1, after the fork too.
+    assert!(
+        recorded >= writer.writes as i64,
+        "{recorded} allocations sampled in {} writes: the fork handlers left the guard held",
+        writer.writes
     );
 }

@@ -1,13 +1,21 @@
-//! `stats()` is exact: an outer allocator counts every call it forwards to
-//! heapprof, and at quiet points the two agree to the byte, through rate
+//! `stats()` is exact: an outer allocator counts every call the program
+//! makes, and at quiet points the two agree to the byte, through rate
 //! changes (sampling on, every allocation, off, far apart), reseeding,
-//! zeroed allocations and reallocations, on several threads. While the
-//! threads run, and while they exit, another thread reads `stats()` over and
-//! over: no count may ever go backwards (a read that caught a thread's
-//! countdown and the bytes it was granted at two different moments would,
-//! and so did one that missed an exiting thread's counts).
+//! zeroed allocations and reallocations, on several threads, while another
+//! thread writes profiles and takes snapshots. heapprof's own allocations
+//! are not the program's: the outer allocator leaves out the calls heapprof
+//! makes from inside a call it forwarded (its tables, stack capture) and
+//! everything done inside heapprof's API (`stats`, `write_profile`,
+//! `snapshot`), as `stats()` must.
+//!
+//! While the threads run, and while they exit, another thread reads
+//! `stats()` over and over: no count may ever go backwards (a read that
+//! caught a thread's countdown and the bytes it was granted at two
+//! different moments would, and so did one that missed an exiting thread's
+//! counts).
 
 use std::alloc::{GlobalAlloc, Layout};
+use std::cell::Cell;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Barrier};
@@ -19,36 +27,63 @@ static BYTES: AtomicU64 = AtomicU64::new(0);
 static FREES: AtomicU64 = AtomicU64::new(0);
 static FREED: AtomicU64 = AtomicU64::new(0);
 
-/// Counts what it forwards, the way heapprof's counters should.
+thread_local! {
+    /// Calls into heapprof this thread is inside: the outer allocator's
+    /// own forwarding, and the test's calls of heapprof's API.
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Runs `f` as inside heapprof: what it allocates is not the program's.
+fn in_heapprof<R>(f: impl FnOnce() -> R) -> R {
+    DEPTH.with(|d| d.set(d.get() + 1));
+    let r = f();
+    DEPTH.with(|d| d.set(d.get() - 1));
+    r
+}
+
+/// Whether a call made now is the program's, not heapprof's.
+fn programs_call() -> bool {
+    DEPTH.try_with(|d| d.get() == 0).unwrap_or(false)
+}
+
+/// Counts the calls the program makes, the way heapprof's counters should.
 struct Outer;
 
 // SAFETY: every method forwards to heapprof with its caller's arguments.
 unsafe impl GlobalAlloc for Outer {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, SeqCst);
-        BYTES.fetch_add(layout.size() as u64, SeqCst);
+        if programs_call() {
+            ALLOCS.fetch_add(1, SeqCst);
+            BYTES.fetch_add(layout.size() as u64, SeqCst);
+        }
         // SAFETY: the caller's contract, passed on.
-        unsafe { PROFILER.alloc(layout) }
+        in_heapprof(|| unsafe { PROFILER.alloc(layout) })
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, SeqCst);
-        BYTES.fetch_add(layout.size() as u64, SeqCst);
+        if programs_call() {
+            ALLOCS.fetch_add(1, SeqCst);
+            BYTES.fetch_add(layout.size() as u64, SeqCst);
+        }
         // SAFETY: the caller's contract, passed on.
-        unsafe { PROFILER.alloc_zeroed(layout) }
+        in_heapprof(|| unsafe { PROFILER.alloc_zeroed(layout) })
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        FREES.fetch_add(1, SeqCst);
-        FREED.fetch_add(layout.size() as u64, SeqCst);
+        if programs_call() {
+            FREES.fetch_add(1, SeqCst);
+            FREED.fetch_add(layout.size() as u64, SeqCst);
+        }
         // SAFETY: the caller's contract, passed on.
-        unsafe { PROFILER.dealloc(ptr, layout) }
+        in_heapprof(|| unsafe { PROFILER.dealloc(ptr, layout) })
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        FREES.fetch_add(1, SeqCst);
-        FREED.fetch_add(layout.size() as u64, SeqCst);
-        ALLOCS.fetch_add(1, SeqCst);
-        BYTES.fetch_add(new_size as u64, SeqCst);
+        if programs_call() {
+            FREES.fetch_add(1, SeqCst);
+            FREED.fetch_add(layout.size() as u64, SeqCst);
+            ALLOCS.fetch_add(1, SeqCst);
+            BYTES.fetch_add(new_size as u64, SeqCst);
+        }
         // SAFETY: the caller's contract, passed on.
-        unsafe { PROFILER.realloc(ptr, layout, new_size) }
+        in_heapprof(|| unsafe { PROFILER.realloc(ptr, layout, new_size) })
     }
 }
 
@@ -107,7 +142,7 @@ fn churn(seed: u64, ops: usize) {
 }
 
 fn assert_exact(phase: usize) {
-    let s = heapprof::stats();
+    let s = in_heapprof(heapprof::stats);
     let outer = [&ALLOCS, &BYTES, &FREES, &FREED].map(|a| a.load(SeqCst));
     let ours = [
         s.allocations,
@@ -141,16 +176,16 @@ fn stats_match_an_outer_count_exactly() {
             })
         })
         .collect();
-    let reader_started = Arc::new(Barrier::new(2));
+    let reader_started = Arc::new(Barrier::new(3));
     let reader = {
         let stop = stop_reading.clone();
         let started = reader_started.clone();
         std::thread::spawn(move || {
             started.wait();
-            let mut last = heapprof::stats();
+            let mut last = in_heapprof(heapprof::stats);
             let mut reads = 0u64;
             while !stop.load(SeqCst) {
-                let s = heapprof::stats();
+                let s = in_heapprof(heapprof::stats);
                 assert!(
                     s.allocated_bytes >= last.allocated_bytes && s.freed_bytes >= last.freed_bytes,
                     "stats went backwards: {last:?} then {s:?}"
@@ -160,6 +195,29 @@ fn stats_match_an_outer_count_exactly() {
                 reads += 1;
             }
             reads
+        })
+    };
+    // Profiles and snapshots built all along, from another thread: none of
+    // it is the program's.
+    let writer = {
+        let stop = stop_reading.clone();
+        let started = reader_started.clone();
+        std::thread::spawn(move || {
+            // The profile goes to the program's own buffer (the program's
+            // memory), big enough never to grow.
+            let mut out = Vec::with_capacity(64 << 20);
+            started.wait();
+            let mut writes = 0u64;
+            while !stop.load(SeqCst) {
+                out.clear();
+                in_heapprof(|| {
+                    heapprof::write_profile(&mut out).unwrap();
+                    black_box(heapprof::snapshot().sites().len());
+                });
+                assert!(out.capacity() == 64 << 20 && !out.is_empty());
+                writes += 1;
+            }
+            writes
         })
     };
     // Threads allocate while they start: count from when all have.
@@ -185,5 +243,6 @@ fn stats_match_an_outer_count_exactly() {
     }
     stop_reading.store(true, SeqCst);
     assert!(reader.join().unwrap() > 0);
+    assert!(writer.join().unwrap() > 0);
     heapprof::set_sample_rate(512 * 1024);
 }
