@@ -85,7 +85,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         counters::on_free(layout.size());
-        if sampled::may_contain(ptr) {
+        if sampled::may_contain(ptr, layout.size()) {
             // SAFETY: the caller's contract (ptr allocated here with layout)
             // is passed on unchanged.
             return unsafe { recorder::dealloc(ptr, layout, &self.inner) };
@@ -103,7 +103,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
         // Counted as a free of the old block and an allocation of the new.
         counters::on_free(layout.size());
         counters::on_alloc();
-        let maybe_sampled = sampled::may_contain(ptr);
+        let maybe_sampled = sampled::may_contain(ptr, layout.size());
         if maybe_sampled || sampler::countdown_expired(new_size) {
             // SAFETY: the caller's contract is passed on unchanged.
             return unsafe { recorder::realloc(ptr, layout, new_size, maybe_sampled, &self.inner) };

@@ -59,7 +59,7 @@ unsafe fn alloc_plain<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool) -
 
 fn alloc_sampled<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool, weight: f64) -> *mut u8 {
     let _busy = guard::Busy::enter();
-    let page_aligned = sampler::rate() >= sampled::PAGE_ALIGN_MIN_RATE;
+    let page_aligned = sampled::page_aligns(layout, sampler::rate());
     let actual = actual_layout(layout, page_aligned);
     let mut ptr = match page_aligned
         .then(|| spare::take(actual, spare::owner(inner)))
@@ -92,27 +92,9 @@ fn alloc_sampled<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool, weight
         }
         trackable = false;
     }
-    let stack = stack::capture();
-    let frames = stack.frames();
-    let bucket = buckets::record_alloc(frames, stack::hash(frames), layout.size(), weight);
-    let entry = Entry {
-        bucket,
-        weight,
-        size: layout.size(),
-        page_aligned,
-    };
-    if trackable && sampled::insert(ptr, entry) {
-        peak::on_alloc(layout.size() as f64 * weight);
-        dump::start_from_env();
-        return ptr;
-    }
-    // Untracked (no memory for heapprof's page-aligned block, or for the
-    // set to remember the block): its free cannot be credited. The sample counts as
-    // allocated and freed at once; the alloc_* estimates stay unbiased,
-    // inuse misses it.
-    buckets::record_free(bucket, layout.size(), weight);
-    if !trackable || !page_aligned {
-        // `ptr` has the program's own layout: hand it out as is.
+    if record(ptr, layout.size(), weight, page_aligned, trackable) || !trackable || !page_aligned {
+        // Tracked, or untracked with the program's own layout: hand it out
+        // as is.
         return ptr;
     }
     // A page-aligned block the program could not free with its own layout:
@@ -124,6 +106,32 @@ fn alloc_sampled<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool, weight
         release(inner, ptr, actual, true);
         alloc_plain(inner, layout, zeroed)
     }
+}
+
+/// Records a sampled block of `size` bytes at `ptr`: its stack, its site's
+/// counts, its entry in the sampled set. Returns whether the block is
+/// tracked. An untracked sample (`trackable` false: the block does not have
+/// the layout its entry would say; or no memory for the set to remember it)
+/// counts as allocated and freed at once, since its free cannot be
+/// credited: the alloc_* estimates stay unbiased, inuse misses it. Under
+/// the reentrancy guard.
+fn record(ptr: *mut u8, size: usize, weight: f64, page_aligned: bool, trackable: bool) -> bool {
+    let stack = stack::capture();
+    let frames = stack.frames();
+    let bucket = buckets::record_alloc(frames, stack::hash(frames), size, weight);
+    let entry = Entry {
+        bucket,
+        weight,
+        size,
+        page_aligned,
+    };
+    if trackable && sampled::insert(ptr, entry) {
+        peak::on_alloc(size as f64 * weight);
+        dump::start_from_env();
+        return true;
+    }
+    buckets::record_free(bucket, size, weight);
+    false
 }
 
 /// The layout a sampled block is really allocated with: the caller's, or,
@@ -222,18 +230,24 @@ fn take_sampled(ptr: *mut u8) -> Option<Entry> {
     }
     let _busy = guard::Busy::enter();
     let entry = sampled::remove(ptr);
-    if let Some(e) = entry {
-        buckets::record_free(e.bucket, e.size, e.weight);
-        peak::on_free(e.size as f64 * e.weight);
-    }
-    entry
+    entry.inspect(credit_free)
+}
+
+/// Credits the free of a sampled block, taken out of the set, to its site.
+fn credit_free(e: &Entry) {
+    buckets::record_free(e.bucket, e.size, e.weight);
+    peak::on_free(e.size as f64 * e.weight);
 }
 
 /// A realloc where the old block may be sampled or the new one is to be.
 ///
-/// Sampled blocks move (allocate, copy, free) so that the old one is
-/// credited and the new one gets its own layout; every other case stays a
-/// plain `realloc` in the inner allocator.
+/// A realloc is the free of the old block and the allocation of a new one,
+/// each accounted as such. The block is resized by the inner allocator's
+/// own `realloc` (in place, or by `mremap`, where it can) unless it must
+/// change layout: a page-aligned sampled block (see `sampled.rs`) moves to
+/// the program's layout, and a block that becomes a page-aligned sample
+/// moves to that; those moves (allocate, copy, free) are of blocks of at
+/// most `sampled::LARGE` bytes.
 ///
 /// # Safety
 /// As `GlobalAlloc::realloc`.
@@ -246,9 +260,11 @@ pub(crate) unsafe fn realloc<A: GlobalAlloc>(
     maybe_sampled: bool,
     inner: &A,
 ) -> *mut u8 {
-    let old_sampled = maybe_sampled && !sampled::in_set() && sampled::may_be_live(ptr) && {
+    let old = if maybe_sampled && !sampled::in_set() && sampled::may_be_live(ptr) {
         let _busy = guard::Busy::enter();
-        sampled::contains(ptr)
+        sampled::get(ptr)
+    } else {
+        None
     };
     // If the filter sent us here, the fast path did not get to charge the
     // countdown (`||` stopped at the filter): charge it now. Otherwise it
@@ -259,7 +275,16 @@ pub(crate) unsafe fn realloc<A: GlobalAlloc>(
     } else {
         None
     };
-    if !old_sampled && weight.is_none() {
+    // SAFETY: `new_size` is non-zero and does not overflow when rounded to
+    // `layout.align()`, per `realloc`'s contract.
+    let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+    let new_page_aligned = weight.is_some() && sampled::page_aligns(new_layout, sampler::rate());
+    if old.is_some_and(|e| e.page_aligned) || new_page_aligned {
+        // SAFETY: the caller's contract, unchanged.
+        return unsafe { realloc_by_moving(ptr, layout, new_layout, weight, inner) };
+    }
+    // The block keeps the program's layout: resize it where it is.
+    if old.is_none() && weight.is_none() {
         // SAFETY: the caller's contract, unchanged; the block is not sampled.
         let new_ptr = unsafe { inner.realloc(ptr, layout, new_size) };
         if new_ptr.is_null() {
@@ -267,9 +292,56 @@ pub(crate) unsafe fn realloc<A: GlobalAlloc>(
         }
         return new_ptr;
     }
-    // SAFETY: `new_size` is non-zero and does not overflow when rounded to
-    // `layout.align()`, per `realloc`'s contract.
-    let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+    // The old entry leaves the set first: once the inner allocator has
+    // freed the old address, another thread may be handed it and sample it.
+    let old = old.and_then(|_| {
+        let _busy = guard::Busy::enter();
+        sampled::remove(ptr)
+    });
+    // SAFETY: the caller's contract, unchanged: `ptr` has `layout` (a
+    // sampled block that is not page aligned was allocated with the
+    // program's own layout).
+    let new_ptr = unsafe { inner.realloc(ptr, layout, new_size) };
+    {
+        let _busy = guard::Busy::enter();
+        if new_ptr.is_null() {
+            // The old block is still live, and still sampled if it was; a
+            // sampled block whose entry cannot be put back is credited as
+            // freed, as an untracked sample is.
+            if let Some(e) = old
+                && !sampled::insert(ptr, e)
+            {
+                credit_free(&e);
+            }
+        } else {
+            if let Some(e) = &old {
+                credit_free(e);
+            }
+            if let Some(w) = weight {
+                record(new_ptr, new_size, w, false, true);
+            }
+        }
+    }
+    if new_ptr.is_null() {
+        // Outside the guard: the exact counters take it back from the
+        // program's counts.
+        crate::counters::on_realloc_failed(layout.size(), new_size);
+    }
+    new_ptr
+}
+
+/// [`realloc`] for a block that changes layout: allocate, copy, free.
+///
+/// # Safety
+/// As `GlobalAlloc::realloc`, with `new_layout` the new size at the old
+/// alignment.
+unsafe fn realloc_by_moving<A: GlobalAlloc>(
+    ptr: *mut u8,
+    layout: Layout,
+    new_layout: Layout,
+    weight: Option<f64>,
+    inner: &A,
+) -> *mut u8 {
     let new_ptr = match weight {
         Some(w) => alloc_sampled(inner, new_layout, false, w),
         // SAFETY: non-zero size per the contract.
@@ -278,12 +350,12 @@ pub(crate) unsafe fn realloc<A: GlobalAlloc>(
     if new_ptr.is_null() {
         // The old block stays where it is, still live (and still sampled,
         // if it was).
-        crate::counters::on_realloc_failed(layout.size(), new_size);
+        crate::counters::on_realloc_failed(layout.size(), new_layout.size());
         return new_ptr;
     }
     // SAFETY: both blocks are valid for the smaller size and distinct.
     unsafe {
-        std::ptr::copy_nonoverlapping(ptr, new_ptr, layout.size().min(new_size));
+        std::ptr::copy_nonoverlapping(ptr, new_ptr, layout.size().min(new_layout.size()));
         dealloc(ptr, layout, inner);
     }
     new_ptr

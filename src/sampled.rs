@@ -66,6 +66,20 @@ const PAGE_MASK: usize = PAGE - 1;
 /// PAGE/rate = 6.25 % of the sampled bytes here, 0.8 % at 512 KiB).
 pub(crate) const PAGE_ALIGN_MIN_RATE: usize = 64 * 1024;
 
+/// Blocks larger than this are never page aligned: the free filter lets
+/// every free of one through by its size instead. Page alignment would
+/// keep the inner allocator from resizing them in place (`realloc` of an
+/// over-aligned block allocates, copies and frees), and their frees are
+/// rare enough to go to the second filter. Equal to the largest class of
+/// spare blocks (`spare.rs`), so that every page-aligned block has one.
+pub(crate) const LARGE: usize = 64 * 1024;
+
+/// Whether a sampled block of `layout`, sampled at `rate`, is allocated
+/// page aligned.
+pub(crate) fn page_aligns(layout: std::alloc::Layout, rate: usize) -> bool {
+    rate >= PAGE_ALIGN_MIN_RATE && layout.size() <= LARGE
+}
+
 const STRIPES: usize = 64;
 
 /// What the free of a sampled block needs.
@@ -77,6 +91,15 @@ pub(crate) struct Entry {
     /// Whether the block was allocated with its alignment raised to a page;
     /// it must be freed with that same layout.
     pub page_aligned: bool,
+}
+
+impl Entry {
+    /// Whether the free filter's page test misses this block, so that
+    /// every free must look blocks up while it is live: neither page
+    /// aligned nor caught by its size.
+    fn needs_lookups(&self) -> bool {
+        !self.page_aligned && self.size <= LARGE
+    }
 }
 
 type Map = HashMap<usize, Entry, BuildHasherDefault<AddrHasher>>;
@@ -118,7 +141,7 @@ static FILTER_MASK: AtomicUsize = AtomicUsize::new(PAGE_MASK);
 /// saturating at 255 (a saturated slot stays "maybe" for good).
 const LIVE_SLOTS: usize = 1 << 16;
 static LIVE_COUNTS: [AtomicU8; LIVE_SLOTS] = [const { AtomicU8::new(0) }; LIVE_SLOTS];
-/// Live sampled blocks that are not page aligned.
+/// Live sampled blocks that the page test misses ([`Entry::needs_lookups`]).
 static UNALIGNED_LIVE: AtomicUsize = AtomicUsize::new(0);
 /// The addresses of the registered threads' mask copies. Its lock keeps
 /// FILTER_MASK and every copy in step with UNALIGNED_LIVE.
@@ -129,11 +152,12 @@ thread_local! {
     static IN_SET: Cell<bool> = const { Cell::new(false) };
 }
 
-/// The free path's filter: false means "certainly not sampled".
+/// The free path's filter for a block of `size` bytes at `ptr`: false
+/// means "certainly not sampled".
 #[inline(always)]
-pub(crate) fn may_contain(ptr: *mut u8) -> bool {
+pub(crate) fn may_contain(ptr: *mut u8, size: usize) -> bool {
     LOCAL
-        .try_with(|l| (ptr as usize) & l.filter_mask.load(Relaxed) == 0)
+        .try_with(|l| ((ptr as usize) & l.filter_mask.load(Relaxed) == 0) | (size > LARGE))
         .unwrap_or(true)
 }
 
@@ -221,7 +245,7 @@ pub(crate) fn insert(ptr: *mut u8, entry: Entry) -> bool {
     if !stored {
         return false;
     }
-    if !entry.page_aligned {
+    if entry.needs_lookups() {
         // The mask must be 0 before this block can be freed, that is,
         // before this returns, whichever thread moved the count off 0. So
         // every unaligned insert passes through `update_mask`: after its
@@ -240,9 +264,9 @@ pub(crate) fn insert(ptr: *mut u8, entry: Entry) -> bool {
     true
 }
 
-/// Whether a block is in the set.
-pub(crate) fn contains(ptr: *mut u8) -> bool {
-    with_stripe(ptr as usize, |map| map.contains_key(&(ptr as usize)))
+/// The block's entry, if it is in the set.
+pub(crate) fn get(ptr: *mut u8) -> Option<Entry> {
+    with_stripe(ptr as usize, |map| map.get(&(ptr as usize)).copied())
 }
 
 /// Removes a block if it was sampled, returning its entry.
@@ -250,7 +274,7 @@ pub(crate) fn remove(ptr: *mut u8) -> Option<Entry> {
     let entry = with_stripe(ptr as usize, |map| map.remove(&(ptr as usize)))?;
     let _ =
         live_slot(ptr as usize).fetch_update(SeqCst, SeqCst, |n| (n > 0 && n < 255).then(|| n - 1));
-    if !entry.page_aligned && UNALIGNED_LIVE.fetch_sub(1, SeqCst) == 1 {
+    if entry.needs_lookups() && UNALIGNED_LIVE.fetch_sub(1, SeqCst) == 1 {
         update_mask();
     }
     Some(entry)

@@ -33,6 +33,9 @@ const MAX_CLASS: usize = MIN_CLASS << (CLASSES - 1);
 const PER_CLASS: usize = 64;
 const PER_CLASS_BYTES: usize = 128 * 1024;
 
+// Every page-aligned sampled block has a class (see `sampled::LARGE`).
+const _: () = assert!(MAX_CLASS == crate::sampled::LARGE);
+
 fn kept_per_class(class: usize) -> usize {
     PER_CLASS.min(PER_CLASS_BYTES / (MIN_CLASS << class))
 }

@@ -1,0 +1,105 @@
+//! Growing and shrinking blocks by `realloc`: sampled blocks are resized by
+//! the inner allocator where it can (so a 64 MiB buffer grown a MiB at a
+//! time is not copied 64 times), and the accounting stays right: what a
+//! growing buffer holds is charged to the function that grew it, the
+//! frees of resized blocks are credited, and nothing stays "in use" after
+//! the buffers are gone. (`tests/stats_exact.rs` checks the exact counters
+//! through reallocs.)
+
+mod common;
+use common::*;
+use std::hint::black_box;
+
+#[global_allocator]
+static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+
+const MIB: usize = 1 << 20;
+
+/// Grows one buffer to `total` bytes, `step` at a time, by `reserve_exact`:
+/// a realloc per step.
+#[inline(never)]
+fn grow_by_steps(total: usize, step: usize) -> Vec<u8> {
+    let mut v: Vec<u8> = Vec::new();
+    while v.capacity() < total {
+        v.reserve_exact(step);
+        // Touch the new part, as a program filling it would.
+        let cap = v.capacity();
+        v.resize(cap, 1);
+    }
+    black_box(v)
+}
+
+/// Grows and shrinks many buffers of mixed sizes, small and large.
+#[inline(never)]
+fn churn_reallocs(rounds: usize) -> Vec<Vec<u8>> {
+    let mut kept = Vec::new();
+    for i in 0..rounds {
+        let mut v: Vec<u8> = Vec::with_capacity(1 + i % 3000);
+        for step in 0..(4 + i % 12) {
+            v.reserve_exact(((i * 7919 + step * 104_729) % (20 * 1024)) + 1);
+        }
+        if i % 5 == 0 {
+            v.shrink_to(i % 100);
+        }
+        if i % 3 == 0 {
+            kept.push(v);
+        }
+    }
+    black_box(kept)
+}
+
+#[test]
+fn resized_blocks_stay_attributed_and_are_freed() {
+    // Every allocation recorded: exact numbers.
+    heapprof::set_sample_rate(1);
+    let before = heapprof::snapshot();
+    let big = grow_by_steps(64 * MIB, MIB);
+    let grown = heapprof::snapshot().delta(&before);
+    assert_eq!(
+        grown.inuse_bytes_in("realloc_growth::grow_by_steps"),
+        big.capacity() as i64,
+        "{grown}"
+    );
+    assert_eq!(
+        grown.inuse_objects_in("realloc_growth::grow_by_steps"),
+        1,
+        "{grown}"
+    );
+    drop(big);
+    let after = heapprof::snapshot().delta(&before);
+    assert_eq!(
+        after.inuse_bytes_in("realloc_growth::grow_by_steps"),
+        0,
+        "{after}"
+    );
+}
+
+#[test]
+fn at_the_default_rate_resized_samples_are_freed_too() {
+    // Runs in a child, at the default rate, alone in its process.
+    if !is_child() {
+        let (stdout, stderr) = run_child("at_the_default_rate_resized_samples_are_freed_too", &[]);
+        assert!(stdout.contains("CHILD-OK"), "{stdout}\n{stderr}");
+        return;
+    }
+    let _watchdog = watchdog("realloc churn", std::time::Duration::from_secs(120));
+    heapprof::set_sample_rate(512 * 1024);
+    let before = heapprof::snapshot();
+    let live_before = live_sampled_blocks(&take_profile());
+    let kept = churn_reallocs(4_000);
+    let held: usize = kept.iter().map(|v| v.capacity()).sum();
+    let big = grow_by_steps(32 * MIB, MIB);
+    let grown = heapprof::snapshot().delta(&before);
+    // Large blocks are always sampled: the 32 MiB buffer is seen whole.
+    assert_eq!(
+        grown.inuse_bytes_in("realloc_growth::grow_by_steps"),
+        big.capacity() as i64
+    );
+    let estimate = grown.inuse_bytes_in("realloc_growth::churn_reallocs");
+    assert_estimate("kept by churn_reallocs", estimate, held, 512 * 1024, 5.0);
+    drop((kept, big));
+    let after = heapprof::snapshot().delta(&before);
+    assert_eq!(after.inuse_bytes_in("realloc_growth::"), 0, "{after}");
+    assert_eq!(live_sampled_blocks(&take_profile()), live_before);
+    println!("CHILD-OK");
+}
