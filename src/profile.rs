@@ -212,7 +212,10 @@ impl Builder {
         // Frees cancel allocations exactly up to float rounding; deltas may
         // be negative (more freed than allocated in between).
         let round = |x: f64| x.round() as i64;
-        let bytes_key = self.strings.get("bytes");
+        // No `bytes` label, unlike Go's: Go keys its buckets by stack and
+        // block size, so its label is the size of every block the sample
+        // stands for; a site here mixes sizes, and any one number (the
+        // mean over freed and live blocks alike) would misread in `-tags`.
         self.profile.sample.push(proto::Sample {
             location_id,
             value: vec![
@@ -221,19 +224,7 @@ impl Builder {
                 round(c.alloc_objects_est - c.free_objects_est),
                 round(c.alloc_bytes_est - c.free_bytes_est),
             ],
-            label: vec![proto::Label {
-                key: bytes_key,
-                // The mean block size at the site: the estimates' ratio,
-                // not the samples' (which big blocks, always sampled,
-                // would dominate).
-                num: if c.alloc_objects_est > 0.0 {
-                    (c.alloc_bytes_est / c.alloc_objects_est).round() as i64
-                } else {
-                    0
-                },
-                num_unit: bytes_key,
-                ..Default::default()
-            }],
+            ..Default::default()
         });
     }
 
