@@ -18,15 +18,18 @@
 //! the countdown only on the slow path, under a sequence number, so that
 //! another thread never reads one without the other.
 //!
-//! A thread puts its counters in a registry on its first slow path (every
-//! thread's first allocation takes the slow path, and so does every free
-//! before it: the thread's copy of the free filter's mask is 0 until then,
-//! see `sampled.rs`; frees made before the first allocation used to stay
-//! out of the totals until it). When it exits, a
-//! second thread-local's destructor adds its counts to the retired totals
-//! and takes it out of the registry, before its thread-local memory goes
-//! away. Allocations made by the thread's *later* destructors are not
-//! counted: a handful of blocks per exiting thread, at most.
+//! A thread puts its counters in a registry on its first allocation
+//! (every thread's first allocation takes the slow path: its countdown
+//! starts at zero), and `stats()` sums the registry. The registry holds
+//! addresses of thread-local memory, so an entry must leave before its
+//! thread's memory does: two exit hooks take it out ([`register_thread`]),
+//! a thread-local destructor and a `pthread` key destructor, the second for
+//! threads that first allocate when their thread-local destructors are
+//! over. A thread outside the registry (before its first allocation, and
+//! from its exit on) has a free-filter mask of 0 and, once exiting, a
+//! countdown kept at zero, so each of its calls reaches the slow path, which
+//! moves its counts to the unlisted totals: frees and allocations made by
+//! destructors that run after the exit hook are counted, however many.
 
 use std::cell::Cell;
 use std::sync::atomic::{
@@ -189,6 +192,32 @@ impl Counters {
         ]
     }
 
+    /// Returns the program's counts ([`Counters::read`]'s) and starts them
+    /// again from zero, leaving what the profiler counted meanwhile, if
+    /// the owner is inside it, to be taken out when it leaves. Owner thread
+    /// only.
+    pub(crate) fn take(&self) -> Counts {
+        let inside = self.inside.load(Relaxed);
+        let taken = if inside {
+            self.frozen.each_ref().map(|c| c.load(Relaxed))
+        } else {
+            self.live()
+        };
+        self.write_together(|| {
+            let sub = |c: &AtomicU64, n: u64| c.store(c.load(Relaxed).wrapping_sub(n), Relaxed);
+            sub(&self.allocs, taken[0]);
+            sub(&self.granted, taken[1]);
+            sub(&self.frees, taken[2]);
+            sub(&self.freed_bytes, taken[3]);
+            if inside {
+                for f in &self.frozen {
+                    f.store(0, Relaxed);
+                }
+            }
+        });
+        taken
+    }
+
     /// Replaces the countdown, leaving allocated bytes as they are. Owner
     /// thread, slow path.
     pub(crate) fn reset_countdown(&self, countdown: usize) {
@@ -230,14 +259,16 @@ fn with_counters<R>(f: impl FnOnce(&Counters) -> R) -> Result<R, std::thread::Ac
 }
 
 thread_local! {
-    static REGISTRATION: Cell<Registration> = const { Cell::new(Registration::NotTried) };
+    static REGISTRATION: Cell<Registration> = const { Cell::new(Registration::NotListed) };
     static RETIRE_ON_EXIT: Retire = const { Retire };
 }
 
 /// Counters of threads that are running, as addresses of their
 /// thread-locals.
 static LIVE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
-/// Counts of threads that have exited.
+/// Counts of threads that are not in the registry: moved here when a
+/// thread exits, and by threads that count while unlisted
+/// ([`flush_unlisted`]).
 static RETIRED: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 /// heapprof's own allocations and frees, as [`Counters::thaw`] takes them
 /// out of the threads' counts.
@@ -307,28 +338,39 @@ pub(crate) fn this_thread_net_bytes() -> i64 {
     .unwrap_or(0)
 }
 
-/// Whether this thread has yet to call [`register_thread`].
+/// Whether this thread's counters are not in the registry (not yet, or
+/// no more): then every free of it takes the slow path (its mask copy is
+/// 0), which moves its counts to the unlisted totals.
 #[inline]
 pub(crate) fn unregistered() -> bool {
     REGISTRATION
         .try_with(Cell::get)
-        .unwrap_or(Registration::Done)
-        != Registration::Done
+        .unwrap_or(Registration::Listed)
+        != Registration::Listed
 }
 
-/// Where this thread is with [`register_thread`].
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// Whether this thread's counters have left the registry for good: it is
+/// exiting.
+pub(crate) fn exited() -> bool {
+    REGISTRATION.try_with(Cell::get) == Ok(Registration::Exited)
+}
+
+/// Where this thread is with the registry.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Registration {
-    NotTried,
-    /// Tried, or the thread was already exiting.
-    Done,
+    NotListed,
+    /// In the registry, until the thread exits.
+    Listed,
     /// The registry had no memory for the thread; tried again later.
     OutOfMemory,
+    /// Taken out of the registry at exit (see [`retire`]).
+    Exited,
 }
 
 /// Puts this thread's counters in the registry, and gives it its own copy
-/// of the free filter's mask, once. Called from the slow path with the
-/// reentrancy guard held.
+/// of the free filter's mask, once. Called from the allocation slow path
+/// with the reentrancy guard held: a thread whose only calls are frees
+/// never needs a place in the registry (see [`flush_unlisted`]).
 ///
 /// After a try that found no memory, it tries again only with `retry`:
 /// the caller must not be inside heapprof already. There, this thread may
@@ -341,28 +383,62 @@ pub(crate) fn register_thread(retry: bool) {
     let Ok(state) = REGISTRATION.try_with(Cell::get) else {
         return;
     };
-    if state == Registration::Done || (state == Registration::OutOfMemory && !retry) {
+    let should_try = match state {
+        Registration::NotListed => true,
+        Registration::OutOfMemory => retry,
+        Registration::Listed | Registration::Exited => false,
+    };
+    if !should_try {
         return;
     }
-    let _ = REGISTRATION.try_with(|r| r.set(Registration::Done));
     let Ok(addr) = with_counters(|c| c as *const Counters as usize) else {
         return;
     };
-    // Touching this thread-local registers its destructor; if the thread is
-    // already exiting, leave the counters out (they could not be retired).
-    if RETIRE_ON_EXIT.try_with(|_| ()).is_ok() {
-        let mut live = LIVE.lock();
-        if live.try_reserve(1).is_err() {
-            // No memory to list the thread: try again later (its frees
-            // all take the slow path until then).
-            drop(live);
-            let _ = REGISTRATION.try_with(|r| r.set(Registration::OutOfMemory));
-            return;
-        }
-        live.push(addr);
+    // Listed from now: the registry's own growth below allocates, and must
+    // not come back here for the lock this thread holds.
+    let _ = REGISTRATION.try_with(|r| r.set(Registration::Listed));
+    // The entry points into this thread's thread-local memory, so it must
+    // leave the registry before that memory goes: `arm_exit_hooks`, or no
+    // entry at all.
+    let mut live = LIVE.lock();
+    if live.try_reserve(1).is_err() || !arm_exit_hooks() {
+        // No memory: try again later (its frees all take the slow path
+        // until then).
         drop(live);
-        crate::sampled::register_thread();
+        let _ = REGISTRATION.try_with(|r| r.set(Registration::OutOfMemory));
+        return;
     }
+    live.push(addr);
+    drop(live);
+    crate::sampled::register_thread();
+}
+
+/// Arranges for [`retire`] to run when this thread exits, twice over: a
+/// thread-local destructor, which runs early in the thread's exit, and a
+/// `pthread` key destructor, which runs even for a thread that registers
+/// while its thread-local destructors are over (a C thread whose first
+/// allocation is in a `pthread_key` destructor: glibc runs those after
+/// the thread-local ones, and repeats its rounds while keys are set).
+/// False if the key could not be set.
+fn arm_exit_hooks() -> bool {
+    static KEY: std::sync::OnceLock<Option<libc::pthread_key_t>> = std::sync::OnceLock::new();
+    let _ = RETIRE_ON_EXIT.try_with(|_| ());
+    let Some(key) = *KEY.get_or_init(|| {
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: `key` is a valid out-pointer; the destructor is an
+        // `extern "C"` function that never unwinds.
+        (unsafe { libc::pthread_key_create(&mut key, Some(retire_at_key_exit)) } == 0)
+            .then_some(key)
+    }) else {
+        return false;
+    };
+    // Any non-null value: the destructor runs only for non-null ones.
+    // SAFETY: `key` was created above; the value is never dereferenced.
+    unsafe { libc::pthread_setspecific(key, std::ptr::dangling::<u8>().cast()) == 0 }
+}
+
+extern "C" fn retire_at_key_exit(_: *mut libc::c_void) {
+    retire();
 }
 
 /// Whether this thread's thread-locals are still up (false once its
@@ -375,20 +451,58 @@ struct Retire;
 
 impl Drop for Retire {
     fn drop(&mut self) {
-        let _busy = crate::guard::Busy::enter();
-        let Ok(addr) = with_counters(|c| c as *const Counters as usize) else {
-            return;
-        };
-        let mut live = LIVE.lock();
-        if let Some(i) = live.iter().position(|&a| a == addr) {
-            live.swap_remove(i);
-            let counts = with_counters(Counters::read).unwrap_or_default();
-            for (total, n) in RETIRED.iter().zip(counts) {
-                total.fetch_add(n, Relaxed);
-            }
+        retire();
+    }
+}
+
+/// Takes an exiting thread's counters out of the registry, its counts into
+/// the unlisted totals, and its mask copy out of the mask list, before its
+/// thread-local memory goes away. What the thread allocates and frees after
+/// this (later destructors) takes the slow path and goes to the unlisted
+/// totals too ([`flush_unlisted`]). Runs once; later calls do nothing.
+fn retire() {
+    if REGISTRATION.try_with(Cell::get) != Ok(Registration::Listed) {
+        return;
+    }
+    let _busy = crate::guard::Busy::enter();
+    let Ok(addr) = with_counters(|c| c as *const Counters as usize) else {
+        return;
+    };
+    let mut live = LIVE.lock();
+    if let Some(i) = live.iter().position(|&a| a == addr) {
+        live.swap_remove(i);
+    }
+    // Under the lock: a reader sees the counts in the registry or in the
+    // totals, never in both or neither.
+    if let Ok(counts) = with_counters(Counters::take) {
+        add_unlisted(counts);
+    }
+    let _ = REGISTRATION.try_with(|r| r.set(Registration::Exited));
+    drop(live);
+    crate::sampled::unregister_thread();
+}
+
+/// For a thread that is not in the registry (not yet, or no more), from its
+/// slow path: moves what it counted to the unlisted totals, so that
+/// `stats()` sees it. An exiting thread's countdown is kept at zero, so
+/// that its allocations come here too. Not inside the profiler: there the
+/// counts are the profiler's own, taken out when it leaves.
+pub(crate) fn flush_unlisted() {
+    if !unregistered() || crate::guard::is_busy() {
+        return;
+    }
+    let exiting = exited();
+    let _ = with_counters(|c| {
+        add_unlisted(c.take());
+        if exiting {
+            c.reset_countdown(0);
         }
-        drop(live);
-        crate::sampled::unregister_thread();
+    });
+}
+
+fn add_unlisted(counts: Counts) {
+    for (total, n) in RETIRED.iter().zip(counts) {
+        total.fetch_add(n, Relaxed);
     }
 }
 

@@ -22,6 +22,19 @@ pub(crate) fn installed() -> bool {
 #[cold]
 #[inline(never)]
 pub(crate) fn alloc<A: GlobalAlloc>(layout: Layout, zeroed: bool, inner: &A) -> *mut u8 {
+    if crate::counters::exited() {
+        // Allocated by a destructor after the thread left the registry: its
+        // countdown stays at zero, so each such allocation comes here to be
+        // counted, and none is sampled.
+        crate::counters::flush_unlisted();
+        // SAFETY: forwarded with the caller's layout (non-zero size per the
+        // GlobalAlloc contract).
+        let ptr = unsafe { alloc_plain(inner, layout, zeroed) };
+        if ptr.is_null() {
+            crate::counters::on_alloc_failed(layout.size());
+        }
+        return ptr;
+    }
     // One thread registers the handlers, even if two make their first
     // allocations at once (threads started from C before any Rust
     // allocation; a Rust spawn allocates on its parent first).
@@ -210,17 +223,14 @@ unsafe fn release<A: GlobalAlloc>(inner: &A, ptr: *mut u8, actual: Layout, page_
 }
 
 /// The part of [`dealloc`] that does not depend on the inner allocator:
-/// registers a thread that frees before it ever allocated, and takes the
-/// block out of the sampled set, crediting its site, if it is there.
+/// passes on the counts of a thread that is not in the registry, and takes
+/// the block out of the sampled set, crediting its site, if it is there.
 fn take_sampled(ptr: *mut u8) -> Option<Entry> {
-    if crate::counters::unregistered() && !guard::is_busy() && !sampled::in_set() {
-        // A thread that frees before it ever allocates (its copy of the
-        // filter's mask is 0 until then, so every free of it comes here):
-        // register it now, so that `stats()` sees the frees it counted
-        // (they stayed out of the totals until its first allocation) and
-        // its next frees take the fast path.
-        let _busy = guard::Busy::enter();
-        crate::counters::register_thread(true);
+    if crate::counters::unregistered() && !sampled::in_set() {
+        // A thread that is not in the registry (it has not allocated yet,
+        // or it is exiting): its copy of the filter's mask is 0, so every
+        // free of it comes here, and its counts reach `stats()` from here.
+        crate::counters::flush_unlisted();
     }
     if sampled::in_set() || !sampled::may_be_live(ptr) {
         // Either this thread is inside the set (the block is the set's own
@@ -254,6 +264,24 @@ fn credit_free(e: &Entry) {
 #[cold]
 #[inline(never)]
 pub(crate) unsafe fn realloc<A: GlobalAlloc>(
+    ptr: *mut u8,
+    layout: Layout,
+    new_size: usize,
+    maybe_sampled: bool,
+    inner: &A,
+) -> *mut u8 {
+    // SAFETY: the caller's contract, unchanged.
+    let new_ptr = unsafe { realloc_counted(ptr, layout, new_size, maybe_sampled, inner) };
+    // A thread out of the registry (exiting) passes its counts on here too.
+    crate::counters::flush_unlisted();
+    new_ptr
+}
+
+/// [`realloc`], before an unlisted thread's counts are passed on.
+///
+/// # Safety
+/// As `GlobalAlloc::realloc`.
+unsafe fn realloc_counted<A: GlobalAlloc>(
     ptr: *mut u8,
     layout: Layout,
     new_size: usize,
