@@ -10,7 +10,7 @@
 //! blanks), as `HEAPPROF_SAMPLE_RATE= cmd` or a template that expanded to
 //! nothing leaves it, is taken as unset, silently.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -24,6 +24,10 @@ pub(crate) const DEFAULT_SAMPLE_RATE: usize = 512 * 1024;
 /// How many distinct allocation sites the bucket table holds before new
 /// sites go to the overflow bucket (`HEAPPROF_MAX_SITES`).
 pub(crate) const DEFAULT_MAX_SITES: usize = 16 * 1024;
+
+/// At most this many characters of a malformed value are echoed in its
+/// warning, so that a value of any size stays one short line.
+const SHOWN_VALUE_CHARS: usize = 64;
 
 /// A new peak profile is kept when the live heap passes the last by this
 /// much: tcmalloc's 10 %.
@@ -126,6 +130,21 @@ pub(crate) fn get() -> &'static Config {
 
 const BYTES_HINT: &str = "a byte count such as 524288, 512KiB, 2MiB or 64k";
 
+/// A raw value as a warning shows it: quoted and escaped (so on one
+/// line), cut after [`SHOWN_VALUE_CHARS`] characters with its full length
+/// in bytes.
+struct Shown<'a>(&'a OsStr);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let quoted = format!("{:?}", self.0);
+        match quoted.char_indices().nth(SHOWN_VALUE_CHARS) {
+            None => f.write_str(&quoted),
+            Some((cut, _)) => write!(f, "{}...\" ({} bytes in all)", &quoted[..cut], self.0.len()),
+        }
+    }
+}
+
 fn read<T: std::fmt::Display>(
     name: &str,
     expected: &str,
@@ -139,7 +158,8 @@ fn read<T: std::fmt::Display>(
         Some(value) => value,
         None => {
             crate::report::warn(format_args!(
-                "heapprof: ignoring {name}={raw:?}: expected {expected}; using the default {default}"
+                "heapprof: ignoring {name}={}: expected {expected}; using the default {default}",
+                Shown(&raw)
             ));
             default
         }
@@ -165,7 +185,8 @@ fn lookup<T>(
     let value = raw.to_str().and_then(|s| parse(s.trim()));
     if value.is_none() {
         crate::report::warn(format_args!(
-            "heapprof: ignoring {name}={raw:?}: expected {expected}; {fallback}"
+            "heapprof: ignoring {name}={}: expected {expected}; {fallback}",
+            Shown(&raw)
         ));
     }
     value
