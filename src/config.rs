@@ -78,11 +78,15 @@ pub(crate) fn get() -> &'static Config {
     CONFIG.get_or_init(|| {
         let _busy = crate::guard::Busy::enter();
         Config {
-            sample_rate: read(
+            sample_rate: at_most(
                 "HEAPPROF_SAMPLE_RATE",
-                BYTES_HINT,
-                DEFAULT_SAMPLE_RATE,
-                parse_bytes,
+                read(
+                    "HEAPPROF_SAMPLE_RATE",
+                    BYTES_HINT,
+                    DEFAULT_SAMPLE_RATE,
+                    parse_bytes,
+                ),
+                crate::sampler::MAX_RATE,
             ),
             // A bucket's index within its stripe has 24 bits (`BucketId`).
             max_sites: read(
@@ -129,6 +133,17 @@ pub(crate) fn get() -> &'static Config {
 }
 
 const BYTES_HINT: &str = "a byte count such as 524288, 512KiB, 2MiB or 64k";
+
+/// `value`, or `max` with a line on stderr if `value` is above it.
+fn at_most(name: &str, value: usize, max: usize) -> usize {
+    if value <= max {
+        return value;
+    }
+    crate::report::warn(format_args!(
+        "heapprof: {name}={value} is above the largest value, {max}; using {max}"
+    ));
+    max
+}
 
 /// A raw value as a warning shows it: quoted and escaped (so on one
 /// line), cut after [`SHOWN_VALUE_CHARS`] characters with its full length
