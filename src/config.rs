@@ -25,6 +25,12 @@ pub(crate) const DEFAULT_SAMPLE_RATE: usize = 512 * 1024;
 /// sites go to the overflow bucket (`HEAPPROF_MAX_SITES`).
 pub(crate) const DEFAULT_MAX_SITES: usize = 16 * 1024;
 
+/// The shortest period `HEAPPROF_DUMP_EVERY` takes; a shorter one is
+/// raised to it, with a line on stderr. Every profile of a series stays on
+/// disk, and one is written as soon as the last is done: a 1 ms period
+/// writes a few hundred files a second.
+const MIN_DUMP_EVERY: Duration = Duration::from_secs(1);
+
 /// At most this many characters of a malformed value are echoed in its
 /// warning, so that a value of any size stays one short line.
 const SHOWN_VALUE_CHARS: usize = 64;
@@ -107,7 +113,8 @@ pub(crate) fn get() -> &'static Config {
                 "HEAPPROF_DUMP_EVERY",
                 "a duration such as 30s, 500ms or 5m",
                 |s| parse_duration(s).filter(|d| !d.is_zero()),
-            ),
+            )
+            .map(|every| at_least("HEAPPROF_DUMP_EVERY", every, MIN_DUMP_EVERY)),
             dump_every_allocated: optional("HEAPPROF_DUMP_EVERY_ALLOCATED", BYTES_HINT, |s| {
                 parse_bytes(s).filter(|&n| n > 0).map(|n| n as u64)
             }),
@@ -143,6 +150,17 @@ fn at_most(name: &str, value: usize, max: usize) -> usize {
         "heapprof: {name}={value} is above the largest value, {max}; using {max}"
     ));
     max
+}
+
+/// `value`, or `min` with a line on stderr if `value` is below it.
+fn at_least(name: &str, value: Duration, min: Duration) -> Duration {
+    if value >= min {
+        return value;
+    }
+    crate::report::warn(format_args!(
+        "heapprof: {name}={value:?} is below the shortest period, {min:?}; using {min:?}"
+    ));
+    min
 }
 
 /// A raw value as a warning shows it: quoted and escaped (so on one

@@ -46,7 +46,12 @@ fn child_scenarios() {
             // Held in a leaked Vec so it is live when the process exits.
             std::mem::forget(held_until_exit());
         }
-        Ok("churn") => churn_for(Duration::from_millis(900)),
+        Ok("churn") => churn_for(Duration::from_millis(
+            std::env::var("HEAPPROF_TEST_CHURN_MS")
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or(900),
+        )),
         Ok("series") => {
             let out = PathBuf::from(std::env::var("HEAPPROF_OUT").unwrap());
             wait_for_series(out.parent().unwrap(), "series", 3, 20, || {
@@ -232,13 +237,13 @@ fn periodic_series_has_increasing_numbers() {
         "series",
         &[
             ("HEAPPROF_OUT", base.to_str().unwrap()),
-            ("HEAPPROF_DUMP_EVERY", "150ms"),
+            ("HEAPPROF_DUMP_EVERY", "1s"),
         ],
     );
     let numbers = series_numbers(dir.path(), "series");
     assert!(
         numbers.len() >= 3,
-        "expected three files of a series at 150 ms within 20 s: {numbers:?}"
+        "expected three files of a series at 1 s within 20 s: {numbers:?}"
     );
     assert_eq!(
         numbers,
@@ -261,7 +266,9 @@ fn failing_output_path_is_reported_once() {
         "churn",
         &[
             ("HEAPPROF_OUT", "/nonexistent-heapprof-dir/x.pb.gz"),
-            ("HEAPPROF_DUMP_EVERY", "100ms"),
+            ("HEAPPROF_DUMP_EVERY", "1s"),
+            // Long enough for two periods: two failures, one report.
+            ("HEAPPROF_TEST_CHURN_MS", "2500"),
         ],
     );
     let periodic = stderr
@@ -514,4 +521,35 @@ fn a_failed_rename_leaves_no_temporary_file() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, ["taken.pb.gz"], "left behind: {names:?}");
+}
+
+/// `HEAPPROF_DUMP_EVERY` below the floor (1 s) is raised to it, said once
+/// on stderr: a millisecond period does not fill the directory.
+#[test]
+fn a_tiny_dump_period_is_raised_to_the_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("tiny.pb.gz");
+    let stderr = child(
+        "churn",
+        &[
+            ("HEAPPROF_OUT", base.to_str().unwrap()),
+            ("HEAPPROF_DUMP_EVERY", "1ms"),
+            ("HEAPPROF_TEST_CHURN_MS", "2500"),
+        ],
+    );
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("HEAPPROF_DUMP_EVERY"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("1ms") && lines[0].contains("using 1s"),
+        "{}",
+        lines[0]
+    );
+    // 2.5 s at one per second: two, perhaps three on a slow start-up. At
+    // 1 ms it would be hundreds.
+    let n = series_numbers(dir.path(), "tiny").len();
+    println!("series at HEAPPROF_DUMP_EVERY=1ms over 2.5 s: {n} files");
+    assert!((1..=3).contains(&n), "{n} files");
 }
