@@ -52,6 +52,24 @@ fn child_scenarios() {
                 .and_then(|ms| ms.parse().ok())
                 .unwrap_or(900),
         )),
+        Ok("small_stacks") => {
+            // The harness's thread has the small stack too; this one only
+            // starts a series and waits for it.
+            let dir = tempfile::tempdir().unwrap();
+            let series = heapprof::AutoDump::new(dir.path().join("small.pb.gz"))
+                .every(Duration::from_millis(50))
+                .start()
+                .unwrap();
+            let n = wait_for_series(dir.path(), "small", 2, 20, || {
+                std::thread::sleep(Duration::from_millis(20))
+            });
+            series.stop();
+            for seq in 1..=n {
+                let p = read_profile(&dir.path().join(format!("small.{seq:04}.pb.gz")));
+                assert_eq!(p.sample_type.len(), 4);
+            }
+            println!("series files={n}");
+        }
         Ok("series") => {
             let out = PathBuf::from(std::env::var("HEAPPROF_OUT").unwrap());
             wait_for_series(out.parent().unwrap(), "series", 3, 20, || {
@@ -552,4 +570,20 @@ fn a_tiny_dump_period_is_raised_to_the_floor() {
     let n = series_numbers(dir.path(), "tiny").len();
     println!("series at HEAPPROF_DUMP_EVERY=1ms over 2.5 s: {n} files");
     assert!((1..=3).contains(&n), "{n} files");
+}
+
+/// The series' thread has its own stack size: with `RUST_MIN_STACK` at
+/// 64 KiB (which std gives every thread spawned without a size), a series
+/// still writes its profiles instead of overflowing its stack.
+#[test]
+fn a_series_works_with_a_tiny_default_stack() {
+    let stdout = run_child(
+        "child_scenarios",
+        &[
+            ("HEAPPROF_TEST_CHILD", "small_stacks"),
+            ("RUST_MIN_STACK", "65536"),
+        ],
+    )
+    .0;
+    assert_eq!(printed_number(&stdout, "series files="), 2, "{stdout}");
 }
