@@ -4,9 +4,16 @@
 //! Every dump goes through the same code as `write_profile`. A dump that
 //! fails is reported on stderr once per kind of dump (the program goes
 //! on); later failures of the same kind are silent.
+//!
+//! Paths: what is at a dump's path decides how it is written ([`write_dump`]): nothing or a regular file is replaced whole,
+//! by a rename; a symlink, device, FIFO or `/dev/stdout` is opened and
+//! written, and stays what it is; a directory is an error. Nothing is ever
+//! named after a path that is not a regular file ([`sibling`]).
 
 use std::fs::File;
-use std::io::{self, BufWriter};
+use std::io::{self, BufWriter, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{
@@ -19,8 +26,13 @@ use crate::{config, guard, peak, profile, sampler};
 
 /// Writes the current profile to `path`. The error names the path.
 pub(crate) fn write_file(path: &Path, options: profile::Options) -> io::Result<()> {
+    write_profile_at(path, options)
+}
+
+/// [`write_file`].
+fn write_profile_at(path: &Path, options: profile::Options) -> io::Result<()> {
     let _busy = guard::Busy::enter();
-    write_atomically(path, |w| {
+    write_dump(path, |w| {
         let sites = crate::buckets::snapshot();
         let p = profile::build(&sites, sampler::rate(), options);
         profile::encode(&p, w).map(|()| true)
@@ -28,41 +40,136 @@ pub(crate) fn write_file(path: &Path, options: profile::Options) -> io::Result<(
     .map(drop)
 }
 
-/// Writes `path` whole or not at all: `write` fills a temporary file
-/// beside it, which is renamed over `path` only if `write` succeeded and
-/// returned true (false: nothing worth writing, no file). A reader (the
-/// next dump's `-base`, a collector watching the directory, a test) never
-/// sees half a profile. The error names `path`.
-fn write_atomically(
+/// How a dump reaches its path, decided by what is there (a symlink is
+/// looked at, not followed).
+enum Target {
+    /// Nothing, or a regular file: written whole or not at all
+    /// ([`replace`]).
+    Replace,
+    /// A symlink, a device, a FIFO or a socket: opened and written
+    /// ([`write_through`]), so that it stays what it is.
+    Through,
+}
+
+/// What writing to `path` means; a directory is an error (nothing may be
+/// written in its place, nor beside it).
+fn target(path: &Path) -> io::Result<Target> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Err(io::Error::new(
+            io::ErrorKind::IsADirectory,
+            "is a directory; nothing is written",
+        )),
+        Ok(m) if m.is_file() => Ok(Target::Replace),
+        Ok(_) => Ok(Target::Through),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Target::Replace),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes one dump to `path`: `write` produces it, and
+/// returns false if there is nothing worth writing (then no file is made
+/// or touched). A regular file, or a path where nothing is, is replaced
+/// whole or not at all; a symlink, device or FIFO is written through and
+/// stays; a directory is an error. The error names `path`.
+fn write_dump(
     path: &Path,
-    write: impl FnOnce(&mut BufWriter<File>) -> io::Result<bool>,
+    write: impl FnOnce(&mut dyn io::Write) -> io::Result<bool>,
 ) -> io::Result<bool> {
     let with_path =
         |e: io::Error| io::Error::new(e.kind(), format!("heapprof: {}: {e}", path.display()));
+    match target(path).map_err(with_path)? {
+        Target::Replace => replace(path, write),
+        Target::Through => write_through(path, write),
+    }
+    .map_err(with_path)
+}
+
+/// Tells apart the temporary files of dumps that one process writes at
+/// once (two guards on one path, say).
+static TEMPORARY: AtomicU32 = AtomicU32::new(0);
+
+/// Writes `path` whole or not at all: `write` fills a temporary file
+/// beside it, which is renamed over `path` only if `write` succeeded and
+/// returned true. A reader (the next dump's `-base`, a collector watching
+/// the directory, a test) never sees half a profile. The temporary file is
+/// created new (never opened through something already at its name) and
+/// is removed on every failure.
+fn replace(
+    path: &Path,
+    write: impl FnOnce(&mut dyn io::Write) -> io::Result<bool>,
+) -> io::Result<bool> {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let result = File::create(&tmp).and_then(|file| {
+    let tmp = path.with_file_name(format!(
+        ".{name}.{}.{}.tmp",
+        std::process::id(),
+        TEMPORARY.fetch_add(1, Relaxed)
+    ));
+    let result = File::create_new(&tmp).and_then(|file| {
         let mut w = BufWriter::new(file);
         let wanted = write(&mut w)?;
         w.into_inner().map_err(|e| e.into_error())?;
         Ok(wanted)
     });
-    match result {
-        // A failed rename (say, `path` is a directory) must not leave the
-        // temporary file behind either.
-        Ok(true) => std::fs::rename(&tmp, path).map(|()| true).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            with_path(e)
-        }),
-        Ok(false) => {
-            let _ = std::fs::remove_file(&tmp);
-            Ok(false)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(with_path(e))
-        }
+    let not_ours = matches!(&result, Err(e) if e.kind() == io::ErrorKind::AlreadyExists);
+    let renamed = match result {
+        Ok(true) => std::fs::rename(&tmp, path).map(|()| true),
+        Ok(false) => Ok(false),
+        Err(e) => Err(e),
+    };
+    // Renamed, or not created (something else had its name): nothing to
+    // remove; in every other case, it goes.
+    if !matches!(renamed, Ok(true)) && !not_ours {
+        let _ = std::fs::remove_file(&tmp);
     }
+    renamed
+}
+
+/// Writes to what is at `path` without replacing it: a device, a FIFO,
+/// `/dev/stdout`, or a symlink, followed to whatever it names (a regular
+/// file there is truncated and rewritten in place, not atomically). The
+/// profile is produced in memory first, so that the target is opened only
+/// when there is something to write.
+///
+/// The open does not wait: a FIFO that no process has open for reading is
+/// an error (an exit dump would otherwise hang the program's exit until
+/// someone reads). Writes then block as usual while a reader catches up;
+/// a reader that goes away mid-way makes the write fail with `EPIPE` (and
+/// raises `SIGPIPE`, which Rust programs ignore unless told otherwise).
+fn write_through(
+    path: &Path,
+    write: impl FnOnce(&mut dyn io::Write) -> io::Result<bool>,
+) -> io::Result<bool> {
+    let mut bytes = Vec::new();
+    if !write(&mut bytes)? {
+        return Ok(false);
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                io::Error::new(
+                    e.kind(),
+                    "no process has this FIFO open for reading (or it is a socket); nothing is written",
+                )
+            } else {
+                e
+            }
+        })?;
+    let fd = file.as_raw_fd();
+    // SAFETY: `fd` is `file`'s descriptor, open for both calls; F_GETFL
+    // takes no argument and F_SETFL an int of flags, and neither touches
+    // memory.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    file.write_all(&bytes)?;
+    Ok(true)
 }
 
 /// Writes the peak profile to `w`; `Ok(false)` if the heap never reached
@@ -103,17 +210,54 @@ fn report(result: io::Result<()>, what: &str, flag: &AtomicBool) {
     }
 }
 
-/// `heap.pb.gz` → `heap.peak.pb.gz`, `heap.0003.pb.gz`, …
-fn sibling(path: &Path, tag: &str) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let (stem, ext) = match name.strip_suffix(".pb.gz") {
-        Some(stem) => (stem.to_owned(), ".pb.gz"),
-        None => (name.clone(), ""),
+/// `heap.pb.gz` → `heap.peak.pb.gz`, `heap.0003.pb.gz`, … for `base`.
+/// Only a base that is a regular file, or that is not
+/// there yet, has siblings: `base` being a directory, a device, a FIFO or
+/// `/dev/stdout` is an error, as is a base with no file name (`/`, `..`),
+/// so that no stray file (`/dev/null.peak`, `<dir>.0001`) is made beside
+/// it. A symlink is followed to see what it names; the siblings are named
+/// after the link itself.
+fn sibling(base: &Path, tag: &str) -> io::Result<PathBuf> {
+    let refuse = |why: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "heapprof: {}: {why}, so no profile is written under a name derived from it",
+                base.display()
+            ),
+        )
     };
-    path.with_file_name(format!("{stem}.{tag}{ext}"))
+    let Some(name) = base.file_name() else {
+        return Err(refuse("has no file name".into()));
+    };
+    match std::fs::metadata(base) {
+        Ok(m) if !m.is_file() => {
+            return Err(refuse(format!("is a {}", kind(&m.file_type()))));
+        }
+        _ => {}
+    }
+    let name = name.to_string_lossy();
+    let (stem, ext) = match name.strip_suffix(".pb.gz") {
+        Some(stem) => (stem, ".pb.gz"),
+        None => (&*name, ""),
+    };
+    Ok(base.with_file_name(format!("{stem}.{tag}{ext}")))
+}
+
+/// What a file that is not a regular file is, in words.
+fn kind(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "directory"
+    } else if t.is_char_device() || t.is_block_device() {
+        "device"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else {
+        "file that is not a regular file"
+    }
 }
 
 // ---- At exit -------------------------------------------------------------
@@ -143,18 +287,27 @@ extern "C" fn at_exit() {
     if EXIT_PID.load(Relaxed) != std::process::id() {
         return;
     }
+    let _busy = guard::Busy::enter();
     let Some(out) = config::get().out.clone() else {
         return;
     };
     static FAILED: AtomicBool = AtomicBool::new(false);
     report(
-        write_file(&out, profile::Options::default()),
+        write_profile_at(&out, profile::Options::default()),
         "exit",
         &FAILED,
     );
-    // No peak yet (the heap never reached 1 MiB): no peak file.
-    let peak = write_atomically(&sibling(&out, "peak"), |w| write_peak(w));
-    report(peak.map(drop), "peak", &FAILED);
+    // No peak yet (the heap never reached 1 MiB): no peak file, and no
+    // complaint about where it would have gone.
+    let mut peak = Vec::new();
+    let written = write_peak(&mut peak).and_then(|recorded| {
+        if recorded {
+            let path = sibling(&out, "peak")?;
+            write_dump(&path, |w| w.write_all(&peak).map(|()| true))?;
+        }
+        Ok(())
+    });
+    report(written, "peak", &FAILED);
 }
 
 // ---- A guard -------------------------------------------------------------
@@ -185,6 +338,12 @@ pub struct ProfileGuard {
 
 impl ProfileGuard {
     /// Starts a guard that writes to `path` when dropped.
+    ///
+    /// A regular file at `path` is
+    /// replaced whole (a reader never sees half a profile); a symlink is
+    /// followed and a device or FIFO written to, never replaced (a FIFO
+    /// that no process reads is an error, not a wait); a directory is an
+    /// error.
     pub fn new(path: impl Into<PathBuf>) -> ProfileGuard {
         ProfileGuard {
             path: Some(path.into()),
@@ -248,7 +407,10 @@ pub struct AutoDump {
 }
 
 impl AutoDump {
-    /// A series named after `path` (`x.pb.gz` gives `x.0001.pb.gz`, …).
+    /// A series named after `path` (`x.pb.gz` gives `x.0001.pb.gz`, …);
+    /// each file of the series follows the rules of
+    /// [`ProfileGuard::new`]. A `path` that is a directory, a
+    /// device or a FIFO names no series: each profile is an error.
     pub fn new(path: impl Into<PathBuf>) -> AutoDump {
         AutoDump {
             path: path.into(),
@@ -367,12 +529,9 @@ impl AutoDump {
                     break;
                 }
             }
-            let path = sibling(&self.path, &format!("{seq:04}"));
-            report(
-                write_file(&path, profile::Options::default()),
-                "periodic",
-                &FAILED,
-            );
+            let written = sibling(&self.path, &format!("{seq:04}"))
+                .and_then(|path| write_profile_at(&path, profile::Options::default()));
+            report(written, "periodic", &FAILED);
         }
     }
 }
@@ -448,9 +607,22 @@ mod tests {
     #[test]
     fn series_names() {
         assert_eq!(
-            sibling(Path::new("/tmp/heap.pb.gz"), "0003"),
-            Path::new("/tmp/heap.0003.pb.gz")
+            sibling(Path::new("/nonexistent-heapprof-dir/heap.pb.gz"), "0003").unwrap(),
+            Path::new("/nonexistent-heapprof-dir/heap.0003.pb.gz")
         );
-        assert_eq!(sibling(Path::new("heap"), "peak"), Path::new("heap.peak"));
+        assert_eq!(
+            sibling(Path::new("nonexistent-heapprof-heap"), "peak").unwrap(),
+            Path::new("nonexistent-heapprof-heap.peak")
+        );
+    }
+
+    /// Nothing is named after a directory or a path with no file name.
+    #[test]
+    fn no_siblings_of_directories() {
+        let dir = std::env::temp_dir();
+        for base in [Path::new("/"), Path::new("."), Path::new(".."), &dir] {
+            let e = sibling(base, "peak").unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+        }
     }
 }
