@@ -5,14 +5,18 @@
 //! fails is reported on stderr once per kind of dump (the program goes
 //! on); later failures of the same kind are silent.
 //!
-//! Paths: what is at a dump's path decides how it is written ([`write_dump`]): nothing or a regular file is replaced whole,
+//! Paths: `%p` and `%e` in any dump path are the process id and the
+//! executable's name ([`expand`]). What is at the path decides how it is
+//! written ([`write_dump`]): nothing or a regular file is replaced whole,
 //! by a rename; a symlink, device, FIFO or `/dev/stdout` is opened and
 //! written, and stays what it is; a directory is an error. Nothing is ever
 //! named after a path that is not a regular file ([`sibling`]).
 
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,12 +28,14 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crate::{config, guard, peak, profile, sampler};
 
-/// Writes the current profile to `path`. The error names the path.
+/// Writes the current profile to `path`, after [`expand`]ing it. The error
+/// names the path.
 pub(crate) fn write_file(path: &Path, options: profile::Options) -> io::Result<()> {
-    write_profile_at(path, options)
+    let _busy = guard::Busy::enter();
+    write_profile_at(&expand(path), options)
 }
 
-/// [`write_file`].
+/// [`write_file`] to a path already expanded.
 fn write_profile_at(path: &Path, options: profile::Options) -> io::Result<()> {
     let _busy = guard::Busy::enter();
     write_dump(path, |w| {
@@ -38,6 +44,51 @@ fn write_profile_at(path: &Path, options: profile::Options) -> io::Result<()> {
         profile::encode(&p, w).map(|()| true)
     })
     .map(drop)
+}
+
+/// `path` with `%p` replaced by the process id, `%e` by the file name of
+/// the executable and `%%` by `%`, as in `LLVM_PROFILE_FILE` and the
+/// kernel's `core_pattern`; any other `%` stays as it is. Every path a dump
+/// is written to goes through here, so that processes writing the same
+/// setting (the test binaries of one `cargo test`, a program and its
+/// children) can keep their profiles apart.
+fn expand(path: &Path) -> PathBuf {
+    let bytes = path.as_os_str().as_bytes();
+    if !bytes.contains(&b'%') {
+        return path.to_owned();
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 32);
+    let mut rest = bytes;
+    while let Some((&c, tail)) = rest.split_first() {
+        let with = match (c, tail.first()) {
+            (b'%', Some(b'p')) => Some(std::process::id().to_string().into_bytes()),
+            (b'%', Some(b'e')) => Some(exe_name().into_vec()),
+            (b'%', Some(b'%')) => Some(vec![b'%']),
+            _ => None,
+        };
+        match with {
+            Some(with) => {
+                out.extend_from_slice(&with);
+                rest = &tail[1..];
+            }
+            None => {
+                out.push(c);
+                rest = tail;
+            }
+        }
+    }
+    PathBuf::from(OsString::from_vec(out))
+}
+
+/// The file name of the running executable (`%e`): from `/proc/self/exe`,
+/// else from `argv[0]`, else `unknown`.
+fn exe_name() -> OsString {
+    let name = |p: &Path| p.file_name().map(OsStr::to_owned);
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| name(&p))
+        .or_else(|| std::env::args_os().next().and_then(|a| name(Path::new(&a))))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// How a dump reaches its path, decided by what is there (a symlink is
@@ -66,7 +117,7 @@ fn target(path: &Path) -> io::Result<Target> {
     }
 }
 
-/// Writes one dump to `path`: `write` produces it, and
+/// Writes one dump to `path` (already expanded): `write` produces it, and
 /// returns false if there is nothing worth writing (then no file is made
 /// or touched). A regular file, or a path where nothing is, is replaced
 /// whole or not at all; a symlink, device or FIFO is written through and
@@ -210,8 +261,8 @@ fn report(result: io::Result<()>, what: &str, flag: &AtomicBool) {
     }
 }
 
-/// `heap.pb.gz` → `heap.peak.pb.gz`, `heap.0003.pb.gz`, … for `base`.
-/// Only a base that is a regular file, or that is not
+/// `heap.pb.gz` → `heap.peak.pb.gz`, `heap.0003.pb.gz`, … for `base`
+/// (already expanded). Only a base that is a regular file, or that is not
 /// there yet, has siblings: `base` being a directory, a device, a FIFO or
 /// `/dev/stdout` is an error, as is a base with no file name (`/`, `..`),
 /// so that no stray file (`/dev/null.peak`, `<dir>.0001`) is made beside
@@ -288,7 +339,7 @@ extern "C" fn at_exit() {
         return;
     }
     let _busy = guard::Busy::enter();
-    let Some(out) = config::get().out.clone() else {
+    let Some(out) = config::get().out.as_deref().map(expand) else {
         return;
     };
     static FAILED: AtomicBool = AtomicBool::new(false);
@@ -339,7 +390,8 @@ pub struct ProfileGuard {
 impl ProfileGuard {
     /// Starts a guard that writes to `path` when dropped.
     ///
-    /// A regular file at `path` is
+    /// `%p` in `path` is replaced by the process id, `%e` by the
+    /// executable's file name, `%%` by `%`. A regular file at `path` is
     /// replaced whole (a reader never sees half a profile); a symlink is
     /// followed and a device or FIFO written to, never replaced (a FIFO
     /// that no process reads is an error, not a wait); a directory is an
@@ -407,9 +459,9 @@ pub struct AutoDump {
 }
 
 impl AutoDump {
-    /// A series named after `path` (`x.pb.gz` gives `x.0001.pb.gz`, …);
-    /// each file of the series follows the rules of
-    /// [`ProfileGuard::new`]. A `path` that is a directory, a
+    /// A series named after `path` (`x.pb.gz` gives `x.0001.pb.gz`, …),
+    /// with `%p` and `%e` replaced as in [`ProfileGuard::new`], whose rules
+    /// each file of the series follows. A `path` that is a directory, a
     /// device or a FIFO names no series: each profile is an error.
     pub fn new(path: impl Into<PathBuf>) -> AutoDump {
         AutoDump {
@@ -529,7 +581,7 @@ impl AutoDump {
                     break;
                 }
             }
-            let written = sibling(&self.path, &format!("{seq:04}"))
+            let written = sibling(&expand(&self.path), &format!("{seq:04}"))
                 .and_then(|path| write_profile_at(&path, profile::Options::default()));
             report(written, "periodic", &FAILED);
         }
@@ -623,6 +675,24 @@ mod tests {
         for base in [Path::new("/"), Path::new("."), Path::new(".."), &dir] {
             let e = sibling(base, "peak").unwrap_err();
             assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+        }
+    }
+
+    #[test]
+    fn percent_escapes() {
+        use super::expand;
+        let pid = std::process::id();
+        let exe = std::env::current_exe().unwrap();
+        let exe = exe.file_name().unwrap().to_str().unwrap();
+        let cases = [
+            ("heap.pb.gz", "heap.pb.gz".to_owned()),
+            ("heap-%p.pb.gz", format!("heap-{pid}.pb.gz")),
+            ("d-%e/%e-%p-%p", format!("d-{exe}/{exe}-{pid}-{pid}")),
+            ("100%%-%x-%", "100%-%x-%".to_owned()),
+            ("%%p", "%p".to_owned()),
+        ];
+        for (path, expanded) in cases {
+            assert_eq!(expand(Path::new(path)), Path::new(&expanded), "{path}");
         }
     }
 }

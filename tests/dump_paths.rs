@@ -1,7 +1,7 @@
 //! What a dump does to what is already at its path: a regular file (or
 //! nothing) is replaced whole; a device, a FIFO or a symlink is written
 //! through and stays what it is; a directory is an error that writes
-//! nothing anywhere.
+//! nothing anywhere. And `%p` / `%e` in a dump path.
 //!
 //! Devices and FIFOs are made with `mknod` / `mkfifo` in a temporary
 //! directory (never the system's `/dev`); making a device needs root (or
@@ -327,6 +327,60 @@ fn a_directory_is_an_error_that_writes_nothing() {
     assert!(names(&sub).is_empty(), "stray files:\n{stderr}");
     assert_eq!(names(dir.path()), ["sub"], "stray files:\n{stderr}");
     assert!(stderr.contains("is a directory"), "{stderr}");
+}
+
+/// `%p` and `%e` in `HEAPPROF_OUT` (the exit dump and its peak), in a
+/// guard's path and in a series' name: the process id and the
+/// executable's file name.
+#[test]
+fn percent_p_and_e_name_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let exe = exe.file_name().unwrap().to_str().unwrap().to_owned();
+    let out = dir.path().join("heap-%e-%p.pb.gz");
+
+    // Two processes with one setting: two profiles (and their peaks).
+    let mut pids = Vec::new();
+    for _ in 0..2 {
+        let (stdout, _) = exit_child(dir.path(), &[("HEAPPROF_OUT", out.to_str().unwrap())]);
+        pids.push(printed_number(&stdout, "pid="));
+    }
+    let mut expected: Vec<String> = pids
+        .iter()
+        .flat_map(|pid| {
+            [
+                format!("heap-{exe}-{pid}.pb.gz"),
+                format!("heap-{exe}-{pid}.peak.pb.gz"),
+            ]
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(names(dir.path()), expected);
+    for name in &expected {
+        assert_eq!(read(&dir.path().join(name)).sample_type.len(), 4, "{name}");
+    }
+
+    let pid = std::process::id();
+    let sub = tempfile::tempdir().unwrap();
+    heapprof::ProfileGuard::new(sub.path().join("guard-%p.pb.gz"))
+        .finish()
+        .unwrap();
+    let series = heapprof::AutoDump::new(sub.path().join("series-%e.pb.gz"))
+        .every(Duration::from_millis(20))
+        .start()
+        .unwrap();
+    let first = sub.path().join(format!("series-{exe}.0001.pb.gz"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !first.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    series.stop();
+    assert!(first.exists(), "{:?}", names(sub.path()));
+    assert!(
+        sub.path().join(format!("guard-{pid}.pb.gz")).exists(),
+        "{:?}",
+        names(sub.path())
+    );
 }
 
 /// A regular file is still replaced whole (a reader never sees half a
