@@ -177,7 +177,9 @@ fn replace(
 
 /// Writes to what is at `path` without replacing it: a device, a FIFO,
 /// `/dev/stdout`, or a symlink, followed to whatever it names (a regular
-/// file there is truncated and rewritten in place, not atomically). The
+/// file there is truncated and rewritten in place, not atomically, as the
+/// shell's `>` and Go's `os.Create` do: `/dev/stdout` redirected to a file
+/// loses what the program printed there). The
 /// profile is produced in memory first, so that the target is opened only
 /// when there is something to write.
 ///
