@@ -10,7 +10,7 @@
 //! blanks), as `HEAPPROF_SAMPLE_RATE= cmd` or a template that expanded to
 //! nothing leaves it, is taken as unset, silently.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -24,6 +24,16 @@ pub(crate) const DEFAULT_SAMPLE_RATE: usize = 512 * 1024;
 /// How many distinct allocation sites the bucket table holds before new
 /// sites go to the overflow bucket (`HEAPPROF_MAX_SITES`).
 pub(crate) const DEFAULT_MAX_SITES: usize = 16 * 1024;
+
+/// The shortest period `HEAPPROF_DUMP_EVERY` takes; a shorter one is
+/// raised to it, with a line on stderr. Every profile of a series stays on
+/// disk, and one is written as soon as the last is done: a 1 ms period
+/// writes a few hundred files a second.
+const MIN_DUMP_EVERY: Duration = Duration::from_secs(1);
+
+/// At most this many characters of a malformed value are echoed in its
+/// warning, so that a value of any size stays one short line.
+const SHOWN_VALUE_CHARS: usize = 64;
 
 /// A new peak profile is kept when the live heap passes the last by this
 /// much: tcmalloc's 10 %.
@@ -74,11 +84,15 @@ pub(crate) fn get() -> &'static Config {
     CONFIG.get_or_init(|| {
         let _busy = crate::guard::Busy::enter();
         Config {
-            sample_rate: read(
+            sample_rate: at_most(
                 "HEAPPROF_SAMPLE_RATE",
-                BYTES_HINT,
-                DEFAULT_SAMPLE_RATE,
-                parse_bytes,
+                read(
+                    "HEAPPROF_SAMPLE_RATE",
+                    BYTES_HINT,
+                    DEFAULT_SAMPLE_RATE,
+                    parse_bytes,
+                ),
+                crate::sampler::MAX_RATE,
             ),
             // A bucket's index within its stripe has 24 bits (`BucketId`).
             max_sites: read(
@@ -99,7 +113,8 @@ pub(crate) fn get() -> &'static Config {
                 "HEAPPROF_DUMP_EVERY",
                 "a duration such as 30s, 500ms or 5m",
                 |s| parse_duration(s).filter(|d| !d.is_zero()),
-            ),
+            )
+            .map(|every| at_least("HEAPPROF_DUMP_EVERY", every, MIN_DUMP_EVERY)),
             dump_every_allocated: optional("HEAPPROF_DUMP_EVERY_ALLOCATED", BYTES_HINT, |s| {
                 parse_bytes(s).filter(|&n| n > 0).map(|n| n as u64)
             }),
@@ -126,6 +141,43 @@ pub(crate) fn get() -> &'static Config {
 
 const BYTES_HINT: &str = "a byte count such as 524288, 512KiB, 2MiB or 64k";
 
+/// `value`, or `max` with a line on stderr if `value` is above it.
+fn at_most(name: &str, value: usize, max: usize) -> usize {
+    if value <= max {
+        return value;
+    }
+    crate::report::warn(format_args!(
+        "heapprof: {name}={value} is above the largest value, {max}; using {max}"
+    ));
+    max
+}
+
+/// `value`, or `min` with a line on stderr if `value` is below it.
+fn at_least(name: &str, value: Duration, min: Duration) -> Duration {
+    if value >= min {
+        return value;
+    }
+    crate::report::warn(format_args!(
+        "heapprof: {name}={value:?} is below the shortest period, {min:?}; using {min:?}"
+    ));
+    min
+}
+
+/// A raw value as a warning shows it: quoted and escaped (so on one
+/// line), cut after [`SHOWN_VALUE_CHARS`] characters with its full length
+/// in bytes.
+struct Shown<'a>(&'a OsStr);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let quoted = format!("{:?}", self.0);
+        match quoted.char_indices().nth(SHOWN_VALUE_CHARS) {
+            None => f.write_str(&quoted),
+            Some((cut, _)) => write!(f, "{}...\" ({} bytes in all)", &quoted[..cut], self.0.len()),
+        }
+    }
+}
+
 fn read<T: std::fmt::Display>(
     name: &str,
     expected: &str,
@@ -139,7 +191,8 @@ fn read<T: std::fmt::Display>(
         Some(value) => value,
         None => {
             crate::report::warn(format_args!(
-                "heapprof: ignoring {name}={raw:?}: expected {expected}; using the default {default}"
+                "heapprof: ignoring {name}={}: expected {expected}; using the default {default}",
+                Shown(&raw)
             ));
             default
         }
@@ -165,7 +218,8 @@ fn lookup<T>(
     let value = raw.to_str().and_then(|s| parse(s.trim()));
     if value.is_none() {
         crate::report::warn(format_args!(
-            "heapprof: ignoring {name}={raw:?}: expected {expected}; {fallback}"
+            "heapprof: ignoring {name}={}: expected {expected}; {fallback}",
+            Shown(&raw)
         ));
     }
     value

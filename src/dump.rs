@@ -4,9 +4,20 @@
 //! Every dump goes through the same code as `write_profile`. A dump that
 //! fails is reported on stderr once per kind of dump (the program goes
 //! on); later failures of the same kind are silent.
+//!
+//! Paths: `%p` and `%e` in any dump path are the process id and the
+//! executable's name ([`expand`]). What is at the path decides how it is
+//! written ([`write_dump`]): nothing or a regular file is replaced whole,
+//! by a rename; a symlink, device, FIFO or `/dev/stdout` is opened and
+//! written, and stays what it is; a directory is an error. Nothing is ever
+//! named after a path that is not a regular file ([`sibling`]).
 
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, BufWriter};
+use std::io::{self, BufWriter, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{
@@ -17,10 +28,17 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crate::{config, guard, peak, profile, sampler};
 
-/// Writes the current profile to `path`. The error names the path.
+/// Writes the current profile to `path`, after [`expand`]ing it. The error
+/// names the path.
 pub(crate) fn write_file(path: &Path, options: profile::Options) -> io::Result<()> {
     let _busy = guard::Busy::enter();
-    write_atomically(path, |w| {
+    write_profile_at(&expand(path), options)
+}
+
+/// [`write_file`] to a path already expanded.
+fn write_profile_at(path: &Path, options: profile::Options) -> io::Result<()> {
+    let _busy = guard::Busy::enter();
+    write_dump(path, |w| {
         let sites = crate::buckets::snapshot();
         let p = profile::build(&sites, sampler::rate(), options);
         profile::encode(&p, w).map(|()| true)
@@ -28,41 +46,183 @@ pub(crate) fn write_file(path: &Path, options: profile::Options) -> io::Result<(
     .map(drop)
 }
 
-/// Writes `path` whole or not at all: `write` fills a temporary file
-/// beside it, which is renamed over `path` only if `write` succeeded and
-/// returned true (false: nothing worth writing, no file). A reader (the
-/// next dump's `-base`, a collector watching the directory, a test) never
-/// sees half a profile. The error names `path`.
-fn write_atomically(
+/// `path` with `%p` replaced by the process id, `%e` by the file name of
+/// the executable and `%%` by `%`, as in `LLVM_PROFILE_FILE` and the
+/// kernel's `core_pattern`; any other `%` stays as it is. Every path a dump
+/// is written to goes through here, so that processes writing the same
+/// setting (the test binaries of one `cargo test`, a program and its
+/// children) can keep their profiles apart.
+fn expand(path: &Path) -> PathBuf {
+    let bytes = path.as_os_str().as_bytes();
+    if !bytes.contains(&b'%') {
+        return path.to_owned();
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 32);
+    let mut rest = bytes;
+    while let Some((&c, tail)) = rest.split_first() {
+        let with = match (c, tail.first()) {
+            (b'%', Some(b'p')) => Some(std::process::id().to_string().into_bytes()),
+            (b'%', Some(b'e')) => Some(exe_name().into_vec()),
+            (b'%', Some(b'%')) => Some(vec![b'%']),
+            _ => None,
+        };
+        match with {
+            Some(with) => {
+                out.extend_from_slice(&with);
+                rest = &tail[1..];
+            }
+            None => {
+                out.push(c);
+                rest = tail;
+            }
+        }
+    }
+    PathBuf::from(OsString::from_vec(out))
+}
+
+/// The file name of the running executable (`%e`): from `/proc/self/exe`,
+/// else from `argv[0]`, else `unknown`.
+fn exe_name() -> OsString {
+    let name = |p: &Path| p.file_name().map(OsStr::to_owned);
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| name(&p))
+        .or_else(|| std::env::args_os().next().and_then(|a| name(Path::new(&a))))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// How a dump reaches its path, decided by what is there (a symlink is
+/// looked at, not followed).
+enum Target {
+    /// Nothing, or a regular file: written whole or not at all
+    /// ([`replace`]).
+    Replace,
+    /// A symlink, a device, a FIFO or a socket: opened and written
+    /// ([`write_through`]), so that it stays what it is.
+    Through,
+}
+
+/// What writing to `path` means; a directory is an error (nothing may be
+/// written in its place, nor beside it).
+fn target(path: &Path) -> io::Result<Target> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Err(io::Error::new(
+            io::ErrorKind::IsADirectory,
+            "is a directory; nothing is written",
+        )),
+        Ok(m) if m.is_file() => Ok(Target::Replace),
+        Ok(_) => Ok(Target::Through),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Target::Replace),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes one dump to `path` (already expanded): `write` produces it, and
+/// returns false if there is nothing worth writing (then no file is made
+/// or touched). A regular file, or a path where nothing is, is replaced
+/// whole or not at all; a symlink, device or FIFO is written through and
+/// stays; a directory is an error. The error names `path`.
+fn write_dump(
     path: &Path,
-    write: impl FnOnce(&mut BufWriter<File>) -> io::Result<bool>,
+    write: impl FnOnce(&mut dyn io::Write) -> io::Result<bool>,
 ) -> io::Result<bool> {
     let with_path =
         |e: io::Error| io::Error::new(e.kind(), format!("heapprof: {}: {e}", path.display()));
+    match target(path).map_err(with_path)? {
+        Target::Replace => replace(path, write),
+        Target::Through => write_through(path, write),
+    }
+    .map_err(with_path)
+}
+
+/// Tells apart the temporary files of dumps that one process writes at
+/// once (two guards on one path, say).
+static TEMPORARY: AtomicU32 = AtomicU32::new(0);
+
+/// Writes `path` whole or not at all: `write` fills a temporary file
+/// beside it, which is renamed over `path` only if `write` succeeded and
+/// returned true. A reader (the next dump's `-base`, a collector watching
+/// the directory, a test) never sees half a profile. The temporary file is
+/// created new (never opened through something already at its name) and
+/// is removed on every failure.
+fn replace(
+    path: &Path,
+    write: impl FnOnce(&mut dyn io::Write) -> io::Result<bool>,
+) -> io::Result<bool> {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let result = File::create(&tmp).and_then(|file| {
+    let tmp = path.with_file_name(format!(
+        ".{name}.{}.{}.tmp",
+        std::process::id(),
+        TEMPORARY.fetch_add(1, Relaxed)
+    ));
+    let result = File::create_new(&tmp).and_then(|file| {
         let mut w = BufWriter::new(file);
         let wanted = write(&mut w)?;
         w.into_inner().map_err(|e| e.into_error())?;
         Ok(wanted)
     });
-    match result {
-        // A failed rename (say, `path` is a directory) must not leave the
-        // temporary file behind either.
-        Ok(true) => std::fs::rename(&tmp, path).map(|()| true).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            with_path(e)
-        }),
-        Ok(false) => {
-            let _ = std::fs::remove_file(&tmp);
-            Ok(false)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(with_path(e))
-        }
+    let not_ours = matches!(&result, Err(e) if e.kind() == io::ErrorKind::AlreadyExists);
+    let renamed = match result {
+        Ok(true) => std::fs::rename(&tmp, path).map(|()| true),
+        Ok(false) => Ok(false),
+        Err(e) => Err(e),
+    };
+    // Renamed, or not created (something else had its name): nothing to
+    // remove; in every other case, it goes.
+    if !matches!(renamed, Ok(true)) && !not_ours {
+        let _ = std::fs::remove_file(&tmp);
     }
+    renamed
+}
+
+/// Writes to what is at `path` without replacing it: a device, a FIFO,
+/// `/dev/stdout`, or a symlink, followed to whatever it names (a regular
+/// file there is truncated and rewritten in place, not atomically, as the
+/// shell's `>` and Go's `os.Create` do: `/dev/stdout` redirected to a file
+/// loses what the program printed there). The
+/// profile is produced in memory first, so that the target is opened only
+/// when there is something to write.
+///
+/// The open does not wait: a FIFO that no process has open for reading is
+/// an error (an exit dump would otherwise hang the program's exit until
+/// someone reads). Writes then block as usual while a reader catches up;
+/// a reader that goes away mid-way makes the write fail with `EPIPE` (and
+/// raises `SIGPIPE`, which Rust programs ignore unless told otherwise).
+fn write_through(
+    path: &Path,
+    write: impl FnOnce(&mut dyn io::Write) -> io::Result<bool>,
+) -> io::Result<bool> {
+    let mut bytes = Vec::new();
+    if !write(&mut bytes)? {
+        return Ok(false);
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                io::Error::new(
+                    e.kind(),
+                    "no process has this FIFO open for reading (or it is a socket); nothing is written",
+                )
+            } else {
+                e
+            }
+        })?;
+    let fd = file.as_raw_fd();
+    // SAFETY: `fd` is `file`'s descriptor, open for both calls; F_GETFL
+    // takes no argument and F_SETFL an int of flags, and neither touches
+    // memory.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    file.write_all(&bytes)?;
+    Ok(true)
 }
 
 /// Writes the peak profile to `w`; `Ok(false)` if the heap never reached
@@ -103,17 +263,54 @@ fn report(result: io::Result<()>, what: &str, flag: &AtomicBool) {
     }
 }
 
-/// `heap.pb.gz` → `heap.peak.pb.gz`, `heap.0003.pb.gz`, …
-fn sibling(path: &Path, tag: &str) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let (stem, ext) = match name.strip_suffix(".pb.gz") {
-        Some(stem) => (stem.to_owned(), ".pb.gz"),
-        None => (name.clone(), ""),
+/// `heap.pb.gz` → `heap.peak.pb.gz`, `heap.0003.pb.gz`, … for `base`
+/// (already expanded). Only a base that is a regular file, or that is not
+/// there yet, has siblings: `base` being a directory, a device, a FIFO or
+/// `/dev/stdout` is an error, as is a base with no file name (`/`, `..`),
+/// so that no stray file (`/dev/null.peak`, `<dir>.0001`) is made beside
+/// it. A symlink is followed to see what it names; the siblings are named
+/// after the link itself.
+fn sibling(base: &Path, tag: &str) -> io::Result<PathBuf> {
+    let refuse = |why: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "heapprof: {}: {why}, so no profile is written under a name derived from it",
+                base.display()
+            ),
+        )
     };
-    path.with_file_name(format!("{stem}.{tag}{ext}"))
+    let Some(name) = base.file_name() else {
+        return Err(refuse("has no file name".into()));
+    };
+    match std::fs::metadata(base) {
+        Ok(m) if !m.is_file() => {
+            return Err(refuse(format!("is a {}", kind(&m.file_type()))));
+        }
+        _ => {}
+    }
+    let name = name.to_string_lossy();
+    let (stem, ext) = match name.strip_suffix(".pb.gz") {
+        Some(stem) => (stem, ".pb.gz"),
+        None => (&*name, ""),
+    };
+    Ok(base.with_file_name(format!("{stem}.{tag}{ext}")))
+}
+
+/// What a file that is not a regular file is, in words.
+fn kind(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "directory"
+    } else if t.is_char_device() || t.is_block_device() {
+        "device"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else {
+        "file that is not a regular file"
+    }
 }
 
 // ---- At exit -------------------------------------------------------------
@@ -143,18 +340,27 @@ extern "C" fn at_exit() {
     if EXIT_PID.load(Relaxed) != std::process::id() {
         return;
     }
-    let Some(out) = config::get().out.clone() else {
+    let _busy = guard::Busy::enter();
+    let Some(out) = config::get().out.as_deref().map(expand) else {
         return;
     };
     static FAILED: AtomicBool = AtomicBool::new(false);
     report(
-        write_file(&out, profile::Options::default()),
+        write_profile_at(&out, profile::Options::default()),
         "exit",
         &FAILED,
     );
-    // No peak yet (the heap never reached 1 MiB): no peak file.
-    let peak = write_atomically(&sibling(&out, "peak"), |w| write_peak(w));
-    report(peak.map(drop), "peak", &FAILED);
+    // No peak yet (the heap never reached 1 MiB): no peak file, and no
+    // complaint about where it would have gone.
+    let mut peak = Vec::new();
+    let written = write_peak(&mut peak).and_then(|recorded| {
+        if recorded {
+            let path = sibling(&out, "peak")?;
+            write_dump(&path, |w| w.write_all(&peak).map(|()| true))?;
+        }
+        Ok(())
+    });
+    report(written, "peak", &FAILED);
 }
 
 // ---- A guard -------------------------------------------------------------
@@ -185,6 +391,13 @@ pub struct ProfileGuard {
 
 impl ProfileGuard {
     /// Starts a guard that writes to `path` when dropped.
+    ///
+    /// `%p` in `path` is replaced by the process id, `%e` by the
+    /// executable's file name, `%%` by `%`. A regular file at `path` is
+    /// replaced whole (a reader never sees half a profile); a symlink is
+    /// followed and a device or FIFO written to, never replaced (a FIFO
+    /// that no process reads is an error, not a wait); a directory is an
+    /// error.
     pub fn new(path: impl Into<PathBuf>) -> ProfileGuard {
         ProfileGuard {
             path: Some(path.into()),
@@ -215,6 +428,15 @@ impl Drop for ProfileGuard {
 
 // ---- Periodically and on growth -------------------------------------------
 
+/// The stack of a series' thread. Set here, not left to std's default,
+/// which `RUST_MIN_STACK` may make too small for a profile build: the
+/// first build on a thread loads and parses debug info to symbolize.
+/// Building and writing two profiles from a cold symbolizer fits in 96 KiB
+/// in a release build and in 384 KiB in a debug build (measured on
+/// x86_64 with threads of decreasing stack sizes); this is std's usual
+/// default, several times either.
+const DUMP_THREAD_STACK: usize = 2 << 20;
+
 /// A series of profiles written in the background, numbered so that any
 /// two can be compared with `go tool pprof -base`: `heap.0001.pb.gz`,
 /// `heap.0002.pb.gz`, … A profile is written whenever any of the chosen
@@ -239,7 +461,10 @@ pub struct AutoDump {
 }
 
 impl AutoDump {
-    /// A series named after `path` (`x.pb.gz` gives `x.0001.pb.gz`, …).
+    /// A series named after `path` (`x.pb.gz` gives `x.0001.pb.gz`, …),
+    /// with `%p` and `%e` replaced as in [`ProfileGuard::new`], whose rules
+    /// each file of the series follows. A `path` that is a directory, a
+    /// device or a FIFO names no series: each profile is an error.
     pub fn new(path: impl Into<PathBuf>) -> AutoDump {
         AutoDump {
             path: path.into(),
@@ -288,6 +513,7 @@ impl AutoDump {
         let stop_seen = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("heapprof-dump".into())
+            .stack_size(DUMP_THREAD_STACK)
             .spawn(move || self.run(&stop_seen))?;
         Ok(AutoDumpHandle {
             stop,
@@ -357,12 +583,9 @@ impl AutoDump {
                     break;
                 }
             }
-            let path = sibling(&self.path, &format!("{seq:04}"));
-            report(
-                write_file(&path, profile::Options::default()),
-                "periodic",
-                &FAILED,
-            );
+            let written = sibling(&expand(&self.path), &format!("{seq:04}"))
+                .and_then(|path| write_profile_at(&path, profile::Options::default()));
+            report(written, "periodic", &FAILED);
         }
     }
 }
@@ -438,9 +661,40 @@ mod tests {
     #[test]
     fn series_names() {
         assert_eq!(
-            sibling(Path::new("/tmp/heap.pb.gz"), "0003"),
-            Path::new("/tmp/heap.0003.pb.gz")
+            sibling(Path::new("/nonexistent-heapprof-dir/heap.pb.gz"), "0003").unwrap(),
+            Path::new("/nonexistent-heapprof-dir/heap.0003.pb.gz")
         );
-        assert_eq!(sibling(Path::new("heap"), "peak"), Path::new("heap.peak"));
+        assert_eq!(
+            sibling(Path::new("nonexistent-heapprof-heap"), "peak").unwrap(),
+            Path::new("nonexistent-heapprof-heap.peak")
+        );
+    }
+
+    /// Nothing is named after a directory or a path with no file name.
+    #[test]
+    fn no_siblings_of_directories() {
+        let dir = std::env::temp_dir();
+        for base in [Path::new("/"), Path::new("."), Path::new(".."), &dir] {
+            let e = sibling(base, "peak").unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+        }
+    }
+
+    #[test]
+    fn percent_escapes() {
+        use super::expand;
+        let pid = std::process::id();
+        let exe = std::env::current_exe().unwrap();
+        let exe = exe.file_name().unwrap().to_str().unwrap();
+        let cases = [
+            ("heap.pb.gz", "heap.pb.gz".to_owned()),
+            ("heap-%p.pb.gz", format!("heap-{pid}.pb.gz")),
+            ("d-%e/%e-%p-%p", format!("d-{exe}/{exe}-{pid}-{pid}")),
+            ("100%%-%x-%", "100%-%x-%".to_owned()),
+            ("%%p", "%p".to_owned()),
+        ];
+        for (path, expanded) in cases {
+            assert_eq!(expand(Path::new(path)), Path::new(&expanded), "{path}");
+        }
     }
 }

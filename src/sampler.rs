@@ -155,6 +155,12 @@ fn with_thread<R>(f: impl FnOnce(&Local) -> R) -> Result<R, std::thread::AccessE
 /// Marks "not read from the environment yet".
 const RATE_UNSET: usize = usize::MAX;
 
+/// The largest rate: every other value is a rate, and this one is so far
+/// above any heap that it samples nothing all the same. A larger setting
+/// (`set_rate`, `HEAPPROF_SAMPLE_RATE`) is lowered to it, so that it is
+/// never taken for [`RATE_UNSET`].
+pub(crate) const MAX_RATE: usize = RATE_UNSET - 1;
+
 /// A thread's countdown while sampling is off (rate 0). Not "never": the
 /// rate is only read on the slow path, so a thread parked at "never" would
 /// not see sampling turned back on for the rest of its life. With this,
@@ -188,8 +194,7 @@ pub(crate) fn rate() -> usize {
 /// [`OFF_COUNTDOWN`] bytes if sampling was off), and new threads from their
 /// first allocation.
 pub(crate) fn set_rate(bytes: usize) {
-    // usize::MAX is our "unset" marker; it means "practically never" anyway.
-    RATE.store(bytes.min(usize::MAX - 1), Relaxed);
+    RATE.store(bytes.min(MAX_RATE), Relaxed);
     let _ = with_thread(|l| {
         start_countdown(l, 0);
         l.sampler.drawn_at.set(1);

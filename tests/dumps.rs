@@ -46,7 +46,30 @@ fn child_scenarios() {
             // Held in a leaked Vec so it is live when the process exits.
             std::mem::forget(held_until_exit());
         }
-        Ok("churn") => churn_for(Duration::from_millis(900)),
+        Ok("churn") => churn_for(Duration::from_millis(
+            std::env::var("HEAPPROF_TEST_CHURN_MS")
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or(900),
+        )),
+        Ok("small_stacks") => {
+            // The harness's thread has the small stack too; this one only
+            // starts a series and waits for it.
+            let dir = tempfile::tempdir().unwrap();
+            let series = heapprof::AutoDump::new(dir.path().join("small.pb.gz"))
+                .every(Duration::from_millis(50))
+                .start()
+                .unwrap();
+            let n = wait_for_series(dir.path(), "small", 2, 20, || {
+                std::thread::sleep(Duration::from_millis(20))
+            });
+            series.stop();
+            for seq in 1..=n {
+                let p = read_profile(&dir.path().join(format!("small.{seq:04}.pb.gz")));
+                assert_eq!(p.sample_type.len(), 4);
+            }
+            println!("series files={n}");
+        }
         Ok("series") => {
             let out = PathBuf::from(std::env::var("HEAPPROF_OUT").unwrap());
             wait_for_series(out.parent().unwrap(), "series", 3, 20, || {
@@ -232,13 +255,13 @@ fn periodic_series_has_increasing_numbers() {
         "series",
         &[
             ("HEAPPROF_OUT", base.to_str().unwrap()),
-            ("HEAPPROF_DUMP_EVERY", "150ms"),
+            ("HEAPPROF_DUMP_EVERY", "1s"),
         ],
     );
     let numbers = series_numbers(dir.path(), "series");
     assert!(
         numbers.len() >= 3,
-        "expected three files of a series at 150 ms within 20 s: {numbers:?}"
+        "expected three files of a series at 1 s within 20 s: {numbers:?}"
     );
     assert_eq!(
         numbers,
@@ -261,7 +284,9 @@ fn failing_output_path_is_reported_once() {
         "churn",
         &[
             ("HEAPPROF_OUT", "/nonexistent-heapprof-dir/x.pb.gz"),
-            ("HEAPPROF_DUMP_EVERY", "100ms"),
+            ("HEAPPROF_DUMP_EVERY", "1s"),
+            // Long enough for two periods: two failures, one report.
+            ("HEAPPROF_TEST_CHURN_MS", "2500"),
         ],
     );
     let periodic = stderr
@@ -514,4 +539,51 @@ fn a_failed_rename_leaves_no_temporary_file() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, ["taken.pb.gz"], "left behind: {names:?}");
+}
+
+/// `HEAPPROF_DUMP_EVERY` below the floor (1 s) is raised to it, said once
+/// on stderr: a millisecond period does not fill the directory.
+#[test]
+fn a_tiny_dump_period_is_raised_to_the_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("tiny.pb.gz");
+    let stderr = child(
+        "churn",
+        &[
+            ("HEAPPROF_OUT", base.to_str().unwrap()),
+            ("HEAPPROF_DUMP_EVERY", "1ms"),
+            ("HEAPPROF_TEST_CHURN_MS", "2500"),
+        ],
+    );
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("HEAPPROF_DUMP_EVERY"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("1ms") && lines[0].contains("using 1s"),
+        "{}",
+        lines[0]
+    );
+    // 2.5 s at one per second: two, perhaps three on a slow start-up. At
+    // 1 ms it would be hundreds.
+    let n = series_numbers(dir.path(), "tiny").len();
+    println!("series at HEAPPROF_DUMP_EVERY=1ms over 2.5 s: {n} files");
+    assert!((1..=3).contains(&n), "{n} files");
+}
+
+/// The series' thread has its own stack size: with `RUST_MIN_STACK` at
+/// 64 KiB (which std gives every thread spawned without a size), a series
+/// still writes its profiles instead of overflowing its stack.
+#[test]
+fn a_series_works_with_a_tiny_default_stack() {
+    let stdout = run_child(
+        "child_scenarios",
+        &[
+            ("HEAPPROF_TEST_CHILD", "small_stacks"),
+            ("RUST_MIN_STACK", "65536"),
+        ],
+    )
+    .0;
+    assert_eq!(printed_number(&stdout, "series files="), 2, "{stdout}");
 }

@@ -219,3 +219,46 @@ fn empty_settings_are_unset_and_silent() {
     assert_eq!(printed_number(&stdout, "rate="), 524288);
     assert!(!stderr.contains("heapprof"), "{stderr}");
 }
+
+/// `usize::MAX` is a valid byte count but the sampler's "not read yet"
+/// marker: it is lowered to the largest rate, said in one line, and the
+/// rate in force is that, not the marker.
+#[test]
+fn the_largest_rate_is_not_the_unset_marker() {
+    let (stdout, stderr) = run_child(
+        "child_reports_rate",
+        &[("HEAPPROF_SAMPLE_RATE", &usize::MAX.to_string())],
+    );
+    let largest = (usize::MAX - 1).to_string();
+    assert!(stdout.contains(&format!("rate={largest}\n")), "{stdout}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("heapprof")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("HEAPPROF_SAMPLE_RATE") && lines[0].contains(&largest),
+        "{}",
+        lines[0]
+    );
+}
+
+/// A malformed value of any size is echoed cut short, in one line, with
+/// its length: for a setting with a default and for one that stays off.
+#[test]
+fn a_huge_malformed_value_is_echoed_cut_short() {
+    let junk = format!("{}\n{}", "x".repeat(50_000), "y".repeat(50_000));
+    for name in ["HEAPPROF_SAMPLE_RATE", "HEAPPROF_DUMP_EVERY"] {
+        let (stdout, stderr) = run_child("child_reports_rate", &[(name, &junk)]);
+        assert_eq!(printed_number(&stdout, "rate="), 524288, "{name}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("heapprof")).collect();
+        assert_eq!(lines.len(), 1, "{name}: {} bytes of stderr", stderr.len());
+        let line = lines[0];
+        assert!(line.len() < 300, "{name}: a line of {} bytes", line.len());
+        assert!(
+            line.contains(name) && line.contains("xxxx") && line.contains("100001 bytes"),
+            "{line}"
+        );
+        assert!(
+            !stderr.contains("yyyy"),
+            "{name}: the value is echoed in full"
+        );
+    }
+}

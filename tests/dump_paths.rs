@@ -1,0 +1,403 @@
+//! What a dump does to what is already at its path: a regular file (or
+//! nothing) is replaced whole; a device, a FIFO or a symlink is written
+//! through and stays what it is; a directory is an error that writes
+//! nothing anywhere. And `%p` / `%e` in a dump path.
+//!
+//! Devices and FIFOs are made with `mknod` / `mkfifo` in a temporary
+//! directory (never the system's `/dev`); making a device needs root (or
+//! `CAP_MKNOD`), which these tests require rather than skip.
+
+mod common;
+use common::*;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[global_allocator]
+static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+
+/// `/dev/null`'s device number, for the copies made here.
+const NULL_MAJOR: u32 = 1;
+const NULL_MINOR: u32 = 3;
+
+fn c_path(path: &Path) -> std::ffi::CString {
+    std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap()
+}
+
+/// A copy of `/dev/null` (same device number) at `path`.
+fn make_null_device(path: &Path) {
+    let c = c_path(path);
+    let dev = libc::makedev(NULL_MAJOR, NULL_MINOR);
+    // SAFETY: `c` is a NUL-terminated path that lives across the call.
+    let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, dev) };
+    assert_eq!(
+        r,
+        0,
+        "mknod {} (these tests need root or CAP_MKNOD): {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+fn make_fifo(path: &Path) {
+    let c = c_path(path);
+    // SAFETY: `c` is a NUL-terminated path that lives across the call.
+    let r = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(r, 0, "mkfifo: {}", std::io::Error::last_os_error());
+}
+
+/// Asserts `path` is still the `/dev/null` copy made by `make_null_device`.
+fn assert_null_device(path: &Path) {
+    let m = std::fs::symlink_metadata(path).unwrap();
+    assert!(
+        m.file_type().is_char_device(),
+        "{} is no longer a device: {:?}",
+        path.display(),
+        m.file_type()
+    );
+    assert_eq!(m.rdev(), libc::makedev(NULL_MAJOR, NULL_MINOR));
+}
+
+/// The names in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[inline(never)]
+fn held_until_exit() -> Vec<Vec<u8>> {
+    std::hint::black_box((0..64).map(|_| vec![7u8; 64 * 1024]).collect())
+}
+
+/// Allocates and frees for `d`, so that a series has samples to wake on.
+#[inline(never)]
+fn churn_for(d: Duration) {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        std::hint::black_box(vec![0u8; 64 * 1024]);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The children's side: holds 4 MiB until exit (so a peak is recorded and
+/// the exit dump has something live), churns for `HEAPPROF_TEST_CHURN_MS`
+/// (a series fires meanwhile), and prints its process id.
+#[test]
+fn child_scenarios() {
+    if std::env::var("HEAPPROF_TEST_CHILD").as_deref() != Ok("exit") {
+        return;
+    }
+    std::mem::forget(held_until_exit());
+    if let Some(ms) = std::env::var("HEAPPROF_TEST_CHURN_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        churn_for(Duration::from_millis(ms));
+    }
+    println!("pid={}", std::process::id());
+}
+
+/// Runs the exit scenario in a child with `env`, in the directory `cwd`;
+/// returns its stdout and stderr.
+fn exit_child(cwd: &Path, env: &[(&str, &str)]) -> (String, String) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_scenarios",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .current_dir(cwd)
+        .env("HEAPPROF_TEST_CHILD", "exit")
+        .envs(env.iter().copied())
+        .output()
+        .expect("start the child");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "child failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    (stdout, stderr)
+}
+
+/// A series period (the shortest `HEAPPROF_DUMP_EVERY` takes) and a churn
+/// long enough for it to fire.
+const SERIES_ENV: [(&str, &str); 2] = [
+    ("HEAPPROF_DUMP_EVERY", "1s"),
+    ("HEAPPROF_TEST_CHURN_MS", "1600"),
+];
+
+/// A guard, the exit dump, the series and the peak, all aimed at a device:
+/// the device stays, and nothing is made beside it.
+#[test]
+fn a_device_is_written_through_and_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let null = dir.path().join("null");
+    make_null_device(&null);
+
+    heapprof::ProfileGuard::new(&null)
+        .finish()
+        .expect("a device is written to");
+    assert_null_device(&null);
+    assert_eq!(names(dir.path()), ["null"]);
+
+    let mut env = vec![("HEAPPROF_OUT", null.to_str().unwrap())];
+    env.extend(SERIES_ENV);
+    let (_, stderr) = exit_child(dir.path(), &env);
+    assert_null_device(&null);
+    assert_eq!(names(dir.path()), ["null"], "stray files:\n{stderr}");
+    // The exit dump goes to the device; the series and the peak, named
+    // after it, are refused, each said once.
+    assert!(
+        !stderr.contains("could not write the exit profile"),
+        "{stderr}"
+    );
+    for what in ["periodic", "peak"] {
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains(&format!("could not write the {what} profile")))
+            .collect();
+        assert_eq!(lines.len(), 1, "{what}:\n{stderr}");
+        assert!(lines[0].contains("is a device"), "{}", lines[0]);
+    }
+}
+
+/// Reads `fifo`, opened now (so a writer finds a reader), on a thread,
+/// until the writer has written and closed it, or `limit`. Returns what
+/// was read.
+fn read_fifo_on_a_thread(fifo: &Path, limit: Duration) -> std::thread::JoinHandle<Vec<u8>> {
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(fifo)
+        .unwrap();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + limit;
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        while Instant::now() < deadline {
+            match reader.read(&mut buf) {
+                // No writer: finished if one came and went, else not yet.
+                Ok(0) if !got.is_empty() => break,
+                Ok(0) => std::thread::sleep(Duration::from_millis(1)),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(e) => panic!("reading the FIFO: {e}"),
+            }
+        }
+        got
+    })
+}
+
+/// A FIFO with a reader gets the whole profile and stays a FIFO; one with
+/// no reader is an error at once (an exit dump must not hang the exit
+/// waiting for one), and stays a FIFO too.
+#[test]
+fn a_fifo_is_written_through_and_stays() {
+    let _watchdog = watchdog("FIFO dumps", Duration::from_secs(60));
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    make_fifo(&fifo);
+    let kept: Vec<Vec<u8>> = (0..64).map(|_| vec![1u8; 64 * 1024]).collect();
+
+    let reader = read_fifo_on_a_thread(&fifo, Duration::from_secs(20));
+    heapprof::ProfileGuard::new(&fifo)
+        .finish()
+        .expect("a FIFO with a reader is written to");
+    let got = reader.join().unwrap();
+    assert_eq!(decode(&got).sample_type.len(), 4, "a whole profile");
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+
+    let started = Instant::now();
+    let err = heapprof::ProfileGuard::new(&fifo).finish().unwrap_err();
+    assert!(
+        err.to_string().contains("FIFO") && err.to_string().contains("fifo"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10), "it waited");
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    assert_eq!(names(dir.path()), ["fifo"]);
+    drop(kept);
+}
+
+/// A symlink is followed, never replaced: to a regular file (rewritten),
+/// to nothing (created), to a device (written to); a symlink to a
+/// directory is an error like the directory.
+#[test]
+fn a_symlink_is_followed_and_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let link = |name: &str, to: &str| {
+        let path = d.join(name);
+        std::os::unix::fs::symlink(to, &path).unwrap();
+        path
+    };
+    let check_link = |path: &Path, to: &str| {
+        let m = std::fs::symlink_metadata(path).unwrap();
+        assert!(
+            m.file_type().is_symlink(),
+            "{} was replaced",
+            path.display()
+        );
+        assert_eq!(std::fs::read_link(path).unwrap(), Path::new(to));
+    };
+
+    std::fs::write(d.join("real.pb.gz"), b"not a profile yet").unwrap();
+    let to_file = link("to-file.pb.gz", "real.pb.gz");
+    heapprof::ProfileGuard::new(&to_file).finish().unwrap();
+    check_link(&to_file, "real.pb.gz");
+    assert_eq!(read(&d.join("real.pb.gz")).sample_type.len(), 4);
+
+    let dangling = link("dangling.pb.gz", "created.pb.gz");
+    heapprof::ProfileGuard::new(&dangling).finish().unwrap();
+    check_link(&dangling, "created.pb.gz");
+    assert_eq!(read(&d.join("created.pb.gz")).sample_type.len(), 4);
+
+    make_null_device(&d.join("null"));
+    let to_device = link("to-device", "null");
+    heapprof::ProfileGuard::new(&to_device).finish().unwrap();
+    check_link(&to_device, "null");
+    assert_null_device(&d.join("null"));
+
+    std::fs::create_dir(d.join("sub")).unwrap();
+    let to_dir = link("to-dir", "sub");
+    let before = names(d);
+    heapprof::ProfileGuard::new(&to_dir).finish().unwrap_err();
+    check_link(&to_dir, "sub");
+    assert_eq!(names(d), before);
+    assert!(names(&d.join("sub")).is_empty());
+}
+
+fn read(path: &Path) -> heapprof::proto::Profile {
+    decode(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}
+
+/// A directory is an error that writes nothing, in it or beside it: not
+/// the exit dump, not `<dir>.peak`, not `<dir>.0001`, not a temporary
+/// file; `.` neither.
+#[test]
+fn a_directory_is_an_error_that_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+
+    let err = heapprof::ProfileGuard::new(&sub).finish().unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::IsADirectory, "{err}");
+    assert!(err.to_string().contains("sub"), "{err}");
+
+    let mut env = vec![("HEAPPROF_OUT", sub.to_str().unwrap())];
+    env.extend(SERIES_ENV);
+    let (_, stderr) = exit_child(dir.path(), &env);
+    assert_eq!(names(dir.path()), ["sub"], "stray files:\n{stderr}");
+    assert!(names(&sub).is_empty(), "written into the directory");
+    assert!(
+        stderr.contains("could not write the exit profile") && stderr.contains("is a directory"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("could not write the periodic profile"),
+        "{stderr}"
+    );
+
+    // `.`: the child's working directory.
+    let mut env = vec![("HEAPPROF_OUT", ".")];
+    env.extend(SERIES_ENV);
+    let (_, stderr) = exit_child(&sub, &env);
+    assert!(names(&sub).is_empty(), "stray files:\n{stderr}");
+    assert_eq!(names(dir.path()), ["sub"], "stray files:\n{stderr}");
+    assert!(stderr.contains("is a directory"), "{stderr}");
+}
+
+/// `%p` and `%e` in `HEAPPROF_OUT` (the exit dump and its peak), in a
+/// guard's path and in a series' name: the process id and the
+/// executable's file name.
+#[test]
+fn percent_p_and_e_name_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let exe = exe.file_name().unwrap().to_str().unwrap().to_owned();
+    let out = dir.path().join("heap-%e-%p.pb.gz");
+
+    // Two processes with one setting: two profiles (and their peaks).
+    let mut pids = Vec::new();
+    for _ in 0..2 {
+        let (stdout, _) = exit_child(dir.path(), &[("HEAPPROF_OUT", out.to_str().unwrap())]);
+        pids.push(printed_number(&stdout, "pid="));
+    }
+    let mut expected: Vec<String> = pids
+        .iter()
+        .flat_map(|pid| {
+            [
+                format!("heap-{exe}-{pid}.pb.gz"),
+                format!("heap-{exe}-{pid}.peak.pb.gz"),
+            ]
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(names(dir.path()), expected);
+    for name in &expected {
+        assert_eq!(read(&dir.path().join(name)).sample_type.len(), 4, "{name}");
+    }
+
+    let pid = std::process::id();
+    let sub = tempfile::tempdir().unwrap();
+    heapprof::ProfileGuard::new(sub.path().join("guard-%p.pb.gz"))
+        .finish()
+        .unwrap();
+    let series = heapprof::AutoDump::new(sub.path().join("series-%e.pb.gz"))
+        .every(Duration::from_millis(20))
+        .start()
+        .unwrap();
+    let first = sub.path().join(format!("series-{exe}.0001.pb.gz"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !first.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    series.stop();
+    assert!(first.exists(), "{:?}", names(sub.path()));
+    assert!(
+        sub.path().join(format!("guard-{pid}.pb.gz")).exists(),
+        "{:?}",
+        names(sub.path())
+    );
+}
+
+/// A regular file is still replaced whole (a reader never sees half a
+/// profile), and what was at the path is gone, not appended to.
+#[test]
+fn a_regular_file_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path: PathBuf = dir.path().join("old.pb.gz");
+    std::fs::write(&path, vec![b'x'; 1 << 20]).unwrap();
+    let inode = std::fs::metadata(&path).unwrap().ino();
+    heapprof::ProfileGuard::new(&path).finish().unwrap();
+    assert_eq!(read(&path).sample_type.len(), 4);
+    assert_ne!(
+        std::fs::metadata(&path).unwrap().ino(),
+        inode,
+        "renamed over, not rewritten in place"
+    );
+    assert_eq!(names(dir.path()), ["old.pb.gz"]);
+    let _ = File::open(&path).unwrap();
+}
