@@ -1,0 +1,181 @@
+//! The built-in server against what a hostile environment does: small
+//! default thread stacks, and limits set to their extremes. Each test that measures the process, or
+//! that would abort it when the server is wrong, runs in a child process
+//! of its own.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use heapprof::http::Server;
+
+#[global_allocator]
+static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+
+/// The process's resident set, from `/proc/self/status`.
+fn rss_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix(" kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("VmRSS in /proc/self/status");
+    kib * 1024
+}
+
+const MIB: usize = 1024 * 1024;
+
+// Distinct allocation sites: a path of `DEPTH` calls, each to `left` or
+// `right` as the bits of `path` say, gives 2^DEPTH different stacks. The
+// two differ in what they do after the call (so neither the calls become
+// jumps nor the two functions are merged into one).
+const DEPTH: u32 = 11;
+
+#[inline(never)]
+fn left(depth: u32, path: u32, keep: &mut Vec<Box<[u8]>>) {
+    step(depth, path, keep);
+    std::hint::black_box(1);
+}
+
+#[inline(never)]
+fn right(depth: u32, path: u32, keep: &mut Vec<Box<[u8]>>) {
+    step(depth, path, keep);
+    std::hint::black_box(2);
+}
+
+#[inline(never)]
+fn step(depth: u32, path: u32, keep: &mut Vec<Box<[u8]>>) {
+    if depth == 0 {
+        keep.push(vec![7u8; 64].into_boxed_slice());
+    } else if path & 1 == 0 {
+        left(depth - 1, path >> 1, keep);
+    } else {
+        right(depth - 1, path >> 1, keep);
+    }
+}
+
+/// Allocates once from each of 2^DEPTH sites, every allocation sampled.
+fn many_sites() -> Vec<Box<[u8]>> {
+    let mut keep = Vec::new();
+    heapprof::set_sample_rate(1);
+    for path in 0..1u32 << DEPTH {
+        step(DEPTH, path, &mut keep);
+    }
+    heapprof::set_sample_rate(512 * 1024);
+    keep
+}
+
+/// `RUST_MIN_STACK` sets the stack of every thread spawned without an
+/// explicit size. At 64 KiB, serving a gzipped profile overflowed the
+/// connection thread and aborted the whole process; the server's threads
+/// now have stacks of their own size.
+#[test]
+fn requests_survive_a_small_rust_min_stack() {
+    if !is_child() {
+        let (stdout, _) = run_child(
+            "requests_survive_a_small_rust_min_stack",
+            &[("RUST_MIN_STACK", "65536")],
+        );
+        print!("{stdout}");
+        return;
+    }
+    assert_eq!(std::env::var("RUST_MIN_STACK").as_deref(), Ok("65536"));
+    let sites = many_sites();
+    let addr = heapprof::http::serve("127.0.0.1:0").unwrap();
+    for target in [
+        "/debug/pprof/heap",
+        "/debug/pprof/allocs",
+        "/debug/pprof/heap?debug=1",
+        "/debug/pprof/peak",
+        "/debug/pprof/",
+    ] {
+        let reply = http_get(addr, target);
+        assert!(
+            reply.status == 200 || (target.ends_with("peak") && reply.status == 404),
+            "{target}: {}",
+            reply.status
+        );
+        println!("{target}: {} ({} bytes)", reply.status, reply.body.len());
+    }
+    drop(sites);
+}
+
+/// Limits at their extremes: `Duration::MAX` timeouts panicked on every
+/// connection (an `Instant` plus `Duration::MAX` overflows), a 4 TiB head
+/// limit aborted on allocating its buffer, `usize::MAX` panicked. They
+/// saturate now, and each server answers.
+#[test]
+fn extreme_limits_saturate() {
+    if !is_child() {
+        let (stdout, _) = run_child("extreme_limits_saturate", &[]);
+        print!("{stdout}");
+        return;
+    }
+    let _watchdog = watchdog("extreme limits", Duration::from_secs(60));
+    let servers = [
+        ("Duration::MAX timeouts", {
+            Server::new()
+                .header_timeout(Duration::MAX)
+                .write_timeout(Duration::MAX)
+        }),
+        (
+            "max_head_bytes(1 << 42)",
+            Server::new().max_head_bytes(1 << 42),
+        ),
+        (
+            "max_head_bytes(usize::MAX)",
+            Server::new().max_head_bytes(usize::MAX),
+        ),
+        (
+            "everything at once",
+            Server::new()
+                .max_connections(usize::MAX)
+                .header_timeout(Duration::MAX)
+                .write_timeout(Duration::MAX)
+                .max_head_bytes(usize::MAX),
+        ),
+        (
+            "zeros",
+            Server::new()
+                .max_connections(0)
+                .header_timeout(Duration::ZERO)
+                .write_timeout(Duration::ZERO)
+                .max_head_bytes(0),
+        ),
+    ];
+    for (what, server) in servers {
+        let rss = rss_bytes();
+        let addr = server.serve("127.0.0.1:0").unwrap();
+        let reply = http_get(addr, "/debug/pprof/");
+        // A zero header timeout is 1 ms: on a loaded machine the head may
+        // miss it, and 408 is then the right answer.
+        assert!(
+            reply.status == 200 || (what == "zeros" && reply.status == 408),
+            "{what}: {}",
+            reply.status
+        );
+        println!(
+            "{what}: {} (RSS +{} MiB)",
+            reply.status,
+            rss_bytes().saturating_sub(rss) / MIB
+        );
+    }
+    // A head past the largest limit is refused, not buffered for ever.
+    let addr = Server::new()
+        .max_head_bytes(usize::MAX)
+        .serve("127.0.0.1:0")
+        .unwrap();
+    let big = format!(
+        "GET /debug/pprof/ HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(heapprof::http::LARGEST_HEAD_BYTES)
+    );
+    let reply = http_raw(addr, big.as_bytes());
+    assert_eq!(reply.status, 431, "{}", reply.text());
+    let fits = format!(
+        "GET /debug/pprof/ HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(heapprof::http::LARGEST_HEAD_BYTES / 2)
+    );
+    assert_eq!(http_raw(addr, fits.as_bytes()).status, 200);
+}
