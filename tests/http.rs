@@ -397,12 +397,14 @@ fn connections_over_the_limit_get_503() {
     }
 }
 
+/// Fifty scrapers from ten addresses (five each, within the per-peer
+/// limit), all at once.
 #[test]
 fn fifty_concurrent_scrapes_all_succeed() {
     let addr = server();
     let _watchdog = watchdog("50 concurrent scrapes", Duration::from_secs(120));
     let kept = hold_for_proto(256);
-    let scrapers: Vec<_> = (0..50)
+    let scrapers: Vec<_> = (0..50u8)
         .map(|i| {
             std::thread::spawn(move || {
                 let target = if i % 5 == 4 {
@@ -410,7 +412,8 @@ fn fifty_concurrent_scrapes_all_succeed() {
                 } else {
                     "/debug/pprof/heap"
                 };
-                let reply = http_get(addr, target);
+                let from = std::net::Ipv4Addr::new(127, 0, 0, 10 + i % 10);
+                let reply = http_get_from(from.into(), addr, target);
                 assert_eq!(reply.status, 200, "scrape {i}: {}", reply.text());
                 if i % 5 != 4 {
                     let p = decode(&reply.body);

@@ -1,17 +1,27 @@
-//! The built-in server against what a hostile environment does: small
-//! default thread stacks, and limits set to their extremes. Each test that measures the process, or
+//! The built-in server against clients that misbehave on purpose and what
+//! a hostile environment does: one peer holding connections to lock the
+//! others out, small default thread stacks, and limits set to their
+//! extremes. Each test that measures the process, or
 //! that would abort it when the server is wrong, runs in a child process
 //! of its own.
 
 mod common;
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 
 use common::*;
-use heapprof::http::Server;
+use heapprof::http::{DEFAULT_CONNECTIONS_PER_PEER, Server};
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+
+fn loopback(last: u8) -> IpAddr {
+    Ipv4Addr::new(127, 0, 0, last).into()
+}
 
 /// The process's resident set, from `/proc/self/status`.
 fn rss_bytes() -> usize {
@@ -65,6 +75,121 @@ fn many_sites() -> Vec<Box<[u8]>> {
     }
     heapprof::set_sample_rate(512 * 1024);
     keep
+}
+
+/// One peer (127.0.0.2) keeps a hundred connections open, trickling a byte
+/// at a time and reconnecting whenever the server closes one, as in the
+/// report that filed this; another (127.0.0.3) scrapes. Every scrape must
+/// succeed: the first peer holds at most its share of the places.
+#[test]
+fn one_peer_cannot_lock_out_a_scraper() {
+    let _watchdog = watchdog("one peer holding connections", Duration::from_secs(120));
+    let addr = Server::new()
+        // Long enough that no held connection times out during the test.
+        .header_timeout(Duration::from_secs(60))
+        .serve("127.0.0.1:0")
+        .unwrap();
+    const BAD: usize = 100;
+    let request = b"GET /debug/pprof/heap HTTP/1.1\r\nHost: x\r\n\r\n";
+    let stop = Arc::new(AtomicBool::new(false));
+    let refused_by_peer_limit = Arc::new(AtomicUsize::new(0));
+    let reconnects = Arc::new(AtomicUsize::new(0));
+    let opened = Arc::new(std::sync::Barrier::new(2));
+    let attacker = {
+        let (stop, refused, reconnects, opened) = (
+            stop.clone(),
+            refused_by_peer_limit.clone(),
+            reconnects.clone(),
+            opened.clone(),
+        );
+        std::thread::spawn(move || {
+            let open = || {
+                let s = connect_from(loopback(2), addr);
+                s.set_nonblocking(true).unwrap();
+                (s, 0usize)
+            };
+            let mut conns: Vec<(TcpStream, usize)> = (0..BAD).map(|_| open()).collect();
+            opened.wait();
+            while !stop.load(Relaxed) {
+                for conn in &mut conns {
+                    // Whatever the server sent means it is done with this
+                    // connection: read it, and take a new one.
+                    let mut reply = [0u8; 512];
+                    let answered = match conn.0.read(&mut reply) {
+                        Ok(n) => {
+                            if String::from_utf8_lossy(&reply[..n]).contains("from your address") {
+                                refused.fetch_add(1, Relaxed);
+                            }
+                            true
+                        }
+                        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                    };
+                    let sent = conn.1 < request.len() - 1
+                        && conn.0.write(&request[conn.1..conn.1 + 1]).is_ok();
+                    if sent {
+                        conn.1 += 1;
+                    }
+                    if answered {
+                        *conn = open();
+                        reconnects.fetch_add(1, Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    opened.wait();
+    // Let the server accept them all first.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(http_get_from(loopback(3), addr, "/debug/pprof/heap").status);
+    }
+    stop.store(true, Relaxed);
+    attacker.join().unwrap();
+    let ok = statuses.iter().filter(|&&s| s == 200).count();
+    println!(
+        "scraper beside {BAD} held connections from one peer: {ok}/20 answered 200 ({statuses:?}); \
+         the holding peer was refused {} times and reconnected {} times",
+        refused_by_peer_limit.load(Relaxed),
+        reconnects.load(Relaxed)
+    );
+    assert_eq!(ok, statuses.len(), "every scrape succeeds: {statuses:?}");
+    assert!(
+        refused_by_peer_limit.load(Relaxed) > 0,
+        "the peer's connections past its {DEFAULT_CONNECTIONS_PER_PEER} were answered 503"
+    );
+}
+
+/// The per-peer limit counts a peer's connections, not everybody's: with
+/// one place per peer, a second connection from the same address is
+/// refused while one from another address is served.
+#[test]
+fn the_per_peer_limit_is_per_address() {
+    let addr = Server::new()
+        .max_connections_per_peer(1)
+        .header_timeout(Duration::from_secs(20))
+        .serve("127.0.0.1:0")
+        .unwrap();
+    let mut holding = connect_from(loopback(4), addr);
+    holding.write_all(b"GET /").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let same = http_get_from(loopback(4), addr, "/debug/pprof/");
+    assert_eq!(same.status, 503, "{}", same.text());
+    assert!(same.text().contains("from your address"), "{}", same.text());
+    assert_eq!(same.header("retry-after"), Some("1"));
+    let other = http_get_from(loopback(5), addr, "/debug/pprof/");
+    assert_eq!(other.status, 200, "{}", other.text());
+    // The place comes back when the connection ends.
+    drop(holding);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_get_from(loopback(4), addr, "/debug/pprof/").status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the peer's place never came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// `RUST_MIN_STACK` sets the stack of every thread spawned without an
@@ -132,6 +257,7 @@ fn extreme_limits_saturate() {
             "everything at once",
             Server::new()
                 .max_connections(usize::MAX)
+                .max_connections_per_peer(usize::MAX)
                 .header_timeout(Duration::MAX)
                 .write_timeout(Duration::MAX)
                 .max_head_bytes(usize::MAX),
@@ -140,6 +266,7 @@ fn extreme_limits_saturate() {
             "zeros",
             Server::new()
                 .max_connections(0)
+                .max_connections_per_peer(0)
                 .header_timeout(Duration::ZERO)
                 .write_timeout(Duration::ZERO)
                 .max_head_bytes(0),

@@ -44,7 +44,10 @@ use std::time::Duration;
 use crate::lock::Mutex;
 use crate::{buckets, guard, profile, sampler};
 
-pub use server::{LARGEST_HEAD_BYTES, LONGEST_TIMEOUT, Server, THREAD_STACK_BYTES, serve};
+pub use server::{
+    DEFAULT_CONNECTIONS_PER_PEER, LARGEST_HEAD_BYTES, LONGEST_TIMEOUT, Server, THREAD_STACK_BYTES,
+    serve,
+};
 
 /// The longest `?seconds=N` delta served. Go bounds it by the server's
 /// write timeout; a delta holds a connection open for its whole span.

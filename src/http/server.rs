@@ -13,10 +13,13 @@
 //!   deadlines, not per-read or per-write timeouts, so a client that
 //!   trickles one byte a second, or reads one segment a minute, is still
 //!   cut off;
-//! * at most [`Server::max_connections`] connections are served at once;
-//!   past that, a few threads answer 503 without parsing the request, and
-//!   past those a connection is closed unanswered: a flood of connections
-//!   costs a bounded number of threads;
+//! * at most [`Server::max_connections`] connections are served at once,
+//!   and at most [`Server::max_connections_per_peer`] of them from one peer
+//!   (an IPv4 address, or an IPv6 /64): one client that holds connections
+//!   open cannot take the places of the others. Past either limit, a few
+//!   threads answer 503 without parsing the request, and past those a
+//!   connection is closed unanswered: a flood of connections costs a
+//!   bounded number of threads;
 //! * one request per connection (`Connection: close`): scrapers open a
 //!   connection per scrape anyway;
 //! * a failing connection only ends its own thread; the listener goes on
@@ -30,13 +33,15 @@
 //! their whole life (`guard.rs`), so their own allocations are never
 //! sampled and never show up in the profiles they serve.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crate::guard;
+use crate::lock::Mutex;
 
 /// Starts the built-in server on `addr` with the default limits (see
 /// [`Server`]) and returns the address it is bound to (port 0 picks a free
@@ -50,6 +55,11 @@ use crate::guard;
 pub fn serve(addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
     Server::new().serve(addr)
 }
+
+/// The default of [`Server::max_connections_per_peer`]: a scraper, a
+/// `go tool pprof` and a person with curl at once from one address, with
+/// room to spare.
+pub const DEFAULT_CONNECTIONS_PER_PEER: usize = 8;
 
 /// The longest [`Server::header_timeout`] and [`Server::write_timeout`]:
 /// a day. Longer ones are taken as this, which keeps every deadline
@@ -76,6 +86,7 @@ pub const THREAD_STACK_BYTES: usize = 256 * 1024;
 #[derive(Clone, Debug)]
 pub struct Server {
     max_connections: usize,
+    max_connections_per_peer: usize,
     header_timeout: Duration,
     write_timeout: Duration,
     max_head_bytes: usize,
@@ -88,11 +99,13 @@ impl Default for Server {
 }
 
 impl Server {
-    /// The defaults: 64 connections at once, 10 s to send the request head,
-    /// 60 s to take the response, 8 KiB of request head.
+    /// The defaults: 64 connections at once, of them
+    /// [`DEFAULT_CONNECTIONS_PER_PEER`] from one peer, 10 s to send the
+    /// request head, 60 s to take the response, 8 KiB of request head.
     pub fn new() -> Server {
         Server {
             max_connections: 64,
+            max_connections_per_peer: DEFAULT_CONNECTIONS_PER_PEER,
             header_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(60),
             max_head_bytes: 8 * 1024,
@@ -102,6 +115,15 @@ impl Server {
     /// Connections served at once (at least 1); more are answered 503.
     pub fn max_connections(mut self, n: usize) -> Server {
         self.max_connections = n.max(1);
+        self
+    }
+
+    /// Connections served at once from one peer (at least 1): one IPv4
+    /// address, or one IPv6 /64 (a host usually has a whole /64). More
+    /// from that peer are answered 503, and the other peers keep their
+    /// places.
+    pub fn max_connections_per_peer(mut self, n: usize) -> Server {
+        self.max_connections_per_peer = n.max(1);
         self
     }
 
@@ -137,12 +159,19 @@ impl Server {
         let _busy = guard::Busy::enter();
         let listener = TcpListener::bind(addr)?;
         let local = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            peers: Peers {
+                limit: self.max_connections_per_peer,
+                held: Mutex::new(HashMap::new()),
+            },
+            limits: self,
+        });
         std::thread::Builder::new()
             .name("heapprof-http".into())
             .stack_size(THREAD_STACK_BYTES)
             .spawn(move || {
                 inside_profiler_for_good();
-                accept_loop(listener, Arc::new(self));
+                accept_loop(listener, shared);
             })?;
         Ok(local)
     }
@@ -154,16 +183,22 @@ fn inside_profiler_for_good() {
     std::mem::forget(guard::Busy::enter());
 }
 
-/// Threads that only answer 503 to connections over the limit (see
+/// Threads that only answer 503 to connections over a limit (see
 /// [`reject_busy`]); past these too, a connection is closed unanswered.
 const REJECTERS: usize = 8;
 
-fn accept_loop(listener: TcpListener, limits: Arc<Server>) {
+/// What the listener and the connection threads share.
+struct Shared {
+    limits: Server,
+    peers: Peers,
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let active = Arc::new(AtomicUsize::new(0));
     let rejecting = Arc::new(AtomicUsize::new(0));
     loop {
-        let stream = match listener.accept() {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
             Err(_) => {
                 // Out of descriptors, a connection reset before accept…:
                 // nothing to do but wait a little and go on.
@@ -171,17 +206,24 @@ fn accept_loop(listener: TcpListener, limits: Arc<Server>) {
                 continue;
             }
         };
-        if active.load(Relaxed) < limits.max_connections {
-            let slot = Slot::take(&active);
-            let limits = Arc::clone(&limits);
-            spawn(move || {
-                serve_connection(stream, &limits);
-                drop(slot);
-            });
-        } else if rejecting.load(Relaxed) < REJECTERS {
+        let place = Peers::admit(&shared, peer.ip());
+        let refusal = match place {
+            Some(place) if active.load(Relaxed) < shared.limits.max_connections => {
+                let slot = Slot::take(&active);
+                let shared = Arc::clone(&shared);
+                spawn(move || {
+                    serve_connection(stream, &shared);
+                    drop((place, slot));
+                });
+                continue;
+            }
+            Some(_) => "heapprof: too many connections now\n",
+            None => "heapprof: too many connections from your address now\n",
+        };
+        if rejecting.load(Relaxed) < REJECTERS {
             let slot = Slot::take(&rejecting);
             spawn(move || {
-                reject_busy(stream);
+                reject_busy(stream, refusal);
                 drop(slot);
             });
         }
@@ -229,16 +271,75 @@ impl Drop for Slot {
     }
 }
 
-/// Answers a connection over the limit without reading its request. The
-/// request must still be drained before closing ([`linger`]): closing a
-/// socket with unread input makes the kernel reset the connection, and the
-/// client would see the reset instead of the 503.
-fn reject_busy(mut stream: TcpStream) {
-    const BODY: &str = "heapprof: too many connections now\n";
+/// The connections being served, counted by peer. A peer has an entry
+/// only while it holds a connection, so the table has at most as many
+/// entries as connections are served.
+struct Peers {
+    limit: usize,
+    held: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Peers {
+    /// A place for one more connection from `ip`, or `None` if its peer
+    /// already holds as many as allowed.
+    fn admit(shared: &Arc<Shared>, ip: IpAddr) -> Option<PeerPlace> {
+        let peer = peer_of(ip);
+        let mut held = shared.peers.held.lock();
+        let n = held.entry(peer).or_insert(0);
+        if *n >= shared.peers.limit {
+            return None;
+        }
+        *n += 1;
+        Some(PeerPlace {
+            shared: Arc::clone(shared),
+            peer,
+        })
+    }
+}
+
+/// One connection's place in its peer's count, given back when dropped.
+struct PeerPlace {
+    shared: Arc<Shared>,
+    peer: IpAddr,
+}
+
+impl Drop for PeerPlace {
+    fn drop(&mut self) {
+        let mut held = self.shared.peers.held.lock();
+        if let Some(n) = held.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// The peer a connection is counted under: an IPv4 address (IPv4-mapped
+/// IPv6 addresses included), or the /64 prefix of an IPv6 address, since
+/// one host usually has a whole /64 to pick addresses from.
+fn peer_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// Answers a connection over a limit with `message` without reading its
+/// request. The request must still be drained before closing ([`linger`]):
+/// closing a socket with unread input makes the kernel reset the
+/// connection, and the client would see the reset instead of the 503.
+fn reject_busy(mut stream: TcpStream, message: &str) {
     let reply = format!(
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
-         Content-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{BODY}",
-        BODY.len()
+         Content-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{message}",
+        message.len()
     );
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
     if stream.write_all(reply.as_bytes()).is_ok() {
@@ -253,7 +354,8 @@ struct Request {
     query: String,
 }
 
-fn serve_connection(mut stream: TcpStream, limits: &Server) {
+fn serve_connection(mut stream: TcpStream, shared: &Shared) {
+    let limits = &shared.limits;
     let _ = stream.set_nodelay(true);
     let (response, head_only) = match read_request(&mut stream, limits) {
         Ok(Some(req)) => (super::handle(&req.path, &req.query), req.head_only),
