@@ -1,7 +1,7 @@
-//! The built-in server against clients that misbehave on purpose and what
-//! a hostile environment does: one peer holding connections to lock the
-//! others out, small default thread stacks, and limits set to their
-//! extremes. Each test that measures the process, or
+//! The built-in server against clients that misbehave on purpose: clients
+//! that ask for large bodies and never read them, one peer holding
+//! connections to lock the others out, small default thread stacks, and
+//! limits set to their extremes. Each test that measures the process, or
 //! that would abort it when the server is wrong, runs in a child process
 //! of its own.
 
@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use common::*;
-use heapprof::http::{DEFAULT_CONNECTIONS_PER_PEER, Server};
+use heapprof::http::{DEFAULT_CONNECTIONS_PER_PEER, DEFAULT_RESPONSE_BUDGET, Server};
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
@@ -75,6 +75,105 @@ fn many_sites() -> Vec<Box<[u8]>> {
     }
     heapprof::set_sample_rate(512 * 1024);
     keep
+}
+
+/// Clients that ask for the text profile and never read it: before, each
+/// connection held its own copy of the body until the write deadline, so
+/// RSS grew by connections × body. Now what the bodies hold stays within
+/// the response budget (plus the few bodies in the making), and the
+/// connections past it get 503.
+#[test]
+fn non_reading_clients_cost_at_most_the_response_budget() {
+    if !is_child() {
+        let (stdout, _) = run_child("non_reading_clients_cost_at_most_the_response_budget", &[]);
+        print!("{stdout}");
+        return;
+    }
+    let _watchdog = watchdog("non-reading clients", Duration::from_secs(120));
+    let sites = many_sites();
+    let target = "/debug/pprof/heap?debug=1";
+    let body = heapprof::http::handle("/debug/pprof/heap", "debug=1")
+        .body
+        .len();
+    println!("sites={} body={body} bytes", sites.len());
+    assert!(body >= 4 * MIB, "the body is too small to measure: {body}");
+    // Enough connections to hold four budgets' worth without the budget.
+    let clients = (4 * DEFAULT_RESPONSE_BUDGET).div_ceil(body);
+    let addr = heapprof::http::serve("127.0.0.1:0").unwrap();
+    // One whole exchange first, so that what every request needs once
+    // (thread stacks, allocator arenas) is in the baseline.
+    assert_eq!(http_get(addr, target).status, 200);
+    let before = rss_bytes();
+
+    // Four per address, within the per-peer limit.
+    let waiting: Vec<TcpStream> = (0..clients)
+        .map(|i| {
+            let mut s = connect_from(loopback(10 + (i / 4) as u8), addr);
+            s.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .unwrap();
+            s
+        })
+        .collect();
+    // Every connection has been answered (a 200 being written, or a 503)
+    // once its first bytes arrive: then every body that will be held is.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut first = vec![Vec::new(); clients];
+    for (s, first) in waiting.iter().zip(&mut first) {
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut peek = [0u8; 12];
+        loop {
+            match s.peek(&mut peek) {
+                Ok(n) if n == peek.len() => break,
+                _ => assert!(Instant::now() < deadline, "not all were answered"),
+            }
+        }
+        first.extend_from_slice(&peek);
+    }
+    let after = rss_bytes();
+    let served = first
+        .iter()
+        .filter(|f| f.starts_with(b"HTTP/1.1 200"))
+        .count();
+    let refused = first
+        .iter()
+        .filter(|f| f.starts_with(b"HTTP/1.1 503"))
+        .count();
+    let growth = after.saturating_sub(before);
+    println!(
+        "{clients} clients that never read a {body}-byte body: {served} served, {refused} refused 503; \
+         RSS {} MiB -> {} MiB (+{} MiB; budget {} MiB)",
+        before / MIB,
+        after / MIB,
+        growth / MIB,
+        DEFAULT_RESPONSE_BUDGET / MIB
+    );
+    assert_eq!(served + refused, clients, "each got 200 or 503");
+    assert!(served >= 1, "at least one body fits");
+    assert!(
+        served * body <= DEFAULT_RESPONSE_BUDGET.max(body),
+        "{served} bodies of {body} bytes held at once"
+    );
+    // The held bodies, the one or two in the making beside them, and
+    // slack for the rest of the process.
+    let allowed = DEFAULT_RESPONSE_BUDGET + 3 * body + 16 * MIB;
+    assert!(
+        growth <= allowed,
+        "RSS grew by {growth} bytes with {clients} non-reading clients, more than {allowed}"
+    );
+
+    // Once they go, the budget is free again: a reading client is served.
+    drop(waiting);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = http_get(addr, target).status;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the budget never came back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(sites);
 }
 
 /// One peer (127.0.0.2) keeps a hundred connections open, trickling a byte
@@ -258,6 +357,7 @@ fn extreme_limits_saturate() {
             Server::new()
                 .max_connections(usize::MAX)
                 .max_connections_per_peer(usize::MAX)
+                .max_response_bytes(usize::MAX)
                 .header_timeout(Duration::MAX)
                 .write_timeout(Duration::MAX)
                 .max_head_bytes(usize::MAX),
@@ -267,6 +367,7 @@ fn extreme_limits_saturate() {
             Server::new()
                 .max_connections(0)
                 .max_connections_per_peer(0)
+                .max_response_bytes(0)
                 .header_timeout(Duration::ZERO)
                 .write_timeout(Duration::ZERO)
                 .max_head_bytes(0),

@@ -45,8 +45,8 @@ use crate::lock::Mutex;
 use crate::{buckets, guard, profile, sampler};
 
 pub use server::{
-    DEFAULT_CONNECTIONS_PER_PEER, LARGEST_HEAD_BYTES, LONGEST_TIMEOUT, Server, THREAD_STACK_BYTES,
-    serve,
+    DEFAULT_CONNECTIONS_PER_PEER, DEFAULT_RESPONSE_BUDGET, LARGEST_HEAD_BYTES, LONGEST_TIMEOUT,
+    Server, THREAD_STACK_BYTES, serve,
 };
 
 /// The longest `?seconds=N` delta served. Go bounds it by the server's
@@ -151,6 +151,13 @@ impl Kind {
     }
 }
 
+/// Whether a request with this query waits before it builds (a
+/// `?seconds=N` delta): the server runs those on their own threads rather
+/// than queue other requests behind the wait.
+fn waits(query: &str) -> bool {
+    Params::parse(query).is_ok_and(|p| p.seconds.is_some())
+}
+
 /// The query parameters we understand; others are ignored, as Go does
 /// (`gc=1`, for one, means nothing here).
 #[derive(Default)]
@@ -190,9 +197,12 @@ impl Params {
 }
 
 /// One profile is built at a time, from the copy of the table to the
-/// encoded body: fifty scrapers at once then cost the memory of one
-/// profile, not fifty. `fork` does not wait for it (a build can take a
-/// second); a forked child, where no builder exists, resets it instead.
+/// encoded body: fifty scrapers at once cost the build memory (table copy,
+/// symbols, the profile message) of one profile, not fifty. The finished
+/// bodies are the caller's to hold until they are sent; the built-in
+/// server bounds those with its response budget. `fork` does not wait for
+/// it (a build can take a second); a forked child, where no builder
+/// exists, resets it instead.
 static BUILDING: Mutex<()> = Mutex::new(());
 
 /// In a forked child, whose only thread builds nothing: free the build

@@ -1,5 +1,6 @@
-//! The built-in server: a listener thread and one short-lived thread per
-//! connection, each request answered by [`super::handle`].
+//! The built-in server: a listener thread, one short-lived thread per
+//! connection, and one thread that builds the responses, each with
+//! [`super::handle`].
 //!
 //! It is made to be left running in production and to be reachable by
 //! clients that misbehave:
@@ -20,6 +21,13 @@
 //!   threads answer 503 without parsing the request, and past those a
 //!   connection is closed unanswered: a flood of connections costs a
 //!   bounded number of threads;
+//! * the response bodies held at once, all connections together, stay
+//!   within [`Server::max_response_bytes`]: a body that would pass it is
+//!   dropped and answered 503, so clients that ask and never read cost at
+//!   most that budget, however many connections they open. A body is held
+//!   from when it is built until it is written (or the write deadline
+//!   passes); one body larger than the whole budget is still served when
+//!   no other is held;
 //! * one request per connection (`Connection: close`): scrapers open a
 //!   connection per scrape anyway;
 //! * a failing connection only ends its own thread; the listener goes on
@@ -36,10 +44,11 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+use super::Response;
 use crate::guard;
 use crate::lock::Mutex;
 
@@ -47,7 +56,8 @@ use crate::lock::Mutex;
 /// [`Server`]) and returns the address it is bound to (port 0 picks a free
 /// port). It serves from a background thread for the life of the process.
 ///
-/// Bind to loopback (`"127.0.0.1:6060"`) unless the network is trusted.
+/// Bind to loopback (`"127.0.0.1:6060"`) unless the network is trusted:
+/// among other things, `?debug=1` shows the program's load addresses.
 ///
 /// # Errors
 ///
@@ -55,6 +65,13 @@ use crate::lock::Mutex;
 pub fn serve(addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
     Server::new().serve(addr)
 }
+
+/// The default of [`Server::max_response_bytes`]: 64 MiB of response
+/// bodies held at once by one server, for all its connections together.
+/// A profile's body is typically tens of KiB to a few MiB; the text form
+/// (`?debug=1`) of a program with some 16 000 allocation sites is about
+/// this size on its own.
+pub const DEFAULT_RESPONSE_BUDGET: usize = 64 * 1024 * 1024;
 
 /// The default of [`Server::max_connections_per_peer`]: a scraper, a
 /// `go tool pprof` and a person with curl at once from one address, with
@@ -90,6 +107,7 @@ pub struct Server {
     header_timeout: Duration,
     write_timeout: Duration,
     max_head_bytes: usize,
+    max_response_bytes: usize,
 }
 
 impl Default for Server {
@@ -101,7 +119,8 @@ impl Default for Server {
 impl Server {
     /// The defaults: 64 connections at once, of them
     /// [`DEFAULT_CONNECTIONS_PER_PEER`] from one peer, 10 s to send the
-    /// request head, 60 s to take the response, 8 KiB of request head.
+    /// request head, 60 s to take the response, 8 KiB of request head,
+    /// [`DEFAULT_RESPONSE_BUDGET`] of response bodies held at once.
     pub fn new() -> Server {
         Server {
             max_connections: 64,
@@ -109,6 +128,7 @@ impl Server {
             header_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(60),
             max_head_bytes: 8 * 1024,
+            max_response_bytes: DEFAULT_RESPONSE_BUDGET,
         }
     }
 
@@ -149,6 +169,16 @@ impl Server {
         self
     }
 
+    /// Bytes of response bodies this server holds at once, for all its
+    /// connections together ([`DEFAULT_RESPONSE_BUDGET`] unless set). A
+    /// body that would pass it is answered 503 instead (with
+    /// `Retry-After`); a body larger than the whole budget is still served
+    /// when it is the only one held.
+    pub fn max_response_bytes(mut self, n: usize) -> Server {
+        self.max_response_bytes = n;
+        self
+    }
+
     /// Binds `addr` and serves from a background thread for the life of
     /// the process; returns the bound address.
     ///
@@ -160,10 +190,15 @@ impl Server {
         let listener = TcpListener::bind(addr)?;
         let local = listener.local_addr()?;
         let shared = Arc::new(Shared {
+            budget: Budget {
+                limit: self.max_response_bytes,
+                held: AtomicUsize::new(0),
+            },
             peers: Peers {
                 limit: self.max_connections_per_peer,
                 held: Mutex::new(HashMap::new()),
             },
+            builder: start_builder(),
             limits: self,
         });
         std::thread::Builder::new()
@@ -190,7 +225,61 @@ const REJECTERS: usize = 8;
 /// What the listener and the connection threads share.
 struct Shared {
     limits: Server,
+    budget: Budget,
     peers: Peers,
+    /// The builder thread's queue (`None` if it could not start).
+    builder: Option<mpsc::Sender<Job>>,
+}
+
+/// A request for the builder thread: path, query, and where to send the
+/// response.
+type Job = (String, String, mpsc::SyncSender<Response>);
+
+/// Starts the thread that builds the responses of one server. Bodies are
+/// allocated, and freed, where they are built: built on a thread of
+/// their own per connection, the memory of a body a client never took
+/// stays with that thread's malloc arena once freed (glibc keeps up to
+/// eight arenas per core), so the process grew by a body per arena even
+/// though each was freed. Built on one thread, a freed body's memory is
+/// what the next build reuses. Builds are one at a time anyway (see
+/// `BUILDING` in `mod.rs`), so one thread costs no parallelism.
+fn start_builder() -> Option<mpsc::Sender<Job>> {
+    let (jobs, queue) = mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("heapprof-http-build".into())
+        .stack_size(THREAD_STACK_BYTES)
+        .spawn(move || {
+            inside_profiler_for_good();
+            for (path, query, reply) in queue {
+                let mut response = super::handle(&path, &query);
+                // The budget counts bytes held: no spare capacity.
+                response.body.shrink_to_fit();
+                let _ = reply.send(response);
+            }
+        })
+        .ok()?;
+    Some(jobs)
+}
+
+/// The response to `path` and `query`: built by the builder thread, or
+/// here for a delta (which waits its N seconds first, and of which only a
+/// few run at once) or when the builder is not there.
+fn respond(shared: &Shared, path: &str, query: &str) -> Response {
+    if !super::waits(query)
+        && let Some(builder) = &shared.builder
+    {
+        let (reply, response) = mpsc::sync_channel(1);
+        if builder
+            .send((path.to_owned(), query.to_owned(), reply))
+            .is_ok()
+            && let Ok(response) = response.recv()
+        {
+            return response;
+        }
+    }
+    let mut response = super::handle(path, query);
+    response.body.shrink_to_fit();
+    response
 }
 
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
@@ -232,7 +321,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 
 /// Starts a connection thread, inside the profiler for its whole life. If
 /// the thread cannot start, the closure is dropped with its connection and
-/// slot; the first failure is reported.
+/// slots; the first failure is reported.
 ///
 /// The thread has no name: std copies a thread's name on the new thread
 /// before our code runs there, so that allocation could not be kept out of
@@ -331,6 +420,66 @@ fn peer_of(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The bytes of response bodies held by the connections, against the
+/// server's [`Server::max_response_bytes`].
+struct Budget {
+    limit: usize,
+    held: AtomicUsize,
+}
+
+impl Budget {
+    /// Whether no body at all can be taken now: the budget is spent.
+    fn spent(&self) -> bool {
+        self.held.load(Relaxed) >= self.limit.max(1)
+    }
+
+    /// Takes `bytes` for a body, or `None` if the bodies already held and
+    /// this one would pass the limit. A body taken while none is held is
+    /// never refused, so one body larger than the budget is still served.
+    fn take(&self, bytes: usize) -> Option<Lease<'_>> {
+        let mut held = self.held.load(Relaxed);
+        loop {
+            let after = held.saturating_add(bytes);
+            if held != 0 && after > self.limit {
+                return None;
+            }
+            match self
+                .held
+                .compare_exchange_weak(held, after, Relaxed, Relaxed)
+            {
+                Ok(_) => {
+                    return Some(Lease {
+                        budget: self,
+                        bytes: after - held,
+                    });
+                }
+                Err(now) => held = now,
+            }
+        }
+    }
+}
+
+/// Bytes of the budget held by one body, given back when dropped.
+struct Lease<'a> {
+    budget: &'a Budget,
+    bytes: usize,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.bytes, Relaxed);
+    }
+}
+
+/// The answer when the response budget is spent: a fixed text, not
+/// counted in the budget.
+fn over_budget() -> Response {
+    Response::error(
+        503,
+        "heapprof: other responses in flight hold the whole response budget now",
+    )
+}
+
 /// Answers a connection over a limit with `message` without reading its
 /// request. The request must still be drained before closing ([`linger`]):
 /// closing a socket with unread input makes the kernel reset the
@@ -355,31 +504,48 @@ struct Request {
 }
 
 fn serve_connection(mut stream: TcpStream, shared: &Shared) {
-    let limits = &shared.limits;
     let _ = stream.set_nodelay(true);
-    let (response, head_only) = match read_request(&mut stream, limits) {
-        Ok(Some(req)) => (super::handle(&req.path, &req.query), req.head_only),
+    let (mut response, head_only) = match read_request(&mut stream, &shared.limits) {
+        // Building a body that could not be held anyway would only cost
+        // the time of the build.
+        Ok(Some(req)) if !req.head_only && shared.budget.spent() => (over_budget(), false),
+        Ok(Some(req)) => (respond(shared, &req.path, &req.query), req.head_only),
         // The client went away, or the read failed: nobody to answer.
         Ok(None) => return,
         Err((status, message)) => (
-            super::Response::error(status, format!("heapprof: {message}")),
+            Response::error(status, format!("heapprof: {message}")),
             false,
         ),
     };
-    let super::Response {
+    // HEAD: the body's length is all that is sent of it, and nothing is
+    // held while the head is written.
+    let (content_length, lease) = if head_only {
+        let length = response.body.len();
+        response.body = Vec::new();
+        (length, None)
+    } else {
+        let lease = shared.budget.take(response.body.len());
+        if lease.is_none() {
+            response = over_budget();
+        }
+        (response.body.len(), lease)
+    };
+    let Response {
         status,
         content_type,
         content_disposition,
         body,
     } = response;
     let mut head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {content_length}\r\n\
          X-Content-Type-Options: nosniff\r\nConnection: close\r\n",
         reason(status),
-        body.len()
     );
     if status == 405 {
         head.push_str("Allow: GET, HEAD\r\n");
+    }
+    if status == 503 {
+        head.push_str("Retry-After: 1\r\n");
     }
     if let Some(disposition) = content_disposition {
         head.push_str("Content-Disposition: ");
@@ -387,11 +553,13 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) {
         head.push_str("\r\n");
     }
     head.push_str("\r\n");
-    let deadline = Instant::now() + limits.write_timeout;
-    let body = if head_only { &[][..] } else { &body[..] };
-    if write_by(&mut stream, head.as_bytes(), deadline).is_ok()
-        && write_by(&mut stream, body, deadline).is_ok()
-    {
+    let deadline = Instant::now() + shared.limits.write_timeout;
+    let written = write_by(&mut stream, head.as_bytes(), deadline).is_ok()
+        && write_by(&mut stream, &body, deadline).is_ok();
+    // The body is sent (or never will be): its bytes go back to the budget
+    // before the linger.
+    drop((body, lease));
+    if written {
         linger(&mut stream);
     }
 }
