@@ -31,8 +31,17 @@
 //!
 //! Anything else is a 404. The server binds only where it is told: bind to
 //! loopback (`127.0.0.1:6060`) unless the network in between is trusted,
-//! since a heap profile shows the program's code paths and the sizes of
-//! its data.
+//! or put it behind something that checks who asks. A heap profile shows
+//! the program's code paths and the sizes of its data, and `?debug=1`
+//! prints the exact addresses the program and its libraries are loaded at
+//! (its `MAPPED_LIBRARIES` section, as Go's does): whoever can reach the
+//! port learns them, which undoes address-space layout randomization for
+//! an attacker with another way in.
+//!
+//! What a client can make the built-in server hold is bounded whatever it
+//! does: see [`Server`] for the limits on connections, per peer and in
+//! all, on time, on request heads, and on the response bodies held at
+//! once ([`DEFAULT_RESPONSE_BUDGET`]).
 
 mod server;
 
