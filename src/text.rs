@@ -55,8 +55,19 @@ use crate::symbolize::{self, Frames};
 use crate::{mappings, profile};
 
 /// Writes `sites`, sampled at `rate`, in the legacy text format, with the
-/// exact counters of `stats` in the trailer.
+/// exact counters of `stats` in the trailer, on a stack deep enough for
+/// symbolization (`profile::with_build_stack`).
 pub(crate) fn write<W: Write>(
+    w: W,
+    sites: &[Site],
+    rate: usize,
+    stats: &crate::Stats,
+    comments: &[String],
+) -> io::Result<()> {
+    profile::with_build_stack(|| write_here(w, sites, rate, stats, comments))
+}
+
+fn write_here<W: Write>(
     mut w: W,
     sites: &[Site],
     rate: usize,

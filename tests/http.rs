@@ -102,7 +102,7 @@ fn heap_and_allocs_decode_with_their_default_views() {
     drop(kept);
 }
 
-/// `heap profile: N: B [N: B] @ heap/2R`, records, `#` frames, the stats
+/// `heap profile: N: B [N: B] @ heap/2`, records, `#` frames, the stats
 /// trailer and the memory map; pprof's own scaling of the records must
 /// give back the estimate.
 #[test]
@@ -120,11 +120,16 @@ fn debug_1_is_the_legacy_text_format() {
     let header = lines.next().unwrap();
     println!("{header}");
     let nums = numbers_of_record(header.strip_prefix("heap profile: ").expect("header"));
-    assert_eq!(
-        header.rsplit_once("@ heap/").unwrap().1,
-        (2 * RATE).to_string(),
-        "period is twice the rate"
-    );
+    // `heap/2`: a period of 1, for which pprof scales nothing; the
+    // records are the estimates themselves (see `src/text.rs`).
+    let period = header
+        .rsplit_once("@ heap/")
+        .unwrap()
+        .1
+        .parse::<f64>()
+        .unwrap()
+        / 2.0;
+    assert_eq!(period, 1.0, "{header}");
 
     // Sites: one or two records `i: ib [a: ab] @ 0x…` (the live part and
     // the freed part), then `#` lines, then a blank line.
@@ -152,10 +157,11 @@ fn debug_1_is_the_legacy_text_format() {
         [s[0] + v[0], s[1] + v[1], s[2] + v[2], s[3] + v[3]]
     });
     assert_eq!(sums, nums, "header totals = sum of the records");
-    // pprof scales each record by 1/(1 - exp(-avg/R)), avg = bytes/count.
+    // pprof scales each record by 1/(1 - exp(-avg/period)), avg =
+    // bytes/count: by 1 here.
     let as_pprof_reads = |count: i64, bytes: i64| {
         let avg = bytes as f64 / count as f64;
-        bytes as f64 / (1.0 - (-avg / RATE as f64).exp())
+        bytes as f64 / (1.0 - (-avg / period).exp())
     };
     let ours: f64 = records
         .iter()
@@ -397,12 +403,14 @@ fn connections_over_the_limit_get_503() {
     }
 }
 
+/// Fifty scrapers from ten addresses (five each, within the per-peer
+/// limit), all at once.
 #[test]
 fn fifty_concurrent_scrapes_all_succeed() {
     let addr = server();
     let _watchdog = watchdog("50 concurrent scrapes", Duration::from_secs(120));
     let kept = hold_for_proto(256);
-    let scrapers: Vec<_> = (0..50)
+    let scrapers: Vec<_> = (0..50u8)
         .map(|i| {
             std::thread::spawn(move || {
                 let target = if i % 5 == 4 {
@@ -410,7 +418,8 @@ fn fifty_concurrent_scrapes_all_succeed() {
                 } else {
                     "/debug/pprof/heap"
                 };
-                let reply = http_get(addr, target);
+                let from = std::net::Ipv4Addr::new(127, 0, 0, 10 + i % 10);
+                let reply = http_get_from(from.into(), addr, target);
                 assert_eq!(reply.status, 200, "scrape {i}: {}", reply.text());
                 if i % 5 != 4 {
                     let p = decode(&reply.body);

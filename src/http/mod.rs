@@ -31,8 +31,17 @@
 //!
 //! Anything else is a 404. The server binds only where it is told: bind to
 //! loopback (`127.0.0.1:6060`) unless the network in between is trusted,
-//! since a heap profile shows the program's code paths and the sizes of
-//! its data.
+//! or put it behind something that checks who asks. A heap profile shows
+//! the program's code paths and the sizes of its data, and `?debug=1`
+//! prints the exact addresses the program and its libraries are loaded at
+//! (its `MAPPED_LIBRARIES` section, as Go's does): whoever can reach the
+//! port learns them, which undoes address-space layout randomization for
+//! an attacker with another way in.
+//!
+//! What a client can make the built-in server hold is bounded whatever it
+//! does: see [`Server`] for the limits on connections, per peer and in
+//! all, on time, on request heads, and on the response bodies held at
+//! once ([`DEFAULT_RESPONSE_BUDGET`]).
 
 mod server;
 
@@ -44,7 +53,10 @@ use std::time::Duration;
 use crate::lock::Mutex;
 use crate::{buckets, guard, profile, sampler};
 
-pub use server::{Server, serve};
+pub use server::{
+    DEFAULT_CONNECTIONS_PER_PEER, DEFAULT_RESPONSE_BUDGET, LARGEST_HEAD_BYTES, LONGEST_TIMEOUT,
+    Server, THREAD_STACK_BYTES, serve,
+};
 
 /// The longest `?seconds=N` delta served. Go bounds it by the server's
 /// write timeout; a delta holds a connection open for its whole span.
@@ -148,6 +160,13 @@ impl Kind {
     }
 }
 
+/// Whether a request with this query waits before it builds (a
+/// `?seconds=N` delta): the server runs those on their own threads rather
+/// than queue other requests behind the wait.
+fn waits(query: &str) -> bool {
+    Params::parse(query).is_ok_and(|p| p.seconds.is_some())
+}
+
 /// The query parameters we understand; others are ignored, as Go does
 /// (`gc=1`, for one, means nothing here).
 #[derive(Default)]
@@ -187,9 +206,12 @@ impl Params {
 }
 
 /// One profile is built at a time, from the copy of the table to the
-/// encoded body: fifty scrapers at once then cost the memory of one
-/// profile, not fifty. `fork` does not wait for it (a build can take a
-/// second); a forked child, where no builder exists, resets it instead.
+/// encoded body: fifty scrapers at once cost the build memory (table copy,
+/// symbols, the profile message) of one profile, not fifty. The finished
+/// bodies are the caller's to hold until they are sent; the built-in
+/// server bounds those with its response budget. `fork` does not wait for
+/// it (a build can take a second); a forked child, where no builder
+/// exists, resets it instead.
 static BUILDING: Mutex<()> = Mutex::new(());
 
 /// In a forked child, whose only thread builds nothing: free the build

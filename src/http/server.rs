@@ -1,44 +1,63 @@
-//! The built-in server: a listener thread and one short-lived thread per
-//! connection, each request answered by [`super::handle`].
+//! The built-in server: a listener thread, one short-lived thread per
+//! connection, and one thread that builds the responses, each with
+//! [`super::handle`].
 //!
 //! It is made to be left running in production and to be reachable by
 //! clients that misbehave:
 //!
-//! * the request head (request line and headers) is read into a fixed
-//!   buffer of [`Server::max_head_bytes`] and parsed by `httparse`; more
-//!   gets 431, anything unparsable 400, a method other than GET or HEAD
-//!   405;
+//! * the request head (request line and headers) is read into a buffer
+//!   that grows up to [`Server::max_head_bytes`] and parsed by `httparse`;
+//!   more gets 431, anything unparsable 400, a method other than GET or
+//!   HEAD 405;
 //! * the whole head must arrive within [`Server::header_timeout`], and the
 //!   whole response must be taken within [`Server::write_timeout`]: total
 //!   deadlines, not per-read or per-write timeouts, so a client that
 //!   trickles one byte a second, or reads one segment a minute, is still
 //!   cut off;
-//! * at most [`Server::max_connections`] connections are served at once;
-//!   past that, a few threads answer 503 without parsing the request, and
-//!   past those a connection is closed unanswered: a flood of connections
-//!   costs a bounded number of threads;
+//! * at most [`Server::max_connections`] connections are served at once,
+//!   and at most [`Server::max_connections_per_peer`] of them from one peer
+//!   (an IPv4 address, or an IPv6 /64): one client that holds connections
+//!   open cannot take the places of the others. Past either limit, a few
+//!   threads answer 503 without parsing the request, and past those a
+//!   connection is closed unanswered: a flood of connections costs a
+//!   bounded number of threads;
+//! * the response bodies held at once, all connections together, stay
+//!   within [`Server::max_response_bytes`]: a body that would pass it is
+//!   dropped and answered 503, so clients that ask and never read cost at
+//!   most that budget, however many connections they open. A body is held
+//!   from when it is built until it is written (or the write deadline
+//!   passes); one body larger than the whole budget is still served when
+//!   no other is held;
 //! * one request per connection (`Connection: close`): scrapers open a
 //!   connection per scrape anyway;
 //! * a failing connection only ends its own thread; the listener goes on
 //!   after any accept error.
 //!
-//! The server's threads mark themselves as inside the profiler for their
-//! whole life (`guard.rs`), so their own allocations are never sampled
-//! and never show up in the profiles they serve.
+//! Every limit saturates: a timeout past [`LONGEST_TIMEOUT`] is that long,
+//! a head limit past [`LARGEST_HEAD_BYTES`] is that large.
+//!
+//! The server's threads run on stacks of [`THREAD_STACK_BYTES`], whatever
+//! `RUST_MIN_STACK` says, and mark themselves as inside the profiler for
+//! their whole life (`guard.rs`), so their own allocations are never
+//! sampled and never show up in the profiles they serve.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+use super::Response;
 use crate::guard;
+use crate::lock::Mutex;
 
 /// Starts the built-in server on `addr` with the default limits (see
 /// [`Server`]) and returns the address it is bound to (port 0 picks a free
 /// port). It serves from a background thread for the life of the process.
 ///
-/// Bind to loopback (`"127.0.0.1:6060"`) unless the network is trusted.
+/// Bind to loopback (`"127.0.0.1:6060"`) unless the network is trusted:
+/// among other things, `?debug=1` shows the program's load addresses.
 ///
 /// # Errors
 ///
@@ -47,14 +66,48 @@ pub fn serve(addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
     Server::new().serve(addr)
 }
 
+/// The default of [`Server::max_response_bytes`]: 64 MiB of response
+/// bodies held at once by one server, for all its connections together.
+/// A profile's body is typically tens of KiB to a few MiB; the text form
+/// (`?debug=1`) of a program with some 16 000 allocation sites is about
+/// this size on its own.
+pub const DEFAULT_RESPONSE_BUDGET: usize = 64 * 1024 * 1024;
+
+/// The default of [`Server::max_connections_per_peer`]: a scraper, a
+/// `go tool pprof` and a person with curl at once from one address, with
+/// room to spare.
+pub const DEFAULT_CONNECTIONS_PER_PEER: usize = 8;
+
+/// The longest [`Server::header_timeout`] and [`Server::write_timeout`]:
+/// a day. Longer ones are taken as this, which keeps every deadline
+/// computable (an `Instant` plus `Duration::MAX` overflows).
+pub const LONGEST_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The largest [`Server::max_head_bytes`]: 1 MiB, 128 times the default.
+/// The head buffer grows as bytes arrive, up to the limit.
+pub const LARGEST_HEAD_BYTES: usize = 1024 * 1024;
+
+/// The stack of each of the server's threads (listener, connections,
+/// rejecters), set explicitly so that `RUST_MIN_STACK` (which sets the
+/// default for threads spawned without a size) cannot make it too small.
+/// A connection thread builds the profile it serves; the deepest build,
+/// a gzipped profile, was measured at 70 KiB of stack (66 KiB of it the
+/// compressor's state, which flate2 builds on the stack before boxing
+/// it), a text profile with a first symbolization at 24 KiB, the index
+/// page at 6 KiB. This is 3.6 times the deepest. Only the pages a thread
+/// touches are ever resident.
+pub const THREAD_STACK_BYTES: usize = 256 * 1024;
+
 /// The built-in server's limits, for [`Server::serve`]. `serve(addr)` uses
 /// the defaults.
 #[derive(Clone, Debug)]
 pub struct Server {
     max_connections: usize,
+    max_connections_per_peer: usize,
     header_timeout: Duration,
     write_timeout: Duration,
     max_head_bytes: usize,
+    max_response_bytes: usize,
 }
 
 impl Default for Server {
@@ -64,14 +117,18 @@ impl Default for Server {
 }
 
 impl Server {
-    /// The defaults: 64 connections at once, 10 s to send the request head,
-    /// 60 s to take the response, 8 KiB of request head.
+    /// The defaults: 64 connections at once, of them
+    /// [`DEFAULT_CONNECTIONS_PER_PEER`] from one peer, 10 s to send the
+    /// request head, 60 s to take the response, 8 KiB of request head,
+    /// [`DEFAULT_RESPONSE_BUDGET`] of response bodies held at once.
     pub fn new() -> Server {
         Server {
             max_connections: 64,
+            max_connections_per_peer: DEFAULT_CONNECTIONS_PER_PEER,
             header_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(60),
             max_head_bytes: 8 * 1024,
+            max_response_bytes: DEFAULT_RESPONSE_BUDGET,
         }
     }
 
@@ -81,23 +138,44 @@ impl Server {
         self
     }
 
-    /// Time a client has to send its whole request line and headers.
+    /// Connections served at once from one peer (at least 1): one IPv4
+    /// address, or one IPv6 /64 (a host usually has a whole /64). More
+    /// from that peer are answered 503, and the other peers keep their
+    /// places.
+    pub fn max_connections_per_peer(mut self, n: usize) -> Server {
+        self.max_connections_per_peer = n.max(1);
+        self
+    }
+
+    /// Time a client has to send its whole request line and headers, from
+    /// 1 ms to [`LONGEST_TIMEOUT`] (longer is taken as that).
     pub fn header_timeout(mut self, t: Duration) -> Server {
-        self.header_timeout = t.max(Duration::from_millis(1));
+        self.header_timeout = t.clamp(Duration::from_millis(1), LONGEST_TIMEOUT);
         self
     }
 
     /// Time a client has to take the whole response (a `?seconds=N` delta
-    /// gets its N seconds on top).
+    /// gets its N seconds on top), from 1 ms to [`LONGEST_TIMEOUT`]
+    /// (longer is taken as that).
     pub fn write_timeout(mut self, t: Duration) -> Server {
-        self.write_timeout = t.max(Duration::from_millis(1));
+        self.write_timeout = t.clamp(Duration::from_millis(1), LONGEST_TIMEOUT);
         self
     }
 
-    /// Largest request head (request line and headers) accepted, at least
-    /// 256 bytes.
+    /// Largest request head (request line and headers) accepted, from 256
+    /// bytes to [`LARGEST_HEAD_BYTES`] (larger is taken as that).
     pub fn max_head_bytes(mut self, n: usize) -> Server {
-        self.max_head_bytes = n.max(256);
+        self.max_head_bytes = n.clamp(256, LARGEST_HEAD_BYTES);
+        self
+    }
+
+    /// Bytes of response bodies this server holds at once, for all its
+    /// connections together ([`DEFAULT_RESPONSE_BUDGET`] unless set). A
+    /// body that would pass it is answered 503 instead (with
+    /// `Retry-After`); a body larger than the whole budget is still served
+    /// when it is the only one held.
+    pub fn max_response_bytes(mut self, n: usize) -> Server {
+        self.max_response_bytes = n;
         self
     }
 
@@ -111,11 +189,24 @@ impl Server {
         let _busy = guard::Busy::enter();
         let listener = TcpListener::bind(addr)?;
         let local = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            budget: Budget {
+                limit: self.max_response_bytes,
+                held: AtomicUsize::new(0),
+            },
+            peers: Peers {
+                limit: self.max_connections_per_peer,
+                held: Mutex::new(HashMap::new()),
+            },
+            builder: start_builder(),
+            limits: self,
+        });
         std::thread::Builder::new()
             .name("heapprof-http".into())
+            .stack_size(THREAD_STACK_BYTES)
             .spawn(move || {
                 inside_profiler_for_good();
-                accept_loop(listener, Arc::new(self));
+                accept_loop(listener, shared);
             })?;
         Ok(local)
     }
@@ -127,16 +218,76 @@ fn inside_profiler_for_good() {
     std::mem::forget(guard::Busy::enter());
 }
 
-/// Threads that only answer 503 to connections over the limit (see
+/// Threads that only answer 503 to connections over a limit (see
 /// [`reject_busy`]); past these too, a connection is closed unanswered.
 const REJECTERS: usize = 8;
 
-fn accept_loop(listener: TcpListener, limits: Arc<Server>) {
+/// What the listener and the connection threads share.
+struct Shared {
+    limits: Server,
+    budget: Budget,
+    peers: Peers,
+    /// The builder thread's queue (`None` if it could not start).
+    builder: Option<mpsc::Sender<Job>>,
+}
+
+/// A request for the builder thread: path, query, and where to send the
+/// response.
+type Job = (String, String, mpsc::SyncSender<Response>);
+
+/// Starts the thread that builds the responses of one server. Bodies are
+/// allocated, and freed, where they are built: built on a thread of
+/// their own per connection, the memory of a body a client never took
+/// stays with that thread's malloc arena once freed (glibc keeps up to
+/// eight arenas per core), so the process grew by a body per arena even
+/// though each was freed. Built on one thread, a freed body's memory is
+/// what the next build reuses. Builds are one at a time anyway (see
+/// `BUILDING` in `mod.rs`), so one thread costs no parallelism.
+fn start_builder() -> Option<mpsc::Sender<Job>> {
+    let (jobs, queue) = mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("heapprof-http-build".into())
+        .stack_size(THREAD_STACK_BYTES)
+        .spawn(move || {
+            inside_profiler_for_good();
+            for (path, query, reply) in queue {
+                let mut response = super::handle(&path, &query);
+                // The budget counts bytes held: no spare capacity.
+                response.body.shrink_to_fit();
+                let _ = reply.send(response);
+            }
+        })
+        .ok()?;
+    Some(jobs)
+}
+
+/// The response to `path` and `query`: built by the builder thread, or
+/// here for a delta (which waits its N seconds first, and of which only a
+/// few run at once) or when the builder is not there.
+fn respond(shared: &Shared, path: &str, query: &str) -> Response {
+    if !super::waits(query)
+        && let Some(builder) = &shared.builder
+    {
+        let (reply, response) = mpsc::sync_channel(1);
+        if builder
+            .send((path.to_owned(), query.to_owned(), reply))
+            .is_ok()
+            && let Ok(response) = response.recv()
+        {
+            return response;
+        }
+    }
+    let mut response = super::handle(path, query);
+    response.body.shrink_to_fit();
+    response
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let active = Arc::new(AtomicUsize::new(0));
     let rejecting = Arc::new(AtomicUsize::new(0));
     loop {
-        let stream = match listener.accept() {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
             Err(_) => {
                 // Out of descriptors, a connection reset before accept…:
                 // nothing to do but wait a little and go on.
@@ -144,17 +295,24 @@ fn accept_loop(listener: TcpListener, limits: Arc<Server>) {
                 continue;
             }
         };
-        if active.load(Relaxed) < limits.max_connections {
-            let slot = Slot::take(&active);
-            let limits = Arc::clone(&limits);
-            spawn(move || {
-                serve_connection(stream, &limits);
-                drop(slot);
-            });
-        } else if rejecting.load(Relaxed) < REJECTERS {
+        let place = Peers::admit(&shared, peer.ip());
+        let refusal = match place {
+            Some(place) if active.load(Relaxed) < shared.limits.max_connections => {
+                let slot = Slot::take(&active);
+                let shared = Arc::clone(&shared);
+                spawn(move || {
+                    serve_connection(stream, &shared);
+                    drop((place, slot));
+                });
+                continue;
+            }
+            Some(_) => "heapprof: too many connections now\n",
+            None => "heapprof: too many connections from your address now\n",
+        };
+        if rejecting.load(Relaxed) < REJECTERS {
             let slot = Slot::take(&rejecting);
             spawn(move || {
-                reject_busy(stream);
+                reject_busy(stream, refusal);
                 drop(slot);
             });
         }
@@ -163,17 +321,19 @@ fn accept_loop(listener: TcpListener, limits: Arc<Server>) {
 
 /// Starts a connection thread, inside the profiler for its whole life. If
 /// the thread cannot start, the closure is dropped with its connection and
-/// slot; the first failure is reported.
+/// slots; the first failure is reported.
 ///
 /// The thread has no name: std copies a thread's name on the new thread
 /// before our code runs there, so that allocation could not be kept out of
 /// the profile (it was, once per connection).
 fn spawn(f: impl FnOnce() + Send + 'static) {
     static FAILED: AtomicBool = AtomicBool::new(false);
-    let spawned = std::thread::Builder::new().spawn(move || {
-        inside_profiler_for_good();
-        f()
-    });
+    let spawned = std::thread::Builder::new()
+        .stack_size(THREAD_STACK_BYTES)
+        .spawn(move || {
+            inside_profiler_for_good();
+            f()
+        });
     if let Err(e) = spawned
         && !FAILED.swap(true, Relaxed)
     {
@@ -200,16 +360,135 @@ impl Drop for Slot {
     }
 }
 
-/// Answers a connection over the limit without reading its request. The
-/// request must still be drained before closing ([`linger`]): closing a
-/// socket with unread input makes the kernel reset the connection, and the
-/// client would see the reset instead of the 503.
-fn reject_busy(mut stream: TcpStream) {
-    const BODY: &str = "heapprof: too many connections now\n";
+/// The connections being served, counted by peer. A peer has an entry
+/// only while it holds a connection, so the table has at most as many
+/// entries as connections are served.
+struct Peers {
+    limit: usize,
+    held: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Peers {
+    /// A place for one more connection from `ip`, or `None` if its peer
+    /// already holds as many as allowed.
+    fn admit(shared: &Arc<Shared>, ip: IpAddr) -> Option<PeerPlace> {
+        let peer = peer_of(ip);
+        let mut held = shared.peers.held.lock();
+        let n = held.entry(peer).or_insert(0);
+        if *n >= shared.peers.limit {
+            return None;
+        }
+        *n += 1;
+        Some(PeerPlace {
+            shared: Arc::clone(shared),
+            peer,
+        })
+    }
+}
+
+/// One connection's place in its peer's count, given back when dropped.
+struct PeerPlace {
+    shared: Arc<Shared>,
+    peer: IpAddr,
+}
+
+impl Drop for PeerPlace {
+    fn drop(&mut self) {
+        let mut held = self.shared.peers.held.lock();
+        if let Some(n) = held.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// The peer a connection is counted under: an IPv4 address (IPv4-mapped
+/// IPv6 addresses included), or the /64 prefix of an IPv6 address, since
+/// one host usually has a whole /64 to pick addresses from.
+fn peer_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// The bytes of response bodies held by the connections, against the
+/// server's [`Server::max_response_bytes`].
+struct Budget {
+    limit: usize,
+    held: AtomicUsize,
+}
+
+impl Budget {
+    /// Whether no body at all can be taken now: the budget is spent.
+    fn spent(&self) -> bool {
+        self.held.load(Relaxed) >= self.limit.max(1)
+    }
+
+    /// Takes `bytes` for a body, or `None` if the bodies already held and
+    /// this one would pass the limit. A body taken while none is held is
+    /// never refused, so one body larger than the budget is still served.
+    fn take(&self, bytes: usize) -> Option<Lease<'_>> {
+        let mut held = self.held.load(Relaxed);
+        loop {
+            let after = held.saturating_add(bytes);
+            if held != 0 && after > self.limit {
+                return None;
+            }
+            match self
+                .held
+                .compare_exchange_weak(held, after, Relaxed, Relaxed)
+            {
+                Ok(_) => {
+                    return Some(Lease {
+                        budget: self,
+                        bytes: after - held,
+                    });
+                }
+                Err(now) => held = now,
+            }
+        }
+    }
+}
+
+/// Bytes of the budget held by one body, given back when dropped.
+struct Lease<'a> {
+    budget: &'a Budget,
+    bytes: usize,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.bytes, Relaxed);
+    }
+}
+
+/// The answer when the response budget is spent: a fixed text, not
+/// counted in the budget.
+fn over_budget() -> Response {
+    Response::error(
+        503,
+        "heapprof: other responses in flight hold the whole response budget now",
+    )
+}
+
+/// Answers a connection over a limit with `message` without reading its
+/// request. The request must still be drained before closing ([`linger`]):
+/// closing a socket with unread input makes the kernel reset the
+/// connection, and the client would see the reset instead of the 503.
+fn reject_busy(mut stream: TcpStream, message: &str) {
     let reply = format!(
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
-         Content-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{BODY}",
-        BODY.len()
+         Content-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{message}",
+        message.len()
     );
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
     if stream.write_all(reply.as_bytes()).is_ok() {
@@ -224,31 +503,49 @@ struct Request {
     query: String,
 }
 
-fn serve_connection(mut stream: TcpStream, limits: &Server) {
+fn serve_connection(mut stream: TcpStream, shared: &Shared) {
     let _ = stream.set_nodelay(true);
-    let (response, head_only) = match read_request(&mut stream, limits) {
-        Ok(Some(req)) => (super::handle(&req.path, &req.query), req.head_only),
+    let (mut response, head_only) = match read_request(&mut stream, &shared.limits) {
+        // Building a body that could not be held anyway would only cost
+        // the time of the build.
+        Ok(Some(req)) if !req.head_only && shared.budget.spent() => (over_budget(), false),
+        Ok(Some(req)) => (respond(shared, &req.path, &req.query), req.head_only),
         // The client went away, or the read failed: nobody to answer.
         Ok(None) => return,
         Err((status, message)) => (
-            super::Response::error(status, format!("heapprof: {message}")),
+            Response::error(status, format!("heapprof: {message}")),
             false,
         ),
     };
-    let super::Response {
+    // HEAD: the body's length is all that is sent of it, and nothing is
+    // held while the head is written.
+    let (content_length, lease) = if head_only {
+        let length = response.body.len();
+        response.body = Vec::new();
+        (length, None)
+    } else {
+        let lease = shared.budget.take(response.body.len());
+        if lease.is_none() {
+            response = over_budget();
+        }
+        (response.body.len(), lease)
+    };
+    let Response {
         status,
         content_type,
         content_disposition,
         body,
     } = response;
     let mut head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {content_length}\r\n\
          X-Content-Type-Options: nosniff\r\nConnection: close\r\n",
         reason(status),
-        body.len()
     );
     if status == 405 {
         head.push_str("Allow: GET, HEAD\r\n");
+    }
+    if status == 503 {
+        head.push_str("Retry-After: 1\r\n");
     }
     if let Some(disposition) = content_disposition {
         head.push_str("Content-Disposition: ");
@@ -256,11 +553,13 @@ fn serve_connection(mut stream: TcpStream, limits: &Server) {
         head.push_str("\r\n");
     }
     head.push_str("\r\n");
-    let deadline = Instant::now() + limits.write_timeout;
-    let body = if head_only { &[][..] } else { &body[..] };
-    if write_by(&mut stream, head.as_bytes(), deadline).is_ok()
-        && write_by(&mut stream, body, deadline).is_ok()
-    {
+    let deadline = Instant::now() + shared.limits.write_timeout;
+    let written = write_by(&mut stream, head.as_bytes(), deadline).is_ok()
+        && write_by(&mut stream, &body, deadline).is_ok();
+    // The body is sent (or never will be): its bytes go back to the budget
+    // before the linger.
+    drop((body, lease));
+    if written {
         linger(&mut stream);
     }
 }
@@ -293,17 +592,20 @@ fn read_request(
     limits: &Server,
 ) -> Result<Option<Request>, (u16, &'static str)> {
     let deadline = Instant::now() + limits.header_timeout;
-    let mut buf = vec![0u8; limits.max_head_bytes];
-    let mut len = 0;
+    // Grows as the head arrives: a large limit costs nothing until a
+    // client sends that much.
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 4096];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err((408, "the request head did not arrive in time"));
         }
         let _ = stream.set_read_timeout(Some(left));
-        match stream.read(&mut buf[len..]) {
+        let room = (limits.max_head_bytes - head.len()).min(chunk.len());
+        match stream.read(&mut chunk[..room]) {
             Ok(0) => return Ok(None),
-            Ok(n) => len += n,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e)
                 if matches!(
@@ -315,10 +617,10 @@ fn read_request(
             }
             Err(_) => return Ok(None),
         }
-        if let Some(req) = parse_head(&buf[..len])? {
+        if let Some(req) = parse_head(&head)? {
             return Ok(Some(req));
         }
-        if len == buf.len() {
+        if head.len() >= limits.max_head_bytes {
             return Err((431, "request head too large"));
         }
     }
@@ -381,6 +683,28 @@ fn reason(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_saturate() {
+        let s = Server::new()
+            .header_timeout(Duration::MAX)
+            .write_timeout(Duration::MAX)
+            .max_head_bytes(usize::MAX);
+        assert_eq!(
+            (s.header_timeout, s.write_timeout, s.max_head_bytes),
+            (LONGEST_TIMEOUT, LONGEST_TIMEOUT, LARGEST_HEAD_BYTES)
+        );
+        let s = Server::new()
+            .header_timeout(Duration::ZERO)
+            .max_head_bytes(0)
+            .max_connections(0);
+        assert_eq!(
+            (s.header_timeout, s.max_head_bytes, s.max_connections),
+            (Duration::from_millis(1), 256, 1)
+        );
+        // The deadlines these make are computable.
+        let _ = Instant::now() + LONGEST_TIMEOUT;
+    }
 
     #[test]
     fn parses_heads() {

@@ -315,8 +315,44 @@ pub fn http_get(addr: std::net::SocketAddr, target: &str) -> HttpReply {
 
 /// Sends `request` as it is and reads the reply.
 pub fn http_raw(addr: std::net::SocketAddr, request: &[u8]) -> HttpReply {
+    let stream = std::net::TcpStream::connect(addr).expect("connect to the server");
+    exchange(stream, request)
+}
+
+/// A connection to `addr` from the local address `from`. On Linux all of
+/// 127.0.0.0/8 is loopback, so `127.0.0.2`, `127.0.0.3`, … stand for
+/// distinct peers in a test.
+pub fn connect_from(from: std::net::IpAddr, addr: std::net::SocketAddr) -> std::net::TcpStream {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .expect("a socket");
+    socket
+        .bind(&std::net::SocketAddr::new(from, 0).into())
+        .unwrap_or_else(|e| panic!("bind to {from}: {e}"));
+    socket.connect(&addr.into()).expect("connect to the server");
+    socket.into()
+}
+
+/// `GET target` from the server at `addr`, connecting from `from` (see
+/// [`connect_from`]).
+pub fn http_get_from(
+    from: std::net::IpAddr,
+    addr: std::net::SocketAddr,
+    target: &str,
+) -> HttpReply {
+    exchange(
+        connect_from(from, addr),
+        format!("GET {target} HTTP/1.1\r\nHost: test\r\nUser-Agent: heapprof-test\r\n\r\n")
+            .as_bytes(),
+    )
+}
+
+/// Sends `request` on `stream` and reads the reply until the server closes.
+fn exchange(mut stream: std::net::TcpStream, request: &[u8]) -> HttpReply {
     use std::io::Write;
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the server");
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(60)))
         .unwrap();

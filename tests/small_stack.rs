@@ -1,0 +1,102 @@
+//! Writing profiles from threads with small stacks. A gzipped profile
+//! build takes about 70 KiB of stack, 66 KiB of it the compressor's state
+//! that flate2 builds on the stack before boxing it; a user thread of
+//! 16 to 64 KiB overflowed, which aborts the process. Each test runs in a
+//! child process, so an overflow fails the test instead of the whole run.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[global_allocator]
+static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+
+#[inline(never)]
+fn hold(n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|i| vec![i as u8; 4096]).collect()
+}
+
+/// Runs `f` on a thread spawned with a stack of `kib` KiB.
+fn on_stack_of<R: Send + 'static>(kib: usize, f: impl FnOnce() -> R + Send + 'static) -> R {
+    std::thread::Builder::new()
+        .stack_size(kib * 1024)
+        .spawn(f)
+        .expect("spawn a small-stack thread")
+        .join()
+        .expect("the small-stack thread")
+}
+
+#[test]
+fn write_profile_on_a_64_kib_thread() {
+    if !is_child() {
+        let (stdout, _) = run_child("write_profile_on_a_64_kib_thread", &[]);
+        print!("{stdout}");
+        return;
+    }
+    let _watchdog = watchdog("write_profile on a 64 KiB thread", Duration::from_secs(60));
+    heapprof::set_sample_rate(64 * 1024);
+    let held = hold(1024); // 4 MiB
+    // The first profile also symbolizes every site, cold.
+    let gz = on_stack_of(64, || {
+        let mut gz = Vec::new();
+        heapprof::write_profile(&mut gz).unwrap();
+        gz
+    });
+    // Decoded here: flate2's decompressor state is large too.
+    let p = decode(&gz);
+    assert!(cum(&p, "small_stack::hold", INUSE_SPACE) > 0);
+    println!("a {}-byte profile from a 64 KiB thread", gz.len());
+    drop(held);
+}
+
+/// Every way to write a profile, from the smallest stack a thread can
+/// have (16 KiB, glibc's PTHREAD_STACK_MIN).
+#[test]
+fn every_writer_on_a_16_kib_thread() {
+    if !is_child() {
+        let (stdout, _) = run_child("every_writer_on_a_16_kib_thread", &[]);
+        print!("{stdout}");
+        return;
+    }
+    let _watchdog = watchdog("writers on a 16 KiB thread", Duration::from_secs(60));
+    heapprof::set_sample_rate(64 * 1024);
+    let held = hold(1024); // 4 MiB: past the 1 MiB of a first peak
+    // Only the writing happens on the small thread; decoding (flate2's
+    // decompressor state is large too) happens here.
+    let written = on_stack_of(16, || {
+        let mut written: Vec<(&str, Vec<u8>)> = Vec::new();
+        let mut gz = Vec::new();
+        heapprof::write_profile(&mut gz).unwrap();
+        written.push(("write_profile", gz));
+        let mut text = Vec::new();
+        heapprof::write_text_profile(&mut text).unwrap();
+        written.push(("write_text_profile", text));
+        let mut peak = Vec::new();
+        heapprof::write_peak_profile(&mut peak).unwrap();
+        written.push(("write_peak_profile", peak));
+        let mut snap = Vec::new();
+        heapprof::snapshot().write_pprof(&mut snap).unwrap();
+        written.push(("snapshot().write_pprof", snap));
+        #[cfg(feature = "http")]
+        {
+            let r = heapprof::http::handle("/debug/pprof/heap", "");
+            assert_eq!(r.status, 200);
+            written.push(("http::handle", r.body));
+        }
+        written
+    });
+    for (what, bytes) in &written {
+        if *what == "write_text_profile" {
+            assert!(bytes.starts_with(b"heap profile: "), "{what}");
+        } else {
+            assert!(
+                cum(&decode(bytes), "small_stack::hold", INUSE_SPACE) > 0,
+                "{what}"
+            );
+        }
+        println!("{what} from a 16 KiB thread: {} bytes", bytes.len());
+    }
+    drop(held);
+}
