@@ -317,7 +317,7 @@ pub fn sample_rate() -> usize {
     sampler::rate()
 }
 
-/// Internals exposed for `benches/micro.rs` only; not part of the API.
+/// Internals exposed for `dev/benches/micro.rs` only; not part of the API.
 #[doc(hidden)]
 pub mod __bench {
     /// Captures the calling thread's stack as a sample would (with the

@@ -11,7 +11,7 @@
 //! * the profiler's own memory against the live heap at the default rate.
 //!
 //! Each figure is the median of several repetitions. Run with
-//! `cargo bench --bench micro`.
+//! `cargo bench -p heapprof-dev --bench micro`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
