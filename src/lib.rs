@@ -210,8 +210,7 @@ mod lock;
 mod mappings;
 mod peak;
 mod profile;
-#[doc(hidden)]
-pub mod proto;
+mod proto;
 mod recorder;
 mod report;
 mod sampled;
@@ -317,7 +316,9 @@ pub fn sample_rate() -> usize {
     sampler::rate()
 }
 
-/// Internals exposed for `dev/benches/micro.rs` only; not part of the API.
+/// Internals for `dev/benches/micro.rs`, compiled only with the
+/// `bench-internals` feature; not part of the API.
+#[cfg(feature = "bench-internals")]
 #[doc(hidden)]
 pub mod __bench {
     /// Captures the calling thread's stack as a sample would (with the

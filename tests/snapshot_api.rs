@@ -5,6 +5,8 @@
 use std::hint::black_box;
 use std::sync::Mutex;
 
+mod common;
+
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
 
@@ -155,9 +157,7 @@ fn top_table_flamegraph_and_pprof() {
     // write_pprof gives a decodable profile with the same numbers.
     let mut gz = Vec::new();
     d.write_pprof(&mut gz).unwrap();
-    let mut raw = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw).unwrap();
-    let p = <heapprof::proto::Profile as prost::Message>::decode(&raw[..]).unwrap();
+    let p = common::decode(&gz);
     let inuse: i64 = p.sample.iter().map(|s| s.value[3]).sum();
     assert_eq!(inuse, d.total_inuse_bytes());
     drop(held);
