@@ -28,7 +28,7 @@
 //! go tool pprof -sample_index=alloc_space -top heap.pb.gz      # who allocated the most
 //! go tool pprof -list 'myprog::build_index' heap.pb.gz         # line by line
 //! go tool pprof -base before.pb.gz -top after.pb.gz            # what grew in between
-//! go tool pprof -http=:8080 heap.pb.gz                         # graph, flame graph, source
+//! go tool pprof -http=:8080 heap.pb.gz                         # graph (needs Graphviz), flame graph
 //! ```
 //!
 //! Every stack runs down to the program's entry point, so `-top` also
