@@ -114,8 +114,9 @@
 //!   rate is process-wide (set it once per test binary, or under a lock),
 //!   and a delta's totals include every thread.
 //! * [`Snapshot::write_flamegraph`] draws an SVG flame graph of live
-//!   bytes, and [`Snapshot::write_pprof`] writes the same bytes as
-//!   [`write_profile`], for `go tool pprof` when Go is at hand.
+//!   bytes ([`Snapshot::write_flamegraph_of`] of any [`SampleType`]), and
+//!   [`Snapshot::write_pprof`] writes the same bytes as [`write_profile`],
+//!   for `go tool pprof` when Go is at hand.
 //!
 //! ## Automatic dumps
 //!
@@ -225,7 +226,7 @@ use std::io;
 
 pub use allocator::Profiler;
 pub use dump::{AutoDump, AutoDumpHandle, ProfileGuard};
-pub use snapshot::{Frame, FunctionBytes, Site, Snapshot, Stats, snapshot, stats};
+pub use snapshot::{Frame, FunctionBytes, SampleType, Site, Snapshot, Stats, snapshot, stats};
 
 /// Writes the current heap profile to `w`: a gzip-compressed pprof
 /// `profile.proto` message with sample types `alloc_objects`,
