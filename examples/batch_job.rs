@@ -40,7 +40,7 @@ fn main() -> std::io::Result<()> {
         exe.display()
     );
     println!(
-        "  go tool pprof -http=localhost:8080 {} {path}",
+        "  go tool pprof -http=localhost:8080 {} {path}   # graph view: needs Graphviz's dot",
         exe.display()
     );
     Ok(())

@@ -51,7 +51,7 @@ fn exec(run_for: Option<Duration>) {
             request += 1;
         }
         std::thread::sleep(Duration::from_millis(100));
-        if request % 200_000 == 0 {
+        if request.is_multiple_of(200_000) {
             let s = heapprof::stats();
             println!(
                 "{request} requests served; live heap {} MiB",

@@ -50,7 +50,7 @@ fn raw_calls() {
         // layout it has at that point.
         unsafe {
             let p = alloc_zeroed(layout);
-            assert!(!p.is_null() && p as usize % align == 0);
+            assert!(!p.is_null() && (p as usize).is_multiple_of(align));
             assert!((0..layout.size()).all(|j| *p.add(j) == 0));
             let q = realloc(p, layout, layout.size() * 3);
             assert!(!q.is_null());

@@ -126,7 +126,7 @@ impl Counters {
             self.live()
         };
         std::sync::atomic::fence(Acquire);
-        let whole = before % 2 == 0 && self.seq.load(Relaxed) == before;
+        let whole = before.is_multiple_of(2) && self.seq.load(Relaxed) == before;
         if whole { Ok(counts) } else { Err(counts) }
     }
 

@@ -28,7 +28,7 @@
 //! go tool pprof -sample_index=alloc_space -top heap.pb.gz      # who allocated the most
 //! go tool pprof -list 'myprog::build_index' heap.pb.gz         # line by line
 //! go tool pprof -base before.pb.gz -top after.pb.gz            # what grew in between
-//! go tool pprof -http=:8080 heap.pb.gz                         # graph, flame graph, source
+//! go tool pprof -http=:8080 heap.pb.gz                         # graph (needs Graphviz), flame graph
 //! ```
 //!
 //! Every stack runs down to the program's entry point, so `-top` also
@@ -114,8 +114,9 @@
 //!   rate is process-wide (set it once per test binary, or under a lock),
 //!   and a delta's totals include every thread.
 //! * [`Snapshot::write_flamegraph`] draws an SVG flame graph of live
-//!   bytes, and [`Snapshot::write_pprof`] writes the same bytes as
-//!   [`write_profile`], for `go tool pprof` when Go is at hand.
+//!   bytes ([`Snapshot::write_flamegraph_of`] of any [`SampleType`]), and
+//!   [`Snapshot::write_pprof`] writes the same bytes as [`write_profile`],
+//!   for `go tool pprof` when Go is at hand.
 //!
 //! ## Automatic dumps
 //!
@@ -210,8 +211,7 @@ mod lock;
 mod mappings;
 mod peak;
 mod profile;
-#[doc(hidden)]
-pub mod proto;
+mod proto;
 mod recorder;
 mod report;
 mod sampled;
@@ -226,7 +226,7 @@ use std::io;
 
 pub use allocator::Profiler;
 pub use dump::{AutoDump, AutoDumpHandle, ProfileGuard};
-pub use snapshot::{Frame, FunctionBytes, Site, Snapshot, Stats, snapshot, stats};
+pub use snapshot::{Frame, FunctionBytes, SampleType, Site, Snapshot, Stats, snapshot, stats};
 
 /// Writes the current heap profile to `w`: a gzip-compressed pprof
 /// `profile.proto` message with sample types `alloc_objects`,
@@ -317,7 +317,9 @@ pub fn sample_rate() -> usize {
     sampler::rate()
 }
 
-/// Internals exposed for `benches/micro.rs` only; not part of the API.
+/// Internals for `dev/benches/micro.rs`, compiled only with the
+/// `bench-internals` feature; not part of the API.
+#[cfg(feature = "bench-internals")]
 #[doc(hidden)]
 pub mod __bench {
     /// Captures the calling thread's stack as a sample would (with the

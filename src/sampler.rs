@@ -239,7 +239,7 @@ pub(crate) fn countdown_expired(size: usize) -> bool {
 /// invites LLVM's loop strength reduction to keep a second induction
 /// variable for the countdown's arithmetic: more registers live across the
 /// calls to the inner allocator, so spills, and about 8 more instructions
-/// per allocation and free in `benches/`' `threads2` (23.4 instead of 15.5,
+/// per allocation and free in `dev/benches/`' `threads2` (23.4 instead of 15.5,
 /// counted by callgrind). Hiding where `size` came from keeps the countdown
 /// a plain subtract; the price is at most a register copy, which the CPU
 /// does at rename.

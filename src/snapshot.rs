@@ -311,30 +311,174 @@ impl Snapshot {
     }
 
     /// Writes an SVG flame graph of live bytes (inuse_space): one box per
-    /// function, as wide as the memory allocated under it.
+    /// function, as wide as the memory allocated under it. The same as
+    /// [`write_flamegraph_of`](Snapshot::write_flamegraph_of) with
+    /// [`SampleType::InuseSpace`].
     #[cfg(feature = "flamegraph")]
     pub fn write_flamegraph<W: io::Write>(&self, w: W) -> io::Result<()> {
+        self.write_flamegraph_of(SampleType::InuseSpace, w)
+    }
+
+    /// Writes an SVG flame graph of one of the four sample types: one box
+    /// per function, as wide as the value of `sample_type` under it. Sites
+    /// whose value is zero or negative (frees in a [`delta`](Snapshot::delta))
+    /// are left out.
+    ///
+    /// With nothing to draw (an empty snapshot, or heapprof not the
+    /// program's `#[global_allocator]`) it still writes a well-formed SVG,
+    /// one that says there are no samples and why. An error comes only from
+    /// the writer.
+    #[cfg(feature = "flamegraph")]
+    pub fn write_flamegraph_of<W: io::Write>(
+        &self,
+        sample_type: SampleType,
+        mut w: W,
+    ) -> io::Result<()> {
         let _busy = guard::Busy::enter();
         let lines: Vec<String> = self
             .sites
             .iter()
-            .filter(|s| s.inuse_bytes > 0)
-            .map(|s| {
+            .map(|s| (s, sample_type.of(s)))
+            .filter(|&(_, value)| value > 0)
+            .map(|(s, value)| {
                 let stack: Vec<&str> = s.frames.iter().rev().map(|f| f.function.as_str()).collect();
                 // ';' separates frames in the folded format.
-                format!(
-                    "{} {}",
-                    stack.join(";").replace(' ', "\u{a0}"),
-                    s.inuse_bytes
-                )
+                format!("{} {value}", stack.join(";").replace(' ', "\u{a0}"))
             })
             .collect();
+        let title = format!("heapprof: {}", sample_type.description());
+        if lines.is_empty() {
+            // inferno rejects empty input, after writing part of its SVG.
+            let why = match crate::check_installed() {
+                Err(e) => e.to_string(),
+                Ok(()) => self.no_samples_reason(sample_type),
+            };
+            return write_message_svg(&mut w, &title, &format!("No samples. {why}"));
+        }
         let mut options = inferno::flamegraph::Options::default();
-        options.title = "heapprof: live bytes (inuse_space)".into();
-        options.count_name = "bytes".into();
+        options.title = title;
+        options.count_name = sample_type.unit().into();
         inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), w)
             .map_err(io::Error::other)
     }
+
+    #[cfg(feature = "flamegraph")]
+    fn no_samples_reason(&self, sample_type: SampleType) -> String {
+        if self.rate == 0 {
+            return "Sampling was off (sample rate 0) when this snapshot was taken.".into();
+        }
+        format!(
+            "No site in this snapshot has {} above zero. Allocations are sampled about \
+             once per {} bytes allocated, so a program that allocated little may have none.",
+            sample_type.name(),
+            self.rate
+        )
+    }
+}
+
+/// Which of a profile's four values to show, as pprof's `-sample_index`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SampleType {
+    /// `inuse_space`: bytes allocated and not yet freed.
+    #[default]
+    InuseSpace,
+    /// `inuse_objects`: allocations not yet freed.
+    InuseObjects,
+    /// `alloc_space`: bytes allocated, freed or not.
+    AllocSpace,
+    /// `alloc_objects`: allocations made, freed or not.
+    AllocObjects,
+}
+
+impl SampleType {
+    /// The name pprof gives this sample type (`inuse_space`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            SampleType::InuseSpace => "inuse_space",
+            SampleType::InuseObjects => "inuse_objects",
+            SampleType::AllocSpace => "alloc_space",
+            SampleType::AllocObjects => "alloc_objects",
+        }
+    }
+
+    /// A site's value of this type.
+    #[cfg(feature = "flamegraph")]
+    fn of(self, site: &Site) -> i64 {
+        match self {
+            SampleType::InuseSpace => site.inuse_bytes,
+            SampleType::InuseObjects => site.inuse_objects,
+            SampleType::AllocSpace => site.alloc_bytes,
+            SampleType::AllocObjects => site.alloc_objects,
+        }
+    }
+
+    #[cfg(feature = "flamegraph")]
+    fn description(self) -> String {
+        let what = match self {
+            SampleType::InuseSpace => "live bytes",
+            SampleType::InuseObjects => "live allocations",
+            SampleType::AllocSpace => "bytes allocated",
+            SampleType::AllocObjects => "allocations made",
+        };
+        format!("{what} ({})", self.name())
+    }
+
+    #[cfg(feature = "flamegraph")]
+    fn unit(self) -> &'static str {
+        match self {
+            SampleType::InuseSpace | SampleType::AllocSpace => "bytes",
+            SampleType::InuseObjects | SampleType::AllocObjects => "allocations",
+        }
+    }
+}
+
+/// Characters per line of [`write_message_svg`]'s text: about what fits
+/// its width in its font.
+#[cfg(feature = "flamegraph")]
+const MESSAGE_LINE_CHARS: usize = 140;
+
+/// Writes a small SVG with a title and a message (wrapped at word
+/// boundaries), for a flame graph with nothing to draw.
+#[cfg(feature = "flamegraph")]
+fn write_message_svg(w: &mut impl io::Write, title: &str, message: &str) -> io::Result<()> {
+    use quick_xml::escape::escape;
+    let mut lines: Vec<String> = Vec::new();
+    for word in message.split_whitespace() {
+        match lines.last_mut() {
+            Some(line) if line.chars().count() + 1 + word.chars().count() <= MESSAGE_LINE_CHARS => {
+                line.push(' ');
+                line.push_str(word);
+            }
+            _ => lines.push(word.to_owned()),
+        }
+    }
+    let height = 48 + 18 * lines.len();
+    writeln!(w, "<?xml version=\"1.0\" standalone=\"no\"?>")?;
+    writeln!(
+        w,
+        "<svg version=\"1.1\" width=\"1200\" height=\"{height}\" \
+         viewBox=\"0 0 1200 {height}\" xmlns=\"http://www.w3.org/2000/svg\">"
+    )?;
+    writeln!(
+        w,
+        "<rect x=\"0\" y=\"0\" width=\"100%\" height=\"100%\" fill=\"#eeeeee\"/>"
+    )?;
+    writeln!(
+        w,
+        "<text x=\"600\" y=\"24\" text-anchor=\"middle\" font-family=\"Verdana\" \
+         font-size=\"17\">{}</text>",
+        escape(title)
+    )?;
+    for (i, line) in lines.iter().enumerate() {
+        writeln!(
+            w,
+            "<text x=\"600\" y=\"{}\" text-anchor=\"middle\" font-family=\"Verdana\" \
+             font-size=\"12\">{}</text>",
+            52 + 18 * i,
+            escape(line)
+        )?;
+    }
+    writeln!(w, "</svg>")
 }
 
 /// A `pprof -top`-like table of live bytes.

@@ -285,7 +285,7 @@ fn walk_frame_pointers() -> Walk {
         loop {
             // A frame is [saved rbp][return address]: both words must lie in
             // this thread's stack.
-            if fp < lo || fp % 8 != 0 || fp.checked_add(16).is_none_or(|end| end > hi) {
+            if fp < lo || !fp.is_multiple_of(8) || fp.checked_add(16).is_none_or(|end| end > hi) {
                 return Walk::Broken;
             }
             // SAFETY: `fp` is 8-byte aligned and `fp..fp+16` lies below the

@@ -289,7 +289,7 @@ fn a_symlink_is_followed_and_stays() {
     assert!(names(&d.join("sub")).is_empty());
 }
 
-fn read(path: &Path) -> heapprof::proto::Profile {
+fn read(path: &Path) -> common::proto::Profile {
     decode(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }
 

@@ -21,7 +21,7 @@ fn child(scenario: &str, env: &[(&str, &str)]) -> String {
     run_child("child_scenarios", &env).1
 }
 
-fn read_profile(path: &Path) -> heapprof::proto::Profile {
+fn read_profile(path: &Path) -> common::proto::Profile {
     decode(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }
 

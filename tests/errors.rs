@@ -78,7 +78,7 @@ fn kept_blocks() -> Vec<Vec<u8>> {
 /// This thread's samples as (stack, values), sorted: what two profiles of
 /// the same heap must agree on. (The harness's main thread may allocate
 /// meanwhile, so its samples are left out.)
-fn samples(p: &heapprof::proto::Profile) -> Vec<(Vec<String>, Vec<i64>)> {
+fn samples(p: &common::proto::Profile) -> Vec<(Vec<String>, Vec<i64>)> {
     let mut v: Vec<_> = p
         .sample
         .iter()

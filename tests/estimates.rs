@@ -226,7 +226,7 @@ fn estimates_match_the_truth() {
         .filter(|l| l.mapping_id == main.id)
         .collect();
     assert!(!in_main.is_empty());
-    let every = |f: &dyn Fn(&heapprof::proto::Line) -> bool| {
+    let every = |f: &dyn Fn(&common::proto::Line) -> bool| {
         in_main
             .iter()
             .all(|l| !l.line.is_empty() && l.line.iter().all(f))

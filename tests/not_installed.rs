@@ -39,6 +39,37 @@ fn the_assertion_panics_when_nothing_is_recorded() {
     );
 }
 
+/// The flame graph of the empty snapshot is still an SVG, one that says
+/// why it is empty.
+#[cfg(feature = "flamegraph")]
+#[test]
+fn flamegraph_says_the_allocator_is_missing() {
+    let _some_allocation = std::hint::black_box(vec![0u8; 1 << 20]);
+    let mut svg = Vec::new();
+    heapprof::snapshot()
+        .write_flamegraph(&mut svg)
+        .expect("an empty snapshot's flame graph is written, not an error");
+    let svg = String::from_utf8(svg).unwrap();
+    assert!(
+        svg.starts_with("<?xml") && svg.trim_end().ends_with("</svg>"),
+        "{svg}"
+    );
+    assert!(
+        svg.contains("No samples.")
+            && svg.contains("not this program&apos;s global allocator")
+            && svg.contains("#[global_allocator]"),
+        "{svg}"
+    );
+    let mut reader = quick_xml::Reader::from_str(&svg);
+    loop {
+        match reader.read_event() {
+            Ok(quick_xml::events::Event::Eof) => break,
+            Ok(_) => {}
+            Err(e) => panic!("not well-formed XML: {e}\n{svg}"),
+        }
+    }
+}
+
 /// What `snapshot()` and `stats()` are documented to return when heapprof
 /// is not installed: nothing recorded, every counter zero.
 #[test]

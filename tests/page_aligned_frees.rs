@@ -54,7 +54,7 @@ fn sampled_frees_among_page_aligned_ones_are_credited_and_no_others() {
         assert!(
             blocks
                 .iter()
-                .all(|&p| !p.is_null() && p as usize % 4096 == 0)
+                .all(|&p| !p.is_null() && (p as usize).is_multiple_of(4096))
         );
         for p in blocks.drain(..) {
             // SAFETY: allocated above with this layout, freed once.

@@ -5,6 +5,8 @@
 use std::hint::black_box;
 use std::sync::Mutex;
 
+mod common;
+
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
 
@@ -140,25 +142,122 @@ fn top_table_flamegraph_and_pprof() {
     d.write_flamegraph(&mut svg).unwrap();
     let svg = String::from_utf8(svg).unwrap();
     assert!(svg.contains("hold_for_flamegraph"));
-    let mut reader = quick_xml::Reader::from_str(&svg);
-    let mut elements = 0;
-    loop {
-        match reader.read_event() {
-            Ok(quick_xml::events::Event::Eof) => break,
-            Ok(quick_xml::events::Event::Start(_)) => elements += 1,
-            Ok(_) => {}
-            Err(e) => panic!("the flame graph is not well-formed XML: {e}"),
-        }
-    }
-    assert!(elements > 3);
+    assert!(svg_elements(&svg) > 3);
 
     // write_pprof gives a decodable profile with the same numbers.
     let mut gz = Vec::new();
     d.write_pprof(&mut gz).unwrap();
-    let mut raw = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw).unwrap();
-    let p = <heapprof::proto::Profile as prost::Message>::decode(&raw[..]).unwrap();
+    let p = common::decode(&gz);
     let inuse: i64 = p.sample.iter().map(|s| s.value[3]).sum();
     assert_eq!(inuse, d.total_inuse_bytes());
     drop(held);
+}
+
+/// The number of start tags in `svg`; panics if it is not well-formed XML
+/// or not an SVG.
+fn svg_elements(svg: &str) -> usize {
+    let mut reader = quick_xml::Reader::from_str(svg);
+    let mut elements = 0;
+    let mut root = None;
+    loop {
+        match reader.read_event() {
+            Ok(quick_xml::events::Event::Eof) => break,
+            Ok(quick_xml::events::Event::Start(e)) => {
+                root.get_or_insert_with(|| e.name().as_ref().to_vec());
+                elements += 1;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("the flame graph is not well-formed XML: {e}\n{svg}"),
+        }
+    }
+    assert_eq!(root.as_deref(), Some(&b"svg"[..]), "{svg}");
+    elements
+}
+
+fn flamegraph_of(s: &heapprof::Snapshot, sample_type: heapprof::SampleType) -> String {
+    let mut svg = Vec::new();
+    s.write_flamegraph_of(sample_type, &mut svg)
+        .expect("write_flamegraph_of");
+    let svg = String::from_utf8(svg).unwrap();
+    svg_elements(&svg);
+    svg
+}
+
+/// Each sample type draws its own values: at rate 1 the box of a function
+/// that allocated 100 blocks of 333 bytes and freed them all is 33,300
+/// bytes wide in alloc_space, 100 allocations in alloc_objects, and absent
+/// from inuse_space; the 11 blocks `make_exact` keeps are its width in
+/// inuse_objects.
+#[test]
+fn flamegraph_of_each_sample_type() {
+    use heapprof::SampleType;
+    let _rate = RATE.lock().unwrap();
+    heapprof::set_sample_rate(1);
+    let before = heapprof::snapshot();
+    let kept = make_exact();
+    make_and_drop();
+    let d = heapprof::snapshot().delta(&before);
+    heapprof::set_sample_rate(512 * 1024);
+
+    let alloc_space = flamegraph_of(&d, SampleType::AllocSpace);
+    assert!(alloc_space.contains("alloc_space"), "{alloc_space}");
+    assert!(
+        alloc_space.contains("make_and_drop (33,300 bytes,"),
+        "{alloc_space}"
+    );
+    let alloc_objects = flamegraph_of(&d, SampleType::AllocObjects);
+    assert!(
+        alloc_objects.contains("make_and_drop (100 allocations,"),
+        "{alloc_objects}"
+    );
+    let inuse_objects = flamegraph_of(&d, SampleType::InuseObjects);
+    assert!(
+        inuse_objects.contains("make_exact (11 allocations,"),
+        "{inuse_objects}"
+    );
+    assert!(!inuse_objects.contains("make_and_drop"), "{inuse_objects}");
+    let inuse_space = flamegraph_of(&d, SampleType::InuseSpace);
+    assert!(
+        inuse_space.contains("make_exact (10,240 bytes,"),
+        "{inuse_space}"
+    );
+    assert!(!inuse_space.contains("make_and_drop"), "{inuse_space}");
+    // The method without a sample type draws inuse_space.
+    let mut default = Vec::new();
+    d.write_flamegraph(&mut default).unwrap();
+    assert!(
+        String::from_utf8(default)
+            .unwrap()
+            .contains("make_exact (10,240 bytes,")
+    );
+    drop(kept);
+}
+
+/// A snapshot with nothing to draw still gives a well-formed SVG, one that
+/// says so, and no error.
+#[test]
+fn empty_flamegraph_is_an_svg_that_says_so() {
+    use heapprof::SampleType;
+    let now = heapprof::snapshot();
+    let nothing = now.delta(&now);
+    for sample_type in [
+        SampleType::InuseSpace,
+        SampleType::InuseObjects,
+        SampleType::AllocSpace,
+        SampleType::AllocObjects,
+    ] {
+        let svg = flamegraph_of(&nothing, sample_type);
+        assert!(
+            svg.contains("No samples.") && svg.contains(sample_type.name()),
+            "{svg}"
+        );
+        assert!(!svg.contains("ERROR"), "{svg}");
+    }
+    let mut svg = Vec::new();
+    nothing.write_flamegraph(&mut svg).unwrap();
+    let svg = String::from_utf8(svg).unwrap();
+    assert!(
+        svg.contains("No site in this snapshot has inuse_space above zero"),
+        "{svg}"
+    );
 }

@@ -18,7 +18,7 @@
 //!
 //! or mount [`handle`] in the server the program already has (it takes a
 //! path and a query and returns status, content type, content disposition
-//! and body; see `examples/axum_mount.rs`).
+//! and body; see `dev/examples/axum_mount.rs`).
 //!
 //! | path | what |
 //! | --- | --- |

@@ -4,8 +4,14 @@
 
 use std::io::Read;
 
-use heapprof::proto::Profile;
 use prost::Message;
+
+/// The pprof messages, compiled into the tests from the same generated code
+/// heapprof encodes with (`src/proto.rs`), which the crate keeps private.
+#[path = "../../src/proto.rs"]
+pub mod proto;
+
+use proto::Profile;
 
 pub const ALLOC_OBJECTS: usize = 0;
 pub const ALLOC_SPACE: usize = 1;
@@ -33,7 +39,7 @@ pub fn string(p: &Profile, i: i64) -> &str {
 
 /// Function names along a sample's stack, leaf first, inlined frames
 /// innermost first.
-pub fn stack_names(p: &Profile, s: &heapprof::proto::Sample) -> Vec<String> {
+pub fn stack_names(p: &Profile, s: &proto::Sample) -> Vec<String> {
     let mut names = Vec::new();
     for id in &s.location_id {
         let loc = &p.location[*id as usize - 1];
@@ -47,7 +53,7 @@ pub fn stack_names(p: &Profile, s: &heapprof::proto::Sample) -> Vec<String> {
 }
 
 /// The leaf function of a sample: what `pprof -top` calls flat.
-pub fn leaf_name(p: &Profile, s: &heapprof::proto::Sample) -> String {
+pub fn leaf_name(p: &Profile, s: &proto::Sample) -> String {
     stack_names(p, s).into_iter().next().unwrap_or_default()
 }
 

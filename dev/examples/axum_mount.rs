@@ -2,7 +2,7 @@
 //! instead of running heapprof's own.
 //!
 //! ```text
-//! cargo run --release --example axum_mount
+//! cargo run -p heapprof-dev --release --example axum_mount
 //! go tool pprof -top http://127.0.0.1:3000/debug/pprof/heap
 //! ```
 //!

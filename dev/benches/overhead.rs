@@ -8,8 +8,9 @@
 //! `HEAPPROF_BENCH_ROUNDS` rounds (default 11), and reports the median of
 //! the per-round ratios A/B, so that drifts in machine speed cancel out.
 //!
-//! Run with `cargo bench --bench overhead` after `cargo build --release
-//! --benches` (or simply `cargo bench`, which builds everything first);
+//! Run with `cargo bench -p heapprof-dev --bench overhead` after `cargo
+//! build -p heapprof-dev --release --benches` (or simply `cargo bench -p
+//! heapprof-dev`, which builds everything first);
 //! `HEAPPROF_BENCH_ONLY=mimalloc` keeps the rows whose A label contains
 //! that text.
 
@@ -297,7 +298,9 @@ fn binary(dir: &Path, name: &str) -> PathBuf {
         .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
         .map(|e| e.path())
         .unwrap_or_else(|| {
-            panic!("{name} is not built: run `cargo build --release --benches` first")
+            panic!(
+                "{name} is not built: run `cargo build -p heapprof-dev --release --benches` first"
+            )
         })
 }
 

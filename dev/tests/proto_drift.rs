@@ -3,14 +3,17 @@
 //! test regenerates them from `proto/profile.proto` with a pure-Rust compiler
 //! (protox + prost-build) and fails if the checked-in file has drifted.
 //!
-//! To refresh the file after editing the .proto:
-//! `HEAPPROF_REGENERATE_PROTO=1 cargo test --test proto_drift`
+//! It lives in the `heapprof-dev` workspace member, whose dependencies
+//! (protox, prost-build) heapprof's own tests do not need. To refresh the
+//! file after editing the .proto, from the repository root:
+//! `HEAPPROF_REGENERATE_PROTO=1 cargo test -p heapprof-dev --test proto_drift`
 
 use std::path::Path;
 
 #[test]
 fn generated_types_match_the_proto() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // heapprof's own directory: this crate is `dev/` inside it.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let fds = protox::compile([root.join("proto/profile.proto")], [root.join("proto")])
         .expect("proto/profile.proto must compile");
     let out = tempfile::tempdir().unwrap();
@@ -27,6 +30,6 @@ fn generated_types_match_the_proto() {
     assert!(
         checked_in == fresh,
         "src/proto/perftools.profiles.rs is out of date with proto/profile.proto; \
-         run HEAPPROF_REGENERATE_PROTO=1 cargo test --test proto_drift"
+         run HEAPPROF_REGENERATE_PROTO=1 cargo test -p heapprof-dev --test proto_drift"
     );
 }

@@ -11,7 +11,7 @@
 //! * the profiler's own memory against the live heap at the default rate.
 //!
 //! Each figure is the median of several repetitions. Run with
-//! `cargo bench --bench micro`.
+//! `cargo bench -p heapprof-dev --bench micro`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -19,6 +19,11 @@ use std::time::Instant;
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+
+/// The pprof messages, from the generated code heapprof encodes with
+/// (private to the crate).
+#[path = "../../src/proto.rs"]
+mod proto;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -229,7 +234,7 @@ fn unwinder() -> String {
     heapprof::write_profile(&mut gz).unwrap();
     let mut raw = Vec::new();
     std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw).unwrap();
-    let p = <heapprof::proto::Profile as prost::Message>::decode(&raw[..]).unwrap();
+    let p = <proto::Profile as prost::Message>::decode(&raw[..]).unwrap();
     p.comment
         .iter()
         .map(|&i| p.string_table[i as usize].clone())

@@ -5,7 +5,7 @@
 //! A configuration binary run with `<workload> <scale>` runs it once and
 //! prints `elapsed_ns=N` and `user_ns=N` (wall and user CPU time),
 //! measured around the workload only (not process
-//! start-up, not the allocator's own exit work). Run by `cargo bench` with
+//! start-up, not the allocator's own exit work). Run by `cargo bench -p heapprof-dev` with
 //! no workload argument, it does nothing.
 
 use std::collections::HashMap;
