@@ -22,9 +22,11 @@
 //! once did, could deadlock `fork` against a thread whose pool `Vec` grew
 //! while it held the pool lock.
 //!
-//! The HTTP server's build lock is not taken: it is held for a whole
-//! profile build (up to a second or so, cold), and `fork` should not wait
-//! for that. It guards no data, so the child simply resets it.
+//! Two locks are not waited for, since each may be held for a whole cold
+//! symbolization (a second or so) and `fork` must not wait that long: the
+//! HTTP server's build lock, which guards no data, so the child simply
+//! resets it; and the symbolizer's lookup lock, taken only if free (a child
+//! forked in the middle of a lookup makes no lookups: `symbolize.rs`).
 //!
 //! In the child, the registries of running threads (the exact counters'
 //! and the free filter's mask copies) still list the parent's other
@@ -109,6 +111,7 @@ extern "C" fn child() {
     // memory can be reused (see `counters.rs`, `sampled.rs`).
     counters::forget_other_threads_after_fork();
     sampled::forget_other_threads_after_fork();
+    symbolize::after_fork_in_child();
     #[cfg(feature = "http")]
     crate::http::reset_after_fork();
     guard::leave_forgotten(was_busy);

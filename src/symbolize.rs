@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
 
 use crate::lock::Mutex;
 
@@ -36,23 +36,48 @@ pub(crate) type Frames = Arc<[Frame]>;
 static CACHE: Mutex<Option<HashMap<usize, Frames>>> = Mutex::new(None);
 
 /// Held around every call into `backtrace::resolve`, so that the fork
-/// handlers can make sure no thread is inside backtrace's own (unreachable)
-/// lock when the process forks. Nobody who holds backtrace's lock ever asks
-/// for this one, so holding it across `resolve` cannot deadlock.
+/// handlers can tell whether a thread is inside backtrace's own
+/// (unreachable) lock when the process forks. Nobody who holds backtrace's
+/// lock ever asks for this one, so holding it across `resolve` cannot
+/// deadlock.
 static RESOLVING: Mutex<()> = Mutex::new(());
 
+/// Whether `fork`'s prepare handler holds [`RESOLVING`] (it found it free).
+static HELD_FOR_FORK: AtomicBool = AtomicBool::new(false);
+
+/// Set in a forked child whose parent was in the middle of a lookup: the
+/// thread that held backtrace's lock is gone, so this process never calls
+/// backtrace again, and addresses not in the cache stay unnamed (pprof
+/// can name them from the binary, with the profile's mappings).
+static LOOKUPS_LOST: AtomicBool = AtomicBool::new(false);
+
+/// For `fork`'s prepare handler. A cold lookup takes a second or so, and
+/// `fork` does not wait for it: [`RESOLVING`] is taken only if free.
 pub(crate) fn lock() {
-    std::mem::forget(RESOLVING.lock());
+    let free = RESOLVING.try_lock().map(std::mem::forget).is_some();
+    HELD_FOR_FORK.store(free, Relaxed);
     std::mem::forget(CACHE.lock());
 }
 
 /// # Safety
 /// Only after [`lock`] on this thread, or in the child it forked.
 pub(crate) unsafe fn unlock() {
-    // SAFETY: `lock` took both and forgot the guards.
+    // SAFETY: `lock` took the cache lock, and the lookup lock if it says
+    // so, and forgot the guards.
     unsafe {
         CACHE.force_unlock();
-        RESOLVING.force_unlock();
+        if HELD_FOR_FORK.load(Relaxed) {
+            RESOLVING.force_unlock();
+        }
+    }
+}
+
+/// In a forked child, after [`unlock`]: if a lookup was under way in the
+/// parent, its thread is not here, and neither [`RESOLVING`] nor
+/// backtrace's lock will ever be released: lookups stop for good.
+pub(crate) fn after_fork_in_child() {
+    if !HELD_FOR_FORK.load(Relaxed) {
+        LOOKUPS_LOST.store(true, Relaxed);
     }
 }
 
@@ -76,6 +101,11 @@ pub(crate) fn resolve_all(addrs: impl IntoIterator<Item = usize>) -> HashMap<usi
         }
     }
     if missing.is_empty() {
+        return out;
+    }
+    if LOOKUPS_LOST.load(Relaxed) {
+        // A forked child whose parent was mid-lookup: unnamed, not hung.
+        out.extend(missing.into_iter().map(|a| (a, Frames::from(Vec::new()))));
         return out;
     }
     // What the lookup keeps (backtrace's parsed debug info, this cache's

@@ -1,0 +1,94 @@
+//! `fork()` does not wait for a profile's symbolization, which takes most
+//! of a second the first time (backtrace parses the binary's debug info).
+//! A fork made while another thread resolves a cold profile returns before
+//! that thread is done, and the child, whose parent was mid-lookup, can
+//! still write a profile (its new addresses unnamed) instead of hanging on
+//! a lock whose owner it does not have.
+//!
+//! Runs in a child process of its own, so that the symbol cache is cold.
+
+mod common;
+use common::*;
+
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+#[global_allocator]
+static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+
+/// Many distinct sites, each a different call chain, for a long lookup.
+#[inline(never)]
+fn sites(depth: u32, keep: &mut Vec<Vec<u8>>) {
+    if depth == 0 {
+        keep.push(vec![0u8; 100]);
+        return;
+    }
+    for _ in 0..2 {
+        sites(depth - 1, keep);
+        keep.push(std::hint::black_box(vec![1u8; 10 + depth as usize]));
+    }
+}
+
+#[test]
+fn child_forks_during_a_cold_lookup() {
+    if !is_child() {
+        return;
+    }
+    heapprof::set_sample_rate(1);
+    let mut keep = Vec::new();
+    sites(10, &mut keep);
+    let writing = AtomicBool::new(false);
+    let written = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            writing.store(true, SeqCst);
+            let started = Instant::now();
+            heapprof::write_profile(std::io::sink()).unwrap();
+            written.store(true, SeqCst);
+            started.elapsed()
+        });
+        while !writing.load(SeqCst) {
+            std::hint::spin_loop();
+        }
+        // Into the lookup: the table walk before it takes milliseconds.
+        std::thread::sleep(Duration::from_millis(20));
+        let before = Instant::now();
+        // SAFETY: the child only writes a profile and leaves with `_exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let ok = heapprof::write_profile(std::io::sink()).is_ok();
+            // SAFETY: leaves the child without running the parent's
+            // destructors or atexit handlers.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let fork_took = before.elapsed();
+        let done_at_fork = written.load(SeqCst);
+        println!("fork took {fork_took:?}; the write was done by then: {done_at_fork}");
+        assert_eq!(
+            wait_with_timeout(pid, Duration::from_secs(30)),
+            Ok(0),
+            "the child wrote its profile and left"
+        );
+        let write_took = writer.join().unwrap();
+        println!("the cold write took {write_took:?}");
+        assert!(!done_at_fork, "the fork must come during the write");
+        // Waiting for the lookup, the fork would take most of the write's
+        // time (it did: 316-405 ms of a cold profile); not waiting, it
+        // takes what a fork takes.
+        assert!(
+            fork_took * 4 < write_took,
+            "fork took {fork_took:?} of a {write_took:?} write: it waited for the lookup"
+        );
+    });
+    drop(keep);
+    println!("FORK-LATENCY-OK");
+}
+
+#[test]
+fn fork_does_not_wait_for_symbolization() {
+    let _watchdog = watchdog("fork during lookup", Duration::from_secs(120));
+    let (stdout, stderr) = run_child("child_forks_during_a_cold_lookup", &[]);
+    println!("{stdout}");
+    assert!(stdout.contains("FORK-LATENCY-OK"), "{stdout}\n{stderr}");
+}
