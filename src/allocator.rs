@@ -47,6 +47,18 @@ impl<A: GlobalAlloc> Profiler<A> {
     }
 }
 
+/// A `Profiler` that goes away (one over an arena, not the global one)
+/// takes what heapprof keeps of its allocator with it: see
+/// `recorder::forget_allocator`. A stateless allocator (`System`) is the
+/// same in every `Profiler` over it, so nothing is taken.
+impl<A: GlobalAlloc> Drop for Profiler<A> {
+    fn drop(&mut self) {
+        if std::mem::size_of::<A>() != 0 {
+            recorder::forget_allocator(&self.inner);
+        }
+    }
+}
+
 // SAFETY: every method forwards to `inner` with the layout the caller gave,
 // except for sampled blocks, which `recorder` allocates with a stricter
 // alignment (same size) and frees with that same stricter layout; those

@@ -54,12 +54,66 @@ impl Drop for Busy {
     }
 }
 
-/// Ends a guard, restoring the state from before it.
+/// Ends a guard, restoring the state from before it. Leaving the outermost
+/// one runs the frees put off meanwhile ([`defer_free`]).
 fn leave(was_busy: bool) {
     if !was_busy {
         crate::counters::leave_profiler();
     }
     let _ = BUSY.try_with(|b| b.set(was_busy));
+    if !was_busy && !crate::lock::held_by_this_thread() {
+        run_deferred();
+    }
+}
+
+/// A free put off by [`defer_free`]: `free(inner, ptr, layout)` does it.
+#[derive(Clone, Copy)]
+pub(crate) struct Deferred {
+    pub free: unsafe fn(*const (), *mut u8, std::alloc::Layout),
+    pub inner: *const (),
+    pub ptr: *mut u8,
+    pub layout: std::alloc::Layout,
+}
+
+/// Frees a thread can put off at once; past that they are dropped (the
+/// blocks leak, which is safe).
+const DEFERRED_MAX: usize = 8;
+
+thread_local! {
+    static DEFERRED: [Cell<Option<Deferred>>; DEFERRED_MAX] =
+        const { [const { Cell::new(None) }; DEFERRED_MAX] };
+}
+
+/// Puts a free off until this thread leaves heapprof, for a free made
+/// where it must not take heapprof's locks (a signal handler that runs
+/// while the thread holds one). False if there is no room: the caller
+/// then leaks the block.
+///
+/// # Safety
+/// `d.free` may be called with `d`'s fields once, on this thread, when it
+/// leaves its outermost guard: `d.inner` must stay valid until then.
+pub(crate) unsafe fn defer_free(d: Deferred) -> bool {
+    DEFERRED
+        .try_with(|slots| {
+            slots
+                .iter()
+                .find(|s| s.get().is_none())
+                .map(|s| s.set(Some(d)))
+                .is_some()
+        })
+        .unwrap_or(false)
+}
+
+fn run_deferred() {
+    let _ = DEFERRED.try_with(|slots| {
+        for slot in slots {
+            if let Some(d) = slot.take() {
+                // SAFETY: `defer_free`'s contract: this is the one call,
+                // on the deferring thread, outside its outermost guard.
+                unsafe { (d.free)(d.inner, d.ptr, d.layout) };
+            }
+        }
+    });
 }
 
 impl Busy {

@@ -22,8 +22,37 @@
 //! unlocking in the child wakes nobody and leaves the lock free. Locking
 //! and unlocking never allocate. `lock_api` supplies the guard types, so
 //! the call sites (`lock()`, `force_unlock()`) are unchanged.
+//!
+//! Each thread counts the heapprof locks it holds or is waiting for
+//! ([`held_by_this_thread`]), counted up before it asks for a lock and down
+//! after it lets go. Code that runs on the thread in between, a nested
+//! free or a signal handler's, sees the count and must not ask for any
+//! heapprof lock: the one it would wait for may be the one this thread
+//! holds (see `recorder::dealloc`).
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
+
+thread_local! {
+    /// Locks this thread holds or waits for.
+    static HELD: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Whether this thread holds, or waits for, a heapprof lock.
+#[inline]
+pub(crate) fn held_by_this_thread() -> bool {
+    HELD.try_with(Cell::get).unwrap_or(0) > 0
+}
+
+fn count_held(up: bool) {
+    let _ = HELD.try_with(|h| {
+        h.set(if up {
+            h.get().saturating_add(1)
+        } else {
+            h.get().saturating_sub(1)
+        })
+    });
+}
 
 /// A `lock_api` mutex over [`RawLock`].
 pub(crate) type Mutex<T> = lock_api::Mutex<RawLock, T>;
@@ -54,6 +83,7 @@ unsafe impl lock_api::RawMutex for RawLock {
 
     #[inline]
     fn lock(&self) {
+        count_held(true);
         if self
             .state
             .compare_exchange(UNLOCKED, LOCKED, Acquire, Relaxed)
@@ -65,9 +95,15 @@ unsafe impl lock_api::RawMutex for RawLock {
 
     #[inline]
     fn try_lock(&self) -> bool {
-        self.state
+        count_held(true);
+        let locked = self
+            .state
             .compare_exchange(UNLOCKED, LOCKED, Acquire, Relaxed)
-            .is_ok()
+            .is_ok();
+        if !locked {
+            count_held(false);
+        }
+        locked
     }
 
     /// # Safety
@@ -77,6 +113,7 @@ unsafe impl lock_api::RawMutex for RawLock {
         if self.state.swap(UNLOCKED, Release) == CONTENDED {
             wake_one(&self.state);
         }
+        count_held(false);
     }
 }
 

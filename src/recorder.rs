@@ -42,6 +42,7 @@ pub(crate) fn alloc<A: GlobalAlloc>(layout: Layout, zeroed: bool, inner: &A) -> 
         let _busy = guard::Busy::enter();
         crate::fork::register_handlers();
         crate::dump::register_exit_dump();
+        stack::decide_early();
     }
     let ptr = match sampler::on_countdown_expired(layout.size()) {
         Some(weight) => alloc_sampled(inner, layout, zeroed, weight),
@@ -105,7 +106,11 @@ fn alloc_sampled<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool, weight
         }
         trackable = false;
     }
-    if record(ptr, layout.size(), weight, page_aligned, trackable) || !trackable || !page_aligned {
+    let owner = spare::owner(inner);
+    if record(ptr, layout.size(), weight, page_aligned, trackable, owner)
+        || !trackable
+        || !page_aligned
+    {
         // Tracked, or untracked with the program's own layout: hand it out
         // as is.
         return ptr;
@@ -128,7 +133,14 @@ fn alloc_sampled<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool, weight
 /// counts as allocated and freed at once, since its free cannot be
 /// credited: the alloc_* estimates stay unbiased, inuse misses it. Under
 /// the reentrancy guard.
-fn record(ptr: *mut u8, size: usize, weight: f64, page_aligned: bool, trackable: bool) -> bool {
+fn record(
+    ptr: *mut u8,
+    size: usize,
+    weight: f64,
+    page_aligned: bool,
+    trackable: bool,
+    owner: usize,
+) -> bool {
     let stack = stack::capture();
     let frames = stack.frames();
     let bucket = buckets::record_alloc(frames, stack::hash(frames), size, weight);
@@ -137,6 +149,7 @@ fn record(ptr: *mut u8, size: usize, weight: f64, page_aligned: bool, trackable:
         weight,
         size,
         page_aligned,
+        owner,
     };
     if trackable && sampled::insert(ptr, entry) {
         peak::on_alloc(size as f64 * weight);
@@ -184,7 +197,23 @@ pub(crate) unsafe fn dealloc<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner
 /// As `GlobalAlloc::dealloc`.
 #[inline(never)]
 unsafe fn dealloc_maybe_sampled<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner: &A) {
-    match take_sampled(ptr) {
+    if crate::lock::held_by_this_thread() {
+        // This thread is inside one of heapprof's locks: the block is that
+        // table's own storage, or a signal handler frees it, and looking
+        // it up could wait for the very lock this thread holds. A block
+        // that may be sampled is freed when the thread leaves heapprof.
+        if sampled::may_be_live(ptr) {
+            // SAFETY: `inner` outlives the call that deferred the free,
+            // which runs the free before it returns to the program.
+            unsafe { defer_or_leak(ptr, layout, inner) };
+        } else {
+            // SAFETY: no live sampled block hashes here, so this one came
+            // from `inner` with the caller's `layout`.
+            unsafe { inner.dealloc(ptr, layout) };
+        }
+        return;
+    }
+    match take_sampled(ptr, spare::owner(inner)) {
         // SAFETY: a sampled block came from `inner` with the layout
         // `alloc_sampled` used, rebuilt here the same way.
         Some(e) => unsafe {
@@ -200,6 +229,33 @@ unsafe fn dealloc_maybe_sampled<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, in
     }
 }
 
+/// Puts the free of `ptr` off (see `guard::defer_free`), or, with no room
+/// for it, leaks the block: freeing it now with the wrong layout, or
+/// leaving a stale entry in the sampled set, would corrupt the heap.
+///
+/// # Safety
+/// As `GlobalAlloc::dealloc`; `inner` stays valid until this thread leaves
+/// heapprof.
+unsafe fn defer_or_leak<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner: &A) {
+    /// # Safety
+    /// `inner` is the `&A` given to `defer_or_leak`, still valid, and the
+    /// rest as `GlobalAlloc::dealloc`.
+    unsafe fn free<A: GlobalAlloc>(inner: *const (), ptr: *mut u8, layout: Layout) {
+        // SAFETY: the function's contract.
+        unsafe { dealloc_maybe_sampled(ptr, layout, &*inner.cast::<A>()) }
+    }
+    let deferred = guard::Deferred {
+        free: free::<A>,
+        inner: (inner as *const A).cast(),
+        ptr,
+        layout,
+    };
+    // SAFETY: the caller's contract: `inner` outlives this thread's stay in
+    // heapprof, and the block is freed once, by that call.
+    let _kept = unsafe { guard::defer_free(deferred) };
+}
+
+/// Frees a block allocated with a sampled block's layout: into the spare
 /// Frees a block allocated with a sampled block's layout: into the spare
 /// pool if it is page aligned and the pool has room, else to `inner`.
 ///
@@ -225,22 +281,42 @@ unsafe fn release<A: GlobalAlloc>(inner: &A, ptr: *mut u8, actual: Layout, page_
 /// The part of [`dealloc`] that does not depend on the inner allocator:
 /// passes on the counts of a thread that is not in the registry, and takes
 /// the block out of the sampled set, crediting its site, if it is there.
-fn take_sampled(ptr: *mut u8) -> Option<Entry> {
-    if crate::counters::unregistered() && !sampled::in_set() {
+fn take_sampled(ptr: *mut u8, owner: usize) -> Option<Entry> {
+    if crate::counters::unregistered() {
         // A thread that is not in the registry (it has not allocated yet,
         // or it is exiting): its copy of the filter's mask is 0, so every
         // free of it comes here, and its counts reach `stats()` from here.
         crate::counters::flush_unlisted();
     }
-    if sampled::in_set() || !sampled::may_be_live(ptr) {
-        // Either this thread is inside the set (the block is the set's own
-        // storage), or no live sampled block hashes here (a recycled
-        // address): a plain free, without a lock.
+    if !sampled::may_be_live(ptr) {
+        // No live sampled block hashes here (a recycled address): a plain
+        // free, without a lock.
         return None;
     }
     let _busy = guard::Busy::enter();
-    let entry = sampled::remove(ptr);
-    entry.inspect(credit_free)
+    let entry = sampled::remove(ptr)?;
+    credit_free(&entry);
+    // An entry of another allocator at this address is stale (that
+    // allocator went away without its `Profiler` being dropped): credited
+    // and gone, and the block is this allocator's plain one.
+    (entry.owner == owner).then_some(entry)
+}
+
+/// For a `Profiler` being dropped, whose allocator (`inner`) goes away
+/// with it: the spare blocks kept for it go back to it, and its sampled
+/// blocks still live are credited as freed, since their memory goes too.
+/// Nothing of it is left to be handed out, or looked up, later.
+pub(crate) fn forget_allocator<A: GlobalAlloc>(inner: &A) {
+    let _busy = guard::Busy::enter();
+    let owner = spare::owner(inner);
+    for (ptr, layout) in spare::give_back(owner) {
+        // SAFETY: a spare block came from `inner` with this layout, and
+        // the pools no longer list it.
+        unsafe { inner.dealloc(ptr, layout) };
+    }
+    for e in sampled::remove_owned_by(owner) {
+        credit_free(&e);
+    }
 }
 
 /// Credits the free of a sampled block, taken out of the set, to its site.
@@ -288,9 +364,30 @@ unsafe fn realloc_counted<A: GlobalAlloc>(
     maybe_sampled: bool,
     inner: &A,
 ) -> *mut u8 {
-    let old = if maybe_sampled && !sampled::in_set() && sampled::may_be_live(ptr) {
+    if maybe_sampled && crate::lock::held_by_this_thread() && sampled::may_be_live(ptr) {
+        // A realloc where the set must not be looked up (see
+        // `dealloc_maybe_sampled`): a new plain block, and the old one's
+        // free put off.
+        // SAFETY: `new_size` is non-zero and does not overflow when
+        // rounded to `layout.align()`, per `realloc`'s contract.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        // SAFETY: non-zero size per the contract.
+        let new_ptr = unsafe { alloc_plain(inner, new_layout, false) };
+        if new_ptr.is_null() {
+            crate::counters::on_realloc_failed(layout.size(), new_size);
+        } else {
+            // SAFETY: both blocks are valid for the smaller size and
+            // distinct; the old one is the caller's, freed once, later.
+            unsafe {
+                std::ptr::copy_nonoverlapping(ptr, new_ptr, layout.size().min(new_size));
+                defer_or_leak(ptr, layout, inner);
+            }
+        }
+        return new_ptr;
+    }
+    let old = if maybe_sampled && sampled::may_be_live(ptr) {
         let _busy = guard::Busy::enter();
-        sampled::get(ptr)
+        sampled::get(ptr).filter(|e| e.owner == spare::owner(inner))
     } else {
         None
     };
@@ -346,7 +443,7 @@ unsafe fn realloc_counted<A: GlobalAlloc>(
                 credit_free(e);
             }
             if let Some(w) = weight {
-                record(new_ptr, new_size, w, false, true);
+                record(new_ptr, new_size, w, false, true, spare::owner(inner));
             }
         }
     }

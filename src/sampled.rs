@@ -44,12 +44,11 @@
 //!
 //! A striped `HashMap` from address to [`Entry`]. It is touched only on a
 //! sampled allocation, on the free of a page-aligned (or, in testing mode,
-//! any) block, and by `fork`'s handlers. While a thread holds a stripe, a
-//! thread-local flag makes its own frees skip the set: the only frees there
-//! are the map's own storage, which is never sampled, and looking it up
-//! would re-take the lock this thread holds.
+//! any) block, and by `fork`'s handlers. A thread that holds any heapprof
+//! lock never looks the set up (`recorder::dealloc`): a free there is the
+//! set's own storage, or a signal handler's, and the stripe it would wait
+//! for may be the one the thread holds.
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
@@ -91,6 +90,9 @@ pub(crate) struct Entry {
     /// Whether the block was allocated with its alignment raised to a page;
     /// it must be freed with that same layout.
     pub page_aligned: bool,
+    /// The allocator the block came from (`spare::owner`): a process may
+    /// hold more than one `Profiler`.
+    pub owner: usize,
 }
 
 impl Entry {
@@ -146,11 +148,6 @@ static UNALIGNED_LIVE: AtomicUsize = AtomicUsize::new(0);
 /// The addresses of the registered threads' mask copies. Its lock keeps
 /// FILTER_MASK and every copy in step with UNALIGNED_LIVE.
 static MASK_COPIES: Mutex<Vec<usize>> = Mutex::new(Vec::new());
-
-thread_local! {
-    /// Set while this thread holds a stripe of the set.
-    static IN_SET: Cell<bool> = const { Cell::new(false) };
-}
 
 /// The free path's filter for a block of `size` bytes at `ptr`: false
 /// means "certainly not sampled".
@@ -215,16 +212,7 @@ fn stripe(addr: usize) -> &'static Mutex<Map> {
 }
 
 fn with_stripe<R>(addr: usize, f: impl FnOnce(&mut Map) -> R) -> R {
-    let mut map = stripe(addr).lock();
-    let _ = IN_SET.try_with(|s| s.set(true));
-    let result = f(&mut map);
-    let _ = IN_SET.try_with(|s| s.set(false));
-    result
-}
-
-/// Whether this thread holds a stripe (its frees must not look the set up).
-pub(crate) fn in_set() -> bool {
-    IN_SET.try_with(Cell::get).unwrap_or(false)
+    f(&mut stripe(addr).lock())
 }
 
 /// Adds a sampled block. Must be called before the pointer is handed to the
@@ -278,6 +266,23 @@ pub(crate) fn remove(ptr: *mut u8) -> Option<Entry> {
         update_mask();
     }
     Some(entry)
+}
+
+/// Removes every entry of allocator `owner` (which is going away, and its
+/// blocks with it), returning them.
+pub(crate) fn remove_owned_by(owner: usize) -> Vec<Entry> {
+    let mut gone = Vec::new();
+    for stripe in &STRIPE_MAPS {
+        let addrs: Vec<usize> = stripe
+            .0
+            .lock()
+            .iter()
+            .filter(|(_, e)| e.owner == owner)
+            .map(|(&a, _)| a)
+            .collect();
+        gone.extend(addrs.into_iter().filter_map(|a| remove(a as *mut u8)));
+    }
+    gone
 }
 
 /// Sets the mask from the current count. Every unaligned insert and every

@@ -120,6 +120,27 @@ pub(crate) fn keep(ptr: *mut u8, actual: Layout, owner: usize) -> bool {
     true
 }
 
+/// For allocator `owner`, which is going away: every block the pools keep
+/// for it, with the layout to free it with, and the pools are free for the
+/// next allocator to claim. Nothing if they serve another one.
+pub(crate) fn give_back(owner: usize) -> Vec<(*mut u8, Layout)> {
+    let mut blocks = Vec::new();
+    if OWNER.load(Relaxed) != owner {
+        return blocks;
+    }
+    for (class, pool) in POOLS.iter().enumerate() {
+        let kept = std::mem::take(&mut *pool.lock());
+        blocks.extend(kept.into_iter().map(|addr| {
+            // What `layout_for` gave every block of the class.
+            let layout =
+                Layout::from_size_align(MIN_CLASS << class, PAGE).unwrap_or(Layout::new::<u8>());
+            (addr as *mut u8, layout)
+        }));
+    }
+    let _ = OWNER.compare_exchange(owner, 0, Relaxed, Relaxed);
+    blocks
+}
+
 /// Bytes held in spare blocks.
 pub(crate) fn bytes() -> usize {
     POOLS

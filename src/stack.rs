@@ -171,8 +171,17 @@ pub(crate) fn unwinder_name() -> &'static str {
     }
 }
 
-/// Applies the configuration and rule 1 on the first sample; returns the
-/// mode.
+/// Settles the unwinder ahead of the first sample, from the first
+/// allocation that reaches heapprof: the decision reads the loaded objects
+/// and probes a frame, which a first sample deep in a small thread stack
+/// should not have to pay for.
+pub(crate) fn decide_early() {
+    if MODE.load(Relaxed) == UNDECIDED {
+        decide();
+    }
+}
+
+/// Applies the configuration and rule 1; returns the mode.
 #[cold]
 fn decide() -> u8 {
     let wanted = crate::config::get().unwinder;

@@ -1,0 +1,146 @@
+//! A `Profiler` over an arena (not the global allocator) that is dropped,
+//! with its arena, and a new one made at the same address over a new
+//! arena. Nothing of the first may reach the second: no spare sampled block
+//! of the dead arena handed out, no entry of its live sampled blocks
+//! mistaken for one of the new arena's. (This test binary's global
+//! allocator is the system's, so the arena's `Profiler` is the first to
+//! sample and claims heapprof's spare pools.)
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+const ARENA_BYTES: usize = 256 << 20;
+
+/// A bump arena over its own mapping, made inaccessible when dropped (but
+/// kept reserved, so that the next arena lies elsewhere and a block of the
+/// dead one is told apart). Counts the frees of blocks that are not its
+/// own.
+struct Arena {
+    base: usize,
+    next: AtomicUsize,
+    foreign_frees: AtomicUsize,
+}
+
+impl Arena {
+    fn new() -> Arena {
+        // SAFETY: an anonymous private mapping; the result is checked.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                ARENA_BYTES,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        Arena {
+            base: p as usize,
+            next: AtomicUsize::new(0),
+            foreign_frees: AtomicUsize::new(0),
+        }
+    }
+
+    fn owns(&self, p: *const u8) -> bool {
+        (self.base..self.base + ARENA_BYTES).contains(&(p as usize))
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // SAFETY: the arena's own mapping, used by nothing after this.
+        unsafe { libc::mprotect(self.base as *mut libc::c_void, ARENA_BYTES, libc::PROT_NONE) };
+    }
+}
+
+// SAFETY: each block is a fresh, aligned, in-bounds piece of the mapping,
+// handed out once; null when the mapping is used up.
+unsafe impl GlobalAlloc for Arena {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        loop {
+            let next = self.next.load(SeqCst);
+            let start = (self.base + next).next_multiple_of(layout.align());
+            let end = start - self.base + layout.size();
+            if end > ARENA_BYTES {
+                return std::ptr::null_mut();
+            }
+            if self
+                .next
+                .compare_exchange(next, end, SeqCst, SeqCst)
+                .is_ok()
+            {
+                return start as *mut u8;
+            }
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        if !self.owns(ptr) {
+            self.foreign_frees.fetch_add(1, SeqCst);
+        }
+    }
+}
+
+/// One slot, so that the second profiler lives where the first did.
+struct Slot(std::cell::UnsafeCell<MaybeUninit<heapprof::Profiler<Arena>>>);
+// SAFETY: used by the one test thread only.
+unsafe impl Sync for Slot {}
+static SLOT: Slot = Slot(std::cell::UnsafeCell::new(MaybeUninit::uninit()));
+
+/// Allocates `n` blocks of 1 KiB through `p`, frees every other one, and
+/// returns the rest (some of them sampled).
+fn churn(p: &heapprof::Profiler<Arena>, n: usize) -> Vec<*mut u8> {
+    let layout = Layout::from_size_align(1024, 8).unwrap();
+    let mut kept = Vec::new();
+    for i in 0..n {
+        // SAFETY: a non-zero layout; each block is freed once, with it.
+        unsafe {
+            let b = p.alloc(layout);
+            assert!(!b.is_null());
+            assert!(
+                p.inner().owns(b),
+                "block {i}: {b:?} is not from this profiler's arena"
+            );
+            if i % 2 == 0 {
+                p.dealloc(b, layout);
+            } else {
+                kept.push(b);
+            }
+        }
+    }
+    kept
+}
+
+#[test]
+fn a_dropped_profiler_leaves_nothing_to_the_next() {
+    // Page-aligned samples, kept in the spare pools when freed.
+    heapprof::set_sample_rate(64 * 1024);
+    heapprof::set_seed(7);
+    let slot = SLOT.0.get();
+    // SAFETY: the slot is written before use and dropped once.
+    let first = unsafe { (*slot).write(heapprof::Profiler::wrap(Arena::new())) };
+    let kept = churn(first, 50_000);
+    assert!(kept.len() == 25_000);
+    assert!(
+        heapprof::snapshot().alloc_objects_in("dropped_profiler::churn") > 0,
+        "the arena's profiler sampled"
+    );
+    // The arena goes, with the blocks still live in it.
+    // SAFETY: written above, not used after this.
+    unsafe { (*slot).assume_init_drop() };
+
+    // SAFETY: as above.
+    let second = unsafe { (*slot).write(heapprof::Profiler::wrap(Arena::new())) };
+    let kept = churn(second, 50_000);
+    // Free the rest too: each must go back to its own arena.
+    let layout = Layout::from_size_align(1024, 8).unwrap();
+    for b in kept {
+        // SAFETY: allocated by `second` with `layout`, freed once.
+        unsafe { second.dealloc(b, layout) };
+    }
+    assert_eq!(second.inner().foreign_frees.load(SeqCst), 0);
+    // SAFETY: as above.
+    unsafe { (*slot).assume_init_drop() };
+}
