@@ -33,7 +33,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use crate::lock::Mutex;
+use crate::lock::FreePathMutex;
 
 use crate::config;
 
@@ -126,21 +126,21 @@ impl std::hash::Hasher for PassThroughHasher {
 }
 
 struct Table {
-    stripes: [Mutex<Stripe>; STRIPES],
-    overflow: Mutex<Counts>,
+    stripes: [FreePathMutex<Stripe>; STRIPES],
+    overflow: FreePathMutex<Counts>,
     sites: AtomicUsize,
     frames: AtomicUsize,
 }
 
 static TABLE: Table = Table {
     stripes: [const {
-        Mutex::new(Stripe {
+        FreePathMutex::new(Stripe {
             by_hash: HashMap::with_hasher(BuildHasherDefault::new()),
             buckets: Vec::new(),
             frames: Vec::new(),
         })
     }; STRIPES],
-    overflow: Mutex::new(Counts {
+    overflow: FreePathMutex::new(Counts {
         sampled_allocs: 0,
         sampled_alloc_bytes: 0,
         sampled_frees: 0,

@@ -61,7 +61,7 @@ fn leave(was_busy: bool) {
         crate::counters::leave_profiler();
     }
     let _ = BUSY.try_with(|b| b.set(was_busy));
-    if !was_busy && !crate::lock::held_by_this_thread() {
+    if !was_busy && !crate::lock::free_path_lock_held() {
         run_deferred();
     }
 }
@@ -69,6 +69,8 @@ fn leave(was_busy: bool) {
 /// A free put off by [`defer_free`]: `free(inner, ptr, layout)` does it.
 #[derive(Clone, Copy)]
 pub(crate) struct Deferred {
+    /// # Safety
+    /// Called once, with the three fields below, as `defer_free` says.
     pub free: unsafe fn(*const (), *mut u8, std::alloc::Layout),
     pub inner: *const (),
     pub ptr: *mut u8,

@@ -23,24 +23,26 @@
 //! and unlocking never allocate. `lock_api` supplies the guard types, so
 //! the call sites (`lock()`, `force_unlock()`) are unchanged.
 //!
-//! Each thread counts the heapprof locks it holds or is waiting for
-//! ([`held_by_this_thread`]), counted up before it asks for a lock and down
-//! after it lets go. Code that runs on the thread in between, a nested
-//! free or a signal handler's, sees the count and must not ask for any
-//! heapprof lock: the one it would wait for may be the one this thread
-//! holds (see `recorder::dealloc`).
+//! The locks a free of a sampled block takes (the sampled set's, the site
+//! table's, the spare pools', the peak's) are [`FreePathMutex`]es: each
+//! thread counts those it holds or is waiting for
+//! ([`free_path_lock_held`]), up before it asks for one and down after it
+//! lets go. A free that runs on the thread in between, a nested one or a
+//! signal handler's, sees the count and must not take the free path's
+//! locks: the one it would wait for may be the one this thread holds (see
+//! `recorder::dealloc`).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 
 thread_local! {
-    /// Locks this thread holds or waits for.
+    /// Free-path locks this thread holds or waits for.
     static HELD: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Whether this thread holds, or waits for, a heapprof lock.
+/// Whether this thread holds, or waits for, a lock of the free path.
 #[inline]
-pub(crate) fn held_by_this_thread() -> bool {
+pub(crate) fn free_path_lock_held() -> bool {
     HELD.try_with(Cell::get).unwrap_or(0) > 0
 }
 
@@ -55,7 +57,11 @@ fn count_held(up: bool) {
 }
 
 /// A `lock_api` mutex over [`RawLock`].
-pub(crate) type Mutex<T> = lock_api::Mutex<RawLock, T>;
+pub(crate) type Mutex<T> = lock_api::Mutex<RawLock<false>, T>;
+
+/// A mutex that the free of a sampled block takes, counted per thread
+/// while held (see the module comment).
+pub(crate) type FreePathMutex<T> = lock_api::Mutex<RawLock<true>, T>;
 
 const UNLOCKED: u32 = 0;
 /// Locked, and no thread is (known to be) waiting.
@@ -63,7 +69,8 @@ const LOCKED: u32 = 1;
 /// Locked, and threads may be waiting: unlocking must wake one.
 const CONTENDED: u32 = 2;
 
-pub(crate) struct RawLock {
+/// The futex word; `FREE_PATH` locks count themselves held per thread.
+pub(crate) struct RawLock<const FREE_PATH: bool> {
     state: AtomicU32,
 }
 
@@ -71,11 +78,11 @@ pub(crate) struct RawLock {
 // UNLOCKED to LOCKED or CONTENDED with an Acquire operation, and `unlock`
 // releases with a Release store, so at most one thread holds the lock at a
 // time and each owner sees the previous owner's writes.
-unsafe impl lock_api::RawMutex for RawLock {
+unsafe impl<const FREE_PATH: bool> lock_api::RawMutex for RawLock<FREE_PATH> {
     // A `const` item is how lock_api builds mutexes in statics; each use is
     // a fresh, separate lock, which is what is wanted.
     #[allow(clippy::declare_interior_mutable_const)]
-    const INIT: RawLock = RawLock {
+    const INIT: RawLock<FREE_PATH> = RawLock {
         state: AtomicU32::new(UNLOCKED),
     };
 
@@ -83,7 +90,9 @@ unsafe impl lock_api::RawMutex for RawLock {
 
     #[inline]
     fn lock(&self) {
-        count_held(true);
+        if FREE_PATH {
+            count_held(true);
+        }
         if self
             .state
             .compare_exchange(UNLOCKED, LOCKED, Acquire, Relaxed)
@@ -95,12 +104,14 @@ unsafe impl lock_api::RawMutex for RawLock {
 
     #[inline]
     fn try_lock(&self) -> bool {
-        count_held(true);
+        if FREE_PATH {
+            count_held(true);
+        }
         let locked = self
             .state
             .compare_exchange(UNLOCKED, LOCKED, Acquire, Relaxed)
             .is_ok();
-        if !locked {
+        if FREE_PATH && !locked {
             count_held(false);
         }
         locked
@@ -113,11 +124,13 @@ unsafe impl lock_api::RawMutex for RawLock {
         if self.state.swap(UNLOCKED, Release) == CONTENDED {
             wake_one(&self.state);
         }
-        count_held(false);
+        if FREE_PATH {
+            count_held(false);
+        }
     }
 }
 
-impl RawLock {
+impl<const FREE_PATH: bool> RawLock<FREE_PATH> {
     #[cold]
     fn lock_contended(&self) {
         let mut state = self.spin();

@@ -18,7 +18,7 @@
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::time::SystemTime;
 
-use crate::lock::Mutex;
+use crate::lock::FreePathMutex;
 
 use crate::buckets::{self, Site};
 
@@ -40,7 +40,7 @@ pub(crate) struct Peak {
     pub when: SystemTime,
 }
 
-static PEAK: Mutex<Option<Peak>> = Mutex::new(None);
+static PEAK: FreePathMutex<Option<Peak>> = FreePathMutex::new(None);
 
 /// The sampled estimate of live bytes now.
 pub(crate) fn live_estimate() -> i64 {

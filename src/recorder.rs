@@ -197,7 +197,7 @@ pub(crate) unsafe fn dealloc<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner
 /// As `GlobalAlloc::dealloc`.
 #[inline(never)]
 unsafe fn dealloc_maybe_sampled<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner: &A) {
-    if crate::lock::held_by_this_thread() {
+    if crate::lock::free_path_lock_held() {
         // This thread is inside one of heapprof's locks: the block is that
         // table's own storage, or a signal handler frees it, and looking
         // it up could wait for the very lock this thread holds. A block
@@ -364,7 +364,7 @@ unsafe fn realloc_counted<A: GlobalAlloc>(
     maybe_sampled: bool,
     inner: &A,
 ) -> *mut u8 {
-    if maybe_sampled && crate::lock::held_by_this_thread() && sampled::may_be_live(ptr) {
+    if maybe_sampled && crate::lock::free_path_lock_held() && sampled::may_be_live(ptr) {
         // A realloc where the set must not be looked up (see
         // `dealloc_maybe_sampled`): a new plain block, and the old one's
         // free put off.
@@ -387,7 +387,7 @@ unsafe fn realloc_counted<A: GlobalAlloc>(
     }
     let old = if maybe_sampled && sampled::may_be_live(ptr) {
         let _busy = guard::Busy::enter();
-        sampled::get(ptr).filter(|e| e.owner == spare::owner(inner))
+        sampled::get(ptr, spare::owner(inner))
     } else {
         None
     };

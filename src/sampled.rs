@@ -54,7 +54,7 @@ use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 
 use crate::local::LOCAL;
-use crate::lock::Mutex;
+use crate::lock::FreePathMutex;
 
 use crate::buckets::BucketId;
 
@@ -130,8 +130,11 @@ impl std::hash::Hasher for AddrHasher {
 #[repr(align(128))]
 struct CachePadded<T>(T);
 
-static STRIPE_MAPS: [CachePadded<Mutex<Map>>; STRIPES] =
-    [const { CachePadded(Mutex::new(HashMap::with_hasher(BuildHasherDefault::new()))) }; STRIPES];
+static STRIPE_MAPS: [CachePadded<FreePathMutex<Map>>; STRIPES] = [const {
+    CachePadded(FreePathMutex::new(HashMap::with_hasher(
+        BuildHasherDefault::new(),
+    )))
+}; STRIPES];
 
 /// `ptr & FILTER_MASK == 0` means "may be sampled". PAGE_MASK while every
 /// live sampled block is page aligned; 0 while some are not. Frees read
@@ -147,7 +150,7 @@ static LIVE_COUNTS: [AtomicU8; LIVE_SLOTS] = [const { AtomicU8::new(0) }; LIVE_S
 static UNALIGNED_LIVE: AtomicUsize = AtomicUsize::new(0);
 /// The addresses of the registered threads' mask copies. Its lock keeps
 /// FILTER_MASK and every copy in step with UNALIGNED_LIVE.
-static MASK_COPIES: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+static MASK_COPIES: FreePathMutex<Vec<usize>> = FreePathMutex::new(Vec::new());
 
 /// The free path's filter for a block of `size` bytes at `ptr`: false
 /// means "certainly not sampled".
@@ -207,7 +210,7 @@ pub(crate) fn may_be_live(ptr: *mut u8) -> bool {
     live_slot(ptr as usize).load(SeqCst) != 0
 }
 
-fn stripe(addr: usize) -> &'static Mutex<Map> {
+fn stripe(addr: usize) -> &'static FreePathMutex<Map> {
     &STRIPE_MAPS[(addr_hash(addr) >> 58) as usize % STRIPES].0
 }
 
@@ -252,9 +255,13 @@ pub(crate) fn insert(ptr: *mut u8, entry: Entry) -> bool {
     true
 }
 
-/// The block's entry, if it is in the set.
-pub(crate) fn get(ptr: *mut u8) -> Option<Entry> {
-    with_stripe(ptr as usize, |map| map.get(&(ptr as usize)).copied())
+/// The block's entry, if it is in the set as a block of allocator `owner`.
+pub(crate) fn get(ptr: *mut u8, owner: usize) -> Option<Entry> {
+    with_stripe(ptr as usize, |map| {
+        map.get(&(ptr as usize))
+            .filter(|e| e.owner == owner)
+            .copied()
+    })
 }
 
 /// Removes a block if it was sampled, returning its entry.

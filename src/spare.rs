@@ -19,7 +19,7 @@
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use crate::lock::Mutex;
+use crate::lock::FreePathMutex;
 
 use crate::sampled::PAGE;
 
@@ -40,7 +40,8 @@ fn kept_per_class(class: usize) -> usize {
     PER_CLASS.min(PER_CLASS_BYTES / (MIN_CLASS << class))
 }
 
-static POOLS: [Mutex<Vec<usize>>; CLASSES] = [const { Mutex::new(Vec::new()) }; CLASSES];
+static POOLS: [FreePathMutex<Vec<usize>>; CLASSES] =
+    [const { FreePathMutex::new(Vec::new()) }; CLASSES];
 
 /// The allocator the pooled blocks came from, as [`owner`] names it; 0
 /// until the first sample claims the pools.
