@@ -75,6 +75,9 @@ pub(crate) struct Config {
     pub peak_growth: Percent,
     /// `HEAPPROF_UNWIND`: `auto` (default), `dwarf` or `frame-pointers`.
     pub unwinder: crate::stack::Unwinder,
+    /// `HEAPPROF_FULL_STACKS=1`: keep the process and thread start-up
+    /// frames below the program's own (see `profile::trim`).
+    pub full_stacks: bool,
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -135,6 +138,11 @@ pub(crate) fn get() -> &'static Config {
                 },
             )
             .unwrap_or(Unwinder::Auto),
+            full_stacks: read("HEAPPROF_FULL_STACKS", "0 or 1", false, |s| match s {
+                "0" => Some(false),
+                "1" => Some(true),
+                _ => None,
+            }),
         }
     })
 }

@@ -31,11 +31,11 @@
 //! go tool pprof -http=:8080 heap.pb.gz                         # graph (needs Graphviz), flame graph
 //! ```
 //!
-//! Every stack runs down to the program's entry point, so `-top` also
-//! lists a dozen or more start-up frames (`_start`, `__libc_start_main_impl`,
-//! `main`, `std::rt::lang_start_internal`, …) at 100 % cum. To leave them
-//! out, add `-hide 'std::|core::|__libc|^_start$|^main$'`, or keep only
-//! your own crate's frames with `-show 'myprog::'`.
+//! Stacks end where the program's own code starts, as Go's end at
+//! `main.main`: at its `main`, a thread's own closure, or the test
+//! function; the process, thread and test start-up frames below are left
+//! out (`HEAPPROF_FULL_STACKS=1` keeps them). Closure names have one form,
+//! `{{closure}}`.
 //!
 //! To wrap another allocator: `heapprof::Profiler::wrap(mimalloc::MiMalloc)`.
 //!
@@ -168,6 +168,7 @@
 //! | `HEAPPROF_SEED` | random | fixed seed for reproducible sampling |
 //! | `HEAPPROF_PEAK_GROWTH` | `10%` | growth past the last peak copy before a new one is kept |
 //! | `HEAPPROF_UNWIND` | `auto` | `auto`: frame pointers if the program was built with them (`-C force-frame-pointers=yes`), DWARF otherwise and for stacks that leave its code; `dwarf`; or `frame-pointers` (no periodic check against DWARF) |
+//! | `HEAPPROF_FULL_STACKS` | `0` | `1` keeps the process, thread and test start-up frames below the program's code |
 //!
 //! A value that does not parse is reported on stderr in one line and the
 //! default is used; a variable set to nothing counts as unset. At run

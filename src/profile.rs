@@ -33,7 +33,8 @@ pub(crate) const OVERFLOW_FUNCTION: &str = "[heapprof overflow: site table full 
 /// How to present a profile.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Options {
-    /// `Some("alloc_space")` for the `allocs` flavour; `None` leaves pprof's
+    /// `Some("alloc_space")` for the `allocs` flavour and for profiles
+    /// written at exit ([`Options::at_exit`]); `None` leaves pprof's
     /// default (the last type, `inuse_space`).
     pub default_sample_type: Option<&'static str>,
     /// Notes added to the profile's comments (`pprof -comments`).
@@ -41,6 +42,24 @@ pub(crate) struct Options {
     /// For a delta profile: the span it covers, and when it started (the
     /// profile's `duration_nanos`; `time_nanos` is then its end, as Go's).
     pub duration: Option<std::time::Duration>,
+}
+
+impl Options {
+    /// For a profile written when the program ends (`HEAPPROF_OUT`, a
+    /// `ProfileGuard`): by then most of the heap is freed, so it opens on
+    /// what was allocated, and says why.
+    pub(crate) fn at_exit() -> Options {
+        Options {
+            default_sample_type: Some("alloc_space"),
+            comments: vec![
+                "heapprof: written as the program ended, when most of its memory was freed: \
+                 opens on alloc_space (everything allocated); -sample_index=inuse_space shows \
+                 what was still live, and the peak profile what was live at the top"
+                    .to_owned(),
+            ],
+            duration: None,
+        }
+    }
 }
 
 /// Memory the profiler holds for itself: tables, the sampled-address set,
@@ -108,7 +127,7 @@ fn build_here(sites: &[Site], rate: usize, options: Options) -> proto::Profile {
         profile: proto::Profile::default(),
         resolved,
     };
-    b.header(rate, &options);
+    b.header(rate, &options, sites);
     for site in sites {
         b.add_site(site);
     }
@@ -117,29 +136,77 @@ fn build_here(sites: &[Site], rate: usize, options: Options) -> proto::Profile {
     b.profile
 }
 
-/// Which frames of a stack (leaf first) a profile shows: `(address,
-/// inlined lines to skip)` for each kept address. The leading allocation
-/// machinery goes: whole addresses while all their lines are machinery,
-/// then the machinery lines inlined at the top of the first address that
-/// also has user code (one address can carry `Vec::push` inlined into the
-/// user's function). If everything is machinery (an allocation made by the
-/// runtime itself), nothing is trimmed.
-pub(crate) fn trim(frames: &[usize], resolved: &HashMap<usize, Frames>) -> Vec<(usize, usize)> {
-    let mut kept = Vec::with_capacity(frames.len());
-    for (i, &addr) in frames.iter().enumerate() {
-        let lines = resolved.get(&addr).map_or(&[][..], |f| &f[..]);
-        let machinery = lines
-            .iter()
-            .take_while(|fr| symbolize::is_machinery_frame(fr))
-            .count();
-        if !lines.is_empty() && machinery == lines.len() {
-            continue;
+/// One address of a stack as a profile shows it: the address and which of
+/// its source frames (innermost first; several where calls were inlined)
+/// are kept, `lines.0..lines.1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Shown {
+    pub addr: usize,
+    pub lines: (usize, usize),
+}
+
+/// Which frames of a stack (leaf first) a profile shows. Both ends go:
+///
+/// * at the leaf, the allocation machinery (`symbolize::is_machinery`):
+///   the source frames before the first of the code that decided to
+///   allocate, whole addresses or the lines inlined at the top of one;
+/// * at the root, process, thread and test start-up
+///   (`symbolize::is_startup`), so that a stack ends at the program's
+///   `main`, a thread's own closure or the test function, as Go's end at
+///   `main.main`; with it the `{{closure}}` a test or spawn wraps the
+///   function in. `HEAPPROF_FULL_STACKS=1` keeps the start-up frames.
+///
+/// An address with no symbol stops both cuts. A stack that is all
+/// machinery (an allocation made by the runtime itself) keeps everything
+/// above the leaf cut's limit, and one that is all start-up keeps its
+/// start-up frames.
+pub(crate) fn trim(frames: &[usize], resolved: &HashMap<usize, Frames>) -> Vec<Shown> {
+    // Every source frame, leaf first: (index in `frames`, line, its name).
+    let mut lines: Vec<(usize, usize, Option<&str>)> = Vec::new();
+    for (i, addr) in frames.iter().enumerate() {
+        match resolved.get(addr).filter(|f| !f.is_empty()) {
+            Some(f) => lines.extend(
+                f.iter()
+                    .enumerate()
+                    .map(|(j, fr)| (i, j, Some(&fr.name[..]))),
+            ),
+            None => lines.push((i, 0, None)),
         }
-        kept.push((addr, machinery));
-        kept.extend(frames[i + 1..].iter().map(|&a| (a, 0)));
-        return kept;
     }
-    frames.iter().map(|&a| (a, 0)).collect()
+    let machinery = |k: usize| {
+        let (i, j, name) = lines[k];
+        name.is_some()
+            && resolved[&frames[i]]
+                .get(j)
+                .is_some_and(symbolize::is_machinery_frame)
+    };
+    let start = (0..lines.len()).find(|&k| !machinery(k)).unwrap_or(0);
+    let mut end = lines.len();
+    if !crate::config::get().full_stacks {
+        let startup = |k: usize| lines[k].2.is_some_and(symbolize::is_startup);
+        if let Some(last) = (start..lines.len()).rev().find(|&k| !startup(k)) {
+            end = last + 1;
+            // A test's or a spawn's `f::{{closure}}` around `f` itself.
+            if end >= start + 2
+                && let (Some(outer), Some(inner)) = (lines[end - 1].2, lines[end - 2].2)
+                && outer.strip_suffix("::{{closure}}") == Some(inner)
+            {
+                end -= 1;
+            }
+        }
+    }
+    let mut shown: Vec<Shown> = Vec::new();
+    for &(i, j, name) in &lines[start..end] {
+        let width = usize::from(name.is_some());
+        match shown.last_mut() {
+            Some(last) if last.addr == frames[i] && last.lines.1 == j => last.lines.1 = j + width,
+            _ => shown.push(Shown {
+                addr: frames[i],
+                lines: (j, j + width),
+            }),
+        }
+    }
+    shown
 }
 
 /// The profile's strings, each stored once; index 0 is "" as the format
@@ -176,14 +243,14 @@ struct Builder {
     /// (name, system name, file) → function id.
     functions: HashMap<(String, String, String), u64>,
     /// (address, innermost lines trimmed) → location id.
-    locations: HashMap<(usize, usize), u64>,
+    locations: HashMap<Shown, u64>,
     mappings: Vec<Mapping>,
     profile: proto::Profile,
     resolved: HashMap<usize, Frames>,
 }
 
 impl Builder {
-    fn header(&mut self, rate: usize, options: &Options) {
+    fn header(&mut self, rate: usize, options: &Options, sites: &[Site]) {
         let mut value_type = |t: &str, u: &str| proto::ValueType {
             r#type: self.strings.get(t),
             unit: self.strings.get(u),
@@ -208,7 +275,12 @@ impl Builder {
         }
         // `pprof -comments` shows these: how to read the numbers, and what
         // the profiler itself costs.
-        let live_sampled = crate::sampled::stats().0;
+        // The profile's own: a peak profile's at the peak, a delta's in
+        // between.
+        let live_sampled: i64 = sites
+            .iter()
+            .map(|s| s.counts.sampled_allocs as i64 - s.counts.sampled_frees as i64)
+            .sum();
         let comments = [
             format!(
                 "heapprof {}: values are unbiased estimates from sampling every {rate} bytes on average",
@@ -263,19 +335,22 @@ impl Builder {
     fn trimmed_locations(&mut self, frames: &[usize]) -> Vec<u64> {
         trim(frames, &self.resolved)
             .into_iter()
-            .map(|(addr, skip)| self.location(addr, skip))
+            .map(|shown| self.location(shown))
             .collect()
     }
 
-    fn location(&mut self, addr: usize, skip: usize) -> u64 {
-        if let Some(&id) = self.locations.get(&(addr, skip)) {
+    fn location(&mut self, shown: Shown) -> u64 {
+        if let Some(&id) = self.locations.get(&shown) {
             return id;
         }
+        let addr = shown.addr;
         let id = self.profile.location.len() as u64 + 1;
         let frames = self.resolved.get(&addr).cloned().unwrap_or_default();
+        let (from, to) = shown.lines;
         let line = frames
+            .get(from..to.min(frames.len()))
+            .unwrap_or(&[])
             .iter()
-            .skip(skip)
             .map(|f| proto::Line {
                 function_id: self.function(&f.name, &f.system_name, &f.file),
                 line: f.line as i64,
@@ -291,12 +366,16 @@ impl Builder {
             line,
             is_folded: false,
         });
-        self.locations.insert((addr, skip), id);
+        self.locations.insert(shown, id);
         id
     }
 
     fn overflow_location(&mut self) -> u64 {
-        if let Some(&id) = self.locations.get(&(0, 0)) {
+        let key = Shown {
+            addr: 0,
+            lines: (0, 0),
+        };
+        if let Some(&id) = self.locations.get(&key) {
             return id;
         }
         let id = self.profile.location.len() as u64 + 1;
@@ -309,7 +388,7 @@ impl Builder {
             }],
             ..Default::default()
         });
-        self.locations.insert((0, 0), id);
+        self.locations.insert(key, id);
         id
     }
 

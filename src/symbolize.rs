@@ -161,7 +161,7 @@ fn resolve(addr: usize) -> Frames {
     backtrace::resolve(addr as *mut std::ffi::c_void, |symbol| {
         let (name, system_name) = match symbol.name() {
             Some(n) => (
-                format!("{n:#}"),
+                normalize_closures(&format!("{n:#}")),
                 String::from_utf8_lossy(n.as_bytes()).into_owned(),
             ),
             None => (String::new(), String::new()),
@@ -204,6 +204,92 @@ pub(crate) fn is_machinery_file(file: &str) -> bool {
         && (file.starts_with(OWN_SOURCES) || STD_PARTS.iter().any(|p| file.contains(p)))
 }
 
+/// The type a function belongs to, for `<T as Trait>::method` and
+/// `<T>::method`: `T`; otherwise the name itself.
+fn subject(name: &str) -> &str {
+    match name.strip_prefix('<') {
+        Some(rest) => {
+            let end = rest
+                .find(" as ")
+                .or_else(|| rest.find('>'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        }
+        None => name,
+    }
+}
+
+/// Whether a function is part of how the process, a thread or a test
+/// starts, below the program's own code: the C runtime (`_start`,
+/// `__libc_start_main`, the C `main`, `start_thread`, `clone3`), std's
+/// runtime and thread start-up (`std::rt::lang_start`, the spawn closures,
+/// `catch_unwind`, `FnOnce` call shims, `__rust_begin_short_backtrace`),
+/// the test harness, and async runtimes' workers polling a task. These are
+/// trimmed from the root end of every stack (see `profile::trim`), the way
+/// Go stacks end at `main.main` under one `runtime.main`.
+pub(crate) fn is_startup(name: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "_start",
+        "main",
+        "start_thread",
+        "clone",
+        "clone3",
+        "__libc_start_call_main",
+        "__libc_start_main",
+        "__libc_start_main_impl",
+        "__libc_start_main_alias_2",
+    ];
+    const PREFIXES: &[&str] = &[
+        "std::rt::",
+        "std::panicking::",
+        "std::panic::",
+        "std::sys::",
+        "std::thread::",
+        "core::panic::",
+        "core::ops::function::",
+        "core::future::",
+        "core::pin::Pin<",
+        "alloc::boxed::Box<",
+        "fn(",
+        "&dyn core::ops::function::",
+        "&mut dyn core::ops::function::",
+        "dyn core::ops::function::",
+        "test::",
+        "tokio::runtime::",
+        "tokio::task::",
+        "tokio::loom::",
+        "tokio::util::",
+        "futures_executor::",
+        "async_std::task::",
+    ];
+    EXACT.contains(&name) || {
+        let subject = subject(name);
+        PREFIXES.iter().any(|p| subject.starts_with(p))
+    }
+}
+
+/// Closure names as one form: symbols carry `{{closure}}` (legacy
+/// mangling) or `{closure#0}` (v0 mangling, debug info) for the same
+/// closure, and a profile mixing both splits one function in two.
+pub(crate) fn normalize_closures(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut rest = name;
+    while let Some(at) = rest.find("{closure#") {
+        let after = &rest[at + "{closure#".len()..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && after[digits..].starts_with('}') {
+            out.push_str(&rest[..at]);
+            out.push_str("{{closure}}");
+            rest = &after[digits + 1..];
+        } else {
+            out.push_str(&rest[..at + 1]);
+            rest = &rest[at + 1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Whether a function is part of the allocation path rather than code that
 /// decided to allocate: the profiler itself, the allocator shims, and the
 /// standard library's allocation and collection internals that only pass a
@@ -232,16 +318,7 @@ pub(crate) fn is_machinery(name: &str) -> bool {
         "std::sys::alloc::",
         "std::sys::pal::unix::alloc::",
     ];
-    let subject = match name.strip_prefix('<') {
-        Some(rest) => {
-            let end = rest
-                .find(" as ")
-                .or_else(|| rest.find('>'))
-                .unwrap_or(rest.len());
-            &rest[..end]
-        }
-        None => name,
-    };
+    let subject = subject(name);
     // Primitive types, slices, references, pointers, tuples, and a generic
     // parameter (`<T as alloc::…>`): impls the standard library owns.
     const PRIMITIVES: &[&str] = &[
@@ -256,7 +333,52 @@ pub(crate) fn is_machinery(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{is_machinery, is_machinery_file};
+    use super::{is_machinery, is_machinery_file, is_startup, normalize_closures};
+
+    #[test]
+    fn closures_have_one_name() {
+        assert_eq!(
+            normalize_closures("app::run::{closure#0}::{closure#12}"),
+            "app::run::{{closure}}::{{closure}}"
+        );
+        assert_eq!(
+            normalize_closures("app::run::{{closure}}"),
+            "app::run::{{closure}}"
+        );
+        assert_eq!(normalize_closures("a::{closure#x}"), "a::{closure#x}");
+        assert_eq!(normalize_closures("{closure#"), "{closure#");
+    }
+
+    #[test]
+    fn start_up_frames_are_told_from_the_programs() {
+        for name in [
+            "_start",
+            "main",
+            "__libc_start_call_main",
+            "start_thread",
+            "std::rt::lang_start_internal",
+            "std::rt::lang_start::{{closure}}",
+            "std::sys::backtrace::__rust_begin_short_backtrace",
+            "core::ops::function::FnOnce::call_once",
+            "<fn() -> core::result::Result<(), alloc::string::String> as core::ops::function::FnOnce<()>>::call_once",
+            "<alloc::boxed::Box<dyn core::ops::function::FnOnce<()>> as core::ops::function::FnOnce<()>>::call_once",
+            "<std::sys::thread::unix::Thread>::new::thread_start",
+            "<&dyn core::ops::function::Fn<(), Output = i32> + core::marker::Sync as core::ops::function::FnOnce<()>>::call_once",
+            "test::run_test_in_process",
+            "tokio::runtime::task::harness::Harness<T,S>::poll",
+        ] {
+            assert!(is_startup(name), "{name}");
+        }
+        for name in [
+            "app::main",
+            "app::worker::{{closure}}",
+            "<app::Cache as core::clone::Clone>::clone",
+            "std::fs::read",
+            "mainly::run",
+        ] {
+            assert!(!is_startup(name), "{name}");
+        }
+    }
 
     #[test]
     fn a_second_lookup_is_served_from_the_cache() {

@@ -104,18 +104,19 @@ fn write_here<W: Write>(
     for r in &records {
         let v = r.values;
         write!(w, "{}: {} [{}: {}] @", v[0], v[1], v[2], v[3])?;
-        for (addr, _) in &r.frames {
-            write!(w, " {addr:#x}")?;
+        for shown in &r.frames {
+            write!(w, " {:#x}", shown.addr)?;
         }
         writeln!(w)?;
-        for &(addr, skip) in &r.frames {
-            let frames = resolved.get(&addr).map_or(&[][..], |f| &f[..]);
+        for shown in &r.frames {
+            let frames = resolved.get(&shown.addr).map_or(&[][..], |f| &f[..]);
             // The call instruction, as in the binary profile.
-            let call = addr.saturating_sub(1);
+            let call = shown.addr.saturating_sub(1);
             if frames.is_empty() {
                 writeln!(w, "#\t{call:#x}\t?")?;
             }
-            for f in frames.iter().skip(skip) {
+            let (from, to) = shown.lines;
+            for f in frames.get(from..to.min(frames.len())).unwrap_or(&[]) {
                 writeln!(w, "#\t{call:#x}\t{}\t{}:{}", f.name, f.file, f.line)?;
             }
         }
@@ -177,7 +178,7 @@ fn write_stats<W: Write>(
 /// objects, alloc bytes]`, rounded, and the frames to print.
 struct SiteRecords {
     values: [i64; 4],
-    frames: Vec<(usize, usize)>,
+    frames: Vec<profile::Shown>,
     overflow: bool,
 }
 

@@ -41,7 +41,7 @@ const MIB: usize = 1024 * 1024;
 // `right` as the bits of `path` say, gives 2^DEPTH different stacks. The
 // two differ in what they do after the call (so neither the calls become
 // jumps nor the two functions are merged into one).
-const DEPTH: u32 = 11;
+const DEPTH: u32 = 12;
 
 #[inline(never)]
 fn left(depth: u32, path: u32, keep: &mut Vec<Box<[u8]>>) {
