@@ -24,7 +24,7 @@ use std::sync::atomic::{
     AtomicBool, AtomicU32, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
 };
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::{config, guard, peak, profile, sampler};
 
@@ -239,16 +239,13 @@ pub(crate) fn write_peak<W: io::Write>(w: W) -> io::Result<bool> {
     profile::encode(&profile::build(&peak.sites, sampler::rate(), options), w).map(|()| true)
 }
 
-/// The comment that marks a peak profile: how large, and when.
+/// The comment that marks a peak profile: how large, and when (RFC 3339,
+/// UTC).
 pub(crate) fn peak_comment(peak: &peak::Peak) -> String {
-    let secs = peak
-        .when
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     format!(
-        "heapprof peak profile: the live heap at its largest, about {} bytes (sampled estimate), at {secs} s since the Unix epoch",
-        peak.live_bytes
+        "heapprof peak profile: the live heap at its largest, about {} bytes (sampled estimate), at {}",
+        peak.live_bytes,
+        humantime::format_rfc3339_seconds(peak.when)
     )
 }
 
@@ -346,7 +343,7 @@ extern "C" fn at_exit() {
     };
     static FAILED: AtomicBool = AtomicBool::new(false);
     report(
-        write_profile_at(&out, profile::Options::default()),
+        write_profile_at(&out, profile::Options::at_exit()),
         "exit",
         &FAILED,
     );
@@ -407,7 +404,7 @@ impl ProfileGuard {
     /// Writes the profile now and returns the outcome.
     pub fn finish(mut self) -> io::Result<()> {
         match self.path.take() {
-            Some(path) => write_file(&path, profile::Options::default()),
+            Some(path) => write_file(&path, profile::Options::at_exit()),
             None => Ok(()),
         }
     }
@@ -418,7 +415,7 @@ impl Drop for ProfileGuard {
         if let Some(path) = self.path.take() {
             static FAILED: AtomicBool = AtomicBool::new(false);
             report(
-                write_file(&path, profile::Options::default()),
+                write_file(&path, profile::Options::at_exit()),
                 "guard",
                 &FAILED,
             );

@@ -202,6 +202,14 @@ fn exit_dump_appears_and_decodes() {
         ],
     );
     let p = read_profile(&out);
+    // Written as the program ends: it opens on what was allocated, and
+    // says why.
+    assert_eq!(string(&p, p.default_sample_type), "alloc_space");
+    let comments: Vec<&str> = p.comment.iter().map(|&i| string(&p, i)).collect();
+    assert!(
+        comments.iter().any(|c| c.contains("opens on alloc_space")),
+        "{comments:?}"
+    );
     // 4 MiB in 64 KiB blocks at a 64 KiB rate: 64 samples; 5σ = 62 %.
     assert_estimate(
         "held_until_exit at exit",
@@ -331,6 +339,8 @@ fn guard_and_peak_profile() {
         0,
         "the transient is gone"
     );
+    assert_eq!(string(&now, now.default_sample_type), "alloc_space");
+    assert!(cum(&now, "transient_peak", ALLOC_SPACE) > 0);
 
     let mut gz = Vec::new();
     heapprof::write_peak_profile(&mut gz).unwrap();
@@ -346,9 +356,30 @@ fn guard_and_peak_profile() {
         held / mib
     );
     let comments: Vec<&str> = peak.comment.iter().map(|&i| string(&peak, i)).collect();
+    let marked = comments
+        .iter()
+        .find(|c| c.contains("peak profile"))
+        .unwrap_or_else(|| panic!("{comments:?}"));
+    // Its time in RFC 3339 (UTC, seconds): `… at 2026-12-01T16:59:06Z`.
+    let at = marked.rsplit(" at ").next().unwrap();
+    let digits_at = |i: usize| at.as_bytes().get(i).is_some_and(u8::is_ascii_digit);
     assert!(
-        comments.iter().any(|c| c.contains("peak profile")),
-        "{comments:?}"
+        at.len() == 20
+            && at.ends_with('Z')
+            && [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]
+                .iter()
+                .all(|&i| digits_at(i))
+            && &at[4..5] == "-"
+            && &at[10..11] == "T",
+        "{marked}"
+    );
+    // The live sampled blocks it reports are the peak's: the 200 blocks of
+    // the transient at least, which are gone now.
+    let live_at_peak = live_sampled_blocks(&peak);
+    let live_now = live_sampled_blocks(&read_profile(&path));
+    assert!(
+        live_at_peak >= live_now + 150,
+        "at the peak {live_at_peak}, now {live_now}"
     );
 
     let err = heapprof::ProfileGuard::new("/nonexistent-heapprof-dir/g.pb.gz")
