@@ -21,6 +21,12 @@ struct Seen {
 }
 
 fn run_fixture(release: bool, frame_pointers: bool) -> Seen {
+    run_fixture_with(release, frame_pointers, &[]).0
+}
+
+/// As [`run_fixture`], with more environment; also returns the fixture
+/// test's stderr.
+fn run_fixture_with(release: bool, frame_pointers: bool, env: &[(&str, &str)]) -> (Seen, String) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let manifest = root.join("tests/fixtures/userapp/Cargo.toml");
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("userapp");
@@ -49,6 +55,7 @@ fn run_fixture(release: bool, frame_pointers: bool) -> Seen {
             cmd.env_remove(k);
         }
     }
+    cmd.envs(env.iter().copied());
     let out = cmd.output().expect("running cargo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -73,13 +80,14 @@ fn run_fixture(release: bool, frame_pointers: bool) -> Seen {
             .to_owned()
     };
     let number = |key: &str| field(key).parse::<u64>().unwrap();
-    Seen {
+    let seen = Seen {
         expected: number("EXPECTED="),
         expected_pages: number("EXPECTED_PAGES="),
         build: number("BUILD="),
         page_new: number("PAGE_NEW="),
         unwinder: field("UNWINDER="),
-    }
+    };
+    (seen, stderr.into_owned())
 }
 
 #[test]
@@ -117,4 +125,19 @@ fn same_bytes_per_function_in_every_build() {
     for s in &all[1..] {
         assert_eq!((s.build, s.page_new), (all[0].build, all[0].page_new));
     }
+}
+
+/// Frame pointers forced on code built without them: one line on stderr
+/// says so, and the stacks are DWARF's, with the user's frames.
+#[test]
+fn forced_frame_pointers_on_code_without_them_say_so() {
+    let (seen, stderr) = run_fixture_with(false, false, &[("HEAPPROF_UNWIND", "frame-pointers")]);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("HEAPPROF_UNWIND=frame-pointers"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(lines[0].contains("using DWARF"), "{}", lines[0]);
+    assert_eq!(seen.build, seen.expected);
+    assert!(seen.unwinder.starts_with("DWARF"), "{}", seen.unwinder);
 }
