@@ -119,6 +119,15 @@ fn main() {
             b: SYSTEM,
             target: "(no frame pointers)",
         },
+        // Large blocks are nearly always sampled: their realloc must cost
+        // what the inner allocator's does (in place, or mremap).
+        Row {
+            workload: "realloc_growth",
+            scale: 100,
+            a: HEAPPROF,
+            b: SYSTEM,
+            target: "≤ 1.2",
+        },
         Row {
             workload: "alloc_heavy",
             scale: 100,
@@ -251,9 +260,11 @@ fn instruction_table(dir: &Path, rows: &[Row], only: &str) {
                     .saturating_sub(instructions(&bin, c, &[]))
             };
         let (a, b) = (count(&row.a), count(&row.b));
-        // alloc_heavy makes 11 M allocations at 100 %, threads2 10 M.
+        // alloc_heavy makes 11 M allocations at 100 %, threads2 10 M;
+        // realloc_growth about 600 reallocations.
         let allocations = match row.workload {
             "alloc_heavy" => 11_000_000,
+            "realloc_growth" => 600,
             _ => 10_000_000,
         } * scale
             / 100;

@@ -49,6 +49,33 @@ pub fn threads2(scale: usize) {
     }
 }
 
+/// Buffers grown by realloc, the way large blocks grow (nearly every one of
+/// them is sampled): `reserve_exact` a MiB at a time to 64 MiB (four times)
+/// and to 256 MiB, and a buffer doubled by appending itself to 256 MiB; the number
+/// of buffers scaled by `scale` / 100 (at least one of each).
+pub fn realloc_growth(scale: usize) {
+    const MIB: usize = 1 << 20;
+    let rounds = (scale / 25).max(1);
+    for _ in 0..rounds {
+        let mut v: Vec<u8> = Vec::new();
+        while v.capacity() < 64 * MIB {
+            // The buffer is empty: this asks for a MiB more than it has.
+            v.reserve_exact(v.capacity() + MIB);
+        }
+        black_box(&v);
+    }
+    let mut v: Vec<u8> = Vec::new();
+    while v.capacity() < 256 * MIB {
+        v.reserve_exact(v.capacity() + MIB);
+    }
+    black_box(v);
+    let mut v: Vec<u8> = vec![1; 4096];
+    while v.len() < 256 * MIB {
+        v.extend_from_within(..);
+    }
+    black_box(v);
+}
+
 /// Runs the workload named by the first argument, if any, and prints its
 /// time. Returns whether one ran.
 pub fn run_from_args() -> bool {
@@ -62,6 +89,7 @@ pub fn run_from_args() -> bool {
     match name.as_str() {
         "alloc_heavy" => alloc_heavy(scale),
         "threads2" => threads2(scale),
+        "realloc_growth" => realloc_growth(scale),
         other => {
             eprintln!("unknown workload {other}");
             std::process::exit(2);
