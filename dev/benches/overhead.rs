@@ -199,7 +199,13 @@ fn main() {
     // HEAPPROF_BENCH_ONLY=mimalloc runs only the rows whose A label
     // contains that text.
     let only = std::env::var("HEAPPROF_BENCH_ONLY").unwrap_or_default();
-    for row in rows.iter().filter(|r| r.a.label.contains(only.as_str())) {
+    // HEAPPROF_BENCH_WORKLOAD=realloc_growth runs only that workload's rows.
+    let workload = std::env::var("HEAPPROF_BENCH_WORKLOAD").unwrap_or_default();
+    let rows: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.a.label.contains(only.as_str()) && r.workload.contains(workload.as_str()))
+        .collect();
+    for row in rows.iter().copied() {
         let a = binary(&dir, row.a.binary);
         let b = binary(&dir, row.b.binary);
         let (mut ta, mut tb, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
@@ -231,7 +237,7 @@ fn main() {
             row.target
         );
     }
-    instruction_table(&dir, &rows, &only);
+    instruction_table(&dir, &rows);
 }
 
 /// The same rows counted in instructions under callgrind, at a tenth of
@@ -239,7 +245,7 @@ fn main() {
 /// not (single rounds of the timed table range over ±30–50 % when other
 /// work runs). Counts are whole-process minus the same binary run with no
 /// workload (start-up and exit), so they cover the workload alone.
-fn instruction_table(dir: &Path, rows: &[Row], only: &str) {
+fn instruction_table(dir: &Path, rows: &[&Row]) {
     if Command::new("valgrind").arg("--version").output().is_err() {
         println!("\n(valgrind is not installed: no instruction counts)");
         return;
@@ -251,7 +257,7 @@ fn instruction_table(dir: &Path, rows: &[Row], only: &str) {
         "| workload | scale | A | B | A instructions | B instructions | A/B | added per allocation |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    for row in rows.iter().filter(|r| r.a.label.contains(only)) {
+    for row in rows {
         let scale = (row.scale / 10).max(1);
         let count =
             |c: &Config| {
