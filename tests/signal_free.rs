@@ -71,6 +71,10 @@ static BLOCKS: [AtomicPtr<[u8; 48]>; SIGNALS] =
     [const { AtomicPtr::new(std::ptr::null_mut()) }; SIGNALS];
 static TAKEN: AtomicUsize = AtomicUsize::new(0);
 static HANDLED: AtomicUsize = AtomicUsize::new(0);
+/// Allocations the churn may make per signal sent: the arena frees
+/// nothing, so the churn must not run ahead of the signals on a slow
+/// machine.
+const CHURN_PER_SIGNAL: usize = 20;
 
 extern "C" fn free_one(_: libc::c_int) {
     let i = TAKEN.fetch_add(1, SeqCst);
@@ -96,6 +100,10 @@ fn handler_blocks() {
 fn churn(stop: &AtomicBool) -> usize {
     let mut n = 0;
     while !stop.load(SeqCst) {
+        if n > (TAKEN.load(SeqCst) + 1) * CHURN_PER_SIGNAL {
+            std::hint::spin_loop();
+            continue;
+        }
         let v = std::hint::black_box(vec![0u8; 64 + n % 200]);
         drop(v);
         n += 1;
