@@ -238,6 +238,8 @@ pub(crate) fn is_startup(name: &str) -> bool {
         "__libc_start_main",
         "__libc_start_main_impl",
         "__libc_start_main_alias_2",
+        // catch_unwind's landing-pad frame, seen in debug builds.
+        "__rust_try",
     ];
     const PREFIXES: &[&str] = &[
         "std::rt::",

@@ -64,10 +64,21 @@ fn child_scenarios() {
                 std::thread::sleep(Duration::from_millis(20))
             });
             series.stop();
-            for seq in 1..=n {
-                let p = read_profile(&dir.path().join(format!("small.{seq:04}.pb.gz")));
-                assert_eq!(p.sample_type.len(), 4);
-            }
+            // Reading profiles back (gzip, protobuf) is the test's own
+            // work, done on a stack of its own: a debug build of it does
+            // not fit in the harness's 64 KiB.
+            let reader = std::thread::Builder::new().stack_size(8 << 20);
+            let dir = dir.path().to_owned();
+            reader
+                .spawn(move || {
+                    for seq in 1..=n {
+                        let p = read_profile(&dir.join(format!("small.{seq:04}.pb.gz")));
+                        assert_eq!(p.sample_type.len(), 4);
+                    }
+                })
+                .unwrap()
+                .join()
+                .unwrap();
             println!("series files={n}");
         }
         Ok("series") => {

@@ -56,12 +56,14 @@ fn exact_bytes_and_objects_at_rate_1() {
     assert_eq!(freed.inuse_bytes_in("make_exact"), -10_240);
     assert_eq!(freed.alloc_bytes_in("make_exact"), 0);
 
-    // The leaf is the user's function, with a file and a line.
+    // The leaf is the user's function, with a file and a line. (One site
+    // of the ten buffers, or ten where an optimized build unrolled the
+    // loop.)
     let site = d
         .sites()
         .iter()
-        .find(|s| s.inuse_bytes == 1000)
-        .expect("a 1000-byte site");
+        .find(|s| s.inuse_bytes > 0 && s.inuse_bytes % 1000 == 0)
+        .expect("the 1000-byte buffers' site");
     assert!(
         site.frames[0].function.ends_with("make_exact"),
         "{:?}",
