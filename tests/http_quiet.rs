@@ -68,6 +68,40 @@ fn main() {
         recorded, 0,
         "the server's allocations showed up:\n{grown:#?}"
     );
+
+    // `handle`, mounted in the program's own server, hands back a body the
+    // program owns and frees: its allocation is the program's, one block
+    // of the body's size, and nothing else the build did is.
+    let counts = || {
+        let s = heapprof::stats();
+        [
+            s.allocations,
+            s.allocated_bytes,
+            s.deallocations,
+            s.freed_bytes,
+        ]
+    };
+    let before = counts();
+    let response = heapprof::http::handle("/debug/pprof/heap", "debug=1");
+    let built = counts();
+    let body = response.body.capacity() as u64;
+    drop(response);
+    let after = counts();
+    assert_eq!(
+        [
+            built[0] - before[0],
+            built[1] - before[1],
+            built[2] - before[2]
+        ],
+        [1, body, 0],
+        "handle() counted as the program's: {before:?} -> {built:?}"
+    );
+    assert_eq!(
+        [after[2] - built[2], after[3] - built[3]],
+        [1, body],
+        "its free: {built:?} -> {after:?}"
+    );
+    println!("handle(): one block of {body} bytes counted as the program's, and its free");
 }
 
 /// One allocation of the program's own, at a site of its own.

@@ -115,7 +115,26 @@ const HTML: &str = "text/html; charset=utf-8";
 /// seconds. From an async server, call it on a blocking thread
 /// (`tokio::task::spawn_blocking`). Its own allocations are not profiled.
 pub fn handle(path: &str, query: &str) -> Response {
+    let built = {
+        let _busy = guard::Busy::enter();
+        respond(path, query)
+    };
+    // The caller owns the body and frees it as its own: it is copied out
+    // of the profiler's memory, so that `stats()` counts its allocation
+    // as the program's, as it will count its free. (On heapprof's own
+    // server threads, which are inside the profiler for good, the copy is
+    // heapprof's too.)
+    let response = Response {
+        body: built.body.clone(),
+        ..built
+    };
     let _busy = guard::Busy::enter();
+    drop(built.body);
+    response
+}
+
+/// [`handle`], inside the profiler.
+pub(super) fn respond(path: &str, query: &str) -> Response {
     let kind = match path.strip_prefix("/debug/pprof") {
         Some("" | "/") => return index(),
         Some("/heap") => Kind::Heap,

@@ -251,7 +251,7 @@ fn start_builder() -> Option<mpsc::Sender<Job>> {
         .spawn(move || {
             inside_profiler_for_good();
             for (path, query, reply) in queue {
-                let mut response = super::handle(&path, &query);
+                let mut response = super::respond(&path, &query);
                 // The budget counts bytes held: no spare capacity.
                 response.body.shrink_to_fit();
                 let _ = reply.send(response);
@@ -277,7 +277,7 @@ fn respond(shared: &Shared, path: &str, query: &str) -> Response {
             return response;
         }
     }
-    let mut response = super::handle(path, query);
+    let mut response = super::respond(path, query);
     response.body.shrink_to_fit();
     response
 }
