@@ -551,7 +551,9 @@ impl AutoDump {
             e.min(Duration::from_millis(50))
         });
         let mut last_time = Instant::now();
-        let mut last_allocated = crate::stats().allocated_bytes;
+        // The exact counters alone (`stats()` also sizes every table,
+        // taking each of their locks), every poll.
+        let mut last_allocated = crate::counters::totals()[1];
         let mut last_inuse = peak::live_estimate();
         // The live estimate is an i64; a step above its range is clamped
         // (it never fires) rather than cast, which would wrap it negative
@@ -568,7 +570,7 @@ impl AutoDump {
                 if stop.load(Acquire) {
                     return;
                 }
-                let allocated = crate::stats().allocated_bytes;
+                let allocated = crate::counters::totals()[1];
                 let inuse = peak::live_estimate();
                 let due = self.every.is_some_and(|e| last_time.elapsed() >= e)
                     || self
