@@ -6,6 +6,8 @@
 //! allocator is the system's, so the arena's `Profiler` is the first to
 //! sample and claims heapprof's spare pools.)
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout};
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -24,20 +26,8 @@ struct Arena {
 
 impl Arena {
     fn new() -> Arena {
-        // SAFETY: an anonymous private mapping; the result is checked.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                ARENA_BYTES,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
         Arena {
-            base: p as usize,
+            base: common::map_region(ARENA_BYTES),
             next: AtomicUsize::new(0),
             foreign_frees: AtomicUsize::new(0),
         }
@@ -59,21 +49,7 @@ impl Drop for Arena {
 // handed out once; null when the mapping is used up.
 unsafe impl GlobalAlloc for Arena {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        loop {
-            let next = self.next.load(SeqCst);
-            let start = (self.base + next).next_multiple_of(layout.align());
-            let end = start - self.base + layout.size();
-            if end > ARENA_BYTES {
-                return std::ptr::null_mut();
-            }
-            if self
-                .next
-                .compare_exchange(next, end, SeqCst, SeqCst)
-                .is_ok()
-            {
-                return start as *mut u8;
-            }
-        }
+        common::bump(self.base, ARENA_BYTES, &self.next, layout)
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {

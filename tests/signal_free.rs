@@ -25,38 +25,13 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 unsafe impl GlobalAlloc for Bump {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if BASE.load(SeqCst) == 0 {
-            // SAFETY: an anonymous private mapping; the result is checked.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    ARENA_BYTES,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                    -1,
-                    0,
-                )
-            };
-            assert_ne!(p, libc::MAP_FAILED);
-            if BASE
-                .compare_exchange(0, p as usize, SeqCst, SeqCst)
-                .is_err()
-            {
+            let p = map_region(ARENA_BYTES);
+            if BASE.compare_exchange(0, p, SeqCst, SeqCst).is_err() {
                 // SAFETY: our own mapping, unused.
-                unsafe { libc::munmap(p, ARENA_BYTES) };
+                unsafe { libc::munmap(p as *mut libc::c_void, ARENA_BYTES) };
             }
         }
-        let base = BASE.load(SeqCst);
-        loop {
-            let next = NEXT.load(SeqCst);
-            let start = (base + next).next_multiple_of(layout.align());
-            let end = start - base + layout.size();
-            if end > ARENA_BYTES {
-                return std::ptr::null_mut();
-            }
-            if NEXT.compare_exchange(next, end, SeqCst, SeqCst).is_ok() {
-                return start as *mut u8;
-            }
-        }
+        bump(BASE.load(SeqCst), ARENA_BYTES, &NEXT, layout)
     }
 
     unsafe fn dealloc(&self, _ptr: *mut u8, _layout: Layout) {}
