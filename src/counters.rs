@@ -1,6 +1,6 @@
 //! Exact process-wide allocation counters, beside the sampled estimates:
 //! what Go's `runtime.MemStats` gives, so that users can compare "the
-//! profile says 320 MB" with "the heap is 1.2 GB" (the third seed).
+//! profile says 320 MB" with "the heap is 1.2 GB".
 //!
 //! Counting is per thread, so the fast path touches no shared cache line:
 //! each thread owns its counters in the fast path's const-initialized,
@@ -72,9 +72,9 @@ pub(crate) type Counts = [u64; 4];
 /// How long a reader waits for a thread whose slow path is changing
 /// `granted` and `countdown` together. That takes nanoseconds, unless the
 /// thread is preempted in between, which on a loaded machine lasts
-/// milliseconds: a reader that gave up after 10 000 spins (under a
-/// millisecond) read such a thread's allocated bytes as 0, and `stats()`
-/// stepped back by 84 MB in `tests/thread_churn.rs`. The bound is for a
+/// milliseconds, and a reader that gave up sooner would read such a
+/// thread's allocated bytes as 0, making `stats()` step backwards
+/// (`tests/thread_churn.rs` checks it never does). The bound is for a
 /// thread that never finishes (one interrupted by a signal handler that
 /// reads the stats, or killed): then the read is torn.
 const READ_PATIENCE: Duration = Duration::from_secs(1);

@@ -17,10 +17,10 @@
 //! the earlier locks; and a thread holding one of the others may free
 //! memory (a `Vec` or `HashMap` growing, an old peak copy dropped), and a
 //! free may look the pointer up in the set. So the registry comes late and
-//! the set last; while a thread holds a set stripe its frees skip the set
-//! and it takes no other lock. Taking the set before the pools, as this
-//! once did, could deadlock `fork` against a thread whose pool `Vec` grew
-//! while it held the pool lock.
+//! the set last; while a thread holds a free-path lock its frees skip the
+//! set (`lock.rs`) and it takes no other lock. Taking the set before the
+//! pools would deadlock `fork` against a thread whose pool `Vec` grows
+//! while it holds the pool lock.
 //!
 //! Two locks are not waited for, since each may be held for a whole cold
 //! symbolization (a second or so) and `fork` must not wait that long: the

@@ -1,17 +1,17 @@
 //! heapprof's mutex: one futex word, with no state anywhere else.
 //!
-//! The tables used to sit behind `parking_lot` mutexes. Two properties of
-//! parking_lot make it unfit for a global allocator's own locks:
+//! Why not `parking_lot`: two of its properties make it unfit for a
+//! global allocator's own locks:
 //!
 //! * **fork.** parking_lot keeps the queue of threads waiting for a lock in
 //!   a process-wide hash table in ordinary memory. `fork` copies that table
 //!   into the child, with entries for waiting threads that do not exist
 //!   there. The fork handlers take every heapprof lock (see `fork.rs`), so
 //!   other allocating threads are often parked on one at that moment; when
-//!   the child's handler then unlocked it, parking_lot's eventual fairness
-//!   could hand the lock directly to a phantom waiter, leaving it locked
-//!   for good: the child hung on its next sample or profile
-//!   (`tests/fork.rs` saw 4 children out of 20 hang).
+//!   the child's handler unlocks it, parking_lot's eventual fairness can
+//!   hand the lock directly to a phantom waiter, leaving it locked for
+//!   good, and the child hangs on its next sample or profile
+//!   (`tests/fork.rs` forks under exactly that load).
 //! * **allocation under its own locks.** parking_lot_core grows that hash
 //!   table, allocating, while it holds all of the table's bucket locks. If
 //!   heapprof samples that allocation and one of its locks is contended,

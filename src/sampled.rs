@@ -241,10 +241,10 @@ pub(crate) fn insert(ptr: *mut u8, entry: Entry) -> bool {
         // before this returns, whichever thread moved the count off 0. So
         // every unaligned insert passes through `update_mask`: after its
         // increment, under the lock, it cannot be overtaken by a remover
-        // that saw the count at 0 and is about to raise the mask. (Only the
-        // 0 -> 1 insert used to call it: another thread's block sampled
-        // just after could be freed before that call stored the 0, and the
-        // free skipped the set, so the block stayed "in use" for good.)
+        // that saw the count at 0 and is about to raise the mask. (Were only
+        // the 0 -> 1 insert to call it, another thread's block sampled just
+        // after could be freed before that call stored the 0, skip the set,
+        // and stay "in use" for good.)
         // A global lock per unaligned sample, at rates below
         // PAGE_ALIGN_MIN_RATE only, next to the cost of the stack walk.
         UNALIGNED_LIVE.fetch_add(1, SeqCst);
