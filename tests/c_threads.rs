@@ -95,6 +95,9 @@ fn child_c_threads() {
     // counted window (`run_child` bounds the time).
     heapprof::set_sample_rate(0);
     freeing_key();
+    // The harness's main thread allocates once as it settles into waiting
+    // for this test (a channel's waker): let it, before the window opens.
+    std::thread::sleep(std::time::Duration::from_millis(200));
 
     // First contact in a key destructor.
     let before = counts();
