@@ -157,7 +157,7 @@ static MASK_COPIES: FreePathMutex<Vec<usize>> = FreePathMutex::new(Vec::new());
 #[inline(always)]
 pub(crate) fn may_contain(ptr: *mut u8, size: usize) -> bool {
     LOCAL
-        .try_with(|l| ((ptr as usize) & l.filter_mask.load(Relaxed) == 0) | (size > LARGE))
+        .try_with(|l| (ptr as usize) & l.filter_mask.load(Relaxed) == 0 || size > LARGE)
         .unwrap_or(true)
 }
 
