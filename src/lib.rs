@@ -66,7 +66,8 @@
 //!
 //! ## Exact counters beside the estimates
 //!
-//! [`stats()`] counts every allocation exactly, like Go's `MemStats`:
+//! [`stats()`] counts every allocation of the program exactly, like Go's
+//! `MemStats` (heapprof's own are in its `profiler_*` fields):
 //! `allocations`, `deallocations`, `allocated_bytes`, `freed_bytes` and
 //! [`Stats::live_bytes`]. When the profile's `inuse_space` total and the
 //! process's resident size disagree, this is the number in between: the
@@ -234,8 +235,10 @@ pub use snapshot::{Frame, FunctionBytes, SampleType, Site, Snapshot, Stats, snap
 /// `alloc_space`, `inuse_objects` and `inuse_space` (the default view).
 ///
 /// Safe to call from any thread, at any time, as often as wanted; symbol
-/// lookups are cached, so later calls are cheaper than the first. The
-/// allocations made while writing are not themselves profiled.
+/// lookups are cached, so later calls are cheaper than the first. What
+/// heapprof allocates to build the profile is its own: neither profiled
+/// nor in [`stats()`]'s program counts. `w` is the program's: what it
+/// allocates (a `Vec` growing) is the program's, counted and sampled.
 ///
 /// # Errors
 ///
