@@ -76,11 +76,14 @@ pub(crate) fn profiler_bytes() -> usize {
 /// gzipped profile takes 70 KiB (66 KiB of it flate2's compressor state,
 /// built on the stack before it is boxed), a text profile with a cold
 /// symbolization 24 KiB. This leaves 58 KiB for the caller's writer.
-const BUILD_STACK_NEED: usize = 128 * 1024;
+/// Unoptimized code (a user's debug `cargo test` builds heapprof so) has
+/// frames several times larger: two cold builds overflow 256 KiB there and
+/// fit in 384 KiB, so it asks for four times as much.
+const BUILD_STACK_NEED: usize = if cfg!(debug_assertions) { 4 } else { 1 } * 128 * 1024;
 
 /// The stack segment a build gets when the caller's stack has less than
 /// [`BUILD_STACK_NEED`] left. Only the pages it touches become resident.
-const BUILD_STACK_BYTES: usize = 512 * 1024;
+const BUILD_STACK_BYTES: usize = 4 * BUILD_STACK_NEED;
 
 /// Runs `f` with at least [`BUILD_STACK_NEED`] of stack: on the caller's
 /// stack when that much is left, else on a fresh stack segment of
