@@ -221,7 +221,9 @@ fn subject(name: &str) -> &str {
 
 /// Whether a function is part of how the process, a thread or a test
 /// starts, below the program's own code: the C runtime (`_start`,
-/// `__libc_start_main`, the C `main`, `start_thread`, `clone3`), std's
+/// `__libc_start_main`, the C `main`, `start_thread`, `clone3`, and
+/// AddressSanitizer's `asan_thread_start`, which its `pthread_create`
+/// puts between the C library and the thread's own start), std's
 /// runtime and thread start-up (`std::rt::lang_start`, the spawn closures,
 /// `catch_unwind`, `FnOnce` call shims, `__rust_begin_short_backtrace`),
 /// the test harness, and async runtimes' workers polling a task. These are
@@ -240,6 +242,7 @@ pub(crate) fn is_startup(name: &str) -> bool {
         "__libc_start_main_alias_2",
         // catch_unwind's landing-pad frame, seen in debug builds.
         "__rust_try",
+        "asan_thread_start",
     ];
     const PREFIXES: &[&str] = &[
         "std::rt::",
@@ -264,10 +267,24 @@ pub(crate) fn is_startup(name: &str) -> bool {
         "futures_executor::",
         "async_std::task::",
     ];
-    EXACT.contains(&name) || {
-        let subject = subject(name);
-        PREFIXES.iter().any(|p| subject.starts_with(p))
-    }
+    EXACT.contains(&name)
+        || {
+            let subject = subject(name);
+            PREFIXES.iter().any(|p| subject.starts_with(p))
+        }
+        || is_call_once_shim(name)
+}
+
+/// The `FnOnce::call_once` shim a closure is called through, named by its
+/// impl (`<f::{{closure}} as core::ops::function::FnOnce<()>>::call_once`),
+/// as the symbol table names it where debug info has no entry for it (an
+/// AddressSanitizer build). Debug info names the same shim by its trait,
+/// `core::ops::function::FnOnce::call_once`, which the prefixes above
+/// match.
+fn is_call_once_shim(name: &str) -> bool {
+    name.starts_with('<')
+        && name.contains(" as core::ops::function::FnOnce<")
+        && name.ends_with(">::call_once")
 }
 
 /// Closure names as one form: symbols carry `{{closure}}` (legacy
@@ -358,6 +375,8 @@ mod tests {
             "main",
             "__libc_start_call_main",
             "start_thread",
+            "asan_thread_start",
+            "<app::main::{{closure}} as core::ops::function::FnOnce<()>>::call_once",
             "std::rt::lang_start_internal",
             "std::rt::lang_start::{{closure}}",
             "std::sys::backtrace::__rust_begin_short_backtrace",
@@ -377,6 +396,8 @@ mod tests {
             "<app::Cache as core::clone::Clone>::clone",
             "std::fs::read",
             "mainly::run",
+            "<app::Task as core::ops::function::FnMut<()>>::call_mut",
+            "<app::Call as core::ops::function::FnOnce<()>>::call_once_with",
         ] {
             assert!(!is_startup(name), "{name}");
         }
