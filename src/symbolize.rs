@@ -150,11 +150,16 @@ pub(crate) fn memory_bytes() -> usize {
     KEPT_BYTES.load(Relaxed).max(0) as usize
 }
 
-/// Addresses resolved so far (not served from the cache), for tests.
-static RESOLVED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+#[cfg(test)]
+thread_local! {
+    /// Addresses this thread resolved (not served from the cache), for the
+    /// tests, which run on threads of their own.
+    static RESOLVED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
 
 fn resolve(addr: usize) -> Frames {
-    RESOLVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    #[cfg(test)]
+    RESOLVED.with(|r| r.set(r.get() + 1));
     let mut frames = Vec::new();
     // `resolve` treats the address as a return address and looks up the
     // call instruction before it, which is what we want for every frame.
@@ -405,7 +410,6 @@ mod tests {
 
     #[test]
     fn a_second_lookup_is_served_from_the_cache() {
-        use std::sync::atomic::Ordering::Relaxed;
         let here = a_second_lookup_is_served_from_the_cache as *const () as usize + 1;
         let addrs = [here, here + 4, here + 8];
         let first = super::resolve_all(addrs);
@@ -415,10 +419,10 @@ mod tests {
                 .any(|f| f.name.contains("a_second_lookup")),
             "{first:?}"
         );
-        let before = super::RESOLVED.load(Relaxed);
+        let before = super::RESOLVED.with(std::cell::Cell::get);
         let second = super::resolve_all(addrs);
         assert_eq!(
-            super::RESOLVED.load(Relaxed),
+            super::RESOLVED.with(std::cell::Cell::get),
             before,
             "nothing resolved again"
         );
