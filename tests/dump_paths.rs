@@ -107,26 +107,11 @@ fn child_scenarios() {
 /// Runs the exit scenario in a child with `env`, in the directory `cwd`;
 /// returns its stdout and stderr.
 fn exit_child(cwd: &Path, env: &[(&str, &str)]) -> (String, String) {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_scenarios",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .current_dir(cwd)
-        .env("HEAPPROF_TEST_CHILD", "exit")
-        .envs(env.iter().copied())
-        .output()
-        .expect("start the child");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "child failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    (stdout, stderr)
+    let env: Vec<(&str, &str)> = [("HEAPPROF_TEST_CHILD", "exit")]
+        .into_iter()
+        .chain(env.iter().copied())
+        .collect();
+    run_child_in(Some(cwd), "child_scenarios", &env)
 }
 
 /// A series period (the shortest `HEAPPROF_DUMP_EVERY` takes) and a churn

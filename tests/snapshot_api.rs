@@ -30,14 +30,20 @@ fn make_and_drop() {
     }
 }
 
-#[test]
-fn exact_bytes_and_objects_at_rate_1() {
-    let _rate = RATE.lock().unwrap();
+/// At rate 1: what `make_exact` keeps, and the delta over it and
+/// `make_and_drop`. The caller holds `RATE` and sets the rate back.
+fn exact_delta() -> (Vec<Vec<u8>>, heapprof::Snapshot) {
     heapprof::set_sample_rate(1);
     let before = heapprof::snapshot();
     let kept = make_exact();
     make_and_drop();
-    let d = heapprof::snapshot().delta(&before);
+    (kept, heapprof::snapshot().delta(&before))
+}
+
+#[test]
+fn exact_bytes_and_objects_at_rate_1() {
+    let _rate = RATE.lock().unwrap();
+    let (kept, d) = exact_delta();
     // Ten 1000-byte buffers plus the outer Vec's 10 × 24 bytes.
     assert_eq!(d.inuse_bytes_in("make_exact"), 10 * 1000 + 10 * 24);
     assert_eq!(d.inuse_objects_in("make_exact"), 11);
@@ -194,11 +200,7 @@ fn flamegraph_of(s: &heapprof::Snapshot, sample_type: heapprof::SampleType) -> S
 fn flamegraph_of_each_sample_type() {
     use heapprof::SampleType;
     let _rate = RATE.lock().unwrap();
-    heapprof::set_sample_rate(1);
-    let before = heapprof::snapshot();
-    let kept = make_exact();
-    make_and_drop();
-    let d = heapprof::snapshot().delta(&before);
+    let (kept, d) = exact_delta();
     heapprof::set_sample_rate(512 * 1024);
 
     let alloc_space = flamegraph_of(&d, SampleType::AllocSpace);

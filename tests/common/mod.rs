@@ -252,12 +252,25 @@ pub fn wait_with_timeout(pid: libc::pid_t, limit: std::time::Duration) -> Result
 }
 
 pub fn run_child(test: &str, env: &[(&str, &str)]) -> (String, String) {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
+    run_child_in(None, test, env)
+}
+
+/// [`run_child`] in the working directory `cwd`, if given. `env` may set
+/// `HEAPPROF_TEST_CHILD` to a scenario's name (it is `1` otherwise).
+pub fn run_child_in(
+    cwd: Option<&std::path::Path>,
+    test: &str,
+    env: &[(&str, &str)],
+) -> (String, String) {
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env("HEAPPROF_TEST_CHILD", "1")
-        .envs(env.iter().copied())
-        .output()
-        .expect("start the child test process");
+        .envs(env.iter().copied());
+    if let Some(dir) = cwd {
+        child.current_dir(dir);
+    }
+    let out = child.output().expect("start the child test process");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
