@@ -269,7 +269,7 @@ static LIVE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 /// Counts of threads that are not in the registry: moved here when a
 /// thread exits, and by threads that count while unlisted
 /// ([`flush_unlisted`]).
-static RETIRED: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+static UNLISTED: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 /// heapprof's own allocations and frees, as [`Counters::thaw`] takes them
 /// out of the threads' counts.
 static OWN: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
@@ -501,7 +501,7 @@ pub(crate) fn flush_unlisted() {
 }
 
 fn add_unlisted(counts: Counts) {
-    for (total, n) in RETIRED.iter().zip(counts) {
+    for (total, n) in UNLISTED.iter().zip(counts) {
         total.fetch_add(n, Relaxed);
     }
 }
@@ -509,12 +509,12 @@ fn add_unlisted(counts: Counts) {
 /// Sums the counters of running and exited threads: allocations,
 /// allocated bytes, deallocations, freed bytes.
 pub(crate) fn totals() -> Counts {
-    // The retired totals are read under the registry's lock: a thread that
+    // The unlisted totals are read under the registry's lock: a thread that
     // exits moves its counts from the registry to them under that lock, so
     // reading them before taking it could miss a thread that exits in
     // between, and the totals would go backwards.
     let live = LIVE.lock();
-    let mut sum = RETIRED.each_ref().map(|a| a.load(Relaxed));
+    let mut sum = UNLISTED.each_ref().map(|a| a.load(Relaxed));
     for &addr in live.iter() {
         // SAFETY: an address stays in LIVE only while its thread runs: the
         // thread's `Retire` destructor removes it, under this same lock,
@@ -532,7 +532,7 @@ pub(crate) fn totals() -> Counts {
 
 /// In a forked child, before any other code runs there: the registry's
 /// other entries are the parent's other threads, which do not exist here.
-/// Their counts move to the retired totals (their memory is still mapped
+/// Their counts move to the unlisted totals (their memory is still mapped
 /// at this point, but glibc recycles, and may unmap, their stacks, where
 /// the thread-locals live, as soon as the child starts threads of its
 /// own), and their entries go, so that nothing reads that memory later.
@@ -548,7 +548,7 @@ pub(crate) fn forget_other_threads_after_fork() {
         let counters = unsafe { &*(addr as *const Counters) };
         // One try: a torn read cannot become whole, its thread is gone.
         let counts = counters.try_read().unwrap_or_else(|torn| torn);
-        for (total, n) in RETIRED.iter().zip(counts) {
+        for (total, n) in UNLISTED.iter().zip(counts) {
             total.fetch_add(n, Relaxed);
         }
     }

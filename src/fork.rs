@@ -32,7 +32,7 @@
 //! and the free filter's mask copies) still list the parent's other
 //! threads, whose thread-local memory glibc recycles, and may unmap, once
 //! the child starts threads of its own. The child handler folds their
-//! counts into the retired totals and drops them, before any other code
+//! counts into the unlisted totals and drops them, before any other code
 //! runs in the child.
 //!
 //! Releasing a lock in the child must not depend on the threads that were

@@ -364,26 +364,15 @@ unsafe fn realloc_counted<A: GlobalAlloc>(
     maybe_sampled: bool,
     inner: &A,
 ) -> *mut u8 {
+    // SAFETY: `new_size` is non-zero and does not overflow when rounded to
+    // `layout.align()`, per `realloc`'s contract.
+    let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
     if maybe_sampled && crate::lock::free_path_lock_held() && sampled::may_be_live(ptr) {
         // A realloc where the set must not be looked up (see
-        // `dealloc_maybe_sampled`): a new plain block, and the old one's
-        // free put off.
-        // SAFETY: `new_size` is non-zero and does not overflow when
-        // rounded to `layout.align()`, per `realloc`'s contract.
-        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
-        // SAFETY: non-zero size per the contract.
-        let new_ptr = unsafe { alloc_plain(inner, new_layout, false) };
-        if new_ptr.is_null() {
-            crate::counters::on_realloc_failed(layout.size(), new_size);
-        } else {
-            // SAFETY: both blocks are valid for the smaller size and
-            // distinct; the old one is the caller's, freed once, later.
-            unsafe {
-                std::ptr::copy_nonoverlapping(ptr, new_ptr, layout.size().min(new_size));
-                defer_or_leak(ptr, layout, inner);
-            }
-        }
-        return new_ptr;
+        // `dealloc_maybe_sampled`): a new plain block, and the free of the
+        // old one, which `dealloc` puts off.
+        // SAFETY: the caller's contract, unchanged.
+        return unsafe { realloc_by_moving(ptr, layout, new_layout, None, inner) };
     }
     let old = if maybe_sampled && sampled::may_be_live(ptr) {
         let _busy = guard::Busy::enter();
@@ -400,9 +389,6 @@ unsafe fn realloc_counted<A: GlobalAlloc>(
     } else {
         None
     };
-    // SAFETY: `new_size` is non-zero and does not overflow when rounded to
-    // `layout.align()`, per `realloc`'s contract.
-    let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
     let new_page_aligned = weight.is_some() && sampled::page_aligns(new_layout, sampler::rate());
     if old.is_some_and(|e| e.page_aligned) || new_page_aligned {
         // SAFETY: the caller's contract, unchanged.
