@@ -199,35 +199,25 @@
 
 #![warn(missing_docs)]
 
-mod allocator;
-mod buckets;
-mod config;
-mod counters;
 mod dump;
-mod fork;
-mod guard;
+mod fast;
 #[cfg(feature = "http")]
 pub mod http;
-mod local;
-mod lock;
-mod mappings;
-mod peak;
-mod profile;
-mod proto;
-mod recorder;
-mod report;
-mod sampled;
-mod sampler;
-mod snapshot;
-mod spare;
-mod stack;
-mod symbolize;
-mod text;
+mod output;
+mod process;
+mod record;
+mod sample;
+mod support;
+mod thread;
 
 use std::io;
 
-pub use allocator::Profiler;
+use output::{pprof, snapshot, text};
+use record::sites;
+use support::reentry;
+
 pub use dump::{AutoDump, AutoDumpHandle, ProfileGuard};
+pub use fast::Profiler;
 pub use snapshot::{Frame, FunctionBytes, SampleType, Site, Snapshot, Stats, snapshot, stats};
 
 /// Writes the current heap profile to `w`: a gzip-compressed pprof
@@ -245,9 +235,9 @@ pub use snapshot::{Frame, FunctionBytes, SampleType, Site, Snapshot, Stats, snap
 /// Whatever `w` returns, and an error of kind `Other` if heapprof is not the
 /// program's global allocator (nothing could have been recorded).
 pub fn write_profile<W: io::Write>(w: W) -> io::Result<()> {
-    let _busy = guard::Busy::enter();
+    let _busy = reentry::Busy::enter();
     check_installed()?;
-    profile::write(guard::ProgramWriter::new(w), profile::Options::default())
+    pprof::write(reentry::ProgramWriter::new(w), pprof::Options::default())
 }
 
 /// Writes the current heap profile in the legacy text format, as Go's
@@ -261,13 +251,13 @@ pub fn write_profile<W: io::Write>(w: W) -> io::Result<()> {
 ///
 /// Whatever `w` returns; `Other` if heapprof is not the global allocator.
 pub fn write_text_profile<W: io::Write>(w: W) -> io::Result<()> {
-    let _busy = guard::Busy::enter();
+    let _busy = reentry::Busy::enter();
     check_installed()?;
-    let sites = buckets::snapshot();
+    let sites = sites::snapshot();
     text::write(
-        io::BufWriter::new(guard::ProgramWriter::new(w)),
+        io::BufWriter::new(reentry::ProgramWriter::new(w)),
         &sites,
-        sampler::rate(),
+        sample::rate(),
         &stats(),
         &[],
     )
@@ -283,20 +273,20 @@ pub fn write_text_profile<W: io::Write>(w: W) -> io::Result<()> {
 /// Whatever `w` returns; `NotFound` if the heap has not yet reached 1 MiB,
 /// so no peak was recorded; `Other` if heapprof is not the global allocator.
 pub fn write_peak_profile<W: io::Write>(w: W) -> io::Result<()> {
-    let _busy = guard::Busy::enter();
+    let _busy = reentry::Busy::enter();
     check_installed()?;
-    if dump::write_peak(guard::ProgramWriter::new(w))? {
+    if dump::write_peak(reentry::ProgramWriter::new(w))? {
         Ok(())
     } else {
         Err(io::Error::new(
             io::ErrorKind::NotFound,
-            crate::peak::NO_PEAK_YET,
+            crate::record::peak::NO_PEAK_YET,
         ))
     }
 }
 
 fn check_installed() -> io::Result<()> {
-    if recorder::installed() {
+    if record::installed() {
         Ok(())
     } else {
         Err(io::Error::other(
@@ -311,14 +301,14 @@ fn check_installed() -> io::Result<()> {
 /// on threads started later; running threads switch at their next sample,
 /// or, if sampling was off, within their next 512 KiB of allocations.
 pub fn set_sample_rate(bytes: usize) {
-    sampler::set_rate(bytes)
+    sample::set_rate(bytes)
 }
 
 /// The mean number of bytes between samples (default 524288, or
 /// `HEAPPROF_SAMPLE_RATE`).
 pub fn sample_rate() -> usize {
-    let _busy = guard::Busy::enter();
-    sampler::rate()
+    let _busy = reentry::Busy::enter();
+    sample::rate()
 }
 
 /// Internals for `dev/benches/micro.rs`, compiled only with the
@@ -329,8 +319,8 @@ pub mod __bench {
     /// Captures the calling thread's stack as a sample would (with the
     /// unwinder chosen for this process); returns the frame count.
     pub fn capture_stack() -> usize {
-        let _busy = crate::guard::Busy::enter();
-        crate::stack::capture().frames().len()
+        let _busy = crate::support::reentry::Busy::enter();
+        crate::record::stack::capture().frames().len()
     }
 }
 
@@ -338,5 +328,5 @@ pub mod __bench {
 /// calling thread restarts from this seed, and each thread that starts
 /// sampling later is seeded from it and its start order.
 pub fn set_seed(seed: u64) {
-    sampler::set_seed(seed)
+    sample::set_seed(seed)
 }

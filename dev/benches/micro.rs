@@ -22,7 +22,7 @@ static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
 
 /// The pprof messages, from the generated code heapprof encodes with
 /// (private to the crate).
-#[path = "../../src/proto.rs"]
+#[path = "../../src/output/proto.rs"]
 mod proto;
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -1,4 +1,4 @@
-//! The generated pprof types in `src/proto/perftools.profiles.rs` are checked
+//! The generated pprof types in `src/output/proto/perftools.profiles.rs` are checked
 //! in, so that building heapprof needs no `protoc` and no build script. This
 //! test regenerates them from `proto/profile.proto` with a pure-Rust compiler
 //! (protox + prost-build) and fails if the checked-in file has drifted.
@@ -22,14 +22,14 @@ fn generated_types_match_the_proto() {
         .compile_fds(fds)
         .expect("prost-build must generate Rust from the descriptor set");
     let fresh = std::fs::read_to_string(out.path().join("perftools.profiles.rs")).unwrap();
-    let checked_in_path = root.join("src/proto/perftools.profiles.rs");
+    let checked_in_path = root.join("src/output/proto/perftools.profiles.rs");
     if std::env::var_os("HEAPPROF_REGENERATE_PROTO").is_some() {
         std::fs::write(&checked_in_path, &fresh).unwrap();
     }
     let checked_in = std::fs::read_to_string(&checked_in_path).unwrap_or_default();
     assert!(
         checked_in == fresh,
-        "src/proto/perftools.profiles.rs is out of date with proto/profile.proto; \
+        "src/output/proto/perftools.profiles.rs is out of date with proto/profile.proto; \
          run HEAPPROF_REGENERATE_PROTO=1 cargo test -p heapprof-dev --test proto_drift"
     );
 }

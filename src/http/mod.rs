@@ -50,8 +50,8 @@ use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::lock::Mutex;
-use crate::{buckets, guard, profile, sampler};
+use crate::support::lock::Mutex;
+use crate::{output::pprof, record::sites, sample, support::reentry};
 
 pub use server::{
     DEFAULT_CONNECTIONS_PER_PEER, DEFAULT_RESPONSE_BUDGET, LARGEST_HEAD_BYTES, LONGEST_TIMEOUT,
@@ -116,7 +116,7 @@ const HTML: &str = "text/html; charset=utf-8";
 /// (`tokio::task::spawn_blocking`). Its own allocations are not profiled.
 pub fn handle(path: &str, query: &str) -> Response {
     let built = {
-        let _busy = guard::Busy::enter();
+        let _busy = reentry::Busy::enter();
         respond(path, query)
     };
     // The caller owns the body and frees it as its own: it is copied out
@@ -128,7 +128,7 @@ pub fn handle(path: &str, query: &str) -> Response {
         body: built.body.clone(),
         ..built
     };
-    let _busy = guard::Busy::enter();
+    let _busy = reentry::Busy::enter();
     drop(built.body);
     response
 }
@@ -146,7 +146,7 @@ pub(super) fn respond(path: &str, query: &str) -> Response {
         Ok(p) => p,
         Err(message) => return Response::error(400, message),
     };
-    if !crate::recorder::installed() {
+    if !crate::record::installed() {
         return Response::error(
             500,
             "heapprof is not this program's global allocator, so there is nothing to profile",
@@ -250,7 +250,7 @@ const MAX_DELTAS: usize = 4;
 static DELTAS: AtomicUsize = AtomicUsize::new(0);
 
 fn profile_response(kind: Kind, params: &Params) -> io::Result<Response> {
-    let mut options = profile::Options {
+    let mut options = pprof::Options {
         default_sample_type: (kind == Kind::Allocs).then_some("alloc_space"),
         ..Default::default()
     };
@@ -283,7 +283,7 @@ fn profile_response(kind: Kind, params: &Params) -> io::Result<Response> {
     }
     if kind == Kind::Peak {
         let peak = || {
-            crate::peak::copy().map(|peak| {
+            crate::record::peak::copy().map(|peak| {
                 let comment = crate::dump::peak_comment(&peak);
                 (peak.sites, vec![comment])
             })
@@ -291,7 +291,7 @@ fn profile_response(kind: Kind, params: &Params) -> io::Result<Response> {
         return build(peak, params, options, kind.attachment(false));
     }
     build(
-        || Some((buckets::snapshot(), Vec::new())),
+        || Some((sites::snapshot(), Vec::new())),
         params,
         options,
         kind.attachment(false),
@@ -304,29 +304,23 @@ fn profile_response(kind: Kind, params: &Params) -> io::Result<Response> {
 /// gzipped profile, sent as an `attachment` (its `Content-Disposition`);
 /// 404 if there are none (no peak yet).
 fn build(
-    sites: impl FnOnce() -> Option<(Vec<buckets::Site>, Vec<String>)>,
+    sites: impl FnOnce() -> Option<(Vec<sites::Site>, Vec<String>)>,
     params: &Params,
-    mut options: profile::Options,
+    mut options: pprof::Options,
     attachment: &'static str,
 ) -> io::Result<Response> {
     let _one_at_a_time = BUILDING.lock();
     let Some((sites, comments)) = sites() else {
-        return Ok(Response::error(404, crate::peak::NO_PEAK_YET));
+        return Ok(Response::error(404, crate::record::peak::NO_PEAK_YET));
     };
     options.comments = comments;
     let mut body = Vec::new();
     if params.debug > 0 {
         let stats = crate::stats();
-        crate::text::write(
-            &mut body,
-            &sites,
-            sampler::rate(),
-            &stats,
-            &options.comments,
-        )?;
+        crate::output::text::write(&mut body, &sites, sample::rate(), &stats, &options.comments)?;
         return Ok(Response::ok(TEXT, body));
     }
-    profile::encode(&profile::build(&sites, sampler::rate(), options), &mut body)?;
+    pprof::encode(&pprof::build(&sites, sample::rate(), options), &mut body)?;
     Ok(Response {
         content_disposition: Some(attachment),
         ..Response::ok(PROTO, body)
@@ -337,11 +331,11 @@ fn build(
 /// values are what was allocated in between; inuse values are the change
 /// in live memory (negative where more was freed than allocated), as in
 /// Go's delta profiles. No lock is held while waiting.
-fn delta(seconds: u64) -> Vec<buckets::Site> {
-    let before = buckets::snapshot();
+fn delta(seconds: u64) -> Vec<sites::Site> {
+    let before = sites::snapshot();
     std::thread::sleep(Duration::from_secs(seconds));
-    let after = buckets::snapshot();
-    buckets::delta(&after, &before)
+    let after = sites::snapshot();
+    sites::delta(&after, &before)
 }
 
 /// The index page. Go's shows a "count" beside `heap` that is the number
@@ -349,10 +343,10 @@ fn delta(seconds: u64) -> Vec<buckets::Site> {
 /// a healthy program and has been read as a leak (the second seed). Here
 /// every number says what it counts.
 fn index() -> Response {
-    let (all, live) = buckets::site_counts();
+    let (all, live) = sites::site_counts();
     let stats = crate::stats();
-    let has_peak = crate::peak::recorded();
-    let rate = sampler::rate();
+    let has_peak = crate::record::peak::recorded();
+    let rate = sample::rate();
     let mut page = String::new();
     let _ = write!(
         page,

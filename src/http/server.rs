@@ -49,8 +49,8 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use super::Response;
-use crate::guard;
-use crate::lock::Mutex;
+use crate::support::lock::Mutex;
+use crate::support::reentry;
 
 /// Starts the built-in server on `addr` with the default limits (see
 /// [`Server`]) and returns the address it is bound to (port 0 picks a free
@@ -186,7 +186,7 @@ impl Server {
     ///
     /// Those of binding the socket, or of starting the thread.
     pub fn serve(self, addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
-        let _busy = guard::Busy::enter();
+        let _busy = reentry::Busy::enter();
         let listener = TcpListener::bind(addr)?;
         let local = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -215,7 +215,7 @@ impl Server {
 /// Marks this thread as inside the profiler until it ends, thread-local
 /// destructors included (the flag has no destructor of its own).
 fn inside_profiler_for_good() {
-    std::mem::forget(guard::Busy::enter());
+    std::mem::forget(reentry::Busy::enter());
 }
 
 /// Threads that only answer 503 to connections over a limit (see
@@ -337,7 +337,7 @@ fn spawn(f: impl FnOnce() + Send + 'static) {
     if let Err(e) = spawned
         && !FAILED.swap(true, Relaxed)
     {
-        crate::report::warn(format_args!(
+        crate::support::report::warn(format_args!(
             "heapprof: http: could not start a connection thread ({e}); dropping connections meanwhile"
         ));
     }

@@ -7,8 +7,8 @@ use std::io::Read;
 use prost::Message;
 
 /// The pprof messages, compiled into the tests from the same generated code
-/// heapprof encodes with (`src/proto.rs`), which the crate keeps private.
-#[path = "../../src/proto.rs"]
+/// heapprof encodes with (`src/output/proto.rs`), which the crate keeps private.
+#[path = "../../src/output/proto.rs"]
 pub mod proto;
 
 use proto::Profile;

@@ -26,22 +26,22 @@ use std::sync::atomic::{
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::{config, guard, peak, profile, sampler};
+use crate::{output::pprof, record::peak, sample, support::config, support::reentry};
 
 /// Writes the current profile to `path`, after [`expand`]ing it. The error
 /// names the path.
-pub(crate) fn write_file(path: &Path, options: profile::Options) -> io::Result<()> {
-    let _busy = guard::Busy::enter();
+pub(crate) fn write_file(path: &Path, options: pprof::Options) -> io::Result<()> {
+    let _busy = reentry::Busy::enter();
     write_profile_at(&expand(path), options)
 }
 
 /// [`write_file`] to a path already expanded.
-fn write_profile_at(path: &Path, options: profile::Options) -> io::Result<()> {
-    let _busy = guard::Busy::enter();
+fn write_profile_at(path: &Path, options: pprof::Options) -> io::Result<()> {
+    let _busy = reentry::Busy::enter();
     write_dump(path, |w| {
-        let sites = crate::buckets::snapshot();
-        let p = profile::build(&sites, sampler::rate(), options);
-        profile::encode(&p, w).map(|()| true)
+        let sites = crate::record::sites::snapshot();
+        let p = pprof::build(&sites, sample::rate(), options);
+        pprof::encode(&p, w).map(|()| true)
     })
     .map(drop)
 }
@@ -228,15 +228,15 @@ fn write_through(
 /// Writes the peak profile to `w`; `Ok(false)` if the heap never reached
 /// the size at which peaks are recorded (1 MiB).
 pub(crate) fn write_peak<W: io::Write>(w: W) -> io::Result<bool> {
-    let _busy = guard::Busy::enter();
+    let _busy = reentry::Busy::enter();
     let Some(peak) = peak::copy() else {
         return Ok(false);
     };
-    let options = profile::Options {
+    let options = pprof::Options {
         comments: vec![peak_comment(&peak)],
         ..Default::default()
     };
-    profile::encode(&profile::build(&peak.sites, sampler::rate(), options), w).map(|()| true)
+    pprof::encode(&pprof::build(&peak.sites, sample::rate(), options), w).map(|()| true)
 }
 
 /// The comment that marks a peak profile: how large, and when (RFC 3339,
@@ -254,7 +254,7 @@ fn report(result: io::Result<()>, what: &str, flag: &AtomicBool) {
     if let Err(e) = result
         && !flag.swap(true, Relaxed)
     {
-        crate::report::warn(format_args!(
+        crate::support::report::warn(format_args!(
             "heapprof: could not write the {what} profile ({e}); further failures of this kind are not reported"
         ));
     }
@@ -337,13 +337,13 @@ extern "C" fn at_exit() {
     if EXIT_PID.load(Relaxed) != std::process::id() {
         return;
     }
-    let _busy = guard::Busy::enter();
+    let _busy = reentry::Busy::enter();
     let Some(out) = config::get().out.as_deref().map(expand) else {
         return;
     };
     static FAILED: AtomicBool = AtomicBool::new(false);
     report(
-        write_profile_at(&out, profile::Options::at_exit()),
+        write_profile_at(&out, pprof::Options::at_exit()),
         "exit",
         &FAILED,
     );
@@ -404,7 +404,7 @@ impl ProfileGuard {
     /// Writes the profile now and returns the outcome.
     pub fn finish(mut self) -> io::Result<()> {
         match self.path.take() {
-            Some(path) => write_file(&path, profile::Options::at_exit()),
+            Some(path) => write_file(&path, pprof::Options::at_exit()),
             None => Ok(()),
         }
     }
@@ -415,7 +415,7 @@ impl Drop for ProfileGuard {
         if let Some(path) = self.path.take() {
             static FAILED: AtomicBool = AtomicBool::new(false);
             report(
-                write_file(&path, profile::Options::at_exit()),
+                write_file(&path, pprof::Options::at_exit()),
                 "guard",
                 &FAILED,
             );
@@ -505,7 +505,7 @@ impl AutoDump {
     /// series with no trigger at all, which would never write.
     pub fn start(self) -> io::Result<AutoDumpHandle> {
         self.check()?;
-        let _busy = guard::Busy::enter();
+        let _busy = reentry::Busy::enter();
         let stop = Arc::new(AtomicBool::new(false));
         let stop_seen = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
@@ -546,14 +546,14 @@ impl AutoDump {
     }
 
     fn run(self, stop: &AtomicBool) {
-        let _busy = guard::Busy::enter();
+        let _busy = reentry::Busy::enter();
         let poll = self.every.map_or(Duration::from_millis(50), |e| {
             e.min(Duration::from_millis(50))
         });
         let mut last_time = Instant::now();
         // The exact counters alone (`stats()` also sizes every table,
         // taking each of their locks), every poll.
-        let mut last_allocated = crate::counters::totals()[1];
+        let mut last_allocated = crate::support::registry::totals()[1];
         let mut last_inuse = peak::live_estimate();
         // The live estimate is an i64; a step above its range is clamped
         // (it never fires) rather than cast, which would wrap it negative
@@ -570,7 +570,7 @@ impl AutoDump {
                 if stop.load(Acquire) {
                     return;
                 }
-                let allocated = crate::counters::totals()[1];
+                let allocated = crate::support::registry::totals()[1];
                 let inuse = peak::live_estimate();
                 let due = self.every.is_some_and(|e| last_time.elapsed() >= e)
                     || self
@@ -583,7 +583,7 @@ impl AutoDump {
                 }
             }
             let written = sibling(&expand(&self.path), &format!("{seq:04}"))
-                .and_then(|path| write_profile_at(&path, profile::Options::default()));
+                .and_then(|path| write_profile_at(&path, pprof::Options::default()));
             report(written, "periodic", &FAILED);
         }
     }
@@ -605,7 +605,7 @@ impl AutoDumpHandle {
     /// series is created after this returns. In a child forked after
     /// `start`, which has no copy of the thread, it returns at once.
     pub fn stop(self) {
-        let _busy = guard::Busy::enter();
+        let _busy = reentry::Busy::enter();
         self.stop.store(true, Release);
         if std::process::id() != self.pid {
             return;
@@ -630,7 +630,7 @@ pub(crate) fn start_from_env() {
     static STARTED: AtomicBool = AtomicBool::new(false);
     let c = config::get();
     if (c.dump_every.is_none() && c.dump_every_allocated.is_none() && c.dump_inuse_growth.is_none())
-        || !crate::counters::thread_alive()
+        || !crate::support::registry::thread_alive()
         || STARTED.swap(true, Relaxed)
     {
         return;
@@ -646,7 +646,7 @@ pub(crate) fn start_from_env() {
     let started = std::panic::catch_unwind(move || series.start().map(drop))
         .unwrap_or_else(|_| Err(io::Error::other("spawning the thread panicked")));
     if let Err(e) = started {
-        crate::report::warn(format_args!(
+        crate::support::report::warn(format_args!(
             "heapprof: could not start the periodic dump thread: {e}"
         ));
     }

@@ -8,7 +8,7 @@
 
 use std::ffi::CStr;
 
-use crate::lock::Mutex;
+use crate::support::lock::Mutex;
 
 /// Held around `dl_iterate_phdr`, and taken by `fork`'s handlers. The walk
 /// holds the dynamic loader's own lock, which glibc does not reset in a

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::stack::Unwinder;
+use crate::record::stack::Unwinder;
 
 /// Mean bytes between samples when `HEAPPROF_SAMPLE_RATE` is not set: the
 /// same 512 KiB as Go's `runtime.MemProfileRate` and tcmalloc.
@@ -74,7 +74,7 @@ pub(crate) struct Config {
     /// must pass the last peak copy before a new one is taken.
     pub peak_growth: Percent,
     /// `HEAPPROF_UNWIND`: `auto` (default), `dwarf` or `frame-pointers`.
-    pub unwinder: crate::stack::Unwinder,
+    pub unwinder: crate::record::stack::Unwinder,
     /// `HEAPPROF_FULL_STACKS=1`: keep the process and thread start-up
     /// frames below the program's own (see `profile::trim`).
     pub full_stacks: bool,
@@ -85,7 +85,7 @@ static CONFIG: OnceLock<Config> = OnceLock::new();
 /// The configuration, read from the environment on first use.
 pub(crate) fn get() -> &'static Config {
     CONFIG.get_or_init(|| {
-        let _busy = crate::guard::Busy::enter();
+        let _busy = crate::support::reentry::Busy::enter();
         Config {
             sample_rate: at_most(
                 "HEAPPROF_SAMPLE_RATE",
@@ -95,7 +95,7 @@ pub(crate) fn get() -> &'static Config {
                     DEFAULT_SAMPLE_RATE,
                     parse_bytes,
                 ),
-                crate::sampler::MAX_RATE,
+                crate::sample::MAX_RATE,
             ),
             // A bucket's index within its stripe has 24 bits (`BucketId`).
             max_sites: read(
@@ -154,7 +154,7 @@ fn at_most(name: &str, value: usize, max: usize) -> usize {
     if value <= max {
         return value;
     }
-    crate::report::warn(format_args!(
+    crate::support::report::warn(format_args!(
         "heapprof: {name}={value} is above the largest value, {max}; using {max}"
     ));
     max
@@ -165,7 +165,7 @@ fn at_least(name: &str, value: Duration, min: Duration) -> Duration {
     if value >= min {
         return value;
     }
-    crate::report::warn(format_args!(
+    crate::support::report::warn(format_args!(
         "heapprof: {name}={value:?} is below the shortest period, {min:?}; using {min:?}"
     ));
     min
@@ -198,7 +198,7 @@ fn read<T: std::fmt::Display>(
     match raw.to_str().and_then(parse) {
         Some(value) => value,
         None => {
-            crate::report::warn(format_args!(
+            crate::support::report::warn(format_args!(
                 "heapprof: ignoring {name}={}: expected {expected}; using the default {default}",
                 Shown(&raw)
             ));
@@ -225,7 +225,7 @@ fn lookup<T>(
     let raw = var(name)?;
     let value = raw.to_str().and_then(|s| parse(s.trim()));
     if value.is_none() {
-        crate::report::warn(format_args!(
+        crate::support::report::warn(format_args!(
             "heapprof: ignoring {name}={}: expected {expected}; {fallback}",
             Shown(&raw)
         ));

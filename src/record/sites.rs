@@ -33,9 +33,9 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use crate::lock::FreePathMutex;
+use crate::support::lock::FreePathMutex;
 
-use crate::config;
+use crate::support::config;
 
 const STRIPES: usize = 64;
 /// Average frames per stored stack the frame budget allows for.

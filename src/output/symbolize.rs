@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
 
-use crate::lock::Mutex;
+use crate::support::lock::Mutex;
 
 /// One source-level frame at an address. An address yields several when
 /// functions were inlined into each other, innermost first.
@@ -113,7 +113,7 @@ pub(crate) fn resolve_all(addrs: impl IntoIterator<Item = usize>) -> HashMap<usi
     // change in this thread's net allocated bytes across it, less the
     // `resolved` list, which goes away below (`out` was sized up front and
     // does not grow).
-    let before = crate::counters::this_thread_net_bytes();
+    let before = crate::support::registry::this_thread_net_bytes();
     let resolved: Vec<(usize, Frames)> = {
         let _resolving = RESOLVING.lock();
         let resolved = missing.into_iter().map(|a| (a, resolve(a))).collect();
@@ -134,7 +134,7 @@ pub(crate) fn resolve_all(addrs: impl IntoIterator<Item = usize>) -> HashMap<usi
         }
     }
     let list_bytes = resolved.capacity() * std::mem::size_of::<(usize, Frames)>();
-    let kept = crate::counters::this_thread_net_bytes() - before - list_bytes as i64;
+    let kept = crate::support::registry::this_thread_net_bytes() - before - list_bytes as i64;
     KEPT_BYTES.fetch_add(kept, Relaxed);
     out.extend(resolved);
     out

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 
-use crate::buckets;
-use crate::{counters, guard, profile, proto, sampler};
+use crate::record::sites;
+use crate::{output::pprof, output::proto, sample, support::reentry, support::registry};
 
 /// Exact counts of everything that went through the allocator since the
 /// program started, over all threads (not estimates: every allocation is
@@ -63,15 +63,15 @@ impl Stats {
 /// zero is also a valid count), while [`write_profile`](crate::write_profile)
 /// returns an error in that case.
 pub fn stats() -> Stats {
-    let _busy = guard::Busy::enter();
-    let [allocations, allocated_bytes, deallocations, freed_bytes] = counters::totals();
-    let [profiler_allocations, profiler_allocated_bytes, _, _] = counters::own_totals();
+    let _busy = reentry::Busy::enter();
+    let [allocations, allocated_bytes, deallocations, freed_bytes] = registry::totals();
+    let [profiler_allocations, profiler_allocated_bytes, _, _] = registry::own_totals();
     Stats {
         allocations,
         deallocations,
         allocated_bytes,
         freed_bytes,
-        profiler_bytes: crate::profile::profiler_bytes() as u64,
+        profiler_bytes: crate::output::pprof::profiler_bytes() as u64,
         profiler_allocations,
         profiler_allocated_bytes,
     }
@@ -129,7 +129,7 @@ impl Site {
 /// the stack of everything it allocates, so `"leaky"` would also match a
 /// test named `leaky_fails_assertion` and count all it allocated.
 pub struct Snapshot {
-    raw: Vec<buckets::Site>,
+    raw: Vec<sites::Site>,
     rate: usize,
     sites: Vec<Site>,
     profile: proto::Profile,
@@ -139,7 +139,7 @@ pub struct Snapshot {
 /// profiler, so that [`stats()`] leaves it out of the program's counts.
 impl Clone for Snapshot {
     fn clone(&self) -> Self {
-        let _busy = guard::Busy::enter();
+        let _busy = reentry::Busy::enter();
         Snapshot {
             raw: self.raw.clone(),
             rate: self.rate,
@@ -151,7 +151,7 @@ impl Clone for Snapshot {
 
 impl Drop for Snapshot {
     fn drop(&mut self) {
-        let _busy = guard::Busy::enter();
+        let _busy = reentry::Busy::enter();
         drop((
             std::mem::take(&mut self.raw),
             std::mem::take(&mut self.sites),
@@ -168,8 +168,8 @@ impl Drop for Snapshot {
 /// test pass without measuring anything, so
 /// [`Snapshot::assert_inuse_at_most`] panics instead.
 pub fn snapshot() -> Snapshot {
-    let _busy = guard::Busy::enter();
-    Snapshot::from_raw(buckets::snapshot(), sampler::rate())
+    let _busy = reentry::Busy::enter();
+    Snapshot::from_raw(sites::snapshot(), sample::rate())
 }
 
 /// One row of [`Snapshot::top`]: a function and the live bytes it
@@ -185,8 +185,8 @@ pub struct FunctionBytes {
 }
 
 impl Snapshot {
-    fn from_raw(raw: Vec<buckets::Site>, rate: usize) -> Snapshot {
-        let profile = profile::build(&raw, rate, profile::Options::default());
+    fn from_raw(raw: Vec<sites::Site>, rate: usize) -> Snapshot {
+        let profile = pprof::build(&raw, rate, pprof::Options::default());
         let sites = sites_of(&profile);
         Snapshot {
             raw,
@@ -212,8 +212,8 @@ impl Snapshot {
     /// delta taken in one test also sees what other threads did meanwhile;
     /// select by function name to isolate a region of code.
     pub fn delta(&self, earlier: &Snapshot) -> Snapshot {
-        let _busy = guard::Busy::enter();
-        let raw = buckets::delta(&self.raw, &earlier.raw);
+        let _busy = reentry::Busy::enter();
+        let raw = sites::delta(&self.raw, &earlier.raw);
         Snapshot::from_raw(raw, self.rate)
     }
 
@@ -306,8 +306,8 @@ impl Snapshot {
     /// Writes this snapshot as a gzipped pprof profile: for a snapshot from
     /// [`snapshot`], the same bytes `write_profile` would have written then.
     pub fn write_pprof<W: io::Write>(&self, w: W) -> io::Result<()> {
-        let _busy = guard::Busy::enter();
-        profile::encode(&self.profile, guard::ProgramWriter::new(w))
+        let _busy = reentry::Busy::enter();
+        pprof::encode(&self.profile, reentry::ProgramWriter::new(w))
     }
 
     /// Writes an SVG flame graph of live bytes (inuse_space): one box per
@@ -334,7 +334,7 @@ impl Snapshot {
         sample_type: SampleType,
         mut w: W,
     ) -> io::Result<()> {
-        let _busy = guard::Busy::enter();
+        let _busy = reentry::Busy::enter();
         let lines: Vec<String> = self
             .sites
             .iter()

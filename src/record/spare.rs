@@ -19,9 +19,9 @@
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use crate::lock::FreePathMutex;
+use crate::support::lock::FreePathMutex;
 
-use crate::sampled::PAGE;
+use crate::record::blocks::PAGE;
 
 /// Classes 16 B, 32 B, …, 64 KiB.
 const CLASSES: usize = 13;
@@ -34,7 +34,7 @@ const PER_CLASS: usize = 64;
 const PER_CLASS_BYTES: usize = 128 * 1024;
 
 // Every page-aligned sampled block has a class (see `sampled::LARGE`).
-const _: () = assert!(MAX_CLASS == crate::sampled::LARGE);
+const _: () = assert!(MAX_CLASS == crate::record::blocks::LARGE);
 
 fn kept_per_class(class: usize) -> usize {
     PER_CLASS.min(PER_CLASS_BYTES / (MIN_CLASS << class))

@@ -53,10 +53,10 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 
-use crate::local::LOCAL;
-use crate::lock::FreePathMutex;
+use crate::support::lock::FreePathMutex;
+use crate::thread::LOCAL;
 
-use crate::buckets::BucketId;
+use crate::record::sites::BucketId;
 
 pub(crate) const PAGE: usize = 4096;
 const PAGE_MASK: usize = PAGE - 1;
@@ -331,7 +331,10 @@ pub(crate) fn forget_other_threads_after_fork() {
 pub(crate) fn stats() -> (usize, usize) {
     STRIPE_MAPS.iter().fold((0, 0), |(n, bytes), m| {
         let m = m.0.lock();
-        (n + m.len(), bytes + crate::buckets::hash_map_bytes(&m))
+        (
+            n + m.len(),
+            bytes + crate::record::sites::hash_map_bytes(&m),
+        )
     })
 }
 

@@ -22,10 +22,10 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use prost::Message;
 
-use crate::buckets::{self, Site};
-use crate::mappings::{self, Mapping};
-use crate::proto;
-use crate::symbolize::{self, Frames};
+use crate::output::mappings::{self, Mapping};
+use crate::output::proto;
+use crate::output::symbolize::{self, Frames};
+use crate::record::sites::{self, Site};
 
 /// The name under which the overflow bucket appears in profiles.
 pub(crate) const OVERFLOW_FUNCTION: &str = "[heapprof overflow: site table full or out of memory]";
@@ -65,9 +65,9 @@ impl Options {
 /// Memory the profiler holds for itself: tables, the sampled-address set,
 /// spare sampled blocks, and what symbolization keeps.
 pub(crate) fn profiler_bytes() -> usize {
-    crate::buckets::memory_bytes()
-        + crate::sampled::stats().1
-        + crate::spare::bytes()
+    crate::record::sites::memory_bytes()
+        + crate::record::blocks::stats().1
+        + crate::record::spare::bytes()
         + symbolize::memory_bytes()
 }
 
@@ -99,8 +99,8 @@ pub(crate) fn with_build_stack<R>(f: impl FnOnce() -> R) -> R {
 /// Writes the current profile, gzipped, to `w`.
 pub(crate) fn write<W: Write>(w: W, options: Options) -> io::Result<()> {
     with_build_stack(|| {
-        let sites = buckets::snapshot();
-        let profile = build(&sites, crate::sampler::rate(), options);
+        let sites = sites::snapshot();
+        let profile = build(&sites, crate::sample::rate(), options);
         encode(&profile, w)
     })
 }
@@ -185,7 +185,7 @@ pub(crate) fn trim(frames: &[usize], resolved: &HashMap<usize, Frames>) -> Vec<S
     };
     let start = (0..lines.len()).find(|&k| !machinery(k)).unwrap_or(0);
     let mut end = lines.len();
-    if !crate::config::get().full_stacks {
+    if !crate::support::config::get().full_stacks {
         let startup = |k: usize| lines[k].2.is_some_and(symbolize::is_startup);
         if let Some(last) = (start..lines.len()).rev().find(|&k| !startup(k)) {
             end = last + 1;
@@ -291,7 +291,7 @@ impl Builder {
             ),
             format!(
                 "heapprof: stacks unwound with {}",
-                crate::stack::unwinder_name()
+                crate::record::stack::unwinder_name()
             ),
             format!(
                 "heapprof: {live_sampled} live sampled blocks; profiler tables use {} bytes",

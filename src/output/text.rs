@@ -50,9 +50,9 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 
-use crate::buckets::{Counts, Site};
-use crate::symbolize::{self, Frames};
-use crate::{mappings, profile};
+use crate::output::symbolize::{self, Frames};
+use crate::record::sites::{Counts, Site};
+use crate::{output::mappings, output::pprof};
 
 /// Writes `sites`, sampled at `rate`, in the legacy text format, with the
 /// exact counters of `stats` in the trailer, on a stack deep enough for
@@ -64,7 +64,7 @@ pub(crate) fn write<W: Write>(
     stats: &crate::Stats,
     comments: &[String],
 ) -> io::Result<()> {
-    profile::with_build_stack(|| write_here(w, sites, rate, stats, comments))
+    pprof::with_build_stack(|| write_here(w, sites, rate, stats, comments))
 }
 
 fn write_here<W: Write>(
@@ -121,7 +121,7 @@ fn write_here<W: Write>(
             }
         }
         if r.overflow {
-            writeln!(w, "#\t0x0\t{}", profile::OVERFLOW_FUNCTION)?;
+            writeln!(w, "#\t0x0\t{}", pprof::OVERFLOW_FUNCTION)?;
         }
         writeln!(w)?;
     }
@@ -145,7 +145,7 @@ fn write_stats<W: Write>(
     rate: usize,
     estimated_inuse: i64,
 ) -> io::Result<()> {
-    let (live_sampled, _) = crate::sampled::stats();
+    let (live_sampled, _) = crate::record::blocks::stats();
     writeln!(
         w,
         "# heapprof stats (exact counts, all threads, since start)"
@@ -166,7 +166,7 @@ fn write_stats<W: Write>(
     writeln!(w, "# heapprof sampling")?;
     writeln!(w, "# sample_rate = {rate}")?;
     writeln!(w, "# live_sampled_blocks = {live_sampled}")?;
-    writeln!(w, "# unwinder = {}", crate::stack::unwinder_name())?;
+    writeln!(w, "# unwinder = {}", crate::record::stack::unwinder_name())?;
     writeln!(
         w,
         "# estimated_live_bytes = {estimated_inuse} (the records' inuse_space, as pprof reads it)"
@@ -178,7 +178,7 @@ fn write_stats<W: Write>(
 /// objects, alloc bytes]`, rounded, and the frames to print.
 struct SiteRecords {
     values: [i64; 4],
-    frames: Vec<profile::Shown>,
+    frames: Vec<pprof::Shown>,
     overflow: bool,
 }
 
@@ -194,7 +194,7 @@ impl SiteRecords {
                 whole(c.alloc_objects_est),
                 whole(c.alloc_bytes_est),
             ],
-            frames: profile::trim(&site.frames, resolved),
+            frames: pprof::trim(&site.frames, resolved),
             overflow: site.overflow,
         }
     }
@@ -207,7 +207,7 @@ mod tests {
     fn site(frames: Vec<usize>, samples: &[(usize, usize, bool)]) -> Site {
         let mut counts = Counts::default();
         for &(size, rate, freed) in samples {
-            let w = crate::sampler::weight(size, rate);
+            let w = crate::sample::weight(size, rate);
             counts.sampled_allocs += 1;
             counts.sampled_alloc_bytes += size as u64;
             counts.alloc_objects_est += w;
@@ -266,8 +266,8 @@ mod tests {
         let got = records(&text);
         assert_eq!(got.len(), sites.len(), "every site has its record");
         let mixed = &sites[1025].counts;
-        let w64 = crate::sampler::weight(64, rate);
-        let w3m = crate::sampler::weight(3 << 20, rate);
+        let w64 = crate::sample::weight(64, rate);
+        let w3m = crate::sample::weight(3 << 20, rate);
         assert_eq!(
             got[0],
             [

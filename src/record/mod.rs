@@ -4,11 +4,17 @@
 //! unwinder or the tables allocate goes straight to the inner allocator. Locks are taken only after the stack is captured, one at a
 //! time, and never around a call that could lock again.
 
+pub(crate) mod blocks;
+pub(crate) mod peak;
+pub(crate) mod sites;
+pub(crate) mod spare;
+pub(crate) mod stack;
+
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
-use crate::sampled::{self, Entry};
-use crate::{buckets, dump, guard, peak, sampler, spare, stack};
+use crate::{dump, sample, support::reentry};
+use blocks::Entry;
 
 /// Set by the first allocation that reaches heapprof, so `write_profile`
 /// can tell a program that forgot `#[global_allocator]`.
@@ -22,16 +28,16 @@ pub(crate) fn installed() -> bool {
 #[cold]
 #[inline(never)]
 pub(crate) fn alloc<A: GlobalAlloc>(layout: Layout, zeroed: bool, inner: &A) -> *mut u8 {
-    if crate::counters::exited() {
+    if crate::support::registry::exited() {
         // Allocated by a destructor after the thread left the registry: its
         // countdown stays at zero, so each such allocation comes here to be
         // counted, and none is sampled.
-        crate::counters::flush_unlisted();
+        crate::support::registry::flush_unlisted();
         // SAFETY: forwarded with the caller's layout (non-zero size per the
         // GlobalAlloc contract).
         let ptr = unsafe { alloc_plain(inner, layout, zeroed) };
         if ptr.is_null() {
-            crate::counters::on_alloc_failed(layout.size());
+            crate::support::registry::on_alloc_failed(layout.size());
         }
         return ptr;
     }
@@ -39,12 +45,12 @@ pub(crate) fn alloc<A: GlobalAlloc>(layout: Layout, zeroed: bool, inner: &A) -> 
     // allocations at once (threads started from C before any Rust
     // allocation; a Rust spawn allocates on its parent first).
     if !INSTALLED.load(Relaxed) && !INSTALLED.swap(true, Relaxed) {
-        let _busy = guard::Busy::enter();
-        crate::fork::register_handlers();
+        let _busy = reentry::Busy::enter();
+        crate::process::fork::register_handlers();
         crate::dump::register_exit_dump();
         stack::decide_early();
     }
-    let ptr = match sampler::on_countdown_expired(layout.size()) {
+    let ptr = match sample::on_countdown_expired(layout.size()) {
         Some(weight) => alloc_sampled(inner, layout, zeroed, weight),
         // SAFETY: forwarded with the caller's layout (non-zero size per the
         // GlobalAlloc contract).
@@ -53,7 +59,7 @@ pub(crate) fn alloc<A: GlobalAlloc>(layout: Layout, zeroed: bool, inner: &A) -> 
     if ptr.is_null() {
         // Every allocation of `sampler::MAX_COUNTDOWN` bytes or more comes
         // here, so a failed big one (`try_reserve`) is never counted.
-        crate::counters::on_alloc_failed(layout.size());
+        crate::support::registry::on_alloc_failed(layout.size());
     }
     ptr
 }
@@ -72,8 +78,8 @@ unsafe fn alloc_plain<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool) -
 }
 
 fn alloc_sampled<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool, weight: f64) -> *mut u8 {
-    let _busy = guard::Busy::enter();
-    let page_aligned = sampled::page_aligns(layout, sampler::rate());
+    let _busy = reentry::Busy::enter();
+    let page_aligned = blocks::page_aligns(layout, sample::rate());
     let actual = actual_layout(layout, page_aligned);
     let mut ptr = match page_aligned
         .then(|| spare::take(actual, spare::owner(inner)))
@@ -143,7 +149,7 @@ fn record(
 ) -> bool {
     let stack = stack::capture();
     let frames = stack.frames();
-    let bucket = buckets::record_alloc(frames, stack::hash(frames), size, weight);
+    let bucket = sites::record_alloc(frames, stack::hash(frames), size, weight);
     let entry = Entry {
         bucket,
         weight,
@@ -151,12 +157,12 @@ fn record(
         page_aligned,
         owner,
     };
-    if trackable && sampled::insert(ptr, entry) {
+    if trackable && blocks::insert(ptr, entry) {
         peak::on_alloc(size as f64 * weight);
         dump::start_from_env();
         return true;
     }
-    buckets::record_free(bucket, size, weight);
+    sites::record_free(bucket, size, weight);
     false
 }
 
@@ -181,7 +187,7 @@ pub(crate) unsafe fn dealloc<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner
     // page-aligned address (jemalloc starts every slab on a page, and its
     // thread cache hands the same address out again and again): the second
     // filter turns them away with one load, before any call.
-    if !sampled::may_be_live(ptr) && !crate::counters::unregistered() {
+    if !blocks::may_be_live(ptr) && !crate::support::registry::unregistered() {
         // SAFETY: no live sampled block hashes here, so this one came from
         // `inner` with the caller's `layout`.
         return unsafe { inner.dealloc(ptr, layout) };
@@ -197,12 +203,12 @@ pub(crate) unsafe fn dealloc<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner
 /// As `GlobalAlloc::dealloc`.
 #[inline(never)]
 unsafe fn dealloc_maybe_sampled<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner: &A) {
-    if crate::lock::free_path_lock_held() {
+    if crate::support::lock::free_path_lock_held() {
         // This thread is inside one of heapprof's locks: the block is that
         // table's own storage, or a signal handler frees it, and looking
         // it up could wait for the very lock this thread holds. A block
         // that may be sampled is freed when the thread leaves heapprof.
-        if sampled::may_be_live(ptr) {
+        if blocks::may_be_live(ptr) {
             // SAFETY: `inner` outlives the call that deferred the free,
             // which runs the free before it returns to the program.
             unsafe { defer_or_leak(ptr, layout, inner) };
@@ -244,7 +250,7 @@ unsafe fn defer_or_leak<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner: &A)
         // SAFETY: the function's contract.
         unsafe { dealloc_maybe_sampled(ptr, layout, &*inner.cast::<A>()) }
     }
-    let deferred = guard::Deferred {
+    let deferred = reentry::Deferred {
         free: free::<A>,
         inner: (inner as *const A).cast(),
         ptr,
@@ -252,7 +258,7 @@ unsafe fn defer_or_leak<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner: &A)
     };
     // SAFETY: the caller's contract: `inner` outlives this thread's stay in
     // heapprof, and the block is freed once, by that call.
-    let _kept = unsafe { guard::defer_free(deferred) };
+    let _kept = unsafe { reentry::defer_free(deferred) };
 }
 
 /// Frees a block allocated with a sampled block's layout: into the spare
@@ -269,7 +275,7 @@ unsafe fn release<A: GlobalAlloc>(inner: &A, ptr: *mut u8, actual: Layout, page_
         // allocator. Unguarded, it could be sampled, and the sample would
         // ask this same pool for a block and wait for the lock this thread
         // holds.
-        let _busy = guard::Busy::enter();
+        let _busy = reentry::Busy::enter();
         if spare::keep(ptr, actual, spare::owner(inner)) {
             return;
         }
@@ -282,19 +288,19 @@ unsafe fn release<A: GlobalAlloc>(inner: &A, ptr: *mut u8, actual: Layout, page_
 /// passes on the counts of a thread that is not in the registry, and takes
 /// the block out of the sampled set, crediting its site, if it is there.
 fn take_sampled(ptr: *mut u8, owner: usize) -> Option<Entry> {
-    if crate::counters::unregistered() {
+    if crate::support::registry::unregistered() {
         // A thread that is not in the registry (it has not allocated yet,
         // or it is exiting): its copy of the filter's mask is 0, so every
         // free of it comes here, and its counts reach `stats()` from here.
-        crate::counters::flush_unlisted();
+        crate::support::registry::flush_unlisted();
     }
-    if !sampled::may_be_live(ptr) {
+    if !blocks::may_be_live(ptr) {
         // No live sampled block hashes here (a recycled address): a plain
         // free, without a lock.
         return None;
     }
-    let _busy = guard::Busy::enter();
-    let entry = sampled::remove(ptr)?;
+    let _busy = reentry::Busy::enter();
+    let entry = blocks::remove(ptr)?;
     credit_free(&entry);
     // An entry of another allocator at this address is stale (that
     // allocator went away without its `Profiler` being dropped): credited
@@ -307,21 +313,21 @@ fn take_sampled(ptr: *mut u8, owner: usize) -> Option<Entry> {
 /// blocks still live are credited as freed, since their memory goes too.
 /// Nothing of it is left to be handed out, or looked up, later.
 pub(crate) fn forget_allocator<A: GlobalAlloc>(inner: &A) {
-    let _busy = guard::Busy::enter();
+    let _busy = reentry::Busy::enter();
     let owner = spare::owner(inner);
     for (ptr, layout) in spare::give_back(owner) {
         // SAFETY: a spare block came from `inner` with this layout, and
         // the pools no longer list it.
         unsafe { inner.dealloc(ptr, layout) };
     }
-    for e in sampled::remove_owned_by(owner) {
+    for e in blocks::remove_owned_by(owner) {
         credit_free(&e);
     }
 }
 
 /// Credits the free of a sampled block, taken out of the set, to its site.
 fn credit_free(e: &Entry) {
-    buckets::record_free(e.bucket, e.size, e.weight);
+    sites::record_free(e.bucket, e.size, e.weight);
     peak::on_free(e.size as f64 * e.weight);
 }
 
@@ -349,7 +355,7 @@ pub(crate) unsafe fn realloc<A: GlobalAlloc>(
     // SAFETY: the caller's contract, unchanged.
     let new_ptr = unsafe { realloc_counted(ptr, layout, new_size, maybe_sampled, inner) };
     // A thread out of the registry (exiting) passes its counts on here too.
-    crate::counters::flush_unlisted();
+    crate::support::registry::flush_unlisted();
     new_ptr
 }
 
@@ -367,29 +373,29 @@ unsafe fn realloc_counted<A: GlobalAlloc>(
     // SAFETY: `new_size` is non-zero and does not overflow when rounded to
     // `layout.align()`, per `realloc`'s contract.
     let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
-    if maybe_sampled && crate::lock::free_path_lock_held() && sampled::may_be_live(ptr) {
+    if maybe_sampled && crate::support::lock::free_path_lock_held() && blocks::may_be_live(ptr) {
         // A realloc where the set must not be looked up (see
         // `dealloc_maybe_sampled`): a new plain block, and the free of the
         // old one, which `dealloc` puts off.
         // SAFETY: the caller's contract, unchanged.
         return unsafe { realloc_by_moving(ptr, layout, new_layout, None, inner) };
     }
-    let old = if maybe_sampled && sampled::may_be_live(ptr) {
-        let _busy = guard::Busy::enter();
-        sampled::get(ptr, spare::owner(inner))
+    let old = if maybe_sampled && blocks::may_be_live(ptr) {
+        let _busy = reentry::Busy::enter();
+        blocks::get(ptr, spare::owner(inner))
     } else {
         None
     };
     // If the filter sent us here, the fast path did not get to charge the
     // countdown (`||` stopped at the filter): charge it now. Otherwise it
     // was charged and ran out.
-    let expired = !maybe_sampled || sampler::countdown_expired(new_size);
+    let expired = !maybe_sampled || sample::countdown_expired(new_size);
     let weight = if expired {
-        sampler::on_countdown_expired(new_size)
+        sample::on_countdown_expired(new_size)
     } else {
         None
     };
-    let new_page_aligned = weight.is_some() && sampled::page_aligns(new_layout, sampler::rate());
+    let new_page_aligned = weight.is_some() && blocks::page_aligns(new_layout, sample::rate());
     if old.is_some_and(|e| e.page_aligned) || new_page_aligned {
         // SAFETY: the caller's contract, unchanged.
         return unsafe { realloc_by_moving(ptr, layout, new_layout, weight, inner) };
@@ -399,28 +405,28 @@ unsafe fn realloc_counted<A: GlobalAlloc>(
         // SAFETY: the caller's contract, unchanged; the block is not sampled.
         let new_ptr = unsafe { inner.realloc(ptr, layout, new_size) };
         if new_ptr.is_null() {
-            crate::counters::on_realloc_failed(layout.size(), new_size);
+            crate::support::registry::on_realloc_failed(layout.size(), new_size);
         }
         return new_ptr;
     }
     // The old entry leaves the set first: once the inner allocator has
     // freed the old address, another thread may be handed it and sample it.
     let old = old.and_then(|_| {
-        let _busy = guard::Busy::enter();
-        sampled::remove(ptr)
+        let _busy = reentry::Busy::enter();
+        blocks::remove(ptr)
     });
     // SAFETY: the caller's contract, unchanged: `ptr` has `layout` (a
     // sampled block that is not page aligned was allocated with the
     // program's own layout).
     let new_ptr = unsafe { inner.realloc(ptr, layout, new_size) };
     {
-        let _busy = guard::Busy::enter();
+        let _busy = reentry::Busy::enter();
         if new_ptr.is_null() {
             // The old block is still live, and still sampled if it was; a
             // sampled block whose entry cannot be put back is credited as
             // freed, as an untracked sample is.
             if let Some(e) = old
-                && !sampled::insert(ptr, e)
+                && !blocks::insert(ptr, e)
             {
                 credit_free(&e);
             }
@@ -436,7 +442,7 @@ unsafe fn realloc_counted<A: GlobalAlloc>(
     if new_ptr.is_null() {
         // Outside the guard: the exact counters take it back from the
         // program's counts.
-        crate::counters::on_realloc_failed(layout.size(), new_size);
+        crate::support::registry::on_realloc_failed(layout.size(), new_size);
     }
     new_ptr
 }
@@ -461,7 +467,7 @@ unsafe fn realloc_by_moving<A: GlobalAlloc>(
     if new_ptr.is_null() {
         // The old block stays where it is, still live (and still sampled,
         // if it was).
-        crate::counters::on_realloc_failed(layout.size(), new_layout.size());
+        crate::support::registry::on_realloc_failed(layout.size(), new_layout.size());
         return new_ptr;
     }
     // SAFETY: both blocks are valid for the smaller size and distinct.

@@ -11,8 +11,8 @@
 
 use std::sync::atomic::AtomicUsize;
 
-use crate::counters::Counters;
-use crate::sampler::ThreadSampler;
+use crate::sample::ThreadSampler;
+use crate::support::registry::Counters;
 
 #[repr(C, align(64))]
 pub(crate) struct Local {

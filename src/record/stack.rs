@@ -142,7 +142,7 @@ pub(crate) fn capture() -> Stack {
                 return fp;
             }
             MODE.store(USE_DWARF, Relaxed);
-            crate::report::warn(format_args!(
+            crate::support::report::warn(format_args!(
                 "heapprof: a frame-pointer stack disagreed with the DWARF unwinder (code without frame pointers in the program?); using DWARF from now on"
             ));
             capture_dwarf()
@@ -184,12 +184,12 @@ pub(crate) fn decide_early() {
 /// Applies the configuration and rule 1; returns the mode.
 #[cold]
 fn decide() -> u8 {
-    let wanted = crate::config::get().unwinder;
+    let wanted = crate::support::config::get().unwinder;
     let mode = if wanted == Unwinder::Dwarf {
         USE_DWARF
     } else if !own_code_keeps_frame_pointers() {
         if wanted == Unwinder::FramePointers {
-            crate::report::warn(format_args!(
+            crate::support::report::warn(format_args!(
                 "heapprof: HEAPPROF_UNWIND=frame-pointers, but this program was built without frame pointers (RUSTFLAGS=\"-C force-frame-pointers=yes\" keeps them); using DWARF"
             ));
         }
@@ -212,7 +212,7 @@ fn decide() -> u8 {
 /// The executable code of the module that holds this function.
 fn own_code_range() -> Option<(usize, usize)> {
     let here = own_code_range as *const () as u64;
-    let maps = crate::mappings::current();
+    let maps = crate::output::mappings::current();
     let own = maps.iter().find(|m| m.start <= here && here < m.limit)?;
     let same_object = maps.iter().filter(|m| m.path == own.path);
     let start = same_object.clone().map(|m| m.start).min()?;

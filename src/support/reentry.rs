@@ -41,7 +41,7 @@ impl Busy {
     pub(crate) fn enter() -> Busy {
         let was_busy = BUSY.try_with(|b| b.replace(true)).unwrap_or(true);
         if !was_busy {
-            crate::counters::enter_profiler();
+            crate::support::registry::enter_profiler();
         }
         Busy { was_busy }
     }
@@ -58,10 +58,10 @@ impl Drop for Busy {
 /// one runs the frees put off meanwhile ([`defer_free`]).
 fn leave(was_busy: bool) {
     if !was_busy {
-        crate::counters::leave_profiler();
+        crate::support::registry::leave_profiler();
     }
     let _ = BUSY.try_with(|b| b.set(was_busy));
-    if !was_busy && !crate::lock::free_path_lock_held() {
+    if !was_busy && !crate::support::lock::free_path_lock_held() {
         run_deferred();
     }
 }

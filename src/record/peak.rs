@@ -18,9 +18,9 @@
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::time::SystemTime;
 
-use crate::lock::FreePathMutex;
+use crate::support::lock::FreePathMutex;
 
-use crate::buckets::{self, Site};
+use crate::record::sites::{self, Site};
 
 /// What to say when there is no peak copy yet.
 pub(crate) const NO_PEAK_YET: &str =
@@ -53,7 +53,7 @@ pub(crate) fn on_alloc(bytes: f64) {
     let live = LIVE_ESTIMATE.fetch_add(bytes as i64, Relaxed) + bytes as i64;
     let next = NEXT_PEAK.load(Relaxed);
     // One thread wins the right to copy this peak.
-    let growth = crate::config::get().peak_growth.fraction();
+    let growth = crate::support::config::get().peak_growth.fraction();
     if live > next
         && NEXT_PEAK
             .compare_exchange(
@@ -66,7 +66,7 @@ pub(crate) fn on_alloc(bytes: f64) {
     {
         // No memory for the copy: this peak goes unrecorded (the next is
         // taken 10 % higher) rather than aborting the allocation it is in.
-        let Some(sites) = buckets::try_snapshot() else {
+        let Some(sites) = sites::try_snapshot() else {
             return;
         };
         let copy = Peak {

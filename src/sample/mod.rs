@@ -77,8 +77,8 @@ use std::sync::atomic::{
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::local::{LOCAL, Local};
-use crate::{config, guard};
+use crate::thread::{LOCAL, Local};
+use crate::{support::config, support::reentry};
 
 /// The slow path's per-thread state. The countdown itself, bytes this
 /// thread may still allocate before the next sample, is `Counters::countdown`
@@ -278,13 +278,13 @@ pub(crate) fn on_countdown_expired(size: usize) -> Option<f64> {
     // that every path below starts from an expired countdown and one that
     // leaves it alone leaves it expired.
     let _ = with_thread(|l| start_countdown(l, 0));
-    let was_busy = guard::is_busy();
-    let _busy = guard::Busy::enter();
+    let was_busy = reentry::is_busy();
+    let _busy = reentry::Busy::enter();
     // Every thread's first allocation comes here (its countdown starts at
     // zero), busy or not: the moment to put its exact counters in the
     // registry, so that threads that only ever allocate inside the
     // profiler (the HTTP server's, the dump thread) are counted too.
-    crate::counters::register_thread(!was_busy);
+    crate::support::registry::register_thread(!was_busy);
     if was_busy {
         inside_profiler_expired();
         return None;

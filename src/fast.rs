@@ -10,7 +10,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
-use crate::{counters, recorder, sampled, sampler};
+use crate::{record, record::blocks, sample, support::registry};
 
 /// A global allocator that samples the allocations it forwards to `A`.
 ///
@@ -54,7 +54,7 @@ impl<A: GlobalAlloc> Profiler<A> {
 impl<A: GlobalAlloc> Drop for Profiler<A> {
     fn drop(&mut self) {
         if std::mem::size_of::<A>() != 0 {
-            recorder::forget_allocator(&self.inner);
+            record::forget_allocator(&self.inner);
         }
     }
 }
@@ -71,9 +71,9 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
     /// `GlobalAlloc::alloc`'s contract: `layout` has a non-zero size.
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        counters::on_alloc();
-        if sampler::countdown_expired(layout.size()) {
-            return recorder::alloc(layout, false, &self.inner);
+        registry::on_alloc();
+        if sample::countdown_expired(layout.size()) {
+            return record::alloc(layout, false, &self.inner);
         }
         // SAFETY: forwarded with the caller's own layout and contract.
         unsafe { self.inner.alloc(layout) }
@@ -83,9 +83,9 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
     /// As for `alloc`: `layout` has a non-zero size.
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        counters::on_alloc();
-        if sampler::countdown_expired(layout.size()) {
-            return recorder::alloc(layout, true, &self.inner);
+        registry::on_alloc();
+        if sample::countdown_expired(layout.size()) {
+            return record::alloc(layout, true, &self.inner);
         }
         // SAFETY: as for `alloc`.
         unsafe { self.inner.alloc_zeroed(layout) }
@@ -96,11 +96,11 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
     /// yet.
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        counters::on_free(layout.size());
-        if sampled::may_contain(ptr, layout.size()) {
+        registry::on_free(layout.size());
+        if blocks::may_contain(ptr, layout.size()) {
             // SAFETY: the caller's contract (ptr allocated here with layout)
             // is passed on unchanged.
-            return unsafe { recorder::dealloc(ptr, layout, &self.inner) };
+            return unsafe { record::dealloc(ptr, layout, &self.inner) };
         }
         // SAFETY: not a sampled block, so it came from `inner` with `layout`.
         unsafe { self.inner.dealloc(ptr, layout) }
@@ -113,12 +113,12 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // Counted as a free of the old block and an allocation of the new.
-        counters::on_free(layout.size());
-        counters::on_alloc();
-        let maybe_sampled = sampled::may_contain(ptr, layout.size());
-        if maybe_sampled || sampler::countdown_expired(new_size) {
+        registry::on_free(layout.size());
+        registry::on_alloc();
+        let maybe_sampled = blocks::may_contain(ptr, layout.size());
+        if maybe_sampled || sample::countdown_expired(new_size) {
             // SAFETY: the caller's contract is passed on unchanged.
-            return unsafe { recorder::realloc(ptr, layout, new_size, maybe_sampled, &self.inner) };
+            return unsafe { record::realloc(ptr, layout, new_size, maybe_sampled, &self.inner) };
         }
         // SAFETY: not a sampled block and the new one is not sampled either:
         // a plain realloc in `inner`, which may grow in place.

@@ -43,7 +43,10 @@
 use std::sync::Once;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
-use crate::{buckets, counters, guard, mappings, peak, sampled, spare, symbolize};
+use crate::{
+    output::mappings, output::symbolize, record::blocks, record::peak, record::sites,
+    record::spare, support::reentry, support::registry,
+};
 
 static REGISTER: Once = Once::new();
 
@@ -65,14 +68,14 @@ pub(crate) fn register_handlers() {
 static WAS_BUSY: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn prepare() {
-    let busy = guard::Busy::enter();
+    let busy = reentry::Busy::enter();
     mappings::lock();
     symbolize::lock();
-    buckets::lock_all();
+    sites::lock_all();
     spare::lock_all();
     peak::lock();
-    counters::lock();
-    sampled::lock_all();
+    registry::lock();
+    blocks::lock_all();
     WAS_BUSY.store(busy.forget(), Relaxed); // released in `parent` or `child`
 }
 
@@ -85,11 +88,11 @@ unsafe fn unlock_all() {
     // SAFETY: per this function's contract, `prepare` took exactly these
     // locks on this thread and forgot the guards.
     unsafe {
-        sampled::unlock_all();
-        counters::unlock();
+        blocks::unlock_all();
+        registry::unlock();
         peak::unlock();
         spare::unlock_all();
-        buckets::unlock_all();
+        sites::unlock_all();
         symbolize::unlock();
         mappings::unlock();
     }
@@ -99,7 +102,7 @@ extern "C" fn parent() {
     let was_busy = WAS_BUSY.load(Relaxed);
     // SAFETY: `prepare` ran on this thread just before the fork.
     unsafe { unlock_all() };
-    guard::leave_forgotten(was_busy);
+    reentry::leave_forgotten(was_busy);
 }
 
 extern "C" fn child() {
@@ -109,10 +112,10 @@ extern "C" fn child() {
     unsafe { unlock_all() };
     // The parent's other threads are gone; forget them before their
     // memory can be reused (see `counters.rs`, `sampled.rs`).
-    counters::forget_other_threads_after_fork();
-    sampled::forget_other_threads_after_fork();
+    registry::forget_other_threads_after_fork();
+    blocks::forget_other_threads_after_fork();
     symbolize::after_fork_in_child();
     #[cfg(feature = "http")]
     crate::http::reset_after_fork();
-    guard::leave_forgotten(was_busy);
+    reentry::leave_forgotten(was_busy);
 }

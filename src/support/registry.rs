@@ -37,8 +37,8 @@ use std::sync::atomic::{
 };
 use std::time::{Duration, Instant};
 
-use crate::local::LOCAL;
-use crate::lock::Mutex;
+use crate::support::lock::Mutex;
+use crate::thread::LOCAL;
 
 #[repr(C)]
 pub(crate) struct Counters {
@@ -410,7 +410,7 @@ pub(crate) fn register_thread(retry: bool) {
     }
     live.push(addr);
     drop(live);
-    crate::sampled::register_thread();
+    crate::record::blocks::register_thread();
 }
 
 /// Arranges for [`retire`] to run when this thread exits, twice over: a
@@ -464,7 +464,7 @@ fn retire() {
     if REGISTRATION.try_with(Cell::get) != Ok(Registration::Listed) {
         return;
     }
-    let _busy = crate::guard::Busy::enter();
+    let _busy = crate::support::reentry::Busy::enter();
     let Ok(addr) = with_counters(|c| c as *const Counters as usize) else {
         return;
     };
@@ -479,7 +479,7 @@ fn retire() {
     }
     let _ = REGISTRATION.try_with(|r| r.set(Registration::Exited));
     drop(live);
-    crate::sampled::unregister_thread();
+    crate::record::blocks::unregister_thread();
 }
 
 /// For a thread that is not in the registry (not yet, or no more), from its
@@ -488,7 +488,7 @@ fn retire() {
 /// that its allocations come here too. Not inside the profiler: there the
 /// counts are the profiler's own, taken out when it leaves.
 pub(crate) fn flush_unlisted() {
-    if !unregistered() || crate::guard::is_busy() {
+    if !unregistered() || crate::support::reentry::is_busy() {
         return;
     }
     let exiting = exited();
