@@ -199,6 +199,7 @@
 
 #![warn(missing_docs)]
 
+mod config;
 mod dump;
 mod fast;
 #[cfg(feature = "http")]
@@ -235,7 +236,7 @@ pub use snapshot::{Frame, FunctionBytes, SampleType, Site, Snapshot, Stats, snap
 /// Whatever `w` returns, and an error of kind `Other` if heapprof is not the
 /// program's global allocator (nothing could have been recorded).
 pub fn write_profile<W: io::Write>(w: W) -> io::Result<()> {
-    let _busy = reentry::Busy::enter();
+    let _inside = reentry::Inside::enter();
     check_installed()?;
     pprof::write(reentry::ProgramWriter::new(w), pprof::Options::default())
 }
@@ -251,7 +252,7 @@ pub fn write_profile<W: io::Write>(w: W) -> io::Result<()> {
 ///
 /// Whatever `w` returns; `Other` if heapprof is not the global allocator.
 pub fn write_text_profile<W: io::Write>(w: W) -> io::Result<()> {
-    let _busy = reentry::Busy::enter();
+    let _inside = reentry::Inside::enter();
     check_installed()?;
     let sites = sites::snapshot();
     text::write(
@@ -273,7 +274,7 @@ pub fn write_text_profile<W: io::Write>(w: W) -> io::Result<()> {
 /// Whatever `w` returns; `NotFound` if the heap has not yet reached 1 MiB,
 /// so no peak was recorded; `Other` if heapprof is not the global allocator.
 pub fn write_peak_profile<W: io::Write>(w: W) -> io::Result<()> {
-    let _busy = reentry::Busy::enter();
+    let _inside = reentry::Inside::enter();
     check_installed()?;
     if dump::write_peak(reentry::ProgramWriter::new(w))? {
         Ok(())
@@ -301,13 +302,13 @@ fn check_installed() -> io::Result<()> {
 /// on threads started later; running threads switch at their next sample,
 /// or, if sampling was off, within their next 512 KiB of allocations.
 pub fn set_sample_rate(bytes: usize) {
-    sample::set_rate(bytes)
+    record::countdown::set_rate(bytes)
 }
 
 /// The mean number of bytes between samples (default 524288, or
 /// `HEAPPROF_SAMPLE_RATE`).
 pub fn sample_rate() -> usize {
-    let _busy = reentry::Busy::enter();
+    let _inside = reentry::Inside::enter();
     sample::rate()
 }
 
@@ -319,7 +320,7 @@ pub mod __bench {
     /// Captures the calling thread's stack as a sample would (with the
     /// unwinder chosen for this process); returns the frame count.
     pub fn capture_stack() -> usize {
-        let _busy = crate::support::reentry::Busy::enter();
+        let _busy = crate::support::reentry::Inside::enter();
         crate::record::stack::capture().frames().len()
     }
 }
@@ -328,5 +329,5 @@ pub mod __bench {
 /// calling thread restarts from this seed, and each thread that starts
 /// sampling later is seeded from it and its start order.
 pub fn set_seed(seed: u64) {
-    sample::set_seed(seed)
+    record::countdown::set_seed(seed)
 }

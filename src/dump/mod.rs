@@ -26,18 +26,18 @@ use std::sync::atomic::{
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::{output::pprof, record::peak, sample, support::config, support::reentry};
+use crate::{config, output::pprof, record::peak, sample, support::reentry};
 
 /// Writes the current profile to `path`, after [`expand`]ing it. The error
 /// names the path.
 pub(crate) fn write_file(path: &Path, options: pprof::Options) -> io::Result<()> {
-    let _busy = reentry::Busy::enter();
+    let _inside = reentry::Inside::enter();
     write_profile_at(&expand(path), options)
 }
 
 /// [`write_file`] to a path already expanded.
 fn write_profile_at(path: &Path, options: pprof::Options) -> io::Result<()> {
-    let _busy = reentry::Busy::enter();
+    let _inside = reentry::Inside::enter();
     write_dump(path, |w| {
         let sites = crate::record::sites::snapshot();
         let p = pprof::build(&sites, sample::rate(), options);
@@ -228,7 +228,7 @@ fn write_through(
 /// Writes the peak profile to `w`; `Ok(false)` if the heap never reached
 /// the size at which peaks are recorded (1 MiB).
 pub(crate) fn write_peak<W: io::Write>(w: W) -> io::Result<bool> {
-    let _busy = reentry::Busy::enter();
+    let _inside = reentry::Inside::enter();
     let Some(peak) = peak::copy() else {
         return Ok(false);
     };
@@ -254,7 +254,7 @@ fn report(result: io::Result<()>, what: &str, flag: &AtomicBool) {
     if let Err(e) = result
         && !flag.swap(true, Relaxed)
     {
-        crate::support::report::warn(format_args!(
+        crate::config::report::warn(format_args!(
             "heapprof: could not write the {what} profile ({e}); further failures of this kind are not reported"
         ));
     }
@@ -337,7 +337,7 @@ extern "C" fn at_exit() {
     if EXIT_PID.load(Relaxed) != std::process::id() {
         return;
     }
-    let _busy = reentry::Busy::enter();
+    let _inside = reentry::Inside::enter();
     let Some(out) = config::get().out.as_deref().map(expand) else {
         return;
     };
@@ -505,7 +505,7 @@ impl AutoDump {
     /// series with no trigger at all, which would never write.
     pub fn start(self) -> io::Result<AutoDumpHandle> {
         self.check()?;
-        let _busy = reentry::Busy::enter();
+        let _inside = reentry::Inside::enter();
         let stop = Arc::new(AtomicBool::new(false));
         let stop_seen = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
@@ -546,14 +546,14 @@ impl AutoDump {
     }
 
     fn run(self, stop: &AtomicBool) {
-        let _busy = reentry::Busy::enter();
+        let _inside = reentry::Inside::enter();
         let poll = self.every.map_or(Duration::from_millis(50), |e| {
             e.min(Duration::from_millis(50))
         });
         let mut last_time = Instant::now();
         // The exact counters alone (`stats()` also sizes every table,
         // taking each of their locks), every poll.
-        let mut last_allocated = crate::support::registry::totals()[1];
+        let mut last_allocated = crate::support::registry::totals().allocated_bytes;
         let mut last_inuse = peak::live_estimate();
         // The live estimate is an i64; a step above its range is clamped
         // (it never fires) rather than cast, which would wrap it negative
@@ -570,7 +570,7 @@ impl AutoDump {
                 if stop.load(Acquire) {
                     return;
                 }
-                let allocated = crate::support::registry::totals()[1];
+                let allocated = crate::support::registry::totals().allocated_bytes;
                 let inuse = peak::live_estimate();
                 let due = self.every.is_some_and(|e| last_time.elapsed() >= e)
                     || self
@@ -605,7 +605,7 @@ impl AutoDumpHandle {
     /// series is created after this returns. In a child forked after
     /// `start`, which has no copy of the thread, it returns at once.
     pub fn stop(self) {
-        let _busy = reentry::Busy::enter();
+        let _inside = reentry::Inside::enter();
         self.stop.store(true, Release);
         if std::process::id() != self.pid {
             return;
@@ -630,7 +630,7 @@ pub(crate) fn start_from_env() {
     static STARTED: AtomicBool = AtomicBool::new(false);
     let c = config::get();
     if (c.dump_every.is_none() && c.dump_every_allocated.is_none() && c.dump_inuse_growth.is_none())
-        || !crate::support::registry::thread_alive()
+        || !crate::thread::alive()
         || STARTED.swap(true, Relaxed)
     {
         return;
@@ -646,7 +646,7 @@ pub(crate) fn start_from_env() {
     let started = std::panic::catch_unwind(move || series.start().map(drop))
         .unwrap_or_else(|_| Err(io::Error::other("spawning the thread panicked")));
     if let Err(e) = started {
-        crate::support::report::warn(format_args!(
+        crate::config::report::warn(format_args!(
             "heapprof: could not start the periodic dump thread: {e}"
         ));
     }

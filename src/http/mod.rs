@@ -50,7 +50,7 @@ use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::support::lock::Mutex;
+use crate::support::lock::{Mutex, rank};
 use crate::{output::pprof, record::sites, sample, support::reentry};
 
 pub use server::{
@@ -116,7 +116,7 @@ const HTML: &str = "text/html; charset=utf-8";
 /// (`tokio::task::spawn_blocking`). Its own allocations are not profiled.
 pub fn handle(path: &str, query: &str) -> Response {
     let built = {
-        let _busy = reentry::Busy::enter();
+        let _inside = reentry::Inside::enter();
         respond(path, query)
     };
     // The caller owns the body and frees it as its own: it is copied out
@@ -128,7 +128,7 @@ pub fn handle(path: &str, query: &str) -> Response {
         body: built.body.clone(),
         ..built
     };
-    let _busy = reentry::Busy::enter();
+    let _inside = reentry::Inside::enter();
     drop(built.body);
     response
 }
@@ -231,7 +231,7 @@ impl Params {
 /// server bounds those with its response budget. `fork` does not wait for
 /// it (a build can take a second); a forked child, where no builder
 /// exists, resets it instead.
-static BUILDING: Mutex<()> = Mutex::new(());
+static BUILDING: Mutex<{ rank::HTTP_BUILD }, ()> = Mutex::new(());
 
 /// In a forked child, whose only thread builds nothing: free the build
 /// lock if a thread of the parent held it at the fork.

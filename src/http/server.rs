@@ -49,7 +49,7 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use super::Response;
-use crate::support::lock::Mutex;
+use crate::support::lock::{Mutex, rank};
 use crate::support::reentry;
 
 /// Starts the built-in server on `addr` with the default limits (see
@@ -186,7 +186,7 @@ impl Server {
     ///
     /// Those of binding the socket, or of starting the thread.
     pub fn serve(self, addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
-        let _busy = reentry::Busy::enter();
+        let _inside = reentry::Inside::enter();
         let listener = TcpListener::bind(addr)?;
         let local = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -215,7 +215,7 @@ impl Server {
 /// Marks this thread as inside the profiler until it ends, thread-local
 /// destructors included (the flag has no destructor of its own).
 fn inside_profiler_for_good() {
-    std::mem::forget(reentry::Busy::enter());
+    std::mem::forget(reentry::Inside::enter());
 }
 
 /// Threads that only answer 503 to connections over a limit (see
@@ -337,7 +337,7 @@ fn spawn(f: impl FnOnce() + Send + 'static) {
     if let Err(e) = spawned
         && !FAILED.swap(true, Relaxed)
     {
-        crate::support::report::warn(format_args!(
+        crate::config::report::warn(format_args!(
             "heapprof: http: could not start a connection thread ({e}); dropping connections meanwhile"
         ));
     }
@@ -365,7 +365,7 @@ impl Drop for Slot {
 /// entries as connections are served.
 struct Peers {
     limit: usize,
-    held: Mutex<HashMap<IpAddr, usize>>,
+    held: Mutex<{ rank::HTTP_PEERS }, HashMap<IpAddr, usize>>,
 }
 
 impl Peers {

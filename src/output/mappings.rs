@@ -8,7 +8,7 @@
 
 use std::ffi::CStr;
 
-use crate::support::lock::Mutex;
+use crate::support::lock::{Lockable, Mutex, rank};
 
 /// Held around `dl_iterate_phdr`, and taken by `fork`'s handlers. The walk
 /// holds the dynamic loader's own lock, which glibc does not reset in a
@@ -16,17 +16,11 @@ use crate::support::lock::Mutex;
 /// profile waiting for that lock for ever. With this, `fork` waits for
 /// the walk to end. (Only heapprof's walks; the symbolizer's are under
 /// its own lock, also taken by the handlers.)
-static WALKING: Mutex<()> = Mutex::new(());
+static WALKING: Mutex<{ rank::MAPPINGS }, ()> = Mutex::new(());
 
-pub(crate) fn lock() {
-    std::mem::forget(WALKING.lock());
-}
-
-/// # Safety
-/// Only after [`lock`] on this thread, or in the child it forked.
-pub(crate) unsafe fn unlock() {
-    // SAFETY: `lock` took it and forgot the guard.
-    unsafe { WALKING.force_unlock() };
+/// The walk's lock, for the fork table (`process/fork.rs`).
+pub(crate) fn each_lock(f: &mut dyn FnMut(&'static dyn Lockable)) {
+    f(&WALKING);
 }
 
 #[derive(Debug, Clone)]

@@ -185,7 +185,7 @@ pub(crate) fn trim(frames: &[usize], resolved: &HashMap<usize, Frames>) -> Vec<S
     };
     let start = (0..lines.len()).find(|&k| !machinery(k)).unwrap_or(0);
     let mut end = lines.len();
-    if !crate::support::config::get().full_stacks {
+    if !crate::config::get().full_stacks {
         let startup = |k: usize| lines[k].2.is_some_and(symbolize::is_startup);
         if let Some(last) = (start..lines.len()).rev().find(|&k| !startup(k)) {
             end = last + 1;

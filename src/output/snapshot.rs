@@ -63,17 +63,17 @@ impl Stats {
 /// zero is also a valid count), while [`write_profile`](crate::write_profile)
 /// returns an error in that case.
 pub fn stats() -> Stats {
-    let _busy = reentry::Busy::enter();
-    let [allocations, allocated_bytes, deallocations, freed_bytes] = registry::totals();
-    let [profiler_allocations, profiler_allocated_bytes, _, _] = registry::own_totals();
+    let _inside = reentry::Inside::enter();
+    let program = registry::totals();
+    let own = registry::own_totals();
     Stats {
-        allocations,
-        deallocations,
-        allocated_bytes,
-        freed_bytes,
+        allocations: program.allocations,
+        deallocations: program.deallocations,
+        allocated_bytes: program.allocated_bytes,
+        freed_bytes: program.freed_bytes,
         profiler_bytes: crate::output::pprof::profiler_bytes() as u64,
-        profiler_allocations,
-        profiler_allocated_bytes,
+        profiler_allocations: own.allocations,
+        profiler_allocated_bytes: own.allocated_bytes,
     }
 }
 
@@ -139,7 +139,7 @@ pub struct Snapshot {
 /// profiler, so that [`stats()`] leaves it out of the program's counts.
 impl Clone for Snapshot {
     fn clone(&self) -> Self {
-        let _busy = reentry::Busy::enter();
+        let _inside = reentry::Inside::enter();
         Snapshot {
             raw: self.raw.clone(),
             rate: self.rate,
@@ -151,7 +151,7 @@ impl Clone for Snapshot {
 
 impl Drop for Snapshot {
     fn drop(&mut self) {
-        let _busy = reentry::Busy::enter();
+        let _inside = reentry::Inside::enter();
         drop((
             std::mem::take(&mut self.raw),
             std::mem::take(&mut self.sites),
@@ -168,7 +168,7 @@ impl Drop for Snapshot {
 /// test pass without measuring anything, so
 /// [`Snapshot::assert_inuse_at_most`] panics instead.
 pub fn snapshot() -> Snapshot {
-    let _busy = reentry::Busy::enter();
+    let _inside = reentry::Inside::enter();
     Snapshot::from_raw(sites::snapshot(), sample::rate())
 }
 
@@ -212,7 +212,7 @@ impl Snapshot {
     /// delta taken in one test also sees what other threads did meanwhile;
     /// select by function name to isolate a region of code.
     pub fn delta(&self, earlier: &Snapshot) -> Snapshot {
-        let _busy = reentry::Busy::enter();
+        let _inside = reentry::Inside::enter();
         let raw = sites::delta(&self.raw, &earlier.raw);
         Snapshot::from_raw(raw, self.rate)
     }
@@ -306,7 +306,7 @@ impl Snapshot {
     /// Writes this snapshot as a gzipped pprof profile: for a snapshot from
     /// [`snapshot`], the same bytes `write_profile` would have written then.
     pub fn write_pprof<W: io::Write>(&self, w: W) -> io::Result<()> {
-        let _busy = reentry::Busy::enter();
+        let _inside = reentry::Inside::enter();
         pprof::encode(&self.profile, reentry::ProgramWriter::new(w))
     }
 
@@ -334,7 +334,7 @@ impl Snapshot {
         sample_type: SampleType,
         mut w: W,
     ) -> io::Result<()> {
-        let _busy = reentry::Busy::enter();
+        let _inside = reentry::Inside::enter();
         let lines: Vec<String> = self
             .sites
             .iter()

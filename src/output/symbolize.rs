@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
 
-use crate::support::lock::Mutex;
+use crate::support::lock::{Lockable, Mutex, rank};
 
 /// One source-level frame at an address. An address yields several when
 /// functions were inlined into each other, innermost first.
@@ -33,14 +33,14 @@ pub(crate) struct Frame {
 /// The frames at one address, innermost first; empty if nothing is known.
 pub(crate) type Frames = Arc<[Frame]>;
 
-static CACHE: Mutex<Option<HashMap<usize, Frames>>> = Mutex::new(None);
+static CACHE: Mutex<{ rank::SYMBOLS }, Option<HashMap<usize, Frames>>> = Mutex::new(None);
 
 /// Held around every call into `backtrace::resolve`, so that the fork
 /// handlers can tell whether a thread is inside backtrace's own
 /// (unreachable) lock when the process forks. Nobody who holds backtrace's
 /// lock ever asks for this one, so holding it across `resolve` cannot
 /// deadlock.
-static RESOLVING: Mutex<()> = Mutex::new(());
+static RESOLVING: Mutex<{ rank::SYMBOL_LOOKUP }, ()> = Mutex::new(());
 
 /// Whether `fork`'s prepare handler holds [`RESOLVING`] (it found it free).
 static HELD_FOR_FORK: AtomicBool = AtomicBool::new(false);
@@ -51,28 +51,31 @@ static HELD_FOR_FORK: AtomicBool = AtomicBool::new(false);
 /// can name them from the binary, with the profile's mappings).
 static LOOKUPS_LOST: AtomicBool = AtomicBool::new(false);
 
-/// For `fork`'s prepare handler. A cold lookup takes a second or so, and
-/// `fork` does not wait for it: [`RESOLVING`] is taken only if free.
-pub(crate) fn lock() {
+/// For `fork`'s prepare handler, before the fork table's locks. A cold
+/// lookup takes a second or so, and `fork` does not wait for it:
+/// [`RESOLVING`] is taken only if free.
+pub(crate) fn before_fork() {
     let free = RESOLVING.try_lock().map(std::mem::forget).is_some();
     HELD_FOR_FORK.store(free, Relaxed);
-    std::mem::forget(CACHE.lock());
 }
 
+/// Releases what [`before_fork`] took.
+///
 /// # Safety
-/// Only after [`lock`] on this thread, or in the child it forked.
-pub(crate) unsafe fn unlock() {
-    // SAFETY: `lock` took the cache lock, and the lookup lock if it says
-    // so, and forgot the guards.
-    unsafe {
-        CACHE.force_unlock();
-        if HELD_FOR_FORK.load(Relaxed) {
-            RESOLVING.force_unlock();
-        }
+/// Only after `before_fork` on this thread, or in the child it forked.
+pub(crate) unsafe fn after_fork() {
+    if HELD_FOR_FORK.load(Relaxed) {
+        // SAFETY: `before_fork` took it and forgot the guard.
+        unsafe { RESOLVING.force_unlock() };
     }
 }
 
-/// In a forked child, after [`unlock`]: if a lookup was under way in the
+/// The cache's lock, for the fork table (`process/fork.rs`).
+pub(crate) fn each_lock(f: &mut dyn FnMut(&'static dyn Lockable)) {
+    f(&CACHE);
+}
+
+/// In a forked child, after [`after_fork`]: if a lookup was under way in the
 /// parent, its thread is not here, and neither [`RESOLVING`] nor
 /// backtrace's lock will ever be released: lookups stop for good.
 pub(crate) fn after_fork_in_child() {
@@ -113,7 +116,7 @@ pub(crate) fn resolve_all(addrs: impl IntoIterator<Item = usize>) -> HashMap<usi
     // change in this thread's net allocated bytes across it, less the
     // `resolved` list, which goes away below (`out` was sized up front and
     // does not grow).
-    let before = crate::support::registry::this_thread_net_bytes();
+    let before = this_thread_net_bytes();
     let resolved: Vec<(usize, Frames)> = {
         let _resolving = RESOLVING.lock();
         let resolved = missing.into_iter().map(|a| (a, resolve(a))).collect();
@@ -134,7 +137,7 @@ pub(crate) fn resolve_all(addrs: impl IntoIterator<Item = usize>) -> HashMap<usi
         }
     }
     let list_bytes = resolved.capacity() * std::mem::size_of::<(usize, Frames)>();
-    let kept = crate::support::registry::this_thread_net_bytes() - before - list_bytes as i64;
+    let kept = this_thread_net_bytes() - before - list_bytes as i64;
     KEPT_BYTES.fetch_add(kept, Relaxed);
     out.extend(resolved);
     out
@@ -353,6 +356,17 @@ pub(crate) fn is_machinery(name: &str) -> bool {
         || PRIMITIVES.contains(&subject)
         || (subject.len() == 1 && subject.bytes().all(|b| b.is_ascii_uppercase()));
     builtin || PREFIXES.iter().any(|p| subject.starts_with(p))
+}
+
+/// Bytes this thread has allocated minus bytes it has freed, heapprof's
+/// own included: the change across a stretch of code run on this thread
+/// is what that code kept.
+fn this_thread_net_bytes() -> i64 {
+    crate::thread::with(|l| {
+        let c = l.counters.live();
+        c.allocated_bytes.wrapping_sub(c.freed_bytes) as i64
+    })
+    .unwrap_or(0)
 }
 
 #[cfg(test)]

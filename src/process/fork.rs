@@ -8,19 +8,9 @@
 //! both the parent and the child afterwards. The handlers run with the
 //! reentrancy guard held, so nothing they do is sampled.
 //!
-//! Lock order in `prepare` is: the loaded-object walk (`mappings.rs`: fork
-//! must not copy the loader's lock held), symbolizer, bucket stripes,
-//! spare pools, peak copy, thread registry, then the sampled set (its
-//! stripes and the mask copies' lock). Other paths nest locks in two ways
-//! only: a thread's first allocation registers its counters
-//! (`counters.rs`), which could in principle happen while it holds any of
-//! the earlier locks; and a thread holding one of the others may free
-//! memory (a `Vec` or `HashMap` growing, an old peak copy dropped), and a
-//! free may look the pointer up in the set. So the registry comes late and
-//! the set last; while a thread holds a free-path lock its frees skip the
-//! set (`lock.rs`) and it takes no other lock. Taking the set before the
-//! pools would deadlock `fork` against a thread whose pool `Vec` grows
-//! while it holds the pool lock.
+//! `prepare` takes the locks in [`FORK_LOCKS`], the one table of them,
+//! in rank order (`support/lock.rs` declares the ranks and checks, in
+//! debug builds, that every other path nests them the same way).
 //!
 //! Two locks are not waited for, since each may be held for a whole cold
 //! symbolization (a second or so) and `fork` must not wait that long: the
@@ -43,10 +33,21 @@
 use std::sync::Once;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
-use crate::{
-    output::mappings, output::symbolize, record::blocks, record::peak, record::sites,
-    record::spare, support::reentry, support::registry,
-};
+use crate::output::{mappings, symbolize};
+use crate::record::{blocks, peak, sites, spare};
+use crate::support::lock::EachLock;
+use crate::support::{reentry, registry};
+
+/// Every lock `fork` takes, by module, in rank order.
+const FORK_LOCKS: [EachLock; 7] = [
+    mappings::each_lock,
+    symbolize::each_lock,
+    sites::each_lock,
+    spare::each_lock,
+    peak::each_lock,
+    registry::each_lock,
+    blocks::each_lock,
+];
 
 static REGISTER: Once = Once::new();
 
@@ -65,18 +66,20 @@ pub(crate) fn register_handlers() {
 /// `parent` and `child`. Written after `prepare` holds every lock and read
 /// before they are released, so two threads forking at once cannot mix
 /// their values up.
-static WAS_BUSY: AtomicBool = AtomicBool::new(false);
+static WAS_INSIDE: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn prepare() {
-    let busy = reentry::Busy::enter();
-    mappings::lock();
-    symbolize::lock();
-    sites::lock_all();
-    spare::lock_all();
-    peak::lock();
-    registry::lock();
-    blocks::lock_all();
-    WAS_BUSY.store(busy.forget(), Relaxed); // released in `parent` or `child`
+    let inside = reentry::Inside::enter();
+    symbolize::before_fork();
+    let mut last_rank = 0;
+    for each_lock in FORK_LOCKS {
+        each_lock(&mut |lock| {
+            debug_assert!(lock.rank() >= last_rank, "FORK_LOCKS is out of rank order");
+            last_rank = lock.rank();
+            lock.lock_and_keep();
+        });
+    }
+    WAS_INSIDE.store(inside.forget(), Relaxed); // released in `parent` or `child`
 }
 
 /// Releases what `prepare` took.
@@ -85,37 +88,33 @@ extern "C" fn prepare() {
 /// Only on the thread that ran `prepare` (in the parent), or on the
 /// child's only thread, which is that thread's copy.
 unsafe fn unlock_all() {
-    // SAFETY: per this function's contract, `prepare` took exactly these
-    // locks on this thread and forgot the guards.
-    unsafe {
-        blocks::unlock_all();
-        registry::unlock();
-        peak::unlock();
-        spare::unlock_all();
-        sites::unlock_all();
-        symbolize::unlock();
-        mappings::unlock();
+    for each_lock in FORK_LOCKS.iter().rev() {
+        // SAFETY: per this function's contract, `prepare` took exactly
+        // these locks on this thread and forgot the guards.
+        each_lock(&mut |lock| unsafe { lock.release_kept() });
     }
+    // SAFETY: as above, for the lookup lock `before_fork` may have taken.
+    unsafe { symbolize::after_fork() };
 }
 
 extern "C" fn parent() {
-    let was_busy = WAS_BUSY.load(Relaxed);
+    let was_inside = WAS_INSIDE.load(Relaxed);
     // SAFETY: `prepare` ran on this thread just before the fork.
     unsafe { unlock_all() };
-    reentry::leave_forgotten(was_busy);
+    reentry::leave_forgotten(was_inside);
 }
 
 extern "C" fn child() {
-    let was_busy = WAS_BUSY.load(Relaxed);
+    let was_inside = WAS_INSIDE.load(Relaxed);
     // SAFETY: the child's only thread is the copy of the one that ran
     // `prepare`.
     unsafe { unlock_all() };
     // The parent's other threads are gone; forget them before their
-    // memory can be reused (see `counters.rs`, `sampled.rs`).
+    // memory can be reused (see `support/registry.rs`, `record/blocks.rs`).
     registry::forget_other_threads_after_fork();
     blocks::forget_other_threads_after_fork();
     symbolize::after_fork_in_child();
     #[cfg(feature = "http")]
     crate::http::reset_after_fork();
-    reentry::leave_forgotten(was_busy);
+    reentry::leave_forgotten(was_inside);
 }

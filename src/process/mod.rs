@@ -1,4 +1,26 @@
-//! The process around the profiler: what happens once, at the first
-//! allocation, and around `fork`.
+//! The process around the profiler: what runs once, at the first
+//! allocation that reaches heapprof, and around `fork`.
+//!
+//! The allocation slow path (`record/`) calls [`on_first_allocation`] and
+//! [`after_sample`]: the one edge in the module graph that points up, from
+//! the recording stage to the stages above it (dumps, the fork handlers),
+//! which have no other way to start before the program calls heapprof.
 
 pub(crate) mod fork;
+
+/// Once per process, from the first allocation that reaches heapprof,
+/// inside the profiler: the fork handlers, the exit dump, and the unwinder
+/// choice, made here rather than in a first sample deep in a small thread
+/// stack.
+pub(crate) fn on_first_allocation() {
+    fork::register_handlers();
+    crate::dump::register_exit_dump();
+    crate::record::stack::decide_early();
+}
+
+/// After each recorded sample, inside the profiler: starts the dumps the
+/// environment asks for, once, from a moment where a thread may be
+/// spawned.
+pub(crate) fn after_sample() {
+    crate::dump::start_from_env();
+}

@@ -51,10 +51,10 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::SeqCst};
 
-use crate::support::lock::FreePathMutex;
-use crate::thread::LOCAL;
+use crate::support::lock::{Lockable, Mutex, rank};
+use crate::thread;
 
 use crate::record::sites::BucketId;
 
@@ -130,11 +130,8 @@ impl std::hash::Hasher for AddrHasher {
 #[repr(align(128))]
 struct CachePadded<T>(T);
 
-static STRIPE_MAPS: [CachePadded<FreePathMutex<Map>>; STRIPES] = [const {
-    CachePadded(FreePathMutex::new(HashMap::with_hasher(
-        BuildHasherDefault::new(),
-    )))
-}; STRIPES];
+static STRIPE_MAPS: [CachePadded<Mutex<{ rank::BLOCKS }, Map>>; STRIPES] =
+    [const { CachePadded(Mutex::new(HashMap::with_hasher(BuildHasherDefault::new()))) }; STRIPES];
 
 /// `ptr & FILTER_MASK == 0` means "may be sampled". PAGE_MASK while every
 /// live sampled block is page aligned; 0 while some are not. Frees read
@@ -150,15 +147,18 @@ static LIVE_COUNTS: [AtomicU8; LIVE_SLOTS] = [const { AtomicU8::new(0) }; LIVE_S
 static UNALIGNED_LIVE: AtomicUsize = AtomicUsize::new(0);
 /// The addresses of the registered threads' mask copies. Its lock keeps
 /// FILTER_MASK and every copy in step with UNALIGNED_LIVE.
-static MASK_COPIES: FreePathMutex<Vec<usize>> = FreePathMutex::new(Vec::new());
+static MASK_COPIES: Mutex<{ rank::MASKS }, Vec<usize>> = Mutex::new(Vec::new());
 
-/// The free path's filter for a block of `size` bytes at `ptr`: false
-/// means "certainly not sampled".
+/// The free path's filter for a block of `size` bytes at `ptr`, with the
+/// freeing thread's copy of the mask: false means "certainly not sampled".
 #[inline(always)]
-pub(crate) fn may_contain(ptr: *mut u8, size: usize) -> bool {
-    LOCAL
-        .try_with(|l| (ptr as usize) & l.filter_mask.load(Relaxed) == 0 || size > LARGE)
-        .unwrap_or(true)
+pub(crate) fn may_contain(mask: usize, ptr: *mut u8, size: usize) -> bool {
+    (ptr as usize) & mask == 0 || size > LARGE
+}
+
+/// The address of this thread's mask copy, as the list holds it.
+fn own_mask_copy() -> Option<usize> {
+    thread::with(|l| &l.filter_mask as *const AtomicUsize as usize)
 }
 
 /// Gives this thread a mask copy of its own, kept up to date from now on.
@@ -166,7 +166,7 @@ pub(crate) fn may_contain(ptr: *mut u8, size: usize) -> bool {
 /// held (the list may grow; the blocks it allocates and frees are never
 /// sampled, so freeing them cannot come back here for the lock).
 pub(crate) fn register_thread() {
-    let Ok(addr) = LOCAL.try_with(|l| &l.filter_mask as *const AtomicUsize as usize) else {
+    let Some(addr) = own_mask_copy() else {
         return;
     };
     let mut copies = MASK_COPIES.lock();
@@ -176,21 +176,21 @@ pub(crate) fn register_thread() {
         return;
     }
     copies.push(addr);
-    let _ = LOCAL.try_with(|l| l.filter_mask.store(FILTER_MASK.load(SeqCst), SeqCst));
+    let _ = thread::with(|l| l.filter_mask.store(FILTER_MASK.load(SeqCst), SeqCst));
 }
 
 /// Takes this thread's copy out of the list, before its thread-local
 /// memory goes away, and leaves it at 0: the frees of the thread's last
 /// destructors then look every block up.
 pub(crate) fn unregister_thread() {
-    let Ok(addr) = LOCAL.try_with(|l| &l.filter_mask as *const AtomicUsize as usize) else {
+    let Some(addr) = own_mask_copy() else {
         return;
     };
     let mut copies = MASK_COPIES.lock();
     if let Some(i) = copies.iter().position(|&a| a == addr) {
         copies.swap_remove(i);
     }
-    let _ = LOCAL.try_with(|l| l.filter_mask.store(0, SeqCst));
+    let _ = thread::with(|l| l.filter_mask.store(0, SeqCst));
 }
 
 #[inline]
@@ -210,7 +210,7 @@ pub(crate) fn may_be_live(ptr: *mut u8) -> bool {
     live_slot(ptr as usize).load(SeqCst) != 0
 }
 
-fn stripe(addr: usize) -> &'static FreePathMutex<Map> {
+fn stripe(addr: usize) -> &'static Mutex<{ rank::BLOCKS }, Map> {
     &STRIPE_MAPS[(addr_hash(addr) >> 58) as usize % STRIPES].0
 }
 
@@ -306,7 +306,7 @@ fn update_mask() {
     FILTER_MASK.store(mask, SeqCst);
     for &addr in copies.iter() {
         // SAFETY: an address stays in MASK_COPIES only while its thread
-        // runs: the thread's `Retire` destructor (`counters.rs`) removes it,
+        // runs: the thread's exit hook (`support/registry.rs`) removes it,
         // under this same lock, before the thread's thread-local memory is
         // released. In a fork child, the child handler removes the other
         // threads' entries before anything else runs there
@@ -321,7 +321,7 @@ fn update_mask() {
 /// parent's other threads, gone here, whose memory the child may reuse or
 /// unmap once it starts threads of its own. Keep only this thread's.
 pub(crate) fn forget_other_threads_after_fork() {
-    let Ok(own) = LOCAL.try_with(|l| &l.filter_mask as *const AtomicUsize as usize) else {
+    let Some(own) = own_mask_copy() else {
         return;
     };
     MASK_COPIES.lock().retain(|&a| a == own);
@@ -338,22 +338,10 @@ pub(crate) fn stats() -> (usize, usize) {
     })
 }
 
-/// Takes every lock of the set for `fork`; see `buckets::lock_all`.
-pub(crate) fn lock_all() {
-    std::mem::forget(MASK_COPIES.lock());
+/// The set's locks, for the fork table (`process/fork.rs`).
+pub(crate) fn each_lock(f: &mut dyn FnMut(&'static dyn Lockable)) {
     for m in &STRIPE_MAPS {
-        std::mem::forget(m.0.lock());
+        f(&m.0);
     }
-}
-
-/// # Safety
-/// Only after [`lock_all`] on this thread (or in the child it forked).
-pub(crate) unsafe fn unlock_all() {
-    // SAFETY: the caller guarantees lock_all took these and forgot guards.
-    unsafe {
-        for m in STRIPE_MAPS.iter().rev() {
-            m.0.force_unlock();
-        }
-        MASK_COPIES.force_unlock();
-    }
+    f(&MASK_COPIES);
 }

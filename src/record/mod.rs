@@ -5,6 +5,7 @@
 //! time, and never around a call that could lock again.
 
 pub(crate) mod blocks;
+pub(crate) mod countdown;
 pub(crate) mod peak;
 pub(crate) mod sites;
 pub(crate) mod spare;
@@ -13,7 +14,8 @@ pub(crate) mod stack;
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
-use crate::{dump, sample, support::reentry};
+use crate::support::{lock, reentry, registry};
+use crate::{sample, thread};
 use blocks::Entry;
 
 /// Set by the first allocation that reaches heapprof, so `write_profile`
@@ -28,16 +30,16 @@ pub(crate) fn installed() -> bool {
 #[cold]
 #[inline(never)]
 pub(crate) fn alloc<A: GlobalAlloc>(layout: Layout, zeroed: bool, inner: &A) -> *mut u8 {
-    if crate::support::registry::exited() {
+    if registry::exited() {
         // Allocated by a destructor after the thread left the registry: its
         // countdown stays at zero, so each such allocation comes here to be
         // counted, and none is sampled.
-        crate::support::registry::flush_unlisted();
+        registry::flush_unlisted();
         // SAFETY: forwarded with the caller's layout (non-zero size per the
         // GlobalAlloc contract).
         let ptr = unsafe { alloc_plain(inner, layout, zeroed) };
         if ptr.is_null() {
-            crate::support::registry::on_alloc_failed(layout.size());
+            uncount_alloc(layout.size());
         }
         return ptr;
     }
@@ -45,12 +47,10 @@ pub(crate) fn alloc<A: GlobalAlloc>(layout: Layout, zeroed: bool, inner: &A) -> 
     // allocations at once (threads started from C before any Rust
     // allocation; a Rust spawn allocates on its parent first).
     if !INSTALLED.load(Relaxed) && !INSTALLED.swap(true, Relaxed) {
-        let _busy = reentry::Busy::enter();
-        crate::process::fork::register_handlers();
-        crate::dump::register_exit_dump();
-        stack::decide_early();
+        let _inside = reentry::Inside::enter();
+        crate::process::on_first_allocation();
     }
-    let ptr = match sample::on_countdown_expired(layout.size()) {
+    let ptr = match countdown::expired(layout.size()) {
         Some(weight) => alloc_sampled(inner, layout, zeroed, weight),
         // SAFETY: forwarded with the caller's layout (non-zero size per the
         // GlobalAlloc contract).
@@ -59,7 +59,7 @@ pub(crate) fn alloc<A: GlobalAlloc>(layout: Layout, zeroed: bool, inner: &A) -> 
     if ptr.is_null() {
         // Every allocation of `sampler::MAX_COUNTDOWN` bytes or more comes
         // here, so a failed big one (`try_reserve`) is never counted.
-        crate::support::registry::on_alloc_failed(layout.size());
+        uncount_alloc(layout.size());
     }
     ptr
 }
@@ -78,7 +78,7 @@ unsafe fn alloc_plain<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool) -
 }
 
 fn alloc_sampled<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool, weight: f64) -> *mut u8 {
-    let _busy = reentry::Busy::enter();
+    let _inside = reentry::Inside::enter();
     let page_aligned = blocks::page_aligns(layout, sample::rate());
     let actual = actual_layout(layout, page_aligned);
     let mut ptr = match page_aligned
@@ -159,7 +159,7 @@ fn record(
     };
     if trackable && blocks::insert(ptr, entry) {
         peak::on_alloc(size as f64 * weight);
-        dump::start_from_env();
+        crate::process::after_sample();
         return true;
     }
     sites::record_free(bucket, size, weight);
@@ -187,7 +187,7 @@ pub(crate) unsafe fn dealloc<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner
     // page-aligned address (jemalloc starts every slab on a page, and its
     // thread cache hands the same address out again and again): the second
     // filter turns them away with one load, before any call.
-    if !blocks::may_be_live(ptr) && !crate::support::registry::unregistered() {
+    if !blocks::may_be_live(ptr) && registry::listed() {
         // SAFETY: no live sampled block hashes here, so this one came from
         // `inner` with the caller's `layout`.
         return unsafe { inner.dealloc(ptr, layout) };
@@ -203,7 +203,7 @@ pub(crate) unsafe fn dealloc<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner
 /// As `GlobalAlloc::dealloc`.
 #[inline(never)]
 unsafe fn dealloc_maybe_sampled<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner: &A) {
-    if crate::support::lock::free_path_lock_held() {
+    if lock::free_path_lock_held() {
         // This thread is inside one of heapprof's locks: the block is that
         // table's own storage, or a signal handler frees it, and looking
         // it up could wait for the very lock this thread holds. A block
@@ -250,7 +250,7 @@ unsafe fn defer_or_leak<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner: &A)
         // SAFETY: the function's contract.
         unsafe { dealloc_maybe_sampled(ptr, layout, &*inner.cast::<A>()) }
     }
-    let deferred = reentry::Deferred {
+    let deferred = thread::Deferred {
         free: free::<A>,
         inner: (inner as *const A).cast(),
         ptr,
@@ -275,7 +275,7 @@ unsafe fn release<A: GlobalAlloc>(inner: &A, ptr: *mut u8, actual: Layout, page_
         // allocator. Unguarded, it could be sampled, and the sample would
         // ask this same pool for a block and wait for the lock this thread
         // holds.
-        let _busy = reentry::Busy::enter();
+        let _inside = reentry::Inside::enter();
         if spare::keep(ptr, actual, spare::owner(inner)) {
             return;
         }
@@ -288,18 +288,18 @@ unsafe fn release<A: GlobalAlloc>(inner: &A, ptr: *mut u8, actual: Layout, page_
 /// passes on the counts of a thread that is not in the registry, and takes
 /// the block out of the sampled set, crediting its site, if it is there.
 fn take_sampled(ptr: *mut u8, owner: usize) -> Option<Entry> {
-    if crate::support::registry::unregistered() {
+    if !registry::listed() {
         // A thread that is not in the registry (it has not allocated yet,
         // or it is exiting): its copy of the filter's mask is 0, so every
         // free of it comes here, and its counts reach `stats()` from here.
-        crate::support::registry::flush_unlisted();
+        registry::flush_unlisted();
     }
     if !blocks::may_be_live(ptr) {
         // No live sampled block hashes here (a recycled address): a plain
         // free, without a lock.
         return None;
     }
-    let _busy = reentry::Busy::enter();
+    let _inside = reentry::Inside::enter();
     let entry = blocks::remove(ptr)?;
     credit_free(&entry);
     // An entry of another allocator at this address is stale (that
@@ -313,7 +313,7 @@ fn take_sampled(ptr: *mut u8, owner: usize) -> Option<Entry> {
 /// blocks still live are credited as freed, since their memory goes too.
 /// Nothing of it is left to be handed out, or looked up, later.
 pub(crate) fn forget_allocator<A: GlobalAlloc>(inner: &A) {
-    let _busy = reentry::Busy::enter();
+    let _inside = reentry::Inside::enter();
     let owner = spare::owner(inner);
     for (ptr, layout) in spare::give_back(owner) {
         // SAFETY: a spare block came from `inner` with this layout, and
@@ -355,7 +355,7 @@ pub(crate) unsafe fn realloc<A: GlobalAlloc>(
     // SAFETY: the caller's contract, unchanged.
     let new_ptr = unsafe { realloc_counted(ptr, layout, new_size, maybe_sampled, inner) };
     // A thread out of the registry (exiting) passes its counts on here too.
-    crate::support::registry::flush_unlisted();
+    registry::flush_unlisted();
     new_ptr
 }
 
@@ -373,7 +373,7 @@ unsafe fn realloc_counted<A: GlobalAlloc>(
     // SAFETY: `new_size` is non-zero and does not overflow when rounded to
     // `layout.align()`, per `realloc`'s contract.
     let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
-    if maybe_sampled && crate::support::lock::free_path_lock_held() && blocks::may_be_live(ptr) {
+    if maybe_sampled && lock::free_path_lock_held() && blocks::may_be_live(ptr) {
         // A realloc where the set must not be looked up (see
         // `dealloc_maybe_sampled`): a new plain block, and the free of the
         // old one, which `dealloc` puts off.
@@ -381,7 +381,7 @@ unsafe fn realloc_counted<A: GlobalAlloc>(
         return unsafe { realloc_by_moving(ptr, layout, new_layout, None, inner) };
     }
     let old = if maybe_sampled && blocks::may_be_live(ptr) {
-        let _busy = reentry::Busy::enter();
+        let _inside = reentry::Inside::enter();
         blocks::get(ptr, spare::owner(inner))
     } else {
         None
@@ -389,9 +389,9 @@ unsafe fn realloc_counted<A: GlobalAlloc>(
     // If the filter sent us here, the fast path did not get to charge the
     // countdown (`||` stopped at the filter): charge it now. Otherwise it
     // was charged and ran out.
-    let expired = !maybe_sampled || sample::countdown_expired(new_size);
+    let expired = !maybe_sampled || countdown::count_alloc(new_size);
     let weight = if expired {
-        sample::on_countdown_expired(new_size)
+        countdown::expired(new_size)
     } else {
         None
     };
@@ -405,14 +405,14 @@ unsafe fn realloc_counted<A: GlobalAlloc>(
         // SAFETY: the caller's contract, unchanged; the block is not sampled.
         let new_ptr = unsafe { inner.realloc(ptr, layout, new_size) };
         if new_ptr.is_null() {
-            crate::support::registry::on_realloc_failed(layout.size(), new_size);
+            uncount_realloc(layout.size(), new_size);
         }
         return new_ptr;
     }
     // The old entry leaves the set first: once the inner allocator has
     // freed the old address, another thread may be handed it and sample it.
     let old = old.and_then(|_| {
-        let _busy = reentry::Busy::enter();
+        let _inside = reentry::Inside::enter();
         blocks::remove(ptr)
     });
     // SAFETY: the caller's contract, unchanged: `ptr` has `layout` (a
@@ -420,7 +420,7 @@ unsafe fn realloc_counted<A: GlobalAlloc>(
     // program's own layout).
     let new_ptr = unsafe { inner.realloc(ptr, layout, new_size) };
     {
-        let _busy = reentry::Busy::enter();
+        let _inside = reentry::Inside::enter();
         if new_ptr.is_null() {
             // The old block is still live, and still sampled if it was; a
             // sampled block whose entry cannot be put back is credited as
@@ -442,7 +442,7 @@ unsafe fn realloc_counted<A: GlobalAlloc>(
     if new_ptr.is_null() {
         // Outside the guard: the exact counters take it back from the
         // program's counts.
-        crate::support::registry::on_realloc_failed(layout.size(), new_size);
+        uncount_realloc(layout.size(), new_size);
     }
     new_ptr
 }
@@ -467,7 +467,7 @@ unsafe fn realloc_by_moving<A: GlobalAlloc>(
     if new_ptr.is_null() {
         // The old block stays where it is, still live (and still sampled,
         // if it was).
-        crate::support::registry::on_realloc_failed(layout.size(), new_layout.size());
+        uncount_realloc(layout.size(), new_layout.size());
         return new_ptr;
     }
     // SAFETY: both blocks are valid for the smaller size and distinct.
@@ -476,4 +476,20 @@ unsafe fn realloc_by_moving<A: GlobalAlloc>(
         dealloc(ptr, layout, inner);
     }
     new_ptr
+}
+
+/// Takes back an allocation of `size` bytes that the inner allocator
+/// failed: it was counted on the way in.
+fn uncount_alloc(size: usize) {
+    thread::with(|l| l.counters.uncount_alloc(size));
+}
+
+/// A realloc from `old_size` to `new_size` bytes that the inner allocator
+/// failed: the old block is still live, and neither its free nor the new
+/// allocation happened.
+fn uncount_realloc(old_size: usize, new_size: usize) {
+    thread::with(|l| {
+        l.counters.uncount_alloc(new_size);
+        l.counters.uncount_free(old_size);
+    });
 }

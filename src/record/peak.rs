@@ -18,7 +18,7 @@
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::time::SystemTime;
 
-use crate::support::lock::FreePathMutex;
+use crate::support::lock::{Lockable, Mutex, rank};
 
 use crate::record::sites::{self, Site};
 
@@ -40,7 +40,7 @@ pub(crate) struct Peak {
     pub when: SystemTime,
 }
 
-static PEAK: FreePathMutex<Option<Peak>> = FreePathMutex::new(None);
+static PEAK: Mutex<{ rank::PEAK }, Option<Peak>> = Mutex::new(None);
 
 /// The sampled estimate of live bytes now.
 pub(crate) fn live_estimate() -> i64 {
@@ -53,7 +53,7 @@ pub(crate) fn on_alloc(bytes: f64) {
     let live = LIVE_ESTIMATE.fetch_add(bytes as i64, Relaxed) + bytes as i64;
     let next = NEXT_PEAK.load(Relaxed);
     // One thread wins the right to copy this peak.
-    let growth = crate::support::config::get().peak_growth.fraction();
+    let growth = crate::config::get().peak_growth.fraction();
     if live > next
         && NEXT_PEAK
             .compare_exchange(
@@ -105,13 +105,7 @@ pub(crate) fn copy() -> Option<Peak> {
     PEAK.lock().clone()
 }
 
-pub(crate) fn lock() {
-    std::mem::forget(PEAK.lock());
-}
-
-/// # Safety
-/// Only after [`lock`] on this thread, or in the child it forked.
-pub(crate) unsafe fn unlock() {
-    // SAFETY: `lock` took it and forgot the guard.
-    unsafe { PEAK.force_unlock() };
+/// The copy's lock, for the fork table (`process/fork.rs`).
+pub(crate) fn each_lock(f: &mut dyn FnMut(&'static dyn Lockable)) {
+    f(&PEAK);
 }

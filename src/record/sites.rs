@@ -33,9 +33,9 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use crate::support::lock::FreePathMutex;
+use crate::support::lock::{Lockable, Mutex, rank};
 
-use crate::support::config;
+use crate::config;
 
 const STRIPES: usize = 64;
 /// Average frames per stored stack the frame budget allows for.
@@ -126,21 +126,21 @@ impl std::hash::Hasher for PassThroughHasher {
 }
 
 struct Table {
-    stripes: [FreePathMutex<Stripe>; STRIPES],
-    overflow: FreePathMutex<Counts>,
+    stripes: [Mutex<{ rank::SITES }, Stripe>; STRIPES],
+    overflow: Mutex<{ rank::SITES }, Counts>,
     sites: AtomicUsize,
     frames: AtomicUsize,
 }
 
 static TABLE: Table = Table {
     stripes: [const {
-        FreePathMutex::new(Stripe {
+        Mutex::new(Stripe {
             by_hash: HashMap::with_hasher(BuildHasherDefault::new()),
             buckets: Vec::new(),
             frames: Vec::new(),
         })
     }; STRIPES],
-    overflow: FreePathMutex::new(Counts {
+    overflow: Mutex::new(Counts {
         sampled_allocs: 0,
         sampled_alloc_bytes: 0,
         sampled_frees: 0,
@@ -362,27 +362,10 @@ pub(crate) fn hash_map_bytes<K, V, S>(m: &HashMap<K, V, S>) -> usize {
     buckets * (std::mem::size_of::<(K, V)>() + 1) + 16
 }
 
-/// Takes every lock of the table, so that `fork` cannot copy one in a
-/// locked state into the child. Paired with [`unlock_all`].
-pub(crate) fn lock_all() {
+/// The table's locks, for the fork table (`process/fork.rs`).
+pub(crate) fn each_lock(f: &mut dyn FnMut(&'static dyn Lockable)) {
     for stripe in &TABLE.stripes {
-        std::mem::forget(stripe.lock());
+        f(stripe);
     }
-    std::mem::forget(TABLE.overflow.lock());
-}
-
-/// Releases the locks [`lock_all`] took.
-///
-/// # Safety
-/// Only after `lock_all` on this thread (or, in a fork child, on the thread
-/// that forked).
-pub(crate) unsafe fn unlock_all() {
-    // SAFETY: the caller guarantees each lock is held by lock_all, whose
-    // guards were forgotten.
-    unsafe {
-        TABLE.overflow.force_unlock();
-        for stripe in TABLE.stripes.iter().rev() {
-            stripe.force_unlock();
-        }
-    }
+    f(&TABLE.overflow);
 }

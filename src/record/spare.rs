@@ -19,7 +19,7 @@
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use crate::support::lock::FreePathMutex;
+use crate::support::lock::{Lockable, Mutex, rank};
 
 use crate::record::blocks::PAGE;
 
@@ -40,8 +40,8 @@ fn kept_per_class(class: usize) -> usize {
     PER_CLASS.min(PER_CLASS_BYTES / (MIN_CLASS << class))
 }
 
-static POOLS: [FreePathMutex<Vec<usize>>; CLASSES] =
-    [const { FreePathMutex::new(Vec::new()) }; CLASSES];
+static POOLS: [Mutex<{ rank::SPARE }, Vec<usize>>; CLASSES] =
+    [const { Mutex::new(Vec::new()) }; CLASSES];
 
 /// The allocator the pooled blocks came from, as [`owner`] names it; 0
 /// until the first sample claims the pools.
@@ -151,19 +151,10 @@ pub(crate) fn bytes() -> usize {
         .sum()
 }
 
-/// Takes every pool lock, for `fork` (see `fork.rs`).
-pub(crate) fn lock_all() {
+/// The pools' locks, for the fork table (`process/fork.rs`).
+pub(crate) fn each_lock(f: &mut dyn FnMut(&'static dyn Lockable)) {
     for p in &POOLS {
-        std::mem::forget(p.lock());
-    }
-}
-
-/// # Safety
-/// Only after [`lock_all`] on this thread, or in the child it forked.
-pub(crate) unsafe fn unlock_all() {
-    for p in POOLS.iter().rev() {
-        // SAFETY: lock_all took this lock and forgot its guard.
-        unsafe { p.force_unlock() };
+        f(p);
     }
 }
 

@@ -55,7 +55,8 @@
 //! pointers it says so on stderr and uses DWARF, rather than record stacks
 //! without the program's frames.
 
-use std::cell::Cell;
+use crate::config::Unwinder;
+use crate::thread::StackFacts;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 /// The deepest stack we keep, as Go's `maxStack`-like bound: deeper stacks
@@ -86,15 +87,6 @@ impl Stack {
         self.len += 1;
         self.len < MAX_FRAMES
     }
-}
-
-/// Which unwinder the configuration asks for (`HEAPPROF_UNWIND`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Unwinder {
-    Dwarf,
-    FramePointers,
-    /// Frame pointers where the rule in the module comment allows them.
-    Auto,
 }
 
 const UNDECIDED: u8 = 0;
@@ -142,7 +134,7 @@ pub(crate) fn capture() -> Stack {
                 return fp;
             }
             MODE.store(USE_DWARF, Relaxed);
-            crate::support::report::warn(format_args!(
+            crate::config::report::warn(format_args!(
                 "heapprof: a frame-pointer stack disagreed with the DWARF unwinder (code without frame pointers in the program?); using DWARF from now on"
             ));
             capture_dwarf()
@@ -152,7 +144,7 @@ pub(crate) fn capture() -> Stack {
             if agrees(&partial, &dwarf) {
                 // The walk ended where DWARF finds only start-up frames
                 // left: this thread's root.
-                with_thread_stack(|t| t.root.set(record));
+                crate::thread::with(|l| l.stack.root.set(record));
             }
             dwarf
         }
@@ -184,12 +176,12 @@ pub(crate) fn decide_early() {
 /// Applies the configuration and rule 1; returns the mode.
 #[cold]
 fn decide() -> u8 {
-    let wanted = crate::support::config::get().unwinder;
+    let wanted = crate::config::get().unwinder;
     let mode = if wanted == Unwinder::Dwarf {
         USE_DWARF
     } else if !own_code_keeps_frame_pointers() {
         if wanted == Unwinder::FramePointers {
-            crate::support::report::warn(format_args!(
+            crate::config::report::warn(format_args!(
                 "heapprof: HEAPPROF_UNWIND=frame-pointers, but this program was built without frame pointers (RUSTFLAGS=\"-C force-frame-pointers=yes\" keeps them); using DWARF"
             ));
         }
@@ -283,7 +275,9 @@ fn walk_frame_pointers() -> Walk {
     {
         let mut stack = Stack::empty();
         let (code_start, code_end) = (CODE_START.load(Relaxed), CODE_END.load(Relaxed));
-        let Some(((lo, hi), root)) = with_thread_stack(|t| (t.bounds(), t.root.get())) else {
+        let Some(((lo, hi), root)) =
+            crate::thread::with(|l| (bounds(&l.stack), l.stack.root.get()))
+        else {
             return Walk::Broken;
         };
         let mut fp: usize;
@@ -360,7 +354,7 @@ const PROBE_CALL_WITHIN: usize = 4096;
 fn probe_frame_record(caller: usize) -> bool {
     // This function makes calls (the bounds query), so it is no leaf:
     // some targets keep frame pointers in non-leaf functions only.
-    let Some((_, hi)) = with_thread_stack(ThreadStack::bounds) else {
+    let Some((_, hi)) = crate::thread::with(|l| bounds(&l.stack)) else {
         return false;
     };
     let (rbp, rsp): (usize, usize);
@@ -378,41 +372,15 @@ fn probe_frame_record(caller: usize) -> bool {
     ret > caller && ret - caller < PROBE_CALL_WITHIN
 }
 
-/// The calling thread's stack, as the frame-pointer walk needs it.
-struct ThreadStack {
-    /// [lo, hi): the thread's stack, queried on first use; (0, 0) if
-    /// unknown, which stops every walk at once.
-    bounds: Cell<Option<(usize, usize)>>,
-    /// The frame record (stack slot, return address) where this thread's
-    /// stacks end in the C library's start-up code; (0, 0) until a DWARF
-    /// walk confirms one.
-    root: Cell<(usize, usize)>,
-}
-
-impl ThreadStack {
-    fn bounds(&self) -> (usize, usize) {
-        if let Some(bounds) = self.bounds.get() {
-            return bounds;
-        }
-        let bounds = query_stack_bounds();
-        self.bounds.set(Some(bounds));
-        bounds
+/// This thread's stack as [lo, hi), queried on first use and kept in its
+/// [`StackFacts`].
+fn bounds(facts: &StackFacts) -> (usize, usize) {
+    if let Some(bounds) = facts.bounds.get() {
+        return bounds;
     }
-}
-
-/// Runs `f` on this thread's [`ThreadStack`]; `None` once the thread's
-/// thread-locals are gone. (Const-initialized and without a destructor,
-/// like every thread-local the allocation path touches.)
-fn with_thread_stack<R>(f: impl FnOnce(&ThreadStack) -> R) -> Option<R> {
-    thread_local! {
-        static THREAD_STACK: ThreadStack = const {
-            ThreadStack {
-                bounds: Cell::new(None),
-                root: Cell::new((0, 0)),
-            }
-        };
-    }
-    THREAD_STACK.try_with(f).ok()
+    let bounds = query_stack_bounds();
+    facts.bounds.set(Some(bounds));
+    bounds
 }
 
 fn query_stack_bounds() -> (usize, usize) {

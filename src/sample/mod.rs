@@ -62,12 +62,14 @@
 //!
 //! # Threads and the generator
 //!
-//! The countdown and the generator are thread-local, so the fast path
-//! touches no shared memory. rand's `SmallRng` cannot be built in a `const`
-//! initializer, so each thread holds it as `Option<SmallRng>` (`None` until
-//! the thread's first slow path, which seeds it). The thread-local is
-//! const-initialized and has no destructor: the fast path is a plain
-//! `fs:`-relative load, subtract and branch.
+//! Each thread keeps its countdown and generator (in `thread/`), so the
+//! fast path touches no shared memory. This module is plain data and
+//! arithmetic: [`ThreadSampler`] is a thread's state between samples, and
+//! its methods say what comes after a countdown runs out; the slow path
+//! (`record/countdown.rs`) applies the answers to the thread's counters.
+//! rand's `SmallRng` cannot be built in a `const` initializer, so a
+//! thread holds it as `Option<SmallRng>`: `None` until its first slow
+//! path, which seeds it.
 
 use std::cell::Cell;
 use std::sync::atomic::{
@@ -77,22 +79,43 @@ use std::sync::atomic::{
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::thread::{LOCAL, Local};
-use crate::{support::config, support::reentry};
+use crate::config;
 
-/// The slow path's per-thread state. The countdown itself, bytes this
-/// thread may still allocate before the next sample, is `Counters::countdown`
-/// (`counters.rs`), which also derives the allocated bytes from it. It is
-/// zero on a new thread, so the thread's first allocation takes the slow
-/// path and seeds the generator.
+/// One thread's sampler state between samples. The countdown itself,
+/// bytes the thread may still allocate before the next sample, is the
+/// thread's `Counters::countdown` (`thread/counters.rs`), which also derives
+/// the allocated bytes from it. It is zero on a new thread, so the
+/// thread's first allocation takes the slow path and seeds the generator.
 pub(crate) struct ThreadSampler {
-    /// The rate `countdown` was drawn at: what a sample that ends it stands
-    /// for. 1 for a countdown that is not a draw: its end records one
-    /// allocation with certainty, so with weight 1.
+    /// The rate the countdown was drawn at: what a sample that ends it
+    /// stands for. 1 for a countdown that is not a draw: its end records
+    /// one allocation with certainty, so with weight 1.
     drawn_at: Cell<usize>,
     rng: Cell<Option<SmallRng>>,
     /// The part of the countdown past [`MAX_COUNTDOWN`], held back here.
     beyond: Cell<usize>,
+}
+
+/// The most of a countdown the fast path's counter holds; the rest waits
+/// in [`ThreadSampler`]. So every allocation of `MAX_COUNTDOWN` bytes or
+/// more runs the counter out and takes the slow path, which either finds
+/// it covered by the held-back bytes ([`ThreadSampler::cover`]: not a
+/// sample) or samples it, and in both cases sees whether the inner
+/// allocator failed: a failed `try_reserve` of an untrusted length must not
+/// count terabytes as allocated for the rest of the run. Allocations this
+/// big cost microseconds in the inner allocator (fresh pages), so the trip
+/// costs nothing measurable; smaller allocations fail only when memory is
+/// exhausted, and the fast path, which has no check after the inner call
+/// (that would cost a stack frame), counts those.
+pub(crate) const MAX_COUNTDOWN: usize = 1 << 20;
+
+/// What follows a countdown that ran out outside the profiler.
+pub(crate) struct Expiry {
+    /// The next countdown, whole (the caller splits it with
+    /// [`ThreadSampler::hold_back`]).
+    pub countdown: usize,
+    /// The weight of the allocation that ran it out, if it is a sample.
+    pub weight: Option<f64>,
 }
 
 impl ThreadSampler {
@@ -103,71 +126,111 @@ impl ThreadSampler {
             beyond: Cell::new(0),
         }
     }
-}
 
-/// The most of a countdown the fast path's counter holds; the rest waits
-/// in `ThreadSampler::beyond`. So every allocation of `MAX_COUNTDOWN` bytes
-/// or more runs the counter out and takes the slow path, which either
-/// finds it covered by the held-back bytes ([`continue_countdown`]: not a
-/// sample) or samples it, and in both cases sees whether the inner
-/// allocator failed: a failed `try_reserve` of an untrusted length must not
-/// count terabytes as allocated for the rest of the run. Allocations this
-/// big cost microseconds in the inner allocator (fresh pages), so the trip
-/// costs nothing measurable; smaller allocations fail only when memory is
-/// exhausted, and the fast path, which has no check after the inner call
-/// (that would cost a stack frame), counts those.
-pub(crate) const MAX_COUNTDOWN: usize = 1 << 20;
-
-/// Starts a countdown of `bytes`, the part past [`MAX_COUNTDOWN`] held
-/// back.
-fn start_countdown(l: &Local, bytes: usize) {
-    let now = bytes.min(MAX_COUNTDOWN);
-    l.counters.reset_countdown(now);
-    l.sampler.beyond.set(bytes - now);
-}
-
-/// For an allocation of `size` that ran the counter out: whether the
-/// countdown, with its held-back part, covers it after all. If so it is
-/// charged, exactly as the fast path would have, and is not a sample.
-fn continue_countdown(l: &Local, size: usize) -> bool {
-    let beyond = l.sampler.beyond.get();
-    if beyond == 0 {
-        return false;
+    /// Splits a countdown of `bytes`: holds back the part past
+    /// [`MAX_COUNTDOWN`] and returns the rest, for the fast path's counter.
+    pub(crate) fn hold_back(&self, bytes: usize) -> usize {
+        let now = bytes.min(MAX_COUNTDOWN);
+        self.beyond.set(bytes - now);
+        now
     }
-    // What was left before the fast path subtracted `size` (it wraps).
-    let left = l.counters.countdown.load(Relaxed).wrapping_add(size);
-    let total = left.saturating_add(beyond);
-    if size < total {
-        start_countdown(l, total - size);
-        true
-    } else {
-        false
-    }
-}
 
-/// This thread's countdown (`l.counters`) and sampler (`l.sampler`), in
-/// the fast path's thread-local (`local.rs`).
-#[inline(always)]
-fn with_thread<R>(f: impl FnOnce(&Local) -> R) -> Result<R, std::thread::AccessError> {
-    LOCAL.try_with(f)
+    /// For an allocation of `size` that ran the counter out, where `left`
+    /// is what the counter held before it: the countdown to go on with
+    /// (not a sample), if the held-back part covers the allocation.
+    pub(crate) fn cover(&self, left: usize, size: usize) -> Option<usize> {
+        let beyond = self.beyond.get();
+        if beyond == 0 {
+            return None;
+        }
+        let total = left.saturating_add(beyond);
+        (size < total).then(|| total - size)
+    }
+
+    /// The countdown ran out on an allocation of `size` bytes of the
+    /// program's at `rate` (0: off). `seed` gives a new generator's seed,
+    /// on the thread's first expiry.
+    pub(crate) fn expire(&self, size: usize, rate: usize, seed: impl FnOnce() -> u64) -> Expiry {
+        if rate == 0 {
+            self.drawn_at.set(1);
+            return Expiry {
+                countdown: OFF_COUNTDOWN,
+                weight: None,
+            };
+        }
+        let mut rng = match self.rng.take() {
+            Some(rng) => rng,
+            None => {
+                // First expiry on this thread: seed, draw the first
+                // countdown and charge this allocation against it.
+                let mut rng = SmallRng::seed_from_u64(seed());
+                let first = draw_countdown(&mut rng, rate);
+                self.drawn_at.set(rate);
+                if size < first {
+                    self.rng.set(Some(rng));
+                    return Expiry {
+                        countdown: first - size,
+                        weight: None,
+                    };
+                }
+                rng
+            }
+        };
+        // A point of the process the countdown was drawn from fell inside
+        // this block: it stands for what that rate says. Restart from a
+        // fresh draw at the current rate, at the block's end (see the
+        // module comment for why not carry over).
+        let sampled_at = self.drawn_at.get();
+        let countdown = draw_countdown(&mut rng, rate);
+        self.drawn_at.set(rate);
+        self.rng.set(Some(rng));
+        Expiry {
+            countdown,
+            weight: Some(weight(size, sampled_at)),
+        }
+    }
+
+    /// The countdown ran out on one of the profiler's own allocations,
+    /// which use up points but are never recorded (the program's blocks are
+    /// still sampled with probability p(s): the process is memoryless).
+    /// The next countdown, or `None` to leave it at zero: while the rate is
+    /// not known yet (the configuration's own reading allocates) or the
+    /// thread has no generator, which its next allocation outside the
+    /// profiler seeds.
+    pub(crate) fn expire_inside(&self, rate: Option<usize>) -> Option<usize> {
+        let rate = rate?;
+        let mut rng = self.rng.take()?;
+        let (countdown, drawn_at) = match rate {
+            0 => (OFF_COUNTDOWN, 1),
+            _ => (draw_countdown(&mut rng, rate), rate),
+        };
+        self.drawn_at.set(drawn_at);
+        self.rng.set(Some(rng));
+        Some(countdown)
+    }
+
+    /// Starts over after a rate change, or with a fresh seed: the next
+    /// allocation ends the countdown (which the caller sets to 0) and counts
+    /// once.
+    pub(crate) fn restart(&self, reseed: bool) {
+        self.drawn_at.set(1);
+        if reseed {
+            self.rng.set(None);
+        }
+    }
 }
 
 /// Marks "not read from the environment yet".
 const RATE_UNSET: usize = usize::MAX;
-
-/// The largest rate: every other value is a rate, and this one is so far
-/// above any heap that it samples nothing all the same. A larger setting
-/// (`set_rate`, `HEAPPROF_SAMPLE_RATE`) is lowered to it, so that it is
-/// never taken for [`RATE_UNSET`].
-pub(crate) const MAX_RATE: usize = RATE_UNSET - 1;
+const _: () = assert!(config::MAX_RATE < RATE_UNSET);
 
 /// A thread's countdown while sampling is off (rate 0). Not "never": the
 /// rate is only read on the slow path, so a thread parked at "never" would
 /// not see sampling turned back on for the rest of its life. With this,
-/// a running thread picks up a new rate within 512 KiB of allocation, as it
-/// would from the default rate, for one short trip to the slow path per
-/// 512 KiB while off.
-const OFF_COUNTDOWN: usize = 512 * 1024;
+/// a running thread picks up a new rate within `OFF_COUNTDOWN` bytes of
+/// allocation, for one short trip to the slow path per `OFF_COUNTDOWN`
+/// bytes while off.
+pub(crate) const OFF_COUNTDOWN: usize = config::DEFAULT_SAMPLE_RATE;
 static RATE: AtomicUsize = AtomicUsize::new(RATE_UNSET);
 
 /// A seed from `set_seed`; else `HEAPPROF_SEED`; else the clock and the
@@ -176,7 +239,8 @@ static SEED: AtomicU64 = AtomicU64::new(0);
 static SEEDED: AtomicBool = AtomicBool::new(false);
 static THREAD_ORDINAL: AtomicU64 = AtomicU64::new(0);
 
-/// The current sample rate in bytes.
+/// The current sample rate in bytes, read from the configuration on first
+/// use (so inside the profiler only, as `config::get`).
 pub(crate) fn rate() -> usize {
     match RATE.load(Relaxed) {
         RATE_UNSET => {
@@ -189,170 +253,45 @@ pub(crate) fn rate() -> usize {
     }
 }
 
-/// Changes the rate. The calling thread starts a fresh countdown at once;
-/// other threads take the new rate at their next sample (within
-/// [`OFF_COUNTDOWN`] bytes if sampling was off), and new threads from their
-/// first allocation.
-pub(crate) fn set_rate(bytes: usize) {
-    RATE.store(bytes.min(MAX_RATE), Relaxed);
-    let _ = with_thread(|l| {
-        start_countdown(l, 0);
-        l.sampler.drawn_at.set(1);
-    });
+/// The rate if it is known, without reading the configuration.
+pub(crate) fn known_rate() -> Option<usize> {
+    Some(RATE.load(Relaxed)).filter(|&r| r != RATE_UNSET)
 }
 
-/// Seeds the generators of the calling thread and of threads that draw
-/// their first threshold from now on.
+/// Sets the process-wide rate. Threads take it at their next sample
+/// (within [`OFF_COUNTDOWN`] bytes if sampling was off), new threads from
+/// their first allocation.
+pub(crate) fn set_rate(bytes: usize) {
+    RATE.store(bytes.min(config::MAX_RATE), Relaxed);
+}
+
+/// Seeds the generators of threads that draw their first countdown from
+/// now on.
 pub(crate) fn set_seed(seed: u64) {
     SEED.store(seed, Relaxed);
     SEEDED.store(true, Release);
-    let _ = with_thread(|l| {
-        l.sampler.rng.set(None);
-        start_countdown(l, 0);
-    });
 }
 
-/// The fast path: charges `size` bytes to this thread's countdown. Returns
-/// `true` when the countdown has run out, and the caller must ask
-/// [`on_countdown_expired`] whether to record the allocation.
-#[inline(always)]
-pub(crate) fn countdown_expired(size: usize) -> bool {
-    let size = opaque(size);
-    with_thread(|l| {
-        // Stored whether or not it ran out: the same four instructions as
-        // a store on the not-expired side only, and the slow path no longer
-        // has to charge the expiring allocation separately. An expired
-        // countdown may wrap below zero; the slow path zeroes it first
-        // thing, keeping the bytes counted.
-        let countdown = &l.counters.countdown;
-        let left = countdown.load(Relaxed);
-        countdown.store(left.wrapping_sub(size), Relaxed);
-        left <= size
-    })
-    .unwrap_or(false)
-}
-
-/// `x`, through a register the optimizer cannot see into.
-///
-/// Inlined into a loop whose allocation sizes follow the loop counter (a
-/// buffer grown by a step, sizes cycling through a table), `left - size`
-/// invites LLVM's loop strength reduction to keep a second induction
-/// variable for the countdown's arithmetic: more registers live across the
-/// calls to the inner allocator, so spills, and about 8 more instructions
-/// per allocation and free in `dev/benches/`' `threads2` (23.4 instead of 15.5,
-/// counted by callgrind). Hiding where `size` came from keeps the countdown
-/// a plain subtract; the price is at most a register copy, which the CPU
-/// does at rename.
-#[inline(always)]
-fn opaque(x: usize) -> usize {
-    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-    {
-        let mut x = x;
-        // SAFETY: an empty template: the asm reads and writes no memory,
-        // touches no stack or flags, and leaves the register as it was; the
-        // operand only tells the compiler that `x` may have changed.
-        unsafe {
-            std::arch::asm!("/* {0} */", inout(reg) x, options(pure, nomem, nostack, preserves_flags))
-        };
-        x
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        x
-    }
-}
-
-/// The slow path, after [`countdown_expired`] returned true for an
-/// allocation of `size` bytes. Returns the sample's weight if the
-/// allocation is to be recorded, `None` if not (sampling is off, the
-/// thread is inside the profiler, or this was the thread's first
-/// allocation and it fits in the first countdown, or the countdown's
-/// held-back part covers it).
-#[cold]
-pub(crate) fn on_countdown_expired(size: usize) -> Option<f64> {
-    if with_thread(|l| continue_countdown(l, size)).unwrap_or(false) {
-        return None;
-    }
-    // The fast path took this allocation's bytes from the countdown, which
-    // may have wrapped below zero. Zero it, keeping the bytes counted, so
-    // that every path below starts from an expired countdown and one that
-    // leaves it alone leaves it expired.
-    let _ = with_thread(|l| start_countdown(l, 0));
-    let was_busy = reentry::is_busy();
-    let _busy = reentry::Busy::enter();
-    // Every thread's first allocation comes here (its countdown starts at
-    // zero), busy or not: the moment to put its exact counters in the
-    // registry, so that threads that only ever allocate inside the
-    // profiler (the HTTP server's, the dump thread) are counted too.
-    crate::support::registry::register_thread(!was_busy);
-    if was_busy {
-        inside_profiler_expired();
-        return None;
-    }
-    let rate = rate();
-    with_thread(|l| {
-        let t = &l.sampler;
-        if rate == 0 {
-            start_countdown(l, OFF_COUNTDOWN);
-            t.drawn_at.set(1);
-            return None;
+/// The seed of a thread's generator: the fixed seed (`set_seed`, else
+/// `HEAPPROF_SEED`) or, without one, the clock and `thread_addr`, mixed
+/// with the order in which threads first sample, so that threads get
+/// distinct streams. Inside the profiler only (it may read the
+/// configuration).
+pub(crate) fn thread_seed(thread_addr: usize) -> u64 {
+    let ordinal = THREAD_ORDINAL
+        .fetch_add(1, Relaxed)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let fixed = SEEDED.load(Acquire).then(|| SEED.load(Relaxed));
+    match fixed.or(config::get().seed) {
+        Some(seed) => seed ^ ordinal,
+        None => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            nanos ^ (thread_addr as u64).rotate_left(32) ^ ordinal
         }
-        let mut rng = match t.rng.take() {
-            Some(rng) => rng,
-            None => {
-                // First slow path on this thread: seed, draw the first
-                // countdown and charge this allocation against it.
-                let mut rng = new_thread_rng(l as *const Local as usize);
-                let first = draw_countdown(&mut rng, rate);
-                t.drawn_at.set(rate);
-                if size < first {
-                    start_countdown(l, first - size);
-                    t.rng.set(Some(rng));
-                    return None;
-                }
-                rng
-            }
-        };
-        // A point of the process the countdown was drawn from fell
-        // inside this block: it stands for what that rate says. Restart
-        // from a fresh draw at the current rate, at the block's end (see
-        // the module comment for why not carry over).
-        let sampled_at = t.drawn_at.get();
-        start_countdown(l, draw_countdown(&mut rng, rate));
-        t.drawn_at.set(rate);
-        t.rng.set(Some(rng));
-        Some(weight(size, sampled_at))
-    })
-    .ok()
-    .flatten()
-}
-
-/// The countdown ran out on one of the profiler's own allocations. Such
-/// allocations use up points but are never recorded; user blocks are still
-/// sampled with probability p(s) because the process is memoryless.
-///
-/// This may run inside the configuration's own initialization (reading the
-/// environment allocates), so it must not ask for the configuration: it
-/// uses the rate only if already known, and leaves a thread that has no
-/// generator yet at a zero countdown, to be seeded by its next allocation
-/// outside the profiler.
-fn inside_profiler_expired() {
-    let _ = with_thread(|l| {
-        let t = &l.sampler;
-        let rate = RATE.load(Relaxed);
-        if rate == RATE_UNSET {
-            return;
-        }
-        if let Some(mut rng) = t.rng.take() {
-            let (countdown, drawn_at) = match rate {
-                0 => (OFF_COUNTDOWN, 1),
-                _ => (draw_countdown(&mut rng, rate), rate),
-            };
-            start_countdown(l, countdown);
-            t.drawn_at.set(drawn_at);
-            t.rng.set(Some(rng));
-        }
-    });
+    }
 }
 
 /// `-R · ln(U)`, U uniform in (0, 1]. `R <= 1` means "every allocation".
@@ -381,26 +320,6 @@ pub(crate) fn weight_of_bytes(size: f64, rate: usize) -> f64 {
     }
     let p = -(-size / rate as f64).exp_m1();
     if p > 0.0 { 1.0 / p } else { rate as f64 }
-}
-
-fn new_thread_rng(thread_addr: usize) -> SmallRng {
-    // Threads get distinct streams: the seed is mixed with the order in
-    // which they first sampled.
-    let ordinal = THREAD_ORDINAL
-        .fetch_add(1, Relaxed)
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let fixed = SEEDED.load(Acquire).then(|| SEED.load(Relaxed));
-    let seed = match fixed.or(config::get().seed) {
-        Some(seed) => seed ^ ordinal,
-        None => {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
-            nanos ^ (thread_addr as u64).rotate_left(32) ^ ordinal
-        }
-    };
-    SmallRng::seed_from_u64(seed)
 }
 
 #[cfg(test)]

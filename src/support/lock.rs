@@ -23,45 +23,95 @@
 //! and unlocking never allocate. `lock_api` supplies the guard types, so
 //! the call sites (`lock()`, `force_unlock()`) are unchanged.
 //!
+//! # Ranks
+//!
+//! Every lock has a rank, part of its type ([`Mutex`]`<RANK, T>`), declared
+//! once in [`rank`]: a thread that holds a lock may wait only for locks of
+//! a higher rank (or of the same rank, which only the fork handlers do, for
+//! the stripes of one table in index order). Debug builds check it on
+//! every wait and abort with the two ranks on a violation. `fork`'s
+//! prepare handler takes every lock in rank order (`process/fork.rs`).
+//!
 //! The locks a free of a sampled block takes (the sampled set's, the site
-//! table's, the spare pools', the peak's) are [`FreePathMutex`]es: each
-//! thread counts those it holds or is waiting for
-//! ([`free_path_lock_held`]), up before it asks for one and down after it
+//! table's, the spare pools', the peak's, the mask copies') are marked
+//! `FREE_PATH` in [`rank`]: each thread counts those it holds or is waiting
+//! for (`thread::HeldLocks`), up before it asks for one and down after it
 //! lets go. A free that runs on the thread in between, a nested one or a
-//! signal handler's, sees the count and must not take the free path's
-//! locks: the one it would wait for may be the one this thread holds (see
-//! `recorder::dealloc`).
+//! signal handler's, sees the count ([`free_path_lock_held`]) and must not
+//! take the free path's locks: the one it would wait for may be the one
+//! this thread holds (see `record::dealloc`).
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 
-thread_local! {
-    /// Free-path locks this thread holds or waits for.
-    static HELD: Cell<u32> = const { Cell::new(0) };
+use crate::thread;
+
+/// The lock ranks, in the order locks are taken.
+pub(crate) mod rank {
+    /// The HTTP endpoint's one-build-at-a-time lock (`http/mod.rs`), held
+    /// across a whole profile build; not taken by `fork`.
+    pub(crate) const HTTP_BUILD: u8 = 0;
+    /// The HTTP server's bodies held per peer (`http/server.rs`).
+    pub(crate) const HTTP_PEERS: u8 = 1;
+    /// Held around every symbol lookup (`output/symbolize.rs`); `fork`
+    /// takes it only if free.
+    pub(crate) const SYMBOL_LOOKUP: u8 = 2;
+    /// The loaded-object walk (`output/mappings.rs`).
+    pub(crate) const MAPPINGS: u8 = 3;
+    /// The symbol cache (`output/symbolize.rs`).
+    pub(crate) const SYMBOLS: u8 = 4;
+    /// The site table's stripes and overflow site (`record/sites.rs`).
+    pub(crate) const SITES: u8 = 5;
+    /// The spare pools (`record/spare.rs`).
+    pub(crate) const SPARE: u8 = 6;
+    /// The peak copy (`record/peak.rs`).
+    pub(crate) const PEAK: u8 = 7;
+    /// The registry of threads' counters (`support/registry.rs`).
+    pub(crate) const REGISTRY: u8 = 8;
+    /// The sampled set's stripes (`record/blocks.rs`).
+    pub(crate) const BLOCKS: u8 = 9;
+    /// The list of threads' mask copies (`record/blocks.rs`).
+    pub(crate) const MASKS: u8 = 10;
+    /// How many ranks there are.
+    pub(crate) const COUNT: usize = 11;
+
+    /// Whether the free of a sampled block takes locks of this rank.
+    pub(crate) const fn free_path(rank: u8) -> bool {
+        matches!(rank, SITES | SPARE | PEAK | BLOCKS | MASKS)
+    }
 }
+
+const _: () = assert!(rank::COUNT <= thread::MAX_RANKS);
 
 /// Whether this thread holds, or waits for, a lock of the free path.
 #[inline]
 pub(crate) fn free_path_lock_held() -> bool {
-    HELD.try_with(Cell::get).unwrap_or(0) > 0
+    thread::with(|l| l.locks.free_path_held()).unwrap_or(false)
 }
 
-fn count_held(up: bool) {
-    let _ = HELD.try_with(|h| {
-        h.set(if up {
-            h.get().saturating_add(1)
+/// Counts a lock of `RANK` held (`up`) or released; before a wait, checks
+/// the rank order in debug builds.
+fn count_held<const RANK: u8>(up: bool, waits: bool) {
+    thread::with(|l| {
+        if up {
+            if cfg!(debug_assertions)
+                && waits
+                && let Some(held) = l.locks.highest()
+                && held > RANK as usize
+            {
+                crate::config::report::warn(format_args!(
+                    "heapprof: lock rank violation: waiting for rank {RANK} while holding rank {held}"
+                ));
+                std::process::abort();
+            }
+            l.locks.up(RANK as usize, rank::free_path(RANK));
         } else {
-            h.get().saturating_sub(1)
-        })
+            l.locks.down(RANK as usize, rank::free_path(RANK));
+        }
     });
 }
 
-/// A `lock_api` mutex over [`RawLock`].
-pub(crate) type Mutex<T> = lock_api::Mutex<RawLock<false>, T>;
-
-/// A mutex that the free of a sampled block takes, counted per thread
-/// while held (see the module comment).
-pub(crate) type FreePathMutex<T> = lock_api::Mutex<RawLock<true>, T>;
+/// A `lock_api` mutex of rank `RANK` over [`RawLock`].
+pub(crate) type Mutex<const RANK: u8, T> = lock_api::Mutex<RawLock<RANK>, T>;
 
 const UNLOCKED: u32 = 0;
 /// Locked, and no thread is (known to be) waiting.
@@ -69,8 +119,8 @@ const LOCKED: u32 = 1;
 /// Locked, and threads may be waiting: unlocking must wake one.
 const CONTENDED: u32 = 2;
 
-/// The futex word; `FREE_PATH` locks count themselves held per thread.
-pub(crate) struct RawLock<const FREE_PATH: bool> {
+/// The futex word of a lock of rank `RANK`.
+pub(crate) struct RawLock<const RANK: u8> {
     state: AtomicU32,
 }
 
@@ -78,11 +128,11 @@ pub(crate) struct RawLock<const FREE_PATH: bool> {
 // UNLOCKED to LOCKED or CONTENDED with an Acquire operation, and `unlock`
 // releases with a Release store, so at most one thread holds the lock at a
 // time and each owner sees the previous owner's writes.
-unsafe impl<const FREE_PATH: bool> lock_api::RawMutex for RawLock<FREE_PATH> {
+unsafe impl<const RANK: u8> lock_api::RawMutex for RawLock<RANK> {
     // A `const` item is how lock_api builds mutexes in statics; each use is
     // a fresh, separate lock, which is what is wanted.
     #[allow(clippy::declare_interior_mutable_const)]
-    const INIT: RawLock<FREE_PATH> = RawLock {
+    const INIT: RawLock<RANK> = RawLock {
         state: AtomicU32::new(UNLOCKED),
     };
 
@@ -90,9 +140,7 @@ unsafe impl<const FREE_PATH: bool> lock_api::RawMutex for RawLock<FREE_PATH> {
 
     #[inline]
     fn lock(&self) {
-        if FREE_PATH {
-            count_held(true);
-        }
+        count_held::<RANK>(true, true);
         if self
             .state
             .compare_exchange(UNLOCKED, LOCKED, Acquire, Relaxed)
@@ -104,15 +152,13 @@ unsafe impl<const FREE_PATH: bool> lock_api::RawMutex for RawLock<FREE_PATH> {
 
     #[inline]
     fn try_lock(&self) -> bool {
-        if FREE_PATH {
-            count_held(true);
-        }
+        count_held::<RANK>(true, false);
         let locked = self
             .state
             .compare_exchange(UNLOCKED, LOCKED, Acquire, Relaxed)
             .is_ok();
-        if FREE_PATH && !locked {
-            count_held(false);
+        if !locked {
+            count_held::<RANK>(false, false);
         }
         locked
     }
@@ -124,13 +170,44 @@ unsafe impl<const FREE_PATH: bool> lock_api::RawMutex for RawLock<FREE_PATH> {
         if self.state.swap(UNLOCKED, Release) == CONTENDED {
             wake_one(&self.state);
         }
-        if FREE_PATH {
-            count_held(false);
-        }
+        count_held::<RANK>(false, false);
     }
 }
 
-impl<const FREE_PATH: bool> RawLock<FREE_PATH> {
+/// A module's function that shows each of its locks to `f`, for the fork
+/// table.
+pub(crate) type EachLock = fn(&mut dyn FnMut(&'static dyn Lockable));
+
+/// A lock as the fork handlers see it: taken and released across two
+/// callbacks, in rank order.
+pub(crate) trait Lockable: Sync {
+    fn rank(&self) -> u8;
+    /// Takes the lock and keeps it past this call.
+    fn lock_and_keep(&self);
+    /// Releases a lock taken by [`Lockable::lock_and_keep`].
+    ///
+    /// # Safety
+    /// Only on the thread that kept it, or in the child that thread forked.
+    unsafe fn release_kept(&self);
+}
+
+impl<const RANK: u8, T: Send> Lockable for Mutex<RANK, T> {
+    fn rank(&self) -> u8 {
+        RANK
+    }
+
+    fn lock_and_keep(&self) {
+        std::mem::forget(self.lock());
+    }
+
+    unsafe fn release_kept(&self) {
+        // SAFETY: the caller's contract: this thread (or its fork child's
+        // copy of it) took the lock and forgot the guard.
+        unsafe { self.force_unlock() };
+    }
+}
+
+impl<const RANK: u8> RawLock<RANK> {
     #[cold]
     fn lock_contended(&self) {
         let mut state = self.spin();
@@ -215,11 +292,11 @@ fn wake_one(_state: &AtomicU32) {}
 
 #[cfg(test)]
 mod tests {
-    use super::Mutex;
+    use super::{Mutex, rank};
 
     #[test]
     fn excludes_and_hands_over_under_contention() {
-        static COUNTER: Mutex<u64> = Mutex::new(0);
+        static COUNTER: Mutex<{ rank::SITES }, u64> = Mutex::new(0);
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 std::thread::spawn(|| {
@@ -237,7 +314,7 @@ mod tests {
 
     #[test]
     fn force_unlock_after_forget_frees_the_lock() {
-        static L: Mutex<()> = Mutex::new(());
+        static L: Mutex<{ rank::PEAK }, ()> = Mutex::new(());
         std::mem::forget(L.lock());
         assert!(L.try_lock().is_none());
         // SAFETY: locked above, guard forgotten.

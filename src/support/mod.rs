@@ -2,8 +2,6 @@
 //! reports, locks and their ranks, the reentrancy guard, the registry of
 //! threads' exact counters.
 
-pub(crate) mod config;
 pub(crate) mod lock;
 pub(crate) mod reentry;
 pub(crate) mod registry;
-pub(crate) mod report;

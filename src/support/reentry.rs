@@ -1,89 +1,92 @@
-//! The reentrancy guard.
+//! The reentrancy guard: whether this thread is inside heapprof.
 //!
-//! Everything the profiler does on a sampled allocation (unwinding, the
-//! bucket table, the sampled-address set) and everything it does when it
-//! writes a profile (symbolization, encoding, compression) may itself
-//! allocate. Those allocations must go straight to the inner allocator:
-//! sampling them would recurse into the profiler, and could deadlock on a
-//! lock this thread already holds (the way dhat-rs deadlocked inside
-//! parking_lot).
+//! Everything heapprof does on a sampled allocation (unwinding, the site
+//! table, the sampled-block set) and everything it does when it writes a
+//! profile (symbolization, encoding, compression) may itself allocate.
+//! Those allocations must go straight to the inner allocator: sampling
+//! them would recurse into the profiler, and could deadlock on a lock this
+//! thread already holds (the way dhat-rs deadlocked inside parking_lot).
 //!
-//! The guard is one flag per thread. Its thread-local is const-initialized
-//! and has no destructor, so reading it never allocates, never registers a
-//! destructor, and still works while the thread's other thread-locals are
-//! being torn down.
+//! The flag is the thread's `Counters::inside` (`thread/counters.rs`): the
+//! outermost [`Inside`] freezes the thread's exact counts, and leaving it
+//! moves what heapprof allocated meanwhile to heapprof's own totals, so
+//! `stats()` counts the program's allocations only. [`Outside`] steps out
+//! for a call into the program's code (the writer a profile goes to).
 
-use std::cell::Cell;
+use crate::support::registry;
+use crate::thread::{self, Deferred};
 
-thread_local! {
-    static BUSY: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Whether this thread is inside the profiler.
+/// Whether this thread is inside the profiler. A thread whose state is
+/// unreachable counts as inside, so nothing is recorded for it.
 #[inline]
-pub(crate) fn is_busy() -> bool {
-    // `try_with` fails only for thread-locals with destructors; be careful
-    // anyway and treat a missing slot as "inside" so nothing is recorded.
-    BUSY.try_with(Cell::get).unwrap_or(true)
+pub(crate) fn is_inside() -> bool {
+    thread::with(|l| l.counters.inside()).unwrap_or(true)
 }
 
 /// Marks this thread as inside the profiler until dropped. Nests: dropping
 /// restores the previous state.
-pub(crate) struct Busy {
-    was_busy: bool,
+pub(crate) struct Inside {
+    was_inside: bool,
 }
 
-impl Busy {
-    /// The outermost guard also tells the exact counters that what follows
-    /// is heapprof's own (`counters::enter_profiler`), so that `stats()`
-    /// counts the program's allocations only.
+impl Inside {
     #[inline]
-    pub(crate) fn enter() -> Busy {
-        let was_busy = BUSY.try_with(|b| b.replace(true)).unwrap_or(true);
-        if !was_busy {
-            crate::support::registry::enter_profiler();
+    pub(crate) fn enter() -> Inside {
+        Inside {
+            was_inside: enter(),
         }
-        Busy { was_busy }
+    }
+
+    /// Keeps the flag set past this scope, for a caller that enters in one
+    /// callback and leaves in another (the fork handlers). Returns the
+    /// state to give [`leave_forgotten`].
+    pub(crate) fn forget(self) -> bool {
+        let was_inside = self.was_inside;
+        std::mem::forget(self);
+        was_inside
     }
 }
 
-impl Drop for Busy {
+impl Drop for Inside {
     #[inline]
     fn drop(&mut self) {
-        leave(self.was_busy);
+        leave(self.was_inside);
     }
+}
+
+/// Sets the flag; returns whether it was set already.
+fn enter() -> bool {
+    thread::with(|l| {
+        let was_inside = l.counters.inside();
+        if !was_inside {
+            l.counters.freeze();
+        }
+        was_inside
+    })
+    .unwrap_or(true)
 }
 
 /// Ends a guard, restoring the state from before it. Leaving the outermost
-/// one runs the frees put off meanwhile ([`defer_free`]).
-fn leave(was_busy: bool) {
-    if !was_busy {
-        crate::support::registry::leave_profiler();
+/// one moves heapprof's own counts to its totals and runs the frees put
+/// off meanwhile ([`defer_free`]).
+fn leave(was_inside: bool) {
+    if was_inside {
+        return;
     }
-    let _ = BUSY.try_with(|b| b.set(was_busy));
-    if !was_busy && !crate::support::lock::free_path_lock_held() {
+    let Some(own) = thread::with(|l| l.counters.thaw()) else {
+        return;
+    };
+    registry::add_own(own);
+    if !crate::support::lock::free_path_lock_held() {
         run_deferred();
     }
 }
 
-/// A free put off by [`defer_free`]: `free(inner, ptr, layout)` does it.
-#[derive(Clone, Copy)]
-pub(crate) struct Deferred {
-    /// # Safety
-    /// Called once, with the three fields below, as `defer_free` says.
-    pub free: unsafe fn(*const (), *mut u8, std::alloc::Layout),
-    pub inner: *const (),
-    pub ptr: *mut u8,
-    pub layout: std::alloc::Layout,
-}
-
-/// Frees a thread can put off at once; past that they are dropped (the
-/// blocks leak, which is safe).
-const DEFERRED_MAX: usize = 8;
-
-thread_local! {
-    static DEFERRED: [Cell<Option<Deferred>>; DEFERRED_MAX] =
-        const { [const { Cell::new(None) }; DEFERRED_MAX] };
+/// Ends a guard kept by [`Inside::forget`], restoring the state from
+/// before it: a thread already inside the profiler (a `fork` from the
+/// writer of `write_profile`) stays inside.
+pub(crate) fn leave_forgotten(was_inside: bool) {
+    leave(was_inside);
 }
 
 /// Puts a free off until this thread leaves heapprof, for a free made
@@ -95,45 +98,15 @@ thread_local! {
 /// `d.free` may be called with `d`'s fields once, on this thread, when it
 /// leaves its outermost guard: `d.inner` must stay valid until then.
 pub(crate) unsafe fn defer_free(d: Deferred) -> bool {
-    DEFERRED
-        .try_with(|slots| {
-            slots
-                .iter()
-                .find(|s| s.get().is_none())
-                .map(|s| s.set(Some(d)))
-                .is_some()
-        })
-        .unwrap_or(false)
+    thread::with(|l| l.deferred.push(d)).unwrap_or(false)
 }
 
 fn run_deferred() {
-    let _ = DEFERRED.try_with(|slots| {
-        for slot in slots {
-            if let Some(d) = slot.take() {
-                // SAFETY: `defer_free`'s contract: this is the one call,
-                // on the deferring thread, outside its outermost guard.
-                unsafe { (d.free)(d.inner, d.ptr, d.layout) };
-            }
-        }
-    });
-}
-
-impl Busy {
-    /// Keeps the flag set past this scope, for a caller that takes the
-    /// guard in one callback and releases it in another (the fork
-    /// handlers). Returns the state to give [`leave_forgotten`].
-    pub(crate) fn forget(self) -> bool {
-        let was_busy = self.was_busy;
-        std::mem::forget(self);
-        was_busy
+    while let Some(d) = thread::with(|l| l.deferred.pop()).flatten() {
+        // SAFETY: `defer_free`'s contract: this is the one call, on the
+        // deferring thread, outside its outermost guard.
+        unsafe { (d.free)(d.inner, d.ptr, d.layout) };
     }
-}
-
-/// Ends a guard kept by [`Busy::forget`], restoring the state from before
-/// it: a thread already inside the profiler (a `fork` from the writer of
-/// `write_profile`) stays inside.
-pub(crate) fn leave_forgotten(was_busy: bool) {
-    leave(was_busy);
 }
 
 /// Leaves the profiler for a call into the program's own code (the writer
@@ -141,23 +114,23 @@ pub(crate) fn leave_forgotten(was_busy: bool) {
 /// program's, counted and sampled as such. Only where this thread holds no
 /// lock of heapprof's, since a sample taken meanwhile takes some.
 pub(crate) struct Outside {
-    was_busy: bool,
+    was_inside: bool,
 }
 
 impl Outside {
     pub(crate) fn enter() -> Outside {
-        let was_busy = BUSY.try_with(Cell::get).unwrap_or(false);
-        if was_busy {
+        let was_inside = thread::with(|l| l.counters.inside()).unwrap_or(false);
+        if was_inside {
             leave(false);
         }
-        Outside { was_busy }
+        Outside { was_inside }
     }
 }
 
 impl Drop for Outside {
     fn drop(&mut self) {
-        if self.was_busy {
-            std::mem::forget(Busy::enter());
+        if self.was_inside {
+            enter();
         }
     }
 }

@@ -1,10 +1,10 @@
 //! Settings read from the environment, once, on the profiler's first slow
 //! path (usually before `main`, during the runtime's own start-up
-//! allocations).
+//! allocations), and heapprof's one-line reports on stderr.
 //!
-//! The environment is read with the reentrancy guard held (see `guard.rs`),
-//! so the `OsString`s `std::env` allocates go straight to the inner
-//! allocator and never through the sampler. A value that does not parse is
+//! [`get`] is called only inside the profiler (the reentrancy guard held,
+//! `support/reentry.rs`), so the `OsString`s `std::env` allocates go
+//! straight to the inner allocator and never through the sampler. A value that does not parse is
 //! reported in one line on stderr, naming the variable and the default that
 //! is used instead; the program goes on. A variable set to nothing (or only
 //! blanks), as `HEAPPROF_SAMPLE_RATE= cmd` or a template that expanded to
@@ -15,7 +15,21 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::record::stack::Unwinder;
+pub(crate) mod report;
+
+/// The largest sample rate: one below `usize::MAX`, which the sampler
+/// keeps for "not read yet". Larger settings are lowered to it; it is so
+/// far above any heap that it samples nothing all the same.
+pub(crate) const MAX_RATE: usize = usize::MAX - 1;
+
+/// Which unwinder the configuration asks for (`HEAPPROF_UNWIND`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unwinder {
+    Dwarf,
+    FramePointers,
+    /// Frame pointers where `record/stack.rs`'s rules allow them.
+    Auto,
+}
 
 /// Mean bytes between samples when `HEAPPROF_SAMPLE_RATE` is not set: the
 /// same 512 KiB as Go's `runtime.MemProfileRate` and tcmalloc.
@@ -74,7 +88,7 @@ pub(crate) struct Config {
     /// must pass the last peak copy before a new one is taken.
     pub peak_growth: Percent,
     /// `HEAPPROF_UNWIND`: `auto` (default), `dwarf` or `frame-pointers`.
-    pub unwinder: crate::record::stack::Unwinder,
+    pub unwinder: Unwinder,
     /// `HEAPPROF_FULL_STACKS=1`: keep the process and thread start-up
     /// frames below the program's own (see `profile::trim`).
     pub full_stacks: bool,
@@ -82,10 +96,10 @@ pub(crate) struct Config {
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
 
-/// The configuration, read from the environment on first use.
+/// The configuration, read from the environment on first use. Inside the
+/// profiler only (see the module comment).
 pub(crate) fn get() -> &'static Config {
     CONFIG.get_or_init(|| {
-        let _busy = crate::support::reentry::Busy::enter();
         Config {
             sample_rate: at_most(
                 "HEAPPROF_SAMPLE_RATE",
@@ -95,7 +109,7 @@ pub(crate) fn get() -> &'static Config {
                     DEFAULT_SAMPLE_RATE,
                     parse_bytes,
                 ),
-                crate::sample::MAX_RATE,
+                MAX_RATE,
             ),
             // A bucket's index within its stripe has 24 bits (`BucketId`).
             max_sites: read(
@@ -154,7 +168,7 @@ fn at_most(name: &str, value: usize, max: usize) -> usize {
     if value <= max {
         return value;
     }
-    crate::support::report::warn(format_args!(
+    report::warn(format_args!(
         "heapprof: {name}={value} is above the largest value, {max}; using {max}"
     ));
     max
@@ -165,7 +179,7 @@ fn at_least(name: &str, value: Duration, min: Duration) -> Duration {
     if value >= min {
         return value;
     }
-    crate::support::report::warn(format_args!(
+    report::warn(format_args!(
         "heapprof: {name}={value:?} is below the shortest period, {min:?}; using {min:?}"
     ));
     min
@@ -198,7 +212,7 @@ fn read<T: std::fmt::Display>(
     match raw.to_str().and_then(parse) {
         Some(value) => value,
         None => {
-            crate::support::report::warn(format_args!(
+            report::warn(format_args!(
                 "heapprof: ignoring {name}={}: expected {expected}; using the default {default}",
                 Shown(&raw)
             ));
@@ -225,7 +239,7 @@ fn lookup<T>(
     let raw = var(name)?;
     let value = raw.to_str().and_then(|s| parse(s.trim()));
     if value.is_none() {
-        crate::support::report::warn(format_args!(
+        report::warn(format_args!(
             "heapprof: ignoring {name}={}: expected {expected}; {fallback}",
             Shown(&raw)
         ));

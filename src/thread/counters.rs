@@ -1,0 +1,440 @@
+//! One thread's exact allocation counters: plain data, written by the
+//! owning thread only, readable by any thread.
+//!
+//! Only the owner writes, so its updates are a relaxed load and store, no
+//! read-modify-write; other threads read them (`stats()`), so they are
+//! atomics all the same.
+//!
+//! Allocated bytes have no counter of their own: the sampler's countdown
+//! already takes every allocation's size off, so a thread has allocated
+//! `granted - countdown` bytes (wrapping: the allocation that runs a
+//! countdown out takes it below zero), where `granted` sums the countdowns
+//! it was given. An allocation's fast path then bumps one counter, not
+//! two. `granted` changes together with the countdown only on the slow
+//! path, under a sequence number, so a reader never sees one without the
+//! other.
+//!
+//! While the owner is inside heapprof ([`Counters::freeze`] ..
+//! [`Counters::thaw`]), what it counts is heapprof's own: readers see the
+//! counts frozen at entry, and leaving takes the difference back out.
+
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
+use std::time::{Duration, Instant};
+
+/// Allocation counts, as `stats()` reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub allocations: u64,
+    pub allocated_bytes: u64,
+    pub deallocations: u64,
+    pub freed_bytes: u64,
+}
+
+impl Counts {
+    /// `self + other`, each field wrapping.
+    pub(crate) fn plus(self, other: Counts) -> Counts {
+        Counts {
+            allocations: self.allocations.wrapping_add(other.allocations),
+            allocated_bytes: self.allocated_bytes.wrapping_add(other.allocated_bytes),
+            deallocations: self.deallocations.wrapping_add(other.deallocations),
+            freed_bytes: self.freed_bytes.wrapping_add(other.freed_bytes),
+        }
+    }
+
+    /// `self - other`, each field wrapping.
+    pub(crate) fn minus(self, other: Counts) -> Counts {
+        Counts {
+            allocations: self.allocations.wrapping_sub(other.allocations),
+            allocated_bytes: self.allocated_bytes.wrapping_sub(other.allocated_bytes),
+            deallocations: self.deallocations.wrapping_sub(other.deallocations),
+            freed_bytes: self.freed_bytes.wrapping_sub(other.freed_bytes),
+        }
+    }
+}
+
+/// [`Counts`] that any thread may add to: the registry's totals.
+pub(crate) struct SharedCounts([AtomicU64; 4]);
+
+impl SharedCounts {
+    pub(crate) const fn new() -> Self {
+        SharedCounts([const { AtomicU64::new(0) }; 4])
+    }
+
+    pub(crate) fn add(&self, c: Counts) {
+        let [a, b, d, f] = &self.0;
+        a.fetch_add(c.allocations, Relaxed);
+        b.fetch_add(c.allocated_bytes, Relaxed);
+        d.fetch_add(c.deallocations, Relaxed);
+        f.fetch_add(c.freed_bytes, Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> Counts {
+        let [a, b, d, f] = &self.0;
+        Counts {
+            allocations: a.load(Relaxed),
+            allocated_bytes: b.load(Relaxed),
+            deallocations: d.load(Relaxed),
+            freed_bytes: f.load(Relaxed),
+        }
+    }
+}
+
+#[repr(C)]
+pub(crate) struct Counters {
+    /// The sampler's countdown: bytes this thread may still allocate
+    /// before its next sample. Charged by [`Counters::charge`] on the fast
+    /// path, replaced by [`Counters::reset_countdown`] on the slow path.
+    countdown: AtomicUsize,
+    allocs: AtomicU64,
+    frees: AtomicU64,
+    freed_bytes: AtomicU64,
+    /// Bytes granted to this thread: allocated bytes are `granted -
+    /// countdown` (wrapping).
+    granted: AtomicU64,
+    /// Odd while the owner changes fields that readers must see together:
+    /// `granted` with `countdown`, and the fields below with the ones
+    /// above.
+    seq: AtomicU64,
+    /// Whether the owner is inside heapprof. Everything counted above
+    /// meanwhile is heapprof's own, so readers take `frozen` instead.
+    inside: AtomicBool,
+    /// The counts when the owner went inside.
+    frozen: [AtomicU64; 4],
+}
+
+/// The offset of the last field the fast path touches
+/// ([`Counters::charge`], [`Counters::count_alloc`],
+/// [`Counters::count_free`]), for the thread-local's layout check.
+pub(crate) const FAST_FIELDS_END: usize = std::mem::offset_of!(Counters, freed_bytes) + 8;
+
+/// How long a reader waits for a thread whose slow path is changing
+/// `granted` and `countdown` together. That takes nanoseconds, unless the
+/// thread is preempted in between, which on a loaded machine lasts
+/// milliseconds, and a reader that gave up sooner would read such a
+/// thread's allocated bytes as 0, making `stats()` step backwards. The
+/// bound is for a thread that never finishes (one interrupted by a signal
+/// handler that reads the stats, or killed): then the read is torn.
+const READ_PATIENCE: Duration = Duration::from_secs(1);
+/// Reads tried before the reader starts yielding its processor.
+const READ_SPINS: usize = 100;
+
+impl Counters {
+    pub(crate) const fn new() -> Self {
+        Counters {
+            countdown: AtomicUsize::new(0),
+            allocs: AtomicU64::new(0),
+            frees: AtomicU64::new(0),
+            freed_bytes: AtomicU64::new(0),
+            granted: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+            inside: AtomicBool::new(false),
+            frozen: [const { AtomicU64::new(0) }; 4],
+        }
+    }
+
+    /// The fast path: charges `size` bytes to the countdown. True when it
+    /// has run out (the caller takes the slow path). Stored whether or not
+    /// it ran out (the same instructions as a store on one side only, and
+    /// the slow path finds the bytes already counted); an expired countdown
+    /// may wrap below zero. Owner only.
+    #[inline(always)]
+    pub(crate) fn charge(&self, size: usize) -> bool {
+        let left = self.countdown.load(Relaxed);
+        self.countdown.store(left.wrapping_sub(size), Relaxed);
+        left <= size
+    }
+
+    /// The countdown as it stands (wrapped below zero once expired).
+    pub(crate) fn countdown(&self) -> usize {
+        self.countdown.load(Relaxed)
+    }
+
+    /// Counts an allocation (its bytes are the countdown's). Owner only.
+    #[inline(always)]
+    pub(crate) fn count_alloc(&self) {
+        bump(&self.allocs, 1);
+    }
+
+    /// Counts a free of `size` bytes. Owner only.
+    #[inline(always)]
+    pub(crate) fn count_free(&self, size: usize) {
+        bump(&self.frees, 1);
+        bump(&self.freed_bytes, size as u64);
+    }
+
+    /// Whether the owner is inside heapprof (between [`Counters::freeze`]
+    /// and [`Counters::thaw`]).
+    #[inline]
+    pub(crate) fn inside(&self) -> bool {
+        self.inside.load(Relaxed)
+    }
+
+    /// The program's counts: heapprof's own allocations and frees left
+    /// out. Waits out a writer in the middle of a change, up to
+    /// [`READ_PATIENCE`].
+    pub(crate) fn read(&self) -> Counts {
+        let mut waiting_since = None;
+        loop {
+            for _ in 0..READ_SPINS {
+                if let Ok(counts) = self.try_read() {
+                    return counts;
+                }
+                std::hint::spin_loop();
+            }
+            // The writer is not running: let it.
+            let since = *waiting_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > READ_PATIENCE {
+                return self.try_read().unwrap_or_else(|torn| torn);
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// As [`Counters::read`], once: `Err` if the owner was changing
+    /// fields that go together, with whatever mix of old and new values was
+    /// there.
+    pub(crate) fn try_read(&self) -> Result<Counts, Counts> {
+        let before = self.seq.load(Acquire);
+        let counts = if self.inside.load(Relaxed) {
+            self.frozen()
+        } else {
+            self.live()
+        };
+        std::sync::atomic::fence(Acquire);
+        let whole = before.is_multiple_of(2) && self.seq.load(Relaxed) == before;
+        if whole { Ok(counts) } else { Err(counts) }
+    }
+
+    fn frozen(&self) -> Counts {
+        let [a, b, d, f] = self.frozen.each_ref().map(|c| c.load(Relaxed));
+        Counts {
+            allocations: a,
+            allocated_bytes: b,
+            deallocations: d,
+            freed_bytes: f,
+        }
+    }
+
+    /// Everything counted, heapprof's own calls included. A countdown that
+    /// ran out is below zero (wrapped), so the difference is taken as
+    /// signed and kept from going below zero: read while the owner changes
+    /// `granted` and `countdown`, it is off by at most one countdown and the
+    /// size of the allocation that ended it.
+    pub(crate) fn live(&self) -> Counts {
+        let granted = self.granted.load(Relaxed);
+        let countdown = self.countdown.load(Relaxed);
+        let allocated = (granted as i128 - countdown as isize as i128).max(0) as u64;
+        Counts {
+            allocations: self.allocs.load(Relaxed),
+            allocated_bytes: allocated,
+            deallocations: self.frees.load(Relaxed),
+            freed_bytes: self.freed_bytes.load(Relaxed),
+        }
+    }
+
+    /// Runs `change` as one step for readers: they wait for it to end.
+    /// Owner only.
+    fn write_together(&self, change: impl FnOnce()) {
+        let seq = self.seq.load(Relaxed);
+        self.seq.store(seq.wrapping_add(1), Relaxed);
+        std::sync::atomic::fence(Release);
+        change();
+        self.seq.store(seq.wrapping_add(2), Release);
+    }
+
+    fn store_frozen(&self, c: Counts) {
+        let values = [
+            c.allocations,
+            c.allocated_bytes,
+            c.deallocations,
+            c.freed_bytes,
+        ];
+        for (f, n) in self.frozen.iter().zip(values) {
+            f.store(n, Relaxed);
+        }
+    }
+
+    /// The owner goes inside heapprof: readers see the counts as they are
+    /// now until [`Counters::thaw`]. Owner only, not nested.
+    pub(crate) fn freeze(&self) {
+        let now = self.live();
+        self.write_together(|| {
+            self.store_frozen(now);
+            self.inside.store(true, Relaxed);
+        });
+    }
+
+    /// The owner leaves heapprof: what was counted since
+    /// [`Counters::freeze`] is taken back out and returned (heapprof's own
+    /// calls). The countdown is left as it is: it is the sampler's.
+    pub(crate) fn thaw(&self) -> Counts {
+        let frozen = self.frozen();
+        let now = self.live();
+        let countdown = self.countdown.load(Relaxed) as u64;
+        self.write_together(|| {
+            self.allocs.store(frozen.allocations, Relaxed);
+            self.granted
+                .store(frozen.allocated_bytes.wrapping_add(countdown), Relaxed);
+            self.frees.store(frozen.deallocations, Relaxed);
+            self.freed_bytes.store(frozen.freed_bytes, Relaxed);
+            self.inside.store(false, Relaxed);
+        });
+        now.minus(frozen)
+    }
+
+    /// Returns the program's counts ([`Counters::read`]'s) and starts them
+    /// again from zero, leaving what heapprof counted meanwhile, if the
+    /// owner is inside it, to be taken out when it leaves. Owner only.
+    pub(crate) fn take(&self) -> Counts {
+        let inside = self.inside.load(Relaxed);
+        let taken = if inside { self.frozen() } else { self.live() };
+        self.write_together(|| {
+            let sub = |c: &AtomicU64, n: u64| c.store(c.load(Relaxed).wrapping_sub(n), Relaxed);
+            sub(&self.allocs, taken.allocations);
+            sub(&self.granted, taken.allocated_bytes);
+            sub(&self.frees, taken.deallocations);
+            sub(&self.freed_bytes, taken.freed_bytes);
+            if inside {
+                self.store_frozen(Counts::default());
+            }
+        });
+        taken
+    }
+
+    /// Replaces the countdown, leaving allocated bytes as they are. Owner
+    /// only, slow path.
+    pub(crate) fn reset_countdown(&self, countdown: usize) {
+        self.write_together(|| {
+            let old = self.countdown.load(Relaxed);
+            let granted = self.granted.load(Relaxed);
+            self.granted.store(
+                granted
+                    .wrapping_add(countdown as u64)
+                    .wrapping_sub(old as u64),
+                Relaxed,
+            );
+            self.countdown.store(countdown, Relaxed);
+        });
+    }
+
+    /// Takes back an allocation of `size` bytes that was counted but that
+    /// the inner allocator failed. Owner only, slow path.
+    pub(crate) fn uncount_alloc(&self, size: usize) {
+        bump(&self.allocs, 1u64.wrapping_neg());
+        self.write_together(|| {
+            let granted = self.granted.load(Relaxed);
+            self.granted
+                .store(granted.wrapping_sub(size as u64), Relaxed);
+        });
+    }
+
+    /// Takes back a free of `size` bytes that did not happen (a failed
+    /// realloc keeps its old block). Owner only.
+    pub(crate) fn uncount_free(&self, size: usize) {
+        bump(&self.frees, 1u64.wrapping_neg());
+        bump(&self.freed_bytes, (size as u64).wrapping_neg());
+    }
+}
+
+/// Only the owning thread writes, so load + store cannot lose an update.
+#[inline(always)]
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.store(counter.load(Relaxed).wrapping_add(by), Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+
+    /// A reader must wait out a writer preempted in the middle of
+    /// [`Counters::reset_countdown`], however long that lasts, rather than
+    /// take the half-written pair.
+    #[test]
+    fn a_reader_waits_for_a_preempted_writer() {
+        static C: Counters = Counters::new();
+        // 1000 bytes granted; a 5000-byte allocation ran the countdown out
+        // (wrapped below zero): 5000 bytes allocated.
+        C.reset_countdown(1000);
+        assert!(C.charge(5000));
+        assert_eq!(C.try_read().unwrap().allocated_bytes, 5000);
+
+        let half_written = Barrier::new(2);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // reset_countdown(2000), preempted between its two stores.
+                C.seq.store(3, Relaxed);
+                let old = C.countdown.load(Relaxed) as u64;
+                let granted = C.granted.load(Relaxed);
+                C.granted
+                    .store(granted.wrapping_add(2000).wrapping_sub(old), Relaxed);
+                half_written.wait();
+                std::thread::sleep(Duration::from_millis(50));
+                C.countdown.store(2000, Relaxed);
+                C.seq.store(4, Release);
+            });
+            half_written.wait();
+            assert!(C.try_read().is_err(), "the pair is half written");
+            assert_eq!(
+                C.read().allocated_bytes,
+                5000,
+                "allocated bytes, read while the writer sleeps"
+            );
+        });
+    }
+
+    /// What the owner counts between `freeze` and `thaw` is returned by
+    /// `thaw` and leaves the program's counts as they were at `freeze`;
+    /// readers meanwhile see the frozen counts.
+    #[test]
+    fn inside_counts_are_taken_out() {
+        let c = Counters::new();
+        c.reset_countdown(10_000);
+        c.count_alloc();
+        assert!(!c.charge(100));
+        c.count_free(40);
+        c.freeze();
+        c.count_alloc();
+        assert!(!c.charge(1_000));
+        c.count_free(7);
+        let program = Counts {
+            allocations: 1,
+            allocated_bytes: 100,
+            deallocations: 1,
+            freed_bytes: 40,
+        };
+        assert_eq!(c.read(), program, "frozen while inside");
+        let own = c.thaw();
+        assert_eq!(
+            own,
+            Counts {
+                allocations: 1,
+                allocated_bytes: 1_000,
+                deallocations: 1,
+                freed_bytes: 7,
+            }
+        );
+        assert_eq!(c.read(), program, "after leaving");
+        assert_eq!(
+            c.countdown(),
+            10_000 - 1_100,
+            "the countdown is the sampler's"
+        );
+    }
+
+    /// `take` hands the counts over once and starts again from zero.
+    #[test]
+    fn take_starts_from_zero() {
+        let c = Counters::new();
+        c.reset_countdown(500);
+        c.count_alloc();
+        assert!(!c.charge(200));
+        assert_eq!(c.take().allocated_bytes, 200);
+        assert_eq!(c.read(), Counts::default());
+        c.count_alloc();
+        assert!(c.charge(400), "300 left, 400 asked: expired");
+        assert_eq!(c.read().allocated_bytes, 400);
+    }
+}
