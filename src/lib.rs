@@ -213,13 +213,13 @@ mod thread;
 
 use std::io;
 
-use output::{pprof, snapshot, text};
-use record::sites;
 use support::reentry;
 
 pub use dump::{AutoDump, AutoDumpHandle, ProfileGuard};
 pub use fast::Profiler;
-pub use snapshot::{Frame, FunctionBytes, SampleType, Site, Snapshot, Stats, snapshot, stats};
+pub use output::snapshot::{
+    Frame, FunctionBytes, SampleType, Site, Snapshot, Stats, snapshot, stats,
+};
 
 /// Writes the current heap profile to `w`: a gzip-compressed pprof
 /// `profile.proto` message with sample types `alloc_objects`,
@@ -236,9 +236,7 @@ pub use snapshot::{Frame, FunctionBytes, SampleType, Site, Snapshot, Stats, snap
 /// Whatever `w` returns, and an error of kind `Other` if heapprof is not the
 /// program's global allocator (nothing could have been recorded).
 pub fn write_profile<W: io::Write>(w: W) -> io::Result<()> {
-    let _inside = reentry::Inside::enter();
-    check_installed()?;
-    pprof::write(reentry::ProgramWriter::new(w), pprof::Options::default())
+    write_live(output::Format::Pprof, w)
 }
 
 /// Writes the current heap profile in the legacy text format, as Go's
@@ -252,16 +250,7 @@ pub fn write_profile<W: io::Write>(w: W) -> io::Result<()> {
 ///
 /// Whatever `w` returns; `Other` if heapprof is not the global allocator.
 pub fn write_text_profile<W: io::Write>(w: W) -> io::Result<()> {
-    let _inside = reentry::Inside::enter();
-    check_installed()?;
-    let sites = sites::snapshot();
-    text::write(
-        io::BufWriter::new(reentry::ProgramWriter::new(w)),
-        &sites,
-        sample::rate(),
-        &stats(),
-        &[],
-    )
+    write_live(output::Format::Text, w)
 }
 
 /// Writes the peak-heap profile: the live sites when the sampled estimate
@@ -275,26 +264,28 @@ pub fn write_text_profile<W: io::Write>(w: W) -> io::Result<()> {
 /// so no peak was recorded; `Other` if heapprof is not the global allocator.
 pub fn write_peak_profile<W: io::Write>(w: W) -> io::Result<()> {
     let _inside = reentry::Inside::enter();
-    check_installed()?;
-    if dump::write_peak(reentry::ProgramWriter::new(w))? {
+    output::check_installed()?;
+    let w = reentry::ProgramWriter::new(w);
+    if output::write(
+        output::Source::Peak,
+        output::Format::Pprof,
+        Default::default(),
+        w,
+    )? {
         Ok(())
     } else {
         Err(io::Error::new(
             io::ErrorKind::NotFound,
-            crate::record::peak::NO_PEAK_YET,
+            record::peak::NO_PEAK_YET,
         ))
     }
 }
 
-fn check_installed() -> io::Result<()> {
-    if record::installed() {
-        Ok(())
-    } else {
-        Err(io::Error::other(
-            "heapprof is not this program's global allocator, so there is nothing to profile; add \
-             `#[global_allocator] static ALLOC: heapprof::Profiler = heapprof::Profiler::new();`",
-        ))
-    }
+fn write_live<W: io::Write>(format: output::Format, w: W) -> io::Result<()> {
+    let _inside = reentry::Inside::enter();
+    output::check_installed()?;
+    let w = reentry::ProgramWriter::new(w);
+    output::write(output::Source::Live, format, Default::default(), w).map(drop)
 }
 
 /// Sets the mean number of bytes between samples. `0` stops sampling; `1`

@@ -26,7 +26,8 @@ use std::sync::atomic::{
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::{config, output::pprof, record::peak, sample, support::reentry};
+use crate::output::{self, Format, Source, pprof};
+use crate::{config, support::reentry};
 
 /// Writes the current profile to `path`, after [`expand`]ing it. The error
 /// names the path.
@@ -39,9 +40,7 @@ pub(crate) fn write_file(path: &Path, options: pprof::Options) -> io::Result<()>
 fn write_profile_at(path: &Path, options: pprof::Options) -> io::Result<()> {
     let _inside = reentry::Inside::enter();
     write_dump(path, |w| {
-        let sites = crate::record::sites::snapshot();
-        let p = pprof::build(&sites, sample::rate(), options);
-        pprof::encode(&p, w).map(|()| true)
+        output::write(Source::Live, Format::Pprof, options, w)
     })
     .map(drop)
 }
@@ -225,30 +224,6 @@ fn write_through(
     Ok(true)
 }
 
-/// Writes the peak profile to `w`; `Ok(false)` if the heap never reached
-/// the size at which peaks are recorded (1 MiB).
-pub(crate) fn write_peak<W: io::Write>(w: W) -> io::Result<bool> {
-    let _inside = reentry::Inside::enter();
-    let Some(peak) = peak::copy() else {
-        return Ok(false);
-    };
-    let options = pprof::Options {
-        comments: vec![peak_comment(&peak)],
-        ..Default::default()
-    };
-    pprof::encode(&pprof::build(&peak.sites, sample::rate(), options), w).map(|()| true)
-}
-
-/// The comment that marks a peak profile: how large, and when (RFC 3339,
-/// UTC).
-pub(crate) fn peak_comment(peak: &peak::Peak) -> String {
-    format!(
-        "heapprof peak profile: the live heap at its largest, about {} bytes (sampled estimate), at {}",
-        peak.live_bytes,
-        humantime::format_rfc3339_seconds(peak.when)
-    )
-}
-
 /// Reports `result`'s error on stderr, once per `flag`.
 fn report(result: io::Result<()>, what: &str, flag: &AtomicBool) {
     if let Err(e) = result
@@ -350,7 +325,13 @@ extern "C" fn at_exit() {
     // No peak yet (the heap never reached 1 MiB): no peak file, and no
     // complaint about where it would have gone.
     let mut peak = Vec::new();
-    let written = write_peak(&mut peak).and_then(|recorded| {
+    let peak_profile = output::write(
+        Source::Peak,
+        Format::Pprof,
+        pprof::Options::default(),
+        &mut peak,
+    );
+    let written = peak_profile.and_then(|recorded| {
         if recorded {
             let path = sibling(&out, "peak")?;
             write_dump(&path, |w| w.write_all(&peak).map(|()| true))?;
@@ -554,7 +535,7 @@ impl AutoDump {
         // The exact counters alone (`stats()` also sizes every table,
         // taking each of their locks), every poll.
         let mut last_allocated = crate::support::registry::totals().allocated_bytes;
-        let mut last_inuse = peak::live_estimate();
+        let mut last_inuse = crate::record::peak::live_estimate();
         // The live estimate is an i64; a step above its range is clamped
         // (it never fires) rather than cast, which would wrap it negative
         // and make it due on every check.
@@ -571,7 +552,7 @@ impl AutoDump {
                     return;
                 }
                 let allocated = crate::support::registry::totals().allocated_bytes;
-                let inuse = peak::live_estimate();
+                let inuse = crate::record::peak::live_estimate();
                 let due = self.every.is_some_and(|e| last_time.elapsed() >= e)
                     || self
                         .every_allocated

@@ -50,8 +50,9 @@ use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::output::{self, Format, Source, pprof};
 use crate::support::lock::{Mutex, rank};
-use crate::{output::pprof, record::sites, sample, support::reentry};
+use crate::{record::sites, sample, support::reentry};
 
 pub use server::{
     DEFAULT_CONNECTIONS_PER_PEER, DEFAULT_RESPONSE_BUDGET, LARGEST_HEAD_BYTES, LONGEST_TIMEOUT,
@@ -250,80 +251,69 @@ const MAX_DELTAS: usize = 4;
 static DELTAS: AtomicUsize = AtomicUsize::new(0);
 
 fn profile_response(kind: Kind, params: &Params) -> io::Result<Response> {
-    let mut options = pprof::Options {
+    let options = pprof::Options {
         default_sample_type: (kind == Kind::Allocs).then_some("alloc_space"),
         ..Default::default()
     };
-    if let Some(seconds) = params.seconds {
-        if params.debug != 0 {
-            return Ok(Response::error(
-                400,
-                "bad request: seconds and debug cannot be combined (as in Go)",
-            ));
-        }
-        if kind == Kind::Peak {
-            return Ok(Response::error(
-                400,
-                "bad request: the peak profile has no delta form",
-            ));
-        }
-        if DELTAS.fetch_add(1, Relaxed) >= MAX_DELTAS {
-            DELTAS.fetch_sub(1, Relaxed);
-            return Ok(Response::error(
-                503,
-                format!("heapprof: {MAX_DELTAS} delta profiles are already in progress"),
-            ));
-        }
-        let sites = delta(seconds);
-        DELTAS.fetch_sub(1, Relaxed);
-        let comment = format!("heapprof delta profile: what happened in {seconds} s");
-        options.duration = Some(Duration::from_secs(seconds));
-        let attachment = kind.attachment(true);
-        return build(|| Some((sites, vec![comment])), params, options, attachment);
+    let Some(seconds) = params.seconds else {
+        let source = match kind {
+            Kind::Peak => || Source::Peak,
+            Kind::Heap | Kind::Allocs => || Source::Live,
+        };
+        return build(source, params, options, kind.attachment(false));
+    };
+    if params.debug != 0 {
+        return Ok(Response::error(
+            400,
+            "bad request: seconds and debug cannot be combined (as in Go)",
+        ));
     }
     if kind == Kind::Peak {
-        let peak = || {
-            crate::record::peak::copy().map(|peak| {
-                let comment = crate::dump::peak_comment(&peak);
-                (peak.sites, vec![comment])
-            })
-        };
-        return build(peak, params, options, kind.attachment(false));
+        return Ok(Response::error(
+            400,
+            "bad request: the peak profile has no delta form",
+        ));
     }
-    build(
-        || Some((sites::snapshot(), Vec::new())),
-        params,
-        options,
-        kind.attachment(false),
-    )
+    if DELTAS.fetch_add(1, Relaxed) >= MAX_DELTAS {
+        DELTAS.fetch_sub(1, Relaxed);
+        return Ok(Response::error(
+            503,
+            format!("heapprof: {MAX_DELTAS} delta profiles are already in progress"),
+        ));
+    }
+    let span = Duration::from_secs(seconds);
+    let sites = delta(span);
+    DELTAS.fetch_sub(1, Relaxed);
+    let source = || Source::Delta { sites, span };
+    build(source, params, options, kind.attachment(true))
 }
 
-/// Builds the response from the sites, and comments for the profile, that
-/// `sites` gives, taken under the build lock (so that waiting scrapers
-/// hold no copy of the table): the text format for `debug` >= 1, else the
-/// gzipped profile, sent as an `attachment` (its `Content-Disposition`);
-/// 404 if there are none (no peak yet).
+/// Builds the response from `source`, taken under the build lock (so that
+/// waiting scrapers hold no copy of the table): the text format for
+/// `debug` >= 1, else the gzipped profile, sent as an `attachment` (its
+/// `Content-Disposition`); 404 if there is none (no peak yet).
 fn build(
-    sites: impl FnOnce() -> Option<(Vec<sites::Site>, Vec<String>)>,
+    source: impl FnOnce() -> Source,
     params: &Params,
-    mut options: pprof::Options,
+    options: pprof::Options,
     attachment: &'static str,
 ) -> io::Result<Response> {
     let _one_at_a_time = BUILDING.lock();
-    let Some((sites, comments)) = sites() else {
-        return Ok(Response::error(404, crate::record::peak::NO_PEAK_YET));
+    let format = if params.debug > 0 {
+        Format::Text
+    } else {
+        Format::Pprof
     };
-    options.comments = comments;
     let mut body = Vec::new();
-    if params.debug > 0 {
-        let stats = crate::stats();
-        crate::output::text::write(&mut body, &sites, sample::rate(), &stats, &options.comments)?;
-        return Ok(Response::ok(TEXT, body));
+    if !output::write(source(), format, options, &mut body)? {
+        return Ok(Response::error(404, crate::record::peak::NO_PEAK_YET));
     }
-    pprof::encode(&pprof::build(&sites, sample::rate(), options), &mut body)?;
-    Ok(Response {
-        content_disposition: Some(attachment),
-        ..Response::ok(PROTO, body)
+    Ok(match format {
+        Format::Text => Response::ok(TEXT, body),
+        Format::Pprof => Response {
+            content_disposition: Some(attachment),
+            ..Response::ok(PROTO, body)
+        },
     })
 }
 
@@ -331,9 +321,9 @@ fn build(
 /// values are what was allocated in between; inuse values are the change
 /// in live memory (negative where more was freed than allocated), as in
 /// Go's delta profiles. No lock is held while waiting.
-fn delta(seconds: u64) -> Vec<sites::Site> {
+fn delta(span: Duration) -> Vec<sites::Site> {
     let before = sites::snapshot();
-    std::thread::sleep(Duration::from_secs(seconds));
+    std::thread::sleep(span);
     let after = sites::snapshot();
     sites::delta(&after, &before)
 }
@@ -344,7 +334,7 @@ fn delta(seconds: u64) -> Vec<sites::Site> {
 /// every number says what it counts.
 fn index() -> Response {
     let (all, live) = sites::site_counts();
-    let stats = crate::stats();
+    let stats = crate::output::snapshot::stats();
     let has_peak = crate::record::peak::recorded();
     let rate = sample::rate();
     let mut page = String::new();

@@ -1,9 +1,133 @@
 //! Output: one path from a profile source (live, peak, delta) to a format
-//! (pprof, text, snapshot), with symbolization and the memory map.
+//! (pprof, text, snapshot), with symbolization.
+//!
+//! Every profile heapprof writes, whoever asks (the public functions,
+//! dumps, the HTTP endpoint, snapshots), goes through [`write`] or
+//! [`collect`]:
+//!
+//! ```text
+//! Source ──collect──> Collected { sites, comments }
+//!                       ├─ Format::Pprof ─> pprof::build ─> pprof::encode (gzip)
+//!                       ├─ Format::Text ──> text::write
+//!                       └─ snapshot::Snapshot::new
+//! ```
 
-pub(crate) mod mappings;
 pub(crate) mod pprof;
 pub(crate) mod proto;
 pub(crate) mod snapshot;
 pub(crate) mod symbolize;
 pub(crate) mod text;
+
+use std::io;
+use std::time::Duration;
+
+use crate::record::{self, peak, sites::Site};
+use crate::sample;
+
+/// Where a profile's sites come from.
+pub(crate) enum Source {
+    /// The site table now.
+    Live,
+    /// The copy kept when the live heap was largest (none before it
+    /// reaches `record::peak`'s minimum).
+    Peak,
+    /// What happened over `span`: the table at its end minus the table
+    /// at its start (`record::sites::delta`).
+    Delta { sites: Vec<Site>, span: Duration },
+}
+
+/// How a profile is written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// Gzipped pprof `profile.proto`.
+    Pprof,
+    /// The legacy text format (`?debug=1`).
+    Text,
+}
+
+/// A source's sites, and what the profile says about them.
+pub(crate) struct Collected {
+    pub sites: Vec<Site>,
+    pub comments: Vec<String>,
+    /// The span a delta covers.
+    pub span: Option<Duration>,
+}
+
+/// The sites of `source`; `None` if it has none yet (no peak recorded).
+/// Inside the profiler.
+pub(crate) fn collect(source: Source) -> Option<Collected> {
+    match source {
+        Source::Live => Some(Collected {
+            sites: record::sites::snapshot(),
+            comments: Vec::new(),
+            span: None,
+        }),
+        Source::Peak => peak::copy().map(|p| Collected {
+            comments: vec![peak_comment(&p)],
+            sites: p.sites,
+            span: None,
+        }),
+        Source::Delta { sites, span } => Some(Collected {
+            comments: vec![format!(
+                "heapprof delta profile: what happened in {} s",
+                span.as_secs()
+            )],
+            sites,
+            span: Some(span),
+        }),
+    }
+}
+
+/// Writes `source` in `format` to `w`, with `options` (whose comments come
+/// after the source's own). `Ok(false)` if the source has no profile yet
+/// (no peak). Inside the profiler; `w` is called as it is (wrap the
+/// program's writers in `reentry::ProgramWriter`).
+pub(crate) fn write<W: io::Write>(
+    source: Source,
+    format: Format,
+    mut options: pprof::Options,
+    w: W,
+) -> io::Result<bool> {
+    let Some(collected) = collect(source) else {
+        return Ok(false);
+    };
+    let mut comments = collected.comments;
+    comments.append(&mut options.comments);
+    options.comments = comments;
+    options.duration = options.duration.or(collected.span);
+    let rate = sample::rate();
+    match format {
+        Format::Pprof => pprof::encode(&pprof::build(&collected.sites, rate, options), w)?,
+        Format::Text => text::write(
+            io::BufWriter::new(w),
+            &collected.sites,
+            rate,
+            &snapshot::stats(),
+            &options.comments,
+        )?,
+    }
+    Ok(true)
+}
+
+/// The comment that marks a peak profile: how large, and when (RFC 3339,
+/// UTC).
+fn peak_comment(peak: &peak::Peak) -> String {
+    format!(
+        "heapprof peak profile: the live heap at its largest, about {} bytes (sampled estimate), at {}",
+        peak.live_bytes,
+        humantime::format_rfc3339_seconds(peak.when)
+    )
+}
+
+/// `Err` (kind `Other`, saying what to add) if heapprof is not the
+/// program's global allocator: nothing could have been recorded.
+pub(crate) fn check_installed() -> io::Result<()> {
+    if record::installed() {
+        Ok(())
+    } else {
+        Err(io::Error::other(
+            "heapprof is not this program's global allocator, so there is nothing to profile; add \
+             `#[global_allocator] static ALLOC: heapprof::Profiler = heapprof::Profiler::new();`",
+        ))
+    }
+}

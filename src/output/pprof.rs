@@ -22,10 +22,10 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use prost::Message;
 
-use crate::output::mappings::{self, Mapping};
 use crate::output::proto;
 use crate::output::symbolize::{self, Frames};
-use crate::record::sites::{self, Site};
+use crate::record::sites::Site;
+use crate::support::mappings::{self, Mapping};
 
 /// The name under which the overflow bucket appears in profiles.
 pub(crate) const OVERFLOW_FUNCTION: &str = "[heapprof overflow: site table full or out of memory]";
@@ -94,15 +94,6 @@ const BUILD_STACK_BYTES: usize = 4 * BUILD_STACK_NEED;
 /// overflowed it, and a stack overflow aborts the process.
 pub(crate) fn with_build_stack<R>(f: impl FnOnce() -> R) -> R {
     stacker::maybe_grow(BUILD_STACK_NEED, BUILD_STACK_BYTES, f)
-}
-
-/// Writes the current profile, gzipped, to `w`.
-pub(crate) fn write<W: Write>(w: W, options: Options) -> io::Result<()> {
-    with_build_stack(|| {
-        let sites = sites::snapshot();
-        let profile = build(&sites, crate::sample::rate(), options);
-        encode(&profile, w)
-    })
 }
 
 /// Encodes `profile` as a gzip-compressed protobuf.

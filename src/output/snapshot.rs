@@ -65,7 +65,7 @@ impl Stats {
 pub fn stats() -> Stats {
     let _inside = reentry::Inside::enter();
     let program = registry::totals();
-    let own = registry::own_totals();
+    let own = reentry::own_totals();
     Stats {
         allocations: program.allocations,
         deallocations: program.deallocations,
@@ -169,7 +169,8 @@ impl Drop for Snapshot {
 /// [`Snapshot::assert_inuse_at_most`] panics instead.
 pub fn snapshot() -> Snapshot {
     let _inside = reentry::Inside::enter();
-    Snapshot::from_raw(sites::snapshot(), sample::rate())
+    let sites = super::collect(super::Source::Live).map_or_else(Vec::new, |c| c.sites);
+    Snapshot::from_raw(sites, sample::rate())
 }
 
 /// One row of [`Snapshot::top`]: a function and the live bytes it
@@ -293,7 +294,7 @@ impl Snapshot {
     /// test file (or a module it includes).
     #[track_caller]
     pub fn assert_inuse_at_most(&self, function: &str, max_bytes: i64) {
-        if let Err(e) = crate::check_installed() {
+        if let Err(e) = crate::output::check_installed() {
             panic!("heapprof: cannot check what `{function}` holds: {e}");
         }
         let held = self.inuse_bytes_in(function);
@@ -349,7 +350,7 @@ impl Snapshot {
         let title = format!("heapprof: {}", sample_type.description());
         if lines.is_empty() {
             // inferno rejects empty input, after writing part of its SVG.
-            let why = match crate::check_installed() {
+            let why = match crate::output::check_installed() {
                 Err(e) => e.to_string(),
                 Ok(()) => self.no_samples_reason(sample_type),
             };

@@ -50,9 +50,10 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 
+use crate::output::pprof;
 use crate::output::symbolize::{self, Frames};
 use crate::record::sites::{Counts, Site};
-use crate::{output::mappings, output::pprof};
+use crate::support::mappings;
 
 /// Writes `sites`, sampled at `rate`, in the legacy text format, with the
 /// exact counters of `stats` in the trailer, on a stack deep enough for

@@ -33,10 +33,10 @@
 use std::sync::Once;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
-use crate::output::{mappings, symbolize};
+use crate::output::symbolize;
 use crate::record::{blocks, peak, sites, spare};
 use crate::support::lock::EachLock;
-use crate::support::{reentry, registry};
+use crate::support::{mappings, reentry, registry};
 
 /// Every lock `fork` takes, by module, in rank order.
 const FORK_LOCKS: [EachLock; 7] = [
@@ -112,7 +112,6 @@ extern "C" fn child() {
     // The parent's other threads are gone; forget them before their
     // memory can be reused (see `support/registry.rs`, `record/blocks.rs`).
     registry::forget_other_threads_after_fork();
-    blocks::forget_other_threads_after_fork();
     symbolize::after_fork_in_child();
     #[cfg(feature = "http")]
     crate::http::reset_after_fork();

@@ -54,7 +54,7 @@ use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::SeqCst};
 
 use crate::support::lock::{Lockable, Mutex, rank};
-use crate::thread;
+use crate::support::registry;
 
 use crate::record::sites::BucketId;
 
@@ -133,22 +133,12 @@ struct CachePadded<T>(T);
 static STRIPE_MAPS: [CachePadded<Mutex<{ rank::BLOCKS }, Map>>; STRIPES] =
     [const { CachePadded(Mutex::new(HashMap::with_hasher(BuildHasherDefault::new()))) }; STRIPES];
 
-/// `ptr & FILTER_MASK == 0` means "may be sampled". PAGE_MASK while every
-/// live sampled block is page aligned; 0 while some are not. Frees read
-/// their thread's copy of it (`Local::filter_mask`); this is the value new
-/// copies start from. Written under [`MASK_COPIES`]' lock only.
-static FILTER_MASK: AtomicUsize = AtomicUsize::new(PAGE_MASK);
-
 /// The second filter: live sampled blocks per hash slot of their address,
 /// saturating at 255 (a saturated slot stays "maybe" for good).
 const LIVE_SLOTS: usize = 1 << 16;
 static LIVE_COUNTS: [AtomicU8; LIVE_SLOTS] = [const { AtomicU8::new(0) }; LIVE_SLOTS];
 /// Live sampled blocks that the page test misses ([`Entry::needs_lookups`]).
 static UNALIGNED_LIVE: AtomicUsize = AtomicUsize::new(0);
-/// The addresses of the registered threads' mask copies. Its lock keeps
-/// FILTER_MASK and every copy in step with UNALIGNED_LIVE.
-static MASK_COPIES: Mutex<{ rank::MASKS }, Vec<usize>> = Mutex::new(Vec::new());
-
 /// The free path's filter for a block of `size` bytes at `ptr`, with the
 /// freeing thread's copy of the mask: false means "certainly not sampled".
 #[inline(always)]
@@ -156,42 +146,8 @@ pub(crate) fn may_contain(mask: usize, ptr: *mut u8, size: usize) -> bool {
     (ptr as usize) & mask == 0 || size > LARGE
 }
 
-/// The address of this thread's mask copy, as the list holds it.
-fn own_mask_copy() -> Option<usize> {
-    thread::with(|l| &l.filter_mask as *const AtomicUsize as usize)
-}
-
-/// Gives this thread a mask copy of its own, kept up to date from now on.
-/// Called once per thread, from the slow path with the reentrancy guard
-/// held (the list may grow; the blocks it allocates and frees are never
-/// sampled, so freeing them cannot come back here for the lock).
-pub(crate) fn register_thread() {
-    let Some(addr) = own_mask_copy() else {
-        return;
-    };
-    let mut copies = MASK_COPIES.lock();
-    if copies.try_reserve(1).is_err() {
-        // No memory to list the copy: it stays 0, and every free of this
-        // thread looks its block up. Slower, never wrong.
-        return;
-    }
-    copies.push(addr);
-    let _ = thread::with(|l| l.filter_mask.store(FILTER_MASK.load(SeqCst), SeqCst));
-}
-
-/// Takes this thread's copy out of the list, before its thread-local
-/// memory goes away, and leaves it at 0: the frees of the thread's last
-/// destructors then look every block up.
-pub(crate) fn unregister_thread() {
-    let Some(addr) = own_mask_copy() else {
-        return;
-    };
-    let mut copies = MASK_COPIES.lock();
-    if let Some(i) = copies.iter().position(|&a| a == addr) {
-        copies.swap_remove(i);
-    }
-    let _ = thread::with(|l| l.filter_mask.store(0, SeqCst));
-}
+// The registry's copies start from "page-aligned blocks only".
+const _: () = assert!(registry::INITIAL_FILTER_MASK == PAGE_MASK);
 
 #[inline]
 fn addr_hash(addr: usize) -> u64 {
@@ -293,38 +249,18 @@ pub(crate) fn remove_owned_by(owner: usize) -> Vec<Entry> {
 }
 
 /// Sets the mask from the current count. Every unaligned insert and every
-/// 1 -> 0 removal calls this after changing the count, under one lock, and
-/// each call reads the count afresh, so the last call to run always sees
-/// the final count, and an insert returns only once the mask is 0.
+/// 1 -> 0 removal calls this after changing the count, and the registry
+/// serializes the calls, each of which reads the count afresh, so the last
+/// call to run always sees the final count, and an insert returns only
+/// once the mask is 0.
 fn update_mask() {
-    let copies = MASK_COPIES.lock();
-    let mask = if UNALIGNED_LIVE.load(SeqCst) == 0 {
-        PAGE_MASK
-    } else {
-        0
-    };
-    FILTER_MASK.store(mask, SeqCst);
-    for &addr in copies.iter() {
-        // SAFETY: an address stays in MASK_COPIES only while its thread
-        // runs: the thread's exit hook (`support/registry.rs`) removes it,
-        // under this same lock, before the thread's thread-local memory is
-        // released. In a fork child, the child handler removes the other
-        // threads' entries before anything else runs there
-        // (`forget_other_threads_after_fork`). The copy is atomic: its
-        // thread reads it.
-        let copy = unsafe { &*(addr as *const AtomicUsize) };
-        copy.store(mask, SeqCst);
-    }
-}
-
-/// In a forked child: the other entries of the mask copies are the
-/// parent's other threads, gone here, whose memory the child may reuse or
-/// unmap once it starts threads of its own. Keep only this thread's.
-pub(crate) fn forget_other_threads_after_fork() {
-    let Some(own) = own_mask_copy() else {
-        return;
-    };
-    MASK_COPIES.lock().retain(|&a| a == own);
+    registry::set_filter_mask(|| {
+        if UNALIGNED_LIVE.load(SeqCst) == 0 {
+            PAGE_MASK
+        } else {
+            0
+        }
+    });
 }
 
 /// Live sampled blocks, and the bytes the set's maps hold.
@@ -343,5 +279,4 @@ pub(crate) fn each_lock(f: &mut dyn FnMut(&'static dyn Lockable)) {
     for m in &STRIPE_MAPS {
         f(&m.0);
     }
-    f(&MASK_COPIES);
 }

@@ -67,10 +67,10 @@ pub(crate) mod rank {
     pub(crate) const PEAK: u8 = 7;
     /// The registry of threads' counters (`support/registry.rs`).
     pub(crate) const REGISTRY: u8 = 8;
+    /// The list of threads' mask copies (`support/registry.rs`).
+    pub(crate) const MASKS: u8 = 9;
     /// The sampled set's stripes (`record/blocks.rs`).
-    pub(crate) const BLOCKS: u8 = 9;
-    /// The list of threads' mask copies (`record/blocks.rs`).
-    pub(crate) const MASKS: u8 = 10;
+    pub(crate) const BLOCKS: u8 = 10;
     /// How many ranks there are.
     pub(crate) const COUNT: usize = 11;
 

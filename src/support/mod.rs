@@ -1,7 +1,8 @@
-//! Runtime support with no profile data of its own: settings, stderr
-//! reports, locks and their ranks, the reentrancy guard, the registry of
-//! threads' exact counters.
+//! Runtime support with no profile data of its own: locks and their
+//! ranks, the reentrancy guard, the registry of threads (exact counters,
+//! filter mask copies), and the loaded objects' memory mappings.
 
 pub(crate) mod lock;
+pub(crate) mod mappings;
 pub(crate) mod reentry;
 pub(crate) mod registry;

@@ -13,8 +13,18 @@
 //! `stats()` counts the program's allocations only. [`Outside`] steps out
 //! for a call into the program's code (the writer a profile goes to).
 
-use crate::support::registry;
+use crate::thread::counters::{Counts, SharedCounts};
 use crate::thread::{self, Deferred};
+
+/// heapprof's own allocations and frees, as `Counters::thaw` takes them
+/// out of the threads' counts.
+static OWN: SharedCounts = SharedCounts::new();
+
+/// heapprof's own allocations and frees so far (a thread still inside
+/// heapprof adds its share when it leaves).
+pub(crate) fn own_totals() -> Counts {
+    OWN.get()
+}
 
 /// Whether this thread is inside the profiler. A thread whose state is
 /// unreachable counts as inside, so nothing is recorded for it.
@@ -76,7 +86,7 @@ fn leave(was_inside: bool) {
     let Some(own) = thread::with(|l| l.counters.thaw()) else {
         return;
     };
-    registry::add_own(own);
+    OWN.add(own);
     if !crate::support::lock::free_path_lock_held() {
         run_deferred();
     }

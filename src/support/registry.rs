@@ -16,6 +16,12 @@
 //! counts to the unlisted totals ([`flush_unlisted`]): frees and
 //! allocations made by destructors that run after the exit hook are
 //! counted, however many.
+//!
+//! The registry also lists each thread's copy of the free filter's mask
+//! (`thread::Local::filter_mask`; the filter is `record/blocks.rs`'s), so
+//! that a change of mask reaches every running thread.
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
 use crate::support::lock::{Lockable, Mutex, rank};
 use crate::support::reentry;
@@ -29,21 +35,17 @@ static LIVE: Mutex<{ rank::REGISTRY }, Vec<usize>> = Mutex::new(Vec::new());
 /// thread exits, and by threads that count while unlisted
 /// ([`flush_unlisted`]).
 static UNLISTED: SharedCounts = SharedCounts::new();
-/// heapprof's own allocations and frees, as `Counters::thaw` takes them
-/// out of the threads' counts.
-static OWN: SharedCounts = SharedCounts::new();
+/// The mask a thread's copy starts from when it joins the registry, until
+/// the sampled set sets another ([`set_filter_mask`]): "page-aligned
+/// blocks only".
+pub(crate) const INITIAL_FILTER_MASK: usize = 4096 - 1;
 
-/// Adds heapprof's own counts, taken out of a thread's as it leaves
-/// heapprof.
-pub(crate) fn add_own(counts: Counts) {
-    OWN.add(counts);
-}
-
-/// heapprof's own allocations and frees so far (a thread still inside
-/// heapprof adds its share when it leaves).
-pub(crate) fn own_totals() -> Counts {
-    OWN.get()
-}
+/// `ptr & FILTER_MASK == 0` means "may be sampled": the value every listed
+/// thread's copy holds. Written under [`MASK_COPIES`]' lock only.
+static FILTER_MASK: AtomicUsize = AtomicUsize::new(INITIAL_FILTER_MASK);
+/// The addresses of the listed threads' mask copies. Its lock keeps
+/// `FILTER_MASK` and every copy in step with the sampled set's count.
+static MASK_COPIES: Mutex<{ rank::MASKS }, Vec<usize>> = Mutex::new(Vec::new());
 
 fn registration() -> Option<Registration> {
     thread::with(|l| l.registration.get())
@@ -109,7 +111,7 @@ pub(crate) fn register_thread(retry: bool) {
     }
     live.push(addr);
     drop(live);
-    crate::record::blocks::register_thread();
+    list_mask_copy();
 }
 
 /// The exit hook: takes an exiting thread's counters out of the registry,
@@ -137,7 +139,63 @@ fn retire() {
     }
     set_registration(Registration::Exited);
     drop(live);
-    crate::record::blocks::unregister_thread();
+    unlist_mask_copy();
+}
+
+/// The address of this thread's mask copy, as the list holds it.
+fn own_mask_copy() -> Option<usize> {
+    thread::with(|l| &l.filter_mask as *const AtomicUsize as usize)
+}
+
+/// Gives this thread a mask copy of its own, kept up to date from now on.
+/// From the slow path inside the profiler (the list may grow; the blocks
+/// it allocates and frees are never sampled, so freeing them cannot come
+/// back here for the lock).
+fn list_mask_copy() {
+    let Some(addr) = own_mask_copy() else {
+        return;
+    };
+    let mut copies = MASK_COPIES.lock();
+    if copies.try_reserve(1).is_err() {
+        // No memory to list the copy: it stays 0, and every free of this
+        // thread looks its block up. Slower, never wrong.
+        return;
+    }
+    copies.push(addr);
+    thread::with(|l| l.filter_mask.store(FILTER_MASK.load(SeqCst), SeqCst));
+}
+
+/// Takes this thread's copy out of the list, before its thread-local
+/// memory goes away, and leaves it at 0: the frees of the thread's last
+/// destructors then look every block up.
+fn unlist_mask_copy() {
+    let Some(addr) = own_mask_copy() else {
+        return;
+    };
+    let mut copies = MASK_COPIES.lock();
+    if let Some(i) = copies.iter().position(|&a| a == addr) {
+        copies.swap_remove(i);
+    }
+    thread::with(|l| l.filter_mask.store(0, SeqCst));
+}
+
+/// Sets the free filter's mask to `mask()`, computed under the lock that
+/// serializes mask changes, in every listed thread's copy.
+pub(crate) fn set_filter_mask(mask: impl FnOnce() -> usize) {
+    let copies = MASK_COPIES.lock();
+    let mask = mask();
+    FILTER_MASK.store(mask, SeqCst);
+    for &addr in copies.iter() {
+        // SAFETY: an address stays in MASK_COPIES only while its thread
+        // runs: the thread's exit hook (`retire`) removes it, under this
+        // same lock, before the thread's thread-local memory is released.
+        // In a fork child, the child handler removes the other threads'
+        // entries before anything else runs there
+        // (`forget_other_threads_after_fork`). The copy is atomic: its
+        // thread reads it.
+        let copy = unsafe { &*(addr as *const AtomicUsize) };
+        copy.store(mask, SeqCst);
+    }
 }
 
 /// For a thread that is not in the registry (not yet, or no more), from its
@@ -199,9 +257,16 @@ pub(crate) fn forget_other_threads_after_fork() {
         UNLISTED.add(counters.try_read().unwrap_or_else(|torn| torn));
     }
     live.retain(|&a| a == own);
+    drop(live);
+    // The mask copies likewise: the others are gone here, and the child
+    // may reuse or unmap their memory once it starts threads of its own.
+    if let Some(own) = own_mask_copy() {
+        MASK_COPIES.lock().retain(|&a| a == own);
+    }
 }
 
-/// The registry's lock, for the fork table (`process/fork.rs`).
+/// The registry's locks, for the fork table (`process/fork.rs`).
 pub(crate) fn each_lock(f: &mut dyn FnMut(&'static dyn Lockable)) {
     f(&LIVE);
+    f(&MASK_COPIES);
 }
