@@ -111,7 +111,7 @@ pub(crate) fn get() -> &'static Config {
                 ),
                 MAX_RATE,
             ),
-            // A bucket's index within its stripe has 24 bits (`BucketId`).
+            // A bucket's index within its stripe has 24 bits (`SiteId`).
             max_sites: read(
                 "HEAPPROF_MAX_SITES",
                 "a whole number from 1 to 16777215 (64k also works)",

@@ -321,7 +321,7 @@ fn build(
 /// values are what was allocated in between; inuse values are the change
 /// in live memory (negative where more was freed than allocated), as in
 /// Go's delta profiles. No lock is held while waiting.
-fn delta(span: Duration) -> Vec<sites::Site> {
+fn delta(span: Duration) -> Vec<sites::SiteCopy> {
     let before = sites::snapshot();
     std::thread::sleep(span);
     let after = sites::snapshot();

@@ -21,7 +21,7 @@ pub(crate) mod text;
 use std::io;
 use std::time::Duration;
 
-use crate::record::{self, peak, sites::Site};
+use crate::record::{self, peak, sites::SiteCopy};
 use crate::sample;
 
 /// Where a profile's sites come from.
@@ -33,7 +33,10 @@ pub(crate) enum Source {
     Peak,
     /// What happened over `span`: the table at its end minus the table
     /// at its start (`record::sites::delta`).
-    Delta { sites: Vec<Site>, span: Duration },
+    Delta {
+        sites: Vec<SiteCopy>,
+        span: Duration,
+    },
 }
 
 /// How a profile is written.
@@ -47,7 +50,7 @@ pub(crate) enum Format {
 
 /// A source's sites, and what the profile says about them.
 pub(crate) struct Collected {
-    pub sites: Vec<Site>,
+    pub sites: Vec<SiteCopy>,
     pub comments: Vec<String>,
     /// The span a delta covers.
     pub span: Option<Duration>,

@@ -23,8 +23,8 @@ use flate2::write::GzEncoder;
 use prost::Message;
 
 use crate::output::proto;
-use crate::output::symbolize::{self, Frames};
-use crate::record::sites::Site;
+use crate::output::symbolize::{self, Symbols};
+use crate::record::sites::SiteCopy;
 use crate::support::mappings::{self, Mapping};
 
 /// The name under which the overflow bucket appears in profiles.
@@ -107,11 +107,11 @@ pub(crate) fn encode<W: Write>(profile: &proto::Profile, w: W) -> io::Result<()>
 }
 
 /// Builds the profile message for `sites`, sampled at `rate`.
-pub(crate) fn build(sites: &[Site], rate: usize, options: Options) -> proto::Profile {
+pub(crate) fn build(sites: &[SiteCopy], rate: usize, options: Options) -> proto::Profile {
     with_build_stack(|| build_here(sites, rate, options))
 }
 
-fn build_here(sites: &[Site], rate: usize, options: Options) -> proto::Profile {
+fn build_here(sites: &[SiteCopy], rate: usize, options: Options) -> proto::Profile {
     let resolved = symbolize::resolve_all(sites.iter().flat_map(|s| s.frames.iter().copied()));
     let mut b = Builder {
         strings: StringTable::new(),
@@ -154,7 +154,7 @@ pub(crate) struct Shown {
 /// machinery (an allocation made by the runtime itself) keeps everything
 /// above the leaf cut's limit, and one that is all start-up keeps its
 /// start-up frames.
-pub(crate) fn trim(frames: &[usize], resolved: &HashMap<usize, Frames>) -> Vec<Shown> {
+pub(crate) fn trim(frames: &[usize], resolved: &HashMap<usize, Symbols>) -> Vec<Shown> {
     // Every source frame, leaf first: (index in `frames`, line, its name).
     let mut lines: Vec<(usize, usize, Option<&str>)> = Vec::new();
     for (i, addr) in frames.iter().enumerate() {
@@ -240,11 +240,11 @@ struct Builder {
     locations: HashMap<Shown, u64>,
     mappings: Vec<Mapping>,
     profile: proto::Profile,
-    resolved: HashMap<usize, Frames>,
+    resolved: HashMap<usize, Symbols>,
 }
 
 impl Builder {
-    fn header(&mut self, rate: usize, options: &Options, sites: &[Site]) {
+    fn header(&mut self, rate: usize, options: &Options, sites: &[SiteCopy]) {
         let mut value_type = |t: &str, u: &str| proto::ValueType {
             r#type: self.strings.get(t),
             unit: self.strings.get(u),
@@ -295,7 +295,7 @@ impl Builder {
         }
     }
 
-    fn add_site(&mut self, site: &Site) {
+    fn add_site(&mut self, site: &SiteCopy) {
         let c = &site.counts;
         if c.sampled_allocs == 0 && c.sampled_frees == 0 {
             return; // nothing happened here (in a delta: nothing in between)

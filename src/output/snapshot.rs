@@ -129,7 +129,7 @@ impl Site {
 /// the stack of everything it allocates, so `"leaky"` would also match a
 /// test named `leaky_fails_assertion` and count all it allocated.
 pub struct Snapshot {
-    raw: Vec<sites::Site>,
+    raw: Vec<sites::SiteCopy>,
     rate: usize,
     sites: Vec<Site>,
     profile: proto::Profile,
@@ -186,7 +186,7 @@ pub struct FunctionBytes {
 }
 
 impl Snapshot {
-    fn from_raw(raw: Vec<sites::Site>, rate: usize) -> Snapshot {
+    fn from_raw(raw: Vec<sites::SiteCopy>, rate: usize) -> Snapshot {
         let profile = pprof::build(&raw, rate, pprof::Options::default());
         let sites = sites_of(&profile);
         Snapshot {

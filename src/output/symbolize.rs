@@ -21,7 +21,7 @@ use crate::support::lock::{Lockable, Mutex, rank};
 /// One source-level frame at an address. An address yields several when
 /// functions were inlined into each other, innermost first.
 #[derive(Debug, Clone)]
-pub(crate) struct Frame {
+pub(crate) struct Symbol {
     /// Demangled, without the trailing `::h0123…` hash.
     pub name: String,
     /// The symbol as linked (mangled), for `pprof -symbolize` and friends.
@@ -31,9 +31,9 @@ pub(crate) struct Frame {
 }
 
 /// The frames at one address, innermost first; empty if nothing is known.
-pub(crate) type Frames = Arc<[Frame]>;
+pub(crate) type Symbols = Arc<[Symbol]>;
 
-static CACHE: Mutex<{ rank::SYMBOLS }, Option<HashMap<usize, Frames>>> = Mutex::new(None);
+static CACHE: Mutex<{ rank::SYMBOLS }, Option<HashMap<usize, Symbols>>> = Mutex::new(None);
 
 /// Held around every call into `backtrace::resolve`, so that the fork
 /// handlers can tell whether a thread is inside backtrace's own
@@ -86,7 +86,7 @@ pub(crate) fn after_fork_in_child() {
 
 /// Resolves every address in `addrs` (return addresses), using and filling
 /// the cache.
-pub(crate) fn resolve_all(addrs: impl IntoIterator<Item = usize>) -> HashMap<usize, Frames> {
+pub(crate) fn resolve_all(addrs: impl IntoIterator<Item = usize>) -> HashMap<usize, Symbols> {
     let mut wanted: Vec<usize> = addrs.into_iter().collect();
     wanted.sort_unstable();
     wanted.dedup();
@@ -108,7 +108,7 @@ pub(crate) fn resolve_all(addrs: impl IntoIterator<Item = usize>) -> HashMap<usi
     }
     if LOOKUPS_LOST.load(Relaxed) {
         // A forked child whose parent was mid-lookup: unnamed, not hung.
-        out.extend(missing.into_iter().map(|a| (a, Frames::from(Vec::new()))));
+        out.extend(missing.into_iter().map(|a| (a, Symbols::from(Vec::new()))));
         return out;
     }
     // What the lookup keeps (backtrace's parsed debug info, this cache's
@@ -117,7 +117,7 @@ pub(crate) fn resolve_all(addrs: impl IntoIterator<Item = usize>) -> HashMap<usi
     // `resolved` list, which goes away below (`out` was sized up front and
     // does not grow).
     let before = this_thread_net_bytes();
-    let resolved: Vec<(usize, Frames)> = {
+    let resolved: Vec<(usize, Symbols)> = {
         let _resolving = RESOLVING.lock();
         let resolved = missing.into_iter().map(|a| (a, resolve(a))).collect();
         // backtrace keeps the debug info it parsed (40 MiB after a first
@@ -136,7 +136,7 @@ pub(crate) fn resolve_all(addrs: impl IntoIterator<Item = usize>) -> HashMap<usi
             cache.insert(*addr, frames.clone());
         }
     }
-    let list_bytes = resolved.capacity() * std::mem::size_of::<(usize, Frames)>();
+    let list_bytes = resolved.capacity() * std::mem::size_of::<(usize, Symbols)>();
     let kept = this_thread_net_bytes() - before - list_bytes as i64;
     KEPT_BYTES.fetch_add(kept, Relaxed);
     out.extend(resolved);
@@ -160,7 +160,7 @@ thread_local! {
     static RESOLVED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-fn resolve(addr: usize) -> Frames {
+fn resolve(addr: usize) -> Symbols {
     #[cfg(test)]
     RESOLVED.with(|r| r.set(r.get() + 1));
     let mut frames = Vec::new();
@@ -174,7 +174,7 @@ fn resolve(addr: usize) -> Frames {
             ),
             None => (String::new(), String::new()),
         };
-        frames.push(Frame {
+        frames.push(Symbol {
             name,
             system_name,
             file: symbol
@@ -190,7 +190,7 @@ fn resolve(addr: usize) -> Frames {
 /// Whether a frame is allocation machinery, by its name or, when the debug
 /// info only has short names (`debug = "line-tables-only"` gives `reserve`
 /// rather than `alloc::raw_vec::RawVec<T>::reserve`), by its source file.
-pub(crate) fn is_machinery_frame(frame: &Frame) -> bool {
+pub(crate) fn is_machinery_frame(frame: &Symbol) -> bool {
     is_machinery(&frame.name) || is_machinery_file(&frame.file)
 }
 

@@ -51,8 +51,8 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 
 use crate::output::pprof;
-use crate::output::symbolize::{self, Frames};
-use crate::record::sites::{Counts, Site};
+use crate::output::symbolize::{self, Symbols};
+use crate::record::sites::{SiteCopy, SiteCounts};
 use crate::support::mappings;
 
 /// Writes `sites`, sampled at `rate`, in the legacy text format, with the
@@ -60,7 +60,7 @@ use crate::support::mappings;
 /// symbolization (`profile::with_build_stack`).
 pub(crate) fn write<W: Write>(
     w: W,
-    sites: &[Site],
+    sites: &[SiteCopy],
     rate: usize,
     stats: &crate::Stats,
     comments: &[String],
@@ -70,7 +70,7 @@ pub(crate) fn write<W: Write>(
 
 fn write_here<W: Write>(
     mut w: W,
-    sites: &[Site],
+    sites: &[SiteCopy],
     rate: usize,
     stats: &crate::Stats,
     comments: &[String],
@@ -184,8 +184,8 @@ struct SiteRecords {
 }
 
 impl SiteRecords {
-    fn new(site: &Site, resolved: &HashMap<usize, Frames>) -> SiteRecords {
-        let c: &Counts = &site.counts;
+    fn new(site: &SiteCopy, resolved: &HashMap<usize, Symbols>) -> SiteRecords {
+        let c: &SiteCounts = &site.counts;
         // Rounding and a sample counted freed can leave -0.4 or so.
         let whole = |x: f64| x.round().max(0.0) as i64;
         SiteRecords {
@@ -205,8 +205,8 @@ impl SiteRecords {
 mod tests {
     use super::*;
 
-    fn site(frames: Vec<usize>, samples: &[(usize, usize, bool)]) -> Site {
-        let mut counts = Counts::default();
+    fn site(frames: Vec<usize>, samples: &[(usize, usize, bool)]) -> SiteCopy {
+        let mut counts = SiteCounts::default();
         for &(size, rate, freed) in samples {
             let w = crate::sample::weight(size, rate);
             counts.sampled_allocs += 1;
@@ -219,7 +219,7 @@ mod tests {
                 counts.free_bytes_est += size as f64 * w;
             }
         }
-        Site {
+        SiteCopy {
             frames,
             counts,
             overflow: false,
@@ -254,7 +254,7 @@ mod tests {
     #[test]
     fn records_are_the_estimates_through_rate_changes() {
         let rate = 512 * 1024;
-        let mut sites: Vec<Site> = (0..1025)
+        let mut sites: Vec<SiteCopy> = (0..1025)
             .map(|i| site(vec![0x1000 + 16 * i], &[(64, 1, false)]))
             .collect();
         sites.push(site(

@@ -56,7 +56,7 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::SeqCst};
 use crate::support::lock::{Lockable, Mutex, rank};
 use crate::support::registry;
 
-use crate::record::sites::BucketId;
+use crate::record::sites::SiteId;
 
 pub(crate) const PAGE: usize = 4096;
 const PAGE_MASK: usize = PAGE - 1;
@@ -84,7 +84,7 @@ const STRIPES: usize = 64;
 /// What the free of a sampled block needs.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Entry {
-    pub bucket: BucketId,
+    pub bucket: SiteId,
     pub weight: f64,
     pub size: usize,
     /// Whether the block was allocated with its alignment raised to a page;

@@ -20,7 +20,7 @@ use std::time::SystemTime;
 
 use crate::support::lock::{Lockable, Mutex, rank};
 
-use crate::record::sites::{self, Site};
+use crate::record::sites::{self, SiteCopy};
 
 /// What to say when there is no peak copy yet.
 pub(crate) const NO_PEAK_YET: &str =
@@ -35,7 +35,7 @@ static NEXT_PEAK: AtomicI64 = AtomicI64::new(MIN_PEAK);
 
 #[derive(Clone)]
 pub(crate) struct Peak {
-    pub sites: Vec<Site>,
+    pub sites: Vec<SiteCopy>,
     pub live_bytes: i64,
     pub when: SystemTime,
 }

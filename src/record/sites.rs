@@ -44,16 +44,16 @@ const FRAMES_PER_SITE_BUDGET: usize = 32;
 /// Identifies a bucket: stripe in the high bits, index in the low 24.
 /// `OVERFLOW` names the overflow bucket.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct BucketId(u32);
+pub(crate) struct SiteId(u32);
 
-impl BucketId {
-    pub(crate) const OVERFLOW: BucketId = BucketId(u32::MAX);
+impl SiteId {
+    pub(crate) const OVERFLOW: SiteId = SiteId(u32::MAX);
 }
 
 /// What a bucket has seen. `*_est` are the unbiased estimates (sum of
 /// weights, sum of size × weight); `sampled_*` are raw sample counts.
 #[derive(Clone, Copy, Default, Debug, PartialEq)]
-pub(crate) struct Counts {
+pub(crate) struct SiteCounts {
     pub sampled_allocs: u64,
     pub sampled_alloc_bytes: u64,
     pub sampled_frees: u64,
@@ -63,7 +63,7 @@ pub(crate) struct Counts {
     pub free_bytes_est: f64,
 }
 
-impl Counts {
+impl SiteCounts {
     fn add_alloc(&mut self, size: usize, weight: f64) {
         self.sampled_allocs += 1;
         self.sampled_alloc_bytes += size as u64;
@@ -73,8 +73,8 @@ impl Counts {
 
     /// These counts minus `earlier`'s (counts only grow, so each field of
     /// the result is what happened in between).
-    pub(crate) fn minus(&self, earlier: &Counts) -> Counts {
-        Counts {
+    pub(crate) fn minus(&self, earlier: &SiteCounts) -> SiteCounts {
+        SiteCounts {
             sampled_allocs: self.sampled_allocs.saturating_sub(earlier.sampled_allocs),
             sampled_alloc_bytes: self
                 .sampled_alloc_bytes
@@ -97,7 +97,7 @@ impl Counts {
 struct Bucket {
     frames_start: u32,
     frames_len: u32,
-    counts: Counts,
+    counts: SiteCounts,
 }
 
 #[derive(Default)]
@@ -127,7 +127,7 @@ impl std::hash::Hasher for PassThroughHasher {
 
 struct Table {
     stripes: [Mutex<{ rank::SITES }, Stripe>; STRIPES],
-    overflow: Mutex<{ rank::SITES }, Counts>,
+    overflow: Mutex<{ rank::SITES }, SiteCounts>,
     sites: AtomicUsize,
     frames: AtomicUsize,
 }
@@ -140,7 +140,7 @@ static TABLE: Table = Table {
             frames: Vec::new(),
         })
     }; STRIPES],
-    overflow: Mutex::new(Counts {
+    overflow: Mutex::new(SiteCounts {
         sampled_allocs: 0,
         sampled_alloc_bytes: 0,
         sampled_frees: 0,
@@ -155,7 +155,7 @@ static TABLE: Table = Table {
 
 /// Records a sampled allocation of `size` bytes with `weight` at the site
 /// `frames` (leaf first, already hashed to `hash`).
-pub(crate) fn record_alloc(frames: &[usize], hash: u64, size: usize, weight: f64) -> BucketId {
+pub(crate) fn record_alloc(frames: &[usize], hash: u64, size: usize, weight: f64) -> SiteId {
     // Bits 32..38: the stripe's map uses the low bits of the same hash to
     // place a key and the top 7 as its tag, so picking stripes by either
     // would leave each stripe's keys alike in the bits its map relies on.
@@ -165,7 +165,7 @@ pub(crate) fn record_alloc(frames: &[usize], hash: u64, size: usize, weight: f64
         stripe.buckets[index as usize]
             .counts
             .add_alloc(size, weight);
-        return BucketId((stripe_index as u32) << 24 | index);
+        return SiteId((stripe_index as u32) << 24 | index);
     }
     let room = reserve(frames.len());
     if !room
@@ -178,12 +178,12 @@ pub(crate) fn record_alloc(frames: &[usize], hash: u64, size: usize, weight: f64
         }
         drop(stripe);
         TABLE.overflow.lock().add_alloc(size, weight);
-        return BucketId::OVERFLOW;
+        return SiteId::OVERFLOW;
     }
     let index = stripe.buckets.len() as u32;
     let frames_start = stripe.frames.len() as u32;
     stripe.frames.extend_from_slice(frames);
-    let mut counts = Counts::default();
+    let mut counts = SiteCounts::default();
     counts.add_alloc(size, weight);
     stripe.buckets.push(Bucket {
         frames_start,
@@ -191,7 +191,7 @@ pub(crate) fn record_alloc(frames: &[usize], hash: u64, size: usize, weight: f64
         counts,
     });
     stripe.by_hash.insert(hash, index);
-    BucketId((stripe_index as u32) << 24 | index)
+    SiteId((stripe_index as u32) << 24 | index)
 }
 
 /// Makes room for `extra` more elements, growing by an eighth of the
@@ -235,8 +235,8 @@ fn unreserve(frames: usize) {
 }
 
 /// Credits the free of a sampled block back to the bucket that allocated it.
-pub(crate) fn record_free(id: BucketId, size: usize, weight: f64) {
-    if id == BucketId::OVERFLOW {
+pub(crate) fn record_free(id: SiteId, size: usize, weight: f64) {
+    if id == SiteId::OVERFLOW {
         TABLE.overflow.lock().add_free(size, weight);
         return;
     }
@@ -249,24 +249,24 @@ pub(crate) fn record_free(id: BucketId, size: usize, weight: f64) {
 
 /// A copy of one bucket, taken for writing a profile.
 #[derive(Clone, Debug)]
-pub(crate) struct Site {
+pub(crate) struct SiteCopy {
     /// Return addresses, leaf first; empty for the overflow bucket.
     pub frames: Vec<usize>,
-    pub counts: Counts,
+    pub counts: SiteCounts,
     pub overflow: bool,
 }
 
 /// Copies every bucket out of the table, one stripe lock at a time, so
 /// that symbolization and encoding run with no lock held. Out of memory,
 /// it ends the program, as any allocation outside the allocator would.
-pub(crate) fn snapshot() -> Vec<Site> {
+pub(crate) fn snapshot() -> Vec<SiteCopy> {
     try_snapshot()
-        .unwrap_or_else(|| std::alloc::handle_alloc_error(std::alloc::Layout::new::<Site>()))
+        .unwrap_or_else(|| std::alloc::handle_alloc_error(std::alloc::Layout::new::<SiteCopy>()))
 }
 
 /// As [`snapshot`], or `None` if the inner allocator has no memory for the
 /// copy: for the peak copy, taken inside a sampled allocation.
-pub(crate) fn try_snapshot() -> Option<Vec<Site>> {
+pub(crate) fn try_snapshot() -> Option<Vec<SiteCopy>> {
     let mut sites = Vec::new();
     sites
         .try_reserve_exact(TABLE.sites.load(Relaxed) + 1)
@@ -281,7 +281,7 @@ pub(crate) fn try_snapshot() -> Option<Vec<Site>> {
             frames.extend_from_slice(stored);
             // Sites stored since the capacity was read need more room.
             sites.try_reserve(1).ok()?;
-            sites.push(Site {
+            sites.push(SiteCopy {
                 frames,
                 counts: bucket.counts,
                 overflow: false,
@@ -291,7 +291,7 @@ pub(crate) fn try_snapshot() -> Option<Vec<Site>> {
     let overflow = *TABLE.overflow.lock();
     if overflow.sampled_allocs > 0 {
         sites.try_reserve(1).ok()?;
-        sites.push(Site {
+        sites.push(SiteCopy {
             frames: Vec::new(),
             counts: overflow,
             overflow: true,
@@ -316,10 +316,10 @@ pub(crate) fn site_counts() -> (usize, usize) {
 
 /// What happened between two copies of the table: each site of `later`
 /// with `earlier`'s counts subtracted (sites new since `earlier` are kept
-/// whole). Counts only grow, so alloc values are what was allocated in
+/// whole). SiteCounts only grow, so alloc values are what was allocated in
 /// between and inuse values are the change in live memory.
-pub(crate) fn delta(later: &[Site], earlier: &[Site]) -> Vec<Site> {
-    let before: HashMap<(&[usize], bool), &Counts> = earlier
+pub(crate) fn delta(later: &[SiteCopy], earlier: &[SiteCopy]) -> Vec<SiteCopy> {
+    let before: HashMap<(&[usize], bool), &SiteCounts> = earlier
         .iter()
         .map(|s| ((s.frames.as_slice(), s.overflow), &s.counts))
         .collect();
