@@ -63,10 +63,10 @@ impl Options {
 }
 
 /// Memory the profiler holds for itself: tables, the sampled-address set,
-/// spare sampled blocks, and what symbolization keeps.
+/// spare sampled blocks, and what symbolization keeps. Takes no lock.
 pub(crate) fn profiler_bytes() -> usize {
     crate::record::sites::memory_bytes()
-        + crate::record::blocks::stats().1
+        + crate::record::blocks::memory_bytes()
         + crate::record::spare::bytes()
         + symbolize::memory_bytes()
 }

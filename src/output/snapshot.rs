@@ -560,3 +560,44 @@ fn sites_of(p: &proto::Profile) -> Vec<Site> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use crate::support::lock::EachLock;
+
+    /// `stats()` reads the registry and nothing else: with every table's
+    /// lock held by another thread, it still returns.
+    #[test]
+    fn stats_takes_no_table_lock() {
+        const TABLES: [EachLock; 5] = [
+            crate::output::symbolize::each_lock,
+            crate::record::sites::each_lock,
+            crate::record::spare::each_lock,
+            crate::record::peak::each_lock,
+            crate::record::blocks::each_lock,
+        ];
+        let (held, tables_held) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            for each_lock in TABLES {
+                each_lock(&mut |l| l.lock_and_keep());
+            }
+            held.send(()).unwrap();
+            let _ = released.recv();
+            for each_lock in TABLES {
+                // SAFETY: this thread took each of them above.
+                each_lock(&mut |l| unsafe { l.release_kept() });
+            }
+        });
+        tables_held.recv().unwrap();
+        let (sent, stats) = mpsc::channel();
+        std::thread::spawn(move || sent.send(super::stats()));
+        let answer = stats.recv_timeout(Duration::from_secs(10));
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        assert!(answer.is_ok(), "stats() waited for a table's lock");
+    }
+}

@@ -146,7 +146,7 @@ fn write_stats<W: Write>(
     rate: usize,
     estimated_inuse: i64,
 ) -> io::Result<()> {
-    let (live_sampled, _) = crate::record::blocks::stats();
+    let live_sampled = crate::record::blocks::live_blocks();
     writeln!(
         w,
         "# heapprof stats (exact counts, all threads, since start)"

@@ -56,7 +56,7 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::SeqCst};
 use crate::support::lock::{Lockable, Mutex, rank};
 use crate::support::registry;
 
-use crate::record::sites::SiteId;
+use crate::record::sites::{self, SiteId};
 
 pub(crate) const PAGE: usize = 4096;
 const PAGE_MASK: usize = PAGE - 1;
@@ -137,6 +137,8 @@ static STRIPE_MAPS: [CachePadded<Mutex<{ rank::BLOCKS }, Map>>; STRIPES] =
 /// saturating at 255 (a saturated slot stays "maybe" for good).
 const LIVE_SLOTS: usize = 1 << 16;
 static LIVE_COUNTS: [AtomicU8; LIVE_SLOTS] = [const { AtomicU8::new(0) }; LIVE_SLOTS];
+/// The bytes the stripes' maps hold (they never shrink).
+static MAP_BYTES: AtomicUsize = AtomicUsize::new(0);
 /// Live sampled blocks that the page test misses ([`Entry::needs_lookups`]).
 static UNALIGNED_LIVE: AtomicUsize = AtomicUsize::new(0);
 /// The free path's filter for a block of `size` bytes at `ptr`, with the
@@ -183,10 +185,12 @@ fn with_stripe<R>(addr: usize, f: impl FnOnce(&mut Map) -> R) -> R {
 #[must_use]
 pub(crate) fn insert(ptr: *mut u8, entry: Entry) -> bool {
     let stored = with_stripe(ptr as usize, |map| {
+        let held_before = sites::hash_map_bytes(map);
         let room = map.try_reserve(1).is_ok();
         if room {
             map.insert(ptr as usize, entry);
         }
+        MAP_BYTES.fetch_add(sites::hash_map_bytes(map) - held_before, SeqCst);
         room
     });
     if !stored {
@@ -263,15 +267,14 @@ fn update_mask() {
     });
 }
 
-/// Live sampled blocks, and the bytes the set's maps hold.
-pub(crate) fn stats() -> (usize, usize) {
-    STRIPE_MAPS.iter().fold((0, 0), |(n, bytes), m| {
-        let m = m.0.lock();
-        (
-            n + m.len(),
-            bytes + crate::record::sites::hash_map_bytes(&m),
-        )
-    })
+/// Live sampled blocks (each stripe locked in turn).
+pub(crate) fn live_blocks() -> usize {
+    STRIPE_MAPS.iter().map(|m| m.0.lock().len()).sum()
+}
+
+/// The bytes the set's maps hold. Takes no lock.
+pub(crate) fn memory_bytes() -> usize {
+    MAP_BYTES.load(SeqCst)
 }
 
 /// The set's locks, for the fork table (`process/fork.rs`).

@@ -130,6 +130,8 @@ struct Table {
     overflow: Mutex<{ rank::SITES }, SiteCounts>,
     sites: AtomicUsize,
     frames: AtomicUsize,
+    /// The bytes the stripes hold, kept as they grow ([`memory_bytes`]).
+    bytes: AtomicUsize,
 }
 
 static TABLE: Table = Table {
@@ -151,6 +153,7 @@ static TABLE: Table = Table {
     }),
     sites: AtomicUsize::new(0),
     frames: AtomicUsize::new(0),
+    bytes: AtomicUsize::new(0),
 };
 
 /// Records a sampled allocation of `size` bytes with `weight` at the site
@@ -167,6 +170,7 @@ pub(crate) fn record_alloc(frames: &[usize], hash: u64, size: usize, weight: f64
             .add_alloc(size, weight);
         return SiteId((stripe_index as u32) << 24 | index);
     }
+    let held_before = stripe.bytes();
     let room = reserve(frames.len());
     if !room
         || !grow_by_eighths(&mut stripe.frames, frames.len())
@@ -176,6 +180,8 @@ pub(crate) fn record_alloc(frames: &[usize], hash: u64, size: usize, weight: f64
         if room {
             unreserve(frames.len());
         }
+        // A failed reservation may still have grown a vector.
+        TABLE.bytes.fetch_add(stripe.bytes() - held_before, Relaxed);
         drop(stripe);
         TABLE.overflow.lock().add_alloc(size, weight);
         return SiteId::OVERFLOW;
@@ -191,6 +197,7 @@ pub(crate) fn record_alloc(frames: &[usize], hash: u64, size: usize, weight: f64
         counts,
     });
     stripe.by_hash.insert(hash, index);
+    TABLE.bytes.fetch_add(stripe.bytes() - held_before, Relaxed);
     SiteId((stripe_index as u32) << 24 | index)
 }
 
@@ -336,18 +343,18 @@ pub(crate) fn delta(later: &[SiteCopy], earlier: &[SiteCopy]) -> Vec<SiteCopy> {
 }
 
 /// Bytes the table holds now (buckets, frames, hash index), for reporting
-/// the profiler's own memory.
+/// the profiler's own memory. Takes no lock.
 pub(crate) fn memory_bytes() -> usize {
-    TABLE
-        .stripes
-        .iter()
-        .map(|s| {
-            let s = s.lock();
-            s.buckets.capacity() * std::mem::size_of::<Bucket>()
-                + s.frames.capacity() * std::mem::size_of::<usize>()
-                + hash_map_bytes(&s.by_hash)
-        })
-        .sum()
+    TABLE.bytes.load(Relaxed)
+}
+
+impl Stripe {
+    /// The bytes this stripe's vectors and index hold (they never shrink).
+    fn bytes(&self) -> usize {
+        self.buckets.capacity() * std::mem::size_of::<Bucket>()
+            + self.frames.capacity() * std::mem::size_of::<usize>()
+            + hash_map_bytes(&self.by_hash)
+    }
 }
 
 /// The bytes a std `HashMap` holds: its buckets (a power of two, of which

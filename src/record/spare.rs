@@ -100,7 +100,9 @@ pub(crate) fn take(actual: Layout, owner: usize) -> Option<*mut u8> {
     if !serves(owner) {
         return None;
     }
-    POOLS[class].lock().pop().map(|addr| addr as *mut u8)
+    let ptr = POOLS[class].lock().pop()?;
+    KEPT_BYTES.fetch_sub(MIN_CLASS << class, Relaxed);
+    Some(ptr as *mut u8)
 }
 
 /// Keeps a freed block of allocator `owner` for reuse. Returns false if it
@@ -118,6 +120,7 @@ pub(crate) fn keep(ptr: *mut u8, actual: Layout, owner: usize) -> bool {
         return false;
     }
     pool.push(ptr as usize);
+    KEPT_BYTES.fetch_add(MIN_CLASS << class, Relaxed);
     true
 }
 
@@ -131,6 +134,7 @@ pub(crate) fn give_back(owner: usize) -> Vec<(*mut u8, Layout)> {
     }
     for (class, pool) in POOLS.iter().enumerate() {
         let kept = std::mem::take(&mut *pool.lock());
+        KEPT_BYTES.fetch_sub(kept.len() * (MIN_CLASS << class), Relaxed);
         blocks.extend(kept.into_iter().map(|addr| {
             // What `layout_for` gave every block of the class.
             let layout =
@@ -142,13 +146,12 @@ pub(crate) fn give_back(owner: usize) -> Vec<(*mut u8, Layout)> {
     blocks
 }
 
-/// Bytes held in spare blocks.
+/// Bytes held in spare blocks, changed under the pools' locks.
+static KEPT_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes held in spare blocks. Takes no lock.
 pub(crate) fn bytes() -> usize {
-    POOLS
-        .iter()
-        .enumerate()
-        .map(|(c, p)| p.lock().len() * (MIN_CLASS << c))
-        .sum()
+    KEPT_BYTES.load(Relaxed)
 }
 
 /// The pools' locks, for the fork table (`process/fork.rs`).
