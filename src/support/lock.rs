@@ -200,6 +200,8 @@ impl<const RANK: u8, T: Send> Lockable for Mutex<RANK, T> {
         std::mem::forget(self.lock());
     }
 
+    /// # Safety
+    /// As [`Lockable::release_kept`].
     unsafe fn release_kept(&self) {
         // SAFETY: the caller's contract: this thread (or its fork child's
         // copy of it) took the lock and forgot the guard.
