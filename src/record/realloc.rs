@@ -1,0 +1,164 @@
+//! A realloc where the old block may be sampled or the new one is to be.
+
+use std::alloc::{GlobalAlloc, Layout};
+
+use super::{
+    Sample, alloc_plain, alloc_sampled, blocks, countdown, credit_free, record, spare,
+    uncount_realloc,
+};
+use crate::sample;
+use crate::support::{lock, reentry, registry};
+
+/// A realloc where the old block may be sampled or the new one is to be.
+///
+/// A realloc is the free of the old block and the allocation of a new one,
+/// each accounted as such. The block is resized by the inner allocator's
+/// own `realloc` (in place, or by `mremap`, where it can) unless it must
+/// change layout: a page-aligned sampled block (see `sampled.rs`) moves to
+/// the program's layout, and a block that becomes a page-aligned sample
+/// moves to that; those moves (allocate, copy, free) are of blocks of at
+/// most `sampled::LARGE` bytes.
+///
+/// # Safety
+/// As `GlobalAlloc::realloc`.
+#[cold]
+#[inline(never)]
+pub(crate) unsafe fn realloc<A: GlobalAlloc>(
+    ptr: *mut u8,
+    layout: Layout,
+    new_size: usize,
+    maybe_sampled: bool,
+    inner: &A,
+) -> *mut u8 {
+    // SAFETY: the caller's contract, unchanged.
+    let new_ptr = unsafe { realloc_counted(ptr, layout, new_size, maybe_sampled, inner) };
+    // A thread out of the registry (exiting) passes its counts on here too.
+    registry::flush_unlisted();
+    new_ptr
+}
+
+/// [`realloc`], before an unlisted thread's counts are passed on.
+///
+/// # Safety
+/// As `GlobalAlloc::realloc`.
+unsafe fn realloc_counted<A: GlobalAlloc>(
+    ptr: *mut u8,
+    layout: Layout,
+    new_size: usize,
+    maybe_sampled: bool,
+    inner: &A,
+) -> *mut u8 {
+    // SAFETY: `new_size` is non-zero and does not overflow when rounded to
+    // `layout.align()`, per `realloc`'s contract.
+    let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+    if maybe_sampled && lock::free_path_lock_held() && blocks::may_be_live(ptr) {
+        // A realloc where the set must not be looked up (see
+        // `dealloc_maybe_sampled`): a new plain block, and the free of the
+        // old one, which `dealloc` puts off.
+        // SAFETY: the caller's contract, unchanged.
+        return unsafe { realloc_by_moving(ptr, layout, new_layout, None, inner) };
+    }
+    let old = if maybe_sampled && blocks::may_be_live(ptr) {
+        let _inside = reentry::Inside::enter();
+        blocks::get(ptr, spare::owner(inner))
+    } else {
+        None
+    };
+    // If the filter sent us here, the fast path did not get to charge the
+    // countdown (`||` stopped at the filter): charge it now. Otherwise it
+    // was charged and ran out.
+    let expired = !maybe_sampled || countdown::count_alloc(new_size);
+    let weight = if expired {
+        countdown::expired(new_size)
+    } else {
+        None
+    };
+    let new_page_aligned = weight.is_some() && blocks::page_aligns(new_layout, sample::rate());
+    if old.is_some_and(|e| e.page_aligned) || new_page_aligned {
+        // SAFETY: the caller's contract, unchanged.
+        return unsafe { realloc_by_moving(ptr, layout, new_layout, weight, inner) };
+    }
+    // The block keeps the program's layout: resize it where it is.
+    if old.is_none() && weight.is_none() {
+        // SAFETY: the caller's contract, unchanged; the block is not sampled.
+        let new_ptr = unsafe { inner.realloc(ptr, layout, new_size) };
+        if new_ptr.is_null() {
+            uncount_realloc(layout.size(), new_size);
+        }
+        return new_ptr;
+    }
+    // The old entry leaves the set first: once the inner allocator has
+    // freed the old address, another thread may be handed it and sample it.
+    let old = old.and_then(|_| {
+        let _inside = reentry::Inside::enter();
+        blocks::remove(ptr)
+    });
+    // SAFETY: the caller's contract, unchanged: `ptr` has `layout` (a
+    // sampled block that is not page aligned was allocated with the
+    // program's own layout).
+    let new_ptr = unsafe { inner.realloc(ptr, layout, new_size) };
+    {
+        let _inside = reentry::Inside::enter();
+        if new_ptr.is_null() {
+            // The old block is still live, and still sampled if it was; a
+            // sampled block whose entry cannot be put back is credited as
+            // freed, as an untracked sample is.
+            if let Some(e) = old
+                && !blocks::insert(ptr, e)
+            {
+                credit_free(&e);
+            }
+        } else {
+            if let Some(e) = &old {
+                credit_free(e);
+            }
+            if let Some(w) = weight {
+                let sample = Sample {
+                    ptr: new_ptr,
+                    size: new_size,
+                    weight: w,
+                    page_aligned: false,
+                    owner: spare::owner(inner),
+                };
+                record(sample, true);
+            }
+        }
+    }
+    if new_ptr.is_null() {
+        // Outside the guard: the exact counters take it back from the
+        // program's counts.
+        uncount_realloc(layout.size(), new_size);
+    }
+    new_ptr
+}
+
+/// [`realloc`] for a block that changes layout: allocate, copy, free.
+///
+/// # Safety
+/// As `GlobalAlloc::realloc`, with `new_layout` the new size at the old
+/// alignment.
+unsafe fn realloc_by_moving<A: GlobalAlloc>(
+    ptr: *mut u8,
+    layout: Layout,
+    new_layout: Layout,
+    weight: Option<f64>,
+    inner: &A,
+) -> *mut u8 {
+    let new_ptr = match weight {
+        Some(w) => alloc_sampled(inner, new_layout, false, w),
+        // SAFETY: non-zero size per the contract.
+        None => unsafe { alloc_plain(inner, new_layout, false) },
+    };
+    if new_ptr.is_null() {
+        // The old block stays where it is, still live (and still sampled,
+        // if it was).
+        uncount_realloc(layout.size(), new_layout.size());
+        return new_ptr;
+    }
+    // SAFETY: both blocks are valid for the smaller size and distinct.
+    unsafe {
+        std::ptr::copy_nonoverlapping(ptr, new_ptr, layout.size().min(new_layout.size()));
+        super::free::dealloc(ptr, layout, inner);
+    }
+    new_ptr
+}
