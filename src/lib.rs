@@ -186,16 +186,40 @@
 //!
 //! ## Design
 //!
-//! One file per concern: `allocator.rs` (the fast path), `sampler.rs` (the
-//! sampling math), `stack.rs` (unwinding), `buckets.rs` (the per-site
-//! table), `sampled.rs` (the live sampled blocks and the free-path filter),
-//! `recorder.rs` (the slow paths), `symbolize.rs` and `mappings.rs`
-//! (addresses to names), `profile.rs` (the pprof encoding), `text.rs` (the
-//! legacy text format), `http/` (the endpoint), `config.rs`
-//! (the environment), `guard.rs` (reentrancy), `lock.rs` (a fork-safe
-//! futex mutex), `spare.rs` (reuse of sampled blocks), `counters.rs`
-//! (exact counts), `snapshot.rs` (the Rust view), `peak.rs` and `dump.rs`
-//! (automatic dumps) and `fork.rs`.
+//! The source is in folders by stage, each listed with its role; a module
+//! uses only the ones above it in this list, save one edge (below).
+//! `tests/architecture.rs` holds the code to this table.
+//!
+//! | folder | role |
+//! | --- | --- |
+//! | `config/` | settings read once from the environment; one-line reports on stderr |
+//! | `sample/` | sampling math: when a countdown ends in a sample, what a sample weighs |
+//! | `thread/` | the one thread-local and its plain parts: counters and countdown, sampler state, filter mask, held locks |
+//! | `support/` | locks with ranks, the reentrancy guard, the registry of threads, memory mappings |
+//! | `record/` | the slow path: stack capture, the site table, the sampled-block set, spare blocks, the peak copy |
+//! | `fast.rs` | the fast path: `Profiler`'s `GlobalAlloc` |
+//! | `output/` | one path from a source (live, peak, delta) to a format (pprof, text, snapshot), with symbols |
+//! | `dump/` | profiles written without a call: at exit, by a guard, as a series |
+//! | `http/` | the `/debug/pprof` endpoint and its server |
+//! | `process/` | what runs once per process, and the fork handlers |
+//!
+//! The one upward edge: the allocation slow path (`record/`) calls
+//! `process/` at the first allocation and after a sample, since the dumps
+//! and fork handlers have no other way to start before the program calls
+//! heapprof.
+//!
+//! An allocation: `fast.rs` counts it and charges it to the thread's
+//! countdown (`thread/counters.rs`); when the countdown runs out,
+//! `record::alloc` asks `record/countdown.rs` whether it is a sample, and
+//! `record::alloc_sampled` obtains its block and records its stack
+//! (`record/stack.rs`) at its site (`record/sites.rs`) and the live block
+//! in the set (`record/blocks.rs`). A free: `fast.rs` tests the mask, and
+//! `record/free.rs` finds the block in the set and credits its site.
+//!
+//! [`write_profile`]: `output::write` takes a copy of the site table
+//! (`record::sites::snapshot`), and `output/pprof.rs` symbolizes it
+//! (`output/symbolize.rs`), builds the `profile.proto` message and gzips
+//! it.
 
 #![warn(missing_docs)]
 
@@ -212,8 +236,6 @@ mod support;
 mod thread;
 
 use std::io;
-
-use support::reentry;
 
 pub use dump::{AutoDump, AutoDumpHandle, ProfileGuard};
 pub use fast::Profiler;
@@ -236,7 +258,7 @@ pub use output::snapshot::{
 /// Whatever `w` returns, and an error of kind `Other` if heapprof is not the
 /// program's global allocator (nothing could have been recorded).
 pub fn write_profile<W: io::Write>(w: W) -> io::Result<()> {
-    write_live(output::Format::Pprof, w)
+    output::write_to_program(output::Source::Live, output::Format::Pprof, w)
 }
 
 /// Writes the current heap profile in the legacy text format, as Go's
@@ -250,7 +272,7 @@ pub fn write_profile<W: io::Write>(w: W) -> io::Result<()> {
 ///
 /// Whatever `w` returns; `Other` if heapprof is not the global allocator.
 pub fn write_text_profile<W: io::Write>(w: W) -> io::Result<()> {
-    write_live(output::Format::Text, w)
+    output::write_to_program(output::Source::Live, output::Format::Text, w)
 }
 
 /// Writes the peak-heap profile: the live sites when the sampled estimate
@@ -263,29 +285,7 @@ pub fn write_text_profile<W: io::Write>(w: W) -> io::Result<()> {
 /// Whatever `w` returns; `NotFound` if the heap has not yet reached 1 MiB,
 /// so no peak was recorded; `Other` if heapprof is not the global allocator.
 pub fn write_peak_profile<W: io::Write>(w: W) -> io::Result<()> {
-    let _inside = reentry::Inside::enter();
-    output::check_installed()?;
-    let w = reentry::ProgramWriter::new(w);
-    if output::write(
-        output::Source::Peak,
-        output::Format::Pprof,
-        Default::default(),
-        w,
-    )? {
-        Ok(())
-    } else {
-        Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            record::peak::NO_PEAK_YET,
-        ))
-    }
-}
-
-fn write_live<W: io::Write>(format: output::Format, w: W) -> io::Result<()> {
-    let _inside = reentry::Inside::enter();
-    output::check_installed()?;
-    let w = reentry::ProgramWriter::new(w);
-    output::write(output::Source::Live, format, Default::default(), w).map(drop)
+    output::write_to_program(output::Source::Peak, output::Format::Pprof, w)
 }
 
 /// Sets the mean number of bytes between samples. `0` stops sampling; `1`
@@ -299,8 +299,7 @@ pub fn set_sample_rate(bytes: usize) {
 /// The mean number of bytes between samples (default 524288, or
 /// `HEAPPROF_SAMPLE_RATE`).
 pub fn sample_rate() -> usize {
-    let _inside = reentry::Inside::enter();
-    sample::rate()
+    record::countdown::rate()
 }
 
 /// Internals for `dev/benches/micro.rs`, compiled only with the
@@ -311,8 +310,7 @@ pub mod __bench {
     /// Captures the calling thread's stack as a sample would (with the
     /// unwinder chosen for this process); returns the frame count.
     pub fn capture_stack() -> usize {
-        let _busy = crate::support::reentry::Inside::enter();
-        crate::record::stack::capture().frames().len()
+        crate::record::stack::capture_for_bench()
     }
 }
 

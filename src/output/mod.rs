@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use crate::record::{self, peak, sites::SiteCopy};
 use crate::sample;
+use crate::support::reentry;
 
 /// Where a profile's sites come from.
 pub(crate) enum Source {
@@ -110,6 +111,24 @@ pub(crate) fn write<W: io::Write>(
         )?,
     }
     Ok(true)
+}
+
+/// [`write`] for the public functions: into the program's writer `w`
+/// (called outside the profiler), after checking heapprof is installed;
+/// `NotFound` if `source` has no profile yet (no peak).
+pub(crate) fn write_to_program<W: io::Write>(
+    source: Source,
+    format: Format,
+    w: W,
+) -> io::Result<()> {
+    let _inside = reentry::Inside::enter();
+    check_installed()?;
+    let w = reentry::ProgramWriter::new(w);
+    if write(source, format, pprof::Options::default(), w)? {
+        Ok(())
+    } else {
+        Err(io::Error::new(io::ErrorKind::NotFound, peak::NO_PEAK_YET))
+    }
 }
 
 /// The comment that marks a peak profile: how large, and when (RFC 3339,

@@ -91,3 +91,10 @@ pub(crate) fn set_seed(seed: u64) {
         start(l, 0);
     });
 }
+
+/// The current rate, for the public API: inside the profiler, since the
+/// first read may load the configuration.
+pub(crate) fn rate() -> usize {
+    let _inside = reentry::Inside::enter();
+    sample::rate()
+}

@@ -152,6 +152,14 @@ pub(crate) fn capture() -> Stack {
     }
 }
 
+/// [`capture`] inside the profiler, for `dev/benches/micro.rs`: the
+/// number of frames.
+#[cfg(feature = "bench-internals")]
+pub(crate) fn capture_for_bench() -> usize {
+    let _inside = crate::support::reentry::Inside::enter();
+    capture().frames().len()
+}
+
 /// The unwinder in use, for the profile's comments.
 pub(crate) fn unwinder_name() -> &'static str {
     match MODE.load(Relaxed) {
