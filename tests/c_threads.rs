@@ -12,8 +12,8 @@
 //! Exact counts, at rate 0, in a child process of its own (no harness
 //! threads allocating meanwhile).
 
-mod common;
-use common::*;
+use heapprof_testkit::child::{is_child, run_child};
+use heapprof_testkit::watchdog::watchdog;
 use std::cell::RefCell;
 
 #[global_allocator]

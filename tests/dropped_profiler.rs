@@ -6,7 +6,7 @@
 //! allocator is the system's, so the arena's `Profiler` is the first to
 //! sample and claims heapprof's spare pools.)
 
-mod common;
+use heapprof_testkit::arena::{bump, map_region};
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::mem::MaybeUninit;
@@ -27,7 +27,7 @@ struct Arena {
 impl Arena {
     fn new() -> Arena {
         Arena {
-            base: common::map_region(ARENA_BYTES),
+            base: map_region(ARENA_BYTES),
             next: AtomicUsize::new(0),
             foreign_frees: AtomicUsize::new(0),
         }
@@ -49,7 +49,7 @@ impl Drop for Arena {
 // handed out once; null when the mapping is used up.
 unsafe impl GlobalAlloc for Arena {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        common::bump(self.base, ARENA_BYTES, &self.next, layout)
+        bump(self.base, ARENA_BYTES, &self.next, layout)
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {

@@ -7,8 +7,10 @@
 //! directory (never the system's `/dev`); making a device needs root (or
 //! `CAP_MKNOD`), which these tests require rather than skip.
 
-mod common;
-use common::*;
+use heapprof_testkit::child::{printed_number, run_child_in};
+use heapprof_testkit::profile::decode;
+use heapprof_testkit::proto;
+use heapprof_testkit::watchdog::watchdog;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
@@ -274,7 +276,7 @@ fn a_symlink_is_followed_and_stays() {
     assert!(names(&d.join("sub")).is_empty());
 }
 
-fn read(path: &Path) -> common::proto::Profile {
+fn read(path: &Path) -> proto::Profile {
     decode(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }
 

@@ -3,8 +3,13 @@
 //! Exit behaviour is tested in child processes (this binary re-run with
 //! `HEAPPROF_TEST_CHILD=<scenario>`).
 
-mod common;
-use common::*;
+use heapprof_testkit::check::{assert_estimate, assert_sane_values};
+use heapprof_testkit::child::{printed_number, run_child, wait_with_timeout};
+use heapprof_testkit::profile::{
+    ALLOC_SPACE, INUSE_SPACE, cum, decode, live_sampled_blocks, string,
+};
+use heapprof_testkit::proto;
+use heapprof_testkit::watchdog::watchdog;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -21,7 +26,7 @@ fn child(scenario: &str, env: &[(&str, &str)]) -> String {
     run_child("child_scenarios", &env).1
 }
 
-fn read_profile(path: &Path) -> common::proto::Profile {
+fn read_profile(path: &Path) -> proto::Profile {
     decode(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }
 

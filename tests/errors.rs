@@ -2,8 +2,9 @@
 //! values are reported once on stderr and the default is used; a failing
 //! writer gets `Err` and the next profile is whole.
 
-mod common;
-use common::*;
+use heapprof_testkit::child::{is_child, printed_number, run_child};
+use heapprof_testkit::profile::{INUSE_OBJECTS, decode, flat, stack_names, take_profile};
+use heapprof_testkit::proto;
 use std::io::{self, Write};
 
 #[global_allocator]
@@ -36,7 +37,7 @@ fn failing_writer_gets_err_and_the_next_write_works() {
         let err = heapprof::write_profile(FailingWriter { budget }).unwrap_err();
         assert!(err.to_string().contains("disk full"), "{err}");
     }
-    let p = common::take_profile();
+    let p = take_profile();
     assert!(!p.sample.is_empty());
     // The text format too, however far it got, and on a failing flush.
     for budget in [0, 10, 100, 1000] {
@@ -78,11 +79,11 @@ fn kept_blocks() -> Vec<Vec<u8>> {
 /// This thread's samples as (stack, values), sorted: what two profiles of
 /// the same heap must agree on. (The harness's main thread may allocate
 /// meanwhile, so its samples are left out.)
-fn samples(p: &common::proto::Profile) -> Vec<(Vec<String>, Vec<i64>)> {
+fn samples(p: &proto::Profile) -> Vec<(Vec<String>, Vec<i64>)> {
     let mut v: Vec<_> = p
         .sample
         .iter()
-        .map(|s| (common::stack_names(p, s), s.value.clone()))
+        .map(|s| (stack_names(p, s), s.value.clone()))
         .filter(|(names, _)| {
             // The writers' own allocations are the program's, but not the
             // subject here.
@@ -121,9 +122,9 @@ fn child_writer_fails_mid_way() {
     heapprof::write_profile(&mut next).unwrap();
 
     assert_eq!(failures, [true; 4], "each failing writer got Err");
-    let (reference, next) = (common::decode(&reference), common::decode(&next));
+    let (reference, next) = (decode(&reference), decode(&next));
     assert_eq!(
-        common::flat(&next, "kept_blocks", common::INUSE_OBJECTS),
+        flat(&next, "kept_blocks", INUSE_OBJECTS),
         KEPT as i64 + 1,
         "the blocks and the Vec holding them"
     );

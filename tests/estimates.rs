@@ -5,8 +5,12 @@
 //! Workload functions end in `black_box(..)` so that release builds do not
 //! turn their last call into a tail call, which would remove their frame.
 
-mod common;
-use common::*;
+use heapprof_testkit::check::assert_estimate;
+use heapprof_testkit::profile::{
+    ALLOC_SPACE, INUSE_OBJECTS, INUSE_SPACE, cum, flat, leaf_name, stack_names, string,
+    take_profile,
+};
+use heapprof_testkit::proto;
 use std::hint::black_box;
 
 #[global_allocator]
@@ -226,7 +230,7 @@ fn estimates_match_the_truth() {
         .filter(|l| l.mapping_id == main.id)
         .collect();
     assert!(!in_main.is_empty());
-    let every = |f: &dyn Fn(&common::proto::Line) -> bool| {
+    let every = |f: &dyn Fn(&proto::Line) -> bool| {
         in_main
             .iter()
             .all(|l| !l.line.is_empty() && l.line.iter().all(f))

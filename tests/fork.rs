@@ -9,8 +9,13 @@
 //! own profile and leaves with `_exit`; the parent polls `waitpid` and
 //! kills a child that has not finished in 30 s (a deadlock: the test fails).
 
-mod common;
-use common::*;
+use heapprof_testkit::check::assert_sane_values;
+use heapprof_testkit::child::wait_with_timeout;
+use heapprof_testkit::profile::{
+    ALLOC_OBJECTS, INUSE_OBJECTS, INUSE_SPACE, decode, flat, take_profile,
+};
+use heapprof_testkit::rng::XorShift;
+use heapprof_testkit::watchdog::watchdog;
 
 use std::hint::black_box;
 use std::sync::Arc;

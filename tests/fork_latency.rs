@@ -7,8 +7,8 @@
 //!
 //! Runs in a child process of its own, so that the symbol cache is cold.
 
-mod common;
-use common::*;
+use heapprof_testkit::child::{is_child, run_child, wait_with_timeout};
+use heapprof_testkit::watchdog::watchdog;
 
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::{Duration, Instant};

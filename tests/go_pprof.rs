@@ -6,12 +6,10 @@
 //! `HEAPPROF_REQUIRE_GO=1` (set by `.ci/run`, which installs Go), in which
 //! case a missing `go` fails the test.
 
-mod common;
+use heapprof_testkit::tools::{go_available, go_pprof, top_rows};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-use common::{go_available, go_pprof, top_rows};
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();

@@ -6,13 +6,12 @@
 //! Skips, saying why, when `go` is not installed, unless
 //! `HEAPPROF_REQUIRE_GO=1` (set by `.ci/run`).
 
-mod common;
+use heapprof_testkit::http::http_get;
+use heapprof_testkit::tools::{go_available, go_pprof, top_rows};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use common::{go_available, go_pprof, http_get, top_rows};
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();

@@ -2,14 +2,15 @@
 //! the text format is what Go and pprof expect, deltas cover their window,
 //! bad requests get 4xx, and misbehaving clients do not stop the others.
 
-mod common;
+use heapprof_testkit::check::assert_estimate;
+use heapprof_testkit::http::{http_get, http_get_from, http_raw};
+use heapprof_testkit::profile::{ALLOC_SPACE, INUSE_SPACE, cum, decode, string};
+use heapprof_testkit::watchdog::watchdog;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-use common::*;
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();

@@ -5,7 +5,9 @@
 //! that would abort it when the server is wrong, runs in a child process
 //! of its own.
 
-mod common;
+use heapprof_testkit::child::{is_child, run_child};
+use heapprof_testkit::http::{connect_from, http_get, http_get_from, http_raw};
+use heapprof_testkit::watchdog::watchdog;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
@@ -13,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use common::*;
 use heapprof::http::{DEFAULT_CONNECTIONS_PER_PEER, DEFAULT_RESPONSE_BUDGET, Server};
 
 #[global_allocator]

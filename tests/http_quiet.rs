@@ -6,7 +6,8 @@
 //! measure); the client is this same binary re-run as a child process, so
 //! that no client allocation happens in the measured process either.
 
-mod common;
+use heapprof_testkit::http::http_get;
+use heapprof_testkit::watchdog::watchdog;
 
 use std::time::Duration;
 
@@ -24,16 +25,16 @@ fn main() {
                 "/debug/pprof/heap?debug=1",
                 "/debug/pprof/",
             ][i % 3];
-            let reply = common::http_get(addr, target);
+            let reply = http_get(addr, target);
             assert_eq!(reply.status, 200, "{target}: {}", reply.text());
         }
         return;
     }
-    let _watchdog = common::watchdog("http_quiet", Duration::from_secs(120));
+    let _watchdog = watchdog("http_quiet", Duration::from_secs(120));
     heapprof::set_sample_rate(1);
     let addr = heapprof::http::serve("127.0.0.1:0").expect("start the server");
     // Warm up: the first profile loads debug info, which is cached for good.
-    let warm = common::http_get(addr, "/debug/pprof/heap");
+    let warm = http_get(addr, "/debug/pprof/heap");
     assert_eq!(warm.status, 200);
     drop(warm);
 

@@ -11,8 +11,9 @@
 //! that has not exited in 60 s, and checks the exit status and the markers
 //! the child printed from each stage.
 
-mod common;
-use common::*;
+use heapprof_testkit::check::assert_sane_values;
+use heapprof_testkit::profile::{ALLOC_OBJECTS, INUSE_SPACE, decode, flat, take_profile};
+use heapprof_testkit::watchdog::watchdog;
 
 use std::cell::RefCell;
 use std::ffi::CStr;

@@ -4,8 +4,11 @@
 //! against ~5000 distinct stacks of varying depth, where the profiler's
 //! own memory must stay under a bound derived from the table's layout.
 
-mod common;
-use common::*;
+use heapprof_testkit::check::assert_sane_values;
+use heapprof_testkit::child::{is_child, printed_number, run_child};
+use heapprof_testkit::profile::{
+    ALLOC_OBJECTS, leaf_name, live_sampled_blocks, stack_names, table_bytes, take_profile,
+};
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();

@@ -4,8 +4,9 @@
 //! switch to a rate where sampled blocks are not page aligned loses no
 //! frees. The tests share the global rate, so they take turns.
 
-mod common;
-use common::*;
+use heapprof_testkit::check::assert_sane_values;
+use heapprof_testkit::profile::{ALLOC_OBJECTS, INUSE_OBJECTS, cum, flat, take_profile};
+use heapprof_testkit::watchdog::watchdog;
 
 use std::alloc::{Layout, alloc, dealloc};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};

@@ -6,8 +6,10 @@
 //! the buffers are gone. (`tests/stats_exact.rs` checks the exact counters
 //! through reallocs.)
 
-mod common;
-use common::*;
+use heapprof_testkit::check::assert_estimate;
+use heapprof_testkit::child::{is_child, run_child};
+use heapprof_testkit::profile::{live_sampled_blocks, take_profile};
+use heapprof_testkit::watchdog::watchdog;
 use std::hint::black_box;
 
 #[global_allocator]

@@ -9,8 +9,10 @@
 //! pool has never been used, with `HEAPPROF_SAMPLE_RATE=0` so that nothing
 //! is sampled before the test decides.
 
-mod common;
-use common::*;
+use heapprof_testkit::check::assert_sane_values;
+use heapprof_testkit::child::{is_child, run_child};
+use heapprof_testkit::profile::{ALLOC_OBJECTS, INUSE_OBJECTS, cum, take_profile};
+use heapprof_testkit::watchdog::watchdog;
 
 use std::alloc::{Layout, alloc, dealloc};
 use std::time::Duration;

@@ -7,8 +7,8 @@
 //! The inner allocator is async-signal-safe (a bump arena), as a program
 //! that frees in signal handlers needs. A deadlock trips the watchdog.
 
-mod common;
-use common::*;
+use heapprof_testkit::arena::{bump, map_region};
+use heapprof_testkit::watchdog::watchdog;
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::SeqCst};
 

@@ -4,11 +4,11 @@
 //! 16 to 64 KiB overflowed, which aborts the process. Each test runs in a
 //! child process, so an overflow fails the test instead of the whole run.
 
-mod common;
+use heapprof_testkit::child::{is_child, run_child};
+use heapprof_testkit::profile::{INUSE_SPACE, cum, decode};
+use heapprof_testkit::watchdog::watchdog;
 
 use std::time::Duration;
-
-use common::*;
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();

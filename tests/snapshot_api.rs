@@ -5,7 +5,7 @@
 use std::hint::black_box;
 use std::sync::Mutex;
 
-mod common;
+use heapprof_testkit::profile::decode;
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
@@ -155,7 +155,7 @@ fn top_table_flamegraph_and_pprof() {
     // write_pprof gives a decodable profile with the same numbers.
     let mut gz = Vec::new();
     d.write_pprof(&mut gz).unwrap();
-    let p = common::decode(&gz);
+    let p = decode(&gz);
     let inuse: i64 = p.sample.iter().map(|s| s.value[3]).sum();
     assert_eq!(inuse, d.total_inuse_bytes());
     drop(held);

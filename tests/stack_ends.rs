@@ -3,8 +3,8 @@
 //! test harness's start-up frames below them; closure names have one form;
 //! `HEAPPROF_FULL_STACKS=1` keeps everything.
 
-mod common;
-use common::*;
+use heapprof_testkit::child::{is_child, run_child};
+use heapprof_testkit::profile::{stack_names, take_profile};
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();

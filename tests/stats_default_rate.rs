@@ -2,8 +2,8 @@
 //! sampling math: a site holding B bytes has relative standard error
 //! 1/sqrt(B/R).
 
-mod common;
-use common::*;
+use heapprof_testkit::check::assert_estimate;
+use heapprof_testkit::profile::{ALLOC_OBJECTS, ALLOC_SPACE, INUSE_SPACE, cum, take_profile};
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();

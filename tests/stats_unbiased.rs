@@ -12,8 +12,7 @@
 //!   1/sqrt(2·29) ≈ 13 %; we accept 0.6× to 1.5×, over 3 of those either
 //!   side).
 
-mod common;
-use common::*;
+use heapprof_testkit::profile::{ALLOC_SPACE, cum, take_profile};
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();

@@ -15,8 +15,13 @@
 //!   site that allocated the block, whatever the rate was at either end;
 //! * it all finishes (a watchdog aborts the binary after 120 s).
 
-mod common;
-use common::*;
+use heapprof_testkit::check::assert_sane_values;
+use heapprof_testkit::profile::{
+    ALLOC_OBJECTS, INUSE_OBJECTS, INUSE_SPACE, cum, decode, live_sampled_blocks, table_bytes,
+    take_profile,
+};
+use heapprof_testkit::rng::XorShift;
+use heapprof_testkit::watchdog::watchdog;
 
 use std::alloc::{Layout, alloc, alloc_zeroed, dealloc, realloc};
 use std::sync::Arc;

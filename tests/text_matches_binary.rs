@@ -4,8 +4,9 @@
 //! through a change of sample rate, with a thousand sites of one small
 //! block each (which a rescaling by the current rate rounded away).
 
-mod common;
-use common::*;
+use heapprof_testkit::child::{is_child, run_child};
+use heapprof_testkit::profile::decode;
+use heapprof_testkit::tools::{go_available, go_pprof, parse_size};
 use std::hint::black_box;
 
 #[global_allocator]

@@ -11,8 +11,12 @@
 //! nothing is left in use at the threads' sites; that every profile
 //! decodes with sane values; and that the process still works afterwards.
 
-mod common;
-use common::*;
+use heapprof_testkit::check::assert_sane_values;
+use heapprof_testkit::profile::{
+    ALLOC_OBJECTS, INUSE_OBJECTS, INUSE_SPACE, cum, decode, flat, take_profile,
+};
+use heapprof_testkit::rng::XorShift;
+use heapprof_testkit::watchdog::watchdog;
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};

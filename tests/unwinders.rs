@@ -4,8 +4,8 @@
 //! (set by `.ci/run`: this repository builds with frame pointers, see
 //! `.cargo/config.toml`) auto must also have chosen frame pointers.
 
-mod common;
-use common::*;
+use heapprof_testkit::child::{is_child, run_child};
+use heapprof_testkit::profile::{stack_names, string, take_profile};
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();

@@ -16,7 +16,7 @@
 //! the run is clean, libgcc's unwinder and glibc's loader included. If a
 //! platform needs one, suppress only frames outside heapprof and say why.
 
-mod common;
+use heapprof_testkit::tools::tool_available;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -75,7 +75,7 @@ fn check_example_is_fresh(example: &Path) {
 
 #[test]
 fn memcheck_reports_no_errors() {
-    if !common::tool_available(
+    if !tool_available(
         "valgrind",
         "--version",
         "HEAPPROF_REQUIRE_VALGRIND",

@@ -13,17 +13,13 @@
 //! Each figure is the median of several repetitions. Run with
 //! `cargo bench -p heapprof-dev --bench micro`.
 
+use heapprof_testkit::profile::{string, take_profile};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::time::Instant;
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
-
-/// The pprof messages, from the generated code heapprof encodes with
-/// (private to the crate).
-#[path = "../../src/output/proto.rs"]
-mod proto;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -229,15 +225,13 @@ fn main() {
     println!("({})", unwinder());
 }
 
+/// The profile's comment that names the unwinder it used.
 fn unwinder() -> String {
-    let mut gz = Vec::new();
-    heapprof::write_profile(&mut gz).unwrap();
-    let mut raw = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw).unwrap();
-    let p = <proto::Profile as prost::Message>::decode(&raw[..]).unwrap();
+    let p = take_profile();
     p.comment
         .iter()
-        .map(|&i| p.string_table[i as usize].clone())
+        .map(|&i| string(&p, i))
         .find(|c| c.contains("unwound with"))
         .unwrap_or_default()
+        .to_owned()
 }

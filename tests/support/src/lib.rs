@@ -1,0 +1,25 @@
+//! Helpers shared by heapprof's integration tests, one module per concern.
+//!
+//! * [`proto`]: the pprof messages heapprof encodes.
+//! * [`profile`]: decoding a profile and querying it the way `pprof -top` does.
+//! * [`check`]: assertions on a profile's values: invariants and estimates.
+//! * [`child`]: re-running the test binary as a child process, and waiting for forked children.
+//! * [`watchdog`]: aborting a test that deadlocks.
+//! * [`rng`]: a small seedable generator.
+//! * [`http`]: a client for heapprof's HTTP server.
+//! * [`tools`]: external tools (`go tool pprof`), skipped when missing.
+//! * [`arena`]: bump arenas over fresh mappings, for inner allocators.
+
+pub mod arena;
+pub mod check;
+pub mod child;
+pub mod http;
+pub mod profile;
+pub mod rng;
+pub mod tools;
+pub mod watchdog;
+
+/// The pprof messages, compiled here from the generated code heapprof
+/// encodes with (`src/output/proto.rs`), which the crate keeps private.
+#[path = "../../../src/output/proto.rs"]
+pub mod proto;
