@@ -5,14 +5,16 @@
 //! The global allocator is fixed per binary, so each configuration is its
 //! own binary (`benches/cfg_*.rs`, all running `benches/common/workload.rs`).
 //! For each row this driver runs A and B alternately (A B A B …) for
-//! `HEAPPROF_BENCH_ROUNDS` rounds (default 11), and reports the median of
-//! the per-round ratios A/B, so that drifts in machine speed cancel out.
+//! `HEAPPROF_BENCH_ROUNDS` rounds (default [`DEFAULT_ROUNDS`]), and reports
+//! the median of the per-round ratios A/B, so that drifts in machine speed
+//! cancel out.
 //!
 //! Run with `cargo bench -p heapprof-dev --bench overhead` after `cargo
 //! build -p heapprof-dev --release --benches` (or simply `cargo bench -p
 //! heapprof-dev`, which builds everything first);
 //! `HEAPPROF_BENCH_ONLY=mimalloc` keeps the rows whose A label contains
-//! that text.
+//! that text, `HEAPPROF_BENCH_WORKLOAD=realloc_growth` those of that
+//! workload.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -83,111 +85,180 @@ struct Row {
     target: &'static str,
 }
 
+/// The rows of both tables, in order. dhat and rate 1 record every
+/// allocation: they run a tenth of the workload.
+const ROWS: &[Row] = &[
+    Row {
+        workload: "alloc_heavy",
+        scale: 100,
+        a: HEAPPROF,
+        b: SYSTEM,
+        target: "≤ 1.02",
+    },
+    Row {
+        workload: "threads2",
+        scale: 100,
+        a: HEAPPROF,
+        b: SYSTEM,
+        target: "≤ 1.03",
+    },
+    Row {
+        workload: "threads2",
+        scale: 100,
+        a: HEAPPROF_DWARF,
+        b: SYSTEM,
+        target: "(no frame pointers)",
+    },
+    // Large blocks are nearly always sampled: their realloc must cost
+    // what the inner allocator's does (in place, or mremap).
+    Row {
+        workload: "realloc_growth",
+        scale: 100,
+        a: HEAPPROF,
+        b: SYSTEM,
+        target: "≤ 1.2",
+    },
+    Row {
+        workload: "alloc_heavy",
+        scale: 100,
+        a: HEAPPROF_MIMALLOC,
+        b: MIMALLOC,
+        target: "≤ 1.03",
+    },
+    Row {
+        workload: "alloc_heavy",
+        scale: 100,
+        a: HEAPPROF_JEMALLOC,
+        b: JEMALLOC,
+        target: "≤ 1.03",
+    },
+    Row {
+        workload: "alloc_heavy",
+        scale: 100,
+        a: JEMALLOC_PROF,
+        b: JEMALLOC,
+        target: "(peer)",
+    },
+    // The two-thread churn over the other allocators, with jemalloc's
+    // own profiler beside it: how much of threads2's cost is peculiar
+    // to heapprof, and how much any per-allocation sampling check pays.
+    Row {
+        workload: "threads2",
+        scale: 100,
+        a: HEAPPROF_MIMALLOC,
+        b: MIMALLOC,
+        target: "≤ 1.03",
+    },
+    Row {
+        workload: "threads2",
+        scale: 100,
+        a: HEAPPROF_JEMALLOC,
+        b: JEMALLOC,
+        target: "≤ 1.03",
+    },
+    Row {
+        workload: "threads2",
+        scale: 100,
+        a: JEMALLOC_PROF,
+        b: JEMALLOC,
+        target: "(peer)",
+    },
+    Row {
+        workload: "alloc_heavy",
+        scale: 10,
+        a: HEAPPROF_RATE1,
+        b: SYSTEM,
+        target: "< dhat",
+    },
+    Row {
+        workload: "alloc_heavy",
+        scale: 10,
+        a: DHAT,
+        b: SYSTEM,
+        target: "(peer)",
+    },
+];
+
+/// Rounds per row when `HEAPPROF_BENCH_ROUNDS` does not say.
+const DEFAULT_ROUNDS: usize = 11;
+
+/// What the environment selects: `HEAPPROF_BENCH_ROUNDS` rounds per row,
+/// and only the rows whose A label contains `HEAPPROF_BENCH_ONLY` and
+/// whose workload contains `HEAPPROF_BENCH_WORKLOAD` (each empty, so
+/// matching all, when unset).
+struct Settings {
+    rounds: usize,
+    only: String,
+    workload: String,
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        Settings {
+            rounds: std::env::var("HEAPPROF_BENCH_ROUNDS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(DEFAULT_ROUNDS),
+            only: std::env::var("HEAPPROF_BENCH_ONLY").unwrap_or_default(),
+            workload: std::env::var("HEAPPROF_BENCH_WORKLOAD").unwrap_or_default(),
+        }
+    }
+
+    fn selects(&self, row: &Row) -> bool {
+        row.a.label.contains(self.only.as_str()) && row.workload.contains(self.workload.as_str())
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list`
     }
-    let rounds: usize = std::env::var("HEAPPROF_BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(11);
+    let settings = Settings::from_env();
     let dir = std::env::current_exe()
         .unwrap()
         .parent()
         .unwrap()
         .to_path_buf();
-    // dhat and rate 1 record every allocation: a tenth of the workload.
-    let rows = [
-        Row {
-            workload: "alloc_heavy",
-            scale: 100,
-            a: HEAPPROF,
-            b: SYSTEM,
-            target: "≤ 1.02",
-        },
-        Row {
-            workload: "threads2",
-            scale: 100,
-            a: HEAPPROF,
-            b: SYSTEM,
-            target: "≤ 1.03",
-        },
-        Row {
-            workload: "threads2",
-            scale: 100,
-            a: HEAPPROF_DWARF,
-            b: SYSTEM,
-            target: "(no frame pointers)",
-        },
-        // Large blocks are nearly always sampled: their realloc must cost
-        // what the inner allocator's does (in place, or mremap).
-        Row {
-            workload: "realloc_growth",
-            scale: 100,
-            a: HEAPPROF,
-            b: SYSTEM,
-            target: "≤ 1.2",
-        },
-        Row {
-            workload: "alloc_heavy",
-            scale: 100,
-            a: HEAPPROF_MIMALLOC,
-            b: MIMALLOC,
-            target: "≤ 1.03",
-        },
-        Row {
-            workload: "alloc_heavy",
-            scale: 100,
-            a: HEAPPROF_JEMALLOC,
-            b: JEMALLOC,
-            target: "≤ 1.03",
-        },
-        Row {
-            workload: "alloc_heavy",
-            scale: 100,
-            a: JEMALLOC_PROF,
-            b: JEMALLOC,
-            target: "(peer)",
-        },
-        // The two-thread churn over the other allocators, with jemalloc's
-        // own profiler beside it: how much of threads2's cost is peculiar
-        // to heapprof, and how much any per-allocation sampling check pays.
-        Row {
-            workload: "threads2",
-            scale: 100,
-            a: HEAPPROF_MIMALLOC,
-            b: MIMALLOC,
-            target: "≤ 1.03",
-        },
-        Row {
-            workload: "threads2",
-            scale: 100,
-            a: HEAPPROF_JEMALLOC,
-            b: JEMALLOC,
-            target: "≤ 1.03",
-        },
-        Row {
-            workload: "threads2",
-            scale: 100,
-            a: JEMALLOC_PROF,
-            b: JEMALLOC,
-            target: "(peer)",
-        },
-        Row {
-            workload: "alloc_heavy",
-            scale: 10,
-            a: HEAPPROF_RATE1,
-            b: SYSTEM,
-            target: "< dhat",
-        },
-        Row {
-            workload: "alloc_heavy",
-            scale: 10,
-            a: DHAT,
-            b: SYSTEM,
-            target: "(peer)",
-        },
-    ];
+    let rows: Vec<&Row> = ROWS.iter().filter(|r| settings.selects(r)).collect();
+    print_time_header(settings.rounds);
+    for row in rows.iter().copied() {
+        print_time_row(row, &mut measure(&dir, row, settings.rounds));
+    }
+    instruction_table(&dir, &rows);
+}
+
+/// A row's figures over its rounds, in ns.
+struct Measured {
+    a_wall: Vec<f64>,
+    b_wall: Vec<f64>,
+    /// Per-round A/B of the wall times.
+    ratios: Vec<f64>,
+    /// Per-round A/B of the user CPU times.
+    user_ratios: Vec<f64>,
+}
+
+/// Runs A and B of `row` alternately, `rounds` times each.
+fn measure(dir: &Path, row: &Row, rounds: usize) -> Measured {
+    let a = binary(dir, row.a.binary);
+    let b = binary(dir, row.b.binary);
+    let mut m = Measured {
+        a_wall: Vec::new(),
+        b_wall: Vec::new(),
+        ratios: Vec::new(),
+        user_ratios: Vec::new(),
+    };
+    for _ in 0..rounds {
+        let x = run(&a, &row.a, row.workload, row.scale);
+        let y = run(&b, &row.b, row.workload, row.scale);
+        m.a_wall.push(x.wall);
+        m.b_wall.push(y.wall);
+        m.ratios.push(x.wall / y.wall);
+        m.user_ratios.push(x.user / y.user);
+    }
+    m
+}
+
+fn print_time_header(rounds: usize) {
     println!(
         "heapprof overhead benchmark: {rounds} alternating rounds per row; ratio = median of per-round A/B wall times of the workload (and of user CPU times)"
     );
@@ -196,48 +267,28 @@ fn main() {
         "| workload | scale | A | B | A median ms | B median ms | A/B median | A/B min–max | user CPU A/B median (min–max) | target |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    // HEAPPROF_BENCH_ONLY=mimalloc runs only the rows whose A label
-    // contains that text.
-    let only = std::env::var("HEAPPROF_BENCH_ONLY").unwrap_or_default();
-    // HEAPPROF_BENCH_WORKLOAD=realloc_growth runs only that workload's rows.
-    let workload = std::env::var("HEAPPROF_BENCH_WORKLOAD").unwrap_or_default();
-    let rows: Vec<&Row> = rows
-        .iter()
-        .filter(|r| r.a.label.contains(only.as_str()) && r.workload.contains(workload.as_str()))
-        .collect();
-    for row in rows.iter().copied() {
-        let a = binary(&dir, row.a.binary);
-        let b = binary(&dir, row.b.binary);
-        let (mut ta, mut tb, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-        let mut user_ratios = Vec::new();
-        for _ in 0..rounds {
-            let x = run(&a, &row.a, row.workload, row.scale);
-            let y = run(&b, &row.b, row.workload, row.scale);
-            ta.push(x.wall);
-            tb.push(y.wall);
-            ratios.push(x.wall / y.wall);
-            user_ratios.push(x.user / y.user);
-        }
-        let (lo, hi) = min_max(&ratios);
-        let (user_lo, user_hi) = min_max(&user_ratios);
-        println!(
-            "| {} | {}% | {} | {} | {:.1} | {:.1} | **{:.3}** | {:.3}–{:.3} | {:.3} ({:.3}–{:.3}) | {} |",
-            row.workload,
-            row.scale,
-            row.a.label,
-            row.b.label,
-            median(&mut ta) / 1e6,
-            median(&mut tb) / 1e6,
-            median(&mut ratios),
-            lo,
-            hi,
-            median(&mut user_ratios),
-            user_lo,
-            user_hi,
-            row.target
-        );
-    }
-    instruction_table(&dir, &rows);
+}
+
+/// One line of the timed table (sorts `m`'s figures to take medians).
+fn print_time_row(row: &Row, m: &mut Measured) {
+    let (lo, hi) = min_max(&m.ratios);
+    let (user_lo, user_hi) = min_max(&m.user_ratios);
+    println!(
+        "| {} | {}% | {} | {} | {:.1} | {:.1} | **{:.3}** | {:.3}–{:.3} | {:.3} ({:.3}–{:.3}) | {} |",
+        row.workload,
+        row.scale,
+        row.a.label,
+        row.b.label,
+        median(&mut m.a_wall) / 1e6,
+        median(&mut m.b_wall) / 1e6,
+        median(&mut m.ratios),
+        lo,
+        hi,
+        median(&mut m.user_ratios),
+        user_lo,
+        user_hi,
+        row.target
+    );
 }
 
 /// The same rows counted in instructions under callgrind, at a tenth of
@@ -266,14 +317,7 @@ fn instruction_table(dir: &Path, rows: &[&Row]) {
                     .saturating_sub(instructions(&bin, c, &[]))
             };
         let (a, b) = (count(&row.a), count(&row.b));
-        // alloc_heavy makes 11 M allocations at 100 %, threads2 10 M;
-        // realloc_growth about 600 reallocations.
-        let allocations = match row.workload {
-            "alloc_heavy" => 11_000_000,
-            "realloc_growth" => 600,
-            _ => 10_000_000,
-        } * scale
-            / 100;
+        let allocations = allocations(row.workload, scale);
         println!(
             "| {} | {scale}% | {} | {} | {a} | {b} | **{:.3}** | {:.1} |",
             row.workload,
@@ -283,6 +327,18 @@ fn instruction_table(dir: &Path, rows: &[&Row]) {
             (a as f64 - b as f64) / allocations as f64
         );
     }
+}
+
+/// How many allocations `workload` makes at `scale` percent: alloc_heavy
+/// makes 11 M at 100 %, threads2 10 M, realloc_growth about 600
+/// reallocations.
+fn allocations(workload: &str, scale: usize) -> usize {
+    let at_full_scale = match workload {
+        "alloc_heavy" => 11_000_000,
+        "realloc_growth" => 600,
+        _ => 10_000_000,
+    };
+    at_full_scale * scale / 100
 }
 
 /// Instructions executed by `binary args` under callgrind.
