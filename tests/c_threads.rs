@@ -46,10 +46,8 @@ fn freeing_key() -> libc::pthread_key_t {
     *KEY.get_or_init(|| {
         let mut key = 0;
         // SAFETY: `key` is an out-pointer; `free_it` does not unwind.
-        assert_eq!(
-            unsafe { libc::pthread_key_create(&mut key, Some(free_it)) },
-            0
-        );
+        let created = unsafe { libc::pthread_key_create(&mut key, Some(free_it)) };
+        assert_eq!(created, 0);
         key
     })
 }

@@ -88,6 +88,8 @@ fn forwards_each_call_and_frees_sampled_blocks_with_their_real_layout() {
     COUNTED.with(|c| c.set(true));
     let layout = Layout::from_size_align(1000, 8).unwrap();
     let before = counts();
+    // SAFETY: `layout` has a non-zero size; each block is used within its
+    // size and reallocated or freed once, with the layout it has then.
     unsafe {
         let p = ALLOC.alloc(layout);
         p.write_bytes(0xAB, 1000);
@@ -111,6 +113,7 @@ fn forwards_each_call_and_frees_sampled_blocks_with_their_real_layout() {
     // them with its own realloc, and frees them with that layout.
     heapprof::set_sample_rate(1 << 20);
     let big = Layout::from_size_align(16 << 20, 8).unwrap();
+    // SAFETY: as above, for `big`.
     unsafe {
         let p = ALLOC.alloc(big);
         p.write_bytes(7, 16 << 20);
@@ -129,6 +132,7 @@ fn forwards_each_call_and_frees_sampled_blocks_with_their_real_layout() {
 
     // Rate 1: every block sampled, at its own alignment.
     heapprof::set_sample_rate(1);
+    // SAFETY: as above.
     unsafe {
         let p = ALLOC.alloc(layout);
         let q = ALLOC.realloc(p, layout, 3000);

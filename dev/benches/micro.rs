@@ -54,6 +54,7 @@ fn time_ns(n: usize, mut f: impl FnMut()) -> f64 {
 
 fn sample_cost() {
     let layout = Layout::from_size_align(64, 8).unwrap();
+    // SAFETY: `layout` has a non-zero size; the block is freed once, with it.
     let alloc_free = || unsafe {
         let p = std::alloc::alloc(layout);
         black_box(p);
@@ -94,6 +95,8 @@ fn free_path() {
                 .map(|_| {
                     // Each side allocates and frees through its own allocator
                     // (heapprof forwards to System); only the frees are timed.
+                    // SAFETY: `layout` has a non-zero size; each block is
+                    // freed below, once, by the allocator it came from.
                     blocks.extend((0..n).map(|_| unsafe {
                         if through_heapprof {
                             ALLOC.alloc(layout)
@@ -109,6 +112,8 @@ fn free_path() {
                     blocks.sort_unstable();
                     let t = Instant::now();
                     for &p in &blocks {
+                        // SAFETY: `p` came from this side's allocator with
+                        // `layout` and is freed once (`blocks` is cleared).
                         unsafe {
                             if through_heapprof {
                                 ALLOC.dealloc(p, layout)
