@@ -618,7 +618,10 @@ fn a_tiny_dump_period_is_raised_to_the_floor() {
     let lived = started.elapsed().as_secs_f64();
     let n = series_numbers(dir.path(), "tiny").len();
     println!("series at HEAPPROF_DUMP_EVERY=1ms over {lived:.1} s: {n} files");
-    assert!(n >= 1 && n as f64 <= lived.ceil() + 1.0, "{n} files in {lived:.1} s");
+    assert!(
+        n >= 1 && n as f64 <= lived.ceil() + 1.0,
+        "{n} files in {lived:.1} s"
+    );
 }
 
 /// The series' thread has its own stack size: with `RUST_MIN_STACK` at

@@ -34,6 +34,7 @@ pub(crate) enum Source {
     Peak,
     /// What happened over `span`: the table at its end minus the table
     /// at its start (`record::sites::delta`).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     Delta {
         sites: Vec<SiteCopy>,
         span: Duration,

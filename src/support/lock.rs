@@ -49,8 +49,10 @@ use crate::thread;
 pub(crate) mod rank {
     /// The HTTP endpoint's one-build-at-a-time lock (`http/mod.rs`), held
     /// across a whole profile build; not taken by `fork`.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) const HTTP_BUILD: u8 = 0;
     /// The HTTP server's bodies held per peer (`http/server.rs`).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) const HTTP_PEERS: u8 = 1;
     /// Held around every symbol lookup (`output/symbolize.rs`); `fork`
     /// takes it only if free.
