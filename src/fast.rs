@@ -50,7 +50,7 @@ impl<A: GlobalAlloc> Profiler<A> {
 
 /// A `Profiler` that goes away (one over an arena, not the global one)
 /// takes what heapprof keeps of its allocator with it: see
-/// `recorder::forget_allocator`. A stateless allocator (`System`) is the
+/// `record::forget_allocator`. A stateless allocator (`System`) is the
 /// same in every `Profiler` over it, so nothing is taken.
 impl<A: GlobalAlloc> Drop for Profiler<A> {
     fn drop(&mut self) {
@@ -61,11 +61,11 @@ impl<A: GlobalAlloc> Drop for Profiler<A> {
 }
 
 // SAFETY: every method forwards to `inner` with the layout the caller gave,
-// except for sampled blocks, which `recorder` allocates with a stricter
+// except for sampled blocks, which `record::alloc_sampled` allocates with a stricter
 // alignment (same size) and frees with that same stricter layout; those
 // blocks satisfy the caller's layout too. A freed sampled block kept for
-// reuse (`spare.rs`) is handed out again only over the allocator it came
-// from. No method unwinds: the recorder
+// reuse (`record/spare.rs`) is handed out again only over the allocator it came
+// from. No method unwinds: the slow path (`record/`)
 // catches nothing because nothing it calls on these paths panics.
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
     /// # Safety

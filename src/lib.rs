@@ -141,7 +141,8 @@
 //!   after `HEAPPROF_OUT`, or `heapprof.NNNN.pb.gz`).
 //! * [`write_peak_profile`]: what was live when the heap was largest, which
 //!   Go's profiler cannot show. The copy is refreshed whenever the sampled
-//!   live heap passes its previous peak by 10 %.
+//!   live heap passes its previous peak by `HEAPPROF_PEAK_GROWTH` (10 % by
+//!   default).
 //!
 //! A dump that fails is reported once on stderr; the program goes on.
 //!
@@ -162,7 +163,7 @@
 //! | --- | --- | --- |
 //! | `HEAPPROF_SAMPLE_RATE` | `524288` | mean bytes between samples; `512KiB`, `2MiB`, `64k` also work; `0` = off, `1` = every allocation |
 //! | `HEAPPROF_OUT` | unset | profile written at exit, and the peak profile beside it (`heap.pb.gz` → `heap.peak.pb.gz`) |
-//! | `HEAPPROF_DUMP_EVERY` | unset | periodic series: a whole number and `ms`, `s`, `m` or `h` (`500ms`, `30s`, `5m`); a bare number is seconds; not 0 |
+//! | `HEAPPROF_DUMP_EVERY` | unset | periodic series: a whole number and `ms`, `s`, `m` or `h` (`30s`, `5m`, `1h`); a bare number is seconds; at least 1 s (a shorter one is raised to it) |
 //! | `HEAPPROF_DUMP_EVERY_ALLOCATED` | unset | a profile per so many bytes allocated |
 //! | `HEAPPROF_DUMP_INUSE_GROWTH` | unset | a profile whenever the live heap grew by so much |
 //! | `HEAPPROF_MAX_SITES` | `16384` | distinct stacks kept; the rest are counted in one `[heapprof overflow…]` site |
@@ -181,7 +182,8 @@
 //!
 //! An allocation that is not sampled costs a thread-local counter bump, a
 //! subtract and a branch; a free, two counter bumps, an AND and a branch. A sampled allocation (one per
-//! 512 KiB) costs a stack walk and a short locked update. See
+//! 512 KiB at the default rate) costs a stack walk and a short locked
+//! update. See
 //! `BENCHMARKS.md` in the repository for measurements.
 //!
 //! ## Design
@@ -194,7 +196,7 @@
 //! | --- | --- |
 //! | `config/` | settings read once from the environment; one-line reports on stderr |
 //! | `sample/` | sampling math: when a countdown ends in a sample, what a sample weighs |
-//! | `thread/` | the one thread-local and its plain parts: counters and countdown, sampler state, filter mask, held locks |
+//! | `thread/` | the one thread-local and its plain parts: counters and countdown, sampler state, filter mask, held locks, deferred frees, stack facts, registration; the exit hooks |
 //! | `support/` | locks with ranks, the reentrancy guard, the registry of threads, memory mappings |
 //! | `record/` | the slow path: stack capture, the site table, the sampled-block set, spare blocks, the peak copy |
 //! | `fast.rs` | the fast path: `Profiler`'s `GlobalAlloc` |
@@ -277,7 +279,8 @@ pub fn write_text_profile<W: io::Write>(w: W) -> io::Result<()> {
 
 /// Writes the peak-heap profile: the live sites when the sampled estimate
 /// of the live heap was at its highest (kept whenever it passes the
-/// previous peak by 10 %, from 1 MiB up). It reads like any heap profile;
+/// previous peak by `HEAPPROF_PEAK_GROWTH`, 10 % by default, from 1 MiB
+/// up). It reads like any heap profile;
 /// its comments say it is the peak, how large, and when.
 ///
 /// # Errors

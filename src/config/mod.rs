@@ -35,8 +35,8 @@ pub(crate) enum Unwinder {
 /// same 512 KiB as Go's `runtime.MemProfileRate` and tcmalloc.
 pub(crate) const DEFAULT_SAMPLE_RATE: usize = 512 * 1024;
 
-/// How many distinct allocation sites the bucket table holds before new
-/// sites go to the overflow bucket (`HEAPPROF_MAX_SITES`).
+/// How many distinct allocation sites the site table (`record/sites.rs`)
+/// holds before new sites go to the overflow site (`HEAPPROF_MAX_SITES`).
 pub(crate) const DEFAULT_MAX_SITES: usize = 16 * 1024;
 
 /// The shortest period `HEAPPROF_DUMP_EVERY` takes; a shorter one is
@@ -48,6 +48,12 @@ const MIN_DUMP_EVERY: Duration = Duration::from_secs(1);
 /// At most this many characters of a malformed value are echoed in its
 /// warning, so that a value of any size stays one short line.
 const SHOWN_VALUE_CHARS: usize = 64;
+
+/// The most sites `HEAPPROF_MAX_SITES` can ask for: a site's index
+/// within its stripe has `SiteId::INDEX_BITS` (24) bits.
+pub(crate) const MAX_SITES: usize = (1 << 24) - 1;
+const MAX_SITES_HINT: &str = "a whole number from 1 to 16777215 (64k also works)";
+const _: () = assert!(MAX_SITES == 16_777_215, "MAX_SITES_HINT states it");
 
 /// A new peak profile is kept when the live heap passes the last by this
 /// much: tcmalloc's 10 %.
@@ -78,19 +84,20 @@ pub(crate) struct Config {
     /// Where to write a profile at exit (`HEAPPROF_OUT`); also names the
     /// peak profile and the periodic series.
     pub out: Option<PathBuf>,
-    /// `HEAPPROF_DUMP_EVERY`: a profile every so often (`30s`, `500ms`, `5m`).
+    /// `HEAPPROF_DUMP_EVERY`: a profile every so often (`30s`, `5m`; at least
+    /// [`MIN_DUMP_EVERY`]).
     pub dump_every: Option<Duration>,
     /// `HEAPPROF_DUMP_EVERY_ALLOCATED`: a profile per so many bytes allocated.
     pub dump_every_allocated: Option<u64>,
     /// `HEAPPROF_DUMP_INUSE_GROWTH`: a profile when the live heap grew so much.
     pub dump_inuse_growth: Option<u64>,
-    /// `HEAPPROF_PEAK_GROWTH`: how far (as a fraction) the sampled live heap
+    /// `HEAPPROF_PEAK_GROWTH`: how far (a percentage) the sampled live heap
     /// must pass the last peak copy before a new one is taken.
     pub peak_growth: Percent,
     /// `HEAPPROF_UNWIND`: `auto` (default), `dwarf` or `frame-pointers`.
     pub unwinder: Unwinder,
     /// `HEAPPROF_FULL_STACKS=1`: keep the process and thread start-up
-    /// frames below the program's own (see `profile::trim`).
+    /// frames below the program's own (see `output::pprof::trim`).
     pub full_stacks: bool,
 }
 
@@ -111,12 +118,11 @@ pub(crate) fn get() -> &'static Config {
                 ),
                 MAX_RATE,
             ),
-            // A bucket's index within its stripe has 24 bits (`SiteId`).
             max_sites: read(
                 "HEAPPROF_MAX_SITES",
-                "a whole number from 1 to 16777215 (64k also works)",
+                MAX_SITES_HINT,
                 DEFAULT_MAX_SITES,
-                |s| parse_bytes(s).filter(|&n| n > 0 && n < 1 << 24),
+                |s| parse_bytes(s).filter(|&n| n > 0 && n <= MAX_SITES),
             ),
             peak_growth: read(
                 "HEAPPROF_PEAK_GROWTH",
@@ -128,7 +134,7 @@ pub(crate) fn get() -> &'static Config {
             out: var("HEAPPROF_OUT").map(PathBuf::from),
             dump_every: optional(
                 "HEAPPROF_DUMP_EVERY",
-                "a duration such as 30s, 500ms or 5m",
+                "a duration such as 30s, 5m or 1h",
                 |s| parse_duration(s).filter(|d| !d.is_zero()),
             )
             .map(|every| at_least("HEAPPROF_DUMP_EVERY", every, MIN_DUMP_EVERY)),
@@ -311,6 +317,37 @@ pub(crate) fn parse_bytes(text: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::parse_bytes;
+
+    /// The crate docs state the defaults in words and in the configuration
+    /// table; they must be these constants' values.
+    #[test]
+    fn the_crate_docs_state_the_defaults() {
+        let docs = include_str!("../lib.rs");
+        let kib = super::DEFAULT_SAMPLE_RATE / 1024;
+        for stated in [
+            format!(
+                "| `HEAPPROF_SAMPLE_RATE` | `{}` |",
+                super::DEFAULT_SAMPLE_RATE
+            ),
+            format!("| `HEAPPROF_MAX_SITES` | `{}` |", super::DEFAULT_MAX_SITES),
+            format!(
+                "| `HEAPPROF_PEAK_GROWTH` | `{}` |",
+                super::DEFAULT_PEAK_GROWTH
+            ),
+            format!("one sample per {kib} KiB"),
+            format!(
+                "within their next {} KiB",
+                crate::sample::OFF_COUNTDOWN / 1024
+            ),
+            format!(
+                "A failed allocation of {} MiB",
+                crate::sample::MAX_COUNTDOWN >> 20
+            ),
+            format!("{} % by default", super::DEFAULT_PEAK_GROWTH.0),
+        ] {
+            assert!(docs.contains(&stated), "lib.rs does not say {stated:?}");
+        }
+    }
 
     #[test]
     fn accepts_plain_numbers_and_binary_units() {

@@ -322,7 +322,7 @@ extern "C" fn at_exit() {
         "exit",
         &FAILED,
     );
-    // No peak yet (the heap never reached 1 MiB): no peak file, and no
+    // No peak yet (the heap never reached `record::peak`'s minimum): no peak file, and no
     // complaint about where it would have gone.
     let mut peak = Vec::new();
     let peak_profile = output::write(
@@ -409,11 +409,16 @@ impl Drop for ProfileGuard {
 /// The stack of a series' thread. Set here, not left to std's default,
 /// which `RUST_MIN_STACK` may make too small for a profile build: the
 /// first build on a thread loads and parses debug info to symbolize.
-/// Building and writing two profiles from a cold symbolizer fits in 96 KiB
-/// in a release build and in 384 KiB in a debug build (measured on
-/// x86_64 with threads of decreasing stack sizes); this is std's usual
+/// Building and writing two profiles from a cold symbolizer needs about
+/// 96 KiB in a release build and 384 KiB in a debug build (the profile
+/// build's own needs are `pprof::BUILD_STACK_NEED`); this is std's usual
 /// default, several times either.
 const DUMP_THREAD_STACK: usize = 2 << 20;
+
+/// How often a series' thread looks at the clock and the counters, at
+/// most: each look is one read of the exact counters (the registry's
+/// lock) and of the live estimate.
+const POLL: Duration = Duration::from_millis(50);
 
 /// A series of profiles written in the background, numbered so that any
 /// two can be compared with `go tool pprof -base`: `heap.0001.pb.gz`,
@@ -528,12 +533,10 @@ impl AutoDump {
 
     fn run(self, stop: &AtomicBool) {
         let _inside = reentry::Inside::enter();
-        let poll = self.every.map_or(Duration::from_millis(50), |e| {
-            e.min(Duration::from_millis(50))
-        });
+        let poll = self.every.map_or(POLL, |e| e.min(POLL));
         let mut last_time = Instant::now();
-        // The exact counters alone (`stats()` also sizes every table,
-        // taking each of their locks), every poll.
+        // The exact counters alone (`registry::totals`), every poll: the
+        // tables' sizes that `stats()` adds are not needed here.
         let mut last_allocated = crate::support::registry::totals().allocated_bytes;
         let mut last_inuse = crate::record::peak::live_estimate();
         // The live estimate is an i64; a step above its range is clamped

@@ -27,7 +27,7 @@
 //! | `/debug/pprof/allocs` | the same data, with `alloc_space` as the default view |
 //! | `/debug/pprof/peak` | the peak-heap profile (what was live when the heap was largest) |
 //! | `…?debug=1` | the legacy text format, readable by people and by `go tool pprof` |
-//! | `…?seconds=N` | on `heap` and `allocs`: a delta, what happened in the next N seconds (at most 300); on `peak` a 400, since the peak is one moment |
+//! | `…?seconds=N` | on `heap` and `allocs`: a delta, what happened in the next N seconds (at most [`MAX_DELTA_SECONDS`]); on `peak` a 400, since the peak is one moment |
 //!
 //! Anything else is a 404. The server binds only where it is told: bind to
 //! loopback (`127.0.0.1:6060`) unless the network in between is trusted,
@@ -67,7 +67,8 @@ pub const MAX_DELTA_SECONDS: u64 = 300;
 /// server the program runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Response {
-    /// The status code: 200, or 400, 404, 500 with a plain-text message.
+    /// The status code: 200, or 400, 404, 500, 503 (more than
+    /// [`MAX_DELTAS`] deltas at once) with a plain-text message.
     pub status: u16,
     /// The `Content-Type` header's value.
     pub content_type: &'static str,
@@ -330,7 +331,7 @@ fn delta(span: Duration) -> Vec<sites::SiteCopy> {
 
 /// The index page. Go's shows a "count" beside `heap` that is the number
 /// of records in the profile, freed ones included, so it grows for ever in
-/// a healthy program and has been read as a leak (the second seed). Here
+/// a healthy program and reads as a leak. Here
 /// every number says what it counts.
 fn index() -> Response {
     let (all, live) = sites::site_counts();

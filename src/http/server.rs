@@ -38,7 +38,7 @@
 //!
 //! The server's threads run on stacks of [`THREAD_STACK_BYTES`], whatever
 //! `RUST_MIN_STACK` says, and mark themselves as inside the profiler for
-//! their whole life (`guard.rs`), so their own allocations are never
+//! their whole life (`support/reentry.rs`), so their own allocations are never
 //! sampled and never show up in the profiles they serve.
 
 use std::collections::HashMap;
@@ -90,12 +90,10 @@ pub const LARGEST_HEAD_BYTES: usize = 1024 * 1024;
 /// The stack of each of the server's threads (listener, connections,
 /// rejecters), set explicitly so that `RUST_MIN_STACK` (which sets the
 /// default for threads spawned without a size) cannot make it too small.
-/// A connection thread builds the profile it serves; the deepest build,
-/// a gzipped profile, was measured at 70 KiB of stack (66 KiB of it the
-/// compressor's state, which flate2 builds on the stack before boxing
-/// it), a text profile with a first symbolization at 24 KiB, the index
-/// page at 6 KiB. This is 3.6 times the deepest. Only the pages a thread
-/// touches are ever resident.
+/// A connection thread builds the profile it serves, which needs up to
+/// `output::pprof::BUILD_STACK_NEED` of stack (a build with less left
+/// moves to a fresh segment). Only the pages a thread touches are ever
+/// resident.
 pub const THREAD_STACK_BYTES: usize = 256 * 1024;
 
 /// The built-in server's limits, for [`Server::serve`]. `serve(addr)` uses
@@ -239,10 +237,10 @@ type Job = (String, String, mpsc::SyncSender<Response>);
 /// allocated, and freed, where they are built: built on a thread of
 /// their own per connection, the memory of a body a client never took
 /// stays with that thread's malloc arena once freed (glibc keeps up to
-/// eight arenas per core), so the process grew by a body per arena even
-/// though each was freed. Built on one thread, a freed body's memory is
+/// eight arenas per core), so the process would grow by a body per arena
+/// though each is freed. Built on one thread, a freed body's memory is
 /// what the next build reuses. Builds are one at a time anyway (see
-/// `BUILDING` in `mod.rs`), so one thread costs no parallelism.
+/// `BUILDING` in `http/mod.rs`), so one thread costs no parallelism.
 fn start_builder() -> Option<mpsc::Sender<Job>> {
     let (jobs, queue) = mpsc::channel::<Job>();
     std::thread::Builder::new()
@@ -325,7 +323,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 ///
 /// The thread has no name: std copies a thread's name on the new thread
 /// before our code runs there, so that allocation could not be kept out of
-/// the profile (it was, once per connection).
+/// the profile: one sampled allocation per connection.
 fn spawn(f: impl FnOnce() + Send + 'static) {
     static FAILED: AtomicBool = AtomicBool::new(false);
     let spawned = std::thread::Builder::new()

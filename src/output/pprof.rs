@@ -1,4 +1,4 @@
-//! Building the pprof `Profile` from a snapshot of the bucket table:
+//! Building the pprof `Profile` from a copy of the site table:
 //! trimming, symbolization, mappings, values, and encoding.
 //!
 //! The four sample types follow Go's heap profile, in Go's order, so that
@@ -11,9 +11,8 @@
 //! | 2     | inuse_objects | count | the same, minus sampled frees          |
 //! | 3     | inuse_space   | bytes | the same, minus sampled frees          |
 //!
-//! where `w = 1/(1 - exp(-size/rate))` (see `sampler.rs`). Each sample also
-//! carries a numeric `bytes` label: the mean size of the sampled blocks at
-//! that site, as Go's label gives the block size of its bucket.
+//! where `w = 1/(1 - exp(-size/rate))` (see `sample::weight`). Samples
+//! carry no `bytes` label (see `add_site`): a site mixes block sizes.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -27,7 +26,7 @@ use crate::output::symbolize::{self, Symbols};
 use crate::record::sites::SiteCopy;
 use crate::support::mappings::{self, Mapping};
 
-/// The name under which the overflow bucket appears in profiles.
+/// The name under which the overflow site appears in profiles.
 pub(crate) const OVERFLOW_FUNCTION: &str = "[heapprof overflow: site table full or out of memory]";
 
 /// How to present a profile.
@@ -72,13 +71,13 @@ pub(crate) fn profiler_bytes() -> usize {
 }
 
 /// The stack a profile build, encoding or text profile may need, at
-/// most. Measured in release builds by painting a thread's stack: a
-/// gzipped profile takes 70 KiB (66 KiB of it flate2's compressor state,
-/// built on the stack before it is boxed), a text profile with a cold
-/// symbolization 24 KiB. This leaves 58 KiB for the caller's writer.
-/// Unoptimized code (a user's debug `cargo test` builds heapprof so) has
-/// frames several times larger: two cold builds overflow 256 KiB there and
-/// fit in 384 KiB, so it asks for four times as much.
+/// most. In a release build a gzipped profile needs about 70 KiB of stack
+/// (66 KiB of it flate2's compressor state, built on the stack before it
+/// is boxed) and a text profile with a cold symbolization about 24 KiB,
+/// which leaves the rest of 128 KiB to the caller's writer. Unoptimized
+/// code (a user's debug `cargo test` builds heapprof so) has frames
+/// several times larger, where two cold builds need 384 KiB: four times
+/// as much (`tests/small_stack.rs` writes profiles from small stacks).
 const BUILD_STACK_NEED: usize = if cfg!(debug_assertions) { 4 } else { 1 } * 128 * 1024;
 
 /// The stack segment a build gets when the caller's stack has less than
@@ -90,8 +89,8 @@ const BUILD_STACK_BYTES: usize = 4 * BUILD_STACK_NEED;
 /// [`BUILD_STACK_BYTES`] mapped for the call (by `stacker`), on this same
 /// thread, so that its thread-locals (the reentrancy guard, the
 /// per-thread counters) are the caller's. A program's threads may have
-/// stacks as small as 16 KiB; a profile written from one of them
-/// overflowed it, and a stack overflow aborts the process.
+/// stacks as small as 16 KiB; a profile written from one of them would
+/// overflow it, and a stack overflow aborts the process.
 pub(crate) fn with_build_stack<R>(f: impl FnOnce() -> R) -> R {
     stacker::maybe_grow(BUILD_STACK_NEED, BUILD_STACK_BYTES, f)
 }

@@ -33,7 +33,7 @@ pub struct Stats {
     pub allocated_bytes: u64,
     /// Bytes released by all frees.
     pub freed_bytes: u64,
-    /// Memory heapprof holds for itself: the bucket table, the set of live
+    /// Memory heapprof holds for itself: the site table, the set of live
     /// sampled blocks and the symbol cache, and spare sampled blocks (freed
     /// by the program and counted as freed above, but kept by heapprof for
     /// reuse).

@@ -3,7 +3,7 @@
 //!
 //! Symbolization happens only when a profile is written, never while
 //! sampling. Results are cached per address for the life of the process
-//! (code does not move; see `mappings.rs` for what a reload would mean), so
+//! (code does not move while its object stays loaded), so
 //! a second profile of a process that has not met new sites resolves
 //! nothing. backtrace's own parsed debug info, by contrast, is released
 //! after each lookup: it is tens of MiB, and it would sit in the heap of
@@ -120,12 +120,11 @@ pub(crate) fn resolve_all(addrs: impl IntoIterator<Item = usize>) -> HashMap<usi
     let resolved: Vec<(usize, Symbols)> = {
         let _resolving = RESOLVING.lock();
         let resolved = missing.into_iter().map(|a| (a, resolve(a))).collect();
-        // backtrace keeps the debug info it parsed (40 MiB after a first
-        // profile of a 12 MiB test binary, in the heap of the program being
-        // profiled) for its next lookup. Our own cache makes the next
-        // profile of the same sites need no lookup at all, and a later
-        // lookup reloads what it needs in milliseconds (6 ms for one new
-        // site there), so it is given back now.
+        // backtrace keeps the debug info it parsed (tens of MiB for a test
+        // binary, in the heap of the program being profiled) for its next
+        // lookup. Our own cache makes the next profile of the same sites
+        // need no lookup at all, and a later lookup reloads what it needs
+        // in milliseconds, so it is given back now.
         backtrace::clear_symbol_cache();
         resolved
     };
@@ -235,7 +234,7 @@ fn subject(name: &str) -> &str {
 /// runtime and thread start-up (`std::rt::lang_start`, the spawn closures,
 /// `catch_unwind`, `FnOnce` call shims, `__rust_begin_short_backtrace`),
 /// the test harness, and async runtimes' workers polling a task. These are
-/// trimmed from the root end of every stack (see `profile::trim`), the way
+/// trimmed from the root end of every stack (see `output::pprof::trim`), the way
 /// Go stacks end at `main.main` under one `runtime.main`.
 pub(crate) fn is_startup(name: &str) -> bool {
     const EXACT: &[&str] = &[
@@ -450,7 +449,7 @@ mod tests {
             "/rust/deps/hashbrown-0.16.1/src/raw/mod.rs",
             "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/backtrace-0.3.77/src/backtrace/mod.rs",
             "/rustc/x/library/std/src/collections/hash/map.rs",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/src/recorder.rs"),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/src/record/mod.rs"),
         ] {
             assert!(is_machinery_file(file), "{file}");
         }
@@ -484,7 +483,7 @@ mod tests {
             "std::collections::hash::map::HashMap<K,V,S>::insert",
             "hashbrown::raw::RawTable<T,A>::reserve_rehash",
             "<heapprof::Profiler<A> as core::alloc::global::GlobalAlloc>::alloc",
-            "heapprof::recorder::alloc",
+            "heapprof::record::alloc",
             "<alloc::raw_vec::RawVec<u8>>::reserve",
             "backtrace::backtrace::libunwind::trace",
         ] {

@@ -2,7 +2,7 @@
 //! prints, and what `go tool pprof` still reads.
 //!
 //! ```text
-//! heap profile: 3: 1572864 [9: 4718592] @ heap/1048576
+//! heap profile: 3: 1572864 [9: 4718592] @ heap/2
 //! 2: 1048576 [6: 3145728] @ 0x55d0c2a1b2c3 0x55d0c2a1b010 0x55d0c2a1a0f7
 //! #    0x55d0c2a1b2c2    myapp::cache::Cache::insert    /src/cache.rs:41
 //! #    0x55d0c2a1b00f    myapp::main    /src/main.rs:12
@@ -29,7 +29,7 @@
 //! period and scales every record by `1/(1 - exp(-avg/period))` for the
 //! record's average size, a factor that assumes one block size per record
 //! and one rate for the whole run. heapprof's samples are weighted one by
-//! one (see `sampler.rs`), at the rate each countdown was drawn at, so no
+//! one (see `sample/mod.rs`), at the rate each countdown was drawn at, so no
 //! single factor recovers its estimates after a rate change or for a site
 //! of mixed sizes. So heapprof writes its estimates themselves, rounded to
 //! whole objects and bytes, and the header `@ heap/2`: a period of 1, for
@@ -57,7 +57,7 @@ use crate::support::mappings;
 
 /// Writes `sites`, sampled at `rate`, in the legacy text format, with the
 /// exact counters of `stats` in the trailer, on a stack deep enough for
-/// symbolization (`profile::with_build_stack`).
+/// symbolization (`pprof::with_build_stack`).
 pub(crate) fn write<W: Write>(
     w: W,
     sites: &[SiteCopy],

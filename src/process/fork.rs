@@ -16,7 +16,7 @@
 //! symbolization (a second or so) and `fork` must not wait that long: the
 //! HTTP server's build lock, which guards no data, so the child simply
 //! resets it; and the symbolizer's lookup lock, taken only if free (a child
-//! forked in the middle of a lookup makes no lookups: `symbolize.rs`).
+//! forked in the middle of a lookup makes no lookups: `output/symbolize.rs`).
 //!
 //! In the child, the registries of running threads (the exact counters'
 //! and the free filter's mask copies) still list the parent's other
@@ -27,7 +27,7 @@
 //!
 //! Releasing a lock in the child must not depend on the threads that were
 //! waiting for it in the parent, which do not exist in the child: the locks
-//! are futex words with their waiters kept in the kernel (`lock.rs`), so
+//! are futex words with their waiters kept in the kernel (`support/lock.rs`), so
 //! the child's unlock leaves them free.
 
 use std::sync::Once;
@@ -110,7 +110,7 @@ extern "C" fn child() {
     // `prepare`.
     unsafe { unlock_all() };
     // The parent's other threads are gone; forget them before their
-    // memory can be reused (see `support/registry.rs`, `record/blocks.rs`).
+    // memory can be reused (see `registry::forget_other_threads_after_fork`).
     registry::forget_other_threads_after_fork();
     symbolize::after_fork_in_child();
     #[cfg(feature = "http")]

@@ -4,17 +4,18 @@
 //! # Keeping the free path free
 //!
 //! Every `dealloc` must find out whether its block was sampled, and almost
-//! none were (one block per ~512 KiB allocated). Looking every pointer up
+//! none were (one block per [`config::DEFAULT_SAMPLE_RATE`] bytes allocated,
+//! at the default rate). Looking every pointer up
 //! in a shared table would put a cache miss, or a lock, on every free.
-//! Instead, at the default rate, sampled blocks are allocated *page
-//! aligned* (alignment raised to 4096; the size is unchanged, and glibc's
+//! Instead, at rates from [`PAGE_ALIGN_MIN_RATE`] up, sampled blocks are
+//! allocated *page aligned* (alignment raised to [`PAGE`]; the size is unchanged, and glibc's
 //! `memalign` returns the slack before the block to its free lists), so
-//! the free path first tests `ptr & 0xFFF == 0`. Only page-aligned
-//! pointers, about 1 in 256 small blocks plus blocks that asked for page
+//! the free path first tests `ptr & PAGE_MASK == 0`. Only page-aligned
+//! pointers, about one in `PAGE / 16` small blocks plus blocks that asked for page
 //! alignment, go on to the set itself.
 //!
-//! Page alignment costs up to a page per sampled block: about 0.8 % of the
-//! live heap at 512 KiB, but far too much when most allocations are sampled
+//! Page alignment costs up to a page per sampled block: `PAGE / rate` of
+//! the sampled bytes, about 0.8 % at the default rate, but far too much when most allocations are sampled
 //! (rate 1 would put every block on its own page). Below
 //! [`PAGE_ALIGN_MIN_RATE`], sampled blocks keep their requested alignment,
 //! and while any such block is live, the filter mask is 0 so that every
@@ -22,11 +23,12 @@
 //! lookup is beside the point.
 //!
 //! The mask is read by every free, so each thread keeps its own copy in
-//! the fast path's thread-local (`local.rs`), beside the counters it bumps
+//! the fast path's thread-local (`thread::Local::filter_mask`), beside the counters it bumps
 //! anyway: the test is then one AND with thread-local memory, with no load
 //! of a shared line (and, from the user's crate, of its address through
-//! the GOT). The copies are registered, and [`update_mask`] writes every
-//! one of them, under the lock that serializes mask changes. A thread's
+//! the GOT). The registry lists the copies, and [`update_mask`] has it
+//! (`registry::set_filter_mask`) write every one of them, under the lock
+//! that serializes mask changes. A thread's
 //! copy is 0, "look every block up", until the thread registers, on its
 //! first slow path, and again after it retires on exit.
 //!
@@ -36,16 +38,17 @@
 //! the page test. So a second, lock-free filter follows it: a table of
 //! saturating counters indexed by a hash of the address, counting *live*
 //! sampled blocks. A recycled address whose counter is zero is rejected
-//! with one load (the table is 64 KiB and read-mostly). Only pointers that
+//! with one load (the table is [`LIVE_SLOTS`] bytes and read-mostly). Only pointers that
 //! pass both go on to lock a stripe of the set. With N live sampled blocks
-//! the second filter lets through at most N/65536 of what reaches it.
+//! the second filter lets through at most N/[`LIVE_SLOTS`] of what reaches it.
 //!
 //! # The set
 //!
 //! A striped `HashMap` from address to [`Entry`]. It is touched only on a
 //! sampled allocation, on the free of a page-aligned (or, in testing mode,
-//! any) block, and by `fork`'s handlers. A thread that holds any heapprof
-//! lock never looks the set up (`recorder::dealloc`): a free there is the
+//! any) block, and by `fork`'s handlers. A thread that holds or waits for a
+//! lock of the free path (`lock::free_path_lock_held`) never looks the set
+//! up (`record::free`): a free there is the
 //! set's own storage, or a signal handler's, and the stripe it would wait
 //! for may be the one the thread holds.
 
@@ -53,6 +56,8 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::SeqCst};
 
+#[cfg(doc)]
+use crate::config;
 use crate::support::lock::{Lockable, Mutex, rank};
 use crate::support::registry;
 
@@ -62,7 +67,7 @@ pub(crate) const PAGE: usize = 4096;
 const PAGE_MASK: usize = PAGE - 1;
 
 /// Rates at or above this page-align sampled blocks (overhead at most
-/// PAGE/rate = 6.25 % of the sampled bytes here, 0.8 % at 512 KiB).
+/// PAGE/rate = 6.25 % of the sampled bytes here, 0.8 % at the default rate).
 pub(crate) const PAGE_ALIGN_MIN_RATE: usize = 64 * 1024;
 
 /// Blocks larger than this are never page aligned: the free filter lets
@@ -70,7 +75,7 @@ pub(crate) const PAGE_ALIGN_MIN_RATE: usize = 64 * 1024;
 /// keep the inner allocator from resizing them in place (`realloc` of an
 /// over-aligned block allocates, copies and frees), and their frees are
 /// rare enough to go to the second filter. Equal to the largest class of
-/// spare blocks (`spare.rs`), so that every page-aligned block has one.
+/// spare blocks (`spare::MAX_CLASS`), so that every page-aligned block has one.
 pub(crate) const LARGE: usize = 64 * 1024;
 
 /// Whether a sampled block of `layout`, sampled at `rate`, is allocated
@@ -84,7 +89,7 @@ const STRIPES: usize = 64;
 /// What the free of a sampled block needs.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Entry {
-    pub bucket: SiteId,
+    pub site: SiteId,
     pub weight: f64,
     pub size: usize,
     /// Whether the block was allocated with its alignment raised to a page;
@@ -134,7 +139,7 @@ static STRIPE_MAPS: [CachePadded<Mutex<{ rank::BLOCKS }, Map>>; STRIPES] =
     [const { CachePadded(Mutex::new(HashMap::with_hasher(BuildHasherDefault::new()))) }; STRIPES];
 
 /// The second filter: live sampled blocks per hash slot of their address,
-/// saturating at 255 (a saturated slot stays "maybe" for good).
+/// saturating at `u8::MAX` (a saturated slot stays "maybe" for good).
 const LIVE_SLOTS: usize = 1 << 16;
 static LIVE_COUNTS: [AtomicU8; LIVE_SLOTS] = [const { AtomicU8::new(0) }; LIVE_SLOTS];
 /// The bytes the stripes' maps hold (they never shrink).
@@ -210,8 +215,8 @@ pub(crate) fn insert(ptr: *mut u8, entry: Entry) -> bool {
         UNALIGNED_LIVE.fetch_add(1, SeqCst);
         update_mask();
     }
-    // Saturating increment: 255 means "too many to count", kept for good.
-    let _ = live_slot(ptr as usize).fetch_update(SeqCst, SeqCst, |n| (n < 255).then(|| n + 1));
+    // Saturating increment: `u8::MAX` means "too many to count", kept for good.
+    let _ = live_slot(ptr as usize).fetch_update(SeqCst, SeqCst, |n| (n < u8::MAX).then(|| n + 1));
     true
 }
 
@@ -227,8 +232,8 @@ pub(crate) fn get(ptr: *mut u8, owner: usize) -> Option<Entry> {
 /// Removes a block if it was sampled, returning its entry.
 pub(crate) fn remove(ptr: *mut u8) -> Option<Entry> {
     let entry = with_stripe(ptr as usize, |map| map.remove(&(ptr as usize)))?;
-    let _ =
-        live_slot(ptr as usize).fetch_update(SeqCst, SeqCst, |n| (n > 0 && n < 255).then(|| n - 1));
+    let _ = live_slot(ptr as usize)
+        .fetch_update(SeqCst, SeqCst, |n| (n > 0 && n < u8::MAX).then(|| n - 1));
     if entry.needs_lookups() && UNALIGNED_LIVE.fetch_sub(1, SeqCst) == 1 {
         update_mask();
     }

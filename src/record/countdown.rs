@@ -73,7 +73,8 @@ pub(crate) fn count_alloc(size: usize) -> bool {
 
 /// Changes the rate: the calling thread starts a fresh countdown at once
 /// (its next allocation counts once, with certainty, and draws at the new
-/// rate); other threads take it at their next sample.
+/// rate); other threads take it at their next sample (within
+/// `sample::OFF_COUNTDOWN` bytes if sampling was off).
 pub(crate) fn set_rate(bytes: usize) {
     sample::set_rate(bytes);
     thread::with(|l| {

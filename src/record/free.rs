@@ -1,5 +1,6 @@
 //! The free of a block that may be sampled: the second filter, the set
-//! lookup, crediting the site, and the spare pool.
+//! lookup, crediting the site, and the spare pool; and forgetting a
+//! dropped `Profiler`'s allocator ([`forget_allocator`]).
 
 use std::alloc::{GlobalAlloc, Layout};
 
@@ -66,7 +67,7 @@ unsafe fn dealloc_maybe_sampled<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, in
     }
 }
 
-/// Puts the free of `ptr` off (see `guard::defer_free`), or, with no room
+/// Puts the free of `ptr` off (see `reentry::defer_free`), or, with no room
 /// for it, leaks the block: freeing it now with the wrong layout, or
 /// leaving a stale entry in the sampled set, would corrupt the heap.
 ///

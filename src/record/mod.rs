@@ -215,7 +215,7 @@ fn record(s: Sample, trackable: bool) -> bool {
     let frames = stack.frames();
     let site = sites::record_alloc(frames, stack::hash(frames), s.size, s.weight);
     let entry = Entry {
-        bucket: site,
+        site,
         weight: s.weight,
         size: s.size,
         page_aligned: s.page_aligned,
@@ -232,12 +232,12 @@ fn record(s: Sample, trackable: bool) -> bool {
 
 /// Credits the free of a sampled block, taken out of the set, to its site.
 fn credit_free(e: &Entry) {
-    sites::record_free(e.bucket, e.size, e.weight);
+    sites::record_free(e.site, e.size, e.weight);
     peak::on_free(e.size as f64 * e.weight);
 }
 
 /// The layout a sampled block is really allocated with: the caller's, or,
-/// when page aligned, a page-aligned size class (see `spare.rs`).
+/// when page aligned, a page-aligned size class (see `record/spare.rs`).
 fn actual_layout(layout: Layout, page_aligned: bool) -> Layout {
     if page_aligned {
         spare::layout_for(layout)

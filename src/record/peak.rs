@@ -6,13 +6,14 @@
 //!
 //! The sampled estimate of live bytes is one shared counter, changed only
 //! on sampled allocations and sampled frees (never on the fast path). When
-//! it passes the previous peak by 10 % (`HEAPPROF_PEAK_GROWTH`), the
-//! thread that noticed copies the bucket table (one stripe lock at a time,
+//! it passes the previous peak by `HEAPPROF_PEAK_GROWTH` (10 % by default), the
+//! thread that noticed copies the site table (one stripe lock at a time,
 //! like a profile write) there and then: a copy taken later, elsewhere,
 //! would no longer be the peak. A copy costs about as much as the table
 //! is large (a millisecond or so for thousands of sites), but copies
-//! happen at most log(max/min)/log(1.1) times over a run: about 170 for a
-//! heap that grows from 1 MiB to 10 GiB, so on average they add a small
+//! happen at most log(max/`MIN_PEAK`)/log(1 + growth) times over a run:
+//! about 97 at the default growth for a heap that grows from 1 MiB to
+//! 10 GiB, so on average they add a small
 //! constant to each sampled allocation.
 
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
@@ -25,6 +26,8 @@ use crate::record::sites::{self, SiteCopy};
 /// What to say when there is no peak copy yet.
 pub(crate) const NO_PEAK_YET: &str =
     "heapprof: no peak recorded yet (the sampled live heap has not reached 1 MiB)";
+// The message states the minimum.
+const _: () = assert!(MIN_PEAK == 1 << 20);
 
 /// Peaks below this are not worth a copy.
 const MIN_PEAK: i64 = 1 << 20;

@@ -14,10 +14,10 @@ use crate::support::{lock, reentry, registry};
 /// A realloc is the free of the old block and the allocation of a new one,
 /// each accounted as such. The block is resized by the inner allocator's
 /// own `realloc` (in place, or by `mremap`, where it can) unless it must
-/// change layout: a page-aligned sampled block (see `sampled.rs`) moves to
+/// change layout: a page-aligned sampled block (see `record/blocks.rs`) moves to
 /// the program's layout, and a block that becomes a page-aligned sample
 /// moves to that; those moves (allocate, copy, free) are of blocks of at
-/// most `sampled::LARGE` bytes.
+/// most `blocks::LARGE` bytes.
 ///
 /// # Safety
 /// As `GlobalAlloc::realloc`.
@@ -53,7 +53,7 @@ unsafe fn realloc_counted<A: GlobalAlloc>(
     let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
     if maybe_sampled && lock::free_path_lock_held() && blocks::may_be_live(ptr) {
         // A realloc where the set must not be looked up (see
-        // `dealloc_maybe_sampled`): a new plain block, and the free of the
+        // `free::dealloc_maybe_sampled`): a new plain block, and the free of the
         // old one, which `dealloc` puts off.
         // SAFETY: the caller's contract, unchanged.
         return unsafe { realloc_by_moving(ptr, layout, new_layout, None, inner) };

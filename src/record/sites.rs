@@ -1,32 +1,33 @@
-//! The bucket table: one bucket per allocation site (stack), holding what
+//! The site table: one entry per allocation site (stack), holding what
 //! was sampled there.
 //!
 //! Like Go's `mprof.go` buckets, each one counts allocations and frees
 //! credited back to it, so `inuse = alloc - free` per site. Unlike Go's,
-//! buckets are keyed by stack alone (not stack + size), so a bucket holds
-//! estimates already weighted per sample (see `sampler.rs`).
+//! sites are keyed by stack alone (not stack + size), so a site holds
+//! estimates already weighted per sample (see `sample/mod.rs`, Weights).
 //!
 //! The table is split into stripes, each behind its own lock, picked by the
 //! stack hash, so threads that sample at the same time rarely meet. Memory
-//! is bounded: at most `max_sites` buckets and `max_sites * 32` stored frame
-//! addresses in all, held in vectors that grow by eighths. At the default
-//! 16 Ki sites the worst case is
+//! is bounded: at most `max_sites` sites and `max_sites` ×
+//! [`FRAMES_PER_SITE_BUDGET`] stored frame
+//! addresses in all, held in vectors that grow by eighths. At
+//! `config::DEFAULT_MAX_SITES` (16 Ki) sites the worst case is
 //!
 //! ```text
-//! buckets   64 B × 16 Ki × 9/8        1.1 MiB
+//! sites     64 B × 16 Ki × 9/8        1.1 MiB
 //! frames     8 B × 16 Ki × 32 × 9/8   4.5 MiB
 //! index     17 B × 16 Ki × 16/7       0.6 MiB  (hash maps: power-of-two
 //!                                              bucket counts, 7/8 full)
 //! total                               6.2 MiB
 //! ```
 //!
-//! A sample whose site does not fit goes to a single overflow bucket, which
+//! A sample whose site does not fit goes to a single overflow site ([`SiteId::OVERFLOW`]), which
 //! the profile shows as its own site, so nothing is dropped silently. So
-//! does one whose new bucket the inner allocator has no memory for: the
+//! does one whose new site the inner allocator has no memory for: the
 //! table grows with `try_reserve`, because a failure there would otherwise
 //! abort a program that was handling its own allocation failures.
 //!
-//! All locking happens with the reentrancy guard held (`guard.rs`), so the
+//! All locking happens with the reentrancy guard held (`support/reentry.rs`), so the
 //! `Vec`/`HashMap` growth inside a stripe goes to the inner allocator.
 
 use std::collections::HashMap;
@@ -41,16 +42,23 @@ const STRIPES: usize = 64;
 /// Average frames per stored stack the frame budget allows for.
 const FRAMES_PER_SITE_BUDGET: usize = 32;
 
-/// Identifies a bucket: stripe in the high bits, index in the low 24.
-/// `OVERFLOW` names the overflow bucket.
+/// Identifies a site: its stripe in the high bits, its index in the stripe
+/// in the low [`SiteId::INDEX_BITS`]. `OVERFLOW` names the overflow site.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct SiteId(u32);
 
+// `HEAPPROF_MAX_SITES` stops where the index bits do.
+const _: () = assert!(crate::config::MAX_SITES as u64 == (1u64 << SiteId::INDEX_BITS) - 1);
+const _: () = assert!(std::mem::size_of::<StoredSite>() == 64);
+
 impl SiteId {
     pub(crate) const OVERFLOW: SiteId = SiteId(u32::MAX);
+    /// Bits of a site's index within its stripe.
+    pub(crate) const INDEX_BITS: u32 = 24;
+    const INDEX_MASK: u32 = (1 << Self::INDEX_BITS) - 1;
 }
 
-/// What a bucket has seen. `*_est` are the unbiased estimates (sum of
+/// What a site has seen. `*_est` are the unbiased estimates (sum of
 /// weights, sum of size × weight); `sampled_*` are raw sample counts.
 #[derive(Clone, Copy, Default, Debug, PartialEq)]
 pub(crate) struct SiteCounts {
@@ -94,7 +102,7 @@ impl SiteCounts {
     }
 }
 
-struct Bucket {
+struct StoredSite {
     frames_start: u32,
     frames_len: u32,
     counts: SiteCounts,
@@ -103,7 +111,7 @@ struct Bucket {
 #[derive(Default)]
 struct Stripe {
     by_hash: HashMap<u64, u32, BuildHasherDefault<PassThroughHasher>>,
-    buckets: Vec<Bucket>,
+    sites: Vec<StoredSite>,
     frames: Vec<usize>,
 }
 
@@ -138,7 +146,7 @@ static TABLE: Table = Table {
     stripes: [const {
         Mutex::new(Stripe {
             by_hash: HashMap::with_hasher(BuildHasherDefault::new()),
-            buckets: Vec::new(),
+            sites: Vec::new(),
             frames: Vec::new(),
         })
     }; STRIPES],
@@ -165,16 +173,14 @@ pub(crate) fn record_alloc(frames: &[usize], hash: u64, size: usize, weight: f64
     let stripe_index = (hash >> 32) as usize % STRIPES;
     let mut stripe = TABLE.stripes[stripe_index].lock();
     if let Some(&index) = stripe.by_hash.get(&hash) {
-        stripe.buckets[index as usize]
-            .counts
-            .add_alloc(size, weight);
-        return SiteId((stripe_index as u32) << 24 | index);
+        stripe.sites[index as usize].counts.add_alloc(size, weight);
+        return SiteId((stripe_index as u32) << SiteId::INDEX_BITS | index);
     }
     let held_before = stripe.bytes();
     let room = reserve(frames.len());
     if !room
         || !grow_by_eighths(&mut stripe.frames, frames.len())
-        || !grow_by_eighths(&mut stripe.buckets, 1)
+        || !grow_by_eighths(&mut stripe.sites, 1)
         || stripe.by_hash.try_reserve(1).is_err()
     {
         if room {
@@ -186,19 +192,19 @@ pub(crate) fn record_alloc(frames: &[usize], hash: u64, size: usize, weight: f64
         TABLE.overflow.lock().add_alloc(size, weight);
         return SiteId::OVERFLOW;
     }
-    let index = stripe.buckets.len() as u32;
+    let index = stripe.sites.len() as u32;
     let frames_start = stripe.frames.len() as u32;
     stripe.frames.extend_from_slice(frames);
     let mut counts = SiteCounts::default();
     counts.add_alloc(size, weight);
-    stripe.buckets.push(Bucket {
+    stripe.sites.push(StoredSite {
         frames_start,
         frames_len: frames.len() as u32,
         counts,
     });
     stripe.by_hash.insert(hash, index);
     TABLE.bytes.fetch_add(stripe.bytes() - held_before, Relaxed);
-    SiteId((stripe_index as u32) << 24 | index)
+    SiteId((stripe_index as u32) << SiteId::INDEX_BITS | index)
 }
 
 /// Makes room for `extra` more elements, growing by an eighth of the
@@ -241,29 +247,29 @@ fn unreserve(frames: usize) {
     TABLE.frames.fetch_sub(frames, Relaxed);
 }
 
-/// Credits the free of a sampled block back to the bucket that allocated it.
+/// Credits the free of a sampled block back to the site that allocated it.
 pub(crate) fn record_free(id: SiteId, size: usize, weight: f64) {
     if id == SiteId::OVERFLOW {
         TABLE.overflow.lock().add_free(size, weight);
         return;
     }
-    let stripe_index = (id.0 >> 24) as usize;
-    let index = (id.0 & 0x00FF_FFFF) as usize;
-    if let Some(bucket) = TABLE.stripes[stripe_index].lock().buckets.get_mut(index) {
-        bucket.counts.add_free(size, weight);
+    let stripe_index = (id.0 >> SiteId::INDEX_BITS) as usize;
+    let index = (id.0 & SiteId::INDEX_MASK) as usize;
+    if let Some(site) = TABLE.stripes[stripe_index].lock().sites.get_mut(index) {
+        site.counts.add_free(size, weight);
     }
 }
 
-/// A copy of one bucket, taken for writing a profile.
+/// A copy of one site, taken for writing a profile.
 #[derive(Clone, Debug)]
 pub(crate) struct SiteCopy {
-    /// Return addresses, leaf first; empty for the overflow bucket.
+    /// Return addresses, leaf first; empty for the overflow site.
     pub frames: Vec<usize>,
     pub counts: SiteCounts,
     pub overflow: bool,
 }
 
-/// Copies every bucket out of the table, one stripe lock at a time, so
+/// Copies every site out of the table, one stripe lock at a time, so
 /// that symbolization and encoding run with no lock held. Out of memory,
 /// it ends the program, as any allocation outside the allocator would.
 pub(crate) fn snapshot() -> Vec<SiteCopy> {
@@ -280,9 +286,9 @@ pub(crate) fn try_snapshot() -> Option<Vec<SiteCopy>> {
         .ok()?;
     for stripe in &TABLE.stripes {
         let stripe = stripe.lock();
-        for bucket in &stripe.buckets {
-            let start = bucket.frames_start as usize;
-            let stored = &stripe.frames[start..start + bucket.frames_len as usize];
+        for site in &stripe.sites {
+            let start = site.frames_start as usize;
+            let stored = &stripe.frames[start..start + site.frames_len as usize];
             let mut frames = Vec::new();
             frames.try_reserve_exact(stored.len()).ok()?;
             frames.extend_from_slice(stored);
@@ -290,7 +296,7 @@ pub(crate) fn try_snapshot() -> Option<Vec<SiteCopy>> {
             sites.try_reserve(1).ok()?;
             sites.push(SiteCopy {
                 frames,
-                counts: bucket.counts,
+                counts: site.counts,
                 overflow: false,
             });
         }
@@ -313,7 +319,7 @@ pub(crate) fn try_snapshot() -> Option<Vec<SiteCopy>> {
 pub(crate) fn site_counts() -> (usize, usize) {
     let mut counts = (0, 0);
     for stripe in &TABLE.stripes {
-        for b in &stripe.lock().buckets {
+        for b in &stripe.lock().sites {
             counts.0 += 1;
             counts.1 += usize::from(b.counts.alloc_objects_est - b.counts.free_objects_est >= 0.5);
         }
@@ -323,7 +329,7 @@ pub(crate) fn site_counts() -> (usize, usize) {
 
 /// What happened between two copies of the table: each site of `later`
 /// with `earlier`'s counts subtracted (sites new since `earlier` are kept
-/// whole). SiteCounts only grow, so alloc values are what was allocated in
+/// whole). Counts only grow, so alloc values are what was allocated in
 /// between and inuse values are the change in live memory.
 pub(crate) fn delta(later: &[SiteCopy], earlier: &[SiteCopy]) -> Vec<SiteCopy> {
     let before: HashMap<(&[usize], bool), &SiteCounts> = earlier
@@ -342,7 +348,7 @@ pub(crate) fn delta(later: &[SiteCopy], earlier: &[SiteCopy]) -> Vec<SiteCopy> {
         .collect()
 }
 
-/// Bytes the table holds now (buckets, frames, hash index), for reporting
+/// Bytes the table holds now (sites, frames, hash index), for reporting
 /// the profiler's own memory. Takes no lock.
 pub(crate) fn memory_bytes() -> usize {
     TABLE.bytes.load(Relaxed)
@@ -351,7 +357,7 @@ pub(crate) fn memory_bytes() -> usize {
 impl Stripe {
     /// The bytes this stripe's vectors and index hold (they never shrink).
     fn bytes(&self) -> usize {
-        self.buckets.capacity() * std::mem::size_of::<Bucket>()
+        self.sites.capacity() * std::mem::size_of::<StoredSite>()
             + self.frames.capacity() * std::mem::size_of::<usize>()
             + hash_map_bytes(&self.by_hash)
     }

@@ -1,19 +1,22 @@
 //! Spare page-aligned blocks, kept for the next samples.
 //!
-//! At the default rate sampled blocks are page aligned (see `sampled.rs`).
+//! At rates from `blocks::PAGE_ALIGN_MIN_RATE` up, sampled blocks are page
+//! aligned (see `record/blocks.rs`).
 //! If a freed sampled block went back to the inner allocator, the
 //! allocator would recycle its page-aligned address for ordinary blocks of
 //! the same size, again and again: each of their frees would then pass the
 //! page filter, and, worse, the ordinary blocks in circulation would drift
 //! to one per page, costing cache and TLB misses on every malloc and free
-//! (measured: twice the time in glibc's `free` on a two-thread churn).
+//! (glibc's `free` takes twice the time on `dev/benches/overhead.rs`'
+//! `threads2`).
 //!
-//! So small sampled blocks are allocated in power-of-two classes (16 B to
-//! 64 KiB) and, when freed, kept here for later samples of the same class
-//! instead of being returned. Sampled blocks are rare (one per 512 KiB
-//! allocated), so a few dozen per class cover the turnover; past the
-//! bound (under 1 MiB in all), blocks go back to the inner allocator. Larger sampled blocks are
-//! returned at once: glibc serves those from `mmap` (no recycling), and
+//! So small sampled blocks are allocated in power-of-two classes
+//! ([`MIN_CLASS`] to [`MAX_CLASS`], which is `blocks::LARGE`) and, when
+//! freed, kept here for later samples of the same class instead of being
+//! returned. Sampled blocks are rare (one per 512 KiB allocated at the
+//! default rate), so [`PER_CLASS`] per class cover the turnover; past the
+//! bound (under 1 MiB in all), blocks go back to the inner allocator.
+//! Larger sampled blocks are returned at once: glibc serves those from `mmap` (no recycling), and
 //! other allocators recycle them rarely enough.
 
 use std::alloc::{GlobalAlloc, Layout};
@@ -23,17 +26,18 @@ use crate::support::lock::{Lockable, Mutex, rank};
 
 use crate::record::blocks::PAGE;
 
-/// Classes 16 B, 32 B, …, 64 KiB.
+/// Classes `MIN_CLASS`, twice that, …, `MAX_CLASS`.
 const CLASSES: usize = 13;
 const MIN_CLASS: usize = 16;
 const MAX_CLASS: usize = MIN_CLASS << (CLASSES - 1);
-/// Spare blocks kept per class: 64, or as many as fit in 128 KiB for the
-/// classes above 2 KiB, so that all the pools together hold at most
+/// Spare blocks kept per class: `PER_CLASS`, or as many as fit in
+/// `PER_CLASS_BYTES` for the classes above `PER_CLASS_BYTES / PER_CLASS`
+/// (2 KiB), so that all the pools together hold at most
 /// 64 × (16 B + … + 2 KiB) + 5 × 128 KiB ≈ 0.9 MiB.
 const PER_CLASS: usize = 64;
 const PER_CLASS_BYTES: usize = 128 * 1024;
 
-// Every page-aligned sampled block has a class (see `sampled::LARGE`).
+// Every page-aligned sampled block has a class (see `blocks::LARGE`).
 const _: () = assert!(MAX_CLASS == crate::record::blocks::LARGE);
 
 fn kept_per_class(class: usize) -> usize {

@@ -5,7 +5,7 @@
 //! Think of every byte a thread allocates as laid end to end on a line.
 //! Sampling drops points on that line as a Poisson process with rate
 //! `1/R` per byte, where `R` is the sample rate (mean bytes between
-//! samples, 512 KiB by default). An allocation is *sampled* when at least
+//! samples, `config::DEFAULT_SAMPLE_RATE` by default). An allocation is *sampled* when at least
 //! one point falls inside its bytes.
 //!
 //! Gaps between points of a Poisson process are exponentially distributed
@@ -14,8 +14,8 @@
 //! subtracts each allocation's size from the countdown; an allocation of `s`
 //! bytes that does not fit in what is left contains a point and is sampled.
 //!
-//! The fast path's counter holds at most 1 MiB of the countdown, the rest
-//! waiting on the slow path ([`MAX_COUNTDOWN`]): an allocation that big
+//! The fast path's counter holds at most [`MAX_COUNTDOWN`] bytes of the
+//! countdown, the rest waiting on the slow path: an allocation that big
 //! always takes the slow path, which charges it against the whole
 //! countdown, so the process is unchanged, and sees whether it failed.
 //!
@@ -29,9 +29,8 @@
 //! When the rate changes, a running thread finishes the countdown it drew
 //! at the old rate, and the allocation that ends it was sampled with the
 //! old rate's probability: its weight uses the rate the countdown was drawn
-//! at, not the current one. (Weighting it at the new rate counted, after a
-//! switch from 1 to 512 KiB, one certain 16-byte sample as 32768
-//! allocations.) Countdowns that are not draws (zero after
+//! at, not the current one. (Weighted at the new rate, a certain 16-byte sample after a
+//! switch from 1 to 512 KiB would count as 32768 allocations.) Countdowns that are not draws (zero after
 //! [`set_rate`], the fixed countdown while sampling is off) end in a
 //! certain sample, which counts once.
 //!
@@ -50,7 +49,8 @@
 //! = 1` per allocation. For `s ≪ R`, `w ≈ R/s` (one sample speaks for `R`
 //! bytes); for `s ≫ R`, `w ≈ 1` (big blocks are always seen). Go's
 //! `scaleHeapSample` applies the same factor at write time, per bucket; we
-//! apply it per sample, because our buckets are keyed by stack alone and can
+//! apply it per sample, because our sites (`record/sites.rs`) are keyed by
+//! stack alone and can
 //! hold mixed sizes.
 //!
 //! The estimate of a site that allocated `B` bytes has a relative standard
@@ -64,7 +64,7 @@
 //!
 //! Each thread keeps its countdown and generator (in `thread/`), so the
 //! fast path touches no shared memory. This module is plain data and
-//! arithmetic: [`ThreadSampler`] is a thread's state between samples, and
+//! arithmetic, plus the process-wide rate and seed: [`ThreadSampler`] is a thread's state between samples, and
 //! its methods say what comes after a countdown runs out; the slow path
 //! (`record/countdown.rs`) applies the answers to the thread's counters.
 //! rand's `SmallRng` cannot be built in a `const` initializer, so a
@@ -313,7 +313,7 @@ pub(crate) fn weight(size: usize, rate: usize) -> f64 {
 }
 
 /// [`weight`] for a size that need not be whole: pprof applies the same
-/// factor to legacy text records at their mean block size (`text.rs`).
+/// factor to legacy text records at their mean block size (`output/text.rs`).
 pub(crate) fn weight_of_bytes(size: f64, rate: usize) -> f64 {
     if rate <= 1 {
         return 1.0;

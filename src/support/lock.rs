@@ -6,7 +6,7 @@
 //! * **fork.** parking_lot keeps the queue of threads waiting for a lock in
 //!   a process-wide hash table in ordinary memory. `fork` copies that table
 //!   into the child, with entries for waiting threads that do not exist
-//!   there. The fork handlers take every heapprof lock (see `fork.rs`), so
+//!   there. The fork handlers take every heapprof lock (see `process/fork.rs`), so
 //!   other allocating threads are often parked on one at that moment; when
 //!   the child's handler unlocks it, parking_lot's eventual fairness can
 //!   hand the lock directly to a phantom waiter, leaving it locked for
@@ -20,8 +20,8 @@
 //! A futex mutex (the same algorithm as the standard library's) keeps its
 //! waiters in the kernel, which does not copy them into a forked child:
 //! unlocking in the child wakes nobody and leaves the lock free. Locking
-//! and unlocking never allocate. `lock_api` supplies the guard types, so
-//! the call sites (`lock()`, `force_unlock()`) are unchanged.
+//! and unlocking never allocate. `lock_api` supplies the guard types and
+//! the usual `lock()` / `force_unlock()`.
 //!
 //! # Ranks
 //!
@@ -30,16 +30,18 @@
 //! a higher rank (or of the same rank, which only the fork handlers do, for
 //! the stripes of one table in index order). Debug builds check it on
 //! every wait and abort with the two ranks on a violation. `fork`'s
-//! prepare handler takes every lock in rank order (`process/fork.rs`).
+//! prepare handler takes the locks of its table, `FORK_LOCKS`, in rank
+//! order (`process/fork.rs`; the HTTP locks and the symbol-lookup lock
+//! are handled apart).
 //!
 //! The locks a free of a sampled block takes (the sampled set's, the site
-//! table's, the spare pools', the peak's, the mask copies') are marked
-//! `FREE_PATH` in [`rank`]: each thread counts those it holds or is waiting
+//! table's, the spare pools', the peak's, the mask copies') are those
+//! [`rank::free_path`] names: each thread counts those it holds or is waiting
 //! for (`thread::HeldLocks`), up before it asks for one and down after it
 //! lets go. A free that runs on the thread in between, a nested one or a
 //! signal handler's, sees the count ([`free_path_lock_held`]) and must not
 //! take the free path's locks: the one it would wait for may be the one
-//! this thread holds (see `record::dealloc`).
+//! this thread holds (see `record::free::dealloc`).
 
 use std::sync::atomic::{AtomicU32, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 
@@ -57,7 +59,7 @@ pub(crate) mod rank {
     /// Held around every symbol lookup (`output/symbolize.rs`); `fork`
     /// takes it only if free.
     pub(crate) const SYMBOL_LOOKUP: u8 = 2;
-    /// The loaded-object walk (`output/mappings.rs`).
+    /// The loaded-object walk (`support/mappings.rs`).
     pub(crate) const MAPPINGS: u8 = 3;
     /// The symbol cache (`output/symbolize.rs`).
     pub(crate) const SYMBOLS: u8 = 4;

@@ -12,8 +12,8 @@ use crate::support::lock::{Lockable, Mutex, rank};
 
 /// Held around `dl_iterate_phdr`, and taken by `fork`'s handlers. The walk
 /// holds the dynamic loader's own lock, which glibc does not reset in a
-/// forked child: a fork in the middle of our walk left the child's next
-/// profile waiting for that lock for ever. With this, `fork` waits for
+/// forked child: a fork in the middle of our walk would leave the child's
+/// next profile waiting for that lock for ever. With this, `fork` waits for
 /// the walk to end. (Only heapprof's walks; the symbolizer's are under
 /// its own lock, also taken by the handlers.)
 static WALKING: Mutex<{ rank::MAPPINGS }, ()> = Mutex::new(());

@@ -5,7 +5,8 @@
 //! profile (symbolization, encoding, compression) may itself allocate.
 //! Those allocations must go straight to the inner allocator: sampling
 //! them would recurse into the profiler, and could deadlock on a lock this
-//! thread already holds (the way dhat-rs deadlocked inside parking_lot).
+//! thread already holds (as a profiler whose own lock allocates can deadlock,
+//! e.g. dhat-rs inside parking_lot).
 //!
 //! The flag is the thread's `Counters::inside` (`thread/counters.rs`): the
 //! outermost [`Inside`] freezes the thread's exact counts, and leaving it

@@ -40,7 +40,8 @@ static UNLISTED: SharedCounts = SharedCounts::new();
 /// blocks only".
 pub(crate) const INITIAL_FILTER_MASK: usize = 4096 - 1;
 
-/// `ptr & FILTER_MASK == 0` means "may be sampled": the value every listed
+/// `ptr & FILTER_MASK == 0` means "may be sampled" (blocks above
+/// `record::blocks::LARGE` pass by their size): the value every listed
 /// thread's copy holds. Written under [`MASK_COPIES`]' lock only.
 static FILTER_MASK: AtomicUsize = AtomicUsize::new(INITIAL_FILTER_MASK);
 /// The addresses of the listed threads' mask copies. Its lock keeps

@@ -107,7 +107,8 @@ pub(crate) struct Counters {
 /// The offset of the last field the fast path touches
 /// ([`Counters::charge`], [`Counters::count_alloc`],
 /// [`Counters::count_free`]), for the thread-local's layout check.
-pub(crate) const FAST_FIELDS_END: usize = std::mem::offset_of!(Counters, freed_bytes) + 8;
+pub(crate) const FAST_FIELDS_END: usize =
+    std::mem::offset_of!(Counters, freed_bytes) + std::mem::size_of::<AtomicU64>();
 
 /// How long a reader waits for a thread whose slow path is changing
 /// `granted` and `countdown` together. That takes nanoseconds, unless the
