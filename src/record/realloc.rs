@@ -3,7 +3,7 @@
 use std::alloc::{GlobalAlloc, Layout};
 
 use super::{
-    Sample, alloc_plain, alloc_sampled, blocks, countdown, credit_free, record, spare,
+    Entry, Sample, alloc_plain, alloc_sampled, blocks, countdown, credit_free, record, spare,
     uncount_realloc,
 };
 use crate::sample;
@@ -14,8 +14,8 @@ use crate::support::{lock, reentry, registry};
 /// A realloc is the free of the old block and the allocation of a new one,
 /// each accounted as such. The block is resized by the inner allocator's
 /// own `realloc` (in place, or by `mremap`, where it can) unless it must
-/// change layout: a page-aligned sampled block (see `record/blocks.rs`) moves to
-/// the program's layout, and a block that becomes a page-aligned sample
+/// change layout: a page-aligned sampled block (see `record/blocks.rs`)
+/// moves to the program's layout, and a block that becomes a page-aligned sample
 /// moves to that; those moves (allocate, copy, free) are of blocks of at
 /// most `blocks::LARGE` bytes.
 ///
@@ -64,15 +64,7 @@ unsafe fn realloc_counted<A: GlobalAlloc>(
     } else {
         None
     };
-    // If the filter sent us here, the fast path did not get to charge the
-    // countdown (`||` stopped at the filter): charge it now. Otherwise it
-    // was charged and ran out.
-    let expired = !maybe_sampled || countdown::count_alloc(new_size);
-    let weight = if expired {
-        countdown::expired(new_size)
-    } else {
-        None
-    };
+    let weight = new_block_weight(maybe_sampled, new_size);
     let new_page_aligned = weight.is_some() && blocks::page_aligns(new_layout, sample::rate());
     if old.is_some_and(|e| e.page_aligned) || new_page_aligned {
         // SAFETY: the caller's contract, unchanged.
@@ -87,6 +79,37 @@ unsafe fn realloc_counted<A: GlobalAlloc>(
         }
         return new_ptr;
     }
+    // SAFETY: the caller's contract, unchanged; `old` is `ptr`'s entry.
+    unsafe { realloc_tracked(ptr, layout, new_size, old, weight, inner) }
+}
+
+/// The weight of a realloc's new block if it is a sample. If the free
+/// filter sent the realloc here, the fast path did not get to charge the
+/// countdown (`||` stopped at the filter): it is charged now. Otherwise it
+/// was charged and ran out.
+fn new_block_weight(maybe_sampled: bool, new_size: usize) -> Option<f64> {
+    let expired = !maybe_sampled || countdown::count_alloc(new_size);
+    if expired {
+        countdown::expired(new_size)
+    } else {
+        None
+    }
+}
+
+/// [`realloc`] in place, by the inner allocator, of a block with the
+/// program's layout whose old block is sampled (`old` is its entry) or
+/// whose new one is to be (`weight`).
+///
+/// # Safety
+/// As `GlobalAlloc::realloc`; `old` is `ptr`'s entry in the set, if any.
+unsafe fn realloc_tracked<A: GlobalAlloc>(
+    ptr: *mut u8,
+    layout: Layout,
+    new_size: usize,
+    old: Option<Entry>,
+    weight: Option<f64>,
+    inner: &A,
+) -> *mut u8 {
     // The old entry leaves the set first: once the inner allocator has
     // freed the old address, another thread may be handed it and sample it.
     let old = old.and_then(|_| {
