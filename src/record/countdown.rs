@@ -71,6 +71,20 @@ pub(crate) fn count_alloc(size: usize) -> bool {
     .unwrap_or(false)
 }
 
+/// [`count_alloc`] where no sample may be taken (the thread holds a lock
+/// of the free path, and a sample takes those): a countdown this runs out
+/// is left at zero, so that the thread's next allocation decides. This one
+/// allocation goes unsampled, a bias of at most one sample per such
+/// realloc, which only a signal handler or heapprof's own tables make.
+pub(crate) fn count_alloc_unsampled(size: usize) {
+    thread::with(|l| {
+        l.counters.count_alloc();
+        if l.counters.charge(size) {
+            start(l, 0);
+        }
+    });
+}
+
 /// Changes the rate: the calling thread starts a fresh countdown at once
 /// (its next allocation counts once, with certainty, and draws at the new
 /// rate); other threads take it at their next sample (within

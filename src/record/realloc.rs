@@ -53,8 +53,10 @@ unsafe fn realloc_counted<A: GlobalAlloc>(
     let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
     if maybe_sampled && lock::free_path_lock_held() && blocks::may_be_live(ptr) {
         // A realloc where the set must not be looked up (see
-        // `free::dealloc_maybe_sampled`): a new plain block, and the free of the
-        // old one, which `dealloc` puts off.
+        // `free::dealloc_maybe_sampled`): a new plain block, and the free of
+        // the old one, which `dealloc` puts off. The fast path's filter
+        // stopped before it counted the allocation.
+        countdown::count_alloc_unsampled(new_size);
         // SAFETY: the caller's contract, unchanged.
         return unsafe { realloc_by_moving(ptr, layout, new_layout, None, inner) };
     }

@@ -58,13 +58,19 @@ static OWNER: AtomicUsize = AtomicUsize::new(0);
 
 /// A name for the allocator `inner`, the same for every handle on it. A
 /// stateless allocator (`System`, `MiMalloc`: zero-sized) is named by its
-/// `dealloc` function, since any two values of it are interchangeable;
-/// two types whose `dealloc` compiled to the same code may share the name,
-/// and may then share blocks too, since freeing through either does the
-/// same. An allocator with state is named by its address.
+/// type, since any two values of it are interchangeable: a hash of the
+/// type's name, never 0 (its `dealloc`'s address would not do: an inlined
+/// function has a copy per codegen unit, so each module that asks could
+/// get another name). An allocator with state is named by its address.
 pub(crate) fn owner<A: GlobalAlloc>(inner: &A) -> usize {
     if std::mem::size_of::<A>() == 0 {
-        <A as GlobalAlloc>::dealloc as *const () as usize
+        // FNV-1a.
+        let hash = std::any::type_name::<A>()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        (hash as usize) | 1
     } else {
         inner as *const A as usize
     }
