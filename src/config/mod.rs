@@ -318,37 +318,6 @@ pub(crate) fn parse_bytes(text: &str) -> Option<usize> {
 mod tests {
     use super::parse_bytes;
 
-    /// The crate docs state the defaults in words and in the configuration
-    /// table; they must be these constants' values.
-    #[test]
-    fn the_crate_docs_state_the_defaults() {
-        let docs = include_str!("../lib.rs");
-        let kib = super::DEFAULT_SAMPLE_RATE / 1024;
-        for stated in [
-            format!(
-                "| `HEAPPROF_SAMPLE_RATE` | `{}` |",
-                super::DEFAULT_SAMPLE_RATE
-            ),
-            format!("| `HEAPPROF_MAX_SITES` | `{}` |", super::DEFAULT_MAX_SITES),
-            format!(
-                "| `HEAPPROF_PEAK_GROWTH` | `{}` |",
-                super::DEFAULT_PEAK_GROWTH
-            ),
-            format!("one sample per {kib} KiB"),
-            format!(
-                "within their next {} KiB",
-                crate::sample::OFF_COUNTDOWN / 1024
-            ),
-            format!(
-                "A failed allocation of {} MiB",
-                crate::sample::MAX_COUNTDOWN >> 20
-            ),
-            format!("{} % by default", super::DEFAULT_PEAK_GROWTH.0),
-        ] {
-            assert!(docs.contains(&stated), "lib.rs does not say {stated:?}");
-        }
-    }
-
     #[test]
     fn accepts_plain_numbers_and_binary_units() {
         assert_eq!(parse_bytes("524288"), Some(524288));

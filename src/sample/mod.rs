@@ -326,6 +326,31 @@ pub(crate) fn weight_of_bytes(size: f64, rate: usize) -> f64 {
 mod tests {
     use super::*;
 
+    /// The crate docs state the defaults in words and in the configuration
+    /// table; they must be these constants' values.
+    #[test]
+    fn the_crate_docs_state_the_defaults() {
+        let docs = include_str!("../lib.rs");
+        let kib = config::DEFAULT_SAMPLE_RATE / 1024;
+        for stated in [
+            format!(
+                "| `HEAPPROF_SAMPLE_RATE` | `{}` |",
+                config::DEFAULT_SAMPLE_RATE
+            ),
+            format!("| `HEAPPROF_MAX_SITES` | `{}` |", config::DEFAULT_MAX_SITES),
+            format!(
+                "| `HEAPPROF_PEAK_GROWTH` | `{}` |",
+                config::DEFAULT_PEAK_GROWTH
+            ),
+            format!("one sample per {kib} KiB"),
+            format!("within their next {} KiB", super::OFF_COUNTDOWN / 1024),
+            format!("A failed allocation of {} MiB", super::MAX_COUNTDOWN >> 20),
+            format!("{} % by default", config::DEFAULT_PEAK_GROWTH.0),
+        ] {
+            assert!(docs.contains(&stated), "lib.rs does not say {stated:?}");
+        }
+    }
+
     #[test]
     fn weight_matches_the_inverse_probability() {
         let r = 512 * 1024;
