@@ -261,3 +261,6 @@ fn uncount_realloc(old_size: usize, new_size: usize) {
         l.counters.uncount_free(old_size);
     });
 }
+
+#[cfg(test)]
+mod tests;

@@ -382,3 +382,19 @@ pub(crate) fn each_lock(f: &mut dyn FnMut(&'static dyn Lockable)) {
     }
     f(&TABLE.overflow);
 }
+
+/// The counts of site `id` as they stand, for the recorder's tests.
+#[cfg(test)]
+pub(crate) fn counts_of(id: SiteId) -> Option<SiteCounts> {
+    if id == SiteId::OVERFLOW {
+        return Some(*TABLE.overflow.lock());
+    }
+    let stripe = TABLE.stripes[(id.0 >> 24) as usize].lock();
+    stripe
+        .sites
+        .get((id.0 & 0x00FF_FFFF) as usize)
+        .map(|s| s.counts)
+}
+
+#[cfg(test)]
+mod tests;

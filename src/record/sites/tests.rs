@@ -1,0 +1,328 @@
+//! The site table, driven with made-up stacks.
+//!
+//! The table is one per process and the tests run on parallel threads, so
+//! each test uses stacks of its own (addresses no code has) and asserts on
+//! its own sites only. The tests that need the whole table to stand still
+//! (the site bound, the byte count) hold `record::tests::TABLES`
+//! exclusively; the others hold it shared.
+
+use super::*;
+use crate::record::stack;
+use crate::record::tests::{tables_exclusive, tables_shared};
+
+/// A stack of `len` frames that no other test (and no code) has: `test`
+/// names the test, `which` the stack within it.
+fn stack_of(test: usize, which: usize, len: usize) -> Vec<usize> {
+    (0..len)
+        .map(|i| 0x7e57_0000_0000 | (test << 28) | (which << 12) | (i << 4))
+        .collect()
+}
+
+fn alloc(frames: &[usize], size: usize, weight: f64) -> SiteId {
+    record_alloc(frames, stack::hash(frames), size, weight)
+}
+
+/// The site of `frames` in a fresh copy of the table.
+fn copied(frames: &[usize]) -> Option<SiteCopy> {
+    snapshot()
+        .into_iter()
+        .find(|s| !s.overflow && s.frames == frames)
+}
+
+#[test]
+fn one_stack_is_one_site_that_accumulates() {
+    let _tables = tables_shared();
+    let frames = stack_of(1, 0, 5);
+    let first = alloc(&frames, 100, 2.0);
+    let second = alloc(&frames, 300, 0.5);
+    assert_eq!(first, second);
+    assert_ne!(first, SiteId::OVERFLOW);
+    let c = counts_of(first).unwrap();
+    assert_eq!(c.sampled_allocs, 2);
+    assert_eq!(c.sampled_alloc_bytes, 400);
+    assert_eq!(c.alloc_objects_est, 2.5);
+    assert_eq!(c.alloc_bytes_est, 100.0 * 2.0 + 300.0 * 0.5);
+    assert_eq!(c.sampled_frees, 0);
+    assert_eq!(c.free_bytes_est, 0.0);
+}
+
+#[test]
+fn different_stacks_are_different_sites() {
+    let _tables = tables_shared();
+    let a = stack_of(2, 0, 4);
+    let mut reversed = a.clone();
+    reversed.reverse();
+    let shorter = &a[..3];
+    let ids = [
+        alloc(&a, 8, 1.0),
+        alloc(&reversed, 16, 1.0),
+        alloc(shorter, 32, 1.0),
+    ];
+    assert!(
+        ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
+        "{ids:?}"
+    );
+    for (id, size) in ids.into_iter().zip([8, 16, 32]) {
+        let c = counts_of(id).unwrap();
+        assert_eq!((c.sampled_allocs, c.sampled_alloc_bytes), (1, size));
+    }
+}
+
+#[test]
+fn a_free_is_credited_to_its_own_site() {
+    let _tables = tables_shared();
+    let (a, b) = (stack_of(3, 0, 6), stack_of(3, 1, 6));
+    let (ida, idb) = (alloc(&a, 64, 3.0), alloc(&b, 64, 3.0));
+    alloc(&a, 64, 3.0);
+    record_free(ida, 64, 3.0);
+    let (ca, cb) = (counts_of(ida).unwrap(), counts_of(idb).unwrap());
+    assert_eq!(ca.sampled_frees, 1);
+    assert_eq!(ca.free_objects_est, 3.0);
+    assert_eq!(ca.free_bytes_est, 192.0);
+    assert_eq!(
+        ca.alloc_objects_est - ca.free_objects_est,
+        3.0,
+        "one left live"
+    );
+    assert_eq!(cb.sampled_frees, 0, "the other site keeps its block");
+    assert_eq!(cb.free_bytes_est, 0.0);
+}
+
+#[test]
+fn a_snapshot_is_a_copy() {
+    let _tables = tables_shared();
+    let frames = stack_of(4, 0, 7);
+    let id = alloc(&frames, 40, 1.5);
+    let copy = copied(&frames).expect("the site is in the copy");
+    assert_eq!(copy.counts, counts_of(id).unwrap());
+    assert_eq!(copy.counts.sampled_allocs, 1);
+    alloc(&frames, 40, 1.5);
+    record_free(id, 40, 1.5);
+    assert_eq!(copy.counts.sampled_allocs, 1, "the copy does not follow");
+    let again = copied(&frames).unwrap();
+    assert_eq!(again.counts.sampled_allocs, 2);
+    assert_eq!(again.counts.sampled_frees, 1);
+}
+
+#[test]
+fn delta_is_what_happened_in_between() {
+    let _tables = tables_shared();
+    let (old, new, idle) = (stack_of(5, 0, 3), stack_of(5, 1, 3), stack_of(5, 2, 3));
+    let id = alloc(&old, 10, 1.0);
+    alloc(&idle, 20, 1.0);
+    let earlier = snapshot();
+    alloc(&old, 10, 1.0);
+    alloc(&old, 30, 2.0);
+    record_free(id, 10, 1.0);
+    alloc(&new, 50, 4.0);
+    let d = delta(&snapshot(), &earlier);
+    let of = |frames: &[usize]| {
+        d.iter()
+            .find(|s| s.frames == frames)
+            .expect("every site of the later copy")
+            .counts
+    };
+    let c = of(&old);
+    assert_eq!((c.sampled_allocs, c.sampled_alloc_bytes), (2, 40));
+    assert_eq!(c.alloc_objects_est, 3.0);
+    assert_eq!(c.alloc_bytes_est, 70.0);
+    assert_eq!((c.sampled_frees, c.free_bytes_est), (1, 10.0));
+    let n = of(&new);
+    assert_eq!(
+        (n.sampled_allocs, n.alloc_bytes_est),
+        (1, 200.0),
+        "new: whole"
+    );
+    assert_eq!(of(&idle), SiteCounts::default(), "nothing happened there");
+}
+
+/// `delta` matches sites by stack and by being the overflow site: the
+/// overflow site (no frames) is not a site with an empty stack.
+#[test]
+fn delta_keeps_the_overflow_site_apart() {
+    let counts = |allocs: u64| SiteCounts {
+        sampled_allocs: allocs,
+        alloc_objects_est: allocs as f64,
+        ..Default::default()
+    };
+    let site = |overflow, allocs| SiteCopy {
+        frames: Vec::new(),
+        counts: counts(allocs),
+        overflow,
+    };
+    let earlier = [site(true, 5), site(false, 2)];
+    let later = [site(true, 7), site(false, 3)];
+    let d = delta(&later, &earlier);
+    assert_eq!(d.len(), 2);
+    assert!(d[0].overflow && !d[1].overflow);
+    assert_eq!(d[0].counts.sampled_allocs, 2);
+    assert_eq!(d[0].counts.alloc_objects_est, 2.0);
+    assert_eq!(d[1].counts.sampled_allocs, 1);
+}
+
+#[test]
+fn minus_never_wraps_the_sample_counts() {
+    let a = SiteCounts {
+        sampled_allocs: 1,
+        sampled_alloc_bytes: 8,
+        sampled_frees: 0,
+        alloc_objects_est: 1.0,
+        ..Default::default()
+    };
+    let b = SiteCounts {
+        sampled_allocs: 3,
+        sampled_alloc_bytes: 24,
+        sampled_frees: 2,
+        alloc_objects_est: 3.0,
+        ..Default::default()
+    };
+    let d = a.minus(&b);
+    assert_eq!(
+        (d.sampled_allocs, d.sampled_alloc_bytes, d.sampled_frees),
+        (0, 0, 0)
+    );
+    assert_eq!(d.alloc_objects_est, -2.0, "estimates may go negative");
+}
+
+/// Past `max_sites`, a new stack goes to the overflow site (and a known
+/// one still to its own); a stack whose frames would pass the frame budget
+/// goes there too, and gives back the site it claimed.
+#[test]
+fn past_the_bound_new_sites_go_to_the_overflow_site() {
+    let _tables = tables_exclusive();
+    let max_sites = config::get().max_sites;
+    let known = stack_of(6, 0, 4);
+    let known_id = alloc(&known, 8, 1.0);
+    let overflow_before = *TABLE.overflow.lock();
+    let mut claimed = Claimed::now();
+    let sites_before = claimed.sites;
+
+    TABLE.sites.store(max_sites, Relaxed);
+    let full = alloc(&stack_of(6, 1, 4), 100, 2.0);
+    let still_known = alloc(&known, 8, 1.0);
+    assert_eq!(TABLE.sites.load(Relaxed), max_sites, "no site claimed");
+    TABLE.sites.store(sites_before, Relaxed);
+    assert_eq!(full, SiteId::OVERFLOW);
+    assert_eq!(still_known, known_id);
+    let overflow = *TABLE.overflow.lock();
+    assert_eq!(overflow.sampled_allocs, overflow_before.sampled_allocs + 1);
+    assert_eq!(
+        overflow.alloc_bytes_est,
+        overflow_before.alloc_bytes_est + 200.0
+    );
+    record_free(full, 100, 2.0);
+    assert_eq!(
+        TABLE.overflow.lock().sampled_frees,
+        overflow_before.sampled_frees + 1
+    );
+    let copy = snapshot();
+    let shown = copy.iter().filter(|s| s.overflow).collect::<Vec<_>>();
+    assert_eq!(shown.len(), 1, "one overflow site in a copy");
+    assert!(shown[0].frames.is_empty());
+    assert!(copy.iter().all(|s| s.frames != stack_of(6, 1, 4)));
+
+    let max_frames = max_sites * FRAMES_PER_SITE_BUDGET;
+    TABLE.frames.store(max_frames - 2, Relaxed);
+    let too_deep = alloc(&stack_of(6, 2, 3), 8, 1.0);
+    assert_eq!(too_deep, SiteId::OVERFLOW);
+    assert_eq!(
+        TABLE.sites.load(Relaxed),
+        sites_before,
+        "the claim is given back"
+    );
+    assert_eq!(TABLE.frames.load(Relaxed), max_frames - 2);
+    let fits = alloc(&stack_of(6, 3, 2), 8, 1.0);
+    assert_ne!(fits, SiteId::OVERFLOW);
+    (claimed.sites, claimed.frames) = (claimed.sites + 1, claimed.frames + 2);
+    assert_eq!(TABLE.frames.load(Relaxed), max_frames);
+    assert_eq!(TABLE.sites.load(Relaxed), sites_before + 1);
+}
+
+/// The table's claimed sites and frames, put back when dropped, so that a
+/// test that set them near the bound leaves the table usable by the
+/// others even if it fails.
+struct Claimed {
+    sites: usize,
+    frames: usize,
+}
+
+impl Claimed {
+    fn now() -> Claimed {
+        Claimed {
+            sites: TABLE.sites.load(Relaxed),
+            frames: TABLE.frames.load(Relaxed),
+        }
+    }
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        TABLE.sites.store(self.sites, Relaxed);
+        TABLE.frames.store(self.frames, Relaxed);
+    }
+}
+
+/// The byte count kept as the table grows is what its vectors and maps
+/// hold, and it grows with new sites.
+#[test]
+fn memory_bytes_is_what_the_stripes_hold() {
+    let _tables = tables_exclusive();
+    let held = || -> usize { TABLE.stripes.iter().map(|s| s.lock().bytes()).sum() };
+    // Stacks that all land in one stripe, so that it must grow.
+    let stripe_of = |frames: &[usize]| (stack::hash(frames) >> 32) as usize % STRIPES;
+    let stacks: Vec<Vec<usize>> = (0..)
+        .map(|which| stack_of(7, which, 10))
+        .filter(|f| stripe_of(f) == 0)
+        .take(200)
+        .collect();
+    let stripe_before = TABLE.stripes[0].lock().bytes();
+    let before = memory_bytes();
+    assert_eq!(before, held());
+    for frames in &stacks {
+        alloc(frames, 8, 1.0);
+    }
+    let after = memory_bytes();
+    assert_eq!(after, held());
+    let stripe_after = TABLE.stripes[0].lock().bytes();
+    assert!(
+        stripe_after > stripe_before,
+        "{stripe_before} -> {stripe_after}"
+    );
+    assert_eq!(after - before, stripe_after - stripe_before);
+    let s = TABLE.stripes[0].lock();
+    let lens = s.sites.len() * std::mem::size_of::<StoredSite>()
+        + s.frames.len() * std::mem::size_of::<usize>()
+        + s.by_hash.len() * std::mem::size_of::<(u64, u32)>();
+    assert!(stripe_after >= lens, "{stripe_after} < {lens}");
+}
+
+/// `hash_map_bytes` counts what hashbrown allocates: a power of two of
+/// buckets, of which `capacity()` is the usable 7/8 (all but one below 8).
+#[test]
+fn hash_map_bytes_follows_hashbrown() {
+    type M = HashMap<u64, u32>;
+    let entry = std::mem::size_of::<(u64, u32)>();
+    assert_eq!(hash_map_bytes(&M::new()), 0);
+    let mut m = M::new();
+    let mut seen = Vec::new();
+    for i in 0..5000u64 {
+        m.insert(i, 0);
+        let bytes = hash_map_bytes(&m);
+        assert_eq!((bytes - 16) % (entry + 1), 0, "{bytes}");
+        let buckets = (bytes - 16) / (entry + 1);
+        assert!(buckets.is_power_of_two(), "{buckets} at {}", m.capacity());
+        let usable = if buckets <= 8 {
+            buckets - 1
+        } else {
+            buckets / 8 * 7
+        };
+        assert_eq!(m.capacity(), usable, "{buckets} buckets");
+        assert!(m.len() <= m.capacity());
+        if seen.last() != Some(&buckets) {
+            seen.push(buckets);
+        }
+    }
+    assert_eq!(seen.first(), Some(&4));
+    assert_eq!(seen.last(), Some(&8192));
+    assert!(seen.windows(2).all(|w| w[1] == 2 * w[0]), "{seen:?}");
+}
