@@ -144,6 +144,11 @@ const LIVE_SLOTS: usize = 1 << 16;
 static LIVE_COUNTS: [AtomicU8; LIVE_SLOTS] = [const { AtomicU8::new(0) }; LIVE_SLOTS];
 /// The bytes the stripes' maps hold (they never shrink).
 static MAP_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// The bytes each stripe's map holds, as measured under its lock when it
+/// last grew. The measure (`sites::hash_map_bytes`) reads `capacity()`,
+/// which removals lower (by the tombstones they leave) until the map's
+/// next rehash: only a rise of it is growth.
+static STRIPE_BYTES: [AtomicUsize; STRIPES] = [const { AtomicUsize::new(0) }; STRIPES];
 /// Live sampled blocks that the page test misses ([`Entry::needs_lookups`]).
 static UNALIGNED_LIVE: AtomicUsize = AtomicUsize::new(0);
 /// The free path's filter for a block of `size` bytes at `ptr`, with the
@@ -173,8 +178,12 @@ pub(crate) fn may_be_live(ptr: *mut u8) -> bool {
     live_slot(ptr as usize).load(SeqCst) != 0
 }
 
+fn stripe_index(addr: usize) -> usize {
+    (addr_hash(addr) >> 58) as usize % STRIPES
+}
+
 fn stripe(addr: usize) -> &'static Mutex<{ rank::BLOCKS }, Map> {
-    &STRIPE_MAPS[(addr_hash(addr) >> 58) as usize % STRIPES].0
+    &STRIPE_MAPS[stripe_index(addr)].0
 }
 
 fn with_stripe<R>(addr: usize, f: impl FnOnce(&mut Map) -> R) -> R {
@@ -189,13 +198,18 @@ fn with_stripe<R>(addr: usize, f: impl FnOnce(&mut Map) -> R) -> R {
 /// changes, so such a block leaves no trace here.
 #[must_use]
 pub(crate) fn insert(ptr: *mut u8, entry: Entry) -> bool {
+    let counted = &STRIPE_BYTES[stripe_index(ptr as usize)];
     let stored = with_stripe(ptr as usize, |map| {
-        let held_before = sites::hash_map_bytes(map);
         let room = map.try_reserve(1).is_ok();
         if room {
             map.insert(ptr as usize, entry);
         }
-        MAP_BYTES.fetch_add(sites::hash_map_bytes(map) - held_before, SeqCst);
+        let held = sites::hash_map_bytes(map);
+        let before = counted.load(SeqCst);
+        if held > before {
+            counted.store(held, SeqCst);
+            MAP_BYTES.fetch_add(held - before, SeqCst);
+        }
         room
     });
     if !stored {

@@ -366,6 +366,9 @@ impl Stripe {
 /// The bytes a std `HashMap` holds: its buckets (a power of two, of which
 /// at most 7/8 are usable, which is what `capacity()` counts), each an
 /// entry and a control byte, plus one group of 16 trailing control bytes.
+/// Exact for a map that has removed nothing since it last grew; a removal
+/// that leaves a tombstone lowers `capacity()`, and this, until the next
+/// rehash.
 pub(crate) fn hash_map_bytes<K, V, S>(m: &HashMap<K, V, S>) -> usize {
     let buckets = match m.capacity() {
         0 => return 0,
