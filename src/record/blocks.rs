@@ -302,3 +302,6 @@ pub(crate) fn each_lock(f: &mut dyn FnMut(&'static dyn Lockable)) {
         f(&m.0);
     }
 }
+
+#[cfg(test)]
+mod tests;
