@@ -421,3 +421,6 @@ pub(crate) fn hash(frames: &[usize]) -> u64 {
     }
     h ^ (h >> 29)
 }
+
+#[cfg(test)]
+mod tests;
