@@ -455,3 +455,6 @@ impl Builder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
