@@ -12,6 +12,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 
 use crate::record::{self, blocks};
 use crate::thread;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// A global allocator that samples the allocations it forwards to `A`.
 ///
@@ -72,7 +73,8 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
     /// `GlobalAlloc::alloc`'s contract: `layout` has a non-zero size.
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if count_alloc(layout.size()) {
+        count_alloc();
+        if charge(layout.size()) {
             return record::alloc(layout, false, &self.inner);
         }
         // SAFETY: forwarded with the caller's own layout and contract.
@@ -83,7 +85,8 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
     /// As for `alloc`: `layout` has a non-zero size.
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if count_alloc(layout.size()) {
+        count_alloc();
+        if charge(layout.size()) {
             return record::alloc(layout, true, &self.inner);
         }
         // SAFETY: as for `alloc`.
@@ -95,7 +98,8 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
     /// yet.
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if count_free(ptr, layout.size()) {
+        count_free(layout.size());
+        if may_contain(ptr, layout.size()) {
             // SAFETY: the caller's contract (ptr allocated here with layout)
             // is passed on unchanged.
             return unsafe { record::dealloc(ptr, layout, &self.inner) };
@@ -111,8 +115,10 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // Counted as a free of the old block and an allocation of the new.
-        let maybe_sampled = count_free(ptr, layout.size());
-        if maybe_sampled || count_alloc(new_size) {
+        count_free(layout.size());
+        count_alloc();
+        let maybe_sampled = may_contain(ptr, layout.size());
+        if maybe_sampled || charge(new_size) {
             // SAFETY: the caller's contract is passed on unchanged.
             return unsafe { record::realloc(ptr, layout, new_size, maybe_sampled, &self.inner) };
         }
@@ -122,31 +128,31 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
     }
 }
 
-/// Counts an allocation of `size` bytes and charges it to the countdown:
-/// true when the countdown ran out, and the slow path must decide.
+/// Counts an allocation; its bytes are the countdown's ([`charge`]).
 #[inline(always)]
-fn count_alloc(size: usize) -> bool {
-    let size = opaque(size);
-    thread::with(|l| {
-        l.counters.count_alloc();
-        l.counters.charge(size)
-    })
-    .unwrap_or(false)
+fn count_alloc() {
+    thread::with(|l| l.counters.count_alloc());
 }
 
-/// Counts a free of `size` bytes at `ptr`: true when the block may be
-/// sampled, and the slow path must look.
+/// Charges an allocation of `size` bytes to the countdown: true when the
+/// countdown ran out, and the slow path must decide.
 #[inline(always)]
-fn count_free(ptr: *mut u8, size: usize) -> bool {
-    thread::with(|l| {
-        l.counters.count_free(size);
-        blocks::may_contain(
-            l.filter_mask.load(std::sync::atomic::Ordering::Relaxed),
-            ptr,
-            size,
-        )
-    })
-    .unwrap_or(true)
+fn charge(size: usize) -> bool {
+    let size = opaque(size);
+    thread::with(|l| l.counters.charge(size)).unwrap_or(false)
+}
+
+/// Counts a free of `size` bytes.
+#[inline(always)]
+fn count_free(size: usize) {
+    thread::with(|l| l.counters.count_free(size));
+}
+
+/// Whether the block of `size` bytes at `ptr` may be sampled, by the
+/// thread's copy of the free filter's mask: then the slow path must look.
+#[inline(always)]
+fn may_contain(ptr: *mut u8, size: usize) -> bool {
+    thread::with(|l| blocks::may_contain(l.filter_mask.load(Relaxed), ptr, size)).unwrap_or(true)
 }
 
 /// `x`, through a register the optimizer cannot see into.

@@ -60,25 +60,20 @@ fn start(l: &Local, bytes: usize) {
     l.counters.reset_countdown(l.sampler.hold_back(bytes));
 }
 
-/// Charges an allocation of `size` bytes that the fast path did not
-/// count (a realloc its filter sent to the slow path first): true if the
-/// countdown ran out.
-pub(crate) fn count_alloc(size: usize) -> bool {
-    thread::with(|l| {
-        l.counters.count_alloc();
-        l.counters.charge(size)
-    })
-    .unwrap_or(false)
+/// Charges an allocation of `size` bytes that the fast path counted but
+/// did not charge (a realloc its filter sent to the slow path first): true
+/// if the countdown ran out.
+pub(crate) fn charge(size: usize) -> bool {
+    thread::with(|l| l.counters.charge(size)).unwrap_or(false)
 }
 
-/// [`count_alloc`] where no sample may be taken (the thread holds a lock
-/// of the free path, and a sample takes those): a countdown this runs out
-/// is left at zero, so that the thread's next allocation decides. This one
+/// [`charge`] where no sample may be taken (the thread holds a lock of the
+/// free path, and a sample takes those): a countdown this runs out is left
+/// at zero, so that the thread's next allocation decides. This one
 /// allocation goes unsampled, a bias of at most one sample per such
 /// realloc, which only a signal handler or heapprof's own tables make.
-pub(crate) fn count_alloc_unsampled(size: usize) {
+pub(crate) fn charge_unsampled(size: usize) {
     thread::with(|l| {
-        l.counters.count_alloc();
         if l.counters.charge(size) {
             start(l, 0);
         }

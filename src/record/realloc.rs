@@ -55,8 +55,8 @@ unsafe fn realloc_counted<A: GlobalAlloc>(
         // A realloc where the set must not be looked up (see
         // `free::dealloc_maybe_sampled`): a new plain block, and the free of
         // the old one, which `dealloc` puts off. The fast path's filter
-        // stopped before it counted the allocation.
-        countdown::count_alloc_unsampled(new_size);
+        // stopped before it charged the new block to the countdown.
+        countdown::charge_unsampled(new_size);
         // SAFETY: the caller's contract, unchanged.
         return unsafe { realloc_by_moving(ptr, layout, new_layout, None, inner) };
     }
@@ -90,7 +90,7 @@ unsafe fn realloc_counted<A: GlobalAlloc>(
 /// countdown (`||` stopped at the filter): it is charged now. Otherwise it
 /// was charged and ran out.
 fn new_block_weight(maybe_sampled: bool, new_size: usize) -> Option<f64> {
-    let expired = !maybe_sampled || countdown::count_alloc(new_size);
+    let expired = !maybe_sampled || countdown::charge(new_size);
     if expired {
         countdown::expired(new_size)
     } else {

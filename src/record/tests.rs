@@ -202,7 +202,8 @@ fn mask() -> usize {
 /// # Safety
 /// As `GlobalAlloc::alloc`.
 unsafe fn alloc(inner: &Inner<'_>, layout: Layout, zeroed: bool) -> *mut u8 {
-    if countdown::count_alloc(layout.size()) {
+    thread::with(|l| l.counters.count_alloc());
+    if countdown::charge(layout.size()) {
         return super::alloc(layout, zeroed, inner);
     }
     // SAFETY: the caller's contract.
@@ -237,10 +238,11 @@ unsafe fn dealloc(inner: &Inner<'_>, ptr: *mut u8, layout: Layout) {
 /// # Safety
 /// As `GlobalAlloc::realloc`.
 unsafe fn realloc(inner: &Inner<'_>, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+    thread::with(|l| l.counters.count_alloc());
     let maybe_sampled = blocks::may_contain(mask(), ptr, layout.size());
     // SAFETY: the caller's contract.
     unsafe {
-        if maybe_sampled || countdown::count_alloc(new_size) {
+        if maybe_sampled || countdown::charge(new_size) {
             super::realloc(ptr, layout, new_size, maybe_sampled, inner)
         } else {
             inner.realloc(ptr, layout, new_size)
