@@ -99,6 +99,16 @@ pub(crate) struct Config {
     /// `HEAPPROF_FULL_STACKS=1`: keep the process and thread start-up
     /// frames below the program's own (see `output::pprof::trim`).
     pub full_stacks: bool,
+    /// `HEAPPROF_DUMP_AT_LIMIT=80%,95%`: the fractions of the memory limit
+    /// at which a profile is written (`dump/limit.rs`), ascending, no
+    /// two alike; `None` when unset or malformed.
+    pub dump_at_limit: Option<Vec<f64>>,
+    /// `HEAPPROF_MEMORY_LIMIT`: a limit on the process's resident size,
+    /// watched beside the cgroup's.
+    pub memory_limit: Option<u64>,
+    /// `HEAPPROF_CGROUP_DIR`: the cgroup directory to read instead of the
+    /// process's own (for tests and unusual mounts).
+    pub cgroup_dir: Option<PathBuf>,
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -163,6 +173,18 @@ pub(crate) fn get() -> &'static Config {
                 "1" => Some(true),
                 _ => None,
             }),
+            dump_at_limit: optional(
+                "HEAPPROF_DUMP_AT_LIMIT",
+                "percentages from 1 to 100 separated by commas, such as 80%,95%",
+                parse_thresholds,
+            ),
+            memory_limit: lookup(
+                "HEAPPROF_MEMORY_LIMIT",
+                BYTES_HINT,
+                "watching the cgroup's limit or physical memory instead",
+                |s| parse_bytes(s).filter(|&n| n > 0).map(|n| n as u64),
+            ),
+            cgroup_dir: var("HEAPPROF_CGROUP_DIR").map(PathBuf::from),
         }
     })
 }
@@ -290,6 +312,25 @@ pub(crate) fn parse_percent(text: &str) -> Option<Percent> {
     (p > 0.0 && p <= 1000.0).then_some(Percent(p))
 }
 
+/// Parses `80%,95%` (a bare number is a percentage too): percentages from
+/// 1 to 100, separated by commas, as fractions in ascending order with
+/// duplicates dropped. `None` for an empty item or any percentage outside
+/// that range: `0.8,0.95`, meant as fractions, would be thresholds of
+/// under 1 %, crossed as soon as the program starts.
+pub(crate) fn parse_thresholds(text: &str) -> Option<Vec<f64>> {
+    let mut fractions = text
+        .split(',')
+        .map(|item| {
+            parse_percent(item)
+                .filter(|p| (1.0..=100.0).contains(&p.0))
+                .map(Percent::fraction)
+        })
+        .collect::<Option<Vec<f64>>>()?;
+    fractions.sort_by(f64::total_cmp);
+    fractions.dedup();
+    Some(fractions)
+}
+
 /// Parses a byte count: a decimal number with an optional unit. Units are
 /// binary and case-insensitive: `k`, `kb`, `kib` = 1024; `m`, `mb`, `mib` =
 /// 1024²; `g`, `gb`, `gib` = 1024³; `b` = 1. `None` for anything else:
@@ -354,6 +395,20 @@ mod tests {
         assert_eq!(parse_percent("2.5 %"), Some(Percent(2.5)));
         for bad in ["", "%", "0", "-5%", "abc", "1e9", "NaN", "inf"] {
             assert_eq!(parse_percent(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn thresholds() {
+        use super::parse_thresholds;
+        assert_eq!(parse_thresholds("80%,95%"), Some(vec![0.8, 0.95]));
+        assert_eq!(parse_thresholds(" 95 , 80% ,95%"), Some(vec![0.8, 0.95]));
+        assert_eq!(parse_thresholds("100%"), Some(vec![1.0]));
+        assert_eq!(parse_thresholds("1"), Some(vec![0.01]));
+        for bad in [
+            "", ",", "80%,", "80%,,95%", "0.8,0.95", "0", "101%", "-5%", "x",
+        ] {
+            assert_eq!(parse_thresholds(bad), None, "{bad:?}");
         }
     }
 

@@ -1,0 +1,205 @@
+//! Profiles written before the memory limit is reached: the at-limit
+//! watcher ([`AutoDump::at_limit`](super::AutoDump::at_limit),
+//! `HEAPPROF_DUMP_AT_LIMIT`).
+//!
+//! On each poll of the dump thread, [`Watcher::poll`] reads what is in use
+//! against the limit (`memory.rs`) and compares it with the thresholds.
+//! A threshold that is crossed gets the live profile and the peak profile,
+//! written to `<dump path>.limit80.pb.gz` and
+//! `<dump path>.limit80.peak.pb.gz` (for 80 %), and one line on stderr that
+//! names them (the line stays in a container's log after the OOM killer
+//! has ended the process). Thresholds crossed in the same poll share one
+//! build of each profile, written for the highest first.
+//!
+//! Once written, a threshold is re-armed when usage falls below
+//! [`REARM_BELOW`] of it (72 % for 80 %), but no sooner than
+//! [`REARM_PERIOD`] after its last profile; crossing it again then
+//! replaces its files with the newer moment, the one nearer to a later
+//! kill. Usage that swings around a threshold costs at most one pair of
+//! profiles per threshold per [`REARM_PERIOD`], and never makes new file
+//! names.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use super::memory::{Measure, Watch};
+use super::{expand, report, sibling, write_dump};
+use crate::config;
+use crate::output::{self, Format, Source, pprof};
+
+/// A written threshold is re-armed once usage falls below this fraction
+/// of it.
+pub(crate) const REARM_BELOW: f64 = 0.9;
+
+/// A threshold is written at most once in this long.
+pub(crate) const REARM_PERIOD: Duration = Duration::from_secs(5);
+
+/// The sibling tag of a threshold's profile: `limit80`, `limit92.5`.
+pub(crate) fn tag(fraction: f64) -> String {
+    // To hundredths of a percent: 0.95 * 100 is 95.00000000000001.
+    let percent = (fraction * 10_000.0).round() / 100.0;
+    format!("limit{percent}")
+}
+
+struct Threshold {
+    fraction: f64,
+    tag: String,
+    /// When its profiles were last written; `None` while armed.
+    written: Option<Instant>,
+}
+
+/// The thresholds of one dump thread and what it reads to decide.
+pub(crate) struct Watcher {
+    /// The dump path, not yet expanded.
+    base: PathBuf,
+    /// Highest first.
+    thresholds: Vec<Threshold>,
+    lowest: f64,
+    watch: Watch,
+}
+
+impl Watcher {
+    /// A watcher of `fractions` (checked by `AutoDump::check`) that writes
+    /// beside `base`.
+    pub(crate) fn new(base: PathBuf, fractions: &[f64]) -> Watcher {
+        let c = config::get();
+        let mut thresholds: Vec<Threshold> = fractions
+            .iter()
+            .map(|&fraction| Threshold {
+                fraction,
+                tag: tag(fraction),
+                written: None,
+            })
+            .collect();
+        thresholds.sort_by(|a, b| b.fraction.total_cmp(&a.fraction));
+        thresholds.dedup_by(|a, b| a.tag == b.tag);
+        let lowest = thresholds.last().map_or(1.0, |t| t.fraction);
+        if let Some(dir) = &c.cgroup_dir
+            && !dir.is_dir()
+        {
+            config::report::warn(format_args!(
+                "heapprof: HEAPPROF_CGROUP_DIR={}: not a directory; no cgroup limit is watched",
+                dir.display()
+            ));
+        }
+        Watcher {
+            base,
+            thresholds,
+            lowest,
+            watch: Watch::new(c.cgroup_dir.as_deref(), c.memory_limit),
+        }
+    }
+
+    /// One poll: writes the thresholds newly crossed, and re-arms those
+    /// usage fell well below.
+    pub(crate) fn poll(&mut self) {
+        if let Some(m) = self.watch.read(self.lowest) {
+            let now = Instant::now();
+            let fraction = m.fraction();
+            let mut due = Vec::new();
+            for (i, t) in self.thresholds.iter_mut().enumerate() {
+                match t.written {
+                    None if fraction >= t.fraction => due.push(i),
+                    Some(at)
+                        if fraction < t.fraction * REARM_BELOW
+                            && now.duration_since(at) >= REARM_PERIOD =>
+                    {
+                        t.written = None;
+                    }
+                    _ => {}
+                }
+            }
+            if !due.is_empty() {
+                self.write(&m, &due);
+            }
+        }
+    }
+
+    /// Writes the profiles of thresholds `due` (indices, highest first)
+    /// for the reading `m`.
+    fn write(&mut self, m: &Measure, due: &[usize]) {
+        static FAILED: AtomicBool = AtomicBool::new(false);
+        let percent = 100.0 * m.fraction();
+        let crossed: Vec<String> = due
+            .iter()
+            .map(|&i| format!("{}%", tag_percent(&self.thresholds[i].tag)))
+            .collect();
+        let comment = format!(
+            "heapprof at-limit profile: memory at {percent:.1}% of the limit, past {}: {}",
+            crossed.join(", "),
+            m.describe()
+        );
+        let options = || pprof::Options {
+            comments: vec![comment.clone()],
+            ..pprof::Options::default()
+        };
+        let mut live = Vec::new();
+        let mut peak = Vec::new();
+        let built = output::write(Source::Live, Format::Pprof, options(), &mut live)
+            .and_then(|_| output::write(Source::Peak, Format::Pprof, options(), &mut peak));
+        let has_peak = match built {
+            Ok(has_peak) => has_peak,
+            Err(e) => {
+                report(Err(e), "at-limit", &FAILED);
+                return;
+            }
+        };
+        let base = expand(&self.base);
+        let now = Instant::now();
+        for &i in due {
+            let t = &mut self.thresholds[i];
+            t.written = Some(now);
+            let put = |tag: &str, bytes: &[u8]| -> io::Result<PathBuf> {
+                let path = sibling(&base, tag)?;
+                write_dump(&path, |w| w.write_all(bytes).map(|()| true))?;
+                Ok(path)
+            };
+            let written = put(&t.tag, &live).and_then(|path| {
+                let mut names = path.display().to_string();
+                if has_peak {
+                    let peak_path = put(&format!("{}.peak", t.tag), &peak)?;
+                    names = format!("{names} and {}", peak_path.display());
+                }
+                config::report::warn(format_args!(
+                    "heapprof: memory at {percent:.1}% of the limit ({}), past {}%: wrote {names}",
+                    m.limit_name(),
+                    tag_percent(&t.tag)
+                ));
+                Ok(())
+            });
+            report(written, "at-limit", &FAILED);
+        }
+    }
+}
+
+/// `limit92.5` → `92.5`.
+fn tag_percent(tag: &str) -> &str {
+    tag.strip_prefix("limit").unwrap_or(tag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tag;
+    use std::time::Duration;
+
+    /// `AutoDump::at_limit`'s docs, the crate docs and the README give
+    /// these numbers.
+    #[test]
+    fn documented_numbers() {
+        assert_eq!(super::REARM_BELOW, 0.9);
+        assert_eq!(super::REARM_PERIOD, Duration::from_secs(5));
+        assert_eq!(super::super::POLL, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn tags() {
+        assert_eq!(tag(0.8), "limit80");
+        assert_eq!(tag(0.95), "limit95");
+        assert_eq!(tag(1.0), "limit100");
+        assert_eq!(tag(0.925), "limit92.5");
+        assert_eq!(tag(0.01), "limit1");
+        assert_eq!(tag(0.80001), "limit80");
+    }
+}

@@ -1,0 +1,387 @@
+//! What the at-limit dumps watch: memory in use against the limit that
+//! would end the process.
+//!
+//! The limits, all of those that apply at once (the one nearest to being
+//! reached counts):
+//!
+//! * the cgroup's (v2): the smaller of `memory.max` (where the kernel's
+//!   OOM killer strikes) and `memory.high` (where it throttles and
+//!   reclaims), of the process's cgroup and of each cgroup above it that
+//!   sets one. In use is the cgroup's working set: `memory.current` less
+//!   `inactive_file` from `memory.stat`, the page cache the kernel drops
+//!   before it kills anything (the number Kubernetes evicts on; a program
+//!   that reads files fills its cgroup with cache up to `memory.max` and
+//!   is in no danger). `memory.stat` is read only when `memory.current`
+//!   alone reaches the lowest threshold.
+//! * `HEAPPROF_MEMORY_LIMIT`: the process's resident size
+//!   (`/proc/self/statm`) against it.
+//! * When neither applies: the resident size against physical memory.
+//!
+//! The process's cgroup is the `0::` line of `/proc/self/cgroup`, under
+//! the cgroup2 mount at [`CGROUP_MOUNT`]; when that directory is not there
+//! (a container that mounts its own cgroup there without a cgroup
+//! namespace), the mount itself. `HEAPPROF_CGROUP_DIR` names the directory
+//! instead (for tests, and systems that mount cgroup2 elsewhere); only it
+//! is read then, not the directories above it. cgroup v1 (`memory.limit_in_bytes`)
+//! is not read: such systems get the other two limits.
+//!
+//! The set of cgroups is found once, when the watch starts; their limits
+//! are read again every [`LIMITS_EVERY`] readings (a limit changed at run
+//! time, or set where there was none, is seen within that many polls).
+//!
+//! `memory.events` (`high`, `max`, `oom`, `oom_kill`) goes into the
+//! comments of a profile written at a limit, not into the decision: its
+//! `max` count also rises when the kernel reclaims page cache at the limit,
+//! which a program reading files does all the time without danger.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Where cgroup v2 is mounted.
+pub(crate) const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
+
+/// The cgroups' limits are read again once in this many readings.
+pub(crate) const LIMITS_EVERY: u32 = 20;
+
+/// A limit and what is in use against it, at one reading.
+pub(crate) struct Measure {
+    /// Bytes in use, as counted against `limit`.
+    pub used: u64,
+    pub limit: u64,
+    pub source: Source,
+}
+
+/// Where a [`Measure`] comes from.
+pub(crate) enum Source {
+    Cgroup {
+        dir: PathBuf,
+        /// `memory.max` or `memory.high`: whichever is the limit.
+        file: &'static str,
+        current: u64,
+        /// Subtracted from `current` to give `used`, when it was read.
+        inactive_file: Option<u64>,
+    },
+    /// The resident size against `HEAPPROF_MEMORY_LIMIT`.
+    Configured,
+    /// The resident size against physical memory.
+    Physical,
+}
+
+impl Measure {
+    /// Usage as a fraction of the limit.
+    pub(crate) fn fraction(&self) -> f64 {
+        self.used as f64 / self.limit.max(1) as f64
+    }
+
+    /// The limit in words, for the line on stderr.
+    pub(crate) fn limit_name(&self) -> String {
+        match &self.source {
+            Source::Cgroup { file, .. } => format!("the cgroup's {file}, {} bytes", self.limit),
+            Source::Configured => format!("HEAPPROF_MEMORY_LIMIT, {} bytes", self.limit),
+            Source::Physical => format!("physical memory, {} bytes", self.limit),
+        }
+    }
+
+    /// Everything known about the reading, for a profile's comments
+    /// (`memory.events` read now, for a cgroup).
+    pub(crate) fn describe(&self) -> String {
+        match &self.source {
+            Source::Cgroup {
+                dir,
+                file,
+                current,
+                inactive_file,
+            } => {
+                let less = inactive_file
+                    .map(|i| format!(" less inactive_file {i}"))
+                    .unwrap_or_default();
+                let events = read_text(&dir.join("memory.events"))
+                    .map(|t| format!("; memory.events: {}", events(&t)))
+                    .unwrap_or_default();
+                format!(
+                    "cgroup {}: {} bytes in use (memory.current {current}{less}) of {file} {}{events}",
+                    dir.display(),
+                    self.used,
+                    self.limit
+                )
+            }
+            Source::Configured => format!(
+                "resident set {} bytes of HEAPPROF_MEMORY_LIMIT {}",
+                self.used, self.limit
+            ),
+            Source::Physical => format!(
+                "resident set {} bytes of physical memory {}",
+                self.used, self.limit
+            ),
+        }
+    }
+}
+
+/// The counts of `memory.events` worth reading beside a profile.
+fn events(text: &str) -> String {
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(k, _)| matches!(*k, "high" | "max" | "oom" | "oom_kill"))
+        .map(|(k, v)| format!("{k} {}", v.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The limits a process watches, and how to read what is in use.
+pub(crate) struct Watch {
+    cgroups: Vec<Cgroup>,
+    /// `HEAPPROF_MEMORY_LIMIT`.
+    configured: Option<u64>,
+    readings: u32,
+}
+
+struct Cgroup {
+    dir: PathBuf,
+    /// The smaller of `memory.max` and `memory.high`, and which it is;
+    /// `None` when neither is set (or readable).
+    limit: Option<(u64, &'static str)>,
+}
+
+impl Watch {
+    /// The watch for this process: its cgroups (or `cgroup_dir`), and
+    /// `configured`, the `HEAPPROF_MEMORY_LIMIT`.
+    pub(crate) fn new(cgroup_dir: Option<&Path>, configured: Option<u64>) -> Watch {
+        let dirs = match cgroup_dir {
+            Some(dir) => vec![dir.to_owned()],
+            None => own_cgroups(Path::new(CGROUP_MOUNT)),
+        };
+        Watch {
+            cgroups: dirs
+                .into_iter()
+                .map(|dir| Cgroup { dir, limit: None })
+                .collect(),
+            configured,
+            readings: 0,
+        }
+    }
+
+    /// The limit nearest to being reached, with what is in use against it;
+    /// `None` if a limit's usage could not be read this time (a poll then
+    /// decides nothing). `lowest` is the lowest threshold: below it, a
+    /// cgroup's `memory.stat` need not be read.
+    pub(crate) fn read(&mut self, lowest: f64) -> Option<Measure> {
+        if self.readings.is_multiple_of(LIMITS_EVERY) {
+            for c in &mut self.cgroups {
+                c.limit = cgroup_limit(&c.dir);
+            }
+        }
+        self.readings = self.readings.wrapping_add(1);
+        let mut measures = Vec::new();
+        for c in &self.cgroups {
+            let Some((limit, file)) = c.limit else {
+                continue;
+            };
+            let current = read_number(&c.dir.join("memory.current"))?;
+            let inactive_file = if current as f64 >= lowest * limit as f64 {
+                read_text(&c.dir.join("memory.stat")).and_then(|t| stat_field(&t, "inactive_file"))
+            } else {
+                None
+            };
+            measures.push(Measure {
+                used: current.saturating_sub(inactive_file.unwrap_or(0)),
+                limit,
+                source: Source::Cgroup {
+                    dir: c.dir.clone(),
+                    file,
+                    current,
+                    inactive_file,
+                },
+            });
+        }
+        if let Some(limit) = self.configured {
+            measures.push(Measure {
+                used: resident_bytes()?,
+                limit,
+                source: Source::Configured,
+            });
+        }
+        if measures.is_empty() {
+            measures.push(Measure {
+                used: resident_bytes()?,
+                limit: physical_bytes()?,
+                source: Source::Physical,
+            });
+        }
+        measures
+            .into_iter()
+            .max_by(|a, b| a.fraction().total_cmp(&b.fraction()))
+    }
+}
+
+/// The process's cgroup under `mount` and every cgroup above it, up to
+/// the mount itself (which, in a cgroup namespace, is the container's).
+fn own_cgroups(mount: &Path) -> Vec<PathBuf> {
+    let own = read_text(Path::new("/proc/self/cgroup"))
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .map(|p| mount.join(p.trim().trim_start_matches('/')))
+        })
+        .filter(|dir| dir.is_dir())
+        .unwrap_or_else(|| mount.to_owned());
+    own.ancestors()
+        .take_while(|d| d.starts_with(mount))
+        .map(Path::to_owned)
+        .collect()
+}
+
+/// The smaller of `dir`'s `memory.max` and `memory.high`, and which it
+/// is; `None` if neither is a number (`max` means none).
+fn cgroup_limit(dir: &Path) -> Option<(u64, &'static str)> {
+    ["memory.max", "memory.high"]
+        .into_iter()
+        .filter_map(|file| read_number(&dir.join(file)).map(|n| (n, file)))
+        .filter(|&(n, _)| n > 0)
+        .min_by_key(|&(n, _)| n)
+}
+
+/// A file of a few lines, as text; `None` if it cannot be read.
+fn read_text(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok()
+}
+
+/// A file holding one number (`memory.current`, `memory.max`), read
+/// without allocating a buffer; `None` if it cannot be read or is not a
+/// number (`max`).
+fn read_number(path: &Path) -> Option<u64> {
+    let mut buf = [0u8; 32];
+    let mut file = File::open(path).ok()?;
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    std::str::from_utf8(&buf[..len]).ok()?.trim().parse().ok()
+}
+
+/// The value of `key` in `memory.stat`'s `key value` lines.
+fn stat_field(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.trim().parse().ok())
+}
+
+/// The process's resident size: the second field of `/proc/self/statm`,
+/// in pages.
+fn resident_bytes() -> Option<u64> {
+    let mut buf = [0u8; 128];
+    let mut file = File::open("/proc/self/statm").ok()?;
+    let len = file.read(&mut buf).ok()?;
+    let pages: u64 = std::str::from_utf8(&buf[..len])
+        .ok()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(pages.saturating_mul(page_size()?))
+}
+
+fn page_size() -> Option<u64> {
+    // SAFETY: sysconf reads a system constant and touches no memory of ours.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(n).ok().filter(|&n| n > 0)
+}
+
+/// Physical memory, in bytes.
+fn physical_bytes() -> Option<u64> {
+    // SAFETY: as in `page_size`.
+    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
+    u64::try_from(pages)
+        .ok()
+        .filter(|&n| n > 0)
+        .map(|n| n.saturating_mul(page_size().unwrap_or(4096)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn the_smaller_cgroup_limit_counts() {
+        let d = dir_with(&[("memory.max", "2000\n"), ("memory.high", "max\n")]);
+        assert_eq!(cgroup_limit(d.path()), Some((2000, "memory.max")));
+        let d = dir_with(&[("memory.max", "2000\n"), ("memory.high", "1500\n")]);
+        assert_eq!(cgroup_limit(d.path()), Some((1500, "memory.high")));
+        let d = dir_with(&[("memory.max", "max\n"), ("memory.high", "max\n")]);
+        assert_eq!(cgroup_limit(d.path()), None);
+        let d = dir_with(&[]);
+        assert_eq!(cgroup_limit(d.path()), None);
+    }
+
+    #[test]
+    fn page_cache_is_not_in_use() {
+        let d = dir_with(&[
+            ("memory.max", "1000\n"),
+            ("memory.current", "900\n"),
+            (
+                "memory.stat",
+                "anon 500\nfile 400\ninactive_file 300\nactive_file 100\n",
+            ),
+            ("memory.events", "low 0\nhigh 2\nmax 7\noom 0\noom_kill 0\n"),
+        ]);
+        let mut w = Watch::new(Some(d.path()), None);
+        let m = w.read(0.5).unwrap();
+        assert_eq!((m.used, m.limit), (600, 1000));
+        let text = m.describe();
+        assert!(text.contains("less inactive_file 300"), "{text}");
+        assert!(text.contains("high 2, max 7, oom 0, oom_kill 0"), "{text}");
+        // Below the lowest threshold, memory.stat is not read.
+        let m = w.read(0.95).unwrap();
+        assert_eq!(m.used, 900);
+    }
+
+    #[test]
+    fn the_nearest_limit_counts_and_physical_memory_is_the_last_resort() {
+        let d = dir_with(&[("memory.max", "max\n"), ("memory.current", "900\n")]);
+        let m = Watch::new(Some(d.path()), None).read(0.8).unwrap();
+        assert!(matches!(m.source, Source::Physical), "{}", m.describe());
+        // A configured limit the resident size is far past beats a cgroup
+        // that is one tenth full.
+        let d = dir_with(&[("memory.max", "9000\n"), ("memory.current", "900\n")]);
+        let m = Watch::new(Some(d.path()), Some(4096)).read(0.8).unwrap();
+        assert!(matches!(m.source, Source::Configured), "{}", m.describe());
+        assert!(m.fraction() > 1.0);
+        let m = Watch::new(Some(d.path()), Some(u64::MAX))
+            .read(0.8)
+            .unwrap();
+        assert!(
+            matches!(m.source, Source::Cgroup { .. }),
+            "{}",
+            m.describe()
+        );
+        assert_eq!(m.fraction(), 0.1);
+    }
+
+    #[test]
+    fn an_unreadable_usage_decides_nothing() {
+        let d = dir_with(&[("memory.max", "1000\n"), ("memory.current", "lots\n")]);
+        assert!(Watch::new(Some(d.path()), None).read(0.8).is_none());
+    }
+
+    #[test]
+    fn own_cgroups_end_at_the_mount() {
+        let dirs = own_cgroups(Path::new("/nonexistent-heapprof-mount"));
+        assert_eq!(dirs, vec![PathBuf::from("/nonexistent-heapprof-mount")]);
+        assert!(resident_bytes().unwrap() > 0);
+        assert!(physical_bytes().unwrap() > resident_bytes().unwrap());
+    }
+}
