@@ -18,14 +18,18 @@
 //! kill. Usage that swings around a threshold costs at most one pair of
 //! profiles per threshold per [`REARM_PERIOD`], and never makes new file
 //! names.
+//!
+//! The watcher also keeps the allocation-failure profile ready
+//! (`failed.rs`): it re-encodes the peak profile whenever a new peak copy
+//! is kept.
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use super::memory::{Measure, Watch};
-use super::{expand, report, sibling, write_dump};
+use super::{expand, failed, report, sibling, write_dump};
 use crate::config;
 use crate::output::{self, Format, Source, pprof};
 
@@ -35,6 +39,15 @@ pub(crate) const REARM_BELOW: f64 = 0.9;
 
 /// A threshold is written at most once in this long.
 pub(crate) const REARM_PERIOD: Duration = Duration::from_secs(5);
+
+/// The failure profile is re-encoded at most once in this long: an
+/// encoding costs as much as a profile write, and a heap that grows fast
+/// keeps a new peak copy every few polls.
+pub(crate) const PREPARE_EVERY: Duration = Duration::from_secs(1);
+
+/// Tells apart watchers that run at once (each prepares the failure
+/// profile under its own number).
+static WATCHERS: AtomicUsize = AtomicUsize::new(0);
 
 /// The sibling tag of a threshold's profile: `limit80`, `limit92.5`.
 pub(crate) fn tag(fraction: f64) -> String {
@@ -58,6 +71,10 @@ pub(crate) struct Watcher {
     thresholds: Vec<Threshold>,
     lowest: f64,
     watch: Watch,
+    id: usize,
+    /// The peak copy the failure profile was prepared from, and when.
+    prepared: u64,
+    prepared_at: Option<Instant>,
 }
 
 impl Watcher {
@@ -89,13 +106,36 @@ impl Watcher {
             thresholds,
             lowest,
             watch: Watch::new(c.cgroup_dir.as_deref(), c.memory_limit),
+            id: WATCHERS.fetch_add(1, Relaxed),
+            prepared: 0,
+            prepared_at: None,
         }
     }
 
-    /// One poll: writes the thresholds newly crossed, and re-arms those
-    /// usage fell well below.
+    /// One poll: writes the thresholds newly crossed, re-arms those usage
+    /// fell well below, and refreshes the failure profile (and, if that
+    /// took time, looks at the limit again).
     pub(crate) fn poll(&mut self) {
+        self.check();
+        if self
+            .prepared_at
+            .is_some_and(|at| at.elapsed() < PREPARE_EVERY)
+        {
+            return;
+        }
+        static FAILED: AtomicBool = AtomicBool::new(false);
+        let refreshed = failed::refresh(self.id, &self.base, &mut self.prepared);
+        if matches!(refreshed, Ok(true)) {
+            self.prepared_at = Some(Instant::now());
+            self.check();
+        }
+        report(refreshed.map(drop), "allocation-failure", &FAILED);
+    }
+
+    /// Reads the limit and writes the thresholds newly crossed.
+    fn check(&mut self) {
         if let Some(m) = self.watch.read(self.lowest) {
+            failed::set_limit(m.limit);
             let now = Instant::now();
             let fraction = m.fraction();
             let mut due = Vec::new();
@@ -171,6 +211,11 @@ impl Watcher {
             });
             report(written, "at-limit", &FAILED);
         }
+    }
+
+    /// Ends the watch: the failure profile it prepared is withdrawn.
+    pub(crate) fn stop(&self) {
+        failed::withdraw(self.id);
     }
 }
 

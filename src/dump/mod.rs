@@ -1,6 +1,7 @@
 //! Profiles written without a call at the right moment: at exit, when a
-//! guard is dropped, periodically or on growth, the peak, and as memory
-//! nears its limit (`limit.rs`, `memory.rs`).
+//! guard is dropped, periodically or on growth, the peak, as memory nears
+//! its limit (`limit.rs`, `memory.rs`), and when an allocation fails
+//! (`failed.rs`).
 //!
 //! Every dump goes through the same code as `write_profile`. A dump that
 //! fails is reported on stderr once per kind of dump (the program goes
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 use crate::output::{self, Format, Source, pprof};
 use crate::{config, support::reentry};
 
+pub(crate) mod failed;
 mod limit;
 mod memory;
 
@@ -515,6 +517,13 @@ impl AutoDump {
     /// 80 %), and at least 5 s have passed, before it can be written
     /// again, replacing its files with the newer moment.
     ///
+    /// While the watch runs, it also keeps the peak profile encoded in
+    /// memory, ready for the moment the inner allocator fails one of the
+    /// program's allocations: that writes it, once, to
+    /// `heap.alloc-failed.peak.pb.gz`, with no allocation and no lock.
+    /// The crate docs ("Before the OOM killer") say when that can and
+    /// cannot happen.
+    ///
     /// ```no_run
     /// let watch = heapprof::AutoDump::new("/var/tmp/heap-%p.pb.gz")
     ///     .at_limit(&[0.8, 0.95])
@@ -607,6 +616,9 @@ impl AutoDump {
             // only polls sooner.
             std::thread::park_timeout(poll);
             if stop.load(Acquire) {
+                if let Some(w) = &watcher {
+                    w.stop();
+                }
                 return;
             }
             // The limit first: it is the more urgent.

@@ -1,8 +1,8 @@
 //! The process around the profiler: what runs once, at the first
 //! allocation that reaches heapprof, and around `fork`.
 //!
-//! The allocation slow path (`record/`) calls [`on_first_allocation`] and
-//! [`after_sample`]: the one edge in the module graph that points up, from
+//! The allocation slow path (`record/`) calls [`on_first_allocation`],
+//! [`after_sample`] and [`on_failed_alloc`]: the one edge in the module graph that points up, from
 //! the recording stage to the stages above it (dumps, the fork handlers),
 //! which have no other way to start before the program calls heapprof.
 
@@ -16,6 +16,14 @@ pub(crate) fn on_first_allocation() {
     fork::register_handlers();
     crate::dump::register_exit_dump();
     crate::record::stack::decide_early();
+}
+
+/// The inner allocator returned null for an allocation of `size` bytes
+/// the program asked for, seen on the slow path (outside the profiler):
+/// the allocation-failure dump, if one is prepared. Allocates nothing and
+/// takes no lock.
+pub(crate) fn on_failed_alloc(size: usize) {
+    crate::dump::failed::on_failed_alloc(size);
 }
 
 /// After each recorded sample, inside the profiler: starts the dumps the

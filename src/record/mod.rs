@@ -24,8 +24,9 @@
 //! call that could lock again.
 //!
 //! `record` calls up into `process/` for what runs once per process
-//! ([`crate::process::on_first_allocation`]) and after a sample: the one
-//! upward edge of the module graph.
+//! ([`crate::process::on_first_allocation`]), after a sample, and when the
+//! inner allocator fails the program's allocation: the one upward edge of
+//! the module graph.
 
 pub(crate) mod blocks;
 pub(crate) mod countdown;
@@ -68,6 +69,7 @@ pub(crate) fn alloc<A: GlobalAlloc>(layout: Layout, zeroed: bool, inner: &A) -> 
         let ptr = unsafe { alloc_plain(inner, layout, zeroed) };
         if ptr.is_null() {
             uncount_alloc(layout.size());
+            crate::process::on_failed_alloc(layout.size());
         }
         return ptr;
     }
@@ -88,6 +90,7 @@ pub(crate) fn alloc<A: GlobalAlloc>(layout: Layout, zeroed: bool, inner: &A) -> 
         // Every allocation of `sample::MAX_COUNTDOWN` bytes or more comes
         // here, so a failed big one (`try_reserve`) is never counted.
         uncount_alloc(layout.size());
+        crate::process::on_failed_alloc(layout.size());
     }
     ptr
 }

@@ -16,7 +16,7 @@
 //! 10 GiB, so on average they add a small
 //! constant to each sampled allocation.
 
-use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::SystemTime;
 
 use crate::support::lock::{Lockable, Mutex, rank};
@@ -44,6 +44,15 @@ pub(crate) struct Peak {
 }
 
 static PEAK: Mutex<{ rank::PEAK }, Option<Peak>> = Mutex::new(None);
+
+/// How many copies have been kept: a reader that saw a number sees a new
+/// peak when it changes.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// The number of peak copies kept so far (0: none yet).
+pub(crate) fn generation() -> u64 {
+    GENERATION.load(Relaxed)
+}
 
 /// The sampled estimate of live bytes now.
 pub(crate) fn live_estimate() -> i64 {
@@ -82,6 +91,7 @@ pub(crate) fn on_alloc(bytes: f64) {
         // is released.
         let mut kept = PEAK.lock();
         let old = if kept.as_ref().is_none_or(|p| p.live_bytes < copy.live_bytes) {
+            GENERATION.fetch_add(1, Relaxed);
             kept.replace(copy)
         } else {
             Some(copy)

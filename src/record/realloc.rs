@@ -34,6 +34,9 @@ pub(crate) unsafe fn realloc<A: GlobalAlloc>(
     let new_ptr = unsafe { realloc_counted(ptr, layout, new_size, maybe_sampled, inner) };
     // A thread out of the registry (exiting) passes its counts on here too.
     registry::flush_unlisted();
+    if new_ptr.is_null() {
+        crate::process::on_failed_alloc(new_size);
+    }
     new_ptr
 }
 

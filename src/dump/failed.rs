@@ -1,0 +1,345 @@
+//! The peak profile written when the inner allocator fails one of the
+//! program's allocations: the one that, unless the program handles it
+//! (`try_reserve`), ends the process through `handle_alloc_error`.
+//!
+//! Where it runs: inside `GlobalAlloc::alloc` or `realloc`, on whatever
+//! thread failed, which may hold any lock of the program's or the C
+//! library's, may be in a signal handler, and has just been told there is
+//! no memory. Building a profile there is out of the question (it
+//! allocates, symbolizes and takes heapprof's locks), and so is allocating
+//! at all: a heapprof allocation that failed in turn would abort a program
+//! that was about to recover. So the profile is built before it is needed:
+//! the at-limit watcher, on the dump thread, encodes the peak profile
+//! when a new peak copy has been kept, at most once per
+//! `limit::PREPARE_EVERY` ([`refresh`]), and publishes the
+//! bytes, with the file's path and temporary path already expanded and
+//! NUL-terminated, and the line for stderr already formatted. At the
+//! failure ([`on_failed_alloc`]) the thread takes the prepared profile
+//! with one atomic swap (no lock, no wait) and writes it with plain system
+//! calls (`lstat`, `open`, `write`, `close`, `rename`, `unlink`), which
+//! allocate nothing and are async-signal-safe.
+//!
+//! What it writes, at most once per process: the peak profile as of the
+//! dump thread's last refresh (at most `limit::PREPARE_EVERY` and one poll
+//! older than the newest peak copy, plus the time to encode it), to
+//! `<dump path>.alloc-failed.peak.pb.gz`,
+//! and one line on stderr. It writes only a file that is not there or is a
+//! regular file (replaced through a temporary file and a rename, as every
+//! dump); a symlink, device or FIFO there is left alone and nothing is
+//! written, since following one safely needs more than those calls.
+//!
+//! What it does not do:
+//!
+//! * It does not write for a failure it cannot see. Only allocations that
+//!   reach the slow path are checked, and every allocation of
+//!   `sample::MAX_COUNTDOWN` bytes or more does; a smaller one fails
+//!   unseen unless it happens to end the thread's countdown.
+//! * It does not write for heapprof's own allocations, nor on a thread
+//!   inside heapprof or holding one of its free-path locks.
+//! * It does not write for a request that could never succeed: one at
+//!   least as large as the limit the watcher last saw (a `try_reserve` of
+//!   an untrusted length is no sign that memory is running out), nor in a
+//!   forked child (the prepared path names the parent).
+//! * It does not help when the kernel's OOM killer ends the process: with
+//!   Linux's default overcommit, allocations seldom fail; the process is
+//!   sent `SIGKILL`, which nothing can catch. Failures come from allocators
+//!   with a cap, `RLIMIT_AS`, `vm.overcommit_memory=2` and 32-bit address
+//!   spaces. The at-limit dumps are for the OOM killer.
+//! * It writes once: a program that recovers from a failure and fails
+//!   again later gets no second file.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::ptr;
+use std::sync::atomic::{
+    AtomicBool, AtomicPtr, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
+};
+
+use crate::output::{self, Format, Source, pprof};
+use crate::record::peak;
+use crate::support::{lock, reentry};
+
+/// The sibling tag of the file: `heap.pb.gz` → `heap.alloc-failed.peak.pb.gz`.
+pub(crate) const TAG: &str = "alloc-failed.peak";
+
+/// A profile ready to be written without allocating.
+struct Prepared {
+    /// The watcher that prepared it (see [`withdraw`]).
+    owner: usize,
+    /// The process the paths were expanded for.
+    pid: u32,
+    path: CString,
+    tmp: CString,
+    bytes: Vec<u8>,
+    /// The end of the line on stderr, after the failed size.
+    line_end: Vec<u8>,
+}
+
+/// The prepared profile, owned by whoever swaps it out: the dump thread
+/// that replaces it (and frees the old one) or the failing thread that
+/// writes it (and never frees it: it is inside an allocation).
+static PREPARED: AtomicPtr<Prepared> = AtomicPtr::new(ptr::null_mut());
+
+/// Set once a failure took the prepared profile to write it.
+static WRITTEN: AtomicBool = AtomicBool::new(false);
+
+/// The limit the watcher last saw, in bytes (0: none seen yet).
+static LIMIT: AtomicU64 = AtomicU64::new(0);
+
+/// Records the limit the watcher sees, for [`on_failed_alloc`]'s size test.
+pub(crate) fn set_limit(bytes: u64) {
+    LIMIT.store(bytes, Relaxed);
+}
+
+/// Re-encodes the peak profile for `owner`'s dump path `base` if a new
+/// peak copy was kept since `seen` (updated); true if it did. On the dump
+/// thread, inside the profiler. A profile that cannot be prepared (the
+/// path names a directory) is an error, reported by the caller.
+pub(crate) fn refresh(owner: usize, base: &Path, seen: &mut u64) -> std::io::Result<bool> {
+    let generation = peak::generation();
+    if generation == *seen || WRITTEN.load(Relaxed) {
+        return Ok(false);
+    }
+    *seen = generation;
+    let mut bytes = Vec::new();
+    let options = pprof::Options {
+        comments: vec![
+            "heapprof: prepared in advance, and written when an allocation failed \
+             (the allocator returned null): the peak as of the last check before the failure"
+                .to_owned(),
+        ],
+        ..pprof::Options::default()
+    };
+    if !output::write(Source::Peak, Format::Pprof, options, &mut bytes)? {
+        return Ok(false);
+    }
+    let path = super::sibling(&super::expand(base), TAG)?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let pid = std::process::id();
+    let tmp = path.with_file_name(format!(".{name}.{pid}.alloc-failed.tmp"));
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes()).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("heapprof: {}: a NUL byte in the path", p.display()),
+            )
+        })
+    };
+    let prepared = Box::new(Prepared {
+        owner,
+        pid,
+        line_end: format!(
+            " bytes failed; wrote the peak profile prepared for it to {}\n",
+            path.display()
+        )
+        .into_bytes(),
+        path: c(&path)?,
+        tmp: c(&tmp)?,
+        bytes,
+    });
+    let old = PREPARED.swap(Box::into_raw(prepared), AcqRel);
+    if !old.is_null() {
+        // SAFETY: `old` came from `Box::into_raw` here; swapping it out
+        // made this thread its only owner.
+        drop(unsafe { Box::from_raw(old) });
+    }
+    Ok(true)
+}
+
+/// Takes back the profile `owner` prepared, when its watcher stops. One
+/// prepared by another watcher is put back.
+pub(crate) fn withdraw(owner: usize) {
+    let p = PREPARED.swap(ptr::null_mut(), AcqRel);
+    if p.is_null() {
+        return;
+    }
+    // SAFETY: swapped out, so this thread owns it (see `PREPARED`).
+    let prepared = unsafe { Box::from_raw(p) };
+    if prepared.owner != owner {
+        let p = Box::into_raw(prepared);
+        if let Err(p) = PREPARED.compare_exchange(ptr::null_mut(), p, AcqRel, Relaxed) {
+            // Another was published meanwhile: it is newer.
+            // SAFETY: `p` is the one this thread took back out above.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
+}
+
+/// The inner allocator returned null for the program's allocation of
+/// `size` bytes. Writes the prepared peak profile, once, if one is
+/// prepared and it is safe here (see the module comment). Allocates
+/// nothing, takes no lock, never panics.
+pub(crate) fn on_failed_alloc(size: usize) {
+    if PREPARED.load(Relaxed).is_null()
+        || WRITTEN.load(Relaxed)
+        || reentry::is_inside()
+        || lock::free_path_lock_held()
+    {
+        return;
+    }
+    let limit = LIMIT.load(Relaxed);
+    if limit != 0 && size as u64 >= limit {
+        return;
+    }
+    let p = PREPARED.swap(ptr::null_mut(), Acquire);
+    if p.is_null() {
+        return;
+    }
+    if WRITTEN.swap(true, AcqRel) {
+        // Another failing thread got here first; this one leaves the
+        // profile where it was (if nothing replaced it meanwhile) and
+        // otherwise keeps it, unfreed.
+        let _ = PREPARED.compare_exchange(ptr::null_mut(), p, AcqRel, Relaxed);
+        return;
+    }
+    // SAFETY: `p` came from `Box::into_raw` in `refresh` and was swapped
+    // out above, so this thread is its only owner; it is never freed (a
+    // free here would call the allocator inside a failing allocation), so
+    // the reference stays valid.
+    let prepared = unsafe { &*p };
+    if prepared.pid != std::process::id() {
+        return;
+    }
+    if write_prepared(prepared) {
+        say_written(size, &prepared.line_end);
+    }
+}
+
+/// Writes `p.bytes` to `p.path` through `p.tmp` and a rename, if the path
+/// holds nothing or a regular file. True if written.
+fn write_prepared(p: &Prepared) -> bool {
+    // SAFETY: `stat` is plain old data; all zeros is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `p.path` is NUL-terminated and `st` is a valid out-pointer.
+    if unsafe { libc::lstat(p.path.as_ptr(), &mut st) } == 0 {
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return false;
+        }
+    } else if std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT) {
+        return false;
+    }
+    // SAFETY: `p.tmp` is NUL-terminated; O_CREAT takes the mode argument.
+    let fd = unsafe {
+        libc::open(
+            p.tmp.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+            0o666 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return false;
+    }
+    let written = write_all(fd, &p.bytes);
+    // SAFETY: `fd` is the descriptor opened above, closed once here.
+    let closed = unsafe { libc::close(fd) } == 0;
+    // SAFETY: both paths are NUL-terminated.
+    if written && closed && unsafe { libc::rename(p.tmp.as_ptr(), p.path.as_ptr()) } == 0 {
+        return true;
+    }
+    // SAFETY: `p.tmp` is NUL-terminated; it names the file this call made.
+    unsafe { libc::unlink(p.tmp.as_ptr()) };
+    false
+}
+
+/// Writes all of `bytes` to `fd`, retrying short writes and interrupts.
+fn write_all(fd: libc::c_int, mut bytes: &[u8]) -> bool {
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is valid for `bytes.len()` bytes of reading.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return false;
+        }
+        bytes = &bytes[n as usize..];
+    }
+    true
+}
+
+/// `heapprof: an allocation of <size>` and `line_end` on stderr, without
+/// allocating; a failed write is ignored.
+fn say_written(size: usize, line_end: &[u8]) {
+    const START: &[u8] = b"heapprof: an allocation of ";
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = size;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let parts: [&[u8]; 3] = [START, &digits[at..], line_end];
+    let iov = parts.map(|p| libc::iovec {
+        iov_base: p.as_ptr() as *mut libc::c_void,
+        iov_len: p.len(),
+    });
+    // SAFETY: each iovec points at a live slice of its length; writev only
+    // reads them.
+    unsafe { libc::writev(libc::STDERR_FILENO, iov.as_ptr(), iov.len() as libc::c_int) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Prepared, write_prepared};
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+
+    fn prepared(path: &Path) -> Prepared {
+        let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).unwrap();
+        Prepared {
+            owner: 0,
+            pid: std::process::id(),
+            path: c(path),
+            tmp: c(&path.with_file_name(".x.tmp")),
+            bytes: b"profile".to_vec(),
+            line_end: Vec::new(),
+        }
+    }
+
+    /// Nothing or a regular file is replaced; a symlink, FIFO or
+    /// directory is left as it is, and no temporary file stays.
+    #[test]
+    fn writes_only_over_nothing_or_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.pb.gz");
+        assert!(write_prepared(&prepared(&path)));
+        assert_eq!(std::fs::read(&path).unwrap(), b"profile");
+        std::fs::write(&path, "old").unwrap();
+        assert!(write_prepared(&prepared(&path)));
+        assert_eq!(std::fs::read(&path).unwrap(), b"profile");
+
+        let target = dir.path().join("target");
+        std::fs::write(&target, "kept").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(!write_prepared(&prepared(&link)));
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        assert_eq!(std::fs::read(&target).unwrap(), b"kept");
+
+        let fifo = dir.path().join("fifo");
+        let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(!write_prepared(&prepared(&fifo)));
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        assert!(!write_prepared(&prepared(&sub)));
+        assert!(sub.is_dir());
+
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["fifo", "link", "p.pb.gz", "sub", "target"]);
+    }
+}

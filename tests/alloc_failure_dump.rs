@@ -1,0 +1,205 @@
+//! The peak profile written when the inner allocator fails one of the
+//! program's allocations: prepared in advance by the at-limit watcher,
+//! written once, without allocating, and only for a failure that says
+//! memory is running out.
+//!
+//! The inner allocator here fails every request of [`FAILING`] bytes (an
+//! allocation or a realloc to that size) and passes the rest to the
+//! system allocator. The child handles the failures (`try_reserve`) and
+//! goes on: heapprof must not assume a failure ends the process.
+
+use heapprof_testkit::child::run_child;
+use heapprof_testkit::profile::{INUSE_SPACE, cum, decode, string};
+use heapprof_testkit::tools::{go_available, go_pprof};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The size the inner allocator refuses: below the watched limit
+/// (`HEAPPROF_MEMORY_LIMIT` in the children), so a sign of exhaustion.
+const FAILING: usize = (48 << 20) + 1;
+/// Larger than any limit: a request that could never succeed.
+const HUGE: usize = 1 << 45;
+
+struct FailingAt;
+
+// SAFETY: every method forwards to System with its caller's arguments, or
+// returns null, which GlobalAlloc allows for any request.
+unsafe impl GlobalAlloc for FailingAt {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        if l.size() == FAILING {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        if n == FAILING {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: heapprof::Profiler<FailingAt> = heapprof::Profiler::wrap(FailingAt);
+
+/// How long a child waits for the profile (the first encoding symbolizes,
+/// which takes a while in a debug build on a loaded machine).
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// What the child holds: the peak the profile shows.
+#[inline(never)]
+fn held_at_the_peak() -> Vec<Vec<u8>> {
+    (0..16).map(|_| vec![1u8; 1 << 20]).collect()
+}
+
+/// A failed allocation of `size` bytes, by the path `how` names: an
+/// allocation (an empty `Vec`) or a realloc (a `Vec` with contents).
+fn fail(how: &str, size: usize) {
+    let mut v: Vec<u8> = match how {
+        "alloc" => Vec::new(),
+        _ => vec![7; 100],
+    };
+    let additional = size - v.len();
+    assert!(v.try_reserve_exact(additional).is_err(), "{how} of {size}");
+}
+
+/// The children's side.
+#[test]
+fn child_scenarios() {
+    let Ok(how) = std::env::var("HEAPPROF_TEST_CHILD") else {
+        return;
+    };
+    if how == "1" {
+        return;
+    }
+    let out = PathBuf::from(std::env::var_os("HEAPPROF_OUT").unwrap());
+    let file = out.with_file_name("heap.alloc-failed.peak.pb.gz");
+    let held = held_at_the_peak();
+    let deadline = Instant::now() + PATIENCE;
+    // Each round fails a request that could never succeed first: were it
+    // taken for exhaustion, it would use up the one write.
+    while !file.exists() {
+        assert!(Instant::now() < deadline, "no profile after {PATIENCE:?}");
+        fail(&how, HUGE);
+        fail(&how, FAILING);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::copy(&file, out.with_file_name("kept.pb.gz")).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    // Written once: the program recovered, and fails again.
+    for _ in 0..10 {
+        fail(&how, FAILING);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!file.exists(), "written twice");
+    drop(held);
+    println!("the program went on after the failures");
+}
+
+fn run(how: &str) {
+    let out = tempfile::tempdir().unwrap();
+    let base = out.path().join("heap.pb.gz");
+    let no_cgroup = tempfile::tempdir().unwrap();
+    let (stdout, stderr) = run_child(
+        "child_scenarios",
+        &[
+            ("HEAPPROF_TEST_CHILD", how),
+            ("HEAPPROF_DUMP_AT_LIMIT", "95%"),
+            ("HEAPPROF_MEMORY_LIMIT", "1GiB"),
+            ("HEAPPROF_CGROUP_DIR", no_cgroup.path().to_str().unwrap()),
+            ("HEAPPROF_OUT", base.to_str().unwrap()),
+        ],
+    );
+    assert!(stdout.contains("the program went on"), "{stdout}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("heapprof: an allocation of"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{how}: one line, once:\n{stderr}");
+    let file = out.path().join("heap.alloc-failed.peak.pb.gz");
+    assert_eq!(
+        lines[0],
+        format!(
+            "heapprof: an allocation of {FAILING} bytes failed; wrote the peak profile prepared for it to {}",
+            file.display()
+        ),
+        "{how}"
+    );
+    let kept = out.path().join("kept.pb.gz");
+    let p = decode(&std::fs::read(&kept).unwrap());
+    let said: Vec<&str> = p.comment.iter().map(|&i| string(&p, i)).collect();
+    assert!(
+        said.iter().any(|c| c.contains("peak profile"))
+            && said
+                .iter()
+                .any(|c| c.contains("written when an allocation failed")),
+        "{said:?}"
+    );
+    let held = cum(&p, "held_at_the_peak", INUSE_SPACE);
+    assert!(
+        (12 << 20..20 << 20).contains(&held),
+        "{held} bytes held at the peak"
+    );
+    if go_available() {
+        let top = go_pprof(&["-top", kept.to_str().unwrap()]);
+        assert!(top.contains("held_at_the_peak"), "{top}");
+    }
+    // No temporary file is left.
+    let names: Vec<String> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+}
+
+#[test]
+fn a_failed_allocation_writes_the_prepared_peak_once() {
+    run("alloc");
+}
+
+#[test]
+fn a_failed_realloc_writes_the_prepared_peak_once() {
+    run("realloc");
+}
+
+/// Not configured (no at-limit watch): a failure writes nothing.
+#[test]
+fn without_the_watch_nothing_is_written() {
+    let out = tempfile::tempdir().unwrap();
+    let base = out.path().join("heap.pb.gz");
+    let (_, stderr) = run_child(
+        "child_scenarios_unwatched",
+        &[
+            ("HEAPPROF_TEST_CHILD", "1"),
+            ("HEAPPROF_OUT", base.to_str().unwrap()),
+            ("HEAPPROF_DUMP_EVERY", "1s"),
+        ],
+    );
+    assert!(!stderr.contains("heapprof: an allocation of"), "{stderr}");
+    assert!(!Path::new(&out.path().join("heap.alloc-failed.peak.pb.gz")).exists());
+    assert!(
+        out.path().join("heap.0001.pb.gz").exists(),
+        "the series ran"
+    );
+}
+
+#[test]
+fn child_scenarios_unwatched() {
+    if std::env::var("HEAPPROF_TEST_CHILD").as_deref() != Ok("1") {
+        return;
+    }
+    let held = held_at_the_peak();
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        fail("alloc", FAILING);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(held);
+}
