@@ -144,7 +144,74 @@
 //!   live heap passes its previous peak by `HEAPPROF_PEAK_GROWTH` (10 % by
 //!   default).
 //!
+//! * [`AutoDump::at_limit`] or `HEAPPROF_DUMP_AT_LIMIT=80%,95%`: profiles
+//!   written as memory nears its limit, before the OOM killer ends the
+//!   process (below).
+//!
 //! A dump that fails is reported once on stderr; the program goes on.
+//!
+//! ### Before the OOM killer
+//!
+//! When the kernel kills a process for its memory, the profile that would
+//! explain why goes with it. `HEAPPROF_DUMP_AT_LIMIT=80%,95%` (or
+//! `AutoDump::new("heap.pb.gz").at_limit(&[0.8, 0.95])`) watches memory
+//! against the limit from the dump thread and, as usage crosses each
+//! threshold, writes the live profile and the peak profile beside the
+//! dump path: `heap.limit80.pb.gz` and `heap.limit80.peak.pb.gz`, then
+//! `heap.limit95.pb.gz` and `heap.limit95.peak.pb.gz` (named after
+//! `HEAPPROF_OUT`, or `heapprof.pb.gz` in the working directory), with one
+//! line on stderr naming them, which outlives the process in a container's
+//! log.
+//!
+//! * The limit: the cgroup's (v2), the smaller of `memory.max` and
+//!   `memory.high` of the process's cgroup or any cgroup above it, against
+//!   its working set (`memory.current` less the page cache the kernel can
+//!   drop, `inactive_file`: the number Kubernetes evicts on); else
+//!   `HEAPPROF_MEMORY_LIMIT` against the process's resident size; else
+//!   physical memory against the resident size. `HEAPPROF_MEMORY_LIMIT`
+//!   also applies beside a cgroup limit, and whichever is nearer to being
+//!   reached counts. The profiles' comments give the numbers, and the
+//!   cgroup's `memory.events` counts (`high`, `max`, `oom`, `oom_kill`).
+//! * Once per crossing: a threshold written is re-armed when usage falls
+//!   below nine tenths of it (72 % for 80 %), and no sooner than 5 s after
+//!   its last profiles; the next crossing replaces its two files. Usage
+//!   that swings around a threshold writes no more than that, and never
+//!   makes new files.
+//! * Cost: the dump thread reads one small file every 50 ms (about 10 µs;
+//!   the limits themselves once a second), nothing on the allocation path.
+//!   Memory can grow by gigabytes in 50 ms: the thresholds are the margin.
+//! * `HEAPPROF_CGROUP_DIR` reads another cgroup directory instead of the
+//!   process's own under `/sys/fs/cgroup`: for tests, which write
+//!   `memory.max` and `memory.current` there themselves, and for systems
+//!   that mount cgroup2 elsewhere. cgroup v1 is not read.
+//!
+//! When the inner allocator fails one of the program's allocations (it
+//! returns null: the allocation that, unless the program handles it with
+//! `try_reserve`, ends the process through `handle_alloc_error`), the
+//! watch writes the peak profile to `heap.alloc-failed.peak.pb.gz`, once,
+//! and says so on stderr. Nothing can be built at that moment: the thread
+//! is inside the allocator, may hold any lock, and an allocation of
+//! heapprof's that failed in turn would abort a program about to recover.
+//! So the watch encodes the peak profile in advance (at most once a
+//! second, when a new peak copy was kept), and the failing thread only
+//! takes it with one atomic swap and writes it with plain system calls: no
+//! allocation, no lock, no wait. What this cannot do:
+//!
+//! * see a failure that does not reach heapprof's slow path: every
+//!   allocation of 1 MiB or more does, a smaller one only when it ends a
+//!   sampling countdown;
+//! * help against the OOM killer itself: with Linux's default overcommit,
+//!   allocations seldom fail, and the kernel's `SIGKILL` cannot be caught
+//!   (allocations fail under `RLIMIT_AS`, `vm.overcommit_memory=2`, a capped
+//!   allocator, or a 32-bit address space; the thresholds above are for
+//!   the OOM killer);
+//! * be newer than the last encoding (up to a second and a poll behind the
+//!   newest peak copy);
+//! * write for a request at least as large as the limit (a `try_reserve`
+//!   of an untrusted length is not memory running out), for heapprof's own
+//!   allocations, in a forked child, or more than once;
+//! * write through a symlink, device or FIFO at that path: only nothing or
+//!   a regular file there is replaced.
 //!
 //! ## A running service: `/debug/pprof`
 //!
@@ -166,6 +233,9 @@
 //! | `HEAPPROF_DUMP_EVERY` | unset | periodic series: a whole number and `ms`, `s`, `m` or `h` (`30s`, `5m`, `1h`); a bare number is seconds; at least 1 s (a shorter one is raised to it) |
 //! | `HEAPPROF_DUMP_EVERY_ALLOCATED` | unset | a profile per so many bytes allocated |
 //! | `HEAPPROF_DUMP_INUSE_GROWTH` | unset | a profile whenever the live heap grew by so much |
+//! | `HEAPPROF_DUMP_AT_LIMIT` | unset | percentages of the memory limit (`80%,95%`, from 1 to 100) at which the live and peak profiles are written (`heap.limit80.pb.gz`, `heap.limit80.peak.pb.gz`); also arms the allocation-failure profile |
+//! | `HEAPPROF_MEMORY_LIMIT` | unset | a limit on the resident size for `HEAPPROF_DUMP_AT_LIMIT` (`2GiB`), watched beside the cgroup's |
+//! | `HEAPPROF_CGROUP_DIR` | the process's cgroup | the cgroup v2 directory `HEAPPROF_DUMP_AT_LIMIT` reads, for tests and unusual mounts |
 //! | `HEAPPROF_MAX_SITES` | `16384` | distinct stacks kept; the rest are counted in one `[heapprof overflow…]` site |
 //! | `HEAPPROF_SEED` | random | fixed seed for reproducible sampling |
 //! | `HEAPPROF_PEAK_GROWTH` | `10%` | growth past the last peak copy before a new one is kept |
@@ -201,7 +271,7 @@
 //! | `record/` | the slow path: stack capture, the site table, the sampled-block set, spare blocks, the peak copy |
 //! | `fast.rs` | the fast path: `Profiler`'s `GlobalAlloc` |
 //! | `output/` | one path from a source (live, peak, delta) to a format (pprof, text, snapshot), with symbols |
-//! | `dump/` | profiles written without a call: at exit, by a guard, as a series |
+//! | `dump/` | profiles written without a call: at exit, by a guard, as a series, near the memory limit, on a failed allocation |
 //! | `http/` | the `/debug/pprof` endpoint and its server |
 //! | `process/` | what runs once per process, and the fork handlers |
 //!
