@@ -229,13 +229,30 @@ mod tests {
     use super::tag;
     use std::time::Duration;
 
-    /// `AutoDump::at_limit`'s docs, the crate docs and the README give
-    /// these numbers.
+    /// The crate docs and the README give these numbers in words.
     #[test]
-    fn documented_numbers() {
-        assert_eq!(super::REARM_BELOW, 0.9);
-        assert_eq!(super::REARM_PERIOD, Duration::from_secs(5));
-        assert_eq!(super::super::POLL, Duration::from_millis(50));
+    fn the_docs_state_the_constants() {
+        let lib = include_str!("../lib.rs");
+        let readme = include_str!("../../README.md");
+        let at_80 = (80.0 * super::REARM_BELOW).round();
+        let period = super::REARM_PERIOD.as_secs();
+        let poll = super::super::POLL.as_millis();
+        assert_eq!(super::REARM_BELOW, 0.9, "the docs say nine tenths");
+        assert_eq!(
+            super::PREPARE_EVERY,
+            Duration::from_secs(1),
+            "the docs say once a second"
+        );
+        for (name, docs) in [("lib.rs", lib), ("README.md", readme)] {
+            for stated in [
+                format!("nine tenths of it ({at_80} % for 80 %)"),
+                format!("{period} s"),
+                format!("every {poll} ms"),
+                format!("{} MiB or more", crate::sample::MAX_COUNTDOWN >> 20),
+            ] {
+                assert!(docs.contains(&stated), "{name} does not say {stated:?}");
+            }
+        }
     }
 
     #[test]
