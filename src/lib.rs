@@ -192,8 +192,8 @@
 //! and says so on stderr. Nothing can be built at that moment: the thread
 //! is inside the allocator, may hold any lock, and an allocation of
 //! heapprof's that failed in turn would abort a program about to recover.
-//! So the watch encodes the peak profile in advance (at most once a
-//! second, when a new peak copy was kept), and the failing thread only
+//! So the watch encodes the peak profile in advance (on its first poll
+//! after each new peak copy), and the failing thread only
 //! takes it with one atomic swap and writes it with plain system calls: no
 //! allocation, no lock, no wait. What this cannot do:
 //!
@@ -205,7 +205,7 @@
 //!   (allocations fail under `RLIMIT_AS`, `vm.overcommit_memory=2`, a capped
 //!   allocator, or a 32-bit address space; the thresholds above are for
 //!   the OOM killer);
-//! * be newer than the last encoding (up to a second and a poll behind the
+//! * be newer than the last encoding (a poll and an encoding behind the
 //!   newest peak copy);
 //! * write for a request at least as large as the limit (a `try_reserve`
 //!   of an untrusted length is not memory running out), for heapprof's own

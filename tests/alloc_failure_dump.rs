@@ -142,9 +142,12 @@ fn run(how: &str) {
                 .any(|c| c.contains("written when an allocation failed")),
         "{said:?}"
     );
+    // A peak copy is kept from 1 MiB up; the one prepared may be from
+    // before the last of the 16 MiB was allocated (it is the peak as of the
+    // last encoding).
     let held = cum(&p, "held_at_the_peak", INUSE_SPACE);
     assert!(
-        (12 << 20..20 << 20).contains(&held),
+        (1 << 20..20 << 20).contains(&held),
         "{held} bytes held at the peak"
     );
     if go_available() {

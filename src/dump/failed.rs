@@ -10,9 +10,8 @@
 //! at all: a heapprof allocation that failed in turn would abort a program
 //! that was about to recover. So the profile is built before it is needed:
 //! the at-limit watcher, on the dump thread, encodes the peak profile
-//! when a new peak copy has been kept, at most once per
-//! `limit::PREPARE_EVERY` ([`refresh`]), and publishes the
-//! bytes, with the file's path and temporary path already expanded and
+//! on the first poll after each new peak copy ([`refresh`]), and publishes
+//! the bytes, with the file's path and temporary path already expanded and
 //! NUL-terminated, and the line for stderr already formatted. At the
 //! failure ([`on_failed_alloc`]) the thread takes the prepared profile
 //! with one atomic swap (no lock, no wait) and writes it with plain system
@@ -20,9 +19,8 @@
 //! allocate nothing and are async-signal-safe.
 //!
 //! What it writes, at most once per process: the peak profile as of the
-//! dump thread's last refresh (at most `limit::PREPARE_EVERY` and one poll
-//! older than the newest peak copy, plus the time to encode it), to
-//! `<dump path>.alloc-failed.peak.pb.gz`,
+//! dump thread's last refresh (a poll and an encoding behind the newest
+//! peak copy), to `<dump path>.alloc-failed.peak.pb.gz`,
 //! and one line on stderr. It writes only a file that is not there or is a
 //! regular file (replaced through a temporary file and a rename, as every
 //! dump); a symlink, device or FIFO there is left alone and nothing is

@@ -40,11 +40,6 @@ pub(crate) const REARM_BELOW: f64 = 0.9;
 /// A threshold is written at most once in this long.
 pub(crate) const REARM_PERIOD: Duration = Duration::from_secs(5);
 
-/// The failure profile is re-encoded at most once in this long: an
-/// encoding costs as much as a profile write, and a heap that grows fast
-/// keeps a new peak copy every few polls.
-pub(crate) const PREPARE_EVERY: Duration = Duration::from_secs(1);
-
 /// Tells apart watchers that run at once (each prepares the failure
 /// profile under its own number).
 static WATCHERS: AtomicUsize = AtomicUsize::new(0);
@@ -72,9 +67,8 @@ pub(crate) struct Watcher {
     lowest: f64,
     watch: Watch,
     id: usize,
-    /// The peak copy the failure profile was prepared from, and when.
+    /// The peak copy the failure profile was prepared from.
     prepared: u64,
-    prepared_at: Option<Instant>,
 }
 
 impl Watcher {
@@ -108,25 +102,23 @@ impl Watcher {
             watch: Watch::new(c.cgroup_dir.as_deref(), c.memory_limit),
             id: WATCHERS.fetch_add(1, Relaxed),
             prepared: 0,
-            prepared_at: None,
         }
     }
 
     /// One poll: writes the thresholds newly crossed, re-arms those usage
-    /// fell well below, and refreshes the failure profile (and, if that
-    /// took time, looks at the limit again).
+    /// fell well below, and refreshes the failure profile after a new peak
+    /// copy (and then, since an encoding takes a while, looks at the limit
+    /// again).
+    ///
+    /// Encoding on every new peak copy costs as many profile builds as
+    /// there are copies, which `record::peak` counts (97 for a heap that
+    /// grows from 1 MiB to 10 GiB at the default growth), however long the
+    /// run: a heap that swings below its peak keeps none.
     pub(crate) fn poll(&mut self) {
         self.check();
-        if self
-            .prepared_at
-            .is_some_and(|at| at.elapsed() < PREPARE_EVERY)
-        {
-            return;
-        }
         static FAILED: AtomicBool = AtomicBool::new(false);
         let refreshed = failed::refresh(self.id, &self.base, &mut self.prepared);
         if matches!(refreshed, Ok(true)) {
-            self.prepared_at = Some(Instant::now());
             self.check();
         }
         report(refreshed.map(drop), "allocation-failure", &FAILED);
@@ -227,7 +219,6 @@ fn tag_percent(tag: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::tag;
-    use std::time::Duration;
 
     /// The crate docs and the README give these numbers in words.
     #[test]
@@ -238,11 +229,6 @@ mod tests {
         let period = super::REARM_PERIOD.as_secs();
         let poll = super::super::POLL.as_millis();
         assert_eq!(super::REARM_BELOW, 0.9, "the docs say nine tenths");
-        assert_eq!(
-            super::PREPARE_EVERY,
-            Duration::from_secs(1),
-            "the docs say once a second"
-        );
         for (name, docs) in [("lib.rs", lib), ("README.md", readme)] {
             for stated in [
                 format!("nine tenths of it ({at_80} % for 80 %)"),
