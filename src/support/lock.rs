@@ -35,10 +35,11 @@
 //! are handled apart).
 //!
 //! The locks a free of a sampled block takes (the sampled set's, the site
-//! table's, the spare pools', the peak's, the mask copies') are those
-//! [`rank::free_path`] names: each thread counts those it holds or is waiting
-//! for (`thread::HeldLocks`), up before it asks for one and down after it
-//! lets go. A free that runs on the thread in between, a nested one or a
+//! table's, the spare pools', the peak's, the mask copies'), and the
+//! registry's ranked among them, are those [`rank::free_path`] names:
+//! each thread counts those it holds or is waiting for
+//! (`thread::HeldLocks`), up before it asks for one and down after it lets
+//! go. A free that runs on the thread in between, a nested one or a
 //! signal handler's, sees the count ([`free_path_lock_held`]) and must not
 //! take the free path's locks: the one it would wait for may be the one
 //! this thread holds (see `record::free::dealloc`).
@@ -78,9 +79,15 @@ pub(crate) mod rank {
     /// How many ranks there are.
     pub(crate) const COUNT: usize = 11;
 
-    /// Whether the free of a sampled block takes locks of this rank.
+    /// Whether a free on a thread that holds a lock of this rank must
+    /// not take the free path's locks: every rank from [`SITES`] on. The
+    /// free of a sampled block takes locks of ranks `SITES` to `BLOCKS`
+    /// (set, site, spare pool, peak, mask copies), so a free under any
+    /// lock ranked among or after them would wait out of order: it is put
+    /// off instead (`record::free`). The registry's lock is one of them: a
+    /// signal handler's free can interrupt a thread that holds it.
     pub(crate) const fn free_path(rank: u8) -> bool {
-        matches!(rank, SITES | SPARE | PEAK | BLOCKS | MASKS)
+        rank >= SITES
     }
 }
 

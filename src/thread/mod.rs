@@ -101,13 +101,15 @@ impl HeldLocks {
         }
     }
 
-    /// One more lock of `rank` held or waited for.
+    /// One more lock of `rank` held or waited for. The free-path count
+    /// goes up first (and, in [`HeldLocks::down`], down last), so that a
+    /// signal handler that runs in between sees the lock as held.
     pub(crate) fn up(&self, rank: usize, free_path: bool) {
-        let c = &self.by_rank[rank % MAX_RANKS];
-        c.set(c.get().saturating_add(1));
         if free_path {
             self.free_path.set(self.free_path.get().saturating_add(1));
         }
+        let c = &self.by_rank[rank % MAX_RANKS];
+        c.set(c.get().saturating_add(1));
     }
 
     /// One lock of `rank` released (or given up on).
