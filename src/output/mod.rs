@@ -1,5 +1,5 @@
-//! Output: one path from a profile source (live, peak, delta) to a format
-//! (pprof, text, snapshot), with symbolization.
+//! Output: one path from a profile source (live, peak, delta, alloc delta)
+//! to a format (pprof, text, snapshot), with symbolization.
 //!
 //! Every profile heapprof writes, whoever asks (the public functions,
 //! dumps, the HTTP endpoint, snapshots), goes through [`write`] or
@@ -19,7 +19,7 @@ pub(crate) mod symbolize;
 pub(crate) mod text;
 
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::record::{self, peak, sites::SiteCopy};
 use crate::sample;
@@ -39,6 +39,52 @@ pub(crate) enum Source {
         sites: Vec<SiteCopy>,
         span: Duration,
     },
+    /// godeltaprof's `delta_heap`: alloc values since an earlier [`Mark`],
+    /// inuse values now (`record::sites::alloc_delta`); made by
+    /// [`alloc_delta`]. `span` is `None` when there is no earlier mark and
+    /// the alloc values count from the program's start.
+    #[cfg_attr(not(any(feature = "http", feature = "pyroscope")), allow(dead_code))]
+    AllocDelta {
+        sites: Vec<SiteCopy>,
+        span: Option<Duration>,
+    },
+}
+
+/// A copy of the site table and when it was taken: where the next
+/// [`Source::AllocDelta`] of a series starts. It holds one copy of the
+/// table (at most a few MiB, see `record/sites.rs`) for as long as the
+/// series keeps it.
+#[cfg_attr(not(any(feature = "http", feature = "pyroscope")), allow(dead_code))]
+pub(crate) struct Mark {
+    sites: Vec<SiteCopy>,
+    at: Instant,
+    /// The wall-clock time of the copy, for the `from` of a push.
+    #[cfg_attr(not(feature = "pyroscope"), allow(dead_code))]
+    pub wall: SystemTime,
+}
+
+#[cfg_attr(not(any(feature = "http", feature = "pyroscope")), allow(dead_code))]
+impl Mark {
+    /// The table now. Inside the profiler.
+    pub(crate) fn now() -> Mark {
+        Mark {
+            sites: record::sites::snapshot(),
+            at: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+}
+
+/// The profile of a series of alloc deltas, the one path both the
+/// `delta_heap` endpoint and the Pyroscope pusher take: alloc values
+/// since `since` (since the program started if `None`), inuse values as
+/// at `now`.
+#[cfg_attr(not(any(feature = "http", feature = "pyroscope")), allow(dead_code))]
+pub(crate) fn alloc_delta(now: &Mark, since: Option<&Mark>) -> Source {
+    Source::AllocDelta {
+        sites: record::sites::alloc_delta(&now.sites, since.map_or(&[], |m| &m.sites[..])),
+        span: since.map(|m| now.at.saturating_duration_since(m.at)),
+    }
 }
 
 /// How a profile is written.
@@ -79,6 +125,20 @@ pub(crate) fn collect(source: Source) -> Option<Collected> {
             )],
             sites,
             span: Some(span),
+        }),
+        Source::AllocDelta { sites, span } => Some(Collected {
+            comments: vec![match span {
+                Some(span) => format!(
+                    "heapprof delta_heap profile: alloc_* values are what was allocated in the last {} ms, \
+                     inuse_* values what is live now",
+                    span.as_millis()
+                ),
+                None => "heapprof delta_heap profile: alloc_* values are what was allocated since \
+                         the program started (the first of its series), inuse_* values what is live now"
+                    .to_owned(),
+            }],
+            sites,
+            span,
         }),
     }
 }

@@ -348,6 +348,52 @@ pub(crate) fn delta(later: &[SiteCopy], earlier: &[SiteCopy]) -> Vec<SiteCopy> {
         .collect()
 }
 
+/// godeltaprof's `delta_heap` between two copies of the table: each site
+/// of `later` with its alloc values as what was allocated since `earlier`
+/// and its inuse values as they are in `later` (not their change). The
+/// sampled counts stay `later`'s, so that the live sampled blocks are
+/// counted as they are. A site with neither an allocation in between nor
+/// live memory in `later` is left out: it has nothing to show.
+///
+/// A consumer that adds these profiles up over time (Pyroscope sums alloc
+/// values across profiles and averages inuse values) gets every
+/// allocation once and the live heap as it was at each profile.
+pub(crate) fn alloc_delta(later: &[SiteCopy], earlier: &[SiteCopy]) -> Vec<SiteCopy> {
+    let before: HashMap<(&[usize], bool), &SiteCounts> = earlier
+        .iter()
+        .map(|s| ((s.frames.as_slice(), s.overflow), &s.counts))
+        .collect();
+    later
+        .iter()
+        .filter_map(|s| {
+            let zero = SiteCounts::default();
+            let b = before
+                .get(&(s.frames.as_slice(), s.overflow))
+                .copied()
+                .unwrap_or(&zero);
+            let c = &s.counts;
+            let allocated_since = c.sampled_allocs > b.sampled_allocs;
+            let live = c.sampled_allocs > c.sampled_frees;
+            if !allocated_since && !live {
+                return None;
+            }
+            // inuse = alloc - free: with alloc' = later - earlier, the
+            // inuse of `later` needs free' = alloc' - inuse(later).
+            let alloc_objects = c.alloc_objects_est - b.alloc_objects_est;
+            let alloc_bytes = c.alloc_bytes_est - b.alloc_bytes_est;
+            let mut site = s.clone();
+            site.counts = SiteCounts {
+                alloc_objects_est: alloc_objects,
+                alloc_bytes_est: alloc_bytes,
+                free_objects_est: alloc_objects - (c.alloc_objects_est - c.free_objects_est),
+                free_bytes_est: alloc_bytes - (c.alloc_bytes_est - c.free_bytes_est),
+                ..*c
+            };
+            Some(site)
+        })
+        .collect()
+}
+
 /// Bytes the table holds now (sites, frames, hash index), for reporting
 /// the profiler's own memory. Takes no lock.
 pub(crate) fn memory_bytes() -> usize {

@@ -326,3 +326,72 @@ fn hash_map_bytes_follows_hashbrown() {
     assert_eq!(seen.last(), Some(&8192));
     assert!(seen.windows(2).all(|w| w[1] == 2 * w[0]), "{seen:?}");
 }
+
+fn copied_site(frame: usize, counts: [f64; 4], sampled: [u64; 2]) -> SiteCopy {
+    SiteCopy {
+        frames: vec![frame],
+        counts: SiteCounts {
+            sampled_allocs: sampled[0],
+            sampled_alloc_bytes: 0,
+            sampled_frees: sampled[1],
+            alloc_objects_est: counts[0],
+            alloc_bytes_est: counts[1],
+            free_objects_est: counts[2],
+            free_bytes_est: counts[3],
+        },
+        overflow: false,
+    }
+}
+
+/// alloc = later - earlier; inuse = later's; sites with neither left out.
+#[test]
+fn alloc_delta_keeps_inuse_absolute() {
+    let earlier = [
+        copied_site(1, [10.0, 1000.0, 2.0, 200.0], [10, 2]),
+        copied_site(2, [5.0, 500.0, 5.0, 500.0], [5, 5]),
+        copied_site(3, [4.0, 400.0, 0.0, 0.0], [4, 0]),
+    ];
+    let later = [
+        // 5 more allocated, 1 more freed: live 12 objects, 1200 bytes.
+        copied_site(1, [15.0, 1500.0, 3.0, 300.0], [15, 3]),
+        // nothing since, nothing live: left out.
+        copied_site(2, [5.0, 500.0, 5.0, 500.0], [5, 5]),
+        // nothing allocated since, still live: inuse kept, alloc 0.
+        copied_site(3, [4.0, 400.0, 0.0, 0.0], [4, 0]),
+        // new since `earlier`, freed again: alloc shown, inuse 0.
+        copied_site(4, [2.0, 64.0, 2.0, 64.0], [2, 2]),
+    ];
+    let d = alloc_delta(&later, &earlier);
+    let shown: Vec<(usize, [f64; 4])> = d
+        .iter()
+        .map(|s| {
+            let c = &s.counts;
+            (
+                s.frames[0],
+                [
+                    c.alloc_objects_est,
+                    c.alloc_bytes_est,
+                    c.alloc_objects_est - c.free_objects_est,
+                    c.alloc_bytes_est - c.free_bytes_est,
+                ],
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (1, [5.0, 500.0, 12.0, 1200.0]),
+            (3, [0.0, 0.0, 4.0, 400.0]),
+            (4, [2.0, 64.0, 0.0, 0.0]),
+        ]
+    );
+    // The sampled counts stay `later`'s: the live sampled blocks.
+    assert_eq!(
+        (d[0].counts.sampled_allocs, d[0].counts.sampled_frees),
+        (15, 3)
+    );
+    // With nothing earlier, alloc values count from the start.
+    let whole = alloc_delta(&later, &[]);
+    assert_eq!(whole.len(), 4);
+    assert_eq!(whole[0].counts.alloc_bytes_est, 1500.0);
+}
