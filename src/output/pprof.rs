@@ -26,6 +26,15 @@ use crate::output::symbolize::{self, Symbols};
 use crate::record::sites::SiteCopy;
 use crate::support::mappings::{self, Mapping};
 
+/// The profile's `doc_url`, which pprof's web UI links as Help: the crate
+/// docs' section on what the four sample types count and how far their
+/// estimates can be trusted, for the version that wrote the profile.
+pub(crate) const DOC_URL: &str = concat!(
+    "https://docs.rs/heapprof/",
+    env!("CARGO_PKG_VERSION"),
+    "/heapprof/#what-the-numbers-mean"
+);
+
 /// The name under which the overflow site appears in profiles.
 pub(crate) const OVERFLOW_FUNCTION: &str = "[heapprof overflow: site table full or out of memory]";
 
@@ -263,6 +272,7 @@ impl Builder {
         if let Some(d) = options.duration {
             self.profile.duration_nanos = d.as_nanos().min(i64::MAX as u128) as i64;
         }
+        self.profile.doc_url = self.strings.get(DOC_URL);
         if let Some(t) = options.default_sample_type {
             self.profile.default_sample_type = self.strings.get(t);
         }
