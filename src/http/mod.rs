@@ -26,10 +26,23 @@
 //! | `/debug/pprof/heap` | the heap profile, gzipped protobuf; pprof's default view is `inuse_space` |
 //! | `/debug/pprof/allocs` | the same data, with `alloc_space` as the default view |
 //! | `/debug/pprof/peak` | the peak-heap profile (what was live when the heap was largest) |
+//! | `/debug/pprof/delta_heap` | godeltaprof's endpoint, for continuous profilers: alloc values since this endpoint's previous scrape, inuse values now |
 //! | `…?debug=1` | the legacy text format, readable by people and by `go tool pprof` |
 //! | `…?seconds=N` | on `heap` and `allocs`: a delta, what happened in the next N seconds (at most [`MAX_DELTA_SECONDS`]); on `peak` a 400, since the peak is one moment |
 //!
-//! Anything else is a 404. The server binds only where it is told: bind to
+//! `delta_heap` is the endpoint Grafana Alloy's `pyroscope.scrape` fetches
+//! for its `godeltaprof_memory` profile: alloc values are what was
+//! allocated since the previous scrape of this endpoint (by anyone: two
+//! scrapers of one process each see part of the allocations), so a
+//! scraper that adds them up gets each allocation once, and inuse values
+//! are what is live now, not their change. The first scrape counts allocations from the
+//! program's start. Between scrapes it keeps one copy of the site table.
+//!
+//! Anything else is a 404. Go's other profiles, which scrapers ask for by
+//! default (`/debug/pprof/profile`, `goroutine`, `block`, `mutex`, …), get
+//! a 404 whose body says heapprof serves heap profiles only and lists
+//! what it serves; the README has Alloy and Parca scrape configs that
+//! fetch only what is served. The server binds only where it is told: bind to
 //! loopback (`127.0.0.1:6060`) unless the network in between is trusted,
 //! or put it behind something that checks who asks. A heap profile shows
 //! the program's code paths and the sizes of its data, and `?debug=1`
@@ -74,7 +87,7 @@ pub struct Response {
     pub content_type: &'static str,
     /// The `Content-Disposition` header's value, when there should be one:
     /// on a binary profile, `attachment; filename="heap"` (or `allocs`,
-    /// `peak`, `heap-delta`, `allocs-delta`), as Go's `net/http/pprof`
+    /// `peak`, `delta_heap`, `heap-delta`, `allocs-delta`), as Go's `net/http/pprof`
     /// sends, so that a browser saves the profile under its name rather
     /// than showing bytes. `None` for text, HTML and errors.
     pub content_disposition: Option<&'static str>,
@@ -142,7 +155,8 @@ pub(super) fn respond(path: &str, query: &str) -> Response {
         Some("/heap") => Kind::Heap,
         Some("/allocs") => Kind::Allocs,
         Some("/peak") => Kind::Peak,
-        _ => return Response::error(404, format!("heapprof: no profile at {path}")),
+        Some("/delta_heap") => Kind::DeltaHeap,
+        _ => return not_served(path),
     };
     let params = match Params::parse(query) {
         Ok(p) => p,
@@ -160,11 +174,46 @@ pub(super) fn respond(path: &str, query: &str) -> Response {
     }
 }
 
+/// The profiles served, for the 404 that lists them.
+const SERVED: &str = "/debug/pprof/heap, /debug/pprof/allocs, /debug/pprof/delta_heap, \
+                      /debug/pprof/peak, and an index at /debug/pprof/";
+
+/// Go's profiles that heapprof does not have, as scrapers ask for them:
+/// the last part of the path and what it is in Go.
+const GO_ONLY: [(&str, &str); 11] = [
+    ("/debug/pprof/profile", "a CPU profile"),
+    ("/debug/pprof/goroutine", "Go's goroutine profile"),
+    ("/debug/pprof/block", "Go's blocking profile"),
+    ("/debug/pprof/mutex", "Go's mutex contention profile"),
+    ("/debug/pprof/threadcreate", "Go's thread creation profile"),
+    ("/debug/pprof/trace", "a Go execution trace"),
+    ("/debug/pprof/cmdline", "Go's command line page"),
+    ("/debug/pprof/symbol", "Go's symbol lookup"),
+    ("/debug/pprof/delta_mutex", "godeltaprof's mutex profile"),
+    ("/debug/pprof/delta_block", "godeltaprof's blocking profile"),
+    ("/debug/fgprof", "fgprof's wall-clock profile"),
+];
+
+/// The 404 for `path`: what it is, if it is one of Go's other profiles,
+/// and what heapprof serves instead.
+fn not_served(path: &str) -> Response {
+    let what = match GO_ONLY.iter().find(|(p, _)| *p == path) {
+        Some((_, what)) => format!("{path} is {what}, which heapprof does not have: "),
+        None => format!("no profile at {path}: "),
+    };
+    Response::error(
+        404,
+        format!("heapprof: {what}heapprof serves heap profiles only: {SERVED}"),
+    )
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Heap,
     Allocs,
     Peak,
+    /// Alloc values since the previous scrape, inuse values now.
+    DeltaHeap,
 }
 
 impl Kind {
@@ -177,6 +226,7 @@ impl Kind {
             (Kind::Allocs, false) => "attachment; filename=\"allocs\"",
             (Kind::Allocs, true) => "attachment; filename=\"allocs-delta\"",
             (Kind::Peak, _) => "attachment; filename=\"peak\"",
+            (Kind::DeltaHeap, _) => "attachment; filename=\"delta_heap\"",
         }
     }
 }
@@ -233,7 +283,11 @@ impl Params {
 /// server bounds those with its response budget. `fork` does not wait for
 /// it (a build can take a second); a forked child, where no builder
 /// exists, resets it instead.
-static BUILDING: Mutex<{ rank::HTTP_BUILD }, ()> = Mutex::new(());
+///
+/// It holds the table as `delta_heap` last saw it, where the next scrape
+/// of that endpoint starts: builds are one at a time, so each scrape
+/// starts where the one before ended.
+static BUILDING: Mutex<{ rank::HTTP_BUILD }, Option<output::Mark>> = Mutex::new(None);
 
 /// In a forked child, whose only thread builds nothing: free the build
 /// lock if a thread of the parent held it at the fork.
@@ -256,10 +310,28 @@ fn profile_response(kind: Kind, params: &Params) -> io::Result<Response> {
         default_sample_type: (kind == Kind::Allocs).then_some("alloc_space"),
         ..Default::default()
     };
+    if kind == Kind::DeltaHeap {
+        if params.seconds.is_some() {
+            return Ok(Response::error(
+                400,
+                "bad request: delta_heap is a delta already (since its previous scrape); \
+                 it takes no seconds",
+            ));
+        }
+        let source = |previous: &mut Option<output::Mark>| {
+            let now = output::Mark::now();
+            let source = output::alloc_delta(&now, previous.as_ref());
+            *previous = Some(now);
+            source
+        };
+        return build(source, params, options, kind.attachment(false));
+    }
     let Some(seconds) = params.seconds else {
         let source = match kind {
-            Kind::Peak => || Source::Peak,
-            Kind::Heap | Kind::Allocs => || Source::Live,
+            Kind::Peak => |_: &mut Option<output::Mark>| Source::Peak,
+            Kind::Heap | Kind::Allocs | Kind::DeltaHeap => {
+                |_: &mut Option<output::Mark>| Source::Live
+            }
         };
         return build(source, params, options, kind.attachment(false));
     };
@@ -285,28 +357,29 @@ fn profile_response(kind: Kind, params: &Params) -> io::Result<Response> {
     let span = Duration::from_secs(seconds);
     let sites = delta(span);
     DELTAS.fetch_sub(1, Relaxed);
-    let source = || Source::Delta { sites, span };
+    let source = |_: &mut Option<output::Mark>| Source::Delta { sites, span };
     build(source, params, options, kind.attachment(true))
 }
 
 /// Builds the response from `source`, taken under the build lock (so that
-/// waiting scrapers hold no copy of the table): the text format for
-/// `debug` >= 1, else the gzipped profile, sent as an `attachment` (its
-/// `Content-Disposition`); 404 if there is none (no peak yet).
+/// waiting scrapers hold no copy of the table; `source` gets the lock's
+/// `delta_heap` mark): the text format for `debug` >= 1, else the gzipped
+/// profile, sent as an `attachment` (its `Content-Disposition`); 404 if
+/// there is none (no peak yet).
 fn build(
-    source: impl FnOnce() -> Source,
+    source: impl FnOnce(&mut Option<output::Mark>) -> Source,
     params: &Params,
     options: pprof::Options,
     attachment: &'static str,
 ) -> io::Result<Response> {
-    let _one_at_a_time = BUILDING.lock();
+    let mut one_at_a_time = BUILDING.lock();
     let format = if params.debug > 0 {
         Format::Text
     } else {
         Format::Pprof
     };
     let mut body = Vec::new();
-    if !output::write(source(), format, options, &mut body)? {
+    if !output::write(source(&mut one_at_a_time), format, options, &mut body)? {
         return Ok(Response::error(404, crate::record::peak::NO_PEAK_YET));
     }
     Ok(match format {
@@ -352,6 +425,8 @@ fn index() -> Response {
          <td>allocation sites seen since the program started, freed or not: it only grows, and is not a leak</td></tr>\n\
          <tr><td>{peak}</td><td>{peak_link}</td>\
          <td>1 once the live heap has reached 1 MiB and a peak was recorded</td></tr>\n\
+         <tr><td></td><td><a href=\"/debug/pprof/delta_heap\">delta_heap</a> (<a href=\"/debug/pprof/delta_heap?debug=1\">text</a>)</td>\
+         <td>for continuous profilers: alloc values since this endpoint's previous scrape, inuse values now</td></tr>\n\
          </table>\n\
          <p>A count is a number of allocation sites (distinct stacks), not of objects or bytes. \
          For bytes, open a profile; for exact totals, see below.</p>\n\
@@ -415,7 +490,15 @@ mod tests {
             "/debug/pprof/heap/x",
             "/debug/pprofheap",
         ] {
-            assert_eq!(handle(path, "").status, 404, "{path}");
+            let r = handle(path, "");
+            assert_eq!(r.status, 404, "{path}");
+            let text = String::from_utf8(r.body).unwrap();
+            assert!(
+                text.contains("heap profiles only") && text.contains("/debug/pprof/delta_heap"),
+                "{path}: {text}"
+            );
         }
+        let cpu = String::from_utf8(handle("/debug/pprof/profile", "seconds=14").body).unwrap();
+        assert!(cpu.contains("is a CPU profile"), "{cpu}");
     }
 }
