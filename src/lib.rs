@@ -273,6 +273,7 @@
 //! | `output/` | one path from a source (live, peak, delta) to a format (pprof, text, snapshot), with symbols |
 //! | `dump/` | profiles written without a call: at exit, by a guard, as a series, near the memory limit, on a failed allocation |
 //! | `http/` | the `/debug/pprof` endpoint and its server |
+//! | `pyroscope/` | pushing profiles to Grafana Pyroscope from a thread of its own |
 //! | `process/` | what runs once per process, and the fork handlers |
 //!
 //! The one upward edge: the allocation slow path (`record/`) calls
@@ -302,6 +303,8 @@ mod fast;
 pub mod http;
 mod output;
 mod process;
+#[cfg(feature = "pyroscope")]
+pub mod pyroscope;
 mod record;
 mod sample;
 mod support;

@@ -109,7 +109,41 @@ pub(crate) struct Config {
     /// `HEAPPROF_CGROUP_DIR`: the cgroup directory to read instead of the
     /// process's own (for tests and unusual mounts).
     pub cgroup_dir: Option<PathBuf>,
+    /// `HEAPPROF_PYROSCOPE_*`: push profiles to Pyroscope.
+    #[cfg_attr(not(feature = "pyroscope"), allow(dead_code))]
+    pub pyroscope: Pyroscope,
 }
+
+/// Where and how to push profiles to Pyroscope, from the environment.
+/// `url` unset means no pusher; the rest matters only with it.
+#[derive(Default)]
+#[cfg_attr(not(feature = "pyroscope"), allow(dead_code))]
+pub(crate) struct Pyroscope {
+    /// `HEAPPROF_PYROSCOPE_URL`: the server, `http://` or `https://`.
+    pub url: Option<String>,
+    /// `HEAPPROF_PYROSCOPE_NAME`: the application name; the executable's
+    /// file name when unset or malformed.
+    pub name: Option<String>,
+    /// `HEAPPROF_PYROSCOPE_LABELS`: `k=v,k=v`.
+    pub labels: Vec<(String, String)>,
+    /// `HEAPPROF_PYROSCOPE_EVERY`: the push period.
+    pub every: Duration,
+    /// `HEAPPROF_PYROSCOPE_USER` and `HEAPPROF_PYROSCOPE_PASSWORD`: basic
+    /// authentication (Grafana Cloud's user id and access token).
+    pub basic_auth: Option<(String, String)>,
+    /// `HEAPPROF_PYROSCOPE_TOKEN`: a bearer token.
+    pub token: Option<String>,
+    /// `HEAPPROF_PYROSCOPE_TENANT`: the `X-Scope-OrgID` header of a
+    /// multi-tenant Pyroscope.
+    pub tenant: Option<String>,
+}
+
+/// The push period when `HEAPPROF_PYROSCOPE_EVERY` is not set: the upload
+/// period of Pyroscope's own Go client and Alloy's scrape interval.
+pub(crate) const DEFAULT_PYROSCOPE_EVERY: Duration = Duration::from_secs(15);
+
+/// The shortest push period; a shorter one is raised to it.
+pub(crate) const MIN_PYROSCOPE_EVERY: Duration = Duration::from_secs(1);
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
 
@@ -185,8 +219,118 @@ pub(crate) fn get() -> &'static Config {
                 |s| parse_bytes(s).filter(|&n| n > 0).map(|n| n as u64),
             ),
             cgroup_dir: var("HEAPPROF_CGROUP_DIR").map(PathBuf::from),
+            pyroscope: pyroscope(),
         }
     })
+}
+
+/// The `HEAPPROF_PYROSCOPE_*` settings. Read whatever the features: a URL
+/// set for a heapprof built without the `pyroscope` feature is reported
+/// (where the pusher would start), not silently ignored.
+fn pyroscope() -> Pyroscope {
+    let Some(url) = optional(
+        "HEAPPROF_PYROSCOPE_URL",
+        "an http:// or https:// URL such as http://pyroscope:4040",
+        |s| (s.starts_with("http://") || s.starts_with("https://")).then(|| s.to_owned()),
+    ) else {
+        return Pyroscope::default();
+    };
+    if !cfg!(feature = "pyroscope") {
+        report::warn(format_args!(
+            "heapprof: HEAPPROF_PYROSCOPE_URL is set, but this heapprof was built without its \
+             `pyroscope` feature: nothing is pushed"
+        ));
+        return Pyroscope::default();
+    }
+    let name = lookup(
+        "HEAPPROF_PYROSCOPE_NAME",
+        "a name of letters, digits and _ . - /",
+        "using the executable's name",
+        |s| valid_service_name(s).then(|| s.to_owned()),
+    );
+    let labels = lookup(
+        "HEAPPROF_PYROSCOPE_LABELS",
+        "key=value pairs separated by commas, keys of letters, digits, _ and ., \
+         values without , or }",
+        "pushing no labels",
+        parse_labels,
+    )
+    .unwrap_or_default();
+    let every = lookup(
+        "HEAPPROF_PYROSCOPE_EVERY",
+        "a duration such as 15s, 500ms or 1m",
+        &format!("using the default {DEFAULT_PYROSCOPE_EVERY:?}"),
+        |s| parse_duration(s).filter(|d| !d.is_zero()),
+    )
+    .map_or(DEFAULT_PYROSCOPE_EVERY, |every| {
+        at_least("HEAPPROF_PYROSCOPE_EVERY", every, MIN_PYROSCOPE_EVERY)
+    });
+    let text = |name: &str| var(name).map(|v| v.to_string_lossy().trim().to_owned());
+    let basic_auth = match (
+        text("HEAPPROF_PYROSCOPE_USER"),
+        text("HEAPPROF_PYROSCOPE_PASSWORD"),
+    ) {
+        (Some(user), Some(password)) => Some((user, password)),
+        (None, None) => None,
+        _ => {
+            report::warn(format_args!(
+                "heapprof: HEAPPROF_PYROSCOPE_USER and HEAPPROF_PYROSCOPE_PASSWORD go together; \
+                 only one is set, so no basic authentication is sent"
+            ));
+            None
+        }
+    };
+    Pyroscope {
+        url: Some(url),
+        name,
+        labels,
+        every,
+        basic_auth,
+        token: text("HEAPPROF_PYROSCOPE_TOKEN"),
+        tenant: text("HEAPPROF_PYROSCOPE_TENANT"),
+    }
+}
+
+/// Whether `name` is an application name Pyroscope's ingest accepts:
+/// letters, digits and `_ . - /`, at least one.
+pub(crate) fn valid_service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/'))
+}
+
+/// Whether `key` is a label name Pyroscope's ingest accepts: letters,
+/// digits, `_` and `.`, at least one, and not the reserved `__name__`.
+pub(crate) fn valid_label_key(key: &str) -> bool {
+    !key.is_empty()
+        && key != "__name__"
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.'))
+}
+
+/// Whether `value` can stand in the `name` of a push: not empty, no `,` or
+/// `}` (which end a value there), no blanks at either end (which the
+/// server trims) and no control characters.
+pub(crate) fn valid_label_value(value: &str) -> bool {
+    !value.is_empty()
+        && value.trim() == value
+        && !value
+            .chars()
+            .any(|c| matches!(c, ',' | '}') || c.is_control())
+}
+
+/// Parses `k=v,k=v` (blanks around each part ignored); `None` if any pair
+/// is malformed.
+pub(crate) fn parse_labels(text: &str) -> Option<Vec<(String, String)>> {
+    text.split(',')
+        .map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            let (k, v) = (k.trim(), v.trim());
+            (valid_label_key(k) && valid_label_value(v)).then(|| (k.to_owned(), v.to_owned()))
+        })
+        .collect()
 }
 
 const BYTES_HINT: &str = "a byte count such as 524288, 512KiB, 2MiB or 64k";

@@ -26,9 +26,11 @@ pub(crate) fn on_failed_alloc(size: usize) {
     crate::dump::failed::on_failed_alloc(size);
 }
 
-/// After each recorded sample, inside the profiler: starts the dumps the
-/// environment asks for, once, from a moment where a thread may be
-/// spawned.
+/// After each recorded sample, inside the profiler: starts the dumps and
+/// the Pyroscope pusher the environment asks for, once, from a moment
+/// where a thread may be spawned.
 pub(crate) fn after_sample() {
     crate::dump::start_from_env();
+    #[cfg(feature = "pyroscope")]
+    crate::pyroscope::start_from_env();
 }

@@ -1,0 +1,682 @@
+//! Pushing heap profiles to Grafana Pyroscope, for jobs and hosts that no
+//! scraper reaches (cargo feature `pyroscope`).
+//!
+//! ```no_run
+//! #[global_allocator]
+//! static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+//!
+//! fn main() -> std::io::Result<()> {
+//!     let pusher = heapprof::pyroscope::Pusher::new("http://pyroscope:4040", "my-service")
+//!         .label("env", "prod")
+//!         .every(std::time::Duration::from_secs(15))
+//!         .start()?;
+//!     // … the program …
+//!     pusher.stop(); // pushes what happened since the last push
+//!     Ok(())
+//! }
+//! ```
+//!
+//! or, with no code, from the environment (the pusher starts with the
+//! first sampled allocation, and pushes once more as the process exits):
+//!
+//! | variable | meaning |
+//! | --- | --- |
+//! | `HEAPPROF_PYROSCOPE_URL` | the server (`http://…` or `https://…`); setting it turns pushing on |
+//! | `HEAPPROF_PYROSCOPE_NAME` | the application name; the executable's file name if unset |
+//! | `HEAPPROF_PYROSCOPE_LABELS` | `k=v,k=v` added to every profile |
+//! | `HEAPPROF_PYROSCOPE_EVERY` | the period, `15s` by default ([`DEFAULT_EVERY`]) |
+//! | `HEAPPROF_PYROSCOPE_USER`, `HEAPPROF_PYROSCOPE_PASSWORD` | basic authentication (Grafana Cloud: the stack's user id and an access token) |
+//! | `HEAPPROF_PYROSCOPE_TOKEN` | a bearer token, for a proxy that wants one |
+//! | `HEAPPROF_PYROSCOPE_TENANT` | the `X-Scope-OrgID` header of a multi-tenant Pyroscope |
+//!
+//! Each push is Pyroscope's ingest API, which the Pyroscope server and
+//! Grafana Alloy's `pyroscope.receive_http` accept: `POST /ingest` with
+//! `name=<name>{k=v,…}`, `from` and `until` (Unix seconds),
+//! `format=pprof` and `spyName=heapprof`, the gzipped profile in the
+//! `multipart/form-data` field `profile`. Its alloc values are what was
+//! allocated since the previous successful push and its inuse values what
+//! is live at the push (as godeltaprof's `delta_heap`), so Pyroscope's sums
+//! of allocations over time count each one once.
+//!
+//! What it costs the program: one thread (no name, a
+//! [`THREAD_STACK_BYTES`] stack) that is inside the profiler for good, so
+//! nothing it allocates is profiled or counted as the program's; one copy
+//! of the site table between pushes, and one profile during a push. The
+//! program never waits for a push: the profile is built on that thread,
+//! from a copy of the table taken as `write_profile` takes it, and no lock
+//! is held across the network. A push that fails (the server is down,
+//! slow past the [timeout](Pusher::timeout), or answers an error) is
+//! reported on stderr at most once a minute ([`WARN_EVERY`]), and the
+//! next push covers both periods: nothing is queued, and nothing is lost
+//! but what the server did not take.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::config::{self, report};
+use crate::output::{self, Format, Mark, pprof};
+use crate::support::reentry;
+
+/// The push period unless [`Pusher::every`] or `HEAPPROF_PYROSCOPE_EVERY`
+/// says otherwise: Pyroscope's Go client uploads as often.
+pub const DEFAULT_EVERY: Duration = config::DEFAULT_PYROSCOPE_EVERY;
+
+/// The shortest period; a shorter one is raised to it.
+pub const MIN_EVERY: Duration = config::MIN_PYROSCOPE_EVERY;
+
+/// How long each step of a push may take (connecting, sending, waiting for
+/// the answer, reading it) unless [`Pusher::timeout`] says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A failing push is reported on stderr at most this often; the report
+/// says how many failed since the last one.
+pub const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// The pusher thread's stack. Set here, not left to std's default, which
+/// `RUST_MIN_STACK` may make too small: the thread builds profiles (the
+/// first loads debug info) and runs a TLS handshake. Two MiB is std's
+/// usual default and several times what a build takes (see `dump/`'s
+/// measurement); only the pages touched become resident.
+pub const THREAD_STACK_BYTES: usize = 2 << 20;
+
+/// The most of a failed push's answer quoted in its warning.
+const QUOTED_ANSWER_BYTES: u64 = 200;
+
+/// Settings of a push to Pyroscope; [`start`](Pusher::start) starts it.
+#[derive(Clone)]
+pub struct Pusher {
+    url: String,
+    name: String,
+    labels: Vec<(String, String)>,
+    every: Duration,
+    timeout: Duration,
+    basic_auth: Option<(String, String)>,
+    bearer_token: Option<String>,
+    tenant: Option<String>,
+}
+
+impl std::fmt::Debug for Pusher {
+    /// Everything but the credentials, which are shown as set or not.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pusher")
+            .field("url", &self.url)
+            .field("name", &self.name)
+            .field("labels", &self.labels)
+            .field("every", &self.every)
+            .field("timeout", &self.timeout)
+            .field("basic_auth", &self.basic_auth.is_some())
+            .field("bearer_token", &self.bearer_token.is_some())
+            .field("tenant", &self.tenant)
+            .finish()
+    }
+}
+
+impl Pusher {
+    /// Pushes to the Pyroscope server at `url` (`http://host:4040`,
+    /// `https://profiles-….grafana.net`; `/ingest` is added) under the
+    /// application name `name` (letters, digits, `_ . - /`), every
+    /// [`DEFAULT_EVERY`].
+    pub fn new(url: impl Into<String>, name: impl Into<String>) -> Pusher {
+        Pusher {
+            url: url.into(),
+            name: name.into(),
+            labels: Vec::new(),
+            every: DEFAULT_EVERY,
+            timeout: DEFAULT_TIMEOUT,
+            basic_auth: None,
+            bearer_token: None,
+            tenant: None,
+        }
+    }
+
+    /// Adds the label `key=value` to every profile (`env=prod`,
+    /// `region=eu`). Keys are letters, digits, `_` and `.`; values may not
+    /// contain `,` or `}`. A key given twice keeps its last value.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Pusher {
+        let key = key.into();
+        self.labels.retain(|(k, _)| *k != key);
+        self.labels.push((key, value.into()));
+        self
+    }
+
+    /// Pushes every `period` (at least [`MIN_EVERY`]; shorter is raised
+    /// to it).
+    pub fn every(mut self, period: Duration) -> Pusher {
+        self.every = period.max(MIN_EVERY);
+        self
+    }
+
+    /// How long each step of a push may take: connecting, sending the
+    /// request, waiting for the answer, reading it ([`DEFAULT_TIMEOUT`]).
+    /// The host name is resolved as the system resolver bounds it.
+    pub fn timeout(mut self, timeout: Duration) -> Pusher {
+        self.timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Sends `Authorization: Basic` with `user` and `password` (Grafana
+    /// Cloud: the stack's user id and an access token).
+    pub fn basic_auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Pusher {
+        self.basic_auth = Some((user.into(), password.into()));
+        self
+    }
+
+    /// Sends `Authorization: Bearer token`.
+    pub fn bearer_token(mut self, token: impl Into<String>) -> Pusher {
+        self.bearer_token = Some(token.into());
+        self
+    }
+
+    /// Sends `X-Scope-OrgID: tenant`, the tenant of a multi-tenant
+    /// Pyroscope.
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Pusher {
+        self.tenant = Some(tenant.into());
+        self
+    }
+
+    /// Starts the pushing thread. The first push covers what is allocated
+    /// from now on; pushes go on until [`PusherHandle::stop`] or the end of
+    /// the process (dropping the handle leaves them running).
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidInput`](io::ErrorKind::InvalidInput) for a URL that is not
+    /// `http://` or `https://` (or has a query), a name or label Pyroscope
+    /// would refuse, both basic authentication and a bearer token, or a
+    /// header value with control characters; `Other` if heapprof is not the
+    /// program's global allocator; the error of spawning the thread.
+    pub fn start(self) -> io::Result<PusherHandle> {
+        self.check()?;
+        output::check_installed()?;
+        let _inside = reentry::Inside::enter();
+        // The first period starts now: the copy is taken before `start`
+        // returns, so that what the program allocates next is in it.
+        let mark = Mark::now();
+        self.spawn(Some(mark))
+    }
+
+    /// Starts the thread, whose first period starts at `mark`, or when
+    /// the thread starts if `None`. Inside the profiler.
+    fn spawn(self, mark: Option<Mark>) -> io::Result<PusherHandle> {
+        let control = Arc::new(Control {
+            stop: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+        });
+        let seen = Arc::clone(&control);
+        let thread = std::thread::Builder::new()
+            .stack_size(THREAD_STACK_BYTES)
+            .spawn(move || {
+                // Inside for good, thread-local destructors included.
+                std::mem::forget(reentry::Inside::enter());
+                let mark = mark.unwrap_or_else(Mark::now);
+                self.run(&seen, mark);
+            })?;
+        Ok(PusherHandle {
+            control,
+            thread,
+            pid: std::process::id(),
+        })
+    }
+
+    fn check(&self) -> io::Result<()> {
+        let invalid = |why: String| Err(io::Error::new(io::ErrorKind::InvalidInput, why));
+        let url = &self.url;
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains('?') {
+            return invalid(format!(
+                "heapprof: Pusher URL {url:?}: expected http://host[:port][/path] or https://…, with no query"
+            ));
+        }
+        if let Err(e) = ureq::http::Uri::try_from(self.ingest_url()) {
+            return invalid(format!("heapprof: Pusher URL {url:?}: {e}"));
+        }
+        if !config::valid_service_name(&self.name) {
+            return invalid(format!(
+                "heapprof: Pusher name {:?}: Pyroscope takes letters, digits and _ . - / only",
+                self.name
+            ));
+        }
+        for (k, v) in &self.labels {
+            if !config::valid_label_key(k) || !config::valid_label_value(v) {
+                return invalid(format!(
+                    "heapprof: Pusher label {k:?}={v:?}: keys are letters, digits, _ and . \
+                     (not __name__); values are not empty, without , or }} or blanks at either end"
+                ));
+            }
+        }
+        if self.basic_auth.is_some() && self.bearer_token.is_some() {
+            return invalid(
+                "heapprof: Pusher: basic_auth and bearer_token both set; a request has one \
+                 Authorization header"
+                    .into(),
+            );
+        }
+        let mut headers = self.headers();
+        if headers.any(|(_, v)| v.chars().any(|c| c.is_control())) {
+            return invalid(
+                "heapprof: Pusher: a credential or tenant has control characters".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// `<url>/ingest`.
+    fn ingest_url(&self) -> String {
+        format!("{}/ingest", self.url.trim_end_matches('/'))
+    }
+
+    /// The `name` query parameter: the name and the labels, `name{k=v,…}`.
+    fn name_with_labels(&self) -> String {
+        let labels: Vec<String> = self
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        format!("{}{{{}}}", self.name, labels.join(","))
+    }
+
+    /// The headers a push carries besides its content type.
+    fn headers(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
+        use base64::Engine as _;
+        let basic = self.basic_auth.as_ref().map(|(user, password)| {
+            let pair =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            ("Authorization", format!("Basic {pair}"))
+        });
+        let bearer = self
+            .bearer_token
+            .as_ref()
+            .map(|token| ("Authorization", format!("Bearer {token}")));
+        let tenant = self.tenant.clone().map(|t| ("X-Scope-OrgID", t));
+        basic.into_iter().chain(bearer).chain(tenant)
+    }
+
+    /// The pushing thread: a push every period, and a last one when told
+    /// to stop.
+    fn run(self, control: &Control, mut mark: Mark) {
+        let client = Client::new(&self);
+        let mut failures = Failures::default();
+        let mut next = Instant::now() + self.every;
+        loop {
+            while !control.stop.load(Acquire) {
+                let left = next.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                // Woken early by `stop`; a spurious wake-up only looks
+                // again.
+                std::thread::park_timeout(left);
+            }
+            let stopping = control.stop.load(Acquire);
+            match client.push(&self, &mark) {
+                Ok(now) => {
+                    mark = now;
+                    failures.succeeded();
+                }
+                Err(e) => failures.failed(&self.url, &e),
+            }
+            if stopping {
+                control.finished.store(true, Release);
+                return;
+            }
+            // The next push is a period after this one was due; if
+            // pushing took longer than a period, a period from now: missed
+            // pushes are not made up (the next one covers their time).
+            next += self.every;
+            let now = Instant::now();
+            if next <= now {
+                next = now + self.every;
+            }
+        }
+    }
+}
+
+/// What a pusher and its handle share.
+struct Control {
+    /// Set by the handle (or at exit): push once more and end.
+    stop: AtomicBool,
+    /// Set by the thread once that last push is over.
+    finished: AtomicBool,
+}
+
+/// A running [`Pusher`].
+#[derive(Debug)]
+pub struct PusherHandle {
+    control: Arc<Control>,
+    thread: JoinHandle<()>,
+    /// The process that started the thread: a forked child has no copy of
+    /// it, and joining it there would wait forever.
+    pid: u32,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("stop", &self.stop.load(Relaxed))
+            .finish()
+    }
+}
+
+impl PusherHandle {
+    /// Pushes what happened since the last push, and ends the thread:
+    /// returns once that push is over (each of its steps bounded by the
+    /// [timeout](Pusher::timeout)) and the thread has exited. Call it
+    /// before the program ends, or the last period is not pushed. In a
+    /// child forked after `start`, which has no copy of the thread, it
+    /// returns at once.
+    pub fn stop(self) {
+        let _inside = reentry::Inside::enter();
+        self.control.stop.store(true, Release);
+        if std::process::id() != self.pid {
+            return;
+        }
+        self.thread.thread().unpark();
+        // The thread catches nothing, but nothing it calls panics; a join
+        // error would only repeat a panic message already printed.
+        let _ = self.thread.join();
+    }
+}
+
+/// A push's HTTP client: ureq, with a timeout on each step of the
+/// exchange but none on name resolution, which ureq would otherwise run
+/// on a thread of its own (outside the profiler: its allocations would
+/// be counted as the program's).
+struct Client {
+    agent: ureq::Agent,
+}
+
+impl Client {
+    fn new(settings: &Pusher) -> Client {
+        let t = Some(settings.timeout);
+        let agent = ureq::Agent::config_builder()
+            .timeout_connect(t)
+            .timeout_send_request(t)
+            .timeout_send_body(t)
+            .timeout_recv_response(t)
+            .timeout_recv_body(t)
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .user_agent(concat!("heapprof/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        Client { agent }
+    }
+
+    /// Pushes the profile of the period since `since`; returns the mark
+    /// where the next period starts.
+    fn push(&self, settings: &Pusher, since: &Mark) -> Result<Mark, String> {
+        let now = Mark::now();
+        let mut profile = Vec::new();
+        output::write(
+            output::alloc_delta(&now, Some(since)),
+            Format::Pprof,
+            pprof::Options::default(),
+            &mut profile,
+        )
+        .map_err(|e| format!("could not build the profile: {e}"))?;
+        let (content_type, body) = multipart(&profile);
+        drop(profile);
+        let mut request = self
+            .agent
+            .post(settings.ingest_url())
+            .query("name", settings.name_with_labels())
+            .query("from", unix_seconds(since.wall).to_string())
+            .query("until", unix_seconds(now.wall).to_string())
+            .query("format", "pprof")
+            .query("spyName", "heapprof")
+            .content_type(content_type);
+        for (name, value) in settings.headers() {
+            request = request.header(name, value);
+        }
+        let mut response = request.send(&body[..]).map_err(|e| e.to_string())?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(now);
+        }
+        let answer = response
+            .body_mut()
+            .with_config()
+            .limit(QUOTED_ANSWER_BYTES)
+            .lossy_utf8(true)
+            .read_to_string()
+            .unwrap_or_default();
+        let answer: String = answer.trim().chars().filter(|c| !c.is_control()).collect();
+        Err(format!("the server answered {status}: {answer:?}"))
+    }
+}
+
+/// Seconds since the Unix epoch, the unit of `from` and `until`.
+fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The request body: `profile` as the form file field `profile` of a
+/// `multipart/form-data` body, and its content type. The boundary is
+/// chosen so that it does not occur in the profile.
+fn multipart(profile: &[u8]) -> (String, Vec<u8>) {
+    let mut seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id()) << 32;
+    let boundary = loop {
+        // splitmix64: well-mixed bits from a counter.
+        seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        let b = format!("heapprof-{:016x}", z ^ (z >> 31));
+        if !profile.windows(b.len()).any(|w| w == b.as_bytes()) {
+            break b;
+        }
+    };
+    let mut body = Vec::with_capacity(profile.len() + 256);
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"profile\"; filename=\"profile.pprof\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(profile);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// Failed pushes, reported at most once per [`WARN_EVERY`].
+#[derive(Default)]
+struct Failures {
+    last_report: Option<Instant>,
+    /// Failures since the last report.
+    unreported: u64,
+}
+
+impl Failures {
+    fn failed(&mut self, url: &str, error: &str) {
+        self.unreported += 1;
+        if self.last_report.is_some_and(|t| t.elapsed() < WARN_EVERY) {
+            return;
+        }
+        let others = match self.unreported - 1 {
+            0 => String::new(),
+            n => format!(" ({n} more failed since the last report)"),
+        };
+        report::warn(format_args!(
+            "heapprof: could not push the profile to Pyroscope at {url}: {error}{others}; \
+             the next push covers this period too; reported at most once a minute"
+        ));
+        self.last_report = Some(Instant::now());
+        self.unreported = 0;
+    }
+
+    fn succeeded(&mut self) {
+        self.unreported = 0;
+    }
+}
+
+// ---- From the environment -------------------------------------------------
+
+/// The pusher the environment started, for the push at exit.
+static FROM_ENV: std::sync::OnceLock<(Arc<Control>, std::thread::Thread, Duration)> =
+    std::sync::OnceLock::new();
+
+/// Starts the pusher `HEAPPROF_PYROSCOPE_URL` asks for, once. Called from
+/// the sampled path (never the first allocation), so the runtime is up;
+/// as `dump::start_from_env`, not on a thread whose thread-locals are being
+/// torn down, and a panic while spawning is caught and reported.
+pub(crate) fn start_from_env() {
+    static STARTED: AtomicBool = AtomicBool::new(false);
+    let c = &config::get().pyroscope;
+    let Some(url) = &c.url else {
+        return;
+    };
+    if !crate::thread::alive() || STARTED.swap(true, Relaxed) {
+        return;
+    }
+    let mut pusher = Pusher::new(url.clone(), c.name.clone().unwrap_or_else(exe_name));
+    pusher.labels = c.labels.clone();
+    pusher.every = c.every;
+    pusher.basic_auth = c.basic_auth.clone();
+    pusher.bearer_token = c.token.clone();
+    pusher.tenant = c.tenant.clone();
+    let timeout = pusher.timeout;
+    // Here in the allocator's slow path, the thread takes the first copy
+    // of the table itself, and the check that heapprof is installed is
+    // moot.
+    let started =
+        std::panic::catch_unwind(move || pusher.check().and_then(|()| pusher.spawn(None)))
+            .unwrap_or_else(|_| Err(io::Error::other("spawning the thread panicked")));
+    match started {
+        Ok(handle) => {
+            let _ = FROM_ENV.set((
+                Arc::clone(&handle.control),
+                handle.thread.thread().clone(),
+                timeout,
+            ));
+            // SAFETY: `push_at_exit` is an `extern "C" fn()` that never
+            // unwinds.
+            unsafe {
+                libc::atexit(push_at_exit);
+            }
+        }
+        Err(e) => report::warn(format_args!(
+            "heapprof: HEAPPROF_PYROSCOPE_URL is set, but the pusher could not start: {e}"
+        )),
+    }
+}
+
+/// The executable's file name, the application name when
+/// `HEAPPROF_PYROSCOPE_NAME` is unset: letters, digits and `_ . - /` kept,
+/// anything else made `_`.
+fn exe_name() -> String {
+    let name = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        "heapprof".to_owned()
+    } else {
+        name
+    }
+}
+
+/// At exit: tells the environment's pusher to push what happened since
+/// its last push, and waits for that push at most the pusher's timeout
+/// ([`DEFAULT_TIMEOUT`]), so that a short job's last period reaches the
+/// server. A forked child that exits does not push: it has no pusher
+/// thread.
+extern "C" fn push_at_exit() {
+    let Some((control, thread, timeout)) = FROM_ENV.get() else {
+        return;
+    };
+    if control.finished.load(Acquire) {
+        return;
+    }
+    control.stop.store(true, Release);
+    thread.unpark();
+    let deadline = Instant::now() + *timeout;
+    while !control.finished.load(Acquire) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_what_pyroscope_would_refuse() {
+        let ok = Pusher::new("http://127.0.0.1:4040/", "my-app.v2/x").label("env", "prod=1");
+        ok.check().unwrap();
+        assert_eq!(ok.ingest_url(), "http://127.0.0.1:4040/ingest");
+        assert_eq!(ok.name_with_labels(), "my-app.v2/x{env=prod=1}");
+        let bad = [
+            Pusher::new("pyroscope:4040", "a"),
+            Pusher::new("ftp://x", "a"),
+            Pusher::new("http://x/?a=b", "a"),
+            Pusher::new("http://x", ""),
+            Pusher::new("http://x", "my app"),
+            Pusher::new("http://x", "a").label("e nv", "x"),
+            Pusher::new("http://x", "a").label("__name__", "x"),
+            Pusher::new("http://x", "a").label("k", "a,b"),
+            Pusher::new("http://x", "a").label("k", "a}"),
+            Pusher::new("http://x", "a").label("k", ""),
+            Pusher::new("http://x", "a").tenant("t\r\nX: y"),
+            Pusher::new("http://x", "a")
+                .basic_auth("u", "p")
+                .bearer_token("t"),
+        ];
+        for p in bad {
+            let e = p.check().unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{p:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn labels_replace_and_keep_order() {
+        let p = Pusher::new("http://x", "a")
+            .label("b", "1")
+            .label("a", "2")
+            .label("b", "3");
+        assert_eq!(p.name_with_labels(), "a{a=2,b=3}");
+        assert_eq!(Pusher::new("http://x", "a").name_with_labels(), "a{}");
+    }
+
+    #[test]
+    fn multipart_wraps_the_profile() {
+        let profile = b"\x1f\x8b some bytes --heapprof- \r\n--";
+        let (content_type, body) = multipart(profile);
+        let boundary = content_type
+            .strip_prefix("multipart/form-data; boundary=")
+            .unwrap();
+        let body = String::from_utf8_lossy(&body);
+        let head = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"profile\"");
+        assert!(body.starts_with(&head), "{body}");
+        assert!(body.ends_with(&format!("\r\n--{boundary}--\r\n")), "{body}");
+        assert!(body.contains(&*String::from_utf8_lossy(profile)));
+    }
+
+    #[test]
+    fn basic_auth_header() {
+        let p = Pusher::new("http://x", "a").basic_auth("Aladdin", "open sesame");
+        let headers: Vec<_> = p.headers().collect();
+        assert_eq!(
+            headers,
+            [(
+                "Authorization",
+                "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==".to_owned()
+            )]
+        );
+    }
+}
