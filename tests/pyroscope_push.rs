@@ -1,0 +1,553 @@
+//! The Pyroscope pusher against a stand-in for Pyroscope's `/ingest` on
+//! loopback (`heapprof_testkit::pyroscope`), which reads each request as
+//! the server does: the query, the headers, the `profile` field of the
+//! multipart form. The profiles go to the real `go tool pprof` when Go is
+//! installed (skipped, saying so, otherwise, unless
+//! `HEAPPROF_REQUIRE_GO=1`).
+//!
+//! The sample rate is 1 in every test of this binary: each allocation is
+//! recorded, so the numbers are exact.
+
+use heapprof::pyroscope::Pusher;
+use heapprof_testkit::child::{is_child, run_child};
+use heapprof_testkit::profile::{ALLOC_SPACE, INUSE_SPACE, cum, decode, flat, stack_names, string};
+use heapprof_testkit::proto::Profile;
+use heapprof_testkit::pyroscope::{Pending, Push, Receiver};
+use heapprof_testkit::tools::{go_available, go_pprof, top_rows};
+use heapprof_testkit::watchdog::watchdog;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[global_allocator]
+static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+
+const MIB: usize = 1 << 20;
+
+/// How long a test waits for a push that should come within a period or
+/// two.
+const PUSH_WITHIN: Duration = Duration::from_secs(20);
+
+// The helpers that keep memory push into a vector the caller made with
+// room, so that its own buffer is not counted in them.
+
+#[inline(never)]
+fn kept_before_start(kept: &mut Vec<Vec<u8>>, n: usize) {
+    assert!(kept.capacity() - kept.len() >= n, "room made by the caller");
+    for _ in 0..n {
+        kept.push(vec![1u8; MIB]);
+    }
+}
+
+#[inline(never)]
+fn churned_between(n: usize) -> usize {
+    let mut sum = 0;
+    for _ in 0..n {
+        sum += std::hint::black_box(vec![2u8; MIB]).len();
+    }
+    sum
+}
+
+#[inline(never)]
+fn kept_between(kept: &mut Vec<Vec<u8>>, n: usize) {
+    assert!(kept.capacity() - kept.len() >= n, "room made by the caller");
+    for _ in 0..n {
+        kept.push(vec![3u8; MIB]);
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn next_push(receiver: &Receiver) -> Pending {
+    let pending = receiver
+        .next(PUSH_WITHIN)
+        .unwrap_or_else(|| panic!("no push within {PUSH_WITHIN:?}"));
+    pending.push();
+    pending
+}
+
+/// The profile of a push, decoded.
+fn profile_of(push: &Push) -> Profile {
+    decode(&push.profile)
+}
+
+/// Bytes in `function`'s own samples (pprof's flat) at `index`.
+fn bytes_at(p: &Profile, function: &str, index: usize) -> i64 {
+    flat(p, function, index)
+}
+
+/// The checks every push must pass: Pyroscope's ingest query.
+fn check_request(push: &Push, name: &str) {
+    assert_eq!(push.method, "POST");
+    assert_eq!(push.path, "/ingest");
+    assert_eq!(push.param("name"), name);
+    assert_eq!(push.param("format"), "pprof");
+    assert_eq!(push.param("spyName"), "heapprof");
+    let (from, until) = push.from_until();
+    assert!(from <= until, "from {from} after until {until}");
+    assert!(
+        until <= unix_now() && unix_now() - until < 60,
+        "until {until} is not now"
+    );
+    assert_eq!(push.filename, "profile.pprof");
+    assert!(
+        push.profile.starts_with(&[0x1f, 0x8b]),
+        "the profile is gzipped"
+    );
+}
+
+/// Two pushes and the last one from `stop`: alloc values are what was
+/// allocated in each period, inuse values what is live at the push,
+/// whenever it was allocated; the pusher's own work shows in none of them.
+#[test]
+fn pushes_alloc_deltas_and_inuse_absolute() {
+    let _watchdog = watchdog(
+        "pushes_alloc_deltas_and_inuse_absolute",
+        Duration::from_secs(120),
+    );
+    heapprof::set_sample_rate(1);
+    let receiver = Receiver::start();
+    let mut before = Vec::with_capacity(8);
+    kept_before_start(&mut before, 8);
+    let started = unix_now();
+    let pusher = Pusher::new(receiver.url(), "heapprof-test")
+        .label("env", "ci")
+        .label("region", "eu-1")
+        .every(Duration::from_secs(1))
+        .basic_auth("user", "secret")
+        .tenant("tenant-1")
+        .start()
+        .expect("start the pusher");
+    let name = "heapprof-test{env=ci,region=eu-1}";
+
+    // The first push: nothing of ours allocated since `start`, the 8 MiB
+    // from before it live.
+    let first = next_push(&receiver);
+    let p1 = first.push();
+    check_request(p1, name);
+    assert!(p1.from_until().0 >= started, "{:?}", p1.from_until());
+    assert_eq!(p1.header("x-scope-orgid"), Some("tenant-1"));
+    // base64("user:secret")
+    assert_eq!(p1.header("authorization"), Some("Basic dXNlcjpzZWNyZXQ="));
+    assert!(
+        p1.header("user-agent")
+            .unwrap_or("")
+            .starts_with("heapprof/"),
+        "{:?}",
+        p1.header("user-agent")
+    );
+    let prof1 = profile_of(p1);
+    assert_eq!(bytes_at(&prof1, "kept_before_start", ALLOC_SPACE), 0);
+    assert_eq!(
+        bytes_at(&prof1, "kept_before_start", INUSE_SPACE),
+        8 * MIB as i64
+    );
+    assert!(
+        string(&prof1, prof1.doc_url).contains("docs.rs/heapprof/"),
+        "doc_url: {:?}",
+        string(&prof1, prof1.doc_url)
+    );
+
+    // The second period starts at the first push's copy of the table,
+    // taken before it was sent: what happens while its answer is held
+    // is in the second push.
+    let first_until = p1.from_until().1;
+    let churned = churned_between(16);
+    let mut between = Vec::with_capacity(4);
+    kept_between(&mut between, 4);
+    first.answer(200, "");
+
+    let second = next_push(&receiver);
+    let p2 = second.push();
+    check_request(p2, name);
+    assert_eq!(
+        p2.from_until().0,
+        first_until,
+        "each period starts where the last ended"
+    );
+    let prof2 = profile_of(p2);
+    let values = |f: &str| {
+        (
+            bytes_at(&prof2, f, ALLOC_SPACE),
+            bytes_at(&prof2, f, INUSE_SPACE),
+        )
+    };
+    assert_eq!(values("churned_between"), (16 * MIB as i64, 0));
+    assert_eq!(values("kept_between"), (4 * MIB as i64, 4 * MIB as i64));
+    assert_eq!(values("kept_before_start"), (0, 8 * MIB as i64));
+    // The second period holds the first push being sent and answered: at
+    // rate 1, any allocation of the pusher's thread would be here.
+    let pushers_own: Vec<Vec<String>> = prof2
+        .sample
+        .iter()
+        .map(|s| stack_names(&prof2, s))
+        .filter(|stack| {
+            stack.iter().any(|f| {
+                f.contains("ureq") || f.contains("rustls") || f.contains("heapprof::pyroscope")
+            })
+        })
+        .collect();
+    assert!(
+        pushers_own.is_empty(),
+        "the pusher's own allocations were recorded: {pushers_own:#?}"
+    );
+    assert!(
+        cum(
+            &prof2,
+            "pushes_alloc_deltas_and_inuse_absolute",
+            ALLOC_SPACE
+        ) >= 20 * MIB as i64
+    );
+    let second_profile = p2.profile.clone();
+    second.answer(200, "");
+
+    // `stop` pushes the last period (nothing of ours allocated in it) and
+    // returns once it is answered.
+    let stopping = std::thread::spawn(move || pusher.stop());
+    let last = next_push(&receiver);
+    check_request(last.push(), name);
+    let prof3 = profile_of(last.push());
+    assert_eq!(bytes_at(&prof3, "churned_between", ALLOC_SPACE), 0);
+    assert_eq!(
+        bytes_at(&prof3, "kept_between", INUSE_SPACE),
+        4 * MIB as i64
+    );
+    last.answer(200, "");
+    stopping.join().unwrap();
+    assert!(
+        receiver.next(Duration::from_millis(1500)).is_none(),
+        "a push after stop"
+    );
+    assert_eq!(churned, 16 * MIB);
+    drop((before, between));
+
+    // The real pprof reads the second push the same way.
+    if !go_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("second.pb.gz");
+    std::fs::write(&path, second_profile).unwrap();
+    let path = path.to_str().unwrap();
+    let row = |top: &str, f: &str| {
+        top_rows(top)
+            .into_iter()
+            .find(|r| r.1.contains(f))
+            .map_or(0.0, |r| r.0)
+    };
+    let alloc = go_pprof(&["-sample_index=alloc_space", "-top", path]);
+    assert_eq!(row(&alloc, "churned_between"), 16.0 * MIB as f64, "{alloc}");
+    assert_eq!(row(&alloc, "kept_before_start"), 0.0, "{alloc}");
+    let inuse = go_pprof(&["-sample_index=inuse_space", "-top", path]);
+    assert_eq!(
+        row(&inuse, "kept_before_start"),
+        8.0 * MIB as f64,
+        "{inuse}"
+    );
+    assert_eq!(row(&inuse, "kept_between"), 4.0 * MIB as f64, "{inuse}");
+    assert_eq!(row(&inuse, "churned_between"), 0.0, "{inuse}");
+}
+
+/// Lines of `stderr` that report a failed push.
+fn push_warnings(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.contains("could not push the profile to Pyroscope"))
+        .collect()
+}
+
+/// A server that answers errors: one warning for several failures, the
+/// pushes go on, and the one that gets through covers the failed periods.
+#[test]
+fn failed_pushes_warn_once_and_the_next_covers_them() {
+    if is_child() {
+        let url = std::env::var("RECEIVER_URL").unwrap();
+        heapprof::set_sample_rate(1);
+        let pusher = Pusher::new(url, "failing")
+            .every(Duration::from_secs(1))
+            .start()
+            .unwrap();
+        let before = heapprof::stats().allocations;
+        std::thread::sleep(Duration::from_secs(
+            std::env::var("CHILD_SECONDS").unwrap().parse().unwrap(),
+        ));
+        // Pushes built profiles meanwhile, on heapprof's thread: none of
+        // that is counted as the program's.
+        println!(
+            "program_allocations={}",
+            heapprof::stats().allocations - before
+        );
+        pusher.stop();
+        return;
+    }
+    let _watchdog = watchdog("failed_pushes", Duration::from_secs(120));
+    let receiver = Receiver::start();
+    let url = receiver.url();
+    let child = std::thread::spawn(move || {
+        run_child(
+            "failed_pushes_warn_once_and_the_next_covers_them",
+            &[("RECEIVER_URL", &url), ("CHILD_SECONDS", "6")],
+        )
+    });
+    let mut pushes = Vec::new();
+    while let Some(pending) = receiver.next(PUSH_WITHIN) {
+        let (from, until) = pending.push().from_until();
+        // Three failures, then success.
+        let status = if pushes.len() < 3 { 500 } else { 200 };
+        pushes.push((from, until, status));
+        pending.answer(status, "ingester unavailable");
+        if pushes.len() > 3 && child.is_finished() {
+            break;
+        }
+    }
+    let (stdout, stderr) = child.join().unwrap();
+    println!("pushes (from, until, status): {pushes:?}\nchild:\n{stdout}\n{stderr}");
+    assert!(pushes.len() >= 4, "{pushes:?}");
+    let program = heapprof_testkit::child::printed_number(&stdout, "program_allocations=");
+    assert!(program < 20, "the program's allocations: {stdout}");
+    let warnings = push_warnings(&stderr);
+    assert_eq!(warnings.len(), 1, "one warning a minute at most: {stderr}");
+    assert!(
+        warnings[0].contains("500") && warnings[0].contains("ingester unavailable"),
+        "{}",
+        warnings[0]
+    );
+    // The pushes after failures start where the last success ended: the
+    // first push's start.
+    assert_eq!(pushes[3].0, pushes[0].0, "{pushes:?}");
+    assert_eq!(pushes[1].0, pushes[0].0, "{pushes:?}");
+}
+
+/// An endpoint where nothing listens: the pushes fail, one warning is
+/// printed, and the program's own allocations are what they would be
+/// without a pusher.
+#[test]
+fn unreachable_endpoint_leaves_the_program_alone() {
+    if is_child() {
+        heapprof::set_sample_rate(1);
+        // A port just freed: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pusher = Pusher::new(format!("http://127.0.0.1:{port}"), "unreachable")
+            .every(Duration::from_secs(1))
+            .start()
+            .unwrap();
+        let before = heapprof::stats();
+        std::thread::sleep(Duration::from_millis(3500));
+        let after = heapprof::stats();
+        pusher.stop();
+        println!(
+            "program_allocations={}",
+            after.allocations - before.allocations
+        );
+        return;
+    }
+    let (stdout, stderr) = run_child("unreachable_endpoint_leaves_the_program_alone", &[]);
+    println!("{stdout}\n{stderr}");
+    let program = heapprof_testkit::child::printed_number(&stdout, "program_allocations=");
+    // Three pushes built three profiles and failed to connect on
+    // heapprof's thread; the program (asleep) allocated next to nothing.
+    assert!(program < 20, "the program's allocations: {stdout}");
+    let warnings = push_warnings(&stderr);
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].contains("127.0.0.1"), "{}", warnings[0]);
+}
+
+/// A server that takes the request and never answers: the program goes
+/// on at full speed meanwhile (no lock is held across the network), the
+/// push gives up after its timeout, and the next one goes through.
+#[test]
+fn slow_endpoint_never_blocks_the_program() {
+    if !is_child() {
+        let (stdout, stderr) = run_child("slow_endpoint_never_blocks_the_program", &[]);
+        println!("{stdout}\n{stderr}");
+        let warnings = push_warnings(&stderr);
+        assert_eq!(warnings.len(), 1, "{stderr}");
+        assert!(
+            warnings[0].contains("imeout") || warnings[0].contains("timed out"),
+            "{}",
+            warnings[0]
+        );
+        return;
+    }
+    heapprof::set_sample_rate(1);
+    // Symbols loaded before the measured work, which should take only
+    // what the work itself takes.
+    heapprof::write_profile(std::io::sink()).unwrap();
+    let receiver = Receiver::start();
+    let timeout = Duration::from_secs(6);
+    let pusher = Pusher::new(receiver.url(), "slow")
+        .every(Duration::from_secs(1))
+        .timeout(timeout)
+        .start()
+        .unwrap();
+    let stalled = next_push(&receiver);
+    let held_at = Instant::now();
+    // While the push waits for its answer, the program allocates, takes
+    // a snapshot and writes a profile: none of it waits for the push.
+    let started = Instant::now();
+    let kept: Vec<Vec<u8>> = (0..8).map(|_| vec![0u8; MIB]).collect();
+    let snapshot = heapprof::snapshot();
+    let mut written = Vec::new();
+    heapprof::write_profile(&mut written).unwrap();
+    let took = started.elapsed();
+    println!("program's work during a stalled push: {took:?}");
+    assert!(
+        took < timeout / 2,
+        "the program's work took {took:?} while a push stalled"
+    );
+    assert!(snapshot.inuse_bytes_in("slow_endpoint_never_blocks_the_program") >= 8 * MIB as i64);
+    // The push gives up after its timeout, not before, and the next one
+    // comes and is answered.
+    let next = next_push(&receiver);
+    let waited = held_at.elapsed();
+    assert!(
+        waited >= timeout - Duration::from_millis(100),
+        "the next push came after {waited:?}"
+    );
+    assert_eq!(
+        next.push().from_until().0,
+        stalled.push().from_until().0,
+        "the next push covers the stalled one's period"
+    );
+    drop(stalled);
+    next.answer(200, "");
+    let stopping = std::thread::spawn(move || pusher.stop());
+    next_push(&receiver).answer(200, "");
+    stopping.join().unwrap();
+    drop(kept);
+}
+
+/// The pusher with no code: `HEAPPROF_PYROSCOPE_*` in a child's
+/// environment, a periodic push and the one at exit.
+#[test]
+fn starts_from_the_environment() {
+    if is_child() {
+        heapprof::set_sample_rate(1);
+        // The pusher starts at this sample, and its first period when its
+        // thread runs: the 3 MiB come after.
+        std::hint::black_box(vec![0u8; 64]);
+        std::thread::sleep(Duration::from_millis(300));
+        let mut kept = Vec::with_capacity(3);
+        kept_between(&mut kept, 3);
+        // Long enough for a periodic push or two before the exit push.
+        std::thread::sleep(Duration::from_millis(2500));
+        std::hint::black_box(&kept);
+        std::mem::forget(kept);
+        return;
+    }
+    let _watchdog = watchdog("starts_from_the_environment", Duration::from_secs(120));
+    let receiver = Receiver::start();
+    let url = receiver.url();
+    let child = std::thread::spawn(move || {
+        run_child(
+            "starts_from_the_environment",
+            &[
+                ("HEAPPROF_PYROSCOPE_URL", &url),
+                ("HEAPPROF_PYROSCOPE_NAME", "env-app"),
+                ("HEAPPROF_PYROSCOPE_LABELS", "env=ci, team=memory"),
+                ("HEAPPROF_PYROSCOPE_EVERY", "1s"),
+                ("HEAPPROF_PYROSCOPE_TENANT", "t-42"),
+                ("HEAPPROF_PYROSCOPE_TOKEN", "tok"),
+            ],
+        )
+    });
+    let pushes = answer_all_until(&receiver, &child);
+    let (_, stderr) = child.join().unwrap();
+    assert!(
+        pushes.len() >= 2,
+        "a periodic push and the exit push: {:?}",
+        summary(&pushes)
+    );
+    for p in &pushes {
+        check_request(p, "env-app{env=ci,team=memory}");
+        assert_eq!(p.header("x-scope-orgid"), Some("t-42"));
+        assert_eq!(p.header("authorization"), Some("Bearer tok"));
+    }
+    // The exit push: the child's 3 MiB still live, whenever allocated.
+    let last = profile_of(pushes.last().unwrap());
+    assert_eq!(bytes_at(&last, "kept_between", INUSE_SPACE), 3 * MIB as i64);
+    // All the pushes together count the 3 MiB allocated once.
+    let allocated: i64 = pushes
+        .iter()
+        .map(|p| bytes_at(&profile_of(p), "kept_between", ALLOC_SPACE))
+        .sum();
+    assert_eq!(allocated, 3 * MIB as i64, "{:?}", summary(&pushes));
+    assert!(push_warnings(&stderr).is_empty(), "{stderr}");
+}
+
+/// Malformed settings: one line each on stderr, the default used.
+#[test]
+fn malformed_environment_is_reported_and_defaults_used() {
+    if is_child() {
+        heapprof::set_sample_rate(1);
+        let mut kept = Vec::with_capacity(1);
+        kept_between(&mut kept, 1);
+        std::thread::sleep(Duration::from_millis(300));
+        std::mem::forget(kept);
+        return;
+    }
+    let _watchdog = watchdog("malformed_environment", Duration::from_secs(120));
+    let receiver = Receiver::start();
+    let url = receiver.url();
+    let long_value = "x".repeat(500);
+    let child = std::thread::spawn(move || {
+        run_child(
+            "malformed_environment_is_reported_and_defaults_used",
+            &[
+                ("HEAPPROF_PYROSCOPE_URL", &url),
+                ("HEAPPROF_PYROSCOPE_NAME", "bad name"),
+                ("HEAPPROF_PYROSCOPE_LABELS", &long_value),
+                ("HEAPPROF_PYROSCOPE_EVERY", "soon"),
+            ],
+        )
+    });
+    let pushes = answer_all_until(&receiver, &child);
+    let (_, stderr) = child.join().unwrap();
+    println!("{stderr}");
+    // The default period (15 s) is longer than the child lives: only the
+    // exit push, under the executable's name, with no labels.
+    assert_eq!(pushes.len(), 1, "{:?}", summary(&pushes));
+    let name = pushes[0].param("name");
+    assert!(
+        name.starts_with("pyroscope_push") && name.ends_with("{}"),
+        "{name}"
+    );
+    for (var, fallback) in [
+        ("HEAPPROF_PYROSCOPE_NAME", "using the executable's name"),
+        ("HEAPPROF_PYROSCOPE_LABELS", "pushing no labels"),
+        ("HEAPPROF_PYROSCOPE_EVERY", "using the default 15s"),
+    ] {
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(var)).collect();
+        assert_eq!(lines.len(), 1, "{var}: {stderr}");
+        assert!(lines[0].contains(fallback), "{}", lines[0]);
+        assert!(lines[0].len() < 300, "the value is cut: {}", lines[0]);
+    }
+}
+
+/// Each push's name, from and until, for messages.
+fn summary(pushes: &[Push]) -> Vec<(&str, (u64, u64))> {
+    pushes
+        .iter()
+        .map(|p| (p.param("name"), p.from_until()))
+        .collect()
+}
+
+/// Answers 200 to every push until `child` has exited and no more come.
+fn answer_all_until<T>(receiver: &Receiver, child: &std::thread::JoinHandle<T>) -> Vec<Push> {
+    let mut pushes = Vec::new();
+    loop {
+        match receiver.next(Duration::from_millis(500)) {
+            Some(pending) => pushes.push(pending.answer(200, "")),
+            None if child.is_finished() => return pushes,
+            None => {}
+        }
+    }
+}
