@@ -224,6 +224,25 @@
 //! program already runs. [`write_text_profile`] writes the `?debug=1` text
 //! anywhere. (Cargo feature `http`, on by default.)
 //!
+//! For continuous profilers, `/debug/pprof/delta_heap` is godeltaprof's
+//! endpoint, which Grafana Alloy fetches for `godeltaprof_memory`: alloc
+//! values since the endpoint's previous scrape, inuse values now. Go's
+//! other profiles (`profile`, `goroutine`, `block`, `mutex`, …) are a 404
+//! that says heapprof serves heap profiles only; the README has Alloy and
+//! Parca scrape configs that fetch only what is served.
+//!
+//! ## Pushing to Grafana Pyroscope
+//!
+//! Where no scraper reaches (short jobs, hosts behind NAT),
+//! `heapprof::pyroscope::Pusher` (cargo feature `pyroscope`) or
+//! `HEAPPROF_PYROSCOPE_URL` pushes a profile every period from a thread of
+//! its own, alloc values as deltas over the period and inuse values
+//! absolute, as Pyroscope adds them up; see the `pyroscope` module.
+//!
+//! Every profile's `doc_url`, which pprof's web UI shows as Help, links
+//! the section [above](#what-the-numbers-mean) for the version that wrote
+//! it.
+//!
 //! ## Configuration
 //!
 //! | variable | default | meaning |
@@ -241,6 +260,7 @@
 //! | `HEAPPROF_PEAK_GROWTH` | `10%` | growth past the last peak copy before a new one is kept |
 //! | `HEAPPROF_UNWIND` | `auto` | `auto`: frame pointers if the program was built with them (`-C force-frame-pointers=yes`), DWARF otherwise and for stacks that leave its code; `dwarf`; or `frame-pointers` (no periodic check against DWARF) |
 //! | `HEAPPROF_FULL_STACKS` | `0` | `1` keeps the process, thread and test start-up frames below the program's code |
+//! | `HEAPPROF_PYROSCOPE_URL` | unset | push profiles to this Pyroscope server; `HEAPPROF_PYROSCOPE_NAME`, `_LABELS`, `_EVERY`, `_USER`, `_PASSWORD`, `_TOKEN`, `_TENANT` as in the `pyroscope` module (feature `pyroscope`) |
 //!
 //! A value that does not parse is reported on stderr in one line and the
 //! default is used; a variable set to nothing counts as unset. At run
