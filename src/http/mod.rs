@@ -81,7 +81,7 @@ pub const MAX_DELTA_SECONDS: u64 = 300;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Response {
     /// The status code: 200, or 400, 404, 500, 503 (more than
-    /// [`MAX_DELTAS`] deltas at once) with a plain-text message.
+    /// four deltas at once) with a plain-text message.
     pub status: u16,
     /// The `Content-Type` header's value.
     pub content_type: &'static str,
@@ -303,6 +303,8 @@ pub(crate) fn reset_after_fork() {
 /// Deltas in progress at once, at most: each holds a connection and two
 /// copies of the table for up to [`MAX_DELTA_SECONDS`].
 const MAX_DELTAS: usize = 4;
+// `Response::status` says "four".
+const _: () = assert!(MAX_DELTAS == 4);
 static DELTAS: AtomicUsize = AtomicUsize::new(0);
 
 fn profile_response(kind: Kind, params: &Params) -> io::Result<Response> {
