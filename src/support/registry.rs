@@ -238,6 +238,21 @@ pub(crate) fn totals() -> Counts {
     sum
 }
 
+/// What listed threads that are inside heapprof have allocated there so
+/// far: heapprof's own, not yet in its totals (a thread that never leaves,
+/// as the HTTP server's and the pusher's, would otherwise never add its
+/// share).
+pub(crate) fn inside_so_far() -> Counts {
+    let live = LIVE.lock();
+    let mut sum = Counts::default();
+    for &addr in live.iter() {
+        // SAFETY: as in `totals`: a listed address is a running thread's.
+        let counters = unsafe { &*(addr as *const Counters) };
+        sum = sum.plus(counters.inside_so_far());
+    }
+    sum
+}
+
 /// In a forked child, before any other code runs there: the registry's
 /// other entries are the parent's other threads, which do not exist here.
 /// Their counts move to the unlisted totals (their memory is still mapped

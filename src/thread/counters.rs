@@ -208,6 +208,22 @@ impl Counters {
         if whole { Ok(counts) } else { Err(counts) }
     }
 
+    /// What the owner has counted since it went inside heapprof (its own
+    /// allocations, not yet moved to heapprof's totals); zero outside.
+    /// Read by any thread, once: a torn read gives a rough figure.
+    pub(crate) fn inside_so_far(&self) -> Counts {
+        let before = self.seq.load(Acquire);
+        let inside = self.inside.load(Relaxed);
+        let counts = self.live().minus(self.frozen());
+        std::sync::atomic::fence(Acquire);
+        let whole = before.is_multiple_of(2) && self.seq.load(Relaxed) == before;
+        if inside && whole {
+            counts
+        } else {
+            Counts::default()
+        }
+    }
+
     fn frozen(&self) -> Counts {
         let [a, b, d, f] = self.frozen.each_ref().map(|c| c.load(Relaxed));
         Counts {
