@@ -56,13 +56,58 @@
 //! profiles; large ones are stable.
 //!
 //! Samples carry no `bytes` label, so `-tags` shows no block sizes: Go
-//! keys its sites by stack and block size, heapprof by stack alone, and a
-//! site of mixed sizes has no one size that is true of all its samples.
+//! keys its sites by stack and block size, heapprof by stack and labels
+//! (below), and a site of mixed sizes has no one size that is true of all
+//! its samples.
 //!
 //! Stacks are trimmed at the leaf end of the allocation machinery
 //! (`__rust_alloc`, `RawVec` growth, `vec!`, `format!`, `HashMap::insert`,
 //! …), so the flat entries of `-top` are the functions that decided to
 //! allocate, as in Go.
+//!
+//! ## Labels: memory by tenant, request or task
+//!
+//! A stack says where memory was allocated, not for whom. Labels say it:
+//!
+//! ```no_run
+//! # fn handle(_: &str) {}
+//! # let (tenant, route) = ("acme", "/api/x");
+//! heapprof::with_labels(&[("tenant", tenant), ("route", route)], || handle(route));
+//! ```
+//!
+//! ```no_run
+//! # async fn handle() {}
+//! # async fn run(tenant: &str) {
+//! use heapprof::FutureExt as _;
+//! tokio::spawn(handle().heap_labels(&[("tenant", tenant)]));
+//! # }
+//! # mod tokio { pub fn spawn<F>(_: F) {} }
+//! ```
+//!
+//! Every allocation sampled inside [`with_labels`], or while a [`Labeled`]
+//! future is polled (on whichever thread), or inside a span entered under
+//! [`tracing::LabelLayer`] (cargo feature `tracing`), carries the labels,
+//! and keeps them until it is freed, by whatever thread: in-use memory by
+//! label is right even when another tenant's task frees the block. Each
+//! sample also carries a `thread` label, the thread's name
+//! ([`set_thread_label`], `HEAPPROF_THREAD_LABEL=0` turn it off). The
+//! labels are pprof string labels on all four sample types, in every
+//! profile (live, peak, `?seconds=` deltas, `delta_heap`, Pyroscope
+//! pushes):
+//!
+//! ```text
+//! go tool pprof -tagfocus tenant=acme -top heap.pb.gz     # only acme's memory
+//! go tool pprof -tags heap.pb.gz                          # bytes per label value
+//! go tool pprof -tagroot tenant -top heap.pb.gz           # labels as root frames
+//! ```
+//!
+//! [`Snapshot::inuse_bytes_with_label`] and [`Site::labels`] read them in
+//! tests. The text format cannot carry labels to pprof (see
+//! [`write_text_profile`]). Scopes nest, an inner value winning; a
+//! site is a stack under one label set, so the table holds at most 4 096
+//! distinct sets (1 MiB) and past that samples carry
+//! `heapprof_overflow=label sets`: keep unbounded values (request ids)
+//! out of labels. [`current_labels`] shows what a sample would carry now.
 //!
 //! ## Exact counters beside the estimates
 //!
@@ -261,6 +306,7 @@
 //! | `HEAPPROF_UNWIND` | `auto` | `auto`: frame pointers if the program was built with them (`-C force-frame-pointers=yes`), DWARF otherwise and for stacks that leave its code; `dwarf`; or `frame-pointers` (no periodic check against DWARF) |
 //! | `HEAPPROF_FULL_STACKS` | `0` | `1` keeps the process, thread and test start-up frames below the program's code |
 //! | `HEAPPROF_PYROSCOPE_URL` | unset | push profiles to this Pyroscope server; `HEAPPROF_PYROSCOPE_NAME`, `_LABELS`, `_EVERY`, `_USER`, `_PASSWORD`, `_TOKEN`, `_TENANT` as in the `pyroscope` module (feature `pyroscope`) |
+//! | `HEAPPROF_THREAD_LABEL` | `1` | `0` leaves out the automatic `thread` label (see Labels; [`set_thread_label`] at run time) |
 //!
 //! A value that does not parse is reported on stderr in one line and the
 //! default is used; a variable set to nothing counts as unset. At run
@@ -286,8 +332,9 @@
 //! | --- | --- |
 //! | `config/` | settings read once from the environment; one-line reports on stderr |
 //! | `sample/` | sampling math: when a countdown ends in a sample, what a sample weighs |
-//! | `thread/` | the one thread-local and its plain parts: counters and countdown, sampler state, filter mask, held locks, deferred frees, stack facts, registration; the exit hooks |
+//! | `thread/` | the one thread-local and its plain parts: counters and countdown, sampler state, filter mask, held locks, deferred frees, stack facts, registration, label-set ids; the exit hooks |
 //! | `support/` | locks with ranks, the reentrancy guard, the registry of threads, memory mappings |
+//! | `labels/` | label sets: the table that interns them, scopes, the future wrapper, the tracing layer |
 //! | `record/` | the slow path: stack capture, the site table, the sampled-block set, spare blocks, the peak copy |
 //! | `fast.rs` | the fast path: `Profiler`'s `GlobalAlloc` |
 //! | `output/` | one path from a source (live, peak, delta) to a format (pprof, text, snapshot), with symbols |
@@ -305,7 +352,8 @@
 //! countdown (`thread/counters.rs`); when the countdown runs out,
 //! `record::alloc` asks `record/countdown.rs` whether it is a sample, and
 //! `record::alloc_sampled` obtains its block and records its stack
-//! (`record/stack.rs`) at its site (`record/sites.rs`) and the live block
+//! (`record/stack.rs`) and the thread's label set (`labels/`) at its site
+//! (`record/sites.rs`) and the live block
 //! in the set (`record/blocks.rs`). A free: `fast.rs` tests the mask, and
 //! `record/free.rs` finds the block in the set and credits its site.
 //!
@@ -321,6 +369,7 @@ mod dump;
 mod fast;
 #[cfg(feature = "http")]
 pub mod http;
+mod labels;
 mod output;
 mod process;
 #[cfg(feature = "pyroscope")]
@@ -334,6 +383,7 @@ use std::io;
 
 pub use dump::{AutoDump, AutoDumpHandle, ProfileGuard};
 pub use fast::Profiler;
+pub use labels::{FutureExt, Labeled, current_labels, set_thread_label, with_labels};
 pub use output::snapshot::{
     Frame, FunctionBytes, SampleType, Site, Snapshot, Stats, snapshot, stats,
 };
@@ -361,7 +411,9 @@ pub fn write_profile<W: io::Write>(w: W) -> io::Result<()> {
 /// a `heap profile: …` header, one record per site with its addresses and
 /// symbolized `#` lines, the exact counters of [`stats()`] in a
 /// `# heapprof stats` trailer, and the memory map. People can read it
-/// without tools; `go tool pprof <binary> <file>` reads it too.
+/// without tools; `go tool pprof <binary> <file>` reads it too. A
+/// labelled site's record is followed by a `# labels: {"tenant":"acme"}`
+/// line, which pprof skips: the format has no place for labels.
 ///
 /// # Errors
 ///

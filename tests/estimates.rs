@@ -417,10 +417,20 @@ fn every_location_is_in_a_listed_mapping() {
 }
 
 /// No `bytes` label: a site mixes block sizes, so no one size is true of its
-/// samples the way Go's (keyed by stack and size) is.
+/// samples the way Go's (keyed by stack and size) is. The one label of a
+/// program that sets none is the string label naming the thread.
 #[test]
-fn samples_have_no_labels() {
-    assert!(held().sample.iter().all(|s| s.label.is_empty()));
+fn samples_have_no_bytes_label_only_the_thread_label() {
+    let p = held();
+    for s in &p.sample {
+        let keys: Vec<&str> = s.label.iter().map(|l| string(p, l.key)).collect();
+        assert_eq!(keys, ["thread"], "{:?}", s.label);
+        assert!(
+            s.label
+                .iter()
+                .all(|l| l.str != 0 && l.num == 0 && l.num_unit == 0)
+        );
+    }
 }
 
 #[test]

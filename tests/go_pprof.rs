@@ -127,7 +127,11 @@ fn go_tool_pprof_reads_our_profiles() {
         .expect("a trace through add_map")
         .lines()
         .filter(|l| {
-            !l.trim().is_empty() && !l.contains("bytes:") && !l.trim_start().starts_with("---")
+            // A trace opens with its labels (`thread:  name`).
+            !l.trim().is_empty()
+                && !l.contains("bytes:")
+                && !l.trim_start().starts_with("thread:")
+                && !l.trim_start().starts_with("---")
         })
         .collect();
     let at = |name: &str| {

@@ -112,6 +112,9 @@ pub(crate) struct Config {
     /// `HEAPPROF_PYROSCOPE_*`: push profiles to Pyroscope.
     #[cfg_attr(not(feature = "pyroscope"), allow(dead_code))]
     pub pyroscope: Pyroscope,
+    /// `HEAPPROF_THREAD_LABEL=0`: no automatic `thread` label on samples
+    /// (`labels/`).
+    pub thread_label: bool,
 }
 
 /// Where and how to push profiles to Pyroscope, from the environment.
@@ -220,6 +223,11 @@ pub(crate) fn get() -> &'static Config {
             ),
             cgroup_dir: var("HEAPPROF_CGROUP_DIR").map(PathBuf::from),
             pyroscope: pyroscope(),
+            thread_label: read("HEAPPROF_THREAD_LABEL", "0 or 1", true, |s| match s {
+                "0" => Some(false),
+                "1" => Some(true),
+                _ => None,
+            }),
         }
     })
 }

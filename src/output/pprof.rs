@@ -11,8 +11,10 @@
 //! | 2     | inuse_objects | count | the same, minus sampled frees          |
 //! | 3     | inuse_space   | bytes | the same, minus sampled frees          |
 //!
-//! where `w = 1/(1 - exp(-size/rate))` (see `sample::weight`). Samples
-//! carry no `bytes` label (see `add_site`): a site mixes block sizes.
+//! where `w = 1/(1 - exp(-size/rate))` (see `sample::weight`). A sample
+//! carries its site's labels (`labels/`) as string labels, the same on all
+//! four values; no `bytes` label (see `add_site`): a site mixes block
+//! sizes.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -21,6 +23,7 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use prost::Message;
 
+use crate::labels::{self, LabelSetId};
 use crate::output::proto;
 use crate::output::symbolize::{self, Symbols};
 use crate::record::sites::SiteCopy;
@@ -74,6 +77,7 @@ impl Options {
 /// spare sampled blocks, and what symbolization keeps. Takes no lock.
 pub(crate) fn profiler_bytes() -> usize {
     crate::record::sites::memory_bytes()
+        + labels::memory_bytes()
         + crate::record::blocks::memory_bytes()
         + crate::record::spare::bytes()
         + symbolize::memory_bytes()
@@ -125,6 +129,7 @@ fn build_here(sites: &[SiteCopy], rate: usize, options: Options) -> proto::Profi
         strings: StringTable::new(),
         functions: HashMap::new(),
         locations: HashMap::new(),
+        labels: HashMap::new(),
         mappings: mappings::current(),
         profile: proto::Profile::default(),
         resolved,
@@ -246,6 +251,8 @@ struct Builder {
     functions: HashMap<(String, String, String), u64>,
     /// (address, innermost lines trimmed) → location id.
     locations: HashMap<Shown, u64>,
+    /// A label set's labels as samples carry them.
+    labels: HashMap<LabelSetId, Vec<proto::Label>>,
     mappings: Vec<Mapping>,
     profile: proto::Profile,
     resolved: HashMap<usize, Symbols>,
@@ -321,6 +328,7 @@ impl Builder {
         // block size, so its label is the size of every block the sample
         // stands for; a site here mixes sizes, and any one number (the
         // mean over freed and live blocks alike) would misread in `-tags`.
+        let label = self.labels(site.labels);
         self.profile.sample.push(proto::Sample {
             location_id,
             value: vec![
@@ -329,8 +337,25 @@ impl Builder {
                 round(c.alloc_objects_est - c.free_objects_est),
                 round(c.alloc_bytes_est - c.free_bytes_est),
             ],
-            ..Default::default()
+            label,
         });
+    }
+
+    /// The string labels of a sample of label set `set`.
+    fn labels(&mut self, set: LabelSetId) -> Vec<proto::Label> {
+        if let Some(labels) = self.labels.get(&set) {
+            return labels.clone();
+        }
+        let labels: Vec<proto::Label> = labels::table::get(set)
+            .iter()
+            .map(|&(key, value)| proto::Label {
+                key: self.strings.get(key),
+                str: self.strings.get(value),
+                ..Default::default()
+            })
+            .collect();
+        self.labels.insert(set, labels.clone());
+        labels
     }
 
     /// The site's locations, leaf first, allocation machinery trimmed (see

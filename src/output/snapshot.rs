@@ -33,8 +33,9 @@ pub struct Stats {
     pub allocated_bytes: u64,
     /// Bytes released by all frees.
     pub freed_bytes: u64,
-    /// Memory heapprof holds for itself: the site table, the set of live
-    /// sampled blocks and the symbol cache, and spare sampled blocks (freed
+    /// Memory heapprof holds for itself: the site table, the label sets,
+    /// the set of live sampled blocks and the symbol cache, and spare
+    /// sampled blocks (freed
     /// by the program and counted as freed above, but kept by heapprof for
     /// reuse).
     pub profiler_bytes: u64,
@@ -88,13 +89,18 @@ pub struct Frame {
     pub line: u32,
 }
 
-/// An allocation site: a stack and what was allocated there. Values are
-/// estimates (exact at sample rate 1).
+/// An allocation site: a stack, the labels its allocations were made
+/// under, and what was allocated there. Values are estimates (exact at
+/// sample rate 1).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Site {
     /// Leaf first (the function that allocated), inlined frames expanded,
     /// allocation machinery trimmed as in the pprof output.
     pub frames: Vec<Frame>,
+    /// The labels ([`with_labels`](crate::with_labels), the `thread`
+    /// label), sorted by key; the same stack under other labels is
+    /// another site.
+    pub labels: Vec<(String, String)>,
     /// Allocations made at this site.
     pub alloc_objects: i64,
     /// Bytes allocated at this site.
@@ -108,6 +114,11 @@ pub struct Site {
 impl Site {
     fn mentions(&self, name: &str) -> bool {
         self.frames.iter().any(|f| f.function.contains(name))
+    }
+
+    /// Whether the site carries the label `key=value`.
+    pub fn has_label(&self, key: &str, value: &str) -> bool {
+        self.labels.iter().any(|(k, v)| k == key && v == value)
     }
 }
 
@@ -246,6 +257,28 @@ impl Snapshot {
     /// Blocks ever allocated in functions whose name contains `name` (cum).
     pub fn alloc_objects_in(&self, name: &str) -> i64 {
         self.sum_where(name, |s| s.alloc_objects)
+    }
+
+    /// Live bytes allocated under the label `key=value` (all sites that
+    /// carry it, as `go tool pprof -tagfocus key=value` counts them, but
+    /// matching the value exactly), whichever thread or task freed the
+    /// rest.
+    pub fn inuse_bytes_with_label(&self, key: &str, value: &str) -> i64 {
+        self.sum_labelled(key, value, |s| s.inuse_bytes)
+    }
+
+    /// Bytes ever allocated under the label `key=value` (see
+    /// [`inuse_bytes_with_label`](Snapshot::inuse_bytes_with_label)).
+    pub fn alloc_bytes_with_label(&self, key: &str, value: &str) -> i64 {
+        self.sum_labelled(key, value, |s| s.alloc_bytes)
+    }
+
+    fn sum_labelled(&self, key: &str, value: &str, of: fn(&Site) -> i64) -> i64 {
+        self.sites
+            .iter()
+            .filter(|s| s.has_label(key, value))
+            .map(of)
+            .sum()
     }
 
     /// Live bytes in all sites.
@@ -552,6 +585,7 @@ fn sites_of(p: &proto::Profile) -> Vec<Site> {
                 .collect();
             Site {
                 frames,
+                labels: s.label.iter().map(|l| (text(l.key), text(l.str))).collect(),
                 alloc_objects: s.value[0],
                 alloc_bytes: s.value[1],
                 inuse_objects: s.value[2],
@@ -572,8 +606,9 @@ mod tests {
     /// lock held by another thread, it still returns.
     #[test]
     fn stats_takes_no_table_lock() {
-        const TABLES: [EachLock; 5] = [
+        const TABLES: [EachLock; 6] = [
             crate::output::symbolize::each_lock,
+            crate::labels::each_lock,
             crate::record::sites::each_lock,
             crate::record::spare::each_lock,
             crate::record::peak::each_lock,

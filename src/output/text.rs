@@ -38,6 +38,16 @@
 //! at least one object. The real sampling rate is in the trailer
 //! (`# sample_rate`).
 //!
+//! # Labels
+//!
+//! The format has no place for labels: pprof's reader takes a record's
+//! numbers and addresses and skips `#` lines. A labelled site's record is
+//! followed by a `# labels: {"tenant":"acme", "thread":"main"}` line, as
+//! Go's text goroutine profile prints them, for people to read, and the
+//! header's comments say that pprof does not see them; `-tagfocus` and
+//! its kin need the binary profile. The same stack under two label sets
+//! is two records, which pprof adds together.
+//!
 //! # The memory map
 //!
 //! Rust executables are position independent, so the addresses mean
@@ -50,6 +60,7 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 
+use crate::labels::table::Label;
 use crate::output::pprof;
 use crate::output::symbolize::{self, Symbols};
 use crate::record::sites::{SiteCopy, SiteCounts};
@@ -102,6 +113,9 @@ fn write_here<W: Write>(
     for c in comments {
         writeln!(w, "# {c}")?;
     }
+    if records.iter().any(|r| !r.labels.is_empty()) {
+        writeln!(w, "# {LABELS_NOTE}")?;
+    }
     for r in &records {
         let v = r.values;
         write!(w, "{}: {} [{}: {}] @", v[0], v[1], v[2], v[3])?;
@@ -123,6 +137,14 @@ fn write_here<W: Write>(
         }
         if r.overflow {
             writeln!(w, "#\t0x0\t{}", pprof::OVERFLOW_FUNCTION)?;
+        }
+        if !r.labels.is_empty() {
+            write!(w, "# labels: {{")?;
+            for (i, (k, v)) in r.labels.iter().enumerate() {
+                let sep = if i == 0 { "" } else { ", " };
+                write!(w, "{sep}{k:?}:{v:?}")?;
+            }
+            writeln!(w, "}}")?;
         }
         writeln!(w)?;
     }
@@ -175,12 +197,18 @@ fn write_stats<W: Write>(
     Ok(())
 }
 
+/// Says where a text profile's labels are, and that pprof does not read
+/// them.
+pub(crate) const LABELS_NOTE: &str = "heapprof: samples carry labels, shown on `# labels:` lines; \
+     this format cannot give them to pprof (-tagfocus, -tags need the binary profile)";
+
 /// A site's record: its estimates `[inuse objects, inuse bytes, alloc
-/// objects, alloc bytes]`, rounded, and the frames to print.
+/// objects, alloc bytes]`, rounded, the frames to print and its labels.
 struct SiteRecords {
     values: [i64; 4],
     frames: Vec<pprof::Shown>,
     overflow: bool,
+    labels: &'static [Label],
 }
 
 impl SiteRecords {
@@ -197,6 +225,7 @@ impl SiteRecords {
             ],
             frames: pprof::trim(&site.frames, resolved),
             overflow: site.overflow,
+            labels: crate::labels::table::get(site.labels),
         }
     }
 }
@@ -223,6 +252,7 @@ mod tests {
             frames,
             counts,
             overflow: false,
+            labels: crate::labels::LabelSetId::NONE,
         }
     }
 
@@ -245,6 +275,40 @@ mod tests {
                 v.try_into().unwrap()
             })
             .collect()
+    }
+
+    /// A labelled site's record is followed by its labels, and the header
+    /// says pprof does not read them; an unlabelled profile has neither.
+    #[test]
+    fn labels_follow_their_record_and_the_header_says_pprof_skips_them() {
+        let set = crate::labels::table::merge(
+            crate::labels::LabelSetId::NONE,
+            &[("tenant", "text-acme"), ("note", "a \"quoted\" value")],
+        );
+        let mut labelled = site(vec![0x5000], &[(64, 1, false)]);
+        labelled.labels = set;
+        let write_out = |sites: &[SiteCopy]| {
+            let mut out = Vec::new();
+            write(&mut out, sites, 1, &crate::Stats::default(), &[]).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let text = write_out(&[labelled, site(vec![0x6000], &[(64, 1, false)])]);
+        assert!(text.contains(&format!("# {LABELS_NOTE}\n")), "{text}");
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("# labels:"))
+            .collect();
+        assert_eq!(
+            lines,
+            [r#"# labels: {"note":"a \"quoted\" value", "tenant":"text-acme"}"#],
+            "{text}"
+        );
+        assert_eq!(records(&text).len(), 2);
+        let plain = write_out(&[site(vec![0x6000], &[(64, 1, false)])]);
+        assert!(
+            !plain.contains("# labels:") && !plain.contains(LABELS_NOTE),
+            "{plain}"
+        );
     }
 
     /// Samples taken at rate 1 and at 512 KiB, of mixed sizes, some freed:

@@ -33,15 +33,17 @@
 use std::sync::Once;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
+use crate::labels;
 use crate::output::symbolize;
 use crate::record::{blocks, peak, sites, spare};
 use crate::support::lock::EachLock;
 use crate::support::{mappings, reentry, registry};
 
 /// Every lock `fork` takes, by module, in rank order.
-const FORK_LOCKS: [EachLock; 7] = [
+const FORK_LOCKS: [EachLock; 8] = [
     mappings::each_lock,
     symbolize::each_lock,
+    labels::each_lock,
     sites::each_lock,
     spare::each_lock,
     peak::each_lock,

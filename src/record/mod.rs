@@ -8,7 +8,8 @@
 //! fast.rs          Profiler::alloc: count, charge the countdown → ran out
 //! record/mod.rs    alloc → countdown::expired (a sample? its weight)
 //!                  alloc_sampled: obtain a block, record it
-//!                  record: stack::capture → sites::record_alloc (the site)
+//!                  record: stack::capture → labels::for_sample (its set)
+//!                          → sites::record_alloc (the site)
 //!                          → blocks::insert (the live block) → peak::on_alloc
 //! ```
 //!
@@ -216,7 +217,8 @@ struct Sample {
 fn record(s: Sample, trackable: bool) -> bool {
     let stack = stack::capture();
     let frames = stack.frames();
-    let site = sites::record_alloc(frames, stack::hash(frames), s.size, s.weight);
+    let labels = crate::labels::for_sample();
+    let site = sites::record_alloc(frames, stack::hash(frames), labels, s.size, s.weight);
     let entry = Entry {
         site,
         weight: s.weight,

@@ -1,10 +1,12 @@
-//! The site table: one entry per allocation site (stack), holding what
-//! was sampled there.
+//! The site table: one entry per allocation site (stack and label set),
+//! holding what was sampled there.
 //!
 //! Like Go's `mprof.go` buckets, each one counts allocations and frees
 //! credited back to it, so `inuse = alloc - free` per site. Unlike Go's,
-//! sites are keyed by stack alone (not stack + size), so a site holds
-//! estimates already weighted per sample (see `sample/mod.rs`, Weights).
+//! sites are keyed by stack and labels (`labels/`), not stack + size, so
+//! a site holds estimates already weighted per sample (see
+//! `sample/mod.rs`, Weights). The same stack under two label sets is two
+//! sites.
 //!
 //! The table is split into stripes, each behind its own lock, picked by the
 //! stack hash, so threads that sample at the same time rarely meet. Memory
@@ -37,6 +39,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use crate::support::lock::{Lockable, Mutex, rank};
 
 use crate::config;
+use crate::labels::LabelSetId;
 
 const STRIPES: usize = 64;
 /// Average frames per stored stack the frame budget allows for.
@@ -104,9 +107,14 @@ impl SiteCounts {
 
 struct StoredSite {
     frames_start: u32,
-    frames_len: u32,
+    frames_len: u16,
+    /// The site's label set (`labels::table` ids fit 16 bits).
+    labels: u16,
     counts: SiteCounts,
 }
+
+const _: () = assert!(crate::record::stack::MAX_FRAMES <= u16::MAX as usize);
+const _: () = assert!(crate::labels::table::MAX_LABEL_SETS <= u16::MAX as usize + 1);
 
 #[derive(Default)]
 struct Stripe {
@@ -165,8 +173,16 @@ static TABLE: Table = Table {
 };
 
 /// Records a sampled allocation of `size` bytes with `weight` at the site
-/// `frames` (leaf first, already hashed to `hash`).
-pub(crate) fn record_alloc(frames: &[usize], hash: u64, size: usize, weight: f64) -> SiteId {
+/// of the stack `frames` (leaf first, already hashed to `hash`) and the
+/// label set `labels`.
+pub(crate) fn record_alloc(
+    frames: &[usize],
+    hash: u64,
+    labels: LabelSetId,
+    size: usize,
+    weight: f64,
+) -> SiteId {
+    let hash = site_key(hash, labels);
     // Bits 32..38: the stripe's map uses the low bits of the same hash to
     // place a key and the top 7 as its tag, so picking stripes by either
     // would leave each stripe's keys alike in the bits its map relies on.
@@ -199,12 +215,21 @@ pub(crate) fn record_alloc(frames: &[usize], hash: u64, size: usize, weight: f64
     counts.add_alloc(size, weight);
     stripe.sites.push(StoredSite {
         frames_start,
-        frames_len: frames.len() as u32,
+        frames_len: frames.len() as u16,
+        labels: labels.0 as u16,
         counts,
     });
     stripe.by_hash.insert(hash, index);
     TABLE.bytes.fetch_add(stripe.bytes() - held_before, Relaxed);
     SiteId((stripe_index as u32) << SiteId::INDEX_BITS | index)
+}
+
+/// The key of a site: its stack's hash, mixed with its label set's id
+/// times 2^64 / φ (odd, so distinct ids give distinct products, whose
+/// high bits, which pick the stripe and the map's tag, differ too); a
+/// site with no labels keeps the stack's hash.
+fn site_key(stack_hash: u64, labels: LabelSetId) -> u64 {
+    stack_hash ^ u64::from(labels.0).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// Makes room for `extra` more elements, growing by an eighth of the
@@ -267,6 +292,9 @@ pub(crate) struct SiteCopy {
     pub frames: Vec<usize>,
     pub counts: SiteCounts,
     pub overflow: bool,
+    /// The site's labels; none for the overflow site, which gathers
+    /// samples of every label set.
+    pub labels: LabelSetId,
 }
 
 /// Copies every site out of the table, one stripe lock at a time, so
@@ -298,6 +326,7 @@ pub(crate) fn try_snapshot() -> Option<Vec<SiteCopy>> {
                 frames,
                 counts: site.counts,
                 overflow: false,
+                labels: LabelSetId(site.labels.into()),
             });
         }
     }
@@ -308,6 +337,7 @@ pub(crate) fn try_snapshot() -> Option<Vec<SiteCopy>> {
             frames: Vec::new(),
             counts: overflow,
             overflow: true,
+            labels: LabelSetId::NONE,
         });
     }
     Some(sites)
@@ -329,18 +359,19 @@ pub(crate) fn site_counts() -> (usize, usize) {
 
 /// What happened between two copies of the table: each site of `later`
 /// with `earlier`'s counts subtracted (sites new since `earlier` are kept
-/// whole). Counts only grow, so alloc values are what was allocated in
-/// between and inuse values are the change in live memory.
+/// whole), sites matched by stack and labels. Counts only grow, so alloc
+/// values are what was allocated in between and inuse values are the
+/// change in live memory.
 pub(crate) fn delta(later: &[SiteCopy], earlier: &[SiteCopy]) -> Vec<SiteCopy> {
-    let before: HashMap<(&[usize], bool), &SiteCounts> = earlier
+    let before: HashMap<(&[usize], bool, LabelSetId), &SiteCounts> = earlier
         .iter()
-        .map(|s| ((s.frames.as_slice(), s.overflow), &s.counts))
+        .map(|s| ((s.frames.as_slice(), s.overflow, s.labels), &s.counts))
         .collect();
     later
         .iter()
         .map(|s| {
             let mut site = s.clone();
-            if let Some(b) = before.get(&(s.frames.as_slice(), s.overflow)) {
+            if let Some(b) = before.get(&(s.frames.as_slice(), s.overflow, s.labels)) {
                 site.counts = s.counts.minus(b);
             }
             site
@@ -348,8 +379,9 @@ pub(crate) fn delta(later: &[SiteCopy], earlier: &[SiteCopy]) -> Vec<SiteCopy> {
         .collect()
 }
 
-/// godeltaprof's `delta_heap` between two copies of the table: each site
-/// of `later` with its alloc values as what was allocated since `earlier`
+/// godeltaprof's `delta_heap` between two copies of the table (sites
+/// matched by stack and labels): each site of `later` with its alloc
+/// values as what was allocated since `earlier`
 /// and its inuse values as they are in `later` (not their change). The
 /// sampled counts stay `later`'s, so that the live sampled blocks are
 /// counted as they are. A site with neither an allocation in between nor
@@ -359,16 +391,16 @@ pub(crate) fn delta(later: &[SiteCopy], earlier: &[SiteCopy]) -> Vec<SiteCopy> {
 /// values across profiles and averages inuse values) gets every
 /// allocation once and the live heap as it was at each profile.
 pub(crate) fn alloc_delta(later: &[SiteCopy], earlier: &[SiteCopy]) -> Vec<SiteCopy> {
-    let before: HashMap<(&[usize], bool), &SiteCounts> = earlier
+    let before: HashMap<(&[usize], bool, LabelSetId), &SiteCounts> = earlier
         .iter()
-        .map(|s| ((s.frames.as_slice(), s.overflow), &s.counts))
+        .map(|s| ((s.frames.as_slice(), s.overflow, s.labels), &s.counts))
         .collect();
     later
         .iter()
         .filter_map(|s| {
             let zero = SiteCounts::default();
             let b = before
-                .get(&(s.frames.as_slice(), s.overflow))
+                .get(&(s.frames.as_slice(), s.overflow, s.labels))
                 .copied()
                 .unwrap_or(&zero);
             let c = &s.counts;

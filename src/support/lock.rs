@@ -64,20 +64,24 @@ pub(crate) mod rank {
     pub(crate) const MAPPINGS: u8 = 3;
     /// The symbol cache (`output/symbolize.rs`).
     pub(crate) const SYMBOLS: u8 = 4;
+    /// The label-set table (`labels/table.rs`): taken alone, inside the
+    /// guard, on a sampled allocation after its stack is captured and
+    /// before its site is, on entering a scope, and by profile builds.
+    pub(crate) const LABELS: u8 = 5;
     /// The site table's stripes and overflow site (`record/sites.rs`).
-    pub(crate) const SITES: u8 = 5;
+    pub(crate) const SITES: u8 = 6;
     /// The spare pools (`record/spare.rs`).
-    pub(crate) const SPARE: u8 = 6;
+    pub(crate) const SPARE: u8 = 7;
     /// The peak copy (`record/peak.rs`).
-    pub(crate) const PEAK: u8 = 7;
+    pub(crate) const PEAK: u8 = 8;
     /// The registry of threads' counters (`support/registry.rs`).
-    pub(crate) const REGISTRY: u8 = 8;
+    pub(crate) const REGISTRY: u8 = 9;
     /// The list of threads' mask copies (`support/registry.rs`).
-    pub(crate) const MASKS: u8 = 9;
+    pub(crate) const MASKS: u8 = 10;
     /// The sampled set's stripes (`record/blocks.rs`).
-    pub(crate) const BLOCKS: u8 = 10;
+    pub(crate) const BLOCKS: u8 = 11;
     /// How many ranks there are.
-    pub(crate) const COUNT: usize = 11;
+    pub(crate) const COUNT: usize = 12;
 
     /// Whether a free on a thread that holds a lock of this rank must
     /// not take the free path's locks: every rank from [`SITES`] on. The

@@ -14,6 +14,7 @@
 //! ([`arm_exit_hooks`]).
 
 pub(crate) mod counters;
+pub(crate) mod labels;
 
 use std::cell::Cell;
 use std::sync::OnceLock;
@@ -21,6 +22,7 @@ use std::sync::atomic::AtomicUsize;
 
 use crate::sample::ThreadSampler;
 use counters::Counters;
+use labels::LabelState;
 
 #[repr(C, align(64))]
 pub(crate) struct Local {
@@ -42,11 +44,15 @@ pub(crate) struct Local {
     pub(crate) stack: StackFacts,
     /// Where the thread is with the registry (`support/registry.rs`).
     pub(crate) registration: Cell<Registration>,
+    /// The label sets in force and derived (`labels/`), slow path only.
+    pub(crate) labels: LabelState,
 }
 
 // The fast path's fields (the mask, the countdown, the allocation and free
 // counters) fit in the first cache line.
 const _: () = assert!(std::mem::offset_of!(Local, counters) + counters::FAST_FIELDS_END <= 64);
+// The label state, touched on the slow path only, stays off that line.
+const _: () = assert!(std::mem::offset_of!(Local, labels) >= 64);
 
 thread_local! {
     static LOCAL: Local = const {
@@ -58,6 +64,7 @@ thread_local! {
             deferred: DeferredFrees::new(),
             stack: StackFacts::new(),
             registration: Cell::new(Registration::NotListed),
+            labels: LabelState::new(),
         }
     };
     static EXIT_HOOK: ExitHook = const { ExitHook };

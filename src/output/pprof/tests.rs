@@ -38,6 +38,7 @@ fn site(frames: &[usize], counts: SiteCounts) -> SiteCopy {
         frames: frames.to_vec(),
         counts,
         overflow: false,
+        labels: LabelSetId::NONE,
     }
 }
 
@@ -57,6 +58,7 @@ fn sites() -> Vec<SiteCopy> {
             frames: Vec::new(),
             counts: counts(&[(8, 1.0), (8, 1.0)], &[]),
             overflow: true,
+            labels: LabelSetId::NONE,
         },
         site(&[C], counts(&[], &[(50, 1.0)])),
     ]
@@ -122,6 +124,44 @@ fn values_are_the_rounded_estimates() {
         p.sample.iter().all(|s| s.label.is_empty()),
         "no bytes label"
     );
+}
+
+/// A labelled site's sample carries its labels as string labels (key and
+/// value in the string table), the same whichever value pprof shows; the
+/// same stack under another set is another sample.
+#[test]
+fn a_labelled_site_carries_its_labels_as_string_labels() {
+    let acme = crate::labels::table::merge(
+        LabelSetId::NONE,
+        &[("tenant", "pprof-acme"), ("route", "/p")],
+    );
+    let globex = crate::labels::table::merge(LabelSetId::NONE, &[("tenant", "pprof-globex")]);
+    let mut a = site(&[A, B], counts(&[(100, 1.0)], &[]));
+    a.labels = acme;
+    let mut g = site(&[A, B], counts(&[(200, 1.0)], &[(200, 1.0)]));
+    g.labels = globex;
+    let p = build(&[a, g], 1, Options::default());
+    let labels: Vec<Vec<(&str, &str)>> = p
+        .sample
+        .iter()
+        .map(|s| {
+            assert!(s.label.iter().all(|l| l.num == 0 && l.num_unit == 0));
+            s.label
+                .iter()
+                .map(|l| (string(&p, l.key), string(&p, l.str)))
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            vec![("route", "/p"), ("tenant", "pprof-acme")],
+            vec![("tenant", "pprof-globex")],
+        ]
+    );
+    assert_eq!(p.sample[0].value, [1, 100, 1, 100]);
+    assert_eq!(p.sample[1].value, [1, 200, 0, 0]);
+    assert_eq!(p.sample[0].location_id, p.sample[1].location_id);
 }
 
 /// The string table starts with "" and holds each string once; location

@@ -19,7 +19,7 @@ fn stack_of(test: usize, which: usize, len: usize) -> Vec<usize> {
 }
 
 fn alloc(frames: &[usize], size: usize, weight: f64) -> SiteId {
-    record_alloc(frames, stack::hash(frames), size, weight)
+    record_alloc(frames, stack::hash(frames), LabelSetId::NONE, size, weight)
 }
 
 /// The site of `frames` in a fresh copy of the table.
@@ -149,6 +149,7 @@ fn delta_keeps_the_overflow_site_apart() {
         frames: Vec::new(),
         counts: counts(allocs),
         overflow,
+        labels: LabelSetId::NONE,
     };
     let earlier = [site(true, 5), site(false, 2)];
     let later = [site(true, 7), site(false, 3)];
@@ -340,6 +341,7 @@ fn copied_site(frame: usize, counts: [f64; 4], sampled: [u64; 2]) -> SiteCopy {
             free_bytes_est: counts[3],
         },
         overflow: false,
+        labels: LabelSetId::NONE,
     }
 }
 
@@ -394,4 +396,36 @@ fn alloc_delta_keeps_inuse_absolute() {
     let whole = alloc_delta(&later, &[]);
     assert_eq!(whole.len(), 4);
     assert_eq!(whole[0].counts.alloc_bytes_est, 1500.0);
+}
+
+/// One stack under two label sets is two sites, each with its set, and a
+/// delta keeps them apart.
+#[test]
+fn a_stack_under_two_label_sets_is_two_sites() {
+    let _tables = tables_shared();
+    let frames = stack_of(9, 0, 4);
+    let hash = stack::hash(&frames);
+    let (a, b) = (LabelSetId(3001), LabelSetId(3002));
+    let first = record_alloc(&frames, hash, a, 100, 1.0);
+    let second = record_alloc(&frames, hash, b, 200, 1.0);
+    let none = record_alloc(&frames, hash, LabelSetId::NONE, 400, 1.0);
+    assert_ne!(first, second);
+    assert_ne!(first, none);
+    assert_eq!(record_alloc(&frames, hash, a, 100, 1.0), first);
+    let earlier = snapshot();
+    record_alloc(&frames, hash, b, 200, 1.0);
+    let later = snapshot();
+    let of = |sites: &[SiteCopy], labels| {
+        sites
+            .iter()
+            .find(|s| s.frames == frames && s.labels == labels)
+            .map(|s| s.counts.sampled_alloc_bytes)
+    };
+    assert_eq!(of(&later, a), Some(200));
+    assert_eq!(of(&later, b), Some(400));
+    assert_eq!(of(&later, LabelSetId::NONE), Some(400));
+    let d = delta(&later, &earlier);
+    assert_eq!(of(&d, a), Some(0));
+    assert_eq!(of(&d, b), Some(200));
+    assert_eq!(of(&d, LabelSetId::NONE), Some(0));
 }

@@ -1,0 +1,216 @@
+//! Labels: which tenant, request or task an allocation was made for.
+//!
+//! A thread has one label set in force ([`crate::thread::Local`]'s
+//! `labels.current`, an id into the table of `table.rs`). Scopes put a set
+//! in force and restore the one before when they end:
+//! [`with_labels`] around a closure, a [`Labeled`] future around each of
+//! its polls, an entered span of a [`tracing`] layer. Entering interns the
+//! merged set (the outer labels plus the scope's, the scope's winning on a
+//! shared key), inside the reentrancy guard; leaving is one store.
+//!
+//! A sampled allocation reads the set once, on the sampled path
+//! ([`for_sample`], after its stack is captured), adds the thread's
+//! `thread` label unless that is turned off, and its site is keyed by
+//! stack and set (`record/sites.rs`): a block keeps the labels it was
+//! allocated under until it is freed, whichever thread frees it. The fast
+//! path never looks at labels.
+
+pub(crate) mod future;
+pub(crate) mod table;
+
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+
+use crate::support::reentry;
+use crate::thread::{self, labels::UNKNOWN};
+pub(crate) use table::{LabelSetId, each_lock, memory_bytes};
+
+/// The key of the automatic label that names the thread.
+pub(crate) const THREAD_KEY: &str = "thread";
+
+/// What [`set_thread_label`] said: nothing yet (the configuration
+/// decides), on, or off.
+static THREAD_LABEL: AtomicU8 = AtomicU8::new(FOLLOW_CONFIG);
+const FOLLOW_CONFIG: u8 = 0;
+const ON: u8 = 1;
+const OFF: u8 = 2;
+
+/// Runs `f` with `labels` added to this thread's labels: every allocation
+/// sampled on this thread until `f` returns carries them, in every sample
+/// type of the profiles (pprof `Sample.label`, for `go tool pprof
+/// -tagfocus tenant=acme`, `-tags`, `-tagroot`), and in [`Snapshot`]s.
+///
+/// ```no_run
+/// # fn handle() {}
+/// heapprof::with_labels(&[("tenant", "acme"), ("route", "/api/x")], || handle());
+/// ```
+///
+/// * Scopes nest: an inner one adds its keys and overrides the outer
+///   one's values for the same keys; the outer labels are back when it
+///   returns, or unwinds.
+/// * A block keeps the labels it was allocated with until it is freed,
+///   by whichever thread or task: in-use memory by label stays right.
+/// * Keys and values are copied, so strings made at run time work. An
+///   empty key is left out; a key or value over 128 bytes is cut and ends
+///   in `…`; a set of more than 16 labels keeps 15 and
+///   `heapprof_overflow=labels per set`. The table holds at most 4 096
+///   distinct sets (1 MiB); past that, samples carry
+///   `heapprof_overflow=label sets` instead of their labels, so keep
+///   unbounded values (request ids) out of labels.
+/// * Entering interns the set (a lock and a hash, about as costly as a
+///   small allocation); leaving is a store. Allocations that are not
+///   sampled never look at labels.
+///
+/// For async code, where a task moves between threads, label the future
+/// instead: [`Labeled`], [`FutureExt::heap_labels`].
+///
+/// [`Snapshot`]: crate::Snapshot
+pub fn with_labels<R>(labels: &[(&str, &str)], f: impl FnOnce() -> R) -> R {
+    let set = {
+        let _inside = reentry::Inside::enter();
+        table::merge(current(), labels)
+    };
+    let _scope = Scope::enter(set);
+    f()
+}
+
+/// The labels an allocation sampled now, on this thread, would carry:
+/// those of the scopes the thread is in, and its `thread` label unless
+/// turned off; sorted by key. For debugging.
+pub fn current_labels() -> Vec<(String, String)> {
+    let set = {
+        let _inside = reentry::Inside::enter();
+        for_sample()
+    };
+    labels_of(set)
+        .iter()
+        .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// Turns the automatic `thread` label on or off for the samples taken
+/// from now on, in place of `HEAPPROF_THREAD_LABEL` (on by default).
+///
+/// The label is the thread's name as the operating system has it (what
+/// `top -H` shows), read at the thread's first sample: a Rust thread's
+/// name cut to 15 bytes, the Linux limit (`tokio-runtime-w`), `main` for
+/// the main thread. Reading it there, rather than through
+/// `std::thread::current()`, works in any thread and cannot recurse into
+/// the allocator. A label `thread` of the program's own wins over it.
+pub fn set_thread_label(on: bool) {
+    THREAD_LABEL.store(if on { ON } else { OFF }, Relaxed);
+}
+
+fn thread_label_on() -> bool {
+    match THREAD_LABEL.load(Relaxed) {
+        ON => true,
+        OFF => false,
+        _ => crate::config::get().thread_label,
+    }
+}
+
+/// The labels of `set`, for a caller outside the profiler.
+pub(crate) fn labels_of(set: LabelSetId) -> &'static [table::Label] {
+    let _inside = reentry::Inside::enter();
+    table::get(set)
+}
+
+/// The set in force on this thread.
+pub(crate) fn current() -> LabelSetId {
+    LabelSetId(thread::with(|l| l.labels.current.get()).unwrap_or(0))
+}
+
+/// A set in force on this thread until dropped, which restores the one
+/// before (also when unwinding).
+pub(crate) struct Scope {
+    outer: u32,
+}
+
+impl Scope {
+    pub(crate) fn enter(set: LabelSetId) -> Scope {
+        Scope {
+            outer: thread::with(|l| l.labels.current.replace(set.0)).unwrap_or(0),
+        }
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        thread::with(|l| l.labels.current.set(self.outer));
+    }
+}
+
+/// The set a sample taken now on this thread carries: the set in force,
+/// with the `thread` label unless it is turned off. Inside the guard, with
+/// no lock held: the sampled path, after the stack is captured.
+pub(crate) fn for_sample() -> LabelSetId {
+    let Some((current, thread_set, with_thread)) = thread::with(|l| {
+        (
+            l.labels.current.get(),
+            l.labels.thread_set.get(),
+            l.labels.with_thread.get(),
+        )
+    }) else {
+        return LabelSetId::NONE;
+    };
+    if !thread_label_on() {
+        return LabelSetId(current);
+    }
+    if with_thread.0 == current && with_thread.1 != UNKNOWN {
+        return LabelSetId(with_thread.1);
+    }
+    let thread_set = if thread_set == UNKNOWN {
+        let set = thread_name_set();
+        thread::with(|l| l.labels.thread_set.set(set.0));
+        set
+    } else {
+        LabelSetId(thread_set)
+    };
+    let set = table::merge_sets(thread_set, LabelSetId(current));
+    thread::with(|l| l.labels.with_thread.set((current, set.0)));
+    set
+}
+
+/// The set of this thread's `thread` label alone; none if its name cannot
+/// be read.
+fn thread_name_set() -> LabelSetId {
+    let mut buf = [0u8; 64];
+    match thread_name(&mut buf) {
+        Some(name) => table::merge(LabelSetId::NONE, &[(THREAD_KEY, name)]),
+        None => LabelSetId::NONE,
+    }
+}
+
+/// This thread's name as the system has it, `main` for the process's
+/// first thread; read without allocating.
+fn thread_name(buf: &mut [u8; 64]) -> Option<&str> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        // SAFETY: neither call has preconditions; both only return ids.
+        let (tid, pid) = unsafe { (libc::syscall(libc::SYS_gettid), libc::getpid()) };
+        if tid == libc::c_long::from(pid) {
+            return Some("main");
+        }
+    }
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
+    {
+        // SAFETY: `buf` is writable for its whole length, which is passed;
+        // the call writes a NUL-terminated name of at most that length.
+        let rc = unsafe {
+            libc::pthread_getname_np(libc::pthread_self(), buf.as_mut_ptr().cast(), buf.len())
+        };
+        if rc != 0 {
+            return None;
+        }
+        let len = buf.iter().position(|&b| b == 0)?;
+        std::str::from_utf8(&buf[..len])
+            .ok()
+            .filter(|s| !s.is_empty())
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
+    {
+        let _ = buf;
+        None
+    }
+}
+
+pub use future::{FutureExt, Labeled};

@@ -1,0 +1,165 @@
+//! The label-set table, on tables of the tests' own (the process's one
+//! is shared with every other test).
+
+use super::*;
+
+fn pending<'a>(labels: &[(&'a str, &'a str)]) -> Pending<'a> {
+    let mut p = Pending::default();
+    for &(k, v) in labels {
+        p.set(k, v);
+    }
+    p
+}
+
+fn table() -> Box<Table> {
+    Box::new(Table::new())
+}
+
+fn intern(t: &mut Table, labels: &[(&str, &str)]) -> LabelSetId {
+    t.intern(pending(labels), MAX_LABEL_SETS, MAX_TABLE_BYTES)
+}
+
+#[test]
+fn a_set_is_stored_once_whatever_the_order() {
+    let mut t = table();
+    let a = intern(&mut t, &[("tenant", "acme"), ("route", "/x")]);
+    let b = intern(&mut t, &[("route", "/x"), ("tenant", "acme")]);
+    let c = intern(&mut t, &[("tenant", "acme")]);
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    assert!(a.0 >= LabelSetId::FIRST_STORED && c.0 >= LabelSetId::FIRST_STORED);
+    assert_eq!(t.stored(), 2);
+    assert_eq!(t.get(a), &[("route", "/x"), ("tenant", "acme")]);
+    assert_eq!(t.get(c), &[("tenant", "acme")]);
+    assert_eq!(intern(&mut t, &[]), LabelSetId::NONE);
+    assert_eq!(t.get(LabelSetId::NONE), &[]);
+    assert_eq!(
+        t.get(LabelSetId(4000)),
+        &[],
+        "an id the table does not hold"
+    );
+}
+
+#[test]
+fn later_values_override_and_empty_ones_remove() {
+    let mut p = Pending::of(&[("route", "/x"), ("tenant", "acme")]);
+    p.set("tenant", "globex");
+    p.set("route", "");
+    p.set("", "no key");
+    p.set("absent", "");
+    p.set("zone", "eu");
+    assert_eq!(p, pending(&[("tenant", "globex"), ("zone", "eu")]));
+}
+
+#[test]
+fn long_keys_and_values_are_cut_visibly_at_a_character_boundary() {
+    let mut t = table();
+    // Two-byte characters: the cut must not split one.
+    let long = "é".repeat(MAX_LABEL_BYTES);
+    let key = "k".repeat(MAX_LABEL_BYTES + 1);
+    let exact = "v".repeat(MAX_LABEL_BYTES);
+    let id = intern(&mut t, &[(&key, &long), ("exact", &exact)]);
+    let labels = t.get(id);
+    assert_eq!(labels.len(), 2);
+    assert_eq!(labels[0], ("exact", exact.as_str()), "at the bound: whole");
+    let (k, v) = labels[1];
+    for cut in [k, v] {
+        assert!(cut.len() <= MAX_LABEL_BYTES, "{}", cut.len());
+        assert!(cut.len() > MAX_LABEL_BYTES - 2 * TRUNCATED.len());
+        assert!(cut.ends_with(TRUNCATED), "{cut}");
+    }
+    assert!(long.starts_with(v.strip_suffix(TRUNCATED).unwrap()));
+    assert!(key.starts_with(k.strip_suffix(TRUNCATED).unwrap()));
+}
+
+#[test]
+fn a_set_of_too_many_labels_keeps_the_first_and_says_so() {
+    let mut t = table();
+    let keys: Vec<String> = (0..MAX_LABELS_PER_SET + 5)
+        .map(|i| format!("k{i:02}"))
+        .collect();
+    let labels: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "v")).collect();
+    let id = intern(&mut t, &labels);
+    let stored = t.get(id);
+    assert_eq!(stored.len(), MAX_LABELS_PER_SET);
+    assert!(stored.contains(&TOO_MANY_LABELS), "{stored:?}");
+    assert_eq!(stored[0], ("heapprof_overflow", "labels per set"));
+    let kept: Vec<&str> = stored[1..].iter().map(|l| l.0).collect();
+    let first: Vec<&str> = keys[..MAX_LABELS_PER_SET - 1]
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(kept, first);
+}
+
+#[test]
+fn past_the_set_bound_new_sets_overflow_and_old_ones_still_resolve() {
+    let mut t = table();
+    let max_sets = 10;
+    let values: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    let ids: Vec<LabelSetId> = values
+        .iter()
+        .map(|v| t.intern(pending(&[("n", v)]), max_sets, MAX_TABLE_BYTES))
+        .collect();
+    let stored = max_sets - LabelSetId::FIRST_STORED as usize;
+    assert_eq!(t.stored(), stored);
+    for (i, id) in ids.iter().enumerate() {
+        if i < stored {
+            assert_eq!(t.get(*id), &[("n", values[i].as_str())]);
+        } else {
+            assert_eq!(*id, LabelSetId::OVERFLOW, "set {i}");
+        }
+    }
+    assert_eq!(
+        t.get(LabelSetId::OVERFLOW),
+        &[("heapprof_overflow", "label sets")]
+    );
+    // Known sets are still found when the table is full.
+    assert_eq!(
+        t.intern(pending(&[("n", "0")]), max_sets, MAX_TABLE_BYTES),
+        ids[0]
+    );
+}
+
+#[test]
+fn past_the_byte_bound_new_sets_overflow_and_the_count_is_exact() {
+    let mut t = table();
+    let max_bytes = 64 * 1024;
+    let value = "v".repeat(100);
+    let keys: Vec<String> = (0..1000).map(|i| format!("key{i}")).collect();
+    let mut overflowed = 0;
+    let mut expected = std::mem::size_of_val(&t.index);
+    for k in &keys {
+        let id = t.intern(pending(&[(k, &value)]), MAX_LABEL_SETS, max_bytes);
+        if id == LabelSetId::OVERFLOW {
+            overflowed += 1;
+        } else {
+            expected += std::mem::size_of::<Label>() + k.len() + value.len();
+        }
+        assert!(t.bytes() <= max_bytes, "{} > {max_bytes}", t.bytes());
+    }
+    assert!(
+        overflowed > 0 && t.stored() > 100,
+        "{overflowed}, {}",
+        t.stored()
+    );
+    expected += t.sets.capacity() * std::mem::size_of::<Stored>();
+    assert_eq!(t.bytes(), expected);
+}
+
+#[test]
+fn many_sets_with_colliding_slots_are_all_found() {
+    let mut t = table();
+    let values: Vec<String> = (0..MAX_LABEL_SETS).map(|i| format!("{i}")).collect();
+    let ids: Vec<LabelSetId> = values.iter().map(|v| intern(&mut t, &[("n", v)])).collect();
+    assert_eq!(t.stored(), MAX_LABEL_SETS - 2);
+    for (v, id) in values.iter().zip(&ids).take(MAX_LABEL_SETS - 2) {
+        assert_eq!(intern(&mut t, &[("n", v)]), *id);
+        assert_eq!(t.get(*id), &[("n", v.as_str())]);
+    }
+    assert!(
+        ids[MAX_LABEL_SETS - 2..]
+            .iter()
+            .all(|&id| id == LabelSetId::OVERFLOW)
+    );
+}

@@ -1,0 +1,34 @@
+//! A thread's label sets, as plain ids into the label-set table
+//! (`labels/`): which set the program's scopes put in force, and what the
+//! sampled path derived from it.
+
+use std::cell::Cell;
+
+/// Not read yet: the value of [`LabelState::thread_set`] and of
+/// [`LabelState::with_thread`]'s result before the sampled path fills
+/// them in.
+pub(crate) const UNKNOWN: u32 = u32::MAX;
+
+/// A thread's label-set ids (`labels::LabelSetId`; 0 is the empty set).
+pub(crate) struct LabelState {
+    /// The set in force: the merge of every scope the thread is in
+    /// (`labels::with_labels`, a `Labeled` future being polled, an entered
+    /// span). Set on entering a scope, restored on leaving it.
+    pub(crate) current: Cell<u32>,
+    /// The set holding only this thread's `thread` label, read at the
+    /// thread's first sample; [`UNKNOWN`] before.
+    pub(crate) thread_set: Cell<u32>,
+    /// The last `(current, current with the thread label)` the sampled
+    /// path merged, so that a thread in one scope merges once.
+    pub(crate) with_thread: Cell<(u32, u32)>,
+}
+
+impl LabelState {
+    pub(crate) const fn new() -> Self {
+        LabelState {
+            current: Cell::new(0),
+            thread_set: Cell::new(UNKNOWN),
+            with_thread: Cell::new((UNKNOWN, UNKNOWN)),
+        }
+    }
+}
