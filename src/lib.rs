@@ -383,6 +383,8 @@ use std::io;
 
 pub use dump::{AutoDump, AutoDumpHandle, ProfileGuard};
 pub use fast::Profiler;
+#[cfg(feature = "tracing")]
+pub use labels::tracing;
 pub use labels::{FutureExt, Labeled, current_labels, set_thread_label, with_labels};
 pub use output::snapshot::{
     Frame, FunctionBytes, SampleType, Site, Snapshot, Stats, snapshot, stats,

@@ -17,6 +17,8 @@
 
 pub(crate) mod future;
 pub(crate) mod table;
+#[cfg(feature = "tracing")]
+pub mod tracing;
 
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 
@@ -117,6 +119,13 @@ pub(crate) fn labels_of(set: LabelSetId) -> &'static [table::Label] {
 /// The set in force on this thread.
 pub(crate) fn current() -> LabelSetId {
     LabelSetId(thread::with(|l| l.labels.current.get()).unwrap_or(0))
+}
+
+/// Puts `set` in force on this thread, for a scope that ends in another
+/// call (a span's exit).
+#[cfg(feature = "tracing")]
+pub(crate) fn set_current(set: LabelSetId) {
+    thread::with(|l| l.labels.current.set(set.0));
 }
 
 /// A set in force on this thread until dropped, which restores the one
