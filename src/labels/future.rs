@@ -93,7 +93,7 @@ impl<F> Drop for Labeled<F> {
 impl<F> std::fmt::Debug for Labeled<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Labeled")
-            .field("labels", &super::labels_of(self.labels))
+            .field("labels", &table::get(self.labels))
             .finish_non_exhaustive()
     }
 }

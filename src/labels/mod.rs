@@ -4,9 +4,10 @@
 //! `labels.current`, an id into the table of `table.rs`). Scopes put a set
 //! in force and restore the one before when they end:
 //! [`with_labels`] around a closure, a [`Labeled`] future around each of
-//! its polls, an entered span of a [`tracing`] layer. Entering interns the
+//! its polls, an entered span of a [`tracing`] layer. Entering finds the
 //! merged set (the outer labels plus the scope's, the scope's winning on a
-//! shared key), inside the reentrancy guard; leaving is one store.
+//! shared key) among the thread's last few, or interns it inside the
+//! reentrancy guard; leaving is one store.
 //!
 //! A sampled allocation reads the set once, on the sampled path
 //! ([`for_sample`], after its stack is captured), adds the thread's
@@ -20,10 +21,14 @@ pub(crate) mod table;
 #[cfg(feature = "tracing")]
 pub mod tracing;
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 
 use crate::support::reentry;
-use crate::thread::{self, labels::UNKNOWN};
+use crate::thread::{
+    self,
+    labels::{SCOPES_KEPT, UNKNOWN},
+};
 pub(crate) use table::{LabelSetId, each_lock, memory_bytes};
 
 /// The key of the automatic label that names the thread.
@@ -58,21 +63,43 @@ const OFF: u8 = 2;
 ///   distinct sets (1 MiB); past that, samples carry
 ///   `heapprof_overflow=label sets` instead of their labels, so keep
 ///   unbounded values (request ids) out of labels.
-/// * Entering interns the set (a lock and a hash, about as costly as a
-///   small allocation); leaving is a store. Allocations that are not
-///   sampled never look at labels.
+/// * Entering one of the thread's last few scopes again finds its set by
+///   comparing labels (tens of nanoseconds, no lock); a new one interns
+///   its set under the table's lock. Leaving is a store. Allocations that
+///   are not sampled never look at labels.
 ///
 /// For async code, where a task moves between threads, label the future
 /// instead: [`Labeled`], [`FutureExt::heap_labels`].
 ///
 /// [`Snapshot`]: crate::Snapshot
 pub fn with_labels<R>(labels: &[(&str, &str)], f: impl FnOnce() -> R) -> R {
+    let _scope = Scope::enter(scope_set(labels));
+    f()
+}
+
+/// The set a scope of `labels` entered now puts in force: one of the
+/// thread's last few, if it is one of those (checked against the table,
+/// which is read without a lock), else merged and interned.
+fn scope_set(labels: &[(&str, &str)]) -> LabelSetId {
+    let outer = current();
+    let remembered = thread::with(|l| {
+        l.labels.scopes.iter().map(Cell::get).find(|&(o, set)| {
+            o == outer.0 && table::is_merge(table::get(LabelSetId(set)), table::get(outer), labels)
+        })
+    });
+    if let Some(Some((_, set))) = remembered {
+        return LabelSetId(set);
+    }
     let set = {
         let _inside = reentry::Inside::enter();
-        table::merge(current(), labels)
+        table::merge(outer, labels)
     };
-    let _scope = Scope::enter(set);
-    f()
+    thread::with(|l| {
+        let next = l.labels.next_scope.get() % SCOPES_KEPT;
+        l.labels.scopes[next].set((outer.0, set.0));
+        l.labels.next_scope.set(next + 1);
+    });
+    set
 }
 
 /// The labels an allocation sampled now, on this thread, would carry:
@@ -83,7 +110,7 @@ pub fn current_labels() -> Vec<(String, String)> {
         let _inside = reentry::Inside::enter();
         for_sample()
     };
-    labels_of(set)
+    table::get(set)
         .iter()
         .map(|&(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
@@ -108,12 +135,6 @@ fn thread_label_on() -> bool {
         OFF => false,
         _ => crate::config::get().thread_label,
     }
-}
-
-/// The labels of `set`, for a caller outside the profiler.
-pub(crate) fn labels_of(set: LabelSetId) -> &'static [table::Label] {
-    let _inside = reentry::Inside::enter();
-    table::get(set)
 }
 
 /// The set in force on this thread.

@@ -17,15 +17,18 @@
 //!   the inner allocator has no memory for.
 //!
 //! Sets are never removed, so the labels a [`LabelSetId`] names are
-//! `&'static` and readers copy nothing. The index is a fixed open-address
-//! array ([`INDEX_SLOTS`] slots, at most half full), so a lookup takes the
-//! lock, hashes and compares, and allocates nothing. All of it happens
-//! inside the reentrancy guard, under the [`rank::LABELS`] lock, with no
-//! other lock held.
+//! `&'static`: each stored set is published in a fixed array of slots,
+//! one per id, and reading one ([`get`]) is an atomic load, with no lock.
+//! Finding a set by its labels goes through an open-address index
+//! ([`INDEX_SLOTS`] slots, at most half full) under the [`rank::LABELS`]
+//! lock: a hash and compares, no allocation. Storing a new set allocates;
+//! both happen inside the reentrancy guard, with no other lock held.
 
 use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicPtr, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 
 use crate::support::lock::{Lockable, Mutex, rank};
 
@@ -67,24 +70,32 @@ const INDEX_SLOTS: usize = 2 * MAX_LABEL_SETS;
 const _: () = assert!(MAX_LABEL_SETS <= u16::MAX as usize + 1);
 const _: () = assert!(INDEX_SLOTS.is_power_of_two());
 
+/// A stored set, allocated once and never freed.
 struct Stored {
     hash: u64,
     labels: &'static [Label],
 }
 
 pub(crate) struct Table {
-    /// The stored sets, by id from [`LabelSetId::FIRST_STORED`].
-    sets: Vec<Stored>,
+    /// The stored sets by id, each published (release) once it is whole.
+    slots: [AtomicPtr<Stored>; MAX_LABEL_SETS],
+    index: Mutex<{ rank::LABELS }, Index>,
+    /// [`Index::bytes`] as of its last change, read without the lock.
+    bytes: AtomicUsize,
+}
+
+/// What finding and storing sets needs, under the lock.
+struct Index {
     /// Open addressing by hash: a slot holds an id, or 0 if empty.
-    index: [u16; INDEX_SLOTS],
-    /// What the table holds: its vector, its index once used, and the
-    /// sets' labels and text.
+    slots: [u16; INDEX_SLOTS],
+    /// Sets stored: the next id is this plus [`LabelSetId::FIRST_STORED`].
+    stored: usize,
+    /// What the table holds: its slots and index once used, and the
+    /// stored sets, their labels and text.
     bytes: usize,
 }
 
-static TABLE: Mutex<{ rank::LABELS }, Table> = Mutex::new(Table::new());
-/// [`Table::bytes`] as of the last change, read without the lock.
-static BYTES: AtomicUsize = AtomicUsize::new(0);
+static TABLE: Table = Table::new();
 
 /// A set being built: labels sorted by key, each key once, each cut to
 /// [`MAX_LABEL_BYTES`].
@@ -176,17 +187,21 @@ fn cut(s: &str) -> Cow<'_, str> {
 impl Table {
     pub(crate) const fn new() -> Table {
         Table {
-            sets: Vec::new(),
-            index: [0; INDEX_SLOTS],
-            bytes: 0,
+            slots: [const { AtomicPtr::new(std::ptr::null_mut()) }; MAX_LABEL_SETS],
+            index: Mutex::new(Index {
+                slots: [0; INDEX_SLOTS],
+                stored: 0,
+                bytes: 0,
+            }),
+            bytes: AtomicUsize::new(0),
         }
     }
 
     /// The id of `set` (bounded), stored if new; `OVERFLOW` past the
     /// table's bounds (`max_sets` sets, `max_bytes` bytes) or when the
-    /// inner allocator has no memory.
+    /// inner allocator has no memory. Inside the guard, with no lock held.
     pub(crate) fn intern(
-        &mut self,
+        &self,
         mut set: Pending<'_>,
         max_sets: usize,
         max_bytes: usize,
@@ -199,77 +214,77 @@ impl Table {
             return LabelSetId::OVERFLOW;
         }
         let hash = set.hash();
+        let mut index = self.index.lock();
         let mut slot = hash as usize & (INDEX_SLOTS - 1);
         loop {
-            let id = self.index[slot];
+            let id = index.slots[slot];
             if id == 0 {
                 break;
             }
-            let stored = &self.sets[usize::from(id) - LabelSetId::FIRST_STORED as usize];
-            if stored.hash == hash && set.matches(stored.labels) {
+            let stored = self.stored(id.into());
+            if stored.is_some_and(|s| s.hash == hash && set.matches(s.labels)) {
                 return LabelSetId(id.into());
             }
             slot = (slot + 1) & (INDEX_SLOTS - 1);
         }
-        let id = self.sets.len() + LabelSetId::FIRST_STORED as usize;
+        let id = index.stored + LabelSetId::FIRST_STORED as usize;
         if id >= max_sets.min(MAX_LABEL_SETS) {
             return LabelSetId::OVERFLOW;
         }
-        let index_bytes = if self.sets.is_empty() {
-            std::mem::size_of_val(&self.index)
+        let fixed = if index.stored == 0 {
+            std::mem::size_of_val(&self.slots) + std::mem::size_of_val(&index.slots)
         } else {
             0
         };
-        let vector_growth = if self.sets.len() == self.sets.capacity() {
-            self.sets.capacity().max(4) * std::mem::size_of::<Stored>()
-        } else {
-            0
-        };
-        let cost = index_bytes + vector_growth + set.stored_bytes();
-        if self.bytes + cost > max_bytes {
+        let cost = fixed + std::mem::size_of::<Stored>() + set.stored_bytes();
+        if index.bytes + cost > max_bytes {
             return LabelSetId::OVERFLOW;
         }
-        let held = self.sets.capacity() * std::mem::size_of::<Stored>();
-        if self.sets.try_reserve(1).is_err() {
-            return LabelSetId::OVERFLOW;
-        }
-        let Some(labels) = store(&set) else {
+        let Some(stored) = store(&set, hash) else {
             return LabelSetId::OVERFLOW;
         };
-        self.sets.push(Stored { hash, labels });
-        self.index[slot] = id as u16;
-        self.bytes += index_bytes + self.sets.capacity() * std::mem::size_of::<Stored>() - held
-            + set.stored_bytes();
+        self.slots[id].store(stored, Release);
+        index.slots[slot] = id as u16;
+        index.stored += 1;
+        index.bytes += cost;
+        self.bytes.store(index.bytes, Relaxed);
         LabelSetId(id as u32)
     }
 
-    /// The labels of `id`; none for an id the table does not hold.
+    fn stored(&self, id: usize) -> Option<&'static Stored> {
+        let ptr = self.slots.get(id)?.load(Acquire);
+        // SAFETY: a non-null slot holds a `Stored` leaked by `store` and
+        // published with release after it was written; it is never freed
+        // or written again.
+        unsafe { ptr.as_ref() }
+    }
+
+    /// The labels of `id`; none for an id the table does not hold. Takes
+    /// no lock.
     pub(crate) fn get(&self, id: LabelSetId) -> &'static [Label] {
         match id {
             LabelSetId::NONE => &[],
             LabelSetId::OVERFLOW => OVERFLOW_SET,
-            LabelSetId(n) => (n as usize)
-                .checked_sub(LabelSetId::FIRST_STORED as usize)
-                .and_then(|i| self.sets.get(i))
-                .map_or(&[], |s| s.labels),
+            LabelSetId(n) => self.stored(n as usize).map_or(&[], |s| s.labels),
         }
     }
 
     /// Sets stored, the empty and overflow sets not counted.
     #[cfg(test)]
-    pub(crate) fn stored(&self) -> usize {
-        self.sets.len()
+    pub(crate) fn stored_sets(&self) -> usize {
+        self.index.lock().stored
     }
 
+    /// Bytes the table holds. Takes no lock.
     pub(crate) fn bytes(&self) -> usize {
-        self.bytes
+        self.bytes.load(Relaxed)
     }
 }
 
 /// A copy of `set` that lives as long as the process (the table never
-/// removes a set): one block of text and one of labels pointing into it.
-/// `None` if the inner allocator has no memory for them.
-fn store(set: &Pending<'_>) -> Option<&'static [Label]> {
+/// removes a set): one block of text, one of labels pointing into it, and
+/// the record of both. `None` if the inner allocator has no memory.
+fn store(set: &Pending<'_>, hash: u64) -> Option<*mut Stored> {
     let mut text = String::new();
     text.try_reserve_exact(set.0.iter().map(|(k, v)| k.len() + v.len()).sum())
         .ok()?;
@@ -289,25 +304,23 @@ fn store(set: &Pending<'_>) -> Option<&'static [Label]> {
         at += v.len();
         labels.push((key, value));
     }
-    Some(Box::leak(labels.into_boxed_slice()))
+    let labels: &'static [Label] = Box::leak(labels.into_boxed_slice());
+    let mut record: Vec<Stored> = Vec::new();
+    record.try_reserve_exact(1).ok()?;
+    record.push(Stored { hash, labels });
+    Some(Box::into_raw(record.into_boxed_slice()).cast())
 }
 
 /// The id of `set`, stored if new (see [`Table::intern`]). Inside the
 /// guard, with no lock held.
 pub(crate) fn intern(set: Pending<'_>) -> LabelSetId {
-    let mut table = TABLE.lock();
-    let id = table.intern(set, MAX_LABEL_SETS, MAX_TABLE_BYTES);
-    BYTES.store(table.bytes(), Relaxed);
-    id
+    TABLE.intern(set, MAX_LABEL_SETS, MAX_TABLE_BYTES)
 }
 
-/// The labels of `id`. Inside the guard, with no lock held.
+/// The labels of `id`. Takes no lock and allocates nothing, so any
+/// thread may call it anywhere.
 pub(crate) fn get(id: LabelSetId) -> &'static [Label] {
-    match id {
-        LabelSetId::NONE => &[],
-        LabelSetId::OVERFLOW => OVERFLOW_SET,
-        _ => TABLE.lock().get(id),
-    }
+    TABLE.get(id)
 }
 
 /// `outer` with `inner`'s labels added, same keys taking `inner`'s
@@ -321,6 +334,35 @@ pub(crate) fn merge(outer: LabelSetId, inner: &[(&str, &str)]) -> LabelSetId {
         set.set(k, v);
     }
     intern(set)
+}
+
+/// Whether `result` is what [`merge`] makes of `outer` and `inner`, for
+/// an `inner` with no key twice and no key or value that is empty or
+/// needs cutting (false for any other: the caller then merges). Reads
+/// and compares, so a thread can check a set it remembers without the
+/// table's lock.
+pub(crate) fn is_merge(result: &[Label], outer: &[Label], inner: &[(&str, &str)]) -> bool {
+    let has = |set: &[Label], key: &str, value: &str| {
+        set.binary_search_by(|&(k, _)| k.cmp(key))
+            .is_ok_and(|i| set[i].1 == value)
+    };
+    let plain = |s: &str| !s.is_empty() && s.len() <= MAX_LABEL_BYTES;
+    let in_inner = |key: &str| inner.iter().any(|&(k, _)| k == key);
+    for (i, &(k, v)) in inner.iter().enumerate() {
+        if !plain(k) || !plain(v) || inner[..i].iter().any(|&(p, _)| p == k) || !has(result, k, v) {
+            return false;
+        }
+    }
+    let mut kept = 0;
+    for &(k, v) in outer {
+        if !in_inner(k) {
+            if !has(result, k, v) {
+                return false;
+            }
+            kept += 1;
+        }
+    }
+    result.len() == inner.len() + kept
 }
 
 /// [`merge`] of two stored sets.
@@ -340,12 +382,12 @@ pub(crate) fn merge_sets(outer: LabelSetId, inner: LabelSetId) -> LabelSetId {
 
 /// Bytes the table holds, for the profiler's own memory. Takes no lock.
 pub(crate) fn memory_bytes() -> usize {
-    BYTES.load(Relaxed)
+    TABLE.bytes()
 }
 
 /// The table's lock, for the fork table (`process/fork.rs`).
 pub(crate) fn each_lock(f: &mut dyn FnMut(&'static dyn Lockable)) {
-    f(&TABLE);
+    f(&TABLE.index);
 }
 
 #[cfg(test)]

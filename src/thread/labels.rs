@@ -9,6 +9,9 @@ use std::cell::Cell;
 /// them in.
 pub(crate) const UNKNOWN: u32 = u32::MAX;
 
+/// How many scopes a thread remembers entering ([`LabelState::scopes`]).
+pub(crate) const SCOPES_KEPT: usize = 4;
+
 /// A thread's label-set ids (`labels::LabelSetId`; 0 is the empty set).
 pub(crate) struct LabelState {
     /// The set in force: the merge of every scope the thread is in
@@ -21,6 +24,11 @@ pub(crate) struct LabelState {
     /// The last `(current, current with the thread label)` the sampled
     /// path merged, so that a thread in one scope merges once.
     pub(crate) with_thread: Cell<(u32, u32)>,
+    /// Scopes entered lately, as `(outer set, set entered)`, so that
+    /// entering one again finds its set without the table's lock; the
+    /// entry to replace next is `next_scope`.
+    pub(crate) scopes: [Cell<(u32, u32)>; SCOPES_KEPT],
+    pub(crate) next_scope: Cell<usize>,
 }
 
 impl LabelState {
@@ -29,6 +37,8 @@ impl LabelState {
             current: Cell::new(0),
             thread_set: Cell::new(UNKNOWN),
             with_thread: Cell::new((UNKNOWN, UNKNOWN)),
+            scopes: [const { Cell::new((UNKNOWN, UNKNOWN)) }; SCOPES_KEPT],
+            next_scope: Cell::new(0),
         }
     }
 }

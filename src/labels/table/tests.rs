@@ -15,23 +15,23 @@ fn table() -> Box<Table> {
     Box::new(Table::new())
 }
 
-fn intern(t: &mut Table, labels: &[(&str, &str)]) -> LabelSetId {
+fn intern(t: &Table, labels: &[(&str, &str)]) -> LabelSetId {
     t.intern(pending(labels), MAX_LABEL_SETS, MAX_TABLE_BYTES)
 }
 
 #[test]
 fn a_set_is_stored_once_whatever_the_order() {
-    let mut t = table();
-    let a = intern(&mut t, &[("tenant", "acme"), ("route", "/x")]);
-    let b = intern(&mut t, &[("route", "/x"), ("tenant", "acme")]);
-    let c = intern(&mut t, &[("tenant", "acme")]);
+    let t = table();
+    let a = intern(&t, &[("tenant", "acme"), ("route", "/x")]);
+    let b = intern(&t, &[("route", "/x"), ("tenant", "acme")]);
+    let c = intern(&t, &[("tenant", "acme")]);
     assert_eq!(a, b);
     assert_ne!(a, c);
     assert!(a.0 >= LabelSetId::FIRST_STORED && c.0 >= LabelSetId::FIRST_STORED);
-    assert_eq!(t.stored(), 2);
+    assert_eq!(t.stored_sets(), 2);
     assert_eq!(t.get(a), &[("route", "/x"), ("tenant", "acme")]);
     assert_eq!(t.get(c), &[("tenant", "acme")]);
-    assert_eq!(intern(&mut t, &[]), LabelSetId::NONE);
+    assert_eq!(intern(&t, &[]), LabelSetId::NONE);
     assert_eq!(t.get(LabelSetId::NONE), &[]);
     assert_eq!(
         t.get(LabelSetId(4000)),
@@ -53,12 +53,12 @@ fn later_values_override_and_empty_ones_remove() {
 
 #[test]
 fn long_keys_and_values_are_cut_visibly_at_a_character_boundary() {
-    let mut t = table();
+    let t = table();
     // Two-byte characters: the cut must not split one.
     let long = "é".repeat(MAX_LABEL_BYTES);
     let key = "k".repeat(MAX_LABEL_BYTES + 1);
     let exact = "v".repeat(MAX_LABEL_BYTES);
-    let id = intern(&mut t, &[(&key, &long), ("exact", &exact)]);
+    let id = intern(&t, &[(&key, &long), ("exact", &exact)]);
     let labels = t.get(id);
     assert_eq!(labels.len(), 2);
     assert_eq!(labels[0], ("exact", exact.as_str()), "at the bound: whole");
@@ -74,12 +74,12 @@ fn long_keys_and_values_are_cut_visibly_at_a_character_boundary() {
 
 #[test]
 fn a_set_of_too_many_labels_keeps_the_first_and_says_so() {
-    let mut t = table();
+    let t = table();
     let keys: Vec<String> = (0..MAX_LABELS_PER_SET + 5)
         .map(|i| format!("k{i:02}"))
         .collect();
     let labels: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "v")).collect();
-    let id = intern(&mut t, &labels);
+    let id = intern(&t, &labels);
     let stored = t.get(id);
     assert_eq!(stored.len(), MAX_LABELS_PER_SET);
     assert!(stored.contains(&TOO_MANY_LABELS), "{stored:?}");
@@ -94,7 +94,7 @@ fn a_set_of_too_many_labels_keeps_the_first_and_says_so() {
 
 #[test]
 fn past_the_set_bound_new_sets_overflow_and_old_ones_still_resolve() {
-    let mut t = table();
+    let t = table();
     let max_sets = 10;
     let values: Vec<String> = (0..20).map(|i| i.to_string()).collect();
     let ids: Vec<LabelSetId> = values
@@ -102,7 +102,7 @@ fn past_the_set_bound_new_sets_overflow_and_old_ones_still_resolve() {
         .map(|v| t.intern(pending(&[("n", v)]), max_sets, MAX_TABLE_BYTES))
         .collect();
     let stored = max_sets - LabelSetId::FIRST_STORED as usize;
-    assert_eq!(t.stored(), stored);
+    assert_eq!(t.stored_sets(), stored);
     for (i, id) in ids.iter().enumerate() {
         if i < stored {
             assert_eq!(t.get(*id), &[("n", values[i].as_str())]);
@@ -123,38 +123,41 @@ fn past_the_set_bound_new_sets_overflow_and_old_ones_still_resolve() {
 
 #[test]
 fn past_the_byte_bound_new_sets_overflow_and_the_count_is_exact() {
-    let mut t = table();
-    let max_bytes = 64 * 1024;
+    let t = table();
+    let max_bytes = 128 * 1024;
     let value = "v".repeat(100);
     let keys: Vec<String> = (0..1000).map(|i| format!("key{i}")).collect();
     let mut overflowed = 0;
-    let mut expected = std::mem::size_of_val(&t.index);
+    let mut expected =
+        std::mem::size_of_val(&t.slots) + std::mem::size_of_val(&t.index.lock().slots);
     for k in &keys {
         let id = t.intern(pending(&[(k, &value)]), MAX_LABEL_SETS, max_bytes);
         if id == LabelSetId::OVERFLOW {
             overflowed += 1;
         } else {
-            expected += std::mem::size_of::<Label>() + k.len() + value.len();
+            expected += std::mem::size_of::<Stored>()
+                + std::mem::size_of::<Label>()
+                + k.len()
+                + value.len();
         }
         assert!(t.bytes() <= max_bytes, "{} > {max_bytes}", t.bytes());
     }
     assert!(
-        overflowed > 0 && t.stored() > 100,
+        overflowed > 0 && t.stored_sets() > 300,
         "{overflowed}, {}",
-        t.stored()
+        t.stored_sets()
     );
-    expected += t.sets.capacity() * std::mem::size_of::<Stored>();
     assert_eq!(t.bytes(), expected);
 }
 
 #[test]
 fn many_sets_with_colliding_slots_are_all_found() {
-    let mut t = table();
+    let t = table();
     let values: Vec<String> = (0..MAX_LABEL_SETS).map(|i| format!("{i}")).collect();
-    let ids: Vec<LabelSetId> = values.iter().map(|v| intern(&mut t, &[("n", v)])).collect();
-    assert_eq!(t.stored(), MAX_LABEL_SETS - 2);
+    let ids: Vec<LabelSetId> = values.iter().map(|v| intern(&t, &[("n", v)])).collect();
+    assert_eq!(t.stored_sets(), MAX_LABEL_SETS - 2);
     for (v, id) in values.iter().zip(&ids).take(MAX_LABEL_SETS - 2) {
-        assert_eq!(intern(&mut t, &[("n", v)]), *id);
+        assert_eq!(intern(&t, &[("n", v)]), *id);
         assert_eq!(t.get(*id), &[("n", v.as_str())]);
     }
     assert!(
@@ -162,4 +165,48 @@ fn many_sets_with_colliding_slots_are_all_found() {
             .iter()
             .all(|&id| id == LabelSetId::OVERFLOW)
     );
+}
+
+/// `is_merge` agrees with `merge` where it answers, and declines inputs
+/// whose merge it does not reproduce.
+#[test]
+fn is_merge_recognizes_exactly_the_merge() {
+    let t = table();
+    let outer_labels = [("route", "/x"), ("tenant", "a")];
+    let outer = t.get(intern(&t, &outer_labels));
+    let merged = |inner: &[(&str, &str)]| {
+        let mut p = Pending::of(outer);
+        for &(k, v) in inner {
+            p.set(k, v);
+        }
+        t.get(t.intern(p, MAX_LABEL_SETS, MAX_TABLE_BYTES))
+    };
+    let inner = [("tenant", "b"), ("zone", "eu")];
+    let result = merged(&inner);
+    assert!(is_merge(result, outer, &inner));
+    assert!(is_merge(outer, &[], &outer_labels));
+    assert!(is_merge(outer, outer, &[]));
+    // A different value, a missing or extra key, another outer set.
+    assert!(!is_merge(result, outer, &[("tenant", "c"), ("zone", "eu")]));
+    assert!(!is_merge(result, outer, &[("tenant", "b")]));
+    assert!(!is_merge(
+        result,
+        outer,
+        &[("tenant", "b"), ("zone", "eu"), ("k", "v")]
+    ));
+    assert!(!is_merge(result, &[("tenant", "a")], &inner));
+    assert!(!is_merge(result, &[], &inner));
+    // Inputs it leaves to `merge`: a key twice, empty or long text.
+    let long = "v".repeat(MAX_LABEL_BYTES + 1);
+    for declined in [
+        vec![("tenant", "x"), ("tenant", "b"), ("zone", "eu")],
+        vec![("tenant", "b"), ("zone", "eu"), ("", "v")],
+        vec![("tenant", "b"), ("zone", "eu"), ("route", "")],
+        vec![("tenant", "b"), ("zone", long.as_str())],
+    ] {
+        assert!(
+            !is_merge(merged(&declined), outer, &declined),
+            "{declined:?}"
+        );
+    }
 }
