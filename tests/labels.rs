@@ -805,13 +805,16 @@ fn fork_with_labels_in_force_while_other_threads_intern() {
         .map(|t| {
             let stop = stop.clone();
             std::thread::spawn(move || {
+                let values: Vec<String> = (0..40).map(|i| format!("fork-{t}-{i}")).collect();
                 let mut n = 0usize;
                 while !stop.load(Relaxed) {
-                    // New sets now and then, known ones mostly: the table's
-                    // lock is taken all the time.
-                    let value = format!("fork-{t}-{}", n % 40);
-                    heapprof::with_labels(&[("tenant", &value)], || {
-                        black_box(alloc_block(64 + n % 4096, 7));
+                    // More sets than a thread remembers, so that each
+                    // scope looks its set up under the table's lock: the
+                    // lock is held much of the time. A sample now and then.
+                    heapprof::with_labels(&[("tenant", &values[n % values.len()])], || {
+                        if n.is_multiple_of(64) {
+                            black_box(alloc_block(64 + n % 4096, 7));
+                        }
                     });
                     n += 1;
                 }
@@ -820,8 +823,8 @@ fn fork_with_labels_in_force_while_other_threads_intern() {
         .collect();
     let mut failures = Vec::new();
     heapprof::with_labels(&[("tenant", "forking")], || {
-        for round in 0..10 {
-            std::thread::sleep(Duration::from_millis(10));
+        for round in 0..20 {
+            std::thread::sleep(Duration::from_millis(5));
             // SAFETY: the child runs only `fork_child` (allocations,
             // heapprof, decoding) and leaves with `_exit`, never returning
             // into the test harness.
