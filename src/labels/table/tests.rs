@@ -210,3 +210,35 @@ fn is_merge_recognizes_exactly_the_merge() {
         );
     }
 }
+
+/// The bounds the docs state (crate docs, `with_labels`, README) are the
+/// constants'.
+#[test]
+fn the_docs_state_the_bounds() {
+    let sets = format!("{} {:03}", MAX_LABEL_SETS / 1000, MAX_LABEL_SETS % 1000);
+    let mib = MAX_TABLE_BYTES >> 20;
+    assert_eq!(mib << 20, MAX_TABLE_BYTES, "a whole number of MiB");
+    let stated = [
+        format!("at most {sets}\n//! distinct sets ({mib} MiB)"),
+        format!("over {MAX_LABEL_BYTES} bytes is cut"),
+        format!("more than {MAX_LABELS_PER_SET} labels keeps {}", MAX_LABELS_PER_SET - 1),
+        format!("at most {sets}\n///   distinct sets ({mib} MiB)"),
+    ];
+    let docs = [
+        include_str!("../../lib.rs"),
+        include_str!("../mod.rs"),
+        include_str!("../../../README.md"),
+    ]
+    .concat();
+    for s in &stated {
+        assert!(docs.contains(s.as_str()), "the docs do not say {s:?}");
+    }
+    let readme = include_str!("../../../README.md");
+    for s in [
+        format!("at most {sets} distinct sets in {mib} MiB"),
+        format!("cut at {MAX_LABEL_BYTES}\nbytes"),
+        format!("{MAX_LABELS_PER_SET} labels per set"),
+    ] {
+        assert!(readme.contains(s.as_str()), "README does not say {s:?}");
+    }
+}
