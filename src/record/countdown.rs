@@ -4,6 +4,13 @@
 //!
 //! The decisions are `sample::ThreadSampler`'s; this applies them to the
 //! thread's counters, where the countdown lives (`thread/counters.rs`).
+//!
+//! While a measure is active on the thread ([`hold_aside`]), the counters'
+//! countdown is held at zero, so every allocation comes here, and the
+//! sampler's countdown waits in `thread::measure::Measuring`: [`expired`]
+//! charges it as the fast path would have and goes on as the fast path
+//! would have (back to the program when it has not run out), so the
+//! samples drawn are the ones drawn without the measure.
 
 use crate::sample;
 use crate::support::{reentry, registry};
@@ -20,8 +27,21 @@ pub(crate) fn expired(size: usize) -> Option<f64> {
 }
 
 fn expired_on(l: &Local, size: usize) -> Option<f64> {
-    // What was left before the fast path subtracted `size` (it wraps).
-    let left = l.counters.countdown().wrapping_add(size);
+    let left = if l.measure.aside() {
+        // The counter is held at zero and the fast path took `size` off
+        // it: back to zero (the bytes stay counted). The countdown that
+        // decides is the one held aside; charged as the fast path charges.
+        l.counters.reset_countdown(0);
+        let held = l.measure.held();
+        l.measure.set_held(held.wrapping_sub(size));
+        if held > size {
+            return None;
+        }
+        held
+    } else {
+        // What was left before the fast path subtracted `size` (it wraps).
+        l.counters.countdown().wrapping_add(size)
+    };
     if let Some(rest) = l.sampler.cover(left, size) {
         start(l, rest);
         return None;
@@ -55,9 +75,42 @@ fn expired_on(l: &Local, size: usize) -> Option<f64> {
 }
 
 /// Starts a countdown of `bytes` on `l`, the part past
-/// `sample::MAX_COUNTDOWN` held back by the sampler.
+/// `sample::MAX_COUNTDOWN` held back by the sampler; while a measure holds
+/// the countdown aside, there.
 fn start(l: &Local, bytes: usize) {
-    l.counters.reset_countdown(l.sampler.hold_back(bytes));
+    let now = l.sampler.hold_back(bytes);
+    if l.measure.aside() {
+        l.measure.set_held(now);
+    } else {
+        l.counters.reset_countdown(now);
+    }
+}
+
+/// A measure starts on this thread: the countdown goes aside and the
+/// counter is held at zero, so that every allocation takes the slow path.
+/// False if one is active already (the countdown is aside already).
+pub(crate) fn hold_aside() -> bool {
+    thread::with(|l| {
+        if l.measure.aside() {
+            return false;
+        }
+        l.measure.set_held(l.counters.countdown());
+        l.measure.set_aside(true);
+        l.counters.reset_countdown(0);
+        true
+    })
+    .unwrap_or(false)
+}
+
+/// The measure that called [`hold_aside`] ends: the countdown comes back
+/// to the counter, as charged meanwhile.
+pub(crate) fn put_back() {
+    thread::with(|l| {
+        if l.measure.aside() {
+            l.measure.set_aside(false);
+            l.counters.reset_countdown(l.measure.held());
+        }
+    });
 }
 
 /// Charges an allocation of `size` bytes that the fast path counted but
@@ -107,4 +160,65 @@ pub(crate) fn set_seed(seed: u64) {
 pub(crate) fn rate() -> usize {
     let _inside = reentry::Inside::enter();
     sample::rate()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An allocation of `size` as the fast path counts it, then the slow
+    /// path if the countdown ran out: the sample's weight, if it is one.
+    fn allocate(size: usize) -> Option<f64> {
+        let ran_out = thread::with(|l| {
+            l.counters.count_alloc();
+            l.counters.charge(size)
+        })
+        .unwrap();
+        if ran_out { expired(size) } else { None }
+    }
+
+    /// The samples of one sequence of allocations on a fresh thread, with
+    /// the countdown held aside (a measure active) or not, and the
+    /// thread's allocated bytes at the end.
+    fn samples(aside: bool) -> (Vec<(usize, u64)>, u64) {
+        std::thread::spawn(move || {
+            // The thread's first allocation seeds its generator; then it
+            // starts over from a fixed one.
+            allocate(1);
+            thread::with(|l| {
+                l.sampler.seed_exactly(0x5eed);
+                l.sampler.restart(false);
+                start(l, 0);
+            });
+            if aside {
+                assert!(hold_aside());
+                assert!(!hold_aside(), "nested: already aside");
+            }
+            let sizes = (0..20_000usize).map(|i| 1 + (i * 7919) % 40_000);
+            let sampled = sizes
+                .enumerate()
+                .filter_map(|(i, size)| allocate(size).map(|w| (i, w.to_bits())))
+                .collect();
+            if aside {
+                thread::with(|l| assert_eq!(l.counters.countdown(), 0)).unwrap();
+                put_back();
+            }
+            let allocated = thread::with(|l| l.counters.read().allocated_bytes).unwrap();
+            (sampled, allocated)
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// A measure holds the countdown aside and its slow path charges it:
+    /// the same allocations are sampled, with the same weights, and the
+    /// same bytes are counted.
+    #[test]
+    fn holding_the_countdown_aside_samples_the_same_allocations() {
+        let plain = samples(false);
+        assert!(plain.0.len() > 10, "{} samples", plain.0.len());
+        let bytes: u64 = (0..20_000u64).map(|i| 1 + (i * 7919) % 40_000).sum();
+        assert_eq!(plain.1, 1 + bytes, "the first allocation and the sequence");
+        assert_eq!(samples(true), plain);
+    }
 }

@@ -71,6 +71,8 @@ pub(crate) fn alloc<A: GlobalAlloc>(layout: Layout, zeroed: bool, inner: &A) -> 
         if ptr.is_null() {
             uncount_alloc(layout.size());
             crate::process::on_failed_alloc(layout.size());
+        } else {
+            note_live();
         }
         return ptr;
     }
@@ -92,8 +94,36 @@ pub(crate) fn alloc<A: GlobalAlloc>(layout: Layout, zeroed: bool, inner: &A) -> 
         // here, so a failed big one (`try_reserve`) is never counted.
         uncount_alloc(layout.size());
         crate::process::on_failed_alloc(layout.size());
+    } else {
+        note_live();
     }
     ptr
+}
+
+/// After an allocation of the program's that succeeded, while a measure
+/// is active on this thread: raises the high-water mark of its live bytes
+/// to the live bytes now. Every allocation of a measured thread comes
+/// through here (its countdown is held at zero); frees only lower the
+/// live bytes, so they need not.
+fn note_live() {
+    thread::with(|l| {
+        if l.measure.aside() && !l.counters.inside() {
+            let c = l.counters.live();
+            l.measure
+                .raise_high(c.allocated_bytes.wrapping_sub(c.freed_bytes));
+        }
+    });
+}
+
+/// Adds a sample at `site` (an allocation, or the free of a sampled
+/// block) to this thread's tally for the measure active on it, if any.
+/// Inside the profiler.
+fn tally(site: sites::SiteId, change: impl FnOnce(&mut thread::measure::SiteTally)) {
+    thread::with(|l| {
+        if l.measure.aside() {
+            l.measure.tally(site.raw(), change);
+        }
+    });
 }
 
 /// # Safety
@@ -219,6 +249,12 @@ fn record(s: Sample, trackable: bool) -> bool {
     let frames = stack.frames();
     let labels = crate::labels::for_sample();
     let site = sites::record_alloc(frames, stack::hash(frames), labels, s.size, s.weight);
+    tally(site, |t| {
+        t.sampled_allocs += 1;
+        t.sampled_alloc_bytes += s.size as u64;
+        t.alloc_objects += s.weight;
+        t.alloc_bytes += s.size as f64 * s.weight;
+    });
     let entry = Entry {
         site,
         weight: s.weight,
@@ -232,13 +268,23 @@ fn record(s: Sample, trackable: bool) -> bool {
         return true;
     }
     sites::record_free(site, s.size, s.weight);
+    tally_free(site, s.size, s.weight);
     false
 }
 
 /// Credits the free of a sampled block, taken out of the set, to its site.
 fn credit_free(e: &Entry) {
     sites::record_free(e.site, e.size, e.weight);
+    tally_free(e.site, e.size, e.weight);
     peak::on_free(e.size as f64 * e.weight);
+}
+
+fn tally_free(site: sites::SiteId, size: usize, weight: f64) {
+    tally(site, |t| {
+        t.sampled_frees += 1;
+        t.free_objects += weight;
+        t.free_bytes += size as f64 * weight;
+    });
 }
 
 /// The layout a sampled block is really allocated with: the caller's, or,

@@ -32,6 +32,11 @@ pub(crate) unsafe fn realloc<A: GlobalAlloc>(
 ) -> *mut u8 {
     // SAFETY: the caller's contract, unchanged.
     let new_ptr = unsafe { realloc_counted(ptr, layout, new_size, maybe_sampled, inner) };
+    if !new_ptr.is_null() {
+        // Counted as the free of the old block, then the allocation of the
+        // new one.
+        super::note_live();
+    }
     // A thread out of the registry (exiting) passes its counts on here too.
     registry::flush_unlisted();
     if new_ptr.is_null() {

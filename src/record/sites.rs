@@ -59,6 +59,11 @@ impl SiteId {
     /// Bits of a site's index within its stripe.
     pub(crate) const INDEX_BITS: u32 = 24;
     const INDEX_MASK: u32 = (1 << Self::INDEX_BITS) - 1;
+
+    /// The id as a number, for tallies kept outside the table.
+    pub(crate) fn raw(self) -> u32 {
+        self.0
+    }
 }
 
 /// What a site has seen. `*_est` are the unbiased estimates (sum of
@@ -341,6 +346,43 @@ pub(crate) fn try_snapshot() -> Option<Vec<SiteCopy>> {
         });
     }
     Some(sites)
+}
+
+/// The sites `ids` name, each with its stack and `counts(id)` in place of
+/// the table's counts (a tally kept elsewhere, such as one thread's in a
+/// measure's window). Ids the table does not hold are left out. Takes
+/// each stripe's lock in turn, while copying that site's frames.
+pub(crate) fn copies_of(ids: &[u32], counts: impl Fn(u32) -> SiteCounts) -> Vec<SiteCopy> {
+    let mut out = Vec::with_capacity(ids.len());
+    for &id in ids {
+        if id == SiteId::OVERFLOW.0 {
+            out.push(SiteCopy {
+                frames: Vec::new(),
+                counts: counts(id),
+                overflow: true,
+            });
+            continue;
+        }
+        let stripe_index = (id >> SiteId::INDEX_BITS) as usize;
+        let index = (id & SiteId::INDEX_MASK) as usize;
+        let Some(stripe) = TABLE.stripes.get(stripe_index) else {
+            continue;
+        };
+        let frames = {
+            let stripe = stripe.lock();
+            let Some(site) = stripe.sites.get(index) else {
+                continue;
+            };
+            let start = site.frames_start as usize;
+            stripe.frames[start..start + site.frames_len as usize].to_vec()
+        };
+        out.push(SiteCopy {
+            frames,
+            counts: counts(id),
+            overflow: false,
+        });
+    }
+    out
 }
 
 /// Sites in the table, and those of them with live sampled memory, counted

@@ -209,6 +209,13 @@ impl ThreadSampler {
         Some(countdown)
     }
 
+    /// Gives the thread a generator seeded with `seed`, whatever the
+    /// process's seed and the thread's start order.
+    #[cfg(test)]
+    pub(crate) fn seed_exactly(&self, seed: u64) {
+        self.rng.set(Some(SmallRng::seed_from_u64(seed)));
+    }
+
     /// Starts over after a rate change, or with a fresh seed: the next
     /// allocation ends the countdown (which the caller sets to 0) and counts
     /// once.

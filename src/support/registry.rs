@@ -203,14 +203,18 @@ pub(crate) fn set_filter_mask(mask: impl FnOnce() -> usize) {
 /// slow path: moves what it counted to the unlisted totals, so that
 /// `stats()` sees it. An exiting thread's countdown is kept at zero, so
 /// that its allocations come here too. Not inside the profiler: there the
-/// counts are the profiler's own, taken out when it leaves.
+/// counts are the profiler's own, taken out when it leaves. Nor while a
+/// measure is active on the thread (`thread::measure`): it reads the
+/// thread's counts, and calls this when it ends.
 pub(crate) fn flush_unlisted() {
     if listed() || reentry::is_inside() {
         return;
     }
     let exiting = exited();
     thread::with(|l| {
-        UNLISTED.add(l.counters.take());
+        if !l.measure.aside() {
+            UNLISTED.add(l.counters.take());
+        }
         if exiting {
             l.counters.reset_countdown(0);
         }

@@ -15,6 +15,7 @@
 
 pub(crate) mod counters;
 pub(crate) mod labels;
+pub(crate) mod measure;
 
 use std::cell::Cell;
 use std::sync::OnceLock;
@@ -23,6 +24,7 @@ use std::sync::atomic::AtomicUsize;
 use crate::sample::ThreadSampler;
 use counters::Counters;
 use labels::LabelState;
+use measure::Measuring;
 
 #[repr(C, align(64))]
 pub(crate) struct Local {
@@ -35,6 +37,9 @@ pub(crate) struct Local {
     pub(crate) counters: Counters,
     /// The sampler's state between samples (`sample/`), slow path only.
     pub(crate) sampler: ThreadSampler,
+    /// A `heapprof::measure` active on this thread (`measure/`): the
+    /// countdown held aside, the high-water mark; slow path only.
+    pub(crate) measure: Measuring,
     /// Locks this thread holds or waits for, by rank (`support/lock.rs`).
     pub(crate) locks: HeldLocks,
     /// Frees put off until the thread leaves heapprof
@@ -53,6 +58,8 @@ pub(crate) struct Local {
 const _: () = assert!(std::mem::offset_of!(Local, counters) + counters::FAST_FIELDS_END <= 64);
 // The label state, touched on the slow path only, stays off that line.
 const _: () = assert!(std::mem::offset_of!(Local, labels) >= 64);
+// No destructor: reaching the thread-local never registers one.
+const _: () = assert!(!std::mem::needs_drop::<Local>());
 
 thread_local! {
     static LOCAL: Local = const {
@@ -60,6 +67,7 @@ thread_local! {
             filter_mask: AtomicUsize::new(0),
             counters: Counters::new(),
             sampler: ThreadSampler::new(),
+            measure: Measuring::new(),
             locks: HeldLocks::new(),
             deferred: DeferredFrees::new(),
             stack: StackFacts::new(),

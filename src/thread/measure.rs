@@ -1,0 +1,154 @@
+//! A thread's state while a `heapprof::measure` is active on it: the
+//! sampling countdown held aside, the live-bytes high-water mark, and the
+//! samples taken in the window.
+//!
+//! While a measure is active the fast path's countdown is held at zero, so
+//! that every allocation of the thread reaches the slow path, which raises
+//! the high-water mark; the sampler's real countdown waits here and the
+//! slow path charges it as the fast path would have, so sampling goes on
+//! exactly as without the measure. Other threads never look at this state,
+//! and the fast path has no instruction for it.
+
+use std::cell::Cell;
+use std::mem::ManuallyDrop;
+
+/// One site's share of the samples a thread took in a measure's window:
+/// its sampled allocations, and the frees of sampled blocks the thread
+/// made there. The site is the site table's id (`record/sites.rs`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct SiteTally {
+    pub site: u32,
+    pub sampled_allocs: u64,
+    pub sampled_alloc_bytes: u64,
+    pub sampled_frees: u64,
+    pub alloc_objects: f64,
+    pub alloc_bytes: f64,
+    pub free_objects: f64,
+    pub free_bytes: f64,
+}
+
+impl SiteTally {
+    const fn new(site: u32) -> Self {
+        SiteTally {
+            site,
+            sampled_allocs: 0,
+            sampled_alloc_bytes: 0,
+            sampled_frees: 0,
+            alloc_objects: 0.0,
+            alloc_bytes: 0.0,
+            free_objects: 0.0,
+            free_bytes: 0.0,
+        }
+    }
+
+    /// Adds `other`'s counts (of the same site) to these.
+    pub(crate) fn add(&mut self, other: &SiteTally) {
+        self.sampled_allocs += other.sampled_allocs;
+        self.sampled_alloc_bytes += other.sampled_alloc_bytes;
+        self.sampled_frees += other.sampled_frees;
+        self.alloc_objects += other.alloc_objects;
+        self.alloc_bytes += other.alloc_bytes;
+        self.free_objects += other.free_objects;
+        self.free_bytes += other.free_bytes;
+    }
+}
+
+/// What a thread keeps while a measure is active on it.
+pub(crate) struct Measuring {
+    /// Whether a measure is active: the fast path's countdown is held at
+    /// zero and the sampler's is in `held`.
+    aside: Cell<bool>,
+    /// The sampler's countdown (the part the fast path's counter would
+    /// hold) while `aside`.
+    held: Cell<usize>,
+    /// The highest live bytes of the thread (allocated minus freed,
+    /// wrapping) since the innermost measure started.
+    high: Cell<u64>,
+    /// The samples taken in the innermost measure's window, by site.
+    /// Empty (no memory) outside a measure; its memory is heapprof's own.
+    /// `ManuallyDrop` keeps the thread-local free of a destructor (see
+    /// `thread/mod.rs`): the measure that ends last takes the vector.
+    tallies: Cell<ManuallyDrop<Vec<SiteTally>>>,
+    /// Whether a tally was dropped for lack of memory in this window.
+    tallies_incomplete: Cell<bool>,
+}
+
+impl Measuring {
+    pub(crate) const fn new() -> Self {
+        Measuring {
+            aside: Cell::new(false),
+            held: Cell::new(0),
+            high: Cell::new(0),
+            tallies: Cell::new(ManuallyDrop::new(Vec::new())),
+            tallies_incomplete: Cell::new(false),
+        }
+    }
+
+    /// Whether a measure is active on this thread.
+    #[inline]
+    pub(crate) fn aside(&self) -> bool {
+        self.aside.get()
+    }
+
+    pub(crate) fn set_aside(&self, aside: bool) {
+        self.aside.set(aside);
+    }
+
+    /// The sampler's countdown held aside.
+    pub(crate) fn held(&self) -> usize {
+        self.held.get()
+    }
+
+    pub(crate) fn set_held(&self, countdown: usize) {
+        self.held.set(countdown);
+    }
+
+    /// The high-water mark of live bytes.
+    pub(crate) fn high(&self) -> u64 {
+        self.high.get()
+    }
+
+    pub(crate) fn set_high(&self, live: u64) {
+        self.high.set(live);
+    }
+
+    /// Raises the high-water mark to `live` if it is above it (compared as
+    /// a signed difference: live bytes wrap).
+    pub(crate) fn raise_high(&self, live: u64) {
+        if live.wrapping_sub(self.high.get()) as i64 > 0 {
+            self.high.set(live);
+        }
+    }
+
+    /// Takes the window's tallies and whether some were lost, leaving none.
+    pub(crate) fn take_tallies(&self) -> (Vec<SiteTally>, bool) {
+        (
+            ManuallyDrop::into_inner(self.tallies.take()),
+            self.tallies_incomplete.replace(false),
+        )
+    }
+
+    /// Puts tallies (and whether some were lost) back as the window's.
+    pub(crate) fn set_tallies(&self, tallies: Vec<SiteTally>, incomplete: bool) {
+        // The slot is empty: measures take it before they put it back.
+        self.tallies.set(ManuallyDrop::new(tallies));
+        self.tallies_incomplete.set(incomplete);
+    }
+
+    /// Adds to `site`'s tally with `change`; inside the profiler (the
+    /// tally's memory is heapprof's own). Without memory for a new site,
+    /// the window is marked incomplete.
+    pub(crate) fn tally(&self, site: u32, change: impl FnOnce(&mut SiteTally)) {
+        let mut tallies = ManuallyDrop::into_inner(self.tallies.take());
+        match tallies.iter_mut().position(|t| t.site == site) {
+            Some(i) => change(&mut tallies[i]),
+            None if tallies.try_reserve(1).is_ok() => {
+                let mut t = SiteTally::new(site);
+                change(&mut t);
+                tallies.push(t);
+            }
+            None => self.tallies_incomplete.set(true),
+        }
+        self.tallies.set(ManuallyDrop::new(tallies));
+    }
+}
