@@ -332,13 +332,14 @@
 //! | --- | --- |
 //! | `config/` | settings read once from the environment; one-line reports on stderr |
 //! | `sample/` | sampling math: when a countdown ends in a sample, what a sample weighs |
-//! | `thread/` | the one thread-local and its plain parts: counters and countdown, sampler state, filter mask, held locks, deferred frees, stack facts, registration, label-set ids; the exit hooks |
+//! | `thread/` | the one thread-local and its plain parts: counters and countdown, sampler state, filter mask, held locks, deferred frees, stack facts, registration, label-set ids, an active measure; the exit hooks |
 //! | `support/` | locks with ranks, the reentrancy guard, the registry of threads, memory mappings |
 //! | `labels/` | label sets: the table that interns them, scopes, the future wrapper, the tracing layer |
 //! | `record/` | the slow path: stack capture, the site table, the sampled-block set, spare blocks, the peak copy |
 //! | `fast.rs` | the fast path: `Profiler`'s `GlobalAlloc` |
 //! | `output/` | one path from a source (live, peak, delta) to a format (pprof, text, snapshot), with symbols |
 //! | `dump/` | profiles written without a call: at exit, by a guard, as a series, near the memory limit, on a failed allocation |
+//! | `measure/` | per-call measurement: exact counts of one thread's work, assertions, criterion integration |
 //! | `http/` | the `/debug/pprof` endpoint and its server |
 //! | `pyroscope/` | pushing profiles to Grafana Pyroscope from a thread of its own |
 //! | `process/` | what runs once per process, and the fork handlers |
@@ -370,6 +371,7 @@ mod fast;
 #[cfg(feature = "http")]
 pub mod http;
 mod labels;
+mod measure;
 mod output;
 mod process;
 #[cfg(feature = "pyroscope")]
@@ -386,6 +388,7 @@ pub use fast::Profiler;
 #[cfg(feature = "tracing")]
 pub use labels::tracing;
 pub use labels::{FutureExt, Labeled, current_labels, set_thread_label, with_labels};
+pub use measure::{Measured, assert_no_leak, measure};
 pub use output::snapshot::{
     Frame, FunctionBytes, SampleType, Site, Snapshot, Stats, snapshot, stats,
 };

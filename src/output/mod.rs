@@ -33,8 +33,8 @@ pub(crate) enum Source {
     /// reaches `record::peak`'s minimum).
     Peak,
     /// What happened over `span`: the table at its end minus the table
-    /// at its start (`record::sites::delta`).
-    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    /// at its start (`record::sites::delta`), or one thread's samples in a
+    /// measure's window.
     Delta {
         sites: Vec<SiteCopy>,
         span: Duration,

@@ -179,8 +179,13 @@ impl Drop for Snapshot {
 /// test pass without measuring anything, so
 /// [`Snapshot::assert_inuse_at_most`] panics instead.
 pub fn snapshot() -> Snapshot {
+    snapshot_of(super::Source::Live)
+}
+
+/// A [`Snapshot`] of `source`'s sites (empty if it has none).
+pub(crate) fn snapshot_of(source: super::Source) -> Snapshot {
     let _inside = reentry::Inside::enter();
-    let sites = super::collect(super::Source::Live).map_or_else(Vec::new, |c| c.sites);
+    let sites = super::collect(source).map_or_else(Vec::new, |c| c.sites);
     Snapshot::from_raw(sites, sample::rate())
 }
 

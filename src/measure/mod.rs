@@ -1,0 +1,535 @@
+//! Per-call measurement: exact counts of what one thread allocates in a
+//! closure ([`measure`]), assertions on them, leak checks
+//! ([`assert_no_leak`]), and criterion measurements and a profiler
+//! (`criterion.rs`, feature `criterion`).
+//!
+//! The counts are differences of the calling thread's own exact counters
+//! (`thread/counters.rs`), which only that thread writes: other threads
+//! cannot change them, and heapprof's own allocations are taken back out
+//! of them when it leaves its guard. The peak needs more than the counts
+//! at the two ends: while a window is open the thread's countdown is held
+//! aside (`record/countdown.rs`), so each of its allocations reaches the
+//! slow path, which raises the thread's high-water mark
+//! (`thread/measure.rs`). Windows nest: an inner one starts its own mark
+//! and hands its highest back to the outer one when it closes.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::output::{self, Source, snapshot::Snapshot};
+use crate::record::{self, countdown, sites};
+use crate::support::{reentry, registry};
+use crate::thread::{self, counters::Counts, measure::SiteTally};
+
+/// Runs `f` on the calling thread and returns its result with exact counts
+/// of what this thread allocated and freed while it ran.
+///
+/// ```no_run
+/// #[global_allocator]
+/// static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+///
+/// #[test]
+/// fn parse_allocates_little() {
+///     let (doc, m) = heapprof::measure(|| my_crate::parse("…"));
+///     m.assert_allocations_at_most(3);
+///     m.assert_peak_at_most(4096);
+///     println!("{m}"); // 3 allocations (1.2 KiB), 2 frees (1.0 KiB), net +256 B, peak 1.1 KiB
+/// #   drop(doc);
+/// }
+/// # mod my_crate { pub fn parse(_: &str) {} }
+/// ```
+///
+/// * Exact at every sample rate, `0` included: the counts are not
+///   estimates.
+/// * Only the calling thread is counted: tests running at the same time on
+///   other threads do not change the numbers, and neither does work `f`
+///   hands to other threads (a thread it spawns, a pool it submits to).
+///   To measure a call that spawns threads, take a [`stats()`](crate::stats)
+///   delta, which counts every thread, in a test that runs alone (its own
+///   test binary, or `cargo test -- --test-threads=1`):
+///
+///   ```no_run
+///   let before = heapprof::stats();
+///   my_crate::parallel_sort(&mut vec![3, 1, 2]);
+///   let after = heapprof::stats();
+///   let allocated = after.allocated_bytes - before.allocated_bytes;
+///   let grown = after.live_bytes() as i64 - before.live_bytes() as i64;
+///   # mod my_crate { pub fn parallel_sort(_: &mut Vec<i32>) {} }
+///   ```
+/// * [`Measured::peak_bytes`] is exact as well: while `f` runs, every
+///   allocation of this thread takes heapprof's slow path (about
+///   `BENCHMARKS.md`'s "inside measure" cost instead of a counter bump);
+///   other threads' allocations cost what they always do.
+/// * Sampling goes on as without the measure; samples of this thread in
+///   the window are kept by site, and the assertions' messages list them.
+/// * Calls nest: an inner measure counts its closure, and the outer one
+///   counts everything, the inner closure included.
+/// * If `f` panics, the thread is left as it was before the call.
+/// * If heapprof is not the `#[global_allocator]`, every count is zero;
+///   the assertions then panic rather than pass.
+pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Measured) {
+    let window = Window::open();
+    let result = f();
+    (result, window.close())
+}
+
+/// What [`measure`] counted: exact numbers for the calling thread's
+/// allocations and frees while the closure ran.
+///
+/// A `realloc` counts as the free of the old block and the allocation of
+/// the new one. Bytes are the sizes the program asked for.
+pub struct Measured {
+    /// Blocks allocated.
+    pub allocations: u64,
+    /// Bytes of those blocks.
+    pub allocated_bytes: u64,
+    /// Blocks freed (allocated in the window or before it).
+    pub deallocations: u64,
+    /// Bytes of those blocks.
+    pub freed_bytes: u64,
+    /// The highest the thread's live bytes rose above where they stood when
+    /// the window opened: the most memory the call held at once (the
+    /// result of a `realloc`, not the old and new blocks together). At
+    /// least [`net_bytes`](Measured::net_bytes), and never below zero.
+    pub peak_bytes: u64,
+    /// The thread's samples in the window, by site (heapprof's memory).
+    sites: Vec<SiteTally>,
+    /// Whether a site was left out of `sites` for lack of memory.
+    sites_incomplete: bool,
+    /// The sample rate when the window closed.
+    rate: usize,
+    elapsed: Duration,
+}
+
+impl Measured {
+    /// The change in live bytes: allocated minus freed (negative when the
+    /// call freed more than it allocated).
+    pub fn net_bytes(&self) -> i64 {
+        self.allocated_bytes.wrapping_sub(self.freed_bytes) as i64
+    }
+
+    /// Panics, with the numbers and the sampled sites, if the call made
+    /// more than `max` allocations.
+    #[track_caller]
+    pub fn assert_allocations_at_most(&self, max: u64) {
+        if self.allocations > max {
+            self.fail(
+                &format!(
+                    "{} allocations, more than the {max} allowed",
+                    self.allocations
+                ),
+                Order::Allocations,
+            );
+        }
+        self.check_installed("allocations");
+    }
+
+    /// Panics, with the numbers and the sampled sites, if the call's live
+    /// bytes rose more than `max_bytes` above where they started
+    /// ([`Measured::peak_bytes`]).
+    #[track_caller]
+    pub fn assert_peak_at_most(&self, max_bytes: u64) {
+        if self.peak_bytes > max_bytes {
+            self.fail(
+                &format!(
+                    "peak of {} bytes, more than the {max_bytes} allowed",
+                    self.peak_bytes
+                ),
+                Order::Bytes,
+            );
+        }
+        self.check_installed("the peak");
+    }
+
+    /// Panics, with the numbers and the sampled sites that still hold
+    /// memory, if the call left live memory behind: if it allocated more
+    /// bytes than it freed ([`Measured::net_bytes`] above zero).
+    #[track_caller]
+    pub fn assert_no_growth(&self) {
+        if self.net_bytes() > 0 {
+            self.fail(
+                &format!("live memory grew by {} bytes", self.net_bytes()),
+                Order::Live,
+            );
+        }
+        self.check_installed("growth");
+    }
+
+    /// An assertion that passed because nothing was counted must not pass
+    /// when heapprof is not the global allocator.
+    #[track_caller]
+    fn check_installed(&self, what: &str) {
+        if let Err(e) = output::check_installed() {
+            panic!("heapprof: cannot check {what}: {e}");
+        }
+    }
+
+    #[track_caller]
+    fn fail(&self, what: &str, order: Order) -> ! {
+        panic!("heapprof: {what}\n{}", self.report(order));
+    }
+
+    /// The numbers, then the sampled sites in `order`.
+    fn report(&self, order: Order) -> String {
+        let _inside = reentry::Inside::enter();
+        let mut out = format!("  measured: {self} (in {:.3?})\n", self.elapsed);
+        out.push_str(&self.sites_report(order));
+        out
+    }
+
+    /// The thread's samples in the window, symbolized, the top ones first.
+    /// Inside the profiler.
+    fn sites_report(&self, order: Order) -> String {
+        if self.sites.is_empty() {
+            return match self.rate {
+                0 => "  no sites: sampling is off (sample rate 0); \
+                      heapprof::set_sample_rate(1) records every allocation's site\n"
+                    .into(),
+                1 => "  no sites: nothing of this thread was sampled in the window\n".into(),
+                rate => format!(
+                    "  no sites: none of this window's allocations was sampled (about one per \
+                     {rate} bytes); heapprof::set_sample_rate(1) records every allocation's site\n"
+                ),
+            };
+        }
+        let snapshot = self.snapshot();
+        let mut rows: Vec<_> = snapshot.sites().iter().collect();
+        rows.sort_by_key(|s| {
+            std::cmp::Reverse(match order {
+                Order::Allocations => (s.alloc_objects, s.alloc_bytes),
+                Order::Bytes => (s.alloc_bytes, s.inuse_bytes),
+                Order::Live => (s.inuse_bytes, s.alloc_bytes),
+            })
+        });
+        let exactness = match self.rate {
+            1 => "every allocation sampled: exact".to_owned(),
+            rate => format!("sampled about once per {rate} bytes: estimates"),
+        };
+        let mut out = format!(
+            "  this thread's sampled sites in the window ({exactness}):\n  {:>10} {:>12} {:>12}  site\n",
+            "allocs", "bytes", "live bytes"
+        );
+        for s in rows.iter().take(TOP_SITES) {
+            let names: Vec<&str> = s
+                .frames
+                .iter()
+                .take(FRAMES_SHOWN)
+                .map(|f| f.function.as_str())
+                .collect();
+            let site = match names.is_empty() {
+                true => "[overflow: sites past HEAPPROF_MAX_SITES]".to_owned(),
+                false => names.join(" < "),
+            };
+            out.push_str(&format!(
+                "  {:>10} {:>12} {:>12}  {site}\n",
+                s.alloc_objects, s.alloc_bytes, s.inuse_bytes
+            ));
+        }
+        if rows.len() > TOP_SITES {
+            out.push_str(&format!("  … and {} more sites\n", rows.len() - TOP_SITES));
+        }
+        if self.sites_incomplete {
+            out.push_str("  (some sites were left out: no memory to keep them)\n");
+        }
+        out
+    }
+
+    /// The window's samples as a snapshot (a delta of this thread's sites).
+    fn snapshot(&self) -> Snapshot {
+        let _inside = reentry::Inside::enter();
+        let ids: Vec<u32> = self.sites.iter().map(|t| t.site).collect();
+        let copies = sites::copies_of(&ids, |id| {
+            self.sites
+                .iter()
+                .find(|t| t.site == id)
+                .map_or_else(sites::SiteCounts::default, |t| sites::SiteCounts {
+                    sampled_allocs: t.sampled_allocs,
+                    sampled_alloc_bytes: t.sampled_alloc_bytes,
+                    sampled_frees: t.sampled_frees,
+                    alloc_objects_est: t.alloc_objects,
+                    alloc_bytes_est: t.alloc_bytes,
+                    free_objects_est: t.free_objects,
+                    free_bytes_est: t.free_bytes,
+                })
+        });
+        output::snapshot::snapshot_of(Source::Delta {
+            sites: copies,
+            span: self.elapsed,
+        })
+    }
+}
+
+/// How the sites of a failure are ordered: by what the assertion checks.
+#[derive(Clone, Copy)]
+enum Order {
+    Allocations,
+    Bytes,
+    Live,
+}
+
+/// Sites a window has room for when it opens. Samples of more sites grow
+/// the room on the slow path, an allocation of heapprof's own that uses
+/// up sampling points as any does; up to this many, the window's
+/// bookkeeping allocates only when it opens and closes, and the samples
+/// drawn in it are the very ones drawn without it.
+const TALLY_CAPACITY: usize = 16;
+
+/// Sites an assertion's message lists.
+const TOP_SITES: usize = 10;
+/// Frames of each site it names, leaf first.
+const FRAMES_SHOWN: usize = 3;
+
+/// `3 allocations (1.2 KiB), 2 frees (1.0 KiB), net +256 B, peak 1.1 KiB`,
+/// with the exact byte counts in parentheses past 1 KiB.
+impl fmt::Display for Measured {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} allocations ({}), {} frees ({}), net {}{}, peak {}",
+            self.allocations,
+            Bytes(self.allocated_bytes),
+            self.deallocations,
+            Bytes(self.freed_bytes),
+            if self.net_bytes() >= 0 { "+" } else { "-" },
+            Bytes(self.net_bytes().unsigned_abs()),
+            Bytes(self.peak_bytes),
+        )
+    }
+}
+
+impl fmt::Debug for Measured {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Measured")
+            .field("allocations", &self.allocations)
+            .field("allocated_bytes", &self.allocated_bytes)
+            .field("deallocations", &self.deallocations)
+            .field("freed_bytes", &self.freed_bytes)
+            .field("peak_bytes", &self.peak_bytes)
+            .field("sampled_sites", &self.sites.len())
+            .finish()
+    }
+}
+
+/// Its memory is heapprof's, allocated and freed inside the profiler, so
+/// that counts taken around a copy leave it out.
+impl Clone for Measured {
+    fn clone(&self) -> Self {
+        let _inside = reentry::Inside::enter();
+        Measured {
+            sites: self.sites.clone(),
+            ..*self
+        }
+    }
+}
+
+impl Drop for Measured {
+    fn drop(&mut self) {
+        let _inside = reentry::Inside::enter();
+        drop(std::mem::take(&mut self.sites));
+    }
+}
+
+/// A byte count as people read it: `512 B`, `1.5 KiB (1536 B)`.
+struct Bytes(u64);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+        let n = self.0;
+        if n < 1024 {
+            return write!(f, "{n} B");
+        }
+        let mut value = n as f64 / 1024.0;
+        let mut unit = 0;
+        while value >= 1024.0 && unit + 1 < UNITS.len() {
+            value /= 1024.0;
+            unit += 1;
+        }
+        write!(f, "{value:.1} {} = {n} B", UNITS[unit])
+    }
+}
+
+/// An open measure on this thread, closed by [`Window::close`], or, if the
+/// closure panics, by its drop.
+struct Window {
+    start: Counts,
+    started: Instant,
+    /// False for a window opened inside another one.
+    outermost: bool,
+    /// The enclosing window's high-water mark and tallies, set aside
+    /// while this one is open (nothing for the outermost).
+    outer_high: u64,
+    outer_sites: Vec<SiteTally>,
+    outer_incomplete: bool,
+    closed: bool,
+}
+
+/// This thread's program counts (heapprof's own left out).
+fn thread_counts() -> Counts {
+    thread::with(|l| l.counters.read()).unwrap_or_default()
+}
+
+fn live(c: Counts) -> u64 {
+    c.allocated_bytes.wrapping_sub(c.freed_bytes)
+}
+
+impl Window {
+    fn open() -> Window {
+        let outermost = countdown::hold_aside();
+        let tallies = {
+            let _inside = reentry::Inside::enter();
+            let mut tallies = Vec::new();
+            if crate::sample::known_rate() != Some(0) {
+                let _ = tallies.try_reserve_exact(TALLY_CAPACITY);
+            }
+            tallies
+        };
+        let start = thread_counts();
+        let (outer_high, (outer_sites, outer_incomplete)) = thread::with(|l| {
+            let high = l.measure.high();
+            l.measure.set_high(live(start));
+            let outer = l.measure.take_tallies();
+            l.measure.set_tallies(tallies, false);
+            (high, outer)
+        })
+        .unwrap_or_default();
+        Window {
+            start,
+            started: Instant::now(),
+            outermost,
+            outer_high,
+            outer_sites,
+            outer_incomplete,
+            closed: false,
+        }
+    }
+
+    fn close(mut self) -> Measured {
+        self.end()
+    }
+
+    /// Closes the window: the counts since it opened, and the thread as an
+    /// enclosing window (or no window) expects it.
+    fn end(&mut self) -> Measured {
+        self.closed = true;
+        let elapsed = self.started.elapsed();
+        let end = thread_counts();
+        let (high, (sites, incomplete)) =
+            thread::with(|l| (l.measure.high(), l.measure.take_tallies())).unwrap_or_default();
+        let inside = reentry::Inside::enter();
+        let diff = end.minus(self.start);
+        let start_live = live(self.start);
+        let peak = (high.wrapping_sub(start_live) as i64)
+            .max(live(end).wrapping_sub(start_live) as i64)
+            .max(0) as u64;
+        if self.outermost {
+            drop(std::mem::take(&mut self.outer_sites));
+            countdown::put_back();
+        } else {
+            // The enclosing window saw all this window saw.
+            let mut outer = std::mem::take(&mut self.outer_sites);
+            let mut outer_incomplete = self.outer_incomplete || incomplete;
+            for t in &sites {
+                match outer.iter().position(|o| o.site == t.site) {
+                    Some(i) => outer[i].add(t),
+                    None if outer.try_reserve(1).is_ok() => outer.push(*t),
+                    None => outer_incomplete = true,
+                }
+            }
+            thread::with(|l| {
+                l.measure.set_high(self.outer_high);
+                l.measure.raise_high(high);
+                l.measure.set_tallies(outer, outer_incomplete);
+            });
+        }
+        drop(inside);
+        if self.outermost {
+            // Counts of a thread outside the registry wait for the window
+            // to close (`registry::flush_unlisted`): passed on now.
+            registry::flush_unlisted();
+        }
+        Measured {
+            allocations: diff.allocations,
+            allocated_bytes: diff.allocated_bytes,
+            deallocations: diff.deallocations,
+            freed_bytes: diff.freed_bytes,
+            peak_bytes: peak,
+            sites,
+            sites_incomplete: incomplete,
+            rate: record::countdown::rate(),
+            elapsed,
+        }
+    }
+}
+
+impl Drop for Window {
+    fn drop(&mut self) {
+        if !self.closed {
+            // The closure panicked: the thread goes back to how it was.
+            drop(self.end());
+        }
+    }
+}
+
+/// Panics if `f` leaks: after `warmups` calls, `iterations` more calls
+/// must leave the calling thread's live memory no larger than it was
+/// before them.
+///
+/// Growth is [`Measured::net_bytes`] of the `iterations` calls taken
+/// together (each call's result dropped): bytes allocated minus bytes
+/// freed, exact. Above zero is a leak. So:
+///
+/// * memory a call allocates once and keeps (a lazily built cache, a
+///   buffer that reaches its size) is fine if it happens in the warm-up
+///   calls; give as many as it takes to reach the steady state;
+/// * memory freed later in the measured calls offsets memory allocated
+///   earlier in them, so a call may hold memory that the next one frees;
+/// * what the calls hand to other threads is not counted (see
+///   [`measure`]).
+///
+/// The message gives the numbers, the growth per call, and the sites of
+/// this thread's samples in the measured calls, those still holding
+/// memory first (at sample rate 1, every allocation is a sample).
+///
+/// ```no_run
+/// #[global_allocator]
+/// static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+///
+/// #[test]
+/// fn handle_request_does_not_leak() {
+///     heapprof::assert_no_leak(2, 100, || my_crate::handle_request("GET /"));
+/// }
+/// # mod my_crate { pub fn handle_request(_: &str) {} }
+/// ```
+///
+/// # Panics
+///
+/// On a leak; if `iterations` is 0 (nothing would be checked); and if
+/// heapprof is not the `#[global_allocator]`.
+#[track_caller]
+pub fn assert_no_leak<R>(warmups: usize, iterations: usize, mut f: impl FnMut() -> R) {
+    assert!(
+        iterations > 0,
+        "heapprof::assert_no_leak: iterations is 0, so nothing would be checked"
+    );
+    for _ in 0..warmups {
+        drop(f());
+    }
+    let ((), m) = measure(|| {
+        for _ in 0..iterations {
+            drop(f());
+        }
+    });
+    let grown = m.net_bytes();
+    if grown > 0 {
+        m.fail(
+            &format!(
+                "leak: live memory grew by {grown} bytes over {iterations} calls (about {} bytes \
+                 per call), after {warmups} warm-up calls",
+                grown as f64 / iterations as f64
+            ),
+            Order::Live,
+        );
+    }
+    m.check_installed("for leaks");
+}

@@ -1,0 +1,413 @@
+//! `heapprof::measure` and its assertions: exact counts of the calling
+//! thread's work at every sample rate, whatever other threads allocate
+//! meanwhile; an exact peak; nesting; sampling unchanged by a measure;
+//! `assert_no_leak` on a leak and on a lazily built cache; what the
+//! assertions' messages say.
+
+use std::hint::black_box;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use heapprof::{Measured, measure};
+
+#[global_allocator]
+static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+
+/// The sample rate is process-wide: a test that needs one in force holds
+/// this while it runs. (Tests that do not care run beside them, at
+/// whatever rate is set: they must be exact at any.)
+static RATE: Mutex<()> = Mutex::new(());
+
+fn at_rate(rate: usize) -> MutexGuard<'static, ()> {
+    let guard = RATE.lock().unwrap_or_else(|e| e.into_inner());
+    heapprof::set_sample_rate(rate);
+    guard
+}
+
+/// What [`known_work`] does, exactly.
+struct Expected {
+    allocations: u64,
+    allocated_bytes: u64,
+    deallocations: u64,
+    freed_bytes: u64,
+    peak_bytes: u64,
+}
+
+/// Allocates 1000 bytes, then a vector of ten pointers (80 bytes) and ten
+/// boxes of 64 bytes, frees the 1000, allocates 500 kept in the result,
+/// and frees the vector and its boxes. Live bytes go 1000, 1080, 1720
+/// (the peak), 720, 1220, 500.
+#[inline(never)]
+fn known_work() -> Vec<u8> {
+    let a = black_box(vec![1u8; 1000]);
+    let mut boxes: Vec<Box<[u8; 64]>> = black_box(Vec::with_capacity(10));
+    for i in 0..10 {
+        boxes.push(black_box(Box::new([i as u8; 64])));
+    }
+    drop(black_box(a));
+    let kept = black_box(vec![2u8; 500]);
+    drop(black_box(boxes));
+    kept
+}
+
+const KNOWN: Expected = Expected {
+    allocations: 13,
+    allocated_bytes: 1000 + 80 + 10 * 64 + 500,
+    deallocations: 12,
+    freed_bytes: 1000 + 80 + 10 * 64,
+    peak_bytes: 1000 + 80 + 10 * 64,
+};
+
+fn assert_counts(m: &Measured, e: &Expected, times: u64, what: &str) {
+    let got = (
+        m.allocations,
+        m.allocated_bytes,
+        m.deallocations,
+        m.freed_bytes,
+    );
+    let want = (
+        e.allocations * times,
+        e.allocated_bytes * times,
+        e.deallocations * times,
+        e.freed_bytes * times,
+    );
+    assert_eq!(
+        got, want,
+        "{what}: (allocations, bytes, frees, freed bytes)"
+    );
+}
+
+fn known_at(rate: usize) {
+    let _rate = at_rate(rate);
+    // Warm: the thread's first allocation, the rate's first read.
+    drop(known_work());
+    let (kept, m) = measure(known_work);
+    assert_counts(&m, &KNOWN, 1, &format!("rate {rate}"));
+    assert_eq!(m.peak_bytes, KNOWN.peak_bytes, "peak at rate {rate}: {m}");
+    assert_eq!(m.net_bytes(), 500);
+    drop(kept);
+}
+
+#[test]
+fn exact_with_sampling_off() {
+    known_at(0);
+}
+
+/// Every allocation is a sample: heapprof's own allocations (stacks,
+/// the site table) are many, and none is counted.
+#[test]
+fn exact_when_every_allocation_is_sampled() {
+    known_at(1);
+}
+
+#[test]
+fn exact_at_the_default_rate() {
+    known_at(512 * 1024);
+}
+
+/// A rate at which some of the work's allocations are sampled and some
+/// are not, over many calls.
+#[test]
+fn exact_over_many_calls_at_a_small_rate() {
+    let _rate = at_rate(4096);
+    let (_, m) = measure(|| {
+        for _ in 0..1000 {
+            drop(known_work());
+        }
+    });
+    let mut e = KNOWN;
+    // The 500 bytes are freed by each next round too.
+    e.deallocations += 1;
+    e.freed_bytes += 500;
+    assert_counts(&m, &e, 1000, "1000 calls at rate 4096");
+    assert_eq!(m.net_bytes(), 0);
+    assert_eq!(m.peak_bytes, KNOWN.peak_bytes);
+}
+
+/// Other threads allocate and free as fast as they can, and sample at the
+/// default rate, while this thread measures: its counts are its own.
+#[test]
+fn other_threads_do_not_change_the_counts() {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for t in 0..3 {
+            let stop = &stop;
+            s.spawn(move || {
+                let mut kept = Vec::new();
+                let mut i = 0usize;
+                while !stop.load(Relaxed) {
+                    kept.push(vec![t as u8; 64 + i % 4096]);
+                    if kept.len() > 256 {
+                        kept.clear();
+                    }
+                    i += 1;
+                }
+            });
+        }
+        for round in 0..50 {
+            let (kept, m) = measure(known_work);
+            assert_counts(&m, &KNOWN, 1, &format!("round {round}"));
+            assert_eq!(m.peak_bytes, KNOWN.peak_bytes, "round {round}");
+            drop(kept);
+        }
+        stop.store(true, Relaxed);
+    });
+}
+
+/// Allocate 1 MiB, free it, allocate 512 KiB: the peak is 1 MiB, though
+/// the call ends holding half of it. The 1 MiB block is past the fast
+/// path's share of the countdown, which the slow path handles on its own.
+#[test]
+fn peak_is_the_highest_point_not_the_end() {
+    let (kept, m) = measure(|| {
+        drop(black_box(vec![0u8; 1 << 20]));
+        black_box(vec![0u8; 512 << 10])
+    });
+    assert_eq!(m.peak_bytes, 1 << 20, "{m}");
+    assert_eq!(m.net_bytes(), 512 << 10);
+    assert_eq!((m.allocations, m.deallocations), (2, 1));
+    // Freeing what the window left brings the thread's live bytes below
+    // where a new window starts: the peak is growth, never below 0.
+    let ((), m) = measure(|| drop(kept));
+    assert_eq!(m.peak_bytes, 0);
+    assert_eq!(m.net_bytes(), -(512 << 10));
+}
+
+/// A realloc counts as the free of the old block and the allocation of
+/// the new one, and the peak as its result.
+#[test]
+fn realloc_is_a_free_and_an_allocation() {
+    let (v, m) = measure(|| {
+        let mut v: Vec<u8> = black_box(Vec::with_capacity(100));
+        v.reserve_exact(300);
+        v.push(1);
+        v.shrink_to_fit();
+        black_box(v)
+    });
+    assert_eq!((m.allocations, m.deallocations), (3, 2), "{m}");
+    assert_eq!(m.allocated_bytes, 100 + 300 + 1);
+    assert_eq!(m.freed_bytes, 100 + 300);
+    assert_eq!(m.peak_bytes, 300);
+    drop(v);
+}
+
+/// The live bytes before the window are not the window's: a thread that
+/// already holds memory starts at 0.
+#[test]
+fn growth_is_counted_from_where_the_window_starts() {
+    let held = black_box(vec![0u8; 100_000]);
+    let (kept, m) = measure(|| black_box(vec![0u8; 10]));
+    assert_eq!(m.peak_bytes, 10);
+    drop((held, kept));
+}
+
+/// An inner measure counts its closure; the outer one everything, with
+/// its peak reached inside the inner closure.
+#[test]
+fn measures_nest() {
+    let (((), inner), outer) = measure(|| {
+        let a = black_box(vec![0u8; 1000]);
+        let r = measure(|| {
+            drop(black_box(vec![0u8; 2000]));
+            black_box(vec![0u8; 300]).leak();
+        });
+        drop(a);
+        black_box(vec![0u8; 50]);
+        r
+    });
+    assert_eq!((inner.allocations, inner.allocated_bytes), (2, 2300));
+    assert_eq!(inner.peak_bytes, 2000, "inner: {inner}");
+    assert_eq!(inner.net_bytes(), 300);
+    assert_eq!((outer.allocations, outer.allocated_bytes), (4, 3350));
+    assert_eq!(
+        outer.peak_bytes, 3000,
+        "outer: 1000 held when the inner one rose by 2000: {outer}"
+    );
+    assert_eq!(outer.net_bytes(), 300);
+}
+
+/// An outer window's peak reached before an inner one survives the inner
+/// one, also when its closure panics.
+#[test]
+fn an_inner_window_that_panics_leaves_the_outer_one_right() {
+    let ((), outer) = measure(|| {
+        drop(black_box(vec![0u8; 10_000]));
+        let caught = catch_unwind(|| {
+            measure(|| {
+                black_box(vec![0u8; 100]).leak();
+                // Not `panic!`: the panic hook may capture and symbolize a
+                // backtrace (RUST_BACKTRACE), and keep what it allocated.
+                std::panic::resume_unwind(Box::new(()));
+            })
+        });
+        assert!(caught.is_err());
+    });
+    assert_eq!(
+        outer.peak_bytes, 10_000,
+        "the outer mark before the inner window: {outer}"
+    );
+    assert!(
+        outer.net_bytes() >= 100 && outer.net_bytes() < 1000,
+        "the inner window's 100 bytes, and what unwinding keeps: {outer}"
+    );
+    // The thread is not left measuring: a new window starts afresh.
+    let (kept, m) = measure(known_work);
+    assert_counts(&m, &KNOWN, 1, "after a panic");
+    assert_eq!(m.peak_bytes, KNOWN.peak_bytes);
+    drop(kept);
+}
+
+/// Threads the closure starts are not counted.
+#[test]
+fn spawned_threads_are_not_counted() {
+    let (v, m) = measure(|| std::thread::scope(|s| s.spawn(|| vec![0u8; 1 << 16]).join()));
+    let v = v.unwrap();
+    assert!(
+        m.allocated_bytes < 1 << 16,
+        "the spawned thread's block is not this thread's: {m}"
+    );
+    drop(v);
+}
+
+fn panic_message(f: impl FnOnce()) -> String {
+    let err = catch_unwind(AssertUnwindSafe(f)).expect_err("the assertion fails");
+    match err.downcast::<String>() {
+        Ok(s) => *s,
+        Err(e) => e.downcast_ref::<&str>().unwrap_or(&"?").to_string(),
+    }
+}
+
+#[inline(never)]
+fn allocates_ten_blocks() -> Vec<Vec<u8>> {
+    let mut v = Vec::with_capacity(10);
+    for i in 0..10 {
+        v.push(black_box(vec![i as u8; 100]));
+    }
+    black_box(v)
+}
+
+/// At rate 1 the message has the numbers and the function that allocated.
+#[test]
+fn assertion_messages_show_numbers_and_sites() {
+    let _rate = at_rate(1);
+    drop(allocates_ten_blocks());
+    let (kept, m) = measure(allocates_ten_blocks);
+    // Ten blocks of 100 bytes and the vector of ten `Vec`s that holds them.
+    let bytes = 10 * 100 + 10 * std::mem::size_of::<Vec<u8>>() as u64;
+    m.assert_allocations_at_most(11);
+    m.assert_peak_at_most(bytes);
+    let msg = panic_message(|| m.assert_allocations_at_most(10));
+    assert!(
+        msg.contains("11 allocations, more than the 10 allowed"),
+        "{msg}"
+    );
+    assert!(msg.contains(&format!("peak 1.2 KiB = {bytes} B")), "{msg}");
+    assert!(msg.contains("every allocation sampled: exact"), "{msg}");
+    assert!(msg.contains("measure::allocates_ten_blocks"), "{msg}");
+    // The sites' rows (allocs, bytes, live bytes, names) add up to the
+    // window's numbers.
+    let rows: Vec<[i64; 3]> = msg
+        .lines()
+        .filter_map(|l| {
+            let cols: Vec<i64> = l
+                .split_whitespace()
+                .take(3)
+                .map_while(|c| c.parse().ok())
+                .collect();
+            cols.try_into().ok()
+        })
+        .collect();
+    let total = rows
+        .iter()
+        .fold([0; 3], |t, r| [t[0] + r[0], t[1] + r[1], t[2] + r[2]]);
+    assert_eq!(total, [11, bytes as i64, bytes as i64], "{msg}");
+    let msg = panic_message(|| m.assert_peak_at_most(bytes - 1));
+    assert!(
+        msg.contains(&format!(
+            "peak of {bytes} bytes, more than the {} allowed",
+            bytes - 1
+        )),
+        "{msg}"
+    );
+    let msg = panic_message(|| m.assert_no_growth());
+    assert!(
+        msg.contains(&format!("live memory grew by {bytes} bytes")),
+        "{msg}"
+    );
+    drop(kept);
+    let ((), m) = measure(|| drop(allocates_ten_blocks()));
+    m.assert_no_growth();
+}
+
+/// With nothing sampled, the message says why there are no sites.
+#[test]
+fn with_sampling_off_the_message_says_so() {
+    let _rate = at_rate(0);
+    let (kept, m) = measure(allocates_ten_blocks);
+    let msg = panic_message(|| m.assert_allocations_at_most(0));
+    assert!(
+        msg.contains("11 allocations, more than the 0 allowed"),
+        "{msg}"
+    );
+    assert!(msg.contains("sampling is off"), "{msg}");
+    drop(kept);
+}
+
+static LEAKED: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+#[inline(never)]
+fn leaky_handler() {
+    LEAKED.lock().unwrap().push(vec![0u8; 48]);
+}
+
+#[test]
+fn assert_no_leak_catches_a_leak() {
+    let _rate = at_rate(1);
+    let msg = panic_message(|| heapprof::assert_no_leak(2, 20, leaky_handler));
+    assert!(msg.contains("leak: live memory grew by"), "{msg}");
+    assert!(msg.contains("over 20 calls"), "{msg}");
+    assert!(msg.contains("measure::leaky_handler"), "{msg}");
+}
+
+static CACHE: OnceLock<Vec<u8>> = OnceLock::new();
+
+/// Builds a cache on its first call, then only reads it; allocates and
+/// frees scratch space on every call.
+#[inline(never)]
+fn cached_lookup() -> usize {
+    let cache = CACHE.get_or_init(|| vec![7u8; 4096]);
+    let scratch = black_box(vec![0u8; 256]);
+    cache.len() + scratch.len()
+}
+
+#[test]
+fn assert_no_leak_allows_a_lazily_built_cache() {
+    heapprof::assert_no_leak(1, 50, cached_lookup);
+}
+
+/// Memory a call holds until the next call frees it is not a leak.
+#[test]
+fn assert_no_leak_allows_memory_the_next_call_frees() {
+    let mut last: Option<Vec<u8>> = None;
+    heapprof::assert_no_leak(1, 10, || last = Some(black_box(vec![0u8; 1000])));
+}
+
+/// Without warm-up, the cache's first build is growth: the definition
+/// counts what the measured calls leave, nothing else.
+#[test]
+fn assert_no_leak_without_warmup_sees_the_first_build() {
+    static FIRST: OnceLock<Vec<u8>> = OnceLock::new();
+    let msg = panic_message(|| {
+        heapprof::assert_no_leak(0, 5, || {
+            FIRST.get_or_init(|| vec![0u8; 777]);
+        })
+    });
+    assert!(msg.contains("grew by 777 bytes over 5 calls"), "{msg}");
+}
+
+#[test]
+fn assert_no_leak_needs_an_iteration() {
+    let msg = panic_message(|| heapprof::assert_no_leak(1, 0, || ()));
+    assert!(msg.contains("iterations is 0"), "{msg}");
+}
