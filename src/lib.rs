@@ -164,6 +164,50 @@
 //!   [`Snapshot::write_pprof`] writes the same bytes as [`write_profile`],
 //!   for `go tool pprof` when Go is at hand.
 //!
+//! ## In tests: exact per-call counts, peaks and leaks
+//!
+//! [`measure`] runs a closure and counts, exactly, what the calling thread
+//! allocated and freed while it ran, and the most it held at once; tests
+//! running at the same time on other threads do not change the numbers,
+//! at any sample rate (`0` included):
+//!
+//! ```no_run
+//! #[global_allocator]
+//! static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+//!
+//! #[test]
+//! fn parse_stays_small() {
+//!     let (doc, m) = heapprof::measure(|| my_crate::parse("…"));
+//!     m.assert_allocations_at_most(8);
+//!     m.assert_peak_at_most(64 * 1024);
+//!     drop(doc);
+//! }
+//!
+//! #[test]
+//! fn handler_does_not_leak() {
+//!     // Two warm-up calls build what is built once; then 100 calls must
+//!     // leave no more live memory than they found.
+//!     heapprof::assert_no_leak(2, 100, || my_crate::handle("GET /"));
+//! }
+//! # mod my_crate { pub fn parse(_: &str) {} pub fn handle(_: &str) {} }
+//! ```
+//!
+//! * [`Measured`] has `allocations`, `allocated_bytes`, `deallocations`,
+//!   `freed_bytes`, `peak_bytes` (the highest the live bytes rose above
+//!   where they started) and [`net_bytes()`](Measured::net_bytes).
+//! * A failed assertion's message gives the numbers and the sites of the
+//!   thread's samples in the window (all of its allocations at
+//!   [`set_sample_rate`]`(1)`).
+//! * Only the calling thread is counted; for a call that spawns threads,
+//!   take a [`stats()`] delta in a test that runs alone (see [`measure`]).
+//! * While a measure is active, each allocation of its thread costs a trip
+//!   through the slow path (`BENCHMARKS.md`); other threads pay nothing.
+//!
+//! With the `criterion` feature, `heapprof::criterion` has criterion measurements
+//! of bytes and allocations per iteration and a profiler that writes a
+//! heap profile per benchmark: Go's `-benchmem` and `-memprofile` (see the
+//! README's "In benchmarks").
+//!
 //! ## Automatic dumps
 //!
 //! * `HEAPPROF_OUT=heap.pb.gz`: write a profile when the process exits
@@ -388,6 +432,8 @@ pub use fast::Profiler;
 #[cfg(feature = "tracing")]
 pub use labels::tracing;
 pub use labels::{FutureExt, Labeled, current_labels, set_thread_label, with_labels};
+#[cfg(feature = "criterion")]
+pub use measure::criterion;
 pub use measure::{Measured, assert_no_leak, measure};
 pub use output::snapshot::{
     Frame, FunctionBytes, SampleType, Site, Snapshot, Stats, snapshot, stats,

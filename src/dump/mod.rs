@@ -51,6 +51,19 @@ fn write_profile_at(path: &Path, options: pprof::Options) -> io::Result<()> {
     .map(drop)
 }
 
+/// Writes `source` as a pprof profile to `path`, taken as it is (no
+/// [`expand`]), as every dump is written: a regular file or nothing is
+/// replaced whole, a symlink or device written through, a directory is an
+/// error. `Ok(false)` if the source has no profile (nothing is written).
+/// The error names the path.
+#[cfg(feature = "criterion")]
+pub(crate) fn write_source(path: &Path, source: Source) -> io::Result<bool> {
+    let _inside = reentry::Inside::enter();
+    write_dump(path, |w| {
+        output::write(source, Format::Pprof, pprof::Options::default(), w)
+    })
+}
+
 /// `path` with `%p` replaced by the process id, `%e` by the file name of
 /// the executable and `%%` by `%`, as in `LLVM_PROFILE_FILE` and the
 /// kernel's `core_pattern`; any other `%` stays as it is. Every path a dump

@@ -13,6 +13,9 @@
 //! (`thread/measure.rs`). Windows nest: an inner one starts its own mark
 //! and hands its highest back to the outer one when it closes.
 
+#[cfg(feature = "criterion")]
+pub mod criterion;
+
 use std::fmt;
 use std::time::{Duration, Instant};
 

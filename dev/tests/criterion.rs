@@ -1,0 +1,146 @@
+//! heapprof's criterion integration, driven as criterion drives it:
+//! the measurements' values around known work, and the profiler's
+//! `start_profiling`/`stop_profiling` against a temporary directory, whose
+//! profile `go tool pprof` reads.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Mutex;
+
+use criterion::Throughput;
+use criterion::measurement::Measurement;
+use criterion::profiler::Profiler;
+use heapprof::criterion::{AllocatedBytes, Allocations, HeapProfiler};
+use heapprof_testkit::profile::{ALLOC_OBJECTS, ALLOC_SPACE, INUSE_SPACE, cum, decode, string};
+use heapprof_testkit::tools::{go_available, go_pprof};
+
+#[global_allocator]
+static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+
+/// The sample rate is process-wide; the profiler's tests change it.
+static RATE: Mutex<()> = Mutex::new(());
+
+/// 100 blocks of 1000 bytes kept, 100 of 24 bytes freed, and the vector
+/// of 100 `Vec`s that holds the kept ones (2400 bytes).
+#[inline(never)]
+fn profiled_work() -> Vec<Vec<u8>> {
+    let mut kept = Vec::with_capacity(100);
+    for i in 0..100 {
+        kept.push(black_box(vec![i as u8; 1000]));
+        drop(black_box(vec![i as u8; 24]));
+    }
+    black_box(kept)
+}
+
+const ALLOCATIONS: u64 = 201;
+const BYTES: u64 = 100 * 1000 + 100 * 24 + 100 * 24;
+const LIVE: u64 = 100 * 1000 + 100 * 24;
+
+#[test]
+fn measurements_count_the_thread_exactly() {
+    drop(profiled_work());
+    let start = AllocatedBytes.start();
+    let kept = profiled_work();
+    assert_eq!(AllocatedBytes.end(start), BYTES);
+    let start = Allocations.start();
+    drop(profiled_work());
+    assert_eq!(Allocations.end(start), ALLOCATIONS);
+    drop(kept);
+    assert_eq!(AllocatedBytes.to_f64(&BYTES), BYTES as f64);
+    // A batch that allocated nothing is not zero to criterion, which
+    // rejects zeros, and prints as zero.
+    let zero = AllocatedBytes.to_f64(&0);
+    assert!(zero > 0.0 && zero < 1e-4, "{zero}");
+}
+
+#[test]
+fn formatters_scale_to_readable_units() {
+    let f = AllocatedBytes.formatter();
+    let mut values = [3.0 * 1024.0, 1536.0];
+    assert_eq!(f.scale_values(2048.0, &mut values), "KiB");
+    assert_eq!(values, [3.0, 1.5]);
+    let mut values = [4096.0];
+    assert_eq!(
+        f.scale_throughputs(4096.0, &Throughput::Elements(8), &mut values),
+        "B/elem"
+    );
+    assert_eq!(values, [512.0]);
+    let mut values = [7.0];
+    let f = Allocations.formatter();
+    assert_eq!(f.scale_values(7.0, &mut values), "allocs");
+    assert_eq!(
+        f.scale_throughputs(7.0, &Throughput::Bytes(7), &mut values),
+        "allocs/B"
+    );
+    assert_eq!(values, [1.0]);
+}
+
+fn comments(p: &heapprof_testkit::proto::Profile) -> Vec<&str> {
+    p.comment.iter().map(|&i| string(p, i)).collect()
+}
+
+/// Under `--profile-time` criterion calls the profiler around each
+/// benchmark with its directory; the profile there holds what the
+/// benchmark did, every allocation of it at the profiler's rate, and the
+/// rate comes back afterwards.
+#[test]
+fn the_profiler_writes_each_benchmark_a_profile() {
+    let _rate = RATE.lock().unwrap();
+    heapprof::set_sample_rate(512 * 1024);
+    let out = tempfile::tempdir().unwrap();
+    // As criterion names it: <output>/<benchmark>/profile, not made yet.
+    let dir = out.path().join("group").join("work").join("profile");
+    let mut profiler = HeapProfiler::new();
+    assert_eq!(profiler.sample_rate(), HeapProfiler::DEFAULT_SAMPLE_RATE);
+    profiler.start_profiling("group/work", &dir);
+    assert_eq!(heapprof::sample_rate(), HeapProfiler::DEFAULT_SAMPLE_RATE);
+    let kept = profiled_work();
+    profiler.stop_profiling("group/work", &dir);
+    assert_eq!(heapprof::sample_rate(), 512 * 1024, "the rate comes back");
+
+    let path = dir.join("heap.pb.gz");
+    let p = decode(&std::fs::read(&path).unwrap());
+    let name = "criterion::profiled_work";
+    assert_eq!(cum(&p, name, ALLOC_OBJECTS), ALLOCATIONS as i64);
+    assert_eq!(cum(&p, name, ALLOC_SPACE), BYTES as i64);
+    assert_eq!(cum(&p, name, INUSE_SPACE), LIVE as i64);
+    assert!(
+        comments(&p).iter().any(|c| c.contains("delta profile")),
+        "{:?}",
+        comments(&p)
+    );
+    drop(kept);
+
+    if go_available() {
+        let top = go_pprof(&["-sample_index=alloc_space", "-top", path.to_str().unwrap()]);
+        assert!(top.contains("criterion::profiled_work"), "{top}");
+    }
+}
+
+/// A directory that cannot be made is reported and loses nothing else:
+/// no panic, and the rate comes back.
+#[test]
+fn a_profile_that_cannot_be_written_is_reported_not_fatal() {
+    let _rate = RATE.lock().unwrap();
+    heapprof::set_sample_rate(4096);
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let dir = file.join("profile");
+    let mut profiler = HeapProfiler::with_sample_rate(64 * 1024);
+    profiler.start_profiling("b", &dir);
+    assert_eq!(heapprof::sample_rate(), 64 * 1024);
+    drop(profiled_work());
+    profiler.stop_profiling("b", &dir);
+    assert_eq!(heapprof::sample_rate(), 4096);
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a directory");
+    // Stopping what was not started writes nothing.
+    let other = out.path().join("other");
+    profiler.stop_profiling("c", &other);
+    assert!(!Path::new(&other).exists());
+    // A profiler dropped while profiling puts the rate back.
+    profiler.start_profiling("d", &other);
+    drop(profiler);
+    assert_eq!(heapprof::sample_rate(), 4096);
+    heapprof::set_sample_rate(512 * 1024);
+}
