@@ -12,6 +12,9 @@
 //! * labels: entering and leaving a `with_labels` scope around an
 //!   unsampled allocation and free, against the same without the scope,
 //!   and a `Labeled` future's poll against the bare future's.
+//! * an allocation and free inside `heapprof::measure` (every allocation
+//!   takes the slow path there) and outside it, against the system
+//!   allocator.
 //!
 //! Each figure is the median of several repetitions. Run with
 //! `cargo bench -p heapprof-dev --bench micro`.
@@ -144,6 +147,40 @@ fn free_path() {
     println!(
         "| free of an unsampled 48 B block | {heapprof:.1} ns | System alone {system:.1} ns (ratio {:.3}) |",
         heapprof / system
+    );
+}
+
+/// An allocation and free of a 64 B block: through heapprof outside a
+/// measure, through heapprof inside one, and straight to the system
+/// allocator, at the default rate, alternated.
+fn measure_cost() {
+    heapprof::set_sample_rate(512 * 1024);
+    let layout = Layout::from_size_align(64, 8).unwrap();
+    let n = 200_000;
+    // SAFETY: `layout` has a non-zero size; each block is freed once, with
+    // it, by the allocator it came from.
+    let heapprof_pair = || unsafe {
+        let p = ALLOC.alloc(layout);
+        black_box(p);
+        ALLOC.dealloc(p, layout);
+    };
+    // SAFETY: as above.
+    let system_pair = || unsafe {
+        let p = System.alloc(layout);
+        black_box(p);
+        System.dealloc(p, layout);
+    };
+    let (mut outside, mut inside, mut system) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..5 {
+        system.push(time_ns(n, system_pair));
+        outside.push(time_ns(n, heapprof_pair));
+        inside.push(heapprof::measure(|| time_ns(n, heapprof_pair)).0);
+    }
+    let (outside, inside, system) = (median(outside), median(inside), median(system));
+    println!(
+        "| alloc + free of a 64 B block inside `measure` | {inside:.1} ns | outside {outside:.1} ns; System alone {system:.1} ns (ratios {:.2} inside, {:.2} outside) |",
+        inside / system,
+        outside / system
     );
 }
 
@@ -294,6 +331,7 @@ fn main() {
     write_profile_cost();
     profiler_memory();
     labels_cost();
+    measure_cost();
     println!();
     println!("({})", unwinder());
 }
