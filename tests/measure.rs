@@ -145,13 +145,21 @@ fn other_threads_do_not_change_the_counts() {
                 }
             });
         }
+        // Stops the other threads however this one leaves the scope: a
+        // failed assertion must fail the test, not leave it waiting.
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Relaxed);
+            }
+        }
+        let _stop = Stop(&stop);
         for round in 0..50 {
             let (kept, m) = measure(known_work);
             assert_counts(&m, &KNOWN, 1, &format!("round {round}"));
             assert_eq!(m.peak_bytes, KNOWN.peak_bytes, "round {round}");
             drop(kept);
         }
-        stop.store(true, Relaxed);
     });
 }
 
