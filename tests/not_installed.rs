@@ -80,3 +80,28 @@ fn snapshot_and_stats_are_empty() {
     assert_eq!(s.total_inuse_bytes(), 0);
     assert_eq!(heapprof::stats(), heapprof::Stats::default());
 }
+
+/// Without heapprof installed nothing is counted: `measure` gives zeros,
+/// and its assertions, which zeros would pass, panic instead and say why.
+#[test]
+fn measure_assertions_panic_when_nothing_is_counted() {
+    let (kept, m) = heapprof::measure(keeps_a_mebibyte);
+    assert_eq!((m.allocations, m.allocated_bytes, m.peak_bytes), (0, 0, 0));
+    drop(kept);
+    let message = |f: &dyn Fn()| {
+        let payload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+            .expect_err("the assertion passed without heapprof installed");
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default()
+    };
+    for msg in [
+        message(&|| m.assert_allocations_at_most(0)),
+        message(&|| m.assert_peak_at_most(0)),
+        message(&|| m.assert_no_growth()),
+        message(&|| heapprof::assert_no_leak(1, 1, keeps_a_mebibyte)),
+    ] {
+        assert!(msg.contains("#[global_allocator]"), "{msg}");
+    }
+}
