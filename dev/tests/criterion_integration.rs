@@ -100,7 +100,7 @@ fn the_profiler_writes_each_benchmark_a_profile() {
 
     let path = dir.join("heap.pb.gz");
     let p = decode(&std::fs::read(&path).unwrap());
-    let name = "criterion::profiled_work";
+    let name = "criterion_integration::profiled_work";
     assert_eq!(cum(&p, name, ALLOC_OBJECTS), ALLOCATIONS as i64);
     assert_eq!(cum(&p, name, ALLOC_SPACE), BYTES as i64);
     assert_eq!(cum(&p, name, INUSE_SPACE), LIVE as i64);
@@ -113,7 +113,7 @@ fn the_profiler_writes_each_benchmark_a_profile() {
 
     if go_available() {
         let top = go_pprof(&["-sample_index=alloc_space", "-top", path.to_str().unwrap()]);
-        assert!(top.contains("criterion::profiled_work"), "{top}");
+        assert!(top.contains("criterion_integration::profiled_work"), "{top}");
     }
 }
 
