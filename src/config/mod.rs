@@ -99,6 +99,11 @@ pub(crate) struct Config {
     /// `HEAPPROF_FULL_STACKS=1`: keep the process and thread start-up
     /// frames below the program's own (see `output::pprof::trim`).
     pub full_stacks: bool,
+    /// `HEAPPROF_SYMBOLIZE`: `true` (`on`, the default) names the frames
+    /// of the profiles heapprof writes; `false` (`off`) writes mappings
+    /// and addresses only and never looks a symbol up
+    /// (`output::pprof::Options::addresses_only`).
+    pub symbolize: bool,
     /// `HEAPPROF_DUMP_AT_LIMIT=80%,95%`: the fractions of the memory limit
     /// at which a profile is written (`dump/limit.rs`), ascending, no
     /// two alike; `None` when unset or malformed.
@@ -210,6 +215,14 @@ pub(crate) fn get() -> &'static Config {
                 "1" => Some(true),
                 _ => None,
             }),
+            // Unset and malformed both mean `on`.
+            symbolize: lookup(
+                "HEAPPROF_SYMBOLIZE",
+                "on or off",
+                "using the default on",
+                parse_on_off,
+            )
+            .unwrap_or(true),
             dump_at_limit: optional(
                 "HEAPPROF_DUMP_AT_LIMIT",
                 "percentages from 1 to 100 separated by commas, such as 80%,95%",
@@ -439,6 +452,15 @@ fn not_blank(raw: Option<OsString>) -> Option<OsString> {
     raw.filter(|v| v.to_str().is_none_or(|s| !s.trim().is_empty()))
 }
 
+/// Parses `on` or `1` (true), `off` or `0` (false).
+pub(crate) fn parse_on_off(text: &str) -> Option<bool> {
+    match text {
+        "on" | "1" => Some(true),
+        "off" | "0" => Some(false),
+        _ => None,
+    }
+}
+
 /// Parses `30`, `30s`, `500ms`, `5m`, `1h` (a bare number is seconds).
 pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
     let digits_end = text
@@ -561,6 +583,18 @@ mod tests {
             "", ",", "80%,", "80%,,95%", "0.8,0.95", "0", "101%", "-5%", "x",
         ] {
             assert_eq!(parse_thresholds(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn on_and_off() {
+        use super::parse_on_off;
+        assert_eq!(parse_on_off("on"), Some(true));
+        assert_eq!(parse_on_off("1"), Some(true));
+        assert_eq!(parse_on_off("off"), Some(false));
+        assert_eq!(parse_on_off("0"), Some(false));
+        for bad in ["", "yes", "ON", "of", "2", "true"] {
+            assert_eq!(parse_on_off(bad), None, "{bad:?}");
         }
     }
 

@@ -29,6 +29,7 @@
 //! | `/debug/pprof/delta_heap` | godeltaprof's endpoint, for continuous profilers: alloc values since this endpoint's previous scrape, inuse values now |
 //! | `…?debug=1` | the legacy text format, readable by people and by `go tool pprof` |
 //! | `…?seconds=N` | on `heap` and `allocs`: a delta, what happened in the next N seconds (at most [`MAX_DELTA_SECONDS`]); on `peak` a 400, since the peak is one moment |
+//! | `…?symbolize=0` | mappings (with build IDs) and addresses only, no function names and no symbol lookup in the process, for profilers that symbolize on their server; `1` (the default) names the frames unless `HEAPPROF_SYMBOLIZE=off` |
 //!
 //! `delta_heap` is the endpoint Grafana Alloy's `pyroscope.scrape` fetches
 //! for its `godeltaprof_memory` profile: alloc values are what was
@@ -244,6 +245,8 @@ fn waits(query: &str) -> bool {
 struct Params {
     debug: u32,
     seconds: Option<u64>,
+    /// `symbolize=0`: `pprof::Options::addresses_only`.
+    addresses_only: bool,
 }
 
 impl Params {
@@ -268,6 +271,12 @@ impl Params {
                             )
                         })?;
                     p.seconds = Some(s);
+                }
+                "symbolize" => {
+                    let on = crate::config::parse_on_off(value).ok_or_else(|| {
+                        format!("bad request: symbolize={value:?}: expected 0 or 1")
+                    })?;
+                    p.addresses_only = !on;
                 }
                 _ => {}
             }
@@ -310,6 +319,7 @@ static DELTAS: AtomicUsize = AtomicUsize::new(0);
 fn profile_response(kind: Kind, params: &Params) -> io::Result<Response> {
     let options = pprof::Options {
         default_sample_type: (kind == Kind::Allocs).then_some("alloc_space"),
+        addresses_only: params.addresses_only,
         ..Default::default()
     };
     if kind == Kind::DeltaHeap {
@@ -471,6 +481,9 @@ mod tests {
         let p = Params::parse("seconds=30").unwrap();
         assert_eq!(p.seconds, Some(30));
         assert_eq!(Params::parse("").unwrap().debug, 0);
+        assert!(!Params::parse("").unwrap().addresses_only);
+        assert!(Params::parse("symbolize=0").unwrap().addresses_only);
+        assert!(!Params::parse("symbolize=1").unwrap().addresses_only);
         for bad in [
             "debug=x",
             "debug=-1",
@@ -479,6 +492,9 @@ mod tests {
             "seconds=301",
             "seconds=",
             "seconds=1e3",
+            "symbolize=",
+            "symbolize=no",
+            "symbolize=2",
         ] {
             assert!(Params::parse(bad).is_err(), "{bad}");
         }

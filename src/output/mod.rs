@@ -160,6 +160,9 @@ pub(crate) fn write<W: io::Write>(
     comments.append(&mut options.comments);
     options.comments = comments;
     options.duration = options.duration.or(collected.span);
+    // `HEAPPROF_SYMBOLIZE=off` holds for every profile written here; a
+    // caller can ask for addresses only where the setting allows names.
+    options.addresses_only |= !crate::config::get().symbolize;
     let rate = sample::rate();
     match format {
         Format::Pprof => pprof::encode(&pprof::build(&collected.sites, rate, options), w)?,
@@ -168,7 +171,7 @@ pub(crate) fn write<W: io::Write>(
             &collected.sites,
             rate,
             &snapshot::stats(),
-            &options.comments,
+            &options,
         )?,
     }
     Ok(true)

@@ -53,6 +53,14 @@ pub(crate) struct Options {
     /// For a delta profile: the span it covers, and when it started (the
     /// profile's `duration_nanos`; `time_nanos` is then its end, as Go's).
     pub duration: Option<std::time::Duration>,
+    /// Mappings (with their build IDs) and addresses only: no function
+    /// names, files or lines, and no symbol lookup at all, so none of the
+    /// debug info a lookup parses is ever loaded into the process
+    /// (`HEAPPROF_SYMBOLIZE=off`, `?symbolize=0`). For fleets that
+    /// symbolize on the server; `go tool pprof BINARY PROFILE` names the
+    /// frames from the binary. Stacks are then whole: trimming the
+    /// allocation machinery and the start-up frames needs their names.
+    pub addresses_only: bool,
 }
 
 impl Options {
@@ -69,6 +77,7 @@ impl Options {
                     .to_owned(),
             ],
             duration: None,
+            addresses_only: false,
         }
     }
 }
@@ -124,7 +133,11 @@ pub(crate) fn build(sites: &[SiteCopy], rate: usize, options: Options) -> proto:
 }
 
 fn build_here(sites: &[SiteCopy], rate: usize, options: Options) -> proto::Profile {
-    let resolved = symbolize::resolve_all(sites.iter().flat_map(|s| s.frames.iter().copied()));
+    let resolved = if options.addresses_only {
+        HashMap::new()
+    } else {
+        symbolize::resolve_all(sites.iter().flat_map(|s| s.frames.iter().copied()))
+    };
     let mut b = Builder {
         strings: StringTable::new(),
         functions: HashMap::new(),

@@ -156,7 +156,7 @@ pub(crate) fn memory_bytes() -> usize {
 thread_local! {
     /// Addresses this thread resolved (not served from the cache), for the
     /// tests, which run on threads of their own.
-    static RESOLVED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    pub(crate) static RESOLVED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 fn resolve(addr: usize) -> Symbols {

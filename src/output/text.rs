@@ -67,16 +67,18 @@ use crate::record::sites::{SiteCopy, SiteCounts};
 use crate::support::mappings;
 
 /// Writes `sites`, sampled at `rate`, in the legacy text format, with the
-/// exact counters of `stats` in the trailer, on a stack deep enough for
-/// symbolization (`pprof::with_build_stack`).
+/// exact counters of `stats` in the trailer and `options`' comments, on a
+/// stack deep enough for symbolization (`pprof::with_build_stack`). With
+/// `options.addresses_only`, nothing is looked up and every frame's `#`
+/// line has `?` for its name.
 pub(crate) fn write<W: Write>(
     w: W,
     sites: &[SiteCopy],
     rate: usize,
     stats: &crate::Stats,
-    comments: &[String],
+    options: &pprof::Options,
 ) -> io::Result<()> {
-    pprof::with_build_stack(|| write_here(w, sites, rate, stats, comments))
+    pprof::with_build_stack(|| write_here(w, sites, rate, stats, options))
 }
 
 fn write_here<W: Write>(
@@ -84,9 +86,14 @@ fn write_here<W: Write>(
     sites: &[SiteCopy],
     rate: usize,
     stats: &crate::Stats,
-    comments: &[String],
+    options: &pprof::Options,
 ) -> io::Result<()> {
-    let resolved = symbolize::resolve_all(sites.iter().flat_map(|s| s.frames.iter().copied()));
+    let comments = &options.comments;
+    let resolved = if options.addresses_only {
+        HashMap::new()
+    } else {
+        symbolize::resolve_all(sites.iter().flat_map(|s| s.frames.iter().copied()))
+    };
     let mut records: Vec<SiteRecords> = sites
         .iter()
         .filter(|s| s.counts.sampled_allocs > 0)
@@ -326,7 +333,8 @@ mod tests {
             &[(3 << 20, rate, false), (64, rate, true), (64, rate, true)],
         ));
         let mut out = Vec::new();
-        write(&mut out, &sites, rate, &crate::Stats::default(), &[]).unwrap();
+        let options = pprof::Options::default();
+        write(&mut out, &sites, rate, &crate::Stats::default(), &options).unwrap();
         let text = String::from_utf8(out).unwrap();
         let got = records(&text);
         assert_eq!(got.len(), sites.len(), "every site has its record");
@@ -356,5 +364,35 @@ mod tests {
         );
         assert!(text.contains(&format!("# estimated_live_bytes = {} ", total[1])));
         assert!(text.contains(&format!("# sample_rate = {rate}\n")));
+    }
+
+    #[inline(never)]
+    fn a_named_function() -> usize {
+        std::hint::black_box(3)
+    }
+
+    /// `addresses_only`: the record's addresses, a `?` for each frame's
+    /// name, no lookup; the same site named otherwise.
+    #[test]
+    fn addresses_only_names_nothing() {
+        let here = a_named_function as *const () as usize + 1;
+        let sites = [site(vec![here], &[(64, 1, false)])];
+        let text = |addresses_only| {
+            let options = pprof::Options {
+                addresses_only,
+                ..pprof::Options::default()
+            };
+            let mut out = Vec::new();
+            write(&mut out, &sites, 1, &crate::Stats::default(), &options).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let before = symbolize::RESOLVED.with(std::cell::Cell::get);
+        let bare = text(true);
+        assert_eq!(symbolize::RESOLVED.with(std::cell::Cell::get), before);
+        assert!(bare.contains(&format!("@ {here:#x}\n")), "{bare}");
+        assert!(bare.contains(&format!("#\t{:#x}\t?\n", here - 1)), "{bare}");
+        assert!(!bare.contains("a_named_function"), "{bare}");
+        let named = text(false);
+        assert!(named.contains("a_named_function"), "{named}");
     }
 }

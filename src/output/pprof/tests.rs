@@ -226,6 +226,7 @@ fn options_set_the_default_type_the_comments_and_the_span() {
         default_sample_type: Some("alloc_space"),
         comments: vec!["first note".to_owned()],
         duration: Some(Duration::from_millis(30_500)),
+        addresses_only: false,
     };
     let p = build(&sites(), 512 * 1024, options);
     assert_eq!(string(&p, p.default_sample_type), "alloc_space");
@@ -241,6 +242,58 @@ fn options_set_the_default_type_the_comments_and_the_span() {
     let at_exit = build(&sites(), 512 * 1024, Options::at_exit());
     assert_eq!(string(&at_exit, at_exit.default_sample_type), "alloc_space");
     assert!(string(&at_exit, at_exit.comment[0]).contains("as the program ended"));
+}
+
+/// A function of this test binary, whose address the lookup would name.
+#[inline(never)]
+fn a_named_function() -> usize {
+    std::hint::black_box(7)
+}
+
+/// `addresses_only`: the stacks' addresses in the executable's mapping,
+/// with its build ID, and no names, no lookup, no flag claiming names.
+#[test]
+fn addresses_only_looks_nothing_up() {
+    let here = a_named_function as *const () as usize + 1;
+    let frames = [here, here + 4];
+    let site = site(&frames, counts(&[(64, 1.0)], &[]));
+    let before = symbolize::RESOLVED.with(std::cell::Cell::get);
+    let options = Options {
+        addresses_only: true,
+        ..Options::default()
+    };
+    let p = build(std::slice::from_ref(&site), 512 * 1024, options);
+    assert_eq!(
+        symbolize::RESOLVED.with(std::cell::Cell::get),
+        before,
+        "no address was looked up"
+    );
+    assert!(p.function.is_empty(), "{:?}", p.function);
+    let addresses: Vec<u64> = p.sample[0]
+        .location_id
+        .iter()
+        .map(|&id| p.location[id as usize - 1].address)
+        .collect();
+    assert_eq!(addresses, [here as u64 - 1, here as u64 + 3], "whole stack");
+    let loc = &p.location[0];
+    assert!(loc.line.is_empty());
+    let mapping = &p.mapping[loc.mapping_id as usize - 1];
+    assert_eq!(loc.mapping_id, 1, "the executable's mapping comes first");
+    assert!(!string(&p, mapping.build_id).is_empty(), "a build ID");
+    assert!(!mapping.has_functions && !mapping.has_line_numbers);
+
+    // The same site named: the lookup this option saves.
+    let named = build(&[site], 512 * 1024, Options::default());
+    assert_eq!(
+        symbolize::RESOLVED.with(std::cell::Cell::get),
+        before + 2,
+        "both addresses looked up"
+    );
+    let names = function_names(&named, named.sample[0].location_id[0]);
+    assert!(
+        names.iter().any(|n| n.contains("a_named_function")),
+        "{names:?}"
+    );
 }
 
 #[test]
