@@ -360,6 +360,7 @@ pub(crate) fn copies_of(ids: &[u32], counts: impl Fn(u32) -> SiteCounts) -> Vec<
                 frames: Vec::new(),
                 counts: counts(id),
                 overflow: true,
+                labels: LabelSetId::NONE,
             });
             continue;
         }
@@ -368,18 +369,20 @@ pub(crate) fn copies_of(ids: &[u32], counts: impl Fn(u32) -> SiteCounts) -> Vec<
         let Some(stripe) = TABLE.stripes.get(stripe_index) else {
             continue;
         };
-        let frames = {
+        let (frames, labels) = {
             let stripe = stripe.lock();
             let Some(site) = stripe.sites.get(index) else {
                 continue;
             };
             let start = site.frames_start as usize;
-            stripe.frames[start..start + site.frames_len as usize].to_vec()
+            let frames = stripe.frames[start..start + site.frames_len as usize].to_vec();
+            (frames, LabelSetId(site.labels.into()))
         };
         out.push(SiteCopy {
             frames,
             counts: counts(id),
             overflow: false,
+            labels,
         });
     }
     out
