@@ -113,7 +113,10 @@ fn the_profiler_writes_each_benchmark_a_profile() {
 
     if go_available() {
         let top = go_pprof(&["-sample_index=alloc_space", "-top", path.to_str().unwrap()]);
-        assert!(top.contains("criterion_integration::profiled_work"), "{top}");
+        assert!(
+            top.contains("criterion_integration::profiled_work"),
+            "{top}"
+        );
     }
 }
 

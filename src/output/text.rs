@@ -296,7 +296,14 @@ mod tests {
         labelled.labels = set;
         let write_out = |sites: &[SiteCopy]| {
             let mut out = Vec::new();
-            write(&mut out, sites, 1, &crate::Stats::default(), &[]).unwrap();
+            write(
+                &mut out,
+                sites,
+                1,
+                &crate::Stats::default(),
+                &pprof::Options::default(),
+            )
+            .unwrap();
             String::from_utf8(out).unwrap()
         };
         let text = write_out(&[labelled, site(vec![0x6000], &[(64, 1, false)])]);

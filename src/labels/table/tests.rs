@@ -221,7 +221,10 @@ fn the_docs_state_the_bounds() {
     let stated = [
         format!("at most {sets}\n//! distinct sets ({mib} MiB)"),
         format!("over {MAX_LABEL_BYTES} bytes is cut"),
-        format!("more than {MAX_LABELS_PER_SET} labels keeps {}", MAX_LABELS_PER_SET - 1),
+        format!(
+            "more than {MAX_LABELS_PER_SET} labels keeps {}",
+            MAX_LABELS_PER_SET - 1
+        ),
         format!("at most {sets}\n///   distinct sets ({mib} MiB)"),
     ];
     let docs = [
