@@ -125,9 +125,18 @@ pub(crate) fn charge(size: usize) -> bool {
 /// at zero, so that the thread's next allocation decides. This one
 /// allocation goes unsampled, a bias of at most one sample per such
 /// realloc, which only a signal handler or heapprof's own tables make.
+///
+/// While a measure holds the countdown aside, the counter stays at zero
+/// (so the thread's next allocation still takes the slow path) and the
+/// held countdown takes the charge instead.
 pub(crate) fn charge_unsampled(size: usize) {
     thread::with(|l| {
-        if l.counters.charge(size) {
+        if l.measure.aside() {
+            // Charged first: the counter's charge is what counts the bytes.
+            l.counters.charge(size);
+            l.counters.reset_countdown(0);
+            l.measure.set_held(l.measure.held().saturating_sub(size));
+        } else if l.counters.charge(size) {
             start(l, 0);
         }
     });
@@ -220,5 +229,26 @@ mod tests {
         let bytes: u64 = (0..20_000u64).map(|i| 1 + (i * 7919) % 40_000).sum();
         assert_eq!(plain.1, 1 + bytes, "the first allocation and the sequence");
         assert_eq!(samples(true), plain);
+    }
+
+    /// A realloc charged where no sample may be taken (`charge_unsampled`)
+    /// while a measure is active counts its bytes and leaves the counter at
+    /// zero, so the thread's next allocation still reaches the slow path.
+    #[test]
+    fn an_unsampled_charge_while_aside_keeps_the_counter_at_zero() {
+        std::thread::spawn(|| {
+            allocate(1);
+            assert!(hold_aside());
+            let before = thread::with(|l| l.counters.read().allocated_bytes).unwrap();
+            charge_unsampled(100);
+            let (countdown, after) =
+                thread::with(|l| (l.counters.countdown(), l.counters.read().allocated_bytes))
+                    .unwrap();
+            put_back();
+            assert_eq!(countdown, 0, "the counter left the slow path's reach");
+            assert_eq!(after - before, 100, "the bytes were not counted");
+        })
+        .join()
+        .unwrap();
     }
 }
