@@ -6,6 +6,9 @@
 //!   program (heapprof's messages go through `report::warn`, which drops
 //!   write errors). clippy's `print_stdout`/`print_stderr` would apply to
 //!   every target of the package, and the tests and examples print;
+//! * `thread_local!` only in `src/thread/`, the one owner of per-thread
+//!   state (a unit test's own counter, under `#[cfg(test)]`, may sit
+//!   elsewhere);
 //! * every `unsafe extern` block says why its declarations are right, in a
 //!   `// SAFETY:` comment directly above it (attributes may come between):
 //!   `undocumented_unsafe_blocks` does not look at extern blocks.
@@ -155,4 +158,26 @@ fn print_check_ignores_comments_and_strings() {
         r#"f(""); "#
     );
     assert_eq!(code_part("    eprintln!(\"{x}\");"), "    eprintln!(\"\");");
+}
+
+#[test]
+fn per_thread_state_lives_in_thread() {
+    let mut found = Vec::new();
+    for (name, text) in src_files() {
+        if name.starts_with("thread/") {
+            continue;
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let test_only = i > 0 && lines[i - 1].trim() == "#[cfg(test)]";
+            if code_part(line).contains("thread_local!") && !test_only {
+                found.push(format!("{name}:{}", i + 1));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "thread-locals outside src/thread/ (keep them in thread::Local):\n{}",
+        found.join("\n")
+    );
 }

@@ -348,7 +348,9 @@ impl Profiler for HeapProfiler {
         countdown::set_rate(run.previous_rate);
         drop(run);
         if let Err(e) = written {
-            eprintln!("{e} (the heap profile of benchmark {benchmark_id:?})");
+            crate::config::report::warn(format_args!(
+                "{e} (the heap profile of benchmark {benchmark_id:?})"
+            ));
         }
     }
 }
