@@ -13,14 +13,16 @@ use tracing_subscriber::layer::SubscriberExt as _;
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
 
 /// Installs the layer as the process's subscriber (runtime worker threads
-/// see only a global one), once.
+/// see only a global one), once, and samples every allocation. The rate is
+/// set on each caller's thread: a rate change restarts the calling
+/// thread's countdown at once, other threads' only at their next sample.
 fn install() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let subscriber = tracing_subscriber::registry().with(LabelLayer::new(["tenant", "route"]));
         tracing::subscriber::set_global_default(subscriber).unwrap();
-        heapprof::set_sample_rate(1);
     });
+    heapprof::set_sample_rate(1);
 }
 
 fn without_thread(labels: Vec<(String, String)>) -> Vec<(String, String)> {
