@@ -10,6 +10,7 @@
 
 use heapprof_testkit::check::assert_estimate;
 use heapprof_testkit::child::{is_child, printed_number, run_child, wait_with_timeout};
+use heapprof_testkit::labels::{pairs, without_thread};
 use heapprof_testkit::profile::{self, INUSE_SPACE, decode, stack_names, string};
 use heapprof_testkit::proto::Profile;
 use heapprof_testkit::tools::{go_available, go_pprof, parse_size};
@@ -36,18 +37,6 @@ const SIGMAS: f64 = 5.0;
 #[inline(never)]
 fn alloc_block(size: usize, fill: u8) -> Vec<u8> {
     black_box(vec![fill; size])
-}
-
-/// `labels` without the automatic `thread` label.
-fn without_thread(labels: Vec<(String, String)>) -> Vec<(String, String)> {
-    labels.into_iter().filter(|(k, _)| k != "thread").collect()
-}
-
-fn pairs(labels: &[(&str, &str)]) -> Vec<(String, String)> {
-    labels
-        .iter()
-        .map(|&(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
 }
 
 /// The labels of a profile's sample, as (key, value).

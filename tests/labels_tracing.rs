@@ -2,6 +2,7 @@
 //! fields become labels while a span is entered, on whichever thread
 //! enters it.
 
+use heapprof_testkit::labels::{pairs, without_thread};
 use std::hint::black_box;
 use std::sync::Once;
 
@@ -23,17 +24,6 @@ fn install() {
         tracing::subscriber::set_global_default(subscriber).unwrap();
     });
     heapprof::set_sample_rate(1);
-}
-
-fn without_thread(labels: Vec<(String, String)>) -> Vec<(String, String)> {
-    labels.into_iter().filter(|(k, _)| k != "thread").collect()
-}
-
-fn pairs(labels: &[(&str, &str)]) -> Vec<(String, String)> {
-    labels
-        .iter()
-        .map(|&(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
 }
 
 #[inline(never)]

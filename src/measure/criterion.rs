@@ -68,65 +68,44 @@ pub struct AllocatedBytes;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Allocations;
 
-impl Measurement for AllocatedBytes {
-    /// The thread's allocated bytes when the iterations started.
-    type Intermediate = u64;
-    type Value = u64;
+/// A criterion measurement of one of the calling thread's exact counts:
+/// the count when the iterations start, and its growth when they end.
+macro_rules! thread_count_measurement {
+    ($type:ty, $count:ident, $formatter:expr) => {
+        impl Measurement for $type {
+            /// The thread's count when the iterations started.
+            type Intermediate = u64;
+            type Value = u64;
 
-    fn start(&self) -> u64 {
-        super::thread_counts().allocated_bytes
-    }
+            fn start(&self) -> u64 {
+                super::thread_counts().$count
+            }
 
-    fn end(&self, start: u64) -> u64 {
-        super::thread_counts().allocated_bytes.wrapping_sub(start)
-    }
+            fn end(&self, start: u64) -> u64 {
+                super::thread_counts().$count.wrapping_sub(start)
+            }
 
-    fn add(&self, v1: &u64, v2: &u64) -> u64 {
-        v1.wrapping_add(*v2)
-    }
+            fn add(&self, v1: &u64, v2: &u64) -> u64 {
+                v1.wrapping_add(*v2)
+            }
 
-    fn zero(&self) -> u64 {
-        0
-    }
+            fn zero(&self) -> u64 {
+                0
+            }
 
-    fn to_f64(&self, value: &u64) -> f64 {
-        to_f64(*value)
-    }
+            fn to_f64(&self, value: &u64) -> f64 {
+                to_f64(*value)
+            }
 
-    fn formatter(&self) -> &dyn ValueFormatter {
-        &BytesFormatter
-    }
+            fn formatter(&self) -> &dyn ValueFormatter {
+                &$formatter
+            }
+        }
+    };
 }
 
-impl Measurement for Allocations {
-    /// The thread's allocation count when the iterations started.
-    type Intermediate = u64;
-    type Value = u64;
-
-    fn start(&self) -> u64 {
-        super::thread_counts().allocations
-    }
-
-    fn end(&self, start: u64) -> u64 {
-        super::thread_counts().allocations.wrapping_sub(start)
-    }
-
-    fn add(&self, v1: &u64, v2: &u64) -> u64 {
-        v1.wrapping_add(*v2)
-    }
-
-    fn zero(&self) -> u64 {
-        0
-    }
-
-    fn to_f64(&self, value: &u64) -> f64 {
-        to_f64(*value)
-    }
-
-    fn formatter(&self) -> &dyn ValueFormatter {
-        &AllocationsFormatter
-    }
-}
+thread_count_measurement!(AllocatedBytes, allocated_bytes, BytesFormatter);
+thread_count_measurement!(Allocations, allocations, AllocationsFormatter);
 
 /// What criterion analyses for a batch of iterations that counted `n`.
 ///

@@ -402,21 +402,33 @@ pub(crate) fn site_counts() -> (usize, usize) {
     counts
 }
 
+/// What identifies a site across copies of the table: its stack, whether
+/// it is the overflow site, and its labels.
+type SiteKey<'a> = (&'a [usize], bool, LabelSetId);
+
+impl SiteCopy {
+    fn key(&self) -> SiteKey<'_> {
+        (self.frames.as_slice(), self.overflow, self.labels)
+    }
+}
+
+/// The counts of each site of a copy, by [`SiteKey`].
+fn counts_by_site(copy: &[SiteCopy]) -> HashMap<SiteKey<'_>, &SiteCounts> {
+    copy.iter().map(|s| (s.key(), &s.counts)).collect()
+}
+
 /// What happened between two copies of the table: each site of `later`
 /// with `earlier`'s counts subtracted (sites new since `earlier` are kept
 /// whole), sites matched by stack and labels. Counts only grow, so alloc
 /// values are what was allocated in between and inuse values are the
 /// change in live memory.
 pub(crate) fn delta(later: &[SiteCopy], earlier: &[SiteCopy]) -> Vec<SiteCopy> {
-    let before: HashMap<(&[usize], bool, LabelSetId), &SiteCounts> = earlier
-        .iter()
-        .map(|s| ((s.frames.as_slice(), s.overflow, s.labels), &s.counts))
-        .collect();
+    let before = counts_by_site(earlier);
     later
         .iter()
         .map(|s| {
             let mut site = s.clone();
-            if let Some(b) = before.get(&(s.frames.as_slice(), s.overflow, s.labels)) {
+            if let Some(b) = before.get(&s.key()) {
                 site.counts = s.counts.minus(b);
             }
             site
@@ -436,18 +448,12 @@ pub(crate) fn delta(later: &[SiteCopy], earlier: &[SiteCopy]) -> Vec<SiteCopy> {
 /// values across profiles and averages inuse values) gets every
 /// allocation once and the live heap as it was at each profile.
 pub(crate) fn alloc_delta(later: &[SiteCopy], earlier: &[SiteCopy]) -> Vec<SiteCopy> {
-    let before: HashMap<(&[usize], bool, LabelSetId), &SiteCounts> = earlier
-        .iter()
-        .map(|s| ((s.frames.as_slice(), s.overflow, s.labels), &s.counts))
-        .collect();
+    let before = counts_by_site(earlier);
     later
         .iter()
         .filter_map(|s| {
             let zero = SiteCounts::default();
-            let b = before
-                .get(&(s.frames.as_slice(), s.overflow, s.labels))
-                .copied()
-                .unwrap_or(&zero);
+            let b = before.get(&s.key()).copied().unwrap_or(&zero);
             let c = &s.counts;
             let allocated_since = c.sampled_allocs > b.sampled_allocs;
             let live = c.sampled_allocs > c.sampled_frees;

@@ -7,6 +7,7 @@
 //! * [`watchdog`]: aborting a test that deadlocks.
 //! * [`rng`]: a small seedable generator.
 //! * [`http`]: a client for heapprof's HTTP server.
+//! * [`labels`]: label sets as the tests compare them.
 //! * [`pyroscope`]: a stand-in for Pyroscope's ingest endpoint, for the pusher.
 //! * [`tools`]: external tools (`go tool pprof`), skipped when missing.
 //! * [`arena`]: bump arenas over fresh mappings, for inner allocators.
@@ -15,6 +16,7 @@ pub mod arena;
 pub mod check;
 pub mod child;
 pub mod http;
+pub mod labels;
 pub mod profile;
 pub mod pyroscope;
 pub mod rng;
