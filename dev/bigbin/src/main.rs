@@ -197,7 +197,7 @@ fn child(case: &Case) {
     let mut steady = Vec::new();
     let mut steady_peak = 0;
     for _ in 0..STEADY_ROUNDS {
-        let (t, (peak, _), b) = measured(take);
+        let (t, (peak, _), _) = measured(take);
         steady.push(t.as_secs_f64());
         steady_peak = steady_peak.max(peak);
     }
