@@ -128,6 +128,7 @@ pub(crate) fn resolve_all(addrs: impl IntoIterator<Item = usize>) -> HashMap<usi
         backtrace::clear_symbol_cache();
         resolved
     };
+    trim_heap();
     {
         let mut cache = CACHE.lock();
         let cache = cache.get_or_insert_with(HashMap::new);
@@ -141,6 +142,27 @@ pub(crate) fn resolve_all(addrs: impl IntoIterator<Item = usize>) -> HashMap<usi
     out.extend(resolved);
     out
 }
+
+/// Gives back to the system the pages a lookup freed. A lookup frees tens
+/// of MiB of parsed debug info in small blocks scattered over glibc's
+/// heap, which glibc keeps for reuse: the program's resident size would
+/// stay that much higher after its first profile. `malloc_trim` returns
+/// every whole free page. When the inner allocator is another one
+/// (jemalloc, mimalloc), glibc's heap holds next to nothing and the call
+/// costs little; that allocator returns memory by its own policy.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: `malloc_trim` has no preconditions. It takes glibc's arena
+    // locks; no lock of heapprof's is held here (the caller has released
+    // `RESOLVING`, and the cache's lock is taken after), so no thread
+    // waiting for one of ours can hold an arena lock we wait for.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
 
 /// Bytes symbolization keeps between profiles: the per-address cache, and
 /// whatever backtrace still holds after `clear_symbol_cache`. Measured, not
