@@ -105,6 +105,45 @@ fn a_value_recorded_later_counts_from_the_next_enter() {
     );
 }
 
+/// Spans exited in another order than entered (an `EnteredSpan` moved
+/// and dropped elsewhere): the labels in force are always those of the
+/// spans still entered, and none are left behind once all are exited.
+#[test]
+fn spans_exited_out_of_order_leave_the_right_labels() {
+    install();
+    let a = tracing::info_span!("a", tenant = "order-a").entered();
+    let b = tracing::info_span!("b", route = "/order-b").entered();
+    let c = tracing::info_span!("c", tenant = "order-c").entered();
+    assert_eq!(
+        without_thread(heapprof::current_labels()),
+        pairs(&[("route", "/order-b"), ("tenant", "order-c")])
+    );
+    drop(a);
+    assert_eq!(
+        without_thread(heapprof::current_labels()),
+        pairs(&[("route", "/order-b"), ("tenant", "order-c")]),
+        "a's exit changes nothing that b and c set"
+    );
+    drop(c);
+    assert_eq!(
+        without_thread(heapprof::current_labels()),
+        pairs(&[("route", "/order-b")]),
+        "only b is entered"
+    );
+    drop(b);
+    assert!(without_thread(heapprof::current_labels()).is_empty());
+    // The outer span exits first, the inner one last.
+    let outer = tracing::info_span!("outer", tenant = "order-outer").entered();
+    let inner = tracing::info_span!("inner", route = "/order-inner").entered();
+    drop(outer);
+    assert_eq!(
+        without_thread(heapprof::current_labels()),
+        pairs(&[("route", "/order-inner")])
+    );
+    drop(inner);
+    assert!(without_thread(heapprof::current_labels()).is_empty());
+}
+
 #[test]
 fn instrumented_tasks_keep_their_labels_across_threads() {
     install();

@@ -115,6 +115,45 @@ impl Visit for Collect<'_> {
     }
 }
 
+/// Records on this thread's span stack that span `id`, whose own set is
+/// `set`, was entered with `outer` in force. False if the stack is full
+/// (the span then restores `outer` on exit, [`SpanLabels::entered`]).
+fn push_span(id: &Id, set: LabelSetId, outer: LabelSetId) -> bool {
+    thread::with(|l| {
+        let depth = l.labels.span_depth.get();
+        let Some(slot) = l.labels.spans.get(depth) else {
+            return false;
+        };
+        slot.set((id.into_u64(), set.0, outer.0));
+        l.labels.span_depth.set(depth + 1);
+        true
+    })
+    .unwrap_or(false)
+}
+
+/// Takes span `id`'s innermost entry off this thread's span stack and
+/// returns the set now in force: the set before it, with the spans
+/// entered after it (if it exits out of order) merged on again. `None` if
+/// the span is not on the stack.
+fn pop_span(id: &Id) -> Option<LabelSetId> {
+    let id = id.into_u64();
+    thread::with(|l| {
+        let spans = &l.labels.spans;
+        let depth = l.labels.span_depth.get();
+        let i = spans[..depth].iter().rposition(|s| s.get().0 == id)?;
+        let mut now = LabelSetId(spans[i].get().2);
+        let _inside = reentry::Inside::enter();
+        for j in i + 1..depth {
+            let (later, set, _) = spans[j].get();
+            spans[j - 1].set((later, set, now.0));
+            now = table::merge_sets(now, LabelSetId(set));
+        }
+        l.labels.span_depth.set(depth - 1);
+        Some(now)
+    })
+    .flatten()
+}
+
 /// This thread's key in [`SpanLabels::entered`].
 fn thread_key() -> usize {
     thread::with(|l| std::ptr::from_ref(l) as usize).unwrap_or(0)
@@ -174,7 +213,9 @@ where
             let _inside = reentry::Inside::enter();
             table::merge_sets(outer, labels.set)
         };
-        labels.entered.push((thread_key(), outer));
+        if !push_span(id, labels.set, outer) {
+            labels.entered.push((thread_key(), outer));
+        }
         super::set_current(merged);
     }
 
@@ -186,6 +227,10 @@ where
         let Some(labels) = extensions.get_mut::<SpanLabels>() else {
             return;
         };
+        if let Some(now) = pop_span(id) {
+            super::set_current(now);
+            return;
+        }
         let key = thread_key();
         if let Some(i) = labels.entered.iter().rposition(|&(k, _)| k == key) {
             let (_, outer) = labels.entered.remove(i);

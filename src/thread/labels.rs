@@ -12,6 +12,11 @@ pub(crate) const UNKNOWN: u32 = u32::MAX;
 /// How many scopes a thread remembers entering ([`LabelState::scopes`]).
 pub(crate) const SCOPES_KEPT: usize = 4;
 
+/// How many labelled `tracing` spans a thread tracks while entered
+/// ([`LabelState::spans`]); deeper ones restore the set before them on
+/// exit, which is right when spans exit in the order they were entered.
+pub(crate) const SPANS_KEPT: usize = 16;
+
 /// A thread's label-set ids (`labels::LabelSetId`; 0 is the empty set).
 pub(crate) struct LabelState {
     /// The set in force: the merge of every scope the thread is in
@@ -29,6 +34,13 @@ pub(crate) struct LabelState {
     /// entry to replace next is `next_scope`.
     pub(crate) scopes: [Cell<(u32, u32)>; SCOPES_KEPT],
     pub(crate) next_scope: Cell<usize>,
+    /// Labelled spans entered on this thread and not yet exited, innermost
+    /// last, as `(span id, the span's own set, the set in force before
+    /// it)`; the first `span_depth` are in use. A span may be exited out of
+    /// order (a moved `EnteredSpan`), so an exit takes its entry out and
+    /// merges the later ones again.
+    pub(crate) spans: [Cell<(u64, u32, u32)>; SPANS_KEPT],
+    pub(crate) span_depth: Cell<usize>,
 }
 
 impl LabelState {
@@ -39,6 +51,8 @@ impl LabelState {
             with_thread: Cell::new((UNKNOWN, UNKNOWN)),
             scopes: [const { Cell::new((UNKNOWN, UNKNOWN)) }; SCOPES_KEPT],
             next_scope: Cell::new(0),
+            spans: [const { Cell::new((0, 0, 0)) }; SPANS_KEPT],
+            span_depth: Cell::new(0),
         }
     }
 }
