@@ -104,13 +104,24 @@ pub(crate) struct Pending<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
 
 impl<'a> Pending<'a> {
     /// The labels of a stored set, to add to.
+    #[cfg(test)]
     pub(crate) fn of(labels: &'static [Label]) -> Pending<'a> {
-        Pending(
+        Pending::with_room(labels, 0).unwrap()
+    }
+
+    /// The labels of a stored set with room for `more` to be set without
+    /// growing, or `None` if the inner allocator has no memory for it:
+    /// merges on the sampled path, inside an allocation of the program's,
+    /// must not abort it.
+    fn with_room(labels: &'static [Label], more: usize) -> Option<Pending<'a>> {
+        let mut all = Vec::new();
+        all.try_reserve_exact(labels.len() + more).ok()?;
+        all.extend(
             labels
                 .iter()
-                .map(|&(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v)))
-                .collect(),
-        )
+                .map(|&(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v))),
+        );
+        Some(Pending(all))
     }
 
     /// Sets `key` to `value`, in place of any value it had. An empty key
@@ -329,7 +340,12 @@ pub(crate) fn merge(outer: LabelSetId, inner: &[(&str, &str)]) -> LabelSetId {
     if inner.is_empty() {
         return outer;
     }
-    let mut set = Pending::of(get(outer));
+    // Room for every label of `inner`, so that no `set` grows the list
+    // (labels set on the sampled path are never cut, so nothing else
+    // allocates before `intern`).
+    let Some(mut set) = Pending::with_room(get(outer), inner.len()) else {
+        return LabelSetId::OVERFLOW;
+    };
     for &(k, v) in inner {
         set.set(k, v);
     }
@@ -373,8 +389,11 @@ pub(crate) fn merge_sets(outer: LabelSetId, inner: LabelSetId) -> LabelSetId {
     if inner == LabelSetId::NONE {
         return outer;
     }
-    let mut set = Pending::of(get(outer));
-    for &(k, v) in get(inner) {
+    let inner = get(inner);
+    let Some(mut set) = Pending::with_room(get(outer), inner.len()) else {
+        return LabelSetId::OVERFLOW;
+    };
+    for &(k, v) in inner {
         set.set(k, v);
     }
     intern(set)
