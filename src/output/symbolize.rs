@@ -117,6 +117,7 @@ pub(crate) fn resolve_all(addrs: impl IntoIterator<Item = usize>) -> HashMap<usi
     // `resolved` list, which goes away below (`out` was sized up front and
     // does not grow).
     let before = this_thread_net_bytes();
+    let allocated_before = this_thread_allocated_bytes();
     let resolved: Vec<(usize, Symbols)> = {
         let _resolving = RESOLVING.lock();
         let resolved = missing.into_iter().map(|a| (a, resolve(a))).collect();
@@ -128,7 +129,7 @@ pub(crate) fn resolve_all(addrs: impl IntoIterator<Item = usize>) -> HashMap<usi
         backtrace::clear_symbol_cache();
         resolved
     };
-    trim_heap();
+    trim_heap(this_thread_allocated_bytes() - allocated_before);
     {
         let mut cache = CACHE.lock();
         let cache = cache.get_or_insert_with(HashMap::new);
@@ -143,26 +144,37 @@ pub(crate) fn resolve_all(addrs: impl IntoIterator<Item = usize>) -> HashMap<usi
     out
 }
 
-/// Gives back to the system the pages a lookup freed. A lookup frees tens
-/// of MiB of parsed debug info in small blocks scattered over glibc's
-/// heap, which glibc keeps for reuse: the program's resident size would
-/// stay that much higher after its first profile. `malloc_trim` returns
-/// every whole free page. When the inner allocator is another one
-/// (jemalloc, mimalloc), glibc's heap holds next to nothing and the call
-/// costs little; that allocator returns memory by its own policy.
+/// Gives back to the system the pages a lookup freed, after a lookup that
+/// went through `looked_up` bytes. A lookup frees tens of MiB of parsed
+/// debug info in small blocks scattered over glibc's heap, which glibc
+/// keeps for reuse: the program's resident size would stay that much
+/// higher after its first profile. `malloc_trim` returns every whole free
+/// page, but it walks glibc's free lists holding each arena's lock, which
+/// stalls the program's allocations in that arena meanwhile, for longer
+/// the larger its heap. So it runs only when the lookup went through at
+/// least as much as the program holds live: then the pages it returns
+/// matter and the heap it walks is small; a program holding more keeps
+/// the freed pages for its next lookup. When the inner allocator is
+/// another one (jemalloc, mimalloc), glibc's heap holds next to nothing.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn trim_heap() {
+fn trim_heap(looked_up: u64) {
+    let program = crate::support::registry::totals();
+    if looked_up < program.allocated_bytes.saturating_sub(program.freed_bytes) {
+        return;
+    }
     // SAFETY: `malloc_trim` has no preconditions. It takes glibc's arena
-    // locks; no lock of heapprof's is held here (the caller has released
-    // `RESOLVING`, and the cache's lock is taken after), so no thread
-    // waiting for one of ours can hold an arena lock we wait for.
+    // locks. This runs outside the allocator, holding no lock of the
+    // allocation path (a profile is built with at most the HTTP server's
+    // build lock, `rank::HTTP_BUILD`, which no allocation waits for), so
+    // no thread that holds an arena lock can be waiting for a lock held
+    // here.
     unsafe {
         libc::malloc_trim(0);
     }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim_heap() {}
+fn trim_heap(_looked_up: u64) {}
 
 /// Bytes symbolization keeps between profiles: the per-address cache, and
 /// whatever backtrace still holds after `clear_symbol_cache`. Measured, not
@@ -382,6 +394,11 @@ pub(crate) fn is_machinery(name: &str) -> bool {
 /// Bytes this thread has allocated minus bytes it has freed, heapprof's
 /// own included: the change across a stretch of code run on this thread
 /// is what that code kept.
+/// What this thread has allocated, heapprof's own calls included.
+fn this_thread_allocated_bytes() -> u64 {
+    crate::thread::with(|l| l.counters.live().allocated_bytes).unwrap_or(0)
+}
+
 fn this_thread_net_bytes() -> i64 {
     crate::thread::with(|l| {
         let c = l.counters.live();
