@@ -274,7 +274,7 @@ impl Params {
                 }
                 "symbolize" => {
                     let on = crate::config::parse_on_off(value).ok_or_else(|| {
-                        format!("bad request: symbolize={value:?}: expected 0 or 1")
+                        format!("bad request: symbolize={value:?}: expected 0 or 1 (or off, on)")
                     })?;
                     p.addresses_only = !on;
                 }

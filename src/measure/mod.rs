@@ -36,7 +36,7 @@ use crate::thread::{self, counters::Counts, measure::SiteTally};
 ///     let (doc, m) = heapprof::measure(|| my_crate::parse("…"));
 ///     m.assert_allocations_at_most(3);
 ///     m.assert_peak_at_most(4096);
-///     println!("{m}"); // 3 allocations (1.2 KiB), 2 frees (1.0 KiB), net +256 B, peak 1.1 KiB
+///     println!("{m}"); // 3 allocations (1.2 KiB = 1240 B), 2 frees (1000 B), net +240 B, peak 1.1 KiB = 1140 B
 /// #   drop(doc);
 /// }
 /// # mod my_crate { pub fn parse(_: &str) {} }
@@ -271,10 +271,10 @@ enum Order {
 }
 
 /// Sites a window has room for when it opens. Samples of more sites grow
-/// the room on the slow path, an allocation of heapprof's own that uses
-/// up sampling points as any does; up to this many, the window's
-/// bookkeeping allocates only when it opens and closes, and the samples
-/// drawn in it are the very ones drawn without it.
+/// the room on the slow path. The room is an allocation of heapprof's own
+/// and uses up sampling points as any allocation does, so the samples
+/// drawn inside a window are the ones drawn without it, moved by that
+/// reservation (and by any growth past this many sites).
 const TALLY_CAPACITY: usize = 16;
 
 /// Sites an assertion's message lists.
@@ -282,8 +282,8 @@ const TOP_SITES: usize = 10;
 /// Frames of each site it names, leaf first.
 const FRAMES_SHOWN: usize = 3;
 
-/// `3 allocations (1.2 KiB), 2 frees (1.0 KiB), net +256 B, peak 1.1 KiB`,
-/// with the exact byte counts in parentheses past 1 KiB.
+/// `3 allocations (1.2 KiB = 1240 B), 2 frees (1000 B), net +240 B, peak
+/// 1.1 KiB = 1140 B`: past 1 KiB a byte count also has its exact value.
 impl fmt::Display for Measured {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -332,7 +332,7 @@ impl Drop for Measured {
     }
 }
 
-/// A byte count as people read it: `512 B`, `1.5 KiB (1536 B)`.
+/// A byte count as people read it: `512 B`, `1.5 KiB = 1536 B`.
 struct Bytes(u64);
 
 impl fmt::Display for Bytes {

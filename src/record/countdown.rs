@@ -10,7 +10,8 @@
 //! sampler's countdown waits in `thread::measure::Measuring`: [`expired`]
 //! charges it as the fast path would have and goes on as the fast path
 //! would have (back to the program when it has not run out), so the
-//! samples drawn are the ones drawn without the measure.
+//! samples drawn are the ones drawn without the measure, charged with the
+//! same allocations.
 
 use crate::sample;
 use crate::support::{reentry, registry};

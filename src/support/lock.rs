@@ -64,10 +64,12 @@ pub(crate) mod rank {
     pub(crate) const MAPPINGS: u8 = 3;
     /// The symbol cache (`output/symbolize.rs`).
     pub(crate) const SYMBOLS: u8 = 4;
-    /// The label-set table's index (`labels/table.rs`): taken alone,
-    /// inside the guard, to find or store a set, on a sampled allocation
-    /// (after its stack is captured, before its site is) and on entering
-    /// a scope; reading a stored set takes no lock.
+    /// The label-set table's index (`labels/table.rs`): taken with no
+    /// other lock held, inside the guard, to find or store a set, on a
+    /// sampled allocation (after its stack is captured, before its site
+    /// is) and on entering a scope; storing a set allocates under it, and
+    /// those allocations may take the registry's or the free path's locks,
+    /// all of higher rank. Reading a stored set takes no lock.
     pub(crate) const LABELS: u8 = 5;
     /// The site table's stripes and overflow site (`record/sites.rs`).
     pub(crate) const SITES: u8 = 6;

@@ -6,7 +6,8 @@
 //! that every allocation of the thread reaches the slow path, which raises
 //! the high-water mark; the sampler's real countdown waits here and the
 //! slow path charges it as the fast path would have, so sampling goes on
-//! exactly as without the measure. Other threads never look at this state,
+//! as without the measure (but for the bytes the window's own bookkeeping
+//! allocates, `measure::TALLY_CAPACITY`). Other threads never look at this state,
 //! and the fast path has no instruction for it.
 
 use std::cell::Cell;
