@@ -134,8 +134,11 @@ fn retire() {
         live.swap_remove(i);
     }
     // Under the lock: a reader sees the counts in the registry or in the
-    // totals, never in both or neither.
-    if let Some(counts) = thread::with(|l| l.counters.take()) {
+    // totals, never in both or neither. A measure active on the thread (a
+    // later destructor's) reads them at its end, which moves them then.
+    if let Some(counts) =
+        thread::with(|l| (!l.measure.aside()).then(|| l.counters.take())).flatten()
+    {
         UNLISTED.add(counts);
     }
     set_registration(Registration::Exited);
@@ -202,17 +205,19 @@ pub(crate) fn set_filter_mask(mask: impl FnOnce() -> usize) {
 /// For a thread that is not in the registry (not yet, or no more), from its
 /// slow path: moves what it counted to the unlisted totals, so that
 /// `stats()` sees it. An exiting thread's countdown is kept at zero, so
-/// that its allocations come here too. Not inside the profiler: there the
-/// counts are the profiler's own, taken out when it leaves. Nor while a
-/// measure is active on the thread (`thread::measure`): it reads the
-/// thread's counts, and calls this when it ends.
+/// that its allocations come here too, inside the profiler or not. The
+/// counts stay where they are inside the profiler (there they are the
+/// profiler's own, taken out when it leaves) and while a measure is active
+/// on the thread (`thread::measure`: it reads the thread's counts, and
+/// calls this when it ends).
 pub(crate) fn flush_unlisted() {
-    if listed() || reentry::is_inside() {
+    if listed() {
         return;
     }
     let exiting = exited();
+    let inside = reentry::is_inside();
     thread::with(|l| {
-        if !l.measure.aside() {
+        if !inside && !l.measure.aside() {
             UNLISTED.add(l.counters.take());
         }
         if exiting {
