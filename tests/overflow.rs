@@ -39,7 +39,7 @@ fn child_fills_the_table() {
         .find(|(_, n)| n.contains("[heapprof overflow"))
         .map(|(s, _)| s.value[ALLOC_OBJECTS])
         .unwrap_or(0);
-    // The workload's own sites: one per depth, four blocks each.
+    // The workload's own sites: one or two per depth, four blocks each.
     let nest_sites: Vec<i64> = p
         .sample
         .iter()
@@ -51,10 +51,11 @@ fn child_fills_the_table() {
         .map(|s| s.value[ALLOC_OBJECTS])
         .collect();
     println!(
-        "samples={} overflow_objects={overflow} nest_sites={} nest_objects={}",
+        "samples={} overflow_objects={overflow} nest_sites={} nest_objects={} nest_site_objects_max={}",
         p.sample.len(),
         nest_sites.len(),
-        nest_sites.iter().sum::<i64>()
+        nest_sites.iter().sum::<i64>(),
+        nest_sites.iter().max().unwrap_or(&0)
     );
     assert!(p.sample.len() <= 64 + 1, "{} sites kept", p.sample.len());
     drop(kept);
@@ -67,9 +68,13 @@ fn overflow_is_visible_and_bounded() {
     // 200 blocks at 50 depths, plus the runtime's own sites, into 64 sites
     // (fewer where a stripe of the table fills first): some depths found
     // no room, and every one of the 200 blocks (at rate 1) is counted,
-    // at its own site or in the overflow site.
+    // at its own site or in the overflow site. A site holds at most the
+    // four blocks of its depth (the optimizer may give the first of them
+    // a call site of its own, so a depth can be two sites, one kept and
+    // one not).
     let nest_objects = field("nest_objects=");
-    assert!(nest_objects < 200 && nest_objects % 4 == 0, "{stdout}");
+    assert!(nest_objects < 200, "{stdout}");
+    assert!(field("nest_site_objects_max=") <= 4, "{stdout}");
     assert!(field("overflow_objects=") >= 200 - nest_objects, "{stdout}");
     assert!(field("samples=") <= 65);
 }
