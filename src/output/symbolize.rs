@@ -391,14 +391,14 @@ pub(crate) fn is_machinery(name: &str) -> bool {
     builtin || PREFIXES.iter().any(|p| subject.starts_with(p))
 }
 
-/// Bytes this thread has allocated minus bytes it has freed, heapprof's
-/// own included: the change across a stretch of code run on this thread
-/// is what that code kept.
 /// What this thread has allocated, heapprof's own calls included.
 fn this_thread_allocated_bytes() -> u64 {
     crate::thread::with(|l| l.counters.live().allocated_bytes).unwrap_or(0)
 }
 
+/// Bytes this thread has allocated minus bytes it has freed, heapprof's
+/// own included: the change across a stretch of code run on this thread
+/// is what that code kept.
 fn this_thread_net_bytes() -> i64 {
     crate::thread::with(|l| {
         let c = l.counters.live();
