@@ -15,6 +15,7 @@ pub(crate) const SCOPES_KEPT: usize = 4;
 /// How many labelled `tracing` spans a thread tracks while entered
 /// ([`LabelState::spans`]); deeper ones restore the set before them on
 /// exit, which is right when spans exit in the order they were entered.
+#[cfg(feature = "tracing")]
 pub(crate) const SPANS_KEPT: usize = 16;
 
 /// A thread's label-set ids (`labels::LabelSetId`; 0 is the empty set).
@@ -39,7 +40,9 @@ pub(crate) struct LabelState {
     /// it)`; the first `span_depth` are in use. A span may be exited out of
     /// order (a moved `EnteredSpan`), so an exit takes its entry out and
     /// merges the later ones again.
+    #[cfg(feature = "tracing")]
     pub(crate) spans: [Cell<(u64, u32, u32)>; SPANS_KEPT],
+    #[cfg(feature = "tracing")]
     pub(crate) span_depth: Cell<usize>,
 }
 
@@ -51,7 +54,9 @@ impl LabelState {
             with_thread: Cell::new((UNKNOWN, UNKNOWN)),
             scopes: [const { Cell::new((UNKNOWN, UNKNOWN)) }; SCOPES_KEPT],
             next_scope: Cell::new(0),
+            #[cfg(feature = "tracing")]
             spans: [const { Cell::new((0, 0, 0)) }; SPANS_KEPT],
+            #[cfg(feature = "tracing")]
             span_depth: Cell::new(0),
         }
     }
