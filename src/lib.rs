@@ -376,7 +376,7 @@
 //! | folder | role |
 //! | --- | --- |
 //! | `config/` | settings read once from the environment; one-line reports on stderr |
-//! | `sample/` | sampling math: when a countdown ends in a sample, what a sample weighs |
+//! | `sample/` | sampling math: when a countdown ends in a sample, what a sample weighs, what a site's samples add up to |
 //! | `thread/` | the one thread-local and its plain parts: counters and countdown, sampler state, filter mask, held locks, deferred frees, stack facts, registration, label-set ids, an active measure; the exit hooks |
 //! | `support/` | locks with ranks, the reentrancy guard, the registry of threads, memory mappings |
 //! | `labels/` | label sets: the table that interns them, scopes, the future wrapper, the tracing layer |

@@ -245,15 +245,7 @@ impl Measured {
             self.sites
                 .iter()
                 .find(|t| t.site == id)
-                .map_or_else(sites::SiteCounts::default, |t| sites::SiteCounts {
-                    sampled_allocs: t.sampled_allocs,
-                    sampled_alloc_bytes: t.sampled_alloc_bytes,
-                    sampled_frees: t.sampled_frees,
-                    alloc_objects_est: t.alloc_objects,
-                    alloc_bytes_est: t.alloc_bytes,
-                    free_objects_est: t.free_objects,
-                    free_bytes_est: t.free_bytes,
-                })
+                .map_or_else(sites::SiteCounts::default, |t| t.counts)
         });
         output::snapshot::snapshot_of(Source::Delta {
             sites: copies,
@@ -434,7 +426,7 @@ impl Window {
             let mut outer_incomplete = self.outer_incomplete || incomplete;
             for t in &sites {
                 match outer.iter().position(|o| o.site == t.site) {
-                    Some(i) => outer[i].add(t),
+                    Some(i) => outer[i].counts = outer[i].counts.plus(&t.counts),
                     None if outer.try_reserve(1).is_ok() => outer.push(*t),
                     None => outer_incomplete = true,
                 }

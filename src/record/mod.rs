@@ -249,12 +249,7 @@ fn record(s: Sample, trackable: bool) -> bool {
     let frames = stack.frames();
     let labels = crate::labels::for_sample();
     let site = sites::record_alloc(frames, stack::hash(frames), labels, s.size, s.weight);
-    tally(site, |t| {
-        t.sampled_allocs += 1;
-        t.sampled_alloc_bytes += s.size as u64;
-        t.alloc_objects += s.weight;
-        t.alloc_bytes += s.size as f64 * s.weight;
-    });
+    tally(site, |t| t.counts.add_alloc(s.size, s.weight));
     let entry = Entry {
         site,
         weight: s.weight,
@@ -280,11 +275,7 @@ fn credit_free(e: &Entry) {
 }
 
 fn tally_free(site: sites::SiteId, size: usize, weight: f64) {
-    tally(site, |t| {
-        t.sampled_frees += 1;
-        t.free_objects += weight;
-        t.free_bytes += size as f64 * weight;
-    });
+    tally(site, |t| t.counts.add_free(size, weight));
 }
 
 /// The layout a sampled block is really allocated with: the caller's, or,

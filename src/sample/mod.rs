@@ -81,6 +81,9 @@ use rand::{RngExt, SeedableRng};
 
 use crate::config;
 
+mod counts;
+pub(crate) use counts::SiteCounts;
+
 /// One thread's sampler state between samples. The countdown itself,
 /// bytes the thread may still allocate before the next sample, is the
 /// thread's `Counters::countdown` (`thread/counters.rs`), which also derives

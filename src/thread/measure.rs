@@ -13,44 +13,23 @@
 use std::cell::Cell;
 use std::mem::ManuallyDrop;
 
+use crate::sample::SiteCounts;
+
 /// One site's share of the samples a thread took in a measure's window:
 /// its sampled allocations, and the frees of sampled blocks the thread
 /// made there. The site is the site table's id (`record/sites.rs`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct SiteTally {
     pub site: u32,
-    pub sampled_allocs: u64,
-    pub sampled_alloc_bytes: u64,
-    pub sampled_frees: u64,
-    pub alloc_objects: f64,
-    pub alloc_bytes: f64,
-    pub free_objects: f64,
-    pub free_bytes: f64,
+    pub counts: SiteCounts,
 }
 
 impl SiteTally {
-    const fn new(site: u32) -> Self {
+    fn new(site: u32) -> Self {
         SiteTally {
             site,
-            sampled_allocs: 0,
-            sampled_alloc_bytes: 0,
-            sampled_frees: 0,
-            alloc_objects: 0.0,
-            alloc_bytes: 0.0,
-            free_objects: 0.0,
-            free_bytes: 0.0,
+            counts: SiteCounts::default(),
         }
-    }
-
-    /// Adds `other`'s counts (of the same site) to these.
-    pub(crate) fn add(&mut self, other: &SiteTally) {
-        self.sampled_allocs += other.sampled_allocs;
-        self.sampled_alloc_bytes += other.sampled_alloc_bytes;
-        self.sampled_frees += other.sampled_frees;
-        self.alloc_objects += other.alloc_objects;
-        self.alloc_bytes += other.alloc_bytes;
-        self.free_objects += other.free_objects;
-        self.free_bytes += other.free_bytes;
     }
 }
 
