@@ -217,10 +217,7 @@ fn child_scenarios() {
 
 /// The process's resident size.
 fn resident() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    // SAFETY: sysconf reads a constant.
-    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64
+    heapprof_testkit::process::rss_bytes()
 }
 
 fn files_in(dir: &Path) -> BTreeSet<String> {

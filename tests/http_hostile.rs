@@ -24,16 +24,9 @@ fn loopback(last: u8) -> IpAddr {
     Ipv4Addr::new(127, 0, 0, last).into()
 }
 
-/// The process's resident set, from `/proc/self/status`.
+/// The process's resident set.
 fn rss_bytes() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().strip_suffix(" kB"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("VmRSS in /proc/self/status");
-    kib * 1024
+    heapprof_testkit::process::rss_bytes() as usize
 }
 
 const MIB: usize = 1024 * 1024;

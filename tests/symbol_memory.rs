@@ -23,13 +23,7 @@ const LOOKUP_BYTES_AT_LEAST: i64 = 8 << 20;
 const KEPT_BEYOND_PROFILER_BYTES_AT_MOST: i64 = 16 << 20;
 
 fn status_bytes(key: &str) -> i64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: i64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{key} in /proc/self/status"));
-    kib * 1024
+    heapprof_testkit::process::status_bytes(key) as i64
 }
 
 #[inline(never)]

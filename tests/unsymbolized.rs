@@ -8,6 +8,7 @@
 //! process.
 
 use heapprof_testkit::child::{is_child, printed_number, run_child};
+use heapprof_testkit::process::{rss_bytes as rss, status_bytes};
 use heapprof_testkit::profile::{decode, string};
 use heapprof_testkit::tools::{go_available, go_pprof};
 
@@ -47,23 +48,7 @@ fn own_allocated() -> u64 {
 }
 
 fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/self/status");
-    kib * 1024
-}
-
-fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status");
-    kib * 1024
+    status_bytes("VmHWM:")
 }
 
 /// Sets the peak resident size to the current one (Linux: `5` to

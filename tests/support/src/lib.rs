@@ -8,6 +8,7 @@
 //! * [`rng`]: a small seedable generator.
 //! * [`http`]: a client for heapprof's HTTP server.
 //! * [`labels`]: label sets as the tests compare them.
+//! * [`process`]: this process's memory as the kernel reports it.
 //! * [`pyroscope`]: a stand-in for Pyroscope's ingest endpoint, for the pusher.
 //! * [`tools`]: external tools (`go tool pprof`), skipped when missing.
 //! * [`arena`]: bump arenas over fresh mappings, for inner allocators.
@@ -17,6 +18,7 @@ pub mod check;
 pub mod child;
 pub mod http;
 pub mod labels;
+pub mod process;
 pub mod profile;
 pub mod pyroscope;
 pub mod rng;
