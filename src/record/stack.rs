@@ -7,9 +7,13 @@
 //!
 //! # Two unwinders, and the rule that picks one
 //!
-//! * **DWARF** (`backtrace`, i.e. libgcc's `_Unwind_Backtrace`): right for
-//!   any build, but interprets unwind tables for every frame, about 0.1 to
-//!   0.2 µs a frame: most of the cost of a sample.
+//! * **DWARF**: right for any build. libgcc's `_Unwind_Backtrace` (through
+//!   `backtrace`) interprets the unwind tables for every frame, about 0.1
+//!   µs a frame: most of the cost of a sample. So stacks whose frames all
+//!   lie in objects that are never unloaded (the executable, the C
+//!   library) are unwound with each return address's rule cached instead
+//!   (`stack/rules.rs`), a few times faster; libgcc unwinds the others,
+//!   and one stack in `RECHECK_EVERY` for comparison.
 //! * **Frame pointers**: follows the `rbp` chain, a few nanoseconds a
 //!   frame, but right only through functions that keep a frame pointer. A
 //!   function that keeps none does not break the chain: it is skipped, and
@@ -56,6 +60,9 @@
 //! without the program's frames.
 
 use crate::config::Unwinder;
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod rules;
 use crate::thread::StackFacts;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
@@ -185,6 +192,8 @@ pub(crate) fn decide_early() {
 #[cold]
 fn decide() -> u8 {
     let wanted = crate::config::get().unwinder;
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    rules::load();
     let mode = if wanted == Unwinder::Dwarf {
         USE_DWARF
     } else if !own_code_keeps_frame_pointers() {
@@ -241,7 +250,55 @@ fn agrees(fp: &Stack, dwarf: &Stack) -> bool {
         && rest[..fp.len()] == *fp
 }
 
+/// The stack from DWARF unwind tables: with the cached rules where they
+/// vouch for every frame (`rules.rs`), checked against libgcc's walk every
+/// [`RECHECK_EVERY`]th stack, and from libgcc otherwise.
 fn capture_dwarf() -> Stack {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    if let Some((_, top)) = crate::thread::with(|l| bounds(&l.stack))
+        && let Some(cached) = rules::capture(top)
+    {
+        let n = CACHED_SAMPLES.fetch_add(1, Relaxed);
+        if n % RECHECK_EVERY != RECHECK_EVERY - 1 || same_caller_frames(&cached, &capture_libgcc())
+        {
+            return cached;
+        }
+        rules::disable();
+        crate::config::report::warn(format_args!(
+            "heapprof: the cached DWARF unwinder disagreed with libgcc's; using libgcc's from now on"
+        ));
+    }
+    capture_libgcc()
+}
+
+/// Stacks the cached unwinder gave, for its periodic check.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+static CACHED_SAMPLES: AtomicU64 = AtomicU64::new(0);
+
+/// Whether `cached` (from `rules::capture`, called by [`capture_dwarf`])
+/// and `libgcc` (from [`capture_libgcc`], called by the same function)
+/// hold the same frames from [`capture_dwarf`]'s caller down. The frames
+/// before that are each unwinder's own and the two call sites; a stack cut
+/// at [`MAX_FRAMES`] is compared as far as both go.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn same_caller_frames(cached: &Stack, libgcc: &Stack) -> bool {
+    let Some(callers) = cached.frames().get(2..) else {
+        return false;
+    };
+    let Some(start) = callers
+        .first()
+        .and_then(|f| libgcc.frames().iter().position(|g| g == f))
+    else {
+        return false;
+    };
+    let theirs = &libgcc.frames()[start..];
+    let both = theirs.len().min(callers.len());
+    let full = |s: &Stack| s.frames().len() == MAX_FRAMES;
+    theirs[..both] == callers[..both]
+        && (theirs.len() == callers.len() || full(cached) || full(libgcc))
+}
+
+fn capture_libgcc() -> Stack {
     let mut stack = Stack::empty();
     // SAFETY: `trace_unsynchronized` is unsafe only because it skips the
     // crate's global lock. On Linux it calls libgcc's `_Unwind_Backtrace`,

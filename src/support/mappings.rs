@@ -33,21 +33,58 @@ pub(crate) struct Mapping {
     pub build_id: String,
 }
 
+/// Calls `f` with each loaded object (the executable, then the shared
+/// libraries, in the loader's order), holding [`WALKING`] and the
+/// loader's lock: `f` must not allocate through a path that takes either
+/// (heapprof's own allocations are fine) and must not keep pointers into
+/// an object past the call unless that object can never be unloaded.
+pub(crate) fn each_object(f: &mut dyn FnMut(&libc::dl_phdr_info)) {
+    let _walking = WALKING.lock();
+    let mut f: &mut dyn FnMut(&libc::dl_phdr_info) = f;
+    // SAFETY: `visit` matches the callback type dl_iterate_phdr expects,
+    // and `f` outlives the call, which is synchronous.
+    unsafe {
+        libc::dl_iterate_phdr(
+            Some(visit),
+            (&mut f as *mut &mut dyn FnMut(&libc::dl_phdr_info)).cast(),
+        );
+    }
+}
+
+/// `dl_iterate_phdr`'s callback for [`each_object`].
+///
+/// # Safety
+/// Called only by `dl_iterate_phdr`, from [`each_object`]: `info` points to
+/// a valid `dl_phdr_info` for the duration of the call, and `data` is the
+/// `&mut &mut dyn FnMut` that `each_object` passed, not otherwise borrowed.
+unsafe extern "C" fn visit(
+    info: *mut libc::dl_phdr_info,
+    _size: libc::size_t,
+    data: *mut libc::c_void,
+) -> libc::c_int {
+    // SAFETY: as the function's contract says.
+    let (info, f) = unsafe {
+        (
+            &*info,
+            &mut *(data as *mut &mut dyn FnMut(&libc::dl_phdr_info)),
+        )
+    };
+    f(info);
+    0
+}
+
+/// The program headers of a loaded object.
+pub(crate) fn program_headers(info: &libc::dl_phdr_info) -> &[libc::Elf64_Phdr] {
+    // SAFETY: dlpi_phdr points to dlpi_phnum program headers, mapped for
+    // as long as the object is loaded (at least the `info`'s borrow).
+    unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) }
+}
+
 /// The executable's mappings first (pprof treats the first mapping as the
 /// main binary), then the libraries', each group in address order.
 pub(crate) fn current() -> Vec<Mapping> {
     let mut found: Vec<(bool, Mapping)> = Vec::new();
-    {
-        let _walking = WALKING.lock();
-        // SAFETY: `collect` matches the callback type dl_iterate_phdr
-        // expects, and `found` outlives the call, which is synchronous.
-        unsafe {
-            libc::dl_iterate_phdr(
-                Some(collect),
-                (&mut found as *mut Vec<(bool, Mapping)>).cast(),
-            );
-        }
-    }
+    each_object(&mut |info| collect(info, &mut found));
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
@@ -64,20 +101,8 @@ pub(crate) fn current() -> Vec<Mapping> {
     mappings.into_iter().map(|(_, m)| m).collect()
 }
 
-/// `dl_iterate_phdr`'s callback.
-///
-/// # Safety
-/// Called only by `dl_iterate_phdr`, from [`current`]: `info` points to a
-/// valid `dl_phdr_info` for the duration of the call, and `data` is the
-/// `Vec<(bool, Mapping)>` that `current` passed, not otherwise borrowed.
-unsafe extern "C" fn collect(
-    info: *mut libc::dl_phdr_info,
-    _size: libc::size_t,
-    data: *mut libc::c_void,
-) -> libc::c_int {
-    // SAFETY: dl_iterate_phdr passes a valid info for the duration of the
-    // call, and `data` is the Vec pointer `current` gave it.
-    let (info, found) = unsafe { (&*info, &mut *(data as *mut Vec<(bool, Mapping)>)) };
+/// Adds one object's executable segments to `found`.
+fn collect(info: &libc::dl_phdr_info, found: &mut Vec<(bool, Mapping)>) {
     let name = if info.dlpi_name.is_null() {
         String::new()
     } else {
@@ -88,8 +113,7 @@ unsafe extern "C" fn collect(
             .into_owned()
     };
     let is_main = name.is_empty() && found.iter().all(|(main, _)| !main);
-    // SAFETY: dlpi_phdr points to dlpi_phnum program headers.
-    let phdrs = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
+    let phdrs = program_headers(info);
     let mut build_id = String::new();
     for ph in phdrs.iter().filter(|ph| ph.p_type == libc::PT_NOTE) {
         let start = info.dlpi_addr as usize + ph.p_vaddr as usize;
@@ -116,7 +140,6 @@ unsafe extern "C" fn collect(
             ));
         }
     }
-    0
 }
 
 /// Finds the `NT_GNU_BUILD_ID` note in an ELF note segment: a sequence of

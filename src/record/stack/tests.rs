@@ -198,3 +198,86 @@ fn hash_is_deterministic_and_sees_order_and_length() {
         .collect();
     assert_eq!(stripes.len(), 64);
 }
+
+/// Both DWARF unwinders from one function: the cached rules, then
+/// libgcc's walk.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[inline(never)]
+fn both_dwarf_unwinders() -> (Option<Stack>, Stack) {
+    let (_, top) = crate::thread::with(|l| bounds(&l.stack)).unwrap();
+    let cached = rules::capture(top);
+    (cached, capture_libgcc())
+}
+
+/// The cached rules give the frames libgcc gives, on the main thread and
+/// on a spawned one, at depths up to past [`MAX_FRAMES`], and again when
+/// every rule comes from the cache.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[test]
+fn cached_rules_unwind_as_libgcc_does() {
+    fn check(thread: &str) {
+        decide_early();
+        for depth in [0, 3, 20, 2 * MAX_FRAMES] {
+            let mut first: Option<Stack> = None;
+            for round in 0..black_box(2) {
+                let (cached, libgcc) = recurse(depth, &mut both_dwarf_unwinders);
+                let cached =
+                    cached.unwrap_or_else(|| panic!("{thread}, depth {depth}: no cached stack"));
+                assert!(
+                    same_caller_frames(&cached, &libgcc),
+                    "{thread}, depth {depth}, round {round}:\ncached {:x?}\nlibgcc {:x?}",
+                    cached.frames(),
+                    libgcc.frames()
+                );
+                let names = names(&cached);
+                assert!(position(&names, "recurse").is_some(), "{thread}: {names:?}");
+                if let Some(first) = &first {
+                    assert_eq!(first.frames(), cached.frames(), "{thread}, depth {depth}");
+                }
+                first = Some(cached);
+            }
+        }
+    }
+    check("main test thread");
+    std::thread::spawn(|| check("spawned thread"))
+        .join()
+        .unwrap();
+}
+
+/// The check that turns the cached rules off rejects a stack that lost a
+/// frame or has one libgcc does not.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[test]
+fn a_cached_stack_that_differs_from_libgcc_is_caught() {
+    decide_early();
+    let (cached, libgcc) = recurse(5, &mut both_dwarf_unwinders);
+    let cached = cached.expect("a cached stack");
+    assert!(same_caller_frames(&cached, &libgcc));
+    let mut skipped = Stack::empty();
+    let mut extra = Stack::empty();
+    for (i, &f) in cached.frames().iter().enumerate() {
+        if i != 4 {
+            skipped.push(f);
+        }
+        extra.push(f);
+        if i == 4 {
+            extra.push(f + 1);
+        }
+    }
+    assert!(!same_caller_frames(&skipped, &libgcc));
+    assert!(!same_caller_frames(&extra, &libgcc));
+}
+
+/// The objects whose rules are kept: this binary and the C library, whose
+/// code the frames of every Rust thread's stack are in.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[test]
+fn the_cached_rules_cover_this_binary_and_the_c_library() {
+    decide_early();
+    let own = capture as *const () as usize;
+    let c_library = libc::malloc as *const () as usize;
+    for address in [own, c_library] {
+        assert!(rules::covers(address), "{address:#x}");
+    }
+    assert!(!rules::covers(0x1000));
+}

@@ -1,0 +1,393 @@
+//! DWARF unwinding with each return address's unwind rule cached, for the
+//! objects that stay loaded for the life of the process.
+//!
+//! libgcc's `_Unwind_Backtrace` finds and interprets a function's call
+//! frame information (`.eh_frame`) for every frame of every stack. A
+//! program allocates from a few thousand call sites at most, so the same
+//! return addresses come back sample after sample: `framehop` reduces one
+//! address's CFI to a small rule (where the caller's stack pointer, frame
+//! pointer and return address are) the first time and keeps it in a table
+//! of fixed size keyed by address, after which a frame costs a table
+//! lookup and two stack reads.
+//!
+//! What [`capture`] vouches for, and when it returns `None` so that the
+//! caller asks libgcc for the whole stack instead:
+//!
+//! * **Objects that are never unloaded**: the executable, the C library,
+//!   and the object heapprof is linked into. Their `.eh_frame` bytes are
+//!   read where the loader mapped them, so they must stay mapped. A frame
+//!   anywhere else (a `dlopen`ed library, a C library's own thread) hands
+//!   the stack to libgcc, which follows the loader's current list.
+//! * **Reads inside the thread's stack**: between the stack pointer of
+//!   [`capture`] and the top of the thread's stack, 8-byte aligned; a
+//!   rule that points elsewhere ends the walk with an error, not a fault.
+//! * **A free cache**: the rules live in a pool of [`POOL_SIZE`] caches,
+//!   each taken by one unwinding thread at a time and never waited for;
+//!   when every one is in use, libgcc unwinds.
+//! * **No disagreement so far**: `stack.rs` compares one stack in
+//!   `RECHECK_EVERY` with libgcc's and turns this unwinder off for good
+//!   ([`disable`]) if they differ.
+//!
+//! Nothing here takes a lock or allocates while unwinding:
+//! [`load`] builds the tables on heapprof's first allocation, and a
+//! cache is allocated when its slot is first taken.
+
+use std::cell::UnsafeCell;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+
+use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
+use framehop::{ExplicitModuleSectionInfo, MustNotAllocateDuringUnwind, Unwinder as _};
+
+use super::Stack;
+
+/// Caches of unwind rules, shared by all threads (one at a time each).
+/// A cache is framehop's table of 509 rules and its CFI evaluation
+/// context, about 37 KiB (framehop 0.16), allocated when its slot is first
+/// taken: this many bound heapprof's memory for them at about 300 KiB
+/// however many threads there are, and leave a free cache to every sample
+/// but those taken while more threads than this unwind at once.
+pub(super) const POOL_SIZE: usize = 8;
+
+/// Bytes of a loaded object, read where the loader mapped them. Only the
+/// objects [`load`] keeps (never unloaded) are borrowed this way.
+#[derive(Clone, Copy, Default)]
+struct Mapped(&'static [u8]);
+
+impl Deref for Mapped {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.0
+    }
+}
+
+type RuleCache = CacheX86_64<MustNotAllocateDuringUnwind>;
+
+/// The kept objects' unwind tables, and where their code is.
+struct Tables {
+    unwinder: UnwinderX86_64<Mapped, MustNotAllocateDuringUnwind>,
+    /// Executable segments of the kept objects, as [start, end).
+    code: Vec<(usize, usize)>,
+}
+
+impl Tables {
+    fn vouches_for(&self, address: usize) -> bool {
+        self.code
+            .iter()
+            .any(|&(start, end)| start <= address && address < end)
+    }
+}
+
+/// The tables, once [`load`] has published them; never freed.
+static TABLES: AtomicPtr<Tables> = AtomicPtr::new(std::ptr::null_mut());
+/// Set by [`disable`]: every stack goes to libgcc from then on.
+static DISABLED: AtomicBool = AtomicBool::new(false);
+
+/// Builds the tables from the objects loaded now, once (later calls do
+/// nothing). Takes the loader's lock through `dl_iterate_phdr`, so it
+/// runs where no heapprof lock is held: the first allocation that reaches
+/// heapprof.
+pub(super) fn load() {
+    if !TABLES.load(Ordering::Acquire).is_null() {
+        return;
+    }
+    let own = load as *const () as usize;
+    let mut unwinder = UnwinderX86_64::new();
+    let mut code = Vec::new();
+    crate::support::mappings::each_object(&mut |info| {
+        if let Some(object) = Object::read(info)
+            && object.kept(own)
+        {
+            code.push(object.code);
+            unwinder.add_module(object.module());
+        }
+    });
+    if code.is_empty() {
+        return;
+    }
+    let tables = Box::into_raw(Box::new(Tables { unwinder, code }));
+    if TABLES
+        .compare_exchange(
+            std::ptr::null_mut(),
+            tables,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_err()
+    {
+        // SAFETY: `tables` came from Box::into_raw above and was not
+        // published: another thread's tables won.
+        drop(unsafe { Box::from_raw(tables) });
+    }
+}
+
+/// Stops [`capture`] for the rest of the process.
+pub(super) fn disable() {
+    DISABLED.store(true, Ordering::Relaxed);
+}
+
+/// The stack of the caller of this function, return addresses leaf first
+/// like libgcc's (this function's own frame first), or `None` when these
+/// tables cannot vouch for every frame (see the module comment).
+/// `stack_top` is the top of the calling thread's stack.
+#[inline(never)]
+pub(super) fn capture(stack_top: usize) -> Option<Stack> {
+    if DISABLED.load(Ordering::Relaxed) {
+        return None;
+    }
+    // SAFETY: a non-null TABLES points to tables that `load` published
+    // and nothing ever frees.
+    let tables = unsafe { TABLES.load(Ordering::Acquire).as_ref() }?;
+    let mut slot = Taken::any(stack_top)?;
+    let (ip, sp, bp): (u64, u64, u64);
+    // SAFETY: reads the instruction pointer and two registers; no memory
+    // is touched. `ip` is an address inside this function, and `sp`/`bp`
+    // are this function's own at that address: the unwind rule for `ip`
+    // describes exactly this register state.
+    unsafe {
+        std::arch::asm!(
+            "lea {ip}, [rip]",
+            "mov {sp}, rsp",
+            "mov {bp}, rbp",
+            ip = out(reg) ip,
+            sp = out(reg) sp,
+            bp = out(reg) bp,
+            options(nomem, nostack, preserves_flags)
+        )
+    };
+    let lowest = sp as usize;
+    let mut read_stack = |address: u64| -> Result<u64, ()> {
+        let address = address as usize;
+        if address < lowest
+            || !address.is_multiple_of(8)
+            || address.checked_add(8).is_none_or(|end| end > stack_top)
+        {
+            return Err(());
+        }
+        // SAFETY: `address` is 8-byte aligned and lies between this
+        // function's stack pointer and the top of this thread's stack:
+        // the part of the stack in use, which is mapped and readable.
+        Ok(unsafe { *(address as *const u64) })
+    };
+    let regs = UnwindRegsX86_64::new(ip, sp, bp);
+    let mut frames = tables
+        .unwinder
+        .iter_frames(ip, regs, slot.cache()?, &mut read_stack);
+    let mut stack = Stack::empty();
+    loop {
+        match frames.next() {
+            Ok(Some(frame)) => {
+                let address = frame.address() as usize;
+                if !tables.vouches_for(address) {
+                    return None;
+                }
+                if !stack.push(address) {
+                    return Some(stack);
+                }
+            }
+            Ok(None) => return Some(stack),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Whether the tables vouch for frames at `address`.
+#[cfg(test)]
+pub(super) fn covers(address: usize) -> bool {
+    // SAFETY: as in `capture`.
+    unsafe { TABLES.load(Ordering::Acquire).as_ref() }.is_some_and(|t| t.vouches_for(address))
+}
+
+/// One cache of the pool.
+struct Slot {
+    /// Set while a thread unwinds with this slot's cache.
+    busy: AtomicBool,
+    /// Allocated by the first thread that takes the slot.
+    cache: UnsafeCell<Option<Box<RuleCache>>>,
+}
+
+// SAFETY: `cache` is touched only by the thread that set `busy` (an
+// acquire exchange from false), until it clears it (a release store).
+unsafe impl Sync for Slot {}
+
+static POOL: [Slot; POOL_SIZE] = [const {
+    Slot {
+        busy: AtomicBool::new(false),
+        cache: UnsafeCell::new(None),
+    }
+}; POOL_SIZE];
+
+/// A slot of the pool this thread holds until the value drops.
+struct Taken(&'static Slot);
+
+impl Taken {
+    /// A free slot, trying first the one `stack_top` (distinct for each
+    /// thread) points to, so that a thread tends to meet its own rules.
+    fn any(stack_top: usize) -> Option<Taken> {
+        let first = (stack_top >> 12) % POOL_SIZE;
+        (0..POOL_SIZE)
+            .map(|i| &POOL[(first + i) % POOL_SIZE])
+            .find(|slot| {
+                slot.busy
+                    .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            })
+            .map(Taken)
+    }
+
+    /// The slot's cache, allocated on first use (`None` if that fails).
+    fn cache(&mut self) -> Option<&mut RuleCache> {
+        // SAFETY: this thread holds the slot (`busy`), so nothing else
+        // touches the cache until `Taken` drops; the borrow is tied to
+        // `self`.
+        let cache = unsafe { &mut *self.0.cache.get() };
+        if cache.is_none() {
+            *cache = Some(Box::new(RuleCache::new_in()));
+        }
+        cache.as_deref_mut()
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        self.0.busy.store(false, Ordering::Release);
+    }
+}
+
+/// What [`load`] reads of one loaded object.
+struct Object {
+    /// The load bias: where the object's address 0 lies in memory.
+    bias: usize,
+    /// Its executable segment (the first, if several), in memory.
+    code: (usize, usize),
+    /// `.eh_frame_hdr` (the `PT_GNU_EH_FRAME` segment), in memory.
+    eh_frame_hdr: &'static [u8],
+    /// `.eh_frame`, from where the header points to the end of the
+    /// segment that holds it (framehop finds each entry through the
+    /// header's table, so the end need not be exact).
+    eh_frame: &'static [u8],
+    name: String,
+}
+
+impl Object {
+    /// The object's code and unwind sections, if it has both.
+    fn read(info: &libc::dl_phdr_info) -> Option<Object> {
+        let bias = info.dlpi_addr as usize;
+        let phdrs = crate::support::mappings::program_headers(info);
+        let segment = |ph: &libc::Elf64_Phdr| {
+            let start = bias + ph.p_vaddr as usize;
+            (start, start + ph.p_memsz as usize)
+        };
+        let code = phdrs
+            .iter()
+            .find(|ph| ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0)
+            .map(segment)?;
+        let (hdr_start, hdr_end) = phdrs
+            .iter()
+            .find(|ph| ph.p_type == libc::PT_GNU_EH_FRAME)
+            .map(segment)?;
+        // SAFETY: PT_GNU_EH_FRAME lies inside a PT_LOAD segment the loader
+        // mapped readable; the object stays loaded while `info` is given
+        // to us, and for good if `kept` keeps it.
+        let eh_frame_hdr: &'static [u8] =
+            unsafe { std::slice::from_raw_parts(hdr_start as *const u8, hdr_end - hdr_start) };
+        let eh_frame_start = eh_frame_address(eh_frame_hdr, hdr_start)?;
+        let (_, eh_frame_end) = phdrs
+            .iter()
+            .filter(|ph| ph.p_type == libc::PT_LOAD)
+            .map(segment)
+            .find(|&(start, end)| start <= eh_frame_start && eh_frame_start < end)?;
+        // SAFETY: as above: `eh_frame_start..eh_frame_end` is the rest of a
+        // mapped PT_LOAD segment.
+        let eh_frame: &'static [u8] = unsafe {
+            std::slice::from_raw_parts(eh_frame_start as *const u8, eh_frame_end - eh_frame_start)
+        };
+        let name = if info.dlpi_name.is_null() {
+            String::new()
+        } else {
+            // SAFETY: a non-null dlpi_name is a NUL-terminated string owned
+            // by the loader.
+            unsafe { std::ffi::CStr::from_ptr(info.dlpi_name) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        Some(Object {
+            bias,
+            code,
+            eh_frame_hdr,
+            eh_frame,
+            name,
+        })
+    }
+
+    /// Whether the object can never be unloaded: the executable (the
+    /// loader names it ""), the C library, or the object holding `own`
+    /// (heapprof's code, which runs only while its object is loaded).
+    fn kept(&self, own: usize) -> bool {
+        let file = self.name.rsplit('/').next().unwrap_or("");
+        self.name.is_empty()
+            || file.starts_with("libc.so")
+            || (self.code.0 <= own && own < self.code.1)
+    }
+
+    fn module(&self) -> framehop::Module<Mapped> {
+        let relative = |start: usize, len: usize| {
+            let from = (start - self.bias) as u64;
+            from..from + len as u64
+        };
+        let eh_frame_start = self.eh_frame.as_ptr() as usize;
+        let hdr_start = self.eh_frame_hdr.as_ptr() as usize;
+        framehop::Module::new(
+            self.name.clone(),
+            self.code.0 as u64..self.code.1 as u64,
+            self.bias as u64,
+            ExplicitModuleSectionInfo {
+                base_svma: 0,
+                text_svma: Some(relative(self.code.0, self.code.1 - self.code.0)),
+                eh_frame_svma: Some(relative(eh_frame_start, self.eh_frame.len())),
+                eh_frame: Some(Mapped(self.eh_frame)),
+                eh_frame_hdr_svma: Some(relative(hdr_start, self.eh_frame_hdr.len())),
+                eh_frame_hdr: Some(Mapped(self.eh_frame_hdr)),
+                ..Default::default()
+            },
+        )
+    }
+}
+
+/// Where `.eh_frame` starts, from the `.eh_frame_hdr` at `hdr_address`:
+/// version 1, then the encoding of the pointer that follows (4 bytes in).
+/// Linkers write it PC-relative (`DW_EH_PE_pcrel | DW_EH_PE_sdata4`);
+/// absolute 8-byte pointers are read too, anything else is refused.
+fn eh_frame_address(hdr: &[u8], hdr_address: usize) -> Option<usize> {
+    const PCREL_SDATA4: u8 = 0x1b;
+    const ABSOLUTE: u8 = 0x00;
+    if *hdr.first()? != 1 {
+        return None;
+    }
+    let field = hdr_address + 4;
+    match *hdr.get(1)? {
+        PCREL_SDATA4 => {
+            let offset = i32::from_le_bytes(hdr.get(4..8)?.try_into().ok()?);
+            field.checked_add_signed(offset as isize)
+        }
+        ABSOLUTE => Some(u64::from_le_bytes(hdr.get(4..12)?.try_into().ok()?) as usize),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::eh_frame_address;
+
+    #[test]
+    fn the_header_points_to_eh_frame() {
+        // Version 1, pcrel|sdata4, then -0x100 from the field at +4.
+        let hdr = [1, 0x1b, 0x03, 0x3b, 0x00, 0xff, 0xff, 0xff];
+        assert_eq!(eh_frame_address(&hdr, 0x10_000), Some(0x10_004 - 0x100));
+        let absolute = [1, 0x00, 0, 0, 0x78, 0x56, 0x34, 0x12, 0, 0, 0, 0];
+        assert_eq!(eh_frame_address(&absolute, 0), Some(0x1234_5678));
+        assert_eq!(eh_frame_address(&[2, 0x1b, 0, 0, 0, 0, 0, 0], 0), None);
+        assert_eq!(eh_frame_address(&[1, 0x0b, 0, 0, 0, 0, 0, 0], 0), None);
+        assert_eq!(eh_frame_address(&[1, 0x1b, 0, 0, 0], 0), None);
+    }
+}
