@@ -100,3 +100,37 @@ fn every_writer_on_a_16_kib_thread() {
     }
     drop(held);
 }
+
+#[inline(never)]
+fn sampled_on_a_small_stack() -> Vec<u8> {
+    std::hint::black_box(vec![7u8; 3000])
+}
+
+/// The first sampled stack of the process, taken on a 16 KiB thread with
+/// DWARF unwinding: the unwinder's rule caches are not built yet, and
+/// building one takes more stack than such a thread has, so this stack is
+/// unwound without one; the sample still names its call chain.
+#[test]
+fn the_first_sample_on_a_16_kib_thread() {
+    if !is_child() {
+        let (stdout, _) = run_child(
+            "the_first_sample_on_a_16_kib_thread",
+            &[("HEAPPROF_UNWIND", "dwarf")],
+        );
+        print!("{stdout}");
+        return;
+    }
+    let _watchdog = watchdog("a sample on a 16 KiB thread", Duration::from_secs(60));
+    let kept = on_stack_of(16, || {
+        heapprof::set_sample_rate(1);
+        let kept = sampled_on_a_small_stack();
+        heapprof::set_sample_rate(0);
+        kept
+    });
+    let mut gz = Vec::new();
+    heapprof::write_profile(&mut gz).unwrap();
+    let p = decode(&gz);
+    assert!(cum(&p, "small_stack::sampled_on_a_small_stack", INUSE_SPACE) >= 3000);
+    println!("sampled and named on a 16 KiB thread");
+    drop(kept);
+}

@@ -255,8 +255,8 @@ fn agrees(fp: &Stack, dwarf: &Stack) -> bool {
 /// [`RECHECK_EVERY`]th stack, and from libgcc otherwise.
 fn capture_dwarf() -> Stack {
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-    if let Some((_, top)) = crate::thread::with(|l| bounds(&l.stack))
-        && let Some(cached) = rules::capture(top)
+    if let Some(bounds) = crate::thread::with(|l| bounds(&l.stack))
+        && let Some(cached) = rules::capture(bounds)
     {
         let n = CACHED_SAMPLES.fetch_add(1, Relaxed);
         if n % RECHECK_EVERY != RECHECK_EVERY - 1 || same_caller_frames(&cached, &capture_libgcc())

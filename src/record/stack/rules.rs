@@ -49,6 +49,12 @@ use super::Stack;
 /// but those taken while more threads than this unwind at once.
 pub(super) const POOL_SIZE: usize = 8;
 
+/// The stack a thread needs left to build a cache: framehop builds the
+/// CFI context (25 KiB) as a value before boxing it, on the stack in an
+/// unoptimized build. A thread with less unwinds with libgcc until another
+/// thread has built the cache of a free slot.
+const STACK_TO_BUILD_A_CACHE: usize = 64 << 10;
+
 /// Bytes of a loaded object, read where the loader mapped them. Only the
 /// objects [`load`] keeps (never unloaded) are borrowed this way.
 #[derive(Clone, Copy, Default)]
@@ -129,16 +135,15 @@ pub(super) fn disable() {
 /// The stack of the caller of this function, return addresses leaf first
 /// like libgcc's (this function's own frame first), or `None` when these
 /// tables cannot vouch for every frame (see the module comment).
-/// `stack_top` is the top of the calling thread's stack.
+/// `(stack_bottom, stack_top)` are the calling thread's stack bounds.
 #[inline(never)]
-pub(super) fn capture(stack_top: usize) -> Option<Stack> {
+pub(super) fn capture((stack_bottom, stack_top): (usize, usize)) -> Option<Stack> {
     if DISABLED.load(Ordering::Relaxed) {
         return None;
     }
     // SAFETY: a non-null TABLES points to tables that `load` published
     // and nothing ever frees.
     let tables = unsafe { TABLES.load(Ordering::Acquire).as_ref() }?;
-    let mut slot = Taken::any(stack_top)?;
     let (ip, sp, bp): (u64, u64, u64);
     // SAFETY: reads the instruction pointer and two registers; no memory
     // is touched. `ip` is an address inside this function, and `sp`/`bp`
@@ -156,6 +161,8 @@ pub(super) fn capture(stack_top: usize) -> Option<Stack> {
         )
     };
     let lowest = sp as usize;
+    let mut slot = Taken::any(stack_top)?;
+    let cache = slot.cache(lowest.saturating_sub(stack_bottom))?;
     let mut read_stack = |address: u64| -> Result<u64, ()> {
         let address = address as usize;
         if address < lowest
@@ -172,7 +179,7 @@ pub(super) fn capture(stack_top: usize) -> Option<Stack> {
     let regs = UnwindRegsX86_64::new(ip, sp, bp);
     let mut frames = tables
         .unwinder
-        .iter_frames(ip, regs, slot.cache()?, &mut read_stack);
+        .iter_frames(ip, regs, cache, &mut read_stack);
     let mut stack = Stack::empty();
     loop {
         match frames.next() {
@@ -235,13 +242,18 @@ impl Taken {
             .map(Taken)
     }
 
-    /// The slot's cache, allocated on first use (`None` if that fails).
-    fn cache(&mut self) -> Option<&mut RuleCache> {
+    /// The slot's cache, built on first use; `None` when it is not built
+    /// yet and the thread has less than [`STACK_TO_BUILD_A_CACHE`] of
+    /// stack left (`stack_left` bytes).
+    fn cache(&mut self, stack_left: usize) -> Option<&mut RuleCache> {
         // SAFETY: this thread holds the slot (`busy`), so nothing else
         // touches the cache until `Taken` drops; the borrow is tied to
         // `self`.
         let cache = unsafe { &mut *self.0.cache.get() };
         if cache.is_none() {
+            if stack_left < STACK_TO_BUILD_A_CACHE {
+                return None;
+            }
             *cache = Some(Box::new(RuleCache::new_in()));
         }
         cache.as_deref_mut()

@@ -204,8 +204,8 @@ fn hash_is_deterministic_and_sees_order_and_length() {
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 #[inline(never)]
 fn both_dwarf_unwinders() -> (Option<Stack>, Stack) {
-    let (_, top) = crate::thread::with(|l| bounds(&l.stack)).unwrap();
-    let cached = rules::capture(top);
+    let bounds = crate::thread::with(|l| bounds(&l.stack)).unwrap();
+    let cached = rules::capture(bounds);
     (cached, capture_libgcc())
 }
 
