@@ -2,7 +2,9 @@
 //! with `HEAPPROF_UNWIND=dwarf` and with the default `auto`, at rate 1, and
 //! compares the stacks of a known call chain. With `HEAPPROF_EXPECT_FP=1`
 //! (set by `.ci/run`: this repository builds with frame pointers, see
-//! `.cargo/config.toml`) auto must also have chosen frame pointers.
+//! `.cargo/config.toml`) auto must also have chosen frame pointers; with
+//! `HEAPPROF_EXPECT_FP=0` (`.ci/run`'s build without them) the cached
+//! DWARF rules.
 
 use heapprof_testkit::child::{is_child, run_child};
 use heapprof_testkit::profile::{stack_names, string, take_profile};
@@ -73,11 +75,16 @@ fn dwarf_and_auto_agree() {
         "{dwarf}"
     );
     assert_eq!(dwarf, auto, "both unwinders must see the same stack");
-    if std::env::var_os("HEAPPROF_EXPECT_FP").is_some_and(|v| v == "1") {
-        assert!(
+    match std::env::var("HEAPPROF_EXPECT_FP").as_deref() {
+        Ok("1") => assert!(
             auto_mode.contains("frame pointers"),
             "auto chose {auto_mode}"
-        );
+        ),
+        Ok("0") => assert!(
+            auto_mode.contains("rules cached by address"),
+            "auto chose {auto_mode}"
+        ),
+        _ => {}
     }
 }
 
@@ -100,5 +107,69 @@ fn a_malformed_value_says_auto_is_used() {
     assert!(
         stdout.contains(&format!("UNWINDER={auto_mode}")),
         "{stdout}"
+    );
+}
+
+/// Calls `f` `depth` calls deep.
+#[inline(never)]
+fn nest(depth: usize, f: &mut dyn FnMut()) {
+    if depth == 0 {
+        f()
+    } else {
+        nest(depth - 1, f)
+    }
+    std::hint::black_box(depth);
+}
+
+/// How many stacks the child below samples: enough that libgcc's walk
+/// checks the cached rules' stacks several times over (one stack in 1 024
+/// is compared).
+const CHECKED_SAMPLES: usize = 8 * 1024;
+
+#[test]
+fn child_samples_many_stacks() {
+    if !is_child() {
+        return;
+    }
+    heapprof::set_sample_rate(1);
+    let mut kept = Vec::new();
+    let on_this_thread = |kept: &mut Vec<Vec<u8>>| {
+        for i in 0..CHECKED_SAMPLES / 2 {
+            nest(i % 90, &mut || kept.push(vec![0u8; 16 + i % 64]));
+        }
+    };
+    // This child runs its test on its main thread (one test thread): the
+    // stacks end in the C library's start-up code and the executable's
+    // `_start`; a spawned thread's end in `start_thread` and `clone3`.
+    on_this_thread(&mut kept);
+    let spawned = std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        on_this_thread(&mut kept);
+        kept.len()
+    });
+    let n = spawned.join().unwrap();
+    let p = take_profile();
+    let comments: Vec<&str> = p.comment.iter().map(|&i| string(&p, i)).collect();
+    println!(
+        "UNWINDER={}",
+        comments.iter().find(|c| c.contains("unwound")).unwrap()
+    );
+    println!("SAMPLED={}", kept.len() + n);
+}
+
+/// The cached DWARF rules give the stacks libgcc gives: a child samples
+/// thousands of stacks of many depths on two threads, with one in 1 024
+/// compared against libgcc's walk, which would turn the cache off and say
+/// so on stderr.
+#[test]
+fn cached_rules_match_libgcc_over_many_stacks() {
+    let (stdout, stderr) = run_child("child_samples_many_stacks", &[("HEAPPROF_UNWIND", "dwarf")]);
+    assert!(
+        !stderr.contains("disagreed"),
+        "the cached rules disagreed with libgcc:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("UNWINDER=") && stdout.contains("rules cached by address"),
+        "the cached rules were not in use at the end:\n{stdout}"
     );
 }

@@ -173,9 +173,19 @@ pub(crate) fn unwinder_name() -> &'static str {
         USE_FP_CHECKED | USE_FP_FORCED => {
             "frame pointers (DWARF for stacks that leave the program's code)"
         }
+        USE_DWARF if cached_rules_in_use() => "DWARF unwind tables, rules cached by address",
         USE_DWARF => "DWARF unwind tables",
         _ => "not chosen yet (no sample taken)",
     }
+}
+
+/// Whether DWARF stacks are unwound with cached rules (`rules.rs`), which
+/// a disagreement with libgcc turns off.
+fn cached_rules_in_use() -> bool {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    return rules::in_use();
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    false
 }
 
 /// Settles the unwinder ahead of the first sample, from the first

@@ -127,6 +127,11 @@ pub(super) fn load() {
     }
 }
 
+/// Whether [`capture`] unwinds: the tables are built and not disabled.
+pub(super) fn in_use() -> bool {
+    !DISABLED.load(Ordering::Relaxed) && !TABLES.load(Ordering::Acquire).is_null()
+}
+
 /// Stops [`capture`] for the rest of the process.
 pub(super) fn disable() {
     DISABLED.store(true, Ordering::Relaxed);
