@@ -547,6 +547,8 @@ mod tests {
     /// points inside a few functions, one without debug info (`_start`,
     /// from the C runtime's object file).
     fn addresses_here() -> Vec<usize> {
+        // SAFETY: `_start` is the C runtime's entry point, defined in every
+        // executable; only its address is taken, it is never called.
         unsafe extern "C" {
             fn _start();
         }
