@@ -10,14 +10,16 @@
 //! unit's come together, with one `addr2line::Context` over the mapped
 //! file; when the units parsed since the context was made pass
 //! [`Budget::parsed_bytes`], the context is dropped and a new one made
-//! (only units met after that are parsed again), and when the file pages
+//! (which parses again only the units the later addresses are in), and
+//! when the file pages
 //! the lookup touched pass [`Budget::file_bytes`], they are taken out of
 //! the process's resident set (`MADV_DONTNEED`; the kernel's page cache
 //! keeps them, and a later read maps them again).
 //!
 //! Other objects (the C library, other shared libraries) stay with
-//! backtrace, whose cost there is small, as do files laid out in ways this
-//! reader leaves alone: debug info in another file (a `.gnu_debuglink`, a
+//! backtrace, which reads their symbol tables, or their detached debug
+//! files where a debug package is installed; so do files laid out in ways
+//! this reader leaves alone: debug info in another file (a `.gnu_debuglink`, a
 //! build-ID file under `/usr/lib/debug`, a `.dwp` package, split units),
 //! or compressed sections. A file with no debug info is named from its
 //! symbol table, as backtrace does.
