@@ -512,6 +512,21 @@ pub mod __bench {
     pub fn capture_stack() -> usize {
         crate::record::stack::capture_for_bench()
     }
+
+    /// Names `addrs` (return addresses) as a profile would, with the
+    /// budget of the lookup in heapprof's own object given (heap bytes of
+    /// parsed debug info, resident bytes of its file); returns the frame
+    /// count.
+    pub fn symbolize_with_budget(addrs: &[usize], parsed_bytes: i64, file_bytes: u64) -> usize {
+        crate::output::symbolize::resolve_all_with_budget(
+            addrs.iter().copied(),
+            parsed_bytes,
+            file_bytes,
+        )
+        .values()
+        .map(|frames| frames.len())
+        .sum()
+    }
 }
 
 /// Seeds the sampler's random generators, for reproducible runs: the

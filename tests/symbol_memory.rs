@@ -69,3 +69,111 @@ fn the_first_profile_gives_back_what_its_lookup_freed() {
         "{growth} bytes stayed resident after the first profile, heapprof keeps {profiler}"
     );
 }
+
+/// The budget the spread lookup below is given: heap bytes of parsed
+/// debug info, and resident bytes of the mapped file. Small, so that a
+/// test binary's debug info (a few tens of MB) passes it many times over.
+#[cfg(feature = "bench-internals")]
+const PARSED_BUDGET: i64 = 2 << 20;
+#[cfg(feature = "bench-internals")]
+const FILE_BUDGET: u64 = 2 << 20;
+
+/// What the spread lookup's peak may exceed the one-address lookup's by,
+/// beyond the budgets: the unit being parsed when a budget is passed
+/// (a test binary's largest units are a few MiB), the file pages read
+/// between two checks, the results, and the noise of page accounting.
+#[cfg(feature = "bench-internals")]
+const BEYOND_BUDGET_AT_MOST: i64 = 8 << 20;
+
+/// Bytes between two of the spread lookup's addresses: every unit of the
+/// executable's code is met, most of them many times.
+#[cfg(feature = "bench-internals")]
+const SPREAD_STEP: usize = 4096;
+
+/// This executable's code, as (start, end) from `/proc/self/maps`.
+#[cfg(feature = "bench-internals")]
+fn own_code() -> (usize, usize) {
+    let exe = std::env::current_exe().unwrap();
+    let exe = exe.to_str().unwrap();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines()
+        .filter(|l| l.ends_with(exe) && l.split_whitespace().nth(1) == Some("r-xp"))
+        .map(|l| {
+            let (start, end) = l
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .split_once('-')
+                .unwrap();
+            (
+                usize::from_str_radix(start, 16).unwrap(),
+                usize::from_str_radix(end, 16).unwrap(),
+            )
+        })
+        .next()
+        .expect("the executable's code mapping")
+}
+
+/// Runs `lookup` between a reset of the peak resident size and a read of
+/// it: the peak's growth over the resident size before.
+#[cfg(feature = "bench-internals")]
+fn peak_growth(lookup: impl FnOnce() -> usize) -> (i64, usize) {
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    let before = status_bytes("VmRSS:");
+    let frames = lookup();
+    (status_bytes("VmHWM:") - before, frames)
+}
+
+#[cfg(feature = "bench-internals")]
+fn child_lookup(scenario: &str) {
+    let (growth, frames) = match scenario {
+        "one" => {
+            let here = child_lookup as *const () as usize + 1;
+            peak_growth(|| {
+                heapprof::__bench::symbolize_with_budget(&[here], PARSED_BUDGET, FILE_BUDGET)
+            })
+        }
+        spread => {
+            let (start, end) = own_code();
+            let addrs: Vec<usize> = (start + 1..end).step_by(SPREAD_STEP).collect();
+            let (parsed, file) = match spread {
+                "spread" => (PARSED_BUDGET, FILE_BUDGET),
+                _ => (i64::MAX, u64::MAX),
+            };
+            peak_growth(|| heapprof::__bench::symbolize_with_budget(&addrs, parsed, file))
+        }
+    };
+    println!("growth={growth} frames={frames}");
+}
+
+#[cfg(feature = "bench-internals")]
+#[test]
+fn a_lookup_across_the_whole_binary_stays_within_its_budget() {
+    if let Ok(scenario) = std::env::var("HEAPPROF_TEST_CHILD")
+        && scenario != "1"
+    {
+        return child_lookup(&scenario);
+    }
+    let name = "a_lookup_across_the_whole_binary_stays_within_its_budget";
+    let run = |scenario: &str| {
+        let (stdout, _) = run_child(name, &[("HEAPPROF_TEST_CHILD", scenario)]);
+        println!("{scenario}: {stdout}");
+        (
+            printed_number(&stdout, "growth="),
+            printed_number(&stdout, "frames="),
+        )
+    };
+    let (one, _) = run("one");
+    let (spread, frames) = run("spread");
+    let (unbounded, unbounded_frames) = run("unbounded");
+    let bound = one + PARSED_BUDGET + FILE_BUDGET as i64 + BEYOND_BUDGET_AT_MOST;
+    assert_eq!(frames, unbounded_frames, "the budget changes no name");
+    assert!(
+        unbounded > bound,
+        "without a budget the lookup grows the peak by only {unbounded} bytes: the bound {bound} holds nothing back"
+    );
+    assert!(
+        spread <= bound,
+        "the lookup grew the peak resident size by {spread} bytes; one address costs {one}, the bound is {bound}"
+    );
+}

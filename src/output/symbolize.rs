@@ -5,18 +5,23 @@
 //! sampling. Results are cached per address for the life of the process
 //! (code does not move while its object stays loaded), so
 //! a second profile of a process that has not met new sites resolves
-//! nothing. backtrace's own parsed debug info, by contrast, is released
-//! after each lookup: it is tens of MiB, and it would sit in the heap of
-//! the very program being profiled. What symbolization does keep is
-//! measured and reported in `Stats::profiler_bytes`. The cache lock is
-//! never held across `backtrace::resolve`, which takes backtrace's own
-//! global lock.
+//! nothing. The parsed debug info, by contrast, is released after each
+//! lookup: it is tens of MiB, and it would sit in the heap of the very
+//! program being profiled. The object heapprof is linked into (usually the
+//! executable, with the most debug info in the process) is read by
+//! heapprof's own reader (`own`), which bounds what a lookup holds;
+//! other objects by backtrace. What symbolization does keep is measured
+//! and reported in `Stats::profiler_bytes`. The cache lock is never held
+//! across a lookup (`backtrace::resolve` takes backtrace's own global
+//! lock).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
 
 use crate::support::lock::{Lockable, Mutex, rank};
+
+mod own;
 
 /// One source-level frame at an address. An address yields several when
 /// functions were inlined into each other, innermost first.
@@ -35,9 +40,10 @@ pub(crate) type Symbols = Arc<[Symbol]>;
 
 static CACHE: Mutex<{ rank::SYMBOLS }, Option<HashMap<usize, Symbols>>> = Mutex::new(None);
 
-/// Held around every call into `backtrace::resolve`, so that the fork
-/// handlers can tell whether a thread is inside backtrace's own
-/// (unreachable) lock when the process forks. Nobody who holds backtrace's
+/// Held around every lookup (heapprof's own reader and every call into
+/// `backtrace::resolve`), so that the fork handlers can tell whether a
+/// thread is inside a lookup, and backtrace's own (unreachable) lock, when
+/// the process forks. Nobody who holds backtrace's
 /// lock ever asks for this one, so holding it across `resolve` cannot
 /// deadlock.
 static RESOLVING: Mutex<{ rank::SYMBOL_LOOKUP }, ()> = Mutex::new(());
@@ -87,6 +93,30 @@ pub(crate) fn after_fork_in_child() {
 /// Resolves every address in `addrs` (return addresses), using and filling
 /// the cache.
 pub(crate) fn resolve_all(addrs: impl IntoIterator<Item = usize>) -> HashMap<usize, Symbols> {
+    resolve_all_within(addrs, own::BUDGET)
+}
+
+/// [`resolve_all`] with the budget of the lookup of heapprof's own object
+/// given: heap bytes of parsed debug info, resident bytes of its file.
+#[cfg(feature = "bench-internals")]
+pub(crate) fn resolve_all_with_budget(
+    addrs: impl IntoIterator<Item = usize>,
+    parsed_bytes: i64,
+    file_bytes: u64,
+) -> HashMap<usize, Symbols> {
+    resolve_all_within(
+        addrs,
+        own::Budget {
+            parsed_bytes,
+            file_bytes,
+        },
+    )
+}
+
+fn resolve_all_within(
+    addrs: impl IntoIterator<Item = usize>,
+    budget: own::Budget,
+) -> HashMap<usize, Symbols> {
     let mut wanted: Vec<usize> = addrs.into_iter().collect();
     wanted.sort_unstable();
     wanted.dedup();
@@ -118,15 +148,35 @@ pub(crate) fn resolve_all(addrs: impl IntoIterator<Item = usize>) -> HashMap<usi
     // does not grow).
     let before = this_thread_net_bytes();
     let allocated_before = this_thread_allocated_bytes();
+    // heapprof's own object (usually the executable, with the most debug
+    // info in the process) is read by `own`, within a memory budget; the
+    // rest, and what `own` leaves, by backtrace.
+    let own_object = own::OwnObject::find();
     let resolved: Vec<(usize, Symbols)> = {
         let _resolving = RESOLVING.lock();
-        let resolved = missing.into_iter().map(|a| (a, resolve(a))).collect();
-        // backtrace keeps the debug info it parsed (tens of MiB for a test
-        // binary, in the heap of the program being profiled) for its next
-        // lookup. Our own cache makes the next profile of the same sites
-        // need no lookup at all, and a later lookup reloads what it needs
-        // in milliseconds, so it is given back now.
-        backtrace::clear_symbol_cache();
+        let (mine, mut others): (Vec<usize>, Vec<usize>) = missing
+            .into_iter()
+            .partition(|&a| own_object.as_ref().is_some_and(|o| o.contains(a)));
+        let mut resolved = Vec::with_capacity(mine.len() + others.len());
+        if !mine.is_empty() {
+            match own::resolve(own_object.as_ref().unwrap(), &mine, budget) {
+                Some(found) => {
+                    resolved.extend(found.resolved);
+                    others.extend(found.left);
+                }
+                None => others.extend(mine),
+            }
+        }
+        if !others.is_empty() {
+            resolved.extend(others.into_iter().map(|a| (a, resolve(a))));
+            // backtrace keeps the debug info it parsed (tens of MiB for a
+            // binary with debug info, in the heap of the program being
+            // profiled) for its next lookup. Our own cache makes the next
+            // profile of the same sites need no lookup at all, and a later
+            // lookup reloads what it needs in milliseconds, so it is given
+            // back now.
+            backtrace::clear_symbol_cache();
+        }
         resolved
     };
     trim_heap(this_thread_allocated_bytes() - allocated_before);
@@ -201,10 +251,7 @@ fn resolve(addr: usize) -> Symbols {
     // call instruction before it, which is what we want for every frame.
     backtrace::resolve(addr as *mut std::ffi::c_void, |symbol| {
         let (name, system_name) = match symbol.name() {
-            Some(n) => (
-                normalize_closures(&format!("{n:#}")),
-                String::from_utf8_lossy(n.as_bytes()).into_owned(),
-            ),
+            Some(n) => names(n.as_bytes()),
             None => (String::new(), String::new()),
         };
         frames.push(Symbol {
@@ -218,6 +265,21 @@ fn resolve(addr: usize) -> Symbols {
         });
     });
     frames.into()
+}
+
+/// A symbol as linked (`bytes`, mangled or not) as (its demangled name
+/// without the trailing hash, closures in one form; the name as linked).
+/// Bytes that are not UTF-8 become U+FFFD in both.
+fn names(bytes: &[u8]) -> (String, String) {
+    let system_name = String::from_utf8_lossy(bytes).into_owned();
+    let name = match std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| rustc_demangle::try_demangle(s).ok())
+    {
+        Some(demangled) => normalize_closures(&format!("{demangled:#}")),
+        None => normalize_closures(&system_name),
+    };
+    (name, system_name)
 }
 
 /// Whether a frame is allocation machinery, by its name or, when the debug
@@ -479,6 +541,77 @@ mod tests {
             "nothing resolved again"
         );
         assert_eq!(second[&here][0].name, first[&here][0].name);
+    }
+
+    /// Return addresses in this test binary: this thread's stack, and
+    /// points inside a few functions, one without debug info (`_start`,
+    /// from the C runtime's object file).
+    fn addresses_here() -> Vec<usize> {
+        // SAFETY: `_start` is the C runtime's entry point, defined in every
+        // executable; only its address is taken, it is never called.
+        unsafe extern "C" {
+            fn _start();
+        }
+        let mut addrs = Vec::new();
+        backtrace::trace(|frame| {
+            addrs.push(frame.ip() as usize);
+            true
+        });
+        for f in [
+            addresses_here as *const () as usize,
+            super::names as *const () as usize,
+            super::own::resolve as *const () as usize,
+            _start as *const () as usize,
+        ] {
+            addrs.extend([f + 1, f + 5, f + 17]);
+        }
+        let object = super::own::OwnObject::find().unwrap();
+        addrs.retain(|&a| object.contains(a));
+        addrs.sort_unstable();
+        addrs.dedup();
+        addrs
+    }
+
+    fn same_frames(own: &[super::Symbol], backtrace: &[super::Symbol]) -> bool {
+        own.len() == backtrace.len()
+            && own.iter().zip(backtrace).all(|(a, b)| {
+                a.name == b.name
+                    && a.system_name == b.system_name
+                    && a.file == b.file
+                    && a.line == b.line
+            })
+    }
+
+    #[test]
+    fn own_object_names_what_backtrace_names() {
+        let addrs = addresses_here();
+        assert!(addrs.len() > 8, "{addrs:x?}");
+        let object = super::own::OwnObject::find().unwrap();
+        let tiny = super::own::Budget {
+            parsed_bytes: 0,
+            file_bytes: 0,
+        };
+        for budget in [super::own::BUDGET, tiny] {
+            let found = super::own::resolve(&object, &addrs, budget).expect("a plain layout");
+            assert!(found.left.is_empty(), "{:x?}", found.left);
+            assert_eq!(found.resolved.len(), addrs.len());
+            for (addr, frames) in &found.resolved {
+                let theirs = super::resolve(*addr);
+                assert!(
+                    same_frames(frames, &theirs),
+                    "{addr:#x}: own {frames:#?} backtrace {theirs:#?}"
+                );
+            }
+            let named = |name: &str| {
+                found
+                    .resolved
+                    .iter()
+                    .any(|(_, frames)| frames.iter().any(|f| f.name.contains(name)))
+            };
+            assert!(named("addresses_here"), "{:#?}", found.resolved);
+            assert!(named("_start"), "{:#?}", found.resolved);
+        }
+        backtrace::clear_symbol_cache();
     }
 
     #[test]
