@@ -84,6 +84,12 @@ impl Tables {
     }
 }
 
+// Every thread that samples reads the published tables.
+const _: () = {
+    const fn shared_by_threads<T: Sync>() {}
+    shared_by_threads::<Tables>()
+};
+
 /// The tables, once [`load`] has published them; never freed.
 static TABLES: AtomicPtr<Tables> = AtomicPtr::new(std::ptr::null_mut());
 /// Set by [`disable`]: every stack goes to libgcc from then on.
