@@ -50,7 +50,8 @@
 //! What this cannot see: C or assembly code compiled *into the same
 //! module* without frame pointers (a `-sys` crate's C sources) that calls
 //! back into Rust, which then allocates. As a last guard, every
-//! `RECHECK_EVERY`th frame-pointer stack is compared with DWARF, and a
+//! `RECHECK_EVERY`th frame-pointer stack (and each of the first
+//! `RECHECK_FIRST`) is compared with DWARF, and a
 //! disagreement switches the process to DWARF for good, with one line on
 //! stderr.
 //!
@@ -106,6 +107,10 @@ static MODE: AtomicU8 = AtomicU8::new(UNDECIDED);
 static SAMPLES: AtomicU64 = AtomicU64::new(0);
 /// Every this many frame-pointer stacks, one is compared with DWARF.
 const RECHECK_EVERY: u64 = 1024;
+/// The first this many frame-pointer stacks are all compared with DWARF:
+/// a function without a frame pointer on a common path (a module built
+/// with other flags) is caught before it spoils more than a few stacks.
+const RECHECK_FIRST: u64 = 64;
 /// The C start-up frames a thread's stack may have below its last Rust
 /// frame (`__libc_start_call_main`, `__libc_start_main_impl`, `_start`;
 /// `start_thread`, `clone3`), which keep no frame pointer.
@@ -135,7 +140,7 @@ pub(crate) fn capture() -> Stack {
         Walk::Whole(fp) => {
             let n = SAMPLES.fetch_add(1, Relaxed);
             if mode == USE_FP_FORCED
-                || n % RECHECK_EVERY != RECHECK_EVERY - 1
+                || (n >= RECHECK_FIRST && n % RECHECK_EVERY != RECHECK_EVERY - 1)
                 || agrees(&fp, &capture_dwarf())
             {
                 return fp;
