@@ -282,8 +282,10 @@ const SERVICE_ROWS: &[Row] = &[
     },
 ];
 
-/// Timed requests of a service run at 100 % scale.
-const SERVICE_REQUESTS: usize = 20_000;
+/// Timed requests of a service run at 100 % scale: a few seconds, so that
+/// a scraped run sees more than its first scrape (which builds the
+/// process's first profile).
+const SERVICE_REQUESTS: usize = 50_000;
 /// The load generator's connections, each a closed loop.
 const SERVICE_CONNECTIONS: usize = 4;
 
@@ -332,13 +334,15 @@ fn main() {
     };
     let (rows, real, service) = (select(ROWS), select(REAL_ROWS), select(SERVICE_ROWS));
     print_time_header(settings.rounds);
+    if !rows.is_empty() {
+        print_table_head();
+    }
     for row in rows.iter().copied() {
         print_time_row(row, &mut measure(&dir, row, settings.rounds));
     }
     if !real.is_empty() {
         println!();
         println!("Real programs:");
-        println!();
         print_table_head();
         for row in real.iter().copied() {
             print_time_row(row, &mut measure(&dir, row, settings.rounds));
@@ -509,11 +513,10 @@ fn print_time_header(rounds: usize) {
     println!(
         "heapprof overhead benchmark: {rounds} alternating rounds per row; ratio = median of per-round A/B wall times of the workload (and of user CPU times)"
     );
-    println!();
-    print_table_head();
 }
 
 fn print_table_head() {
+    println!();
     println!(
         "| workload | scale | A | B | A median ms | B median ms | A/B median | A/B min–max | user CPU A/B median (min–max) | target |"
     );

@@ -40,7 +40,7 @@ impl Load {
     }
 }
 
-/// The `i`-th order of the load: [`ITEMS_PER_ORDER`] items, about 1 KiB
+/// The `i`-th order of the load: [`ITEMS_PER_ORDER`] items, about 600 bytes
 /// of JSON.
 pub fn order(i: usize) -> String {
     let items: Vec<String> = (0..ITEMS_PER_ORDER)

@@ -97,7 +97,7 @@ pub fn realloc_growth(scale: usize) {
 }
 
 /// Records in the `serde_json` workload's document at 100 % scale (about
-/// 22 MiB of JSON).
+/// 20 MB of JSON).
 const JSON_RECORDS: usize = 50_000;
 /// Times the `serde_json` workload parses and re-serializes its document.
 const JSON_ROUND_TRIPS: usize = 3;
@@ -214,7 +214,7 @@ fn serde_json_round_trips(doc: &str) {
     }
 }
 
-/// Lines in the `regex` workload's log at 100 % scale (about 37 MiB).
+/// Lines in the `regex` workload's log at 100 % scale (about 30 MB).
 const LOG_LINES: usize = 200_000;
 
 /// Messages of the generated log; digits become `#` in its line templates.
