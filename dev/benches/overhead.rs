@@ -199,9 +199,10 @@ const ROWS: &[Row] = &[
     },
 ];
 
-/// The real-program rows: crates programs use, and realloc growth. Each
-/// under heapprof at its default rate and at rate 1 (a tenth of the
-/// workload, as above), and jemalloc's profiler beside it.
+/// The real-program rows: crates programs use, and realloc growth.
+/// `serde_json` and `regex` each run under heapprof at its default rate
+/// and at rate 1 (a tenth of the workload, as above), with jemalloc's
+/// profiler beside them.
 const REAL_ROWS: &[Row] = &[
     Row {
         workload: "serde_json",
