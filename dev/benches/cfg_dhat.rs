@@ -12,5 +12,5 @@ fn main() {
     // of the source tree.
     std::env::set_current_dir(std::env::temp_dir()).unwrap();
     let _profiler = dhat::Profiler::new_heap();
-    workload::run_from_args();
+    workload::run_from_args(workload::Allocator { heapprof: false });
 }

@@ -8,5 +8,5 @@ mod workload;
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
 
 fn main() {
-    workload::run_from_args();
+    workload::run_from_args(workload::Allocator { heapprof: true });
 }

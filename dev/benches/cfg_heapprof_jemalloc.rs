@@ -9,5 +9,5 @@ static ALLOC: heapprof::Profiler<tikv_jemallocator::Jemalloc> =
     heapprof::Profiler::wrap(tikv_jemallocator::Jemalloc);
 
 fn main() {
-    workload::run_from_args();
+    workload::run_from_args(workload::Allocator { heapprof: true });
 }

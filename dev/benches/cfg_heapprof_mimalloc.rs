@@ -8,5 +8,5 @@ mod workload;
 static ALLOC: heapprof::Profiler<mimalloc::MiMalloc> = heapprof::Profiler::wrap(mimalloc::MiMalloc);
 
 fn main() {
-    workload::run_from_args();
+    workload::run_from_args(workload::Allocator { heapprof: true });
 }

@@ -9,5 +9,5 @@ mod workload;
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() {
-    workload::run_from_args();
+    workload::run_from_args(workload::Allocator { heapprof: false });
 }

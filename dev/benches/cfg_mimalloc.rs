@@ -8,5 +8,5 @@ mod workload;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    workload::run_from_args();
+    workload::run_from_args(workload::Allocator { heapprof: false });
 }

@@ -8,5 +8,5 @@ mod workload;
 static ALLOC: std::alloc::System = std::alloc::System;
 
 fn main() {
-    workload::run_from_args();
+    workload::run_from_args(workload::Allocator { heapprof: false });
 }

@@ -15,65 +15,94 @@
 //! `HEAPPROF_BENCH_ONLY=mimalloc` keeps the rows whose A label contains
 //! that text, `HEAPPROF_BENCH_WORKLOAD=realloc_growth` those of that
 //! workload.
+//!
+//! Three tables: the allocation loops, the real programs (`serde_json`,
+//! `regex`, `realloc_growth`), and the service: a configuration binary
+//! serving HTTP (`common/service.rs`) under this driver's load generator
+//! (`common/load.rs`), timed by the client: wall time for a fixed number
+//! of requests, and the requests' p50 and p99 latencies.
 
+#[path = "common/load.rs"]
+mod load;
+
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 struct Config {
     binary: &'static str,
     env: &'static [(&'static str, &'static str)],
     label: &'static str,
+    /// For the `service` workload: whether a scraper fetches
+    /// `/debug/pprof/heap` every second while the load runs.
+    scraped: bool,
 }
 
 const SYSTEM: Config = Config {
     binary: "cfg_system",
     env: &[],
     label: "System",
+    scraped: false,
 };
 const HEAPPROF: Config = Config {
     binary: "cfg_heapprof",
     env: &[],
     label: "heapprof (512 KiB)",
+    scraped: false,
 };
 const HEAPPROF_DWARF: Config = Config {
     binary: "cfg_heapprof",
     env: &[("HEAPPROF_UNWIND", "dwarf")],
     label: "heapprof (512 KiB, DWARF unwinding)",
+    scraped: false,
 };
 const HEAPPROF_RATE1: Config = Config {
     binary: "cfg_heapprof",
     env: &[("HEAPPROF_SAMPLE_RATE", "1")],
     label: "heapprof rate 1",
+    scraped: false,
 };
 const JEMALLOC: Config = Config {
     binary: "cfg_jemalloc",
     env: &[],
     label: "jemalloc",
+    scraped: false,
 };
 const JEMALLOC_PROF: Config = Config {
     binary: "cfg_jemalloc",
     env: &[("_RJEM_MALLOC_CONF", "prof:true,lg_prof_sample:19")],
     label: "jemalloc prof (lg_prof_sample:19)",
+    scraped: false,
 };
 const HEAPPROF_JEMALLOC: Config = Config {
     binary: "cfg_heapprof_jemalloc",
     env: &[],
     label: "heapprof over jemalloc",
+    scraped: false,
 };
 const MIMALLOC: Config = Config {
     binary: "cfg_mimalloc",
     env: &[],
     label: "mimalloc",
+    scraped: false,
 };
 const HEAPPROF_MIMALLOC: Config = Config {
     binary: "cfg_heapprof_mimalloc",
     env: &[],
     label: "heapprof over mimalloc",
+    scraped: false,
+};
+const HEAPPROF_SCRAPED: Config = Config {
+    binary: "cfg_heapprof",
+    env: &[],
+    label: "heapprof (512 KiB), scraped every second",
+    scraped: true,
 };
 const DHAT: Config = Config {
     binary: "cfg_dhat",
     env: &[],
     label: "dhat",
+    scraped: false,
 };
 
 /// One measured row: `a` against `b` on a workload at a scale (percent).
@@ -108,15 +137,6 @@ const ROWS: &[Row] = &[
         a: HEAPPROF_DWARF,
         b: SYSTEM,
         target: "(no frame pointers)",
-    },
-    // Large blocks are nearly always sampled: their realloc must cost
-    // what the inner allocator's does (in place, or mremap).
-    Row {
-        workload: "realloc_growth",
-        scale: 100,
-        a: HEAPPROF,
-        b: SYSTEM,
-        target: "≤ 1.2",
     },
     Row {
         workload: "alloc_heavy",
@@ -179,6 +199,97 @@ const ROWS: &[Row] = &[
     },
 ];
 
+/// The real-program rows: crates programs use, and realloc growth.
+/// `serde_json` and `regex` each run under heapprof at its default rate
+/// and at rate 1 (a tenth of the workload, as above), with jemalloc's
+/// profiler beside them.
+const REAL_ROWS: &[Row] = &[
+    Row {
+        workload: "serde_json",
+        scale: 100,
+        a: HEAPPROF,
+        b: SYSTEM,
+        target: "≤ 1.02",
+    },
+    Row {
+        workload: "serde_json",
+        scale: 10,
+        a: HEAPPROF_RATE1,
+        b: SYSTEM,
+        target: "(records all)",
+    },
+    Row {
+        workload: "serde_json",
+        scale: 100,
+        a: JEMALLOC_PROF,
+        b: JEMALLOC,
+        target: "(peer)",
+    },
+    Row {
+        workload: "regex",
+        scale: 100,
+        a: HEAPPROF,
+        b: SYSTEM,
+        target: "≤ 1.02",
+    },
+    Row {
+        workload: "regex",
+        scale: 10,
+        a: HEAPPROF_RATE1,
+        b: SYSTEM,
+        target: "(records all)",
+    },
+    Row {
+        workload: "regex",
+        scale: 100,
+        a: JEMALLOC_PROF,
+        b: JEMALLOC,
+        target: "(peer)",
+    },
+    // Large blocks are nearly always sampled: their realloc must cost
+    // what the inner allocator's does (in place, or mremap).
+    Row {
+        workload: "realloc_growth",
+        scale: 100,
+        a: HEAPPROF,
+        b: SYSTEM,
+        target: "≤ 1.2",
+    },
+];
+
+/// The service rows (`common/service.rs` under `common/load.rs`); the
+/// scale is the number of requests, in percent of [`SERVICE_REQUESTS`].
+const SERVICE_ROWS: &[Row] = &[
+    Row {
+        workload: "service",
+        scale: 100,
+        a: HEAPPROF,
+        b: SYSTEM,
+        target: "≤ 1.02 (wall and p99)",
+    },
+    Row {
+        workload: "service",
+        scale: 100,
+        a: HEAPPROF_SCRAPED,
+        b: HEAPPROF,
+        target: "p99 ≤ 1.05",
+    },
+    Row {
+        workload: "service",
+        scale: 100,
+        a: JEMALLOC_PROF,
+        b: JEMALLOC,
+        target: "(peer)",
+    },
+];
+
+/// Timed requests of a service run at 100 % scale: a few seconds, so that
+/// a scraped run sees more than its first scrape (which builds the
+/// process's first profile).
+const SERVICE_REQUESTS: usize = 50_000;
+/// The load generator's connections, each a closed loop.
+const SERVICE_CONNECTIONS: usize = 4;
+
 /// Rounds per row when `HEAPPROF_BENCH_ROUNDS` does not say.
 const DEFAULT_ROUNDS: usize = 11;
 
@@ -219,12 +330,153 @@ fn main() {
         .parent()
         .unwrap()
         .to_path_buf();
-    let rows: Vec<&Row> = ROWS.iter().filter(|r| settings.selects(r)).collect();
+    let select = |rows: &'static [Row]| -> Vec<&'static Row> {
+        rows.iter().filter(|r| settings.selects(r)).collect()
+    };
+    let (rows, real, service) = (select(ROWS), select(REAL_ROWS), select(SERVICE_ROWS));
     print_time_header(settings.rounds);
+    if !rows.is_empty() {
+        print_table_head();
+    }
     for row in rows.iter().copied() {
         print_time_row(row, &mut measure(&dir, row, settings.rounds));
     }
-    instruction_table(&dir, &rows);
+    if !real.is_empty() {
+        println!();
+        println!("Real programs:");
+        print_table_head();
+        for row in real.iter().copied() {
+            print_time_row(row, &mut measure(&dir, row, settings.rounds));
+        }
+    }
+    if !service.is_empty() {
+        service_table(&dir, &service, settings.rounds);
+    }
+    let counted: Vec<&Row> = rows.iter().chain(&real).copied().collect();
+    instruction_table(&dir, &counted, &service);
+}
+
+/// One service run: the load's figures and the service's user CPU time (its
+/// whole life, start-up included), in ns.
+struct Served {
+    load: load::Load,
+    user_ns: f64,
+}
+
+/// Starts `config`'s binary as the service, runs `requests` requests
+/// against it (with the scraper if the config is `scraped`), and stops it.
+fn serve_and_load(dir: &Path, config: &Config, requests: usize) -> Served {
+    let bin = binary(dir, config.binary);
+    let mut child = Command::new(&bin)
+        .args(["service", "100"])
+        .envs(config.env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the service");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout
+        .read_line(&mut line)
+        .expect("read the service's port");
+    let port: u16 = printed(&line, "port=")
+        .unwrap_or_else(|| panic!("{} printed {line:?}, not port=N", bin.display()));
+    let load = load::run(port, SERVICE_CONNECTIONS, requests, config.scraped)
+        .unwrap_or_else(|e| panic!("{} under load: {e}", config.label));
+    drop(child.stdin.take()); // the service prints its CPU time and exits
+    let mut rest = String::new();
+    stdout
+        .read_to_string(&mut rest)
+        .expect("read the service's output");
+    assert!(child.wait().expect("wait for the service").success());
+    Served {
+        load,
+        user_ns: printed(&rest, "user_ns=")
+            .unwrap_or_else(|| panic!("no user_ns= from the service: {rest}")),
+    }
+}
+
+/// Runs A and B of a service row alternately, `rounds` times each, and
+/// prints its line: medians of A and B, and medians of the per-round
+/// ratios A/B.
+fn service_row(dir: &Path, row: &Row, rounds: usize) {
+    let requests = SERVICE_REQUESTS * row.scale / 100;
+    let (mut a_rate, mut b_rate, mut a_p50, mut b_p50, mut a_p99, mut b_p99) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut wall, mut p50, mut p99, mut user) = (vec![], vec![], vec![], vec![]);
+    let mut scrapes = vec![];
+    for _ in 0..rounds {
+        let x = serve_and_load(dir, &row.a, requests);
+        let y = serve_and_load(dir, &row.b, requests);
+        let (x50, y50) = (
+            x.load.percentile_ns(50.0) as f64,
+            y.load.percentile_ns(50.0) as f64,
+        );
+        let (x99, y99) = (
+            x.load.percentile_ns(99.0) as f64,
+            y.load.percentile_ns(99.0) as f64,
+        );
+        a_rate.push(x.load.requests_per_second());
+        b_rate.push(y.load.requests_per_second());
+        a_p50.push(x50);
+        b_p50.push(y50);
+        a_p99.push(x99);
+        b_p99.push(y99);
+        wall.push(x.load.wall_ns as f64 / y.load.wall_ns as f64);
+        p50.push(x50 / y50);
+        p99.push(x99 / y99);
+        user.push(x.user_ns / y.user_ns);
+        scrapes.extend(x.load.scrapes_ns.iter().map(|&n| n as f64));
+    }
+    let (wall_lo, wall_hi) = min_max(&wall);
+    let (p99_lo, p99_hi) = min_max(&p99);
+    let scraped = if scrapes.is_empty() {
+        "–".to_owned()
+    } else {
+        format!(
+            "{} ({:.1} ms median)",
+            scrapes.len(),
+            median(&mut scrapes) / 1e6
+        )
+    };
+    println!(
+        "| {} | {} | {} | {:.0} | {:.0} | **{:.3}** ({:.3}–{:.3}) | {:.0} / {:.0} | {:.3} | {:.0} / {:.0} | **{:.3}** ({:.3}–{:.3}) | {:.3} | {scraped} | {} |",
+        requests,
+        row.a.label,
+        row.b.label,
+        median(&mut a_rate),
+        median(&mut b_rate),
+        median(&mut wall),
+        wall_lo,
+        wall_hi,
+        median(&mut a_p50) / 1e3,
+        median(&mut b_p50) / 1e3,
+        median(&mut p50),
+        median(&mut a_p99) / 1e3,
+        median(&mut b_p99) / 1e3,
+        median(&mut p99),
+        p99_lo,
+        p99_hi,
+        median(&mut user),
+        row.target
+    );
+}
+
+fn service_table(dir: &Path, rows: &[&Row], rounds: usize) {
+    println!();
+    println!(
+        "Service: {SERVICE_CONNECTIONS} keep-alive connections, closed loop, after {} warm-up requests each; latencies in µs; A/B = median of per-round ratios; scrapes of /debug/pprof/heap every {} s in A's runs:",
+        load::WARM_UP_PER_CONNECTION,
+        load::SCRAPE_EVERY.as_secs()
+    );
+    println!();
+    println!(
+        "| requests | A | B | A req/s | B req/s | wall A/B (min–max) | p50 A / B | p50 A/B | p99 A / B | p99 A/B (min–max) | service user CPU A/B | scrapes | target |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for row in rows {
+        service_row(dir, row, rounds);
+    }
 }
 
 /// A row's figures over its rounds, in ns.
@@ -262,6 +514,9 @@ fn print_time_header(rounds: usize) {
     println!(
         "heapprof overhead benchmark: {rounds} alternating rounds per row; ratio = median of per-round A/B wall times of the workload (and of user CPU times)"
     );
+}
+
+fn print_table_head() {
     println!();
     println!(
         "| workload | scale | A | B | A median ms | B median ms | A/B median | A/B min–max | user CPU A/B median (min–max) | target |"
@@ -294,30 +549,45 @@ fn print_time_row(row: &Row, m: &mut Measured) {
 /// The same rows counted in instructions under callgrind, at a tenth of
 /// the timed scale: deterministic where wall times on a shared machine are
 /// not (single rounds of the timed table range over ±30–50 % when other
-/// work runs). Counts are whole-process minus the same binary run with no
-/// workload (start-up and exit), so they cover the workload alone.
-fn instruction_table(dir: &Path, rows: &[&Row]) {
+/// work runs). Counts are whole-process minus the same binary run with the
+/// workload's input built and the workload not run (start-up, input and
+/// exit), so they cover the workload alone. The service rows are not
+/// counted (`skipped`): see [`SERVICE_NOT_COUNTED`].
+fn instruction_table(dir: &Path, rows: &[&Row], skipped: &[&Row]) {
     if Command::new("valgrind").arg("--version").output().is_err() {
         println!("\n(valgrind is not installed: no instruction counts)");
         return;
     }
-    println!();
-    println!("Instructions (callgrind, one run each; workload only):");
-    println!();
-    println!(
-        "| workload | scale | A | B | A instructions | B instructions | A/B | added per allocation |"
-    );
-    println!("|---|---|---|---|---|---|---|---|");
+    if !rows.is_empty() {
+        println!();
+        println!("Instructions (callgrind, one run each; workload only):");
+        println!();
+        println!(
+            "| workload | scale | A | B | A instructions | B instructions | A/B | added per allocation |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
+    }
     for row in rows {
         let scale = (row.scale / 10).max(1);
-        let count =
-            |c: &Config| {
-                let bin = binary(dir, c.binary);
-                instructions(&bin, c, &[row.workload, &scale.to_string()])
-                    .saturating_sub(instructions(&bin, c, &[]))
-            };
+        let percent = scale.to_string();
+        let count = |c: &Config| {
+            let bin = binary(dir, c.binary);
+            instructions(&bin, c, &[row.workload, &percent]).saturating_sub(instructions(
+                &bin,
+                c,
+                &[row.workload, &percent, "setup"],
+            ))
+        };
         let (a, b) = (count(&row.a), count(&row.b));
-        let allocations = allocations(row.workload, scale);
+        // heapprof's exact count, the same under every allocator.
+        let allocations = run(
+            &binary(dir, HEAPPROF.binary),
+            &HEAPPROF,
+            row.workload,
+            scale,
+        )
+        .allocations
+        .expect("cfg_heapprof reports allocations=");
         println!(
             "| {} | {scale}% | {} | {} | {a} | {b} | **{:.3}** | {:.1} |",
             row.workload,
@@ -327,19 +597,13 @@ fn instruction_table(dir: &Path, rows: &[&Row]) {
             (a as f64 - b as f64) / allocations as f64
         );
     }
+    if !skipped.is_empty() {
+        println!("\n(service rows: {SERVICE_NOT_COUNTED})");
+    }
 }
 
-/// How many allocations `workload` makes at `scale` percent: alloc_heavy
-/// makes 11 M at 100 %, threads2 10 M, realloc_growth about 600
-/// reallocations.
-fn allocations(workload: &str, scale: usize) -> usize {
-    let at_full_scale = match workload {
-        "alloc_heavy" => 11_000_000,
-        "realloc_growth" => 600,
-        _ => 10_000_000,
-    };
-    at_full_scale * scale / 100
-}
+/// Why the service rows have no instruction counts.
+const SERVICE_NOT_COUNTED: &str = "not counted: callgrind runs the service's threads one at a time and tens of times slower than its client, which changes how requests batch into reads and wake-ups, and that, not the allocator, would move the count; the service rows are timed only";
 
 /// Instructions executed by `binary args` under callgrind.
 fn instructions(binary: &Path, config: &Config, args: &[&str]) -> u64 {
@@ -377,10 +641,12 @@ fn binary(dir: &Path, name: &str) -> PathBuf {
         })
 }
 
-/// One run's figures, in ns.
+/// One run's figures, in ns, and heapprof's count of the workload's
+/// allocations where heapprof is the allocator.
 struct Times {
     wall: f64,
     user: f64,
+    allocations: Option<u64>,
 }
 
 fn run(binary: &Path, config: &Config, workload: &str, scale: usize) -> Times {
@@ -397,16 +663,22 @@ fn run(binary: &Path, config: &Config, workload: &str, scale: usize) -> Times {
         String::from_utf8_lossy(&out.stderr)
     );
     let figure = |key: &str| -> f64 {
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|n| n.parse().ok())
+        printed(&stdout, key)
             .unwrap_or_else(|| panic!("no {key} from {}: {stdout}", binary.display()))
     };
     Times {
         wall: figure("elapsed_ns="),
         user: figure("user_ns="),
+        allocations: printed(&stdout, "allocations="),
     }
+}
+
+/// The number on the line of `output` that starts with `key`.
+fn printed<T: std::str::FromStr>(output: &str, key: &str) -> Option<T> {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|n| n.parse().ok())
 }
 
 fn median(v: &mut [f64]) -> f64 {
