@@ -22,12 +22,15 @@
 //! (`common/load.rs`), timed by the client: wall time for a fixed number
 //! of requests, and the requests' p50 and p99 latencies.
 
+#[path = "common/binaries.rs"]
+mod binaries;
 #[path = "common/load.rs"]
 mod load;
 
-use std::io::{BufRead, BufReader, Read};
+use binaries::printed;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 struct Config {
     binary: &'static str,
@@ -366,29 +369,11 @@ struct Served {
 /// Starts `config`'s binary as the service, runs `requests` requests
 /// against it (with the scraper if the config is `scraped`), and stops it.
 fn serve_and_load(dir: &Path, config: &Config, requests: usize) -> Served {
-    let bin = binary(dir, config.binary);
-    let mut child = Command::new(&bin)
-        .args(["service", "100"])
-        .envs(config.env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the service");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout
-        .read_line(&mut line)
-        .expect("read the service's port");
-    let port: u16 = printed(&line, "port=")
-        .unwrap_or_else(|| panic!("{} printed {line:?}, not port=N", bin.display()));
-    let load = load::run(port, SERVICE_CONNECTIONS, requests, config.scraped)
+    let service = binaries::Service::start(&binary(dir, config.binary), 100, config.env);
+    let load = load::run(service.port, SERVICE_CONNECTIONS, requests, config.scraped)
         .unwrap_or_else(|e| panic!("{} under load: {e}", config.label));
-    drop(child.stdin.take()); // the service prints its CPU time and exits
-    let mut rest = String::new();
-    stdout
-        .read_to_string(&mut rest)
-        .expect("read the service's output");
-    assert!(child.wait().expect("wait for the service").success());
+    // The service prints its CPU time and exits when its input closes.
+    let rest = service.stop();
     Served {
         load,
         user_ns: printed(&rest, "user_ns=")
@@ -624,21 +609,9 @@ fn instructions(binary: &Path, config: &Config, args: &[&str]) -> u64 {
 
 /// The newest executable `name-<hash>` beside this one.
 fn binary(dir: &Path, name: &str) -> PathBuf {
-    let prefix = format!("{name}-");
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.starts_with(&prefix) && !n.contains('.')
-        })
-        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
-        .map(|e| e.path())
-        .unwrap_or_else(|| {
-            panic!(
-                "{name} is not built: run `cargo build -p heapprof-dev --release --benches` first"
-            )
-        })
+    binaries::newest(dir, name).unwrap_or_else(|| {
+        panic!("{name} is not built: run `cargo build -p heapprof-dev --release --benches` first")
+    })
 }
 
 /// One run's figures, in ns, and heapprof's count of the workload's
@@ -671,14 +644,6 @@ fn run(binary: &Path, config: &Config, workload: &str, scale: usize) -> Times {
         user: figure("user_ns="),
         allocations: printed(&stdout, "allocations="),
     }
-}
-
-/// The number on the line of `output` that starts with `key`.
-fn printed<T: std::str::FromStr>(output: &str, key: &str) -> Option<T> {
-    output
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|n| n.parse().ok())
 }
 
 fn median(v: &mut [f64]) -> f64 {

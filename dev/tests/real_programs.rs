@@ -5,13 +5,16 @@
 //! heapprof is the allocator a scrape of `/debug/pprof/heap` returns a
 //! profile whose samples reach the service's handler.
 
+#[path = "../benches/common/binaries.rs"]
+mod binaries;
 #[allow(dead_code)] // the driver uses the parts this test does not
 #[path = "../benches/common/load.rs"]
 mod load;
 
-use std::io::{BufRead, BufReader, Read};
+use binaries::Service;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 
 /// Every configuration binary (`benches/cfg_*.rs`) and whether heapprof is
@@ -52,25 +55,12 @@ fn bench_dir() -> &'static Path {
 
 /// The newest build of the benchmark binary `name`.
 fn bench_binary(name: &str) -> PathBuf {
-    let prefix = format!("{name}-");
-    std::fs::read_dir(bench_dir())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.starts_with(&prefix) && !n.contains('.')
-        })
-        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
-        .map(|e| e.path())
+    binaries::newest(bench_dir(), name)
         .unwrap_or_else(|| panic!("no {name} in {}", bench_dir().display()))
 }
 
-/// The number printed after `key` on a line of `output`.
 fn printed(output: &str, key: &str) -> Option<u64> {
-    output
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|n| n.parse().ok())
+    binaries::printed(output, key)
 }
 
 #[test]
@@ -111,54 +101,9 @@ fn every_configuration_runs_the_real_program_workloads() {
     }
 }
 
-/// A running service; killed on drop unless [`Service::stop`] ended it.
-struct Service {
-    child: Child,
-    stdout: BufReader<std::process::ChildStdout>,
-    port: u16,
-}
-
-impl Service {
-    fn start(config: &str, env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(bench_binary(config))
-            .args(["service", "1"])
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the service");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let port = printed(&line, "port=").unwrap_or_else(|| panic!("{config} printed {line:?}"));
-        Service {
-            child,
-            stdout,
-            port: port as u16,
-        }
-    }
-
-    /// Closes the service's input, which ends it; what it printed then.
-    fn stop(mut self) -> String {
-        drop(self.child.stdin.take());
-        let mut rest = String::new();
-        self.stdout.read_to_string(&mut rest).unwrap();
-        assert!(self.child.wait().unwrap().success());
-        rest
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        // After `stop` the child is already reaped and this does nothing.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn the_service_answers_orders_under_load() {
-    let service = Service::start("cfg_system", &[]);
+    let service = Service::start(&bench_binary("cfg_system"), 1, &[]);
     let load = load::run(service.port, 2, 40, false).expect("the load runs");
     assert_eq!(load.latencies_ns.len(), 40);
     assert!(load.percentile_ns(50.0) <= load.percentile_ns(99.0));
@@ -191,7 +136,11 @@ fn the_service_answers_orders_under_load() {
 #[test]
 fn a_scrape_of_the_service_returns_its_heap_profile() {
     // Every allocation sampled, so that the handler's are in the profile.
-    let service = Service::start("cfg_heapprof", &[("HEAPPROF_SAMPLE_RATE", "1")]);
+    let service = Service::start(
+        &bench_binary("cfg_heapprof"),
+        1,
+        &[("HEAPPROF_SAMPLE_RATE", "1")],
+    );
     let load = load::run(service.port, 2, 20, true).expect("the load runs");
     assert_eq!(load.latencies_ns.len(), 20);
     let profile = heapprof_testkit::profile::decode(&load::scrape_heap(service.port).unwrap());
