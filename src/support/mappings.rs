@@ -101,17 +101,21 @@ pub(crate) fn current() -> Vec<Mapping> {
     mappings.into_iter().map(|(_, m)| m).collect()
 }
 
+/// The path the loader gives a loaded object; empty for the executable.
+pub(crate) fn object_name(info: &libc::dl_phdr_info) -> String {
+    if info.dlpi_name.is_null() {
+        return String::new();
+    }
+    // SAFETY: a non-null dlpi_name is a NUL-terminated string owned by the
+    // loader, valid while `info` is.
+    unsafe { CStr::from_ptr(info.dlpi_name) }
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// Adds one object's executable segments to `found`.
 fn collect(info: &libc::dl_phdr_info, found: &mut Vec<(bool, Mapping)>) {
-    let name = if info.dlpi_name.is_null() {
-        String::new()
-    } else {
-        // SAFETY: a non-null dlpi_name is a NUL-terminated string owned by
-        // the loader.
-        unsafe { CStr::from_ptr(info.dlpi_name) }
-            .to_string_lossy()
-            .into_owned()
-    };
+    let name = object_name(info);
     let is_main = name.is_empty() && found.iter().all(|(main, _)| !main);
     let phdrs = program_headers(info);
     let mut build_id = String::new();

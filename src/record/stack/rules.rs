@@ -325,15 +325,7 @@ impl Object {
         let eh_frame: &'static [u8] = unsafe {
             std::slice::from_raw_parts(eh_frame_start as *const u8, eh_frame_end - eh_frame_start)
         };
-        let name = if info.dlpi_name.is_null() {
-            String::new()
-        } else {
-            // SAFETY: a non-null dlpi_name is a NUL-terminated string owned
-            // by the loader.
-            unsafe { std::ffi::CStr::from_ptr(info.dlpi_name) }
-                .to_string_lossy()
-                .into_owned()
-        };
+        let name = crate::support::mappings::object_name(info);
         Some(Object {
             bias,
             code,
