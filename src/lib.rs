@@ -351,7 +351,7 @@
 //! | `HEAPPROF_FULL_STACKS` | `0` | `1` keeps the process, thread and test start-up frames below the program's code |
 //! | `HEAPPROF_PYROSCOPE_URL` | unset | push profiles to this Pyroscope server; `HEAPPROF_PYROSCOPE_NAME`, `_LABELS`, `_EVERY`, `_USER`, `_PASSWORD`, `_TOKEN`, `_TENANT` as in the `pyroscope` module (feature `pyroscope`) |
 //! | `HEAPPROF_THREAD_LABEL` | `1` | `0` leaves out the automatic `thread` label (see Labels; [`set_thread_label`] at run time) |
-//! | `HEAPPROF_SYMBOLIZE` | `on` | `off`: profiles carry mappings (with GNU build IDs) and addresses only, no function names, and the process never looks a symbol up, so never parses its debug info (tens to hundreds of MiB for a large binary); for servers that symbolize (Parca, Pyroscope with debug info uploaded), or `go tool pprof ./myprog heap.pb.gz`. Stacks are then untrimmed. `?symbolize=0` asks the same of one HTTP request. Snapshots, and the sites a failed `measure` assertion lists, always have names |
+//! | `HEAPPROF_SYMBOLIZE` | `on` | `off`: profiles carry mappings (with GNU build IDs) and addresses only, no function names, and the process never looks a symbol up, so never parses its debug info (tens of MiB at its peak for a large binary); for servers that symbolize (Parca, Pyroscope with debug info uploaded), or `go tool pprof ./myprog heap.pb.gz`. Stacks are then untrimmed. `?symbolize=0` asks the same of one HTTP request. Snapshots, and the sites a failed `measure` assertion lists, always have names |
 //!
 //! A value that does not parse is reported on stderr in one line and the
 //! default is used; a variable set to nothing counts as unset. At run
