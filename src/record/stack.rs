@@ -235,12 +235,9 @@ fn decide() -> u8 {
 
 /// The executable code of the module that holds this function.
 fn own_code_range() -> Option<(usize, usize)> {
-    let here = own_code_range as *const () as u64;
-    let maps = crate::support::mappings::current();
-    let own = maps.iter().find(|m| m.start <= here && here < m.limit)?;
-    let same_object = maps.iter().filter(|m| m.path == own.path);
-    let start = same_object.clone().map(|m| m.start).min()?;
-    let end = same_object.map(|m| m.limit).max()?;
+    let own = crate::support::mappings::own_object();
+    let start = own.iter().map(|m| m.start).min()?;
+    let end = own.iter().map(|m| m.limit).max()?;
     Some((start as usize, end as usize))
 }
 

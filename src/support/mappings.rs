@@ -113,6 +113,21 @@ pub(crate) fn object_name(info: &libc::dl_phdr_info) -> String {
         .into_owned()
 }
 
+/// The executable mappings of the object heapprof's code is in (the
+/// executable, or the shared library heapprof is linked into), in address
+/// order; empty if none holds it.
+pub(crate) fn own_object() -> Vec<Mapping> {
+    let here = own_object as fn() -> Vec<Mapping> as usize as u64;
+    let all = current();
+    let Some(own) = all.iter().find(|m| m.start <= here && here < m.limit) else {
+        return Vec::new();
+    };
+    let (path, build_id) = (own.path.clone(), own.build_id.clone());
+    all.into_iter()
+        .filter(|m| m.path == path && m.build_id == build_id)
+        .collect()
+}
+
 /// Adds one object's executable segments to `found`.
 fn collect(info: &libc::dl_phdr_info, found: &mut Vec<(bool, Mapping)>) {
     let name = object_name(info);

@@ -78,20 +78,13 @@ pub(super) struct OwnObject {
 }
 
 impl OwnObject {
-    /// The loaded object whose code holds this function, with all of its
-    /// executable mappings.
+    /// The loaded object heapprof's code is in, with all of its executable
+    /// mappings; `None` if its file has no path.
     pub(super) fn find() -> Option<OwnObject> {
-        let here = OwnObject::find as fn() -> Option<OwnObject> as usize as u64;
-        let all = mappings::current();
-        let own = all.iter().find(|m| m.start <= here && here < m.limit)?;
-        if own.path.is_empty() {
+        let mappings = mappings::own_object();
+        if mappings.first()?.path.is_empty() {
             return None;
         }
-        let mappings = all
-            .iter()
-            .filter(|m| m.path == own.path && m.build_id == own.build_id)
-            .cloned()
-            .collect();
         Some(OwnObject { mappings })
     }
 
