@@ -17,8 +17,10 @@ use heapprof_testkit::tools::{go_available, go_pprof};
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
 
-/// The sample rate is process-wide; the profiler's tests change it.
-static RATE: Mutex<()> = Mutex::new(());
+/// One test at a time calls `profiled_work`: the sample rate and the
+/// profiler's delta profile are process-wide, so another test's calls
+/// inside a profiling window would count in that window's profile.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// 100 blocks of 1000 bytes kept, 100 of 24 bytes freed, and the vector
 /// of 100 `Vec`s that holds the kept ones (2400 bytes).
@@ -38,6 +40,7 @@ const LIVE: u64 = 100 * 1000 + 100 * 24;
 
 #[test]
 fn measurements_count_the_thread_exactly() {
+    let _one = ONE_AT_A_TIME.lock().unwrap();
     drop(profiled_work());
     let start = AllocatedBytes.start();
     let kept = profiled_work();
@@ -85,7 +88,7 @@ fn comments(p: &heapprof_testkit::proto::Profile) -> Vec<&str> {
 /// rate comes back afterwards.
 #[test]
 fn the_profiler_writes_each_benchmark_a_profile() {
-    let _rate = RATE.lock().unwrap();
+    let _one = ONE_AT_A_TIME.lock().unwrap();
     heapprof::set_sample_rate(512 * 1024);
     let out = tempfile::tempdir().unwrap();
     // As criterion names it: <output>/<benchmark>/profile, not made yet.
@@ -124,7 +127,7 @@ fn the_profiler_writes_each_benchmark_a_profile() {
 /// no panic, and the rate comes back.
 #[test]
 fn a_profile_that_cannot_be_written_is_reported_not_fatal() {
-    let _rate = RATE.lock().unwrap();
+    let _one = ONE_AT_A_TIME.lock().unwrap();
     heapprof::set_sample_rate(4096);
     let out = tempfile::tempdir().unwrap();
     let file = out.path().join("a-file");
