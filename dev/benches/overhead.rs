@@ -286,10 +286,10 @@ const SERVICE_ROWS: &[Row] = &[
     },
 ];
 
-/// Timed requests of a service run at 100 % scale: a few seconds, so that
-/// a scraped run sees more than its first scrape (which builds the
-/// process's first profile).
-const SERVICE_REQUESTS: usize = 50_000;
+/// Timed requests of a service run at 100 % scale: about ten seconds on
+/// the machine of BENCHMARKS.md, so that a scraped run has about ten
+/// scrapes and its p99 rests on a few thousand requests.
+const SERVICE_REQUESTS: usize = 200_000;
 /// The load generator's connections, each a closed loop.
 const SERVICE_CONNECTIONS: usize = 4;
 
@@ -389,7 +389,7 @@ fn service_row(dir: &Path, row: &Row, rounds: usize) {
     let (mut a_rate, mut b_rate, mut a_p50, mut b_p50, mut a_p99, mut b_p99) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     let (mut wall, mut p50, mut p99, mut user) = (vec![], vec![], vec![], vec![]);
-    let mut scrapes = vec![];
+    let (mut scrapes, mut first_scrapes) = (vec![], vec![]);
     for _ in 0..rounds {
         let x = serve_and_load(dir, &row.a, requests);
         let y = serve_and_load(dir, &row.b, requests);
@@ -412,17 +412,22 @@ fn service_row(dir: &Path, row: &Row, rounds: usize) {
         p99.push(x99 / y99);
         user.push(x.user_ns / y.user_ns);
         scrapes.extend(x.load.scrapes_ns.iter().map(|&n| n as f64));
+        first_scrapes.extend(x.load.first_scrape_ns.map(|n| n as f64));
     }
     let (wall_lo, wall_hi) = min_max(&wall);
     let (p99_lo, p99_hi) = min_max(&p99);
-    let scraped = if scrapes.is_empty() {
-        "–".to_owned()
-    } else {
-        format!(
-            "{} ({:.1} ms median)",
+    let scraped = match (first_scrapes.is_empty(), scrapes.is_empty()) {
+        (true, _) => "–".to_owned(),
+        (false, true) => format!(
+            "first {:.0} ms; none timed",
+            median(&mut first_scrapes) / 1e6
+        ),
+        (false, false) => format!(
+            "first {:.0} ms; {} timed ({:.1} ms median)",
+            median(&mut first_scrapes) / 1e6,
             scrapes.len(),
             median(&mut scrapes) / 1e6
-        )
+        ),
     };
     println!(
         "| {} | {} | {} | {:.0} | {:.0} | **{:.3}** ({:.3}–{:.3}) | {:.0} / {:.0} | {:.3} | {:.0} / {:.0} | **{:.3}** ({:.3}–{:.3}) | {:.3} | {scraped} | {} |",
@@ -450,7 +455,7 @@ fn service_row(dir: &Path, row: &Row, rounds: usize) {
 fn service_table(dir: &Path, rows: &[&Row], rounds: usize) {
     println!();
     println!(
-        "Service: {SERVICE_CONNECTIONS} keep-alive connections, closed loop, after {} warm-up requests each; latencies in µs; A/B = median of per-round ratios; scrapes of /debug/pprof/heap every {} s in A's runs:",
+        "Service: {SERVICE_CONNECTIONS} keep-alive connections, closed loop, after {} warm-up requests each; latencies in µs; A/B = median of per-round ratios; in A's runs of a scraped row, a first scrape of /debug/pprof/heap after the warm-up (median duration shown) and one every {} s during the timed requests:",
         load::WARM_UP_PER_CONNECTION,
         load::SCRAPE_EVERY.as_secs()
     );

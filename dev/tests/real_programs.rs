@@ -108,6 +108,7 @@ fn the_service_answers_orders_under_load() {
     assert_eq!(load.latencies_ns.len(), 40);
     assert!(load.percentile_ns(50.0) <= load.percentile_ns(99.0));
     assert!(load.scrapes_ns.is_empty());
+    assert_eq!(load.first_scrape_ns, None);
 
     // A quote prices every item of the order.
     let mut conn = load::Connection::open(service.port).unwrap();
@@ -143,6 +144,8 @@ fn a_scrape_of_the_service_returns_its_heap_profile() {
     );
     let load = load::run(service.port, 2, 20, true).expect("the load runs");
     assert_eq!(load.latencies_ns.len(), 20);
+    // The scrape between the warm-up and the timed requests happened.
+    assert!(load.first_scrape_ns.is_some_and(|ns| ns > 0));
     let profile = heapprof_testkit::profile::decode(&load::scrape_heap(service.port).unwrap());
     let quoting = profile
         .sample

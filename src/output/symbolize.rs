@@ -45,8 +45,9 @@ static CACHE: Mutex<{ rank::SYMBOLS }, Option<HashMap<usize, Symbols>>> = Mutex:
 /// thread is inside a lookup, and backtrace's own (unreachable) lock, when
 /// the process forks. Nobody who holds backtrace's
 /// lock ever asks for this one, so holding it across `resolve` cannot
-/// deadlock.
-static RESOLVING: Mutex<{ rank::SYMBOL_LOOKUP }, ()> = Mutex::new(());
+/// deadlock. It guards what heapprof's own reader keeps between lookups:
+/// the unit index of heapprof's object, once a lookup has made it.
+static RESOLVING: Mutex<{ rank::SYMBOL_LOOKUP }, Option<own::UnitIndex>> = Mutex::new(None);
 
 /// Whether `fork`'s prepare handler holds [`RESOLVING`] (it found it free).
 static HELD_FOR_FORK: AtomicBool = AtomicBool::new(false);
@@ -153,13 +154,18 @@ fn resolve_all_within(
     // rest, and what `own` leaves, by backtrace.
     let own_object = own::OwnObject::find();
     let resolved: Vec<(usize, Symbols)> = {
-        let _resolving = RESOLVING.lock();
+        let mut resolving = RESOLVING.lock();
         let (mine, mut others): (Vec<usize>, Vec<usize>) = missing
             .into_iter()
             .partition(|&a| own_object.as_ref().is_some_and(|o| o.contains(a)));
         let mut resolved = Vec::with_capacity(mine.len() + others.len());
         if !mine.is_empty() {
-            match own::resolve(own_object.as_ref().unwrap(), &mine, budget) {
+            match own::resolve(
+                own_object.as_ref().unwrap(),
+                &mine,
+                budget,
+                Some(&mut *resolving),
+            ) {
                 Some(found) => {
                     resolved.extend(found.resolved);
                     others.extend(found.left);
@@ -591,8 +597,14 @@ mod tests {
             parsed_bytes: 0,
             file_bytes: 0,
         };
-        for budget in [super::own::BUDGET, tiny] {
-            let found = super::own::resolve(&object, &addrs, budget).expect("a plain layout");
+        let mut index = None;
+        for (budget, index) in [
+            (super::own::BUDGET, None),
+            (tiny, None),
+            (super::own::BUDGET, Some(&mut index)),
+        ] {
+            let found =
+                super::own::resolve(&object, &addrs, budget, index).expect("a plain layout");
             assert!(found.left.is_empty(), "{:x?}", found.left);
             assert_eq!(found.resolved.len(), addrs.len());
             for (addr, frames) in &found.resolved {
@@ -612,6 +624,105 @@ mod tests {
             assert!(named("_start"), "{:#?}", found.resolved);
         }
         backtrace::clear_symbol_cache();
+    }
+
+    /// Addresses every `STRIDE` bytes across heapprof's own object's code,
+    /// as return addresses.
+    fn addresses_across_the_object() -> Vec<usize> {
+        const STRIDE: usize = 997;
+        let mut addrs = Vec::new();
+        for m in crate::support::mappings::own_object() {
+            addrs.extend((m.start as usize + 1..m.limit as usize).step_by(STRIDE));
+        }
+        addrs
+    }
+
+    /// The unit index sends each address to one unit's context, or to the
+    /// whole file's; either way the frames are the ones the whole file's
+    /// context finds.
+    #[test]
+    fn the_unit_index_finds_what_the_whole_context_finds() {
+        let addrs = addresses_across_the_object();
+        assert!(addrs.len() > 1000, "{}", addrs.len());
+        let object = super::own::OwnObject::find().unwrap();
+        let budget = super::own::BUDGET;
+        let whole = super::own::resolve(&object, &addrs, budget, None).unwrap();
+        let mut index = None;
+        let per_unit = super::own::PER_UNIT.with(|c| c.get());
+        let indexed = super::own::resolve(&object, &addrs, budget, Some(&mut index)).unwrap();
+        let vouched = super::own::PER_UNIT.with(|c| c.get()) - per_unit;
+        assert!(
+            vouched * 2 > addrs.len(),
+            "the index vouches for {vouched} of {} addresses",
+            addrs.len()
+        );
+        let by_addr =
+            |found: super::own::Found| -> std::collections::HashMap<usize, super::Symbols> {
+                found.resolved.into_iter().collect()
+            };
+        let (whole_left, indexed_left) = (whole.left.clone(), indexed.left.clone());
+        assert_eq!(whole_left, indexed_left);
+        let (whole, indexed) = (by_addr(whole), by_addr(indexed));
+        assert_eq!(whole.len(), indexed.len());
+        let mut named = 0;
+        for (addr, frames) in &whole {
+            let theirs = &indexed[addr];
+            assert!(
+                same_frames(frames, theirs),
+                "{addr:#x}: whole {frames:#?} indexed {theirs:#?}"
+            );
+            named += usize::from(frames.iter().any(|f| !f.file.is_empty()));
+        }
+        assert!(
+            named * 2 > whole.len(),
+            "{named} of {} have a file",
+            whole.len()
+        );
+    }
+
+    /// Once the index is made, a lookup of addresses it vouches for parses
+    /// their units alone, not the whole file's headers.
+    #[test]
+    fn a_lookup_with_the_index_makes_no_whole_context() {
+        let object = super::own::OwnObject::find().unwrap();
+        let mut index = None;
+        let in_functions = |offset: usize| -> Vec<usize> {
+            let mut addrs: Vec<usize> = [
+                super::names as *const () as usize,
+                super::normalize_closures as *const () as usize,
+                super::own::resolve as *const () as usize,
+            ]
+            .iter()
+            .map(|f| f + offset)
+            .collect();
+            addrs.sort_unstable();
+            addrs
+        };
+        super::own::resolve(
+            &object,
+            &in_functions(1),
+            super::own::BUDGET,
+            Some(&mut index),
+        )
+        .unwrap();
+        assert!(index.is_some());
+        let before = super::own::WHOLE_CONTEXTS.with(|c| c.get());
+        let later = in_functions(9);
+        let found =
+            super::own::resolve(&object, &later, super::own::BUDGET, Some(&mut index)).unwrap();
+        assert_eq!(found.resolved.len(), later.len());
+        assert!(
+            found
+                .resolved
+                .iter()
+                .any(|(_, frames)| frames.iter().any(|f| f.name.ends_with("::names"))),
+            "{:#?}",
+            found.resolved
+        );
+        assert_eq!(super::own::WHOLE_CONTEXTS.with(|c| c.get()), before);
+        // Without the index, the same lookup needs one.
+        super::own::resolve(&object, &later, super::own::BUDGET, None).unwrap();
+        assert_eq!(super::own::WHOLE_CONTEXTS.with(|c| c.get()), before + 1);
     }
 
     #[test]

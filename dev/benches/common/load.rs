@@ -23,8 +23,11 @@ pub struct Load {
     pub latencies_ns: Vec<u64>,
     /// From the first timed request's start to the last one's end, in ns.
     pub wall_ns: u64,
-    /// Each scrape's duration in ns, in order.
+    /// Each timed scrape's duration in ns, in order.
     pub scrapes_ns: Vec<u64>,
+    /// The duration of the scrape between the warm-up and the timed
+    /// requests, in ns, if the run scraped.
+    pub first_scrape_ns: Option<u64>,
 }
 
 impl Load {
@@ -150,13 +153,16 @@ pub fn scrape_heap(port: u16) -> io::Result<Vec<u8>> {
 
 /// `requests` orders over `connections` connections (the remainder to the
 /// first ones), closed loop, after [`WARM_UP_PER_CONNECTION`] each; with
-/// `scrape`, a heap profile fetched every [`SCRAPE_EVERY`] while the timed
-/// requests run. Every answer must be a 200 (a scrape, a gzipped profile).
+/// `scrape`, one heap profile fetched after the warm-up (the process's
+/// first, which loads its symbols: [`Load::first_scrape_ns`]) and then one
+/// every [`SCRAPE_EVERY`] while the timed requests run. Every answer must
+/// be a 200 (a scrape, a gzipped profile).
 pub fn run(port: u16, connections: usize, requests: usize, scrape: bool) -> io::Result<Load> {
+    let warmed = Arc::new(Barrier::new(connections + 1));
     let start = Arc::new(Barrier::new(connections + 1));
     let clients: Vec<_> = (0..connections)
         .map(|c| {
-            let start = Arc::clone(&start);
+            let (warmed_up, start) = (Arc::clone(&warmed), Arc::clone(&start));
             let mine = requests / connections + usize::from(c < requests % connections);
             std::thread::spawn(move || -> io::Result<Vec<u64>> {
                 let opened = Connection::open(port);
@@ -178,8 +184,9 @@ pub fn run(port: u16, connections: usize, requests: usize, scrape: bool) -> io::
                     }
                     Ok(conn)
                 });
-                // Every client reaches the barrier, even one that failed,
+                // Every client reaches the barriers, even one that failed,
                 // so that the others and the driver do not wait forever.
+                warmed_up.wait();
                 start.wait();
                 let mut conn = warmed?;
                 let mut latencies = Vec::with_capacity(mine);
@@ -192,6 +199,11 @@ pub fn run(port: u16, connections: usize, requests: usize, scrape: bool) -> io::
             })
         })
         .collect();
+    warmed.wait();
+    let first_scrape = scrape.then(|| {
+        let t = Instant::now();
+        scrape_heap(port).map(|_| t.elapsed().as_nanos() as u64)
+    });
     start.wait();
     let began = Instant::now();
     let (stop, stopped) = mpsc::channel::<()>();
@@ -223,10 +235,12 @@ pub fn run(port: u16, connections: usize, requests: usize, scrape: bool) -> io::
     if let Some(e) = failure {
         return Err(e);
     }
+    let first_scrape_ns = first_scrape.transpose()?;
     latencies_ns.sort_unstable();
     Ok(Load {
         latencies_ns,
         wall_ns,
         scrapes_ns,
+        first_scrape_ns,
     })
 }

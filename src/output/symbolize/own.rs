@@ -2,6 +2,15 @@
 //! shared library heapprof is part of), read from its file with a bound on
 //! the memory the lookup holds.
 //!
+//! The first lookup indexes the file's compilation units ([`UnitIndex`]:
+//! each unit's place in `.debug_info` and the addresses it covers), and
+//! the index is kept: a later lookup parses only the units its addresses
+//! are in, each as a context of its own, rather than every unit's header
+//! and abbreviations again. Addresses the index cannot vouch for (in no
+//! unit's ranges, in ranges two units claim, or in a unit whose entries
+//! may refer into another unit) go through one context over the whole
+//! file, as follows.
+//!
 //! That object is usually the one with the most debug info in the process
 //! (a service's executable carries 100 MB or more), and backtrace's
 //! lookup of it holds whatever it parses until the lookup ends: every
@@ -104,11 +113,496 @@ pub(super) struct Found {
     pub left: Vec<usize>,
 }
 
+/// The compilation units of one file's `.debug_info` and the addresses
+/// each covers, so that a lookup parses only the units its addresses are
+/// in (and those their entries refer to). It holds a few words per unit
+/// and per address range (adjacent ranges of one unit merged), and is kept
+/// from one lookup to the next.
+pub(super) struct UnitIndex {
+    /// The file it describes.
+    file: FileIdentity,
+    /// The compilation units, in section order.
+    units: Vec<IndexedUnit>,
+    /// (begin, end, index in `units`) of each range of file addresses a
+    /// unit covers, sorted. A range that overlaps an earlier one has the
+    /// unit [`CLAIMED_TWICE`]: which unit describes it is the whole
+    /// context's choice.
+    ranges: Vec<(u64, u64, u32)>,
+}
+
+/// A compilation unit in a [`UnitIndex`].
+struct IndexedUnit {
+    /// Its span in `.debug_info`.
+    span: std::ops::Range<usize>,
+    refs: Refs,
+    /// With [`Refs::ByOffset`], once a lookup has read its entries: the
+    /// other units they refer to.
+    targets: Option<Box<[u32]>>,
+}
+
+/// Where a unit's entries may refer (from the forms in its abbreviation
+/// table, [`refs_of`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Refs {
+    /// Only within the unit: it means the same parsed alone.
+    Within,
+    /// Also into other units of `.debug_info`, by offset
+    /// (`DW_FORM_ref_addr`): it means the same parsed with them.
+    ByOffset,
+    /// Into another file, to a type signature, by a form the entry picks,
+    /// or unreadable: only the whole context reads it.
+    Elsewhere,
+}
+
+/// The unit of an index range that more than one unit covers.
+const CLAIMED_TWICE: u32 = u32::MAX;
+
+/// The most units one lookup context is made of; a unit whose references
+/// reach more goes to the whole context.
+const MAX_UNITS_TOGETHER: usize = 64;
+
+impl UnitIndex {
+    /// Reads the unit headers, root entries and abbreviation tables of
+    /// `dwarf`, one unit at a time; a unit it cannot read is left out
+    /// (its addresses go through the whole context).
+    fn new(file: FileIdentity, dwarf: &gimli::Dwarf<Reader<'_>>) -> UnitIndex {
+        use gimli::Section as _;
+        let abbrev = dwarf.debug_abbrev.reader().slice();
+        let (mut units, mut ranges) = (Vec::new(), Vec::new());
+        let mut headers = dwarf.units();
+        while let Ok(Some(header)) = headers.next() {
+            let (Some(start), gimli::UnitType::Compilation) =
+                (header.debug_info_offset(), header.type_())
+            else {
+                continue;
+            };
+            let span = start.0..start.0 + header.length_including_self();
+            let refs = refs_of(abbrev, header.debug_abbrev_offset().0);
+            let Ok(unit) = dwarf.unit(header) else {
+                continue;
+            };
+            let Ok(mut covered) = dwarf.unit_ranges(&unit) else {
+                continue;
+            };
+            let Ok(at) = u32::try_from(units.len()) else {
+                break;
+            };
+            while let Ok(Some(r)) = covered.next() {
+                if r.begin < r.end {
+                    ranges.push((r.begin, r.end, at));
+                }
+            }
+            units.push(IndexedUnit {
+                span,
+                refs,
+                targets: None,
+            });
+        }
+        ranges.sort_unstable();
+        let mut kept: Vec<(u64, u64, u32)> = Vec::with_capacity(ranges.len());
+        let mut reach = 0;
+        for (begin, end, unit) in ranges {
+            match kept.last_mut() {
+                Some(last) if begin < reach => {
+                    last.1 = last.1.max(end);
+                    last.2 = CLAIMED_TWICE;
+                }
+                Some(last) if begin == last.1 && unit == last.2 => last.1 = end,
+                _ => kept.push((begin, end, unit)),
+            }
+            reach = reach.max(end);
+        }
+        kept.shrink_to_fit();
+        units.shrink_to_fit();
+        UnitIndex {
+            file,
+            units,
+            ranges: kept,
+        }
+    }
+
+    /// The unit that describes `probe`, an address in the file, if the
+    /// index can vouch for one.
+    fn unit_of(&self, probe: u64) -> Option<u32> {
+        let i = self
+            .ranges
+            .partition_point(|r| r.0 <= probe)
+            .checked_sub(1)?;
+        let (_, end, unit) = self.ranges[i];
+        let known = unit != CLAIMED_TWICE && self.units.get(unit as usize)?.refs != Refs::Elsewhere;
+        (probe < end && known).then_some(unit)
+    }
+
+    /// The unit whose span holds `offset` in `.debug_info`.
+    fn unit_holding(&self, offset: usize) -> Option<u32> {
+        let i = self
+            .units
+            .partition_point(|u| u.span.start <= offset)
+            .checked_sub(1)?;
+        (offset < self.units[i].span.end).then(|| u32::try_from(i).ok())?
+    }
+
+    /// The spans of `unit` and of every unit its entries refer to,
+    /// directly or through others, sorted; `None` when one of them can be
+    /// read only in the whole context, or there are more than
+    /// [`MAX_UNITS_TOGETHER`]. `dwarf` is the file's whole debug info, in
+    /// which a unit's references are read the first time they are needed.
+    fn spans_with_references(
+        &mut self,
+        unit: u32,
+        dwarf: &gimli::Dwarf<Reader<'_>>,
+    ) -> Option<Vec<std::ops::Range<usize>>> {
+        let mut needed = vec![unit];
+        let mut next = 0;
+        while let Some(&u) = needed.get(next) {
+            next += 1;
+            let at = u as usize;
+            match self.units[at].refs {
+                Refs::Within => continue,
+                Refs::Elsewhere => return None,
+                Refs::ByOffset => {}
+            }
+            if self.units[at].targets.is_none() {
+                let targets =
+                    references_out(dwarf, self.units[at].span.start).and_then(|offsets| {
+                        let mut t: Vec<u32> = offsets
+                            .into_iter()
+                            .map(|o| self.unit_holding(o))
+                            .collect::<Option<_>>()?;
+                        t.sort_unstable();
+                        t.dedup();
+                        t.retain(|&x| x != u);
+                        Some(t.into_boxed_slice())
+                    });
+                match targets {
+                    Some(t) => self.units[at].targets = Some(t),
+                    None => {
+                        self.units[at].refs = Refs::Elsewhere;
+                        return None;
+                    }
+                }
+            }
+            for &t in self.units[at].targets.as_deref().unwrap_or_default() {
+                if !needed.contains(&t) {
+                    needed.push(t);
+                }
+            }
+            if needed.len() > MAX_UNITS_TOGETHER {
+                return None;
+            }
+        }
+        let mut spans: Vec<_> = needed
+            .iter()
+            .map(|&u| self.units[u as usize].span.clone())
+            .collect();
+        spans.sort_unstable_by_key(|s| s.start);
+        Some(spans)
+    }
+}
+
+/// The offsets in `.debug_info` that the entries of the unit at `start`
+/// refer to by `DW_FORM_ref_addr`; `None` if the unit cannot be read.
+fn references_out(dwarf: &gimli::Dwarf<Reader<'_>>, start: usize) -> Option<Vec<usize>> {
+    let header = dwarf
+        .debug_info
+        .header_from_offset(gimli::DebugInfoOffset(start))
+        .ok()?;
+    let unit = dwarf.unit(header).ok()?;
+    let mut entries = unit.header.entries_raw(&unit.abbreviations, None).ok()?;
+    let mut offsets = Vec::new();
+    while !entries.is_empty() {
+        let Some(abbrev) = entries.read_abbreviation().ok()? else {
+            continue;
+        };
+        for spec in abbrev.attributes() {
+            if let gimli::AttributeValue::DebugInfoRef(o) =
+                entries.read_attribute(*spec).ok()?.value()
+            {
+                offsets.push(o.0);
+            }
+        }
+    }
+    offsets.sort_unstable();
+    offsets.dedup();
+    Some(offsets)
+}
+
+/// Where the entries of a unit whose abbreviation table starts at `offset`
+/// in `abbrev` (`.debug_abbrev`) may refer, from the forms of its
+/// abbreviations.
+fn refs_of(abbrev: &[u8], offset: usize) -> Refs {
+    fn scan(r: &mut Reader<'_>) -> gimli::Result<Refs> {
+        use gimli::Reader as _;
+        let mut refs = Refs::Within;
+        while r.read_uleb128()? != 0 {
+            r.read_uleb128()?; // tag
+            r.read_u8()?; // children
+            loop {
+                let name = r.read_uleb128()?;
+                let form = gimli::DwForm(u16::try_from(r.read_uleb128()?).unwrap_or(u16::MAX));
+                match form {
+                    gimli::DW_FORM_ref_addr => refs = Refs::ByOffset,
+                    gimli::DW_FORM_GNU_ref_alt
+                    | gimli::DW_FORM_ref_sup4
+                    | gimli::DW_FORM_ref_sup8
+                    | gimli::DW_FORM_ref_sig8
+                    | gimli::DW_FORM_indirect => return Ok(Refs::Elsewhere),
+                    gimli::DW_FORM_implicit_const => {
+                        r.read_sleb128()?;
+                    }
+                    _ => {}
+                }
+                if name == 0 && form.0 == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(refs)
+    }
+    let Some(table) = abbrev.get(offset..) else {
+        return Refs::Elsewhere;
+    };
+    scan(&mut Reader::new(table, gimli::NativeEndian)).unwrap_or(Refs::Elsewhere)
+}
+
+/// A private copy-on-write mapping of a file's `.debug_info`, which
+/// [`Narrowable::narrow`] makes read as only some of its units: each gap
+/// between kept units then starts with a unit header as long as the gap
+/// whose abbreviation table is past the end of `.debug_abbrev`, which
+/// gimli reports as an error and addr2line skips. The kept units keep
+/// their offsets, so references between them, by offset in the whole
+/// section, still hold. The file is never written: the headers are in
+/// this mapping's private pages, and [`Narrowable::restore`] puts the
+/// section's own bytes back.
+struct Narrowable {
+    map: *mut libc::c_void,
+    map_len: usize,
+    /// Where the section starts in the mapping.
+    skip: usize,
+    /// The section's length.
+    len: usize,
+    /// The bytes each written header replaced, by offset in the section.
+    replaced: Vec<(usize, [u8; Narrowable::HEADER])>,
+}
+
+impl Narrowable {
+    /// The bytes of a DWARF 4 unit header: 32-bit unit length, version,
+    /// abbreviation offset, address size.
+    const HEADER: usize = 11;
+
+    /// The `len` bytes at `section_offset` in `file`.
+    fn new(file: &File, section_offset: u64, len: usize) -> Option<Narrowable> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+        let map_offset = section_offset - section_offset % page;
+        let skip = usize::try_from(section_offset - map_offset).ok()?;
+        let map_len = skip.checked_add(len).filter(|_| len > 0)?;
+        // SAFETY: a new private mapping of an open file, readable and
+        // writable, at an address the kernel picks; writes go to private
+        // copies of the pages, never to the file. Nothing else refers to
+        // that range.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                libc::off_t::try_from(map_offset).ok()?,
+            )
+        };
+        (map != libc::MAP_FAILED).then(|| Narrowable {
+            map,
+            map_len,
+            skip,
+            len,
+            replaced: Vec::new(),
+        })
+    }
+
+    /// The section as far as the last of `keep` (sorted, disjoint spans of
+    /// whole units), with every gap before it an empty unit; `None` (and
+    /// the section as it was) if a gap cannot be one.
+    fn narrow(&mut self, keep: &[std::ops::Range<usize>]) -> Option<&[u8]> {
+        let end = keep.last()?.end;
+        if end > self.len {
+            return None;
+        }
+        let mut from = 0;
+        for span in keep {
+            if span.start > from && self.empty_unit(from, span.start - from).is_none() {
+                self.restore();
+                return None;
+            }
+            from = span.end;
+        }
+        // SAFETY: the mapping holds `skip + len` bytes and `end <= len`;
+        // it lives as long as `self`, and is written only through
+        // `&mut self`, which this borrow excludes.
+        Some(unsafe { std::slice::from_raw_parts(self.section().cast_const(), end) })
+    }
+
+    /// Puts back the bytes [`Narrowable::narrow`] replaced.
+    fn restore(&mut self) {
+        for (at, bytes) in std::mem::take(&mut self.replaced) {
+            // SAFETY: `at + HEADER <= len` (checked when it was written),
+            // and `&mut self` excludes every slice of the mapping.
+            unsafe {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.section().add(at), Self::HEADER);
+            }
+        }
+    }
+
+    /// Writes the header of an empty unit `len` bytes long at `at`.
+    fn empty_unit(&mut self, at: usize, len: usize) -> Option<()> {
+        let length = u32::try_from(len.checked_sub(4)?)
+            .ok()
+            .filter(|&l| l < 0xffff_fff0 && len >= Self::HEADER && at + len <= self.len)?;
+        let mut header = [0u8; Self::HEADER];
+        header[..4].copy_from_slice(&length.to_ne_bytes());
+        header[4..6].copy_from_slice(&4u16.to_ne_bytes());
+        header[6..10].copy_from_slice(&u32::MAX.to_ne_bytes());
+        header[10] = std::mem::size_of::<usize>() as u8;
+        let mut was = [0u8; Self::HEADER];
+        // SAFETY: `at + HEADER <= at + len <= len` (checked above), so both
+        // copies stay inside the mapping; `&mut self` excludes every slice
+        // of it.
+        unsafe {
+            let here = self.section().add(at);
+            std::ptr::copy_nonoverlapping(here, was.as_mut_ptr(), Self::HEADER);
+            std::ptr::copy_nonoverlapping(header.as_ptr(), here, Self::HEADER);
+        }
+        self.replaced.push((at, was));
+        Some(())
+    }
+
+    /// Takes the mapping's pages out of the resident set, after
+    /// [`Narrowable::restore`]: a private page that was written goes back
+    /// to the file's contents, which are the bytes `restore` put back.
+    fn drop_pages(&mut self) {
+        debug_assert!(self.replaced.is_empty());
+        // SAFETY: the range is this mapping, whole; `&mut self` excludes
+        // every slice of it.
+        unsafe {
+            libc::madvise(self.map, self.map_len, libc::MADV_DONTNEED);
+        }
+    }
+
+    /// The section's first byte.
+    fn section(&self) -> *mut u8 {
+        // SAFETY: `skip < map_len`: the section starts inside the mapping.
+        unsafe { self.map.cast::<u8>().add(self.skip) }
+    }
+}
+
+impl Drop for Narrowable {
+    fn drop(&mut self) {
+        // SAFETY: the mapping `new` made, unmapped once; no slice of it
+        // outlives the `&mut` borrow `narrow` returned it under.
+        unsafe {
+            libc::munmap(self.map, self.map_len);
+        }
+    }
+}
+
+/// Which file, as the file system sees it: an index made from one file
+/// is not used for another put in its place.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    device: u64,
+    inode: u64,
+    len: u64,
+    modified: (i64, i64),
+}
+
+impl FileIdentity {
+    fn of(file: &File) -> Option<FileIdentity> {
+        use std::os::unix::fs::MetadataExt;
+        let m = file.metadata().ok()?;
+        Some(FileIdentity {
+            device: m.dev(),
+            inode: m.ino(),
+            len: m.len(),
+            modified: (m.mtime(), m.mtime_nsec()),
+        })
+    }
+}
+
+/// The debug info whose `.debug_info` is `info` (all of the section when
+/// `whole`, else one unit's span of it) and whose other sections are
+/// `section`'s. `.debug_aranges` names units by their offset in the whole
+/// section, so debug info over one unit goes without it (the unit's own
+/// ranges say the same).
+fn dwarf_over<'a>(
+    info: &'a [u8],
+    whole: bool,
+    section: impl Fn(&str) -> &'a [u8],
+) -> Option<gimli::Dwarf<Reader<'a>>> {
+    gimli::Dwarf::load(|id| -> Result<Reader<'a>, ()> {
+        let bytes = match id {
+            gimli::SectionId::DebugInfo => info,
+            gimli::SectionId::DebugAranges if !whole => &[],
+            _ => section(id.name()),
+        };
+        Ok(Reader::new(bytes, gimli::NativeEndian))
+    })
+    .ok()
+}
+
+/// What a lookup has found so far.
+struct Lookup {
+    looked_up: Vec<(usize, Vec<Symbol>)>,
+    /// (index in `looked_up`, index of the frame or `None` for a new one,
+    /// address in the file) of frames the debug info does not name.
+    unnamed: Vec<(usize, Option<usize>, u64)>,
+    /// Addresses left to backtrace.
+    left: Vec<usize>,
+}
+
+impl Lookup {
+    /// Looks up `addr`, at `probe` in the file, in `cx`.
+    fn one(&mut self, cx: &addr2line::Context<Reader<'_>>, addr: usize, probe: u64) {
+        #[cfg(test)]
+        super::RESOLVED.with(|r| r.set(r.get() + 1));
+        let Some(frames) = frames_at(cx, probe) else {
+            self.left.push(addr);
+            return;
+        };
+        let at = self.looked_up.len();
+        if frames.is_empty() {
+            self.unnamed.push((at, None, probe));
+        }
+        for (i, f) in frames.iter().enumerate() {
+            if f.name.is_empty() {
+                self.unnamed.push((at, Some(i), probe));
+            }
+        }
+        self.looked_up.push((addr, frames));
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Contexts over the whole file this thread made, for the tests.
+    pub(super) static WHOLE_CONTEXTS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Addresses this thread looked up in one unit's context.
+    pub(super) static PER_UNIT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// Looks up `addrs` (return addresses in `object`, sorted) within
-/// `budget`. `None` when the file is one this reader leaves to backtrace.
-pub(super) fn resolve(object: &OwnObject, addrs: &[usize], budget: Budget) -> Option<Found> {
+/// `budget`, through the unit index in `index` (made or made again there
+/// when it is missing or describes another file) unless `index` is `None`.
+/// `None` when the file is one this reader leaves to backtrace.
+pub(super) fn resolve(
+    object: &OwnObject,
+    addrs: &[usize],
+    budget: Budget,
+    index: Option<&mut Option<UnitIndex>>,
+) -> Option<Found> {
     let first = object.mappings.first()?;
     let file = File::open(&first.path).ok()?;
+    let identity = FileIdentity::of(&file)?;
     let map = Mapped::new(&file)?;
     let data = map.bytes();
     let header = Elf::parse(data).ok()?;
@@ -138,57 +632,116 @@ pub(super) fn resolve(object: &OwnObject, addrs: &[usize], budget: Budget) -> Op
             .and_then(|(_, s)| s.data(endian, data).ok())
             .unwrap_or(&[])
     };
-    let context = || {
-        let dwarf = gimli::Dwarf::load(|id| -> Result<Reader<'_>, ()> {
-            Ok(Reader::new(section(id.name()), gimli::NativeEndian))
-        })
-        .ok()?;
-        addr2line::Context::from_dwarf(dwarf).ok()
+    let (debug_info, info_offset) = sections
+        .section_by_name(endian, b".debug_info")
+        .and_then(|(_, s)| Some((s.data(endian, data).ok()?, s.sh_offset(endian).into())))
+        .unwrap_or((&[], 0));
+    // The debug info and the context over `span` of `.debug_info`: one
+    // unit's, or all of it.
+    let all = 0..debug_info.len();
+    let dwarf = |span: std::ops::Range<usize>| {
+        dwarf_over(debug_info.get(span.clone())?, span == all, section)
     };
+    let context = |span| addr2line::Context::from_dwarf(dwarf(span)?).ok();
 
+    // Return addresses: the call is the instruction before.
+    let probe_of = |addr: usize| (addr as u64).wrapping_sub(1).wrapping_sub(bias);
     let mut resident = FileResident::new();
-    let mut cx = context()?;
-    map.drop_pages();
-    resident.reset();
-    let mut parsed_from = this_thread_net_bytes();
-    let mut looked_up: Vec<(usize, Vec<Symbol>)> = Vec::with_capacity(addrs.len());
-    // (index in `looked_up`, index of the frame or `None` for a new one,
-    // address in the file) of frames the debug info does not name.
-    let mut unnamed: Vec<(usize, Option<usize>, u64)> = Vec::new();
-    let mut left = Vec::new();
-    for &addr in addrs {
-        if this_thread_net_bytes() - parsed_from > budget.parsed_bytes {
-            drop(cx);
-            map.drop_pages();
-            cx = context()?;
-            map.drop_pages();
-            resident.reset();
-            parsed_from = this_thread_net_bytes();
-        }
-        #[cfg(test)]
-        super::RESOLVED.with(|r| r.set(r.get() + 1));
-        // Return addresses: the call is the instruction before.
-        let probe = (addr as u64).wrapping_sub(1).wrapping_sub(bias);
-        let Some(frames) = frames_at(&cx, probe) else {
-            left.push(addr);
-            continue;
-        };
-        let at = looked_up.len();
-        if frames.is_empty() {
-            unnamed.push((at, None, probe));
-        }
-        for (i, f) in frames.iter().enumerate() {
-            if f.name.is_empty() {
-                unnamed.push((at, Some(i), probe));
+    let mut lookup = Lookup {
+        looked_up: Vec::with_capacity(addrs.len()),
+        unnamed: Vec::new(),
+        left: Vec::new(),
+    };
+    // (unit, address) of the addresses the index vouches for, and the rest.
+    let (mut by_unit, mut whole): (Vec<(u32, usize)>, Vec<usize>) = (Vec::new(), Vec::new());
+    match index {
+        Some(slot) => {
+            if slot.as_ref().is_none_or(|i| i.file != identity) {
+                *slot = None;
+                *slot = dwarf(all.clone()).map(|d| UnitIndex::new(identity, &d));
+                map.drop_pages();
+                resident.reset();
+            }
+            for &addr in addrs {
+                match slot.as_ref().and_then(|i| i.unit_of(probe_of(addr))) {
+                    Some(unit) => by_unit.push((unit, addr)),
+                    None => whole.push(addr),
+                }
+            }
+            by_unit.sort_unstable();
+            let whole_dwarf = dwarf(all.clone())?;
+            let mut narrowable = if by_unit.is_empty() {
+                None
+            } else {
+                Narrowable::new(&file, info_offset, debug_info.len())
+            };
+            for group in by_unit.chunk_by(|a, b| a.0 == b.0) {
+                let spans = slot
+                    .as_mut()?
+                    .spans_with_references(group[0].0, &whole_dwarf);
+                let cx = spans.zip(narrowable.as_mut()).and_then(|(spans, n)| {
+                    let info = n.narrow(&spans)?;
+                    addr2line::Context::from_dwarf(dwarf_over(info, false, |name| section(name))?)
+                        .ok()
+                });
+                let Some(cx) = cx else {
+                    if let Some(n) = narrowable.as_mut() {
+                        n.restore();
+                    }
+                    whole.extend(group.iter().map(|&(_, addr)| addr));
+                    continue;
+                };
+                for &(_, addr) in group {
+                    #[cfg(test)]
+                    PER_UNIT.with(|c| c.set(c.get() + 1));
+                    lookup.one(&cx, addr, probe_of(addr));
+                    if resident.grown() > budget.file_bytes {
+                        map.drop_pages();
+                        resident.reset();
+                    }
+                }
+                drop(cx);
+                if let Some(n) = narrowable.as_mut() {
+                    n.restore();
+                    if resident.grown() > budget.file_bytes {
+                        n.drop_pages();
+                        resident.reset();
+                    }
+                }
             }
         }
-        looked_up.push((addr, frames));
-        if resident.grown() > budget.file_bytes {
-            map.drop_pages();
-            resident.reset();
+        None => whole.extend_from_slice(addrs),
+    }
+
+    if !whole.is_empty() {
+        whole.sort_unstable();
+        #[cfg(test)]
+        WHOLE_CONTEXTS.with(|c| c.set(c.get() + 1));
+        let mut cx = context(all.clone())?;
+        map.drop_pages();
+        resident.reset();
+        let mut parsed_from = this_thread_net_bytes();
+        for addr in whole {
+            if this_thread_net_bytes() - parsed_from > budget.parsed_bytes {
+                drop(cx);
+                map.drop_pages();
+                cx = context(all.clone())?;
+                map.drop_pages();
+                resident.reset();
+                parsed_from = this_thread_net_bytes();
+            }
+            lookup.one(&cx, addr, probe_of(addr));
+            if resident.grown() > budget.file_bytes {
+                map.drop_pages();
+                resident.reset();
+            }
         }
     }
-    drop(cx);
+    let Lookup {
+        mut looked_up,
+        unnamed,
+        left,
+    } = lookup;
     if !unnamed.is_empty() {
         let mut probes: Vec<u64> = unnamed.iter().map(|u| u.2).collect();
         probes.sort_unstable();
@@ -456,5 +1009,62 @@ impl FileResident {
 
     fn grown(&self) -> u64 {
         self.now().saturating_sub(self.at_reset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::single_range_in_vec_init)]
+
+    use super::Narrowable;
+
+    /// Narrowing writes an empty unit's header at the start of each gap
+    /// and nothing else; restoring puts the section's bytes back, so the
+    /// next narrowing sees the file's units.
+    #[test]
+    fn narrowing_writes_only_the_gaps_headers_and_restoring_undoes_them() {
+        let section_offset = 4096 + 100;
+        let len = 16_000;
+        let file_bytes: Vec<u8> = (0..section_offset + len + 50)
+            .map(|i| (i * 7 + i / 251) as u8)
+            .collect();
+        let section = &file_bytes[section_offset..section_offset + len];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("object");
+        std::fs::write(&path, &file_bytes).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let mut n = Narrowable::new(&file, section_offset as u64, len).unwrap();
+        let length_at = |bytes: &[u8], at: usize| {
+            u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap()) as usize + 4
+        };
+
+        let narrowed = n.narrow(&[2000..3000, 9000..12_000]).unwrap().to_vec();
+        assert_eq!(narrowed.len(), 12_000);
+        assert_eq!(length_at(&narrowed, 0), 2000);
+        assert_eq!(length_at(&narrowed, 3000), 6000);
+        for at in [0, 3000] {
+            assert_eq!(&narrowed[at + 4..at + 6], &4u16.to_ne_bytes());
+            assert_eq!(&narrowed[at + 6..at + 10], &u32::MAX.to_ne_bytes());
+        }
+        assert_eq!(&narrowed[11..3000], &section[11..3000]);
+        assert_eq!(&narrowed[3011..], &section[3011..12_000]);
+        n.restore();
+
+        let narrowed = n.narrow(&[3000..4000]).unwrap().to_vec();
+        assert_eq!(length_at(&narrowed, 0), 3000);
+        assert_eq!(&narrowed[11..], &section[11..4000]);
+        n.restore();
+        assert_eq!(n.narrow(&[0..len]).unwrap(), section);
+        // A gap too short for a header is refused, and leaves nothing.
+        assert!(n.narrow(&[0..100, 105..200]).is_none());
+        assert_eq!(n.narrow(&[0..len]).unwrap(), section);
+        n.restore();
+        n.drop_pages();
+        assert_eq!(n.narrow(&[0..len]).unwrap(), section);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            file_bytes,
+            "the file is not written"
+        );
     }
 }
