@@ -94,11 +94,13 @@ pub(crate) fn after_fork_in_child() {
 /// Resolves every address in `addrs` (return addresses), using and filling
 /// the cache.
 pub(crate) fn resolve_all(addrs: impl IntoIterator<Item = usize>) -> HashMap<usize, Symbols> {
-    resolve_all_within(addrs, own::BUDGET)
+    resolve_all_within(addrs, own::BUDGET, true)
 }
 
 /// [`resolve_all`] with the budget of the lookup of heapprof's own object
 /// given: heap bytes of parsed debug info, resident bytes of its file.
+/// Every address goes through the context over the whole file, which the
+/// budget bounds, without the unit index.
 #[cfg(feature = "bench-internals")]
 pub(crate) fn resolve_all_with_budget(
     addrs: impl IntoIterator<Item = usize>,
@@ -111,12 +113,14 @@ pub(crate) fn resolve_all_with_budget(
             parsed_bytes,
             file_bytes,
         },
+        false,
     )
 }
 
 fn resolve_all_within(
     addrs: impl IntoIterator<Item = usize>,
     budget: own::Budget,
+    with_index: bool,
 ) -> HashMap<usize, Symbols> {
     let mut wanted: Vec<usize> = addrs.into_iter().collect();
     wanted.sort_unstable();
@@ -164,7 +168,7 @@ fn resolve_all_within(
                 own_object.as_ref().unwrap(),
                 &mine,
                 budget,
-                Some(&mut *resolving),
+                with_index.then_some(&mut *resolving),
             ) {
                 Some(found) => {
                     resolved.extend(found.resolved);

@@ -2,28 +2,33 @@
 //! shared library heapprof is part of), read from its file with a bound on
 //! the memory the lookup holds.
 //!
-//! The first lookup indexes the file's compilation units ([`UnitIndex`]:
-//! each unit's place in `.debug_info` and the addresses it covers), and
-//! the index is kept: a later lookup parses only the units its addresses
-//! are in, each as a context of its own, rather than every unit's header
-//! and abbreviations again. Addresses the index cannot vouch for (in no
-//! unit's ranges, in ranges two units claim, or in a unit whose entries
-//! may refer into another unit) go through one context over the whole
-//! file, as follows.
-//!
 //! That object is usually the one with the most debug info in the process
 //! (a service's executable carries 100 MB or more), and backtrace's
 //! lookup of it holds whatever it parses until the lookup ends: every
-//! compilation unit met, and every page of the file it read. Here the
-//! profile's addresses are looked up in address order, so that each
-//! unit's come together, with one `addr2line::Context` over the mapped
-//! file; when the units parsed since the context was made pass
-//! [`Budget::parsed_bytes`], the context is dropped and a new one made
-//! (which parses again only the units the later addresses are in), and
-//! when the file pages
-//! the lookup touched pass [`Budget::file_bytes`], they are taken out of
-//! the process's resident set (`MADV_DONTNEED`; the kernel's page cache
-//! keeps them, and a later read maps them again).
+//! compilation unit met, and every page of the file it read. And an
+//! `addr2line::Context` over the whole file parses every unit's header
+//! and abbreviations before its first answer (tens of ms and of MB for
+//! such a file), however few addresses are new.
+//!
+//! So the first lookup indexes the file's units ([`UnitIndex`]: each
+//! unit's span in `.debug_info`, the addresses it covers, and whether its
+//! entries refer into other units), and the index is kept. Addresses are
+//! then looked up unit by unit, each unit's in a context over that unit
+//! and the units its entries reach by `DW_FORM_ref_addr` (ThinLTO's
+//! imported functions name their origin in another unit), read through a
+//! private mapping of `.debug_info` in which every other unit reads as an
+//! empty one ([`Narrowable`]), so that offsets between the kept ones hold.
+//!
+//! Addresses the index cannot vouch for (in no unit's ranges, in ranges
+//! two units claim, in a unit whose references reach another file or more
+//! than [`MAX_UNITS_TOGETHER`] units) are looked up in address order, so
+//! that each unit's come together, in one context over the whole file;
+//! when the units it has parsed pass [`Budget::parsed_bytes`], the context
+//! is dropped and a new one made (which parses again only the units the
+//! later addresses are in). Either way, when the file pages the lookup
+//! touched pass [`Budget::file_bytes`], they are taken out of the
+//! process's resident set (`MADV_DONTNEED`; the kernel's page cache keeps
+//! them, and a later read maps them again).
 //!
 //! Other objects (the C library, other shared libraries) stay with
 //! backtrace, which reads their symbol tables, or their detached debug
@@ -636,13 +641,9 @@ pub(super) fn resolve(
         .section_by_name(endian, b".debug_info")
         .and_then(|(_, s)| Some((s.data(endian, data).ok()?, s.sh_offset(endian).into())))
         .unwrap_or((&[], 0));
-    // The debug info and the context over `span` of `.debug_info`: one
-    // unit's, or all of it.
-    let all = 0..debug_info.len();
-    let dwarf = |span: std::ops::Range<usize>| {
-        dwarf_over(debug_info.get(span.clone())?, span == all, section)
-    };
-    let context = |span| addr2line::Context::from_dwarf(dwarf(span)?).ok();
+    // The file's debug info, and a context over all of it.
+    let dwarf = || dwarf_over(debug_info, true, section);
+    let context = || addr2line::Context::from_dwarf(dwarf()?).ok();
 
     // Return addresses: the call is the instruction before.
     let probe_of = |addr: usize| (addr as u64).wrapping_sub(1).wrapping_sub(bias);
@@ -657,8 +658,8 @@ pub(super) fn resolve(
     match index {
         Some(slot) => {
             if slot.as_ref().is_none_or(|i| i.file != identity) {
-                *slot = None;
-                *slot = dwarf(all.clone()).map(|d| UnitIndex::new(identity, &d));
+                *slot = None; // the old index goes before the new one is made
+                *slot = dwarf().map(|d| UnitIndex::new(identity, &d));
                 map.drop_pages();
                 resident.reset();
             }
@@ -669,7 +670,7 @@ pub(super) fn resolve(
                 }
             }
             by_unit.sort_unstable();
-            let whole_dwarf = dwarf(all.clone())?;
+            let whole_dwarf = dwarf()?;
             let mut narrowable = if by_unit.is_empty() {
                 None
             } else {
@@ -717,7 +718,7 @@ pub(super) fn resolve(
         whole.sort_unstable();
         #[cfg(test)]
         WHOLE_CONTEXTS.with(|c| c.set(c.get() + 1));
-        let mut cx = context(all.clone())?;
+        let mut cx = context()?;
         map.drop_pages();
         resident.reset();
         let mut parsed_from = this_thread_net_bytes();
@@ -725,7 +726,7 @@ pub(super) fn resolve(
             if this_thread_net_bytes() - parsed_from > budget.parsed_bytes {
                 drop(cx);
                 map.drop_pages();
-                cx = context(all.clone())?;
+                cx = context()?;
                 map.drop_pages();
                 resident.reset();
                 parsed_from = this_thread_net_bytes();
