@@ -378,7 +378,10 @@ fn refs_of(abbrev: &[u8], offset: usize) -> Refs {
 /// their offsets, so references between them, by offset in the whole
 /// section, still hold. The file is never written: the headers are in
 /// this mapping's private pages, and [`Narrowable::restore`] puts the
-/// section's own bytes back.
+/// section's own bytes back. The mapping is read-only but for the pages
+/// a header is being written to, so that it commits no memory beyond
+/// those (a writable private mapping of the whole section would count
+/// all of it against a strict overcommit limit).
 struct Narrowable {
     map: *mut libc::c_void,
     map_len: usize,
@@ -386,6 +389,8 @@ struct Narrowable {
     skip: usize,
     /// The section's length.
     len: usize,
+    /// The system's page size.
+    page: usize,
     /// The bytes each written header replaced, by offset in the section.
     replaced: Vec<(usize, [u8; Narrowable::HEADER])>,
 }
@@ -403,15 +408,15 @@ impl Narrowable {
         let map_offset = section_offset - section_offset % page;
         let skip = usize::try_from(section_offset - map_offset).ok()?;
         let map_len = skip.checked_add(len).filter(|_| len > 0)?;
-        // SAFETY: a new private mapping of an open file, readable and
-        // writable, at an address the kernel picks; writes go to private
-        // copies of the pages, never to the file. Nothing else refers to
-        // that range.
+        // SAFETY: a new private read-only mapping of an open file, at an
+        // address the kernel picks; nothing else refers to that range.
+        // Pages made writable later are private copies: the file is never
+        // written.
         let map = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
+                libc::PROT_READ,
                 libc::MAP_PRIVATE,
                 file.as_raw_fd(),
                 libc::off_t::try_from(map_offset).ok()?,
@@ -422,6 +427,7 @@ impl Narrowable {
             map_len,
             skip,
             len,
+            page: page as usize,
             replaced: Vec::new(),
         })
     }
@@ -450,12 +456,39 @@ impl Narrowable {
 
     /// Puts back the bytes [`Narrowable::narrow`] replaced.
     fn restore(&mut self) {
-        for (at, bytes) in std::mem::take(&mut self.replaced) {
+        let replaced = std::mem::take(&mut self.replaced);
+        for (at, bytes) in &replaced {
             // SAFETY: `at + HEADER <= len` (checked when it was written),
-            // and `&mut self` excludes every slice of the mapping.
+            // its pages are writable until the loop below (pages shared by
+            // two headers too), and `&mut self` excludes every slice of
+            // the mapping.
             unsafe {
-                std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.section().add(at), Self::HEADER);
+                std::ptr::copy_nonoverlapping(
+                    bytes.as_ptr(),
+                    self.section().add(*at),
+                    Self::HEADER,
+                );
             }
+        }
+        for (at, _) in &replaced {
+            self.protect(*at, libc::PROT_READ);
+        }
+    }
+
+    /// Sets the protection of the pages that hold a header at `at`; whether
+    /// it could.
+    fn protect(&self, at: usize, protection: libc::c_int) -> bool {
+        let first = (self.skip + at) / self.page * self.page;
+        let end = self.skip + at + Self::HEADER;
+        // SAFETY: `[first, end)` is within the mapping (`at + HEADER <=
+        // len`, and `first` is at or after its page-aligned start), and
+        // changing its protection moves or frees nothing.
+        unsafe {
+            libc::mprotect(
+                self.map.cast::<u8>().add(first).cast(),
+                end - first,
+                protection,
+            ) == 0
         }
     }
 
@@ -469,10 +502,13 @@ impl Narrowable {
         header[4..6].copy_from_slice(&4u16.to_ne_bytes());
         header[6..10].copy_from_slice(&u32::MAX.to_ne_bytes());
         header[10] = std::mem::size_of::<usize>() as u8;
+        if !self.protect(at, libc::PROT_READ | libc::PROT_WRITE) {
+            return None;
+        }
         let mut was = [0u8; Self::HEADER];
         // SAFETY: `at + HEADER <= at + len <= len` (checked above), so both
-        // copies stay inside the mapping; `&mut self` excludes every slice
-        // of it.
+        // copies stay inside the mapping, whose pages there are writable
+        // now; `&mut self` excludes every slice of it.
         unsafe {
             let here = self.section().add(at);
             std::ptr::copy_nonoverlapping(here, was.as_mut_ptr(), Self::HEADER);
