@@ -18,8 +18,10 @@ pub(crate) mod labels;
 pub(crate) mod measure;
 
 use std::cell::Cell;
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicU8, AtomicUsize};
 
 use crate::sample::ThreadSampler;
 use counters::Counters;
@@ -165,25 +167,76 @@ pub(crate) struct Deferred {
 pub(crate) const DEFERRED_MAX: usize = 8;
 
 /// A thread's put-off frees, in no order.
-pub(crate) struct DeferredFrees([Cell<Option<Deferred>>; DEFERRED_MAX]);
+///
+/// A signal handler on the thread may push or pop while the thread itself
+/// is in the middle of a push or a pop (it defers the frees it makes in a
+/// handler, and runs them when it leaves heapprof). So a slot's value is
+/// written only by whoever moved the slot from [`SLOT_EMPTY`] to
+/// [`SLOT_WRITING`], and read only by whoever moved it from [`SLOT_FULL`]
+/// to [`SLOT_READING`], each move one compare-exchange, which a handler
+/// sees done or not done, never half done. Only this thread and its
+/// handlers touch the slots; the atomics' orderings keep the compiler from
+/// moving the value's copy across the state's changes.
+pub(crate) struct DeferredFrees([DeferredSlot; DEFERRED_MAX]);
+
+/// One put-off free, with the state that says who may touch it.
+struct DeferredSlot {
+    state: AtomicU8,
+    value: Cell<MaybeUninit<Deferred>>,
+}
+
+/// A slot with no value: free to claim for a push.
+const SLOT_EMPTY: u8 = 0;
+/// A slot a push is writing.
+const SLOT_WRITING: u8 = 1;
+/// A slot with a value: free to claim for a pop.
+const SLOT_FULL: u8 = 2;
+/// A slot a pop is reading.
+const SLOT_READING: u8 = 3;
+
+impl DeferredSlot {
+    /// Moves the slot from `from` to `to`; false if it was not at `from`.
+    fn claim(&self, from: u8, to: u8) -> bool {
+        self.state
+            .compare_exchange(from, to, Acquire, Relaxed)
+            .is_ok()
+    }
+}
 
 impl DeferredFrees {
     const fn new() -> Self {
-        DeferredFrees([const { Cell::new(None) }; DEFERRED_MAX])
+        DeferredFrees(
+            [const {
+                DeferredSlot {
+                    state: AtomicU8::new(SLOT_EMPTY),
+                    value: Cell::new(MaybeUninit::uninit()),
+                }
+            }; DEFERRED_MAX],
+        )
     }
 
     /// Keeps `d`; false if all slots are taken.
     pub(crate) fn push(&self, d: Deferred) -> bool {
-        self.0
-            .iter()
-            .find(|s| s.get().is_none())
-            .map(|s| s.set(Some(d)))
-            .is_some()
+        let Some(slot) = self.0.iter().find(|s| s.claim(SLOT_EMPTY, SLOT_WRITING)) else {
+            return false;
+        };
+        slot.value.set(MaybeUninit::new(d));
+        slot.state.store(SLOT_FULL, Release);
+        true
     }
 
     /// Takes the next one kept, if any.
     pub(crate) fn pop(&self) -> Option<Deferred> {
-        self.0.iter().find_map(Cell::take)
+        let slot = self
+            .0
+            .iter()
+            .find(|s| s.state.load(Relaxed) == SLOT_FULL && s.claim(SLOT_FULL, SLOT_READING))?;
+        // SAFETY: the slot was full: the push that filled it wrote the
+        // value before it stored `SLOT_FULL`, and nobody writes it until
+        // this pop stores `SLOT_EMPTY`.
+        let d = unsafe { slot.value.get().assume_init() };
+        slot.state.store(SLOT_EMPTY, Release);
+        Some(d)
     }
 }
 
@@ -257,5 +310,125 @@ struct ExitHook;
 impl Drop for ExitHook {
     fn drop(&mut self) {
         run_exit_hook();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DEFERRED_MAX, Deferred, DeferredFrees};
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+    /// The queue under test, shared by the test's thread and its signal
+    /// handler only.
+    struct Shared(DeferredFrees);
+    // SAFETY: only the test thread and the signal handlers that interrupt
+    // it touch the queue, which is what `DeferredFrees` is made for.
+    unsafe impl Sync for Shared {}
+
+    static QUEUE: Shared = Shared(DeferredFrees::new());
+    static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+    static PUSHED: AtomicUsize = AtomicUsize::new(0);
+    static POPPED: AtomicUsize = AtomicUsize::new(0);
+    static TORN: AtomicBool = AtomicBool::new(false);
+    static HANDLED: AtomicUsize = AtomicUsize::new(0);
+
+    /// # Safety
+    /// None: it does nothing, as `Deferred::free`'s type asks.
+    unsafe fn no_free(_: *const (), _: *mut u8, _: std::alloc::Layout) {}
+
+    /// A value whose fields all say `id`, so that a copy made of two
+    /// values shows.
+    fn value(id: usize) -> Deferred {
+        Deferred {
+            free: no_free,
+            inner: id as *const (),
+            ptr: id as *mut u8,
+            layout: std::alloc::Layout::from_size_align(id, 1).unwrap(),
+        }
+    }
+
+    fn push_one() {
+        let id = NEXT_ID.fetch_add(1, SeqCst);
+        if QUEUE.0.push(value(id)) {
+            PUSHED.fetch_add(1, SeqCst);
+        }
+    }
+
+    fn pop_one() {
+        if let Some(d) = QUEUE.0.pop() {
+            let id = d.ptr as usize;
+            if d.inner as usize != id
+                || d.layout.size() != id
+                || !std::ptr::eq(d.free as *const (), no_free as *const ())
+            {
+                TORN.store(true, SeqCst);
+            }
+            POPPED.fetch_add(1, SeqCst);
+        }
+    }
+
+    extern "C" fn handler(_: libc::c_int) {
+        HANDLED.fetch_add(1, SeqCst);
+        push_one();
+        if NEXT_ID.load(SeqCst).is_multiple_of(3) {
+            pop_one();
+        }
+    }
+
+    /// A signal handler that pushes and pops while the thread it
+    /// interrupts is pushing or popping loses no value and tears none.
+    #[test]
+    fn handlers_and_their_thread_share_the_deferred_frees() {
+        // SAFETY: installs a handler for SIGUSR2, which nothing else in
+        // this binary uses; it touches only atomics and the queue.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = handler as *const () as usize;
+            action.sa_flags = libc::SA_RESTART;
+            assert_eq!(
+                libc::sigaction(libc::SIGUSR2, &action, std::ptr::null_mut()),
+                0
+            );
+        }
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for _ in 0..200_000 {
+                    // SAFETY: the target is this test's thread, alive until
+                    // the scope ends.
+                    unsafe { libc::pthread_kill(me, libc::SIGUSR2) };
+                }
+                stop.store(true, SeqCst);
+            });
+            while !stop.load(SeqCst) {
+                for _ in 0..DEFERRED_MAX / 2 {
+                    push_one();
+                }
+                for _ in 0..DEFERRED_MAX / 2 {
+                    pop_one();
+                }
+            }
+        });
+        // Signals sent at the end may still be arriving: block them first.
+        // SAFETY: a signal mask set on this thread only.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGUSR2);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+        while QUEUE.0.pop().is_some() {
+            POPPED.fetch_add(1, SeqCst);
+        }
+        assert!(!TORN.load(SeqCst), "a popped value mixed two pushes");
+        assert!(HANDLED.load(SeqCst) > 1000, "{}", HANDLED.load(SeqCst));
+        assert_eq!(
+            POPPED.load(SeqCst),
+            PUSHED.load(SeqCst),
+            "every value pushed is popped once"
+        );
     }
 }
