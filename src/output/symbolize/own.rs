@@ -383,8 +383,7 @@ fn refs_of(abbrev: &[u8], offset: usize) -> Refs {
 /// those (a writable private mapping of the whole section would count
 /// all of it against a strict overcommit limit).
 struct Narrowable {
-    map: *mut libc::c_void,
-    map_len: usize,
+    map: Mapped,
     /// Where the section starts in the mapping.
     skip: usize,
     /// The section's length.
@@ -402,29 +401,12 @@ impl Narrowable {
 
     /// The `len` bytes at `section_offset` in `file`.
     fn new(file: &File, section_offset: u64, len: usize) -> Option<Narrowable> {
-        use std::os::fd::AsRawFd;
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
         let map_offset = section_offset - section_offset % page;
         let skip = usize::try_from(section_offset - map_offset).ok()?;
-        let map_len = skip.checked_add(len).filter(|_| len > 0)?;
-        // SAFETY: a new private read-only mapping of an open file, at an
-        // address the kernel picks; nothing else refers to that range.
-        // Pages made writable later are private copies: the file is never
-        // written.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE,
-                file.as_raw_fd(),
-                libc::off_t::try_from(map_offset).ok()?,
-            )
-        };
-        (map != libc::MAP_FAILED).then(|| Narrowable {
-            map,
-            map_len,
+        Some(Narrowable {
+            map: Mapped::part(file, map_offset, skip.checked_add(len)?)?,
             skip,
             len,
             page: page as usize,
@@ -485,7 +467,7 @@ impl Narrowable {
         // changing its protection moves or frees nothing.
         unsafe {
             libc::mprotect(
-                self.map.cast::<u8>().add(first).cast(),
+                self.map.ptr.cast::<u8>().add(first).cast(),
                 end - first,
                 protection,
             ) == 0
@@ -523,27 +505,13 @@ impl Narrowable {
     /// to the file's contents, which are the bytes `restore` put back.
     fn drop_pages(&mut self) {
         debug_assert!(self.replaced.is_empty());
-        // SAFETY: the range is this mapping, whole; `&mut self` excludes
-        // every slice of it.
-        unsafe {
-            libc::madvise(self.map, self.map_len, libc::MADV_DONTNEED);
-        }
+        self.map.drop_pages();
     }
 
     /// The section's first byte.
     fn section(&self) -> *mut u8 {
-        // SAFETY: `skip < map_len`: the section starts inside the mapping.
-        unsafe { self.map.cast::<u8>().add(self.skip) }
-    }
-}
-
-impl Drop for Narrowable {
-    fn drop(&mut self) {
-        // SAFETY: the mapping `new` made, unmapped once; no slice of it
-        // outlives the `&mut` borrow `narrow` returned it under.
-        unsafe {
-            libc::munmap(self.map, self.map_len);
-        }
+        // SAFETY: `skip < map.len`: the section starts inside the mapping.
+        unsafe { self.map.ptr.cast::<u8>().add(self.skip) }
     }
 }
 
@@ -950,16 +918,24 @@ fn symbol_table_names<'a>(
     none
 }
 
-/// A file mapped read-only, private, whole.
+/// A file, or part of one, mapped private and read-only: only a
+/// [`Narrowable`] that owns one writes to it, and never asks for its
+/// bytes.
 struct Mapped {
     ptr: *mut libc::c_void,
     len: usize,
 }
 
 impl Mapped {
+    /// All of `file`.
     fn new(file: &File) -> Option<Mapped> {
-        use std::os::fd::AsRawFd;
         let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+        Mapped::part(file, 0, len)
+    }
+
+    /// `len` bytes of `file` from `offset`, a multiple of the page size.
+    fn part(file: &File, offset: u64, len: usize) -> Option<Mapped> {
+        use std::os::fd::AsRawFd;
         if len == 0 {
             return None;
         }
@@ -972,7 +948,7 @@ impl Mapped {
                 libc::PROT_READ,
                 libc::MAP_PRIVATE,
                 file.as_raw_fd(),
-                0,
+                libc::off_t::try_from(offset).ok()?,
             )
         };
         (ptr != libc::MAP_FAILED).then_some(Mapped { ptr, len })
