@@ -82,14 +82,19 @@ impl Options {
     }
 }
 
-/// Memory the profiler holds for itself: tables, the sampled-address set,
-/// spare sampled blocks, and what symbolization keeps. Takes no lock.
+/// Memory the profiler holds for itself: its tables
+/// ([`profiler_table_bytes`]) and what symbolization keeps. Takes no lock.
 pub(crate) fn profiler_bytes() -> usize {
+    profiler_table_bytes() + symbolize::memory_bytes()
+}
+
+/// Memory the profiler's tables hold: sites, labels, the sampled-address
+/// set and spare sampled blocks. Takes no lock.
+fn profiler_table_bytes() -> usize {
     crate::record::sites::memory_bytes()
         + labels::memory_bytes()
         + crate::record::blocks::memory_bytes()
         + crate::record::spare::bytes()
-        + symbolize::memory_bytes()
 }
 
 /// The stack a profile build, encoding or text profile may need, at
@@ -314,8 +319,9 @@ impl Builder {
                 crate::record::stack::unwinder_name()
             ),
             format!(
-                "heapprof: {live_sampled} live sampled blocks; profiler tables use {} bytes",
-                profiler_bytes()
+                "heapprof: {live_sampled} live sampled blocks; profiler tables use {} bytes; symbols kept use {} bytes",
+                profiler_table_bytes(),
+                symbolize::memory_bytes()
             ),
         ];
         for c in options.comments.iter().chain(&comments) {
