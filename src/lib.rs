@@ -515,13 +515,19 @@ pub mod __bench {
 
     /// Names `addrs` (return addresses) as a profile would, with the
     /// budget of the lookup in heapprof's own object given (heap bytes of
-    /// parsed debug info, resident bytes of its file); returns the frame
-    /// count.
-    pub fn symbolize_with_budget(addrs: &[usize], parsed_bytes: i64, file_bytes: u64) -> usize {
+    /// parsed debug info, resident bytes of its file), through the unit
+    /// index or the whole file's context; returns the frame count.
+    pub fn symbolize_with_budget(
+        addrs: &[usize],
+        parsed_bytes: i64,
+        file_bytes: u64,
+        with_index: bool,
+    ) -> usize {
         crate::output::symbolize::resolve_all_with_budget(
             addrs.iter().copied(),
             parsed_bytes,
             file_bytes,
+            with_index,
         )
         .values()
         .map(|frames| frames.len())

@@ -99,13 +99,15 @@ pub(crate) fn resolve_all(addrs: impl IntoIterator<Item = usize>) -> HashMap<usi
 
 /// [`resolve_all`] with the budget of the lookup of heapprof's own object
 /// given: heap bytes of parsed debug info, resident bytes of its file.
-/// Every address goes through the context over the whole file, which the
-/// budget bounds, without the unit index.
+/// Without the unit index every address goes through the context over the
+/// whole file, which both budgets bound; with it, the file budget bounds
+/// the pages the per-unit contexts read.
 #[cfg(feature = "bench-internals")]
 pub(crate) fn resolve_all_with_budget(
     addrs: impl IntoIterator<Item = usize>,
     parsed_bytes: i64,
     file_bytes: u64,
+    with_index: bool,
 ) -> HashMap<usize, Symbols> {
     resolve_all_within(
         addrs,
@@ -113,7 +115,7 @@ pub(crate) fn resolve_all_with_budget(
             parsed_bytes,
             file_bytes,
         },
-        false,
+        with_index,
     )
 }
 
@@ -653,13 +655,24 @@ mod tests {
         let whole = super::own::resolve(&object, &addrs, budget, None).unwrap();
         let mut index = None;
         let per_unit = super::own::PER_UNIT.with(|c| c.get());
+        let nowhere = super::own::NOWHERE.with(|c| c.get());
+        let whole_contexts = super::own::WHOLE_CONTEXTS.with(|c| c.get());
         let indexed = super::own::resolve(&object, &addrs, budget, Some(&mut index)).unwrap();
         let vouched = super::own::PER_UNIT.with(|c| c.get()) - per_unit;
+        let nowhere = super::own::NOWHERE.with(|c| c.get()) - nowhere;
+        let whole_contexts = super::own::WHOLE_CONTEXTS.with(|c| c.get()) - whole_contexts;
+        println!(
+            "{} addresses: {vouched} in one unit's context, {nowhere} in no unit, {whole_contexts} whole contexts",
+            addrs.len()
+        );
         assert!(
             vouched * 2 > addrs.len(),
             "the index vouches for {vouched} of {} addresses",
             addrs.len()
         );
+        // This binary holds code without debug info (the standard
+        // library's own dependencies): the index says so itself.
+        assert!(nowhere > 0, "no address placed in no unit");
         let by_addr =
             |found: super::own::Found| -> std::collections::HashMap<usize, super::Symbols> {
                 found.resolved.into_iter().collect()

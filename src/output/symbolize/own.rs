@@ -129,10 +129,24 @@ pub(super) struct UnitIndex {
     /// The compilation units, in section order.
     units: Vec<IndexedUnit>,
     /// (begin, end, index in `units`) of each range of file addresses a
-    /// unit covers, sorted. A range that overlaps an earlier one has the
-    /// unit [`CLAIMED_TWICE`]: which unit describes it is the whole
-    /// context's choice.
+    /// unit covers, sorted. A range only the whole context can place has
+    /// the unit [`WHOLE_ONLY`].
     ranges: Vec<(u64, u64, u32)>,
+    /// Whether `ranges` holds every address the whole context can place
+    /// in a unit, so that an address outside them is in none.
+    complete: bool,
+}
+
+/// Where the debug info describes an address, as far as an index knows.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Place {
+    /// In this unit, which a context of its own (and the units it refers
+    /// to) describes as the whole context does.
+    Unit(u32),
+    /// In no unit: the whole context finds no frames there either.
+    Nowhere,
+    /// Only the whole context can tell.
+    WholeOnly,
 }
 
 /// A compilation unit in a [`UnitIndex`].
@@ -159,8 +173,10 @@ enum Refs {
     Elsewhere,
 }
 
-/// The unit of an index range that more than one unit covers.
-const CLAIMED_TWICE: u32 = u32::MAX;
+/// The unit of an index range only the whole context can place: more than
+/// one unit covers it, or a unit covers it in a way a context over that
+/// unit alone does not read (`.debug_aranges`, line sequences).
+const WHOLE_ONLY: u32 = u32::MAX;
 
 /// The most units one lookup context is made of; a unit whose references
 /// reach more goes to the whole context.
@@ -170,31 +186,54 @@ impl UnitIndex {
     /// Reads the unit headers, root entries and abbreviation tables of
     /// `dwarf`, one unit at a time; a unit it cannot read is left out
     /// (its addresses go through the whole context).
+    ///
+    /// The whole context places an address by each compilation unit's
+    /// `DW_AT_ranges`, else its `.debug_aranges` entries, else its
+    /// `DW_AT_low_pc`/`DW_AT_high_pc`, else its line sequences; it skips
+    /// type and partial units. A context over one unit has no
+    /// `.debug_aranges` (see [`dwarf_over`]), so ranges that only those or
+    /// the line sequences give are [`WHOLE_ONLY`].
     fn new(file: FileIdentity, dwarf: &gimli::Dwarf<Reader<'_>>) -> UnitIndex {
         use gimli::Section as _;
         let abbrev = dwarf.debug_abbrev.reader().slice();
+        let aranges = aranges_by_unit(dwarf);
+        let mut complete = aranges.is_some();
+        let aranges = aranges.unwrap_or_default();
         let (mut units, mut ranges) = (Vec::new(), Vec::new());
         let mut headers = dwarf.units();
-        while let Ok(Some(header)) = headers.next() {
-            let (Some(start), gimli::UnitType::Compilation) =
-                (header.debug_info_offset(), header.type_())
-            else {
-                continue;
+        loop {
+            let header = match headers.next() {
+                Ok(Some(header)) => header,
+                Ok(None) => break,
+                Err(_) => {
+                    complete = false;
+                    break;
+                }
+            };
+            let start = match (header.debug_info_offset(), header.type_()) {
+                (Some(start), gimli::UnitType::Compilation) => start,
+                (_, gimli::UnitType::Type { .. } | gimli::UnitType::Partial) => continue,
+                _ => {
+                    complete = false;
+                    continue;
+                }
             };
             let span = start.0..start.0 + header.length_including_self();
             let refs = refs_of(abbrev, header.debug_abbrev_offset().0);
+            // The whole context skips a unit it cannot read, as this does.
             let Ok(unit) = dwarf.unit(header) else {
                 continue;
             };
-            let Ok(mut covered) = dwarf.unit_ranges(&unit) else {
-                continue;
-            };
             let Ok(at) = u32::try_from(units.len()) else {
+                complete = false;
                 break;
             };
-            while let Ok(Some(r)) = covered.next() {
-                if r.begin < r.end {
-                    ranges.push((r.begin, r.end, at));
+            match unit_ranges(dwarf, &unit, &aranges, start.0, at, &mut ranges) {
+                Some(true) => {}
+                Some(false) => complete = false,
+                None => {
+                    complete = false;
+                    continue;
                 }
             }
             units.push(IndexedUnit {
@@ -210,7 +249,7 @@ impl UnitIndex {
             match kept.last_mut() {
                 Some(last) if begin < reach => {
                     last.1 = last.1.max(end);
-                    last.2 = CLAIMED_TWICE;
+                    last.2 = WHOLE_ONLY;
                 }
                 Some(last) if begin == last.1 && unit == last.2 => last.1 = end,
                 _ => kept.push((begin, end, unit)),
@@ -223,19 +262,28 @@ impl UnitIndex {
             file,
             units,
             ranges: kept,
+            complete,
         }
     }
 
-    /// The unit that describes `probe`, an address in the file, if the
-    /// index can vouch for one.
-    fn unit_of(&self, probe: u64) -> Option<u32> {
-        let i = self
-            .ranges
-            .partition_point(|r| r.0 <= probe)
-            .checked_sub(1)?;
+    /// Where the debug info describes `probe`, an address in the file.
+    fn place(&self, probe: u64) -> Place {
+        let nowhere = if self.complete {
+            Place::Nowhere
+        } else {
+            Place::WholeOnly
+        };
+        let Some(i) = self.ranges.partition_point(|r| r.0 <= probe).checked_sub(1) else {
+            return nowhere;
+        };
         let (_, end, unit) = self.ranges[i];
-        let known = unit != CLAIMED_TWICE && self.units.get(unit as usize)?.refs != Refs::Elsewhere;
-        (probe < end && known).then_some(unit)
+        if probe >= end {
+            return nowhere;
+        }
+        match self.units.get(unit as usize) {
+            Some(u) if u.refs != Refs::Elsewhere => Place::Unit(unit),
+            _ => Place::WholeOnly,
+        }
     }
 
     /// The unit whose span holds `offset` in `.debug_info`.
@@ -510,9 +558,109 @@ impl Narrowable {
 
     /// The section's first byte.
     fn section(&self) -> *mut u8 {
-        // SAFETY: `skip < map.len`: the section starts inside the mapping.
+        // SAFETY: `skip <= map.len`: the section starts inside the mapping
+        // or, when empty, at its end.
         unsafe { self.map.ptr.cast::<u8>().add(self.skip) }
     }
+}
+
+/// The `.debug_aranges` sets of `dwarf` as (unit offset in `.debug_info`,
+/// set offset), sorted; `None` when the section cannot be read.
+fn aranges_by_unit(
+    dwarf: &gimli::Dwarf<Reader<'_>>,
+) -> Option<Vec<(usize, gimli::DebugArangesOffset<usize>)>> {
+    let mut sets = Vec::new();
+    let mut headers = dwarf.debug_aranges.headers();
+    while let Some(header) = headers.next().ok()? {
+        sets.push((header.debug_info_offset().0, header.offset()));
+    }
+    sets.sort_unstable_by_key(|s| s.0);
+    Some(sets)
+}
+
+/// Pushes onto `ranges` the addresses the whole context places in `unit`
+/// (at `offset` in `.debug_info`, number `at` in the index), in the order
+/// of preference [`UnitIndex::new`] gives: `Some(true)` when all are
+/// there, `Some(false)` when some may be missing (a set or sequence that
+/// cannot be read), `None` when the unit's own ranges cannot be read (the
+/// whole context fails on such a unit; it is left out).
+fn unit_ranges(
+    dwarf: &gimli::Dwarf<Reader<'_>>,
+    unit: &gimli::Unit<Reader<'_>>,
+    aranges: &[(usize, gimli::DebugArangesOffset<usize>)],
+    offset: usize,
+    at: u32,
+    ranges: &mut Vec<(u64, u64, u32)>,
+) -> Option<bool> {
+    let mut cursor = unit.entries();
+    let has_ranges_attr = cursor
+        .next_dfs()
+        .ok()??
+        .attr_value(gimli::DW_AT_ranges)
+        .is_some();
+    let before = ranges.len();
+    let mut own = dwarf.unit_ranges(unit).ok()?;
+    loop {
+        match own.next() {
+            Ok(Some(r)) if r.begin < r.end => ranges.push((r.begin, r.end, at)),
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(_) => {
+                ranges.truncate(before);
+                return None;
+            }
+        }
+    }
+    let own_end = ranges.len();
+    let mut all = true;
+    let mut from_sets = false;
+    if !has_ranges_attr {
+        let first = aranges.partition_point(|s| s.0 < offset);
+        for &(_, set) in aranges[first..].iter().take_while(|s| s.0 == offset) {
+            let Ok(header) = dwarf.debug_aranges.header(set) else {
+                all = false;
+                continue;
+            };
+            let mut entries = header.entries();
+            loop {
+                match entries.next() {
+                    Ok(Some(e)) if e.length() != 0 => {
+                        // A set inside the unit's own range is read the
+                        // same either way.
+                        let r = e.range();
+                        let inside = ranges[before..own_end]
+                            .iter()
+                            .any(|o| o.0 <= r.begin && r.end <= o.1);
+                        if !inside {
+                            ranges.push((r.begin, r.end, WHOLE_ONLY));
+                        }
+                        from_sets = true;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => {
+                        all = false;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if ranges.len() == before
+        && !from_sets
+        && let Some(program) = unit.line_program.clone()
+    {
+        match program.sequences() {
+            Ok((_, sequences)) => ranges.extend(
+                sequences
+                    .iter()
+                    .filter(|q| q.start < q.end)
+                    .map(|q| (q.start, q.end, WHOLE_ONLY)),
+            ),
+            Err(_) => all = false,
+        }
+    }
+    Some(all)
 }
 
 /// Which file, as the file system sees it: an index made from one file
@@ -572,12 +720,17 @@ struct Lookup {
 impl Lookup {
     /// Looks up `addr`, at `probe` in the file, in `cx`.
     fn one(&mut self, cx: &addr2line::Context<Reader<'_>>, addr: usize, probe: u64) {
+        match frames_at(cx, probe) {
+            Some(frames) => self.found(addr, probe, frames),
+            None => self.left.push(addr),
+        }
+    }
+
+    /// Takes `frames` as what the debug info says of `addr`, at `probe`
+    /// in the file; the symbol table names those it leaves unnamed.
+    fn found(&mut self, addr: usize, probe: u64, frames: Vec<Symbol>) {
         #[cfg(test)]
         super::RESOLVED.with(|r| r.set(r.get() + 1));
-        let Some(frames) = frames_at(cx, probe) else {
-            self.left.push(addr);
-            return;
-        };
         let at = self.looked_up.len();
         if frames.is_empty() {
             self.unnamed.push((at, None, probe));
@@ -597,6 +750,8 @@ thread_local! {
     pub(super) static WHOLE_CONTEXTS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     /// Addresses this thread looked up in one unit's context.
     pub(super) static PER_UNIT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Addresses this thread's index placed in no unit.
+    pub(super) static NOWHERE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// Looks up `addrs` (return addresses in `object`, sorted) within
@@ -668,9 +823,14 @@ pub(super) fn resolve(
                 resident.reset();
             }
             for &addr in addrs {
-                match slot.as_ref().and_then(|i| i.unit_of(probe_of(addr))) {
-                    Some(unit) => by_unit.push((unit, addr)),
-                    None => whole.push(addr),
+                match slot.as_ref().map(|i| i.place(probe_of(addr))) {
+                    Some(Place::Unit(unit)) => by_unit.push((unit, addr)),
+                    Some(Place::Nowhere) => {
+                        #[cfg(test)]
+                        NOWHERE.with(|c| c.set(c.get() + 1));
+                        lookup.found(addr, probe_of(addr), Vec::new())
+                    }
+                    _ => whole.push(addr),
                 }
             }
             by_unit.sort_unstable();
@@ -696,6 +856,11 @@ pub(super) fn resolve(
                     whole.extend(group.iter().map(|&(_, addr)| addr));
                     continue;
                 };
+                // The narrowed pages cannot be dropped while their headers
+                // are written (dropping would bring the file's bytes back
+                // under the context), so going over the budget drops the
+                // file's pages at once and the narrowed ones after restore.
+                let mut over = false;
                 for &(_, addr) in group {
                     #[cfg(test)]
                     PER_UNIT.with(|c| c.set(c.get() + 1));
@@ -703,13 +868,15 @@ pub(super) fn resolve(
                     if resident.grown() > budget.file_bytes {
                         map.drop_pages();
                         resident.reset();
+                        over = true;
                     }
                 }
                 drop(cx);
                 if let Some(n) = narrowable.as_mut() {
                     n.restore();
-                    if resident.grown() > budget.file_bytes {
+                    if over || resident.grown() > budget.file_bytes {
                         n.drop_pages();
+                        map.drop_pages();
                         resident.reset();
                     }
                 }
@@ -961,12 +1128,13 @@ impl Mapped {
     }
 
     /// Takes the mapping's pages out of the resident set. The mapping is
-    /// private and never written, so each page holds the file's contents,
-    /// which the next read maps again: slices into it stay valid.
+    /// private and each page holds the file's contents (the only writer,
+    /// [`Narrowable`], puts them back before it calls this), which the
+    /// next read maps again: slices into it stay valid.
     fn drop_pages(&self) {
         // SAFETY: the range is this mapping, whole. MADV_DONTNEED on a
-        // private file mapping with no written pages discards nothing but
-        // the page-table entries.
+        // private file mapping whose written pages hold the file's bytes
+        // again discards nothing a reader could tell from the file.
         unsafe {
             libc::madvise(self.ptr, self.len, libc::MADV_DONTNEED);
         }
@@ -1029,7 +1197,116 @@ impl FileResident {
 mod tests {
     #![allow(clippy::single_range_in_vec_init)]
 
-    use super::Narrowable;
+    use super::{Elf, FileIdentity, Narrowable, Place, UnitIndex, dwarf_over, frames_at};
+    use object::read::elf::{FileHeader, SectionHeader};
+    use std::path::{Path, PathBuf};
+
+    /// Two C files, one with a function in a section of its own (so its
+    /// unit has more than one range), built by gcc with `flags`.
+    fn c_program(dir: &Path, flags: &[&str]) -> PathBuf {
+        let main = dir.join("main.c");
+        let other = dir.join("other.c");
+        std::fs::write(
+            &main,
+            "int helper(int);\n\
+             __attribute__((noinline, section(\".text.apart\"))) int apart(int x) { return x * 3 + 1; }\n\
+             int main(int argc, char **argv) { (void)argv; return helper(argc) + apart(argc); }\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &other,
+            "static int twice(int x) { return x * 2; }\n\
+             __attribute__((noinline)) int helper(int x) { int s = 0; for (int i = 0; i < x; i++) s += twice(i); return s; }\n",
+        )
+        .unwrap();
+        let exe = dir.join("program");
+        let out = std::process::Command::new("gcc")
+            .args(flags)
+            .arg("-O1")
+            .arg("-o")
+            .arg(&exe)
+            .arg(&main)
+            .arg(&other)
+            .current_dir(dir)
+            .output()
+            .expect("gcc runs (it links every Rust program on this platform)");
+        assert!(out.status.success(), "gcc {flags:?}: {out:?}");
+        exe
+    }
+
+    /// The index of the file at `path`, and for every address of its
+    /// `.text` where the whole file's context finds frames, where the
+    /// index places it; with how many `.text` addresses it places nowhere.
+    fn placed_where_the_whole_context_finds_frames(path: &Path) -> (bool, Vec<Place>, usize) {
+        let data = std::fs::read(path).unwrap();
+        let data = &data[..];
+        let header = Elf::parse(data).unwrap();
+        let endian = header.endian().unwrap();
+        let sections = header.sections(endian, data).unwrap();
+        let section = |name: &str| -> &[u8] {
+            sections
+                .section_by_name(endian, name.as_bytes())
+                .and_then(|(_, s)| s.data(endian, data).ok())
+                .unwrap_or(&[])
+        };
+        let dwarf = dwarf_over(section(".debug_info"), true, section).unwrap();
+        let file = std::fs::File::open(path).unwrap();
+        let index = UnitIndex::new(FileIdentity::of(&file).unwrap(), &dwarf);
+        let cx = addr2line::Context::from_dwarf(
+            dwarf_over(section(".debug_info"), true, section).unwrap(),
+        )
+        .unwrap();
+        let (_, text) = sections.section_by_name(endian, b".text").unwrap();
+        let start = text.sh_addr(endian);
+        let (mut found, mut nowhere) = (Vec::new(), 0);
+        for probe in start..start + text.sh_size(endian) {
+            let place = index.place(probe);
+            nowhere += usize::from(place == Place::Nowhere);
+            if frames_at(&cx, probe).is_some_and(|f| !f.is_empty()) {
+                found.push(place);
+            }
+        }
+        (index.complete, found, nowhere)
+    }
+
+    /// An address the index places in no unit is one the whole context
+    /// finds no frames at, in each way gcc lays units out; code without
+    /// debug info (the C runtime's start-up) is placed nowhere.
+    #[test]
+    fn the_index_places_nowhere_only_what_no_unit_describes() {
+        for flags in [
+            &["-g"][..],
+            &["-g", "-gdwarf-4"],
+            &["-g", "-ffunction-sections"],
+            &["-g", "-gdwarf-4", "-ffunction-sections"],
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let exe = c_program(dir.path(), flags);
+            let (complete, found, nowhere) = placed_where_the_whole_context_finds_frames(&exe);
+            assert!(complete, "{flags:?}: the index is not complete");
+            assert!(
+                found.len() > 16,
+                "{flags:?}: {} addresses found",
+                found.len()
+            );
+            assert!(
+                found.iter().all(|p| *p != Place::Nowhere),
+                "{flags:?}: an address the whole context names is placed nowhere"
+            );
+            assert!(nowhere > 0, "{flags:?}: nothing placed nowhere");
+        }
+    }
+
+    /// Units whose debug info lives in another file (split DWARF's
+    /// skeletons) leave the index incomplete: nothing is placed nowhere.
+    #[test]
+    fn skeleton_units_leave_the_index_incomplete() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = c_program(dir.path(), &["-g", "-gsplit-dwarf"]);
+        let (complete, _, nowhere) = placed_where_the_whole_context_finds_frames(&exe);
+        assert!(!complete);
+        assert_eq!(nowhere, 0);
+    }
 
     /// Narrowing writes an empty unit's header at the start of each gap
     /// and nothing else; restoring puts the section's bytes back, so the
