@@ -262,7 +262,17 @@ const REAL_ROWS: &[Row] = &[
 
 /// The service rows (`common/service.rs` under `common/load.rs`); the
 /// scale is the number of requests, in percent of [`SERVICE_REQUESTS`].
+/// The first compares System with itself: how far apart two runs of the
+/// same binary come out on the machine at the time, beside the rows that
+/// compare allocators.
 const SERVICE_ROWS: &[Row] = &[
+    Row {
+        workload: "service",
+        scale: 100,
+        a: SYSTEM,
+        b: SYSTEM,
+        target: "(noise: 1.00)",
+    },
     Row {
         workload: "service",
         scale: 100,
