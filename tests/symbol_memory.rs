@@ -169,19 +169,35 @@ fn a_lookup_across_the_whole_binary_stays_within_its_budget() {
     {
         return child_lookup(&scenario);
     }
-    let name = "a_lookup_across_the_whole_binary_stays_within_its_budget";
-    let run = |scenario: &str| {
-        let (stdout, _) = run_child(name, &[("HEAPPROF_TEST_CHILD", scenario)]);
-        println!("{scenario}: {stdout}");
-        (
-            printed_number(&stdout, "growth="),
-            printed_number(&stdout, "frames="),
+    let run = |scenario| {
+        lookup_in_child(
+            "a_lookup_across_the_whole_binary_stays_within_its_budget",
+            scenario,
         )
     };
     let (one, _) = run("one");
-    let (spread, frames) = run("spread");
-    let (unbounded, unbounded_frames) = run("unbounded");
+    println!("one address costs {one} bytes");
     let bound = one + PARSED_BUDGET + FILE_BUDGET as i64 + BEYOND_BUDGET_AT_MOST;
+    budget_holds(run("spread"), run("unbounded"), bound);
+}
+
+/// Runs `scenario` of `test` in a child: its peak growth and frame count.
+#[cfg(feature = "bench-internals")]
+fn lookup_in_child(test: &str, scenario: &str) -> (i64, i64) {
+    let (stdout, _) = run_child(test, &[("HEAPPROF_TEST_CHILD", scenario)]);
+    println!("{scenario}: {stdout}");
+    (
+        printed_number(&stdout, "growth="),
+        printed_number(&stdout, "frames="),
+    )
+}
+
+/// The budgeted lookup's (peak growth, frames) stays within `bound`, the
+/// same lookup without a budget does not (or the bound shows nothing),
+/// and both name the same frames.
+#[cfg(feature = "bench-internals")]
+fn budget_holds(budgeted: (i64, i64), unbounded: (i64, i64), bound: i64) {
+    let ((spread, frames), (unbounded, unbounded_frames)) = (budgeted, unbounded);
     assert_eq!(frames, unbounded_frames, "the budget changes no name");
     assert!(
         unbounded > bound,
@@ -189,7 +205,7 @@ fn a_lookup_across_the_whole_binary_stays_within_its_budget() {
     );
     assert!(
         spread <= bound,
-        "the lookup grew the peak resident size by {spread} bytes; one address costs {one}, the bound is {bound}"
+        "the lookup grew the peak resident size by {spread} bytes, the bound is {bound}"
     );
 }
 
@@ -205,25 +221,15 @@ fn a_lookup_through_the_unit_index_stays_within_its_file_budget() {
     {
         return child_lookup(&scenario);
     }
-    let name = "a_lookup_through_the_unit_index_stays_within_its_file_budget";
-    let run = |scenario: &str| {
-        let (stdout, _) = run_child(name, &[("HEAPPROF_TEST_CHILD", scenario)]);
-        println!("{scenario}: {stdout}");
-        (
-            printed_number(&stdout, "growth="),
-            printed_number(&stdout, "frames="),
+    let run = |scenario| {
+        lookup_in_child(
+            "a_lookup_through_the_unit_index_stays_within_its_file_budget",
+            scenario,
         )
     };
-    let (spread, frames) = run("spread_indexed");
-    let (unbounded, unbounded_frames) = run("unbounded_indexed");
-    let bound = FILE_BUDGET as i64 + INDEXED_BEYOND_BUDGET_AT_MOST;
-    assert_eq!(frames, unbounded_frames, "the budget changes no name");
-    assert!(
-        unbounded > bound,
-        "without a budget the indexed lookup grows the peak by only {unbounded} bytes: the bound {bound} holds nothing back"
-    );
-    assert!(
-        spread <= bound,
-        "the indexed lookup grew the peak resident size by {spread} bytes, the bound is {bound}"
+    budget_holds(
+        run("spread_indexed"),
+        run("unbounded_indexed"),
+        FILE_BUDGET as i64 + INDEXED_BEYOND_BUDGET_AT_MOST,
     );
 }
