@@ -19,9 +19,13 @@
 //! private mapping of `.debug_info` in which every other unit reads as an
 //! empty one ([`Narrowable`]), so that offsets between the kept ones hold.
 //!
-//! Addresses the index cannot vouch for (in no unit's ranges, in ranges
-//! two units claim, in a unit whose references reach another file or more
-//! than [`MAX_UNITS_TOGETHER`] units) are looked up in address order, so
+//! An address in no unit's ranges, when the index holds every range the
+//! whole file's context would read ([`Place::Nowhere`]), has no frames in
+//! the debug info and is named from the symbol table at once. Addresses
+//! the index cannot vouch for (in ranges two units claim or that only
+//! `.debug_aranges` or line sequences give, outside every range of an
+//! incomplete index, in a unit whose references reach another file or
+//! more than [`MAX_UNITS_TOGETHER`] units) are looked up in address order, so
 //! that each unit's come together, in one context over the whole file;
 //! when the units it has parsed pass [`Budget::parsed_bytes`], the context
 //! is dropped and a new one made (which parses again only the units the
