@@ -232,7 +232,7 @@ impl UnitIndex {
                 complete = false;
                 break;
             };
-            match unit_ranges(dwarf, &unit, &aranges, start.0, at, &mut ranges) {
+            match push_unit_ranges(dwarf, &unit, &aranges, start.0, at, &mut ranges) {
                 Some(true) => {}
                 Some(false) => complete = false,
                 None => {
@@ -588,7 +588,7 @@ fn aranges_by_unit(
 /// there, `Some(false)` when some may be missing (a set or sequence that
 /// cannot be read), `None` when the unit's own ranges cannot be read (the
 /// whole context fails on such a unit; it is left out).
-fn unit_ranges(
+fn push_unit_ranges(
     dwarf: &gimli::Dwarf<Reader<'_>>,
     unit: &gimli::Unit<Reader<'_>>,
     aranges: &[(usize, gimli::DebugArangesOffset<usize>)],
