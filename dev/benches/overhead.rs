@@ -14,7 +14,8 @@
 //! heapprof-dev`, which builds everything first);
 //! `HEAPPROF_BENCH_ONLY=mimalloc` keeps the rows whose A label contains
 //! that text, `HEAPPROF_BENCH_WORKLOAD=realloc_growth` those of that
-//! workload.
+//! workload; `HEAPPROF_BENCH_ROUNDS_SHOWN=1` prints each service round on
+//! stderr (a row's median can hide rounds of two kinds).
 //!
 //! Three tables: the allocation loops, the real programs (`serde_json`,
 //! `regex`, `realloc_growth`), and the service: a configuration binary
@@ -314,6 +315,8 @@ struct Settings {
     rounds: usize,
     only: String,
     workload: String,
+    /// Whether each service round is printed (`HEAPPROF_BENCH_ROUNDS_SHOWN`).
+    rounds_shown: bool,
 }
 
 impl Settings {
@@ -325,6 +328,7 @@ impl Settings {
                 .unwrap_or(DEFAULT_ROUNDS),
             only: std::env::var("HEAPPROF_BENCH_ONLY").unwrap_or_default(),
             workload: std::env::var("HEAPPROF_BENCH_WORKLOAD").unwrap_or_default(),
+            rounds_shown: std::env::var_os("HEAPPROF_BENCH_ROUNDS_SHOWN").is_some(),
         }
     }
 
@@ -363,7 +367,7 @@ fn main() {
         }
     }
     if !service.is_empty() {
-        service_table(&dir, &service, settings.rounds);
+        service_table(&dir, &service, &settings);
     }
     let counted: Vec<&Row> = rows.iter().chain(&real).copied().collect();
     instruction_table(&dir, &counted, &service);
@@ -394,15 +398,26 @@ fn serve_and_load(dir: &Path, config: &Config, requests: usize) -> Served {
 /// Runs A and B of a service row alternately, `rounds` times each, and
 /// prints its line: medians of A and B, and medians of the per-round
 /// ratios A/B.
-fn service_row(dir: &Path, row: &Row, rounds: usize) {
+fn service_row(dir: &Path, row: &Row, rounds: usize, rounds_shown: bool) {
     let requests = SERVICE_REQUESTS * row.scale / 100;
     let (mut a_rate, mut b_rate, mut a_p50, mut b_p50, mut a_p99, mut b_p99) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     let (mut wall, mut p50, mut p99, mut user) = (vec![], vec![], vec![], vec![]);
     let (mut scrapes, mut first_scrapes) = (vec![], vec![]);
-    for _ in 0..rounds {
+    for round in 0..rounds {
         let x = serve_and_load(dir, &row.a, requests);
         let y = serve_and_load(dir, &row.b, requests);
+        if rounds_shown {
+            for (side, config, served) in [("A", &row.a, &x), ("B", &row.b, &y)] {
+                eprintln!(
+                    "round {round} {side} {}: {:.0} req/s, p99 {:.0} µs, user CPU {:.2} s",
+                    config.label,
+                    served.load.requests_per_second(),
+                    served.load.percentile_ns(99.0) as f64 / 1e3,
+                    served.user_ns / 1e9
+                );
+            }
+        }
         let (x50, y50) = (
             x.load.percentile_ns(50.0) as f64,
             y.load.percentile_ns(50.0) as f64,
@@ -462,7 +477,7 @@ fn service_row(dir: &Path, row: &Row, rounds: usize) {
     );
 }
 
-fn service_table(dir: &Path, rows: &[&Row], rounds: usize) {
+fn service_table(dir: &Path, rows: &[&Row], settings: &Settings) {
     println!();
     println!(
         "Service: {SERVICE_CONNECTIONS} keep-alive connections, closed loop, after {} warm-up requests each; latencies in µs; A/B = median of per-round ratios; in A's runs of a scraped row, a first scrape of /debug/pprof/heap after the warm-up (median duration shown) and one every {} s during the timed requests:",
@@ -475,7 +490,7 @@ fn service_table(dir: &Path, rows: &[&Row], rounds: usize) {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
-        service_row(dir, row, rounds);
+        service_row(dir, row, settings.rounds, settings.rounds_shown);
     }
 }
 
