@@ -24,9 +24,14 @@ fn counts(s: &heapprof::Stats) -> [u64; 4] {
     ]
 }
 
-/// One test, so that no other test thread of the harness allocates while
-/// the process-wide counters are compared.
-#[test]
+/// Its own `main` (`harness = false`): no thread but the test's may
+/// allocate while the process-wide counters are compared, and the test
+/// harness's main thread allocates while it waits for a test.
+fn main() {
+    failures_and_big_blocks();
+    println!("test failures_and_big_blocks ... ok");
+}
+
 fn failures_and_big_blocks() {
     // At the default rate a 32 TiB allocation is always sampled: the
     // failure is seen on the sampling path.
