@@ -395,19 +395,20 @@ fn serve_and_load(dir: &Path, config: &Config, requests: usize) -> Served {
     }
 }
 
-/// Runs A and B of a service row alternately, `rounds` times each, and
-/// prints its line: medians of A and B, and medians of the per-round
+/// Runs A and B of a service row alternately, `settings.rounds` times
+/// each (printing each round if `settings.rounds_shown`), and prints its
+/// line: medians of A and B, and medians of the per-round
 /// ratios A/B.
-fn service_row(dir: &Path, row: &Row, rounds: usize, rounds_shown: bool) {
+fn service_row(dir: &Path, row: &Row, settings: &Settings) {
     let requests = SERVICE_REQUESTS * row.scale / 100;
     let (mut a_rate, mut b_rate, mut a_p50, mut b_p50, mut a_p99, mut b_p99) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     let (mut wall, mut p50, mut p99, mut user) = (vec![], vec![], vec![], vec![]);
     let (mut scrapes, mut first_scrapes) = (vec![], vec![]);
-    for round in 0..rounds {
+    for round in 0..settings.rounds {
         let x = serve_and_load(dir, &row.a, requests);
         let y = serve_and_load(dir, &row.b, requests);
-        if rounds_shown {
+        if settings.rounds_shown {
             for (side, config, served) in [("A", &row.a, &x), ("B", &row.b, &y)] {
                 eprintln!(
                     "round {round} {side} {}: {:.0} req/s, p99 {:.0} µs, user CPU {:.2} s",
@@ -490,7 +491,7 @@ fn service_table(dir: &Path, rows: &[&Row], settings: &Settings) {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
-        service_row(dir, row, settings.rounds, settings.rounds_shown);
+        service_row(dir, row, settings);
     }
 }
 
