@@ -185,28 +185,31 @@ fn field(stdout: &str, name: &str) -> usize {
 /// The most bytes heapprof can report for its tables (`profiler tables
 /// use N bytes`) with `sites` sites in the bucket table and at most `live`
 /// sampled blocks ever live at once, none of them page aligned (so the
-/// spare pools stay empty). From the layouts in `buckets.rs` and
-/// `sampled.rs`: 64 stripes each; the bucket and frame `Vec`s grow by
-/// eighths, so each holds at most 9/8 of its length, plus one element of
-/// rounding; every hashbrown map has a power-of-two number of buckets, at
-/// most 7/8 of them usable, so at most 16/7 buckets per entry or 8 for a
-/// small map, each an entry and a control byte, plus 16 control bytes:
+/// spare pools stay empty). From the layouts in `sites.rs` and
+/// `blocks.rs` and the growth rule in `support/growth.rs`: 64 stripes
+/// each; every table's first block is larger than glibc's largest
+/// thread-cache size (1032 bytes), so a `Vec` starts at 17 buckets or
+/// 130 frames and then holds at most 9/8 of its length plus one element;
+/// every hashbrown map has a power-of-two number of buckets, at least 64
+/// for the site index and 32 for the sampled set, and otherwise at most
+/// 16/7 per entry, each an entry and a control byte, plus 16 control
+/// bytes:
 ///
 /// ```text
-/// buckets      64 B × (9·sites/8 + 64)        Vec<Bucket>, 64-byte buckets
-/// frames        8 B × (9·32·sites/8 + 64)     Vec<usize>; ≤ 32 frames per site overall
-/// site index   17 B × (64·8 + 16·sites/7) + 64·16     HashMap<u64, u32>
-/// sampled set  33 B × (64·8 + 16·live/7) + 64·16      HashMap<usize, Entry>
+/// buckets      64 B × (9·sites/8 + 64·18)      Vec<Bucket>, 64-byte buckets
+/// frames        8 B × (9·32·sites/8 + 64·131)  Vec<usize>; ≤ 32 frames per site overall
+/// site index   17 B × (64·64 + 16·sites/7) + 64·16     HashMap<u64, u32>
+/// sampled set  33 B × (64·32 + 16·live/7) + 64·16      HashMap<usize, Entry>
 /// ```
 ///
-/// For 256 sites and one live block: 22 528 + 74 240 + 19 673 + 17 986 =
-/// 134 427 bytes, whatever the number of distinct stacks.
+/// For 256 sites and one live block: 92 160 + 140 800 + 80 601 + 68 674 =
+/// 382 235 bytes, whatever the number of distinct stacks.
 fn memory_bound(sites: usize, live: usize) -> usize {
-    64 * (9 * sites / 8 + 64)
-        + 8 * (9 * 32 * sites / 8 + 64)
-        + 17 * (64 * 8 + 16 * sites / 7)
+    64 * (9 * sites / 8 + 64 * 18)
+        + 8 * (9 * 32 * sites / 8 + 64 * 131)
+        + 17 * (64 * 64 + 16 * sites / 7)
         + 64 * 16
-        + 33 * (64 * 8 + 16 * live / 7)
+        + 33 * (64 * 32 + 16 * live / 7)
         + 64 * 16
 }
 

@@ -58,10 +58,11 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::SeqCst};
 
 #[cfg(doc)]
 use crate::config;
+use crate::support::growth;
 use crate::support::lock::{Lockable, Mutex, rank};
 use crate::support::registry;
 
-use crate::record::sites::{self, SiteId};
+use crate::record::sites::SiteId;
 
 pub(crate) const PAGE: usize = 4096;
 const PAGE_MASK: usize = PAGE - 1;
@@ -145,7 +146,7 @@ static LIVE_COUNTS: [AtomicU8; LIVE_SLOTS] = [const { AtomicU8::new(0) }; LIVE_S
 /// The bytes the stripes' maps hold (they never shrink).
 static MAP_BYTES: AtomicUsize = AtomicUsize::new(0);
 /// The bytes each stripe's map holds, as measured under its lock when it
-/// last grew. The measure (`sites::hash_map_bytes`) reads `capacity()`,
+/// last grew. The measure (`growth::hash_map_bytes`) reads `capacity()`,
 /// which removals lower (by the tombstones they leave) until the map's
 /// next rehash: only a rise of it is growth.
 static STRIPE_BYTES: [AtomicUsize; STRIPES] = [const { AtomicUsize::new(0) }; STRIPES];
@@ -200,11 +201,11 @@ fn with_stripe<R>(addr: usize, f: impl FnOnce(&mut Map) -> R) -> R {
 pub(crate) fn insert(ptr: *mut u8, entry: Entry) -> bool {
     let counted = &STRIPE_BYTES[stripe_index(ptr as usize)];
     let stored = with_stripe(ptr as usize, |map| {
-        let room = map.try_reserve(1).is_ok();
+        let room = growth::reserve_map(map, 1);
         if room {
             map.insert(ptr as usize, entry);
         }
-        let held = sites::hash_map_bytes(map);
+        let held = growth::hash_map_bytes(map);
         let before = counted.load(SeqCst);
         if held > before {
             counted.store(held, SeqCst);

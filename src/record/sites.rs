@@ -12,7 +12,8 @@
 //! stack hash, so threads that sample at the same time rarely meet. Memory
 //! is bounded: at most `max_sites` sites and `max_sites` ×
 //! [`FRAMES_PER_SITE_BUDGET`] stored frame
-//! addresses in all, held in vectors that grow by eighths. At
+//! addresses in all, held in vectors that grow by eighths (from a first
+//! block past the thread caches: `support/growth.rs`). At
 //! `config::DEFAULT_MAX_SITES` (16 Ki) sites the worst case is
 //!
 //! ```text
@@ -36,6 +37,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
+use crate::support::growth::{self, hash_map_bytes};
 use crate::support::lock::{Lockable, Mutex, rank};
 
 use crate::config;
@@ -158,9 +160,9 @@ pub(crate) fn record_alloc(
     let held_before = stripe.bytes();
     let room = reserve(frames.len());
     if !room
-        || !grow_by_eighths(&mut stripe.frames, frames.len())
-        || !grow_by_eighths(&mut stripe.sites, 1)
-        || stripe.by_hash.try_reserve(1).is_err()
+        || !growth::reserve_vec(&mut stripe.frames, frames.len())
+        || !growth::reserve_vec(&mut stripe.sites, 1)
+        || !growth::reserve_map(&mut stripe.by_hash, 1)
     {
         if room {
             unreserve(frames.len());
@@ -193,16 +195,6 @@ pub(crate) fn record_alloc(
 /// site with no labels keeps the stack's hash.
 fn site_key(stack_hash: u64, labels: LabelSetId) -> u64 {
     stack_hash ^ u64::from(labels.0).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-}
-
-/// Makes room for `extra` more elements, growing by an eighth of the
-/// current capacity (or `extra`, if larger) rather than doubling: a
-/// capacity never exceeds 9/8 of what was needed when it grew, which is
-/// what keeps the table's worst case within its bound (see the module
-/// comment), at the cost of a few more reallocations while it fills.
-/// False if the inner allocator has no memory for it.
-fn grow_by_eighths<T>(v: &mut Vec<T>, extra: usize) -> bool {
-    v.capacity() - v.len() >= extra || v.try_reserve_exact(extra.max(v.capacity() / 8)).is_ok()
 }
 
 /// Claims room for one more site with `frames` addresses, or says the
@@ -448,21 +440,6 @@ impl Stripe {
             + self.frames.capacity() * std::mem::size_of::<usize>()
             + hash_map_bytes(&self.by_hash)
     }
-}
-
-/// The bytes a std `HashMap` holds: its buckets (a power of two, of which
-/// at most 7/8 are usable, which is what `capacity()` counts), each an
-/// entry and a control byte, plus one group of 16 trailing control bytes.
-/// Exact for a map that has removed nothing since it last grew; a removal
-/// that leaves a tombstone lowers `capacity()`, and this, until the next
-/// rehash.
-pub(crate) fn hash_map_bytes<K, V, S>(m: &HashMap<K, V, S>) -> usize {
-    let buckets = match m.capacity() {
-        0 => return 0,
-        c if c < 8 => c + 1,
-        c => c / 7 * 8,
-    };
-    buckets * (std::mem::size_of::<(K, V)>() + 1) + 16
 }
 
 /// The table's locks, for the fork table (`process/fork.rs`).

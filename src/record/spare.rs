@@ -22,6 +22,7 @@
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
+use crate::support::growth;
 use crate::support::lock::{Lockable, Mutex, rank};
 
 use crate::record::blocks::PAGE;
@@ -126,7 +127,7 @@ pub(crate) fn keep(ptr: *mut u8, actual: Layout, owner: usize) -> bool {
         return false;
     }
     let mut pool = POOLS[class].lock();
-    if pool.len() >= kept_per_class(class) || pool.try_reserve(1).is_err() {
+    if pool.len() >= kept_per_class(class) || !growth::reserve_vec(&mut pool, 1) {
         return false;
     }
     pool.push(ptr as usize);

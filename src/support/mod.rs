@@ -1,7 +1,8 @@
 //! Runtime support with no profile data of its own: locks and their
-//! ranks, the reentrancy guard, the registry of threads (exact counters,
+//! ranks, how shared tables grow, the reentrancy guard, the registry of threads (exact counters,
 //! filter mask copies), and the loaded objects' memory mappings.
 
+pub(crate) mod growth;
 pub(crate) mod lock;
 pub(crate) mod mappings;
 pub(crate) mod reentry;

@@ -186,7 +186,7 @@ fn may_contain_truth_table() {
 fn memory_bytes_follows_the_maps_growth() {
     let _tables = tables_exclusive();
     let counted = || -> usize { STRIPE_BYTES.iter().map(|b| b.load(SeqCst)).sum() };
-    let measured = |i: usize| sites::hash_map_bytes(&STRIPE_MAPS[i].0.lock());
+    let measured = |i: usize| crate::support::growth::hash_map_bytes(&STRIPE_MAPS[i].0.lock());
     assert_eq!(memory_bytes(), counted());
     for (i, b) in STRIPE_BYTES.iter().enumerate() {
         assert!(b.load(SeqCst) >= measured(i), "stripe {i}");

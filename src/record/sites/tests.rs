@@ -297,37 +297,6 @@ fn memory_bytes_is_what_the_stripes_hold() {
     assert!(stripe_after >= lens, "{stripe_after} < {lens}");
 }
 
-/// `hash_map_bytes` counts what hashbrown allocates: a power of two of
-/// buckets, of which `capacity()` is the usable 7/8 (all but one below 8).
-#[test]
-fn hash_map_bytes_follows_hashbrown() {
-    type M = HashMap<u64, u32>;
-    let entry = std::mem::size_of::<(u64, u32)>();
-    assert_eq!(hash_map_bytes(&M::new()), 0);
-    let mut m = M::new();
-    let mut seen = Vec::new();
-    for i in 0..5000u64 {
-        m.insert(i, 0);
-        let bytes = hash_map_bytes(&m);
-        assert_eq!((bytes - 16) % (entry + 1), 0, "{bytes}");
-        let buckets = (bytes - 16) / (entry + 1);
-        assert!(buckets.is_power_of_two(), "{buckets} at {}", m.capacity());
-        let usable = if buckets <= 8 {
-            buckets - 1
-        } else {
-            buckets / 8 * 7
-        };
-        assert_eq!(m.capacity(), usable, "{buckets} buckets");
-        assert!(m.len() <= m.capacity());
-        if seen.last() != Some(&buckets) {
-            seen.push(buckets);
-        }
-    }
-    assert_eq!(seen.first(), Some(&4));
-    assert_eq!(seen.last(), Some(&8192));
-    assert!(seen.windows(2).all(|w| w[1] == 2 * w[0]), "{seen:?}");
-}
-
 fn copied_site(frame: usize, counts: [f64; 4], sampled: [u64; 2]) -> SiteCopy {
     SiteCopy {
         frames: vec![frame],
