@@ -115,7 +115,7 @@ pub(crate) fn collect(source: Source) -> Option<Collected> {
         }),
         Source::Peak => peak::copy().map(|p| Collected {
             comments: vec![peak_comment(&p)],
-            sites: p.sites,
+            sites: p.sites.unpack(),
             span: None,
         }),
         Source::Delta { sites, span } => Some(Collected {

@@ -21,7 +21,7 @@ use std::time::SystemTime;
 
 use crate::support::lock::{Lockable, Mutex, rank};
 
-use crate::record::sites::{self, SiteCopy};
+use crate::record::sites::{self, PackedSites};
 
 /// What to say when there is no peak copy yet.
 pub(crate) const NO_PEAK_YET: &str =
@@ -38,7 +38,7 @@ static NEXT_PEAK: AtomicI64 = AtomicI64::new(MIN_PEAK);
 
 #[derive(Clone)]
 pub(crate) struct Peak {
-    pub sites: Vec<SiteCopy>,
+    pub sites: PackedSites,
     pub live_bytes: i64,
     pub when: SystemTime,
 }
@@ -78,7 +78,7 @@ pub(crate) fn on_alloc(bytes: f64) {
     {
         // No memory for the copy: this peak goes unrecorded (the next is
         // taken 10 % higher) rather than aborting the allocation it is in.
-        let Some(sites) = sites::try_snapshot() else {
+        let Some(sites) = sites::try_packed() else {
             return;
         };
         let copy = Peak {

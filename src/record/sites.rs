@@ -261,41 +261,116 @@ pub(crate) fn snapshot() -> Vec<SiteCopy> {
 }
 
 /// As [`snapshot`], or `None` if the inner allocator has no memory for the
-/// copy: for the peak copy, taken inside a sampled allocation.
-pub(crate) fn try_snapshot() -> Option<Vec<SiteCopy>> {
+/// copy.
+fn try_snapshot() -> Option<Vec<SiteCopy>> {
     let mut sites = Vec::new();
     sites
         .try_reserve_exact(TABLE.sites.load(Relaxed) + 1)
         .ok()?;
+    each_site(|stored, counts, overflow, labels| {
+        let mut frames = Vec::new();
+        frames.try_reserve_exact(stored.len()).ok()?;
+        frames.extend_from_slice(stored);
+        // Sites stored since the capacity was read need more room.
+        sites.try_reserve(1).ok()?;
+        sites.push(SiteCopy {
+            frames,
+            counts,
+            overflow,
+            labels,
+        });
+        Some(())
+    })?;
+    Some(sites)
+}
+
+/// Every site, packed into two vectors: the sites, and all their frames
+/// end to end. The peak copy is kept this way: one sampling thread takes
+/// it and another may drop it, and two blocks larger than the thread
+/// caches go back to their arena, where a [`SiteCopy`] per site would put
+/// a small block per site into the dropping thread's cache
+/// (`support/growth.rs`).
+#[derive(Clone)]
+pub(crate) struct PackedSites {
+    sites: Vec<PackedSite>,
+    frames: Vec<usize>,
+}
+
+#[derive(Clone)]
+struct PackedSite {
+    /// Where its frames are in [`PackedSites::frames`].
+    frames: std::ops::Range<usize>,
+    counts: SiteCounts,
+    overflow: bool,
+    labels: LabelSetId,
+}
+
+impl PackedSites {
+    /// The sites as copies, one each.
+    pub(crate) fn unpack(&self) -> Vec<SiteCopy> {
+        self.sites
+            .iter()
+            .map(|s| SiteCopy {
+                frames: self.frames[s.frames.clone()].to_vec(),
+                counts: s.counts,
+                overflow: s.overflow,
+                labels: s.labels,
+            })
+            .collect()
+    }
+}
+
+/// As [`snapshot`], packed, or `None` if the inner allocator has no memory
+/// for it: for the peak copy, taken inside a sampled allocation.
+pub(crate) fn try_packed() -> Option<PackedSites> {
+    let mut packed = PackedSites {
+        sites: Vec::new(),
+        frames: Vec::new(),
+    };
+    let room = growth::reserve_vec(&mut packed.sites, TABLE.sites.load(Relaxed) + 1)
+        && growth::reserve_vec(&mut packed.frames, TABLE.frames.load(Relaxed));
+    if !room {
+        return None;
+    }
+    each_site(|stored, counts, overflow, labels| {
+        // Sites stored since the sizes were read need more room.
+        let room = growth::reserve_vec(&mut packed.frames, stored.len())
+            && growth::reserve_vec(&mut packed.sites, 1);
+        if !room {
+            return None;
+        }
+        let start = packed.frames.len();
+        packed.frames.extend_from_slice(stored);
+        packed.sites.push(PackedSite {
+            frames: start..packed.frames.len(),
+            counts,
+            overflow,
+            labels,
+        });
+        Some(())
+    })?;
+    Some(packed)
+}
+
+/// Calls `f` with each site's frames, counts, whether it is the overflow
+/// site, and labels: each stripe's sites under that stripe's lock, then
+/// the overflow site if it has samples. Stops at `f`'s first `None`.
+fn each_site(
+    mut f: impl FnMut(&[usize], SiteCounts, bool, LabelSetId) -> Option<()>,
+) -> Option<()> {
     for stripe in &TABLE.stripes {
         let stripe = stripe.lock();
         for site in &stripe.sites {
             let start = site.frames_start as usize;
             let stored = &stripe.frames[start..start + site.frames_len as usize];
-            let mut frames = Vec::new();
-            frames.try_reserve_exact(stored.len()).ok()?;
-            frames.extend_from_slice(stored);
-            // Sites stored since the capacity was read need more room.
-            sites.try_reserve(1).ok()?;
-            sites.push(SiteCopy {
-                frames,
-                counts: site.counts,
-                overflow: false,
-                labels: LabelSetId(site.labels.into()),
-            });
+            f(stored, site.counts, false, LabelSetId(site.labels.into()))?;
         }
     }
     let overflow = *TABLE.overflow.lock();
     if overflow.sampled_allocs > 0 {
-        sites.try_reserve(1).ok()?;
-        sites.push(SiteCopy {
-            frames: Vec::new(),
-            counts: overflow,
-            overflow: true,
-            labels: LabelSetId::NONE,
-        });
+        f(&[], overflow, true, LabelSetId::NONE)?;
     }
-    Some(sites)
+    Some(())
 }
 
 /// The sites `ids` name, each with its stack and `counts(id)` in place of

@@ -239,3 +239,18 @@ fn churn_leaves_memory_bytes_alone() {
         assert!(remove(p).is_some());
     }
 }
+
+/// A stripe's map is never a block a thread cache holds
+/// (`support/growth.rs`), from the first entry on.
+#[test]
+fn a_stripes_map_starts_past_the_thread_caches() {
+    let _tables = tables_shared();
+    let p = addr(8, 0);
+    assert!(insert(p, entry(64, true, OWNER_A)));
+    let bytes = crate::support::growth::hash_map_bytes(&stripe(p as usize).lock());
+    assert!(
+        bytes > crate::support::growth::THREAD_CACHE_MAX,
+        "{bytes} bytes"
+    );
+    assert!(remove(p).is_some());
+}

@@ -398,3 +398,51 @@ fn a_stack_under_two_label_sets_is_two_sites() {
     assert_eq!(of(&d, b), Some(200));
     assert_eq!(of(&d, LabelSetId::NONE), Some(0));
 }
+
+/// A stripe's vectors and index are never blocks a thread cache holds
+/// (`support/growth.rs`), from its first site on.
+#[test]
+fn a_stripes_blocks_start_past_the_thread_caches() {
+    let _tables = tables_shared();
+    let frames = stack_of(10, 0, 3);
+    alloc(&frames, 8, 1.0);
+    let stripe = TABLE.stripes[(stack::hash(&frames) >> 32) as usize % STRIPES].lock();
+    let bytes = [
+        stripe.sites.capacity() * std::mem::size_of::<StoredSite>(),
+        stripe.frames.capacity() * std::mem::size_of::<usize>(),
+        hash_map_bytes(&stripe.by_hash),
+    ];
+    assert!(
+        bytes.iter().all(|&b| b > growth::THREAD_CACHE_MAX),
+        "{bytes:?}"
+    );
+}
+
+/// The packed copy (the peak's) unpacks to what a snapshot holds, and
+/// is two blocks larger than the thread caches hold.
+#[test]
+fn a_packed_copy_unpacks_to_the_snapshot() {
+    let _tables = tables_shared();
+    let stacks: Vec<Vec<usize>> = (0..20)
+        .map(|which| stack_of(11, which, 1 + which % 7))
+        .collect();
+    for (i, frames) in stacks.iter().enumerate() {
+        alloc(frames, 8 * (i + 1), 1.5);
+    }
+    let packed = try_packed().unwrap();
+    assert!(packed.sites.capacity() * std::mem::size_of::<PackedSite>() > growth::THREAD_CACHE_MAX);
+    assert!(packed.frames.capacity() * std::mem::size_of::<usize>() > growth::THREAD_CACHE_MAX);
+    let unpacked = packed.unpack();
+    assert_eq!(unpacked.len(), packed.sites.len());
+    for (i, frames) in stacks.iter().enumerate() {
+        let from_packed: Vec<&SiteCopy> = unpacked.iter().filter(|s| s.frames == *frames).collect();
+        assert_eq!(from_packed.len(), 1, "stack {i}");
+        let site = from_packed[0];
+        let fresh = copied(frames).unwrap();
+        assert!(!site.overflow);
+        assert_eq!(site.labels, fresh.labels);
+        assert_eq!(site.counts.sampled_allocs, 1);
+        assert_eq!(site.counts.sampled_alloc_bytes, 8 * (i as u64 + 1));
+        assert_eq!(site.counts.alloc_bytes_est, fresh.counts.alloc_bytes_est);
+    }
+}
