@@ -16,8 +16,10 @@
 //!
 //! So every block of a shared table is larger than [`THREAD_CACHE_MAX`]
 //! from its first allocation: its growth and its free go to arena bins,
-//! never into a thread's cache. Past that, vectors grow by eighths (at
-//! most 1/8 of a vector is unused room) and hash maps double.
+//! never into a thread's cache. Past that, vectors grow by eighths, so
+//! that a capacity never exceeds 9/8 of what was needed when it grew
+//! (which keeps the site table within its bound, `record/sites.rs`), and
+//! hash maps double.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
@@ -75,7 +77,9 @@ fn table_bytes<K, V>(buckets: usize) -> usize {
 
 /// The bytes `m`'s table holds, from its capacity: hash maps have a
 /// power-of-two number of buckets, 7/8 of them usable (all but one below
-/// 8).
+/// 8). Exact for a map that has removed nothing since it last grew; a
+/// removal that leaves a tombstone lowers `capacity()`, and this, until
+/// the next rehash.
 pub(crate) fn hash_map_bytes<K, V, S>(m: &HashMap<K, V, S>) -> usize {
     let buckets = match m.capacity() {
         0 => return 0,
