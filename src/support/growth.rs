@@ -1,8 +1,9 @@
 //! How heapprof's shared tables grow: from their first block on, past the
 //! sizes that glibc's per-thread caches hold.
 //!
-//! The site table's stripes, the sampled set's maps and the spare pools
-//! are grown by whichever thread happens to sample, so one thread often
+//! The site table's stripes, the sampled set's maps, the spare pools and
+//! the registry's lists are grown by whichever thread happens to sample
+//! (or, for the registry, to start), so one thread often
 //! grows or frees a block that another thread allocated. glibc does such
 //! a `realloc` in the arena the block came from, and when the new size is
 //! one its thread caches hold (at most [`THREAD_CACHE_MAX`] bytes), it

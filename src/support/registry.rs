@@ -23,6 +23,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
+use crate::support::growth;
 use crate::support::lock::{Lockable, Mutex, rank};
 use crate::support::reentry;
 use crate::thread::counters::{Counters, Counts, SharedCounts};
@@ -103,7 +104,7 @@ pub(crate) fn register_thread(retry: bool) {
     // leave the registry before that memory goes: the exit hooks, or no
     // entry at all.
     let mut live = LIVE.lock();
-    if live.try_reserve(1).is_err() || !thread::arm_exit_hooks(retire) {
+    if !growth::reserve_vec(&mut live, 1) || !thread::arm_exit_hooks(retire) {
         // No memory: try again later (its frees all take the slow path
         // until then).
         drop(live);
@@ -160,7 +161,7 @@ fn list_mask_copy() {
         return;
     };
     let mut copies = MASK_COPIES.lock();
-    if copies.try_reserve(1).is_err() {
+    if !growth::reserve_vec(&mut copies, 1) {
         // No memory to list the copy: it stays 0, and every free of this
         // thread looks its block up. Slower, never wrong.
         return;
