@@ -25,8 +25,9 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 
-/// The largest request glibc's per-thread caches hold on 64-bit targets
-/// (`tcache_max_bytes`: 64 size classes, 16 bytes apart, from 24 bytes).
+/// The largest request glibc's per-thread caches hold on 64-bit targets,
+/// by default (`tcache_max_bytes`: 64 size classes, 16 bytes apart, from
+/// 24 bytes; the `glibc.malloc.tcache_max` tunable can raise it).
 pub(crate) const THREAD_CACHE_MAX: usize = 1032;
 
 /// Makes room in `v` for `extra` more elements: at first for at least
