@@ -21,7 +21,7 @@ pub(crate) mod text;
 use std::io;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::record::{self, peak, sites::SiteCopy};
+use crate::record::{self, peak, sites::PackedSites, sites::SiteCopy};
 use crate::sample;
 use crate::support::reentry;
 
@@ -51,12 +51,12 @@ pub(crate) enum Source {
 }
 
 /// A copy of the site table and when it was taken: where the next
-/// [`Source::AllocDelta`] of a series starts. It holds one copy of the
-/// table (at most a few MiB, see `record/sites.rs`) for as long as the
-/// series keeps it.
+/// [`Source::AllocDelta`] of a series starts. It holds one packed copy of
+/// the table (at most a few MiB, see `record/sites.rs`) for as long as
+/// the series keeps it.
 #[cfg_attr(not(any(feature = "http", feature = "pyroscope")), allow(dead_code))]
 pub(crate) struct Mark {
-    sites: Vec<SiteCopy>,
+    sites: PackedSites,
     at: Instant,
     /// The wall-clock time of the copy, for the `from` of a push.
     #[cfg_attr(not(feature = "pyroscope"), allow(dead_code))]
@@ -68,7 +68,7 @@ impl Mark {
     /// The table now. Inside the profiler.
     pub(crate) fn now() -> Mark {
         Mark {
-            sites: record::sites::snapshot(),
+            sites: record::sites::packed(),
             at: Instant::now(),
             wall: SystemTime::now(),
         }
@@ -82,7 +82,10 @@ impl Mark {
 #[cfg_attr(not(any(feature = "http", feature = "pyroscope")), allow(dead_code))]
 pub(crate) fn alloc_delta(now: &Mark, since: Option<&Mark>) -> Source {
     Source::AllocDelta {
-        sites: record::sites::alloc_delta(&now.sites, since.map_or(&[], |m| &m.sites[..])),
+        sites: record::sites::alloc_delta(
+            &now.sites.unpack(),
+            &since.map(|m| m.sites.unpack()).unwrap_or_default(),
+        ),
         span: since.map(|m| now.at.saturating_duration_since(m.at)),
     }
 }

@@ -285,11 +285,12 @@ fn try_snapshot() -> Option<Vec<SiteCopy>> {
 }
 
 /// Every site, packed into two vectors: the sites, and all their frames
-/// end to end. The peak copy is kept this way: one sampling thread takes
-/// it and another may drop it, and two blocks larger than the thread
-/// caches go back to their arena, where a [`SiteCopy`] per site would put
-/// a small block per site into the dropping thread's cache
-/// (`support/growth.rs`).
+/// end to end. Copies that are kept are kept this way (the peak's, taken
+/// by one sampling thread and dropped by another, and a delta series'
+/// mark, dropped by whichever thread serves the next scrape): two blocks
+/// larger than the thread caches go back to their arena, where a
+/// [`SiteCopy`] per site would put a small block per site into the
+/// dropping thread's cache (`support/growth.rs`).
 #[derive(Clone)]
 pub(crate) struct PackedSites {
     sites: Vec<PackedSite>,
@@ -320,8 +321,16 @@ impl PackedSites {
     }
 }
 
-/// As [`snapshot`], packed, or `None` if the inner allocator has no memory
-/// for it: for the peak copy, taken inside a sampled allocation.
+/// As [`snapshot`], packed. Out of memory, it ends the program, as
+/// [`snapshot`] does.
+#[cfg_attr(not(any(feature = "http", feature = "pyroscope")), allow(dead_code))]
+pub(crate) fn packed() -> PackedSites {
+    try_packed()
+        .unwrap_or_else(|| std::alloc::handle_alloc_error(std::alloc::Layout::new::<PackedSite>()))
+}
+
+/// As [`packed`], or `None` if the inner allocator has no memory for it:
+/// for the peak copy, taken inside a sampled allocation.
 pub(crate) fn try_packed() -> Option<PackedSites> {
     let mut packed = PackedSites {
         sites: Vec::new(),
