@@ -253,35 +253,11 @@ pub(crate) struct SiteCopy {
 }
 
 /// Copies every site out of the table, one stripe lock at a time, so
-/// that symbolization and encoding run with no lock held. Out of memory,
-/// it ends the program, as any allocation outside the allocator would.
+/// that symbolization and encoding run with no lock held: the packed
+/// copy, unpacked on this thread. Out of memory, it ends the program, as
+/// any allocation outside the allocator would.
 pub(crate) fn snapshot() -> Vec<SiteCopy> {
-    try_snapshot()
-        .unwrap_or_else(|| std::alloc::handle_alloc_error(std::alloc::Layout::new::<SiteCopy>()))
-}
-
-/// As [`snapshot`], or `None` if the inner allocator has no memory for the
-/// copy.
-fn try_snapshot() -> Option<Vec<SiteCopy>> {
-    let mut sites = Vec::new();
-    sites
-        .try_reserve_exact(TABLE.sites.load(Relaxed) + 1)
-        .ok()?;
-    each_site(|stored, counts, overflow, labels| {
-        let mut frames = Vec::new();
-        frames.try_reserve_exact(stored.len()).ok()?;
-        frames.extend_from_slice(stored);
-        // Sites stored since the capacity was read need more room.
-        sites.try_reserve(1).ok()?;
-        sites.push(SiteCopy {
-            frames,
-            counts,
-            overflow,
-            labels,
-        });
-        Some(())
-    })?;
-    Some(sites)
+    packed().unpack()
 }
 
 /// Every site, packed into two vectors: the sites, and all their frames
@@ -321,16 +297,17 @@ impl PackedSites {
     }
 }
 
-/// As [`snapshot`], packed. Out of memory, it ends the program, as
+/// Every site, packed. Out of memory, it ends the program, as
 /// [`snapshot`] does.
-#[cfg_attr(not(any(feature = "http", feature = "pyroscope")), allow(dead_code))]
 pub(crate) fn packed() -> PackedSites {
     try_packed()
         .unwrap_or_else(|| std::alloc::handle_alloc_error(std::alloc::Layout::new::<PackedSite>()))
 }
 
 /// As [`packed`], or `None` if the inner allocator has no memory for it:
-/// for the peak copy, taken inside a sampled allocation.
+/// for the peak copy, taken inside a sampled allocation. Each stripe's
+/// sites are copied under that stripe's lock, then the overflow site if
+/// it has samples.
 pub(crate) fn try_packed() -> Option<PackedSites> {
     let mut packed = PackedSites {
         sites: Vec::new(),
@@ -341,45 +318,46 @@ pub(crate) fn try_packed() -> Option<PackedSites> {
     if !room {
         return None;
     }
-    each_site(|stored, counts, overflow, labels| {
-        // Sites stored since the sizes were read need more room.
-        let room = growth::reserve_vec(&mut packed.frames, stored.len())
-            && growth::reserve_vec(&mut packed.sites, 1);
-        if !room {
-            return None;
-        }
-        let start = packed.frames.len();
-        packed.frames.extend_from_slice(stored);
-        packed.sites.push(PackedSite {
-            frames: start..packed.frames.len(),
-            counts,
-            overflow,
-            labels,
-        });
-        Some(())
-    })?;
-    Some(packed)
-}
-
-/// Calls `f` with each site's frames, counts, whether it is the overflow
-/// site, and labels: each stripe's sites under that stripe's lock, then
-/// the overflow site if it has samples. Stops at `f`'s first `None`.
-fn each_site(
-    mut f: impl FnMut(&[usize], SiteCounts, bool, LabelSetId) -> Option<()>,
-) -> Option<()> {
     for stripe in &TABLE.stripes {
         let stripe = stripe.lock();
         for site in &stripe.sites {
             let start = site.frames_start as usize;
             let stored = &stripe.frames[start..start + site.frames_len as usize];
-            f(stored, site.counts, false, LabelSetId(site.labels.into()))?;
+            packed.push(stored, site.counts, false, LabelSetId(site.labels.into()))?;
         }
     }
     let overflow = *TABLE.overflow.lock();
     if overflow.sampled_allocs > 0 {
-        f(&[], overflow, true, LabelSetId::NONE)?;
+        packed.push(&[], overflow, true, LabelSetId::NONE)?;
     }
-    Some(())
+    Some(packed)
+}
+
+impl PackedSites {
+    /// Appends a site; `None` if the inner allocator has no memory for it.
+    fn push(
+        &mut self,
+        frames: &[usize],
+        counts: SiteCounts,
+        overflow: bool,
+        labels: LabelSetId,
+    ) -> Option<()> {
+        // Sites stored since the sizes were read need more room.
+        let room = growth::reserve_vec(&mut self.frames, frames.len())
+            && growth::reserve_vec(&mut self.sites, 1);
+        if !room {
+            return None;
+        }
+        let start = self.frames.len();
+        self.frames.extend_from_slice(frames);
+        self.sites.push(PackedSite {
+            frames: start..self.frames.len(),
+            counts,
+            overflow,
+            labels,
+        });
+        Some(())
+    }
 }
 
 /// The sites `ids` name, each with its stack and `counts(id)` in place of
