@@ -118,8 +118,10 @@
 //! process's resident size disagree, this is the number in between: the
 //! heap as the program asked for it, before allocator overhead and
 //! fragmentation. A failed allocation of 1 MiB or more (a `try_reserve` of
-//! an untrusted length) is not counted; smaller ones, which fail only when
-//! memory is exhausted, are.
+//! an untrusted length) is never counted. A smaller one fails only when
+//! memory is exhausted; it stays counted unless it happened to reach the
+//! slow path (the fast path hands the inner allocator's result back
+//! unchecked).
 //!
 //! ## In tests: snapshots and exact assertions
 //!
@@ -218,11 +220,11 @@
 //!   `defer profile.Start(profile.MemProfile).Stop()`.
 //! * Both of these write once `main` is over (the guard is dropped after
 //!   the locals declared below it; the exit dump runs after `main`
-//!   returns), when most of the heap has been freed: their default
-//!   `inuse_space` view is usually close to empty. Read them with
-//!   `-sample_index=alloc_space`, and read `HEAPPROF_OUT`'s peak profile
-//!   for what was live at the top; a guard writes no peak profile (call
-//!   [`write_peak_profile`]).
+//!   returns), when most of the heap has been freed, so they open on
+//!   `alloc_space` (everything allocated) rather than `inuse_space`
+//!   (`-sample_index=inuse_space` shows what was still live). Read
+//!   `HEAPPROF_OUT`'s peak profile for what was live at the top; a guard
+//!   writes no peak profile (call [`write_peak_profile`]).
 //! * A numbered series for `go tool pprof -base`: [`AutoDump`] (its
 //!   handle's [`stop`](AutoDumpHandle::stop) ends it), or
 //!   `HEAPPROF_DUMP_EVERY=30s`, `HEAPPROF_DUMP_EVERY_ALLOCATED=1GiB`,
@@ -277,8 +279,8 @@
 //! When the inner allocator fails one of the program's allocations (it
 //! returns null: the allocation that, unless the program handles it with
 //! `try_reserve`, ends the process through `handle_alloc_error`), the
-//! watch writes the peak profile to `heap.alloc-failed.peak.pb.gz`, once,
-//! and says so on stderr. Nothing can be built at that moment: the thread
+//! watch writes the peak profile, once, beside the series' path
+//! (`heap.pb.gz` → `heap.alloc-failed.peak.pb.gz`), and says so on stderr. Nothing can be built at that moment: the thread
 //! is inside the allocator, may hold any lock, and an allocation of
 //! heapprof's that failed in turn would abort a program about to recover.
 //! So the watch encodes the peak profile in advance (on its first poll
@@ -336,7 +338,7 @@
 //!
 //! | variable | default | meaning |
 //! | --- | --- | --- |
-//! | `HEAPPROF_SAMPLE_RATE` | `524288` | mean bytes between samples; `512KiB`, `2MiB`, `64k` also work; `0` = off, `1` = every allocation |
+//! | `HEAPPROF_SAMPLE_RATE` | `524288` | mean bytes between samples; `512KiB`, `2MiB`, `64k` also work; `0` = off (nothing sampled; the `HEAPPROF_DUMP_*` series and the pusher, which start at the first sample, never start), `1` = every allocation |
 //! | `HEAPPROF_OUT` | unset | profile written at exit, and the peak profile beside it (`heap.pb.gz` → `heap.peak.pb.gz`) |
 //! | `HEAPPROF_DUMP_EVERY` | unset | periodic series: a whole number and `ms`, `s`, `m` or `h` (`30s`, `5m`, `1h`); a bare number is seconds; at least 1 s (a shorter one is raised to it) |
 //! | `HEAPPROF_DUMP_EVERY_ALLOCATED` | unset | a profile per so many bytes allocated |
@@ -390,9 +392,9 @@
 //! | `process/` | what runs once per process, and the fork handlers |
 //!
 //! The one upward edge: the allocation slow path (`record/`) calls
-//! `process/` at the first allocation and after a sample, since the dumps
-//! and fork handlers have no other way to start before the program calls
-//! heapprof.
+//! `process/` at the first allocation, after a sample and on a failed
+//! allocation, since the dumps and fork handlers have no other way to
+//! start before the program calls heapprof.
 //!
 //! An allocation: `fast.rs` counts it and charges it to the thread's
 //! countdown (`thread/counters.rs`); when the countdown runs out,

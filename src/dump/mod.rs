@@ -372,9 +372,9 @@ extern "C" fn at_exit() {
 /// ```
 ///
 /// A guard made at the top of `main` is dropped last, after the locals
-/// declared below it have been freed, so the profile's default view
-/// (`inuse_space`, what is live) is usually close to empty. What the run
-/// did is in the alloc views (`go tool pprof -sample_index=alloc_space`);
+/// declared below it have been freed, when little is live. So the profile
+/// opens on `alloc_space` (everything allocated), not `inuse_space`
+/// (`go tool pprof -sample_index=inuse_space` shows what was still live);
 /// what was live at the heap's largest is in the peak profile, which a
 /// guard does not write: call [`write_peak_profile`](crate::write_peak_profile)
 /// before it drops, or set `HEAPPROF_OUT`, which writes one at exit.
