@@ -10,6 +10,14 @@
 //! of fixed size keyed by address, after which a frame costs a table
 //! lookup and two stack reads.
 //!
+//! framehop's table is direct-mapped (an address goes to entry `address %
+//! 509`), so two return addresses on one stack that are a multiple of 509
+//! bytes apart would evict each other at every sample, and which addresses
+//! do depends only on where the linker put the code. So each pool slot
+//! holds [`WAYS`] tables and a frame's address picks one ([`way`]): two
+//! addresses then evict each other only if they share both the table and
+//! its entry.
+//!
 //! What [`capture`] vouches for, and when it returns `None` so that the
 //! caller asks libgcc for the whole stack instead:
 //!
@@ -21,34 +29,46 @@
 //! * **Reads inside the thread's stack**: between the stack pointer of
 //!   [`capture`] and the top of the thread's stack, 8-byte aligned; a
 //!   rule that points elsewhere ends the walk with an error, not a fault.
-//! * **A free cache**: the rules live in a pool of [`POOL_SIZE`] caches,
-//!   each taken by one unwinding thread at a time and never waited for;
-//!   when every one is in use, libgcc unwinds.
+//! * **A free slot**: the rules live in a pool of [`POOL_SIZE`] slots of
+//!   caches, each taken by one unwinding thread at a time and never waited
+//!   for; when every one is in use, libgcc unwinds.
 //! * **No disagreement so far**: `stack.rs` compares one stack in
 //!   `RECHECK_EVERY` with libgcc's and turns this unwinder off for good
 //!   ([`disable`]) if they differ.
 //!
 //! Nothing here takes a lock or allocates while unwinding:
 //! [`load`] builds the tables on heapprof's first allocation, and a
-//! cache is allocated when its slot is first taken.
+//! slot's caches are allocated when it is first taken.
 
 use std::cell::UnsafeCell;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
-use framehop::{ExplicitModuleSectionInfo, MustNotAllocateDuringUnwind, Unwinder as _};
+use framehop::{
+    ExplicitModuleSectionInfo, FrameAddress, MustNotAllocateDuringUnwind, Unwinder as _,
+};
 
 use super::Stack;
 
-/// Caches of unwind rules, shared by all threads (one at a time each).
-/// A cache is framehop's table of 509 rules (16 bytes each) and its CFI
-/// evaluation context (24 848 bytes), about 32 KiB with framehop 0.16,
-/// allocated when its slot is first taken: this many bound heapprof's
-/// memory for them at about 260 KiB
-/// however many threads there are, and leave a free cache to every sample
-/// but those taken while more threads than this unwind at once.
+/// Slots of rule caches, shared by all threads (one at a time each). A
+/// slot holds [`WAYS`] caches, each framehop's table of 509 rules (16
+/// bytes each) and its CFI evaluation context (24 848 bytes), about 32 KiB
+/// with framehop 0.16, allocated when the slot is first taken: this many
+/// bound heapprof's memory for them at about `POOL_SIZE * WAYS * 32` KiB
+/// (1 MiB) however many threads there are, and leave a free slot to every
+/// sample but those taken while more threads than this unwind at once.
 pub(super) const POOL_SIZE: usize = 8;
+
+/// Rule caches per slot, a frame's address choosing one ([`way`]).
+pub(super) const WAYS: usize = 4;
+
+/// The cache of a slot that holds the rule for the frame at `address`
+/// (its address for lookup): from the high bits of a multiplicative hash,
+/// which do not follow `address % 509`, framehop's entry in the cache.
+fn way(address: u64) -> usize {
+    ((address.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % WAYS as u64) as usize
+}
 
 /// The stack a thread needs left to build a cache: framehop builds the
 /// CFI context (25 KiB) as a value before boxing it, on the stack in an
@@ -174,7 +194,7 @@ pub(super) fn capture((stack_bottom, stack_top): (usize, usize)) -> Option<Stack
     };
     let lowest = sp as usize;
     let mut slot = Taken::any(stack_top)?;
-    let cache = slot.cache(lowest.saturating_sub(stack_bottom))?;
+    let caches = slot.caches(lowest.saturating_sub(stack_bottom))?;
     let mut read_stack = |address: u64| -> Result<u64, ()> {
         let address = address as usize;
         if address < lowest
@@ -188,22 +208,27 @@ pub(super) fn capture((stack_bottom, stack_top): (usize, usize)) -> Option<Stack
         // the part of the stack in use, which is mapped and readable.
         Ok(unsafe { *(address as *const u64) })
     };
-    let regs = UnwindRegsX86_64::new(ip, sp, bp);
-    let mut frames = tables
-        .unwinder
-        .iter_frames(ip, regs, cache, &mut read_stack);
+    let mut regs = UnwindRegsX86_64::new(ip, sp, bp);
+    // framehop's `iter_frames`, one frame at a time so that each frame
+    // takes the cache its address picks: this function's own address
+    // first, then each caller's return address.
+    let mut frame = FrameAddress::from_instruction_pointer(ip);
     let mut stack = Stack::empty();
     loop {
-        match frames.next() {
-            Ok(Some(frame)) => {
-                let address = frame.address() as usize;
-                if !tables.vouches_for(address) {
-                    return None;
-                }
-                if !stack.push(address) {
-                    return Some(stack);
-                }
-            }
+        let address = frame.address() as usize;
+        if !tables.vouches_for(address) {
+            return None;
+        }
+        if !stack.push(address) {
+            return Some(stack);
+        }
+        let cache = &mut caches[way(frame.address_for_lookup())];
+        match tables
+            .unwinder
+            .unwind_frame(frame, &mut regs, cache, &mut read_stack)
+        {
+            // A null return address is an error, as in `iter_frames`.
+            Ok(Some(caller)) => frame = FrameAddress::from_return_address(caller)?,
             Ok(None) => return Some(stack),
             Err(_) => return None,
         }
@@ -217,22 +242,22 @@ pub(super) fn covers(address: usize) -> bool {
     unsafe { TABLES.load(Ordering::Acquire).as_ref() }.is_some_and(|t| t.vouches_for(address))
 }
 
-/// One cache of the pool.
+/// One slot of the pool: [`WAYS`] caches.
 struct Slot {
-    /// Set while a thread unwinds with this slot's cache.
+    /// Set while a thread unwinds with this slot's caches.
     busy: AtomicBool,
     /// Allocated by the first thread that takes the slot.
-    cache: UnsafeCell<Option<Box<RuleCache>>>,
+    caches: UnsafeCell<Option<[Box<RuleCache>; WAYS]>>,
 }
 
-// SAFETY: `cache` is touched only by the thread that set `busy` (an
+// SAFETY: `caches` is touched only by the thread that set `busy` (an
 // acquire exchange from false), until it clears it (a release store).
 unsafe impl Sync for Slot {}
 
 static POOL: [Slot; POOL_SIZE] = [const {
     Slot {
         busy: AtomicBool::new(false),
-        cache: UnsafeCell::new(None),
+        caches: UnsafeCell::new(None),
     }
 }; POOL_SIZE];
 
@@ -254,21 +279,22 @@ impl Taken {
             .map(Taken)
     }
 
-    /// The slot's cache, built on first use; `None` when it is not built
-    /// yet and the thread has less than [`STACK_TO_BUILD_A_CACHE`] of
-    /// stack left (`stack_left` bytes).
-    fn cache(&mut self, stack_left: usize) -> Option<&mut RuleCache> {
+    /// The slot's caches, built on first use (one after another, so the
+    /// stack holds one at a time); `None` when they are not built yet and
+    /// the thread has less than [`STACK_TO_BUILD_A_CACHE`] of stack left
+    /// (`stack_left` bytes).
+    fn caches(&mut self, stack_left: usize) -> Option<&mut [Box<RuleCache>; WAYS]> {
         // SAFETY: this thread holds the slot (`busy`), so nothing else
-        // touches the cache until `Taken` drops; the borrow is tied to
+        // touches the caches until `Taken` drops; the borrow is tied to
         // `self`.
-        let cache = unsafe { &mut *self.0.cache.get() };
-        if cache.is_none() {
+        let caches = unsafe { &mut *self.0.caches.get() };
+        if caches.is_none() {
             if stack_left < STACK_TO_BUILD_A_CACHE {
                 return None;
             }
-            *cache = Some(Box::new(RuleCache::new_in()));
+            *caches = Some(std::array::from_fn(|_| Box::new(RuleCache::new_in())));
         }
-        cache.as_deref_mut()
+        caches.as_mut()
     }
 }
 
@@ -393,7 +419,25 @@ fn eh_frame_address(hdr: &[u8], hdr_address: usize) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::eh_frame_address;
+    use super::{WAYS, eh_frame_address, way};
+
+    /// Return addresses that share framehop's entry (509 bytes apart, and
+    /// so each taking one entry of a lone cache) spread over all the
+    /// caches, about evenly.
+    #[test]
+    fn addresses_that_share_an_entry_spread_over_the_ways() {
+        const ADDRESSES: u64 = 4096;
+        let mut per_way = [0u64; WAYS];
+        for k in 0..ADDRESSES {
+            per_way[way(0x5555_0000_1234 + 509 * k)] += 1;
+        }
+        // Binomial(4096, 1/4): mean 1024, sigma 28; the bound is 7 sigma
+        // for a fair hash (this one is deterministic).
+        let mean = ADDRESSES / WAYS as u64;
+        for n in per_way {
+            assert!(n.abs_diff(mean) < 200, "{per_way:?}");
+        }
+    }
 
     #[test]
     fn the_header_points_to_eh_frame() {
