@@ -49,6 +49,10 @@ static FILTER_MASK: AtomicUsize = AtomicUsize::new(INITIAL_FILTER_MASK);
 /// `FILTER_MASK` and every copy in step with the sampled set's count.
 static MASK_COPIES: Mutex<{ rank::MASKS }, Vec<usize>> = Mutex::new(Vec::new());
 
+// Inlined: the free filter's second stage (`record::free::dealloc`)
+// asks [`listed`] on every free that passes the page test, and a call
+// there costs it the register saves it is written to avoid.
+#[inline]
 fn registration() -> Option<Registration> {
     thread::with(|l| l.registration.get())
 }
