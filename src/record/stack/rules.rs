@@ -64,8 +64,10 @@ pub(super) const POOL_SIZE: usize = 8;
 pub(super) const WAYS: usize = 4;
 
 /// The cache of a slot that holds the rule for the frame at `address`
-/// (its address for lookup): from the high bits of a multiplicative hash,
-/// which do not follow `address % 509`, framehop's entry in the cache.
+/// (its address for lookup): bits 32 and up of a multiplicative hash
+/// (they follow the address's low 34 bits, 16 GiB, more than code spans), so
+/// that two addresses in the same framehop entry (`address % 509`) share
+/// a cache about one time in [`WAYS`].
 fn way(address: u64) -> usize {
     ((address.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % WAYS as u64) as usize
 }
@@ -421,21 +423,23 @@ fn eh_frame_address(hdr: &[u8], hdr_address: usize) -> Option<usize> {
 mod tests {
     use super::{WAYS, eh_frame_address, way};
 
-    /// Return addresses that share framehop's entry (509 bytes apart, and
-    /// so each taking one entry of a lone cache) spread over all the
-    /// caches, about evenly.
+    /// Return addresses that share framehop's entry (a multiple of 509
+    /// bytes apart, so that in one cache each evicts the other) share a
+    /// cache about one time in `WAYS`, from wherever the code is loaded.
     #[test]
-    fn addresses_that_share_an_entry_spread_over_the_ways() {
-        const ADDRESSES: u64 = 4096;
-        let mut per_way = [0u64; WAYS];
-        for k in 0..ADDRESSES {
-            per_way[way(0x5555_0000_1234 + 509 * k)] += 1;
-        }
-        // Binomial(4096, 1/4): mean 1024, sigma 28; the bound is 7 sigma
-        // for a fair hash (this one is deterministic).
-        let mean = ADDRESSES / WAYS as u64;
-        for n in per_way {
-            assert!(n.abs_diff(mean) < 200, "{per_way:?}");
+    fn addresses_that_share_an_entry_seldom_share_a_way() {
+        const DISTANCES: u64 = 1024;
+        for base in [0x40_1000, 0x5555_0000_1234, 0x7f12_3456_789a] {
+            let shared = (1..=DISTANCES)
+                .filter(|k| way(base) == way(base + 509 * k))
+                .count() as f64;
+            // 1/WAYS of the pairs, within a fifth of it: a way that
+            // followed `address % 509` would put every pair together.
+            let expected = DISTANCES as f64 / WAYS as f64;
+            assert!(
+                (shared - expected).abs() < expected / 5.0,
+                "{base:#x}: {shared} of {DISTANCES} pairs share a way"
+            );
         }
     }
 
