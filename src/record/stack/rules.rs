@@ -64,10 +64,11 @@ pub(super) const POOL_SIZE: usize = 8;
 pub(super) const WAYS: usize = 4;
 
 /// The cache of a slot that holds the rule for the frame at `address`
-/// (its address for lookup): bits 32 and up of a multiplicative hash
-/// (they follow the address's low 34 bits, 16 GiB, more than code spans), so
-/// that two addresses in the same framehop entry (`address % 509`) share
-/// a cache about one time in [`WAYS`].
+/// (its address for lookup): bits 32 and up of a multiplicative hash,
+/// which depend on the address's low 34 bits only (a 16 GiB span, more
+/// than a program's code covers), so that two addresses in the same
+/// framehop entry (`address % 509`) share a cache about one time in
+/// [`WAYS`].
 fn way(address: u64) -> usize {
     ((address.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % WAYS as u64) as usize
 }
