@@ -280,13 +280,14 @@
 //! returns null: the allocation that, unless the program handles it with
 //! `try_reserve`, ends the process through `handle_alloc_error`), the
 //! watch writes the peak profile, once, beside the series' path
-//! (`heap.pb.gz` → `heap.alloc-failed.peak.pb.gz`), and says so on stderr. Nothing can be built at that moment: the thread
-//! is inside the allocator, may hold any lock, and an allocation of
-//! heapprof's that failed in turn would abort a program about to recover.
-//! So the watch encodes the peak profile in advance (on its first poll
-//! after each new peak copy), and the failing thread only
-//! takes it with one atomic swap and writes it with plain system calls: no
-//! allocation, no lock, no wait. What this cannot do:
+//! (`heap.pb.gz` → `heap.alloc-failed.peak.pb.gz`), and says so on
+//! stderr. Nothing can be built at that moment: the thread is inside the
+//! allocator, may hold any lock, and an allocation of heapprof's that
+//! failed in turn would abort a program about to recover. So the watch
+//! encodes the peak profile in advance (on its first poll after each new
+//! peak copy), and the failing thread only takes it with one atomic swap
+//! and writes it with plain system calls: no allocation, no lock, no
+//! wait. What this cannot do:
 //!
 //! * see a failure that does not reach heapprof's slow path: every
 //!   allocation of 1 MiB or more does, a smaller one only when it ends a
