@@ -108,8 +108,8 @@ fn sampled_on_a_small_stack() -> Vec<u8> {
 
 /// The first sampled stack of the process, taken on a 16 KiB thread with
 /// DWARF unwinding: the unwinder's rule caches are not built yet, and
-/// building one takes more stack than such a thread has, so this stack is
-/// unwound without one; the sample still names its call chain.
+/// building them takes more stack than such a thread has, so this stack is
+/// unwound without them; the sample still names its call chain.
 #[test]
 fn the_first_sample_on_a_16_kib_thread() {
     if !is_child() {
@@ -132,5 +132,54 @@ fn the_first_sample_on_a_16_kib_thread() {
     let p = decode(&gz);
     assert!(cum(&p, "small_stack::sampled_on_a_small_stack", INUSE_SPACE) >= 3000);
     println!("sampled and named on a 16 KiB thread");
+    drop(kept);
+}
+
+/// Runs `f` on `n` threads of `kib` KiB that are all alive at once, so
+/// that each has a stack of its own; returns what each returned.
+fn on_threads_at_once<R: Send + 'static>(n: usize, kib: usize, f: fn() -> R) -> Vec<R> {
+    let all_started = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let all_started = all_started.clone();
+            std::thread::Builder::new()
+                .stack_size(kib * 1024)
+                .spawn(move || {
+                    all_started.wait();
+                    f()
+                })
+                .expect("spawn a thread")
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().expect("a thread of the batch"))
+        .collect()
+}
+
+/// Samples on many 16 KiB threads after threads with ordinary stacks have
+/// sampled: the unwinder's rule caches are built by then, and a small
+/// thread must not walk with them (their walk takes more stack than it
+/// has) but unwind as the first sample above does.
+#[test]
+fn samples_on_16_kib_threads_once_the_caches_are_built() {
+    if !is_child() {
+        let (stdout, _) = run_child(
+            "samples_on_16_kib_threads_once_the_caches_are_built",
+            &[("HEAPPROF_UNWIND", "dwarf"), ("HEAPPROF_SAMPLE_RATE", "1")],
+        );
+        print!("{stdout}");
+        return;
+    }
+    let _watchdog = watchdog("samples on 16 KiB threads", Duration::from_secs(60));
+    let mut kept = on_threads_at_once(32, 1024, sampled_on_a_small_stack);
+    kept.extend(on_threads_at_once(64, 16, sampled_on_a_small_stack));
+    heapprof::set_sample_rate(0);
+    let mut gz = Vec::new();
+    heapprof::write_profile(&mut gz).unwrap();
+    let p = decode(&gz);
+    let named = cum(&p, "small_stack::sampled_on_a_small_stack", INUSE_SPACE);
+    assert!(named >= 96 * 3000, "{named} bytes named of {}", 96 * 3000);
+    println!("96 samples named, 64 of them on 16 KiB threads");
     drop(kept);
 }

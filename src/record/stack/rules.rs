@@ -29,6 +29,11 @@
 //! * **Reads inside the thread's stack**: between the stack pointer of
 //!   [`capture`] and the top of the thread's stack, 8-byte aligned; a
 //!   rule that points elsewhere ends the walk with an error, not a fault.
+//! * **Stack to spare**: the walk needs [`STACK_TO_UNWIND`] of the
+//!   thread's stack left, and building a slot's caches
+//!   [`STACK_TO_BUILD_A_CACHE`]; a thread with less (a small thread of a
+//!   pool, deep recursion) hands the stack to libgcc, whose walk needs
+//!   less, rather than overflow.
 //! * **A free slot**: the rules live in a pool of [`POOL_SIZE`] slots of
 //!   caches, each taken by one unwinding thread at a time and never waited
 //!   for; when every one is in use, libgcc unwinds.
@@ -73,11 +78,21 @@ fn way(address: u64) -> usize {
     ((address.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % WAYS as u64) as usize
 }
 
-/// The stack a thread needs left to build a cache: framehop builds the
-/// CFI context (25 KiB) as a value before boxing it, on the stack in an
-/// unoptimized build. A thread with less unwinds with libgcc until another
-/// thread has built the cache of a free slot.
-const STACK_TO_BUILD_A_CACHE: usize = 64 << 10;
+/// The stack a thread needs left to walk with the cached rules. framehop
+/// is compiled with the program's profile, which heapprof cannot see, and
+/// unoptimized its walk takes about 45 KiB of stack (optimized, 5 KiB). A
+/// thread with less left (a 16 KiB thread, say) unwinds with libgcc,
+/// which takes about 10 KiB unoptimized, whether or not the caches are
+/// built.
+pub(super) const STACK_TO_UNWIND: usize = 64 << 10;
+
+/// The stack a thread needs left to build a slot's caches and then walk:
+/// framehop builds each cache (its CFI context alone is 25 KiB) as a
+/// value and, unoptimized, moves it through several frames before it is
+/// boxed; a first sample that builds takes about 131 KiB there. A thread
+/// with less unwinds with libgcc until another thread has built the
+/// caches of a slot it takes.
+pub(super) const STACK_TO_BUILD_A_CACHE: usize = 192 << 10;
 
 /// Bytes of a loaded object, read where the loader mapped them. Only the
 /// objects [`load`] keeps (never unloaded) are borrowed this way.
@@ -196,8 +211,12 @@ pub(super) fn capture((stack_bottom, stack_top): (usize, usize)) -> Option<Stack
         )
     };
     let lowest = sp as usize;
+    let stack_left = lowest.saturating_sub(stack_bottom);
+    if stack_left < STACK_TO_UNWIND {
+        return None;
+    }
     let mut slot = Taken::any(stack_top)?;
-    let caches = slot.caches(lowest.saturating_sub(stack_bottom))?;
+    let caches = slot.caches(stack_left)?;
     let mut read_stack = |address: u64| -> Result<u64, ()> {
         let address = address as usize;
         if address < lowest
@@ -235,6 +254,16 @@ pub(super) fn capture((stack_bottom, stack_top): (usize, usize)) -> Option<Stack
             Ok(None) => return Some(stack),
             Err(_) => return None,
         }
+    }
+}
+
+/// Builds every slot's caches, as threads that sampled with stack to
+/// spare would have.
+#[cfg(test)]
+pub(super) fn build_every_slot() {
+    let taken: Vec<Taken> = (0..POOL_SIZE).filter_map(|_| Taken::any(0)).collect();
+    for mut slot in taken {
+        assert!(slot.caches(STACK_TO_BUILD_A_CACHE).is_some());
     }
 }
 

@@ -244,6 +244,46 @@ fn cached_rules_unwind_as_libgcc_does() {
         .unwrap();
 }
 
+/// The cached walk is left to threads with stack to spare: a thread just
+/// over the bound to build a slot's caches builds them and walks, one
+/// just over the bound to walk walks once they are built, and a small
+/// thread gets no cached stack (its caller asks libgcc) even when the slot
+/// it would take is built. Run in a child process: the overflow these
+/// bounds guard against aborts the process.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[test]
+fn the_cached_walk_is_left_to_threads_with_stack_to_spare() {
+    use heapprof_testkit::child::{is_child, run_child};
+    const NAME: &str =
+        "record::stack::tests::the_cached_walk_is_left_to_threads_with_stack_to_spare";
+    /// What a thread uses before it reaches `rules::capture`, with room.
+    const BEFORE_CAPTURE: usize = 32 << 10;
+    if !is_child() {
+        run_child(NAME, &[]);
+        return;
+    }
+    decide_early();
+    let cached_walk_on = |bytes: usize| {
+        let (cached, libgcc) = std::thread::Builder::new()
+            .stack_size(bytes)
+            .spawn(|| recurse(3, &mut both_dwarf_unwinders))
+            .expect("spawn a thread")
+            .join()
+            .unwrap_or_else(|_| panic!("the thread of {bytes} bytes"));
+        // Named here: symbolizing takes more stack than a small thread has.
+        assert!(position(&names(&libgcc), "recurse").is_some());
+        cached.is_some()
+    };
+    let builds = rules::STACK_TO_BUILD_A_CACHE + BEFORE_CAPTURE;
+    assert!(cached_walk_on(builds), "no slot built on {builds} bytes");
+    rules::build_every_slot();
+    let walks = rules::STACK_TO_UNWIND + BEFORE_CAPTURE;
+    assert!(cached_walk_on(walks), "no cached walk on {walks} bytes");
+    for kib in [16, 32] {
+        assert!(!cached_walk_on(kib << 10), "a cached walk on {kib} KiB");
+    }
+}
+
 /// The check that turns the cached rules off rejects a stack that lost a
 /// frame or has one libgcc does not.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
