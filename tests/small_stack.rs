@@ -183,3 +183,52 @@ fn samples_on_16_kib_threads_once_the_caches_are_built() {
     println!("96 samples named, 64 of them on 16 KiB threads");
     drop(kept);
 }
+
+/// Calls itself `kib` times, each frame holding a KiB, and allocates at
+/// the bottom: a thread's own code using most of a small stack.
+#[inline(never)]
+fn deep(kib: usize) -> Vec<u8> {
+    let mut frame = [0u8; 1024];
+    std::hint::black_box(&mut frame);
+    if kib == 0 {
+        std::hint::black_box(vec![7u8; 3000])
+    } else {
+        deep(kib - 1)
+    }
+}
+
+/// A sample on a 16 KiB thread whose own code has used nearly all of it:
+/// the program runs without heapprof, so it must run with it. The sample
+/// is not unwound (there is no stack left to unwind with) but its bytes
+/// are counted, under a name that says why.
+#[test]
+fn a_sample_with_almost_no_stack_left() {
+    if !is_child() {
+        let (stdout, _) = run_child(
+            "a_sample_with_almost_no_stack_left",
+            &[("HEAPPROF_SAMPLE_RATE", "1")],
+        );
+        print!("{stdout}");
+        return;
+    }
+    let _watchdog = watchdog("a sample with no stack left", Duration::from_secs(60));
+    // The deepest call, unsampled: the program itself fits its stack.
+    heapprof::set_sample_rate(0);
+    let kept = on_stack_of(16, || deep(10));
+    drop(kept);
+    heapprof::set_sample_rate(1);
+    let kept: Vec<Vec<u8>> = (0..=10)
+        .map(|kib| on_stack_of(16, move || deep(kib)))
+        .collect();
+    heapprof::set_sample_rate(0);
+    let mut gz = Vec::new();
+    heapprof::write_profile(&mut gz).unwrap();
+    let p = decode(&gz);
+    let named = cum(&p, "small_stack::deep", INUSE_SPACE);
+    let not_unwound = cum(&p, "[heapprof: stack not unwound", INUSE_SPACE);
+    println!("{named} bytes under deep, {not_unwound} not unwound");
+    assert!(not_unwound >= 3000, "no sample without its stack");
+    assert!(named >= 3000, "no sample with its stack");
+    assert!(named + not_unwound >= 11 * 3000);
+    drop(kept);
+}

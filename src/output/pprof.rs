@@ -138,11 +138,10 @@ pub(crate) fn build(sites: &[SiteCopy], rate: usize, options: Options) -> proto:
 }
 
 fn build_here(sites: &[SiteCopy], rate: usize, options: Options) -> proto::Profile {
-    let resolved = if options.addresses_only {
-        HashMap::new()
-    } else {
-        symbolize::resolve_all(sites.iter().flat_map(|s| s.frames.iter().copied()))
-    };
+    let resolved = symbolize::for_profile(
+        sites.iter().flat_map(|s| s.frames.iter().copied()),
+        options.addresses_only,
+    );
     let mut b = Builder {
         strings: StringTable::new(),
         functions: HashMap::new(),

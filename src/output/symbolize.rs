@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
 
+use crate::record::stack::NOT_UNWOUND;
 use crate::support::lock::{Lockable, Mutex, rank};
 
 mod own;
@@ -97,6 +98,39 @@ pub(crate) fn resolve_all(addrs: impl IntoIterator<Item = usize>) -> HashMap<usi
     resolve_all_within(addrs, own::BUDGET, true)
 }
 
+/// The symbols a profile of `addrs` shows: every address's, or with
+/// `addresses_only` (the server symbolizes) only the names heapprof gives
+/// frames of its own making ([`NOT_UNWOUND`]).
+pub(crate) fn for_profile(
+    addrs: impl IntoIterator<Item = usize>,
+    addresses_only: bool,
+) -> HashMap<usize, Symbols> {
+    if addresses_only {
+        addrs
+            .into_iter()
+            .find(|&a| a == NOT_UNWOUND)
+            .map(|a| (a, not_unwound()))
+            .into_iter()
+            .collect()
+    } else {
+        resolve_all(addrs)
+    }
+}
+
+/// The name under which samples recorded without unwinding appear.
+pub(crate) const NOT_UNWOUND_FUNCTION: &str =
+    "[heapprof: stack not unwound: too little of the thread's stack left]";
+
+/// The one frame of [`NOT_UNWOUND`].
+fn not_unwound() -> Symbols {
+    Symbols::from(vec![Symbol {
+        name: NOT_UNWOUND_FUNCTION.to_string(),
+        system_name: NOT_UNWOUND_FUNCTION.to_string(),
+        file: String::new(),
+        line: 0,
+    }])
+}
+
 /// [`resolve_all`] with the budget of the lookup of heapprof's own object
 /// given: heap bytes of parsed debug info, resident bytes of its file.
 /// Without the unit index every address goes through the context over the
@@ -128,6 +162,10 @@ fn resolve_all_within(
     wanted.sort_unstable();
     wanted.dedup();
     let mut out = HashMap::with_capacity(wanted.len());
+    if wanted.first() == Some(&NOT_UNWOUND) {
+        wanted.remove(0);
+        out.insert(NOT_UNWOUND, not_unwound());
+    }
     let mut missing = Vec::new();
     {
         let cache = CACHE.lock();
@@ -484,6 +522,23 @@ fn this_thread_net_bytes() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::{is_machinery, is_machinery_file, is_startup, normalize_closures};
+
+    /// The frame heapprof makes for a sample it did not unwind is named in
+    /// every profile, including one the server symbolizes.
+    #[test]
+    fn the_not_unwound_frame_is_named_even_for_the_server() {
+        use crate::record::stack::NOT_UNWOUND;
+        let own = the_not_unwound_frame_is_named_even_for_the_server as *const () as usize;
+        for addresses_only in [false, true] {
+            let resolved = super::for_profile([own, NOT_UNWOUND, own], addresses_only);
+            assert_eq!(
+                resolved[&NOT_UNWOUND][0].name,
+                super::NOT_UNWOUND_FUNCTION,
+                "{addresses_only}"
+            );
+            assert_eq!(resolved.contains_key(&own), !addresses_only);
+        }
+    }
 
     #[test]
     fn closures_have_one_name() {

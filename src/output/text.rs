@@ -89,11 +89,10 @@ fn write_here<W: Write>(
     options: &pprof::Options,
 ) -> io::Result<()> {
     let comments = &options.comments;
-    let resolved = if options.addresses_only {
-        HashMap::new()
-    } else {
-        symbolize::resolve_all(sites.iter().flat_map(|s| s.frames.iter().copied()))
-    };
+    let resolved = symbolize::for_profile(
+        sites.iter().flat_map(|s| s.frames.iter().copied()),
+        options.addresses_only,
+    );
     let mut records: Vec<SiteRecords> = sites
         .iter()
         .filter(|s| s.counts.sampled_allocs > 0)

@@ -85,6 +85,14 @@ impl Stack {
         }
     }
 
+    /// The stack of a sample taken with too little stack left to unwind.
+    const fn not_unwound() -> Stack {
+        let mut stack = Stack::empty();
+        stack.frames[0] = NOT_UNWOUND;
+        stack.len = 1;
+        stack
+    }
+
     pub(crate) fn frames(&self) -> &[usize] {
         &self.frames[..self.len]
     }
@@ -96,6 +104,18 @@ impl Stack {
         self.len < MAX_FRAMES
     }
 }
+
+/// The stack a sample needs left on its thread to be unwound: libgcc's
+/// walk and the recording after it take about 7 KiB, optimized or not
+/// (measured on 16 KiB threads, whose samples overflowed with 6 KiB left
+/// and not with 7 KiB); the cached walk needs more and checks for it
+/// itself. With less, the sample is recorded under [`NOT_UNWOUND`], so
+/// that its bytes still count and the thread does not overflow.
+pub(crate) const STACK_TO_UNWIND_AT_ALL: usize = 10 << 10;
+
+/// The only frame of a sample recorded without unwinding: an address where
+/// no code lies, which symbolization names for what happened.
+pub(crate) const NOT_UNWOUND: usize = 1;
 
 const UNDECIDED: u8 = 0;
 const USE_DWARF: u8 = 1;
@@ -129,6 +149,11 @@ static CODE_END: AtomicUsize = AtomicUsize::new(0);
 /// a fixed count, which is not.
 #[inline(never)]
 pub(crate) fn capture() -> Stack {
+    if crate::thread::with(|l| stack_left(bounds(&l.stack)))
+        .is_some_and(|left| left < STACK_TO_UNWIND_AT_ALL)
+    {
+        return Stack::not_unwound();
+    }
     let mode = match MODE.load(Relaxed) {
         UNDECIDED => decide(),
         m => m,
@@ -458,6 +483,19 @@ fn bounds(facts: &StackFacts) -> (usize, usize) {
     let bounds = query_stack_bounds();
     facts.bounds.set(Some(bounds));
     bounds
+}
+
+/// The bytes of this thread's stack below the caller's frame, given the
+/// stack's bounds (none when they are unknown, `(0, 0)`).
+#[inline(always)]
+fn stack_left((lo, hi): (usize, usize)) -> usize {
+    let here = 0u8;
+    let sp = std::hint::black_box(&here) as *const u8 as usize;
+    if hi == 0 {
+        usize::MAX
+    } else {
+        sp.saturating_sub(lo)
+    }
 }
 
 fn query_stack_bounds() -> (usize, usize) {
