@@ -281,10 +281,13 @@ fn agrees(fp: &Stack, dwarf: &Stack) -> bool {
     let rest = &dwarf[start..];
     // A function without a frame pointer in the middle of the stack makes
     // the chain skip or garble frames: then `fp` is not a prefix of `rest`.
+    // A stack cut at MAX_FRAMES is compared as far as both go: DWARF's
+    // starts deeper in heapprof, so it is cut at a caller nearer the leaf.
+    let cut = fp.len() + 1 == MAX_FRAMES || dwarf.len() == MAX_FRAMES;
+    let both = fp.len().min(rest.len());
     fp.len() >= 4
-        && rest.len() >= fp.len()
-        && rest.len() - fp.len() <= ROOT_FRAMES
-        && rest[..fp.len()] == *fp
+        && rest[..both] == fp[..both]
+        && (cut || (rest.len() >= fp.len() && rest.len() - fp.len() <= ROOT_FRAMES))
 }
 
 /// The stack from DWARF unwind tables: with the cached rules where they

@@ -138,6 +138,43 @@ fn a_walk_agrees_with_dwarf_unless_it_skips_a_frame() {
     assert!(!agrees(&skipped, &dwarf));
 }
 
+/// On stacks deeper than [`MAX_FRAMES`], where both walks are cut at the
+/// root end (DWARF's nearer the leaf, as it starts deeper in heapprof),
+/// `agrees` compares as far as both go: a whole walk agrees, one that
+/// skipped a frame does not.
+#[test]
+fn a_walk_cut_at_max_frames_agrees_with_dwarf() {
+    assert_frame_pointers_chosen();
+    /// Calls `f` `depth` calls deep through two functions in turn, so that
+    /// no two neighbouring frames are alike and a skipped one shows.
+    #[inline(never)]
+    fn zig<R>(depth: usize, f: &mut dyn FnMut() -> R) -> R {
+        let r = if depth == 0 { f() } else { zag(depth - 1, f) };
+        black_box(depth);
+        r
+    }
+    #[inline(never)]
+    fn zag<R>(depth: usize, f: &mut dyn FnMut() -> R) -> R {
+        let r = if depth == 0 { f() } else { zig(depth - 1, f) };
+        black_box(depth);
+        r
+    }
+    for depth in [MAX_FRAMES - 8, MAX_FRAMES, 2 * MAX_FRAMES] {
+        let (walk, dwarf) = zig(depth, &mut both_unwinders);
+        let Walk::Whole(walked) = walk else {
+            panic!("depth {depth}: the chain did not reach the root")
+        };
+        assert!(agrees(&walked, &dwarf), "depth {depth}");
+        let mut skipped = Stack::empty();
+        for (i, &f) in walked.frames().iter().enumerate() {
+            if i != 3 {
+                skipped.push(f);
+            }
+        }
+        assert!(!agrees(&skipped, &dwarf), "depth {depth}");
+    }
+}
+
 /// The code range the walk may follow is this binary's.
 #[test]
 fn the_walk_stays_in_this_binarys_code() {
