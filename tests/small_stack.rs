@@ -230,5 +230,97 @@ fn a_sample_with_almost_no_stack_left() {
     assert!(not_unwound >= 3000, "no sample without its stack");
     assert!(named >= 3000, "no sample with its stack");
     assert!(named + not_unwound >= 11 * 3000);
+    // The bytes under no stack may be deep's: an assertion on deep counts
+    // them.
+    let snapshot = heapprof::snapshot();
+    let bound = |max| {
+        std::panic::catch_unwind(|| snapshot.assert_inuse_at_most("small_stack::deep", max)).is_ok()
+    };
+    assert!(!bound(named), "passed with only the unwound bytes");
+    assert!(bound(named + not_unwound));
     drop(kept);
+}
+
+/// Allocates in a signal handler: the handler runs on the alternate stack
+/// `on_alternate_stack` installs.
+extern "C" fn allocate_in_handler(_: libc::c_int) {
+    std::mem::forget(std::hint::black_box(vec![5u8; 4000]));
+}
+
+/// Installs a 16 KiB alternate signal stack mapped above (`above`) or
+/// below the thread's own stack, and raises a signal whose handler
+/// allocates, three times.
+fn on_alternate_stack(above: bool) {
+    const LEN: usize = 16 << 10;
+    // SAFETY: the attribute is initialized by pthread_getattr_np and
+    // destroyed after; the mapping is new (MAP_FIXED_NOREPLACE fails
+    // rather than replace one), read-write, and stays mapped for the
+    // process's life; the handler only allocates, synchronously, from
+    // `raise` on this thread, which holds no allocator lock then.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        assert_eq!(libc::pthread_getattr_np(libc::pthread_self(), &mut attr), 0);
+        let (mut lo, mut size) = (std::ptr::null_mut(), 0);
+        assert_eq!(libc::pthread_attr_getstack(&attr, &mut lo, &mut size), 0);
+        libc::pthread_attr_destroy(&mut attr);
+        let (lo, hi) = (lo as usize, lo as usize + size);
+        let at = if above {
+            hi + (64 << 20)
+        } else {
+            lo - (1 << 30)
+        } & !0xfff;
+        let map = libc::mmap(
+            at as *mut libc::c_void,
+            LEN,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        );
+        assert_ne!(map, libc::MAP_FAILED, "map an alternate stack");
+        let alternate = libc::stack_t {
+            ss_sp: map,
+            ss_flags: 0,
+            ss_size: LEN,
+        };
+        assert_eq!(libc::sigaltstack(&alternate, std::ptr::null_mut()), 0);
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = allocate_in_handler as *const () as usize;
+        action.sa_flags = libc::SA_ONSTACK;
+        assert_eq!(
+            libc::sigaction(libc::SIGUSR2, &action, std::ptr::null_mut()),
+            0
+        );
+        for _ in 0..3 {
+            assert_eq!(libc::raise(libc::SIGUSR2), 0);
+        }
+    }
+}
+
+/// Samples in a signal handler on a 16 KiB alternate stack, mapped above
+/// and below the thread's stack: the stack pointer is outside the
+/// thread's stack, so heapprof cannot tell how much is left there, and
+/// records the samples without unwinding rather than walk off the end.
+#[test]
+fn samples_on_an_alternate_signal_stack() {
+    if !is_child() {
+        let (stdout, _) = run_child(
+            "samples_on_an_alternate_signal_stack",
+            &[("HEAPPROF_SAMPLE_RATE", "1"), ("HEAPPROF_UNWIND", "dwarf")],
+        );
+        print!("{stdout}");
+        return;
+    }
+    let _watchdog = watchdog("samples on an alternate stack", Duration::from_secs(60));
+    for above in [true, false] {
+        std::thread::spawn(move || on_alternate_stack(above))
+            .join()
+            .expect("the thread with an alternate stack");
+    }
+    heapprof::set_sample_rate(0);
+    let mut gz = Vec::new();
+    heapprof::write_profile(&mut gz).unwrap();
+    let not_unwound = cum(&decode(&gz), "[heapprof: stack not unwound", INUSE_SPACE);
+    assert!(not_unwound >= 6 * 4000, "{not_unwound} bytes not unwound");
+    println!("{not_unwound} bytes allocated on alternate stacks");
 }

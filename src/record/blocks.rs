@@ -194,14 +194,17 @@ fn with_stripe<R>(addr: usize, f: impl FnOnce(&mut Map) -> R) -> R {
 /// Adds a sampled block. Must be called before the pointer is handed to the
 /// program, so that any thread that can free it sees the filter update.
 ///
-/// False if the set has no memory for it: the caller must then not hand
-/// the block out as sampled. The map's room is reserved before anything
-/// changes, so such a block leaves no trace here.
+/// False if the set has no memory for it, or, unless `may_grow`, no room
+/// without growing: the caller must then not hand the block out as
+/// sampled. The map's room is reserved before anything changes, so such a
+/// block leaves no trace here.
 #[must_use]
-pub(crate) fn insert(ptr: *mut u8, entry: Entry) -> bool {
+pub(crate) fn insert(ptr: *mut u8, entry: Entry, may_grow: bool) -> bool {
     let counted = &STRIPE_BYTES[stripe_index(ptr as usize)];
     let stored = with_stripe(ptr as usize, |map| {
-        let room = growth::reserve_map(map, 1);
+        // An insert that may grow leaves room for one more, so that one
+        // that may not finds it in any stripe used before.
+        let room = (may_grow && growth::reserve_map(map, 2)) || map.len() < map.capacity();
         if room {
             map.insert(ptr as usize, entry);
         }

@@ -8,7 +8,8 @@
 //! fast.rs          Profiler::alloc: count, charge the countdown → ran out
 //! record/mod.rs    alloc → countdown::expired (a sample? its weight)
 //!                  alloc_sampled: obtain a block, record it
-//!                  record: stack::capture → labels::for_sample (its set)
+//!                  record: stack::left (stack to spare?)
+//!                          → stack::capture → labels::for_sample (its set)
 //!                          → sites::record_alloc (the site)
 //!                          → blocks::insert (the live block) → peak::on_alloc
 //! ```
@@ -244,11 +245,24 @@ struct Sample {
 /// remember it) counts as allocated and freed at once, since its free
 /// cannot be credited: the alloc_* estimates stay unbiased, inuse misses
 /// it. Inside the guard.
+///
+/// On a thread with less than `stack::STACK_TO_UNWIND` of stack left, a
+/// sample is not unwound and has no labels: it counts at the site kept for
+/// it ([`sites::SiteId::NOT_UNWOUND`]). With less than
+/// `stack::STACK_TO_GROW` left it also grows no table and copies no peak
+/// (each allocates, through heapprof's frames again), and is tracked only
+/// if the set has room as it is.
 fn record(s: Sample, trackable: bool) -> bool {
-    let stack = stack::capture();
-    let frames = stack.frames();
-    let labels = crate::labels::for_sample();
-    let site = sites::record_alloc(frames, stack::hash(frames), labels, s.size, s.weight);
+    let left = stack::left().unwrap_or(usize::MAX);
+    let roomy = left >= stack::STACK_TO_GROW;
+    let site = if left >= stack::STACK_TO_UNWIND {
+        let stack = stack::capture();
+        let frames = stack.frames();
+        let labels = crate::labels::for_sample();
+        sites::record_alloc(frames, stack::hash(frames), labels, s.size, s.weight)
+    } else {
+        sites::record_not_unwound(s.size, s.weight)
+    };
     tally(site, |t| t.counts.add_alloc(s.size, s.weight));
     let entry = Entry {
         site,
@@ -257,9 +271,12 @@ fn record(s: Sample, trackable: bool) -> bool {
         page_aligned: s.page_aligned,
         owner: s.owner,
     };
-    if trackable && blocks::insert(s.ptr, entry) {
-        peak::on_alloc(s.size as f64 * s.weight);
-        crate::process::after_sample();
+    if trackable && blocks::insert(s.ptr, entry, roomy) {
+        peak::on_alloc(s.size as f64 * s.weight, roomy);
+        if roomy {
+            // May start threads: left to a sample with stack to spare.
+            crate::process::after_sample();
+        }
         return true;
     }
     sites::record_free(site, s.size, s.weight);

@@ -60,13 +60,16 @@ pub(crate) fn live_estimate() -> i64 {
 }
 
 /// A sampled allocation standing for `bytes` (size × weight). Called on
-/// the slow path, with the reentrancy guard held and no lock.
-pub(crate) fn on_alloc(bytes: f64) {
+/// the slow path, with the reentrancy guard held and no lock. Copies a new
+/// peak only if `may_copy` (the copy allocates); otherwise the next
+/// sample that may copies it.
+pub(crate) fn on_alloc(bytes: f64, may_copy: bool) {
     let live = LIVE_ESTIMATE.fetch_add(bytes as i64, Relaxed) + bytes as i64;
     let next = NEXT_PEAK.load(Relaxed);
     // One thread wins the right to copy this peak.
     let growth = crate::config::get().peak_growth.fraction();
-    if live > next
+    if may_copy
+        && live > next
         && NEXT_PEAK
             .compare_exchange(
                 next,

@@ -137,7 +137,7 @@ unsafe fn realloc_tracked<A: GlobalAlloc>(
             // sampled block whose entry cannot be put back is credited as
             // freed, as an untracked sample is.
             if let Some(e) = old
-                && !blocks::insert(ptr, e)
+                && !blocks::insert(ptr, e, true)
             {
                 credit_free(&e);
             }

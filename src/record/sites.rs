@@ -28,7 +28,9 @@
 //! the profile shows as its own site, so nothing is dropped silently. So
 //! does one whose new site the inner allocator has no memory for: the
 //! table grows with `try_reserve`, because a failure there would otherwise
-//! abort a program that was handling its own allocation failures.
+//! abort a program that was handling its own allocation failures. A
+//! sample taken with too little stack left to unwind goes to a second site
+//! kept apart ([`SiteId::NOT_UNWOUND`]), whose recording allocates nothing.
 //!
 //! All locking happens with the reentrancy guard held (`support/reentry.rs`), so the
 //! `Vec`/`HashMap` growth inside a stripe goes to the inner allocator.
@@ -40,6 +42,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use crate::support::growth::{self, hash_map_bytes};
 use crate::support::lock::{Lockable, Mutex, rank};
 
+use super::stack::NOT_UNWOUND;
 use crate::config;
 use crate::labels::LabelSetId;
 
@@ -48,7 +51,8 @@ const STRIPES: usize = 64;
 const FRAMES_PER_SITE_BUDGET: usize = 32;
 
 /// Identifies a site: its stripe in the high bits, its index in the stripe
-/// in the low [`SiteId::INDEX_BITS`]. `OVERFLOW` names the overflow site.
+/// in the low [`SiteId::INDEX_BITS`]. `OVERFLOW` and `NOT_UNWOUND` name
+/// the two sites kept outside the stripes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct SiteId(u32);
 
@@ -58,6 +62,10 @@ const _: () = assert!(std::mem::size_of::<StoredSite>() == 64);
 
 impl SiteId {
     pub(crate) const OVERFLOW: SiteId = SiteId(u32::MAX);
+    /// Samples taken with too little stack left to unwind; its stack is
+    /// the one frame `stack::NOT_UNWOUND`. (Stripe ids stop at
+    /// `STRIPES << INDEX_BITS`, far below.)
+    pub(crate) const NOT_UNWOUND: SiteId = SiteId(u32::MAX - 1);
     /// Bits of a site's index within its stripe.
     pub(crate) const INDEX_BITS: u32 = 24;
     const INDEX_MASK: u32 = (1 << Self::INDEX_BITS) - 1;
@@ -109,11 +117,24 @@ impl std::hash::Hasher for PassThroughHasher {
 struct Table {
     stripes: [Mutex<{ rank::SITES }, Stripe>; STRIPES],
     overflow: Mutex<{ rank::SITES }, SiteCounts>,
+    /// The counts of [`SiteId::NOT_UNWOUND`], kept apart from the stripes
+    /// so that recording there never grows anything.
+    not_unwound: Mutex<{ rank::SITES }, SiteCounts>,
     sites: AtomicUsize,
     frames: AtomicUsize,
     /// The bytes the stripes hold, kept as they grow ([`memory_bytes`]).
     bytes: AtomicUsize,
 }
+
+const NO_COUNTS: SiteCounts = SiteCounts {
+    sampled_allocs: 0,
+    sampled_alloc_bytes: 0,
+    sampled_frees: 0,
+    alloc_objects_est: 0.0,
+    alloc_bytes_est: 0.0,
+    free_objects_est: 0.0,
+    free_bytes_est: 0.0,
+};
 
 static TABLE: Table = Table {
     stripes: [const {
@@ -123,15 +144,8 @@ static TABLE: Table = Table {
             frames: Vec::new(),
         })
     }; STRIPES],
-    overflow: Mutex::new(SiteCounts {
-        sampled_allocs: 0,
-        sampled_alloc_bytes: 0,
-        sampled_frees: 0,
-        alloc_objects_est: 0.0,
-        alloc_bytes_est: 0.0,
-        free_objects_est: 0.0,
-        free_bytes_est: 0.0,
-    }),
+    overflow: Mutex::new(NO_COUNTS),
+    not_unwound: Mutex::new(NO_COUNTS),
     sites: AtomicUsize::new(0),
     frames: AtomicUsize::new(0),
     bytes: AtomicUsize::new(0),
@@ -227,10 +241,26 @@ fn unreserve(frames: usize) {
     TABLE.frames.fetch_sub(frames, Relaxed);
 }
 
+/// Records a sampled allocation that was not unwound, at
+/// [`SiteId::NOT_UNWOUND`]: takes one lock, allocates nothing.
+pub(crate) fn record_not_unwound(size: usize, weight: f64) -> SiteId {
+    TABLE.not_unwound.lock().add_alloc(size, weight);
+    SiteId::NOT_UNWOUND
+}
+
+/// The counts of a site kept outside the stripes, if `id` is one.
+fn apart(id: SiteId) -> Option<&'static Mutex<{ rank::SITES }, SiteCounts>> {
+    match id {
+        SiteId::OVERFLOW => Some(&TABLE.overflow),
+        SiteId::NOT_UNWOUND => Some(&TABLE.not_unwound),
+        _ => None,
+    }
+}
+
 /// Credits the free of a sampled block back to the site that allocated it.
 pub(crate) fn record_free(id: SiteId, size: usize, weight: f64) {
-    if id == SiteId::OVERFLOW {
-        TABLE.overflow.lock().add_free(size, weight);
+    if let Some(counts) = apart(id) {
+        counts.lock().add_free(size, weight);
         return;
     }
     let stripe_index = (id.0 >> SiteId::INDEX_BITS) as usize;
@@ -313,8 +343,8 @@ pub(crate) fn try_packed() -> Option<PackedSites> {
         sites: Vec::new(),
         frames: Vec::new(),
     };
-    let room = growth::reserve_vec(&mut packed.sites, TABLE.sites.load(Relaxed) + 1)
-        && growth::reserve_vec(&mut packed.frames, TABLE.frames.load(Relaxed));
+    let room = growth::reserve_vec(&mut packed.sites, TABLE.sites.load(Relaxed) + 2)
+        && growth::reserve_vec(&mut packed.frames, TABLE.frames.load(Relaxed) + 1);
     if !room {
         return None;
     }
@@ -329,6 +359,10 @@ pub(crate) fn try_packed() -> Option<PackedSites> {
     let overflow = *TABLE.overflow.lock();
     if overflow.sampled_allocs > 0 {
         packed.push(&[], overflow, true, LabelSetId::NONE)?;
+    }
+    let not_unwound = *TABLE.not_unwound.lock();
+    if not_unwound.sampled_allocs > 0 {
+        packed.push(&[NOT_UNWOUND], not_unwound, false, LabelSetId::NONE)?;
     }
     Some(packed)
 }
@@ -367,11 +401,16 @@ impl PackedSites {
 pub(crate) fn copies_of(ids: &[u32], counts: impl Fn(u32) -> SiteCounts) -> Vec<SiteCopy> {
     let mut out = Vec::with_capacity(ids.len());
     for &id in ids {
-        if id == SiteId::OVERFLOW.0 {
+        if id == SiteId::OVERFLOW.0 || id == SiteId::NOT_UNWOUND.0 {
+            let overflow = id == SiteId::OVERFLOW.0;
             out.push(SiteCopy {
-                frames: Vec::new(),
+                frames: if overflow {
+                    Vec::new()
+                } else {
+                    vec![NOT_UNWOUND]
+                },
                 counts: counts(id),
-                overflow: true,
+                overflow,
                 labels: LabelSetId::NONE,
             });
             continue;
@@ -510,13 +549,14 @@ pub(crate) fn each_lock(f: &mut dyn FnMut(&'static dyn Lockable)) {
         f(stripe);
     }
     f(&TABLE.overflow);
+    f(&TABLE.not_unwound);
 }
 
 /// The counts of site `id` as they stand, for the recorder's tests.
 #[cfg(test)]
 pub(crate) fn counts_of(id: SiteId) -> Option<SiteCounts> {
-    if id == SiteId::OVERFLOW {
-        return Some(*TABLE.overflow.lock());
+    if let Some(counts) = apart(id) {
+        return Some(*counts.lock());
     }
     let stripe = TABLE.stripes[(id.0 >> 24) as usize].lock();
     stripe

@@ -85,14 +85,6 @@ impl Stack {
         }
     }
 
-    /// The stack of a sample taken with too little stack left to unwind.
-    const fn not_unwound() -> Stack {
-        let mut stack = Stack::empty();
-        stack.frames[0] = NOT_UNWOUND;
-        stack.len = 1;
-        stack
-    }
-
     pub(crate) fn frames(&self) -> &[usize] {
         &self.frames[..self.len]
     }
@@ -105,13 +97,18 @@ impl Stack {
     }
 }
 
-/// The stack a sample needs left on its thread to be unwound: libgcc's
-/// walk and the recording after it take about 7 KiB, optimized or not
-/// (measured on 16 KiB threads, whose samples overflowed with 6 KiB left
-/// and not with 7 KiB); the cached walk needs more and checks for it
-/// itself. With less, the sample is recorded under [`NOT_UNWOUND`], so
-/// that its bytes still count and the thread does not overflow.
-pub(crate) const STACK_TO_UNWIND_AT_ALL: usize = 10 << 10;
+/// The stack a sample needs left on its thread, where it is recorded, to
+/// be unwound: libgcc's walk, then the tables, which may grow (and
+/// allocate through the program's allocator, heapprof's own frames
+/// again), take about 8 KiB there in an unoptimized build and 5 KiB in an
+/// optimized one. With less, the sample is recorded under [`NOT_UNWOUND`]
+/// (see `record::record`); the cached walk needs more and checks for it
+/// itself.
+pub(crate) const STACK_TO_UNWIND: usize = 12 << 10;
+
+/// The stack a sample not unwound needs left to grow the tables: about
+/// 6 KiB unoptimized, 2 KiB optimized. With less, it grows nothing.
+pub(crate) const STACK_TO_GROW: usize = 8 << 10;
 
 /// The only frame of a sample recorded without unwinding: an address where
 /// no code lies, which symbolization names for what happened.
@@ -149,11 +146,6 @@ static CODE_END: AtomicUsize = AtomicUsize::new(0);
 /// a fixed count, which is not.
 #[inline(never)]
 pub(crate) fn capture() -> Stack {
-    if crate::thread::with(|l| stack_left(bounds(&l.stack)))
-        .is_some_and(|left| left < STACK_TO_UNWIND_AT_ALL)
-    {
-        return Stack::not_unwound();
-    }
     let mode = match MODE.load(Relaxed) {
         UNDECIDED => decide(),
         m => m,
@@ -234,6 +226,11 @@ fn decide() -> u8 {
     let wanted = crate::config::get().unwinder;
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     rules::load();
+    // libgcc's first walk in a process binds its lazily bound symbols,
+    // which takes about 3 KiB more stack than later walks: paid here, on
+    // the thread that allocates first, rather than by a first sample on a
+    // thread with little stack to spare.
+    std::hint::black_box(capture_libgcc());
     let mode = if wanted == Unwinder::Dwarf {
         USE_DWARF
     } else if !own_code_keeps_frame_pointers() {
@@ -488,17 +485,18 @@ fn bounds(facts: &StackFacts) -> (usize, usize) {
     bounds
 }
 
-/// The bytes of this thread's stack below the caller's frame, given the
-/// stack's bounds (none when they are unknown, `(0, 0)`).
+/// The bytes of this thread's stack below the caller's frame; 0 when the
+/// stack pointer lies outside the thread's stack (a signal handler on an
+/// alternate stack), `None` when the bounds are unknown.
 #[inline(always)]
-fn stack_left((lo, hi): (usize, usize)) -> usize {
+pub(crate) fn left() -> Option<usize> {
     let here = 0u8;
     let sp = std::hint::black_box(&here) as *const u8 as usize;
+    let (lo, hi) = crate::thread::with(|l| bounds(&l.stack))?;
     if hi == 0 {
-        usize::MAX
-    } else {
-        sp.saturating_sub(lo)
+        return None;
     }
+    Some(if lo <= sp && sp < hi { sp - lo } else { 0 })
 }
 
 fn query_stack_bounds() -> (usize, usize) {

@@ -41,7 +41,7 @@ fn insert_get_remove_round_trip() {
     let p = addr(1, 0);
     let e = entry(300, true, OWNER_A);
     assert!(get(p, OWNER_A).is_none());
-    assert!(insert(p, e));
+    assert!(insert(p, e, true));
     assert!(same(get(p, OWNER_A).unwrap(), e));
     assert!(get(p, OWNER_B).is_none(), "another allocator's block");
     assert!(get(addr(1, 1), OWNER_A).is_none());
@@ -57,7 +57,7 @@ fn remove_owned_by_takes_one_allocators_blocks_only() {
     let owner_b = OWNER_B + 0x100;
     for i in 0..20 {
         let owner = if i % 4 == 0 { owner_b } else { owner_a };
-        assert!(insert(addr(2, i), entry(1000 + i, true, owner)));
+        assert!(insert(addr(2, i), entry(1000 + i, true, owner), true));
     }
     let mut gone: Vec<usize> = remove_owned_by(owner_a).iter().map(|e| e.size).collect();
     gone.sort_unstable();
@@ -85,18 +85,18 @@ fn may_be_live_follows_the_live_blocks_of_a_slot() {
     let apart = (1..).map(|i| addr(3, i)).find(|&p| other_slot(p)).unwrap();
     assert!(!may_be_live(a), "nothing live in its slot");
     assert!(!may_be_live(shares));
-    assert!(insert(a, entry(64, true, OWNER_A)));
+    assert!(insert(a, entry(64, true, OWNER_A), true));
     assert!(may_be_live(a));
     assert!(may_be_live(shares), "same slot");
     assert!(!may_be_live(apart), "another slot");
-    assert!(insert(shares, entry(64, true, OWNER_A)));
+    assert!(insert(shares, entry(64, true, OWNER_A), true));
     assert!(remove(a).is_some());
     assert!(may_be_live(a), "one block still live in the slot");
     assert!(remove(shares).is_some());
     assert!(!may_be_live(a));
     assert!(!may_be_live(shares));
     // A removal of what is not in the set leaves the count alone.
-    assert!(insert(a, entry(64, true, OWNER_A)));
+    assert!(insert(a, entry(64, true, OWNER_A), true));
     assert!(remove(shares).is_none());
     assert!(may_be_live(a));
     assert!(remove(a).is_some());
@@ -116,14 +116,14 @@ fn unaligned_blocks_open_the_free_filter_while_live() {
     let small = 48;
     assert!(!may_contain(mask(), unaligned(0), small));
 
-    assert!(insert(addr(4, 0), entry(small, true, OWNER_A)));
-    assert!(insert(unaligned(1), entry(LARGE + 1, false, OWNER_A)));
+    assert!(insert(addr(4, 0), entry(small, true, OWNER_A), true));
+    assert!(insert(unaligned(1), entry(LARGE + 1, false, OWNER_A), true));
     assert_eq!(mask(), PAGE_MASK, "the page test or the size catches these");
 
-    assert!(insert(unaligned(2), entry(small, false, OWNER_A)));
+    assert!(insert(unaligned(2), entry(small, false, OWNER_A), true));
     assert_eq!(mask(), 0);
     assert!(may_contain(mask(), unaligned(2), small));
-    assert!(insert(unaligned(3), entry(small, false, OWNER_A)));
+    assert!(insert(unaligned(3), entry(small, false, OWNER_A), true));
     assert!(remove(unaligned(2)).is_some());
     assert_eq!(mask(), 0, "one is still live");
     assert!(remove(unaligned(3)).is_some());
@@ -201,7 +201,7 @@ fn memory_bytes_follows_the_maps_growth() {
         .take(300)
         .collect();
     for &p in &ptrs {
-        assert!(insert(p, entry(8, true, OWNER_A)));
+        assert!(insert(p, entry(8, true, OWNER_A), true));
     }
     let grown = measured(0);
     assert!(grown > stripe_before, "{stripe_before} -> {grown}");
@@ -226,12 +226,12 @@ fn churn_leaves_memory_bytes_alone() {
     let mut ptrs = (0..).map(|i| addr(7, i)).filter(in_second);
     let mut live: std::collections::VecDeque<*mut u8> = ptrs.by_ref().take(20).collect();
     for &p in &live {
-        assert!(insert(p, entry(8, true, OWNER_A)));
+        assert!(insert(p, entry(8, true, OWNER_A), true));
     }
     let settled = memory_bytes();
     for p in ptrs.take(5000) {
         assert!(remove(live.pop_front().unwrap()).is_some());
-        assert!(insert(p, entry(8, true, OWNER_A)));
+        assert!(insert(p, entry(8, true, OWNER_A), true));
         live.push_back(p);
     }
     assert_eq!(memory_bytes(), settled);
@@ -246,11 +246,40 @@ fn churn_leaves_memory_bytes_alone() {
 fn a_stripes_map_starts_past_the_thread_caches() {
     let _tables = tables_shared();
     let p = addr(8, 0);
-    assert!(insert(p, entry(64, true, OWNER_A)));
+    assert!(insert(p, entry(64, true, OWNER_A), true));
     let bytes = crate::support::growth::hash_map_bytes(&stripe(p as usize).lock());
     assert!(
         bytes > crate::support::growth::THREAD_CACHE_MAX,
         "{bytes} bytes"
     );
     assert!(remove(p).is_some());
+}
+
+/// An insert that may not grow the set fills the room a stripe has and
+/// then fails without a trace; one that may grow then succeeds.
+#[test]
+fn an_insert_that_may_not_grow_stops_at_the_room_there_is() {
+    let _tables = tables_exclusive();
+    let stripe = stripe_index(addr(9, 0) as usize);
+    let mut same_stripe = (0..)
+        .map(|i| addr(9, i))
+        .filter(|&p| stripe_index(p as usize) == stripe);
+    let mut inserted = Vec::new();
+    let refused = loop {
+        let p = same_stripe.next().unwrap();
+        if !insert(p, entry(64, true, OWNER_A), false) {
+            break p;
+        }
+        inserted.push(p);
+        assert!(inserted.len() < 1 << 20, "never refused");
+    };
+    assert!(
+        get(refused, OWNER_A).is_none(),
+        "a refused block left a trace"
+    );
+    assert!(insert(refused, entry(64, true, OWNER_A), true));
+    inserted.push(refused);
+    for p in inserted {
+        assert!(remove(p).is_some());
+    }
 }

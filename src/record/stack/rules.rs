@@ -29,7 +29,7 @@
 //! * **Reads inside the thread's stack**: between the stack pointer of
 //!   [`capture`] and the top of the thread's stack, 8-byte aligned; a
 //!   rule that points elsewhere ends the walk with an error, not a fault.
-//! * **Stack to spare**: the walk needs [`STACK_TO_UNWIND`] of the
+//! * **Stack to spare**: the walk needs [`STACK_TO_WALK_CACHED`] of the
 //!   thread's stack left, and building a slot's caches
 //!   [`STACK_TO_BUILD_A_CACHE`]; a thread with less (a small thread of a
 //!   pool, deep recursion) hands the stack to libgcc, whose walk needs
@@ -84,7 +84,7 @@ fn way(address: u64) -> usize {
 /// thread with less left (a 16 KiB thread, say) unwinds with libgcc,
 /// which takes about 10 KiB unoptimized, whether or not the caches are
 /// built.
-pub(super) const STACK_TO_UNWIND: usize = 64 << 10;
+pub(super) const STACK_TO_WALK_CACHED: usize = 64 << 10;
 
 /// The stack a thread needs left to build a slot's caches and then walk:
 /// framehop builds each cache (its CFI context alone is 25 KiB) as a
@@ -211,8 +211,13 @@ pub(super) fn capture((stack_bottom, stack_top): (usize, usize)) -> Option<Stack
         )
     };
     let lowest = sp as usize;
-    let stack_left = lowest.saturating_sub(stack_bottom);
-    if stack_left < STACK_TO_UNWIND {
+    // Not on the thread's stack (a signal handler's alternate stack, or
+    // bounds unknown): the rules could read nothing there.
+    if !(stack_bottom..stack_top).contains(&lowest) {
+        return None;
+    }
+    let stack_left = lowest - stack_bottom;
+    if stack_left < STACK_TO_WALK_CACHED {
         return None;
     }
     let mut slot = Taken::any(stack_top)?;

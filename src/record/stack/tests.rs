@@ -314,7 +314,7 @@ fn the_cached_walk_is_left_to_threads_with_stack_to_spare() {
     let builds = rules::STACK_TO_BUILD_A_CACHE + BEFORE_CAPTURE;
     assert!(cached_walk_on(builds), "no slot built on {builds} bytes");
     rules::build_every_slot();
-    let walks = rules::STACK_TO_UNWIND + BEFORE_CAPTURE;
+    let walks = rules::STACK_TO_WALK_CACHED + BEFORE_CAPTURE;
     assert!(cached_walk_on(walks), "no cached walk on {walks} bytes");
     for kib in [16, 32] {
         assert!(!cached_walk_on(kib << 10), "a cached walk on {kib} KiB");
