@@ -264,20 +264,32 @@ fn on_alternate_stack(above: bool) {
         assert_eq!(libc::pthread_attr_getstack(&attr, &mut lo, &mut size), 0);
         libc::pthread_attr_destroy(&mut attr);
         let (lo, hi) = (lo as usize, lo as usize + size);
-        let at = if above {
-            hi + (64 << 20)
-        } else {
-            lo - (1 << 30)
-        } & !0xfff;
-        let map = libc::mmap(
-            at as *mut libc::c_void,
-            LEN,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-            -1,
-            0,
-        );
-        assert_ne!(map, libc::MAP_FAILED, "map an alternate stack");
+        // The first free place 64 MiB, 128 MiB, … away (a library may
+        // hold the nearer ones, and under AddressSanitizer, whose
+        // allocator reserves the space above thread stacks, none is free
+        // above), else where the kernel puts it, if on that side.
+        let map_at = |at: usize, flags: libc::c_int| {
+            libc::mmap(
+                at as *mut libc::c_void,
+                LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | flags,
+                -1,
+                0,
+            )
+        };
+        let map = (26..40)
+            .map(|shift| {
+                let at = if above {
+                    hi + (1 << shift)
+                } else {
+                    lo - (1 << shift)
+                };
+                map_at(at & !0xfff, libc::MAP_FIXED_NOREPLACE)
+            })
+            .chain(std::iter::once(map_at(0, 0)))
+            .find(|&map| map != libc::MAP_FAILED && (map as usize >= hi) == above)
+            .expect("map an alternate stack");
         let alternate = libc::stack_t {
             ss_sp: map,
             ss_flags: 0,
