@@ -278,9 +278,15 @@ fn agrees(fp: &Stack, dwarf: &Stack) -> bool {
     let rest = &dwarf[start..];
     // A function without a frame pointer in the middle of the stack makes
     // the chain skip or garble frames: then `fp` is not a prefix of `rest`.
-    // A stack cut at MAX_FRAMES is compared as far as both go: DWARF's
-    // starts deeper in heapprof, so it is cut at a caller nearer the leaf.
-    let cut = fp.len() + 1 == MAX_FRAMES || dwarf.len() == MAX_FRAMES;
+    // Stacks cut at MAX_FRAMES are compared as far as both go (DWARF's
+    // starts deeper in heapprof, so it is cut at a caller nearer the
+    // leaf), but only the shorter of the two may be the cut one: a walk
+    // that stopped early is no prefix to excuse.
+    let cut = if fp.len() < rest.len() {
+        fp.len() + 1 == MAX_FRAMES
+    } else {
+        dwarf.len() == MAX_FRAMES
+    };
     let both = fp.len().min(rest.len());
     fp.len() >= 4
         && rest[..both] == fp[..both]

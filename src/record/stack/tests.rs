@@ -172,6 +172,13 @@ fn a_walk_cut_at_max_frames_agrees_with_dwarf() {
             }
         }
         assert!(!agrees(&skipped, &dwarf), "depth {depth}");
+        // A walk that stopped early (a C caller, a broken chain) against a
+        // DWARF stack that was cut: not a prefix to excuse.
+        let mut stopped = Stack::empty();
+        for &f in &walked.frames()[..10] {
+            stopped.push(f);
+        }
+        assert!(!agrees(&stopped, &dwarf), "depth {depth}: stopped early");
     }
 }
 
