@@ -403,7 +403,8 @@
 //! `record::alloc_sampled` obtains its block and records its stack
 //! (`record/stack.rs`) and the thread's label set (`labels/`) at its site
 //! (`record/sites.rs`) and the live block
-//! in the set (`record/blocks.rs`). A free: `fast.rs` tests the mask, and
+//! in the set (`record/blocks.rs`); with too little stack left for that,
+//! it records less, at a site of its own (`record::record`). A free: `fast.rs` tests the mask, and
 //! `record/free.rs` finds the block in the set and credits its site.
 //!
 //! [`write_profile`]: `output::write` takes a copy of the site table

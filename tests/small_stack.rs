@@ -197,6 +197,13 @@ fn deep(kib: usize) -> Vec<u8> {
     }
 }
 
+#[inline(never)]
+fn held_here() -> Vec<u8> {
+    let held = std::hint::black_box(vec![1u8; 8000]);
+    std::hint::black_box(());
+    held
+}
+
 /// A sample on a 16 KiB thread whose own code has used nearly all of it:
 /// the program runs without heapprof, so it must run with it. The sample
 /// is not unwound (there is no stack left to unwind with) but its bytes
@@ -238,7 +245,18 @@ fn a_sample_with_almost_no_stack_left() {
     };
     assert!(!bound(named), "passed with only the unwound bytes");
     assert!(bound(named + not_unwound));
+    // In a delta over the frees of those blocks the not-unwound entry is
+    // negative: it must not make room for what grew elsewhere.
     drop(kept);
+    heapprof::set_sample_rate(1);
+    let grown = held_here();
+    heapprof::set_sample_rate(0);
+    let delta = heapprof::snapshot().delta(&snapshot);
+    let passed = std::panic::catch_unwind(|| {
+        delta.assert_inuse_at_most("small_stack::held_here", 5000);
+    });
+    assert!(passed.is_err(), "8000 bytes held passed a bound of 5000");
+    drop(grown);
 }
 
 /// Allocates in a signal handler: the handler runs on the alternate stack
@@ -311,8 +329,9 @@ fn on_alternate_stack(above: bool) {
 
 /// Samples in a signal handler on a 16 KiB alternate stack, mapped above
 /// and below the thread's stack: the stack pointer is outside the
-/// thread's stack, so heapprof cannot tell how much is left there, and
-/// records the samples without unwinding rather than walk off the end.
+/// thread's stack, so the stack left is the signal stack's, and the
+/// samples are counted (unwound or not, by what is left there) without
+/// walking off its end.
 #[test]
 fn samples_on_an_alternate_signal_stack() {
     if !is_child() {
@@ -332,7 +351,45 @@ fn samples_on_an_alternate_signal_stack() {
     heapprof::set_sample_rate(0);
     let mut gz = Vec::new();
     heapprof::write_profile(&mut gz).unwrap();
-    let not_unwound = cum(&decode(&gz), "[heapprof: stack not unwound", INUSE_SPACE);
-    assert!(not_unwound >= 6 * 4000, "{not_unwound} bytes not unwound");
-    println!("{not_unwound} bytes allocated on alternate stacks");
+    let p = decode(&gz);
+    let named = cum(&p, "small_stack::allocate_in_handler", INUSE_SPACE);
+    let not_unwound = cum(&p, "[heapprof: stack not unwound", INUSE_SPACE);
+    assert!(
+        named + not_unwound >= 6 * 4000,
+        "{named} + {not_unwound} bytes of {}",
+        6 * 4000
+    );
+    println!("on alternate stacks: {named} bytes unwound, {not_unwound} not");
+}
+
+#[inline(never)]
+fn on_a_segment(n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|_| std::hint::black_box(vec![3u8; 5000]))
+        .collect()
+}
+
+/// Samples on a stack segment of the program's own (`stacker`, as deep
+/// recursive parsers and compilers use; a coroutine's stack is the same
+/// case): its bounds are nobody's to read, so the samples are unwound as
+/// on the thread's stack, and named.
+#[test]
+fn samples_on_a_stack_segment_of_the_programs_own() {
+    if !is_child() {
+        let (stdout, _) = run_child(
+            "samples_on_a_stack_segment_of_the_programs_own",
+            &[("HEAPPROF_SAMPLE_RATE", "1")],
+        );
+        print!("{stdout}");
+        return;
+    }
+    let _watchdog = watchdog("samples on a stack segment", Duration::from_secs(60));
+    let kept = stacker::grow(1 << 20, || on_a_segment(50));
+    heapprof::set_sample_rate(0);
+    let snapshot = heapprof::snapshot();
+    let named = snapshot.inuse_bytes_in("small_stack::on_a_segment");
+    // The blocks, and in a debug build the vector that holds them.
+    assert!(named >= 50 * 5000, "{snapshot}");
+    println!("{named} bytes named on a stack segment");
+    drop(kept);
 }

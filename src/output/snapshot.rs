@@ -328,8 +328,8 @@ impl Snapshot {
     /// `"my_crate::parse"`). At sample rate 1 the numbers are exact: see
     /// the crate docs' testing section. Live bytes heapprof holds under no
     /// stack (its overflow and not-unwound entries, see the README's
-    /// "Reading a profile") count against `function` too, so that the
-    /// assertion never passes for want of a stack.
+    /// "Reading a profile"), from any thread, count against `function`
+    /// too, so that the assertion never passes for want of a stack.
     ///
     /// Also panics if heapprof is not the program's `#[global_allocator]`:
     /// the snapshot is then empty, and the assertion would pass for any
@@ -342,10 +342,14 @@ impl Snapshot {
         }
         let held = self.inuse_bytes_in(function);
         // Bytes heapprof could not put under a stack may be the function's:
-        // counted against it, so that the assertion cannot pass for want of
-        // a stack.
-        let unplaced = self.inuse_bytes_in(pprof::OVERFLOW_FUNCTION)
-            + self.inuse_bytes_in(symbolize::NOT_UNWOUND_FUNCTION);
+        // counted against it (those an entry gained, in a delta, and only
+        // if `held` does not hold them already), so that the assertion
+        // cannot pass for want of a stack.
+        let unplaced: i64 = [pprof::OVERFLOW_FUNCTION, symbolize::NOT_UNWOUND_FUNCTION]
+            .into_iter()
+            .filter(|own| !own.contains(function))
+            .map(|own| self.inuse_bytes_in(own).max(0))
+            .sum();
         let also = if unplaced > 0 {
             format!(
                 " (and {unplaced} are under none of the program's stacks, in heapprof's own entries, and may be its)"

@@ -336,8 +336,8 @@ pub(crate) fn packed() -> PackedSites {
 
 /// As [`packed`], or `None` if the inner allocator has no memory for it:
 /// for the peak copy, taken inside a sampled allocation. Each stripe's
-/// sites are copied under that stripe's lock, then the overflow site if
-/// it has samples.
+/// sites are copied under that stripe's lock, then each site kept apart
+/// (overflow, not unwound) that has samples.
 pub(crate) fn try_packed() -> Option<PackedSites> {
     let mut packed = PackedSites {
         sites: Vec::new(),
@@ -444,10 +444,19 @@ pub(crate) fn copies_of(ids: &[u32], counts: impl Fn(u32) -> SiteCounts) -> Vec<
 #[cfg(feature = "http")]
 pub(crate) fn site_counts() -> (usize, usize) {
     let mut counts = (0, 0);
+    let mut count = |c: &SiteCounts| {
+        counts.0 += 1;
+        counts.1 += usize::from(c.alloc_objects_est - c.free_objects_est >= 0.5);
+    };
     for stripe in &TABLE.stripes {
         for b in &stripe.lock().sites {
-            counts.0 += 1;
-            counts.1 += usize::from(b.counts.alloc_objects_est - b.counts.free_objects_est >= 0.5);
+            count(&b.counts);
+        }
+    }
+    for apart in [&TABLE.overflow, &TABLE.not_unwound] {
+        let c = *apart.lock();
+        if c.sampled_allocs > 0 {
+            count(&c);
         }
     }
     counts

@@ -266,7 +266,8 @@ fn own_code_range() -> Option<(usize, usize)> {
 /// Whether a frame pointer, rather than DWARF, gave `fp` the same frames as
 /// `dwarf` from the caller of the walk down: `fp` is a run of `dwarf`
 /// (after the unwinder's own frames), with at most [`ROOT_FRAMES`] more
-/// frames below it in `dwarf`.
+/// frames below it in `dwarf`, or, when the shorter of the two was cut at
+/// [`MAX_FRAMES`], the two agree as far as both go.
 ///
 /// The first frame of each is the call site of its own walk, so the
 /// comparison starts at the second.
@@ -491,9 +492,10 @@ fn bounds(facts: &StackFacts) -> (usize, usize) {
     bounds
 }
 
-/// The bytes of this thread's stack below the caller's frame; 0 when the
-/// stack pointer lies outside the thread's stack (a signal handler on an
-/// alternate stack), `None` when the bounds are unknown.
+/// The bytes of stack below the caller's frame: on the thread's stack, or
+/// on the alternate stack of a signal handler running there; `None` when
+/// unknown (the thread's bounds could not be read, or a stack of the
+/// program's own making: a `stacker` segment, a coroutine).
 #[inline(always)]
 pub(crate) fn left() -> Option<usize> {
     let here = 0u8;
@@ -502,7 +504,27 @@ pub(crate) fn left() -> Option<usize> {
     if hi == 0 {
         return None;
     }
-    Some(if lo <= sp && sp < hi { sp - lo } else { 0 })
+    if (lo..hi).contains(&sp) {
+        return Some(sp - lo);
+    }
+    let (lo, hi) = alternate_stack()?;
+    (lo..hi).contains(&sp).then(|| sp - lo)
+}
+
+/// The bounds of the signal stack this thread is running on, if it is.
+#[cold]
+fn alternate_stack() -> Option<(usize, usize)> {
+    // SAFETY: `stack_t` is plain data (a pointer, two integers), for
+    // which all zeros is a valid value.
+    let mut current: libc::stack_t = unsafe { std::mem::zeroed() };
+    // SAFETY: with a null new stack, sigaltstack only writes the current
+    // one into `current`, a local.
+    let read = unsafe { libc::sigaltstack(std::ptr::null(), &mut current) };
+    if read != 0 || current.ss_flags & libc::SS_ONSTACK == 0 {
+        return None;
+    }
+    let lo = current.ss_sp as usize;
+    Some((lo, lo + current.ss_size))
 }
 
 fn query_stack_bounds() -> (usize, usize) {

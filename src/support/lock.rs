@@ -71,7 +71,8 @@ pub(crate) mod rank {
     /// those allocations may take the registry's or the free path's locks,
     /// all of higher rank. Reading a stored set takes no lock.
     pub(crate) const LABELS: u8 = 5;
-    /// The site table's stripes and overflow site (`record/sites.rs`).
+    /// The site table's stripes and the two sites kept apart from them
+    /// (`record/sites.rs`).
     pub(crate) const SITES: u8 = 6;
     /// The spare pools (`record/spare.rs`).
     pub(crate) const SPARE: u8 = 7;

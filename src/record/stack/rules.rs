@@ -82,8 +82,8 @@ fn way(address: u64) -> usize {
 /// is compiled with the program's profile, which heapprof cannot see, and
 /// unoptimized its walk takes about 45 KiB of stack (optimized, 5 KiB). A
 /// thread with less left (a 16 KiB thread, say) unwinds with libgcc,
-/// which takes about 10 KiB unoptimized, whether or not the caches are
-/// built.
+/// which needs much less (`stack::STACK_TO_UNWIND` covers it), whether or
+/// not the caches are built.
 pub(super) const STACK_TO_WALK_CACHED: usize = 64 << 10;
 
 /// The stack a thread needs left to build a slot's caches and then walk:
