@@ -135,9 +135,10 @@ unsafe fn realloc_tracked<A: GlobalAlloc>(
         if new_ptr.is_null() {
             // The old block is still live, and still sampled if it was; a
             // sampled block whose entry cannot be put back is credited as
-            // freed, as an untracked sample is.
+            // freed, as an untracked sample is. Its stripe has the room the
+            // entry left, so nothing needs to grow.
             if let Some(e) = old
-                && !blocks::insert(ptr, e, true)
+                && !blocks::insert(ptr, e, false)
             {
                 credit_free(&e);
             }
