@@ -76,8 +76,11 @@ const WARM_MAY_KEEP: isize = 4 << 10;
 #[cfg(feature = "http")]
 const HTTP_BUILDS: usize = 8;
 
-/// What those builds may keep between them: a few hundred bytes were seen
-/// (the harness's own thread allocates too).
+/// What those builds may keep between them, beyond the growth of
+/// heapprof's own tables: 7 to 12 KB were seen (the harness's own thread
+/// allocates too). At rate 1 the replies are sampled, and one that lands
+/// in a full stripe of the sampled set grows it by tens of KB, which
+/// `profiler_bytes` counts: that is the table's memory, not a build's.
 #[cfg(feature = "http")]
 const HTTP_MAY_KEEP: isize = 64 << 10;
 
@@ -116,12 +119,14 @@ fn a_profile_build_frees_what_it_allocates() {
     // left hundreds of KiB each.
     #[cfg(feature = "http")]
     {
-        let before = HELD.load(Relaxed);
+        let tables = || heapprof::stats().profiler_bytes as isize;
+        let (before, tables_before) = (HELD.load(Relaxed), tables());
         for query in ["", "debug=1"].repeat(HTTP_BUILDS / 2) {
             let reply = heapprof::http::handle("/debug/pprof/heap", query);
             assert_eq!(reply.status, 200);
         }
-        let kept = HELD.load(Relaxed) - before;
+        let grown = (tables() - tables_before).max(0);
+        let kept = HELD.load(Relaxed) - before - grown;
         assert!(
             kept < HTTP_MAY_KEEP,
             "{HTTP_BUILDS} HTTP builds left {kept} bytes in the inner allocator (at most {HTTP_MAY_KEEP} expected)"
