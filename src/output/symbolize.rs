@@ -162,8 +162,8 @@ fn resolve_all_within(
     wanted.sort_unstable();
     wanted.dedup();
     let mut out = HashMap::with_capacity(wanted.len());
-    if wanted.first() == Some(&NOT_UNWOUND) {
-        wanted.remove(0);
+    if let Ok(at) = wanted.binary_search(&NOT_UNWOUND) {
+        wanted.remove(at);
         out.insert(NOT_UNWOUND, not_unwound());
     }
     let mut missing = Vec::new();

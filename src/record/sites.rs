@@ -248,19 +248,48 @@ pub(crate) fn record_not_unwound(size: usize, weight: f64) -> SiteId {
     SiteId::NOT_UNWOUND
 }
 
-/// The counts of a site kept outside the stripes, if `id` is one.
-fn apart(id: SiteId) -> Option<&'static Mutex<{ rank::SITES }, SiteCounts>> {
-    match id {
-        SiteId::OVERFLOW => Some(&TABLE.overflow),
-        SiteId::NOT_UNWOUND => Some(&TABLE.not_unwound),
-        _ => None,
+/// A site kept outside the stripes: its id, its counts, and the stack it
+/// shows (none for the overflow site, which profiles name apart).
+struct Apart {
+    id: SiteId,
+    counts: &'static Mutex<{ rank::SITES }, SiteCounts>,
+    frames: &'static [usize],
+}
+
+/// The sites kept outside the stripes.
+const APART: [Apart; 2] = [
+    Apart {
+        id: SiteId::OVERFLOW,
+        counts: &TABLE.overflow,
+        frames: &[],
+    },
+    Apart {
+        id: SiteId::NOT_UNWOUND,
+        counts: &TABLE.not_unwound,
+        frames: &[NOT_UNWOUND],
+    },
+];
+
+impl Apart {
+    fn copy(&self, counts: SiteCounts) -> SiteCopy {
+        SiteCopy {
+            frames: self.frames.to_vec(),
+            counts,
+            overflow: self.id == SiteId::OVERFLOW,
+            labels: LabelSetId::NONE,
+        }
     }
+}
+
+/// The site kept outside the stripes that `id` names, if it names one.
+fn apart(id: SiteId) -> Option<&'static Apart> {
+    APART.iter().find(|a| a.id == id)
 }
 
 /// Credits the free of a sampled block back to the site that allocated it.
 pub(crate) fn record_free(id: SiteId, size: usize, weight: f64) {
-    if let Some(counts) = apart(id) {
-        counts.lock().add_free(size, weight);
+    if let Some(apart) = apart(id) {
+        apart.counts.lock().add_free(size, weight);
         return;
     }
     let stripe_index = (id.0 >> SiteId::INDEX_BITS) as usize;
@@ -343,8 +372,8 @@ pub(crate) fn try_packed() -> Option<PackedSites> {
         sites: Vec::new(),
         frames: Vec::new(),
     };
-    let room = growth::reserve_vec(&mut packed.sites, TABLE.sites.load(Relaxed) + 2)
-        && growth::reserve_vec(&mut packed.frames, TABLE.frames.load(Relaxed) + 1);
+    let room = growth::reserve_vec(&mut packed.sites, TABLE.sites.load(Relaxed) + APART.len())
+        && growth::reserve_vec(&mut packed.frames, TABLE.frames.load(Relaxed) + APART.len());
     if !room {
         return None;
     }
@@ -356,13 +385,12 @@ pub(crate) fn try_packed() -> Option<PackedSites> {
             packed.push(stored, site.counts, false, LabelSetId(site.labels.into()))?;
         }
     }
-    let overflow = *TABLE.overflow.lock();
-    if overflow.sampled_allocs > 0 {
-        packed.push(&[], overflow, true, LabelSetId::NONE)?;
-    }
-    let not_unwound = *TABLE.not_unwound.lock();
-    if not_unwound.sampled_allocs > 0 {
-        packed.push(&[NOT_UNWOUND], not_unwound, false, LabelSetId::NONE)?;
+    for apart in &APART {
+        let counts = *apart.counts.lock();
+        if counts.sampled_allocs > 0 {
+            let overflow = apart.id == SiteId::OVERFLOW;
+            packed.push(apart.frames, counts, overflow, LabelSetId::NONE)?;
+        }
     }
     Some(packed)
 }
@@ -401,18 +429,8 @@ impl PackedSites {
 pub(crate) fn copies_of(ids: &[u32], counts: impl Fn(u32) -> SiteCounts) -> Vec<SiteCopy> {
     let mut out = Vec::with_capacity(ids.len());
     for &id in ids {
-        if id == SiteId::OVERFLOW.0 || id == SiteId::NOT_UNWOUND.0 {
-            let overflow = id == SiteId::OVERFLOW.0;
-            out.push(SiteCopy {
-                frames: if overflow {
-                    Vec::new()
-                } else {
-                    vec![NOT_UNWOUND]
-                },
-                counts: counts(id),
-                overflow,
-                labels: LabelSetId::NONE,
-            });
+        if let Some(apart) = apart(SiteId(id)) {
+            out.push(apart.copy(counts(id)));
             continue;
         }
         let stripe_index = (id >> SiteId::INDEX_BITS) as usize;
@@ -453,8 +471,8 @@ pub(crate) fn site_counts() -> (usize, usize) {
             count(&b.counts);
         }
     }
-    for apart in [&TABLE.overflow, &TABLE.not_unwound] {
-        let c = *apart.lock();
+    for apart in &APART {
+        let c = *apart.counts.lock();
         if c.sampled_allocs > 0 {
             count(&c);
         }
@@ -557,15 +575,16 @@ pub(crate) fn each_lock(f: &mut dyn FnMut(&'static dyn Lockable)) {
     for stripe in &TABLE.stripes {
         f(stripe);
     }
-    f(&TABLE.overflow);
-    f(&TABLE.not_unwound);
+    for apart in &APART {
+        f(apart.counts);
+    }
 }
 
 /// The counts of site `id` as they stand, for the recorder's tests.
 #[cfg(test)]
 pub(crate) fn counts_of(id: SiteId) -> Option<SiteCounts> {
-    if let Some(counts) = apart(id) {
-        return Some(*counts.lock());
+    if let Some(apart) = apart(id) {
+        return Some(*apart.counts.lock());
     }
     let stripe = TABLE.stripes[(id.0 >> 24) as usize].lock();
     stripe
