@@ -87,7 +87,12 @@ fn leave(was_inside: bool) {
     let Some(own) = thread::with(|l| l.counters.thaw()) else {
         return;
     };
-    OWN.add(own);
+    // Most stays inside allocate nothing (a sample into tables with room, a
+    // sampled free): they leave the totals, a line every thread shares,
+    // untouched.
+    if own != Counts::default() {
+        OWN.add(own);
+    }
     if !crate::support::lock::free_path_lock_held() {
         run_deferred();
     }
