@@ -503,7 +503,14 @@ struct Measured {
     ratios: Vec<f64>,
     /// Per-round A/B of the user CPU times.
     user_ratios: Vec<f64>,
+    /// B's user CPU time per round.
+    b_user: Vec<f64>,
 }
+
+/// Below this much user CPU time per run (a workload that spends its time
+/// in the kernel, as `realloc_growth` does in page faults), a ratio of user
+/// times is a ratio of a few scheduler ticks and is not printed.
+const USER_FLOOR_NS: f64 = 20e6;
 
 /// Runs A and B of `row` alternately, `rounds` times each.
 fn measure(dir: &Path, row: &Row, rounds: usize) -> Measured {
@@ -514,6 +521,7 @@ fn measure(dir: &Path, row: &Row, rounds: usize) -> Measured {
         b_wall: Vec::new(),
         ratios: Vec::new(),
         user_ratios: Vec::new(),
+        b_user: Vec::new(),
     };
     for _ in 0..rounds {
         let x = run(&a, &row.a, row.workload, row.scale);
@@ -522,6 +530,7 @@ fn measure(dir: &Path, row: &Row, rounds: usize) -> Measured {
         m.b_wall.push(y.wall);
         m.ratios.push(x.wall / y.wall);
         m.user_ratios.push(x.user / y.user);
+        m.b_user.push(y.user);
     }
     m
 }
@@ -544,8 +553,17 @@ fn print_table_head() {
 fn print_time_row(row: &Row, m: &mut Measured) {
     let (lo, hi) = min_max(&m.ratios);
     let (user_lo, user_hi) = min_max(&m.user_ratios);
+    let b_user = median(&mut m.b_user);
+    let user = if b_user < USER_FLOOR_NS {
+        format!("– (B: {:.1} ms of user time)", b_user / 1e6)
+    } else {
+        format!(
+            "{:.3} ({user_lo:.3}–{user_hi:.3})",
+            median(&mut m.user_ratios)
+        )
+    };
     println!(
-        "| {} | {}% | {} | {} | {:.1} | {:.1} | **{:.3}** | {:.3}–{:.3} | {:.3} ({:.3}–{:.3}) | {} |",
+        "| {} | {}% | {} | {} | {:.1} | {:.1} | **{:.3}** | {:.3}–{:.3} | {user} | {} |",
         row.workload,
         row.scale,
         row.a.label,
@@ -555,9 +573,6 @@ fn print_time_row(row: &Row, m: &mut Measured) {
         median(&mut m.ratios),
         lo,
         hi,
-        median(&mut m.user_ratios),
-        user_lo,
-        user_hi,
         row.target
     );
 }
