@@ -425,6 +425,69 @@ fn slow_endpoint_never_blocks_the_program() {
     drop(kept);
 }
 
+/// Periods and timeouts at their largest (`Duration::MAX`) are taken as a
+/// day: the pusher waits for `stop`, whose push goes through, and no
+/// deadline overflows on its thread.
+#[test]
+fn the_longest_settings_are_taken_as_a_day() {
+    if !is_child() {
+        let (stdout, stderr) = run_child("the_longest_settings_are_taken_as_a_day", &[]);
+        println!("{stdout}\n{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(stdout.contains("pushed at stop"), "{stdout}");
+        return;
+    }
+    let receiver = Receiver::start();
+    let pusher = Pusher::new(receiver.url(), "longest")
+        .every(Duration::MAX)
+        .timeout(Duration::MAX)
+        .start()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let stopping = std::thread::spawn(move || pusher.stop());
+    let last = receiver.next(PUSH_WITHIN).expect("the push at stop comes");
+    check_request(last.push(), "longest{}");
+    last.answer(200, "");
+    stopping.join().unwrap();
+    println!("pushed at stop");
+}
+
+/// A name and labels too long for a request line are refused by `start`
+/// (and when they come from the environment, reported in one line at the
+/// first sample), instead of failing on the pusher's thread at each push.
+#[test]
+fn names_too_long_for_a_request_line_are_refused() {
+    let long_name = "n".repeat(70_000);
+    let e = Pusher::new("http://127.0.0.1:9", long_name.as_str())
+        .start()
+        .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+    assert!(e.to_string().len() < 300, "one short line: {e}");
+    let mut many = Pusher::new("http://127.0.0.1:9", "app");
+    for i in 0..9000 {
+        many = many.label(format!("k{i}"), "v");
+    }
+    let e = many.start().unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+    if !is_child() {
+        let (_, stderr) = run_child(
+            "names_too_long_for_a_request_line_are_refused",
+            &[
+                ("HEAPPROF_PYROSCOPE_URL", "http://127.0.0.1:9"),
+                ("HEAPPROF_PYROSCOPE_NAME", long_name.as_str()),
+                ("HEAPPROF_SAMPLE_RATE", "1"),
+            ],
+        );
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("heapprof") && l.contains("request target"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        assert!(lines[0].len() < 400, "one short line: {}", lines[0]);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
 /// The pusher with no code: `HEAPPROF_PYROSCOPE_*` in a child's
 /// environment, a periodic push and the one at exit.
 #[test]

@@ -10,12 +10,13 @@
 //! blanks), as `HEAPPROF_SAMPLE_RATE= cmd` or a template that expanded to
 //! nothing leaves it, is taken as unset, silently.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 pub(crate) mod report;
+use report::Shown;
 
 /// The largest sample rate: one below `usize::MAX`, which the sampler
 /// keeps for "not read yet". Larger settings are lowered to it; it is so
@@ -44,10 +45,6 @@ pub(crate) const DEFAULT_MAX_SITES: usize = 16 * 1024;
 /// disk, and one is written as soon as the last is done: a 1 ms period
 /// writes a few hundred files a second.
 const MIN_DUMP_EVERY: Duration = Duration::from_secs(1);
-
-/// At most this many characters of a malformed value are echoed in its
-/// warning, so that a value of any size stays one short line.
-const SHOWN_VALUE_CHARS: usize = 64;
 
 /// The most sites `HEAPPROF_MAX_SITES` can ask for: a site's index
 /// within its stripe has `SiteId::INDEX_BITS` (24) bits.
@@ -376,21 +373,6 @@ fn at_least(name: &str, value: Duration, min: Duration) -> Duration {
         "heapprof: {name}={value:?} is below the shortest period, {min:?}; using {min:?}"
     ));
     min
-}
-
-/// A raw value as a warning shows it: quoted and escaped (so on one
-/// line), cut after [`SHOWN_VALUE_CHARS`] characters with its full length
-/// in bytes.
-struct Shown<'a>(&'a OsStr);
-
-impl std::fmt::Display for Shown<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let quoted = format!("{:?}", self.0);
-        match quoted.char_indices().nth(SHOWN_VALUE_CHARS) {
-            None => f.write_str(&quoted),
-            Some((cut, _)) => write!(f, "{}...\" ({} bytes in all)", &quoted[..cut], self.0.len()),
-        }
-    }
 }
 
 fn read<T: std::fmt::Display>(

@@ -56,7 +56,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Acquire, Ordering::Relaxed, Orderi
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::config::{self, report};
+use crate::config::{self, report, report::Shown};
 use crate::output::{self, Format, Mark, pprof};
 use crate::support::reentry;
 
@@ -82,6 +82,17 @@ pub const WARN_EVERY: Duration = Duration::from_secs(60);
 /// measurement); only the pages touched become resident.
 pub const THREAD_STACK_BYTES: usize = 2 << 20;
 
+/// The longest period and timeout: a day. Longer ones are taken as this,
+/// which keeps every deadline computable (an `Instant` plus
+/// `Duration::MAX` overflows).
+pub const LONGEST: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The longest request target (`/ingest?name=…&from=…`) a push may send:
+/// proxies and servers commonly refuse request lines past 8 KiB, and the
+/// HTTP client refuses a URI past 64 KiB outright. Checked by
+/// [`Pusher::start`] against the name and labels, percent-encoded.
+pub const MAX_REQUEST_TARGET_BYTES: usize = 8 * 1024;
+
 /// The most of a failed push's answer quoted in its warning.
 const QUOTED_ANSWER_BYTES: u64 = 200;
 
@@ -102,7 +113,7 @@ impl std::fmt::Debug for Pusher {
     /// Everything but the credentials, which are shown as set or not.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pusher")
-            .field("url", &self.url)
+            .field("url", &without_credentials(&self.url))
             .field("name", &self.name)
             .field("labels", &self.labels)
             .field("every", &self.every)
@@ -142,18 +153,19 @@ impl Pusher {
         self
     }
 
-    /// Pushes every `period` (at least [`MIN_EVERY`]; shorter is raised
-    /// to it).
+    /// Pushes every `period` (at least [`MIN_EVERY`], at most
+    /// [`LONGEST`]; others are taken as the nearer bound).
     pub fn every(mut self, period: Duration) -> Pusher {
-        self.every = period.max(MIN_EVERY);
+        self.every = period.clamp(MIN_EVERY, LONGEST);
         self
     }
 
     /// How long each step of a push may take: connecting, sending the
     /// request, waiting for the answer, reading it ([`DEFAULT_TIMEOUT`]).
-    /// The host name is resolved as the system resolver bounds it.
+    /// The host name is resolved as the system resolver bounds it. At
+    /// least a millisecond, at most [`LONGEST`].
     pub fn timeout(mut self, timeout: Duration) -> Pusher {
-        self.timeout = timeout.max(Duration::from_millis(1));
+        self.timeout = timeout.clamp(Duration::from_millis(1), LONGEST);
         self
     }
 
@@ -184,9 +196,11 @@ impl Pusher {
     /// # Errors
     ///
     /// [`InvalidInput`](io::ErrorKind::InvalidInput) for a URL that is not
-    /// `http://` or `https://` (or has a query), a name or label Pyroscope
-    /// would refuse, both basic authentication and a bearer token, or a
-    /// header value with control characters; `Other` if heapprof is not the
+    /// `http://` or `https://` (or has a query or a fragment), a name or
+    /// label Pyroscope would refuse, a name and labels too long for a
+    /// request line ([`MAX_REQUEST_TARGET_BYTES`]), both basic
+    /// authentication and a bearer token, or a header value with control
+    /// characters; `Other` if heapprof is not the
     /// program's global allocator; the error of spawning the thread.
     pub fn start(self) -> io::Result<PusherHandle> {
         self.check()?;
@@ -212,7 +226,20 @@ impl Pusher {
                 // Inside for good, thread-local destructors included.
                 std::mem::forget(reentry::Inside::enter());
                 let mark = mark.unwrap_or_else(Mark::now);
-                self.run(&seen, mark);
+                let url = without_credentials(&self.url).into_owned();
+                // Nothing the thread calls is known to panic; if something
+                // does, the pushes end with a line saying so, and `stop` and
+                // the push at exit do not wait for them.
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.run(&seen, mark)
+                }));
+                if ran.is_err() {
+                    report::warn(format_args!(
+                        "heapprof: the Pyroscope pusher for {} stopped: it panicked (above)",
+                        Shown::new(&*url)
+                    ));
+                }
+                seen.finished.store(true, Release);
             })?;
         Ok(PusherHandle {
             control,
@@ -223,28 +250,41 @@ impl Pusher {
 
     fn check(&self) -> io::Result<()> {
         let invalid = |why: String| Err(io::Error::new(io::ErrorKind::InvalidInput, why));
-        let url = &self.url;
-        if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains('?') {
+        let url = without_credentials(&self.url);
+        let url = Shown::new(&*url);
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://"))
+            || self.url.contains(['?', '#'])
+        {
             return invalid(format!(
-                "heapprof: Pusher URL {url:?}: expected http://host[:port][/path] or https://…, with no query"
+                "heapprof: Pusher URL {url}: expected http://host[:port][/path] or https://…, \
+                 with no query or fragment"
             ));
         }
         if let Err(e) = ureq::http::Uri::try_from(self.ingest_url()) {
-            return invalid(format!("heapprof: Pusher URL {url:?}: {e}"));
+            return invalid(format!("heapprof: Pusher URL {url}: {e}"));
         }
         if !config::valid_service_name(&self.name) {
             return invalid(format!(
-                "heapprof: Pusher name {:?}: Pyroscope takes letters, digits and _ . - / only",
-                self.name
+                "heapprof: Pusher name {}: Pyroscope takes letters, digits and _ . - / only",
+                Shown::new(&self.name)
             ));
         }
         for (k, v) in &self.labels {
             if !config::valid_label_key(k) || !config::valid_label_value(v) {
                 return invalid(format!(
-                    "heapprof: Pusher label {k:?}={v:?}: keys are letters, digits, _ and . \
-                     (not __name__); values are not empty, without , or }} or blanks at either end"
+                    "heapprof: Pusher label {}={}: keys are letters, digits, _ and . \
+                     (not __name__); values are not empty, without , or }} or blanks at either end",
+                    Shown::new(k),
+                    Shown::new(v)
                 ));
             }
+        }
+        let target = self.request_target_bytes();
+        if target > MAX_REQUEST_TARGET_BYTES {
+            return invalid(format!(
+                "heapprof: Pusher: the URL, name and labels make a request target of {target} \
+                 bytes, over the {MAX_REQUEST_TARGET_BYTES} servers and proxies take"
+            ));
         }
         if self.basic_auth.is_some() && self.bearer_token.is_some() {
             return invalid(
@@ -265,6 +305,22 @@ impl Pusher {
     /// `<url>/ingest`.
     fn ingest_url(&self) -> String {
         format!("{}/ingest", self.url.trim_end_matches('/'))
+    }
+
+    /// The longest a push's URL can be: the ingest URL, and its query with
+    /// every byte of the name and labels counted as percent-encoded when it
+    /// may be, and the times at their longest.
+    fn request_target_bytes(&self) -> usize {
+        let encoded = |s: &str| {
+            s.bytes()
+                .map(|b| if b.is_ascii_alphanumeric() { 1 } else { 3 })
+                .sum::<usize>()
+        };
+        let longest_time = u64::MAX.to_string().len();
+        self.ingest_url().len()
+            + "?name=&from=&until=&format=pprof&spyName=heapprof".len()
+            + encoded(&self.name_with_labels())
+            + 2 * longest_time
     }
 
     /// The `name` query parameter: the name and the labels, `name{k=v,…}`.
@@ -315,7 +371,7 @@ impl Pusher {
                     mark = now;
                     failures.succeeded();
                 }
-                Err(e) => failures.failed(&self.url, &e),
+                Err(e) => failures.failed(&without_credentials(&self.url), &e),
             }
             if stopping {
                 control.finished.store(true, Release);
@@ -447,6 +503,20 @@ impl Client {
     }
 }
 
+/// `url` without the `user:password@` part a URL may carry, for messages.
+fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.into();
+    };
+    let authority_end = url[scheme_end..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| scheme_end + i);
+    match url[scheme_end..authority_end].rfind('@') {
+        Some(at) => format!("{}…@{}", &url[..scheme_end], &url[scheme_end + at + 1..]).into(),
+        None => url.into(),
+    }
+}
+
 /// Seconds since the Unix epoch, the unit of `from` and `until`.
 fn unix_seconds(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -503,8 +573,9 @@ impl Failures {
             n => format!(" ({n} more failed since the last report)"),
         };
         report::warn(format_args!(
-            "heapprof: could not push the profile to Pyroscope at {url}: {error}{others}; \
-             the next push covers this period too; reported at most once a minute"
+            "heapprof: could not push the profile to Pyroscope at {}: {error}{others}; \
+             the next push covers this period too; reported at most once a minute",
+            Shown::new(url)
         ));
         self.last_report = Some(Instant::now());
         self.unreported = 0;
@@ -534,9 +605,9 @@ pub(crate) fn start_from_env() {
     if !crate::thread::alive() || STARTED.swap(true, Relaxed) {
         return;
     }
-    let mut pusher = Pusher::new(url.clone(), c.name.clone().unwrap_or_else(exe_name));
+    let mut pusher =
+        Pusher::new(url.clone(), c.name.clone().unwrap_or_else(exe_name)).every(c.every);
     pusher.labels = c.labels.clone();
-    pusher.every = c.every;
     pusher.basic_auth = c.basic_auth.clone();
     pusher.bearer_token = c.token.clone();
     pusher.tenant = c.tenant.clone();
@@ -625,6 +696,8 @@ mod tests {
             Pusher::new("pyroscope:4040", "a"),
             Pusher::new("ftp://x", "a"),
             Pusher::new("http://x/?a=b", "a"),
+            Pusher::new("http://x/#top", "a"),
+            Pusher::new("http://x", "a".repeat(MAX_REQUEST_TARGET_BYTES)),
             Pusher::new("http://x", ""),
             Pusher::new("http://x", "my app"),
             Pusher::new("http://x", "a").label("e nv", "x"),
@@ -641,6 +714,42 @@ mod tests {
             let e = p.check().unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{p:?}: {e}");
         }
+    }
+
+    #[test]
+    fn a_request_target_is_counted_at_its_longest() {
+        let p = Pusher::new("http://x:1/", "a.b").label("k", "v");
+        // http://x:1/ingest?name=a%2Eb%7Bk%3Dv%7D&from=<20>&until=<20>&format=pprof&spyName=heapprof
+        let sent = "http://x:1/ingest?name=&from=&until=&format=pprof&spyName=heapprof".len()
+            + "a%2Eb%7Bk%3Dv%7D".len()
+            + 40;
+        assert_eq!(p.request_target_bytes(), sent);
+        let longest = Pusher::new("http://x", "a".repeat(MAX_REQUEST_TARGET_BYTES - 200));
+        longest.check().unwrap();
+    }
+
+    #[test]
+    fn credentials_stay_out_of_messages() {
+        assert_eq!(
+            without_credentials("https://user:s3cret@host:443/p@x"),
+            "https://…@host:443/p@x"
+        );
+        assert_eq!(without_credentials("http://host/a@b"), "http://host/a@b");
+        assert_eq!(without_credentials("not a url"), "not a url");
+        let p = Pusher::new("http://u:pw@h", "a");
+        assert!(!format!("{p:?}").contains("pw"), "{p:?}");
+    }
+
+    #[test]
+    fn periods_and_timeouts_are_bounded() {
+        let p = Pusher::new("http://x", "a")
+            .every(Duration::MAX)
+            .timeout(Duration::MAX);
+        assert_eq!((p.every, p.timeout), (LONGEST, LONGEST));
+        let p = Pusher::new("http://x", "a")
+            .every(Duration::ZERO)
+            .timeout(Duration::ZERO);
+        assert_eq!((p.every, p.timeout), (MIN_EVERY, Duration::from_millis(1)));
     }
 
     #[test]
