@@ -52,6 +52,71 @@ fn failing_writer_gets_err_and_the_next_write_works() {
     drop(keep);
 }
 
+/// A writer that is interrupted once (as a pipe or socket write is when a
+/// signal arrives), at its `at`-th call of `write` or `flush`, and short:
+/// it takes at most 100 bytes a call.
+struct InterruptedOnce {
+    at: usize,
+    calls: usize,
+    written: Vec<u8>,
+}
+
+impl InterruptedOnce {
+    fn call(&mut self) -> io::Result<()> {
+        self.calls += 1;
+        if self.calls == self.at {
+            return Err(io::ErrorKind::Interrupted.into());
+        }
+        Ok(())
+    }
+}
+
+impl Write for InterruptedOnce {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.call()?;
+        let n = buf.len().min(100);
+        self.written.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.call()
+    }
+}
+
+/// An interrupted write is tried again, not reported: every format comes
+/// out whole wherever the interruption falls.
+#[test]
+fn an_interrupted_writer_gets_the_whole_profile() {
+    heapprof::set_sample_rate(4096);
+    let keep: Vec<Vec<u8>> = (0..1000).map(|_| vec![0u8; 1000]).collect();
+    let snapshot = heapprof::snapshot();
+    type Writes = fn(&heapprof::Snapshot, &mut InterruptedOnce) -> io::Result<()>;
+    let formats: [(&str, Writes); 4] = [
+        ("write_profile", |_, w| heapprof::write_profile(w)),
+        ("write_peak_profile", |_, w| heapprof::write_peak_profile(w)),
+        ("write_text_profile", |_, w| heapprof::write_text_profile(w)),
+        ("Snapshot::write_pprof", |s, w| s.write_pprof(w)),
+    ];
+    for (name, write) in formats {
+        for at in 1..40 {
+            let mut w = InterruptedOnce {
+                at,
+                calls: 0,
+                written: Vec::new(),
+            };
+            write(&snapshot, &mut w)
+                .unwrap_or_else(|e| panic!("{name}, interrupted at call {at}: {e}"));
+            if name == "write_text_profile" {
+                assert!(w.written.starts_with(b"heap profile: "), "{name} at {at}");
+            } else {
+                let p = decode(&w.written);
+                assert!(!p.sample.is_empty(), "{name} at {at}: no samples");
+            }
+        }
+    }
+    drop(keep);
+}
+
 /// A writer that accepts everything and fails on flush.
 struct FailingFlush(Vec<u8>);
 

@@ -127,10 +127,36 @@ pub(crate) fn with_build_stack<R>(f: impl FnOnce() -> R) -> R {
 pub(crate) fn encode<W: Write>(profile: &proto::Profile, w: W) -> io::Result<()> {
     with_build_stack(|| {
         let bytes = profile.encode_to_vec();
-        let mut gz = GzEncoder::new(w, Compression::default());
+        let mut gz = GzEncoder::new(Retrying(w), Compression::default());
         gz.write_all(&bytes)?;
         gz.finish()?.flush()
     })
+}
+
+/// A writer that tries again when `W` is interrupted (`EINTR`: a signal
+/// arrived while a pipe or socket write waited). The gzip encoder passes
+/// `Interrupted` up from its final writes instead of trying again, which
+/// would fail a profile over a signal.
+struct Retrying<W>(W);
+
+impl<W: Write> Write for Retrying<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            match self.0.write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                done => return done,
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        loop {
+            match self.0.flush() {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                done => return done,
+            }
+        }
+    }
 }
 
 /// Builds the profile message for `sites`, sampled at `rate`.
