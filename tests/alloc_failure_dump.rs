@@ -127,8 +127,8 @@ fn run(how: &str) {
     assert_eq!(
         lines[0],
         format!(
-            "heapprof: an allocation of {FAILING} bytes failed; wrote the peak profile prepared for it to {}",
-            file.display()
+            "heapprof: an allocation of {FAILING} bytes failed; wrote the peak profile prepared for it to {:?}",
+            file
         ),
         "{how}"
     );

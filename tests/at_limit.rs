@@ -283,7 +283,7 @@ fn each_threshold_is_written_once_as_the_heap_grows() {
     assert!(
         lines[0]
             .contains("85.0% of the limit (the cgroup's memory.max, 104857600 bytes), past 80%")
-            && lines[0].contains("heap.limit80.pb.gz and ")
+            && lines[0].contains("heap.limit80.pb.gz\" and ")
             && lines[0].contains("heap.limit80.peak.pb.gz"),
         "{}",
         lines[0]
@@ -491,4 +491,47 @@ fn bad_fractions_are_refused() {
         assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{bad:?}: {e}");
         assert!(e.to_string().contains("from 0.01 to 1"), "{e}");
     }
+}
+
+/// Files of the cgroup directory that are not regular files (a FIFO where
+/// `memory.high` and `memory.events` should be, `/dev/zero` for
+/// `memory.stat`) are read as unreadable: the watch neither blocks on
+/// them nor reads without end, and the regular ones still count.
+#[test]
+fn cgroup_files_that_are_not_regular_files_are_not_read() {
+    let _watchdog = heapprof_testkit::watchdog::watchdog(
+        "cgroup_files_that_are_not_regular_files_are_not_read",
+        Duration::from_secs(120),
+    );
+    let cgroup = fake_cgroup();
+    set_percent(cgroup.path(), 85);
+    for fifo in ["memory.high", "memory.events"] {
+        let path = cgroup.path().join(fifo);
+        std::fs::remove_file(&path).ok();
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: `c` is a NUL-terminated path that lives across the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+    std::os::unix::fs::symlink("/dev/zero", cgroup.path().join("memory.stat")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let base = out.path().join("heap.pb.gz");
+    let started = Instant::now();
+    let (_, stderr) = child(
+        "churn",
+        &[
+            ("HEAPPROF_CGROUP_DIR", cgroup.path().to_str().unwrap()),
+            ("HEAPPROF_DUMP_AT_LIMIT", "80%"),
+            ("HEAPPROF_OUT", base.to_str().unwrap()),
+        ],
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        files_in(out.path()).contains("heap.limit80.pb.gz"),
+        "{:?}\n{stderr}",
+        files_in(out.path())
+    );
 }

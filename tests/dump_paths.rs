@@ -388,3 +388,110 @@ fn a_regular_file_is_replaced() {
     assert_eq!(names(dir.path()), ["old.pb.gz"]);
     let _ = File::open(&path).unwrap();
 }
+
+/// A replaced file keeps its permissions and owner: a profile the user
+/// made private (it shows the program's addresses and functions) does not
+/// become readable by all.
+#[test]
+fn a_replaced_file_keeps_its_permissions_and_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path: PathBuf = dir.path().join("private.pb.gz");
+    std::fs::write(&path, b"old").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Owned by someone else, where this process may give files away (root,
+    // as in CI); otherwise the owner stays this process's either way.
+    let other = 65534;
+    let given = std::os::unix::fs::chown(&path, Some(other), Some(other)).is_ok();
+    heapprof::ProfileGuard::new(&path).finish().unwrap();
+    let m = std::fs::metadata(&path).unwrap();
+    assert_eq!(read(&path).sample_type.len(), 4);
+    assert_eq!(m.mode() & 0o7777, 0o600, "mode {:o}", m.mode());
+    if given {
+        assert_eq!((m.uid(), m.gid()), (other, other));
+    }
+    assert_eq!(names(dir.path()), ["private.pb.gz"]);
+}
+
+/// Temporary files that another process with this one's pid left behind
+/// (killed mid-dump, before a container restarted it as pid 1 again) are
+/// stepped over, and left alone: the dump is written.
+#[test]
+fn temporary_files_left_by_an_earlier_process_are_stepped_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let path: PathBuf = dir.path().join("heap.pb.gz");
+    let pid = std::process::id();
+    // This process's counter is small yet: every name it tries first is
+    // taken, up to a few more than one dump takes.
+    let left: Vec<String> = (0..8)
+        .map(|n| format!(".heap.pb.gz.{pid}.{n}.tmp"))
+        .collect();
+    for name in &left {
+        std::fs::write(dir.path().join(name), b"left").unwrap();
+    }
+    heapprof::ProfileGuard::new(&path).finish().unwrap();
+    assert_eq!(read(&path).sample_type.len(), 4);
+    for name in &left {
+        assert_eq!(std::fs::read(dir.path().join(name)).unwrap(), b"left");
+    }
+}
+
+/// A file name as long as the system takes (255 bytes) is written, though
+/// its temporary file's name adds to it.
+#[test]
+fn a_long_file_name_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("{}.pb.gz", "h".repeat(255 - ".pb.gz".len()));
+    let path: PathBuf = dir.path().join(&name);
+    heapprof::ProfileGuard::new(&path).finish().unwrap();
+    assert_eq!(read(&path).sample_type.len(), 4);
+    assert_eq!(names(dir.path()), [name]);
+}
+
+/// Paths that cannot be a file's: one that ends in `/`, and a symlink
+/// loop. The exit dump fails, said in one line, and no profile is made
+/// beside them (`new.peak`, `loop.0001`).
+#[test]
+fn paths_that_cannot_be_a_files_make_nothing_beside_them() {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("loop", dir.path().join("loop")).unwrap();
+    let kept = ["loop"];
+    for out in ["new/", "loop"] {
+        let mut env = vec![("HEAPPROF_OUT", out)];
+        env.extend(SERIES_ENV);
+        let (_, stderr) = exit_child(dir.path(), &env);
+        assert_eq!(
+            names(dir.path()),
+            kept,
+            "stray files for {out:?}:\n{stderr}"
+        );
+        assert!(
+            stderr.contains("could not write the exit profile"),
+            "{out:?}: {stderr}"
+        );
+        // A series in this process, one period long.
+        let series = heapprof::AutoDump::new(dir.path().join(out))
+            .every(Duration::from_secs(1))
+            .start()
+            .unwrap();
+        churn_for(Duration::from_millis(1500));
+        series.stop();
+        assert_eq!(
+            names(dir.path()),
+            kept,
+            "stray files for {out:?} (AutoDump)"
+        );
+    }
+}
+
+/// A path with a line break is reported on one line, quoted.
+#[test]
+fn a_path_with_a_line_break_is_reported_on_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("a\nheapprof: fake");
+    std::fs::create_dir(&sub).unwrap();
+    let err = heapprof::ProfileGuard::new(&sub).finish().unwrap_err();
+    let message = err.to_string();
+    assert!(!message.contains('\n'), "{message}");
+    assert!(message.contains("a\\nheapprof: fake"), "{message}");
+}

@@ -389,7 +389,7 @@ fn read<T: std::fmt::Display>(
         None => {
             report::warn(format_args!(
                 "heapprof: ignoring {name}={}: expected {expected}; using the default {default}",
-                Shown(&raw)
+                Shown::new(&raw)
             ));
             default
         }
@@ -416,7 +416,7 @@ fn lookup<T>(
     if value.is_none() {
         report::warn(format_args!(
             "heapprof: ignoring {name}={}: expected {expected}; {fallback}",
-            Shown(&raw)
+            Shown::new(&raw)
         ));
     }
     value

@@ -18,23 +18,47 @@ pub(crate) fn warn(args: std::fmt::Arguments<'_>) {
 /// that a value of any size stays one short line.
 const SHOWN_VALUE_CHARS: usize = 64;
 
-/// A value as a message shows it (a variable's raw value, a path, a URL):
-/// quoted and escaped, so on one line, and cut after
-/// [`SHOWN_VALUE_CHARS`] characters with its full length in bytes.
-pub(crate) struct Shown<'a>(pub &'a OsStr);
+/// At most this many characters of a path are echoed: `PATH_MAX`, so that
+/// any path the system takes is shown whole, where the user must find it.
+const SHOWN_PATH_CHARS: usize = 4096;
+
+/// A value as a message shows it (a variable's raw value, a URL, a path):
+/// quoted and escaped, so on one line, and cut after a number of
+/// characters with its full length in bytes.
+pub(crate) struct Shown<'a> {
+    value: &'a OsStr,
+    max_chars: usize,
+}
 
 impl<'a> Shown<'a> {
+    /// A value, cut after [`SHOWN_VALUE_CHARS`] characters.
     pub(crate) fn new(value: &'a (impl AsRef<OsStr> + ?Sized)) -> Shown<'a> {
-        Shown(value.as_ref())
+        Shown {
+            value: value.as_ref(),
+            max_chars: SHOWN_VALUE_CHARS,
+        }
+    }
+
+    /// A path, cut after [`SHOWN_PATH_CHARS`] characters.
+    pub(crate) fn path(value: &'a (impl AsRef<OsStr> + ?Sized)) -> Shown<'a> {
+        Shown {
+            value: value.as_ref(),
+            max_chars: SHOWN_PATH_CHARS,
+        }
     }
 }
 
 impl std::fmt::Display for Shown<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let quoted = format!("{:?}", self.0);
-        match quoted.char_indices().nth(SHOWN_VALUE_CHARS) {
+        let quoted = format!("{:?}", self.value);
+        match quoted.char_indices().nth(self.max_chars) {
             None => f.write_str(&quoted),
-            Some((cut, _)) => write!(f, "{}...\" ({} bytes in all)", &quoted[..cut], self.0.len()),
+            Some((cut, _)) => write!(
+                f,
+                "{}...\" ({} bytes in all)",
+                &quoted[..cut],
+                self.value.len()
+            ),
         }
     }
 }

@@ -54,6 +54,7 @@ use std::sync::atomic::{
     AtomicBool, AtomicPtr, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
 };
 
+use crate::config::report::Shown;
 use crate::output::{self, Format, Source, pprof};
 use crate::record::peak;
 use crate::support::{lock, reentry};
@@ -113,14 +114,15 @@ pub(crate) fn refresh(owner: usize, base: &Path, seen: &mut u64) -> std::io::Res
         return Ok(false);
     }
     let path = super::sibling(&super::expand(base), TAG)?;
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let name = path.file_name().unwrap_or_default().as_bytes();
+    let name = String::from_utf8_lossy(&name[..name.len().min(super::TEMPORARY_NAME_PREFIX_BYTES)]);
     let pid = std::process::id();
     let tmp = path.with_file_name(format!(".{name}.{pid}.alloc-failed.tmp"));
     let c = |p: &Path| {
         CString::new(p.as_os_str().as_bytes()).map_err(|_| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                format!("heapprof: {}: a NUL byte in the path", p.display()),
+                format!("heapprof: {}: a NUL byte in the path", Shown::path(p)),
             )
         })
     };
@@ -129,7 +131,7 @@ pub(crate) fn refresh(owner: usize, base: &Path, seen: &mut u64) -> std::io::Res
         pid,
         line_end: format!(
             " bytes failed; wrote the peak profile prepared for it to {}\n",
-            path.display()
+            Shown::path(&path)
         )
         .into_bytes(),
         path: c(&path)?,

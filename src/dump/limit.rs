@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use super::memory::{Measure, Watch};
 use super::{expand, failed, report, sibling, write_dump};
 use crate::config;
+use crate::config::report::Shown;
 use crate::output::{self, Format, Source, pprof};
 
 /// A written threshold is re-armed once usage falls below this fraction
@@ -92,7 +93,7 @@ impl Watcher {
         {
             config::report::warn(format_args!(
                 "heapprof: HEAPPROF_CGROUP_DIR={}: not a directory; no cgroup limit is watched",
-                dir.display()
+                Shown::path(dir)
             ));
         }
         Watcher {
@@ -189,10 +190,10 @@ impl Watcher {
                 Ok(path)
             };
             let written = put(&t.tag, &live).and_then(|path| {
-                let mut names = path.display().to_string();
+                let mut names = Shown::path(&path).to_string();
                 if has_peak {
                     let peak_path = put(&format!("{}.peak", t.tag), &peak)?;
-                    names = format!("{names} and {}", peak_path.display());
+                    names = format!("{names} and {}", Shown::path(&peak_path));
                 }
                 config::report::warn(format_args!(
                     "heapprof: memory at {percent:.1}% of the limit ({}), past {}%: wrote {names}",

@@ -38,6 +38,8 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::config::report::Shown;
+
 /// Where cgroup v2 is mounted.
 pub(crate) const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
 
@@ -101,7 +103,7 @@ impl Measure {
                     .unwrap_or_default();
                 format!(
                     "cgroup {}: {} bytes in use (memory.current {current}{less}) of {file} {}{events}",
-                    dir.display(),
+                    Shown::path(dir),
                     self.used,
                     self.limit
                 )
@@ -241,9 +243,33 @@ fn cgroup_limit(dir: &Path) -> Option<(u64, &'static str)> {
         .min_by_key(|&(n, _)| n)
 }
 
-/// A file of a few lines, as text; `None` if it cannot be read.
+/// The most of a text file (`memory.stat`, `memory.events`: a few dozen
+/// lines) that is read.
+const MAX_TEXT_BYTES: u64 = 64 * 1024;
+
+/// `path` opened for reading if it is a regular file, as the kernel's
+/// cgroup files are: the open does not wait (a FIFO put in their place
+/// would block it until a writer came), and a device (`/dev/zero`) or
+/// FIFO is refused.
+fn open_regular(path: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    file.metadata().ok()?.is_file().then_some(file)
+}
+
+/// A file of a few lines, as text (at most [`MAX_TEXT_BYTES`]); `None` if
+/// it cannot be read.
 fn read_text(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path).ok()
+    let mut text = String::new();
+    open_regular(path)?
+        .take(MAX_TEXT_BYTES)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
 }
 
 /// A file holding one number (`memory.current`, `memory.max`), read
@@ -251,7 +277,7 @@ fn read_text(path: &Path) -> Option<String> {
 /// number (`max`).
 fn read_number(path: &Path) -> Option<u64> {
     let mut buf = [0u8; 32];
-    let mut file = File::open(path).ok()?;
+    let mut file = open_regular(path)?;
     let mut len = 0;
     while len < buf.len() {
         match file.read(&mut buf[len..]) {

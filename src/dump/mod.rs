@@ -28,6 +28,7 @@ use std::sync::atomic::{
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::config::report::Shown;
 use crate::output::{self, Format, Source, pprof};
 use crate::{config, support::reentry};
 
@@ -120,9 +121,16 @@ enum Target {
     Through,
 }
 
-/// What writing to `path` means; a directory is an error (nothing may be
-/// written in its place, nor beside it).
+/// What writing to `path` means; a directory, or a path that ends in `/`
+/// (a directory's name), is an error (nothing may be written in its
+/// place, nor beside it).
 fn target(path: &Path) -> io::Result<Target> {
+    if names_a_directory(path) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "ends in '/', a directory's name; nothing is written",
+        ));
+    }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => Err(io::Error::new(
             io::ErrorKind::IsADirectory,
@@ -145,7 +153,7 @@ fn write_dump(
     write: impl FnOnce(&mut dyn io::Write) -> io::Result<bool>,
 ) -> io::Result<bool> {
     let with_path =
-        |e: io::Error| io::Error::new(e.kind(), format!("heapprof: {}: {e}", path.display()));
+        |e: io::Error| io::Error::new(e.kind(), format!("heapprof: {}: {e}", Shown::path(path)));
     match target(path).map_err(with_path)? {
         Target::Replace => replace(path, write),
         Target::Through => write_through(path, write),
@@ -157,37 +165,94 @@ fn write_dump(
 /// once (two guards on one path, say).
 static TEMPORARY: AtomicU32 = AtomicU32::new(0);
 
+/// Names tried for a temporary file before giving up: another name is
+/// tried when one is taken (left by an earlier process with the same
+/// pid, as after a container's restart, where every run is pid 1).
+const TEMPORARY_NAMES_TRIED: usize = 16;
+
+/// The most bytes of the target's name a temporary file's name repeats,
+/// so that with its dot, pid, counter and `.tmp` it stays within the 255
+/// bytes a file name may have.
+const TEMPORARY_NAME_PREFIX_BYTES: usize = 200;
+
+/// Whether `path` is written as a directory's name, with a `/` at the end
+/// (which `Path::file_name` does not show).
+fn names_a_directory(path: &Path) -> bool {
+    path.as_os_str().as_bytes().ends_with(b"/")
+}
+
+/// A new temporary file beside `path`, `.<name>.<pid>.<n>.tmp`, created
+/// new (never opened through something already at its name).
+fn create_temporary(path: &Path) -> io::Result<(PathBuf, File)> {
+    let name = path.file_name().unwrap_or_default().as_bytes();
+    let name = String::from_utf8_lossy(&name[..name.len().min(TEMPORARY_NAME_PREFIX_BYTES)]);
+    let mut tried = 0;
+    loop {
+        let tmp = path.with_file_name(format!(
+            ".{name}.{}.{}.tmp",
+            std::process::id(),
+            TEMPORARY.fetch_add(1, Relaxed)
+        ));
+        match File::create_new(&tmp) {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                tried += 1;
+                if tried == TEMPORARY_NAMES_TRIED {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!(
+                            "{TEMPORARY_NAMES_TRIED} names for a temporary file beside it are \
+                             taken, the last {}",
+                            Shown::path(&tmp)
+                        ),
+                    ));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Gives a new file the permissions, and where this process may, the
+/// owner and group of the regular file it replaces: a profile the user
+/// made private stays private.
+fn keep_access(file: &File, replaced: Option<&std::fs::Metadata>) {
+    use std::os::unix::fs::MetadataExt;
+    let Some(old) = replaced else {
+        return;
+    };
+    // Not being allowed to give the file away leaves it this process's,
+    // as a new file is: nothing to report.
+    let _ = std::os::unix::fs::fchown(file, Some(old.uid()), Some(old.gid()));
+    let _ = file.set_permissions(old.permissions());
+}
+
 /// Writes `path` whole or not at all: `write` fills a temporary file
 /// beside it, which is renamed over `path` only if `write` succeeded and
 /// returned true. A reader (the next dump's `-base`, a collector watching
-/// the directory, a test) never sees half a profile. The temporary file is
-/// created new (never opened through something already at its name) and
-/// is removed on every failure.
+/// the directory, a test) never sees half a profile. The temporary file
+/// takes the permissions and owner of the file it replaces, and is removed
+/// on every failure.
 fn replace(
     path: &Path,
     write: impl FnOnce(&mut dyn io::Write) -> io::Result<bool>,
 ) -> io::Result<bool> {
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = path.with_file_name(format!(
-        ".{name}.{}.{}.tmp",
-        std::process::id(),
-        TEMPORARY.fetch_add(1, Relaxed)
-    ));
-    let result = File::create_new(&tmp).and_then(|file| {
+    let replaced = std::fs::symlink_metadata(path).ok().filter(|m| m.is_file());
+    let (tmp, file) = create_temporary(path)?;
+    keep_access(&file, replaced.as_ref());
+    let result = {
         let mut w = BufWriter::new(file);
-        let wanted = write(&mut w)?;
-        w.into_inner().map_err(|e| e.into_error())?;
-        Ok(wanted)
-    });
-    let not_ours = matches!(&result, Err(e) if e.kind() == io::ErrorKind::AlreadyExists);
+        write(&mut w).and_then(|wanted| {
+            w.into_inner().map_err(|e| e.into_error())?;
+            Ok(wanted)
+        })
+    };
     let renamed = match result {
         Ok(true) => std::fs::rename(&tmp, path).map(|()| true),
         Ok(false) => Ok(false),
         Err(e) => Err(e),
     };
-    // Renamed, or not created (something else had its name): nothing to
-    // remove; in every other case, it goes.
-    if !matches!(renamed, Ok(true)) && !not_ours {
+    if !matches!(renamed, Ok(true)) {
         let _ = std::fs::remove_file(&tmp);
     }
     renamed
@@ -258,27 +323,34 @@ fn report(result: io::Result<()>, what: &str, flag: &AtomicBool) {
 /// (already expanded). Only a base that is a regular file, or that is not
 /// there yet, has siblings: `base` being a directory, a device, a FIFO or
 /// `/dev/stdout` is an error, as is a base with no file name (`/`, `..`),
-/// so that no stray file (`/dev/null.peak`, `<dir>.0001`) is made beside
-/// it. A symlink is followed to see what it names; the siblings are named
-/// after the link itself.
+/// one that ends in `/`, and one that cannot be looked at (a symlink loop,
+/// a file where a directory should be), so that no stray file
+/// (`/dev/null.peak`, `<dir>.0001`) is made beside it. A symlink is
+/// followed to see what it names; the siblings are named after the link
+/// itself.
 fn sibling(base: &Path, tag: &str) -> io::Result<PathBuf> {
     let refuse = |why: String| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
                 "heapprof: {}: {why}, so no profile is written under a name derived from it",
-                base.display()
+                Shown::path(base)
             ),
         )
     };
     let Some(name) = base.file_name() else {
         return Err(refuse("has no file name".into()));
     };
+    if names_a_directory(base) {
+        return Err(refuse("ends in '/', a directory's name".into()));
+    }
     match std::fs::metadata(base) {
         Ok(m) if !m.is_file() => {
             return Err(refuse(format!("is a {}", kind(&m.file_type()))));
         }
-        _ => {}
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(refuse(format!("cannot be looked at ({e})"))),
     }
     let name = name.to_string_lossy();
     let (stem, ext) = match name.strip_suffix(".pb.gz") {
