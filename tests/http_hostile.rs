@@ -401,3 +401,57 @@ fn extreme_limits_saturate() {
     );
     assert_eq!(http_raw(addr, fits.as_bytes()).status, 200);
 }
+
+/// Clients that ask for long deltas and hang up at once (closing, or
+/// resetting the connection) do not keep every delta's place taken: the
+/// waits end with them, and the next client's delta is served.
+#[test]
+fn deltas_whose_clients_hung_up_give_their_places_back() {
+    let _watchdog = watchdog(
+        "deltas_whose_clients_hung_up_give_their_places_back",
+        Duration::from_secs(120),
+    );
+    let addr = heapprof::http::serve("127.0.0.1:0").unwrap();
+    let request = b"GET /debug/pprof/heap?seconds=300 HTTP/1.1\r\nHost: x\r\n\r\n";
+    for i in 0..4u8 {
+        let mut s = connect_from(loopback(20 + i), addr);
+        s.write_all(request).unwrap();
+        if i % 2 == 1 {
+            // A reset rather than a close: SO_LINGER with a zero timeout.
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            use std::os::fd::AsRawFd;
+            // SAFETY: a valid socket and a `linger` of the size passed,
+            // alive across the call.
+            let r = unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&linger as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(r, 0);
+        }
+        // Long enough for the server to read the request and start waiting.
+        std::thread::sleep(Duration::from_millis(200));
+        drop(s);
+    }
+    let started = Instant::now();
+    let reply = loop {
+        let reply = http_get_from(loopback(30), addr, "/debug/pprof/heap?seconds=1");
+        if reply.status != 503 || started.elapsed() > Duration::from_secs(30) {
+            break reply;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a place came back after {:?}",
+        started.elapsed()
+    );
+}

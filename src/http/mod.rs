@@ -151,6 +151,14 @@ pub fn handle(path: &str, query: &str) -> Response {
 
 /// [`handle`], inside the profiler.
 pub(super) fn respond(path: &str, query: &str) -> Response {
+    respond_while(path, query, &|| false)
+}
+
+/// [`respond`] for a client that may go away: a `?seconds=N` delta stops
+/// waiting as soon as `gone` says the client has (checked every
+/// [`GONE_CHECK_EVERY`]), so that clients that hang up at once cannot keep
+/// every delta's place taken for [`MAX_DELTA_SECONDS`].
+pub(super) fn respond_while(path: &str, query: &str, gone: &dyn Fn() -> bool) -> Response {
     let kind = match path.strip_prefix("/debug/pprof") {
         Some("" | "/") => return index(),
         Some("/heap") => Kind::Heap,
@@ -169,7 +177,7 @@ pub(super) fn respond(path: &str, query: &str) -> Response {
             "heapprof is not this program's global allocator, so there is nothing to profile",
         );
     }
-    match profile_response(kind, &params) {
+    match profile_response(kind, &params, gone) {
         Ok(r) => r,
         Err(e) => Response::error(500, format!("heapprof: could not write the profile: {e}")),
     }
@@ -316,7 +324,10 @@ const MAX_DELTAS: usize = 4;
 const _: () = assert!(MAX_DELTAS == 4);
 static DELTAS: AtomicUsize = AtomicUsize::new(0);
 
-fn profile_response(kind: Kind, params: &Params) -> io::Result<Response> {
+/// How often a delta's wait looks whether its client is still there.
+const GONE_CHECK_EVERY: Duration = Duration::from_millis(100);
+
+fn profile_response(kind: Kind, params: &Params, gone: &dyn Fn() -> bool) -> io::Result<Response> {
     let options = pprof::Options {
         default_sample_type: (kind == Kind::Allocs).then_some("alloc_space"),
         addresses_only: params.addresses_only,
@@ -367,8 +378,14 @@ fn profile_response(kind: Kind, params: &Params) -> io::Result<Response> {
         ));
     }
     let span = Duration::from_secs(seconds);
-    let sites = delta(span);
+    let sites = delta(span, gone);
     DELTAS.fetch_sub(1, Relaxed);
+    let Some(sites) = sites else {
+        return Ok(Response::error(
+            503,
+            "heapprof: the client went away during the delta",
+        ));
+    };
     let source = |_: &mut Option<output::Mark>| Source::Delta { sites, span };
     build(source, params, options, kind.attachment(true))
 }
@@ -406,12 +423,23 @@ fn build(
 /// `?seconds=N`: the table now and N seconds later, subtracted. Alloc
 /// values are what was allocated in between; inuse values are the change
 /// in live memory (negative where more was freed than allocated), as in
-/// Go's delta profiles. No lock is held while waiting.
-fn delta(span: Duration) -> Vec<sites::SiteCopy> {
+/// Go's delta profiles. No lock is held while waiting. `None` if `gone`
+/// says the client went away meanwhile.
+fn delta(span: Duration, gone: &dyn Fn() -> bool) -> Option<Vec<sites::SiteCopy>> {
     let before = sites::snapshot();
-    std::thread::sleep(span);
+    let until = std::time::Instant::now() + span;
+    loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left.min(GONE_CHECK_EVERY));
+        if gone() {
+            return None;
+        }
+    }
     let after = sites::snapshot();
-    sites::delta(&after, &before)
+    Some(sites::delta(&after, &before))
 }
 
 /// The index page. Go's shows a "count" beside `heap` that is the number

@@ -260,9 +260,10 @@ fn start_builder() -> Option<mpsc::Sender<Job>> {
 }
 
 /// The response to `path` and `query`: built by the builder thread, or
-/// here for a delta (which waits its N seconds first, and of which only a
-/// few run at once) or when the builder is not there.
-fn respond(shared: &Shared, path: &str, query: &str) -> Response {
+/// here for a delta (which waits its N seconds first, unless the client on
+/// `stream` goes away, and of which only a few run at once) or when the
+/// builder is not there.
+fn respond(shared: &Shared, stream: &TcpStream, path: &str, query: &str) -> Response {
     if !super::waits(query)
         && let Some(builder) = &shared.builder
     {
@@ -275,9 +276,29 @@ fn respond(shared: &Shared, path: &str, query: &str) -> Response {
             return response;
         }
     }
-    let mut response = super::respond(path, query);
+    let mut response = super::respond_while(path, query, &|| peer_gone(stream));
     response.body.shrink_to_fit();
     response
+}
+
+/// Whether the client on `stream` has reset the connection or closed its
+/// end (a client that only half-closes, and still reads, counts as gone:
+/// HTTP clients do not). Looks without taking any byte of a pipelined
+/// request.
+fn peer_gone(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let looked = stream.peek(&mut [0u8; 1]);
+    let _ = stream.set_nonblocking(false);
+    match looked {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+        ),
+    }
 }
 
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
@@ -507,7 +528,10 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) {
         // Building a body that could not be held anyway would only cost
         // the time of the build.
         Ok(Some(req)) if !req.head_only && shared.budget.spent() => (over_budget(), false),
-        Ok(Some(req)) => (respond(shared, &req.path, &req.query), req.head_only),
+        Ok(Some(req)) => (
+            respond(shared, &stream, &req.path, &req.query),
+            req.head_only,
+        ),
         // The client went away, or the read failed: nobody to answer.
         Ok(None) => return,
         Err((status, message)) => (
