@@ -495,3 +495,16 @@ fn a_path_with_a_line_break_is_reported_on_one_line() {
     assert!(!message.contains('\n'), "{message}");
     assert!(message.contains("a\\nheapprof: fake"), "{message}");
 }
+
+/// When the exit profile and its peak both fail, each failure is said.
+#[test]
+fn a_failed_exit_profile_does_not_hide_its_peaks_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("missing").join("heap.pb.gz");
+    let (_, stderr) = exit_child(dir.path(), &[("HEAPPROF_OUT", out.to_str().unwrap())]);
+    assert!(
+        stderr.contains("could not write the exit profile")
+            && stderr.contains("could not write the peak profile"),
+        "{stderr}"
+    );
+}

@@ -407,11 +407,14 @@ extern "C" fn at_exit() {
     let Some(out) = config::get().out.as_deref().map(expand) else {
         return;
     };
-    static FAILED: AtomicBool = AtomicBool::new(false);
+    // One flag each: a failed exit profile does not hide why its peak
+    // failed too.
+    static EXIT_FAILED: AtomicBool = AtomicBool::new(false);
+    static PEAK_FAILED: AtomicBool = AtomicBool::new(false);
     report(
         write_profile_at(&out, pprof::Options::at_exit()),
         "exit",
-        &FAILED,
+        &EXIT_FAILED,
     );
     // No peak yet (the heap never reached `record::peak`'s minimum): no peak file, and no
     // complaint about where it would have gone.
@@ -429,7 +432,7 @@ extern "C" fn at_exit() {
         }
         Ok(())
     });
-    report(written, "peak", &FAILED);
+    report(written, "peak", &PEAK_FAILED);
 }
 
 // ---- A guard -------------------------------------------------------------
