@@ -407,6 +407,16 @@ extern "C" fn at_exit() {
     let Some(out) = config::get().out.as_deref().map(expand) else {
         return;
     };
+    if crate::support::lock::any_lock_held() {
+        // `exit` called from a signal handler that interrupted heapprof
+        // in the middle of its work: a profile would wait for the lock the
+        // interrupted code holds, which is never released.
+        config::report::warn(format_args!(
+            "heapprof: the program exits from a signal handler that interrupted heapprof \
+             while it held a lock; the exit profile and its peak are not written"
+        ));
+        return;
+    }
     // One flag each: a failed exit profile does not hide why its peak
     // failed too.
     static EXIT_FAILED: AtomicBool = AtomicBool::new(false);

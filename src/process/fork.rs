@@ -12,6 +12,18 @@
 //! in rank order (`support/lock.rs` declares the ranks and checks, in
 //! debug builds, that every other path nests them the same way).
 //!
+//! A `fork` called from a signal handler that interrupted heapprof while
+//! it held a lock cannot wait for that lock: the interrupted code, which
+//! would release it, runs only when the handler returns. Then `prepare`
+//! takes each lock only if it becomes free within [`TRY_EACH_FOR`], and
+//! the handlers release only those it took. The child is a copy of the
+//! thread inside heapprof, and so stays inside it (nothing it allocates
+//! is sampled) until the handler returns; the locks held by the
+//! interrupted code are its copy's to release. A lock another thread held
+//! throughout stays held in the child, which hangs only if that child
+//! returns from the handler and reaches it; exec and `_exit`, what such
+//! children do, touch no lock.
+//!
 //! Two locks are not waited for, since each may be held for a whole cold
 //! symbolization (a second or so) and `fork` must not wait that long: the
 //! HTTP server's build lock, which guards no data, so the child simply
@@ -31,12 +43,13 @@
 //! the child's unlock leaves them free.
 
 use std::sync::Once;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 
 use crate::labels;
 use crate::output::symbolize;
 use crate::record::{blocks, peak, sites, spare};
-use crate::support::lock::EachLock;
+use crate::support::lock::{self, EachLock, Lockable};
 use crate::support::{mappings, reentry, registry};
 
 /// Every lock `fork` takes, by module, in rank order.
@@ -70,18 +83,70 @@ pub(crate) fn register_handlers() {
 /// their values up.
 static WAS_INSIDE: AtomicBool = AtomicBool::new(false);
 
+/// How long `prepare`, forking from inside heapprof, tries for each lock
+/// before it goes on without it. A lock the interrupted code holds is
+/// never freed meanwhile; one another thread holds is, within
+/// microseconds (every critical section is short).
+const TRY_EACH_FOR: Duration = Duration::from_millis(2);
+
+/// The most locks [`TAKEN`] can tell apart; `FORK_LOCKS` shows fewer
+/// (checked by a test). Locks past it are not taken by a fork from inside
+/// heapprof.
+const MAX_LOCKS: usize = 1024;
+
+/// Whether `prepare` took only the locks marked in [`TAKEN`] (a fork from
+/// inside heapprof) rather than all of them. Written and read as
+/// `WAS_INSIDE` is; only a fork from a signal handler while another
+/// thread forks at once could mix two forks' values.
+static PARTIAL: AtomicBool = AtomicBool::new(false);
+
+/// The locks a fork from inside heapprof took, by their place in the
+/// order `FORK_LOCKS` shows them.
+static TAKEN: [AtomicU64; MAX_LOCKS / 64] = [const { AtomicU64::new(0) }; MAX_LOCKS / 64];
+
+/// Shows every lock of `FORK_LOCKS` to `f` with its place in the table's
+/// order, in rank order.
+fn each_fork_lock(f: &mut dyn FnMut(usize, &'static dyn Lockable)) {
+    let mut place = 0;
+    for each_lock in FORK_LOCKS {
+        each_lock(&mut |lock| {
+            f(place, lock);
+            place += 1;
+        });
+    }
+}
+
 extern "C" fn prepare() {
+    let partial = lock::any_lock_held();
     let inside = reentry::Inside::enter();
     symbolize::before_fork();
     let mut last_rank = 0;
-    for each_lock in FORK_LOCKS {
-        each_lock(&mut |lock| {
-            debug_assert!(lock.rank() >= last_rank, "FORK_LOCKS is out of rank order");
-            last_rank = lock.rank();
+    each_fork_lock(&mut |place, lock| {
+        debug_assert!(lock.rank() >= last_rank, "FORK_LOCKS is out of rank order");
+        last_rank = lock.rank();
+        if !partial {
             lock.lock_and_keep();
-        });
-    }
+        } else if place < MAX_LOCKS && take_within(lock, TRY_EACH_FOR) {
+            TAKEN[place / 64].fetch_or(1 << (place % 64), Relaxed);
+        }
+    });
+    PARTIAL.store(partial, Relaxed);
     WAS_INSIDE.store(inside.forget(), Relaxed); // released in `parent` or `child`
+}
+
+/// Takes `lock` and keeps it, if it is free or becomes free within
+/// `within`.
+fn take_within(lock: &dyn Lockable, within: Duration) -> bool {
+    let started = Instant::now();
+    loop {
+        if lock.try_lock_and_keep() {
+            return true;
+        }
+        if started.elapsed() >= within {
+            return false;
+        }
+        std::thread::yield_now();
+    }
 }
 
 /// Releases what `prepare` took.
@@ -90,10 +155,18 @@ extern "C" fn prepare() {
 /// Only on the thread that ran `prepare` (in the parent), or on the
 /// child's only thread, which is that thread's copy.
 unsafe fn unlock_all() {
-    for each_lock in FORK_LOCKS.iter().rev() {
-        // SAFETY: per this function's contract, `prepare` took exactly
-        // these locks on this thread and forgot the guards.
-        each_lock(&mut |lock| unsafe { lock.release_kept() });
+    let partial = PARTIAL.swap(false, Relaxed);
+    each_fork_lock(&mut |place, lock| {
+        let taken = !partial
+            || (place < MAX_LOCKS && TAKEN[place / 64].load(Relaxed) & 1 << (place % 64) != 0);
+        if taken {
+            // SAFETY: per this function's contract, `prepare` took this
+            // lock on this thread and forgot the guard.
+            unsafe { lock.release_kept() };
+        }
+    });
+    for word in &TAKEN {
+        word.store(0, Relaxed);
     }
     // SAFETY: as above, for the lookup lock `before_fork` may have taken.
     unsafe { symbolize::after_fork() };
@@ -112,10 +185,24 @@ extern "C" fn child() {
     // `prepare`.
     unsafe { unlock_all() };
     // The parent's other threads are gone; forget them before their
-    // memory can be reused (see `registry::forget_other_threads_after_fork`).
+    // memory can be reused (see `registry::forget_other_threads_after_fork`,
+    // which leaves the lists alone if the interrupted code holds their
+    // lock).
     registry::forget_other_threads_after_fork();
     symbolize::after_fork_in_child();
     #[cfg(feature = "http")]
     crate::http::reset_after_fork();
     reentry::leave_forgotten(was_inside);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_fork_lock_has_a_place_in_taken() {
+        let mut count = 0;
+        each_fork_lock(&mut |_, _| count += 1);
+        assert!(count <= MAX_LOCKS, "{count} locks");
+    }
 }

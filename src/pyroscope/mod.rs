@@ -674,6 +674,12 @@ extern "C" fn push_at_exit() {
     if control.finished.load(Acquire) {
         return;
     }
+    if crate::support::lock::any_lock_held() {
+        // `exit` from a signal handler that interrupted heapprof while it
+        // held a lock: the push would build a profile, which waits for
+        // that lock, while this thread waits for the push.
+        return;
+    }
     control.stop.store(true, Release);
     thread.unpark();
     let deadline = Instant::now() + *timeout;

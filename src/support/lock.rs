@@ -107,6 +107,15 @@ pub(crate) fn free_path_lock_held() -> bool {
     thread::with(|l| l.locks.free_path_held()).unwrap_or(false)
 }
 
+/// Whether this thread holds, or waits for, any of heapprof's locks: code
+/// that runs then (a signal handler that calls `fork` or `exit`, and the
+/// fork handlers and exit hooks those run) interrupted heapprof in the
+/// middle of its work and must not wait for a lock, which may be the one
+/// the interrupted code holds.
+pub(crate) fn any_lock_held() -> bool {
+    thread::with(|l| l.locks.highest().is_some()).unwrap_or(false)
+}
+
 /// Counts a lock of `RANK` held (`up`) or released; before a wait, checks
 /// the rank order in debug builds.
 fn count_held<const RANK: u8>(up: bool, waits: bool) {
@@ -203,6 +212,9 @@ pub(crate) trait Lockable: Sync {
     fn rank(&self) -> u8;
     /// Takes the lock and keeps it past this call.
     fn lock_and_keep(&self);
+    /// Takes the lock if it is free, and keeps it past this call; false
+    /// if it is held.
+    fn try_lock_and_keep(&self) -> bool;
     /// Releases a lock taken by [`Lockable::lock_and_keep`].
     ///
     /// # Safety
@@ -217,6 +229,10 @@ impl<const RANK: u8, T: Send> Lockable for Mutex<RANK, T> {
 
     fn lock_and_keep(&self) {
         std::mem::forget(self.lock());
+    }
+
+    fn try_lock_and_keep(&self) -> bool {
+        self.try_lock().map(std::mem::forget).is_some()
     }
 
     /// # Safety

@@ -24,7 +24,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
 use crate::support::growth;
-use crate::support::lock::{Lockable, Mutex, rank};
+use crate::support::lock::{self, Lockable, Mutex, rank};
 use crate::support::reentry;
 use crate::thread::counters::{Counters, Counts, SharedCounts};
 use crate::thread::{self, Registration};
@@ -128,6 +128,17 @@ pub(crate) fn register_thread(retry: bool) {
 /// later calls do nothing.
 fn retire() {
     if registration() != Some(Registration::Listed) {
+        return;
+    }
+    if lock::any_lock_held() {
+        // The thread ends (`exit` or `pthread_exit` called from a signal
+        // handler) while the code the handler interrupted holds one of
+        // heapprof's locks, perhaps one retiring takes: waiting would hang
+        // for good. The thread stays listed. After `exit`, which ends the
+        // process, that is harmless; after `pthread_exit` (which is not
+        // async-signal-safe) the entry names thread-local memory that a
+        // later thread may be given, whose counts `stats()` then reads
+        // twice.
         return;
     }
     let _inside = reentry::Inside::enter();
@@ -277,7 +288,12 @@ pub(crate) fn forget_other_threads_after_fork() {
     let Some(own) = own_counters() else {
         return;
     };
-    let mut live = LIVE.lock();
+    // Free, as the fork handlers left them, unless this thread forked from
+    // a signal handler while its interrupted code held one (then that code
+    // is changing the list: it is left as it is, see `process/fork.rs`).
+    let Some(mut live) = LIVE.try_lock() else {
+        return;
+    };
     for &addr in live.iter().filter(|&&a| a != own) {
         // SAFETY: still the parent's thread-local memory, copied into the
         // child and mapped until the child creates or reaps threads; this
@@ -290,8 +306,10 @@ pub(crate) fn forget_other_threads_after_fork() {
     drop(live);
     // The mask copies likewise: the others are gone here, and the child
     // may reuse or unmap their memory once it starts threads of its own.
-    if let Some(own) = own_mask_copy() {
-        MASK_COPIES.lock().retain(|&a| a == own);
+    if let Some(own) = own_mask_copy()
+        && let Some(mut copies) = MASK_COPIES.try_lock()
+    {
+        copies.retain(|&a| a == own);
     }
 }
 
