@@ -146,7 +146,9 @@
 //! ```
 //!
 //! * At rate 1 the numbers are exact; at other rates they are estimates
-//!   (see above), so assert with a tolerance.
+//!   (see above), so assert with a tolerance. A thread already running
+//!   when the rate is set (a tokio runtime's workers built before it)
+//!   switches at its next sample: set the rate before starting them.
 //! * `inuse_bytes_in(name)`, `alloc_bytes_in(name)` and the `_objects_in`
 //!   twins sum every site whose stack contains a function whose name
 //!   contains `name` (pprof's cum); [`Snapshot::top`] gives the flat view.

@@ -47,6 +47,9 @@ use crate::thread::{self, counters::Counts, measure::SiteTally};
 /// * Only the calling thread is counted: tests running at the same time on
 ///   other threads do not change the numbers, and neither does work `f`
 ///   hands to other threads (a thread it spawns, a pool it submits to).
+///   A block this thread allocates and another thread frees (a message
+///   sent over a channel, a value moved into a spawned thread) counts as
+///   allocated and not freed: for this thread it is still held.
 ///   To measure a call that spawns threads, take a [`stats()`](crate::stats)
 ///   delta, which counts every thread, in a test that runs alone (its own
 ///   test binary, or `cargo test -- --test-threads=1`):
@@ -479,8 +482,12 @@ impl Drop for Window {
 ///   calls; give as many as it takes to reach the steady state;
 /// * memory freed later in the measured calls offsets memory allocated
 ///   earlier in them, so a call may hold memory that the next one frees;
-/// * what the calls hand to other threads is not counted (see
-///   [`measure`]).
+/// * what other threads allocate is not counted, but a block the calls
+///   allocate and hand to another thread counts as held even after that
+///   thread frees it (see [`measure`]): a call that sends owned values to
+///   a consumer thread, or spawns one (its handle and closure), shows
+///   growth; check those with a [`stats()`](crate::stats) delta in a test
+///   that runs alone.
 ///
 /// The message gives the numbers, the growth per call, and the sites of
 /// this thread's samples in the measured calls, those still holding

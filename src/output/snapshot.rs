@@ -144,6 +144,9 @@ impl Site {
 pub struct Snapshot {
     raw: Vec<sites::SiteCopy>,
     rate: usize,
+    /// Whether this is a [`Snapshot::delta`]: its live bytes are changes,
+    /// which frees of older blocks can make negative.
+    delta: bool,
     sites: Vec<Site>,
     profile: proto::Profile,
 }
@@ -156,6 +159,7 @@ impl Clone for Snapshot {
         Snapshot {
             raw: self.raw.clone(),
             rate: self.rate,
+            delta: self.delta,
             sites: self.sites.clone(),
             profile: self.profile.clone(),
         }
@@ -187,8 +191,9 @@ pub fn snapshot() -> Snapshot {
 /// A [`Snapshot`] of `source`'s sites (empty if it has none).
 pub(crate) fn snapshot_of(source: super::Source) -> Snapshot {
     let _inside = reentry::Inside::enter();
+    let delta = matches!(source, super::Source::Delta { .. });
     let sites = super::collect(source).map_or_else(Vec::new, |c| c.sites);
-    Snapshot::from_raw(sites, sample::rate())
+    Snapshot::from_raw(sites, sample::rate(), delta)
 }
 
 /// One row of [`Snapshot::top`]: a function and the live bytes it
@@ -204,12 +209,13 @@ pub struct FunctionBytes {
 }
 
 impl Snapshot {
-    fn from_raw(raw: Vec<sites::SiteCopy>, rate: usize) -> Snapshot {
+    fn from_raw(raw: Vec<sites::SiteCopy>, rate: usize, delta: bool) -> Snapshot {
         let profile = pprof::build(&raw, rate, pprof::Options::default());
         let sites = sites_of(&profile);
         Snapshot {
             raw,
             rate,
+            delta,
             sites,
             profile,
         }
@@ -233,7 +239,7 @@ impl Snapshot {
     pub fn delta(&self, earlier: &Snapshot) -> Snapshot {
         let _inside = reentry::Inside::enter();
         let raw = sites::delta(&self.raw, &earlier.raw);
-        Snapshot::from_raw(raw, self.rate)
+        Snapshot::from_raw(raw, self.rate, true)
     }
 
     fn sum_where(&self, name: &str, value: fn(&Site) -> i64) -> i64 {
@@ -329,26 +335,45 @@ impl Snapshot {
     /// the crate docs' testing section. Live bytes heapprof holds under no
     /// stack (its overflow and not-unwound entries, see the README's
     /// "Reading a profile"), from any thread, count against `function`
-    /// too, so that the assertion never passes for want of a stack.
+    /// too, so that the assertion never passes for want of a stack: in a
+    /// [`delta`](Snapshot::delta), all the bytes allocated into them in
+    /// between, since frees of older blocks there (from other threads,
+    /// say) could hide what the function added.
     ///
-    /// Also panics if heapprof is not the program's `#[global_allocator]`:
-    /// the snapshot is then empty, and the assertion would pass for any
-    /// code. In a test binary, the `#[global_allocator]` static goes in the
-    /// test file (or a module it includes).
+    /// Also panics if heapprof is not the program's `#[global_allocator]`,
+    /// or if sampling is off (`HEAPPROF_SAMPLE_RATE=0`) and nothing was
+    /// recorded: the snapshot is then empty, and the assertion would pass
+    /// for any code. In a test
+    /// binary, the `#[global_allocator]` static goes in the test file (or a
+    /// module it includes). A `function` that no sampled stack names (a
+    /// typo, or a function inlined away) passes, with a line on stderr
+    /// saying so.
     #[track_caller]
     pub fn assert_inuse_at_most(&self, function: &str, max_bytes: i64) {
         if let Err(e) = crate::output::check_installed() {
             panic!("heapprof: cannot check what `{function}` holds: {e}");
         }
+        if self.rate == 0 && self.sites.is_empty() {
+            panic!(
+                "heapprof: cannot check what `{function}` holds: sampling is off \
+                 (HEAPPROF_SAMPLE_RATE=0 or set_sample_rate(0)), so nothing was measured"
+            );
+        }
         let held = self.inuse_bytes_in(function);
         // Bytes heapprof could not put under a stack may be the function's:
-        // counted against it (those an entry gained, in a delta, and only
-        // if `held` does not hold them already), so that the assertion
-        // cannot pass for want of a stack.
+        // counted against it (only if `held` does not hold them already),
+        // so that the assertion cannot pass for want of a stack.
         let unplaced: i64 = [pprof::OVERFLOW_FUNCTION, symbolize::NOT_UNWOUND_FUNCTION]
             .into_iter()
             .filter(|own| !own.contains(function))
-            .map(|own| self.inuse_bytes_in(own).max(0))
+            .map(|own| {
+                if self.delta {
+                    self.alloc_bytes_in(own)
+                } else {
+                    self.inuse_bytes_in(own)
+                }
+                .max(0)
+            })
             .sum();
         let also = if unplaced > 0 {
             format!(
@@ -357,6 +382,13 @@ impl Snapshot {
         } else {
             String::new()
         };
+        if !self.sites.iter().any(|s| s.mentions(function)) {
+            crate::config::report::warn(format_args!(
+                "heapprof: assert_inuse_at_most: no sampled stack names a function matching {}; \
+                 check the name (with its path), and that the function is not inlined away",
+                crate::config::report::Shown::new(function)
+            ));
+        }
         assert!(
             held + unplaced <= max_bytes,
             "heapprof: `{function}` holds {held} live bytes{also}, more than the {max_bytes} allowed\n{self}"

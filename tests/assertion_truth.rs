@@ -1,0 +1,120 @@
+//! `assert_inuse_at_most` does not pass for want of a measurement: with
+//! sampling off it panics; in a delta, heapprof's overflow entry counts with
+//! every byte allocated into it, though other threads' frees there made its
+//! live bytes shrink; a name no stack has passes with a line saying so.
+//!
+//! Each scenario runs in a child process, whose settings come from its
+//! environment.
+
+use heapprof_testkit::child::{is_child, run_child};
+use std::hint::black_box;
+
+#[global_allocator]
+static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+
+/// The message of the panic `f` raises, or `None` if it returns.
+fn panic_message(f: impl FnOnce() + std::panic::UnwindSafe) -> Option<String> {
+    std::panic::catch_unwind(f).err().map(|e| {
+        e.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()
+    })
+}
+
+#[inline(never)]
+fn holds_a_lot() -> Vec<Vec<u8>> {
+    black_box((0..64).map(|_| vec![1u8; 64 * 1024]).collect())
+}
+
+#[test]
+fn sampling_off_is_not_a_measurement() {
+    if !is_child() {
+        let (stdout, _) = run_child(
+            "sampling_off_is_not_a_measurement",
+            &[("HEAPPROF_SAMPLE_RATE", "0")],
+        );
+        assert!(
+            stdout.contains("panicked: heapprof: cannot check"),
+            "{stdout}"
+        );
+        assert!(stdout.contains("sampling is off"), "{stdout}");
+        return;
+    }
+    let kept = holds_a_lot();
+    let message = panic_message(|| {
+        heapprof::snapshot().assert_inuse_at_most("assertion_truth::holds_a_lot", 1024)
+    });
+    println!("panicked: {}", message.unwrap_or_default());
+    drop(kept);
+}
+
+#[inline(never)]
+fn grows(kept: &mut Vec<Vec<u8>>) {
+    for _ in 0..5 {
+        kept.push(black_box(vec![2u8; 1000]));
+    }
+}
+
+#[inline(never)]
+fn allocated_before() -> Vec<Vec<u8>> {
+    black_box((0..20).map(|_| vec![3u8; 1000]).collect())
+}
+
+/// A site table of one site: after the first, every site's bytes go to the
+/// overflow entry. In the delta, `grows` adds 5 000 bytes there while
+/// another thread frees 20 000 bytes allocated there before: the entry's
+/// live bytes fell, and `grows`'s bytes must count all the same.
+#[test]
+fn a_full_table_cannot_hide_growth_in_a_delta() {
+    if !is_child() {
+        let (stdout, _) = run_child(
+            "a_full_table_cannot_hide_growth_in_a_delta",
+            &[("HEAPPROF_SAMPLE_RATE", "1"), ("HEAPPROF_MAX_SITES", "1")],
+        );
+        assert!(
+            stdout.contains("panicked: heapprof: `assertion_truth::grows` holds 0 live bytes (and"),
+            "{stdout}"
+        );
+        return;
+    }
+    let older = allocated_before();
+    let mut kept = Vec::with_capacity(16);
+    let before = heapprof::snapshot();
+    std::thread::spawn(move || drop(older)).join().unwrap();
+    grows(&mut kept);
+    let delta = heapprof::snapshot().delta(&before);
+    println!(
+        "overflow in the delta: {} live, {} allocated",
+        delta.inuse_bytes_in("[heapprof"),
+        delta.alloc_bytes_in("[heapprof")
+    );
+    let message = panic_message(|| delta.assert_inuse_at_most("assertion_truth::grows", 1000));
+    println!("panicked: {}", message.unwrap_or_default());
+    drop(kept);
+}
+
+#[test]
+fn a_name_no_stack_has_passes_with_a_line_saying_so() {
+    if !is_child() {
+        let (_, stderr) = run_child(
+            "a_name_no_stack_has_passes_with_a_line_saying_so",
+            &[("HEAPPROF_SAMPLE_RATE", "1")],
+        );
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("no sampled stack names a function matching"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        assert!(
+            lines[0].contains("assertion_truth::hold_a_lot"),
+            "{}",
+            lines[0]
+        );
+        return;
+    }
+    let kept = holds_a_lot();
+    // A typo: `hold_a_lot` for `holds_a_lot`.
+    heapprof::snapshot().assert_inuse_at_most("assertion_truth::hold_a_lot", 0);
+    drop(kept);
+}
