@@ -118,3 +118,62 @@ fn a_name_no_stack_has_passes_with_a_line_saying_so() {
     heapprof::snapshot().assert_inuse_at_most("assertion_truth::hold_a_lot", 0);
     drop(kept);
 }
+
+#[inline(never)]
+fn recurse_then_hold(depth: usize) -> Vec<u8> {
+    if depth == 0 {
+        return black_box(vec![4u8; 3000]);
+    }
+    let v = recurse_then_hold(depth - 1);
+    black_box(v)
+}
+
+#[inline(never)]
+fn deep_caller() -> Vec<u8> {
+    recurse_then_hold(100)
+}
+
+/// A stack deeper than heapprof keeps ends in a frame that says it was
+/// cut, in the profile; an assertion on a function among the callers not
+/// recorded passes (its bytes are not known to be its), with a line that
+/// says how many bytes such stacks hold.
+#[test]
+fn a_stack_cut_at_its_deepest_says_so() {
+    if !is_child() {
+        let (stdout, stderr) = run_child(
+            "a_stack_cut_at_its_deepest_says_so",
+            &[("HEAPPROF_SAMPLE_RATE", "1")],
+        );
+        assert!(
+            stdout.contains("root: [heapprof: stack cut here"),
+            "{stdout}"
+        );
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("bytes are in stacks cut at their deepest kept"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        assert!(
+            lines[0].contains("assertion_truth::deep_caller"),
+            "{}",
+            lines[0]
+        );
+        return;
+    }
+    let before = heapprof::snapshot();
+    let kept = deep_caller();
+    let delta = heapprof::snapshot().delta(&before);
+    let site = delta
+        .sites()
+        .iter()
+        .find(|s| {
+            s.inuse_bytes >= 3000
+                && s.frames
+                    .iter()
+                    .any(|f| f.function.contains("assertion_truth::recurse_then_hold"))
+        })
+        .expect("the deep allocation's site");
+    println!("root: {}", site.frames.last().unwrap().function);
+    delta.assert_inuse_at_most("assertion_truth::deep_caller", 0);
+    drop(kept);
+}

@@ -27,7 +27,7 @@ use crate::labels::{self, LabelSetId};
 use crate::output::proto;
 use crate::output::symbolize::{self, Symbols};
 use crate::record::sites::SiteCopy;
-use crate::record::stack::NOT_UNWOUND;
+use crate::record::stack::OWN_FRAMES;
 use crate::support::mappings::{self, Mapping};
 
 /// The profile's `doc_url`, which pprof's web UI links as Help: the crate
@@ -227,7 +227,7 @@ pub(crate) fn trim(frames: &[usize], resolved: &HashMap<usize, Symbols>) -> Vec<
     let machinery = |k: usize| {
         let (i, j, name) = lines[k];
         name.is_some()
-            && frames[i] != NOT_UNWOUND
+            && !OWN_FRAMES.contains(&frames[i])
             && resolved[&frames[i]]
                 .get(j)
                 .is_some_and(symbolize::is_machinery_frame)

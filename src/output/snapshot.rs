@@ -347,9 +347,12 @@ impl Snapshot {
     /// binary, the `#[global_allocator]` static goes in the test file (or a
     /// module it includes). A `function` that no sampled stack names (a
     /// typo, or a function inlined away) passes, with a line on stderr
-    /// saying so.
+    /// saying so; so does one that may be among the callers of a stack cut
+    /// at its deepest kept (64 frames), with the bytes of those stacks.
     #[track_caller]
     pub fn assert_inuse_at_most(&self, function: &str, max_bytes: i64) {
+        // The docs above give the deepest stack kept.
+        const _: () = assert!(crate::record::stack::MAX_FRAMES == 64);
         if let Err(e) = crate::output::check_installed() {
             panic!("heapprof: cannot check what `{function}` holds: {e}");
         }
@@ -382,6 +385,27 @@ impl Snapshot {
         } else {
             String::new()
         };
+        let cut: i64 = self
+            .sites
+            .iter()
+            .filter(|s| s.mentions(symbolize::CUT_FUNCTION) && !s.mentions(function))
+            .map(|s| {
+                if self.delta {
+                    s.alloc_bytes
+                } else {
+                    s.inuse_bytes
+                }
+                .max(0)
+            })
+            .sum();
+        if held + unplaced <= max_bytes && cut > 0 {
+            crate::config::report::warn(format_args!(
+                "heapprof: assert_inuse_at_most: {cut} bytes are in stacks cut at their deepest \
+                 kept; if {} is among the callers not recorded there, it holds more than the \
+                 {held} counted",
+                crate::config::report::Shown::new(function)
+            ));
+        }
         if !self.sites.iter().any(|s| s.mentions(function)) {
             crate::config::report::warn(format_args!(
                 "heapprof: assert_inuse_at_most: no sampled stack names a function matching {}; \

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
 
-use crate::record::stack::NOT_UNWOUND;
+use crate::record::stack::{CUT, NOT_UNWOUND, OWN_FRAMES};
 use crate::support::lock::{Lockable, Mutex, rank};
 
 mod own;
@@ -100,18 +100,19 @@ pub(crate) fn resolve_all(addrs: impl IntoIterator<Item = usize>) -> HashMap<usi
 
 /// The symbols a profile of `addrs` shows: every address's, or with
 /// `addresses_only` (the server symbolizes) only the names heapprof gives
-/// frames of its own making ([`NOT_UNWOUND`]).
+/// frames of its own making ([`OWN_FRAMES`]).
 pub(crate) fn for_profile(
     addrs: impl IntoIterator<Item = usize>,
     addresses_only: bool,
 ) -> HashMap<usize, Symbols> {
     if addresses_only {
-        addrs
-            .into_iter()
-            .find(|&a| a == NOT_UNWOUND)
-            .map(|a| (a, not_unwound()))
-            .into_iter()
-            .collect()
+        let mut out = HashMap::new();
+        for addr in addrs {
+            if let Some(symbols) = own_frame(addr) {
+                out.entry(addr).or_insert(symbols);
+            }
+        }
+        out
     } else {
         resolve_all(addrs)
     }
@@ -121,14 +122,25 @@ pub(crate) fn for_profile(
 pub(crate) const NOT_UNWOUND_FUNCTION: &str =
     "[heapprof: stack not unwound: too little of the thread's stack left]";
 
-/// The one frame of [`NOT_UNWOUND`].
-fn not_unwound() -> Symbols {
-    Symbols::from(vec![Symbol {
-        name: NOT_UNWOUND_FUNCTION.to_string(),
-        system_name: NOT_UNWOUND_FUNCTION.to_string(),
+/// The name of the root-most frame of a stack cut at its deepest
+/// (`record::stack::MAX_FRAMES`).
+pub(crate) const CUT_FUNCTION: &str =
+    "[heapprof: stack cut here, at its deepest kept: the callers are not recorded]";
+
+/// The symbols of a frame of heapprof's own making, `None` for any other
+/// address.
+fn own_frame(addr: usize) -> Option<Symbols> {
+    let name = match addr {
+        NOT_UNWOUND => NOT_UNWOUND_FUNCTION,
+        CUT => CUT_FUNCTION,
+        _ => return None,
+    };
+    Some(Symbols::from(vec![Symbol {
+        name: name.to_string(),
+        system_name: name.to_string(),
         file: String::new(),
         line: 0,
-    }])
+    }]))
 }
 
 /// [`resolve_all`] with the budget of the lookup of heapprof's own object
@@ -162,9 +174,13 @@ fn resolve_all_within(
     wanted.sort_unstable();
     wanted.dedup();
     let mut out = HashMap::with_capacity(wanted.len());
-    if let Ok(at) = wanted.binary_search(&NOT_UNWOUND) {
-        wanted.remove(at);
-        out.insert(NOT_UNWOUND, not_unwound());
+    for own in OWN_FRAMES {
+        if let Ok(at) = wanted.binary_search(&own)
+            && let Some(symbols) = own_frame(own)
+        {
+            wanted.remove(at);
+            out.insert(own, symbols);
+        }
     }
     let mut missing = Vec::new();
     {
@@ -523,19 +539,21 @@ fn this_thread_net_bytes() -> i64 {
 mod tests {
     use super::{is_machinery, is_machinery_file, is_startup, normalize_closures};
 
-    /// The frame heapprof makes for a sample it did not unwind is named in
-    /// every profile, including one the server symbolizes.
+    /// The frames heapprof makes (for a sample it did not unwind, for the
+    /// end of a stack it cut) are named in every profile, including one
+    /// the server symbolizes.
     #[test]
-    fn the_not_unwound_frame_is_named_even_for_the_server() {
-        use crate::record::stack::NOT_UNWOUND;
-        let own = the_not_unwound_frame_is_named_even_for_the_server as *const () as usize;
+    fn own_frames_are_named_even_for_the_server() {
+        use crate::record::stack::{CUT, NOT_UNWOUND};
+        let own = own_frames_are_named_even_for_the_server as *const () as usize;
         for addresses_only in [false, true] {
-            let resolved = super::for_profile([own, NOT_UNWOUND, own], addresses_only);
-            assert_eq!(
-                resolved[&NOT_UNWOUND][0].name,
-                super::NOT_UNWOUND_FUNCTION,
-                "{addresses_only}"
-            );
+            let resolved = super::for_profile([own, NOT_UNWOUND, CUT, own], addresses_only);
+            for (addr, name) in [
+                (NOT_UNWOUND, super::NOT_UNWOUND_FUNCTION),
+                (CUT, super::CUT_FUNCTION),
+            ] {
+                assert_eq!(resolved[&addr][0].name, name, "{addresses_only}");
+            }
             assert_eq!(resolved.contains_key(&own), !addresses_only);
         }
     }

@@ -68,7 +68,7 @@ use crate::thread::StackFacts;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 /// The deepest stack we keep, as Go's `maxStack`-like bound: deeper stacks
-/// are truncated at the root end.
+/// are truncated at the root end, their last frame replaced by [`CUT`].
 pub(crate) const MAX_FRAMES: usize = 64;
 
 /// A captured stack: return addresses, leaf first.
@@ -114,6 +114,14 @@ pub(crate) const STACK_TO_GROW: usize = 8 << 10;
 /// no code lies, which symbolization names for what happened.
 pub(crate) const NOT_UNWOUND: usize = 1;
 
+/// The root-most frame of a stack that was cut at [`MAX_FRAMES`], in place
+/// of the frame the walk stopped at: an address where no code lies, named
+/// so that a profile shows that the callers are missing.
+pub(crate) const CUT: usize = 2;
+
+/// The addresses of frames of heapprof's own making, sorted.
+pub(crate) const OWN_FRAMES: [usize; 2] = [NOT_UNWOUND, CUT];
+
 const UNDECIDED: u8 = 0;
 const USE_DWARF: u8 = 1;
 /// Frame pointers, checked against DWARF every `RECHECK_EVERY` stacks.
@@ -138,7 +146,8 @@ const ROOT_FRAMES: usize = 4;
 static CODE_START: AtomicUsize = AtomicUsize::new(0);
 static CODE_END: AtomicUsize = AtomicUsize::new(0);
 
-/// Captures the calling thread's stack.
+/// Captures the calling thread's stack; one cut at [`MAX_FRAMES`] ends in
+/// [`CUT`].
 ///
 /// The first frames are the profiler's own (this function, the slow path,
 /// the `GlobalAlloc` impl) and the allocation machinery; they are trimmed
@@ -146,6 +155,16 @@ static CODE_END: AtomicUsize = AtomicUsize::new(0);
 /// a fixed count, which is not.
 #[inline(never)]
 pub(crate) fn capture() -> Stack {
+    let mut stack = walk();
+    if stack.len == MAX_FRAMES {
+        stack.frames[MAX_FRAMES - 1] = CUT;
+    }
+    stack
+}
+
+/// The walk of [`capture`], with the unwinder the process uses.
+#[inline(always)]
+fn walk() -> Stack {
     let mode = match MODE.load(Relaxed) {
         UNDECIDED => decide(),
         m => m,
