@@ -162,7 +162,10 @@
 //! * What is isolated: a delta selected by function name counts only that
 //!   code, even while other tests run on other threads. What is not: the
 //!   rate is process-wide (set it once per test binary, or under a lock),
-//!   and a delta's totals include every thread.
+//!   a delta's totals include every thread, and so do heapprof's own
+//!   entries, which `assert_inuse_at_most` counts against every function
+//!   (they get bytes only when the site table is full or a thread's stack
+//!   is nearly so: see the README's "Reading a profile").
 //! * [`Snapshot::write_flamegraph`] draws an SVG flame graph of live
 //!   bytes ([`Snapshot::write_flamegraph_of`] of any [`SampleType`]), and
 //!   [`Snapshot::write_pprof`] writes the same bytes as [`write_profile`],

@@ -413,29 +413,6 @@ fn a_replaced_file_keeps_its_permissions_and_owner() {
     assert_eq!(names(dir.path()), ["private.pb.gz"]);
 }
 
-/// Temporary files that another process with this one's pid left behind
-/// (killed mid-dump, before a container restarted it as pid 1 again) are
-/// stepped over, and left alone: the dump is written.
-#[test]
-fn temporary_files_left_by_an_earlier_process_are_stepped_over() {
-    let dir = tempfile::tempdir().unwrap();
-    let path: PathBuf = dir.path().join("heap.pb.gz");
-    let pid = std::process::id();
-    // This process's counter is small yet: every name it tries first is
-    // taken, up to a few more than one dump takes.
-    let left: Vec<String> = (0..8)
-        .map(|n| format!(".heap.pb.gz.{pid}.{n}.tmp"))
-        .collect();
-    for name in &left {
-        std::fs::write(dir.path().join(name), b"left").unwrap();
-    }
-    heapprof::ProfileGuard::new(&path).finish().unwrap();
-    assert_eq!(read(&path).sample_type.len(), 4);
-    for name in &left {
-        assert_eq!(std::fs::read(dir.path().join(name)).unwrap(), b"left");
-    }
-}
-
 /// A file name as long as the system takes (255 bytes) is written, though
 /// its temporary file's name adds to it.
 #[test]

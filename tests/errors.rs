@@ -88,7 +88,8 @@ impl Write for InterruptedOnce {
 #[test]
 fn an_interrupted_writer_gets_the_whole_profile() {
     heapprof::set_sample_rate(4096);
-    let keep: Vec<Vec<u8>> = (0..1000).map(|_| vec![0u8; 1000]).collect();
+    // 4 MB: well past the 1 MiB a peak needs, whatever the samples.
+    let keep: Vec<Vec<u8>> = (0..4000).map(|_| vec![0u8; 1000]).collect();
     let snapshot = heapprof::snapshot();
     type Writes = fn(&heapprof::Snapshot, &mut InterruptedOnce) -> io::Result<()>;
     let formats: [(&str, Writes); 4] = [

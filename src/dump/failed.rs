@@ -114,10 +114,8 @@ pub(crate) fn refresh(owner: usize, base: &Path, seen: &mut u64) -> std::io::Res
         return Ok(false);
     }
     let path = super::sibling(&super::expand(base), TAG)?;
-    let name = path.file_name().unwrap_or_default().as_bytes();
-    let name = String::from_utf8_lossy(&name[..name.len().min(super::TEMPORARY_NAME_PREFIX_BYTES)]);
     let pid = std::process::id();
-    let tmp = path.with_file_name(format!(".{name}.{pid}.alloc-failed.tmp"));
+    let tmp = super::temporary_name(&path, 0, "alloc-failed.tmp");
     let c = |p: &Path| {
         CString::new(p.as_os_str().as_bytes()).map_err(|_| {
             std::io::Error::new(
@@ -229,6 +227,17 @@ fn write_prepared(p: &Prepared) -> bool {
     };
     if fd < 0 {
         return false;
+    }
+    if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+        // The file replaced keeps its permission bits and, where this
+        // process may give it away, its owner: a private profile stays
+        // private. Failures leave the new file this process's.
+        // SAFETY: `fd` is the descriptor just opened; both calls only
+        // change its inode's metadata.
+        unsafe {
+            libc::fchown(fd, st.st_uid, st.st_gid);
+            libc::fchmod(fd, st.st_mode & 0o777);
+        }
     }
     let written = write_all(fd, &p.bytes);
     // SAFETY: `fd` is the descriptor opened above, closed once here.

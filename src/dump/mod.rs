@@ -166,14 +166,33 @@ fn write_dump(
 static TEMPORARY: AtomicU32 = AtomicU32::new(0);
 
 /// Names tried for a temporary file before giving up: another name is
-/// tried when one is taken (left by an earlier process with the same
-/// pid, as after a container's restart, where every run is pid 1).
+/// tried when one is taken (left by an earlier process with the same pid
+/// that was killed mid-dump, as after a container's restart, where every
+/// run is pid 1; the start time in the name makes that rare).
 const TEMPORARY_NAMES_TRIED: usize = 16;
 
 /// The most bytes of the target's name a temporary file's name repeats,
-/// so that with its dot, pid, counter and `.tmp` it stays within the 255
-/// bytes a file name may have.
-const TEMPORARY_NAME_PREFIX_BYTES: usize = 200;
+/// so that with its dot, pid, start time, counter and tag it stays within
+/// the 255 bytes a file name may have.
+const TEMPORARY_NAME_PREFIX_BYTES: usize = 180;
+
+/// The name of a temporary file beside `path`:
+/// `.<name>.<pid>.<process start, µs>.<n>.<tag>`, from the name's bytes
+/// as they are (no UTF-8 needed).
+pub(super) fn temporary_name(path: &Path, n: u32, tag: &str) -> PathBuf {
+    use std::sync::OnceLock;
+    static STARTED_MICROS: OnceLock<u128> = OnceLock::new();
+    let started = *STARTED_MICROS.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros())
+    });
+    let name = path.file_name().unwrap_or_default().as_bytes();
+    let mut tmp = b".".to_vec();
+    tmp.extend_from_slice(&name[..name.len().min(TEMPORARY_NAME_PREFIX_BYTES)]);
+    tmp.extend_from_slice(format!(".{}.{started}.{n}.{tag}", std::process::id()).as_bytes());
+    path.with_file_name(OsStr::from_bytes(&tmp))
+}
 
 /// Whether `path` is written as a directory's name, with a `/` at the end
 /// (which `Path::file_name` does not show).
@@ -181,18 +200,12 @@ fn names_a_directory(path: &Path) -> bool {
     path.as_os_str().as_bytes().ends_with(b"/")
 }
 
-/// A new temporary file beside `path`, `.<name>.<pid>.<n>.tmp`, created
-/// new (never opened through something already at its name).
+/// A new temporary file beside `path` ([`temporary_name`]), created new
+/// (never opened through something already at its name).
 fn create_temporary(path: &Path) -> io::Result<(PathBuf, File)> {
-    let name = path.file_name().unwrap_or_default().as_bytes();
-    let name = String::from_utf8_lossy(&name[..name.len().min(TEMPORARY_NAME_PREFIX_BYTES)]);
     let mut tried = 0;
     loop {
-        let tmp = path.with_file_name(format!(
-            ".{name}.{}.{}.tmp",
-            std::process::id(),
-            TEMPORARY.fetch_add(1, Relaxed)
-        ));
+        let tmp = temporary_name(path, TEMPORARY.fetch_add(1, Relaxed), "tmp");
         match File::create_new(&tmp) {
             Ok(file) => return Ok((tmp, file)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -221,10 +234,12 @@ fn keep_access(file: &File, replaced: Option<&std::fs::Metadata>) {
     let Some(old) = replaced else {
         return;
     };
+    use std::os::unix::fs::PermissionsExt;
     // Not being allowed to give the file away leaves it this process's,
-    // as a new file is: nothing to report.
+    // as a new file is: nothing to report. The permission bits only: a
+    // profile is never to be run, set-id or sticky.
     let _ = std::os::unix::fs::fchown(file, Some(old.uid()), Some(old.gid()));
-    let _ = file.set_permissions(old.permissions());
+    let _ = file.set_permissions(std::fs::Permissions::from_mode(old.mode() & 0o777));
 }
 
 /// Writes `path` whole or not at all: `write` fills a temporary file
@@ -863,6 +878,42 @@ mod tests {
             sibling(Path::new("nonexistent-heapprof-heap"), "peak").unwrap(),
             Path::new("nonexistent-heapprof-heap.peak")
         );
+    }
+
+    /// Temporary names taken already (left by an earlier process with the
+    /// same pid and start time) are stepped over, and left alone.
+    #[test]
+    fn taken_temporary_names_are_stepped_over() {
+        use super::{TEMPORARY, TEMPORARY_NAMES_TRIED, create_temporary, temporary_name};
+        use std::sync::atomic::Ordering::Relaxed;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("heap.pb.gz");
+        let next = TEMPORARY.load(Relaxed);
+        let taken: Vec<_> = (0..TEMPORARY_NAMES_TRIED as u32 / 2)
+            .map(|k| temporary_name(&path, next + k, "tmp"))
+            .collect();
+        for t in &taken {
+            std::fs::write(t, b"left").unwrap();
+        }
+        let (made, _) = create_temporary(&path).unwrap();
+        assert!(!taken.contains(&made), "{made:?}");
+        for t in &taken {
+            assert_eq!(std::fs::read(t).unwrap(), b"left");
+        }
+    }
+
+    /// A temporary name fits in a file name for any name that does, UTF-8
+    /// or not.
+    #[test]
+    fn temporary_names_fit() {
+        use std::os::unix::ffi::OsStrExt;
+        let latin1 = [0xe9u8; 255];
+        for name in [&[b'h'; 255][..], &latin1[..]] {
+            let path = Path::new("/d").join(std::ffi::OsStr::from_bytes(name));
+            let tmp = super::temporary_name(&path, u32::MAX, "alloc-failed.tmp");
+            let len = tmp.file_name().unwrap().len();
+            assert!(len <= 255, "{len}");
+        }
     }
 
     /// Nothing is named after a directory or a path with no file name.

@@ -378,7 +378,12 @@ impl Snapshot {
                 .max(0)
             })
             .sum();
-        let also = if unplaced > 0 {
+        let also = if unplaced > 0 && self.delta {
+            format!(
+                " (and {unplaced} were allocated in between under none of the program's stacks, \
+                 into heapprof's own entries, and may be its)"
+            )
+        } else if unplaced > 0 {
             format!(
                 " (and {unplaced} are under none of the program's stacks, in heapprof's own entries, and may be its)"
             )

@@ -181,6 +181,8 @@ extern "C" fn parent() {
 
 extern "C" fn child() {
     let was_inside = WAS_INSIDE.load(Relaxed);
+    // Read before `unlock_all` clears it.
+    let partial = PARTIAL.load(Relaxed);
     // SAFETY: the child's only thread is the copy of the one that ran
     // `prepare`.
     unsafe { unlock_all() };
@@ -190,8 +192,12 @@ extern "C" fn child() {
     // lock).
     registry::forget_other_threads_after_fork();
     symbolize::after_fork_in_child();
+    // Forked from inside heapprof, this thread's interrupted code may be
+    // the build lock's holder, and is its copy's to release.
     #[cfg(feature = "http")]
-    crate::http::reset_after_fork();
+    if !partial {
+        crate::http::reset_after_fork();
+    }
     reentry::leave_forgotten(was_inside);
 }
 

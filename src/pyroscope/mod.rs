@@ -429,8 +429,8 @@ impl PusherHandle {
             return;
         }
         self.thread.thread().unpark();
-        // The thread catches nothing, but nothing it calls panics; a join
-        // error would only repeat a panic message already printed.
+        // The thread catches a panic of its own work (and says so), so a
+        // join error would only repeat that.
         let _ = self.thread.join();
     }
 }
@@ -725,11 +725,13 @@ mod tests {
     #[test]
     fn a_request_target_is_counted_at_its_longest() {
         let p = Pusher::new("http://x:1/", "a.b").label("k", "v");
-        // http://x:1/ingest?name=a%2Eb%7Bk%3Dv%7D&from=<20>&until=<20>&format=pprof&spyName=heapprof
-        let sent = "http://x:1/ingest?name=&from=&until=&format=pprof&spyName=heapprof".len()
+        // The bound counts every byte of the name but letters and digits
+        // as encoded (`a.b{k=v}` as `a%2Eb%7Bk%3Dv%7D`; the client may leave
+        // `.` as it is) and the times at 20 digits each.
+        let bound = "http://x:1/ingest?name=&from=&until=&format=pprof&spyName=heapprof".len()
             + "a%2Eb%7Bk%3Dv%7D".len()
             + 40;
-        assert_eq!(p.request_target_bytes(), sent);
+        assert_eq!(p.request_target_bytes(), bound);
         let longest = Pusher::new("http://x", "a".repeat(MAX_REQUEST_TARGET_BYTES - 200));
         longest.check().unwrap();
     }

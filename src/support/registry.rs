@@ -130,36 +130,39 @@ fn retire() {
     if registration() != Some(Registration::Listed) {
         return;
     }
-    if lock::any_lock_held() {
-        // The thread ends (`exit` or `pthread_exit` called from a signal
-        // handler) while the code the handler interrupted holds one of
-        // heapprof's locks, perhaps one retiring takes: waiting would hang
-        // for good. The thread stays listed. After `exit`, which ends the
-        // process, that is harmless; after `pthread_exit` (which is not
-        // async-signal-safe) the entry names thread-local memory that a
-        // later thread may be given, whose counts `stats()` then reads
-        // twice.
-        return;
-    }
+    // The thread may end (`exit` or `pthread_exit` called from a signal
+    // handler) while the code the handler interrupted holds one of
+    // heapprof's locks, perhaps one retiring takes: waiting for it would
+    // hang for good, so then each list is left as it is if its lock is
+    // taken. After `exit`, which ends the process, that is harmless; after
+    // `pthread_exit` (not async-signal-safe) a list keeps an entry for
+    // thread-local memory a later thread may be given.
+    let interrupted = lock::any_lock_held();
     let _inside = reentry::Inside::enter();
     let Some(addr) = own_counters() else {
         return;
     };
-    let mut live = LIVE.lock();
-    if let Some(i) = live.iter().position(|&a| a == addr) {
-        live.swap_remove(i);
+    let live = if interrupted {
+        LIVE.try_lock()
+    } else {
+        Some(LIVE.lock())
+    };
+    if let Some(mut live) = live {
+        if let Some(i) = live.iter().position(|&a| a == addr) {
+            live.swap_remove(i);
+        }
+        // Under the lock: a reader sees the counts in the registry or in
+        // the totals, never in both or neither. A measure active on the
+        // thread (a later destructor's) reads them at its end, which moves
+        // them then.
+        if let Some(counts) =
+            thread::with(|l| (!l.measure.aside()).then(|| l.counters.take())).flatten()
+        {
+            UNLISTED.add(counts);
+        }
+        set_registration(Registration::Exited);
     }
-    // Under the lock: a reader sees the counts in the registry or in the
-    // totals, never in both or neither. A measure active on the thread (a
-    // later destructor's) reads them at its end, which moves them then.
-    if let Some(counts) =
-        thread::with(|l| (!l.measure.aside()).then(|| l.counters.take())).flatten()
-    {
-        UNLISTED.add(counts);
-    }
-    set_registration(Registration::Exited);
-    drop(live);
-    unlist_mask_copy();
+    unlist_mask_copy(interrupted);
 }
 
 /// The address of this thread's mask copy, as the list holds it.
@@ -187,12 +190,20 @@ fn list_mask_copy() {
 
 /// Takes this thread's copy out of the list, before its thread-local
 /// memory goes away, and leaves it at 0: the frees of the thread's last
-/// destructors then look every block up.
-fn unlist_mask_copy() {
+/// destructors then look every block up. With `interrupted` (see
+/// `retire`), only if the list's lock is free.
+fn unlist_mask_copy(interrupted: bool) {
     let Some(addr) = own_mask_copy() else {
         return;
     };
-    let mut copies = MASK_COPIES.lock();
+    let copies = if interrupted {
+        MASK_COPIES.try_lock()
+    } else {
+        Some(MASK_COPIES.lock())
+    };
+    let Some(mut copies) = copies else {
+        return;
+    };
     if let Some(i) = copies.iter().position(|&a| a == addr) {
         copies.swap_remove(i);
     }
