@@ -182,6 +182,7 @@ extern "C" fn parent() {
 extern "C" fn child() {
     let was_inside = WAS_INSIDE.load(Relaxed);
     // Read before `unlock_all` clears it.
+    #[cfg(feature = "http")]
     let partial = PARTIAL.load(Relaxed);
     // SAFETY: the child's only thread is the copy of the one that ran
     // `prepare`.
