@@ -6,21 +6,12 @@
 //! Each scenario runs in a child process, whose settings come from its
 //! environment.
 
+use heapprof_testkit::check::panic_message;
 use heapprof_testkit::child::{is_child, run_child};
 use std::hint::black_box;
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
-
-/// The message of the panic `f` raises, or `None` if it returns.
-fn panic_message(f: impl FnOnce() + std::panic::UnwindSafe) -> Option<String> {
-    std::panic::catch_unwind(f).err().map(|e| {
-        e.downcast_ref::<String>()
-            .cloned()
-            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default()
-    })
-}
 
 #[inline(never)]
 fn holds_a_lot() -> Vec<Vec<u8>> {

@@ -5,7 +5,7 @@
 //! assertions' messages say.
 
 use std::hint::black_box;
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::catch_unwind;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
@@ -279,11 +279,7 @@ fn spawned_threads_are_not_counted() {
 }
 
 fn panic_message(f: impl FnOnce()) -> String {
-    let err = catch_unwind(AssertUnwindSafe(f)).expect_err("the assertion fails");
-    match err.downcast::<String>() {
-        Ok(s) => *s,
-        Err(e) => e.downcast_ref::<&str>().unwrap_or(&"?").to_string(),
-    }
+    heapprof_testkit::check::panic_message(f).expect("the assertion fails")
 }
 
 #[inline(never)]

@@ -61,7 +61,8 @@ unsafe impl GlobalAlloc for Masking {
 }
 
 /// Child processes for the fork scenario: in each, hundreds of forks
-/// interrupt a sample, and without care one in a few hangs.
+/// interrupt heapprof at rate 1 (before the fork handlers took care, the
+/// first child hung).
 const FORK_RUNS: usize = 12;
 /// Child processes for the exit scenario: each exits once, at a moment its
 /// pid picks. Only some of those moments find heapprof holding a lock, and

@@ -1,4 +1,5 @@
-//! Assertions on a profile's values: sample invariants, estimates within tolerance.
+//! Assertions on a profile's values: sample invariants, estimates within
+//! tolerance; and the message of an assertion that fails.
 
 use crate::profile::{ALLOC_OBJECTS, ALLOC_SPACE, INUSE_OBJECTS, INUSE_SPACE, stack_names};
 use crate::proto::Profile;
@@ -43,4 +44,17 @@ pub fn assert_sane_values(p: &Profile) {
             stack_names(p, s)
         );
     }
+}
+
+/// The message of the panic `f` raises (a `String` or `&str` payload; empty
+/// for any other), or `None` if `f` returns.
+pub fn panic_message(f: impl FnOnce()) -> Option<String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .err()
+        .map(|e| match e.downcast::<String>() {
+            Ok(s) => *s,
+            Err(e) => e
+                .downcast_ref::<&str>()
+                .map_or(String::new(), |s| s.to_string()),
+        })
 }
