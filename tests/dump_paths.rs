@@ -24,6 +24,8 @@ static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
 /// `/dev/null`'s device number, for the copies made here.
 const NULL_MAJOR: u32 = 1;
 const NULL_MINOR: u32 = 3;
+/// `/dev/zero`'s: a device that takes writes and is not the null device.
+const ZERO_MINOR: u32 = 5;
 
 fn c_path(path: &Path) -> std::ffi::CString {
     std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap()
@@ -31,8 +33,13 @@ fn c_path(path: &Path) -> std::ffi::CString {
 
 /// A copy of `/dev/null` (same device number) at `path`.
 fn make_null_device(path: &Path) {
+    make_device(path, NULL_MINOR)
+}
+
+/// A character device numbered `NULL_MAJOR:minor` at `path`.
+fn make_device(path: &Path, minor: u32) {
     let c = c_path(path);
-    let dev = libc::makedev(NULL_MAJOR, NULL_MINOR);
+    let dev = libc::makedev(NULL_MAJOR, minor);
     // SAFETY: `c` is a NUL-terminated path that lives across the call.
     let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, dev) };
     assert_eq!(
@@ -53,6 +60,11 @@ fn make_fifo(path: &Path) {
 
 /// Asserts `path` is still the `/dev/null` copy made by `make_null_device`.
 fn assert_null_device(path: &Path) {
+    assert_device(path, NULL_MINOR)
+}
+
+/// Asserts `path` is still the device made by `make_device(path, minor)`.
+fn assert_device(path: &Path, minor: u32) {
     let m = std::fs::symlink_metadata(path).unwrap();
     assert!(
         m.file_type().is_char_device(),
@@ -60,7 +72,7 @@ fn assert_null_device(path: &Path) {
         path.display(),
         m.file_type()
     );
-    assert_eq!(m.rdev(), libc::makedev(NULL_MAJOR, NULL_MINOR));
+    assert_eq!(m.rdev(), libc::makedev(NULL_MAJOR, minor));
 }
 
 /// The names in `dir`, sorted.
@@ -128,20 +140,20 @@ const SERIES_ENV: [(&str, &str); 2] = [
 #[test]
 fn a_device_is_written_through_and_stays() {
     let dir = tempfile::tempdir().unwrap();
-    let null = dir.path().join("null");
-    make_null_device(&null);
+    let zero = dir.path().join("zero");
+    make_device(&zero, ZERO_MINOR);
 
-    heapprof::ProfileGuard::new(&null)
+    heapprof::ProfileGuard::new(&zero)
         .finish()
         .expect("a device is written to");
-    assert_null_device(&null);
-    assert_eq!(names(dir.path()), ["null"]);
+    assert_device(&zero, ZERO_MINOR);
+    assert_eq!(names(dir.path()), ["zero"]);
 
-    let mut env = vec![("HEAPPROF_OUT", null.to_str().unwrap())];
+    let mut env = vec![("HEAPPROF_OUT", zero.to_str().unwrap())];
     env.extend(SERIES_ENV);
     let (_, stderr) = exit_child(dir.path(), &env);
-    assert_null_device(&null);
-    assert_eq!(names(dir.path()), ["null"], "stray files:\n{stderr}");
+    assert_device(&zero, ZERO_MINOR);
+    assert_eq!(names(dir.path()), ["zero"], "stray files:\n{stderr}");
     // The exit dump goes to the device; the series and the peak, named
     // after it, are refused, each said once.
     assert!(
@@ -156,6 +168,22 @@ fn a_device_is_written_through_and_stays() {
         assert_eq!(lines.len(), 1, "{what}:\n{stderr}");
         assert!(lines[0].contains("is a device"), "{}", lines[0]);
     }
+}
+
+/// `HEAPPROF_OUT` at the null device (any node of it) discards every
+/// profile quietly: the exit dump, the series and the peak all go to it,
+/// nothing is made beside it, and nothing is said.
+#[test]
+fn the_null_device_takes_every_profile_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let null = dir.path().join("null");
+    make_null_device(&null);
+    let mut env = vec![("HEAPPROF_OUT", null.to_str().unwrap())];
+    env.extend(SERIES_ENV);
+    let (_, stderr) = exit_child(dir.path(), &env);
+    assert_null_device(&null);
+    assert_eq!(names(dir.path()), ["null"], "stray files:\n{stderr}");
+    assert!(!stderr.contains("heapprof"), "{stderr}");
 }
 
 /// Reads `fifo`, opened now (so a writer finds a reader), on a thread,

@@ -336,7 +336,8 @@ fn report(result: io::Result<()>, what: &str, flag: &AtomicBool) {
 
 /// `heap.pb.gz` → `heap.peak.pb.gz`, `heap.0003.pb.gz`, … for `base`
 /// (already expanded). Only a base that is a regular file, or that is not
-/// there yet, has siblings: `base` being a directory, a device, a FIFO or
+/// there yet, has siblings, and the null device, whose siblings are
+/// itself: `base` being a directory, another device, a FIFO or
 /// `/dev/stdout` is an error, as is a base with no file name (`/`, `..`),
 /// one that ends in `/`, and one that cannot be looked at (a symlink loop,
 /// a file where a directory should be), so that no stray file
@@ -360,6 +361,9 @@ fn sibling(base: &Path, tag: &str) -> io::Result<PathBuf> {
         return Err(refuse("ends in '/', a directory's name".into()));
     }
     match std::fs::metadata(base) {
+        // Whoever aims a dump at the null device discards it, and every
+        // profile named after it with it.
+        Ok(m) if is_null_device(&m) => return Ok(base.to_path_buf()),
         Ok(m) if !m.is_file() => {
             return Err(refuse(format!("is a {}", kind(&m.file_type()))));
         }
@@ -374,6 +378,17 @@ fn sibling(base: &Path, tag: &str) -> io::Result<PathBuf> {
     };
     Ok(base.with_file_name(format!("{stem}.{tag}{ext}")))
 }
+
+/// Whether `m` is the null device's (a character device numbered as
+/// `/dev/null` is, wherever its node is).
+fn is_null_device(m: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    m.file_type().is_char_device() && m.rdev() == libc::makedev(NULL_MAJOR, NULL_MINOR)
+}
+
+/// The null device's number on Linux (`Documentation/admin-guide/devices.txt`).
+const NULL_MAJOR: u32 = 1;
+const NULL_MINOR: u32 = 3;
 
 /// What a file that is not a regular file is, in words.
 fn kind(t: &std::fs::FileType) -> &'static str {
