@@ -182,9 +182,17 @@ fn the_batch_job_example_reads_like_the_seed() {
     let example = examples.join("batch_job");
     if !example.exists() {
         // `cargo test` builds the examples first; a run of this test alone
-        // may not have.
+        // may not have. Built in this test's profile, where it is looked
+        // for.
+        let profile: &[&str] = if cfg!(debug_assertions) {
+            &[]
+        } else {
+            &["--release"]
+        };
         let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--release", "--example", "batch_job"])
+            .arg("build")
+            .args(profile)
+            .args(["--example", "batch_job"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo build --example batch_job");

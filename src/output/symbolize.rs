@@ -2,10 +2,13 @@
 //! which frames are allocation machinery rather than the user's code.
 //!
 //! Symbolization happens only when a profile is written, never while
-//! sampling. Results are cached per address for the life of the process
-//! (code does not move while its object stays loaded), so
-//! a second profile of a process that has not met new sites resolves
-//! nothing. The parsed debug info, by contrast, is released after each
+//! sampling, against the objects loaded then. Results are cached per
+//! address while the loader's counts say they hold ([`Cache::follow`]):
+//! code does not move while its object stays loaded, so a second profile
+//! of a process that has neither met new sites nor loaded or unloaded an
+//! object resolves nothing. A sample taken in an object unloaded since is
+//! named after whatever is loaded at its address when the profile is
+//! written, or left unnamed if nothing is. The parsed debug info, by contrast, is released after each
 //! lookup: it is tens of MiB, and it would sit in the heap of the very
 //! program being profiled. The object heapprof is linked into (usually the
 //! executable, with the most debug info in the process) is read by
@@ -21,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
 
 use crate::record::stack::{CUT, NOT_UNWOUND, OWN_FRAMES};
 use crate::support::lock::{Lockable, Mutex, rank};
+use crate::support::mappings::{self, LoaderCounts, Mapping};
 
 mod own;
 
@@ -39,7 +43,39 @@ pub(crate) struct Symbol {
 /// The frames at one address, innermost first; empty if nothing is known.
 pub(crate) type Symbols = Arc<[Symbol]>;
 
-static CACHE: Mutex<{ rank::SYMBOLS }, Option<HashMap<usize, Symbols>>> = Mutex::new(None);
+/// Each address's frames, as long as the loader's counts say they hold.
+static CACHE: Mutex<{ rank::SYMBOLS }, Option<Cache>> = Mutex::new(None);
+
+/// What [`CACHE`] holds: the frames found at each address, and the
+/// loader's counts when they were found.
+struct Cache {
+    loader: LoaderCounts,
+    frames: HashMap<usize, Symbols>,
+}
+
+impl Cache {
+    /// Forgets what the loader's changes since the entries were found may
+    /// have made wrong: after an unload, every address outside the objects
+    /// loaded at start (another object may be where the unloaded one was);
+    /// after a load, every address nothing was found at (the new object
+    /// may be there).
+    fn follow(&mut self, now: LoaderCounts, objects: &[Mapping]) {
+        if now.unloads != self.loader.unloads {
+            self.frames
+                .retain(|&addr, _| object_of(objects, addr).is_some_and(|m| m.loaded_at_start));
+        } else if now.loads != self.loader.loads {
+            self.frames.retain(|_, frames| !frames.is_empty());
+        }
+        self.loader = now;
+    }
+}
+
+/// The mapping of `objects` that holds the call before `addr`, a return
+/// address.
+fn object_of(objects: &[Mapping], addr: usize) -> Option<&Mapping> {
+    let call = (addr as u64).wrapping_sub(1);
+    objects.iter().find(|m| m.start <= call && call < m.limit)
+}
 
 /// Held around every lookup (heapprof's own reader and every call into
 /// `backtrace::resolve`), so that the fork handlers can tell whether a
@@ -182,17 +218,31 @@ fn resolve_all_within(
             out.insert(own, symbols);
         }
     }
+    // The objects loaded now, and the loader's counts, read before them:
+    // an object loaded or unloaded in between changes the counts the next
+    // profile reads, which then looks its addresses up again.
+    let loader = mappings::loader_counts();
+    let objects = mappings::current();
     let mut missing = Vec::new();
     {
-        let cache = CACHE.lock();
+        let before = this_thread_net_bytes();
+        let mut cache = CACHE.lock();
+        let cache = cache.get_or_insert_with(|| Cache {
+            loader,
+            frames: HashMap::new(),
+        });
+        cache.follow(loader, &objects);
         for addr in wanted {
-            match cache.as_ref().and_then(|c| c.get(&addr)) {
+            match cache.frames.get(&addr) {
                 Some(frames) => {
                     out.insert(addr, frames.clone());
                 }
                 None => missing.push(addr),
             }
         }
+        // What forgetting gave back (and a first table) is measured, as
+        // what a lookup keeps is below.
+        KEPT_BYTES.fetch_add(this_thread_net_bytes() - before, Relaxed);
     }
     if missing.is_empty() {
         return out;
@@ -211,14 +261,20 @@ fn resolve_all_within(
     let allocated_before = this_thread_allocated_bytes();
     // heapprof's own object (usually the executable, with the most debug
     // info in the process) is read by `own`, within a memory budget; the
-    // rest, and what `own` leaves, by backtrace.
+    // rest, and what `own` leaves, by backtrace, which knows only the
+    // objects loaded when it was first used, so objects loaded later are
+    // read by `own` too ([`route`]).
     let own_object = own::OwnObject::find();
     let resolved: Vec<(usize, Symbols)> = {
         let mut resolving = RESOLVING.lock();
-        let (mine, mut others): (Vec<usize>, Vec<usize>) = missing
+        let (mine, others): (Vec<usize>, Vec<usize>) = missing
             .into_iter()
             .partition(|&a| own_object.as_ref().is_some_and(|o| o.contains(a)));
         let mut resolved = Vec::with_capacity(mine.len() + others.len());
+        let (mut for_backtrace, later, nowhere) = route(others, &objects, loader);
+        // An address in no object loaded now was in one unloaded since:
+        // unnamed, rather than named after what is there now.
+        resolved.extend(nowhere.into_iter().map(|a| (a, Symbols::from(Vec::new()))));
         if !mine.is_empty() {
             match own::resolve(
                 own_object.as_ref().unwrap(),
@@ -228,13 +284,25 @@ fn resolve_all_within(
             ) {
                 Some(found) => {
                     resolved.extend(found.resolved);
-                    others.extend(found.left);
+                    for_backtrace.extend(found.left);
                 }
-                None => others.extend(mine),
+                None => for_backtrace.extend(mine),
             }
         }
-        if !others.is_empty() {
-            resolved.extend(others.into_iter().map(|a| (a, resolve(a))));
+        for (object, addrs) in later {
+            let left = match own::resolve(&object, &addrs, budget, None) {
+                Some(found) => {
+                    resolved.extend(found.resolved);
+                    found.left
+                }
+                None => addrs,
+            };
+            // Not in backtrace's list of objects, or not for certain:
+            // unnamed (pprof can name them from the profile's mappings).
+            resolved.extend(left.into_iter().map(|a| (a, Symbols::from(Vec::new()))));
+        }
+        if !for_backtrace.is_empty() {
+            resolved.extend(for_backtrace.into_iter().map(|a| (a, resolve(a))));
             // backtrace keeps the debug info it parsed (tens of MiB for a
             // binary with debug info, in the heap of the program being
             // profiled) for its next lookup. Our own cache makes the next
@@ -248,9 +316,14 @@ fn resolve_all_within(
     trim_heap(this_thread_allocated_bytes() - allocated_before);
     {
         let mut cache = CACHE.lock();
-        let cache = cache.get_or_insert_with(HashMap::new);
+        let cache = cache.get_or_insert_with(|| Cache {
+            loader,
+            frames: HashMap::new(),
+        });
+        // Found under the counts read at the start; if the loader has
+        // changed since, the next profile's `follow` sorts them out.
         for (addr, frames) in &resolved {
-            cache.insert(*addr, frames.clone());
+            cache.frames.insert(*addr, frames.clone());
         }
     }
     let list_bytes = resolved.capacity() * std::mem::size_of::<(usize, Symbols)>();
@@ -258,6 +331,50 @@ fn resolve_all_within(
     KEPT_BYTES.fetch_add(kept, Relaxed);
     out.extend(resolved);
     out
+}
+
+/// Addresses outside heapprof's own object, sorted by who looks them up:
+/// backtrace, for those in objects loaded at start (its list of objects,
+/// read once when it is first used, holds them for certain); `own`, object
+/// by object, for those in objects loaded since; and nobody, for those in
+/// no object loaded now.
+///
+/// backtrace's list may have been read after an object loaded later than
+/// heapprof's start, or may hold one unloaded since, in whose place another
+/// now is: so an address in a later object goes to backtrace only when
+/// `own` cannot read its file and no object was ever unloaded (then no
+/// address can have changed objects).
+#[allow(clippy::type_complexity)]
+fn route(
+    addrs: Vec<usize>,
+    objects: &[Mapping],
+    loader: LoaderCounts,
+) -> (Vec<usize>, Vec<(own::OwnObject, Vec<usize>)>, Vec<usize>) {
+    let (mut for_backtrace, mut later, mut nowhere) = (Vec::new(), Vec::new(), Vec::new());
+    let mut by_object: HashMap<(&str, &str, u64), Vec<usize>> = HashMap::new();
+    for addr in addrs {
+        match object_of(objects, addr) {
+            None => nowhere.push(addr),
+            Some(m) if m.loaded_at_start || m.path.is_empty() => for_backtrace.push(addr),
+            Some(m) => by_object
+                .entry((&m.path, &m.build_id, m.start))
+                .or_default()
+                .push(addr),
+        }
+    }
+    for ((path, build_id, _), addrs) in by_object {
+        let object = objects
+            .iter()
+            .filter(|m| m.path == path && m.build_id == build_id)
+            .cloned()
+            .collect();
+        match own::OwnObject::of(object) {
+            Some(object) => later.push((object, addrs)),
+            None if loader.unloads == 0 => for_backtrace.extend(addrs),
+            None => nowhere.extend(addrs),
+        }
+    }
+    (for_backtrace, later, nowhere)
 }
 
 /// Gives back to the system the pages a lookup freed, after a lookup that

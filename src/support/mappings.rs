@@ -7,6 +7,7 @@
 //! opened, so this works for deleted or replaced binaries too.
 
 use std::ffi::CStr;
+use std::sync::OnceLock;
 
 use crate::support::lock::{Lockable, Mutex, rank};
 
@@ -31,6 +32,46 @@ pub(crate) struct Mapping {
     pub path: String,
     /// Lower-case hex; empty if the object has none.
     pub build_id: String,
+    /// The object was loaded when heapprof started ([`note_first_objects`]):
+    /// the executable and the libraries it needs, which stay loaded.
+    pub loaded_at_start: bool,
+}
+
+/// The load addresses (`dlpi_addr`) of the objects loaded at heapprof's
+/// first allocation, which no later object can share: those objects are
+/// never unloaded.
+static FIRST_OBJECTS: OnceLock<Box<[u64]>> = OnceLock::new();
+
+/// Notes which objects are loaded now, once: called at heapprof's first
+/// allocation, holding no heapprof lock.
+pub(crate) fn note_first_objects() {
+    if FIRST_OBJECTS.get().is_some() {
+        return;
+    }
+    let mut bases = Vec::new();
+    each_object(&mut |info| bases.push(info.dlpi_addr));
+    let _ = FIRST_OBJECTS.set(bases.into_boxed_slice());
+}
+
+/// How many objects the loader has loaded and unloaded since the process
+/// started (glibc's `dlpi_adds` and `dlpi_subs`): an address keeps its
+/// meaning while `unloads` stays the same.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub(crate) struct LoaderCounts {
+    pub loads: u64,
+    pub unloads: u64,
+}
+
+/// The loader's counts now.
+pub(crate) fn loader_counts() -> LoaderCounts {
+    let mut counts = LoaderCounts::default();
+    each_object(&mut |info| {
+        counts = LoaderCounts {
+            loads: info.dlpi_adds,
+            unloads: info.dlpi_subs,
+        }
+    });
+    counts
 }
 
 /// Calls `f` with each loaded object (the executable, then the shared
@@ -133,6 +174,9 @@ fn collect(info: &libc::dl_phdr_info, found: &mut Vec<(bool, Mapping)>) {
     let name = object_name(info);
     let is_main = name.is_empty() && found.iter().all(|(main, _)| !main);
     let phdrs = program_headers(info);
+    let loaded_at_start = FIRST_OBJECTS
+        .get()
+        .is_some_and(|bases| bases.contains(&info.dlpi_addr));
     let mut build_id = String::new();
     for ph in phdrs.iter().filter(|ph| ph.p_type == libc::PT_NOTE) {
         let start = info.dlpi_addr as usize + ph.p_vaddr as usize;
@@ -155,6 +199,7 @@ fn collect(info: &libc::dl_phdr_info, found: &mut Vec<(bool, Mapping)>) {
                     file_offset: ph.p_offset,
                     path: name.clone(),
                     build_id: build_id.clone(),
+                    loaded_at_start,
                 },
             ));
         }

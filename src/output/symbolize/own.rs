@@ -34,10 +34,12 @@
 //! process's resident set (`MADV_DONTNEED`; the kernel's page cache keeps
 //! them, and a later read maps them again).
 //!
-//! Other objects (the C library, other shared libraries) stay with
-//! backtrace, which reads their symbol tables, or their detached debug
-//! files where a debug package is installed; so do files laid out in ways
-//! this reader leaves alone: debug info in another file (a `.gnu_debuglink`, a
+//! Objects loaded after heapprof started (`dlopen`) are read here too,
+//! without an index kept: backtrace reads its list of loaded objects once
+//! and never sees them. Other objects (the C library, the shared
+//! libraries the executable needs) stay with backtrace, which reads their
+//! symbol tables, or their detached debug files where a debug package is
+//! installed; so do files laid out in ways this reader leaves alone: debug info in another file (a `.gnu_debuglink`, a
 //! build-ID file under `/usr/lib/debug`, a `.dwp` package, split units),
 //! or compressed sections. A file with no debug info is named from its
 //! symbol table, as backtrace does.
@@ -90,7 +92,8 @@ const PARSED_BYTES_BUDGET: i64 = 16 << 20;
 /// [`Budget::file_bytes`] of every lookup.
 const FILE_PAGES_BUDGET: u64 = 8 << 20;
 
-/// The executable mappings of heapprof's own object, and its file.
+/// The executable mappings of a loaded object read here (heapprof's own,
+/// or one loaded after heapprof started), and its file.
 pub(super) struct OwnObject {
     mappings: Vec<Mapping>,
 }
@@ -99,7 +102,12 @@ impl OwnObject {
     /// The loaded object heapprof's code is in, with all of its executable
     /// mappings; `None` if its file has no path.
     pub(super) fn find() -> Option<OwnObject> {
-        let mappings = mappings::own_object();
+        Self::of(mappings::own_object())
+    }
+
+    /// The object whose executable mappings are `mappings` (one object's,
+    /// all of them); `None` if it has none or its file has no path.
+    pub(super) fn of(mappings: Vec<Mapping>) -> Option<OwnObject> {
         if mappings.first()?.path.is_empty() {
             return None;
         }
