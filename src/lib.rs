@@ -207,6 +207,10 @@
 //!   [`set_sample_rate`]`(1)`).
 //! * Only the calling thread is counted; for a call that spawns threads,
 //!   take a [`stats()`] delta in a test that runs alone (see [`measure`]).
+//!   [`measure`]'s `net_bytes()` counts every free of the thread, of other
+//!   threads' blocks too; [`assert_no_leak`] counts only frees of blocks
+//!   the thread allocated since it began, so that dropping what a worker
+//!   thread allocated cannot hide a leak.
 //! * While a measure is active, each allocation of its thread costs a trip
 //!   through the slow path (`BENCHMARKS.md`); other threads pay nothing.
 //!

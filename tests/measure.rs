@@ -415,3 +415,74 @@ fn assert_no_leak_needs_an_iteration() {
     let msg = panic_message(|| heapprof::assert_no_leak(1, 0, || ()));
     assert!(msg.contains("iterations is 0"), "{msg}");
 }
+
+/// Blocks another thread allocated, for a handler to drop.
+fn blocks_from_another_thread(n: usize, size: usize) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let (send, receive) = std::sync::mpsc::sync_channel(n);
+    std::thread::spawn(move || {
+        for _ in 0..n {
+            send.send(black_box(vec![3u8; size])).unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    receive
+}
+
+/// A handler that leaks on its own thread while it drops replies another
+/// thread allocated (`block_on` of a spawned task) leaks all the same:
+/// those frees offset nothing.
+#[test]
+fn frees_of_other_threads_blocks_do_not_hide_a_leak() {
+    let replies = blocks_from_another_thread(22, 4096);
+    let leaked: Mutex<Vec<Box<[u8; 256]>>> = Mutex::new(Vec::with_capacity(32));
+    let msg = panic_message(|| {
+        heapprof::assert_no_leak(2, 20, || {
+            drop(replies.recv().unwrap());
+            leaked.lock().unwrap().push(black_box(Box::new([0u8; 256])));
+        })
+    });
+    assert!(msg.contains("grew by 5120 bytes over 20 calls"), "{msg}");
+    assert!(
+        msg.contains(
+            "freed 81920 bytes of blocks allocated before assert_no_leak began or on other threads"
+        ),
+        "{msg}"
+    );
+}
+
+/// A call that replaces a value set up before `assert_no_leak` frees what
+/// an earlier call allocated once a warm-up call has run: no leak. Without
+/// one, the first replacement's free offsets nothing, and the message
+/// says why.
+#[test]
+fn replacing_a_value_set_up_before_needs_a_warm_up() {
+    let mut value = black_box(vec![0u8; 1000]);
+    heapprof::assert_no_leak(1, 10, || value = black_box(vec![1u8; 1000]));
+    let msg =
+        panic_message(|| heapprof::assert_no_leak(0, 10, || value = black_box(vec![2u8; 1000])));
+    assert!(msg.contains("grew by 1000 bytes over 10 calls"), "{msg}");
+    assert!(
+        msg.contains("a warm-up call lets a call free what an earlier one allocated"),
+        "{msg}"
+    );
+    drop(value);
+}
+
+/// The two tests above again, each alone in a child process at a rate
+/// that samples nothing: there the free filter passes most frees on
+/// without a look, unless `assert_no_leak` has the thread's frees looked
+/// at (in this binary, other tests' samples may have it look at every
+/// free anyway).
+#[test]
+fn every_free_is_seen_when_nothing_is_sampled() {
+    if heapprof_testkit::child::is_child() {
+        return;
+    }
+    for test in [
+        "frees_of_other_threads_blocks_do_not_hide_a_leak",
+        "replacing_a_value_set_up_before_needs_a_warm_up",
+    ] {
+        heapprof_testkit::child::run_child(test, &[("HEAPPROF_SAMPLE_RATE", "1073741824")]);
+    }
+}

@@ -150,6 +150,13 @@ impl Measured {
     /// Panics, with the numbers and the sampled sites that still hold
     /// memory, if the call left live memory behind: if it allocated more
     /// bytes than it freed ([`Measured::net_bytes`] above zero).
+    ///
+    /// Every free counts, a block allocated before the call or by another
+    /// thread too, so that a call that replaces a value passes; a call
+    /// that drops what other threads allocated (a reply from a spawned
+    /// task) may pass while it leaks: check that one with
+    /// [`assert_no_leak`], whose frees count only for blocks its calls
+    /// allocated.
     #[track_caller]
     pub fn assert_no_growth(&self) {
         if self.net_bytes() > 0 {
@@ -473,21 +480,33 @@ impl Drop for Window {
 /// must leave the calling thread's live memory no larger than it was
 /// before them.
 ///
-/// Growth is [`Measured::net_bytes`] of the `iterations` calls taken
-/// together (each call's result dropped): bytes allocated minus bytes
-/// freed, exact. Above zero is a leak. So:
+/// Growth is what the `iterations` calls taken together (each call's
+/// result dropped) allocated on the calling thread, less what they freed
+/// there of blocks that thread allocated since `assert_no_leak` began
+/// (warm-up calls included), exact. Above zero is a leak. So:
 ///
 /// * memory a call allocates once and keeps (a lazily built cache, a
 ///   buffer that reaches its size) is fine if it happens in the warm-up
 ///   calls; give as many as it takes to reach the steady state;
 /// * memory freed later in the measured calls offsets memory allocated
-///   earlier in them, so a call may hold memory that the next one frees;
+///   earlier in them or in the warm-up calls, so a call may hold memory
+///   that the next one frees;
+/// * freeing a block allocated before `assert_no_leak` began, or by
+///   another thread, offsets nothing: a call that drops a reply a worker
+///   thread allocated (`block_on` of a spawned task) cannot hide a leak.
+///   A call that replaces a value set up before `assert_no_leak` needs a
+///   warm-up call, after which it frees what an earlier call allocated;
 /// * what other threads allocate is not counted, but a block the calls
 ///   allocate and hand to another thread counts as held even after that
 ///   thread frees it (see [`measure`]): a call that sends owned values to
 ///   a consumer thread, or spawns one (its handle and closure), shows
 ///   growth; check those with a [`stats()`](crate::stats) delta in a test
 ///   that runs alone.
+///
+/// Every allocation and free of the calling thread takes heapprof's slow
+/// path while it runs, and heapprof keeps the address of each block the
+/// calls allocated and still hold (its own memory). A call of
+/// `assert_no_leak` inside `f` checks with [`Measured::net_bytes`] only.
 ///
 /// The message gives the numbers, the growth per call, and the sites of
 /// this thread's samples in the measured calls, those still holding
@@ -514,24 +533,114 @@ pub fn assert_no_leak<R>(warmups: usize, iterations: usize, mut f: impl FnMut() 
         iterations > 0,
         "heapprof::assert_no_leak: iterations is 0, so nothing would be checked"
     );
+    let tracking = Tracking::start();
     for _ in 0..warmups {
         drop(f());
     }
+    let others_before = tracking.others_freed_bytes();
     let ((), m) = measure(|| {
         for _ in 0..iterations {
             drop(f());
         }
     });
-    let grown = m.net_bytes();
+    let others = tracking.others_freed_bytes().wrapping_sub(others_before);
+    let incomplete = tracking.incomplete();
+    drop(tracking);
+    let grown = m.net_bytes().wrapping_add(others as i64);
     if grown > 0 {
-        m.fail(
-            &format!(
-                "leak: live memory grew by {grown} bytes over {iterations} calls (about {} bytes \
-                 per call), after {warmups} warm-up calls",
-                grown as f64 / iterations as f64
-            ),
-            Order::Live,
+        let mut what = format!(
+            "leak: live memory grew by {grown} bytes over {iterations} calls (about {} bytes \
+             per call), after {warmups} warm-up calls",
+            grown as f64 / iterations as f64
         );
+        if others > 0 {
+            what.push_str(&format!(
+                "; the calls also freed {others} bytes of blocks allocated before \
+                 assert_no_leak began or on other threads, which offset nothing \
+                 (a warm-up call lets a call free what an earlier one allocated)"
+            ));
+        }
+        if incomplete {
+            what.push_str(
+                "; heapprof had no memory to note some blocks, whose frees count as \
+                 such frees too",
+            );
+        }
+        m.fail(&what, Order::Live);
     }
     m.check_installed("for leaks");
+}
+
+/// The calling thread's blocks, followed from [`Tracking::start`] until
+/// the guard drops (`thread::measure::Tracked`): [`assert_no_leak`] tells
+/// the frees of blocks its calls allocated from the frees of others with
+/// it. While it lives, a measure window holds the thread's countdown at
+/// zero, so every allocation reaches the slow path, and the thread's free
+/// filter's mask is 0, so every free does too.
+struct Tracking {
+    /// The set this guard installed, or null (another `assert_no_leak`
+    /// on this thread already tracks, or the thread-local is gone).
+    tracked: *mut thread::measure::Tracked,
+    /// Whether the thread's mask copy was listed, to list it again.
+    mask_was_listed: bool,
+    window: Option<Window>,
+}
+
+impl Tracking {
+    fn start() -> Tracking {
+        let free = thread::with(|l| l.measure.tracked().is_null()).unwrap_or(false);
+        if !free {
+            return Tracking {
+                tracked: std::ptr::null_mut(),
+                mask_was_listed: false,
+                window: None,
+            };
+        }
+        let window = Window::open();
+        let tracked = {
+            let _inside = reentry::Inside::enter();
+            Box::into_raw(Box::new(thread::measure::Tracked::new()))
+        };
+        thread::with(|l| l.measure.set_tracked(tracked));
+        let mask_was_listed = {
+            let _inside = reentry::Inside::enter();
+            registry::suspend_mask_copy()
+        };
+        Tracking {
+            tracked,
+            mask_was_listed,
+            window: Some(window),
+        }
+    }
+
+    /// Bytes the thread has freed of blocks not allocated since the start.
+    fn others_freed_bytes(&self) -> u64 {
+        // SAFETY: a non-null `tracked` is the set this guard owns; the
+        // thread is outside the profiler here, so no hook is using it.
+        unsafe { self.tracked.as_ref() }.map_or(0, |t| t.others_freed_bytes)
+    }
+
+    /// Whether some block went unnoted for lack of memory.
+    fn incomplete(&self) -> bool {
+        // SAFETY: as in `others_freed_bytes`.
+        unsafe { self.tracked.as_ref() }.is_some_and(|t| t.incomplete)
+    }
+}
+
+impl Drop for Tracking {
+    fn drop(&mut self) {
+        if self.tracked.is_null() {
+            return;
+        }
+        thread::with(|l| l.measure.set_tracked(std::ptr::null_mut()));
+        let inside = reentry::Inside::enter();
+        if self.mask_was_listed {
+            registry::resume_mask_copy();
+        }
+        // SAFETY: `start` made the set with `Box::into_raw`, and the hooks
+        // no longer reach it (the thread's pointer is null).
+        drop(unsafe { Box::from_raw(self.tracked) });
+        drop(inside);
+        drop(self.window.take().map(Window::close));
+    }
 }

@@ -15,6 +15,7 @@ use crate::thread;
 #[cold]
 #[inline(never)]
 pub(crate) unsafe fn dealloc<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner: &A) {
+    super::track_free(ptr, layout.size());
     // Most frees that get here are of ordinary blocks that merely sit at a
     // page-aligned address (jemalloc starts every slab on a page, and its
     // thread cache hands the same address out again and again): the second

@@ -97,8 +97,50 @@ pub(crate) fn alloc<A: GlobalAlloc>(layout: Layout, zeroed: bool, inner: &A) -> 
         crate::process::on_failed_alloc(layout.size());
     } else {
         note_live();
+        track_alloc(ptr);
     }
     ptr
+}
+
+/// While an `assert_no_leak` tracks this thread's blocks
+/// (`thread::measure::Tracked`): records the program's allocation at
+/// `ptr`. Every allocation of such a thread comes here (a measure holds
+/// its countdown at zero); heapprof's own are left out.
+pub(crate) fn track_alloc(ptr: *mut u8) {
+    thread::with(|l| {
+        let tracked = l.measure.tracked();
+        if tracked.is_null() || l.counters.inside() {
+            return;
+        }
+        let _inside = reentry::Inside::enter();
+        // SAFETY: a non-null pointer is the live set its owner
+        // (`measure::Tracking`, on this thread) installed; nothing else
+        // holds a reference to it now: a reentrant call (the set growing)
+        // finds the thread inside the profiler and returns above.
+        unsafe { (*tracked).allocated(ptr as usize) };
+    });
+}
+
+/// As [`track_alloc`], for the program's free of the `size`-byte block at
+/// `ptr`: every free of a tracked thread comes to the slow path (its free
+/// filter's mask is 0). One thread-local load when nothing is tracked.
+#[inline]
+pub(crate) fn track_free(ptr: *mut u8, size: usize) {
+    let tracked = thread::with(|l| l.measure.tracked()).unwrap_or(std::ptr::null_mut());
+    if !tracked.is_null() {
+        track_free_in(tracked, ptr, size);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn track_free_in(tracked: *mut thread::measure::Tracked, ptr: *mut u8, size: usize) {
+    if thread::with(|l| l.counters.inside()).unwrap_or(true) {
+        return;
+    }
+    // SAFETY: as in `track_alloc`; `freed` allocates nothing, so nothing
+    // can come back here while it runs.
+    unsafe { (*tracked).freed(ptr as usize, size) };
 }
 
 /// After an allocation of the program's that succeeded, while a measure

@@ -36,6 +36,8 @@ pub(crate) unsafe fn realloc<A: GlobalAlloc>(
         // Counted as the free of the old block, then the allocation of the
         // new one.
         super::note_live();
+        super::track_free(ptr, layout.size());
+        super::track_alloc(new_ptr);
     }
     // A thread out of the registry (exiting) passes its counts on here too.
     registry::flush_unlisted();

@@ -210,6 +210,29 @@ fn unlist_mask_copy(interrupted: bool) {
     thread::with(|l| l.filter_mask.store(0, SeqCst));
 }
 
+/// Takes this thread's copy out of the list and leaves it at 0, so that
+/// every free of the thread reaches the slow path (an `assert_no_leak`
+/// sees each one); true if the copy was listed. Give it back with
+/// [`resume_mask_copy`], on this thread, before it exits.
+pub(crate) fn suspend_mask_copy() -> bool {
+    let Some(addr) = own_mask_copy() else {
+        return false;
+    };
+    let mut copies = MASK_COPIES.lock();
+    let Some(i) = copies.iter().position(|&a| a == addr) else {
+        return false;
+    };
+    copies.swap_remove(i);
+    thread::with(|l| l.filter_mask.store(0, SeqCst));
+    true
+}
+
+/// Lists this thread's copy again after [`suspend_mask_copy`] returned
+/// true, with the mask of now.
+pub(crate) fn resume_mask_copy() {
+    list_mask_copy();
+}
+
 /// Sets the free filter's mask to `mask()`, computed under the lock that
 /// serializes mask changes, in every listed thread's copy.
 pub(crate) fn set_filter_mask(mask: impl FnOnce() -> usize) {
