@@ -420,6 +420,48 @@ fn the_thread_label_can_be_turned_off() {
     );
 }
 
+/// Thousands of distinctly named threads, then thousands of tenants on
+/// one thread, at rate 1: the `thread` label's sets take none of the
+/// program's places, so every tenant keeps its label.
+#[test]
+fn child_many_thread_names() {
+    if !is_child() {
+        return;
+    }
+    for i in 0..5000 {
+        std::thread::Builder::new()
+            .name(format!("conn-{i}"))
+            .spawn(|| drop(black_box(vec![0u8; 64])))
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+    let mut kept = Vec::with_capacity(3000);
+    for i in 0..3000 {
+        let tenant = format!("t{i}");
+        kept.push(heapprof::with_labels(&[("tenant", &tenant)], || {
+            alloc_block(4096, 1)
+        }));
+    }
+    let s = heapprof::snapshot();
+    let lost = (0..3000)
+        .filter(|i| s.inuse_bytes_with_label("tenant", &format!("t{i}")) != 4096)
+        .count();
+    println!("lost={lost}");
+    let fresh = heapprof::with_labels(&[("tenant", "fresh")], heapprof::current_labels);
+    println!("FRESH {fresh:?}");
+    drop(kept);
+}
+
+#[test]
+fn thread_names_take_no_places_of_the_programs_labels() {
+    let _watchdog = watchdog("many thread names", Duration::from_secs(120));
+    let (stdout, _) = run_child("child_many_thread_names", &[("HEAPPROF_SAMPLE_RATE", "1")]);
+    assert_eq!(printed_number(&stdout, "lost="), 0, "{stdout}");
+    assert!(stdout.contains(r#"("tenant", "fresh")"#), "{stdout}");
+    assert!(!stdout.contains("heapprof_overflow"), "{stdout}");
+}
+
 // ---------------------------------------------------------------------
 // Two tenants on a multi-threaded runtime
 

@@ -6,7 +6,8 @@ use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use super::{LabelSetId, Scope, current, table};
+use super::table::{self, Kind};
+use super::{LabelSetId, Scope, current};
 use crate::support::reentry;
 
 /// A future that runs `F` with labels in force: every allocation sampled
@@ -43,7 +44,7 @@ impl<F> Labeled<F> {
     pub fn new(future: F, labels: &[(&str, &str)]) -> Labeled<F> {
         let labels = {
             let _inside = reentry::Inside::enter();
-            table::merge(LabelSetId::NONE, labels)
+            table::merge(LabelSetId::NONE, labels, Kind::Program)
         };
         Labeled {
             inner: ManuallyDrop::new(future),
@@ -58,7 +59,7 @@ impl<F> Labeled<F> {
         let outer = current();
         if merged.0 != outer {
             let _inside = reentry::Inside::enter();
-            *merged = (outer, table::merge_sets(outer, labels));
+            *merged = (outer, table::merge_sets(outer, labels, Kind::Program));
         }
         Scope::enter(merged.1)
     }

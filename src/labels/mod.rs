@@ -29,6 +29,7 @@ use crate::thread::{
     self,
     labels::{SCOPES_KEPT, UNKNOWN},
 };
+use table::Kind;
 pub(crate) use table::{LabelSetId, each_lock, memory_bytes};
 
 /// The key of the automatic label that names the thread.
@@ -62,7 +63,10 @@ const OFF: u8 = 2;
 ///   `heapprof_overflow=labels per set`. The table holds at most 4 096
 ///   distinct sets (1 MiB); past that, samples carry
 ///   `heapprof_overflow=label sets` instead of their labels, so keep
-///   unbounded values (request ids) out of labels.
+///   unbounded values (request ids) out of labels. The sets the `thread`
+///   label makes (a thread's name, alone or with the labels in force)
+///   have 4 096 places (1 MiB) of their own; past those, samples carry
+///   the labels in force without `thread`.
 /// * Entering one of the thread's last few scopes again finds its set by
 ///   comparing labels (tens of nanoseconds, no lock); a new one interns
 ///   its set under the table's lock. Leaving is a store. Allocations that
@@ -92,7 +96,7 @@ fn scope_set(labels: &[(&str, &str)]) -> LabelSetId {
     }
     let set = {
         let _inside = reentry::Inside::enter();
-        table::merge(outer, labels)
+        table::merge(outer, labels, Kind::Program)
     };
     thread::with(|l| {
         let next = l.labels.next_scope.get() % SCOPES_KEPT;
@@ -196,7 +200,11 @@ pub(crate) fn for_sample() -> LabelSetId {
     } else {
         LabelSetId(thread_set)
     };
-    let set = table::merge_sets(thread_set, LabelSetId(current));
+    // Past the thread label's own bound, the program's labels alone.
+    let set = match table::merge_sets(thread_set, LabelSetId(current), Kind::Thread) {
+        LabelSetId::OVERFLOW => LabelSetId(current),
+        set => set,
+    };
     thread::with(|l| l.labels.with_thread.set((current, set.0)));
     set
 }
@@ -206,7 +214,10 @@ pub(crate) fn for_sample() -> LabelSetId {
 fn thread_name_set() -> LabelSetId {
     let mut buf = [0u8; 64];
     match thread_name(&mut buf) {
-        Some(name) => table::merge(LabelSetId::NONE, &[(THREAD_KEY, name)]),
+        Some(name) => match table::merge(LabelSetId::NONE, &[(THREAD_KEY, name)], Kind::Thread) {
+            LabelSetId::OVERFLOW => LabelSetId::NONE,
+            set => set,
+        },
         None => LabelSetId::NONE,
     }
 }

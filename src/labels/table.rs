@@ -47,15 +47,26 @@ impl LabelSetId {
     const FIRST_STORED: u32 = 2;
 }
 
-/// The most distinct label sets, the empty and the overflow set included.
+/// The most distinct label sets of the program's, the empty and the
+/// overflow set included.
 pub(crate) const MAX_LABEL_SETS: usize = 4096;
+/// The most sets made for the automatic `thread` label (a thread's name
+/// alone, or with the program's labels in force), kept apart so that
+/// thread names never take the program's places; past it a sample keeps
+/// the program's labels without the `thread` label.
+pub(crate) const MAX_THREAD_LABEL_SETS: usize = 4096;
+/// Ids the table hands out, both kinds of set.
+const ALL_SETS: usize = MAX_LABEL_SETS + MAX_THREAD_LABEL_SETS;
 /// The most bytes of a key or a value; longer ones are cut.
 pub(crate) const MAX_LABEL_BYTES: usize = 128;
 /// The most labels in one set, the overflow label included.
 pub(crate) const MAX_LABELS_PER_SET: usize = 16;
-/// The most bytes the stored sets, their text and the table's own vector
-/// and index take; a set that would take the table past it overflows.
+/// The most bytes the program's stored sets and their text take, with
+/// the table's own slots and index; a set that would take them past it
+/// overflows.
 pub(crate) const MAX_TABLE_BYTES: usize = 1 << 20;
+/// The most bytes the sets made for the `thread` label take.
+pub(crate) const MAX_THREAD_TABLE_BYTES: usize = 1 << 20;
 /// Ends a key or value that was cut.
 pub(crate) const TRUNCATED: &str = "…";
 
@@ -65,9 +76,9 @@ const OVERFLOW_SET: &[Label] = &[(OVERFLOW_KEY, "label sets")];
 const TOO_MANY_LABELS: Label = (OVERFLOW_KEY, "labels per set");
 
 /// Slots of the index: a power of two, twice the sets it can hold.
-const INDEX_SLOTS: usize = 2 * MAX_LABEL_SETS;
+const INDEX_SLOTS: usize = 2 * ALL_SETS;
 // Ids fit the index's `u16` slots (and `record/sites.rs`'s stored id).
-const _: () = assert!(MAX_LABEL_SETS <= u16::MAX as usize + 1);
+const _: () = assert!(ALL_SETS <= u16::MAX as usize + 1);
 const _: () = assert!(INDEX_SLOTS.is_power_of_two());
 
 /// A stored set, allocated once and never freed.
@@ -76,9 +87,41 @@ struct Stored {
     labels: &'static [Label],
 }
 
+/// Whose a set is, for the bound it counts against.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Kind {
+    /// Labels the program set.
+    Program,
+    /// Made for the `thread` label.
+    Thread,
+}
+
+/// How many sets of one kind the table may store, and in how many bytes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Bound {
+    pub sets: usize,
+    pub bytes: usize,
+}
+
+impl Kind {
+    /// The bound of this kind's sets in the process's table.
+    fn bound(self) -> Bound {
+        match self {
+            Kind::Program => Bound {
+                sets: MAX_LABEL_SETS - LabelSetId::FIRST_STORED as usize,
+                bytes: MAX_TABLE_BYTES,
+            },
+            Kind::Thread => Bound {
+                sets: MAX_THREAD_LABEL_SETS,
+                bytes: MAX_THREAD_TABLE_BYTES,
+            },
+        }
+    }
+}
+
 pub(crate) struct Table {
     /// The stored sets by id, each published (release) once it is whole.
-    slots: [AtomicPtr<Stored>; MAX_LABEL_SETS],
+    slots: [AtomicPtr<Stored>; ALL_SETS],
     index: Mutex<{ rank::LABELS }, Index>,
     /// [`Index::bytes`] as of its last change, read without the lock.
     bytes: AtomicUsize,
@@ -93,6 +136,9 @@ struct Index {
     /// What the table holds: its slots and index once used, and the
     /// stored sets, their labels and text.
     bytes: usize,
+    /// Sets stored and their bytes, by [`Kind`] (the program's with the
+    /// slots and index).
+    by_kind: [(usize, usize); 2],
 }
 
 static TABLE: Table = Table::new();
@@ -198,25 +244,22 @@ fn cut(s: &str) -> Cow<'_, str> {
 impl Table {
     pub(crate) const fn new() -> Table {
         Table {
-            slots: [const { AtomicPtr::new(std::ptr::null_mut()) }; MAX_LABEL_SETS],
+            slots: [const { AtomicPtr::new(std::ptr::null_mut()) }; ALL_SETS],
             index: Mutex::new(Index {
                 slots: [0; INDEX_SLOTS],
                 stored: 0,
                 bytes: 0,
+                by_kind: [(0, 0); 2],
             }),
             bytes: AtomicUsize::new(0),
         }
     }
 
-    /// The id of `set` (bounded), stored if new; `OVERFLOW` past the
-    /// table's bounds (`max_sets` sets, `max_bytes` bytes) or when the
-    /// inner allocator has no memory. Inside the guard, with no lock held.
-    pub(crate) fn intern(
-        &self,
-        mut set: Pending<'_>,
-        max_sets: usize,
-        max_bytes: usize,
-    ) -> LabelSetId {
+    /// The id of `set` (bounded), stored if new as a set of `kind`;
+    /// `OVERFLOW` past `bound` (for that kind's sets) or when the inner
+    /// allocator has no memory. A set already stored is found whatever
+    /// its kind. Inside the guard, with no lock held.
+    pub(crate) fn intern(&self, mut set: Pending<'_>, kind: Kind, bound: Bound) -> LabelSetId {
         set.bound();
         if set.0.is_empty() {
             return LabelSetId::NONE;
@@ -239,16 +282,24 @@ impl Table {
             slot = (slot + 1) & (INDEX_SLOTS - 1);
         }
         let id = index.stored + LabelSetId::FIRST_STORED as usize;
-        if id >= max_sets.min(MAX_LABEL_SETS) {
+        let k = kind as usize;
+        let (sets, bytes) = index.by_kind[k];
+        if sets >= bound.sets || id >= ALL_SETS {
             return LabelSetId::OVERFLOW;
         }
-        let fixed = if index.stored == 0 {
-            std::mem::size_of_val(&self.slots) + std::mem::size_of_val(&index.slots)
-        } else {
-            0
+        let fixed = match (index.stored, kind) {
+            // The slots and index come with the first set, the program's
+            // bytes.
+            (0, _) => std::mem::size_of_val(&self.slots) + std::mem::size_of_val(&index.slots),
+            _ => 0,
         };
-        let cost = fixed + std::mem::size_of::<Stored>() + set.stored_bytes();
-        if index.bytes + cost > max_bytes {
+        let own = std::mem::size_of::<Stored>() + set.stored_bytes();
+        let charged = if kind == Kind::Program {
+            fixed + own
+        } else {
+            own
+        };
+        if bytes + charged > bound.bytes {
             return LabelSetId::OVERFLOW;
         }
         let Some(stored) = store(&set, hash) else {
@@ -257,7 +308,11 @@ impl Table {
         self.slots[id].store(stored, Release);
         index.slots[slot] = id as u16;
         index.stored += 1;
-        index.bytes += cost;
+        index.bytes += fixed + own;
+        index.by_kind[k] = (sets + 1, bytes + charged);
+        if kind == Kind::Thread && fixed > 0 {
+            index.by_kind[Kind::Program as usize].1 += fixed;
+        }
         self.bytes.store(index.bytes, Relaxed);
         LabelSetId(id as u32)
     }
@@ -324,8 +379,8 @@ fn store(set: &Pending<'_>, hash: u64) -> Option<*mut Stored> {
 
 /// The id of `set`, stored if new (see [`Table::intern`]). Inside the
 /// guard, with no lock held.
-pub(crate) fn intern(set: Pending<'_>) -> LabelSetId {
-    TABLE.intern(set, MAX_LABEL_SETS, MAX_TABLE_BYTES)
+pub(crate) fn intern(set: Pending<'_>, kind: Kind) -> LabelSetId {
+    TABLE.intern(set, kind, kind.bound())
 }
 
 /// The labels of `id`. Takes no lock and allocates nothing, so any
@@ -335,8 +390,9 @@ pub(crate) fn get(id: LabelSetId) -> &'static [Label] {
 }
 
 /// `outer` with `inner`'s labels added, same keys taking `inner`'s
-/// values. Inside the guard, with no lock held.
-pub(crate) fn merge(outer: LabelSetId, inner: &[(&str, &str)]) -> LabelSetId {
+/// values, stored as a set of `kind`. Inside the guard, with no lock
+/// held.
+pub(crate) fn merge(outer: LabelSetId, inner: &[(&str, &str)], kind: Kind) -> LabelSetId {
     if inner.is_empty() {
         return outer;
     }
@@ -349,7 +405,7 @@ pub(crate) fn merge(outer: LabelSetId, inner: &[(&str, &str)]) -> LabelSetId {
     for &(k, v) in inner {
         set.set(k, v);
     }
-    intern(set)
+    intern(set, kind)
 }
 
 /// Whether `result` is what [`merge`] makes of `outer` and `inner`, for
@@ -382,7 +438,7 @@ pub(crate) fn is_merge(result: &[Label], outer: &[Label], inner: &[(&str, &str)]
 }
 
 /// [`merge`] of two stored sets.
-pub(crate) fn merge_sets(outer: LabelSetId, inner: LabelSetId) -> LabelSetId {
+pub(crate) fn merge_sets(outer: LabelSetId, inner: LabelSetId, kind: Kind) -> LabelSetId {
     if outer == LabelSetId::NONE || outer == inner {
         return inner;
     }
@@ -396,7 +452,7 @@ pub(crate) fn merge_sets(outer: LabelSetId, inner: LabelSetId) -> LabelSetId {
     for &(k, v) in inner {
         set.set(k, v);
     }
-    intern(set)
+    intern(set, kind)
 }
 
 /// Bytes the table holds, for the profiler's own memory. Takes no lock.

@@ -17,7 +17,8 @@ use tracing_core::span::{Attributes, Id, Record};
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
-use super::{LabelSetId, table};
+use super::LabelSetId;
+use super::table::{self, Kind};
 use crate::support::reentry;
 use crate::thread;
 
@@ -81,7 +82,7 @@ impl SpanLabels {
     fn intern(&mut self) {
         let pairs: Vec<(&str, &str)> = self.fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let _inside = reentry::Inside::enter();
-        self.set = table::merge(LabelSetId::NONE, &pairs);
+        self.set = table::merge(LabelSetId::NONE, &pairs, Kind::Program);
     }
 }
 
@@ -146,7 +147,7 @@ fn pop_span(id: &Id) -> Option<LabelSetId> {
         for j in i + 1..depth {
             let (later, set, _) = spans[j].get();
             spans[j - 1].set((later, set, now.0));
-            now = table::merge_sets(now, LabelSetId(set));
+            now = table::merge_sets(now, LabelSetId(set), Kind::Program);
         }
         l.labels.span_depth.set(depth - 1);
         Some(now)
@@ -211,7 +212,7 @@ where
         let outer = super::current();
         let merged = {
             let _inside = reentry::Inside::enter();
-            table::merge_sets(outer, labels.set)
+            table::merge_sets(outer, labels.set, Kind::Program)
         };
         if !push_span(id, labels.set, outer) {
             labels.entered.push((thread_key(), outer));

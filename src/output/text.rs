@@ -290,6 +290,7 @@ mod tests {
         let set = crate::labels::table::merge(
             crate::labels::LabelSetId::NONE,
             &[("tenant", "text-acme"), ("note", "a \"quoted\" value")],
+            crate::labels::table::Kind::Program,
         );
         let mut labelled = site(vec![0x5000], &[(64, 1, false)]);
         labelled.labels = set;

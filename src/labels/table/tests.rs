@@ -16,7 +16,15 @@ fn table() -> Box<Table> {
 }
 
 fn intern(t: &Table, labels: &[(&str, &str)]) -> LabelSetId {
-    t.intern(pending(labels), MAX_LABEL_SETS, MAX_TABLE_BYTES)
+    t.intern(pending(labels), Kind::Program, Kind::Program.bound())
+}
+
+/// The program's bound, with room for `sets` of its sets.
+fn program_sets(sets: usize) -> Bound {
+    Bound {
+        sets,
+        bytes: MAX_TABLE_BYTES,
+    }
 }
 
 #[test]
@@ -95,13 +103,12 @@ fn a_set_of_too_many_labels_keeps_the_first_and_says_so() {
 #[test]
 fn past_the_set_bound_new_sets_overflow_and_old_ones_still_resolve() {
     let t = table();
-    let max_sets = 10;
+    let stored = 8;
     let values: Vec<String> = (0..20).map(|i| i.to_string()).collect();
     let ids: Vec<LabelSetId> = values
         .iter()
-        .map(|v| t.intern(pending(&[("n", v)]), max_sets, MAX_TABLE_BYTES))
+        .map(|v| t.intern(pending(&[("n", v)]), Kind::Program, program_sets(stored)))
         .collect();
-    let stored = max_sets - LabelSetId::FIRST_STORED as usize;
     assert_eq!(t.stored_sets(), stored);
     for (i, id) in ids.iter().enumerate() {
         if i < stored {
@@ -116,7 +123,7 @@ fn past_the_set_bound_new_sets_overflow_and_old_ones_still_resolve() {
     );
     // Known sets are still found when the table is full.
     assert_eq!(
-        t.intern(pending(&[("n", "0")]), max_sets, MAX_TABLE_BYTES),
+        t.intern(pending(&[("n", "0")]), Kind::Program, program_sets(stored)),
         ids[0]
     );
 }
@@ -124,14 +131,18 @@ fn past_the_set_bound_new_sets_overflow_and_old_ones_still_resolve() {
 #[test]
 fn past_the_byte_bound_new_sets_overflow_and_the_count_is_exact() {
     let t = table();
-    let max_bytes = 128 * 1024;
+    let max_bytes = 224 * 1024;
     let value = "v".repeat(100);
     let keys: Vec<String> = (0..1000).map(|i| format!("key{i}")).collect();
     let mut overflowed = 0;
     let mut expected =
         std::mem::size_of_val(&t.slots) + std::mem::size_of_val(&t.index.lock().slots);
     for k in &keys {
-        let id = t.intern(pending(&[(k, &value)]), MAX_LABEL_SETS, max_bytes);
+        let bound = Bound {
+            sets: MAX_LABEL_SETS,
+            bytes: max_bytes,
+        };
+        let id = t.intern(pending(&[(k, &value)]), Kind::Program, bound);
         if id == LabelSetId::OVERFLOW {
             overflowed += 1;
         } else {
@@ -167,6 +178,55 @@ fn many_sets_with_colliding_slots_are_all_found() {
     );
 }
 
+/// Sets made for the `thread` label count against a bound of their own:
+/// filling it takes none of the program's places, and a full program
+/// bound leaves the thread label's places alone; a set is found whichever
+/// kind stored it.
+#[test]
+fn thread_label_sets_have_places_of_their_own() {
+    let t = table();
+    let thread_bound = Bound {
+        sets: 5,
+        bytes: MAX_THREAD_TABLE_BYTES,
+    };
+    let names: Vec<String> = (0..8).map(|i| format!("conn-{i}")).collect();
+    let threads: Vec<LabelSetId> = names
+        .iter()
+        .map(|n| t.intern(pending(&[("thread", n)]), Kind::Thread, thread_bound))
+        .collect();
+    assert!(threads[..5].iter().all(|&id| id != LabelSetId::OVERFLOW));
+    assert!(threads[5..].iter().all(|&id| id == LabelSetId::OVERFLOW));
+    let tenants: Vec<LabelSetId> = (0..6)
+        .map(|i| {
+            let tenant = format!("t{i}");
+            t.intern(
+                pending(&[("tenant", &tenant)]),
+                Kind::Program,
+                program_sets(6),
+            )
+        })
+        .collect();
+    assert!(tenants.iter().all(|&id| id != LabelSetId::OVERFLOW));
+    assert_eq!(
+        t.intern(pending(&[("tenant", "t6")]), Kind::Program, program_sets(6)),
+        LabelSetId::OVERFLOW
+    );
+    // Both bounds full: stored sets are still found, by either kind.
+    assert_eq!(
+        t.intern(
+            pending(&[("thread", "conn-0")]),
+            Kind::Program,
+            program_sets(6)
+        ),
+        threads[0]
+    );
+    assert_eq!(
+        t.intern(pending(&[("tenant", "t0")]), Kind::Thread, thread_bound),
+        tenants[0]
+    );
+    assert_eq!(t.stored_sets(), 11);
+}
+
 /// `is_merge` agrees with `merge` where it answers, and declines inputs
 /// whose merge it does not reproduce.
 #[test]
@@ -179,7 +239,7 @@ fn is_merge_recognizes_exactly_the_merge() {
         for &(k, v) in inner {
             p.set(k, v);
         }
-        t.get(t.intern(p, MAX_LABEL_SETS, MAX_TABLE_BYTES))
+        t.get(t.intern(p, Kind::Program, Kind::Program.bound()))
     };
     let inner = [("tenant", "b"), ("zone", "eu")];
     let result = merged(&inner);

@@ -131,11 +131,17 @@ fn values_are_the_rounded_estimates() {
 /// same stack under another set is another sample.
 #[test]
 fn a_labelled_site_carries_its_labels_as_string_labels() {
+    use crate::labels::table::Kind;
     let acme = crate::labels::table::merge(
         LabelSetId::NONE,
         &[("tenant", "pprof-acme"), ("route", "/p")],
+        Kind::Program,
     );
-    let globex = crate::labels::table::merge(LabelSetId::NONE, &[("tenant", "pprof-globex")]);
+    let globex = crate::labels::table::merge(
+        LabelSetId::NONE,
+        &[("tenant", "pprof-globex")],
+        Kind::Program,
+    );
     let mut a = site(&[A, B], counts(&[(100, 1.0)], &[]));
     a.labels = acme;
     let mut g = site(&[A, B], counts(&[(200, 1.0)], &[(200, 1.0)]));
