@@ -486,3 +486,12 @@ fn every_free_is_seen_when_nothing_is_sampled() {
         heapprof_testkit::child::run_child(test, &[("HEAPPROF_SAMPLE_RATE", "1073741824")]);
     }
 }
+
+/// A negative change carries its sign on both figures.
+#[test]
+fn a_negative_net_is_shown_with_its_sign() {
+    let held = black_box(vec![0u8; 2000]);
+    let ((), m) = measure(|| drop(held));
+    assert_eq!(m.net_bytes(), -2000);
+    assert!(m.to_string().contains("net -2.0 KiB = -2000 B"), "{m}");
+}

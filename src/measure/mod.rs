@@ -290,13 +290,12 @@ impl fmt::Display for Measured {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} allocations ({}), {} frees ({}), net {}{}, peak {}",
+            "{} allocations ({}), {} frees ({}), net {}, peak {}",
             self.allocations,
             Bytes(self.allocated_bytes),
             self.deallocations,
             Bytes(self.freed_bytes),
-            if self.net_bytes() >= 0 { "+" } else { "-" },
-            Bytes(self.net_bytes().unsigned_abs()),
+            Net(self.net_bytes()),
             Bytes(self.peak_bytes),
         )
     }
@@ -351,6 +350,18 @@ impl fmt::Display for Bytes {
             unit += 1;
         }
         write!(f, "{value:.1} {} = {n} B", UNITS[unit])
+    }
+}
+
+/// A signed change in bytes, its sign on both of [`Bytes`]'s figures:
+/// `+240 B`, `-1.5 KiB = -1536 B`.
+struct Net(i64);
+
+impl fmt::Display for Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.0 >= 0 { "+" } else { "-" };
+        let text = Bytes(self.0.unsigned_abs()).to_string();
+        write!(f, "{sign}{}", text.replace("= ", &format!("= {sign}")))
     }
 }
 
