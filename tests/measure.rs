@@ -495,3 +495,18 @@ fn a_negative_net_is_shown_with_its_sign() {
     assert_eq!(m.net_bytes(), -2000);
     assert!(m.to_string().contains("net -2.0 KiB = -2000 B"), "{m}");
 }
+
+/// Buffers grown by `realloc` at a rate where sampled blocks are
+/// page-aligned, so that reallocs of sampled blocks move them: each move
+/// is one free of the old block for the leak check, not two.
+#[test]
+fn reallocs_that_move_sampled_blocks_are_no_leak() {
+    let _rate = at_rate(64 << 10);
+    heapprof::assert_no_leak(2, 300, || {
+        let mut v: Vec<u8> = Vec::new();
+        for i in 0..4096 {
+            v.push(i as u8);
+        }
+        black_box(v);
+    });
+}

@@ -11,8 +11,9 @@
 //! executable's name ([`expand`]). What is at the path decides how it is
 //! written ([`write_dump`]): nothing or a regular file is replaced whole,
 //! by a rename; a symlink, device, FIFO or `/dev/stdout` is opened and
-//! written, and stays what it is; a directory is an error. Nothing is ever
-//! named after a path that is not a regular file ([`sibling`]).
+//! written, and stays what it is; a directory is an error. Nothing is
+//! named after a path that is not a regular file, but for the null
+//! device, whose siblings are itself ([`sibling`]).
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;

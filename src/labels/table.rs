@@ -56,7 +56,7 @@ pub(crate) const MAX_LABEL_SETS: usize = 4096;
 /// the program's labels without the `thread` label.
 pub(crate) const MAX_THREAD_LABEL_SETS: usize = 4096;
 /// Ids the table hands out, both kinds of set.
-const ALL_SETS: usize = MAX_LABEL_SETS + MAX_THREAD_LABEL_SETS;
+pub(crate) const ALL_SETS: usize = MAX_LABEL_SETS + MAX_THREAD_LABEL_SETS;
 /// The most bytes of a key or a value; longer ones are cut.
 pub(crate) const MAX_LABEL_BYTES: usize = 128;
 /// The most labels in one set, the overflow label included.

@@ -516,8 +516,10 @@ impl Drop for Window {
 ///
 /// Every allocation and free of the calling thread takes heapprof's slow
 /// path while it runs, and heapprof keeps the address of each block the
-/// calls allocated and still hold (its own memory). A call of
-/// `assert_no_leak` inside `f` checks with [`Measured::net_bytes`] only.
+/// calls allocated and still hold, in memory of its own that neither the
+/// program's counts nor [`Stats::profiler_bytes`](crate::Stats::profiler_bytes) include.
+/// A call of `assert_no_leak` inside `f` checks with
+/// [`Measured::net_bytes`] only.
 ///
 /// The message gives the numbers, the growth per call, and the sites of
 /// this thread's samples in the measured calls, those still holding
@@ -560,8 +562,8 @@ pub fn assert_no_leak<R>(warmups: usize, iterations: usize, mut f: impl FnMut() 
     let grown = m.net_bytes().wrapping_add(others as i64);
     if grown > 0 {
         let mut what = format!(
-            "leak: live memory grew by {grown} bytes over {iterations} calls (about {} bytes \
-             per call), after {warmups} warm-up calls",
+            "leak: live memory grew by {grown} bytes over {iterations} calls (about {:.1} \
+             bytes per call), after {warmups} warm-up calls",
             grown as f64 / iterations as f64
         );
         if others > 0 {

@@ -297,9 +297,15 @@ fn resolve_all_within(
                 }
                 None => addrs,
             };
-            // Not in backtrace's list of objects, or not for certain:
-            // unnamed (pprof can name them from the profile's mappings).
-            resolved.extend(left.into_iter().map(|a| (a, Symbols::from(Vec::new()))));
+            if loader.unloads == 0 {
+                // No address has changed objects: backtrace names them if
+                // its list holds the object.
+                for_backtrace.extend(left);
+            } else {
+                // Not for certain in backtrace's list as it is now:
+                // unnamed (pprof can name them from the profile's mappings).
+                resolved.extend(left.into_iter().map(|a| (a, Symbols::from(Vec::new()))));
+            }
         }
         if !for_backtrace.is_empty() {
             resolved.extend(for_backtrace.into_iter().map(|a| (a, resolve(a))));
@@ -320,10 +326,13 @@ fn resolve_all_within(
             loader,
             frames: HashMap::new(),
         });
-        // Found under the counts read at the start; if the loader has
-        // changed since, the next profile's `follow` sorts them out.
-        for (addr, frames) in &resolved {
-            cache.frames.insert(*addr, frames.clone());
+        // Found under the counts read at the start: kept only if no other
+        // profile has seen the loader change since (this one's `follow`
+        // would then not come again for them).
+        if cache.loader == loader {
+            for (addr, frames) in &resolved {
+                cache.frames.insert(*addr, frames.clone());
+            }
         }
     }
     let list_bytes = resolved.capacity() * std::mem::size_of::<(usize, Symbols)>();
@@ -342,8 +351,8 @@ fn resolve_all_within(
 /// backtrace's list may have been read after an object loaded later than
 /// heapprof's start, or may hold one unloaded since, in whose place another
 /// now is: so an address in a later object goes to backtrace only when
-/// `own` cannot read its file and no object was ever unloaded (then no
-/// address can have changed objects).
+/// `own` cannot name it and no object was ever unloaded (then no address
+/// can have changed objects).
 #[allow(clippy::type_complexity)]
 fn route(
     addrs: Vec<usize>,

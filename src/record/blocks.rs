@@ -117,8 +117,7 @@ struct AddrHasher(u64);
 
 impl std::hash::Hasher for AddrHasher {
     fn finish(&self) -> u64 {
-        // Addresses have zero low bits; multiply to spread them.
-        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        crate::support::growth::spread(self.0)
     }
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {

@@ -16,6 +16,18 @@ use crate::thread;
 #[inline(never)]
 pub(crate) unsafe fn dealloc<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner: &A) {
     super::track_free(ptr, layout.size());
+    // SAFETY: the caller's contract, passed on unchanged.
+    unsafe { free(ptr, layout, inner) }
+}
+
+/// [`dealloc`] without the free reaching an `assert_no_leak`'s tracked
+/// blocks: for a realloc that moves its block, which reports its free
+/// there itself.
+///
+/// # Safety
+/// As `GlobalAlloc::dealloc`.
+#[inline]
+pub(crate) unsafe fn free<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner: &A) {
     // Most frees that get here are of ordinary blocks that merely sit at a
     // page-aligned address (jemalloc starts every slab on a page, and its
     // thread cache hands the same address out again and again): the second

@@ -138,8 +138,11 @@ fn track_free_in(tracked: *mut thread::measure::Tracked, ptr: *mut u8, size: usi
     if thread::with(|l| l.counters.inside()).unwrap_or(true) {
         return;
     }
-    // SAFETY: as in `track_alloc`; `freed` allocates nothing, so nothing
-    // can come back here while it runs.
+    // Inside, so that a signal handler's free while `freed` runs turns
+    // back above rather than reach the set.
+    let _inside = reentry::Inside::enter();
+    // SAFETY: as in `track_alloc`; `freed` allocates nothing, and a
+    // reentrant call finds the thread inside and returns above.
     unsafe { (*tracked).freed(ptr as usize, size) };
 }
 

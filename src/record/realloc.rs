@@ -194,7 +194,7 @@ unsafe fn realloc_by_moving<A: GlobalAlloc>(
     // SAFETY: both blocks are valid for the smaller size and distinct.
     unsafe {
         std::ptr::copy_nonoverlapping(ptr, new_ptr, layout.size().min(new_layout.size()));
-        super::free::dealloc(ptr, layout, inner);
+        super::free::free(ptr, layout, inner);
     }
     new_ptr
 }

@@ -87,7 +87,7 @@ struct StoredSite {
 }
 
 const _: () = assert!(crate::record::stack::MAX_FRAMES <= u16::MAX as usize);
-const _: () = assert!(crate::labels::table::MAX_LABEL_SETS <= u16::MAX as usize + 1);
+const _: () = assert!(crate::labels::table::ALL_SETS <= u16::MAX as usize + 1);
 
 #[derive(Default)]
 struct Stripe {

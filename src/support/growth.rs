@@ -20,7 +20,7 @@
 //! never into a thread's cache. Past that, vectors grow by eighths, so
 //! that a capacity never exceeds 9/8 of what was needed when it grew
 //! (which keeps the site table within its bound, `record/sites.rs`), and
-//! hash maps double.
+//! hash maps double. Maps keyed by address hash with [`spread`].
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
@@ -91,6 +91,16 @@ pub(crate) fn hash_map_bytes<K, V, S>(m: &HashMap<K, V, S>) -> usize {
     table_bytes::<K, V>(buckets)
 }
 
+/// A hash of an address for a `HashMap` or `HashSet`, which picks a
+/// key's first bucket from the hash's low bits: a multiply alone leaves
+/// those bits as aligned as the address (every page-aligned block would
+/// start in the same bucket), so the product's high half, which every bit
+/// of the address reaches, is folded into them.
+pub(crate) fn spread(addr: u64) -> u64 {
+    let h = addr.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    h ^ (h >> 32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +169,14 @@ mod tests {
         assert_eq!(seen.first(), Some(&4));
         assert_eq!(seen.last(), Some(&8192));
         assert!(seen.windows(2).all(|w| w[1] == 2 * w[0]), "{seen:?}");
+    }
+
+    /// Page-aligned addresses start in many buckets, not one.
+    #[test]
+    fn aligned_addresses_spread_over_the_low_bits() {
+        let buckets: std::collections::HashSet<u64> = (0..1024u64)
+            .map(|i| super::spread(0x7f00_0000_0000 + i * 4096) & 1023)
+            .collect();
+        assert!(buckets.len() > 512, "{} of 1024 buckets", buckets.len());
     }
 }

@@ -37,10 +37,13 @@ pub(crate) struct Mapping {
     pub loaded_at_start: bool,
 }
 
-/// The load addresses (`dlpi_addr`) of the objects loaded at heapprof's
-/// first allocation, which no later object can share: those objects are
-/// never unloaded.
-static FIRST_OBJECTS: OnceLock<Box<[u64]>> = OnceLock::new();
+/// The objects loaded at heapprof's first allocation, as their load
+/// address (`dlpi_addr`) and a hash of their name: the executable and the
+/// libraries it needs, which are never unloaded, and whatever the program
+/// opened before its first allocation, which it is taken not to close.
+/// Another object loaded later at the same address has another name (or
+/// the same file's code).
+static FIRST_OBJECTS: OnceLock<Box<[(u64, u64)]>> = OnceLock::new();
 
 /// Notes which objects are loaded now, once: called at heapprof's first
 /// allocation, holding no heapprof lock.
@@ -48,9 +51,20 @@ pub(crate) fn note_first_objects() {
     if FIRST_OBJECTS.get().is_some() {
         return;
     }
-    let mut bases = Vec::new();
-    each_object(&mut |info| bases.push(info.dlpi_addr));
-    let _ = FIRST_OBJECTS.set(bases.into_boxed_slice());
+    let mut objects = Vec::new();
+    each_object(&mut |info| objects.push(first_object(info)));
+    let _ = FIRST_OBJECTS.set(objects.into_boxed_slice());
+}
+
+/// What [`FIRST_OBJECTS`] holds of a loaded object.
+fn first_object(info: &libc::dl_phdr_info) -> (u64, u64) {
+    let mut hash = std::hash::DefaultHasher::new();
+    if !info.dlpi_name.is_null() {
+        // SAFETY: a non-null dlpi_name is a NUL-terminated string owned by
+        // the loader, valid while `info` is.
+        std::hash::Hash::hash(unsafe { CStr::from_ptr(info.dlpi_name) }, &mut hash);
+    }
+    (info.dlpi_addr, std::hash::Hasher::finish(&hash))
 }
 
 /// How many objects the loader has loaded and unloaded since the process
@@ -176,7 +190,7 @@ fn collect(info: &libc::dl_phdr_info, found: &mut Vec<(bool, Mapping)>) {
     let phdrs = program_headers(info);
     let loaded_at_start = FIRST_OBJECTS
         .get()
-        .is_some_and(|bases| bases.contains(&info.dlpi_addr));
+        .is_some_and(|first| first.contains(&first_object(info)));
     let mut build_id = String::new();
     for ph in phdrs.iter().filter(|ph| ph.p_type == libc::PT_NOTE) {
         let start = info.dlpi_addr as usize + ph.p_vaddr as usize;

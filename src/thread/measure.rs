@@ -98,22 +98,21 @@ impl Tracked {
     }
 }
 
-/// Hashes a block's address: blocks are at least 8-byte aligned, so the
-/// low bits carry nothing; a multiply spreads the rest.
+/// Hashes a block's address for the set (`support::growth::spread`).
 #[derive(Default)]
 pub(crate) struct AddressHasher(u64);
 
 impl std::hash::Hasher for AddressHasher {
     fn finish(&self) -> u64 {
-        self.0
+        crate::support::growth::spread(self.0)
     }
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            self.0 = (self.0 << 8 | b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            self.0 = (self.0 << 8) | b as u64;
         }
     }
     fn write_usize(&mut self, addr: usize) {
-        self.0 = (addr as u64 >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = addr as u64;
     }
 }
 
