@@ -10,7 +10,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
-use crate::record::{self, blocks};
+use crate::record::{self, Owned, blocks};
 use crate::thread;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -21,13 +21,15 @@ use std::sync::atomic::Ordering::Relaxed;
 /// static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
 /// ```
 pub struct Profiler<A: GlobalAlloc = System> {
-    inner: A,
+    inner: Owned<A>,
 }
 
 impl Profiler<System> {
     /// A profiler over the system allocator.
     pub const fn new() -> Self {
-        Profiler { inner: System }
+        Profiler {
+            inner: Owned::new(System),
+        }
     }
 }
 
@@ -40,19 +42,23 @@ impl Default for Profiler<System> {
 impl<A: GlobalAlloc> Profiler<A> {
     /// A profiler over another allocator, e.g. `Profiler::wrap(mimalloc::MiMalloc)`.
     pub const fn wrap(inner: A) -> Self {
-        Profiler { inner }
+        Profiler {
+            inner: Owned::new(inner),
+        }
     }
 
     /// The allocator this one forwards to.
     pub const fn inner(&self) -> &A {
-        &self.inner
+        self.inner.get()
     }
 }
 
 /// A `Profiler` that goes away (one over an arena, not the global one)
 /// takes what heapprof keeps of its allocator with it: see
 /// `record::forget_allocator`. A stateless allocator (`System`) is the
-/// same in every `Profiler` over it, so nothing is taken.
+/// same in every `Profiler` over it, so nothing is taken. A `Profiler`
+/// may move (`Box::new`, returned from a function) before it goes: its
+/// blocks are filed under a name that moves with it (`record::Owned`).
 impl<A: GlobalAlloc> Drop for Profiler<A> {
     fn drop(&mut self) {
         if std::mem::size_of::<A>() != 0 {

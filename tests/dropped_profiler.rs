@@ -4,15 +4,19 @@
 //! of the dead arena handed out, no entry of its live sampled blocks
 //! mistaken for one of the new arena's. (This test binary's global
 //! allocator is the system's, so the arena's `Profiler` is the first to
-//! sample and claims heapprof's spare pools.)
+//! sample and claims heapprof's spare pools.) And a `Profiler` over an
+//! arena that moves between allocating its blocks and freeing them.
 
 use heapprof_testkit::arena::{bump, map_region};
 
 use std::alloc::{GlobalAlloc, Layout};
+use std::collections::HashSet;
 use std::mem::MaybeUninit;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
 const ARENA_BYTES: usize = 256 << 20;
+const PAGE: usize = 4096;
 
 /// A bump arena over its own mapping, made inaccessible when dropped (but
 /// kept reserved, so that the next arena lies elsewhere and a block of the
@@ -22,6 +26,11 @@ struct Arena {
     base: usize,
     next: AtomicUsize,
     foreign_frees: AtomicUsize,
+    /// Blocks handed out page-aligned (heapprof's sampled blocks), and the
+    /// frees of any of them with a smaller alignment than they were
+    /// allocated with: heapprof took a sampled block for a plain one.
+    page_aligned: Mutex<HashSet<usize>>,
+    wrong_layout_frees: AtomicUsize,
 }
 
 impl Arena {
@@ -30,6 +39,8 @@ impl Arena {
             base: map_region(ARENA_BYTES),
             next: AtomicUsize::new(0),
             foreign_frees: AtomicUsize::new(0),
+            page_aligned: Mutex::new(HashSet::new()),
+            wrong_layout_frees: AtomicUsize::new(0),
         }
     }
 
@@ -49,12 +60,20 @@ impl Drop for Arena {
 // handed out once; null when the mapping is used up.
 unsafe impl GlobalAlloc for Arena {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        bump(self.base, ARENA_BYTES, &self.next, layout)
+        let p = bump(self.base, ARENA_BYTES, &self.next, layout);
+        if layout.align() >= PAGE && !p.is_null() {
+            self.page_aligned.lock().unwrap().insert(p as usize);
+        }
+        p
     }
 
-    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if !self.owns(ptr) {
             self.foreign_frees.fetch_add(1, SeqCst);
+        }
+        let was_aligned = self.page_aligned.lock().unwrap().remove(&(ptr as usize));
+        if was_aligned && layout.align() < PAGE {
+            self.wrong_layout_frees.fetch_add(1, SeqCst);
         }
     }
 }
@@ -119,4 +138,34 @@ fn a_dropped_profiler_leaves_nothing_to_the_next() {
     assert_eq!(second.inner().foreign_frees.load(SeqCst), 0);
     // SAFETY: as above.
     unsafe { (*slot).assume_init_drop() };
+}
+
+/// A `Profiler` over an arena that moves (into a box, and out of it again)
+/// between allocating its blocks and freeing them: its sampled blocks are
+/// still its own, freed with the layout they were allocated with.
+#[test]
+fn a_profiler_that_moves_keeps_its_blocks() {
+    heapprof::set_sample_rate(64 * 1024);
+    let layout = Layout::from_size_align(1024, 8).unwrap();
+    let free_all = |p: &heapprof::Profiler<Arena>, kept: Vec<*mut u8>| {
+        for b in kept {
+            // SAFETY: allocated by `p` (before it moved) with `layout`,
+            // freed once.
+            unsafe { p.dealloc(b, layout) };
+        }
+    };
+    let profiler = heapprof::Profiler::wrap(Arena::new());
+    let kept = churn(&profiler, 20_000);
+    let boxed = Box::new(profiler);
+    free_all(&boxed, kept);
+    let kept = churn(&boxed, 20_000);
+    let profiler = *boxed;
+    free_all(&profiler, kept);
+    let arena = profiler.inner();
+    assert!(
+        heapprof::snapshot().alloc_objects_in("dropped_profiler::churn") > 0,
+        "the arena's profiler sampled"
+    );
+    assert_eq!(arena.wrong_layout_frees.load(SeqCst), 0);
+    assert_eq!(arena.foreign_frees.load(SeqCst), 0);
 }

@@ -2,7 +2,9 @@
 //! lookup, crediting the site, and the spare pool; and forgetting a
 //! dropped `Profiler`'s allocator ([`forget_allocator`]).
 
-use std::alloc::{GlobalAlloc, Layout};
+use std::alloc::Layout;
+
+use super::Allocator;
 
 use super::{actual_layout, blocks, blocks::Entry, credit_free, spare};
 use crate::support::{lock, reentry, registry};
@@ -14,7 +16,7 @@ use crate::thread;
 /// As `GlobalAlloc::dealloc`.
 #[cold]
 #[inline(never)]
-pub(crate) unsafe fn dealloc<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner: &A) {
+pub(crate) unsafe fn dealloc<A: Allocator>(ptr: *mut u8, layout: Layout, inner: &A) {
     super::track_free(ptr, layout.size());
     // SAFETY: the caller's contract, passed on unchanged.
     unsafe { free(ptr, layout, inner) }
@@ -27,7 +29,7 @@ pub(crate) unsafe fn dealloc<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner
 /// # Safety
 /// As `GlobalAlloc::dealloc`.
 #[inline]
-pub(crate) unsafe fn free<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner: &A) {
+pub(crate) unsafe fn free<A: Allocator>(ptr: *mut u8, layout: Layout, inner: &A) {
     // Most frees that get here are of ordinary blocks that merely sit at a
     // page-aligned address (jemalloc starts every slab on a page, and its
     // thread cache hands the same address out again and again): the second
@@ -47,7 +49,7 @@ pub(crate) unsafe fn free<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner: &
 /// # Safety
 /// As `GlobalAlloc::dealloc`.
 #[inline(never)]
-unsafe fn dealloc_maybe_sampled<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner: &A) {
+unsafe fn dealloc_maybe_sampled<A: Allocator>(ptr: *mut u8, layout: Layout, inner: &A) {
     if lock::free_path_lock_held() {
         // This thread is inside one of heapprof's locks: the block is that
         // table's own storage, or a signal handler frees it, and looking
@@ -64,7 +66,7 @@ unsafe fn dealloc_maybe_sampled<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, in
         }
         return;
     }
-    match take_sampled(ptr, spare::owner(inner)) {
+    match take_sampled(ptr, inner.owner()) {
         // SAFETY: a sampled block came from `inner` with the layout
         // `alloc_sampled` used, rebuilt here the same way.
         Some(e) => unsafe {
@@ -87,11 +89,11 @@ unsafe fn dealloc_maybe_sampled<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, in
 /// # Safety
 /// As `GlobalAlloc::dealloc`; `inner` stays valid until this thread leaves
 /// heapprof.
-unsafe fn defer_or_leak<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner: &A) {
+unsafe fn defer_or_leak<A: Allocator>(ptr: *mut u8, layout: Layout, inner: &A) {
     /// # Safety
     /// `inner` is the `&A` given to `defer_or_leak`, still valid, and the
     /// rest as `GlobalAlloc::dealloc`.
-    unsafe fn free<A: GlobalAlloc>(inner: *const (), ptr: *mut u8, layout: Layout) {
+    unsafe fn free<A: Allocator>(inner: *const (), ptr: *mut u8, layout: Layout) {
         // SAFETY: the function's contract.
         unsafe { dealloc_maybe_sampled(ptr, layout, &*inner.cast::<A>()) }
     }
@@ -112,7 +114,7 @@ unsafe fn defer_or_leak<A: GlobalAlloc>(ptr: *mut u8, layout: Layout, inner: &A)
 /// # Safety
 /// `ptr` came from `inner` (or the pool serving it) with `actual`, and is
 /// not used again.
-pub(super) unsafe fn release<A: GlobalAlloc>(
+pub(super) unsafe fn release<A: Allocator>(
     inner: &A,
     ptr: *mut u8,
     actual: Layout,
@@ -125,7 +127,7 @@ pub(super) unsafe fn release<A: GlobalAlloc>(
         // ask this same pool for a block and wait for the lock this thread
         // holds.
         let _inside = reentry::Inside::enter();
-        if spare::keep(ptr, actual, spare::owner(inner)) {
+        if spare::keep(ptr, actual, inner.owner()) {
             return;
         }
     }
@@ -161,9 +163,9 @@ fn take_sampled(ptr: *mut u8, owner: usize) -> Option<Entry> {
 /// with it: the spare blocks kept for it go back to it, and its sampled
 /// blocks still live are credited as freed, since their memory goes too.
 /// Nothing of it is left to be handed out, or looked up, later.
-pub(crate) fn forget_allocator<A: GlobalAlloc>(inner: &A) {
+pub(crate) fn forget_allocator<A: Allocator>(inner: &A) {
     let _inside = reentry::Inside::enter();
-    let owner = spare::owner(inner);
+    let owner = inner.owner();
     for (ptr, layout) in spare::give_back(owner) {
         // SAFETY: a spare block came from `inner` with this layout, and
         // the pools no longer list it.

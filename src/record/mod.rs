@@ -33,13 +33,14 @@
 pub(crate) mod blocks;
 pub(crate) mod countdown;
 pub(crate) mod free;
+pub(crate) mod owned;
 pub(crate) mod peak;
 pub(crate) mod realloc;
 pub(crate) mod sites;
 pub(crate) mod spare;
 pub(crate) mod stack;
 
-use std::alloc::{GlobalAlloc, Layout};
+use std::alloc::Layout;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use crate::support::{reentry, registry};
@@ -47,6 +48,7 @@ use crate::{sample, thread};
 use blocks::Entry;
 
 pub(crate) use free::{dealloc, forget_allocator};
+pub(crate) use owned::{Allocator, Owned};
 pub(crate) use realloc::realloc;
 
 /// Set by the first allocation that reaches heapprof, so `write_profile`
@@ -60,7 +62,7 @@ pub(crate) fn installed() -> bool {
 /// An allocation whose size used up this thread's countdown.
 #[cold]
 #[inline(never)]
-pub(crate) fn alloc<A: GlobalAlloc>(layout: Layout, zeroed: bool, inner: &A) -> *mut u8 {
+pub(crate) fn alloc<A: Allocator>(layout: Layout, zeroed: bool, inner: &A) -> *mut u8 {
     if registry::exited() {
         // Allocated by a destructor after the thread left the registry: its
         // countdown stays at zero, so each such allocation comes here to be
@@ -174,7 +176,7 @@ fn tally(site: sites::SiteId, change: impl FnOnce(&mut thread::measure::SiteTall
 
 /// # Safety
 /// `layout` has a non-zero size.
-unsafe fn alloc_plain<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool) -> *mut u8 {
+unsafe fn alloc_plain<A: Allocator>(inner: &A, layout: Layout, zeroed: bool) -> *mut u8 {
     // SAFETY: the caller guarantees a non-zero size.
     unsafe {
         if zeroed {
@@ -188,7 +190,7 @@ unsafe fn alloc_plain<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool) -
 /// A sampled allocation of `layout` standing for `weight` allocations:
 /// obtains a block and records it, inside the guard. Null if memory is
 /// exhausted (nothing is recorded then).
-fn alloc_sampled<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool, weight: f64) -> *mut u8 {
+fn alloc_sampled<A: Allocator>(inner: &A, layout: Layout, zeroed: bool, weight: f64) -> *mut u8 {
     let _inside = reentry::Inside::enter();
     let wants_page = blocks::page_aligns(layout, sample::rate());
     // SAFETY: `layout` has a non-zero size, per `GlobalAlloc::alloc`.
@@ -200,7 +202,7 @@ fn alloc_sampled<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool, weight
         size: layout.size(),
         weight,
         page_aligned: block.page_aligned,
-        owner: spare::owner(inner),
+        owner: inner.owner(),
     };
     // A block that fell back to the program's layout cannot have the entry
     // a page-aligned sample would: it is counted but not tracked.
@@ -234,7 +236,7 @@ struct Block {
 ///
 /// # Safety
 /// `layout` has a non-zero size.
-unsafe fn obtain<A: GlobalAlloc>(
+unsafe fn obtain<A: Allocator>(
     inner: &A,
     layout: Layout,
     zeroed: bool,
@@ -242,7 +244,7 @@ unsafe fn obtain<A: GlobalAlloc>(
 ) -> Option<Block> {
     if wants_page {
         let actual = spare::layout_for(layout);
-        let ptr = match spare::take(actual, spare::owner(inner)) {
+        let ptr = match spare::take(actual, inner.owner()) {
             Some(ptr) => {
                 if zeroed {
                     // SAFETY: a spare block has room for `actual.size()`

@@ -1,9 +1,11 @@
 //! A realloc where the old block may be sampled or the new one is to be.
 
-use std::alloc::{GlobalAlloc, Layout};
+use std::alloc::Layout;
+
+use super::Allocator;
 
 use super::{
-    Entry, Sample, alloc_plain, alloc_sampled, blocks, countdown, credit_free, record, spare,
+    Entry, Sample, alloc_plain, alloc_sampled, blocks, countdown, credit_free, record,
     uncount_realloc,
 };
 use crate::sample;
@@ -23,7 +25,7 @@ use crate::support::{lock, reentry, registry};
 /// As `GlobalAlloc::realloc`.
 #[cold]
 #[inline(never)]
-pub(crate) unsafe fn realloc<A: GlobalAlloc>(
+pub(crate) unsafe fn realloc<A: Allocator>(
     ptr: *mut u8,
     layout: Layout,
     new_size: usize,
@@ -51,7 +53,7 @@ pub(crate) unsafe fn realloc<A: GlobalAlloc>(
 ///
 /// # Safety
 /// As `GlobalAlloc::realloc`.
-unsafe fn realloc_counted<A: GlobalAlloc>(
+unsafe fn realloc_counted<A: Allocator>(
     ptr: *mut u8,
     layout: Layout,
     new_size: usize,
@@ -72,7 +74,7 @@ unsafe fn realloc_counted<A: GlobalAlloc>(
     }
     let old = if maybe_sampled && blocks::may_be_live(ptr) {
         let _inside = reentry::Inside::enter();
-        blocks::get(ptr, spare::owner(inner))
+        blocks::get(ptr, inner.owner())
     } else {
         None
     };
@@ -114,7 +116,7 @@ fn new_block_weight(maybe_sampled: bool, new_size: usize) -> Option<f64> {
 ///
 /// # Safety
 /// As `GlobalAlloc::realloc`; `old` is `ptr`'s entry in the set, if any.
-unsafe fn realloc_tracked<A: GlobalAlloc>(
+unsafe fn realloc_tracked<A: Allocator>(
     ptr: *mut u8,
     layout: Layout,
     new_size: usize,
@@ -154,7 +156,7 @@ unsafe fn realloc_tracked<A: GlobalAlloc>(
                     size: new_size,
                     weight: w,
                     page_aligned: false,
-                    owner: spare::owner(inner),
+                    owner: inner.owner(),
                 };
                 record(sample, true);
             }
@@ -173,7 +175,7 @@ unsafe fn realloc_tracked<A: GlobalAlloc>(
 /// # Safety
 /// As `GlobalAlloc::realloc`, with `new_layout` the new size at the old
 /// alignment.
-unsafe fn realloc_by_moving<A: GlobalAlloc>(
+unsafe fn realloc_by_moving<A: Allocator>(
     ptr: *mut u8,
     layout: Layout,
     new_layout: Layout,

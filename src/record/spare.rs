@@ -19,7 +19,7 @@
 //! Larger sampled blocks are returned at once: glibc serves those from `mmap` (no recycling), and
 //! other allocators recycle them rarely enough.
 
-use std::alloc::{GlobalAlloc, Layout};
+use std::alloc::Layout;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use crate::support::growth;
@@ -48,7 +48,8 @@ fn kept_per_class(class: usize) -> usize {
 static POOLS: [Mutex<{ rank::SPARE }, Vec<usize>>; CLASSES] =
     [const { Mutex::new(Vec::new()) }; CLASSES];
 
-/// The allocator the pooled blocks came from, as [`owner`] names it; 0
+/// The allocator the pooled blocks came from, as `Allocator::owner`
+/// names it; 0
 /// until the first sample claims the pools.
 ///
 /// A process may hold more than one `Profiler` (a second one over an arena,
@@ -56,26 +57,6 @@ static POOLS: [Mutex<{ rank::SPARE }, Vec<usize>>; CLASSES] =
 /// it came from: the pools serve the first allocator that uses them, and
 /// every other one allocates and frees its sampled blocks itself.
 static OWNER: AtomicUsize = AtomicUsize::new(0);
-
-/// A name for the allocator `inner`, the same for every handle on it. A
-/// stateless allocator (`System`, `MiMalloc`: zero-sized) is named by its
-/// type, since any two values of it are interchangeable: a hash of the
-/// type's name, never 0 (its `dealloc`'s address would not do: an inlined
-/// function has a copy per codegen unit, so each module that asks could
-/// get another name). An allocator with state is named by its address.
-pub(crate) fn owner<A: GlobalAlloc>(inner: &A) -> usize {
-    if std::mem::size_of::<A>() == 0 {
-        // FNV-1a.
-        let hash = std::any::type_name::<A>()
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            });
-        (hash as usize) | 1
-    } else {
-        inner as *const A as usize
-    }
-}
 
 /// Whether the pools are `owner`'s (claiming them if nobody has yet).
 fn serves(owner: usize) -> bool {

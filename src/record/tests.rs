@@ -12,9 +12,8 @@
 //! filter as the fast path does and call the slow paths of this module
 //! when it would. The ledger checks that every block comes back to it
 //! once, with the layout it was allocated with. Each test ends with
-//! `forget_allocator` ([`Forget`]), as a dropped `Profiler` does, and
-//! keeps its [`Inner`] in one place: heapprof names an allocator with
-//! state by its address (`spare::owner`).
+//! `forget_allocator` ([`Forget`]), as a dropped `Profiler` does; its
+//! [`Inner`] is named by its ledger's address.
 //!
 //! The rate is process-wide: the recorder's tests hold [`RATE`] while they
 //! use it. They make this thread's next allocation a sample of weight 1
@@ -24,7 +23,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::blocks::{self, PAGE, PAGE_ALIGN_MIN_RATE};
-use super::{countdown, sites, spare, stack};
+use super::{Allocator, countdown, sites, spare, stack};
 use crate::thread;
 
 /// Held shared by every test that adds to the process-wide site table or
@@ -127,10 +126,18 @@ impl Ledger {
     }
 }
 
-/// The inner allocator: the system's, through a ledger.
-/// Not zero-sized, so heapprof names it by its address (`spare::owner`):
-/// no other test's blocks are this one's.
+/// The inner allocator: the system's, through a ledger. Named by its
+/// ledger's address, which no other test's shares while this one runs: no
+/// other test's blocks are this one's.
 struct Inner<'a>(&'a Ledger);
+
+impl Allocator for Inner<'_> {
+    fn owner(&self) -> usize {
+        // Even, as `Owned`'s names of allocators with state are; ledgers
+        // are aligned.
+        self.0 as *const Ledger as usize
+    }
+}
 
 // SAFETY: every block comes from `System` and goes back to it with the
 // layout it was allocated with, which the ledger keeps (a free with another
@@ -188,7 +195,7 @@ impl Drop for Forget<'_, '_> {
 
 /// The entry of `ptr` in the sampled set, as a block of `inner`'s.
 fn entry(inner: &Inner<'_>, ptr: *mut u8) -> Option<blocks::Entry> {
-    blocks::get(ptr, spare::owner(inner))
+    blocks::get(ptr, inner.owner())
 }
 
 /// This thread's copy of the free filter's mask.

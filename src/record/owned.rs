@@ -1,0 +1,98 @@
+//! The inner allocator as the recorder sees it: with the name its sampled
+//! blocks and spare blocks are filed under ([`Allocator::owner`]), so that
+//! a block is only ever handed back to the allocator it came from.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+/// An allocator the recorder allocates sampled blocks from and files them
+/// under.
+pub(crate) trait Allocator: GlobalAlloc {
+    /// This allocator's name, never 0, the same for as long as it lives,
+    /// wherever it is moved; two allocators with state have different
+    /// names.
+    fn owner(&self) -> usize;
+}
+
+/// `A` and its name: what a `Profiler` holds.
+pub(crate) struct Owned<A> {
+    inner: A,
+    /// The name of an `A` with state: 0 until first asked for, then an
+    /// even number no other `Owned` has (a stateless `A` is named by its
+    /// type, an odd number).
+    id: AtomicUsize,
+}
+
+/// The next name for an allocator with state.
+static NEXT_ID: AtomicUsize = AtomicUsize::new(2);
+
+impl<A> Owned<A> {
+    pub(crate) const fn new(inner: A) -> Self {
+        Owned {
+            inner,
+            id: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) const fn get(&self) -> &A {
+        &self.inner
+    }
+}
+
+impl<A: GlobalAlloc> Allocator for Owned<A> {
+    /// A stateless allocator (`System`, `MiMalloc`: zero-sized) is named by
+    /// its type, since any two values of it are interchangeable: a hash of
+    /// the type's name, odd (its `dealloc`'s address would not do: an
+    /// inlined function has a copy per codegen unit, so each module that
+    /// asks could get another name). One with state gets a number of its
+    /// own when first asked, which moves with it: not its address, which a
+    /// move (`Box::new(profiler)`, `drop(profiler)`) changes, and which
+    /// the next value in the same place takes.
+    fn owner(&self) -> usize {
+        if std::mem::size_of::<A>() == 0 {
+            // FNV-1a.
+            let hash = std::any::type_name::<A>()
+                .bytes()
+                .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+                });
+            return (hash as usize) | 1;
+        }
+        let id = self.id.load(Relaxed);
+        if id != 0 {
+            return id;
+        }
+        let new = NEXT_ID.fetch_add(2, Relaxed);
+        match self.id.compare_exchange(0, new, Relaxed, Relaxed) {
+            Ok(_) => new,
+            Err(first) => first,
+        }
+    }
+}
+
+// SAFETY: every method forwards to `inner` unchanged.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for Owned<A> {
+    #[inline(always)]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.inner.alloc(layout) }
+    }
+
+    #[inline(always)]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.inner.alloc_zeroed(layout) }
+    }
+
+    #[inline(always)]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.inner.dealloc(ptr, layout) }
+    }
+
+    #[inline(always)]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.inner.realloc(ptr, layout, new_size) }
+    }
+}
