@@ -392,7 +392,7 @@
 //! | `thread/` | the one thread-local and its plain parts: counters and countdown, sampler state, filter mask, held locks, deferred frees, stack facts, registration, label-set ids, an active measure; the exit hooks |
 //! | `support/` | locks with ranks, the reentrancy guard, the registry of threads, memory mappings |
 //! | `labels/` | label sets: the table that interns them, scopes, the future wrapper, the tracing layer |
-//! | `record/` | the slow path: stack capture, the site table, the sampled-block set, spare blocks, the peak copy |
+//! | `record/` | the slow path: stack capture, the site table, the sampled-block set, spare blocks, the peak copy, the blocks a leak check follows |
 //! | `fast.rs` | the fast path: `Profiler`'s `GlobalAlloc` |
 //! | `output/` | one path from a source (live, peak, delta) to a format (pprof, text, snapshot), with symbols |
 //! | `dump/` | profiles written without a call: at exit, by a guard, as a series, near the memory limit, on a failed allocation |

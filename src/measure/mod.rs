@@ -585,7 +585,7 @@ pub fn assert_no_leak<R>(warmups: usize, iterations: usize, mut f: impl FnMut() 
 }
 
 /// The calling thread's blocks, followed from [`Tracking::start`] until
-/// the guard drops (`thread::measure::Tracked`): [`assert_no_leak`] tells
+/// the guard drops (`record::tracked::Tracked`): [`assert_no_leak`] tells
 /// the frees of blocks its calls allocated from the frees of others with
 /// it. While it lives, a measure window holds the thread's countdown at
 /// zero, so every allocation reaches the slow path, and the thread's free
@@ -593,7 +593,7 @@ pub fn assert_no_leak<R>(warmups: usize, iterations: usize, mut f: impl FnMut() 
 struct Tracking {
     /// The set this guard installed, or null (another `assert_no_leak`
     /// on this thread already tracks, or the thread-local is gone).
-    tracked: *mut thread::measure::Tracked,
+    tracked: *mut record::tracked::Tracked,
     /// Whether the thread's mask copy was listed, to list it again.
     mask_was_listed: bool,
     window: Option<Window>,
@@ -612,9 +612,9 @@ impl Tracking {
         let window = Window::open();
         let tracked = {
             let _inside = reentry::Inside::enter();
-            Box::into_raw(Box::new(thread::measure::Tracked::new()))
+            Box::into_raw(Box::new(record::tracked::Tracked::new()))
         };
-        thread::with(|l| l.measure.set_tracked(tracked));
+        thread::with(|l| l.measure.set_tracked(tracked.cast()));
         let mask_was_listed = {
             let _inside = reentry::Inside::enter();
             registry::suspend_mask_copy()

@@ -112,8 +112,10 @@ impl Entry {
 
 type Map = HashMap<usize, Entry, BuildHasherDefault<AddrHasher>>;
 
+/// Hashes a block's address for a map or set of blocks
+/// (`support::growth::spread`).
 #[derive(Default)]
-struct AddrHasher(u64);
+pub(crate) struct AddrHasher(u64);
 
 impl std::hash::Hasher for AddrHasher {
     fn finish(&self) -> u64 {

@@ -39,6 +39,7 @@ pub(crate) mod realloc;
 pub(crate) mod sites;
 pub(crate) mod spare;
 pub(crate) mod stack;
+pub(crate) mod tracked;
 
 use std::alloc::Layout;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -105,12 +106,12 @@ pub(crate) fn alloc<A: Allocator>(layout: Layout, zeroed: bool, inner: &A) -> *m
 }
 
 /// While an `assert_no_leak` tracks this thread's blocks
-/// (`thread::measure::Tracked`): records the program's allocation at
+/// ([`tracked::Tracked`]): records the program's allocation at
 /// `ptr`. Every allocation of such a thread comes here (a measure holds
 /// its countdown at zero); heapprof's own are left out.
 pub(crate) fn track_alloc(ptr: *mut u8) {
     thread::with(|l| {
-        let tracked = l.measure.tracked();
+        let tracked = l.measure.tracked().cast::<tracked::Tracked>();
         if tracked.is_null() || l.counters.inside() {
             return;
         }
@@ -130,13 +131,13 @@ pub(crate) fn track_alloc(ptr: *mut u8) {
 pub(crate) fn track_free(ptr: *mut u8, size: usize) {
     let tracked = thread::with(|l| l.measure.tracked()).unwrap_or(std::ptr::null_mut());
     if !tracked.is_null() {
-        track_free_in(tracked, ptr, size);
+        track_free_in(tracked.cast(), ptr, size);
     }
 }
 
 #[cold]
 #[inline(never)]
-fn track_free_in(tracked: *mut thread::measure::Tracked, ptr: *mut u8, size: usize) {
+fn track_free_in(tracked: *mut tracked::Tracked, ptr: *mut u8, size: usize) {
     if thread::with(|l| l.counters.inside()).unwrap_or(true) {
         return;
     }

@@ -11,8 +11,6 @@
 //! and the fast path has no instruction for it.
 
 use std::cell::Cell;
-use std::collections::HashSet;
-use std::hash::BuildHasherDefault;
 use std::mem::ManuallyDrop;
 
 use crate::sample::SiteCounts;
@@ -54,66 +52,9 @@ pub(crate) struct Measuring {
     /// Whether a tally was dropped for lack of memory in this window.
     tallies_incomplete: Cell<bool>,
     /// The blocks an `assert_no_leak` on this thread has seen allocated
-    /// ([`Tracked`]), or null. Owned by that call (`measure::Tracking`).
-    tracked: Cell<*mut Tracked>,
-}
-
-/// The blocks a thread allocated since an `assert_no_leak` began on it
-/// and has not freed, and the bytes it freed of other blocks (allocated
-/// before, or by other threads): frees of those must not offset the
-/// growth of the calls checked. Its memory is heapprof's own.
-pub(crate) struct Tracked {
-    live: HashSet<usize, BuildHasherDefault<AddressHasher>>,
-    /// Bytes this thread freed of blocks not in `live`.
-    pub(crate) others_freed_bytes: u64,
-    /// Whether a block went unrecorded for lack of memory (its free then
-    /// counts among `others_freed_bytes`).
-    pub(crate) incomplete: bool,
-}
-
-impl Tracked {
-    pub(crate) fn new() -> Self {
-        Tracked {
-            live: HashSet::default(),
-            others_freed_bytes: 0,
-            incomplete: false,
-        }
-    }
-
-    /// Records the block allocated at `addr`; inside the profiler.
-    pub(crate) fn allocated(&mut self, addr: usize) {
-        if self.live.try_reserve(1).is_ok() {
-            self.live.insert(addr);
-        } else {
-            self.incomplete = true;
-        }
-    }
-
-    /// Records the free of the `size`-byte block at `addr`. Allocates
-    /// nothing.
-    pub(crate) fn freed(&mut self, addr: usize, size: usize) {
-        if !self.live.remove(&addr) {
-            self.others_freed_bytes += size as u64;
-        }
-    }
-}
-
-/// Hashes a block's address for the set (`support::growth::spread`).
-#[derive(Default)]
-pub(crate) struct AddressHasher(u64);
-
-impl std::hash::Hasher for AddressHasher {
-    fn finish(&self) -> u64 {
-        crate::support::growth::spread(self.0)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | b as u64;
-        }
-    }
-    fn write_usize(&mut self, addr: usize) {
-        self.0 = addr as u64;
-    }
+    /// (a `record::tracked::Tracked`), or null. Owned by that call
+    /// (`measure::Tracking`); only `record/` reads it.
+    tracked: Cell<*mut ()>,
 }
 
 impl Measuring {
@@ -129,13 +70,13 @@ impl Measuring {
     }
 
     /// The blocks tracked for an `assert_no_leak`, if one is active.
-    pub(crate) fn tracked(&self) -> *mut Tracked {
+    pub(crate) fn tracked(&self) -> *mut () {
         self.tracked.get()
     }
 
     /// Sets what [`Measuring::tracked`] returns: a set its caller owns
     /// until it sets null again.
-    pub(crate) fn set_tracked(&self, tracked: *mut Tracked) {
+    pub(crate) fn set_tracked(&self, tracked: *mut ()) {
         self.tracked.set(tracked);
     }
 
