@@ -61,7 +61,7 @@ impl<A: GlobalAlloc> Profiler<A> {
 /// blocks are filed under a name that moves with it (`record::Owned`).
 impl<A: GlobalAlloc> Drop for Profiler<A> {
     fn drop(&mut self) {
-        if std::mem::size_of::<A>() != 0 {
+        if self.inner.named() {
             record::forget_allocator(&self.inner);
         }
     }

@@ -4,16 +4,18 @@
 //! of the dead arena handed out, no entry of its live sampled blocks
 //! mistaken for one of the new arena's. (This test binary's global
 //! allocator is the system's, so the arena's `Profiler` is the first to
-//! sample and claims heapprof's spare pools.) And a `Profiler` over an
-//! arena that moves between allocating its blocks and freeing them.
+//! sample and claims heapprof's spare pools; the tests take turns, and
+//! each one's `Profiler` gives the pools back when it is dropped.) And a
+//! `Profiler` over an arena that moves between allocating its blocks and
+//! freeing them, and again before it is dropped.
 
 use heapprof_testkit::arena::{bump, map_region};
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::collections::HashSet;
 use std::mem::MaybeUninit;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 
 const ARENA_BYTES: usize = 256 << 20;
 const PAGE: usize = 4096;
@@ -28,9 +30,10 @@ struct Arena {
     foreign_frees: AtomicUsize,
     /// Blocks handed out page-aligned (heapprof's sampled blocks), and the
     /// frees of any of them with a smaller alignment than they were
-    /// allocated with: heapprof took a sampled block for a plain one.
-    page_aligned: Mutex<HashSet<usize>>,
-    wrong_layout_frees: AtomicUsize,
+    /// allocated with (heapprof took a sampled block for a plain one);
+    /// shared, so that a test can look after the arena is gone.
+    page_aligned: Arc<Mutex<HashSet<usize>>>,
+    wrong_layout_frees: Arc<AtomicUsize>,
 }
 
 impl Arena {
@@ -39,8 +42,8 @@ impl Arena {
             base: map_region(ARENA_BYTES),
             next: AtomicUsize::new(0),
             foreign_frees: AtomicUsize::new(0),
-            page_aligned: Mutex::new(HashSet::new()),
-            wrong_layout_frees: AtomicUsize::new(0),
+            page_aligned: Arc::default(),
+            wrong_layout_frees: Arc::default(),
         }
     }
 
@@ -108,8 +111,13 @@ fn churn(p: &heapprof::Profiler<Arena>, n: usize) -> Vec<*mut u8> {
     kept
 }
 
+/// Held by each test: one `Profiler` over an arena at a time claims the
+/// spare pools.
+static TURN: Mutex<()> = Mutex::new(());
+
 #[test]
 fn a_dropped_profiler_leaves_nothing_to_the_next() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     // Page-aligned samples, kept in the spare pools when freed.
     heapprof::set_sample_rate(64 * 1024);
     heapprof::set_seed(7);
@@ -145,6 +153,7 @@ fn a_dropped_profiler_leaves_nothing_to_the_next() {
 /// still its own, freed with the layout they were allocated with.
 #[test]
 fn a_profiler_that_moves_keeps_its_blocks() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     heapprof::set_sample_rate(64 * 1024);
     let layout = Layout::from_size_align(1024, 8).unwrap();
     let free_all = |p: &heapprof::Profiler<Arena>, kept: Vec<*mut u8>| {
@@ -168,4 +177,14 @@ fn a_profiler_that_moves_keeps_its_blocks() {
     );
     assert_eq!(arena.wrong_layout_frees.load(SeqCst), 0);
     assert_eq!(arena.foreign_frees.load(SeqCst), 0);
+    let (page_aligned, wrong) = (arena.page_aligned.clone(), arena.wrong_layout_frees.clone());
+    assert!(
+        !page_aligned.lock().unwrap().is_empty(),
+        "the spare pools kept some of its sampled blocks"
+    );
+    // Moved once more, then dropped: the spare blocks kept for it go back
+    // to its arena, each with its own layout.
+    drop(Box::new(profiler));
+    assert_eq!(page_aligned.lock().unwrap().len(), 0, "spare blocks kept");
+    assert_eq!(wrong.load(SeqCst), 0);
 }

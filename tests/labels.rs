@@ -420,6 +420,23 @@ fn the_thread_label_can_be_turned_off() {
     );
 }
 
+/// A set of 16 labels (the most a set keeps) loses none of them to the
+/// `thread` label: samples carry it without `thread`.
+#[test]
+fn a_full_set_keeps_its_labels_over_the_thread_label() {
+    let keys: Vec<String> = (0..16).map(|i| format!("k{i:02}")).collect();
+    let labels: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "v")).collect();
+    let carried = heapprof::with_labels(&labels, heapprof::current_labels);
+    assert_eq!(carried.len(), 16, "{carried:?}");
+    assert!(
+        carried.iter().all(|(k, _)| k.starts_with('k')),
+        "{carried:?}"
+    );
+    let fifteen = heapprof::with_labels(&labels[..15], heapprof::current_labels);
+    assert_eq!(fifteen.len(), 16, "{fifteen:?}");
+    assert!(fifteen.iter().any(|(k, _)| k == "thread"), "{fifteen:?}");
+}
+
 /// Thousands of distinctly named threads, then thousands of tenants on
 /// one thread, at rate 1: the `thread` label's sets take none of the
 /// program's places, so every tenant keeps its label.

@@ -65,8 +65,9 @@ const OFF: u8 = 2;
 ///   `heapprof_overflow=label sets` instead of their labels, so keep
 ///   unbounded values (request ids) out of labels. The sets the `thread`
 ///   label makes (a thread's name, alone or with the labels in force)
-///   have 4 096 places (1 MiB) of their own; past those, samples carry
-///   the labels in force without `thread`.
+///   have 4 096 places (1 MiB) of their own; past those, and with 16
+///   labels in force already, samples carry the labels in force without
+///   `thread`.
 /// * Entering one of the thread's last few scopes again finds its set by
 ///   comparing labels (tens of nanoseconds, no lock); a new one interns
 ///   its set under the table's lock. Leaving is a store. Allocations that
@@ -192,6 +193,11 @@ pub(crate) fn for_sample() -> LabelSetId {
     }
     if with_thread.0 == current && with_thread.1 != UNKNOWN {
         return LabelSetId(with_thread.1);
+    }
+    if table::get(LabelSetId(current)).len() >= table::MAX_LABELS_PER_SET {
+        // No room for `thread` without cutting one of the program's own.
+        thread::with(|l| l.labels.with_thread.set((current, current)));
+        return LabelSetId(current);
     }
     let thread_set = if thread_set == UNKNOWN {
         let set = thread_name_set();

@@ -72,7 +72,9 @@ use crate::thread::{self, counters::Counts, measure::SiteTally};
 ///   counts everything, the inner closure included.
 /// * If `f` panics, the thread is left as it was before the call.
 /// * If heapprof is not the `#[global_allocator]`, every count is zero;
-///   the assertions then panic rather than pass.
+///   the assertions then panic rather than pass (unless another
+///   `Profiler`, one called directly, has allocated: then they count only
+///   what went through it).
 pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Measured) {
     let window = Window::open();
     let result = f();

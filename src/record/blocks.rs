@@ -96,7 +96,7 @@ pub(crate) struct Entry {
     /// Whether the block was allocated with its alignment raised to a page;
     /// it must be freed with that same layout.
     pub page_aligned: bool,
-    /// The allocator the block came from (`spare::owner`): a process may
+    /// The allocator the block came from (`Allocator::owner`): a process may
     /// hold more than one `Profiler`.
     pub owner: usize,
 }

@@ -37,6 +37,13 @@ impl<A> Owned<A> {
     pub(crate) const fn get(&self) -> &A {
         &self.inner
     }
+
+    /// Whether the recorder has filed anything under this allocator: an
+    /// allocator with state that has not been asked its name has neither
+    /// sampled blocks nor spare ones.
+    pub(crate) fn named(&self) -> bool {
+        std::mem::size_of::<A>() != 0 && self.id.load(Relaxed) != 0
+    }
 }
 
 impl<A: GlobalAlloc> Allocator for Owned<A> {
@@ -62,7 +69,13 @@ impl<A: GlobalAlloc> Allocator for Owned<A> {
         if id != 0 {
             return id;
         }
-        let new = NEXT_ID.fetch_add(2, Relaxed);
+        let new = loop {
+            // Never 0 (a counter that wraps, on a 32-bit target, skips it).
+            match NEXT_ID.fetch_add(2, Relaxed) {
+                0 => continue,
+                n => break n,
+            }
+        };
         match self.id.compare_exchange(0, new, Relaxed, Relaxed) {
             Ok(_) => new,
             Err(first) => first,
