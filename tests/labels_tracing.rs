@@ -181,3 +181,24 @@ fn instrumented_tasks_keep_their_labels_across_threads() {
     assert_eq!(held_under(&grown, "tenant", "span-odd"), 3 * 20 * 10_000);
     drop(held);
 }
+
+/// Two label layers in one subscriber, each choosing its own fields: a
+/// span carries both layers' labels while entered, and none after.
+#[test]
+fn two_label_layers_share_a_span() {
+    let subscriber = tracing_subscriber::registry()
+        .with(LabelLayer::new(["tenant"]))
+        .with(LabelLayer::new(["route"]));
+    tracing::subscriber::with_default(subscriber, || {
+        let span = tracing::info_span!("req", tenant = "two-acme", route = "/two");
+        let inside = span.in_scope(|| without_thread(heapprof::current_labels()));
+        assert_eq!(inside, pairs(&[("route", "/two"), ("tenant", "two-acme")]));
+        span.record("tenant", "two-globex");
+        let recorded = span.in_scope(|| without_thread(heapprof::current_labels()));
+        assert_eq!(
+            recorded,
+            pairs(&[("route", "/two"), ("tenant", "two-globex")])
+        );
+    });
+    assert!(without_thread(heapprof::current_labels()).is_empty());
+}

@@ -15,7 +15,7 @@ use tracing_core::Subscriber;
 use tracing_core::field::{Field, Visit};
 use tracing_core::span::{Attributes, Id, Record};
 use tracing_subscriber::layer::{Context, Layer};
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::registry::{ExtensionsMut, LookupSpan};
 
 use super::LabelSetId;
 use super::table::{self, Kind};
@@ -36,7 +36,15 @@ use crate::thread;
 /// limits as for [`with_labels`](crate::with_labels).
 ///
 /// Needs a subscriber that stores span data ([`LookupSpan`]), as
-/// `tracing_subscriber::registry()` does.
+/// `tracing_subscriber::registry()` does. Several `LabelLayer`s in one
+/// subscriber each add their fields to the span's labels.
+///
+/// Spans and [`with_labels`](crate::with_labels) scopes must nest, and a
+/// span is exited on the thread that entered it (tracing's guards see to
+/// both unless moved): each puts back, when it ends, the labels that were
+/// in force when it began, so an `EnteredSpan` moved out of a
+/// `with_labels` closure and dropped after it (or a `with_labels` that
+/// ends inside a span entered before it) leaves the wrong labels in force.
 #[derive(Clone, Debug)]
 pub struct LabelLayer {
     fields: Vec<String>,
@@ -64,6 +72,31 @@ impl LabelLayer {
         };
         record(&mut visitor);
         visitor.any
+    }
+}
+
+impl LabelLayer {
+    /// Adds the chosen fields `record` visits to the span's labels. One
+    /// `SpanLabels` serves every `LabelLayer` of a subscriber (a span's
+    /// extensions hold one value per type): a second layer adds its
+    /// fields to the first's, and each layer's enter and exit apply the
+    /// same set, which nests.
+    fn add_fields(&self, extensions: &mut ExtensionsMut<'_>, record: impl FnOnce(&mut dyn Visit)) {
+        if let Some(labels) = extensions.get_mut::<SpanLabels>() {
+            if self.collect(labels, record) {
+                labels.intern();
+            }
+            return;
+        }
+        let mut labels = SpanLabels {
+            fields: Vec::new(),
+            set: LabelSetId::NONE,
+            entered: Vec::new(),
+        };
+        if self.collect(&mut labels, record) {
+            labels.intern();
+            extensions.insert(labels);
+        }
     }
 }
 
@@ -165,39 +198,14 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let mut labels = SpanLabels {
-            fields: Vec::new(),
-            set: LabelSetId::NONE,
-            entered: Vec::new(),
-        };
-        if !self.collect(&mut labels, |v| attrs.record(v)) {
-            return;
-        }
-        labels.intern();
         if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(labels);
+            self.add_fields(&mut span.extensions_mut(), |v| attrs.record(v));
         }
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(id) else {
-            return;
-        };
-        let mut extensions = span.extensions_mut();
-        if let Some(labels) = extensions.get_mut::<SpanLabels>() {
-            if self.collect(labels, |v| values.record(v)) {
-                labels.intern();
-            }
-            return;
-        }
-        let mut labels = SpanLabels {
-            fields: Vec::new(),
-            set: LabelSetId::NONE,
-            entered: Vec::new(),
-        };
-        if self.collect(&mut labels, |v| values.record(v)) {
-            labels.intern();
-            extensions.insert(labels);
+        if let Some(span) = ctx.span(id) {
+            self.add_fields(&mut span.extensions_mut(), |v| values.record(v));
         }
     }
 
