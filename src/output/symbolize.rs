@@ -8,8 +8,9 @@
 //! of a process that has neither met new sites nor loaded or unloaded an
 //! object resolves nothing. A sample taken in an object unloaded since is
 //! named after whatever is loaded at its address when the profile is
-//! written, or left unnamed if nothing is. The parsed debug info, by contrast, is released after each
-//! lookup: it is tens of MiB, and it would sit in the heap of the very
+//! written, or left unnamed if nothing is. The parsed debug info, by
+//! contrast, is released after each lookup: it is tens of MiB, and it
+//! would sit in the heap of the very
 //! program being profiled. The object heapprof is linked into (usually the
 //! executable, with the most debug info in the process) is read by
 //! heapprof's own reader (`own`), which bounds what a lookup holds;
@@ -271,7 +272,11 @@ fn resolve_all_within(
             .into_iter()
             .partition(|&a| own_object.as_ref().is_some_and(|o| o.contains(a)));
         let mut resolved = Vec::with_capacity(mine.len() + others.len());
-        let (mut for_backtrace, later, nowhere) = route(others, &objects, loader);
+        let Routes {
+            backtrace: mut for_backtrace,
+            later,
+            nowhere,
+        } = route(others, &objects, loader);
         // An address in no object loaded now was in one unloaded since:
         // unnamed, rather than named after what is there now.
         resolved.extend(nowhere.into_iter().map(|a| (a, Symbols::from(Vec::new()))));
@@ -342,48 +347,50 @@ fn resolve_all_within(
     out
 }
 
-/// Addresses outside heapprof's own object, sorted by who looks them up:
-/// backtrace, for those in objects loaded at start (its list of objects,
-/// read once when it is first used, holds them for certain); `own`, object
-/// by object, for those in objects loaded since; and nobody, for those in
-/// no object loaded now.
-///
-/// backtrace's list may have been read after an object loaded later than
-/// heapprof's start, or may hold one unloaded since, in whose place another
-/// now is: so an address in a later object goes to backtrace only when
-/// `own` cannot name it and no object was ever unloaded (then no address
-/// can have changed objects).
-#[allow(clippy::type_complexity)]
-fn route(
-    addrs: Vec<usize>,
-    objects: &[Mapping],
-    loader: LoaderCounts,
-) -> (Vec<usize>, Vec<(own::OwnObject, Vec<usize>)>, Vec<usize>) {
-    let (mut for_backtrace, mut later, mut nowhere) = (Vec::new(), Vec::new(), Vec::new());
+/// Addresses outside heapprof's own object, sorted by who looks them up
+/// ([`route`]).
+#[derive(Default)]
+struct Routes {
+    /// In objects loaded at start, whose names backtrace finds: its list
+    /// of objects, read once when it is first used, holds them for certain.
+    backtrace: Vec<usize>,
+    /// In objects loaded since, object by object, for heapprof's reader.
+    later: Vec<(own::OwnObject, Vec<usize>)>,
+    /// In no object loaded now: unnamed.
+    nowhere: Vec<usize>,
+}
+
+/// Sorts `addrs` ([`Routes`]). backtrace's list may have been read after
+/// an object loaded later than heapprof's start, or may hold one unloaded
+/// since, in whose place another now is: so an address in a later object
+/// goes to backtrace only when `own` cannot name it and no object was ever
+/// unloaded (then no address can have changed objects).
+fn route(addrs: Vec<usize>, objects: &[Mapping], loader: LoaderCounts) -> Routes {
+    let mut routes = Routes::default();
     let mut by_object: HashMap<(&str, &str, u64), Vec<usize>> = HashMap::new();
     for addr in addrs {
         match object_of(objects, addr) {
-            None => nowhere.push(addr),
-            Some(m) if m.loaded_at_start || m.path.is_empty() => for_backtrace.push(addr),
+            None => routes.nowhere.push(addr),
+            Some(m) if m.loaded_at_start || m.path.is_empty() => routes.backtrace.push(addr),
             Some(m) => by_object
-                .entry((&m.path, &m.build_id, m.start))
+                .entry((&m.path, &m.build_id, m.base))
                 .or_default()
                 .push(addr),
         }
     }
-    for ((path, build_id, _), addrs) in by_object {
+    for ((path, build_id, base), addrs) in by_object {
         let object = objects
             .iter()
-            .filter(|m| m.path == path && m.build_id == build_id)
+            .filter(|m| m.path == path && m.build_id == build_id && m.base == base)
             .cloned()
             .collect();
         match own::OwnObject::of(object) {
-            Some(object) => later.push((object, addrs)),
-            None if loader.unloads == 0 => for_backtrace.extend(addrs),
-            None => nowhere.extend(addrs),
+            Some(object) => routes.later.push((object, addrs)),
+            None if loader.unloads == 0 => routes.backtrace.extend(addrs),
+            None => routes.nowhere.extend(addrs),
         }
     }
-    (for_backtrace, later, nowhere)
+    routes
 }
 
 /// Gives back to the system the pages a lookup freed, after a lookup that

@@ -4,9 +4,7 @@
 
 use std::alloc::Layout;
 
-use super::Allocator;
-
-use super::{actual_layout, blocks, blocks::Entry, credit_free, spare};
+use super::{Allocator, actual_layout, blocks, blocks::Entry, credit_free, spare};
 use crate::support::{lock, reentry, registry};
 use crate::thread;
 

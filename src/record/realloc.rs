@@ -2,10 +2,8 @@
 
 use std::alloc::Layout;
 
-use super::Allocator;
-
 use super::{
-    Entry, Sample, alloc_plain, alloc_sampled, blocks, countdown, credit_free, record,
+    Allocator, Entry, Sample, alloc_plain, alloc_sampled, blocks, countdown, credit_free, record,
     uncount_realloc,
 };
 use crate::sample;

@@ -32,6 +32,8 @@ pub(crate) struct Mapping {
     pub path: String,
     /// Lower-case hex; empty if the object has none.
     pub build_id: String,
+    /// The object's load address (`dlpi_addr`), which its mappings share.
+    pub base: u64,
     /// The object was loaded when heapprof started ([`note_first_objects`]):
     /// the executable and the libraries it needs, which stay loaded.
     pub loaded_at_start: bool,
@@ -213,6 +215,7 @@ fn collect(info: &libc::dl_phdr_info, found: &mut Vec<(bool, Mapping)>) {
                     file_offset: ph.p_offset,
                     path: name.clone(),
                     build_id: build_id.clone(),
+                    base: info.dlpi_addr,
                     loaded_at_start,
                 },
             ));
