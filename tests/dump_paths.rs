@@ -334,6 +334,11 @@ fn a_directory_is_an_error_that_writes_nothing() {
         stderr.contains("could not write the periodic profile"),
         "{stderr}"
     );
+    // Each line says "heapprof:" once, at its start.
+    assert!(
+        stderr.lines().all(|l| l.matches("heapprof:").count() <= 1),
+        "{stderr}"
+    );
 
     // `.`: the child's working directory.
     let mut env = vec![("HEAPPROF_OUT", ".")];

@@ -329,6 +329,8 @@ fn report(result: io::Result<()>, what: &str, flag: &AtomicBool) {
     if let Err(e) = result
         && !flag.swap(true, Relaxed)
     {
+        let e = e.to_string();
+        let e = e.strip_prefix("heapprof: ").unwrap_or(&e);
         crate::config::report::warn(format_args!(
             "heapprof: could not write the {what} profile ({e}); further failures of this kind are not reported"
         ));

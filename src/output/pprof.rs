@@ -71,12 +71,13 @@ impl Options {
     pub(crate) fn at_exit() -> Options {
         Options {
             default_sample_type: Some("alloc_space"),
-            comments: vec![
+            comments: vec![format!(
                 "heapprof: written as the program ended, when most of its memory was freed: \
                  opens on alloc_space (everything allocated); -sample_index=inuse_space shows \
-                 what was still live, and the peak profile what was live at the top"
-                    .to_owned(),
-            ],
+                 what was still live, and a peak profile (HEAPPROF_OUT's .peak file, once the \
+                 live heap has reached {} KiB, or write_peak_profile) what was live at the top",
+                crate::record::peak::MIN_PEAK >> 10
+            )],
             duration: None,
             addresses_only: false,
         }

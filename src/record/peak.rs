@@ -30,7 +30,7 @@ pub(crate) const NO_PEAK_YET: &str =
 const _: () = assert!(MIN_PEAK == 1 << 20);
 
 /// Peaks below this are not worth a copy.
-const MIN_PEAK: i64 = 1 << 20;
+pub(crate) const MIN_PEAK: i64 = 1 << 20;
 
 static LIVE_ESTIMATE: AtomicI64 = AtomicI64::new(0);
 /// The estimate above which the next copy is taken.
