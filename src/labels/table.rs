@@ -123,7 +123,8 @@ pub(crate) struct Table {
     /// The stored sets by id, each published (release) once it is whole.
     slots: [AtomicPtr<Stored>; ALL_SETS],
     index: Mutex<{ rank::LABELS }, Index>,
-    /// [`Index::bytes`] as of its last change, read without the lock.
+    /// The bytes of [`Index::by_kind`] together, as of its last change,
+    /// read without the lock.
     bytes: AtomicUsize,
 }
 
@@ -133,11 +134,9 @@ struct Index {
     slots: [u16; INDEX_SLOTS],
     /// Sets stored: the next id is this plus [`LabelSetId::FIRST_STORED`].
     stored: usize,
-    /// What the table holds: its slots and index once used, and the
-    /// stored sets, their labels and text.
-    bytes: usize,
-    /// Sets stored and their bytes, by [`Kind`] (the program's with the
-    /// slots and index).
+    /// Sets stored and the bytes they take (their labels and text), by
+    /// [`Kind`]; the program's bytes include the table's slots and index
+    /// once it is used. Together, what the table holds.
     by_kind: [(usize, usize); 2],
 }
 
@@ -248,7 +247,6 @@ impl Table {
             index: Mutex::new(Index {
                 slots: [0; INDEX_SLOTS],
                 stored: 0,
-                bytes: 0,
                 by_kind: [(0, 0); 2],
             }),
             bytes: AtomicUsize::new(0),
@@ -287,19 +285,16 @@ impl Table {
         if sets >= bound.sets || id >= ALL_SETS {
             return LabelSetId::OVERFLOW;
         }
-        let fixed = match (index.stored, kind) {
-            // The slots and index come with the first set, the program's
-            // bytes.
-            (0, _) => std::mem::size_of_val(&self.slots) + std::mem::size_of_val(&index.slots),
-            _ => 0,
+        // The slots and index come with the first set, in the program's
+        // bytes whichever kind it is.
+        let fixed = if index.stored == 0 {
+            std::mem::size_of_val(&self.slots) + std::mem::size_of_val(&index.slots)
+        } else {
+            0
         };
         let own = std::mem::size_of::<Stored>() + set.stored_bytes();
-        let charged = if kind == Kind::Program {
-            fixed + own
-        } else {
-            own
-        };
-        if bytes + charged > bound.bytes {
+        let fixed_here = if kind == Kind::Program { fixed } else { 0 };
+        if bytes + fixed_here + own > bound.bytes {
             return LabelSetId::OVERFLOW;
         }
         let Some(stored) = store(&set, hash) else {
@@ -308,12 +303,10 @@ impl Table {
         self.slots[id].store(stored, Release);
         index.slots[slot] = id as u16;
         index.stored += 1;
-        index.bytes += fixed + own;
-        index.by_kind[k] = (sets + 1, bytes + charged);
-        if kind == Kind::Thread && fixed > 0 {
-            index.by_kind[Kind::Program as usize].1 += fixed;
-        }
-        self.bytes.store(index.bytes, Relaxed);
+        index.by_kind[k] = (sets + 1, bytes + own);
+        index.by_kind[Kind::Program as usize].1 += fixed;
+        self.bytes
+            .store(index.by_kind.iter().map(|&(_, bytes)| bytes).sum(), Relaxed);
         LabelSetId(id as u32)
     }
 

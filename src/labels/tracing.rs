@@ -73,9 +73,7 @@ impl LabelLayer {
         record(&mut visitor);
         visitor.any
     }
-}
 
-impl LabelLayer {
     /// Adds the chosen fields `record` visits to the span's labels. One
     /// `SpanLabels` serves every `LabelLayer` of a subscriber (a span's
     /// extensions hold one value per type): a second layer adds its

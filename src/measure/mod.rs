@@ -519,8 +519,9 @@ impl Drop for Window {
 /// Every allocation and free of the calling thread takes heapprof's slow
 /// path while it runs, and heapprof keeps the address of each block the
 /// calls allocated and still hold, in memory of its own that neither the
-/// program's counts nor [`Stats::profiler_bytes`](crate::Stats::profiler_bytes) include.
-/// A call of `assert_no_leak` inside `f` checks with
+/// program's counts nor
+/// [`Stats::profiler_bytes`](crate::Stats::profiler_bytes) include. A
+/// call of `assert_no_leak` inside `f` checks with
 /// [`Measured::net_bytes`] only.
 ///
 /// The message gives the numbers, the growth per call, and the sites of

@@ -49,8 +49,7 @@ static POOLS: [Mutex<{ rank::SPARE }, Vec<usize>>; CLASSES] =
     [const { Mutex::new(Vec::new()) }; CLASSES];
 
 /// The allocator the pooled blocks came from, as `Allocator::owner`
-/// names it; 0
-/// until the first sample claims the pools.
+/// names it; 0 until the first sample claims the pools.
 ///
 /// A process may hold more than one `Profiler` (a second one over an arena,
 /// called directly), and a block is only ever handed back to the allocator

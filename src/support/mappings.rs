@@ -34,8 +34,8 @@ pub(crate) struct Mapping {
     pub build_id: String,
     /// The object's load address (`dlpi_addr`), which its mappings share.
     pub base: u64,
-    /// The object was loaded when heapprof started ([`note_first_objects`]):
-    /// the executable and the libraries it needs, which stay loaded.
+    /// The object was loaded when heapprof started ([`note_first_objects`]),
+    /// and is taken to stay loaded.
     pub loaded_at_start: bool,
 }
 

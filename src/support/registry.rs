@@ -191,10 +191,11 @@ fn list_mask_copy() {
 /// Takes this thread's copy out of the list, before its thread-local
 /// memory goes away, and leaves it at 0: the frees of the thread's last
 /// destructors then look every block up. With `interrupted` (see
-/// `retire`), only if the list's lock is free.
-fn unlist_mask_copy(interrupted: bool) {
+/// `retire`), only if the list's lock is free. True if the copy was
+/// listed.
+fn unlist_mask_copy(interrupted: bool) -> bool {
     let Some(addr) = own_mask_copy() else {
-        return;
+        return false;
     };
     let copies = if interrupted {
         MASK_COPIES.try_lock()
@@ -202,12 +203,14 @@ fn unlist_mask_copy(interrupted: bool) {
         Some(MASK_COPIES.lock())
     };
     let Some(mut copies) = copies else {
-        return;
+        return false;
     };
-    if let Some(i) = copies.iter().position(|&a| a == addr) {
+    let listed = copies.iter().position(|&a| a == addr);
+    if let Some(i) = listed {
         copies.swap_remove(i);
     }
     thread::with(|l| l.filter_mask.store(0, SeqCst));
+    listed.is_some()
 }
 
 /// Takes this thread's copy out of the list and leaves it at 0, so that
@@ -215,16 +218,7 @@ fn unlist_mask_copy(interrupted: bool) {
 /// sees each one); true if the copy was listed. Give it back with
 /// [`resume_mask_copy`], on this thread, before it exits.
 pub(crate) fn suspend_mask_copy() -> bool {
-    let Some(addr) = own_mask_copy() else {
-        return false;
-    };
-    let mut copies = MASK_COPIES.lock();
-    let Some(i) = copies.iter().position(|&a| a == addr) else {
-        return false;
-    };
-    copies.swap_remove(i);
-    thread::with(|l| l.filter_mask.store(0, SeqCst));
-    true
+    unlist_mask_copy(false)
 }
 
 /// Lists this thread's copy again after [`suspend_mask_copy`] returned

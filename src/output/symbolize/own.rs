@@ -39,7 +39,8 @@
 //! and never sees them. Other objects (the C library, the shared
 //! libraries the executable needs) stay with backtrace, which reads their
 //! symbol tables, or their detached debug files where a debug package is
-//! installed; so do files laid out in ways this reader leaves alone: debug info in another file (a `.gnu_debuglink`, a
+//! installed; so do files laid out in ways this reader leaves alone:
+//! debug info in another file (a `.gnu_debuglink`, a
 //! build-ID file under `/usr/lib/debug`, a `.dwp` package, split units),
 //! or compressed sections. A file with no debug info is named from its
 //! symbol table, as backtrace does.
