@@ -237,6 +237,50 @@ fn flamegraph_of_each_sample_type() {
     drop(kept);
 }
 
+trait Fill {
+    fn fill(&self) -> Vec<Vec<u8>>;
+}
+
+impl Fill for [u8; 4] {
+    #[inline(never)]
+    fn fill(&self) -> Vec<Vec<u8>> {
+        black_box((0..100).map(|_| self.repeat(100)).collect())
+    }
+}
+
+/// A function whose name has `;` and spaces in it (`<[u8; 4] as
+/// snapshot_api::Fill>::fill`) is one box of the flame graph, not two: `;`
+/// ends a frame in the folded lines the graph is drawn from.
+#[test]
+fn a_name_with_a_semicolon_is_one_frame() {
+    let _rate = RATE.lock().unwrap();
+    heapprof::set_sample_rate(1);
+    let before = heapprof::snapshot();
+    let kept = black_box([7u8; 4]).fill();
+    let d = heapprof::snapshot().delta(&before);
+    heapprof::set_sample_rate(512 * 1024);
+
+    let svg = flamegraph_of(&d, heapprof::SampleType::InuseSpace);
+    let titles: Vec<&str> = svg
+        .split("<title>")
+        .skip(1)
+        .filter_map(|t| t.split("</title>").next())
+        .collect();
+    // The function's own box, not its closure's.
+    let ours: Vec<&&str> = titles
+        .iter()
+        .filter(|t| t.contains("as\u{a0}snapshot_api::Fill&gt;::fill ("))
+        .collect();
+    assert_eq!(ours.len(), 1, "{titles:#?}");
+    assert!(ours[0].starts_with("&lt;[u8\u{37e}\u{a0}4]"), "{ours:?}");
+    assert!(ours[0].contains("(42,400 bytes,"), "{ours:?}");
+    assert!(
+        !titles.iter().any(|t| t.starts_with("&lt;[u8 (")),
+        "the name was cut at its ';': {titles:#?}"
+    );
+    drop(kept);
+}
+
 /// A snapshot with nothing to draw still gives a well-formed SVG, one that
 /// says so, and no error.
 #[test]

@@ -462,9 +462,13 @@ impl Snapshot {
             .map(|s| (s, sample_type.of(s)))
             .filter(|&(_, value)| value > 0)
             .map(|(s, value)| {
-                let stack: Vec<&str> = s.frames.iter().rev().map(|f| f.function.as_str()).collect();
-                // ';' separates frames in the folded format.
-                format!("{} {value}", stack.join(";").replace(' ', "\u{a0}"))
+                let stack: Vec<String> = s
+                    .frames
+                    .iter()
+                    .rev()
+                    .map(|f| folded_name(&f.function))
+                    .collect();
+                format!("{} {value}", stack.join(";"))
             })
             .collect();
         let title = format!("heapprof: {}", sample_type.description());
@@ -551,6 +555,16 @@ impl SampleType {
             SampleType::InuseObjects | SampleType::AllocObjects => "allocations",
         }
     }
+}
+
+/// `function` as one frame of inferno's folded format, where `;` ends a
+/// frame and the last space ends the stack. Rust names have both
+/// (`<[u8; 4] as Trait>::f`), so each is drawn by a look-alike: a no-break
+/// space for a space and the Greek question mark, which Unicode defines as
+/// canonically equal to `;`, for a semicolon.
+#[cfg(feature = "flamegraph")]
+fn folded_name(function: &str) -> String {
+    function.replace(' ', "\u{a0}").replace(';', "\u{37e}")
 }
 
 /// Characters per line of [`write_message_svg`]'s text: about what fits

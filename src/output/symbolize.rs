@@ -506,19 +506,42 @@ pub(crate) fn is_machinery_file(file: &str) -> bool {
         && (file.starts_with(OWN_SOURCES) || STD_PARTS.iter().any(|p| file.contains(p)))
 }
 
-/// The type a function belongs to, for `<T as Trait>::method` and
-/// `<T>::method`: `T`; otherwise the name itself.
-fn subject(name: &str) -> &str {
-    match name.strip_prefix('<') {
-        Some(rest) => {
-            let end = rest
-                .find(" as ")
-                .or_else(|| rest.find('>'))
-                .unwrap_or(rest.len());
-            &rest[..end]
+/// The type a function belongs to and the trait it implements, if any:
+/// `(T, Some(Trait))` for `<T as Trait>::method`, `(T, None)` for
+/// `<T>::method`, and `(name, None)` otherwise. Brackets inside `T` are
+/// skipped, so `<[u8; 4] as Fill>::fill` and `<Vec<(A, B)> as Trait>::f`
+/// split at their own ` as `.
+fn subject_and_trait(name: &str) -> (&str, Option<&str>) {
+    let Some(rest) = name.strip_prefix('<') else {
+        return (name, None);
+    };
+    let bytes = rest.as_bytes();
+    let mut depth = 0usize;
+    let mut subject_end = None;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'<' | b'[' | b'(' => depth += 1,
+            // `->` in a function type closes nothing.
+            b'>' if i > 0 && bytes[i - 1] == b'-' => {}
+            b'>' | b']' | b')' if depth > 0 => depth -= 1,
+            b'>' => {
+                return match subject_end {
+                    Some(end) => (&rest[..end], Some(&rest[end + " as ".len()..i])),
+                    None => (&rest[..i], None),
+                };
+            }
+            b' ' if depth == 0 && subject_end.is_none() && rest[i..].starts_with(" as ") => {
+                subject_end = Some(i);
+            }
+            _ => {}
         }
-        None => name,
     }
+    (&rest[..subject_end.unwrap_or(rest.len())], None)
+}
+
+/// The type a function belongs to (see [`subject_and_trait`]).
+fn subject(name: &str) -> &str {
+    subject_and_trait(name).0
 }
 
 /// Whether a function is part of how the process, a thread or a test
@@ -620,9 +643,12 @@ pub(crate) fn normalize_closures(name: &str) -> String {
 /// `mallocgc`, `makeslice`, `growslice` and `mapassign`, so that `-top`
 /// shows the user's functions as the flat entries.
 ///
-/// The test is on the function's *subject*: for `<T as Trait>::method` that
-/// is `T`, so the user's own `impl Clone for MyType` stays visible while
+/// The test is on the function's *subject* (`T` of `<T as Trait>::method`)
+/// and its trait: an impl is machinery only when the standard library owns
+/// both, so the user's own `impl Clone for MyType` and `impl MyTrait for
+/// [u8; 4]` (or `for Vec<u8>`, or a blanket `for T`) stay visible, while
 /// `<alloc::string::String as core::clone::Clone>::clone` is trimmed.
+/// heapprof's own functions are machinery whatever trait they implement.
 pub(crate) fn is_machinery(name: &str) -> bool {
     const PREFIXES: &[&str] = &[
         "heapprof::",
@@ -639,17 +665,22 @@ pub(crate) fn is_machinery(name: &str) -> bool {
         "std::sys::alloc::",
         "std::sys::pal::unix::alloc::",
     ];
-    let subject = subject(name);
+    let (subject, implemented) = subject_and_trait(name);
+    if subject.starts_with("heapprof::") {
+        return true;
+    }
     // Primitive types, slices, references, pointers, tuples, and a generic
-    // parameter (`<T as alloc::…>`): impls the standard library owns.
+    // parameter (`<T as alloc::…>`): only the standard library has inherent
+    // impls on them.
     const PRIMITIVES: &[&str] = &[
         "str", "bool", "char", "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32",
         "i64", "i128", "isize", "f32", "f64",
     ];
+    let std_owned = |path: &str| PREFIXES.iter().any(|p| path.starts_with(p));
     let builtin = subject.starts_with(['[', '&', '*', '('])
         || PRIMITIVES.contains(&subject)
         || (subject.len() == 1 && subject.bytes().all(|b| b.is_ascii_uppercase()));
-    builtin || PREFIXES.iter().any(|p| subject.starts_with(p))
+    (builtin || std_owned(subject)) && implemented.is_none_or(std_owned)
 }
 
 /// What this thread has allocated, heapprof's own calls included.
@@ -670,7 +701,35 @@ fn this_thread_net_bytes() -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{is_machinery, is_machinery_file, is_startup, normalize_closures};
+    use super::{
+        is_machinery, is_machinery_file, is_startup, normalize_closures, subject_and_trait,
+    };
+
+    #[test]
+    fn subjects_and_traits_split_at_their_own_as() {
+        for (name, subject, implemented) in [
+            ("my_crate::f", "my_crate::f", None),
+            ("<[u8; 4] as my::Fill>::fill", "[u8; 4]", Some("my::Fill")),
+            (
+                "<alloc::raw_vec::RawVec<u8>>::reserve",
+                "alloc::raw_vec::RawVec<u8>",
+                None,
+            ),
+            (
+                "<Vec<<A as B>::C> as core::ops::Drop>::drop",
+                "Vec<<A as B>::C>",
+                Some("core::ops::Drop"),
+            ),
+            (
+                "<fn() -> u8 as core::ops::function::FnOnce<()>>::call_once",
+                "fn() -> u8",
+                Some("core::ops::function::FnOnce<()>"),
+            ),
+            ("<unclosed as x", "unclosed", None),
+        ] {
+            assert_eq!(subject_and_trait(name), (subject, implemented), "{name}");
+        }
+    }
 
     /// The frames heapprof makes (for a sample it did not unwind, for the
     /// end of a stack it cut) are named in every profile, including one
@@ -1008,6 +1067,11 @@ mod tests {
             "main",
             "",
             "Trie::insert",
+            "<[u8; 4] as my_crate::Fill>::fill",
+            "<(u32, alloc::string::String) as my_crate::Encode>::encode",
+            "<alloc::vec::Vec<u8> as my_crate::BufExt>::put",
+            "<T as my_crate::Describe>::describe",
+            "<&str as my_crate::Intern>::intern",
         ] {
             assert!(!is_machinery(name), "{name} should be kept");
         }
