@@ -1,11 +1,12 @@
 //! Code loaded at run time (`dlopen`) is named in profiles written after it
 //! was loaded, even when an earlier profile had already looked symbols up;
-//! and a library unloaded and replaced by another at the same address does
-//! not lend the new one its names.
+//! a library unloaded and replaced by another at the same address does
+//! not lend the new one its names; and a function no symbol names is a
+//! frame of its own, named after its library, not left out.
 //!
-//! Two C libraries, built here by gcc from one source with different
-//! function names (so the same layout), call back into Rust, which
-//! allocates. Rate 1, in a child process of its own: every byte is
+//! Three C libraries, built here by gcc from one source with different
+//! function names (two with the same layout, one stripped with its middle
+//! function `static`), call back into Rust, which allocates. Rate 1, in a child process of its own: every byte is
 //! sampled, so the bytes under each function are exact.
 
 use heapprof_testkit::child::{is_child, run_child};
@@ -19,17 +20,24 @@ static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
 
 /// The library's source: `<p>_outer(cb)` calls `cb` through two more
 /// functions of its own, none of them inlined or called as a tail call.
+/// With `HIDDEN_MIDDLE` defined, `middle` is `static`: stripped, no symbol
+/// is left that names it.
 const SOURCE: &str = "\
 typedef void (*callback)(void);
 static volatile int depth;
+#ifdef HIDDEN_MIDDLE
+#define MIDDLE_LINKAGE static
+#else
+#define MIDDLE_LINKAGE
+#endif
 __attribute__((noinline)) void P(inner)(callback cb) { depth++; cb(); depth--; }
-__attribute__((noinline)) void P(middle)(callback cb) { depth++; P(inner)(cb); depth--; }
+__attribute__((noinline)) MIDDLE_LINKAGE void P(middle)(callback cb) { depth++; P(inner)(cb); depth--; }
 __attribute__((noinline)) void P(outer)(callback cb) { depth++; P(middle)(cb); depth--; }
 ";
 
 /// Builds the library with functions `<prefix>_inner`, `_middle`,
-/// `_outer` in `dir`.
-fn build_library(dir: &Path, prefix: &str) -> PathBuf {
+/// `_outer` in `dir`, passing gcc `extra` arguments too.
+fn build_library(dir: &Path, prefix: &str, extra: &[&str]) -> PathBuf {
     let source = dir.join(format!("{prefix}.c"));
     std::fs::write(
         &source,
@@ -38,7 +46,9 @@ fn build_library(dir: &Path, prefix: &str) -> PathBuf {
     .unwrap();
     let library = dir.join(format!("lib{prefix}.so"));
     let out = std::process::Command::new("gcc")
-        .args(["-g", "-O1", "-shared", "-fPIC", "-o"])
+        .args(["-g", "-O1", "-shared", "-fPIC"])
+        .args(extra)
+        .arg("-o")
         .arg(&library)
         .arg(&source)
         .output()
@@ -152,6 +162,28 @@ fn child_loads_and_unloads() {
     for f in ["a_inner", "b_inner"] {
         assert_eq!(allocated_in(f), 0, "{f}, with nothing loaded there");
     }
+    HELD.with(|held| held.borrow_mut().clear());
+
+    // Stripped, with `s_middle` static: the stack keeps a frame between
+    // `s_inner` and `s_outer`, named after the library.
+    let s = Library::open(&dir.join("libs.so"));
+    let before = heapprof::snapshot();
+    s.outer("s")(allocate);
+    let d = heapprof::snapshot().delta(&before);
+    let site = d
+        .sites()
+        .iter()
+        .find(|site| site.frames.iter().any(|f| f.function == "s_inner"))
+        .unwrap_or_else(|| panic!("a site under s_inner: {d}"));
+    let names: Vec<&str> = site.frames.iter().map(|f| f.function.as_str()).collect();
+    let inner = names.iter().position(|&f| f == "s_inner").unwrap();
+    assert_eq!(
+        names.get(inner + 1..inner + 3),
+        Some(&["[libs.so]", "s_outer"][..]),
+        "{names:?}"
+    );
+    assert_eq!(d.alloc_bytes_in("[libs.so]"), expected);
+    drop(s);
 }
 
 #[test]
@@ -161,8 +193,9 @@ fn libraries_loaded_later_are_named_after_themselves() {
     }
     let _watchdog = watchdog("loaded later", Duration::from_secs(120));
     let dir = tempfile::tempdir().unwrap();
-    build_library(dir.path(), "a");
-    build_library(dir.path(), "b");
+    build_library(dir.path(), "a", &[]);
+    build_library(dir.path(), "b", &[]);
+    build_library(dir.path(), "s", &["-s", "-DHIDDEN_MIDDLE"]);
     let (stdout, _) = run_child(
         "child_loads_and_unloads",
         &[

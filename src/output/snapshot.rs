@@ -465,8 +465,9 @@ impl Snapshot {
                 let stack: Vec<String> = s
                     .frames
                     .iter()
+                    .enumerate()
                     .rev()
-                    .map(|f| folded_name(&f.function))
+                    .map(|(i, f)| folded_name(&f.function, i == 0))
                     .collect();
                 format!("{} {value}", stack.join(";"))
             })
@@ -558,13 +559,22 @@ impl SampleType {
 }
 
 /// `function` as one frame of inferno's folded format, where `;` ends a
-/// frame and the last space ends the stack. Rust names have both
-/// (`<[u8; 4] as Trait>::f`), so each is drawn by a look-alike: a no-break
-/// space for a space and the Greek question mark, which Unicode defines as
-/// canonically equal to `;`, for a semicolon.
+/// frame. Rust names of array types have it (`<[u8; 4] as Trait>::f`), so
+/// it is drawn as the Greek question mark, which Unicode defines as
+/// canonically equal to `;`. Spaces stay (the count is after a line's last
+/// space) except where a leaf's name ends in a word that reads as a count:
+/// that space is drawn as a no-break space.
 #[cfg(feature = "flamegraph")]
-fn folded_name(function: &str) -> String {
-    function.replace(' ', "\u{a0}").replace(';', "\u{37e}")
+fn folded_name(function: &str, leaf: bool) -> String {
+    let mut name = function.replace(';', "\u{37e}");
+    let count_like = |tail: &str| tail.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if let Some(at) = name.rfind(' ')
+        && leaf
+        && count_like(&name[at + 1..])
+    {
+        name.replace_range(at..at + 1, "\u{a0}");
+    }
+    name
 }
 
 /// Characters per line of [`write_message_svg`]'s text: about what fits
@@ -674,14 +684,23 @@ fn sites_of(p: &proto::Profile) -> Vec<Site> {
                 .location_id
                 .iter()
                 .filter_map(|id| p.location.get(*id as usize - 1))
-                .flat_map(|loc| loc.line.iter())
-                .map(|line| {
-                    let func = &p.function[line.function_id as usize - 1];
-                    Frame {
-                        function: text(func.name),
-                        file: text(func.filename),
-                        line: line.line as u32,
-                    }
+                .flat_map(|loc| {
+                    let named = loc.line.iter().map(|line| {
+                        let func = &p.function[line.function_id as usize - 1];
+                        Frame {
+                            function: text(func.name),
+                            file: text(func.filename),
+                            line: line.line as u32,
+                        }
+                    });
+                    // A location without a name is still a frame: shown as
+                    // pprof shows it, by the object it is in.
+                    let unnamed = loc.line.is_empty().then(|| Frame {
+                        function: unnamed_frame(p, loc),
+                        file: String::new(),
+                        line: 0,
+                    });
+                    named.chain(unnamed)
                 })
                 .collect();
             Site {
@@ -696,12 +715,47 @@ fn sites_of(p: &proto::Profile) -> Vec<Site> {
         .collect()
 }
 
+/// The name of a frame no symbol covers: `[libfoo.so]` after the file of
+/// the object its address is in, `?` when it is in none.
+fn unnamed_frame(p: &proto::Profile, loc: &proto::Location) -> String {
+    let object = loc
+        .mapping_id
+        .checked_sub(1)
+        .and_then(|i| p.mapping.get(i as usize))
+        .and_then(|m| p.string_table.get(m.filename as usize))
+        .map(|file| file.rsplit('/').next().unwrap_or(file))
+        .filter(|name| !name.is_empty());
+    match object {
+        Some(name) => format!("[{name}]"),
+        None => "?".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::mpsc;
     use std::time::Duration;
 
     use crate::support::lock::EachLock;
+
+    /// A frame of the folded lines never ends early at a `;` of its name,
+    /// and a leaf's name never ends in what reads as the line's count.
+    #[cfg(feature = "flamegraph")]
+    #[test]
+    fn folded_names_are_one_frame_each() {
+        use super::folded_name;
+        assert_eq!(
+            folded_name("<[u8; 4] as a::T>::f", false),
+            "<[u8\u{37e} 4] as a::T>::f"
+        );
+        assert_eq!(folded_name("ends in 32", true), "ends in\u{a0}32");
+        assert_eq!(folded_name("ends in 3.5", true), "ends in\u{a0}3.5");
+        assert_eq!(folded_name("ends in 32", false), "ends in 32");
+        assert_eq!(
+            folded_name("operator new(unsigned long)", true),
+            "operator new(unsigned long)"
+        );
+    }
 
     /// `stats()` reads the registry and nothing else: with every table's
     /// lock held by another thread, it still returns.

@@ -484,13 +484,28 @@ fn names(bytes: &[u8]) -> (String, String) {
 /// Whether a frame is allocation machinery, by its name or, when the debug
 /// info only has short names (`debug = "line-tables-only"` gives `reserve`
 /// rather than `alloc::raw_vec::RawVec<T>::reserve`), by its source file.
+///
+/// A standard trait implemented on a standard type is named alike whoever
+/// wrote the impl under v0 mangling (`<alloc::vec::Vec<u8> as
+/// core::convert::From<&my::Record>>::from` is the program's own impl), so
+/// for those names a source file outside the allocation path keeps the
+/// frame.
 pub(crate) fn is_machinery_frame(frame: &Symbol) -> bool {
-    is_machinery(&frame.name) || is_machinery_file(&frame.file)
+    if is_machinery_file(&frame.file) {
+        return true;
+    }
+    if !is_machinery(&frame.name) {
+        return false;
+    }
+    let (subject, implemented) = subject_and_trait(&frame.name);
+    let anyones = implemented.is_some() && !subject.starts_with("heapprof::");
+    !anyones || frame.file.is_empty()
 }
 
 /// Source files of the allocation path: the standard library's `alloc` and
 /// `core` crates, its collections and allocator glue, hashbrown (vendored
-/// by std or used directly), the unwinder, and heapprof itself.
+/// by std or used directly) and the unwinder, as a directory named after
+/// the crate and its version (`hashbrown-0.16.1/`), and heapprof itself.
 pub(crate) fn is_machinery_file(file: &str) -> bool {
     const STD_PARTS: &[&str] = &[
         "/library/alloc/src/",
@@ -498,12 +513,25 @@ pub(crate) fn is_machinery_file(file: &str) -> bool {
         "/library/std/src/collections/",
         "/library/std/src/alloc.rs",
         "/library/std/src/sys/alloc/",
-        "/hashbrown-",
-        "/backtrace-",
     ];
+    const CRATES: &[&str] = &["/hashbrown-", "/backtrace-"];
     const OWN_SOURCES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/");
+    let versioned_crate = |prefix: &str| {
+        file.match_indices(prefix).any(|(at, _)| {
+            let dir = &file[at + prefix.len()..];
+            let dir = &dir[..dir.find('/').unwrap_or(0)];
+            !dir.is_empty()
+                && dir.starts_with(|c: char| c.is_ascii_digit())
+                && dir.contains('.')
+                && dir
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b))
+        })
+    };
     !file.is_empty()
-        && (file.starts_with(OWN_SOURCES) || STD_PARTS.iter().any(|p| file.contains(p)))
+        && (file.starts_with(OWN_SOURCES)
+            || STD_PARTS.iter().any(|p| file.contains(p))
+            || CRATES.iter().any(|p| versioned_crate(p)))
 }
 
 /// The type a function belongs to and the trait it implements, if any:
@@ -702,7 +730,8 @@ fn this_thread_net_bytes() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::{
-        is_machinery, is_machinery_file, is_startup, normalize_closures, subject_and_trait,
+        Symbol, is_machinery, is_machinery_file, is_machinery_frame, is_startup,
+        normalize_closures, subject_and_trait,
     };
 
     #[test]
@@ -1007,6 +1036,38 @@ mod tests {
         assert_eq!(super::own::WHOLE_CONTEXTS.with(|c| c.get()), before + 1);
     }
 
+    /// Under v0 mangling the program's own `impl From<&Record> for
+    /// Vec<u8>` is named like the standard library's impls; its file says
+    /// whose it is.
+    #[test]
+    fn a_standard_trait_on_a_standard_type_is_the_programs_by_its_file() {
+        let frame = |name: &str, file: &str| Symbol {
+            name: name.into(),
+            system_name: String::new(),
+            file: file.into(),
+            line: 1,
+        };
+        let from = "<alloc::vec::Vec<u8> as core::convert::From<&my::Record>>::from";
+        assert!(!is_machinery_frame(&frame(from, "/work/my/src/lib.rs")));
+        assert!(is_machinery_frame(&frame(from, "")));
+        let std_impl =
+            "<alloc::vec::Vec<T> as core::iter::traits::collect::FromIterator<T>>::from_iter";
+        assert!(is_machinery_frame(&frame(
+            std_impl,
+            "/rustc/x/library/alloc/src/vec/mod.rs"
+        )));
+        // A name that is machinery without a trait stays so in any file
+        // (inlined into the program's, or with its paths remapped).
+        assert!(is_machinery_frame(&frame(
+            "alloc::raw_vec::finish_grow",
+            "/src/x.rs"
+        )));
+        assert!(is_machinery_frame(&frame(
+            "heapprof::record::alloc",
+            "/remapped/record/mod.rs"
+        )));
+    }
+
     #[test]
     fn trims_by_file_when_names_are_short() {
         for file in [
@@ -1023,6 +1084,10 @@ mod tests {
             "/work/app/src/main.rs",
             "/rustc/x/library/std/src/fs.rs",
             "/rustc/x/library/std/src/rt.rs",
+            "/home/me/backtrace-tool/src/main.rs",
+            "/home/me/app/src/hashbrown-util/mod.rs",
+            "/home/me/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/backtrace-ext-0.2.1/src/lib.rs",
+            "/home/me/hashbrown-2/main.rs",
         ] {
             assert!(!is_machinery_file(file), "{file}");
         }
