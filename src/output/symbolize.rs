@@ -468,17 +468,30 @@ fn resolve(addr: usize) -> Symbols {
 
 /// A symbol as linked (`bytes`, mangled or not) as (its demangled name
 /// without the trailing hash, closures in one form; the name as linked).
-/// Bytes that are not UTF-8 become U+FFFD in both.
+/// Rust names are demangled as Rust, then C++ names (`_Z…`, with their
+/// parameter types, which tell overloads apart); bytes that are not UTF-8
+/// become U+FFFD in both.
 fn names(bytes: &[u8]) -> (String, String) {
     let system_name = String::from_utf8_lossy(bytes).into_owned();
-    let name = match std::str::from_utf8(bytes)
+    let rust = std::str::from_utf8(bytes)
         .ok()
-        .and_then(|s| rustc_demangle::try_demangle(s).ok())
-    {
+        .and_then(|s| rustc_demangle::try_demangle(s).ok());
+    let name = match rust {
         Some(demangled) => normalize_closures(&format!("{demangled:#}")),
-        None => normalize_closures(&system_name),
+        None => cpp_name(bytes).unwrap_or_else(|| normalize_closures(&system_name)),
     };
     (name, system_name)
+}
+
+/// A C++ symbol (`_ZN2ns5KlassIiE6methodEi`) demangled
+/// (`ns::Klass<int>::method(int)`); `None` for anything else.
+/// cpp_demangle bounds its recursion, so a hostile name cannot overflow
+/// the stack.
+fn cpp_name(bytes: &[u8]) -> Option<String> {
+    if !bytes.starts_with(b"_Z") {
+        return None;
+    }
+    cpp_demangle::Symbol::new(bytes).ok()?.demangle().ok()
 }
 
 /// Whether a frame is allocation machinery, by its name or, when the debug
@@ -733,6 +746,20 @@ mod tests {
         Symbol, is_machinery, is_machinery_file, is_machinery_frame, is_startup,
         normalize_closures, subject_and_trait,
     };
+
+    #[test]
+    fn rust_and_cpp_names_are_demangled() {
+        let (name, system) = super::names(b"_ZN2ns5KlassIiE6methodEiPFvmEm");
+        assert_eq!(
+            name,
+            "ns::Klass<int>::method(int, void (*)(unsigned long), unsigned long)"
+        );
+        assert_eq!(system, "_ZN2ns5KlassIiE6methodEiPFvmEm");
+        let rust = super::names(b"_ZN8my_crate4work17h0123456789abcdefE").0;
+        assert_eq!(rust, "my_crate::work");
+        assert_eq!(super::names(b"c_function").0, "c_function");
+        assert_eq!(super::names(b"_Znot a symbol").0, "_Znot a symbol");
+    }
 
     #[test]
     fn subjects_and_traits_split_at_their_own_as() {
