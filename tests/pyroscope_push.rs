@@ -252,6 +252,76 @@ fn pushes_alloc_deltas_and_inuse_absolute() {
     assert_eq!(row(&inuse, "churned_between"), 0.0, "{inuse}");
 }
 
+#[inline(never)]
+fn kept_under_labels(kept: &mut Vec<Vec<u8>>) {
+    kept.push(std::hint::black_box(vec![3u8; MIB]));
+}
+
+/// Pyroscope makes each sample's labels part of a series' name and refuses
+/// a whole push for one key that is not `[A-Za-z_][A-Za-z0-9_]*`, or that
+/// is reserved or already among the push's own labels. A push carries the
+/// program's labels under keys it accepts, and leaves out those it cannot;
+/// `write_profile` keeps them as given.
+#[test]
+fn sample_labels_are_pushed_under_keys_pyroscope_accepts() {
+    let _watchdog = watchdog(
+        "sample_labels_are_pushed_under_keys_pyroscope_accepts",
+        Duration::from_secs(120),
+    );
+    heapprof::set_sample_rate(1);
+    let receiver = Receiver::start();
+    let mut kept = Vec::with_capacity(1);
+    let given = [
+        ("http.route", "/x"),
+        ("tenant-id", "acme"),
+        ("9lives", "b"),
+        ("region", "from-the-sample"),
+        ("service_name", "s"),
+        ("__name__", "n"),
+        ("http_route", "taken by http.route"),
+    ];
+    heapprof::with_labels(&given, || kept_under_labels(&mut kept));
+    let pusher = Pusher::new(receiver.url(), "labels-test")
+        .label("region", "eu-1")
+        .every(Duration::from_secs(1))
+        .start()
+        .expect("start the pusher");
+    let first = next_push(&receiver);
+    let profile = profile_of(first.push());
+    first.answer(200, "");
+    let stopping = std::thread::spawn(move || pusher.stop());
+    next_push(&receiver).answer(200, "");
+    stopping.join().unwrap();
+
+    let keys_of = |p: &Profile| -> Vec<String> {
+        let sample = p
+            .sample
+            .iter()
+            .find(|s| {
+                stack_names(p, s)
+                    .iter()
+                    .any(|f| f.contains("kept_under_labels"))
+            })
+            .expect("the sample of kept_under_labels");
+        let mut keys: Vec<String> = sample
+            .label
+            .iter()
+            .map(|l| string(p, l.key).to_owned())
+            .filter(|k| k != "thread")
+            .collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(keys_of(&profile), ["_9lives", "http_route", "tenant_id"]);
+
+    let mut written = Vec::new();
+    heapprof::write_profile(&mut written).unwrap();
+    let mut as_given: Vec<&str> = given.iter().map(|(k, _)| *k).collect();
+    as_given.sort();
+    assert_eq!(keys_of(&decode(&written)), as_given);
+    drop(kept);
+}
+
 /// Lines of `stderr` that report a failed push.
 fn push_warnings(stderr: &str) -> Vec<&str> {
     stderr

@@ -62,6 +62,27 @@ pub(crate) struct Options {
     /// frames from the binary. Stacks are then whole: trimming the
     /// allocation machinery and the start-up frames needs their names.
     pub addresses_only: bool,
+    /// For a server that makes each sample's labels part of a series' name
+    /// (Pyroscope, which refuses a whole profile over one key it does not
+    /// accept): keys as [`series_key`] rewrites them, and a label left out
+    /// when its key is one of these (the series' own labels), or one an
+    /// earlier label of the sample took. `None`: labels as given.
+    pub series_label_keys: Option<Vec<String>>,
+}
+
+/// `key` as a series label name, `[A-Za-z_][A-Za-z0-9_]*` (Prometheus's,
+/// which Pyroscope checks): any other character becomes `_`, and a leading
+/// digit gets a `_` before it. `None` for names such a server keeps for
+/// itself: `service_name` and those starting with `__`.
+pub(crate) fn series_key(key: &str) -> Option<String> {
+    let mut name: String = key
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+        name.insert(0, '_');
+    }
+    (name != "service_name" && !name.starts_with("__")).then_some(name)
 }
 
 impl Options {
@@ -80,6 +101,7 @@ impl Options {
             )],
             duration: None,
             addresses_only: false,
+            series_label_keys: None,
         }
     }
 }
@@ -175,6 +197,7 @@ fn build_here(sites: &[SiteCopy], rate: usize, options: Options) -> proto::Profi
         functions: HashMap::new(),
         locations: HashMap::new(),
         labels: HashMap::new(),
+        series_label_keys: options.series_label_keys.clone(),
         mappings: mappings::current(),
         profile: proto::Profile::default(),
         resolved,
@@ -299,6 +322,8 @@ struct Builder {
     locations: HashMap<Shown, u64>,
     /// A label set's labels as samples carry them.
     labels: HashMap<LabelSetId, Vec<proto::Label>>,
+    /// [`Options::series_label_keys`].
+    series_label_keys: Option<Vec<String>>,
     mappings: Vec<Mapping>,
     profile: proto::Profile,
     resolved: HashMap<usize, Symbols>,
@@ -393,9 +418,25 @@ impl Builder {
         if let Some(labels) = self.labels.get(&set) {
             return labels.clone();
         }
-        let labels: Vec<proto::Label> = labels::table::get(set)
+        let mut pairs: Vec<(std::borrow::Cow<'_, str>, &str)> = labels::table::get(set)
             .iter()
-            .map(|&(key, value)| proto::Label {
+            .map(|&(key, value)| (key.into(), value))
+            .collect();
+        if let Some(taken) = &self.series_label_keys {
+            let mut kept: Vec<(std::borrow::Cow<'_, str>, &str)> = Vec::new();
+            for (key, value) in pairs {
+                let Some(key) = series_key(&key) else {
+                    continue;
+                };
+                if !taken.contains(&key) && !kept.iter().any(|(k, _)| *k == key) {
+                    kept.push((key.into(), value));
+                }
+            }
+            pairs = kept;
+        }
+        let labels: Vec<proto::Label> = pairs
+            .iter()
+            .map(|(key, value)| proto::Label {
                 key: self.strings.get(key),
                 str: self.strings.get(value),
                 ..Default::default()

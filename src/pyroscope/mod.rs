@@ -36,7 +36,14 @@
 //! `multipart/form-data` field `profile`. Its alloc values are what was
 //! allocated since the previous successful push and its inuse values what
 //! is live at the push (as godeltaprof's `delta_heap`), so Pyroscope's sums
-//! of allocations over time count each one once.
+//! of allocations over time count each one once. Pyroscope makes each
+//! sample's labels ([`with_labels`](crate::with_labels), the `thread`
+//! label) part of a series' name and refuses a whole push over one key
+//! that is not `[A-Za-z_][A-Za-z0-9_]*`, so a push carries them with every
+//! other character as `_` (`http.route` as `http_route`, `tenant-id` as
+//! `tenant_id`), and leaves out a label whose key is then `service_name`,
+//! starts with `__`, is one of the pusher's own labels, or is an earlier
+//! label's. Profiles written or served keep the keys as given.
 //!
 //! What it costs the program: one thread (no name, a
 //! [`THREAD_STACK_BYTES`] stack) that is inside the profiler for good, so
@@ -465,10 +472,23 @@ impl Client {
     fn push(&self, settings: &Pusher, since: &Mark) -> Result<Mark, String> {
         let now = Mark::now();
         let mut profile = Vec::new();
+        // Pyroscope makes each sample's labels part of a series' name, and
+        // refuses the whole profile for one key it does not accept or one
+        // the push's own labels have.
+        let options = pprof::Options {
+            series_label_keys: Some(
+                settings
+                    .labels
+                    .iter()
+                    .filter_map(|(key, _)| pprof::series_key(key))
+                    .collect(),
+            ),
+            ..pprof::Options::default()
+        };
         output::write(
             output::alloc_delta(&now, Some(since)),
             Format::Pprof,
-            pprof::Options::default(),
+            options,
             &mut profile,
         )
         .map_err(|e| format!("could not build the profile: {e}"))?;

@@ -233,6 +233,7 @@ fn options_set_the_default_type_the_comments_and_the_span() {
         comments: vec!["first note".to_owned()],
         duration: Some(Duration::from_millis(30_500)),
         addresses_only: false,
+        series_label_keys: None,
     };
     let p = build(&sites(), 512 * 1024, options);
     assert_eq!(string(&p, p.default_sample_type), "alloc_space");
