@@ -104,8 +104,7 @@ fn expand(path: &Path) -> PathBuf {
 /// else from `argv[0]`, else `unknown`.
 fn exe_name() -> OsString {
     let name = |p: &Path| p.file_name().map(OsStr::to_owned);
-    std::env::current_exe()
-        .ok()
+    crate::support::mappings::executable_path()
         .and_then(|p| name(&p))
         .or_else(|| std::env::args_os().next().and_then(|a| name(Path::new(&a))))
         .unwrap_or_else(|| "unknown".into())

@@ -498,21 +498,25 @@ fn cpp_name(bytes: &[u8]) -> Option<String> {
 /// info only has short names (`debug = "line-tables-only"` gives `reserve`
 /// rather than `alloc::raw_vec::RawVec<T>::reserve`), by its source file.
 ///
-/// A standard trait implemented on a standard type is named alike whoever
-/// wrote the impl under v0 mangling (`<alloc::vec::Vec<u8> as
-/// core::convert::From<&my::Record>>::from` is the program's own impl), so
-/// for those names a source file outside the allocation path keeps the
-/// frame.
+/// A full path names its function surely, while its file can be another
+/// function's (a binary whose split debug info, `.dwp` or `.dwo`, is
+/// missing knows what was inlined only by line: the program's function
+/// gets the file of heapprof's code inlined into it), so the file decides
+/// for a full path only where the name cannot: a standard trait
+/// implemented on a standard type is named alike whoever wrote the impl
+/// under v0 mangling (`<alloc::vec::Vec<u8> as
+/// core::convert::From<&my::Record>>::from` is the program's own impl).
 pub(crate) fn is_machinery_frame(frame: &Symbol) -> bool {
-    if is_machinery_file(&frame.file) {
-        return true;
+    let by_file = !frame.file.is_empty() && is_machinery_file(&frame.file);
+    if !frame.name.contains("::") {
+        return by_file || is_machinery(&frame.name);
     }
     if !is_machinery(&frame.name) {
         return false;
     }
     let (subject, implemented) = subject_and_trait(&frame.name);
     let anyones = implemented.is_some() && !subject.starts_with("heapprof::");
-    !anyones || frame.file.is_empty()
+    !anyones || frame.file.is_empty() || by_file
 }
 
 /// Source files of the allocation path: the standard library's `alloc` and
@@ -1092,6 +1096,20 @@ mod tests {
         assert!(is_machinery_frame(&frame(
             "heapprof::record::alloc",
             "/remapped/record/mod.rs"
+        )));
+        let own = "<heapprof::Profiler<A> as core::alloc::global::GlobalAlloc>::alloc";
+        assert!(is_machinery_frame(&frame(own, "/remapped/lib.rs")));
+        // Split debug info left behind: the program's function with the
+        // file of what was inlined into it.
+        let own_file = concat!(env!("CARGO_MANIFEST_DIR"), "/src/fast.rs");
+        assert!(!is_machinery_frame(&frame("my::beta_pages", own_file)));
+        assert!(is_machinery_frame(&frame(
+            "reserve",
+            "/rustc/x/library/alloc/src/raw_vec.rs"
+        )));
+        assert!(!is_machinery_frame(&frame(
+            "reserve",
+            "/work/my/src/lib.rs"
         )));
     }
 

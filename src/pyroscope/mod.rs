@@ -661,8 +661,7 @@ pub(crate) fn start_from_env() {
 /// `HEAPPROF_PYROSCOPE_NAME` is unset: letters, digits and `_ . - /` kept,
 /// anything else made `_`.
 fn exe_name() -> String {
-    let name = std::env::current_exe()
-        .ok()
+    let name = crate::support::mappings::executable_path()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_default();
     let name: String = name

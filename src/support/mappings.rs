@@ -37,6 +37,40 @@ pub(crate) struct Mapping {
     /// The object was loaded when heapprof started ([`note_first_objects`]),
     /// and is taken to stay loaded.
     pub loaded_at_start: bool,
+    /// The mapping is the executable's: its file is opened as
+    /// `/proc/self/exe` ([`Mapping::open`]).
+    pub executable: bool,
+}
+
+impl Mapping {
+    /// Opens the object's file: the executable through `/proc/self/exe`,
+    /// which is the file the process runs even when that path now names
+    /// another (a deploy replaced it) or none (it was deleted).
+    pub(crate) fn open(&self) -> std::io::Result<std::fs::File> {
+        if self.executable {
+            std::fs::File::open("/proc/self/exe")
+        } else {
+            std::fs::File::open(&self.path)
+        }
+    }
+}
+
+/// What Linux appends to the path of a running file that was deleted or
+/// replaced.
+const DELETED: &[u8] = b" (deleted)";
+
+/// The executable's path (`/proc/self/exe`'s target), without the
+/// `" (deleted)"` Linux appends once a deploy has deleted or replaced the
+/// file: profiles, dump names and the Pyroscope name stay the program's
+/// (as Go's profiles do).
+pub(crate) fn executable_path() -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::env::current_exe().ok()?;
+    let bytes = path.as_os_str().as_bytes();
+    Some(match bytes.strip_suffix(DELETED) {
+        Some(kept) => std::ffi::OsStr::from_bytes(kept).into(),
+        None => path,
+    })
 }
 
 /// The objects loaded at heapprof's first allocation, as their load
@@ -142,14 +176,15 @@ pub(crate) fn program_headers(info: &libc::dl_phdr_info) -> &[libc::Elf64_Phdr] 
 pub(crate) fn current() -> Vec<Mapping> {
     let mut found: Vec<(bool, Mapping)> = Vec::new();
     each_object(&mut |info| collect(info, &mut found));
-    let exe = std::env::current_exe()
+    let exe = executable_path()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
     let mut mappings: Vec<(bool, Mapping)> = found
         .into_iter()
         .map(|(is_main, mut m)| {
             if is_main {
-                m.path = exe.clone();
+                m.path = exe.to_owned();
+                m.executable = true;
             }
             (is_main, m)
         })
@@ -217,6 +252,7 @@ fn collect(info: &libc::dl_phdr_info, found: &mut Vec<(bool, Mapping)>) {
                     build_id: build_id.clone(),
                     base: info.dlpi_addr,
                     loaded_at_start,
+                    executable: false,
                 },
             ));
         }

@@ -778,7 +778,7 @@ pub(super) fn resolve(
     index: Option<&mut Option<UnitIndex>>,
 ) -> Option<Found> {
     let first = object.mappings.first()?;
-    let file = File::open(&first.path).ok()?;
+    let file = first.open().ok()?;
     let identity = FileIdentity::of(&file)?;
     let map = Mapped::new(&file)?;
     let data = map.bytes();

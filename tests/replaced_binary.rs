@@ -1,0 +1,94 @@
+//! A deploy that replaces (or deletes) a running program's executable does
+//! not take its names away: heapprof reads the file the process runs, not
+//! the one now at its path, and names the executable by its path without
+//! the `" (deleted)"` Linux appends.
+//!
+//! The test binary copies itself to a directory of its own and runs the
+//! copy at rate 1; the copy replaces its own file with other bytes before
+//! it allocates and writes its first profile.
+
+use heapprof_testkit::child::{CHILD_VAR, is_child};
+use heapprof_testkit::profile::{INUSE_SPACE, decode, flat, string};
+use heapprof_testkit::watchdog::watchdog;
+use std::hint::black_box;
+use std::process::Command;
+use std::time::Duration;
+
+#[global_allocator]
+static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+
+const BLOCKS: usize = 64;
+const BLOCK: usize = 4096;
+
+#[inline(never)]
+fn held_after_the_deploy() -> Vec<Vec<u8>> {
+    (0..BLOCKS).map(|_| black_box(vec![5u8; BLOCK])).collect()
+}
+
+/// The copy: replaces its own executable, then profiles.
+#[test]
+fn child_replaces_its_executable() {
+    if !is_child() {
+        return;
+    }
+    assert_eq!(heapprof::sample_rate(), 1);
+    let exe = std::env::current_exe().unwrap();
+    std::fs::remove_file(&exe).unwrap();
+    std::fs::write(&exe, b"#!/bin/sh\necho not the program\n").unwrap();
+    assert!(
+        std::env::current_exe()
+            .unwrap()
+            .to_string_lossy()
+            .ends_with(" (deleted)"),
+        "Linux marks the running file as deleted"
+    );
+
+    let held = held_after_the_deploy();
+    // The blocks and the outer Vec's 24-byte elements.
+    let expected = (BLOCKS * (BLOCK + 24)) as i64;
+    assert_eq!(
+        heapprof::snapshot().inuse_bytes_in("held_after_the_deploy"),
+        expected,
+        "the function is named from the file the process runs"
+    );
+    let mut gz = Vec::new();
+    heapprof::write_profile(&mut gz).unwrap();
+    let p = decode(&gz);
+    assert_eq!(flat(&p, "held_after_the_deploy", INUSE_SPACE), expected);
+    let main = &p.mapping[0];
+    assert_eq!(string(&p, main.filename), exe.to_str().unwrap());
+    drop(held);
+}
+
+#[test]
+fn a_replaced_executable_keeps_its_names() {
+    if is_child() {
+        return;
+    }
+    let _watchdog = watchdog("replaced binary", Duration::from_secs(120));
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("replaced-binary-copy");
+    std::fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
+    let out = Command::new(&copy)
+        .args([
+            "--exact",
+            "child_replaces_its_executable",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_VAR, "1")
+        .env("HEAPPROF_SAMPLE_RATE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+        "the child ran its test: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
