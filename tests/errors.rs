@@ -52,6 +52,57 @@ fn failing_writer_gets_err_and_the_next_write_works() {
     drop(keep);
 }
 
+/// A writer that panics once `budget` bytes are written, and at every
+/// call after.
+struct PanickingWriter {
+    budget: usize,
+}
+
+impl Write for PanickingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.budget == 0 {
+            panic!("the writer panics (test)");
+        }
+        let n = buf.len().min(self.budget);
+        self.budget -= n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A writer's panic reaches the caller as one panic, which it can catch:
+/// the gzip encoder writing the rest of the stream as it is dropped does
+/// not call the writer again (a second panic would abort the process),
+/// wherever the first one came (the first write, mid-way, the trailer).
+#[test]
+fn a_panicking_writer_panics_once_and_the_next_write_works() {
+    let keep: Vec<Vec<u8>> = (0..1000).map(|_| vec![0u8; 1000]).collect();
+    let mut whole = Vec::new();
+    heapprof::write_profile(&mut whole).unwrap();
+    for budget in [0, 10, 1000, whole.len().saturating_sub(4)] {
+        let caught = std::panic::catch_unwind(|| {
+            let _ = heapprof::write_profile(PanickingWriter { budget });
+        });
+        assert!(
+            caught.is_err(),
+            "budget {budget}: the panic reaches the caller"
+        );
+        let caught = std::panic::catch_unwind(|| {
+            let s = heapprof::snapshot();
+            let _ = s.write_pprof(PanickingWriter { budget });
+        });
+        assert!(
+            caught.is_err(),
+            "budget {budget}: the panic reaches the caller"
+        );
+    }
+    let p = take_profile();
+    assert!(!p.sample.is_empty());
+    drop(keep);
+}
+
 /// A writer that is interrupted once (as a pipe or socket write is when a
 /// signal arrives), at its `at`-th call of `write` or `flush`, and short:
 /// it takes at most 100 bytes a call.

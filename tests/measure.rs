@@ -416,6 +416,50 @@ fn assert_no_leak_needs_an_iteration() {
     assert!(msg.contains("iterations is 0"), "{msg}");
 }
 
+/// What the check in [`CheckedAtExit`]'s destructor found: `Some(None)`
+/// passed, `Some(Some(message))` failed.
+static AT_EXIT: Mutex<Option<Option<String>>> = Mutex::new(None);
+
+/// A thread-local whose destructor runs an `assert_no_leak` of calls that
+/// leak nothing.
+struct CheckedAtExit;
+
+impl Drop for CheckedAtExit {
+    fn drop(&mut self) {
+        let outcome = catch_unwind(|| {
+            heapprof::assert_no_leak(1, 10, || black_box(vec![0u8; 64]));
+        });
+        let message = outcome.err().map(|e| {
+            e.downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_else(|| "a panic".into())
+        });
+        *AT_EXIT.lock().unwrap() = Some(message);
+    }
+}
+
+std::thread_local! {
+    static CHECKED_AT_EXIT: CheckedAtExit = const { CheckedAtExit };
+}
+
+/// A thread-local touched before the thread's first allocation has its
+/// destructor run after heapprof has let the thread go (destructors run
+/// last registered first); a leak check there sees every block its calls
+/// allocate, as it sees every free.
+#[test]
+fn a_leak_check_in_a_thread_local_destructor_is_right() {
+    std::thread::spawn(|| {
+        CHECKED_AT_EXIT.with(|_| ());
+        // The thread's first allocation: heapprof takes the thread in,
+        // and will let it go before the destructor above runs.
+        drop(black_box(vec![1u8; 10]));
+    })
+    .join()
+    .unwrap();
+    let outcome = AT_EXIT.lock().unwrap().take();
+    assert_eq!(outcome, Some(None), "the check at the thread's exit");
+}
+
 /// Blocks another thread allocated, for a handler to drop.
 fn blocks_from_another_thread(n: usize, size: usize) -> std::sync::mpsc::Receiver<Vec<u8>> {
     let (send, receive) = std::sync::mpsc::sync_channel(n);

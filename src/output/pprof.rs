@@ -150,35 +150,59 @@ pub(crate) fn with_build_stack<R>(f: impl FnOnce() -> R) -> R {
 pub(crate) fn encode<W: Write>(profile: &proto::Profile, w: W) -> io::Result<()> {
     with_build_stack(|| {
         let bytes = profile.encode_to_vec();
-        let mut gz = GzEncoder::new(Retrying(w), Compression::default());
+        let mut gz = GzEncoder::new(Retrying::new(w), Compression::default());
         gz.write_all(&bytes)?;
         gz.finish()?.flush()
     })
 }
 
-/// A writer that tries again when `W` is interrupted (`EINTR`: a signal
-/// arrived while a pipe or socket write waited). The gzip encoder passes
-/// `Interrupted` up from its final writes instead of trying again, which
-/// would fail a profile over a signal.
-struct Retrying<W>(W);
+/// The program's writer as the gzip encoder sees it:
+/// * tried again when interrupted (`EINTR`: a signal arrived while a pipe
+///   or socket write waited): the encoder passes `Interrupted` up from its
+///   final writes instead of trying again, which would fail a profile over
+///   a signal;
+/// * not called again once a call panicked: the encoder's `Drop` writes
+///   the rest of the stream while the panic unwinds, and a second panic
+///   there would abort the process, where one is the caller's to catch.
+struct Retrying<W> {
+    inner: W,
+    /// A call into `inner` began and has not returned.
+    in_call: bool,
+}
 
-impl<W: Write> Write for Retrying<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        loop {
-            match self.0.write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                done => return done,
-            }
+impl<W: Write> Retrying<W> {
+    fn new(inner: W) -> Retrying<W> {
+        Retrying {
+            inner,
+            in_call: false,
         }
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        loop {
-            match self.0.flush() {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                done => return done,
-            }
+    /// Calls `f` on the writer until it is not interrupted; an error,
+    /// without calling, once a call panicked.
+    fn call<R>(&mut self, mut f: impl FnMut(&mut W) -> io::Result<R>) -> io::Result<R> {
+        if self.in_call {
+            return Err(io::Error::other("the writer panicked"));
         }
+        self.in_call = true;
+        let done = loop {
+            match f(&mut self.inner) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                done => break done,
+            }
+        };
+        self.in_call = false;
+        done
+    }
+}
+
+impl<W: Write> Write for Retrying<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.call(|w| w.write(buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.call(|w| w.flush())
     }
 }
 

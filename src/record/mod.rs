@@ -77,6 +77,7 @@ pub(crate) fn alloc<A: Allocator>(layout: Layout, zeroed: bool, inner: &A) -> *m
             crate::process::on_failed_alloc(layout.size());
         } else {
             note_live();
+            track_alloc(ptr);
         }
         return ptr;
     }
