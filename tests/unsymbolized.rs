@@ -158,6 +158,11 @@ fn symbolize_off_writes_addresses_that_pprof_names_from_the_binary() {
         top.contains("keep_unsymbolized_strings"),
         "pprof names the frames from the binary:\n{top}"
     );
+    // Stacks start where the program entered heapprof: the frames of its
+    // slow path (the sample's record, the unwinder) are in none.
+    for own in ["capture", "alloc_sampled", "walk_frame_pointers"] {
+        assert!(!top.contains(own), "{own} in a stack:\n{top}");
+    }
 }
 
 fn child_query() {

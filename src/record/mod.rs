@@ -89,7 +89,7 @@ pub(crate) fn alloc<A: Allocator>(layout: Layout, zeroed: bool, inner: &A) -> *m
         crate::process::on_first_allocation();
     }
     let ptr = match countdown::expired(layout.size()) {
-        Some(weight) => alloc_sampled(inner, layout, zeroed, weight),
+        Some(weight) => alloc_sampled(inner, layout, zeroed, weight, stack::Entered::here()),
         // SAFETY: forwarded with the caller's layout (non-zero size per the
         // GlobalAlloc contract).
         None => unsafe { alloc_plain(inner, layout, zeroed) },
@@ -192,7 +192,13 @@ unsafe fn alloc_plain<A: Allocator>(inner: &A, layout: Layout, zeroed: bool) -> 
 /// A sampled allocation of `layout` standing for `weight` allocations:
 /// obtains a block and records it, inside the guard. Null if memory is
 /// exhausted (nothing is recorded then).
-fn alloc_sampled<A: Allocator>(inner: &A, layout: Layout, zeroed: bool, weight: f64) -> *mut u8 {
+fn alloc_sampled<A: Allocator>(
+    inner: &A,
+    layout: Layout,
+    zeroed: bool,
+    weight: f64,
+    entered: stack::Entered,
+) -> *mut u8 {
     let _inside = reentry::Inside::enter();
     let wants_page = blocks::page_aligns(layout, sample::rate());
     // SAFETY: `layout` has a non-zero size, per `GlobalAlloc::alloc`.
@@ -205,6 +211,7 @@ fn alloc_sampled<A: Allocator>(inner: &A, layout: Layout, zeroed: bool, weight: 
         weight,
         page_aligned: block.page_aligned,
         owner: inner.owner(),
+        entered,
     };
     // A block that fell back to the program's layout cannot have the entry
     // a page-aligned sample would: it is counted but not tracked.
@@ -286,6 +293,8 @@ struct Sample {
     page_aligned: bool,
     /// The allocator it came from (`spare::owner`).
     owner: usize,
+    /// Where the program entered heapprof: the stack starts there.
+    entered: stack::Entered,
 }
 
 /// Records a sample: its stack, its site's counts, and, if `trackable`,
@@ -305,7 +314,7 @@ fn record(s: Sample, trackable: bool) -> bool {
     let left = stack::left().unwrap_or(usize::MAX);
     let roomy = left >= stack::STACK_TO_GROW;
     let site = if left >= stack::STACK_TO_UNWIND {
-        let stack = stack::capture();
+        let stack = stack::capture(s.entered);
         let frames = stack.frames();
         let labels = crate::labels::for_sample();
         sites::record_alloc(frames, stack::hash(frames), labels, s.size, s.weight)

@@ -4,7 +4,7 @@ use std::alloc::Layout;
 
 use super::{
     Allocator, Entry, Sample, alloc_plain, alloc_sampled, blocks, countdown, credit_free, record,
-    uncount_realloc,
+    stack, uncount_realloc,
 };
 use crate::sample;
 use crate::support::{lock, reentry, registry};
@@ -30,8 +30,9 @@ pub(crate) unsafe fn realloc<A: Allocator>(
     maybe_sampled: bool,
     inner: &A,
 ) -> *mut u8 {
+    let entered = stack::Entered::here();
     // SAFETY: the caller's contract, unchanged.
-    let new_ptr = unsafe { realloc_counted(ptr, layout, new_size, maybe_sampled, inner) };
+    let new_ptr = unsafe { realloc_counted(ptr, layout, new_size, maybe_sampled, inner, entered) };
     if !new_ptr.is_null() {
         // Counted as the free of the old block, then the allocation of the
         // new one.
@@ -57,6 +58,7 @@ unsafe fn realloc_counted<A: Allocator>(
     new_size: usize,
     maybe_sampled: bool,
     inner: &A,
+    entered: stack::Entered,
 ) -> *mut u8 {
     // SAFETY: `new_size` is non-zero and does not overflow when rounded to
     // `layout.align()`, per `realloc`'s contract.
@@ -68,7 +70,7 @@ unsafe fn realloc_counted<A: Allocator>(
         // stopped before it charged the new block to the countdown.
         countdown::charge_unsampled(new_size);
         // SAFETY: the caller's contract, unchanged.
-        return unsafe { realloc_by_moving(ptr, layout, new_layout, None, inner) };
+        return unsafe { realloc_by_moving(ptr, layout, new_layout, None, inner, entered) };
     }
     let old = if maybe_sampled && blocks::may_be_live(ptr) {
         let _inside = reentry::Inside::enter();
@@ -80,7 +82,7 @@ unsafe fn realloc_counted<A: Allocator>(
     let new_page_aligned = weight.is_some() && blocks::page_aligns(new_layout, sample::rate());
     if old.is_some_and(|e| e.page_aligned) || new_page_aligned {
         // SAFETY: the caller's contract, unchanged.
-        return unsafe { realloc_by_moving(ptr, layout, new_layout, weight, inner) };
+        return unsafe { realloc_by_moving(ptr, layout, new_layout, weight, inner, entered) };
     }
     // The block keeps the program's layout: resize it where it is.
     if old.is_none() && weight.is_none() {
@@ -92,7 +94,7 @@ unsafe fn realloc_counted<A: Allocator>(
         return new_ptr;
     }
     // SAFETY: the caller's contract, unchanged; `old` is `ptr`'s entry.
-    unsafe { realloc_tracked(ptr, layout, new_size, old, weight, inner) }
+    unsafe { realloc_tracked(ptr, layout, new_size, old, weight, inner, entered) }
 }
 
 /// The weight of a realloc's new block if it is a sample. If the free
@@ -121,6 +123,7 @@ unsafe fn realloc_tracked<A: Allocator>(
     old: Option<Entry>,
     weight: Option<f64>,
     inner: &A,
+    entered: stack::Entered,
 ) -> *mut u8 {
     // The old entry leaves the set first: once the inner allocator has
     // freed the old address, another thread may be handed it and sample it.
@@ -155,6 +158,7 @@ unsafe fn realloc_tracked<A: Allocator>(
                     weight: w,
                     page_aligned: false,
                     owner: inner.owner(),
+                    entered,
                 };
                 record(sample, true);
             }
@@ -179,9 +183,10 @@ unsafe fn realloc_by_moving<A: Allocator>(
     new_layout: Layout,
     weight: Option<f64>,
     inner: &A,
+    entered: stack::Entered,
 ) -> *mut u8 {
     let new_ptr = match weight {
-        Some(w) => alloc_sampled(inner, new_layout, false, w),
+        Some(w) => alloc_sampled(inner, new_layout, false, w, entered),
         // SAFETY: non-zero size per the contract.
         None => unsafe { alloc_plain(inner, new_layout, false) },
     };

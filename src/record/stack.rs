@@ -71,17 +71,54 @@ use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
 /// are truncated at the root end, their last frame replaced by [`CUT`].
 pub(crate) const MAX_FRAMES: usize = 64;
 
+/// Where the program entered heapprof's slow path: a stack address in the
+/// frame of the first function an allocation calls out of line
+/// ([`Entered::here`]). A walk leaves out the return addresses into that
+/// function and into the ones it calls, heapprof's own, so a stack starts
+/// at the allocator's entry point (`__rust_alloc`, where the fast path is
+/// inlined) in every profile, named or not (`HEAPPROF_SYMBOLIZE=off`
+/// leaves the names to a server, which cannot tell heapprof's frames from
+/// the program's), and they take none of the [`MAX_FRAMES`].
+///
+/// A return address is heapprof's when the frame of the function it
+/// returns from (that frame ends at the function's canonical frame
+/// address, the stack pointer before its call) lies at or below the mark:
+/// the stack grows down, so those are the marked function's callees, and
+/// the return address from the marked function itself is the first one
+/// kept. Only the leading run of such frames goes: a stack that crosses to
+/// another stack (a signal handler's) later is compared no further.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Entered(usize);
+
+impl Entered {
+    /// Keeps every frame: for walks that are compared with each other.
+    pub(crate) const NONE: Entered = Entered(0);
+
+    /// The mark, in the frame of the function this is inlined into.
+    #[inline(always)]
+    pub(crate) fn here() -> Entered {
+        let marker = 0u8;
+        Entered(std::hint::black_box(&marker) as *const u8 as usize)
+    }
+}
+
 /// A captured stack: return addresses, leaf first.
 pub(crate) struct Stack {
     frames: [usize; MAX_FRAMES],
     len: usize,
+    /// The frames to leave out ([`Entered`]).
+    entered: usize,
+    /// A frame has been kept: every later one is.
+    reached: bool,
 }
 
 impl Stack {
-    const fn empty() -> Stack {
+    const fn empty(entered: Entered) -> Stack {
         Stack {
             frames: [0; MAX_FRAMES],
             len: 0,
+            entered: entered.0,
+            reached: entered.0 == 0,
         }
     }
 
@@ -89,8 +126,17 @@ impl Stack {
         &self.frames[..self.len]
     }
 
-    /// Appends `ip`; false when the stack is full.
-    fn push(&mut self, ip: usize) -> bool {
+    /// Appends return address `ip`, which the function whose frame ends at
+    /// `callee_cfa` returns to (0 for a walk's first address, the walk's
+    /// own), unless it is heapprof's own ([`Entered`]); false when the
+    /// stack is full.
+    fn push(&mut self, ip: usize, callee_cfa: usize) -> bool {
+        if !self.reached {
+            if callee_cfa <= self.entered {
+                return true;
+            }
+            self.reached = true;
+        }
         self.frames[self.len] = ip;
         self.len += 1;
         self.len < MAX_FRAMES
@@ -146,16 +192,15 @@ const ROOT_FRAMES: usize = 4;
 static CODE_START: AtomicUsize = AtomicUsize::new(0);
 static CODE_END: AtomicUsize = AtomicUsize::new(0);
 
-/// Captures the calling thread's stack; one cut at [`MAX_FRAMES`] ends in
-/// [`CUT`].
+/// Captures the calling thread's stack from where the program `entered`
+/// heapprof; one cut at [`MAX_FRAMES`] ends in [`CUT`].
 ///
-/// The first frames are the profiler's own (this function, the slow path,
-/// the `GlobalAlloc` impl) and the allocation machinery; they are trimmed
-/// at write time by name, which is robust to inlining, rather than here by
-/// a fixed count, which is not.
+/// Its first frames are the allocator's entry point and the standard
+/// library's allocation machinery; they are trimmed at write time by name,
+/// which is robust to inlining.
 #[inline(never)]
-pub(crate) fn capture() -> Stack {
-    let mut stack = walk();
+pub(crate) fn capture(entered: Entered) -> Stack {
+    let mut stack = walk(entered);
     if stack.len == MAX_FRAMES {
         stack.frames[MAX_FRAMES - 1] = CUT;
     }
@@ -164,20 +209,20 @@ pub(crate) fn capture() -> Stack {
 
 /// The walk of [`capture`], with the unwinder the process uses.
 #[inline(always)]
-fn walk() -> Stack {
+fn walk(entered: Entered) -> Stack {
     let mode = match MODE.load(Relaxed) {
         UNDECIDED => decide(),
         m => m,
     };
     if mode == USE_DWARF {
-        return capture_dwarf();
+        return capture_dwarf(entered);
     }
-    match walk_frame_pointers() {
+    match walk_frame_pointers(entered) {
         Walk::Whole(fp) => {
             let n = SAMPLES.fetch_add(1, Relaxed);
             if mode == USE_FP_FORCED
                 || (n >= RECHECK_FIRST && n % RECHECK_EVERY != RECHECK_EVERY - 1)
-                || agrees(&fp, &capture_dwarf())
+                || agrees(&fp, &capture_dwarf(entered))
             {
                 return fp;
             }
@@ -185,10 +230,10 @@ fn walk() -> Stack {
             crate::config::report::warn(format_args!(
                 "heapprof: a frame-pointer stack disagreed with the DWARF unwinder (code without frame pointers in the program?); using DWARF from now on"
             ));
-            capture_dwarf()
+            capture_dwarf(entered)
         }
         Walk::LeftModule { partial, record } => {
-            let dwarf = capture_dwarf();
+            let dwarf = capture_dwarf(entered);
             if agrees(&partial, &dwarf) {
                 // The walk ended where DWARF finds only start-up frames
                 // left: this thread's root.
@@ -196,7 +241,7 @@ fn walk() -> Stack {
             }
             dwarf
         }
-        Walk::Broken => capture_dwarf(),
+        Walk::Broken => capture_dwarf(entered),
     }
 }
 
@@ -205,7 +250,7 @@ fn walk() -> Stack {
 #[cfg(feature = "bench-internals")]
 pub(crate) fn capture_for_bench() -> usize {
     let _inside = crate::support::reentry::Inside::enter();
-    capture().frames().len()
+    capture(Entered::here()).frames().len()
 }
 
 /// The unwinder in use, for the profile's comments.
@@ -249,7 +294,7 @@ fn decide() -> u8 {
     // which takes about 3 KiB more stack than later walks: paid here, on
     // the thread that allocates first, rather than by a first sample on a
     // thread with little stack to spare.
-    std::hint::black_box(capture_libgcc());
+    std::hint::black_box(capture_libgcc(Entered::NONE));
     let mode = if wanted == Unwinder::Dwarf {
         USE_DWARF
     } else if !own_code_keeps_frame_pointers() {
@@ -316,13 +361,14 @@ fn agrees(fp: &Stack, dwarf: &Stack) -> bool {
 /// The stack from DWARF unwind tables: with the cached rules where they
 /// vouch for every frame (`rules.rs`), checked against libgcc's walk every
 /// [`RECHECK_EVERY`]th stack, and from libgcc otherwise.
-fn capture_dwarf() -> Stack {
+fn capture_dwarf(entered: Entered) -> Stack {
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     if let Some(bounds) = crate::thread::with(|l| bounds(&l.stack))
-        && let Some(cached) = rules::capture(bounds)
+        && let Some(cached) = rules::capture(bounds, entered)
     {
         let n = CACHED_SAMPLES.fetch_add(1, Relaxed);
-        if n % RECHECK_EVERY != RECHECK_EVERY - 1 || same_caller_frames(&cached, &capture_libgcc())
+        if n % RECHECK_EVERY != RECHECK_EVERY - 1
+            || same_caller_frames(&cached, &capture_libgcc(entered))
         {
             return cached;
         }
@@ -331,7 +377,7 @@ fn capture_dwarf() -> Stack {
             "heapprof: the cached DWARF unwinder disagreed with libgcc's; using libgcc's from now on"
         ));
     }
-    capture_libgcc()
+    capture_libgcc(entered)
 }
 
 /// Stacks the cached unwinder gave, for its periodic check.
@@ -361,8 +407,8 @@ fn same_caller_frames(cached: &Stack, libgcc: &Stack) -> bool {
         && (theirs.len() == callers.len() || full(cached) || full(libgcc))
 }
 
-fn capture_libgcc() -> Stack {
-    let mut stack = Stack::empty();
+fn capture_libgcc(entered: Entered) -> Stack {
+    let mut stack = Stack::empty(entered);
     // SAFETY: `trace_unsynchronized` is unsafe only because it skips the
     // crate's global lock. On Linux it calls libgcc's `_Unwind_Backtrace`,
     // which is safe to run concurrently on many threads; skipping the lock
@@ -372,7 +418,9 @@ fn capture_libgcc() -> Stack {
     unsafe {
         backtrace::trace_unsynchronized(|frame| {
             let ip = frame.ip() as usize;
-            ip != 0 && stack.push(ip)
+            // libgcc's `_Unwind_GetCFA`, which it computed unwinding the
+            // frame before: that of the function returning to `ip`.
+            ip != 0 && stack.push(ip, frame.sp() as usize)
         });
     }
     stack
@@ -398,10 +446,10 @@ enum Walk {
 /// Walks the frame-pointer chain from this function's caller, under rules
 /// 2 and 3 of the module comment.
 #[inline(never)]
-fn walk_frame_pointers() -> Walk {
+fn walk_frame_pointers(entered: Entered) -> Walk {
     #[cfg(target_arch = "x86_64")]
     {
-        let mut stack = Stack::empty();
+        let mut stack = Stack::empty(entered);
         let (code_start, code_end) = (CODE_START.load(Relaxed), CODE_END.load(Relaxed));
         let Some(((lo, hi), root)) =
             crate::thread::with(|l| (bounds(&l.stack), l.stack.root.get()))
@@ -430,7 +478,9 @@ fn walk_frame_pointers() -> Walk {
             if ret == 0 {
                 return Walk::Broken;
             }
-            let more = stack.push(ret);
+            // The record's function returns to `ret`; its frame ends just
+            // above the record.
+            let more = stack.push(ret, fp + 16);
             if !(code_start..code_end).contains(&ret) {
                 if (fp, ret) == root {
                     return Walk::Whole(stack);

@@ -261,8 +261,8 @@ unsafe fn realloc(inner: &Inner<'_>, ptr: *mut u8, layout: Layout, new_size: usi
 /// DWARF and learns where the thread's stack ends), so that two samples
 /// from one call site have one stack.
 fn settle_stacks() {
-    let _ = stack::capture();
-    let _ = stack::capture();
+    let _ = stack::capture(stack::Entered::NONE);
+    let _ = stack::capture(stack::Entered::NONE);
 }
 
 /// At rate 1, every allocation is a sample of weight 1 with the program's

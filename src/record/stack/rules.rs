@@ -187,7 +187,10 @@ pub(super) fn disable() {
 /// tables cannot vouch for every frame (see the module comment).
 /// `(stack_bottom, stack_top)` are the calling thread's stack bounds.
 #[inline(never)]
-pub(super) fn capture((stack_bottom, stack_top): (usize, usize)) -> Option<Stack> {
+pub(super) fn capture(
+    (stack_bottom, stack_top): (usize, usize),
+    entered: super::Entered,
+) -> Option<Stack> {
     if DISABLED.load(Ordering::Relaxed) {
         return None;
     }
@@ -240,13 +243,16 @@ pub(super) fn capture((stack_bottom, stack_top): (usize, usize)) -> Option<Stack
     // takes the cache its address picks: this function's own address
     // first, then each caller's return address.
     let mut frame = FrameAddress::from_instruction_pointer(ip);
-    let mut stack = Stack::empty();
+    let mut stack = Stack::empty(entered);
+    // The stack pointer above the frame unwound last, whose function
+    // returns to `frame`.
+    let mut callee_cfa = 0;
     loop {
         let address = frame.address() as usize;
         if !tables.vouches_for(address) {
             return None;
         }
-        if !stack.push(address) {
+        if !stack.push(address, callee_cfa) {
             return Some(stack);
         }
         let cache = &mut caches[way(frame.address_for_lookup())];
@@ -255,7 +261,10 @@ pub(super) fn capture((stack_bottom, stack_top): (usize, usize)) -> Option<Stack
             .unwind_frame(frame, &mut regs, cache, &mut read_stack)
         {
             // A null return address is an error, as in `iter_frames`.
-            Ok(Some(caller)) => frame = FrameAddress::from_return_address(caller)?,
+            Ok(Some(caller)) => {
+                frame = FrameAddress::from_return_address(caller)?;
+                callee_cfa = regs.sp() as usize;
+            }
             Ok(None) => return Some(stack),
             Err(_) => return None,
         }

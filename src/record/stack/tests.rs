@@ -42,7 +42,7 @@ fn outer_caller() -> Stack {
 
 #[inline(never)]
 fn inner_callee() -> Stack {
-    let s = capture();
+    let s = capture(Entered::NONE);
     black_box(&s);
     s
 }
@@ -61,8 +61,8 @@ fn recurse<R>(depth: usize, f: &mut dyn FnMut() -> R) -> R {
 
 #[inline(never)]
 fn both_unwinders() -> (Walk, Stack) {
-    let walk = walk_frame_pointers();
-    (walk, capture_dwarf())
+    let walk = walk_frame_pointers(Entered::NONE);
+    (walk, capture_dwarf(Entered::NONE))
 }
 
 fn assert_frame_pointers_chosen() {
@@ -129,10 +129,10 @@ fn a_walk_agrees_with_dwarf_unless_it_skips_a_frame() {
     };
     assert!(walked.frames().len() >= 5, "{:?}", walked.frames());
     assert!(agrees(&walked, &dwarf));
-    let mut skipped = Stack::empty();
+    let mut skipped = Stack::empty(Entered::NONE);
     for (i, &f) in walked.frames().iter().enumerate() {
         if i != 2 {
-            skipped.push(f);
+            skipped.push(f, 0);
         }
     }
     assert!(!agrees(&skipped, &dwarf));
@@ -165,18 +165,18 @@ fn a_walk_cut_at_max_frames_agrees_with_dwarf() {
             panic!("depth {depth}: the chain did not reach the root")
         };
         assert!(agrees(&walked, &dwarf), "depth {depth}");
-        let mut skipped = Stack::empty();
+        let mut skipped = Stack::empty(Entered::NONE);
         for (i, &f) in walked.frames().iter().enumerate() {
             if i != 3 {
-                skipped.push(f);
+                skipped.push(f, 0);
             }
         }
         assert!(!agrees(&skipped, &dwarf), "depth {depth}");
         // A walk that stopped early (a C caller, a broken chain) against a
         // DWARF stack that was cut: not a prefix to excuse.
-        let mut stopped = Stack::empty();
+        let mut stopped = Stack::empty(Entered::NONE);
         for &f in &walked.frames()[..10] {
-            stopped.push(f);
+            stopped.push(f, 0);
         }
         assert!(!agrees(&stopped, &dwarf), "depth {depth}: stopped early");
     }
@@ -201,8 +201,8 @@ fn the_walk_stays_in_this_binarys_code() {
 #[test]
 fn deep_stacks_stop_at_max_frames() {
     assert_frame_pointers_chosen();
-    let dwarf = recurse(2 * MAX_FRAMES, &mut capture_dwarf);
-    let walk = recurse(2 * MAX_FRAMES, &mut walk_frame_pointers);
+    let dwarf = recurse(2 * MAX_FRAMES, &mut || capture_dwarf(Entered::NONE));
+    let walk = recurse(2 * MAX_FRAMES, &mut || walk_frame_pointers(Entered::NONE));
     let Walk::Whole(walked) = walk else {
         panic!("a full walk is whole")
     };
@@ -219,11 +219,11 @@ fn deep_stacks_stop_at_max_frames() {
 
 #[test]
 fn push_stops_at_max_frames() {
-    let mut s = Stack::empty();
+    let mut s = Stack::empty(Entered::NONE);
     for ip in 1..MAX_FRAMES {
-        assert!(s.push(ip));
+        assert!(s.push(ip, 0));
     }
-    assert!(!s.push(MAX_FRAMES), "full");
+    assert!(!s.push(MAX_FRAMES, 0), "full");
     assert_eq!(s.frames(), (1..=MAX_FRAMES).collect::<Vec<_>>());
 }
 
@@ -249,8 +249,8 @@ fn hash_is_deterministic_and_sees_order_and_length() {
 #[inline(never)]
 fn both_dwarf_unwinders() -> (Option<Stack>, Stack) {
     let bounds = crate::thread::with(|l| bounds(&l.stack)).unwrap();
-    let cached = rules::capture(bounds);
-    (cached, capture_libgcc())
+    let cached = rules::capture(bounds, Entered::NONE);
+    (cached, capture_libgcc(Entered::NONE))
 }
 
 /// The cached rules give the frames libgcc gives, on the main thread and
@@ -337,15 +337,15 @@ fn a_cached_stack_that_differs_from_libgcc_is_caught() {
     let (cached, libgcc) = recurse(5, &mut both_dwarf_unwinders);
     let cached = cached.expect("a cached stack");
     assert!(same_caller_frames(&cached, &libgcc));
-    let mut skipped = Stack::empty();
-    let mut extra = Stack::empty();
+    let mut skipped = Stack::empty(Entered::NONE);
+    let mut extra = Stack::empty(Entered::NONE);
     for (i, &f) in cached.frames().iter().enumerate() {
         if i != 4 {
-            skipped.push(f);
+            skipped.push(f, 0);
         }
-        extra.push(f);
+        extra.push(f, 0);
         if i == 4 {
-            extra.push(f + 1);
+            extra.push(f + 1, 0);
         }
     }
     assert!(!same_caller_frames(&skipped, &libgcc));
@@ -364,4 +364,69 @@ fn the_cached_rules_cover_this_binary_and_the_c_library() {
         assert!(rules::covers(address), "{address:#x}");
     }
     assert!(!rules::covers(0x1000));
+}
+
+/// Marks this frame as where heapprof is entered, then captures from a
+/// callee with `capture`.
+#[inline(never)]
+fn marked(capture: &mut dyn FnMut(Entered) -> Stack) -> Stack {
+    let entered = Entered::here();
+    let s = below_the_mark(entered, capture);
+    black_box(&s);
+    s
+}
+
+#[inline(never)]
+fn below_the_mark(entered: Entered, capture: &mut dyn FnMut(Entered) -> Stack) -> Stack {
+    let s = capture(entered);
+    black_box(&s);
+    s
+}
+
+#[inline(never)]
+fn calls_the_marked_function(capture: &mut dyn FnMut(Entered) -> Stack) -> Stack {
+    let s = marked(capture);
+    black_box(&s);
+    s
+}
+
+/// Every unwinder leaves out the marked function and what it calls: the
+/// stack starts at the return address into its caller.
+#[test]
+fn every_unwinder_starts_at_the_caller_of_the_marked_function() {
+    fn check(unwinder: &str, capture: &mut dyn FnMut(Entered) -> Stack) {
+        // Twice: a thread's first frame-pointer stack is unwound with DWARF.
+        for _ in 0..black_box(2) {
+            let stack = calls_the_marked_function(capture);
+            let names = names(&stack);
+            assert_eq!(
+                position(&names, "calls_the_marked_function"),
+                Some(0),
+                "{unwinder}: {names:?}"
+            );
+            for own in [
+                "marked",
+                "below_the_mark",
+                "capture_libgcc",
+                "walk_frame_pointers",
+            ] {
+                assert_eq!(position(&names, own), None, "{unwinder}: {names:?}");
+            }
+        }
+    }
+    assert_frame_pointers_chosen();
+    check(
+        "frame pointers",
+        &mut |entered| match walk_frame_pointers(entered) {
+            Walk::Whole(s) | Walk::LeftModule { partial: s, .. } => s,
+            Walk::Broken => panic!("the walk broke"),
+        },
+    );
+    check("capture", &mut capture);
+    check("libgcc", &mut capture_libgcc);
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    check("cached rules", &mut |entered| {
+        let bounds = crate::thread::with(|l| bounds(&l.stack)).unwrap();
+        rules::capture(bounds, entered).expect("the cached walk on the test's thread")
+    });
 }
