@@ -43,7 +43,9 @@
 //! debug info in another file (a `.gnu_debuglink`, a
 //! build-ID file under `/usr/lib/debug`, a `.dwp` package, split units),
 //! or compressed sections. A file with no debug info is named from its
-//! symbol table, as backtrace does.
+//! symbol table, as backtrace does; so is one whose `.gnu_debuglink`
+//! names a file of another build (a debug file left from an earlier
+//! deploy), or none, which backtrace would follow unchecked.
 
 // ELF sizes and addresses are `u32` in 32-bit files and converted to
 // `u64`, which is a conversion to the same type on 64-bit targets.
@@ -1004,11 +1006,14 @@ fn plain_layout(
     endian: NativeEndian,
     data: &[u8],
 ) -> bool {
-    if sections
-        .section_by_name(endian, b".gnu_debuglink")
-        .is_some()
-    {
-        return false;
+    if let Some((_, link)) = sections.section_by_name(endian, b".gnu_debuglink") {
+        // backtrace follows the link and checks nothing: a debug file of
+        // another build there would give confident wrong names, where the
+        // file's own symbol table, read here, gives right ones.
+        let wanted = build_id(sections, endian, data);
+        let named = link.data(endian, data).unwrap_or(&[]);
+        return wanted.is_some()
+            && debuglink_target(path, named).is_none_or(|f| file_build_id(&f) != wanted);
     }
     if std::path::Path::new(&format!("{path}.dwp")).exists() {
         return false;
@@ -1030,6 +1035,37 @@ fn plain_layout(
             || (name.starts_with(b".debug_") && s.sh_flags(endian).contains(elf::SHF_COMPRESSED));
         !compressed
     })
+}
+
+/// The file a `.gnu_debuglink` section (`link`: a file name, NUL, padding
+/// and a CRC) names, where backtrace looks for it: beside the object at
+/// `path`, in `.debug/` there, or under `/usr/lib/debug` at the object's
+/// directory.
+fn debuglink_target(path: &str, link: &[u8]) -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = link.split(|&b| b == 0).next().filter(|n| !n.is_empty())?;
+    let name = std::path::Path::new(std::ffi::OsStr::from_bytes(name));
+    let object = std::fs::canonicalize(path).ok()?;
+    let dir = object.parent()?;
+    [
+        dir.join(name),
+        dir.join(".debug").join(name),
+        std::path::Path::new("/usr/lib/debug")
+            .join(dir.strip_prefix("/").ok()?)
+            .join(name),
+    ]
+    .into_iter()
+    .find(|f| *f != object && f.is_file())
+}
+
+/// The GNU build ID of the ELF file at `path`, if it has one.
+fn file_build_id(path: &std::path::Path) -> Option<String> {
+    let file = File::open(path).ok()?;
+    let map = Mapped::new(&file)?;
+    let data = map.bytes();
+    let header = Elf::parse(data).ok()?;
+    let endian = header.endian().ok()?;
+    build_id(&header.sections(endian, data).ok()?, endian, data)
 }
 
 /// The file's GNU build ID, in lower-case hex.
@@ -1210,7 +1246,9 @@ impl FileResident {
 mod tests {
     #![allow(clippy::single_range_in_vec_init)]
 
-    use super::{Elf, FileIdentity, Narrowable, Place, UnitIndex, dwarf_over, frames_at};
+    use super::{
+        Elf, FileIdentity, Narrowable, Place, UnitIndex, dwarf_over, frames_at, plain_layout,
+    };
     use object::read::elf::{FileHeader, SectionHeader};
     use std::path::{Path, PathBuf};
 
@@ -1312,6 +1350,62 @@ mod tests {
 
     /// Units whose debug info lives in another file (split DWARF's
     /// skeletons) leave the index incomplete: nothing is placed nowhere.
+    /// Runs `tool` with `args` in `dir`, which must succeed.
+    fn run(dir: &Path, tool: &str, args: &[&str]) {
+        let out = std::process::Command::new(tool)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("{tool} runs (binutils, which gcc needs): {e}"));
+        assert!(out.status.success(), "{tool} {args:?}: {out:?}");
+    }
+
+    /// Whether this reader takes the file at `path` (see `plain_layout`).
+    fn read_here(path: &Path) -> bool {
+        let data = std::fs::read(path).unwrap();
+        let header = Elf::parse(&data[..]).unwrap();
+        let endian = header.endian().unwrap();
+        let sections = header.sections(endian, &data[..]).unwrap();
+        plain_layout(path.to_str().unwrap(), &sections, endian, &data)
+    }
+
+    /// A file whose `.gnu_debuglink` names a debug file of its own build
+    /// is left to backtrace, which reads that file; one whose named file is
+    /// of another build, or missing, is read here, from its own symbol
+    /// table: backtrace would take the other build's names.
+    #[test]
+    fn a_debug_file_of_another_build_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let exe = c_program(&a, &["-g"]);
+        let other = c_program(&b, &["-g", "-fno-omit-frame-pointer"]);
+        run(
+            &a,
+            "objcopy",
+            &["--only-keep-debug", "program", "program.debug"],
+        );
+        run(&a, "strip", &["--strip-debug", "program"]);
+        run(
+            &a,
+            "objcopy",
+            &["--add-gnu-debuglink=program.debug", "program"],
+        );
+        assert!(!read_here(&exe), "its own build's debug file");
+
+        let stale = a.join("program.debug");
+        let other = other.to_str().unwrap();
+        run(
+            &b,
+            "objcopy",
+            &["--only-keep-debug", other, stale.to_str().unwrap()],
+        );
+        assert!(read_here(&exe), "another build's debug file");
+        std::fs::remove_file(&stale).unwrap();
+        assert!(read_here(&exe), "no debug file");
+    }
+
     #[test]
     fn skeleton_units_leave_the_index_incomplete() {
         let dir = tempfile::tempdir().unwrap();
