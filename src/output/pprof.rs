@@ -250,7 +250,7 @@ pub(crate) struct Shown {
 ///   the source frames before the first of the code that decided to
 ///   allocate, whole addresses or the lines inlined at the top of one;
 /// * at the root, process, thread and test start-up
-///   (`symbolize::is_startup`), so that a stack ends at the program's
+///   (`symbolize::is_startup_frame`), so that a stack ends at the program's
 ///   `main`, a thread's own closure or the test function, as Go's end at
 ///   `main.main`; with it the `{{closure}}` a test or spawn wraps the
 ///   function in. `HEAPPROF_FULL_STACKS=1` keeps the start-up frames.
@@ -283,7 +283,13 @@ pub(crate) fn trim(frames: &[usize], resolved: &HashMap<usize, Symbols>) -> Vec<
     let start = (0..lines.len()).find(|&k| !machinery(k)).unwrap_or(0);
     let mut end = lines.len();
     if !crate::config::get().full_stacks {
-        let startup = |k: usize| lines[k].2.is_some_and(symbolize::is_startup);
+        let startup = |k: usize| {
+            let (i, j, name) = lines[k];
+            name.is_some()
+                && resolved[&frames[i]]
+                    .get(j)
+                    .is_some_and(symbolize::is_startup_frame)
+        };
         if let Some(last) = (start..lines.len()).rev().find(|&k| !startup(k)) {
             end = last + 1;
             // A test's or a spawn's `f::{{closure}}` around `f` itself.

@@ -508,7 +508,7 @@ fn cpp_name(bytes: &[u8]) -> Option<String> {
 /// core::convert::From<&my::Record>>::from` is the program's own impl).
 pub(crate) fn is_machinery_frame(frame: &Symbol) -> bool {
     let by_file = !frame.file.is_empty() && is_machinery_file(&frame.file);
-    if !frame.name.contains("::") {
+    if !has_path(&frame.name) {
         return by_file || is_machinery(&frame.name);
     }
     if !is_machinery(&frame.name) {
@@ -517,6 +517,16 @@ pub(crate) fn is_machinery_frame(frame: &Symbol) -> bool {
     let (subject, implemented) = subject_and_trait(&frame.name);
     let anyones = implemented.is_some() && !subject.starts_with("heapprof::");
     !anyones || frame.file.is_empty() || by_file
+}
+
+/// Whether `name` says where its function is: a path
+/// (`alloc::vec::from_elem`) or a qualified one (`<T as Trait>::f`),
+/// rather than the short name `debug = "line-tables-only"` gives
+/// (`from_elem<alloc::alloc::Global>`, whose generic arguments have paths
+/// of their own).
+fn has_path(name: &str) -> bool {
+    let head = &name[..name.find('<').unwrap_or(name.len())];
+    name.starts_with('<') || head.contains("::")
 }
 
 /// Source files of the allocation path: the standard library's `alloc` and
@@ -645,6 +655,35 @@ pub(crate) fn is_startup(name: &str) -> bool {
         || is_call_once_shim(name)
 }
 
+/// Whether a frame is start-up ([`is_startup`]), by its name or, for a
+/// short name (`debug = "line-tables-only"` names the standard library's
+/// `call_once` and `__rust_begin_short_backtrace` inlined into the
+/// program's crate so), by its source file. A short `main` with a file is
+/// the program's own `fn main`; C's `main`, which Rust generates, has none.
+pub(crate) fn is_startup_frame(frame: &Symbol) -> bool {
+    if has_path(&frame.name) || frame.file.is_empty() {
+        return is_startup(&frame.name);
+    }
+    is_startup_file(&frame.file) || (frame.name != "main" && is_startup(&frame.name))
+}
+
+/// Source files of the standard library's process, thread and test
+/// start-up, and of the calls a closure is started through.
+fn is_startup_file(file: &str) -> bool {
+    const PARTS: &[&str] = &[
+        "/library/std/src/rt.rs",
+        "/library/std/src/panicking.rs",
+        "/library/std/src/panic.rs",
+        "/library/std/src/sys/backtrace.rs",
+        "/library/std/src/thread/",
+        "/library/std/src/sys/thread/",
+        "/library/core/src/ops/function.rs",
+        "/library/core/src/panic/",
+        "/library/test/src/",
+    ];
+    PARTS.iter().any(|p| file.contains(p))
+}
+
 /// The `FnOnce::call_once` shim a closure is called through, named by its
 /// impl (`<f::{{closure}} as core::ops::function::FnOnce<()>>::call_once`),
 /// as the symbol table names it where debug info has no entry for it (an
@@ -747,7 +786,7 @@ fn this_thread_net_bytes() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::{
-        Symbol, is_machinery, is_machinery_file, is_machinery_frame, is_startup,
+        Symbol, is_machinery, is_machinery_file, is_machinery_frame, is_startup, is_startup_frame,
         normalize_closures, subject_and_trait,
     };
 
@@ -763,6 +802,44 @@ mod tests {
         assert_eq!(rust, "my_crate::work");
         assert_eq!(super::names(b"c_function").0, "c_function");
         assert_eq!(super::names(b"_Znot a symbol").0, "_Znot a symbol");
+    }
+
+    /// `debug = "line-tables-only"` names the program's frames, and the
+    /// standard library's inlined into them, without their paths.
+    #[test]
+    fn start_up_frames_with_short_names_are_known_by_their_files() {
+        let frame = |name: &str, file: &str| Symbol {
+            name: name.into(),
+            system_name: String::new(),
+            file: file.into(),
+            line: 1,
+        };
+        let std = "/rustc/x/library";
+        for (name, file) in [
+            (
+                "call_once<fn(), ()>",
+                format!("{std}/core/src/ops/function.rs"),
+            ),
+            (
+                "__rust_begin_short_backtrace",
+                format!("{std}/std/src/sys/backtrace.rs"),
+            ),
+            ("main", String::new()),
+            (
+                "std::rt::lang_start_internal",
+                format!("{std}/std/src/rt.rs"),
+            ),
+            ("start_thread", "./nptl/pthread_create.c".into()),
+        ] {
+            assert!(is_startup_frame(&frame(name, &file)), "{name} {file}");
+        }
+        for (name, file) in [
+            ("main", "/work/app/src/main.rs"),
+            ("gamma_small", "/work/app/src/main.rs"),
+            ("app::main", "/work/app/src/main.rs"),
+        ] {
+            assert!(!is_startup_frame(&frame(name, file)), "{name} {file}");
+        }
     }
 
     #[test]
@@ -1110,6 +1187,11 @@ mod tests {
         assert!(!is_machinery_frame(&frame(
             "reserve",
             "/work/my/src/lib.rs"
+        )));
+        // A short name with generic arguments, whose paths are theirs.
+        assert!(is_machinery_frame(&frame(
+            "from_elem<alloc::alloc::Global>",
+            "/rustc/x/library/alloc/src/vec/spec_from_elem.rs"
         )));
     }
 

@@ -326,7 +326,13 @@ fn resolved(entries: &[(usize, &[&str])]) -> HashMap<usize, Symbols> {
                 .map(|&name| Symbol {
                     name: name.to_owned(),
                     system_name: String::new(),
-                    file: "/work/app/src/main.rs".to_owned(),
+                    // Functions Rust or the C library make (`__rust_alloc`,
+                    // C's `main`) have no file of the program's.
+                    file: if name.contains("::") {
+                        "/work/app/src/main.rs".to_owned()
+                    } else {
+                        String::new()
+                    },
                     line: 7,
                 })
                 .collect();
