@@ -29,7 +29,13 @@ fn run_fixture(release: bool, frame_pointers: bool) -> Seen {
 fn run_fixture_with(release: bool, frame_pointers: bool, env: &[(&str, &str)]) -> (Seen, String) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let manifest = root.join("tests/fixtures/userapp/Cargo.toml");
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("userapp");
+    // A build setting from the environment builds in a directory of its
+    // own, so that the other builds are not made again after it.
+    let mut target_name = String::from("userapp");
+    for (k, v) in env.iter().filter(|(k, _)| k.starts_with("CARGO_PROFILE_")) {
+        target_name.push_str(&format!("-{k}-{v}"));
+    }
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join(target_name);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.arg("test")
@@ -140,4 +146,19 @@ fn forced_frame_pointers_on_code_without_them_say_so() {
     assert!(lines[0].contains("using DWARF"), "{}", lines[0]);
     assert_eq!(seen.build, seen.expected);
     assert!(seen.unwinder.starts_with("DWARF"), "{}", seen.unwinder);
+}
+
+/// `debug = "line-tables-only"`, a common release setting, names the
+/// user's functions in the debug info without their paths; their bytes
+/// are still found under their full names, and the fixture's assertion on
+/// them still fails.
+#[test]
+fn line_tables_only_builds_find_the_same_bytes_by_full_name() {
+    let (seen, _) = run_fixture_with(
+        true,
+        false,
+        &[("CARGO_PROFILE_RELEASE_DEBUG", "line-tables-only")],
+    );
+    assert_eq!(seen.build, seen.expected);
+    assert_eq!(seen.page_new, seen.expected_pages);
 }

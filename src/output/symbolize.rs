@@ -524,9 +524,18 @@ pub(crate) fn is_machinery_frame(frame: &Symbol) -> bool {
 /// rather than the short name `debug = "line-tables-only"` gives
 /// (`from_elem<alloc::alloc::Global>`, whose generic arguments have paths
 /// of their own).
-fn has_path(name: &str) -> bool {
+pub(super) fn has_path(name: &str) -> bool {
     let head = &name[..name.find('<').unwrap_or(name.len())];
     name.starts_with('<') || head.contains("::")
+}
+
+/// Whether `full`, a name with its path, names the function `short` (a
+/// name without one, perhaps with generic arguments) does:
+/// `my_crate::Cache::build` and `build`, `alloc::vec::from_elem` and
+/// `from_elem<u8>`, `my_crate::main::{{closure}}` and `{{closure}}`.
+pub(super) fn same_function(full: &str, short: &str) -> bool {
+    let base = &short[..short.find('<').unwrap_or(short.len())];
+    !base.is_empty() && (full == base || full.ends_with(&format!("::{base}")))
 }
 
 /// Source files of the allocation path: the standard library's `alloc` and
@@ -840,6 +849,17 @@ mod tests {
         ] {
             assert!(!is_startup_frame(&frame(name, file)), "{name} {file}");
         }
+    }
+
+    #[test]
+    fn a_short_name_is_the_same_function_as_its_full_path() {
+        use super::same_function;
+        assert!(same_function("my_crate::Cache::build", "build"));
+        assert!(same_function("alloc::vec::from_elem", "from_elem<u8>"));
+        assert!(same_function("my_crate::main::{{closure}}", "{{closure}}"));
+        assert!(!same_function("my_crate::rebuild", "build"));
+        assert!(!same_function("my_crate::other", "build"));
+        assert!(!same_function("my_crate::build", "<u8>"));
     }
 
     #[test]

@@ -742,7 +742,10 @@ impl Lookup {
     }
 
     /// Takes `frames` as what the debug info says of `addr`, at `probe`
-    /// in the file; the symbol table names those it leaves unnamed.
+    /// in the file; the symbol table names those it leaves unnamed, and
+    /// gives the function the address is in its path where the debug info
+    /// has only its short name (`debug = "line-tables-only"`), so that
+    /// `inuse_bytes_in("my_crate::build")` finds it in every build.
     fn found(&mut self, addr: usize, probe: u64, frames: Vec<Symbol>) {
         #[cfg(test)]
         super::RESOLVED.with(|r| r.set(r.get() + 1));
@@ -750,8 +753,9 @@ impl Lookup {
         if frames.is_empty() {
             self.unnamed.push((at, None, probe));
         }
+        let outermost = frames.len().wrapping_sub(1);
         for (i, f) in frames.iter().enumerate() {
-            if f.name.is_empty() {
+            if f.name.is_empty() || (i == outermost && !super::has_path(&f.name)) {
                 self.unnamed.push((at, Some(i), probe));
             }
         }
@@ -945,7 +949,13 @@ pub(super) fn resolve(
             }
             let frames = &mut looked_up[at].1;
             match frame {
-                Some(i) => (frames[i].name, frames[i].system_name) = super::names(name),
+                Some(i) => {
+                    let (full, system_name) = super::names(name);
+                    let frame = &mut frames[i];
+                    if frame.name.is_empty() || super::same_function(&full, &frame.name) {
+                        (frame.name, frame.system_name) = (full, system_name);
+                    }
+                }
                 None => {
                     let (name, system_name) = super::names(name);
                     frames.push(Symbol {
