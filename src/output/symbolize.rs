@@ -504,19 +504,32 @@ fn cpp_name(bytes: &[u8]) -> Option<String> {
 /// gets the file of heapprof's code inlined into it), so the file decides
 /// for a full path only where the name cannot: a standard trait
 /// implemented on a standard type is named alike whoever wrote the impl
-/// under v0 mangling (`<alloc::vec::Vec<u8> as
-/// core::convert::From<&my::Record>>::from` is the program's own impl).
+/// once demangled (`<alloc::vec::Vec<u8> as
+/// core::convert::From<&my::Record>>::from` is the program's own impl):
+/// the standard library's impls are in its sources.
 pub(crate) fn is_machinery_frame(frame: &Symbol) -> bool {
-    let by_file = !frame.file.is_empty() && is_machinery_file(&frame.file);
     if !has_path(&frame.name) {
-        return by_file || is_machinery(&frame.name);
+        return is_machinery_file(&frame.file) || is_machinery(&frame.name);
     }
     if !is_machinery(&frame.name) {
         return false;
     }
     let (subject, implemented) = subject_and_trait(&frame.name);
     let anyones = implemented.is_some() && !subject.starts_with("heapprof::");
-    !anyones || frame.file.is_empty() || by_file
+    !anyones || frame.file.is_empty() || is_std_file(&frame.file)
+}
+
+/// Whether `file` is a source of the standard library (or of hashbrown,
+/// which it vendors).
+fn is_std_file(file: &str) -> bool {
+    [
+        "/library/std/src/",
+        "/library/core/src/",
+        "/library/alloc/src/",
+    ]
+    .iter()
+    .any(|p| file.contains(p))
+        || is_machinery_file(file)
 }
 
 /// Whether `name` says where its function is: a path
@@ -769,11 +782,18 @@ pub(crate) fn is_machinery(name: &str) -> bool {
         "str", "bool", "char", "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32",
         "i64", "i128", "isize", "f32", "f64",
     ];
-    let std_owned = |path: &str| PREFIXES.iter().any(|p| path.starts_with(p));
+    let machinery = |path: &str| PREFIXES.iter().any(|p| path.starts_with(p));
+    // Any trait of the standard library's (`std::io::Write` too): its impl
+    // on a standard type is the standard library's.
+    let std_trait = |path: &str| {
+        ["core::", "alloc::", "std::", "hashbrown::"]
+            .iter()
+            .any(|p| path.starts_with(p))
+    };
     let builtin = subject.starts_with(['[', '&', '*', '('])
         || PRIMITIVES.contains(&subject)
         || (subject.len() == 1 && subject.bytes().all(|b| b.is_ascii_uppercase()));
-    (builtin || std_owned(subject)) && implemented.is_none_or(std_owned)
+    (builtin || machinery(subject)) && implemented.is_none_or(std_trait)
 }
 
 /// What this thread has allocated, heapprof's own calls included.
@@ -1178,6 +1198,11 @@ mod tests {
         let from = "<alloc::vec::Vec<u8> as core::convert::From<&my::Record>>::from";
         assert!(!is_machinery_frame(&frame(from, "/work/my/src/lib.rs")));
         assert!(is_machinery_frame(&frame(from, "")));
+        let io = "<alloc::vec::Vec<u8> as std::io::Write>::write_all";
+        assert!(is_machinery_frame(&frame(
+            io,
+            "/rustc/x/library/std/src/io/impls.rs"
+        )));
         let std_impl =
             "<alloc::vec::Vec<T> as core::iter::traits::collect::FromIterator<T>>::from_iter";
         assert!(is_machinery_frame(&frame(
@@ -1263,6 +1288,9 @@ mod tests {
             "heapprof::record::alloc",
             "<alloc::raw_vec::RawVec<u8>>::reserve",
             "backtrace::backtrace::libunwind::trace",
+            "<alloc::vec::Vec<u8> as std::io::Write>::write_all",
+            "<&mut W as std::io::Write>::write_all",
+            "<&[u8] as std::io::Read>::read_to_end",
         ] {
             assert!(is_machinery(name), "{name} should be trimmed");
         }

@@ -333,19 +333,20 @@ fn own_code_range() -> Option<(usize, usize)> {
 /// frames below it in `dwarf`, or, when the shorter of the two was cut at
 /// [`MAX_FRAMES`], the two agree as far as both go.
 ///
-/// The first frame of each is the call site of its own walk, so the
-/// comparison starts at the second.
+/// Walks from a mark ([`Entered`]) start at the same frame and are compared
+/// whole; walks that keep every frame start each at its own call site,
+/// which the comparison skips.
 fn agrees(fp: &Stack, dwarf: &Stack) -> bool {
-    let (fp, dwarf) = (fp.frames().get(1..).unwrap_or(&[]), dwarf.frames());
+    let (fp, dwarf) = (from_the_caller(fp, dwarf, 1), dwarf.frames());
     let Some(start) = fp.first().and_then(|f| dwarf.iter().position(|d| d == f)) else {
         return false;
     };
     let rest = &dwarf[start..];
     // A function without a frame pointer in the middle of the stack makes
     // the chain skip or garble frames: then `fp` is not a prefix of `rest`.
-    // Stacks cut at MAX_FRAMES are compared as far as both go (DWARF's
-    // starts deeper in heapprof, so it is cut at a caller nearer the
-    // leaf), but only the shorter of the two may be the cut one: a walk
+    // Stacks cut at MAX_FRAMES are compared as far as both go (an unmarked
+    // DWARF walk starts deeper in heapprof, so it is cut at a caller nearer
+    // the leaf), but only the shorter of the two may be the cut one: a walk
     // that stopped early is no prefix to excuse.
     let cut = if fp.len() < rest.len() {
         fp.len() + 1 == MAX_FRAMES
@@ -353,9 +354,20 @@ fn agrees(fp: &Stack, dwarf: &Stack) -> bool {
         dwarf.len() == MAX_FRAMES
     };
     let both = fp.len().min(rest.len());
-    fp.len() >= 4
-        && rest[..both] == fp[..both]
+    rest[..both] == fp[..both]
         && (cut || (rest.len() >= fp.len() && rest.len() - fp.len() <= ROOT_FRAMES))
+}
+
+/// `ours`' frames from the one the caller of both walks returns to: all of
+/// them when `ours` starts where `theirs` does (both from one mark), else
+/// without its first `own` (its walk's own frames and call site).
+fn from_the_caller<'a>(ours: &'a Stack, theirs: &Stack, own: usize) -> &'a [usize] {
+    let frames = ours.frames();
+    if !frames.is_empty() && frames.first() == theirs.frames().first() {
+        frames
+    } else {
+        frames.get(own..).unwrap_or(&[])
+    }
 }
 
 /// The stack from DWARF unwind tables: with the cached rules where they
@@ -386,14 +398,16 @@ static CACHED_SAMPLES: AtomicU64 = AtomicU64::new(0);
 
 /// Whether `cached` (from `rules::capture`, called by [`capture_dwarf`])
 /// and `libgcc` (from [`capture_libgcc`], called by the same function)
-/// hold the same frames from [`capture_dwarf`]'s caller down. The frames
-/// before that are each unwinder's own and the two call sites; a stack cut
-/// at [`MAX_FRAMES`] is compared as far as both go.
+/// hold the same frames from [`capture_dwarf`]'s caller down. Walks from a
+/// mark start there; walks that keep every frame start with each
+/// unwinder's own and the two call sites. A stack cut at [`MAX_FRAMES`] is
+/// compared as far as both go.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 fn same_caller_frames(cached: &Stack, libgcc: &Stack) -> bool {
-    let Some(callers) = cached.frames().get(2..) else {
+    let callers = from_the_caller(cached, libgcc, 2);
+    if callers.is_empty() {
         return false;
-    };
+    }
     let Some(start) = callers
         .first()
         .and_then(|f| libgcc.frames().iter().position(|g| g == f))

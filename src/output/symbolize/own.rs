@@ -1016,6 +1016,19 @@ fn plain_layout(
     endian: NativeEndian,
     data: &[u8],
 ) -> bool {
+    // backtrace looks for a debug file by build ID first: a file there is
+    // of this build.
+    if let Some(id) = build_id(sections, endian, data)
+        && id.len() > 2
+        && std::path::Path::new(&format!(
+            "/usr/lib/debug/.build-id/{}/{}.debug",
+            &id[..2],
+            &id[2..]
+        ))
+        .exists()
+    {
+        return false;
+    }
     if let Some((_, link)) = sections.section_by_name(endian, b".gnu_debuglink") {
         // backtrace follows the link and checks nothing: a debug file of
         // another build there would give confident wrong names, where the
@@ -1026,17 +1039,6 @@ fn plain_layout(
             && debuglink_target(path, named).is_none_or(|f| file_build_id(&f) != wanted);
     }
     if std::path::Path::new(&format!("{path}.dwp")).exists() {
-        return false;
-    }
-    if let Some(id) = build_id(sections, endian, data)
-        && id.len() > 2
-        && std::path::Path::new(&format!(
-            "/usr/lib/debug/.build-id/{}/{}.debug",
-            &id[..2],
-            &id[2..]
-        ))
-        .exists()
-    {
         return false;
     }
     sections.iter().all(|s| {

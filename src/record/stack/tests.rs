@@ -427,6 +427,84 @@ fn every_unwinder_starts_at_the_caller_of_the_marked_function() {
         );
     }
     check("capture", &mut capture);
+    // The checks between unwinders compare walks from one mark, on a fresh
+    // thread's shallow stack too: two of one call site agree.
+    let compare = || {
+        let frame_pointers = |entered| match walk_frame_pointers(entered) {
+            Walk::Whole(s) | Walk::LeftModule { partial: s, .. } => s,
+            Walk::Broken => panic!("the walk broke"),
+        };
+        if own_code_keeps_frame_pointers() {
+            let mut two = Vec::new();
+            for which in 0..black_box(2) {
+                two.push(calls_the_marked_function(&mut |entered| {
+                    if which == 0 {
+                        frame_pointers(entered)
+                    } else {
+                        capture_dwarf(entered)
+                    }
+                }));
+            }
+            assert!(
+                agrees(&two[0], &two[1]),
+                "{:x?}",
+                (two[0].frames(), two[1].frames())
+            );
+        }
+        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+        {
+            let bounds = crate::thread::with(|l| bounds(&l.stack)).unwrap();
+            let mut two = Vec::new();
+            for which in 0..black_box(2) {
+                two.push(calls_the_marked_function(&mut |entered| {
+                    if which == 0 {
+                        rules::capture(bounds, entered).expect("the cached walk")
+                    } else {
+                        capture_libgcc(entered)
+                    }
+                }));
+            }
+            assert!(same_caller_frames(&two[0], &two[1]));
+        }
+    };
+    compare();
+    std::thread::spawn(compare).join().unwrap();
+    // The shallowest: a thread the C library starts, whose function calls
+    // the marked one (three frames down to `start_thread`).
+    if own_code_keeps_frame_pointers() {
+        extern "C" fn shallow(_: *mut libc::c_void) -> *mut libc::c_void {
+            drop(black_box(vec![0u8; 16])); // takes the thread in
+            let mut two = Vec::new();
+            for which in 0..black_box(2) {
+                two.push(calls_the_marked_function(&mut |entered| {
+                    if which == 0 {
+                        match walk_frame_pointers(entered) {
+                            Walk::Whole(s) | Walk::LeftModule { partial: s, .. } => s,
+                            Walk::Broken => panic!("the walk broke"),
+                        }
+                    } else {
+                        capture_dwarf(entered)
+                    }
+                }));
+            }
+            let agreed = agrees(&two[0], &two[1]);
+            Box::into_raw(Box::new(agreed)).cast()
+        }
+        let mut thread: libc::pthread_t = 0;
+        let mut result: *mut libc::c_void = std::ptr::null_mut();
+        // SAFETY: `shallow` has the start routine's signature and takes no
+        // argument; the thread is joined below, and its result is the box
+        // it made.
+        let agreed = unsafe {
+            assert_eq!(
+                libc::pthread_create(&mut thread, std::ptr::null(), shallow, std::ptr::null_mut()),
+                0
+            );
+            assert_eq!(libc::pthread_join(thread, &mut result), 0);
+            *Box::from_raw(result.cast::<bool>())
+        };
+        assert!(agreed, "a shallow stack's two walks agree");
+    }
     check("libgcc", &mut capture_libgcc);
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     check("cached rules", &mut |entered| {
