@@ -277,6 +277,7 @@ fn sample_labels_are_pushed_under_keys_pyroscope_accepts() {
         ("9lives", "b"),
         ("region", "from-the-sample"),
         ("service_name", "s"),
+        ("pyroscope_spy", "s"),
         ("__name__", "n"),
         ("http_route", "taken by http.route"),
     ];
@@ -313,6 +314,15 @@ fn sample_labels_are_pushed_under_keys_pyroscope_accepts() {
         keys
     };
     assert_eq!(keys_of(&profile), ["_9lives", "http_route", "tenant_id"]);
+    // The first label of a key keeps it: `http.route`'s value, not that of
+    // the later `http_route`.
+    let route = profile
+        .sample
+        .iter()
+        .flat_map(|s| &s.label)
+        .find(|l| string(&profile, l.key) == "http_route")
+        .map(|l| string(&profile, l.str).to_owned());
+    assert_eq!(route.as_deref(), Some("/x"));
 
     let mut written = Vec::new();
     heapprof::write_profile(&mut written).unwrap();

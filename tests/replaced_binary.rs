@@ -69,9 +69,21 @@ fn a_replaced_executable_keeps_its_names() {
         return;
     }
     let _watchdog = watchdog("replaced binary", Duration::from_secs(120));
+    run_copy(false);
+    // A split-debug package beside the path (the new build's, after a
+    // deploy) is not read for the file the process runs.
+    run_copy(true);
+}
+
+/// Runs a copy of this binary, which replaces itself; with a `.dwp` file
+/// beside it when `dwp`.
+fn run_copy(dwp: bool) {
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("replaced-binary-copy");
     std::fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
+    if dwp {
+        std::fs::write(dir.path().join("replaced-binary-copy.dwp"), b"not ours").unwrap();
+    }
     let out = Command::new(&copy)
         .args([
             "--exact",

@@ -72,8 +72,8 @@ pub(crate) struct Options {
 
 /// `key` as a series label name, `[A-Za-z_][A-Za-z0-9_]*` (Prometheus's,
 /// which Pyroscope checks): any other character becomes `_`, and a leading
-/// digit gets a `_` before it. `None` for names such a server keeps for
-/// itself: `service_name` and those starting with `__`.
+/// digit gets a `_` before it. `None` for names such a server sets itself:
+/// `service_name`, `pyroscope_spy` and those starting with `__`.
 pub(crate) fn series_key(key: &str) -> Option<String> {
     let mut name: String = key
         .chars()
@@ -82,7 +82,8 @@ pub(crate) fn series_key(key: &str) -> Option<String> {
     if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
         name.insert(0, '_');
     }
-    (name != "service_name" && !name.starts_with("__")).then_some(name)
+    let servers = ["service_name", "pyroscope_spy"];
+    (!servers.contains(&name.as_str()) && !name.starts_with("__")).then_some(name)
 }
 
 impl Options {

@@ -484,14 +484,17 @@ fn names(bytes: &[u8]) -> (String, String) {
 }
 
 /// A C++ symbol (`_ZN2ns5KlassIiE6methodEi`) demangled
-/// (`ns::Klass<int>::method(int)`); `None` for anything else.
-/// cpp_demangle bounds its recursion, so a hostile name cannot overflow
-/// the stack.
+/// (`ns::Klass<int>::method(int)`); `None` for anything else, or for a
+/// name the demangler fails on in any way. cpp_demangle bounds its
+/// recursion, so a hostile name cannot overflow the stack; a panic of its
+/// own leaves the name mangled rather than fail the profile.
 fn cpp_name(bytes: &[u8]) -> Option<String> {
     if !bytes.starts_with(b"_Z") {
         return None;
     }
-    cpp_demangle::Symbol::new(bytes).ok()?.demangle().ok()
+    std::panic::catch_unwind(|| cpp_demangle::Symbol::new(bytes).ok()?.demangle().ok())
+        .ok()
+        .flatten()
 }
 
 /// Whether a frame is allocation machinery, by its name or, when the debug

@@ -41,9 +41,9 @@
 //! label) part of a series' name and refuses a whole push over one key
 //! that is not `[A-Za-z_][A-Za-z0-9_]*`, so a push carries them with every
 //! other character as `_` (`http.route` as `http_route`, `tenant-id` as
-//! `tenant_id`), and leaves out a label whose key is then `service_name`,
-//! starts with `__`, is one of the pusher's own labels, or is an earlier
-//! label's. Profiles written or served keep the keys as given.
+//! `tenant_id`), and leaves out a label whose key is then one the server
+//! sets (`service_name`, `pyroscope_spy`, any starting with `__`), one of
+//! the pusher's own labels, or an earlier label's. Profiles written or served keep the keys as given.
 //!
 //! What it costs the program: one thread (no name, a
 //! [`THREAD_STACK_BYTES`] stack) that is inside the profiler for good, so

@@ -53,6 +53,17 @@ impl Mapping {
             std::fs::File::open(&self.path)
         }
     }
+
+    /// The executable, whose path no longer names the file the process
+    /// runs (a deploy deleted or replaced it): files found beside that
+    /// path (debug files) may be of another build.
+    pub(crate) fn replaced(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+        self.executable
+            && std::fs::metadata(&self.path).map(id).ok()
+                != std::fs::metadata("/proc/self/exe").map(id).ok()
+    }
 }
 
 /// What Linux appends to the path of a running file that was deleted or

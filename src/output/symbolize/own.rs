@@ -791,7 +791,11 @@ pub(super) fn resolve(
     let header = Elf::parse(data).ok()?;
     let endian = header.endian().ok()?;
     let sections = header.sections(endian, data).ok()?;
-    if !plain_layout(&first.path, &sections, endian, data) {
+    // The debug info of a file laid out otherwise is left to backtrace,
+    // which finds it beside the path: for an executable a deploy replaced,
+    // of another build, so only its own symbol table names it.
+    let symbol_table_only = !plain_layout(&first.path, &sections, endian, data);
+    if symbol_table_only && !first.replaced() {
         return None;
     }
     if !first.build_id.is_empty() && build_id(&sections, endian, data)? != first.build_id {
@@ -817,6 +821,7 @@ pub(super) fn resolve(
     };
     let (debug_info, info_offset) = sections
         .section_by_name(endian, b".debug_info")
+        .filter(|_| !symbol_table_only)
         .and_then(|(_, s)| Some((s.data(endian, data).ok()?, s.sh_offset(endian).into())))
         .unwrap_or((&[], 0));
     // The file's debug info, and a context over all of it.
