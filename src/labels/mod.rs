@@ -74,7 +74,10 @@ const OFF: u8 = 2;
 ///   are not sampled never look at labels.
 ///
 /// For async code, where a task moves between threads, label the future
-/// instead: [`Labeled`], [`FutureExt::heap_labels`].
+/// instead: [`Labeled`], [`FutureExt::heap_labels`]. A thread that waits
+/// inside a scope in a work-stealing pool (rayon's `join`, `scope`,
+/// `install` on a worker) runs other jobs while it waits, and what they
+/// allocate carries the scope's labels: label inside each job.
 ///
 /// [`Snapshot`]: crate::Snapshot
 pub fn with_labels<R>(labels: &[(&str, &str)], f: impl FnOnce() -> R) -> R {

@@ -47,6 +47,10 @@ use crate::thread::{self, counters::Counts, measure::SiteTally};
 /// * Only the calling thread is counted: tests running at the same time on
 ///   other threads do not change the numbers, and neither does work `f`
 ///   hands to other threads (a thread it spawns, a pool it submits to).
+///   A thread that waits inside `f` in a work-stealing pool (rayon's
+///   `join`, `scope` or `install` called on one of its workers) runs
+///   other jobs while it waits, and those count: measure from a thread
+///   outside the pool.
 ///   A block this thread allocates and another thread frees (a message
 ///   sent over a channel, a value moved into a spawned thread) counts as
 ///   allocated and not freed: for this thread it is still held.

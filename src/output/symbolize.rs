@@ -631,7 +631,9 @@ fn subject(name: &str) -> &str {
 /// puts between the C library and the thread's own start), std's
 /// runtime and thread start-up (`std::rt::lang_start`, the spawn closures,
 /// `catch_unwind`, `FnOnce` call shims, `__rust_begin_short_backtrace`),
-/// the test harness, and async runtimes' workers polling a task. These are
+/// the test harness, and the workers of async runtimes (tokio, async-std,
+/// smol and the executors under them) and of rayon's pools running a task
+/// or a job. These are
 /// trimmed from the root end of every stack (see `output::pprof::trim`), the way
 /// Go stacks end at `main.main` under one `runtime.main`.
 pub(crate) fn is_startup(name: &str) -> bool {
@@ -671,6 +673,13 @@ pub(crate) fn is_startup(name: &str) -> bool {
         "tokio::util::",
         "futures_executor::",
         "async_std::task::",
+        "async_global_executor::",
+        "async_executor::",
+        "async_task::",
+        "blocking::",
+        "smol::",
+        "rayon_core::",
+        "crossbeam_utils::thread::",
     ];
     EXACT.contains(&name)
         || {
@@ -963,6 +972,13 @@ mod tests {
             "<&dyn core::ops::function::Fn<(), Output = i32> + core::marker::Sync as core::ops::function::FnOnce<()>>::call_once",
             "test::run_test_in_process",
             "tokio::runtime::task::harness::Harness<T,S>::poll",
+            "<rayon_core::job::StackJob<L,F,R> as rayon_core::job::Job>::execute",
+            "rayon_core::registry::WorkerThread::wait_until_cold",
+            "async_global_executor::threading::thread_main_loop",
+            "<async_task::raw::RawTask<F,T,S,M>>::run",
+            "smol::spawn::spawn::global::{{closure}}",
+            "blocking::Executor::grow_pool::{{closure}}",
+            "crossbeam_utils::thread::ScopedThreadBuilder::spawn::{{closure}}",
         ] {
             assert!(is_startup(name), "{name}");
         }
