@@ -123,8 +123,8 @@ pub(crate) fn collect(source: Source) -> Option<Collected> {
         }),
         Source::Delta { sites, span } => Some(Collected {
             comments: vec![format!(
-                "heapprof delta profile: what happened in {} s",
-                span.as_secs()
+                "heapprof delta profile: what happened in {:.1} s",
+                span.as_secs_f64()
             )],
             sites,
             span: Some(span),
