@@ -10,14 +10,33 @@ use std::io::{self, Write};
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
 
-/// A writer that fails after `budget` bytes.
+/// A writer that fails after `budget` bytes, at every call after; by
+/// panicking if `panics`.
 struct FailingWriter {
     budget: usize,
+    panics: bool,
+}
+
+impl FailingWriter {
+    fn new(budget: usize) -> FailingWriter {
+        FailingWriter {
+            budget,
+            panics: false,
+        }
+    }
+
+    fn panicking(budget: usize) -> FailingWriter {
+        FailingWriter {
+            budget,
+            panics: true,
+        }
+    }
 }
 
 impl Write for FailingWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.budget == 0 {
+            assert!(!self.panics, "the writer panics (test)");
             return Err(io::Error::other("disk full (test)"));
         }
         let n = buf.len().min(self.budget);
@@ -34,14 +53,14 @@ fn failing_writer_gets_err_and_the_next_write_works() {
     heapprof::set_sample_rate(4096);
     let keep: Vec<Vec<u8>> = (0..1000).map(|_| vec![0u8; 1000]).collect();
     for budget in [0, 10, 100, 1000] {
-        let err = heapprof::write_profile(FailingWriter { budget }).unwrap_err();
+        let err = heapprof::write_profile(FailingWriter::new(budget)).unwrap_err();
         assert!(err.to_string().contains("disk full"), "{err}");
     }
     let p = take_profile();
     assert!(!p.sample.is_empty());
     // The text format too, however far it got, and on a failing flush.
     for budget in [0, 10, 100, 1000] {
-        let err = heapprof::write_text_profile(FailingWriter { budget }).unwrap_err();
+        let err = heapprof::write_text_profile(FailingWriter::new(budget)).unwrap_err();
         assert!(err.to_string().contains("disk full"), "{err}");
     }
     let err = heapprof::write_text_profile(FailingFlush(Vec::new())).unwrap_err();
@@ -50,26 +69,6 @@ fn failing_writer_gets_err_and_the_next_write_works() {
     heapprof::write_text_profile(&mut text).unwrap();
     assert!(text.starts_with(b"heap profile: "));
     drop(keep);
-}
-
-/// A writer that panics once `budget` bytes are written, and at every
-/// call after.
-struct PanickingWriter {
-    budget: usize,
-}
-
-impl Write for PanickingWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.budget == 0 {
-            panic!("the writer panics (test)");
-        }
-        let n = buf.len().min(self.budget);
-        self.budget -= n;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// A writer's panic reaches the caller as one panic, which it can catch:
@@ -83,7 +82,7 @@ fn a_panicking_writer_panics_once_and_the_next_write_works() {
     heapprof::write_profile(&mut whole).unwrap();
     for budget in [0, 10, 1000, whole.len().saturating_sub(4)] {
         let caught = std::panic::catch_unwind(|| {
-            let _ = heapprof::write_profile(PanickingWriter { budget });
+            let _ = heapprof::write_profile(FailingWriter::panicking(budget));
         });
         assert!(
             caught.is_err(),
@@ -91,7 +90,7 @@ fn a_panicking_writer_panics_once_and_the_next_write_works() {
         );
         let caught = std::panic::catch_unwind(|| {
             let s = heapprof::snapshot();
-            let _ = s.write_pprof(PanickingWriter { budget });
+            let _ = s.write_pprof(FailingWriter::panicking(budget));
         });
         assert!(
             caught.is_err(),
@@ -232,7 +231,7 @@ fn child_writer_fails_mid_way() {
     let budgets = [n / 4, n / 2, 3 * n / 4];
     let mut failures = [false; 4];
     for (i, &budget) in budgets.iter().enumerate() {
-        failures[i] = heapprof::write_profile(FailingWriter { budget }).is_err();
+        failures[i] = heapprof::write_profile(FailingWriter::new(budget)).is_err();
     }
     failures[3] = heapprof::write_profile(FailingFlush(Vec::new())).is_err();
     let mut next = Vec::new();

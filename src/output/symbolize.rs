@@ -831,6 +831,16 @@ mod tests {
         normalize_closures, subject_and_trait,
     };
 
+    /// A frame named `name` in `file`.
+    fn frame(name: &str, file: &str) -> Symbol {
+        Symbol {
+            name: name.into(),
+            system_name: String::new(),
+            file: file.into(),
+            line: 1,
+        }
+    }
+
     #[test]
     fn rust_and_cpp_names_are_demangled() {
         let (name, system) = super::names(b"_ZN2ns5KlassIiE6methodEiPFvmEm");
@@ -849,12 +859,6 @@ mod tests {
     /// standard library's inlined into them, without their paths.
     #[test]
     fn start_up_frames_with_short_names_are_known_by_their_files() {
-        let frame = |name: &str, file: &str| Symbol {
-            name: name.into(),
-            system_name: String::new(),
-            file: file.into(),
-            line: 1,
-        };
         let std = "/rustc/x/library";
         for (name, file) in [
             (
@@ -1208,12 +1212,6 @@ mod tests {
     /// whose it is.
     #[test]
     fn a_standard_trait_on_a_standard_type_is_the_programs_by_its_file() {
-        let frame = |name: &str, file: &str| Symbol {
-            name: name.into(),
-            system_name: String::new(),
-            file: file.into(),
-            line: 1,
-        };
         let from = "<alloc::vec::Vec<u8> as core::convert::From<&my::Record>>::from";
         assert!(!is_machinery_frame(&frame(from, "/work/my/src/lib.rs")));
         assert!(is_machinery_frame(&frame(from, "")));
