@@ -75,18 +75,21 @@ pub(crate) const MAX_FRAMES: usize = 64;
 /// frame of the first function an allocation calls out of line
 /// ([`Entered::here`]). A walk leaves out the return addresses into that
 /// function and into the ones it calls, heapprof's own, so a stack starts
-/// at the allocator's entry point (`__rust_alloc`, where the fast path is
-/// inlined) in every profile, named or not (`HEAPPROF_SYMBOLIZE=off`
-/// leaves the names to a server, which cannot tell heapprof's frames from
-/// the program's), and they take none of the [`MAX_FRAMES`].
+/// where the fast path is inlined (`__rust_alloc` in an optimized build,
+/// or its caller when it was reached by a tail call; heapprof's
+/// `GlobalAlloc::alloc` in a debug build) in every profile, named or not
+/// (`HEAPPROF_SYMBOLIZE=off` leaves the names to a server, which cannot
+/// tell heapprof's frames from the program's), and they take none of the
+/// [`MAX_FRAMES`].
 ///
 /// A return address is heapprof's when the frame of the function it
 /// returns from (that frame ends at the function's canonical frame
 /// address, the stack pointer before its call) lies at or below the mark:
 /// the stack grows down, so those are the marked function's callees, and
 /// the return address from the marked function itself is the first one
-/// kept. Only the leading run of such frames goes: a stack that crosses to
-/// another stack (a signal handler's) later is compared no further.
+/// kept. Only the leading run of such frames goes: once one is kept, every
+/// later one is, whatever stack it is on (a signal handler's frames and
+/// the frames it interrupted may lie on two).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Entered(usize);
 
