@@ -207,11 +207,7 @@ pub(crate) fn get() -> &'static Config {
                 },
             )
             .unwrap_or(Unwinder::Auto),
-            full_stacks: read("HEAPPROF_FULL_STACKS", "0 or 1", false, |s| match s {
-                "0" => Some(false),
-                "1" => Some(true),
-                _ => None,
-            }),
+            full_stacks: switch("HEAPPROF_FULL_STACKS", false),
             // Unset and malformed both mean `on`.
             symbolize: lookup(
                 "HEAPPROF_SYMBOLIZE",
@@ -233,11 +229,7 @@ pub(crate) fn get() -> &'static Config {
             ),
             cgroup_dir: var("HEAPPROF_CGROUP_DIR").map(PathBuf::from),
             pyroscope: pyroscope(),
-            thread_label: read("HEAPPROF_THREAD_LABEL", "0 or 1", true, |s| match s {
-                "0" => Some(false),
-                "1" => Some(true),
-                _ => None,
-            }),
+            thread_label: switch("HEAPPROF_THREAD_LABEL", true),
         }
     })
 }
@@ -390,6 +382,26 @@ fn read<T: std::fmt::Display>(
             report::warn(format_args!(
                 "heapprof: ignoring {name}={}: expected {expected}; using the default {default}",
                 Shown::new(&raw)
+            ));
+            default
+        }
+    }
+}
+
+/// A switch: `1` (or `on`) and `0` (or `off`), blanks around them
+/// ignored. Unset is `default`; a malformed value is reported in one line
+/// and `default` used.
+fn switch(name: &str, default: bool) -> bool {
+    let Some(raw) = var(name) else {
+        return default;
+    };
+    match raw.to_str().and_then(|s| parse_on_off(s.trim())) {
+        Some(value) => value,
+        None => {
+            report::warn(format_args!(
+                "heapprof: ignoring {name}={}: expected 0 or 1; using the default {}",
+                Shown::new(&raw),
+                u8::from(default)
             ));
             default
         }
