@@ -9,10 +9,12 @@
 pub(crate) mod fork;
 
 /// Once per process, from the first allocation that reaches heapprof,
-/// inside the profiler: the objects loaded at start, the fork handlers, the
-/// exit dump, and the unwinder choice, made here rather than in a first
+/// inside the profiler: heapprof's own object kept loaded, the objects
+/// loaded at start, the fork handlers, the exit dump, and the unwinder
+/// choice, made here rather than in a first
 /// sample deep in a small thread stack.
 pub(crate) fn on_first_allocation() {
+    crate::support::mappings::keep_own_object_loaded();
     crate::support::mappings::note_first_objects();
     fork::register_handlers();
     crate::dump::register_exit_dump();

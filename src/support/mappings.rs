@@ -92,6 +92,34 @@ pub(crate) fn executable_path() -> Option<std::path::PathBuf> {
 /// the same file's code).
 static FIRST_OBJECTS: OnceLock<Box<[(u64, u64)]>> = OnceLock::new();
 
+/// Keeps the object heapprof's code is in loaded for the rest of the
+/// process. In a shared library (a `cdylib` a C program or Python loads),
+/// heapprof leaves hooks with the C library that point into its code (the
+/// exit dump's `atexit`, the fork handlers, each thread's exit
+/// destructor), so a `dlclose` that unloaded it would leave them pointing
+/// at unmapped memory. Called at heapprof's first allocation; nothing for
+/// an executable, which no `dlclose` unloads.
+pub(crate) fn keep_own_object_loaded() {
+    // SAFETY: `Dl_info` is plain data, valid all zero.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    let here = keep_own_object_loaded as fn() as *const libc::c_void;
+    // SAFETY: `here` is an address of this object's code; `dladdr` only
+    // reads the loader's tables and fills `info`.
+    if unsafe { libc::dladdr(here, &mut info) } == 0 || info.dli_fname.is_null() {
+        return;
+    }
+    // SAFETY: `dli_fname` is a NUL-terminated name owned by the loader.
+    // `RTLD_NOLOAD` opens only an object already loaded (this one, found
+    // by its name; for an executable, nothing), `RTLD_NODELETE` keeps it
+    // loaded for good, and the handle is never closed.
+    unsafe {
+        libc::dlopen(
+            info.dli_fname,
+            libc::RTLD_LAZY | libc::RTLD_NOLOAD | libc::RTLD_NODELETE,
+        );
+    }
+}
+
 /// Notes which objects are loaded now, once: called at heapprof's first
 /// allocation, holding no heapprof lock.
 pub(crate) fn note_first_objects() {
@@ -201,7 +229,43 @@ pub(crate) fn current() -> Vec<Mapping> {
         })
         .collect();
     mappings.sort_by_key(|(is_main, m)| (!is_main, m.start));
-    mappings.into_iter().map(|(_, m)| m).collect()
+    let mut mappings: Vec<Mapping> = mappings.into_iter().map(|(_, m)| m).collect();
+    with_absolute_paths(&mut mappings);
+    mappings
+}
+
+/// Gives the mappings of objects the loader knows by a relative path
+/// (`dlopen("./libfoo.so")`) the path the kernel has for them, from
+/// `/proc/self/maps`: the relative one names another file, or none, once
+/// the program changes its directory.
+fn with_absolute_paths(mappings: &mut [Mapping]) {
+    let relative = |m: &Mapping| !m.path.is_empty() && !m.path.starts_with('/');
+    if !mappings.iter().any(relative) {
+        return;
+    }
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    // "start-end perms offset dev inode path"
+    let regions: Vec<(u64, u64, &str)> = maps
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(6, ' ');
+            let (start, end) = fields.next()?.split_once('-')?;
+            let path = fields.nth(4)?.trim_start();
+            let start = u64::from_str_radix(start, 16).ok()?;
+            let end = u64::from_str_radix(end, 16).ok()?;
+            path.starts_with('/').then_some((start, end, path))
+        })
+        .collect();
+    for m in mappings.iter_mut().filter(|m| relative(m)) {
+        if let Some(&(_, _, path)) = regions
+            .iter()
+            .find(|&&(start, end, _)| start <= m.start && m.start < end)
+        {
+            m.path = path.to_owned();
+        }
+    }
 }
 
 /// The path the loader gives a loaded object; empty for the executable.

@@ -1,0 +1,109 @@
+//! heapprof in a shared library a C program hosts (tests/fixtures/cdylib):
+//! the host loads it by a relative path, changes its directory, calls it
+//! from a thread of its own and unloads it, with `HEAPPROF_OUT` set.
+//!
+//! * The library's functions are named though the path the loader has for
+//!   it no longer names the file.
+//! * `dlclose` leaves the library loaded: heapprof's exit dump and its
+//!   threads' exit destructors point into its code, and an unloaded
+//!   library crashed the host when its thread ended.
+//! * The exit profile is written when the host exits.
+
+use std::path::Path;
+use std::process::Command;
+
+/// The host: `host <library>` opens the library (a path relative to the
+/// directory it is started in), changes to `/`, runs the library's work on
+/// a thread, prints what it returned, closes the library and says whether
+/// it is still loaded.
+const HOST: &str = r#"
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+
+typedef unsigned long long (*work_fn)(void);
+static work_fn work;
+static unsigned long long named;
+
+static void *worker(void *arg) { (void)arg; named = work(); return NULL; }
+
+int main(int argc, char **argv) {
+    if (argc != 2) return 2;
+    void *lib = dlopen(argv[1], RTLD_NOW);
+    if (!lib) { fprintf(stderr, "dlopen: %s\n", dlerror()); return 3; }
+    work = (work_fn)dlsym(lib, "hp_keep_and_count");
+    if (!work) return 4;
+    if (chdir("/") != 0) return 5;
+    pthread_t t;
+    if (pthread_create(&t, NULL, worker, NULL) != 0) return 6;
+    pthread_join(t, NULL);
+    printf("NAMED=%llu\n", named);
+    dlclose(lib);
+    printf("LOADED=%d\n", dlopen(argv[1], RTLD_NOW | RTLD_NOLOAD) != NULL);
+    fflush(stdout);
+    return 0;
+}
+"#;
+
+/// The fixture's `BLOCKS * BLOCK`.
+const KEPT_BYTES: u64 = 32 * 4096;
+
+#[test]
+fn a_hosted_library_is_named_and_outlives_dlclose() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cdylib");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(cargo)
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(root.join("tests/fixtures/cdylib/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .env_remove("RUSTFLAGS")
+        .output()
+        .expect("running cargo");
+    assert!(
+        built.status.success(),
+        "building the fixture: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let library = target.join("debug/libhp_fixture.so");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&library, dir.path().join("libhp_fixture.so")).unwrap();
+    std::fs::write(dir.path().join("host.c"), HOST).unwrap();
+    let compiled = Command::new("gcc")
+        .args(["-O1", "-o", "host", "host.c", "-ldl", "-lpthread"])
+        .current_dir(dir.path())
+        .output()
+        .expect("gcc runs (it links every Rust program on this platform)");
+    assert!(compiled.status.success(), "gcc: {compiled:?}");
+
+    let mut host = Command::new(dir.path().join("host"));
+    host.arg("./libhp_fixture.so").current_dir(dir.path());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("HEAPPROF_") {
+            host.env_remove(k);
+        }
+    }
+    host.env("HEAPPROF_SAMPLE_RATE", "1")
+        .env("HEAPPROF_OUT", dir.path().join("exit.pb.gz"));
+    let out = host.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the host failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("NAMED={KEPT_BYTES}\n")),
+        "the library's function is named after the host left its directory:\n{stdout}"
+    );
+    assert!(stdout.contains("LOADED=1\n"), "{stdout}");
+    assert!(
+        dir.path().join("exit.pb.gz").is_file(),
+        "the exit profile is written at the host's exit"
+    );
+}
