@@ -43,7 +43,8 @@
 //! other character as `_` (`http.route` as `http_route`, `tenant-id` as
 //! `tenant_id`), and leaves out a label whose key is then one the server
 //! sets (`service_name`, `pyroscope_spy`, any starting with `__`), one of
-//! the pusher's own labels, or an earlier label's. Profiles written or served keep the keys as given.
+//! the pusher's own labels, or an earlier label's. Profiles written or
+//! served keep the keys as given.
 //!
 //! What it costs the program: one thread (no name, a
 //! [`THREAD_STACK_BYTES`] stack) that is inside the profiler for good, so
