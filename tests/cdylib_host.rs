@@ -9,6 +9,7 @@
 //!   library crashed the host when its thread ended.
 //! * The exit profile is written when the host exits.
 
+use heapprof_testkit::child::without_heapprof_settings;
 use std::path::Path;
 use std::process::Command;
 
@@ -82,11 +83,7 @@ fn a_hosted_library_is_named_and_outlives_dlclose() {
 
     let mut host = Command::new(dir.path().join("host"));
     host.arg("./libhp_fixture.so").current_dir(dir.path());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("HEAPPROF_") {
-            host.env_remove(k);
-        }
-    }
+    without_heapprof_settings(&mut host);
     host.env("HEAPPROF_SAMPLE_RATE", "1")
         .env("HEAPPROF_OUT", dir.path().join("exit.pb.gz"));
     let out = host.output().unwrap();

@@ -9,6 +9,7 @@
 //! heapprof saw; its test also asserts that an assertion on the cache
 //! fails.
 
+use heapprof_testkit::child::without_heapprof_settings;
 use std::path::Path;
 use std::process::Command;
 
@@ -56,11 +57,7 @@ fn run_fixture_with(release: bool, frame_pointers: bool, env: &[(&str, &str)]) -
     };
     cmd.env("CARGO_ENCODED_RUSTFLAGS", flags)
         .env_remove("RUSTFLAGS");
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("HEAPPROF_") {
-            cmd.env_remove(k);
-        }
-    }
+    without_heapprof_settings(&mut cmd);
     cmd.envs(env.iter().copied());
     let out = cmd.output().expect("running cargo");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -7,11 +7,10 @@
 //! copy at rate 1; the copy replaces its own file with other bytes before
 //! it allocates and writes its first profile.
 
-use heapprof_testkit::child::{CHILD_VAR, is_child};
+use heapprof_testkit::child::{is_child, run_child_of};
 use heapprof_testkit::profile::{INUSE_SPACE, decode, flat, string};
 use heapprof_testkit::watchdog::watchdog;
 use std::hint::black_box;
-use std::process::Command;
 use std::time::Duration;
 
 #[global_allocator]
@@ -84,26 +83,14 @@ fn run_copy(dwp: bool) {
     if dwp {
         std::fs::write(dir.path().join("replaced-binary-copy.dwp"), b"not ours").unwrap();
     }
-    let out = Command::new(&copy)
-        .args([
-            "--exact",
-            "child_replaces_its_executable",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_VAR, "1")
-        .env("HEAPPROF_SAMPLE_RATE", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (stdout, _) = run_child_of(
+        &copy,
+        None,
+        "child_replaces_its_executable",
+        &[("HEAPPROF_SAMPLE_RATE", "1")],
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("1 passed"),
-        "the child ran its test: {}",
-        String::from_utf8_lossy(&out.stdout)
+        stdout.contains("1 passed"),
+        "the child ran its test: {stdout}"
     );
 }

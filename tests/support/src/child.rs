@@ -21,7 +21,17 @@ pub fn run_child(test: &str, env: &[(&str, &str)]) -> (String, String) {
 /// [`run_child`] in the working directory `cwd`, if given. `env` may set
 /// `HEAPPROF_TEST_CHILD` to a scenario's name (it is `1` otherwise).
 pub fn run_child_in(cwd: Option<&Path>, test: &str, env: &[(&str, &str)]) -> (String, String) {
-    let mut child = Command::new(std::env::current_exe().unwrap());
+    run_child_of(&std::env::current_exe().unwrap(), cwd, test, env)
+}
+
+/// [`run_child_in`] with the test binary at `exe` (a copy of this one).
+pub fn run_child_of(
+    exe: &Path,
+    cwd: Option<&Path>,
+    test: &str,
+    env: &[(&str, &str)],
+) -> (String, String) {
+    let mut child = Command::new(exe);
     child
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(CHILD_VAR, "1")
@@ -88,4 +98,16 @@ pub fn wait_with_timeout(pid: libc::pid_t, limit: Duration) -> Result<i32, Strin
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Takes every `HEAPPROF_*` setting of this process out of `command`'s
+/// environment: a child built or run as a user would (a fixture crate,
+/// a host program) sees only the settings its test gives it.
+pub fn without_heapprof_settings(command: &mut Command) -> &mut Command {
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("HEAPPROF_") {
+            command.env_remove(k);
+        }
+    }
+    command
 }
