@@ -68,7 +68,7 @@ impl Stats {
 pub fn stats() -> Stats {
     let _inside = reentry::Inside::enter();
     let program = registry::totals();
-    let own = reentry::own_totals().plus(registry::inside_so_far());
+    let own = registry::own_totals();
     Stats {
         allocations: program.allocations,
         deallocations: program.deallocations,

@@ -15,16 +15,22 @@
 //! for a call into the program's code (the writer a profile goes to).
 
 use crate::thread::counters::{Counts, SharedCounts};
-use crate::thread::{self, Deferred};
+use crate::thread::{self, Deferred, Registration};
 
 /// heapprof's own allocations and frees, as `Counters::thaw` takes them
 /// out of the threads' counts.
 static OWN: SharedCounts = SharedCounts::new();
 
-/// heapprof's own allocations and frees so far (a thread still inside
-/// heapprof adds its share when it leaves).
-pub(crate) fn own_totals() -> Counts {
+/// heapprof's own allocations and frees on threads not in the registry,
+/// and on threads that left it; the registry's threads keep theirs
+/// (`registry::own_totals` adds both).
+pub(crate) fn unlisted_own_totals() -> Counts {
     OWN.get()
+}
+
+/// Adds a thread's own counts to the totals as it leaves the registry.
+pub(crate) fn add_unlisted_own(c: Counts) {
+    OWN.add(c);
 }
 
 /// Whether this thread is inside the profiler. A thread whose state is
@@ -84,7 +90,13 @@ fn leave(was_inside: bool) {
     if was_inside {
         return;
     }
-    let Some(own) = thread::with(|l| l.counters.thaw()) else {
+    // A thread in the registry keeps its own counts, where readers find
+    // them together with those of its stay inside (`registry::own_totals`);
+    // another adds them to the totals.
+    let Some(own) = thread::with(|l| {
+        l.counters
+            .thaw(l.registration.get() == Registration::Listed)
+    }) else {
         return;
     };
     // Most stays inside allocate nothing (a sample into tables with room, a

@@ -160,6 +160,11 @@ fn retire() {
         {
             UNLISTED.add(counts);
         }
+        // heapprof's own counts likewise, a stay inside that never ends
+        // (the HTTP server's connection threads exit inside) included.
+        if let Some(own) = thread::with(|l| l.counters.take_own()) {
+            reentry::add_unlisted_own(own);
+        }
         set_registration(Registration::Exited);
     }
     unlist_mask_copy(interrupted);
@@ -291,17 +296,19 @@ pub(crate) fn totals() -> Counts {
     sum
 }
 
-/// What listed threads that are inside heapprof have allocated there so
-/// far: heapprof's own, not yet in its totals (a thread that never leaves,
-/// as the HTTP server's and the pusher's, would otherwise never add its
-/// share).
-pub(crate) fn inside_so_far() -> Counts {
+/// heapprof's own allocations and frees so far: the totals of threads
+/// outside the registry and the counts each listed thread keeps, its stay
+/// inside so far included (a thread that never leaves, as the HTTP
+/// server's and the pusher's, counts as it goes). Read under the
+/// registry's lock, as [`totals`] is: a thread leaving the registry moves
+/// its counts under it, so they are seen in one place.
+pub(crate) fn own_totals() -> Counts {
     let live = LIVE.lock();
-    let mut sum = Counts::default();
+    let mut sum = reentry::unlisted_own_totals();
     for &addr in live.iter() {
         // SAFETY: as in `totals`: a listed address is a running thread's.
         let counters = unsafe { &*(addr as *const Counters) };
-        sum = sum.plus(counters.inside_so_far());
+        sum = sum.plus(counters.read_own());
     }
     sum
 }
@@ -329,6 +336,7 @@ pub(crate) fn forget_other_threads_after_fork() {
         let counters = unsafe { &*(addr as *const Counters) };
         // One try: a torn read cannot become whole, its thread is gone.
         UNLISTED.add(counters.try_read().unwrap_or_else(|torn| torn));
+        reentry::add_unlisted_own(counters.try_read_own().unwrap_or_else(|torn| torn));
     }
     live.retain(|&a| a == own);
     drop(live);

@@ -16,7 +16,11 @@
 //!
 //! While the owner is inside heapprof ([`Counters::freeze`] ..
 //! [`Counters::thaw`]), what it counts is heapprof's own: readers see the
-//! counts frozen at entry, and leaving takes the difference back out.
+//! counts frozen at entry, and leaving takes the difference back out, into
+//! the thread's running total of heapprof's own counts when the thread is
+//! in the registry. A reader then finds heapprof's own counts of a thread
+//! in one place at every moment ([`Counters::read_own`]), so that
+//! `stats()` never steps back.
 
 use std::sync::atomic::{
     AtomicBool, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
@@ -102,6 +106,10 @@ pub(crate) struct Counters {
     inside: AtomicBool,
     /// The counts when the owner went inside.
     frozen: [AtomicU64; 4],
+    /// heapprof's own counts from the owner's stays inside that ended and
+    /// were kept ([`Counters::thaw`]), less what [`Counters::take_own`]
+    /// handed over of the current stay (wrapping).
+    own: [AtomicU64; 4],
 }
 
 /// The offset of the last field the fast path touches
@@ -132,6 +140,7 @@ impl Counters {
             seq: AtomicU64::new(0),
             inside: AtomicBool::new(false),
             frozen: [const { AtomicU64::new(0) }; 4],
+            own: [const { AtomicU64::new(0) }; 4],
         }
     }
 
@@ -176,10 +185,39 @@ impl Counters {
     /// out. Waits out a writer in the middle of a change, up to
     /// [`READ_PATIENCE`].
     pub(crate) fn read(&self) -> Counts {
+        self.read_whole(Self::try_read)
+    }
+
+    /// heapprof's own counts on this thread not yet handed to heapprof's
+    /// totals: those kept from its stays inside it that ended, and the
+    /// current stay's so far. Any thread; waits as [`Counters::read`]
+    /// does.
+    pub(crate) fn read_own(&self) -> Counts {
+        self.read_whole(Self::try_read_own)
+    }
+
+    /// As [`Counters::read_own`], once: `Err` with a torn read if the
+    /// owner was changing fields that go together.
+    pub(crate) fn try_read_own(&self) -> Result<Counts, Counts> {
+        self.consistent(|| self.own_now())
+    }
+
+    fn own_now(&self) -> Counts {
+        let kept = load_counts(&self.own);
+        if self.inside.load(Relaxed) {
+            kept.plus(self.live().minus(self.frozen()))
+        } else {
+            kept
+        }
+    }
+
+    /// `try_once` until it reads the fields whole, yielding to a writer
+    /// that takes long; past [`READ_PATIENCE`], its torn read.
+    fn read_whole(&self, try_once: impl Fn(&Self) -> Result<Counts, Counts>) -> Counts {
         let mut waiting_since = None;
         loop {
             for _ in 0..READ_SPINS {
-                if let Ok(counts) = self.try_read() {
+                if let Ok(counts) = try_once(self) {
                     return counts;
                 }
                 std::hint::spin_loop();
@@ -187,7 +225,7 @@ impl Counters {
             // The writer is not running: let it.
             let since = *waiting_since.get_or_insert_with(Instant::now);
             if since.elapsed() > READ_PATIENCE {
-                return self.try_read().unwrap_or_else(|torn| torn);
+                return try_once(self).unwrap_or_else(|torn| torn);
             }
             std::thread::yield_now();
         }
@@ -197,41 +235,27 @@ impl Counters {
     /// fields that go together, with whatever mix of old and new values was
     /// there.
     pub(crate) fn try_read(&self) -> Result<Counts, Counts> {
+        self.consistent(|| {
+            if self.inside.load(Relaxed) {
+                self.frozen()
+            } else {
+                self.live()
+            }
+        })
+    }
+
+    /// `read()` once, under the sequence number: `Err` if the owner
+    /// changed fields that go together meanwhile.
+    fn consistent(&self, read: impl FnOnce() -> Counts) -> Result<Counts, Counts> {
         let before = self.seq.load(Acquire);
-        let counts = if self.inside.load(Relaxed) {
-            self.frozen()
-        } else {
-            self.live()
-        };
+        let counts = read();
         std::sync::atomic::fence(Acquire);
         let whole = before.is_multiple_of(2) && self.seq.load(Relaxed) == before;
         if whole { Ok(counts) } else { Err(counts) }
     }
 
-    /// What the owner has counted since it went inside heapprof (its own
-    /// allocations, not yet moved to heapprof's totals); zero outside.
-    /// Read by any thread, once: a torn read gives a rough figure.
-    pub(crate) fn inside_so_far(&self) -> Counts {
-        let before = self.seq.load(Acquire);
-        let inside = self.inside.load(Relaxed);
-        let counts = self.live().minus(self.frozen());
-        std::sync::atomic::fence(Acquire);
-        let whole = before.is_multiple_of(2) && self.seq.load(Relaxed) == before;
-        if inside && whole {
-            counts
-        } else {
-            Counts::default()
-        }
-    }
-
     fn frozen(&self) -> Counts {
-        let [a, b, d, f] = self.frozen.each_ref().map(|c| c.load(Relaxed));
-        Counts {
-            allocations: a,
-            allocated_bytes: b,
-            deallocations: d,
-            freed_bytes: f,
-        }
+        load_counts(&self.frozen)
     }
 
     /// Everything counted, heapprof's own calls included. A countdown that
@@ -262,15 +286,7 @@ impl Counters {
     }
 
     fn store_frozen(&self, c: Counts) {
-        let values = [
-            c.allocations,
-            c.allocated_bytes,
-            c.deallocations,
-            c.freed_bytes,
-        ];
-        for (f, n) in self.frozen.iter().zip(values) {
-            f.store(n, Relaxed);
-        }
+        store_counts(&self.frozen, c);
     }
 
     /// The owner goes inside heapprof: readers see the counts as they are
@@ -284,21 +300,37 @@ impl Counters {
     }
 
     /// The owner leaves heapprof: what was counted since
-    /// [`Counters::freeze`] is taken back out and returned (heapprof's own
-    /// calls). The countdown is left as it is: it is the sampler's.
-    pub(crate) fn thaw(&self) -> Counts {
+    /// [`Counters::freeze`] is taken back out, as heapprof's own. With
+    /// `keep` it is kept with the thread's own counts, in the same step
+    /// for readers, and nothing is returned; without, the own counts not
+    /// yet handed over are returned, for the caller to add to heapprof's
+    /// totals. The countdown is left as it is: it is the sampler's.
+    pub(crate) fn thaw(&self, keep: bool) -> Counts {
         let frozen = self.frozen();
         let now = self.live();
         let countdown = self.countdown.load(Relaxed) as u64;
+        let own = load_counts(&self.own).plus(now.minus(frozen));
         self.write_together(|| {
             self.allocs.store(frozen.allocations, Relaxed);
             self.granted
                 .store(frozen.allocated_bytes.wrapping_add(countdown), Relaxed);
             self.frees.store(frozen.deallocations, Relaxed);
             self.freed_bytes.store(frozen.freed_bytes, Relaxed);
+            store_counts(&self.own, if keep { own } else { Counts::default() });
             self.inside.store(false, Relaxed);
         });
-        now.minus(frozen)
+        if keep { Counts::default() } else { own }
+    }
+
+    /// Returns the own counts not yet handed over ([`Counters::read_own`]'s)
+    /// and marks them handed over, the current stay's so far included: a
+    /// thread leaving the registry gives them to heapprof's totals, and
+    /// [`Counters::thaw`] returns only what it counts later. Owner only.
+    pub(crate) fn take_own(&self) -> Counts {
+        let taken = self.own_now();
+        let left = load_counts(&self.own).minus(taken);
+        self.write_together(|| store_counts(&self.own, left));
+        taken
     }
 
     /// Returns the program's counts ([`Counters::read`]'s) and starts them
@@ -352,6 +384,28 @@ impl Counters {
     pub(crate) fn uncount_free(&self, size: usize) {
         bump(&self.frees, 1u64.wrapping_neg());
         bump(&self.freed_bytes, (size as u64).wrapping_neg());
+    }
+}
+
+fn load_counts(fields: &[AtomicU64; 4]) -> Counts {
+    let [a, b, d, f] = fields.each_ref().map(|c| c.load(Relaxed));
+    Counts {
+        allocations: a,
+        allocated_bytes: b,
+        deallocations: d,
+        freed_bytes: f,
+    }
+}
+
+fn store_counts(fields: &[AtomicU64; 4], c: Counts) {
+    let values = [
+        c.allocations,
+        c.allocated_bytes,
+        c.deallocations,
+        c.freed_bytes,
+    ];
+    for (f, n) in fields.iter().zip(values) {
+        f.store(n, Relaxed);
     }
 }
 
@@ -423,7 +477,7 @@ mod tests {
             freed_bytes: 40,
         };
         assert_eq!(c.read(), program, "frozen while inside");
-        let own = c.thaw();
+        let own = c.thaw(false);
         assert_eq!(
             own,
             Counts {
@@ -439,6 +493,31 @@ mod tests {
             10_000 - 1_100,
             "the countdown is the sampler's"
         );
+    }
+
+    /// A thread's own counts are kept across its stays inside; handed over
+    /// in the middle of a stay (the thread leaves the registry there), they
+    /// are not handed over again when the stay ends.
+    #[test]
+    fn own_counts_are_handed_over_once() {
+        let c = Counters::new();
+        c.reset_countdown(10_000);
+        c.freeze();
+        c.count_alloc();
+        assert!(!c.charge(100));
+        assert_eq!(c.thaw(true), Counts::default(), "kept, not returned");
+        assert_eq!(c.read_own().allocated_bytes, 100);
+        c.freeze();
+        c.count_alloc();
+        assert!(!c.charge(30));
+        assert_eq!(c.read_own().allocated_bytes, 130, "the stay so far");
+        assert_eq!(c.take_own().allocated_bytes, 130);
+        assert_eq!(c.read_own(), Counts::default(), "all handed over");
+        c.count_alloc();
+        assert!(!c.charge(5));
+        let rest = c.thaw(false);
+        assert_eq!((rest.allocations, rest.allocated_bytes), (1, 5));
+        assert_eq!(c.read_own(), Counts::default());
     }
 
     /// `take` hands the counts over once and starts again from zero.
