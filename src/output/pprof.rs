@@ -256,7 +256,8 @@ pub(crate) struct Shown {
 ///   `main.main`; with it the `{{closure}}` a test or spawn wraps the
 ///   function in. `HEAPPROF_FULL_STACKS=1` keeps the start-up frames.
 ///
-/// An address with no symbol stops both cuts. A stack that is all
+/// An address with no symbol stops the leaf cut, and the root cut unless
+/// the frame it calls is start-up. A stack that is all
 /// machinery (an allocation made by the runtime itself) keeps everything
 /// above the leaf cut's limit, and one that is all start-up keeps its
 /// start-up frames.
@@ -284,12 +285,23 @@ pub(crate) fn trim(frames: &[usize], resolved: &HashMap<usize, Symbols>) -> Vec<
     let start = (0..lines.len()).find(|&k| !machinery(k)).unwrap_or(0);
     let mut end = lines.len();
     if !crate::config::get().full_stacks {
-        let startup = |k: usize| {
+        let named_startup = |k: usize| {
             let (i, j, name) = lines[k];
             name.is_some()
                 && resolved[&frames[i]]
                     .get(j)
                     .is_some_and(symbolize::is_startup_frame)
+        };
+        // An address with no symbol is start-up when the code it calls
+        // is: the C library's process and thread entry (`start_thread`,
+        // `__libc_start_call_main`) have no symbol where its debug files
+        // are not installed.
+        let startup = |k: usize| match lines[k].2 {
+            Some(_) => named_startup(k),
+            None => (start..k)
+                .rev()
+                .find(|&j| lines[j].2.is_some())
+                .is_some_and(named_startup),
         };
         if let Some(last) = (start..lines.len()).rev().find(|&k| !startup(k)) {
             end = last + 1;

@@ -418,6 +418,38 @@ fn an_unknown_address_stops_the_cuts() {
     );
 }
 
+/// Without the C library's debug files, its process and thread entry
+/// have no symbol: an address that calls start-up code is start-up too,
+/// one that calls the program's code is not.
+#[test]
+fn an_unknown_address_that_calls_start_up_code_is_start_up() {
+    assert_start_up_frames_are_cut();
+    let r = resolved(&[
+        (0x10, &["__rust_alloc"]),
+        (0x20, &["myprog::main"]),
+        (0x30, &["std::rt::lang_start_internal"]),
+        (0x40, &["main"]),
+        (0x60, &["__libc_start_main"]),
+        (0x70, &["_start"]),
+        (0x80, &["myprog::worker"]),
+        (0x90, &["std::sys::thread::unix::Thread::new::thread_start"]),
+        (0xb0, &["clone3"]),
+    ]);
+    let (libc_main, start_thread, c_callback) = (0x51, 0xa1, 0xc1);
+    assert_eq!(
+        trim(&[0x10, 0x20, 0x30, 0x40, libc_main, 0x60, 0x70], &r),
+        [shown(0x20, (0, 1))]
+    );
+    assert_eq!(
+        trim(&[0x80, 0x90, start_thread, 0xb0], &r),
+        [shown(0x80, (0, 1))]
+    );
+    assert_eq!(
+        trim(&[0x80, c_callback, 0x90, start_thread, 0xb0], &r),
+        [shown(0x80, (0, 1)), shown(c_callback, (0, 0))]
+    );
+}
+
 /// A stack that is all machinery keeps it all; one whose only frames past
 /// the machinery are start-up keeps those.
 #[test]
