@@ -647,6 +647,9 @@ pub(crate) fn is_startup(name: &str) -> bool {
         "__libc_start_main",
         "__libc_start_main_impl",
         "__libc_start_main_alias_2",
+        // musl's thread entry.
+        "start",
+        "start_c11",
         // catch_unwind's landing-pad frame, seen in debug builds.
         "__rust_try",
         "asan_thread_start",

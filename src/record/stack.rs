@@ -189,6 +189,11 @@ const RECHECK_FIRST: u64 = 64;
 /// frame (`__libc_start_call_main`, `__libc_start_main_impl`, `_start`;
 /// `start_thread`, `clone3`), which keep no frame pointer.
 const ROOT_FRAMES: usize = 4;
+/// Frames a frame-pointer walk may have beyond DWARF's at the root: musl's
+/// thread entry (`start`), linked into a static executable without unwind
+/// tables, ends libgcc's walk at its callee while its frame record is
+/// still in the chain.
+const FP_ROOT_FRAMES: usize = 1;
 
 /// The code of the module heapprof is linked into, as [start, end):
 /// where a frame-pointer walk may go (rule 2). Set by [`decide`].
@@ -333,8 +338,9 @@ fn own_code_range() -> Option<(usize, usize)> {
 /// Whether a frame pointer, rather than DWARF, gave `fp` the same frames as
 /// `dwarf` from the caller of the walk down: `fp` is a run of `dwarf`
 /// (after the unwinder's own frames), with at most [`ROOT_FRAMES`] more
-/// frames below it in `dwarf`, or, when the shorter of the two was cut at
-/// [`MAX_FRAMES`], the two agree as far as both go.
+/// frames below it in `dwarf` or [`FP_ROOT_FRAMES`] more in `fp`, or,
+/// when the shorter of the two was cut at [`MAX_FRAMES`], the two agree as
+/// far as both go.
 ///
 /// Walks from a mark ([`Entered`]) start at the same frame and are compared
 /// whole; walks that keep every frame start each at its own call site,
@@ -358,7 +364,8 @@ fn agrees(fp: &Stack, dwarf: &Stack) -> bool {
     };
     let both = fp.len().min(rest.len());
     rest[..both] == fp[..both]
-        && (cut || (rest.len() >= fp.len() && rest.len() - fp.len() <= ROOT_FRAMES))
+        && (cut
+            || (rest.len() <= fp.len() + ROOT_FRAMES && fp.len() <= rest.len() + FP_ROOT_FRAMES))
 }
 
 /// `ours`' frames from the one the caller of both walks returns to: all of

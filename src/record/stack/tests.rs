@@ -138,6 +138,32 @@ fn a_walk_agrees_with_dwarf_unless_it_skips_a_frame() {
     assert!(!agrees(&skipped, &dwarf));
 }
 
+/// A frame-pointer walk may reach [`FP_ROOT_FRAMES`] frames further toward
+/// the root than DWARF (musl's thread entry has no unwind tables), and
+/// DWARF [`ROOT_FRAMES`] further than the walk; no more.
+#[test]
+fn the_walks_may_end_a_few_frames_apart_at_the_root() {
+    let stack = |frames: &[usize]| {
+        let mut s = Stack::empty(Entered::NONE);
+        for &f in frames {
+            s.push(f, 0);
+        }
+        s
+    };
+    let program = [0x1010, 0x1020, 0x1030, 0x1040, 0x1050];
+    let dwarf = stack(&program);
+    let with = |extra: &[usize]| stack(&[&program[..], extra].concat());
+    assert!(agrees(&with(&[]), &dwarf));
+    assert!(agrees(&with(&[0x9000]), &dwarf), "musl's `start`");
+    assert!(!agrees(&with(&[0x9000, 0x9010]), &dwarf));
+    let libc_root = [0x7000, 0x7010, 0x7020, 0x7030];
+    assert!(agrees(&dwarf, &with(&libc_root)));
+    assert!(!agrees(
+        &dwarf,
+        &with(&[&libc_root[..], &[0x7040]].concat())
+    ));
+}
+
 /// On stacks deeper than [`MAX_FRAMES`], where both walks are cut at the
 /// root end (DWARF's nearer the leaf, as it starts deeper in heapprof),
 /// `agrees` compares as far as both go: a whole walk agrees, one that
