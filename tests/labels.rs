@@ -773,6 +773,18 @@ fn child_overflow() {
     let overflowed = heapprof::with_labels(&[("tenant", "one-too-many")], heapprof::current_labels);
     println!("overflowed {overflowed:?}");
     assert_eq!(overflowed, pairs(&[("heapprof_overflow", "label sets")]));
+    // Entering a scope the table had no room for again is found out
+    // without merging its labels again (which takes the table's lock and
+    // allocates each time).
+    let own_before = heapprof::stats().profiler_allocations;
+    for _ in 0..1000 {
+        heapprof::with_labels(&[("tenant", "one-too-many")], || {
+            std::hint::black_box(0);
+        });
+    }
+    let own = heapprof::stats().profiler_allocations - own_before;
+    println!("1000 overflowed scopes: {own} allocations of heapprof's");
+    assert!(own < 10, "{own} allocations of heapprof's for 1000 scopes");
     let snap = heapprof::snapshot();
     let first = snap.inuse_bytes_with_label("tenant", &values[0]);
     let overflow = snap.inuse_bytes_with_label("heapprof_overflow", "label sets");

@@ -98,16 +98,43 @@ fn scope_set(labels: &[(&str, &str)]) -> LabelSetId {
     if let Some(Some((_, set))) = remembered {
         return LabelSetId(set);
     }
+    let key = (outer.0, labels_hash(labels));
+    let overflowed = thread::with(|l| l.labels.overflowed.iter().any(|c| c.get() == key));
+    if overflowed == Some(true) {
+        return LabelSetId::OVERFLOW;
+    }
     let set = {
         let _inside = reentry::Inside::enter();
         table::merge(outer, labels, Kind::Program)
     };
     thread::with(|l| {
-        let next = l.labels.next_scope.get() % SCOPES_KEPT;
-        l.labels.scopes[next].set((outer.0, set.0));
-        l.labels.next_scope.set(next + 1);
+        let l = &l.labels;
+        if set == LabelSetId::OVERFLOW {
+            let i = l.next_overflowed.get() % SCOPES_KEPT;
+            l.overflowed[i].set(key);
+            l.next_overflowed.set(i + 1);
+        } else {
+            let i = l.next_scope.get() % SCOPES_KEPT;
+            l.scopes[i].set((outer.0, set.0));
+            l.next_scope.set(i + 1);
+        }
     });
     set
+}
+
+/// A hash of a scope's labels, in order, to know a scope the table had no
+/// room for when it is entered again (FNV-1a, 64 bits: two label lists
+/// that collide, one of them in the table, would be told apart only by a
+/// chance of one in 2^64).
+fn labels_hash(labels: &[(&str, &str)]) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (k, v) in labels {
+        for b in k.bytes().chain([0]).chain(v.bytes()).chain([0]) {
+            h = (h ^ u64::from(b)).wrapping_mul(PRIME);
+        }
+    }
+    h
 }
 
 /// The labels an allocation sampled now, on this thread, would carry:

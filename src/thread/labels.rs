@@ -35,6 +35,12 @@ pub(crate) struct LabelState {
     /// entry to replace next is `next_scope`.
     pub(crate) scopes: [Cell<(u32, u32)>; SCOPES_KEPT],
     pub(crate) next_scope: Cell<usize>,
+    /// Scopes entered lately whose sets the full table had no room for, as
+    /// `(outer set, hash of the labels)`: entering one again finds it has
+    /// none without the lock (the table never drops a set, so it never has
+    /// room later); the entry to replace next is `next_overflowed`.
+    pub(crate) overflowed: [Cell<(u32, u64)>; SCOPES_KEPT],
+    pub(crate) next_overflowed: Cell<usize>,
     /// Labelled spans entered on this thread and not yet exited, innermost
     /// last, as `(span id, the span's own set, the set in force before
     /// it)`; the first `span_depth` are in use. A span may be exited out of
@@ -54,6 +60,8 @@ impl LabelState {
             with_thread: Cell::new((UNKNOWN, UNKNOWN)),
             scopes: [const { Cell::new((UNKNOWN, UNKNOWN)) }; SCOPES_KEPT],
             next_scope: Cell::new(0),
+            overflowed: [const { Cell::new((UNKNOWN, 0)) }; SCOPES_KEPT],
+            next_overflowed: Cell::new(0),
             #[cfg(feature = "tracing")]
             spans: [const { Cell::new((0, 0, 0)) }; SPANS_KEPT],
             #[cfg(feature = "tracing")]
