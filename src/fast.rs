@@ -130,7 +130,12 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
         }
         // SAFETY: not a sampled block and the new one is not sampled either:
         // a plain realloc in `inner`, which may grow in place.
-        unsafe { self.inner.realloc(ptr, layout, new_size) }
+        let new_ptr = unsafe { self.inner.realloc(ptr, layout, new_size) };
+        if new_ptr.is_null() {
+            // The old block is still the program's: neither call happened.
+            record::realloc_failed(layout.size(), new_size);
+        }
+        new_ptr
     }
 }
 

@@ -118,10 +118,11 @@
 //! process's resident size disagree, this is the number in between: the
 //! heap as the program asked for it, before allocator overhead and
 //! fragmentation. A failed allocation of 1 MiB or more (a `try_reserve` of
-//! an untrusted length) is never counted. A smaller one fails only when
-//! memory is exhausted; it stays counted unless it happened to reach the
-//! slow path (the fast path hands the inner allocator's result back
-//! unchecked).
+//! an untrusted length) is never counted, nor is a failed `realloc` of any
+//! size (the old block stays live). A smaller failed `alloc` fails only
+//! when memory is exhausted (or a wrapped allocator's cap is reached); it
+//! stays counted unless it happened to reach the slow path (the fast path
+//! hands `alloc`'s result back unchecked).
 //!
 //! ## In tests: snapshots and exact assertions
 //!

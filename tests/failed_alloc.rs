@@ -9,8 +9,38 @@
 //! answer is checked; the bytes held back must then be charged exactly as
 //! the fast path would have, or sampling of big blocks goes wrong.
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
 #[global_allocator]
-static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+static ALLOC: heapprof::Profiler<Refusing> = heapprof::Profiler::wrap(Refusing);
+
+/// The system allocator, but while [`REFUSE_REALLOC`] is set its
+/// `realloc` fails whatever the size, as a capped or arena allocator's
+/// may for small blocks.
+struct Refusing;
+
+static REFUSE_REALLOC: AtomicBool = AtomicBool::new(false);
+
+// SAFETY: forwards to System unchanged, except that realloc may return
+// null, which GlobalAlloc allows (the old block stays valid).
+unsafe impl GlobalAlloc for Refusing {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if REFUSE_REALLOC.load(Relaxed) {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
 
 /// More than any machine has: the inner allocator fails it.
 const HUGE: usize = 1 << 45;
@@ -46,7 +76,26 @@ fn failures_and_big_blocks() {
     drop(std::hint::black_box(vec![0u8; 10])); // draws the countdown
     a_failed_reserve_is_not_counted(Vec::new());
     a_failed_reserve_is_not_counted(vec![7; 100]);
+    // Small reallocs, almost surely not samples at this rate: refused on
+    // the fast path.
+    for _ in 0..100 {
+        a_failed_small_realloc_is_not_counted(vec![7; 1000]);
+    }
     big_blocks_are_counted_exactly_and_sampled_without_bias();
+}
+
+/// Grows `v` by a few bytes while the inner allocator refuses every
+/// realloc: the counters must not move (the old block is still live).
+fn a_failed_small_realloc_is_not_counted(mut v: Vec<u8>) {
+    let contents = v.clone();
+    let before = heapprof::stats();
+    REFUSE_REALLOC.store(true, Relaxed);
+    let failed = v.try_reserve_exact(3000).is_err();
+    REFUSE_REALLOC.store(false, Relaxed);
+    assert!(failed, "the realloc should fail");
+    let after = heapprof::stats();
+    assert_eq!(counts(&after), counts(&before), "{before:?} -> {after:?}");
+    assert_eq!(v, contents, "the old block must be untouched");
 }
 
 /// Asks `v` for 32 TiB more, which fails, and checks that the counters

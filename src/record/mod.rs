@@ -369,6 +369,14 @@ fn uncount_alloc(size: usize) {
     thread::with(|l| l.counters.uncount_alloc(size));
 }
 
+/// A plain realloc from `old_size` to `new_size` bytes that the inner
+/// allocator failed, from the fast path: see [`uncount_realloc`].
+#[cold]
+#[inline(never)]
+pub(crate) fn realloc_failed(old_size: usize, new_size: usize) {
+    uncount_realloc(old_size, new_size);
+}
+
 /// A realloc from `old_size` to `new_size` bytes that the inner allocator
 /// failed: the old block is still live, and neither its free nor the new
 /// allocation happened.
