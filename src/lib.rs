@@ -424,6 +424,15 @@
 
 #![warn(missing_docs)]
 
+// The loader's object list, thread stacks, `/proc`, futexes and fork
+// handlers that heapprof reads are Linux's.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "heapprof runs on Linux only. In a project built for other systems too, depend on it under \
+     [target.'cfg(target_os = \"linux\")'.dependencies] and put #[cfg(target_os = \"linux\")] \
+     on the #[global_allocator] static and on each call into heapprof (README: Platforms)."
+);
+
 mod config;
 mod dump;
 mod fast;

@@ -306,9 +306,13 @@ fn decide() -> u8 {
     let mode = if wanted == Unwinder::Dwarf {
         USE_DWARF
     } else if !own_code_keeps_frame_pointers() {
-        if wanted == Unwinder::FramePointers {
+        if wanted == Unwinder::FramePointers && cfg!(target_arch = "x86_64") {
             crate::config::report::warn(format_args!(
                 "heapprof: HEAPPROF_UNWIND=frame-pointers, but this program was built without frame pointers (RUSTFLAGS=\"-C force-frame-pointers=yes\" keeps them); using DWARF"
+            ));
+        } else if wanted == Unwinder::FramePointers {
+            crate::config::report::warn(format_args!(
+                "heapprof: HEAPPROF_UNWIND=frame-pointers, but heapprof walks frame pointers on x86_64 only; using DWARF"
             ));
         }
         USE_DWARF
@@ -451,6 +455,7 @@ fn capture_libgcc(entered: Entered) -> Stack {
 }
 
 /// What a frame-pointer walk found.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 enum Walk {
     /// Every frame, down to this thread's known root, to a zero frame
     /// pointer (the ABI's end of the chain), or to [`MAX_FRAMES`].
@@ -525,7 +530,10 @@ fn walk_frame_pointers(entered: Entered) -> Walk {
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    Walk::Broken
+    {
+        let _ = entered;
+        Walk::Broken
+    }
 }
 
 /// Rule 1: whether heapprof's own code, compiled with the program's flags,

@@ -139,7 +139,7 @@ fn first_object(info: &libc::dl_phdr_info) -> (u64, u64) {
         // the loader, valid while `info` is.
         std::hash::Hash::hash(unsafe { CStr::from_ptr(info.dlpi_name) }, &mut hash);
     }
-    (info.dlpi_addr, std::hash::Hasher::finish(&hash))
+    (wide(info.dlpi_addr), std::hash::Hasher::finish(&hash))
 }
 
 /// How many objects the loader has loaded and unloaded since the process
@@ -203,8 +203,20 @@ unsafe extern "C" fn visit(
     0
 }
 
+/// A program header of this target's ELF class.
+#[cfg(target_pointer_width = "64")]
+pub(crate) type ProgramHeader = libc::Elf64_Phdr;
+/// A program header of this target's ELF class.
+#[cfg(target_pointer_width = "32")]
+pub(crate) type ProgramHeader = libc::Elf32_Phdr;
+
+/// An ELF address, offset or size of this target's class, as 64 bits.
+pub(crate) fn wide<T: Into<u64>>(x: T) -> u64 {
+    x.into()
+}
+
 /// The program headers of a loaded object.
-pub(crate) fn program_headers(info: &libc::dl_phdr_info) -> &[libc::Elf64_Phdr] {
+pub(crate) fn program_headers(info: &libc::dl_phdr_info) -> &[ProgramHeader] {
     // SAFETY: dlpi_phdr points to dlpi_phnum program headers, mapped for
     // as long as the object is loaded (at least the `info`'s borrow).
     unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) }
@@ -316,16 +328,16 @@ fn collect(info: &libc::dl_phdr_info, found: &mut Vec<(bool, Mapping)>) {
     }
     for ph in phdrs {
         if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0 {
-            let start = info.dlpi_addr + ph.p_vaddr;
+            let start = wide(info.dlpi_addr) + wide(ph.p_vaddr);
             found.push((
                 is_main,
                 Mapping {
                     start,
-                    limit: start + ph.p_memsz,
-                    file_offset: ph.p_offset,
+                    limit: start + wide(ph.p_memsz),
+                    file_offset: wide(ph.p_offset),
                     path: name.clone(),
                     build_id: build_id.clone(),
-                    base: info.dlpi_addr,
+                    base: wide(info.dlpi_addr),
                     loaded_at_start,
                     executable: false,
                 },
