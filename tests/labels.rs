@@ -825,6 +825,62 @@ fn child_overflow() {
 }
 
 #[test]
+fn child_thread_label_overflow() {
+    if !is_child() {
+        return;
+    }
+    heapprof::set_sample_rate(1);
+    let text = || {
+        let mut out = Vec::new();
+        heapprof::write_text_profile(&mut out).expect("text profile");
+        String::from_utf8(out).expect("utf-8")
+    };
+    assert!(!text().contains("thread label's table is full"));
+    // Two threads under the same 3 000 label sets: 6 000 sets with a
+    // thread name, more than the thread label's table holds.
+    let workers: Vec<_> = (0..2)
+        .map(|t| {
+            std::thread::Builder::new()
+                .name(format!("labeller-{t}"))
+                .spawn(|| {
+                    (0..3000)
+                        .map(|i| {
+                            let v = format!("t{i:04}");
+                            heapprof::with_labels(&[("tenant", &v)], || alloc_block(100, 3))
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .expect("spawn")
+        })
+        .collect();
+    let held: Vec<_> = workers
+        .into_iter()
+        .map(|w| w.join().expect("join"))
+        .collect();
+    let text = text();
+    let unlabelled = heapprof::snapshot()
+        .sites()
+        .iter()
+        .filter(|s| s.labels.iter().any(|(k, _)| k == "tenant"))
+        .filter(|s| !s.labels.iter().any(|(k, _)| k == "thread"))
+        .count();
+    println!("sites without a thread label: {unlabelled}");
+    assert!(unlabelled > 0, "the table should have filled");
+    assert!(text.contains("thread label's table is full"), "{text}");
+    drop(held);
+    println!("THREAD-OVERFLOW-OK");
+}
+
+/// Samples that lost their `thread` label to its full table are not lost
+/// silently: the profiles say so.
+#[test]
+fn a_full_thread_label_table_is_reported() {
+    let _watchdog = watchdog("thread label overflow", Duration::from_secs(120));
+    let (stdout, _) = run_child("child_thread_label_overflow", &[]);
+    assert!(stdout.contains("THREAD-OVERFLOW-OK"), "{stdout}");
+}
+
+#[test]
 fn past_the_table_bound_samples_carry_the_overflow_label() {
     let _watchdog = watchdog("label overflow", Duration::from_secs(120));
     let (stdout, _) = run_child("child_overflow", &[]);

@@ -22,7 +22,7 @@ pub(crate) mod table;
 pub mod tracing;
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
 
 use crate::support::reentry;
 use crate::thread::{
@@ -38,6 +38,15 @@ pub(crate) const THREAD_KEY: &str = "thread";
 /// What [`set_thread_label`] said: nothing yet (the configuration
 /// decides), on, or off.
 static THREAD_LABEL: AtomicU8 = AtomicU8::new(FOLLOW_CONFIG);
+
+/// Set once a sample went without its `thread` label because the thread
+/// label's sets filled their table; profiles say so.
+static THREAD_LABEL_DROPPED: AtomicBool = AtomicBool::new(false);
+
+/// Whether some samples carry no `thread` label because its table is full.
+pub(crate) fn thread_label_dropped() -> bool {
+    THREAD_LABEL_DROPPED.load(Relaxed)
+}
 const FOLLOW_CONFIG: u8 = 0;
 const ON: u8 = 1;
 const OFF: u8 = 2;
@@ -238,7 +247,10 @@ pub(crate) fn for_sample() -> LabelSetId {
     };
     // Past the thread label's own bound, the program's labels alone.
     let set = match table::merge_sets(thread_set, LabelSetId(current), Kind::Thread) {
-        LabelSetId::OVERFLOW => LabelSetId(current),
+        LabelSetId::OVERFLOW => {
+            THREAD_LABEL_DROPPED.store(true, Relaxed);
+            LabelSetId(current)
+        }
         set => set,
     };
     thread::with(|l| l.labels.with_thread.set((current, set.0)));
@@ -251,7 +263,10 @@ fn thread_name_set() -> LabelSetId {
     let mut buf = [0u8; 64];
     match thread_name(&mut buf) {
         Some(name) => match table::merge(LabelSetId::NONE, &[(THREAD_KEY, name)], Kind::Thread) {
-            LabelSetId::OVERFLOW => LabelSetId::NONE,
+            LabelSetId::OVERFLOW => {
+                THREAD_LABEL_DROPPED.store(true, Relaxed);
+                LabelSetId::NONE
+            }
             set => set,
         },
         None => LabelSetId::NONE,

@@ -147,6 +147,14 @@ pub(crate) fn with_build_stack<R>(f: impl FnOnce() -> R) -> R {
     stacker::maybe_grow(BUILD_STACK_NEED, BUILD_STACK_BYTES, f)
 }
 
+/// What profiles say once the `thread` label's table is full.
+pub(crate) fn thread_label_dropped_note() -> String {
+    format!(
+        "heapprof: the thread label's table is full ({} sets of a thread's name and the labels in force): samples of later threads and label sets carry no thread label",
+        labels::table::MAX_THREAD_LABEL_SETS
+    )
+}
+
 /// Encodes `profile` as a gzip-compressed protobuf.
 pub(crate) fn encode<W: Write>(profile: &proto::Profile, w: W) -> io::Result<()> {
     with_build_stack(|| {
@@ -405,7 +413,7 @@ impl Builder {
             .iter()
             .map(|s| s.counts.sampled_allocs as i64 - s.counts.sampled_frees as i64)
             .sum();
-        let comments = [
+        let mut comments = vec![
             format!(
                 "heapprof {}: values are unbiased estimates from sampling every {rate} bytes on average",
                 env!("CARGO_PKG_VERSION")
@@ -420,6 +428,9 @@ impl Builder {
                 symbolize::memory_bytes()
             ),
         ];
+        if labels::thread_label_dropped() {
+            comments.push(thread_label_dropped_note());
+        }
         for c in options.comments.iter().chain(&comments) {
             let i = self.strings.get(c);
             self.profile.comment.push(i);

@@ -196,6 +196,9 @@ fn write_stats<W: Write>(
     writeln!(w, "# sample_rate = {rate}")?;
     writeln!(w, "# live_sampled_blocks = {live_sampled}")?;
     writeln!(w, "# unwinder = {}", crate::record::stack::unwinder_name())?;
+    if crate::labels::thread_label_dropped() {
+        writeln!(w, "# {}", super::pprof::thread_label_dropped_note())?;
+    }
     writeln!(
         w,
         "# estimated_live_bytes = {estimated_inuse} (the records' inuse_space, as pprof reads it)"
