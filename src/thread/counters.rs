@@ -308,7 +308,7 @@ impl Counters {
     pub(crate) fn thaw(&self, keep: bool) -> Counts {
         let frozen = self.frozen();
         let now = self.live();
-        let countdown = self.countdown.load(Relaxed) as u64;
+        let countdown = signed_wide(self.countdown.load(Relaxed));
         let own = load_counts(&self.own).plus(now.minus(frozen));
         self.write_together(|| {
             self.allocs.store(frozen.allocations, Relaxed);
@@ -361,7 +361,7 @@ impl Counters {
             self.granted.store(
                 granted
                     .wrapping_add(countdown as u64)
-                    .wrapping_sub(old as u64),
+                    .wrapping_sub(signed_wide(old)),
                 Relaxed,
             );
             self.countdown.store(countdown, Relaxed);
@@ -385,6 +385,13 @@ impl Counters {
         bump(&self.frees, 1u64.wrapping_neg());
         bump(&self.freed_bytes, (size as u64).wrapping_neg());
     }
+}
+
+/// A countdown as 64 bits, sign-extended: one that ran out is below zero
+/// (wrapped), and `granted - countdown` must wrap the same way on 32-bit
+/// targets as [`Counters::live`] reads it.
+fn signed_wide(countdown: usize) -> u64 {
+    countdown as isize as i64 as u64
 }
 
 fn load_counts(fields: &[AtomicU64; 4]) -> Counts {
