@@ -112,12 +112,18 @@ fn scope_set(labels: &[(&str, &str)]) -> LabelSetId {
     if overflowed == Some(true) {
         return LabelSetId::OVERFLOW;
     }
+    let failures = table::memory_failures();
     let set = {
         let _inside = reentry::Inside::enter();
         table::merge(outer, labels, Kind::Program)
     };
+    // Remembered only when the table had no room: memory may come back.
+    let for_good = table::memory_failures() == failures;
     thread::with(|l| {
         let l = &l.labels;
+        if set == LabelSetId::OVERFLOW && !for_good {
+            return;
+        }
         if set == LabelSetId::OVERFLOW {
             let i = l.next_overflowed.get() % SCOPES_KEPT;
             l.overflowed[i].set(key);

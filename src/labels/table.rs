@@ -27,7 +27,7 @@
 use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{
-    AtomicPtr, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+    AtomicPtr, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
 };
 
 use crate::support::lock::{Lockable, Mutex, rank};
@@ -298,6 +298,7 @@ impl Table {
             return LabelSetId::OVERFLOW;
         }
         let Some(stored) = store(&set, hash) else {
+            MEMORY_FAILURES.fetch_add(1, Relaxed);
             return LabelSetId::OVERFLOW;
         };
         self.slots[id].store(stored, Release);
@@ -372,6 +373,15 @@ fn store(set: &Pending<'_>, hash: u64) -> Option<*mut Stored> {
 
 /// The id of `set`, stored if new (see [`Table::intern`]). Inside the
 /// guard, with no lock held.
+/// How many merges found no memory (rather than no room): an
+/// [`LabelSetId::OVERFLOW`] while this moved may not be for good.
+static MEMORY_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// [`MEMORY_FAILURES`] now.
+pub(crate) fn memory_failures() -> u64 {
+    MEMORY_FAILURES.load(Relaxed)
+}
+
 pub(crate) fn intern(set: Pending<'_>, kind: Kind) -> LabelSetId {
     TABLE.intern(set, kind, kind.bound())
 }
@@ -393,6 +403,7 @@ pub(crate) fn merge(outer: LabelSetId, inner: &[(&str, &str)], kind: Kind) -> La
     // (labels set on the sampled path are never cut, so nothing else
     // allocates before `intern`).
     let Some(mut set) = Pending::with_room(get(outer), inner.len()) else {
+        MEMORY_FAILURES.fetch_add(1, Relaxed);
         return LabelSetId::OVERFLOW;
     };
     for &(k, v) in inner {
@@ -440,6 +451,7 @@ pub(crate) fn merge_sets(outer: LabelSetId, inner: LabelSetId, kind: Kind) -> La
     }
     let inner = get(inner);
     let Some(mut set) = Pending::with_room(get(outer), inner.len()) else {
+        MEMORY_FAILURES.fetch_add(1, Relaxed);
         return LabelSetId::OVERFLOW;
     };
     for &(k, v) in inner {

@@ -38,7 +38,8 @@ pub(crate) struct LabelState {
     /// Scopes entered lately whose sets the full table had no room for, as
     /// `(outer set, hash of the labels)`: entering one again finds it has
     /// none without the lock (the table never drops a set, so it never has
-    /// room later); the entry to replace next is `next_overflowed`.
+    /// room later; a merge that found no memory is not remembered); the
+    /// entry to replace next is `next_overflowed`.
     pub(crate) overflowed: [Cell<(u32, u64)>; SCOPES_KEPT],
     pub(crate) next_overflowed: Cell<usize>,
     /// Labelled spans entered on this thread and not yet exited, innermost
