@@ -701,7 +701,11 @@ pub(crate) fn is_startup_frame(frame: &Symbol) -> bool {
     if has_path(&frame.name) || frame.file.is_empty() {
         return is_startup(&frame.name);
     }
-    is_startup_file(&frame.file) || (frame.name != "main" && is_startup(&frame.name))
+    // A short name with the program's file: the C entry points' names are
+    // also the program's own functions' (`main`, a thread's `start`).
+    const C_ENTRY_NAMES: &[&str] = &["main", "start", "start_c11"];
+    is_startup_file(&frame.file)
+        || (!C_ENTRY_NAMES.contains(&frame.name.as_str()) && is_startup(&frame.name))
 }
 
 /// Source files of the standard library's process, thread and test
@@ -878,11 +882,13 @@ mod tests {
                 format!("{std}/std/src/rt.rs"),
             ),
             ("start_thread", "./nptl/pthread_create.c".into()),
+            ("start", String::new()),
         ] {
             assert!(is_startup_frame(&frame(name, &file)), "{name} {file}");
         }
         for (name, file) in [
             ("main", "/work/app/src/main.rs"),
+            ("start", "/work/app/src/worker.rs"),
             ("gamma_small", "/work/app/src/main.rs"),
             ("app::main", "/work/app/src/main.rs"),
         ] {
