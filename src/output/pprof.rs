@@ -150,8 +150,9 @@ pub(crate) fn with_build_stack<R>(f: impl FnOnce() -> R) -> R {
 /// What profiles say once the `thread` label's table is full.
 pub(crate) fn thread_label_dropped_note() -> String {
     format!(
-        "heapprof: the thread label's table is full ({} sets of a thread's name and the labels in force): samples of later threads and label sets carry no thread label",
-        labels::table::MAX_THREAD_LABEL_SETS
+        "heapprof: the thread label's table is full ({} sets of a thread's name and the labels in force, or {} KiB) or was out of memory: samples of later threads and label sets carry no thread label",
+        labels::table::MAX_THREAD_LABEL_SETS,
+        labels::table::MAX_THREAD_TABLE_BYTES >> 10
     )
 }
 

@@ -375,6 +375,7 @@ fn uncount_alloc(size: usize) {
 #[inline(never)]
 pub(crate) fn realloc_failed(old_size: usize, new_size: usize) {
     uncount_realloc(old_size, new_size);
+    crate::process::on_failed_alloc(new_size);
 }
 
 /// A realloc from `old_size` to `new_size` bytes that the inner allocator
