@@ -121,35 +121,29 @@ fn scope_set(labels: &[(&str, &str)]) -> LabelSetId {
     let for_good = table::memory_failures() == failures;
     thread::with(|l| {
         let l = &l.labels;
-        if set == LabelSetId::OVERFLOW && !for_good {
-            return;
-        }
-        if set == LabelSetId::OVERFLOW {
-            let i = l.next_overflowed.get() % SCOPES_KEPT;
-            l.overflowed[i].set(key);
-            l.next_overflowed.set(i + 1);
-        } else {
-            let i = l.next_scope.get() % SCOPES_KEPT;
-            l.scopes[i].set((outer.0, set.0));
-            l.next_scope.set(i + 1);
+        match set {
+            LabelSetId::OVERFLOW if !for_good => {}
+            LabelSetId::OVERFLOW => remember(&l.overflowed, &l.next_overflowed, key),
+            _ => remember(&l.scopes, &l.next_scope, (outer.0, set.0)),
         }
     });
     set
 }
 
+/// Puts `entry` in the next place of a thread's ring of recent scopes.
+fn remember<T: Copy>(ring: &[Cell<T>; SCOPES_KEPT], next: &Cell<usize>, entry: T) {
+    let i = next.get() % SCOPES_KEPT;
+    ring[i].set(entry);
+    next.set(i + 1);
+}
+
 /// A hash of a scope's labels, in order, to know a scope the table had no
-/// room for when it is entered again (FNV-1a, 64 bits: two label lists
-/// that collide, one of them in the table, would be told apart only by a
-/// chance of one in 2^64).
+/// room for when it is entered again (64 bits: two label lists that
+/// collide, one of them in the table, are told apart only by chance).
 fn labels_hash(labels: &[(&str, &str)]) -> u64 {
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (k, v) in labels {
-        for b in k.bytes().chain([0]).chain(v.bytes()).chain([0]) {
-            h = (h ^ u64::from(b)).wrapping_mul(PRIME);
-        }
-    }
-    h
+    let mut h = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(labels, &mut h);
+    std::hash::Hasher::finish(&h)
 }
 
 /// The labels an allocation sampled now, on this thread, would carry:
