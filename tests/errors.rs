@@ -272,6 +272,7 @@ fn a_write_that_fails_mid_way_leaves_the_next_one_complete() {
 fn child_reports_rate() {
     if is_child() {
         println!("rate={}", heapprof::sample_rate());
+        println!("period={}", take_profile().period);
     }
 }
 
@@ -337,17 +338,19 @@ fn empty_settings_are_unset_and_silent() {
     assert!(!stderr.contains("heapprof"), "{stderr}");
 }
 
-/// `usize::MAX` is a valid byte count but the sampler's "not read yet"
-/// marker: it is lowered to the largest rate, said in one line, and the
-/// rate in force is that, not the marker.
+/// `usize::MAX` is a valid byte count but above what pprof's signed
+/// `period` holds (and the sampler's "not read yet" marker): it is lowered
+/// to the largest rate, `i64::MAX`, said in one line, and the rate in force
+/// and the profile's period are that.
 #[test]
 fn the_largest_rate_is_not_the_unset_marker() {
     let (stdout, stderr) = run_child(
         "child_reports_rate",
         &[("HEAPPROF_SAMPLE_RATE", &usize::MAX.to_string())],
     );
-    let largest = (usize::MAX - 1).to_string();
+    let largest = i64::MAX.to_string();
     assert!(stdout.contains(&format!("rate={largest}\n")), "{stdout}");
+    assert!(stdout.contains(&format!("period={largest}\n")), "{stdout}");
     let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("heapprof")).collect();
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(

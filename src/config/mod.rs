@@ -18,10 +18,15 @@ use std::time::Duration;
 pub(crate) mod report;
 use report::Shown;
 
-/// The largest sample rate: one below `usize::MAX`, which the sampler
-/// keeps for "not read yet". Larger settings are lowered to it; it is so
-/// far above any heap that it samples nothing all the same.
-pub(crate) const MAX_RATE: usize = usize::MAX - 1;
+/// The largest sample rate: the largest pprof's signed 64-bit `period`
+/// holds, and below `usize::MAX`, which the sampler keeps for "not read
+/// yet". Larger settings are lowered to it; it is so far above any heap
+/// that it samples nothing all the same.
+pub(crate) const MAX_RATE: usize = if usize::BITS < i64::BITS {
+    usize::MAX - 1
+} else {
+    i64::MAX as usize
+};
 
 /// Which unwinder the configuration asks for (`HEAPPROF_UNWIND`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -603,7 +603,11 @@ impl AutoDump {
     }
 
     /// Write a profile every `interval`. A zero interval would write
-    /// without pause, so [`start`](AutoDump::start) rejects it.
+    /// without pause, so [`start`](AutoDump::start) rejects it; any interval
+    /// shorter than a profile takes to write (milliseconds to a second)
+    /// writes them back to back, every file kept. `HEAPPROF_DUMP_EVERY`
+    /// raises periods under a second to one; this call takes what it is
+    /// given, for tests that want a series in milliseconds.
     pub fn every(mut self, interval: Duration) -> AutoDump {
         self.every = Some(interval);
         self
@@ -764,7 +768,7 @@ impl AutoDump {
 
 /// The state of a numbered series between polls.
 struct Series {
-    seq: u32,
+    seq: u64,
     last_time: Instant,
     last_allocated: u64,
     last_inuse: i64,

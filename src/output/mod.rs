@@ -19,7 +19,7 @@ pub(crate) mod symbolize;
 pub(crate) mod text;
 
 use std::io;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::record::{self, peak, sites::PackedSites, sites::SiteCopy};
 use crate::sample;
@@ -204,8 +204,24 @@ fn peak_comment(peak: &peak::Peak) -> String {
     format!(
         "heapprof peak profile: the live heap at its largest, about {} bytes (sampled estimate), at {}",
         peak.live_bytes,
-        humantime::format_rfc3339_seconds(peak.when)
+        wall_time(peak.when)
     )
+}
+
+/// The last second RFC 3339 can write: 9999-12-31T23:59:59Z.
+const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
+
+/// `when` in RFC 3339 (UTC) if it has a four-digit year, else in seconds
+/// from the Unix epoch: a clock set before 1970 or past 9999 still gets a
+/// profile, with the time it read.
+fn wall_time(when: SystemTime) -> String {
+    match when.duration_since(UNIX_EPOCH) {
+        Ok(d) if d.as_secs() <= LAST_RFC3339_SECOND => {
+            humantime::format_rfc3339_seconds(when).to_string()
+        }
+        Ok(d) => format!("{} s after the Unix epoch", d.as_secs()),
+        Err(e) => format!("{} s before the Unix epoch", e.duration().as_secs()),
+    }
 }
 
 /// `Err` (kind `Other`, saying what to add) if heapprof is not the
@@ -218,5 +234,27 @@ pub(crate) fn check_installed() -> io::Result<()> {
             "heapprof is not this program's global allocator, so there is nothing to profile; add \
              `#[global_allocator] static ALLOC: heapprof::Profiler = heapprof::Profiler::new();`",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peak taken while the clock read before 1970 or after 9999 is
+    /// written with the time it read (RFC 3339 has neither).
+    #[test]
+    fn wall_times_outside_four_digit_years_are_seconds() {
+        let last = UNIX_EPOCH + Duration::from_secs(LAST_RFC3339_SECOND);
+        assert_eq!(wall_time(last), "9999-12-31T23:59:59Z");
+        assert_eq!(
+            wall_time(last + Duration::from_secs(1)),
+            "253402300800 s after the Unix epoch"
+        );
+        assert_eq!(
+            wall_time(UNIX_EPOCH - Duration::from_secs(60)),
+            "60 s before the Unix epoch"
+        );
+        assert_eq!(wall_time(UNIX_EPOCH), "1970-01-01T00:00:00Z");
     }
 }

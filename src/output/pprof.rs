@@ -216,6 +216,15 @@ impl<W: Write> Write for Retrying<W> {
     }
 }
 
+/// `when` in pprof's `time_nanos`: signed nanoseconds from the Unix epoch,
+/// held at `i64`'s ends past them (years before 1678 or after 2262).
+fn unix_nanos(when: std::time::SystemTime) -> i64 {
+    match when.duration_since(std::time::UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_nanos()).map_or(i64::MIN, |n| -n),
+    }
+}
+
 /// Builds the profile message for `sites`, sampled at `rate`.
 pub(crate) fn build(sites: &[SiteCopy], rate: usize, options: Options) -> proto::Profile {
     with_build_stack(|| build_here(sites, rate, options))
@@ -394,11 +403,8 @@ impl Builder {
             value_type("inuse_space", "bytes"),
         ];
         self.profile.period_type = Some(value_type("space", "bytes"));
-        self.profile.period = rate as i64;
-        self.profile.time_nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0);
+        self.profile.period = i64::try_from(rate).unwrap_or(i64::MAX);
+        self.profile.time_nanos = unix_nanos(std::time::SystemTime::now());
         if let Some(d) = options.duration {
             self.profile.duration_nanos = d.as_nanos().min(i64::MAX as u128) as i64;
         }

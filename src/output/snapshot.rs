@@ -61,6 +61,14 @@ impl Stats {
 
 /// The exact counters now. Cheap: sums one small record per running thread.
 ///
+/// The threads are read one after another, not at one instant: while
+/// others run, a block one thread frees may be counted freed before its
+/// allocation, on a thread read earlier, is counted. So `freed_bytes` can
+/// exceed `allocated_bytes` for a moment (and `deallocations`
+/// `allocations`); [`Stats::live_bytes`] and [`Stats::live_blocks`] are
+/// zero then rather than negative, where a subtraction by hand would
+/// overflow.
+///
 /// If heapprof is not the program's `#[global_allocator]`, no allocation
 /// passes through it and every counter is zero; nothing here says so (a
 /// zero is also a valid count), while [`write_profile`](crate::write_profile)
@@ -247,7 +255,7 @@ impl Snapshot {
             .iter()
             .filter(|s| s.mentions(name))
             .map(value)
-            .sum()
+            .fold(0, i64::saturating_add)
     }
 
     /// Live bytes allocated by functions whose name contains `name`, and by
@@ -291,12 +299,15 @@ impl Snapshot {
             .iter()
             .filter(|s| s.has_label(key, value))
             .map(of)
-            .sum()
+            .fold(0, i64::saturating_add)
     }
 
     /// Live bytes in all sites.
     pub fn total_inuse_bytes(&self) -> i64 {
-        self.sites.iter().map(|s| s.inuse_bytes).sum()
+        self.sites
+            .iter()
+            .map(|s| s.inuse_bytes)
+            .fold(0, i64::saturating_add)
     }
 
     /// The `n` functions holding the most live memory themselves (flat), as
@@ -377,7 +388,7 @@ impl Snapshot {
                 }
                 .max(0)
             })
-            .sum();
+            .fold(0, i64::saturating_add);
         let also = if unplaced > 0 && self.delta {
             format!(
                 " (and {unplaced} were allocated in between under none of the program's stacks, \
@@ -402,7 +413,7 @@ impl Snapshot {
                 }
                 .max(0)
             })
-            .sum();
+            .fold(0, i64::saturating_add);
         if held + unplaced <= max_bytes && cut > 0 {
             crate::config::report::warn(format_args!(
                 "heapprof: assert_inuse_at_most: {cut} bytes are in stacks cut at their deepest \

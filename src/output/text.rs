@@ -106,7 +106,7 @@ fn write_here<W: Write>(
 
     let total = records.iter().fold([0i64; 4], |t, r| {
         let v = r.values;
-        [t[0] + v[0], t[1] + v[1], t[2] + v[2], t[3] + v[3]]
+        [0, 1, 2, 3].map(|i| t[i].saturating_add(v[i]))
     });
     // `heap/2`: pprof halves it to a period of 1 and scales nothing (see
     // the module comment).
@@ -363,7 +363,7 @@ mod tests {
         assert!((mixed.alloc_objects_est - (w3m + 2.0 * w64)).abs() < 1e-6);
         assert!(got[1..].iter().all(|r| *r == [1, 64, 1, 64]), "{text}");
         let total = got.iter().fold([0i64; 4], |t, v| {
-            [t[0] + v[0], t[1] + v[1], t[2] + v[2], t[3] + v[3]]
+            [0, 1, 2, 3].map(|i| t[i].saturating_add(v[i]))
         });
         assert!(
             text.starts_with(&format!(

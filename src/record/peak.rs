@@ -64,7 +64,9 @@ pub(crate) fn live_estimate() -> i64 {
 /// peak only if `may_copy` (the copy allocates); otherwise the next
 /// sample that may copies it.
 pub(crate) fn on_alloc(bytes: f64, may_copy: bool) {
-    let live = LIVE_ESTIMATE.fetch_add(bytes as i64, Relaxed) + bytes as i64;
+    let live = LIVE_ESTIMATE
+        .fetch_add(bytes as i64, Relaxed)
+        .wrapping_add(bytes as i64);
     let next = NEXT_PEAK.load(Relaxed);
     // One thread wins the right to copy this peak.
     let growth = crate::config::get().peak_growth.fraction();

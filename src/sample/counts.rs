@@ -18,8 +18,11 @@ pub(crate) struct SiteCounts {
 impl SiteCounts {
     /// Adds a sampled allocation of `size` bytes standing for `weight`.
     pub(crate) fn add_alloc(&mut self, size: usize, weight: f64) {
-        self.sampled_allocs += 1;
-        self.sampled_alloc_bytes += size as u64;
+        // Saturating: 2^18 sampled blocks of 64 TiB (address space a
+        // wrapped allocator reserves lazily) reach 2^64 bytes, and an
+        // overflow check here would abort inside the allocator.
+        self.sampled_allocs = self.sampled_allocs.saturating_add(1);
+        self.sampled_alloc_bytes = self.sampled_alloc_bytes.saturating_add(size as u64);
         self.alloc_objects_est += weight;
         self.alloc_bytes_est += size as f64 * weight;
     }
@@ -27,9 +30,11 @@ impl SiteCounts {
     /// These counts plus `other`'s.
     pub(crate) fn plus(&self, other: &SiteCounts) -> SiteCounts {
         SiteCounts {
-            sampled_allocs: self.sampled_allocs + other.sampled_allocs,
-            sampled_alloc_bytes: self.sampled_alloc_bytes + other.sampled_alloc_bytes,
-            sampled_frees: self.sampled_frees + other.sampled_frees,
+            sampled_allocs: self.sampled_allocs.saturating_add(other.sampled_allocs),
+            sampled_alloc_bytes: self
+                .sampled_alloc_bytes
+                .saturating_add(other.sampled_alloc_bytes),
+            sampled_frees: self.sampled_frees.saturating_add(other.sampled_frees),
             alloc_objects_est: self.alloc_objects_est + other.alloc_objects_est,
             alloc_bytes_est: self.alloc_bytes_est + other.alloc_bytes_est,
             free_objects_est: self.free_objects_est + other.free_objects_est,
@@ -55,7 +60,7 @@ impl SiteCounts {
 
     /// Adds the free of such a sample.
     pub(crate) fn add_free(&mut self, size: usize, weight: f64) {
-        self.sampled_frees += 1;
+        self.sampled_frees = self.sampled_frees.saturating_add(1);
         self.free_objects_est += weight;
         self.free_bytes_est += size as f64 * weight;
     }

@@ -494,3 +494,22 @@ fn trim_drops_the_closure_around_the_root_function() {
         [shown(0x60, (0, 1)), shown(0x70, (0, 1))]
     );
 }
+
+#[test]
+fn profile_times_outside_i64_nanoseconds_are_held_at_its_ends() {
+    use std::time::UNIX_EPOCH;
+    let second = Duration::from_secs(1);
+    assert_eq!(unix_nanos(UNIX_EPOCH + second), 1_000_000_000);
+    assert_eq!(unix_nanos(UNIX_EPOCH - second), -1_000_000_000);
+    // 330 years either side of 1970 (2300, 1640) is past 292, what i64
+    // nanoseconds hold.
+    let years_300 = Duration::from_secs(300 * 365 * 86_400);
+    assert_eq!(
+        unix_nanos(UNIX_EPOCH + years_300 + years_300 / 10),
+        i64::MAX
+    );
+    assert_eq!(
+        unix_nanos(UNIX_EPOCH - years_300 - years_300 / 10),
+        i64::MIN
+    );
+}
