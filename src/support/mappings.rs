@@ -97,24 +97,42 @@ static FIRST_OBJECTS: OnceLock<Box<[(u64, u64)]>> = OnceLock::new();
 /// heapprof leaves hooks with the C library that point into its code (the
 /// exit dump's `atexit`, the fork handlers, each thread's exit
 /// destructor), so a `dlclose` that unloaded it would leave them pointing
-/// at unmapped memory. Called at heapprof's first allocation; nothing for
-/// an executable, which no `dlclose` unloads.
+/// at unmapped memory. Called at heapprof's first allocation, holding no
+/// heapprof lock. Nothing for an executable, which no `dlclose` unloads:
+/// the loader is not asked about it by name, because the name it gives an
+/// executable (`dladdr`'s) is `argv[0]`, which any caller of `exec` sets,
+/// and `dlopen` would open whatever file that names (a FIFO: a hang before
+/// `main`).
 pub(crate) fn keep_own_object_loaded() {
-    // SAFETY: `Dl_info` is plain data, valid all zero.
-    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
-    let here = keep_own_object_loaded as fn() as *const libc::c_void;
-    // SAFETY: `here` is an address of this object's code; `dladdr` only
-    // reads the loader's tables and fills `info`.
-    if unsafe { libc::dladdr(here, &mut info) } == 0 || info.dli_fname.is_null() {
+    let here = keep_own_object_loaded as fn() as usize as u64;
+    let mut first = true;
+    let mut library: Option<std::ffi::CString> = None;
+    each_object(&mut |info| {
+        let is_first = std::mem::replace(&mut first, false);
+        let holds_here = program_headers(info).iter().any(|ph| {
+            let start = wide(info.dlpi_addr) + wide(ph.p_vaddr);
+            ph.p_type == libc::PT_LOAD && start <= here && here - start < wide(ph.p_memsz)
+        });
+        // The executable is the first object the loader lists, under an
+        // empty name (glibc, static musl).
+        if holds_here && !is_first && !info.dlpi_name.is_null() {
+            // SAFETY: a non-null dlpi_name is a NUL-terminated string owned
+            // by the loader, valid while `info` is.
+            let name = unsafe { CStr::from_ptr(info.dlpi_name) };
+            library = (!name.is_empty()).then(|| name.to_owned());
+        }
+    });
+    let Some(library) = library else {
         return;
-    }
-    // SAFETY: `dli_fname` is a NUL-terminated name owned by the loader.
-    // `RTLD_NOLOAD` opens only an object already loaded (this one, found
-    // by its name; for an executable, nothing), `RTLD_NODELETE` keeps it
-    // loaded for good, and the handle is never closed.
+    };
+    // SAFETY: `library` is NUL-terminated, the name the loader lists this
+    // loaded library under. `RTLD_NOLOAD` opens only an object already
+    // loaded, `RTLD_NODELETE` keeps it loaded for good, and the handle is
+    // never closed. Called outside `each_object`, whose walk holds the
+    // loader's lock that `dlopen` takes.
     unsafe {
         libc::dlopen(
-            info.dli_fname,
+            library.as_ptr(),
             libc::RTLD_LAZY | libc::RTLD_NOLOAD | libc::RTLD_NODELETE,
         );
     }
