@@ -1,13 +1,15 @@
 //! `assert_inuse_at_most` does not pass for want of a measurement: with
 //! sampling off it panics; in a delta, heapprof's overflow entry counts with
 //! every byte allocated into it, though other threads' frees there made its
-//! live bytes shrink; a name no stack has passes with a line saying so.
+//! live bytes shrink; a name no stack has passes with a line saying so;
+//! in a stripped executable, bytes under its unnamed frames count.
 //!
 //! Each scenario runs in a child process, whose settings come from its
 //! environment.
 
 use heapprof_testkit::check::panic_message;
-use heapprof_testkit::child::{is_child, run_child};
+use heapprof_testkit::child::{is_child, run_child, run_child_of};
+use heapprof_testkit::profile::{string, take_profile};
 use std::hint::black_box;
 
 #[global_allocator]
@@ -37,6 +39,56 @@ fn sampling_off_is_not_a_measurement() {
         heapprof::snapshot().assert_inuse_at_most("assertion_truth::holds_a_lot", 1024)
     });
     println!("panicked: {}", message.unwrap_or_default());
+    drop(kept);
+}
+
+/// A stripped executable (`strip = true` in a Cargo profile) leaves
+/// heapprof no names for the program's frames: the bytes under them may be
+/// the function's, so the assertion fails, saying why, rather than pass
+/// for want of a name.
+#[test]
+fn a_stripped_program_cannot_pass_for_want_of_names() {
+    if !is_child() {
+        let copy =
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("assertion_truth_stripped");
+        std::fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
+        let strip = std::process::Command::new("strip")
+            .arg(&copy)
+            .status()
+            .expect("run `strip` (binutils, which linking with cc needs too)");
+        assert!(strip.success(), "strip failed");
+        let (stdout, stderr) = run_child_of(
+            &copy,
+            None,
+            "a_stripped_program_cannot_pass_for_want_of_names",
+            &[],
+        );
+        assert!(
+            stdout.contains(
+                "panicked: heapprof: `assertion_truth::holds_a_lot` holds 0 live bytes (and "
+            ),
+            "{stdout}"
+        );
+        assert!(stdout.contains("could not name"), "{stdout}");
+        assert!(stderr.contains("is the executable stripped"), "{stderr}");
+        // The profile says so too, for readers of pprof's -comments.
+        assert!(
+            stdout.contains("comment: heapprof: ")
+                && stdout.contains("in the executable have no names"),
+            "{stdout}"
+        );
+        std::fs::remove_file(&copy).unwrap();
+        return;
+    }
+    let kept = holds_a_lot();
+    let message = panic_message(|| {
+        heapprof::snapshot().assert_inuse_at_most("assertion_truth::holds_a_lot", 1024)
+    });
+    println!("panicked: {}", message.unwrap_or_default());
+    let profile = take_profile();
+    for &c in &profile.comment {
+        println!("comment: {}", string(&profile, c));
+    }
     drop(kept);
 }
 

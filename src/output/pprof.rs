@@ -249,7 +249,7 @@ fn build_here(sites: &[SiteCopy], rate: usize, options: Options) -> proto::Profi
     for site in sites {
         b.add_site(site);
     }
-    b.add_mappings();
+    b.add_mappings(!options.addresses_only);
     b.profile.string_table = b.strings.strings;
     b.profile
 }
@@ -602,9 +602,11 @@ impl Builder {
     /// Adds the mappings, with flags that say truthfully what was resolved
     /// for the locations in each: a flag is set only if every location in
     /// the mapping has it, so pprof symbolizes again where we could not.
-    fn add_mappings(&mut self) {
+    /// `names_expected`: false for a profile written with addresses only.
+    fn add_mappings(&mut self, names_expected: bool) {
         let mut flags = vec![[true; 4]; self.mappings.len()];
         let mut used = vec![false; self.mappings.len()];
+        let mut unnamed_in_main = 0;
         for loc in &self.profile.location {
             let Some(i) = (loc.mapping_id as usize).checked_sub(1) else {
                 continue;
@@ -616,6 +618,9 @@ impl Builder {
                 .cloned()
                 .unwrap_or_default();
             let f = &mut flags[i];
+            if i == 0 && frames.is_empty() {
+                unnamed_in_main += 1;
+            }
             f[0] &= !frames.is_empty() && frames.iter().all(|fr| !fr.name.is_empty());
             f[1] &= !frames.is_empty() && frames.iter().all(|fr| !fr.file.is_empty());
             f[2] &= !frames.is_empty() && frames.iter().all(|fr| fr.line != 0);
@@ -636,6 +641,15 @@ impl Builder {
                 has_line_numbers: f[2],
                 has_inline_frames: f[3],
             });
+        }
+        if names_expected && unnamed_in_main > 0 {
+            let note = format!(
+                "heapprof: {unnamed_in_main} locations in the executable have no names ({}); \
+                 `go tool pprof <executable> <profile>` names them from a copy with symbols",
+                symbolize::NO_NAMES_HINT
+            );
+            let i = self.strings.get(&note);
+            self.profile.comment.push(i);
         }
     }
 }

@@ -360,6 +360,9 @@ impl Snapshot {
     /// typo, or a function inlined away) passes, with a line on stderr
     /// saying so; so does one that may be among the callers of a stack cut
     /// at its deepest kept (64 frames), with the bytes of those stacks.
+    /// Bytes under frames of the executable that heapprof could not name
+    /// (a stripped binary, or `/proc` not mounted) count against
+    /// `function`, as they may be its.
     #[track_caller]
     pub fn assert_inuse_at_most(&self, function: &str, max_bytes: i64) {
         // The docs above give the deepest stack kept.
@@ -389,18 +392,39 @@ impl Snapshot {
                 .max(0)
             })
             .fold(0, i64::saturating_add);
-        let also = if unplaced > 0 && self.delta {
+        // So may bytes under frames of the program heapprof could not
+        // name (a stripped executable, or one it could not open).
+        let unnamed = self.unnamed_program_bytes(function);
+        let also = if unnamed > 0 {
             format!(
-                " (and {unplaced} were allocated in between under none of the program's stacks, \
-                 into heapprof's own entries, and may be its)"
-            )
-        } else if unplaced > 0 {
-            format!(
-                " (and {unplaced} are under none of the program's stacks, in heapprof's own entries, and may be its)"
+                " (and {unnamed} {} under frames of the program that heapprof could not name, \
+                 which may be its: {})",
+                if self.delta {
+                    "were allocated in between"
+                } else {
+                    "are"
+                },
+                symbolize::NO_NAMES_HINT
             )
         } else {
             String::new()
         };
+        let unplaced = unplaced.saturating_add(unnamed);
+        let also = also
+            + &if unplaced > unnamed && self.delta {
+                format!(
+                    " (and {} were allocated in between under none of the program's stacks, \
+                 into heapprof's own entries, and may be its)",
+                    unplaced - unnamed
+                )
+            } else if unplaced > unnamed {
+                format!(
+                    " (and {} are under none of the program's stacks, in heapprof's own entries, and may be its)",
+                    unplaced - unnamed
+                )
+            } else {
+                String::new()
+            };
         let cut: i64 = self
             .sites
             .iter()
@@ -423,9 +447,13 @@ impl Snapshot {
             ));
         }
         if !self.sites.iter().any(|s| s.mentions(function)) {
+            let why = if unnamed > 0 {
+                symbolize::NO_NAMES_HINT
+            } else {
+                "check the name (with its path), and that the function is not inlined away"
+            };
             crate::config::report::warn(format_args!(
-                "heapprof: assert_inuse_at_most: no sampled stack names a function matching {}; \
-                 check the name (with its path), and that the function is not inlined away",
+                "heapprof: assert_inuse_at_most: no sampled stack names a function matching {}; {why}",
                 crate::config::report::Shown::new(function)
             ));
         }
@@ -433,6 +461,37 @@ impl Snapshot {
             held + unplaced <= max_bytes,
             "heapprof: `{function}` holds {held} live bytes{also}, more than the {max_bytes} allowed\n{self}"
         );
+    }
+
+    /// Live bytes (in a delta: bytes allocated in between) of the sites
+    /// that do not name `function` but pass through a frame heapprof could
+    /// not name in the program's executable (pprof's main binary) or in no
+    /// object at all: `function` may be that frame.
+    fn unnamed_program_bytes(&self, function: &str) -> i64 {
+        let p = &self.profile;
+        let unnamed_in_program = |id: &u64| {
+            p.location
+                .get((*id as usize).wrapping_sub(1))
+                .is_some_and(|loc| {
+                    loc.line.is_empty()
+                        && (loc.mapping_id == 0 || loc.mapping_id == MAIN_MAPPING_ID)
+                })
+        };
+        self.sites
+            .iter()
+            .zip(&p.sample)
+            .filter(|(site, sample)| {
+                !site.mentions(function) && sample.location_id.iter().any(unnamed_in_program)
+            })
+            .map(|(site, _)| {
+                if self.delta {
+                    site.alloc_bytes
+                } else {
+                    site.inuse_bytes
+                }
+                .max(0)
+            })
+            .fold(0, i64::saturating_add)
     }
 
     /// Writes this snapshot as a gzipped pprof profile: for a snapshot from
@@ -725,6 +784,10 @@ fn sites_of(p: &proto::Profile) -> Vec<Site> {
         })
         .collect()
 }
+
+/// The id of the executable's mapping: pprof's main binary, listed first
+/// (`support::mappings::current`).
+const MAIN_MAPPING_ID: u64 = 1;
 
 /// The name of a frame no symbol covers: `[libfoo.so]` after the file of
 /// the object its address is in, `?` when it is in none.

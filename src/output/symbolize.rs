@@ -29,6 +29,10 @@ use crate::support::mappings::{self, LoaderCounts, Mapping};
 
 mod own;
 
+/// What to check when the executable's frames have no names.
+pub(crate) const NO_NAMES_HINT: &str =
+    "is the executable stripped (`strip = true`), or is /proc not mounted?";
+
 /// One source-level frame at an address. An address yields several when
 /// functions were inlined into each other, innermost first.
 #[derive(Debug, Clone)]
