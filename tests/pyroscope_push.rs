@@ -9,7 +9,7 @@
 //! recorded, so the numbers are exact.
 
 use heapprof::pyroscope::Pusher;
-use heapprof_testkit::child::{is_child, run_child};
+use heapprof_testkit::child::{is_child, run_child, wait_with_timeout};
 use heapprof_testkit::profile::{ALLOC_SPACE, INUSE_SPACE, cum, decode, flat, stack_names, string};
 use heapprof_testkit::proto::Profile;
 use heapprof_testkit::pyroscope::{Pending, Push, Receiver};
@@ -624,6 +624,36 @@ fn starts_from_the_environment() {
         .sum();
     assert_eq!(allocated, 3 * MIB as i64, "{:?}", summary(&pushes));
     assert!(push_warnings(&stderr).is_empty(), "{stderr}");
+}
+
+/// A forked child that exits has no pusher thread: it exits at once,
+/// without the wait for the exit push (the pusher's timeout, 10 s).
+#[test]
+fn a_forked_child_exits_without_waiting_for_a_push() {
+    if is_child() {
+        heapprof::set_sample_rate(1);
+        // The pusher starts at this sample.
+        std::hint::black_box(vec![0u8; 64]);
+        std::thread::sleep(Duration::from_millis(300));
+        let start = Instant::now();
+        // SAFETY: the child only calls `exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            // SAFETY: ends the forked child the way a worker does.
+            unsafe { libc::exit(0) };
+        }
+        let status = wait_with_timeout(pid, Duration::from_secs(60)).unwrap();
+        assert_eq!(status, 0);
+        println!("forked_child_ms={}", start.elapsed().as_millis());
+        return;
+    }
+    let (stdout, _) = run_child(
+        "a_forked_child_exits_without_waiting_for_a_push",
+        &[("HEAPPROF_PYROSCOPE_URL", "http://127.0.0.1:9")],
+    );
+    let ms = heapprof_testkit::child::printed_number(&stdout, "forked_child_ms=");
+    assert!(ms < 5_000, "the forked child took {ms} ms to exit");
 }
 
 /// Malformed settings: one line each on stderr, the default used.

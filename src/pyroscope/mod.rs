@@ -609,8 +609,9 @@ impl Failures {
 
 // ---- From the environment -------------------------------------------------
 
-/// The pusher the environment started, for the push at exit.
-static FROM_ENV: std::sync::OnceLock<(Arc<Control>, std::thread::Thread, Duration)> =
+/// The pusher the environment started, for the push at exit: its control,
+/// its thread, its timeout, and the process that started it.
+static FROM_ENV: std::sync::OnceLock<(Arc<Control>, std::thread::Thread, Duration, u32)> =
     std::sync::OnceLock::new();
 
 /// Starts the pusher `HEAPPROF_PYROSCOPE_URL` asks for, once. Called from
@@ -645,6 +646,7 @@ pub(crate) fn start_from_env() {
                 Arc::clone(&handle.control),
                 handle.thread.thread().clone(),
                 timeout,
+                std::process::id(),
             ));
             // SAFETY: `push_at_exit` is an `extern "C" fn()` that never
             // unwinds.
@@ -688,10 +690,10 @@ fn exe_name() -> String {
 /// server. A forked child that exits does not push: it has no pusher
 /// thread.
 extern "C" fn push_at_exit() {
-    let Some((control, thread, timeout)) = FROM_ENV.get() else {
+    let Some((control, thread, timeout, pid)) = FROM_ENV.get() else {
         return;
     };
-    if control.finished.load(Acquire) {
+    if *pid != std::process::id() || control.finished.load(Acquire) {
         return;
     }
     if crate::support::lock::any_lock_held() {
