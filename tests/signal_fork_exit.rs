@@ -7,7 +7,9 @@
 //! The inner allocator blocks the signal while the system allocator runs,
 //! so the handler never interrupts glibc's malloc itself (whose own fork
 //! handler would then wait for its arena lock, with or without heapprof);
-//! it interrupts heapprof's code only. Each scenario runs in child
+//! it interrupts heapprof's code only (an `exit` from a handler that
+//! interrupted malloc hangs in the exit profile's first allocation, so
+//! heapprof writes none from a handler, and says so). Each scenario runs in child
 //! processes at rate 1 (every allocation takes heapprof's locks), killed
 //! and failed if one does not finish within [`CHILD_LIMIT`].
 
@@ -170,8 +172,16 @@ fn run_children(scenario: &str, runs: usize) {
                     .then(|| ("HEAPPROF_OUT", out.path().join(format!("heap.{run}.pb.gz")))),
             )
             .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("start a child");
+        // Read as it comes, so that a full pipe cannot stall the child.
+        let mut stderr = child.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        });
         let started = Instant::now();
         let status = loop {
             if let Some(status) = child.try_wait().expect("wait for the child") {
@@ -189,6 +199,20 @@ fn run_children(scenario: &str, runs: usize) {
             "{scenario}, run {run}: the child did not finish within {CHILD_LIMIT:?}, or failed \
              ({status:?}): a handler waited for a lock the code it interrupted holds?"
         );
+        let stderr = reader.join().unwrap();
+        if scenario == "exit" {
+            // The handler may have interrupted malloc, holding its lock: no
+            // exit profile, and a line that says why.
+            assert!(
+                stderr.contains("exits from the handler of signal")
+                    || stderr.contains("while it held a lock"),
+                "exit, run {run}: {stderr}"
+            );
+            assert!(
+                !out.path().join(format!("heap.{run}.pb.gz")).exists(),
+                "exit, run {run}: an exit profile was written from a signal handler"
+            );
+        }
     }
 }
 

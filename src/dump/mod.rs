@@ -449,6 +449,18 @@ extern "C" fn at_exit() {
         ));
         return;
     }
+    if let Some(signal) = crate::process::signal_being_handled() {
+        // `exit` called from a signal handler (a `SIGTERM` handler, say):
+        // the handler may have interrupted the C library's `malloc`,
+        // which holds its arena's lock until the handler returns, and a
+        // profile allocates.
+        config::report::warn(format_args!(
+            "heapprof: the program exits from the handler of signal {signal}, which may have \
+             interrupted malloc; the exit profile and its peak are not written (exit outside \
+             the handler, as signal-hook, ctrlc and tokio::signal do, to have them)"
+        ));
+        return;
+    }
     // One flag each: a failed exit profile does not hide why its peak
     // failed too.
     static EXIT_FAILED: AtomicBool = AtomicBool::new(false);

@@ -696,10 +696,12 @@ extern "C" fn push_at_exit() {
     if *pid != std::process::id() || control.finished.load(Acquire) {
         return;
     }
-    if crate::support::lock::any_lock_held() {
+    if crate::support::lock::any_lock_held() || crate::process::signal_being_handled().is_some() {
         // `exit` from a signal handler that interrupted heapprof while it
-        // held a lock: the push would build a profile, which waits for
-        // that lock, while this thread waits for the push.
+        // held a lock (the push would build a profile, which waits for
+        // that lock, while this thread waits for the push), or that may
+        // have interrupted the inner allocator holding its own: the exit
+        // dump says so (`dump::at_exit`).
         return;
     }
     control.stop.store(true, Release);
