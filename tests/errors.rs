@@ -1,6 +1,7 @@
 //! Bad input gets a clear error and loses nothing: malformed environment
 //! values are reported once on stderr and the default is used; a failing
-//! writer gets `Err` and the next profile is whole.
+//! writer gets `Err` and the next profile is whole; a profile written
+//! while descriptors are used up loses its names, the next one does not.
 
 use heapprof_testkit::child::{is_child, printed_number, run_child};
 use heapprof_testkit::profile::{INUSE_OBJECTS, decode, flat, stack_names, take_profile};
@@ -381,4 +382,51 @@ fn a_huge_malformed_value_is_echoed_cut_short() {
             "{name}: the value is echoed in full"
         );
     }
+}
+
+/// 4 MiB the descriptor test holds, in a function of its own.
+#[inline(never)]
+fn held_while_descriptors_run_out() -> Vec<u8> {
+    std::hint::black_box(vec![3u8; 4 << 20])
+}
+
+/// The child: a profile written while every descriptor is in use cannot
+/// open the executable to name its frames; one written after some are
+/// closed again names them.
+#[test]
+fn child_runs_out_of_descriptors() {
+    if !is_child() {
+        return;
+    }
+    let held = held_while_descriptors_run_out();
+    // A low limit makes running out quick.
+    // SAFETY: `limit` is plain data that getrlimit fills and setrlimit reads.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_cur.min(256);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    let mut files = Vec::new();
+    while let Ok(f) = std::fs::File::open("/dev/null") {
+        files.push(f);
+    }
+    let name = "errors::held_while_descriptors_run_out";
+    println!("without={}", heapprof::snapshot().inuse_bytes_in(name));
+    drop(files);
+    println!("with={}", heapprof::snapshot().inuse_bytes_in(name));
+    drop(held);
+}
+
+/// Running out of descriptors costs the profiles written meanwhile their
+/// names, not every later profile (services run out in incidents, and
+/// recover).
+#[test]
+fn names_come_back_when_descriptors_do() {
+    let (stdout, _) = run_child(
+        "child_runs_out_of_descriptors",
+        &[("HEAPPROF_SAMPLE_RATE", "1")],
+    );
+    assert_eq!(printed_number(&stdout, "without="), 0, "{stdout}");
+    assert_eq!(printed_number(&stdout, "with="), 4 << 20, "{stdout}");
 }

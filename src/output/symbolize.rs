@@ -329,6 +329,7 @@ fn resolve_all_within(
         resolved
     };
     trim_heap(this_thread_allocated_bytes() - allocated_before);
+    let unopened = unopened_files(&resolved, &objects);
     {
         let mut cache = CACHE.lock();
         let cache = cache.get_or_insert_with(|| Cache {
@@ -337,9 +338,17 @@ fn resolve_all_within(
         });
         // Found under the counts read at the start: kept only if no other
         // profile has seen the loader change since (this one's `follow`
-        // would then not come again for them).
+        // would then not come again for them). Nothing found in a file
+        // that could not be opened is not kept: the next profile tries
+        // again, when the program may have descriptors to spare.
         if cache.loader == loader {
             for (addr, frames) in &resolved {
+                let in_unopened = || {
+                    object_of(&objects, *addr).is_some_and(|m| unopened.contains(&m.path.as_str()))
+                };
+                if frames.is_empty() && in_unopened() {
+                    continue;
+                }
                 cache.frames.insert(*addr, frames.clone());
             }
         }
@@ -349,6 +358,26 @@ fn resolve_all_within(
     KEPT_BYTES.fetch_add(kept, Relaxed);
     out.extend(resolved);
     out
+}
+
+/// The files of `objects` that cannot be opened now (descriptors used up,
+/// say) and in which `resolved` named nothing at some address. One `open`
+/// per such file.
+fn unopened_files<'a>(resolved: &[(usize, Symbols)], objects: &'a [Mapping]) -> Vec<&'a str> {
+    let mut checked: Vec<(&str, bool)> = Vec::new();
+    for (addr, frames) in resolved {
+        let Some(object) = object_of(objects, *addr).filter(|_| frames.is_empty()) else {
+            continue;
+        };
+        if !checked.iter().any(|&(path, _)| path == object.path) {
+            checked.push((&object.path, object.open().is_err()));
+        }
+    }
+    checked
+        .into_iter()
+        .filter(|&(_, failed)| failed)
+        .map(|(path, _)| path)
+        .collect()
 }
 
 /// Addresses outside heapprof's own object, sorted by who looks them up
