@@ -108,6 +108,17 @@ fn child_scenarios() {
     if std::env::var("HEAPPROF_TEST_CHILD").as_deref() != Ok("exit") {
         return;
     }
+    if let Some(bytes) = std::env::var("HEAPPROF_TEST_FILE_SIZE_LIMIT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        let limit = libc::rlimit {
+            rlim_cur: bytes,
+            rlim_max: bytes,
+        };
+        // SAFETY: setrlimit reads the live `limit`.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &limit) }, 0);
+    }
     std::mem::forget(held_until_exit());
     if let Some(ms) = std::env::var("HEAPPROF_TEST_CHURN_MS")
         .ok()
@@ -347,6 +358,29 @@ fn a_directory_is_an_error_that_writes_nothing() {
     assert!(names(&sub).is_empty(), "stray files:\n{stderr}");
     assert_eq!(names(dir.path()), ["sub"], "stray files:\n{stderr}");
     assert!(stderr.contains("is a directory"), "{stderr}");
+}
+
+/// A file size limit (`RLIMIT_FSIZE`) below a profile's size: each dump
+/// fails with an error on stderr, the program is not killed by `SIGXFSZ`,
+/// and no temporary file stays.
+#[test]
+fn a_file_size_limit_fails_the_dumps_and_spares_the_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = vec![
+        ("HEAPPROF_OUT", "heap.pb.gz"),
+        ("HEAPPROF_TEST_FILE_SIZE_LIMIT", "300"),
+    ];
+    env.extend(SERIES_ENV);
+    let (stdout, stderr) = exit_child(dir.path(), &env);
+    assert!(stdout.contains("pid="), "{stdout}");
+    assert!(names(dir.path()).is_empty(), "files left:\n{stderr}");
+    for kind in ["exit", "periodic"] {
+        assert!(
+            stderr.contains(&format!("could not write the {kind} profile"))
+                && stderr.contains("File too large"),
+            "{kind}: {stderr}"
+        );
+    }
 }
 
 /// `%p` and `%e` in `HEAPPROF_OUT` (the exit dump and its peak), in a

@@ -155,10 +155,48 @@ fn write_dump(
     let with_path =
         |e: io::Error| io::Error::new(e.kind(), format!("heapprof: {}: {e}", Shown::path(path)));
     match target(path).map_err(with_path)? {
-        Target::Replace => replace(path, write),
-        Target::Through => write_through(path, write),
+        Target::Replace => without_file_size_signal(|| replace(path, write)),
+        Target::Through => without_file_size_signal(|| write_through(path, write)),
     }
     .map_err(with_path)
+}
+
+/// Runs `f` with `SIGXFSZ` blocked on this thread, so that a write past
+/// the process's file size limit (`RLIMIT_FSIZE`) fails with `EFBIG`, an
+/// error, instead of killing the program; the signal that write raised is
+/// taken back before the mask is restored. A program that blocks the
+/// signal itself keeps whatever is pending. No allocation.
+fn without_file_size_signal<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: `sigset_t` is plain data, set up by sigemptyset/sigaddset
+    // before use; every call gets pointers to live locals; a zero timeout
+    // makes `sigtimedwait` take a pending signal or return at once.
+    unsafe {
+        let mut signal: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut signal);
+        libc::sigaddset(&mut signal, libc::SIGXFSZ);
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &signal, &mut old) != 0 {
+            return f();
+        }
+        let pending = || {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigpending(&mut set) == 0 && libc::sigismember(&set, libc::SIGXFSZ) == 1
+        };
+        let blocked_before = libc::sigismember(&old, libc::SIGXFSZ) == 1;
+        let pending_before = pending();
+        let result = f();
+        if !blocked_before {
+            if !pending_before && pending() {
+                let now = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                libc::sigtimedwait(&signal, std::ptr::null_mut(), &now);
+            }
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        }
+        result
+    }
 }
 
 /// Tells apart the temporary files of dumps that one process writes at
