@@ -17,7 +17,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::OpenOptionsExt;
@@ -280,35 +280,33 @@ fn keep_access(file: &File, replaced: Option<&std::fs::Metadata>) {
     let _ = file.set_permissions(std::fs::Permissions::from_mode(old.mode() & 0o777));
 }
 
-/// Writes `path` whole or not at all: `write` fills a temporary file
-/// beside it, which is renamed over `path` only if `write` succeeded and
-/// returned true. A reader (the next dump's `-base`, a collector watching
-/// the directory, a test) never sees half a profile. The temporary file
-/// takes the permissions and owner of the file it replaces, and is removed
-/// on every failure.
+/// Writes `path` whole or not at all: `write` produces the profile in
+/// memory, then a temporary file beside `path` takes it and is renamed
+/// over `path`, only if `write` succeeded and returned true. A reader (the
+/// next dump's `-base`, a collector watching the directory, a test) never
+/// sees half a profile. The temporary file takes the permissions and owner
+/// of the file it replaces, and is removed on every failure; it exists
+/// only while the bytes are written, not while the profile is built
+/// (symbolizing can take a second), so a process that exits while a
+/// series is being written seldom leaves one behind.
 fn replace(
     path: &Path,
     write: impl FnOnce(&mut dyn io::Write) -> io::Result<bool>,
 ) -> io::Result<bool> {
+    let mut bytes = Vec::new();
+    if !write(&mut bytes)? {
+        return Ok(false);
+    }
     let replaced = std::fs::symlink_metadata(path).ok().filter(|m| m.is_file());
-    let (tmp, file) = create_temporary(path)?;
+    let (tmp, mut file) = create_temporary(path)?;
     keep_access(&file, replaced.as_ref());
-    let result = {
-        let mut w = BufWriter::new(file);
-        write(&mut w).and_then(|wanted| {
-            w.into_inner().map_err(|e| e.into_error())?;
-            Ok(wanted)
-        })
-    };
-    let renamed = match result {
-        Ok(true) => std::fs::rename(&tmp, path).map(|()| true),
-        Ok(false) => Ok(false),
-        Err(e) => Err(e),
-    };
-    if !matches!(renamed, Ok(true)) {
+    let renamed = file
+        .write_all(&bytes)
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if renamed.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    renamed
+    renamed.map(|()| true)
 }
 
 /// Writes to what is at `path` without replacing it: a device, a FIFO,
