@@ -136,6 +136,8 @@ pub(crate) struct Watch {
     /// `HEAPPROF_MEMORY_LIMIT`.
     configured: Option<u64>,
     readings: u32,
+    /// A limit's usage could not be read once: said on stderr, once.
+    unreadable_said: bool,
 }
 
 struct Cgroup {
@@ -160,13 +162,15 @@ impl Watch {
                 .collect(),
             configured,
             readings: 0,
+            unreadable_said: false,
         }
     }
 
-    /// The limit nearest to being reached, with what is in use against it;
-    /// `None` if a limit's usage could not be read this time (a poll then
-    /// decides nothing). `lowest` is the lowest threshold: below it, a
-    /// cgroup's `memory.stat` need not be read.
+    /// The limit nearest to being reached, with what is in use against it,
+    /// of those whose usage could be read this time (a limit that cannot be
+    /// read, `/proc` not mounted say, is said on stderr once and does not
+    /// hide the others); `None` if none could. `lowest` is the lowest
+    /// threshold: below it, a cgroup's `memory.stat` need not be read.
     pub(crate) fn read(&mut self, lowest: f64) -> Option<Measure> {
         if self.readings.is_multiple_of(LIMITS_EVERY) {
             for c in &mut self.cgroups {
@@ -175,11 +179,15 @@ impl Watch {
         }
         self.readings = self.readings.wrapping_add(1);
         let mut measures = Vec::new();
+        let mut unreadable: Option<PathBuf> = None;
         for c in &self.cgroups {
             let Some((limit, file)) = c.limit else {
                 continue;
             };
-            let current = read_number(&c.dir.join("memory.current"))?;
+            let Some(current) = read_number(&c.dir.join("memory.current")) else {
+                unreadable.get_or_insert_with(|| c.dir.join("memory.current"));
+                continue;
+            };
             let inactive_file = if current as f64 >= lowest * limit as f64 {
                 read_text(&c.dir.join("memory.stat")).and_then(|t| stat_field(&t, "inactive_file"))
             } else {
@@ -196,19 +204,38 @@ impl Watch {
                 },
             });
         }
-        if let Some(limit) = self.configured {
+        // Physical memory is the limit only where no other is set.
+        let limited = self.configured.is_some() || self.cgroups.iter().any(|c| c.limit.is_some());
+        let resident = if self.configured.is_some() || !limited {
+            let read = resident_bytes();
+            if read.is_none() {
+                unreadable.get_or_insert_with(|| PathBuf::from(STATM));
+            }
+            read
+        } else {
+            None
+        };
+        if let (Some(limit), Some(used)) = (self.configured, resident) {
             measures.push(Measure {
-                used: resident_bytes()?,
+                used,
                 limit,
                 source: Source::Configured,
             });
         }
-        if measures.is_empty() {
+        if !limited && let (Some(used), Some(limit)) = (resident, physical_bytes()) {
             measures.push(Measure {
-                used: resident_bytes()?,
-                limit: physical_bytes()?,
+                used,
+                limit,
                 source: Source::Physical,
             });
+        }
+        if let Some(path) = unreadable.filter(|_| !self.unreadable_said) {
+            self.unreadable_said = true;
+            crate::config::report::warn(format_args!(
+                "heapprof: cannot read {}; the memory limit it measures is not watched while it \
+                 cannot be read",
+                crate::config::report::Shown::path(&path)
+            ));
         }
         measures
             .into_iter()
@@ -300,9 +327,12 @@ fn stat_field(text: &str, key: &str) -> Option<u64> {
 
 /// The process's resident size: the second field of `/proc/self/statm`,
 /// in pages.
+/// Where the process's resident size is read.
+const STATM: &str = "/proc/self/statm";
+
 fn resident_bytes() -> Option<u64> {
     let mut buf = [0u8; 128];
-    let mut file = File::open("/proc/self/statm").ok()?;
+    let mut file = File::open(STATM).ok()?;
     let len = file.read(&mut buf).ok()?;
     let pages: u64 = std::str::from_utf8(&buf[..len])
         .ok()?
@@ -401,6 +431,17 @@ mod tests {
     fn an_unreadable_usage_decides_nothing() {
         let d = dir_with(&[("memory.max", "1000\n"), ("memory.current", "lots\n")]);
         assert!(Watch::new(Some(d.path()), None).read(0.8).is_none());
+    }
+
+    /// A limit whose usage cannot be read (here the cgroup's; in a sandbox
+    /// without `/proc`, the configured one's) leaves the others watched.
+    #[test]
+    fn an_unreadable_usage_does_not_hide_another_limit() {
+        let d = dir_with(&[("memory.max", "1000\n")]);
+        let mut w = Watch::new(Some(d.path()), Some(u64::MAX));
+        let m = w.read(0.8).unwrap();
+        assert!(matches!(m.source, Source::Configured), "{}", m.describe());
+        assert!(w.unreadable_said);
     }
 
     #[test]
