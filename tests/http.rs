@@ -565,3 +565,58 @@ fn binary_profiles_are_attachments_named_after_the_profile() {
     );
     drop(held);
 }
+
+/// A port already taken: the error says it is heapprof's and which
+/// address, and keeps its kind.
+#[test]
+fn an_address_in_use_is_named_in_the_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let err = heapprof::http::serve(addr).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("heapprof: cannot serve on ") && text.contains(&addr.to_string()),
+        "{text}"
+    );
+}
+
+/// The child: a server whose process has no descriptor left when a
+/// connection comes.
+#[test]
+fn child_server_out_of_descriptors() {
+    if !heapprof_testkit::child::is_child() {
+        return;
+    }
+    let addr = heapprof::http::serve("127.0.0.1:0").unwrap();
+    // SAFETY: `limit` is plain data that getrlimit fills and setrlimit reads.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_cur.min(256);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    let mut files = Vec::new();
+    while let Ok(f) = std::fs::File::open("/dev/null") {
+        files.push(f);
+    }
+    // The last descriptor goes to the connection; the server's accept
+    // then has none.
+    files.pop();
+    let _client = TcpStream::connect(addr).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(files);
+}
+
+/// A server that cannot accept connections (descriptors used up) says so
+/// on stderr, once, rather than leaving every scraper hanging unexplained.
+#[test]
+fn a_server_that_cannot_accept_says_so_once() {
+    let (_, stderr) = heapprof_testkit::child::run_child("child_server_out_of_descriptors", &[]);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("cannot accept connections"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("Too many open files"), "{}", lines[0]);
+}

@@ -185,7 +185,14 @@ impl Server {
     /// Those of binding the socket, or of starting the thread.
     pub fn serve(self, addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
         let _inside = reentry::Inside::enter();
-        let listener = TcpListener::bind(addr)?;
+        let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
+        let listener = TcpListener::bind(&addrs[..]).map_err(|e| {
+            let shown: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
+            io::Error::new(
+                e.kind(),
+                format!("heapprof: cannot serve on {}: {e}", shown.join(", ")),
+            )
+        })?;
         let local = listener.local_addr()?;
         let shared = Arc::new(Shared {
             budget: Budget {
@@ -304,12 +311,29 @@ fn peer_gone(stream: &TcpStream) -> bool {
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let active = Arc::new(AtomicUsize::new(0));
     let rejecting = Arc::new(AtomicUsize::new(0));
+    // Failures said on stderr: each kind once, so that a server out of
+    // descriptors says so without a line every 10 ms.
+    let mut said: Vec<io::ErrorKind> = Vec::new();
     loop {
         let (stream, peer) = match listener.accept() {
             Ok(accepted) => accepted,
-            Err(_) => {
+            Err(e) => {
                 // Out of descriptors, a connection reset before accept…:
                 // nothing to do but wait a little and go on.
+                let passing = matches!(
+                    e.raw_os_error(),
+                    Some(libc::ECONNABORTED | libc::EINTR | libc::EAGAIN)
+                );
+                if !passing && !said.contains(&e.kind()) {
+                    said.push(e.kind());
+                    crate::config::report::warn(format_args!(
+                        "heapprof: the /debug/pprof server on {} cannot accept connections: {e}; \
+                         it tries again every 10 ms",
+                        listener
+                            .local_addr()
+                            .map_or_else(|_| "its socket".to_owned(), |a| a.to_string())
+                    ));
+                }
                 std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
