@@ -646,7 +646,7 @@ impl Builder {
             let note = format!(
                 "heapprof: {unnamed_in_main} locations in the executable have no names ({}); \
                  `go tool pprof <executable> <profile>` names them from a copy with symbols",
-                symbolize::NO_NAMES_HINT
+                symbolize::no_names_hint()
             );
             let i = self.strings.get(&note);
             self.profile.comment.push(i);

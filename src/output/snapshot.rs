@@ -404,7 +404,7 @@ impl Snapshot {
                 } else {
                     "are"
                 },
-                symbolize::NO_NAMES_HINT
+                symbolize::no_names_hint()
             )
         } else {
             String::new()
@@ -448,7 +448,7 @@ impl Snapshot {
         }
         if !self.sites.iter().any(|s| s.mentions(function)) {
             let why = if unnamed > 0 {
-                symbolize::NO_NAMES_HINT
+                symbolize::no_names_hint()
             } else {
                 "check the name (with its path), and that the function is not inlined away"
             };

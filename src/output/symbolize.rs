@@ -30,8 +30,14 @@ use crate::support::mappings::{self, LoaderCounts, Mapping};
 mod own;
 
 /// What to check when the executable's frames have no names.
-pub(crate) const NO_NAMES_HINT: &str =
-    "is the executable stripped (`strip = true`), or is /proc not mounted?";
+pub(crate) fn no_names_hint() -> &'static str {
+    if LOOKUPS_LOST.load(Relaxed) {
+        "this process was forked while its parent was looking names up, and makes no \
+         lookups of its own (names in the cache stay)"
+    } else {
+        "is the executable stripped (`strip = true`), or is /proc not mounted?"
+    }
+}
 
 /// One source-level frame at an address. An address yields several when
 /// functions were inlined into each other, innermost first.
