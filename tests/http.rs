@@ -620,3 +620,50 @@ fn a_server_that_cannot_accept_says_so_once() {
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(lines[0].contains("Too many open files"), "{}", lines[0]);
 }
+
+/// Whether this process holds a listening socket bound to `port`.
+fn listens_on(port: u16) -> bool {
+    (0..4096).any(|fd| {
+        // SAFETY: getsockname/getsockopt on any number only fill the live
+        // locals they are given, failing for what is not a socket.
+        unsafe {
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let mut listening: libc::c_int = 0;
+            let mut int_len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            libc::getsockname(fd, (&raw mut addr).cast(), &mut len) == 0
+                && libc::c_int::from(addr.sin_family) == libc::AF_INET
+                && u16::from_be(addr.sin_port) == port
+                && libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_ACCEPTCONN,
+                    (&raw mut listening).cast(),
+                    &mut int_len,
+                ) == 0
+                && listening == 1
+        }
+    })
+}
+
+/// A forked child has no server thread: it keeps no copy of the server's
+/// listening socket, which would hold the port (queueing connections for
+/// no one, refusing a restarted server) once the parent is gone.
+#[test]
+fn a_forked_child_does_not_keep_the_port() {
+    let port = server().port();
+    assert!(listens_on(port), "the check sees the parent's socket");
+    // SAFETY: the child only looks at its descriptors and leaves with
+    // `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        // SAFETY: leaves the child at once, running nothing of the parent's.
+        unsafe { libc::_exit(if listens_on(port) { 1 } else { 0 }) };
+    }
+    assert_eq!(
+        heapprof_testkit::child::wait_with_timeout(pid, Duration::from_secs(30)),
+        Ok(0),
+        "the forked child still listens on the server's port"
+    );
+}

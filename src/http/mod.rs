@@ -68,6 +68,7 @@ use crate::output::{self, Format, Source, pprof};
 use crate::support::lock::{Mutex, rank};
 use crate::{record::sites, sample, support::reentry};
 
+pub(crate) use server::close_listeners_after_fork;
 pub use server::{
     DEFAULT_CONNECTIONS_PER_PEER, DEFAULT_RESPONSE_BUDGET, LARGEST_HEAD_BYTES, LONGEST_TIMEOUT,
     Server, THREAD_STACK_BYTES, serve,

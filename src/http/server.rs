@@ -44,7 +44,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -194,6 +194,7 @@ impl Server {
             )
         })?;
         let local = listener.local_addr()?;
+        remember_listener(&listener);
         let shared = Arc::new(Shared {
             budget: Budget {
                 limit: self.max_response_bytes,
@@ -214,6 +215,34 @@ impl Server {
                 accept_loop(listener, shared);
             })?;
         Ok(local)
+    }
+}
+
+/// The listening sockets of the servers started, as descriptors (-1: a
+/// free place), for [`close_listeners_after_fork`]. Servers past the
+/// first few are not listed.
+static LISTENERS: [AtomicI32; 8] = [const { AtomicI32::new(-1) }; 8];
+
+fn remember_listener(listener: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    let fd = listener.as_raw_fd();
+    let _ = LISTENERS
+        .iter()
+        .find(|place| place.compare_exchange(-1, fd, Relaxed, Relaxed).is_ok());
+}
+
+/// In a forked child, which has no server thread: closes its copies of
+/// the listening sockets, so that once the parent is gone the port
+/// refuses connections (rather than queueing them for no one) and can be
+/// bound again. Async-signal-safe: `close` only.
+pub(crate) fn close_listeners_after_fork() {
+    for place in &LISTENERS {
+        let fd = place.swap(-1, Relaxed);
+        if fd >= 0 {
+            // SAFETY: `fd` is this process's copy of a listening socket a
+            // server of the parent owned, which nothing in the child uses.
+            unsafe { libc::close(fd) };
+        }
     }
 }
 

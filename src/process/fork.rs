@@ -199,6 +199,8 @@ extern "C" fn child() {
     if !partial {
         crate::http::reset_after_fork();
     }
+    #[cfg(feature = "http")]
+    crate::http::close_listeners_after_fork();
     reentry::leave_forgotten(was_inside);
 }
 
