@@ -138,7 +138,7 @@ fn write_here<W: Write>(
             }
             let (from, to) = shown.lines;
             for f in frames.get(from..to.min(frames.len())).unwrap_or(&[]) {
-                writeln!(w, "#\t{call:#x}\t{}\t{}:{}", f.name, f.file, f.line)?;
+                write_frame(&mut w, call, f)?;
             }
         }
         if r.overflow {
@@ -236,6 +236,17 @@ impl SiteRecords {
             overflow: site.overflow,
             labels: crate::labels::table::get(site.labels),
         }
+    }
+}
+
+/// One `#` line of a record: the call's address, the function, and its
+/// file and line where debug info gave them (a symbol table gives none:
+/// no `:0` made up).
+fn write_frame(w: &mut dyn io::Write, call: usize, f: &symbolize::Symbol) -> io::Result<()> {
+    if f.file.is_empty() {
+        writeln!(w, "#\t{call:#x}\t{}", f.name)
+    } else {
+        writeln!(w, "#\t{call:#x}\t{}\t{}:{}", f.name, f.file, f.line)
     }
 }
 
@@ -374,6 +385,23 @@ mod tests {
         );
         assert!(text.contains(&format!("# estimated_live_bytes = {} ", total[1])));
         assert!(text.contains(&format!("# sample_rate = {rate}\n")));
+    }
+
+    #[test]
+    fn a_frame_without_a_file_shows_none() {
+        let frame = |file: &str, line| symbolize::Symbol {
+            name: "app::f".into(),
+            system_name: "_ZN3app1f17h0123456789abcdefE".into(),
+            file: file.into(),
+            line,
+        };
+        let mut out = Vec::new();
+        write_frame(&mut out, 0x10, &frame("", 0)).unwrap();
+        write_frame(&mut out, 0x20, &frame("src/f.rs", 7)).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "#\t0x10\tapp::f\n#\t0x20\tapp::f\tsrc/f.rs:7\n"
+        );
     }
 
     #[inline(never)]
