@@ -696,7 +696,9 @@ extern "C" fn push_at_exit() {
     if *pid != std::process::id() || control.finished.load(Acquire) {
         return;
     }
-    if crate::support::lock::any_lock_held() || crate::process::signal_being_handled().is_some() {
+    if crate::support::lock::any_lock_held()
+        || crate::support::signals::signal_being_handled().is_some()
+    {
         // `exit` from a signal handler that interrupted heapprof while it
         // held a lock (the push would build a profile, which waits for
         // that lock, while this thread waits for the push), or that may
