@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use super::memory::{Measure, Watch};
-use super::{expand, failed, report, sibling, write_dump};
+use super::{expand, failed, report, sibling, write_dump_bytes};
 use crate::config;
 use crate::config::report::Shown;
 use crate::output::{self, Format, Source, pprof};
@@ -186,7 +186,7 @@ impl Watcher {
             t.written = Some(now);
             let put = |tag: &str, bytes: &[u8]| -> io::Result<PathBuf> {
                 let path = sibling(&base, tag)?;
-                write_dump(&path, |w| w.write_all(bytes).map(|()| true))?;
+                write_dump_bytes(&path, bytes)?;
                 Ok(path)
             };
             let written = put(&t.tag, &live).and_then(|path| {

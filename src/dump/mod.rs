@@ -154,19 +154,41 @@ fn write_dump(
 ) -> io::Result<bool> {
     let with_path =
         |e: io::Error| io::Error::new(e.kind(), format!("heapprof: {}: {e}", Shown::path(path)));
-    match target(path).map_err(with_path)? {
-        Target::Replace => without_file_size_signal(|| replace(path, write)),
-        Target::Through => without_file_size_signal(|| write_through(path, write)),
+    let target = target(path).map_err(with_path)?;
+    // Built in memory first: the file is touched only when there is
+    // something to write, and only while the bytes are written.
+    let mut bytes = Vec::new();
+    if !write(&mut bytes).map_err(with_path)? {
+        return Ok(false);
     }
-    .map_err(with_path)
+    put(path, target, &bytes).map_err(with_path)?;
+    Ok(true)
+}
+
+/// [`write_dump`] of a profile already encoded (the prepared at-limit and
+/// peak profiles): `bytes` are written as they are, not copied.
+fn write_dump_bytes(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let with_path =
+        |e: io::Error| io::Error::new(e.kind(), format!("heapprof: {}: {e}", Shown::path(path)));
+    let target = target(path).map_err(with_path)?;
+    put(path, target, bytes).map_err(with_path)
+}
+
+/// Writes `bytes` to `path` as `target` says.
+fn put(path: &Path, target: Target, bytes: &[u8]) -> io::Result<()> {
+    without_file_size_signal(|| match target {
+        Target::Replace => replace(path, bytes),
+        Target::Through => write_through(path, bytes),
+    })
 }
 
 /// Runs `f` with `SIGXFSZ` blocked on this thread, so that a write past
 /// the process's file size limit (`RLIMIT_FSIZE`) fails with `EFBIG`, an
-/// error, instead of killing the program; the signal that write raised is
-/// taken back before the mask is restored. A program that blocks the
-/// signal itself keeps whatever is pending. No allocation.
-fn without_file_size_signal<R>(f: impl FnOnce() -> R) -> R {
+/// error, instead of killing the program; when `f` fails so, the signal
+/// that write raised is taken back before the mask is restored. A program
+/// that blocks the signal itself keeps whatever is pending. No
+/// allocation.
+fn without_file_size_signal<T>(f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
     // SAFETY: `sigset_t` is plain data, set up by sigemptyset/sigaddset
     // before use; every call gets pointers to live locals; a zero timeout
     // makes `sigtimedwait` take a pending signal or return at once.
@@ -186,7 +208,8 @@ fn without_file_size_signal<R>(f: impl FnOnce() -> R) -> R {
         let pending_before = pending();
         let result = f();
         if !blocked_before {
-            if !pending_before && pending() {
+            let too_big = matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EFBIG));
+            if too_big && !pending_before && pending() {
                 let now = libc::timespec {
                     tv_sec: 0,
                     tv_nsec: 0,
@@ -280,56 +303,39 @@ fn keep_access(file: &File, replaced: Option<&std::fs::Metadata>) {
     let _ = file.set_permissions(std::fs::Permissions::from_mode(old.mode() & 0o777));
 }
 
-/// Writes `path` whole or not at all: `write` produces the profile in
-/// memory, then a temporary file beside `path` takes it and is renamed
-/// over `path`, only if `write` succeeded and returned true. A reader (the
-/// next dump's `-base`, a collector watching the directory, a test) never
-/// sees half a profile. The temporary file takes the permissions and owner
-/// of the file it replaces, and is removed on every failure; it exists
-/// only while the bytes are written, not while the profile is built
-/// (symbolizing can take a second), so a process that exits while a
-/// series is being written seldom leaves one behind.
-fn replace(
-    path: &Path,
-    write: impl FnOnce(&mut dyn io::Write) -> io::Result<bool>,
-) -> io::Result<bool> {
-    let mut bytes = Vec::new();
-    if !write(&mut bytes)? {
-        return Ok(false);
-    }
+/// Writes `path` whole or not at all: a temporary file beside `path`
+/// takes `bytes` and is renamed over `path`. A reader (the next dump's
+/// `-base`, a collector watching the directory, a test) never sees half a
+/// profile. The temporary file takes the permissions and owner of the
+/// file it replaces, and is removed on every failure; it exists only while
+/// the bytes are written, not while the profile is built (symbolizing can
+/// take a second), so a process that exits while a series is being
+/// written seldom leaves one behind.
+fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let replaced = std::fs::symlink_metadata(path).ok().filter(|m| m.is_file());
     let (tmp, mut file) = create_temporary(path)?;
     keep_access(&file, replaced.as_ref());
     let renamed = file
-        .write_all(&bytes)
+        .write_all(bytes)
         .and_then(|()| std::fs::rename(&tmp, path));
     if renamed.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    renamed.map(|()| true)
+    renamed
 }
 
 /// Writes to what is at `path` without replacing it: a device, a FIFO,
 /// `/dev/stdout`, or a symlink, followed to whatever it names (a regular
 /// file there is truncated and rewritten in place, not atomically, as the
 /// shell's `>` and Go's `os.Create` do: `/dev/stdout` redirected to a file
-/// loses what the program printed there). The
-/// profile is produced in memory first, so that the target is opened only
-/// when there is something to write.
+/// loses what the program printed there).
 ///
 /// The open does not wait: a FIFO that no process has open for reading is
 /// an error (an exit dump would otherwise hang the program's exit until
 /// someone reads). Writes then block as usual while a reader catches up;
 /// a reader that goes away mid-way makes the write fail with `EPIPE` (and
 /// raises `SIGPIPE`, which Rust programs ignore unless told otherwise).
-fn write_through(
-    path: &Path,
-    write: impl FnOnce(&mut dyn io::Write) -> io::Result<bool>,
-) -> io::Result<bool> {
-    let mut bytes = Vec::new();
-    if !write(&mut bytes)? {
-        return Ok(false);
-    }
+fn write_through(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -355,8 +361,7 @@ fn write_through(
     if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    file.write_all(&bytes)?;
-    Ok(true)
+    file.write_all(bytes)
 }
 
 /// Reports `result`'s error on stderr, once per `flag`.
@@ -485,15 +490,16 @@ extern "C" fn at_exit() {
         ));
         return;
     }
-    if let Some(signal) = crate::process::signal_being_handled() {
+    if let Some(signal) = crate::support::signals::signal_being_handled() {
         // `exit` called from a signal handler (a `SIGTERM` handler, say):
         // the handler may have interrupted the C library's `malloc`,
         // which holds its arena's lock until the handler returns, and a
         // profile allocates.
         config::report::warn(format_args!(
-            "heapprof: the program exits from the handler of signal {signal}, which may have \
-             interrupted malloc; the exit profile and its peak are not written (exit outside \
-             the handler, as signal-hook, ctrlc and tokio::signal do, to have them)"
+            "heapprof: the program exits from the handler of signal {signal}, as it seems (the \
+             signal has a handler and is blocked), which may have interrupted malloc; the exit \
+             profile and its peak are not written (exit outside the handler, as signal-hook, \
+             ctrlc and tokio::signal let you, or unblock the signal first, to have them)"
         ));
         return;
     }
@@ -518,7 +524,7 @@ extern "C" fn at_exit() {
     let written = peak_profile.and_then(|recorded| {
         if recorded {
             let path = sibling(&out, "peak")?;
-            write_dump(&path, |w| w.write_all(&peak).map(|()| true))?;
+            write_dump_bytes(&path, &peak)?;
         }
         Ok(())
     });
