@@ -194,7 +194,7 @@ impl Server {
             )
         })?;
         let local = listener.local_addr()?;
-        remember_listener(&listener);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
         let shared = Arc::new(Shared {
             budget: Budget {
                 limit: self.max_response_bytes,
@@ -213,7 +213,17 @@ impl Server {
             .spawn(move || {
                 inside_profiler_for_good();
                 accept_loop(listener, shared);
+            })
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("heapprof: cannot start the server's thread: {e}"),
+                )
             })?;
+        // Listed only now that the thread owns the socket for good: a
+        // listener dropped on a failed start leaves its number free for
+        // the program's next file, which no fork may close.
+        remember_listener(fd);
         Ok(local)
     }
 }
@@ -223,9 +233,9 @@ impl Server {
 /// first few are not listed.
 static LISTENERS: [AtomicI32; 8] = [const { AtomicI32::new(-1) }; 8];
 
-fn remember_listener(listener: &TcpListener) {
-    use std::os::fd::AsRawFd;
-    let fd = listener.as_raw_fd();
+/// Lists `fd`, a listening socket a server thread owns until the process
+/// ends.
+fn remember_listener(fd: i32) {
     let _ = LISTENERS
         .iter()
         .find(|place| place.compare_exchange(-1, fd, Relaxed, Relaxed).is_ok());
