@@ -220,3 +220,82 @@ fn a_stack_cut_at_its_deepest_says_so() {
     delta.assert_inuse_at_most("assertion_truth::deep_caller", 0);
     drop(kept);
 }
+
+#[inline(never)]
+fn holds_its_own(keep: &mut Vec<Vec<u8>>) {
+    keep.push(black_box(vec![1u8; 1000]));
+}
+
+extern "C" fn called_from_generated_code(keep: *mut Vec<Vec<u8>>) {
+    // SAFETY: `keep` is the live vector `through_generated_code` passed.
+    let keep = unsafe { &mut *keep };
+    for _ in 0..100 {
+        keep.push(black_box(vec![2u8; 10_000]));
+    }
+}
+
+/// Calls `called_from_generated_code` through machine code made at run
+/// time in an anonymous mapping, as a JIT's code is: `push rbp; mov rbp,
+/// rsp; mov rax, rdi; mov rdi, rsi; call rax; pop rbp; ret`.
+#[cfg(target_arch = "x86_64")]
+fn through_generated_code(keep: &mut Vec<Vec<u8>>) {
+    const CODE: [u8; 14] = [
+        0x55, 0x48, 0x89, 0xe5, 0x48, 0x89, 0xf8, 0x48, 0x89, 0xf7, 0xff, 0xd0, 0x5d, 0xc3,
+    ];
+    type Trampoline = extern "C" fn(extern "C" fn(*mut Vec<Vec<u8>>), *mut Vec<Vec<u8>>);
+    // SAFETY: a fresh private anonymous page, checked, filled with the
+    // whole function above before it is called with the signature that
+    // code expects (System V: the callee in rdi, its argument in rsi); it
+    // keeps the frame-pointer chain and the stack aligned for the call.
+    unsafe {
+        let page = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(page, libc::MAP_FAILED);
+        std::ptr::copy_nonoverlapping(CODE.as_ptr(), page.cast::<u8>(), CODE.len());
+        let trampoline: Trampoline = std::mem::transmute(page);
+        trampoline(called_from_generated_code, keep);
+        libc::munmap(page, 4096);
+    }
+}
+
+/// A frame in no object (code generated at run time, a library unloaded
+/// since) cannot be the program's function: bytes under it do not count
+/// against an assertion about another function.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn frames_of_generated_code_are_not_the_function() {
+    if is_child() {
+        return;
+    }
+    let (stdout, _) = run_child(
+        "child_allocates_through_generated_code",
+        &[("HEAPPROF_SAMPLE_RATE", "1")],
+    );
+    assert!(stdout.contains("assertion=passed"), "{stdout}");
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn child_allocates_through_generated_code() {
+    if !is_child() {
+        return;
+    }
+    let mut keep = Vec::with_capacity(101);
+    let before = heapprof::snapshot();
+    holds_its_own(&mut keep);
+    through_generated_code(&mut keep);
+    let grown = heapprof::snapshot().delta(&before);
+    let message =
+        panic_message(|| grown.assert_inuse_at_most("assertion_truth::holds_its_own", 1100));
+    match message {
+        None => println!("assertion=passed"),
+        Some(m) => println!("assertion=failed: {m}"),
+    }
+    drop(keep);
+}

@@ -465,17 +465,15 @@ impl Snapshot {
 
     /// Live bytes (in a delta: bytes allocated in between) of the sites
     /// that do not name `function` but pass through a frame heapprof could
-    /// not name in the program's executable (pprof's main binary) or in no
-    /// object at all: `function` may be that frame.
+    /// not name in the program's executable (pprof's main binary):
+    /// `function` may be that frame. A frame in no object (code made at
+    /// run time, a library unloaded since) is not the program's function.
     fn unnamed_program_bytes(&self, function: &str) -> i64 {
         let p = &self.profile;
         let unnamed_in_program = |id: &u64| {
             p.location
                 .get((*id as usize).wrapping_sub(1))
-                .is_some_and(|loc| {
-                    loc.line.is_empty()
-                        && (loc.mapping_id == 0 || loc.mapping_id == MAIN_MAPPING_ID)
-                })
+                .is_some_and(|loc| loc.line.is_empty() && loc.mapping_id == MAIN_MAPPING_ID)
         };
         self.sites
             .iter()
