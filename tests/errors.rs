@@ -399,18 +399,7 @@ fn child_runs_out_of_descriptors() {
         return;
     }
     let held = held_while_descriptors_run_out();
-    // A low limit makes running out quick.
-    // SAFETY: `limit` is plain data that getrlimit fills and setrlimit reads.
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_cur.min(256);
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-    }
-    let mut files = Vec::new();
-    while let Ok(f) = std::fs::File::open("/dev/null") {
-        files.push(f);
-    }
+    let files = heapprof_testkit::process::use_up_descriptors();
     let name = "errors::held_while_descriptors_run_out";
     println!("without={}", heapprof::snapshot().inuse_bytes_in(name));
     drop(files);

@@ -589,17 +589,7 @@ fn child_server_out_of_descriptors() {
         return;
     }
     let addr = heapprof::http::serve("127.0.0.1:0").unwrap();
-    // SAFETY: `limit` is plain data that getrlimit fills and setrlimit reads.
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_cur.min(256);
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-    }
-    let mut files = Vec::new();
-    while let Ok(f) = std::fs::File::open("/dev/null") {
-        files.push(f);
-    }
+    let mut files = heapprof_testkit::process::use_up_descriptors();
     // The last descriptor goes to the connection; the server's accept
     // then has none.
     files.pop();

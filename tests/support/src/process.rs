@@ -1,4 +1,4 @@
-//! This process's memory as the kernel reports it.
+//! This process as the kernel sees it: its memory, its descriptors.
 
 /// A size from `/proc/self/status` (`"VmRSS:"`, `"VmHWM:"`, `"RssAnon:"`,
 /// …), in bytes.
@@ -15,4 +15,22 @@ pub fn status_bytes(key: &str) -> u64 {
 /// The resident size (`VmRSS`), in bytes.
 pub fn rss_bytes() -> u64 {
     status_bytes("VmRSS:")
+}
+
+/// Uses up every file descriptor this process may open (after lowering
+/// its soft limit to 256, so that it is quick): the files holding them,
+/// which give them back when dropped.
+pub fn use_up_descriptors() -> Vec<std::fs::File> {
+    // SAFETY: `limit` is plain data that getrlimit fills and setrlimit reads.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_cur.min(256);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    let mut files = Vec::new();
+    while let Ok(f) = std::fs::File::open("/dev/null") {
+        files.push(f);
+    }
+    files
 }
