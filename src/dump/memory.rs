@@ -325,11 +325,10 @@ fn stat_field(text: &str, key: &str) -> Option<u64> {
         .and_then(|(_, v)| v.trim().parse().ok())
 }
 
-/// The process's resident size: the second field of `/proc/self/statm`,
-/// in pages.
 /// Where the process's resident size is read.
 const STATM: &str = "/proc/self/statm";
 
+/// The process's resident size: the second field of [`STATM`], in pages.
 fn resident_bytes() -> Option<u64> {
     let mut buf = [0u8; 128];
     let mut file = File::open(STATM).ok()?;
