@@ -12,7 +12,11 @@ pub(crate) mod fork;
 /// inside the profiler: heapprof's own object kept loaded, the objects
 /// loaded at start, the fork handlers, the exit dump, and the unwinder
 /// choice, made here rather than in a first
-/// sample deep in a small thread stack.
+/// sample deep in a small thread stack. Out of line: inlined, its locals
+/// would widen the slow path's frame on every sample, which the stack
+/// budget for unwinding on small thread stacks does not allow for.
+#[cold]
+#[inline(never)]
 pub(crate) fn on_first_allocation() {
     crate::support::mappings::keep_own_object_loaded();
     crate::support::mappings::note_first_objects();
