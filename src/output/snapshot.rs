@@ -380,7 +380,7 @@ impl Snapshot {
         // Bytes heapprof could not put under a stack may be the function's:
         // counted against it (only if `held` does not hold them already),
         // so that the assertion cannot pass for want of a stack.
-        let unplaced: i64 = [pprof::OVERFLOW_FUNCTION, symbolize::NOT_UNWOUND_FUNCTION]
+        let own_entries: i64 = [pprof::OVERFLOW_FUNCTION, symbolize::NOT_UNWOUND_FUNCTION]
             .into_iter()
             .filter(|own| !own.contains(function))
             .map(|own| {
@@ -395,8 +395,10 @@ impl Snapshot {
         // So may bytes under frames of the program heapprof could not
         // name (a stripped executable, or one it could not open).
         let unnamed = self.unnamed_program_bytes(function);
-        let also = if unnamed > 0 {
-            format!(
+        let counted = held.saturating_add(own_entries).saturating_add(unnamed);
+        let mut also = String::new();
+        if unnamed > 0 {
+            also += &format!(
                 " (and {unnamed} {} under frames of the program that heapprof could not name, \
                  which may be its: {})",
                 if self.delta {
@@ -405,40 +407,28 @@ impl Snapshot {
                     "are"
                 },
                 symbolize::no_names_hint()
-            )
-        } else {
-            String::new()
-        };
-        let unplaced = unplaced.saturating_add(unnamed);
-        let also = also
-            + &if unplaced > unnamed && self.delta {
+            );
+        }
+        if own_entries > 0 {
+            also += &if self.delta {
                 format!(
-                    " (and {} were allocated in between under none of the program's stacks, \
-                 into heapprof's own entries, and may be its)",
-                    unplaced - unnamed
-                )
-            } else if unplaced > unnamed {
-                format!(
-                    " (and {} are under none of the program's stacks, in heapprof's own entries, and may be its)",
-                    unplaced - unnamed
+                    " (and {own_entries} were allocated in between under none of the program's \
+                     stacks, into heapprof's own entries, and may be its)"
                 )
             } else {
-                String::new()
+                format!(
+                    " (and {own_entries} are under none of the program's stacks, in heapprof's \
+                     own entries, and may be its)"
+                )
             };
+        }
         let cut: i64 = self
             .sites
             .iter()
             .filter(|s| s.mentions(symbolize::CUT_FUNCTION) && !s.mentions(function))
-            .map(|s| {
-                if self.delta {
-                    s.alloc_bytes
-                } else {
-                    s.inuse_bytes
-                }
-                .max(0)
-            })
+            .map(|s| self.counted_bytes(s))
             .fold(0, i64::saturating_add);
-        if held + unplaced <= max_bytes && cut > 0 {
+        if counted <= max_bytes && cut > 0 {
             crate::config::report::warn(format_args!(
                 "heapprof: assert_inuse_at_most: {cut} bytes are in stacks cut at their deepest \
                  kept; if {} is among the callers not recorded there, it holds more than the \
@@ -458,7 +448,7 @@ impl Snapshot {
             ));
         }
         assert!(
-            held + unplaced <= max_bytes,
+            counted <= max_bytes,
             "heapprof: `{function}` holds {held} live bytes{also}, more than the {max_bytes} allowed\n{self}"
         );
     }
@@ -481,15 +471,21 @@ impl Snapshot {
             .filter(|(site, sample)| {
                 !site.mentions(function) && sample.location_id.iter().any(unnamed_in_program)
             })
-            .map(|(site, _)| {
-                if self.delta {
-                    site.alloc_bytes
-                } else {
-                    site.inuse_bytes
-                }
-                .max(0)
-            })
+            .map(|(site, _)| self.counted_bytes(site))
             .fold(0, i64::saturating_add)
+    }
+
+    /// The bytes of `site` an assertion counts: its live bytes, or in a
+    /// delta every byte allocated there in between (frees of older blocks,
+    /// from other threads say, could hide what was added), never below
+    /// zero.
+    fn counted_bytes(&self, site: &Site) -> i64 {
+        if self.delta {
+            site.alloc_bytes
+        } else {
+            site.inuse_bytes
+        }
+        .max(0)
     }
 
     /// Writes this snapshot as a gzipped pprof profile: for a snapshot from
