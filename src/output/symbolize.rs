@@ -35,7 +35,8 @@ pub(crate) fn no_names_hint() -> &'static str {
         "this process was forked while its parent was looking names up, and makes no \
          lookups of its own (names in the cache stay)"
     } else {
-        "is the executable stripped (`strip = true`), or is /proc not mounted?"
+        "is the executable stripped (`strip = true`)? Or, with /proc not mounted, does the \
+         path it was started by now name another build?"
     }
 }
 

@@ -46,11 +46,18 @@ impl Mapping {
     /// Opens the object's file: the executable through `/proc/self/exe`,
     /// which is the file the process runs even when that path now names
     /// another (a deploy replaced it) or none (it was deleted).
+    /// Where `/proc` is not mounted, the executable is opened by its path
+    /// (from [`executable_path`]) if the loaded object has a build ID:
+    /// the reader then checks that the file's is the same.
     pub(crate) fn open(&self) -> std::io::Result<std::fs::File> {
-        if self.executable {
-            std::fs::File::open("/proc/self/exe")
-        } else {
-            std::fs::File::open(&self.path)
+        if !self.executable {
+            return std::fs::File::open(&self.path);
+        }
+        match std::fs::File::open("/proc/self/exe") {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.build_id.is_empty() => {
+                open_regular(std::path::Path::new(&self.path))
+            }
+            opened => opened,
         }
     }
 
@@ -74,14 +81,59 @@ const DELETED: &[u8] = b" (deleted)";
 /// `" (deleted)"` Linux appends once a deploy has deleted or replaced the
 /// file: profiles, dump names and the Pyroscope name stay the program's
 /// (as Go's profiles do).
+///
+/// Where `/proc` is not mounted (or the link cannot be read), the path the
+/// program was started by ([`started_by`]), which may name another file by
+/// now: whoever opens it checks the build ID ([`Mapping::open`]).
 pub(crate) fn executable_path() -> Option<std::path::PathBuf> {
     use std::os::unix::ffi::OsStrExt;
-    let path = std::env::current_exe().ok()?;
+    let Ok(path) = std::env::current_exe() else {
+        return started_by();
+    };
     let bytes = path.as_os_str().as_bytes();
     Some(match bytes.strip_suffix(DELETED) {
         Some(kept) => std::ffi::OsStr::from_bytes(kept).into(),
         None => path,
     })
+}
+
+/// The path `exec` was given for this program (`AT_EXECFN`, not `argv[0]`,
+/// which the caller of `exec` chooses freely), made absolute against the
+/// working directory now when it is relative.
+fn started_by() -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: getauxval only reads the auxiliary vector the kernel left.
+    let at = unsafe { libc::getauxval(libc::AT_EXECFN) };
+    if at == 0 {
+        return None;
+    }
+    // SAFETY: a non-zero AT_EXECFN points to a NUL-terminated string the
+    // kernel placed on the initial stack, above `main`'s frames, which
+    // nothing frees or writes for the life of the process.
+    let name = unsafe { CStr::from_ptr(at as *const libc::c_char) };
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(name.to_bytes()));
+    if path.as_os_str().is_empty() {
+        return None;
+    }
+    Some(std::env::current_dir().ok()?.join(path))
+}
+
+/// Opens `path` for reading only if it is a regular file: opening a FIFO
+/// or a device there could block, or take input meant for the program.
+fn open_regular(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if file.metadata()?.is_file() {
+        Ok(file)
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ))
+    }
 }
 
 /// The objects loaded at heapprof's first allocation, as their load
