@@ -103,6 +103,44 @@ fn main() {
         "its free: {built:?} -> {after:?}"
     );
     println!("handle(): one block of {body} bytes counted as the program's, and its free");
+
+    // Scrapes, with the threads the server starts for them, are not the
+    // program's: `stats()` does not move while this thread only waits.
+    let mut child = client.spawn().expect("start the client");
+    let before = counts();
+    let status = child.wait().expect("wait for the client");
+    let after = counts();
+    assert!(status.success(), "the client failed: {status}");
+    assert_eq!(
+        before, after,
+        "{SCRAPES} scrapes moved stats() (allocations, bytes, frees, bytes)"
+    );
+    println!("{SCRAPES} scrapes: stats() unmoved");
+
+    // Nor is a dump series' thread: started and stopped, what the program
+    // allocated for its settings is freed as the program's, and nothing
+    // else counts.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("series.pb.gz");
+    let before = counts();
+    for _ in 0..10 {
+        heapprof::AutoDump::new(&path)
+            .every(Duration::from_secs(100))
+            .start()
+            .expect("start a series")
+            .stop();
+    }
+    let after = counts();
+    assert_eq!(
+        [after[0] - before[0], after[1] - before[1]],
+        [after[2] - before[2], after[3] - before[3]],
+        "ten series started and stopped: {before:?} -> {after:?} (allocations and \
+         bytes against frees and bytes)"
+    );
+    println!(
+        "ten series started and stopped: {} allocations of the program's, all freed",
+        after[0] - before[0]
+    );
 }
 
 /// One allocation of the program's own, at a site of its own.

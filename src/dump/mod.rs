@@ -26,12 +26,13 @@ use std::sync::Arc;
 use std::sync::atomic::{
     AtomicBool, AtomicU32, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
 };
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::config;
 use crate::config::report::Shown;
 use crate::output::{self, Format, Source, pprof};
-use crate::{config, support::reentry};
+use crate::support::own_thread::{self, OwnThread, Wake};
+use crate::support::reentry;
 
 pub(crate) mod failed;
 mod limit;
@@ -735,13 +736,22 @@ impl AutoDump {
     /// 0.01 to 1.
     pub fn start(self) -> io::Result<AutoDumpHandle> {
         self.check()?;
+        // The thread runs on a copy made inside the profiler, and the
+        // program's settings are freed here, as the program's: its
+        // `stats()` balance.
+        let copy = reentry::Inside::enter_for(|| self.clone());
+        drop(self);
+        copy.spawn()
+    }
+
+    /// Starts the thread on these settings, heapprof's own.
+    fn spawn(self) -> io::Result<AutoDumpHandle> {
         let _inside = reentry::Inside::enter();
         let stop = Arc::new(AtomicBool::new(false));
         let stop_seen = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("heapprof-dump".into())
-            .stack_size(DUMP_THREAD_STACK)
-            .spawn(move || self.run(&stop_seen))?;
+        let thread = own_thread::spawn(c"heapprof-dump", DUMP_THREAD_STACK, move |wake| {
+            self.run(&stop_seen, wake)
+        })?;
         Ok(AutoDumpHandle {
             stop,
             thread,
@@ -791,7 +801,7 @@ impl AutoDump {
         self.every.is_some() || self.every_allocated.is_some() || self.inuse_growth.is_some()
     }
 
-    fn run(self, stop: &AtomicBool) {
+    fn run(self, stop: &AtomicBool, wake: &Wake) {
         let _inside = reentry::Inside::enter();
         let poll = self.every.map_or(POLL, |e| e.min(POLL));
         let mut watcher = self
@@ -802,7 +812,7 @@ impl AutoDump {
         loop {
             // Woken early by `AutoDumpHandle::stop`; a spurious wake-up
             // only polls sooner.
-            std::thread::park_timeout(poll);
+            wake.wait(poll);
             if stop.load(Acquire) {
                 if let Some(w) = &watcher {
                     w.stop();
@@ -875,7 +885,7 @@ impl Series {
 #[derive(Debug)]
 pub struct AutoDumpHandle {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
+    thread: OwnThread,
     /// The process that started the thread: a forked child has no copy of
     /// it, and joining it there would wait forever.
     pid: u32,
@@ -888,14 +898,15 @@ impl AutoDumpHandle {
     /// `start`, which has no copy of the thread, it returns at once.
     pub fn stop(self) {
         let _inside = reentry::Inside::enter();
-        self.stop.store(true, Release);
-        if std::process::id() != self.pid {
+        // Taken apart after the guard, so that what it holds is freed
+        // inside the profiler, as heapprof's.
+        let AutoDumpHandle { stop, thread, pid } = self;
+        stop.store(true, Release);
+        if std::process::id() != pid {
             return;
         }
-        self.thread.thread().unpark();
-        // The thread catches nothing, but nothing it calls panics; a join
-        // error would only repeat a panic message already printed.
-        let _ = self.thread.join();
+        thread.wake().wake();
+        thread.join();
     }
 }
 

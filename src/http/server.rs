@@ -38,8 +38,9 @@
 //!
 //! The server's threads run on stacks of [`THREAD_STACK_BYTES`], whatever
 //! `RUST_MIN_STACK` says, and mark themselves as inside the profiler for
-//! their whole life (`support/reentry.rs`), so their own allocations are never
-//! sampled and never show up in the profiles they serve.
+//! their whole life (`support/own_thread.rs`), so their own allocations are
+//! never sampled and never show up in the profiles they serve or in
+//! `stats()`.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -50,7 +51,7 @@ use std::time::{Duration, Instant};
 
 use super::Response;
 use crate::support::lock::{Mutex, rank};
-use crate::support::reentry;
+use crate::support::{own_thread, reentry};
 
 /// Starts the built-in server on `addr` with the default limits (see
 /// [`Server`]) and returns the address it is bound to (port 0 picks a free
@@ -207,19 +208,15 @@ impl Server {
             builder: start_builder(),
             limits: self,
         });
-        std::thread::Builder::new()
-            .name("heapprof-http".into())
-            .stack_size(THREAD_STACK_BYTES)
-            .spawn(move || {
-                inside_profiler_for_good();
-                accept_loop(listener, shared);
-            })
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("heapprof: cannot start the server's thread: {e}"),
-                )
-            })?;
+        own_thread::spawn(c"heapprof-http", THREAD_STACK_BYTES, move |_| {
+            accept_loop(listener, shared)
+        })
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("heapprof: cannot start the server's thread: {e}"),
+            )
+        })?;
         // Listed only now that the thread owns the socket for good: a
         // listener dropped on a failed start leaves its number free for
         // the program's next file, which no fork may close.
@@ -256,12 +253,6 @@ pub(crate) fn close_listeners_after_fork() {
     }
 }
 
-/// Marks this thread as inside the profiler until it ends, thread-local
-/// destructors included (the flag has no destructor of its own).
-fn inside_profiler_for_good() {
-    std::mem::forget(reentry::Inside::enter());
-}
-
 /// Threads that only answer 503 to connections over a limit (see
 /// [`reject_busy`]); past these too, a connection is closed unanswered.
 const REJECTERS: usize = 8;
@@ -289,19 +280,15 @@ type Job = (String, String, mpsc::SyncSender<Response>);
 /// `BUILDING` in `http/mod.rs`), so one thread costs no parallelism.
 fn start_builder() -> Option<mpsc::Sender<Job>> {
     let (jobs, queue) = mpsc::channel::<Job>();
-    std::thread::Builder::new()
-        .name("heapprof-http-build".into())
-        .stack_size(THREAD_STACK_BYTES)
-        .spawn(move || {
-            inside_profiler_for_good();
-            for (path, query, reply) in queue {
-                let mut response = super::respond(&path, &query);
-                // The budget counts bytes held: no spare capacity.
-                response.body.shrink_to_fit();
-                let _ = reply.send(response);
-            }
-        })
-        .ok()?;
+    own_thread::spawn(c"heapprof-http-build", THREAD_STACK_BYTES, move |_| {
+        for (path, query, reply) in queue {
+            let mut response = super::respond(&path, &query);
+            // The budget counts bytes held: no spare capacity.
+            response.body.shrink_to_fit();
+            let _ = reply.send(response);
+        }
+    })
+    .ok()?;
     Some(jobs)
 }
 
@@ -404,18 +391,9 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 /// Starts a connection thread, inside the profiler for its whole life. If
 /// the thread cannot start, the closure is dropped with its connection and
 /// slots; the first failure is reported.
-///
-/// The thread has no name: std copies a thread's name on the new thread
-/// before our code runs there, so that allocation could not be kept out of
-/// the profile: one sampled allocation per connection.
 fn spawn(f: impl FnOnce() + Send + 'static) {
     static FAILED: AtomicBool = AtomicBool::new(false);
-    let spawned = std::thread::Builder::new()
-        .stack_size(THREAD_STACK_BYTES)
-        .spawn(move || {
-            inside_profiler_for_good();
-            f()
-        });
+    let spawned = own_thread::spawn(c"heapprof-conn", THREAD_STACK_BYTES, move |_| f());
     if let Err(e) = spawned
         && !FAILED.swap(true, Relaxed)
     {

@@ -61,11 +61,11 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{self, report, report::Shown};
 use crate::output::{self, Format, Mark, pprof};
+use crate::support::own_thread::{self, OwnThread, Wake};
 use crate::support::reentry;
 
 /// The push period unless [`Pusher::every`] or `HEAPPROF_PYROSCOPE_EVERY`
@@ -213,11 +213,16 @@ impl Pusher {
     pub fn start(self) -> io::Result<PusherHandle> {
         self.check()?;
         output::check_installed()?;
+        // The thread runs on a copy made inside the profiler, and the
+        // program's settings are freed here, as the program's: its
+        // `stats()` balance.
+        let copy = reentry::Inside::enter_for(|| self.clone());
+        drop(self);
         let _inside = reentry::Inside::enter();
         // The first period starts now: the copy is taken before `start`
         // returns, so that what the program allocates next is in it.
         let mark = Mark::now();
-        self.spawn(Some(mark))
+        copy.spawn(Some(mark))
     }
 
     /// Starts the thread, whose first period starts at `mark`, or when
@@ -228,27 +233,23 @@ impl Pusher {
             finished: AtomicBool::new(false),
         });
         let seen = Arc::clone(&control);
-        let thread = std::thread::Builder::new()
-            .stack_size(THREAD_STACK_BYTES)
-            .spawn(move || {
-                // Inside for good, thread-local destructors included.
-                std::mem::forget(reentry::Inside::enter());
-                let mark = mark.unwrap_or_else(Mark::now);
-                let url = without_credentials(&self.url).into_owned();
-                // Nothing the thread calls is known to panic; if something
-                // does, the pushes end with a line saying so, and `stop` and
-                // the push at exit do not wait for them.
-                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    self.run(&seen, mark)
-                }));
-                if ran.is_err() {
-                    report::warn(format_args!(
-                        "heapprof: the Pyroscope pusher for {} stopped: it panicked (above)",
-                        Shown::new(&*url)
-                    ));
-                }
-                seen.finished.store(true, Release);
-            })?;
+        let thread = own_thread::spawn(c"heapprof-push", THREAD_STACK_BYTES, move |wake| {
+            let mark = mark.unwrap_or_else(Mark::now);
+            let url = without_credentials(&self.url).into_owned();
+            // Nothing the thread calls is known to panic; if something
+            // does, the pushes end with a line saying so, and `stop` and
+            // the push at exit do not wait for them.
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.run(&seen, wake, mark)
+            }));
+            if ran.is_err() {
+                report::warn(format_args!(
+                    "heapprof: the Pyroscope pusher for {} stopped: it panicked (above)",
+                    Shown::new(&*url)
+                ));
+            }
+            seen.finished.store(true, Release);
+        })?;
         Ok(PusherHandle {
             control,
             thread,
@@ -359,7 +360,7 @@ impl Pusher {
 
     /// The pushing thread: a push every period, and a last one when told
     /// to stop.
-    fn run(self, control: &Control, mut mark: Mark) {
+    fn run(self, control: &Control, wake: &Wake, mut mark: Mark) {
         let client = Client::new(&self);
         let mut failures = Failures::default();
         let mut next = Instant::now() + self.every;
@@ -371,7 +372,7 @@ impl Pusher {
                 }
                 // Woken early by `stop`; a spurious wake-up only looks
                 // again.
-                std::thread::park_timeout(left);
+                wake.wait(left);
             }
             let stopping = control.stop.load(Acquire);
             match client.push(&self, &mark) {
@@ -409,7 +410,7 @@ struct Control {
 #[derive(Debug)]
 pub struct PusherHandle {
     control: Arc<Control>,
-    thread: JoinHandle<()>,
+    thread: OwnThread,
     /// The process that started the thread: a forked child has no copy of
     /// it, and joining it there would wait forever.
     pid: u32,
@@ -432,14 +433,19 @@ impl PusherHandle {
     /// returns at once.
     pub fn stop(self) {
         let _inside = reentry::Inside::enter();
-        self.control.stop.store(true, Release);
-        if std::process::id() != self.pid {
+        // Taken apart after the guard, so that what it holds is freed
+        // inside the profiler, as heapprof's.
+        let PusherHandle {
+            control,
+            thread,
+            pid,
+        } = self;
+        control.stop.store(true, Release);
+        if std::process::id() != pid {
             return;
         }
-        self.thread.thread().unpark();
-        // The thread catches a panic of its own work (and says so), so a
-        // join error would only repeat that.
-        let _ = self.thread.join();
+        thread.wake().wake();
+        thread.join();
     }
 }
 
@@ -611,7 +617,7 @@ impl Failures {
 
 /// The pusher the environment started, for the push at exit: its control,
 /// its thread, its timeout, and the process that started it.
-static FROM_ENV: std::sync::OnceLock<(Arc<Control>, std::thread::Thread, Duration, u32)> =
+static FROM_ENV: std::sync::OnceLock<(Arc<Control>, Arc<Wake>, Duration, u32)> =
     std::sync::OnceLock::new();
 
 /// Starts the pusher `HEAPPROF_PYROSCOPE_URL` asks for, once. Called from
@@ -644,7 +650,7 @@ pub(crate) fn start_from_env() {
         Ok(handle) => {
             let _ = FROM_ENV.set((
                 Arc::clone(&handle.control),
-                handle.thread.thread().clone(),
+                Arc::clone(handle.thread.wake()),
                 timeout,
                 std::process::id(),
             ));
@@ -690,7 +696,7 @@ fn exe_name() -> String {
 /// server. A forked child that exits does not push: it has no pusher
 /// thread.
 extern "C" fn push_at_exit() {
-    let Some((control, thread, timeout, pid)) = FROM_ENV.get() else {
+    let Some((control, wake, timeout, pid)) = FROM_ENV.get() else {
         return;
     };
     if *pid != std::process::id() || control.finished.load(Acquire) {
@@ -707,7 +713,7 @@ extern "C" fn push_at_exit() {
         return;
     }
     control.stop.store(true, Release);
-    thread.unpark();
+    wake.wake();
     let deadline = Instant::now() + *timeout;
     while !control.finished.load(Acquire) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));

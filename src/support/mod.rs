@@ -1,11 +1,13 @@
 //! Runtime support with no profile data of its own: locks and their
-//! ranks, how shared tables grow, the reentrancy guard, the registry of threads (exact counters,
+//! ranks, how shared tables grow, the reentrancy guard, heapprof's own
+//! threads, the registry of threads (exact counters,
 //! filter mask copies), the loaded objects' memory mappings, and whether a
 //! signal handler is running.
 
 pub(crate) mod growth;
 pub(crate) mod lock;
 pub(crate) mod mappings;
+pub(crate) mod own_thread;
 pub(crate) mod reentry;
 pub(crate) mod registry;
 pub(crate) mod signals;

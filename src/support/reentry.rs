@@ -54,6 +54,12 @@ impl Inside {
         }
     }
 
+    /// Runs `f` inside the profiler.
+    pub(crate) fn enter_for<R>(f: impl FnOnce() -> R) -> R {
+        let _inside = Inside::enter();
+        f()
+    }
+
     /// Keeps the flag set past this scope, for a caller that enters in one
     /// callback and leaves in another (the fork handlers). Returns the
     /// state to give [`leave_forgotten`].

@@ -1,0 +1,197 @@
+//! heapprof's own threads (the HTTP server's, the dump series', the
+//! Pyroscope pusher's): inside the profiler from their first instruction
+//! to their exit, so that nothing on them counts as the program's.
+//!
+//! They are started with `pthread_create`, not `std::thread`: the
+//! standard library frees the box that carried the closure on the new
+//! thread before the closure runs, a free that would count as the
+//! program's (and, the thread being in no registry yet, at once). Here
+//! the thread's first step takes it inside the profiler for good; then
+//! it frees the box. The spawn, the join and the handle's drop run inside
+//! the profiler on the calling thread too.
+
+use std::ffi::CStr;
+use std::io;
+use std::mem::ManuallyDrop;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::support::reentry::Inside;
+
+/// A running thread of heapprof's, started by [`spawn`]. Dropping it
+/// leaves the thread running (detached).
+#[derive(Debug)]
+pub(crate) struct OwnThread {
+    id: libc::pthread_t,
+    joined: bool,
+    /// Dropped inside the profiler ([`OwnThread::drop`]).
+    wake: ManuallyDrop<Arc<Wake>>,
+}
+
+/// Wakes a thread of heapprof's from [`Wake::wait`] before its time.
+#[derive(Debug, Default)]
+pub(crate) struct Wake {
+    woken: Mutex<bool>,
+    ready: Condvar,
+}
+
+impl Wake {
+    /// Ends the thread's current wait, or its next one.
+    pub(crate) fn wake(&self) {
+        *self.woken.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.ready.notify_all();
+    }
+
+    /// Waits up to `timeout`, less if woken ([`Wake::wake`]).
+    pub(crate) fn wait(&self, timeout: Duration) {
+        let woken = self.woken.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mut woken, _) = self
+            .ready
+            .wait_timeout_while(woken, timeout, |woken| !*woken)
+            .unwrap_or_else(PoisonError::into_inner);
+        *woken = false;
+    }
+}
+
+/// What the new thread takes: its name, its work and its [`Wake`].
+struct Start {
+    name: &'static CStr,
+    work: Box<dyn FnOnce(&Wake) + Send>,
+    wake: Arc<Wake>,
+}
+
+/// Starts `work` on a thread of heapprof's own, named `name` (its first
+/// [`NAME_BYTES`] bytes), with a stack of `stack_bytes` besides what the
+/// C library keeps there (thread-local storage). `work` is given the
+/// thread's [`Wake`] to wait on.
+pub(crate) fn spawn(
+    name: &'static CStr,
+    stack_bytes: usize,
+    work: impl FnOnce(&Wake) + Send + 'static,
+) -> io::Result<OwnThread> {
+    let _inside = Inside::enter();
+    let wake = Arc::new(Wake::default());
+    let start = Box::into_raw(Box::new(Start {
+        name,
+        work: Box::new(work),
+        wake: Arc::clone(&wake),
+    }));
+    // SAFETY: `attr` is initialized by pthread_attr_init before any other
+    // use and destroyed once; `start` is a valid `Box<Start>` pointer that
+    // `run` takes over if the thread starts, and that is taken back here
+    // if it does not.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_attr_init(&mut attr) != 0 {
+            drop(Box::from_raw(start));
+            return Err(io::Error::other("pthread_attr_init failed"));
+        }
+        let stack = stack_bytes
+            .max(libc::PTHREAD_STACK_MIN)
+            .saturating_add(kept_by_libc(&attr))
+            .next_multiple_of(page_size());
+        // A size refused leaves the default, which is larger than ours.
+        libc::pthread_attr_setstacksize(&mut attr, stack);
+        let mut id: libc::pthread_t = std::mem::zeroed();
+        let made = libc::pthread_create(&mut id, &attr, run, start.cast());
+        libc::pthread_attr_destroy(&mut attr);
+        if made != 0 {
+            drop(Box::from_raw(start));
+            return Err(io::Error::from_raw_os_error(made));
+        }
+        Ok(OwnThread {
+            id,
+            joined: false,
+            wake: ManuallyDrop::new(wake),
+        })
+    }
+}
+
+/// The new thread's entry: inside the profiler first, then the rest.
+extern "C" fn run(start: *mut libc::c_void) -> *mut libc::c_void {
+    // Thread-local destructors included: the flag has none of its own.
+    std::mem::forget(Inside::enter());
+    // SAFETY: `spawn` passed a `Box<Start>` pointer it gave up.
+    let start = unsafe { Box::from_raw(start.cast::<Start>()) };
+    set_name(start.name);
+    let Start { work, wake, .. } = *start;
+    // A panic was reported by the panic hook; it must not unwind into C.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&wake)));
+    std::ptr::null_mut()
+}
+
+impl OwnThread {
+    /// The thread's [`Wake`].
+    pub(crate) fn wake(&self) -> &Arc<Wake> {
+        &self.wake
+    }
+
+    /// Waits for the thread to exit.
+    pub(crate) fn join(mut self) {
+        let _inside = Inside::enter();
+        // SAFETY: the thread was started joinable, and `joined` keeps it
+        // from being joined or detached again.
+        unsafe { libc::pthread_join(self.id, std::ptr::null_mut()) };
+        self.joined = true;
+    }
+}
+
+impl Drop for OwnThread {
+    fn drop(&mut self) {
+        let _inside = Inside::enter();
+        if !self.joined {
+            // SAFETY: the thread was started joinable and neither joined
+            // nor detached since.
+            unsafe { libc::pthread_detach(self.id) };
+        }
+        // SAFETY: dropped once, here, and not used after.
+        unsafe { ManuallyDrop::drop(&mut self.wake) };
+    }
+}
+
+/// The most bytes of a thread name Linux keeps, its NUL not counted.
+const NAME_BYTES: usize = 15;
+
+/// Names the calling thread, as `ps`, `top` and debuggers show it: the
+/// first [`NAME_BYTES`] bytes of `name`.
+fn set_name(name: &CStr) {
+    let mut kept = [0u8; NAME_BYTES + 1];
+    let bytes = name.to_bytes();
+    let n = bytes.len().min(NAME_BYTES);
+    kept[..n].copy_from_slice(&bytes[..n]);
+    // SAFETY: `kept` is NUL-terminated (its last byte stays 0) and no
+    // longer than the kernel takes, so glibc does not refuse it.
+    unsafe { libc::pthread_setname_np(libc::pthread_self(), kept.as_ptr().cast()) };
+}
+
+/// The bytes of a new thread's stack the C library keeps for itself
+/// (thread-local storage and its own needs): glibc's
+/// `__pthread_get_minstack`, where there is one, else none counted.
+fn kept_by_libc(attr: &libc::pthread_attr_t) -> usize {
+    type MinStack = unsafe extern "C" fn(*const libc::pthread_attr_t) -> libc::size_t;
+    /// The function's address, 1 if there is none, 0 before the first look.
+    static FOUND: AtomicUsize = AtomicUsize::new(0);
+    let mut at = FOUND.load(Relaxed);
+    if at == 0 {
+        // SAFETY: a lookup of a NUL-terminated name in the loaded objects.
+        let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__pthread_get_minstack".as_ptr()) };
+        at = if sym.is_null() { 1 } else { sym as usize };
+        FOUND.store(at, Relaxed);
+    }
+    if at == 1 {
+        return 0;
+    }
+    // SAFETY: glibc's `__pthread_get_minstack` has this signature and
+    // only reads the attributes.
+    let min_stack: MinStack = unsafe { std::mem::transmute::<usize, MinStack>(at) };
+    // SAFETY: `attr` is initialized.
+    unsafe { min_stack(attr) }
+}
+
+/// The system's page size.
+fn page_size() -> usize {
+    // SAFETY: sysconf reads a constant of the system.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096).max(1)
+}
