@@ -105,3 +105,23 @@ fn measure_assertions_panic_when_nothing_is_counted() {
         assert!(msg.contains("#[global_allocator]"), "{msg}");
     }
 }
+
+/// A guard's profile and a series are refused as `write_profile` is: an
+/// empty profile would read as a program that allocates nothing.
+#[test]
+fn guard_and_series_say_the_allocator_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("heap.pb.gz");
+    let err = heapprof::ProfileGuard::new(&path)
+        .finish()
+        .expect_err("a guard wrote a profile without heapprof installed");
+    assert_eq!(err.kind(), std::io::ErrorKind::Other);
+    assert!(err.to_string().contains("#[global_allocator]"), "{err}");
+    let err = heapprof::AutoDump::new(&path)
+        .every(std::time::Duration::from_secs(1))
+        .start()
+        .expect_err("a series started without heapprof installed");
+    assert_eq!(err.kind(), std::io::ErrorKind::Other);
+    assert!(err.to_string().contains("#[global_allocator]"), "{err}");
+    assert!(!path.exists(), "a file was written");
+}

@@ -41,6 +41,7 @@ mod memory;
 /// Writes the current profile to `path`, after [`expand`]ing it. The error
 /// names the path.
 pub(crate) fn write_file(path: &Path, options: pprof::Options) -> io::Result<()> {
+    output::check_installed()?;
     let _inside = reentry::Inside::enter();
     write_profile_at(&expand(path), options)
 }
@@ -573,7 +574,9 @@ impl ProfileGuard {
         }
     }
 
-    /// Writes the profile now and returns the outcome.
+    /// Writes the profile now and returns the outcome: an error of kind
+    /// `Other` if heapprof is not the global allocator, as from
+    /// [`write_profile`](crate::write_profile).
     pub fn finish(mut self) -> io::Result<()> {
         match self.path.take() {
             Some(path) => write_file(&path, pprof::Options::at_exit()),
@@ -733,9 +736,11 @@ impl AutoDump {
     /// due, and the thread would write profiles as fast as it can. So is a
     /// series with no trigger at all, which would never write, and an
     /// [`at_limit`](AutoDump::at_limit) with no fraction or one outside
-    /// 0.01 to 1.
+    /// 0.01 to 1. Without heapprof as the global allocator it is an error
+    /// of kind `Other`, as from [`write_profile`](crate::write_profile).
     pub fn start(self) -> io::Result<AutoDumpHandle> {
         self.check()?;
+        output::check_installed()?;
         // The thread runs on a copy made inside the profiler, and the
         // program's settings are freed here, as the program's: its
         // `stats()` balance.
