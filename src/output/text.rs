@@ -128,6 +128,9 @@ fn write_here<W: Write>(
         for shown in &r.frames {
             write!(w, " {:#x}", shown.addr)?;
         }
+        if r.overflow {
+            write!(w, " {OVERFLOW_ADDRESS:#x}")?;
+        }
         writeln!(w)?;
         for shown in &r.frames {
             let frames = resolved.get(&shown.addr).map_or(&[][..], |f| &f[..]);
@@ -142,13 +145,18 @@ fn write_here<W: Write>(
             }
         }
         if r.overflow {
-            writeln!(w, "#\t0x0\t{}", pprof::OVERFLOW_FUNCTION)?;
+            writeln!(
+                w,
+                "#\t{:#x}\t{}",
+                OVERFLOW_ADDRESS - 1,
+                pprof::OVERFLOW_FUNCTION
+            )?;
         }
         if !r.labels.is_empty() {
             write!(w, "# labels: {{")?;
             for (i, (k, v)) in r.labels.iter().enumerate() {
                 let sep = if i == 0 { "" } else { ", " };
-                write!(w, "{sep}{k:?}:{v:?}")?;
+                write!(w, "{sep}{}:{}", Json(k), Json(v))?;
             }
             writeln!(w, "}}")?;
         }
@@ -204,6 +212,37 @@ fn write_stats<W: Write>(
         "# estimated_live_bytes = {estimated_inuse} (the records' inuse_space, as pprof reads it)"
     )?;
     Ok(())
+}
+
+/// The overflow entry's one frame in this format, which gives pprof a
+/// record's frames by address only: a record with none would count in the
+/// header's totals and in no function. An address where no code lies,
+/// past those of heapprof's own frames (`record::stack::OWN_FRAMES`).
+const OVERFLOW_ADDRESS: usize = 3;
+const _: () = assert!(OVERFLOW_ADDRESS > crate::record::stack::CUT);
+const _: () = assert!(OVERFLOW_ADDRESS > crate::record::stack::NOT_UNWOUND);
+
+/// A string as a JSON string literal, quotes included: a label's key or
+/// value on a `# labels:` line.
+struct Json<'a>(&'a str);
+
+impl std::fmt::Display for Json<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        f.write_char('"')?;
+        for c in self.0.chars() {
+            match c {
+                '"' => f.write_str("\\\"")?,
+                '\\' => f.write_str("\\\\")?,
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                '\t' => f.write_str("\\t")?,
+                c if u32::from(c) < 0x20 || c == '\u{7f}' => write!(f, "\\u{:04x}", u32::from(c))?,
+                c => f.write_char(c)?,
+            }
+        }
+        f.write_char('"')
+    }
 }
 
 /// Says where a text profile's labels are, and that pprof does not read
@@ -385,6 +424,33 @@ mod tests {
         );
         assert!(text.contains(&format!("# estimated_live_bytes = {} ", total[1])));
         assert!(text.contains(&format!("# sample_rate = {rate}\n")));
+    }
+
+    /// The overflow entry's record has a frame, so that pprof shows its
+    /// bytes under a node and not only in the header's total.
+    #[test]
+    fn the_overflow_record_has_a_frame() {
+        let mut full = site(Vec::new(), &[(4096, 1, false)]);
+        full.overflow = true;
+        let mut out = Vec::new();
+        let options = pprof::Options::default();
+        write(&mut out, &[full], 1, &crate::Stats::default(), &options).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(&format!("1: 4096 [1: 4096] @ {OVERFLOW_ADDRESS:#x}\n")),
+            "{text}"
+        );
+        assert!(text.contains(pprof::OVERFLOW_FUNCTION), "{text}");
+    }
+
+    /// Labels are JSON strings: control characters as `\u` escapes, which
+    /// Rust's `{:?}` would write as `\u{1}`.
+    #[test]
+    fn labels_are_json_strings() {
+        assert_eq!(
+            Json("a\u{1}\"\\\n\u{7f}é\u{301}").to_string(),
+            "\"a\\u0001\\\"\\\\\\n\\u007fé\u{301}\""
+        );
     }
 
     #[test]
