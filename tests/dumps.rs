@@ -345,10 +345,11 @@ fn guard_and_peak_profile() {
     let _alone = big_heap_changes();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("guard.pb.gz");
-    {
+    let peak_over = {
         let _g = heapprof::ProfileGuard::new(&path);
         transient_peak(); // 200 MiB, freed before the guard writes
-    }
+        std::time::SystemTime::now()
+    };
     let now = read_profile(&path);
     assert_eq!(
         cum(&now, "transient_peak", INUSE_SPACE),
@@ -370,6 +371,16 @@ fn guard_and_peak_profile() {
         (0.8 * 200.0 * mib..1.1 * 200.0 * mib).contains(&held),
         "peak shows {} MiB",
         held / mib
+    );
+    // Its time is the peak's, not when it was written.
+    let over_nanos = peak_over
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    assert!(
+        0 < peak.time_nanos && peak.time_nanos <= over_nanos,
+        "the peak profile's time {} is after the peak was over ({over_nanos})",
+        peak.time_nanos
     );
     let comments: Vec<&str> = peak.comment.iter().map(|&i| string(&peak, i)).collect();
     let marked = comments

@@ -105,6 +105,8 @@ pub(crate) struct Collected {
     pub comments: Vec<String>,
     /// The span a delta covers.
     pub span: Option<Duration>,
+    /// When the sites are from, if not now: a peak's moment.
+    pub taken: Option<SystemTime>,
 }
 
 /// The sites of `source`; `None` if it has none yet (no peak recorded).
@@ -115,11 +117,13 @@ pub(crate) fn collect(source: Source) -> Option<Collected> {
             sites: record::sites::snapshot(),
             comments: Vec::new(),
             span: None,
+            taken: None,
         }),
         Source::Peak => peak::copy().map(|p| Collected {
             comments: vec![peak_comment(&p)],
             sites: p.sites.unpack(),
             span: None,
+            taken: Some(p.when),
         }),
         Source::Delta { sites, span } => Some(Collected {
             comments: vec![format!(
@@ -128,6 +132,7 @@ pub(crate) fn collect(source: Source) -> Option<Collected> {
             )],
             sites,
             span: Some(span),
+            taken: None,
         }),
         Source::AllocDelta { sites, span } => Some(Collected {
             comments: vec![match span {
@@ -142,6 +147,7 @@ pub(crate) fn collect(source: Source) -> Option<Collected> {
             }],
             sites,
             span,
+            taken: None,
         }),
     }
 }
@@ -163,6 +169,7 @@ pub(crate) fn write<W: io::Write>(
     comments.append(&mut options.comments);
     options.comments = comments;
     options.duration = options.duration.or(collected.span);
+    options.time = options.time.or(collected.taken);
     // `HEAPPROF_SYMBOLIZE=off` holds for every profile written here; a
     // caller can ask for addresses only where the setting allows names.
     options.addresses_only |= !crate::config::get().symbolize;

@@ -54,6 +54,9 @@ pub(crate) struct Options {
     /// For a delta profile: the span it covers, and when it started (the
     /// profile's `duration_nanos`; `time_nanos` is then its end, as Go's).
     pub duration: Option<std::time::Duration>,
+    /// When the profile's numbers are from (the profile's `time_nanos`): a
+    /// peak's moment; `None` for now.
+    pub time: Option<std::time::SystemTime>,
     /// Mappings (with their build IDs) and addresses only: no function
     /// names, files or lines, and no symbol lookup at all, so none of the
     /// debug info a lookup parses is ever loaded into the process
@@ -100,9 +103,7 @@ impl Options {
                  live heap has reached {} KiB, or write_peak_profile) what was live at the top",
                 crate::record::peak::MIN_PEAK >> 10
             )],
-            duration: None,
-            addresses_only: false,
-            series_label_keys: None,
+            ..Options::default()
         }
     }
 }
@@ -404,7 +405,8 @@ impl Builder {
         ];
         self.profile.period_type = Some(value_type("space", "bytes"));
         self.profile.period = i64::try_from(rate).unwrap_or(i64::MAX);
-        self.profile.time_nanos = unix_nanos(std::time::SystemTime::now());
+        self.profile.time_nanos =
+            unix_nanos(options.time.unwrap_or_else(std::time::SystemTime::now));
         if let Some(d) = options.duration {
             self.profile.duration_nanos = d.as_nanos().min(i64::MAX as u128) as i64;
         }

@@ -232,12 +232,14 @@ fn options_set_the_default_type_the_comments_and_the_span() {
         default_sample_type: Some("alloc_space"),
         comments: vec!["first note".to_owned()],
         duration: Some(Duration::from_millis(30_500)),
+        time: Some(std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
         addresses_only: false,
         series_label_keys: None,
     };
     let p = build(&sites(), 512 * 1024, options);
     assert_eq!(string(&p, p.default_sample_type), "alloc_space");
     assert_eq!(p.duration_nanos, 30_500_000_000);
+    assert_eq!(p.time_nanos, 1_700_000_000_000_000_000);
     let comments: Vec<&str> = p.comment.iter().map(|&c| string(&p, c)).collect();
     assert_eq!(comments[0], "first note", "the caller's notes first");
     assert!(
