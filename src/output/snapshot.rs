@@ -694,11 +694,18 @@ fn write_message_svg(w: &mut impl io::Write, title: &str, message: &str) -> io::
 impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let total = self.total_inuse_bytes();
+        // Of the sites' live bytes taken without their sign, as pprof
+        // does: a delta's net total may be small, zero or negative.
+        let scale = self
+            .sites
+            .iter()
+            .map(|s| s.inuse_bytes.saturating_abs())
+            .fold(0, i64::saturating_add);
         let pct = |x: i64| {
-            if total == 0 {
+            if scale == 0 {
                 0.0
             } else {
-                100.0 * x as f64 / total as f64
+                100.0 * x as f64 / scale as f64
             }
         };
         writeln!(
@@ -823,6 +830,40 @@ mod tests {
             folded_name("operator new(unsigned long)", true),
             "operator new(unsigned long)"
         );
+    }
+
+    /// A delta's table gives each function its share of the bytes that
+    /// changed either way, with its sign, as `pprof -base` does; not a
+    /// share of the net change, which is negative here.
+    #[test]
+    fn a_deltas_shares_are_of_the_bytes_that_changed() {
+        let site = |function: &str, inuse_bytes| super::Site {
+            frames: vec![super::Frame {
+                function: function.to_owned(),
+                file: String::new(),
+                line: 0,
+            }],
+            labels: Vec::new(),
+            alloc_objects: 0,
+            alloc_bytes: 0,
+            inuse_objects: 0,
+            inuse_bytes,
+        };
+        let delta = super::Snapshot {
+            raw: Vec::new(),
+            rate: 1,
+            delta: true,
+            sites: vec![site("app::grows", 300), site("app::shrinks", -500)],
+            profile: Default::default(),
+        };
+        let table = delta.to_string();
+        let row = |name: &str| {
+            let line = table.lines().find(|l| l.ends_with(name)).unwrap();
+            line.split_whitespace().nth(1).unwrap().to_owned()
+        };
+        assert_eq!(row("app::grows"), "37.5%", "{table}");
+        assert_eq!(row("app::shrinks"), "-62.5%", "{table}");
+        assert!(table.starts_with("heapprof: -200 live bytes"), "{table}");
     }
 
     /// `stats()` reads the registry and nothing else: with every table's
