@@ -280,6 +280,7 @@ fn sample_labels_are_pushed_under_keys_pyroscope_accepts() {
         ("pyroscope_spy", "s"),
         ("__name__", "n"),
         ("http_route", "taken by http.route"),
+        ("ключ", "значение"),
     ];
     heapprof::with_labels(&given, || kept_under_labels(&mut kept));
     let pusher = Pusher::new(receiver.url(), "labels-test")
@@ -313,7 +314,11 @@ fn sample_labels_are_pushed_under_keys_pyroscope_accepts() {
         keys.sort();
         keys
     };
-    assert_eq!(keys_of(&profile), ["_9lives", "http_route", "tenant_id"]);
+    // Not `____`, which reads as a name of the server's: dropped.
+    assert_eq!(
+        keys_of(&profile),
+        ["_9lives", "http_route", "tenant_id", "u43au43bu44eu447"]
+    );
     // The first label of a key keeps it: `http.route`'s value, not that of
     // the later `http_route`.
     let route = profile

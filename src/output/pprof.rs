@@ -74,14 +74,24 @@ pub(crate) struct Options {
 }
 
 /// `key` as a series label name, `[A-Za-z_][A-Za-z0-9_]*` (Prometheus's,
-/// which Pyroscope checks): any other character becomes `_`, and a leading
-/// digit gets a `_` before it. `None` for names such a server sets itself:
-/// `service_name`, `pyroscope_spy` and those starting with `__`.
+/// which Pyroscope checks): any other ASCII character becomes `_`, any
+/// other character `u` and its code point in hex (`é` is `ue9`: keys in
+/// other scripts stay apart, and never read as the server's `__` names),
+/// and a leading digit gets a `_` before it. `None` for names such a
+/// server sets itself: `service_name`, `pyroscope_spy` and those starting
+/// with `__`.
 pub(crate) fn series_key(key: &str) -> Option<String> {
-    let mut name: String = key
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
+    let mut name = String::with_capacity(key.len());
+    for c in key.chars() {
+        match c {
+            c if c.is_ascii_alphanumeric() => name.push(c),
+            c if c.is_ascii() => name.push('_'),
+            c => {
+                use std::fmt::Write as _;
+                let _ = write!(name, "u{:x}", u32::from(c));
+            }
+        }
+    }
     if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
         name.insert(0, '_');
     }

@@ -40,13 +40,14 @@
 //! sample's labels ([`with_labels`](crate::with_labels), the `thread`
 //! label) part of a series' name and refuses a whole push over one key
 //! that is not `[A-Za-z_][A-Za-z0-9_]*`, so a push carries them with every
-//! other character as `_` (`http.route` as `http_route`, `tenant-id` as
-//! `tenant_id`), and leaves out a label whose key is then one the server
+//! other ASCII character as `_` (`http.route` as `http_route`, `tenant-id`
+//! as `tenant_id`) and every other character as `u` and its code point in
+//! hex (`é` as `ue9`), and leaves out a label whose key is then one the server
 //! sets (`service_name`, `pyroscope_spy`, any starting with `__`), one of
 //! the pusher's own labels, or an earlier label's. Profiles written or
 //! served keep the keys as given.
 //!
-//! What it costs the program: one thread (no name, a
+//! What it costs the program: one thread (`heapprof-push`, a
 //! [`THREAD_STACK_BYTES`] stack) that is inside the profiler for good, so
 //! nothing it allocates is profiled or counted as the program's; one copy
 //! of the site table between pushes, and one profile during a push. The
