@@ -263,7 +263,9 @@ impl Params {
         let mut p = Params::default();
         for pair in query.split('&').filter(|s| !s.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match key {
+            let (key, value) = (unescape(key)?, unescape(value)?);
+            let value = value.as_ref();
+            match key.as_ref() {
                 "debug" => {
                     p.debug = value.parse().map_err(|_| {
                         format!("bad request: debug={value:?} is not a whole number")
@@ -292,6 +294,32 @@ impl Params {
         }
         Ok(p)
     }
+}
+
+/// A query's key or value with its escapes undone, as a form's: `%XX` is
+/// the byte XX, `+` a space. `Err` for an escape that is not two hex
+/// digits or bytes that are not UTF-8.
+fn unescape(s: &str) -> Result<std::borrow::Cow<'_, str>, String> {
+    if !s.contains(['%', '+']) {
+        return Ok(s.into());
+    }
+    let bad = || format!("bad request: {s:?} is not a valid query escape");
+    let mut bytes = Vec::with_capacity(s.len());
+    let mut rest = s.as_bytes();
+    while let Some((&b, after)) = rest.split_first() {
+        rest = after;
+        bytes.push(match b {
+            b'+' => b' ',
+            b'%' => {
+                let hex = rest.get(..2).ok_or_else(bad)?;
+                let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
+                rest = &rest[2..];
+                u8::from_str_radix(hex, 16).map_err(|_| bad())?
+            }
+            b => b,
+        });
+    }
+    String::from_utf8(bytes).map(Into::into).map_err(|_| bad())
 }
 
 /// One profile is built at a time, from the copy of the table to the
@@ -512,6 +540,12 @@ mod tests {
         assert_eq!(Params::parse("").unwrap().debug, 0);
         assert!(!Params::parse("").unwrap().addresses_only);
         assert!(Params::parse("symbolize=0").unwrap().addresses_only);
+        // Escaped as a form is, as Go's handlers read them.
+        // An escaped `=` is part of the key, as in Go.
+        assert!(!Params::parse("symbolize%3D0").unwrap().addresses_only);
+        assert!(Params::parse("%73ymbolize=%30").unwrap().addresses_only);
+        assert_eq!(Params::parse("seconds=%32").unwrap().seconds, Some(2));
+        assert_eq!(Params::parse("debug=+1").map(|p| p.debug).ok(), None);
         assert!(!Params::parse("symbolize=1").unwrap().addresses_only);
         for bad in [
             "debug=x",
@@ -524,6 +558,10 @@ mod tests {
             "symbolize=",
             "symbolize=no",
             "symbolize=2",
+            "debug=%",
+            "debug=%1",
+            "debug=%zz",
+            "debug=%ff",
         ] {
             assert!(Params::parse(bad).is_err(), "{bad}");
         }

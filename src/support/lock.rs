@@ -44,7 +44,10 @@
 //! take the free path's locks: the one it would wait for may be the one
 //! this thread holds (see `record::free::dealloc`).
 
-use std::sync::atomic::{AtomicU32, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
+use std::sync::atomic::{
+    AtomicU32, Ordering::Acquire, Ordering::Relaxed, Ordering::Release, Ordering::SeqCst,
+    compiler_fence,
+};
 
 use crate::thread;
 
@@ -132,7 +135,13 @@ fn count_held<const RANK: u8>(up: bool, waits: bool) {
                 std::process::abort();
             }
             l.locks.up(RANK as usize, rank::free_path(RANK));
+            // A signal handler on this thread must see the count before
+            // the lock is taken: the compiler may not move the lock's
+            // atomics above the count's plain writes.
+            compiler_fence(SeqCst);
         } else {
+            // ...and the count only after the lock is released.
+            compiler_fence(SeqCst);
             l.locks.down(RANK as usize, rank::free_path(RANK));
         }
     });
