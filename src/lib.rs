@@ -249,7 +249,8 @@
 //!   written as memory nears its limit, before the OOM killer ends the
 //!   process (below).
 //!
-//! A dump that fails is reported once on stderr; the program goes on.
+//! A dump that fails is reported on stderr, once for each kind of dump
+//! (the exit profile, its peak, a series, …); the program goes on.
 //!
 //! ### Before the OOM killer
 //!

@@ -489,7 +489,9 @@ impl Snapshot {
     }
 
     /// Writes this snapshot as a gzipped pprof profile: for a snapshot from
-    /// [`snapshot`], the same bytes `write_profile` would have written then.
+    /// [`snapshot`], the profile `write_profile` would have written then,
+    /// except that a snapshot's frames have names even under
+    /// `HEAPPROF_SYMBOLIZE=off`.
     pub fn write_pprof<W: io::Write>(&self, w: W) -> io::Result<()> {
         let _inside = reentry::Inside::enter();
         pprof::encode(&self.profile, reentry::ProgramWriter::new(w))
