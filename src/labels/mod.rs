@@ -67,9 +67,9 @@ const OFF: u8 = 2;
 /// * A block keeps the labels it was allocated with until it is freed,
 ///   by whichever thread or task: in-use memory by label stays right.
 /// * Keys and values are copied, so strings made at run time work. An
-///   empty key or an empty value is left out; a key or value over 128
-///   bytes is cut and ends in `…`; a set of more than 16 labels keeps 15
-///   and `heapprof_overflow=labels per set`. The table holds at most 4 096
+///   empty key or an empty value is left out; a key or value
+///   over 128 bytes is cut and ends in `…`; a set of
+///   more than 16 labels keeps 15 and `heapprof_overflow=labels per set`. The table holds at most 4 096
 ///   distinct sets (1 MiB); past that, samples carry
 ///   `heapprof_overflow=label sets` instead of their labels, so keep
 ///   unbounded values (request ids) out of labels. The sets the `thread`
