@@ -185,7 +185,12 @@ impl Measured {
 
     #[track_caller]
     fn fail(&self, what: &str, order: Order) -> ! {
-        panic!("heapprof: {what}\n{}", self.report(order));
+        let report = self.report(order);
+        // The message is the program's: whoever catches the panic frees
+        // it. The report, heapprof's, is freed inside the profiler.
+        let message = format!("heapprof: {what}\n{report}");
+        reentry::Inside::enter_for(|| drop(report));
+        std::panic::panic_any(message)
     }
 
     /// The numbers, then the sampled sites in `order`.

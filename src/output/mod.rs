@@ -195,14 +195,14 @@ pub(crate) fn write_to_program<W: io::Write>(
     format: Format,
     w: W,
 ) -> io::Result<()> {
-    let _inside = reentry::Inside::enter();
-    check_installed()?;
-    let w = reentry::ProgramWriter::new(w);
-    if write(source, format, pprof::Options::default(), w)? {
-        Ok(())
-    } else {
-        Err(io::Error::new(io::ErrorKind::NotFound, peak::NO_PEAK_YET))
-    }
+    reentry::for_program(w, |w| {
+        check_installed()?;
+        if write(source, format, pprof::Options::default(), w)? {
+            Ok(())
+        } else {
+            Err(io::Error::new(io::ErrorKind::NotFound, peak::NO_PEAK_YET))
+        }
+    })
 }
 
 /// The comment that marks a peak profile: how large, and when (RFC 3339,

@@ -493,8 +493,7 @@ impl Snapshot {
     /// except that a snapshot's frames have names even under
     /// `HEAPPROF_SYMBOLIZE=off`.
     pub fn write_pprof<W: io::Write>(&self, w: W) -> io::Result<()> {
-        let _inside = reentry::Inside::enter();
-        pprof::encode(&self.profile, reentry::ProgramWriter::new(w))
+        reentry::for_program(w, |w| pprof::encode(&self.profile, w))
     }
 
     /// Writes an SVG flame graph of live bytes (inuse_space): one box per
@@ -519,9 +518,14 @@ impl Snapshot {
     pub fn write_flamegraph_of<W: io::Write>(
         &self,
         sample_type: SampleType,
-        mut w: W,
+        w: W,
     ) -> io::Result<()> {
-        let _inside = reentry::Inside::enter();
+        reentry::for_program(w, |w| self.flamegraph(sample_type, w))
+    }
+
+    /// [`Snapshot::write_flamegraph_of`], inside the profiler.
+    #[cfg(feature = "flamegraph")]
+    fn flamegraph(&self, sample_type: SampleType, mut w: impl io::Write) -> io::Result<()> {
         let lines: Vec<String> = self
             .sites
             .iter()

@@ -14,6 +14,8 @@
 //! `stats()` counts the program's allocations only. [`Outside`] steps out
 //! for a call into the program's code (the writer a profile goes to).
 
+use std::io;
+
 use crate::thread::counters::{Counts, SharedCounts};
 use crate::thread::{self, Deferred, Registration};
 
@@ -169,37 +171,91 @@ impl Drop for Outside {
     }
 }
 
+/// Runs `f` inside the profiler on the program's writer `w`, and hands
+/// the program its outcome as memory of its own: the program frees what
+/// it is given, so it must have allocated it. The error is the first the
+/// writer gave, as it gave it, or else `f`'s, made again outside the
+/// profiler. Called by the program, outside the profiler.
+pub(crate) fn for_program<W: io::Write, R: Copy>(
+    w: W,
+    f: impl FnOnce(&mut ProgramWriter<W>) -> io::Result<R>,
+) -> io::Result<R> {
+    let mut w = ProgramWriter {
+        w: std::mem::ManuallyDrop::new(w),
+        error: None,
+    };
+    let outcome = Inside::enter_for(|| f(&mut w));
+    outcome.map_err(|e| match w.error.take() {
+        Some(writers) => {
+            Inside::enter_for(|| drop(e));
+            writers
+        }
+        None => as_programs(e),
+    })
+}
+
+/// `e`, made inside the profiler, made again as the program's.
+fn as_programs(e: io::Error) -> io::Error {
+    if e.get_ref().is_none() {
+        // An OS error code or a bare kind: nothing allocated.
+        return e;
+    }
+    let text = Inside::enter_for(|| e.to_string());
+    let programs = io::Error::new(e.kind(), text.as_str());
+    Inside::enter_for(|| drop((e, text)));
+    programs
+}
+
 /// The program's writer, called and dropped outside the profiler (see
-/// [`Outside`]): a `Vec` it grows or frees is the program's memory.
-pub(crate) struct ProgramWriter<W: std::io::Write>(std::mem::ManuallyDrop<W>);
+/// [`Outside`]): a `Vec` it grows or frees is the program's memory. Its
+/// errors are the program's too: the first is kept for [`for_program`]
+/// to hand back, and heapprof gets one of the same kind that holds no
+/// memory, which it may drop where it likes (an encoder's drop writes
+/// again and drops what it gets).
+pub(crate) struct ProgramWriter<W: io::Write> {
+    w: std::mem::ManuallyDrop<W>,
+    error: Option<io::Error>,
+}
 
-impl<W: std::io::Write> ProgramWriter<W> {
-    pub(crate) fn new(w: W) -> Self {
-        ProgramWriter(std::mem::ManuallyDrop::new(w))
+impl<W: io::Write> ProgramWriter<W> {
+    /// `outcome`, a call's on the program's writer, outside the profiler.
+    fn keep<T>(&mut self, outcome: io::Result<T>) -> io::Result<T> {
+        outcome.map_err(|e| {
+            let kind = e.kind();
+            // A write interrupted is tried again, not the outcome.
+            if kind != io::ErrorKind::Interrupted && self.error.is_none() {
+                self.error = Some(e);
+            }
+            io::Error::from(kind)
+        })
     }
 }
 
-impl<W: std::io::Write> std::io::Write for ProgramWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+impl<W: io::Write> io::Write for ProgramWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let _outside = Outside::enter();
-        self.0.write(buf)
+        let outcome = self.w.write(buf);
+        self.keep(outcome)
     }
 
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         let _outside = Outside::enter();
-        self.0.write_all(buf)
+        let outcome = self.w.write_all(buf);
+        self.keep(outcome)
     }
 
-    fn flush(&mut self) -> std::io::Result<()> {
+    fn flush(&mut self) -> io::Result<()> {
         let _outside = Outside::enter();
-        self.0.flush()
+        let outcome = self.w.flush();
+        self.keep(outcome)
     }
 }
 
-impl<W: std::io::Write> Drop for ProgramWriter<W> {
+impl<W: io::Write> Drop for ProgramWriter<W> {
     fn drop(&mut self) {
         let _outside = Outside::enter();
+        self.error.take();
         // SAFETY: dropped once, here; the field is not used after.
-        unsafe { std::mem::ManuallyDrop::drop(&mut self.0) };
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.w) };
     }
 }
