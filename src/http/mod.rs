@@ -150,6 +150,30 @@ pub fn handle(path: &str, query: &str) -> Response {
     response
 }
 
+/// Whether a request for `path` builds a profile (the index and a 404 do
+/// not).
+pub(super) fn builds_profile(path: &str) -> bool {
+    matches!(page(path), Some(Page::Profile(_)))
+}
+
+/// A page served.
+enum Page {
+    Index,
+    Profile(Kind),
+}
+
+/// The page a request for `path` asks for; `None` for a path not served.
+fn page(path: &str) -> Option<Page> {
+    Some(match path.strip_prefix("/debug/pprof")? {
+        "" | "/" => Page::Index,
+        "/heap" => Page::Profile(Kind::Heap),
+        "/allocs" => Page::Profile(Kind::Allocs),
+        "/peak" => Page::Profile(Kind::Peak),
+        "/delta_heap" => Page::Profile(Kind::DeltaHeap),
+        _ => return None,
+    })
+}
+
 /// [`handle`], inside the profiler.
 pub(super) fn respond(path: &str, query: &str) -> Response {
     respond_while(path, query, &|| false)
@@ -160,13 +184,10 @@ pub(super) fn respond(path: &str, query: &str) -> Response {
 /// [`GONE_CHECK_EVERY`]), so that clients that hang up at once cannot keep
 /// every delta's place taken for [`MAX_DELTA_SECONDS`].
 pub(super) fn respond_while(path: &str, query: &str, gone: &dyn Fn() -> bool) -> Response {
-    let kind = match path.strip_prefix("/debug/pprof") {
-        Some("" | "/") => return index(),
-        Some("/heap") => Kind::Heap,
-        Some("/allocs") => Kind::Allocs,
-        Some("/peak") => Kind::Peak,
-        Some("/delta_heap") => Kind::DeltaHeap,
-        _ => return not_served(path),
+    let kind = match page(path) {
+        Some(Page::Profile(kind)) => kind,
+        Some(Page::Index) => return index(),
+        None => return not_served(path),
     };
     let params = match Params::parse(query) {
         Ok(p) => p,

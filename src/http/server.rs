@@ -266,9 +266,15 @@ struct Shared {
     builder: Option<mpsc::Sender<Job>>,
 }
 
-/// A request for the builder thread: path, query, and where to send the
-/// response.
-type Job = (String, String, mpsc::SyncSender<Response>);
+/// A request for the builder thread: path, query, where to send the
+/// response, and the client's connection, to skip a build no one waits
+/// for any more.
+type Job = (
+    String,
+    String,
+    mpsc::SyncSender<Response>,
+    Option<TcpStream>,
+);
 
 /// Starts the thread that builds the responses of one server. Bodies are
 /// allocated, and freed, where they are built: built on a thread of
@@ -281,7 +287,11 @@ type Job = (String, String, mpsc::SyncSender<Response>);
 fn start_builder() -> Option<mpsc::Sender<Job>> {
     let (jobs, queue) = mpsc::channel::<Job>();
     own_thread::spawn(c"heapprof-http-build", THREAD_STACK_BYTES, move |_| {
-        for (path, query, reply) in queue {
+        for (path, query, reply, client) in queue {
+            if client.as_ref().is_some_and(peer_gone) {
+                let _ = reply.send(Response::error(503, "heapprof: the client went away"));
+                continue;
+            }
             let mut response = super::respond(&path, &query);
             // The budget counts bytes held: no spare capacity.
             response.body.shrink_to_fit();
@@ -292,17 +302,20 @@ fn start_builder() -> Option<mpsc::Sender<Job>> {
     Some(jobs)
 }
 
-/// The response to `path` and `query`: built by the builder thread, or
-/// here for a delta (which waits its N seconds first, unless the client on
-/// `stream` goes away, and of which only a few run at once) or when the
-/// builder is not there.
+/// The response to `path` and `query`: a profile built by the builder
+/// thread, in turn (skipped if the client on `stream` has gone by then);
+/// here a page that builds no profile (the index, a 404), a delta (which
+/// waits its N seconds first, unless the client goes away, and of which
+/// only a few run at once), or anything when the builder is not there.
 fn respond(shared: &Shared, stream: &TcpStream, path: &str, query: &str) -> Response {
     if !super::waits(query)
+        && super::builds_profile(path)
         && let Some(builder) = &shared.builder
     {
         let (reply, response) = mpsc::sync_channel(1);
+        let client = stream.try_clone().ok();
         if builder
-            .send((path.to_owned(), query.to_owned(), reply))
+            .send((path.to_owned(), query.to_owned(), reply, client))
             .is_ok()
             && let Ok(response) = response.recv()
         {
@@ -746,6 +759,50 @@ fn reason(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The builder skips the profile of a client that has hung up, so
+    /// that clients that leave at once cannot keep the next ones waiting;
+    /// it builds one for a client still there. The index and a 404 build
+    /// no profile, and do not wait for the builder.
+    #[test]
+    fn the_builder_skips_clients_that_left() {
+        assert!(super::super::builds_profile("/debug/pprof/heap"));
+        assert!(!super::super::builds_profile("/debug/pprof/"));
+        assert!(!super::super::builds_profile("/debug/pprof/goroutine"));
+        let builder = start_builder().expect("the builder thread");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ask = |client_stays: bool| {
+            let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (server_side, _) = listener.accept().unwrap();
+            if !client_stays {
+                drop(client);
+                // The close reaches the other end before the builder looks.
+                while !peer_gone(&server_side) {
+                    std::thread::yield_now();
+                }
+            }
+            let (reply, response) = mpsc::sync_channel(1);
+            let job = (
+                "/debug/pprof/heap".to_owned(),
+                String::new(),
+                reply,
+                server_side.try_clone().ok(),
+            );
+            builder.send(job).unwrap();
+            response.recv().unwrap()
+        };
+        let left = ask(false);
+        assert_eq!(left.status, 503, "{}", String::from_utf8_lossy(&left.body));
+        // Built (a 500 where heapprof is not the global allocator, as in
+        // these unit tests): not skipped.
+        let stayed = ask(true);
+        assert_ne!(
+            stayed.status,
+            503,
+            "{}",
+            String::from_utf8_lossy(&stayed.body)
+        );
+    }
 
     #[test]
     fn limits_saturate() {
