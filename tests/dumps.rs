@@ -134,27 +134,42 @@ fn child_scenarios() {
             let pid = unsafe { libc::fork() };
             assert!(pid >= 0);
             if pid == 0 {
+                // The C library gives the child's first thread the series
+                // thread's place (its stack, of the same size, was left
+                // free by the fork), and with it the same `pthread_t`:
+                // stopping must not detach or join that thread.
+                let mine = std::thread::spawn(|| std::thread::sleep(Duration::from_millis(50)));
                 series.stop();
+                let status = if mine.join().is_ok() {
+                    STOP_RETURNED
+                } else {
+                    STOP_TOOK_OURS
+                };
                 // SAFETY: ends the child without running the parent's atexit
                 // handlers or destructors. The status says stop() returned:
                 // a panic out of it would end this (the child's only) thread
                 // with status 0 instead.
-                unsafe { libc::_exit(STOP_RETURNED) };
+                unsafe { libc::_exit(status) };
             }
-            let returned = wait_with_timeout(pid, Duration::from_secs(10)) == Ok(STOP_RETURNED);
-            println!("stop() in the forked child returned: {returned}");
+            let status = wait_with_timeout(pid, Duration::from_secs(10));
+            let returned = status == Ok(STOP_RETURNED);
+            println!("stop() in the forked child returned: {returned} ({status:?})");
             series.stop();
         }
         _ => {}
     }
 }
 
-/// The forked child's exit status when `stop()` returned in it.
+/// The forked child's exit status when `stop()` returned in it, and the
+/// child's own thread could be joined after.
 const STOP_RETURNED: i32 = 7;
+/// The forked child's exit status when its own thread could not be joined
+/// after `stop()` (detached by it).
+const STOP_TOOK_OURS: i32 = 8;
 
 /// A forked child has no copy of the series' thread: stopping its copy of
 /// the handle must return, not panic on or wait for a thread that is not
-/// there.
+/// there, nor touch a thread of the child's that took its place.
 #[test]
 fn stopping_a_series_in_a_forked_child_returns() {
     let (stdout, _) = run_child("child_scenarios", &[("HEAPPROF_TEST_CHILD", "fork_stop")]);

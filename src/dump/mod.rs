@@ -757,11 +757,7 @@ impl AutoDump {
         let thread = own_thread::spawn(c"heapprof-dump", DUMP_THREAD_STACK, move |wake| {
             self.run(&stop_seen, wake)
         })?;
-        Ok(AutoDumpHandle {
-            stop,
-            thread,
-            pid: std::process::id(),
-        })
+        Ok(AutoDumpHandle { stop, thread })
     }
 
     /// Rejects the triggers that are always due, and a series with none.
@@ -891,9 +887,6 @@ impl Series {
 pub struct AutoDumpHandle {
     stop: Arc<AtomicBool>,
     thread: OwnThread,
-    /// The process that started the thread: a forked child has no copy of
-    /// it, and joining it there would wait forever.
-    pid: u32,
 }
 
 impl AutoDumpHandle {
@@ -905,9 +898,11 @@ impl AutoDumpHandle {
         let _inside = reentry::Inside::enter();
         // Taken apart after the guard, so that what it holds is freed
         // inside the profiler, as heapprof's.
-        let AutoDumpHandle { stop, thread, pid } = self;
+        let AutoDumpHandle { stop, thread } = self;
         stop.store(true, Release);
-        if std::process::id() != pid {
+        if !thread.started_here() {
+            // The thread is the parent's; its wake's lock may have been
+            // held at the fork.
             return;
         }
         thread.wake().wake();

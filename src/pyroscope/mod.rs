@@ -251,11 +251,7 @@ impl Pusher {
             }
             seen.finished.store(true, Release);
         })?;
-        Ok(PusherHandle {
-            control,
-            thread,
-            pid: std::process::id(),
-        })
+        Ok(PusherHandle { control, thread })
     }
 
     fn check(&self) -> io::Result<()> {
@@ -412,9 +408,6 @@ struct Control {
 pub struct PusherHandle {
     control: Arc<Control>,
     thread: OwnThread,
-    /// The process that started the thread: a forked child has no copy of
-    /// it, and joining it there would wait forever.
-    pid: u32,
 }
 
 impl std::fmt::Debug for Control {
@@ -436,13 +429,11 @@ impl PusherHandle {
         let _inside = reentry::Inside::enter();
         // Taken apart after the guard, so that what it holds is freed
         // inside the profiler, as heapprof's.
-        let PusherHandle {
-            control,
-            thread,
-            pid,
-        } = self;
+        let PusherHandle { control, thread } = self;
         control.stop.store(true, Release);
-        if std::process::id() != pid {
+        if !thread.started_here() {
+            // The thread is the parent's; its wake's lock may have been
+            // held at the fork.
             return;
         }
         thread.wake().wake();

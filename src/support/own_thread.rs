@@ -21,9 +21,15 @@ use crate::support::reentry::Inside;
 
 /// A running thread of heapprof's, started by [`spawn`]. Dropping it
 /// leaves the thread running (detached).
+///
+/// A child forked after the spawn has no copy of the thread, and its
+/// `pthread_t` may name a thread the child starts later: there, joining
+/// returns at once and dropping detaches nothing.
 #[derive(Debug)]
 pub(crate) struct OwnThread {
     id: libc::pthread_t,
+    /// The process that started the thread.
+    pid: u32,
     joined: bool,
     /// Dropped inside the profiler ([`OwnThread::drop`]).
     wake: ManuallyDrop<Arc<Wake>>,
@@ -83,15 +89,19 @@ pub(crate) fn spawn(
     // if it does not.
     unsafe {
         let mut attr: libc::pthread_attr_t = std::mem::zeroed();
-        if libc::pthread_attr_init(&mut attr) != 0 {
+        let init = libc::pthread_attr_init(&mut attr);
+        if init != 0 {
             drop(Box::from_raw(start));
-            return Err(io::Error::other("pthread_attr_init failed"));
+            // An error that holds no memory, so none of heapprof's is
+            // handed to the program.
+            return Err(io::Error::from_raw_os_error(init));
         }
         let stack = stack_bytes
             .max(libc::PTHREAD_STACK_MIN)
             .saturating_add(kept_by_libc(&attr))
             .next_multiple_of(page_size());
-        // A size refused leaves the default, which is larger than ours.
+        // Only a size below the minimum or not page-aligned is refused,
+        // and this one is neither.
         libc::pthread_attr_setstacksize(&mut attr, stack);
         let mut id: libc::pthread_t = std::mem::zeroed();
         let made = libc::pthread_create(&mut id, &attr, run, start.cast());
@@ -102,6 +112,7 @@ pub(crate) fn spawn(
         }
         Ok(OwnThread {
             id,
+            pid: std::process::id(),
             joined: false,
             wake: ManuallyDrop::new(wake),
         })
@@ -116,8 +127,11 @@ extern "C" fn run(start: *mut libc::c_void) -> *mut libc::c_void {
     let start = unsafe { Box::from_raw(start.cast::<Start>()) };
     set_name(start.name);
     let Start { work, wake, .. } = *start;
-    // A panic was reported by the panic hook; it must not unwind into C.
-    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&wake)));
+    // A panic was reported by the panic hook; it must not unwind into C,
+    // nor may its payload's drop (which could panic again).
+    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&wake))) {
+        std::mem::forget(payload);
+    }
     std::ptr::null_mut()
 }
 
@@ -127,12 +141,20 @@ impl OwnThread {
         &self.wake
     }
 
-    /// Waits for the thread to exit.
+    /// Whether the thread was started by this process, not by a parent
+    /// it was forked from.
+    pub(crate) fn started_here(&self) -> bool {
+        self.pid == std::process::id()
+    }
+
+    /// Waits for the thread to exit; in a forked child, returns at once.
     pub(crate) fn join(mut self) {
         let _inside = Inside::enter();
-        // SAFETY: the thread was started joinable, and `joined` keeps it
-        // from being joined or detached again.
-        unsafe { libc::pthread_join(self.id, std::ptr::null_mut()) };
+        if self.started_here() {
+            // SAFETY: this process started the thread joinable, and
+            // `joined` keeps it from being joined or detached again.
+            unsafe { libc::pthread_join(self.id, std::ptr::null_mut()) };
+        }
         self.joined = true;
     }
 }
@@ -140,9 +162,9 @@ impl OwnThread {
 impl Drop for OwnThread {
     fn drop(&mut self) {
         let _inside = Inside::enter();
-        if !self.joined {
-            // SAFETY: the thread was started joinable and neither joined
-            // nor detached since.
+        if !self.joined && self.started_here() {
+            // SAFETY: this process started the thread joinable, and it was
+            // neither joined nor detached since.
             unsafe { libc::pthread_detach(self.id) };
         }
         // SAFETY: dropped once, here, and not used after.
