@@ -2,7 +2,8 @@
 //! both ends, so `stats()` balances: the errors of a writer that fails
 //! (made by the program, and handed back to it), the message of a failed
 //! `measure` assertion (made by heapprof, freed by whoever catches the
-//! panic), and a flame graph written into the program's `Vec`.
+//! panic), a flame graph written into the program's `Vec`, the settings
+//! and the errors of a profile guard and of a server.
 //!
 //! Its own `main` (`harness = false`): no harness thread allocates while
 //! it counts.
@@ -93,6 +94,25 @@ fn main() {
         assert!(caught.is_err());
     });
     std::panic::set_hook(hook);
+    let dir = std::env::temp_dir().join(format!("heapprof-stats-boundary-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("guard.pb.gz");
+    balanced("a profile guard's profile, written", || {
+        heapprof::ProfileGuard::new(&file).finish().unwrap();
+    });
+    balanced("a profile guard's profile, failing (a directory)", || {
+        assert!(heapprof::ProfileGuard::new(&dir).finish().is_err());
+    });
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    balanced("a server on an address in use", || {
+        let e = heapprof::http::Server::new()
+            .serve(addr.as_str())
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
+    });
+    drop(taken);
+    std::fs::remove_dir_all(&dir).unwrap();
     // The flame graph's bytes are the program's: counted when written.
     let before = counts();
     let mut svg = Vec::new();

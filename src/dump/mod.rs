@@ -38,12 +38,14 @@ pub(crate) mod failed;
 mod limit;
 mod memory;
 
-/// Writes the current profile to `path`, after [`expand`]ing it. The error
-/// names the path.
-pub(crate) fn write_file(path: &Path, options: pprof::Options) -> io::Result<()> {
+/// Writes the current profile to `path`, after [`expand`]ing it, with the
+/// options of a profile taken as the program ends. The error names the
+/// path. Called by the program: what it is given back is its own memory.
+fn write_file(path: &Path) -> io::Result<()> {
     output::check_installed()?;
-    let _inside = reentry::Inside::enter();
-    write_profile_at(&expand(path), options)
+    let written =
+        reentry::Inside::enter_for(|| write_profile_at(&expand(path), pprof::Options::at_exit()));
+    written.map_err(reentry::as_programs)
 }
 
 /// [`write_file`] to a path already expanded.
@@ -579,7 +581,7 @@ impl ProfileGuard {
     /// [`write_profile`](crate::write_profile).
     pub fn finish(mut self) -> io::Result<()> {
         match self.path.take() {
-            Some(path) => write_file(&path, pprof::Options::at_exit()),
+            Some(path) => write_file(&path),
             None => Ok(()),
         }
     }
@@ -589,11 +591,7 @@ impl Drop for ProfileGuard {
     fn drop(&mut self) {
         if let Some(path) = self.path.take() {
             static FAILED: AtomicBool = AtomicBool::new(false);
-            report(
-                write_file(&path, pprof::Options::at_exit()),
-                "guard",
-                &FAILED,
-            );
+            report(write_file(&path), "guard", &FAILED);
         }
     }
 }

@@ -185,7 +185,13 @@ impl Server {
     ///
     /// Those of binding the socket, or of starting the thread.
     pub fn serve(self, addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
-        let _inside = reentry::Inside::enter();
+        // Inside the profiler, heapprof's; what the program is given back
+        // (its address, its `addr` and the error) is its own.
+        reentry::Inside::enter_for(|| self.start(&addr)).map_err(reentry::as_programs)
+    }
+
+    /// [`Server::serve`]'s work, inside the profiler.
+    fn start(self, addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
         let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
         let listener = TcpListener::bind(&addrs[..]).map_err(|e| {
             let shown: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();

@@ -185,17 +185,21 @@ pub(crate) fn for_program<W: io::Write, R: Copy>(
         error: None,
     };
     let outcome = Inside::enter_for(|| f(&mut w));
-    outcome.map_err(|e| match w.error.take() {
-        Some(writers) => {
+    match (outcome, w.error.take()) {
+        // A writer's error is never lost, even if `f` went on.
+        (Ok(_), Some(writers)) => Err(writers),
+        (Ok(r), None) => Ok(r),
+        (Err(e), Some(writers)) => {
             Inside::enter_for(|| drop(e));
-            writers
+            Err(writers)
         }
-        None => as_programs(e),
-    })
+        (Err(e), None) => Err(as_programs(e)),
+    }
 }
 
-/// `e`, made inside the profiler, made again as the program's.
-fn as_programs(e: io::Error) -> io::Error {
+/// `e`, made inside the profiler, made again as the program's. Called
+/// outside the profiler.
+pub(crate) fn as_programs(e: io::Error) -> io::Error {
     if e.get_ref().is_none() {
         // An OS error code or a bare kind: nothing allocated.
         return e;
