@@ -23,8 +23,9 @@ fn kept_without_proc() -> Vec<Vec<u8>> {
 
 /// Runs the test binary at `exe`'s `test`, with `env`, in a mount
 /// namespace with `/proc` hidden: its stdout, or `None` (after saying why)
-/// when this machine cannot make the namespace.
-fn run_without_proc(exe: &Path, test: &str, env: &[(&str, &str)]) -> Option<String> {
+/// when this machine cannot make the namespace. A relative `exe` is
+/// started from the directory `cwd`.
+fn run_without_proc(exe: &Path, cwd: &Path, test: &str, env: &[(&str, &str)]) -> Option<String> {
     let can = Command::new("unshare")
         .args(["--mount", "sh", "-c", "mount -t tmpfs none /proc"])
         .output()
@@ -46,6 +47,7 @@ fn run_without_proc(exe: &Path, test: &str, env: &[(&str, &str)]) -> Option<Stri
             "sh",
         ])
         .arg(exe)
+        .current_dir(cwd)
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(CHILD_VAR, "1")
         .envs(env.iter().copied())
@@ -66,6 +68,7 @@ fn frames_are_named_without_proc() {
     if !is_child() {
         let Some(stdout) = run_without_proc(
             &std::env::current_exe().unwrap(),
+            Path::new(env!("CARGO_TARGET_TMPDIR")),
             "frames_are_named_without_proc",
             &[("HEAPPROF_SAMPLE_RATE", "1")],
         ) else {
@@ -120,6 +123,7 @@ fn another_build_at_the_path_is_not_read() {
         std::fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
         let Some(stdout) = run_without_proc(
             &copy,
+            Path::new(env!("CARGO_TARGET_TMPDIR")),
             "another_build_at_the_path_is_not_read",
             &[("HEAPPROF_SAMPLE_RATE", "1")],
         ) else {
@@ -144,5 +148,34 @@ fn another_build_at_the_path_is_not_read() {
         snapshot.assert_inuse_at_most("no_proc::kept_without_proc", 1024)
     });
     println!("panicked: {}", message.unwrap_or_default());
+    drop(kept);
+}
+
+/// A program started by a relative path (`./server`) that then changes
+/// its working directory, as daemons do: the path is made absolute
+/// against the directory it was started in.
+#[test]
+fn a_relative_start_survives_a_change_of_directory() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let name = "no_proc_relative";
+    if !is_child() {
+        std::fs::copy(std::env::current_exe().unwrap(), dir.join(name)).unwrap();
+        let Some(stdout) = run_without_proc(
+            &Path::new(".").join(name),
+            dir,
+            "a_relative_start_survives_a_change_of_directory",
+            &[("HEAPPROF_SAMPLE_RATE", "1")],
+        ) else {
+            return;
+        };
+        std::fs::remove_file(dir.join(name)).unwrap();
+        let named = heapprof_testkit::child::printed_number(&stdout, "named after chdir=");
+        assert!(named >= 64 * 16 * 1024, "{stdout}");
+        return;
+    }
+    std::env::set_current_dir("/").unwrap();
+    let kept = kept_without_proc();
+    let named = heapprof::snapshot().inuse_bytes_in("no_proc::kept_without_proc");
+    println!("named after chdir={named}");
     drop(kept);
 }

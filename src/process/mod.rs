@@ -20,6 +20,7 @@ pub(crate) mod fork;
 pub(crate) fn on_first_allocation() {
     crate::support::mappings::keep_own_object_loaded();
     crate::support::mappings::note_first_objects();
+    crate::support::mappings::note_started_by();
     crate::support::signals::note_start_mask();
     fork::register_handlers();
     crate::dump::register_exit_dump();

@@ -46,15 +46,20 @@ impl Mapping {
     /// Opens the object's file: the executable through `/proc/self/exe`,
     /// which is the file the process runs even when that path now names
     /// another (a deploy replaced it) or none (it was deleted).
-    /// Where `/proc` is not mounted, the executable is opened by its path
-    /// (from [`executable_path`]) if the loaded object has a build ID:
-    /// the reader then checks that the file's is the same.
+    /// Where `/proc` is not mounted (or refuses), the executable is opened
+    /// by its path (from [`executable_path`]) if the loaded object has a
+    /// build ID: the reader then checks that the file's is the same.
     pub(crate) fn open(&self) -> std::io::Result<std::fs::File> {
         if !self.executable {
             return std::fs::File::open(&self.path);
         }
         match std::fs::File::open("/proc/self/exe") {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.build_id.is_empty() => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                ) && !self.build_id.is_empty() =>
+            {
                 open_regular(std::path::Path::new(&self.path))
             }
             opened => opened,
@@ -97,10 +102,25 @@ pub(crate) fn executable_path() -> Option<std::path::PathBuf> {
     })
 }
 
+/// The path `exec` was given for this program ([`read_started_by`]),
+/// read at heapprof's first allocation ([`note_started_by`]), before the
+/// program can change its working directory.
+static STARTED_BY: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
+
+/// Reads [`STARTED_BY`]. Inside the profiler: it allocates.
+pub(crate) fn note_started_by() {
+    STARTED_BY.get_or_init(read_started_by);
+}
+
+/// [`STARTED_BY`], read now if it was not at the first allocation.
+fn started_by() -> Option<std::path::PathBuf> {
+    STARTED_BY.get_or_init(read_started_by).clone()
+}
+
 /// The path `exec` was given for this program (`AT_EXECFN`, not `argv[0]`,
 /// which the caller of `exec` chooses freely), made absolute against the
 /// working directory now when it is relative.
-fn started_by() -> Option<std::path::PathBuf> {
+fn read_started_by() -> Option<std::path::PathBuf> {
     use std::os::unix::ffi::OsStrExt;
     // SAFETY: getauxval only reads the auxiliary vector the kernel left.
     let at = unsafe { libc::getauxval(libc::AT_EXECFN) };
@@ -115,6 +135,9 @@ fn started_by() -> Option<std::path::PathBuf> {
     if path.as_os_str().is_empty() {
         return None;
     }
+    if path.is_absolute() {
+        return Some(path.into());
+    }
     Some(std::env::current_dir().ok()?.join(path))
 }
 
@@ -124,7 +147,7 @@ fn open_regular(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)?;
     if file.metadata()?.is_file() {
         Ok(file)
