@@ -284,7 +284,13 @@ impl Params {
         let mut p = Params::default();
         for pair in query.split('&').filter(|s| !s.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let (key, value) = (unescape(key)?, unescape(value)?);
+            // A pair that is not ours is skipped unread, as Go skips it:
+            // a bad escape there (`utm=50%`) is not this request's error.
+            let Ok(key) = unescape(key) else { continue };
+            if !matches!(key.as_ref(), "debug" | "seconds" | "symbolize") {
+                continue;
+            }
+            let value = unescape(value)?;
             let value = value.as_ref();
             match key.as_ref() {
                 "debug" => {
@@ -333,8 +339,12 @@ fn unescape(s: &str) -> Result<std::borrow::Cow<'_, str>, String> {
             b'+' => b' ',
             b'%' => {
                 let hex = rest.get(..2).ok_or_else(bad)?;
-                let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
+                // Digits only: `from_str_radix` would also take a sign.
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return Err(bad());
+                }
                 rest = &rest[2..];
+                let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
                 u8::from_str_radix(hex, 16).map_err(|_| bad())?
             }
             b => b,
@@ -583,9 +593,13 @@ mod tests {
             "debug=%1",
             "debug=%zz",
             "debug=%ff",
+            "debug=%+1",
         ] {
             assert!(Params::parse(bad).is_err(), "{bad}");
         }
+        // Pairs not ours are skipped, escapes and all, as Go skips them.
+        let p = Params::parse("utm=50%&debug=1&%zz=1&gc=%+f").unwrap();
+        assert_eq!(p.debug, 1);
     }
 
     #[test]
