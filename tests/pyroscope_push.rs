@@ -317,7 +317,7 @@ fn sample_labels_are_pushed_under_keys_pyroscope_accepts() {
     // Not `____`, which reads as a name of the server's: dropped.
     assert_eq!(
         keys_of(&profile),
-        ["_9lives", "http_route", "tenant_id", "u43au43bu44eu447"]
+        ["_9lives", "http_route", "tenant_id", "u043au043bu044eu0447"]
     );
     // The first label of a key keeps it: `http.route`'s value, not that of
     // the later `http_route`.

@@ -75,9 +75,10 @@ pub(crate) struct Options {
 
 /// `key` as a series label name, `[A-Za-z_][A-Za-z0-9_]*` (Prometheus's,
 /// which Pyroscope checks): any other ASCII character becomes `_`, any
-/// other character `u` and its code point in hex (`é` is `ue9`: keys in
-/// other scripts stay apart, and never read as the server's `__` names),
-/// and a leading digit gets a `_` before it. `None` for names such a
+/// other character its code point in hex, as `u` and four digits or `U`
+/// and eight (`é` is `u00e9`, `😀` `U0001f600`; the fixed widths keep
+/// `éa` and `U+0E9A` apart, and keys in other scripts never read as the
+/// server's `__` names), and a leading digit gets a `_` before it. `None` for names such a
 /// server sets itself: `service_name`, `pyroscope_spy` and those starting
 /// with `__`.
 pub(crate) fn series_key(key: &str) -> Option<String> {
@@ -88,7 +89,10 @@ pub(crate) fn series_key(key: &str) -> Option<String> {
             c if c.is_ascii() => name.push('_'),
             c => {
                 use std::fmt::Write as _;
-                let _ = write!(name, "u{:x}", u32::from(c));
+                let _ = match u32::from(c) {
+                    point @ ..=0xffff => write!(name, "u{point:04x}"),
+                    point => write!(name, "U{point:08x}"),
+                };
             }
         }
     }

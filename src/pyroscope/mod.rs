@@ -41,10 +41,11 @@
 //! label) part of a series' name and refuses a whole push over one key
 //! that is not `[A-Za-z_][A-Za-z0-9_]*`, so a push carries them with every
 //! other ASCII character as `_` (`http.route` as `http_route`, `tenant-id`
-//! as `tenant_id`) and every other character as `u` and its code point in
-//! hex (`é` as `ue9`), and leaves out a label whose key is then one the server
-//! sets (`service_name`, `pyroscope_spy`, any starting with `__`), one of
-//! the pusher's own labels, or an earlier label's. Profiles written or
+//! as `tenant_id`) and every other character as its code point in hex,
+//! `u` and four digits or `U` and eight (`é` as `u00e9`), and leaves out
+//! a label whose key is then one the server sets (`service_name`,
+//! `pyroscope_spy`, any starting with `__`), one of the pusher's own
+//! labels, or an earlier label's. Profiles written or
 //! served keep the keys as given.
 //!
 //! What it costs the program: one thread (`heapprof-push`, a

@@ -515,3 +515,19 @@ fn profile_times_outside_i64_nanoseconds_are_held_at_its_ends() {
         i64::MIN
     );
 }
+
+#[test]
+fn series_keys_are_label_names_that_keep_keys_apart() {
+    let key = |k: &str| series_key(k);
+    assert_eq!(key("http.route").as_deref(), Some("http_route"));
+    assert_eq!(key("9lives").as_deref(), Some("_9lives"));
+    assert_eq!(key("é").as_deref(), Some("u00e9"));
+    assert_eq!(key("😀").as_deref(), Some("U0001f600"));
+    // Fixed widths: `éa` is not U+0E9A.
+    assert_ne!(key("éa"), key("\u{e9a}"));
+    assert_eq!(key("ключ").as_deref(), Some("u043au043bu044eu0447"));
+    // Names the server sets are left out.
+    for servers in ["service_name", "pyroscope_spy", "__name__", ".."] {
+        assert_eq!(key(servers), None, "{servers}");
+    }
+}
