@@ -311,7 +311,9 @@ impl Snapshot {
     }
 
     /// The `n` functions holding the most live memory themselves (flat), as
-    /// in `pprof -top`.
+    /// in `pprof -top`; in a [`delta`](Snapshot::delta), those whose own
+    /// bytes changed the most, either way (ordered by size, as `pprof -top
+    /// -base` orders them).
     pub fn top(&self, n: usize) -> Vec<FunctionBytes> {
         let mut flat: HashMap<&str, i64> = HashMap::new();
         let mut cum: HashMap<&str, i64> = HashMap::new();
@@ -334,7 +336,12 @@ impl Snapshot {
                 cum: c,
             })
             .collect();
-        rows.sort_by(|a, b| (b.flat, b.cum, &a.function).cmp(&(a.flat, a.cum, &b.function)));
+        let size = |r: &FunctionBytes| (r.flat.unsigned_abs(), r.cum.unsigned_abs());
+        rows.sort_by(|a, b| {
+            size(b)
+                .cmp(&size(a))
+                .then_with(|| a.function.cmp(&b.function))
+        });
         rows.truncate(n);
         rows
     }
@@ -870,6 +877,9 @@ mod tests {
         assert_eq!(row("app::grows"), "37.5%", "{table}");
         assert_eq!(row("app::shrinks"), "-62.5%", "{table}");
         assert!(table.starts_with("heapprof: -200 live bytes"), "{table}");
+        // The largest change first, either way, as `pprof -top -base`.
+        let top: Vec<String> = delta.top(1).into_iter().map(|r| r.function).collect();
+        assert_eq!(top, ["app::shrinks"]);
     }
 
     /// `stats()` reads the registry and nothing else: with every table's
