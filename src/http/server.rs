@@ -292,7 +292,7 @@ type Job = (
 /// `BUILDING` in `http/mod.rs`), so one thread costs no parallelism.
 fn start_builder() -> Option<mpsc::Sender<Job>> {
     let (jobs, queue) = mpsc::channel::<Job>();
-    own_thread::spawn(c"heapprof-http-build", THREAD_STACK_BYTES, move |_| {
+    own_thread::spawn(c"heapprof-build", THREAD_STACK_BYTES, move |_| {
         for (path, query, reply, client) in queue {
             if client.as_ref().is_some_and(peer_gone) {
                 let _ = reply.send(Response::error(503, "heapprof: the client went away"));
