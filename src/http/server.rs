@@ -185,15 +185,16 @@ impl Server {
     ///
     /// Those of binding the socket, or of starting the thread.
     pub fn serve(self, addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
-        // Inside the profiler, heapprof's; what the program is given back
-        // (its address, its `addr` and the error) is its own.
-        reentry::Inside::enter_for(|| self.start(&addr)).map_err(reentry::as_programs)
+        // The program's address resolves as the program's (its own
+        // `ToSocketAddrs` may keep what it allocates); the server starts
+        // inside the profiler, and its error is made the program's.
+        let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
+        reentry::Inside::enter_for(|| self.start(&addrs)).map_err(reentry::as_programs)
     }
 
     /// [`Server::serve`]'s work, inside the profiler.
-    fn start(self, addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
-        let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
-        let listener = TcpListener::bind(&addrs[..]).map_err(|e| {
+    fn start(self, addrs: &[SocketAddr]) -> io::Result<SocketAddr> {
+        let listener = TcpListener::bind(addrs).map_err(|e| {
             let shown: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
             io::Error::new(
                 e.kind(),

@@ -312,8 +312,8 @@ impl Snapshot {
 
     /// The `n` functions holding the most live memory themselves (flat), as
     /// in `pprof -top`; in a [`delta`](Snapshot::delta), those whose own
-    /// bytes changed the most, either way (ordered by size, as `pprof -top
-    /// -base` orders them).
+    /// bytes changed the most, either way (by size, as `pprof -top -base`
+    /// orders them; ties by cum, then name).
     pub fn top(&self, n: usize) -> Vec<FunctionBytes> {
         let mut flat: HashMap<&str, i64> = HashMap::new();
         let mut cum: HashMap<&str, i64> = HashMap::new();

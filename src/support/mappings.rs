@@ -107,14 +107,16 @@ pub(crate) fn executable_path() -> Option<std::path::PathBuf> {
 /// program can change its working directory.
 static STARTED_BY: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
 
-/// Reads [`STARTED_BY`]. Inside the profiler: it allocates.
+/// Fills [`STARTED_BY`]. Inside the profiler: it allocates.
 pub(crate) fn note_started_by() {
-    STARTED_BY.get_or_init(read_started_by);
+    let _ = STARTED_BY.set(read_started_by());
 }
 
-/// [`STARTED_BY`], read now if it was not at the first allocation.
+/// [`STARTED_BY`], or the path read now if it could not be then. Never
+/// waits for [`note_started_by`]: a child forked in the middle of it
+/// would wait for ever.
 fn started_by() -> Option<std::path::PathBuf> {
-    STARTED_BY.get_or_init(read_started_by).clone()
+    STARTED_BY.get().cloned().flatten().or_else(read_started_by)
 }
 
 /// The path `exec` was given for this program (`AT_EXECFN`, not `argv[0]`,
@@ -138,6 +140,7 @@ fn read_started_by() -> Option<std::path::PathBuf> {
     if path.is_absolute() {
         return Some(path.into());
     }
+    let path = path.strip_prefix(".").unwrap_or(path);
     Some(std::env::current_dir().ok()?.join(path))
 }
 
