@@ -12,6 +12,7 @@
 //! Exact counts, at rate 0, in a child process of its own (no harness
 //! threads allocating meanwhile).
 
+use heapprof_testkit::check::stats_counts;
 use heapprof_testkit::child::{is_child, run_child};
 use heapprof_testkit::watchdog::watchdog;
 use std::cell::RefCell;
@@ -74,16 +75,6 @@ extern "C" fn fill_thread_local(_: *mut libc::c_void) -> *mut libc::c_void {
     std::ptr::null_mut()
 }
 
-fn counts() -> [u64; 4] {
-    let s = heapprof::stats();
-    [
-        s.allocations,
-        s.allocated_bytes,
-        s.deallocations,
-        s.freed_bytes,
-    ]
-}
-
 #[test]
 fn child_c_threads() {
     if !is_child() {
@@ -98,18 +89,18 @@ fn child_c_threads() {
     std::thread::sleep(std::time::Duration::from_millis(200));
 
     // First contact in a key destructor.
-    let before = counts();
+    let before = stats_counts();
     for _ in 0..THREADS {
         let block = Box::into_raw(Box::new(vec![7u8; 1000]));
         on_c_thread(free_at_key_exit, block.cast());
     }
-    let mid = counts();
+    let mid = stats_counts();
     println!("after the key threads {mid:?}");
     // Threads that reuse the dead threads' stacks, and hold memory.
     for _ in 0..THREADS {
         on_c_thread(fill_thread_local, std::ptr::null_mut());
     }
-    let after = counts();
+    let after = stats_counts();
     let stats = heapprof::stats();
     println!("before {before:?} after {after:?}");
     // Each key thread: two allocations made here (the Box and the Vec's

@@ -8,6 +8,7 @@
 //! Its own `main` (`harness = false`): no harness thread allocates while
 //! it counts.
 
+use heapprof_testkit::check::stats_counts;
 use std::io;
 
 #[global_allocator]
@@ -25,28 +26,17 @@ impl io::Write for Full {
     }
 }
 
-/// The program's counts now: allocations, bytes, frees, bytes.
-fn counts() -> [u64; 4] {
-    let s = heapprof::stats();
-    [
-        s.allocations,
-        s.allocated_bytes,
-        s.deallocations,
-        s.freed_bytes,
-    ]
-}
-
 /// Runs `f` ten times, after three runs that fill heapprof's caches, and
 /// asserts that what the program allocated in them it freed.
 fn balanced(what: &str, f: impl Fn()) {
     for _ in 0..3 {
         f();
     }
-    let before = counts();
+    let before = stats_counts();
     for _ in 0..10 {
         f();
     }
-    let after = counts();
+    let after = stats_counts();
     let d: Vec<u64> = (0..4).map(|i| after[i] - before[i]).collect();
     assert!(
         d[0] == d[2] && d[1] == d[3],
@@ -114,10 +104,10 @@ fn main() {
     drop(taken);
     std::fs::remove_dir_all(&dir).unwrap();
     // The flame graph's bytes are the program's: counted when written.
-    let before = counts();
+    let before = stats_counts();
     let mut svg = Vec::new();
     snapshot.write_flamegraph(&mut svg).unwrap();
-    let after = counts();
+    let after = stats_counts();
     assert!(
         after[1] - before[1] >= svg.capacity() as u64,
         "a flame graph of {} bytes added {} to the program's",

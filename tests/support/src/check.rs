@@ -1,5 +1,6 @@
 //! Assertions on a profile's values: sample invariants, estimates within
-//! tolerance; and the message of an assertion that fails.
+//! tolerance; the message of an assertion that fails; `stats()` as numbers
+//! to compare.
 
 use crate::profile::{ALLOC_OBJECTS, ALLOC_SPACE, INUSE_OBJECTS, INUSE_SPACE, stack_names};
 use crate::proto::Profile;
@@ -57,4 +58,16 @@ pub fn panic_message(f: impl FnOnce()) -> Option<String> {
                 .downcast_ref::<&str>()
                 .map_or(String::new(), |s| s.to_string()),
         })
+}
+
+/// The program's counts from `heapprof::stats()` now: allocations, bytes
+/// allocated, frees, bytes freed.
+pub fn stats_counts() -> [u64; 4] {
+    let s = heapprof::stats();
+    [
+        s.allocations,
+        s.allocated_bytes,
+        s.deallocations,
+        s.freed_bytes,
+    ]
 }
