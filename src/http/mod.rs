@@ -281,13 +281,19 @@ struct Params {
 
 impl Params {
     fn parse(query: &str) -> Result<Params, String> {
+        const OURS: [&str; 3] = ["debug", "seconds", "symbolize"];
         let mut p = Params::default();
+        let mut seen = [false; OURS.len()];
         for pair in query.split('&').filter(|s| !s.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             // A pair that is not ours is skipped unread, as Go skips it:
             // a bad escape there (`utm=50%`) is not this request's error.
             let Ok(key) = unescape(key) else { continue };
-            if !matches!(key.as_ref(), "debug" | "seconds" | "symbolize") {
+            let Some(at) = OURS.iter().position(|k| *k == key) else {
+                continue;
+            };
+            // A repeated key: the first value counts, as Go's `FormValue`.
+            if std::mem::replace(&mut seen[at], true) {
                 continue;
             }
             let value = unescape(value)?;
@@ -600,6 +606,9 @@ mod tests {
         // Pairs not ours are skipped, escapes and all, as Go skips them.
         let p = Params::parse("utm=50%&debug=1&%zz=1&gc=%+f").unwrap();
         assert_eq!(p.debug, 1);
+        // The first of a repeated key, as Go's `FormValue`.
+        let p = Params::parse("debug=1&debug=2&seconds=5&seconds=x").unwrap();
+        assert_eq!((p.debug, p.seconds), (1, Some(5)));
     }
 
     #[test]
