@@ -107,6 +107,7 @@ fn child_scenarios() {
         Ok("fork_exit") => {
             std::mem::forget(held_until_exit());
             let out = std::env::var("HEAPPROF_OUT").unwrap();
+            let parent = enter_new_pid_namespace_if_asked();
             // SAFETY: the child only calls `exit` (running the atexit
             // handlers, heapprof's among them); this process is single
             // threaded apart from the harness's main thread, which is
@@ -114,11 +115,14 @@ fn child_scenarios() {
             let pid = unsafe { libc::fork() };
             assert!(pid >= 0);
             if pid == 0 {
+                if parent.is_some_and(|p| p != std::process::id()) {
+                    // SAFETY: ends the child at once: not the case to test.
+                    unsafe { libc::_exit(NOT_THE_PARENTS_PID) };
+                }
                 std::process::exit(0);
             }
-            let mut status = 0;
-            // SAFETY: waits for our own child with a valid status pointer.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
+            let status = wait_with_timeout(pid, Duration::from_secs(10));
+            assert_eq!(status, Ok(0), "the child's exit");
             let written = Path::new(&out).exists();
             println!("forked child exited: profile written by it: {written}");
         }
@@ -128,12 +132,17 @@ fn child_scenarios() {
                 .every(Duration::from_millis(20))
                 .start()
                 .unwrap();
+            let parent = enter_new_pid_namespace_if_asked();
             // SAFETY: the child only stops its copy of the handle and calls
             // `_exit`; the parent's other threads are the series' (asleep or
             // writing) and the harness's main thread, waiting for this test.
             let pid = unsafe { libc::fork() };
             assert!(pid >= 0);
             if pid == 0 {
+                if parent.is_some_and(|p| p != std::process::id()) {
+                    // SAFETY: ends the child at once: not the case to test.
+                    unsafe { libc::_exit(NOT_THE_PARENTS_PID) };
+                }
                 // The C library gives the child's first thread the series
                 // thread's place (its stack, of the same size, was left
                 // free by the fork), and with it the same `pthread_t`:
@@ -161,6 +170,68 @@ fn child_scenarios() {
 /// The forked child's exit status when `stop()` returned in it, and the
 /// child's own thread could be joined after.
 const STOP_RETURNED: i32 = 7;
+
+/// The forked child's exit status when it was to have its parent's pid
+/// and has not.
+const NOT_THE_PARENTS_PID: i32 = 9;
+
+/// With `HEAPPROF_TEST_PID_NAMESPACE=1`: puts the next child this process
+/// forks into a new PID namespace, where its pid is 1, and returns this
+/// process's pid (1 too when run by [`run_in_pid_namespace`]).
+fn enter_new_pid_namespace_if_asked() -> Option<u32> {
+    std::env::var_os("HEAPPROF_TEST_PID_NAMESPACE")?;
+    // SAFETY: moves no thread; only this process's later children are
+    // started in the new namespace.
+    let made = unsafe { libc::unshare(libc::CLONE_NEWPID) };
+    assert_eq!(
+        made,
+        0,
+        "unshare(CLONE_NEWPID): {}",
+        std::io::Error::last_os_error()
+    );
+    Some(std::process::id())
+}
+
+/// Runs `child_scenarios` as `scenario` as the first process of a new PID
+/// namespace (pid 1), asking it to fork its child into another one (pid 1
+/// again): its stdout, or `None` (after saying why) where this machine
+/// cannot make PID namespaces.
+fn run_in_pid_namespace(scenario: &str, env: &[(&str, &str)]) -> Option<String> {
+    let can = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !can {
+        assert!(
+            std::env::var_os("HEAPPROF_REQUIRE_NAMESPACES").is_none_or(|v| v != "1"),
+            "HEAPPROF_REQUIRE_NAMESPACES=1 but `unshare --pid --fork` failed"
+        );
+        println!("SKIPPED: `unshare --pid` cannot make a PID namespace here (it needs root)");
+        return None;
+    }
+    let out = std::process::Command::new("unshare")
+        .args(["--pid", "--fork"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_scenarios",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("HEAPPROF_TEST_CHILD", scenario)
+        .env("HEAPPROF_TEST_PID_NAMESPACE", "1")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "child failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    Some(stdout)
+}
 
 /// A forked child has no copy of the series' thread: stopping its copy of
 /// the handle must return, not panic on or wait for a thread that is not
@@ -196,6 +267,19 @@ fn exit_dump_while_threads_still_sample() {
     }
 }
 
+/// The same where the child has its parent's pid: the first process of a
+/// new PID namespace forking into another.
+#[test]
+fn stopping_a_series_in_a_child_with_the_parents_pid_returns() {
+    let Some(stdout) = run_in_pid_namespace("fork_stop", &[]) else {
+        return;
+    };
+    assert!(
+        stdout.contains("stop() in the forked child returned: true"),
+        "{stdout}"
+    );
+}
+
 /// A child forked without exec that exits runs the atexit handlers it
 /// inherited; the profile is its parent's, so it must not write one.
 #[test]
@@ -209,6 +293,24 @@ fn a_forked_child_that_exits_writes_no_profile() {
             ("HEAPPROF_OUT", out.to_str().unwrap()),
         ],
     );
+    assert!(
+        stdout.contains("profile written by it: false"),
+        "the forked child wrote the exit profile:\n{stdout}"
+    );
+    assert!(out.exists(), "the parent's exit dump is written");
+}
+
+/// The same where the child has its parent's pid: the first process of a
+/// new PID namespace forking into another.
+#[test]
+fn a_child_with_the_parents_pid_writes_no_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("forked.pb.gz");
+    let Some(stdout) =
+        run_in_pid_namespace("fork_exit", &[("HEAPPROF_OUT", out.to_str().unwrap())])
+    else {
+        return;
+    };
     assert!(
         stdout.contains("profile written by it: false"),
         "the forked child wrote the exit profile:\n{stdout}"

@@ -57,6 +57,7 @@ use std::sync::atomic::{
 use crate::config::report::Shown;
 use crate::output::{self, Format, Source, pprof};
 use crate::record::peak;
+use crate::support::this_process::ThisProcess;
 use crate::support::{lock, reentry};
 
 /// The sibling tag of the file: `heap.pb.gz` → `heap.alloc-failed.peak.pb.gz`.
@@ -67,7 +68,7 @@ struct Prepared {
     /// The watcher that prepared it (see [`withdraw`]).
     owner: usize,
     /// The process the paths were expanded for.
-    pid: u32,
+    process: ThisProcess,
     path: CString,
     tmp: CString,
     bytes: Vec<u8>,
@@ -114,7 +115,7 @@ pub(crate) fn refresh(owner: usize, base: &Path, seen: &mut u64) -> std::io::Res
         return Ok(false);
     }
     let path = super::sibling(&super::expand(base), TAG)?;
-    let pid = std::process::id();
+    let process = ThisProcess::get();
     let tmp = super::temporary_name(&path, 0, "alloc-failed.tmp");
     let c = |p: &Path| {
         CString::new(p.as_os_str().as_bytes()).map_err(|_| {
@@ -126,7 +127,7 @@ pub(crate) fn refresh(owner: usize, base: &Path, seen: &mut u64) -> std::io::Res
     };
     let prepared = Box::new(Prepared {
         owner,
-        pid,
+        process,
         line_end: format!(
             " bytes failed; wrote the peak profile prepared for it to {}\n",
             Shown::path(&path)
@@ -196,7 +197,7 @@ pub(crate) fn on_failed_alloc(size: usize) {
     // free here would call the allocator inside a failing allocation), so
     // the reference stays valid.
     let prepared = unsafe { &*p };
-    if prepared.pid != std::process::id() {
+    if !prepared.process.is_current() {
         return;
     }
     if write_prepared(prepared) {
@@ -294,7 +295,7 @@ fn say_written(size: usize, line_end: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use super::{Prepared, write_prepared};
+    use super::{Prepared, ThisProcess, write_prepared};
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     use std::path::Path;
@@ -303,7 +304,7 @@ mod tests {
         let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).unwrap();
         Prepared {
             owner: 0,
-            pid: std::process::id(),
+            process: ThisProcess::get(),
             path: c(path),
             tmp: c(&path.with_file_name(".x.tmp")),
             bytes: b"profile".to_vec(),

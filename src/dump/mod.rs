@@ -24,7 +24,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{
-    AtomicBool, AtomicU32, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+    AtomicBool, AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
 };
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,7 @@ use crate::config::report::Shown;
 use crate::output::{self, Format, Source, pprof};
 use crate::support::own_thread::{self, OwnThread, Wake};
 use crate::support::reentry;
+use crate::support::this_process::ThisProcess;
 
 pub(crate) mod failed;
 mod limit;
@@ -455,7 +456,8 @@ fn kind(t: &std::fs::FileType) -> &'static str {
 
 // ---- At exit -------------------------------------------------------------
 
-static EXIT_PID: AtomicU32 = AtomicU32::new(0);
+/// The process that registered the exit dump ([`ThisProcess::to_bits`]).
+static EXIT_PROCESS: AtomicU64 = AtomicU64::new(0);
 
 /// Registers the exit dump if `HEAPPROF_OUT` is set. Called once, on the
 /// first allocation, with the reentrancy guard held.
@@ -463,7 +465,7 @@ pub(crate) fn register_exit_dump() {
     if config::get().out.is_none() {
         return;
     }
-    EXIT_PID.store(std::process::id(), Relaxed);
+    EXIT_PROCESS.store(ThisProcess::get().to_bits(), Relaxed);
     // SAFETY: `at_exit` is an `extern "C" fn()` that never unwinds.
     unsafe {
         libc::atexit(at_exit);
@@ -477,7 +479,7 @@ pub(crate) fn register_exit_dump() {
 /// (rather than execs, which drops the handler) does not write: the
 /// profile is its parent's.
 extern "C" fn at_exit() {
-    if EXIT_PID.load(Relaxed) != std::process::id() {
+    if EXIT_PROCESS.load(Relaxed) != ThisProcess::get().to_bits() {
         return;
     }
     let _inside = reentry::Inside::enter();

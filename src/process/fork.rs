@@ -50,7 +50,7 @@ use crate::labels;
 use crate::output::symbolize;
 use crate::record::{blocks, peak, sites, spare};
 use crate::support::lock::{self, EachLock, Lockable};
-use crate::support::{mappings, reentry, registry};
+use crate::support::{mappings, reentry, registry, this_process};
 
 /// Every lock `fork` takes, by module, in rank order.
 const FORK_LOCKS: [EachLock; 8] = [
@@ -66,8 +66,11 @@ const FORK_LOCKS: [EachLock; 8] = [
 
 static REGISTER: Once = Once::new();
 
-/// Installs the handlers once per process.
+/// Installs the handlers once per process, after the fork counter, so
+/// that the child handler runs as the child's own process
+/// (`support/this_process.rs`).
 pub(crate) fn register_handlers() {
+    this_process::count_forks();
     REGISTER.call_once(|| {
         // SAFETY: the three handlers are `extern "C"` functions that take no
         // arguments and never unwind.

@@ -69,6 +69,7 @@ use crate::config::{self, report, report::Shown};
 use crate::output::{self, Format, Mark, pprof};
 use crate::support::own_thread::{self, OwnThread, Wake};
 use crate::support::reentry;
+use crate::support::this_process::ThisProcess;
 
 /// The push period unless [`Pusher::every`] or `HEAPPROF_PYROSCOPE_EVERY`
 /// says otherwise: Pyroscope's Go client uploads as often.
@@ -610,7 +611,7 @@ impl Failures {
 
 /// The pusher the environment started, for the push at exit: its control,
 /// its thread, its timeout, and the process that started it.
-static FROM_ENV: std::sync::OnceLock<(Arc<Control>, Arc<Wake>, Duration, u32)> =
+static FROM_ENV: std::sync::OnceLock<(Arc<Control>, Arc<Wake>, Duration, ThisProcess)> =
     std::sync::OnceLock::new();
 
 /// Starts the pusher `HEAPPROF_PYROSCOPE_URL` asks for, once. Called from
@@ -645,7 +646,7 @@ pub(crate) fn start_from_env() {
                 Arc::clone(&handle.control),
                 Arc::clone(handle.thread.wake()),
                 timeout,
-                std::process::id(),
+                ThisProcess::get(),
             ));
             // SAFETY: `push_at_exit` is an `extern "C" fn()` that never
             // unwinds.
@@ -689,10 +690,10 @@ fn exe_name() -> String {
 /// server. A forked child that exits does not push: it has no pusher
 /// thread.
 extern "C" fn push_at_exit() {
-    let Some((control, wake, timeout, pid)) = FROM_ENV.get() else {
+    let Some((control, wake, timeout, process)) = FROM_ENV.get() else {
         return;
     };
-    if *pid != std::process::id() || control.finished.load(Acquire) {
+    if !process.is_current() || control.finished.load(Acquire) {
         return;
     }
     if crate::support::lock::any_lock_held()

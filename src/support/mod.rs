@@ -2,7 +2,7 @@
 //! ranks, how shared tables grow, the reentrancy guard, heapprof's own
 //! threads, the registry of threads (exact counters,
 //! filter mask copies), the loaded objects' memory mappings, and whether a
-//! signal handler is running.
+//! signal handler is running, and which process this is across forks.
 
 pub(crate) mod growth;
 pub(crate) mod lock;
@@ -11,3 +11,4 @@ pub(crate) mod own_thread;
 pub(crate) mod reentry;
 pub(crate) mod registry;
 pub(crate) mod signals;
+pub(crate) mod this_process;

@@ -18,6 +18,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::support::reentry::Inside;
+use crate::support::this_process::ThisProcess;
 
 /// A running thread of heapprof's, started by [`spawn`]. Dropping it
 /// leaves the thread running (detached).
@@ -29,7 +30,7 @@ use crate::support::reentry::Inside;
 pub(crate) struct OwnThread {
     id: libc::pthread_t,
     /// The process that started the thread.
-    pid: u32,
+    started_by: ThisProcess,
     joined: bool,
     /// Dropped inside the profiler ([`OwnThread::drop`]).
     wake: ManuallyDrop<Arc<Wake>>,
@@ -112,7 +113,7 @@ pub(crate) fn spawn(
         }
         Ok(OwnThread {
             id,
-            pid: std::process::id(),
+            started_by: ThisProcess::get(),
             joined: false,
             wake: ManuallyDrop::new(wake),
         })
@@ -144,7 +145,7 @@ impl OwnThread {
     /// Whether the thread was started by this process, not by a parent
     /// it was forked from.
     pub(crate) fn started_here(&self) -> bool {
-        self.pid == std::process::id()
+        self.started_by.is_current()
     }
 
     /// Waits for the thread to exit; in a forked child, returns at once.
