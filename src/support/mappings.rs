@@ -311,10 +311,15 @@ pub(crate) fn wide<T: Into<u64>>(x: T) -> u64 {
     x.into()
 }
 
-/// The program headers of a loaded object.
+/// The program headers of a loaded object: none where the loader gives
+/// no table (`from_raw_parts` needs a non-null pointer even for none).
 pub(crate) fn program_headers(info: &libc::dl_phdr_info) -> &[ProgramHeader] {
-    // SAFETY: dlpi_phdr points to dlpi_phnum program headers, mapped for
-    // as long as the object is loaded (at least the `info`'s borrow).
+    if info.dlpi_phdr.is_null() {
+        return &[];
+    }
+    // SAFETY: a non-null dlpi_phdr points to dlpi_phnum program headers,
+    // mapped for as long as the object is loaded (at least the `info`'s
+    // borrow).
     unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) }
 }
 
