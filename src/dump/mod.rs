@@ -157,13 +157,12 @@ fn write_dump(
     path: &Path,
     write: impl FnOnce(&mut dyn io::Write) -> io::Result<bool>,
 ) -> io::Result<bool> {
-    let with_path =
-        |e: io::Error| io::Error::new(e.kind(), format!("heapprof: {}: {e}", Shown::path(path)));
-    let target = target(path).map_err(with_path)?;
+    let with_path = naming(path);
+    let target = target(path).map_err(&with_path)?;
     // Built in memory first: the file is touched only when there is
     // something to write, and only while the bytes are written.
     let mut bytes = Vec::new();
-    if !write(&mut bytes).map_err(with_path)? {
+    if !write(&mut bytes).map_err(&with_path)? {
         return Ok(false);
     }
     put(path, target, &bytes).map_err(with_path)?;
@@ -173,10 +172,14 @@ fn write_dump(
 /// [`write_dump`] of a profile already encoded (the prepared at-limit and
 /// peak profiles): `bytes` are written as they are, not copied.
 fn write_dump_bytes(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let with_path =
-        |e: io::Error| io::Error::new(e.kind(), format!("heapprof: {}: {e}", Shown::path(path)));
-    let target = target(path).map_err(with_path)?;
+    let with_path = naming(path);
+    let target = target(path).map_err(&with_path)?;
     put(path, target, bytes).map_err(with_path)
+}
+
+/// An error's message prefixed with the `path` it is about.
+fn naming(path: &Path) -> impl Fn(io::Error) -> io::Error + '_ {
+    move |e| io::Error::new(e.kind(), format!("heapprof: {}: {e}", Shown::path(path)))
 }
 
 /// Writes `bytes` to `path` as `target` says.
