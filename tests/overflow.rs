@@ -7,7 +7,8 @@
 use heapprof_testkit::check::assert_sane_values;
 use heapprof_testkit::child::{is_child, printed_number, run_child};
 use heapprof_testkit::profile::{
-    ALLOC_OBJECTS, leaf_name, live_sampled_blocks, stack_names, table_bytes, take_profile,
+    ALLOC_OBJECTS, INUSE_SPACE, leaf_name, live_sampled_blocks, stack_names, string, table_bytes,
+    take_profile,
 };
 
 #[global_allocator]
@@ -77,6 +78,91 @@ fn overflow_is_visible_and_bounded() {
     assert!(field("nest_site_objects_max=") <= 4, "{stdout}");
     assert!(field("overflow_objects=") >= 200 - nest_objects, "{stdout}");
     assert!(field("samples=") <= 65);
+}
+
+/// Child: two tenants' blocks, each from 50 depths of `nest`, past a
+/// table of 64 sites, kept live; then two profiles.
+#[test]
+fn child_labels_past_the_bound() {
+    if !is_child() {
+        return;
+    }
+    heapprof::set_sample_rate(1);
+    let kept: Vec<Vec<Vec<u8>>> = TENANTS
+        .iter()
+        .map(|t| {
+            heapprof::with_labels(&[("tenant", t)], || {
+                let mut blocks = Vec::with_capacity(200);
+                for d in 0..50 {
+                    for _ in 0..4 {
+                        blocks.push(nest(d));
+                    }
+                }
+                blocks
+            })
+        })
+        .collect();
+    heapprof::set_sample_rate(0);
+    let p = take_profile();
+    let _again = take_profile();
+    let label = |s: &heapprof_testkit::proto::Sample, key: &str| {
+        s.label
+            .iter()
+            .find(|l| string(&p, l.key) == key)
+            .map(|l| string(&p, l.str).to_owned())
+    };
+    for tenant in TENANTS {
+        // Everything live under the label: the blocks `nest` returned and
+        // the vector holding them, at their sites or in the overflow site
+        // of the tenant's label set.
+        let label_bytes: i64 = p
+            .sample
+            .iter()
+            .filter(|s| label(s, "tenant").as_deref() == Some(tenant))
+            .map(|s| s.value[INUSE_SPACE])
+            .sum();
+        let overflowed: i64 = p
+            .sample
+            .iter()
+            .filter(|s| leaf_name(&p, s).starts_with("[heapprof overflow"))
+            .filter(|s| label(s, "tenant").as_deref() == Some(tenant))
+            .filter(|s| label(s, "thread").is_some())
+            .map(|s| s.value[INUSE_SPACE])
+            .sum();
+        println!("tenant {tenant}: label_bytes={label_bytes} overflow_bytes={overflowed}");
+    }
+    let full_note = p
+        .comment
+        .iter()
+        .any(|&c| string(&p, c).contains("the site table is full"));
+    println!("full_note={}", u8::from(full_note));
+    drop(kept);
+}
+
+const TENANTS: [&str; 2] = ["acme", "globex"];
+
+/// Samples that find the table full keep their labels, in an overflow site
+/// per label set: a view by label (`pprof -tagfocus`) counts every byte.
+/// The profile and stderr (once) say the table is full.
+#[test]
+fn overflow_sites_keep_their_labels() {
+    let (stdout, stderr) = run_child(
+        "child_labels_past_the_bound",
+        &[("HEAPPROF_MAX_SITES", "64")],
+    );
+    for tenant in TENANTS {
+        let at = stdout
+            .find(&format!("tenant {tenant}:"))
+            .unwrap_or_else(|| panic!("{stdout}"));
+        let line = stdout[at..].lines().next().unwrap();
+        // 200 live blocks of 64 bytes and their vector, at rate 1: exact.
+        let live = 200 * 64 + 200 * std::mem::size_of::<Vec<u8>>() as i64;
+        assert_eq!(printed_number(line, "label_bytes="), live, "{stdout}");
+        assert!(printed_number(line, "overflow_bytes=") > 0, "{stdout}");
+    }
+    assert_eq!(printed_number(&stdout, "full_note="), 1, "{stdout}");
+    let said = stderr.matches("the site table is full").count();
+    assert_eq!(said, 1, "said once on stderr:\n{stderr}");
 }
 
 /// Distinct stacks for the bounds test: 13 levels of `left`/`right` spell

@@ -109,9 +109,19 @@ pub(crate) struct Collected {
     pub taken: Option<SystemTime>,
 }
 
+/// Says on stderr, once, that the site table has been full, at the first
+/// profile or snapshot since: the samples' own path never formats.
+fn say_once_if_the_site_table_is_full() {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if record::sites::overflowed() && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        crate::config::report::warn(format_args!("{}", pprof::site_table_full_note()));
+    }
+}
+
 /// The sites of `source`; `None` if it has none yet (no peak recorded).
 /// Inside the profiler.
 pub(crate) fn collect(source: Source) -> Option<Collected> {
+    say_once_if_the_site_table_is_full();
     match source {
         Source::Live => Some(Collected {
             sites: record::sites::snapshot(),

@@ -171,6 +171,16 @@ pub(crate) fn thread_label_dropped_note() -> String {
     )
 }
 
+/// What profiles say once the site table has been full: where the samples
+/// of new stacks went, and how to keep them.
+pub(crate) fn site_table_full_note() -> String {
+    format!(
+        "heapprof: the site table is full ({} stacks, or {} frames stored in all) or was out of memory: samples of stacks new since are counted under {OVERFLOW_FUNCTION}, each with its labels; a larger HEAPPROF_MAX_SITES keeps their stacks",
+        crate::config::get().max_sites,
+        crate::record::sites::max_frames(),
+    )
+}
+
 /// Encodes `profile` as a gzip-compressed protobuf.
 pub(crate) fn encode<W: Write>(profile: &proto::Profile, w: W) -> io::Result<()> {
     with_build_stack(|| {
@@ -453,6 +463,9 @@ impl Builder {
         ];
         if labels::thread_label_dropped() {
             comments.push(thread_label_dropped_note());
+        }
+        if crate::record::sites::overflowed() {
+            comments.push(site_table_full_note());
         }
         for c in options.comments.iter().chain(&comments) {
             let i = self.strings.get(c);

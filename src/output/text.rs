@@ -207,6 +207,9 @@ fn write_stats<W: Write>(
     if crate::labels::thread_label_dropped() {
         writeln!(w, "# {}", super::pprof::thread_label_dropped_note())?;
     }
+    if crate::record::sites::overflowed() {
+        writeln!(w, "# {}", super::pprof::site_table_full_note())?;
+    }
     writeln!(
         w,
         "# estimated_live_bytes = {estimated_inuse} (the records' inuse_space, as pprof reads it)"

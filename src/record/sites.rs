@@ -24,8 +24,10 @@
 //! total                               6.2 MiB
 //! ```
 //!
-//! A sample whose site does not fit goes to a single overflow site ([`SiteId::OVERFLOW`]), which
-//! the profile shows as its own site, so nothing is dropped silently. So
+//! A sample whose site does not fit goes to the overflow site of its label
+//! set ([`SiteId::overflow`]), which the profile shows as a site of its
+//! own with those labels, so nothing is dropped silently and label views
+//! (`pprof -tagfocus`) still add up. So
 //! does one whose new site the inner allocator has no memory for: the
 //! table grows with `try_reserve`, because a failure there would otherwise
 //! abort a program that was handling its own allocation failures. A
@@ -37,7 +39,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 
 use crate::support::growth::{self, hash_map_bytes};
 use crate::support::lock::{Lockable, Mutex, rank};
@@ -45,14 +47,15 @@ use crate::support::lock::{Lockable, Mutex, rank};
 use super::stack::NOT_UNWOUND;
 use crate::config;
 use crate::labels::LabelSetId;
+use crate::labels::table::ALL_SETS;
 
 const STRIPES: usize = 64;
 /// Average frames per stored stack the frame budget allows for.
 const FRAMES_PER_SITE_BUDGET: usize = 32;
 
 /// Identifies a site: its stripe in the high bits, its index in the stripe
-/// in the low [`SiteId::INDEX_BITS`]. `OVERFLOW` and `NOT_UNWOUND` name
-/// the two sites kept outside the stripes.
+/// in the low [`SiteId::INDEX_BITS`]. The overflow sites, one per label
+/// set, and `NOT_UNWOUND` are kept outside the stripes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct SiteId(u32);
 
@@ -61,14 +64,26 @@ const _: () = assert!(crate::config::MAX_SITES as u64 == (1u64 << SiteId::INDEX_
 const _: () = assert!(std::mem::size_of::<StoredSite>() == 64);
 
 impl SiteId {
-    pub(crate) const OVERFLOW: SiteId = SiteId(u32::MAX);
     /// Samples taken with too little stack left to unwind; its stack is
-    /// the one frame `stack::NOT_UNWOUND`. (Stripe ids stop at
-    /// `STRIPES << INDEX_BITS`, far below.)
+    /// the one frame `stack::NOT_UNWOUND`.
     pub(crate) const NOT_UNWOUND: SiteId = SiteId(u32::MAX - 1);
     /// Bits of a site's index within its stripe.
     pub(crate) const INDEX_BITS: u32 = 24;
     const INDEX_MASK: u32 = (1 << Self::INDEX_BITS) - 1;
+    /// The first overflow site's id: stripe ids stop below it.
+    const OVERFLOW_FIRST: u32 = (STRIPES as u32) << Self::INDEX_BITS;
+
+    /// The overflow site of label set `labels`: samples with those labels
+    /// whose own site did not fit.
+    pub(crate) fn overflow(labels: LabelSetId) -> SiteId {
+        SiteId(Self::OVERFLOW_FIRST + overflow_slot(labels) as u32)
+    }
+
+    /// The label set of an overflow site, `None` for any other site.
+    fn overflow_labels(self) -> Option<LabelSetId> {
+        let slot = self.0.checked_sub(Self::OVERFLOW_FIRST)?;
+        ((slot as usize) < ALL_SETS).then_some(LabelSetId(slot))
+    }
 
     /// The id as a number, for tallies kept outside the table.
     pub(crate) fn raw(self) -> u32 {
@@ -87,7 +102,10 @@ struct StoredSite {
 }
 
 const _: () = assert!(crate::record::stack::MAX_FRAMES <= u16::MAX as usize);
-const _: () = assert!(crate::labels::table::ALL_SETS <= u16::MAX as usize + 1);
+const _: () = assert!(ALL_SETS <= u16::MAX as usize + 1);
+// The overflow sites' ids lie between the stripes' and `NOT_UNWOUND`.
+const _: () =
+    assert!(SiteId::OVERFLOW_FIRST as u64 + ALL_SETS as u64 <= SiteId::NOT_UNWOUND.0 as u64);
 
 #[derive(Default)]
 struct Stripe {
@@ -116,7 +134,6 @@ impl std::hash::Hasher for PassThroughHasher {
 
 struct Table {
     stripes: [Mutex<{ rank::SITES }, Stripe>; STRIPES],
-    overflow: Mutex<{ rank::SITES }, SiteCounts>,
     /// The counts of [`SiteId::NOT_UNWOUND`], kept apart from the stripes
     /// so that recording there never grows anything.
     not_unwound: Mutex<{ rank::SITES }, SiteCounts>,
@@ -136,6 +153,22 @@ const NO_COUNTS: SiteCounts = SiteCounts {
     free_bytes_est: 0.0,
 };
 
+/// The overflow sites' counts, by label set id ([`overflow_slot`]): all
+/// zeros until used, so they take no room in the executable and no
+/// memory until a set's first overflow touches its page.
+static OVERFLOW: Mutex<{ rank::SITES }, [SiteCounts; ALL_SETS]> = Mutex::new([NO_COUNTS; ALL_SETS]);
+
+/// The slot of `labels` in [`OVERFLOW`]: its id, which the label table
+/// keeps below [`ALL_SETS`] (any other counts as no labels).
+fn overflow_slot(labels: LabelSetId) -> usize {
+    let slot = labels.0 as usize;
+    if slot < ALL_SETS {
+        slot
+    } else {
+        LabelSetId::NONE.0 as usize
+    }
+}
+
 static TABLE: Table = Table {
     stripes: [const {
         Mutex::new(Stripe {
@@ -144,7 +177,6 @@ static TABLE: Table = Table {
             frames: Vec::new(),
         })
     }; STRIPES],
-    overflow: Mutex::new(NO_COUNTS),
     not_unwound: Mutex::new(NO_COUNTS),
     sites: AtomicUsize::new(0),
     frames: AtomicUsize::new(0),
@@ -184,8 +216,10 @@ pub(crate) fn record_alloc(
         // A failed reservation may still have grown a vector.
         TABLE.bytes.fetch_add(stripe.bytes() - held_before, Relaxed);
         drop(stripe);
-        TABLE.overflow.lock().add_alloc(size, weight);
-        return SiteId::OVERFLOW;
+        OVERFLOWED.store(true, Relaxed);
+        let id = SiteId::overflow(labels);
+        OVERFLOW.lock()[overflow_slot(labels)].add_alloc(size, weight);
+        return id;
     }
     let index = stripe.sites.len() as u32;
     let frames_start = stripe.frames.len() as u32;
@@ -222,7 +256,7 @@ fn reserve(frames: usize) -> bool {
     if !claimed_site {
         return false;
     }
-    let max_frames = max_sites.saturating_mul(FRAMES_PER_SITE_BUDGET);
+    let max_frames = max_frames();
     let claimed_frames = TABLE
         .frames
         .fetch_update(Relaxed, Relaxed, |n| {
@@ -248,48 +282,53 @@ pub(crate) fn record_not_unwound(size: usize, weight: f64) -> SiteId {
     SiteId::NOT_UNWOUND
 }
 
-/// A site kept outside the stripes: its id, its counts, and the stack it
-/// shows (none for the overflow site, which profiles name apart).
-struct Apart {
-    id: SiteId,
-    counts: &'static Mutex<{ rank::SITES }, SiteCounts>,
-    frames: &'static [usize],
+/// Whether a sample ever went to an overflow site: profiles then say
+/// that the table is full ([`overflowed`]).
+static OVERFLOWED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the table has ever been full (or out of memory) for a new site.
+pub(crate) fn overflowed() -> bool {
+    OVERFLOWED.load(Relaxed)
 }
 
-/// The sites kept outside the stripes.
-const APART: [Apart; 2] = [
-    Apart {
-        id: SiteId::OVERFLOW,
-        counts: &TABLE.overflow,
-        frames: &[],
-    },
-    Apart {
-        id: SiteId::NOT_UNWOUND,
-        counts: &TABLE.not_unwound,
-        frames: &[NOT_UNWOUND],
-    },
-];
+/// The most frame addresses the table stores, all sites together.
+pub(crate) fn max_frames() -> usize {
+    config::get()
+        .max_sites
+        .saturating_mul(FRAMES_PER_SITE_BUDGET)
+}
 
-impl Apart {
-    fn copy(&self, counts: SiteCounts) -> SiteCopy {
-        SiteCopy {
-            frames: self.frames.to_vec(),
+/// A copy of the site kept outside the stripes that `id` names (an
+/// overflow site, `NOT_UNWOUND`), with `counts`; `None` for a stripe's.
+fn apart_copy(id: SiteId, counts: SiteCounts) -> Option<SiteCopy> {
+    if let Some(labels) = id.overflow_labels() {
+        return Some(SiteCopy {
+            frames: Vec::new(),
             counts,
-            overflow: self.id == SiteId::OVERFLOW,
-            labels: LabelSetId::NONE,
-        }
+            overflow: true,
+            labels,
+        });
     }
+    (id == SiteId::NOT_UNWOUND).then(|| SiteCopy {
+        frames: vec![NOT_UNWOUND],
+        counts,
+        overflow: false,
+        labels: LabelSetId::NONE,
+    })
 }
 
-/// The site kept outside the stripes that `id` names, if it names one.
-fn apart(id: SiteId) -> Option<&'static Apart> {
-    APART.iter().find(|a| a.id == id)
+/// Runs `f` on the counts of the site kept outside the stripes that `id`
+/// names, under its lock; `None` for a stripe's site.
+fn with_apart_counts<R>(id: SiteId, f: impl FnOnce(&mut SiteCounts) -> R) -> Option<R> {
+    if let Some(labels) = id.overflow_labels() {
+        return Some(f(&mut OVERFLOW.lock()[overflow_slot(labels)]));
+    }
+    (id == SiteId::NOT_UNWOUND).then(|| f(&mut TABLE.not_unwound.lock()))
 }
 
 /// Credits the free of a sampled block back to the site that allocated it.
 pub(crate) fn record_free(id: SiteId, size: usize, weight: f64) {
-    if let Some(apart) = apart(id) {
-        apart.counts.lock().add_free(size, weight);
+    if with_apart_counts(id, |c| c.add_free(size, weight)).is_some() {
         return;
     }
     let stripe_index = (id.0 >> SiteId::INDEX_BITS) as usize;
@@ -302,12 +341,11 @@ pub(crate) fn record_free(id: SiteId, size: usize, weight: f64) {
 /// A copy of one site, taken for writing a profile.
 #[derive(Clone, Debug)]
 pub(crate) struct SiteCopy {
-    /// Return addresses, leaf first; empty for the overflow site.
+    /// Return addresses, leaf first; empty for an overflow site.
     pub frames: Vec<usize>,
     pub counts: SiteCounts,
     pub overflow: bool,
-    /// The site's labels; none for the overflow site, which gathers
-    /// samples of every label set.
+    /// The site's labels.
     pub labels: LabelSetId,
 }
 
@@ -372,8 +410,8 @@ pub(crate) fn try_packed() -> Option<PackedSites> {
         sites: Vec::new(),
         frames: Vec::new(),
     };
-    let room = growth::reserve_vec(&mut packed.sites, TABLE.sites.load(Relaxed) + APART.len())
-        && growth::reserve_vec(&mut packed.frames, TABLE.frames.load(Relaxed) + APART.len());
+    let room = growth::reserve_vec(&mut packed.sites, TABLE.sites.load(Relaxed) + 2)
+        && growth::reserve_vec(&mut packed.frames, TABLE.frames.load(Relaxed) + 1);
     if !room {
         return None;
     }
@@ -385,12 +423,17 @@ pub(crate) fn try_packed() -> Option<PackedSites> {
             packed.push(stored, site.counts, false, LabelSetId(site.labels.into()))?;
         }
     }
-    for apart in &APART {
-        let counts = *apart.counts.lock();
-        if counts.sampled_allocs > 0 {
-            let overflow = apart.id == SiteId::OVERFLOW;
-            packed.push(apart.frames, counts, overflow, LabelSetId::NONE)?;
+    if overflowed() {
+        let overflow = OVERFLOW.lock();
+        for (id, counts) in overflow.iter().enumerate() {
+            if counts.sampled_allocs > 0 {
+                packed.push(&[], *counts, true, LabelSetId(id as u32))?;
+            }
         }
+    }
+    let not_unwound = *TABLE.not_unwound.lock();
+    if not_unwound.sampled_allocs > 0 {
+        packed.push(&[NOT_UNWOUND], not_unwound, false, LabelSetId::NONE)?;
     }
     Some(packed)
 }
@@ -429,8 +472,8 @@ impl PackedSites {
 pub(crate) fn copies_of(ids: &[u32], counts: impl Fn(u32) -> SiteCounts) -> Vec<SiteCopy> {
     let mut out = Vec::with_capacity(ids.len());
     for &id in ids {
-        if let Some(apart) = apart(SiteId(id)) {
-            out.push(apart.copy(counts(id)));
+        if let Some(copy) = apart_copy(SiteId(id), counts(id)) {
+            out.push(copy);
             continue;
         }
         let stripe_index = (id >> SiteId::INDEX_BITS) as usize;
@@ -471,11 +514,16 @@ pub(crate) fn site_counts() -> (usize, usize) {
             count(&b.counts);
         }
     }
-    for apart in &APART {
-        let c = *apart.counts.lock();
-        if c.sampled_allocs > 0 {
-            count(&c);
-        }
+    if overflowed() {
+        OVERFLOW
+            .lock()
+            .iter()
+            .filter(|c| c.sampled_allocs > 0)
+            .for_each(&mut count);
+    }
+    let not_unwound = *TABLE.not_unwound.lock();
+    if not_unwound.sampled_allocs > 0 {
+        count(&not_unwound);
     }
     counts
 }
@@ -575,16 +623,15 @@ pub(crate) fn each_lock(f: &mut dyn FnMut(&'static dyn Lockable)) {
     for stripe in &TABLE.stripes {
         f(stripe);
     }
-    for apart in &APART {
-        f(apart.counts);
-    }
+    f(&OVERFLOW);
+    f(&TABLE.not_unwound);
 }
 
 /// The counts of site `id` as they stand, for the recorder's tests.
 #[cfg(test)]
 pub(crate) fn counts_of(id: SiteId) -> Option<SiteCounts> {
-    if let Some(apart) = apart(id) {
-        return Some(*apart.counts.lock());
+    if let Some(counts) = with_apart_counts(id, |c| *c) {
+        return Some(counts);
     }
     let stripe = TABLE.stripes[(id.0 >> 24) as usize].lock();
     stripe

@@ -19,7 +19,7 @@ fn addr(test: usize, i: usize) -> *mut u8 {
 
 fn entry(size: usize, page_aligned: bool, owner: usize) -> Entry {
     Entry {
-        site: SiteId::OVERFLOW,
+        site: SiteId::NOT_UNWOUND,
         weight: 2.5,
         size,
         page_aligned,

@@ -36,7 +36,7 @@ fn one_stack_is_one_site_that_accumulates() {
     let first = alloc(&frames, 100, 2.0);
     let second = alloc(&frames, 300, 0.5);
     assert_eq!(first, second);
-    assert_ne!(first, SiteId::OVERFLOW);
+    assert!(first.overflow_labels().is_none());
     let c = counts_of(first).unwrap();
     assert_eq!(c.sampled_allocs, 2);
     assert_eq!(c.sampled_alloc_bytes, 400);
@@ -185,47 +185,69 @@ fn minus_never_wraps_the_sample_counts() {
     assert_eq!(d.alloc_objects_est, -2.0, "estimates may go negative");
 }
 
-/// Past `max_sites`, a new stack goes to the overflow site (and a known
-/// one still to its own); a stack whose frames would pass the frame budget
-/// goes there too, and gives back the site it claimed.
+/// Past `max_sites`, a new stack goes to the overflow site of its label
+/// set (and a known one still to its own); a stack whose frames would pass
+/// the frame budget goes there too, and gives back the site it claimed.
 #[test]
 fn past_the_bound_new_sites_go_to_the_overflow_site() {
     let _tables = tables_exclusive();
     let max_sites = config::get().max_sites;
     let known = stack_of(6, 0, 4);
     let known_id = alloc(&known, 8, 1.0);
-    let overflow_before = *TABLE.overflow.lock();
+    let labelled = LabelSetId(7);
+    let overflow_of = |labels: LabelSetId| counts_of(SiteId::overflow(labels)).unwrap();
+    let (none_before, labelled_before) = (overflow_of(LabelSetId::NONE), overflow_of(labelled));
     let mut claimed = Claimed::now();
     let sites_before = claimed.sites;
 
     TABLE.sites.store(max_sites, Relaxed);
     let full = alloc(&stack_of(6, 1, 4), 100, 2.0);
+    let frames = stack_of(6, 4, 4);
+    let full_labelled = record_alloc(&frames, stack::hash(&frames), labelled, 30, 4.0);
     let still_known = alloc(&known, 8, 1.0);
     assert_eq!(TABLE.sites.load(Relaxed), max_sites, "no site claimed");
     TABLE.sites.store(sites_before, Relaxed);
-    assert_eq!(full, SiteId::OVERFLOW);
+    assert_eq!(full, SiteId::overflow(LabelSetId::NONE));
+    assert_eq!(full_labelled, SiteId::overflow(labelled));
+    assert_ne!(full, full_labelled, "each label set has its own");
     assert_eq!(still_known, known_id);
-    let overflow = *TABLE.overflow.lock();
-    assert_eq!(overflow.sampled_allocs, overflow_before.sampled_allocs + 1);
+    assert!(overflowed());
+    let overflow = overflow_of(LabelSetId::NONE);
+    assert_eq!(overflow.sampled_allocs, none_before.sampled_allocs + 1);
     assert_eq!(
         overflow.alloc_bytes_est,
-        overflow_before.alloc_bytes_est + 200.0
+        none_before.alloc_bytes_est + 200.0
+    );
+    let overflow = overflow_of(labelled);
+    assert_eq!(overflow.sampled_allocs, labelled_before.sampled_allocs + 1);
+    assert_eq!(
+        overflow.alloc_bytes_est,
+        labelled_before.alloc_bytes_est + 120.0
     );
     record_free(full, 100, 2.0);
+    record_free(full_labelled, 30, 4.0);
     assert_eq!(
-        TABLE.overflow.lock().sampled_frees,
-        overflow_before.sampled_frees + 1
+        overflow_of(LabelSetId::NONE).sampled_frees,
+        none_before.sampled_frees + 1
+    );
+    assert_eq!(
+        overflow_of(labelled).sampled_frees,
+        labelled_before.sampled_frees + 1
     );
     let copy = snapshot();
     let shown = copy.iter().filter(|s| s.overflow).collect::<Vec<_>>();
-    assert_eq!(shown.len(), 1, "one overflow site in a copy");
-    assert!(shown[0].frames.is_empty());
+    assert_eq!(shown.len(), 2, "one overflow site per label set in a copy");
+    assert!(shown.iter().all(|s| s.frames.is_empty()));
+    assert!(shown.iter().any(|s| s.labels == labelled));
+    assert!(shown.iter().any(|s| s.labels == LabelSetId::NONE));
     assert!(copy.iter().all(|s| s.frames != stack_of(6, 1, 4)));
+    let copies = copies_of(&[full_labelled.raw()], |_| SiteCounts::default());
+    assert!(copies[0].overflow && copies[0].labels == labelled);
 
     let max_frames = max_sites * FRAMES_PER_SITE_BUDGET;
     TABLE.frames.store(max_frames - 2, Relaxed);
     let too_deep = alloc(&stack_of(6, 2, 3), 8, 1.0);
-    assert_eq!(too_deep, SiteId::OVERFLOW);
+    assert_eq!(too_deep, SiteId::overflow(LabelSetId::NONE));
     assert_eq!(
         TABLE.sites.load(Relaxed),
         sites_before,
@@ -233,7 +255,7 @@ fn past_the_bound_new_sites_go_to_the_overflow_site() {
     );
     assert_eq!(TABLE.frames.load(Relaxed), max_frames - 2);
     let fits = alloc(&stack_of(6, 3, 2), 8, 1.0);
-    assert_ne!(fits, SiteId::OVERFLOW);
+    assert_ne!(fits, SiteId::overflow(LabelSetId::NONE));
     (claimed.sites, claimed.frames) = (claimed.sites + 1, claimed.frames + 2);
     assert_eq!(TABLE.frames.load(Relaxed), max_frames);
     assert_eq!(TABLE.sites.load(Relaxed), sites_before + 1);
