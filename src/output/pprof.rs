@@ -674,7 +674,8 @@ impl Builder {
         if names_expected && unnamed_in_main > 0 {
             let note = format!(
                 "heapprof: {unnamed_in_main} locations in the executable have no names ({}); \
-                 `go tool pprof <executable> <profile>` names them from a copy with symbols",
+                 `go tool pprof <executable> <profile>` names them from a copy with debug info \
+                 (`debug = 1` or more: it does not read symbol tables)",
                 symbolize::no_names_hint()
             );
             let i = self.strings.get(&note);
