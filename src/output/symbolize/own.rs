@@ -984,11 +984,19 @@ pub(super) fn resolve(
 
 /// The frames at `probe` (an address in the file), innermost first, names
 /// left empty where the debug info has none; `None` when they are in a
-/// split unit, whose debug info is in another file.
+/// split unit whose debug info is in another file, for backtrace to read.
+///
+/// Where that file is gone (a `.dwo` deleted, a binary copied without its
+/// `.dwp`), none: the symbol table names the function, with no line. The
+/// skeleton unit's line table alone would give the innermost inlined
+/// code's file and line (heapprof's own `GlobalAlloc::alloc`) to the
+/// program's function.
 fn frames_at(cx: &addr2line::Context<Reader<'_>>, probe: u64) -> Option<Vec<Symbol>> {
     let iter = match cx.find_frames(probe) {
         addr2line::LookupResult::Output(iter) => iter,
-        addr2line::LookupResult::Load { .. } => return None,
+        addr2line::LookupResult::Load { load, .. } => {
+            return (!split_file_exists(&load)).then(Vec::new);
+        }
     };
     let mut frames = Vec::new();
     if let Ok(mut iter) = iter {
@@ -1010,6 +1018,24 @@ fn frames_at(cx: &addr2line::Context<Reader<'_>>, probe: u64) -> Option<Vec<Symb
         }
     }
     Some(frames)
+}
+
+/// Whether the `.dwo` file a split unit names is there (the reader's own
+/// file has no `.dwp`: [`plain_layout`]).
+fn split_file_exists(load: &addr2line::SplitDwarfLoad<Reader<'_>>) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(name) = &load.path else {
+        return false;
+    };
+    let name = std::path::Path::new(std::ffi::OsStr::from_bytes(name.slice()));
+    match &load.comp_dir {
+        Some(dir) if name.is_relative() => {
+            std::path::Path::new(std::ffi::OsStr::from_bytes(dir.slice()))
+                .join(name)
+                .exists()
+        }
+        _ => name.exists(),
+    }
 }
 
 /// Whether the file holds its own debug info (or none), uncompressed: the
@@ -1421,6 +1447,61 @@ mod tests {
         assert!(read_here(&exe), "another build's debug file");
         std::fs::remove_file(&stale).unwrap();
         assert!(read_here(&exe), "no debug file");
+    }
+
+    /// Split units whose `.dwo` is there are left to backtrace; where it
+    /// is gone, the symbol table names their addresses, with no line.
+    #[test]
+    fn split_units_without_their_files_are_named_without_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = c_program(dir.path(), &["-g", "-gsplit-dwarf"]);
+        let data = std::fs::read(&exe).unwrap();
+        let data = &data[..];
+        let header = Elf::parse(data).unwrap();
+        let endian = header.endian().unwrap();
+        let sections = header.sections(endian, data).unwrap();
+        let section = |name: &str| -> &[u8] {
+            sections
+                .section_by_name(endian, name.as_bytes())
+                .and_then(|(_, s)| s.data(endian, data).ok())
+                .unwrap_or(&[])
+        };
+        let (_, text) = sections.section_by_name(endian, b".text").unwrap();
+        let start = text.sh_addr(endian);
+        let probes = start..start + text.sh_size(endian);
+        let cx = || {
+            addr2line::Context::from_dwarf(
+                dwarf_over(section(".debug_info"), true, section).unwrap(),
+            )
+            .unwrap()
+        };
+        let left_to_backtrace = |cx: &addr2line::Context<super::Reader<'_>>| {
+            probes
+                .clone()
+                .filter(|&p| frames_at(cx, p).is_none())
+                .count()
+        };
+        assert!(left_to_backtrace(&cx()) > 0, "the .dwo files are there");
+        let mut removed = 0;
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "dwo") {
+                std::fs::remove_file(path).unwrap();
+                removed += 1;
+            }
+        }
+        assert!(
+            removed > 0,
+            "gcc wrote .dwo files in {}",
+            dir.path().display()
+        );
+        let cx = cx();
+        assert_eq!(left_to_backtrace(&cx), 0, "the .dwo files are gone");
+        assert!(
+            probes
+                .clone()
+                .all(|p| frames_at(&cx, p).is_some_and(|f| f.is_empty()))
+        );
     }
 
     #[test]
