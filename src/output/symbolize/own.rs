@@ -1063,11 +1063,15 @@ fn plain_layout(
     if let Some((_, link)) = sections.section_by_name(endian, b".gnu_debuglink") {
         // backtrace follows the link and checks nothing: a debug file of
         // another build there would give confident wrong names, where the
-        // file's own symbol table, read here, gives right ones.
-        let wanted = build_id(sections, endian, data);
+        // file's own symbol table, read here, gives right ones. A file is
+        // of this build if it has its build ID or, for a file linked
+        // without one, the checksum the link carries.
         let named = link.data(endian, data).unwrap_or(&[]);
-        return wanted.is_some()
-            && debuglink_target(path, named).is_none_or(|f| file_build_id(&f) != wanted);
+        let target = debuglink_target(path, named);
+        return match build_id(sections, endian, data) {
+            Some(wanted) => target.is_none_or(|f| file_build_id(&f).as_ref() != Some(&wanted)),
+            None => target.is_none_or(|f| !has_link_checksum(&f, named, endian)),
+        };
     }
     if std::path::Path::new(&format!("{path}.dwp")).exists() {
         return false;
@@ -1099,6 +1103,30 @@ fn debuglink_target(path: &str, link: &[u8]) -> Option<std::path::PathBuf> {
     ]
     .into_iter()
     .find(|f| *f != object && f.is_file())
+}
+
+/// Whether the file at `path` has the CRC-32 that a `.gnu_debuglink`
+/// section (`link`: a file name, NUL, padding to 4 bytes, then the CRC in
+/// the object's byte order) gives for it.
+fn has_link_checksum(path: &std::path::Path, link: &[u8], endian: NativeEndian) -> bool {
+    use object::Endian;
+    let Some(name_end) = link.iter().position(|&b| b == 0) else {
+        return false;
+    };
+    let at = (name_end + 1).next_multiple_of(4);
+    let Some(crc) = link.get(at..at + 4) else {
+        return false;
+    };
+    let crc: [u8; 4] = crc.try_into().unwrap_or_default();
+    let wanted = if endian.is_big_endian() {
+        u32::from_be_bytes(crc)
+    } else {
+        u32::from_le_bytes(crc)
+    };
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    Mapped::new(&file).is_some_and(|map| crc32fast::hash(map.bytes()) == wanted)
 }
 
 /// The GNU build ID of the ELF file at `path`, if it has one.
@@ -1447,6 +1475,42 @@ mod tests {
         assert!(read_here(&exe), "another build's debug file");
         std::fs::remove_file(&stale).unwrap();
         assert!(read_here(&exe), "no debug file");
+    }
+
+    /// The same for files linked without a build ID, told apart by the
+    /// checksum the link carries.
+    #[test]
+    fn without_build_ids_a_debug_file_of_another_build_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let exe = c_program(&a, &["-g", "-Wl,--build-id=none"]);
+        let other = c_program(
+            &b,
+            &["-g", "-Wl,--build-id=none", "-fno-omit-frame-pointer"],
+        );
+        run(
+            &a,
+            "objcopy",
+            &["--only-keep-debug", "program", "program.debug"],
+        );
+        run(&a, "strip", &["--strip-debug", "program"]);
+        run(
+            &a,
+            "objcopy",
+            &["--add-gnu-debuglink=program.debug", "program"],
+        );
+        assert!(!read_here(&exe), "its own build's debug file");
+
+        let stale = a.join("program.debug");
+        let other = other.to_str().unwrap();
+        run(
+            &b,
+            "objcopy",
+            &["--only-keep-debug", other, stale.to_str().unwrap()],
+        );
+        assert!(read_here(&exe), "another build's debug file");
     }
 
     /// Split units whose `.dwo` is there are left to backtrace; where it
