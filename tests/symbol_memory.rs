@@ -233,3 +233,68 @@ fn a_lookup_through_the_unit_index_stays_within_its_file_budget() {
         FILE_BUDGET as i64 + INDEXED_BEYOND_BUDGET_AT_MOST,
     );
 }
+
+/// The call paths `step` takes: each of [`STEPS`] functions calls the next
+/// one chosen by the path's digits, so that a few functions make many
+/// sites with deep stacks.
+const STEPS: usize = 8;
+const DEPTH: u32 = 6;
+
+macro_rules! steps {
+    ($($name:ident),*) => {
+        $(
+            #[inline(never)]
+            fn $name(depth: u32, path: usize) -> Vec<u8> {
+                let v = step(depth, path);
+                std::hint::black_box(v)
+            }
+        )*
+        static STEP_FNS: [fn(u32, usize) -> Vec<u8>; STEPS] = [$($name),*];
+    };
+}
+steps!(s0, s1, s2, s3, s4, s5, s6, s7);
+
+fn step(depth: u32, path: usize) -> Vec<u8> {
+    if depth == 0 {
+        return vec![0u8; 100];
+    }
+    STEP_FNS[path % STEPS](depth - 1, path / STEPS)
+}
+
+fn child_warm_profiles() {
+    let kept: Vec<Vec<u8>> = (0..STEPS.pow(4)).map(|p| step(DEPTH, p)).collect();
+    let symbols = |_| {
+        let p = heapprof_testkit::profile::take_profile();
+        heapprof_testkit::profile::symbol_bytes(&p)
+    };
+    let cold = symbols(0);
+    let warm: Vec<usize> = (0..20).map(symbols).collect();
+    println!(
+        "cold={cold} first_warm={} last_warm={} sites={}",
+        warm[0],
+        warm[warm.len() - 1],
+        kept.len()
+    );
+}
+
+/// Profiles of sites already named look nothing up: what symbolization
+/// keeps (`symbols kept use N bytes`) stays as the first profile left it,
+/// rather than drifting with each profile's temporary lists.
+#[test]
+fn profiles_of_named_sites_leave_the_symbols_kept_as_they_were() {
+    if is_child() {
+        return child_warm_profiles();
+    }
+    let (stdout, _) = run_child(
+        "profiles_of_named_sites_leave_the_symbols_kept_as_they_were",
+        &[("HEAPPROF_SAMPLE_RATE", "1")],
+    );
+    println!("{stdout}");
+    let first = printed_number(&stdout, "first_warm=");
+    let last = printed_number(&stdout, "last_warm=");
+    assert!(first > 0, "a named profile keeps its names: {first} bytes");
+    assert!(
+        last >= first,
+        "symbols kept fell from {first} to {last} bytes over profiles that looked nothing up"
+    );
+}

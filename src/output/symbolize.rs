@@ -244,7 +244,9 @@ fn resolve_all_within(
             frames: HashMap::new(),
         });
         cache.follow(loader, &objects);
-        for addr in wanted {
+        // Borrowed: `wanted` is freed after this window, not inside it,
+        // where its free would count as bytes given back.
+        for &addr in &wanted {
             match cache.frames.get(&addr) {
                 Some(frames) => {
                     out.insert(addr, frames.clone());
@@ -261,6 +263,9 @@ fn resolve_all_within(
     }
     if LOOKUPS_LOST.load(Relaxed) {
         // A forked child whose parent was mid-lookup: unnamed, not hung.
+        // `missing`, counted in the window above, is freed here, outside it.
+        let list_bytes = missing.capacity() * std::mem::size_of::<usize>();
+        KEPT_BYTES.fetch_sub(list_bytes as i64, Relaxed);
         out.extend(missing.into_iter().map(|a| (a, Symbols::from(Vec::new()))));
         return out;
     }
@@ -335,6 +340,9 @@ fn resolve_all_within(
         }
         resolved
     };
+    // The object found for this lookup is not kept: freed inside the
+    // window, so that its bytes are not counted as kept.
+    drop(own_object);
     trim_heap(this_thread_allocated_bytes() - allocated_before);
     let unopened = unopened_files(&resolved, &objects);
     {
@@ -360,6 +368,7 @@ fn resolve_all_within(
             }
         }
     }
+    drop(unopened);
     let list_bytes = resolved.capacity() * std::mem::size_of::<(usize, Symbols)>();
     let kept = this_thread_net_bytes() - before - list_bytes as i64;
     KEPT_BYTES.fetch_add(kept, Relaxed);

@@ -112,3 +112,8 @@ fn leading_number(text: &str) -> usize {
         .parse()
         .expect("a number")
 }
+
+/// The `symbols kept use N bytes` figure from the profile's comments.
+pub fn symbol_bytes(p: &Profile) -> usize {
+    comment_number(p, "symbols kept use ")
+}
