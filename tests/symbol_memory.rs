@@ -236,23 +236,24 @@ fn a_lookup_through_the_unit_index_stays_within_its_file_budget() {
 
 /// The call paths `step` takes: each of [`STEPS`] functions calls the next
 /// one chosen by the path's digits, so that a few functions make many
-/// sites with deep stacks.
+/// sites with deep stacks. Each sets its own high bit of the path (above the digits read), so that
+/// no two are the same code, which the linker would fold into one.
 const STEPS: usize = 8;
 const DEPTH: u32 = 6;
 
 macro_rules! steps {
-    ($($name:ident),*) => {
+    ($($name:ident $k:literal),*) => {
         $(
             #[inline(never)]
             fn $name(depth: u32, path: usize) -> Vec<u8> {
-                let v = step(depth, path);
+                let v = step(depth, path ^ ($k << 40));
                 std::hint::black_box(v)
             }
         )*
         static STEP_FNS: [fn(u32, usize) -> Vec<u8>; STEPS] = [$($name),*];
     };
 }
-steps!(s0, s1, s2, s3, s4, s5, s6, s7);
+steps!(s0 1, s1 2, s2 3, s3 4, s4 5, s5 6, s6 7, s7 8);
 
 fn step(depth: u32, path: usize) -> Vec<u8> {
     if depth == 0 {
@@ -296,5 +297,53 @@ fn profiles_of_named_sites_leave_the_symbols_kept_as_they_were() {
     assert!(
         last >= first,
         "symbols kept fell from {first} to {last} bytes over profiles that looked nothing up"
+    );
+}
+
+/// What a profile allocates per frame it writes at most, once its names
+/// are known and with every frame kept. Each frame is copied out of the
+/// table (packed, then unpacked: 16 bytes), listed for the lookup (8),
+/// kept as a location id (8) and encoded (a few bytes); each site adds a
+/// few hundred bytes of records over its frames (about 14 in release): about
+/// 80 bytes per frame in all. Trimming each stack through a list of its
+/// own, grown by doubling at 32 bytes per source line, is about 460.
+const PROFILE_BYTES_PER_FRAME_AT_MOST: i64 = 160;
+
+fn child_profile_allocation() {
+    let kept: Vec<Vec<u8>> = (0..STEPS.pow(4)).map(|p| step(DEPTH, p)).collect();
+    heapprof::write_profile(std::io::sink()).unwrap();
+    // Written where the program allocates nothing, so that no sample of
+    // its own (each a new site at rate 1) grows the tables meanwhile.
+    let before = heapprof::stats().profiler_allocated_bytes;
+    heapprof::write_profile(std::io::sink()).unwrap();
+    let allocated = heapprof::stats().profiler_allocated_bytes - before;
+    let p = heapprof_testkit::profile::take_profile();
+    let frames: usize = p.sample.iter().map(|s| s.location_id.len()).sum();
+    println!(
+        "allocated={allocated} frames={frames} samples={} sites={}",
+        p.sample.len(),
+        kept.len()
+    );
+}
+
+/// A profile of many deep stacks allocates in proportion to the frames it
+/// writes, not to the source lines it trims them by.
+#[test]
+fn a_profile_allocates_little_per_frame() {
+    if is_child() {
+        return child_profile_allocation();
+    }
+    let (stdout, _) = run_child(
+        "a_profile_allocates_little_per_frame",
+        // Every frame kept, so that the profile's frames are the table's.
+        &[("HEAPPROF_SAMPLE_RATE", "1"), ("HEAPPROF_FULL_STACKS", "1")],
+    );
+    println!("{stdout}");
+    let allocated = printed_number(&stdout, "allocated=");
+    let frames = printed_number(&stdout, "frames=");
+    assert!(frames > 0);
+    assert!(
+        allocated <= frames * PROFILE_BYTES_PER_FRAME_AT_MOST,
+        "a profile of {frames} frames allocated {allocated} bytes"
     );
 }

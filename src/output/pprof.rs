@@ -256,10 +256,7 @@ pub(crate) fn build(sites: &[SiteCopy], rate: usize, options: Options) -> proto:
 }
 
 fn build_here(sites: &[SiteCopy], rate: usize, options: Options) -> proto::Profile {
-    let resolved = symbolize::for_profile(
-        sites.iter().flat_map(|s| s.frames.iter().copied()),
-        options.addresses_only,
-    );
+    let resolved = symbolize::for_profile(sites, options.addresses_only);
     let mut b = Builder {
         strings: StringTable::new(),
         functions: HashMap::new(),
@@ -269,8 +266,10 @@ fn build_here(sites: &[SiteCopy], rate: usize, options: Options) -> proto::Profi
         mappings: mappings::current(),
         profile: proto::Profile::default(),
         resolved,
+        trimmer: Trimmer::default(),
     };
     b.header(rate, &options, sites);
+    b.profile.sample.reserve_exact(sites.len());
     for site in sites {
         b.add_site(site);
     }
@@ -304,71 +303,83 @@ pub(crate) struct Shown {
 /// machinery (an allocation made by the runtime itself) keeps everything
 /// above the leaf cut's limit, and one that is all start-up keeps its
 /// start-up frames.
-pub(crate) fn trim(frames: &[usize], resolved: &HashMap<usize, Symbols>) -> Vec<Shown> {
-    // Every source frame, leaf first: (index in `frames`, line, its name).
-    let mut lines: Vec<(usize, usize, Option<&str>)> = Vec::new();
-    for (i, addr) in frames.iter().enumerate() {
-        match resolved.get(addr).filter(|f| !f.is_empty()) {
-            Some(f) => lines.extend(
-                f.iter()
-                    .enumerate()
-                    .map(|(j, fr)| (i, j, Some(&fr.name[..]))),
-            ),
-            None => lines.push((i, 0, None)),
-        }
-    }
-    let machinery = |k: usize| {
-        let (i, j, name) = lines[k];
-        name.is_some()
-            && !OWN_FRAMES.contains(&frames[i])
-            && resolved[&frames[i]]
-                .get(j)
-                .is_some_and(symbolize::is_machinery_frame)
-    };
-    let start = (0..lines.len()).find(|&k| !machinery(k)).unwrap_or(0);
-    let mut end = lines.len();
-    if !crate::config::get().full_stacks {
-        let named_startup = |k: usize| {
-            let (i, j, name) = lines[k];
-            name.is_some()
-                && resolved[&frames[i]]
-                    .get(j)
-                    .is_some_and(symbolize::is_startup_frame)
-        };
-        // An address with no symbol is start-up when the code it calls
-        // is: the C library's process and thread entry (`start_thread`,
-        // `__libc_start_call_main`) have no symbol where its debug files
-        // are not installed.
-        let startup = |k: usize| match lines[k].2 {
-            Some(_) => named_startup(k),
-            None => (start..k)
-                .rev()
-                .find(|&j| lines[j].2.is_some())
-                .is_some_and(named_startup),
-        };
-        if let Some(last) = (start..lines.len()).rev().find(|&k| !startup(k)) {
-            end = last + 1;
-            // A test's or a spawn's `f::{{closure}}` around `f` itself.
-            if end >= start + 2
-                && let (Some(outer), Some(inner)) = (lines[end - 1].2, lines[end - 2].2)
-                && outer.strip_suffix("::{{closure}}") == Some(inner)
-            {
-                end -= 1;
+#[derive(Default)]
+pub(crate) struct Trimmer {
+    /// Every source frame of the stack being trimmed, leaf first: (index
+    /// in its frames, line, whether it has a name).
+    lines: Vec<(usize, usize, bool)>,
+    /// What [`Trimmer::trim`] returns.
+    shown: Vec<Shown>,
+}
+
+impl Trimmer {
+    /// The frames of `frames` a profile shows. Reuses the trimmer's
+    /// buffers: a profile trims every site's stack, tens of thousands of
+    /// them, and no stack allocates once the buffers have grown.
+    pub(crate) fn trim(
+        &mut self,
+        frames: &[usize],
+        resolved: &HashMap<usize, Symbols>,
+    ) -> &[Shown] {
+        let lines = &mut self.lines;
+        lines.clear();
+        for (i, addr) in frames.iter().enumerate() {
+            match resolved.get(addr).filter(|f| !f.is_empty()) {
+                Some(f) => lines.extend((0..f.len()).map(|j| (i, j, true))),
+                None => lines.push((i, 0, false)),
             }
         }
-    }
-    let mut shown: Vec<Shown> = Vec::new();
-    for &(i, j, name) in &lines[start..end] {
-        let width = usize::from(name.is_some());
-        match shown.last_mut() {
-            Some(last) if last.addr == frames[i] && last.lines.1 == j => last.lines.1 = j + width,
-            _ => shown.push(Shown {
-                addr: frames[i],
-                lines: (j, j + width),
-            }),
+        let lines = &*lines;
+        let symbol = |k: usize| {
+            let (i, j, named) = lines[k];
+            named.then(|| &resolved[&frames[i]][j])
+        };
+        let machinery = |k: usize| {
+            !OWN_FRAMES.contains(&frames[lines[k].0])
+                && symbol(k).is_some_and(symbolize::is_machinery_frame)
+        };
+        let start = (0..lines.len()).find(|&k| !machinery(k)).unwrap_or(0);
+        let mut end = lines.len();
+        if !crate::config::get().full_stacks {
+            let named_startup = |k: usize| symbol(k).is_some_and(symbolize::is_startup_frame);
+            // An address with no symbol is start-up when the code it calls
+            // is: the C library's process and thread entry (`start_thread`,
+            // `__libc_start_call_main`) have no symbol where its debug files
+            // are not installed.
+            let startup = |k: usize| match lines[k].2 {
+                true => named_startup(k),
+                false => (start..k)
+                    .rev()
+                    .find(|&j| lines[j].2)
+                    .is_some_and(named_startup),
+            };
+            if let Some(last) = (start..lines.len()).rev().find(|&k| !startup(k)) {
+                end = last + 1;
+                // A test's or a spawn's `f::{{closure}}` around `f` itself.
+                if end >= start + 2
+                    && let (Some(outer), Some(inner)) = (symbol(end - 1), symbol(end - 2))
+                    && outer.name.strip_suffix("::{{closure}}") == Some(&inner.name[..])
+                {
+                    end -= 1;
+                }
+            }
         }
+        let shown = &mut self.shown;
+        shown.clear();
+        for &(i, j, named) in &lines[start..end] {
+            let width = usize::from(named);
+            match shown.last_mut() {
+                Some(last) if last.addr == frames[i] && last.lines.1 == j => {
+                    last.lines.1 = j + width
+                }
+                _ => shown.push(Shown {
+                    addr: frames[i],
+                    lines: (j, j + width),
+                }),
+            }
+        }
+        shown
     }
-    shown
 }
 
 /// The profile's strings, each stored once; index 0 is "" as the format
@@ -413,6 +424,7 @@ struct Builder {
     mappings: Vec<Mapping>,
     profile: proto::Profile,
     resolved: HashMap<usize, Symbols>,
+    trimmer: Trimmer,
 }
 
 impl Builder {
@@ -537,12 +549,16 @@ impl Builder {
     }
 
     /// The site's locations, leaf first, allocation machinery trimmed (see
-    /// [`trim`]).
+    /// [`Trimmer`]).
     fn trimmed_locations(&mut self, frames: &[usize]) -> Vec<u64> {
-        trim(frames, &self.resolved)
-            .into_iter()
-            .map(|shown| self.location(shown))
-            .collect()
+        let mut trimmer = std::mem::take(&mut self.trimmer);
+        let ids = trimmer
+            .trim(frames, &self.resolved)
+            .iter()
+            .map(|&shown| self.location(shown))
+            .collect();
+        self.trimmer = trimmer;
+        ids
     }
 
     fn location(&mut self, shown: Shown) -> u64 {

@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
 
+use crate::record::sites::SiteCopy;
 use crate::record::stack::{CUT, NOT_UNWOUND, OWN_FRAMES};
 use crate::support::lock::{Lockable, Mutex, rank};
 use crate::support::mappings::{self, LoaderCounts, Mapping};
@@ -146,13 +147,15 @@ pub(crate) fn resolve_all(addrs: impl IntoIterator<Item = usize>) -> HashMap<usi
     resolve_all_within(addrs, own::BUDGET, true)
 }
 
-/// The symbols a profile of `addrs` shows: every address's, or with
+/// The symbols a profile of `sites` shows: every frame's, or with
 /// `addresses_only` (the server symbolizes) only the names heapprof gives
 /// frames of its own making ([`OWN_FRAMES`]).
-pub(crate) fn for_profile(
-    addrs: impl IntoIterator<Item = usize>,
-    addresses_only: bool,
-) -> HashMap<usize, Symbols> {
+pub(crate) fn for_profile(sites: &[SiteCopy], addresses_only: bool) -> HashMap<usize, Symbols> {
+    // Listed in one allocation of the right size: at a full table the
+    // frames number hundreds of thousands, which a list grown by doubling
+    // would copy about twice over.
+    let mut addrs = Vec::with_capacity(sites.iter().map(|s| s.frames.len()).sum());
+    addrs.extend(sites.iter().flat_map(|s| s.frames.iter().copied()));
     if addresses_only {
         let mut out = HashMap::new();
         for addr in addrs {
@@ -218,6 +221,7 @@ fn resolve_all_within(
     budget: own::Budget,
     with_index: bool,
 ) -> HashMap<usize, Symbols> {
+    // A `Vec` passed in is sorted where it is, not copied.
     let mut wanted: Vec<usize> = addrs.into_iter().collect();
     wanted.sort_unstable();
     wanted.dedup();
@@ -990,7 +994,13 @@ mod tests {
         use crate::record::stack::{CUT, NOT_UNWOUND};
         let own = own_frames_are_named_even_for_the_server as *const () as usize;
         for addresses_only in [false, true] {
-            let resolved = super::for_profile([own, NOT_UNWOUND, CUT, own], addresses_only);
+            let site = crate::record::sites::SiteCopy {
+                frames: vec![own, NOT_UNWOUND, CUT, own],
+                counts: Default::default(),
+                overflow: false,
+                labels: Default::default(),
+            };
+            let resolved = super::for_profile(&[site], addresses_only);
             for (addr, name) in [
                 (NOT_UNWOUND, super::NOT_UNWOUND_FUNCTION),
                 (CUT, super::CUT_FUNCTION),

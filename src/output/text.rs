@@ -89,14 +89,12 @@ fn write_here<W: Write>(
     options: &pprof::Options,
 ) -> io::Result<()> {
     let comments = &options.comments;
-    let resolved = symbolize::for_profile(
-        sites.iter().flat_map(|s| s.frames.iter().copied()),
-        options.addresses_only,
-    );
+    let resolved = symbolize::for_profile(sites, options.addresses_only);
+    let mut trimmer = pprof::Trimmer::default();
     let mut records: Vec<SiteRecords> = sites
         .iter()
         .filter(|s| s.counts.sampled_allocs > 0)
-        .map(|s| SiteRecords::new(s, &resolved))
+        .map(|s| SiteRecords::new(s, &resolved, &mut trimmer))
         .collect();
     records.sort_by(|a, b| {
         b.values[1]
@@ -263,7 +261,11 @@ struct SiteRecords {
 }
 
 impl SiteRecords {
-    fn new(site: &SiteCopy, resolved: &HashMap<usize, Symbols>) -> SiteRecords {
+    fn new(
+        site: &SiteCopy,
+        resolved: &HashMap<usize, Symbols>,
+        trimmer: &mut pprof::Trimmer,
+    ) -> SiteRecords {
         let c: &SiteCounts = &site.counts;
         // Rounding and a sample counted freed can leave -0.4 or so.
         let whole = |x: f64| x.round().max(0.0) as i64;
@@ -274,7 +276,7 @@ impl SiteRecords {
                 whole(c.alloc_objects_est),
                 whole(c.alloc_bytes_est),
             ],
-            frames: pprof::trim(&site.frames, resolved),
+            frames: trimmer.trim(&site.frames, resolved).to_vec(),
             overflow: site.overflow,
             labels: crate::labels::table::get(site.labels),
         }

@@ -9,6 +9,11 @@ use super::*;
 use crate::output::symbolize::Symbol;
 use crate::record::sites::SiteCounts;
 
+/// What a profile shows of `frames`, by a trimmer of its own.
+fn trim(frames: &[usize], resolved: &HashMap<usize, Symbols>) -> Vec<Shown> {
+    Trimmer::default().trim(frames, resolved).to_vec()
+}
+
 /// Addresses in the first page, which nothing maps: they resolve to no
 /// symbol and lie in no mapping.
 const A: usize = 0x110;
@@ -450,6 +455,31 @@ fn an_unknown_address_that_calls_start_up_code_is_start_up() {
         trim(&[0x80, c_callback, 0x90, start_thread, 0xb0], &r),
         [shown(0x80, (0, 1)), shown(c_callback, (0, 0))]
     );
+}
+
+/// A trimmer used for one stack after another trims each as a fresh one
+/// does: nothing of a longer stack before is left in its buffers.
+#[test]
+fn a_reused_trimmer_trims_each_stack_on_its_own() {
+    assert_start_up_frames_are_cut();
+    let r = resolved(&[
+        (0x10, &["__rust_alloc"]),
+        (0x20, &["myprog::main"]),
+        (0x30, &["std::rt::lang_start_internal"]),
+        (0x40, &["main"]),
+        (0x80, &["myprog::worker", "myprog::inlined"]),
+        (0x90, &["std::sys::thread::unix::Thread::new::thread_start"]),
+    ]);
+    let stacks: [&[usize]; 4] = [
+        &[0x10, 0x20, 0x30, 0x40],
+        &[0x80, 0x90],
+        &[0x10, 0x80, 0x55, 0x20, 0x30],
+        &[0x10],
+    ];
+    let mut trimmer = Trimmer::default();
+    for stack in stacks.iter().chain(stacks.iter().rev()) {
+        assert_eq!(trimmer.trim(stack, &r), trim(stack, &r), "{stack:x?}");
+    }
 }
 
 /// A stack that is all machinery keeps it all; one whose only frames past
