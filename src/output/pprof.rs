@@ -181,11 +181,14 @@ pub(crate) fn site_table_full_note() -> String {
     )
 }
 
-/// Encodes `profile` as a gzip-compressed protobuf.
+/// Encodes `profile` as a gzip-compressed protobuf, at the fastest level
+/// (as Go's profiles are): at a full site table, the default level spends
+/// about as long compressing as the rest of the build takes, for a body
+/// about 6 % smaller.
 pub(crate) fn encode<W: Write>(profile: &proto::Profile, w: W) -> io::Result<()> {
     with_build_stack(|| {
         let bytes = profile.encode_to_vec();
-        let mut gz = GzEncoder::new(Retrying::new(w), Compression::default());
+        let mut gz = GzEncoder::new(Retrying::new(w), Compression::fast());
         gz.write_all(&bytes)?;
         gz.finish()?.flush()
     })
