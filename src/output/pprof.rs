@@ -268,8 +268,7 @@ fn build_here(sites: &[SiteCopy], rate: usize, options: Options) -> proto::Profi
         series_label_keys: options.series_label_keys.clone(),
         mappings: mappings::current(),
         profile: proto::Profile::default(),
-        resolved,
-        trimmer: Trimmer::default(),
+        trimmer: Trimmer::new(resolved),
     };
     b.header(rate, &options, sites);
     b.profile.sample.reserve_exact(sites.len());
@@ -306,62 +305,126 @@ pub(crate) struct Shown {
 /// machinery (an allocation made by the runtime itself) keeps everything
 /// above the leaf cut's limit, and one that is all start-up keeps its
 /// start-up frames.
-#[derive(Default)]
 pub(crate) struct Trimmer {
-    /// Every source frame of the stack being trimmed, leaf first: (index
-    /// in its frames, line, whether it has a name).
-    lines: Vec<(usize, usize, bool)>,
+    /// The names of the addresses of the stacks trimmed.
+    resolved: HashMap<usize, Symbols>,
+    /// Each address's source frames as trimming reads them, found at the
+    /// first stack the address is in: the stacks of one profile share
+    /// most of their addresses (start-up above all), and reading a name
+    /// and path costs far more than a lookup here.
+    kinds: HashMap<usize, Box<[Kind]>>,
+    /// Every source frame of the stack being trimmed, leaf first.
+    lines: Vec<Line>,
     /// What [`Trimmer::trim`] returns.
     shown: Vec<Shown>,
 }
 
+/// What trimming reads of a named source frame.
+#[derive(Clone, Copy)]
+struct Kind {
+    machinery: bool,
+    startup: bool,
+}
+
+impl Kind {
+    /// The kinds of the source frames at `addr`, innermost first; none for
+    /// an address without a name.
+    fn of(addr: usize, symbols: Option<&Symbols>) -> Box<[Kind]> {
+        let Some(symbols) = symbols else {
+            return Box::default();
+        };
+        symbols
+            .iter()
+            .map(|symbol| Kind {
+                // heapprof's own frames are where a stack was cut or not
+                // unwound: shown, whatever their name says.
+                machinery: !OWN_FRAMES.contains(&addr) && symbolize::is_machinery_frame(symbol),
+                startup: symbolize::is_startup_frame(symbol),
+            })
+            .collect()
+    }
+}
+
+/// One source frame of a stack: the index of its address in the stack,
+/// its index among the address's source frames, and its kind (none for an
+/// address without a name, which stands as one line).
+#[derive(Clone, Copy)]
+struct Line {
+    frame: usize,
+    line: usize,
+    kind: Option<Kind>,
+}
+
 impl Trimmer {
+    /// A trimmer of stacks whose addresses' names are `resolved`.
+    pub(crate) fn new(resolved: HashMap<usize, Symbols>) -> Trimmer {
+        Trimmer {
+            resolved,
+            kinds: HashMap::new(),
+            lines: Vec::new(),
+            shown: Vec::new(),
+        }
+    }
+
+    /// The names the trimmer was made with.
+    pub(crate) fn resolved(&self) -> &HashMap<usize, Symbols> {
+        &self.resolved
+    }
+
+    /// What the last call to [`Trimmer::trim`] returned.
+    fn last(&self) -> &[Shown] {
+        &self.shown
+    }
+
     /// The frames of `frames` a profile shows. Reuses the trimmer's
     /// buffers: a profile trims every site's stack, tens of thousands of
     /// them, and no stack allocates once the buffers have grown.
-    pub(crate) fn trim(
-        &mut self,
-        frames: &[usize],
-        resolved: &HashMap<usize, Symbols>,
-    ) -> &[Shown] {
+    pub(crate) fn trim(&mut self, frames: &[usize]) -> &[Shown] {
         let lines = &mut self.lines;
         lines.clear();
-        for (i, addr) in frames.iter().enumerate() {
-            match resolved.get(addr).filter(|f| !f.is_empty()) {
-                Some(f) => lines.extend((0..f.len()).map(|j| (i, j, true))),
-                None => lines.push((i, 0, false)),
+        for (frame, addr) in frames.iter().enumerate() {
+            let kinds = self
+                .kinds
+                .entry(*addr)
+                .or_insert_with(|| Kind::of(*addr, self.resolved.get(addr)));
+            if kinds.is_empty() {
+                lines.push(Line {
+                    frame,
+                    line: 0,
+                    kind: None,
+                });
             }
+            lines.extend(kinds.iter().enumerate().map(|(line, &kind)| Line {
+                frame,
+                line,
+                kind: Some(kind),
+            }));
         }
         let lines = &*lines;
-        let symbol = |k: usize| {
-            let (i, j, named) = lines[k];
-            named.then(|| &resolved[&frames[i]][j])
-        };
-        let machinery = |k: usize| {
-            !OWN_FRAMES.contains(&frames[lines[k].0])
-                && symbol(k).is_some_and(symbolize::is_machinery_frame)
-        };
+        let machinery = |k: usize| lines[k].kind.is_some_and(|kind| kind.machinery);
         let start = (0..lines.len()).find(|&k| !machinery(k)).unwrap_or(0);
         let mut end = lines.len();
         if !crate::config::get().full_stacks {
-            let named_startup = |k: usize| symbol(k).is_some_and(symbolize::is_startup_frame);
             // An address with no symbol is start-up when the code it calls
             // is: the C library's process and thread entry (`start_thread`,
             // `__libc_start_call_main`) have no symbol where its debug files
             // are not installed.
-            let startup = |k: usize| match lines[k].2 {
-                true => named_startup(k),
-                false => (start..k)
+            let startup = |k: usize| {
+                (start..=k)
                     .rev()
-                    .find(|&j| lines[j].2)
-                    .is_some_and(named_startup),
+                    .find_map(|j| lines[j].kind)
+                    .is_some_and(|kind| kind.startup)
             };
             if let Some(last) = (start..lines.len()).rev().find(|&k| !startup(k)) {
                 end = last + 1;
                 // A test's or a spawn's `f::{{closure}}` around `f` itself.
+                let name = |k: usize| {
+                    let Line { frame, line, kind } = lines[k];
+                    kind.map(|_| &self.resolved[&frames[frame]][line].name[..])
+                };
                 if end >= start + 2
-                    && let (Some(outer), Some(inner)) = (symbol(end - 1), symbol(end - 2))
-                    && outer.name.strip_suffix("::{{closure}}") == Some(&inner.name[..])
+                    && let (Some(outer), Some(inner)) = (name(end - 1), name(end - 2))
+                    && outer.strip_suffix("::{{closure}}") == Some(inner)
                 {
                     end -= 1;
                 }
@@ -369,15 +432,15 @@ impl Trimmer {
         }
         let shown = &mut self.shown;
         shown.clear();
-        for &(i, j, named) in &lines[start..end] {
-            let width = usize::from(named);
+        for &Line { frame, line, kind } in &lines[start..end] {
+            let width = usize::from(kind.is_some());
             match shown.last_mut() {
-                Some(last) if last.addr == frames[i] && last.lines.1 == j => {
-                    last.lines.1 = j + width
+                Some(last) if last.addr == frames[frame] && last.lines.1 == line => {
+                    last.lines.1 = line + width
                 }
                 _ => shown.push(Shown {
-                    addr: frames[i],
-                    lines: (j, j + width),
+                    addr: frames[frame],
+                    lines: (line, line + width),
                 }),
             }
         }
@@ -426,7 +489,7 @@ struct Builder {
     series_label_keys: Option<Vec<String>>,
     mappings: Vec<Mapping>,
     profile: proto::Profile,
-    resolved: HashMap<usize, Symbols>,
+    /// Trims the sites' stacks; holds the names of their addresses.
     trimmer: Trimmer,
 }
 
@@ -554,14 +617,13 @@ impl Builder {
     /// The site's locations, leaf first, allocation machinery trimmed (see
     /// [`Trimmer`]).
     fn trimmed_locations(&mut self, frames: &[usize]) -> Vec<u64> {
-        let mut trimmer = std::mem::take(&mut self.trimmer);
-        let ids = trimmer
-            .trim(frames, &self.resolved)
-            .iter()
-            .map(|&shown| self.location(shown))
-            .collect();
-        self.trimmer = trimmer;
-        ids
+        let n = self.trimmer.trim(frames).len();
+        (0..n)
+            .map(|k| {
+                let shown = self.trimmer.last()[k];
+                self.location(shown)
+            })
+            .collect()
     }
 
     fn location(&mut self, shown: Shown) -> u64 {
@@ -570,7 +632,12 @@ impl Builder {
         }
         let addr = shown.addr;
         let id = self.profile.location.len() as u64 + 1;
-        let frames = self.resolved.get(&addr).cloned().unwrap_or_default();
+        let frames = self
+            .trimmer
+            .resolved()
+            .get(&addr)
+            .cloned()
+            .unwrap_or_default();
         let (from, to) = shown.lines;
         let line = frames
             .get(from..to.min(frames.len()))
@@ -661,7 +728,8 @@ impl Builder {
             };
             used[i] = true;
             let frames = self
-                .resolved
+                .trimmer
+                .resolved()
                 .get(&(loc.address as usize + 1))
                 .cloned()
                 .unwrap_or_default();

@@ -57,12 +57,11 @@
 //! symbolize against the binary. The `# heapprof stats` lines come before
 //! it: pprof skips `#` lines among the records but not inside the map.
 
-use std::collections::HashMap;
 use std::io::{self, Write};
 
 use crate::labels::table::Label;
 use crate::output::pprof;
-use crate::output::symbolize::{self, Symbols};
+use crate::output::symbolize;
 use crate::record::sites::{SiteCopy, SiteCounts};
 use crate::support::mappings;
 
@@ -89,12 +88,11 @@ fn write_here<W: Write>(
     options: &pprof::Options,
 ) -> io::Result<()> {
     let comments = &options.comments;
-    let resolved = symbolize::for_profile(sites, options.addresses_only);
-    let mut trimmer = pprof::Trimmer::default();
+    let mut trimmer = pprof::Trimmer::new(symbolize::for_profile(sites, options.addresses_only));
     let mut records: Vec<SiteRecords> = sites
         .iter()
         .filter(|s| s.counts.sampled_allocs > 0)
-        .map(|s| SiteRecords::new(s, &resolved, &mut trimmer))
+        .map(|s| SiteRecords::new(s, &mut trimmer))
         .collect();
     records.sort_by(|a, b| {
         b.values[1]
@@ -131,7 +129,10 @@ fn write_here<W: Write>(
         }
         writeln!(w)?;
         for shown in &r.frames {
-            let frames = resolved.get(&shown.addr).map_or(&[][..], |f| &f[..]);
+            let frames = trimmer
+                .resolved()
+                .get(&shown.addr)
+                .map_or(&[][..], |f| &f[..]);
             // The call instruction, as in the binary profile.
             let call = shown.addr.saturating_sub(1);
             if frames.is_empty() {
@@ -261,11 +262,7 @@ struct SiteRecords {
 }
 
 impl SiteRecords {
-    fn new(
-        site: &SiteCopy,
-        resolved: &HashMap<usize, Symbols>,
-        trimmer: &mut pprof::Trimmer,
-    ) -> SiteRecords {
+    fn new(site: &SiteCopy, trimmer: &mut pprof::Trimmer) -> SiteRecords {
         let c: &SiteCounts = &site.counts;
         // Rounding and a sample counted freed can leave -0.4 or so.
         let whole = |x: f64| x.round().max(0.0) as i64;
@@ -276,7 +273,7 @@ impl SiteRecords {
                 whole(c.alloc_objects_est),
                 whole(c.alloc_bytes_est),
             ],
-            frames: trimmer.trim(&site.frames, resolved).to_vec(),
+            frames: trimmer.trim(&site.frames).to_vec(),
             overflow: site.overflow,
             labels: crate::labels::table::get(site.labels),
         }

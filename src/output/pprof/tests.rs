@@ -11,7 +11,7 @@ use crate::record::sites::SiteCounts;
 
 /// What a profile shows of `frames`, by a trimmer of its own.
 fn trim(frames: &[usize], resolved: &HashMap<usize, Symbols>) -> Vec<Shown> {
-    Trimmer::default().trim(frames, resolved).to_vec()
+    Trimmer::new(resolved.clone()).trim(frames).to_vec()
 }
 
 /// Addresses in the first page, which nothing maps: they resolve to no
@@ -476,9 +476,9 @@ fn a_reused_trimmer_trims_each_stack_on_its_own() {
         &[0x10, 0x80, 0x55, 0x20, 0x30],
         &[0x10],
     ];
-    let mut trimmer = Trimmer::default();
+    let mut trimmer = Trimmer::new(r.clone());
     for stack in stacks.iter().chain(stacks.iter().rev()) {
-        assert_eq!(trimmer.trim(stack, &r), trim(stack, &r), "{stack:x?}");
+        assert_eq!(trimmer.trim(stack), trim(stack, &r), "{stack:x?}");
     }
 }
 
