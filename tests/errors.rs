@@ -402,6 +402,14 @@ fn child_runs_out_of_descriptors() {
     let files = heapprof_testkit::process::use_up_descriptors();
     let name = "errors::held_while_descriptors_run_out";
     println!("without={}", heapprof::snapshot().inuse_bytes_in(name));
+    // Each profile meanwhile looks the executable's addresses up again
+    // and keeps nothing of what it found: the symbols kept stay put.
+    let kept: Vec<usize> = (0..6)
+        .map(
+            |_| heapprof_testkit::profile::symbol_bytes(&heapprof_testkit::profile::take_profile()),
+        )
+        .collect();
+    println!("kept_second={} kept_last={}", kept[1], kept[5]);
     drop(files);
     println!("with={}", heapprof::snapshot().inuse_bytes_in(name));
     drop(held);
@@ -416,6 +424,12 @@ fn names_come_back_when_descriptors_do() {
         "child_runs_out_of_descriptors",
         &[("HEAPPROF_SAMPLE_RATE", "1")],
     );
+    println!("{stdout}");
     assert_eq!(printed_number(&stdout, "without="), 0, "{stdout}");
+    assert_eq!(
+        printed_number(&stdout, "kept_second="),
+        printed_number(&stdout, "kept_last="),
+        "{stdout}"
+    );
     assert_eq!(printed_number(&stdout, "with="), 4 << 20, "{stdout}");
 }

@@ -99,7 +99,7 @@ pub(crate) struct Config {
     /// `HEAPPROF_UNWIND`: `auto` (default), `dwarf` or `frame-pointers`.
     pub unwinder: Unwinder,
     /// `HEAPPROF_FULL_STACKS=1`: keep the process and thread start-up
-    /// frames below the program's own (see `output::pprof::trim`).
+    /// frames below the program's own (see `output::pprof::Trimmer`).
     pub full_stacks: bool,
     /// `HEAPPROF_SYMBOLIZE`: `true` (`on`, the default) names the frames
     /// of the profiles heapprof writes; `false` (`off`) writes mappings

@@ -271,13 +271,21 @@ fn build_here(sites: &[SiteCopy], rate: usize, options: Options) -> proto::Profi
         trimmer: Trimmer::new(resolved),
     };
     b.header(rate, &options, sites);
-    b.profile.sample.reserve_exact(sites.len());
+    b.profile
+        .sample
+        .reserve_exact(sites.iter().filter(|s| shows(s)).count());
     for site in sites {
         b.add_site(site);
     }
     b.add_mappings(!options.addresses_only);
     b.profile.string_table = b.strings.strings;
     b.profile
+}
+
+/// Whether a profile has a sample for `site`: not when nothing happened
+/// there (in a delta: nothing in between).
+fn shows(site: &SiteCopy) -> bool {
+    site.counts.sampled_allocs != 0 || site.counts.sampled_frees != 0
 }
 
 /// One address of a stack as a profile shows it: the address and which of
@@ -552,10 +560,10 @@ impl Builder {
     }
 
     fn add_site(&mut self, site: &SiteCopy) {
-        let c = &site.counts;
-        if c.sampled_allocs == 0 && c.sampled_frees == 0 {
-            return; // nothing happened here (in a delta: nothing in between)
+        if !shows(site) {
+            return;
         }
+        let c = &site.counts;
         let location_id = if site.overflow {
             vec![self.overflow_location()]
         } else {

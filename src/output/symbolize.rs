@@ -151,22 +151,22 @@ pub(crate) fn resolve_all(addrs: impl IntoIterator<Item = usize>) -> HashMap<usi
 /// `addresses_only` (the server symbolizes) only the names heapprof gives
 /// frames of its own making ([`OWN_FRAMES`]).
 pub(crate) fn for_profile(sites: &[SiteCopy], addresses_only: bool) -> HashMap<usize, Symbols> {
-    // Listed in one allocation of the right size: at a full table the
-    // frames number hundreds of thousands, which a list grown by doubling
-    // would copy about twice over.
-    let mut addrs = Vec::with_capacity(sites.iter().map(|s| s.frames.len()).sum());
-    addrs.extend(sites.iter().flat_map(|s| s.frames.iter().copied()));
+    let frames = || sites.iter().flat_map(|s| s.frames.iter().copied());
     if addresses_only {
         let mut out = HashMap::new();
-        for addr in addrs {
+        for addr in frames() {
             if let Some(symbols) = own_frame(addr) {
                 out.entry(addr).or_insert(symbols);
             }
         }
-        out
-    } else {
-        resolve_all(addrs)
+        return out;
     }
+    // Listed in one allocation of the right size: at a full table the
+    // frames number hundreds of thousands, which a list grown by doubling
+    // would copy about twice over.
+    let mut addrs = Vec::with_capacity(sites.iter().map(|s| s.frames.len()).sum());
+    addrs.extend(frames());
+    resolve_all(addrs)
 }
 
 /// The name under which samples recorded without unwinding appear.
@@ -349,6 +349,7 @@ fn resolve_all_within(
     drop(own_object);
     trim_heap(this_thread_allocated_bytes() - allocated_before);
     let unopened = unopened_files(&resolved, &objects);
+    let mut not_kept = 0;
     {
         let mut cache = CACHE.lock();
         let cache = cache.get_or_insert_with(|| Cache {
@@ -360,24 +361,40 @@ fn resolve_all_within(
         // would then not come again for them). Nothing found in a file
         // that could not be opened is not kept: the next profile tries
         // again, when the program may have descriptors to spare.
-        if cache.loader == loader {
-            for (addr, frames) in &resolved {
-                let in_unopened = || {
-                    object_of(&objects, *addr).is_some_and(|m| unopened.contains(&m.path.as_str()))
-                };
-                if frames.is_empty() && in_unopened() {
-                    continue;
-                }
+        let fresh = cache.loader == loader;
+        for (addr, frames) in &resolved {
+            let in_unopened =
+                || object_of(&objects, *addr).is_some_and(|m| unopened.contains(&m.path.as_str()));
+            if fresh && !(frames.is_empty() && in_unopened()) {
                 cache.frames.insert(*addr, frames.clone());
+            } else {
+                // Given to this profile alone, and freed after it: not kept.
+                not_kept += heap_bytes(frames);
             }
         }
     }
     drop(unopened);
     let list_bytes = resolved.capacity() * std::mem::size_of::<(usize, Symbols)>();
-    let kept = this_thread_net_bytes() - before - list_bytes as i64;
+    let kept = this_thread_net_bytes() - before - (list_bytes + not_kept) as i64;
     KEPT_BYTES.fetch_add(kept, Relaxed);
     out.extend(resolved);
     out
+}
+
+/// The heap bytes `symbols` holds alone: its shared block (two counts
+/// and the frames) and its strings.
+fn heap_bytes(symbols: &Symbols) -> usize {
+    let block = std::alloc::Layout::new::<[usize; 2]>()
+        .extend(
+            std::alloc::Layout::array::<Symbol>(symbols.len())
+                .unwrap_or(std::alloc::Layout::new::<()>()),
+        )
+        .map_or(0, |(layout, _)| layout.pad_to_align().size());
+    let strings: usize = symbols
+        .iter()
+        .map(|s| s.name.capacity() + s.system_name.capacity() + s.file.capacity())
+        .sum();
+    block + strings
 }
 
 /// The files of `objects` that cannot be opened now (descriptors used up,
