@@ -182,9 +182,10 @@ pub(crate) fn site_table_full_note() -> String {
 }
 
 /// Encodes `profile` as a gzip-compressed protobuf, at the fastest level
-/// (as Go's profiles are): at a full site table, the default level spends
-/// about as long compressing as the rest of the build takes, for a body
-/// about 6 % smaller.
+/// (as Go's profiles are): the time is the service's, the bytes only the
+/// scraper's. Measured with `dev/benches/micro.rs` (10 000 sites), the
+/// default level builds the profile in 35 ms rather than 19, for a body
+/// of 34 KiB rather than 52; at a full table, a body 5 % smaller.
 pub(crate) fn encode<W: Write>(profile: &proto::Profile, w: W) -> io::Result<()> {
     with_build_stack(|| {
         let bytes = profile.encode_to_vec();
