@@ -424,7 +424,6 @@ fn names_come_back_when_descriptors_do() {
         "child_runs_out_of_descriptors",
         &[("HEAPPROF_SAMPLE_RATE", "1")],
     );
-    println!("{stdout}");
     assert_eq!(printed_number(&stdout, "without="), 0, "{stdout}");
     assert_eq!(
         printed_number(&stdout, "kept_second="),

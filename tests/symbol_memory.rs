@@ -312,8 +312,8 @@ fn profiles_of_named_sites_leave_the_symbols_kept_as_they_were() {
 /// kept as a location id (8) and encoded (a few bytes); each site adds a
 /// few hundred bytes of records over its frames (about 14 frames a site
 /// in release, 33 in debug). Measured: 81 bytes a frame in release, 58
-/// in debug; trimming each stack through a list of its own, grown by
-/// doubling at 32 bytes per source line, 461 and 281.
+/// in debug. A list of source lines per stack, grown by doubling at 32
+/// bytes a line, would pass the bound several times over.
 const PROFILE_BYTES_PER_FRAME_AT_MOST: i64 = 160;
 
 fn child_profile_allocation() {

@@ -387,7 +387,8 @@ impl Trimmer {
 
     /// The frames of `frames` a profile shows. Reuses the trimmer's
     /// buffers: a profile trims every site's stack, tens of thousands of
-    /// them, and no stack allocates once the buffers have grown.
+    /// them, and a stack allocates only for addresses no stack before it
+    /// had, once the buffers have grown.
     pub(crate) fn trim(&mut self, frames: &[usize]) -> &[Shown] {
         let lines = &mut self.lines;
         lines.clear();

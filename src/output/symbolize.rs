@@ -20,6 +20,7 @@
 //! lock).
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
 
@@ -155,8 +156,10 @@ pub(crate) fn for_profile(sites: &[SiteCopy], addresses_only: bool) -> HashMap<u
     if addresses_only {
         let mut out = HashMap::new();
         for addr in frames() {
-            if let Some(symbols) = own_frame(addr) {
-                out.entry(addr).or_insert(symbols);
+            if !out.contains_key(&addr)
+                && let Some(symbols) = own_frame(addr)
+            {
+                out.insert(addr, symbols);
             }
         }
         return out;
@@ -277,7 +280,8 @@ fn resolve_all_within(
     // entries) is the profiler's memory as much as its tables are: the
     // change in this thread's net allocated bytes across it, less the
     // `resolved` list, which goes away below (`out` was sized up front and
-    // does not grow).
+    // does not grow), and less what is found but not cached, which goes
+    // away with `out`.
     let before = this_thread_net_bytes();
     let allocated_before = this_thread_allocated_bytes();
     // heapprof's own object (usually the executable, with the most debug
@@ -365,9 +369,18 @@ fn resolve_all_within(
         for (addr, frames) in &resolved {
             let in_unopened =
                 || object_of(&objects, *addr).is_some_and(|m| unopened.contains(&m.path.as_str()));
-            if fresh && !(frames.is_empty() && in_unopened()) {
-                cache.frames.insert(*addr, frames.clone());
-            } else {
+            let cached = fresh
+                && !(frames.is_empty() && in_unopened())
+                && match cache.frames.entry(*addr) {
+                    // Another profile's lookup of the same address, which
+                    // that profile counted: it stays.
+                    Entry::Occupied(_) => false,
+                    Entry::Vacant(entry) => {
+                        entry.insert(frames.clone());
+                        true
+                    }
+                };
+            if !cached {
                 // Given to this profile alone, and freed after it: not kept.
                 not_kept += heap_bytes(frames);
             }
@@ -381,8 +394,9 @@ fn resolve_all_within(
     out
 }
 
-/// The heap bytes `symbols` holds alone: its shared block (two counts
-/// and the frames) and its strings.
+/// The heap bytes of a `Symbols` no other holds, as `Symbols::from(Vec)`
+/// makes it: Arc's block (two counts, then the frames, padded to their
+/// alignment) and each frame's strings.
 fn heap_bytes(symbols: &Symbols) -> usize {
     let block = std::alloc::Layout::new::<[usize; 2]>()
         .extend(
