@@ -85,9 +85,15 @@ fn names(dir: &Path) -> Vec<String> {
     names
 }
 
+/// 16 MiB in 64 KiB blocks, held so that every child records a peak.
+/// A peak needs a sampled estimate past 1 MiB: two samples (each stands
+/// for 64 KiB / (1 - e^(-64/512)) = 544 KiB at the default 512 KiB rate).
+/// Each block is sampled with p = 1 - e^(-1/8) = 0.1175, so 256 blocks give
+/// fewer than two samples with probability (1 + 256 p / (1 - p)) (1 - p)^256
+/// = 4e-13 (with 64 blocks, 3.2e-3).
 #[inline(never)]
 fn held_until_exit() -> Vec<Vec<u8>> {
-    std::hint::black_box((0..64).map(|_| vec![7u8; 64 * 1024]).collect())
+    std::hint::black_box((0..256).map(|_| vec![7u8; 64 * 1024]).collect())
 }
 
 /// Allocates and frees for `d`, so that a series has samples to wake on.
@@ -100,7 +106,7 @@ fn churn_for(d: Duration) {
     }
 }
 
-/// The children's side: holds 4 MiB until exit (so a peak is recorded and
+/// The children's side: holds 16 MiB until exit (so a peak is recorded and
 /// the exit dump has something live), churns for `HEAPPROF_TEST_CHURN_MS`
 /// (a series fires meanwhile), and prints its process id.
 #[test]

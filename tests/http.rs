@@ -516,7 +516,7 @@ fn the_peak_profile_says_it_is_the_peak() {
 #[test]
 fn binary_profiles_are_attachments_named_after_the_profile() {
     let addr = server();
-    let held = hold_for_proto(512); // 2 MiB: a peak is recorded
+    let held = hold_for_proto(4096); // 16 MiB: a peak past 1 MiB for sure
     for (target, expected) in [
         ("/debug/pprof/heap", Some("attachment; filename=\"heap\"")),
         (
