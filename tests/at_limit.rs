@@ -146,9 +146,10 @@ fn child_scenarios() {
             set_percent(&cgroup, 85);
             std::thread::sleep(Duration::from_millis(300));
             assert_eq!(inode(&file), first.1, "re-armed at 75 %");
-            // 50 % is: the next crossing writes again.
+            // 50 % is: the next crossing writes again. Held for 40 of the
+            // watch's polls, so a loaded machine still lets one see it.
             set_percent(&cgroup, 50);
-            std::thread::sleep(Duration::from_millis(300));
+            std::thread::sleep(Duration::from_secs(2));
             set_percent(&cgroup, 85);
             wait_until("the second profile at 80 %", || inode(&file) != first.1);
             std::thread::sleep(Duration::from_millis(300));
@@ -312,16 +313,17 @@ fn each_threshold_is_written_once_as_the_heap_grows() {
         // Each 1 MiB block is sampled with probability p = 1 - e^(-MiB/rate)
         // and then weighs MiB/p, so the estimate of n blocks has a standard
         // deviation of MiB·sqrt(n(1-p)/p): 4.3 % of 85 MiB at the default
-        // 512 KiB. Within five of them (a tenth would be 2.3, which fails
-        // about one run in fifty).
+        // 512 KiB. Within six of them: with p = 0.86 the count of samples
+        // is skewed, and five below fails 4e-6 of runs at 85 blocks and
+        // 8e-6 at 97; six, under 1e-7.
         let held = cum(&live, "hold_mib", INUSE_SPACE) as f64;
         let truth = (held_mib * MIB) as f64;
         let p = 1.0 - (-(MIB as f64) / (512.0 * 1024.0)).exp();
         let sigma = MIB as f64 * (held_mib as f64 * (1.0 - p) / p).sqrt();
         assert!(
-            (held - truth).abs() < 5.0 * sigma,
+            (held - truth).abs() < 6.0 * sigma,
             "limit{threshold}: {held} bytes held, expected {truth} ± {}",
-            5.0 * sigma
+            6.0 * sigma
         );
         let peak_path = out.path().join(format!("heap.limit{threshold}.peak.pb.gz"));
         let peak = comments(&read_profile(&peak_path)).join("\n");

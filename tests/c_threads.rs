@@ -86,7 +86,7 @@ fn child_c_threads() {
     freeing_key();
     // The harness's main thread allocates once as it settles into waiting
     // for this test (a channel's waker): let it, before the window opens.
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    std::thread::sleep(std::time::Duration::from_millis(500));
 
     // First contact in a key destructor.
     let before = stats_counts();

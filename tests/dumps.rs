@@ -338,7 +338,8 @@ fn exit_dump_appears_and_decodes() {
         comments.iter().any(|c| c.contains("opens on alloc_space")),
         "{comments:?}"
     );
-    // 4 MiB in 64 KiB blocks at a 64 KiB rate: 64 samples; 5σ = 62 %.
+    // 4 MiB in 64 KiB blocks at a 64 KiB rate, each sampled with
+    // p = 1 - 1/e: about 40 samples; 5σ of the rate's bound = 62 %.
     assert_estimate(
         "held_until_exit at exit",
         cum(&p, "held_until_exit", INUSE_SPACE),
@@ -438,7 +439,7 @@ fn failing_output_path_is_reported_once() {
 
 /// Held by the tests that move the live heap by tens of MiB. The live
 /// estimate is the process's, shared by every test here: a growth series
-/// that took its baseline during another test's 200 MiB peak saw no growth
+/// that took its baseline during another test's peak saw no growth
 /// after it (one failure in a full run, once each step was given seconds).
 static BIG_HEAP_CHANGES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -446,9 +447,15 @@ fn big_heap_changes() -> std::sync::MutexGuard<'static, ()> {
     BIG_HEAP_CHANGES.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The MiB `transient_peak` holds: more than 1.1 times the most any other
+/// test here holds (the growth series' four steps), or the peak copy is not
+/// taken again (the next is taken 10 % above the last).
+const TRANSIENT_MIB: usize = 256;
+const _: () = assert!(TRANSIENT_MIB * 10 > 4 * GROWTH_STEP_MIB * 11);
+
 #[inline(never)]
 fn transient_peak() {
-    let blocks: Vec<Vec<u8>> = (0..200).map(|_| vec![1u8; 1 << 20]).collect();
+    let blocks: Vec<Vec<u8>> = (0..TRANSIENT_MIB).map(|_| vec![1u8; 1 << 20]).collect();
     std::hint::black_box(&blocks);
 }
 
@@ -459,7 +466,7 @@ fn guard_and_peak_profile() {
     let path = dir.path().join("guard.pb.gz");
     let peak_over = {
         let _g = heapprof::ProfileGuard::new(&path);
-        transient_peak(); // 200 MiB, freed before the guard writes
+        transient_peak(); // freed before the guard writes
         std::time::SystemTime::now()
     };
     let now = read_profile(&path);
@@ -476,11 +483,13 @@ fn guard_and_peak_profile() {
     let peak = decode(&gz);
     let held = cum(&peak, "transient_peak", INUSE_SPACE) as f64;
     // 1 MiB blocks at a 512 KiB rate are sampled with p = 0.86 and weight
-    // 1.16: the estimate of 200 of them has a relative error of ~3 %; and
-    // the copy is taken at the last 10 % step below the top.
+    // 1.16: the estimate of 256 of them has a relative error of ~2.5 %. The
+    // copy is taken at the last 10 % step below the top, so it shows at
+    // least top / 1.1 less a tenth of what else is live: 0.7 leaves
+    // room for 7σ and a baseline of tens of MiB.
     let mib = 1024.0 * 1024.0;
     assert!(
-        (0.8 * 200.0 * mib..1.1 * 200.0 * mib).contains(&held),
+        (0.7 * TRANSIENT_MIB as f64 * mib..1.1 * TRANSIENT_MIB as f64 * mib).contains(&held),
         "peak shows {} MiB",
         held / mib
     );
@@ -512,12 +521,14 @@ fn guard_and_peak_profile() {
             && &at[10..11] == "T",
         "{marked}"
     );
-    // The live sampled blocks it reports are the peak's: the 200 blocks of
-    // the transient at least, which are gone now.
+    // The live sampled blocks it reports are the peak's: most of the
+    // transient's, which are gone now. Of its 256 blocks about 221 are
+    // sampled (sd 5.5), and the copy, a 10 % step below the top, holds at
+    // least 1/1.1 of them less the baseline's share: 100 is 15σ away.
     let live_at_peak = live_sampled_blocks(&peak);
     let live_now = live_sampled_blocks(&read_profile(&path));
     assert!(
-        live_at_peak >= live_now + 150,
+        live_at_peak >= live_now + 100,
         "at the peak {live_at_peak}, now {live_now}"
     );
 
@@ -553,6 +564,9 @@ fn auto_dump_api_fires_on_allocated_bytes() {
     assert_eq!(read_profile(&first).sample_type.len(), 4);
 }
 
+/// Each step of the growth series' test, past its 32 MiB threshold.
+const GROWTH_STEP_MIB: usize = 48;
+
 #[inline(never)]
 fn grow_by(mib: usize) -> Vec<Vec<u8>> {
     (0..mib).map(|_| vec![3u8; 1 << 20]).collect()
@@ -573,21 +587,22 @@ fn auto_dump_api_fires_on_growth_and_on_a_timer() {
         .start()
         .unwrap();
     let pause = || std::thread::sleep(Duration::from_millis(20));
-    // Four steps of 40 MiB held, each past the 32 MiB growth threshold,
-    // each given time to be dumped before the next. A step's estimate
-    // falls below the threshold 0.07 % of the time (40 blocks of 1 MiB,
-    // each seen with p = 1 - e^-2: σ = 2.5 MiB, 3.2 σ): one step may merge
-    // with the next.
+    // Four steps of 48 MiB held, each past the 32 MiB growth threshold,
+    // each given time to be dumped before the next. Each 1 MiB block is
+    // seen with p = 1 - e^-2 and stands for 1/p MiB, so a step's estimate
+    // falls below the threshold when 27 or fewer of its 48 blocks are
+    // seen: 3e-7 of steps. One step may merge with the next; two misses
+    // would be needed to leave fewer than three dumps.
     let mut held = Vec::new();
     for step in 1..=4 {
-        held.push(grow_by(40));
+        held.push(grow_by(GROWTH_STEP_MIB));
         wait_for_series(dir.path(), "growth", step, 5, pause);
     }
     let growth = series_numbers(dir.path(), "growth").len();
     let timer = wait_for_series(dir.path(), "timer", 4, 20, pause);
     growth_series.stop();
     timer_series.stop();
-    println!("160 MiB held in 40 MiB steps: {growth} growth dumps, {timer} timer dumps");
+    println!("192 MiB held in 48 MiB steps: {growth} growth dumps, {timer} timer dumps");
     assert!(growth >= 3, "one dump per 32 MiB step: {growth}");
     assert!(timer >= 4, "a dump every 100 ms: {timer} within 20 s");
     let p = read_profile(&dir.path().join("growth.0003.pb.gz"));
@@ -760,5 +775,8 @@ fn a_series_works_with_a_tiny_default_stack() {
         ],
     )
     .0;
-    assert_eq!(printed_number(&stdout, "series files="), 2, "{stdout}");
+    // The child stops the series once it sees two; a third may be written
+    // before it looks when the machine is loaded.
+    let files = printed_number(&stdout, "series files=");
+    assert!(files >= 2, "{stdout}");
 }

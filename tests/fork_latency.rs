@@ -91,9 +91,10 @@ fn child_forks_during_a_cold_lookup() {
         assert!(!done_at_fork, "the fork must come during the write");
         // Waiting for the lookup, the fork would take most of the write's
         // time (it did: 316-405 ms of a cold profile); not waiting, it
-        // takes what a fork takes.
+        // takes what a fork takes. Half the write leaves room for a fork
+        // preempted on a loaded machine.
         assert!(
-            fork_took * 4 < write_took,
+            fork_took * 2 < write_took,
             "fork took {fork_took:?} of a {write_took:?} write: it waited for the lookup"
         );
     });

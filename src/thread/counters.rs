@@ -440,6 +440,9 @@ mod tests {
         assert_eq!(C.try_read().unwrap().allocated_bytes, 5000);
 
         let half_written = Barrier::new(2);
+        // The writer stays half way until the first read is checked, however
+        // late this thread gets to run.
+        let checked = Barrier::new(2);
         std::thread::scope(|s| {
             s.spawn(|| {
                 // reset_countdown(2000), preempted between its two stores.
@@ -449,12 +452,14 @@ mod tests {
                 C.granted
                     .store(granted.wrapping_add(2000).wrapping_sub(old), Relaxed);
                 half_written.wait();
+                checked.wait();
                 std::thread::sleep(Duration::from_millis(50));
                 C.countdown.store(2000, Relaxed);
                 C.seq.store(4, Release);
             });
             half_written.wait();
             assert!(C.try_read().is_err(), "the pair is half written");
+            checked.wait();
             assert_eq!(
                 C.read().allocated_bytes,
                 5000,
