@@ -90,7 +90,7 @@ fn names(dir: &Path) -> Vec<String> {
 /// for 64 KiB / (1 - e^(-64/512)) = 544 KiB at the default 512 KiB rate).
 /// Each block is sampled with p = 1 - e^(-1/8) = 0.1175, so 256 blocks give
 /// fewer than two samples with probability (1 + 256 p / (1 - p)) (1 - p)^256
-/// = 4e-13 (with 64 blocks, 3.2e-3).
+/// = 4e-13.
 #[inline(never)]
 fn held_until_exit() -> Vec<Vec<u8>> {
     std::hint::black_box((0..256).map(|_| vec![7u8; 64 * 1024]).collect())

@@ -90,7 +90,7 @@ fn child_forks_during_a_cold_lookup() {
         println!("the cold write took {write_took:?}");
         assert!(!done_at_fork, "the fork must come during the write");
         // Waiting for the lookup, the fork would take most of the write's
-        // time (it did: 316-405 ms of a cold profile); not waiting, it
+        // time (316-405 ms of a cold profile); not waiting, it
         // takes what a fork takes. Half the write leaves room for a fork
         // preempted on a loaded machine.
         assert!(

@@ -458,8 +458,11 @@ mod tests {
                 C.seq.store(4, Release);
             });
             half_written.wait();
-            assert!(C.try_read().is_err(), "the pair is half written");
+            // Checked after the writer is let go: a failure must not leave
+            // it waiting at the barrier, and the scope waiting for it.
+            let torn = C.try_read().is_err();
             checked.wait();
+            assert!(torn, "the pair is half written");
             assert_eq!(
                 C.read().allocated_bytes,
                 5000,
