@@ -451,7 +451,7 @@ fn big_heap_changes() -> std::sync::MutexGuard<'static, ()> {
 /// test here holds (the growth series' four steps), or the peak copy is not
 /// taken again (the next is taken 10 % above the last).
 const TRANSIENT_MIB: usize = 256;
-const _: () = assert!(TRANSIENT_MIB * 10 > 4 * GROWTH_STEP_MIB * 11);
+const _: () = assert!(TRANSIENT_MIB * 10 > GROWTH_STEPS * GROWTH_STEP_MIB * 11);
 
 #[inline(never)]
 fn transient_peak() {
@@ -569,6 +569,8 @@ fn auto_dump_api_fires_on_allocated_bytes() {
 
 /// Each step of the growth series' test, past its 32 MiB threshold.
 const GROWTH_STEP_MIB: usize = 48;
+/// The steps that test holds at once.
+const GROWTH_STEPS: usize = 4;
 
 #[inline(never)]
 fn grow_by(mib: usize) -> Vec<Vec<u8>> {
@@ -597,7 +599,7 @@ fn auto_dump_api_fires_on_growth_and_on_a_timer() {
     // seen: 3e-7 of steps. One step may merge with the next; two misses
     // would be needed to leave fewer than three dumps.
     let mut held = Vec::new();
-    for step in 1..=4 {
+    for step in 1..=GROWTH_STEPS {
         held.push(grow_by(GROWTH_STEP_MIB));
         wait_for_series(dir.path(), "growth", step, 5, pause);
     }
@@ -605,7 +607,10 @@ fn auto_dump_api_fires_on_growth_and_on_a_timer() {
     let timer = wait_for_series(dir.path(), "timer", 4, 20, pause);
     growth_series.stop();
     timer_series.stop();
-    println!("192 MiB held in 48 MiB steps: {growth} growth dumps, {timer} timer dumps");
+    println!(
+        "{} MiB held in {GROWTH_STEP_MIB} MiB steps: {growth} growth dumps, {timer} timer dumps",
+        GROWTH_STEPS * GROWTH_STEP_MIB
+    );
     assert!(growth >= 3, "one dump per 32 MiB step: {growth}");
     assert!(timer >= 4, "a dump every 100 ms: {timer} within 20 s");
     let p = read_profile(&dir.path().join("growth.0003.pb.gz"));
