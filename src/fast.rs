@@ -74,6 +74,7 @@ impl<A: GlobalAlloc> Drop for Profiler<A> {
 // reuse (`record/spare.rs`) is handed out again only over the allocator it came
 // from. No method unwinds: the slow path (`record/`)
 // catches nothing because nothing it calls on these paths panics.
+#[cfg(not(miri))]
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
     /// # Safety
     /// `GlobalAlloc::alloc`'s contract: `layout` has a non-zero size.
@@ -136,6 +137,38 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
             record::realloc_failed(layout.size(), new_size);
         }
         new_ptr
+    }
+}
+
+/// Under Miri every call goes straight to the inner allocator and nothing
+/// is recorded: the recorder's inline assembly, loader walk and signal
+/// masks are calls Miri cannot run, and a program's `cargo miri test`
+/// must still run. `record::installed` stays false, so every profile,
+/// snapshot assertion and `measure` check says that nothing was recorded
+/// (`output::check_installed`) instead of passing on zero bytes.
+// SAFETY: each method is the inner allocator's own, called with the
+// caller's arguments and contract unchanged.
+#[cfg(miri)]
+unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.inner.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.inner.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract, passed on; every block came from
+        // `inner` (none is sampled under Miri).
+        unsafe { self.inner.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: as for `dealloc`.
+        unsafe { self.inner.realloc(ptr, layout, new_size) }
     }
 }
 

@@ -160,6 +160,11 @@
 //! * If heapprof is not the `#[global_allocator]` of the test binary,
 //!   [`snapshot()`] is empty and [`stats()`] all zeros;
 //!   [`Snapshot::assert_inuse_at_most`] panics rather than pass.
+//! * Under Miri (`cargo miri test`) heapprof's allocator passes every call
+//!   straight to the one it wraps and records nothing: the program's own
+//!   tests run as they would without heapprof, and heapprof's assertions
+//!   panic, saying so, as profiles return that error. Mark the tests that
+//!   use them `#[cfg_attr(miri, ignore)]`.
 //! * What is isolated: a delta selected by function name counts only that
 //!   code, even while other tests run on other threads. What is not: the
 //!   rate is process-wide (set it once per test binary, or under a lock),
@@ -424,6 +429,9 @@
 //! it.
 
 #![warn(missing_docs)]
+// Under Miri the allocator only forwards (`fast.rs`), so the recorder it
+// would call is left unused.
+#![cfg_attr(miri, allow(dead_code, unused_imports))]
 
 // The loader's object list, thread stacks, `/proc`, futexes and fork
 // handlers that heapprof reads are Linux's.

@@ -193,11 +193,8 @@ pub(super) fn respond_while(path: &str, query: &str, gone: &dyn Fn() -> bool) ->
         Ok(p) => p,
         Err(message) => return Response::error(400, message),
     };
-    if !crate::record::installed() {
-        return Response::error(
-            500,
-            "heapprof is not this program's global allocator, so there is nothing to profile",
-        );
+    if let Err(e) = crate::output::check_installed() {
+        return Response::error(500, e.to_string());
     }
     match profile_response(kind, &params, gone) {
         Ok(r) => r,

@@ -183,12 +183,18 @@ impl Server {
     ///
     /// # Errors
     ///
-    /// Those of binding the socket, or of starting the thread.
+    /// Those of binding the socket, or of starting the thread; under Miri,
+    /// which heapprof records nothing under, `Other` before binding.
     pub fn serve(self, addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
         // The program's address resolves as the program's (its own
         // `ToSocketAddrs` may keep what it allocates); the server starts
         // inside the profiler, and its error is made the program's.
         let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
+        if cfg!(miri) {
+            // Nothing is recorded under Miri (`fast.rs`), and its isolation
+            // refuses sockets: the error says why instead.
+            crate::output::check_installed()?;
+        }
         reentry::Inside::enter_for(|| self.start(&addrs)).map_err(reentry::as_programs)
     }
 

@@ -242,10 +242,16 @@ fn wall_time(when: SystemTime) -> String {
 }
 
 /// `Err` (kind `Other`, saying what to add) if heapprof is not the
-/// program's global allocator: nothing could have been recorded.
+/// program's global allocator, or runs under Miri (`fast.rs`): nothing
+/// could have been recorded.
 pub(crate) fn check_installed() -> io::Result<()> {
     if record::installed() {
         Ok(())
+    } else if cfg!(miri) {
+        Err(io::Error::other(
+            "heapprof records nothing under Miri: its allocator passes every call straight to the \
+             one it wraps; leave heapprof's checks out of Miri runs with `#[cfg_attr(miri, ignore)]`",
+        ))
     } else {
         Err(io::Error::other(
             "heapprof is not this program's global allocator, so there is nothing to profile; add \

@@ -237,6 +237,10 @@ fn resolve_all_within(
             out.insert(own, symbols);
         }
     }
+    if wanted.is_empty() {
+        // Nothing to look up, so no walk of the loaded objects either.
+        return out;
+    }
     // The objects loaded now, and the loader's counts, read before them:
     // an object loaded or unloaded in between changes the counts the next
     // profile reads, which then looks its addresses up again.
