@@ -33,7 +33,10 @@ fn run_fixture_with(release: bool, frame_pointers: bool, env: &[(&str, &str)]) -
     // A build setting from the environment builds in a directory of its
     // own, so that the other builds are not made again after it.
     let mut target_name = String::from("userapp");
-    for (k, v) in env.iter().filter(|(k, _)| k.starts_with("CARGO_PROFILE_")) {
+    for (k, v) in env
+        .iter()
+        .filter(|(k, _)| k.starts_with("CARGO_PROFILE_") || *k == "CARGO_ENCODED_RUSTFLAGS")
+    {
         target_name.push_str(&format!("-{k}-{v}"));
     }
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join(target_name);
@@ -155,6 +158,28 @@ fn line_tables_only_builds_find_the_same_bytes_by_full_name() {
         true,
         false,
         &[("CARGO_PROFILE_RELEASE_DEBUG", "line-tables-only")],
+    );
+    assert_eq!(seen.build, seen.expected);
+    assert_eq!(seen.page_new, seen.expected_pages);
+}
+
+/// `cargo llvm-cov` builds with `-C instrument-coverage`, which mangles the
+/// user's symbols in Rust's v0 scheme: the fixture's methods then demangle
+/// as `<userapp::PageCache>::build`. Their bytes are still found under the
+/// path the fixture gives (`userapp::PageCache::build`), and its assertion
+/// on them still fails.
+#[test]
+fn coverage_builds_find_methods_by_their_path() {
+    let counts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("userapp-coverage-counts");
+    let counts = format!("{}/%p-%m.profraw", counts.display());
+    let (seen, _) = run_fixture_with(
+        false,
+        false,
+        &[
+            ("CARGO_ENCODED_RUSTFLAGS", "-Cinstrument-coverage"),
+            // The coverage counts go here, not into the fixture's folder.
+            ("LLVM_PROFILE_FILE", &counts),
+        ],
     );
     assert_eq!(seen.build, seen.expected);
     assert_eq!(seen.page_new, seen.expected_pages);

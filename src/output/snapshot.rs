@@ -2,6 +2,7 @@
 //! counters ([`Stats`]), symbolized sites ([`Snapshot`]), differences
 //! between two moments, a `pprof -top`-like table, and a flame graph.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
@@ -99,6 +100,46 @@ pub struct Frame {
     pub line: u32,
 }
 
+/// `name` with a leading inherent impl, `<Type>::`, written `Type::`.
+///
+/// Symbols mangled in Rust's v0 scheme (`-C symbol-mangling-version=v0`,
+/// which `-C instrument-coverage` and so `cargo llvm-cov` turn on) name a
+/// method `<my_crate::Cache>::get`, where the legacy scheme, the default,
+/// names it `my_crate::Cache::get`; a name matched in this form finds the
+/// method in either build. A trait impl (`<T as Trait>::m`) is written
+/// alike in both and stays as it is.
+fn path_form(name: &str) -> Cow<'_, str> {
+    let Some(inner) = name.strip_prefix('<') else {
+        return Cow::Borrowed(name);
+    };
+    // The `>` that closes the leading `<`; a `->` inside (a function
+    // pointer type) closes nothing.
+    let mut depth = 1usize;
+    let mut prev = '<';
+    let mut close = None;
+    for (i, c) in inner.char_indices() {
+        match c {
+            '<' => depth += 1,
+            '>' if prev != '-' => {
+                depth -= 1;
+                if depth == 0 {
+                    close = Some(i);
+                    break;
+                }
+            }
+            ' ' if depth == 1 && inner[i..].starts_with(" as ") => return Cow::Borrowed(name),
+            _ => {}
+        }
+        prev = c;
+    }
+    match close {
+        Some(i) if inner[i + 1..].starts_with("::") => {
+            Cow::Owned(format!("{}{}", &inner[..i], &inner[i + 1..]))
+        }
+        _ => Cow::Borrowed(name),
+    }
+}
+
 /// An allocation site: a stack, the labels its allocations were made
 /// under, and what was allocated there. Values are estimates (exact at
 /// sample rate 1).
@@ -122,8 +163,13 @@ pub struct Site {
 }
 
 impl Site {
+    /// Whether a frame's function name contains `name`, either as written
+    /// or with both in [`path_form`].
     fn mentions(&self, name: &str) -> bool {
-        self.frames.iter().any(|f| f.function.contains(name))
+        let wanted = path_form(name);
+        self.frames
+            .iter()
+            .any(|f| f.function.contains(name) || path_form(&f.function).contains(&*wanted))
     }
 
     /// Whether the site carries the label `key=value`.
@@ -148,7 +194,10 @@ impl Site {
 /// a site counts if any frame on its stack matches: give the path
 /// (`"my_crate::build_cache"`), not the bare name. The calling test is on
 /// the stack of everything it allocates, so `"leaky"` would also match a
-/// test named `leaky_fails_assertion` and count all it allocated.
+/// test named `leaky_fails_assertion` and count all it allocated. A
+/// method is found as `"my_crate::Cache::get"` also in a build whose
+/// symbols name it `<my_crate::Cache>::get` (v0 mangling, which coverage
+/// builds use), and the other way round.
 pub struct Snapshot {
     raw: Vec<sites::SiteCopy>,
     rate: usize,
@@ -843,6 +892,54 @@ mod tests {
             folded_name("operator new(unsigned long)", true),
             "operator new(unsigned long)"
         );
+    }
+
+    /// A method named as either mangling scheme demangles it finds the
+    /// other; trait impls and other names are left as they are.
+    #[test]
+    fn inherent_methods_match_in_either_mangling() {
+        use super::path_form;
+        assert_eq!(path_form("<my_crate::Cache>::get"), "my_crate::Cache::get");
+        assert_eq!(
+            path_form("<my_crate::Cache<u32>>::get::{closure#0}"),
+            "my_crate::Cache<u32>::get::{closure#0}"
+        );
+        assert_eq!(
+            path_form("<my_crate::Table<fn(u8) -> u8>>::run"),
+            "my_crate::Table<fn(u8) -> u8>::run"
+        );
+        for same in [
+            "my_crate::Cache::get",
+            "<my_crate::Cache as core::clone::Clone>::clone",
+            "<alloc::vec::Vec<<u8 as my_crate::T>::Out>>",
+            "<my_crate::Cache",
+            "[heapprof: table full]",
+        ] {
+            assert_eq!(path_form(same), same);
+        }
+
+        let site = |function: &str| super::Site {
+            frames: vec![super::Frame {
+                function: function.into(),
+                file: String::new(),
+                line: 0,
+            }],
+            labels: Vec::new(),
+            alloc_objects: 1,
+            alloc_bytes: 1,
+            inuse_objects: 1,
+            inuse_bytes: 1,
+        };
+        let v0 = site("<my_crate::Cache>::get");
+        let legacy = site("my_crate::Cache::get");
+        for s in [&v0, &legacy] {
+            assert!(s.mentions("my_crate::Cache::get"));
+            assert!(s.mentions("<my_crate::Cache>::get"));
+            assert!(s.mentions("Cache::get"));
+            assert!(s.mentions("my_crate::Cache"));
+            assert!(!s.mentions("my_crate::Cache::put"));
+        }
+        assert!(v0.mentions("<my_crate::Cache>"));
     }
 
     /// A delta's table gives each function its share of the bytes that
