@@ -116,7 +116,7 @@ fn a_full_table_cannot_hide_growth_in_a_delta() {
             &[("HEAPPROF_SAMPLE_RATE", "1"), ("HEAPPROF_MAX_SITES", "1")],
         );
         assert!(
-            stdout.contains("panicked: heapprof: `assertion_truth::grows` holds 0 live bytes (and"),
+            stdout.contains("panicked: heapprof: `assertion_truth::grows` added 0 live bytes (and"),
             "{stdout}"
         );
         return;

@@ -104,3 +104,53 @@ fn gamma_allocates_and_keeps_nothing() {
     assert_eq!(d.alloc_objects_in("churn_gamma"), 4000);
     assert_eq!(d.inuse_bytes_in("churn_gamma"), 0);
 }
+
+/// Builds a cache of `bytes` bytes, called by two tests below.
+#[inline(never)]
+fn build_cache(bytes: usize) -> Vec<u8> {
+    black_box(vec![7u8; bytes])
+}
+
+/// Another test calls the same function from its own stack, and drops what
+/// it built while this one runs: its stack's live bytes fall by as much as
+/// this test's rise. Summed over the function, the two cancel out; the
+/// assertion must still see what this test's stack added.
+#[test]
+fn another_tests_frees_do_not_hide_growth() {
+    heapprof::set_sample_rate(1);
+    let barrier = std::sync::Barrier::new(2);
+    std::thread::scope(|s| {
+        let other_test = s.spawn(|| {
+            let built = build_cache(12_345);
+            barrier.wait(); // this test takes its first snapshot
+            drop(built);
+            barrier.wait();
+        });
+        barrier.wait();
+        let before = heapprof::snapshot();
+        barrier.wait(); // the other test has dropped its cache
+        let kept = build_cache(12_345);
+        let delta = heapprof::snapshot().delta(&before);
+        other_test.join().unwrap();
+        println!("{delta}");
+        // Net over the function: the other stack's -12 345 and this one's
+        // +12 345.
+        assert_eq!(delta.inuse_bytes_in("parallel_isolation::build_cache"), 0);
+        let outcome = std::panic::catch_unwind(|| {
+            delta.assert_inuse_at_most("parallel_isolation::build_cache", 1000)
+        });
+        let payload =
+            outcome.expect_err("the assertion passed: another test's frees hid 12 345 bytes");
+        let message = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            message.contains("`parallel_isolation::build_cache` added 12345 live bytes"),
+            "{message}"
+        );
+        // And what it added is within a bound that holds.
+        delta.assert_inuse_at_most("parallel_isolation::build_cache", 12_345);
+        drop(kept);
+    });
+}

@@ -186,7 +186,7 @@ impl Site {
 /// let cache = my_crate::build_cache();
 /// let grown = heapprof::snapshot().delta(&before);
 /// println!("{grown}"); // a pprof -top-like table
-/// assert!(grown.inuse_bytes_in("my_crate::build_cache") < 10 << 20);
+/// grown.assert_inuse_at_most("my_crate::build_cache", 10 << 20);
 /// # mod my_crate { pub fn build_cache() {} }
 /// ```
 ///
@@ -309,7 +309,11 @@ impl Snapshot {
 
     /// Live bytes allocated by functions whose name contains `name`, and by
     /// everything they called (pprof's cum column). A substring match: see
-    /// the [`Snapshot`] docs for why `name` should include its path.
+    /// the [`Snapshot`] docs for why `name` should include its path. In a
+    /// [`delta`](Snapshot::delta), the net change over every stack through
+    /// `name`: another thread's frees at one stack offset growth at
+    /// another, which [`Snapshot::assert_inuse_at_most`] does not let
+    /// happen.
     pub fn inuse_bytes_in(&self, name: &str) -> i64 {
         self.sum_where(name, |s| s.inuse_bytes)
     }
@@ -405,7 +409,11 @@ impl Snapshot {
     /// too, so that the assertion never passes for want of a stack: in a
     /// [`delta`](Snapshot::delta), all the bytes allocated into them in
     /// between, since frees of older blocks there (from other threads,
-    /// say) could hide what the function added.
+    /// say) could hide what the function added. For the same reason, in a
+    /// delta each stack through `function` counts what it gained, and one
+    /// whose live bytes fell counts 0, not less: the frees another test
+    /// makes of what it built under the same function, at its own stack,
+    /// do not offset what this test's stack added.
     ///
     /// Also panics if heapprof is not the program's `#[global_allocator]`,
     /// or if sampling is off (`HEAPPROF_SAMPLE_RATE=0`) and nothing was
@@ -432,7 +440,15 @@ impl Snapshot {
                  (HEAPPROF_SAMPLE_RATE=0 or set_sample_rate(0)), so nothing was measured"
             );
         }
-        let held = self.inuse_bytes_in(function);
+        // In a delta, each of the function's stacks counts what it gained:
+        // another thread's frees of blocks allocated at one of its other
+        // stacks before (another test's, calling the same function) cannot
+        // hide what this stack added.
+        let held = if self.delta {
+            self.sum_where(function, |s| s.inuse_bytes.max(0))
+        } else {
+            self.inuse_bytes_in(function)
+        };
         // Bytes heapprof could not put under a stack may be the function's:
         // counted against it (only if `held` does not hold them already),
         // so that the assertion cannot pass for want of a stack.
@@ -505,7 +521,8 @@ impl Snapshot {
         }
         assert!(
             counted <= max_bytes,
-            "heapprof: `{function}` holds {held} live bytes{also}, more than the {max_bytes} allowed\n{self}"
+            "heapprof: `{function}` {} {held} live bytes{also}, more than the {max_bytes} allowed\n{self}",
+            if self.delta { "added" } else { "holds" }
         );
     }
 
