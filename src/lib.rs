@@ -149,7 +149,13 @@
 //! * At rate 1 the numbers are exact; at other rates they are estimates
 //!   (see above), so assert with a tolerance. A thread already running
 //!   when the rate is set (a tokio runtime's workers built before it)
-//!   switches at its next sample: set the rate before starting them.
+//!   switches at its next sample: set the rate before starting them. Until
+//!   then what such a thread allocates may go unsampled, and an assertion
+//!   on it pass. `#[tokio::test]` builds its runtime before the test body
+//!   runs: set the rate for the whole test binary instead, with
+//!   `HEAPPROF_SAMPLE_RATE=1` (for `cargo test`, `[env]` in
+//!   `.cargo/config.toml`), or build the runtime in the test after
+//!   [`set_sample_rate`]`(1)`.
 //! * `inuse_bytes_in(name)`, `alloc_bytes_in(name)` and the `_objects_in`
 //!   twins sum every site whose stack contains a function whose name
 //!   contains `name` (pprof's cum); [`Snapshot::top`] gives the flat view.
