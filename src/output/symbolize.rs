@@ -37,8 +37,9 @@ pub(crate) fn no_names_hint() -> &'static str {
         "this process was forked while its parent was looking names up, and makes no \
          lookups of its own (names in the cache stay)"
     } else {
-        "is the executable stripped (`strip = true`)? Or, with /proc not mounted, does the \
-         path it was started by now name another build?"
+        "is the executable stripped (`strip = true`, or by a linker that drops the symbol table \
+         with the debug info, as `nm` would show)? Or, with /proc not mounted, does the path it \
+         was started by now name another build?"
     }
 }
 
