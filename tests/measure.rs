@@ -554,3 +554,40 @@ fn reallocs_that_move_sampled_blocks_are_no_leak() {
         black_box(v);
     });
 }
+
+/// Allocates 40 bytes, kept.
+#[inline(never)]
+fn keeps_forty() -> Vec<u8> {
+    black_box(vec![4u8; 40])
+}
+
+/// Two calls of one function, on lines of their own: two stacks (their
+/// return addresses differ) that show the same functions.
+#[inline(never)]
+fn keeps_forty_twice() -> (Vec<u8>, Vec<u8>) {
+    let a = keeps_forty();
+    let b = keeps_forty();
+    (a, b)
+}
+
+/// A failed assertion lists the stacks that show the same frames as one
+/// row, their counts summed, so that one loop unrolled into many return
+/// addresses does not fill the list.
+#[test]
+fn sites_that_show_the_same_frames_are_one_row() {
+    let _rate = at_rate(1);
+    let (kept, m) = measure(keeps_forty_twice);
+    let message = catch_unwind(|| m.assert_allocations_at_most(0))
+        .expect_err("two allocations are more than 0")
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    let rows: Vec<&str> = message
+        .lines()
+        .filter(|l| l.contains("measure::keeps_forty <"))
+        .collect();
+    assert_eq!(rows.len(), 1, "{message}");
+    let numbers: Vec<&str> = rows[0].split_whitespace().take(3).collect();
+    assert_eq!(numbers, ["2", "80", "80"], "{message}");
+    drop(kept);
+}

@@ -16,6 +16,7 @@
 #[cfg(feature = "criterion")]
 pub mod criterion;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -217,12 +218,39 @@ impl Measured {
             };
         }
         let snapshot = self.snapshot();
-        let mut rows: Vec<_> = snapshot.sites().iter().collect();
-        rows.sort_by_key(|s| {
+        // Sites that show the same frames (one call site unrolled into
+        // several return addresses, or stacks apart only below the frames
+        // shown) are one row.
+        let mut rows: Vec<Row> = Vec::new();
+        let mut row_of: HashMap<String, usize> = HashMap::new();
+        for s in snapshot.sites() {
+            let names: Vec<&str> = s
+                .frames
+                .iter()
+                .take(FRAMES_SHOWN)
+                .map(|f| f.function.as_str())
+                .collect();
+            let shown = match names.is_empty() {
+                true => "[overflow: sites past HEAPPROF_MAX_SITES]".to_owned(),
+                false => names.join(" < "),
+            };
+            let i = *row_of.entry(shown.clone()).or_insert_with(|| {
+                rows.push(Row {
+                    shown,
+                    ..Row::default()
+                });
+                rows.len() - 1
+            });
+            let row = &mut rows[i];
+            row.allocs = row.allocs.saturating_add(s.alloc_objects);
+            row.bytes = row.bytes.saturating_add(s.alloc_bytes);
+            row.live = row.live.saturating_add(s.inuse_bytes);
+        }
+        rows.sort_by_key(|r| {
             std::cmp::Reverse(match order {
-                Order::Allocations => (s.alloc_objects, s.alloc_bytes),
-                Order::Bytes => (s.alloc_bytes, s.inuse_bytes),
-                Order::Live => (s.inuse_bytes, s.alloc_bytes),
+                Order::Allocations => (r.allocs, r.bytes),
+                Order::Bytes => (r.bytes, r.live),
+                Order::Live => (r.live, r.bytes),
             })
         });
         let exactness = match self.rate {
@@ -233,24 +261,14 @@ impl Measured {
             "  this thread's sampled sites in the window ({exactness}):\n  {:>10} {:>12} {:>12}  site\n",
             "allocs", "bytes", "live bytes"
         );
-        for s in rows.iter().take(TOP_SITES) {
-            let names: Vec<&str> = s
-                .frames
-                .iter()
-                .take(FRAMES_SHOWN)
-                .map(|f| f.function.as_str())
-                .collect();
-            let site = match names.is_empty() {
-                true => "[overflow: sites past HEAPPROF_MAX_SITES]".to_owned(),
-                false => names.join(" < "),
-            };
+        for r in rows.iter().take(TOP_SITES) {
             out.push_str(&format!(
-                "  {:>10} {:>12} {:>12}  {site}\n",
-                s.alloc_objects, s.alloc_bytes, s.inuse_bytes
+                "  {:>10} {:>12} {:>12}  {}\n",
+                r.allocs, r.bytes, r.live, r.shown
             ));
         }
         if rows.len() > TOP_SITES {
-            out.push_str(&format!("  … and {} more sites\n", rows.len() - TOP_SITES));
+            out.push_str(&format!("  … and {} more rows\n", rows.len() - TOP_SITES));
         }
         if self.sites_incomplete {
             out.push_str("  (some sites were left out: no memory to keep them)\n");
@@ -290,7 +308,17 @@ enum Order {
 /// reservation (and by any growth past this many sites).
 const TALLY_CAPACITY: usize = 16;
 
-/// Sites an assertion's message lists.
+/// One row of an assertion's list of sites: the frames it shows, and the
+/// sums of the sites that show them.
+#[derive(Default)]
+struct Row {
+    shown: String,
+    allocs: i64,
+    bytes: i64,
+    live: i64,
+}
+
+/// Rows an assertion's message lists.
 const TOP_SITES: usize = 10;
 /// Frames of each site it names, leaf first.
 const FRAMES_SHOWN: usize = 3;

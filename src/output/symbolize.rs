@@ -716,8 +716,9 @@ fn subject(name: &str) -> &str {
 /// Whether a function is part of how the process, a thread or a test
 /// starts, below the program's own code: the C runtime (`_start`,
 /// `__libc_start_main`, the C `main`, `start_thread`, `clone3`, and
-/// AddressSanitizer's `asan_thread_start`, which its `pthread_create`
-/// puts between the C library and the thread's own start), std's
+/// the sanitizers' `asan_thread_start` and `__tsan_thread_start_func`,
+/// which their `pthread_create` puts between the C library and the
+/// thread's own start), std's
 /// runtime and thread start-up (`std::rt::lang_start`, the spawn closures,
 /// `catch_unwind`, `FnOnce` call shims, `__rust_begin_short_backtrace`),
 /// the test harness, and the workers of async runtimes (tokio, async-std,
@@ -742,6 +743,8 @@ pub(crate) fn is_startup(name: &str) -> bool {
         // catch_unwind's landing-pad frame, seen in debug builds.
         "__rust_try",
         "asan_thread_start",
+        // ThreadSanitizer's, in the same place.
+        "__tsan_thread_start_func",
     ];
     const PREFIXES: &[&str] = &[
         "std::rt::",
@@ -1069,6 +1072,7 @@ mod tests {
             "__libc_start_call_main",
             "start_thread",
             "asan_thread_start",
+            "__tsan_thread_start_func",
             "<app::main::{{closure}} as core::ops::function::FnOnce<()>>::call_once",
             "std::rt::lang_start_internal",
             "std::rt::lang_start::{{closure}}",
