@@ -100,14 +100,23 @@ pub struct Frame {
     pub line: u32,
 }
 
+/// Whether `frame`'s function name contains `name`, either as written or
+/// with both in [`path_form`] (`wanted` is `name`'s).
+fn names(frame: &Frame, name: &str, wanted: &str) -> bool {
+    frame.function.contains(name) || path_form(&frame.function).contains(wanted)
+}
+
 /// `name` with a leading inherent impl, `<Type>::`, written `Type::`.
 ///
 /// Symbols mangled in Rust's v0 scheme (`-C symbol-mangling-version=v0`,
 /// which `-C instrument-coverage` and so `cargo llvm-cov` turn on) name a
-/// method `<my_crate::Cache>::get`, where the legacy scheme, the default,
-/// names it `my_crate::Cache::get`; a name matched in this form finds the
-/// method in either build. A trait impl (`<T as Trait>::m`) is written
-/// alike in both and stays as it is.
+/// method `<my_crate::Cache>::get`, where the legacy scheme, the default
+/// on stable Rust, names it `my_crate::Cache::get`; a name matched in this
+/// form finds the method in either build. A trait impl (`<T as Trait>::m`)
+/// is written alike in both and stays as it is. A generic type's method
+/// differs in its parameters (`my_crate::Cache<T>::get` against
+/// `<my_crate::Cache<u32>>::get`), so the path up to the type
+/// (`my_crate::Cache`) is what finds it in both.
 fn path_form(name: &str) -> Cow<'_, str> {
     let Some(inner) = name.strip_prefix('<') else {
         return Cow::Borrowed(name);
@@ -163,13 +172,10 @@ pub struct Site {
 }
 
 impl Site {
-    /// Whether a frame's function name contains `name`, either as written
-    /// or with both in [`path_form`].
+    /// Whether a frame's function name contains `name` ([`names`]).
     fn mentions(&self, name: &str) -> bool {
         let wanted = path_form(name);
-        self.frames
-            .iter()
-            .any(|f| f.function.contains(name) || path_form(&f.function).contains(&*wanted))
+        self.frames.iter().any(|f| names(f, name, &wanted))
     }
 
     /// Whether the site carries the label `key=value`.
@@ -196,8 +202,9 @@ impl Site {
 /// the stack of everything it allocates, so `"leaky"` would also match a
 /// test named `leaky_fails_assertion` and count all it allocated. A
 /// method is found as `"my_crate::Cache::get"` also in a build whose
-/// symbols name it `<my_crate::Cache>::get` (v0 mangling, which coverage
-/// builds use), and the other way round.
+/// symbols name it `<my_crate::Cache>::get` (v0 mangling, which nightly
+/// and coverage builds use), and the other way round; a generic type's
+/// by the path up to the type (`"my_crate::Cache"`).
 pub struct Snapshot {
     raw: Vec<sites::SiteCopy>,
     rate: usize,
@@ -410,10 +417,13 @@ impl Snapshot {
     /// [`delta`](Snapshot::delta), all the bytes allocated into them in
     /// between, since frees of older blocks there (from other threads,
     /// say) could hide what the function added. For the same reason, in a
-    /// delta each stack through `function` counts what it gained, and one
-    /// whose live bytes fell counts 0, not less: the frees another test
-    /// makes of what it built under the same function, at its own stack,
-    /// do not offset what this test's stack added.
+    /// delta the stacks through `function` are netted only among those
+    /// that reach it from the same callers (the frames below its outermost
+    /// one), and each such group counts what it gained, 0 if its live
+    /// bytes fell: another test that calls `function` and frees what it
+    /// built there does not offset what this test added, while a block
+    /// this test's code grows by `realloc` at another of its stacks counts
+    /// once.
     ///
     /// Also panics if heapprof is not the program's `#[global_allocator]`,
     /// or if sampling is off (`HEAPPROF_SAMPLE_RATE=0`) and nothing was
@@ -440,12 +450,8 @@ impl Snapshot {
                  (HEAPPROF_SAMPLE_RATE=0 or set_sample_rate(0)), so nothing was measured"
             );
         }
-        // In a delta, each of the function's stacks counts what it gained:
-        // another thread's frees of blocks allocated at one of its other
-        // stacks before (another test's, calling the same function) cannot
-        // hide what this stack added.
         let held = if self.delta {
-            self.sum_where(function, |s| s.inuse_bytes.max(0))
+            self.gained_in(function)
         } else {
             self.inuse_bytes_in(function)
         };
@@ -526,6 +532,34 @@ impl Snapshot {
             "heapprof: `{function}` {} {held} live bytes{also}, more than the {max_bytes} allowed\n{self}",
             if self.delta { "added" } else { "holds" }
         );
+    }
+
+    /// In a delta, the live bytes `function` gained: the sites through it
+    /// grouped by the frames below its outermost frame (its callers, down
+    /// to the thread's start), netted within each group, and each group
+    /// counted at 0 or more ([`Snapshot::assert_inuse_at_most`]).
+    fn gained_in(&self, function: &str) -> i64 {
+        let wanted = path_form(function);
+        let mut by_callers: HashMap<Vec<&str>, i64> = HashMap::new();
+        for site in &self.sites {
+            let Some(outermost) = site
+                .frames
+                .iter()
+                .rposition(|f| names(f, function, &wanted))
+            else {
+                continue;
+            };
+            let callers: Vec<&str> = site.frames[outermost + 1..]
+                .iter()
+                .map(|f| f.function.as_str())
+                .collect();
+            let net = by_callers.entry(callers).or_default();
+            *net = net.saturating_add(site.inuse_bytes);
+        }
+        by_callers
+            .values()
+            .map(|&net| net.max(0))
+            .fold(0, i64::saturating_add)
     }
 
     /// Live bytes (in a delta: bytes allocated in between) of the sites
