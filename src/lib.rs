@@ -151,8 +151,9 @@
 //!   when the rate is set (a tokio runtime's workers built before it)
 //!   switches at its next sample: set the rate before starting them. Until
 //!   then what such a thread allocates may go unsampled, and an assertion
-//!   on it pass. `#[tokio::test]` builds its runtime before the test body
-//!   runs: set the rate for the whole test binary instead, with
+//!   on it pass. `#[tokio::test(flavor = "multi_thread")]` starts its
+//!   workers before the test body runs: set the rate for the whole test
+//!   binary instead, with
 //!   `HEAPPROF_SAMPLE_RATE=1` (for `cargo test`, `[env]` in
 //!   `.cargo/config.toml`), or build the runtime in the test after
 //!   [`set_sample_rate`]`(1)`.

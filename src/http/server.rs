@@ -62,7 +62,7 @@ use crate::support::{own_thread, reentry};
 ///
 /// # Errors
 ///
-/// Those of binding the socket, or of starting the thread.
+/// As [`Server::serve`].
 pub fn serve(addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
     Server::new().serve(addr)
 }
@@ -183,18 +183,19 @@ impl Server {
     ///
     /// # Errors
     ///
-    /// Those of binding the socket, or of starting the thread; under Miri,
-    /// which heapprof records nothing under, `Other` before binding.
+    /// Those of resolving `addr`, binding the socket, or starting the
+    /// thread; under Miri, which heapprof records nothing under, `Other`
+    /// before any of them.
     pub fn serve(self, addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
         // The program's address resolves as the program's (its own
         // `ToSocketAddrs` may keep what it allocates); the server starts
         // inside the profiler, and its error is made the program's.
-        let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
         if cfg!(miri) {
             // Nothing is recorded under Miri (`fast.rs`), and its isolation
-            // refuses sockets: the error says why instead.
+            // refuses name lookups and sockets: the error says why instead.
             crate::output::check_installed()?;
         }
+        let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
         reentry::Inside::enter_for(|| self.start(&addrs)).map_err(reentry::as_programs)
     }
 
