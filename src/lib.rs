@@ -370,7 +370,7 @@
 //! | `HEAPPROF_DUMP_AT_LIMIT` | unset | percentages of the memory limit (`80%,95%`, from 1 to 100) at which the live and peak profiles are written (`heap.limit80.pb.gz`, `heap.limit80.peak.pb.gz`); also arms the allocation-failure profile |
 //! | `HEAPPROF_MEMORY_LIMIT` | unset | a limit on the resident size for `HEAPPROF_DUMP_AT_LIMIT` (`2GiB`), watched beside the cgroup's |
 //! | `HEAPPROF_CGROUP_DIR` | the process's cgroup | the cgroup v2 directory `HEAPPROF_DUMP_AT_LIMIT` reads, for tests and unusual mounts |
-//! | `HEAPPROF_MAX_SITES` | `16384` | distinct stacks kept; the rest are counted in a `[heapprof overflow…]` site per label set |
+//! | `HEAPPROF_MAX_SITES` | `16384` | distinct stacks kept; past it, stacks with nothing live make room for new ones, and what they counted (with new stacks that find no room) goes to a `[heapprof overflow…]` site per label set |
 //! | `HEAPPROF_SEED` | random | fixed seed for reproducible sampling |
 //! | `HEAPPROF_PEAK_GROWTH` | `10%` | growth past the last peak copy before a new one is kept |
 //! | `HEAPPROF_UNWIND` | `auto` | `auto`: frame pointers if the program was built with them (`-C force-frame-pointers=yes`), DWARF unwind tables otherwise and for stacks that leave its code (each return address's rule cached for the executable and the C library, libgcc's walk elsewhere); `dwarf`; or `frame-pointers` (no periodic check against DWARF) |

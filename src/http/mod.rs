@@ -525,14 +525,14 @@ fn index() -> Response {
          <tr><td>{live}</td><td><a href=\"/debug/pprof/heap\">heap</a> (<a href=\"/debug/pprof/heap?debug=1\">text</a>)</td>\
          <td>allocation sites with sampled memory still live: it falls when a site's memory is freed</td></tr>\n\
          <tr><td>{all}</td><td><a href=\"/debug/pprof/allocs\">allocs</a> (<a href=\"/debug/pprof/allocs?debug=1\">text</a>)</td>\
-         <td>allocation sites seen since the program started, freed or not: it only grows, and is not a leak</td></tr>\n\
+         <td>allocation sites kept, freed or not: it grows to the table's bound, and is not a leak</td></tr>\n\
          <tr><td>{peak}</td><td>{peak_link}</td>\
          <td>1 once the live heap has reached 1 MiB and a peak was recorded</td></tr>\n\
          <tr><td></td><td><a href=\"/debug/pprof/delta_heap\">delta_heap</a> (<a href=\"/debug/pprof/delta_heap?debug=1\">text</a>)</td>\
          <td>for continuous profilers: alloc values since this endpoint's previous scrape, inuse values now</td></tr>\n\
          </table>\n\
          <p>A count is a number of allocation sites (distinct stacks), not of objects or bytes. \
-         For bytes, open a profile; for exact totals, see below.</p>\n\
+         For bytes, open a profile; for exact totals, see below.</p>\n{full}\
          <h2>Exact counters (all allocations, all threads, since start)</h2>\n<pre>\n\
          allocations     {allocs}\n\
          deallocations   {frees}\n\
@@ -544,6 +544,11 @@ fn index() -> Response {
          </pre>\n\
          <p>Add <code>?seconds=N</code> to <code>heap</code> or <code>allocs</code> for what happens in the next N seconds \
          (at most {MAX_DELTA_SECONDS}).</p>\n</body></html>\n",
+        full = if sites::overflowed() {
+            format!("<p>{}</p>\n", crate::output::pprof::site_table_full_note())
+        } else {
+            String::new()
+        },
         peak = u8::from(has_peak),
         peak_link = if has_peak {
             "<a href=\"/debug/pprof/peak\">peak</a> (<a href=\"/debug/pprof/peak?debug=1\">text</a>)"

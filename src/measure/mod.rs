@@ -279,11 +279,11 @@ impl Measured {
     /// The window's samples as a snapshot (a delta of this thread's sites).
     fn snapshot(&self) -> Snapshot {
         let _inside = reentry::Inside::enter();
-        let ids: Vec<u32> = self.sites.iter().map(|t| t.site).collect();
-        let copies = sites::copies_of(&ids, |id| {
+        let ids: Vec<(u32, u64)> = self.sites.iter().map(|t| (t.site, t.serial)).collect();
+        let copies = sites::copies_of(&ids, |id, serial| {
             self.sites
                 .iter()
-                .find(|t| t.site == id)
+                .find(|t| t.site == id && t.serial == serial)
                 .map_or_else(sites::SiteCounts::default, |t| t.counts)
         });
         output::snapshot::snapshot_of(Source::Delta {
@@ -485,7 +485,10 @@ impl Window {
             let mut outer = std::mem::take(&mut self.outer_sites);
             let mut outer_incomplete = self.outer_incomplete || incomplete;
             for t in &sites {
-                match outer.iter().position(|o| o.site == t.site) {
+                match outer
+                    .iter()
+                    .position(|o| o.site == t.site && o.serial == t.serial)
+                {
                     Some(i) => outer[i].counts = outer[i].counts.plus(&t.counts),
                     None if outer.try_reserve(1).is_ok() => outer.push(*t),
                     None => outer_incomplete = true,

@@ -171,11 +171,12 @@ pub(crate) fn thread_label_dropped_note() -> String {
     )
 }
 
-/// What profiles say once the site table has been full: where the samples
-/// of new stacks went, and how to keep them.
+/// What profiles say once the site table has been full: how new stacks
+/// found room, where the counts of the stacks they replaced went, and how
+/// to keep more.
 pub(crate) fn site_table_full_note() -> String {
     format!(
-        "heapprof: the site table is full ({} stacks, or {} frames stored in all) or was out of memory: samples of stacks new since are counted under {OVERFLOW_FUNCTION}, each with its labels; a larger HEAPPROF_MAX_SITES keeps their stacks",
+        "heapprof: the site table is full ({} stacks, or {} frames stored in all) or was out of memory: new stacks take the places of the least recently sampled ones with nothing live, whose counts move to {OVERFLOW_FUNCTION} (with samples of new stacks that found no room), each with its labels; a larger HEAPPROF_MAX_SITES keeps more stacks",
         crate::config::get().max_sites,
         crate::record::sites::max_frames(),
     )

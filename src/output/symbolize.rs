@@ -1038,6 +1038,7 @@ mod tests {
                 counts: Default::default(),
                 overflow: false,
                 labels: Default::default(),
+                serial: 0,
             };
             let resolved = super::for_profile(&[site], addresses_only);
             for (addr, name) in [

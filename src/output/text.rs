@@ -314,6 +314,7 @@ mod tests {
             counts,
             overflow: false,
             labels: crate::labels::LabelSetId::NONE,
+            serial: 0,
         }
     }
 

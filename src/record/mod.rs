@@ -168,10 +168,10 @@ fn note_live() {
 /// Adds a sample at `site` (an allocation, or the free of a sampled
 /// block) to this thread's tally for the measure active on it, if any.
 /// Inside the profiler.
-fn tally(site: sites::SiteId, change: impl FnOnce(&mut thread::measure::SiteTally)) {
+fn tally(site: sites::Recorded, change: impl FnOnce(&mut thread::measure::SiteTally)) {
     thread::with(|l| {
         if l.measure.aside() {
-            l.measure.tally(site.raw(), change);
+            l.measure.tally(site.id.raw(), site.serial, change);
         }
     });
 }
@@ -313,7 +313,7 @@ struct Sample {
 fn record(s: Sample, trackable: bool) -> bool {
     let left = stack::left().unwrap_or(usize::MAX);
     let roomy = left >= stack::STACK_TO_GROW;
-    let site = if left >= stack::STACK_TO_UNWIND {
+    let recorded = if left >= stack::STACK_TO_UNWIND {
         let stack = stack::capture(s.entered);
         let frames = stack.frames();
         let labels = crate::labels::for_sample();
@@ -321,7 +321,8 @@ fn record(s: Sample, trackable: bool) -> bool {
     } else {
         sites::record_not_unwound(s.size, s.weight)
     };
-    tally(site, |t| t.counts.add_alloc(s.size, s.weight));
+    tally(recorded, |t| t.counts.add_alloc(s.size, s.weight));
+    let site = recorded.id;
     let entry = Entry {
         site,
         weight: s.weight,
@@ -337,20 +338,22 @@ fn record(s: Sample, trackable: bool) -> bool {
         }
         return true;
     }
-    sites::record_free(site, s.size, s.weight);
-    tally_free(site, s.size, s.weight);
+    credit_site_free(site, s.size, s.weight);
     false
 }
 
 /// Credits the free of a sampled block, taken out of the set, to its site.
 fn credit_free(e: &Entry) {
-    sites::record_free(e.site, e.size, e.weight);
-    tally_free(e.site, e.size, e.weight);
+    credit_site_free(e.site, e.size, e.weight);
     peak::on_free(e.size as f64 * e.weight);
 }
 
-fn tally_free(site: sites::SiteId, size: usize, weight: f64) {
-    tally(site, |t| t.counts.add_free(size, weight));
+/// Credits a free to site `id`, in the table and in this thread's tally.
+fn credit_site_free(id: sites::SiteId, size: usize, weight: f64) {
+    let serial = sites::record_free(id, size, weight);
+    tally(sites::Recorded { id, serial }, |t| {
+        t.counts.add_free(size, weight)
+    });
 }
 
 /// The layout a sampled block is really allocated with: the caller's, or,

@@ -17,17 +17,23 @@
 //! `config::DEFAULT_MAX_SITES` (16 Ki) sites the worst case is
 //!
 //! ```text
-//! sites     64 B × 16 Ki × 9/8        1.1 MiB
+//! sites     88 B × 16 Ki × 9/8        1.6 MiB
 //! frames     8 B × 16 Ki × 32 × 9/8   4.5 MiB
 //! index     17 B × 16 Ki × 16/7       0.6 MiB  (hash maps: power-of-two
 //!                                              bucket counts, 7/8 full)
-//! total                               6.2 MiB
+//! total                               6.7 MiB
 //! ```
 //!
-//! A sample whose site does not fit goes to the overflow site of its label
-//! set ([`SiteId::overflow`]), which the profile shows as a site of its
-//! own with those labels, so nothing is dropped silently and label views
-//! (`pprof -tagfocus`) still add up. So
+//! A full table makes room for a new site by retiring the least recently
+//! sampled site of its stripe that has nothing live (`Stripe::reuse`): a
+//! long-running program keeps naming the sites it starts using late, a
+//! leak among them. What a retired site counted moves to the overflow
+//! site of its label set ([`SiteId::overflow`]), so totals stay whole;
+//! [`delta`] and [`alloc_delta`] take such moves into account. A sample
+//! whose site still does not fit (every site of its stripe holds live
+//! blocks) goes to that overflow site too, which the profile shows as a
+//! site of its own with those labels, so nothing is dropped silently and
+//! label views (`pprof -tagfocus`) still add up. So
 //! does one whose new site the inner allocator has no memory for: the
 //! table grows with `try_reserve`, because a failure there would otherwise
 //! abort a program that was handling its own allocation failures. A
@@ -39,7 +45,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 
 use crate::support::growth::{self, hash_map_bytes};
 use crate::support::lock::{Lockable, Mutex, rank};
@@ -61,7 +67,7 @@ pub(crate) struct SiteId(u32);
 
 // `HEAPPROF_MAX_SITES` stops where the index bits do.
 const _: () = assert!(crate::config::MAX_SITES as u64 == (1u64 << SiteId::INDEX_BITS) - 1);
-const _: () = assert!(std::mem::size_of::<StoredSite>() == 64);
+const _: () = assert!(std::mem::size_of::<StoredSite>() == 88);
 
 impl SiteId {
     /// Samples taken with too little stack left to unwind; its stack is
@@ -99,6 +105,26 @@ struct StoredSite {
     /// The site's label set (`labels::table` ids fit 16 bits).
     labels: u16,
     counts: SiteCounts,
+    /// The site's key in the stripe's index ([`site_key`]).
+    key: u64,
+    /// The stripe's clock when the site was stored: tells it from a site
+    /// stored later in the same slot ([`SiteCopy::serial`]).
+    serial: u64,
+    /// The stripe's clock at the site's last sampled allocation.
+    last_alloc: u64,
+}
+
+impl StoredSite {
+    /// Whether no sampled block of the site is live: every one it
+    /// recorded was credited back, so no block names it any longer.
+    fn is_dead(&self) -> bool {
+        self.counts.sampled_frees >= self.counts.sampled_allocs
+    }
+
+    /// A slot a retirement emptied without filling again: no site.
+    fn is_empty(&self) -> bool {
+        self.counts.sampled_allocs == 0
+    }
 }
 
 const _: () = assert!(crate::record::stack::MAX_FRAMES <= u16::MAX as usize);
@@ -112,6 +138,12 @@ struct Stripe {
     by_hash: HashMap<u64, u32, BuildHasherDefault<PassThroughHasher>>,
     sites: Vec<StoredSite>,
     frames: Vec<usize>,
+    /// Ticks once per sample recorded here: stamps each site's creation
+    /// and last use.
+    clock: u64,
+    /// Addresses in `frames` that no site uses any longer, left by
+    /// retired sites ([`Stripe::compact`] takes them out).
+    unused_frames: usize,
 }
 
 /// The keys are already good hashes.
@@ -139,8 +171,11 @@ struct Table {
     not_unwound: Mutex<{ rank::SITES }, SiteCounts>,
     sites: AtomicUsize,
     frames: AtomicUsize,
-    /// The bytes the stripes hold, kept as they grow ([`memory_bytes`]).
+    /// The bytes the stripes hold, kept as they change ([`memory_bytes`]).
     bytes: AtomicUsize,
+    /// Sites retired so far: a copy of the table during which this
+    /// changes may hold a retired site twice ([`try_packed`]).
+    retired: AtomicU64,
 }
 
 const NO_COUNTS: SiteCounts = SiteCounts {
@@ -175,13 +210,24 @@ static TABLE: Table = Table {
             by_hash: HashMap::with_hasher(BuildHasherDefault::new()),
             sites: Vec::new(),
             frames: Vec::new(),
+            clock: 0,
+            unused_frames: 0,
         })
     }; STRIPES],
     not_unwound: Mutex::new(NO_COUNTS),
     sites: AtomicUsize::new(0),
     frames: AtomicUsize::new(0),
     bytes: AtomicUsize::new(0),
+    retired: AtomicU64::new(0),
 };
+
+/// A sample's site as [`record_alloc`] recorded it: its id, and its
+/// serial, which tells it from a later site in the same slot.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Recorded {
+    pub id: SiteId,
+    pub serial: u64,
+}
 
 /// Records a sampled allocation of `size` bytes with `weight` at the site
 /// of the stack `frames` (leaf first, already hashed to `hash`) and the
@@ -192,49 +238,178 @@ pub(crate) fn record_alloc(
     labels: LabelSetId,
     size: usize,
     weight: f64,
-) -> SiteId {
-    let hash = site_key(hash, labels);
+) -> Recorded {
+    let key = site_key(hash, labels);
     // Bits 32..38: the stripe's map uses the low bits of the same hash to
     // place a key and the top 7 as its tag, so picking stripes by either
     // would leave each stripe's keys alike in the bits its map relies on.
-    let stripe_index = (hash >> 32) as usize % STRIPES;
+    let stripe_index = (key >> 32) as usize % STRIPES;
     let mut stripe = TABLE.stripes[stripe_index].lock();
-    if let Some(&index) = stripe.by_hash.get(&hash) {
-        stripe.sites[index as usize].counts.add_alloc(size, weight);
-        return SiteId((stripe_index as u32) << SiteId::INDEX_BITS | index);
-    }
-    let held_before = stripe.bytes();
-    let room = reserve(frames.len());
-    if !room
-        || !growth::reserve_vec(&mut stripe.frames, frames.len())
-        || !growth::reserve_vec(&mut stripe.sites, 1)
-        || !growth::reserve_map(&mut stripe.by_hash, 1)
-    {
-        if room {
-            unreserve(frames.len());
+    stripe.clock += 1;
+    let now = stripe.clock;
+    let index = match stripe.by_hash.get(&key) {
+        Some(&index) => index,
+        None => {
+            let held_before = stripe.bytes();
+            let stored = stripe.store(frames, key, labels, now);
+            let held_after = stripe.bytes();
+            if held_after >= held_before {
+                TABLE.bytes.fetch_add(held_after - held_before, Relaxed);
+            } else {
+                TABLE.bytes.fetch_sub(held_before - held_after, Relaxed);
+            }
+            let Some(index) = stored else {
+                drop(stripe);
+                OVERFLOWED.store(true, Relaxed);
+                OVERFLOW.lock()[overflow_slot(labels)].add_alloc(size, weight);
+                return Recorded {
+                    id: SiteId::overflow(labels),
+                    serial: 0,
+                };
+            };
+            index
         }
-        // A failed reservation may still have grown a vector.
-        TABLE.bytes.fetch_add(stripe.bytes() - held_before, Relaxed);
-        drop(stripe);
-        OVERFLOWED.store(true, Relaxed);
-        let id = SiteId::overflow(labels);
-        OVERFLOW.lock()[overflow_slot(labels)].add_alloc(size, weight);
-        return id;
+    };
+    let site = &mut stripe.sites[index as usize];
+    site.counts.add_alloc(size, weight);
+    site.last_alloc = now;
+    Recorded {
+        id: SiteId((stripe_index as u32) << SiteId::INDEX_BITS | index),
+        serial: site.serial,
     }
-    let index = stripe.sites.len() as u32;
-    let frames_start = stripe.frames.len() as u32;
-    stripe.frames.extend_from_slice(frames);
-    let mut counts = SiteCounts::default();
-    counts.add_alloc(size, weight);
-    stripe.sites.push(StoredSite {
-        frames_start,
-        frames_len: frames.len() as u16,
-        labels: labels.0 as u16,
-        counts,
-    });
-    stripe.by_hash.insert(hash, index);
-    TABLE.bytes.fetch_add(stripe.bytes() - held_before, Relaxed);
-    SiteId((stripe_index as u32) << SiteId::INDEX_BITS | index)
+}
+
+impl Stripe {
+    /// Stores a new site for `frames` under `key`, with no counts yet: in
+    /// a new slot while the table has room, else in the slot of a site
+    /// retired for it. `None` if neither is possible.
+    fn store(&mut self, frames: &[usize], key: u64, labels: LabelSetId, now: u64) -> Option<u32> {
+        if !reserve(frames.len()) {
+            return self.reuse(frames, key, labels, now);
+        }
+        let room = growth::reserve_vec(&mut self.frames, frames.len())
+            && growth::reserve_vec(&mut self.sites, 1)
+            && growth::reserve_map(&mut self.by_hash, 1);
+        if !room {
+            unreserve(frames.len());
+            return None;
+        }
+        let index = self.sites.len() as u32;
+        self.sites.push(StoredSite {
+            frames_start: 0,
+            frames_len: 0,
+            labels: 0,
+            counts: SiteCounts::default(),
+            key: 0,
+            serial: 0,
+            last_alloc: 0,
+        });
+        self.fill(index, frames, key, labels, now);
+        Some(index)
+    }
+
+    /// Retires the least recently sampled site of this stripe with nothing
+    /// live and stores the new site in its slot; when that frees too few
+    /// frames for the new stack, the next least recently sampled ones too,
+    /// their slots left empty for later sites. `None`, with nothing
+    /// retired, if every site here holds live blocks; `None` after
+    /// retiring if the new frames still find no room.
+    fn reuse(&mut self, frames: &[usize], key: u64, labels: LabelSetId, now: u64) -> Option<u32> {
+        #[cfg(test)]
+        if tests::REUSE_OFF.load(Relaxed) {
+            return None;
+        }
+        let victim = self.least_recent_dead(None)?;
+        self.retire(victim);
+        while !reserve_frames(frames.len()) {
+            let more = self.least_recent_dead(Some(victim))?;
+            self.retire(more);
+        }
+        let fits = self.frames.capacity() - self.frames.len() >= frames.len()
+            || (self.unused_frames >= frames.len() && self.compact(frames.len()))
+            || growth::reserve_vec(&mut self.frames, frames.len());
+        if !fits || !growth::reserve_map(&mut self.by_hash, 1) {
+            TABLE.frames.fetch_sub(frames.len(), Relaxed);
+            return None;
+        }
+        self.fill(victim as u32, frames, key, labels, now);
+        Some(victim as u32)
+    }
+
+    /// The slot of the least recently sampled site here with nothing live
+    /// (an empty slot first, when `but` is `None`), other than `but`; with
+    /// `but`, only slots that still hold a site, whose frames a
+    /// retirement frees.
+    fn least_recent_dead(&self, but: Option<usize>) -> Option<usize> {
+        self.sites
+            .iter()
+            .enumerate()
+            .filter(|&(i, s)| s.is_dead() && (but.is_none() || (Some(i) != but && !s.is_empty())))
+            .min_by_key(|(_, s)| (!s.is_empty(), s.last_alloc))
+            .map(|(i, _)| i)
+    }
+
+    /// Takes site `index` out: its key from the index, its counts to the
+    /// overflow site of its label set (under that lock, taken inside this
+    /// stripe's, the one order in which the two are ever nested), its
+    /// frames to the unused ones. The slot stays, empty.
+    fn retire(&mut self, index: usize) {
+        let site = &mut self.sites[index];
+        if site.is_empty() {
+            return;
+        }
+        let len = site.frames_len as usize;
+        let labels = LabelSetId(site.labels.into());
+        let counts = std::mem::take(&mut site.counts);
+        site.frames_len = 0;
+        self.by_hash.remove(&site.key);
+        self.unused_frames += len;
+        TABLE.frames.fetch_sub(len, Relaxed);
+        let mut overflow = OVERFLOW.lock();
+        let slot = &mut overflow[overflow_slot(labels)];
+        *slot = slot.plus(&counts);
+        OVERFLOWED.store(true, Relaxed);
+        TABLE.retired.fetch_add(1, SeqCst);
+    }
+
+    /// Writes a new site into slot `index`, its frames at the end of
+    /// `frames` (room for them reserved), its key into the index (room
+    /// reserved).
+    fn fill(&mut self, index: u32, frames: &[usize], key: u64, labels: LabelSetId, now: u64) {
+        let frames_start = self.frames.len() as u32;
+        self.frames.extend_from_slice(frames);
+        self.sites[index as usize] = StoredSite {
+            frames_start,
+            frames_len: frames.len() as u16,
+            labels: labels.0 as u16,
+            counts: SiteCounts::default(),
+            key,
+            serial: now,
+            last_alloc: now,
+        };
+        self.by_hash.insert(key, index);
+    }
+
+    /// Moves the frames of the sites in place into a vector of their own
+    /// with room for `extra` more, leaving out the unused ones, so that
+    /// they make room without the vector growing. False if the inner
+    /// allocator has no memory for it.
+    fn compact(&mut self, extra: usize) -> bool {
+        let mut packed = Vec::new();
+        let used = self.frames.len() - self.unused_frames;
+        if !growth::reserve_vec(&mut packed, used + extra) {
+            return false;
+        }
+        for site in &mut self.sites {
+            let start = site.frames_start as usize;
+            let len = site.frames_len as usize;
+            site.frames_start = packed.len() as u32;
+            packed.extend_from_slice(&self.frames[start..start + len]);
+        }
+        self.frames = packed;
+        self.unused_frames = 0;
+        true
+    }
 }
 
 /// The key of a site: its stack's hash, mixed with its label set's id
@@ -275,11 +450,26 @@ fn unreserve(frames: usize) {
     TABLE.frames.fetch_sub(frames, Relaxed);
 }
 
+/// Claims room for `frames` more addresses only, for a site stored in a
+/// retired one's slot.
+fn reserve_frames(frames: usize) -> bool {
+    let max_frames = max_frames();
+    TABLE
+        .frames
+        .fetch_update(Relaxed, Relaxed, |n| {
+            (n + frames <= max_frames).then_some(n + frames)
+        })
+        .is_ok()
+}
+
 /// Records a sampled allocation that was not unwound, at
 /// [`SiteId::NOT_UNWOUND`]: takes one lock, allocates nothing.
-pub(crate) fn record_not_unwound(size: usize, weight: f64) -> SiteId {
+pub(crate) fn record_not_unwound(size: usize, weight: f64) -> Recorded {
     TABLE.not_unwound.lock().add_alloc(size, weight);
-    SiteId::NOT_UNWOUND
+    Recorded {
+        id: SiteId::NOT_UNWOUND,
+        serial: 0,
+    }
 }
 
 /// Whether a sample ever went to an overflow site: profiles then say
@@ -307,6 +497,7 @@ fn apart_copy(id: SiteId, counts: SiteCounts) -> Option<SiteCopy> {
             counts,
             overflow: true,
             labels,
+            serial: 0,
         });
     }
     (id == SiteId::NOT_UNWOUND).then(|| SiteCopy {
@@ -314,6 +505,7 @@ fn apart_copy(id: SiteId, counts: SiteCounts) -> Option<SiteCopy> {
         counts,
         overflow: false,
         labels: LabelSetId::NONE,
+        serial: 0,
     })
 }
 
@@ -326,16 +518,21 @@ fn with_apart_counts<R>(id: SiteId, f: impl FnOnce(&mut SiteCounts) -> R) -> Opt
     (id == SiteId::NOT_UNWOUND).then(|| f(&mut TABLE.not_unwound.lock()))
 }
 
-/// Credits the free of a sampled block back to the site that allocated it.
-pub(crate) fn record_free(id: SiteId, size: usize, weight: f64) {
+/// Credits the free of a sampled block back to the site that allocated
+/// it; returns the site's serial ([`Recorded::serial`]). The block kept
+/// the site from retiring, so it is the site the block was recorded at.
+pub(crate) fn record_free(id: SiteId, size: usize, weight: f64) -> u64 {
     if with_apart_counts(id, |c| c.add_free(size, weight)).is_some() {
-        return;
+        return 0;
     }
     let stripe_index = (id.0 >> SiteId::INDEX_BITS) as usize;
     let index = (id.0 & SiteId::INDEX_MASK) as usize;
-    if let Some(site) = TABLE.stripes[stripe_index].lock().sites.get_mut(index) {
-        site.counts.add_free(size, weight);
-    }
+    let mut stripe = TABLE.stripes[stripe_index].lock();
+    let Some(site) = stripe.sites.get_mut(index) else {
+        return 0;
+    };
+    site.counts.add_free(size, weight);
+    site.serial
 }
 
 /// A copy of one site, taken for writing a profile.
@@ -347,6 +544,9 @@ pub(crate) struct SiteCopy {
     pub overflow: bool,
     /// The site's labels.
     pub labels: LabelSetId,
+    /// Tells the site from one stored later with the same stack and labels
+    /// after it retired (0 for the sites kept apart).
+    pub serial: u64,
 }
 
 /// Copies every site out of the table, one stripe lock at a time, so
@@ -377,6 +577,7 @@ struct PackedSite {
     counts: SiteCounts,
     overflow: bool,
     labels: LabelSetId,
+    serial: u64,
 }
 
 impl PackedSites {
@@ -389,6 +590,7 @@ impl PackedSites {
                 counts: s.counts,
                 overflow: s.overflow,
                 labels: s.labels,
+                serial: s.serial,
             })
             .collect()
     }
@@ -404,12 +606,35 @@ pub(crate) fn packed() -> PackedSites {
 /// As [`packed`], or `None` if the inner allocator has no memory for it:
 /// for the peak copy, taken inside a sampled allocation. Each stripe's
 /// sites are copied under that stripe's lock, then each site kept apart
-/// (overflow, not unwound) that has samples.
+/// (overflow, not unwound) that has samples. A site retired meanwhile
+/// may be copied twice, in its stripe and in the overflow site it moved
+/// to, so a copy made while one retired is made again, up to
+/// [`PACK_TRIES`] times in all.
 pub(crate) fn try_packed() -> Option<PackedSites> {
     let mut packed = PackedSites {
         sites: Vec::new(),
         frames: Vec::new(),
     };
+    for _ in 0..PACK_TRIES {
+        packed.sites.clear();
+        packed.frames.clear();
+        let retired = TABLE.retired.load(SeqCst);
+        pack_into(&mut packed)?;
+        if TABLE.retired.load(SeqCst) == retired {
+            break;
+        }
+    }
+    Some(packed)
+}
+
+/// Copies of the table [`try_packed`] makes at most: retirements come
+/// only with new stacks once the table is full, so one retry almost
+/// always finds none.
+const PACK_TRIES: usize = 4;
+
+/// One copy of every site into `packed` (empty); `None` if the inner
+/// allocator has no memory for it.
+fn pack_into(packed: &mut PackedSites) -> Option<()> {
     let room = growth::reserve_vec(&mut packed.sites, TABLE.sites.load(Relaxed) + 2)
         && growth::reserve_vec(&mut packed.frames, TABLE.frames.load(Relaxed) + 1);
     if !room {
@@ -417,25 +642,26 @@ pub(crate) fn try_packed() -> Option<PackedSites> {
     }
     for stripe in &TABLE.stripes {
         let stripe = stripe.lock();
-        for site in &stripe.sites {
+        for site in stripe.sites.iter().filter(|s| !s.is_empty()) {
             let start = site.frames_start as usize;
             let stored = &stripe.frames[start..start + site.frames_len as usize];
-            packed.push(stored, site.counts, false, LabelSetId(site.labels.into()))?;
+            let labels = LabelSetId(site.labels.into());
+            packed.push(stored, site.counts, false, labels, site.serial)?;
         }
     }
     if overflowed() {
         let overflow = OVERFLOW.lock();
         for (id, counts) in overflow.iter().enumerate() {
             if counts.sampled_allocs > 0 {
-                packed.push(&[], *counts, true, LabelSetId(id as u32))?;
+                packed.push(&[], *counts, true, LabelSetId(id as u32), 0)?;
             }
         }
     }
     let not_unwound = *TABLE.not_unwound.lock();
     if not_unwound.sampled_allocs > 0 {
-        packed.push(&[NOT_UNWOUND], not_unwound, false, LabelSetId::NONE)?;
+        packed.push(&[NOT_UNWOUND], not_unwound, false, LabelSetId::NONE, 0)?;
     }
-    Some(packed)
+    Some(())
 }
 
 impl PackedSites {
@@ -446,6 +672,7 @@ impl PackedSites {
         counts: SiteCounts,
         overflow: bool,
         labels: LabelSetId,
+        serial: u64,
     ) -> Option<()> {
         // Sites stored since the sizes were read need more room.
         let room = growth::reserve_vec(&mut self.frames, frames.len())
@@ -460,19 +687,25 @@ impl PackedSites {
             counts,
             overflow,
             labels,
+            serial,
         });
         Some(())
     }
 }
 
-/// The sites `ids` name, each with its stack and `counts(id)` in place of
-/// the table's counts (a tally kept elsewhere, such as one thread's in a
-/// measure's window). Ids the table does not hold are left out. Takes
-/// each stripe's lock in turn, while copying that site's frames.
-pub(crate) fn copies_of(ids: &[u32], counts: impl Fn(u32) -> SiteCounts) -> Vec<SiteCopy> {
+/// The sites `ids` name (each an id and the serial it had), each with
+/// its stack and `counts(id, serial)` in place of the table's counts (a
+/// tally kept elsewhere, such as one thread's in a measure's window). A
+/// site retired since comes back as an overflow site with no labels: its
+/// stack is gone. Ids the table does not hold are left out. Takes each
+/// stripe's lock in turn, while copying that site's frames.
+pub(crate) fn copies_of(
+    ids: &[(u32, u64)],
+    counts: impl Fn(u32, u64) -> SiteCounts,
+) -> Vec<SiteCopy> {
     let mut out = Vec::with_capacity(ids.len());
-    for &id in ids {
-        if let Some(copy) = apart_copy(SiteId(id), counts(id)) {
+    for &(id, serial) in ids {
+        if let Some(copy) = apart_copy(SiteId(id), counts(id, serial)) {
             out.push(copy);
             continue;
         }
@@ -481,20 +714,25 @@ pub(crate) fn copies_of(ids: &[u32], counts: impl Fn(u32) -> SiteCounts) -> Vec<
         let Some(stripe) = TABLE.stripes.get(stripe_index) else {
             continue;
         };
-        let (frames, labels) = {
+        let (frames, labels, overflow) = {
             let stripe = stripe.lock();
             let Some(site) = stripe.sites.get(index) else {
                 continue;
             };
-            let start = site.frames_start as usize;
-            let frames = stripe.frames[start..start + site.frames_len as usize].to_vec();
-            (frames, LabelSetId(site.labels.into()))
+            if site.serial != serial || site.is_empty() {
+                (Vec::new(), LabelSetId::NONE, true)
+            } else {
+                let start = site.frames_start as usize;
+                let frames = stripe.frames[start..start + site.frames_len as usize].to_vec();
+                (frames, LabelSetId(site.labels.into()), false)
+            }
         };
         out.push(SiteCopy {
             frames,
-            counts: counts(id),
-            overflow: false,
+            counts: counts(id, serial),
+            overflow,
             labels,
+            serial,
         });
     }
     out
@@ -510,7 +748,7 @@ pub(crate) fn site_counts() -> (usize, usize) {
         counts.1 += usize::from(c.alloc_objects_est - c.free_objects_est >= 0.5);
     };
     for stripe in &TABLE.stripes {
-        for b in &stripe.lock().sites {
+        for b in stripe.lock().sites.iter().filter(|s| !s.is_empty()) {
             count(&b.counts);
         }
     }
@@ -529,12 +767,52 @@ pub(crate) fn site_counts() -> (usize, usize) {
 }
 
 /// What identifies a site across copies of the table: its stack, whether
-/// it is the overflow site, and its labels.
-type SiteKey<'a> = (&'a [usize], bool, LabelSetId);
+/// it is the overflow site, its labels, and its serial.
+type SiteKey<'a> = (&'a [usize], bool, LabelSetId, u64);
 
 impl SiteCopy {
     fn key(&self) -> SiteKey<'_> {
-        (self.frames.as_slice(), self.overflow, self.labels)
+        (
+            self.frames.as_slice(),
+            self.overflow,
+            self.labels,
+            self.serial,
+        )
+    }
+}
+
+/// What the sites of `earlier` that `later` lacks had counted, by label
+/// set: sites leave the table only by retiring, which moves their counts
+/// to the overflow site of their label set, so a delta of that overflow
+/// site takes these out as well as its own earlier counts.
+fn retired_between(
+    later: &HashMap<SiteKey<'_>, &SiteCounts>,
+    earlier: &[SiteCopy],
+) -> HashMap<LabelSetId, SiteCounts> {
+    let mut moved: HashMap<LabelSetId, SiteCounts> = HashMap::new();
+    for site in earlier.iter().filter(|s| !s.overflow) {
+        if !later.contains_key(&site.key()) {
+            let sum = moved.entry(site.labels).or_default();
+            *sum = sum.plus(&site.counts);
+        }
+    }
+    moved
+}
+
+/// The counts of `site` (of a later copy) in an earlier one: its own
+/// there, and, for an overflow site, what moved into it since
+/// ([`retired_between`]).
+fn counts_before(
+    site: &SiteCopy,
+    before: &HashMap<SiteKey<'_>, &SiteCounts>,
+    moved: &HashMap<LabelSetId, SiteCounts>,
+) -> SiteCounts {
+    let own = before
+        .get(&site.key())
+        .map_or_else(SiteCounts::default, |c| **c);
+    match moved.get(&site.labels) {
+        Some(m) if site.overflow => own.plus(m),
+        _ => own,
     }
 }
 
@@ -545,25 +823,24 @@ fn counts_by_site(copy: &[SiteCopy]) -> HashMap<SiteKey<'_>, &SiteCounts> {
 
 /// What happened between two copies of the table: each site of `later`
 /// with `earlier`'s counts subtracted (sites new since `earlier` are kept
-/// whole), sites matched by stack and labels. Counts only grow, so alloc
+/// whole), sites matched by stack, labels and serial. Counts only grow, so alloc
 /// values are what was allocated in between and inuse values are the
 /// change in live memory.
 pub(crate) fn delta(later: &[SiteCopy], earlier: &[SiteCopy]) -> Vec<SiteCopy> {
     let before = counts_by_site(earlier);
+    let moved = retired_between(&counts_by_site(later), earlier);
     later
         .iter()
         .map(|s| {
             let mut site = s.clone();
-            if let Some(b) = before.get(&s.key()) {
-                site.counts = s.counts.minus(b);
-            }
+            site.counts = s.counts.minus(&counts_before(s, &before, &moved));
             site
         })
         .collect()
 }
 
 /// godeltaprof's `delta_heap` between two copies of the table (sites
-/// matched by stack and labels): each site of `later` with its alloc
+/// matched by stack, labels and serial): each site of `later` with its alloc
 /// values as what was allocated since `earlier`
 /// and its inuse values as they are in `later` (not their change). The
 /// sampled counts stay `later`'s, so that the live sampled blocks are
@@ -575,11 +852,11 @@ pub(crate) fn delta(later: &[SiteCopy], earlier: &[SiteCopy]) -> Vec<SiteCopy> {
 /// allocation once and the live heap as it was at each profile.
 pub(crate) fn alloc_delta(later: &[SiteCopy], earlier: &[SiteCopy]) -> Vec<SiteCopy> {
     let before = counts_by_site(earlier);
+    let moved = retired_between(&counts_by_site(later), earlier);
     later
         .iter()
         .filter_map(|s| {
-            let zero = SiteCounts::default();
-            let b = before.get(&s.key()).copied().unwrap_or(&zero);
+            let b = &counts_before(s, &before, &moved);
             let c = &s.counts;
             let allocated_since = c.sampled_allocs > b.sampled_allocs;
             let live = c.sampled_allocs > c.sampled_frees;

@@ -17,17 +17,20 @@ use crate::sample::SiteCounts;
 
 /// One site's share of the samples a thread took in a measure's window:
 /// its sampled allocations, and the frees of sampled blocks the thread
-/// made there. The site is the site table's id (`record/sites.rs`).
+/// made there. The site is the site table's id and serial
+/// (`record/sites.rs`): a site stored later in the same slot is another.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct SiteTally {
     pub site: u32,
+    pub serial: u64,
     pub counts: SiteCounts,
 }
 
 impl SiteTally {
-    fn new(site: u32) -> Self {
+    fn new(site: u32, serial: u64) -> Self {
         SiteTally {
             site,
+            serial,
             counts: SiteCounts::default(),
         }
     }
@@ -131,15 +134,19 @@ impl Measuring {
         self.tallies_incomplete.set(incomplete);
     }
 
-    /// Adds to `site`'s tally with `change`; inside the profiler (the
+    /// Adds to the tally of `site` as `serial` names it with `change`;
+    /// inside the profiler (the
     /// tally's memory is heapprof's own). Without memory for a new site,
     /// the window is marked incomplete.
-    pub(crate) fn tally(&self, site: u32, change: impl FnOnce(&mut SiteTally)) {
+    pub(crate) fn tally(&self, site: u32, serial: u64, change: impl FnOnce(&mut SiteTally)) {
         let mut tallies = ManuallyDrop::into_inner(self.tallies.take());
-        match tallies.iter_mut().position(|t| t.site == site) {
+        match tallies
+            .iter_mut()
+            .position(|t| t.site == site && t.serial == serial)
+        {
             Some(i) => change(&mut tallies[i]),
             None if tallies.try_reserve(1).is_ok() => {
-                let mut t = SiteTally::new(site);
+                let mut t = SiteTally::new(site, serial);
                 change(&mut t);
                 tallies.push(t);
             }

@@ -44,6 +44,7 @@ fn site(frames: &[usize], counts: SiteCounts) -> SiteCopy {
         counts,
         overflow: false,
         labels: LabelSetId::NONE,
+        serial: 0,
     }
 }
 
@@ -64,6 +65,7 @@ fn sites() -> Vec<SiteCopy> {
             counts: counts(&[(8, 1.0), (8, 1.0)], &[]),
             overflow: true,
             labels: LabelSetId::NONE,
+            serial: 0,
         },
         site(&[C], counts(&[], &[(50, 1.0)])),
     ]

@@ -19,7 +19,27 @@ fn stack_of(test: usize, which: usize, len: usize) -> Vec<usize> {
 }
 
 fn alloc(frames: &[usize], size: usize, weight: f64) -> SiteId {
-    record_alloc(frames, stack::hash(frames), LabelSetId::NONE, size, weight)
+    record_alloc(frames, stack::hash(frames), LabelSetId::NONE, size, weight).id
+}
+
+/// Set by a test that holds the tables exclusively: a full table then
+/// sends new stacks to the overflow sites, retiring none.
+pub(super) static REUSE_OFF: AtomicBool = AtomicBool::new(false);
+
+/// Turns retiring off until dropped.
+struct NoReuse;
+
+impl NoReuse {
+    fn now() -> NoReuse {
+        REUSE_OFF.store(true, Relaxed);
+        NoReuse
+    }
+}
+
+impl Drop for NoReuse {
+    fn drop(&mut self) {
+        REUSE_OFF.store(false, Relaxed);
+    }
 }
 
 /// The site of `frames` in a fresh copy of the table.
@@ -150,6 +170,7 @@ fn delta_keeps_the_overflow_site_apart() {
         counts: counts(allocs),
         overflow,
         labels: LabelSetId::NONE,
+        serial: 0,
     };
     let earlier = [site(true, 5), site(false, 2)];
     let later = [site(true, 7), site(false, 3)];
@@ -191,6 +212,7 @@ fn minus_never_wraps_the_sample_counts() {
 #[test]
 fn past_the_bound_new_sites_go_to_the_overflow_site() {
     let _tables = tables_exclusive();
+    let _no_reuse = NoReuse::now();
     let max_sites = config::get().max_sites;
     let known = stack_of(6, 0, 4);
     let known_id = alloc(&known, 8, 1.0);
@@ -203,7 +225,7 @@ fn past_the_bound_new_sites_go_to_the_overflow_site() {
     TABLE.sites.store(max_sites, Relaxed);
     let full = alloc(&stack_of(6, 1, 4), 100, 2.0);
     let frames = stack_of(6, 4, 4);
-    let full_labelled = record_alloc(&frames, stack::hash(&frames), labelled, 30, 4.0);
+    let full_labelled = record_alloc(&frames, stack::hash(&frames), labelled, 30, 4.0).id;
     let still_known = alloc(&known, 8, 1.0);
     assert_eq!(TABLE.sites.load(Relaxed), max_sites, "no site claimed");
     TABLE.sites.store(sites_before, Relaxed);
@@ -241,7 +263,7 @@ fn past_the_bound_new_sites_go_to_the_overflow_site() {
     assert!(shown.iter().any(|s| s.labels == labelled));
     assert!(shown.iter().any(|s| s.labels == LabelSetId::NONE));
     assert!(copy.iter().all(|s| s.frames != stack_of(6, 1, 4)));
-    let copies = copies_of(&[full_labelled.raw()], |_| SiteCounts::default());
+    let copies = copies_of(&[(full_labelled.raw(), 0)], |_, _| SiteCounts::default());
     assert!(copies[0].overflow && copies[0].labels == labelled);
 
     let max_frames = max_sites * FRAMES_PER_SITE_BUDGET;
@@ -333,6 +355,7 @@ fn copied_site(frame: usize, counts: [f64; 4], sampled: [u64; 2]) -> SiteCopy {
         },
         overflow: false,
         labels: LabelSetId::NONE,
+        serial: 0,
     }
 }
 
@@ -397,12 +420,12 @@ fn a_stack_under_two_label_sets_is_two_sites() {
     let frames = stack_of(9, 0, 4);
     let hash = stack::hash(&frames);
     let (a, b) = (LabelSetId(3001), LabelSetId(3002));
-    let first = record_alloc(&frames, hash, a, 100, 1.0);
-    let second = record_alloc(&frames, hash, b, 200, 1.0);
-    let none = record_alloc(&frames, hash, LabelSetId::NONE, 400, 1.0);
+    let first = record_alloc(&frames, hash, a, 100, 1.0).id;
+    let second = record_alloc(&frames, hash, b, 200, 1.0).id;
+    let none = record_alloc(&frames, hash, LabelSetId::NONE, 400, 1.0).id;
     assert_ne!(first, second);
     assert_ne!(first, none);
-    assert_eq!(record_alloc(&frames, hash, a, 100, 1.0), first);
+    assert_eq!(record_alloc(&frames, hash, a, 100, 1.0).id, first);
     let earlier = snapshot();
     record_alloc(&frames, hash, b, 200, 1.0);
     let later = snapshot();
@@ -467,4 +490,50 @@ fn a_packed_copy_unpacks_to_the_snapshot() {
         assert_eq!(site.counts.sampled_alloc_bytes, 8 * (i as u64 + 1));
         assert_eq!(site.counts.alloc_bytes_est, fresh.counts.alloc_bytes_est);
     }
+}
+
+/// A site of `earlier` that `later` lacks retired into the overflow site
+/// of its label set: a delta takes its earlier counts out of that overflow
+/// site as well, so what it counted before is not counted again, and a
+/// later site with its stack and another serial is new.
+#[test]
+fn deltas_take_retired_sites_out_of_the_overflow_site() {
+    let counts = |allocs: u64, frees: u64| SiteCounts {
+        sampled_allocs: allocs,
+        sampled_frees: frees,
+        alloc_objects_est: allocs as f64,
+        free_objects_est: frees as f64,
+        ..Default::default()
+    };
+    let site = |frames: &[usize], overflow, counts, serial| SiteCopy {
+        frames: frames.to_vec(),
+        counts,
+        overflow,
+        labels: LabelSetId::NONE,
+        serial,
+    };
+    let stack = stack_of(12, 0, 3);
+    // Earlier: the site, 5 allocations and 3 frees; the overflow site, 2.
+    let earlier = [
+        site(&stack, false, counts(5, 3), 1),
+        site(&[], true, counts(2, 0), 0),
+    ];
+    // Then: its last 2 blocks freed, it retired (5 and 5 into the
+    // overflow site), 1 allocation at the overflow site, and its stack
+    // back in a new site with 1 allocation.
+    let later = [
+        site(&[], true, counts(8, 5), 0),
+        site(&stack, false, counts(1, 0), 9),
+    ];
+    let d = delta(&later, &earlier);
+    let overflow = d.iter().find(|s| s.overflow).unwrap().counts;
+    assert_eq!((overflow.sampled_allocs, overflow.sampled_frees), (1, 2));
+    assert_eq!(overflow.alloc_objects_est - overflow.free_objects_est, -1.0);
+    let new = d.iter().find(|s| !s.overflow).unwrap().counts;
+    assert_eq!((new.sampled_allocs, new.sampled_frees), (1, 0));
+    let allocated: f64 = d.iter().map(|s| s.counts.alloc_objects_est).sum();
+    assert_eq!(allocated, 2.0, "the two allocations in between, once each");
+    let a = alloc_delta(&later, &earlier);
+    let allocated: f64 = a.iter().map(|s| s.counts.alloc_objects_est).sum();
+    assert_eq!(allocated, 2.0, "alloc deltas too");
 }
