@@ -262,3 +262,45 @@ fn a_child_that_starts_threads_never_touches_the_parents_thread_memory() {
     assert_eq!(result, Ok(0), "the child failed");
     println!("a child that started 5 threads after fork exited cleanly");
 }
+
+/// Forks each of [`CONCURRENT_FORKERS`] threads makes at once.
+const FORKS_EACH: usize = 400;
+const CONCURRENT_FORKERS: usize = 2;
+
+/// Threads that fork at the same moment: glibc runs their `pthread_atfork`
+/// prepare handlers side by side, and heapprof's must still take and give
+/// back its locks one fork at a time, or a lock stays held for good and
+/// the program hangs at its next sample. Each child leaves with `_exit`.
+#[test]
+fn threads_that_fork_at_once_never_hang() {
+    let _watchdog = watchdog("concurrent forks", Duration::from_secs(120));
+    let forkers: Vec<_> = (0..CONCURRENT_FORKERS)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..FORKS_EACH {
+                    black_box(vec![t as u8; 64 + i]);
+                    // SAFETY: the child only calls `_exit`, which is
+                    // async-signal-safe.
+                    let pid = unsafe { libc::fork() };
+                    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+                    if pid == 0 {
+                        // SAFETY: ends the child at once.
+                        unsafe { libc::_exit(0) };
+                    }
+                    let mut status = 0;
+                    // SAFETY: waits for the child just forked.
+                    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+                }
+            })
+        })
+        .collect();
+    for f in forkers {
+        f.join().unwrap();
+    }
+    // The locks came back: a sample and a profile still work.
+    heapprof::set_sample_rate(1);
+    black_box(vec![0u8; 4096]);
+    let mut out = Vec::new();
+    heapprof::write_profile(&mut out).unwrap();
+    heapprof::set_sample_rate(512 * 1024);
+}

@@ -12,6 +12,12 @@
 //! in rank order (`support/lock.rs` declares the ranks and checks, in
 //! debug builds, that every other path nests them the same way).
 //!
+//! glibc runs the prepare handlers of threads that fork at the same time
+//! side by side, and what `prepare` leaves for `parent` and `child` (which
+//! locks it took) is one fork's. So forks go through the handlers one at a
+//! time: [`GATE`], the lock of lowest rank, is taken first in `prepare`
+//! and released last by `parent` and `child`.
+//!
 //! A `fork` called from a signal handler that interrupted heapprof while
 //! it held a lock cannot wait for that lock: the interrupted code, which
 //! would release it, runs only when the handler returns. Then `prepare`
@@ -43,13 +49,13 @@
 //! the child's unlock leaves them free.
 
 use std::sync::Once;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crate::labels;
 use crate::output::symbolize;
 use crate::record::{blocks, peak, sites, spare};
-use crate::support::lock::{self, EachLock, Lockable};
+use crate::support::lock::{self, EachLock, Lockable, Mutex, rank};
 use crate::support::{mappings, reentry, registry, this_process};
 
 /// Every lock `fork` takes, by module, in rank order.
@@ -66,6 +72,23 @@ const FORK_LOCKS: [EachLock; 8] = [
 
 static REGISTER: Once = Once::new();
 
+/// Held by the thread whose fork is between `prepare` and `parent` (or
+/// the child's copy of it, until `child`): one fork at a time through
+/// the handlers. It guards the handlers' state below and
+/// `symbolize::before_fork`'s.
+static GATE: Mutex<{ rank::FORK }, ()> = Mutex::new(());
+
+/// The thread holding [`GATE`] (its `pthread_self`, which its copy in the
+/// child shares), 0 when none: a fork made by a signal handler on a
+/// thread whose own fork it interrupted takes the gate only if it comes
+/// free in time, and must release it only if it took it.
+static GATE_OWNER: AtomicUsize = AtomicUsize::new(0);
+
+fn this_thread() -> usize {
+    // SAFETY: pthread_self has no preconditions.
+    unsafe { libc::pthread_self() as usize }
+}
+
 /// Installs the handlers once per process, after the fork counter, so
 /// that the child handler runs as the child's own process
 /// (`support/this_process.rs`).
@@ -81,9 +104,8 @@ pub(crate) fn register_handlers() {
 }
 
 /// The forking thread's guard state from before `prepare`, restored by
-/// `parent` and `child`. Written after `prepare` holds every lock and read
-/// before they are released, so two threads forking at once cannot mix
-/// their values up.
+/// `parent` and `child`. Written and read under [`GATE`], so two threads
+/// forking at once cannot mix their values up.
 static WAS_INSIDE: AtomicBool = AtomicBool::new(false);
 
 /// How long `prepare`, forking from inside heapprof, tries for each lock
@@ -99,8 +121,8 @@ const MAX_LOCKS: usize = 1024;
 
 /// Whether `prepare` took only the locks marked in [`TAKEN`] (a fork from
 /// inside heapprof) rather than all of them. Written and read as
-/// `WAS_INSIDE` is; only a fork from a signal handler while another
-/// thread forks at once could mix two forks' values.
+/// `WAS_INSIDE` is; only a fork from a signal handler that found the gate
+/// held past [`TRY_EACH_FOR`] could mix two forks' values.
 static PARTIAL: AtomicBool = AtomicBool::new(false);
 
 /// The locks a fork from inside heapprof took, by their place in the
@@ -122,6 +144,15 @@ fn each_fork_lock(f: &mut dyn FnMut(usize, &'static dyn Lockable)) {
 extern "C" fn prepare() {
     let partial = lock::any_lock_held();
     let inside = reentry::Inside::enter();
+    let gated = if partial {
+        take_within(&GATE, TRY_EACH_FOR)
+    } else {
+        GATE.lock_and_keep();
+        true
+    };
+    if gated {
+        GATE_OWNER.store(this_thread(), Relaxed);
+    }
     symbolize::before_fork();
     let mut last_rank = 0;
     each_fork_lock(&mut |place, lock| {
@@ -175,10 +206,27 @@ unsafe fn unlock_all() {
     unsafe { symbolize::after_fork() };
 }
 
+/// Lets the next fork through the handlers, if this thread's `prepare`
+/// took the gate.
+///
+/// # Safety
+/// As [`unlock_all`].
+unsafe fn open_gate() {
+    if GATE_OWNER.load(Relaxed) == this_thread() {
+        GATE_OWNER.store(0, Relaxed);
+        // SAFETY: `prepare` took the gate on this thread (or the thread
+        // this child's is a copy of) and forgot the guard.
+        unsafe { GATE.release_kept() };
+    }
+}
+
 extern "C" fn parent() {
     let was_inside = WAS_INSIDE.load(Relaxed);
     // SAFETY: `prepare` ran on this thread just before the fork.
-    unsafe { unlock_all() };
+    unsafe {
+        unlock_all();
+        open_gate();
+    }
     reentry::leave_forgotten(was_inside);
 }
 
@@ -204,6 +252,8 @@ extern "C" fn child() {
     }
     #[cfg(feature = "http")]
     crate::http::close_listeners_after_fork();
+    // SAFETY: as for `unlock_all` above.
+    unsafe { open_gate() };
     reentry::leave_forgotten(was_inside);
 }
 

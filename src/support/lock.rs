@@ -53,42 +53,46 @@ use crate::thread;
 
 /// The lock ranks, in the order locks are taken.
 pub(crate) mod rank {
+    /// One fork at a time through heapprof's fork handlers
+    /// (`process/fork.rs`), held from the prepare handler to the parent's
+    /// or the child's.
+    pub(crate) const FORK: u8 = 0;
     /// The HTTP endpoint's one-build-at-a-time lock (`http/mod.rs`), held
     /// across a whole profile build; not taken by `fork`.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
-    pub(crate) const HTTP_BUILD: u8 = 0;
+    pub(crate) const HTTP_BUILD: u8 = 1;
     /// The HTTP server's bodies held per peer (`http/server.rs`).
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
-    pub(crate) const HTTP_PEERS: u8 = 1;
+    pub(crate) const HTTP_PEERS: u8 = 2;
     /// Held around every symbol lookup (`output/symbolize.rs`); `fork`
     /// takes it only if free.
-    pub(crate) const SYMBOL_LOOKUP: u8 = 2;
+    pub(crate) const SYMBOL_LOOKUP: u8 = 3;
     /// The loaded-object walk (`support/mappings.rs`).
-    pub(crate) const MAPPINGS: u8 = 3;
+    pub(crate) const MAPPINGS: u8 = 4;
     /// The symbol cache (`output/symbolize.rs`).
-    pub(crate) const SYMBOLS: u8 = 4;
+    pub(crate) const SYMBOLS: u8 = 5;
     /// The label-set table's index (`labels/table.rs`): taken with no
     /// other lock held, inside the guard, to find or store a set, on a
     /// sampled allocation (after its stack is captured, before its site
     /// is) and on entering a scope; storing a set allocates under it, and
     /// those allocations may take the registry's or the free path's locks,
     /// all of higher rank. Reading a stored set takes no lock.
-    pub(crate) const LABELS: u8 = 5;
+    pub(crate) const LABELS: u8 = 6;
     /// The site table's stripes and the two sites kept apart from them
     /// (`record/sites.rs`).
-    pub(crate) const SITES: u8 = 6;
+    pub(crate) const SITES: u8 = 7;
     /// The spare pools (`record/spare.rs`).
-    pub(crate) const SPARE: u8 = 7;
+    pub(crate) const SPARE: u8 = 8;
     /// The peak copy (`record/peak.rs`).
-    pub(crate) const PEAK: u8 = 8;
+    pub(crate) const PEAK: u8 = 9;
     /// The registry of threads' counters (`support/registry.rs`).
-    pub(crate) const REGISTRY: u8 = 9;
+    pub(crate) const REGISTRY: u8 = 10;
     /// The list of threads' mask copies (`support/registry.rs`).
-    pub(crate) const MASKS: u8 = 10;
+    pub(crate) const MASKS: u8 = 11;
     /// The sampled set's stripes (`record/blocks.rs`).
-    pub(crate) const BLOCKS: u8 = 11;
+    pub(crate) const BLOCKS: u8 = 12;
     /// How many ranks there are.
-    pub(crate) const COUNT: usize = 12;
+    pub(crate) const COUNT: usize = 13;
 
     /// Whether a free on a thread that holds a lock of this rank must
     /// not take the free path's locks: every rank from [`SITES`] on. The
