@@ -441,7 +441,31 @@ fn lookup<T>(
 
 /// The variable `name`, `None` if it is unset or set to nothing.
 fn var(name: &str) -> Option<OsString> {
-    not_blank(std::env::var_os(name))
+    let value = not_blank(std::env::var_os(name))?;
+    if secure_execution() {
+        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            report::warn(format_args!(
+                "heapprof: ignoring {name} and every other HEAPPROF_ variable: this program runs \
+                 with privileges its user lacks (set-user-ID, set-group-ID or file capabilities), \
+                 so its environment is not trusted"
+            ));
+        }
+        return None;
+    }
+    Some(value)
+}
+
+/// Whether the kernel marked this program's start as a secure execution
+/// (`AT_SECURE`: set-user-ID, set-group-ID, or file capabilities), as
+/// glibc's `secure_getenv` asks. Then whoever started it set the
+/// environment without those privileges, and a variable that names a
+/// file to write (`HEAPPROF_OUT`), a server to send profiles to or an
+/// address to serve them on would have heapprof do so with them.
+fn secure_execution() -> bool {
+    // SAFETY: getauxval has no preconditions; it returns 0 for an entry
+    // the kernel did not pass.
+    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
 }
 
 /// A value that is empty or all blanks is no value: an empty assignment is
