@@ -367,7 +367,14 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     // Failures said on stderr: each kind once, so that a server out of
     // descriptors says so without a line every 10 ms.
     let mut said: Vec<io::ErrorKind> = Vec::new();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    let ours = file_identity(fd);
+    let port = listener.local_addr().map_or(0, |a| a.port());
     loop {
+        if file_identity(fd) != ours {
+            give_up_descriptor(listener, fd, port);
+            return;
+        }
         let (stream, peer) = match listener.accept() {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -413,6 +420,36 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             });
         }
     }
+}
+
+/// The device and inode of the file descriptor `fd` names, `None` if it
+/// names none.
+fn file_identity(fd: i32) -> Option<(libc::dev_t, libc::ino_t)> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes a `stat` into the buffer it is given, which is
+    // one, and reads nothing else.
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: fstat succeeded, so it filled the buffer.
+    let st = unsafe { st.assume_init() };
+    Some((st.st_dev, st.st_ino))
+}
+
+/// The program closed the server's listening socket (a daemon closing
+/// every descriptor it did not open), and `fd` now names another file or
+/// none: the server of `port` stops, says so, and leaves `fd` alone.
+/// Accepting on it would answer the program's own clients with profiles,
+/// and closing it would close the program's file.
+fn give_up_descriptor(listener: TcpListener, fd: i32, port: u16) {
+    std::mem::forget(listener);
+    let _ = LISTENERS
+        .iter()
+        .find(|place| place.compare_exchange(fd, -1, Relaxed, Relaxed).is_ok());
+    crate::config::report::warn(format_args!(
+        "heapprof: the /debug/pprof server's socket (port {port}, descriptor {fd}) was closed \
+         by the program, and the descriptor names another file now; the server stops"
+    ));
 }
 
 /// Starts a connection thread, inside the profiler for its whole life. If

@@ -1,0 +1,77 @@
+//! A daemon that closes every descriptor it did not open (`close_range`)
+//! closes the server's listening socket too, and its next socket gets the
+//! same number. The server must not accept on that number: it would answer
+//! the daemon's own clients with profiles. It stops, with one line on
+//! stderr, and the daemon's client waits for the daemon.
+
+use heapprof_testkit::child::{is_child, printed_number, run_child};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+#[global_allocator]
+static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+
+/// How long the daemon's client waits for an answer it must not get.
+const QUIET_FOR: Duration = Duration::from_secs(2);
+
+/// The first line of the answer to a request for the index page, empty if
+/// none came within [`QUIET_FOR`].
+fn ask(stream: &mut TcpStream) -> String {
+    stream.set_read_timeout(Some(QUIET_FOR)).unwrap();
+    stream
+        .write_all(b"GET /debug/pprof/ HTTP/1.0\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[test]
+fn child_closes_every_descriptor() {
+    if !is_child() {
+        return;
+    }
+    let profiles = heapprof::http::serve("127.0.0.1:0").unwrap();
+    assert!(ask(&mut TcpStream::connect(profiles).unwrap()).starts_with("HTTP/1.1 200"));
+    // SAFETY: closes descriptors 3 and up; this process uses none of them
+    // past this point but the ones it opens next.
+    let closed = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    assert_eq!(
+        closed,
+        0,
+        "close_range: {}",
+        std::io::Error::last_os_error()
+    );
+    let daemon = TcpListener::bind("127.0.0.1:0").unwrap();
+    // The server's accept, under way on the closed socket, takes one more
+    // connection on its port (whether it answers does not matter here);
+    // then the server comes back to the descriptor, which names the
+    // daemon's socket now.
+    let _late = TcpStream::connect(profiles);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut client = TcpStream::connect(daemon.local_addr().unwrap()).unwrap();
+    let stolen = ask(&mut client);
+    daemon.set_nonblocking(true).unwrap();
+    let waited = daemon.accept().is_ok();
+    println!(
+        "stolen={} waited={}",
+        u8::from(!stolen.is_empty()),
+        u8::from(waited)
+    );
+}
+
+#[test]
+fn a_closed_listening_socket_is_not_taken_back() {
+    let (stdout, stderr) = run_child("child_closes_every_descriptor", &[]);
+    assert_eq!(printed_number(&stdout, "stolen="), 0, "{stdout}\n{stderr}");
+    assert_eq!(printed_number(&stdout, "waited="), 1, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("was closed by the program") && stderr.contains("the server stops"),
+        "{stderr}"
+    );
+}
