@@ -2,7 +2,8 @@
 //! closes the server's listening socket too, and its next socket gets the
 //! same number. The server must not accept on that number: it would answer
 //! the daemon's own clients with profiles. It stops, with one line on
-//! stderr, and the daemon's client waits for the daemon.
+//! stderr, and the daemon's client waits for the daemon; and a fork, which
+//! closes the server's socket in the child, leaves the daemon's alone.
 
 use heapprof_testkit::child::{is_child, printed_number, run_child};
 use std::io::{Read, Write};
@@ -48,6 +49,23 @@ fn child_closes_every_descriptor() {
         std::io::Error::last_os_error()
     );
     let daemon = TcpListener::bind("127.0.0.1:0").unwrap();
+    // A forked worker keeps the daemon's socket: the fork handler closes
+    // the server's socket in a child, and must not close this one, which
+    // has its number now.
+    let daemon_fd = std::os::fd::AsRawFd::as_raw_fd(&daemon);
+    // SAFETY: the child calls only `fcntl` and `_exit`.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: async-signal-safe calls on a descriptor number.
+        unsafe { libc::_exit(i32::from(libc::fcntl(daemon_fd, libc::F_GETFD) == -1)) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child just forked.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    println!(
+        "kept_in_fork={}",
+        u8::from(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0)
+    );
     // The server's accept, under way on the closed socket, takes one more
     // connection on its port (whether it answers does not matter here);
     // then the server comes back to the descriptor, which names the
@@ -68,6 +86,11 @@ fn child_closes_every_descriptor() {
 #[test]
 fn a_closed_listening_socket_is_not_taken_back() {
     let (stdout, stderr) = run_child("child_closes_every_descriptor", &[]);
+    assert_eq!(
+        printed_number(&stdout, "kept_in_fork="),
+        1,
+        "{stdout}\n{stderr}"
+    );
     assert_eq!(printed_number(&stdout, "stolen="), 0, "{stdout}\n{stderr}");
     assert_eq!(printed_number(&stdout, "waited="), 1, "{stdout}\n{stderr}");
     assert!(

@@ -59,6 +59,9 @@ fn set_user_id_programs_ignore_heapprof_variables() {
             "--nocapture",
             "--test-threads=1",
         ])
+        // Only these: the stderr line names the first HEAPPROF_ variable
+        // heapprof reads that is set.
+        .env_clear()
         .env(CHILD_VAR, "1")
         .env("HEAPPROF_OUT", &target)
         .uid(NOBODY)

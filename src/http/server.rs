@@ -45,7 +45,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -210,6 +210,8 @@ impl Server {
         })?;
         let local = listener.local_addr()?;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+        // Before any other thread of the program can close it.
+        let ours = file_identity(fd);
         let shared = Arc::new(Shared {
             budget: Budget {
                 limit: self.max_response_bytes,
@@ -223,7 +225,7 @@ impl Server {
             limits: self,
         });
         own_thread::spawn(c"heapprof-http", THREAD_STACK_BYTES, move |_| {
-            accept_loop(listener, shared)
+            accept_loop(listener, ours, shared)
         })
         .map_err(|e| {
             io::Error::new(
@@ -234,7 +236,7 @@ impl Server {
         // Listed only now that the thread owns the socket for good: a
         // listener dropped on a failed start leaves its number free for
         // the program's next file, which no fork may close.
-        remember_listener(fd);
+        remember_listener(fd, ours);
         Ok(local)
     }
 }
@@ -244,12 +246,30 @@ impl Server {
 /// first few are not listed.
 static LISTENERS: [AtomicI32; 8] = [const { AtomicI32::new(-1) }; 8];
 
+/// The inode of each socket in [`LISTENERS`], in the same place: the
+/// descriptor may name another file by the time of a fork (the program
+/// closed the socket and opened something else).
+static LISTENER_INODES: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+
 /// Lists `fd`, a listening socket a server thread owns until the process
-/// ends.
-fn remember_listener(fd: i32) {
-    let _ = LISTENERS
-        .iter()
-        .find(|place| place.compare_exchange(-1, fd, Relaxed, Relaxed).is_ok());
+/// ends, whose identity is `ours` ([`file_identity`]).
+fn remember_listener(fd: i32, ours: Option<(libc::dev_t, libc::ino_t)>) {
+    let Some((_, inode)) = ours else {
+        return;
+    };
+    for (place, inode_place) in LISTENERS.iter().zip(&LISTENER_INODES) {
+        if place.compare_exchange(-1, fd, Relaxed, Relaxed).is_ok() {
+            // A fork in between finds no inode, and leaves the socket open.
+            inode_place.store(wide_inode(inode), Relaxed);
+            return;
+        }
+    }
+}
+
+/// An inode number as 64 bits (`ino_t` is 32 bits on some targets).
+#[allow(clippy::unnecessary_cast)]
+fn wide_inode(inode: libc::ino_t) -> u64 {
+    inode as u64
 }
 
 /// In a forked child, which has no server thread: closes its copies of
@@ -257,9 +277,10 @@ fn remember_listener(fd: i32) {
 /// refuses connections (rather than queueing them for no one) and can be
 /// bound again. Async-signal-safe: `close` only.
 pub(crate) fn close_listeners_after_fork() {
-    for place in &LISTENERS {
+    for (place, inode) in LISTENERS.iter().zip(&LISTENER_INODES) {
         let fd = place.swap(-1, Relaxed);
-        if fd >= 0 {
+        let ours = file_identity(fd).is_some_and(|(_, i)| wide_inode(i) == inode.load(Relaxed));
+        if fd >= 0 && ours {
             // SAFETY: `fd` is this process's copy of a listening socket a
             // server of the parent owned, which nothing in the child uses.
             unsafe { libc::close(fd) };
@@ -361,14 +382,17 @@ fn peer_gone(stream: &TcpStream) -> bool {
     }
 }
 
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+fn accept_loop(
+    listener: TcpListener,
+    ours: Option<(libc::dev_t, libc::ino_t)>,
+    shared: Arc<Shared>,
+) {
     let active = Arc::new(AtomicUsize::new(0));
     let rejecting = Arc::new(AtomicUsize::new(0));
     // Failures said on stderr: each kind once, so that a server out of
     // descriptors says so without a line every 10 ms.
     let mut said: Vec<io::ErrorKind> = Vec::new();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
-    let ours = file_identity(fd);
     let port = listener.local_addr().map_or(0, |a| a.port());
     loop {
         if file_identity(fd) != ours {
@@ -423,7 +447,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 /// The device and inode of the file descriptor `fd` names, `None` if it
-/// names none.
+/// names none. Async-signal-safe: `fstat` only.
 fn file_identity(fd: i32) -> Option<(libc::dev_t, libc::ino_t)> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: fstat writes a `stat` into the buffer it is given, which is

@@ -79,10 +79,14 @@ static REGISTER: Once = Once::new();
 static GATE: Mutex<{ rank::FORK }, ()> = Mutex::new(());
 
 /// The thread holding [`GATE`] (its `pthread_self`, which its copy in the
-/// child shares), 0 when none: a fork made by a signal handler on a
-/// thread whose own fork it interrupted takes the gate only if it comes
-/// free in time, and must release it only if it took it.
+/// child shares), 0 when none.
 static GATE_OWNER: AtomicUsize = AtomicUsize::new(0);
+
+/// Forks the gate's owner made from a signal handler that interrupted its
+/// own fork, under way: they pass the gate without taking it, and their
+/// `parent` leaves it to the fork they interrupted. Only the owner's
+/// thread changes it.
+static NESTED: AtomicUsize = AtomicUsize::new(0);
 
 fn this_thread() -> usize {
     // SAFETY: pthread_self has no preconditions.
@@ -144,13 +148,13 @@ fn each_fork_lock(f: &mut dyn FnMut(usize, &'static dyn Lockable)) {
 extern "C" fn prepare() {
     let partial = lock::any_lock_held();
     let inside = reentry::Inside::enter();
-    let gated = if partial {
-        take_within(&GATE, TRY_EACH_FOR)
-    } else {
+    if GATE_OWNER.load(Relaxed) == this_thread() {
+        // A signal handler's fork inside this thread's own fork.
+        NESTED.fetch_add(1, Relaxed);
+    } else if !partial {
         GATE.lock_and_keep();
-        true
-    };
-    if gated {
+        GATE_OWNER.store(this_thread(), Relaxed);
+    } else if take_within(&GATE, TRY_EACH_FOR) {
         GATE_OWNER.store(this_thread(), Relaxed);
     }
     symbolize::before_fork();
@@ -206,18 +210,38 @@ unsafe fn unlock_all() {
     unsafe { symbolize::after_fork() };
 }
 
-/// Lets the next fork through the handlers, if this thread's `prepare`
-/// took the gate.
+/// In the parent: lets the next fork through the handlers, if this
+/// fork's `prepare` took the gate (not one nested in a fork of this
+/// thread's that holds it).
 ///
 /// # Safety
-/// As [`unlock_all`].
-unsafe fn open_gate() {
-    if GATE_OWNER.load(Relaxed) == this_thread() {
-        GATE_OWNER.store(0, Relaxed);
-        // SAFETY: `prepare` took the gate on this thread (or the thread
-        // this child's is a copy of) and forgot the guard.
-        unsafe { GATE.release_kept() };
+/// Only on the thread that ran `prepare`, just after the fork.
+unsafe fn open_gate_in_parent() {
+    if GATE_OWNER.load(Relaxed) != this_thread() {
+        return;
     }
+    if NESTED.load(Relaxed) > 0 {
+        NESTED.fetch_sub(1, Relaxed);
+        return;
+    }
+    GATE_OWNER.store(0, Relaxed);
+    // SAFETY: `prepare` took the gate on this thread and forgot the guard.
+    unsafe { GATE.release_kept() };
+}
+
+/// In the child, whose only thread is the forking one's copy: the gate is
+/// held (by this fork, by the fork it interrupted, or by another thread,
+/// absent here, whose fork a signal handler's gave up waiting for), and
+/// nothing here will release it but this.
+///
+/// # Safety
+/// Only in the child, before any other thread starts.
+unsafe fn open_gate_in_child() {
+    GATE_OWNER.store(0, Relaxed);
+    NESTED.store(0, Relaxed);
+    // SAFETY: no thread of the child holds the gate, and the lock is a
+    // futex word, which the child's unlock leaves free.
+    unsafe { GATE.release_kept() };
 }
 
 extern "C" fn parent() {
@@ -225,7 +249,7 @@ extern "C" fn parent() {
     // SAFETY: `prepare` ran on this thread just before the fork.
     unsafe {
         unlock_all();
-        open_gate();
+        open_gate_in_parent();
     }
     reentry::leave_forgotten(was_inside);
 }
@@ -252,8 +276,8 @@ extern "C" fn child() {
     }
     #[cfg(feature = "http")]
     crate::http::close_listeners_after_fork();
-    // SAFETY: as for `unlock_all` above.
-    unsafe { open_gate() };
+    // SAFETY: this is the child's only thread, before it starts others.
+    unsafe { open_gate_in_child() };
     reentry::leave_forgotten(was_inside);
 }
 

@@ -24,6 +24,10 @@
 //! total                               6.7 MiB
 //! ```
 //!
+//! The frames of retired sites stay in their stripe's vector until a
+//! retirement that needs room compacts it, so the vector never grows past
+//! what the stored frames need and an eighth more.
+//!
 //! A full table makes room for a new site by retiring the least recently
 //! sampled site of its stripe that has nothing live (`Stripe::reuse`): a
 //! long-running program keeps naming the sites it starts using late, a
@@ -391,13 +395,13 @@ impl Stripe {
     }
 
     /// Moves the frames of the sites in place into a vector of their own
-    /// with room for `extra` more, leaving out the unused ones, so that
-    /// they make room without the vector growing. False if the inner
-    /// allocator has no memory for it.
+    /// with room for `extra` more and an eighth to spare (so that the next
+    /// retirements here find room without compacting again), leaving out
+    /// the unused ones. False if the inner allocator has no memory for it.
     fn compact(&mut self, extra: usize) -> bool {
         let mut packed = Vec::new();
         let used = self.frames.len() - self.unused_frames;
-        if !growth::reserve_vec(&mut packed, used + extra) {
+        if !growth::reserve_vec(&mut packed, used + extra + used / 8) {
             return false;
         }
         for site in &mut self.sites {
