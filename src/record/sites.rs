@@ -291,7 +291,7 @@ impl Stripe {
         if !reserve(frames.len()) {
             return self.reuse(frames, key, labels, now);
         }
-        let room = growth::reserve_vec(&mut self.frames, frames.len())
+        let room = self.room_for_frames(frames.len())
             && growth::reserve_vec(&mut self.sites, 1)
             && growth::reserve_map(&mut self.by_hash, 1);
         if !room {
@@ -329,10 +329,7 @@ impl Stripe {
             let more = self.least_recent_dead(Some(victim))?;
             self.retire(more);
         }
-        let fits = self.frames.capacity() - self.frames.len() >= frames.len()
-            || (self.unused_frames >= frames.len() && self.compact(frames.len()))
-            || growth::reserve_vec(&mut self.frames, frames.len());
-        if !fits || !growth::reserve_map(&mut self.by_hash, 1) {
+        if !self.room_for_frames(frames.len()) || !growth::reserve_map(&mut self.by_hash, 1) {
             TABLE.frames.fetch_sub(frames.len(), Relaxed);
             return None;
         }
@@ -392,6 +389,16 @@ impl Stripe {
             last_alloc: now,
         };
         self.by_hash.insert(key, index);
+    }
+
+    /// Makes room for `n` more frame addresses at the end of `frames`:
+    /// there already, or by compacting when the unused addresses are
+    /// enough, or by growing the vector. False if the inner allocator has
+    /// no memory for it.
+    fn room_for_frames(&mut self, n: usize) -> bool {
+        self.frames.capacity() - self.frames.len() >= n
+            || (self.unused_frames >= n && self.compact(n))
+            || growth::reserve_vec(&mut self.frames, n)
     }
 
     /// Moves the frames of the sites in place into a vector of their own
