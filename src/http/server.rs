@@ -31,7 +31,12 @@
 //! * one request per connection (`Connection: close`): scrapers open a
 //!   connection per scrape anyway;
 //! * a failing connection only ends its own thread; the listener goes on
-//!   after any accept error.
+//!   after any accept error;
+//! * a program that closes the server's descriptors (a daemon closing
+//!   every descriptor it did not open) stops the server, if it closed the
+//!   listening socket, or ends the connection: the server checks, before
+//!   each use, that a number still names its socket, and never reads,
+//!   writes or closes a number that names a file of the program's now.
 //!
 //! Every limit saturates: a timeout past [`LONGEST_TIMEOUT`] is that long,
 //! a head limit past [`LARGEST_HEAD_BYTES`] is that large.
@@ -44,6 +49,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
+use std::mem::ManuallyDrop;
 use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, mpsc};
@@ -304,12 +310,7 @@ struct Shared {
 /// A request for the builder thread: path, query, where to send the
 /// response, and the client's connection, to skip a build no one waits
 /// for any more.
-type Job = (
-    String,
-    String,
-    mpsc::SyncSender<Response>,
-    Option<TcpStream>,
-);
+type Job = (String, String, mpsc::SyncSender<Response>, Option<Conn>);
 
 /// Starts the thread that builds the responses of one server. Bodies are
 /// allocated, and freed, where they are built: built on a thread of
@@ -342,7 +343,7 @@ fn start_builder() -> Option<mpsc::Sender<Job>> {
 /// here a page that builds no profile (the index, a 404), a delta (which
 /// waits its N seconds first, unless the client goes away, and of which
 /// only a few run at once), or anything when the builder is not there.
-fn respond(shared: &Shared, stream: &TcpStream, path: &str, query: &str) -> Response {
+fn respond(shared: &Shared, stream: &Conn, path: &str, query: &str) -> Response {
     if !super::waits(query)
         && super::builds_profile(path)
         && let Some(builder) = &shared.builder
@@ -366,20 +367,24 @@ fn respond(shared: &Shared, stream: &TcpStream, path: &str, query: &str) -> Resp
 /// end (a client that only half-closes, and still reads, counts as gone:
 /// HTTP clients do not). Looks without taking any byte of a pipelined
 /// request.
-fn peer_gone(stream: &TcpStream) -> bool {
-    if stream.set_nonblocking(true).is_err() {
-        return false;
-    }
-    let looked = stream.peek(&mut [0u8; 1]);
-    let _ = stream.set_nonblocking(false);
-    match looked {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => !matches!(
-            e.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-        ),
-    }
+fn peer_gone(stream: &Conn) -> bool {
+    let looked = stream.with(|s| {
+        if s.set_nonblocking(true).is_err() {
+            return Ok(false);
+        }
+        let looked = s.peek(&mut [0u8; 1]);
+        let _ = s.set_nonblocking(false);
+        Ok(match looked {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ),
+        })
+    });
+    // A connection whose descriptor the program closed has no client left.
+    looked.unwrap_or(true)
 }
 
 fn accept_loop(
@@ -400,7 +405,7 @@ fn accept_loop(
             return;
         }
         let (stream, peer) = match listener.accept() {
-            Ok(accepted) => accepted,
+            Ok((stream, peer)) => (Conn::new(stream), peer),
             Err(e) => {
                 // Out of descriptors, a connection reset before accept…:
                 // nothing to do but wait a little and go on.
@@ -458,6 +463,108 @@ fn file_identity(fd: i32) -> Option<(libc::dev_t, libc::ino_t)> {
     // SAFETY: fstat succeeded, so it filled the buffer.
     let st = unsafe { st.assume_init() };
     Some((st.st_dev, st.st_ino))
+}
+
+/// An accepted connection, known by its socket's identity as well as by
+/// its descriptor's number. The program may close the number behind the
+/// server (a daemon closing every descriptor it did not open) and give it
+/// to a file of its own; each use of a `Conn` first checks that the number
+/// still names the socket, and a `Conn` whose number names another file,
+/// or none, is never read, written, set or closed: it fails with
+/// `NotConnected` and, when dropped, leaves the number alone. `stream` is
+/// never dropped: [`Conn`]'s drop closes its descriptor.
+///
+/// Between a check and the call it guards, the number can still change
+/// hands: the checks narrow the program's race with the server to
+/// microseconds, they do not end it.
+struct Conn {
+    stream: ManuallyDrop<TcpStream>,
+    /// The socket's device and inode, taken when it was accepted; `None`
+    /// if the number was closed before that.
+    identity: Option<(libc::dev_t, libc::ino_t)>,
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Conn {
+        let identity = file_identity(std::os::fd::AsRawFd::as_raw_fd(&stream));
+        Conn {
+            stream: ManuallyDrop::new(stream),
+            identity,
+        }
+    }
+
+    /// Whether the descriptor still names the socket accepted.
+    fn is_ours(&self) -> bool {
+        self.identity.is_some()
+            && file_identity(std::os::fd::AsRawFd::as_raw_fd(&*self.stream)) == self.identity
+    }
+
+    /// `f` on the socket, if the descriptor still names it.
+    fn with<T>(&self, f: impl FnOnce(&TcpStream) -> io::Result<T>) -> io::Result<T> {
+        if !self.is_ours() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the program closed the connection's descriptor",
+            ));
+        }
+        f(&self.stream)
+    }
+
+    /// A second descriptor for the same socket, checked the same way.
+    fn try_clone(&self) -> io::Result<Conn> {
+        let stream = self.with(TcpStream::try_clone)?;
+        Ok(Conn {
+            stream: ManuallyDrop::new(stream),
+            identity: self.identity,
+        })
+    }
+
+    fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        self.with(|s| s.set_nodelay(on))
+    }
+
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.with(|s| s.set_read_timeout(timeout))
+    }
+
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.with(|s| s.set_write_timeout(timeout))
+    }
+
+    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.with(|s| s.shutdown(how))
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.with(|mut s| s.read(buf))
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.with(|mut s| s.write(buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Conn {
+    /// Closes the descriptor if it still names the socket. The program may
+    /// close it between the check and the close, so the close is
+    /// `libc::close`, whose `EBADF` is ignored, and never `TcpStream`'s
+    /// drop, which aborts a debug build on `EBADF`.
+    fn drop(&mut self) {
+        if self.is_ours() {
+            // SAFETY: the descriptor is the connection's (checked just
+            // above) and `stream`, which is never dropped, is not used
+            // after this; a `TcpStream` holds nothing but its descriptor.
+            unsafe { libc::close(std::os::fd::AsRawFd::as_raw_fd(&*self.stream)) };
+        }
+    }
 }
 
 /// The program closed the server's listening socket (a daemon closing
@@ -632,7 +739,7 @@ fn over_budget() -> Response {
 /// request. The request must still be drained before closing ([`linger`]):
 /// closing a socket with unread input makes the kernel reset the
 /// connection, and the client would see the reset instead of the 503.
-fn reject_busy(mut stream: TcpStream, message: &str) {
+fn reject_busy(mut stream: Conn, message: &str) {
     let reply = format!(
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
          Content-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{message}",
@@ -651,7 +758,7 @@ struct Request {
     query: String,
 }
 
-fn serve_connection(mut stream: TcpStream, shared: &Shared) {
+fn serve_connection(mut stream: Conn, shared: &Shared) {
     let _ = stream.set_nodelay(true);
     let (mut response, head_only) = match read_request(&mut stream, &shared.limits) {
         // Building a body that could not be held anyway would only cost
@@ -718,7 +825,7 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) {
 /// Writes `bytes` unless `deadline` passes first: in pieces, each allowed
 /// to block only for the time left, so that a client reading slowly cannot
 /// hold the connection past the deadline.
-fn write_by(stream: &mut TcpStream, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
+fn write_by(stream: &mut Conn, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
     while !bytes.is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -739,7 +846,7 @@ fn write_by(stream: &mut TcpStream, mut bytes: &[u8], deadline: Instant) -> io::
 /// connection failed before a whole head arrived. `Err`: a status and a
 /// message to answer with.
 fn read_request(
-    stream: &mut TcpStream,
+    stream: &mut Conn,
     limits: &Server,
 ) -> Result<Option<Request>, (u16, &'static str)> {
     let deadline = Instant::now() + limits.header_timeout;
@@ -805,7 +912,7 @@ fn parse_head(bytes: &[u8]) -> Result<Option<Request>, (u16, &'static str)> {
 /// After the response: stop writing and read what the client may still
 /// send (briefly, boundedly) before closing, so that unread input does not
 /// make the kernel reset the connection and lose the response's tail.
-fn linger(stream: &mut TcpStream) {
+fn linger(stream: &mut Conn) {
     let _ = stream.shutdown(Shutdown::Write);
     let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
     let mut sink = [0u8; 4096];
@@ -848,7 +955,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let ask = |client_stays: bool| {
             let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-            let (server_side, _) = listener.accept().unwrap();
+            let server_side = Conn::new(listener.accept().unwrap().0);
             if !client_stays {
                 drop(client);
                 // The close reaches the other end before the builder looks.
