@@ -32,7 +32,18 @@ fn child_fills_the_table() {
         return;
     }
     heapprof::set_sample_rate(1);
-    let kept: Vec<Vec<u8>> = (0..50).flat_map(|d| (0..4).map(move |_| nest(d))).collect();
+    let (kept, measured) = heapprof::measure(|| {
+        (0..50)
+            .flat_map(|d| (0..4).map(move |_| nest(d)))
+            .collect::<Vec<Vec<u8>>>()
+    });
+    // A failed assertion's rows name the stacks not kept as profiles do.
+    let failed = std::panic::catch_unwind(|| measured.assert_no_growth()).unwrap_err();
+    let failed = failed.downcast_ref::<String>().unwrap();
+    println!(
+        "measure_names_overflow={}",
+        u8::from(failed.contains("[heapprof overflow"))
+    );
     let p = take_profile();
     let names: Vec<String> = p.sample.iter().map(|s| leaf_name(&p, s)).collect();
     let overflow = p
@@ -92,6 +103,7 @@ fn overflow_is_visible_and_bounded() {
     assert!(field("nest_site_objects_max=") <= 4, "{stdout}");
     assert!(field("overflow_objects=") >= 200 - nest_objects, "{stdout}");
     assert!(field("samples=") <= FILLED_TABLE as i64 + 1);
+    assert_eq!(field("measure_names_overflow="), 1, "{stdout}");
 }
 
 /// Child: two tenants' blocks, each from 50 depths of `nest`, past a

@@ -230,8 +230,10 @@ impl Measured {
                 .take(FRAMES_SHOWN)
                 .map(|f| f.function.as_str())
                 .collect();
+            // The overflow site shows its own frame, the name it has in
+            // profiles; no frames at all is a stack trimmed to nothing.
             let shown = match names.is_empty() {
-                true => "[overflow: sites past HEAPPROF_MAX_SITES]".to_owned(),
+                true => "[a stack with no frames]".to_owned(),
                 false => names.join(" < "),
             };
             let i = *row_of.entry(shown.clone()).or_insert_with(|| {
