@@ -749,7 +749,14 @@ impl AutoDump {
         // `stats()` balance.
         let copy = reentry::Inside::enter_for(|| self.clone());
         drop(self);
-        copy.spawn()
+        // The message is the program's allocation: made outside the
+        // profiler, as the program's `stats()` expect of what it frees.
+        copy.spawn().map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("heapprof: cannot start the AutoDump thread: {e}"),
+            )
+        })
     }
 
     /// Starts the thread on these settings, heapprof's own.

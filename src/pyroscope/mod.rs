@@ -221,11 +221,22 @@ impl Pusher {
         // `stats()` balance.
         let copy = reentry::Inside::enter_for(|| self.clone());
         drop(self);
-        let _inside = reentry::Inside::enter();
-        // The first period starts now: the copy is taken before `start`
-        // returns, so that what the program allocates next is in it.
-        let mark = Mark::now();
-        copy.spawn(Some(mark))
+        let started = {
+            let _inside = reentry::Inside::enter();
+            // The first period starts now: the copy is taken before
+            // `start` returns, so that what the program allocates next is
+            // in it.
+            let mark = Mark::now();
+            copy.spawn(Some(mark))
+        };
+        // The message is the program's allocation: made outside the
+        // profiler, as the program's `stats()` expect of what it frees.
+        started.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("heapprof: cannot start the Pyroscope pusher's thread: {e}"),
+            )
+        })
     }
 
     /// Starts the thread, whose first period starts at `mark`, or when
