@@ -410,6 +410,13 @@ fn child_runs_out_of_descriptors() {
         )
         .collect();
     println!("kept_second={} kept_last={}", kept[1], kept[5]);
+    // The profile says why its names are missing.
+    let p = heapprof_testkit::profile::take_profile();
+    let says = p
+        .comment
+        .iter()
+        .any(|&i| p.string_table[i as usize].contains("could not read the executable"));
+    println!("says_unreadable={}", u8::from(says));
     drop(files);
     println!("with={}", heapprof::snapshot().inuse_bytes_in(name));
     drop(held);
@@ -417,14 +424,21 @@ fn child_runs_out_of_descriptors() {
 
 /// Running out of descriptors costs the profiles written meanwhile their
 /// names, not every later profile (services run out in incidents, and
-/// recover).
+/// recover); those profiles, and stderr once, say why.
 #[test]
 fn names_come_back_when_descriptors_do() {
-    let (stdout, _) = run_child(
+    let (stdout, stderr) = run_child(
         "child_runs_out_of_descriptors",
         &[("HEAPPROF_SAMPLE_RATE", "1")],
     );
     assert_eq!(printed_number(&stdout, "without="), 0, "{stdout}");
+    assert_eq!(printed_number(&stdout, "says_unreadable="), 1, "{stdout}");
+    // Said once on stderr, however many profiles lost names.
+    assert_eq!(
+        stderr.matches("heapprof: cannot read").count(),
+        1,
+        "{stderr}"
+    );
     assert_eq!(
         printed_number(&stdout, "kept_second="),
         printed_number(&stdout, "kept_last="),

@@ -521,6 +521,7 @@ impl Snapshot {
                 "check the name (with its path), that the function is not inlined away, and, if it \
                  ran on a thread started before the last set_sample_rate (a runtime's worker), that \
                  the thread had taken the new rate: threads take it at their next sample"
+                    .into()
             };
             crate::config::report::warn(format_args!(
                 "heapprof: assert_inuse_at_most: no sampled stack names a function matching {}; {why}",

@@ -19,10 +19,11 @@
 //! across a lookup (`backtrace::resolve` takes backtrace's own global
 //! lock).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering::Relaxed};
 
 use crate::record::sites::SiteCopy;
 use crate::record::stack::{CUT, NOT_UNWOUND, OWN_FRAMES};
@@ -32,16 +33,31 @@ use crate::support::mappings::{self, LoaderCounts, Mapping};
 mod own;
 
 /// What to check when the executable's frames have no names.
-pub(crate) fn no_names_hint() -> &'static str {
+pub(crate) fn no_names_hint() -> Cow<'static, str> {
+    let unreadable = UNREADABLE.load(Relaxed);
     if LOOKUPS_LOST.load(Relaxed) {
         "this process was forked while its parent was looking names up, and makes no \
          lookups of its own (names in the cache stay)"
+            .into()
+    } else if unreadable != 0 {
+        format!(
+            "the last lookup could not read the executable ({}): too few descriptors \
+             (RLIMIT_NOFILE) or too little address space (RLIMIT_AS) left? The next profile \
+             tries again",
+            std::io::Error::from_raw_os_error(unreadable)
+        )
+        .into()
     } else {
         "is the executable stripped (`strip = true`, or by a linker that drops the symbol table \
          with the debug info, as `nm` would show)? Or, with /proc not mounted, does the path it \
          was started by now name another build?"
+            .into()
     }
 }
+
+/// The error (`errno`) with which the last lookup that needed the
+/// executable could not open or map it; 0 if it could.
+static UNREADABLE: AtomicI32 = AtomicI32::new(0);
 
 /// One source-level frame at an address. An address yields several when
 /// functions were inlined into each other, innermost first.
@@ -357,7 +373,7 @@ fn resolve_all_within(
     // window, so that its bytes are not counted as kept.
     drop(own_object);
     trim_heap(this_thread_allocated_bytes() - allocated_before);
-    let unopened = unopened_files(&resolved, &objects);
+    let unreadable = unreadable_files(&resolved, &objects);
     let mut not_kept = 0;
     {
         let mut cache = CACHE.lock();
@@ -368,14 +384,16 @@ fn resolve_all_within(
         // Found under the counts read at the start: kept only if no other
         // profile has seen the loader change since (this one's `follow`
         // would then not come again for them). Nothing found in a file
-        // that could not be opened is not kept: the next profile tries
-        // again, when the program may have descriptors to spare.
+        // that could not be opened or mapped is not kept: the next profile
+        // tries again, when the program may have descriptors or address
+        // space to spare.
         let fresh = cache.loader == loader;
         for (addr, frames) in &resolved {
-            let in_unopened =
-                || object_of(&objects, *addr).is_some_and(|m| unopened.contains(&m.path.as_str()));
+            let in_unreadable = || {
+                object_of(&objects, *addr).is_some_and(|m| unreadable.contains(&m.path.as_str()))
+            };
             let cached = fresh
-                && !(frames.is_empty() && in_unopened())
+                && !(frames.is_empty() && in_unreadable())
                 && match cache.frames.entry(*addr) {
                     // Another profile's lookup of the same address, which
                     // that profile counted: it stays.
@@ -391,7 +409,7 @@ fn resolve_all_within(
             }
         }
     }
-    drop(unopened);
+    drop(unreadable);
     let list_bytes = resolved.capacity() * std::mem::size_of::<(usize, Symbols)>();
     let kept = this_thread_net_bytes() - before - (list_bytes + not_kept) as i64;
     KEPT_BYTES.fetch_add(kept, Relaxed);
@@ -416,24 +434,71 @@ fn heap_bytes(symbols: &Symbols) -> usize {
     block + strings
 }
 
-/// The files of `objects` that cannot be opened now (descriptors used up,
-/// say) and in which `resolved` named nothing at some address. One `open`
-/// per such file.
-fn unopened_files<'a>(resolved: &[(usize, Symbols)], objects: &'a [Mapping]) -> Vec<&'a str> {
+/// The files of `objects` that cannot be opened or mapped now (descriptors
+/// or address space used up, say) and in which `resolved` named nothing
+/// at some address. One `open` and `mmap` per such file. Sets
+/// [`UNREADABLE`], and says once per process on stderr that names are
+/// lost for now.
+fn unreadable_files<'a>(resolved: &[(usize, Symbols)], objects: &'a [Mapping]) -> Vec<&'a str> {
     let mut checked: Vec<(&str, bool)> = Vec::new();
+    let mut executable = 0;
     for (addr, frames) in resolved {
         let Some(object) = object_of(objects, *addr).filter(|_| frames.is_empty()) else {
             continue;
         };
-        if !checked.iter().any(|&(path, _)| path == object.path) {
-            checked.push((&object.path, object.open().is_err()));
+        if checked.iter().any(|&(path, _)| path == object.path) {
+            continue;
         }
+        let read = readable(object);
+        if let Err(e) = &read {
+            static SAID: AtomicBool = AtomicBool::new(false);
+            if !SAID.swap(true, Relaxed) {
+                crate::config::report::warn(format_args!(
+                    "heapprof: cannot read {} to name frames in it ({e}); profiles leave them \
+                     unnamed until it can be read again",
+                    object.path
+                ));
+            }
+            if object.executable {
+                executable = e.raw_os_error().unwrap_or(libc::EINVAL);
+            }
+        }
+        checked.push((&object.path, read.is_err()));
     }
+    UNREADABLE.store(executable, Relaxed);
     checked
         .into_iter()
         .filter(|&(_, failed)| failed)
         .map(|(path, _)| path)
         .collect()
+}
+
+/// Whether `object`'s file can be opened and mapped whole now, as a lookup
+/// needs.
+fn readable(object: &Mapping) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = object.open()?;
+    let len = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: maps `len` bytes of an open file, read-only and private;
+    // nothing reads the mapping, which is unmapped at once.
+    unsafe {
+        let at = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            file.as_raw_fd(),
+            0,
+        );
+        if at == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::munmap(at, len);
+    }
+    Ok(())
 }
 
 /// Addresses outside heapprof's own object, sorted by who looks them up
