@@ -15,6 +15,7 @@ use heapprof_testkit::proto::Profile;
 use heapprof_testkit::pyroscope::{Pending, Push, Receiver};
 use heapprof_testkit::tools::{go_available, go_pprof, top_rows};
 use heapprof_testkit::watchdog::watchdog;
+use std::io::{Read, Write};
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -770,4 +771,54 @@ fn threads_that_cannot_start_say_so() {
         let said = heapprof_testkit::child::printed_number(&stdout, name);
         assert_eq!(said, 1, "{stdout}\n{stderr}");
     }
+}
+
+/// A server that keeps connections alive (HTTP/1.1, as Pyroscope and
+/// Alloy do): the pusher closes its connection after each push. An idle
+/// connection kept between pushes would be a descriptor of heapprof's
+/// that a program closing every descriptor it did not open (a daemon)
+/// closes, and whose number the program's next file gets: the next push
+/// would then be written into that file.
+#[test]
+fn no_connection_is_kept_between_pushes() {
+    let _watchdog = watchdog(
+        "no_connection_is_kept_between_pushes",
+        Duration::from_secs(60),
+    );
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let pusher = Pusher::new(
+        format!("http://{}", server.local_addr().unwrap()),
+        "keep-alive",
+    )
+    .every(Duration::from_secs(1))
+    .start()
+    .expect("start the pusher");
+    let (mut conn, _) = server.accept().unwrap();
+    // The request: a head, then a body of Content-Length bytes.
+    let mut request = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    let body_length = loop {
+        let n = conn.read(&mut chunk).unwrap();
+        assert_ne!(n, 0, "the pusher closed before a whole head");
+        request.extend_from_slice(&chunk[..n]);
+        if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            break end + 4 + length;
+        }
+    };
+    while request.len() < body_length {
+        let n = conn.read(&mut chunk).unwrap();
+        assert_ne!(n, 0, "the pusher closed before the whole body");
+        request.extend_from_slice(&chunk[..n]);
+    }
+    conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let closed = matches!(conn.read(&mut chunk), Ok(0));
+    drop(pusher);
+    assert!(closed, "the pusher kept its connection open after the push");
 }

@@ -454,10 +454,10 @@ impl PusherHandle {
     }
 }
 
-/// A push's HTTP client: ureq, with a timeout on each step of the
-/// exchange but none on name resolution, which ureq would otherwise run
-/// on a thread of its own (outside the profiler: its allocations would
-/// be counted as the program's).
+/// A push's HTTP client: ureq, with a connection of its own per push, a
+/// timeout on each step of the exchange but none on name resolution,
+/// which ureq would otherwise run on a thread of its own (outside the
+/// profiler: its allocations would be counted as the program's).
 struct Client {
     agent: ureq::Agent,
 }
@@ -473,6 +473,12 @@ impl Client {
             .timeout_recv_body(t)
             .http_status_as_error(false)
             .max_redirects(0)
+            // No connection outlives its push: an idle one is a descriptor
+            // that a program closing every descriptor it did not open (a
+            // daemon) closes and gives to a file of its own, into which
+            // the next push would be written. One connection per period
+            // costs a handshake per period.
+            .max_idle_connections(0)
             .user_agent(concat!("heapprof/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
