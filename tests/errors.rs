@@ -415,7 +415,7 @@ fn child_runs_out_of_descriptors() {
     let says = p
         .comment
         .iter()
-        .any(|&i| p.string_table[i as usize].contains("could not read the executable"));
+        .any(|&i| p.string_table[i as usize].contains("could not open or map the executable"));
     println!("says_unreadable={}", u8::from(says));
     drop(files);
     println!("with={}", heapprof::snapshot().inuse_bytes_in(name));
@@ -445,4 +445,76 @@ fn names_come_back_when_descriptors_do() {
         "{stdout}"
     );
     assert_eq!(printed_number(&stdout, "with="), 4 << 20, "{stdout}");
+}
+
+/// 4 MiB the address-space test holds, in a function of its own.
+#[inline(never)]
+fn held_while_address_space_runs_out() -> Vec<u8> {
+    std::hint::black_box(vec![5u8; 4 << 20])
+}
+
+/// The child: profiles written with no address space left to map the
+/// executable (`RLIMIT_AS` just above what the process uses) cannot name
+/// its frames, and say why; one written after the limit is raised again
+/// names them.
+#[test]
+fn child_runs_out_of_address_space() {
+    if !is_child() {
+        return;
+    }
+    let held = held_while_address_space_runs_out();
+    let name = "errors::held_while_address_space_runs_out";
+    let mut profile = Vec::with_capacity(4 << 20);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is plain data that getrlimit fills.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) }, 0);
+    let hard = limit.rlim_max;
+    // Room for what a profile allocates (in heap already mapped), none
+    // for a mapping of the executable.
+    limit.rlim_cur = heapprof_testkit::process::status_bytes("VmSize:") + (1 << 20);
+    // SAFETY: lowers this process's soft limit; `limit` is plain data.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) }, 0);
+    let without = heapprof::snapshot().inuse_bytes_in(name);
+    let written = heapprof::write_profile(&mut profile).is_ok();
+    limit.rlim_cur = hard;
+    // SAFETY: raises the soft limit back to the hard one, as before.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) }, 0);
+    let p = heapprof_testkit::profile::decode(&profile);
+    let says = p.comment.iter().any(|&i| {
+        p.string_table[i as usize].contains("could not open or map the executable")
+            && p.string_table[i as usize].contains("RLIMIT_AS")
+    });
+    println!(
+        "without={without} written={} says_unreadable={}",
+        u8::from(written),
+        u8::from(says)
+    );
+    println!("with={}", heapprof::snapshot().inuse_bytes_in(name));
+    drop(held);
+}
+
+/// Running out of address space costs the profiles written meanwhile
+/// their names, not every later one: what a lookup could not read is not
+/// kept as "no name here".
+#[test]
+fn names_come_back_when_address_space_does() {
+    let (stdout, stderr) = run_child(
+        "child_runs_out_of_address_space",
+        &[("HEAPPROF_SAMPLE_RATE", "1")],
+    );
+    for (field, expected) in [
+        ("without=", 0),
+        ("written=", 1),
+        ("says_unreadable=", 1),
+        ("with=", 4 << 20),
+    ] {
+        assert_eq!(
+            printed_number(&stdout, field),
+            expected,
+            "{field}\n{stdout}\n{stderr}"
+        );
+    }
 }

@@ -741,6 +741,9 @@ impl AutoDump {
     /// [`at_limit`](AutoDump::at_limit) with no fraction or one outside
     /// 0.01 to 1. Without heapprof as the global allocator it is an error
     /// of kind `Other`, as from [`write_profile`](crate::write_profile).
+    /// If the thread cannot start, the error has the kind of the OS's
+    /// (`WouldBlock` for `EAGAIN`) and a message that says so and gives
+    /// the OS's error.
     pub fn start(self) -> io::Result<AutoDumpHandle> {
         self.check()?;
         output::check_installed()?;

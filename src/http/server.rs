@@ -35,8 +35,9 @@
 //! * a program that closes the server's descriptors (a daemon closing
 //!   every descriptor it did not open) stops the server, if it closed the
 //!   listening socket, or ends the connection: the server checks, before
-//!   each use, that a number still names its socket, and never reads,
-//!   writes or closes a number that names a file of the program's now.
+//!   each use, that a number still names its socket, and does not read,
+//!   write or close a number that names a file of the program's now (a
+//!   window of microseconds remains between a check and its use).
 //!
 //! Every limit saturates: a timeout past [`LONGEST_TIMEOUT`] is that long,
 //! a head limit past [`LARGEST_HEAD_BYTES`] is that large.
@@ -344,6 +345,13 @@ fn start_builder() -> Option<mpsc::Sender<Job>> {
 /// waits its N seconds first, unless the client goes away, and of which
 /// only a few run at once), or anything when the builder is not there.
 fn respond(shared: &Shared, stream: &Conn, path: &str, query: &str) -> Response {
+    if !stream.is_ours() {
+        // Nobody to answer: no build.
+        return Response::error(
+            503,
+            "heapprof: the program closed the connection's descriptor",
+        );
+    }
     if !super::waits(query)
         && super::builds_profile(path)
         && let Some(builder) = &shared.builder
@@ -454,15 +462,19 @@ fn accept_loop(
 /// The device and inode of the file descriptor `fd` names, `None` if it
 /// names none. Async-signal-safe: `fstat` only.
 fn file_identity(fd: i32) -> Option<(libc::dev_t, libc::ino_t)> {
+    stat(fd).ok().map(|st| (st.st_dev, st.st_ino))
+}
+
+/// `fstat(fd)`, or its `errno`.
+fn stat(fd: i32) -> Result<libc::stat, i32> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: fstat writes a `stat` into the buffer it is given, which is
     // one, and reads nothing else.
     if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
-        return None;
+        return Err(io::Error::last_os_error().raw_os_error().unwrap_or(0));
     }
     // SAFETY: fstat succeeded, so it filled the buffer.
-    let st = unsafe { st.assume_init() };
-    Some((st.st_dev, st.st_ino))
+    Ok(unsafe { st.assume_init() })
 }
 
 /// An accepted connection, known by its socket's identity as well as by
@@ -479,44 +491,83 @@ fn file_identity(fd: i32) -> Option<(libc::dev_t, libc::ino_t)> {
 /// microseconds, they do not end it.
 struct Conn {
     stream: ManuallyDrop<TcpStream>,
-    /// The socket's device and inode, taken when it was accepted; `None`
-    /// if the number was closed before that.
-    identity: Option<(libc::dev_t, libc::ino_t)>,
+    socket: Socket,
+}
+
+/// What a [`Conn`] knows of the file its number named when it was
+/// accepted.
+#[derive(Clone, Copy, PartialEq)]
+enum Socket {
+    /// A socket with this device and inode: each use checks them.
+    Known(libc::dev_t, libc::ino_t),
+    /// Not known: `fstat` failed other than with `EBADF` (a seccomp filter
+    /// that denies it, say). Used and closed as a plain `TcpStream` is.
+    Unchecked,
+    /// The number was closed, or named something other than a socket, by
+    /// the time it was looked at: never used or closed.
+    Gone,
+}
+
+impl Socket {
+    /// What `fd` names now.
+    fn of(fd: i32) -> Socket {
+        match stat(fd) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFSOCK => {
+                Socket::Known(st.st_dev, st.st_ino)
+            }
+            Ok(_) | Err(libc::EBADF) => Socket::Gone,
+            Err(_) => Socket::Unchecked,
+        }
+    }
 }
 
 impl Conn {
     fn new(stream: TcpStream) -> Conn {
-        let identity = file_identity(std::os::fd::AsRawFd::as_raw_fd(&stream));
+        let socket = Socket::of(std::os::fd::AsRawFd::as_raw_fd(&stream));
         Conn {
             stream: ManuallyDrop::new(stream),
-            identity,
+            socket,
         }
     }
 
     /// Whether the descriptor still names the socket accepted.
     fn is_ours(&self) -> bool {
-        self.identity.is_some()
-            && file_identity(std::os::fd::AsRawFd::as_raw_fd(&*self.stream)) == self.identity
+        match self.socket {
+            Socket::Known(..) => Socket::of(self.fd()) == self.socket,
+            Socket::Unchecked => true,
+            Socket::Gone => false,
+        }
+    }
+
+    fn fd(&self) -> i32 {
+        std::os::fd::AsRawFd::as_raw_fd(&*self.stream)
     }
 
     /// `f` on the socket, if the descriptor still names it.
     fn with<T>(&self, f: impl FnOnce(&TcpStream) -> io::Result<T>) -> io::Result<T> {
         if !self.is_ours() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "the program closed the connection's descriptor",
-            ));
+            return Err(gone());
         }
         f(&self.stream)
     }
 
-    /// A second descriptor for the same socket, checked the same way.
+    /// A second descriptor for the same socket, checked the same way. The
+    /// number may change hands between the check and the `dup`: a new
+    /// descriptor that names another file is this server's own, and is
+    /// closed.
     fn try_clone(&self) -> io::Result<Conn> {
-        let stream = self.with(TcpStream::try_clone)?;
-        Ok(Conn {
-            stream: ManuallyDrop::new(stream),
-            identity: self.identity,
-        })
+        let clone = Conn {
+            stream: ManuallyDrop::new(self.with(TcpStream::try_clone)?),
+            socket: self.socket,
+        };
+        if !clone.is_ours() {
+            // SAFETY: the descriptor was made by the `dup` just above, for
+            // this server alone, and `clone.stream` is never used again.
+            unsafe { libc::close(clone.fd()) };
+            std::mem::forget(clone);
+            return Err(gone());
+        }
+        Ok(clone)
     }
 
     fn set_nodelay(&self, on: bool) -> io::Result<()> {
@@ -562,9 +613,17 @@ impl Drop for Conn {
             // SAFETY: the descriptor is the connection's (checked just
             // above) and `stream`, which is never dropped, is not used
             // after this; a `TcpStream` holds nothing but its descriptor.
-            unsafe { libc::close(std::os::fd::AsRawFd::as_raw_fd(&*self.stream)) };
+            unsafe { libc::close(self.fd()) };
         }
     }
+}
+
+/// The error of a [`Conn`] whose number no longer names its socket.
+fn gone() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "the program closed the connection's descriptor",
+    )
 }
 
 /// The program closed the server's listening socket (a daemon closing

@@ -40,11 +40,18 @@ pub(crate) fn no_names_hint() -> Cow<'static, str> {
          lookups of its own (names in the cache stay)"
             .into()
     } else if unreadable != 0 {
+        let why = match unreadable {
+            libc::EMFILE | libc::ENFILE => "too few descriptors left (RLIMIT_NOFILE)? ",
+            libc::ENOMEM => "too little address space left (RLIMIT_AS)? ",
+            _ => "",
+        };
+        let error = match unreadable {
+            -1 => "not a regular file".to_owned(),
+            errno => std::io::Error::from_raw_os_error(errno).to_string(),
+        };
         format!(
-            "the last lookup could not read the executable ({}): too few descriptors \
-             (RLIMIT_NOFILE) or too little address space (RLIMIT_AS) left? The next profile \
-             tries again",
-            std::io::Error::from_raw_os_error(unreadable)
+            "the last lookup could not open or map the executable ({error}): {why}the next \
+             profile tries again"
         )
         .into()
     } else {
@@ -55,8 +62,10 @@ pub(crate) fn no_names_hint() -> Cow<'static, str> {
     }
 }
 
-/// The error (`errno`) with which the last lookup that needed the
-/// executable could not open or map it; 0 if it could.
+/// The error (`errno`, or -1 for one without) with which the last lookup
+/// that checked the executable could not open or map it; 0 if it could.
+/// One for the process: two profiles built at once may each see the
+/// other's.
 static UNREADABLE: AtomicI32 = AtomicI32::new(0);
 
 /// One source-level frame at an address. An address yields several when
@@ -310,8 +319,14 @@ fn resolve_all_within(
     // rest, and what `own` leaves, by backtrace, which knows only the
     // objects loaded when it was first used, so objects loaded later are
     // read by `own` too ([`route`]).
+    // Addresses in a file that cannot be opened or mapped now are not
+    // looked up: unnamed in this profile, and not cached.
+    let mut unreadable = unreadable_files(missing.iter().copied(), &objects);
+    let (skipped, missing): (Vec<usize>, Vec<usize>) = missing
+        .into_iter()
+        .partition(|&a| in_files(&objects, a, &unreadable));
     let own_object = own::OwnObject::find();
-    let resolved: Vec<(usize, Symbols)> = {
+    let mut resolved: Vec<(usize, Symbols)> = {
         let mut resolving = RESOLVING.lock();
         let (mine, others): (Vec<usize>, Vec<usize>) = missing
             .into_iter()
@@ -373,7 +388,12 @@ fn resolve_all_within(
     // window, so that its bytes are not counted as kept.
     drop(own_object);
     trim_heap(this_thread_allocated_bytes() - allocated_before);
-    let unreadable = unreadable_files(&resolved, &objects);
+    resolved.extend(skipped.into_iter().map(|a| (a, Symbols::from(Vec::new()))));
+    // A file may have become unreadable during the lookup: checked again
+    // where nothing was named.
+    let unnamed = resolved.iter().filter(|(_, frames)| frames.is_empty());
+    let since = unreadable_files(unnamed.map(|&(a, _)| a), &objects);
+    unreadable.extend(since);
     let mut not_kept = 0;
     {
         let mut cache = CACHE.lock();
@@ -389,11 +409,8 @@ fn resolve_all_within(
         // space to spare.
         let fresh = cache.loader == loader;
         for (addr, frames) in &resolved {
-            let in_unreadable = || {
-                object_of(&objects, *addr).is_some_and(|m| unreadable.contains(&m.path.as_str()))
-            };
             let cached = fresh
-                && !(frames.is_empty() && in_unreadable())
+                && !(frames.is_empty() && in_files(&objects, *addr, &unreadable))
                 && match cache.frames.entry(*addr) {
                     // Another profile's lookup of the same address, which
                     // that profile counted: it stays.
@@ -434,16 +451,19 @@ fn heap_bytes(symbols: &Symbols) -> usize {
     block + strings
 }
 
-/// The files of `objects` that cannot be opened or mapped now (descriptors
-/// or address space used up, say) and in which `resolved` named nothing
-/// at some address. One `open` and `mmap` per such file. Sets
-/// [`UNREADABLE`], and says once per process on stderr that names are
-/// lost for now.
-fn unreadable_files<'a>(resolved: &[(usize, Symbols)], objects: &'a [Mapping]) -> Vec<&'a str> {
+/// The files of `objects` that hold some of `addrs` and cannot be opened
+/// or mapped whole now (descriptors or address space used up, say). One
+/// `open` and `mmap` per file. Sets [`UNREADABLE`] if the executable is
+/// among the files checked, and says once per process on stderr that
+/// names are lost for now.
+fn unreadable_files(addrs: impl Iterator<Item = usize>, objects: &[Mapping]) -> Vec<&str> {
     let mut checked: Vec<(&str, bool)> = Vec::new();
-    let mut executable = 0;
-    for (addr, frames) in resolved {
-        let Some(object) = object_of(objects, *addr).filter(|_| frames.is_empty()) else {
+    for addr in addrs {
+        // Objects with no file to open (the vDSO, named
+        // `linux-vdso.so.1`) are backtrace's to name from memory.
+        let Some(object) =
+            object_of(objects, addr).filter(|m| m.executable || m.path.starts_with('/'))
+        else {
             continue;
         };
         if checked.iter().any(|&(path, _)| path == object.path) {
@@ -456,21 +476,29 @@ fn unreadable_files<'a>(resolved: &[(usize, Symbols)], objects: &'a [Mapping]) -
                 crate::config::report::warn(format_args!(
                     "heapprof: cannot read {} to name frames in it ({e}); profiles leave them \
                      unnamed until it can be read again",
-                    object.path
+                    crate::config::report::Shown::new(&object.path)
                 ));
             }
-            if object.executable {
-                executable = e.raw_os_error().unwrap_or(libc::EINVAL);
-            }
+        }
+        if object.executable {
+            let errno = read
+                .as_ref()
+                .err()
+                .map_or(0, |e| e.raw_os_error().unwrap_or(-1));
+            UNREADABLE.store(errno, Relaxed);
         }
         checked.push((&object.path, read.is_err()));
     }
-    UNREADABLE.store(executable, Relaxed);
     checked
         .into_iter()
         .filter(|&(_, failed)| failed)
         .map(|(path, _)| path)
         .collect()
+}
+
+/// Whether `addr` is in an object whose file is one of `files`.
+fn in_files(objects: &[Mapping], addr: usize, files: &[&str]) -> bool {
+    object_of(objects, addr).is_some_and(|m| files.contains(&m.path.as_str()))
 }
 
 /// Whether `object`'s file can be opened and mapped whole now, as a lookup

@@ -212,7 +212,9 @@ impl Pusher {
     /// request line ([`MAX_REQUEST_TARGET_BYTES`]), both basic
     /// authentication and a bearer token, or a header value with control
     /// characters; `Other` if heapprof is not the
-    /// program's global allocator; the error of spawning the thread.
+    /// program's global allocator; if the thread cannot start, an error of
+    /// the kind of the OS's (`WouldBlock` for `EAGAIN`) whose message says
+    /// so and gives the OS's error.
     pub fn start(self) -> io::Result<PusherHandle> {
         self.check()?;
         output::check_installed()?;
