@@ -453,10 +453,26 @@ fn held_while_address_space_runs_out() -> Vec<u8> {
     std::hint::black_box(vec![5u8; 4 << 20])
 }
 
-/// The child: profiles written with no address space left to map the
-/// executable (`RLIMIT_AS` just above what the process uses) cannot name
-/// its frames, and say why; one written after the limit is raised again
-/// names them.
+/// Sets this process's soft `RLIMIT_AS` to `bytes`.
+fn limit_address_space(bytes: libc::rlim_t) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is plain data that getrlimit fills and setrlimit
+    // reads; only the soft limit changes, within the hard one.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_AS, &mut limit), 0);
+        limit.rlim_cur = bytes.min(limit.rlim_max);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_AS, &limit), 0);
+    }
+}
+
+/// The child, under `RLIMIT_AS` just above what the process uses: with
+/// 1 MiB left, `write_profile` refuses to build (an allocation failing in
+/// the build would abort the program); with 40 MiB left, it builds, but
+/// does not name frames (reading the executable's debug info would take
+/// more), and says why; once the limit is raised, a profile names them.
 #[test]
 fn child_runs_out_of_address_space() {
     if !is_child() {
@@ -464,29 +480,25 @@ fn child_runs_out_of_address_space() {
     }
     let held = held_while_address_space_runs_out();
     let name = "errors::held_while_address_space_runs_out";
+    let mut refused = Vec::with_capacity(4 << 20);
     let mut profile = Vec::with_capacity(4 << 20);
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is plain data that getrlimit fills.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) }, 0);
-    let hard = limit.rlim_max;
-    // Room for what a profile allocates (in heap already mapped), none
-    // for a mapping of the executable.
-    limit.rlim_cur = heapprof_testkit::process::status_bytes("VmSize:") + (1 << 20);
-    // SAFETY: lowers this process's soft limit; `limit` is plain data.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) }, 0);
+    let used = heapprof_testkit::process::status_bytes("VmSize:");
+    limit_address_space(used + (1 << 20));
+    let tight = heapprof::write_profile(&mut refused).map_err(|e| e.kind());
+    limit_address_space(used + (40 << 20));
     let without = heapprof::snapshot().inuse_bytes_in(name);
     let written = heapprof::write_profile(&mut profile).is_ok();
-    limit.rlim_cur = hard;
-    // SAFETY: raises the soft limit back to the hard one, as before.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) }, 0);
+    limit_address_space(libc::RLIM_INFINITY);
     let p = heapprof_testkit::profile::decode(&profile);
     let says = p.comment.iter().any(|&i| {
         p.string_table[i as usize].contains("could not open or map the executable")
             && p.string_table[i as usize].contains("RLIMIT_AS")
     });
+    println!(
+        "refused={} refused_bytes={}",
+        u8::from(tight == Err(std::io::ErrorKind::OutOfMemory)),
+        refused.len()
+    );
     println!(
         "without={without} written={} says_unreadable={}",
         u8::from(written),
@@ -506,6 +518,8 @@ fn names_come_back_when_address_space_does() {
         &[("HEAPPROF_SAMPLE_RATE", "1")],
     );
     for (field, expected) in [
+        ("refused=", 1),
+        ("refused_bytes=", 0),
         ("without=", 0),
         ("written=", 1),
         ("says_unreadable=", 1),

@@ -162,16 +162,34 @@ pub(crate) fn collect(source: Source) -> Option<Collected> {
     }
 }
 
+/// Memory a profile build must find within the process's limits before
+/// it starts ([`room_for`](crate::support::room::room_for)); name lookups
+/// ask for their own room on top. A build holds a copy of the site table
+/// and the encoded profile (heapprof's own memory stayed near 6 MiB in a
+/// soak at a full table of 16 Ki sites); the rest is margin for what other
+/// threads take meanwhile. A text profile (`?debug=1`) of a full table can
+/// be larger than this by itself.
+const BUILD_ROOM: usize = 32 << 20;
+
 /// Writes `source` in `format` to `w`, with `options` (whose comments come
 /// after the source's own). `Ok(false)` if the source has no profile yet
-/// (no peak). Inside the profiler; `w` is called as it is (wrap the
-/// program's writers in `reentry::ProgramWriter`).
+/// (no peak); `OutOfMemory` if there is no [`BUILD_ROOM`]. Inside the
+/// profiler; `w` is called as it is (wrap the program's writers in
+/// `reentry::ProgramWriter`).
 pub(crate) fn write<W: io::Write>(
     source: Source,
     format: Format,
     mut options: pprof::Options,
     w: W,
 ) -> io::Result<bool> {
+    if !crate::support::room::room_for(BUILD_ROOM) {
+        return Err(io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            "heapprof: too little address space left to build a profile (RLIMIT_AS, or a strict \
+             overcommit limit): none written, rather than risk an allocation that fails and \
+             aborts the program",
+        ));
+    }
     let Some(collected) = collect(source) else {
         return Ok(false);
     };

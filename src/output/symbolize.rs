@@ -29,6 +29,7 @@ use crate::record::sites::SiteCopy;
 use crate::record::stack::{CUT, NOT_UNWOUND, OWN_FRAMES};
 use crate::support::lock::{Lockable, Mutex, rank};
 use crate::support::mappings::{self, LoaderCounts, Mapping};
+use crate::support::room;
 
 mod own;
 
@@ -319,9 +320,10 @@ fn resolve_all_within(
     // rest, and what `own` leaves, by backtrace, which knows only the
     // objects loaded when it was first used, so objects loaded later are
     // read by `own` too ([`route`]).
-    // Addresses in a file that cannot be opened or mapped now are not
-    // looked up: unnamed in this profile, and not cached.
-    let mut unreadable = unreadable_files(missing.iter().copied(), &objects);
+    // Addresses in a file that cannot be opened or mapped now, or all of
+    // them if there is no room to read their files, are not looked up:
+    // unnamed in this profile, and not cached.
+    let mut unreadable = unreadable_files(missing.iter().copied(), &objects, true);
     let (skipped, missing): (Vec<usize>, Vec<usize>) = missing
         .into_iter()
         .partition(|&a| in_files(&objects, a, &unreadable));
@@ -388,12 +390,13 @@ fn resolve_all_within(
     // window, so that its bytes are not counted as kept.
     drop(own_object);
     trim_heap(this_thread_allocated_bytes() - allocated_before);
-    resolved.extend(skipped.into_iter().map(|a| (a, Symbols::from(Vec::new()))));
     // A file may have become unreadable during the lookup: checked again
-    // where nothing was named.
+    // where the lookup named nothing (the skipped addresses' files are
+    // unreadable already).
     let unnamed = resolved.iter().filter(|(_, frames)| frames.is_empty());
-    let since = unreadable_files(unnamed.map(|&(a, _)| a), &objects);
+    let since = unreadable_files(unnamed.map(|&(a, _)| a), &objects, false);
     unreadable.extend(since);
+    resolved.extend(skipped.into_iter().map(|a| (a, Symbols::from(Vec::new()))));
     let mut not_kept = 0;
     {
         let mut cache = CACHE.lock();
@@ -451,13 +454,18 @@ fn heap_bytes(symbols: &Symbols) -> usize {
     block + strings
 }
 
-/// The files of `objects` that hold some of `addrs` and cannot be opened
-/// or mapped whole now (descriptors or address space used up, say). One
-/// `open` and `mmap` per file. Sets [`UNREADABLE`] if the executable is
+/// The files of `objects` that hold some of `addrs` and cannot be read
+/// now: not opened (descriptors used up, say); and, `with_room`, all of
+/// them if the memory left has no room to read them together
+/// ([`lookup_room`]). One `open` per file. Sets [`UNREADABLE`] if the executable is
 /// among the files checked, and says once per process on stderr that
 /// names are lost for now.
-fn unreadable_files(addrs: impl Iterator<Item = usize>, objects: &[Mapping]) -> Vec<&str> {
-    let mut checked: Vec<(&str, bool)> = Vec::new();
+fn unreadable_files(
+    addrs: impl Iterator<Item = usize>,
+    objects: &[Mapping],
+    with_room: bool,
+) -> Vec<&str> {
+    let mut checked: Vec<(&Mapping, std::io::Result<usize>)> = Vec::new();
     for addr in addrs {
         // Objects with no file to open (the vDSO, named
         // `linux-vdso.so.1`) are backtrace's to name from memory.
@@ -466,11 +474,23 @@ fn unreadable_files(addrs: impl Iterator<Item = usize>, objects: &[Mapping]) -> 
         else {
             continue;
         };
-        if checked.iter().any(|&(path, _)| path == object.path) {
-            continue;
+        if !checked.iter().any(|(m, _)| m.path == object.path) {
+            checked.push((object, readable(object)));
         }
-        let read = readable(object);
-        if let Err(e) = &read {
+    }
+    let files: usize = checked
+        .iter()
+        .filter_map(|(_, read)| read.as_ref().ok())
+        .sum();
+    if with_room && files > 0 && !room::room_for(lookup_room(files)) {
+        for (_, read) in &mut checked {
+            if read.is_ok() {
+                *read = Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
+            }
+        }
+    }
+    for (object, read) in &checked {
+        if let Err(e) = read {
             static SAID: AtomicBool = AtomicBool::new(false);
             if !SAID.swap(true, Relaxed) {
                 crate::config::report::warn(format_args!(
@@ -487,12 +507,11 @@ fn unreadable_files(addrs: impl Iterator<Item = usize>, objects: &[Mapping]) -> 
                 .map_or(0, |e| e.raw_os_error().unwrap_or(-1));
             UNREADABLE.store(errno, Relaxed);
         }
-        checked.push((&object.path, read.is_err()));
     }
     checked
         .into_iter()
-        .filter(|&(_, failed)| failed)
-        .map(|(path, _)| path)
+        .filter(|(_, read)| read.is_err())
+        .map(|(object, _)| object.path.as_str())
         .collect()
 }
 
@@ -501,32 +520,37 @@ fn in_files(objects: &[Mapping], addr: usize, files: &[&str]) -> bool {
     object_of(objects, addr).is_some_and(|m| files.contains(&m.path.as_str()))
 }
 
-/// Whether `object`'s file can be opened and mapped whole now, as a lookup
-/// needs.
-fn readable(object: &Mapping) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let file = object.open()?;
-    let len = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
-    if len == 0 {
-        return Ok(());
-    }
-    // SAFETY: maps `len` bytes of an open file, read-only and private;
-    // nothing reads the mapping, which is unmapped at once.
-    unsafe {
-        let at = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_PRIVATE,
-            file.as_raw_fd(),
-            0,
-        );
-        if at == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        libc::munmap(at, len);
-    }
-    Ok(())
+/// Address space a lookup may take per byte of the files it reads, their
+/// own mappings included: heapprof's reader maps a file, and backtrace,
+/// which names what that reader leaves, maps it again and parses its debug
+/// info into the heap, keeping every file's until the lookup ends. A failed allocation there
+/// aborts the program, so a lookup without room for this (and
+/// [`LOOKUP_ROOM_EXTRA`]) is not made: the frames stay unnamed in that
+/// profile, and the next one tries again. Measured: the first profile of
+/// a 39 MB test binary, built on the HTTP server's thread, aborted with up
+/// to 150 MiB free (3.8 bytes per byte).
+const LOOKUP_ROOM_PER_FILE_BYTE: usize = 4;
+
+/// Address space a lookup may take whatever the size of its files: debug
+/// files found elsewhere (the C library's, from `/usr/lib/debug`, 4 MB
+/// compressed, took more than 40 MiB to read), the allocator's per-thread
+/// heaps, the lookup's tables.
+const LOOKUP_ROOM_EXTRA: usize = 64 << 20;
+
+/// The address space a lookup of files of `bytes` in all may take.
+fn lookup_room(bytes: usize) -> usize {
+    bytes
+        .saturating_mul(LOOKUP_ROOM_PER_FILE_BYTE)
+        .saturating_add(LOOKUP_ROOM_EXTRA)
+}
+
+/// The size of `object`'s file, if it can be opened now. Whether it can
+/// be mapped is left to the room asked for all the files of a lookup
+/// together ([`lookup_room`]): mapping it here to see would take that
+/// much address space, for a moment, from the program's own threads.
+fn readable(object: &Mapping) -> std::io::Result<usize> {
+    let len = object.open()?.metadata()?.len();
+    Ok(usize::try_from(len).unwrap_or(usize::MAX))
 }
 
 /// Addresses outside heapprof's own object, sorted by who looks them up

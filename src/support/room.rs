@@ -1,0 +1,107 @@
+//! Whether memory is left for heapprof's own work. A build or a name
+//! lookup allocates through the global allocator, where a failed
+//! allocation aborts the program; under an address-space limit
+//! (`RLIMIT_AS`) or strict overcommit (`vm.overcommit_memory = 2`), where
+//! allocations fail rather than the kernel's OOM killer stepping in,
+//! heapprof asks first and skips the work instead.
+//!
+//! The answer is read, not tried: mapping the room to see whether it can
+//! be had would take it, for that moment, from the program's own threads.
+
+use std::io::Read;
+
+/// Whether `bytes` more of address space and of committed memory are
+/// within this process's limits now. Either limit unknown or not set
+/// counts as room. Allocates nothing (it runs when memory is short).
+/// Another thread may take the room right after: this says there was
+/// room, not that there will be.
+pub(crate) fn room_for(bytes: usize) -> bool {
+    address_space_left().is_none_or(|left| left >= bytes)
+        && commit_left().is_none_or(|left| left >= bytes)
+}
+
+/// `RLIMIT_AS` less the process's address space (`/proc/self/statm`'s
+/// first field); `None` without a limit.
+fn address_space_left() -> Option<usize> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the plain struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } != 0
+        || limit.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    let mut buf = [0u8; 128];
+    let statm = read_into("/proc/self/statm", &mut buf)?;
+    let pages: usize = first_number(statm)?;
+    // SAFETY: sysconf only reads the configuration value asked for.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+    let limit = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
+    Some(limit.saturating_sub(pages.saturating_mul(page)))
+}
+
+/// Under strict overcommit, `CommitLimit` less `Committed_AS` (system
+/// wide, from `/proc/meminfo`); `None` otherwise.
+fn commit_left() -> Option<usize> {
+    let mut mode = [0u8; 8];
+    if read_into("/proc/sys/vm/overcommit_memory", &mut mode)?.first() != Some(&b'2') {
+        return None;
+    }
+    let mut buf = [0u8; 4096];
+    let meminfo = read_into("/proc/meminfo", &mut buf)?;
+    let kib = |key: &[u8]| -> Option<usize> {
+        let at = meminfo.windows(key.len()).position(|w| w == key)?;
+        first_number(&meminfo[at + key.len()..])
+    };
+    let left = kib(b"CommitLimit:")?.saturating_sub(kib(b"Committed_AS:")?);
+    Some(left.saturating_mul(1024))
+}
+
+/// The start of the file at `path`, read into `buf` (a short path and a
+/// buffer on the stack: no allocation).
+fn read_into<'a>(path: &str, buf: &'a mut [u8]) -> Option<&'a [u8]> {
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    Some(&buf[..filled])
+}
+
+/// The first run of decimal digits in `text`, past any spaces.
+fn first_number(text: &[u8]) -> Option<usize> {
+    let digits = text.iter().skip_while(|b| b.is_ascii_whitespace());
+    let mut value: Option<usize> = None;
+    for &b in digits.take_while(|b| b.is_ascii_digit()) {
+        value = Some(
+            value
+                .unwrap_or(0)
+                .checked_mul(10)?
+                .checked_add(usize::from(b - b'0'))?,
+        );
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_read_from_proc_files() {
+        assert_eq!(first_number(b"1234 56 7"), Some(1234));
+        assert_eq!(first_number(b"   8192 kB\n"), Some(8192));
+        assert_eq!(first_number(b"kB"), None);
+        assert_eq!(first_number(b"99999999999999999999999"), None);
+        // This process has an address space, and no limit unless one is
+        // set: room for a byte either way.
+        assert!(room_for(1));
+    }
+}

@@ -1,0 +1,89 @@
+//! A process with little address space left (`RLIMIT_AS`, or a strict
+//! overcommit limit) is not aborted by a scrape. Naming a profile's frames
+//! maps the executable and parses its debug info, which takes several
+//! times the executable's size; a failed allocation there would abort the
+//! program. A lookup without room for it is not made: the frames stay
+//! unnamed in that profile, and the next one, with room again, names them.
+
+use heapprof_testkit::child::{is_child, printed_number, run_child};
+use std::io::{Read, Write};
+use std::time::Duration;
+
+#[global_allocator]
+static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
+
+/// 4 MiB the child holds, in a function of its own.
+#[inline(never)]
+fn held_for_the_profile() -> Vec<u8> {
+    std::hint::black_box(vec![7u8; 4 << 20])
+}
+
+/// Sets this process's soft `RLIMIT_AS` to `bytes`.
+fn limit_address_space(bytes: libc::rlim_t) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is plain data that getrlimit fills and setrlimit
+    // reads; only the soft limit changes, within the hard one.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_AS, &mut limit), 0);
+        limit.rlim_cur = bytes.min(limit.rlim_max);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_AS, &limit), 0);
+    }
+}
+
+/// The child: the first profile, asked of the HTTP server with `SPARE`
+/// bytes of address space left, then one with no limit.
+#[test]
+fn child_scraped_with_little_room() {
+    if !is_child() {
+        return;
+    }
+    let spare: u64 = std::env::var("SPARE").unwrap().parse().unwrap();
+    let held = held_for_the_profile();
+    let server = heapprof::http::serve("127.0.0.1:0").unwrap();
+    // Made before the limit: the client's buffer and connection.
+    let mut answer = vec![0u8; 32 << 20];
+    let mut client = std::net::TcpStream::connect(server).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    limit_address_space(heapprof_testkit::process::status_bytes("VmSize:") + spare);
+    client
+        .write_all(b"GET /debug/pprof/heap HTTP/1.0\r\n\r\n")
+        .unwrap();
+    let mut read = 0;
+    while let Ok(n @ 1..) = client.read(&mut answer[read..]) {
+        read += n;
+    }
+    limit_address_space(libc::RLIM_INFINITY);
+    println!(
+        "answered={} named_after={}",
+        u8::from(answer.starts_with(b"HTTP/1.1 200")),
+        heapprof::snapshot().inuse_bytes_in("address_space::held_for_the_profile")
+    );
+    drop(held);
+}
+
+/// Spares from about one to about four times the executable's size: room
+/// to map it, not to read it. Each child must end normally, and name the
+/// frames once the limit is gone.
+#[test]
+fn a_scrape_with_little_address_space_left_does_not_abort() {
+    let executable = std::fs::metadata(std::env::current_exe().unwrap())
+        .unwrap()
+        .len();
+    for tenths in (12..=39).step_by(3) {
+        let spare = (executable * tenths / 10).to_string();
+        let (stdout, _) = run_child(
+            "child_scraped_with_little_room",
+            &[("SPARE", spare.as_str()), ("HEAPPROF_SAMPLE_RATE", "1")],
+        );
+        assert_eq!(
+            printed_number(&stdout, "named_after="),
+            4 << 20,
+            "spare {spare}: {stdout}"
+        );
+    }
+}
