@@ -492,7 +492,10 @@ pub use output::snapshot::{
 /// # Errors
 ///
 /// Whatever `w` returns, and an error of kind `Other` if heapprof is not the
-/// program's global allocator (nothing could have been recorded).
+/// program's global allocator (nothing could have been recorded);
+/// `OutOfMemory`, with nothing written, if the process's memory limits
+/// (`RLIMIT_AS`, strict overcommit) leave too little to build a profile,
+/// where a failed allocation would abort the program.
 pub fn write_profile<W: io::Write>(w: W) -> io::Result<()> {
     output::write_to_program(output::Source::Live, output::Format::Pprof, w)
 }
@@ -508,7 +511,8 @@ pub fn write_profile<W: io::Write>(w: W) -> io::Result<()> {
 ///
 /// # Errors
 ///
-/// Whatever `w` returns; `Other` if heapprof is not the global allocator.
+/// Whatever `w` returns; `Other` if heapprof is not the global allocator;
+/// `OutOfMemory` as from [`write_profile`].
 pub fn write_text_profile<W: io::Write>(w: W) -> io::Result<()> {
     output::write_to_program(output::Source::Live, output::Format::Text, w)
 }
@@ -522,7 +526,8 @@ pub fn write_text_profile<W: io::Write>(w: W) -> io::Result<()> {
 /// # Errors
 ///
 /// Whatever `w` returns; `NotFound` if the heap has not yet reached 1 MiB,
-/// so no peak was recorded; `Other` if heapprof is not the global allocator.
+/// so no peak was recorded; `Other` if heapprof is not the global allocator;
+/// `OutOfMemory` as from [`write_profile`].
 pub fn write_peak_profile<W: io::Write>(w: W) -> io::Result<()> {
     output::write_to_program(output::Source::Peak, output::Format::Pprof, w)
 }

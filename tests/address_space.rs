@@ -33,8 +33,29 @@ fn limit_address_space(bytes: libc::rlim_t) {
     }
 }
 
-/// The child: the first profile, asked of the HTTP server with `SPARE`
-/// bytes of address space left, then one with no limit.
+/// Asks the server at `server` for `path`; the answer goes into `answer`
+/// (made by the caller, so that the request allocates next to nothing).
+/// The number of bytes read.
+fn get(server: std::net::SocketAddr, path: &str, answer: &mut [u8]) -> usize {
+    let mut client = std::net::TcpStream::connect(server).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    client
+        .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut read = 0;
+    while let Ok(n @ 1..) = client.read(&mut answer[read..]) {
+        read += n;
+    }
+    read
+}
+
+/// The function [`held_for_the_profile`] as profiles name it.
+const HELD: &str = "address_space::held_for_the_profile";
+
+/// The child: the first profile with names, asked of the HTTP server with
+/// `SPARE` bytes of address space left, then a snapshot with no limit.
 #[test]
 fn child_scraped_with_little_room() {
     if !is_child() {
@@ -43,25 +64,33 @@ fn child_scraped_with_little_room() {
     let spare: u64 = std::env::var("SPARE").unwrap().parse().unwrap();
     let held = held_for_the_profile();
     let server = heapprof::http::serve("127.0.0.1:0").unwrap();
-    // Made before the limit: the client's buffer and connection.
     let mut answer = vec![0u8; 32 << 20];
-    let mut client = std::net::TcpStream::connect(server).unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    // The server's threads have run, and made their heaps, before the
+    // limit: a profile without names needs no lookup.
+    let warm = get(server, "/debug/pprof/heap?symbolize=0", &mut answer);
+    assert!(answer[..warm].starts_with(b"HTTP/1.1 200"));
     limit_address_space(heapprof_testkit::process::status_bytes("VmSize:") + spare);
-    client
-        .write_all(b"GET /debug/pprof/heap HTTP/1.0\r\n\r\n")
-        .unwrap();
-    let mut read = 0;
-    while let Ok(n @ 1..) = client.read(&mut answer[read..]) {
-        read += n;
-    }
+    let read = get(server, "/debug/pprof/heap", &mut answer);
     limit_address_space(libc::RLIM_INFINITY);
+    let answered = answer[..read].starts_with(b"HTTP/1.1 200");
+    let named_during = answered && {
+        let body = answer[..read]
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap()
+            + 4;
+        let p = heapprof_testkit::profile::decode(&answer[body..read]);
+        p.sample.iter().any(|s| {
+            heapprof_testkit::profile::stack_names(&p, s)
+                .iter()
+                .any(|n| n == HELD)
+        })
+    };
     println!(
-        "answered={} named_after={}",
-        u8::from(answer.starts_with(b"HTTP/1.1 200")),
-        heapprof::snapshot().inuse_bytes_in("address_space::held_for_the_profile")
+        "answered={} named_during={} named_after={}",
+        u8::from(answered),
+        u8::from(named_during),
+        heapprof::snapshot().inuse_bytes_in(HELD)
     );
     drop(held);
 }
@@ -86,4 +115,22 @@ fn a_scrape_with_little_address_space_left_does_not_abort() {
             "spare {spare}: {stdout}"
         );
     }
+}
+
+/// With room for the lookup (four times the files it reads, the C
+/// library's among them, and its fixed part), the connection's thread and
+/// the build, the scrape under the limit names the frames: the room asked
+/// for is not more than a lookup needs by a wide margin.
+#[test]
+fn a_scrape_with_room_enough_names_the_frames() {
+    let executable = std::fs::metadata(std::env::current_exe().unwrap())
+        .unwrap()
+        .len();
+    let spare = (5 * executable + (256 << 20)).to_string();
+    let (stdout, _) = run_child(
+        "child_scraped_with_little_room",
+        &[("SPARE", spare.as_str()), ("HEAPPROF_SAMPLE_RATE", "1")],
+    );
+    assert_eq!(printed_number(&stdout, "answered="), 1, "{stdout}");
+    assert_eq!(printed_number(&stdout, "named_during="), 1, "{stdout}");
 }

@@ -415,7 +415,7 @@ fn child_runs_out_of_descriptors() {
     let says = p
         .comment
         .iter()
-        .any(|&i| p.string_table[i as usize].contains("could not open or map the executable"));
+        .any(|&i| p.string_table[i as usize].contains("did not read the executable"));
     println!("says_unreadable={}", u8::from(says));
     drop(files);
     println!("with={}", heapprof::snapshot().inuse_bytes_in(name));
@@ -491,7 +491,7 @@ fn child_runs_out_of_address_space() {
     limit_address_space(libc::RLIM_INFINITY);
     let p = heapprof_testkit::profile::decode(&profile);
     let says = p.comment.iter().any(|&i| {
-        p.string_table[i as usize].contains("could not open or map the executable")
+        p.string_table[i as usize].contains("did not read the executable")
             && p.string_table[i as usize].contains("RLIMIT_AS")
     });
     println!(

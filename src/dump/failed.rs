@@ -101,7 +101,6 @@ pub(crate) fn refresh(owner: usize, base: &Path, seen: &mut u64) -> std::io::Res
     if generation == *seen || WRITTEN.load(Relaxed) {
         return Ok(false);
     }
-    *seen = generation;
     let mut bytes = Vec::new();
     let options = pprof::Options {
         comments: vec![
@@ -111,7 +110,14 @@ pub(crate) fn refresh(owner: usize, base: &Path, seen: &mut u64) -> std::io::Res
         ],
         ..pprof::Options::default()
     };
-    if !output::write(Source::Peak, Format::Pprof, options, &mut bytes)? {
+    let built = output::write(Source::Peak, Format::Pprof, options, &mut bytes);
+    if matches!(&built, Err(e) if e.kind() == std::io::ErrorKind::OutOfMemory) {
+        // No room to build now: this peak is tried again at the next
+        // check, not passed over.
+        return Ok(false);
+    }
+    *seen = generation;
+    if !built? {
         return Ok(false);
     }
     let path = super::sibling(&super::expand(base), TAG)?;

@@ -198,7 +198,7 @@ pub(super) fn respond_while(path: &str, query: &str, gone: &dyn Fn() -> bool) ->
     }
     match profile_response(kind, &params, gone) {
         Ok(r) => r,
-        // A shortage that may pass: scrapers retry on 503.
+        // A shortage that may pass: a 503, which says when to retry.
         Err(e) if e.kind() == io::ErrorKind::OutOfMemory => Response::error(503, e.to_string()),
         Err(e) => Response::error(500, format!("heapprof: could not write the profile: {e}")),
     }

@@ -43,7 +43,10 @@ pub(crate) fn no_names_hint() -> Cow<'static, str> {
     } else if unreadable != 0 {
         let why = match unreadable {
             libc::EMFILE | libc::ENFILE => "too few descriptors left (RLIMIT_NOFILE)? ",
-            libc::ENOMEM => "too little address space left (RLIMIT_AS)? ",
+            libc::ENOMEM => {
+                "too little memory left under the process's limits (RLIMIT_AS, or strict \
+                 overcommit) to read it without risking an allocation that fails; "
+            }
             _ => "",
         };
         let error = match unreadable {
@@ -51,8 +54,8 @@ pub(crate) fn no_names_hint() -> Cow<'static, str> {
             errno => std::io::Error::from_raw_os_error(errno).to_string(),
         };
         format!(
-            "the last lookup could not open or map the executable ({error}): {why}the next \
-             profile tries again"
+            "the last lookup did not read the executable ({error}): {why}the next profile \
+             tries again"
         )
         .into()
     } else {
@@ -63,8 +66,9 @@ pub(crate) fn no_names_hint() -> Cow<'static, str> {
     }
 }
 
-/// The error (`errno`, or -1 for one without) with which the last lookup
-/// that checked the executable could not open or map it; 0 if it could.
+/// Why the last lookup that checked the executable did not read it: the
+/// `errno` of opening it, `ENOMEM` for no room to read it, -1 for an
+/// error without one; 0 if it was read.
 /// One for the process: two profiles built at once may each see the
 /// other's.
 static UNREADABLE: AtomicI32 = AtomicI32::new(0);
@@ -390,11 +394,12 @@ fn resolve_all_within(
     // window, so that its bytes are not counted as kept.
     drop(own_object);
     trim_heap(this_thread_allocated_bytes() - allocated_before);
-    // A file may have become unreadable during the lookup: checked again
-    // where the lookup named nothing (the skipped addresses' files are
-    // unreadable already).
+    // A file may have become unreadable during the lookup, or the room
+    // checked before it taken by another thread (the readers then name
+    // nothing, silently): checked again where the lookup named nothing
+    // (the skipped addresses' files are unreadable already).
     let unnamed = resolved.iter().filter(|(_, frames)| frames.is_empty());
-    let since = unreadable_files(unnamed.map(|&(a, _)| a), &objects, false);
+    let since = unreadable_files(unnamed.map(|&(a, _)| a), &objects, true);
     unreadable.extend(since);
     resolved.extend(skipped.into_iter().map(|a| (a, Symbols::from(Vec::new()))));
     let mut not_kept = 0;
@@ -478,10 +483,10 @@ fn unreadable_files(
             checked.push((object, readable(object)));
         }
     }
-    let files: usize = checked
+    let files = checked
         .iter()
         .filter_map(|(_, read)| read.as_ref().ok())
-        .sum();
+        .fold(0usize, |all, &len| all.saturating_add(len));
     if with_room && files > 0 && !room::room_for(lookup_room(files)) {
         for (_, read) in &mut checked {
             if read.is_ok() {

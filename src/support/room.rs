@@ -12,7 +12,10 @@ use std::io::Read;
 
 /// Whether `bytes` more of address space and of committed memory are
 /// within this process's limits now. Either limit unknown or not set
-/// counts as room. Allocates nothing (it runs when memory is short).
+/// (`/proc` not mounted, say) counts as room. The same `bytes` is asked
+/// of both, though some of it (read-only file mappings, reserved heaps)
+/// is not committed memory: under strict overcommit the answer errs
+/// towards no. Allocates nothing (it runs when memory is short).
 /// Another thread may take the room right after: this says there was
 /// room, not that there will be.
 pub(crate) fn room_for(bytes: usize) -> bool {
@@ -43,7 +46,9 @@ fn address_space_left() -> Option<usize> {
 }
 
 /// Under strict overcommit, `CommitLimit` less `Committed_AS` (system
-/// wide, from `/proc/meminfo`); `None` otherwise.
+/// wide, from `/proc/meminfo`) less the reserves the kernel keeps back
+/// from a process (`admin_reserve_kbytes`, and at most
+/// `user_reserve_kbytes`, both counted); `None` otherwise.
 fn commit_left() -> Option<usize> {
     let mut mode = [0u8; 8];
     if read_into("/proc/sys/vm/overcommit_memory", &mut mode)?.first() != Some(&b'2') {
@@ -55,7 +60,16 @@ fn commit_left() -> Option<usize> {
         let at = meminfo.windows(key.len()).position(|w| w == key)?;
         first_number(&meminfo[at + key.len()..])
     };
-    let left = kib(b"CommitLimit:")?.saturating_sub(kib(b"Committed_AS:")?);
+    let reserve = |path: &str| -> usize {
+        let mut buf = [0u8; 32];
+        read_into(path, &mut buf)
+            .and_then(first_number)
+            .unwrap_or(0)
+    };
+    let left = kib(b"CommitLimit:")?
+        .saturating_sub(kib(b"Committed_AS:")?)
+        .saturating_sub(reserve("/proc/sys/vm/admin_reserve_kbytes"))
+        .saturating_sub(reserve("/proc/sys/vm/user_reserve_kbytes"));
     Some(left.saturating_mul(1024))
 }
 
