@@ -18,21 +18,6 @@ fn held_for_the_profile() -> Vec<u8> {
     std::hint::black_box(vec![7u8; 4 << 20])
 }
 
-/// Sets this process's soft `RLIMIT_AS` to `bytes`.
-fn limit_address_space(bytes: libc::rlim_t) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is plain data that getrlimit fills and setrlimit
-    // reads; only the soft limit changes, within the hard one.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_AS, &mut limit), 0);
-        limit.rlim_cur = bytes.min(limit.rlim_max);
-        assert_eq!(libc::setrlimit(libc::RLIMIT_AS, &limit), 0);
-    }
-}
-
 /// Asks the server at `server` for `path`; the answer goes into `answer`
 /// (made by the caller, so that the request allocates next to nothing).
 /// The number of bytes read.
@@ -69,9 +54,11 @@ fn child_scraped_with_little_room() {
     // limit: a profile without names needs no lookup.
     let warm = get(server, "/debug/pprof/heap?symbolize=0", &mut answer);
     assert!(answer[..warm].starts_with(b"HTTP/1.1 200"));
-    limit_address_space(heapprof_testkit::process::status_bytes("VmSize:") + spare);
+    heapprof_testkit::process::limit_address_space(
+        heapprof_testkit::process::status_bytes("VmSize:") + spare,
+    );
     let read = get(server, "/debug/pprof/heap", &mut answer);
-    limit_address_space(libc::RLIM_INFINITY);
+    heapprof_testkit::process::limit_address_space(libc::RLIM_INFINITY);
     let answered = answer[..read].starts_with(b"HTTP/1.1 200");
     let named_during = answered && {
         let body = answer[..read]

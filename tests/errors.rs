@@ -453,21 +453,6 @@ fn held_while_address_space_runs_out() -> Vec<u8> {
     std::hint::black_box(vec![5u8; 4 << 20])
 }
 
-/// Sets this process's soft `RLIMIT_AS` to `bytes`.
-fn limit_address_space(bytes: libc::rlim_t) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is plain data that getrlimit fills and setrlimit
-    // reads; only the soft limit changes, within the hard one.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_AS, &mut limit), 0);
-        limit.rlim_cur = bytes.min(limit.rlim_max);
-        assert_eq!(libc::setrlimit(libc::RLIMIT_AS, &limit), 0);
-    }
-}
-
 /// The child, under `RLIMIT_AS` just above what the process uses: with
 /// 1 MiB left, `write_profile` refuses to build (an allocation failing in
 /// the build would abort the program); with 40 MiB left, it builds, but
@@ -483,12 +468,12 @@ fn child_runs_out_of_address_space() {
     let mut refused = Vec::with_capacity(4 << 20);
     let mut profile = Vec::with_capacity(4 << 20);
     let used = heapprof_testkit::process::status_bytes("VmSize:");
-    limit_address_space(used + (1 << 20));
+    heapprof_testkit::process::limit_address_space(used + (1 << 20));
     let tight = heapprof::write_profile(&mut refused).map_err(|e| e.kind());
-    limit_address_space(used + (40 << 20));
+    heapprof_testkit::process::limit_address_space(used + (40 << 20));
     let without = heapprof::snapshot().inuse_bytes_in(name);
     let written = heapprof::write_profile(&mut profile).is_ok();
-    limit_address_space(libc::RLIM_INFINITY);
+    heapprof_testkit::process::limit_address_space(libc::RLIM_INFINITY);
     let p = heapprof_testkit::profile::decode(&profile);
     let says = p.comment.iter().any(|&i| {
         p.string_table[i as usize].contains("did not read the executable")

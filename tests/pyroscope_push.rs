@@ -740,24 +740,13 @@ fn threads_that_cannot_start_say_so() {
         let pusher = Pusher::new("http://127.0.0.1:9", "no-room").every(Duration::from_secs(3600));
         let dump = heapprof::AutoDump::new(std::env::temp_dir().join("heapprof-no-room-%e.pb.gz"))
             .every(Duration::from_secs(3600));
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: `limit` is plain data that getrlimit fills.
-        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) }, 0);
-        let hard = limit.rlim_max;
         // Room for small allocations from the heap already mapped, none
         // for a thread's stack of 2 MiB.
         let vm = heapprof_testkit::process::status_bytes("VmSize:");
-        limit.rlim_cur = vm + (1 << 20);
-        // SAFETY: lowers this process's soft limit; `limit` is plain data.
-        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) }, 0);
+        heapprof_testkit::process::limit_address_space(vm + (1 << 20));
         let dumped = dump.start().err();
         let pushed = pusher.start().err();
-        limit.rlim_cur = hard;
-        // SAFETY: raises the soft limit back to the hard one, as before.
-        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) }, 0);
+        heapprof_testkit::process::limit_address_space(libc::RLIM_INFINITY);
         for (name, error) in [("dump", dumped), ("push", pushed)] {
             println!("{name}_error={error:?}");
             let said = error.is_some_and(|e| e.to_string().starts_with("heapprof: cannot start"));

@@ -34,3 +34,16 @@ pub fn use_up_descriptors() -> Vec<std::fs::File> {
     }
     files
 }
+
+/// Sets this process's soft address-space limit (`RLIMIT_AS`) to `bytes`,
+/// at most the hard limit; `libc::RLIM_INFINITY` lifts it again.
+pub fn limit_address_space(bytes: libc::rlim_t) {
+    // SAFETY: `limit` is plain data that getrlimit fills and setrlimit
+    // reads; only the soft limit changes, within the hard one.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_AS, &mut limit), 0);
+        limit.rlim_cur = bytes.min(limit.rlim_max);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_AS, &limit), 0);
+    }
+}
