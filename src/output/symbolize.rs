@@ -68,9 +68,8 @@ pub(crate) fn no_names_hint() -> Cow<'static, str> {
 
 /// Why the last lookup that checked the executable did not read it: the
 /// `errno` of opening it, `ENOMEM` for no room to read it, -1 for an
-/// error without one; 0 if it was read.
-/// One for the process: two profiles built at once may each see the
-/// other's.
+/// error without one; 0 if it was read. One for the process: two profiles
+/// built at once may each see the other's.
 static UNREADABLE: AtomicI32 = AtomicI32::new(0);
 
 /// One source-level frame at an address. An address yields several when
@@ -319,18 +318,18 @@ fn resolve_all_within(
     // away with `out`.
     let before = this_thread_net_bytes();
     let allocated_before = this_thread_allocated_bytes();
+    // Addresses in a file that cannot be opened now, or all of them if
+    // the process's memory limits leave no room to read their files, are
+    // not looked up: unnamed in this profile, and not cached.
+    let mut unreadable = unreadable_files(missing.iter().copied(), &objects, true);
+    let (skipped, missing): (Vec<usize>, Vec<usize>) = missing
+        .into_iter()
+        .partition(|&a| in_files(&objects, a, &unreadable));
     // heapprof's own object (usually the executable, with the most debug
     // info in the process) is read by `own`, within a memory budget; the
     // rest, and what `own` leaves, by backtrace, which knows only the
     // objects loaded when it was first used, so objects loaded later are
     // read by `own` too ([`route`]).
-    // Addresses in a file that cannot be opened or mapped now, or all of
-    // them if there is no room to read their files, are not looked up:
-    // unnamed in this profile, and not cached.
-    let mut unreadable = unreadable_files(missing.iter().copied(), &objects, true);
-    let (skipped, missing): (Vec<usize>, Vec<usize>) = missing
-        .into_iter()
-        .partition(|&a| in_files(&objects, a, &unreadable));
     let own_object = own::OwnObject::find();
     let mut resolved: Vec<(usize, Symbols)> = {
         let mut resolving = RESOLVING.lock();
@@ -412,9 +411,9 @@ fn resolve_all_within(
         // Found under the counts read at the start: kept only if no other
         // profile has seen the loader change since (this one's `follow`
         // would then not come again for them). Nothing found in a file
-        // that could not be opened or mapped is not kept: the next profile
-        // tries again, when the program may have descriptors or address
-        // space to spare.
+        // that could not be opened, or had no room to be read, is not
+        // kept: the next profile tries again, when the program may have
+        // descriptors or memory to spare.
         let fresh = cache.loader == loader;
         for (addr, frames) in &resolved {
             let cached = fresh
@@ -462,9 +461,9 @@ fn heap_bytes(symbols: &Symbols) -> usize {
 /// The files of `objects` that hold some of `addrs` and cannot be read
 /// now: not opened (descriptors used up, say); and, `with_room`, all of
 /// them if the memory left has no room to read them together
-/// ([`lookup_room`]). One `open` per file. Sets [`UNREADABLE`] if the executable is
-/// among the files checked, and says once per process on stderr that
-/// names are lost for now.
+/// ([`lookup_room`]). One `open` per file. Sets [`UNREADABLE`] if the
+/// executable is among the files checked, and says once per process on
+/// stderr that names are lost for now.
 fn unreadable_files(
     addrs: impl Iterator<Item = usize>,
     objects: &[Mapping],
@@ -527,9 +526,10 @@ fn in_files(objects: &[Mapping], addr: usize, files: &[&str]) -> bool {
 
 /// Address space a lookup may take per byte of the files it reads, their
 /// own mappings included: heapprof's reader maps a file, and backtrace,
-/// which names what that reader leaves, maps it again and parses its debug
-/// info into the heap, keeping every file's until the lookup ends. A failed allocation there
-/// aborts the program, so a lookup without room for this (and
+/// which names what that reader leaves, maps it again and parses its
+/// debug info into the heap, keeping every file's until the lookup ends.
+/// A failed allocation there aborts the program, so a lookup without
+/// room for this (and
 /// [`LOOKUP_ROOM_EXTRA`]) is not made: the frames stay unnamed in that
 /// profile, and the next one tries again. Measured: the first profile of
 /// a 39 MB test binary, built on the HTTP server's thread, aborted with up
