@@ -218,7 +218,7 @@ impl Server {
         let local = listener.local_addr()?;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
         // Before any other thread of the program can close it.
-        let ours = file_identity(fd);
+        let ours = Socket::of(fd);
         let shared = Arc::new(Shared {
             budget: Budget {
                 limit: self.max_response_bytes,
@@ -259,9 +259,9 @@ static LISTENERS: [AtomicI32; 8] = [const { AtomicI32::new(-1) }; 8];
 static LISTENER_INODES: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
 
 /// Lists `fd`, a listening socket a server thread owns until the process
-/// ends, whose identity is `ours` ([`file_identity`]).
-fn remember_listener(fd: i32, ours: Option<(libc::dev_t, libc::ino_t)>) {
-    let Some((_, inode)) = ours else {
+/// ends, which is `ours`.
+fn remember_listener(fd: i32, ours: Socket) {
+    let Socket::Known(_, inode) = ours else {
         return;
     };
     for (place, inode_place) in LISTENERS.iter().zip(&LISTENER_INODES) {
@@ -286,7 +286,8 @@ fn wide_inode(inode: libc::ino_t) -> u64 {
 pub(crate) fn close_listeners_after_fork() {
     for (place, inode) in LISTENERS.iter().zip(&LISTENER_INODES) {
         let fd = place.swap(-1, Relaxed);
-        let ours = file_identity(fd).is_some_and(|(_, i)| wide_inode(i) == inode.load(Relaxed));
+        let ours =
+            matches!(Socket::of(fd), Socket::Known(_, i) if wide_inode(i) == inode.load(Relaxed));
         if fd >= 0 && ours {
             // SAFETY: `fd` is this process's copy of a listening socket a
             // server of the parent owned, which nothing in the child uses.
@@ -395,11 +396,7 @@ fn peer_gone(stream: &Conn) -> bool {
     looked.unwrap_or(true)
 }
 
-fn accept_loop(
-    listener: TcpListener,
-    ours: Option<(libc::dev_t, libc::ino_t)>,
-    shared: Arc<Shared>,
-) {
+fn accept_loop(listener: TcpListener, ours: Socket, shared: Arc<Shared>) {
     let active = Arc::new(AtomicUsize::new(0));
     let rejecting = Arc::new(AtomicUsize::new(0));
     // Failures said on stderr: each kind once, so that a server out of
@@ -408,7 +405,7 @@ fn accept_loop(
     let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
     let port = listener.local_addr().map_or(0, |a| a.port());
     loop {
-        if file_identity(fd) != ours {
+        if !ours.still_named_by(fd) {
             give_up_descriptor(listener, fd, port);
             return;
         }
@@ -459,13 +456,7 @@ fn accept_loop(
     }
 }
 
-/// The device and inode of the file descriptor `fd` names, `None` if it
-/// names none. Async-signal-safe: `fstat` only.
-fn file_identity(fd: i32) -> Option<(libc::dev_t, libc::ino_t)> {
-    stat(fd).ok().map(|st| (st.st_dev, st.st_ino))
-}
-
-/// `fstat(fd)`, or its `errno`.
+/// `fstat(fd)`, or its `errno`. Async-signal-safe.
 fn stat(fd: i32) -> Result<libc::stat, i32> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: fstat writes a `stat` into the buffer it is given, which is
@@ -494,14 +485,15 @@ struct Conn {
     socket: Socket,
 }
 
-/// What a [`Conn`] knows of the file its number named when it was
-/// accepted.
+/// What the server knows of the socket a descriptor named when it took
+/// it (a listening socket at bind, a connection at accept), to tell
+/// later whether the number still names it.
 #[derive(Clone, Copy, PartialEq)]
 enum Socket {
     /// A socket with this device and inode: each use checks them.
     Known(libc::dev_t, libc::ino_t),
     /// Not known: `fstat` failed other than with `EBADF` (a seccomp filter
-    /// that denies it, say). Used and closed as a plain `TcpStream` is.
+    /// that denies it, say). Used and closed as a plain socket is.
     Unchecked,
     /// The number was closed, or named something other than a socket, by
     /// the time it was looked at: never used or closed.
@@ -509,7 +501,7 @@ enum Socket {
 }
 
 impl Socket {
-    /// What `fd` names now.
+    /// What `fd` names now. Async-signal-safe: `fstat` only.
     fn of(fd: i32) -> Socket {
         match stat(fd) {
             Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFSOCK => {
@@ -517,6 +509,20 @@ impl Socket {
             }
             Ok(_) | Err(libc::EBADF) => Socket::Gone,
             Err(_) => Socket::Unchecked,
+        }
+    }
+
+    /// Whether `fd` still names this socket, as far as `fstat` can tell:
+    /// a number it cannot look at now (a filter installed since) is taken
+    /// to.
+    fn still_named_by(self, fd: i32) -> bool {
+        match self {
+            Socket::Known(..) => match Socket::of(fd) {
+                Socket::Unchecked => true,
+                now => now == self,
+            },
+            Socket::Unchecked => true,
+            Socket::Gone => false,
         }
     }
 }
@@ -532,11 +538,7 @@ impl Conn {
 
     /// Whether the descriptor still names the socket accepted.
     fn is_ours(&self) -> bool {
-        match self.socket {
-            Socket::Known(..) => Socket::of(self.fd()) == self.socket,
-            Socket::Unchecked => true,
-            Socket::Gone => false,
-        }
+        self.socket.still_named_by(self.fd())
     }
 
     fn fd(&self) -> i32 {
