@@ -2,9 +2,8 @@
 //! ranks, how shared tables grow, the reentrancy guard, heapprof's own
 //! threads, the registry of threads (exact counters,
 //! filter mask copies), the loaded objects' memory mappings, and whether a
-//! signal handler is running, which process this is across forks,
-//! whether address space is left for heapprof's own work, and small files
-//! read without allocating.
+//! signal handler is running, which process this is across forks, and
+//! whether address space is left for heapprof's own work.
 
 pub(crate) mod growth;
 pub(crate) mod lock;
@@ -14,5 +13,4 @@ pub(crate) mod reentry;
 pub(crate) mod registry;
 pub(crate) mod room;
 pub(crate) mod signals;
-pub(crate) mod small_file;
 pub(crate) mod this_process;
