@@ -151,8 +151,8 @@ impl Stack {
 /// allocate through the program's allocator, heapprof's own frames
 /// again), take about 8 KiB there in an unoptimized build and 5 KiB in an
 /// optimized one. With less, the sample is recorded under [`NOT_UNWOUND`]
-/// (see `record::record`); the cached walk needs more and checks for it
-/// itself.
+/// (see `record::record`); the cached walk needs more, and
+/// [`capture_dwarf`] checks for it before calling it.
 pub(crate) const STACK_TO_UNWIND: usize = 12 << 10;
 
 /// The stack a sample not unwound needs left to grow the tables: about
@@ -388,8 +388,12 @@ fn from_the_caller<'a>(ours: &'a Stack, theirs: &Stack, own: usize) -> &'a [usiz
 /// vouch for every frame (`rules.rs`), checked against libgcc's walk every
 /// [`RECHECK_EVERY`]th stack, and from libgcc otherwise.
 fn capture_dwarf(entered: Entered) -> Stack {
+    // `rules::capture` checks the stack it has left, but its own frame
+    // (several KiB: the caches' scratch) is taken before it can: a thread
+    // with less than it needs to walk is not let in at all.
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-    if let Some(bounds) = crate::thread::with(|l| bounds(&l.stack))
+    if left().is_some_and(|left| left >= rules::STACK_TO_WALK_CACHED)
+        && let Some(bounds) = crate::thread::with(|l| bounds(&l.stack))
         && let Some(cached) = rules::capture(bounds, entered)
     {
         let n = CACHED_SAMPLES.fetch_add(1, Relaxed);
