@@ -39,6 +39,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::config::report::Shown;
+use crate::support::small_file;
 
 /// Where cgroup v2 is mounted.
 pub(crate) const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
@@ -304,17 +305,8 @@ fn read_text(path: &Path) -> Option<String> {
 /// number (`max`).
 fn read_number(path: &Path) -> Option<u64> {
     let mut buf = [0u8; 32];
-    let mut file = open_regular(path)?;
-    let mut len = 0;
-    while len < buf.len() {
-        match file.read(&mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
-    }
-    std::str::from_utf8(&buf[..len]).ok()?.trim().parse().ok()
+    let text = small_file::read_into(open_regular(path)?, &mut buf)?;
+    std::str::from_utf8(text).ok()?.trim().parse().ok()
 }
 
 /// The value of `key` in `memory.stat`'s `key value` lines.

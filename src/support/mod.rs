@@ -2,8 +2,9 @@
 //! ranks, how shared tables grow, the reentrancy guard, heapprof's own
 //! threads, the registry of threads (exact counters,
 //! filter mask copies), the loaded objects' memory mappings, and whether a
-//! signal handler is running, which process this is across forks, and
-//! whether address space is left for heapprof's own work.
+//! signal handler is running, which process this is across forks,
+//! whether address space is left for heapprof's own work, and small files
+//! read without allocating.
 
 pub(crate) mod growth;
 pub(crate) mod lock;
@@ -13,4 +14,5 @@ pub(crate) mod reentry;
 pub(crate) mod registry;
 pub(crate) mod room;
 pub(crate) mod signals;
+pub(crate) mod small_file;
 pub(crate) mod this_process;

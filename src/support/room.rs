@@ -8,7 +8,7 @@
 //! The answer is read, not tried: mapping the room to see whether it can
 //! be had would take it, for that moment, from the program's own threads.
 
-use std::io::Read;
+use super::small_file;
 
 /// Whether `bytes` more of address space and of committed memory are
 /// within this process's limits now. Either limit unknown or not set
@@ -73,20 +73,10 @@ fn commit_left() -> Option<usize> {
     Some(left.saturating_mul(1024))
 }
 
-/// The start of the file at `path`, read into `buf` (a short path and a
-/// buffer on the stack: no allocation).
+/// The start of the file at `path`, read into `buf` (a short path, whose
+/// C string std builds on the stack, and `buf`: no allocation).
 fn read_into<'a>(path: &str, buf: &'a mut [u8]) -> Option<&'a [u8]> {
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
-    }
-    Some(&buf[..filled])
+    small_file::read_into(std::fs::File::open(path).ok()?, buf)
 }
 
 /// The first run of decimal digits in `text`, past any spaces.
