@@ -393,3 +393,68 @@ fn samples_on_a_stack_segment_of_the_programs_own() {
     println!("{named} bytes named on a stack segment");
     drop(kept);
 }
+
+const PAD: usize = 48;
+
+/// Calls itself `frames` times, each frame a little over `PAD` bytes, and
+/// allocates at the bottom; `addrs` gets each frame's address, so that
+/// the caller knows the step.
+#[inline(never)]
+fn descend(frames: usize, addrs: &mut Vec<usize>) -> Vec<u8> {
+    let mut pad = [0u8; PAD];
+    std::hint::black_box(&mut pad);
+    addrs.push(pad.as_ptr() as usize);
+    let v = if frames == 0 {
+        std::hint::black_box(vec![7u8; 3000])
+    } else {
+        descend(frames - 1, addrs)
+    };
+    std::hint::black_box(&pad);
+    v
+}
+
+/// Samples taken with every amount of stack left on a 16 KiB thread, in
+/// steps finer than any frame of heapprof's: whatever the code layout,
+/// some sample lands just above the stack heapprof asks for to unwind
+/// (`STACK_TO_UNWIND`) and some just below it, where a large frame taken
+/// before a stack check would run the thread off its stack. With the
+/// DWARF unwinder and with the default (frame pointers, checked against
+/// DWARF in the first stacks).
+#[test]
+fn samples_at_every_depth_of_a_16_kib_thread() {
+    if !is_child() {
+        for unwind in ["dwarf", "auto"] {
+            let (stdout, _) = run_child(
+                "samples_at_every_depth_of_a_16_kib_thread",
+                &[("HEAPPROF_UNWIND", unwind), ("HEAPPROF_SAMPLE_RATE", "0")],
+            );
+            print!("{unwind}: {stdout}");
+        }
+        return;
+    }
+    let _watchdog = watchdog("samples at every depth", Duration::from_secs(120));
+    let mut addrs = Vec::new();
+    drop(descend(1, &mut addrs));
+    let step = addrs[0] - addrs[1];
+    println!("a frame of descend: {step} bytes");
+    // Finer than the smallest frame heapprof has on this path.
+    assert!(step <= 256, "frames of {step} bytes step too far");
+    // Descents down to 10 KiB deep, of which the deepest, unsampled,
+    // shows that the program itself fits its stack.
+    let deepest = (10 << 10) / step;
+    drop(on_stack_of(16, move || descend(deepest, &mut Vec::new())));
+    heapprof::set_sample_rate(1);
+    let kept: Vec<Vec<u8>> = (0..=deepest)
+        .map(|n| on_stack_of(16, move || descend(n, &mut Vec::with_capacity(deepest + 1))))
+        .collect();
+    heapprof::set_sample_rate(0);
+    let mut gz = Vec::new();
+    heapprof::write_profile(&mut gz).unwrap();
+    let p = decode(&gz);
+    let named = cum(&p, "small_stack::descend", INUSE_SPACE);
+    let not_unwound = cum(&p, "[heapprof: stack not unwound", INUSE_SPACE);
+    println!("{named} bytes under descend, {not_unwound} not unwound");
+    // Both kinds: the descent crossed the stack heapprof needs to unwind.
+    assert!(named >= 3000 && not_unwound >= 3000);
+    drop(kept);
+}
