@@ -298,6 +298,12 @@
 //!   process's own under `/sys/fs/cgroup`: for tests, which write
 //!   `memory.max` and `memory.current` there themselves, and for systems
 //!   that mount cgroup2 elsewhere. cgroup v1 is not read.
+//! * Names near the limit: naming frames for the first time can add tens
+//!   of MiB to the resident size for a moment, so any profile looks names
+//!   up only while each of these limits (not physical memory) leaves
+//!   64 MiB; otherwise frames not named before stay unnamed in it, with
+//!   their addresses, and it says why. Names found are kept: with a small
+//!   limit, write one profile early, while memory is low.
 //!
 //! When the inner allocator fails one of the program's allocations (it
 //! returns null: the allocation that, unless the program handles it with
@@ -368,8 +374,8 @@
 //! | `HEAPPROF_DUMP_EVERY_ALLOCATED` | unset | a profile per so many bytes allocated |
 //! | `HEAPPROF_DUMP_INUSE_GROWTH` | unset | a profile whenever the live heap grew by so much |
 //! | `HEAPPROF_DUMP_AT_LIMIT` | unset | percentages of the memory limit (`80%,95%`, from 1 to 100) at which the live and peak profiles are written (`heap.limit80.pb.gz`, `heap.limit80.peak.pb.gz`); also arms the allocation-failure profile |
-//! | `HEAPPROF_MEMORY_LIMIT` | unset | a limit on the resident size for `HEAPPROF_DUMP_AT_LIMIT` (`2GiB`), watched beside the cgroup's |
-//! | `HEAPPROF_CGROUP_DIR` | the process's cgroup | the cgroup v2 directory `HEAPPROF_DUMP_AT_LIMIT` reads, for tests and unusual mounts |
+//! | `HEAPPROF_MEMORY_LIMIT` | unset | a limit on the resident size for `HEAPPROF_DUMP_AT_LIMIT` (`2GiB`), watched beside the cgroup's, and kept clear of by name lookups |
+//! | `HEAPPROF_CGROUP_DIR` | the process's cgroup | the cgroup v2 directory `HEAPPROF_DUMP_AT_LIMIT` and name lookups read, for tests and unusual mounts |
 //! | `HEAPPROF_MAX_SITES` | `16384` | distinct stacks kept; past it, stacks with nothing live make room for new ones, and what they counted (with new stacks that find no room) goes to a `[heapprof overflow…]` site per label set |
 //! | `HEAPPROF_SEED` | random | fixed seed for reproducible sampling |
 //! | `HEAPPROF_PEAK_GROWTH` | `10%` | growth past the last peak copy before a new one is kept |

@@ -493,6 +493,96 @@ fn child_runs_out_of_address_space() {
     drop(held);
 }
 
+/// 4 MiB the cgroup test holds, in a function of its own.
+#[inline(never)]
+fn held_near_the_cgroup_limit() -> Vec<u8> {
+    std::hint::black_box(vec![6u8; 4 << 20])
+}
+
+/// The fake cgroup's `memory.max`: 1 GiB.
+const CGROUP_MAX: u64 = 1 << 30;
+
+/// Writes the fake cgroup's usage: `memory.current` and, in `memory.stat`,
+/// the page cache the kernel would drop first.
+fn set_cgroup_usage(dir: &std::path::Path, current: u64, inactive_file: u64) {
+    std::fs::write(dir.join("memory.current"), format!("{current}\n")).unwrap();
+    std::fs::write(
+        dir.join("memory.stat"),
+        format!("anon {current}\nactive_file 0\ninactive_file {inactive_file}\n"),
+    )
+    .unwrap();
+}
+
+/// The child, in a cgroup (`HEAPPROF_CGROUP_DIR`) whose `memory.max` is
+/// 10 MiB away: the profile is written, but its frames are not named (the
+/// lookup could take the process past the limit, where the kernel kills
+/// it), and it says why. With 200 MiB of the usage page cache the kernel
+/// drops first, the next profile names them.
+#[test]
+fn child_near_its_cgroup_limit() {
+    if !is_child() {
+        return;
+    }
+    let dir = std::path::PathBuf::from(std::env::var_os("HEAPPROF_CGROUP_DIR").unwrap());
+    let held = held_near_the_cgroup_limit();
+    let name = "errors::held_near_the_cgroup_limit";
+    let mut profile = Vec::with_capacity(4 << 20);
+    set_cgroup_usage(&dir, CGROUP_MAX - (10 << 20), 0);
+    let written = heapprof::write_profile(&mut profile).is_ok();
+    let without = heapprof::snapshot().inuse_bytes_in(name);
+    let p = heapprof_testkit::profile::decode(&profile);
+    let says = p.comment.iter().any(|&i| {
+        p.string_table[i as usize].contains("did not read the executable")
+            && p.string_table[i as usize].contains("memory.max")
+    });
+    set_cgroup_usage(&dir, CGROUP_MAX - (10 << 20), 200 << 20);
+    println!(
+        "written={} without={without} says_unreadable={}",
+        u8::from(written),
+        u8::from(says)
+    );
+    println!("with={}", heapprof::snapshot().inuse_bytes_in(name));
+    drop(held);
+}
+
+/// Names are not looked up where the lookup could take the process past
+/// its cgroup's limit, and come back when there is room.
+#[test]
+fn names_wait_for_room_under_the_cgroup_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("memory.max"), format!("{CGROUP_MAX}\n")).unwrap();
+    std::fs::write(dir.path().join("memory.high"), "max\n").unwrap();
+    set_cgroup_usage(dir.path(), 0, 0);
+    let (stdout, stderr) = run_child(
+        "child_near_its_cgroup_limit",
+        &[
+            ("HEAPPROF_SAMPLE_RATE", "1"),
+            ("HEAPPROF_CGROUP_DIR", dir.path().to_str().unwrap()),
+        ],
+    );
+    for (field, expected) in [
+        ("written=", 1),
+        ("without=", 0),
+        ("says_unreadable=", 1),
+        ("with=", 4 << 20),
+    ] {
+        assert_eq!(
+            printed_number(&stdout, field),
+            expected,
+            "{field}\n{stdout}\n{stderr}"
+        );
+    }
+    let said: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("to name frames in it"))
+        .collect();
+    assert_eq!(said.len(), 1, "{stderr}");
+    assert!(
+        said[0].contains("too little memory left under the process's limits"),
+        "{stderr}"
+    );
+}
+
 /// Running out of address space costs the profiles written meanwhile
 /// their names, not every later one: what a lookup could not read is not
 /// kept as "no name here".

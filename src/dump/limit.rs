@@ -3,7 +3,7 @@
 //! `HEAPPROF_DUMP_AT_LIMIT`).
 //!
 //! On each poll of the dump thread, [`Watcher::poll`] reads what is in use
-//! against the limit (`memory.rs`) and compares it with the thresholds.
+//! against the limit (`support/memory.rs`) and compares it with the thresholds.
 //! A threshold that is crossed gets the live profile and the peak profile,
 //! written to `<dump path>.limit80.pb.gz` and
 //! `<dump path>.limit80.peak.pb.gz` (for 80 %), and one line on stderr that
@@ -28,11 +28,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use super::memory::{Measure, Watch};
 use super::{expand, failed, report, sibling, write_dump_bytes};
 use crate::config;
 use crate::config::report::Shown;
 use crate::output::{self, Format, Source, pprof};
+use crate::support::memory::{Measure, Watch};
 
 /// A written threshold is re-armed once usage falls below this fraction
 /// of it.

@@ -1,6 +1,6 @@
 //! Profiles written without a call at the right moment: at exit, when a
 //! guard is dropped, periodically or on growth, the peak, as memory nears
-//! its limit (`limit.rs`, `memory.rs`), and when an allocation fails
+//! its limit (`limit.rs`, `support/memory.rs`), and when an allocation fails
 //! (`failed.rs`).
 //!
 //! Every dump goes through the same code as `write_profile`. A dump that
@@ -37,7 +37,6 @@ use crate::support::this_process::ThisProcess;
 
 pub(crate) mod failed;
 mod limit;
-mod memory;
 
 /// Writes the current profile to `path`, after [`expand`]ing it, with the
 /// options of a profile taken as the program ends. The error names the
@@ -607,7 +606,7 @@ impl Drop for ProfileGuard {
 /// own period, if shorter). A series' check is one read of the exact
 /// counters (the registry's lock) and of the live estimate. An
 /// at-limit check reads `memory.current` or `/proc/self/statm` (and every
-/// `memory::LIMITS_EVERY` polls the cgroups' limits): 9 µs for a cgroup
+/// `support::memory::LIMITS_EVERY` polls the cgroups' limits): 9 µs for a cgroup
 /// file, 12 µs for `statm`, measured on x86_64 in a release build, so
 /// about 0.02 % of one core at this interval. Memory can grow by a
 /// gigabyte or more in one interval: watch the limit with a threshold well

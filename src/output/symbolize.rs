@@ -44,8 +44,9 @@ pub(crate) fn no_names_hint() -> Cow<'static, str> {
         let why = match unreadable {
             libc::EMFILE | libc::ENFILE => "too few descriptors left (RLIMIT_NOFILE)? ",
             libc::ENOMEM => {
-                "too little memory left under the process's limits (RLIMIT_AS, or strict \
-                 overcommit) to read it without risking an allocation that fails; "
+                "too little memory left under the process's limits (RLIMIT_AS, strict \
+                 overcommit, the cgroup's memory.max or memory.high, HEAPPROF_MEMORY_LIMIT) to \
+                 read it without risking the program's end; "
             }
             _ => "",
         };
@@ -486,7 +487,10 @@ fn unreadable_files(
         .iter()
         .filter_map(|(_, read)| read.as_ref().ok())
         .fold(0usize, |all, &len| all.saturating_add(len));
-    if with_room && files > 0 && !room::room_for(lookup_room(files)) {
+    if with_room
+        && files > 0
+        && !(room::room_for(lookup_room(files)) && room::memory_for(LOOKUP_RESIDENT))
+    {
         for (_, read) in &mut checked {
             if read.is_ok() {
                 *read = Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
@@ -497,8 +501,14 @@ fn unreadable_files(
         if let Err(e) = read {
             static SAID: AtomicBool = AtomicBool::new(false);
             if !SAID.swap(true, Relaxed) {
+                let why = match e.raw_os_error() {
+                    Some(libc::ENOMEM) => {
+                        "too little memory left under the process's limits".into()
+                    }
+                    _ => e.to_string(),
+                };
                 crate::config::report::warn(format_args!(
-                    "heapprof: cannot read {} to name frames in it ({e}); profiles leave them \
+                    "heapprof: cannot read {} to name frames in it ({why}); profiles leave them \
                      unnamed until it can be read again",
                     crate::config::report::Shown::new(&object.path)
                 ));
@@ -541,6 +551,17 @@ const LOOKUP_ROOM_PER_FILE_BYTE: usize = 4;
 /// compressed, took more than 40 MiB to read), the allocator's per-thread
 /// heaps, the lookup's tables.
 const LOOKUP_ROOM_EXTRA: usize = 64 << 20;
+
+/// Memory a lookup may add to what the process has in use, whatever the
+/// size of its files: checked against the limits past which the kernel
+/// ends the process (a cgroup's, `HEAPPROF_MEMORY_LIMIT`), where a lookup
+/// without this much to spare is not made. The first profile of a 120 MB
+/// executable, with the C library's debug file installed, grew the peak
+/// resident size by 37.5 MiB (`BENCHMARKS.md`, "The first profile of a big
+/// binary"); the executable's reader holds its parsed debug info and its
+/// mapped file's pages within fixed budgets (`own.rs`), whatever the
+/// file's size.
+const LOOKUP_RESIDENT: usize = 64 << 20;
 
 /// The address space a lookup of files of `bytes` in all may take.
 fn lookup_room(bytes: usize) -> usize {

@@ -3,12 +3,14 @@
 //! threads, the registry of threads (exact counters,
 //! filter mask copies), the loaded objects' memory mappings, and whether a
 //! signal handler is running, which process this is across forks,
-//! whether address space is left for heapprof's own work, and small files
-//! read without allocating.
+//! memory in use against the limits that end the process, whether those
+//! limits leave room for heapprof's own work, and small files read
+//! without allocating.
 
 pub(crate) mod growth;
 pub(crate) mod lock;
 pub(crate) mod mappings;
+pub(crate) mod memory;
 pub(crate) mod own_thread;
 pub(crate) mod reentry;
 pub(crate) mod registry;

@@ -1,13 +1,20 @@
-//! Whether memory is left for heapprof's own work. A build or a name
-//! lookup allocates through the global allocator, where a failed
-//! allocation aborts the program; under an address-space limit
-//! (`RLIMIT_AS`) or strict overcommit (`vm.overcommit_memory = 2`), where
-//! allocations fail rather than the kernel's OOM killer stepping in,
-//! heapprof asks first and skips the work instead.
+//! Whether memory is left for heapprof's own work, so that heapprof skips
+//! the work instead of ending the program:
 //!
-//! The answer is read, not tried: mapping the room to see whether it can
-//! be had would take it, for that moment, from the program's own threads.
+//! * [`room_for`]: address space and committed memory. A build or a name
+//!   lookup allocates through the global allocator, where a failed
+//!   allocation aborts the program; under an address-space limit
+//!   (`RLIMIT_AS`) or strict overcommit (`vm.overcommit_memory = 2`)
+//!   allocations fail rather than the kernel's OOM killer stepping in.
+//! * [`memory_for`]: memory in use against a cgroup's `memory.max` or
+//!   `memory.high`, or `HEAPPROF_MEMORY_LIMIT`. Past those the kernel
+//!   kills the process (or throttles it), whatever the allocator says.
+//!
+//! The answers are read, not tried: mapping the room to see whether it
+//! can be had would take it, for that moment, from the program's own
+//! threads.
 
+use super::memory::Watch;
 use super::small_file;
 
 /// Whether `bytes` more of address space and of committed memory are
@@ -21,6 +28,19 @@ use super::small_file;
 pub(crate) fn room_for(bytes: usize) -> bool {
     address_space_left().is_none_or(|left| left >= bytes)
         && commit_left().is_none_or(|left| left >= bytes)
+}
+
+/// Whether `bytes` more in use would stay within every memory limit that
+/// ends the process (`support::memory`): a cgroup's, read now, and
+/// `HEAPPROF_MEMORY_LIMIT`. No such limit, or none readable, counts as
+/// room. Allocates a little (the cgroups' paths): under these limits an
+/// allocation does not fail, the kernel acts on pages in use.
+pub(crate) fn memory_for(bytes: usize) -> bool {
+    let config = crate::config::get();
+    Watch::new(config.cgroup_dir.as_deref(), config.memory_limit)
+        .quiet()
+        .least_room()
+        .is_none_or(|left| left >= bytes as u64)
 }
 
 /// `RLIMIT_AS` less the process's address space (`/proc/self/statm`'s

@@ -1,5 +1,6 @@
-//! What the at-limit dumps watch: memory in use against the limit that
-//! would end the process.
+//! Memory in use against the limits that would end the process: what the
+//! at-limit dumps watch (`dump/limit.rs`), and what a name lookup leaves
+//! room under (`support::room::memory_for`).
 //!
 //! The limits, all of those that apply at once (the one nearest to being
 //! reached counts):
@@ -167,12 +168,38 @@ impl Watch {
         }
     }
 
+    /// This watch, saying nothing on stderr of a limit it cannot read:
+    /// for a one-off reading, whose caller says what it decided.
+    pub(crate) fn quiet(mut self) -> Watch {
+        self.unreadable_said = true;
+        self
+    }
+
     /// The limit nearest to being reached, with what is in use against it,
     /// of those whose usage could be read this time (a limit that cannot be
     /// read, `/proc` not mounted say, is said on stderr once and does not
     /// hide the others); `None` if none could. `lowest` is the lowest
     /// threshold: below it, a cgroup's `memory.stat` need not be read.
     pub(crate) fn read(&mut self, lowest: f64) -> Option<Measure> {
+        self.measures(lowest)
+            .into_iter()
+            .max_by(|a, b| a.fraction().total_cmp(&b.fraction()))
+    }
+
+    /// The fewest bytes any limit that ends the process (a cgroup's, or
+    /// `HEAPPROF_MEMORY_LIMIT`) leaves now; `None` if none is set or could
+    /// be read. Physical memory, which other processes share, is not
+    /// counted.
+    pub(crate) fn least_room(&mut self) -> Option<u64> {
+        self.measures(0.0)
+            .into_iter()
+            .filter(|m| !matches!(m.source, Source::Physical))
+            .map(|m| m.limit.saturating_sub(m.used))
+            .min()
+    }
+
+    /// Every limit whose usage could be read, with that usage.
+    fn measures(&mut self, lowest: f64) -> Vec<Measure> {
         if self.readings.is_multiple_of(LIMITS_EVERY) {
             for c in &mut self.cgroups {
                 c.limit = cgroup_limit(&c.dir);
@@ -239,8 +266,6 @@ impl Watch {
             ));
         }
         measures
-            .into_iter()
-            .max_by(|a, b| a.fraction().total_cmp(&b.fraction()))
     }
 }
 
@@ -394,6 +419,28 @@ mod tests {
         // Below the lowest threshold, memory.stat is not read.
         let m = w.read(0.95).unwrap();
         assert_eq!(m.used, 900);
+    }
+
+    /// The room left is the least any limit leaves, in bytes (not the
+    /// limit nearest by fraction), less page cache; physical memory is
+    /// no such limit.
+    #[test]
+    fn the_least_room_is_the_fewest_bytes_any_limit_leaves() {
+        let gib: u64 = 1 << 30;
+        let d = dir_with(&[
+            ("memory.max", &format!("{gib}\n")),
+            ("memory.current", &format!("{}\n", gib - 300)),
+            ("memory.stat", "anon 1\ninactive_file 100\n"),
+        ]);
+        assert_eq!(Watch::new(Some(d.path()), None).least_room(), Some(400));
+        assert_eq!(
+            Watch::new(Some(d.path()), Some(u64::MAX)).least_room(),
+            Some(400)
+        );
+        // A configured limit the resident size is past leaves none.
+        assert_eq!(Watch::new(Some(d.path()), Some(1)).least_room(), Some(0));
+        let d = dir_with(&[("memory.max", "max\n"), ("memory.current", "900\n")]);
+        assert_eq!(Watch::new(Some(d.path()), None).least_room(), None);
     }
 
     #[test]
