@@ -403,7 +403,9 @@ const PAD: usize = 48;
 fn descend(frames: usize, addrs: &mut Vec<usize>) -> Vec<u8> {
     let mut pad = [0u8; PAD];
     std::hint::black_box(&mut pad);
-    addrs.push(pad.as_ptr() as usize);
+    if addrs.len() < addrs.capacity() {
+        addrs.push(pad.as_ptr() as usize);
+    }
     let v = if frames == 0 {
         std::hint::black_box(vec![7u8; 3000])
     } else {
@@ -413,13 +415,23 @@ fn descend(frames: usize, addrs: &mut Vec<usize>) -> Vec<u8> {
     v
 }
 
+/// The stack an unsampled allocation needs, the thread's first (which
+/// registers the thread), with a margin: about 4 KiB unoptimized and
+/// 1.5 KiB optimized. The sweep below goes down to this much above the
+/// thread's end.
+const PROGRAM_NEEDS: usize = if cfg!(debug_assertions) {
+    5 << 10
+} else {
+    2 << 10
+};
+
 /// Samples taken with every amount of stack left on a 16 KiB thread, in
-/// steps finer than any frame of heapprof's: whatever the code layout,
-/// some sample lands just above the stack heapprof asks for to unwind
-/// (`STACK_TO_UNWIND`) and some just below it, where a large frame taken
-/// before a stack check would run the thread off its stack. With the
-/// DWARF unwinder and with the default (frame pointers, checked against
-/// DWARF in the first stacks).
+/// steps finer than heapprof's frames, from the top of the thread down to
+/// what the program itself needs to allocate there: whatever the code
+/// layout, a large frame taken before a stack check on the sample path
+/// runs some sample off the thread's stack. Each sample is its thread's
+/// first, so with frame pointers too (the default) it is checked against
+/// the DWARF unwinder, the walk with the largest frames.
 #[test]
 fn samples_at_every_depth_of_a_16_kib_thread() {
     if !is_child() {
@@ -433,19 +445,19 @@ fn samples_at_every_depth_of_a_16_kib_thread() {
         return;
     }
     let _watchdog = watchdog("samples at every depth", Duration::from_secs(120));
-    let mut addrs = Vec::new();
+    let mut addrs = Vec::with_capacity(2);
     drop(descend(1, &mut addrs));
     let step = addrs[0] - addrs[1];
-    println!("a frame of descend: {step} bytes");
+    let left = on_stack_of(16, heapprof_testkit::process::stack_left);
+    let deepest = left.saturating_sub(PROGRAM_NEEDS) / step;
+    println!("{left} bytes left on the thread, frames of {step} bytes: {deepest} deep");
     // Finer than the smallest frame heapprof has on this path.
     assert!(step <= 256, "frames of {step} bytes step too far");
-    // Descents down to 10 KiB deep, of which the deepest, unsampled,
-    // shows that the program itself fits its stack.
-    let deepest = (10 << 10) / step;
+    // The deepest, unsampled: the program itself fits its stack.
     drop(on_stack_of(16, move || descend(deepest, &mut Vec::new())));
     heapprof::set_sample_rate(1);
     let kept: Vec<Vec<u8>> = (0..=deepest)
-        .map(|n| on_stack_of(16, move || descend(n, &mut Vec::with_capacity(deepest + 1))))
+        .map(|n| on_stack_of(16, move || descend(n, &mut Vec::new())))
         .collect();
     heapprof::set_sample_rate(0);
     let mut gz = Vec::new();

@@ -47,3 +47,24 @@ pub fn limit_address_space(bytes: libc::rlim_t) {
         assert_eq!(libc::setrlimit(libc::RLIMIT_AS, &limit), 0);
     }
 }
+
+/// The bytes of the calling thread's stack below the caller's frame.
+#[inline(never)]
+pub fn stack_left() -> usize {
+    let here = 0u8;
+    let sp = std::hint::black_box(&here) as *const u8 as usize;
+    // SAFETY: `attr` is initialized by pthread_getattr_np before it is
+    // read and destroyed after; the out-pointers point to locals.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        assert_eq!(libc::pthread_getattr_np(libc::pthread_self(), &mut attr), 0);
+        let mut lowest: *mut libc::c_void = std::ptr::null_mut();
+        let mut size = 0usize;
+        assert_eq!(
+            libc::pthread_attr_getstack(&attr, &mut lowest, &mut size),
+            0
+        );
+        libc::pthread_attr_destroy(&mut attr);
+        sp - lowest as usize
+    }
+}
