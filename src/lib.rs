@@ -299,11 +299,12 @@
 //!   `memory.max` and `memory.current` there themselves, and for systems
 //!   that mount cgroup2 elsewhere. cgroup v1 is not read.
 //! * Names near the limit: naming frames for the first time can add tens
-//!   of MiB to the resident size for a moment, so any profile looks names
-//!   up only while each of these limits (not physical memory) leaves
-//!   64 MiB; otherwise frames not named before stay unnamed in it, with
-//!   their addresses, and it says why. Names found are kept: with a small
-//!   limit, write one profile early, while memory is low.
+//!   of MiB to the resident size, so any profile looks names up only
+//!   while the cgroup's limits and `HEAPPROF_MEMORY_LIMIT` (not physical
+//!   memory) each leave 64 MiB; otherwise frames not named before stay
+//!   unnamed in it, with their addresses, and it says why. Frames once
+//!   named stay named: with a small limit, write one profile early, while
+//!   memory is low, and the stacks it saw are named at the limit.
 //!
 //! When the inner allocator fails one of the program's allocations (it
 //! returns null: the allocation that, unless the program handles it with

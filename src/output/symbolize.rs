@@ -322,7 +322,7 @@ fn resolve_all_within(
     // Addresses in a file that cannot be opened now, or all of them if
     // the process's memory limits leave no room to read their files, are
     // not looked up: unnamed in this profile, and not cached.
-    let mut unreadable = unreadable_files(missing.iter().copied(), &objects, true);
+    let mut unreadable = unreadable_files(missing.iter().copied(), &objects, Room::Both);
     let (skipped, missing): (Vec<usize>, Vec<usize>) = missing
         .into_iter()
         .partition(|&a| in_files(&objects, a, &unreadable));
@@ -399,7 +399,7 @@ fn resolve_all_within(
     // nothing, silently): checked again where the lookup named nothing
     // (the skipped addresses' files are unreadable already).
     let unnamed = resolved.iter().filter(|(_, frames)| frames.is_empty());
-    let since = unreadable_files(unnamed.map(|&(a, _)| a), &objects, true);
+    let since = unreadable_files(unnamed.map(|&(a, _)| a), &objects, Room::AddressSpace);
     unreadable.extend(since);
     resolved.extend(skipped.into_iter().map(|a| (a, Symbols::from(Vec::new()))));
     let mut not_kept = 0;
@@ -459,16 +459,29 @@ fn heap_bytes(symbols: &Symbols) -> usize {
     block + strings
 }
 
+/// Which limits [`unreadable_files`] asks for room under.
+#[derive(Clone, Copy, PartialEq)]
+enum Room {
+    /// Address space and committed memory, where an allocation of the
+    /// lookup's fails (and a reader then names nothing, silently):
+    /// checked after a lookup too, for the room another thread took.
+    AddressSpace,
+    /// Those, and the memory limits past which the kernel ends the
+    /// process ([`LOOKUP_RESIDENT`]): before a lookup only, since the
+    /// lookup itself raises what is in use.
+    Both,
+}
+
 /// The files of `objects` that hold some of `addrs` and cannot be read
-/// now: not opened (descriptors used up, say); and, `with_room`, all of
-/// them if the memory left has no room to read them together
-/// ([`lookup_room`]). One `open` per file. Sets [`UNREADABLE`] if the
-/// executable is among the files checked, and says once per process on
-/// stderr that names are lost for now.
+/// now: not opened (descriptors used up, say); and all of them if the
+/// limits in `room` leave too little to read them together
+/// ([`lookup_room`], [`LOOKUP_RESIDENT`]). One `open` per file. Sets
+/// [`UNREADABLE`] if the executable is among the files checked, and says
+/// once per process on stderr that names are lost for now.
 fn unreadable_files(
     addrs: impl Iterator<Item = usize>,
     objects: &[Mapping],
-    with_room: bool,
+    room: Room,
 ) -> Vec<&str> {
     let mut checked: Vec<(&Mapping, std::io::Result<usize>)> = Vec::new();
     for addr in addrs {
@@ -487,9 +500,9 @@ fn unreadable_files(
         .iter()
         .filter_map(|(_, read)| read.as_ref().ok())
         .fold(0usize, |all, &len| all.saturating_add(len));
-    if with_room
-        && files > 0
-        && !(room::room_for(lookup_room(files)) && room::memory_for(LOOKUP_RESIDENT))
+    if files > 0
+        && !(room::room_for(lookup_room(files))
+            && (room == Room::AddressSpace || room::memory_for(LOOKUP_RESIDENT)))
     {
         for (_, read) in &mut checked {
             if read.is_ok() {
