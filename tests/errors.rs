@@ -545,6 +545,50 @@ fn child_near_its_cgroup_limit() {
     drop(held);
 }
 
+/// The child, with a `HEAPPROF_MEMORY_LIMIT` its resident size is past:
+/// its profile is written unnamed, and says why.
+#[test]
+fn child_past_its_configured_limit() {
+    if !is_child() {
+        return;
+    }
+    let held = held_near_the_cgroup_limit();
+    let mut profile = Vec::new();
+    let written = heapprof::write_profile(&mut profile).is_ok();
+    let without = heapprof::snapshot().inuse_bytes_in("errors::held_near_the_cgroup_limit");
+    let p = heapprof_testkit::profile::decode(&profile);
+    let says = p.comment.iter().any(|&i| {
+        p.string_table[i as usize].contains("did not read the executable")
+            && p.string_table[i as usize].contains("HEAPPROF_MEMORY_LIMIT")
+    });
+    println!(
+        "written={} without={without} says_unreadable={}",
+        u8::from(written),
+        u8::from(says)
+    );
+    drop(held);
+}
+
+/// `HEAPPROF_MEMORY_LIMIT` is a limit name lookups leave room under, as
+/// a cgroup's is.
+#[test]
+fn names_wait_for_room_under_heapprof_memory_limit() {
+    let (stdout, stderr) = run_child(
+        "child_past_its_configured_limit",
+        &[
+            ("HEAPPROF_SAMPLE_RATE", "1"),
+            ("HEAPPROF_MEMORY_LIMIT", "1MiB"),
+        ],
+    );
+    for (field, expected) in [("written=", 1), ("without=", 0), ("says_unreadable=", 1)] {
+        assert_eq!(
+            printed_number(&stdout, field),
+            expected,
+            "{field}\n{stdout}\n{stderr}"
+        );
+    }
+}
+
 /// Names are not looked up where the lookup could take the process past
 /// its cgroup's limit, and come back when there is room.
 #[test]
