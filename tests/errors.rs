@@ -477,7 +477,7 @@ fn child_runs_out_of_address_space() {
     let p = heapprof_testkit::profile::decode(&profile);
     let says = p.comment.iter().any(|&i| {
         p.string_table[i as usize].contains("did not read the executable")
-            && p.string_table[i as usize].contains("RLIMIT_AS")
+            && p.string_table[i as usize].contains("RLIMIT_AS leaves")
     });
     println!(
         "refused={} refused_bytes={}",
@@ -533,7 +533,7 @@ fn child_near_its_cgroup_limit() {
     let p = heapprof_testkit::profile::decode(&profile);
     let says = p.comment.iter().any(|&i| {
         p.string_table[i as usize].contains("did not read the executable")
-            && p.string_table[i as usize].contains("memory.max")
+            && p.string_table[i as usize].contains("the cgroup's memory.max leaves 10.0 MiB")
     });
     set_cgroup_usage(&dir, CGROUP_MAX - (10 << 20), 200 << 20);
     println!(
@@ -559,7 +559,7 @@ fn child_past_its_configured_limit() {
     let p = heapprof_testkit::profile::decode(&profile);
     let says = p.comment.iter().any(|&i| {
         p.string_table[i as usize].contains("did not read the executable")
-            && p.string_table[i as usize].contains("HEAPPROF_MEMORY_LIMIT")
+            && p.string_table[i as usize].contains("HEAPPROF_MEMORY_LIMIT leaves 0.0 MiB")
     });
     println!(
         "written={} without={without} says_unreadable={}",
@@ -622,7 +622,7 @@ fn names_wait_for_room_under_the_cgroup_limit() {
         .collect();
     assert_eq!(said.len(), 1, "{stderr}");
     assert!(
-        said[0].contains("too little memory left under the process's limits"),
+        said[0].contains("(the cgroup's memory.max leaves 10.0 MiB, too little to read it"),
         "{stderr}"
     );
 }

@@ -112,7 +112,7 @@ pub(crate) struct Config {
     pub dump_at_limit: Option<Vec<f64>>,
     /// `HEAPPROF_MEMORY_LIMIT`: a limit on the process's resident size,
     /// watched beside the cgroup's, and left room under by name lookups
-    /// (`support::room::memory_for`).
+    /// (`support::room::memory_short_of`).
     pub memory_limit: Option<u64>,
     /// `HEAPPROF_CGROUP_DIR`: the cgroup directory to read instead of the
     /// process's own (for tests and unusual mounts).

@@ -23,7 +23,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU8, AtomicU64, Ordering::Relaxed};
 
 use crate::record::sites::SiteCopy;
 use crate::record::stack::{CUT, NOT_UNWOUND, OWN_FRAMES};
@@ -43,15 +43,11 @@ pub(crate) fn no_names_hint() -> Cow<'static, str> {
     } else if unreadable != 0 {
         let why = match unreadable {
             libc::EMFILE | libc::ENFILE => "too few descriptors left (RLIMIT_NOFILE)? ",
-            libc::ENOMEM => {
-                "too little memory left under the process's limits (RLIMIT_AS, strict \
-                 overcommit, the cgroup's memory.max or memory.high, HEAPPROF_MEMORY_LIMIT) to \
-                 read it without risking the program's end; "
-            }
             _ => "",
         };
         let error = match unreadable {
             -1 => "not a regular file".to_owned(),
+            libc::ENOMEM => short_description(),
             errno => std::io::Error::from_raw_os_error(errno).to_string(),
         };
         format!(
@@ -72,6 +68,24 @@ pub(crate) fn no_names_hint() -> Cow<'static, str> {
 /// error without one; 0 if it was read. One for the process: two profiles
 /// built at once may each see the other's.
 static UNREADABLE: AtomicI32 = AtomicI32::new(0);
+
+/// The limit that left too little for the last lookup refused for room
+/// ([`room::Limit`] `as u8`), and the bytes it left then.
+static SHORT_LIMIT: AtomicU8 = AtomicU8::new(0);
+static SHORT_LEFT: AtomicU64 = AtomicU64::new(0);
+
+/// Which limit refused the last lookup, and what it left, in words.
+fn short_description() -> String {
+    let left = SHORT_LEFT.load(Relaxed);
+    match room::Limit::from_u8(SHORT_LIMIT.load(Relaxed)) {
+        Some(limit) => format!(
+            "{} leaves {:.1} MiB, too little to read it without risking the program's end",
+            limit.name(),
+            left as f64 / f64::from(1 << 20)
+        ),
+        None => "too little memory left under the process's limits".to_owned(),
+    }
+}
 
 /// One source-level frame at an address. An address yields several when
 /// functions were inlined into each other, innermost first.
@@ -460,7 +474,7 @@ fn heap_bytes(symbols: &Symbols) -> usize {
 }
 
 /// Which limits [`unreadable_files`] asks for room under.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum Room {
     /// Address space and committed memory, where an allocation of the
     /// lookup's fails (and a reader then names nothing, silently):
@@ -500,10 +514,17 @@ fn unreadable_files(
         .iter()
         .filter_map(|(_, read)| read.as_ref().ok())
         .fold(0usize, |all, &len| all.saturating_add(len));
-    if files > 0
-        && !(room::room_for(lookup_room(files))
-            && (room == Room::AddressSpace || room::memory_for(LOOKUP_RESIDENT)))
-    {
+    let short = if files == 0 {
+        None
+    } else {
+        room::short_of(lookup_room(files)).or_else(|| match room {
+            Room::Both => room::memory_short_of(LOOKUP_RESIDENT),
+            Room::AddressSpace => None,
+        })
+    };
+    if let Some(short) = short {
+        SHORT_LIMIT.store(short.limit as u8, Relaxed);
+        SHORT_LEFT.store(short.left, Relaxed);
         for (_, read) in &mut checked {
             if read.is_ok() {
                 *read = Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
@@ -515,9 +536,7 @@ fn unreadable_files(
             static SAID: AtomicBool = AtomicBool::new(false);
             if !SAID.swap(true, Relaxed) {
                 let why = match e.raw_os_error() {
-                    Some(libc::ENOMEM) => {
-                        "too little memory left under the process's limits".into()
-                    }
+                    Some(libc::ENOMEM) => short_description(),
                     _ => e.to_string(),
                 };
                 crate::config::report::warn(format_args!(

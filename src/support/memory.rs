@@ -1,6 +1,6 @@
 //! Memory in use against the limits that would end the process: what the
 //! at-limit dumps watch (`dump/limit.rs`), and what a name lookup leaves
-//! room under (`support::room::memory_for`).
+//! room under (`support::room::memory_short_of`).
 //!
 //! The limits, all of those that apply at once (the one nearest to being
 //! reached counts):
@@ -186,16 +186,15 @@ impl Watch {
             .max_by(|a, b| a.fraction().total_cmp(&b.fraction()))
     }
 
-    /// The fewest bytes any limit that ends the process (a cgroup's, or
-    /// `HEAPPROF_MEMORY_LIMIT`) leaves now; `None` if none is set or could
-    /// be read. Physical memory, which other processes share, is not
-    /// counted.
-    pub(crate) fn least_room(&mut self) -> Option<u64> {
+    /// The limit that ends the process (a cgroup's, or
+    /// `HEAPPROF_MEMORY_LIMIT`) that leaves the fewest bytes now, with
+    /// what is in use against it; `None` if none is set or could be read.
+    /// Physical memory, which other processes share, is not counted.
+    pub(crate) fn least_room(&mut self) -> Option<Measure> {
         self.measures(0.0)
             .into_iter()
             .filter(|m| !matches!(m.source, Source::Physical))
-            .map(|m| m.limit.saturating_sub(m.used))
-            .min()
+            .min_by_key(|m| m.limit.saturating_sub(m.used))
     }
 
     /// Every limit whose usage could be read, with that usage.
@@ -432,15 +431,17 @@ mod tests {
             ("memory.current", &format!("{}\n", gib - 300)),
             ("memory.stat", "anon 1\ninactive_file 100\n"),
         ]);
-        assert_eq!(Watch::new(Some(d.path()), None).least_room(), Some(400));
-        assert_eq!(
-            Watch::new(Some(d.path()), Some(u64::MAX)).least_room(),
-            Some(400)
-        );
+        let room = |configured| {
+            Watch::new(Some(d.path()), configured)
+                .least_room()
+                .map(|m| m.limit.saturating_sub(m.used))
+        };
+        assert_eq!(room(None), Some(400));
+        assert_eq!(room(Some(u64::MAX)), Some(400));
         // A configured limit the resident size is past leaves none.
-        assert_eq!(Watch::new(Some(d.path()), Some(1)).least_room(), Some(0));
+        assert_eq!(room(Some(1)), Some(0));
         let d = dir_with(&[("memory.max", "max\n"), ("memory.current", "900\n")]);
-        assert_eq!(Watch::new(Some(d.path()), None).least_room(), None);
+        assert!(Watch::new(Some(d.path()), None).least_room().is_none());
     }
 
     #[test]

@@ -1,12 +1,12 @@
 //! Whether memory is left for heapprof's own work, so that heapprof skips
 //! the work instead of ending the program:
 //!
-//! * [`room_for`]: address space and committed memory. A build or a name
-//!   lookup allocates through the global allocator, where a failed
-//!   allocation aborts the program; under an address-space limit
+//! * [`short_of`] ([`room_for`]): address space and committed memory. A
+//!   build or a name lookup allocates through the global allocator, where
+//!   a failed allocation aborts the program; under an address-space limit
 //!   (`RLIMIT_AS`) or strict overcommit (`vm.overcommit_memory = 2`)
 //!   allocations fail rather than the kernel's OOM killer stepping in.
-//! * [`memory_for`]: memory in use against a cgroup's `memory.max` or
+//! * [`memory_short_of`]: memory in use against a cgroup's `memory.max` or
 //!   `memory.high`, or `HEAPPROF_MEMORY_LIMIT`. Past those the kernel
 //!   kills the process (or throttles it), whatever the allocator says.
 //!
@@ -14,33 +14,105 @@
 //! can be had would take it, for that moment, from the program's own
 //! threads.
 
-use super::memory::Watch;
+use super::memory::{Source, Watch};
 use super::small_file;
 
-/// Whether `bytes` more of address space and of committed memory are
-/// within this process's limits now. Either limit unknown or not set
-/// (`/proc` not mounted, say) counts as room. The same `bytes` is asked
-/// of both, though some of it (read-only file mappings, reserved heaps)
-/// is not committed memory: under strict overcommit the answer errs
-/// towards no. Allocates nothing (it runs when memory is short).
-/// Another thread may take the room right after: this says there was
-/// room, not that there will be.
-pub(crate) fn room_for(bytes: usize) -> bool {
-    address_space_left().is_none_or(|left| left >= bytes)
-        && commit_left().is_none_or(|left| left >= bytes)
+/// A limit that leaves too little, and how much it leaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Short {
+    pub limit: Limit,
+    /// Bytes the limit leaves now.
+    pub left: u64,
 }
 
-/// Whether `bytes` more in use would stay within every memory limit that
-/// ends the process (`support::memory`): a cgroup's, read now, and
-/// `HEAPPROF_MEMORY_LIMIT`. No such limit, or none readable, counts as
-/// room. Allocates a little (the cgroups' paths): under these limits an
-/// allocation does not fail, the kernel acts on pages in use.
-pub(crate) fn memory_for(bytes: usize) -> bool {
+/// The limits heapprof leaves room under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Limit {
+    /// `RLIMIT_AS`, against the process's address space.
+    AddressSpace = 1,
+    /// `CommitLimit` under strict overcommit, against the system's
+    /// committed memory.
+    Commit,
+    /// A cgroup's `memory.max`, against its working set.
+    CgroupMax,
+    /// A cgroup's `memory.high`, against its working set.
+    CgroupHigh,
+    /// `HEAPPROF_MEMORY_LIMIT`, against the resident size.
+    Configured,
+}
+
+impl Limit {
+    /// The limit in words.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Limit::AddressSpace => "RLIMIT_AS",
+            Limit::Commit => "the strict overcommit limit",
+            Limit::CgroupMax => "the cgroup's memory.max",
+            Limit::CgroupHigh => "the cgroup's memory.high",
+            Limit::Configured => "HEAPPROF_MEMORY_LIMIT",
+        }
+    }
+
+    /// The limit stored as [`Limit`] `as u8`; `None` for any other byte.
+    pub(crate) fn from_u8(n: u8) -> Option<Limit> {
+        [
+            Limit::AddressSpace,
+            Limit::Commit,
+            Limit::CgroupMax,
+            Limit::CgroupHigh,
+            Limit::Configured,
+        ]
+        .into_iter()
+        .find(|&l| l as u8 == n)
+    }
+}
+
+/// Whether `bytes` more of address space and of committed memory are
+/// within this process's limits now ([`short_of`]).
+pub(crate) fn room_for(bytes: usize) -> bool {
+    short_of(bytes).is_none()
+}
+
+/// The limit on address space or committed memory that leaves less than
+/// `bytes` now, if any. Either limit unknown or not set (`/proc` not
+/// mounted, say) counts as room. The same `bytes` is asked of both,
+/// though some of it (read-only file mappings, reserved heaps) is not
+/// committed memory: under strict overcommit the answer errs towards
+/// short. Allocates nothing (it runs when memory is short). Another
+/// thread may take the room right after: this says there was room, not
+/// that there will be.
+pub(crate) fn short_of(bytes: usize) -> Option<Short> {
+    let short = |limit, left: Option<usize>| {
+        left.filter(|&left| left < bytes).map(|left| Short {
+            limit,
+            left: left as u64,
+        })
+    };
+    short(Limit::AddressSpace, address_space_left()).or_else(|| short(Limit::Commit, commit_left()))
+}
+
+/// The memory limit past which the kernel ends the process (a cgroup's,
+/// read now, or `HEAPPROF_MEMORY_LIMIT`; `support::memory`) that leaves
+/// the fewest bytes, if it leaves fewer than `bytes`. No such limit, or
+/// none readable, counts as room. Allocates a little (the cgroups'
+/// paths): under these limits an allocation does not fail, the kernel
+/// acts on pages in use.
+pub(crate) fn memory_short_of(bytes: usize) -> Option<Short> {
     let config = crate::config::get();
-    Watch::new(config.cgroup_dir.as_deref(), config.memory_limit)
+    let least = Watch::new(config.cgroup_dir.as_deref(), config.memory_limit)
         .quiet()
-        .least_room()
-        .is_none_or(|left| left >= bytes as u64)
+        .least_room()?;
+    let left = least.limit.saturating_sub(least.used);
+    let limit = match least.source {
+        Source::Cgroup {
+            file: "memory.high",
+            ..
+        } => Limit::CgroupHigh,
+        Source::Cgroup { .. } => Limit::CgroupMax,
+        Source::Configured | Source::Physical => Limit::Configured,
+    };
+    (left < bytes as u64).then_some(Short { limit, left })
 }
 
 /// `RLIMIT_AS` less the process's address space (`/proc/self/statm`'s
@@ -127,5 +199,12 @@ mod tests {
         // This process has an address space, and no limit unless one is
         // set: room for a byte either way.
         assert!(room_for(1));
+        for n in 0..=u8::MAX {
+            assert!(Limit::from_u8(n).is_none_or(|l| l as u8 == n));
+        }
+        assert_eq!(
+            Limit::from_u8(Limit::Configured as u8),
+            Some(Limit::Configured)
+        );
     }
 }
