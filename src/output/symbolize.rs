@@ -23,7 +23,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use crate::record::sites::SiteCopy;
 use crate::record::stack::{CUT, NOT_UNWOUND, OWN_FRAMES};
@@ -40,19 +40,16 @@ pub(crate) fn no_names_hint() -> Cow<'static, str> {
         "this process was forked while its parent was looking names up, and makes no \
          lookups of its own (names in the cache stay)"
             .into()
-    } else if unreadable != 0 {
-        let why = match unreadable {
-            libc::EMFILE | libc::ENFILE => "too few descriptors left (RLIMIT_NOFILE)? ",
+    } else if let Some(not_read) = NotRead::unpack(unreadable) {
+        let why = match not_read {
+            Unpacked::Errno(libc::EMFILE | libc::ENFILE) => {
+                "too few descriptors left (RLIMIT_NOFILE)? "
+            }
             _ => "",
         };
-        let error = match unreadable {
-            -1 => "not a regular file".to_owned(),
-            libc::ENOMEM => short_description(),
-            errno => std::io::Error::from_raw_os_error(errno).to_string(),
-        };
         format!(
-            "the last lookup did not read the executable ({error}): {why}the next profile \
-             tries again"
+            "the last lookup did not read the executable ({}): {why}the next profile tries again",
+            not_read.words()
         )
         .into()
     } else {
@@ -63,27 +60,90 @@ pub(crate) fn no_names_hint() -> Cow<'static, str> {
     }
 }
 
-/// Why the last lookup that checked the executable did not read it: the
-/// `errno` of opening it, `ENOMEM` for no room to read it, -1 for an
-/// error without one; 0 if it was read. One for the process: two profiles
-/// built at once may each see the other's.
-static UNREADABLE: AtomicI32 = AtomicI32::new(0);
+/// Why the last lookup that checked the executable did not read it, as
+/// [`NotRead::pack`] packs it; 0 if it was read. One for the process: two
+/// profiles built at once may each see the other's.
+static UNREADABLE: AtomicU64 = AtomicU64::new(0);
 
-/// The limit that left too little for the last lookup refused for room
-/// ([`room::Limit`] `as u8`), and the bytes it left then.
-static SHORT_LIMIT: AtomicU8 = AtomicU8::new(0);
-static SHORT_LEFT: AtomicU64 = AtomicU64::new(0);
+/// Why a lookup does not read a file.
+enum NotRead {
+    /// It cannot be opened now (descriptors used up, say).
+    Error(std::io::Error),
+    /// A limit leaves too little to read it ([`lookup_room`],
+    /// [`LOOKUP_RESIDENT`]).
+    Room(room::Short),
+}
 
-/// Which limit refused the last lookup, and what it left, in words.
-fn short_description() -> String {
-    let left = SHORT_LEFT.load(Relaxed);
-    match room::Limit::from_u8(SHORT_LIMIT.load(Relaxed)) {
-        Some(limit) => format!(
-            "{} leaves {:.1} MiB, too little to read it without risking the program's end",
-            limit.name(),
-            left as f64 / f64::from(1 << 20)
-        ),
-        None => "too little memory left under the process's limits".to_owned(),
+/// A [`NotRead`] as [`UNREADABLE`] keeps it.
+#[derive(Clone, Copy)]
+enum Unpacked {
+    Errno(i32),
+    /// An error with no `errno`: the file is not a regular one.
+    NotRegular,
+    /// The limit, and the MiB it left and the lookup asked for.
+    Room(room::Limit, u64, u64),
+}
+
+/// Tags in [`UNREADABLE`]'s top byte.
+const PACKED_ERRNO: u64 = 1;
+const PACKED_NOT_REGULAR: u64 = 2;
+const PACKED_ROOM: u64 = 3;
+/// The most MiB a packed amount holds (24 bits: 16 TiB).
+const PACKED_MIB: u64 = (1 << 24) - 1;
+
+impl NotRead {
+    /// Packed into one word: a tag in the top byte; an `errno` in the
+    /// low 32 bits; or the limit in the next byte, then the MiB it left
+    /// and the MiB asked for, 24 bits each (rounded down).
+    fn pack(&self) -> u64 {
+        let mib = |bytes: u64| (bytes >> 20).min(PACKED_MIB);
+        match self {
+            NotRead::Error(e) => match e.raw_os_error() {
+                Some(errno) => PACKED_ERRNO << 56 | u64::from(errno as u32),
+                None => PACKED_NOT_REGULAR << 56,
+            },
+            NotRead::Room(short) => {
+                PACKED_ROOM << 56
+                    | (short.limit as u64) << 48
+                    | mib(short.left) << 24
+                    | mib(short.needed)
+            }
+        }
+    }
+
+    /// What [`NotRead::pack`] packed; `None` for 0 (read) or a word it
+    /// does not make.
+    fn unpack(word: u64) -> Option<Unpacked> {
+        match word >> 56 {
+            PACKED_ERRNO => Some(Unpacked::Errno(word as u32 as i32)),
+            PACKED_NOT_REGULAR => Some(Unpacked::NotRegular),
+            PACKED_ROOM => Some(Unpacked::Room(
+                room::Limit::from_u8((word >> 48) as u8)?,
+                (word >> 24) & PACKED_MIB,
+                word & PACKED_MIB,
+            )),
+            _ => None,
+        }
+    }
+}
+
+impl Unpacked {
+    /// The reason in words.
+    fn words(self) -> String {
+        match self {
+            Unpacked::Errno(errno) => std::io::Error::from_raw_os_error(errno).to_string(),
+            Unpacked::NotRegular => "not a regular file".to_owned(),
+            Unpacked::Room(limit, 0, needed) => {
+                format!(
+                    "{} leaves less than 1 MiB, and a lookup may take {needed} MiB",
+                    limit.name()
+                )
+            }
+            Unpacked::Room(limit, left, needed) => format!(
+                "{} leaves {left} MiB, less than the {needed} MiB a lookup may take",
+                limit.name()
+            ),
+        }
     }
 }
 
@@ -480,9 +540,9 @@ enum Room {
     /// lookup's fails (and a reader then names nothing, silently):
     /// checked after a lookup too, for the room another thread took.
     AddressSpace,
-    /// Those, and the memory limits past which the kernel ends the
-    /// process ([`LOOKUP_RESIDENT`]): before a lookup only, since the
-    /// lookup itself raises what is in use.
+    /// Those, and the memory limits past which the kernel ends or
+    /// throttles the process ([`LOOKUP_RESIDENT`]): before a lookup only,
+    /// since the lookup itself raises what is in use.
     Both,
 }
 
@@ -497,7 +557,7 @@ fn unreadable_files(
     objects: &[Mapping],
     room: Room,
 ) -> Vec<&str> {
-    let mut checked: Vec<(&Mapping, std::io::Result<usize>)> = Vec::new();
+    let mut checked: Vec<(&Mapping, Result<usize, NotRead>)> = Vec::new();
     for addr in addrs {
         // Objects with no file to open (the vDSO, named
         // `linux-vdso.so.1`) are backtrace's to name from memory.
@@ -507,7 +567,7 @@ fn unreadable_files(
             continue;
         };
         if !checked.iter().any(|(m, _)| m.path == object.path) {
-            checked.push((object, readable(object)));
+            checked.push((object, readable(object).map_err(NotRead::Error)));
         }
     }
     let files = checked
@@ -523,35 +583,27 @@ fn unreadable_files(
         })
     };
     if let Some(short) = short {
-        SHORT_LIMIT.store(short.limit as u8, Relaxed);
-        SHORT_LEFT.store(short.left, Relaxed);
         for (_, read) in &mut checked {
             if read.is_ok() {
-                *read = Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
+                *read = Err(NotRead::Room(short));
             }
         }
     }
     for (object, read) in &checked {
-        if let Err(e) = read {
+        let packed = read.as_ref().err().map_or(0, NotRead::pack);
+        if let Some(why) = NotRead::unpack(packed) {
             static SAID: AtomicBool = AtomicBool::new(false);
             if !SAID.swap(true, Relaxed) {
-                let why = match e.raw_os_error() {
-                    Some(libc::ENOMEM) => short_description(),
-                    _ => e.to_string(),
-                };
                 crate::config::report::warn(format_args!(
-                    "heapprof: cannot read {} to name frames in it ({why}); profiles leave them \
+                    "heapprof: cannot read {} to name frames in it ({}); profiles leave them \
                      unnamed until it can be read again",
-                    crate::config::report::Shown::new(&object.path)
+                    crate::config::report::Shown::new(&object.path),
+                    why.words()
                 ));
             }
         }
         if object.executable {
-            let errno = read
-                .as_ref()
-                .err()
-                .map_or(0, |e| e.raw_os_error().unwrap_or(-1));
-            UNREADABLE.store(errno, Relaxed);
+            UNREADABLE.store(packed, Relaxed);
         }
     }
     checked

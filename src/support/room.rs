@@ -17,12 +17,15 @@
 use super::memory::{Source, Watch};
 use super::small_file;
 
-/// A limit that leaves too little, and how much it leaves.
+/// A limit that leaves too little, how much it leaves, and how much was
+/// asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Short {
     pub limit: Limit,
     /// Bytes the limit leaves now.
     pub left: u64,
+    /// Bytes asked for.
+    pub needed: u64,
 }
 
 /// The limits heapprof leaves room under.
@@ -56,15 +59,14 @@ impl Limit {
 
     /// The limit stored as [`Limit`] `as u8`; `None` for any other byte.
     pub(crate) fn from_u8(n: u8) -> Option<Limit> {
-        [
-            Limit::AddressSpace,
-            Limit::Commit,
-            Limit::CgroupMax,
-            Limit::CgroupHigh,
-            Limit::Configured,
-        ]
-        .into_iter()
-        .find(|&l| l as u8 == n)
+        Some(match n {
+            1 => Limit::AddressSpace,
+            2 => Limit::Commit,
+            3 => Limit::CgroupMax,
+            4 => Limit::CgroupHigh,
+            5 => Limit::Configured,
+            _ => return None,
+        })
     }
 }
 
@@ -87,6 +89,7 @@ pub(crate) fn short_of(bytes: usize) -> Option<Short> {
         left.filter(|&left| left < bytes).map(|left| Short {
             limit,
             left: left as u64,
+            needed: bytes as u64,
         })
     };
     short(Limit::AddressSpace, address_space_left()).or_else(|| short(Limit::Commit, commit_left()))
@@ -110,9 +113,15 @@ pub(crate) fn memory_short_of(bytes: usize) -> Option<Short> {
             ..
         } => Limit::CgroupHigh,
         Source::Cgroup { .. } => Limit::CgroupMax,
-        Source::Configured | Source::Physical => Limit::Configured,
+        Source::Configured => Limit::Configured,
+        // Not a limit of the process (`least_room` leaves it out).
+        Source::Physical => return None,
     };
-    (left < bytes as u64).then_some(Short { limit, left })
+    (left < bytes as u64).then_some(Short {
+        limit,
+        left,
+        needed: bytes as u64,
+    })
 }
 
 /// `RLIMIT_AS` less the process's address space (`/proc/self/statm`'s
@@ -199,12 +208,25 @@ mod tests {
         // This process has an address space, and no limit unless one is
         // set: room for a byte either way.
         assert!(room_for(1));
-        for n in 0..=u8::MAX {
-            assert!(Limit::from_u8(n).is_none_or(|l| l as u8 == n));
+        let all = [
+            Limit::AddressSpace,
+            Limit::Commit,
+            Limit::CgroupMax,
+            Limit::CgroupHigh,
+            Limit::Configured,
+        ];
+        for limit in all {
+            // A new limit stops this compiling: add it here and to `all`.
+            match limit {
+                Limit::AddressSpace
+                | Limit::Commit
+                | Limit::CgroupMax
+                | Limit::CgroupHigh
+                | Limit::Configured => {}
+            }
+            assert_eq!(Limit::from_u8(limit as u8), Some(limit));
         }
-        assert_eq!(
-            Limit::from_u8(Limit::Configured as u8),
-            Some(Limit::Configured)
-        );
+        let found = (0..=u8::MAX).filter(|&n| Limit::from_u8(n).is_some());
+        assert_eq!(found.count(), all.len());
     }
 }

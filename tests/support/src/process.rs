@@ -48,23 +48,27 @@ pub fn limit_address_space(bytes: libc::rlim_t) {
     }
 }
 
-/// The bytes of the calling thread's stack below the caller's frame.
+/// The bytes of the calling thread's stack below this function's frame,
+/// for a thread started by `pthread_create` (std's threads): glibc
+/// reports such a stack's bounds exactly, the main thread's only
+/// roughly.
 #[inline(never)]
 pub fn stack_left() -> usize {
     let here = 0u8;
     let sp = std::hint::black_box(&here) as *const u8 as usize;
-    // SAFETY: `attr` is initialized by pthread_getattr_np before it is
-    // read and destroyed after; the out-pointers point to locals.
-    unsafe {
+    // SAFETY: pthread_getattr_np initializes `attr` (allocating inside
+    // it), pthread_attr_getstack reads it into the two locals, and
+    // pthread_attr_destroy frees it, whatever the reads returned.
+    let (got, lowest) = unsafe {
         let mut attr: libc::pthread_attr_t = std::mem::zeroed();
         assert_eq!(libc::pthread_getattr_np(libc::pthread_self(), &mut attr), 0);
         let mut lowest: *mut libc::c_void = std::ptr::null_mut();
         let mut size = 0usize;
-        assert_eq!(
-            libc::pthread_attr_getstack(&attr, &mut lowest, &mut size),
-            0
-        );
+        let got = libc::pthread_attr_getstack(&attr, &mut lowest, &mut size);
         libc::pthread_attr_destroy(&mut attr);
-        sp - lowest as usize
-    }
+        (got, lowest as usize)
+    };
+    assert_eq!(got, 0, "pthread_attr_getstack");
+    sp.checked_sub(lowest)
+        .expect("a frame above the stack's end")
 }
