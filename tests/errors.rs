@@ -447,6 +447,17 @@ fn names_come_back_when_descriptors_do() {
     assert_eq!(printed_number(&stdout, "with="), 4 << 20, "{stdout}");
 }
 
+/// Asserts that a child printed each `field` (`name=`) with its value.
+fn assert_printed(stdout: &str, stderr: &str, expected: &[(&str, i64)]) {
+    for &(field, value) in expected {
+        assert_eq!(
+            printed_number(stdout, field),
+            value,
+            "{field}\n{stdout}\n{stderr}"
+        );
+    }
+}
+
 /// The MiB a hint says `RLIMIT_AS` left ("RLIMIT_AS leaves N MiB").
 fn rlimit_as_left(hint: &str) -> Option<u64> {
     let (_, after) = hint.split_once("RLIMIT_AS leaves ")?;
@@ -590,13 +601,11 @@ fn names_wait_for_room_under_heapprof_memory_limit() {
             ("HEAPPROF_MEMORY_LIMIT", "1MiB"),
         ],
     );
-    for (field, expected) in [("written=", 1), ("without=", 0), ("says_unreadable=", 1)] {
-        assert_eq!(
-            printed_number(&stdout, field),
-            expected,
-            "{field}\n{stdout}\n{stderr}"
-        );
-    }
+    assert_printed(
+        &stdout,
+        &stderr,
+        &[("written=", 1), ("without=", 0), ("says_unreadable=", 1)],
+    );
 }
 
 /// Names are not looked up where the lookup could take the process past
@@ -614,18 +623,16 @@ fn names_wait_for_room_under_the_cgroup_limit() {
             ("HEAPPROF_CGROUP_DIR", dir.path().to_str().unwrap()),
         ],
     );
-    for (field, expected) in [
-        ("written=", 1),
-        ("without=", 0),
-        ("says_unreadable=", 1),
-        ("with=", 4 << 20),
-    ] {
-        assert_eq!(
-            printed_number(&stdout, field),
-            expected,
-            "{field}\n{stdout}\n{stderr}"
-        );
-    }
+    assert_printed(
+        &stdout,
+        &stderr,
+        &[
+            ("written=", 1),
+            ("without=", 0),
+            ("says_unreadable=", 1),
+            ("with=", 4 << 20),
+        ],
+    );
     let said: Vec<&str> = stderr
         .lines()
         .filter(|l| l.contains("to name frames in it"))
@@ -646,18 +653,16 @@ fn names_come_back_when_address_space_does() {
         "child_runs_out_of_address_space",
         &[("HEAPPROF_SAMPLE_RATE", "1")],
     );
-    for (field, expected) in [
-        ("refused=", 1),
-        ("refused_bytes=", 0),
-        ("without=", 0),
-        ("written=", 1),
-        ("says_unreadable=", 1),
-        ("with=", 4 << 20),
-    ] {
-        assert_eq!(
-            printed_number(&stdout, field),
-            expected,
-            "{field}\n{stdout}\n{stderr}"
-        );
-    }
+    assert_printed(
+        &stdout,
+        &stderr,
+        &[
+            ("refused=", 1),
+            ("refused_bytes=", 0),
+            ("without=", 0),
+            ("written=", 1),
+            ("says_unreadable=", 1),
+            ("with=", 4 << 20),
+        ],
+    );
 }
