@@ -71,6 +71,58 @@ fn many_sites() -> Vec<Box<[u8]>> {
     keep
 }
 
+/// Writes a fake cgroup's usage (`HEAPPROF_CGROUP_DIR`): `left` bytes
+/// below its 1 GiB `memory.max`.
+fn leave_in_cgroup(dir: &std::path::Path, left: usize) {
+    const MAX: usize = 1 << 30;
+    std::fs::write(dir.join("memory.max"), format!("{MAX}\n")).unwrap();
+    std::fs::write(dir.join("memory.high"), "max\n").unwrap();
+    std::fs::write(dir.join("memory.current"), format!("{}\n", MAX - left)).unwrap();
+    std::fs::write(dir.join("memory.stat"), "anon 0\ninactive_file 0\n").unwrap();
+}
+
+/// A text profile (`?debug=1`) of thousands of sites is megabytes, held
+/// whole until sent: in a container whose limit leaves less, building it
+/// stops with a 503 that says why, instead of taking the program past
+/// its limit. The gzipped profile is still served, and the text is once
+/// there is room.
+#[test]
+fn a_text_profile_stops_short_of_the_memory_limit() {
+    if !is_child() {
+        let dir = tempfile::tempdir().unwrap();
+        leave_in_cgroup(dir.path(), 1 << 30);
+        let (stdout, _) = run_child(
+            "a_text_profile_stops_short_of_the_memory_limit",
+            &[("HEAPPROF_CGROUP_DIR", dir.path().to_str().unwrap())],
+        );
+        print!("{stdout}");
+        return;
+    }
+    let _watchdog = watchdog("a text profile near the limit", Duration::from_secs(120));
+    let dir = std::path::PathBuf::from(std::env::var_os("HEAPPROF_CGROUP_DIR").unwrap());
+    let sites = many_sites();
+    // Names first, while there is room for the lookup.
+    assert_eq!(heapprof::http::handle("/debug/pprof/heap", "").status, 200);
+    leave_in_cgroup(&dir, 3 * MIB);
+    let refused = heapprof::http::handle("/debug/pprof/heap", "debug=1");
+    let said = String::from_utf8_lossy(&refused.body);
+    assert_eq!(refused.status, 503, "{said}");
+    assert!(
+        said.contains("the cgroup's memory.max leaves 3 MiB") && said.contains("without ?debug=1"),
+        "{said}"
+    );
+    assert_eq!(heapprof::http::handle("/debug/pprof/heap", "").status, 200);
+    leave_in_cgroup(&dir, 1 << 30);
+    let text = heapprof::http::handle("/debug/pprof/heap", "debug=1");
+    assert_eq!(text.status, 200);
+    assert!(text.body.len() >= 4 * MIB, "{} bytes", text.body.len());
+    println!(
+        "{} sites: refused with 3 MiB left, {} bytes with room",
+        sites.len(),
+        text.body.len()
+    );
+}
+
 /// Clients that ask for the text profile and never read it: before, each
 /// connection held its own copy of the body until the write deadline, so
 /// RSS grew by connections × body. Now what the bodies hold stays within

@@ -65,6 +65,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use crate::output::{self, Format, Source, pprof};
+use crate::support;
 use crate::support::lock::{Mutex, rank};
 use crate::{record::sites, sample, support::reentry};
 
@@ -472,10 +473,11 @@ fn build(
     } else {
         Format::Pprof
     };
-    let mut body = Vec::new();
+    let mut body = Body::default();
     if !output::write(source(&mut one_at_a_time), format, options, &mut body)? {
         return Ok(Response::error(404, crate::record::peak::NO_PEAK_YET));
     }
+    let body = body.bytes;
     Ok(match format {
         Format::Text => Response::ok(TEXT, body),
         Format::Pprof => Response {
@@ -483,6 +485,54 @@ fn build(
             ..Response::ok(PROTO, body)
         },
     })
+}
+
+/// A response body, held whole until it is sent, that asks the process's
+/// memory limits (`support::room`) for room each time it grows past
+/// [`BODY_CHECKED_FROM`]: a text profile (`?debug=1`) of a large site
+/// table runs to 100 MB and more, which in a container near its limit
+/// would end the program that was asked for it. Refused, the build stops
+/// with an `OutOfMemory` error (a 503).
+#[derive(Default)]
+struct Body {
+    bytes: Vec<u8>,
+}
+
+/// Below this size a body grows without asking.
+const BODY_CHECKED_FROM: usize = 1 << 20;
+
+impl io::Write for Body {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let (len, capacity) = (self.bytes.len(), self.bytes.capacity());
+        let end = len.saturating_add(buf.len());
+        if end > capacity && end > BODY_CHECKED_FROM {
+            // What the vector's next growth takes: its new block, while
+            // the old one is copied from.
+            let grown = end.max(capacity.saturating_mul(2));
+            let short =
+                support::room::short_of(grown).or_else(|| support::room::memory_short_of(grown));
+            if let Some(short) = short {
+                return Err(io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    format!(
+                        "heapprof: stopped building a {} MiB response: {} leaves {} MiB, and \
+                         the program could end if heapprof took more; the gzipped profile \
+                         (without ?debug=1) is smaller",
+                        len >> 20,
+                        short.limit.name(),
+                        short.left >> 20
+                    ),
+                ));
+            }
+            self.bytes.reserve_exact(grown - len);
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// `?seconds=N`: the table now and N seconds later, subtracted. Alloc

@@ -168,7 +168,8 @@ pub(crate) fn collect(source: Source) -> Option<Collected> {
 /// and the encoded profile (heapprof's own memory stayed near 6 MiB in a
 /// soak at a full table of 16 Ki sites); the rest is margin for what other
 /// threads take meanwhile. A text profile (`?debug=1`) of a full table can
-/// be larger than this by itself.
+/// be larger than this by itself; over HTTP its body asks for room as it
+/// grows (`http::Body`).
 const BUILD_ROOM: usize = 32 << 20;
 
 /// Writes `source` in `format` to `w`, with `options` (whose comments come
