@@ -93,7 +93,11 @@ fn a_text_profile_stops_short_of_the_memory_limit() {
         leave_in_cgroup(dir.path(), 1 << 30);
         let (stdout, _) = run_child(
             "a_text_profile_stops_short_of_the_memory_limit",
-            &[("HEAPPROF_CGROUP_DIR", dir.path().to_str().unwrap())],
+            &[
+                ("HEAPPROF_CGROUP_DIR", dir.path().to_str().unwrap()),
+                // Names make the text the size this test needs.
+                ("HEAPPROF_SYMBOLIZE", "on"),
+            ],
         );
         print!("{stdout}");
         return;
@@ -108,10 +112,15 @@ fn a_text_profile_stops_short_of_the_memory_limit() {
     let said = String::from_utf8_lossy(&refused.body);
     assert_eq!(refused.status, 503, "{said}");
     assert!(
-        said.contains("the cgroup's memory.max leaves 3 MiB") && said.contains("without ?debug=1"),
+        said.contains("the cgroup's memory.max leaves 3 MiB, less than the 4 MiB its next growth")
+            && said.contains("without ?debug=1"),
         "{said}"
     );
     assert_eq!(heapprof::http::handle("/debug/pprof/heap", "").status, 200);
+    // The built-in server answers the same.
+    let addr = heapprof::http::serve("127.0.0.1:0").unwrap();
+    assert_eq!(http_get(addr, "/debug/pprof/heap?debug=1").status, 503);
+    assert_eq!(http_get(addr, "/debug/pprof/heap").status, 200);
     leave_in_cgroup(&dir, 1 << 30);
     let text = heapprof::http::handle("/debug/pprof/heap", "debug=1");
     assert_eq!(text.status, 200);

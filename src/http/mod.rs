@@ -135,7 +135,24 @@ const HTML: &str = "text/html; charset=utf-8";
 pub fn handle(path: &str, query: &str) -> Response {
     let built = {
         let _inside = reentry::Inside::enter();
-        respond(path, query)
+        let built = respond(path, query);
+        // The copy below holds the body twice for a moment: a large one
+        // asks for room first, as it did to grow.
+        let short = (built.body.len() > BODY_CHECKED_FROM)
+            .then(|| room_short_of(built.body.len()))
+            .flatten();
+        match short {
+            Some(short) => Response::error(
+                503,
+                format!(
+                    "heapprof: did not copy the {} MiB response out: {}, and the program could \
+                     go past it",
+                    built.body.len() >> 20,
+                    short.words("the copy takes")
+                ),
+            ),
+            None => built,
+        }
     };
     // The caller owns the body and frees it as its own: it is copied out
     // of the profiler's memory, so that `stats()` counts its allocation
@@ -473,7 +490,7 @@ fn build(
     } else {
         Format::Pprof
     };
-    let mut body = Body::default();
+    let mut body = Body::new(format == Format::Text);
     if !output::write(source(&mut one_at_a_time), format, options, &mut body)? {
         return Ok(Response::error(404, crate::record::peak::NO_PEAK_YET));
     }
@@ -488,41 +505,56 @@ fn build(
 }
 
 /// A response body, held whole until it is sent, that asks the process's
-/// memory limits (`support::room`) for room each time it grows past
-/// [`BODY_CHECKED_FROM`]: a text profile (`?debug=1`) of a large site
-/// table runs to 100 MB and more, which in a container near its limit
-/// would end the program that was asked for it. Refused, the build stops
-/// with an `OutOfMemory` error (a 503).
-#[derive(Default)]
+/// memory limits (`support::room`) for room each time its vector grows
+/// past [`BODY_CHECKED_FROM`]: a text profile (`?debug=1`) of a large site
+/// table runs to tens of MB, which in a container near its limit would
+/// take the program past it. Refused, the build stops with an
+/// `OutOfMemory` error (a 503), and every later write returns it too.
 struct Body {
     bytes: Vec<u8>,
+    /// Whether it holds a text profile: the gzipped one is smaller.
+    text: bool,
+    refused: Option<String>,
 }
 
-/// Below this size a body grows without asking.
+/// Below this capacity a body grows without asking.
 const BODY_CHECKED_FROM: usize = 1 << 20;
+
+impl Body {
+    fn new(text: bool) -> Body {
+        Body {
+            bytes: Vec::new(),
+            text,
+            refused: None,
+        }
+    }
+}
 
 impl io::Write for Body {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(why) = &self.refused {
+            return Err(io::Error::new(io::ErrorKind::OutOfMemory, why.clone()));
+        }
         let (len, capacity) = (self.bytes.len(), self.bytes.capacity());
         let end = len.saturating_add(buf.len());
-        if end > capacity && end > BODY_CHECKED_FROM {
-            // What the vector's next growth takes: its new block, while
-            // the old one is copied from.
-            let grown = end.max(capacity.saturating_mul(2));
-            let short =
-                support::room::short_of(grown).or_else(|| support::room::memory_short_of(grown));
-            if let Some(short) = short {
-                return Err(io::Error::new(
-                    io::ErrorKind::OutOfMemory,
-                    format!(
-                        "heapprof: stopped building a {} MiB response: {} leaves {} MiB, and \
-                         the program could end if heapprof took more; the gzipped profile \
-                         (without ?debug=1) is smaller",
-                        len >> 20,
-                        short.limit.name(),
-                        short.left >> 20
-                    ),
-                ));
+        // The vector's next block, as it would pick it; the old one is
+        // still held while it is copied.
+        let grown = end.max(capacity.saturating_mul(2));
+        if end > capacity && grown > BODY_CHECKED_FROM {
+            if let Some(short) = room_short_of(grown) {
+                let why = format!(
+                    "heapprof: stopped after {} MiB of the response: {}, and the program could \
+                     go past it{}",
+                    len >> 20,
+                    short.words("its next growth takes"),
+                    if self.text {
+                        "; the gzipped profile (without ?debug=1) is smaller"
+                    } else {
+                        ""
+                    }
+                );
+                self.refused = Some(why.clone());
+                return Err(io::Error::new(io::ErrorKind::OutOfMemory, why));
             }
             self.bytes.reserve_exact(grown - len);
         }
@@ -533,6 +565,13 @@ impl io::Write for Body {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// The limit that leaves less than `bytes` more, if any: address space
+/// and committed memory, then the memory limits past which the kernel
+/// ends or throttles the process.
+fn room_short_of(bytes: usize) -> Option<support::room::Short> {
+    support::room::short_of(bytes).or_else(|| support::room::memory_short_of(bytes))
 }
 
 /// `?seconds=N`: the table now and N seconds later, subtracted. Alloc

@@ -94,9 +94,10 @@ const PACKED_MIB: u64 = (1 << 24) - 1;
 impl NotRead {
     /// Packed into one word: a tag in the top byte; an `errno` in the
     /// low 32 bits; or the limit in the next byte, then the MiB it left
-    /// and the MiB asked for, 24 bits each (rounded down).
+    /// (rounded down) and the MiB asked for (rounded up), 24 bits each.
     fn pack(&self) -> u64 {
         let mib = |bytes: u64| (bytes >> 20).min(PACKED_MIB);
+        let mib_up = |bytes: u64| bytes.div_ceil(1 << 20).min(PACKED_MIB);
         match self {
             NotRead::Error(e) => match e.raw_os_error() {
                 Some(errno) => PACKED_ERRNO << 56 | u64::from(errno as u32),
@@ -106,7 +107,7 @@ impl NotRead {
                 PACKED_ROOM << 56
                     | (short.limit as u64) << 48
                     | mib(short.left) << 24
-                    | mib(short.needed)
+                    | mib_up(short.needed)
             }
         }
     }
@@ -133,16 +134,12 @@ impl Unpacked {
         match self {
             Unpacked::Errno(errno) => std::io::Error::from_raw_os_error(errno).to_string(),
             Unpacked::NotRegular => "not a regular file".to_owned(),
-            Unpacked::Room(limit, 0, needed) => {
-                format!(
-                    "{} leaves less than 1 MiB, and a lookup may take {needed} MiB",
-                    limit.name()
-                )
+            Unpacked::Room(limit, left, needed) => room::Short {
+                limit,
+                left: left << 20,
+                needed: needed << 20,
             }
-            Unpacked::Room(limit, left, needed) => format!(
-                "{} leaves {left} MiB, less than the {needed} MiB a lookup may take",
-                limit.name()
-            ),
+            .words("a lookup may take"),
         }
     }
 }

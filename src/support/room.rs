@@ -28,6 +28,25 @@ pub(crate) struct Short {
     pub needed: u64,
 }
 
+impl Short {
+    /// "`limit` leaves N MiB, less than the M MiB `what`", N rounded
+    /// down and M up (so that N is less than M as written).
+    pub(crate) fn words(&self, what: &str) -> String {
+        const MIB: u64 = 1 << 20;
+        let needed = self.needed.div_ceil(MIB);
+        match self.left / MIB {
+            0 => format!(
+                "{} leaves less than 1 MiB, and {what} {needed} MiB",
+                self.limit.name()
+            ),
+            left => format!(
+                "{} leaves {left} MiB, less than the {needed} MiB {what}",
+                self.limit.name()
+            ),
+        }
+    }
+}
+
 /// The limits heapprof leaves room under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -198,6 +217,33 @@ fn first_number(text: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What is left rounds down and what is asked for up, so that the
+    /// words never say a limit leaves as much as was asked.
+    #[test]
+    fn shortfalls_in_words() {
+        const MIB: u64 = 1 << 20;
+        let words = |left, needed| {
+            Short {
+                limit: Limit::CgroupMax,
+                left,
+                needed,
+            }
+            .words("a lookup may take")
+        };
+        assert_eq!(
+            words(64 * MIB - 40_000, 64 * MIB),
+            "the cgroup's memory.max leaves 63 MiB, less than the 64 MiB a lookup may take"
+        );
+        assert_eq!(
+            words(200 * MIB + MIB / 5, 200 * MIB + MIB / 2),
+            "the cgroup's memory.max leaves 200 MiB, less than the 201 MiB a lookup may take"
+        );
+        assert_eq!(
+            words(MIB / 2, 64 * MIB),
+            "the cgroup's memory.max leaves less than 1 MiB, and a lookup may take 64 MiB"
+        );
+    }
 
     #[test]
     fn numbers_are_read_from_proc_files() {
