@@ -384,6 +384,15 @@ fn a_huge_malformed_value_is_echoed_cut_short() {
     }
 }
 
+/// The comment of profile `p` that says a lookup did not read the
+/// executable, if it has one.
+fn unreadable_hint(p: &proto::Profile) -> Option<&str> {
+    p.comment
+        .iter()
+        .map(|&i| p.string_table[i as usize].as_str())
+        .find(|c| c.contains("did not read the executable"))
+}
+
 /// 4 MiB the descriptor test holds, in a function of its own.
 #[inline(never)]
 fn held_while_descriptors_run_out() -> Vec<u8> {
@@ -412,10 +421,7 @@ fn child_runs_out_of_descriptors() {
     println!("kept_second={} kept_last={}", kept[1], kept[5]);
     // The profile says why its names are missing.
     let p = heapprof_testkit::profile::take_profile();
-    let says = p
-        .comment
-        .iter()
-        .any(|&i| p.string_table[i as usize].contains("did not read the executable"));
+    let says = unreadable_hint(&p).is_some();
     println!("says_unreadable={}", u8::from(says));
     drop(files);
     println!("with={}", heapprof::snapshot().inuse_bytes_in(name));
@@ -494,11 +500,9 @@ fn child_runs_out_of_address_space() {
     let p = heapprof_testkit::profile::decode(&profile);
     // The limit left 40 MiB when it was set; the process maps or frees a
     // little before the lookup checks it.
-    let says = p.comment.iter().any(|&i| {
-        p.string_table[i as usize].contains("did not read the executable")
-            && rlimit_as_left(&p.string_table[i as usize])
-                .is_some_and(|mib| (20..=41).contains(&mib))
-    });
+    let says = unreadable_hint(&p)
+        .and_then(rlimit_as_left)
+        .is_some_and(|mib| (20..=41).contains(&mib));
     println!(
         "refused={} refused_bytes={}",
         u8::from(tight == Err(std::io::ErrorKind::OutOfMemory)),
@@ -551,11 +555,8 @@ fn child_near_its_cgroup_limit() {
     let written = heapprof::write_profile(&mut profile).is_ok();
     let without = heapprof::snapshot().inuse_bytes_in(name);
     let p = heapprof_testkit::profile::decode(&profile);
-    let says = p.comment.iter().any(|&i| {
-        p.string_table[i as usize].contains("did not read the executable")
-            && p.string_table[i as usize]
-                .contains("the cgroup's memory.max leaves 10 MiB, less than the 64 MiB")
-    });
+    let says = unreadable_hint(&p)
+        .is_some_and(|h| h.contains("the cgroup's memory.max leaves 10 MiB, less than the 64 MiB"));
     set_cgroup_usage(&dir, CGROUP_MAX - (10 << 20), 200 << 20);
     println!(
         "written={} without={without} says_unreadable={}",
@@ -578,10 +579,8 @@ fn child_past_its_configured_limit() {
     let written = heapprof::write_profile(&mut profile).is_ok();
     let without = heapprof::snapshot().inuse_bytes_in("errors::held_near_the_cgroup_limit");
     let p = heapprof_testkit::profile::decode(&profile);
-    let says = p.comment.iter().any(|&i| {
-        p.string_table[i as usize].contains("did not read the executable")
-            && p.string_table[i as usize].contains("HEAPPROF_MEMORY_LIMIT leaves less than 1 MiB")
-    });
+    let says = unreadable_hint(&p)
+        .is_some_and(|h| h.contains("HEAPPROF_MEMORY_LIMIT leaves less than 1 MiB"));
     println!(
         "written={} without={without} says_unreadable={}",
         u8::from(written),
