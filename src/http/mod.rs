@@ -138,19 +138,18 @@ pub fn handle(path: &str, query: &str) -> Response {
         let built = respond(path, query);
         // The copy below holds the body twice for a moment: a large one
         // asks for room first, as it did to grow.
-        let short = (built.body.len() > BODY_CHECKED_FROM)
-            .then(|| room_short_of(built.body.len()))
+        let len = built.body.len();
+        let refused = (len > BODY_CHECKED_FROM)
+            .then(|| {
+                no_room(
+                    len,
+                    format_args!("did not copy the {} MiB response out", len >> 20),
+                    "the copy takes",
+                )
+            })
             .flatten();
-        match short {
-            Some(short) => Response::error(
-                503,
-                format!(
-                    "heapprof: did not copy the {} MiB response out: {}, and the program could \
-                     go past it",
-                    built.body.len() >> 20,
-                    short.words("the copy takes")
-                ),
-            ),
+        match refused {
+            Some(why) => Response::error(503, why),
             None => built,
         }
     };
@@ -506,9 +505,9 @@ fn build(
 
 /// A response body, held whole until it is sent, that asks the process's
 /// memory limits (`support::room`) for room each time its vector grows
-/// past [`BODY_CHECKED_FROM`]: a text profile (`?debug=1`) of a large site
-/// table runs to tens of MB, which in a container near its limit would
-/// take the program past it. Refused, the build stops with an
+/// past [`BODY_CHECKED_FROM`]: a text profile (`?debug=1`) of 4 096 sites
+/// is 10 MB, which in a container near its limit would take the program
+/// past it. Refused, the build stops with an
 /// `OutOfMemory` error (a 503), and every later write returns it too.
 struct Body {
     bytes: Vec<u8>,
@@ -541,18 +540,11 @@ impl io::Write for Body {
         // still held while it is copied.
         let grown = end.max(capacity.saturating_mul(2));
         if end > capacity && grown > BODY_CHECKED_FROM {
-            if let Some(short) = room_short_of(grown) {
-                let why = format!(
-                    "heapprof: stopped after {} MiB of the response: {}, and the program could \
-                     go past it{}",
-                    len >> 20,
-                    short.words("its next growth takes"),
-                    if self.text {
-                        "; the gzipped profile (without ?debug=1) is smaller"
-                    } else {
-                        ""
-                    }
-                );
+            let done = format_args!("stopped after {} MiB of the response", len >> 20);
+            if let Some(mut why) = no_room(grown, done, "its next growth takes") {
+                if self.text {
+                    why.push_str("; the gzipped profile (without ?debug=1) is smaller");
+                }
                 self.refused = Some(why.clone());
                 return Err(io::Error::new(io::ErrorKind::OutOfMemory, why));
             }
@@ -567,11 +559,16 @@ impl io::Write for Body {
     }
 }
 
-/// The limit that leaves less than `bytes` more, if any: address space
-/// and committed memory, then the memory limits past which the kernel
-/// ends or throttles the process.
-fn room_short_of(bytes: usize) -> Option<support::room::Short> {
-    support::room::short_of(bytes).or_else(|| support::room::memory_short_of(bytes))
+/// If a limit leaves less than `bytes` more (address space and committed
+/// memory, then the memory limits past which the kernel ends or
+/// throttles the process), why heapprof `done` what it did instead,
+/// `taking` being what the bytes were for.
+fn no_room(bytes: usize, done: std::fmt::Arguments<'_>, taking: &str) -> Option<String> {
+    let short = support::room::short_of(bytes).or_else(|| support::room::memory_short_of(bytes))?;
+    Some(format!(
+        "heapprof: {done}: {}, and the program could go past it",
+        short.words(taking)
+    ))
 }
 
 /// `?seconds=N`: the table now and N seconds later, subtracted. Alloc
