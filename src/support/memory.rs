@@ -344,15 +344,20 @@ fn stat_field(text: &str, key: &str) -> Option<u64> {
 /// Where the process's resident size is read.
 const STATM: &str = "/proc/self/statm";
 
-/// The process's resident size: the second field of [`STATM`], in pages.
+/// The process's resident size.
 fn resident_bytes() -> Option<u64> {
+    statm_bytes(1)
+}
+
+/// Field `field` of [`STATM`] (0: the address space, 1: the resident
+/// size), in bytes. Allocates nothing (it runs when memory is short).
+pub(crate) fn statm_bytes(field: usize) -> Option<u64> {
     let mut buf = [0u8; 128];
-    let mut file = File::open(STATM).ok()?;
-    let len = file.read(&mut buf).ok()?;
-    let pages: u64 = std::str::from_utf8(&buf[..len])
+    let text = small_file::read_into(File::open(STATM).ok()?, &mut buf)?;
+    let pages: u64 = std::str::from_utf8(text)
         .ok()?
         .split_whitespace()
-        .nth(1)?
+        .nth(field)?
         .parse()
         .ok()?;
     Some(pages.saturating_mul(page_size()?))

@@ -72,11 +72,11 @@ struct Start {
 /// allocator gives a thread its own heap at its first allocation, 64 MiB
 /// reserved on 64-bit targets (twice that for a moment, to align it), and
 /// aborts the process when a thread's first thread-local destructor
-/// cannot be registered for want of memory. Other C libraries' allocators
-/// reserve no such heap, and nothing is asked for there. Measured: an HTTP connection thread
-/// under `RLIMIT_AS` with 60 to 64 MiB left aborted the program in 3 to 6
-/// of 20 runs; with 66 MiB or more, in none of 60. Asked for here with
-/// some margin.
+/// cannot be registered for want of memory. Other C libraries'
+/// allocators reserve no such heap, and nothing is asked for there.
+/// Measured: an HTTP connection thread under `RLIMIT_AS` with 60 to
+/// 64 MiB left aborted the program in 3 to 6 of 20 runs; with 66 MiB or
+/// more, in none of 60. Asked for here with some margin.
 const THREAD_ROOM: usize = if cfg!(target_env = "gnu") {
     72 << 20
 } else {

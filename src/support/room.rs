@@ -144,7 +144,7 @@ pub(crate) fn memory_short_of(bytes: usize) -> Option<Short> {
 }
 
 /// `RLIMIT_AS` less the process's address space (`/proc/self/statm`'s
-/// first field); `None` without a limit.
+/// first field, `memory::statm_bytes`); `None` without a limit.
 fn address_space_left() -> Option<usize> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -156,13 +156,9 @@ fn address_space_left() -> Option<usize> {
     {
         return None;
     }
-    let mut buf = [0u8; 128];
-    let statm = read_into("/proc/self/statm", &mut buf)?;
-    let pages: usize = first_number(statm)?;
-    // SAFETY: sysconf only reads the configuration value asked for.
-    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+    let used = usize::try_from(super::memory::statm_bytes(0)?).unwrap_or(usize::MAX);
     let limit = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
-    Some(limit.saturating_sub(pages.saturating_mul(page)))
+    Some(limit.saturating_sub(used))
 }
 
 /// Under strict overcommit, `CommitLimit` less `Committed_AS` (system
