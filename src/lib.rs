@@ -147,16 +147,11 @@
 //! ```
 //!
 //! * At rate 1 the numbers are exact; at other rates they are estimates
-//!   (see above), so assert with a tolerance. A thread already running
-//!   when the rate is set (a tokio runtime's workers built before it)
-//!   switches at its next sample: set the rate before starting them. Until
-//!   then what such a thread allocates may go unsampled, and an assertion
-//!   on it pass. `#[tokio::test(flavor = "multi_thread")]` starts its
-//!   workers before the test body runs: set the rate for the whole test
-//!   binary instead, with
-//!   `HEAPPROF_SAMPLE_RATE=1` (for `cargo test`, `[env]` in
-//!   `.cargo/config.toml`), or build the runtime in the test after
-//!   [`set_sample_rate`]`(1)`.
+//!   (see above), so assert with a tolerance. The rate is in force on
+//!   every thread from its next allocation after [`set_sample_rate`]
+//!   returns, threads already running included (the workers of a tokio
+//!   runtime built before it, as `#[tokio::test(flavor =
+//!   "multi_thread")]` builds them).
 //! * `inuse_bytes_in(name)`, `alloc_bytes_in(name)` and the `_objects_in`
 //!   twins sum every site whose stack contains a function whose name
 //!   contains `name` (pprof's cum); [`Snapshot::top`] gives the flat view.
@@ -389,8 +384,8 @@
 //! A value that does not parse is reported on stderr in one line and the
 //! default is used; a variable set to nothing counts as unset. At run
 //! time: [`set_sample_rate`], [`sample_rate`],
-//! [`set_seed`]. A rate change takes effect at once on the calling thread
-//! and on new threads; running threads switch at their next sample.
+//! [`set_seed`]. A rate change is in force on every thread from its next
+//! allocation.
 //!
 //! ## Cost
 //!
@@ -540,9 +535,10 @@ pub fn write_peak_profile<W: io::Write>(w: W) -> io::Result<()> {
 }
 
 /// Sets the mean number of bytes between samples. `0` stops sampling; `1`
-/// records every allocation. Takes effect at once on the calling thread and
-/// on threads started later; running threads switch at their next sample,
-/// or, if sampling was off, within their next 512 KiB of allocations.
+/// records every allocation. In force on every thread from its next
+/// allocation after this returns, threads already running included: each
+/// starts a fresh countdown at the new rate (its next allocation is
+/// recorded, and counts once).
 pub fn set_sample_rate(bytes: usize) {
     record::countdown::set_rate(bytes)
 }

@@ -14,9 +14,7 @@ use tracing_subscriber::layer::SubscriberExt as _;
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
 
 /// Installs the layer as the process's subscriber (runtime worker threads
-/// see only a global one), once, and samples every allocation. The rate is
-/// set on each caller's thread: a rate change restarts the calling
-/// thread's countdown at once, other threads' only at their next sample.
+/// see only a global one), once, and samples every allocation.
 fn install() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {

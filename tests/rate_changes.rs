@@ -1,5 +1,7 @@
 //! Changing the sample rate: the change reaches threads that are already
-//! running, including after sampling was turned off with rate 0; a sample
+//! running from their next allocation (a runtime's workers built before
+//! the change included), and after sampling was turned off with rate 0; a
+//! sample
 //! taken across a change counts for what it really stands for; and the
 //! switch to a rate where sampled blocks are not page aligned loses no
 //! frees. The tests share the global rate, so they take turns.
@@ -178,4 +180,100 @@ fn a_sample_across_a_rate_change_counts_for_what_it_stands_for() {
     println!("two certain 16-byte samples across 1 -> 512 KiB counted as {counted} allocations");
     assert_eq!(counted, 2, "each certain sample counts once");
     drop((other, mine));
+}
+
+/// Boxed one by one: each block is its own 16-byte allocation.
+#[allow(clippy::vec_box)]
+#[inline(never)]
+fn after_the_nudge() -> Vec<Box<[u8; 16]>> {
+    (0..BLOCKS)
+        .map(|i| std::hint::black_box(Box::new([i as u8; 16])))
+        .collect()
+}
+
+/// A thread whose countdown was drawn at 512 KiB, waiting without
+/// allocating, is at rate 1 from its first allocation after another
+/// thread sets it: every one of its small blocks is recorded. Before, it
+/// kept its old countdown until that ran out, so 16-byte blocks were
+/// recorded one in 32768 and an assertion about them passed on nothing.
+#[test]
+fn a_running_thread_takes_a_new_rate_at_its_next_allocation() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _watchdog = watchdog("rate change on a running thread", Duration::from_secs(60));
+    heapprof::set_sample_rate(512 * 1024);
+    // Flags, not channels: the thread must not allocate between the
+    // change and the blocks counted (see the test above).
+    static READY: AtomicBool = AtomicBool::new(false);
+    static SET: AtomicBool = AtomicBool::new(false);
+    let t = std::thread::spawn(|| {
+        // Registered, with a countdown drawn at 512 KiB.
+        for i in 0..100 {
+            std::hint::black_box(vec![i as u8; 100]);
+        }
+        READY.store(true, SeqCst);
+        while !SET.load(SeqCst) {
+            std::hint::spin_loop();
+        }
+        after_the_nudge()
+    });
+    while !READY.load(SeqCst) {
+        std::thread::yield_now();
+    }
+    heapprof::set_sample_rate(1);
+    SET.store(true, SeqCst);
+    let kept = t.join().unwrap();
+    let p = take_profile();
+    heapprof::set_sample_rate(512 * 1024);
+    drop(kept);
+    let seen = cum(&p, "after_the_nudge", INUSE_OBJECTS);
+    println!("rate 512 KiB -> 1 on a waiting thread: {seen} of {BLOCKS} 16-byte blocks recorded");
+    // Each once (at the old rate's weight the first would count as 32768),
+    // and the Vec holding them, unless it is charged to the caller.
+    assert!(
+        (BLOCKS as i64..=BLOCKS as i64 + 1).contains(&seen),
+        "{seen} of {BLOCKS} recorded"
+    );
+}
+
+#[inline(never)]
+fn leaky_handler() {
+    for _ in 0..10 {
+        std::mem::forget(std::hint::black_box(vec![1u8; 1000]));
+    }
+}
+
+/// The case the docs once warned about: `set_sample_rate(1)` in a test
+/// whose tokio runtime, and its workers, already run. A task that leaks
+/// 10 000 bytes on a worker must fail the assertion: every allocation of
+/// the workers is recorded from the change on.
+#[test]
+fn a_leak_on_a_runtime_worker_started_before_the_rate_fails_the_assertion() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _watchdog = watchdog("rate change under tokio", Duration::from_secs(60));
+    heapprof::set_sample_rate(512 * 1024);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    // Every worker has allocated, so each has a countdown drawn at 512 KiB.
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..64)
+            .map(|i| tokio::spawn(async move { std::hint::black_box(vec![i as u8; 4096]).len() }))
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    heapprof::set_sample_rate(1);
+    let before = heapprof::snapshot();
+    rt.block_on(async { tokio::spawn(async { leaky_handler() }).await.unwrap() });
+    let grown = heapprof::snapshot().delta(&before);
+    heapprof::set_sample_rate(512 * 1024);
+    drop(rt);
+    let leaked = grown.inuse_bytes_in("rate_changes::leaky_handler");
+    println!("a worker's leak of 10000 bytes after the change: {leaked} bytes counted");
+    assert_eq!(leaked, 10_000, "every leaked byte, counted once\n{grown}");
+    let passed =
+        std::panic::catch_unwind(|| grown.assert_inuse_at_most("rate_changes::leaky_handler", 0));
+    assert!(passed.is_err(), "the assertion passed on a leak");
 }

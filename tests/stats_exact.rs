@@ -8,6 +8,10 @@
 //! everything done inside heapprof's API (`stats`, `write_profile`,
 //! `snapshot`), as `stats()` must.
 //!
+//! In a last phase the rate changes over and over while the threads
+//! allocate: each change sets the other threads' countdowns to zero, in a
+//! race with their own updates, and no byte may be lost or counted twice.
+//!
 //! While the threads run, and while they exit, another thread reads
 //! `stats()` over and over: no count may ever go backwards (a read that
 //! caught a thread's countdown and the bytes it was granted at two
@@ -95,6 +99,10 @@ unsafe impl GlobalAlloc for Outer {
 static ALLOC: Outer = Outer;
 
 const WORKERS: usize = 3;
+/// Rate changes made while the threads allocate, in the last phase.
+const RACING_CHANGES: usize = 20_000;
+/// Set when they are made: the threads stop allocating.
+static RACED: AtomicBool = AtomicBool::new(false);
 const RATES: [usize; 8] = [
     512 * 1024,
     4096,
@@ -180,6 +188,13 @@ fn stats_match_an_outer_count_exactly() {
                     churn((w * 1000 + phase) as u64 * 0x9E37_79B9, 20_000);
                     done.wait();
                 }
+                start.wait();
+                let mut round = 0;
+                while !RACED.load(SeqCst) {
+                    churn((w * 1000 + round) as u64 * 0x5851_F42D, 1_000);
+                    round += 1;
+                }
+                done.wait();
                 start.wait(); // the last count is checked: exit
             })
         })
@@ -242,6 +257,18 @@ fn stats_match_an_outer_count_exactly() {
         done.wait();
     }
     assert_exact(RATES.len());
+    // The rate changes all along while the threads allocate.
+    start.wait();
+    for change in 0..RACING_CHANGES {
+        heapprof::set_sample_rate(RATES[change % RATES.len()]);
+        if change % 64 == 0 {
+            // Let the threads run between changes on a busy machine.
+            std::thread::yield_now();
+        }
+    }
+    RACED.store(true, SeqCst);
+    done.wait();
+    assert_exact(RATES.len() + 1);
     // The workers exit while the reader reads: a thread's counts move from
     // the running threads' to the exited threads' totals, and must be seen
     // in one or the other, never in neither.

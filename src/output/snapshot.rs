@@ -518,10 +518,7 @@ impl Snapshot {
             let why = if unnamed > 0 {
                 symbolize::no_names_hint()
             } else {
-                "check the name (with its path), that the function is not inlined away, and, if it \
-                 ran on a thread started before the last set_sample_rate (a runtime's worker), that \
-                 the thread had taken the new rate: threads take it at their next sample"
-                    .into()
+                "check the name (with its path), and that the function is not inlined away".into()
             };
             crate::config::report::warn(format_args!(
                 "heapprof: assert_inuse_at_most: no sampled stack names a function matching {}; {why}",

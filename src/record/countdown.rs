@@ -22,26 +22,49 @@ use crate::thread::{self, Local};
 /// to be recorded, `None` if not: sampling is off, the thread is inside the
 /// profiler, this was the thread's first allocation and it fits in the
 /// first countdown, or the countdown's held-back part covers it.
+///
+/// A rate set since the countdown was drawn restarts the sampler first:
+/// this allocation then ends a countdown of zero, as on the thread that set
+/// the rate. Another thread's `set_rate` nudges this one's countdown to
+/// zero to bring it here; if the countdown this leaves was drawn at a rate
+/// set meanwhile, it is zeroed again, so that the next allocation comes
+/// back.
 #[cold]
 pub(crate) fn expired(size: usize) -> Option<f64> {
-    thread::with(|l| expired_on(l, size)).flatten()
+    thread::with(|l| {
+        let epoch = sample::epoch();
+        let weight = expired_on(l, size, epoch);
+        // Pairs with the epoch's SeqCst increment in `sample::set_rate`,
+        // after which the setter reads each countdown: either it reads
+        // the one just stored and zeroes it, or this sees the new epoch.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        if sample::epoch() != epoch {
+            start(l, 0);
+        }
+        weight
+    })
+    .flatten()
 }
 
-fn expired_on(l: &Local, size: usize) -> Option<f64> {
+fn expired_on(l: &Local, size: usize, epoch: u64) -> Option<f64> {
+    let restarted = l.sampler.restart_if_older_than(epoch);
     let left = if l.measure.aside() {
         // The counter is held at zero and the fast path took `size` off
         // it: back to zero (the bytes stay counted). The countdown that
-        // decides is the one held aside; charged as the fast path charges.
+        // decides is the one held aside (none after a restart); charged as
+        // the fast path charges.
         l.counters.reset_countdown(0);
-        let held = l.measure.held();
+        let held = if restarted { 0 } else { l.measure.held() };
         l.measure.set_held(held.wrapping_sub(size));
         if held > size {
             return None;
         }
         held
     } else {
-        // What was left before the fast path subtracted `size` (it wraps).
-        l.counters.countdown().wrapping_add(size)
+        // What was left before the fast path subtracted `size`; a restart
+        // drops it.
+        let left = l.counters.ran_out(size);
+        if restarted { 0 } else { left }
     };
     if let Some(rest) = l.sampler.cover(left, size) {
         start(l, rest);
@@ -138,21 +161,23 @@ pub(crate) fn charge_unsampled(size: usize) {
             l.counters.reset_countdown(0);
             l.measure.set_held(l.measure.held().saturating_sub(size));
         } else if l.counters.charge(size) {
+            l.counters.ran_out(size);
             start(l, 0);
         }
     });
 }
 
-/// Changes the rate: the calling thread starts a fresh countdown at once
-/// (its next allocation counts once, with certainty, and draws at the new
-/// rate); other threads take it at their next sample (within
-/// `sample::OFF_COUNTDOWN` bytes if sampling was off).
+/// Changes the rate: every thread starts a fresh countdown from its next
+/// allocation, which counts once, with certainty, and draws at the new
+/// rate. The calling thread's countdown is set to zero here; every other
+/// running thread's is nudged to zero ([`expired`] tells why it came).
 pub(crate) fn set_rate(bytes: usize) {
     sample::set_rate(bytes);
     thread::with(|l| {
         l.sampler.restart(false);
         start(l, 0);
     });
+    registry::nudge_other_threads();
 }
 
 /// Seeds the generators: the calling thread restarts from the seed at
@@ -225,6 +250,7 @@ mod tests {
     /// same bytes are counted.
     #[test]
     fn holding_the_countdown_aside_samples_the_same_allocations() {
+        let _rate = crate::record::tests::rate_exclusive();
         let plain = samples(false);
         assert!(plain.0.len() > 10, "{} samples", plain.0.len());
         let bytes: u64 = (0..20_000u64).map(|i| 1 + (i * 7919) % 40_000).sum();

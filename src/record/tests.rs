@@ -42,12 +42,15 @@ pub(super) fn tables_exclusive() -> RwLockWriteGuard<'static, ()> {
 /// Held by the tests that set the process-wide sample rate.
 static RATE: Mutex<()> = Mutex::new(());
 
+/// Held by a test whose thread's samples must follow from the rate it
+/// set: another test's rate change reaches every thread at once.
+pub(super) fn rate_exclusive() -> MutexGuard<'static, ()> {
+    RATE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// What a recorder test holds: the rate, and the tables shared.
 fn serialized() -> (MutexGuard<'static, ()>, RwLockReadGuard<'static, ()>) {
-    (
-        RATE.lock().unwrap_or_else(PoisonError::into_inner),
-        tables_shared(),
-    )
+    (rate_exclusive(), tables_shared())
 }
 
 /// Makes this thread's next allocation a sample of weight 1, with the

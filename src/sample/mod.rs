@@ -26,13 +26,20 @@
 //! points' worth of debt and the next ~20 allocations would all be sampled,
 //! whatever their size.
 //!
-//! When the rate changes, a running thread finishes the countdown it drew
-//! at the old rate, and the allocation that ends it was sampled with the
-//! old rate's probability: its weight uses the rate the countdown was drawn
-//! at, not the current one. (Weighted at the new rate, a certain 16-byte sample after a
-//! switch from 1 to 512 KiB would count as 32768 allocations.) Countdowns that are not draws (zero after
-//! [`set_rate`], the fixed countdown while sampling is off) end in a
-//! certain sample, which counts once.
+//! When the rate changes, every running thread starts over at the new
+//! rate from its next allocation: the calling thread's countdown is set to
+//! zero, and so is every other thread's (`record/countdown.rs`), which
+//! learns of the change from [`epoch`]. The rest of the old countdown is
+//! dropped, which the process allows: it is memoryless, so a fresh draw
+//! from the moment of the change is as good as the old draw's remainder.
+//! The zero ends in a certain sample, which counts once. A countdown that
+//! ends before its thread learns of the change ended a draw made at the
+//! old rate, so the allocation that ends it was sampled with the old
+//! rate's probability: its weight uses the rate the countdown was drawn
+//! at, not the current one. (Weighted at the new rate, a certain 16-byte
+//! sample after a switch from 1 to 512 KiB would count as 32768
+//! allocations.) Other countdowns that are not draws (the fixed countdown
+//! while sampling is off) also end in a certain sample.
 //!
 //! # Weights
 //!
@@ -74,6 +81,7 @@
 use std::cell::Cell;
 use std::sync::atomic::{
     AtomicBool, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+    Ordering::SeqCst,
 };
 
 use rand::rngs::SmallRng;
@@ -97,6 +105,8 @@ pub(crate) struct ThreadSampler {
     rng: Cell<Option<SmallRng>>,
     /// The part of the countdown past [`MAX_COUNTDOWN`], held back here.
     beyond: Cell<usize>,
+    /// The rate's [`epoch`] when the countdown was drawn or restarted.
+    epoch: Cell<u64>,
 }
 
 /// The most of a countdown the fast path's counter holds; the rest waits
@@ -127,6 +137,7 @@ impl ThreadSampler {
             drawn_at: Cell::new(1),
             rng: Cell::new(None),
             beyond: Cell::new(0),
+            epoch: Cell::new(0),
         }
     }
 
@@ -221,12 +232,27 @@ impl ThreadSampler {
 
     /// Starts over after a rate change, or with a fresh seed: the next
     /// allocation ends the countdown (which the caller sets to 0) and counts
-    /// once.
+    /// once. Nothing is held back past [`MAX_COUNTDOWN`] any more.
     pub(crate) fn restart(&self, reseed: bool) {
         self.drawn_at.set(1);
+        self.beyond.set(0);
+        self.epoch.set(epoch());
         if reseed {
             self.rng.set(None);
         }
+    }
+
+    /// Whether the rate changed since this thread's countdown was drawn or
+    /// restarted, judged by `now` (an [`epoch`] read before the rate):
+    /// then the sampler restarts ([`ThreadSampler::restart`]) and the
+    /// caller sets the countdown to 0.
+    pub(crate) fn restart_if_older_than(&self, now: u64) -> bool {
+        if self.epoch.get() == now {
+            return false;
+        }
+        self.restart(false);
+        self.epoch.set(now);
+        true
     }
 }
 
@@ -234,12 +260,14 @@ impl ThreadSampler {
 const RATE_UNSET: usize = usize::MAX;
 const _: () = assert!(config::MAX_RATE < RATE_UNSET);
 
-/// A thread's countdown while sampling is off (rate 0). Not "never": the
-/// rate is only read on the slow path, so a thread parked at "never" would
-/// not see sampling turned back on for the rest of its life. With this,
-/// a running thread picks up a new rate within `OFF_COUNTDOWN` bytes of
-/// allocation, for one short trip to the slow path per `OFF_COUNTDOWN`
-/// bytes while off.
+/// A thread's countdown while sampling is off (rate 0). Not "never": a
+/// rate change reaches running threads by zeroing their countdowns, which
+/// it can miss (a thread preempted while it changes its counters, see
+/// `support::registry::nudge_other_threads`), and the rate is only read
+/// on the slow path, so a thread parked at "never" and missed would not
+/// see sampling turned back on for the rest of its life. With this, it
+/// does within `OFF_COUNTDOWN` bytes of allocation, for one short trip to
+/// the slow path per `OFF_COUNTDOWN` bytes while off.
 pub(crate) const OFF_COUNTDOWN: usize = config::DEFAULT_SAMPLE_RATE;
 static RATE: AtomicUsize = AtomicUsize::new(RATE_UNSET);
 
@@ -268,11 +296,24 @@ pub(crate) fn known_rate() -> Option<usize> {
     Some(RATE.load(Relaxed)).filter(|&r| r != RATE_UNSET)
 }
 
-/// Sets the process-wide rate. Threads take it at their next sample
-/// (within [`OFF_COUNTDOWN`] bytes if sampling was off), new threads from
-/// their first allocation.
+/// How many times the rate was set: a thread whose countdown was drawn at
+/// an older epoch starts over at the current rate.
+static EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the process-wide rate and moves the [`epoch`] on; the caller
+/// tells running threads (`record/countdown.rs`).
 pub(crate) fn set_rate(bytes: usize) {
     RATE.store(bytes.min(config::MAX_RATE), Relaxed);
+    // SeqCst: a thread that draws with the old rate and then reads the
+    // epoch, and the caller, which reads that thread's countdown after
+    // this, cannot both miss the other (`record::countdown::expired`).
+    EPOCH.fetch_add(1, SeqCst);
+}
+
+/// The number of rate changes so far. A thread that reads it before the
+/// rate sees a rate at least as new as the epoch it read.
+pub(crate) fn epoch() -> u64 {
+    EPOCH.load(Acquire)
 }
 
 /// Seeds the generators of threads that draw their first countdown from
@@ -362,7 +403,6 @@ mod tests {
                 config::DEFAULT_PEAK_GROWTH
             ),
             format!("one sample per {kib} KiB"),
-            format!("within their next {} KiB", super::OFF_COUNTDOWN / 1024),
             format!("A failed allocation of {} MiB", super::MAX_COUNTDOWN >> 20),
             format!("{} % by default", config::DEFAULT_PEAK_GROWTH.0),
         ] {

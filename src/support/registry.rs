@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use crate::support::growth;
 use crate::support::lock::{self, Lockable, Mutex, rank};
 use crate::support::reentry;
-use crate::thread::counters::{Counters, Counts, SharedCounts};
+use crate::thread::counters::{Counters, Counts, Nudge, SharedCounts};
 use crate::thread::{self, Registration};
 
 /// Counters of threads that are running, as addresses of their
@@ -151,6 +151,9 @@ fn retire() {
         if let Some(i) = live.iter().position(|&a| a == addr) {
             live.swap_remove(i);
         }
+        // No nudge comes after this: settle the last one under the lock
+        // that nudges are made under.
+        thread::with(|l| l.counters.settle_nudge());
         // Under the lock: a reader sees the counts in the registry or in
         // the totals, never in both or neither. A measure active on the
         // thread (a later destructor's) reads them at its end, which moves
@@ -295,6 +298,51 @@ pub(crate) fn totals() -> Counts {
     }
     sum
 }
+
+/// After a rate change: nudges every other listed thread's countdown to
+/// zero (`Counters::nudge`), so that each one's next allocation takes the
+/// slow path and starts over at the new rate. A thread whose countdown is
+/// not running (zero already, or run out) is on its way to the slow path,
+/// which reads the rate after replacing its countdown
+/// (`record::countdown::expired`). A thread changing its counters is
+/// tried again, [`NUDGE_TRIES`] times at most: a change takes
+/// nanoseconds, unless its thread is preempted in the middle, and then
+/// the thread takes the rate at its next sample. Nudges are made under
+/// the registry's lock, one setter at a time. Called from a signal handler
+/// whose interrupted code holds one of heapprof's locks, it nudges only if
+/// the registry's lock is free (as `retire` does): waiting could hang for
+/// good.
+pub(crate) fn nudge_other_threads() {
+    let interrupted = lock::any_lock_held();
+    let _inside = reentry::Inside::enter();
+    let own = own_counters();
+    let live = if interrupted {
+        LIVE.try_lock()
+    } else {
+        Some(LIVE.lock())
+    };
+    let Some(live) = live else {
+        return;
+    };
+    for &addr in live.iter().filter(|&&a| Some(a) != own) {
+        // SAFETY: as in `totals`: a listed address is a running thread's.
+        let counters = unsafe { &*(addr as *const Counters) };
+        for tries in 1..=NUDGE_TRIES {
+            if counters.nudge() != Nudge::Busy {
+                break;
+            }
+            if tries > NUDGE_TRIES / 2 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
+/// How many times [`nudge_other_threads`] tries a thread that is changing
+/// its counters.
+const NUDGE_TRIES: u32 = 100;
 
 /// heapprof's own allocations and frees so far: the totals of threads
 /// outside the registry and the counts each listed thread keeps, its stay

@@ -21,11 +21,34 @@
 //! in the registry. A reader then finds heapprof's own counts of a thread
 //! in one place at every moment ([`Counters::read_own`]), so that
 //! `stats()` never steps back.
+//!
+//! One write comes from other threads: a rate change ([`Counters::nudge`])
+//! sets a running countdown to zero, so that the owner's next allocation
+//! takes the slow path and draws at the new rate. The bytes it held move
+//! to `nudged`, still granted, so a reader's `granted - countdown` stays
+//! what it was. The owner's fast path may write the countdown in the same
+//! instant (its load and store are not one step), putting back what it
+//! loaded less its allocation: the nudge is then lost, and the slow path
+//! tells which happened by what the countdown held when it ran out
+//! ([`Counters::ran_out`]).
 
 use std::sync::atomic::{
     AtomicBool, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+    Ordering::SeqCst,
 };
 use std::time::{Duration, Instant};
+
+/// What [`Counters::nudge`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Nudge {
+    /// The countdown is zero now.
+    Made,
+    /// The countdown was not running: zero, or run out, with the owner on
+    /// its way to the slow path.
+    NotRunning,
+    /// The owner was changing it: try again.
+    Busy,
+}
 
 /// Allocation counts, as `stats()` reports them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -101,6 +124,18 @@ pub(crate) struct Counters {
     /// `granted` with `countdown`, and the fields below with the ones
     /// above.
     seq: AtomicU64,
+    /// The countdown a nudge took away, while its zero stands
+    /// ([`Counters::nudge`]); 0 for none. Counts as part of the countdown
+    /// while the countdown is at or below zero ([`outstanding`]).
+    nudged: AtomicUsize,
+    /// The allocation count just before the nudge: while it stands, the
+    /// owner has not allocated since, so a countdown at zero is the
+    /// nudge's ([`Counters::nudge`]).
+    nudge_allocs: AtomicU64,
+    /// Odd while a nudger changes `countdown` and `nudged` together. The
+    /// owner's changes under `seq` wait for it to be even; a nudger that
+    /// finds `seq` odd leaves the thread alone.
+    nudge_seq: AtomicU64,
     /// Whether the owner is inside heapprof. Everything counted above
     /// meanwhile is heapprof's own, so readers take `frozen` instead.
     inside: AtomicBool,
@@ -138,6 +173,9 @@ impl Counters {
             freed_bytes: AtomicU64::new(0),
             granted: AtomicU64::new(0),
             seq: AtomicU64::new(0),
+            nudged: AtomicUsize::new(0),
+            nudge_allocs: AtomicU64::new(0),
+            nudge_seq: AtomicU64::new(0),
             inside: AtomicBool::new(false),
             frozen: [const { AtomicU64::new(0) }; 4],
             own: [const { AtomicU64::new(0) }; 4],
@@ -248,10 +286,29 @@ impl Counters {
     /// changed fields that go together meanwhile.
     fn consistent(&self, read: impl FnOnce() -> Counts) -> Result<Counts, Counts> {
         let before = self.seq.load(Acquire);
+        let nudges_before = self.nudge_seq.load(Acquire);
         let counts = read();
+        let settling = self.settling();
         std::sync::atomic::fence(Acquire);
-        let whole = before.is_multiple_of(2) && self.seq.load(Relaxed) == before;
+        let whole = before.is_multiple_of(2)
+            && nudges_before.is_multiple_of(2)
+            && !settling
+            && self.seq.load(Relaxed) == before
+            && self.nudge_seq.load(Relaxed) == nudges_before;
         if whole { Ok(counts) } else { Err(counts) }
+    }
+
+    /// Whether the owner is between an allocation that ran a nudged
+    /// countdown out and the slow path's look at it ([`Counters::ran_out`]):
+    /// a nudge pending, the countdown at or below zero, and an allocation
+    /// since the nudge. Then the countdown may be the owner's own again
+    /// (the nudge overwritten, and the countdown run out by later
+    /// allocations), and `nudged` must not be counted; only the slow path
+    /// can tell, so readers wait for it, as for a change under `seq`.
+    fn settling(&self) -> bool {
+        self.nudged.load(Relaxed) != 0
+            && self.countdown.load(Relaxed) as isize <= 0
+            && self.allocs.load(Relaxed) != self.nudge_allocs.load(Relaxed)
     }
 
     fn frozen(&self) -> Counts {
@@ -265,8 +322,8 @@ impl Counters {
     /// size of the allocation that ended it.
     pub(crate) fn live(&self) -> Counts {
         let granted = self.granted.load(Relaxed);
-        let countdown = self.countdown.load(Relaxed);
-        let allocated = (granted as i128 - countdown as isize as i128).max(0) as u64;
+        let left = outstanding(self.countdown.load(Relaxed), self.nudged.load(Relaxed));
+        let allocated = (granted as i128 - left).max(0) as u64;
         Counts {
             allocations: self.allocs.load(Relaxed),
             allocated_bytes: allocated,
@@ -276,13 +333,97 @@ impl Counters {
     }
 
     /// Runs `change` as one step for readers: they wait for it to end.
-    /// Owner only.
+    /// No nudge lands meanwhile: one under way is waited for (it takes a
+    /// few instructions and waits for nothing), and one that starts later
+    /// sees `seq` odd and does nothing. Owner only.
     fn write_together(&self, change: impl FnOnce()) {
         let seq = self.seq.load(Relaxed);
         self.seq.store(seq.wrapping_add(1), Relaxed);
-        std::sync::atomic::fence(Release);
+        // Pairs with the fence in `nudge`: of this store and a nudger's
+        // store to `nudge_seq`, each side sees the other's, or one of them.
+        std::sync::atomic::fence(SeqCst);
+        let mut spins = 0u32;
+        while !self.nudge_seq.load(Acquire).is_multiple_of(2) {
+            spins += 1;
+            if spins < READ_SPINS as u32 {
+                std::hint::spin_loop();
+            } else {
+                // The nudger is not running: let it.
+                std::thread::yield_now();
+            }
+        }
         change();
         self.seq.store(seq.wrapping_add(2), Release);
+    }
+
+    /// Another thread's rate change: if the countdown is running (above
+    /// zero), sets it to zero and keeps what it held in `nudged`, so that
+    /// the owner's next allocation takes the slow path and the allocated
+    /// bytes read the same. A countdown at or below zero is left alone: the
+    /// owner's next allocation takes the slow path already. Never waits;
+    /// one nudger at a time (the registry's lock).
+    pub(crate) fn nudge(&self) -> Nudge {
+        let n = self.nudge_seq.load(Relaxed);
+        self.nudge_seq.store(n.wrapping_add(1), Relaxed);
+        // Pairs with the fence in `write_together`.
+        std::sync::atomic::fence(SeqCst);
+        let outcome = if !self.seq.load(Relaxed).is_multiple_of(2) {
+            Nudge::Busy
+        } else {
+            // Before the zero: an allocation the owner counts after this
+            // read may run out a countdown that is its own again (see
+            // `settling`); one counted before it is the one whose store
+            // may overwrite the zero, whose running out readers may count
+            // with the nudge (low by at most the nudge, and no lower than
+            // before it).
+            self.nudge_allocs.store(self.allocs.load(SeqCst), Relaxed);
+            let held = self.countdown.load(Relaxed);
+            if held as isize <= 0 {
+                Nudge::NotRunning
+            } else {
+                // A `nudged` already there beside a running countdown is a
+                // nudge the owner overwrote: replaced.
+                self.nudged.store(held, Relaxed);
+                match self.countdown.compare_exchange(held, 0, SeqCst, Relaxed) {
+                    Ok(_) => Nudge::Made,
+                    Err(_) => {
+                        // The owner charged it meanwhile: it is the
+                        // owner's, whatever it holds now.
+                        self.nudged.store(0, Relaxed);
+                        Nudge::Busy
+                    }
+                }
+            }
+        };
+        self.nudge_seq.store(n.wrapping_add(2), Release);
+        outcome
+    }
+
+    /// The slow path's first step when an allocation of `size` bytes ran
+    /// the countdown out (the bytes already charged): what the countdown
+    /// held before them. 0 after a nudge; otherwise the owner's own
+    /// store had overwritten the nudge's zero (a fast path caught between
+    /// its load and its store), so the nudge is forgotten, and the
+    /// countdown is the owner's alone again. Owner only.
+    pub(crate) fn ran_out(&self, size: usize) -> usize {
+        let mut left = 0;
+        self.write_together(|| {
+            left = self.countdown.load(Relaxed).wrapping_add(size);
+            if left != 0 && self.nudged.load(Relaxed) != 0 {
+                self.nudged.store(0, Relaxed);
+            }
+        });
+        left
+    }
+
+    /// Sets the allocation count, and moves the count a pending nudge
+    /// was made at by as much, so that it still tells whether the owner
+    /// allocated since ([`Counters::settling`]). Under `write_together`.
+    fn set_allocs(&self, allocations: u64) {
+        let moved = allocations.wrapping_sub(self.allocs.load(Relaxed));
+        self.allocs.store(allocations, Relaxed);
+        let at = self.nudge_allocs.load(Relaxed);
+        self.nudge_allocs.store(at.wrapping_add(moved), Relaxed);
     }
 
     fn store_frozen(&self, c: Counts) {
@@ -308,12 +449,12 @@ impl Counters {
     pub(crate) fn thaw(&self, keep: bool) -> Counts {
         let frozen = self.frozen();
         let now = self.live();
-        let countdown = signed_wide(self.countdown.load(Relaxed));
         let own = load_counts(&self.own).plus(now.minus(frozen));
         self.write_together(|| {
-            self.allocs.store(frozen.allocations, Relaxed);
+            let left = outstanding(self.countdown.load(Relaxed), self.nudged.load(Relaxed));
+            self.set_allocs(frozen.allocations);
             self.granted
-                .store(frozen.allocated_bytes.wrapping_add(countdown), Relaxed);
+                .store(frozen.allocated_bytes.wrapping_add(left as u64), Relaxed);
             self.frees.store(frozen.deallocations, Relaxed);
             self.freed_bytes.store(frozen.freed_bytes, Relaxed);
             store_counts(&self.own, if keep { own } else { Counts::default() });
@@ -341,7 +482,7 @@ impl Counters {
         let taken = if inside { self.frozen() } else { self.live() };
         self.write_together(|| {
             let sub = |c: &AtomicU64, n: u64| c.store(c.load(Relaxed).wrapping_sub(n), Relaxed);
-            sub(&self.allocs, taken.allocations);
+            self.set_allocs(self.allocs.load(Relaxed).wrapping_sub(taken.allocations));
             sub(&self.granted, taken.allocated_bytes);
             sub(&self.frees, taken.deallocations);
             sub(&self.freed_bytes, taken.freed_bytes);
@@ -352,20 +493,30 @@ impl Counters {
         taken
     }
 
-    /// Replaces the countdown, leaving allocated bytes as they are. Owner
-    /// only, slow path.
+    /// Replaces the countdown, leaving allocated bytes as they are; what
+    /// a pending nudge took away is given up with the rest. Owner only,
+    /// slow path.
     pub(crate) fn reset_countdown(&self, countdown: usize) {
         self.write_together(|| {
-            let old = self.countdown.load(Relaxed);
+            let old = outstanding(self.countdown.load(Relaxed), self.nudged.load(Relaxed));
             let granted = self.granted.load(Relaxed);
             self.granted.store(
                 granted
                     .wrapping_add(countdown as u64)
-                    .wrapping_sub(signed_wide(old)),
+                    .wrapping_sub(old as u64),
                 Relaxed,
             );
             self.countdown.store(countdown, Relaxed);
+            self.nudged.store(0, Relaxed);
         });
+    }
+
+    /// Settles a nudge still pending, for a thread leaving the registry
+    /// (no nudge comes after): the countdown it took away is given up, or,
+    /// if the owner's store overwrote it, forgotten. Owner only, outside
+    /// an allocation.
+    pub(crate) fn settle_nudge(&self) {
+        self.reset_countdown(self.countdown());
     }
 
     /// Takes back an allocation of `size` bytes that was counted but that
@@ -387,11 +538,22 @@ impl Counters {
     }
 }
 
-/// A countdown as 64 bits, sign-extended: one that ran out is below zero
-/// (wrapped), and `granted - countdown` must wrap the same way on 32-bit
-/// targets as [`Counters::live`] reads it.
-fn signed_wide(countdown: usize) -> u64 {
-    countdown as isize as i64 as u64
+/// The countdown's bytes as `granted` counts them, signed (one that ran
+/// out is below zero): `countdown`, plus what a nudge took away while its
+/// zero stands (at or below zero: the zero, or the zero less the
+/// allocation that ran it out). A `nudged` beside a countdown above zero
+/// is a nudge the owner's store overwrote: not counted. Overwritten by a
+/// store that also ran the countdown out, it is counted until the owner's
+/// slow path forgets it ([`Counters::ran_out`], during that same
+/// allocation): allocated bytes then read low by that much, never lower
+/// than before the nudge.
+fn outstanding(countdown: usize, nudged: usize) -> i128 {
+    let countdown = countdown as isize as i128;
+    if countdown <= 0 {
+        countdown + nudged as i128
+    } else {
+        countdown
+    }
 }
 
 fn load_counts(fields: &[AtomicU64; 4]) -> Counts {
@@ -547,5 +709,169 @@ mod tests {
         c.count_alloc();
         assert!(c.charge(400), "300 left, 400 asked: expired");
         assert_eq!(c.read().allocated_bytes, 400);
+    }
+
+    /// A nudge zeroes a running countdown and leaves the allocated bytes
+    /// as they read; the next allocation runs the countdown out from zero,
+    /// and replacing the countdown gives up what the nudge took.
+    #[test]
+    fn a_nudge_keeps_the_count_and_sends_the_next_allocation_to_the_slow_path() {
+        let c = Counters::new();
+        c.reset_countdown(10_000);
+        assert!(!c.charge(100));
+        assert_eq!(c.nudge(), Nudge::Made);
+        assert_eq!((c.countdown(), c.read().allocated_bytes), (0, 100));
+        assert_eq!(c.nudge(), Nudge::NotRunning, "at zero already");
+        assert!(c.charge(50), "the next allocation takes the slow path");
+        assert_eq!(c.read().allocated_bytes, 150);
+        assert_eq!(c.ran_out(50), 0, "ran out from the nudge's zero");
+        c.reset_countdown(777);
+        assert_eq!((c.countdown(), c.read().allocated_bytes), (777, 150));
+        // Replaced before any allocation: the same.
+        assert_eq!(c.nudge(), Nudge::Made);
+        c.reset_countdown(5);
+        assert_eq!(c.read().allocated_bytes, 150);
+        // Settled at exit.
+        assert_eq!(c.nudge(), Nudge::Made);
+        c.settle_nudge();
+        assert_eq!((c.countdown(), c.read().allocated_bytes), (0, 150));
+        assert_eq!(c.nudged.load(Relaxed), 0);
+    }
+
+    /// A nudge is not made on a countdown that is not running, nor while
+    /// the owner changes it.
+    #[test]
+    fn a_nudge_leaves_a_countdown_that_is_not_running() {
+        let c = Counters::new();
+        assert_eq!(
+            c.nudge(),
+            Nudge::NotRunning,
+            "zero: on its way to the slow path"
+        );
+        c.reset_countdown(100);
+        assert!(c.charge(300));
+        assert_eq!(c.nudge(), Nudge::NotRunning, "ran out");
+        c.ran_out(300);
+        c.reset_countdown(1_000);
+        c.seq.store(c.seq.load(Relaxed) + 1, Relaxed);
+        assert_eq!(c.nudge(), Nudge::Busy, "the owner is changing it");
+        c.seq.store(c.seq.load(Relaxed) + 1, Relaxed);
+        assert_eq!(c.nudge(), Nudge::Made);
+    }
+
+    /// The owner's fast path loads the countdown, a nudge lands, and the
+    /// owner stores what it loaded less its allocation: the nudge is lost.
+    /// Readers see the bytes allocated, never fewer than before, and the
+    /// slow path forgets the nudge when the countdown runs out.
+    #[test]
+    fn a_nudge_the_owner_overwrites_is_forgotten() {
+        let c = Counters::new();
+        // Overwritten with a countdown still running, which a later
+        // allocation runs out: readers see it before the slow path looks.
+        c.reset_countdown(10_000);
+        let loaded = c.countdown.load(Relaxed);
+        c.count_alloc();
+        assert_eq!(c.nudge(), Nudge::Made);
+        c.countdown.store(loaded - 100, Relaxed);
+        assert_eq!(c.read().allocated_bytes, 100);
+        c.count_alloc();
+        assert!(c.charge(20_000));
+        assert!(
+            c.try_read().is_err() || c.read().allocated_bytes == 20_100,
+            "read low by the lost nudge: {:?}",
+            c.try_read()
+        );
+        assert_eq!(c.ran_out(20_000), 9_900, "the owner's own countdown");
+        assert_eq!(c.read().allocated_bytes, 20_100);
+        c.reset_countdown(3);
+        assert_eq!(c.read().allocated_bytes, 20_100);
+        // Overwritten by the allocation that runs the countdown out.
+        let before = c.read().allocated_bytes;
+        c.reset_countdown(1_000);
+        let loaded = c.countdown.load(Relaxed);
+        assert_eq!(c.nudge(), Nudge::Made);
+        c.countdown.store(loaded.wrapping_sub(5_000), Relaxed);
+        let meanwhile = c.read().allocated_bytes;
+        assert!(
+            (before..=before + 5_000).contains(&meanwhile),
+            "{meanwhile} read between the store and the slow path"
+        );
+        assert_eq!(c.ran_out(5_000), 1_000);
+        c.reset_countdown(0);
+        assert_eq!(c.read().allocated_bytes, before + 5_000);
+    }
+
+    /// A nudge the owner overwrote does not keep the next one off: the
+    /// running countdown is nudged again, and counted once.
+    #[test]
+    fn a_nudge_after_an_overwritten_one_is_made() {
+        let c = Counters::new();
+        c.reset_countdown(10_000);
+        let loaded = c.countdown.load(Relaxed);
+        c.count_alloc();
+        assert_eq!(c.nudge(), Nudge::Made);
+        c.countdown.store(loaded - 100, Relaxed);
+        assert_eq!(c.nudge(), Nudge::Made, "the countdown runs again");
+        assert_eq!((c.countdown(), c.read().allocated_bytes), (0, 100));
+        c.count_alloc();
+        assert!(c.charge(7));
+        assert_eq!(c.ran_out(7), 0);
+        c.reset_countdown(50);
+        assert_eq!(c.read().allocated_bytes, 107);
+    }
+
+    /// An owner allocating as the fast and slow paths do, a nudger nudging
+    /// all along and a reader reading: the reader never sees the count go
+    /// back, and at the end it is exact.
+    #[test]
+    fn nudges_racing_the_owner_lose_no_byte() {
+        static C: Counters = Counters::new();
+        /// Nudges made before the owner stops (an optimized owner may
+        /// finish any fixed number of allocations before the nudger runs).
+        const NUDGES: u64 = 5_000;
+        let made = AtomicU64::new(0);
+        let stop = AtomicBool::new(false);
+        let expected = std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Relaxed) {
+                    if C.nudge() == Nudge::Made {
+                        made.fetch_add(1, Relaxed);
+                    }
+                    std::hint::spin_loop();
+                }
+            });
+            let reader = s.spawn(|| {
+                let mut last = 0;
+                while !stop.load(Relaxed) {
+                    let now = C.read().allocated_bytes;
+                    assert!(now >= last, "went back from {last} to {now}");
+                    last = now;
+                }
+            });
+            let mut x = 0x9E37_79B9_7F4A_7C15u64;
+            let mut sum = 0u64;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while made.load(Relaxed) < NUDGES && Instant::now() < deadline {
+                for _ in 0..1_000 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let size = 1 + (x % 700) as usize;
+                    sum += size as u64;
+                    C.count_alloc();
+                    if C.charge(size) {
+                        C.ran_out(size);
+                        C.reset_countdown(1 + (x >> 40) as usize % 4_000);
+                    }
+                }
+            }
+            stop.store(true, Relaxed);
+            reader.join().unwrap();
+            sum
+        });
+        C.settle_nudge();
+        let nudges = made.load(Relaxed);
+        assert!(nudges >= NUDGES, "{nudges} nudges made in a minute");
+        assert_eq!(C.read().allocated_bytes, expected, "after {nudges} nudges");
     }
 }
