@@ -385,7 +385,7 @@
 //! default is used; a variable set to nothing counts as unset. At run
 //! time: [`set_sample_rate`], [`sample_rate`],
 //! [`set_seed`]. A rate change is in force on every thread from its next
-//! allocation.
+//! allocation (with two exceptions, which [`set_sample_rate`] gives).
 //!
 //! ## Cost
 //!
@@ -537,8 +537,15 @@ pub fn write_peak_profile<W: io::Write>(w: W) -> io::Result<()> {
 /// Sets the mean number of bytes between samples. `0` stops sampling; `1`
 /// records every allocation. In force on every thread from its next
 /// allocation after this returns, threads already running included: each
-/// starts a fresh countdown at the new rate (its next allocation is
-/// recorded, and counts once).
+/// starts a fresh countdown at the new rate (at a rate above 0, its next
+/// allocation is recorded, and counts once).
+///
+/// Two kinds of running thread take it only when their countdown at the
+/// old rate ends (on average the old rate's bytes later; within 512 KiB
+/// if sampling was off): one that the change finds in the middle of
+/// updating its counters at every try (preempted there), and every
+/// one when this is called from a signal handler that interrupted
+/// heapprof while it held the lock of its thread registry.
 pub fn set_sample_rate(bytes: usize) {
     record::countdown::set_rate(bytes)
 }

@@ -30,8 +30,9 @@ fn after_the_switch() -> Vec<Vec<u8>> {
 
 /// Runs on a thread started before the rate changes: allocates while the
 /// rate is 0, waits for the switch to 1, then allocates at a known site.
-/// "Running threads switch at their next sample": with rate 0 there is no
-/// next sample, unless the countdown is finite.
+/// With rate 0 there is no next sample: the change must reach the thread
+/// by its countdown being set to zero (or, for a thread that misses it, by
+/// the finite countdown kept while sampling is off).
 #[test]
 fn a_running_thread_resumes_sampling_after_rate_zero() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -46,8 +47,8 @@ fn a_running_thread_resumes_sampling_after_rate_zero() {
         }
         to_main.send(()).unwrap();
         switched.recv().unwrap();
-        // At most one "off" countdown's worth of bytes later, the new rate
-        // is in force: allocate well past it.
+        // The new rate is in force from the next allocation; allocate past
+        // one "off" countdown's worth of bytes all the same.
         for i in 0..64 {
             std::hint::black_box(vec![i as u8; 64 * 1024]);
         }
@@ -251,22 +252,34 @@ fn a_leak_on_a_runtime_worker_started_before_the_rate_fails_the_assertion() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let _watchdog = watchdog("rate change under tokio", Duration::from_secs(60));
     heapprof::set_sample_rate(512 * 1024);
+    // One worker: the leak runs on the thread that allocated before the
+    // change, with a countdown drawn at 512 KiB.
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .build()
         .unwrap();
-    // Every worker has allocated, so each has a countdown drawn at 512 KiB.
-    rt.block_on(async {
-        let tasks: Vec<_> = (0..64)
-            .map(|i| tokio::spawn(async move { std::hint::black_box(vec![i as u8; 4096]).len() }))
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
+    let worker = rt.block_on(async {
+        tokio::spawn(async {
+            std::hint::black_box(vec![0u8; 4096]);
+            std::thread::current().id()
+        })
+        .await
+        .unwrap()
     });
     heapprof::set_sample_rate(1);
     let before = heapprof::snapshot();
-    rt.block_on(async { tokio::spawn(async { leaky_handler() }).await.unwrap() });
+    let leaked_on = rt.block_on(async {
+        tokio::spawn(async {
+            leaky_handler();
+            std::thread::current().id()
+        })
+        .await
+        .unwrap()
+    });
+    assert_eq!(
+        leaked_on, worker,
+        "the leak ran on the worker that allocated before"
+    );
     let grown = heapprof::snapshot().delta(&before);
     heapprof::set_sample_rate(512 * 1024);
     drop(rt);

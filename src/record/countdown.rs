@@ -34,6 +34,19 @@ pub(crate) fn expired(size: usize) -> Option<f64> {
     thread::with(|l| {
         let epoch = sample::epoch();
         let weight = expired_on(l, size, epoch);
+        zero_if_rate_moved(l, epoch);
+        weight
+    })
+    .flatten()
+}
+
+/// After `l`'s countdown was replaced from a draw or a hold at the rate
+/// of `epoch`: if the rate changed meanwhile, and a nudge may have missed
+/// the countdown (it was not running when the setter looked), zeroes it,
+/// so that the next allocation comes to [`expired`] and starts over.
+fn zero_if_rate_moved(l: &Local, epoch: u64) {
+    // A countdown left at zero brings the next allocation back anyway.
+    if l.counters.countdown() as isize > 0 {
         // Pairs with the epoch's SeqCst increment in `sample::set_rate`,
         // after which the setter reads each countdown: either it reads
         // the one just stored and zeroes it, or this sees the new epoch.
@@ -41,9 +54,7 @@ pub(crate) fn expired(size: usize) -> Option<f64> {
         if sample::epoch() != epoch {
             start(l, 0);
         }
-        weight
-    })
-    .flatten()
+    }
 }
 
 fn expired_on(l: &Local, size: usize, epoch: u64) -> Option<f64> {
@@ -127,12 +138,20 @@ pub(crate) fn hold_aside() -> bool {
 }
 
 /// The measure that called [`hold_aside`] ends: the countdown comes back
-/// to the counter, as charged meanwhile.
+/// to the counter, as charged meanwhile; none if the rate changed since
+/// it was drawn (a nudge finds the counter held at zero).
 pub(crate) fn put_back() {
     thread::with(|l| {
         if l.measure.aside() {
             l.measure.set_aside(false);
-            l.counters.reset_countdown(l.measure.held());
+            let epoch = sample::epoch();
+            let held = if l.sampler.restart_if_older_than(epoch) {
+                0
+            } else {
+                l.measure.held()
+            };
+            l.counters.reset_countdown(held);
+            zero_if_rate_moved(l, epoch);
         }
     });
 }
@@ -256,6 +275,45 @@ mod tests {
         let bytes: u64 = (0..20_000u64).map(|i| 1 + (i * 7919) % 40_000).sum();
         assert_eq!(plain.1, 1 + bytes, "the first allocation and the sequence");
         assert_eq!(samples(true), plain);
+    }
+
+    /// A thread no nudge reaches (one changing its counters through every
+    /// try, say) takes a new rate when its countdown runs out: with
+    /// sampling off, within `OFF_COUNTDOWN` bytes.
+    #[test]
+    fn a_thread_no_nudge_reaches_takes_the_rate_when_its_countdown_ends() {
+        let _rate = crate::record::tests::rate_exclusive();
+        std::thread::spawn(|| {
+            set_rate(0);
+            allocate(1);
+            // The rate alone, as a setter whose nudge missed this thread.
+            sample::set_rate(1);
+            assert_eq!(allocate(1), None, "the countdown still runs");
+            assert_eq!(allocate(sample::OFF_COUNTDOWN), Some(1.0), "it ends");
+            assert_eq!(allocate(1), Some(1.0), "at rate 1 from then");
+        })
+        .join()
+        .unwrap();
+        set_rate(crate::config::DEFAULT_SAMPLE_RATE);
+    }
+
+    /// A measure that ends after the rate changed does not bring back the
+    /// countdown it held aside (a nudge found the counter at zero).
+    #[test]
+    fn a_measure_ending_after_a_rate_change_puts_back_no_countdown() {
+        let _rate = crate::record::tests::rate_exclusive();
+        std::thread::spawn(|| {
+            set_rate(512 * 1024);
+            allocate(1);
+            assert!(hold_aside());
+            sample::set_rate(1);
+            put_back();
+            assert_eq!(thread::with(|l| l.counters.countdown()).unwrap(), 0);
+            assert_eq!(allocate(1), Some(1.0), "the next allocation at rate 1");
+        })
+        .join()
+        .unwrap();
+        set_rate(crate::config::DEFAULT_SAMPLE_RATE);
     }
 
     /// A realloc charged where no sample may be taken (`charge_unsampled`)

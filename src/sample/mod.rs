@@ -403,6 +403,10 @@ mod tests {
                 config::DEFAULT_PEAK_GROWTH
             ),
             format!("one sample per {kib} KiB"),
+            format!(
+                "within {} KiB\n/// if sampling was off",
+                super::OFF_COUNTDOWN / 1024
+            ),
             format!("A failed allocation of {} MiB", super::MAX_COUNTDOWN >> 20),
             format!("{} % by default", config::DEFAULT_PEAK_GROWTH.0),
         ] {

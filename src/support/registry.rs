@@ -136,7 +136,8 @@ fn retire() {
     // hang for good, so then each list is left as it is if its lock is
     // taken. After `exit`, which ends the process, that is harmless; after
     // `pthread_exit` (not async-signal-safe) a list keeps an entry for
-    // thread-local memory a later thread may be given.
+    // thread-local memory a later thread may be given, which totals read
+    // and rate changes write (`nudge_other_threads`).
     let interrupted = lock::any_lock_held();
     let _inside = reentry::Inside::enter();
     let Some(addr) = own_counters() else {
@@ -371,6 +372,7 @@ pub(crate) fn forget_other_threads_after_fork() {
     let Some(own) = own_counters() else {
         return;
     };
+    thread::with(|l| l.counters.end_nudge_after_fork());
     // Free, as the fork handlers left them, unless this thread forked from
     // a signal handler while its interrupted code held one (then that code
     // is changing the list: it is left as it is, see `process/fork.rs`).

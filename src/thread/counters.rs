@@ -1,7 +1,8 @@
 //! One thread's exact allocation counters: plain data, written by the
-//! owning thread only, readable by any thread.
+//! owning thread (and, for a rate change, its countdown by a nudger, see
+//! below), readable by any thread.
 //!
-//! Only the owner writes, so its updates are a relaxed load and store, no
+//! The owner's fast path updates them with a relaxed load and store, no
 //! read-modify-write; other threads read them (`stats()`), so they are
 //! atomics all the same.
 //!
@@ -318,8 +319,9 @@ impl Counters {
     /// Everything counted, heapprof's own calls included. A countdown that
     /// ran out is below zero (wrapped), so the difference is taken as
     /// signed and kept from going below zero: read while the owner changes
-    /// `granted` and `countdown`, it is off by at most one countdown and the
-    /// size of the allocation that ended it.
+    /// `granted` and `countdown`, or a nudger `countdown` and `nudged`, it
+    /// is off by at most two countdowns and the size of the allocation
+    /// that ended one.
     pub(crate) fn live(&self) -> Counts {
         let granted = self.granted.load(Relaxed);
         let left = outstanding(self.countdown.load(Relaxed), self.nudged.load(Relaxed));
@@ -333,27 +335,61 @@ impl Counters {
     }
 
     /// Runs `change` as one step for readers: they wait for it to end.
-    /// No nudge lands meanwhile: one under way is waited for (it takes a
-    /// few instructions and waits for nothing), and one that starts later
-    /// sees `seq` odd and does nothing. Owner only.
+    /// For a change that neither reads nor writes what a nudge writes
+    /// (`countdown`, `nudged`, `nudge_allocs`). Owner only.
     fn write_together(&self, change: impl FnOnce()) {
+        self.write(false, change);
+    }
+
+    /// [`Counters::write_together`], and no nudge lands meanwhile: one
+    /// under way is waited for (it takes a few instructions and waits for
+    /// nothing), and one that starts later sees `seq` odd and does nothing.
+    /// Owner only.
+    fn write_apart_from_nudges(&self, change: impl FnOnce()) {
+        self.write(true, change);
+    }
+
+    fn write(&self, apart_from_nudges: bool, change: impl FnOnce()) {
         let seq = self.seq.load(Relaxed);
         self.seq.store(seq.wrapping_add(1), Relaxed);
-        // Pairs with the fence in `nudge`: of this store and a nudger's
-        // store to `nudge_seq`, each side sees the other's, or one of them.
-        std::sync::atomic::fence(SeqCst);
-        let mut spins = 0u32;
-        while !self.nudge_seq.load(Acquire).is_multiple_of(2) {
-            spins += 1;
-            if spins < READ_SPINS as u32 {
-                std::hint::spin_loop();
-            } else {
-                // The nudger is not running: let it.
-                std::thread::yield_now();
+        if apart_from_nudges {
+            // Pairs with the fence in `nudge`: of this store and a nudger's
+            // store to `nudge_seq`, one side sees the other's.
+            std::sync::atomic::fence(SeqCst);
+            let mut spins = 0u32;
+            while !self.nudge_seq.load(Acquire).is_multiple_of(2) {
+                spins += 1;
+                if spins < READ_SPINS as u32 {
+                    std::hint::spin_loop();
+                } else {
+                    // The nudger is not running: let it.
+                    std::thread::yield_now();
+                }
             }
+        } else {
+            std::sync::atomic::fence(Release);
         }
         change();
         self.seq.store(seq.wrapping_add(2), Release);
+    }
+
+    /// `read()` of fields a nudge writes, by the owner outside
+    /// [`Counters::write_apart_from_nudges`]: taken again if a nudge was
+    /// under way (a nudge whose countdown the owner's fast path changed
+    /// first writes `nudged` for a moment). A nudge takes a few
+    /// instructions and waits for nothing. Owner only.
+    fn settled<T>(&self, read: impl Fn() -> T) -> T {
+        loop {
+            let before = self.nudge_seq.load(Acquire);
+            if before.is_multiple_of(2) {
+                let value = read();
+                std::sync::atomic::fence(Acquire);
+                if self.nudge_seq.load(Relaxed) == before {
+                    return value;
+                }
+            }
+            std::hint::spin_loop();
+        }
     }
 
     /// Another thread's rate change: if the countdown is running (above
@@ -367,22 +403,23 @@ impl Counters {
         self.nudge_seq.store(n.wrapping_add(1), Relaxed);
         // Pairs with the fence in `write_together`.
         std::sync::atomic::fence(SeqCst);
-        let outcome = if !self.seq.load(Relaxed).is_multiple_of(2) {
+        let outcome = if !self.seq.load(Acquire).is_multiple_of(2) {
             Nudge::Busy
         } else {
-            // Before the zero: an allocation the owner counts after this
-            // read may run out a countdown that is its own again (see
+            // Read before the zero: an allocation the owner counts after
+            // this read may run out a countdown that is its own again (see
             // `settling`); one counted before it is the one whose store
             // may overwrite the zero, whose running out readers may count
             // with the nudge (low by at most the nudge, and no lower than
             // before it).
-            self.nudge_allocs.store(self.allocs.load(SeqCst), Relaxed);
+            let allocs = self.allocs.load(SeqCst);
             let held = self.countdown.load(Relaxed);
             if held as isize <= 0 {
                 Nudge::NotRunning
             } else {
                 // A `nudged` already there beside a running countdown is a
                 // nudge the owner overwrote: replaced.
+                self.nudge_allocs.store(allocs, Relaxed);
                 self.nudged.store(held, Relaxed);
                 match self.countdown.compare_exchange(held, 0, SeqCst, Relaxed) {
                     Ok(_) => Nudge::Made,
@@ -401,15 +438,19 @@ impl Counters {
 
     /// The slow path's first step when an allocation of `size` bytes ran
     /// the countdown out (the bytes already charged): what the countdown
-    /// held before them. 0 after a nudge; otherwise the owner's own
+    /// held before them. 0 (or below) after a nudge; otherwise the owner's own
     /// store had overwritten the nudge's zero (a fast path caught between
     /// its load and its store), so the nudge is forgotten, and the
     /// countdown is the owner's alone again. Owner only.
     pub(crate) fn ran_out(&self, size: usize) -> usize {
         let mut left = 0;
-        self.write_together(|| {
+        self.write_apart_from_nudges(|| {
             left = self.countdown.load(Relaxed).wrapping_add(size);
-            if left != 0 && self.nudged.load(Relaxed) != 0 {
+            // An overwriting store loaded a running countdown. Below zero,
+            // `left` is the nudge's zero run further out by an allocation
+            // that came in between (a signal handler's, or heapprof's own)
+            // without taking the slow path.
+            if left as isize > 0 && self.nudged.load(Relaxed) != 0 {
                 self.nudged.store(0, Relaxed);
             }
         });
@@ -433,7 +474,7 @@ impl Counters {
     /// The owner goes inside heapprof: readers see the counts as they are
     /// now until [`Counters::thaw`]. Owner only, not nested.
     pub(crate) fn freeze(&self) {
-        let now = self.live();
+        let now = self.settled(|| self.live());
         self.write_together(|| {
             self.store_frozen(now);
             self.inside.store(true, Relaxed);
@@ -448,9 +489,9 @@ impl Counters {
     /// totals. The countdown is left as it is: it is the sampler's.
     pub(crate) fn thaw(&self, keep: bool) -> Counts {
         let frozen = self.frozen();
-        let now = self.live();
+        let now = self.settled(|| self.live());
         let own = load_counts(&self.own).plus(now.minus(frozen));
-        self.write_together(|| {
+        self.write_apart_from_nudges(|| {
             let left = outstanding(self.countdown.load(Relaxed), self.nudged.load(Relaxed));
             self.set_allocs(frozen.allocations);
             self.granted
@@ -468,7 +509,7 @@ impl Counters {
     /// thread leaving the registry gives them to heapprof's totals, and
     /// [`Counters::thaw`] returns only what it counts later. Owner only.
     pub(crate) fn take_own(&self) -> Counts {
-        let taken = self.own_now();
+        let taken = self.settled(|| self.own_now());
         let left = load_counts(&self.own).minus(taken);
         self.write_together(|| store_counts(&self.own, left));
         taken
@@ -479,8 +520,12 @@ impl Counters {
     /// owner is inside it, to be taken out when it leaves. Owner only.
     pub(crate) fn take(&self) -> Counts {
         let inside = self.inside.load(Relaxed);
-        let taken = if inside { self.frozen() } else { self.live() };
-        self.write_together(|| {
+        let taken = if inside {
+            self.frozen()
+        } else {
+            self.settled(|| self.live())
+        };
+        self.write_apart_from_nudges(|| {
             let sub = |c: &AtomicU64, n: u64| c.store(c.load(Relaxed).wrapping_sub(n), Relaxed);
             self.set_allocs(self.allocs.load(Relaxed).wrapping_sub(taken.allocations));
             sub(&self.granted, taken.allocated_bytes);
@@ -497,7 +542,7 @@ impl Counters {
     /// a pending nudge took away is given up with the rest. Owner only,
     /// slow path.
     pub(crate) fn reset_countdown(&self, countdown: usize) {
-        self.write_together(|| {
+        self.write_apart_from_nudges(|| {
             let old = outstanding(self.countdown.load(Relaxed), self.nudged.load(Relaxed));
             let granted = self.granted.load(Relaxed);
             self.granted.store(
@@ -511,6 +556,17 @@ impl Counters {
         });
     }
 
+    /// In a fork's child: a nudge the parent's registry lock was held for
+    /// (a fork from a signal handler that took some of heapprof's locks,
+    /// not that one) never ends there. Its writes are whole either way: a
+    /// `nudged` beside a running countdown is not counted.
+    pub(crate) fn end_nudge_after_fork(&self) {
+        let n = self.nudge_seq.load(Relaxed);
+        if !n.is_multiple_of(2) {
+            self.nudge_seq.store(n.wrapping_add(1), Release);
+        }
+    }
+
     /// Settles a nudge still pending, for a thread leaving the registry
     /// (no nudge comes after): the countdown it took away is given up, or,
     /// if the owner's store overwrote it, forgotten. Owner only, outside
@@ -522,8 +578,8 @@ impl Counters {
     /// Takes back an allocation of `size` bytes that was counted but that
     /// the inner allocator failed. Owner only, slow path.
     pub(crate) fn uncount_alloc(&self, size: usize) {
-        bump(&self.allocs, 1u64.wrapping_neg());
-        self.write_together(|| {
+        self.write_apart_from_nudges(|| {
+            self.set_allocs(self.allocs.load(Relaxed).wrapping_sub(1));
             let granted = self.granted.load(Relaxed);
             self.granted
                 .store(granted.wrapping_sub(size as u64), Relaxed);
@@ -801,6 +857,79 @@ mod tests {
         assert_eq!(c.read().allocated_bytes, before + 5_000);
     }
 
+    /// A nudge whose compare-exchange is about to fail (the owner's fast
+    /// path ran the countdown out after the nudger read it) has `nudged`
+    /// set for a moment: the owner, going inside heapprof, waits it out
+    /// rather than count it.
+    #[test]
+    fn the_owner_waits_out_a_nudge_under_way() {
+        static C: Counters = Counters::new();
+        C.reset_countdown(1_000);
+        C.count_alloc();
+        assert!(C.charge(3_000), "ran out");
+        // A nudger that read 1 000 before that store, caught after
+        // writing `nudged`, before its compare-exchange fails.
+        C.nudge_seq.store(1, Relaxed);
+        C.nudged.store(1_000, Relaxed);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                C.nudged.store(0, Relaxed);
+                C.nudge_seq.store(2, Release);
+            });
+            C.freeze();
+        });
+        assert_eq!(
+            C.frozen().allocated_bytes,
+            3_000,
+            "frozen counting a nudge that did not land"
+        );
+    }
+
+    /// An allocation that comes between the one that runs a nudged
+    /// countdown out and the slow path's look (a signal handler's, not
+    /// taking the slow path since the countdown is below zero) does not
+    /// make the nudge look overwritten.
+    #[test]
+    fn an_allocation_in_between_keeps_the_nudge() {
+        let c = Counters::new();
+        c.reset_countdown(10_000);
+        assert_eq!(c.nudge(), Nudge::Made);
+        c.count_alloc();
+        assert!(c.charge(100));
+        c.count_alloc();
+        assert!(!c.charge(50), "below zero: no slow path");
+        assert_eq!(c.ran_out(100) as isize, -50);
+        c.reset_countdown(7);
+        assert_eq!(c.read().allocated_bytes, 150);
+    }
+
+    /// A failed realloc takes its allocation back while a nudge it
+    /// overwrote is pending: readers still wait for the slow path when a
+    /// later allocation runs the countdown out, rather than count the
+    /// nudge.
+    #[test]
+    fn a_failed_realloc_keeps_readers_waiting_for_the_slow_path() {
+        let c = Counters::new();
+        c.reset_countdown(10_000);
+        c.count_alloc();
+        let loaded = c.countdown.load(Relaxed);
+        assert_eq!(c.nudge(), Nudge::Made);
+        c.countdown.store(loaded - 100, Relaxed);
+        c.uncount_alloc(100);
+        assert_eq!(c.read().allocated_bytes, 0);
+        c.count_alloc();
+        assert!(c.charge(20_000));
+        assert!(
+            c.try_read().is_err() || c.read().allocated_bytes == 20_000,
+            "read low by the lost nudge: {:?}",
+            c.try_read()
+        );
+        c.ran_out(20_000);
+        c.reset_countdown(1);
+        assert_eq!(c.read().allocated_bytes, 20_000);
+    }
+
     /// A nudge the owner overwrote does not keep the next one off: the
     /// running countdown is nudged again, and counted once.
     #[test]
@@ -820,9 +949,10 @@ mod tests {
         assert_eq!(c.read().allocated_bytes, 107);
     }
 
-    /// An owner allocating as the fast and slow paths do, a nudger nudging
-    /// all along and a reader reading: the reader never sees the count go
-    /// back, and at the end it is exact.
+    /// An owner allocating as the fast and slow paths do, some of it inside
+    /// heapprof, a nudger nudging all along and a reader reading: the
+    /// reader never sees the count go back, and at the end the program's
+    /// and heapprof's own bytes are exact.
     #[test]
     fn nudges_racing_the_owner_lose_no_byte() {
         static C: Counters = Counters::new();
@@ -849,29 +979,44 @@ mod tests {
                 }
             });
             let mut x = 0x9E37_79B9_7F4A_7C15u64;
-            let mut sum = 0u64;
+            let (mut sum, mut own_sum) = (0u64, 0u64);
             let deadline = Instant::now() + Duration::from_secs(60);
             while made.load(Relaxed) < NUDGES && Instant::now() < deadline {
-                for _ in 0..1_000 {
+                for i in 0..1_000 {
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
                     let size = 1 + (x % 700) as usize;
-                    sum += size as u64;
+                    // Every 16th allocation is heapprof's own: made
+                    // between `freeze` and `thaw`, not the program's.
+                    let own = i % 16 == 0;
+                    if own {
+                        C.freeze();
+                        own_sum += size as u64;
+                    } else {
+                        sum += size as u64;
+                    }
                     C.count_alloc();
                     if C.charge(size) {
                         C.ran_out(size);
                         C.reset_countdown(1 + (x >> 40) as usize % 4_000);
                     }
+                    if own {
+                        C.thaw(true);
+                    }
                 }
             }
             stop.store(true, Relaxed);
             reader.join().unwrap();
-            sum
+            (sum, own_sum)
         });
         C.settle_nudge();
         let nudges = made.load(Relaxed);
         assert!(nudges >= NUDGES, "{nudges} nudges made in a minute");
-        assert_eq!(C.read().allocated_bytes, expected, "after {nudges} nudges");
+        assert_eq!(
+            (C.read().allocated_bytes, C.read_own().allocated_bytes),
+            expected,
+            "the program's and heapprof's own bytes after {nudges} nudges"
+        );
     }
 }
