@@ -540,12 +540,14 @@ pub fn write_peak_profile<W: io::Write>(w: W) -> io::Result<()> {
 /// starts a fresh countdown at the new rate (at a rate above 0, its next
 /// allocation is recorded, and counts once).
 ///
-/// Two kinds of running thread take it only when their countdown at the
-/// old rate ends (on average the old rate's bytes later; within 512 KiB
-/// if sampling was off): one that the change finds in the middle of
-/// updating its counters at every try (preempted there), and every
-/// one when this is called from a signal handler that interrupted
-/// heapprof while it held the lock of its thread registry.
+/// A running thread takes it only when its countdown at the old rate
+/// ends (on average the old rate's bytes later; within 512 KiB if
+/// sampling was off) when this call cannot reach it: a thread preempted
+/// in the middle of updating its counters, or one allocating so fast that
+/// it overwrites every try (each try is confirmed, many times over), a
+/// thread whose registration found no memory, and every thread when this
+/// is called from a signal handler that interrupted heapprof while it
+/// held the lock of its thread registry.
 pub fn set_sample_rate(bytes: usize) {
     record::countdown::set_rate(bytes)
 }

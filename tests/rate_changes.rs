@@ -11,7 +11,7 @@ use heapprof_testkit::profile::{ALLOC_OBJECTS, INUSE_OBJECTS, cum, flat, take_pr
 use heapprof_testkit::watchdog::watchdog;
 
 use std::alloc::{Layout, alloc, dealloc};
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Barrier, Mutex, mpsc};
 use std::time::Duration;
 
@@ -289,4 +289,58 @@ fn a_leak_on_a_runtime_worker_started_before_the_rate_fails_the_assertion() {
     let passed =
         std::panic::catch_unwind(|| grown.assert_inuse_at_most("rate_changes::leaky_handler", 0));
     assert!(passed.is_err(), "the assertion passed on a leak");
+}
+
+#[inline(never)]
+fn marked_after_the_change() {
+    for i in 0..MARKED {
+        std::mem::forget(std::hint::black_box(Box::new([i as u8; 16])));
+    }
+}
+
+const MARKED: usize = 10;
+const BUSY_ROUNDS: usize = 20;
+
+/// A thread allocating all the time when the rate changes overwrites many
+/// a nudge (its fast path stores the countdown it loaded, less its
+/// allocation, over the zero): the change is confirmed until it lands.
+/// Round after round the rate goes to 512 KiB and back to 1, and after
+/// each return to 1 the thread allocates at a known site: every one of
+/// those blocks is recorded, once.
+#[test]
+fn a_thread_allocating_all_along_takes_each_change() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _watchdog = watchdog("rate changes on a busy thread", Duration::from_secs(120));
+    static ROUND: AtomicUsize = AtomicUsize::new(0);
+    static DONE: AtomicUsize = AtomicUsize::new(0);
+    let busy = std::thread::spawn(|| {
+        let mut done = 0;
+        while done < BUSY_ROUNDS {
+            let round = ROUND.load(SeqCst);
+            if round > done {
+                marked_after_the_change();
+                done = round;
+                DONE.store(done, SeqCst);
+            }
+            std::hint::black_box(vec![0u8; 32]);
+        }
+    });
+    for round in 1..=BUSY_ROUNDS {
+        heapprof::set_sample_rate(512 * 1024);
+        std::thread::sleep(Duration::from_millis(2));
+        heapprof::set_sample_rate(1);
+        ROUND.store(round, SeqCst);
+        while DONE.load(SeqCst) < round {
+            std::thread::yield_now();
+        }
+    }
+    busy.join().unwrap();
+    heapprof::set_sample_rate(512 * 1024);
+    let p = take_profile();
+    let seen = cum(&p, "marked_after_the_change", ALLOC_OBJECTS);
+    println!(
+        "{BUSY_ROUNDS} changes to rate 1 on a busy thread: {seen} of {} marked blocks recorded",
+        BUSY_ROUNDS * MARKED
+    );
+    assert_eq!(seen, (BUSY_ROUNDS * MARKED) as i64);
 }

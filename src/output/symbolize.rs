@@ -1133,7 +1133,7 @@ pub(crate) fn is_machinery(name: &str) -> bool {
 
 /// What this thread has allocated, heapprof's own calls included.
 fn this_thread_allocated_bytes() -> u64 {
-    crate::thread::with(|l| l.counters.live().allocated_bytes).unwrap_or(0)
+    crate::thread::with(|l| l.counters.all_counted().allocated_bytes).unwrap_or(0)
 }
 
 /// Bytes this thread has allocated minus bytes it has freed, heapprof's
@@ -1141,7 +1141,7 @@ fn this_thread_allocated_bytes() -> u64 {
 /// is what that code kept.
 fn this_thread_net_bytes() -> i64 {
     crate::thread::with(|l| {
-        let c = l.counters.live();
+        let c = l.counters.all_counted();
         c.allocated_bytes.wrapping_sub(c.freed_bytes) as i64
     })
     .unwrap_or(0)

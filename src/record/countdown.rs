@@ -40,6 +40,18 @@ pub(crate) fn expired(size: usize) -> Option<f64> {
     .flatten()
 }
 
+/// Whether the rate changed since `l`'s countdown was drawn, judged by
+/// `epoch` (read before the rate): then the sampler starts over, for the
+/// caller to set the countdown to 0, and `l` is at `epoch` from now.
+fn restart_if_rate_moved(l: &Local, epoch: u64) -> bool {
+    if l.counters.rate_epoch() == epoch {
+        return false;
+    }
+    l.sampler.restart(false);
+    l.counters.set_rate_epoch(epoch);
+    true
+}
+
 /// After `l`'s countdown was replaced from a draw or a hold at the rate
 /// of `epoch`: if the rate changed meanwhile, and a nudge may have missed
 /// the countdown (it was not running when the setter looked), zeroes it,
@@ -58,7 +70,7 @@ fn zero_if_rate_moved(l: &Local, epoch: u64) {
 }
 
 fn expired_on(l: &Local, size: usize, epoch: u64) -> Option<f64> {
-    let restarted = l.sampler.restart_if_older_than(epoch);
+    let restarted = restart_if_rate_moved(l, epoch);
     let left = if l.measure.aside() {
         // The counter is held at zero and the fast path took `size` off
         // it: back to zero (the bytes stay counted). The countdown that
@@ -145,7 +157,7 @@ pub(crate) fn put_back() {
         if l.measure.aside() {
             l.measure.set_aside(false);
             let epoch = sample::epoch();
-            let held = if l.sampler.restart_if_older_than(epoch) {
+            let held = if restart_if_rate_moved(l, epoch) {
                 0
             } else {
                 l.measure.held()
@@ -192,11 +204,12 @@ pub(crate) fn charge_unsampled(size: usize) {
 /// running thread's is nudged to zero ([`expired`] tells why it came).
 pub(crate) fn set_rate(bytes: usize) {
     sample::set_rate(bytes);
+    let epoch = sample::epoch();
     thread::with(|l| {
-        l.sampler.restart(false);
+        restart_if_rate_moved(l, epoch);
         start(l, 0);
     });
-    registry::nudge_other_threads();
+    registry::nudge_other_threads(epoch);
 }
 
 /// Seeds the generators: the calling thread restarts from the seed at

@@ -158,7 +158,7 @@ fn track_free_in(tracked: *mut tracked::Tracked, ptr: *mut u8, size: usize) {
 fn note_live() {
     thread::with(|l| {
         if l.measure.aside() && !l.counters.inside() {
-            let c = l.counters.live();
+            let c = l.counters.all_counted();
             l.measure
                 .raise_high(c.allocated_bytes.wrapping_sub(c.freed_bytes));
         }

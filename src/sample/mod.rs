@@ -105,8 +105,6 @@ pub(crate) struct ThreadSampler {
     rng: Cell<Option<SmallRng>>,
     /// The part of the countdown past [`MAX_COUNTDOWN`], held back here.
     beyond: Cell<usize>,
-    /// The rate's [`epoch`] when the countdown was drawn or restarted.
-    epoch: Cell<u64>,
 }
 
 /// The most of a countdown the fast path's counter holds; the rest waits
@@ -137,7 +135,6 @@ impl ThreadSampler {
             drawn_at: Cell::new(1),
             rng: Cell::new(None),
             beyond: Cell::new(0),
-            epoch: Cell::new(0),
         }
     }
 
@@ -236,23 +233,9 @@ impl ThreadSampler {
     pub(crate) fn restart(&self, reseed: bool) {
         self.drawn_at.set(1);
         self.beyond.set(0);
-        self.epoch.set(epoch());
         if reseed {
             self.rng.set(None);
         }
-    }
-
-    /// Whether the rate changed since this thread's countdown was drawn or
-    /// restarted, judged by `now` (an [`epoch`] read before the rate):
-    /// then the sampler restarts ([`ThreadSampler::restart`]) and the
-    /// caller sets the countdown to 0.
-    pub(crate) fn restart_if_older_than(&self, now: u64) -> bool {
-        if self.epoch.get() == now {
-            return false;
-        }
-        self.restart(false);
-        self.epoch.set(now);
-        true
     }
 }
 
@@ -262,8 +245,8 @@ const _: () = assert!(config::MAX_RATE < RATE_UNSET);
 
 /// A thread's countdown while sampling is off (rate 0). Not "never": a
 /// rate change reaches running threads by zeroing their countdowns, which
-/// it can miss (a thread preempted while it changes its counters, see
-/// `support::registry::nudge_other_threads`), and the rate is only read
+/// it can miss (see `support::registry::nudge_other_threads`, and a
+/// thread not in the registry), and the rate is only read
 /// on the slow path, so a thread parked at "never" and missed would not
 /// see sampling turned back on for the rest of its life. With this, it
 /// does within `OFF_COUNTDOWN` bytes of allocation, for one short trip to
@@ -403,10 +386,7 @@ mod tests {
                 config::DEFAULT_PEAK_GROWTH
             ),
             format!("one sample per {kib} KiB"),
-            format!(
-                "within {} KiB\n/// if sampling was off",
-                super::OFF_COUNTDOWN / 1024
-            ),
+            format!("within {} KiB if", super::OFF_COUNTDOWN / 1024),
             format!("A failed allocation of {} MiB", super::MAX_COUNTDOWN >> 20),
             format!("{} % by default", config::DEFAULT_PEAK_GROWTH.0),
         ] {

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use crate::support::growth;
 use crate::support::lock::{self, Lockable, Mutex, rank};
 use crate::support::reentry;
+use crate::support::signals;
 use crate::thread::counters::{Counters, Counts, Nudge, SharedCounts};
 use crate::thread::{self, Registration};
 
@@ -300,20 +301,29 @@ pub(crate) fn totals() -> Counts {
     sum
 }
 
-/// After a rate change: nudges every other listed thread's countdown to
-/// zero (`Counters::nudge`), so that each one's next allocation takes the
-/// slow path and starts over at the new rate. A thread whose countdown is
-/// not running (zero already, or run out) is on its way to the slow path,
-/// which reads the rate after replacing its countdown
-/// (`record::countdown::expired`). A thread changing its counters is
-/// tried again, [`NUDGE_TRIES`] times at most: a change takes
-/// nanoseconds, unless its thread is preempted in the middle, and then
-/// the thread takes the rate at its next sample. Nudges are made under
-/// the registry's lock, one setter at a time. Called from a signal handler
-/// whose interrupted code holds one of heapprof's locks, it nudges only if
-/// the registry's lock is free (as `retire` does): waiting could hang for
-/// good.
-pub(crate) fn nudge_other_threads() {
+/// After a rate change to `epoch`: nudges every other listed thread's
+/// countdown to zero (`Counters::nudge`), so that each one's next
+/// allocation takes the slow path and starts over at the new rate.
+///
+/// A nudge is confirmed, not assumed: a thread allocating as it lands
+/// often overwrites it (its fast path stores what it loaded less its
+/// allocation, and its core may publish that store some time after the
+/// zero), so the threads are gone over again until each one's countdown
+/// has been drawn at `epoch` or is not running (zero, or run out: its
+/// next allocation, or the one under way, reaches the slow path, which
+/// reads the rate after replacing the countdown,
+/// `record::countdown::expired`), and still is [`NUDGE_SETTLE`] later. A
+/// thread still not confirmed after [`NUDGE_PATIENCE`] (stopped while
+/// changing its counters, or overwriting every nudge) takes the rate when
+/// its countdown ends.
+///
+/// Nudges are made under the registry's lock, one setter at a time, with
+/// signals held off: a thread whose counters a nudge is changing waits
+/// for it, so a handler must not stop it half way. Called from a signal
+/// handler whose interrupted code holds one of heapprof's locks, it
+/// nudges only if the registry's lock is free (as `retire` does): waiting
+/// could hang for good.
+pub(crate) fn nudge_other_threads(epoch: u64) {
     let interrupted = lock::any_lock_held();
     let _inside = reentry::Inside::enter();
     let own = own_counters();
@@ -325,25 +335,51 @@ pub(crate) fn nudge_other_threads() {
     let Some(live) = live else {
         return;
     };
-    for &addr in live.iter().filter(|&&a| Some(a) != own) {
-        // SAFETY: as in `totals`: a listed address is a running thread's.
-        let counters = unsafe { &*(addr as *const Counters) };
-        for tries in 1..=NUDGE_TRIES {
-            if counters.nudge() != Nudge::Busy {
-                break;
+    let _held_off = signals::HeldOff::all_but_faults();
+    let began = std::time::Instant::now();
+    let mut settled_since = None;
+    for pass in 0u32.. {
+        let mut unconfirmed = false;
+        for &addr in live.iter().filter(|&&a| Some(a) != own) {
+            // SAFETY: as in `totals`: a listed address is a running thread's.
+            let counters = unsafe { &*(addr as *const Counters) };
+            if counters.rate_epoch() < epoch && counters.nudge() != Nudge::NotRunning {
+                unconfirmed = true;
             }
-            if tries > NUDGE_TRIES / 2 {
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
+        }
+        if unconfirmed {
+            settled_since = None;
+        } else {
+            let since = *settled_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= NUDGE_SETTLE {
+                return;
             }
+        }
+        if began.elapsed() > NUDGE_PATIENCE {
+            return;
+        }
+        if pass < NUDGE_SPINS {
+            std::hint::spin_loop();
+        } else {
+            // A thread preempted while it changes its counters, or one
+            // overwriting the nudges: let it run.
+            std::thread::yield_now();
         }
     }
 }
 
-/// How many times [`nudge_other_threads`] tries a thread that is changing
-/// its counters.
-const NUDGE_TRIES: u32 = 100;
+/// Passes [`nudge_other_threads`] makes at once, before it yields between
+/// passes.
+const NUDGE_SPINS: u32 = 16;
+/// How long every nudged countdown must stay zero, run out or drawn at the
+/// new rate before [`nudge_other_threads`] takes the change as made: a
+/// store a core has not yet published lands within far less on a running
+/// thread.
+const NUDGE_SETTLE: std::time::Duration = std::time::Duration::from_micros(50);
+/// How long [`nudge_other_threads`] goes on trying: a thread changing its
+/// counters takes nanoseconds, unless it is preempted there, which on a
+/// loaded machine lasts milliseconds.
+const NUDGE_PATIENCE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// heapprof's own allocations and frees so far: the totals of threads
 /// outside the registry and the counts each listed thread keeps, its stay

@@ -78,6 +78,42 @@ fn has_handler(signal: libc::c_int) -> bool {
     }
 }
 
+/// Signals other than the faults held off on this thread until dropped
+/// (then the mask is as it was): for code other threads wait on while it
+/// runs, which a handler that waits for one of them must not interrupt.
+pub(crate) struct HeldOff {
+    old: Option<libc::sigset_t>,
+}
+
+impl HeldOff {
+    pub(crate) fn all_but_faults() -> HeldOff {
+        // SAFETY: `sigset_t` is plain data, valid zeroed, filled by
+        // `sigfillset` before use; `pthread_sigmask` changes only this
+        // thread's mask and writes the old one into `old` (checked).
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut set);
+            for n in FAULTS {
+                libc::sigdelset(&mut set, n);
+            }
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            let blocked = libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) == 0;
+            HeldOff {
+                old: blocked.then_some(old),
+            }
+        }
+    }
+}
+
+impl Drop for HeldOff {
+    fn drop(&mut self) {
+        if let Some(old) = &self.old {
+            // SAFETY: restores the mask `pthread_sigmask` gave back.
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

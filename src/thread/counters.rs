@@ -133,6 +133,9 @@ pub(crate) struct Counters {
     /// owner has not allocated since, so a countdown at zero is the
     /// nudge's ([`Counters::nudge`]).
     nudge_allocs: AtomicU64,
+    /// The rate epoch (`sample::epoch`) the countdown was drawn at: a
+    /// nudger leaves a thread at the current one alone. Owner writes.
+    rate_epoch: AtomicU64,
     /// Odd while a nudger changes `countdown` and `nudged` together. The
     /// owner's changes under `seq` wait for it to be even; a nudger that
     /// finds `seq` odd leaves the thread alone.
@@ -155,7 +158,9 @@ pub(crate) const FAST_FIELDS_END: usize =
     std::mem::offset_of!(Counters, freed_bytes) + std::mem::size_of::<AtomicU64>();
 
 /// How long a reader waits for a thread whose slow path is changing
-/// `granted` and `countdown` together. That takes nanoseconds, unless the
+/// `granted` and `countdown` together, for a nudge under way, or for a
+/// slow path to look at a nudged countdown run out
+/// ([`Counters::settling`]). That takes nanoseconds, unless the
 /// thread is preempted in between, which on a loaded machine lasts
 /// milliseconds, and a reader that gave up sooner would read such a
 /// thread's allocated bytes as 0, making `stats()` step backwards. The
@@ -176,6 +181,7 @@ impl Counters {
             seq: AtomicU64::new(0),
             nudged: AtomicUsize::new(0),
             nudge_allocs: AtomicU64::new(0),
+            rate_epoch: AtomicU64::new(0),
             nudge_seq: AtomicU64::new(0),
             inside: AtomicBool::new(false),
             frozen: [const { AtomicU64::new(0) }; 4],
@@ -316,13 +322,19 @@ impl Counters {
         load_counts(&self.frozen)
     }
 
+    /// Everything counted, heapprof's own calls included, read by the
+    /// owner (waiting out a nudge under way). Owner only.
+    pub(crate) fn all_counted(&self) -> Counts {
+        self.settled(|| self.live())
+    }
+
     /// Everything counted, heapprof's own calls included. A countdown that
     /// ran out is below zero (wrapped), so the difference is taken as
     /// signed and kept from going below zero: read while the owner changes
     /// `granted` and `countdown`, or a nudger `countdown` and `nudged`, it
     /// is off by at most two countdowns and the size of the allocation
     /// that ended one.
-    pub(crate) fn live(&self) -> Counts {
+    fn live(&self) -> Counts {
         let granted = self.granted.load(Relaxed);
         let left = outstanding(self.countdown.load(Relaxed), self.nudged.load(Relaxed));
         let allocated = (granted as i128 - left).max(0) as u64;
@@ -379,6 +391,7 @@ impl Counters {
     /// first writes `nudged` for a moment). A nudge takes a few
     /// instructions and waits for nothing. Owner only.
     fn settled<T>(&self, read: impl Fn() -> T) -> T {
+        let mut spins = 0u32;
         loop {
             let before = self.nudge_seq.load(Acquire);
             if before.is_multiple_of(2) {
@@ -388,7 +401,13 @@ impl Counters {
                     return value;
                 }
             }
-            std::hint::spin_loop();
+            spins += 1;
+            if spins < READ_SPINS as u32 {
+                std::hint::spin_loop();
+            } else {
+                // The nudger is not running: let it.
+                std::thread::yield_now();
+            }
         }
     }
 
@@ -399,6 +418,11 @@ impl Counters {
     /// owner's next allocation takes the slow path already. Never waits;
     /// one nudger at a time (the registry's lock).
     pub(crate) fn nudge(&self) -> Nudge {
+        // The owner changing its counters waits for a nudge that starts
+        // meanwhile: leave it be without making it wait.
+        if !self.seq.load(Acquire).is_multiple_of(2) {
+            return Nudge::Busy;
+        }
         let n = self.nudge_seq.load(Relaxed);
         self.nudge_seq.store(n.wrapping_add(1), Relaxed);
         // Pairs with the fence in `write_together`.
@@ -449,7 +473,10 @@ impl Counters {
             // An overwriting store loaded a running countdown. Below zero,
             // `left` is the nudge's zero run further out by an allocation
             // that came in between (a signal handler's, or heapprof's own)
-            // without taking the slow path.
+            // without taking the slow path. Not told apart: an overwrite
+            // that such an allocation of at least the overwritten
+            // countdown ran out, which then gives up bytes never granted
+            // (at most one countdown, once).
             if left as isize > 0 && self.nudged.load(Relaxed) != 0 {
                 self.nudged.store(0, Relaxed);
             }
@@ -474,7 +501,7 @@ impl Counters {
     /// The owner goes inside heapprof: readers see the counts as they are
     /// now until [`Counters::thaw`]. Owner only, not nested.
     pub(crate) fn freeze(&self) {
-        let now = self.settled(|| self.live());
+        let now = self.all_counted();
         self.write_together(|| {
             self.store_frozen(now);
             self.inside.store(true, Relaxed);
@@ -489,7 +516,7 @@ impl Counters {
     /// totals. The countdown is left as it is: it is the sampler's.
     pub(crate) fn thaw(&self, keep: bool) -> Counts {
         let frozen = self.frozen();
-        let now = self.settled(|| self.live());
+        let now = self.all_counted();
         let own = load_counts(&self.own).plus(now.minus(frozen));
         self.write_apart_from_nudges(|| {
             let left = outstanding(self.countdown.load(Relaxed), self.nudged.load(Relaxed));
@@ -523,7 +550,7 @@ impl Counters {
         let taken = if inside {
             self.frozen()
         } else {
-            self.settled(|| self.live())
+            self.all_counted()
         };
         self.write_apart_from_nudges(|| {
             let sub = |c: &AtomicU64, n: u64| c.store(c.load(Relaxed).wrapping_sub(n), Relaxed);
@@ -556,6 +583,16 @@ impl Counters {
         });
     }
 
+    /// The rate epoch the countdown was drawn at. Any thread.
+    pub(crate) fn rate_epoch(&self) -> u64 {
+        self.rate_epoch.load(Relaxed)
+    }
+
+    /// The countdown is drawn at `epoch` from now. Owner only.
+    pub(crate) fn set_rate_epoch(&self, epoch: u64) {
+        self.rate_epoch.store(epoch, Relaxed);
+    }
+
     /// In a fork's child: a nudge the parent's registry lock was held for
     /// (a fork from a signal handler that took some of heapprof's locks,
     /// not that one) never ends there. Its writes are whole either way: a
@@ -570,7 +607,9 @@ impl Counters {
     /// Settles a nudge still pending, for a thread leaving the registry
     /// (no nudge comes after): the countdown it took away is given up, or,
     /// if the owner's store overwrote it, forgotten. Owner only, outside
-    /// an allocation.
+    /// an allocation, under the registry's lock (which nudges are made
+    /// under: none lands between the read of the countdown and the
+    /// write).
     pub(crate) fn settle_nudge(&self) {
         self.reset_countdown(self.countdown());
     }
@@ -928,6 +967,65 @@ mod tests {
         c.ran_out(20_000);
         c.reset_countdown(1);
         assert_eq!(c.read().allocated_bytes, 20_000);
+    }
+
+    /// Thawing waits out a nudge under way as freezing does.
+    #[test]
+    fn the_owner_thaws_past_a_nudge_under_way() {
+        static C: Counters = Counters::new();
+        C.reset_countdown(1_000);
+        C.freeze();
+        C.count_alloc();
+        assert!(C.charge(3_000), "ran out, inside");
+        C.nudge_seq.store(1, Relaxed);
+        C.nudged.store(1_000, Relaxed);
+        let own = std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                C.nudged.store(0, Relaxed);
+                C.nudge_seq.store(2, Release);
+            });
+            C.thaw(false)
+        });
+        assert_eq!(own.allocated_bytes, 3_000, "heapprof's own bytes");
+        C.ran_out(3_000);
+        C.reset_countdown(1);
+        assert_eq!(C.read().allocated_bytes, 0, "the program's bytes");
+    }
+
+    /// A nudge that finds the countdown not running changes nothing a
+    /// reader goes by: readers still wait for the slow path of a thread
+    /// that ran an overwritten nudge out.
+    #[test]
+    fn a_nudge_that_finds_no_running_countdown_changes_nothing() {
+        let c = Counters::new();
+        c.reset_countdown(10_000);
+        let loaded = c.countdown.load(Relaxed);
+        c.count_alloc();
+        assert_eq!(c.nudge(), Nudge::Made);
+        c.countdown.store(loaded - 100, Relaxed);
+        c.count_alloc();
+        assert!(c.charge(20_000));
+        let before = (c.nudge_allocs.load(Relaxed), c.nudged.load(Relaxed));
+        assert_eq!(c.nudge(), Nudge::NotRunning);
+        assert_eq!(
+            (c.nudge_allocs.load(Relaxed), c.nudged.load(Relaxed)),
+            before
+        );
+        assert!(c.try_read().is_err(), "waiting for the slow path");
+    }
+
+    /// A fork's child does not inherit a nudge under way in the parent.
+    #[test]
+    fn a_fork_child_ends_a_nudge_under_way() {
+        let c = Counters::new();
+        c.nudge_seq.store(5, Relaxed);
+        c.end_nudge_after_fork();
+        assert_eq!(c.nudge_seq.load(Relaxed), 6);
+        c.end_nudge_after_fork();
+        assert_eq!(c.nudge_seq.load(Relaxed), 6, "none under way: unchanged");
+        c.reset_countdown(10);
+        assert_eq!(c.read().allocated_bytes, 0);
     }
 
     /// A nudge the owner overwrote does not keep the next one off: the
