@@ -538,7 +538,8 @@ pub fn write_peak_profile<W: io::Write>(w: W) -> io::Result<()> {
 /// records every allocation. In force on every thread from its next
 /// allocation after this returns, threads already running included: each
 /// starts a fresh countdown at the new rate (at a rate above 0, its next
-/// allocation is recorded, and counts once).
+/// allocation is recorded, and counts once). Returns once each running
+/// thread's change is confirmed: a short wait, bounded.
 ///
 /// A running thread takes it only when its countdown at the old rate
 /// ends (on average the old rate's bytes later; within 512 KiB if

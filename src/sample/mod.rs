@@ -229,7 +229,7 @@ impl ThreadSampler {
 
     /// Starts over after a rate change, or with a fresh seed: the next
     /// allocation ends the countdown (which the caller sets to 0) and counts
-    /// once. Nothing is held back past [`MAX_COUNTDOWN`] any more.
+    /// once, with nothing held back past [`MAX_COUNTDOWN`].
     pub(crate) fn restart(&self, reseed: bool) {
         self.drawn_at.set(1);
         self.beyond.set(0);

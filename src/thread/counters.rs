@@ -368,15 +368,9 @@ impl Counters {
             // Pairs with the fence in `nudge`: of this store and a nudger's
             // store to `nudge_seq`, one side sees the other's.
             std::sync::atomic::fence(SeqCst);
-            let mut spins = 0u32;
+            let mut spins = 0;
             while !self.nudge_seq.load(Acquire).is_multiple_of(2) {
-                spins += 1;
-                if spins < READ_SPINS as u32 {
-                    std::hint::spin_loop();
-                } else {
-                    // The nudger is not running: let it.
-                    std::thread::yield_now();
-                }
+                wait_for_nudger(&mut spins);
             }
         } else {
             std::sync::atomic::fence(Release);
@@ -391,7 +385,7 @@ impl Counters {
     /// first writes `nudged` for a moment). A nudge takes a few
     /// instructions and waits for nothing. Owner only.
     fn settled<T>(&self, read: impl Fn() -> T) -> T {
-        let mut spins = 0u32;
+        let mut spins = 0;
         loop {
             let before = self.nudge_seq.load(Acquire);
             if before.is_multiple_of(2) {
@@ -401,13 +395,7 @@ impl Counters {
                     return value;
                 }
             }
-            spins += 1;
-            if spins < READ_SPINS as u32 {
-                std::hint::spin_loop();
-            } else {
-                // The nudger is not running: let it.
-                std::thread::yield_now();
-            }
+            wait_for_nudger(&mut spins);
         }
     }
 
@@ -425,7 +413,7 @@ impl Counters {
         }
         let n = self.nudge_seq.load(Relaxed);
         self.nudge_seq.store(n.wrapping_add(1), Relaxed);
-        // Pairs with the fence in `write_together`.
+        // Pairs with the fence in `write` apart from nudges.
         std::sync::atomic::fence(SeqCst);
         let outcome = if !self.seq.load(Acquire).is_multiple_of(2) {
             Nudge::Busy
@@ -486,7 +474,8 @@ impl Counters {
 
     /// Sets the allocation count, and moves the count a pending nudge
     /// was made at by as much, so that it still tells whether the owner
-    /// allocated since ([`Counters::settling`]). Under `write_together`.
+    /// allocated since ([`Counters::settling`]). Under
+    /// [`Counters::write_apart_from_nudges`].
     fn set_allocs(&self, allocations: u64) {
         let moved = allocations.wrapping_sub(self.allocs.load(Relaxed));
         self.allocs.store(allocations, Relaxed);
@@ -648,6 +637,17 @@ fn outstanding(countdown: usize, nudged: usize) -> i128 {
         countdown + nudged as i128
     } else {
         countdown
+    }
+}
+
+/// One wait of the owner for a nudge under way: spins at first, then,
+/// the nudger not running, lets it run.
+fn wait_for_nudger(spins: &mut usize) {
+    *spins += 1;
+    if *spins < READ_SPINS {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
     }
 }
 
@@ -896,6 +896,22 @@ mod tests {
         assert_eq!(c.read().allocated_bytes, before + 5_000);
     }
 
+    /// Runs `owner` while a nudger, caught after writing `nudged` (1 000,
+    /// the countdown it read before the owner ran it out) and before its
+    /// compare-exchange fails, finishes 50 ms later.
+    fn under_a_failing_nudge<R>(c: &'static Counters, owner: impl FnOnce() -> R) -> R {
+        c.nudge_seq.store(1, Relaxed);
+        c.nudged.store(1_000, Relaxed);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                c.nudged.store(0, Relaxed);
+                c.nudge_seq.store(2, Release);
+            });
+            owner()
+        })
+    }
+
     /// A nudge whose compare-exchange is about to fail (the owner's fast
     /// path ran the countdown out after the nudger read it) has `nudged`
     /// set for a moment: the owner, going inside heapprof, waits it out
@@ -906,18 +922,7 @@ mod tests {
         C.reset_countdown(1_000);
         C.count_alloc();
         assert!(C.charge(3_000), "ran out");
-        // A nudger that read 1 000 before that store, caught after
-        // writing `nudged`, before its compare-exchange fails.
-        C.nudge_seq.store(1, Relaxed);
-        C.nudged.store(1_000, Relaxed);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                std::thread::sleep(Duration::from_millis(50));
-                C.nudged.store(0, Relaxed);
-                C.nudge_seq.store(2, Release);
-            });
-            C.freeze();
-        });
+        under_a_failing_nudge(&C, || C.freeze());
         assert_eq!(
             C.frozen().allocated_bytes,
             3_000,
@@ -977,16 +982,7 @@ mod tests {
         C.freeze();
         C.count_alloc();
         assert!(C.charge(3_000), "ran out, inside");
-        C.nudge_seq.store(1, Relaxed);
-        C.nudged.store(1_000, Relaxed);
-        let own = std::thread::scope(|s| {
-            s.spawn(|| {
-                std::thread::sleep(Duration::from_millis(50));
-                C.nudged.store(0, Relaxed);
-                C.nudge_seq.store(2, Release);
-            });
-            C.thaw(false)
-        });
+        let own = under_a_failing_nudge(&C, || C.thaw(false));
         assert_eq!(own.allocated_bytes, 3_000, "heapprof's own bytes");
         C.ran_out(3_000);
         C.reset_countdown(1);
