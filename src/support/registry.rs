@@ -338,17 +338,25 @@ pub(crate) fn nudge_other_threads(epoch: u64) {
     let _held_off = signals::HeldOff::all_but_faults();
     let began = std::time::Instant::now();
     let mut settled_since = None;
+    let mut made = false;
     for pass in 0u32.. {
         let mut unconfirmed = false;
         for &addr in live.iter().filter(|&&a| Some(a) != own) {
             // SAFETY: as in `totals`: a listed address is a running thread's.
             let counters = unsafe { &*(addr as *const Counters) };
-            if counters.rate_epoch() < epoch && counters.nudge() != Nudge::NotRunning {
-                unconfirmed = true;
+            if counters.rate_epoch() < epoch {
+                match counters.nudge() {
+                    Nudge::NotRunning => {}
+                    Nudge::Made => (made, unconfirmed) = (true, true),
+                    Nudge::Busy => unconfirmed = true,
+                }
             }
         }
         if unconfirmed {
             settled_since = None;
+        } else if !made {
+            // No zero of this call's to be overwritten.
+            return;
         } else {
             let since = *settled_since.get_or_insert_with(std::time::Instant::now);
             if since.elapsed() >= NUDGE_SETTLE {
