@@ -76,7 +76,7 @@ fn expired_on(l: &Local, size: usize, epoch: u64) -> Option<f64> {
         // it: back to zero (the bytes stay counted). The countdown that
         // decides is the one held aside (none after a restart); charged as
         // the fast path charges.
-        l.counters.reset_countdown(0);
+        l.counters.rezero_held();
         let held = if restarted { 0 } else { l.measure.held() };
         l.measure.set_held(held.wrapping_sub(size));
         if held > size {
@@ -189,7 +189,7 @@ pub(crate) fn charge_unsampled(size: usize) {
         if l.measure.aside() {
             // Charged first: the counter's charge is what counts the bytes.
             l.counters.charge(size);
-            l.counters.reset_countdown(0);
+            l.counters.rezero_held();
             l.measure.set_held(l.measure.held().saturating_sub(size));
         } else if l.counters.charge(size) {
             l.counters.ran_out(size);

@@ -348,7 +348,8 @@ impl Counters {
 
     /// Runs `change` as one step for readers: they wait for it to end.
     /// For a change that neither reads nor writes what a nudge writes
-    /// (`countdown`, `nudged`, `nudge_allocs`). Owner only.
+    /// (`countdown`, `nudged`, `nudge_allocs`), or one made while no nudge
+    /// can be ([`Counters::rezero_held`]). Owner only.
     fn write_together(&self, change: impl FnOnce()) {
         self.write(false, change);
     }
@@ -569,6 +570,23 @@ impl Counters {
             );
             self.countdown.store(countdown, Relaxed);
             self.nudged.store(0, Relaxed);
+        });
+    }
+
+    /// Puts a countdown a measure holds at zero (`record::countdown::
+    /// hold_aside`) back to zero after an allocation charged it, leaving
+    /// allocated bytes as they are: [`Counters::reset_countdown`]`(0)`
+    /// without the fence that keeps nudges off, since none can be made
+    /// meanwhile. The countdown has been at or below zero since a change
+    /// apart from nudges set it so (a nudger that reads it after that
+    /// change finds it not running), and only such a change makes it run
+    /// again. Owner only, while the countdown is held.
+    pub(crate) fn rezero_held(&self) {
+        self.write_together(|| {
+            let old = self.countdown.load(Relaxed) as isize as i64 as u64;
+            let granted = self.granted.load(Relaxed);
+            self.granted.store(granted.wrapping_sub(old), Relaxed);
+            self.countdown.store(0, Relaxed);
         });
     }
 
@@ -910,6 +928,37 @@ mod tests {
             });
             owner()
         })
+    }
+
+    /// A countdown held at zero, as a measure holds it, and put back to
+    /// zero after every allocation without the fence: a nudger trying all
+    /// along never makes a nudge, and the count stays exact.
+    #[test]
+    fn a_countdown_held_at_zero_takes_no_nudge() {
+        static C: Counters = Counters::new();
+        C.reset_countdown(100_000);
+        // Held from here on, as `hold_aside` holds it.
+        C.reset_countdown(0);
+        let stop = AtomicBool::new(false);
+        let made = std::thread::scope(|s| {
+            let nudger = s.spawn(|| {
+                let mut made = 0u32;
+                while !stop.load(Relaxed) {
+                    made += u32::from(C.nudge() == Nudge::Made);
+                }
+                made
+            });
+            for i in 0..200_000u64 {
+                C.count_alloc();
+                assert!(C.charge(1 + (i % 100) as usize));
+                C.rezero_held();
+            }
+            stop.store(true, Relaxed);
+            nudger.join().unwrap()
+        });
+        let expected: u64 = (0..200_000u64).map(|i| 1 + i % 100).sum();
+        assert_eq!(made, 0, "nudges made on a held countdown");
+        assert_eq!(C.read().allocated_bytes, expected);
     }
 
     /// A nudge whose compare-exchange is about to fail (the owner's fast
