@@ -385,7 +385,7 @@
 //! default is used; a variable set to nothing counts as unset. At run
 //! time: [`set_sample_rate`], [`sample_rate`],
 //! [`set_seed`]. A rate change is in force on every thread from its next
-//! allocation (with two exceptions, which [`set_sample_rate`] gives).
+//! allocation, with the exceptions [`set_sample_rate`] gives.
 //!
 //! ## Cost
 //!
@@ -539,16 +539,18 @@ pub fn write_peak_profile<W: io::Write>(w: W) -> io::Result<()> {
 /// allocation after this returns, threads already running included: each
 /// starts a fresh countdown at the new rate (at a rate above 0, its next
 /// allocation is recorded, and counts once). Returns once each running
-/// thread's change is confirmed: a short wait, bounded.
+/// thread's change is confirmed, or, for threads it cannot confirm, after
+/// a short bound.
 ///
 /// A running thread takes it only when its countdown at the old rate
-/// ends (on average the old rate's bytes later; within 512 KiB if
-/// sampling was off) when this call cannot reach it: a thread preempted
-/// in the middle of updating its counters, or one allocating so fast that
-/// it overwrites every try (each try is confirmed, many times over), a
-/// thread whose registration found no memory, and every thread when this
-/// is called from a signal handler that interrupted heapprof while it
-/// held the lock of its thread registry.
+/// ends (within 1 MiB of allocation; 512 KiB if sampling was off) when
+/// this call cannot reach it: a thread preempted in the middle of
+/// updating its counters, or between the two steps of its allocation's
+/// update of the countdown; one allocating so fast that it overwrites
+/// every try (each try is confirmed, many times over); a thread whose
+/// registration found no memory; and every thread when this is called
+/// from a signal handler that interrupted heapprof while it held the lock
+/// of its thread registry.
 pub fn set_sample_rate(bytes: usize) {
     record::countdown::set_rate(bytes)
 }

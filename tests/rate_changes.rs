@@ -194,9 +194,9 @@ fn after_the_nudge() -> Vec<Box<[u8; 16]>> {
 
 /// A thread whose countdown was drawn at 512 KiB, waiting without
 /// allocating, is at rate 1 from its first allocation after another
-/// thread sets it: every one of its small blocks is recorded. Before, it
-/// kept its old countdown until that ran out, so 16-byte blocks were
-/// recorded one in 32768 and an assertion about them passed on nothing.
+/// thread sets it: every one of its small blocks is recorded. Left on its
+/// old countdown until that ran out, it would record 16-byte blocks one
+/// in 32768, and an assertion about them would pass on nothing.
 #[test]
 fn a_running_thread_takes_a_new_rate_at_its_next_allocation() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -243,8 +243,8 @@ fn leaky_handler() {
     }
 }
 
-/// The case the docs once warned about: `set_sample_rate(1)` in a test
-/// whose tokio runtime, and its workers, already run. A task that leaks
+/// `set_sample_rate(1)` in a test whose tokio runtime, and its workers,
+/// already run (as `#[tokio::test(flavor = "multi_thread")]` builds it). A task that leaks
 /// 10 000 bytes on a worker must fail the assertion: every allocation of
 /// the workers is recorded from the change on.
 #[test]

@@ -386,7 +386,11 @@ mod tests {
                 config::DEFAULT_PEAK_GROWTH
             ),
             format!("one sample per {kib} KiB"),
-            format!("within {} KiB if", super::OFF_COUNTDOWN / 1024),
+            format!(
+                "within {} MiB of allocation; {} KiB if sampling was off",
+                super::MAX_COUNTDOWN >> 20,
+                super::OFF_COUNTDOWN / 1024
+            ),
             format!("A failed allocation of {} MiB", super::MAX_COUNTDOWN >> 20),
             format!("{} % by default", config::DEFAULT_PEAK_GROWTH.0),
         ] {

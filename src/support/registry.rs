@@ -317,29 +317,35 @@ pub(crate) fn totals() -> Counts {
 /// changing its counters, or overwriting every nudge) takes the rate when
 /// its countdown ends.
 ///
-/// Nudges are made under the registry's lock, one setter at a time, with
-/// signals held off: a thread whose counters a nudge is changing waits
-/// for it, so a handler must not stop it half way. Called from a signal
-/// handler whose interrupted code holds one of heapprof's locks, it
-/// nudges only if the registry's lock is free (as `retire` does): waiting
-/// could hang for good.
+/// Each pass is made under the registry's lock, one setter at a time,
+/// with signals held off: a thread whose counters a nudge is changing
+/// waits for it, so a handler must not stop it half way. The lock is let
+/// go between passes. Called from a signal handler whose interrupted code
+/// holds one of heapprof's locks, it nudges only while the registry's
+/// lock is free (as `retire` does): waiting could hang for good.
+///
+/// Not confirmable: a thread preempted between its fast path's load and
+/// store of the countdown for longer than [`NUDGE_SETTLE`], whose store
+/// then overwrites the zero after this returns.
 pub(crate) fn nudge_other_threads(epoch: u64) {
     let interrupted = lock::any_lock_held();
     let _inside = reentry::Inside::enter();
     let own = own_counters();
-    let live = if interrupted {
-        LIVE.try_lock()
-    } else {
-        Some(LIVE.lock())
-    };
-    let Some(live) = live else {
-        return;
-    };
-    let _held_off = signals::HeldOff::all_but_faults();
     let began = std::time::Instant::now();
     let mut settled_since = None;
     let mut made = false;
     for pass in 0u32.. {
+        // Signals held off while the registry's lock is held, too: a
+        // handler that reads the stats would wait for it for good.
+        let held_off = signals::HeldOff::all_but_faults();
+        let live = if interrupted {
+            LIVE.try_lock()
+        } else {
+            Some(LIVE.lock())
+        };
+        let Some(live) = live else {
+            return;
+        };
         let mut unconfirmed = false;
         for &addr in live.iter().filter(|&&a| Some(a) != own) {
             // SAFETY: as in `totals`: a listed address is a running thread's.
@@ -352,6 +358,9 @@ pub(crate) fn nudge_other_threads(epoch: u64) {
                 }
             }
         }
+        // Let go between passes: threads start and exit meanwhile.
+        drop(live);
+        drop(held_off);
         if unconfirmed {
             settled_since = None;
         } else if !made {
