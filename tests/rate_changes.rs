@@ -244,9 +244,9 @@ fn leaky_handler() {
 }
 
 /// `set_sample_rate(1)` in a test whose tokio runtime, and its workers,
-/// already run (as `#[tokio::test(flavor = "multi_thread")]` builds it). A task that leaks
-/// 10 000 bytes on a worker must fail the assertion: every allocation of
-/// the workers is recorded from the change on.
+/// already run (as `#[tokio::test(flavor = "multi_thread")]` builds it).
+/// A task that leaks 10 000 bytes on a worker must fail the assertion:
+/// every allocation of the workers is recorded from the change on.
 #[test]
 fn a_leak_on_a_runtime_worker_started_before_the_rate_fails_the_assertion() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
