@@ -318,7 +318,19 @@ const PROFILE_BYTES_PER_FRAME_AT_MOST: i64 = 160;
 
 fn child_profile_allocation() {
     let kept: Vec<Vec<u8>> = (0..STEPS.pow(4)).map(|p| step(DEPTH, p)).collect();
-    heapprof::write_profile(std::io::sink()).unwrap();
+    // Names known: profiles until one keeps nothing new. In a few runs in
+    // a hundred the second profile still looks thousands of frames up
+    // (about 9 000 more allocations, 7.6 MB, and 12 KB more kept), for a
+    // reason not found yet; the bound is for a profile after that.
+    let mut warm_ups = 0;
+    loop {
+        let kept_before = heapprof::stats().profiler_bytes;
+        heapprof::write_profile(std::io::sink()).unwrap();
+        warm_ups += 1;
+        if heapprof::stats().profiler_bytes == kept_before || warm_ups == 5 {
+            break;
+        }
+    }
     // Written where the program allocates nothing, so that no sample of
     // its own (each a new site at rate 1) grows the tables meanwhile.
     let before = heapprof::stats().profiler_allocated_bytes;
@@ -327,7 +339,7 @@ fn child_profile_allocation() {
     let p = heapprof_testkit::profile::take_profile();
     let frames: usize = p.sample.iter().map(|s| s.location_id.len()).sum();
     println!(
-        "allocated={allocated} frames={frames} samples={}",
+        "allocated={allocated} frames={frames} samples={} warm_ups={warm_ups}",
         p.sample.len()
     );
     drop(kept);
