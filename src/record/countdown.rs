@@ -295,8 +295,7 @@ mod tests {
     /// sampling off, within `OFF_COUNTDOWN` bytes.
     #[test]
     fn a_thread_no_nudge_reaches_takes_the_rate_when_its_countdown_ends() {
-        let _rate = crate::record::tests::rate_exclusive();
-        std::thread::spawn(|| {
+        on_a_fresh_thread_holding_the_rate(|| {
             set_rate(0);
             allocate(1);
             // The rate alone, as a setter whose nudge missed this thread.
@@ -304,18 +303,14 @@ mod tests {
             assert_eq!(allocate(1), None, "the countdown still runs");
             assert_eq!(allocate(sample::OFF_COUNTDOWN), Some(1.0), "it ends");
             assert_eq!(allocate(1), Some(1.0), "at rate 1 from then");
-        })
-        .join()
-        .unwrap();
-        set_rate(crate::config::DEFAULT_SAMPLE_RATE);
+        });
     }
 
     /// A measure that ends after the rate changed does not bring back the
     /// countdown it held aside (a nudge found the counter at zero).
     #[test]
     fn a_measure_ending_after_a_rate_change_puts_back_no_countdown() {
-        let _rate = crate::record::tests::rate_exclusive();
-        std::thread::spawn(|| {
+        on_a_fresh_thread_holding_the_rate(|| {
             set_rate(512 * 1024);
             allocate(1);
             assert!(hold_aside());
@@ -323,10 +318,19 @@ mod tests {
             put_back();
             assert_eq!(thread::with(|l| l.counters.countdown()).unwrap(), 0);
             assert_eq!(allocate(1), Some(1.0), "the next allocation at rate 1");
-        })
-        .join()
-        .unwrap();
+        });
+    }
+
+    /// Runs `f` on a thread of its own while holding the recorder tests'
+    /// rate, and sets the default rate back before a failure in `f` is
+    /// passed on: other tests must not start from the rate `f` left.
+    fn on_a_fresh_thread_holding_the_rate(f: impl FnOnce() + Send + 'static) {
+        let _rate = crate::record::tests::rate_exclusive();
+        let ran = std::thread::spawn(f).join();
         set_rate(crate::config::DEFAULT_SAMPLE_RATE);
+        if let Err(failure) = ran {
+            std::panic::resume_unwind(failure);
+        }
     }
 
     /// A realloc charged where no sample may be taken (`charge_unsampled`)
