@@ -1,11 +1,10 @@
 //! What heapprof does inside its own slow paths must not be sampled: a
 //! sample taken there re-enters the profiler while it holds a lock.
 //!
-//! Regression test for the free of a sampled, page-aligned block into an
-//! empty spare pool (`spare::keep`), which used to run without the
-//! reentrancy guard: the pool's `Vec` grew, that allocation was sampled,
-//! and the sample asked the same pool (same size class) for a block,
-//! relocking the lock it held. It runs in a child process, so that the
+//! The case here: the free of a sampled, page-aligned block into an empty
+//! spare pool (`spare::keep`). Without the reentrancy guard around it, the
+//! pool's `Vec` grows, that allocation is sampled, and the sample asks the
+//! same pool (same size class) for a block, relocking the lock it holds. It runs in a child process, so that the
 //! pool has never been used, with `HEAPPROF_SAMPLE_RATE=0` so that nothing
 //! is sampled before the test decides.
 
