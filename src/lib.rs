@@ -167,10 +167,17 @@
 //!   tests run as they would without heapprof, and heapprof's assertions
 //!   panic, saying so, as profiles return that error. Mark the tests that
 //!   use them `#[cfg_attr(miri, ignore)]`.
-//! * What is isolated: a delta selected by function name counts only that
-//!   code, even while other tests run on other threads. What is not: the
-//!   rate is process-wide (set it once per test binary, or under a lock),
-//!   a delta's totals include every thread, and so do heapprof's own
+//! * What is isolated: in a delta of two [`snapshot()`]s,
+//!   [`Snapshot::assert_inuse_at_most`] counts the blocks allocated in
+//!   between and still live (and what blocks grew by `realloc`), through
+//!   the function named, so what other threads free meanwhile never hides
+//!   what this test added, even at the same stack (the tasks of two tests
+//!   run by one tokio worker). What is not: blocks that other threads
+//!   allocate through the same function in between and still hold count
+//!   too (tests that call one function in parallel take a lock around it,
+//!   or use [`measure`], which counts the calling thread only); the rate
+//!   is process-wide (set it once per test binary, or under a lock); a
+//!   delta's totals include every thread, and so do heapprof's own
 //!   entries, which `assert_inuse_at_most` counts against every function
 //!   (they get bytes only when the site table is full or a thread's stack
 //!   is nearly so: see the README's "Reading a profile").

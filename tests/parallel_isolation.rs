@@ -155,6 +155,109 @@ fn another_tests_frees_do_not_hide_growth() {
     });
 }
 
+/// A worker thread that builds caches on request, as a runtime's worker
+/// runs the tasks of every test: all it builds has the one stack.
+fn cache_worker() -> (
+    std::sync::mpsc::Sender<usize>,
+    std::sync::mpsc::Receiver<Vec<u8>>,
+) {
+    let (ask, asked) = std::sync::mpsc::channel::<usize>();
+    let (give, given) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for bytes in asked {
+            let _ = give.send(build_cache(bytes));
+        }
+    });
+    (ask, given)
+}
+
+/// Another test's cache and this test's are built by the same worker, at
+/// the same stack, so they share a site. The other test drops its older
+/// cache while this one's is built: the site's live bytes do not change,
+/// and the assertion must still see what was added.
+#[test]
+fn frees_at_the_same_stack_do_not_hide_growth() {
+    heapprof::set_sample_rate(1);
+    let (ask, given) = cache_worker();
+    let build = |bytes| {
+        ask.send(bytes).unwrap();
+        given.recv().unwrap()
+    };
+    // A thread's first sample may be unwound another way, into a stack
+    // that differs from the later ones below the frames shown.
+    drop(build(1));
+    let other_tests = build(23_456);
+    let before = heapprof::snapshot();
+    let kept = build(23_456);
+    drop(other_tests);
+    let delta = heapprof::snapshot().delta(&before);
+    println!("{delta}");
+    let sites = delta
+        .sites()
+        .iter()
+        .filter(|s| {
+            s.frames
+                .iter()
+                .any(|f| f.function.contains("parallel_isolation::build_cache"))
+        })
+        .count();
+    assert_eq!(sites, 1, "both caches are built at one stack");
+    assert_eq!(delta.inuse_bytes_in("parallel_isolation::build_cache"), 0);
+    let outcome = std::panic::catch_unwind(|| {
+        delta.assert_inuse_at_most("parallel_isolation::build_cache", 1000)
+    });
+    let payload =
+        outcome.expect_err("the assertion passed: a free at the same stack hid 23 456 bytes");
+    let message = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        message.contains("`parallel_isolation::build_cache` added 23456 live bytes"),
+        "{message}"
+    );
+    drop(kept);
+}
+
+/// A request handler, run as a task.
+#[inline(never)]
+async fn handle(bytes: usize) -> Vec<u8> {
+    black_box(vec![5u8; bytes])
+}
+
+/// The same with tokio: tasks that two tests spawn on one runtime run on
+/// its workers, whose stacks do not show which test spawned them.
+#[test]
+fn frees_by_another_tests_task_do_not_hide_growth() {
+    heapprof::set_sample_rate(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .unwrap();
+    let handled = |bytes| rt.block_on(rt.spawn(handle(bytes))).unwrap();
+    // The worker's first sample, which may be unwound another way.
+    drop(handled(1));
+    let other_tests = handled(34_567);
+    let before = heapprof::snapshot();
+    let kept = handled(34_567);
+    drop(other_tests);
+    let delta = heapprof::snapshot().delta(&before);
+    println!("{delta}");
+    assert_eq!(delta.inuse_bytes_in("parallel_isolation::handle"), 0);
+    let outcome =
+        std::panic::catch_unwind(|| delta.assert_inuse_at_most("parallel_isolation::handle", 1000));
+    let payload = outcome.expect_err("the assertion passed: another task's free hid 34 567 bytes");
+    let message = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        message.contains("`parallel_isolation::handle` added 34567 live bytes"),
+        "{message}"
+    );
+    drop(kept);
+}
+
 /// An index of `u64`s, made before the window and grown inside it.
 struct Index(Vec<u64>);
 

@@ -292,7 +292,7 @@ fn build_here(sites: &[SiteCopy], rate: usize, options: Options) -> proto::Profi
 
 /// Whether a profile has a sample for `site`: not when nothing happened
 /// there (in a delta: nothing in between).
-fn shows(site: &SiteCopy) -> bool {
+pub(crate) fn shows(site: &SiteCopy) -> bool {
     site.counts.sampled_allocs != 0 || site.counts.sampled_frees != 0
 }
 

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 
-use crate::record::sites;
+use crate::record::blocks::LiveBlock;
+use crate::record::{self, sites};
 use crate::{
     output::pprof, output::proto, output::symbolize, sample, support::reentry, support::registry,
 };
@@ -213,6 +214,14 @@ pub struct Snapshot {
     delta: bool,
     sites: Vec<Site>,
     profile: proto::Profile,
+    /// For a snapshot of the live heap, its live sampled blocks, by
+    /// origin: what a later snapshot's delta tells new and grown blocks
+    /// by ([`Snapshot::delta`]).
+    blocks: Option<Vec<LiveBlock>>,
+    /// For a delta of two snapshots of the live heap, each site's (as in
+    /// `sites`) bytes in blocks allocated in between or grown since and
+    /// live at the end ([`gains`]).
+    gains: Option<Vec<i64>>,
 }
 
 /// A snapshot's memory is heapprof's, allocated and freed inside the
@@ -226,6 +235,8 @@ impl Clone for Snapshot {
             delta: self.delta,
             sites: self.sites.clone(),
             profile: self.profile.clone(),
+            blocks: self.blocks.clone(),
+            gains: self.gains.clone(),
         }
     }
 }
@@ -237,6 +248,8 @@ impl Drop for Snapshot {
             std::mem::take(&mut self.raw),
             std::mem::take(&mut self.sites),
             std::mem::take(&mut self.profile),
+            self.blocks.take(),
+            self.gains.take(),
         ));
     }
 }
@@ -248,6 +261,11 @@ impl Drop for Snapshot {
 /// query methods then return zero for any code, which would let a memory
 /// test pass without measuring anything, so
 /// [`Snapshot::assert_inuse_at_most`] panics instead.
+///
+/// The snapshot also lists the live sampled blocks (24 bytes each; at
+/// sample rate 1 every live block of the program), by which the
+/// [`delta`](Snapshot::delta) of a later snapshot over it tells the
+/// blocks allocated in between from older ones.
 pub fn snapshot() -> Snapshot {
     snapshot_of(super::Source::Live)
 }
@@ -256,8 +274,42 @@ pub fn snapshot() -> Snapshot {
 pub(crate) fn snapshot_of(source: super::Source) -> Snapshot {
     let _inside = reentry::Inside::enter();
     let delta = matches!(source, super::Source::Delta { .. });
+    let live = matches!(source, super::Source::Live);
     let sites = super::collect(source).map_or_else(Vec::new, |c| c.sites);
-    Snapshot::from_raw(sites, sample::rate(), delta)
+    let mut snapshot = Snapshot::from_raw(sites, sample::rate(), delta);
+    if live {
+        // Listed after the sites were copied, so that each block's site is
+        // in the copy unless it was sampled meanwhile (on another thread,
+        // at a site new since).
+        let mut blocks = record::blocks::live();
+        blocks.sort_unstable_by_key(|b| b.origin);
+        snapshot.blocks = Some(blocks);
+    }
+    snapshot
+}
+
+/// Each site's gain in the delta of `later` over `earlier`, two snapshots
+/// of the live heap, as estimated bytes: for each block live in `later`
+/// at that site, its bytes less those its origin had in `earlier` (none
+/// for a block allocated since; a block grown by `realloc` since gains
+/// the growth), never below zero. So frees of blocks that were live in
+/// `earlier`, made by any thread, take nothing off what was added, even
+/// at the same stack. `sites` are `later`'s copies, as the delta has them
+/// (`sites::delta` keeps their order); a block whose site is not among
+/// them was sampled while `later` was taken, and is left out.
+fn gains(sites: &[sites::SiteCopy], later: &[LiveBlock], earlier: &[LiveBlock]) -> Vec<f64> {
+    let index: HashMap<u32, usize> = sites.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
+    let mut gains = vec![0.0; sites.len()];
+    for block in later {
+        let Some(&i) = index.get(&block.site) else {
+            continue;
+        };
+        let had = earlier
+            .binary_search_by_key(&block.origin, |b| b.origin)
+            .map_or(0.0, |at| earlier[at].bytes);
+        gains[i] += (block.bytes - had).max(0.0);
+    }
+    gains
 }
 
 /// One row of [`Snapshot::top`]: a function and the live bytes it
@@ -282,6 +334,8 @@ impl Snapshot {
             delta,
             sites,
             profile,
+            blocks: None,
+            gains: None,
         }
     }
 
@@ -299,11 +353,24 @@ impl Snapshot {
     /// in between, and the change in live memory (negative where more was
     /// freed than allocated). Both snapshots count the whole process, so a
     /// delta taken in one test also sees what other threads did meanwhile;
-    /// select by function name to isolate a region of code.
+    /// select by function name to isolate a region of code. Of two
+    /// snapshots from [`snapshot`], the delta also knows which live blocks
+    /// are new, which [`Snapshot::assert_inuse_at_most`] counts.
     pub fn delta(&self, earlier: &Snapshot) -> Snapshot {
         let _inside = reentry::Inside::enter();
         let raw = sites::delta(&self.raw, &earlier.raw);
-        Snapshot::from_raw(raw, self.rate, true)
+        let gains = match (&self.blocks, &earlier.blocks) {
+            (Some(later), Some(before)) => Some(gains(&raw, later, before)),
+            _ => None,
+        };
+        let mut delta = Snapshot::from_raw(raw, self.rate, true);
+        // The profile has a sample for each site it shows, in order: so
+        // do `sites`.
+        delta.gains = gains.map(|gains| {
+            let shown = delta.raw.iter().zip(gains).filter(|(s, _)| pprof::shows(s));
+            shown.map(|(_, g)| g.round() as i64).collect()
+        });
+        delta
     }
 
     fn sum_where(&self, name: &str, value: fn(&Site) -> i64) -> i64 {
@@ -417,13 +484,15 @@ impl Snapshot {
     /// [`delta`](Snapshot::delta), all the bytes allocated into them in
     /// between, since frees of older blocks there (from other threads,
     /// say) could hide what the function added. For the same reason, in a
-    /// delta the stacks through `function` are netted only among those
-    /// that reach it from the same callers (the frames below its outermost
-    /// one), and each such group counts what it gained, 0 if its live
-    /// bytes fell: another test that calls `function` and frees what it
-    /// built there does not offset what this test added, while a block
-    /// this test's code grows by `realloc` at another of its stacks counts
-    /// once.
+    /// delta of two snapshots what counts is the blocks allocated in
+    /// between and still live at the end, through `function`, and the
+    /// growth of blocks grown by `realloc` in between: frees of blocks
+    /// that were live at the first snapshot take nothing off. Another test
+    /// that calls `function`, even from the same stack (a runtime's worker
+    /// thread), and frees what it built before does not offset what this
+    /// test added; a block grown in between counts its growth once,
+    /// whichever stack grew it. What other threads allocate through
+    /// `function` in between and still hold at the end counts too.
     ///
     /// Also panics if heapprof is not the program's `#[global_allocator]`,
     /// or if sampling is off (`HEAPPROF_SAMPLE_RATE=0`) and nothing was
@@ -532,31 +601,20 @@ impl Snapshot {
         );
     }
 
-    /// In a delta, the live bytes `function` gained: the sites through it
-    /// grouped by the frames below its outermost frame (its callers, down
-    /// to the thread's start), netted within each group, and each group
-    /// counted at 0 or more ([`Snapshot::assert_inuse_at_most`]).
+    /// In a delta, the live bytes `function` gained: over the sites
+    /// through it, the bytes of blocks allocated in between, or grown
+    /// since, and still live ([`gains`]). In a delta of a snapshot that
+    /// lists no blocks (a delta of deltas), each site's change in live
+    /// bytes, at 0 or more.
     fn gained_in(&self, function: &str) -> i64 {
-        let wanted = path_form(function);
-        let mut by_callers: HashMap<Vec<&str>, i64> = HashMap::new();
-        for site in &self.sites {
-            let Some(outermost) = site
-                .frames
-                .iter()
-                .rposition(|f| names(f, function, &wanted))
-            else {
-                continue;
-            };
-            let callers: Vec<&str> = site.frames[outermost + 1..]
-                .iter()
-                .map(|f| f.function.as_str())
-                .collect();
-            let net = by_callers.entry(callers).or_default();
-            *net = net.saturating_add(site.inuse_bytes);
-        }
-        by_callers
-            .values()
-            .map(|&net| net.max(0))
+        self.sites
+            .iter()
+            .enumerate()
+            .filter(|(_, site)| site.mentions(function))
+            .map(|(i, site)| match &self.gains {
+                Some(gains) => gains[i],
+                None => site.inuse_bytes.max(0),
+            })
             .fold(0, i64::saturating_add)
     }
 
@@ -1016,6 +1074,8 @@ mod tests {
             delta: true,
             sites: vec![site("app::grows", 300), site("app::shrinks", -500)],
             profile: Default::default(),
+            blocks: None,
+            gains: None,
         };
         let table = delta.to_string();
         let row = |name: &str| {

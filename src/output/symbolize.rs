@@ -1263,6 +1263,7 @@ mod tests {
                 overflow: false,
                 labels: Default::default(),
                 serial: 0,
+                id: 0,
             };
             let resolved = super::for_profile(&[site], addresses_only);
             for (addr, name) in [

@@ -315,6 +315,7 @@ mod tests {
             overflow: false,
             labels: crate::labels::LabelSetId::NONE,
             serial: 0,
+            id: 0,
         }
     }
 

@@ -54,7 +54,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 
 #[cfg(doc)]
 use crate::config;
@@ -99,6 +99,11 @@ pub(crate) struct Entry {
     /// The allocator the block came from (`Allocator::owner`): a process may
     /// hold more than one `Profiler`.
     pub owner: usize,
+    /// Names the block's allocation across reallocs ([`new_origin`]): a
+    /// sampled block that a realloc replaces with a sampled one passes it
+    /// on, so that two snapshots' lists of live blocks ([`live`]) tell a
+    /// block grown since the first from one allocated since.
+    pub origin: u64,
 }
 
 impl Entry {
@@ -289,6 +294,45 @@ fn update_mask() {
             0
         }
     });
+}
+
+/// The next [`Entry::origin`]; 0 is never handed out.
+static NEXT_ORIGIN: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh [`Entry::origin`], for a sampled allocation that is not a
+/// realloc of a sampled block: unique in the process (a counter of 64
+/// bits does not wrap).
+pub(crate) fn new_origin() -> u64 {
+    NEXT_ORIGIN.fetch_add(1, Relaxed)
+}
+
+/// A live sampled block, as a snapshot lists it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct LiveBlock {
+    pub origin: u64,
+    /// Its site's id ([`SiteId::raw`]).
+    pub site: u32,
+    /// The bytes it stands for: its size times its weight.
+    pub bytes: f64,
+}
+
+// `heapprof::snapshot`'s docs give its size.
+const _: () = assert!(std::mem::size_of::<LiveBlock>() == 24);
+
+/// Every live sampled block, in no order, each stripe locked in turn.
+/// Blocks sampled or freed meanwhile on other threads may be in it or
+/// not; a block sampled before the call began is in it unless freed.
+pub(crate) fn live() -> Vec<LiveBlock> {
+    let mut out = Vec::with_capacity(live_blocks());
+    for stripe in &STRIPE_MAPS {
+        let map = stripe.0.lock();
+        out.extend(map.values().map(|e| LiveBlock {
+            origin: e.origin,
+            site: e.site.raw(),
+            bytes: e.size as f64 * e.weight,
+        }));
+    }
+    out
 }
 
 /// Live sampled blocks (each stripe locked in turn).

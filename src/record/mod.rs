@@ -89,7 +89,10 @@ pub(crate) fn alloc<A: Allocator>(layout: Layout, zeroed: bool, inner: &A) -> *m
         crate::process::on_first_allocation();
     }
     let ptr = match countdown::expired(layout.size()) {
-        Some(weight) => alloc_sampled(inner, layout, zeroed, weight, stack::Entered::here()),
+        Some(weight) => {
+            let entered = stack::Entered::here();
+            alloc_sampled(inner, layout, zeroed, weight, None, entered)
+        }
         // SAFETY: forwarded with the caller's layout (non-zero size per the
         // GlobalAlloc contract).
         None => unsafe { alloc_plain(inner, layout, zeroed) },
@@ -190,13 +193,15 @@ unsafe fn alloc_plain<A: Allocator>(inner: &A, layout: Layout, zeroed: bool) -> 
 }
 
 /// A sampled allocation of `layout` standing for `weight` allocations:
-/// obtains a block and records it, inside the guard. Null if memory is
-/// exhausted (nothing is recorded then).
+/// obtains a block and records it, inside the guard; `origin` is the
+/// [`Entry::origin`] of the sampled block a realloc replaces with it, if
+/// any. Null if memory is exhausted (nothing is recorded then).
 fn alloc_sampled<A: Allocator>(
     inner: &A,
     layout: Layout,
     zeroed: bool,
     weight: f64,
+    origin: Option<u64>,
     entered: stack::Entered,
 ) -> *mut u8 {
     let _inside = reentry::Inside::enter();
@@ -211,6 +216,7 @@ fn alloc_sampled<A: Allocator>(
         weight,
         page_aligned: block.page_aligned,
         owner: inner.owner(),
+        origin,
         entered,
     };
     // A block that fell back to the program's layout cannot have the entry
@@ -293,6 +299,8 @@ struct Sample {
     page_aligned: bool,
     /// The allocator it came from (`spare::owner`).
     owner: usize,
+    /// The origin it takes over ([`Entry::origin`]); a fresh one if `None`.
+    origin: Option<u64>,
     /// Where the program entered heapprof: the stack starts there.
     entered: stack::Entered,
 }
@@ -329,6 +337,7 @@ fn record(s: Sample, trackable: bool) -> bool {
         size: s.size,
         page_aligned: s.page_aligned,
         owner: s.owner,
+        origin: s.origin.unwrap_or_else(blocks::new_origin),
     };
     if trackable && blocks::insert(s.ptr, entry, roomy) {
         peak::on_alloc(s.size as f64 * s.weight, roomy);

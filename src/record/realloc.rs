@@ -70,7 +70,7 @@ unsafe fn realloc_counted<A: Allocator>(
         // stopped before it charged the new block to the countdown.
         countdown::charge_unsampled(new_size);
         // SAFETY: the caller's contract, unchanged.
-        return unsafe { realloc_by_moving(ptr, layout, new_layout, None, inner, entered) };
+        return unsafe { realloc_by_moving(ptr, layout, new_layout, None, None, inner, entered) };
     }
     let old = if maybe_sampled && blocks::may_be_live(ptr) {
         let _inside = reentry::Inside::enter();
@@ -81,8 +81,11 @@ unsafe fn realloc_counted<A: Allocator>(
     let weight = new_block_weight(maybe_sampled, new_size);
     let new_page_aligned = weight.is_some() && blocks::page_aligns(new_layout, sample::rate());
     if old.is_some_and(|e| e.page_aligned) || new_page_aligned {
+        let origin = old.map(|e| e.origin);
         // SAFETY: the caller's contract, unchanged.
-        return unsafe { realloc_by_moving(ptr, layout, new_layout, weight, inner, entered) };
+        return unsafe {
+            realloc_by_moving(ptr, layout, new_layout, weight, origin, inner, entered)
+        };
     }
     // The block keeps the program's layout: resize it where it is.
     if old.is_none() && weight.is_none() {
@@ -158,6 +161,7 @@ unsafe fn realloc_tracked<A: Allocator>(
                     weight: w,
                     page_aligned: false,
                     owner: inner.owner(),
+                    origin: old.map(|e| e.origin),
                     entered,
                 };
                 record(sample, true);
@@ -172,7 +176,9 @@ unsafe fn realloc_tracked<A: Allocator>(
     new_ptr
 }
 
-/// [`realloc`] for a block that changes layout: allocate, copy, free.
+/// [`realloc`] for a block that changes layout: allocate, copy, free. A
+/// sampled new block (`weight`) takes over `origin`, the old block's
+/// if that was sampled.
 ///
 /// # Safety
 /// As `GlobalAlloc::realloc`, with `new_layout` the new size at the old
@@ -182,11 +188,12 @@ unsafe fn realloc_by_moving<A: Allocator>(
     layout: Layout,
     new_layout: Layout,
     weight: Option<f64>,
+    origin: Option<u64>,
     inner: &A,
     entered: stack::Entered,
 ) -> *mut u8 {
     let new_ptr = match weight {
-        Some(w) => alloc_sampled(inner, new_layout, false, w, entered),
+        Some(w) => alloc_sampled(inner, new_layout, false, w, origin, entered),
         // SAFETY: non-zero size per the contract.
         None => unsafe { alloc_plain(inner, new_layout, false) },
     };

@@ -509,6 +509,7 @@ fn apart_copy(id: SiteId, counts: SiteCounts) -> Option<SiteCopy> {
             overflow: true,
             labels,
             serial: 0,
+            id: id.raw(),
         });
     }
     (id == SiteId::NOT_UNWOUND).then(|| SiteCopy {
@@ -517,6 +518,7 @@ fn apart_copy(id: SiteId, counts: SiteCounts) -> Option<SiteCopy> {
         overflow: false,
         labels: LabelSetId::NONE,
         serial: 0,
+        id: id.raw(),
     })
 }
 
@@ -558,6 +560,9 @@ pub(crate) struct SiteCopy {
     /// Tells the site from one stored later with the same stack and labels
     /// after it retired (0 for the sites kept apart).
     pub serial: u64,
+    /// The site's id in the table ([`SiteId::raw`]), by which the live
+    /// blocks listed with a snapshot name it (`blocks::live`).
+    pub id: u32,
 }
 
 /// Copies every site out of the table, one stripe lock at a time, so
@@ -589,6 +594,7 @@ struct PackedSite {
     overflow: bool,
     labels: LabelSetId,
     serial: u64,
+    id: u32,
 }
 
 impl PackedSites {
@@ -602,6 +608,7 @@ impl PackedSites {
                 overflow: s.overflow,
                 labels: s.labels,
                 serial: s.serial,
+                id: s.id,
             })
             .collect()
     }
@@ -651,39 +658,52 @@ fn pack_into(packed: &mut PackedSites) -> Option<()> {
     if !room {
         return None;
     }
-    for stripe in &TABLE.stripes {
+    for (stripe_index, stripe) in TABLE.stripes.iter().enumerate() {
         let stripe = stripe.lock();
-        for site in stripe.sites.iter().filter(|s| !s.is_empty()) {
+        for (index, site) in stripe.sites.iter().enumerate() {
+            if site.is_empty() {
+                continue;
+            }
             let start = site.frames_start as usize;
             let stored = &stripe.frames[start..start + site.frames_len as usize];
             let labels = LabelSetId(site.labels.into());
-            packed.push(stored, site.counts, false, labels, site.serial)?;
+            let id = SiteId((stripe_index as u32) << SiteId::INDEX_BITS | index as u32);
+            packed.push(stored, site.counts, false, labels, (site.serial, id))?;
         }
     }
     if overflowed() {
         let overflow = OVERFLOW.lock();
-        for (id, counts) in overflow.iter().enumerate() {
+        for (slot, counts) in overflow.iter().enumerate() {
             if counts.sampled_allocs > 0 {
-                packed.push(&[], *counts, true, LabelSetId(id as u32), 0)?;
+                let labels = LabelSetId(slot as u32);
+                packed.push(&[], *counts, true, labels, (0, SiteId::overflow(labels)))?;
             }
         }
     }
     let not_unwound = *TABLE.not_unwound.lock();
     if not_unwound.sampled_allocs > 0 {
-        packed.push(&[NOT_UNWOUND], not_unwound, false, LabelSetId::NONE, 0)?;
+        let kept_apart = (0, SiteId::NOT_UNWOUND);
+        packed.push(
+            &[NOT_UNWOUND],
+            not_unwound,
+            false,
+            LabelSetId::NONE,
+            kept_apart,
+        )?;
     }
     Some(())
 }
 
 impl PackedSites {
-    /// Appends a site; `None` if the inner allocator has no memory for it.
+    /// Appends a site, with its serial and id; `None` if the inner
+    /// allocator has no memory for it.
     fn push(
         &mut self,
         frames: &[usize],
         counts: SiteCounts,
         overflow: bool,
         labels: LabelSetId,
-        serial: u64,
+        (serial, id): (u64, SiteId),
     ) -> Option<()> {
         // Sites stored since the sizes were read need more room.
         let room = growth::reserve_vec(&mut self.frames, frames.len())
@@ -699,6 +719,7 @@ impl PackedSites {
             overflow,
             labels,
             serial,
+            id: id.raw(),
         });
         Some(())
     }
@@ -744,6 +765,7 @@ pub(crate) fn copies_of(
             overflow,
             labels,
             serial,
+            id,
         });
     }
     out

@@ -404,6 +404,10 @@ fn realloc_credits_the_old_sample_and_records_the_new() {
         );
         let new = entry(&inner, q).unwrap();
         assert_eq!((new.size, new.weight, new.page_aligned), (200, 1.0, false));
+        assert_eq!(
+            new.origin, old.origin,
+            "the grown block is the same allocation"
+        );
         assert_eq!(ledger.layout_of(q), Some(layout(200)));
         let c = sites::counts_of(old.site).unwrap();
         assert_eq!((c.sampled_frees, c.free_bytes_est), (1, 64.0));
@@ -487,8 +491,25 @@ fn realloc_into_a_page_aligned_sample_moves_the_block() {
         assert_eq!(ledger.layout_of(q), Some(spare::layout_for(layout(1000))));
         assert_eq!(ledger.layout_of(p), None, "the old block was freed");
 
-        // SAFETY: reallocated above to this layout.
-        unsafe { dealloc(&inner, q, layout(1000)) };
+        // Moved again, to another page-aligned sample: the same allocation.
+        next_is_sampled(PAGE_ALIGN_MIN_RATE);
+        // SAFETY: reallocated above to this layout; a non-zero new size.
+        let r = unsafe { realloc(&inner, q, layout(1000), 5000) };
+        let moved = entry(&inner, r).unwrap();
+        assert!(moved.page_aligned && r != q);
+        assert_eq!(moved.origin, new.origin, "a moved block keeps its origin");
+
+        // A block allocated anew has an origin of its own.
+        next_is_sampled(PAGE_ALIGN_MIN_RATE);
+        // SAFETY: a non-zero size.
+        let other = unsafe { alloc(&inner, layout(1000), false) };
+        assert_ne!(entry(&inner, other).unwrap().origin, moved.origin);
+
+        // SAFETY: allocated or reallocated above to these layouts.
+        unsafe {
+            dealloc(&inner, r, layout(5000));
+            dealloc(&inner, other, layout(1000));
+        }
     }
     ledger.assert_balanced();
 }

@@ -45,6 +45,7 @@ fn site(frames: &[usize], counts: SiteCounts) -> SiteCopy {
         overflow: false,
         labels: LabelSetId::NONE,
         serial: 0,
+        id: 0,
     }
 }
 
@@ -66,6 +67,7 @@ fn sites() -> Vec<SiteCopy> {
             overflow: true,
             labels: LabelSetId::NONE,
             serial: 0,
+            id: 0,
         },
         site(&[C], counts(&[], &[(50, 1.0)])),
     ]

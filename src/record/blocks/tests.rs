@@ -24,12 +24,13 @@ fn entry(size: usize, page_aligned: bool, owner: usize) -> Entry {
         size,
         page_aligned,
         owner,
+        origin: new_origin(),
     }
 }
 
 fn same(a: Entry, b: Entry) -> bool {
-    (a.site, a.weight, a.size, a.page_aligned, a.owner)
-        == (b.site, b.weight, b.size, b.page_aligned, b.owner)
+    (a.site, a.weight, a.size, a.page_aligned, a.owner, a.origin)
+        == (b.site, b.weight, b.size, b.page_aligned, b.owner, b.origin)
 }
 
 const OWNER_A: usize = 0xA11C_0001;

@@ -171,6 +171,7 @@ fn delta_keeps_the_overflow_site_apart() {
         overflow,
         labels: LabelSetId::NONE,
         serial: 0,
+        id: 0,
     };
     let earlier = [site(true, 5), site(false, 2)];
     let later = [site(true, 7), site(false, 3)];
@@ -356,6 +357,7 @@ fn copied_site(frame: usize, counts: [f64; 4], sampled: [u64; 2]) -> SiteCopy {
         overflow: false,
         labels: LabelSetId::NONE,
         serial: 0,
+        id: 0,
     }
 }
 
@@ -511,6 +513,7 @@ fn deltas_take_retired_sites_out_of_the_overflow_site() {
         overflow,
         labels: LabelSetId::NONE,
         serial,
+        id: 0,
     };
     let stack = stack_of(12, 0, 3);
     // Earlier: the site, 5 allocations and 3 frees; the overflow site, 2.
