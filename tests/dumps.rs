@@ -657,6 +657,47 @@ fn a_stopped_series_writes_nothing_more() {
     }
 }
 
+/// A series started again on the same path, in this process or a later
+/// run, numbers its files after those already there: it replaces none.
+#[test]
+fn a_series_started_again_writes_over_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("again.pb.gz");
+    let run_until = |files: usize| {
+        let series = heapprof::AutoDump::new(&base)
+            .every(Duration::from_millis(20))
+            .start()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while series_numbers(dir.path(), "again").len() < files {
+            assert!(Instant::now() < deadline, "no dump {files}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        series.stop();
+    };
+    run_until(2);
+    let first: Vec<(u32, Vec<u8>)> = series_numbers(dir.path(), "again")
+        .into_iter()
+        .map(|n| {
+            (
+                n,
+                std::fs::read(dir.path().join(format!("again.{n:04}.pb.gz"))).unwrap(),
+            )
+        })
+        .collect();
+    run_until(first.len() + 2);
+    let numbers = series_numbers(dir.path(), "again");
+    assert_eq!(
+        numbers,
+        (1..=numbers.len() as u32).collect::<Vec<_>>(),
+        "numbered on from the first series"
+    );
+    for (n, bytes) in &first {
+        let now = std::fs::read(dir.path().join(format!("again.{n:04}.pb.gz"))).unwrap();
+        assert!(now == *bytes, "the first series' file {n} was written over");
+    }
+}
+
 /// A trigger of zero is always due: the series would write profiles as
 /// fast as the disk takes them. `start` refuses it, naming the builder.
 #[test]

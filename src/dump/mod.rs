@@ -650,7 +650,9 @@ pub struct AutoDump {
 impl AutoDump {
     /// A series named after `path` (`x.pb.gz` gives `x.0001.pb.gz`, …),
     /// with `%p` and `%e` replaced as in [`ProfileGuard::new`], whose rules
-    /// each file of the series follows. A `path` that is a directory, a
+    /// each file of the series follows. A number whose file exists already
+    /// (an earlier series of the same path, in this process or a run
+    /// before) is passed over, so that no file is written over. A `path` that is a directory, a
     /// device or a FIFO names no series: each profile is an error.
     pub fn new(path: impl Into<PathBuf>) -> AutoDump {
         AutoDump {
@@ -888,9 +890,25 @@ impl Series {
         (self.last_time, self.last_allocated, self.last_inuse) = (Instant::now(), allocated, inuse);
         self.seq += 1;
         static FAILED: AtomicBool = AtomicBool::new(false);
-        let written = sibling(&expand(&dump.path), &format!("{:04}", self.seq))
+        let written = next_in_series(&expand(&dump.path), &mut self.seq)
             .and_then(|path| write_profile_at(&path, pprof::Options::default()));
         report(written, "periodic", &FAILED);
+    }
+}
+
+/// The name of a series' next file: numbered `seq` after `base`, or,
+/// where that name is taken, the first free number after it, which `seq`
+/// moves on to. So a series writes over no file: neither one an earlier
+/// series of the same path wrote (in this process, or a run before) nor
+/// anything else of that name.
+fn next_in_series(base: &Path, seq: &mut u64) -> io::Result<PathBuf> {
+    loop {
+        let path = sibling(base, &format!("{seq:04}"))?;
+        // The null device is its own sibling (`sibling`).
+        if path == base || std::fs::symlink_metadata(&path).is_err() {
+            return Ok(path);
+        }
+        *seq += 1;
     }
 }
 
