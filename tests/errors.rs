@@ -665,3 +665,55 @@ fn names_come_back_when_address_space_does() {
         ],
     );
 }
+
+/// Puts `file` at descriptor 2 as a program that closed its stderr and
+/// opened a file of its own gets it, writes `DATA` there, then makes
+/// heapprof report an error (a guard profile into a missing directory);
+/// prints what the file holds then.
+fn report_with_stderr_replaced(file: &std::path::Path, flags: libc::c_int) {
+    let path = std::ffi::CString::new(file.to_str().unwrap()).unwrap();
+    // SAFETY: closes this process's stderr, which nothing else in the
+    // child uses; `path` is NUL-terminated.
+    let fd = unsafe {
+        libc::close(2);
+        libc::open(path.as_ptr(), flags | libc::O_CREAT, 0o600)
+    };
+    assert_eq!(fd, 2, "the lowest free descriptor");
+    // SAFETY: writes 4 bytes from a live buffer.
+    assert_eq!(unsafe { libc::write(2, b"DATA".as_ptr().cast(), 4) }, 4);
+    drop(heapprof::ProfileGuard::new(
+        "/nonexistent-heapprof-dir/guard.pb.gz",
+    ));
+    let held = std::fs::read_to_string(file).unwrap();
+    println!("HELD={held:?}");
+}
+
+#[test]
+fn child_stderr_taken_by_a_data_file() {
+    if is_child() {
+        let dir = tempfile::tempdir().unwrap();
+        report_with_stderr_replaced(&dir.path().join("data.db"), libc::O_RDWR);
+    }
+}
+
+#[test]
+fn child_stderr_replaced_by_a_log() {
+    if is_child() {
+        let dir = tempfile::tempdir().unwrap();
+        report_with_stderr_replaced(&dir.path().join("app.log"), libc::O_WRONLY | libc::O_APPEND);
+    }
+}
+
+/// A program that closes its stderr and opens a file of its own gets that
+/// file at descriptor 2: heapprof writes none of its messages into it. A
+/// log the program puts there (open for appending) gets them.
+#[test]
+fn messages_go_to_stderr_not_to_a_file_in_its_place() {
+    let (stdout, _) = run_child("child_stderr_taken_by_a_data_file", &[]);
+    assert!(stdout.contains("HELD=\"DATA\""), "{stdout}");
+    let (stdout, _) = run_child("child_stderr_replaced_by_a_log", &[]);
+    assert!(
+        stdout.contains("HELD=\"DATAheapprof: could not write the guard profile"),
+        "{stdout}"
+    );
+}

@@ -4,14 +4,67 @@
 //! reporting an error, EPIPE), and a panic inside `GlobalAlloc` aborts the
 //! program. heapprof's messages (a malformed variable, a failed dump, an
 //! unwinder change) are worth one line when stderr works and nothing when
-//! it does not, so they go through here and errors are dropped.
+//! it does not, so they go through here and errors are dropped. Nor are
+//! they worth a line in a file the program put in stderr's place.
 
 use std::ffi::OsStr;
 use std::io::Write;
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 
-/// Writes one line to stderr, ignoring failure.
+/// Writes one line to stderr, ignoring failure; nothing if stderr does
+/// not take messages ([`stderr_takes_messages`]).
 pub(crate) fn warn(args: std::fmt::Arguments<'_>) {
-    let _ = writeln!(std::io::stderr(), "{args}");
+    if stderr_takes_messages() {
+        let _ = writeln!(std::io::stderr(), "{args}");
+    }
+}
+
+/// The file descriptor 2 named when the program first allocated
+/// ([`note_stderr`]): its device and inode, valid once `STDERR_NOTED`.
+static STDERR_DEV: AtomicU64 = AtomicU64::new(0);
+static STDERR_INO: AtomicU64 = AtomicU64::new(0);
+static STDERR_NOTED: AtomicBool = AtomicBool::new(false);
+
+/// What descriptor 2 names now: device, inode and mode; `None` if it is
+/// closed.
+fn stderr_now() -> Option<(u64, u64, libc::mode_t)> {
+    // SAFETY: an all-zero `stat` is a valid value of the plain C struct,
+    // which fstat overwrites.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid, writable `stat` for the call's duration.
+    let found = unsafe { libc::fstat(libc::STDERR_FILENO, &mut st) } == 0;
+    found.then_some((st.st_dev, st.st_ino, st.st_mode))
+}
+
+/// Notes what descriptor 2 names, at the program's first allocation.
+pub(crate) fn note_stderr() {
+    if let Some((dev, ino, _)) = stderr_now() {
+        STDERR_DEV.store(dev, Relaxed);
+        STDERR_INO.store(ino, Relaxed);
+        STDERR_NOTED.store(true, Release);
+    }
+}
+
+/// Whether a message may be written to descriptor 2: it names what it
+/// named at the program's first allocation, or a log put there since (a
+/// regular file open for appending). A program that closed its stderr and
+/// let a file of its own, or a connection, take the number gets no line
+/// of heapprof's in it. Only system calls: callable from a signal
+/// handler.
+pub(crate) fn stderr_takes_messages() -> bool {
+    let Some((dev, ino, mode)) = stderr_now() else {
+        return false;
+    };
+    let noted = STDERR_NOTED.load(Acquire);
+    if !noted || (dev, ino) == (STDERR_DEV.load(Relaxed), STDERR_INO.load(Relaxed)) {
+        return true;
+    }
+    // SAFETY: F_GETFL takes no argument and only reads the descriptor's
+    // flags.
+    let flags = unsafe { libc::fcntl(libc::STDERR_FILENO, libc::F_GETFL) };
+    mode & libc::S_IFMT == libc::S_IFREG && flags != -1 && flags & libc::O_APPEND != 0
 }
 
 /// At most this many characters of a value are echoed in a message, so

@@ -275,7 +275,8 @@ fn write_all(fd: libc::c_int, mut bytes: &[u8]) -> bool {
 }
 
 /// `heapprof: an allocation of <size>` and `line_end` on stderr, without
-/// allocating; a failed write is ignored.
+/// allocating, if stderr takes messages
+/// (`config::report::stderr_takes_messages`); a failed write is ignored.
 fn say_written(size: usize, line_end: &[u8]) {
     const START: &[u8] = b"heapprof: an allocation of ";
     let mut digits = [0u8; 20];
@@ -294,6 +295,9 @@ fn say_written(size: usize, line_end: &[u8]) {
         iov_base: p.as_ptr() as *mut libc::c_void,
         iov_len: p.len(),
     });
+    if !crate::config::report::stderr_takes_messages() {
+        return;
+    }
     // SAFETY: each iovec points at a live slice of its length; writev only
     // reads them.
     unsafe { libc::writev(libc::STDERR_FILENO, iov.as_ptr(), iov.len() as libc::c_int) };

@@ -587,7 +587,9 @@ impl Snapshot {
             let why = if unnamed > 0 {
                 symbolize::no_names_hint()
             } else {
-                "check the name (with its path), and that the function is not inlined away".into()
+                "check the name (with its path), and that the function is not inlined away (an \
+                 `async fn`'s body is, in a release build without debug info)"
+                    .into()
             };
             crate::config::report::warn(format_args!(
                 "heapprof: assert_inuse_at_most: no sampled stack names a function matching {}; {why}",
