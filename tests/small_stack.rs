@@ -470,3 +470,127 @@ fn samples_at_every_depth_of_a_16_kib_thread() {
     assert!(named >= 3000 && not_unwound >= 3000);
     drop(kept);
 }
+
+/// What a sample may need beyond an unsampled allocation on a signal
+/// handler's alternate stack, at the most, as the test below measures it
+/// (in steps of [`ALT_STEP`] bytes): recording one with too little stack
+/// left is not tried (`stack::STACK_TO_RECORD`). Measured: 128 bytes
+/// optimized, 0 unoptimized; recording regardless, 640 in both.
+const SAMPLE_BEYOND_UNSAMPLED_AT_MOST: usize = 512;
+
+/// The step of the alternate stack sizes tried.
+const ALT_STEP: usize = 128;
+
+static HANDLED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static KEPT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Allocates a block of 16 to 3 000 bytes and frees it, and swaps a kept
+/// box for a new one, freeing the last.
+extern "C" fn allocate_and_free_in_handler(_: libc::c_int) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let n = HANDLED.fetch_add(1, Relaxed);
+    let block: Vec<u8> = Vec::with_capacity(16 + n % 3000);
+    let kept = Box::into_raw(Box::new(n)) as usize;
+    let last = KEPT.swap(kept, Relaxed);
+    if last != 0 {
+        // SAFETY: `last` came from `Box::into_raw` of a `Box<usize>`,
+        // swapped out of `KEPT` by this handler alone.
+        drop(unsafe { Box::from_raw(last as *mut usize) });
+    }
+    drop(std::hint::black_box(block));
+}
+
+/// In a child: raises a signal 2 000 times whose handler allocates and
+/// frees on an alternate stack of `HEAPPROF_TEST_ALT_STACK` bytes with a
+/// guard page below it, so that an overflow faults.
+#[test]
+fn child_on_a_small_alternate_stack() {
+    let Some(size) = std::env::var("HEAPPROF_TEST_ALT_STACK")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+    else {
+        return;
+    };
+    // SAFETY: the mapping is new and stays mapped for the process's life;
+    // its lowest page is made inaccessible, the rest is the alternate
+    // stack; the handler runs synchronously from `raise` on this thread,
+    // which holds no allocator lock then.
+    unsafe {
+        let page = 4096;
+        let map = libc::mmap(
+            std::ptr::null_mut(),
+            size + page,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(map, libc::MAP_FAILED);
+        assert_eq!(libc::mprotect(map, page, libc::PROT_NONE), 0);
+        let alternate = libc::stack_t {
+            ss_sp: map.cast::<u8>().add(page).cast(),
+            ss_flags: 0,
+            ss_size: size,
+        };
+        assert_eq!(libc::sigaltstack(&alternate, std::ptr::null_mut()), 0);
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = allocate_and_free_in_handler as *const () as usize;
+        action.sa_flags = libc::SA_ONSTACK;
+        assert_eq!(
+            libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()),
+            0
+        );
+        for _ in 0..2000 {
+            assert_eq!(libc::raise(libc::SIGUSR1), 0);
+        }
+    }
+}
+
+/// The smallest alternate stack, in steps of [`ALT_STEP`] bytes, on which
+/// the handler above runs 2 000 times at `rate`.
+fn smallest_alternate_stack(rate: &str) -> usize {
+    let runs = |size: usize| {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child_on_a_small_alternate_stack",
+                "--test-threads=1",
+            ])
+            .env("HEAPPROF_TEST_CHILD", "1")
+            .env("HEAPPROF_TEST_ALT_STACK", size.to_string())
+            .env("HEAPPROF_SAMPLE_RATE", rate)
+            .output()
+            .expect("start the child")
+            .status
+            .success()
+    };
+    let (mut fails, mut runs_at) = (ALT_STEP, 64 * ALT_STEP);
+    assert!(runs(runs_at), "the handler overflows {runs_at} bytes");
+    while runs_at - fails > ALT_STEP {
+        let mid = (fails + runs_at) / 2 / ALT_STEP * ALT_STEP;
+        if runs(mid) {
+            runs_at = mid;
+        } else {
+            fails = mid;
+        }
+    }
+    runs_at
+}
+
+/// A signal handler that allocates on a small alternate stack (which
+/// allocating there at all asks for) needs little more stack when its
+/// allocations are samples: at rate 1, every one is, against
+/// `HEAPPROF_SAMPLE_RATE=0`, where only the countdown's end is.
+#[test]
+fn samples_on_a_small_alternate_stack_need_little_more() {
+    if is_child() {
+        return;
+    }
+    let unsampled = smallest_alternate_stack("0");
+    let sampled = smallest_alternate_stack("1");
+    println!("alternate stack needed: {unsampled} bytes unsampled, {sampled} sampled");
+    assert!(
+        sampled <= unsampled + SAMPLE_BEYOND_UNSAMPLED_AT_MOST,
+        "samples need {sampled} bytes of alternate stack, unsampled allocations {unsampled}"
+    );
+}

@@ -88,7 +88,9 @@ pub(crate) fn alloc<A: Allocator>(layout: Layout, zeroed: bool, inner: &A) -> *m
         let _inside = reentry::Inside::enter();
         crate::process::on_first_allocation();
     }
-    let ptr = match countdown::expired(layout.size()) {
+    // A sample with too little stack left to record it is dropped.
+    let weight = countdown::expired(layout.size()).filter(|_| stack::room_to_record());
+    let ptr = match weight {
         Some(weight) => {
             let entered = stack::Entered::here();
             alloc_sampled(inner, layout, zeroed, weight, None, entered)

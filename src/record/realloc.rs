@@ -78,7 +78,8 @@ unsafe fn realloc_counted<A: Allocator>(
     } else {
         None
     };
-    let weight = new_block_weight(maybe_sampled, new_size);
+    // A sample with too little stack left to record it is dropped.
+    let weight = new_block_weight(maybe_sampled, new_size).filter(|_| stack::room_to_record());
     let new_page_aligned = weight.is_some() && blocks::page_aligns(new_layout, sample::rate());
     if old.is_some_and(|e| e.page_aligned) || new_page_aligned {
         let origin = old.map(|e| e.origin);

@@ -159,6 +159,28 @@ pub(crate) const STACK_TO_UNWIND: usize = 12 << 10;
 /// 6 KiB unoptimized, 2 KiB optimized. With less, it grows nothing.
 pub(crate) const STACK_TO_GROW: usize = 8 << 10;
 
+/// The stack a sample needs left to be recorded at all, not unwound (the
+/// site's lock and counts, the set's, the peak's), where the slow path
+/// asks ([`room_to_record`]): about 640 bytes more than the slow path
+/// needs to end a countdown without a sample, in optimized and
+/// unoptimized builds alike, measured on a signal handler's alternate
+/// stack (`tests/small_stack.rs`), with a margin for the frames of an
+/// unoptimized build. With less left (a handler on an alternate stack of a
+/// few KiB) the sample is dropped: the allocation is counted in `stats()`
+/// and in no profile.
+pub(crate) const STACK_TO_RECORD: usize = if cfg!(debug_assertions) {
+    4 << 10
+} else {
+    2 << 10
+};
+
+/// Whether the stack left, where the slow path asks, has room to record a
+/// sample ([`STACK_TO_RECORD`]); true when the stack's bounds are unknown.
+#[inline]
+pub(crate) fn room_to_record() -> bool {
+    left().is_none_or(|left| left >= STACK_TO_RECORD)
+}
+
 /// The only frame of a sample recorded without unwinding: an address where
 /// no code lies, which symbolization names for what happened.
 pub(crate) const NOT_UNWOUND: usize = 1;
