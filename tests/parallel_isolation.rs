@@ -155,9 +155,16 @@ fn another_tests_frees_do_not_hide_growth() {
     });
 }
 
-/// A worker thread that builds caches on request, as a runtime's worker
+/// Builds a table of `bytes` bytes, for the test below alone (another
+/// test calling it at the same time would add its blocks to the delta).
+#[inline(never)]
+fn build_table(bytes: usize) -> Vec<u8> {
+    black_box(vec![9u8; bytes])
+}
+
+/// A worker thread that builds tables on request, as a runtime's worker
 /// runs the tasks of every test: all it builds has the one stack.
-fn cache_worker() -> (
+fn table_worker() -> (
     std::sync::mpsc::Sender<usize>,
     std::sync::mpsc::Receiver<Vec<u8>>,
 ) {
@@ -165,20 +172,20 @@ fn cache_worker() -> (
     let (give, given) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for bytes in asked {
-            let _ = give.send(build_cache(bytes));
+            let _ = give.send(build_table(bytes));
         }
     });
     (ask, given)
 }
 
-/// Another test's cache and this test's are built by the same worker, at
+/// Another test's table and this test's are built by the same worker, at
 /// the same stack, so they share a site. The other test drops its older
-/// cache while this one's is built: the site's live bytes do not change,
+/// table while this one's is built: the site's live bytes do not change,
 /// and the assertion must still see what was added.
 #[test]
 fn frees_at_the_same_stack_do_not_hide_growth() {
     heapprof::set_sample_rate(1);
-    let (ask, given) = cache_worker();
+    let (ask, given) = table_worker();
     let build = |bytes| {
         ask.send(bytes).unwrap();
         given.recv().unwrap()
@@ -198,13 +205,13 @@ fn frees_at_the_same_stack_do_not_hide_growth() {
         .filter(|s| {
             s.frames
                 .iter()
-                .any(|f| f.function.contains("parallel_isolation::build_cache"))
+                .any(|f| f.function.contains("parallel_isolation::build_table"))
         })
         .count();
-    assert_eq!(sites, 1, "both caches are built at one stack");
-    assert_eq!(delta.inuse_bytes_in("parallel_isolation::build_cache"), 0);
+    assert_eq!(sites, 1, "both tables are built at one stack");
+    assert_eq!(delta.inuse_bytes_in("parallel_isolation::build_table"), 0);
     let outcome = std::panic::catch_unwind(|| {
-        delta.assert_inuse_at_most("parallel_isolation::build_cache", 1000)
+        delta.assert_inuse_at_most("parallel_isolation::build_table", 1000)
     });
     let payload =
         outcome.expect_err("the assertion passed: a free at the same stack hid 23 456 bytes");
@@ -213,7 +220,7 @@ fn frees_at_the_same_stack_do_not_hide_growth() {
         .cloned()
         .unwrap_or_default();
     assert!(
-        message.contains("`parallel_isolation::build_cache` added 23456 live bytes"),
+        message.contains("`parallel_isolation::build_table` added 23456 live bytes"),
         "{message}"
     );
     drop(kept);
@@ -277,9 +284,9 @@ impl Index {
 }
 
 /// Growth by `realloc` moves a block from one of the test's stacks to
-/// another: the one that lost it is netted against the one that gained it
-/// (both are reached from this test), so what counts is what the index
-/// grew by, not its whole new size.
+/// another, and the new block is the same allocation as the old
+/// (`realloc` hands its origin on): what counts is what the index grew
+/// by, not its whole new size.
 #[test]
 fn growth_by_realloc_counts_once() {
     heapprof::set_sample_rate(1);
