@@ -658,7 +658,8 @@ fn a_stopped_series_writes_nothing_more() {
 }
 
 /// A series started again on the same path, in this process or a later
-/// run, numbers its files after those already there: it replaces none.
+/// run, numbers its files after those already there: it replaces none,
+/// and its numbers follow theirs even where older files were removed.
 #[test]
 fn a_series_started_again_writes_over_no_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -696,6 +697,19 @@ fn a_series_started_again_writes_over_no_file() {
         let now = std::fs::read(dir.path().join(format!("again.{n:04}.pb.gz"))).unwrap();
         assert!(now == *bytes, "the first series' file {n} was written over");
     }
+    // The older files rotated away but the last: a third series numbers
+    // on after it, not into the gap.
+    let last = *numbers.last().unwrap();
+    for &n in &numbers[..numbers.len() - 1] {
+        std::fs::remove_file(dir.path().join(format!("again.{n:04}.pb.gz"))).unwrap();
+    }
+    run_until(2);
+    let after_rotation = series_numbers(dir.path(), "again");
+    assert_eq!(
+        after_rotation[..2],
+        [last, last + 1],
+        "numbered on after the files left"
+    );
 }
 
 /// A trigger of zero is always due: the series would write profiles as

@@ -898,10 +898,15 @@ impl Series {
 
 /// The name of a series' next file: numbered `seq` after `base`, or,
 /// where that name is taken, the first free number after it, which `seq`
-/// moves on to. So a series writes over no file: neither one an earlier
+/// moves on to; a series' first file comes after the highest number there
+/// already. So a series writes over no file: neither one an earlier
 /// series of the same path wrote (in this process, or a run before) nor
-/// anything else of that name.
+/// anything else of that name; and its numbers follow theirs, even where
+/// the older files were rotated away.
 fn next_in_series(base: &Path, seq: &mut u64) -> io::Result<PathBuf> {
+    if *seq == 1 {
+        *seq = highest_in_series(base).map_or(1, |n| n.saturating_add(1));
+    }
     loop {
         let path = sibling(base, &format!("{seq:04}"))?;
         // The null device is its own sibling (`sibling`).
@@ -910,6 +915,26 @@ fn next_in_series(base: &Path, seq: &mut u64) -> io::Result<PathBuf> {
         }
         *seq += 1;
     }
+}
+
+/// The highest number of a file of `base`'s series in its directory, if
+/// any (`heap.0042.pb.gz` is 42; a name with anything but digits there is
+/// not the series').
+fn highest_in_series(base: &Path) -> Option<u64> {
+    const MARK: &str = "0";
+    let named = sibling(base, MARK).ok()?;
+    let name = named.file_name()?.to_str()?;
+    let (before, after) = name.rsplit_once(MARK)?;
+    let dir = named.parent().filter(|d| !d.as_os_str().is_empty());
+    std::fs::read_dir(dir.unwrap_or(Path::new(".")))
+        .ok()?
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            let digits = name.strip_prefix(before)?.strip_suffix(after)?;
+            let numbered = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+            numbered.then(|| digits.parse().ok()).flatten()
+        })
+        .max()
 }
 
 /// A running [`AutoDump`] series.
