@@ -38,21 +38,25 @@ fn stderr_now() -> Option<(u64, u64, libc::mode_t)> {
     found.then_some((st.st_dev, st.st_ino, st.st_mode))
 }
 
-/// Notes what descriptor 2 names, at the program's first allocation.
+/// A device and inode no file has: descriptor 2 was closed when noted.
+const CLOSED: (u64, u64) = (u64::MAX, u64::MAX);
+
+/// Notes what descriptor 2 names, at the program's first allocation
+/// ([`CLOSED`] if nothing).
 pub(crate) fn note_stderr() {
-    if let Some((dev, ino, _)) = stderr_now() {
-        STDERR_DEV.store(dev, Relaxed);
-        STDERR_INO.store(ino, Relaxed);
-        STDERR_NOTED.store(true, Release);
-    }
+    let (dev, ino) = stderr_now().map_or(CLOSED, |(dev, ino, _)| (dev, ino));
+    STDERR_DEV.store(dev, Relaxed);
+    STDERR_INO.store(ino, Relaxed);
+    STDERR_NOTED.store(true, Release);
 }
 
 /// Whether a message may be written to descriptor 2: it names what it
 /// named at the program's first allocation, or a log put there since (a
 /// regular file open for appending). A program that closed its stderr and
 /// let a file of its own, or a connection, take the number gets no line
-/// of heapprof's in it. Only system calls: callable from a signal
-/// handler.
+/// of heapprof's in it; nor does a log put there that is not open for
+/// appending. Before the first allocation, any open descriptor 2 takes
+/// messages. Only system calls: callable from a signal handler.
 pub(crate) fn stderr_takes_messages() -> bool {
     let Some((dev, ino, mode)) = stderr_now() else {
         return false;
