@@ -540,30 +540,54 @@ fn child_on_a_small_alternate_stack() {
             libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()),
             0
         );
+        let before = heapprof::snapshot();
         for _ in 0..2000 {
             assert_eq!(libc::raise(libc::SIGUSR1), 0);
         }
+        if std::env::var_os("HEAPPROF_TEST_ALT_ASSERT").is_some() {
+            // The handler's samples were dropped: the assertion must not
+            // pass for want of them.
+            let delta = heapprof::snapshot().delta(&before);
+            let outcome = std::panic::catch_unwind(|| {
+                delta.assert_inuse_at_most("small_stack::allocate_and_free_in_handler", 0)
+            });
+            let message = outcome
+                .err()
+                .and_then(|p| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            println!("ASSERTION: {}", message.lines().next().unwrap_or("passed"));
+        }
     }
+}
+
+/// Runs `child_on_a_small_alternate_stack` with an alternate stack of
+/// `size` bytes at `rate`, asserting on the handler's samples if
+/// `assert`: its stdout, `None` if it failed.
+fn on_alternate_stack_of(size: usize, rate: &str, assert: bool) -> Option<String> {
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child
+        .args([
+            "--exact",
+            "child_on_a_small_alternate_stack",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("HEAPPROF_TEST_CHILD", "1")
+        .env("HEAPPROF_TEST_ALT_STACK", size.to_string())
+        .env("HEAPPROF_SAMPLE_RATE", rate);
+    if assert {
+        child.env("HEAPPROF_TEST_ALT_ASSERT", "1");
+    }
+    let out = child.output().expect("start the child");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The smallest alternate stack, in steps of [`ALT_STEP`] bytes, on which
 /// the handler above runs 2 000 times at `rate`.
 fn smallest_alternate_stack(rate: &str) -> usize {
-    let runs = |size: usize| {
-        std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "child_on_a_small_alternate_stack",
-                "--test-threads=1",
-            ])
-            .env("HEAPPROF_TEST_CHILD", "1")
-            .env("HEAPPROF_TEST_ALT_STACK", size.to_string())
-            .env("HEAPPROF_SAMPLE_RATE", rate)
-            .output()
-            .expect("start the child")
-            .status
-            .success()
-    };
+    let runs = |size: usize| on_alternate_stack_of(size, rate, false).is_some();
     let (mut fails, mut runs_at) = (ALT_STEP, 64 * ALT_STEP);
     assert!(runs(runs_at), "the handler overflows {runs_at} bytes");
     while runs_at - fails > ALT_STEP {
@@ -592,5 +616,14 @@ fn samples_on_a_small_alternate_stack_need_little_more() {
     assert!(
         sampled <= unsampled + SAMPLE_BEYOND_UNSAMPLED_AT_MOST,
         "samples need {sampled} bytes of alternate stack, unsampled allocations {unsampled}"
+    );
+    // There the handler's samples are dropped, and an assertion on it
+    // counts what they stood for.
+    let stdout =
+        on_alternate_stack_of(sampled, "1", true).expect("the child at its smallest stack");
+    assert!(
+        stdout.contains("ASSERTION: heapprof: `small_stack::allocate_and_free_in_handler` added")
+            && stdout.contains("in samples heapprof dropped"),
+        "{stdout}"
     );
 }

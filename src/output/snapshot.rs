@@ -216,12 +216,17 @@ pub struct Snapshot {
     profile: proto::Profile,
     /// For a snapshot of the live heap, its live sampled blocks, by
     /// origin: what a later snapshot's delta tells new and grown blocks
-    /// by ([`Snapshot::delta`]).
+    /// by ([`Snapshot::delta`]); `None` if they could not be listed
+    /// ([`live_sites_and_blocks`]).
     blocks: Option<Vec<LiveBlock>>,
     /// For a delta of two snapshots of the live heap, each site's (as in
     /// `sites`) bytes in blocks allocated in between or grown since and
     /// live at the end ([`gains`]).
     gains: Option<Vec<i64>>,
+    /// The bytes of samples dropped for want of stack
+    /// (`record::dropped_bytes`): by the time of a snapshot of the live
+    /// heap, or in between for a delta; 0 for other sources.
+    dropped: u64,
 }
 
 /// A snapshot's memory is heapprof's, allocated and freed inside the
@@ -237,6 +242,7 @@ impl Clone for Snapshot {
             profile: self.profile.clone(),
             blocks: self.blocks.clone(),
             gains: self.gains.clone(),
+            dropped: self.dropped,
         }
     }
 }
@@ -273,19 +279,49 @@ pub fn snapshot() -> Snapshot {
 /// A [`Snapshot`] of `source`'s sites (empty if it has none).
 pub(crate) fn snapshot_of(source: super::Source) -> Snapshot {
     let _inside = reentry::Inside::enter();
+    if matches!(source, super::Source::Live) {
+        let dropped = record::dropped_bytes();
+        let (sites, blocks) = live_sites_and_blocks();
+        let mut snapshot = Snapshot::from_raw(sites, sample::rate(), false);
+        snapshot.blocks = blocks;
+        snapshot.dropped = dropped;
+        return snapshot;
+    }
     let delta = matches!(source, super::Source::Delta { .. });
-    let live = matches!(source, super::Source::Live);
     let sites = super::collect(source).map_or_else(Vec::new, |c| c.sites);
-    let mut snapshot = Snapshot::from_raw(sites, sample::rate(), delta);
-    if live {
+    Snapshot::from_raw(sites, sample::rate(), delta)
+}
+
+/// Copies of the live table taken at most, each with its list of blocks,
+/// while sites retire: retirements come only with new stacks once the
+/// table is full, so a second copy almost always finds none.
+const LIVE_TRIES: usize = 4;
+
+/// The live table's sites and its live sampled blocks by origin, taken
+/// while no site retired, so that each block's site id names the stack in
+/// the copy; the blocks are `None` after [`LIVE_TRIES`] copies during which
+/// sites retired, or with no memory for them.
+fn live_sites_and_blocks() -> (Vec<sites::SiteCopy>, Option<Vec<LiveBlock>>) {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let retired = sites::retirements();
+        let copy = super::collect(super::Source::Live).map_or_else(Vec::new, |c| c.sites);
         // Listed after the sites were copied, so that each block's site is
         // in the copy unless it was sampled meanwhile (on another thread,
         // at a site new since).
-        let mut blocks = record::blocks::live();
-        blocks.sort_unstable_by_key(|b| b.origin);
-        snapshot.blocks = Some(blocks);
+        let blocks = record::blocks::live();
+        if sites::retirements() == retired {
+            let by_origin = blocks.map(|mut blocks| {
+                blocks.sort_unstable_by_key(|b| b.origin);
+                blocks
+            });
+            return (copy, by_origin);
+        }
+        if tries == LIVE_TRIES {
+            return (copy, None);
+        }
     }
-    snapshot
 }
 
 /// Each site's gain in the delta of `later` over `earlier`, two snapshots
@@ -336,6 +372,7 @@ impl Snapshot {
             profile,
             blocks: None,
             gains: None,
+            dropped: 0,
         }
     }
 
@@ -364,6 +401,7 @@ impl Snapshot {
             _ => None,
         };
         let mut delta = Snapshot::from_raw(raw, self.rate, true);
+        delta.dropped = self.dropped.saturating_sub(earlier.dropped);
         // The profile has a sample for each site it shows, in order: so
         // do `sites`.
         delta.gains = gains.map(|gains| {
@@ -483,7 +521,10 @@ impl Snapshot {
     /// too, so that the assertion never passes for want of a stack: in a
     /// [`delta`](Snapshot::delta), all the bytes allocated into them in
     /// between, since frees of older blocks there (from other threads,
-    /// say) could hide what the function added. For the same reason, in a
+    /// say) could hide what the function added. So do the bytes of samples
+    /// heapprof dropped, with too little stack left to record them (a
+    /// signal handler on a small alternate stack): all of them, or in a
+    /// delta those of samples taken in between. For the same reason, in a
     /// delta of two snapshots what counts is the blocks allocated in
     /// between and still live at the end, through `function`, and the
     /// growth of blocks grown by `realloc` in between: frees of blocks
@@ -491,8 +532,11 @@ impl Snapshot {
     /// that calls `function`, even from the same stack (a runtime's worker
     /// thread), and frees what it built before does not offset what this
     /// test added; a block grown in between counts its growth once,
-    /// whichever stack grew it. What other threads allocate through
-    /// `function` in between and still hold at the end counts too.
+    /// whichever stack grew it (at rate 1; at other rates, where its older
+    /// block may not have been sampled, it may count whole, never less).
+    /// What other threads allocate through `function` in between and
+    /// still hold at the end counts too. The message's count is of those
+    /// blocks; the table below it shows net changes.
     ///
     /// Also panics if heapprof is not the program's `#[global_allocator]`,
     /// or if sampling is off (`HEAPPROF_SAMPLE_RATE=0`) and nothing was
@@ -542,7 +586,12 @@ impl Snapshot {
         // So may bytes under frames of the program heapprof could not
         // name (a stripped executable, or one it could not open).
         let unnamed = self.unnamed_program_bytes(function);
-        let counted = held.saturating_add(own_entries).saturating_add(unnamed);
+        // So may the bytes of samples dropped for want of stack.
+        let dropped = i64::try_from(self.dropped).unwrap_or(i64::MAX);
+        let counted = held
+            .saturating_add(own_entries)
+            .saturating_add(unnamed)
+            .saturating_add(dropped);
         let mut also = String::new();
         if unnamed > 0 {
             also += &format!(
@@ -554,6 +603,17 @@ impl Snapshot {
                     "are"
                 },
                 symbolize::no_names_hint()
+            );
+        }
+        if dropped > 0 {
+            also += &format!(
+                " (and {dropped} {} in samples heapprof dropped, with too little stack left to \
+                 record them, and may be its)",
+                if self.delta {
+                    "were allocated in between"
+                } else {
+                    "were allocated"
+                }
             );
         }
         if own_entries > 0 {
@@ -606,8 +666,9 @@ impl Snapshot {
     /// In a delta, the live bytes `function` gained: over the sites
     /// through it, the bytes of blocks allocated in between, or grown
     /// since, and still live ([`gains`]). In a delta of a snapshot that
-    /// lists no blocks (a delta of deltas), each site's change in live
-    /// bytes, at 0 or more.
+    /// lists no blocks (a delta of deltas; one taken while sites kept
+    /// retiring, or with no memory for the list), each site's change in
+    /// live bytes, at 0 or more.
     fn gained_in(&self, function: &str) -> i64 {
         self.sites
             .iter()
@@ -1078,6 +1139,7 @@ mod tests {
             profile: Default::default(),
             blocks: None,
             gains: None,
+            dropped: 0,
         };
         let table = delta.to_string();
         let row = |name: &str| {

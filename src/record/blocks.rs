@@ -319,20 +319,33 @@ pub(crate) struct LiveBlock {
 // `heapprof::snapshot`'s docs give its size.
 const _: () = assert!(std::mem::size_of::<LiveBlock>() == 24);
 
-/// Every live sampled block, in no order, each stripe locked in turn.
-/// Blocks sampled or freed meanwhile on other threads may be in it or
-/// not; a block sampled before the call began is in it unless freed.
-pub(crate) fn live() -> Vec<LiveBlock> {
-    let mut out = Vec::with_capacity(live_blocks());
+/// Every live sampled block, in no order, each stripe locked in turn;
+/// `None` if the inner allocator has no memory for the list. Blocks
+/// sampled or freed meanwhile on other threads may be in it or not; a
+/// block sampled before the call began is in it unless freed. The list
+/// grows only between stripes, with no lock held.
+pub(crate) fn live() -> Option<Vec<LiveBlock>> {
+    let mut out: Vec<LiveBlock> = Vec::new();
+    let slack = |n: usize| n + n / 8 + 64;
+    out.try_reserve_exact(slack(live_blocks())).ok()?;
     for stripe in &STRIPE_MAPS {
-        let map = stripe.0.lock();
-        out.extend(map.values().map(|e| LiveBlock {
-            origin: e.origin,
-            site: e.site.raw(),
-            bytes: e.size as f64 * e.weight,
-        }));
+        loop {
+            let map = stripe.0.lock();
+            let room = out.capacity() - out.len();
+            if map.len() <= room {
+                out.extend(map.values().map(|e| LiveBlock {
+                    origin: e.origin,
+                    site: e.site.raw(),
+                    bytes: e.size as f64 * e.weight,
+                }));
+                break;
+            }
+            let more = slack(map.len());
+            drop(map);
+            out.try_reserve(more).ok()?;
+        }
     }
-    out
+    Some(out)
 }
 
 /// Live sampled blocks (each stripe locked in turn).

@@ -42,7 +42,7 @@ pub(crate) mod stack;
 pub(crate) mod tracked;
 
 use std::alloc::Layout;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use crate::support::{reentry, registry};
 use crate::{sample, thread};
@@ -58,6 +58,29 @@ static INSTALLED: AtomicBool = AtomicBool::new(false);
 
 pub(crate) fn installed() -> bool {
     INSTALLED.load(Relaxed)
+}
+
+/// The bytes the samples dropped for want of stack stand for, in all
+/// ([`unless_dropped`]), rounded down each.
+static DROPPED_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// [`DROPPED_BYTES`] now.
+pub(crate) fn dropped_bytes() -> u64 {
+    DROPPED_BYTES.load(Relaxed)
+}
+
+/// `weight`, the weight of a sample of `size` bytes if the countdown made
+/// one, unless there is too little stack left to record it
+/// (`stack::STACK_TO_RECORD`): then the sample is dropped, and what it
+/// stands for is added to [`DROPPED_BYTES`], which assertions count
+/// against every function.
+pub(crate) fn unless_dropped(weight: Option<f64>, size: usize) -> Option<f64> {
+    let w = weight?;
+    if stack::room_to_record() {
+        return Some(w);
+    }
+    DROPPED_BYTES.fetch_add((size as f64 * w) as u64, Relaxed);
+    None
 }
 
 /// An allocation whose size used up this thread's countdown.
@@ -88,8 +111,7 @@ pub(crate) fn alloc<A: Allocator>(layout: Layout, zeroed: bool, inner: &A) -> *m
         let _inside = reentry::Inside::enter();
         crate::process::on_first_allocation();
     }
-    // A sample with too little stack left to record it is dropped.
-    let weight = countdown::expired(layout.size()).filter(|_| stack::room_to_record());
+    let weight = unless_dropped(countdown::expired(layout.size()), layout.size());
     let ptr = match weight {
         Some(weight) => {
             let entered = stack::Entered::here();

@@ -78,8 +78,7 @@ unsafe fn realloc_counted<A: Allocator>(
     } else {
         None
     };
-    // A sample with too little stack left to record it is dropped.
-    let weight = new_block_weight(maybe_sampled, new_size).filter(|_| stack::room_to_record());
+    let weight = super::unless_dropped(new_block_weight(maybe_sampled, new_size), new_size);
     let new_page_aligned = weight.is_some() && blocks::page_aligns(new_layout, sample::rate());
     if old.is_some_and(|e| e.page_aligned) || new_page_aligned {
         let origin = old.map(|e| e.origin);

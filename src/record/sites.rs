@@ -614,6 +614,13 @@ impl PackedSites {
     }
 }
 
+/// How many sites have retired since the process started: while it
+/// stays the same, every id names the site it named (a retired site's
+/// slot may take a new stack).
+pub(crate) fn retirements() -> u64 {
+    TABLE.retired.load(SeqCst)
+}
+
 /// Every site, packed. Out of memory, it ends the program, as
 /// [`snapshot`] does.
 pub(crate) fn packed() -> PackedSites {
