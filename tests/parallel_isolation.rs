@@ -6,6 +6,7 @@
 //! totals count every thread: beta's delta may well contain alpha's
 //! blocks, if the two ran at the same time.)
 
+use heapprof_testkit::check::panic_message;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 
@@ -105,6 +106,17 @@ fn gamma_allocates_and_keeps_nothing() {
     assert_eq!(d.inuse_bytes_in("churn_gamma"), 0);
 }
 
+/// Asserts that `delta.assert_inuse_at_most(function, max)` fails, saying
+/// that `function` added `added` live bytes.
+fn assert_fails_with_added(delta: &heapprof::Snapshot, function: &str, max: i64, added: i64) {
+    let message = panic_message(|| delta.assert_inuse_at_most(function, max))
+        .unwrap_or_else(|| panic!("the assertion passed: {added} bytes added were hidden"));
+    assert!(
+        message.contains(&format!("`{function}` added {added} live bytes")),
+        "{message}"
+    );
+}
+
 /// Builds a cache of `bytes` bytes, called by two tests below.
 #[inline(never)]
 fn build_cache(bytes: usize) -> Vec<u8> {
@@ -138,19 +150,7 @@ fn another_tests_frees_do_not_hide_growth() {
         // Net over the function: the other stack's -12 345 and this one's
         // +12 345.
         assert_eq!(delta.inuse_bytes_in("parallel_isolation::build_cache"), 0);
-        let outcome = std::panic::catch_unwind(|| {
-            delta.assert_inuse_at_most("parallel_isolation::build_cache", 1000)
-        });
-        let payload =
-            outcome.expect_err("the assertion passed: another test's frees hid 12 345 bytes");
-        let message = payload
-            .downcast_ref::<String>()
-            .cloned()
-            .unwrap_or_default();
-        assert!(
-            message.contains("`parallel_isolation::build_cache` added 12345 live bytes"),
-            "{message}"
-        );
+        assert_fails_with_added(&delta, "parallel_isolation::build_cache", 1000, 12345);
         drop(kept);
     });
 }
@@ -210,19 +210,7 @@ fn frees_at_the_same_stack_do_not_hide_growth() {
         .count();
     assert_eq!(sites, 1, "both tables are built at one stack");
     assert_eq!(delta.inuse_bytes_in("parallel_isolation::build_table"), 0);
-    let outcome = std::panic::catch_unwind(|| {
-        delta.assert_inuse_at_most("parallel_isolation::build_table", 1000)
-    });
-    let payload =
-        outcome.expect_err("the assertion passed: a free at the same stack hid 23 456 bytes");
-    let message = payload
-        .downcast_ref::<String>()
-        .cloned()
-        .unwrap_or_default();
-    assert!(
-        message.contains("`parallel_isolation::build_table` added 23456 live bytes"),
-        "{message}"
-    );
+    assert_fails_with_added(&delta, "parallel_isolation::build_table", 1000, 23456);
     drop(kept);
 }
 
@@ -251,17 +239,7 @@ fn frees_by_another_tests_task_do_not_hide_growth() {
     let delta = heapprof::snapshot().delta(&before);
     println!("{delta}");
     assert_eq!(delta.inuse_bytes_in("parallel_isolation::handle"), 0);
-    let outcome =
-        std::panic::catch_unwind(|| delta.assert_inuse_at_most("parallel_isolation::handle", 1000));
-    let payload = outcome.expect_err("the assertion passed: another task's free hid 34 567 bytes");
-    let message = payload
-        .downcast_ref::<String>()
-        .cloned()
-        .unwrap_or_default();
-    assert!(
-        message.contains("`parallel_isolation::handle` added 34567 live bytes"),
-        "{message}"
-    );
+    assert_fails_with_added(&delta, "parallel_isolation::handle", 1000, 34567);
     drop(kept);
 }
 
