@@ -650,9 +650,10 @@ pub struct AutoDump {
 impl AutoDump {
     /// A series named after `path` (`x.pb.gz` gives `x.0001.pb.gz`, …),
     /// with `%p` and `%e` replaced as in [`ProfileGuard::new`], whose rules
-    /// each file of the series follows. A number whose file exists already
-    /// (an earlier series of the same path, in this process or a run
-    /// before) is passed over, so that no file is written over. A `path` that is a directory, a
+    /// each file of the series follows. Its numbers start after the
+    /// highest there already (an earlier series of the same path, in this
+    /// process or a run before) and pass over names that are taken, so
+    /// that no file is written over. A `path` that is a directory, a
     /// device or a FIFO names no series: each profile is an error.
     pub fn new(path: impl Into<PathBuf>) -> AutoDump {
         AutoDump {
