@@ -173,3 +173,82 @@ fn cached_rules_match_libgcc_over_many_stacks() {
         "the cached rules were not in use at the end:\n{stdout}"
     );
 }
+
+/// Signals the child below has handled.
+static HANDLED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Allocates and frees a block: a sample at rate 1, unwound from inside
+/// a signal handler, through the kernel's signal frame, into whatever
+/// the signal interrupted.
+extern "C" fn allocate_in_handler(_: libc::c_int) {
+    std::hint::black_box(vec![0u8; 64]);
+    HANDLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Signals handled in the child below: every stack sampled there is a
+/// handler's, so several are compared with libgcc's walk.
+const HANDLED_SAMPLES: usize = 4 * 1024;
+
+#[test]
+fn child_samples_in_signal_handlers() {
+    if !is_child() {
+        return;
+    }
+    use std::sync::atomic::Ordering::Relaxed;
+    // SAFETY: the handler only allocates and frees through the global
+    // allocator and bumps an atomic; it interrupts this thread's loop
+    // below, which allocates nothing, so no allocator lock is held.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = allocate_in_handler as *const () as usize;
+        action.sa_flags = libc::SA_RESTART;
+        assert_eq!(
+            libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()),
+            0
+        );
+    }
+    heapprof::set_sample_rate(1);
+    // SAFETY: `pthread_self` has no preconditions.
+    let target = unsafe { libc::pthread_self() } as usize;
+    let signaller = std::thread::spawn(move || {
+        while HANDLED.load(Relaxed) < HANDLED_SAMPLES {
+            // SAFETY: `target` is this process's main test thread, which
+            // outlives this thread (it joins it).
+            unsafe { libc::pthread_kill(target as libc::pthread_t, libc::SIGUSR1) };
+            std::thread::yield_now();
+        }
+    });
+    // Interrupted in the program's code, the C library's and the vDSO's
+    // (`clock_gettime`), none of which allocates.
+    while HANDLED.load(Relaxed) < HANDLED_SAMPLES {
+        std::hint::black_box(std::time::Instant::now());
+    }
+    heapprof::set_sample_rate(0);
+    signaller.join().unwrap();
+    let p = take_profile();
+    let comments: Vec<&str> = p.comment.iter().map(|&i| string(&p, i)).collect();
+    println!(
+        "UNWINDER={}",
+        comments.iter().find(|c| c.contains("unwound")).unwrap()
+    );
+}
+
+/// A sample taken in a signal handler is unwound through the kernel's
+/// signal frame, which libgcc's walk reads and the cached rules do not:
+/// such a stack goes to libgcc whole, so that the periodic comparison
+/// finds no difference and the cached rules stay in use.
+#[test]
+fn cached_rules_leave_signal_frames_to_libgcc() {
+    let (stdout, stderr) = run_child(
+        "child_samples_in_signal_handlers",
+        &[("HEAPPROF_UNWIND", "dwarf")],
+    );
+    assert!(
+        !stderr.contains("disagreed"),
+        "the cached rules disagreed with libgcc:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("rules cached by address"),
+        "the cached rules were not in use at the end:\n{stdout}"
+    );
+}

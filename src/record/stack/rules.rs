@@ -21,6 +21,9 @@
 //! What [`capture`] vouches for, and when it returns `None` so that the
 //! caller asks libgcc for the whole stack instead:
 //!
+//! * **No signal frame**: a stack through the signal trampoline (a
+//!   sample in a signal handler) is libgcc's, which reads the registers
+//!   the kernel saved ([`is_signal_return`]).
 //! * **Objects that are never unloaded**: the executable, the C library,
 //!   and the object heapprof is linked into. Their `.eh_frame` bytes are
 //!   read where the loader mapped them, so they must stay mapped. A frame
@@ -115,12 +118,39 @@ struct Tables {
     code: Vec<(usize, usize)>,
 }
 
+/// The code of the x86_64 Linux signal trampoline, where a signal
+/// handler returns (glibc's and musl's `__restore_rt`): `mov rax, 15`
+/// (`rt_sigreturn`), `syscall`.
+const SIGNAL_RETURN: [u8; 9] = [0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05];
+
 impl Tables {
-    fn vouches_for(&self, address: usize) -> bool {
+    /// The end of the kept code segment that holds `address`, if one does.
+    fn segment_end(&self, address: usize) -> Option<usize> {
         self.code
             .iter()
-            .any(|&(start, end)| start <= address && address < end)
+            .find(|&&(start, end)| start <= address && address < end)
+            .map(|&(_, end)| end)
     }
+}
+
+/// Whether `address`, in a kept code segment that ends at `end`, is the
+/// signal trampoline, a signal handler's return address: the frame above
+/// it is the interrupted code, whose registers the kernel saved on the
+/// stack. libgcc reads them there; the cached rules do not (framehop
+/// takes the trampoline for an ordinary frame and skips the interrupted
+/// one), so a stack through it is left to libgcc. One byte is read for
+/// any other frame.
+fn is_signal_return(address: usize, end: usize) -> bool {
+    let fits = address
+        .checked_add(SIGNAL_RETURN.len())
+        .is_some_and(|last| last <= end);
+    if !fits {
+        return false;
+    }
+    // SAFETY: the bytes lie in a kept object's code segment (the caller's
+    // `end`, checked above), mapped readable for the life of the process.
+    let code = unsafe { std::slice::from_raw_parts(address as *const u8, SIGNAL_RETURN.len()) };
+    code[0] == SIGNAL_RETURN[0] && code == SIGNAL_RETURN
 }
 
 // Every thread that samples reads the published tables.
@@ -249,7 +279,8 @@ pub(super) fn capture(
     let mut callee_cfa = 0;
     loop {
         let address = frame.address() as usize;
-        if !tables.vouches_for(address) {
+        let end = tables.segment_end(address)?;
+        if is_signal_return(address, end) {
             return None;
         }
         if !stack.push(address, callee_cfa) {
@@ -285,7 +316,8 @@ pub(super) fn build_every_slot() {
 #[cfg(test)]
 pub(super) fn covers(address: usize) -> bool {
     // SAFETY: as in `capture`.
-    unsafe { TABLES.load(Ordering::Acquire).as_ref() }.is_some_and(|t| t.vouches_for(address))
+    unsafe { TABLES.load(Ordering::Acquire).as_ref() }
+        .is_some_and(|t| t.segment_end(address).is_some())
 }
 
 /// One slot of the pool: [`WAYS`] caches.
