@@ -382,7 +382,7 @@
 //! | `HEAPPROF_MAX_SITES` | `16384` | distinct stacks kept; past it, stacks with nothing live make room for new ones, and what they counted (with new stacks that find no room) goes to a `[heapprof overflow…]` site per label set |
 //! | `HEAPPROF_SEED` | random | fixed seed for reproducible sampling |
 //! | `HEAPPROF_PEAK_GROWTH` | `10%` | growth past the last peak copy before a new one is kept |
-//! | `HEAPPROF_UNWIND` | `auto` | `auto`: frame pointers if the program was built with them (`-C force-frame-pointers=yes`), DWARF unwind tables otherwise and for stacks that leave its code (each return address's rule cached for the executable and the C library, libgcc's walk elsewhere); `dwarf`; or `frame-pointers` (no periodic check against DWARF) |
+//! | `HEAPPROF_UNWIND` | `auto` | `auto`: frame pointers if the program was built with them (`-C force-frame-pointers=yes`), DWARF unwind tables otherwise and for stacks that leave its code (each return address's rule cached for the executable and the C library, libgcc's walk elsewhere and through a signal handler's frame); `dwarf`; or `frame-pointers` (no periodic check against DWARF) |
 //! | `HEAPPROF_FULL_STACKS` | `0` | `1` keeps the process, thread and test start-up frames below the program's code |
 //! | `HEAPPROF_PYROSCOPE_URL` | unset | push profiles to this Pyroscope server; `HEAPPROF_PYROSCOPE_NAME`, `_LABELS`, `_EVERY`, `_USER`, `_PASSWORD`, `_TOKEN`, `_TENANT` as in the `pyroscope` module (feature `pyroscope`) |
 //! | `HEAPPROF_THREAD_LABEL` | `1` | `0` leaves out the automatic `thread` label (see Labels; [`set_thread_label`] at run time) |
