@@ -116,14 +116,10 @@ fn child_scenario(scenario: &str) {
         }
         _ => panic!("unknown scenario {scenario}"),
     }
-    // SAFETY: a zeroed sigaction with a valid handler and an empty mask.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-        sa.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut sa.sa_mask);
-        assert_eq!(libc::sigaction(SIGNAL, &sa, std::ptr::null_mut()), 0);
-    }
+    // SAFETY: `on_signal` forks (the child leaves with `_exit`) or exits,
+    // interrupting heapprof where it may hold a lock: what this test
+    // checks heapprof survives.
+    unsafe { heapprof_testkit::signals::install(SIGNAL, on_signal, libc::SA_RESTART) };
     // SAFETY: pthread_self has no preconditions.
     let target = unsafe { libc::pthread_self() };
     let done = std::sync::Arc::new(AtomicBool::new(false));

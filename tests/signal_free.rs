@@ -98,15 +98,7 @@ fn a_handler_freeing_a_sampled_block_does_not_deadlock() {
     );
     // SAFETY: installs a handler that does only what is async-signal-safe
     // here (atomics, and a free through an async-signal-safe allocator).
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = free_one as *const () as usize;
-        action.sa_flags = libc::SA_RESTART;
-        assert_eq!(
-            libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()),
-            0
-        );
-    }
+    unsafe { heapprof_testkit::signals::install(libc::SIGUSR1, free_one, libc::SA_RESTART) };
     // SAFETY: pthread_self is always safe.
     let target = unsafe { libc::pthread_self() };
     let stop = AtomicBool::new(false);

@@ -314,13 +314,7 @@ fn on_alternate_stack(above: bool) {
             ss_size: LEN,
         };
         assert_eq!(libc::sigaltstack(&alternate, std::ptr::null_mut()), 0);
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = allocate_in_handler as *const () as usize;
-        action.sa_flags = libc::SA_ONSTACK;
-        assert_eq!(
-            libc::sigaction(libc::SIGUSR2, &action, std::ptr::null_mut()),
-            0
-        );
+        heapprof_testkit::signals::install(libc::SIGUSR2, allocate_in_handler, libc::SA_ONSTACK);
         for _ in 0..3 {
             assert_eq!(libc::raise(libc::SIGUSR2), 0);
         }
@@ -533,12 +527,10 @@ fn child_on_a_small_alternate_stack() {
             ss_size: size,
         };
         assert_eq!(libc::sigaltstack(&alternate, std::ptr::null_mut()), 0);
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = allocate_and_free_in_handler as *const () as usize;
-        action.sa_flags = libc::SA_ONSTACK;
-        assert_eq!(
-            libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()),
-            0
+        heapprof_testkit::signals::install(
+            libc::SIGUSR1,
+            allocate_and_free_in_handler,
+            libc::SA_ONSTACK,
         );
         let before = heapprof::snapshot();
         for _ in 0..2000 {

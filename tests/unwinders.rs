@@ -199,14 +199,8 @@ fn child_samples_in_signal_handlers() {
     // allocator and bumps an atomic; it interrupts this thread's loop
     // below, which allocates nothing, so no allocator lock is held.
     unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = allocate_in_handler as *const () as usize;
-        action.sa_flags = libc::SA_RESTART;
-        assert_eq!(
-            libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()),
-            0
-        );
-    }
+        heapprof_testkit::signals::install(libc::SIGUSR1, allocate_in_handler, libc::SA_RESTART)
+    };
     heapprof::set_sample_rate(1);
     // SAFETY: `pthread_self` has no preconditions.
     let target = unsafe { libc::pthread_self() } as usize;

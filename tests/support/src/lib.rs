@@ -12,6 +12,7 @@
 //! * [`pyroscope`]: a stand-in for Pyroscope's ingest endpoint, for the pusher.
 //! * [`tools`]: external tools (`go tool pprof`), skipped when missing.
 //! * [`arena`]: bump arenas over fresh mappings, for inner allocators.
+//! * [`signals`]: installing the signal handlers tests allocate in.
 
 pub mod arena;
 pub mod check;
@@ -22,6 +23,7 @@ pub mod process;
 pub mod profile;
 pub mod pyroscope;
 pub mod rng;
+pub mod signals;
 pub mod tools;
 pub mod watchdog;
 
