@@ -872,6 +872,18 @@ mod tests {
         assert_eq!(c.nudge(), Nudge::Made);
     }
 
+    /// On a countdown of 10 000, the owner's fast path counts an
+    /// allocation of 100 bytes and loads the countdown, a nudge lands, and
+    /// the owner stores what it loaded less the 100: the nudge is
+    /// overwritten.
+    fn overwrite_a_nudge(c: &Counters) {
+        c.reset_countdown(10_000);
+        c.count_alloc();
+        let loaded = c.countdown.load(Relaxed);
+        assert_eq!(c.nudge(), Nudge::Made);
+        c.countdown.store(loaded - 100, Relaxed);
+    }
+
     /// The owner's fast path loads the countdown, a nudge lands, and the
     /// owner stores what it loaded less its allocation: the nudge is lost.
     /// Readers see the bytes allocated, never fewer than before, and the
@@ -881,11 +893,7 @@ mod tests {
         let c = Counters::new();
         // Overwritten with a countdown still running, which a later
         // allocation runs out: readers see it before the slow path looks.
-        c.reset_countdown(10_000);
-        let loaded = c.countdown.load(Relaxed);
-        c.count_alloc();
-        assert_eq!(c.nudge(), Nudge::Made);
-        c.countdown.store(loaded - 100, Relaxed);
+        overwrite_a_nudge(&c);
         assert_eq!(c.read().allocated_bytes, 100);
         c.count_alloc();
         assert!(c.charge(20_000));
@@ -1004,11 +1012,7 @@ mod tests {
     #[test]
     fn a_failed_realloc_keeps_readers_waiting_for_the_slow_path() {
         let c = Counters::new();
-        c.reset_countdown(10_000);
-        c.count_alloc();
-        let loaded = c.countdown.load(Relaxed);
-        assert_eq!(c.nudge(), Nudge::Made);
-        c.countdown.store(loaded - 100, Relaxed);
+        overwrite_a_nudge(&c);
         c.uncount_alloc(100);
         assert_eq!(c.read().allocated_bytes, 0);
         c.count_alloc();
@@ -1044,11 +1048,7 @@ mod tests {
     #[test]
     fn a_nudge_that_finds_no_running_countdown_changes_nothing() {
         let c = Counters::new();
-        c.reset_countdown(10_000);
-        let loaded = c.countdown.load(Relaxed);
-        c.count_alloc();
-        assert_eq!(c.nudge(), Nudge::Made);
-        c.countdown.store(loaded - 100, Relaxed);
+        overwrite_a_nudge(&c);
         c.count_alloc();
         assert!(c.charge(20_000));
         let before = (c.nudge_allocs.load(Relaxed), c.nudged.load(Relaxed));
@@ -1078,11 +1078,7 @@ mod tests {
     #[test]
     fn a_nudge_after_an_overwritten_one_is_made() {
         let c = Counters::new();
-        c.reset_countdown(10_000);
-        let loaded = c.countdown.load(Relaxed);
-        c.count_alloc();
-        assert_eq!(c.nudge(), Nudge::Made);
-        c.countdown.store(loaded - 100, Relaxed);
+        overwrite_a_nudge(&c);
         assert_eq!(c.nudge(), Nudge::Made, "the countdown runs again");
         assert_eq!((c.countdown(), c.read().allocated_bytes), (0, 100));
         c.count_alloc();
