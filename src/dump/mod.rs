@@ -891,9 +891,121 @@ impl Series {
         (self.last_time, self.last_allocated, self.last_inuse) = (Instant::now(), allocated, inuse);
         self.seq += 1;
         static FAILED: AtomicBool = AtomicBool::new(false);
-        let written = next_in_series(&expand(&dump.path), &mut self.seq)
-            .and_then(|path| write_profile_at(&path, pprof::Options::default()));
+        let written = write_in_series(&expand(&dump.path), &mut self.seq);
         report(written, "periodic", &FAILED);
+    }
+}
+
+/// Writes the live profile as the next file of the series on `base`
+/// (already expanded), numbered `seq` or after ([`next_in_series`]). The
+/// profile is built first; its file is then published only under a name
+/// nothing holds at that instant ([`publish_new`]), so two processes
+/// writing one series at once take two numbers.
+fn write_in_series(base: &Path, seq: &mut u64) -> io::Result<()> {
+    let _inside = reentry::Inside::enter();
+    let mut bytes = Vec::new();
+    let built = output::write(
+        Source::Live,
+        Format::Pprof,
+        pprof::Options::default(),
+        &mut bytes,
+    );
+    if !built.map_err(naming(base))? {
+        return Ok(());
+    }
+    publish_in_series(base, seq, &bytes)
+}
+
+/// Names a series takes before giving up, when each one it picks is taken
+/// between being looked at and being published (by other processes
+/// writing the same series).
+const SERIES_NAMES_TRIED: usize = 64;
+
+/// Publishes `bytes` as the next file of the series on `base`: under the
+/// name [`next_in_series`] picks, or, where another process takes that
+/// name first, under the next free one. The null device, the series' only
+/// name that is not a regular file, is written through.
+fn publish_in_series(base: &Path, seq: &mut u64, bytes: &[u8]) -> io::Result<()> {
+    for _ in 0..SERIES_NAMES_TRIED {
+        let path = next_in_series(base, seq)?;
+        let with_path = naming(&path);
+        let target = target(&path).map_err(&with_path)?;
+        let published = match target {
+            Target::Replace => without_file_size_signal(|| publish_new(&path, bytes)),
+            Target::Through => return put(&path, target, bytes).map_err(with_path),
+        };
+        match published {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => *seq += 1,
+            published => return published.map_err(with_path),
+        }
+    }
+    Err(naming(base)(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!(
+            "the next {SERIES_NAMES_TRIED} names of its series were taken as they were written"
+        ),
+    )))
+}
+
+/// Writes `bytes` to a new file at `path`, whole: through a temporary file
+/// beside it, which is then renamed to `path` only if nothing is there
+/// ([`rename_new`]). `AlreadyExists` if something is; whatever it is keeps
+/// its bytes, and the temporary file is removed.
+fn publish_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let (tmp, mut file) = create_temporary(path)?;
+    let published = file.write_all(bytes).and_then(|()| rename_new(&tmp, path));
+    if published.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    published
+}
+
+/// Renames `from` to `to` unless `to` exists, in one step
+/// (`renameat2(RENAME_NOREPLACE)`): `AlreadyExists` if it does. A file
+/// system without that flag gets a hard link and an unlink, which fail
+/// the same way; one without hard links either (FAT, some network file
+/// systems) gets a plain rename, which replaces a file made at `to` in
+/// the instant since the caller looked.
+fn rename_new(from: &Path, to: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (c_from, c_to) = (c(from)?, c(to)?);
+    // SAFETY: both paths are NUL-terminated strings that live across the
+    // call; `renameat2` takes two directory descriptors (the working
+    // directory, for relative paths), two paths and an unsigned flag word,
+    // and reads nothing else.
+    let renamed = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            c_from.as_ptr(),
+            libc::AT_FDCWD,
+            c_to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if renamed == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
+        return Err(e);
+    }
+    link_new(from, to)
+}
+
+/// [`rename_new`] by a hard link to `to` and an unlink of `from`, for file
+/// systems without `RENAME_NOREPLACE`; by a plain rename on those without
+/// hard links.
+fn link_new(from: &Path, to: &Path) -> io::Result<()> {
+    match std::fs::hard_link(from, to) {
+        Ok(()) => {
+            // Published: a temporary name left behind is only clutter.
+            let _ = std::fs::remove_file(from);
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
+        Err(_) => std::fs::rename(from, to),
     }
 }
 
@@ -1042,6 +1154,78 @@ mod tests {
         for t in &taken {
             assert_eq!(std::fs::read(t).unwrap(), b"left");
         }
+    }
+
+    /// A new file is published only where nothing is: what is there keeps
+    /// its bytes, and no temporary file is left beside it.
+    #[test]
+    fn publishing_a_new_file_replaces_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("heap.0001.pb.gz");
+        std::fs::write(&path, b"theirs").unwrap();
+        let e = super::publish_new(&path, b"ours").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"theirs");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+        let fresh = dir.path().join("heap.0002.pb.gz");
+        super::publish_new(&fresh, b"ours").unwrap();
+        assert_eq!(std::fs::read(&fresh).unwrap(), b"ours");
+    }
+
+    /// Where `RENAME_NOREPLACE` is not to be had, a hard link publishes
+    /// the file, and fails on a name that is taken, just the same.
+    #[test]
+    fn linking_a_new_file_replaces_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join(".tmp"), dir.path().join("heap.0001.pb.gz"));
+        std::fs::write(&from, b"ours").unwrap();
+        std::fs::write(&to, b"theirs").unwrap();
+        let e = super::link_new(&from, &to).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "{e}");
+        assert_eq!(std::fs::read(&to).unwrap(), b"theirs");
+        std::fs::remove_file(&to).unwrap();
+        super::link_new(&from, &to).unwrap();
+        assert_eq!(std::fs::read(&to).unwrap(), b"ours");
+        assert!(!from.exists(), "the temporary name is left");
+    }
+
+    /// Writers of one series at once (threads here, processes in use, each
+    /// with a sequence of its own) take a number each: every file written
+    /// is there afterwards, with its own bytes. Each writer looks at a
+    /// name, finds it free, and publishes; the others publish in between.
+    #[test]
+    fn writers_of_one_series_at_once_take_a_number_each() {
+        const WRITERS: usize = 6;
+        const FILES: usize = 40;
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("heap.pb.gz");
+        let start = std::sync::Barrier::new(WRITERS);
+        std::thread::scope(|s| {
+            for w in 0..WRITERS {
+                let (base, start) = (&base, &start);
+                s.spawn(move || {
+                    start.wait();
+                    let mut seq = 1;
+                    for f in 0..FILES {
+                        let bytes = format!("writer {w} file {f}").repeat(64);
+                        super::publish_in_series(base, &mut seq, bytes.as_bytes()).unwrap();
+                        seq += 1;
+                    }
+                });
+            }
+        });
+        let mut found: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect();
+        found.sort();
+        found.dedup();
+        assert_eq!(
+            found.len(),
+            WRITERS * FILES,
+            "files lost to a shared number"
+        );
     }
 
     /// A temporary name fits in a file name for any name that does, UTF-8
