@@ -666,6 +666,30 @@ fn names_come_back_when_address_space_does() {
     );
 }
 
+/// Set in a child whose descriptor 2 is closed at its first allocation.
+const CLOSE_STDERR_FIRST: &str = "HEAPPROF_TEST_CLOSE_STDERR_FIRST";
+
+/// Run by the dynamic loader before `main`: in a child started with
+/// [`CLOSE_STDERR_FIRST`], closes descriptor 2 and allocates, so that the
+/// program's first allocation finds no stderr (std then opens the null
+/// device there, before `main`).
+extern "C" fn close_stderr_at_the_first_allocation() {
+    // SAFETY: the name is NUL-terminated, and no thread that could change
+    // the environment exists yet; closing descriptor 2 in a child asked to
+    // is the scenario.
+    unsafe {
+        if libc::getenv(c"HEAPPROF_TEST_CLOSE_STDERR_FIRST".as_ptr()).is_null() {
+            return;
+        }
+        libc::close(2);
+    }
+    std::hint::black_box(Box::new(0u64));
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static CLOSE_STDERR: extern "C" fn() = close_stderr_at_the_first_allocation;
+
 /// Puts `file` at descriptor 2 as a program that closed its stderr and
 /// opened a file of its own gets it, writes `DATA` there, then makes
 /// heapprof report an error (a guard profile into a missing directory);
@@ -705,11 +729,16 @@ fn child_stderr_replaced_by_a_log() {
 }
 
 /// A program that closes its stderr and opens a file of its own gets that
-/// file at descriptor 2: heapprof writes none of its messages into it. A
-/// log the program puts there (open for appending) gets them.
+/// file at descriptor 2: heapprof writes none of its messages into it,
+/// whether stderr was open at the first allocation or not. A log the
+/// program puts there (open for appending) gets them.
 #[test]
 fn messages_go_to_stderr_not_to_a_file_in_its_place() {
     let (stdout, _) = run_child("child_stderr_taken_by_a_data_file", &[]);
+    assert!(stdout.contains("HELD=\"DATA\""), "{stdout}");
+    // Closed when first looked at, descriptor 2 names no file to write to.
+    let closed = [(CLOSE_STDERR_FIRST, "1")];
+    let (stdout, _) = run_child("child_stderr_taken_by_a_data_file", &closed);
     assert!(stdout.contains("HELD=\"DATA\""), "{stdout}");
     let (stdout, _) = run_child("child_stderr_replaced_by_a_log", &[]);
     assert!(
