@@ -7,7 +7,7 @@
 //!
 //! The sample rate is 1: every allocation is recorded, the numbers exact.
 
-use heapprof_testkit::http::{HttpReply, http_get};
+use heapprof_testkit::http::{HttpReply, http_get, http_raw};
 use heapprof_testkit::profile::{ALLOC_SPACE, INUSE_SPACE, cum, decode, string};
 use heapprof_testkit::tools::{go_available, go_pprof, top_rows};
 
@@ -103,6 +103,54 @@ fn delta_heap_counts_allocations_since_the_previous_scrape() {
     }
     assert_eq!(churned, 8 << 20);
     drop(kept);
+}
+
+/// A `HEAD` request (a probe, a link checker) and the text form (the
+/// index page's link, for people) show what was allocated since the last
+/// scrape and leave it to the next: only a scrape of the profile moves
+/// the window on.
+#[test]
+fn only_a_scrape_of_the_profile_moves_delta_heap_on() {
+    let _alone = DELTA_HEAP.lock().unwrap_or_else(|e| e.into_inner());
+    heapprof::set_sample_rate(1);
+    let addr = heapprof::http::serve("127.0.0.1:0").unwrap();
+    get_ok(addr, "/debug/pprof/delta_heap");
+    let mut kept = Vec::with_capacity(4);
+    kept_for_scrapes(&mut kept, 3);
+
+    let head = http_raw(
+        addr,
+        b"HEAD /debug/pprof/delta_heap HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!(head.status, 200, "{}", head.head);
+    let text = get_ok(addr, "/debug/pprof/delta_heap?debug=1").text();
+    assert!(text.contains("kept_for_scrapes"), "{text}");
+    let scraped = decode(&get_ok(addr, "/debug/pprof/delta_heap").body);
+    assert_eq!(cum(&scraped, "kept_for_scrapes", ALLOC_SPACE), 3 * MIB);
+    // That scrape moved the window on.
+    let next = decode(&get_ok(addr, "/debug/pprof/delta_heap").body);
+    assert_eq!(cum(&next, "kept_for_scrapes", ALLOC_SPACE), 0);
+    drop(kept);
+}
+
+/// A client that closes its writing side once the request is sent (`nc
+/// -N`, a script, a proxy passing the close on) still reads: it gets the
+/// profile, as from Go's server.
+#[test]
+fn a_client_that_half_closes_gets_its_profile() {
+    use std::io::{Read, Write};
+    let addr = heapprof::http::serve("127.0.0.1:0").unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /debug/pprof/heap HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).unwrap();
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    let body = reply.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let p = decode(&reply[body..]);
+    assert!(!p.sample_type.is_empty());
 }
 
 /// Go's profiles that scrapers ask for by default: a 404 saying heapprof

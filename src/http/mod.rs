@@ -37,7 +37,12 @@
 //! scrapers of one process each see part of the allocations), so a
 //! scraper that adds them up gets each allocation once, and inuse values
 //! are what is live now, not their change. The first scrape counts allocations from the
-//! program's start. Between scrapes it keeps one copy of the site table.
+//! program's start. Only a `GET` of the profile itself starts the next
+//! window: a `HEAD` request, and the text form (`?debug=1`, which the index
+//! page links for people), show the allocations since the previous scrape
+//! and leave them to the next. A server that mounts [`handle`] answers
+//! `HEAD` itself, or calls it only for `GET`. Between scrapes it keeps one
+//! copy of the site table.
 //!
 //! Anything else is a 404. Go's other profiles, which scrapers ask for by
 //! default (`/debug/pprof/profile`, `goroutine`, `block`, `mutex`, …), get
@@ -135,7 +140,7 @@ const HTML: &str = "text/html; charset=utf-8";
 pub fn handle(path: &str, query: &str) -> Response {
     let built = {
         let _inside = reentry::Inside::enter();
-        let built = respond(path, query);
+        let built = respond(path, query, false);
         // The copy below holds the body twice for a moment: a large one
         // asks for room first, as it did to grow.
         let len = built.body.len();
@@ -191,16 +196,22 @@ fn page(path: &str) -> Option<Page> {
     })
 }
 
-/// [`handle`], inside the profiler.
-pub(super) fn respond(path: &str, query: &str) -> Response {
-    respond_while(path, query, &|| false)
+/// [`handle`], inside the profiler; `head` for a `HEAD` request, whose
+/// body is not sent.
+pub(super) fn respond(path: &str, query: &str, head: bool) -> Response {
+    respond_while(path, query, head, &|| false)
 }
 
 /// [`respond`] for a client that may go away: a `?seconds=N` delta stops
-/// waiting as soon as `gone` says the client has (checked every
+/// waiting as soon as `gone` says the client has closed its end (checked every
 /// [`GONE_CHECK_EVERY`]), so that clients that hang up at once cannot keep
 /// every delta's place taken for [`MAX_DELTA_SECONDS`].
-pub(super) fn respond_while(path: &str, query: &str, gone: &dyn Fn() -> bool) -> Response {
+pub(super) fn respond_while(
+    path: &str,
+    query: &str,
+    head: bool,
+    gone: &dyn Fn() -> bool,
+) -> Response {
     let kind = match page(path) {
         Some(Page::Profile(kind)) => kind,
         Some(Page::Index) => return index(),
@@ -213,7 +224,7 @@ pub(super) fn respond_while(path: &str, query: &str, gone: &dyn Fn() -> bool) ->
     if let Err(e) = crate::output::check_installed() {
         return Response::error(500, e.to_string());
     }
-    match profile_response(kind, &params, gone) {
+    match profile_response(kind, &params, head, gone) {
         Ok(r) => r,
         // A shortage that may pass: a 503, which says when to retry.
         Err(e) if e.kind() == io::ErrorKind::OutOfMemory => Response::error(503, e.to_string()),
@@ -409,7 +420,12 @@ static DELTAS: AtomicUsize = AtomicUsize::new(0);
 /// How often a delta's wait looks whether its client is still there.
 const GONE_CHECK_EVERY: Duration = Duration::from_millis(100);
 
-fn profile_response(kind: Kind, params: &Params, gone: &dyn Fn() -> bool) -> io::Result<Response> {
+fn profile_response(
+    kind: Kind,
+    params: &Params,
+    head: bool,
+    gone: &dyn Fn() -> bool,
+) -> io::Result<Response> {
     let options = pprof::Options {
         default_sample_type: (kind == Kind::Allocs).then_some("alloc_space"),
         addresses_only: params.addresses_only,
@@ -423,10 +439,17 @@ fn profile_response(kind: Kind, params: &Params, gone: &dyn Fn() -> bool) -> io:
                  it takes no seconds",
             ));
         }
+        // Only the profile a scraper reads starts the next window: a HEAD
+        // request (a probe, a link checker) and the text form (the index
+        // page's link, for people) show the allocations since the last
+        // scrape and leave them to the next.
+        let moves_mark = !head && params.debug == 0;
         let source = |previous: &mut Option<output::Mark>| {
             let now = output::Mark::now();
             let source = output::alloc_delta(&now, previous.as_ref());
-            *previous = Some(now);
+            if moves_mark {
+                *previous = Some(now);
+            }
             source
         };
         return build(source, params, options, kind.attachment(false));
@@ -465,7 +488,8 @@ fn profile_response(kind: Kind, params: &Params, gone: &dyn Fn() -> bool) -> io:
     let Some(sites) = sites else {
         return Ok(Response::error(
             503,
-            "heapprof: the client went away during the delta",
+            "heapprof: the client closed its end of the connection during the delta, which \
+             ends the wait (keep it open until the profile comes)",
         ));
     };
     let source = |_: &mut Option<output::Mark>| Source::Delta { sites, span };

@@ -29,7 +29,9 @@
 //!   passes); one body larger than the whole budget is still served when
 //!   no other is held;
 //! * one request per connection (`Connection: close`): scrapers open a
-//!   connection per scrape anyway;
+//!   connection per scrape anyway. A client that closes its writing side
+//!   after the request still gets its profile ([`Peer::Closed`]); only a
+//!   reset connection's build is skipped;
 //! * a failing connection only ends its own thread; the listener goes on
 //!   after any accept error;
 //! * a program that closes the server's descriptors (a daemon closing
@@ -309,10 +311,16 @@ struct Shared {
     builder: Option<mpsc::Sender<Job>>,
 }
 
-/// A request for the builder thread: path, query, where to send the
-/// response, and the client's connection, to skip a build no one waits
-/// for any more.
-type Job = (String, String, mpsc::SyncSender<Response>, Option<Conn>);
+/// A request for the builder thread: path, query, whether it is a `HEAD`,
+/// where to send the response, and the client's connection, to skip a
+/// build no one can read any more.
+type Job = (
+    String,
+    String,
+    bool,
+    mpsc::SyncSender<Response>,
+    Option<Conn>,
+);
 
 /// Starts the thread that builds the responses of one server. Bodies are
 /// allocated, and freed, where they are built: built on a thread of
@@ -325,12 +333,12 @@ type Job = (String, String, mpsc::SyncSender<Response>, Option<Conn>);
 fn start_builder() -> Option<mpsc::Sender<Job>> {
     let (jobs, queue) = mpsc::channel::<Job>();
     own_thread::spawn(c"heapprof-build", THREAD_STACK_BYTES, move |_| {
-        for (path, query, reply, client) in queue {
-            if client.as_ref().is_some_and(peer_gone) {
+        for (path, query, head, reply, client) in queue {
+            if client.as_ref().is_some_and(|c| peer(c) == Peer::Gone) {
                 let _ = reply.send(Response::error(503, "heapprof: the client went away"));
                 continue;
             }
-            let mut response = super::respond(&path, &query);
+            let mut response = super::respond(&path, &query, head);
             // The budget counts bytes held: no spare capacity.
             response.body.shrink_to_fit();
             let _ = reply.send(response);
@@ -340,12 +348,13 @@ fn start_builder() -> Option<mpsc::Sender<Job>> {
     Some(jobs)
 }
 
-/// The response to `path` and `query`: a profile built by the builder
-/// thread, in turn (skipped if the client on `stream` has gone by then);
+/// The response to `path` and `query` (`head` for a `HEAD` request): a
+/// profile built by the builder thread, in turn (skipped if the client on
+/// `stream` has reset the connection by then);
 /// here a page that builds no profile (the index, a 404), a delta (which
 /// waits its N seconds first, unless the client goes away, and of which
 /// only a few run at once), or anything when the builder is not there.
-fn respond(shared: &Shared, stream: &Conn, path: &str, query: &str) -> Response {
+fn respond(shared: &Shared, stream: &Conn, path: &str, query: &str, head: bool) -> Response {
     if !stream.is_ours() {
         // Nobody to answer: no build.
         return Response::error(
@@ -360,40 +369,59 @@ fn respond(shared: &Shared, stream: &Conn, path: &str, query: &str) -> Response 
         let (reply, response) = mpsc::sync_channel(1);
         let client = stream.try_clone().ok();
         if builder
-            .send((path.to_owned(), query.to_owned(), reply, client))
+            .send((path.to_owned(), query.to_owned(), head, reply, client))
             .is_ok()
             && let Ok(response) = response.recv()
         {
             return response;
         }
     }
-    let mut response = super::respond_while(path, query, &|| peer_gone(stream));
+    let mut response = super::respond_while(path, query, head, &|| peer(stream) != Peer::There);
     response.body.shrink_to_fit();
     response
 }
 
-/// Whether the client on `stream` has reset the connection or closed its
-/// end (a client that only half-closes, and still reads, counts as gone:
-/// HTTP clients do not). Looks without taking any byte of a pipelined
-/// request.
-fn peer_gone(stream: &Conn) -> bool {
+/// What is known of the client at the other end of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Peer {
+    /// Its end is open: sending, or quiet.
+    There,
+    /// It closed its end: it hung up, or it only half-closed and still
+    /// reads (`nc -N`, a script that shuts down its writing side). TCP
+    /// tells these apart only once something is sent. A profile is built
+    /// for it (Go's server serves it too); a `?seconds=N` delta stops
+    /// waiting, as Go's does.
+    Closed,
+    /// It reset the connection, or the program closed the descriptor:
+    /// nothing sent can be read.
+    Gone,
+}
+
+/// How the client on `stream` stands ([`Peer`]). Looks without taking
+/// any byte of a pipelined request.
+fn peer(stream: &Conn) -> Peer {
     let looked = stream.with(|s| {
         if s.set_nonblocking(true).is_err() {
-            return Ok(false);
+            return Ok(Peer::There);
         }
         let looked = s.peek(&mut [0u8; 1]);
         let _ = s.set_nonblocking(false);
         Ok(match looked {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => !matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-            ),
+            Ok(0) => Peer::Closed,
+            Ok(_) => Peer::There,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Peer::There
+            }
+            Err(_) => Peer::Gone,
         })
     });
     // A connection whose descriptor the program closed has no client left.
-    looked.unwrap_or(true)
+    looked.unwrap_or(Peer::Gone)
 }
 
 fn accept_loop(listener: TcpListener, ours: Socket, shared: Arc<Shared>) {
@@ -826,7 +854,7 @@ fn serve_connection(mut stream: Conn, shared: &Shared) {
         // the time of the build.
         Ok(Some(req)) if !req.head_only && shared.budget.spent() => (over_budget(), false),
         Ok(Some(req)) => (
-            respond(shared, &stream, &req.path, &req.query),
+            respond(shared, &stream, &req.path, &req.query, req.head_only),
             req.head_only,
         ),
         // The client went away, or the read failed: nobody to answer.
@@ -1003,24 +1031,91 @@ fn reason(status: u16) -> &'static str {
 mod tests {
     use super::*;
 
-    /// The builder skips the profile of a client that has hung up, so
-    /// that clients that leave at once cannot keep the next ones waiting;
-    /// it builds one for a client still there. The index and a 404 build
-    /// no profile, and do not wait for the builder.
+    /// How a client left, as a test makes it leave.
+    #[derive(Clone, Copy)]
+    enum Leaves {
+        Not,
+        HalfCloses,
+        Resets,
+    }
+
+    /// The state of the server's end of a TCP connection (`TCP_INFO`'s
+    /// `tcpi_state`), read without taking anything from the socket.
+    fn tcp_state(conn: &Conn) -> u8 {
+        use std::os::fd::AsRawFd;
+        conn.with(|s| {
+            // SAFETY: `tcp_info` is plain data; the kernel fills at most
+            // `len` bytes of it, through pointers to live locals.
+            let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+            // SAFETY: as above, on a socket `s` owns.
+            let r = unsafe {
+                libc::getsockopt(
+                    s.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_INFO,
+                    (&raw mut info).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(r, 0, "{}", io::Error::last_os_error());
+            Ok(info.tcpi_state)
+        })
+        .unwrap()
+    }
+
+    /// The builder skips the profile of a client that has reset the
+    /// connection, so that clients that leave so cannot keep the next ones
+    /// waiting; it builds one for a client still there, and for one that
+    /// only closed its end (it may still read: `nc -N`). The index and a
+    /// 404 build no profile, and do not wait for the builder.
     #[test]
-    fn the_builder_skips_clients_that_left() {
+    fn the_builder_skips_clients_that_reset() {
         assert!(super::super::builds_profile("/debug/pprof/heap"));
         assert!(!super::super::builds_profile("/debug/pprof/"));
         assert!(!super::super::builds_profile("/debug/pprof/goroutine"));
         let builder = start_builder().expect("the builder thread");
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let ask = |client_stays: bool| {
-            let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let ask = |leaves: Leaves| {
+            let mut client = Some(TcpStream::connect(listener.local_addr().unwrap()).unwrap());
             let server_side = Conn::new(listener.accept().unwrap().0);
-            if !client_stays {
-                drop(client);
-                // The close reaches the other end before the builder looks.
-                while !peer_gone(&server_side) {
+            // What the client does reaches the server's end before the
+            // builder looks: the state moves on from ESTABLISHED.
+            // Linux's `enum tcp_state` (`include/net/tcp_states.h`).
+            let (closed, closed_wait) = (7, 8);
+            let reached = match leaves {
+                Leaves::Not => None,
+                Leaves::HalfCloses => {
+                    let client = client.as_ref().unwrap();
+                    client.shutdown(std::net::Shutdown::Write).unwrap();
+                    Some(closed_wait)
+                }
+                Leaves::Resets => {
+                    use std::os::fd::AsRawFd;
+                    let linger = libc::linger {
+                        l_onoff: 1,
+                        l_linger: 0,
+                    };
+                    let fd = client.as_ref().unwrap().as_raw_fd();
+                    // SAFETY: a valid socket and a `linger` of the size
+                    // passed, alive across the call.
+                    let r = unsafe {
+                        libc::setsockopt(
+                            fd,
+                            libc::SOL_SOCKET,
+                            libc::SO_LINGER,
+                            (&raw const linger).cast(),
+                            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                        )
+                    };
+                    assert_eq!(r, 0);
+                    // Closed with a zero linger: a reset.
+                    drop(client.take());
+                    Some(closed)
+                }
+            };
+            if let Some(state) = reached {
+                while tcp_state(&server_side) != state {
                     std::thread::yield_now();
                 }
             }
@@ -1028,23 +1123,33 @@ mod tests {
             let job = (
                 "/debug/pprof/heap".to_owned(),
                 String::new(),
+                false,
                 reply,
                 server_side.try_clone().ok(),
             );
             builder.send(job).unwrap();
-            response.recv().unwrap()
+            let response = response.recv().unwrap();
+            drop(client);
+            response
         };
-        let left = ask(false);
-        assert_eq!(left.status, 503, "{}", String::from_utf8_lossy(&left.body));
-        // Built (a 500 where heapprof is not the global allocator, as in
-        // these unit tests): not skipped.
-        let stayed = ask(true);
-        assert_ne!(
-            stayed.status,
+        let reset = ask(Leaves::Resets);
+        assert_eq!(
+            reset.status,
             503,
             "{}",
-            String::from_utf8_lossy(&stayed.body)
+            String::from_utf8_lossy(&reset.body)
         );
+        // Built (a 500 where heapprof is not the global allocator, as in
+        // these unit tests): not skipped.
+        for leaves in [Leaves::Not, Leaves::HalfCloses] {
+            let built = ask(leaves);
+            assert_ne!(
+                built.status,
+                503,
+                "{}",
+                String::from_utf8_lossy(&built.body)
+            );
+        }
     }
 
     #[test]
