@@ -574,22 +574,30 @@ fn names_too_long_for_a_request_line_are_refused() {
     }
 }
 
+/// The allocation whose sample starts the pusher in
+/// `starts_from_the_environment`.
+#[inline(never)]
+fn started_the_pusher() -> Vec<u8> {
+    vec![5u8; MIB]
+}
+
 /// The pusher with no code: `HEAPPROF_PYROSCOPE_*` in a child's
-/// environment, a periodic push and the one at exit.
+/// environment, a periodic push and the one at exit. Its pushes count
+/// every allocation from the program's start, the one whose sample
+/// started it included; a label given twice keeps its last value.
 #[test]
 fn starts_from_the_environment() {
     if is_child() {
+        // Sampling is off until here (`HEAPPROF_SAMPLE_RATE=0`): the next
+        // allocation is the first sample, and starts the pusher.
         heapprof::set_sample_rate(1);
-        // The pusher starts at this sample, and its first period when its
-        // thread runs: the 3 MiB come after.
-        std::hint::black_box(vec![0u8; 64]);
-        std::thread::sleep(Duration::from_millis(300));
+        let first = started_the_pusher();
         let mut kept = Vec::with_capacity(3);
         kept_between(&mut kept, 3);
         // Long enough for a periodic push or two before the exit push.
         std::thread::sleep(Duration::from_millis(2500));
-        std::hint::black_box(&kept);
-        std::mem::forget(kept);
+        std::hint::black_box((&kept, &first));
+        std::mem::forget((kept, first));
         return;
     }
     let _watchdog = watchdog("starts_from_the_environment", Duration::from_secs(120));
@@ -600,8 +608,9 @@ fn starts_from_the_environment() {
             "starts_from_the_environment",
             &[
                 ("HEAPPROF_PYROSCOPE_URL", &url),
+                ("HEAPPROF_SAMPLE_RATE", "0"),
                 ("HEAPPROF_PYROSCOPE_NAME", "env-app"),
-                ("HEAPPROF_PYROSCOPE_LABELS", "env=ci, team=memory"),
+                ("HEAPPROF_PYROSCOPE_LABELS", "env=dev, team=memory, env=ci"),
                 ("HEAPPROF_PYROSCOPE_EVERY", "1s"),
                 ("HEAPPROF_PYROSCOPE_TENANT", "t-42"),
                 ("HEAPPROF_PYROSCOPE_TOKEN", "tok"),
@@ -616,19 +625,26 @@ fn starts_from_the_environment() {
         summary(&pushes)
     );
     for p in &pushes {
-        check_request(p, "env-app{env=ci,team=memory}");
+        check_request(p, "env-app{team=memory,env=ci}");
         assert_eq!(p.header("x-scope-orgid"), Some("t-42"));
         assert_eq!(p.header("authorization"), Some("Bearer tok"));
     }
     // The exit push: the child's 3 MiB still live, whenever allocated.
     let last = profile_of(pushes.last().unwrap());
     assert_eq!(bytes_at(&last, "kept_between", INUSE_SPACE), 3 * MIB as i64);
-    // All the pushes together count the 3 MiB allocated once.
-    let allocated: i64 = pushes
-        .iter()
-        .map(|p| bytes_at(&profile_of(p), "kept_between", ALLOC_SPACE))
-        .sum();
-    assert_eq!(allocated, 3 * MIB as i64, "{:?}", summary(&pushes));
+    // All the pushes together count each allocation once.
+    for (function, bytes) in [("kept_between", 3 * MIB), ("started_the_pusher", MIB)] {
+        let allocated: i64 = pushes
+            .iter()
+            .map(|p| bytes_at(&profile_of(p), function, ALLOC_SPACE))
+            .sum();
+        assert_eq!(
+            allocated,
+            bytes as i64,
+            "{function}: {:?}",
+            summary(&pushes)
+        );
+    }
     assert!(push_warnings(&stderr).is_empty(), "{stderr}");
 }
 

@@ -73,6 +73,18 @@ impl Mark {
             wall: SystemTime::now(),
         }
     }
+
+    /// The empty table at the program's start
+    /// (`support::this_process::started`): a series that starts here
+    /// counts every allocation. Allocates nothing.
+    pub(crate) fn at_start() -> Mark {
+        let (at, wall) = crate::support::this_process::started();
+        Mark {
+            sites: record::sites::PackedSites::default(),
+            at,
+            wall,
+        }
+    }
 }
 
 /// The profile of a series of alloc deltas, the one path both the

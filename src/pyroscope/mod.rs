@@ -17,13 +17,14 @@
 //! ```
 //!
 //! or, with no code, from the environment (the pusher starts with the
-//! first sampled allocation, and pushes once more as the process exits):
+//! first sampled allocation, its first push counts from the program's
+//! start, and it pushes once more as the process exits):
 //!
 //! | variable | meaning |
 //! | --- | --- |
 //! | `HEAPPROF_PYROSCOPE_URL` | the server (`http://…` or `https://…`); setting it turns pushing on |
 //! | `HEAPPROF_PYROSCOPE_NAME` | the application name; the executable's file name if unset |
-//! | `HEAPPROF_PYROSCOPE_LABELS` | `k=v,k=v` added to every profile |
+//! | `HEAPPROF_PYROSCOPE_LABELS` | `k=v,k=v` added to every profile; a key given twice keeps its last value |
 //! | `HEAPPROF_PYROSCOPE_EVERY` | the period, `15s` by default ([`DEFAULT_EVERY`]) |
 //! | `HEAPPROF_PYROSCOPE_USER`, `HEAPPROF_PYROSCOPE_PASSWORD` | basic authentication (Grafana Cloud: the stack's user id and an access token) |
 //! | `HEAPPROF_PYROSCOPE_TOKEN` | a bearer token, for a proxy that wants one |
@@ -229,7 +230,7 @@ impl Pusher {
             // `start` returns, so that what the program allocates next is
             // in it.
             let mark = Mark::now();
-            copy.spawn(Some(mark))
+            copy.spawn(mark)
         };
         // The message is the program's allocation: made outside the
         // profiler, as the program's `stats()` expect of what it frees.
@@ -241,16 +242,15 @@ impl Pusher {
         })
     }
 
-    /// Starts the thread, whose first period starts at `mark`, or when
-    /// the thread starts if `None`. Inside the profiler.
-    fn spawn(self, mark: Option<Mark>) -> io::Result<PusherHandle> {
+    /// Starts the thread, whose first period starts at `mark`. Inside the
+    /// profiler.
+    fn spawn(self, mark: Mark) -> io::Result<PusherHandle> {
         let control = Arc::new(Control {
             stop: AtomicBool::new(false),
             finished: AtomicBool::new(false),
         });
         let seen = Arc::clone(&control);
         let thread = own_thread::spawn(c"heapprof-push", THREAD_STACK_BYTES, move |wake| {
-            let mark = mark.unwrap_or_else(Mark::now);
             let url = without_credentials(&self.url).into_owned();
             // Nothing the thread calls is known to panic; if something
             // does, the pushes end with a line saying so, and `stop` and
@@ -648,17 +648,23 @@ pub(crate) fn start_from_env() {
     }
     let mut pusher =
         Pusher::new(url.clone(), c.name.clone().unwrap_or_else(exe_name)).every(c.every);
-    pusher.labels = c.labels.clone();
+    // A key given twice keeps its last value, as `Pusher::label` has it.
+    for (key, value) in &c.labels {
+        pusher = pusher.label(key, value);
+    }
     pusher.basic_auth = c.basic_auth.clone();
     pusher.bearer_token = c.token.clone();
     pusher.tenant = c.tenant.clone();
     let timeout = pusher.timeout;
-    // Here in the allocator's slow path, the thread takes the first copy
-    // of the table itself, and the check that heapprof is installed is
-    // moot.
-    let started =
-        std::panic::catch_unwind(move || pusher.check().and_then(|()| pusher.spawn(None)))
-            .unwrap_or_else(|_| Err(io::Error::other("spawning the thread panicked")));
+    // The first period starts at the program's start, as `delta_heap`'s
+    // first scrape does: what was allocated before this sample started
+    // the pusher is in the first push. That mark copies nothing, here in
+    // the allocator's slow path; and the check that heapprof is installed
+    // is moot.
+    let started = std::panic::catch_unwind(move || {
+        pusher.check().and_then(|()| pusher.spawn(Mark::at_start()))
+    })
+    .unwrap_or_else(|_| Err(io::Error::other("spawning the thread panicked")));
     match started {
         Ok(handle) => {
             let _ = FROM_ENV.set((

@@ -580,7 +580,7 @@ pub(crate) fn snapshot() -> Vec<SiteCopy> {
 /// larger than the thread caches go back to their arena, where a
 /// [`SiteCopy`] per site would put a small block per site into the
 /// dropping thread's cache (`support/growth.rs`).
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub(crate) struct PackedSites {
     sites: Vec<PackedSite>,
     frames: Vec<usize>,

@@ -1,4 +1,5 @@
-//! Which process this is, told apart from the one it was forked from.
+//! Which process this is, told apart from the one it was forked from, and
+//! when it started.
 //!
 //! heapprof's threads, exit handlers and prepared dumps belong to the
 //! process that set them up; a forked child has copies of the handles but
@@ -8,8 +9,27 @@
 //! process is its pid and the number of forks between the first process
 //! that ran heapprof and it, counted by a fork handler of its own.
 
-use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::{Once, OnceLock};
+use std::time::{Instant, SystemTime};
+
+/// When the program first allocated through heapprof, on both clocks:
+/// where counts "from the program's start" begin.
+static STARTED: OnceLock<(Instant, SystemTime)> = OnceLock::new();
+
+/// Notes the program's start, at its first allocation
+/// (`process::on_first_allocation`). Reads two clocks; allocates nothing.
+pub(crate) fn note_start() {
+    let _ = STARTED.set((Instant::now(), SystemTime::now()));
+}
+
+/// The program's start ([`note_start`]); now, if it is not noted yet.
+pub(crate) fn started() -> (Instant, SystemTime) {
+    STARTED
+        .get()
+        .copied()
+        .unwrap_or_else(|| (Instant::now(), SystemTime::now()))
+}
 
 /// Forks between the first process that counted and this one: bumped
 /// once in each child, by the only thread there, before `fork` returns.
