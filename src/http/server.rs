@@ -985,7 +985,7 @@ fn parse_head(bytes: &[u8]) -> Result<Option<Request>, (u16, &'static str)> {
                 Some("HEAD") => true,
                 _ => return Err((405, "only GET and HEAD are served")),
             };
-            let target = req.path.unwrap_or("/");
+            let target = origin_form(req.path.unwrap_or("/"));
             let (path, query) = target.split_once('?').unwrap_or((target, ""));
             Ok(Some(Request {
                 head_only,
@@ -995,6 +995,26 @@ fn parse_head(bytes: &[u8]) -> Result<Option<Request>, (u16, &'static str)> {
         }
         Err(httparse::Error::TooManyHeaders) => Err((431, "too many request headers")),
         Err(_) => Err((400, "malformed request")),
+    }
+}
+
+/// A request target as a path and query: the origin form
+/// (`/debug/pprof/heap?debug=1`) as it is, and the absolute form
+/// (`http://host:6060/debug/pprof/heap`, which clients send to a proxy,
+/// and which HTTP/1.1 servers take too) without its scheme and authority.
+fn origin_form(target: &str) -> &str {
+    let scheme_end = ["http://", "https://"].into_iter().find_map(|scheme| {
+        let given = target.get(..scheme.len())?;
+        given.eq_ignore_ascii_case(scheme).then_some(scheme.len())
+    });
+    let Some(scheme_end) = scheme_end else {
+        return target;
+    };
+    let rest = &target[scheme_end..];
+    match rest.find(['/', '?']) {
+        Some(at) if rest[at..].starts_with('/') => &rest[at..],
+        // No path (`http://host` or `http://host?q`): the root's.
+        _ => "/",
     }
 }
 
@@ -1198,6 +1218,19 @@ mod tests {
             .unwrap()
             .head_only
         );
+        let absolute = b"GET HTTP://127.0.0.1:6060/debug/pprof/heap?debug=1 HTTP/1.1\r\n\r\n";
+        let r = parse_head(absolute).unwrap().unwrap();
+        assert_eq!(
+            (r.path.as_str(), r.query.as_str()),
+            ("/debug/pprof/heap", "debug=1")
+        );
+        for (target, path) in [
+            ("http://h", "/"),
+            ("https://h:1?x", "/"),
+            ("httpx", "httpx"),
+        ] {
+            assert_eq!(super::origin_form(target), path, "{target}");
+        }
         assert_eq!(parse_head(b"POST / HTTP/1.1\r\n\r\n").err().unwrap().0, 405);
         assert_eq!(parse_head(b"\x00\x01garbage\r\n\r\n").err().unwrap().0, 400);
         let many: String = (0..100).map(|i| format!("X-{i}: y\r\n")).collect();
