@@ -41,6 +41,13 @@ impl Default for Profiler<System> {
 
 impl<A: GlobalAlloc> Profiler<A> {
     /// A profiler over another allocator, e.g. `Profiler::wrap(mimalloc::MiMalloc)`.
+    ///
+    /// A freed sampled block of a stateless (zero-sized) allocator may be
+    /// kept for a later sample rather than freed; one of an allocator with
+    /// state, an arena called directly, goes back to it at once, so the
+    /// program may reset the arena once it has freed every block. A
+    /// zero-sized handle to memory the program resets wholesale is taken
+    /// for stateless: give such an allocator a field.
     pub const fn wrap(inner: A) -> Self {
         Profiler {
             inner: Owned::new(inner),
@@ -71,8 +78,8 @@ impl<A: GlobalAlloc> Drop for Profiler<A> {
 // except for sampled blocks, which `record::alloc_sampled` allocates with a stricter
 // alignment (same size) and frees with that same stricter layout; those
 // blocks satisfy the caller's layout too. A freed sampled block kept for
-// reuse (`record/spare.rs`) is handed out again only over the allocator it came
-// from. No method unwinds: the slow path (`record/`)
+// reuse (`record/spare.rs`, stateless allocators only) is handed out again
+// only over the allocator it came from. No method unwinds: the slow path (`record/`)
 // catches nothing because nothing it calls on these paths panics.
 #[cfg(not(miri))]
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {

@@ -1,15 +1,16 @@
 //! A `Profiler` over an arena (not the global allocator) that is dropped,
 //! with its arena, and a new one made at the same address over a new
-//! arena. Nothing of the first may reach the second: no spare sampled block
-//! of the dead arena handed out, no entry of its live sampled blocks
-//! mistaken for one of the new arena's. (This test binary's global
-//! allocator is the system's, so the arena's `Profiler` is the first to
-//! sample and claims heapprof's spare pools; the tests take turns, and
-//! each one's `Profiler` gives the pools back when it is dropped.) And a
-//! `Profiler` over an arena that moves between allocating its blocks and
-//! freeing them, and again before it is dropped.
+//! arena. Nothing of the first may reach the second: no entry of its live
+//! sampled blocks mistaken for one of the new arena's, and no sampled block
+//! of the dead arena handed out. A `Profiler` over an arena that moves
+//! between allocating its blocks and freeing them, and again before it is
+//! dropped. And an arena reset once the program has freed every block.
+//! (This test binary's global allocator is the system's, so the arenas'
+//! `Profiler`s are the only ones that sample; heapprof's spare pools keep
+//! no block of an allocator with state, which an arena is.)
 
 use heapprof_testkit::arena::{bump, map_region};
+use heapprof_testkit::child::{is_child, run_child};
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::collections::HashSet;
@@ -49,6 +50,13 @@ impl Arena {
 
     fn owns(&self, p: *const u8) -> bool {
         (self.base..self.base + ARENA_BYTES).contains(&(p as usize))
+    }
+
+    /// Starts handing out its mapping from the beginning again: for a
+    /// program that has freed every block (a per-request arena).
+    fn reset(&self) {
+        assert!(self.page_aligned.lock().unwrap().is_empty(), "blocks live");
+        self.next.store(0, SeqCst);
     }
 }
 
@@ -177,14 +185,50 @@ fn a_profiler_that_moves_keeps_its_blocks() {
     );
     assert_eq!(arena.wrong_layout_frees.load(SeqCst), 0);
     assert_eq!(arena.foreign_frees.load(SeqCst), 0);
-    let (page_aligned, wrong) = (arena.page_aligned.clone(), arena.wrong_layout_frees.clone());
     assert!(
-        !page_aligned.lock().unwrap().is_empty(),
-        "the spare pools kept some of its sampled blocks"
+        arena.page_aligned.lock().unwrap().is_empty(),
+        "sampled blocks freed by the program and kept by heapprof"
     );
-    // Moved once more, then dropped: the spare blocks kept for it go back
-    // to its arena, each with its own layout.
     drop(Box::new(profiler));
-    assert_eq!(page_aligned.lock().unwrap().len(), 0, "spare blocks kept");
-    assert_eq!(wrong.load(SeqCst), 0);
+}
+
+/// A program that frees every block of an arena and then resets it (a
+/// per-request arena) gets no block twice: heapprof keeps none of the
+/// arena's freed sampled blocks for later samples, which would lie in
+/// memory the arena hands out again. In a child process, whose spare pools
+/// no other test's allocator has used.
+#[test]
+fn an_arena_reset_once_all_is_freed_hands_out_no_block_twice() {
+    if !is_child() {
+        let (stdout, _) = run_child(
+            "an_arena_reset_once_all_is_freed_hands_out_no_block_twice",
+            &[],
+        );
+        assert!(stdout.contains("3 rounds"), "{stdout}");
+        return;
+    }
+    // Page-aligned samples, which the spare pools keep for stateless
+    // allocators.
+    heapprof::set_sample_rate(64 * 1024);
+    let profiler = heapprof::Profiler::wrap(Arena::new());
+    let layout = Layout::from_size_align(1024, 8).unwrap();
+    for round in 0..3 {
+        // SAFETY: a non-zero layout.
+        let mut blocks: Vec<usize> = (0..20_000)
+            .map(|_| unsafe { profiler.alloc(layout) } as usize)
+            .collect();
+        blocks.sort_unstable();
+        let overlapping = blocks.windows(2).filter(|w| w[0] + 1024 > w[1]).count();
+        assert_eq!(overlapping, 0, "round {round}: live blocks overlap");
+        for &b in &blocks {
+            // SAFETY: allocated above with `layout`, freed once.
+            unsafe { profiler.dealloc(b as *mut u8, layout) };
+        }
+        profiler.inner().reset();
+    }
+    assert!(
+        heapprof::snapshot().alloc_objects_in("an_arena_reset_once_all_is_freed") > 0,
+        "the arena's profiler sampled"
+    );
+    println!("3 rounds");
 }

@@ -157,18 +157,13 @@ fn take_sampled(ptr: *mut u8, owner: usize) -> Option<Entry> {
     (entry.owner == owner).then_some(entry)
 }
 
-/// For a `Profiler` being dropped, whose allocator (`inner`) goes away
-/// with it: the spare blocks kept for it go back to it, and its sampled
-/// blocks still live are credited as freed, since their memory goes too.
-/// Nothing of it is left to be handed out, or looked up, later.
+/// For a `Profiler` being dropped, whose allocator (`inner`, one with
+/// state) goes away with it: its sampled blocks still live are credited as
+/// freed, since their memory goes too. Nothing of it is left to be looked
+/// up later; the spare pools keep no block of an allocator with state.
 pub(crate) fn forget_allocator<A: Allocator>(inner: &A) {
     let _inside = reentry::Inside::enter();
     let owner = inner.owner();
-    for (ptr, layout) in spare::give_back(owner) {
-        // SAFETY: a spare block came from `inner` with this layout, and
-        // the pools no longer list it.
-        unsafe { inner.dealloc(ptr, layout) };
-    }
     for e in blocks::remove_owned_by(owner) {
         credit_free(&e);
     }

@@ -10,8 +10,14 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 pub(crate) trait Allocator: GlobalAlloc {
     /// This allocator's name, never 0, the same for as long as it lives,
     /// wherever it is moved; two allocators with state have different
-    /// names.
+    /// names. Odd for a stateless allocator ([`stateless`]), even for one
+    /// with state.
     fn owner(&self) -> usize;
+}
+
+/// Whether `owner` names a stateless allocator ([`Allocator::owner`]).
+pub(crate) fn stateless(owner: usize) -> bool {
+    owner & 1 == 1
 }
 
 /// `A` and its name: what a `Profiler` holds.

@@ -18,6 +18,12 @@
 //! bound (under 1 MiB in all), blocks go back to the inner allocator.
 //! Larger sampled blocks are returned at once: glibc serves those from `mmap` (no recycling), and
 //! other allocators recycle them rarely enough.
+//!
+//! Only a stateless allocator's blocks are kept (`System`, `MiMalloc`: one
+//! the whole process shares). One with state, an arena a `Profiler` wraps
+//! and the program calls directly, may be reset once the program has
+//! freed every block it handed out; a block kept here would then be handed
+//! out again over memory the arena has since given to others.
 
 use std::alloc::Layout;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -51,14 +57,19 @@ static POOLS: [Mutex<{ rank::SPARE }, Vec<usize>>; CLASSES] =
 /// The allocator the pooled blocks came from, as `Allocator::owner`
 /// names it; 0 until the first sample claims the pools.
 ///
-/// A process may hold more than one `Profiler` (a second one over an arena,
-/// called directly), and a block is only ever handed back to the allocator
-/// it came from: the pools serve the first allocator that uses them, and
-/// every other one allocates and frees its sampled blocks itself.
+/// A process may hold more than one `Profiler` (the global one over
+/// `System`, a second one over `MiMalloc` called directly), and a block is
+/// only ever handed back to the allocator it came from: the pools serve the
+/// first stateless allocator that uses them, and every other one allocates
+/// and frees its sampled blocks itself.
 static OWNER: AtomicUsize = AtomicUsize::new(0);
 
-/// Whether the pools are `owner`'s (claiming them if nobody has yet).
+/// Whether the pools are `owner`'s (claiming them if nobody has yet); never
+/// an allocator with state's.
 fn serves(owner: usize) -> bool {
+    if !crate::record::owned::stateless(owner) {
+        return false;
+    }
     match OWNER.compare_exchange(0, owner, Relaxed, Relaxed) {
         Ok(_) => true,
         Err(current) => current == owner,
@@ -115,9 +126,11 @@ pub(crate) fn keep(ptr: *mut u8, actual: Layout, owner: usize) -> bool {
     true
 }
 
-/// For allocator `owner`, which is going away: every block the pools keep
-/// for it, with the layout to free it with, and the pools are free for the
-/// next allocator to claim. Nothing if they serve another one.
+/// For allocator `owner`, which a unit test is done with: every block the
+/// pools keep for it, with the layout to free it with, and the pools are
+/// free for the next test's allocator to claim. Nothing if they serve
+/// another one. (A stateless allocator lives as long as the process.)
+#[cfg(test)]
 pub(crate) fn give_back(owner: usize) -> Vec<(*mut u8, Layout)> {
     let mut blocks = Vec::new();
     if OWNER.load(Relaxed) != owner {

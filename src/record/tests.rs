@@ -136,9 +136,10 @@ struct Inner<'a>(&'a Ledger);
 
 impl Allocator for Inner<'_> {
     fn owner(&self) -> usize {
-        // Even, as `Owned`'s names of allocators with state are; ledgers
-        // are aligned.
-        self.0 as *const Ledger as usize
+        // Odd, as `Owned`'s names of stateless allocators are, so that the
+        // spare pools serve it (its test gives their blocks back:
+        // `Forget`); ledgers are aligned, so no two tests' names meet.
+        self.0 as *const Ledger as usize | 1
     }
 }
 
@@ -185,13 +186,18 @@ fn layout(size: usize) -> Layout {
 }
 
 /// Forgets its allocator when dropped, as a dropped `Profiler` does, and
-/// so even when a test fails: the allocator's blocks leave the set, and
-/// the test that next has an allocator at the same address does not find
-/// them.
+/// so even when a test fails: the allocator's blocks leave the set and the
+/// spare pools, and the test that next has an allocator at the same
+/// address does not find them.
 struct Forget<'a, 'b>(&'a Inner<'b>);
 
 impl Drop for Forget<'_, '_> {
     fn drop(&mut self) {
+        for (ptr, layout) in spare::give_back(self.0.owner()) {
+            // SAFETY: a spare block came from this allocator with this
+            // layout, and the pools no longer list it.
+            unsafe { self.0.dealloc(ptr, layout) };
+        }
         super::forget_allocator(self.0);
     }
 }
@@ -322,7 +328,7 @@ fn samples_are_tracked_counted_and_freed_through_the_inner_allocator() {
 /// From [`PAGE_ALIGN_MIN_RATE`] up, a small sample is a page-aligned block
 /// of its size class; freed, it goes to the spare pool, serves the next
 /// sample of its class (zeroed if asked), and goes back to the inner
-/// allocator with the class layout when its allocator is forgotten.
+/// allocator with the class layout when its test gives the pools back.
 #[test]
 fn page_aligned_samples_use_their_class_layout_and_the_spare_pool() {
     let _serial = serialized();
