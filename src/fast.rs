@@ -48,6 +48,13 @@ impl<A: GlobalAlloc> Profiler<A> {
     /// program may reset the arena once it has freed every block. A
     /// zero-sized handle to memory the program resets wholesale is taken
     /// for stateless: give such an allocator a field.
+    ///
+    /// Wrap an allocator, not another `Profiler`: each would count every
+    /// allocation. The wrapped allocator's methods must not call
+    /// heapprof's functions: heapprof calls them while it holds its own
+    /// locks (to grow its tables), and the functions that return a
+    /// `Result` refuse there with `WouldBlock`; the others would wait for
+    /// good.
     pub const fn wrap(inner: A) -> Self {
         Profiler {
             inner: Owned::new(inner),

@@ -504,7 +504,10 @@ pub use output::snapshot::{
 /// program's global allocator (nothing could have been recorded);
 /// `OutOfMemory`, with nothing written, if the process's memory limits
 /// (`RLIMIT_AS`, strict overcommit) leave too little to build a profile,
-/// where a failed allocation would abort the program.
+/// where a failed allocation would abort the program; `WouldBlock`, with
+/// nothing written, when called from the methods of the allocator a
+/// `Profiler` wraps while heapprof holds its own locks (see
+/// [`Profiler::wrap`]).
 pub fn write_profile<W: io::Write>(w: W) -> io::Result<()> {
     output::write_to_program(output::Source::Live, output::Format::Pprof, w)
 }

@@ -43,6 +43,7 @@ mod limit;
 /// path. Called by the program: what it is given back is its own memory.
 fn write_file(path: &Path) -> io::Result<()> {
     output::check_installed()?;
+    reentry::refuse_under_own_lock()?;
     let written =
         reentry::Inside::enter_for(|| write_profile_at(&expand(path), pprof::Options::at_exit()));
     written.map_err(reentry::as_programs)

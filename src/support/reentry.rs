@@ -171,15 +171,32 @@ impl Drop for Outside {
     }
 }
 
+/// `Err(WouldBlock)` while this thread holds one of heapprof's locks: the
+/// program's code that runs then is code heapprof called under them (the
+/// wrapped allocator's methods, as heapprof grows its tables), and a
+/// profile built there would wait for good for a lock this thread holds.
+pub(crate) fn refuse_under_own_lock() -> io::Result<()> {
+    if !crate::support::lock::any_lock_held() {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::WouldBlock,
+        "heapprof: called while this thread holds one of heapprof's locks (from the wrapped \
+         allocator's methods, which heapprof calls as it grows its tables); nothing was written",
+    ))
+}
+
 /// Runs `f` inside the profiler on the program's writer `w`, and hands
 /// the program its outcome as memory of its own: the program frees what
 /// it is given, so it must have allocated it. The error is the first the
 /// writer gave, as it gave it, or else `f`'s, made again outside the
-/// profiler. Called by the program, outside the profiler.
+/// profiler; [`refuse_under_own_lock`]'s before `f` runs. Called by the
+/// program, outside the profiler.
 pub(crate) fn for_program<W: io::Write, R: Copy>(
     w: W,
     f: impl FnOnce(&mut ProgramWriter<W>) -> io::Result<R>,
 ) -> io::Result<R> {
+    refuse_under_own_lock()?;
     let mut w = ProgramWriter {
         w: std::mem::ManuallyDrop::new(w),
         error: None,
