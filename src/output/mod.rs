@@ -77,6 +77,7 @@ impl Mark {
     /// The empty table at the program's start
     /// (`support::this_process::started`): a series that starts here
     /// counts every allocation. Allocates nothing.
+    #[cfg(feature = "pyroscope")]
     pub(crate) fn at_start() -> Mark {
         let (at, wall) = crate::support::this_process::started();
         Mark {

@@ -24,6 +24,7 @@ pub(crate) fn note_start() {
 }
 
 /// The program's start ([`note_start`]); now, if it is not noted yet.
+#[cfg_attr(not(feature = "pyroscope"), allow(dead_code))]
 pub(crate) fn started() -> (Instant, SystemTime) {
     STARTED
         .get()
