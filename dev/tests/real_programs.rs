@@ -31,25 +31,23 @@ const CONFIGS: [(&str, bool); 7] = [
 
 /// The directory the benchmark binaries are built into, after building
 /// them (`cargo test` does not build benchmarks; cargo does nothing when
-/// they are up to date). They sit beside this test's own executable.
+/// they are up to date): the release profile's, in this test's target
+/// directory, whichever profile this test was built in.
 fn bench_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let deps = std::env::current_exe()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .to_path_buf();
-        let target = deps.parent().unwrap().parent().unwrap();
+        let exe = std::env::current_exe().unwrap();
+        // `<target>/<profile>/deps/<this test>`.
+        let target = exe.ancestors().nth(3).unwrap().to_path_buf();
         let status = Command::new(env!("CARGO"))
             .args(["build", "--release", "-p", "heapprof-dev", "--benches"])
             .arg("--target-dir")
-            .arg(target)
+            .arg(&target)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo build --benches");
         assert!(status.success(), "building the benchmarks failed");
-        deps
+        target.join("release").join("deps")
     })
 }
 

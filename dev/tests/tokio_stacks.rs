@@ -32,6 +32,12 @@ fn a_tasks_stack_ends_at_its_future() {
         .unwrap_or_else(|| panic!("the task's block:\n{grown}"));
     let names: Vec<&str> = site.frames.iter().map(|f| f.function.as_str()).collect();
     println!("{names:#?}");
+    // Unoptimized, a worker's stack is deeper than heapprof keeps: it ends
+    // in the cut's marker, which stays, after the task's future.
+    let names = match names.split_last() {
+        Some((last, rest)) if last.starts_with("[heapprof: stack cut here") => rest.to_vec(),
+        _ => names,
+    };
     assert!(names[0].ends_with("tokio_stacks::keep"), "{names:#?}");
     assert!(
         names.last().unwrap().starts_with("tokio_stacks::handler"),

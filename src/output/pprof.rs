@@ -27,7 +27,7 @@ use crate::labels::{self, LabelSetId};
 use crate::output::proto;
 use crate::output::symbolize::{self, Symbols};
 use crate::record::sites::SiteCopy;
-use crate::record::stack::OWN_FRAMES;
+use crate::record::stack::{CUT, OWN_FRAMES};
 use crate::support::mappings::{self, Mapping};
 
 /// The profile's `doc_url`, which pprof's web UI links as Help: the crate
@@ -420,7 +420,13 @@ impl Trimmer {
         let lines = &*lines;
         let machinery = |k: usize| lines[k].kind.is_some_and(|kind| kind.machinery);
         let start = (0..lines.len()).find(|&k| !machinery(k)).unwrap_or(0);
-        let mut end = lines.len();
+        // A stack cut at its deepest ends in `CUT`, which stays, since the
+        // callers beyond it are not known; the start-up frames next to it
+        // (a deep worker thread's runtime) are trimmed as a whole stack's
+        // root is.
+        let cut = frames.last() == Some(&CUT) && lines.len() > start;
+        let root = lines.len() - usize::from(cut);
+        let mut end = root;
         if !crate::config::get().full_stacks {
             // An address with no symbol is start-up when the code it calls
             // is: the C library's process and thread entry (`start_thread`,
@@ -432,7 +438,7 @@ impl Trimmer {
                     .find_map(|j| lines[j].kind)
                     .is_some_and(|kind| kind.startup)
             };
-            if let Some(last) = (start..lines.len()).rev().find(|&k| !startup(k)) {
+            if let Some(last) = (start..root).rev().find(|&k| !startup(k)) {
                 end = last + 1;
                 // A test's or a spawn's `f::{{closure}}` around `f` itself.
                 let name = |k: usize| {
@@ -449,7 +455,7 @@ impl Trimmer {
         }
         let shown = &mut self.shown;
         shown.clear();
-        for &Line { frame, line, kind } in &lines[start..end] {
+        for &Line { frame, line, kind } in lines[start..end].iter().chain(&lines[root..]) {
             let width = usize::from(kind.is_some());
             match shown.last_mut() {
                 Some(last) if last.addr == frames[frame] && last.lines.1 == line => {

@@ -461,6 +461,33 @@ fn an_unknown_address_that_calls_start_up_code_is_start_up() {
     );
 }
 
+/// A stack cut at its deepest keeps the cut's marker at its root, and
+/// loses the start-up frames before it (a deep worker thread's runtime),
+/// as a whole stack loses its root's; the program's frames before a cut
+/// stay.
+#[test]
+fn a_cut_stack_keeps_its_marker_and_loses_the_start_up_before_it() {
+    assert_start_up_frames_are_cut();
+    use crate::output::symbolize::CUT_FUNCTION;
+    use crate::record::stack::CUT;
+    let r = resolved(&[
+        (0x10, &["__rust_alloc"]),
+        (0x20, &["myprog::task::{{closure}}"]),
+        (0x30, &["tokio::runtime::task::raw::poll"]),
+        (0x40, &["std::panicking::catch_unwind"]),
+        (0x50, &["myprog::deep"]),
+        (CUT, &[CUT_FUNCTION]),
+    ]);
+    assert_eq!(
+        trim(&[0x10, 0x20, 0x30, 0x40, CUT], &r),
+        [shown(0x20, (0, 1)), shown(CUT, (0, 1))]
+    );
+    assert_eq!(
+        trim(&[0x10, 0x20, 0x50, CUT], &r),
+        [shown(0x20, (0, 1)), shown(0x50, (0, 1)), shown(CUT, (0, 1))]
+    );
+}
+
 /// A trimmer used for one stack after another trims each as a fresh one
 /// does: nothing of a longer stack before is left in its buffers.
 #[test]
