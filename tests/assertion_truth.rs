@@ -137,12 +137,27 @@ fn a_full_table_cannot_hide_growth_in_a_delta() {
     drop(kept);
 }
 
+#[inline(never)]
+fn allocates_nothing(n: usize) -> usize {
+    black_box(n) * 2
+}
+
+/// A name that no function of the program has (a typo) fails: nothing
+/// could show what it holds. A function that exists and allocated
+/// nothing passes, with a line that names it and the test's thread.
 #[test]
-fn a_name_no_stack_has_passes_with_a_line_saying_so() {
+fn a_name_no_function_has_fails_and_one_without_samples_passes() {
     if !is_child() {
-        let (_, stderr) = run_child(
-            "a_name_no_stack_has_passes_with_a_line_saying_so",
+        let (stdout, stderr) = run_child(
+            "a_name_no_function_has_fails_and_one_without_samples_passes",
             &[("HEAPPROF_SAMPLE_RATE", "1")],
+        );
+        assert!(
+            stdout.contains(
+                "typo: heapprof: no function of this program is named like \
+                 `assertion_truth::hold_a_lot`"
+            ),
+            "{stdout}"
         );
         let lines: Vec<&str> = stderr
             .lines()
@@ -150,15 +165,20 @@ fn a_name_no_stack_has_passes_with_a_line_saying_so() {
             .collect();
         assert_eq!(lines.len(), 1, "{stderr}");
         assert!(
-            lines[0].contains("assertion_truth::hold_a_lot"),
+            lines[0].contains("assertion_truth::allocates_nothing")
+                && lines[0].contains("(thread "),
             "{}",
             lines[0]
         );
         return;
     }
     let kept = holds_a_lot();
+    let snapshot = heapprof::snapshot();
     // A typo: `hold_a_lot` for `holds_a_lot`.
-    heapprof::snapshot().assert_inuse_at_most("assertion_truth::hold_a_lot", 0);
+    let typo = panic_message(|| snapshot.assert_inuse_at_most("assertion_truth::hold_a_lot", 0));
+    println!("typo: {}", typo.unwrap_or_default());
+    assert_eq!(allocates_nothing(3), 6);
+    snapshot.assert_inuse_at_most("assertion_truth::allocates_nothing", 0);
     drop(kept);
 }
 

@@ -543,9 +543,13 @@ impl Snapshot {
     /// recorded: the snapshot is then empty, and the assertion would pass
     /// for any code. In a test
     /// binary, the `#[global_allocator]` static goes in the test file (or a
-    /// module it includes). A `function` that no sampled stack names (a
-    /// typo, or a function inlined away) passes, with a line on stderr
-    /// saying so; so does one that may be among the callers of a stack cut
+    /// module it includes). It panics too for a `function` that no
+    /// sampled stack names and no symbol of the program's loaded objects
+    /// matches (a typo, or a function inlined into every caller): nothing
+    /// could show what it holds. One that has a symbol and no sampled stack
+    /// (it allocated nothing sampled; or, with debug info, it is inlined
+    /// and its name matched nowhere) passes, with a line on stderr naming
+    /// the thread (a test's name); so does one that may be among the callers of a stack cut
     /// at its deepest kept (64 frames), with the bytes of those stacks.
     /// Bytes under frames of the executable that heapprof could not name
     /// (a stripped binary, or `/proc` not mounted) count against
@@ -644,6 +648,17 @@ impl Snapshot {
             ));
         }
         if !self.sites.iter().any(|s| s.mentions(function)) {
+            let wanted = path_form(function);
+            let named = |name: &str| name.contains(function) || path_form(name).contains(&*wanted);
+            let exists = reentry::Inside::enter_for(|| symbolize::program_has_function(&named));
+            assert!(
+                exists != Some(false),
+                "heapprof: no function of this program is named like `{function}` (no symbol \
+                 matches it), so what it holds cannot be checked: check the name, with its \
+                 path; a function inlined into all its callers has no symbol of its own: mark \
+                 it `#[inline(never)]` (an `async fn`'s body needs debug info to be named in a \
+                 release build)"
+            );
             let why = if unnamed > 0 {
                 symbolize::no_names_hint()
             } else {
@@ -651,8 +666,11 @@ impl Snapshot {
                  `async fn`'s body is, in a release build without debug info)"
                     .into()
             };
+            let thread = std::thread::current();
             crate::config::report::warn(format_args!(
-                "heapprof: assert_inuse_at_most: no sampled stack names a function matching {}; {why}",
+                "heapprof: assert_inuse_at_most (thread {}): no sampled stack names a function \
+                 matching {}, so it passes as holding nothing; {why}",
+                crate::config::report::Shown::new(thread.name().unwrap_or("unnamed")),
                 crate::config::report::Shown::new(function)
             ));
         }

@@ -779,6 +779,34 @@ fn resolve(addr: usize) -> Symbols {
     frames.into()
 }
 
+/// Whether the program has a function whose name (as a profile gives it)
+/// `matches`, in the symbol tables of its loaded objects: the
+/// executable's `.symtab`, a library's `.symtab` or at least its
+/// `.dynsym`. `Some(false)` only when every table was read and none
+/// matches; `None` when one could not be (a stripped executable). A
+/// function inlined into every caller has no symbol of its own. Reads each
+/// file through a mapping, and keeps nothing.
+pub(crate) fn program_has_function(matches: &dyn Fn(&str) -> bool) -> Option<bool> {
+    use crate::support::mappings;
+    let mut objects = Vec::new();
+    mappings::each_object(&mut |info| objects.push(mappings::object_name(info)));
+    let mut read_every_table = true;
+    for name in objects {
+        let (path, needs_symtab) = match name.as_str() {
+            "" => (mappings::executable_path(), true),
+            // The kernel's vDSO has no file.
+            vdso if vdso.starts_with("linux-vdso") || vdso.starts_with("linux-gate") => continue,
+            _ => (Some(std::path::PathBuf::from(name)), false),
+        };
+        match path.and_then(|p| own::has_function(&p, needs_symtab, matches)) {
+            Some(true) => return Some(true),
+            Some(false) => {}
+            None => read_every_table = false,
+        }
+    }
+    read_every_table.then_some(false)
+}
+
 /// A symbol as linked (`bytes`, mangled or not) as (its demangled name
 /// without the trailing hash, closures in one form; the name as linked).
 /// Rust names are demangled as Rust, then C++ names (`_Z…`, with their

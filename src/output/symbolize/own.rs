@@ -1129,6 +1129,39 @@ fn has_link_checksum(path: &std::path::Path, link: &[u8], endian: NativeEndian) 
     Mapped::new(&file).is_some_and(|map| crc32fast::hash(map.bytes()) == wanted)
 }
 
+/// Whether the ELF file at `path` has a function symbol whose name, as
+/// [`super::names`] gives it, `matches`: from `.symtab`, or `.dynsym` where
+/// `needs_symtab` is false and the file has no `.symtab` (a shared
+/// library's exported functions). `None` if the file cannot be read or
+/// has no table to look in; nothing is kept.
+pub(super) fn has_function(
+    path: &std::path::Path,
+    needs_symtab: bool,
+    matches: &dyn Fn(&str) -> bool,
+) -> Option<bool> {
+    let file = File::open(path).ok()?;
+    let map = Mapped::new(&file)?;
+    let data = map.bytes();
+    let header = Elf::parse(data).ok()?;
+    let endian = header.endian().ok()?;
+    let sections = header.sections(endian, data).ok()?;
+    let mut table = sections.symbols(endian, data, elf::SHT_SYMTAB).ok()?;
+    if table.is_empty() {
+        if needs_symtab {
+            return None;
+        }
+        table = sections.symbols(endian, data, elf::SHT_DYNSYM).ok()?;
+    }
+    let strings = table.strings();
+    Some(table.iter().any(|sym| {
+        sym.st_type() == elf::STT_FUNC
+            && sym.st_shndx(endian) != elf::SHN_UNDEF
+            && strings
+                .get(sym.st_name(endian))
+                .is_ok_and(|bytes| matches(&super::names(bytes).0))
+    }))
+}
+
 /// The GNU build ID of the ELF file at `path`, if it has one.
 fn file_build_id(path: &std::path::Path) -> Option<String> {
     let file = File::open(path).ok()?;
