@@ -625,13 +625,13 @@ fn index() -> Response {
     let (all, live) = sites::site_counts();
     let stats = crate::output::snapshot::stats();
     let has_peak = crate::record::peak::recorded();
-    let rate = sample::rate();
+    let numbers = sample::what_the_numbers_are(sample::rate());
     let mut page = String::new();
     let _ = write!(
         page,
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>heapprof: /debug/pprof/</title></head><body>\n\
          <h1>/debug/pprof/</h1>\n\
-         <p>Heap profiles from heapprof, sampled every {rate} bytes on average. \
+         <p>Heap profiles from heapprof; their values are {numbers}. \
          Read them with <code>go tool pprof http://HOST/debug/pprof/heap</code>.</p>\n\
          <table>\n<tr><th>count</th><th>profile</th><th>what the count is</th></tr>\n\
          <tr><td>{live}</td><td><a href=\"/debug/pprof/heap\">heap</a> (<a href=\"/debug/pprof/heap?debug=1\">text</a>)</td>\

@@ -554,8 +554,9 @@ impl Builder {
             .sum();
         let mut comments = vec![
             format!(
-                "heapprof {}: values are unbiased estimates from sampling every {rate} bytes on average",
-                env!("CARGO_PKG_VERSION")
+                "heapprof {}: values are {}",
+                env!("CARGO_PKG_VERSION"),
+                crate::sample::what_the_numbers_are(rate)
             ),
             format!(
                 "heapprof: stacks unwound with {}",

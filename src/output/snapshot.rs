@@ -962,8 +962,8 @@ impl fmt::Display for Snapshot {
         };
         writeln!(
             f,
-            "heapprof: {total} live bytes (estimated at a sample rate of {} bytes)",
-            self.rate
+            "heapprof: {total} live bytes; values are {}",
+            sample::what_the_numbers_are(self.rate)
         )?;
         writeln!(
             f,
