@@ -117,6 +117,41 @@ fn assert_fails_with_added(delta: &heapprof::Snapshot, function: &str, max: i64,
     );
 }
 
+/// Builds a report of `bytes` bytes, for the test below alone.
+#[inline(never)]
+fn build_report(bytes: usize) -> Vec<u8> {
+    // A byte no other function here fills with: two functions of the same
+    // code are one in a release build, under one of their names.
+    black_box(vec![0x42u8; bytes])
+}
+
+/// Another thread (another test, in a real suite) keeps blocks it built
+/// through the same function meanwhile: they count, and the failure says
+/// how much each thread added, by the `thread` label (a test's name).
+#[test]
+fn a_failure_says_what_each_thread_added() {
+    heapprof::set_sample_rate(1);
+    let before = heapprof::snapshot();
+    let kept = build_report(11_111);
+    let other = std::thread::Builder::new()
+        .name("another-test".into())
+        .spawn(|| build_report(22_222))
+        .unwrap()
+        .join()
+        .unwrap();
+    let delta = heapprof::snapshot().delta(&before);
+    let message = panic_message(|| {
+        delta.assert_inuse_at_most("parallel_isolation::build_report", 1000);
+    })
+    .expect("33 333 bytes added");
+    // The label is the system's name of the thread, its first 15 bytes.
+    assert!(
+        message.contains("by thread: \"another-test\" 22222, \"a_failure_says_\" 11111"),
+        "{message}"
+    );
+    drop((kept, other));
+}
+
 /// Builds a cache of `bytes` bytes, called by two tests below.
 #[inline(never)]
 fn build_cache(bytes: usize) -> Vec<u8> {

@@ -536,7 +536,9 @@ impl Snapshot {
     /// block may not have been sampled, it may count whole, never less).
     /// What other threads allocate through `function` in between and
     /// still hold at the end counts too. The message's count is of those
-    /// blocks; the table below it shows net changes.
+    /// blocks, split by the threads they were allocated on when more than
+    /// one has some (the `thread` label: under libtest, a test's name, cut
+    /// to the system's 15 bytes); the table below it shows net changes.
     ///
     /// Also panics if heapprof is not the program's `#[global_allocator]`,
     /// or if sampling is off (`HEAPPROF_SAMPLE_RATE=0`) and nothing was
@@ -597,6 +599,20 @@ impl Snapshot {
             .saturating_add(unnamed)
             .saturating_add(dropped);
         let mut also = String::new();
+        let by_thread = self.held_by_thread(function);
+        if !by_thread.is_empty() {
+            let shown: Vec<String> = by_thread
+                .iter()
+                .map(|(thread, bytes)| {
+                    format!("{} {bytes}", crate::config::report::Shown::new(thread))
+                })
+                .collect();
+            also += &format!(
+                " (by thread: {}; other tests' blocks through it count too: give each test \
+                 its own function, take a lock, or use `heapprof::measure`)",
+                shown.join(", ")
+            );
+        }
         if unnamed > 0 {
             also += &format!(
                 " (and {unnamed} {} under frames of the program that heapprof could not name, \
@@ -692,11 +708,47 @@ impl Snapshot {
             .iter()
             .enumerate()
             .filter(|(_, site)| site.mentions(function))
-            .map(|(i, site)| match &self.gains {
-                Some(gains) => gains[i],
-                None => site.inuse_bytes.max(0),
-            })
+            .map(|(i, site)| self.gained_at(i, site))
             .fold(0, i64::saturating_add)
+    }
+
+    /// What [`Snapshot::gained_in`] counts of site `i`.
+    fn gained_at(&self, i: usize, site: &Site) -> i64 {
+        match &self.gains {
+            Some(gains) => gains[i],
+            None => site.inuse_bytes.max(0),
+        }
+    }
+
+    /// What the assertion counts of `function` (gains in a delta, live
+    /// bytes otherwise), by the `thread` label of the sites it is
+    /// counted in, largest first, leaving out threads with none; empty
+    /// when it all comes from one thread.
+    fn held_by_thread(&self, function: &str) -> Vec<(&str, i64)> {
+        let mut by_thread: HashMap<&str, i64> = HashMap::new();
+        for (i, site) in self.sites.iter().enumerate() {
+            if !site.mentions(function) {
+                continue;
+            }
+            let bytes = if self.delta {
+                self.gained_at(i, site)
+            } else {
+                site.inuse_bytes
+            };
+            let thread = site
+                .labels
+                .iter()
+                .find(|(key, _)| key == crate::labels::THREAD_KEY)
+                .map_or("(no thread label)", |(_, name)| name.as_str());
+            let held = by_thread.entry(thread).or_default();
+            *held = held.saturating_add(bytes);
+        }
+        let mut held: Vec<(&str, i64)> = by_thread.into_iter().filter(|&(_, b)| b > 0).collect();
+        if held.len() < 2 {
+            return Vec::new();
+        }
+        held.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        held
     }
 
     /// Live bytes (in a delta: bytes allocated in between) of the sites
