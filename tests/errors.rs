@@ -318,6 +318,22 @@ fn malformed_rates_are_reported_once_and_the_default_used() {
     }
 }
 
+/// A variable heapprof does not read but that looks like one it does is
+/// reported in one line naming the one meant; nothing is set by it.
+#[test]
+fn a_misspelled_variable_is_reported() {
+    let (stdout, stderr) = run_child("child_reports_rate", &[("HEAPPROF_SAMPLERATE", "1")]);
+    assert_eq!(printed_number(&stdout, "rate="), 524288);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("heapprof")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("\"HEAPPROF_SAMPLERATE\"")
+            && lines[0].contains("did you mean HEAPPROF_SAMPLE_RATE?"),
+        "{}",
+        lines[0]
+    );
+}
+
 /// Every setting, set to nothing (`HEAPPROF_X= cmd`): taken as unset, with
 /// nothing on stderr, and the defaults in force.
 #[test]

@@ -415,7 +415,9 @@ fn the_thread_label_can_be_turned_off() {
         &[("HEAPPROF_THREAD_LABEL", "maybe")],
     );
     assert!(
-        stderr.contains("HEAPPROF_THREAD_LABEL=\"maybe\": expected 0 or 1; using the default 1"),
+        stderr.contains(
+            "HEAPPROF_THREAD_LABEL=\"maybe\": expected on or off (1 or 0); using the default on"
+        ),
         "{stderr}"
     );
 }

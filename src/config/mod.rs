@@ -158,10 +158,39 @@ pub(crate) const MIN_PYROSCOPE_EVERY: Duration = Duration::from_secs(1);
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
 
+/// Every variable heapprof reads, without its `HEAPPROF_` prefix: what a
+/// misspelled one is compared with ([`report_misspellings`]).
+const SETTINGS: [&str; 23] = [
+    "SAMPLE_RATE",
+    "MAX_SITES",
+    "PEAK_GROWTH",
+    "SEED",
+    "OUT",
+    "DUMP_EVERY",
+    "DUMP_EVERY_ALLOCATED",
+    "DUMP_INUSE_GROWTH",
+    "UNWIND",
+    "FULL_STACKS",
+    "SYMBOLIZE",
+    "DUMP_AT_LIMIT",
+    "MEMORY_LIMIT",
+    "CGROUP_DIR",
+    "THREAD_LABEL",
+    "PYROSCOPE_URL",
+    "PYROSCOPE_NAME",
+    "PYROSCOPE_LABELS",
+    "PYROSCOPE_EVERY",
+    "PYROSCOPE_USER",
+    "PYROSCOPE_PASSWORD",
+    "PYROSCOPE_TOKEN",
+    "PYROSCOPE_TENANT",
+];
+
 /// The configuration, read from the environment on first use. Inside the
 /// profiler only (see the module comment).
 pub(crate) fn get() -> &'static Config {
     CONFIG.get_or_init(|| {
+        report_misspellings();
         Config {
             sample_rate: at_most(
                 "HEAPPROF_SAMPLE_RATE",
@@ -238,6 +267,58 @@ pub(crate) fn get() -> &'static Config {
             thread_label: switch("HEAPPROF_THREAD_LABEL", true),
         }
     })
+}
+
+/// Reports, one line each, the `HEAPPROF_` variables set that heapprof
+/// does not read but that look like one it does (`HEAPPROF_SAMPLERATE`,
+/// `HEAPPROF_OUTPUT`, `HEAPPROF_RATE`): silence would read as "it worked".
+/// Other `HEAPPROF_` names are left alone, as another tool's may be.
+fn report_misspellings() {
+    if secure_execution() {
+        return;
+    }
+    for (name, _) in std::env::vars_os() {
+        let Some(given) = name.to_str().and_then(|n| n.strip_prefix("HEAPPROF_")) else {
+            continue;
+        };
+        if SETTINGS.contains(&given) {
+            continue;
+        }
+        if let Some(meant) = SETTINGS.iter().find(|&&known| looks_like(given, known)) {
+            report::warn(format_args!(
+                "heapprof: ignoring {}: heapprof reads no such variable; did you mean \
+                 HEAPPROF_{meant}?",
+                Shown::new(&name)
+            ));
+        }
+    }
+}
+
+/// Whether `given` looks like a misspelling of `known`: two edits or fewer
+/// apart (for names of 4 bytes or more), or one the start or the end of
+/// the other (`OUTPUT` and `OUT`, `RATE` and `SAMPLE_RATE`; 3 bytes or
+/// more).
+fn looks_like(given: &str, known: &str) -> bool {
+    if given.len() < 3 {
+        return false;
+    }
+    let (a, b) = (given.as_bytes(), known.as_bytes());
+    let affix = |long: &[u8], short: &[u8]| long.starts_with(short) || long.ends_with(short);
+    if affix(a, b) || affix(b, a) {
+        return true;
+    }
+    // Levenshtein distance, one row at a time.
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, &x) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &y) in b.iter().enumerate() {
+            let replaced = diagonal + usize::from(x != y);
+            diagonal = row[j + 1];
+            row[j + 1] = replaced.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    given.len() >= 4 && row[b.len()] <= 2
 }
 
 /// The `HEAPPROF_PYROSCOPE_*` settings. Read whatever the features: a URL
@@ -405,9 +486,9 @@ fn switch(name: &str, default: bool) -> bool {
         Some(value) => value,
         None => {
             report::warn(format_args!(
-                "heapprof: ignoring {name}={}: expected 0 or 1; using the default {}",
+                "heapprof: ignoring {name}={}: expected on or off (1 or 0); using the default {}",
                 Shown::new(&raw),
-                u8::from(default)
+                if default { "on" } else { "off" }
             ));
             default
         }
@@ -476,12 +557,16 @@ fn not_blank(raw: Option<OsString>) -> Option<OsString> {
     raw.filter(|v| v.to_str().is_none_or(|s| !s.trim().is_empty()))
 }
 
-/// Parses `on` or `1` (true), `off` or `0` (false).
+/// Parses `on`, `1`, `true` or `yes` (true), `off`, `0`, `false` or `no`
+/// (false), in any case.
 pub(crate) fn parse_on_off(text: &str) -> Option<bool> {
-    match text {
-        "on" | "1" => Some(true),
-        "off" | "0" => Some(false),
-        _ => None,
+    let is = |words: [&str; 4]| words.iter().any(|w| text.eq_ignore_ascii_case(w));
+    if is(["on", "1", "true", "yes"]) {
+        Some(true)
+    } else if is(["off", "0", "false", "no"]) {
+        Some(false)
+    } else {
+        None
     }
 }
 
@@ -557,6 +642,49 @@ pub(crate) fn parse_bytes(text: &str) -> Option<usize> {
 mod tests {
     use super::parse_bytes;
 
+    /// Names a user may have meant for one of heapprof's are told apart
+    /// from other tools' `HEAPPROF_` names, and from heapprof's own tests'.
+    #[test]
+    fn misspelled_names_look_like_a_setting() {
+        use super::{SETTINGS, looks_like};
+        let meant = |given: &str| SETTINGS.iter().copied().find(|k| looks_like(given, k));
+        for (given, setting) in [
+            ("SAMPLERATE", "SAMPLE_RATE"),
+            ("RATE", "SAMPLE_RATE"),
+            ("OUTPUT", "OUT"),
+            ("DUMP_AT_LIMITS", "DUMP_AT_LIMIT"),
+            ("SYMBOLISE", "SYMBOLIZE"),
+            ("PYROSCOPE_LABEL", "PYROSCOPE_LABELS"),
+        ] {
+            assert_eq!(meant(given), Some(setting), "{given}");
+        }
+        for other in [
+            "TEST_CHILD",
+            "LIFECYCLE_CHILD",
+            "RATE1",
+            "MSRV",
+            "X",
+            "DWARF",
+            "BENCH_ROUNDS",
+        ] {
+            assert_eq!(meant(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn switches_take_the_usual_words() {
+        use super::parse_on_off;
+        for on in ["on", "1", "true", "YES", "On"] {
+            assert_eq!(parse_on_off(on), Some(true), "{on}");
+        }
+        for off in ["off", "0", "false", "No", "OFF"] {
+            assert_eq!(parse_on_off(off), Some(false), "{off}");
+        }
+        for bad in ["", "of", "2", "maybe", "y"] {
+            assert_eq!(parse_on_off(bad), None, "{bad:?}");
+        }
+    }
+
     #[test]
     fn accepts_plain_numbers_and_binary_units() {
         assert_eq!(parse_bytes("524288"), Some(524288));
@@ -607,18 +735,6 @@ mod tests {
             "", ",", "80%,", "80%,,95%", "0.8,0.95", "0", "101%", "-5%", "x",
         ] {
             assert_eq!(parse_thresholds(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn on_and_off() {
-        use super::parse_on_off;
-        assert_eq!(parse_on_off("on"), Some(true));
-        assert_eq!(parse_on_off("1"), Some(true));
-        assert_eq!(parse_on_off("off"), Some(false));
-        assert_eq!(parse_on_off("0"), Some(false));
-        for bad in ["", "yes", "ON", "of", "2", "true"] {
-            assert_eq!(parse_on_off(bad), None, "{bad:?}");
         }
     }
 
