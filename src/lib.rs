@@ -372,7 +372,7 @@
 //! | variable | default | meaning |
 //! | --- | --- | --- |
 //! | `HEAPPROF_SAMPLE_RATE` | `524288` | mean bytes between samples; `512KiB`, `2MiB`, `64k` also work; `0` = off (nothing sampled; the `HEAPPROF_DUMP_*` series and the pusher, which start at the first sample, never start), `1` = every allocation |
-//! | `HEAPPROF_OUT` | unset | profile written at exit, and the peak profile beside it (`heap.pb.gz` → `heap.peak.pb.gz`) |
+//! | `HEAPPROF_OUT` | unset | profile written at exit, and the peak profile beside it (`heap.pb.gz` → `heap.peak.pb.gz`) once the live heap has reached 1 MiB |
 //! | `HEAPPROF_DUMP_EVERY` | unset | periodic series: a whole number and `ms`, `s`, `m` or `h` (`30s`, `5m`, `1h`); a bare number is seconds; at least 1 s (a shorter one is raised to it) |
 //! | `HEAPPROF_DUMP_EVERY_ALLOCATED` | unset | a profile per so many bytes allocated |
 //! | `HEAPPROF_DUMP_INUSE_GROWTH` | unset | a profile whenever the live heap grew by so much |
@@ -382,11 +382,11 @@
 //! | `HEAPPROF_MAX_SITES` | `16384` | distinct stacks kept; past it, stacks with nothing live make room for new ones, and what they counted (with new stacks that find no room) goes to a `[heapprof overflow…]` site per label set |
 //! | `HEAPPROF_SEED` | random | fixed seed for reproducible sampling |
 //! | `HEAPPROF_PEAK_GROWTH` | `10%` | growth past the last peak copy before a new one is kept |
-//! | `HEAPPROF_UNWIND` | `auto` | `auto`: frame pointers if the program was built with them (`-C force-frame-pointers=yes`), DWARF unwind tables otherwise and for stacks that leave its code (each return address's rule cached for the executable and the C library, libgcc's walk elsewhere and through a signal handler's frame); `dwarf`; or `frame-pointers` (no periodic check against DWARF) |
+//! | `HEAPPROF_UNWIND` | `auto` | `auto`: frame pointers if the program was built with them (`-C force-frame-pointers=yes`), DWARF unwind tables otherwise and for stacks that leave its code (each return address's rule cached for the executable and the C library, libgcc's walk elsewhere and through a signal handler's frame); `dwarf`; or `frame-pointers` (also `fp`; no periodic check against DWARF) |
 //! | `HEAPPROF_FULL_STACKS` | `0` | `1` keeps the process, thread and test start-up frames below the program's code |
 //! | `HEAPPROF_PYROSCOPE_URL` | unset | push profiles to this Pyroscope server; `HEAPPROF_PYROSCOPE_NAME`, `_LABELS`, `_EVERY`, `_USER`, `_PASSWORD`, `_TOKEN`, `_TENANT` as in the `pyroscope` module (feature `pyroscope`) |
 //! | `HEAPPROF_THREAD_LABEL` | `1` | `0` leaves out the automatic `thread` label (see Labels; [`set_thread_label`] at run time) |
-//! | `HEAPPROF_SYMBOLIZE` | `on` | `off`: profiles carry mappings (with GNU build IDs) and addresses only, no function names, and the process never looks a symbol up, so never parses its debug info (tens of MiB at its peak for a large binary); for servers that symbolize (Parca, Pyroscope with debug info uploaded), or `go tool pprof ./myprog heap.pb.gz`. Stacks then start where the program entered the allocator (in a debug build, at heapprof's `GlobalAlloc::alloc`) and keep the allocation and start-up frames (trimming those needs the names). `?symbolize=0` asks the same of one HTTP request. Snapshots, and the sites a failed `measure` assertion lists, always have names |
+//! | `HEAPPROF_SYMBOLIZE` | `on` | `off`: profiles carry mappings (with GNU build IDs) and addresses only, no function names, and the process never looks a symbol up, so never parses its debug info (tens of MiB at its peak for a large binary); for servers that symbolize (Parca, Pyroscope with debug info uploaded), or `go tool pprof ./myprog heap.pb.gz`. Stacks then start where the program entered the allocator (in a debug build, at heapprof's `GlobalAlloc::alloc`) and keep the allocation and start-up frames (trimming those needs the names). `?symbolize=0` asks the same of one HTTP request. Snapshots, and the sites a failed `measure` assertion lists, have names wherever the process can find them (not in a stripped executable: see the README) |
 //!
 //! A value that does not parse is reported on stderr in one line and the
 //! default is used; a variable set to nothing counts as unset. At run

@@ -51,10 +51,23 @@ async fn pprof(uri: Uri) -> impl IntoResponse {
     }
 }
 
+/// What the service holds: a cache built at start, about 4 MB, so that
+/// the first profile has something to show (`build_cache` at the top).
+#[inline(never)]
+fn build_cache() -> Vec<String> {
+    (0..100_000)
+        .map(|i| format!("cached entry {i:>24}"))
+        .collect()
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
+    let cache = std::sync::Arc::new(build_cache());
     let app = Router::new()
-        .route("/", get(|| async { "hello\n" }))
+        .route(
+            "/",
+            get(move || async move { format!("{} entries cached\n", cache.len()) }),
+        )
         .route("/debug/pprof/", get(pprof))
         .route("/debug/pprof/{*profile}", get(pprof));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
