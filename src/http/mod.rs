@@ -345,7 +345,7 @@ impl Params {
                 }
                 "symbolize" => {
                     let on = crate::config::parse_on_off(value).ok_or_else(|| {
-                        format!("bad request: symbolize={value:?}: expected 0 or 1 (or off, on)")
+                        format!("bad request: symbolize={value:?}: expected on or off (1 or 0)")
                     })?;
                     p.addresses_only = !on;
                 }
@@ -698,6 +698,9 @@ mod tests {
         assert_eq!(Params::parse("seconds=%32").unwrap().seconds, Some(2));
         assert_eq!(Params::parse("debug=+1").map(|p| p.debug).ok(), None);
         assert!(!Params::parse("symbolize=1").unwrap().addresses_only);
+        // The words every switch takes (`config::parse_on_off`).
+        assert!(Params::parse("symbolize=no").unwrap().addresses_only);
+        assert!(!Params::parse("symbolize=true").unwrap().addresses_only);
         for bad in [
             "debug=x",
             "debug=-1",
@@ -707,7 +710,7 @@ mod tests {
             "seconds=",
             "seconds=1e3",
             "symbolize=",
-            "symbolize=no",
+            "symbolize=nope",
             "symbolize=2",
             "debug=%",
             "debug=%1",
