@@ -42,19 +42,21 @@ impl Default for Profiler<System> {
 impl<A: GlobalAlloc> Profiler<A> {
     /// A profiler over another allocator, e.g. `Profiler::wrap(mimalloc::MiMalloc)`.
     ///
-    /// A freed sampled block of a stateless (zero-sized) allocator may be
-    /// kept for a later sample rather than freed; one of an allocator with
-    /// state, an arena called directly, goes back to it at once, so the
-    /// program may reset the arena once it has freed every block. A
-    /// zero-sized handle to memory the program resets wholesale is taken
-    /// for stateless: give such an allocator a field.
+    /// A freed sampled block of the global allocator, or of a stateless
+    /// (zero-sized) one, may be kept for a later sample rather than freed;
+    /// one of another allocator with state, an arena called directly, goes
+    /// back to it at once, so the program may reset the arena once it has
+    /// freed every block. A zero-sized handle to memory the program resets
+    /// wholesale is taken for stateless: give such an allocator a field.
     ///
     /// Wrap an allocator, not another `Profiler`: each would count every
-    /// allocation. The wrapped allocator's methods must not call
+    /// allocation. The wrapped allocator's methods should not call
     /// heapprof's functions: heapprof calls them while it holds its own
-    /// locks (to grow its tables), and the functions that return a
-    /// `Result` refuse there with `WouldBlock`; the others would wait for
-    /// good.
+    /// locks (to grow its tables). The functions that write a profile
+    /// (`write_profile`, `write_text_profile`, `write_peak_profile`, the
+    /// `Snapshot::write_*` methods, `ProfileGuard::finish`) return
+    /// `WouldBlock` there; the others (`snapshot`, `stats`, starting a
+    /// server, a series or a pusher) would wait for good.
     pub const fn wrap(inner: A) -> Self {
         Profiler {
             inner: Owned::new(inner),

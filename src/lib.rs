@@ -524,7 +524,7 @@ pub fn write_profile<W: io::Write>(w: W) -> io::Result<()> {
 /// # Errors
 ///
 /// Whatever `w` returns; `Other` if heapprof is not the global allocator;
-/// `OutOfMemory` as from [`write_profile`].
+/// `OutOfMemory` and `WouldBlock` as from [`write_profile`].
 pub fn write_text_profile<W: io::Write>(w: W) -> io::Result<()> {
     output::write_to_program(output::Source::Live, output::Format::Text, w)
 }
@@ -539,7 +539,7 @@ pub fn write_text_profile<W: io::Write>(w: W) -> io::Result<()> {
 ///
 /// Whatever `w` returns; `NotFound` if the heap has not yet reached 1 MiB,
 /// so no peak was recorded; `Other` if heapprof is not the global allocator;
-/// `OutOfMemory` as from [`write_profile`].
+/// `OutOfMemory` and `WouldBlock` as from [`write_profile`].
 pub fn write_peak_profile<W: io::Write>(w: W) -> io::Result<()> {
     output::write_to_program(output::Source::Peak, output::Format::Pprof, w)
 }

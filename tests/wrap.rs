@@ -28,6 +28,8 @@ struct Counting {
     /// a sample, are far smaller).
     realloc_big: AtomicUsize,
     last_dealloc_align: AtomicUsize,
+    /// Page-aligned blocks (heapprof's sampled ones) allocated and freed.
+    page_aligned: [AtomicUsize; 2],
 }
 
 fn bump(counter: &AtomicUsize) {
@@ -40,6 +42,9 @@ fn bump(counter: &AtomicUsize) {
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         bump(&self.alloc);
+        if l.align() >= 4096 {
+            bump(&self.page_aligned[0]);
+        }
         // SAFETY: the caller's contract, passed on.
         unsafe { System.alloc(l) }
     }
@@ -50,6 +55,9 @@ unsafe impl GlobalAlloc for Counting {
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         bump(&self.dealloc);
+        if l.align() >= 4096 {
+            bump(&self.page_aligned[1]);
+        }
         if counted() {
             self.last_dealloc_align.store(l.align(), Relaxed);
         }
@@ -74,6 +82,7 @@ static ALLOC: heapprof::Profiler<Counting> = heapprof::Profiler::wrap(Counting {
     realloc: AtomicUsize::new(0),
     realloc_big: AtomicUsize::new(0),
     last_dealloc_align: AtomicUsize::new(0),
+    page_aligned: [AtomicUsize::new(0), AtomicUsize::new(0)],
 });
 
 fn counts() -> [usize; 4] {
@@ -81,8 +90,12 @@ fn counts() -> [usize; 4] {
     [&c.alloc, &c.zeroed, &c.dealloc, &c.realloc].map(|a| a.load(Relaxed))
 }
 
+/// Held by each test: they set the process's sample rate.
+static RATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn forwards_each_call_and_frees_sampled_blocks_with_their_real_layout() {
+    let _rate = RATE.lock().unwrap_or_else(|e| e.into_inner());
     // Sampling off: every call is a plain forward.
     heapprof::set_sample_rate(0);
     COUNTED.with(|c| c.set(true));
@@ -139,4 +152,30 @@ fn forwards_each_call_and_frees_sampled_blocks_with_their_real_layout() {
         ALLOC.dealloc(q, Layout::from_size_align(3000, 8).unwrap());
         assert_eq!(ALLOC.inner().last_dealloc_align.load(Relaxed), 8);
     }
+}
+
+/// The global allocator is shared by the whole process, state or not
+/// (this one has counters): heapprof keeps its freed sampled blocks for
+/// later samples, as it does the system's, rather than hand their
+/// page-aligned addresses back for ordinary blocks to drift onto.
+#[test]
+fn a_global_allocator_with_state_keeps_its_spare_blocks() {
+    let _rate = RATE.lock().unwrap_or_else(|e| e.into_inner());
+    // Page-aligned samples, about one per 64 KiB.
+    heapprof::set_sample_rate(64 * 1024);
+    COUNTED.with(|c| c.set(true));
+    let [allocated, freed] = &ALLOC.inner().page_aligned;
+    let layout = Layout::from_size_align(1000, 8).unwrap();
+    for _ in 0..20_000 {
+        // SAFETY: a non-zero layout; freed once, with it.
+        unsafe { ALLOC.dealloc(std::hint::black_box(ALLOC.alloc(layout)), layout) };
+    }
+    let (allocated, freed) = (allocated.load(Relaxed), freed.load(Relaxed));
+    // 20 MB at 64 KiB: about 300 samples, each freed at once.
+    assert!(allocated > 0, "sampled");
+    assert!(
+        freed < allocated,
+        "every sampled block went back: {allocated} allocated, {freed} freed"
+    );
+    heapprof::set_sample_rate(512 * 1024);
 }

@@ -111,6 +111,10 @@ pub(crate) fn alloc<A: Allocator>(layout: Layout, zeroed: bool, inner: &A) -> *m
         let _inside = reentry::Inside::enter();
         crate::process::on_first_allocation();
     }
+    // heapprof's own allocations reach only the global allocator.
+    if !spare::global_known() && thread::with(|l| l.counters.inside()) == Some(true) {
+        spare::note_global(inner.owner());
+    }
     let weight = unless_dropped(countdown::expired(layout.size()), layout.size());
     let ptr = match weight {
         Some(weight) => {

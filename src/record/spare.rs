@@ -19,11 +19,13 @@
 //! Larger sampled blocks are returned at once: glibc serves those from `mmap` (no recycling), and
 //! other allocators recycle them rarely enough.
 //!
-//! Only a stateless allocator's blocks are kept (`System`, `MiMalloc`: one
-//! the whole process shares). One with state, an arena a `Profiler` wraps
-//! and the program calls directly, may be reset once the program has
-//! freed every block it handed out; a block kept here would then be handed
-//! out again over memory the arena has since given to others.
+//! Only the blocks of an allocator the whole process shares are kept: a
+//! stateless one (`System`, `MiMalloc`), or the global allocator, whatever
+//! its state (`cap::Cap<System>`). Another one with state, an arena a
+//! `Profiler` wraps and the program calls directly, may be reset once the
+//! program has freed every block it handed out; a block kept here would
+//! then be handed out again over memory the arena has since given to
+//! others.
 
 use std::alloc::Layout;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -64,10 +66,25 @@ static POOLS: [Mutex<{ rank::SPARE }, Vec<usize>>; CLASSES] =
 /// and frees its sampled blocks itself.
 static OWNER: AtomicUsize = AtomicUsize::new(0);
 
+/// The global allocator's name, once known (0 before): the allocator
+/// heapprof's own allocations reach, which an arena called directly never
+/// is (`record::alloc` notes it).
+static GLOBAL: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether the global allocator's name is noted.
+pub(crate) fn global_known() -> bool {
+    GLOBAL.load(Relaxed) != 0
+}
+
+/// Notes `owner` as the global allocator's.
+pub(crate) fn note_global(owner: usize) {
+    GLOBAL.store(owner, Relaxed);
+}
+
 /// Whether the pools are `owner`'s (claiming them if nobody has yet); never
-/// an allocator with state's.
+/// an allocator with state's, but the global one's.
 fn serves(owner: usize) -> bool {
-    if !crate::record::owned::stateless(owner) {
+    if !crate::record::owned::stateless(owner) && owner != GLOBAL.load(Relaxed) {
         return false;
     }
     match OWNER.compare_exchange(0, owner, Relaxed, Relaxed) {
