@@ -142,9 +142,17 @@ fn allocates_nothing(n: usize) -> usize {
     black_box(n) * 2
 }
 
+/// Inlined into its caller in every build: no symbol of its own, but the
+/// debug info (this crate is built with some in both profiles) names it.
+#[inline(always)]
+fn inlined_and_allocates_nothing(n: usize) -> usize {
+    black_box(n) + 1
+}
+
 /// A name that no function of the program has (a typo) fails: nothing
 /// could show what it holds. A function that exists and allocated
-/// nothing passes, with a line that names it and the test's thread.
+/// nothing passes, with a line that names it and the test's thread; so
+/// does one inlined into every caller that the debug info names.
 #[test]
 fn a_name_no_function_has_fails_and_one_without_samples_passes() {
     if !is_child() {
@@ -163,12 +171,17 @@ fn a_name_no_function_has_fails_and_one_without_samples_passes() {
             .lines()
             .filter(|l| l.contains("no sampled stack names a function matching"))
             .collect();
-        assert_eq!(lines.len(), 1, "{stderr}");
+        assert_eq!(lines.len(), 2, "{stderr}");
         assert!(
             lines[0].contains("assertion_truth::allocates_nothing")
                 && lines[0].contains("(thread "),
             "{}",
             lines[0]
+        );
+        assert!(
+            lines[1].contains("assertion_truth::inlined_and_allocates_nothing"),
+            "{}",
+            lines[1]
         );
         return;
     }
@@ -179,6 +192,8 @@ fn a_name_no_function_has_fails_and_one_without_samples_passes() {
     println!("typo: {}", typo.unwrap_or_default());
     assert_eq!(allocates_nothing(3), 6);
     snapshot.assert_inuse_at_most("assertion_truth::allocates_nothing", 0);
+    assert_eq!(inlined_and_allocates_nothing(3), 4);
+    snapshot.assert_inuse_at_most("assertion_truth::inlined_and_allocates_nothing", 0);
     drop(kept);
 }
 

@@ -101,10 +101,27 @@ pub struct Frame {
     pub line: u32,
 }
 
-/// Whether `frame`'s function name contains `name`, either as written or
+/// Whether `function` (a frame's name, or a symbol's) contains `name`, either as written or
 /// with both in [`path_form`] (`wanted` is `name`'s).
-fn names(frame: &Frame, name: &str, wanted: &str) -> bool {
-    frame.function.contains(name) || path_form(&frame.function).contains(wanted)
+fn names(function: &str, name: &str, wanted: &str) -> bool {
+    function.contains(name) || path_form(function).contains(wanted)
+}
+
+/// The last identifier of a function's name, as debug info names the
+/// function (`parse` of `my_crate::parse::{{closure}}`, `get` of
+/// `my_crate::Cache<T>::get`); empty if it ends in none.
+fn last_identifier(name: &str) -> &str {
+    let mut rest = name;
+    while let Some(outer) = rest.strip_suffix("::{{closure}}") {
+        rest = outer;
+    }
+    let last = rest.rsplit("::").next().unwrap_or(rest);
+    let last = last.split('<').next().unwrap_or(last);
+    if last.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        last
+    } else {
+        ""
+    }
 }
 
 /// `name` with a leading inherent impl, `<Type>::`, written `Type::`.
@@ -176,7 +193,9 @@ impl Site {
     /// Whether a frame's function name contains `name` ([`names`]).
     fn mentions(&self, name: &str) -> bool {
         let wanted = path_form(name);
-        self.frames.iter().any(|f| names(f, name, &wanted))
+        self.frames
+            .iter()
+            .any(|f| names(&f.function, name, &wanted))
     }
 
     /// Whether the site carries the label `key=value`.
@@ -546,13 +565,14 @@ impl Snapshot {
     /// for any code. In a test
     /// binary, the `#[global_allocator]` static goes in the test file (or a
     /// module it includes). It panics too for a `function` that no
-    /// sampled stack names and no symbol of the program's loaded objects
-    /// matches (a typo, or a function inlined into every caller): nothing
-    /// could show what it holds. One that has a symbol and no sampled stack
-    /// (it allocated nothing sampled; or, with debug info, it is inlined
-    /// and its name matched nowhere) passes, with a line on stderr naming
-    /// the thread (a test's name); so does one that may be among the callers of a stack cut
-    /// at its deepest kept (64 frames), with the bytes of those stacks.
+    /// sampled stack names, no symbol of the program's loaded objects
+    /// matches, and no debug info names (a typo, or a function inlined
+    /// into every caller in a build without debug info for it): nothing
+    /// could show what it holds. One that has a symbol, or that debug info
+    /// names, and no sampled stack (it allocated nothing sampled) passes,
+    /// with a line on stderr naming the thread (a test's name); so does
+    /// one that may be among the callers of a stack cut at its deepest
+    /// kept (64 frames), with the bytes of those stacks.
     /// Bytes under frames of the executable that heapprof could not name
     /// (a stripped binary, or `/proc` not mounted) count against
     /// `function`, as they may be its.
@@ -665,12 +685,15 @@ impl Snapshot {
         }
         if !self.sites.iter().any(|s| s.mentions(function)) {
             let wanted = path_form(function);
-            let named = |name: &str| name.contains(function) || path_form(name).contains(&*wanted);
-            let exists = reentry::Inside::enter_for(|| symbolize::program_has_function(&named));
+            let named = |name: &str| names(name, function, &wanted);
+            let exists = reentry::Inside::enter_for(|| {
+                symbolize::program_has_function(last_identifier(function), &named)
+            });
             assert!(
                 exists != Some(false),
                 "heapprof: no function of this program is named like `{function}` (no symbol \
-                 matches it), so what it holds cannot be checked: check the name, with its \
+                 matches it, and no debug info names it), so what it holds cannot be checked: \
+                 check the name, with its \
                  path; a function inlined into all its callers has no symbol of its own: mark \
                  it `#[inline(never)]` (an `async fn`'s body needs debug info to be named in a \
                  release build)"
@@ -1116,6 +1139,23 @@ mod tests {
     use std::time::Duration;
 
     use crate::support::lock::EachLock;
+
+    /// What debug info names a function by: its last identifier.
+    #[test]
+    fn last_identifiers() {
+        use super::last_identifier;
+        for (name, last) in [
+            ("my_crate::parse", "parse"),
+            ("parse", "parse"),
+            ("my_crate::parse::{{closure}}::{{closure}}", "parse"),
+            ("my_crate::Cache<T>::get", "get"),
+            ("<my_crate::Cache as core::ops::Drop>::drop", "drop"),
+            ("<my_crate::Cache>", ""),
+            ("", ""),
+        ] {
+            assert_eq!(last_identifier(name), last, "{name}");
+        }
+    }
 
     /// A frame of the folded lines never ends early at a `;` of its name,
     /// and a leaf's name never ends in what reads as the line's count.

@@ -782,11 +782,17 @@ fn resolve(addr: usize) -> Symbols {
 /// Whether the program has a function whose name (as a profile gives it)
 /// `matches`, in the symbol tables of its loaded objects: the
 /// executable's `.symtab`, a library's `.symtab` or at least its
-/// `.dynsym`. `Some(false)` only when every table was read and none
-/// matches; `None` when one could not be (a stripped executable). A
-/// function inlined into every caller has no symbol of its own. Reads each
-/// file through a mapping, and keeps nothing.
-pub(crate) fn program_has_function(matches: &dyn Fn(&str) -> bool) -> Option<bool> {
+/// `.dynsym`. A function inlined into every caller has no symbol of its
+/// own, but its name, `identifier` (the name's last part), is among the
+/// strings of the debug info that describes it. `Some(false)` only when
+/// every table was read, none matches, and no debug info has
+/// `identifier`; `None` when a file could not be read (a stripped
+/// executable) or its debug info may name the function. Reads each file
+/// through a mapping, and keeps nothing.
+pub(crate) fn program_has_function(
+    identifier: &str,
+    matches: &dyn Fn(&str) -> bool,
+) -> Option<bool> {
     use crate::support::mappings;
     let mut objects = Vec::new();
     mappings::each_object(&mut |info| objects.push(mappings::object_name(info)));
@@ -798,7 +804,7 @@ pub(crate) fn program_has_function(matches: &dyn Fn(&str) -> bool) -> Option<boo
             vdso if vdso.starts_with("linux-vdso") || vdso.starts_with("linux-gate") => continue,
             _ => (Some(std::path::PathBuf::from(name)), false),
         };
-        match path.and_then(|p| own::has_function(&p, needs_symtab, matches)) {
+        match path.and_then(|p| own::has_function(&p, needs_symtab, identifier, matches)) {
             Some(true) => return Some(true),
             Some(false) => {}
             None => read_every_table = false,

@@ -1132,11 +1132,15 @@ fn has_link_checksum(path: &std::path::Path, link: &[u8], endian: NativeEndian) 
 /// Whether the ELF file at `path` has a function symbol whose name, as
 /// [`super::names`] gives it, `matches`: from `.symtab`, or `.dynsym` where
 /// `needs_symtab` is false and the file has no `.symtab` (a shared
-/// library's exported functions). `None` if the file cannot be read or
-/// has no table to look in; nothing is kept.
+/// library's exported functions). Where none matches but the file's debug
+/// info may name such a function inlined into its callers (`identifier`,
+/// the name's last part, is among its strings, or they are compressed), or
+/// the file cannot be read, or has no table to look in: `None`. Nothing
+/// is kept.
 pub(super) fn has_function(
     path: &std::path::Path,
     needs_symtab: bool,
+    identifier: &str,
     matches: &dyn Fn(&str) -> bool,
 ) -> Option<bool> {
     let file = File::open(path).ok()?;
@@ -1153,13 +1157,30 @@ pub(super) fn has_function(
         table = sections.symbols(endian, data, elf::SHT_DYNSYM).ok()?;
     }
     let strings = table.strings();
-    Some(table.iter().any(|sym| {
+    let found = table.iter().any(|sym| {
         sym.st_type() == elf::STT_FUNC
             && sym.st_shndx(endian) != elf::SHN_UNDEF
             && strings
                 .get(sym.st_name(endian))
                 .is_ok_and(|bytes| matches(&super::names(bytes).0))
-    }))
+    });
+    if found {
+        return Some(true);
+    }
+    let Some((_, debug_strings)) = sections.section_by_name(endian, b".debug_str") else {
+        return Some(false);
+    };
+    let compressed = debug_strings.sh_flags(endian).contains(elf::SHF_COMPRESSED);
+    let bytes = debug_strings.data(endian, data).ok()?;
+    let mut wanted = Vec::with_capacity(identifier.len() + 2);
+    wanted.push(0);
+    wanted.extend_from_slice(identifier.as_bytes());
+    wanted.push(0);
+    let named = identifier.is_empty()
+        || compressed
+        || bytes.starts_with(&wanted[1..])
+        || bytes.windows(wanted.len()).any(|w| w == wanted);
+    (!named).then_some(false)
 }
 
 /// The GNU build ID of the ELF file at `path`, if it has one.
