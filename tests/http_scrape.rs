@@ -125,6 +125,9 @@ fn only_a_scrape_of_the_profile_moves_delta_heap_on() {
     assert_eq!(head.status, 200, "{}", head.head);
     let text = get_ok(addr, "/debug/pprof/delta_heap?debug=1").text();
     assert!(text.contains("kept_for_scrapes"), "{text}");
+    // So does a mounting server's HEAD, through `handle_head`.
+    let mounted = heapprof::http::handle_head("/debug/pprof/delta_heap", "");
+    assert_eq!(mounted.status, 200);
     let scraped = decode(&get_ok(addr, "/debug/pprof/delta_heap").body);
     assert_eq!(cum(&scraped, "kept_for_scrapes", ALLOC_SPACE), 3 * MIB);
     // That scrape moved the window on.

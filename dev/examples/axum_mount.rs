@@ -14,16 +14,22 @@
 //! seconds), so it runs on tokio's blocking pool.
 
 use axum::Router;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
 
-async fn pprof(uri: Uri) -> impl IntoResponse {
+async fn pprof(method: Method, uri: Uri) -> impl IntoResponse {
     let (path, query) = (uri.path().to_owned(), uri.query().unwrap_or("").to_owned());
-    let answer = tokio::task::spawn_blocking(move || heapprof::http::handle(&path, &query)).await;
+    // axum sends HEAD to this GET route: a HEAD (a probe) must not take
+    // `delta_heap`'s window from the scraper.
+    let answer = tokio::task::spawn_blocking(move || match method {
+        Method::HEAD => heapprof::http::handle_head(&path, &query),
+        _ => heapprof::http::handle(&path, &query),
+    })
+    .await;
     let mut headers = HeaderMap::new();
     match answer {
         Ok(r) => {

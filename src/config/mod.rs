@@ -296,14 +296,21 @@ fn report_misspellings() {
 
 /// Whether `given` looks like a misspelling of `known`: two edits or fewer
 /// apart (for names of 4 bytes or more), or one the start or the end of
-/// the other (`OUTPUT` and `OUT`, `RATE` and `SAMPLE_RATE`; 3 bytes or
-/// more).
+/// the other, joined at a `_` (`RATE` and `SAMPLE_RATE`, `OUT_DIR` and
+/// `OUT`) or with at most 3 bytes more (`OUTPUT` and `OUT`; not `TIMEOUT`).
 fn looks_like(given: &str, known: &str) -> bool {
     if given.len() < 3 {
         return false;
     }
     let (a, b) = (given.as_bytes(), known.as_bytes());
-    let affix = |long: &[u8], short: &[u8]| long.starts_with(short) || long.ends_with(short);
+    let affix = |long: &[u8], short: &[u8]| {
+        let Some(extra) = long.len().checked_sub(short.len()).filter(|&e| e > 0) else {
+            return false;
+        };
+        let joined = |at: usize| extra <= 3 || long[at] == b'_';
+        (long.starts_with(short) && joined(short.len()))
+            || (long.ends_with(short) && joined(extra - 1))
+    };
     if affix(a, b) || affix(b, a) {
         return true;
     }
@@ -475,7 +482,7 @@ fn read<T: std::fmt::Display>(
     }
 }
 
-/// A switch: `1` (or `on`) and `0` (or `off`), blanks around them
+/// A switch, as [`parse_on_off`] reads it, blanks around it
 /// ignored. Unset is `default`; a malformed value is reported in one line
 /// and `default` used.
 fn switch(name: &str, default: bool) -> bool {
@@ -666,9 +673,33 @@ mod tests {
             "X",
             "DWARF",
             "BENCH_ROUNDS",
+            "TIMEOUT",
+            "DEBUG_OUTPUT_FORMAT",
         ] {
             assert_eq!(meant(other), None, "{other}");
         }
+    }
+
+    /// Every `HEAPPROF_` variable this file reads is in [`super::SETTINGS`],
+    /// and nothing else is: a setting missing there would be reported as
+    /// a misspelling of another.
+    #[test]
+    fn the_settings_list_is_what_is_read() {
+        let source = include_str!("mod.rs");
+        let mut read: Vec<&str> = source
+            .split("\"HEAPPROF_")
+            .skip(1)
+            .filter_map(|rest| rest.split_once('"').map(|(name, _)| name))
+            .filter(|name| {
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+            })
+            .filter(|name| !name.ends_with('_'))
+            .collect();
+        read.sort_unstable();
+        read.dedup();
+        let mut listed = super::SETTINGS.to_vec();
+        listed.sort_unstable();
+        assert_eq!(read, listed);
     }
 
     #[test]

@@ -904,6 +904,9 @@ impl Series {
 /// writing one series at once take two numbers.
 fn write_in_series(base: &Path, seq: &mut u64) -> io::Result<()> {
     let _inside = reentry::Inside::enter();
+    // A base that can have no series (a directory, a FIFO) is refused
+    // before a profile is built for it.
+    sibling(base, "0")?;
     let mut bytes = Vec::new();
     let built = output::write(
         Source::Live,

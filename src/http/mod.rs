@@ -40,9 +40,9 @@
 //! program's start. Only a `GET` of the profile itself starts the next
 //! window: a `HEAD` request, and the text form (`?debug=1`, which the index
 //! page links for people), show the allocations since the previous scrape
-//! and leave them to the next. A server that mounts [`handle`] answers
-//! `HEAD` itself, or calls it only for `GET`. Between scrapes it keeps one
-//! copy of the site table.
+//! and leave them to the next. A server that mounts [`handle`] calls
+//! [`handle_head`] for `HEAD`. Between scrapes it keeps one copy of the
+//! site table.
 //!
 //! Anything else is a 404. Go's other profiles, which scrapers ask for by
 //! default (`/debug/pprof/profile`, `goroutine`, `block`, `mutex`, …), get
@@ -137,10 +137,24 @@ const HTML: &str = "text/html; charset=utf-8";
 /// while debug info is loaded) a second or so, and `?seconds=N` waits N
 /// seconds. From an async server, call it on a blocking thread
 /// (`tokio::task::spawn_blocking`). Its own allocations are not profiled.
+/// Answer a `HEAD` request with [`handle_head`] (axum, for one, sends
+/// `HEAD` to the `GET` route).
 pub fn handle(path: &str, query: &str) -> Response {
+    handle_request(path, query, false)
+}
+
+/// [`handle`] for a `HEAD` request: the same status, headers and body (of
+/// which a server sends only the length), except that `delta_heap`'s
+/// window stays where it is, for the scraper's next `GET`.
+pub fn handle_head(path: &str, query: &str) -> Response {
+    handle_request(path, query, true)
+}
+
+/// [`handle`] or, with `head`, [`handle_head`].
+fn handle_request(path: &str, query: &str, head: bool) -> Response {
     let built = {
         let _inside = reentry::Inside::enter();
-        let built = respond(path, query, false);
+        let built = respond(path, query, head);
         // The copy below holds the body twice for a moment: a large one
         // asks for room first, as it did to grow.
         let len = built.body.len();

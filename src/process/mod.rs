@@ -18,6 +18,7 @@ pub(crate) mod fork;
 #[cold]
 #[inline(never)]
 pub(crate) fn on_first_allocation() {
+    #[cfg(feature = "pyroscope")]
     crate::support::this_process::note_start();
     crate::config::report::note_stderr();
     crate::support::mappings::keep_own_object_loaded();

@@ -261,11 +261,11 @@ static SEEDED: AtomicBool = AtomicBool::new(false);
 static THREAD_ORDINAL: AtomicU64 = AtomicU64::new(0);
 
 /// What a profile's values are at `rate`, to follow "values are" in its
-/// comments and headers: not sampled at 0, exact at 1, estimates
-/// otherwise.
+/// comments and headers: what was recorded before at 0, exact at 1,
+/// estimates otherwise.
 pub(crate) fn what_the_numbers_are(rate: usize) -> String {
     match rate {
-        0 => "not sampled: sampling is off (rate 0)".into(),
+        0 => "what was recorded before sampling was turned off (rate 0 now)".into(),
         1 => "exact: every allocation is recorded (rate 1)".into(),
         _ => format!("unbiased estimates from sampling every {rate} bytes on average"),
     }

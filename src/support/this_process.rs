@@ -9,22 +9,28 @@
 //! process is its pid and the number of forks between the first process
 //! that ran heapprof and it, counted by a fork handler of its own.
 
+use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
-use std::sync::{Once, OnceLock};
-use std::time::{Instant, SystemTime};
+#[cfg(feature = "pyroscope")]
+use std::{
+    sync::OnceLock,
+    time::{Instant, SystemTime},
+};
 
 /// When the program first allocated through heapprof, on both clocks:
-/// where counts "from the program's start" begin.
+/// where the pusher's counts "from the program's start" begin.
+#[cfg(feature = "pyroscope")]
 static STARTED: OnceLock<(Instant, SystemTime)> = OnceLock::new();
 
 /// Notes the program's start, at its first allocation
 /// (`process::on_first_allocation`). Reads two clocks; allocates nothing.
+#[cfg(feature = "pyroscope")]
 pub(crate) fn note_start() {
     let _ = STARTED.set((Instant::now(), SystemTime::now()));
 }
 
 /// The program's start ([`note_start`]); now, if it is not noted yet.
-#[cfg_attr(not(feature = "pyroscope"), allow(dead_code))]
+#[cfg(feature = "pyroscope")]
 pub(crate) fn started() -> (Instant, SystemTime) {
     STARTED
         .get()
