@@ -1134,9 +1134,9 @@ fn has_link_checksum(path: &std::path::Path, link: &[u8], endian: NativeEndian) 
 /// `needs_symtab` is false and the file has no `.symtab` (a shared
 /// library's exported functions). Where none matches but the file's debug
 /// info may name such a function inlined into its callers (`identifier`,
-/// the name's last part, is among its strings, or they are compressed), or
-/// the file cannot be read, or has no table to look in: `None`. Nothing
-/// is kept.
+/// the name's last part, is among its strings, or they are compressed, or
+/// kept in another file), or the file cannot be read, or has no table to
+/// look in: `None`. Nothing is kept.
 pub(super) fn has_function(
     path: &std::path::Path,
     needs_symtab: bool,
@@ -1167,6 +1167,17 @@ pub(super) fn has_function(
     if found {
         return Some(true);
     }
+    // Debug info kept in another file (an executable's `.gnu_debuglink`,
+    // or split units that name their `.dwo` files) may name the function
+    // there. (The system's libraries link their debug files too, and hold
+    // none of the program's functions.)
+    if needs_symtab
+        && sections
+            .section_by_name(endian, b".gnu_debuglink")
+            .is_some()
+    {
+        return None;
+    }
     let Some((_, debug_strings)) = sections.section_by_name(endian, b".debug_str") else {
         return Some(false);
     };
@@ -1176,10 +1187,12 @@ pub(super) fn has_function(
     wanted.push(0);
     wanted.extend_from_slice(identifier.as_bytes());
     wanted.push(0);
+    let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
     let named = identifier.is_empty()
         || compressed
         || bytes.starts_with(&wanted[1..])
-        || bytes.windows(wanted.len()).any(|w| w == wanted);
+        || contains(&wanted)
+        || contains(b".dwo\0");
     (!named).then_some(false)
 }
 
