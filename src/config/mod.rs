@@ -274,9 +274,6 @@ pub(crate) fn get() -> &'static Config {
 /// `HEAPPROF_OUTPUT`, `HEAPPROF_RATE`): silence would read as "it worked".
 /// Other `HEAPPROF_` names are left alone, as another tool's may be.
 fn report_misspellings() {
-    if secure_execution() {
-        return;
-    }
     for (name, _) in std::env::vars_os() {
         let Some(given) = name.to_str().and_then(|n| n.strip_prefix("HEAPPROF_")) else {
             continue;
@@ -284,7 +281,10 @@ fn report_misspellings() {
         if SETTINGS.contains(&given) {
             continue;
         }
-        if let Some(meant) = SETTINGS.iter().find(|&&known| looks_like(given, known)) {
+        let meant = SETTINGS.iter().find(|&&known| looks_like(given, known));
+        // Asked only with something to say, as `var` asks: an environment
+        // that is not trusted gets one line for all its variables there.
+        if let Some(meant) = meant.filter(|_| !secure_execution()) {
             report::warn(format_args!(
                 "heapprof: ignoring {}: heapprof reads no such variable; did you mean \
                  HEAPPROF_{meant}?",
