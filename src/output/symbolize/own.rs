@@ -1187,7 +1187,7 @@ pub(super) fn has_function(
     wanted.push(0);
     wanted.extend_from_slice(identifier.as_bytes());
     wanted.push(0);
-    let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    let contains = |needle: &[u8]| memchr::memmem::find(bytes, needle).is_some();
     let named = identifier.is_empty()
         || compressed
         || bytes.starts_with(&wanted[1..])
