@@ -106,12 +106,13 @@ fn a_value_recorded_later_counts_from_the_next_enter() {
 /// Spans exited in another order than entered (an `EnteredSpan` moved
 /// and dropped elsewhere): the labels in force are always those of the
 /// spans still entered, and none are left behind once all are exited.
+/// (Each span is a root, so none carries another's labels as a parent.)
 #[test]
 fn spans_exited_out_of_order_leave_the_right_labels() {
     install();
-    let a = tracing::info_span!("a", tenant = "order-a").entered();
-    let b = tracing::info_span!("b", route = "/order-b").entered();
-    let c = tracing::info_span!("c", tenant = "order-c").entered();
+    let a = tracing::info_span!(parent: None, "a", tenant = "order-a").entered();
+    let b = tracing::info_span!(parent: None, "b", route = "/order-b").entered();
+    let c = tracing::info_span!(parent: None, "c", tenant = "order-c").entered();
     assert_eq!(
         without_thread(heapprof::current_labels()),
         pairs(&[("route", "/order-b"), ("tenant", "order-c")])
@@ -131,8 +132,8 @@ fn spans_exited_out_of_order_leave_the_right_labels() {
     drop(b);
     assert!(without_thread(heapprof::current_labels()).is_empty());
     // The outer span exits first, the inner one last.
-    let outer = tracing::info_span!("outer", tenant = "order-outer").entered();
-    let inner = tracing::info_span!("inner", route = "/order-inner").entered();
+    let outer = tracing::info_span!(parent: None, "outer", tenant = "order-outer").entered();
+    let inner = tracing::info_span!(parent: None, "inner", route = "/order-inner").entered();
     drop(outer);
     assert_eq!(
         without_thread(heapprof::current_labels()),
@@ -178,6 +179,125 @@ fn instrumented_tasks_keep_their_labels_across_threads() {
     assert_eq!(held_under(&grown, "tenant", "span-even"), 3 * 20 * 10_000);
     assert_eq!(held_under(&grown, "tenant", "span-odd"), 3 * 20 * 10_000);
     drop(held);
+}
+
+/// A span made inside a request span carries the request's labels where
+/// it is entered: a task spawned with `.instrument(span)` runs on other
+/// threads, outside the request span, and its allocations still carry the
+/// request's tenant (with its own route, and with no chosen field of its
+/// own). A span made with no parent carries only its own.
+#[test]
+fn spans_carry_their_parents_labels_into_spawned_tasks() {
+    install();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let before = heapprof::snapshot();
+    let request = tracing::info_span!("request", tenant = "parent-acme");
+    let (db, plain, root) = request.in_scope(|| {
+        let db = rt.spawn(
+            async { alloc_block(30_000) }.instrument(tracing::info_span!("db", route = "/db")),
+        );
+        let plain =
+            rt.spawn(async { alloc_block(20_000) }.instrument(tracing::info_span!("cache")));
+        let root = rt.spawn(
+            async { alloc_block(10_000) }
+                .instrument(tracing::info_span!(parent: None, "root", route = "/root")),
+        );
+        (db, plain, root)
+    });
+    let held =
+        rt.block_on(async { [db.await.unwrap(), plain.await.unwrap(), root.await.unwrap()] });
+    let grown = heapprof::snapshot().delta(&before);
+    assert_eq!(held_under(&grown, "tenant", "parent-acme"), 50_000);
+    assert_eq!(held_under(&grown, "route", "/db"), 30_000);
+    assert_eq!(held_under(&grown, "route", "/root"), 10_000);
+    // Entered inside its parent, a child's labels are the parent's and its own.
+    let in_child = request.in_scope(|| {
+        let child = tracing::info_span!("child", route = "/child");
+        child.in_scope(|| without_thread(heapprof::current_labels()))
+    });
+    assert_eq!(
+        in_child,
+        pairs(&[("route", "/child"), ("tenant", "parent-acme")])
+    );
+    // Entered inside another scope, the scope's labels are added.
+    let child = request.in_scope(|| tracing::info_span!("child", route = "/child"));
+    let inside_other = heapprof::with_labels(&[("job", "nightly")], || {
+        child.in_scope(|| without_thread(heapprof::current_labels()))
+    });
+    assert_eq!(
+        inside_other,
+        pairs(&[
+            ("job", "nightly"),
+            ("route", "/child"),
+            ("tenant", "parent-acme")
+        ])
+    );
+    drop(held);
+}
+
+/// A span entered on one thread and exited on another (an entered guard
+/// held across an `.await`, the task resumed on another worker) leaves
+/// the first thread's labels as they were before it, from that thread's
+/// next sample or scope on: not for the rest of the thread's life. While
+/// a scope entered inside the span is still open there, the span's labels
+/// stay with it; they go once it ends.
+#[test]
+fn a_span_exited_on_another_thread_leaves_the_first_one_unlabelled() {
+    use std::sync::mpsc::channel;
+    install();
+    let span = tracing::info_span!(parent: None, "held", tenant = "stranded-acme");
+    let id = span.id().unwrap();
+    let before = heapprof::snapshot();
+    let (to_a, from_main) = channel::<()>();
+    let (to_main, from_a) = channel::<&str>();
+    let entering_id = id.clone();
+    let a = std::thread::spawn(move || {
+        tracing::dispatcher::get_default(|d| d.enter(&entering_id));
+        let inside = alloc_block(10_000);
+        let scope_labels = heapprof::with_labels(&[("job", "stranded-job")], || {
+            to_main.send("entered").unwrap();
+            from_main.recv().unwrap();
+            // Exited on the other thread now; this scope is still open.
+            (
+                without_thread(heapprof::current_labels()),
+                alloc_block(20_000),
+            )
+        });
+        let after = without_thread(heapprof::current_labels());
+        let later = alloc_block(40_000);
+        (inside, scope_labels, after, later)
+    });
+    assert_eq!(from_a.recv().unwrap(), "entered");
+    let exiting = std::thread::spawn(move || tracing::dispatcher::get_default(|d| d.exit(&id)));
+    exiting.join().unwrap();
+    to_a.send(()).unwrap();
+    let (inside, (in_scope, in_scope_block), after, later) = a.join().unwrap();
+    assert_eq!(
+        in_scope,
+        pairs(&[("job", "stranded-job"), ("tenant", "stranded-acme")]),
+        "a scope entered inside the span keeps what it was entered with"
+    );
+    assert!(after.is_empty(), "after the scope: {after:?}");
+    let grown = heapprof::snapshot().delta(&before);
+    assert_eq!(held_under(&grown, "tenant", "stranded-acme"), 30_000);
+    assert_eq!(held_under(&grown, "job", "stranded-job"), 20_000);
+    let unlabelled: i64 = grown
+        .sites()
+        .iter()
+        .filter(|site| {
+            site.labels.iter().all(|(k, _)| k == "thread")
+                && site
+                    .frames
+                    .iter()
+                    .any(|f| f.function.contains("alloc_block"))
+        })
+        .map(|site| site.inuse_bytes)
+        .sum();
+    assert_eq!(unlabelled, 40_000);
+    drop((inside, in_scope_block, later));
 }
 
 /// Two label layers in one subscriber, each choosing its own fields: a

@@ -67,7 +67,9 @@ const OFF: u8 = 2;
 /// * A block keeps the labels it was allocated with until it is freed,
 ///   by whichever thread or task: in-use memory by label stays right.
 /// * Keys and values are copied, so strings made at run time work. An
-///   empty key or an empty value is left out; a key or value
+///   empty key is left out; an empty value takes its key out of the set
+///   for the scope, an outer scope's value included (pprof reads an
+///   empty value as no label); a key or value
 ///   over 128 bytes is cut and ends in `…`; a set of
 ///   more than 16 labels keeps 15 and `heapprof_overflow=labels per set`. The table holds at most 4 096
 ///   distinct sets (1 MiB); past that, samples carry
@@ -182,8 +184,10 @@ fn thread_label_on() -> bool {
     }
 }
 
-/// The set in force on this thread.
+/// The set in force on this thread (after [`tracing::settle`]).
 pub(crate) fn current() -> LabelSetId {
+    #[cfg(feature = "tracing")]
+    tracing::settle();
     LabelSetId(thread::with(|l| l.labels.current.get()).unwrap_or(0))
 }
 
@@ -218,6 +222,8 @@ impl Drop for Scope {
 /// with the `thread` label unless it is turned off. Inside the guard, with
 /// no lock held: the sampled path, after the stack is captured.
 pub(crate) fn for_sample() -> LabelSetId {
+    #[cfg(feature = "tracing")]
+    tracing::settle();
     let Some((current, thread_set, with_thread)) = thread::with(|l| {
         (
             l.labels.current.get(),

@@ -15,7 +15,10 @@ use tracing_core::Subscriber;
 use tracing_core::field::{Field, Visit};
 use tracing_core::span::{Attributes, Id, Record};
 use tracing_subscriber::layer::{Context, Layer};
-use tracing_subscriber::registry::{ExtensionsMut, LookupSpan};
+use tracing_subscriber::registry::{ExtensionsMut, LookupSpan, SpanRef};
+
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 
 use super::LabelSetId;
 use super::table::{self, Kind};
@@ -29,22 +32,32 @@ use crate::thread;
 /// An instrumented future enters its span on each poll, so its labels
 /// follow it from thread to thread.
 ///
-/// Spans nest as scopes do: an inner span adds its fields to the outer
-/// one's and overrides the same keys. A field's value is its `Display`
-/// for strings and its `Debug` otherwise; a value recorded later
-/// (`span.record("tenant", …)`) takes effect at the next enter. Label
-/// limits as for [`with_labels`](crate::with_labels).
+/// A span's labels are its parent's labels, as they are when the span is
+/// made, with its own chosen fields added (overriding the same keys): a
+/// span made inside a request span carries the request's labels wherever
+/// it is entered, as a task spawned with `.instrument(span)` is. Entered
+/// inside other scopes ([`with_labels`](crate::with_labels), spans that
+/// are not its parents), its labels are added to theirs. A field's value
+/// is its `Display` for strings and its `Debug` otherwise; a value
+/// recorded later (`span.record("tenant", …)`) takes effect at the span's
+/// next enter, and reaches only spans made after it. Label limits as for
+/// [`with_labels`](crate::with_labels).
 ///
 /// Needs a subscriber that stores span data ([`LookupSpan`]), as
 /// `tracing_subscriber::registry()` does. Several `LabelLayer`s in one
 /// subscriber each add their fields to the span's labels.
 ///
-/// Spans and [`with_labels`](crate::with_labels) scopes must nest, and a
-/// span is exited on the thread that entered it (tracing's guards see to
-/// both unless moved): each puts back, when it ends, the labels that were
-/// in force when it began, so an `EnteredSpan` moved out of a
-/// `with_labels` closure and dropped after it (or a `with_labels` that
-/// ends inside a span entered before it) leaves the wrong labels in force.
+/// Spans and [`with_labels`](crate::with_labels) scopes must nest (tracing's
+/// guards see to it unless moved): each puts back, when it ends, the
+/// labels that were in force when it began, so an `EnteredSpan` moved out
+/// of a `with_labels` closure and dropped after it (or a `with_labels`
+/// that ends inside a span entered before it) leaves the wrong labels in
+/// force. A span exited on another thread than the one that entered it (a
+/// guard held across an `.await`, which clippy's `await_holding_span_guard`
+/// warns of, and the task resumed on another worker) keeps its labels on
+/// the first thread until that thread next takes a sample or enters a
+/// scope, once no scope entered inside the span is open there; only the
+/// latest few such spans are looked for.
 #[derive(Clone, Debug)]
 pub struct LabelLayer {
     fields: Vec<String>,
@@ -78,8 +91,15 @@ impl LabelLayer {
     /// `SpanLabels` serves every `LabelLayer` of a subscriber (a span's
     /// extensions hold one value per type): a second layer adds its
     /// fields to the first's, and each layer's enter and exit apply the
-    /// same set, which nests.
-    fn add_fields(&self, extensions: &mut ExtensionsMut<'_>, record: impl FnOnce(&mut dyn Visit)) {
+    /// same set, which nests. `inherited` (the parent's set) counts only
+    /// when the span has no `SpanLabels` yet: a span gets one if it has
+    /// chosen fields or a labelled parent.
+    fn add_fields(
+        &self,
+        extensions: &mut ExtensionsMut<'_>,
+        inherited: LabelSetId,
+        record: impl FnOnce(&mut dyn Visit),
+    ) {
         if let Some(labels) = extensions.get_mut::<SpanLabels>() {
             if self.collect(labels, record) {
                 labels.intern();
@@ -88,22 +108,35 @@ impl LabelLayer {
         }
         let mut labels = SpanLabels {
             fields: Vec::new(),
+            inherited,
             set: LabelSetId::NONE,
+            last_merge: AtomicU64::new(NO_MERGE),
             entered: Vec::new(),
         };
-        if self.collect(&mut labels, record) {
+        if self.collect(&mut labels, record) || labels.inherited != LabelSetId::NONE {
             labels.intern();
             extensions.insert(labels);
         }
     }
 }
 
+/// [`SpanLabels::last_merge`] before any merge: no set id is `u32::MAX`
+/// (the table holds far fewer).
+const NO_MERGE: u64 = u64::MAX;
+
 /// What the layer keeps in a span's extensions.
 struct SpanLabels {
     /// The chosen fields' names and values, as last recorded.
     fields: Vec<(&'static str, String)>,
-    /// Their interned set.
+    /// The parent's set when the span was made.
+    inherited: LabelSetId,
+    /// `inherited` with `fields` added, interned: the span's labels.
     set: LabelSetId,
+    /// The last set merged for an enter inside another scope, as
+    /// `outer << 32 | merged` ([`NO_MERGE`] before the first): a span
+    /// re-entered in the same place (a future polled again) merges once.
+    /// Reset when `set` changes.
+    last_merge: AtomicU64,
     /// For each enter not yet exited: the thread (its state's address)
     /// and the set in force there before.
     entered: Vec<(usize, LabelSetId)>,
@@ -113,7 +146,29 @@ impl SpanLabels {
     fn intern(&mut self) {
         let pairs: Vec<(&str, &str)> = self.fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let _inside = reentry::Inside::enter();
-        self.set = table::merge(LabelSetId::NONE, &pairs, Kind::Program);
+        self.set = table::merge(self.inherited, &pairs, Kind::Program);
+        self.last_merge.store(NO_MERGE, Relaxed);
+    }
+
+    /// The set in force inside the span when `outer` is in force outside
+    /// it. Entered inside its parent (or nothing), that is the span's own
+    /// set; entered again inside the same other scope, the last merge's
+    /// result: both found without the table's lock.
+    fn in_force_inside(&self, outer: LabelSetId) -> LabelSetId {
+        if outer == LabelSetId::NONE || outer == self.inherited || outer == self.set {
+            return self.set;
+        }
+        let last = self.last_merge.load(Relaxed);
+        if (last >> 32) as u32 == outer.0 {
+            return LabelSetId(last as u32);
+        }
+        let merged = {
+            let _inside = reentry::Inside::enter();
+            table::merge_sets(outer, self.set, Kind::Program)
+        };
+        self.last_merge
+            .store(u64::from(outer.0) << 32 | u64::from(merged.0), Relaxed);
+        merged
     }
 }
 
@@ -148,15 +203,16 @@ impl Visit for Collect<'_> {
 }
 
 /// Records on this thread's span stack that span `id`, whose own set is
-/// `set`, was entered with `outer` in force. False if the stack is full
-/// (the span then restores `outer` on exit, [`SpanLabels::entered`]).
-fn push_span(id: &Id, set: LabelSetId, outer: LabelSetId) -> bool {
+/// `set`, was entered with `outer` in force and put `inside` in force.
+/// False if the stack is full (the span then restores `outer` on exit,
+/// [`SpanLabels::entered`]).
+fn push_span(id: &Id, set: LabelSetId, outer: LabelSetId, inside: LabelSetId) -> bool {
     thread::with(|l| {
         let depth = l.labels.span_depth.get();
         let Some(slot) = l.labels.spans.get(depth) else {
             return false;
         };
-        slot.set((id.into_u64(), set.0, outer.0));
+        slot.set((id.into_u64(), set.0, outer.0, inside.0));
         l.labels.span_depth.set(depth + 1);
         true
     })
@@ -176,14 +232,89 @@ fn pop_span(id: &Id) -> Option<LabelSetId> {
         let mut now = LabelSetId(spans[i].get().2);
         let _inside = reentry::Inside::enter();
         for j in i + 1..depth {
-            let (later, set, _) = spans[j].get();
-            spans[j - 1].set((later, set, now.0));
+            let (later, set, _, _) = spans[j].get();
+            let outer = now;
             now = table::merge_sets(now, LabelSetId(set), Kind::Program);
+            spans[j - 1].set((later, set, outer.0, now.0));
         }
         l.labels.span_depth.set(depth - 1);
         Some(now)
     })
     .flatten()
+}
+
+/// How many spans exited on a thread other than the one that entered them
+/// are remembered ([`strand`]) until each thread that entered one has
+/// settled ([`settle`]).
+const STRANDED_KEPT: usize = 64;
+
+/// Ids of spans exited away from the thread that entered them (an entered
+/// guard held across an `.await` and dropped on another worker): that
+/// thread still has the span on its stack and its labels in force. A ring
+/// of [`STRANDED_KEPT`] ids (0: empty; span ids are never 0).
+static STRANDED: [AtomicU64; STRANDED_KEPT] = [const { AtomicU64::new(0) }; STRANDED_KEPT];
+/// The next place in [`STRANDED`] to fill.
+static STRANDED_NEXT: AtomicUsize = AtomicUsize::new(0);
+/// How many ids were put in [`STRANDED`]; raised after each is stored, so
+/// a thread that reads a new count (Acquire) finds the id.
+static STRANDED_COUNT: AtomicU64 = AtomicU64::new(0);
+
+/// Tells every thread that span `id`, if it is on its stack, will never
+/// be exited there.
+fn strand(id: &Id) {
+    let at = STRANDED_NEXT.fetch_add(1, Relaxed) % STRANDED_KEPT;
+    STRANDED[at].store(id.into_u64(), Release);
+    STRANDED_COUNT.fetch_add(1, Release);
+}
+
+fn is_stranded(id: u64) -> bool {
+    STRANDED.iter().any(|slot| slot.load(Acquire) == id)
+}
+
+/// Takes spans exited on other threads off the top of this thread's span
+/// stack and puts back the set in force before each. Only while no scope
+/// entered after such a span is still open (the set in force is the one
+/// the span put there): otherwise at a later call, once those scopes have
+/// ended. Cheap when nothing was stranded since this thread last settled:
+/// one load and a compare. Called where the thread reads its labels
+/// (entering a scope, taking a sample); takes no lock and allocates
+/// nothing.
+pub(crate) fn settle() {
+    let count = STRANDED_COUNT.load(Acquire);
+    thread::with(|l| {
+        let labels = &l.labels;
+        if labels.stranded_seen.get() == count {
+            return;
+        }
+        let mut depth = labels.span_depth.get();
+        while let Some(top) = depth.checked_sub(1) {
+            let (id, _, outer, inside) = labels.spans[top].get();
+            if !is_stranded(id) || labels.current.get() != inside {
+                break;
+            }
+            labels.current.set(outer);
+            depth = top;
+        }
+        labels.span_depth.set(depth);
+        let waiting = labels.spans[..depth]
+            .iter()
+            .any(|span| is_stranded(span.get().0));
+        if !waiting {
+            labels.stranded_seen.set(count);
+        }
+    });
+}
+
+/// The labels of `span`'s parent (which the registry has resolved:
+/// explicit, contextual or none), read before the span's own extensions
+/// are locked.
+fn parent_set<'a, S: LookupSpan<'a>>(span: &SpanRef<'a, S>) -> LabelSetId {
+    span.parent().map_or(LabelSetId::NONE, |parent| {
+        parent
+            .extensions()
+            .get::<SpanLabels>()
+            .map_or(LabelSetId::NONE, |labels| labels.set)
+    })
 }
 
 /// This thread's key in [`SpanLabels::entered`].
@@ -197,13 +328,15 @@ where
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         if let Some(span) = ctx.span(id) {
-            self.add_fields(&mut span.extensions_mut(), |v| attrs.record(v));
+            let inherited = parent_set(&span);
+            self.add_fields(&mut span.extensions_mut(), inherited, |v| attrs.record(v));
         }
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
         if let Some(span) = ctx.span(id) {
-            self.add_fields(&mut span.extensions_mut(), |v| values.record(v));
+            let inherited = parent_set(&span);
+            self.add_fields(&mut span.extensions_mut(), inherited, |v| values.record(v));
         }
     }
 
@@ -211,37 +344,51 @@ where
         let Some(span) = ctx.span(id) else {
             return;
         };
-        let mut extensions = span.extensions_mut();
-        let Some(labels) = extensions.get_mut::<SpanLabels>() else {
-            return;
-        };
         let outer = super::current();
-        let merged = {
-            let _inside = reentry::Inside::enter();
-            table::merge_sets(outer, labels.set, Kind::Program)
+        // Read under the shared lock: an enter writes the extensions only
+        // when this thread's span stack is full.
+        let (set, inside) = {
+            let extensions = span.extensions();
+            let Some(labels) = extensions.get::<SpanLabels>() else {
+                return;
+            };
+            (labels.set, labels.in_force_inside(outer))
         };
-        if !push_span(id, labels.set, outer) {
+        if !push_span(id, set, outer, inside)
+            && let Some(labels) = span.extensions_mut().get_mut::<SpanLabels>()
+        {
             labels.entered.push((thread_key(), outer));
         }
-        super::set_current(merged);
+        super::set_current(inside);
     }
 
     fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(id) else {
-            return;
-        };
-        let mut extensions = span.extensions_mut();
-        let Some(labels) = extensions.get_mut::<SpanLabels>() else {
-            return;
-        };
+        // A labelled span entered on this thread is on its stack: no
+        // registry lookup.
         if let Some(now) = pop_span(id) {
             super::set_current(now);
             return;
         }
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let overflowed = {
+            let extensions = span.extensions();
+            let Some(labels) = extensions.get::<SpanLabels>() else {
+                return;
+            };
+            !labels.entered.is_empty()
+        };
         let key = thread_key();
-        if let Some(i) = labels.entered.iter().rposition(|&(k, _)| k == key) {
+        if overflowed
+            && let Some(labels) = span.extensions_mut().get_mut::<SpanLabels>()
+            && let Some(i) = labels.entered.iter().rposition(|&(k, _)| k == key)
+        {
             let (_, outer) = labels.entered.remove(i);
             super::set_current(outer);
+            return;
         }
+        // Entered on another thread, which still has it in force.
+        strand(id);
     }
 }

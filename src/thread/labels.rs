@@ -44,13 +44,17 @@ pub(crate) struct LabelState {
     pub(crate) next_overflowed: Cell<usize>,
     /// Labelled spans entered on this thread and not yet exited, innermost
     /// last, as `(span id, the span's own set, the set in force before
-    /// it)`; the first `span_depth` are in use. A span may be exited out of
+    /// it, the set it put in force)`; the first `span_depth` are in use. A span may be exited out of
     /// order (a moved `EnteredSpan`), so an exit takes its entry out and
     /// merges the later ones again.
     #[cfg(feature = "tracing")]
-    pub(crate) spans: [Cell<(u64, u32, u32)>; SPANS_KEPT],
+    pub(crate) spans: [Cell<(u64, u32, u32, u32)>; SPANS_KEPT],
     #[cfg(feature = "tracing")]
     pub(crate) span_depth: Cell<usize>,
+    /// How many spans exited on other threads this thread has looked for
+    /// on its stack and found gone (`labels::tracing::settle`).
+    #[cfg(feature = "tracing")]
+    pub(crate) stranded_seen: Cell<u64>,
 }
 
 impl LabelState {
@@ -64,9 +68,11 @@ impl LabelState {
             overflowed: [const { Cell::new((UNKNOWN, 0)) }; SCOPES_KEPT],
             next_overflowed: Cell::new(0),
             #[cfg(feature = "tracing")]
-            spans: [const { Cell::new((0, 0, 0)) }; SPANS_KEPT],
+            spans: [const { Cell::new((0, 0, 0, 0)) }; SPANS_KEPT],
             #[cfg(feature = "tracing")]
             span_depth: Cell::new(0),
+            #[cfg(feature = "tracing")]
+            stranded_seen: Cell::new(0),
         }
     }
 }
