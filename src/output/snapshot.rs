@@ -63,13 +63,12 @@ impl Stats {
 
 /// The exact counters now. Cheap: sums one small record per running thread.
 ///
-/// The threads are read one after another, not at one instant: while
-/// others run, a block one thread frees may be counted freed before its
-/// allocation, on a thread read earlier, is counted. So `freed_bytes` can
-/// exceed `allocated_bytes` for a moment (and `deallocations`
-/// `allocations`); [`Stats::live_bytes`] and [`Stats::live_blocks`] are
-/// zero then rather than negative, where a subtraction by hand would
-/// overflow.
+/// The threads are read one after another, not at one instant: every
+/// thread's frees first, then every thread's allocations. So a block the
+/// program frees is never counted freed and not allocated, and
+/// [`Stats::live_bytes`] is at least what was live at one moment during
+/// the call; while other threads allocate and free, it is more by what
+/// they allocated during the call and freed before it returned.
 ///
 /// If heapprof is not the program's `#[global_allocator]`, no allocation
 /// passes through it and every counter is zero; nothing here says so (a

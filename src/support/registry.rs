@@ -281,24 +281,39 @@ pub(crate) fn flush_unlisted() {
 }
 
 /// The program's counts, summed over running and exited threads.
+///
+/// Every thread's frees are read before any thread's allocations, so a
+/// block freed by the time its freeing thread is read was allocated
+/// before its allocating thread is read: no block counts as freed and not
+/// allocated, and the live counts are at least those at the moment
+/// between the two passes (more by what was allocated after it).
 pub(crate) fn totals() -> Counts {
     // The unlisted totals are read under the registry's lock: a thread that
     // exits moves its counts from the registry to them under that lock, so
     // reading them before taking it could miss a thread that exits in
     // between, and the totals would go backwards.
     let live = LIVE.lock();
-    let mut sum = UNLISTED.get();
-    for &addr in live.iter() {
-        // SAFETY: an address stays in LIVE only while its thread runs: the
-        // thread's exit hook (`retire`) removes it, under this same lock,
-        // before the thread's thread-local memory is released. In a fork
-        // child the other threads' entries are removed by the child
-        // handler (`forget_other_threads_after_fork`) before anything else
-        // runs there.
-        let counters = unsafe { &*(addr as *const Counters) };
-        sum = sum.plus(counters.read());
-    }
-    sum
+    let unlisted = UNLISTED.get();
+    let sum_listed = || {
+        live.iter().fold(Counts::default(), |sum, &addr| {
+            // SAFETY: an address stays in LIVE only while its thread runs:
+            // the thread's exit hook (`retire`) removes it, under this same
+            // lock, before the thread's thread-local memory is released. In
+            // a fork child the other threads' entries are removed by the
+            // child handler (`forget_other_threads_after_fork`) before
+            // anything else runs there.
+            let counters = unsafe { &*(addr as *const Counters) };
+            sum.plus(counters.read())
+        })
+    };
+    let frees = sum_listed();
+    let allocations = sum_listed();
+    unlisted.plus(Counts {
+        allocations: allocations.allocations,
+        allocated_bytes: allocations.allocated_bytes,
+        deallocations: frees.deallocations,
+        freed_bytes: frees.freed_bytes,
+    })
 }
 
 /// After a rate change to `epoch`: nudges every other listed thread's
