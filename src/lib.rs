@@ -228,6 +228,9 @@
 //!   thread allocated cannot hide a leak.
 //! * While a measure is active, each allocation of its thread costs a trip
 //!   through the slow path (`BENCHMARKS.md`); other threads pay nothing.
+//! * For async code, [`measure_future`] counts what a future's own polls
+//!   do, on whichever threads poll it (`measure(|| rt.block_on(f))` counts
+//!   every task the runtime runs on the thread meanwhile).
 //!
 //! With the `criterion` feature, `heapprof::criterion` has criterion measurements
 //! of bytes and allocations per iteration and a profiler that writes a
@@ -483,7 +486,7 @@ pub use labels::tracing;
 pub use labels::{FutureExt, Labeled, current_labels, set_thread_label, with_labels};
 #[cfg(feature = "criterion")]
 pub use measure::criterion;
-pub use measure::{Measured, assert_no_leak, measure};
+pub use measure::{Measured, MeasuredFuture, assert_no_leak, measure, measure_future};
 pub use output::snapshot::{
     Frame, FunctionBytes, SampleType, Site, Snapshot, Stats, snapshot, stats,
 };

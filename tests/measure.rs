@@ -591,3 +591,78 @@ fn sites_that_show_the_same_frames_are_one_row() {
     assert_eq!(numbers, ["2", "80", "80"], "{message}");
     drop(kept);
 }
+
+/// A future that is pending once, then ready: a point where an executor
+/// runs other tasks.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if std::mem::replace(&mut self.0, true) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+}
+
+/// Polls `f` once with a waker that does nothing (it allocates nothing).
+fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> std::task::Poll<F::Output> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    std::pin::Pin::new(f).poll(&mut cx)
+}
+
+/// A handler measured with `measure_future` while another task, polled on
+/// the same thread between the handler's polls, allocates 5 000 bytes at
+/// each of its turns; the handler's second half runs on another thread.
+/// Only the handler's own work counts, exactly, and its peak counts
+/// across polls: 8 000 bytes freed in one poll before 3 000 are allocated
+/// do not add up, and the peak is where the last poll leaves the handler
+/// (3 000 + 3 × 4 000 + the vector), not the highest of any one poll.
+#[test]
+fn a_measured_future_counts_its_own_polls_on_any_thread() {
+    let handler = async {
+        let mut kept: Vec<Vec<u8>> = Vec::with_capacity(4);
+        kept.push(black_box(vec![1u8; 8_000]));
+        YieldOnce(false).await;
+        drop(kept.pop());
+        kept.push(black_box(vec![2u8; 3_000]));
+        YieldOnce(false).await;
+        for _ in 0..3 {
+            kept.push(black_box(vec![3u8; 4_000]));
+            YieldOnce(false).await;
+        }
+        kept
+    };
+    let mut measured = heapprof::measure_future(handler);
+    let mut background: Vec<Vec<u8>> = Vec::with_capacity(64);
+    // Two polls here, with the other task's turns in between...
+    for _ in 0..2 {
+        assert!(poll_once(&mut measured).is_pending());
+        background.push(black_box(vec![0u8; 5_000]));
+    }
+    // ...and the rest on another thread.
+    let (kept, m) = std::thread::spawn(move || {
+        loop {
+            if let std::task::Poll::Ready(done) = poll_once(&mut measured) {
+                break done;
+            }
+        }
+    })
+    .join()
+    .unwrap();
+    let vector = 4 * std::mem::size_of::<Vec<u8>>() as u64;
+    assert_eq!(
+        (m.allocations, m.allocated_bytes),
+        (6, vector + 8_000 + 3_000 + 3 * 4_000),
+        "{m}"
+    );
+    assert_eq!((m.deallocations, m.freed_bytes), (1, 8_000), "{m}");
+    assert_eq!(m.peak_bytes, vector + 15_000, "{m}");
+    assert_eq!(m.net_bytes(), (vector + 15_000) as i64, "{m}");
+    drop((kept, background));
+}

@@ -15,6 +15,9 @@
 
 #[cfg(feature = "criterion")]
 pub mod criterion;
+mod future;
+
+pub use future::{MeasuredFuture, measure_future};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -75,6 +78,8 @@ use crate::thread::{self, counters::Counts, measure::SiteTally};
 ///   the window are kept by site, and the assertions' messages list them.
 /// * Calls nest: an inner measure counts its closure, and the outer one
 ///   counts everything, the inner closure included.
+/// * For a future, use [`measure_future`]: around `block_on`, a measure
+///   counts every task the runtime polls on this thread meanwhile.
 /// * If `f` panics, the thread is left as it was before the call.
 /// * If heapprof is not the `#[global_allocator]`, every count is zero;
 ///   the assertions then panic rather than pass (unless another
@@ -367,6 +372,26 @@ impl Clone for Measured {
     }
 }
 
+impl Measured {
+    /// Adds what a later window on the same work measured (the next poll
+    /// of a future, `future.rs`): counts and sites add up, and the peak is
+    /// the higher of the two, the later one counted from where this one's
+    /// net left the live bytes.
+    fn absorb(&mut self, later: Measured) {
+        let peak_later = (self.net_bytes() as i128 + i128::from(later.peak_bytes)).max(0);
+        self.peak_bytes = self.peak_bytes.max(peak_later.min(u64::MAX as i128) as u64);
+        self.allocations = self.allocations.wrapping_add(later.allocations);
+        self.allocated_bytes = self.allocated_bytes.wrapping_add(later.allocated_bytes);
+        self.deallocations = self.deallocations.wrapping_add(later.deallocations);
+        self.freed_bytes = self.freed_bytes.wrapping_add(later.freed_bytes);
+        let _inside = reentry::Inside::enter();
+        let whole = add_tallies(&mut self.sites, &later.sites);
+        self.sites_incomplete |= later.sites_incomplete || !whole;
+        self.rate = later.rate;
+        self.elapsed += later.elapsed;
+    }
+}
+
 impl Drop for Measured {
     fn drop(&mut self) {
         let _inside = reentry::Inside::enter();
@@ -485,17 +510,8 @@ impl Window {
         } else {
             // The enclosing window saw all this window saw.
             let mut outer = std::mem::take(&mut self.outer_sites);
-            let mut outer_incomplete = self.outer_incomplete || incomplete;
-            for t in &sites {
-                match outer
-                    .iter()
-                    .position(|o| o.site == t.site && o.serial == t.serial)
-                {
-                    Some(i) => outer[i].counts = outer[i].counts.plus(&t.counts),
-                    None if outer.try_reserve(1).is_ok() => outer.push(*t),
-                    None => outer_incomplete = true,
-                }
-            }
+            let outer_incomplete =
+                !add_tallies(&mut outer, &sites) || self.outer_incomplete || incomplete;
             thread::with(|l| {
                 l.measure.set_high(self.outer_high);
                 l.measure.raise_high(high);
@@ -520,6 +536,23 @@ impl Window {
             elapsed,
         }
     }
+}
+
+/// Adds `from`'s tallies to `into`'s, site by site. False if a site was
+/// left out for lack of memory. Inside the profiler.
+fn add_tallies(into: &mut Vec<SiteTally>, from: &[SiteTally]) -> bool {
+    let mut whole = true;
+    for t in from {
+        match into
+            .iter()
+            .position(|o| o.site == t.site && o.serial == t.serial)
+        {
+            Some(i) => into[i].counts = into[i].counts.plus(&t.counts),
+            None if into.try_reserve(1).is_ok() => into.push(*t),
+            None => whole = false,
+        }
+    }
+    whole
 }
 
 impl Drop for Window {

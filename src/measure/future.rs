@@ -1,0 +1,89 @@
+//! [`measure`](super::measure) for async code: a future measured poll by
+//! poll, on whichever thread polls it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use super::{Measured, Window};
+
+/// Measures a future as [`measure`](super::measure) measures a closure:
+/// exact counts of what the future's own polls allocate and free, on
+/// whichever threads they run, and the most it held at once.
+///
+/// ```no_run
+/// # async fn handle_request() -> Vec<u8> { Vec::new() }
+/// # async fn run() {
+/// let (reply, m) = heapprof::measure_future(handle_request()).await;
+/// m.assert_allocations_at_most(8);
+/// m.assert_peak_at_most(64 << 10);
+/// # drop(reply);
+/// # }
+/// ```
+///
+/// Wrapping the call in [`measure`](super::measure) measures the wrong
+/// thing in async code: `measure(|| handle_request())` counts only making
+/// the future (nothing runs until it is polled), and
+/// `measure(|| runtime.block_on(handle_request()))` counts every task the
+/// runtime polls on this thread meanwhile (a current-thread runtime, as
+/// `#[tokio::test]` builds, runs its background tasks there). This counts
+/// only while the future itself is polled:
+///
+/// * other tasks, on the same thread or others, are not counted, and
+///   neither is what the future hands to them (a spawned task runs in its
+///   own polls): measure that task too, or take a
+///   [`stats()`](crate::stats) delta in a test that runs alone;
+/// * a block the future allocates and another task frees counts as held,
+///   as with [`measure`](super::measure);
+/// * [`Measured::peak_bytes`] is exact across polls: each poll's high
+///   point counted from where the polls before it left the future's live
+///   bytes;
+/// * the time in the report is the time spent in polls, not the time
+///   waited between them;
+/// * a future dropped before it completes reports nothing.
+pub fn measure_future<F: Future>(future: F) -> MeasuredFuture<F> {
+    MeasuredFuture {
+        inner: Box::pin(future),
+        so_far: None,
+    }
+}
+
+/// The future [`measure_future`] returns: `F`'s output with what its polls
+/// allocated.
+pub struct MeasuredFuture<F> {
+    inner: Pin<Box<F>>,
+    /// The polls so far, added up.
+    so_far: Option<Measured>,
+}
+
+impl<F: Future> Future for MeasuredFuture<F> {
+    type Output = (F::Output, Measured);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let window = Window::open();
+        let polled = self.inner.as_mut().poll(cx);
+        let this_poll = window.close();
+        let so_far = match self.so_far.take() {
+            Some(mut so_far) => {
+                so_far.absorb(this_poll);
+                so_far
+            }
+            None => this_poll,
+        };
+        match polled {
+            Poll::Ready(output) => Poll::Ready((output, so_far)),
+            Poll::Pending => {
+                self.so_far = Some(so_far);
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for MeasuredFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeasuredFuture")
+            .field("polls_measured", &self.so_far.is_some())
+            .finish_non_exhaustive()
+    }
+}
