@@ -88,7 +88,12 @@ const OFF: u8 = 2;
 /// instead: [`Labeled`], [`FutureExt::heap_labels`]. A thread that waits
 /// inside a scope in a work-stealing pool (rayon's `join`, `scope`,
 /// `install` on a worker) runs other jobs while it waits, and what they
-/// allocate carries the scope's labels: label inside each job.
+/// allocate carries the scope's labels: label inside each job. Labels
+/// stay with the thread or future that has them: a thread, task or
+/// `spawn_blocking` closure started inside a scope starts without them
+/// (Go's goroutines inherit theirs); label what is spawned too, or use a
+/// `tracing` span (feature `tracing`), whose labels a span made inside
+/// it inherits.
 ///
 /// [`Snapshot`]: crate::Snapshot
 pub fn with_labels<R>(labels: &[(&str, &str)], f: impl FnOnce() -> R) -> R {
