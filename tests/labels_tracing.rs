@@ -239,28 +239,35 @@ fn spans_carry_their_parents_labels_into_spawned_tasks() {
 }
 
 /// A span entered on one thread and exited on another (an entered guard
-/// held across an `.await`, the task resumed on another worker) leaves
-/// the first thread's labels as they were before it, from that thread's
-/// next sample or scope on: not for the rest of the thread's life. While
-/// a scope entered inside the span is still open there, the span's labels
-/// stay with it; they go once it ends.
+/// held across an `.await`, the task resumed on another worker) keeps its
+/// labels on the first thread while the span lives, as tracing's current
+/// span there does; once it closes, that thread drops them at its next
+/// sample or scope: not for the rest of its life. While a scope entered
+/// inside the span is still open there (one that adds no label too), the
+/// span's labels stay in force; they go once it ends.
 #[test]
-fn a_span_exited_on_another_thread_leaves_the_first_one_unlabelled() {
+fn a_span_exited_on_another_thread_lets_go_once_closed() {
     use std::sync::mpsc::channel;
     install();
     let span = tracing::info_span!(parent: None, "held", tenant = "stranded-acme");
     let id = span.id().unwrap();
     let before = heapprof::snapshot();
     let (to_a, from_main) = channel::<()>();
-    let (to_main, from_a) = channel::<&str>();
+    let (to_main, from_a) = channel::<Vec<(String, String)>>();
     let entering_id = id.clone();
     let a = std::thread::spawn(move || {
         tracing::dispatcher::get_default(|d| d.enter(&entering_id));
         let inside = alloc_block(10_000);
-        let scope_labels = heapprof::with_labels(&[("job", "stranded-job")], || {
-            to_main.send("entered").unwrap();
+        to_main.send(Vec::new()).unwrap();
+        // Exited on another thread; the span is still open.
+        from_main.recv().unwrap();
+        to_main
+            .send(without_thread(heapprof::current_labels()))
+            .unwrap();
+        // A scope that adds nothing opens on top; the span closes.
+        let (in_empty_scope, in_scope_block) = heapprof::with_labels(&[], || {
+            to_main.send(Vec::new()).unwrap();
             from_main.recv().unwrap();
-            // Exited on the other thread now; this scope is still open.
             (
                 without_thread(heapprof::current_labels()),
                 alloc_block(20_000),
@@ -268,22 +275,29 @@ fn a_span_exited_on_another_thread_leaves_the_first_one_unlabelled() {
         });
         let after = without_thread(heapprof::current_labels());
         let later = alloc_block(40_000);
-        (inside, scope_labels, after, later)
+        (inside, in_empty_scope, in_scope_block, after, later)
     });
-    assert_eq!(from_a.recv().unwrap(), "entered");
+    from_a.recv().unwrap();
     let exiting = std::thread::spawn(move || tracing::dispatcher::get_default(|d| d.exit(&id)));
     exiting.join().unwrap();
     to_a.send(()).unwrap();
-    let (inside, (in_scope, in_scope_block), after, later) = a.join().unwrap();
     assert_eq!(
-        in_scope,
-        pairs(&[("job", "stranded-job"), ("tenant", "stranded-acme")]),
+        from_a.recv().unwrap(),
+        pairs(&[("tenant", "stranded-acme")]),
+        "while the span lives"
+    );
+    from_a.recv().unwrap();
+    drop(span);
+    to_a.send(()).unwrap();
+    let (inside, in_empty_scope, in_scope_block, after, later) = a.join().unwrap();
+    assert_eq!(
+        in_empty_scope,
+        pairs(&[("tenant", "stranded-acme")]),
         "a scope entered inside the span keeps what it was entered with"
     );
     assert!(after.is_empty(), "after the scope: {after:?}");
     let grown = heapprof::snapshot().delta(&before);
     assert_eq!(held_under(&grown, "tenant", "stranded-acme"), 30_000);
-    assert_eq!(held_under(&grown, "job", "stranded-job"), 20_000);
     let unlabelled: i64 = grown
         .sites()
         .iter()
@@ -298,6 +312,65 @@ fn a_span_exited_on_another_thread_leaves_the_first_one_unlabelled() {
         .sum();
     assert_eq!(unlabelled, 40_000);
     drop((inside, in_scope_block, later));
+}
+
+/// A span entered on two threads at once, and entered on a third and
+/// exited on a fourth, stays in force on the threads still inside it,
+/// also after another span is closed while stranded.
+#[test]
+fn a_span_shared_by_threads_stays_in_force_where_it_is_entered() {
+    use std::sync::Barrier;
+    install();
+    let shared = tracing::info_span!(parent: None, "shared", tenant = "shared-acme");
+    let id = shared.id().unwrap();
+    let barrier = Barrier::new(2);
+    let seen = std::thread::scope(|s| {
+        let inside = s.spawn(|| {
+            shared.in_scope(|| {
+                barrier.wait();
+                barrier.wait();
+                without_thread(heapprof::current_labels())
+            })
+        });
+        barrier.wait();
+        let entering = id.clone();
+        s.spawn(move || tracing::dispatcher::get_default(|d| d.enter(&entering)))
+            .join()
+            .unwrap();
+        let exiting = id.clone();
+        s.spawn(move || tracing::dispatcher::get_default(|d| d.exit(&exiting)))
+            .join()
+            .unwrap();
+        // Another span closes while on a stack: every thread settles.
+        let other = tracing::info_span!(parent: None, "other", tenant = "other-acme");
+        let other_id = other.id().unwrap();
+        s.spawn(move || tracing::dispatcher::get_default(|d| d.enter(&other_id)))
+            .join()
+            .unwrap();
+        drop(other);
+        barrier.wait();
+        inside.join().unwrap()
+    });
+    assert_eq!(seen, pairs(&[("tenant", "shared-acme")]));
+}
+
+/// A child made before its parent records a new value, entered inside the
+/// parent, carries the parent's new value: the labels in force around a
+/// span override the ones it inherited, and its own override both.
+#[test]
+fn a_child_entered_inside_its_parent_keeps_the_parents_new_values() {
+    install();
+    let parent = tracing::info_span!(parent: None, "request", tenant = "unknown");
+    let child = parent.in_scope(|| tracing::info_span!("handler", route = "/late"));
+    parent.record("tenant", "late-acme");
+    let inside = parent.in_scope(|| child.in_scope(|| without_thread(heapprof::current_labels())));
+    assert_eq!(
+        inside,
+        pairs(&[("route", "/late"), ("tenant", "late-acme")])
+    );
+    // Entered on its own, it carries what it inherited.
+    let alone = child.in_scope(|| without_thread(heapprof::current_labels()));
+    assert_eq!(alone, pairs(&[("route", "/late"), ("tenant", "unknown")]));
 }
 
 /// Two label layers in one subscriber, each choosing its own fields: a

@@ -211,6 +211,8 @@ pub(crate) struct Scope {
 
 impl Scope {
     pub(crate) fn enter(set: LabelSetId) -> Scope {
+        #[cfg(feature = "tracing")]
+        scope_opened();
         Scope {
             outer: thread::with(|l| l.labels.current.replace(set.0)).unwrap_or(0),
         }
@@ -220,7 +222,28 @@ impl Scope {
 impl Drop for Scope {
     fn drop(&mut self) {
         thread::with(|l| l.labels.current.set(self.outer));
+        #[cfg(feature = "tracing")]
+        scope_closed();
     }
+}
+
+/// One more scope open on this thread that is not on its span stack
+/// (`thread::labels::LabelState::scopes_open`).
+#[cfg(feature = "tracing")]
+pub(crate) fn scope_opened() {
+    thread::with(|l| {
+        let open = &l.labels.scopes_open;
+        open.set(open.get().wrapping_add(1));
+    });
+}
+
+/// The scope [`scope_opened`] counted has ended.
+#[cfg(feature = "tracing")]
+pub(crate) fn scope_closed() {
+    thread::with(|l| {
+        let open = &l.labels.scopes_open;
+        open.set(open.get().wrapping_sub(1));
+    });
 }
 
 /// The set a sample taken now on this thread carries: the set in force,

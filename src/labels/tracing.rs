@@ -24,6 +24,7 @@ use super::LabelSetId;
 use super::table::{self, Kind};
 use crate::support::reentry;
 use crate::thread;
+use crate::thread::labels::StackedSpan;
 
 /// A [`Layer`] that turns chosen span fields into heap-profile labels
 /// while the span is entered: every allocation sampled on a thread inside
@@ -54,10 +55,12 @@ use crate::thread;
 /// that ends inside a span entered before it) leaves the wrong labels in
 /// force. A span exited on another thread than the one that entered it (a
 /// guard held across an `.await`, which clippy's `await_holding_span_guard`
-/// warns of, and the task resumed on another worker) keeps its labels on
-/// the first thread until that thread next takes a sample or enters a
-/// scope, once no scope entered inside the span is open there; only the
-/// latest few such spans are looked for.
+/// warns of, and the task resumed on another worker) keeps its labels in
+/// force on the first thread until the span closes (its last handle is
+/// dropped), and then until that thread next takes a sample or enters a
+/// scope with no scope entered inside the span still open; only the
+/// latest few spans closed that way are looked for, and none entered
+/// deeper than a thread's span stack keeps.
 #[derive(Clone, Debug)]
 pub struct LabelLayer {
     fields: Vec<String>,
@@ -109,8 +112,10 @@ impl LabelLayer {
         let mut labels = SpanLabels {
             fields: Vec::new(),
             inherited,
+            own: LabelSetId::NONE,
             set: LabelSetId::NONE,
             last_merge: AtomicU64::new(NO_MERGE),
+            on_stacks: AtomicUsize::new(0),
             entered: Vec::new(),
         };
         if self.collect(&mut labels, record) || labels.inherited != LabelSetId::NONE {
@@ -128,17 +133,23 @@ const NO_MERGE: u64 = u64::MAX;
 struct SpanLabels {
     /// The chosen fields' names and values, as last recorded.
     fields: Vec<(&'static str, String)>,
-    /// The parent's set when the span was made.
+    /// The parent's set when the span got its `SpanLabels`.
     inherited: LabelSetId,
-    /// `inherited` with `fields` added, interned: the span's labels.
+    /// `fields`, interned.
+    own: LabelSetId,
+    /// `own` over `inherited`: the span's labels.
     set: LabelSetId,
     /// The last set merged for an enter inside another scope, as
     /// `outer << 32 | merged` ([`NO_MERGE`] before the first): a span
     /// re-entered in the same place (a future polled again) merges once.
     /// Reset when `set` changes.
     last_merge: AtomicU64,
-    /// For each enter not yet exited: the thread (its state's address)
-    /// and the set in force there before.
+    /// Enters of the span on some thread's span stack and not yet taken
+    /// off it: more than 0 when the span closes means a thread still has
+    /// its labels in force ([`strand`]).
+    on_stacks: AtomicUsize,
+    /// For each enter past a full span stack not yet exited: the thread
+    /// (its state's address) and the set in force there before.
     entered: Vec<(usize, LabelSetId)>,
 }
 
@@ -146,30 +157,58 @@ impl SpanLabels {
     fn intern(&mut self) {
         let pairs: Vec<(&str, &str)> = self.fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let _inside = reentry::Inside::enter();
+        self.own = table::merge(LabelSetId::NONE, &pairs, Kind::Program);
         self.set = table::merge(self.inherited, &pairs, Kind::Program);
-        self.last_merge.store(NO_MERGE, Relaxed);
+        self.last_merge.store(NO_MERGE, Release);
     }
 
-    /// The set in force inside the span when `outer` is in force outside
-    /// it. Entered inside its parent (or nothing), that is the span's own
-    /// set; entered again inside the same other scope, the last merge's
-    /// result: both found without the table's lock.
+    /// [`inside`], remembering the last merge.
     fn in_force_inside(&self, outer: LabelSetId) -> LabelSetId {
-        if outer == LabelSetId::NONE || outer == self.inherited || outer == self.set {
+        if !needs_merge(outer, self.inherited, self.set) {
             return self.set;
         }
-        let last = self.last_merge.load(Relaxed);
-        if (last >> 32) as u32 == outer.0 {
-            return LabelSetId(last as u32);
+        let last = self.last_merge.load(Acquire);
+        let (last_outer, last_merged) = ((last >> 32) as u32, last as u32);
+        if last_outer == outer.0 {
+            return LabelSetId(last_merged);
         }
-        let merged = {
-            let _inside = reentry::Inside::enter();
-            table::merge_sets(outer, self.set, Kind::Program)
-        };
+        // A second `LabelLayer` enters the span where the first left it.
+        if last_merged == outer.0 {
+            return outer;
+        }
+        let merged = inside(outer, self.inherited, self.own, self.set);
+        // Release: a thread that reads `merged` here reads its table slot.
         self.last_merge
-            .store(u64::from(outer.0) << 32 | u64::from(merged.0), Relaxed);
+            .store(u64::from(outer.0) << 32 | u64::from(merged.0), Release);
         merged
     }
+}
+
+/// Whether entering a span whose labels are `set` (its `own` over
+/// `inherited`) with `outer` in force takes a merge: not when `outer` is
+/// nothing, the parent's labels or the span's, where `set` is in force
+/// inside.
+fn needs_merge(outer: LabelSetId, inherited: LabelSetId, set: LabelSetId) -> bool {
+    outer != LabelSetId::NONE && outer != inherited && outer != set
+}
+
+/// The set in force inside a span whose labels are `set`, `own` over
+/// `inherited`, entered with `outer` in force: the enclosing scopes'
+/// labels override the inherited ones (a parent's value recorded since
+/// the span was made is the one in force), and the span's own override
+/// both.
+fn inside(
+    outer: LabelSetId,
+    inherited: LabelSetId,
+    own: LabelSetId,
+    set: LabelSetId,
+) -> LabelSetId {
+    if !needs_merge(outer, inherited, set) {
+        return set;
+    }
+    let _inside = reentry::Inside::enter();
+    let enclosing = table::merge_sets(inherited, outer, Kind::Program);
+    table::merge_sets(enclosing, own, Kind::Program)
 }
 
 struct Collect<'a> {
@@ -202,17 +241,16 @@ impl Visit for Collect<'_> {
     }
 }
 
-/// Records on this thread's span stack that span `id`, whose own set is
-/// `set`, was entered with `outer` in force and put `inside` in force.
-/// False if the stack is full (the span then restores `outer` on exit,
-/// [`SpanLabels::entered`]).
-fn push_span(id: &Id, set: LabelSetId, outer: LabelSetId, inside: LabelSetId) -> bool {
+/// Puts `span` on this thread's span stack. False if the stack is full
+/// (the span then restores its `outer` on exit, [`SpanLabels::entered`]).
+fn push_span(mut span: StackedSpan) -> bool {
     thread::with(|l| {
         let depth = l.labels.span_depth.get();
         let Some(slot) = l.labels.spans.get(depth) else {
             return false;
         };
-        slot.set((id.into_u64(), set.0, outer.0, inside.0));
+        span.scopes = l.labels.scopes_open.get();
+        slot.set(span);
         l.labels.span_depth.set(depth + 1);
         true
     })
@@ -221,37 +259,44 @@ fn push_span(id: &Id, set: LabelSetId, outer: LabelSetId, inside: LabelSetId) ->
 
 /// Takes span `id`'s innermost entry off this thread's span stack and
 /// returns the set now in force: the set before it, with the spans
-/// entered after it (if it exits out of order) merged on again. `None` if
+/// entered after it (if it exits out of order) entered again. `None` if
 /// the span is not on the stack.
 fn pop_span(id: &Id) -> Option<LabelSetId> {
     let id = id.into_u64();
     thread::with(|l| {
         let spans = &l.labels.spans;
         let depth = l.labels.span_depth.get();
-        let i = spans[..depth].iter().rposition(|s| s.get().0 == id)?;
-        let mut now = LabelSetId(spans[i].get().2);
-        let _inside = reentry::Inside::enter();
+        let i = spans[..depth].iter().rposition(|s| s.get().id == id)?;
+        let mut now = spans[i].get().outer;
         for j in i + 1..depth {
-            let (later, set, _, _) = spans[j].get();
-            let outer = now;
-            now = table::merge_sets(now, LabelSetId(set), Kind::Program);
-            spans[j - 1].set((later, set, outer.0, now.0));
+            let mut later = spans[j].get();
+            later.outer = now;
+            later.inside = inside(
+                LabelSetId(now),
+                LabelSetId(later.inherited),
+                LabelSetId(later.own),
+                LabelSetId(later.set),
+            )
+            .0;
+            now = later.inside;
+            spans[j - 1].set(later);
         }
         l.labels.span_depth.set(depth - 1);
-        Some(now)
+        Some(LabelSetId(now))
     })
     .flatten()
 }
 
-/// How many spans exited on a thread other than the one that entered them
-/// are remembered ([`strand`]) until each thread that entered one has
-/// settled ([`settle`]).
+/// How many spans closed while on some thread's span stack are remembered
+/// ([`strand`]) for those threads to take off ([`settle`]).
 const STRANDED_KEPT: usize = 64;
 
-/// Ids of spans exited away from the thread that entered them (an entered
-/// guard held across an `.await` and dropped on another worker): that
-/// thread still has the span on its stack and its labels in force. A ring
-/// of [`STRANDED_KEPT`] ids (0: empty; span ids are never 0).
+/// Ids of spans closed while still on some thread's span stack: entered
+/// on one thread and exited on another (a guard held across an `.await`
+/// and dropped on another worker), so the first still has the span's
+/// labels in force. A closed span is never entered again, so an entry
+/// with its id is stale wherever it is. A ring of [`STRANDED_KEPT`] ids
+/// (0: empty; span ids are never 0).
 static STRANDED: [AtomicU64; STRANDED_KEPT] = [const { AtomicU64::new(0) }; STRANDED_KEPT];
 /// The next place in [`STRANDED`] to fill.
 static STRANDED_NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -259,8 +304,7 @@ static STRANDED_NEXT: AtomicUsize = AtomicUsize::new(0);
 /// a thread that reads a new count (Acquire) finds the id.
 static STRANDED_COUNT: AtomicU64 = AtomicU64::new(0);
 
-/// Tells every thread that span `id`, if it is on its stack, will never
-/// be exited there.
+/// Tells every thread that span `id`, closed, is to come off its stack.
 fn strand(id: &Id) {
     let at = STRANDED_NEXT.fetch_add(1, Relaxed) % STRANDED_KEPT;
     STRANDED[at].store(id.into_u64(), Release);
@@ -271,14 +315,13 @@ fn is_stranded(id: u64) -> bool {
     STRANDED.iter().any(|slot| slot.load(Acquire) == id)
 }
 
-/// Takes spans exited on other threads off the top of this thread's span
+/// Takes closed spans ([`strand`]) off the top of this thread's span
 /// stack and puts back the set in force before each. Only while no scope
-/// entered after such a span is still open (the set in force is the one
-/// the span put there): otherwise at a later call, once those scopes have
-/// ended. Cheap when nothing was stranded since this thread last settled:
-/// one load and a compare. Called where the thread reads its labels
-/// (entering a scope, taking a sample); takes no lock and allocates
-/// nothing.
+/// entered after such a span is still open (`scopes_open` as when it was
+/// entered): otherwise at a later call, once those scopes have ended.
+/// Cheap when no span was stranded since this thread last had none: one
+/// load and a compare. Called where the thread reads its labels (entering
+/// a scope, taking a sample); takes no lock and allocates nothing.
 pub(crate) fn settle() {
     let count = STRANDED_COUNT.load(Acquire);
     thread::with(|l| {
@@ -288,17 +331,17 @@ pub(crate) fn settle() {
         }
         let mut depth = labels.span_depth.get();
         while let Some(top) = depth.checked_sub(1) {
-            let (id, _, outer, inside) = labels.spans[top].get();
-            if !is_stranded(id) || labels.current.get() != inside {
+            let span = labels.spans[top].get();
+            if !is_stranded(span.id) || labels.scopes_open.get() != span.scopes {
                 break;
             }
-            labels.current.set(outer);
+            labels.current.set(span.outer);
             depth = top;
         }
         labels.span_depth.set(depth);
         let waiting = labels.spans[..depth]
             .iter()
-            .any(|span| is_stranded(span.get().0));
+            .any(|span| is_stranded(span.get().id));
         if !waiting {
             labels.stranded_seen.set(count);
         }
@@ -347,38 +390,52 @@ where
         let outer = super::current();
         // Read under the shared lock: an enter writes the extensions only
         // when this thread's span stack is full.
-        let (set, inside) = {
+        let (inside, stacked) = {
             let extensions = span.extensions();
             let Some(labels) = extensions.get::<SpanLabels>() else {
                 return;
             };
-            (labels.set, labels.in_force_inside(outer))
+            let inside = labels.in_force_inside(outer);
+            let stacked = push_span(StackedSpan {
+                id: id.into_u64(),
+                inherited: labels.inherited.0,
+                own: labels.own.0,
+                set: labels.set.0,
+                outer: outer.0,
+                inside: inside.0,
+                scopes: 0,
+            });
+            if stacked {
+                labels.on_stacks.fetch_add(1, Relaxed);
+            }
+            (inside, stacked)
         };
-        if !push_span(id, set, outer, inside)
-            && let Some(labels) = span.extensions_mut().get_mut::<SpanLabels>()
-        {
+        if !stacked && let Some(labels) = span.extensions_mut().get_mut::<SpanLabels>() {
             labels.entered.push((thread_key(), outer));
+            super::scope_opened();
         }
         super::set_current(inside);
     }
 
     fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
-        // A labelled span entered on this thread is on its stack: no
-        // registry lookup.
         if let Some(now) = pop_span(id) {
             super::set_current(now);
+            if let Some(span) = ctx.span(id)
+                && let Some(labels) = span.extensions().get::<SpanLabels>()
+            {
+                labels.on_stacks.fetch_sub(1, Relaxed);
+            }
             return;
         }
+        // Not on this thread's stack: entered past a full stack, or on
+        // another thread (which keeps it until the span closes).
         let Some(span) = ctx.span(id) else {
             return;
         };
-        let overflowed = {
-            let extensions = span.extensions();
-            let Some(labels) = extensions.get::<SpanLabels>() else {
-                return;
-            };
-            !labels.entered.is_empty()
-        };
+        let overflowed = span
+            .extensions()
+            .get::<SpanLabels>()
+            .is_some_and(|labels| !labels.entered.is_empty());
         let key = thread_key();
         if overflowed
             && let Some(labels) = span.extensions_mut().get_mut::<SpanLabels>()
@@ -386,9 +443,18 @@ where
         {
             let (_, outer) = labels.entered.remove(i);
             super::set_current(outer);
-            return;
+            super::scope_closed();
         }
-        // Entered on another thread, which still has it in force.
-        strand(id);
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        let left_on_a_stack = ctx.span(&id).is_some_and(|span| {
+            span.extensions()
+                .get::<SpanLabels>()
+                .is_some_and(|labels| labels.on_stacks.swap(0, Relaxed) > 0)
+        });
+        if left_on_a_stack {
+            strand(&id);
+        }
     }
 }

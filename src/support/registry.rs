@@ -282,11 +282,14 @@ pub(crate) fn flush_unlisted() {
 
 /// The program's counts, summed over running and exited threads.
 ///
-/// Every thread's frees are read before any thread's allocations, so a
-/// block freed by the time its freeing thread is read was allocated
-/// before its allocating thread is read: no block counts as freed and not
-/// allocated, and the live counts are at least those at the moment
-/// between the two passes (more by what was allocated after it).
+/// Every listed thread's frees are read before any listed thread's
+/// allocations, so a block freed by the time its freeing thread is read
+/// was allocated before its allocating thread is read: no block that
+/// listed threads allocate and free counts as freed and not allocated,
+/// and their live counts are at least those at the moment between the two
+/// passes (more by what was allocated after it). Each pass waits for a
+/// thread in the middle of a change as [`Counters::read`] does, so the
+/// registry's lock may be held twice as long as for one pass.
 pub(crate) fn totals() -> Counts {
     // The unlisted totals are read under the registry's lock: a thread that
     // exits moves its counts from the registry to them under that lock, so

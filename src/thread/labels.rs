@@ -43,18 +43,40 @@ pub(crate) struct LabelState {
     pub(crate) overflowed: [Cell<(u32, u64)>; SCOPES_KEPT],
     pub(crate) next_overflowed: Cell<usize>,
     /// Labelled spans entered on this thread and not yet exited, innermost
-    /// last, as `(span id, the span's own set, the set in force before
-    /// it, the set it put in force)`; the first `span_depth` are in use. A span may be exited out of
-    /// order (a moved `EnteredSpan`), so an exit takes its entry out and
-    /// merges the later ones again.
+    /// last; the first `span_depth` are in use. A span may be exited out
+    /// of order (a moved `EnteredSpan`), so an exit takes its entry out
+    /// and merges the later ones again.
     #[cfg(feature = "tracing")]
-    pub(crate) spans: [Cell<(u64, u32, u32, u32)>; SPANS_KEPT],
+    pub(crate) spans: [Cell<StackedSpan>; SPANS_KEPT],
     #[cfg(feature = "tracing")]
     pub(crate) span_depth: Cell<usize>,
-    /// How many spans exited on other threads this thread has looked for
-    /// on its stack and found gone (`labels::tracing::settle`).
+    /// Scopes open on this thread that are not on `spans`: `with_labels`
+    /// closures, `Labeled` polls, spans entered past a full stack.
+    #[cfg(feature = "tracing")]
+    pub(crate) scopes_open: Cell<u32>,
+    /// The count of spans closed while entered somewhere
+    /// (`labels::tracing::settle`) when this thread last had none of them
+    /// left on its stack.
     #[cfg(feature = "tracing")]
     pub(crate) stranded_seen: Cell<u64>,
+}
+
+/// An entered span on a thread's stack ([`LabelState::spans`]): label-set
+/// ids as `labels::LabelSetId` holds them.
+#[cfg(feature = "tracing")]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct StackedSpan {
+    pub(crate) id: u64,
+    /// The span's labels: its parent's, its own fields', and both merged.
+    pub(crate) inherited: u32,
+    pub(crate) own: u32,
+    pub(crate) set: u32,
+    /// The set in force before the span was entered, and the one it put in
+    /// force.
+    pub(crate) outer: u32,
+    pub(crate) inside: u32,
+    /// [`LabelState::scopes_open`] when the span was entered.
+    pub(crate) scopes: u32,
 }
 
 impl LabelState {
@@ -68,9 +90,21 @@ impl LabelState {
             overflowed: [const { Cell::new((UNKNOWN, 0)) }; SCOPES_KEPT],
             next_overflowed: Cell::new(0),
             #[cfg(feature = "tracing")]
-            spans: [const { Cell::new((0, 0, 0, 0)) }; SPANS_KEPT],
+            spans: [const {
+                Cell::new(StackedSpan {
+                    id: 0,
+                    inherited: 0,
+                    own: 0,
+                    set: 0,
+                    outer: 0,
+                    inside: 0,
+                    scopes: 0,
+                })
+            }; SPANS_KEPT],
             #[cfg(feature = "tracing")]
             span_depth: Cell::new(0),
+            #[cfg(feature = "tracing")]
+            scopes_open: Cell::new(0),
             #[cfg(feature = "tracing")]
             stranded_seen: Cell::new(0),
         }
