@@ -314,6 +314,90 @@ fn a_span_exited_on_another_thread_lets_go_once_closed() {
     drop((inside, in_scope_block, later));
 }
 
+/// A span entered inside one scope and stranded there, its scope ended:
+/// a later scope on that thread carries its own labels, not the span's
+/// nor the ended scope's.
+#[test]
+fn a_stranded_span_of_an_ended_scope_leaves_later_scopes_alone() {
+    install();
+    let span = tracing::info_span!(parent: None, "held", tenant = "ended-acme");
+    let id = span.id().unwrap();
+    let entering = id.clone();
+    let (to_a, from_main) = std::sync::mpsc::channel::<()>();
+    let (to_main, from_a) = std::sync::mpsc::channel::<()>();
+    let a = std::thread::spawn(move || {
+        heapprof::with_labels(&[("job", "ended-task-1")], || {
+            tracing::dispatcher::get_default(|d| d.enter(&entering))
+        });
+        to_main.send(()).unwrap();
+        from_main.recv().unwrap();
+        let in_later = heapprof::with_labels(&[("tenant", "ended-globex")], || {
+            without_thread(heapprof::current_labels())
+        });
+        (in_later, without_thread(heapprof::current_labels()))
+    });
+    from_a.recv().unwrap();
+    std::thread::spawn(move || tracing::dispatcher::get_default(|d| d.exit(&id)))
+        .join()
+        .unwrap();
+    drop(span);
+    to_a.send(()).unwrap();
+    let (in_later, after) = a.join().unwrap();
+    assert_eq!(in_later, pairs(&[("tenant", "ended-globex")]));
+    assert!(after.is_empty(), "{after:?}");
+}
+
+/// Labelled spans nested deeper than a thread's stack holds change no
+/// labels past it, and leave none behind when they exit; a span made
+/// inside them still carries the labels of its parents.
+#[test]
+fn spans_deeper_than_the_stack_change_nothing_and_leave_nothing() {
+    install();
+    fn nest(depth: usize, max: usize, seen: &mut Vec<Vec<(String, String)>>) {
+        if depth == max {
+            return;
+        }
+        let route = format!("/deep-{depth}");
+        let span = tracing::info_span!("level", route = route.as_str());
+        span.in_scope(|| {
+            seen.push(without_thread(heapprof::current_labels()));
+            // The same span entered again inside itself.
+            span.in_scope(|| nest(depth + 1, max, seen));
+            seen.push(without_thread(heapprof::current_labels()));
+        });
+    }
+    let mut seen = Vec::new();
+    let outer = tracing::info_span!(parent: None, "deep", tenant = "deep-acme");
+    outer.in_scope(|| nest(0, 24, &mut seen));
+    assert!(without_thread(heapprof::current_labels()).is_empty());
+    for labels in &seen {
+        assert!(
+            labels.contains(&("tenant".to_owned(), "deep-acme".to_owned())),
+            "{labels:?}"
+        );
+    }
+    // Each level sees its own route until the stack is full.
+    assert_eq!(
+        seen[0],
+        pairs(&[("route", "/deep-0"), ("tenant", "deep-acme")])
+    );
+    assert_eq!(
+        seen[1],
+        pairs(&[("route", "/deep-1"), ("tenant", "deep-acme")])
+    );
+    // Past it, the labels of the last level that fit stay in force.
+    assert_eq!(seen[22], seen[23]);
+    assert_ne!(
+        seen[23],
+        pairs(&[("route", "/deep-23"), ("tenant", "deep-acme")])
+    );
+    // On the way out, each level sees what it saw on the way in.
+    let (down, up) = seen.split_at(24);
+    for (d, u) in down.iter().zip(up.iter().rev()) {
+        assert_eq!(d, u);
+    }
+}
+
 /// A span entered on two threads at once, and entered on a third and
 /// exited on a fourth, stays in force on the threads still inside it,
 /// also after another span is closed while stranded.
@@ -371,6 +455,21 @@ fn a_child_entered_inside_its_parent_keeps_the_parents_new_values() {
     // Entered on its own, it carries what it inherited.
     let alone = child.in_scope(|| without_thread(heapprof::current_labels()));
     assert_eq!(alone, pairs(&[("route", "/late"), ("tenant", "unknown")]));
+}
+
+/// An empty field value takes its key out of a span's labels, inherited
+/// or in force around it.
+#[test]
+fn an_empty_value_takes_the_key_out_inside_other_scopes_too() {
+    install();
+    let parent = tracing::info_span!(parent: None, "request", tenant = "empty-acme");
+    let child = parent.in_scope(|| tracing::info_span!("public", tenant = "", route = "/pub"));
+    let alone = child.in_scope(|| without_thread(heapprof::current_labels()));
+    assert_eq!(alone, pairs(&[("route", "/pub")]));
+    let in_scope = heapprof::with_labels(&[("job", "empty-job"), ("tenant", "outer")], || {
+        child.in_scope(|| without_thread(heapprof::current_labels()))
+    });
+    assert_eq!(in_scope, pairs(&[("job", "empty-job"), ("route", "/pub")]));
 }
 
 /// Two label layers in one subscriber, each choosing its own fields: a

@@ -207,43 +207,45 @@ pub(crate) fn set_current(set: LabelSetId) {
 /// before (also when unwinding).
 pub(crate) struct Scope {
     outer: u32,
+    /// The innermost scope's serial before this one
+    /// (`thread::labels::LabelState::innermost_scope`).
+    #[cfg(feature = "tracing")]
+    enclosing: u64,
 }
 
 impl Scope {
     pub(crate) fn enter(set: LabelSetId) -> Scope {
-        #[cfg(feature = "tracing")]
-        scope_opened();
+        // Plain values out of the thread-local: a `Scope` made and dropped
+        // on a path not taken would put its `outer` back.
+        let (outer, _enclosing) = thread::with(|l| {
+            let l = &l.labels;
+            #[cfg(feature = "tracing")]
+            let enclosing = {
+                let serial = l.last_scope.get().wrapping_add(1);
+                l.last_scope.set(serial);
+                l.innermost_scope.replace(serial)
+            };
+            #[cfg(not(feature = "tracing"))]
+            let enclosing = 0u64;
+            (l.current.replace(set.0), enclosing)
+        })
+        .unwrap_or((0, 0));
         Scope {
-            outer: thread::with(|l| l.labels.current.replace(set.0)).unwrap_or(0),
+            outer,
+            #[cfg(feature = "tracing")]
+            enclosing: _enclosing,
         }
     }
 }
 
 impl Drop for Scope {
     fn drop(&mut self) {
-        thread::with(|l| l.labels.current.set(self.outer));
-        #[cfg(feature = "tracing")]
-        scope_closed();
+        thread::with(|l| {
+            l.labels.current.set(self.outer);
+            #[cfg(feature = "tracing")]
+            l.labels.innermost_scope.set(self.enclosing);
+        });
     }
-}
-
-/// One more scope open on this thread that is not on its span stack
-/// (`thread::labels::LabelState::scopes_open`).
-#[cfg(feature = "tracing")]
-pub(crate) fn scope_opened() {
-    thread::with(|l| {
-        let open = &l.labels.scopes_open;
-        open.set(open.get().wrapping_add(1));
-    });
-}
-
-/// The scope [`scope_opened`] counted has ended.
-#[cfg(feature = "tracing")]
-pub(crate) fn scope_closed() {
-    thread::with(|l| {
-        let open = &l.labels.scopes_open;
-        open.set(open.get().wrapping_sub(1));
-    });
 }
 
 /// The set a sample taken now on this thread carries: the set in force,

@@ -33,15 +33,18 @@ use crate::thread::labels::StackedSpan;
 /// An instrumented future enters its span on each poll, so its labels
 /// follow it from thread to thread.
 ///
-/// A span's labels are its parent's labels, as they are when the span is
-/// made, with its own chosen fields added (overriding the same keys): a
-/// span made inside a request span carries the request's labels wherever
-/// it is entered, as a task spawned with `.instrument(span)` is. Entered
-/// inside other scopes ([`with_labels`](crate::with_labels), spans that
-/// are not its parents), its labels are added to theirs. A field's value
-/// is its `Display` for strings and its `Debug` otherwise; a value
+/// A span carries its parent's labels, as they are when it gets labels of
+/// its own or is made, with its own chosen fields over them: a span made
+/// inside a request span carries the request's labels wherever it is
+/// entered, as a task spawned with `.instrument(span)` is. Entered inside
+/// other scopes ([`with_labels`](crate::with_labels), a
+/// [`Labeled`](crate::Labeled) poll, other spans), their labels override
+/// the ones it inherited, and its own fields override both: so a child
+/// entered inside its parent has the parent's latest values. A field's
+/// value is its `Display` for strings and its `Debug` otherwise; a value
 /// recorded later (`span.record("tenant", …)`) takes effect at the span's
-/// next enter, and reaches only spans made after it. Label limits as for
+/// next enter. An empty value takes the key out, as in
+/// [`with_labels`](crate::with_labels). Label limits as for
 /// [`with_labels`](crate::with_labels).
 ///
 /// Needs a subscriber that stores span data ([`LookupSpan`]), as
@@ -53,14 +56,17 @@ use crate::thread::labels::StackedSpan;
 /// labels that were in force when it began, so an `EnteredSpan` moved out
 /// of a `with_labels` closure and dropped after it (or a `with_labels`
 /// that ends inside a span entered before it) leaves the wrong labels in
-/// force. A span exited on another thread than the one that entered it (a
-/// guard held across an `.await`, which clippy's `await_holding_span_guard`
+/// force. A thread keeps the labelled spans it has entered on a small
+/// stack; a span entered deeper than it holds changes no labels.
+///
+/// A span exited on another thread than the one that entered it (a guard
+/// held across an `.await`, which clippy's `await_holding_span_guard`
 /// warns of, and the task resumed on another worker) keeps its labels in
 /// force on the first thread until the span closes (its last handle is
-/// dropped), and then until that thread next takes a sample or enters a
-/// scope with no scope entered inside the span still open; only the
-/// latest few spans closed that way are looked for, and none entered
-/// deeper than a thread's span stack keeps.
+/// dropped). After that, the first thread drops them at its next sample
+/// or scope, once it is back in the scope it entered the span in (a
+/// worker between tasks, or the same `with_labels` call); only the latest
+/// few spans closed that way are looked for.
 #[derive(Clone, Debug)]
 pub struct LabelLayer {
     fields: Vec<String>,
@@ -110,13 +116,13 @@ impl LabelLayer {
             return;
         }
         let mut labels = SpanLabels {
+            serial: SPAN_SERIALS.fetch_add(1, Relaxed),
             fields: Vec::new(),
             inherited,
             own: LabelSetId::NONE,
             set: LabelSetId::NONE,
             last_merge: AtomicU64::new(NO_MERGE),
             on_stacks: AtomicUsize::new(0),
-            entered: Vec::new(),
         };
         if self.collect(&mut labels, record) || labels.inherited != LabelSetId::NONE {
             labels.intern();
@@ -125,44 +131,55 @@ impl LabelLayer {
     }
 }
 
+/// The next [`SpanLabels::serial`]; 0 is no span's.
+static SPAN_SERIALS: AtomicU64 = AtomicU64::new(1);
+
 /// [`SpanLabels::last_merge`] before any merge: no set id is `u32::MAX`
 /// (the table holds far fewer).
 const NO_MERGE: u64 = u64::MAX;
 
 /// What the layer keeps in a span's extensions.
 struct SpanLabels {
+    /// Names the span on thread stacks and in [`STRANDED`]: unlike its
+    /// `tracing` id, never reused.
+    serial: u64,
     /// The chosen fields' names and values, as last recorded.
     fields: Vec<(&'static str, String)>,
     /// The parent's set when the span got its `SpanLabels`.
     inherited: LabelSetId,
-    /// `fields`, interned.
+    /// `fields`, interned (an empty value, which takes its key out of the
+    /// labels around it, is not in it).
     own: LabelSetId,
-    /// `own` over `inherited`: the span's labels.
+    /// `fields` over `inherited`: the span's labels.
     set: LabelSetId,
-    /// The last set merged for an enter inside another scope, as
+    /// The last set merged for an enter inside other scopes, as
     /// `outer << 32 | merged` ([`NO_MERGE`] before the first): a span
     /// re-entered in the same place (a future polled again) merges once.
     /// Reset when `set` changes.
     last_merge: AtomicU64,
-    /// Enters of the span on some thread's span stack and not yet taken
-    /// off it: more than 0 when the span closes means a thread still has
-    /// its labels in force ([`strand`]).
+    /// Enters of the span on some thread's span stack (or its list of
+    /// enters past the stack) and not yet taken off: more than 0 when the
+    /// span closes means a thread still has it ([`strand`]).
     on_stacks: AtomicUsize,
-    /// For each enter past a full span stack not yet exited: the thread
-    /// (its state's address) and the set in force there before.
-    entered: Vec<(usize, LabelSetId)>,
 }
 
 impl SpanLabels {
     fn intern(&mut self) {
-        let pairs: Vec<(&str, &str)> = self.fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let _inside = reentry::Inside::enter();
-        self.own = table::merge(LabelSetId::NONE, &pairs, Kind::Program);
-        self.set = table::merge(self.inherited, &pairs, Kind::Program);
+        let pairs = pairs(&self.fields);
+        let (own, set) = (
+            table::merge(LabelSetId::NONE, &pairs, Kind::Program),
+            table::merge(self.inherited, &pairs, Kind::Program),
+        );
+        drop(pairs);
+        (self.own, self.set) = (own, set);
         self.last_merge.store(NO_MERGE, Release);
     }
 
-    /// [`inside`], remembering the last merge.
+    /// The set in force inside the span when `outer` is in force outside
+    /// it: `fields` over `outer` over `inherited`. Without the table's lock
+    /// where `outer` is nothing, the parent's labels or the span's, and
+    /// where it is the last merge's.
     fn in_force_inside(&self, outer: LabelSetId) -> LabelSetId {
         if !needs_merge(outer, self.inherited, self.set) {
             return self.set;
@@ -176,7 +193,11 @@ impl SpanLabels {
         if last_merged == outer.0 {
             return outer;
         }
-        let merged = inside(outer, self.inherited, self.own, self.set);
+        let merged = {
+            let _inside = reentry::Inside::enter();
+            let enclosing = table::merge_sets(self.inherited, outer, Kind::Program);
+            table::merge(enclosing, &pairs(&self.fields), Kind::Program)
+        };
         // Release: a thread that reads `merged` here reads its table slot.
         self.last_merge
             .store(u64::from(outer.0) << 32 | u64::from(merged.0), Release);
@@ -184,31 +205,17 @@ impl SpanLabels {
     }
 }
 
-/// Whether entering a span whose labels are `set` (its `own` over
+/// A span's fields as `with_labels` takes them.
+fn pairs<'a>(fields: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    fields.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// Whether entering a span whose labels are `set` (its own over
 /// `inherited`) with `outer` in force takes a merge: not when `outer` is
 /// nothing, the parent's labels or the span's, where `set` is in force
 /// inside.
 fn needs_merge(outer: LabelSetId, inherited: LabelSetId, set: LabelSetId) -> bool {
     outer != LabelSetId::NONE && outer != inherited && outer != set
-}
-
-/// The set in force inside a span whose labels are `set`, `own` over
-/// `inherited`, entered with `outer` in force: the enclosing scopes'
-/// labels override the inherited ones (a parent's value recorded since
-/// the span was made is the one in force), and the span's own override
-/// both.
-fn inside(
-    outer: LabelSetId,
-    inherited: LabelSetId,
-    own: LabelSetId,
-    set: LabelSetId,
-) -> LabelSetId {
-    if !needs_merge(outer, inherited, set) {
-        return set;
-    }
-    let _inside = reentry::Inside::enter();
-    let enclosing = table::merge_sets(inherited, outer, Kind::Program);
-    table::merge_sets(enclosing, own, Kind::Program)
 }
 
 struct Collect<'a> {
@@ -241,15 +248,15 @@ impl Visit for Collect<'_> {
     }
 }
 
-/// Puts `span` on this thread's span stack. False if the stack is full
-/// (the span then restores its `outer` on exit, [`SpanLabels::entered`]).
+/// Puts `span` on this thread's span stack, inside the thread's innermost
+/// scope. False if the stack is full.
 fn push_span(mut span: StackedSpan) -> bool {
     thread::with(|l| {
         let depth = l.labels.span_depth.get();
         let Some(slot) = l.labels.spans.get(depth) else {
             return false;
         };
-        span.scopes = l.labels.scopes_open.get();
+        span.scope = l.labels.innermost_scope.get();
         slot.set(span);
         l.labels.span_depth.set(depth + 1);
         true
@@ -257,32 +264,69 @@ fn push_span(mut span: StackedSpan) -> bool {
     .unwrap_or(false)
 }
 
-/// Takes span `id`'s innermost entry off this thread's span stack and
-/// returns the set now in force: the set before it, with the spans
-/// entered after it (if it exits out of order) entered again. `None` if
-/// the span is not on the stack.
-fn pop_span(id: &Id) -> Option<LabelSetId> {
-    let id = id.into_u64();
+/// Notes that the span `serial` was entered past this thread's full span
+/// stack; false if the list of those is full too (then its exit may take
+/// an earlier enter of the same span off the stack).
+fn note_past_stack(serial: u64) -> bool {
+    thread::with(|l| {
+        let len = l.labels.past_stack_len.get();
+        let Some(slot) = l.labels.past_stack.get(len) else {
+            return false;
+        };
+        slot.set(serial);
+        l.labels.past_stack_len.set(len + 1);
+        true
+    })
+    .unwrap_or(false)
+}
+
+/// Takes the innermost enter of the span `serial` past the full stack off
+/// this thread's list of them; false if there is none.
+fn take_past_stack(serial: u64) -> bool {
+    thread::with(|l| {
+        let list = &l.labels.past_stack;
+        let len = l.labels.past_stack_len.get();
+        let Some(i) = list[..len].iter().rposition(|s| s.get() == serial) else {
+            return false;
+        };
+        for j in i + 1..len {
+            list[j - 1].set(list[j].get());
+        }
+        l.labels.past_stack_len.set(len - 1);
+        true
+    })
+    .unwrap_or(false)
+}
+
+/// Takes the innermost entry of the span `serial` off this thread's span
+/// stack and returns the set now in force: the set before it, with the
+/// spans entered after it (if it exits out of order) entered again (with
+/// their interned own labels: an empty value among them takes no key out
+/// here). `None` if the span is not on the stack.
+fn pop_span(serial: u64) -> Option<LabelSetId> {
     thread::with(|l| {
         let spans = &l.labels.spans;
         let depth = l.labels.span_depth.get();
-        let i = spans[..depth].iter().rposition(|s| s.get().id == id)?;
-        let mut now = spans[i].get().outer;
+        let i = spans[..depth]
+            .iter()
+            .rposition(|s| s.get().serial == serial)?;
+        let mut now = LabelSetId(spans[i].get().outer);
         for j in i + 1..depth {
             let mut later = spans[j].get();
-            later.outer = now;
-            later.inside = inside(
-                LabelSetId(now),
-                LabelSetId(later.inherited),
-                LabelSetId(later.own),
-                LabelSetId(later.set),
-            )
-            .0;
-            now = later.inside;
+            later.outer = now.0;
+            let (inherited, set) = (LabelSetId(later.inherited), LabelSetId(later.set));
+            if needs_merge(now, inherited, set) {
+                let _inside = reentry::Inside::enter();
+                let enclosing = table::merge_sets(inherited, now, Kind::Program);
+                now = table::merge_sets(enclosing, LabelSetId(later.own), Kind::Program);
+            } else {
+                now = set;
+            }
+            later.inside = now.0;
             spans[j - 1].set(later);
         }
         l.labels.span_depth.set(depth - 1);
-        Some(LabelSetId(now))
+        Some(now)
     })
     .flatten()
 }
@@ -291,37 +335,40 @@ fn pop_span(id: &Id) -> Option<LabelSetId> {
 /// ([`strand`]) for those threads to take off ([`settle`]).
 const STRANDED_KEPT: usize = 64;
 
-/// Ids of spans closed while still on some thread's span stack: entered
-/// on one thread and exited on another (a guard held across an `.await`
-/// and dropped on another worker), so the first still has the span's
-/// labels in force. A closed span is never entered again, so an entry
-/// with its id is stale wherever it is. A ring of [`STRANDED_KEPT`] ids
-/// (0: empty; span ids are never 0).
+/// Serials of spans closed while still on some thread's span stack:
+/// entered on one thread and exited on another (a guard held across an
+/// `.await` and dropped on another worker), so the first still has the
+/// span's labels in force. A closed span is never entered again, so an
+/// entry with its serial is stale wherever it is. A ring of
+/// [`STRANDED_KEPT`] serials (0: empty).
 static STRANDED: [AtomicU64; STRANDED_KEPT] = [const { AtomicU64::new(0) }; STRANDED_KEPT];
 /// The next place in [`STRANDED`] to fill.
 static STRANDED_NEXT: AtomicUsize = AtomicUsize::new(0);
-/// How many ids were put in [`STRANDED`]; raised after each is stored, so
-/// a thread that reads a new count (Acquire) finds the id.
+/// How many serials were put in [`STRANDED`]; raised after each is
+/// stored, so a thread that reads a new count (Acquire) finds the serial.
 static STRANDED_COUNT: AtomicU64 = AtomicU64::new(0);
 
-/// Tells every thread that span `id`, closed, is to come off its stack.
-fn strand(id: &Id) {
+/// Tells every thread that the span `serial`, closed, is to come off its
+/// stack.
+fn strand(serial: u64) {
     let at = STRANDED_NEXT.fetch_add(1, Relaxed) % STRANDED_KEPT;
-    STRANDED[at].store(id.into_u64(), Release);
+    STRANDED[at].store(serial, Release);
     STRANDED_COUNT.fetch_add(1, Release);
 }
 
-fn is_stranded(id: u64) -> bool {
-    STRANDED.iter().any(|slot| slot.load(Acquire) == id)
+fn is_stranded(serial: u64) -> bool {
+    STRANDED.iter().any(|slot| slot.load(Acquire) == serial)
 }
 
 /// Takes closed spans ([`strand`]) off the top of this thread's span
-/// stack and puts back the set in force before each. Only while no scope
-/// entered after such a span is still open (`scopes_open` as when it was
-/// entered): otherwise at a later call, once those scopes have ended.
-/// Cheap when no span was stranded since this thread last had none: one
-/// load and a compare. Called where the thread reads its labels (entering
-/// a scope, taking a sample); takes no lock and allocates nothing.
+/// stack and puts back the set in force before each, while the thread is
+/// in the scope it entered each in (its innermost scope then and now the
+/// same); where that scope has ended, its end has put the set back
+/// already. Inside a scope opened since, a later call does it, once that
+/// scope has ended. Cheap when no span was stranded since this
+/// thread last had none: one load and a compare. Called where the thread
+/// reads its labels (entering a scope, taking a sample); takes no lock and
+/// allocates nothing.
 pub(crate) fn settle() {
     let count = STRANDED_COUNT.load(Acquire);
     thread::with(|l| {
@@ -332,16 +379,32 @@ pub(crate) fn settle() {
         let mut depth = labels.span_depth.get();
         while let Some(top) = depth.checked_sub(1) {
             let span = labels.spans[top].get();
-            if !is_stranded(span.id) || labels.scopes_open.get() != span.scopes {
+            let innermost = labels.innermost_scope.get();
+            if !is_stranded(span.serial) || innermost > span.scope {
                 break;
             }
-            labels.current.set(span.outer);
+            // Scopes nest and their serials grow: one opened before the
+            // innermost and still open would be inside it.
+            if innermost == span.scope {
+                labels.current.set(span.outer);
+            } // else its scope has ended and put back the set before it.
             depth = top;
         }
         labels.span_depth.set(depth);
+        // Enters past the full stack changed no labels: a closed span's
+        // just go.
+        let mut kept = 0;
+        for i in 0..labels.past_stack_len.get() {
+            let serial = labels.past_stack[i].get();
+            if !is_stranded(serial) {
+                labels.past_stack[kept].set(serial);
+                kept += 1;
+            }
+        }
+        labels.past_stack_len.set(kept);
         let waiting = labels.spans[..depth]
             .iter()
-            .any(|span| is_stranded(span.get().id));
+            .any(|span| is_stranded(span.get().serial));
         if !waiting {
             labels.stranded_seen.set(count);
         }
@@ -358,11 +421,6 @@ fn parent_set<'a, S: LookupSpan<'a>>(span: &SpanRef<'a, S>) -> LabelSetId {
             .get::<SpanLabels>()
             .map_or(LabelSetId::NONE, |labels| labels.set)
     })
-}
-
-/// This thread's key in [`SpanLabels::entered`].
-fn thread_key() -> usize {
-    thread::with(|l| std::ptr::from_ref(l) as usize).unwrap_or(0)
 }
 
 impl<S> Layer<S> for LabelLayer
@@ -388,73 +446,58 @@ where
             return;
         };
         let outer = super::current();
-        // Read under the shared lock: an enter writes the extensions only
-        // when this thread's span stack is full.
-        let (inside, stacked) = {
-            let extensions = span.extensions();
-            let Some(labels) = extensions.get::<SpanLabels>() else {
-                return;
-            };
-            let inside = labels.in_force_inside(outer);
-            let stacked = push_span(StackedSpan {
-                id: id.into_u64(),
-                inherited: labels.inherited.0,
-                own: labels.own.0,
-                set: labels.set.0,
-                outer: outer.0,
-                inside: inside.0,
-                scopes: 0,
-            });
-            if stacked {
-                labels.on_stacks.fetch_add(1, Relaxed);
-            }
-            (inside, stacked)
+        let extensions = span.extensions();
+        let Some(labels) = extensions.get::<SpanLabels>() else {
+            return;
         };
-        if !stacked && let Some(labels) = span.extensions_mut().get_mut::<SpanLabels>() {
-            labels.entered.push((thread_key(), outer));
-            super::scope_opened();
+        let inside = labels.in_force_inside(outer);
+        let stacked = push_span(StackedSpan {
+            serial: labels.serial,
+            scope: 0,
+            inherited: labels.inherited.0,
+            own: labels.own.0,
+            set: labels.set.0,
+            outer: outer.0,
+            inside: inside.0,
+        });
+        if stacked {
+            labels.on_stacks.fetch_add(1, Relaxed);
+            super::set_current(inside);
+        } else if note_past_stack(labels.serial) {
+            labels.on_stacks.fetch_add(1, Relaxed);
         }
-        super::set_current(inside);
     }
 
     fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
-        if let Some(now) = pop_span(id) {
-            super::set_current(now);
-            if let Some(span) = ctx.span(id)
-                && let Some(labels) = span.extensions().get::<SpanLabels>()
-            {
-                labels.on_stacks.fetch_sub(1, Relaxed);
-            }
-            return;
-        }
-        // Not on this thread's stack: entered past a full stack, or on
-        // another thread (which keeps it until the span closes).
         let Some(span) = ctx.span(id) else {
             return;
         };
-        let overflowed = span
-            .extensions()
-            .get::<SpanLabels>()
-            .is_some_and(|labels| !labels.entered.is_empty());
-        let key = thread_key();
-        if overflowed
-            && let Some(labels) = span.extensions_mut().get_mut::<SpanLabels>()
-            && let Some(i) = labels.entered.iter().rposition(|&(k, _)| k == key)
-        {
-            let (_, outer) = labels.entered.remove(i);
-            super::set_current(outer);
-            super::scope_closed();
+        let extensions = span.extensions();
+        let Some(labels) = extensions.get::<SpanLabels>() else {
+            return;
+        };
+        // An enter past the full stack is the innermost (exits come in the
+        // order of the enters), and changed nothing. Not on the stack
+        // either: entered on another thread, which keeps it until the span
+        // closes.
+        if take_past_stack(labels.serial) {
+            labels.on_stacks.fetch_sub(1, Relaxed);
+            return;
+        }
+        if let Some(now) = pop_span(labels.serial) {
+            labels.on_stacks.fetch_sub(1, Relaxed);
+            super::set_current(now);
         }
     }
 
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
-        let left_on_a_stack = ctx.span(&id).is_some_and(|span| {
-            span.extensions()
-                .get::<SpanLabels>()
-                .is_some_and(|labels| labels.on_stacks.swap(0, Relaxed) > 0)
+        let left_on_a_stack = ctx.span(&id).and_then(|span| {
+            let extensions = span.extensions();
+            let labels = extensions.get::<SpanLabels>()?;
+            (labels.on_stacks.swap(0, Relaxed) > 0).then_some(labels.serial)
         });
-        if left_on_a_stack {
-            strand(&id);
+        if let Some(serial) = left_on_a_stack {
+            strand(serial);
         }
     }
 }

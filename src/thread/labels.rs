@@ -13,8 +13,8 @@ pub(crate) const UNKNOWN: u32 = u32::MAX;
 pub(crate) const SCOPES_KEPT: usize = 4;
 
 /// How many labelled `tracing` spans a thread tracks while entered
-/// ([`LabelState::spans`]); deeper ones restore the set before them on
-/// exit, which is right when spans exit in the order they were entered.
+/// ([`LabelState::spans`]); a span entered deeper changes no labels, and
+/// as many of those are remembered so that their exits change none.
 #[cfg(feature = "tracing")]
 pub(crate) const SPANS_KEPT: usize = 16;
 
@@ -45,16 +45,27 @@ pub(crate) struct LabelState {
     /// Labelled spans entered on this thread and not yet exited, innermost
     /// last; the first `span_depth` are in use. A span may be exited out
     /// of order (a moved `EnteredSpan`), so an exit takes its entry out
-    /// and merges the later ones again.
+    /// and enters the later ones again.
     #[cfg(feature = "tracing")]
     pub(crate) spans: [Cell<StackedSpan>; SPANS_KEPT],
     #[cfg(feature = "tracing")]
     pub(crate) span_depth: Cell<usize>,
-    /// Scopes open on this thread that are not on `spans`: `with_labels`
-    /// closures, `Labeled` polls, spans entered past a full stack.
+    /// Serials of labelled spans entered while `spans` was full and not yet
+    /// exited, innermost last (the first `past_stack_len`): their enters
+    /// changed no labels, so their exits change none either.
     #[cfg(feature = "tracing")]
-    pub(crate) scopes_open: Cell<u32>,
-    /// The count of spans closed while entered somewhere
+    pub(crate) past_stack: [Cell<u64>; SPANS_KEPT],
+    #[cfg(feature = "tracing")]
+    pub(crate) past_stack_len: Cell<usize>,
+    /// The serial of the innermost scope open on this thread
+    /// (`with_labels`, a `Labeled` poll; 0 for none), and the last serial
+    /// given: a span entered inside one scope is taken off the stack
+    /// (`labels::tracing::settle`) only inside that same scope.
+    #[cfg(feature = "tracing")]
+    pub(crate) innermost_scope: Cell<u64>,
+    #[cfg(feature = "tracing")]
+    pub(crate) last_scope: Cell<u64>,
+    /// The count of spans closed while on a stack
     /// (`labels::tracing::settle`) when this thread last had none of them
     /// left on its stack.
     #[cfg(feature = "tracing")]
@@ -64,9 +75,12 @@ pub(crate) struct LabelState {
 /// An entered span on a thread's stack ([`LabelState::spans`]): label-set
 /// ids as `labels::LabelSetId` holds them.
 #[cfg(feature = "tracing")]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct StackedSpan {
-    pub(crate) id: u64,
+    /// The span's serial (`labels::tracing`), unique in the process.
+    pub(crate) serial: u64,
+    /// [`LabelState::innermost_scope`] when the span was entered.
+    pub(crate) scope: u64,
     /// The span's labels: its parent's, its own fields', and both merged.
     pub(crate) inherited: u32,
     pub(crate) own: u32,
@@ -75,8 +89,6 @@ pub(crate) struct StackedSpan {
     /// force.
     pub(crate) outer: u32,
     pub(crate) inside: u32,
-    /// [`LabelState::scopes_open`] when the span was entered.
-    pub(crate) scopes: u32,
 }
 
 impl LabelState {
@@ -92,19 +104,25 @@ impl LabelState {
             #[cfg(feature = "tracing")]
             spans: [const {
                 Cell::new(StackedSpan {
-                    id: 0,
+                    serial: 0,
+                    scope: 0,
                     inherited: 0,
                     own: 0,
                     set: 0,
                     outer: 0,
                     inside: 0,
-                    scopes: 0,
                 })
             }; SPANS_KEPT],
             #[cfg(feature = "tracing")]
             span_depth: Cell::new(0),
             #[cfg(feature = "tracing")]
-            scopes_open: Cell::new(0),
+            past_stack: [const { Cell::new(0) }; SPANS_KEPT],
+            #[cfg(feature = "tracing")]
+            past_stack_len: Cell::new(0),
+            #[cfg(feature = "tracing")]
+            innermost_scope: Cell::new(0),
+            #[cfg(feature = "tracing")]
+            last_scope: Cell::new(0),
             #[cfg(feature = "tracing")]
             stranded_seen: Cell::new(0),
         }
