@@ -472,6 +472,103 @@ fn an_empty_value_takes_the_key_out_inside_other_scopes_too() {
     assert_eq!(in_scope, pairs(&[("job", "empty-job"), ("route", "/pub")]));
 }
 
+/// A future that is pending once, then ready.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if std::mem::replace(&mut self.0, true) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+}
+
+/// Two labelled tasks polled in turn on one thread (a single-threaded
+/// executor), each holding an entered span across an `.await`: each poll
+/// carries its own task's `heap_labels`, before and after the guard is
+/// dropped, never the other task's (the span, entered in an earlier poll,
+/// is not in force in a later one).
+#[test]
+fn guards_held_across_awaits_on_one_thread_keep_to_their_tasks() {
+    use heapprof::FutureExt as _;
+    install();
+    let task = |job: &'static str, tenant: &'static str| {
+        async move {
+            let span = tracing::info_span!(parent: None, "request", tenant);
+            let guard = span.enter();
+            YieldOnce(false).await;
+            let before_drop = without_thread(heapprof::current_labels());
+            drop(guard);
+            let after_drop = without_thread(heapprof::current_labels());
+            (before_drop, after_drop)
+        }
+        .heap_labels(&[("job", job)])
+    };
+    let mut a = Box::pin(task("await-job-a", "await-a"));
+    let mut b = Box::pin(task("await-job-b", "await-b"));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(a.as_mut().poll(&mut cx).is_pending());
+    assert!(b.as_mut().poll(&mut cx).is_pending());
+    let std::task::Poll::Ready((a_before, a_after)) = a.as_mut().poll(&mut cx) else {
+        panic!("a is ready after one wait");
+    };
+    let std::task::Poll::Ready((b_before, b_after)) = b.as_mut().poll(&mut cx) else {
+        panic!("b is ready after one wait");
+    };
+    for (job, seen) in [
+        ("await-job-a", &a_before),
+        ("await-job-a", &a_after),
+        ("await-job-b", &b_before),
+        ("await-job-b", &b_after),
+    ] {
+        assert_eq!(seen, &pairs(&[("job", job)]), "{job}");
+    }
+    assert!(without_thread(heapprof::current_labels()).is_empty());
+}
+
+/// A guard moved out of a `with_labels` closure, or into one, and
+/// dropped there: once the thread is back in the scope the span was
+/// entered in, no label of either is left in force.
+#[test]
+fn guards_moved_across_scopes_leave_no_labels_behind() {
+    install();
+    let span = tracing::info_span!(parent: None, "moved", tenant = "moved-acme");
+    let guard = heapprof::with_labels(&[("job", "moved-job")], || span.clone().entered());
+    drop(guard);
+    assert!(without_thread(heapprof::current_labels()).is_empty());
+    let guard = span.clone().entered();
+    let inside = heapprof::with_labels(&[("job", "moved-job")], || {
+        drop(guard);
+        without_thread(heapprof::current_labels())
+    });
+    // The scope keeps what it was entered with until it ends.
+    assert_eq!(
+        inside,
+        pairs(&[("job", "moved-job"), ("tenant", "moved-acme")])
+    );
+    assert!(without_thread(heapprof::current_labels()).is_empty());
+}
+
+/// One span entered inside one scope, then inside another: each time the
+/// labels around it are the scope's of the moment.
+#[test]
+fn a_span_entered_in_turn_inside_two_scopes_takes_each_ones_labels() {
+    install();
+    let span = tracing::info_span!(parent: None, "turns", route = "/turns");
+    for job in ["turn-x", "turn-y", "turn-x"] {
+        let seen = heapprof::with_labels(&[("job", job)], || {
+            span.in_scope(|| without_thread(heapprof::current_labels()))
+        });
+        assert_eq!(seen, pairs(&[("job", job), ("route", "/turns")]));
+    }
+}
+
 /// Two label layers in one subscriber, each choosing its own fields: a
 /// span carries both layers' labels while entered, and none after.
 #[test]

@@ -51,22 +51,22 @@ use crate::thread::labels::StackedSpan;
 /// `tracing_subscriber::registry()` does. Several `LabelLayer`s in one
 /// subscriber each add their fields to the span's labels.
 ///
-/// Spans and [`with_labels`](crate::with_labels) scopes must nest (tracing's
-/// guards see to it unless moved): each puts back, when it ends, the
-/// labels that were in force when it began, so an `EnteredSpan` moved out
-/// of a `with_labels` closure and dropped after it (or a `with_labels`
-/// that ends inside a span entered before it) leaves the wrong labels in
-/// force. A thread keeps the labelled spans it has entered on a small
+/// A span's enter and exit are meant to nest with the other scopes of its
+/// thread ([`with_labels`](crate::with_labels), [`Labeled`](crate::Labeled)
+/// polls), as tracing's guards do unless moved or held across an
+/// `.await`. A span exited inside another scope than the one it was
+/// entered in (a guard moved out of a `with_labels` closure, or held
+/// across an `.await` and dropped in a later poll) leaves the labels of
+/// the scope open at its exit alone, and comes off once the thread is
+/// back in the scope it was entered in: the scope's labels, the span's
+/// included, stay in force until then. A span exited on another thread
+/// (the task resumed on another worker) keeps its labels in force on the
+/// first thread until the span closes (its last handle is dropped), and
+/// then until that thread next takes a sample or enters a scope, back in
+/// the scope it entered the span in; only the latest few spans closed
+/// that way are looked for, and one missed keeps its labels on that
+/// thread. A thread keeps the labelled spans it has entered on a small
 /// stack; a span entered deeper than it holds changes no labels.
-///
-/// A span exited on another thread than the one that entered it (a guard
-/// held across an `.await`, which clippy's `await_holding_span_guard`
-/// warns of, and the task resumed on another worker) keeps its labels in
-/// force on the first thread until the span closes (its last handle is
-/// dropped). After that, the first thread drops them at its next sample
-/// or scope, once it is back in the scope it entered the span in (a
-/// worker between tasks, or the same `with_labels` call); only the latest
-/// few spans closed that way are looked for.
 #[derive(Clone, Debug)]
 pub struct LabelLayer {
     fields: Vec<String>,
@@ -249,16 +249,32 @@ impl Visit for Collect<'_> {
 }
 
 /// Puts `span` on this thread's span stack, inside the thread's innermost
-/// scope. False if the stack is full.
+/// scope; an enter of the span on top of the stack where it left the
+/// labels (a second `LabelLayer`, or the span inside itself) counts on
+/// that entry. False if the stack is full.
 fn push_span(mut span: StackedSpan) -> bool {
     thread::with(|l| {
-        let depth = l.labels.span_depth.get();
-        let Some(slot) = l.labels.spans.get(depth) else {
+        let labels = &l.labels;
+        let depth = labels.span_depth.get();
+        let innermost = labels.innermost_scope.get();
+        if let Some(top) = depth.checked_sub(1).map(|top| &labels.spans[top]) {
+            let mut entry = top.get();
+            if entry.serial == span.serial
+                && !entry.exited
+                && entry.scope == innermost
+                && entry.inside == span.outer
+            {
+                entry.repeats += 1;
+                top.set(entry);
+                return true;
+            }
+        }
+        let Some(slot) = labels.spans.get(depth) else {
             return false;
         };
-        span.scope = l.labels.innermost_scope.get();
+        span.scope = innermost;
         slot.set(span);
-        l.labels.span_depth.set(depth + 1);
+        labels.span_depth.set(depth + 1);
         true
     })
     .unwrap_or(false)
@@ -298,37 +314,74 @@ fn take_past_stack(serial: u64) -> bool {
     .unwrap_or(false)
 }
 
-/// Takes the innermost entry of the span `serial` off this thread's span
-/// stack and returns the set now in force: the set before it, with the
-/// spans entered after it (if it exits out of order) entered again (with
-/// their interned own labels: an empty value among them takes no key out
-/// here). `None` if the span is not on the stack.
-fn pop_span(serial: u64) -> Option<LabelSetId> {
+/// What an exit did to this thread's labels ([`exit_span`]).
+enum Exit {
+    /// The span is not on this thread's stack.
+    NotHere,
+    /// The set in force stays.
+    Kept,
+    /// This set is in force now.
+    Now(LabelSetId),
+}
+
+/// Exits the innermost entry of the span `serial` on this thread's span
+/// stack. Entered in the thread's innermost scope, it comes off and the
+/// set before it is in force again, with the live spans the scope entered
+/// after it (if it exits out of order) entered again (with their interned
+/// own labels: an empty value among them takes no key out here). Entered
+/// in another scope (a guard held across an `.await` and dropped in a
+/// later poll, or moved out of a `with_labels`), the set in force belongs
+/// to the scope open now: the entry is marked exited, and [`settle`]
+/// takes it off once the thread is back in its scope or past it.
+fn exit_span(serial: u64) -> Exit {
     thread::with(|l| {
-        let spans = &l.labels.spans;
-        let depth = l.labels.span_depth.get();
-        let i = spans[..depth]
-            .iter()
-            .rposition(|s| s.get().serial == serial)?;
-        let mut now = LabelSetId(spans[i].get().outer);
+        let labels = &l.labels;
+        let spans = &labels.spans;
+        let depth = labels.span_depth.get();
+        let Some(i) = spans[..depth].iter().rposition(|s| {
+            let s = s.get();
+            s.serial == serial && !s.exited
+        }) else {
+            return Exit::NotHere;
+        };
+        let mut entry = spans[i].get();
+        if entry.repeats > 0 {
+            entry.repeats -= 1;
+            spans[i].set(entry);
+            return Exit::Kept;
+        }
+        let innermost = labels.innermost_scope.get();
+        if entry.scope != innermost {
+            entry.exited = true;
+            spans[i].set(entry);
+            labels.exits_waiting.set(labels.exits_waiting.get() + 1);
+            return Exit::Kept;
+        }
+        let mut now = LabelSetId(entry.outer);
         for j in i + 1..depth {
             let mut later = spans[j].get();
-            later.outer = now.0;
-            let (inherited, set) = (LabelSetId(later.inherited), LabelSetId(later.set));
-            if needs_merge(now, inherited, set) {
-                let _inside = reentry::Inside::enter();
-                let enclosing = table::merge_sets(inherited, now, Kind::Program);
-                now = table::merge_sets(enclosing, LabelSetId(later.own), Kind::Program);
-            } else {
-                now = set;
+            if later.scope == innermost && !later.exited {
+                later.outer = now.0;
+                now = inside_stacked(now, &later);
+                later.inside = now.0;
             }
-            later.inside = now.0;
             spans[j - 1].set(later);
         }
-        l.labels.span_depth.set(depth - 1);
-        Some(now)
+        labels.span_depth.set(depth - 1);
+        Exit::Now(now)
     })
-    .flatten()
+    .unwrap_or(Exit::NotHere)
+}
+
+/// The set in force inside a stacked span entered with `outer` in force.
+fn inside_stacked(outer: LabelSetId, span: &StackedSpan) -> LabelSetId {
+    let (inherited, set) = (LabelSetId(span.inherited), LabelSetId(span.set));
+    if !needs_merge(outer, inherited, set) {
+        return set;
+    }
+    let _inside = reentry::Inside::enter();
+    let enclosing = table::merge_sets(inherited, outer, Kind::Program);
+    table::merge_sets(enclosing, LabelSetId(span.own), Kind::Program)
 }
 
 /// How many spans closed while on some thread's span stack are remembered
@@ -360,27 +413,29 @@ fn is_stranded(serial: u64) -> bool {
     STRANDED.iter().any(|slot| slot.load(Acquire) == serial)
 }
 
-/// Takes closed spans ([`strand`]) off the top of this thread's span
-/// stack and puts back the set in force before each, while the thread is
-/// in the scope it entered each in (its innermost scope then and now the
-/// same); where that scope has ended, its end has put the set back
-/// already. Inside a scope opened since, a later call does it, once that
-/// scope has ended. Cheap when no span was stranded since this
-/// thread last had none: one load and a compare. Called where the thread
-/// reads its labels (entering a scope, taking a sample); takes no lock and
-/// allocates nothing.
+/// Takes spans that are done (closed while still here, [`strand`], or
+/// exited in another scope, [`exit_span`]) off the top of this thread's
+/// span stack, and puts back the set in force before each, while the
+/// thread is in the scope it entered each in (its innermost scope then
+/// and now the same); where that scope has ended, its end has put the set
+/// back already. Inside a scope opened since, a later call does it, once
+/// that scope has ended. Cheap when no span was stranded since this
+/// thread last had none and no exit waits: a load and two compares.
+/// Called where the thread reads its labels (entering a scope, taking a
+/// sample); takes no lock and allocates nothing.
 pub(crate) fn settle() {
     let count = STRANDED_COUNT.load(Acquire);
     thread::with(|l| {
         let labels = &l.labels;
-        if labels.stranded_seen.get() == count {
+        if labels.stranded_seen.get() == count && labels.exits_waiting.get() == 0 {
             return;
         }
         let mut depth = labels.span_depth.get();
         while let Some(top) = depth.checked_sub(1) {
             let span = labels.spans[top].get();
             let innermost = labels.innermost_scope.get();
-            if !is_stranded(span.serial) || innermost > span.scope {
+            let done = span.exited || is_stranded(span.serial);
+            if !done || innermost > span.scope {
                 break;
             }
             // Scopes nest and their serials grow: one opened before the
@@ -388,6 +443,9 @@ pub(crate) fn settle() {
             if innermost == span.scope {
                 labels.current.set(span.outer);
             } // else its scope has ended and put back the set before it.
+            if span.exited {
+                labels.exits_waiting.set(labels.exits_waiting.get() - 1);
+            }
             depth = top;
         }
         labels.span_depth.set(depth);
@@ -454,6 +512,8 @@ where
         let stacked = push_span(StackedSpan {
             serial: labels.serial,
             scope: 0,
+            repeats: 0,
+            exited: false,
             inherited: labels.inherited.0,
             own: labels.own.0,
             set: labels.set.0,
@@ -484,9 +544,15 @@ where
             labels.on_stacks.fetch_sub(1, Relaxed);
             return;
         }
-        if let Some(now) = pop_span(labels.serial) {
-            labels.on_stacks.fetch_sub(1, Relaxed);
-            super::set_current(now);
+        match exit_span(labels.serial) {
+            Exit::NotHere => {}
+            Exit::Kept => {
+                labels.on_stacks.fetch_sub(1, Relaxed);
+            }
+            Exit::Now(now) => {
+                labels.on_stacks.fetch_sub(1, Relaxed);
+                super::set_current(now);
+            }
         }
     }
 
@@ -499,5 +565,40 @@ where
         if let Some(serial) = left_on_a_stack {
             strand(serial);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    /// Spans exited where they were entered put nothing in the ring of
+    /// stranded spans, however many close; one entered on another thread
+    /// and closed puts itself there.
+    #[test]
+    fn only_spans_left_on_a_stack_are_stranded() {
+        let dispatch = tracing::Dispatch::new(
+            tracing_subscriber::registry().with(LabelLayer::new(["tenant"])),
+        );
+        let before = STRANDED_COUNT.load(Acquire);
+        tracing::dispatcher::with_default(&dispatch, || {
+            for i in 0..(4 * STRANDED_KEPT) {
+                let span = tracing::info_span!("request", tenant = i);
+                span.in_scope(|| span.in_scope(|| ()));
+            }
+        });
+        assert_eq!(STRANDED_COUNT.load(Acquire), before);
+        let span = tracing::dispatcher::with_default(&dispatch, || {
+            tracing::info_span!("moved", tenant = "elsewhere")
+        });
+        let id = span.id().unwrap();
+        let entering = (dispatch.clone(), id.clone());
+        std::thread::spawn(move || entering.0.enter(&entering.1))
+            .join()
+            .unwrap();
+        dispatch.exit(&id);
+        drop(span);
+        assert_eq!(STRANDED_COUNT.load(Acquire), before + 1);
     }
 }

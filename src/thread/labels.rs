@@ -65,6 +65,10 @@ pub(crate) struct LabelState {
     pub(crate) innermost_scope: Cell<u64>,
     #[cfg(feature = "tracing")]
     pub(crate) last_scope: Cell<u64>,
+    /// Entries of `spans` exited and not yet taken off
+    /// ([`StackedSpan::exited`]).
+    #[cfg(feature = "tracing")]
+    pub(crate) exits_waiting: Cell<u32>,
     /// The count of spans closed while on a stack
     /// (`labels::tracing::settle`) when this thread last had none of them
     /// left on its stack.
@@ -81,6 +85,13 @@ pub(crate) struct StackedSpan {
     pub(crate) serial: u64,
     /// [`LabelState::innermost_scope`] when the span was entered.
     pub(crate) scope: u64,
+    /// Enters of the same span, by more than one `LabelLayer` or inside
+    /// itself, that this entry stands for beyond the first.
+    pub(crate) repeats: u32,
+    /// Exited while the thread was in another scope than the one it was
+    /// entered in: it stays until the thread is back in that scope (or
+    /// past its end), counted in [`LabelState::exits_waiting`].
+    pub(crate) exited: bool,
     /// The span's labels: its parent's, its own fields', and both merged.
     pub(crate) inherited: u32,
     pub(crate) own: u32,
@@ -106,6 +117,8 @@ impl LabelState {
                 Cell::new(StackedSpan {
                     serial: 0,
                     scope: 0,
+                    repeats: 0,
+                    exited: false,
                     inherited: 0,
                     own: 0,
                     set: 0,
@@ -123,6 +136,8 @@ impl LabelState {
             innermost_scope: Cell::new(0),
             #[cfg(feature = "tracing")]
             last_scope: Cell::new(0),
+            #[cfg(feature = "tracing")]
+            exits_waiting: Cell::new(0),
             #[cfg(feature = "tracing")]
             stranded_seen: Cell::new(0),
         }
