@@ -264,7 +264,7 @@ fn push_span(mut span: StackedSpan) -> bool {
                 && entry.scope == innermost
                 && entry.inside == span.outer
             {
-                entry.repeats += 1;
+                entry.repeats = entry.repeats.saturating_add(1);
                 top.set(entry);
                 return true;
             }
@@ -354,7 +354,9 @@ fn exit_span(serial: u64) -> Exit {
         if entry.scope != innermost {
             entry.exited = true;
             spans[i].set(entry);
-            labels.exits_waiting.set(labels.exits_waiting.get() + 1);
+            labels
+                .exits_waiting
+                .set(labels.exits_waiting.get().saturating_add(1));
             return Exit::Kept;
         }
         let mut now = LabelSetId(entry.outer);
@@ -444,7 +446,9 @@ pub(crate) fn settle() {
                 labels.current.set(span.outer);
             } // else its scope has ended and put back the set before it.
             if span.exited {
-                labels.exits_waiting.set(labels.exits_waiting.get() - 1);
+                labels
+                    .exits_waiting
+                    .set(labels.exits_waiting.get().saturating_sub(1));
             }
             depth = top;
         }
