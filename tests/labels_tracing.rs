@@ -3,6 +3,7 @@
 //! enters it.
 
 use heapprof_testkit::labels::{pairs, without_thread};
+use heapprof_testkit::poll::{YieldOnce, poll_once};
 use std::hint::black_box;
 use std::sync::Once;
 
@@ -472,23 +473,6 @@ fn an_empty_value_takes_the_key_out_inside_other_scopes_too() {
     assert_eq!(in_scope, pairs(&[("job", "empty-job"), ("route", "/pub")]));
 }
 
-/// A future that is pending once, then ready.
-struct YieldOnce(bool);
-
-impl std::future::Future for YieldOnce {
-    type Output = ();
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        if std::mem::replace(&mut self.0, true) {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    }
-}
-
 /// Two labelled tasks polled in turn on one thread (a single-threaded
 /// executor), each holding an entered span across an `.await`: each poll
 /// carries its own task's `heap_labels`, before and after the guard is
@@ -502,7 +486,7 @@ fn guards_held_across_awaits_on_one_thread_keep_to_their_tasks() {
         async move {
             let span = tracing::info_span!(parent: None, "request", tenant);
             let guard = span.enter();
-            YieldOnce(false).await;
+            YieldOnce::new().await;
             let before_drop = without_thread(heapprof::current_labels());
             drop(guard);
             let after_drop = without_thread(heapprof::current_labels());
@@ -512,13 +496,12 @@ fn guards_held_across_awaits_on_one_thread_keep_to_their_tasks() {
     };
     let mut a = Box::pin(task("await-job-a", "await-a"));
     let mut b = Box::pin(task("await-job-b", "await-b"));
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    assert!(a.as_mut().poll(&mut cx).is_pending());
-    assert!(b.as_mut().poll(&mut cx).is_pending());
-    let std::task::Poll::Ready((a_before, a_after)) = a.as_mut().poll(&mut cx) else {
+    assert!(poll_once(&mut a).is_pending());
+    assert!(poll_once(&mut b).is_pending());
+    let std::task::Poll::Ready((a_before, a_after)) = poll_once(&mut a) else {
         panic!("a is ready after one wait");
     };
-    let std::task::Poll::Ready((b_before, b_after)) = b.as_mut().poll(&mut cx) else {
+    let std::task::Poll::Ready((b_before, b_after)) = poll_once(&mut b) else {
         panic!("b is ready after one wait");
     };
     for (job, seen) in [

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use heapprof::{Measured, measure};
+use heapprof_testkit::poll::{YieldOnce, poll_once};
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
@@ -592,30 +593,6 @@ fn sites_that_show_the_same_frames_are_one_row() {
     drop(kept);
 }
 
-/// A future that is pending once, then ready: a point where an executor
-/// runs other tasks.
-struct YieldOnce(bool);
-
-impl std::future::Future for YieldOnce {
-    type Output = ();
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        if std::mem::replace(&mut self.0, true) {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    }
-}
-
-/// Polls `f` once with a waker that does nothing (it allocates nothing).
-fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> std::task::Poll<F::Output> {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    std::pin::Pin::new(f).poll(&mut cx)
-}
-
 /// A handler measured with `measure_future` while another task, polled on
 /// the same thread between the handler's polls, allocates 5 000 bytes at
 /// each of its turns; the handler's second half runs on another thread.
@@ -628,13 +605,13 @@ fn a_measured_future_counts_its_own_polls_on_any_thread() {
     let handler = async {
         let mut kept: Vec<Vec<u8>> = Vec::with_capacity(4);
         kept.push(black_box(vec![1u8; 8_000]));
-        YieldOnce(false).await;
+        YieldOnce::new().await;
         drop(kept.pop());
         kept.push(black_box(vec![2u8; 3_000]));
-        YieldOnce(false).await;
+        YieldOnce::new().await;
         for _ in 0..3 {
             kept.push(black_box(vec![3u8; 4_000]));
-            YieldOnce(false).await;
+            YieldOnce::new().await;
         }
         kept
     };

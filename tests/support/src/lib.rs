@@ -13,12 +13,14 @@
 //! * [`tools`]: external tools (`go tool pprof`), skipped when missing.
 //! * [`arena`]: bump arenas over fresh mappings, for inner allocators.
 //! * [`signals`]: installing the signal handlers tests allocate in.
+//! * [`poll`]: polling futures by hand, with no runtime.
 
 pub mod arena;
 pub mod check;
 pub mod child;
 pub mod http;
 pub mod labels;
+pub mod poll;
 pub mod process;
 pub mod profile;
 pub mod pyroscope;
