@@ -538,6 +538,115 @@ fn guards_moved_across_scopes_leave_no_labels_behind() {
     assert!(without_thread(heapprof::current_labels()).is_empty());
 }
 
+/// Spans exited in another scope than they were entered in, mixed with
+/// spans exited in theirs: once every span is exited, no label is left,
+/// and the labels in between are those of the spans still entered.
+#[test]
+fn exits_in_other_scopes_mixed_with_exits_in_place_leave_nothing() {
+    install();
+    let span = |name: &'static str, route: &'static str| tracing::info_span!(parent: None, "mixed", tenant = name, route);
+    // b exits inside a scope above a, then a exits in place.
+    let a = span("mixed-a", "/a").entered();
+    let b = span("mixed-b", "/b").entered();
+    heapprof::with_labels(&[("job", "mixed-job")], move || drop(b));
+    drop(a);
+    assert!(without_thread(heapprof::current_labels()).is_empty());
+    // The same with c, still entered, above b.
+    let a = span("mixed-a", "/a").entered();
+    let b = span("mixed-b", "/b").entered();
+    let c = tracing::info_span!(parent: None, "mixed", route = "/c").entered();
+    heapprof::with_labels(&[("job", "mixed-job")], move || drop(b));
+    drop(a);
+    assert_eq!(
+        without_thread(heapprof::current_labels()),
+        pairs(&[("route", "/c")])
+    );
+    drop(c);
+    assert!(without_thread(heapprof::current_labels()).is_empty());
+    // a exits inside a scope that enters b and hands it out: back outside,
+    // a's labels are gone while b is still held.
+    let a = span("mixed-a", "/a").entered();
+    let b = heapprof::with_labels(&[("job", "mixed-job")], move || {
+        drop(a);
+        span("mixed-b", "/b").entered()
+    });
+    assert!(without_thread(heapprof::current_labels()).is_empty());
+    drop(b);
+    assert!(without_thread(heapprof::current_labels()).is_empty());
+}
+
+/// One span entered at top level and, at the same time, inside a pending
+/// labelled task: the top-level exit is the top level's, so neither the
+/// top level nor another task's poll keeps the span's labels.
+#[test]
+fn a_span_entered_at_top_level_and_in_a_task_exits_where_it_is_dropped() {
+    use heapprof::FutureExt as _;
+    install();
+    let span = tracing::info_span!(parent: None, "shared", tenant = "two-places");
+    let top = span.clone().entered();
+    let in_task = span.clone();
+    let mut task = Box::pin(
+        async move {
+            let guard = in_task.enter();
+            YieldOnce::new().await;
+            drop(guard);
+        }
+        .heap_labels(&[("job", "two-places-task")]),
+    );
+    assert!(poll_once(&mut task).is_pending());
+    drop(top);
+    assert!(without_thread(heapprof::current_labels()).is_empty());
+    let mut other = Box::pin(
+        async { without_thread(heapprof::current_labels()) }.heap_labels(&[("job", "other")]),
+    );
+    assert_eq!(
+        poll_once(&mut other),
+        std::task::Poll::Ready(pairs(&[("job", "other")]))
+    );
+    assert!(poll_once(&mut task).is_ready());
+    assert!(without_thread(heapprof::current_labels()).is_empty());
+}
+
+/// A span entered again inside itself after a value was recorded: inside,
+/// the new value; after the inner exit, the value before it.
+#[test]
+fn a_span_entered_inside_itself_after_a_record_puts_the_old_value_back() {
+    install();
+    let span = tracing::info_span!(parent: None, "recorded", tenant = "record-old");
+    let outer = span.enter();
+    span.record("tenant", "record-new");
+    let inner = span.in_scope(|| without_thread(heapprof::current_labels()));
+    assert_eq!(inner, pairs(&[("tenant", "record-new")]));
+    assert_eq!(
+        without_thread(heapprof::current_labels()),
+        pairs(&[("tenant", "record-old")])
+    );
+    drop(outer);
+    assert!(without_thread(heapprof::current_labels()).is_empty());
+}
+
+/// A span entered here over and over and exited on other threads, then
+/// closed: no label is left here.
+#[test]
+fn enters_here_and_exits_elsewhere_leave_nothing_once_closed() {
+    install();
+    let span = tracing::info_span!(parent: None, "elsewhere", tenant = "elsewhere-acme");
+    let id = span.id().unwrap();
+    for _ in 0..100 {
+        tracing::dispatcher::get_default(|d| d.enter(&id));
+        let exiting = id.clone();
+        std::thread::spawn(move || tracing::dispatcher::get_default(|d| d.exit(&exiting)))
+            .join()
+            .unwrap();
+    }
+    assert_eq!(
+        without_thread(heapprof::current_labels()),
+        pairs(&[("tenant", "elsewhere-acme")])
+    );
+    drop(span);
+    assert!(without_thread(heapprof::current_labels()).is_empty());
+}
+
 /// One span entered inside one scope, then inside another: each time the
 /// labels around it are the scope's of the moment.
 #[test]

@@ -263,6 +263,7 @@ fn push_span(mut span: StackedSpan) -> bool {
                 && !entry.exited
                 && entry.scope == innermost
                 && entry.inside == span.outer
+                && span.inside == span.outer
             {
                 entry.repeats = entry.repeats.saturating_add(1);
                 top.set(entry);
@@ -338,10 +339,18 @@ fn exit_span(serial: u64) -> Exit {
         let labels = &l.labels;
         let spans = &labels.spans;
         let depth = labels.span_depth.get();
-        let Some(i) = spans[..depth].iter().rposition(|s| {
+        let innermost = labels.innermost_scope.get();
+        let live = |s: &std::cell::Cell<StackedSpan>| {
             let s = s.get();
             s.serial == serial && !s.exited
-        }) else {
+        };
+        // The span may be entered in several scopes (at top level and in a
+        // pending task): the exit is the innermost scope's, if it has one.
+        let Some(i) = spans[..depth]
+            .iter()
+            .rposition(|s| live(s) && s.get().scope == innermost)
+            .or_else(|| spans[..depth].iter().rposition(live))
+        else {
             return Exit::NotHere;
         };
         let mut entry = spans[i].get();
@@ -350,7 +359,6 @@ fn exit_span(serial: u64) -> Exit {
             spans[i].set(entry);
             return Exit::Kept;
         }
-        let innermost = labels.innermost_scope.get();
         if entry.scope != innermost {
             entry.exited = true;
             spans[i].set(entry);
@@ -359,17 +367,27 @@ fn exit_span(serial: u64) -> Exit {
                 .set(labels.exits_waiting.get().saturating_add(1));
             return Exit::Kept;
         }
+        // The spans above it: this scope's live ones are entered again over
+        // the set before it; its exited ones are due now and go; those of
+        // ended scopes change nothing and stay.
         let mut now = LabelSetId(entry.outer);
+        let mut kept = i;
         for j in i + 1..depth {
             let mut later = spans[j].get();
-            if later.scope == innermost && !later.exited {
+            if later.scope == innermost {
+                if later.exited {
+                    let waiting = &labels.exits_waiting;
+                    waiting.set(waiting.get().saturating_sub(1));
+                    continue;
+                }
                 later.outer = now.0;
                 now = inside_stacked(now, &later);
                 later.inside = now.0;
             }
-            spans[j - 1].set(later);
+            spans[kept].set(later);
+            kept += 1;
         }
-        labels.span_depth.set(depth - 1);
+        labels.span_depth.set(kept);
         Exit::Now(now)
     })
     .unwrap_or(Exit::NotHere)
@@ -416,15 +434,15 @@ fn is_stranded(serial: u64) -> bool {
 }
 
 /// Takes spans that are done (closed while still here, [`strand`], or
-/// exited in another scope, [`exit_span`]) off the top of this thread's
-/// span stack, and puts back the set in force before each, while the
-/// thread is in the scope it entered each in (its innermost scope then
-/// and now the same); where that scope has ended, its end has put the set
-/// back already. Inside a scope opened since, a later call does it, once
-/// that scope has ended. Cheap when no span was stranded since this
-/// thread last had none and no exit waits: a load and two compares.
-/// Called where the thread reads its labels (entering a scope, taking a
-/// sample); takes no lock and allocates nothing.
+/// exited in another scope, [`exit_span`]) off this thread's span stack.
+/// One entered in the thread's innermost scope comes off once no live
+/// span of that scope is above it, putting back the set in force before
+/// it; one entered in a scope that has ended just goes (the scope's end
+/// put its set back). One entered in a scope still open outside the
+/// innermost waits for the innermost to end. Cheap when no span was
+/// stranded since this thread last had none and no exit waits: a load
+/// and two compares. Called where the thread reads its labels (entering
+/// a scope, taking a sample); takes no lock and allocates nothing.
 pub(crate) fn settle() {
     let count = STRANDED_COUNT.load(Acquire);
     thread::with(|l| {
@@ -432,25 +450,40 @@ pub(crate) fn settle() {
         if labels.stranded_seen.get() == count && labels.exits_waiting.get() == 0 {
             return;
         }
+        // From the top down to the first entry of a scope still open
+        // outside the innermost: entries of ended scopes change nothing
+        // (their scope's end put its set back), so the done ones go and the
+        // live ones stay; the innermost scope's done ones go while on top
+        // of its live ones, putting back the set before each.
+        let innermost = labels.innermost_scope.get();
         let mut depth = labels.span_depth.get();
-        while let Some(top) = depth.checked_sub(1) {
-            let span = labels.spans[top].get();
-            let innermost = labels.innermost_scope.get();
-            let done = span.exited || is_stranded(span.serial);
-            if !done || innermost > span.scope {
-                break;
-            }
+        let mut at = depth;
+        while let Some(below) = at.checked_sub(1) {
+            let span = labels.spans[below].get();
             // Scopes nest and their serials grow: one opened before the
             // innermost and still open would be inside it.
-            if innermost == span.scope {
-                labels.current.set(span.outer);
-            } // else its scope has ended and put back the set before it.
-            if span.exited {
-                labels
-                    .exits_waiting
-                    .set(labels.exits_waiting.get().saturating_sub(1));
+            if span.scope < innermost {
+                break;
             }
-            depth = top;
+            at = below;
+            let done = span.exited || is_stranded(span.serial);
+            if !done {
+                if span.scope == innermost {
+                    break;
+                }
+                continue;
+            }
+            if span.scope == innermost {
+                labels.current.set(span.outer);
+            }
+            if span.exited {
+                let waiting = &labels.exits_waiting;
+                waiting.set(waiting.get().saturating_sub(1));
+            }
+            for j in below + 1..depth {
+                labels.spans[j - 1].set(labels.spans[j].get());
+            }
+            depth -= 1;
         }
         labels.span_depth.set(depth);
         // Enters past the full stack changed no labels: a closed span's
