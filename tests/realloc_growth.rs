@@ -78,14 +78,20 @@ fn resized_blocks_stay_attributed_and_are_freed() {
 
 #[test]
 fn at_the_default_rate_resized_samples_are_freed_too() {
-    // Runs in a child, at the default rate, alone in its process.
+    // Runs in a child, at the default rate, alone in its process. The rate
+    // comes from the environment: a rate set at run time makes every other
+    // thread's next allocation end a countdown and be sampled, and the
+    // test harness's main thread may make that one (a channel's waiting
+    // context, kept for the thread's life) after the first count.
     if !is_child() {
-        let (stdout, stderr) = run_child("at_the_default_rate_resized_samples_are_freed_too", &[]);
+        let (stdout, stderr) = run_child(
+            "at_the_default_rate_resized_samples_are_freed_too",
+            &[("HEAPPROF_SAMPLE_RATE", "524288")],
+        );
         assert!(stdout.contains("CHILD-OK"), "{stdout}\n{stderr}");
         return;
     }
     let _watchdog = watchdog("realloc churn", std::time::Duration::from_secs(120));
-    heapprof::set_sample_rate(512 * 1024);
     let before = heapprof::snapshot();
     let live_before = live_sampled_blocks(&take_profile());
     let kept = churn_reallocs(4_000);
