@@ -30,6 +30,23 @@ fn alloc_block(size: usize) -> Vec<u8> {
     black_box(vec![9u8; size])
 }
 
+/// The labels a sample taken now on this thread would carry, its
+/// `thread` label left out.
+fn labels_now() -> Vec<(String, String)> {
+    without_thread(heapprof::current_labels())
+}
+
+/// Enters the span `id` on this thread through the global subscriber,
+/// with no guard: a test chooses the thread that exits it.
+fn enter_raw(id: &tracing::Id) {
+    tracing::dispatcher::get_default(|d| d.enter(id));
+}
+
+/// Exits the span `id` on this thread ([`enter_raw`]).
+fn exit_raw(id: &tracing::Id) {
+    tracing::dispatcher::get_default(|d| d.exit(id));
+}
+
 /// Live bytes at `alloc_block` under `key=value`.
 fn held_under(s: &heapprof::Snapshot, key: &str, value: &str) -> i64 {
     s.sites()
@@ -50,22 +67,12 @@ fn chosen_fields_of_entered_spans_are_labels() {
     let before = heapprof::snapshot();
     let outer = tracing::info_span!("request", tenant = "span-acme", route = "/r", user = 7);
     let (in_outer, in_inner, back, blocks) = outer.in_scope(|| {
-        let in_outer = without_thread(heapprof::current_labels());
+        let in_outer = labels_now();
         let a = alloc_block(70_000);
         // A number is labelled by its Debug form; the inner span overrides.
         let inner = tracing::info_span!("step", tenant = 42u64);
-        let (in_inner, b) = inner.in_scope(|| {
-            (
-                without_thread(heapprof::current_labels()),
-                alloc_block(30_000),
-            )
-        });
-        (
-            in_outer,
-            in_inner,
-            without_thread(heapprof::current_labels()),
-            [a, b],
-        )
+        let (in_inner, b) = inner.in_scope(|| (labels_now(), alloc_block(30_000)));
+        (in_outer, in_inner, labels_now(), [a, b])
     });
     assert_eq!(
         in_outer,
@@ -74,7 +81,7 @@ fn chosen_fields_of_entered_spans_are_labels() {
     );
     assert_eq!(in_inner, pairs(&[("route", "/r"), ("tenant", "42")]));
     assert_eq!(back, in_outer);
-    assert!(without_thread(heapprof::current_labels()).is_empty());
+    assert!(labels_now().is_empty());
     let grown = heapprof::snapshot().delta(&before);
     assert_eq!(held_under(&grown, "tenant", "span-acme"), 70_000);
     assert_eq!(held_under(&grown, "tenant", "42"), 30_000);
@@ -86,22 +93,12 @@ fn chosen_fields_of_entered_spans_are_labels() {
 fn a_value_recorded_later_counts_from_the_next_enter() {
     install();
     let span = tracing::info_span!("late", tenant = tracing::field::Empty);
-    assert!(
-        span.in_scope(|| without_thread(heapprof::current_labels()))
-            .is_empty()
-    );
+    assert!(span.in_scope(labels_now).is_empty());
     span.record("tenant", "recorded");
-    assert_eq!(
-        span.in_scope(|| without_thread(heapprof::current_labels())),
-        pairs(&[("tenant", "recorded")])
-    );
+    assert_eq!(span.in_scope(labels_now), pairs(&[("tenant", "recorded")]));
     // A span without any chosen field changes nothing.
     let plain = tracing::info_span!("plain", other = "x");
-    assert!(
-        plain
-            .in_scope(|| without_thread(heapprof::current_labels()))
-            .is_empty()
-    );
+    assert!(plain.in_scope(labels_now).is_empty());
 }
 
 /// Spans exited in another order than entered (an `EnteredSpan` moved
@@ -115,33 +112,30 @@ fn spans_exited_out_of_order_leave_the_right_labels() {
     let b = tracing::info_span!(parent: None, "b", route = "/order-b").entered();
     let c = tracing::info_span!(parent: None, "c", tenant = "order-c").entered();
     assert_eq!(
-        without_thread(heapprof::current_labels()),
+        labels_now(),
         pairs(&[("route", "/order-b"), ("tenant", "order-c")])
     );
     drop(a);
     assert_eq!(
-        without_thread(heapprof::current_labels()),
+        labels_now(),
         pairs(&[("route", "/order-b"), ("tenant", "order-c")]),
         "a's exit changes nothing that b and c set"
     );
     drop(c);
     assert_eq!(
-        without_thread(heapprof::current_labels()),
+        labels_now(),
         pairs(&[("route", "/order-b")]),
         "only b is entered"
     );
     drop(b);
-    assert!(without_thread(heapprof::current_labels()).is_empty());
+    assert!(labels_now().is_empty());
     // The outer span exits first, the inner one last.
     let outer = tracing::info_span!(parent: None, "outer", tenant = "order-outer").entered();
     let inner = tracing::info_span!(parent: None, "inner", route = "/order-inner").entered();
     drop(outer);
-    assert_eq!(
-        without_thread(heapprof::current_labels()),
-        pairs(&[("route", "/order-inner")])
-    );
+    assert_eq!(labels_now(), pairs(&[("route", "/order-inner")]));
     drop(inner);
-    assert!(without_thread(heapprof::current_labels()).is_empty());
+    assert!(labels_now().is_empty());
 }
 
 #[test]
@@ -217,7 +211,7 @@ fn spans_carry_their_parents_labels_into_spawned_tasks() {
     // Entered inside its parent, a child's labels are the parent's and its own.
     let in_child = request.in_scope(|| {
         let child = tracing::info_span!("child", route = "/child");
-        child.in_scope(|| without_thread(heapprof::current_labels()))
+        child.in_scope(labels_now)
     });
     assert_eq!(
         in_child,
@@ -225,9 +219,7 @@ fn spans_carry_their_parents_labels_into_spawned_tasks() {
     );
     // Entered inside another scope, the scope's labels are added.
     let child = request.in_scope(|| tracing::info_span!("child", route = "/child"));
-    let inside_other = heapprof::with_labels(&[("job", "nightly")], || {
-        child.in_scope(|| without_thread(heapprof::current_labels()))
-    });
+    let inside_other = heapprof::with_labels(&[("job", "nightly")], || child.in_scope(labels_now));
     assert_eq!(
         inside_other,
         pairs(&[
@@ -257,29 +249,24 @@ fn a_span_exited_on_another_thread_lets_go_once_closed() {
     let (to_main, from_a) = channel::<Vec<(String, String)>>();
     let entering_id = id.clone();
     let a = std::thread::spawn(move || {
-        tracing::dispatcher::get_default(|d| d.enter(&entering_id));
+        enter_raw(&entering_id);
         let inside = alloc_block(10_000);
         to_main.send(Vec::new()).unwrap();
         // Exited on another thread; the span is still open.
         from_main.recv().unwrap();
-        to_main
-            .send(without_thread(heapprof::current_labels()))
-            .unwrap();
+        to_main.send(labels_now()).unwrap();
         // A scope that adds nothing opens on top; the span closes.
         let (in_empty_scope, in_scope_block) = heapprof::with_labels(&[], || {
             to_main.send(Vec::new()).unwrap();
             from_main.recv().unwrap();
-            (
-                without_thread(heapprof::current_labels()),
-                alloc_block(20_000),
-            )
+            (labels_now(), alloc_block(20_000))
         });
-        let after = without_thread(heapprof::current_labels());
+        let after = labels_now();
         let later = alloc_block(40_000);
         (inside, in_empty_scope, in_scope_block, after, later)
     });
     from_a.recv().unwrap();
-    let exiting = std::thread::spawn(move || tracing::dispatcher::get_default(|d| d.exit(&id)));
+    let exiting = std::thread::spawn(move || exit_raw(&id));
     exiting.join().unwrap();
     to_a.send(()).unwrap();
     assert_eq!(
@@ -327,20 +314,14 @@ fn a_stranded_span_of_an_ended_scope_leaves_later_scopes_alone() {
     let (to_a, from_main) = std::sync::mpsc::channel::<()>();
     let (to_main, from_a) = std::sync::mpsc::channel::<()>();
     let a = std::thread::spawn(move || {
-        heapprof::with_labels(&[("job", "ended-task-1")], || {
-            tracing::dispatcher::get_default(|d| d.enter(&entering))
-        });
+        heapprof::with_labels(&[("job", "ended-task-1")], || enter_raw(&entering));
         to_main.send(()).unwrap();
         from_main.recv().unwrap();
-        let in_later = heapprof::with_labels(&[("tenant", "ended-globex")], || {
-            without_thread(heapprof::current_labels())
-        });
-        (in_later, without_thread(heapprof::current_labels()))
+        let in_later = heapprof::with_labels(&[("tenant", "ended-globex")], labels_now);
+        (in_later, labels_now())
     });
     from_a.recv().unwrap();
-    std::thread::spawn(move || tracing::dispatcher::get_default(|d| d.exit(&id)))
-        .join()
-        .unwrap();
+    std::thread::spawn(move || exit_raw(&id)).join().unwrap();
     drop(span);
     to_a.send(()).unwrap();
     let (in_later, after) = a.join().unwrap();
@@ -361,16 +342,16 @@ fn spans_deeper_than_the_stack_change_nothing_and_leave_nothing() {
         let route = format!("/deep-{depth}");
         let span = tracing::info_span!("level", route = route.as_str());
         span.in_scope(|| {
-            seen.push(without_thread(heapprof::current_labels()));
+            seen.push(labels_now());
             // The same span entered again inside itself.
             span.in_scope(|| nest(depth + 1, max, seen));
-            seen.push(without_thread(heapprof::current_labels()));
+            seen.push(labels_now());
         });
     }
     let mut seen = Vec::new();
     let outer = tracing::info_span!(parent: None, "deep", tenant = "deep-acme");
     outer.in_scope(|| nest(0, 24, &mut seen));
-    assert!(without_thread(heapprof::current_labels()).is_empty());
+    assert!(labels_now().is_empty());
     for labels in &seen {
         assert!(
             labels.contains(&("tenant".to_owned(), "deep-acme".to_owned())),
@@ -414,24 +395,18 @@ fn a_span_shared_by_threads_stays_in_force_where_it_is_entered() {
             shared.in_scope(|| {
                 barrier.wait();
                 barrier.wait();
-                without_thread(heapprof::current_labels())
+                labels_now()
             })
         });
         barrier.wait();
         let entering = id.clone();
-        s.spawn(move || tracing::dispatcher::get_default(|d| d.enter(&entering)))
-            .join()
-            .unwrap();
+        s.spawn(move || enter_raw(&entering)).join().unwrap();
         let exiting = id.clone();
-        s.spawn(move || tracing::dispatcher::get_default(|d| d.exit(&exiting)))
-            .join()
-            .unwrap();
+        s.spawn(move || exit_raw(&exiting)).join().unwrap();
         // Another span closes while on a stack: every thread settles.
         let other = tracing::info_span!(parent: None, "other", tenant = "other-acme");
         let other_id = other.id().unwrap();
-        s.spawn(move || tracing::dispatcher::get_default(|d| d.enter(&other_id)))
-            .join()
-            .unwrap();
+        s.spawn(move || enter_raw(&other_id)).join().unwrap();
         drop(other);
         barrier.wait();
         inside.join().unwrap()
@@ -448,13 +423,13 @@ fn a_child_entered_inside_its_parent_keeps_the_parents_new_values() {
     let parent = tracing::info_span!(parent: None, "request", tenant = "unknown");
     let child = parent.in_scope(|| tracing::info_span!("handler", route = "/late"));
     parent.record("tenant", "late-acme");
-    let inside = parent.in_scope(|| child.in_scope(|| without_thread(heapprof::current_labels())));
+    let inside = parent.in_scope(|| child.in_scope(labels_now));
     assert_eq!(
         inside,
         pairs(&[("route", "/late"), ("tenant", "late-acme")])
     );
     // Entered on its own, it carries what it inherited.
-    let alone = child.in_scope(|| without_thread(heapprof::current_labels()));
+    let alone = child.in_scope(labels_now);
     assert_eq!(alone, pairs(&[("route", "/late"), ("tenant", "unknown")]));
 }
 
@@ -465,10 +440,10 @@ fn an_empty_value_takes_the_key_out_inside_other_scopes_too() {
     install();
     let parent = tracing::info_span!(parent: None, "request", tenant = "empty-acme");
     let child = parent.in_scope(|| tracing::info_span!("public", tenant = "", route = "/pub"));
-    let alone = child.in_scope(|| without_thread(heapprof::current_labels()));
+    let alone = child.in_scope(labels_now);
     assert_eq!(alone, pairs(&[("route", "/pub")]));
     let in_scope = heapprof::with_labels(&[("job", "empty-job"), ("tenant", "outer")], || {
-        child.in_scope(|| without_thread(heapprof::current_labels()))
+        child.in_scope(labels_now)
     });
     assert_eq!(in_scope, pairs(&[("job", "empty-job"), ("route", "/pub")]));
 }
@@ -487,9 +462,9 @@ fn guards_held_across_awaits_on_one_thread_keep_to_their_tasks() {
             let span = tracing::info_span!(parent: None, "request", tenant);
             let guard = span.enter();
             YieldOnce::new().await;
-            let before_drop = without_thread(heapprof::current_labels());
+            let before_drop = labels_now();
             drop(guard);
-            let after_drop = without_thread(heapprof::current_labels());
+            let after_drop = labels_now();
             (before_drop, after_drop)
         }
         .heap_labels(&[("job", job)])
@@ -512,7 +487,7 @@ fn guards_held_across_awaits_on_one_thread_keep_to_their_tasks() {
     ] {
         assert_eq!(seen, &pairs(&[("job", job)]), "{job}");
     }
-    assert!(without_thread(heapprof::current_labels()).is_empty());
+    assert!(labels_now().is_empty());
 }
 
 /// A guard moved out of a `with_labels` closure, or into one, and
@@ -524,18 +499,18 @@ fn guards_moved_across_scopes_leave_no_labels_behind() {
     let span = tracing::info_span!(parent: None, "moved", tenant = "moved-acme");
     let guard = heapprof::with_labels(&[("job", "moved-job")], || span.clone().entered());
     drop(guard);
-    assert!(without_thread(heapprof::current_labels()).is_empty());
+    assert!(labels_now().is_empty());
     let guard = span.clone().entered();
     let inside = heapprof::with_labels(&[("job", "moved-job")], || {
         drop(guard);
-        without_thread(heapprof::current_labels())
+        labels_now()
     });
     // The scope keeps what it was entered with until it ends.
     assert_eq!(
         inside,
         pairs(&[("job", "moved-job"), ("tenant", "moved-acme")])
     );
-    assert!(without_thread(heapprof::current_labels()).is_empty());
+    assert!(labels_now().is_empty());
 }
 
 /// Spans exited in another scope than they were entered in, mixed with
@@ -550,19 +525,16 @@ fn exits_in_other_scopes_mixed_with_exits_in_place_leave_nothing() {
     let b = span("mixed-b", "/b").entered();
     heapprof::with_labels(&[("job", "mixed-job")], move || drop(b));
     drop(a);
-    assert!(without_thread(heapprof::current_labels()).is_empty());
+    assert!(labels_now().is_empty());
     // The same with c, still entered, above b.
     let a = span("mixed-a", "/a").entered();
     let b = span("mixed-b", "/b").entered();
     let c = tracing::info_span!(parent: None, "mixed", route = "/c").entered();
     heapprof::with_labels(&[("job", "mixed-job")], move || drop(b));
     drop(a);
-    assert_eq!(
-        without_thread(heapprof::current_labels()),
-        pairs(&[("route", "/c")])
-    );
+    assert_eq!(labels_now(), pairs(&[("route", "/c")]));
     drop(c);
-    assert!(without_thread(heapprof::current_labels()).is_empty());
+    assert!(labels_now().is_empty());
     // a exits inside a scope that enters b and hands it out: back outside,
     // a's labels are gone while b is still held.
     let a = span("mixed-a", "/a").entered();
@@ -570,9 +542,9 @@ fn exits_in_other_scopes_mixed_with_exits_in_place_leave_nothing() {
         drop(a);
         span("mixed-b", "/b").entered()
     });
-    assert!(without_thread(heapprof::current_labels()).is_empty());
+    assert!(labels_now().is_empty());
     drop(b);
-    assert!(without_thread(heapprof::current_labels()).is_empty());
+    assert!(labels_now().is_empty());
 }
 
 /// One span entered at top level and, at the same time, inside a pending
@@ -595,16 +567,14 @@ fn a_span_entered_at_top_level_and_in_a_task_exits_where_it_is_dropped() {
     );
     assert!(poll_once(&mut task).is_pending());
     drop(top);
-    assert!(without_thread(heapprof::current_labels()).is_empty());
-    let mut other = Box::pin(
-        async { without_thread(heapprof::current_labels()) }.heap_labels(&[("job", "other")]),
-    );
+    assert!(labels_now().is_empty());
+    let mut other = Box::pin(async { labels_now() }.heap_labels(&[("job", "other")]));
     assert_eq!(
         poll_once(&mut other),
         std::task::Poll::Ready(pairs(&[("job", "other")]))
     );
     assert!(poll_once(&mut task).is_ready());
-    assert!(without_thread(heapprof::current_labels()).is_empty());
+    assert!(labels_now().is_empty());
 }
 
 /// A span entered again inside itself after a value was recorded: inside,
@@ -615,14 +585,11 @@ fn a_span_entered_inside_itself_after_a_record_puts_the_old_value_back() {
     let span = tracing::info_span!(parent: None, "recorded", tenant = "record-old");
     let outer = span.enter();
     span.record("tenant", "record-new");
-    let inner = span.in_scope(|| without_thread(heapprof::current_labels()));
+    let inner = span.in_scope(labels_now);
     assert_eq!(inner, pairs(&[("tenant", "record-new")]));
-    assert_eq!(
-        without_thread(heapprof::current_labels()),
-        pairs(&[("tenant", "record-old")])
-    );
+    assert_eq!(labels_now(), pairs(&[("tenant", "record-old")]));
     drop(outer);
-    assert!(without_thread(heapprof::current_labels()).is_empty());
+    assert!(labels_now().is_empty());
 }
 
 /// A span entered here over and over and exited on other threads, then
@@ -633,18 +600,15 @@ fn enters_here_and_exits_elsewhere_leave_nothing_once_closed() {
     let span = tracing::info_span!(parent: None, "elsewhere", tenant = "elsewhere-acme");
     let id = span.id().unwrap();
     for _ in 0..100 {
-        tracing::dispatcher::get_default(|d| d.enter(&id));
+        enter_raw(&id);
         let exiting = id.clone();
-        std::thread::spawn(move || tracing::dispatcher::get_default(|d| d.exit(&exiting)))
+        std::thread::spawn(move || exit_raw(&exiting))
             .join()
             .unwrap();
     }
-    assert_eq!(
-        without_thread(heapprof::current_labels()),
-        pairs(&[("tenant", "elsewhere-acme")])
-    );
+    assert_eq!(labels_now(), pairs(&[("tenant", "elsewhere-acme")]));
     drop(span);
-    assert!(without_thread(heapprof::current_labels()).is_empty());
+    assert!(labels_now().is_empty());
 }
 
 /// One span entered inside one scope, then inside another: each time the
@@ -654,9 +618,7 @@ fn a_span_entered_in_turn_inside_two_scopes_takes_each_ones_labels() {
     install();
     let span = tracing::info_span!(parent: None, "turns", route = "/turns");
     for job in ["turn-x", "turn-y", "turn-x"] {
-        let seen = heapprof::with_labels(&[("job", job)], || {
-            span.in_scope(|| without_thread(heapprof::current_labels()))
-        });
+        let seen = heapprof::with_labels(&[("job", job)], || span.in_scope(labels_now));
         assert_eq!(seen, pairs(&[("job", job), ("route", "/turns")]));
     }
 }
@@ -670,14 +632,14 @@ fn two_label_layers_share_a_span() {
         .with(LabelLayer::new(["route"]));
     tracing::subscriber::with_default(subscriber, || {
         let span = tracing::info_span!("req", tenant = "two-acme", route = "/two");
-        let inside = span.in_scope(|| without_thread(heapprof::current_labels()));
+        let inside = span.in_scope(labels_now);
         assert_eq!(inside, pairs(&[("route", "/two"), ("tenant", "two-acme")]));
         span.record("tenant", "two-globex");
-        let recorded = span.in_scope(|| without_thread(heapprof::current_labels()));
+        let recorded = span.in_scope(labels_now);
         assert_eq!(
             recorded,
             pairs(&[("route", "/two"), ("tenant", "two-globex")])
         );
     });
-    assert!(without_thread(heapprof::current_labels()).is_empty());
+    assert!(labels_now().is_empty());
 }
