@@ -18,6 +18,12 @@ struct Seen {
     expected_pages: u64,
     build: u64,
     page_new: u64,
+    /// The bytes `userapp::body_lengths` (inlined) allocated, and what it
+    /// says it holds.
+    expected_lengths: u64,
+    lengths: u64,
+    /// Whether the text profile names `userapp::PageCache::build` so.
+    build_named: bool,
     unwinder: String,
 }
 
@@ -91,6 +97,9 @@ fn run_fixture_with(release: bool, frame_pointers: bool, env: &[(&str, &str)]) -
         expected_pages: number("EXPECTED_PAGES="),
         build: number("BUILD="),
         page_new: number("PAGE_NEW="),
+        expected_lengths: number("EXPECTED_LENGTHS="),
+        lengths: number("LENGTHS="),
+        build_named: field("BUILD_NAMED=") == "true",
         unwinder: field("UNWINDER="),
     };
     (seen, stderr.into_owned())
@@ -115,6 +124,10 @@ fn same_bytes_per_function_in_every_build() {
             );
             assert_eq!(
                 seen.page_new, seen.expected_pages,
+                "release={release} fp={frame_pointers}"
+            );
+            assert_eq!(
+                seen.lengths, seen.expected_lengths,
                 "release={release} fp={frame_pointers}"
             );
             // The build really is the one named: without frame pointers
@@ -150,8 +163,8 @@ fn forced_frame_pointers_on_code_without_them_say_so() {
 
 /// `debug = "line-tables-only"`, a common release setting, names the
 /// user's functions in the debug info without their paths; their bytes
-/// are still found under their full names, and the fixture's assertion on
-/// them still fails.
+/// are still found under their full names, an inlined one's included, and
+/// the fixture's assertions on them still fail.
 #[test]
 fn line_tables_only_builds_find_the_same_bytes_by_full_name() {
     let (seen, _) = run_fixture_with(
@@ -159,8 +172,45 @@ fn line_tables_only_builds_find_the_same_bytes_by_full_name() {
         false,
         &[("CARGO_PROFILE_RELEASE_DEBUG", "line-tables-only")],
     );
+    assert!(seen.build_named);
     assert_eq!(seen.build, seen.expected);
     assert_eq!(seen.page_new, seen.expected_pages);
+    assert_eq!(seen.lengths, seen.expected_lengths);
+}
+
+/// The same with the debug info in a `.dwp` package beside the binary
+/// (`split-debuginfo = "packed"`), which backtrace reads: the functions
+/// backtrace names by their short names get their paths from the
+/// binary's symbol table.
+#[test]
+fn split_line_tables_only_builds_find_the_same_bytes_by_full_name() {
+    let profile = [
+        ("CARGO_PROFILE_RELEASE_DEBUG", "line-tables-only"),
+        ("CARGO_PROFILE_RELEASE_SPLIT_DEBUGINFO", "packed"),
+    ];
+    let (seen, _) = run_fixture_with(true, false, &profile);
+    assert!(seen.build_named);
+    assert_eq!(seen.build, seen.expected);
+    assert_eq!(seen.page_new, seen.expected_pages);
+    assert_eq!(seen.lengths, seen.expected_lengths);
+    // The build really put the test's debug info in a package.
+    let deps = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!(
+            "userapp-{}-{}-{}-{}",
+            profile[0].0, profile[0].1, profile[1].0, profile[1].1
+        ))
+        .join("release/deps");
+    let packages = std::fs::read_dir(&deps)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref().is_ok_and(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("heap-") && name.ends_with(".dwp")
+            })
+        })
+        .count();
+    assert!(packages > 0, "no heap-*.dwp in {}", deps.display());
 }
 
 /// `cargo llvm-cov` builds with `-C instrument-coverage`, which mangles the
@@ -183,4 +233,5 @@ fn coverage_builds_find_methods_by_their_path() {
     );
     assert_eq!(seen.build, seen.expected);
     assert_eq!(seen.page_new, seen.expected_pages);
+    assert_eq!(seen.lengths, seen.expected_lengths);
 }

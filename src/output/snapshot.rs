@@ -100,6 +100,18 @@ pub struct Frame {
     pub line: u32,
 }
 
+impl Frame {
+    /// Whether the frame is the function `short` (an identifier) as debug
+    /// info without paths names it: a name with no path, perhaps with
+    /// generic arguments (`parse<u8>`), and a source file, which the
+    /// debug info gave. A name from a symbol table (a C function's, such
+    /// as `main`) has no file and never matches so.
+    fn has_short_name(&self, short: &str) -> bool {
+        let base = &self.function[..self.function.find('<').unwrap_or(self.function.len())];
+        !self.file.is_empty() && base == short && !self.function.starts_with('<')
+    }
+}
+
 /// Whether `function` (a frame's name, or a symbol's) contains `name`, either as written or
 /// with both in [`path_form`] (`wanted` is `name`'s).
 fn names(function: &str, name: &str, wanted: &str) -> bool {
@@ -121,6 +133,18 @@ fn last_identifier(name: &str) -> &str {
     } else {
         ""
     }
+}
+
+/// The function a name with a path ends in (`build` of
+/// `my_crate::Cache::build`): what a frame whose debug info has no paths
+/// (`debug = "line-tables-only"` gives an inlined function its short name
+/// only) is matched by. `None` for a name without a path, or one that ends
+/// in something other than an identifier (a closure, whose short name,
+/// `{{closure}}`, says nothing of whose it is).
+fn short_form(name: &str) -> Option<&str> {
+    let (path, last) = name.rsplit_once("::")?;
+    let ident = !last.is_empty() && last.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    (!path.is_empty() && ident).then_some(last)
 }
 
 /// `name` with a leading inherent impl, `<Type>::`, written `Type::`.
@@ -189,12 +213,15 @@ pub struct Site {
 }
 
 impl Site {
-    /// Whether a frame's function name contains `name` ([`names`]).
+    /// Whether a frame's function name contains `name` ([`names`]), or a
+    /// frame the debug info names without its path is the function `name`
+    /// ends in ([`short_form`]).
     fn mentions(&self, name: &str) -> bool {
         let wanted = path_form(name);
-        self.frames
-            .iter()
-            .any(|f| names(&f.function, name, &wanted))
+        let short = short_form(name);
+        self.frames.iter().any(|f| {
+            names(&f.function, name, &wanted) || short.is_some_and(|s| f.has_short_name(s))
+        })
     }
 
     /// Whether the site carries the label `key=value`.
@@ -223,7 +250,12 @@ impl Site {
 /// method is found as `"my_crate::Cache::get"` also in a build whose
 /// symbols name it `<my_crate::Cache>::get` (v0 mangling, which nightly
 /// and coverage builds use), and the other way round; a generic type's
-/// by the path up to the type (`"my_crate::Cache"`).
+/// by the path up to the type (`"my_crate::Cache"`). In a build whose
+/// debug info has no paths (`debug = "line-tables-only"`), a function
+/// inlined into its caller is known only by its short name (`build`): a
+/// frame so named counts for every name that ends in `::build`, so it
+/// may count for another crate's `build` too, but an assertion never
+/// passes for want of the path.
 pub struct Snapshot {
     raw: Vec<sites::SiteCopy>,
     rate: usize,
@@ -1221,6 +1253,35 @@ mod tests {
             assert!(!s.mentions("my_crate::Cache::put"));
         }
         assert!(v0.mentions("<my_crate::Cache>"));
+    }
+
+    /// A frame the debug info names without its path (an inlined function
+    /// under `debug = "line-tables-only"`) counts for a name with a path
+    /// that ends in it; a name from a symbol table (no file) does not.
+    #[test]
+    fn short_names_from_debug_info_match_names_with_paths() {
+        let site = |function: &str, file: &str| super::Site {
+            frames: vec![super::Frame {
+                function: function.into(),
+                file: file.into(),
+                line: 3,
+            }],
+            labels: Vec::new(),
+            alloc_objects: 1,
+            alloc_bytes: 1,
+            inuse_objects: 1,
+            inuse_bytes: 1,
+        };
+        let short = site("parse", "src/lib.rs");
+        assert!(short.mentions("my_crate::parse"));
+        assert!(short.mentions("my_crate::Parser::parse"));
+        assert!(site("parse<u8>", "src/lib.rs").mentions("my_crate::parse"));
+        assert!(!short.mentions("my_crate::parse_all"));
+        assert!(!short.mentions("my_crate::pars"));
+        assert!(!short.mentions("my_crate::parse::{{closure}}"));
+        assert!(!site("parse", "").mentions("my_crate::parse"));
+        assert!(!site("parse_all", "src/lib.rs").mentions("my_crate::parse"));
+        assert!(!site("{{closure}}", "src/lib.rs").mentions("my_crate::main::{{closure}}"));
     }
 
     /// A delta's table gives each function its share of the bytes that

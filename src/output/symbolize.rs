@@ -431,6 +431,7 @@ fn resolve_all_within(
                 None => for_backtrace.extend(mine),
             }
         }
+        let mut later_objects = Vec::with_capacity(later.len());
         for (object, addrs) in later {
             let left = match own::resolve(&object, &addrs, budget, None) {
                 Some(found) => {
@@ -448,9 +449,17 @@ fn resolve_all_within(
                 // unnamed (pprof can name them from the profile's mappings).
                 resolved.extend(left.into_iter().map(|a| (a, Symbols::from(Vec::new()))));
             }
+            later_objects.push(object);
         }
         if !for_backtrace.is_empty() {
+            let from = resolved.len();
             resolved.extend(for_backtrace.into_iter().map(|a| (a, resolve(a))));
+            // backtrace names a function from the debug info alone, which
+            // may have only its short name: the objects `own` reads give
+            // it its path from their symbol tables.
+            for object in own_object.iter().chain(&later_objects) {
+                own::add_paths(object, &mut resolved[from..]);
+            }
             // backtrace keeps the debug info it parsed (tens of MiB for a
             // binary with debug info, in the heap of the program being
             // profiled) for its next lookup. Our own cache makes the next

@@ -40,9 +40,11 @@
 //! libraries the executable needs) stay with backtrace, which reads their
 //! symbol tables, or their detached debug files where a debug package is
 //! installed; so do files laid out in ways this reader leaves alone:
-//! debug info in another file (a `.gnu_debuglink`, a
-//! build-ID file under `/usr/lib/debug`, a `.dwp` package, split units),
-//! or compressed sections. A file with no debug info is named from its
+//! debug info in another file (a `.gnu_debuglink`, a build-ID file under
+//! `/usr/lib/debug`), or compressed sections; and so do the addresses in
+//! split units (whose debug info is in `.dwo` files or a `.dwp` package).
+//! What backtrace names gets its path from the symbol table where the
+//! debug info gives a short name ([`add_paths`]). A file with no debug info is named from its
 //! symbol table, as backtrace does; so is one whose `.gnu_debuglink`
 //! names a file of another build (a debug file left from an earlier
 //! deploy), or none, which backtrace would follow unchecked.
@@ -730,12 +732,14 @@ struct Lookup {
     unnamed: Vec<(usize, Option<usize>, u64)>,
     /// Addresses left to backtrace.
     left: Vec<usize>,
+    /// Whether the object has a `.dwp` beside it ([`frames_at`]).
+    package: bool,
 }
 
 impl Lookup {
     /// Looks up `addr`, at `probe` in the file, in `cx`.
     fn one(&mut self, cx: &addr2line::Context<Reader<'_>>, addr: usize, probe: u64) {
-        match frames_at(cx, probe) {
+        match frames_at(cx, probe, self.package) {
             Some(frames) => self.found(addr, probe, frames),
             None => self.left.push(addr),
         }
@@ -803,16 +807,7 @@ pub(super) fn resolve(
         // be wrong.
         return None;
     }
-    let bias = header
-        .program_headers(endian, data)
-        .ok()?
-        .iter()
-        .find(|ph| {
-            ph.p_type(endian) == elf::PT_LOAD
-                && ph.p_flags(endian).contains(elf::PF_X)
-                && Into::<u64>::into(ph.p_offset(endian)) == first.file_offset
-        })
-        .map(|ph| first.start.wrapping_sub(ph.p_vaddr(endian).into()))?;
+    let bias = load_bias(header, endian, data, first)?;
     let section = |name: &str| -> &[u8] {
         sections
             .section_by_name(endian, name.as_bytes())
@@ -835,6 +830,7 @@ pub(super) fn resolve(
         looked_up: Vec::with_capacity(addrs.len()),
         unnamed: Vec::new(),
         left: Vec::new(),
+        package: std::path::Path::new(&format!("{}.dwp", first.path)).exists(),
     };
     // (unit, address) of the addresses the index vouches for, and the rest.
     let (mut by_unit, mut whole): (Vec<(u32, usize)>, Vec<usize>) = (Vec::new(), Vec::new());
@@ -937,6 +933,7 @@ pub(super) fn resolve(
         mut looked_up,
         unnamed,
         left,
+        ..
     } = lookup;
     if !unnamed.is_empty() {
         let mut probes: Vec<u64> = unnamed.iter().map(|u| u.2).collect();
@@ -955,11 +952,7 @@ pub(super) fn resolve(
             let frames = &mut looked_up[at].1;
             match frame {
                 Some(i) => {
-                    let (full, system_name) = super::names(name);
-                    let frame = &mut frames[i];
-                    if frame.name.is_empty() || super::same_function(&full, &frame.name) {
-                        (frame.name, frame.system_name) = (full, system_name);
-                    }
+                    take_table_name(&mut frames[i], name);
                 }
                 None => {
                     let (name, system_name) = super::names(name);
@@ -982,20 +975,119 @@ pub(super) fn resolve(
     })
 }
 
+/// What to add to an address in the file at `data` to get where it is
+/// loaded: the distance between the file's executable segment and the
+/// mapping `first` of it.
+fn load_bias(header: &Elf, endian: NativeEndian, data: &[u8], first: &Mapping) -> Option<u64> {
+    header
+        .program_headers(endian, data)
+        .ok()?
+        .iter()
+        .find(|ph| {
+            ph.p_type(endian) == elf::PT_LOAD
+                && ph.p_flags(endian).contains(elf::PF_X)
+                && Into::<u64>::into(ph.p_offset(endian)) == first.file_offset
+        })
+        .map(|ph| first.start.wrapping_sub(ph.p_vaddr(endian).into()))
+}
+
+/// Names `frame` `name`, from the symbol table, where the debug info left
+/// it unnamed or gave it only the short name of that function.
+fn take_table_name(frame: &mut Symbol, name: &[u8]) -> bool {
+    let (full, system_name) = super::names(name);
+    let same = frame.name.is_empty() || super::same_function(&full, &frame.name);
+    if same {
+        (frame.name, frame.system_name) = (full, system_name);
+    }
+    same
+}
+
+/// Gives the outermost frame at each of `found` that is in `object` (an
+/// address that backtrace named, from debug info it read in another file: a
+/// `.dwp`, a `.gnu_debuglink` file, split units, or compressed sections)
+/// its path from the file's symbol table, where that debug info has only
+/// the function's short name (`debug = "line-tables-only"`): what
+/// [`resolve`] does with the debug info it reads, so that
+/// `inuse_bytes_in("my_crate::build")` finds the function whichever way
+/// its debug info is laid out.
+pub(super) fn add_paths(object: &OwnObject, found: &mut [(usize, Symbols)]) {
+    let short: Vec<usize> = (0..found.len())
+        .filter(|&i| {
+            let (addr, frames) = &found[i];
+            object.contains(*addr)
+                && frames
+                    .last()
+                    .is_some_and(|f| !f.name.is_empty() && !super::has_path(&f.name))
+        })
+        .collect();
+    if short.is_empty() {
+        return;
+    }
+    let Some(first) = object.mappings.first() else {
+        return;
+    };
+    let Some(map) = first.open().ok().and_then(|file| Mapped::new(&file)) else {
+        return;
+    };
+    let data = map.bytes();
+    let Some((header, endian)) = Elf::parse(data)
+        .ok()
+        .and_then(|h| Some((h, h.endian().ok()?)))
+    else {
+        return;
+    };
+    let Ok(sections) = header.sections(endian, data) else {
+        return;
+    };
+    if !first.build_id.is_empty()
+        && build_id(&sections, endian, data).as_deref() != Some(first.build_id.as_str())
+    {
+        // Another build now at the path: its symbols would name the wrong
+        // functions.
+        return;
+    }
+    let Some(bias) = load_bias(header, endian, data, first) else {
+        return;
+    };
+    let probe_of = |addr: usize| (addr as u64).wrapping_sub(1).wrapping_sub(bias);
+    let mut probes: Vec<u64> = short.iter().map(|&i| probe_of(found[i].0)).collect();
+    probes.sort_unstable();
+    probes.dedup();
+    let names = symbol_table_names(&sections, endian, data, &probes);
+    for i in short {
+        let probe = probe_of(found[i].0);
+        let Some(name) = probes.binary_search(&probe).ok().and_then(|j| names[j]) else {
+            continue;
+        };
+        let mut frames = found[i].1.to_vec();
+        if let Some(outer) = frames.last_mut()
+            && take_table_name(outer, name)
+        {
+            found[i].1 = frames.into();
+        }
+    }
+}
+
 /// The frames at `probe` (an address in the file), innermost first, names
 /// left empty where the debug info has none; `None` when they are in a
 /// split unit whose debug info is in another file, for backtrace to read.
 ///
-/// Where that file is gone (a `.dwo` deleted, a binary copied without its
-/// `.dwp`), none: the symbol table names the function, with no line. The
+/// `package` says the object has a `.dwp` beside it, which backtrace
+/// reads split units from. Where neither it nor the unit's `.dwo` is
+/// there (a `.dwo` deleted, a binary copied without its `.dwp`), none: the
+/// symbol table names the function, with no line. The
 /// skeleton unit's line table alone would give the innermost inlined
 /// code's file and line (heapprof's own `GlobalAlloc::alloc`) to the
 /// program's function.
-fn frames_at(cx: &addr2line::Context<Reader<'_>>, probe: u64) -> Option<Vec<Symbol>> {
+fn frames_at(
+    cx: &addr2line::Context<Reader<'_>>,
+    probe: u64,
+    package: bool,
+) -> Option<Vec<Symbol>> {
     let iter = match cx.find_frames(probe) {
         addr2line::LookupResult::Output(iter) => iter,
         addr2line::LookupResult::Load { load, .. } => {
-            return (!split_file_exists(&load)).then(Vec::new);
+            return (!(package || split_file_exists(&load))).then(Vec::new);
         }
     };
     let mut frames = Vec::new();
@@ -1020,8 +1112,7 @@ fn frames_at(cx: &addr2line::Context<Reader<'_>>, probe: u64) -> Option<Vec<Symb
     Some(frames)
 }
 
-/// Whether the `.dwo` file a split unit names is there (the reader's own
-/// file has no `.dwp`: [`plain_layout`]).
+/// Whether the `.dwo` file a split unit names is there.
 fn split_file_exists(load: &addr2line::SplitDwarfLoad<Reader<'_>>) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let Some(name) = &load.path else {
@@ -1072,9 +1163,6 @@ fn plain_layout(
             Some(wanted) => target.is_none_or(|f| file_build_id(&f).as_ref() != Some(&wanted)),
             None => target.is_none_or(|f| !has_link_checksum(&f, named, endian)),
         };
-    }
-    if std::path::Path::new(&format!("{path}.dwp")).exists() {
-        return false;
     }
     sections.iter().all(|s| {
         let name = sections.section_name(endian, s).unwrap_or_default();
@@ -1451,7 +1539,7 @@ mod tests {
         for probe in start..start + text.sh_size(endian) {
             let place = index.place(probe);
             nowhere += usize::from(place == Place::Nowhere);
-            if frames_at(&cx, probe).is_some_and(|f| !f.is_empty()) {
+            if frames_at(&cx, probe, false).is_some_and(|f| !f.is_empty()) {
                 found.push(place);
             }
         }
@@ -1609,7 +1697,7 @@ mod tests {
         let left_to_backtrace = |cx: &addr2line::Context<super::Reader<'_>>| {
             probes
                 .clone()
-                .filter(|&p| frames_at(cx, p).is_none())
+                .filter(|&p| frames_at(cx, p, false).is_none())
                 .count()
         };
         assert!(left_to_backtrace(&cx()) > 0, "the .dwo files are there");
@@ -1631,7 +1719,7 @@ mod tests {
         assert!(
             probes
                 .clone()
-                .all(|p| frames_at(&cx, p).is_some_and(|f| f.is_empty()))
+                .all(|p| frames_at(&cx, p, false).is_some_and(|f| f.is_empty()))
         );
     }
 
