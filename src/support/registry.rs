@@ -21,14 +21,14 @@
 //! (`thread::Local::filter_mask`; the filter is `record/blocks.rs`'s), so
 //! that a change of mask reaches every running thread.
 
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 
 use crate::support::growth;
 use crate::support::lock::{self, Lockable, Mutex, rank};
 use crate::support::reentry;
 use crate::support::signals;
 use crate::thread::counters::{Counters, Counts, Nudge, SharedCounts};
-use crate::thread::{self, Registration};
+use crate::thread::{self, ListPlaces, Local, Registration};
 
 /// Counters of threads that are running, as addresses of their
 /// thread-locals.
@@ -49,6 +49,76 @@ static FILTER_MASK: AtomicUsize = AtomicUsize::new(INITIAL_FILTER_MASK);
 /// The addresses of the listed threads' mask copies. Its lock keeps
 /// `FILTER_MASK` and every copy in step with the sampled set's count.
 static MASK_COPIES: Mutex<{ rank::MASKS }, Vec<usize>> = Mutex::new(Vec::new());
+
+/// One of the lists above: its entries are addresses `offset` bytes into
+/// threads' [`Local`]s, and each entry's index is kept in its `Local`
+/// (`place`), so that a thread leaves the list in constant time: a
+/// service with thousands of threads, leaving in any order, never has
+/// each exit search the list under the lock every thread start takes.
+struct List {
+    offset: usize,
+    place: fn(&ListPlaces) -> &AtomicUsize,
+}
+
+/// [`LIVE`]'s entries: threads' counters.
+const LIVE_LIST: List = List {
+    offset: std::mem::offset_of!(Local, counters),
+    place: |p| &p.counters,
+};
+/// [`MASK_COPIES`]' entries: threads' mask copies.
+const MASK_LIST: List = List {
+    offset: std::mem::offset_of!(Local, filter_mask),
+    place: |p| &p.mask,
+};
+
+impl List {
+    /// Where entry `addr` keeps its index.
+    ///
+    /// # Safety
+    /// `addr` is in this kind's list, read under its lock, or is the
+    /// caller's own entry: an address into a running thread's `Local`
+    /// (entries leave before their thread's memory goes).
+    unsafe fn place_of(&self, addr: usize) -> &AtomicUsize {
+        // SAFETY: per the contract, `addr - offset` is a live `Local`.
+        let local = unsafe { &*((addr - self.offset) as *const Local) };
+        (self.place)(&local.list_places)
+    }
+
+    /// Adds `addr`, this thread's own entry, to `list` (locked, with room).
+    fn push(&self, list: &mut Vec<usize>, addr: usize) {
+        // SAFETY: the caller's own entry.
+        unsafe { self.place_of(addr) }.store(list.len(), Relaxed);
+        list.push(addr);
+    }
+
+    /// Takes `addr`, this thread's own entry, out of `list` (locked);
+    /// false if it is not there. The last entry moves into its index.
+    fn remove(&self, list: &mut Vec<usize>, addr: usize) -> bool {
+        // SAFETY: the caller's own entry.
+        let kept = unsafe { self.place_of(addr) }.load(Relaxed);
+        let Some(i) = (list.get(kept) == Some(&addr))
+            .then_some(kept)
+            .or_else(|| list.iter().rposition(|&a| a == addr))
+        else {
+            return false;
+        };
+        list.swap_remove(i);
+        if let Some(&moved) = list.get(i) {
+            // SAFETY: an entry of the locked list.
+            unsafe { self.place_of(moved) }.store(i, Relaxed);
+        }
+        true
+    }
+
+    /// After `list` (locked) kept only `addr`, this thread's own entry, if
+    /// it was there: its index is 0.
+    fn kept_only(&self, list: &[usize], addr: usize) {
+        if list.first() == Some(&addr) {
+            // SAFETY: the caller's own entry.
+            unsafe { self.place_of(addr) }.store(0, Relaxed);
+        }
+    }
+}
 
 // Inlined: the free filter's second stage (`record::free::dealloc`)
 // asks [`listed`] on every free that passes the page test, and a call
@@ -116,7 +186,7 @@ pub(crate) fn register_thread(retry: bool) {
         set_registration(Registration::OutOfMemory);
         return;
     }
-    live.push(addr);
+    LIVE_LIST.push(&mut live, addr);
     drop(live);
     list_mask_copy();
 }
@@ -150,9 +220,7 @@ fn retire() {
         Some(LIVE.lock())
     };
     if let Some(mut live) = live {
-        if let Some(i) = live.iter().position(|&a| a == addr) {
-            live.swap_remove(i);
-        }
+        LIVE_LIST.remove(&mut live, addr);
         // No nudge comes after this: settle the last one under the lock
         // that nudges are made under.
         thread::with(|l| l.counters.settle_nudge());
@@ -194,7 +262,7 @@ fn list_mask_copy() {
         // thread looks its block up. Slower, never wrong.
         return;
     }
-    copies.push(addr);
+    MASK_LIST.push(&mut copies, addr);
     thread::with(|l| l.filter_mask.store(FILTER_MASK.load(SeqCst), SeqCst));
 }
 
@@ -215,12 +283,9 @@ fn unlist_mask_copy(interrupted: bool) -> bool {
     let Some(mut copies) = copies else {
         return false;
     };
-    let listed = copies.iter().position(|&a| a == addr);
-    if let Some(i) = listed {
-        copies.swap_remove(i);
-    }
+    let listed = MASK_LIST.remove(&mut copies, addr);
     thread::with(|l| l.filter_mask.store(0, SeqCst));
-    listed.is_some()
+    listed
 }
 
 /// Takes this thread's copy out of the list and leaves it at 0, so that
@@ -460,6 +525,7 @@ pub(crate) fn forget_other_threads_after_fork() {
         reentry::add_unlisted_own(counters.try_read_own().unwrap_or_else(|torn| torn));
     }
     live.retain(|&a| a == own);
+    LIVE_LIST.kept_only(&live, own);
     drop(live);
     // The mask copies likewise: the others are gone here, and the child
     // may reuse or unmap their memory once it starts threads of its own.
@@ -467,6 +533,7 @@ pub(crate) fn forget_other_threads_after_fork() {
         && let Some(mut copies) = MASK_COPIES.try_lock()
     {
         copies.retain(|&a| a == own);
+        MASK_LIST.kept_only(&copies, own);
     }
 }
 
@@ -474,4 +541,67 @@ pub(crate) fn forget_other_threads_after_fork() {
 pub(crate) fn each_lock(f: &mut dyn FnMut(&'static dyn Lockable)) {
     f(&LIVE);
     f(&MASK_COPIES);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Barrier, mpsc};
+
+    /// Every entry of both lists keeps the index it is at.
+    fn assert_places_hold() {
+        fn check(list: &[usize], kind: &List, name: &str) {
+            for (i, &addr) in list.iter().enumerate() {
+                // SAFETY: an entry of a list the caller holds locked.
+                let kept = unsafe { kind.place_of(addr) }.load(Relaxed);
+                assert_eq!(kept, i, "{name}: the entry at {i} says {kept}");
+            }
+        }
+        check(&LIVE.lock(), &LIVE_LIST, "LIVE");
+        check(&MASK_COPIES.lock(), &MASK_LIST, "MASK_COPIES");
+    }
+
+    /// Threads leaving in an order that is neither the order they joined
+    /// in nor its reverse leave each remaining entry's index right, and
+    /// take their own entries with them.
+    #[test]
+    fn entries_keep_their_indices_as_threads_leave_in_any_order() {
+        const THREADS: usize = 48;
+        let ready = Arc::new(Barrier::new(THREADS + 1));
+        let (listed_tx, listed_rx) = mpsc::channel();
+        let mut threads = Vec::new();
+        for _ in 0..THREADS {
+            let (go, wait) = mpsc::channel::<()>();
+            let ready = Arc::clone(&ready);
+            let listed_tx = listed_tx.clone();
+            let handle = std::thread::spawn(move || {
+                reentry::Inside::enter_for(|| register_thread(true));
+                listed_tx.send(own_counters().unwrap()).unwrap();
+                ready.wait();
+                let _ = wait.recv();
+            });
+            threads.push((go, handle));
+        }
+        ready.wait();
+        let addrs: Vec<usize> = listed_rx.iter().take(THREADS).collect();
+        let listed = LIVE.lock().iter().filter(|a| addrs.contains(a)).count();
+        assert_eq!(listed, THREADS, "every thread is listed");
+        assert_places_hold();
+        // 7 is prime to 48: every thread once, in a scattered order.
+        for k in 0..THREADS {
+            let i = k * 7 % THREADS;
+            let (go, handle) = std::mem::replace(
+                &mut threads[i],
+                (mpsc::channel().0, std::thread::spawn(|| {})),
+            );
+            go.send(()).unwrap();
+            handle.join().unwrap();
+            assert_places_hold();
+        }
+        let live = LIVE.lock();
+        assert!(
+            addrs.iter().all(|a| !live.contains(a)),
+            "an exited thread is still listed"
+        );
+    }
 }

@@ -51,6 +51,8 @@ pub(crate) struct Local {
     pub(crate) stack: StackFacts,
     /// Where the thread is with the registry (`support/registry.rs`).
     pub(crate) registration: Cell<Registration>,
+    /// Where the thread's entries are in the registry's lists.
+    pub(crate) list_places: ListPlaces,
     /// The label sets in force and derived (`labels/`), slow path only.
     pub(crate) labels: LabelState,
 }
@@ -74,6 +76,7 @@ thread_local! {
             deferred: DeferredFrees::new(),
             stack: StackFacts::new(),
             registration: Cell::new(Registration::NotListed),
+            list_places: ListPlaces::new(),
             labels: LabelState::new(),
         }
     };
@@ -97,6 +100,25 @@ pub(crate) enum Registration {
     OutOfMemory,
     /// Taken out of the registry at exit.
     Exited,
+}
+
+/// The indices of a thread's entries in the registry's two lists (its
+/// counters, its mask copy), so that taking them out needs no search
+/// however many threads are listed. Written under each list's lock: by
+/// the thread as it joins a list, and by any thread whose leaving moves
+/// this one's entry to a new index.
+pub(crate) struct ListPlaces {
+    pub(crate) counters: AtomicUsize,
+    pub(crate) mask: AtomicUsize,
+}
+
+impl ListPlaces {
+    const fn new() -> Self {
+        ListPlaces {
+            counters: AtomicUsize::new(0),
+            mask: AtomicUsize::new(0),
+        }
+    }
 }
 
 /// The most lock ranks [`HeldLocks`] counts (`support/lock.rs` declares
