@@ -259,6 +259,30 @@ const REAL_ROWS: &[Row] = &[
         b: SYSTEM,
         target: "≤ 1.2",
     },
+    // Most blocks of 64 KiB and more are sampled: each pays for a stack,
+    // as under jemalloc's profiler.
+    Row {
+        workload: "large_blocks",
+        scale: 100,
+        a: HEAPPROF,
+        b: SYSTEM,
+        target: "≤ 1.02",
+    },
+    Row {
+        workload: "large_blocks",
+        scale: 100,
+        a: JEMALLOC_PROF,
+        b: JEMALLOC,
+        target: "(peer)",
+    },
+    // A thread's start and exit go through the registry of threads.
+    Row {
+        workload: "thread_churn",
+        scale: 100,
+        a: HEAPPROF,
+        b: SYSTEM,
+        target: "≤ 1.02",
+    },
 ];
 
 /// The service rows (`common/service.rs` under `common/load.rs`); the
@@ -640,6 +664,8 @@ const SERVICE_NOT_COUNTED: &str = "not counted: callgrind runs the service's thr
 fn instructions(binary: &Path, config: &Config, args: &[&str]) -> u64 {
     let out = Command::new("valgrind")
         .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+        // `thread_churn` keeps thousands of threads alive.
+        .arg("--max-threads=4100")
         .arg(binary)
         .args(args)
         .envs(config.env.iter().copied())

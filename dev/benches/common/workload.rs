@@ -96,6 +96,63 @@ pub fn realloc_growth(scale: usize) {
     black_box(v);
 }
 
+/// Threads that wait, alive, while `thread_churn` runs: a service's
+/// worker pools and connection threads.
+const PARKED_THREADS: usize = 2_000;
+
+/// Starts [`PARKED_THREADS`] threads that each allocate once (so that an
+/// allocator that keeps per-thread state has it) and wait; they exit when
+/// the returned sender is dropped and they are joined.
+pub fn park_threads() -> (
+    std::sync::mpsc::Sender<()>,
+    Vec<std::thread::JoinHandle<()>>,
+) {
+    let (stop, wait) = std::sync::mpsc::channel::<()>();
+    let wait = std::sync::Arc::new(std::sync::Mutex::new(wait));
+    let parked = (0..PARKED_THREADS)
+        .map(|_| {
+            let wait = std::sync::Arc::clone(&wait);
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    black_box(vec![0u8; 64]);
+                    let _ = wait.lock().map(|w| w.recv());
+                })
+                .expect("spawn a parked thread")
+        })
+        .collect();
+    (stop, parked)
+}
+
+/// Short-lived threads started and joined one at a time while
+/// [`PARKED_THREADS`] others live (`park_threads`, set up before the
+/// clock starts), each allocating a few small blocks: 10 000 threads,
+/// scaled by `scale` / 100 (at least one).
+pub fn thread_churn(scale: usize) {
+    let n = (10_000 * scale / 100).max(1);
+    for i in 0..n {
+        std::thread::spawn(move || {
+            let v: Vec<String> = (0..8).map(|j| format!("job {i} part {j}")).collect();
+            black_box(v);
+        })
+        .join()
+        .expect("a short-lived thread panicked");
+    }
+}
+
+/// Zeroed blocks from 64 KiB to 4 MiB (`vec![0; n]`, freed at once), the
+/// buffers of a program that reads files or network messages whole: at
+/// the default rate most of them are sampled. 20 000 blocks, scaled by
+/// `scale` / 100 (at least one).
+pub fn large_blocks(scale: usize) {
+    let n = (20_000 * scale / 100).max(1);
+    for i in 0..n {
+        let size = (64 * 1024) << (i % 7);
+        let v = vec![0u8; size];
+        black_box(&v);
+    }
+}
+
 /// Records in the `serde_json` workload's document at 100 % scale (about
 /// 20 MB of JSON).
 const JSON_RECORDS: usize = 50_000;
@@ -320,6 +377,12 @@ fn prepare(name: &str, scale: usize) -> Option<Prepared> {
         "alloc_heavy" => Box::new(move || alloc_heavy(scale)),
         "threads2" => Box::new(move || threads2(scale)),
         "realloc_growth" => Box::new(move || realloc_growth(scale)),
+        "thread_churn" => {
+            // Parked until the process exits.
+            std::mem::forget(park_threads());
+            Box::new(move || thread_churn(scale))
+        }
+        "large_blocks" => Box::new(move || large_blocks(scale)),
         "serde_json" => {
             let doc = json_document(scale);
             Box::new(move || serde_json_round_trips(&doc))
