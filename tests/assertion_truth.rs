@@ -71,12 +71,15 @@ fn a_stripped_program_cannot_pass_for_want_of_names() {
         );
         assert!(stdout.contains("could not name"), "{stdout}");
         assert!(stderr.contains("is the executable stripped"), "{stderr}");
-        // The profile says so too, for readers of pprof's -comments.
-        assert!(
-            stdout.contains("comment: heapprof: ")
-                && stdout.contains("in the executable have no names"),
-            "{stdout}"
-        );
+        // The profile says so too, for readers of pprof's -comments, and
+        // so does the text profile.
+        let says = |prefix: &str| {
+            stdout
+                .lines()
+                .any(|l| l.starts_with(prefix) && l.contains("in the executable have no names"))
+        };
+        assert!(says("comment: heapprof: "), "{stdout}");
+        assert!(says("text: # heapprof: "), "{stdout}");
         std::fs::remove_file(&copy).unwrap();
         return;
     }
@@ -88,6 +91,11 @@ fn a_stripped_program_cannot_pass_for_want_of_names() {
     let profile = take_profile();
     for &c in &profile.comment {
         println!("comment: {}", string(&profile, c));
+    }
+    let mut text = Vec::new();
+    heapprof::write_text_profile(&mut text).unwrap();
+    for line in String::from_utf8_lossy(&text).lines() {
+        println!("text: {line}");
     }
     drop(kept);
 }

@@ -788,16 +788,21 @@ impl Builder {
             });
         }
         if names_expected && unnamed_in_main > 0 {
-            let note = format!(
-                "heapprof: {unnamed_in_main} locations in the executable have no names ({}); \
-                 `go tool pprof <executable> <profile>` names them from a copy with debug info \
-                 (`debug = 1` or more: it does not read symbol tables)",
-                symbolize::no_names_hint()
-            );
+            let note = unnamed_note(unnamed_in_main);
             let i = self.strings.get(&note);
             self.profile.comment.push(i);
         }
     }
+}
+
+/// What a profile says when `n` locations in the executable have no names.
+pub(crate) fn unnamed_note(n: usize) -> String {
+    format!(
+        "heapprof: {n} locations in the executable have no names ({}); `go tool pprof \
+         <executable> <profile>` names them from a copy with debug info (`debug = 1` or more: \
+         it does not read symbol tables)",
+        symbolize::no_names_hint()
+    )
 }
 
 #[cfg(test)]

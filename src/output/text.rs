@@ -118,6 +118,28 @@ fn write_here<W: Write>(
     if records.iter().any(|r| !r.labels.is_empty()) {
         writeln!(w, "# {LABELS_NOTE}")?;
     }
+    // The executable is the first mapping.
+    let mapped = mappings::current();
+    if !options.addresses_only
+        && let Some(main) = mapped.first()
+    {
+        let mut unnamed: Vec<usize> = records
+            .iter()
+            .flat_map(|r| &r.frames)
+            .map(|shown| shown.addr)
+            .filter(|&a| {
+                let call = (a as u64).wrapping_sub(1);
+                main.start <= call
+                    && call < main.limit
+                    && trimmer.resolved().get(&a).is_none_or(|f| f.is_empty())
+            })
+            .collect();
+        unnamed.sort_unstable();
+        unnamed.dedup();
+        if !unnamed.is_empty() {
+            writeln!(w, "# {}", pprof::unnamed_note(unnamed.len()))?;
+        }
+    }
     for r in &records {
         let v = r.values;
         write!(w, "{}: {} [{}: {}] @", v[0], v[1], v[2], v[3])?;
@@ -163,7 +185,7 @@ fn write_here<W: Write>(
     }
     write_stats(&mut w, stats, rate, total[1])?;
     writeln!(w, "\nMAPPED_LIBRARIES:")?;
-    for m in mappings::current() {
+    for m in mapped {
         writeln!(
             w,
             "{:x}-{:x} r-xp {:08x} 00:00 0 {}",
