@@ -101,15 +101,44 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// Whether the frame is the function `short` (an identifier) as debug
-    /// info without paths names it: a name with no path, perhaps with
-    /// generic arguments (`parse<u8>`), and a source file, which the
-    /// debug info gave. A name from a symbol table (a C function's, such
-    /// as `main`) has no file and never matches so.
-    fn has_short_name(&self, short: &str) -> bool {
+    /// Whether the frame is `short.function` as debug info without paths
+    /// names it: a name with no path, perhaps with generic arguments
+    /// (`parse<u8>`), and a source file, which the debug info gave, of
+    /// `short.krate` as far as the file's path tells ([`source_crate`]).
+    /// A name from a symbol table (a C function's, such as `main`) has no
+    /// file and never matches so.
+    fn has_short_name(&self, short: &ShortForm) -> bool {
         let base = &self.function[..self.function.find('<').unwrap_or(self.function.len())];
-        !self.file.is_empty() && base == short && !self.function.starts_with('<')
+        !self.file.is_empty()
+            && base == short.function
+            && !self.function.starts_with('<')
+            && source_crate(&self.file).is_none_or(|c| same_crate(c, short.krate))
     }
+}
+
+/// The crate a source file is of, by the folder that holds its `src/`:
+/// `std` for the standard library's `…/library/std/src/fs.rs`, `regex` for
+/// `…/registry/src/…/regex-1.11.1/src/lib.rs` (its version taken off),
+/// `dep` for `/work/dep/src/lib.rs`. `None` for a path relative to the
+/// package being built (`src/main.rs`), which names no folder.
+fn source_crate(file: &str) -> Option<&str> {
+    let dir = &file[..file.rfind("/src/")?];
+    let folder = &dir[dir.rfind('/').map_or(0, |i| i + 1)..];
+    let name = match folder.rfind('-') {
+        Some(i) if folder[i + 1..].starts_with(|c: char| c.is_ascii_digit()) => &folder[..i],
+        _ => folder,
+    };
+    (!name.is_empty() && name != "." && name != "..").then_some(name)
+}
+
+/// Whether a package folder's name and a path's first part name one
+/// crate (`-` in a package name is `_` in its crate's).
+fn same_crate(folder: &str, krate: &str) -> bool {
+    folder.len() == krate.len()
+        && folder
+            .bytes()
+            .zip(krate.bytes())
+            .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
 }
 
 /// Whether `function` (a frame's name, or a symbol's) contains `name`, either as written or
@@ -135,16 +164,30 @@ fn last_identifier(name: &str) -> &str {
     }
 }
 
-/// The function a name with a path ends in (`build` of
-/// `my_crate::Cache::build`): what a frame whose debug info has no paths
-/// (`debug = "line-tables-only"` gives an inlined function its short name
-/// only) is matched by. `None` for a name without a path, or one that ends
-/// in something other than an identifier (a closure, whose short name,
-/// `{{closure}}`, says nothing of whose it is).
-fn short_form(name: &str) -> Option<&str> {
+/// A name with a path, as a frame that debug info names without its
+/// path is matched by ([`short_form`]).
+struct ShortForm<'a> {
+    /// The name's first part: its crate.
+    krate: &'a str,
+    /// The function the name ends in.
+    function: &'a str,
+}
+
+/// The crate and the function a name with a path ends in (`my_crate` and
+/// `build` of `my_crate::Cache::build`): what a frame whose debug info has
+/// no paths (`debug = "line-tables-only"` gives an inlined function its
+/// short name only) is matched by. `None` for a name without a path, or
+/// one that ends in something other than an identifier (a closure, whose
+/// short name, `{{closure}}`, says nothing of whose it is).
+fn short_form(name: &str) -> Option<ShortForm<'_>> {
     let (path, last) = name.rsplit_once("::")?;
-    let ident = !last.is_empty() && last.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    (!path.is_empty() && ident).then_some(last)
+    let krate = path.split("::").next()?;
+    let ident =
+        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    (ident(krate) && ident(last)).then_some(ShortForm {
+        krate,
+        function: last,
+    })
 }
 
 /// `name` with a leading inherent impl, `<Type>::`, written `Type::`.
@@ -220,7 +263,7 @@ impl Site {
         let wanted = path_form(name);
         let short = short_form(name);
         self.frames.iter().any(|f| {
-            names(&f.function, name, &wanted) || short.is_some_and(|s| f.has_short_name(s))
+            names(&f.function, name, &wanted) || short.as_ref().is_some_and(|s| f.has_short_name(s))
         })
     }
 
@@ -253,9 +296,10 @@ impl Site {
 /// by the path up to the type (`"my_crate::Cache"`). In a build whose
 /// debug info has no paths (`debug = "line-tables-only"`), a function
 /// inlined into its caller is known only by its short name (`build`): a
-/// frame so named counts for every name that ends in `::build`, so it
-/// may count for another crate's `build` too, but an assertion never
-/// passes for want of the path.
+/// frame so named counts for a name that ends in `::build` and starts
+/// with its crate, where its source file's path names one (the standard
+/// library's and crates.io's do, and a path dependency's folder), and for
+/// any such name where it does not (the package being built).
 pub struct Snapshot {
     raw: Vec<sites::SiteCopy>,
     rate: usize,
@@ -1282,6 +1326,40 @@ mod tests {
         assert!(!site("parse", "").mentions("my_crate::parse"));
         assert!(!site("parse_all", "src/lib.rs").mentions("my_crate::parse"));
         assert!(!site("{{closure}}", "src/lib.rs").mentions("my_crate::main::{{closure}}"));
+        // Where the file's path tells the crate, only that crate's.
+        let std_join = site("join", "/rustc/0123abcd/library/std/src/path.rs");
+        assert!(std_join.mentions("std::path::Path::join"));
+        assert!(!std_join.mentions("app::wrong::join"));
+        let spawn = site(
+            "spawn",
+            "/home/u/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/tokio-1.40.0/src/task/spawn.rs",
+        );
+        assert!(spawn.mentions("tokio::spawn"));
+        assert!(!spawn.mentions("app::spawn"));
+        let dep_new = site("new", "/work/my-dep/src/pool.rs");
+        assert!(dep_new.mentions("my_dep::Pool::new"));
+        assert!(!dep_new.mentions("app::Config::new"));
+        assert!(site("new", "./src/main.rs").mentions("app::Config::new"));
+    }
+
+    /// The crate a source file's path tells.
+    #[test]
+    fn source_crates() {
+        use super::source_crate;
+        for (file, krate) in [
+            ("/rustc/0123abcd/library/core/src/fmt/mod.rs", Some("core")),
+            (
+                "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/regex-automata-0.4.9/src/meta/strategy.rs",
+                Some("regex-automata"),
+            ),
+            ("/work/dep/src/lib.rs", Some("dep")),
+            ("/home/u/src/my-app/src/main.rs", Some("my-app")),
+            ("src/main.rs", None),
+            ("./src/main.rs", None),
+            ("/usr/include/stdio.h", None),
+        ] {
+            assert_eq!(source_crate(file), krate, "{file}");
+        }
     }
 
     /// A delta's table gives each function its share of the bytes that

@@ -77,7 +77,12 @@ impl List {
     /// # Safety
     /// `addr` is in this kind's list, read under its lock, or is the
     /// caller's own entry: an address into a running thread's `Local`
-    /// (entries leave before their thread's memory goes).
+    /// (entries leave before their thread's memory goes). The one
+    /// exception is `retire`'s: a thread that exits from a signal handler
+    /// while the code it interrupted holds the list's lock leaves its
+    /// entry behind, and the index is then written into memory its thread
+    /// no longer has, as [`totals`] and [`nudge_other_threads`] read and
+    /// write its counters.
     unsafe fn place_of(&self, addr: usize) -> &AtomicUsize {
         // SAFETY: per the contract, `addr - offset` is a live `Local`.
         let local = unsafe { &*((addr - self.offset) as *const Local) };
