@@ -103,8 +103,9 @@ pub struct Frame {
 impl Frame {
     /// Whether the frame is `short.function` as debug info without paths
     /// names it: a name with no path, perhaps with generic arguments
-    /// (`parse<u8>`), and a source file, which the debug info gave, of
-    /// `short.krate` as far as the file's path tells ([`source_crate`]).
+    /// (`parse<u8>`), and a source file, which the debug info gave, not of
+    /// a crate other than `short.krate` as far as the file's path tells
+    /// ([`source_crate`]).
     /// A name from a symbol table (a C function's, such as `main`) has no
     /// file and never matches so.
     fn has_short_name(&self, short: &ShortForm) -> bool {
@@ -116,19 +117,50 @@ impl Frame {
     }
 }
 
-/// The crate a source file is of, by the folder that holds its `src/`:
-/// `std` for the standard library's `…/library/std/src/fs.rs`, `regex` for
-/// `…/registry/src/…/regex-1.11.1/src/lib.rs` (its version taken off),
-/// `dep` for `/work/dep/src/lib.rs`. `None` for a path relative to the
-/// package being built (`src/main.rs`), which names no folder.
+/// The crate a source file belongs to, where its path tells for certain:
+/// the standard library's (`std` of `/rustc/<hash>/library/std/src/fs.rs`,
+/// or of the `rust-src` component's `…/lib/rustlib/src/rust/library/std/…`)
+/// and the packages cargo downloads (`regex` of
+/// `~/.cargo/registry/src/<index>/regex-1.11.1/src/lib.rs`, its version
+/// taken off; `mylib` of `~/.cargo/git/checkouts/mylib-<hash>/<rev>/…`).
+/// `None` for every other path: the workspace's own code and path
+/// dependencies, whose folders need not be named after their crates
+/// (debug info gives absolute paths, so a checkout in `/app` or
+/// `/home/runner/work/backend` would name a crate that does not exist).
 fn source_crate(file: &str) -> Option<&str> {
-    let dir = &file[..file.rfind("/src/")?];
-    let folder = &dir[dir.rfind('/').map_or(0, |i| i + 1)..];
-    let name = match folder.rfind('-') {
-        Some(i) if folder[i + 1..].starts_with(|c: char| c.is_ascii_digit()) => &folder[..i],
-        _ => folder,
-    };
-    (!name.is_empty() && name != "." && name != "..").then_some(name)
+    let after = |marker: &str| file.find(marker).map(|i| &file[i + marker.len()..]);
+    fn first(rest: &str) -> Option<&str> {
+        rest.split('/').next().filter(|c| !c.is_empty())
+    }
+    if file.starts_with("/rustc/") || file.contains("/lib/rustlib/src/rust/") {
+        return first(after("/library/")?);
+    }
+    if let Some(rest) = after("/.cargo/registry/src/") {
+        // Past the index's folder: `<package>-<version>`.
+        let package = first(rest.split_once('/')?.1)?;
+        return Some(without_version(package));
+    }
+    let checkout = first(after("/.cargo/git/checkouts/")?)?;
+    Some(
+        checkout
+            .rsplit_once('-')
+            .map_or(checkout, |(name, _hash)| name),
+    )
+}
+
+/// A downloaded package's folder name without its version: `regex` of
+/// `regex-1.11.1`, `rand` of `rand-0.9.0-beta.1`, `md-5` of `md-5-0.10.6`.
+/// The version starts at the first `-` followed by `<digits>.`.
+fn without_version(folder: &str) -> &str {
+    folder
+        .match_indices('-')
+        .map(|(i, _)| i)
+        .find(|&i| {
+            let rest = &folder[i + 1..];
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            digits > 0 && rest[digits..].starts_with('.')
+        })
+        .map_or(folder, |i| &folder[..i])
 }
 
 /// Whether a package folder's name and a path's first part name one
@@ -181,7 +213,9 @@ struct ShortForm<'a> {
 /// short name, `{{closure}}`, says nothing of whose it is).
 fn short_form(name: &str) -> Option<ShortForm<'_>> {
     let (path, last) = name.rsplit_once("::")?;
-    let krate = path.split("::").next()?;
+    // `<my_crate::Cache>::get` and `<my_crate::Cache as Default>::default`
+    // are of `my_crate` too.
+    let krate = path.trim_start_matches('<').split("::").next()?;
     let ident =
         |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     (ident(krate) && ident(last)).then_some(ShortForm {
@@ -296,10 +330,11 @@ impl Site {
 /// by the path up to the type (`"my_crate::Cache"`). In a build whose
 /// debug info has no paths (`debug = "line-tables-only"`), a function
 /// inlined into its caller is known only by its short name (`build`): a
-/// frame so named counts for a name that ends in `::build` and starts
-/// with its crate, where its source file's path names one (the standard
-/// library's and crates.io's do, and a path dependency's folder), and for
-/// any such name where it does not (the package being built).
+/// frame so named counts for every name with a path that ends in
+/// `::build`, unless its source file is of another crate in the standard
+/// library or among the packages cargo downloads (crates.io, git); an
+/// inlined `build` of another workspace member or path dependency counts
+/// too.
 pub struct Snapshot {
     raw: Vec<sites::SiteCopy>,
     rate: usize,
@@ -1336,10 +1371,13 @@ mod tests {
         );
         assert!(spawn.mentions("tokio::spawn"));
         assert!(!spawn.mentions("app::spawn"));
-        let dep_new = site("new", "/work/my-dep/src/pool.rs");
-        assert!(dep_new.mentions("my_dep::Pool::new"));
-        assert!(!dep_new.mentions("app::Config::new"));
-        assert!(site("new", "./src/main.rs").mentions("app::Config::new"));
+        // The program's own code, wherever it is checked out, and path
+        // dependencies: any crate's.
+        let own_new = site("new", "/home/runner/work/backend/backend/src/lib.rs");
+        assert!(own_new.mentions("app::Config::new"));
+        assert!(own_new.mentions("<app::Config>::new"));
+        let default = site("default", "/app/src/config.rs");
+        assert!(default.mentions("<app::Config as core::default::Default>::default"));
     }
 
     /// The crate a source file's path tells.
@@ -1349,13 +1387,33 @@ mod tests {
         for (file, krate) in [
             ("/rustc/0123abcd/library/core/src/fmt/mod.rs", Some("core")),
             (
+                "/home/u/.rustup/toolchains/stable/lib/rustlib/src/rust/library/alloc/src/vec/mod.rs",
+                Some("alloc"),
+            ),
+            (
                 "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/regex-automata-0.4.9/src/meta/strategy.rs",
                 Some("regex-automata"),
             ),
-            ("/work/dep/src/lib.rs", Some("dep")),
-            ("/home/u/src/my-app/src/main.rs", Some("my-app")),
+            (
+                "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/rand-0.9.0-beta.1/src/lib.rs",
+                Some("rand"),
+            ),
+            (
+                "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/md-5-0.10.6/src/lib.rs",
+                Some("md-5"),
+            ),
+            (
+                "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fnv-1.0.7/lib.rs",
+                Some("fnv"),
+            ),
+            (
+                "/root/.cargo/git/checkouts/mylib-0123abcd4567ef89/4f2e1a9/src/lib.rs",
+                Some("mylib"),
+            ),
+            ("/work/dep/src/lib.rs", None),
+            ("/home/u/src/my-app/src/main.rs", None),
+            ("/work/app/target/release/build/dep-0123/out/gen.rs", None),
             ("src/main.rs", None),
-            ("./src/main.rs", None),
             ("/usr/include/stdio.h", None),
         ] {
             assert_eq!(source_crate(file), krate, "{file}");
