@@ -105,9 +105,8 @@ impl Frame {
     /// names it: a name with no path, perhaps with generic arguments
     /// (`parse<u8>`), and a source file, which the debug info gave, not of
     /// a crate other than `short.krate` as far as the file's path tells
-    /// ([`source_crate`]).
-    /// A name from a symbol table (a C function's, such as `main`) has no
-    /// file and never matches so.
+    /// ([`source_crate`]). A name from a symbol table (a C function's,
+    /// such as `main`) has no file and never matches so.
     fn has_short_name(&self, short: &ShortForm) -> bool {
         let base = &self.function[..self.function.find('<').unwrap_or(self.function.len())];
         !self.file.is_empty()
@@ -128,10 +127,10 @@ impl Frame {
 /// (debug info gives absolute paths, so a checkout in `/app` or
 /// `/home/runner/work/backend` would name a crate that does not exist).
 fn source_crate(file: &str) -> Option<&str> {
-    let after = |marker: &str| file.find(marker).map(|i| &file[i + marker.len()..]);
     fn first(rest: &str) -> Option<&str> {
         rest.split('/').next().filter(|c| !c.is_empty())
     }
+    let after = |marker: &str| file.find(marker).map(|i| &file[i + marker.len()..]);
     if file.starts_with("/rustc/") || file.contains("/lib/rustlib/src/rust/") {
         return first(after("/library/")?);
     }

@@ -44,10 +44,11 @@
 //! `/usr/lib/debug`), or compressed sections; and so do the addresses in
 //! split units (whose debug info is in `.dwo` files or a `.dwp` package).
 //! What backtrace names gets its path from the symbol table where the
-//! debug info gives a short name ([`add_paths`]). A file with no debug info is named from its
-//! symbol table, as backtrace does; so is one whose `.gnu_debuglink`
-//! names a file of another build (a debug file left from an earlier
-//! deploy), or none, which backtrace would follow unchecked.
+//! debug info gives a short name ([`add_paths`]). A file with no debug
+//! info is named from its symbol table, as backtrace does; so is one
+//! whose `.gnu_debuglink` names a file of another build (a debug file
+//! left from an earlier deploy), or none, which backtrace would follow
+//! unchecked.
 
 // ELF sizes and addresses are `u32` in 32-bit files and converted to
 // `u64`, which is a conversion to the same type on 64-bit targets.
