@@ -27,11 +27,13 @@ use crate::support::growth;
 use crate::support::lock::{self, Lockable, Mutex, rank};
 use crate::support::reentry;
 use crate::support::signals;
-use crate::thread::counters::{Counters, Counts, Nudge, SharedCounts};
+#[cfg(doc)]
+use crate::thread::counters::Counters;
+use crate::thread::counters::{Counts, Nudge, SharedCounts};
 use crate::thread::{self, ListPlaces, Local, Registration};
 
-/// Counters of threads that are running, as addresses of their
-/// thread-locals.
+/// The threads that are running, for their counters: addresses of their
+/// thread-locals ([`local_at`]).
 static LIVE: Mutex<{ rank::REGISTRY }, Vec<usize>> = Mutex::new(Vec::new());
 /// Counts of threads that are not in the registry: moved here when a
 /// thread exits, and by threads that count while unlisted
@@ -46,47 +48,51 @@ pub(crate) const INITIAL_FILTER_MASK: usize = 4096 - 1;
 /// `record::blocks::LARGE` pass by their size): the value every listed
 /// thread's copy holds. Written under [`MASK_COPIES`]' lock only.
 static FILTER_MASK: AtomicUsize = AtomicUsize::new(INITIAL_FILTER_MASK);
-/// The addresses of the listed threads' mask copies. Its lock keeps
-/// `FILTER_MASK` and every copy in step with the sampled set's count.
+/// The threads whose mask copies are kept up to date: addresses of their
+/// thread-locals ([`local_at`]). Its lock keeps `FILTER_MASK` and every
+/// copy in step with the sampled set's count.
 static MASK_COPIES: Mutex<{ rank::MASKS }, Vec<usize>> = Mutex::new(Vec::new());
 
-/// One of the lists above: its entries are addresses `offset` bytes into
-/// threads' [`Local`]s, and each entry's index is kept in its `Local`
-/// (`place`), so that a thread leaves the list in constant time: a
-/// service with thousands of threads, leaving in any order, never has
+/// The thread-local at `addr`, an entry of [`LIVE`] or [`MASK_COPIES`]
+/// ([`own_local`]'s address of a thread's whole `Local`, so that its
+/// fields are reached through it).
+///
+/// # Safety
+/// `addr` is in one of the lists, read under its lock, or is the caller's
+/// own: a running thread's `Local` (entries leave before their thread's
+/// memory goes). The one exception is `retire`'s: a thread that exits
+/// from a signal handler while the code it interrupted holds a list's
+/// lock leaves its entry behind, and readers of the list then touch
+/// memory its thread no longer has.
+unsafe fn local_at<'a>(addr: usize) -> &'a Local {
+    // SAFETY: per the contract, a live `Local`, whose address was taken
+    // from a reference to the whole of it.
+    unsafe { &*(addr as *const Local) }
+}
+
+/// One of the lists above, whose entries each keep their index in their
+/// `Local` (`place`), so that a thread leaves the list in constant time:
+/// a service with thousands of threads, leaving in any order, never has
 /// each exit search the list under the lock every thread start takes.
 struct List {
-    offset: usize,
     place: fn(&ListPlaces) -> &AtomicUsize,
 }
 
-/// [`LIVE`]'s entries: threads' counters.
+/// [`LIVE`]'s indices.
 const LIVE_LIST: List = List {
-    offset: std::mem::offset_of!(Local, counters),
     place: |p| &p.counters,
 };
-/// [`MASK_COPIES`]' entries: threads' mask copies.
-const MASK_LIST: List = List {
-    offset: std::mem::offset_of!(Local, filter_mask),
-    place: |p| &p.mask,
-};
+/// [`MASK_COPIES`]' indices.
+const MASK_LIST: List = List { place: |p| &p.mask };
 
 impl List {
     /// Where entry `addr` keeps its index.
     ///
     /// # Safety
-    /// `addr` is in this kind's list, read under its lock, or is the
-    /// caller's own entry: an address into a running thread's `Local`
-    /// (entries leave before their thread's memory goes). The one
-    /// exception is `retire`'s: a thread that exits from a signal handler
-    /// while the code it interrupted holds the list's lock leaves its
-    /// entry behind, and the index is then written into memory its thread
-    /// no longer has, as [`totals`] and [`nudge_other_threads`] read and
-    /// write its counters.
+    /// As for [`local_at`].
     unsafe fn place_of(&self, addr: usize) -> &AtomicUsize {
-        // SAFETY: per the contract, `addr - offset` is a live `Local`.
-        let local = unsafe { &*((addr - self.offset) as *const Local) };
-        (self.place)(&local.list_places)
+        // SAFETY: the caller's contract is `local_at`'s.
+        (self.place)(&unsafe { local_at(addr) }.list_places)
     }
 
     /// Adds `addr`, this thread's own entry, to `list` (locked, with room).
@@ -151,9 +157,9 @@ pub(crate) fn exited() -> bool {
     registration() == Some(Registration::Exited)
 }
 
-/// The address that stands for this thread's counters in the registry.
-fn own_counters() -> Option<usize> {
-    thread::with(|l| &l.counters as *const Counters as usize)
+/// The address that stands for this thread in the registry's lists.
+fn own_local() -> Option<usize> {
+    thread::with(|l| l as *const Local as usize)
 }
 
 /// Puts this thread's counters in the registry, and gives it its own copy
@@ -174,7 +180,7 @@ pub(crate) fn register_thread(retry: bool) {
         Some(Registration::OutOfMemory) => retry,
         _ => false,
     };
-    let Some(addr) = own_counters().filter(|_| should_try) else {
+    let Some(addr) = own_local().filter(|_| should_try) else {
         return;
     };
     // Listed from now: the registry's own growth below allocates, and must
@@ -216,7 +222,7 @@ fn retire() {
     // and rate changes write (`nudge_other_threads`).
     let interrupted = lock::any_lock_held();
     let _inside = reentry::Inside::enter();
-    let Some(addr) = own_counters() else {
+    let Some(addr) = own_local() else {
         return;
     };
     let live = if interrupted {
@@ -248,17 +254,12 @@ fn retire() {
     unlist_mask_copy(interrupted);
 }
 
-/// The address of this thread's mask copy, as the list holds it.
-fn own_mask_copy() -> Option<usize> {
-    thread::with(|l| &l.filter_mask as *const AtomicUsize as usize)
-}
-
 /// Gives this thread a mask copy of its own, kept up to date from now on.
 /// From the slow path inside the profiler (the list may grow; the blocks
 /// it allocates and frees are never sampled, so freeing them cannot come
 /// back here for the lock).
 fn list_mask_copy() {
-    let Some(addr) = own_mask_copy() else {
+    let Some(addr) = own_local() else {
         return;
     };
     let mut copies = MASK_COPIES.lock();
@@ -277,7 +278,7 @@ fn list_mask_copy() {
 /// `retire`), only if the list's lock is free. True if the copy was
 /// listed.
 fn unlist_mask_copy(interrupted: bool) -> bool {
-    let Some(addr) = own_mask_copy() else {
+    let Some(addr) = own_local() else {
         return false;
     };
     let copies = if interrupted {
@@ -321,7 +322,7 @@ pub(crate) fn set_filter_mask(mask: impl FnOnce() -> usize) {
         // entries before anything else runs there
         // (`forget_other_threads_after_fork`). The copy is atomic: its
         // thread reads it.
-        let copy = unsafe { &*(addr as *const AtomicUsize) };
+        let copy = &unsafe { local_at(addr) }.filter_mask;
         copy.store(mask, SeqCst);
     }
 }
@@ -375,7 +376,7 @@ pub(crate) fn totals() -> Counts {
             // a fork child the other threads' entries are removed by the
             // child handler (`forget_other_threads_after_fork`) before
             // anything else runs there.
-            let counters = unsafe { &*(addr as *const Counters) };
+            let counters = &unsafe { local_at(addr) }.counters;
             sum.plus(counters.read())
         })
     };
@@ -418,7 +419,7 @@ pub(crate) fn totals() -> Counts {
 pub(crate) fn nudge_other_threads(epoch: u64) {
     let interrupted = lock::any_lock_held();
     let _inside = reentry::Inside::enter();
-    let own = own_counters();
+    let own = own_local();
     let began = std::time::Instant::now();
     let mut settled_since = None;
     let mut made = false;
@@ -437,7 +438,7 @@ pub(crate) fn nudge_other_threads(epoch: u64) {
         let mut unconfirmed = false;
         for &addr in live.iter().filter(|&&a| Some(a) != own) {
             // SAFETY: as in `totals`: a listed address is a running thread's.
-            let counters = unsafe { &*(addr as *const Counters) };
+            let counters = &unsafe { local_at(addr) }.counters;
             if counters.rate_epoch() < epoch {
                 match counters.nudge() {
                     Nudge::NotRunning => {}
@@ -497,7 +498,7 @@ pub(crate) fn own_totals() -> Counts {
     let mut sum = reentry::unlisted_own_totals();
     for &addr in live.iter() {
         // SAFETY: as in `totals`: a listed address is a running thread's.
-        let counters = unsafe { &*(addr as *const Counters) };
+        let counters = &unsafe { local_at(addr) }.counters;
         sum = sum.plus(counters.read_own());
     }
     sum
@@ -510,7 +511,7 @@ pub(crate) fn own_totals() -> Counts {
 /// the thread-locals live, as soon as the child starts threads of its
 /// own), and their entries go, so that nothing reads that memory later.
 pub(crate) fn forget_other_threads_after_fork() {
-    let Some(own) = own_counters() else {
+    let Some(own) = own_local() else {
         return;
     };
     thread::with(|l| l.counters.end_nudge_after_fork());
@@ -524,7 +525,7 @@ pub(crate) fn forget_other_threads_after_fork() {
         // SAFETY: still the parent's thread-local memory, copied into the
         // child and mapped until the child creates or reaps threads; this
         // runs in the fork's child handler, before either can happen.
-        let counters = unsafe { &*(addr as *const Counters) };
+        let counters = &unsafe { local_at(addr) }.counters;
         // One try: a torn read cannot become whole, its thread is gone.
         UNLISTED.add(counters.try_read().unwrap_or_else(|torn| torn));
         reentry::add_unlisted_own(counters.try_read_own().unwrap_or_else(|torn| torn));
@@ -534,7 +535,7 @@ pub(crate) fn forget_other_threads_after_fork() {
     drop(live);
     // The mask copies likewise: the others are gone here, and the child
     // may reuse or unmap their memory once it starts threads of its own.
-    if let Some(own) = own_mask_copy()
+    if let Some(own) = own_local()
         && let Some(mut copies) = MASK_COPIES.try_lock()
     {
         copies.retain(|&a| a == own);
@@ -581,7 +582,7 @@ mod tests {
             let listed_tx = listed_tx.clone();
             let handle = std::thread::spawn(move || {
                 reentry::Inside::enter_for(|| register_thread(true));
-                listed_tx.send(own_counters().unwrap()).unwrap();
+                listed_tx.send(own_local().unwrap()).unwrap();
                 ready.wait();
                 let _ = wait.recv();
             });
