@@ -104,8 +104,8 @@ fn expired_on(l: &Local, size: usize, epoch: u64) -> Option<f64> {
     // counters in the registry, so that threads that only ever allocate
     // inside the profiler (the HTTP server's, the dump thread) are counted
     // too.
+    registry::register_thread(!was_inside);
     if was_inside {
-        registry::register_thread(false);
         // The profiler's own allocation: never recorded. The rate may not
         // be known yet (this may be the configuration's own reading).
         if let Some(next) = l.sampler.expire_inside(sample::known_rate()) {
@@ -113,16 +113,11 @@ fn expired_on(l: &Local, size: usize, epoch: u64) -> Option<f64> {
         }
         return None;
     }
-    // The next countdown before the registry: what registering allocates
-    // (the registry's growth, the thread's first thread-local destructor)
-    // then runs it down, rather than coming back here, to a countdown at
-    // zero and a generator not seeded yet, once per allocation.
     let thread_addr = l as *const Local as usize;
     let e = l
         .sampler
         .expire(size, sample::rate(), || sample::thread_seed(thread_addr));
     start(l, e.countdown);
-    registry::register_thread(true);
     e.weight
 }
 
