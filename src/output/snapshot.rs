@@ -109,9 +109,10 @@ impl Frame {
     /// such as `main`) has no file and never matches so.
     fn has_short_name(&self, short: &ShortForm) -> bool {
         let base = &self.function[..self.function.find('<').unwrap_or(self.function.len())];
+        // A name that starts with `<` has an empty base, never an
+        // identifier.
         !self.file.is_empty()
             && base == short.function
-            && !self.function.starts_with('<')
             && source_crate(&self.file).is_none_or(|c| same_crate(c, short.krate))
     }
 }

@@ -803,9 +803,7 @@ pub(super) fn resolve(
     if symbol_table_only && !first.replaced() {
         return None;
     }
-    if !first.build_id.is_empty() && build_id(&sections, endian, data)? != first.build_id {
-        // Not the file that was loaded (replaced since): its names would
-        // be wrong.
+    if !is_loaded_build(first, &sections, endian, data) {
         return None;
     }
     let bias = load_bias(header, endian, data, first)?;
@@ -1021,41 +1019,30 @@ pub(super) fn add_paths(object: &OwnObject, found: &mut [(usize, Symbols)]) {
                     .is_some_and(|f| !f.name.is_empty() && !super::has_path(&f.name))
         })
         .collect();
-    if short.is_empty() {
-        return;
+    if !short.is_empty() {
+        // Nothing to add where the file cannot be read.
+        let _ = add_paths_at(object, found, &short);
     }
-    let Some(first) = object.mappings.first() else {
-        return;
-    };
-    let Some(map) = first.open().ok().and_then(|file| Mapped::new(&file)) else {
-        return;
-    };
+}
+
+/// [`add_paths`] for the entries of `found` at the indices `short`.
+fn add_paths_at(object: &OwnObject, found: &mut [(usize, Symbols)], short: &[usize]) -> Option<()> {
+    let first = object.mappings.first()?;
+    let map = Mapped::new(&first.open().ok()?)?;
     let data = map.bytes();
-    let Some((header, endian)) = Elf::parse(data)
-        .ok()
-        .and_then(|h| Some((h, h.endian().ok()?)))
-    else {
-        return;
-    };
-    let Ok(sections) = header.sections(endian, data) else {
-        return;
-    };
-    if !first.build_id.is_empty()
-        && build_id(&sections, endian, data).as_deref() != Some(first.build_id.as_str())
-    {
-        // Another build now at the path: its symbols would name the wrong
-        // functions.
-        return;
+    let header = Elf::parse(data).ok()?;
+    let endian = header.endian().ok()?;
+    let sections = header.sections(endian, data).ok()?;
+    if !is_loaded_build(first, &sections, endian, data) {
+        return None;
     }
-    let Some(bias) = load_bias(header, endian, data, first) else {
-        return;
-    };
+    let bias = load_bias(header, endian, data, first)?;
     let probe_of = |addr: usize| (addr as u64).wrapping_sub(1).wrapping_sub(bias);
     let mut probes: Vec<u64> = short.iter().map(|&i| probe_of(found[i].0)).collect();
     probes.sort_unstable();
     probes.dedup();
     let names = symbol_table_names(&sections, endian, data, &probes);
-    for i in short {
+    for &i in short {
         let probe = probe_of(found[i].0);
         let Some(name) = probes.binary_search(&probe).ok().and_then(|j| names[j]) else {
             continue;
@@ -1067,6 +1054,20 @@ pub(super) fn add_paths(object: &OwnObject, found: &mut [(usize, Symbols)]) {
             found[i].1 = frames.into();
         }
     }
+    Some(())
+}
+
+/// Whether the file read is the build `first` maps (by its build ID, where
+/// it has one): not another build a deploy put at the path since, whose
+/// names would be wrong.
+fn is_loaded_build(
+    first: &Mapping,
+    sections: &SectionTable<'_, Elf>,
+    endian: NativeEndian,
+    data: &[u8],
+) -> bool {
+    first.build_id.is_empty()
+        || build_id(sections, endian, data).as_deref() == Some(first.build_id.as_str())
 }
 
 /// The frames at `probe` (an address in the file), innermost first, names
