@@ -11,12 +11,17 @@
 //! lookup and two stack reads.
 //!
 //! framehop's table is direct-mapped (an address goes to entry `address %
-//! 509`), so two return addresses on one stack that are a multiple of 509
-//! bytes apart would evict each other at every sample, and which addresses
-//! do depends only on where the linker put the code. So each pool slot
-//! holds [`WAYS`] tables and a frame's address picks one ([`way`]): two
-//! addresses then evict each other only if they share both the table and
-//! its entry.
+//! ENTRIES`), so two return addresses on one stack that share an entry
+//! evict each other at every sample, and each then costs a search of
+//! `.eh_frame_hdr` and an FDE's evaluation, about fifteen times a cached
+//! frame (callgrind). Which addresses share an entry depends on where the
+//! linker and the loader put the code: of a stack's `n (n - 1) / 2` pairs
+//! each shares one with odds `1 / ENTRIES`, so most stacks of 50 frames
+//! (an async service's) have such a pair. So each pool slot holds [`WAYS`]
+//! tables, and a [`Directory`] makes their entries `WAYS`-way sets: an
+//! address goes to the table that holds it already, or else takes the
+//! entry of the one used least recently. Addresses evict each other only
+//! when more than `WAYS` of them on one stack share an entry.
 //!
 //! What [`capture`] vouches for, and when it returns `None` so that the
 //! caller asks libgcc for the whole stack instead:
@@ -60,25 +65,122 @@ use framehop::{
 use super::Stack;
 
 /// Slots of rule caches, shared by all threads (one at a time each). A
-/// slot holds [`WAYS`] caches, each framehop's table of 509 rules (16
-/// bytes each) and its CFI evaluation context (24 848 bytes), about 32 KiB
-/// with framehop 0.16, allocated when the slot is first taken: this many
-/// bound heapprof's memory for them at about `POOL_SIZE * WAYS * 32` KiB
-/// (1 MiB) however many threads there are, and leave a free slot to every
-/// sample but those taken while more threads than this unwind at once.
+/// slot holds [`WAYS`] caches, each framehop's table of [`ENTRIES`] rules
+/// (16 bytes each) and its CFI evaluation context (24 848 bytes), about
+/// 32 KiB with framehop 0.16, and a [`Directory`] (24 KiB), allocated when
+/// the slot is first taken: this many bound heapprof's memory for them at
+/// about `POOL_SIZE * (WAYS * 32 + 24)` KiB (1.2 MiB) however many threads
+/// there are, and leave a free slot to every sample but those taken while
+/// more threads than this unwind at once.
 pub(super) const POOL_SIZE: usize = 8;
 
-/// Rule caches per slot, a frame's address choosing one ([`way`]).
+/// Rule caches per slot: the ways of each entry's set ([`Directory`]).
 pub(super) const WAYS: usize = 4;
 
-/// The cache of a slot that holds the rule for the frame at `address`
-/// (its address for lookup): bits 32 and up of a multiplicative hash,
-/// which depend on the address's low 34 bits only (a 16 GiB span, more
-/// than a program's code covers), so that two addresses in the same
-/// framehop entry (`address % 509`) share a cache about one time in
-/// [`WAYS`].
-fn way(address: u64) -> usize {
-    ((address.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % WAYS as u64) as usize
+/// Entries in one framehop rule cache (its `CACHE_ENTRY_COUNT`, not
+/// exported): an address's rule lives in entry `address % ENTRIES`. A test
+/// (`framehop_tables_have_this_many_entries`) checks the number.
+const ENTRIES: usize = 509;
+
+/// Which of a slot's [`WAYS`] caches holds the rule of each frame, so that
+/// together they act as one cache of `WAYS`-way sets, and which frames
+/// have passed [`capture`]'s checks (in a kept object, not the signal
+/// trampoline: both facts about an address that never change, since kept
+/// objects are never unloaded). Its tags are hints for framehop: framehop
+/// checks the address in its entry itself, so a stale tag costs a cache
+/// miss, never a wrong rule.
+struct Directory {
+    /// [`ENTRIES`] sets, entry `i` of every cache in `sets[i]`.
+    sets: Box<[Set]>,
+    /// Lookups so far (wrapping), the clock of [`Set::used`].
+    clock: u32,
+}
+
+/// One entry's set: the frame each cache's entry was last given
+/// ([`Directory::tag`]; 0 for none), and when that way was last used.
+#[derive(Clone, Copy)]
+struct Set {
+    tags: [u64; WAYS],
+    used: [u32; WAYS],
+}
+
+/// Where [`Directory::way`] sends a frame.
+enum Way {
+    /// To the cache that holds its rule; the frame passed the checks.
+    Known(usize),
+    /// To the cache whose entry it is to take, once it passes the checks
+    /// ([`Directory::place`]).
+    New(usize),
+}
+
+impl Directory {
+    /// Marks a walk's first frame in a tag: its address is an instruction
+    /// pointer, checked as such, and must not stand for a return address
+    /// whose lookup address is the same. No user-space address has it.
+    const FIRST_FRAME: u64 = 1 << 63;
+
+    fn new() -> Directory {
+        let empty = Set {
+            tags: [0; WAYS],
+            used: [0; WAYS],
+        };
+        Directory {
+            sets: vec![empty; ENTRIES].into_boxed_slice(),
+            clock: 0,
+        }
+    }
+
+    /// The tag of `frame`: its lookup address, with [`Self::FIRST_FRAME`]
+    /// set for a walk's first frame; none for a lookup address no code can
+    /// have (0, or one with that bit: a corrupt stack), which is then never
+    /// known and always checked.
+    fn tag(frame: FrameAddress) -> Option<u64> {
+        let lookup = frame.address_for_lookup();
+        if lookup == 0 || lookup & Self::FIRST_FRAME != 0 {
+            return None;
+        }
+        let first = if frame.is_return_address() {
+            0
+        } else {
+            Self::FIRST_FRAME
+        };
+        Some(lookup | first)
+    }
+
+    fn set(&mut self, frame: FrameAddress) -> &mut Set {
+        &mut self.sets[(frame.address_for_lookup() % ENTRIES as u64) as usize]
+    }
+
+    /// The cache to look `frame` up in: the way whose entry holds it, or
+    /// else the way of its set used least recently.
+    fn way(&mut self, frame: FrameAddress) -> Way {
+        self.clock = self.clock.wrapping_add(1);
+        let clock = self.clock;
+        let tag = Self::tag(frame);
+        let set = self.set(frame);
+        match set.tags.iter().position(|&t| Some(t) == tag) {
+            Some(way) => {
+                set.used[way] = clock;
+                Way::Known(way)
+            }
+            // The oldest: the longest since use, on a clock that wraps.
+            None => Way::New(
+                (0..WAYS)
+                    .max_by_key(|&w| clock.wrapping_sub(set.used[w]))
+                    .unwrap_or(0),
+            ),
+        }
+    }
+
+    /// Gives `frame`, which passed the checks, the entry of cache `way`.
+    fn place(&mut self, frame: FrameAddress, way: usize) {
+        let clock = self.clock;
+        if let Some(tag) = Self::tag(frame) {
+            let set = self.set(frame);
+            set.tags[way] = tag;
+            set.used[way] = clock;
+        }
+    }
 }
 
 /// The stack a thread needs left to walk with the cached rules. framehop
@@ -270,7 +372,7 @@ pub(super) fn capture(
     };
     let mut regs = UnwindRegsX86_64::new(ip, sp, bp);
     // framehop's `iter_frames`, one frame at a time so that each frame
-    // takes the cache its address picks: this function's own address
+    // takes the cache the directory gives it: this function's own address
     // first, then each caller's return address.
     let mut frame = FrameAddress::from_instruction_pointer(ip);
     let mut stack = Stack::empty(entered);
@@ -279,14 +381,23 @@ pub(super) fn capture(
     let mut callee_cfa = 0;
     loop {
         let address = frame.address() as usize;
-        let end = tables.segment_end(address)?;
-        if is_signal_return(address, end) {
-            return None;
-        }
+        // An address is checked the first time this slot's caches take it:
+        // what the checks ask of it never changes.
+        let way = match caches.directory.way(frame) {
+            Way::Known(way) => way,
+            Way::New(way) => {
+                let end = tables.segment_end(address)?;
+                if is_signal_return(address, end) {
+                    return None;
+                }
+                caches.directory.place(frame, way);
+                way
+            }
+        };
         if !stack.push(address, callee_cfa) {
             return Some(stack);
         }
-        let cache = &mut caches[way(frame.address_for_lookup())];
+        let cache = &mut caches.rules[way];
         match tables
             .unwinder
             .unwind_frame(frame, &mut regs, cache, &mut read_stack)
@@ -320,12 +431,18 @@ pub(super) fn covers(address: usize) -> bool {
         .is_some_and(|t| t.segment_end(address).is_some())
 }
 
-/// One slot of the pool: [`WAYS`] caches.
+/// One slot of the pool.
 struct Slot {
     /// Set while a thread unwinds with this slot's caches.
     busy: AtomicBool,
     /// Allocated by the first thread that takes the slot.
-    caches: UnsafeCell<Option<[Box<RuleCache>; WAYS]>>,
+    caches: UnsafeCell<Option<Caches>>,
+}
+
+/// A slot's [`WAYS`] rule caches and which holds what.
+struct Caches {
+    rules: [Box<RuleCache>; WAYS],
+    directory: Directory,
 }
 
 // SAFETY: `caches` is touched only by the thread that set `busy` (an
@@ -361,7 +478,7 @@ impl Taken {
     /// stack holds one at a time); `None` when they are not built yet and
     /// the thread has less than [`STACK_TO_BUILD_A_CACHE`] of stack left
     /// (`stack_left` bytes).
-    fn caches(&mut self, stack_left: usize) -> Option<&mut [Box<RuleCache>; WAYS]> {
+    fn caches(&mut self, stack_left: usize) -> Option<&mut Caches> {
         // SAFETY: this thread holds the slot (`busy`), so nothing else
         // touches the caches until `Taken` drops; the borrow is tied to
         // `self`.
@@ -370,7 +487,10 @@ impl Taken {
             if stack_left < STACK_TO_BUILD_A_CACHE {
                 return None;
             }
-            *caches = Some(std::array::from_fn(|_| Box::new(RuleCache::new_in())));
+            *caches = Some(Caches {
+                rules: std::array::from_fn(|_| Box::new(RuleCache::new_in())),
+                directory: Directory::new(),
+            });
         }
         caches.as_mut()
     }
@@ -497,26 +617,118 @@ fn eh_frame_address(hdr: &[u8], hdr_address: usize) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::{WAYS, eh_frame_address, way};
+    use super::{Directory, ENTRIES, Mapped, RuleCache, WAYS, Way, eh_frame_address};
+    use framehop::x86_64::{UnwindRegsX86_64, UnwinderX86_64};
+    use framehop::{FrameAddress, MustNotAllocateDuringUnwind, Unwinder as _};
 
-    /// Return addresses that share framehop's entry (a multiple of 509
-    /// bytes apart, so that in one cache each evicts the other) share a
-    /// cache about one time in `WAYS`, from wherever the code is loaded.
-    #[test]
-    fn addresses_that_share_an_entry_seldom_share_a_way() {
-        const DISTANCES: u64 = 1024;
-        for base in [0x40_1000, 0x5555_0000_1234, 0x7f12_3456_789a] {
-            let shared = (1..=DISTANCES)
-                .filter(|k| way(base) == way(base + 509 * k))
-                .count() as f64;
-            // 1/WAYS of the pairs, within a fifth of it: a way that
-            // followed `address % 509` would put every pair together.
-            let expected = DISTANCES as f64 / WAYS as f64;
-            assert!(
-                (shared - expected).abs() < expected / 5.0,
-                "{base:#x}: {shared} of {DISTANCES} pairs share a way"
-            );
+    /// Looks each address up as a first frame in the cache `pick` chooses
+    /// among `caches`; returns the lookups that missed. With no module
+    /// loaded, framehop caches its fallback rule for every address.
+    fn misses(
+        caches: &mut [Box<RuleCache>; WAYS],
+        mut pick: impl FnMut(u64) -> usize,
+        addresses: &[u64],
+    ) -> u64 {
+        let unwinder: UnwinderX86_64<Mapped, MustNotAllocateDuringUnwind> = UnwinderX86_64::new();
+        let missed = |caches: &[Box<RuleCache>; WAYS]| -> u64 {
+            caches.iter().map(|c| c.stats().misses()).sum()
+        };
+        let before = missed(caches);
+        for &address in addresses {
+            let mut regs = UnwindRegsX86_64::new(address, 0x1000, 0);
+            let cache = &mut caches[pick(address)];
+            let frame = FrameAddress::from_instruction_pointer(address);
+            let _ = unwinder.unwind_frame(frame, &mut regs, cache, &mut |_| Err(()));
         }
+        missed(caches) - before
+    }
+
+    impl Directory {
+        /// The way for a first frame at `address`, placed as `capture`
+        /// places a frame that passes its checks.
+        fn pick(&mut self, address: u64) -> usize {
+            let frame = FrameAddress::from_instruction_pointer(address);
+            match self.way(frame) {
+                Way::Known(way) => way,
+                Way::New(way) => {
+                    self.place(frame, way);
+                    way
+                }
+            }
+        }
+    }
+
+    fn new_caches() -> [Box<RuleCache>; WAYS] {
+        std::array::from_fn(|_| Box::new(RuleCache::new_in()))
+    }
+
+    /// `ENTRIES` is framehop's: in one cache, addresses `ENTRIES` apart
+    /// evict each other and addresses one apart do not.
+    #[test]
+    fn framehop_tables_have_this_many_entries() {
+        let a = 0x5555_0000_1234;
+        let mut caches = new_caches();
+        assert_eq!(
+            misses(&mut caches, |_| 0, &[a, a + ENTRIES as u64, a, a]),
+            3
+        );
+        let mut caches = new_caches();
+        assert_eq!(misses(&mut caches, |_| 0, &[a, a + 1, a, a + 1]), 2);
+    }
+
+    /// Up to `WAYS` addresses of one stack that share an entry each miss
+    /// once, however the code is laid out; and an address used at every
+    /// sample keeps its rule while others that share its entry come and go.
+    #[test]
+    fn addresses_that_share_an_entry_keep_their_rules() {
+        for base in [0x40_1000, 0x5555_0000_1234, 0x7f12_3456_789a] {
+            let stack: Vec<u64> = (0..WAYS as u64)
+                .map(|k| base + k * ENTRIES as u64)
+                .collect();
+            let samples = stack.repeat(20);
+            let mut directory = Directory::new();
+            let mut caches = new_caches();
+            let missed = misses(&mut caches, |a| directory.pick(a), &samples);
+            assert_eq!(missed, WAYS as u64, "{base:#x}");
+
+            // The hot address, then one of many others in its entry, in turn.
+            let others = (1..=50).map(|k| base + (WAYS as u64 + k) * ENTRIES as u64);
+            let turns: Vec<u64> = others.flat_map(|other| [base, other]).collect();
+            let mut directory = Directory::new();
+            let mut caches = new_caches();
+            let hot_missed = misses(&mut caches, |a| directory.pick(a), &turns) - 50; // each other address misses once
+            assert_eq!(hot_missed, 1, "{base:#x}");
+        }
+    }
+
+    /// A frame is known only as what it was checked as: an instruction
+    /// pointer does not vouch for the return address one past it, which
+    /// framehop looks up at the same address.
+    #[test]
+    fn a_first_frame_does_not_vouch_for_a_return_address() {
+        let mut directory = Directory::new();
+        let ip = 0x5555_0000_1234;
+        directory.pick(ip);
+        let first = FrameAddress::from_instruction_pointer(ip);
+        assert!(matches!(directory.way(first), Way::Known(_)));
+        let returning = FrameAddress::from_return_address(ip + 1).unwrap();
+        assert_eq!(returning.address_for_lookup(), ip);
+        assert!(matches!(directory.way(returning), Way::New(_)));
+    }
+
+    /// No tag stands for an address no code has: an empty way, or a
+    /// return address with the first frame's mark.
+    #[test]
+    fn impossible_addresses_are_never_known() {
+        let mut directory = Directory::new();
+        let ip = 0x5555_0000_1234;
+        directory.pick(ip);
+        let marked = FrameAddress::from_return_address((ip | Directory::FIRST_FRAME) + 1).unwrap();
+        assert!(matches!(directory.way(marked), Way::New(_)));
+        let zero = FrameAddress::from_return_address(1).unwrap();
+        assert!(matches!(directory.way(zero), Way::New(_)));
+        directory.place(zero, 0);
+        assert!(matches!(directory.way(zero), Way::New(_)));
     }
 
     #[test]
