@@ -21,7 +21,8 @@
 //! tables, and a [`Directory`] makes their entries `WAYS`-way sets: an
 //! address goes to the table that holds it already, or else takes the
 //! entry of the one used least recently. Addresses evict each other only
-//! when more than `WAYS` of them on one stack share an entry.
+//! when more than `WAYS` of them that share an entry are used in turn (on
+//! one stack, or on stacks sampled one after another).
 //!
 //! What [`capture`] vouches for, and when it returns `None` so that the
 //! caller asks libgcc for the whole stack instead:
@@ -106,7 +107,8 @@ struct Set {
 
 /// Where [`Directory::way`] sends a frame.
 enum Way {
-    /// To the cache that holds its rule; the frame passed the checks.
+    /// To the cache whose entry it was given last; the frame passed the
+    /// checks.
     Known(usize),
     /// To the cache whose entry it is to take, once it passes the checks
     /// ([`Directory::place`]).
@@ -381,7 +383,8 @@ pub(super) fn capture(
     let mut callee_cfa = 0;
     loop {
         let address = frame.address() as usize;
-        // An address is checked the first time this slot's caches take it:
+        // An address is checked when this slot's directory does not know
+        // it (the first time, or after its way went to another address):
         // what the checks ask of it never changes.
         let way = match caches.directory.way(frame) {
             Way::Known(way) => way,
@@ -621,33 +624,42 @@ mod tests {
     use framehop::x86_64::{UnwindRegsX86_64, UnwinderX86_64};
     use framehop::{FrameAddress, MustNotAllocateDuringUnwind, Unwinder as _};
 
-    /// Looks each address up as a first frame in the cache `pick` chooses
-    /// among `caches`; returns the lookups that missed. With no module
-    /// loaded, framehop caches its fallback rule for every address.
+    /// Looks each frame up in the cache `pick` chooses among `caches`;
+    /// returns the lookups that missed. With no module loaded, framehop
+    /// caches its fallback rule for every address.
     fn misses(
         caches: &mut [Box<RuleCache>; WAYS],
-        mut pick: impl FnMut(u64) -> usize,
-        addresses: &[u64],
+        mut pick: impl FnMut(FrameAddress) -> usize,
+        frames: &[FrameAddress],
     ) -> u64 {
         let unwinder: UnwinderX86_64<Mapped, MustNotAllocateDuringUnwind> = UnwinderX86_64::new();
         let missed = |caches: &[Box<RuleCache>; WAYS]| -> u64 {
             caches.iter().map(|c| c.stats().misses()).sum()
         };
         let before = missed(caches);
-        for &address in addresses {
-            let mut regs = UnwindRegsX86_64::new(address, 0x1000, 0);
-            let cache = &mut caches[pick(address)];
-            let frame = FrameAddress::from_instruction_pointer(address);
+        for &frame in frames {
+            let mut regs = UnwindRegsX86_64::new(frame.address(), 0x1000, 0);
+            let cache = &mut caches[pick(frame)];
             let _ = unwinder.unwind_frame(frame, &mut regs, cache, &mut |_| Err(()));
         }
         missed(caches) - before
     }
 
+    /// A walk's first frame at `ip`.
+    fn first(ip: u64) -> FrameAddress {
+        FrameAddress::from_instruction_pointer(ip)
+    }
+
+    /// A frame returning to the address after `lookup` (framehop looks
+    /// it up at `lookup`).
+    fn returning_after(lookup: u64) -> FrameAddress {
+        FrameAddress::from_return_address(lookup + 1).unwrap()
+    }
+
     impl Directory {
-        /// The way for a first frame at `address`, placed as `capture`
-        /// places a frame that passes its checks.
-        fn pick(&mut self, address: u64) -> usize {
-            let frame = FrameAddress::from_instruction_pointer(address);
+        /// The way for `frame`, placed as `capture` places a frame that
+        /// passes its checks.
+        fn pick(&mut self, frame: FrameAddress) -> usize {
             match self.way(frame) {
                 Way::Known(way) => way,
                 Way::New(way) => {
@@ -663,40 +675,48 @@ mod tests {
     }
 
     /// `ENTRIES` is framehop's: in one cache, addresses `ENTRIES` apart
-    /// evict each other and addresses one apart do not.
+    /// evict each other and addresses closer than that do not.
     #[test]
     fn framehop_tables_have_this_many_entries() {
         let a = 0x5555_0000_1234;
         let mut caches = new_caches();
-        assert_eq!(
-            misses(&mut caches, |_| 0, &[a, a + ENTRIES as u64, a, a]),
-            3
-        );
-        let mut caches = new_caches();
-        assert_eq!(misses(&mut caches, |_| 0, &[a, a + 1, a, a + 1]), 2);
+        let apart = [a, a + ENTRIES as u64, a].map(first);
+        assert_eq!(misses(&mut caches, |_| 0, &apart), 3);
+        for k in 1..ENTRIES as u64 {
+            let mut caches = new_caches();
+            assert_eq!(
+                misses(&mut caches, |_| 0, &[a, a + k, a].map(first)),
+                2,
+                "{k}"
+            );
+        }
     }
 
-    /// Up to `WAYS` addresses of one stack that share an entry each miss
-    /// once, however the code is laid out; and an address used at every
-    /// sample keeps its rule while others that share its entry come and go.
+    /// Up to `WAYS` frames of one stack that share an entry each miss
+    /// once, however the code is laid out, the walk's first frame among
+    /// them; and a frame used at every sample keeps its rule while others
+    /// that share its entry come and go.
     #[test]
     fn addresses_that_share_an_entry_keep_their_rules() {
         for base in [0x40_1000, 0x5555_0000_1234, 0x7f12_3456_789a] {
-            let stack: Vec<u64> = (0..WAYS as u64)
-                .map(|k| base + k * ENTRIES as u64)
+            let stack: Vec<FrameAddress> = std::iter::once(first(base))
+                .chain((1..WAYS as u64).map(|k| returning_after(base + k * ENTRIES as u64)))
                 .collect();
             let samples = stack.repeat(20);
             let mut directory = Directory::new();
             let mut caches = new_caches();
-            let missed = misses(&mut caches, |a| directory.pick(a), &samples);
+            let missed = misses(&mut caches, |f| directory.pick(f), &samples);
             assert_eq!(missed, WAYS as u64, "{base:#x}");
 
-            // The hot address, then one of many others in its entry, in turn.
-            let others = (1..=50).map(|k| base + (WAYS as u64 + k) * ENTRIES as u64);
-            let turns: Vec<u64> = others.flat_map(|other| [base, other]).collect();
+            // The hot frame, then one of many others in its entry, in turn.
+            let others =
+                (1..=50).map(|k| returning_after(base + (WAYS as u64 + k) * ENTRIES as u64));
+            let turns: Vec<FrameAddress> = others
+                .flat_map(|other| [returning_after(base), other])
+                .collect();
             let mut directory = Directory::new();
             let mut caches = new_caches();
-            let hot_missed = misses(&mut caches, |a| directory.pick(a), &turns) - 50; // each other address misses once
+            let hot_missed = misses(&mut caches, |f| directory.pick(f), &turns) - 50; // each other frame misses once
             assert_eq!(hot_missed, 1, "{base:#x}");
         }
     }
@@ -708,26 +728,28 @@ mod tests {
     fn a_first_frame_does_not_vouch_for_a_return_address() {
         let mut directory = Directory::new();
         let ip = 0x5555_0000_1234;
-        directory.pick(ip);
-        let first = FrameAddress::from_instruction_pointer(ip);
-        assert!(matches!(directory.way(first), Way::Known(_)));
-        let returning = FrameAddress::from_return_address(ip + 1).unwrap();
+        directory.pick(first(ip));
+        assert!(matches!(directory.way(first(ip)), Way::Known(_)));
+        let returning = returning_after(ip);
         assert_eq!(returning.address_for_lookup(), ip);
         assert!(matches!(directory.way(returning), Way::New(_)));
     }
 
-    /// No tag stands for an address no code has: an empty way, or a
-    /// return address with the first frame's mark.
+    /// No tag stands for an address no code has: an empty way, or one
+    /// with the first frame's mark, as a first frame or as a return
+    /// address.
     #[test]
     fn impossible_addresses_are_never_known() {
         let mut directory = Directory::new();
-        let ip = 0x5555_0000_1234;
-        directory.pick(ip);
-        let marked = FrameAddress::from_return_address((ip | Directory::FIRST_FRAME) + 1).unwrap();
-        assert!(matches!(directory.way(marked), Way::New(_)));
-        let zero = FrameAddress::from_return_address(1).unwrap();
-        assert!(matches!(directory.way(zero), Way::New(_)));
-        directory.place(zero, 0);
+        let marked = 0x5555_0000_1234 | Directory::FIRST_FRAME;
+        directory.pick(first(marked));
+        assert!(matches!(directory.way(first(marked)), Way::New(_)));
+        assert!(matches!(
+            directory.way(returning_after(marked)),
+            Way::New(_)
+        ));
+        let zero = returning_after(0);
+        directory.pick(zero);
         assert!(matches!(directory.way(zero), Way::New(_)));
     }
 
