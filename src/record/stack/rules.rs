@@ -62,6 +62,9 @@ use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{
     ExplicitModuleSectionInfo, FrameAddress, MustNotAllocateDuringUnwind, Unwinder as _,
 };
+use gimli::{
+    BaseAddresses, EhFrame, EhFrameHdr, EndianSlice, LittleEndian, ParsedEhFrameHdr, UnwindSection,
+};
 
 use super::Stack;
 
@@ -103,6 +106,8 @@ struct Directory {
 struct Set {
     tags: [u64; WAYS],
     used: [u32; WAYS],
+    /// Whether the tagged frame ends the walk ([`Way::Last`]).
+    ends: [bool; WAYS],
 }
 
 /// Where [`Directory::way`] sends a frame.
@@ -110,6 +115,9 @@ enum Way {
     /// To the cache whose entry it was given last; the frame passed the
     /// checks.
     Known(usize),
+    /// Nowhere: the frame passed the checks and no FDE describes it, so the
+    /// walk ends with it.
+    Last,
     /// To the cache whose entry it is to take, once it passes the checks
     /// ([`Directory::place`]).
     New(usize),
@@ -125,6 +133,7 @@ impl Directory {
         let empty = Set {
             tags: [0; WAYS],
             used: [0; WAYS],
+            ends: [false; WAYS],
         };
         Directory {
             sets: vec![empty; ENTRIES].into_boxed_slice(),
@@ -163,7 +172,11 @@ impl Directory {
         match set.tags.iter().position(|&t| Some(t) == tag) {
             Some(way) => {
                 set.used[way] = clock;
-                Way::Known(way)
+                if set.ends[way] {
+                    Way::Last
+                } else {
+                    Way::Known(way)
+                }
             }
             // The oldest: the longest since use, on a clock that wraps.
             None => Way::New(
@@ -174,13 +187,15 @@ impl Directory {
         }
     }
 
-    /// Gives `frame`, which passed the checks, the entry of cache `way`.
-    fn place(&mut self, frame: FrameAddress, way: usize) {
+    /// Gives `frame`, which passed the checks, the entry of cache `way`;
+    /// `ends` when no FDE describes it.
+    fn place(&mut self, frame: FrameAddress, way: usize, ends: bool) {
         let clock = self.clock;
         if let Some(tag) = Self::tag(frame) {
             let set = self.set(frame);
             set.tags[way] = tag;
             set.used[way] = clock;
+            set.ends[way] = ends;
         }
     }
 }
@@ -201,6 +216,13 @@ pub(super) const STACK_TO_WALK_CACHED: usize = 64 << 10;
 /// caches of a slot it takes.
 pub(super) const STACK_TO_BUILD_A_CACHE: usize = 192 << 10;
 
+/// Whether the walk the cached one is checked against (`_Unwind_Backtrace`)
+/// reports a frame no FDE describes before it stops: libgcc's, which
+/// programs linked with glibc use, does; LLVM's libunwind, which Rust links
+/// into musl programs, stops before it. The cached walk ends as the
+/// platform's does.
+const FRAME_WITHOUT_FDE_REPORTED: bool = !cfg!(target_env = "musl");
+
 /// Bytes of a loaded object, read where the loader mapped them. Only the
 /// objects [`load`] keeps (never unloaded) are borrowed this way.
 #[derive(Clone, Copy, Default)]
@@ -218,8 +240,41 @@ type RuleCache = CacheX86_64<MustNotAllocateDuringUnwind>;
 /// The kept objects' unwind tables, and where their code is.
 struct Tables {
     unwinder: UnwinderX86_64<Mapped, MustNotAllocateDuringUnwind>,
-    /// Executable segments of the kept objects, as [start, end).
-    code: Vec<(usize, usize)>,
+    kept: Vec<Kept>,
+}
+
+type Section = EndianSlice<'static, LittleEndian>;
+
+/// A kept object's code, and which of it its unwind tables describe.
+struct Kept {
+    /// The executable segment, as [start, end).
+    code: (usize, usize),
+    /// `.eh_frame_hdr`'s search table, read where the loader mapped it.
+    eh_frame_hdr: ParsedEhFrameHdr<Section>,
+    eh_frame: EhFrame<Section>,
+    /// In-memory addresses of both sections, which their pointers are
+    /// relative to.
+    bases: BaseAddresses,
+}
+
+impl Kept {
+    /// Whether an FDE describes the code at `address` (a frame's lookup
+    /// address). The platform's walk ends at a frame whose address none
+    /// does ([`FRAME_WITHOUT_FDE_REPORTED`]), as at a thread's first
+    /// function in a C library whose assembly carries none (static
+    /// musl's).
+    fn describes(&self, address: u64) -> bool {
+        self.eh_frame_hdr.table().is_some_and(|table| {
+            table
+                .fde_for_address(
+                    &self.eh_frame,
+                    &self.bases,
+                    address,
+                    EhFrame::cie_from_offset,
+                )
+                .is_ok()
+        })
+    }
 }
 
 /// The code of the x86_64 Linux signal trampoline, where a signal
@@ -228,12 +283,11 @@ struct Tables {
 const SIGNAL_RETURN: [u8; 9] = [0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05];
 
 impl Tables {
-    /// The end of the kept code segment that holds `address`, if one does.
-    fn segment_end(&self, address: usize) -> Option<usize> {
-        self.code
+    /// The kept object whose code holds `address`, if one does.
+    fn kept_at(&self, address: usize) -> Option<&Kept> {
+        self.kept
             .iter()
-            .find(|&&(start, end)| start <= address && address < end)
-            .map(|&(_, end)| end)
+            .find(|k| k.code.0 <= address && address < k.code.1)
     }
 }
 
@@ -278,19 +332,20 @@ pub(super) fn load() {
     }
     let own = load as *const () as usize;
     let mut unwinder = UnwinderX86_64::new();
-    let mut code = Vec::new();
+    let mut kept = Vec::new();
     crate::support::mappings::each_object(&mut |info| {
         if let Some(object) = Object::read(info)
             && object.kept(own)
+            && let Some(k) = object.search_table()
         {
-            code.push(object.code);
+            kept.push(k);
             unwinder.add_module(object.module());
         }
     });
-    if code.is_empty() {
+    if kept.is_empty() {
         return;
     }
-    let tables = Box::into_raw(Box::new(Tables { unwinder, code }));
+    let tables = Box::into_raw(Box::new(Tables { unwinder, kept }));
     if TABLES
         .compare_exchange(
             std::ptr::null_mut(),
@@ -387,15 +442,24 @@ pub(super) fn capture(
         // it (the first time, or after its way went to another address):
         // what the checks ask of it never changes.
         let way = match caches.directory.way(frame) {
-            Way::Known(way) => way,
+            Way::Known(way) => Some(way),
+            Way::Last => None,
             Way::New(way) => {
-                let end = tables.segment_end(address)?;
-                if is_signal_return(address, end) {
+                let kept = tables.kept_at(address)?;
+                if is_signal_return(address, kept.code.1) {
                     return None;
                 }
-                caches.directory.place(frame, way);
-                way
+                let ends = !kept.describes(frame.address_for_lookup());
+                caches.directory.place(frame, way, ends);
+                (!ends).then_some(way)
             }
+        };
+        // Without an FDE the walk ends, as the platform's walk does.
+        let Some(way) = way else {
+            if FRAME_WITHOUT_FDE_REPORTED {
+                stack.push(address, callee_cfa);
+            }
+            return Some(stack);
         };
         if !stack.push(address, callee_cfa) {
             return Some(stack);
@@ -430,8 +494,7 @@ pub(super) fn build_every_slot() {
 #[cfg(test)]
 pub(super) fn covers(address: usize) -> bool {
     // SAFETY: as in `capture`.
-    unsafe { TABLES.load(Ordering::Acquire).as_ref() }
-        .is_some_and(|t| t.segment_end(address).is_some())
+    unsafe { TABLES.load(Ordering::Acquire).as_ref() }.is_some_and(|t| t.kept_at(address).is_some())
 }
 
 /// One slot of the pool.
@@ -573,6 +636,25 @@ impl Object {
             || (self.code.0 <= own && own < self.code.1)
     }
 
+    /// What [`Kept`] needs of the object, if its `.eh_frame_hdr` parses
+    /// and has a search table (linkers write one; without it neither
+    /// framehop nor [`Kept::describes`] could find an FDE).
+    fn search_table(&self) -> Option<Kept> {
+        let bases = BaseAddresses::default()
+            .set_eh_frame_hdr(self.eh_frame_hdr.as_ptr() as u64)
+            .set_eh_frame(self.eh_frame.as_ptr() as u64);
+        let eh_frame_hdr = EhFrameHdr::new(self.eh_frame_hdr, LittleEndian)
+            .parse(&bases, 8)
+            .ok()?;
+        eh_frame_hdr.table()?;
+        Some(Kept {
+            code: self.code,
+            eh_frame_hdr,
+            eh_frame: EhFrame::new(self.eh_frame, LittleEndian),
+            bases,
+        })
+    }
+
     fn module(&self) -> framehop::Module<Mapped> {
         let relative = |start: usize, len: usize| {
             let from = (start - self.bias) as u64;
@@ -663,9 +745,10 @@ mod tests {
             match self.way(frame) {
                 Way::Known(way) => way,
                 Way::New(way) => {
-                    self.place(frame, way);
+                    self.place(frame, way, false);
                     way
                 }
+                Way::Last => unreachable!("no frame is placed as the last"),
             }
         }
     }

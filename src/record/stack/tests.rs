@@ -314,6 +314,86 @@ fn cached_rules_unwind_as_libgcc_does() {
         .unwrap();
 }
 
+// A function with no unwind information (no `.cfi_*` directives, so no
+// FDE), as a C library's assembly can be: it calls the function whose
+// address it is given, on a 16-byte aligned stack.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+std::arch::global_asm!(
+    ".text",
+    ".p2align 4",
+    "heapprof_test_call_without_fde:",
+    "    sub rsp, 8",
+    "    call rdi",
+    "    add rsp, 8",
+    "    ret",
+    "heapprof_test_call_without_fde_end:",
+    ".globl heapprof_test_call_without_fde_bounds",
+    "heapprof_test_call_without_fde_bounds:",
+    "    lea rax, [rip + heapprof_test_call_without_fde]",
+    "    lea rdx, [rip + heapprof_test_call_without_fde_end]",
+    "    ret",
+);
+
+/// Where `heapprof_test_call_without_fde`'s code is, as [start, end):
+/// returned in `rax` and `rdx`, as the C ABI returns this struct.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[repr(C)]
+struct Bounds {
+    start: usize,
+    end: usize,
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+unsafe extern "C" {
+    safe fn heapprof_test_call_without_fde_bounds() -> Bounds;
+}
+
+/// Both DWARF unwinders' stacks, from below a frame no FDE describes.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn both_dwarf_unwinders_below_a_frame_without_fde() -> (Option<Stack>, Stack) {
+    use std::cell::Cell;
+    thread_local! {
+        static BOTH: Cell<Option<(Option<Stack>, Stack)>> = const { Cell::new(None) };
+    }
+    extern "C" fn below() {
+        BOTH.with(|b| b.set(Some(both_dwarf_unwinders())));
+    }
+    unsafe extern "C" {
+        fn heapprof_test_call_without_fde(f: extern "C" fn());
+    }
+    // SAFETY: the function calls `below` with a stack aligned as the ABI
+    // asks, and returns; it touches no other register the ABI preserves.
+    unsafe { heapprof_test_call_without_fde(below) };
+    BOTH.with(|b| b.take()).unwrap()
+}
+
+/// A frame no FDE describes ends the cached walk, as it ends libgcc's
+/// (with glibc, the frame itself the stack's last); the walk is not handed
+/// to libgcc (each sample would then pay libgcc's search), and from the
+/// cache the second time too.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[test]
+fn a_frame_without_unwind_information_ends_the_cached_walk() {
+    decide_early();
+    let Bounds { start, end } = heapprof_test_call_without_fde_bounds();
+    for round in 0..black_box(2) {
+        let (cached, libgcc) = both_dwarf_unwinders_below_a_frame_without_fde();
+        let cached = cached.unwrap_or_else(|| panic!("round {round}: no cached stack"));
+        let last = *cached.frames().last().unwrap();
+        assert!(
+            (start..end).contains(&last),
+            "round {round}: the last frame {last:#x} is not in {start:#x}..{end:#x}: {:x?}",
+            cached.frames()
+        );
+        assert!(
+            same_caller_frames(&cached, &libgcc),
+            "round {round}:\ncached {:x?}\nlibgcc {:x?}",
+            cached.frames(),
+            libgcc.frames()
+        );
+    }
+}
+
 /// The cached walk is left to threads with stack to spare: a thread just
 /// over the bound to build a slot's caches builds them and walks, one
 /// just over the bound to walk walks once they are built, and a small
