@@ -221,7 +221,7 @@ pub(super) const STACK_TO_BUILD_A_CACHE: usize = 192 << 10;
 /// programs linked with glibc use, does; LLVM's libunwind, which Rust links
 /// into musl programs, stops before it. The cached walk ends as the
 /// platform's does.
-const FRAME_WITHOUT_FDE_REPORTED: bool = !cfg!(target_env = "musl");
+pub(super) const FRAME_WITHOUT_FDE_REPORTED: bool = !cfg!(target_env = "musl");
 
 /// Bytes of a loaded object, read where the loader mapped them. Only the
 /// objects [`load`] keeps (never unloaded) are borrowed this way.
@@ -259,21 +259,23 @@ struct Kept {
 
 impl Kept {
     /// Whether an FDE describes the code at `address` (a frame's lookup
-    /// address). The platform's walk ends at a frame whose address none
-    /// does ([`FRAME_WITHOUT_FDE_REPORTED`]), as at a thread's first
-    /// function in a C library whose assembly carries none (static
-    /// musl's).
-    fn describes(&self, address: u64) -> bool {
-        self.eh_frame_hdr.table().is_some_and(|table| {
-            table
-                .fde_for_address(
-                    &self.eh_frame,
-                    &self.bases,
-                    address,
-                    EhFrame::cie_from_offset,
-                )
-                .is_ok()
-        })
+    /// address); `None` when the tables cannot say (an FDE or CIE gimli
+    /// cannot read), for the caller to leave the stack to libgcc. The
+    /// platform's walk ends at a frame whose address no FDE covers
+    /// ([`FRAME_WITHOUT_FDE_REPORTED`]), as at a thread's first function
+    /// in a C library whose assembly carries none (static musl's).
+    fn describes(&self, address: u64) -> Option<bool> {
+        let table = self.eh_frame_hdr.table()?;
+        match table.fde_for_address(
+            &self.eh_frame,
+            &self.bases,
+            address,
+            EhFrame::cie_from_offset,
+        ) {
+            Ok(_) => Some(true),
+            Err(gimli::Error::NoUnwindInfoForAddress) => Some(false),
+            Err(_) => None,
+        }
     }
 }
 
@@ -449,7 +451,7 @@ pub(super) fn capture(
                 if is_signal_return(address, kept.code.1) {
                     return None;
                 }
-                let ends = !kept.describes(frame.address_for_lookup());
+                let ends = !kept.describes(frame.address_for_lookup())?;
                 caches.directory.place(frame, way, ends);
                 (!ends).then_some(way)
             }
