@@ -582,6 +582,10 @@ struct Object {
     /// segment that holds it (framehop finds each entry through the
     /// header's table, so the end need not be exact).
     eh_frame: &'static [u8],
+    /// The header as gimli reads it, with `bases`.
+    parsed_hdr: ParsedEhFrameHdr<Section>,
+    /// In-memory addresses of both sections.
+    bases: BaseAddresses,
     name: String,
 }
 
@@ -607,7 +611,15 @@ impl Object {
         // to us, and for good if `kept` keeps it.
         let eh_frame_hdr: &'static [u8] =
             unsafe { std::slice::from_raw_parts(hdr_start as *const u8, hdr_end - hdr_start) };
-        let eh_frame_start = eh_frame_address(eh_frame_hdr, hdr_start)?;
+        let hdr_bases = BaseAddresses::default().set_eh_frame_hdr(hdr_start as u64);
+        let parsed_hdr = EhFrameHdr::new(eh_frame_hdr, LittleEndian)
+            .parse(&hdr_bases, 8)
+            .ok()?;
+        // Linkers write the pointer PC-relative; an indirect one is refused.
+        let gimli::Pointer::Direct(eh_frame_start) = parsed_hdr.eh_frame_ptr() else {
+            return None;
+        };
+        let eh_frame_start = usize::try_from(eh_frame_start).ok()?;
         let (_, eh_frame_end) = phdrs
             .iter()
             .filter(|ph| ph.p_type == libc::PT_LOAD)
@@ -624,6 +636,8 @@ impl Object {
             code,
             eh_frame_hdr,
             eh_frame,
+            parsed_hdr,
+            bases: hdr_bases.set_eh_frame(eh_frame_start as u64),
             name,
         })
     }
@@ -642,18 +656,12 @@ impl Object {
     /// and has a search table (linkers write one; without it neither
     /// framehop nor [`Kept::describes`] could find an FDE).
     fn search_table(&self) -> Option<Kept> {
-        let bases = BaseAddresses::default()
-            .set_eh_frame_hdr(self.eh_frame_hdr.as_ptr() as u64)
-            .set_eh_frame(self.eh_frame.as_ptr() as u64);
-        let eh_frame_hdr = EhFrameHdr::new(self.eh_frame_hdr, LittleEndian)
-            .parse(&bases, 8)
-            .ok()?;
-        eh_frame_hdr.table()?;
+        self.parsed_hdr.table()?;
         Some(Kept {
             code: self.code,
-            eh_frame_hdr,
+            eh_frame_hdr: self.parsed_hdr.clone(),
             eh_frame: EhFrame::new(self.eh_frame, LittleEndian),
-            bases,
+            bases: self.bases.clone(),
         })
     }
 
@@ -681,30 +689,9 @@ impl Object {
     }
 }
 
-/// Where `.eh_frame` starts, from the `.eh_frame_hdr` at `hdr_address`:
-/// version 1, then the encoding of the pointer that follows (4 bytes in).
-/// Linkers write it PC-relative (`DW_EH_PE_pcrel | DW_EH_PE_sdata4`);
-/// absolute 8-byte pointers are read too, anything else is refused.
-fn eh_frame_address(hdr: &[u8], hdr_address: usize) -> Option<usize> {
-    const PCREL_SDATA4: u8 = 0x1b;
-    const ABSOLUTE: u8 = 0x00;
-    if *hdr.first()? != 1 {
-        return None;
-    }
-    let field = hdr_address + 4;
-    match *hdr.get(1)? {
-        PCREL_SDATA4 => {
-            let offset = i32::from_le_bytes(hdr.get(4..8)?.try_into().ok()?);
-            field.checked_add_signed(offset as isize)
-        }
-        ABSOLUTE => Some(u64::from_le_bytes(hdr.get(4..12)?.try_into().ok()?) as usize),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{Directory, ENTRIES, Mapped, RuleCache, WAYS, Way, eh_frame_address};
+    use super::{Directory, ENTRIES, Mapped, RuleCache, WAYS, Way};
     use framehop::x86_64::{UnwindRegsX86_64, UnwinderX86_64};
     use framehop::{FrameAddress, MustNotAllocateDuringUnwind, Unwinder as _};
 
@@ -836,17 +823,5 @@ mod tests {
         let zero = returning_after(0);
         directory.pick(zero);
         assert!(matches!(directory.way(zero), Way::New(_)));
-    }
-
-    #[test]
-    fn the_header_points_to_eh_frame() {
-        // Version 1, pcrel|sdata4, then -0x100 from the field at +4.
-        let hdr = [1, 0x1b, 0x03, 0x3b, 0x00, 0xff, 0xff, 0xff];
-        assert_eq!(eh_frame_address(&hdr, 0x10_000), Some(0x10_004 - 0x100));
-        let absolute = [1, 0x00, 0, 0, 0x78, 0x56, 0x34, 0x12, 0, 0, 0, 0];
-        assert_eq!(eh_frame_address(&absolute, 0), Some(0x1234_5678));
-        assert_eq!(eh_frame_address(&[2, 0x1b, 0, 0, 0, 0, 0, 0], 0), None);
-        assert_eq!(eh_frame_address(&[1, 0x0b, 0, 0, 0, 0, 0, 0], 0), None);
-        assert_eq!(eh_frame_address(&[1, 0x1b, 0, 0, 0], 0), None);
     }
 }
