@@ -348,6 +348,9 @@ struct Bounds {
     end: usize,
 }
 
+// SAFETY: the assembly above defines the function: it reads no memory and
+// returns two addresses in `rax` and `rdx`, the registers the C ABI returns
+// a two-word struct in, so it is safe to call.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 unsafe extern "C" {
     safe fn heapprof_test_call_without_fde_bounds() -> Bounds;
@@ -356,20 +359,22 @@ unsafe extern "C" {
 /// Both DWARF unwinders' stacks, from below a frame no FDE describes.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 fn both_dwarf_unwinders_below_a_frame_without_fde() -> (Option<Stack>, Stack) {
-    use std::cell::Cell;
-    thread_local! {
-        static BOTH: Cell<Option<(Option<Stack>, Stack)>> = const { Cell::new(None) };
-    }
+    use std::sync::Mutex;
+    /// What `below` saw, taken back before this function returns.
+    static BOTH: Mutex<Option<(Option<Stack>, Stack)>> = Mutex::new(None);
     extern "C" fn below() {
-        BOTH.with(|b| b.set(Some(both_dwarf_unwinders())));
+        let both = both_dwarf_unwinders();
+        *BOTH.lock().unwrap() = Some(both);
     }
+    // SAFETY: the assembly above defines the function with this signature;
+    // calling it is unsafe for the next comment's reason.
     unsafe extern "C" {
         fn heapprof_test_call_without_fde(f: extern "C" fn());
     }
     // SAFETY: the function calls `below` with a stack aligned as the ABI
     // asks, and returns; it touches no other register the ABI preserves.
     unsafe { heapprof_test_call_without_fde(below) };
-    BOTH.with(|b| b.take()).unwrap()
+    BOTH.lock().unwrap().take().unwrap()
 }
 
 /// A frame no FDE describes ends the cached walk, as it ends the
