@@ -71,9 +71,9 @@ use super::Stack;
 /// Slots of rule caches, shared by all threads (one at a time each). A
 /// slot holds [`WAYS`] caches, each framehop's table of [`ENTRIES`] rules
 /// (16 bytes each) and its CFI evaluation context (24 848 bytes), about
-/// 32 KiB with framehop 0.16, and a [`Directory`] (24 KiB), allocated when
+/// 32 KiB with framehop 0.16, and a [`Directory`] (28 KiB), allocated when
 /// the slot is first taken: this many bound heapprof's memory for them at
-/// about `POOL_SIZE * (WAYS * 32 + 24)` KiB (1.2 MiB) however many threads
+/// about `POOL_SIZE * (WAYS * 32 + 28)` KiB (1.2 MiB) however many threads
 /// there are, and leave a free slot to every sample but those taken while
 /// more threads than this unwind at once.
 pub(super) const POOL_SIZE: usize = 8;
