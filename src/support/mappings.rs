@@ -411,7 +411,7 @@ pub(crate) fn own_object() -> Vec<Mapping> {
 /// Adds one object's executable segments to `found`.
 fn collect(info: &libc::dl_phdr_info, found: &mut Vec<(bool, Mapping)>) {
     let name = object_name(info);
-    let is_main = name.is_empty() && found.iter().all(|(main, _)| !main);
+    let is_main = is_executable(info, &name) && found.iter().all(|(main, _)| !main);
     let phdrs = program_headers(info);
     let loaded_at_start = FIRST_OBJECTS
         .get()
@@ -445,6 +445,16 @@ fn collect(info: &libc::dl_phdr_info, found: &mut Vec<(bool, Mapping)>) {
             ));
         }
     }
+}
+
+/// Whether `info` is the executable's: glibc's loader names it "", musl's
+/// names it by its path (static musl's by "/proc/self/exe"), and in every
+/// case its program headers are those the kernel loaded (`AT_PHDR`).
+pub(crate) fn is_executable(info: &libc::dl_phdr_info, name: &str) -> bool {
+    // SAFETY: getauxval has no preconditions; it returns 0 for an entry
+    // the kernel did not pass.
+    let loaded_by_kernel = unsafe { libc::getauxval(libc::AT_PHDR) } as usize;
+    name.is_empty() || (loaded_by_kernel != 0 && info.dlpi_phdr as usize == loaded_by_kernel)
 }
 
 /// Finds the `NT_GNU_BUILD_ID` note in an ELF note segment: a sequence of
