@@ -216,12 +216,101 @@ pub(super) const STACK_TO_WALK_CACHED: usize = 64 << 10;
 /// caches of a slot it takes.
 pub(super) const STACK_TO_BUILD_A_CACHE: usize = 192 << 10;
 
-/// Whether the walk the cached one is checked against (`_Unwind_Backtrace`)
-/// reports a frame no FDE describes before it stops: libgcc's, which
-/// programs linked with glibc use, does; LLVM's libunwind, which Rust links
-/// into musl programs, stops before it. The cached walk ends as the
-/// platform's does.
-pub(super) const FRAME_WITHOUT_FDE_REPORTED: bool = !cfg!(target_env = "musl");
+/// What the walk the cached one is checked against (`_Unwind_Backtrace`,
+/// the platform's) does at a frame no FDE describes, found once by
+/// [`probe_without_fde`]: the cached walk ends as the platform's does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum WithoutFde {
+    /// It stops before the frame: LLVM's libunwind, which Rust links into
+    /// static musl programs.
+    Omitted,
+    /// It reports the frame, then stops: libgcc's, which glibc programs
+    /// and dynamic musl ones link.
+    Last,
+    /// It reports the frame and walks on past it, by a guess the cached
+    /// rules do not make: such stacks are left to it.
+    WalkedPast,
+}
+
+impl WithoutFde {
+    /// What a walk that gave `frames` (leaf first) from below the function
+    /// at `[start, end)`, which no FDE describes, did at its frame.
+    fn seen(frames: &[usize], (start, end): (usize, usize)) -> WithoutFde {
+        match frames.iter().position(|f| (start..end).contains(f)) {
+            None => WithoutFde::Omitted,
+            Some(at) if at + 1 == frames.len() => WithoutFde::Last,
+            Some(_) => WithoutFde::WalkedPast,
+        }
+    }
+}
+
+/// The bounds, as [start, end), of a function with no unwind information
+/// (no `.cfi_*` directives, so no FDE), as a C library's assembly can be:
+/// called as `extern "C" fn(f: extern "C" fn(*mut u8), arg: *mut u8)`, it
+/// calls `f(arg)` on a 16-byte aligned stack and returns. It keeps a
+/// frame record, so that a frame-pointer guess at its frame walks on. Its
+/// code sits in a section of its own, outside the FDE of the function
+/// that names it, and its labels are local, so two copies of heapprof in
+/// one program do not clash. Never inlined: each copy of the assembly
+/// would emit a function of its own.
+#[inline(never)]
+pub(super) fn code_without_fde() -> (usize, usize) {
+    let (start, end): (usize, usize);
+    // SAFETY: only computes two addresses; the code it emits into another
+    // section runs only when called through `call_without_fde`.
+    unsafe {
+        std::arch::asm!(
+            ".pushsection .text.heapprof_without_fde,\"ax\",@progbits",
+            ".p2align 4",
+            "2:",
+            "push rbp",
+            "mov rbp, rsp",
+            "mov rax, rdi",
+            "mov rdi, rsi",
+            "call rax",
+            "pop rbp",
+            "ret",
+            "3:",
+            ".popsection",
+            "lea {start}, [rip + 2b]",
+            "lea {end}, [rip + 3b]",
+            start = out(reg) start,
+            end = out(reg) end,
+            options(nomem, nostack, preserves_flags)
+        )
+    };
+    (start, end)
+}
+
+/// Calls `f(arg)` from [`code_without_fde`]'s function: `f`'s caller is a
+/// frame no FDE describes.
+pub(super) fn call_without_fde(f: extern "C" fn(*mut u8), arg: *mut u8) {
+    type Call = unsafe extern "C" fn(extern "C" fn(*mut u8), *mut u8);
+    // SAFETY: the address is the start of the function `code_without_fde`
+    // emits, which has exactly this signature.
+    let call: Call = unsafe { std::mem::transmute::<usize, Call>(code_without_fde().0) };
+    // SAFETY: the function calls `f(arg)` with the stack aligned as the C
+    // ABI asks, restores `rbp`, and returns; it writes only `rax` and
+    // `rdi`, which the ABI lets a callee change.
+    unsafe { call(f, arg) }
+}
+
+/// What the platform's walk does at a frame no FDE describes: it is asked
+/// for a stack from below [`code_without_fde`]'s function, and the frame
+/// looked for among those it reports. Runs `_Unwind_Backtrace`, so no
+/// heapprof lock may be held.
+fn probe_without_fde() -> WithoutFde {
+    extern "C" fn below(out: *mut u8) {
+        let stack = super::capture_libgcc(super::Entered::NONE);
+        let seen = WithoutFde::seen(stack.frames(), code_without_fde());
+        // SAFETY: `out` is the `WithoutFde` `probe_without_fde` passed,
+        // alive and not otherwise borrowed during this call.
+        unsafe { out.cast::<WithoutFde>().write(seen) };
+    }
+    let mut seen = WithoutFde::WalkedPast;
+    call_without_fde(below, (&raw mut seen).cast());
+    seen
+}
 
 /// Bytes of a loaded object, read where the loader mapped them. Only the
 /// objects [`load`] keeps (never unloaded) are borrowed this way.
@@ -240,44 +329,12 @@ type RuleCache = CacheX86_64<MustNotAllocateDuringUnwind>;
 /// The kept objects' unwind tables, and where their code is.
 struct Tables {
     unwinder: UnwinderX86_64<Mapped, MustNotAllocateDuringUnwind>,
-    kept: Vec<Kept>,
+    kept: Vec<Object>,
+    /// Where the walk ends at a frame no FDE describes.
+    without_fde: WithoutFde,
 }
 
 type Section = EndianSlice<'static, LittleEndian>;
-
-/// A kept object's code, and which of it its unwind tables describe.
-struct Kept {
-    /// The executable segment, as [start, end).
-    code: (usize, usize),
-    /// `.eh_frame_hdr`'s search table, read where the loader mapped it.
-    eh_frame_hdr: ParsedEhFrameHdr<Section>,
-    eh_frame: EhFrame<Section>,
-    /// In-memory addresses of both sections, which their pointers are
-    /// relative to.
-    bases: BaseAddresses,
-}
-
-impl Kept {
-    /// Whether an FDE describes the code at `address` (a frame's lookup
-    /// address); `None` when the tables cannot say (an FDE or CIE gimli
-    /// cannot read), for the caller to leave the stack to libgcc. The
-    /// platform's walk ends at a frame whose address no FDE covers
-    /// ([`FRAME_WITHOUT_FDE_REPORTED`]), as at a thread's first function
-    /// in a C library whose assembly carries none (static musl's).
-    fn describes(&self, address: u64) -> Option<bool> {
-        let table = self.eh_frame_hdr.table()?;
-        match table.fde_for_address(
-            &self.eh_frame,
-            &self.bases,
-            address,
-            EhFrame::cie_from_offset,
-        ) {
-            Ok(_) => Some(true),
-            Err(gimli::Error::NoUnwindInfoForAddress) => Some(false),
-            Err(_) => None,
-        }
-    }
-}
 
 /// The code of the x86_64 Linux signal trampoline, where a signal
 /// handler returns (glibc's and musl's `__restore_rt`): `mov rax, 15`
@@ -286,7 +343,7 @@ const SIGNAL_RETURN: [u8; 9] = [0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 
 
 impl Tables {
     /// The kept object whose code holds `address`, if one does.
-    fn kept_at(&self, address: usize) -> Option<&Kept> {
+    fn kept_at(&self, address: usize) -> Option<&Object> {
         self.kept
             .iter()
             .find(|k| k.code.0 <= address && address < k.code.1)
@@ -338,16 +395,21 @@ pub(super) fn load() {
     crate::support::mappings::each_object(&mut |info| {
         if let Some(object) = Object::read(info)
             && object.kept(own)
-            && let Some(k) = object.search_table()
+            && object.parsed_hdr.table().is_some()
         {
-            kept.push(k);
             unwinder.add_module(object.module());
+            kept.push(object);
         }
     });
     if kept.is_empty() {
         return;
     }
-    let tables = Box::into_raw(Box::new(Tables { unwinder, kept }));
+    let without_fde = probe_without_fde();
+    let tables = Box::into_raw(Box::new(Tables {
+        unwinder,
+        kept,
+        without_fde,
+    }));
     if TABLES
         .compare_exchange(
             std::ptr::null_mut(),
@@ -366,6 +428,14 @@ pub(super) fn load() {
 /// Whether [`capture`] unwinds: the tables are built and not disabled.
 pub(super) fn in_use() -> bool {
     !DISABLED.load(Ordering::Relaxed) && !TABLES.load(Ordering::Acquire).is_null()
+}
+
+/// What the platform's walk does at a frame no FDE describes, once
+/// [`load`] has probed it.
+#[cfg(test)]
+pub(super) fn without_fde() -> Option<WithoutFde> {
+    // SAFETY: as in `capture`.
+    unsafe { TABLES.load(Ordering::Acquire).as_ref() }.map(|t| t.without_fde)
 }
 
 /// Stops [`capture`] for the rest of the process.
@@ -458,8 +528,12 @@ pub(super) fn capture(
         };
         // Without an FDE the walk ends, as the platform's walk does.
         let Some(way) = way else {
-            if FRAME_WITHOUT_FDE_REPORTED {
-                stack.push(address, callee_cfa);
+            match tables.without_fde {
+                WithoutFde::Omitted => {}
+                WithoutFde::Last => {
+                    stack.push(address, callee_cfa);
+                }
+                WithoutFde::WalkedPast => return None,
             }
             return Some(stack);
         };
@@ -587,6 +661,8 @@ struct Object {
     /// In-memory addresses of both sections.
     bases: BaseAddresses,
     name: String,
+    /// The program's executable ([`crate::support::mappings::is_executable`]).
+    executable: bool,
 }
 
 impl Object {
@@ -631,6 +707,7 @@ impl Object {
             std::slice::from_raw_parts(eh_frame_start as *const u8, eh_frame_end - eh_frame_start)
         };
         let name = crate::support::mappings::object_name(info);
+        let executable = crate::support::mappings::is_executable(info, &name);
         Some(Object {
             bias,
             code,
@@ -639,30 +716,37 @@ impl Object {
             parsed_hdr,
             bases: hdr_bases.set_eh_frame(eh_frame_start as u64),
             name,
+            executable,
         })
     }
 
-    /// Whether the object can never be unloaded: the executable (the
-    /// loader names it ""), the C library, or the object holding `own`
-    /// (heapprof's code, which runs only while its object is loaded).
+    /// Whether the object can never be unloaded: the executable, the C
+    /// library (glibc's `libc.so.6`; musl's is its dynamic loader,
+    /// `ld-musl-<arch>.so.1`), or the object holding `own` (heapprof's
+    /// code, which runs only while its object is loaded).
     fn kept(&self, own: usize) -> bool {
         let file = self.name.rsplit('/').next().unwrap_or("");
-        self.name.is_empty()
+        self.executable
             || file.starts_with("libc.so")
+            || file.starts_with("ld-musl-")
             || (self.code.0 <= own && own < self.code.1)
     }
 
-    /// What [`Kept`] needs of the object, if its `.eh_frame_hdr` parses
-    /// and has a search table (linkers write one; without it neither
-    /// framehop nor [`Kept::describes`] could find an FDE).
-    fn search_table(&self) -> Option<Kept> {
-        self.parsed_hdr.table()?;
-        Some(Kept {
-            code: self.code,
-            eh_frame_hdr: self.parsed_hdr.clone(),
-            eh_frame: EhFrame::new(self.eh_frame, LittleEndian),
-            bases: self.bases.clone(),
-        })
+    /// Whether an FDE describes the code at `address` (a frame's lookup
+    /// address); `None` when the tables cannot say (no search table in
+    /// `.eh_frame_hdr`, which [`load`] does not keep, or an FDE or CIE
+    /// gimli cannot read), for the caller to leave the stack to libgcc.
+    /// The platform's walk ends at a frame whose address no FDE covers
+    /// ([`WithoutFde`]), as at a thread's first function in a C library
+    /// whose assembly carries none (static musl's).
+    fn describes(&self, address: u64) -> Option<bool> {
+        let table = self.parsed_hdr.table()?;
+        let eh_frame = EhFrame::new(self.eh_frame, LittleEndian);
+        match table.fde_for_address(&eh_frame, &self.bases, address, EhFrame::cie_from_offset) {
+            Ok(_) => Some(true),
+            Err(gimli::Error::NoUnwindInfoForAddress) => Some(false),
+            Err(_) => None,
+        }
     }
 
     fn module(&self) -> framehop::Module<Mapped> {
@@ -691,9 +775,21 @@ impl Object {
 
 #[cfg(test)]
 mod tests {
-    use super::{Directory, ENTRIES, Mapped, RuleCache, WAYS, Way};
+    use super::{Directory, ENTRIES, Mapped, RuleCache, WAYS, Way, WithoutFde};
     use framehop::x86_64::{UnwindRegsX86_64, UnwinderX86_64};
     use framehop::{FrameAddress, MustNotAllocateDuringUnwind, Unwinder as _};
+
+    /// A walk's answer is read from where the frame without FDE is in it.
+    #[test]
+    fn the_walk_at_a_frame_without_fde_is_read_from_its_frames() {
+        let code = (0x1000, 0x1010);
+        let seen = |frames: &[usize]| WithoutFde::seen(frames, code);
+        assert_eq!(seen(&[0x5000, 0x5100]), WithoutFde::Omitted);
+        assert_eq!(seen(&[]), WithoutFde::Omitted);
+        assert_eq!(seen(&[0x5000, 0x1008]), WithoutFde::Last);
+        assert_eq!(seen(&[0x5000, 0x1000, 0x6000]), WithoutFde::WalkedPast);
+        assert_eq!(seen(&[0x5000, 0x1010]), WithoutFde::Omitted);
+    }
 
     /// Looks each frame up in the cache `pick` chooses among `caches`;
     /// returns the lookups that missed. With no module loaded, framehop
