@@ -416,8 +416,9 @@ mod tests {
                 0
             );
         }
-        // SAFETY: pthread_self has no preconditions.
-        let me = unsafe { libc::pthread_self() };
+        // SAFETY: pthread_self has no preconditions. Held as an integer
+        // for the other thread: musl's `pthread_t` is a pointer.
+        let me = unsafe { libc::pthread_self() } as usize;
         let stop = AtomicBool::new(false);
         std::thread::scope(|s| {
             s.spawn(|| {
@@ -429,7 +430,7 @@ mod tests {
                     let handled = HANDLED.load(SeqCst);
                     // SAFETY: the target is this test's thread, alive until
                     // the scope ends.
-                    unsafe { libc::pthread_kill(me, libc::SIGUSR2) };
+                    unsafe { libc::pthread_kill(me as libc::pthread_t, libc::SIGUSR2) };
                     while HANDLED.load(SeqCst) == handled {
                         std::thread::yield_now();
                     }
