@@ -25,15 +25,20 @@ const BLOCK: usize = 10 << 20;
 
 /// Runs `f` on a thread started by `pthread_create`, and joins it.
 fn on_c_thread(f: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void, arg: *mut libc::c_void) {
-    // SAFETY: `thread` is an out-pointer; `f` is an extern "C" start
-    // routine that does not unwind; the thread is joined before return.
+    // An integer with glibc, a pointer with musl.
+    let mut thread = std::mem::MaybeUninit::<libc::pthread_t>::uninit();
+    // SAFETY: `thread` is an out-pointer, initialized by a create that
+    // returned 0; `f` is an extern "C" start routine that does not unwind;
+    // the thread is joined before return.
     unsafe {
-        let mut thread: libc::pthread_t = 0;
         assert_eq!(
-            libc::pthread_create(&mut thread, std::ptr::null(), f, arg),
+            libc::pthread_create(thread.as_mut_ptr(), std::ptr::null(), f, arg),
             0
         );
-        assert_eq!(libc::pthread_join(thread, std::ptr::null_mut()), 0);
+        assert_eq!(
+            libc::pthread_join(thread.assume_init(), std::ptr::null_mut()),
+            0
+        );
     }
 }
 

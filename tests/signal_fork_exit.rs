@@ -120,15 +120,16 @@ fn child_scenario(scenario: &str) {
     // interrupting heapprof where it may hold a lock: what this test
     // checks heapprof survives.
     unsafe { heapprof_testkit::signals::install(SIGNAL, on_signal, libc::SA_RESTART) };
-    // SAFETY: pthread_self has no preconditions.
-    let target = unsafe { libc::pthread_self() };
+    // SAFETY: pthread_self has no preconditions. Held as an integer for
+    // the other thread: musl's `pthread_t` is a pointer.
+    let target = unsafe { libc::pthread_self() } as usize;
     let done = std::sync::Arc::new(AtomicBool::new(false));
     let sender_done = std::sync::Arc::clone(&done);
     let sender = std::thread::spawn(move || {
         while !sender_done.load(Relaxed) {
             // SAFETY: `target` is the allocating thread, alive until
             // `done` is set and this thread joined.
-            unsafe { libc::pthread_kill(target, SIGNAL) };
+            unsafe { libc::pthread_kill(target as libc::pthread_t, SIGNAL) };
             std::thread::sleep(Duration::from_micros(200));
         }
     });

@@ -99,8 +99,9 @@ fn a_handler_freeing_a_sampled_block_does_not_deadlock() {
     // SAFETY: installs a handler that does only what is async-signal-safe
     // here (atomics, and a free through an async-signal-safe allocator).
     unsafe { heapprof_testkit::signals::install(libc::SIGUSR1, free_one, libc::SA_RESTART) };
-    // SAFETY: pthread_self is always safe.
-    let target = unsafe { libc::pthread_self() };
+    // SAFETY: pthread_self is always safe. Held as an integer for the
+    // other thread: musl's `pthread_t` is a pointer.
+    let target = unsafe { libc::pthread_self() } as usize;
     let stop = AtomicBool::new(false);
     let loops = std::thread::scope(|s| {
         s.spawn(|| {
@@ -108,7 +109,7 @@ fn a_handler_freeing_a_sampled_block_does_not_deadlock() {
                 let sent = HANDLED.load(SeqCst);
                 // SAFETY: the target thread is this test's, alive until the
                 // scope ends.
-                unsafe { libc::pthread_kill(target, libc::SIGUSR1) };
+                unsafe { libc::pthread_kill(target as libc::pthread_t, libc::SIGUSR1) };
                 while HANDLED.load(SeqCst) == sent {
                     std::hint::spin_loop();
                 }

@@ -28,13 +28,33 @@ use crate::support::this_process::ThisProcess;
 /// returns at once and dropping detaches nothing.
 #[derive(Debug)]
 pub(crate) struct OwnThread {
-    id: libc::pthread_t,
+    id: ThreadId,
     /// The process that started the thread.
     started_by: ThisProcess,
     joined: bool,
     /// Dropped inside the profiler ([`OwnThread::drop`]).
     wake: ManuallyDrop<Arc<Wake>>,
 }
+
+/// A `pthread_t`: an integer with glibc, a pointer with musl, which would
+/// make [`OwnThread`] (and the public handles that hold one) neither
+/// `Send` nor `Sync` there.
+#[derive(Debug, Clone, Copy)]
+struct ThreadId(libc::pthread_t);
+
+// SAFETY: a `pthread_t` is an opaque name for a thread, never dereferenced
+// by heapprof; POSIX lets any thread of the process pass it to
+// `pthread_join` or `pthread_detach`, which is all `OwnThread` does with it.
+unsafe impl Send for ThreadId {}
+// SAFETY: as above; it is only copied, never written through.
+unsafe impl Sync for ThreadId {}
+
+// Programs move `AutoDumpHandle` and `PusherHandle` (which hold one) to
+// other threads and keep them in statics, on every C library.
+const _: () = {
+    const fn shared_by_threads<T: Send + Sync>() {}
+    shared_by_threads::<OwnThread>()
+};
 
 /// Wakes a thread of heapprof's from [`Wake::wait`] before its time.
 #[derive(Debug, Default)]
@@ -133,7 +153,7 @@ pub(crate) fn spawn(
             return Err(io::Error::from_raw_os_error(made));
         }
         Ok(OwnThread {
-            id,
+            id: ThreadId(id),
             started_by: ThisProcess::get(),
             joined: false,
             wake: ManuallyDrop::new(wake),
@@ -175,7 +195,7 @@ impl OwnThread {
         if self.started_here() {
             // SAFETY: this process started the thread joinable, and
             // `joined` keeps it from being joined or detached again.
-            unsafe { libc::pthread_join(self.id, std::ptr::null_mut()) };
+            unsafe { libc::pthread_join(self.id.0, std::ptr::null_mut()) };
         }
         self.joined = true;
     }
@@ -187,7 +207,7 @@ impl Drop for OwnThread {
         if !self.joined && self.started_here() {
             // SAFETY: this process started the thread joinable, and it was
             // neither joined nor detached since.
-            unsafe { libc::pthread_detach(self.id) };
+            unsafe { libc::pthread_detach(self.id.0) };
         }
         // SAFETY: dropped once, here, and not used after.
         unsafe { ManuallyDrop::drop(&mut self.wake) };
