@@ -804,11 +804,13 @@ pub(crate) fn program_has_function(
 ) -> Option<bool> {
     use crate::support::mappings;
     let mut objects = Vec::new();
-    mappings::each_object(&mut |info| objects.push(mappings::object_name(info)));
+    mappings::each_object(&mut |info, executable| {
+        objects.push((mappings::object_name(info), executable))
+    });
     let mut read_every_table = true;
-    for name in objects {
+    for (name, executable) in objects {
         let (path, needs_symtab) = match name.as_str() {
-            "" => (mappings::executable_path(), true),
+            _ if executable => (mappings::executable_path(), true),
             // The kernel's vDSO has no file.
             vdso if vdso.starts_with("linux-vdso") || vdso.starts_with("linux-gate") => continue,
             _ => (Some(std::path::PathBuf::from(name)), false),
@@ -1004,9 +1006,11 @@ pub(crate) fn is_startup(name: &str) -> bool {
         "__libc_start_main",
         "__libc_start_main_impl",
         "__libc_start_main_alias_2",
-        // musl's thread entry.
+        // musl's thread entry, and its process entry's own steps.
         "start",
         "start_c11",
+        "libc_start_main_stage2",
+        "_start_c",
         // catch_unwind's landing-pad frame, seen in debug builds.
         "__rust_try",
         "asan_thread_start",
@@ -1061,9 +1065,13 @@ pub(crate) fn is_startup_frame(frame: &Symbol) -> bool {
         return is_startup(&frame.name);
     }
     // A short name with the program's file: the C entry points' names are
-    // also the program's own functions' (`main`, a thread's `start`).
+    // also the program's own functions' (`main`, a thread's `start`). A
+    // static musl program's thread entry has musl's file.
     const C_ENTRY_NAMES: &[&str] = &["main", "start", "start_c11"];
+    let musl_thread_entry = frame.file.ends_with("src/thread/pthread_create.c")
+        && ["start", "start_c11"].contains(&frame.name.as_str());
     is_startup_file(&frame.file)
+        || musl_thread_entry
         || (!C_ENTRY_NAMES.contains(&frame.name.as_str()) && is_startup(&frame.name))
 }
 
@@ -1242,12 +1250,23 @@ mod tests {
             ),
             ("start_thread", "./nptl/pthread_create.c".into()),
             ("start", String::new()),
+            // A static musl program's thread entry, with musl's file.
+            ("start", "src/thread/pthread_create.c".into()),
+            (
+                "start_c11",
+                "/build/musl/src/thread/pthread_create.c".into(),
+            ),
+            (
+                "libc_start_main_stage2",
+                "src/env/__libc_start_main.c".into(),
+            ),
         ] {
             assert!(is_startup_frame(&frame(name, &file)), "{name} {file}");
         }
         for (name, file) in [
             ("main", "/work/app/src/main.rs"),
             ("start", "/work/app/src/worker.rs"),
+            ("start", "/work/app/src/thread/pthread_create.rs"),
             ("gamma_small", "/work/app/src/main.rs"),
             ("app::main", "/work/app/src/main.rs"),
         ] {

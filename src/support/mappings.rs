@@ -183,17 +183,13 @@ static FIRST_OBJECTS: OnceLock<Box<[(u64, u64)]>> = OnceLock::new();
 /// `main`).
 pub(crate) fn keep_own_object_loaded() {
     let here = keep_own_object_loaded as fn() as usize as u64;
-    let mut first = true;
     let mut library: Option<std::ffi::CString> = None;
-    each_object(&mut |info| {
-        let is_first = std::mem::replace(&mut first, false);
+    each_object(&mut |info, executable| {
         let holds_here = program_headers(info).iter().any(|ph| {
             let start = wide(info.dlpi_addr) + wide(ph.p_vaddr);
             ph.p_type == libc::PT_LOAD && start <= here && here - start < wide(ph.p_memsz)
         });
-        // The executable is the first object the loader lists, under an
-        // empty name (glibc, static musl).
-        if holds_here && !is_first && !info.dlpi_name.is_null() {
+        if holds_here && !executable && !info.dlpi_name.is_null() {
             // SAFETY: a non-null dlpi_name is a NUL-terminated string owned
             // by the loader, valid while `info` is.
             let name = unsafe { CStr::from_ptr(info.dlpi_name) };
@@ -223,7 +219,7 @@ pub(crate) fn note_first_objects() {
         return;
     }
     let mut objects = Vec::new();
-    each_object(&mut |info| objects.push(first_object(info)));
+    each_object(&mut |info, _| objects.push(first_object(info)));
     let _ = FIRST_OBJECTS.set(objects.into_boxed_slice());
 }
 
@@ -250,7 +246,7 @@ pub(crate) struct LoaderCounts {
 /// The loader's counts now.
 pub(crate) fn loader_counts() -> LoaderCounts {
     let mut counts = LoaderCounts::default();
-    each_object(&mut |info| {
+    each_object(&mut |info, _| {
         counts = LoaderCounts {
             loads: info.dlpi_adds,
             unloads: info.dlpi_subs,
@@ -260,13 +256,22 @@ pub(crate) fn loader_counts() -> LoaderCounts {
 }
 
 /// Calls `f` with each loaded object (the executable, then the shared
-/// libraries, in the loader's order), holding [`WALKING`] and the
-/// loader's lock: `f` must not allocate through a path that takes either
-/// (heapprof's own allocations are fine) and must not keep pointers into
-/// an object past the call unless that object can never be unloaded.
-pub(crate) fn each_object(f: &mut dyn FnMut(&libc::dl_phdr_info)) {
+/// libraries, in the loader's order) and whether it is the executable,
+/// holding [`WALKING`] and the loader's lock: `f` must not allocate
+/// through a path that takes either (heapprof's own allocations are fine)
+/// and must not keep pointers into an object past the call unless that
+/// object can never be unloaded.
+///
+/// The executable is the first object listed: glibc's and musl's loaders,
+/// dynamic or static, list it first, whatever they name it (glibc "",
+/// musl its path, static musl "/proc/self/exe"), and also when the
+/// program is started through the loader (`ld.so ./program`), where the
+/// kernel's `AT_PHDR` describes the loader instead.
+pub(crate) fn each_object(f: &mut dyn FnMut(&libc::dl_phdr_info, bool)) {
     let _walking = WALKING.lock();
-    let mut f: &mut dyn FnMut(&libc::dl_phdr_info) = f;
+    let mut first = true;
+    let mut listed = |info: &libc::dl_phdr_info| f(info, std::mem::replace(&mut first, false));
+    let mut f: &mut dyn FnMut(&libc::dl_phdr_info) = &mut listed;
     // SAFETY: `visit` matches the callback type dl_iterate_phdr expects,
     // and `f` outlives the call, which is synchronous.
     unsafe {
@@ -327,7 +332,7 @@ pub(crate) fn program_headers(info: &libc::dl_phdr_info) -> &[ProgramHeader] {
 /// main binary), then the libraries', each group in address order.
 pub(crate) fn current() -> Vec<Mapping> {
     let mut found: Vec<(bool, Mapping)> = Vec::new();
-    each_object(&mut |info| collect(info, &mut found));
+    each_object(&mut |info, executable| collect(info, executable, &mut found));
     let exe = executable_path()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
@@ -409,9 +414,8 @@ pub(crate) fn own_object() -> Vec<Mapping> {
 }
 
 /// Adds one object's executable segments to `found`.
-fn collect(info: &libc::dl_phdr_info, found: &mut Vec<(bool, Mapping)>) {
+fn collect(info: &libc::dl_phdr_info, is_main: bool, found: &mut Vec<(bool, Mapping)>) {
     let name = object_name(info);
-    let is_main = is_executable(info, &name) && found.iter().all(|(main, _)| !main);
     let phdrs = program_headers(info);
     let loaded_at_start = FIRST_OBJECTS
         .get()
@@ -445,16 +449,6 @@ fn collect(info: &libc::dl_phdr_info, found: &mut Vec<(bool, Mapping)>) {
             ));
         }
     }
-}
-
-/// Whether `info` is the executable's: glibc's loader names it "", musl's
-/// names it by its path (static musl's by "/proc/self/exe"), and in every
-/// case its program headers are those the kernel loaded (`AT_PHDR`).
-pub(crate) fn is_executable(info: &libc::dl_phdr_info, name: &str) -> bool {
-    // SAFETY: getauxval has no preconditions; it returns 0 for an entry
-    // the kernel did not pass.
-    let loaded_by_kernel = unsafe { libc::getauxval(libc::AT_PHDR) } as usize;
-    name.is_empty() || (loaded_by_kernel != 0 && info.dlpi_phdr as usize == loaded_by_kernel)
 }
 
 /// Finds the `NT_GNU_BUILD_ID` note in an ELF note segment: a sequence of

@@ -392,8 +392,8 @@ pub(super) fn load() {
     let own = load as *const () as usize;
     let mut unwinder = UnwinderX86_64::new();
     let mut kept = Vec::new();
-    crate::support::mappings::each_object(&mut |info| {
-        if let Some(object) = Object::read(info)
+    crate::support::mappings::each_object(&mut |info, executable| {
+        if let Some(object) = Object::read(info, executable)
             && object.kept(own)
             && object.parsed_hdr.table().is_some()
         {
@@ -661,13 +661,13 @@ struct Object {
     /// In-memory addresses of both sections.
     bases: BaseAddresses,
     name: String,
-    /// The program's executable ([`crate::support::mappings::is_executable`]).
+    /// The program's executable ([`crate::support::mappings::each_object`]).
     executable: bool,
 }
 
 impl Object {
     /// The object's code and unwind sections, if it has both.
-    fn read(info: &libc::dl_phdr_info) -> Option<Object> {
+    fn read(info: &libc::dl_phdr_info, executable: bool) -> Option<Object> {
         let bias = info.dlpi_addr as usize;
         let phdrs = crate::support::mappings::program_headers(info);
         let segment = |ph: &libc::Elf64_Phdr| {
@@ -707,7 +707,6 @@ impl Object {
             std::slice::from_raw_parts(eh_frame_start as *const u8, eh_frame_end - eh_frame_start)
         };
         let name = crate::support::mappings::object_name(info);
-        let executable = crate::support::mappings::is_executable(info, &name);
         Some(Object {
             bias,
             code,
