@@ -262,15 +262,25 @@ pub(crate) fn loader_counts() -> LoaderCounts {
 /// and must not keep pointers into an object past the call unless that
 /// object can never be unloaded.
 ///
-/// The executable is the first object listed: glibc's and musl's loaders,
-/// dynamic or static, list it first, whatever they name it (glibc "",
-/// musl its path, static musl "/proc/self/exe"), and also when the
-/// program is started through the loader (`ld.so ./program`), where the
-/// kernel's `AT_PHDR` describes the loader instead.
+/// The executable is the first object listed (glibc's and musl's
+/// loaders, dynamic or static, list it first) when it is the one glibc
+/// names "" or the one whose program headers the kernel loaded
+/// (`AT_PHDR`; musl names the executable by its path, static musl by
+/// "/proc/self/exe"). The first object of a namespace of its own (heapprof
+/// in a library loaded by `dlmopen`, where glibc lists only that
+/// namespace) is neither, and no object there is the executable.
 pub(crate) fn each_object(f: &mut dyn FnMut(&libc::dl_phdr_info, bool)) {
     let _walking = WALKING.lock();
+    // SAFETY: getauxval has no preconditions; it returns 0 for an entry
+    // the kernel did not pass.
+    let loaded_by_kernel = unsafe { libc::getauxval(libc::AT_PHDR) } as usize;
     let mut first = true;
-    let mut listed = |info: &libc::dl_phdr_info| f(info, std::mem::replace(&mut first, false));
+    let mut listed = |info: &libc::dl_phdr_info| {
+        let executable = std::mem::replace(&mut first, false)
+            && ((loaded_by_kernel != 0 && info.dlpi_phdr as usize == loaded_by_kernel)
+                || unnamed(info));
+        f(info, executable)
+    };
     let mut f: &mut dyn FnMut(&libc::dl_phdr_info) = &mut listed;
     // SAFETY: `visit` matches the callback type dl_iterate_phdr expects,
     // and `f` outlives the call, which is synchronous.
@@ -280,6 +290,13 @@ pub(crate) fn each_object(f: &mut dyn FnMut(&libc::dl_phdr_info, bool)) {
             (&mut f as *mut &mut dyn FnMut(&libc::dl_phdr_info)).cast(),
         );
     }
+}
+
+/// Whether the loader gives the object no name (glibc's executable).
+fn unnamed(info: &libc::dl_phdr_info) -> bool {
+    // SAFETY: a non-null dlpi_name is a NUL-terminated string owned by the
+    // loader, valid while `info` is: its first byte is readable.
+    info.dlpi_name.is_null() || unsafe { *info.dlpi_name } == 0
 }
 
 /// `dl_iterate_phdr`'s callback for [`each_object`].
