@@ -1061,6 +1061,13 @@ pub struct AutoDumpHandle {
     thread: OwnThread,
 }
 
+// Programs keep the handle in a static or move it to another thread, on
+// every C library.
+const _: () = {
+    const fn shared_by_threads<T: Send + Sync>() {}
+    shared_by_threads::<AutoDumpHandle>()
+};
+
 impl AutoDumpHandle {
     /// Ends the series: waits for a profile being written, if any, to be
     /// complete, and returns once the thread has exited. No file of the

@@ -425,6 +425,13 @@ pub struct PusherHandle {
     thread: OwnThread,
 }
 
+// Programs keep the handle in a static or move it to another thread, on
+// every C library.
+const _: () = {
+    const fn shared_by_threads<T: Send + Sync>() {}
+    shared_by_threads::<PusherHandle>()
+};
+
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Control")

@@ -49,13 +49,6 @@ unsafe impl Send for ThreadId {}
 // SAFETY: as above; it is only copied, never written through.
 unsafe impl Sync for ThreadId {}
 
-// Programs move `AutoDumpHandle` and `PusherHandle` (which hold one) to
-// other threads and keep them in statics, on every C library.
-const _: () = {
-    const fn shared_by_threads<T: Send + Sync>() {}
-    shared_by_threads::<OwnThread>()
-};
-
 /// Wakes a thread of heapprof's from [`Wake::wait`] before its time.
 #[derive(Debug, Default)]
 pub(crate) struct Wake {
