@@ -8,16 +8,21 @@
 //!   threads' exit destructors point into its code, and an unloaded
 //!   library crashed the host when its thread ended.
 //! * The exit profile is written when the host exits.
+//! * Loaded by `dlmopen` into a namespace of its own, where the loader
+//!   lists the library first and not the host, the library's mapping is
+//!   still named after the library, not taken for the executable.
 
 use heapprof_testkit::child::without_heapprof_settings;
 use std::path::Path;
 use std::process::Command;
 
-/// The host: `host <library>` opens the library (a path relative to the
-/// directory it is started in), changes to `/`, runs the library's work on
-/// a thread, prints what it returned, closes the library and says whether
-/// it is still loaded.
+/// The host: `host <library> [own-namespace]` opens the library (a path
+/// relative to the directory it is started in; with a second argument by
+/// `dlmopen` into a new namespace), changes to `/`, runs the library's
+/// work on a thread, prints what it returned, closes the library and says
+/// whether it is still loaded.
 const HOST: &str = r#"
+#define _GNU_SOURCE
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -30,8 +35,8 @@ static unsigned long long named;
 static void *worker(void *arg) { (void)arg; named = work(); return NULL; }
 
 int main(int argc, char **argv) {
-    if (argc != 2) return 2;
-    void *lib = dlopen(argv[1], RTLD_NOW);
+    if (argc != 2 && argc != 3) return 2;
+    void *lib = argc == 3 ? dlmopen(LM_ID_NEWLM, argv[1], RTLD_NOW) : dlopen(argv[1], RTLD_NOW);
     if (!lib) { fprintf(stderr, "dlopen: %s\n", dlerror()); return 3; }
     work = (work_fn)dlsym(lib, "hp_keep_and_count");
     if (!work) return 4;
@@ -50,8 +55,10 @@ int main(int argc, char **argv) {
 /// The fixture's `BLOCKS * BLOCK`.
 const KEPT_BYTES: u64 = 32 * 4096;
 
-#[test]
-fn a_hosted_library_is_named_and_outlives_dlclose() {
+/// Builds the fixture and the host in a fresh directory, runs the host
+/// (`own_namespace`: by `dlmopen`) at rate 1 with an exit profile, and
+/// returns its stdout and the directory.
+fn run_host(own_namespace: bool) -> (String, tempfile::TempDir) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cdylib");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -83,11 +90,14 @@ fn a_hosted_library_is_named_and_outlives_dlclose() {
 
     let mut host = Command::new(dir.path().join("host"));
     host.arg("./libhp_fixture.so").current_dir(dir.path());
+    if own_namespace {
+        host.arg("own-namespace");
+    }
     without_heapprof_settings(&mut host);
     host.env("HEAPPROF_SAMPLE_RATE", "1")
         .env("HEAPPROF_OUT", dir.path().join("exit.pb.gz"));
     let out = host.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "the host failed ({}):\n{stdout}\n{}",
@@ -98,9 +108,32 @@ fn a_hosted_library_is_named_and_outlives_dlclose() {
         stdout.contains(&format!("NAMED={KEPT_BYTES}\n")),
         "the library's function is named after the host left its directory:\n{stdout}"
     );
-    assert!(stdout.contains("LOADED=1\n"), "{stdout}");
     assert!(
         dir.path().join("exit.pb.gz").is_file(),
         "the exit profile is written at the host's exit"
     );
+    (stdout, dir)
+}
+
+#[test]
+fn a_hosted_library_is_named_and_outlives_dlclose() {
+    let (stdout, _dir) = run_host(false);
+    assert!(stdout.contains("LOADED=1\n"), "{stdout}");
+}
+
+#[test]
+fn a_library_in_a_namespace_of_its_own_is_not_the_executable() {
+    let (_, dir) = run_host(true);
+    let profile =
+        heapprof_testkit::profile::decode(&std::fs::read(dir.path().join("exit.pb.gz")).unwrap());
+    let files: Vec<&str> = profile
+        .mapping
+        .iter()
+        .map(|m| heapprof_testkit::profile::string(&profile, m.filename))
+        .collect();
+    assert!(
+        files.iter().any(|f| f.ends_with("/libhp_fixture.so")),
+        "{files:?}"
+    );
+    assert!(!files.iter().any(|f| f.ends_with("/host")), "{files:?}");
 }
