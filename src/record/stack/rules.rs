@@ -263,6 +263,9 @@ pub(super) fn code_without_fde() -> (usize, usize) {
             ".pushsection .text.heapprof_without_fde,\"ax\",@progbits",
             ".p2align 4",
             "2:",
+            // A landing pad for the indirect call, where indirect branch
+            // tracking is enforced; a `nop` elsewhere.
+            "endbr64",
             "push rbp",
             "mov rbp, rsp",
             "mov rax, rdi",
