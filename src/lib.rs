@@ -161,7 +161,13 @@
 //!   `leaky_fails_assertion` and count everything that test allocated.
 //! * If heapprof is not the `#[global_allocator]` of the test binary,
 //!   [`snapshot()`] is empty and [`stats()`] all zeros;
-//!   [`Snapshot::assert_inuse_at_most`] panics rather than pass.
+//!   [`Snapshot::assert_inuse_at_most`] panics rather than pass. It
+//!   panics too when sampling was off (`set_sample_rate(0)`, by any test
+//!   of the binary, or `HEAPPROF_SAMPLE_RATE=0`) for part of the time the
+//!   snapshot speaks for: between a delta's two snapshots, or at any time
+//!   before a snapshot of the live heap. What was allocated then is in
+//!   no profile. [`Snapshot::delta`] panics when given the later snapshot
+//!   as its argument (`before.delta(&after)`).
 //! * Under Miri (`cargo miri test`) heapprof's allocator passes every call
 //!   straight to the one it wraps and records nothing: the program's own
 //!   tests run as they would without heapprof, and heapprof's assertions

@@ -31,7 +31,7 @@ fn sampling_off_is_not_a_measurement() {
             stdout.contains("panicked: heapprof: cannot check"),
             "{stdout}"
         );
-        assert!(stdout.contains("sampling is off"), "{stdout}");
+        assert!(stdout.contains("sampling was off"), "{stdout}");
         return;
     }
     let kept = holds_a_lot();
@@ -40,6 +40,90 @@ fn sampling_off_is_not_a_measurement() {
     });
     println!("panicked: {}", message.unwrap_or_default());
     drop(kept);
+}
+
+#[inline(never)]
+fn leaks(bytes: usize) {
+    std::mem::forget(black_box(vec![1u8; bytes]));
+}
+
+/// Sampling turned off for part of a delta's time (by another test, say)
+/// leaves what was allocated then unseen: the assertion cannot pass on
+/// it, though the delta has sites (a sampled block freed in between) and
+/// the rate is back on at the end. Nor can an assertion on the live heap
+/// after sampling was ever off, and a delta taken the wrong way round
+/// panics rather than read a leak as nothing.
+#[test]
+fn sampling_off_for_part_of_the_time_is_not_a_measurement() {
+    if !is_child() {
+        let (stdout, _) = run_child(
+            "sampling_off_for_part_of_the_time_is_not_a_measurement",
+            &[],
+        );
+        for case in ["off at the end", "off in between"] {
+            assert!(
+                stdout.contains(&format!(
+                    "{case}: panicked: heapprof: cannot check what `assertion_truth::leaks` \
+                     holds: sampling was off at or between the two snapshots"
+                )),
+                "{case}: {stdout}"
+            );
+        }
+        assert!(
+            stdout.contains(
+                "live heap: panicked: heapprof: cannot check what `assertion_truth::leaks` \
+                 holds: sampling was off at some time before this snapshot"
+            ),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("the wrong way round: panicked: heapprof: `later.delta(&earlier)`"),
+            "{stdout}"
+        );
+        assert!(stdout.contains("sampling on: holds 100000"), "{stdout}");
+        return;
+    }
+    let check = |case: &str, f: &dyn Fn()| {
+        let message = panic_message(f).unwrap_or_else(|| "passed".into());
+        println!("{case}: panicked: {message}");
+    };
+    // The right way round, sampling on throughout: the leak is seen.
+    heapprof::set_sample_rate(1);
+    let before = heapprof::snapshot();
+    leaks(100_000);
+    let on = heapprof::snapshot().delta(&before);
+    println!(
+        "sampling on: holds {}",
+        on.inuse_bytes_in("assertion_truth::leaks")
+    );
+    check("the wrong way round", &|| {
+        let before = heapprof::snapshot();
+        leaks(100_000);
+        let after = heapprof::snapshot();
+        drop(before.delta(&after));
+    });
+    check("off at the end", &|| {
+        heapprof::set_sample_rate(1);
+        let keep = holds_a_lot();
+        heapprof::set_sample_rate(0);
+        let before = heapprof::snapshot();
+        leaks(100_000);
+        drop(keep);
+        let delta = heapprof::snapshot().delta(&before);
+        delta.assert_inuse_at_most("assertion_truth::leaks", 50_000);
+    });
+    check("off in between", &|| {
+        heapprof::set_sample_rate(1);
+        let before = heapprof::snapshot();
+        heapprof::set_sample_rate(0);
+        leaks(100_000);
+        heapprof::set_sample_rate(1);
+        let delta = heapprof::snapshot().delta(&before);
+        delta.assert_inuse_at_most("assertion_truth::leaks", 50_000);
+    });
+    check("live heap", &|| {
+        heapprof::snapshot().assert_inuse_at_most("assertion_truth::leaks", 50_000);
+    });
 }
 
 /// A stripped executable (`strip = true` in a Cargo profile) leaves

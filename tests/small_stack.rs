@@ -211,6 +211,14 @@ fn held_here() -> Vec<u8> {
 #[test]
 fn a_sample_with_almost_no_stack_left() {
     if !is_child() {
+        // The deepest call, unsampled: the program itself fits its stack.
+        let (fits, _) = run_child(
+            "a_sample_with_almost_no_stack_left",
+            &[("HEAPPROF_SAMPLE_RATE", "0")],
+        );
+        assert!(fits.contains("the deepest call fits"), "{fits}");
+        // Sampled from the start, so that an assertion on the live heap
+        // can vouch for every block.
         let (stdout, _) = run_child(
             "a_sample_with_almost_no_stack_left",
             &[("HEAPPROF_SAMPLE_RATE", "1")],
@@ -219,15 +227,14 @@ fn a_sample_with_almost_no_stack_left() {
         return;
     }
     let _watchdog = watchdog("a sample with no stack left", Duration::from_secs(60));
-    // The deepest call, unsampled: the program itself fits its stack.
-    heapprof::set_sample_rate(0);
-    let kept = on_stack_of(16, || deep(10));
-    drop(kept);
-    heapprof::set_sample_rate(1);
+    if heapprof::sample_rate() == 0 {
+        drop(on_stack_of(16, || deep(10)));
+        println!("the deepest call fits");
+        return;
+    }
     let kept: Vec<Vec<u8>> = (0..=10)
         .map(|kib| on_stack_of(16, move || deep(kib)))
         .collect();
-    heapprof::set_sample_rate(0);
     let mut gz = Vec::new();
     heapprof::write_profile(&mut gz).unwrap();
     let p = decode(&gz);
@@ -248,9 +255,7 @@ fn a_sample_with_almost_no_stack_left() {
     // In a delta over the frees of those blocks the not-unwound entry is
     // negative: it must not make room for what grew elsewhere.
     drop(kept);
-    heapprof::set_sample_rate(1);
     let grown = held_here();
-    heapprof::set_sample_rate(0);
     let delta = heapprof::snapshot().delta(&snapshot);
     let passed = std::panic::catch_unwind(|| {
         delta.assert_inuse_at_most("small_stack::held_here", 5000);

@@ -356,7 +356,61 @@ pub struct Snapshot {
     /// (`record::dropped_bytes`): by the time of a snapshot of the live
     /// heap, or in between for a delta; 0 for other sources.
     dropped: u64,
+    /// When a snapshot of the live heap was taken, in the order of
+    /// [`snapshot`] calls (a delta keeps its later snapshot's); `None` for
+    /// other sources.
+    taken: Option<u64>,
+    sampling: Sampling,
 }
+
+/// Whether sampling ran through a snapshot's time: allocations made while
+/// it was off are in no profile, so a snapshot that spans such a time
+/// cannot say that a function holds little ([`Sampling::was_off`]).
+#[derive(Clone, Copy, Debug)]
+struct Sampling {
+    /// `sample::times_turned_off` before the sites were read and after
+    /// (a delta: its earlier snapshot's first, its later one's second).
+    turned_off: (u64, u64),
+    /// Whether the rate was 0 before the sites were read or after (a
+    /// delta: at either snapshot).
+    off_at_ends: bool,
+}
+
+impl Sampling {
+    /// Reads the count, then the rate, before a snapshot's sites are read.
+    fn before() -> (u64, usize) {
+        (sample::times_turned_off(), sample::rate())
+    }
+
+    /// The snapshot's sampling, with the rate and count read again after
+    /// its sites: a change of either while they were read is seen.
+    fn after((turned_off, rate_before): (u64, usize), rate: usize) -> Sampling {
+        Sampling {
+            turned_off: (turned_off, sample::times_turned_off()),
+            off_at_ends: rate_before == 0 || rate == 0,
+        }
+    }
+
+    /// From `earlier`'s start to `self`'s end (a delta's).
+    fn since(self, earlier: Sampling) -> Sampling {
+        Sampling {
+            turned_off: (earlier.turned_off.0, self.turned_off.1),
+            off_at_ends: earlier.off_at_ends || self.off_at_ends,
+        }
+    }
+
+    /// Whether some allocation the snapshot speaks for may have been made
+    /// while sampling was off: for a delta, at either end or in between;
+    /// for the live heap, ever before, since a block allocated then and
+    /// still live is in no profile.
+    fn was_off(self, delta: bool) -> bool {
+        let (before, after) = self.turned_off;
+        self.off_at_ends || if delta { before != after } else { after > 0 }
+    }
+}
+
+/// Orders the [`snapshot`] calls ([`Snapshot::taken`]).
+static SNAPSHOTS_TAKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A snapshot's memory is heapprof's, allocated and freed inside the
 /// profiler, so that [`stats()`] leaves it out of the program's counts.
@@ -372,6 +426,8 @@ impl Clone for Snapshot {
             blocks: self.blocks.clone(),
             gains: self.gains.clone(),
             dropped: self.dropped,
+            taken: self.taken,
+            sampling: self.sampling,
         }
     }
 }
@@ -408,17 +464,22 @@ pub fn snapshot() -> Snapshot {
 /// A [`Snapshot`] of `source`'s sites (empty if it has none).
 pub(crate) fn snapshot_of(source: super::Source) -> Snapshot {
     let _inside = reentry::Inside::enter();
+    let sampling = Sampling::before();
     if matches!(source, super::Source::Live) {
+        let taken = SNAPSHOTS_TAKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dropped = record::dropped_bytes();
         let (sites, blocks) = live_sites_and_blocks();
-        let mut snapshot = Snapshot::from_raw(sites, sample::rate(), false);
+        let rate = sample::rate();
+        let mut snapshot = Snapshot::from_raw(sites, rate, false, Sampling::after(sampling, rate));
         snapshot.blocks = blocks;
         snapshot.dropped = dropped;
+        snapshot.taken = Some(taken);
         return snapshot;
     }
     let delta = matches!(source, super::Source::Delta { .. });
     let sites = super::collect(source).map_or_else(Vec::new, |c| c.sites);
-    Snapshot::from_raw(sites, sample::rate(), delta)
+    let rate = sample::rate();
+    Snapshot::from_raw(sites, rate, delta, Sampling::after(sampling, rate))
 }
 
 /// Copies of the live table taken at most, each with its list of blocks,
@@ -490,7 +551,12 @@ pub struct FunctionBytes {
 }
 
 impl Snapshot {
-    fn from_raw(raw: Vec<sites::SiteCopy>, rate: usize, delta: bool) -> Snapshot {
+    fn from_raw(
+        raw: Vec<sites::SiteCopy>,
+        rate: usize,
+        delta: bool,
+        sampling: Sampling,
+    ) -> Snapshot {
         let profile = pprof::build(&raw, rate, pprof::Options::default());
         let sites = sites_of(&profile);
         Snapshot {
@@ -502,6 +568,8 @@ impl Snapshot {
             blocks: None,
             gains: None,
             dropped: 0,
+            taken: None,
+            sampling,
         }
     }
 
@@ -522,14 +590,31 @@ impl Snapshot {
     /// select by function name to isolate a region of code. Of two
     /// snapshots from [`snapshot`], the delta also knows which live blocks
     /// are new, which [`Snapshot::assert_inuse_at_most`] counts.
+    ///
+    /// # Panics
+    ///
+    /// If both are snapshots from [`snapshot`] and `earlier` was taken
+    /// after this one (`before.delta(&after)`): the delta would leave out
+    /// whatever is only in `earlier`, so a leak would read as nothing.
+    #[track_caller]
     pub fn delta(&self, earlier: &Snapshot) -> Snapshot {
+        if let (Some(this), Some(that)) = (self.taken, earlier.taken) {
+            assert!(
+                that <= this,
+                "heapprof: `later.delta(&earlier)` was called with the snapshots the other \
+                 way round (the argument was taken after this snapshot): write \
+                 `after.delta(&before)`"
+            );
+        }
         let _inside = reentry::Inside::enter();
         let raw = sites::delta(&self.raw, &earlier.raw);
         let gains = match (&self.blocks, &earlier.blocks) {
             (Some(later), Some(before)) => Some(gains(&raw, later, before)),
             _ => None,
         };
-        let mut delta = Snapshot::from_raw(raw, self.rate, true);
+        let sampling = self.sampling.since(earlier.sampling);
+        let mut delta = Snapshot::from_raw(raw, self.rate, true, sampling);
+        delta.taken = self.taken;
         delta.dropped = self.dropped.saturating_sub(earlier.dropped);
         // The profile has a sample for each site it shows, in order: so
         // do `sites`.
@@ -670,9 +755,12 @@ impl Snapshot {
     /// to the system's 15 bytes); the table below it shows net changes.
     ///
     /// Also panics if heapprof is not the program's `#[global_allocator]`,
-    /// or if sampling is off (`HEAPPROF_SAMPLE_RATE=0`) and nothing was
-    /// recorded: the snapshot is then empty, and the assertion would pass
-    /// for any code. In a test
+    /// and if sampling was off (`HEAPPROF_SAMPLE_RATE=0`,
+    /// `set_sample_rate(0)`) for some of the time the snapshot speaks for:
+    /// for a delta, at either snapshot or in between; for a snapshot of
+    /// the live heap, at any time before it (a block allocated then and
+    /// still live is in no profile). Allocations made while it was off are
+    /// unseen, and the assertion would pass for any code. In a test
     /// binary, the `#[global_allocator]` static goes in the test file (or a
     /// module it includes). It panics too for a `function` that no
     /// sampled stack names, no symbol of the program's loaded objects
@@ -693,10 +781,22 @@ impl Snapshot {
         if let Err(e) = crate::output::check_installed() {
             panic!("heapprof: cannot check what `{function}` holds: {e}");
         }
-        if self.rate == 0 && self.sites.is_empty() {
+        if self.sampling.was_off(self.delta) {
+            let when = if self.delta {
+                "at or between the two snapshots"
+            } else {
+                "at some time before this snapshot"
+            };
             panic!(
-                "heapprof: cannot check what `{function}` holds: sampling is off \
-                 (HEAPPROF_SAMPLE_RATE=0 or set_sample_rate(0)), so nothing was measured"
+                "heapprof: cannot check what `{function}` holds: sampling was off {when} \
+                 (HEAPPROF_SAMPLE_RATE=0 or set_sample_rate(0)), and allocations made then \
+                 are in no profile{}",
+                if self.delta {
+                    ""
+                } else {
+                    "; a delta of two snapshots taken while sampling is on checks what \
+                     happened in between"
+                }
             );
         }
         let held = if self.delta {
@@ -1446,6 +1546,11 @@ mod tests {
             blocks: None,
             gains: None,
             dropped: 0,
+            taken: None,
+            sampling: super::Sampling {
+                turned_off: (0, 0),
+                off_at_ends: false,
+            },
         };
         let table = delta.to_string();
         let row = |name: &str| {

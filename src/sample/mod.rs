@@ -278,7 +278,10 @@ pub(crate) fn rate() -> usize {
         RATE_UNSET => {
             let from_env = config::get().sample_rate;
             // Another thread, or `set_rate`, may have got there first.
-            let _ = RATE.compare_exchange(RATE_UNSET, from_env, Relaxed, Relaxed);
+            let first = RATE.compare_exchange(RATE_UNSET, from_env, Relaxed, Relaxed);
+            if first.is_ok() && from_env == 0 {
+                TURNED_OFF.fetch_add(1, Release);
+            }
             RATE.load(Relaxed)
         }
         rate => rate,
@@ -294,9 +297,23 @@ pub(crate) fn known_rate() -> Option<usize> {
 /// an older epoch starts over at the current rate.
 static EPOCH: AtomicU64 = AtomicU64::new(0);
 
+/// How many times sampling was turned off (rate 0 set, or read from the
+/// environment): a span of time in which it grew saw allocations that no
+/// profile holds.
+static TURNED_OFF: AtomicU64 = AtomicU64::new(0);
+
+/// The number of times sampling was turned off so far ([`TURNED_OFF`]).
+pub(crate) fn times_turned_off() -> u64 {
+    TURNED_OFF.load(Acquire)
+}
+
 /// Sets the process-wide rate and moves the [`epoch`] on; the caller
 /// tells running threads (`record/countdown.rs`).
 pub(crate) fn set_rate(bytes: usize) {
+    if bytes == 0 {
+        // Before the rate: a reader that sees rate 0 sees the count too.
+        TURNED_OFF.fetch_add(1, Release);
+    }
     RATE.store(bytes.min(config::MAX_RATE), Relaxed);
     // SeqCst: a thread that draws with the old rate and then reads the
     // epoch, and the caller, which reads that thread's countdown after
