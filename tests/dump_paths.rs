@@ -559,3 +559,93 @@ fn a_failed_exit_profile_does_not_hide_its_peaks_failure() {
         "{stderr}"
     );
 }
+
+/// A file with two names (a hard link) is written in place: both names
+/// show the new profile, as after the shell's `>`, and the link stays.
+#[test]
+fn a_hard_linked_file_is_written_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first.pb.gz");
+    let second = dir.path().join("second.pb.gz");
+    std::fs::write(&first, b"not a profile yet").unwrap();
+    std::fs::hard_link(&first, &second).unwrap();
+    heapprof::ProfileGuard::new(&second).finish().unwrap();
+    let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+    assert_eq!(ino(&first), ino(&second), "the names were parted");
+    assert_eq!(read(&first).sample_type.len(), 4);
+    assert_eq!(names(dir.path()), ["first.pb.gz", "second.pb.gz"]);
+}
+
+/// What the read-only child writes to, and what it found there.
+const READ_ONLY_NAME: &str = "read-only.pb.gz";
+const READ_ONLY_TEXT: &[u8] = b"kept by its owner";
+
+/// The read-only child's side: a guard, then the exit dump, aimed at a
+/// file it may not write, in a directory it may write (so a rename could
+/// replace the file).
+#[test]
+fn child_read_only() {
+    if std::env::var("HEAPPROF_TEST_CHILD").as_deref() != Ok("read-only") {
+        return;
+    }
+    let result = heapprof::ProfileGuard::new(READ_ONLY_NAME).finish();
+    println!("guard: {result:?}");
+}
+
+/// A regular file this process may not write is not replaced, though the
+/// directory would let a rename do it: the guard returns the error and the
+/// exit dump says so once. Run as an unprivileged user (root may write any
+/// file), from a copy of the test binary that user can run.
+#[test]
+fn a_file_the_process_may_not_write_is_not_replaced() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let _watchdog = watchdog("the read-only child", Duration::from_secs(120));
+    let dir = tempfile::Builder::new()
+        .prefix("heapprof-read-only")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let d = dir.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let exe = d.join("child");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let target = d.join(READ_ONLY_NAME);
+    std::fs::write(&target, READ_ONLY_TEXT).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let mut child = std::process::Command::new(&exe);
+    child
+        .args([
+            "--exact",
+            "child_read_only",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .current_dir(d)
+        .env("HEAPPROF_TEST_CHILD", "read-only")
+        .env("HEAPPROF_OUT", READ_ONLY_NAME);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // nobody: the file is root's and read-only to everyone else.
+        child.uid(65534).gid(65534);
+    }
+    let out = child.output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("guard: Err(") && stdout.contains("may not write"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stderr.matches("may not write").count(),
+        1,
+        "the exit dump says so once: {stderr}"
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), READ_ONLY_TEXT);
+    let mut left = names(d);
+    left.retain(|n| n != "child");
+    assert_eq!(left, [READ_ONLY_NAME], "nothing made beside it");
+}

@@ -22,9 +22,11 @@
 //! dump thread's last refresh (a poll and an encoding behind the newest
 //! peak copy), to `<dump path>.alloc-failed.peak.pb.gz`,
 //! and one line on stderr. It writes only a file that is not there or is a
-//! regular file (replaced through a temporary file and a rename, as every
-//! dump); a symlink, device or FIFO there is left alone and nothing is
-//! written, since following one safely needs more than those calls.
+//! regular file with one name that this process may write (replaced
+//! through a temporary file and a rename, as every dump); a symlink,
+//! device, FIFO, hard-linked or read-only file there is left alone and
+//! nothing is written, since writing through one safely needs more than
+//! those calls.
 //!
 //! What it does not do:
 //!
@@ -218,9 +220,26 @@ fn write_prepared(p: &Prepared) -> bool {
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `p.path` is NUL-terminated and `st` is a valid out-pointer.
     if unsafe { libc::lstat(p.path.as_ptr(), &mut st) } == 0 {
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        // A hard-linked file is left alone, as a symlink is: replacing one
+        // name would part it from the others.
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink > 1 {
             return false;
         }
+        // Nor is a file this process may not write, which a rename could
+        // still replace: the shell's `>` check, without truncating.
+        // SAFETY: `p.path` is NUL-terminated; no mode is needed without
+        // O_CREAT.
+        let fd = unsafe {
+            libc::open(
+                p.path.as_ptr(),
+                libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return false;
+        }
+        // SAFETY: `fd` was opened just above and is closed once here.
+        unsafe { libc::close(fd) };
     } else if std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT) {
         return false;
     }
@@ -355,11 +374,55 @@ mod tests {
         assert!(!write_prepared(&prepared(&sub)));
         assert!(sub.is_dir());
 
+        let linked = dir.path().join("linked");
+        std::fs::hard_link(&target, &linked).unwrap();
+        assert!(!write_prepared(&prepared(&linked)));
+        assert_eq!(std::fs::read(&target).unwrap(), b"kept");
+
         let mut names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         names.sort();
-        assert_eq!(names, ["fifo", "link", "p.pb.gz", "sub", "target"]);
+        assert_eq!(
+            names,
+            ["fifo", "link", "linked", "p.pb.gz", "sub", "target"]
+        );
+    }
+
+    /// A file this process may not write is left alone, though its
+    /// directory would let a rename replace it. As root, the check runs on
+    /// a thread whose file-system identity is another user's (`setfsuid`
+    /// changes the calling thread's alone, and drops its file
+    /// capabilities).
+    #[test]
+    fn leaves_a_file_it_may_not_write() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let path = dir.path().join("read-only.pb.gz");
+        std::fs::write(&path, "kept").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+        let p = prepared(&path);
+        let written = std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: geteuid has no preconditions; setfsuid changes
+                // this thread's file-system user id only, and the thread
+                // ends with the scope.
+                if unsafe { libc::geteuid() } == 0 {
+                    // SAFETY: as above.
+                    unsafe { libc::setfsuid(65534) };
+                    // SAFETY: as above; a second call returns the id set.
+                    assert_eq!(unsafe { libc::setfsuid(65534) }, 65534);
+                }
+                write_prepared(&p)
+            })
+            .join()
+            .unwrap()
+        });
+        assert!(!written);
+        assert_eq!(std::fs::read(&path).unwrap(), b"kept");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "a temporary file was left");
     }
 }

@@ -10,8 +10,9 @@
 //! Paths: `%p` and `%e` in any dump path are the process id and the
 //! executable's name ([`expand`]). What is at the path decides how it is
 //! written ([`write_dump`]): nothing or a regular file is replaced whole,
-//! by a rename; a symlink, device, FIFO or `/dev/stdout` is opened and
-//! written, and stays what it is; a directory is an error. Nothing is
+//! by a rename; a symlink, device, FIFO, `/dev/stdout` or a file with
+//! more than one name is opened and written, and stays what it is; a
+//! directory, and a file this process may not write, are errors. Nothing is
 //! named after a path that is not a regular file, but for the null
 //! device, whose siblings are itself ([`sibling`]).
 
@@ -118,12 +119,41 @@ fn exe_name() -> OsString {
 /// How a dump reaches its path, decided by what is there (a symlink is
 /// looked at, not followed).
 enum Target {
-    /// Nothing, or a regular file: written whole or not at all
-    /// ([`replace`]).
+    /// Nothing, or a regular file with one name: written whole or not at
+    /// all ([`replace`]).
     Replace,
-    /// A symlink, a device, a FIFO or a socket: opened and written
-    /// ([`write_through`]), so that it stays what it is.
+    /// A symlink, a device, a FIFO, a socket, or a regular file with more
+    /// than one name (a hard link): opened and written
+    /// ([`write_through`]), so that it stays what it is and every name
+    /// shows the new profile, as the shell's `>` leaves them.
     Through,
+}
+
+/// The refusal of a regular file this process may not open for writing,
+/// which a rename could still replace: its owner made it read-only, and
+/// the shell's `>` refuses it too.
+fn read_only() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        "is a file this process may not write (read-only); nothing is written",
+    )
+}
+
+/// Whether this process may open the regular file at `path` for writing
+/// (not following a symlink, not truncating): the shell's `>` check.
+/// Other failures (the file gone meanwhile) say yes and leave the write
+/// to report them.
+fn may_write(path: &Path) -> bool {
+    let opened = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    !matches!(
+        opened.map_err(|e| e.raw_os_error()),
+        Err(Some(
+            libc::EACCES | libc::EPERM | libc::EROFS | libc::ETXTBSY
+        ))
+    )
 }
 
 /// What writing to `path` means; a directory, or a path that ends in `/`
@@ -141,7 +171,16 @@ fn target(path: &Path) -> io::Result<Target> {
             io::ErrorKind::IsADirectory,
             "is a directory; nothing is written",
         )),
-        Ok(m) if m.is_file() => Ok(Target::Replace),
+        Ok(m) if m.is_file() => {
+            use std::os::unix::fs::MetadataExt;
+            if !may_write(path) {
+                Err(read_only())
+            } else if m.nlink() > 1 {
+                Ok(Target::Through)
+            } else {
+                Ok(Target::Replace)
+            }
+        }
         Ok(_) => Ok(Target::Through),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Target::Replace),
         Err(e) => Err(e),
@@ -151,8 +190,9 @@ fn target(path: &Path) -> io::Result<Target> {
 /// Writes one dump to `path` (already expanded): `write` produces it, and
 /// returns false if there is nothing worth writing (then no file is made
 /// or touched). A regular file, or a path where nothing is, is replaced
-/// whole or not at all; a symlink, device or FIFO is written through and
-/// stays; a directory is an error. The error names `path`.
+/// whole or not at all; a symlink, device, FIFO or hard-linked file is
+/// written through and stays; a directory, and a file this process may
+/// not write, are errors. The error names `path`.
 fn write_dump(
     path: &Path,
     write: impl FnOnce(&mut dyn io::Write) -> io::Result<bool>,
@@ -340,9 +380,12 @@ fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
 ///
 /// The open does not wait: a FIFO that no process has open for reading is
 /// an error (an exit dump would otherwise hang the program's exit until
-/// someone reads). Writes then block as usual while a reader catches up;
-/// a reader that goes away mid-way makes the write fail with `EPIPE` (and
-/// raises `SIGPIPE`, which Rust programs ignore unless told otherwise).
+/// someone reads). Writes then wait while a reader catches up, for at most
+/// [`THROUGH_STALL`] at a time: a reader that stops reading (a stalled
+/// pipe, a stopped terminal) fails the write, so that it cannot hold the
+/// program's exit for good. A reader that goes away mid-way makes the write
+/// fail with `EPIPE` (and raises `SIGPIPE`, which Rust programs ignore
+/// unless told otherwise).
 fn write_through(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -360,16 +403,55 @@ fn write_through(path: &Path, bytes: &[u8]) -> io::Result<()> {
                 e
             }
         })?;
-    let fd = file.as_raw_fd();
-    // SAFETY: `fd` is `file`'s descriptor, open for both calls; F_GETFL
-    // takes no argument and F_SETFL an int of flags, and neither touches
-    // memory.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
+    write_with_patience(&mut file, bytes, THROUGH_STALL)
+}
+
+/// The longest a write through a FIFO, pipe or terminal waits for its
+/// reader to take more of the profile before it gives up.
+const THROUGH_STALL: Duration = Duration::from_secs(10);
+
+/// Writes all of `bytes` to `file`, opened non-blocking: when it takes no
+/// more, waits until it does, for at most `stall` without progress.
+fn write_with_patience(file: &mut File, mut bytes: &[u8], stall: Duration) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match file.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut ready = libc::pollfd {
+                    fd: file.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                let ms = libc::c_int::try_from(stall.as_millis()).unwrap_or(libc::c_int::MAX);
+                // SAFETY: `ready` is one live pollfd for the duration of
+                // the call, and `file`'s descriptor is open.
+                match unsafe { libc::poll(&mut ready, 1, ms) } {
+                    0 => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "its reader took none of the profile for {}s; the rest \
+                                 ({} bytes) is not written",
+                                stall.as_secs(),
+                                bytes.len()
+                            ),
+                        ));
+                    }
+                    n if n < 0 => {
+                        let e = io::Error::last_os_error();
+                        if e.kind() != io::ErrorKind::Interrupted {
+                            return Err(e);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
-    file.write_all(bytes)
+    Ok(())
 }
 
 /// Reports `result`'s error on stderr, once per `flag`.
@@ -1132,6 +1214,59 @@ pub(crate) fn start_from_env() {
 mod tests {
     use super::sibling;
     use std::path::Path;
+
+    /// A pipe whose write end does not block, as `write_through` opens a
+    /// FIFO: (read end, write end).
+    fn pipe() -> (std::fs::File, std::fs::File) {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fds[1] is the write end just made; F_SETFL takes an int.
+        let set = unsafe { libc::fcntl(fds[1], libc::F_SETFL, libc::O_NONBLOCK) };
+        assert_eq!(set, 0);
+        // SAFETY: both descriptors are new and owned by nothing else.
+        unsafe {
+            (
+                std::fs::File::from_raw_fd(fds[0]),
+                std::fs::File::from_raw_fd(fds[1]),
+            )
+        }
+    }
+
+    /// A reader that stops reading fails the write after the stall, with
+    /// what was left; one that reads slowly, with pauses shorter than the
+    /// stall, gets every byte.
+    #[test]
+    fn a_stalled_reader_fails_the_write_and_a_slow_one_gets_it_all() {
+        use std::io::Read;
+        use std::time::{Duration, Instant};
+        let bytes = vec![7u8; 1 << 20];
+        let stall = Duration::from_millis(200);
+
+        let (_reader, mut writer) = pipe();
+        let start = Instant::now();
+        let e = super::write_with_patience(&mut writer, &bytes, stall).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+        assert!(e.to_string().contains("took none of the profile"), "{e}");
+        assert!(start.elapsed() >= stall);
+
+        let (mut reader, mut writer) = pipe();
+        let slow = std::thread::spawn(move || {
+            let mut got = 0;
+            let mut buf = vec![0u8; 256 << 10];
+            loop {
+                std::thread::sleep(Duration::from_millis(20));
+                match reader.read(&mut buf).unwrap() {
+                    0 => return got,
+                    n => got += n,
+                }
+            }
+        });
+        super::write_with_patience(&mut writer, &bytes, stall).unwrap();
+        drop(writer);
+        assert_eq!(slow.join().unwrap(), bytes.len());
+    }
 
     #[test]
     fn series_names() {
