@@ -657,6 +657,11 @@ pub fn assert_no_leak<R>(warmups: usize, iterations: usize, mut f: impl FnMut() 
                  such frees too",
             );
         }
+        what.push_str(
+            "; a block the calls hand to another thread counts as held even after that \
+             thread frees it, so a call that spawns a thread or sends values to one shows \
+             growth (see assert_no_leak's docs)",
+        );
         m.fail(&what, Order::Live);
     }
     m.check_installed("for leaks");
