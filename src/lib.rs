@@ -383,8 +383,8 @@
 //! | `HEAPPROF_SAMPLE_RATE` | `524288` | mean bytes between samples; `512KiB`, `2MiB`, `64k` also work; `0` = off (nothing sampled; the `HEAPPROF_DUMP_*` series and the pusher, which start at the first sample, never start), `1` = every allocation |
 //! | `HEAPPROF_OUT` | unset | profile written at exit, and the peak profile beside it (`heap.pb.gz` → `heap.peak.pb.gz`) once the live heap has reached 1 MiB |
 //! | `HEAPPROF_DUMP_EVERY` | unset | periodic series: a whole number and `ms`, `s`, `m` or `h` (`30s`, `5m`, `1h`); a bare number is seconds; at least 1 s (a shorter one is raised to it) |
-//! | `HEAPPROF_DUMP_EVERY_ALLOCATED` | unset | a profile per so many bytes allocated |
-//! | `HEAPPROF_DUMP_INUSE_GROWTH` | unset | a profile whenever the live heap grew by so much |
+//! | `HEAPPROF_DUMP_EVERY_ALLOCATED` | unset | a profile per so many bytes allocated; at least 1 MiB (a smaller step is raised to it) |
+//! | `HEAPPROF_DUMP_INUSE_GROWTH` | unset | a profile whenever the live heap grew by so much; at least 1 MiB |
 //! | `HEAPPROF_DUMP_AT_LIMIT` | unset | percentages of the memory limit (`80%,95%`, from 1 to 100) at which the live and peak profiles are written (`heap.limit80.pb.gz`, `heap.limit80.peak.pb.gz`); also arms the allocation-failure profile |
 //! | `HEAPPROF_MEMORY_LIMIT` | unset | a limit on the resident size for `HEAPPROF_DUMP_AT_LIMIT` (`2GiB`), watched beside the cgroup's, and kept clear of by name lookups |
 //! | `HEAPPROF_CGROUP_DIR` | the process's cgroup | the cgroup v2 directory `HEAPPROF_DUMP_AT_LIMIT` and name lookups read, for tests and unusual mounts |

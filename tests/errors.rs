@@ -3,7 +3,7 @@
 //! writer gets `Err` and the next profile is whole; a profile written
 //! while descriptors are used up loses its names, the next one does not.
 
-use heapprof_testkit::child::{is_child, printed_number, run_child};
+use heapprof_testkit::child::{is_child, printed_number, run_child, run_child_in};
 use heapprof_testkit::profile::{INUSE_OBJECTS, decode, flat, stack_names, take_profile};
 use heapprof_testkit::proto;
 use std::io::{self, Write};
@@ -352,6 +352,39 @@ fn empty_settings_are_unset_and_silent() {
     let env: Vec<(&str, &str)> = names.iter().map(|&n| (n, "")).collect();
     let (stdout, stderr) = run_child("child_reports_rate", &env);
     assert_eq!(printed_number(&stdout, "rate="), 524288);
+    assert!(!stderr.contains("heapprof"), "{stderr}");
+}
+
+/// A dump step of a few bytes (a unit left off) is raised to the smallest
+/// step, said in one line each; a step at the smallest is taken as it is,
+/// silently.
+#[test]
+fn tiny_dump_steps_are_raised_to_the_smallest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, stderr) = run_child_in(
+        Some(dir.path()),
+        "child_reports_rate",
+        &[
+            ("HEAPPROF_DUMP_EVERY_ALLOCATED", "1024"),
+            ("HEAPPROF_DUMP_INUSE_GROWTH", "1"),
+        ],
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("heapprof")).collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    for (line, setting) in lines.iter().zip([
+        "HEAPPROF_DUMP_EVERY_ALLOCATED=1024 bytes",
+        "HEAPPROF_DUMP_INUSE_GROWTH=1 bytes",
+    ]) {
+        assert!(
+            line.contains(setting) && line.contains("below the smallest step, 1 MiB"),
+            "{line}"
+        );
+    }
+    let (_, stderr) = run_child_in(
+        Some(dir.path()),
+        "child_reports_rate",
+        &[("HEAPPROF_DUMP_EVERY_ALLOCATED", "1m")],
+    );
     assert!(!stderr.contains("heapprof"), "{stderr}");
 }
 

@@ -51,6 +51,13 @@ pub(crate) const DEFAULT_MAX_SITES: usize = 16 * 1024;
 /// writes a few hundred files a second.
 const MIN_DUMP_EVERY: Duration = Duration::from_secs(1);
 
+/// The smallest step `HEAPPROF_DUMP_EVERY_ALLOCATED` and
+/// `HEAPPROF_DUMP_INUSE_GROWTH` take; a smaller one is raised to it, with a
+/// line on stderr. A step of a few bytes (a unit left off: `1024` for
+/// `1024k`) writes a profile on every check of the dump thread, each kept
+/// on disk.
+const MIN_DUMP_STEP: u64 = 1 << 20;
+
 /// The most sites `HEAPPROF_MAX_SITES` can ask for: a site's index
 /// within its stripe has `SiteId::INDEX_BITS` (24) bits.
 pub(crate) const MAX_SITES: usize = (1 << 24) - 1;
@@ -224,10 +231,12 @@ pub(crate) fn get() -> &'static Config {
             .map(|every| at_least("HEAPPROF_DUMP_EVERY", every, MIN_DUMP_EVERY)),
             dump_every_allocated: optional("HEAPPROF_DUMP_EVERY_ALLOCATED", BYTES_HINT, |s| {
                 parse_bytes(s).filter(|&n| n > 0).map(|n| n as u64)
-            }),
+            })
+            .map(|step| at_least_bytes("HEAPPROF_DUMP_EVERY_ALLOCATED", step)),
             dump_inuse_growth: optional("HEAPPROF_DUMP_INUSE_GROWTH", BYTES_HINT, |s| {
                 parse_bytes(s).filter(|&n| n > 0).map(|n| n as u64)
-            }),
+            })
+            .map(|step| at_least_bytes("HEAPPROF_DUMP_INUSE_GROWTH", step)),
             // Unset and malformed both mean `auto`, so a malformed value
             // must say `auto` is used, not that unwinding is off.
             unwinder: lookup(
@@ -459,6 +468,19 @@ fn at_least(name: &str, value: Duration, min: Duration) -> Duration {
         "heapprof: {name}={value:?} is below the shortest period, {min:?}; using {min:?}"
     ));
     min
+}
+
+/// `step`, or [`MIN_DUMP_STEP`] with a line on stderr if it is smaller.
+fn at_least_bytes(name: &str, step: u64) -> u64 {
+    if step >= MIN_DUMP_STEP {
+        return step;
+    }
+    report::warn(format_args!(
+        "heapprof: {name}={step} bytes is below the smallest step, {} MiB; using {} MiB",
+        MIN_DUMP_STEP >> 20,
+        MIN_DUMP_STEP >> 20
+    ));
+    MIN_DUMP_STEP
 }
 
 fn read<T: std::fmt::Display>(
