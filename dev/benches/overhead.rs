@@ -260,6 +260,13 @@ const REAL_ROWS: &[Row] = &[
         b: SYSTEM,
         target: "≤ 1.02",
     },
+    Row {
+        workload: "realloc_growth",
+        scale: 100,
+        a: JEMALLOC_PROF,
+        b: JEMALLOC,
+        target: "(peer)",
+    },
     // Most blocks of 64 KiB and more are sampled: each pays for a stack,
     // as under jemalloc's profiler.
     Row {
@@ -283,6 +290,13 @@ const REAL_ROWS: &[Row] = &[
         a: HEAPPROF,
         b: SYSTEM,
         target: "≤ 1.02",
+    },
+    Row {
+        workload: "thread_churn",
+        scale: 100,
+        a: JEMALLOC_PROF,
+        b: JEMALLOC,
+        target: "(peer)",
     },
 ];
 
