@@ -15,8 +15,8 @@
 //! NUL-terminated, and the line for stderr already formatted. At the
 //! failure ([`on_failed_alloc`]) the thread takes the prepared profile
 //! with one atomic swap (no lock, no wait) and writes it with plain system
-//! calls (`lstat`, `open`, `write`, `close`, `rename`, `unlink`), which
-//! allocate nothing and are async-signal-safe.
+//! calls (`lstat`, `faccessat`, `open`, `write`, `close`, `rename`,
+//! `unlink`), which allocate nothing and are async-signal-safe.
 //!
 //! What it writes, at most once per process: the peak profile as of the
 //! dump thread's last refresh (a poll and an encoding behind the newest
@@ -226,20 +226,20 @@ fn write_prepared(p: &Prepared) -> bool {
             return false;
         }
         // Nor is a file this process may not write, which a rename could
-        // still replace: the shell's `>` check, without truncating.
-        // SAFETY: `p.path` is NUL-terminated; no mode is needed without
-        // O_CREAT.
-        let fd = unsafe {
-            libc::open(
+        // still replace: the shell's `>` check.
+        // SAFETY: `p.path` is NUL-terminated; the call reads it and
+        // nothing else.
+        let asked = unsafe {
+            libc::faccessat(
+                libc::AT_FDCWD,
                 p.path.as_ptr(),
-                libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
+                libc::W_OK,
+                libc::AT_EACCESS,
             )
         };
-        if fd < 0 {
+        if asked != 0 && super::is_refusal(std::io::Error::last_os_error().raw_os_error()) {
             return false;
         }
-        // SAFETY: `fd` was opened just above and is closed once here.
-        unsafe { libc::close(fd) };
     } else if std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT) {
         return false;
     }
@@ -394,11 +394,13 @@ mod tests {
     /// directory would let a rename replace it. As root, the check runs on
     /// a thread whose file-system identity is another user's (`setfsuid`
     /// changes the calling thread's alone, and drops its file
-    /// capabilities).
+    /// capabilities); the directory is in `/tmp`, which that user may
+    /// enter, so the file is refused for being read-only and nothing else.
     #[test]
     fn leaves_a_file_it_may_not_write() {
+        use std::io::Write as _;
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir_in("/tmp").unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         let path = dir.path().join("read-only.pb.gz");
         std::fs::write(&path, "kept").unwrap();
@@ -406,20 +408,34 @@ mod tests {
         let p = prepared(&path);
         let written = std::thread::scope(|s| {
             s.spawn(|| {
-                // SAFETY: geteuid has no preconditions; setfsuid changes
-                // this thread's file-system user id only, and the thread
-                // ends with the scope.
+                // SAFETY: geteuid has no preconditions.
                 if unsafe { libc::geteuid() } == 0 {
-                    // SAFETY: as above.
+                    // SAFETY: changes this thread's file-system user id
+                    // only; the thread ends with the scope.
                     unsafe { libc::setfsuid(65534) };
                     // SAFETY: as above; a second call returns the id set.
-                    assert_eq!(unsafe { libc::setfsuid(65534) }, 65534);
+                    if unsafe { libc::setfsuid(65534) } != 65534 {
+                        assert!(
+                            std::env::var_os("HEAPPROF_REQUIRE_ROOT").is_none(),
+                            "HEAPPROF_REQUIRE_ROOT is set, but user 65534 cannot be taken"
+                        );
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "skipped: user 65534 cannot be taken here (a user namespace?)"
+                        );
+                        return None;
+                    }
                 }
-                write_prepared(&p)
+                // The user can see the file: a refusal is for writing.
+                assert!(std::fs::symlink_metadata(&path).is_ok());
+                Some(write_prepared(&p))
             })
             .join()
             .unwrap()
         });
+        let Some(written) = written else {
+            return;
+        };
         assert!(!written);
         assert_eq!(std::fs::read(&path).unwrap(), b"kept");
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();

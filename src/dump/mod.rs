@@ -139,20 +139,28 @@ fn read_only() -> io::Error {
     )
 }
 
-/// Whether this process may open the regular file at `path` for writing
-/// (not following a symlink, not truncating): the shell's `>` check.
+/// Whether this process (its effective ids) may write the file at
+/// `path`: the shell's `>` check, asked of the kernel without opening the
+/// file (an open would tell watchers and lease holders it was written).
 /// Other failures (the file gone meanwhile) say yes and leave the write
 /// to report them.
 fn may_write(path: &Path) -> bool {
-    let opened = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path);
-    !matches!(
-        opened.map_err(|e| e.raw_os_error()),
-        Err(Some(
-            libc::EACCES | libc::EPERM | libc::EROFS | libc::ETXTBSY
-        ))
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return true;
+    };
+    // SAFETY: `c` is NUL-terminated and lives across the call, which
+    // reads it and nothing else.
+    let asked =
+        unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::W_OK, libc::AT_EACCESS) };
+    !(asked != 0 && is_refusal(io::Error::last_os_error().raw_os_error()))
+}
+
+/// Whether an `errno` from `faccessat(W_OK)` means the file may not be
+/// written: no permission, a read-only file system, or a program running.
+pub(super) fn is_refusal(errno: Option<i32>) -> bool {
+    matches!(
+        errno,
+        Some(libc::EACCES | libc::EPERM | libc::EROFS | libc::ETXTBSY)
     )
 }
 
@@ -411,12 +419,17 @@ fn write_through(path: &Path, bytes: &[u8]) -> io::Result<()> {
 const THROUGH_STALL: Duration = Duration::from_secs(10);
 
 /// Writes all of `bytes` to `file`, opened non-blocking: when it takes no
-/// more, waits until it does, for at most `stall` without progress.
+/// more, waits until it does, for at most `stall` since the last progress
+/// (signals that interrupt the wait do not extend it).
 fn write_with_patience(file: &mut File, mut bytes: &[u8], stall: Duration) -> io::Result<()> {
+    let mut deadline = Instant::now() + stall;
     while !bytes.is_empty() {
         match file.write(bytes) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
+            Ok(n) => {
+                bytes = &bytes[n..];
+                deadline = Instant::now() + stall;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let mut ready = libc::pollfd {
@@ -424,10 +437,14 @@ fn write_with_patience(file: &mut File, mut bytes: &[u8], stall: Duration) -> io
                     events: libc::POLLOUT,
                     revents: 0,
                 };
-                let ms = libc::c_int::try_from(stall.as_millis()).unwrap_or(libc::c_int::MAX);
+                let left = deadline.saturating_duration_since(Instant::now());
+                // Rounded up, so that under a millisecond left still waits.
+                let ms = libc::c_int::try_from(left.as_micros().div_ceil(1000))
+                    .unwrap_or(libc::c_int::MAX);
                 // SAFETY: `ready` is one live pollfd for the duration of
                 // the call, and `file`'s descriptor is open.
                 match unsafe { libc::poll(&mut ready, 1, ms) } {
+                    0 if Instant::now() < deadline => {}
                     0 => {
                         return Err(io::Error::new(
                             io::ErrorKind::TimedOut,
@@ -1250,6 +1267,10 @@ mod tests {
         assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
         assert!(e.to_string().contains("took none of the profile"), "{e}");
         assert!(start.elapsed() >= stall);
+
+        // Pauses of 20 ms against a stall of seconds: a loaded machine
+        // that leaves the reader unscheduled a while fails nothing.
+        let stall = Duration::from_secs(5);
 
         let (mut reader, mut writer) = pipe();
         let slow = std::thread::spawn(move || {

@@ -274,15 +274,21 @@ pub(crate) fn what_the_numbers_are(rate: usize) -> String {
 /// The current sample rate in bytes, read from the configuration on first
 /// use (so inside the profiler only, as `config::get`).
 pub(crate) fn rate() -> usize {
-    match RATE.load(Relaxed) {
+    match RATE.load(Acquire) {
         RATE_UNSET => {
             let from_env = config::get().sample_rate;
             // Another thread, or `set_rate`, may have got there first.
-            let first = RATE.compare_exchange(RATE_UNSET, from_env, Relaxed, Relaxed);
-            if first.is_ok() && from_env == 0 {
-                TURNED_OFF.fetch_add(1, Release);
+            // Counted before it is published, as `set_rate` does, and
+            // taken back if another thread or `set_rate` published first.
+            let off = u64::from(from_env == 0);
+            TURNED_OFF.fetch_add(off, Relaxed);
+            if RATE
+                .compare_exchange(RATE_UNSET, from_env, Release, Relaxed)
+                .is_err()
+            {
+                TURNED_OFF.fetch_sub(off, Relaxed);
             }
-            RATE.load(Relaxed)
+            RATE.load(Acquire)
         }
         rate => rate,
     }
@@ -302,19 +308,23 @@ static EPOCH: AtomicU64 = AtomicU64::new(0);
 /// profile holds.
 static TURNED_OFF: AtomicU64 = AtomicU64::new(0);
 
-/// The number of times sampling was turned off so far ([`TURNED_OFF`]).
+/// The number of times sampling was turned off so far ([`TURNED_OFF`]):
+/// at least every turn made before the rate [`rate`] last returned was
+/// stored.
 pub(crate) fn times_turned_off() -> u64 {
-    TURNED_OFF.load(Acquire)
+    TURNED_OFF.load(Relaxed)
 }
 
 /// Sets the process-wide rate and moves the [`epoch`] on; the caller
 /// tells running threads (`record/countdown.rs`).
 pub(crate) fn set_rate(bytes: usize) {
     if bytes == 0 {
-        // Before the rate: a reader that sees rate 0 sees the count too.
-        TURNED_OFF.fetch_add(1, Release);
+        TURNED_OFF.fetch_add(1, Relaxed);
     }
-    RATE.store(bytes.min(config::MAX_RATE), Relaxed);
+    // Release, with `rate`'s acquire: a reader that sees this rate, or a
+    // later one, then sees the count as of this store. So a snapshot that
+    // reads a rate set back on after a turn-off reads the turn-off too.
+    RATE.store(bytes.min(config::MAX_RATE), Release);
     // SeqCst: a thread that draws with the old rate and then reads the
     // epoch, and the caller, which reads that thread's countdown after
     // this, cannot both miss the other (`record::countdown::expired`).
