@@ -281,8 +281,19 @@ impl Pusher {
                  with no query or fragment"
             ));
         }
-        if let Err(e) = ureq::http::Uri::try_from(self.ingest_url()) {
-            return invalid(format!("heapprof: Pusher URL {url}: {e}"));
+        let uri = match ureq::http::Uri::try_from(self.ingest_url()) {
+            Ok(uri) => uri,
+            Err(e) => return invalid(format!("heapprof: Pusher URL {url}: {e}")),
+        };
+        // The URI's grammar takes any digits for a port; a socket takes 1
+        // to 65535, and a port past that would be reported as refused.
+        if let Some(port) = port_of(uri.authority().map_or("", |a| a.as_str()))
+            && !port.parse::<u16>().is_ok_and(|p| p > 0)
+        {
+            return invalid(format!(
+                "heapprof: Pusher URL {url}: port {} is not one from 1 to 65535",
+                Shown::new(port)
+            ));
         }
         if !config::valid_service_name(&self.name) {
             return invalid(format!(
@@ -601,6 +612,16 @@ fn multipart(profile: &[u8]) -> (String, Vec<u8>) {
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
+/// The port an authority (`user@host:port`, `[::1]:port`) names, as
+/// written; `None` without one (or with an empty one, the default).
+fn port_of(authority: &str) -> Option<&str> {
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = host_port.rsplit_once(':')?;
+    // A colon inside an IPv6 literal's brackets is not the port's.
+    let outside_brackets = !host.starts_with('[') || host.ends_with(']');
+    (outside_brackets && !port.is_empty()).then_some(port)
+}
+
 /// Failed pushes, reported at most once per [`WARN_EVERY`].
 #[derive(Default)]
 struct Failures {
@@ -754,6 +775,9 @@ mod tests {
     fn checks_what_pyroscope_would_refuse() {
         let ok = Pusher::new("http://127.0.0.1:4040/", "my-app.v2/x").label("env", "prod=1");
         ok.check().unwrap();
+        Pusher::new("http://[::1]:65535", "a").check().unwrap();
+        Pusher::new("http://[::1]/", "a").check().unwrap();
+        Pusher::new("http://u:p@x:1/", "a").check().unwrap();
         assert_eq!(ok.ingest_url(), "http://127.0.0.1:4040/ingest");
         assert_eq!(ok.name_with_labels(), "my-app.v2/x{env=prod=1}");
         let bad = [
@@ -761,6 +785,8 @@ mod tests {
             Pusher::new("ftp://x", "a"),
             Pusher::new("http://x/?a=b", "a"),
             Pusher::new("http://x/#top", "a"),
+            Pusher::new("http://127.0.0.1:99999", "a"),
+            Pusher::new("http://127.0.0.1:0", "a"),
             Pusher::new("http://x", "a".repeat(MAX_REQUEST_TARGET_BYTES)),
             Pusher::new("http://x", ""),
             Pusher::new("http://x", "my app"),
@@ -775,7 +801,7 @@ mod tests {
                 .bearer_token("t"),
         ];
         for p in bad {
-            let e = p.check().unwrap_err();
+            let e = p.check().expect_err(&format!("{p:?}"));
             assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{p:?}: {e}");
         }
     }
