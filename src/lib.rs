@@ -221,8 +221,9 @@
 //! ```
 //!
 //! * [`Measured`] has `allocations`, `allocated_bytes`, `deallocations`,
-//!   `freed_bytes`, `peak_bytes` (the highest the live bytes rose above
-//!   where they started) and [`net_bytes()`](Measured::net_bytes).
+//!   `freed_bytes`, `peak_bytes` (the most the live bytes rose above
+//!   their lowest point before, so that freeing older memory first does
+//!   not hide a temporary) and [`net_bytes()`](Measured::net_bytes).
 //! * A failed assertion's message gives the numbers and the sites of the
 //!   thread's samples in the window (all of its allocations at
 //!   [`set_sample_rate`]`(1)`).

@@ -183,6 +183,54 @@ fn peak_is_the_highest_point_not_the_end() {
     assert_eq!(m.net_bytes(), -(512 << 10));
 }
 
+/// A call that frees older memory first and then holds a temporary has
+/// held the temporary: the frees do not hide it from the peak, in one
+/// window, in an outer one around it, and across a future's polls.
+#[test]
+fn freeing_older_memory_does_not_hide_a_temporary() {
+    let mut old = black_box(vec![0u8; 1 << 20]);
+    let ((), m) = measure(|| {
+        old.truncate(10);
+        old.shrink_to_fit();
+        drop(black_box(vec![0u8; 512 << 10]));
+    });
+    assert_eq!(m.peak_bytes, 512 << 10, "{m}");
+    assert_eq!(m.net_bytes(), 10 - (1 << 20));
+    drop(old);
+
+    // Freed before an inner window opens, the temporary inside it: the
+    // outer window counts the inner one's rise from its own lowest point.
+    let mut old = black_box(vec![0u8; 1 << 20]);
+    let ((), outer) = measure(|| {
+        drop(std::mem::take(&mut old));
+        let ((), inner) = measure(|| drop(black_box(vec![0u8; 4096])));
+        assert_eq!(inner.peak_bytes, 4096, "inner: {inner}");
+    });
+    assert_eq!(outer.peak_bytes, 4096, "outer: {outer}");
+
+    // One poll frees the older block and keeps 100 bytes, the next holds
+    // a temporary beside them: both at once, across the polls.
+    let mut old = Some(black_box(vec![0u8; 1 << 20]));
+    let mut kept = None;
+    let mut future = Box::pin(heapprof::measure_future(std::future::poll_fn(move |cx| {
+        if kept.is_none() {
+            drop(old.take());
+            kept = Some(black_box(vec![0u8; 100]));
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        drop(black_box(vec![0u8; 8192]));
+        std::task::Poll::Ready(kept.take())
+    })));
+    let (kept, m) = loop {
+        if let std::task::Poll::Ready(done) = poll_once(&mut future) {
+            break done;
+        }
+    };
+    assert_eq!(m.peak_bytes, 100 + 8192, "{m}");
+    drop(kept);
+}
+
 /// A realloc counts as the free of the old block and the allocation of
 /// the new one, and the peak as its result.
 #[test]

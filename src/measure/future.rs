@@ -35,9 +35,9 @@ use super::{Measured, Window};
 ///   [`stats()`](crate::stats) delta in a test that runs alone;
 /// * a block the future allocates and another task frees counts as held,
 ///   as with [`measure`](super::measure);
-/// * [`Measured::peak_bytes`] is exact across polls: each poll's high
-///   point counted from where the polls before it left the future's live
-///   bytes;
+/// * [`Measured::peak_bytes`] is counted across polls as within one: each
+///   poll's high point from the lowest point of the polls before it, where
+///   they left the future's live bytes;
 /// * the time in the report is the time spent in polls, not the time
 ///   waited between them;
 /// * a future dropped before it completes reports nothing.

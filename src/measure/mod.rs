@@ -9,9 +9,9 @@
 //! of them when it leaves its guard. The peak needs more than the counts
 //! at the two ends: while a window is open the thread's countdown is held
 //! aside (`record/countdown.rs`), so each of its allocations reaches the
-//! slow path, which raises the thread's high-water mark
-//! (`thread/measure.rs`). Windows nest: an inner one starts its own mark
-//! and hands its highest back to the outer one when it closes.
+//! slow path, which moves the marks of the thread's live bytes
+//! (`thread/measure.rs`). Windows nest: an inner one starts marks of its
+//! own and folds them into the outer one's when it closes.
 
 #[cfg(feature = "criterion")]
 pub mod criterion;
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use crate::output::{self, Source, snapshot::Snapshot};
 use crate::record::{self, countdown, sites};
 use crate::support::{reentry, registry};
-use crate::thread::{self, counters::Counts, measure::SiteTally};
+use crate::thread::{self, counters::Counts, measure::Marks, measure::SiteTally};
 
 /// Runs `f` on the calling thread and returns its result with exact counts
 /// of what this thread allocated and freed while it ran.
@@ -105,11 +105,20 @@ pub struct Measured {
     pub deallocations: u64,
     /// Bytes of those blocks.
     pub freed_bytes: u64,
-    /// The highest the thread's live bytes rose above where they stood when
-    /// the window opened: the most memory the call held at once (the
-    /// result of a `realloc`, not the old and new blocks together). At
-    /// least [`net_bytes`](Measured::net_bytes), and never below zero.
+    /// The most memory the call held at once: the most the thread's live
+    /// bytes rose, while it ran, above their lowest point before (where
+    /// they stood when the window opened, or lower if the call had freed
+    /// older blocks by then). Frees of blocks allocated before the call
+    /// do not hide a temporary it allocates after them. Exact when the
+    /// call frees no older block; otherwise the call's own blocks held at
+    /// least this much at one time. A `realloc` counts by its result, not
+    /// the old and new blocks together. At least
+    /// [`net_bytes`](Measured::net_bytes), and never below zero.
     pub peak_bytes: u64,
+    /// The lowest and highest live bytes of the thread in the window, at
+    /// its allocations, less those at its start ([`Measured::absorb`]).
+    lowest: i64,
+    highest: i64,
     /// The thread's samples in the window, by site (heapprof's memory).
     sites: Vec<SiteTally>,
     /// Whether a site was left out of `sites` for lack of memory.
@@ -142,9 +151,8 @@ impl Measured {
         self.check_installed("allocations");
     }
 
-    /// Panics, with the numbers and the sampled sites, if the call's live
-    /// bytes rose more than `max_bytes` above where they started
-    /// ([`Measured::peak_bytes`]).
+    /// Panics, with the numbers and the sampled sites, if the call held
+    /// more than `max_bytes` at once ([`Measured::peak_bytes`]).
     #[track_caller]
     pub fn assert_peak_at_most(&self, max_bytes: u64) {
         if self.peak_bytes > max_bytes {
@@ -375,11 +383,18 @@ impl Clone for Measured {
 impl Measured {
     /// Adds what a later window on the same work measured (the next poll
     /// of a future, `future.rs`): counts and sites add up, and the peak is
-    /// the higher of the two, the later one counted from where this one's
-    /// net left the live bytes.
+    /// the highest of the two windows' and of the later one's highest
+    /// point over this one's lowest, the later window's marks counted from
+    /// where this one's net left the live bytes.
     fn absorb(&mut self, later: Measured) {
-        let peak_later = (self.net_bytes() as i128 + i128::from(later.peak_bytes)).max(0);
-        self.peak_bytes = self.peak_bytes.max(peak_later.min(u64::MAX as i128) as u64);
+        let net = self.net_bytes();
+        let across = net
+            .saturating_add(later.highest)
+            .saturating_sub(self.lowest)
+            .max(0) as u64;
+        self.peak_bytes = self.peak_bytes.max(later.peak_bytes).max(across);
+        self.lowest = self.lowest.min(net.saturating_add(later.lowest));
+        self.highest = self.highest.max(net.saturating_add(later.highest));
         self.allocations = self.allocations.wrapping_add(later.allocations);
         self.allocated_bytes = self.allocated_bytes.wrapping_add(later.allocated_bytes);
         self.deallocations = self.deallocations.wrapping_add(later.deallocations);
@@ -438,9 +453,9 @@ struct Window {
     started: Instant,
     /// False for a window opened inside another one.
     outermost: bool,
-    /// The enclosing window's high-water mark and tallies, set aside
-    /// while this one is open (nothing for the outermost).
-    outer_high: u64,
+    /// The enclosing window's marks and tallies, set aside while this one
+    /// is open (nothing for the outermost).
+    outer_marks: Marks,
     outer_sites: Vec<SiteTally>,
     outer_incomplete: bool,
     closed: bool,
@@ -467,19 +482,19 @@ impl Window {
             tallies
         };
         let start = thread_counts();
-        let (outer_high, (outer_sites, outer_incomplete)) = thread::with(|l| {
-            let high = l.measure.high();
-            l.measure.set_high(live(start));
+        let (outer_marks, (outer_sites, outer_incomplete)) = thread::with(|l| {
+            let marks = l.measure.marks();
+            l.measure.set_marks(Marks::at(live(start)));
             let outer = l.measure.take_tallies();
             l.measure.set_tallies(tallies, false);
-            (high, outer)
+            (marks, outer)
         })
-        .unwrap_or_default();
+        .unwrap_or((Marks::at(0), Default::default()));
         Window {
             start,
             started: Instant::now(),
             outermost,
-            outer_high,
+            outer_marks,
             outer_sites,
             outer_incomplete,
             closed: false,
@@ -496,14 +511,13 @@ impl Window {
         self.closed = true;
         let elapsed = self.started.elapsed();
         let end = thread_counts();
-        let (high, (sites, incomplete)) =
-            thread::with(|l| (l.measure.high(), l.measure.take_tallies())).unwrap_or_default();
+        let start_live = live(self.start);
+        let (marks, (sites, incomplete)) =
+            thread::with(|l| (l.measure.marks(), l.measure.take_tallies()))
+                .unwrap_or((Marks::at(start_live), Default::default()));
         let inside = reentry::Inside::enter();
         let diff = end.minus(self.start);
-        let start_live = live(self.start);
-        let peak = (high.wrapping_sub(start_live) as i64)
-            .max(live(end).wrapping_sub(start_live) as i64)
-            .max(0) as u64;
+        let peak = marks.rise_at_end(live(end));
         if self.outermost {
             drop(std::mem::take(&mut self.outer_sites));
             countdown::put_back();
@@ -513,8 +527,9 @@ impl Window {
             let outer_incomplete =
                 !add_tallies(&mut outer, &sites) || self.outer_incomplete || incomplete;
             thread::with(|l| {
-                l.measure.set_high(self.outer_high);
-                l.measure.raise_high(high);
+                let mut outer_marks = self.outer_marks;
+                outer_marks.absorb_inner(marks);
+                l.measure.set_marks(outer_marks);
                 l.measure.set_tallies(outer, outer_incomplete);
             });
         }
@@ -530,6 +545,8 @@ impl Window {
             deallocations: diff.deallocations,
             freed_bytes: diff.freed_bytes,
             peak_bytes: peak,
+            lowest: marks.low.wrapping_sub(start_live) as i64,
+            highest: marks.high.wrapping_sub(start_live) as i64,
             sites,
             sites_incomplete: incomplete,
             rate: record::countdown::rate(),

@@ -247,13 +247,15 @@ pub(crate) fn write_to_program<W: io::Write>(
     })
 }
 
-/// The comment that marks a peak profile: how large, and when (RFC 3339,
-/// UTC).
+/// The comment that marks a peak profile: how large, when (RFC 3339,
+/// UTC), and how far below the true peak it may be: a copy is kept each
+/// time the live heap passes the last one by `HEAPPROF_PEAK_GROWTH`.
 fn peak_comment(peak: &peak::Peak) -> String {
     format!(
-        "heapprof peak profile: the live heap at its largest, about {} bytes (sampled estimate), at {}",
+        "heapprof peak profile: the live heap at the largest copy kept, about {} bytes (sampled estimate), at {}; the true peak may be up to {} higher (HEAPPROF_PEAK_GROWTH)",
         peak.live_bytes,
-        wall_time(peak.when)
+        wall_time(peak.when),
+        crate::config::get().peak_growth,
     )
 }
 

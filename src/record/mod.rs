@@ -99,7 +99,7 @@ pub(crate) fn alloc<A: Allocator>(layout: Layout, zeroed: bool, inner: &A) -> *m
             uncount_alloc(layout.size());
             crate::process::on_failed_alloc(layout.size());
         } else {
-            note_live();
+            note_live(layout.size() as u64);
             track_alloc(ptr);
         }
         return ptr;
@@ -131,7 +131,7 @@ pub(crate) fn alloc<A: Allocator>(layout: Layout, zeroed: bool, inner: &A) -> *m
         uncount_alloc(layout.size());
         crate::process::on_failed_alloc(layout.size());
     } else {
-        note_live();
+        note_live(layout.size() as u64);
         track_alloc(ptr);
     }
     ptr
@@ -181,17 +181,18 @@ fn track_free_in(tracked: *mut tracked::Tracked, ptr: *mut u8, size: usize) {
     unsafe { (*tracked).freed(ptr as usize, size) };
 }
 
-/// After an allocation of the program's that succeeded, while a measure
-/// is active on this thread: raises the high-water mark of its live bytes
-/// to the live bytes now. Every allocation of a measured thread comes
-/// through here (its countdown is held at zero); frees only lower the
-/// live bytes, so they need not.
-fn note_live() {
+/// After an allocation of the program's that succeeded and changed its
+/// live bytes by `grown_by` (wrapping; a `realloc`'s new size less its
+/// old), while a measure is active on this thread: moves the marks of its
+/// live bytes (`thread::measure::Marks`). Every allocation of a measured
+/// thread comes through here (its countdown is held at zero); frees only
+/// lower the live bytes, and the next allocation reads where they fell.
+fn note_live(grown_by: u64) {
     thread::with(|l| {
         if l.measure.aside() && !l.counters.inside() {
             let c = l.counters.all_counted();
             l.measure
-                .raise_high(c.allocated_bytes.wrapping_sub(c.freed_bytes));
+                .note(c.allocated_bytes.wrapping_sub(c.freed_bytes), grown_by);
         }
     });
 }

@@ -35,8 +35,8 @@ pub(crate) unsafe fn realloc<A: Allocator>(
     let new_ptr = unsafe { realloc_counted(ptr, layout, new_size, maybe_sampled, inner, entered) };
     if !new_ptr.is_null() {
         // Counted as the free of the old block, then the allocation of the
-        // new one.
-        super::note_live();
+        // new one; the live bytes moved by the difference.
+        super::note_live((new_size as u64).wrapping_sub(layout.size() as u64));
         super::track_free(ptr, layout.size());
         super::track_alloc(new_ptr);
     }

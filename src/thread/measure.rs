@@ -1,10 +1,10 @@
 //! A thread's state while a `heapprof::measure` is active on it: the
-//! sampling countdown held aside, the live-bytes high-water mark, and the
+//! sampling countdown held aside, the marks of its live bytes, and the
 //! samples taken in the window.
 //!
 //! While a measure is active the fast path's countdown is held at zero, so
-//! that every allocation of the thread reaches the slow path, which raises
-//! the high-water mark; the sampler's real countdown waits here and the
+//! that every allocation of the thread reaches the slow path, which moves
+//! the marks; the sampler's real countdown waits here and the
 //! slow path charges it as the fast path would have, so sampling goes on
 //! as without the measure (but for the bytes the window's own bookkeeping
 //! allocates, `measure::TALLY_CAPACITY`). Other threads never look at this state,
@@ -36,6 +36,79 @@ impl SiteTally {
     }
 }
 
+/// Where a thread's live bytes (allocated minus freed, wrapping) have
+/// been in a window, read at each allocation: live bytes rise only there,
+/// so their lowest point before any moment is the live bytes just before
+/// one of the window's allocations, or at its start.
+///
+/// `rise` is what a measure reports as its peak: the most the live bytes
+/// rose above their lowest point before. Counted from the lowest point
+/// rather than from the start, frees of blocks older than the window do
+/// not hide a block the window allocates after them. It never exceeds
+/// what the window's own blocks held at once (a rise of `n` bytes from
+/// the low point is `n` bytes more allocated than freed since then), and
+/// equals it when the window frees no older block.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Marks {
+    /// The highest live bytes.
+    pub high: u64,
+    /// The lowest live bytes before an allocation, or at the start.
+    pub low: u64,
+    /// The largest rise of the live bytes above `low` as it stood then.
+    pub rise: u64,
+}
+
+/// `a - b` as live bytes compare: a signed difference, since they wrap.
+fn above(a: u64, b: u64) -> i64 {
+    a.wrapping_sub(b) as i64
+}
+
+impl Marks {
+    /// The marks of a window that starts with `live` bytes live.
+    pub(crate) const fn at(live: u64) -> Marks {
+        Marks {
+            high: live,
+            low: live,
+            rise: 0,
+        }
+    }
+
+    /// An allocation (or a `realloc`, its new size less its old one) that
+    /// changed the live bytes by `grown_by` and left them at `live`.
+    pub(crate) fn note(&mut self, live: u64, grown_by: u64) {
+        let before = live.wrapping_sub(grown_by);
+        if above(before, self.low) < 0 {
+            self.low = before;
+        }
+        if above(live, self.high) > 0 {
+            self.high = live;
+        }
+        self.rise = self.rise.max(above(live, self.low).max(0) as u64);
+    }
+
+    /// The rise at a window's end, with `live` bytes live then: `rise` when
+    /// every allocation was noted, and never below the window's net.
+    pub(crate) fn rise_at_end(&self, live: u64) -> u64 {
+        self.rise.max(above(live, self.low).max(0) as u64)
+    }
+
+    /// Folds in the marks of a window nested in this one, which started
+    /// where this one stood then: its lows and highs were this window's,
+    /// and its highs rose above this window's lowest point before it.
+    pub(crate) fn absorb_inner(&mut self, inner: Marks) {
+        self.rise = self
+            .rise
+            .max(inner.rise)
+            .max(above(inner.high, self.low).max(0) as u64);
+        if above(inner.low, self.low) < 0 {
+            self.low = inner.low;
+        }
+        if above(inner.high, self.high) > 0 {
+            self.high = inner.high;
+        }
+    }
+}
+
 /// What a thread keeps while a measure is active on it.
 pub(crate) struct Measuring {
     /// Whether a measure is active: the fast path's countdown is held at
@@ -44,9 +117,9 @@ pub(crate) struct Measuring {
     /// The sampler's countdown (the part the fast path's counter would
     /// hold) while `aside`.
     held: Cell<usize>,
-    /// The highest live bytes of the thread (allocated minus freed,
-    /// wrapping) since the innermost measure started.
-    high: Cell<u64>,
+    /// Where the thread's live bytes have been since the innermost measure
+    /// started.
+    marks: Cell<Marks>,
     /// The samples taken in the innermost measure's window, by site.
     /// Empty (no memory) outside a measure; its memory is heapprof's own.
     /// `ManuallyDrop` keeps the thread-local free of a destructor (see
@@ -65,7 +138,7 @@ impl Measuring {
         Measuring {
             aside: Cell::new(false),
             held: Cell::new(0),
-            high: Cell::new(0),
+            marks: Cell::new(Marks::at(0)),
             tallies: Cell::new(ManuallyDrop::new(Vec::new())),
             tallies_incomplete: Cell::new(false),
             tracked: Cell::new(std::ptr::null_mut()),
@@ -102,21 +175,21 @@ impl Measuring {
         self.held.set(countdown);
     }
 
-    /// The high-water mark of live bytes.
-    pub(crate) fn high(&self) -> u64 {
-        self.high.get()
+    /// The marks of the innermost measure's window.
+    pub(crate) fn marks(&self) -> Marks {
+        self.marks.get()
     }
 
-    pub(crate) fn set_high(&self, live: u64) {
-        self.high.set(live);
+    pub(crate) fn set_marks(&self, marks: Marks) {
+        self.marks.set(marks);
     }
 
-    /// Raises the high-water mark to `live` if it is above it (compared as
-    /// a signed difference: live bytes wrap).
-    pub(crate) fn raise_high(&self, live: u64) {
-        if live.wrapping_sub(self.high.get()) as i64 > 0 {
-            self.high.set(live);
-        }
+    /// Moves the marks for an allocation (or a `realloc`) that changed the
+    /// live bytes by `grown_by` (wrapping) and left them at `live`.
+    pub(crate) fn note(&self, live: u64, grown_by: u64) {
+        let mut marks = self.marks.get();
+        marks.note(live, grown_by);
+        self.marks.set(marks);
     }
 
     /// Takes the window's tallies and whether some were lost, leaving none.
