@@ -84,9 +84,11 @@ impl<A: GlobalAlloc> Drop for Profiler<A> {
 }
 
 // SAFETY: every method forwards to `inner` with the layout the caller gave,
-// except for sampled blocks, which `record::alloc_sampled` allocates with a stricter
-// alignment (same size) and frees with that same stricter layout; those
-// blocks satisfy the caller's layout too. A freed sampled block kept for
+// except for sampled blocks, which `record::alloc_sampled` allocates with
+// page alignment and small sizes rounded up to their class
+// (`record::spare::layout_for`: never smaller, never less aligned) and
+// frees with that same layout; those blocks satisfy the caller's layout
+// too. A freed sampled block kept for
 // reuse (`record/spare.rs`, stateless allocators only) is handed out again
 // only over the allocator it came from. No method unwinds: the slow path (`record/`)
 // catches nothing because nothing it calls on these paths panics.

@@ -423,7 +423,7 @@
 //! | `config/` | settings read once from the environment; one-line reports on stderr |
 //! | `sample/` | sampling math: when a countdown ends in a sample, what a sample weighs, what a site's samples add up to |
 //! | `thread/` | the one thread-local and its plain parts: counters and countdown, sampler state, filter mask, held locks, deferred frees, stack facts, registration, label-set ids, an active measure; the exit hooks |
-//! | `support/` | locks with ranks, the reentrancy guard, the registry of threads, memory mappings, signal state |
+//! | `support/` | runtime support with no profile data: locks with ranks, table growth, the reentrancy guard, heapprof's own threads, the registry of threads, memory mappings, signal state, the process across forks, memory limits and room for heapprof's work, small file reads |
 //! | `labels/` | label sets: the table that interns them, scopes, the future wrapper, the tracing layer |
 //! | `record/` | the slow path: stack capture, the site table, the sampled-block set, spare blocks, the peak copy, the blocks a leak check follows |
 //! | `fast.rs` | the fast path: `Profiler`'s `GlobalAlloc` |

@@ -42,7 +42,8 @@ pub(crate) enum Unwinder {
 pub(crate) const DEFAULT_SAMPLE_RATE: usize = 512 * 1024;
 
 /// How many distinct allocation sites the site table (`record/sites.rs`)
-/// holds before new sites go to the overflow site (`HEAPPROF_MAX_SITES`).
+/// holds (`HEAPPROF_MAX_SITES`); a new site past it takes the place of
+/// one with nothing live, or goes to its label set's overflow site.
 pub(crate) const DEFAULT_MAX_SITES: usize = 16 * 1024;
 
 /// The shortest period `HEAPPROF_DUMP_EVERY` takes; a shorter one is

@@ -76,8 +76,9 @@ use crate::{record::sites, sample, support::reentry};
 
 pub(crate) use server::close_listeners_after_fork;
 pub use server::{
-    DEFAULT_CONNECTIONS_PER_PEER, DEFAULT_RESPONSE_BUDGET, LARGEST_HEAD_BYTES, LONGEST_TIMEOUT,
-    Server, THREAD_STACK_BYTES, serve,
+    DEFAULT_CONNECTIONS_PER_PEER, DEFAULT_HEAD_BYTES, DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_RESPONSE_BUDGET, DEFAULT_WRITE_TIMEOUT, LARGEST_HEAD_BYTES,
+    LONGEST_TIMEOUT, Server, THREAD_STACK_BYTES, serve,
 };
 
 /// The longest `?seconds=N` delta served. Go bounds it by the server's
@@ -251,7 +252,7 @@ const SERVED: &str = "/debug/pprof/heap, /debug/pprof/allocs, /debug/pprof/delta
                       /debug/pprof/peak, and an index at /debug/pprof/";
 
 /// Go's profiles that heapprof does not have, as scrapers ask for them:
-/// the last part of the path and what it is in Go.
+/// the path and what it is in Go.
 const GO_ONLY: [(&str, &str); 11] = [
     ("/debug/pprof/profile", "a CPU profile"),
     ("/debug/pprof/goroutine", "Go's goroutine profile"),

@@ -83,6 +83,19 @@ pub fn serve(addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
 /// this size on its own.
 pub const DEFAULT_RESPONSE_BUDGET: usize = 64 * 1024 * 1024;
 
+/// The default of [`Server::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+
+/// The default of [`Server::header_timeout`]: the whole request head must
+/// arrive within it.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The default of [`Server::write_timeout`].
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The default of [`Server::max_head_bytes`]: 8 KiB.
+pub const DEFAULT_HEAD_BYTES: usize = 8 * 1024;
+
 /// The default of [`Server::max_connections_per_peer`]: a scraper, a
 /// `go tool pprof` and a person with curl at once from one address, with
 /// room to spare.
@@ -93,9 +106,12 @@ pub const DEFAULT_CONNECTIONS_PER_PEER: usize = 8;
 /// computable (an `Instant` plus `Duration::MAX` overflows).
 pub const LONGEST_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// The largest [`Server::max_head_bytes`]: 1 MiB, 128 times the default.
+/// The largest [`Server::max_head_bytes`]: 1 MiB, 128 times
+/// [`DEFAULT_HEAD_BYTES`].
 /// The head buffer grows as bytes arrive, up to the limit.
 pub const LARGEST_HEAD_BYTES: usize = 1024 * 1024;
+// The docs above state the ratio.
+const _: () = assert!(LARGEST_HEAD_BYTES == 128 * DEFAULT_HEAD_BYTES);
 
 /// The stack of each of the server's threads (listener, connections,
 /// rejecters), set explicitly so that `RUST_MIN_STACK` (which sets the
@@ -125,17 +141,19 @@ impl Default for Server {
 }
 
 impl Server {
-    /// The defaults: 64 connections at once, of them
-    /// [`DEFAULT_CONNECTIONS_PER_PEER`] from one peer, 10 s to send the
-    /// request head, 60 s to take the response, 8 KiB of request head,
-    /// [`DEFAULT_RESPONSE_BUDGET`] of response bodies held at once.
+    /// The defaults: [`DEFAULT_MAX_CONNECTIONS`] connections at once, of
+    /// them [`DEFAULT_CONNECTIONS_PER_PEER`] from one peer,
+    /// [`DEFAULT_HEADER_TIMEOUT`] to send the request head,
+    /// [`DEFAULT_WRITE_TIMEOUT`] to take the response,
+    /// [`DEFAULT_HEAD_BYTES`] of request head, [`DEFAULT_RESPONSE_BUDGET`]
+    /// of response bodies held at once.
     pub fn new() -> Server {
         Server {
-            max_connections: 64,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_peer: DEFAULT_CONNECTIONS_PER_PEER,
-            header_timeout: Duration::from_secs(10),
-            write_timeout: Duration::from_secs(60),
-            max_head_bytes: 8 * 1024,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            max_head_bytes: DEFAULT_HEAD_BYTES,
             max_response_bytes: DEFAULT_RESPONSE_BUDGET,
         }
     }

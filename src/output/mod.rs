@@ -9,7 +9,7 @@
 //! Source ──collect──> Collected { sites, comments }
 //!                       ├─ Format::Pprof ─> pprof::build ─> pprof::encode (gzip)
 //!                       ├─ Format::Text ──> text::write
-//!                       └─ snapshot::Snapshot::new
+//!                       └─ snapshot::snapshot_of ─> Snapshot
 //! ```
 
 pub(crate) mod pprof;

@@ -8,8 +8,10 @@
 //! at the default rate). Looking every pointer up
 //! in a shared table would put a cache miss, or a lock, on every free.
 //! Instead, at rates from [`PAGE_ALIGN_MIN_RATE`] up, sampled blocks are
-//! allocated *page aligned* (alignment raised to [`PAGE`]; the size is unchanged, and glibc's
-//! `memalign` returns the slack before the block to its free lists), so
+//! allocated *page aligned* (alignment raised to [`PAGE`], small sizes
+//! rounded up to their class by `spare::layout_for` so that freed ones can
+//! be reused; glibc's `memalign` returns the slack before the block to its
+//! free lists), so
 //! the free path first tests `ptr & PAGE_MASK == 0`. Only page-aligned
 //! pointers, about one in `PAGE / 16` small blocks plus blocks that asked for page
 //! alignment, go on to the set itself.

@@ -311,7 +311,7 @@ mod tests {
     #[test]
     fn a_measure_ending_after_a_rate_change_puts_back_no_countdown() {
         on_a_fresh_thread_holding_the_rate(|| {
-            set_rate(512 * 1024);
+            set_rate(crate::config::DEFAULT_SAMPLE_RATE);
             allocate(1);
             assert!(hold_aside());
             sample::set_rate(1);

@@ -21,7 +21,8 @@
 //! The entry points ([`alloc`], [`free::dealloc`], [`realloc::realloc`])
 //! enter the reentrancy guard around what may allocate (the unwinder, the
 //! tables), so those allocations go straight to the inner allocator; the
-//! helpers they call say when they expect to be inside. Locks are taken
+//! functions they call that expect to be inside say so in their docs
+//! ("Inside the guard", as `record`'s do). Locks are taken
 //! only after the stack is captured, one at a time, and never around a
 //! call that could lock again.
 //!
@@ -95,14 +96,7 @@ pub(crate) fn alloc<A: Allocator>(layout: Layout, zeroed: bool, inner: &A) -> *m
         // SAFETY: forwarded with the caller's layout (non-zero size per the
         // GlobalAlloc contract).
         let ptr = unsafe { alloc_plain(inner, layout, zeroed) };
-        if ptr.is_null() {
-            uncount_alloc(layout.size());
-            crate::process::on_failed_alloc(layout.size());
-        } else {
-            note_live(layout.size() as u64);
-            track_alloc(ptr);
-        }
-        return ptr;
+        return after_alloc(ptr, layout.size());
     }
     // One thread registers the handlers, even if two make their first
     // allocations at once (threads started from C before any Rust
@@ -125,13 +119,21 @@ pub(crate) fn alloc<A: Allocator>(layout: Layout, zeroed: bool, inner: &A) -> *m
         // GlobalAlloc contract).
         None => unsafe { alloc_plain(inner, layout, zeroed) },
     };
+    after_alloc(ptr, layout.size())
+}
+
+/// What follows a slow-path allocation of `size` bytes that returned
+/// `ptr`: a failure is taken out of the counts (every allocation of
+/// `sample::MAX_COUNTDOWN` bytes or more comes to the slow path, so a
+/// failed big one, a `try_reserve`, is never counted) and may write the
+/// failure's dump; a success moves an active measure's marks and an
+/// `assert_no_leak`'s set. Returns `ptr`.
+fn after_alloc(ptr: *mut u8, size: usize) -> *mut u8 {
     if ptr.is_null() {
-        // Every allocation of `sample::MAX_COUNTDOWN` bytes or more comes
-        // here, so a failed big one (`try_reserve`) is never counted.
-        uncount_alloc(layout.size());
-        crate::process::on_failed_alloc(layout.size());
+        uncount_alloc(size);
+        crate::process::on_failed_alloc(size);
     } else {
-        note_live(layout.size() as u64);
+        note_live(size as u64);
         track_alloc(ptr);
     }
     ptr

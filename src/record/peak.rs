@@ -82,7 +82,8 @@ pub(crate) fn on_alloc(bytes: f64, may_copy: bool) {
             .is_ok()
     {
         // No memory for the copy: this peak goes unrecorded (the next is
-        // taken 10 % higher) rather than aborting the allocation it is in.
+        // taken `HEAPPROF_PEAK_GROWTH` higher) rather than aborting the
+        // allocation it is in.
         let Some(sites) = sites::try_packed() else {
             return;
         };

@@ -57,8 +57,7 @@
 //! bytes); for `s ≫ R`, `w ≈ 1` (big blocks are always seen). Go's
 //! `scaleHeapSample` applies the same factor at write time, per bucket; we
 //! apply it per sample, because our sites (`record/sites.rs`) are keyed by
-//! stack alone and can
-//! hold mixed sizes.
+//! stack and label set, not by size, and can hold mixed sizes.
 //!
 //! The estimate of a site that allocated `B` bytes has a relative standard
 //! error of about `1/sqrt(B/R)` (a Poisson count with mean `B/R`): a site

@@ -35,7 +35,7 @@
 //! are handled apart).
 //!
 //! The locks a free of a sampled block takes (the sampled set's, the site
-//! table's, the spare pools', the peak's, the mask copies'), and the
+//! table's, the spare pools', the mask copies'), and the peak's and the
 //! registry's ranked among them, are those [`rank::free_path`] names:
 //! each thread counts those it holds or is waiting for
 //! (`thread::HeldLocks`), up before it asks for one and down after it lets
@@ -78,8 +78,9 @@ pub(crate) mod rank {
     /// those allocations may take the registry's or the free path's locks,
     /// all of higher rank. Reading a stored set takes no lock.
     pub(crate) const LABELS: u8 = 6;
-    /// The site table's stripes and the two sites kept apart from them
-    /// (`record/sites.rs`).
+    /// The site table's stripes and the sites kept apart from them: the
+    /// overflow site of each label set and the site of samples that were
+    /// not unwound (`record/sites.rs`).
     pub(crate) const SITES: u8 = 7;
     /// The spare pools (`record/spare.rs`).
     pub(crate) const SPARE: u8 = 8;
@@ -97,10 +98,11 @@ pub(crate) mod rank {
     /// Whether a free on a thread that holds a lock of this rank must
     /// not take the free path's locks: every rank from [`SITES`] on. The
     /// free of a sampled block takes locks of ranks `SITES` to `BLOCKS`
-    /// (set, site, spare pool, peak, mask copies), so a free under any
-    /// lock ranked among or after them would wait out of order: it is put
-    /// off instead (`record::free`). The registry's lock is one of them: a
-    /// signal handler's free can interrupt a thread that holds it.
+    /// (set, site, spare pool, mask copies), so a free under any lock
+    /// ranked among or after them would wait out of order: it is put off
+    /// instead (`record::free`). The peak's lock (a free lowers the peak's
+    /// estimate without it) and the registry's are ranked among them: a
+    /// signal handler's free can interrupt a thread that holds either.
     pub(crate) const fn free_path(rank: u8) -> bool {
         rank >= SITES
     }

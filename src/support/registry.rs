@@ -34,6 +34,17 @@ use crate::thread::{self, ListPlaces, Local, Registration};
 
 /// The threads that are running, for their counters: addresses of their
 /// thread-locals ([`local_at`]).
+///
+/// Listing contract (for [`LIVE`] and [`MASK_COPIES`]): an address stays
+/// listed only while its thread runs. The thread's exit hook ([`retire`])
+/// removes it under the list's lock before the thread's thread-local
+/// memory is released, and in a fork child the child handler
+/// ([`forget_other_threads_after_fork`]) removes the other threads'
+/// entries before anything else runs there. Both leave a list as it is
+/// when its lock is held by code a signal handler interrupted; an entry
+/// outlives its thread only if that handler then calls `pthread_exit`
+/// or `fork`, which are not async-signal-safe: a program that does so
+/// has already left what its C library defines.
 static LIVE: Mutex<{ rank::REGISTRY }, Vec<usize>> = Mutex::new(Vec::new());
 /// Counts of threads that are not in the registry: moved here when a
 /// thread exits, and by threads that count while unlisted
@@ -315,13 +326,10 @@ pub(crate) fn set_filter_mask(mask: impl FnOnce() -> usize) {
     let mask = mask();
     FILTER_MASK.store(mask, SeqCst);
     for &addr in copies.iter() {
-        // SAFETY: an address stays in MASK_COPIES only while its thread
-        // runs: the thread's exit hook (`retire`) removes it, under this
-        // same lock, before the thread's thread-local memory is released.
-        // In a fork child, the child handler removes the other threads'
-        // entries before anything else runs there
-        // (`forget_other_threads_after_fork`). The copy is atomic: its
-        // thread reads it.
+        // SAFETY: a listed address is a running thread's thread-local
+        // memory, by the listing contract on `LIVE` (its exception is a
+        // program that calls `pthread_exit` or `fork` from a signal
+        // handler). The copy is atomic: its thread reads it.
         let copy = &unsafe { local_at(addr) }.filter_mask;
         copy.store(mask, SeqCst);
     }
@@ -370,12 +378,10 @@ pub(crate) fn totals() -> Counts {
     let unlisted = UNLISTED.get();
     let sum_listed = || {
         live.iter().fold(Counts::default(), |sum, &addr| {
-            // SAFETY: an address stays in LIVE only while its thread runs:
-            // the thread's exit hook (`retire`) removes it, under this same
-            // lock, before the thread's thread-local memory is released. In
-            // a fork child the other threads' entries are removed by the
-            // child handler (`forget_other_threads_after_fork`) before
-            // anything else runs there.
+            // SAFETY: a listed address is a running thread's thread-local
+            // memory, by the listing contract on `LIVE` (its exception is a
+            // program that calls `pthread_exit` or `fork` from a signal
+            // handler).
             let counters = &unsafe { local_at(addr) }.counters;
             sum.plus(counters.read())
         })

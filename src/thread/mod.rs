@@ -424,8 +424,8 @@ mod tests {
             s.spawn(|| {
                 // One signal at a time, each sent once the last one was
                 // handled: signals sent faster merge into one pending
-                // signal while the test's thread waits for a core, and a
-                // loaded machine then ran a few dozen handlers in all.
+                // signal while the test's thread waits for a core, so far
+                // fewer handlers would run than were sent.
                 while HANDLED.load(SeqCst) < HANDLERS {
                     let handled = HANDLED.load(SeqCst);
                     // SAFETY: the target is this test's thread, alive until
