@@ -317,7 +317,8 @@ pub(crate) fn close_listeners_after_fork() {
 }
 
 /// Threads that only answer 503 to connections over a limit (see
-/// [`reject_busy`]); past these too, a connection is closed unanswered.
+/// [`reject_busy`]); past these, the listener answers on its own without
+/// waiting ([`refuse_at_once`]).
 const REJECTERS: usize = 8;
 
 /// What the listener and the connection threads share.
@@ -498,6 +499,8 @@ fn accept_loop(listener: TcpListener, ours: Socket, shared: Arc<Shared>) {
                 reject_busy(stream, refusal);
                 drop(slot);
             });
+        } else {
+            refuse_at_once(stream, refusal);
         }
     }
 }
@@ -847,15 +850,46 @@ fn over_budget() -> Response {
 /// closing a socket with unread input makes the kernel reset the
 /// connection, and the client would see the reset instead of the 503.
 fn reject_busy(mut stream: Conn, message: &str) {
-    let reply = format!(
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    if stream.write_all(busy_reply(message).as_bytes()).is_ok() {
+        linger(&mut stream);
+    }
+}
+
+/// A 503 with `message` as its body and a `Retry-After` of a second.
+fn busy_reply(message: &str) -> String {
+    format!(
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
          Content-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{message}",
         message.len()
-    );
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-    if stream.write_all(reply.as_bytes()).is_ok() {
-        linger(&mut stream);
+    )
+}
+
+/// The most of a refused request [`refuse_at_once`] reads: the largest
+/// head, [`LARGEST_HEAD_BYTES`].
+const REFUSAL_DRAIN_BYTES: usize = LARGEST_HEAD_BYTES;
+
+/// Answers a connection over a limit with `message` while every rejecter
+/// is busy, on the listener's thread, so it never waits: it reads what
+/// the client has sent by now (unread input makes the close a reset,
+/// which drops whatever of the answer is not sent yet), writes the 503 if
+/// the socket takes it whole at once (a fresh connection's send buffer
+/// holds it), and closes. A client whose request arrives only after this
+/// may see a reset.
+fn refuse_at_once(mut stream: Conn, message: &str) {
+    if stream.with(|s| s.set_nonblocking(true)).is_err() {
+        return;
     }
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    while drained < REFUSAL_DRAIN_BYTES {
+        match stream.read(&mut sink) {
+            Ok(n) if n > 0 => drained += n,
+            _ => break,
+        }
+    }
+    let _ = stream.write(busy_reply(message).as_bytes());
+    let _ = stream.shutdown(Shutdown::Write);
 }
 
 /// What the head of a request asked for, or the error status to answer.
@@ -1188,6 +1222,32 @@ mod tests {
                 String::from_utf8_lossy(&built.body)
             );
         }
+    }
+
+    /// A refusal on the listener's thread answers a request that has
+    /// arrived with a 503 the client can read, not a reset.
+    #[test]
+    fn a_refusal_at_once_is_read_by_a_client_that_has_sent_its_request() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let request = b"GET /debug/pprof/heap HTTP/1.1\r\nHost: x\r\n\r\n";
+        client.write_all(request).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        // The whole request is in the server's buffer before it refuses.
+        let mut seen = [0u8; 64];
+        while accepted.peek(&mut seen).unwrap() < request.len() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        refuse_at_once(Conn::new(accepted), "busy\n");
+        let mut answer = String::new();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        client.read_to_string(&mut answer).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 503 ") && answer.ends_with("\r\n\r\nbusy\n"),
+            "{answer:?}"
+        );
     }
 
     #[test]
