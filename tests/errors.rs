@@ -334,6 +334,27 @@ fn a_misspelled_variable_is_reported() {
     );
 }
 
+/// A setting's name in another case is another variable: reported in one
+/// line naming the one meant, and not read.
+#[test]
+fn a_setting_in_another_case_is_reported() {
+    let (stdout, stderr) = run_child(
+        "child_reports_rate",
+        &[("HEAPPROF_sample_rate", "1"), ("heapprof_out", "x.pb.gz")],
+    );
+    assert_eq!(printed_number(&stdout, "rate="), 524288);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("heapprof")).collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    for meant in ["HEAPPROF_SAMPLE_RATE", "HEAPPROF_OUT"] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(&format!("did you mean {meant}?"))),
+            "{meant}: {stderr}"
+        );
+    }
+}
+
 /// Every setting, set to nothing (`HEAPPROF_X= cmd`): taken as unset, with
 /// nothing on stderr, and the defaults in force.
 #[test]

@@ -281,17 +281,32 @@ pub(crate) fn get() -> &'static Config {
 
 /// Reports, one line each, the `HEAPPROF_` variables set that heapprof
 /// does not read but that look like one it does (`HEAPPROF_SAMPLERATE`,
-/// `HEAPPROF_OUTPUT`, `HEAPPROF_RATE`): silence would read as "it worked".
-/// Other `HEAPPROF_` names are left alone, as another tool's may be.
+/// `HEAPPROF_OUTPUT`, `HEAPPROF_RATE`, and any name in another case,
+/// `HEAPPROF_out` or `heapprof_out`: names are case-sensitive): silence
+/// would read as "it worked". Other `HEAPPROF_` names are left alone, as
+/// another tool's may be.
 fn report_misspellings() {
+    const PREFIX: &str = "HEAPPROF_";
     for (name, _) in std::env::vars_os() {
-        let Some(given) = name.to_str().and_then(|n| n.strip_prefix("HEAPPROF_")) else {
+        let Some(full) = name.to_str() else {
             continue;
         };
-        if SETTINGS.contains(&given) {
+        let prefixed = full
+            .as_bytes()
+            .get(..PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(PREFIX.as_bytes()));
+        if !prefixed {
             continue;
         }
-        let meant = SETTINGS.iter().find(|&&known| looks_like(given, known));
+        // The prefix is ASCII, so its end is a character boundary.
+        let given = &full[PREFIX.len()..];
+        if full.starts_with(PREFIX) && SETTINGS.contains(&given) {
+            continue;
+        }
+        let upper = given.to_ascii_uppercase();
+        let meant = SETTINGS
+            .iter()
+            .find(|&&known| upper == known || looks_like(&upper, known));
         // Asked only with something to say, as `var` asks: an environment
         // that is not trusted gets one line for all its variables there.
         if let Some(meant) = meant.filter(|_| !secure_execution()) {
