@@ -510,8 +510,14 @@ fn guard_and_peak_profile() {
         .iter()
         .find(|c| c.contains("peak profile"))
         .unwrap_or_else(|| panic!("{comments:?}"));
-    // Its time in RFC 3339 (UTC, seconds): `… at 2026-12-01T16:59:06Z`.
-    let at = marked.rsplit(" at ").next().unwrap();
+    // Its time in RFC 3339 (UTC, seconds): `… at 2026-12-01T16:59:06Z; …`.
+    let at = marked
+        .rsplit(" at ")
+        .next()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap();
     let digits_at = |i: usize| at.as_bytes().get(i).is_some_and(u8::is_ascii_digit);
     assert!(
         at.len() == 20

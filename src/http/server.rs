@@ -18,9 +18,10 @@
 //!   and at most [`Server::max_connections_per_peer`] of them from one peer
 //!   (an IPv4 address, or an IPv6 /64): one client that holds connections
 //!   open cannot take the places of the others. Past either limit, a few
-//!   threads answer 503 without parsing the request, and past those a
-//!   connection is closed unanswered: a flood of connections costs a
-//!   bounded number of threads;
+//!   threads answer 503 without parsing the request, and past those the
+//!   listener answers 503 itself without waiting (a request that arrives
+//!   after that may see a reset): a flood of connections costs a bounded
+//!   number of threads;
 //! * the response bodies held at once, all connections together, stay
 //!   within [`Server::max_response_bytes`]: a body that would pass it is
 //!   dropped and answered 503, so clients that ask and never read cost at
@@ -876,19 +877,41 @@ const REFUSAL_DRAIN_BYTES: usize = LARGEST_HEAD_BYTES;
 /// the socket takes it whole at once (a fresh connection's send buffer
 /// holds it), and closes. A client whose request arrives only after this
 /// may see a reset.
-fn refuse_at_once(mut stream: Conn, message: &str) {
-    if stream.with(|s| s.set_nonblocking(true)).is_err() {
-        return;
-    }
+fn refuse_at_once(stream: Conn, message: &str) {
+    // `MSG_DONTWAIT` on each call rather than `O_NONBLOCK` on the socket:
+    // should the number name another file by now, the calls fail on it
+    // (`ENOTSOCK`) and change nothing.
+    let at_once = |call: &dyn Fn(i32) -> isize| -> io::Result<usize> {
+        stream.with(|s| {
+            let n = call(std::os::fd::AsRawFd::as_raw_fd(s));
+            usize::try_from(n).map_err(|_| io::Error::last_os_error())
+        })
+    };
     let mut sink = [0u8; 4096];
+    let (sink_at, sink_len) = (sink.as_mut_ptr(), sink.len());
     let mut drained = 0;
     while drained < REFUSAL_DRAIN_BYTES {
-        match stream.read(&mut sink) {
+        // SAFETY: `sink_at` points at `sink`, valid for `sink_len` bytes of
+        // writing and not otherwise used meanwhile; recv writes at most
+        // that much.
+        let read =
+            at_once(&|fd| unsafe { libc::recv(fd, sink_at.cast(), sink_len, libc::MSG_DONTWAIT) });
+        match read {
             Ok(n) if n > 0 => drained += n,
             _ => break,
         }
     }
-    let _ = stream.write(busy_reply(message).as_bytes());
+    let reply = busy_reply(message);
+    // SAFETY: `reply` is valid for its length of reading; send only reads
+    // it. `MSG_NOSIGNAL`: a client gone already is no `SIGPIPE`.
+    let _ = at_once(&|fd| unsafe {
+        libc::send(
+            fd,
+            reply.as_ptr().cast(),
+            reply.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    });
     let _ = stream.shutdown(Shutdown::Write);
 }
 

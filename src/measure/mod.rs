@@ -70,8 +70,9 @@ use crate::thread::{self, counters::Counts, measure::Marks, measure::SiteTally};
 ///   let grown = after.live_bytes() as i64 - before.live_bytes() as i64;
 ///   # mod my_crate { pub fn parallel_sort(_: &mut Vec<i32>) {} }
 ///   ```
-/// * [`Measured::peak_bytes`] is exact as well: while `f` runs, every
-///   allocation of this thread takes heapprof's slow path (about
+/// * [`Measured::peak_bytes`] is exact as well unless `f` frees blocks
+///   allocated before it (then a lower bound, see the field): while `f`
+///   runs, every allocation of this thread takes heapprof's slow path (about
 ///   `BENCHMARKS.md`'s "inside measure" cost instead of a counter bump);
 ///   other threads' allocations cost what they always do.
 /// * Sampling goes on as without the measure; samples of this thread in

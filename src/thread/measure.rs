@@ -45,7 +45,8 @@ impl SiteTally {
 /// rose above their lowest point before. Counted from the lowest point
 /// rather than from the start, frees of blocks older than the window do
 /// not hide a block the window allocates after them. It never exceeds
-/// what the window's own blocks held at once (a rise of `n` bytes from
+/// what the window's own blocks held at once, counting those other
+/// threads freed as held (a rise of `n` bytes from
 /// the low point is `n` bytes more allocated than freed since then), and
 /// equals it when the window frees no older block.
 #[derive(Clone, Copy, Debug, PartialEq)]
