@@ -341,8 +341,9 @@
 //!   the OOM killer);
 //! * be newer than the last encoding (a poll and an encoding behind the
 //!   newest peak copy);
-//! * write for a request at least as large as the limit (a `try_reserve`
-//!   of an untrusted length is not memory running out), for heapprof's own
+//! * write for a request at least as large as a limit the kernel holds the
+//!   process to (the cgroup's, `RLIMIT_AS`, physical memory; a
+//!   `try_reserve` of an untrusted length is not memory running out), for heapprof's own
 //!   allocations, in a forked child, or more than once;
 //! * write through a symlink, device or FIFO at that path: only nothing or
 //!   a regular file there is replaced.
@@ -387,10 +388,10 @@
 //! | `HEAPPROF_DUMP_EVERY_ALLOCATED` | unset | a profile per so many bytes allocated; at least 1 MiB (a smaller step is raised to it) |
 //! | `HEAPPROF_DUMP_INUSE_GROWTH` | unset | a profile whenever the live heap grew by so much; at least 1 MiB |
 //! | `HEAPPROF_DUMP_AT_LIMIT` | unset | percentages of the memory limit (`80%,95%`, from 1 to 100) at which the live and peak profiles are written (`heap.limit80.pb.gz`, `heap.limit80.peak.pb.gz`); also arms the allocation-failure profile |
-//! | `HEAPPROF_MEMORY_LIMIT` | unset | a limit on the resident size for `HEAPPROF_DUMP_AT_LIMIT` (`2GiB`), watched beside the cgroup's, and kept clear of by name lookups |
+//! | `HEAPPROF_MEMORY_LIMIT` | unset | a limit on the resident size for `HEAPPROF_DUMP_AT_LIMIT` (`2GiB`; 1 MiB or more), watched beside the cgroup's, and kept clear of by name lookups |
 //! | `HEAPPROF_CGROUP_DIR` | the process's cgroup | the cgroup v2 directory `HEAPPROF_DUMP_AT_LIMIT` and name lookups read, for tests and unusual mounts |
 //! | `HEAPPROF_MAX_SITES` | `16384` | distinct stacks kept; past it, stacks with nothing live make room for new ones, and what they counted (with new stacks that find no room) goes to a `[heapprof overflow…]` site per label set |
-//! | `HEAPPROF_SEED` | random | fixed seed for reproducible sampling |
+//! | `HEAPPROF_SEED` | random | fixed seed for reproducible sampling: each thread's generator is seeded from it and the order in which threads start sampling, so runs repeat where threads start in the same order and allocate the same (a thread pool serving requests does not) |
 //! | `HEAPPROF_PEAK_GROWTH` | `10%` | growth past the last peak copy before a new one is kept |
 //! | `HEAPPROF_UNWIND` | `auto` | `auto`: frame pointers if the program was built with them (`-C force-frame-pointers=yes`), DWARF unwind tables otherwise and for stacks that leave its code (each return address's rule cached for the executable and the C library, libgcc's walk elsewhere and through a signal handler's frame); `dwarf`; or `frame-pointers` (also `fp`; no periodic check against DWARF) |
 //! | `HEAPPROF_FULL_STACKS` | `0` | `1` keeps the process, thread and test start-up frames below the program's code |

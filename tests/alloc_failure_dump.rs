@@ -81,13 +81,17 @@ fn child_scenarios() {
     }
     let out = PathBuf::from(std::env::var_os("HEAPPROF_OUT").unwrap());
     let file = out.with_file_name("heap.alloc-failed.peak.pb.gz");
+    let never = match std::env::var_os("HEAPPROF_TEST_ADDRESS_LIMIT") {
+        Some(_) => limit_address_space(),
+        None => HUGE,
+    };
     let held = held_at_the_peak();
     let deadline = Instant::now() + PATIENCE;
     // Each round fails a request that could never succeed first: were it
     // taken for exhaustion, it would use up the one write.
     while !file.exists() {
         assert!(Instant::now() < deadline, "no profile after {PATIENCE:?}");
-        fail(&how, HUGE);
+        fail(&how, never);
         fail(&how, FAILING);
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -103,20 +107,42 @@ fn child_scenarios() {
     println!("the program went on after the failures");
 }
 
+/// Sets this process's `RLIMIT_AS` to its address space now and 1 GiB
+/// more, and returns the limit: a request of that size can never succeed.
+fn limit_address_space() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split(' ').next().unwrap().parse().unwrap();
+    let limit = pages * 4096 + (1 << 30);
+    let rlimit = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the plain struct it is given.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &rlimit) }, 0);
+    limit as usize
+}
+
 fn run(how: &str) {
+    run_with(how, "1GiB", &[]);
+}
+
+/// A child that fails `how`'s way under `HEAPPROF_MEMORY_LIMIT=memory_limit`
+/// with `more` in its environment, and what it wrote. A limit below 64 MiB
+/// leaves no room for names (a lookup may take that much): the profile's
+/// frames are then checked by its comments only.
+fn run_with(how: &str, memory_limit: &str, more: &[(&str, &str)]) {
     let out = tempfile::tempdir().unwrap();
     let base = out.path().join("heap.pb.gz");
     let no_cgroup = tempfile::tempdir().unwrap();
-    let (stdout, stderr) = run_child(
-        "child_scenarios",
-        &[
-            ("HEAPPROF_TEST_CHILD", how),
-            ("HEAPPROF_DUMP_AT_LIMIT", "95%"),
-            ("HEAPPROF_MEMORY_LIMIT", "1GiB"),
-            ("HEAPPROF_CGROUP_DIR", no_cgroup.path().to_str().unwrap()),
-            ("HEAPPROF_OUT", base.to_str().unwrap()),
-        ],
-    );
+    let mut env = vec![
+        ("HEAPPROF_TEST_CHILD", how),
+        ("HEAPPROF_DUMP_AT_LIMIT", "95%"),
+        ("HEAPPROF_MEMORY_LIMIT", memory_limit),
+        ("HEAPPROF_CGROUP_DIR", no_cgroup.path().to_str().unwrap()),
+        ("HEAPPROF_OUT", base.to_str().unwrap()),
+    ];
+    env.extend_from_slice(more);
+    let (stdout, stderr) = run_child("child_scenarios", &env);
     assert!(stdout.contains("the program went on"), "{stdout}");
     let lines: Vec<&str> = stderr
         .lines()
@@ -145,12 +171,14 @@ fn run(how: &str) {
     // A peak copy is kept from 1 MiB up; the one prepared may be from
     // before the last of the 16 MiB was allocated (it is the peak as of the
     // last encoding).
+    let named = !said.iter().any(|c| c.contains("have no names"));
+    assert!(named || memory_limit == "32MiB", "{said:?}");
     let held = cum(&p, "held_at_the_peak", INUSE_SPACE);
     assert!(
-        (1 << 20..20 << 20).contains(&held),
-        "{held} bytes held at the peak"
+        !named || (1 << 20..20 << 20).contains(&held),
+        "{held} bytes held at the peak: {said:?}"
     );
-    if go_available() {
+    if named && go_available() {
         let top = go_pprof(&["-top", kept.to_str().unwrap()]);
         assert!(top.contains("held_at_the_peak"), "{top}");
     }
@@ -170,6 +198,72 @@ fn a_failed_allocation_writes_the_prepared_peak_once() {
 #[test]
 fn a_failed_realloc_writes_the_prepared_peak_once() {
     run("realloc");
+}
+
+/// Under `RLIMIT_AS`, a request past it could never succeed and writes
+/// nothing, while one past `HEAPPROF_MEMORY_LIMIT` (32 MiB here, which the
+/// kernel does not hold the process to) and below `RLIMIT_AS` is memory
+/// running out: the profile is written for it.
+#[test]
+fn what_could_never_succeed_is_judged_by_the_kernels_limits() {
+    const _: () = assert!(FAILING > 32 << 20);
+    run_with("alloc", "32MiB", &[("HEAPPROF_TEST_ADDRESS_LIMIT", "1")]);
+}
+
+/// Under `RLIMIT_AS` with no cgroup limit and no `HEAPPROF_MEMORY_LIMIT`,
+/// the watch reads physical memory, which the process would not reach
+/// before its address-space limit: it says so, once, naming both.
+#[test]
+fn an_address_space_limit_the_watch_does_not_read_is_named() {
+    let out = tempfile::tempdir().unwrap();
+    let no_cgroup = tempfile::tempdir().unwrap();
+    let (_, stderr) = run_child(
+        "child_under_an_address_limit",
+        &[
+            ("HEAPPROF_TEST_CHILD", "limited"),
+            ("HEAPPROF_DUMP_AT_LIMIT", "95%"),
+            ("HEAPPROF_CGROUP_DIR", no_cgroup.path().to_str().unwrap()),
+            (
+                "HEAPPROF_OUT",
+                out.path().join("heap.pb.gz").to_str().unwrap(),
+            ),
+        ],
+    );
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("HEAPPROF_DUMP_AT_LIMIT watches"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("watches physical memory")
+            && lines[0].contains("not RLIMIT_AS (")
+            && lines[0].contains("set HEAPPROF_MEMORY_LIMIT"),
+        "{}",
+        lines[0]
+    );
+}
+
+#[test]
+fn child_under_an_address_limit() {
+    if std::env::var("HEAPPROF_TEST_CHILD").as_deref() != Ok("limited") {
+        return;
+    }
+    limit_address_space();
+    // The watch starts with the first sampled allocation. Once a failure
+    // has written the profile prepared for it, the watch has finished its
+    // first encoding and read the limits after it; a second more is many
+    // more readings.
+    let held = held_at_the_peak();
+    let out = PathBuf::from(std::env::var_os("HEAPPROF_OUT").unwrap());
+    let file = out.with_file_name("heap.alloc-failed.peak.pb.gz");
+    let deadline = Instant::now() + PATIENCE;
+    while !file.exists() {
+        assert!(Instant::now() < deadline, "no profile after {PATIENCE:?}");
+        fail("alloc", FAILING);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    drop(held);
 }
 
 /// Not configured (no at-limit watch): a failure writes nothing.

@@ -445,35 +445,40 @@ fn malformed_thresholds_are_one_line_and_nothing_is_watched() {
     }
 }
 
-/// A malformed `HEAPPROF_MEMORY_LIMIT` is one line on stderr; the
-/// cgroup's limit is still watched.
+/// A malformed `HEAPPROF_MEMORY_LIMIT`, or one below 1 MiB (a unit left
+/// off: every process is larger), is one line on stderr; the cgroup's
+/// limit is still watched.
 #[test]
 fn a_malformed_memory_limit_is_one_line_and_the_cgroup_still_counts() {
-    let cgroup = fake_cgroup();
-    set_percent(cgroup.path(), 99);
-    let out = tempfile::tempdir().unwrap();
-    let base = out.path().join("heap.pb.gz");
-    let (_, stderr) = child(
-        "churn",
-        &[
-            ("HEAPPROF_CGROUP_DIR", cgroup.path().to_str().unwrap()),
-            ("HEAPPROF_DUMP_AT_LIMIT", "80%"),
-            ("HEAPPROF_MEMORY_LIMIT", "lots"),
-            ("HEAPPROF_OUT", base.to_str().unwrap()),
-        ],
-    );
-    let ignored: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("HEAPPROF_MEMORY_LIMIT"))
-        .collect();
-    assert_eq!(ignored.len(), 1, "{stderr}");
-    assert!(
-        ignored[0].starts_with("heapprof: ignoring HEAPPROF_MEMORY_LIMIT=\"lots\"")
-            && ignored[0].ends_with("watching the cgroup's limit or physical memory instead"),
-        "{}",
-        ignored[0]
-    );
-    assert!(out.path().join("heap.limit80.pb.gz").exists(), "{stderr}");
+    for bad in ["lots", "1"] {
+        let cgroup = fake_cgroup();
+        set_percent(cgroup.path(), 99);
+        let out = tempfile::tempdir().unwrap();
+        let base = out.path().join("heap.pb.gz");
+        let (_, stderr) = child(
+            "churn",
+            &[
+                ("HEAPPROF_CGROUP_DIR", cgroup.path().to_str().unwrap()),
+                ("HEAPPROF_DUMP_AT_LIMIT", "80%"),
+                ("HEAPPROF_MEMORY_LIMIT", bad),
+                ("HEAPPROF_OUT", base.to_str().unwrap()),
+            ],
+        );
+        let ignored: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("HEAPPROF_MEMORY_LIMIT"))
+            .collect();
+        assert_eq!(ignored.len(), 1, "{stderr}");
+        assert!(
+            ignored[0].starts_with(&format!(
+                "heapprof: ignoring HEAPPROF_MEMORY_LIMIT=\"{bad}\""
+            )) && ignored[0].contains("1 MiB or more")
+                && ignored[0].ends_with("watching the cgroup's limit or physical memory instead"),
+            "{}",
+            ignored[0]
+        );
+        assert!(out.path().join("heap.limit80.pb.gz").exists(), "{stderr}");
+    }
 }
 
 /// `AutoDump::at_limit` works without the variable, and `stop` ends it.

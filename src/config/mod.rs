@@ -46,6 +46,11 @@ pub(crate) const DEFAULT_SAMPLE_RATE: usize = 512 * 1024;
 /// one with nothing live, or goes to its label set's overflow site.
 pub(crate) const DEFAULT_MAX_SITES: usize = 16 * 1024;
 
+/// The smallest `HEAPPROF_MEMORY_LIMIT` taken: every process is larger,
+/// so a smaller one is a unit left off. The hint in its message says 1 MiB.
+pub(crate) const MIN_MEMORY_LIMIT: u64 = 1 << 20;
+const _: () = assert!(MIN_MEMORY_LIMIT == 1 << 20);
+
 /// The shortest period `HEAPPROF_DUMP_EVERY` takes; a shorter one is
 /// raised to it, with a line on stderr. Every profile of a series stays on
 /// disk, and one is written as soon as the last is done: a 1 ms period
@@ -268,9 +273,13 @@ pub(crate) fn get() -> &'static Config {
             ),
             memory_limit: lookup(
                 "HEAPPROF_MEMORY_LIMIT",
-                BYTES_HINT,
+                "a size of 1 MiB or more, such as 512MiB or 2GiB",
                 "watching the cgroup's limit or physical memory instead",
-                |s| parse_bytes(s).filter(|&n| n > 0).map(|n| n as u64),
+                |s| {
+                    parse_bytes(s)
+                        .map(|n| n as u64)
+                        .filter(|&n| n >= MIN_MEMORY_LIMIT)
+                },
             ),
             cgroup_dir: var("HEAPPROF_CGROUP_DIR").map(PathBuf::from),
             pyroscope: pyroscope(),

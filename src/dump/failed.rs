@@ -37,9 +37,12 @@
 //! * It does not write for heapprof's own allocations, nor on a thread
 //!   inside heapprof or holding one of its free-path locks.
 //! * It does not write for a request that could never succeed: one at
-//!   least as large as the limit the watcher last saw (a `try_reserve` of
-//!   an untrusted length is no sign that memory is running out), nor in a
-//!   forked child (the prepared path names the parent).
+//!   least as large as a limit the kernel holds the process to (the
+//!   cgroup's as the watcher last read it, `RLIMIT_AS`, physical memory;
+//!   not `HEAPPROF_MEMORY_LIMIT`, which a request may pass): a
+//!   `try_reserve` of an untrusted length is no sign that memory is
+//!   running out. Nor in a forked child (the prepared path names the
+//!   parent).
 //! * It does not help when the kernel's OOM killer ends the process: with
 //!   Linux's default overcommit, allocations seldom fail; the process is
 //!   sent `SIGKILL`, which nothing can catch. Failures come from allocators
@@ -74,8 +77,11 @@ struct Prepared {
     path: CString,
     tmp: CString,
     bytes: Vec<u8>,
-    /// The end of the line on stderr, after the failed size.
+    /// The end of the line on stderr after the failed size, when written.
     line_end: Vec<u8>,
+    /// The end of the line on stderr after the failed size, when not
+    /// written, before the reason.
+    failed_end: Vec<u8>,
 }
 
 /// The prepared profile, owned by whoever swaps it out: the dump thread
@@ -86,10 +92,12 @@ static PREPARED: AtomicPtr<Prepared> = AtomicPtr::new(ptr::null_mut());
 /// Set once a failure took the prepared profile to write it.
 static WRITTEN: AtomicBool = AtomicBool::new(false);
 
-/// The limit the watcher last saw, in bytes (0: none seen yet).
+/// The size no allocation can reach as the watcher last saw it, in bytes
+/// (0: none seen yet).
 static LIMIT: AtomicU64 = AtomicU64::new(0);
 
-/// Records the limit the watcher sees, for [`on_failed_alloc`]'s size test.
+/// Records the size no allocation can reach (`limit::beyond_reach`), for
+/// [`on_failed_alloc`]'s size test.
 pub(crate) fn set_limit(bytes: u64) {
     LIMIT.store(bytes, Relaxed);
 }
@@ -141,6 +149,11 @@ pub(crate) fn refresh(owner: usize, base: &Path, seen: &mut u64) -> std::io::Res
             Shown::path(&path)
         )
         .into_bytes(),
+        failed_end: format!(
+            " bytes failed; could not write the peak profile prepared for it to {}: ",
+            Shown::path(&path)
+        )
+        .into_bytes(),
         path: c(&path)?,
         tmp: c(&tmp)?,
         bytes,
@@ -178,7 +191,9 @@ pub(crate) fn withdraw(owner: usize) {
 /// prepared and it is safe here (see the module comment). Allocates
 /// nothing, takes no lock, never panics.
 pub(crate) fn on_failed_alloc(size: usize) {
-    if PREPARED.load(Relaxed).is_null()
+    // Acquire: the watcher stores `LIMIT` before it publishes a profile,
+    // so a profile seen here comes with the limit read for it.
+    if PREPARED.load(Acquire).is_null()
         || WRITTEN.load(Relaxed)
         || reentry::is_inside()
         || lock::free_path_lock_held()
@@ -208,14 +223,41 @@ pub(crate) fn on_failed_alloc(size: usize) {
     if !prepared.process.is_current() {
         return;
     }
-    if write_prepared(prepared) {
-        say_written(size, &prepared.line_end);
+    match write_prepared(prepared) {
+        Ok(()) => say(&[START, Digits::of(size as u64).as_bytes(), &prepared.line_end]),
+        Err(Refused::Kept) => say(&[
+            START,
+            Digits::of(size as u64).as_bytes(),
+            &prepared.failed_end,
+            b"a file there that is not a regular file with one name this process may write is left alone\n",
+        ]),
+        Err(Refused::Errno(errno)) => say(&[
+            START,
+            Digits::of(size as u64).as_bytes(),
+            &prepared.failed_end,
+            b"errno ",
+            Digits::of(errno.unsigned_abs().into()).as_bytes(),
+            b"\n",
+        ]),
     }
 }
 
+/// Why [`write_prepared`] wrote nothing.
+enum Refused {
+    /// What is at the path is not replaced (see the module comment).
+    Kept,
+    /// A system call failed with this `errno`.
+    Errno(i32),
+}
+
+/// The `errno` of the last failed call, as [`Refused`].
+fn errno() -> Refused {
+    Refused::Errno(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+}
+
 /// Writes `p.bytes` to `p.path` through `p.tmp` and a rename, if the path
-/// holds nothing or a regular file. True if written.
-fn write_prepared(p: &Prepared) -> bool {
+/// holds nothing or a regular file.
+fn write_prepared(p: &Prepared) -> Result<(), Refused> {
     // SAFETY: `stat` is plain old data; all zeros is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `p.path` is NUL-terminated and `st` is a valid out-pointer.
@@ -223,7 +265,7 @@ fn write_prepared(p: &Prepared) -> bool {
         // A hard-linked file is left alone, as a symlink is: replacing one
         // name would part it from the others.
         if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink > 1 {
-            return false;
+            return Err(Refused::Kept);
         }
         // Nor is a file this process may not write, which a rename could
         // still replace: the shell's `>` check.
@@ -238,10 +280,10 @@ fn write_prepared(p: &Prepared) -> bool {
             )
         };
         if asked != 0 && super::is_refusal(std::io::Error::last_os_error().raw_os_error()) {
-            return false;
+            return Err(Refused::Kept);
         }
     } else if std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT) {
-        return false;
+        return Err(errno());
     }
     // SAFETY: `p.tmp` is NUL-terminated; O_CREAT takes the mode argument.
     let fd = unsafe {
@@ -252,7 +294,7 @@ fn write_prepared(p: &Prepared) -> bool {
         )
     };
     if fd < 0 {
-        return false;
+        return Err(errno());
     }
     if st.st_mode & libc::S_IFMT == libc::S_IFREG {
         // The file replaced keeps its permission bits and, where this
@@ -265,20 +307,31 @@ fn write_prepared(p: &Prepared) -> bool {
             libc::fchmod(fd, st.st_mode & 0o777);
         }
     }
-    let written = write_all(fd, &p.bytes);
+    let written = write_all(fd, &p.bytes).map_err(|()| errno());
     // SAFETY: `fd` is the descriptor opened above, closed once here.
-    let closed = unsafe { libc::close(fd) } == 0;
-    // SAFETY: both paths are NUL-terminated.
-    if written && closed && unsafe { libc::rename(p.tmp.as_ptr(), p.path.as_ptr()) } == 0 {
-        return true;
+    let closed = if unsafe { libc::close(fd) } == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    };
+    let done = written.and(closed).and_then(|()| {
+        // SAFETY: both paths are NUL-terminated.
+        match unsafe { libc::rename(p.tmp.as_ptr(), p.path.as_ptr()) } {
+            0 => Ok(()),
+            _ => Err(errno()),
+        }
+    });
+    if done.is_err() {
+        // SAFETY: `p.tmp` is NUL-terminated; it names the file this call
+        // made.
+        unsafe { libc::unlink(p.tmp.as_ptr()) };
     }
-    // SAFETY: `p.tmp` is NUL-terminated; it names the file this call made.
-    unsafe { libc::unlink(p.tmp.as_ptr()) };
-    false
+    done
 }
 
-/// Writes all of `bytes` to `fd`, retrying short writes and interrupts.
-fn write_all(fd: libc::c_int, mut bytes: &[u8]) -> bool {
+/// Writes all of `bytes` to `fd`, retrying short writes and interrupts;
+/// on failure `errno` says why.
+fn write_all(fd: libc::c_int, mut bytes: &[u8]) -> Result<(), ()> {
     while !bytes.is_empty() {
         // SAFETY: `bytes` is valid for `bytes.len()` bytes of reading.
         let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
@@ -286,45 +339,69 @@ fn write_all(fd: libc::c_int, mut bytes: &[u8]) -> bool {
             if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                 continue;
             }
-            return false;
+            return Err(());
         }
         bytes = &bytes[n as usize..];
     }
-    true
+    Ok(())
 }
 
-/// `heapprof: an allocation of <size>` and `line_end` on stderr, without
-/// allocating, if stderr takes messages
-/// (`config::report::stderr_takes_messages`); a failed write is ignored.
-fn say_written(size: usize, line_end: &[u8]) {
-    const START: &[u8] = b"heapprof: an allocation of ";
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut n = size;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+/// How the line on stderr starts; the failed size follows.
+const START: &[u8] = b"heapprof: an allocation of ";
+
+/// A number in decimal, formatted without allocating.
+struct Digits {
+    buf: [u8; 20],
+    at: usize,
+}
+
+impl Digits {
+    fn of(mut n: u64) -> Digits {
+        let mut d = Digits {
+            buf: [0; 20],
+            at: 20,
+        };
+        loop {
+            d.at -= 1;
+            d.buf[d.at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                return d;
+            }
         }
     }
-    let parts: [&[u8]; 3] = [START, &digits[at..], line_end];
-    let iov = parts.map(|p| libc::iovec {
-        iov_base: p.as_ptr() as *mut libc::c_void,
-        iov_len: p.len(),
-    });
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.at..]
+    }
+}
+
+/// `parts` as one line on stderr, in one `writev`, without allocating, if
+/// stderr takes messages (`config::report::stderr_takes_messages`); a
+/// failed write is ignored.
+fn say(parts: &[&[u8]]) {
     if !crate::config::report::stderr_takes_messages() {
         return;
     }
-    // SAFETY: each iovec points at a live slice of its length; writev only
-    // reads them.
-    unsafe { libc::writev(libc::STDERR_FILENO, iov.as_ptr(), iov.len() as libc::c_int) };
+    let mut iov = [libc::iovec {
+        iov_base: ptr::null_mut(),
+        iov_len: 0,
+    }; 8];
+    let n = parts.len().min(iov.len());
+    for (slot, part) in iov.iter_mut().zip(parts) {
+        *slot = libc::iovec {
+            iov_base: part.as_ptr() as *mut libc::c_void,
+            iov_len: part.len(),
+        };
+    }
+    // SAFETY: the first `n` iovecs point at live slices of their lengths;
+    // writev only reads them.
+    unsafe { libc::writev(libc::STDERR_FILENO, iov.as_ptr(), n as libc::c_int) };
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{Prepared, ThisProcess, write_prepared};
+    use super::{Prepared, Refused, ThisProcess, write_prepared};
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     use std::path::Path;
@@ -338,6 +415,7 @@ mod tests {
             tmp: c(&path.with_file_name(".x.tmp")),
             bytes: b"profile".to_vec(),
             line_end: Vec::new(),
+            failed_end: Vec::new(),
         }
     }
 
@@ -347,17 +425,20 @@ mod tests {
     fn writes_only_over_nothing_or_a_regular_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.pb.gz");
-        assert!(write_prepared(&prepared(&path)));
+        assert!(write_prepared(&prepared(&path)).is_ok());
         assert_eq!(std::fs::read(&path).unwrap(), b"profile");
         std::fs::write(&path, "old").unwrap();
-        assert!(write_prepared(&prepared(&path)));
+        assert!(write_prepared(&prepared(&path)).is_ok());
         assert_eq!(std::fs::read(&path).unwrap(), b"profile");
 
         let target = dir.path().join("target");
         std::fs::write(&target, "kept").unwrap();
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        assert!(!write_prepared(&prepared(&link)));
+        assert!(matches!(
+            write_prepared(&prepared(&link)),
+            Err(Refused::Kept)
+        ));
         assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
         assert_eq!(std::fs::read(&target).unwrap(), b"kept");
 
@@ -365,19 +446,35 @@ mod tests {
         let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
         // SAFETY: a NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        assert!(!write_prepared(&prepared(&fifo)));
+        assert!(matches!(
+            write_prepared(&prepared(&fifo)),
+            Err(Refused::Kept)
+        ));
         use std::os::unix::fs::FileTypeExt;
         assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
 
         let sub = dir.path().join("sub");
         std::fs::create_dir(&sub).unwrap();
-        assert!(!write_prepared(&prepared(&sub)));
+        assert!(matches!(
+            write_prepared(&prepared(&sub)),
+            Err(Refused::Kept)
+        ));
         assert!(sub.is_dir());
 
         let linked = dir.path().join("linked");
         std::fs::hard_link(&target, &linked).unwrap();
-        assert!(!write_prepared(&prepared(&linked)));
+        assert!(matches!(
+            write_prepared(&prepared(&linked)),
+            Err(Refused::Kept)
+        ));
         assert_eq!(std::fs::read(&target).unwrap(), b"kept");
+
+        // A directory that is not there: the error is the system's.
+        let nowhere = dir.path().join("none").join("p.pb.gz");
+        assert!(matches!(
+            write_prepared(&prepared(&nowhere)),
+            Err(Refused::Errno(libc::ENOENT))
+        ));
 
         let mut names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -428,15 +525,15 @@ mod tests {
                 }
                 // The user can see the file: a refusal is for writing.
                 assert!(std::fs::symlink_metadata(&path).is_ok());
-                Some(write_prepared(&p))
+                Some(matches!(write_prepared(&p), Err(Refused::Kept)))
             })
             .join()
             .unwrap()
         });
-        let Some(written) = written else {
+        let Some(refused) = written else {
             return;
         };
-        assert!(!written);
+        assert!(refused);
         assert_eq!(std::fs::read(&path).unwrap(), b"kept");
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "a temporary file was left");

@@ -32,7 +32,8 @@ use super::{expand, failed, report, sibling, write_dump_bytes};
 use crate::config;
 use crate::config::report::Shown;
 use crate::output::{self, Format, Source, pprof};
-use crate::support::memory::{Measure, Watch};
+use crate::support::memory::{self, Measure, Watch};
+use crate::support::room;
 
 /// A written threshold is re-armed once usage falls below this fraction
 /// of it.
@@ -70,6 +71,11 @@ pub(crate) struct Watcher {
     id: usize,
     /// The peak copy the failure profile was prepared from.
     prepared: u64,
+    /// Whether a limit the watch cannot read was said on stderr.
+    unwatched_said: bool,
+    /// The cgroup v1 memory limit that holds the process, if any (read at
+    /// the first reading that falls back to physical memory).
+    v1_limit: Option<Option<u64>>,
 }
 
 impl Watcher {
@@ -103,6 +109,8 @@ impl Watcher {
             watch: Watch::new(c.cgroup_dir.as_deref(), c.memory_limit),
             id: WATCHERS.fetch_add(1, Relaxed),
             prepared: 0,
+            unwatched_said: false,
+            v1_limit: None,
         }
     }
 
@@ -122,13 +130,26 @@ impl Watcher {
         if matches!(refreshed, Ok(true)) {
             self.check();
         }
-        report(refreshed.map(drop), "allocation-failure", &FAILED);
+        if let Err(e) = refreshed
+            && !FAILED.swap(true, Relaxed)
+        {
+            let e = e.to_string();
+            config::report::warn(format_args!(
+                "heapprof: could not prepare the profile to write if an allocation fails ({}); \
+                 only one prepared before, if any, would be written then",
+                e.strip_prefix("heapprof: ").unwrap_or(&e)
+            ));
+        }
     }
 
     /// Reads the limit and writes the thresholds newly crossed.
     fn check(&mut self) {
-        if let Some(m) = self.watch.read(self.lowest) {
-            failed::set_limit(m.limit);
+        let read = self.watch.read(self.lowest);
+        failed::set_limit(beyond_reach(&self.watch));
+        if let Some(m) = read {
+            if !self.unwatched_said {
+                self.say_what_is_not_watched(&m);
+            }
             let now = Instant::now();
             let fraction = m.fraction();
             let mut due = Vec::new();
@@ -148,6 +169,35 @@ impl Watcher {
                 self.write(&m, &due);
             }
         }
+    }
+
+    /// When the watch falls back to physical memory (`m`) while a limit it
+    /// does not watch holds the process (`RLIMIT_AS`, set at any time, or
+    /// a cgroup v1 memory limit), says so once: thresholds of physical
+    /// memory may never be reached before that limit is. cgroup v1 is not
+    /// looked at when `HEAPPROF_CGROUP_DIR` names the cgroup to read.
+    fn say_what_is_not_watched(&mut self, m: &Measure) {
+        if !matches!(m.source, memory::Source::Physical) {
+            return;
+        }
+        let v1 = *self.v1_limit.get_or_insert_with(|| {
+            config::get()
+                .cgroup_dir
+                .is_none()
+                .then(memory::v1_memory_limit)
+                .flatten()
+        });
+        let unwatched = match (room::address_space_limit(), v1) {
+            (Some(bytes), _) => format!("RLIMIT_AS ({bytes} bytes, `ulimit -v`)"),
+            (None, Some(bytes)) => format!("the cgroup v1 memory limit ({bytes} bytes)"),
+            (None, None) => return,
+        };
+        self.unwatched_said = true;
+        config::report::warn(format_args!(
+            "heapprof: HEAPPROF_DUMP_AT_LIMIT watches {}, not {unwatched}, which it does not \
+             watch: set HEAPPROF_MEMORY_LIMIT to the limit that ends this process",
+            m.limit_name()
+        ));
     }
 
     /// Writes the profiles of thresholds `due` (indices, highest first)
@@ -210,6 +260,23 @@ impl Watcher {
     pub(crate) fn stop(&self) {
         failed::withdraw(self.id);
     }
+}
+
+/// The size no allocation can reach: the smallest of the limits the
+/// kernel holds the process to, the watched cgroups' (as last read),
+/// `RLIMIT_AS` and physical memory. `HEAPPROF_MEMORY_LIMIT` is not one:
+/// the kernel does not hold the process to it, so a request larger than
+/// it may fail for want of memory, and its failure is worth a profile.
+fn beyond_reach(watch: &Watch) -> u64 {
+    [
+        watch.cgroup_limit(),
+        room::address_space_limit(),
+        memory::physical_bytes(),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or(0)
 }
 
 /// `limit92.5` → `92.5`.

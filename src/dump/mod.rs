@@ -1222,7 +1222,7 @@ pub(crate) fn start_from_env() {
         .unwrap_or_else(|_| Err(io::Error::other("spawning the thread panicked")));
     if let Err(e) = started {
         crate::config::report::warn(format_args!(
-            "heapprof: could not start the periodic dump thread: {e}"
+            "heapprof: could not start the dump thread (HEAPPROF_DUMP_*): {e}"
         ));
     }
 }

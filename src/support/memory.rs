@@ -168,6 +168,14 @@ impl Watch {
         }
     }
 
+    /// The smallest limit of the watched cgroups as last read, if any.
+    pub(crate) fn cgroup_limit(&self) -> Option<u64> {
+        self.cgroups
+            .iter()
+            .filter_map(|c| c.limit.map(|(bytes, _)| bytes))
+            .min()
+    }
+
     /// This watch, saying nothing on stderr of a limit it cannot read:
     /// for a one-off reading, whose caller says what it decided.
     pub(crate) fn quiet(mut self) -> Watch {
@@ -285,6 +293,41 @@ fn own_cgroups(mount: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Where cgroup v1's memory controller is mounted, where there is one.
+const V1_MEMORY_MOUNT: &str = "/sys/fs/cgroup/memory";
+
+/// The process's cgroup v1 memory cgroup, from `cgroups` (the text of
+/// `/proc/self/cgroup`): the path of the line whose controllers include
+/// `memory`; `None` on a system with cgroup v2 alone.
+fn v1_memory_path(cgroups: &str) -> Option<&str> {
+    cgroups.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == "memory")
+            .then_some(path)
+    })
+}
+
+/// The smallest cgroup v1 memory limit (`memory.limit_in_bytes`) of the
+/// process's v1 memory cgroup and those above it, if one is below
+/// physical memory (v1 writes "no limit" as a number near 2^63). The
+/// watch does not read v1's usage; this only says such a limit holds.
+pub(crate) fn v1_memory_limit() -> Option<u64> {
+    let cgroups = read_text(Path::new("/proc/self/cgroup"))?;
+    let path = v1_memory_path(&cgroups)?;
+    let mount = Path::new(V1_MEMORY_MOUNT);
+    let own = mount.join(path.trim().trim_start_matches('/'));
+    let own = if own.is_dir() { own } else { mount.to_owned() };
+    let limit = own
+        .ancestors()
+        .take_while(|d| d.starts_with(mount))
+        .filter_map(|d| read_number(&d.join("memory.limit_in_bytes")))
+        .min()?;
+    (limit < physical_bytes().unwrap_or(u64::MAX)).then_some(limit)
+}
+
 /// The smaller of `dir`'s `memory.max` and `memory.high`, and which it
 /// is; `None` if neither is a number (`max` means none).
 fn cgroup_limit(dir: &Path) -> Option<(u64, &'static str)> {
@@ -370,7 +413,7 @@ fn page_size() -> Option<u64> {
 }
 
 /// Physical memory, in bytes.
-fn physical_bytes() -> Option<u64> {
+pub(crate) fn physical_bytes() -> Option<u64> {
     // SAFETY: as in `page_size`.
     let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
     u64::try_from(pages)
@@ -486,6 +529,16 @@ mod tests {
         let m = w.read(0.8).unwrap();
         assert!(matches!(m.source, Source::Configured), "{}", m.describe());
         assert!(w.unreadable_said);
+    }
+
+    #[test]
+    fn cgroup_v1_memory_is_told_from_v2() {
+        assert_eq!(
+            v1_memory_path("12:cpu,cpuacct:/x\n4:memory:/job:a\n0::/job\n"),
+            Some("/job:a")
+        );
+        assert_eq!(v1_memory_path("0::/system.slice/job.service\n"), None);
+        assert_eq!(v1_memory_path("3:name=memory-ish:/x\n0::/\n"), None);
     }
 
     #[test]

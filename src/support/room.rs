@@ -146,6 +146,14 @@ pub(crate) fn memory_short_of(bytes: usize) -> Option<Short> {
 /// `RLIMIT_AS` less the process's address space (`/proc/self/statm`'s
 /// first field, `memory::statm_bytes`); `None` without a limit.
 fn address_space_left() -> Option<usize> {
+    let limit = usize::try_from(address_space_limit()?).unwrap_or(usize::MAX);
+    let used = usize::try_from(super::memory::statm_bytes(0)?).unwrap_or(usize::MAX);
+    Some(limit.saturating_sub(used))
+}
+
+/// `RLIMIT_AS` (its soft limit) in bytes; `None` if not set or not
+/// readable.
+pub(crate) fn address_space_limit() -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -156,9 +164,7 @@ fn address_space_left() -> Option<usize> {
     {
         return None;
     }
-    let used = usize::try_from(super::memory::statm_bytes(0)?).unwrap_or(usize::MAX);
-    let limit = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
-    Some(limit.saturating_sub(used))
+    Some(limit.rlim_cur)
 }
 
 /// Under strict overcommit, `CommitLimit` less `Committed_AS` (system
