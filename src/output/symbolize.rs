@@ -733,6 +733,12 @@ fn trim_heap(looked_up: u64) {
     if looked_up < program.allocated_bytes.saturating_sub(program.freed_bytes) {
         return;
     }
+    // A signal handler that allocates while this thread holds an arena
+    // lock in `malloc_trim` would wait for it forever; a program that
+    // makes such handlers safe by blocking signals around its allocator
+    // (`Profiler::wrap` of an allocator that does) has not blocked them
+    // here, outside its allocator, so they are held off meanwhile.
+    let _held = crate::support::signals::HeldOff::all_but_faults();
     // SAFETY: `malloc_trim` has no preconditions. It takes glibc's arena
     // locks. This runs outside the allocator, holding no lock of the
     // allocation path (a profile is built with at most the HTTP server's
