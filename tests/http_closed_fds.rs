@@ -41,6 +41,7 @@ fn child_closes_every_descriptor() {
         return;
     }
     let profiles = heapprof::http::serve("127.0.0.1:0").unwrap();
+    println!("served_port={}", profiles.port());
     assert!(ask(&mut TcpStream::connect(profiles).unwrap()).starts_with("HTTP/1.1 200"));
     // The listener is the subject here; the connection just served is the
     // next test's, and its thread ends first.
@@ -201,8 +202,13 @@ fn a_closed_listening_socket_is_not_taken_back() {
     );
     assert_eq!(printed_number(&stdout, "stolen="), 0, "{stdout}\n{stderr}");
     assert_eq!(printed_number(&stdout, "waited="), 1, "{stdout}\n{stderr}");
+    // The line names the server's port, not the socket's that has the
+    // descriptor's number now.
+    let port = printed_number(&stdout, "served_port=");
     assert!(
-        stderr.contains("was closed by the program") && stderr.contains("the server stops"),
+        stderr.contains(&format!("(port {port}, descriptor "))
+            && stderr.contains("was closed by the program")
+            && stderr.contains("the server stops"),
         "{stderr}"
     );
 }

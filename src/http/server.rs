@@ -253,7 +253,7 @@ impl Server {
             limits: self,
         });
         own_thread::spawn(c"heapprof-http", THREAD_STACK_BYTES, move |_| {
-            accept_loop(listener, ours, shared)
+            accept_loop(listener, local, ours, shared)
         })
         .map_err(|e| {
             io::Error::new(
@@ -444,17 +444,19 @@ fn peer(stream: &Conn) -> Peer {
     looked.unwrap_or(Peer::Gone)
 }
 
-fn accept_loop(listener: TcpListener, ours: Socket, shared: Arc<Shared>) {
+/// Accepts connections on `listener`, bound at `local` (read when it was
+/// bound: by the time this thread runs, the program may have closed the
+/// descriptor and given its number to another socket).
+fn accept_loop(listener: TcpListener, local: SocketAddr, ours: Socket, shared: Arc<Shared>) {
     let active = Arc::new(AtomicUsize::new(0));
     let rejecting = Arc::new(AtomicUsize::new(0));
     // Failures said on stderr: each kind once, so that a server out of
     // descriptors says so without a line every 10 ms.
     let mut said: Vec<io::ErrorKind> = Vec::new();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
-    let port = listener.local_addr().map_or(0, |a| a.port());
     loop {
         if !ours.still_named_by(fd) {
-            give_up_descriptor(listener, fd, port);
+            give_up_descriptor(listener, fd, local.port());
             return;
         }
         let (stream, peer) = match listener.accept() {
@@ -469,11 +471,8 @@ fn accept_loop(listener: TcpListener, ours: Socket, shared: Arc<Shared>) {
                 if !passing && !said.contains(&e.kind()) {
                     said.push(e.kind());
                     crate::config::report::warn(format_args!(
-                        "heapprof: the /debug/pprof server on {} cannot accept connections: {e}; \
-                         it tries again every 10 ms",
-                        listener
-                            .local_addr()
-                            .map_or_else(|_| "its socket".to_owned(), |a| a.to_string())
+                        "heapprof: the /debug/pprof server on {local} cannot accept connections: \
+                         {e}; it tries again every 10 ms"
                     ));
                 }
                 std::thread::sleep(Duration::from_millis(10));
