@@ -64,7 +64,7 @@ unsafe fn dealloc_maybe_sampled<A: Allocator>(ptr: *mut u8, layout: Layout, inne
         }
         return;
     }
-    match take_sampled(ptr, inner.owner()) {
+    match take_sampled(ptr, inner.owner(), layout.size()) {
         // SAFETY: a sampled block came from `inner` with the layout
         // `alloc_sampled` used, rebuilt here the same way.
         Some(e) => unsafe {
@@ -136,7 +136,8 @@ pub(super) unsafe fn release<A: Allocator>(
 /// The part of [`dealloc`] that does not depend on the inner allocator:
 /// passes on the counts of a thread that is not in the registry, and takes
 /// the block out of the sampled set, crediting its site, if it is there.
-fn take_sampled(ptr: *mut u8, owner: usize) -> Option<Entry> {
+/// `size` is the size the program frees the block with.
+fn take_sampled(ptr: *mut u8, owner: usize, size: usize) -> Option<Entry> {
     if !registry::listed() {
         // A thread that is not in the registry (it has not allocated yet,
         // or it is exiting): its copy of the filter's mask is 0, so every
@@ -153,8 +154,13 @@ fn take_sampled(ptr: *mut u8, owner: usize) -> Option<Entry> {
     credit_free(&entry);
     // An entry of another allocator at this address is stale (that
     // allocator went away without its `Profiler` being dropped): credited
-    // and gone, and the block is this allocator's plain one.
-    (entry.owner == owner).then_some(entry)
+    // and gone, and the block is this allocator's plain one. So is one of
+    // another size: the sampled block was freed behind heapprof's back (C
+    // code's `free` of a Rust buffer, against Rust's allocator contract)
+    // and its address handed out again; freeing this block as the sampled
+    // one, with the sampled block's layout or into a spare pool, would
+    // corrupt the heap.
+    (entry.owner == owner && entry.size == size).then_some(entry)
 }
 
 /// For a `Profiler` being dropped, whose allocator (`inner`, one with
