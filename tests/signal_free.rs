@@ -46,6 +46,10 @@ static BLOCKS: [AtomicPtr<[u8; 48]>; SIGNALS] =
     [const { AtomicPtr::new(std::ptr::null_mut()) }; SIGNALS];
 static TAKEN: AtomicUsize = AtomicUsize::new(0);
 static HANDLED: AtomicUsize = AtomicUsize::new(0);
+/// Allocations the churn has made and freed: once it moves, the churning
+/// thread has left heapprof since the last handler, and run the free that
+/// handler may have put off.
+static CHURNED: AtomicUsize = AtomicUsize::new(0);
 /// Allocations the churn may make per signal sent: the arena frees
 /// nothing, so the churn must not run ahead of the signals on a slow
 /// machine.
@@ -82,6 +86,7 @@ fn churn(stop: &AtomicBool) -> usize {
         let v = std::hint::black_box(vec![0u8; 64 + n % 200]);
         drop(v);
         n += 1;
+        CHURNED.store(n, SeqCst);
     }
     n
 }
@@ -107,10 +112,19 @@ fn a_handler_freeing_a_sampled_block_does_not_deadlock() {
         s.spawn(|| {
             for _ in 0..SIGNALS {
                 let sent = HANDLED.load(SeqCst);
+                let churned = CHURNED.load(SeqCst);
                 // SAFETY: the target thread is this test's, alive until the
                 // scope ends.
                 unsafe { libc::pthread_kill(target as libc::pthread_t, libc::SIGUSR1) };
                 while HANDLED.load(SeqCst) == sent {
+                    std::hint::spin_loop();
+                }
+                // The next signal only once the thread has left heapprof:
+                // signals sent faster could land in one slow stretch inside
+                // it (a debug build on a loaded machine) and put off more
+                // frees than a thread keeps (`DEFERRED_MAX`), and a free
+                // with no room is leaked, never credited.
+                while CHURNED.load(SeqCst) == churned {
                     std::hint::spin_loop();
                 }
             }
