@@ -329,14 +329,19 @@ fn report_misspellings() {
 }
 
 /// Whether `given` looks like a misspelling of `known`: two edits or fewer
-/// apart (for names of 4 bytes or more), or one the start or the end of
+/// apart (for names of 4 bytes or more), one the start or the end of
 /// the other, joined at a `_` (`RATE` and `SAMPLE_RATE`, `OUT_DIR` and
-/// `OUT`) or with at most 3 bytes more (`OUTPUT` and `OUT`; not `TIMEOUT`).
+/// `OUT`) or with at most 3 bytes more (`OUTPUT` and `OUT`; not `TIMEOUT`),
+/// or `known` with its words shortened ([`abbreviates`]: `MEM_LIMIT`).
 fn looks_like(given: &str, known: &str) -> bool {
     if given.len() < 3 {
         return false;
     }
     let (a, b) = (given.as_bytes(), known.as_bytes());
+    let words: Vec<&[u8]> = b.split(|&c| c == b'_').collect();
+    if abbreviates(a, &words) {
+        return true;
+    }
     let affix = |long: &[u8], short: &[u8]| {
         let Some(extra) = long.len().checked_sub(short.len()).filter(|&e| e > 0) else {
             return false;
@@ -361,6 +366,30 @@ fn looks_like(given: &str, known: &str) -> bool {
     }
     given.len() >= 4 && row[b.len()] <= 2
 }
+
+/// Whether `given` is `words` in order, each cut to its first
+/// [`ABBREVIATED`] bytes or more, with or without the `_` between them
+/// (`MEM_LIMIT`, `MEMLIMIT`, `PYRO_URL`).
+fn abbreviates(given: &[u8], words: &[&[u8]]) -> bool {
+    let Some((word, rest)) = words.split_first() else {
+        return given.is_empty();
+    };
+    let shortest = ABBREVIATED.min(word.len());
+    (shortest..=word.len()).any(|n| {
+        given.get(..n) == Some(&word[..n]) && {
+            let after = &given[n..];
+            let after = match (rest.is_empty(), after.strip_prefix(b"_")) {
+                (false, Some(joined)) => joined,
+                _ => after,
+            };
+            abbreviates(after, rest)
+        }
+    })
+}
+
+/// The fewest bytes of a setting's word that [`abbreviates`] takes as the
+/// word.
+const ABBREVIATED: usize = 3;
 
 /// The `HEAPPROF_PYROSCOPE_*` settings. Read whatever the features: a URL
 /// set for a heapprof built without the `pyroscope` feature is reported
@@ -709,6 +738,9 @@ mod tests {
             ("DUMP_AT_LIMITS", "DUMP_AT_LIMIT"),
             ("SYMBOLISE", "SYMBOLIZE"),
             ("PYROSCOPE_LABEL", "PYROSCOPE_LABELS"),
+            ("MEM_LIMIT", "MEMORY_LIMIT"),
+            ("MEMLIMIT", "MEMORY_LIMIT"),
+            ("PYRO_URL", "PYROSCOPE_URL"),
         ] {
             assert_eq!(meant(given), Some(setting), "{given}");
         }
