@@ -263,13 +263,13 @@ impl Watcher {
 }
 
 /// The size no allocation can reach: the smallest of the limits the
-/// kernel holds the process to, the watched cgroups' (as last read),
+/// kernel holds the process to, the watched cgroups' `memory.max` (as last read),
 /// `RLIMIT_AS` and physical memory. `HEAPPROF_MEMORY_LIMIT` is not one:
 /// the kernel does not hold the process to it, so a request larger than
 /// it may fail for want of memory, and its failure is worth a profile.
 fn beyond_reach(watch: &Watch) -> u64 {
     [
-        watch.cgroup_limit(),
+        watch.cgroup_max(),
         room::address_space_limit(),
         memory::physical_bytes(),
     ]

@@ -147,6 +147,9 @@ struct Cgroup {
     /// The smaller of `memory.max` and `memory.high`, and which it is;
     /// `None` when neither is set (or readable).
     limit: Option<(u64, &'static str)>,
+    /// `memory.max` alone: the one of the two the kernel enforces
+    /// (`memory.high` throttles).
+    max: Option<u64>,
 }
 
 impl Watch {
@@ -160,7 +163,11 @@ impl Watch {
         Watch {
             cgroups: dirs
                 .into_iter()
-                .map(|dir| Cgroup { dir, limit: None })
+                .map(|dir| Cgroup {
+                    dir,
+                    limit: None,
+                    max: None,
+                })
                 .collect(),
             configured,
             readings: 0,
@@ -168,12 +175,10 @@ impl Watch {
         }
     }
 
-    /// The smallest limit of the watched cgroups as last read, if any.
-    pub(crate) fn cgroup_limit(&self) -> Option<u64> {
-        self.cgroups
-            .iter()
-            .filter_map(|c| c.limit.map(|(bytes, _)| bytes))
-            .min()
+    /// The smallest `memory.max` of the watched cgroups as last read, if
+    /// any: the cgroup limit no process in them can exceed.
+    pub(crate) fn cgroup_max(&self) -> Option<u64> {
+        self.cgroups.iter().filter_map(|c| c.max).min()
     }
 
     /// This watch, saying nothing on stderr of a limit it cannot read:
@@ -210,6 +215,7 @@ impl Watch {
         if self.readings.is_multiple_of(LIMITS_EVERY) {
             for c in &mut self.cgroups {
                 c.limit = cgroup_limit(&c.dir);
+                c.max = read_number(&c.dir.join("memory.max")).filter(|&n| n > 0);
             }
         }
         self.readings = self.readings.wrapping_add(1);
@@ -444,6 +450,24 @@ mod tests {
         assert_eq!(cgroup_limit(d.path()), None);
         let d = dir_with(&[]);
         assert_eq!(cgroup_limit(d.path()), None);
+    }
+
+    /// Only `memory.max` bounds what the cgroup can hold: `memory.high`
+    /// throttles, so a request between the two may still succeed.
+    #[test]
+    fn the_enforced_cgroup_limit_is_memory_max() {
+        let d = dir_with(&[
+            ("memory.max", "2000\n"),
+            ("memory.high", "1500\n"),
+            ("memory.current", "900\n"),
+        ]);
+        let mut w = Watch::new(Some(d.path()), None);
+        w.read(0.5);
+        assert_eq!(w.cgroup_max(), Some(2000));
+        let d = dir_with(&[("memory.high", "1500\n"), ("memory.current", "900\n")]);
+        let mut w = Watch::new(Some(d.path()), None);
+        w.read(0.5);
+        assert_eq!(w.cgroup_max(), None);
     }
 
     #[test]
