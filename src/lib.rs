@@ -159,6 +159,14 @@
 //!   (`"my_crate::parse"`): the test function is on the stack of all it
 //!   allocates, so a bare `"leaky"` would also match a test named
 //!   `leaky_fails_assertion` and count everything that test allocated.
+//! * Names come from the stacks of the build under test. In an optimized
+//!   build a function that ends in a tail call is off the stack of what
+//!   its callee allocates (end it with `std::hint::black_box(result)`),
+//!   and code that compiles to the same instructions in two functions is
+//!   kept once and named after one of them, so each may be charged with
+//!   what the other holds. Mark the functions you assert on
+//!   `#[inline(never)]`, give them bodies of their own, or use
+//!   [`measure`], which counts by call, not by name.
 //! * If heapprof is not the `#[global_allocator]` of the test binary,
 //!   [`snapshot()`] is empty and [`stats()`] all zeros;
 //!   [`Snapshot::assert_inuse_at_most`] panics rather than pass. It
@@ -237,7 +245,10 @@
 //!   through the slow path (`BENCHMARKS.md`); other threads pay nothing.
 //! * For async code, [`measure_future`] counts what a future's own polls
 //!   do, on whichever threads poll it (`measure(|| rt.block_on(f))` counts
-//!   every task the runtime runs on the thread meanwhile).
+//!   every task the runtime runs on the thread meanwhile). What a runtime
+//!   builds once per worker, lazily inside a poll (tokio's list of
+//!   deferred wakeups), counts in the first polls on each worker: run
+//!   the future once before asserting that it leaves nothing behind.
 //!
 //! With the `criterion` feature, `heapprof::criterion` has criterion measurements
 //! of bytes and allocations per iteration and a profiler that writes a

@@ -426,3 +426,44 @@ fn child_allocates_through_generated_code() {
     }
     drop(keep);
 }
+
+/// Twins: the same body, whose generic code (the `map` and `fold` of their
+/// closures) an optimized build keeps one copy of, named in the debug info
+/// after one of them. Each keeps its own frame on the stack: its result
+/// goes through `black_box` rather than out by a tail call.
+#[inline(never)]
+fn builds_an_index(n: usize) -> Vec<Vec<u8>> {
+    black_box((0..n).map(|i| vec![i as u8; 1000]).collect())
+}
+
+#[inline(never)]
+fn builds_a_cache(n: usize) -> Vec<Vec<u8>> {
+    black_box((0..n).map(|i| vec![i as u8; 1000]).collect())
+}
+
+/// Code shared by two functions cannot hide what one holds when each
+/// keeps its own frame (as the README asks): the twin that holds 2 MB
+/// fails its assertion in debug and release builds alike, though in a
+/// release build the frames below it are named after the other twin.
+#[test]
+fn shared_code_cannot_hide_what_a_function_holds() {
+    if !is_child() {
+        let (stdout, _) = run_child(
+            "shared_code_cannot_hide_what_a_function_holds",
+            &[("HEAPPROF_SAMPLE_RATE", "1")],
+        );
+        assert!(
+            stdout.contains("cache: heapprof: `assertion_truth::builds_a_cache` added 2048000"),
+            "{stdout}"
+        );
+        return;
+    }
+    let before = heapprof::snapshot();
+    let index = builds_an_index(black_box(10));
+    let cache = builds_a_cache(black_box(2000));
+    let grown = heapprof::snapshot().delta(&before);
+    let message =
+        panic_message(|| grown.assert_inuse_at_most("assertion_truth::builds_a_cache", 100_000));
+    println!("cache: {}", message.as_deref().unwrap_or("passed"));
+    drop((index, cache));
+}

@@ -745,9 +745,11 @@ impl Snapshot {
     /// that were live at the first snapshot take nothing off. Another test
     /// that calls `function`, even from the same stack (a runtime's worker
     /// thread), and frees what it built before does not offset what this
-    /// test added; a block grown in between counts its growth once,
+    /// test added; an older block grown in between counts its growth once,
     /// whichever stack grew it (at rate 1; at other rates, where its older
-    /// block may not have been sampled, it may count whole, never less).
+    /// block may not have been sampled, it may count whole, never less),
+    /// and a block allocated in between and then grown counts whole at the
+    /// stack that grew it (a `realloc` is a new block of the new size).
     /// What other threads allocate through `function` in between and
     /// still hold at the end counts too. The message's count is of those
     /// blocks, split by the threads they were allocated on when more than
@@ -906,13 +908,16 @@ impl Snapshot {
                  check the name, with its \
                  path; a function inlined into all its callers has no symbol of its own: mark \
                  it `#[inline(never)]` (an `async fn`'s body needs debug info to be named in a \
-                 release build)"
+                 release build); an optimized build may also have merged it into another \
+                 function with the same body"
             );
             let why = if unnamed > 0 {
                 symbolize::no_names_hint()
             } else {
-                "check the name (with its path), and that the function is not inlined away (an \
-                 `async fn`'s body is, in a release build without debug info)"
+                "check the name (with its path), that the function is not inlined away (an \
+                 `async fn`'s body is, in a release build without debug info), and that it does \
+                 not end in a tail call or share its code with another function (an optimized \
+                 build keeps one copy of the same instructions)"
                     .into()
             };
             let thread = std::thread::current();
