@@ -74,10 +74,13 @@ static MASK_COPIES: Mutex<{ rank::MASKS }, Vec<usize>> = Mutex::new(Vec::new());
 /// memory goes). The one exception is `retire`'s: a thread that exits
 /// from a signal handler while the code it interrupted holds a list's
 /// lock leaves its entry behind, and readers of the list then touch
-/// memory its thread no longer has.
+/// memory its thread no longer has. Another thread's `Local` is shared
+/// with its owner, which writes its `Cell`s: through the reference, only
+/// its atomic fields may be touched.
 unsafe fn local_at<'a>(addr: usize) -> &'a Local {
     // SAFETY: per the contract, a live `Local`, whose address was taken
-    // from a reference to the whole of it.
+    // from a reference to the whole of it; callers touch only its atomics
+    // when it is another thread's.
     unsafe { &*(addr as *const Local) }
 }
 

@@ -4,7 +4,12 @@
 //!
 //! The owner's fast path updates them with a relaxed load and store, no
 //! read-modify-write; other threads read them (`stats()`), so they are
-//! atomics all the same.
+//! atomics all the same. A signal handler that allocates on the owning
+//! thread between such a load and its store has its own update
+//! overwritten: when that update is the slow path's new countdown, the
+//! thread's allocated bytes are off by the difference for good (the
+//! README's `stats()` section says so). Profiles do not read them: the
+//! sampler needs only that the countdown runs out.
 //!
 //! Allocated bytes have no counter of their own: the sampler's countdown
 //! already takes every allocation's size off, so a thread has allocated
@@ -123,7 +128,8 @@ pub(crate) struct Counters {
     granted: AtomicU64,
     /// Odd while the owner changes fields that readers must see together:
     /// `granted` with `countdown`, and the fields below with the ones
-    /// above.
+    /// above. One writer: a signal handler that interrupts a change and
+    /// makes one of its own can leave a reader with a mix of the two.
     seq: AtomicU64,
     /// The countdown a nudge took away, while its zero stands
     /// ([`Counters::nudge`]); 0 for none. Counts as part of the countdown
@@ -691,7 +697,8 @@ fn store_counts(fields: &[AtomicU64; 4], c: Counts) {
     }
 }
 
-/// Only the owning thread writes, so load + store cannot lose an update.
+/// Only the owning thread writes, so load + store loses an update only to
+/// a signal handler that allocates in between (see the module comment).
 #[inline(always)]
 fn bump(counter: &AtomicU64, by: u64) {
     counter.store(counter.load(Relaxed).wrapping_add(by), Relaxed);

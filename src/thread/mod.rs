@@ -291,7 +291,10 @@ static ON_EXIT: OnceLock<fn()> = OnceLock::new();
 /// even for a thread that arms it while its thread-local destructors are
 /// over (a C thread whose first allocation is in a `pthread_key`
 /// destructor: glibc runs those after the thread-local ones, and repeats
-/// its rounds while keys are set). The hook must tolerate running twice.
+/// its rounds while keys are set, up to `PTHREAD_DESTRUCTOR_ITERATIONS`,
+/// four: a thread whose first allocation comes in the last round is never
+/// called back, and its registry entry outlives it; no test makes one).
+/// The hook must tolerate running twice.
 /// False if the key could not be set.
 pub(crate) fn arm_exit_hooks(hook: fn()) -> bool {
     static KEY: OnceLock<Option<libc::pthread_key_t>> = OnceLock::new();
