@@ -699,7 +699,8 @@ pub(crate) fn parse_thresholds(text: &str) -> Option<Vec<f64>> {
 
 /// Parses a byte count: a decimal number with an optional unit. Units are
 /// binary and case-insensitive: `k`, `kb`, `kib` = 1024; `m`, `mb`, `mib` =
-/// 1024²; `g`, `gb`, `gib` = 1024³; `b` = 1. `None` for anything else:
+/// 1024²; `g`, `gb`, `gib` = 1024³; `t`, `tb`, `tib` = 1024⁴; `b` = 1.
+/// `None` for anything else:
 /// empty text, a sign, a fraction, an unknown unit, or overflow.
 pub(crate) fn parse_bytes(text: &str) -> Option<usize> {
     let text = text.trim();
@@ -716,6 +717,7 @@ pub(crate) fn parse_bytes(text: &str) -> Option<usize> {
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
         _ => return None,
     };
     number.checked_mul(multiplier)
@@ -802,6 +804,7 @@ mod tests {
         assert_eq!(parse_bytes("2MiB"), Some(2 << 20));
         assert_eq!(parse_bytes("64k"), Some(65536));
         assert_eq!(parse_bytes(" 1 GB "), Some(1 << 30));
+        assert_eq!(parse_bytes("2TiB"), Some(2 << 40));
         assert_eq!(parse_bytes("0"), Some(0));
         assert_eq!(parse_bytes("1"), Some(1));
     }
@@ -870,7 +873,7 @@ mod tests {
             "+5",
             "1.5MiB",
             "12 parsecs",
-            "5TiB",
+            "5PiB",
             "99999999999999999999999",
             "18446744073709551615GiB",
             "KiB",
