@@ -161,7 +161,9 @@
 //!   `leaky_fails_assertion` and count everything that test allocated.
 //! * Names come from the stacks of the build under test. In an optimized
 //!   build a function that ends in a tail call is off the stack of what
-//!   its callee allocates (end it with `std::hint::black_box(result)`),
+//!   its callee allocates (end it with `std::hint::black_box(result)`;
+//!   an assertion on such a function that no stack names panics, saying
+//!   so),
 //!   and code that compiles to the same instructions in two functions is
 //!   kept once and named after one of them, so each may be charged with
 //!   what the other holds. Mark the functions you assert on

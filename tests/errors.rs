@@ -290,7 +290,7 @@ fn malformed_rates_are_reported_once_and_the_default_used() {
         "99999999999999999999999",
         "12 parsecs",
         "1.5MiB",
-        "5TiB",
+        "5PiB",
     ] {
         let (rate, stderr) = child_with_rate(bad);
         assert_eq!(rate, 524288, "{bad:?} must fall back to the default");

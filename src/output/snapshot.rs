@@ -768,8 +768,12 @@ impl Snapshot {
     /// sampled stack names, no symbol of the program's loaded objects
     /// matches, and no debug info names (a typo, or a function inlined
     /// into every caller in a build without debug info for it): nothing
-    /// could show what it holds. One that has a symbol, or that debug info
-    /// names, and no sampled stack (it allocated nothing sampled) passes,
+    /// could show what it holds; and for one that no sampled stack names
+    /// whose code ends in a tail call (an optimized build's jump to the
+    /// function it returns the result of, which leaves it off the stacks
+    /// of everything that function allocates). One that has a symbol, or
+    /// that debug info names, and no sampled stack (it allocated nothing
+    /// sampled) passes,
     /// with a line on stderr naming the thread (a test's name); so does
     /// one that may be among the callers of a stack cut at its deepest
     /// kept (64 frames), with the bytes of those stacks.
@@ -911,6 +915,17 @@ impl Snapshot {
                  release build); an optimized build may also have merged it into another \
                  function with the same body"
             );
+            let exactly = |name: &str| name == function || path_form(name) == wanted;
+            let tail_call = reentry::Inside::enter_for(|| symbolize::tail_call(&exactly));
+            if let Some((own, callee)) = tail_call {
+                panic!(
+                    "heapprof: cannot check what `{function}` holds: `{own}` ends in a tail call \
+                     to `{callee}` (its last instruction jumps there), so what that allocates \
+                     for it is on stacks without it, and no sampled stack names it; pass its \
+                     result through `std::hint::black_box` before returning it, or use \
+                     `heapprof::measure`"
+                );
+            }
             let why = if unnamed > 0 {
                 symbolize::no_names_hint()
             } else {

@@ -830,6 +830,28 @@ pub(crate) fn program_has_function(
     read_every_table.then_some(false)
 }
 
+/// A function of the program whose name `matches` and whose code ends in
+/// a tail call, as (its name, the callee's): see [`own::tail_call`]. The
+/// executable and the libraries are read as [`program_has_function`]
+/// reads them; nothing is kept.
+pub(crate) fn tail_call(matches: &dyn Fn(&str) -> bool) -> Option<(String, String)> {
+    use crate::support::mappings;
+    let mut objects = Vec::new();
+    mappings::each_object(&mut |info, executable| {
+        objects.push((mappings::object_name(info), executable))
+    });
+    objects.into_iter().find_map(|(name, executable)| {
+        let path = match name.as_str() {
+            _ if executable => mappings::executable_path()?,
+            vdso if vdso.starts_with("linux-vdso") || vdso.starts_with("linux-gate") => {
+                return None;
+            }
+            _ => std::path::PathBuf::from(name),
+        };
+        own::tail_call(&path, matches)
+    })
+}
+
 /// A symbol as linked (`bytes`, mangled or not) as (its demangled name
 /// without the trailing hash, closures in one form; the name as linked).
 /// Rust names are demangled as Rust, then C++ names (`_Z…`, with their

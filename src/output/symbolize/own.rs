@@ -1286,6 +1286,93 @@ pub(super) fn has_function(
     (!named).then_some(false)
 }
 
+/// A function of the ELF file at `path` whose name (as [`super::names`]
+/// gives it) `matches` and whose code ends in a jump to the start of
+/// another function (a tail call, which leaves the first off every stack
+/// the second's allocations have), as (its name, the other's); `None`
+/// if there is none or the file cannot be read. Only the executable's
+/// `.symtab` or a library's `.dynsym` is read; nothing is kept.
+pub(super) fn tail_call(
+    path: &std::path::Path,
+    matches: &dyn Fn(&str) -> bool,
+) -> Option<(String, String)> {
+    let file = File::open(path).ok()?;
+    let map = Mapped::new(&file)?;
+    let data = map.bytes();
+    let header = Elf::parse(data).ok()?;
+    let endian = header.endian().ok()?;
+    let sections = header.sections(endian, data).ok()?;
+    let mut table = sections.symbols(endian, data, elf::SHT_SYMTAB).ok()?;
+    if table.is_empty() {
+        table = sections.symbols(endian, data, elf::SHT_DYNSYM).ok()?;
+    }
+    let strings = table.strings();
+    let functions: Vec<_> = table
+        .iter()
+        .filter(|sym| sym.st_type() == elf::STT_FUNC && sym.st_shndx(endian) != elf::SHN_UNDEF)
+        .collect();
+    let name =
+        |sym: &&<Elf as FileHeader>::Sym| strings.get(sym.st_name(endian)).ok().map(super::names);
+    for sym in &functions {
+        let Some((own, _)) = name(sym).filter(|(n, _)| matches(n)) else {
+            continue;
+        };
+        let Some(index) = sym.st_shndx(endian).index() else {
+            continue;
+        };
+        let Ok(section) = sections.section(object::SectionIndex(usize::from(index))) else {
+            continue;
+        };
+        let (start, size) = (sym.st_value(endian), sym.st_size(endian));
+        let code = start
+            .checked_sub(section.sh_addr(endian))
+            .and_then(|into| section.sh_offset(endian).checked_add(into))
+            .and_then(|offset| usize::try_from(offset).ok())
+            .zip(usize::try_from(size).ok())
+            .and_then(|(at, len)| data.get(at..at.checked_add(len)?));
+        let Some(target) = code.and_then(|code| last_jump(code, start)) else {
+            continue;
+        };
+        if let Some(callee) = functions
+            .iter()
+            .find(|f| f.st_value(endian) == target && f.st_value(endian) != start)
+            .and_then(&name)
+        {
+            return Some((own, callee.0));
+        }
+    }
+    None
+}
+
+/// Where the last instruction of `code`, a function at address `start`,
+/// jumps to, if it is a direct jump: x86-64's `jmp rel32` or `jmp rel8`,
+/// AArch64's `b`. (Bytes that only look like a jump at the end give an
+/// address that [`tail_call`] then finds no function starting at.)
+fn last_jump(code: &[u8], start: u64) -> Option<u64> {
+    let end = start.checked_add(code.len() as u64)?;
+    if cfg!(target_arch = "x86_64") {
+        let from_end = |n: usize| code.get(code.len().checked_sub(n)?..);
+        if let Some(&[0xE9, a, b, c, d]) = from_end(5) {
+            return Some(end.wrapping_add_signed(i64::from(i32::from_le_bytes([a, b, c, d]))));
+        }
+        match from_end(2) {
+            Some(&[0xEB, near]) => Some(end.wrapping_add_signed(i64::from(near as i8))),
+            _ => None,
+        }
+    } else if cfg!(target_arch = "aarch64") {
+        let tail: [u8; 4] = code.get(code.len().checked_sub(4)?..)?.try_into().ok()?;
+        let word = u32::from_le_bytes(tail);
+        if word & 0xFC00_0000 != 0x1400_0000 {
+            return None;
+        }
+        // imm26, sign-extended, in instructions of 4 bytes.
+        let words = i64::from(((word << 6) as i32) >> 6);
+        Some((end - 4).wrapping_add_signed(words * 4))
+    } else {
+        None
+    }
+}
+
 /// The GNU build ID of the ELF file at `path`, if it has one.
 fn file_build_id(path: &std::path::Path) -> Option<String> {
     let file = File::open(path).ok()?;
