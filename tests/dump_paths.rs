@@ -660,3 +660,134 @@ fn a_file_the_process_may_not_write_is_not_replaced() {
     left.retain(|n| n != "child");
     assert_eq!(left, [READ_ONLY_NAME], "nothing made beside it");
 }
+
+/// A series whose directory is missing at first numbers its files after
+/// those there once the directory appears, not on from the numbers its
+/// failed writes used up.
+#[test]
+fn a_series_numbers_after_files_that_appeared_since_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("later");
+    let series = heapprof::AutoDump::new(sub.join("heap.pb.gz"))
+        .every(Duration::from_millis(100))
+        .start()
+        .unwrap();
+    churn_for(Duration::from_millis(600));
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(sub.join("heap.0002.pb.gz"), b"an earlier run's").unwrap();
+    churn_for(Duration::from_millis(600));
+    series.stop();
+    let mut numbers: Vec<u64> = std::fs::read_dir(&sub)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_prefix("heap.")?
+                .strip_suffix(".pb.gz")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    numbers.sort();
+    assert!(numbers.len() >= 2, "{numbers:?}");
+    assert_eq!(&numbers[..2], &[2, 3], "{numbers:?}");
+}
+
+/// A run with no peak to write leaves an earlier run's peak file as it is
+/// and says that it is not this run's.
+#[test]
+fn an_earlier_peak_file_is_not_passed_off_as_this_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let earlier = dir.path().join("heap.peak.pb.gz");
+    std::fs::write(&earlier, b"an earlier run's peak").unwrap();
+    // Sampling off: nothing is sampled, so no peak is recorded.
+    let (_, stderr) = exit_child(
+        dir.path(),
+        &[
+            ("HEAPPROF_OUT", "heap.pb.gz"),
+            ("HEAPPROF_SAMPLE_RATE", "0"),
+        ],
+    );
+    assert!(dir.path().join("heap.pb.gz").exists(), "{stderr}");
+    assert_eq!(std::fs::read(&earlier).unwrap(), b"an earlier run's peak");
+    assert!(
+        stderr.contains("no peak profile")
+            && stderr.contains("heap.peak.pb.gz\" is an earlier one"),
+        "{stderr}"
+    );
+}
+
+/// A file mounted over the profile's path (a container's bind mount of
+/// one file) cannot be renamed over: it is rewritten in place, and no
+/// temporary file is left. Needs root, for a mount namespace of the test's
+/// own thread.
+#[test]
+fn a_file_mounted_over_the_path_is_rewritten_in_place() {
+    let skip = |why: String| {
+        assert!(
+            std::env::var_os("HEAPPROF_REQUIRE_ROOT").is_none(),
+            "HEAPPROF_REQUIRE_ROOT is set, but {why}"
+        );
+        println!("skipped: {why}");
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return skip("this test does not run as root".into());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (src, dst) = (dir.path().join("host.pb.gz"), dir.path().join("heap.pb.gz"));
+    std::fs::write(&src, b"the host's old file").unwrap();
+    std::fs::write(&dst, b"under the mount").unwrap();
+    let (s, d) = (c_path(&src), c_path(&dst));
+    let mounted = std::thread::spawn(move || {
+        // The namespace is this thread's alone: unshare takes the thread's
+        // filesystem information with it.
+        // SAFETY: unshare and mount take flags and NUL-terminated paths
+        // that live across the calls.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(format!("unshare: {}", std::io::Error::last_os_error()));
+            }
+            let root = c"/";
+            let private = libc::MS_REC | libc::MS_PRIVATE;
+            if libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                private,
+                std::ptr::null(),
+            ) != 0
+                || libc::mount(
+                    s.as_ptr(),
+                    d.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+            {
+                return Err(format!("mount: {}", std::io::Error::last_os_error()));
+            }
+        }
+        let written = heapprof::ProfileGuard::new(std::path::Path::new(
+            std::ffi::OsStr::from_bytes(d.as_bytes()),
+        ))
+        .finish();
+        // SAFETY: as above.
+        unsafe { libc::umount(d.as_ptr()) };
+        Ok(written.map_err(|e| e.to_string()))
+    })
+    .join()
+    .unwrap();
+    let written = match mounted {
+        Ok(written) => written,
+        Err(why) => return skip(why),
+    };
+    assert_eq!(written, Ok(()));
+    let host = std::fs::read(&src).unwrap();
+    assert_eq!(
+        &host[..2],
+        &[0x1f, 0x8b],
+        "the host's file holds the profile"
+    );
+    assert_eq!(std::fs::read(&dst).unwrap(), b"under the mount");
+    assert_eq!(names(dir.path()), ["heap.pb.gz", "host.pb.gz"]);
+}

@@ -367,6 +367,11 @@ fn keep_access(file: &File, replaced: Option<&std::fs::Metadata>) {
 /// the bytes are written, not while the profile is built (symbolizing can
 /// take a second), so a process that exits while a series is being
 /// written seldom leaves one behind.
+///
+/// A regular file that is a mount point (a container's bind mount of one
+/// file, `-v ./heap.pb.gz:/app/heap.pb.gz`) cannot be renamed over: it is
+/// rewritten in place, as the shell's `>` would, and a reader may see it
+/// half written.
 fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let replaced = std::fs::symlink_metadata(path).ok().filter(|m| m.is_file());
     let (tmp, mut file) = create_temporary(path)?;
@@ -374,10 +379,34 @@ fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let renamed = file
         .write_all(bytes)
         .and_then(|()| std::fs::rename(&tmp, path));
-    if renamed.is_err() {
+    let written = match renamed {
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) && replaced.is_some() => {
+            rewrite_in_place(path, bytes)
+        }
+        renamed => renamed,
+    };
+    if written.is_err() || std::fs::symlink_metadata(&tmp).is_ok() {
         let _ = std::fs::remove_file(&tmp);
     }
-    renamed
+    written
+}
+
+/// Truncates the regular file at `path` and writes `bytes` into it; an
+/// error if `path` is anything else by the time it is opened (a symlink
+/// is not followed; a FIFO is opened without waiting and refused).
+fn rewrite_in_place(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "is no longer a regular file",
+        ));
+    }
+    file.set_len(0)?;
+    file.write_all(bytes)
 }
 
 /// Writes to what is at `path` without replacing it: a device, a FIFO,
@@ -521,13 +550,45 @@ fn sibling(base: &Path, tag: &str) -> io::Result<PathBuf> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(refuse(format!("cannot be looked at ({e})"))),
     }
-    let name = name.to_string_lossy();
-    let (stem, ext) = match name.strip_suffix(".pb.gz") {
-        Some(stem) => (stem, ".pb.gz"),
-        None => (&*name, ""),
-    };
-    Ok(base.with_file_name(format!("{stem}.{tag}{ext}")))
+    if let Some(proc_path) = through_proc(base) {
+        return Err(refuse(format!(
+            "leads to {}, one of the process's open files, not a file to name others after",
+            Shown::path(&proc_path)
+        )));
+    }
+    // The name's own bytes: a name that is not UTF-8 keeps them, so that
+    // two such names never share a sibling.
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    const EXT: &[u8] = b".pb.gz";
+    let name = name.as_bytes();
+    let (stem, ext) = name
+        .strip_suffix(EXT)
+        .map_or((name, &b""[..]), |stem| (stem, EXT));
+    let derived = [stem, b".", tag.as_bytes(), ext].concat();
+    Ok(base.with_file_name(std::ffi::OsString::from_vec(derived)))
 }
+
+/// The path under `/proc` that `path` is or leads to through its symlinks
+/// (`/dev/stdout` → `/proc/self/fd/1`), if any: such a path names one of
+/// a process's open files, whatever its directory holds. Looks through at
+/// most [`MAX_LINKS`] links.
+fn through_proc(path: &Path) -> Option<PathBuf> {
+    let mut at = path.to_path_buf();
+    for _ in 0..MAX_LINKS {
+        if at.starts_with("/proc") {
+            return Some(at);
+        }
+        let target = std::fs::read_link(&at).ok()?;
+        at = match at.parent() {
+            Some(dir) => dir.join(target),
+            None => target,
+        };
+    }
+    None
+}
+
+/// The symlinks [`through_proc`] follows, as the kernel's own limit.
+const MAX_LINKS: usize = 40;
 
 /// Whether `m` is the null device's (a character device numbered as
 /// `/dev/null` is, wherever its node is).
@@ -621,7 +682,7 @@ extern "C" fn at_exit() {
         &EXIT_FAILED,
     );
     // No peak yet (the heap never reached `record::peak`'s minimum): no peak file, and no
-    // complaint about where it would have gone.
+    // complaint about where it would have gone; a line if one is there from before.
     let mut peak = Vec::new();
     let peak_profile = output::write(
         Source::Peak,
@@ -631,8 +692,18 @@ extern "C" fn at_exit() {
     );
     let written = peak_profile.and_then(|recorded| {
         if recorded {
-            let path = sibling(&out, "peak")?;
-            write_dump_bytes(&path, &peak)?;
+            write_dump_bytes(&sibling(&out, "peak")?, &peak)?;
+        } else if let Some(earlier) = sibling(&out, "peak")
+            .ok()
+            .filter(|p| *p != out && std::fs::symlink_metadata(p).is_ok())
+        {
+            // Left as it is, but not to be taken for this run's.
+            config::report::warn(format_args!(
+                "heapprof: no peak profile: the live heap never reached {} bytes; {} is an \
+                 earlier one",
+                crate::record::peak::MIN_PEAK,
+                Shown::path(&earlier)
+            ));
         }
         Ok(())
     });
@@ -989,9 +1060,14 @@ impl Series {
             return;
         }
         (self.last_time, self.last_allocated, self.last_inuse) = (Instant::now(), allocated, inuse);
-        self.seq += 1;
+        self.seq = self.seq.saturating_add(1);
         static FAILED: AtomicBool = AtomicBool::new(false);
         let written = write_in_series(&expand(&dump.path), &mut self.seq);
+        if written.is_err() {
+            // The next file is numbered after what is there then: the
+            // directory may appear, or be filled by others, meanwhile.
+            self.seq = 0;
+        }
         report(written, "periodic", &FAILED);
     }
 }
@@ -1038,7 +1114,7 @@ fn publish_in_series(base: &Path, seq: &mut u64, bytes: &[u8]) -> io::Result<()>
             Target::Through => return put(&path, target, bytes).map_err(with_path),
         };
         match published {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => *seq += 1,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => *seq = seq.saturating_add(1),
             published => return published.map_err(with_path),
         }
     }
@@ -1129,26 +1205,42 @@ fn next_in_series(base: &Path, seq: &mut u64) -> io::Result<PathBuf> {
         if path == base || std::fs::symlink_metadata(&path).is_err() {
             return Ok(path);
         }
-        *seq += 1;
+        *seq = seq.checked_add(1).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "every number of its series is taken",
+            )
+        })?;
     }
 }
 
+/// The highest number a file of a series may have and be the series'
+/// (`heap.99999999999.pb.gz` is someone else's): a series of one file a
+/// second reaches it in more than a hundred years.
+const MAX_IN_SERIES: u64 = u32::MAX as u64;
+
 /// The highest number of a file of `base`'s series in its directory, if
-/// any (`heap.0042.pb.gz` is 42; a name with anything but digits there is
-/// not the series').
+/// any (`heap.0042.pb.gz` is 42; a name with anything but digits there,
+/// or a number above [`MAX_IN_SERIES`], is not the series').
 fn highest_in_series(base: &Path) -> Option<u64> {
-    const MARK: &str = "0";
-    let named = sibling(base, MARK).ok()?;
-    let name = named.file_name()?.to_str()?;
-    let (before, after) = name.rsplit_once(MARK)?;
+    const MARK: u8 = b'0';
+    use std::os::unix::ffi::OsStrExt;
+    let named = sibling(base, "0").ok()?;
+    let name = named.file_name()?.as_bytes();
+    // The mark is the name's last `0`: nothing after it (`.pb.gz`) has one.
+    let at = name.iter().rposition(|&b| b == MARK)?;
+    let (before, after) = (&name[..at], &name[at + 1..]);
     let dir = named.parent().filter(|d| !d.as_os_str().is_empty());
     std::fs::read_dir(dir.unwrap_or(Path::new(".")))
         .ok()?
         .filter_map(|entry| {
-            let name = entry.ok()?.file_name().into_string().ok()?;
-            let digits = name.strip_prefix(before)?.strip_suffix(after)?;
-            let numbered = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
-            numbered.then(|| digits.parse().ok()).flatten()
+            let name = entry.ok()?.file_name();
+            let digits = name.as_bytes().strip_prefix(before)?.strip_suffix(after)?;
+            let numbered = !digits.is_empty() && digits.iter().all(u8::is_ascii_digit);
+            numbered
+                .then(|| std::str::from_utf8(digits).ok()?.parse().ok())
+                .flatten()
+                .filter(|&n| n <= MAX_IN_SERIES)
         })
         .max()
 }
@@ -1299,6 +1391,56 @@ mod tests {
             sibling(Path::new("nonexistent-heapprof-heap"), "peak").unwrap(),
             Path::new("nonexistent-heapprof-heap.peak")
         );
+    }
+
+    /// Names that are not UTF-8 keep their bytes: two of them never share
+    /// a sibling (a peak file one process would write over the other's).
+    #[test]
+    fn siblings_keep_a_names_bytes() {
+        use std::os::unix::ffi::OsStrExt;
+        let named = |bytes: &[u8]| {
+            let base =
+                Path::new("/nonexistent-heapprof-dir").join(std::ffi::OsStr::from_bytes(bytes));
+            sibling(&base, "peak").unwrap()
+        };
+        let (e9, e8) = (named(b"a-\xe9.pb.gz"), named(b"a-\xe8.pb.gz"));
+        assert_ne!(e9, e8);
+        assert_eq!(e9.file_name().unwrap().as_bytes(), b"a-\xe9.peak.pb.gz");
+    }
+
+    /// A path that names one of the process's open files through `/proc`
+    /// (`/dev/stdout` when the output is a file) has no siblings: they
+    /// would be made in `/dev`, or fail there.
+    #[test]
+    fn no_siblings_of_open_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::File::create(dir.path().join("out")).unwrap();
+        use std::os::fd::AsRawFd;
+        let link = dir.path().join("stdout");
+        let fd = std::path::PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        std::os::unix::fs::symlink(&fd, &link).unwrap();
+        for base in [link.as_path(), fd.as_path()] {
+            let e = sibling(base, "peak").unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+            assert!(e.to_string().contains("/proc/self/fd/"), "{e}");
+        }
+        assert!(!dir.path().join("stdout.peak").exists());
+    }
+
+    /// A series numbers on after the highest number there, ignoring one
+    /// too high to be a series' (which would leave no number after it),
+    /// and after files that appeared since a write failed.
+    #[test]
+    fn series_numbers_follow_what_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("heap.pb.gz");
+        let touch = |name: &str| std::fs::write(dir.path().join(name), b"x").unwrap();
+        touch("heap.18446744073709551615.pb.gz");
+        touch("heap.0009.pb.gz");
+        let mut seq = 1;
+        let next = super::next_in_series(&base, &mut seq).unwrap();
+        assert_eq!(next, dir.path().join("heap.0010.pb.gz"));
+        assert_eq!(seq, 10);
     }
 
     /// Temporary names taken already (left by an earlier process with the
