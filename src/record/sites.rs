@@ -28,8 +28,9 @@
 //! retirement that needs room compacts it, so the vector never grows past
 //! what the stored frames need and an eighth more.
 //!
-//! A full table makes room for a new site by retiring the least recently
-//! sampled site of its stripe that has nothing live (`Stripe::reuse`): a
+//! A full table makes room for a new site by retiring a site of its
+//! stripe that has nothing live, the least recently sampled of the
+//! [`RETIRE_LOOKS`] its search looks at (`Stripe::reuse`): a
 //! long-running program keeps naming the sites it starts using late, a
 //! leak among them. What a retired site counted moves to the overflow
 //! site of its label set ([`SiteId::overflow`]), so totals stay whole;
@@ -148,7 +149,24 @@ struct Stripe {
     /// Addresses in `frames` that no site uses any longer, left by
     /// retired sites ([`Stripe::compact`] takes them out).
     unused_frames: usize,
+    /// Where the next search for a site to retire starts
+    /// ([`Stripe::least_recent_dead`]).
+    hand: usize,
+    /// Frees that left a site here with nothing live, counted.
+    deaths: u64,
+    /// `deaths` when a search last went round every site and found none
+    /// to retire (`u64::MAX` if none has): until a site dies, there is
+    /// none still.
+    none_dead_at: u64,
 }
+
+/// Sites a search for one to retire looks at before taking the least
+/// recently sampled of them ([`Stripe::least_recent_dead`]). The hand
+/// moves round the stripe a window at a time, as a clock's does, so a
+/// site with nothing live is looked at once a sweep, and the one that
+/// goes is the oldest of its window rather than of the stripe: the cost
+/// of a retirement is bounded, whatever `HEAPPROF_MAX_SITES` is.
+const RETIRE_LOOKS: usize = 64;
 
 /// The keys are already good hashes.
 #[derive(Default)]
@@ -216,6 +234,9 @@ static TABLE: Table = Table {
             frames: Vec::new(),
             clock: 0,
             unused_frames: 0,
+            hand: 0,
+            deaths: 0,
+            none_dead_at: u64::MAX,
         })
     }; STRIPES],
     not_unwound: Mutex::new(NO_COUNTS),
@@ -312,9 +333,10 @@ impl Stripe {
         Some(index)
     }
 
-    /// Retires the least recently sampled site of this stripe with nothing
-    /// live and stores the new site in its slot; when that frees too few
-    /// frames for the new stack, the next least recently sampled ones too,
+    /// Retires a site of this stripe with nothing live (the least recently
+    /// sampled of those [`Stripe::least_recent_dead`] looks at) and stores
+    /// the new site in its slot; when that frees too few frames for the
+    /// new stack, more such sites too,
     /// their slots left empty for later sites. `None`, with nothing
     /// retired, if every site here holds live blocks; `None` after
     /// retiring if the new frames still find no room.
@@ -337,17 +359,40 @@ impl Stripe {
         Some(victim as u32)
     }
 
-    /// The slot of the least recently sampled site here with nothing live
-    /// (an empty slot first, when `but` is `None`), other than `but`; with
-    /// `but`, only slots that still hold a site, whose frames a
-    /// retirement frees.
-    fn least_recent_dead(&self, but: Option<usize>) -> Option<usize> {
-        self.sites
-            .iter()
-            .enumerate()
-            .filter(|&(i, s)| s.is_dead() && (but.is_none() || (Some(i) != but && !s.is_empty())))
-            .min_by_key(|(_, s)| (!s.is_empty(), s.last_alloc))
-            .map(|(i, _)| i)
+    /// The slot of the least recently sampled site with nothing live (an
+    /// empty slot first, when `but` is `None`), other than `but`, among
+    /// the next [`RETIRE_LOOKS`] from the stripe's hand, or the next such
+    /// window that has one; with `but`, only slots that still hold a site,
+    /// whose frames a retirement frees. `None` when no site of the stripe
+    /// qualifies: a search that goes round them all finds that out once,
+    /// and later ones return at once until a site dies. So a full table
+    /// costs a sample a window's look, not a look at every site.
+    fn least_recent_dead(&mut self, but: Option<usize>) -> Option<usize> {
+        let n = self.sites.len();
+        if n == 0 || (but.is_none() && self.none_dead_at == self.deaths) {
+            return None;
+        }
+        let mut looked = 0;
+        while looked < n {
+            let window = RETIRE_LOOKS.min(n - looked);
+            let start = self.hand;
+            self.hand = (start + window) % n;
+            looked += window;
+            let found = (0..window)
+                .map(|step| (start + step) % n)
+                .filter(|&i| {
+                    let s = &self.sites[i];
+                    s.is_dead() && (but.is_none() || (Some(i) != but && !s.is_empty()))
+                })
+                .min_by_key(|&i| (!self.sites[i].is_empty(), self.sites[i].last_alloc));
+            if found.is_some() {
+                return found;
+            }
+        }
+        if but.is_none() {
+            self.none_dead_at = self.deaths;
+        }
+        None
     }
 
     /// Takes site `index` out: its key from the index, its counts to the
@@ -544,8 +589,13 @@ pub(crate) fn record_free(id: SiteId, size: usize, weight: f64) -> u64 {
     let Some(site) = stripe.sites.get_mut(index) else {
         return 0;
     };
+    let was_dead = site.is_dead();
     site.counts.add_free(size, weight);
-    site.serial
+    let serial = site.serial;
+    if !was_dead && site.is_dead() {
+        stripe.deaths = stripe.deaths.wrapping_add(1);
+    }
+    serial
 }
 
 /// A copy of one site, taken for writing a profile.

@@ -540,3 +540,68 @@ fn deltas_take_retired_sites_out_of_the_overflow_site() {
     let allocated: f64 = a.iter().map(|s| s.counts.alloc_objects_est).sum();
     assert_eq!(allocated, 2.0, "alloc deltas too");
 }
+
+/// A stripe of `n` sites, site `i` last sampled at `i`; the sites in
+/// `live` hold a block, the others nothing.
+fn stripe_of(n: usize, live: impl Fn(usize) -> bool) -> Stripe {
+    let mut stripe = Stripe {
+        by_hash: HashMap::with_hasher(BuildHasherDefault::new()),
+        sites: Vec::new(),
+        frames: Vec::new(),
+        clock: 0,
+        unused_frames: 0,
+        hand: 0,
+        deaths: 0,
+        none_dead_at: u64::MAX,
+    };
+    for i in 0..n {
+        let mut counts = SiteCounts::default();
+        counts.add_alloc(64, 1.0);
+        if !live(i) {
+            counts.add_free(64, 1.0);
+        }
+        stripe.sites.push(StoredSite {
+            frames_start: 0,
+            frames_len: 1,
+            labels: 0,
+            counts,
+            key: i as u64,
+            serial: i as u64,
+            last_alloc: i as u64,
+        });
+    }
+    stripe
+}
+
+/// The search for a site to retire looks at a window of the stripe from
+/// its hand and takes the window's oldest site with nothing live; the
+/// next search starts past it. One that goes round a stripe whose sites
+/// all hold memory finds none, and the next returns at once, until a
+/// site dies.
+#[test]
+fn the_search_for_a_site_to_retire_is_bounded() {
+    let n = 3 * RETIRE_LOOKS;
+    // The newest half of each window is dead: its oldest dead site is
+    // its middle.
+    let mut stripe = stripe_of(n, |i| i % RETIRE_LOOKS < RETIRE_LOOKS / 2);
+    assert_eq!(stripe.least_recent_dead(None), Some(RETIRE_LOOKS / 2));
+    assert_eq!(stripe.hand, RETIRE_LOOKS);
+    assert_eq!(stripe.least_recent_dead(None), Some(RETIRE_LOOKS * 3 / 2));
+    // A window with no dead site is passed over.
+    let mut stripe = stripe_of(n, |i| i < RETIRE_LOOKS);
+    assert_eq!(stripe.least_recent_dead(None), Some(RETIRE_LOOKS));
+    let mut stripe = stripe_of(n, |_| true);
+    assert_eq!(stripe.least_recent_dead(None), None);
+    assert_eq!(stripe.none_dead_at, stripe.deaths);
+    // A site freed behind the count's back is not found: the stripe is
+    // known to have none, and is not searched again...
+    stripe.sites[5].counts.add_free(64, 1.0);
+    assert_eq!(stripe.least_recent_dead(None), None);
+    // ... until the count says a site died.
+    stripe.hand = 7;
+    stripe.deaths += 1;
+    assert_eq!(stripe.least_recent_dead(None), Some(5));
+    let readme = include_str!("../../../README.md");
+    let stated = format!("least recently sampled of the {RETIRE_LOOKS} its search looks at");
+    assert!(readme.contains(&stated), "the README gives the window");
+}
