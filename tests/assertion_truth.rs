@@ -486,6 +486,13 @@ fn builds_by_a_tail_call(n: usize) -> Vec<u8> {
     fills(n * 2)
 }
 
+/// Returns what a closure it was given builds, straight from the call: an
+/// optimized build jumps to the closure through the address it reads.
+#[inline(never)]
+fn builds_through_a_dyn_call(make: &dyn Fn(usize) -> Vec<u8>, n: usize) -> Vec<u8> {
+    make(n * 2)
+}
+
 /// A function off every stack of what it allocates, for it ends in a
 /// tail call, does not pass as holding nothing: in an optimized build the
 /// assertion says it cannot check it, and names the jump; in a debug
@@ -499,7 +506,21 @@ fn a_tail_call_cannot_pass_for_want_of_a_frame() {
         );
         let counted = "held: heapprof: `assertion_truth::builds_by_a_tail_call` added 2000000";
         let named = "held: heapprof: cannot check what `assertion_truth::builds_by_a_tail_call` \
-                     holds: `assertion_truth::builds_by_a_tail_call` ends in a tail call";
+                     holds: `assertion_truth::builds_by_a_tail_call` makes a tail call \
+                     (its last instruction jumps to `assertion_truth::fills`)";
+        assert!(
+            stdout.contains(counted) || stdout.contains(named),
+            "{stdout}"
+        );
+        let counted = "short: heapprof: `builds_by_a_tail_call` added 2000000";
+        let named = "short: heapprof: cannot check what `builds_by_a_tail_call` holds";
+        assert!(
+            stdout.contains(counted) || stdout.contains(named),
+            "{stdout}"
+        );
+        let counted = "dyn: heapprof: `assertion_truth::builds_through_a_dyn_call` added 2000000";
+        let named = "dyn: heapprof: cannot check what \
+                     `assertion_truth::builds_through_a_dyn_call` holds";
         assert!(
             stdout.contains(counted) || stdout.contains(named),
             "{stdout}"
@@ -508,10 +529,16 @@ fn a_tail_call_cannot_pass_for_want_of_a_frame() {
     }
     let before = heapprof::snapshot();
     let held = builds_by_a_tail_call(black_box(1_000_000));
+    let make: &dyn Fn(usize) -> Vec<u8> = black_box(&|n| black_box(vec![3u8; n]));
+    let made = builds_through_a_dyn_call(make, black_box(1_000_000));
     let grown = heapprof::snapshot().delta(&before);
-    let message = panic_message(|| {
-        grown.assert_inuse_at_most("assertion_truth::builds_by_a_tail_call", 100_000)
-    });
-    println!("held: {}", message.as_deref().unwrap_or("passed"));
-    drop(held);
+    for (tag, function) in [
+        ("held", "assertion_truth::builds_by_a_tail_call"),
+        ("short", "builds_by_a_tail_call"),
+        ("dyn", "assertion_truth::builds_through_a_dyn_call"),
+    ] {
+        let message = panic_message(|| grown.assert_inuse_at_most(function, 100_000));
+        println!("{tag}: {}", message.as_deref().unwrap_or("passed"));
+    }
+    drop((held, made));
 }

@@ -332,14 +332,17 @@ fn report_misspellings() {
 /// apart (for names of 4 bytes or more), one the start or the end of
 /// the other, joined at a `_` (`RATE` and `SAMPLE_RATE`, `OUT_DIR` and
 /// `OUT`) or with at most 3 bytes more (`OUTPUT` and `OUT`; not `TIMEOUT`),
-/// or `known` with its words shortened ([`abbreviates`]: `MEM_LIMIT`).
+/// or `known` of two words or more with its words shortened
+/// ([`abbreviates`]: `MEM_LIMIT`).
 fn looks_like(given: &str, known: &str) -> bool {
     if given.len() < 3 {
         return false;
     }
     let (a, b) = (given.as_bytes(), known.as_bytes());
+    // A setting of one word shortened is too little to go on
+    // (`HEAPPROF_SYM` may be another tool's).
     let words: Vec<&[u8]> = b.split(|&c| c == b'_').collect();
-    if abbreviates(a, &words) {
+    if words.len() > 1 && abbreviates(a, &words) {
         return true;
     }
     let affix = |long: &[u8], short: &[u8]| {
@@ -756,6 +759,7 @@ mod tests {
             "BENCH_ROUNDS",
             "TIMEOUT",
             "DEBUG_OUTPUT_FORMAT",
+            "SYM",
         ] {
             assert_eq!(meant(other), None, "{other}");
         }

@@ -569,12 +569,24 @@ fn sibling(base: &Path, tag: &str) -> io::Result<PathBuf> {
 }
 
 /// The path under `/proc` that `path` is or leads to through its symlinks
-/// (`/dev/stdout` → `/proc/self/fd/1`), if any: such a path names one of
-/// a process's open files, whatever its directory holds. Looks through at
-/// most [`MAX_LINKS`] links.
+/// or its directories' (`/dev/stdout` → `/proc/self/fd/1`, `/dev/fd/1` →
+/// `/proc/self/fd/1`), if any: such a path names one of a process's open
+/// files, whatever its directory holds. Looks through at most
+/// [`MAX_LINKS`] links.
 fn through_proc(path: &Path) -> Option<PathBuf> {
     let mut at = path.to_path_buf();
     for _ in 0..MAX_LINKS {
+        // The directory as the kernel resolves it: its links and `..`.
+        if let (Some(dir), Some(name)) = (at.parent(), at.file_name()) {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            if let Ok(dir) = std::fs::canonicalize(dir) {
+                at = dir.join(name);
+            }
+        }
         if at.starts_with("/proc") {
             return Some(at);
         }
@@ -699,9 +711,8 @@ extern "C" fn at_exit() {
         {
             // Left as it is, but not to be taken for this run's.
             config::report::warn(format_args!(
-                "heapprof: no peak profile: the live heap never reached {} bytes; {} is an \
-                 earlier one",
-                crate::record::peak::MIN_PEAK,
+                "heapprof: no peak profile was recorded in this run (the sampled live heap \
+                 never reached 1 MiB, or there was no memory for a copy); {} is an earlier one",
                 Shown::path(&earlier)
             ));
         }
@@ -1419,10 +1430,14 @@ mod tests {
         let link = dir.path().join("stdout");
         let fd = std::path::PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
         std::os::unix::fs::symlink(&fd, &link).unwrap();
-        for base in [link.as_path(), fd.as_path()] {
+        // A directory that is a link there, as `/dev/fd` is.
+        let fds = dir.path().join("fds");
+        std::os::unix::fs::symlink("/proc/self/fd", &fds).unwrap();
+        let through_dir = fds.join(file.as_raw_fd().to_string());
+        for base in [link.as_path(), fd.as_path(), through_dir.as_path()] {
             let e = sibling(base, "peak").unwrap_err();
             assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
-            assert!(e.to_string().contains("/proc/self/fd/"), "{e}");
+            assert!(e.to_string().contains("/proc/"), "{e}");
         }
         assert!(!dir.path().join("stdout.peak").exists());
     }

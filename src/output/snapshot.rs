@@ -915,14 +915,19 @@ impl Snapshot {
                  release build); an optimized build may also have merged it into another \
                  function with the same body"
             );
-            let exactly = |name: &str| name == function || path_form(name) == wanted;
+            // The function named, with or without the start of its path:
+            // not every function whose name has `function` in it.
+            let suffix = format!("::{function}");
+            let exactly = |name: &str| {
+                name == function || name.ends_with(&suffix) || path_form(name) == wanted
+            };
             let tail_call = reentry::Inside::enter_for(|| symbolize::tail_call(&exactly));
             if let Some((own, callee)) = tail_call {
                 panic!(
-                    "heapprof: cannot check what `{function}` holds: `{own}` ends in a tail call \
-                     to `{callee}` (its last instruction jumps there), so what that allocates \
-                     for it is on stacks without it, and no sampled stack names it; pass its \
-                     result through `std::hint::black_box` before returning it, or use \
+                    "heapprof: cannot check what `{function}` holds: `{own}` makes a tail call \
+                     (its last instruction jumps to {callee}), so whatever that allocates for it \
+                     is on stacks without it, and no sampled stack names it; pass its result \
+                     through `std::hint::black_box` before returning it, or use \
                      `heapprof::measure`"
                 );
             }

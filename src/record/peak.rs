@@ -26,7 +26,7 @@ use crate::record::sites::{self, PackedSites};
 /// What to say when there is no peak copy yet.
 pub(crate) const NO_PEAK_YET: &str =
     "heapprof: no peak recorded yet (the sampled live heap has not reached 1 MiB)";
-// The message states the minimum.
+// The messages here and in `dump::at_exit` state the minimum.
 const _: () = assert!(MIN_PEAK == 1 << 20);
 
 /// Peaks below this are not worth a copy.

@@ -1287,11 +1287,12 @@ pub(super) fn has_function(
 }
 
 /// A function of the ELF file at `path` whose name (as [`super::names`]
-/// gives it) `matches` and whose code ends in a jump to the start of
-/// another function (a tail call, which leaves the first off every stack
-/// the second's allocations have), as (its name, the other's); `None`
-/// if there is none or the file cannot be read. Only the executable's
-/// `.symtab` or a library's `.dynsym` is read; nothing is kept.
+/// gives it) `matches` and whose code ends in a jump to another function
+/// (a tail call, which leaves the first off every stack of what the
+/// second allocates), as (its name, where it jumps: the other's name, or
+/// what the jump reads its target from); `None` if there is none or the
+/// file cannot be read. Only the executable's `.symtab` or a library's
+/// `.dynsym` is read; nothing is kept.
 pub(super) fn tail_call(
     path: &std::path::Path,
     matches: &dyn Fn(&str) -> bool,
@@ -1330,44 +1331,71 @@ pub(super) fn tail_call(
             .and_then(|offset| usize::try_from(offset).ok())
             .zip(usize::try_from(size).ok())
             .and_then(|(at, len)| data.get(at..at.checked_add(len)?));
-        let Some(target) = code.and_then(|code| last_jump(code, start)) else {
-            continue;
+        let callee = match code.and_then(|code| last_jump(code, start)) {
+            Some(Jump::To(target)) => functions
+                .iter()
+                .find(|f| f.st_value(endian) == target && target != start)
+                .and_then(&name)
+                .map(|(callee, _)| format!("`{callee}`")),
+            Some(Jump::Register) => Some("an address in a register".into()),
+            Some(Jump::Table) => Some("an address read from memory".into()),
+            None => None,
         };
-        if let Some(callee) = functions
-            .iter()
-            .find(|f| f.st_value(endian) == target && f.st_value(endian) != start)
-            .and_then(&name)
-        {
-            return Some((own, callee.0));
+        if let Some(callee) = callee {
+            return Some((own, callee));
         }
     }
     None
 }
 
+/// Where a function's last instruction jumps.
+enum Jump {
+    /// To this address.
+    To(u64),
+    /// To an address in a register.
+    Register,
+    /// To an address read from memory (a vtable, the global offset
+    /// table).
+    Table,
+}
+
 /// Where the last instruction of `code`, a function at address `start`,
-/// jumps to, if it is a direct jump: x86-64's `jmp rel32` or `jmp rel8`,
-/// AArch64's `b`. (Bytes that only look like a jump at the end give an
-/// address that [`tail_call`] then finds no function starting at.)
-fn last_jump(code: &[u8], start: u64) -> Option<u64> {
+/// jumps, if it is a jump: x86-64's `jmp rel32`, `jmp rel8`, `jmp *reg`,
+/// `jmp *disp8(reg)` and `jmp *disp32(%rip)`, AArch64's `b` and `br`. (Bytes that only look
+/// like a direct jump at the end give an address that [`tail_call`] then
+/// finds no function starting at.)
+fn last_jump(code: &[u8], start: u64) -> Option<Jump> {
     let end = start.checked_add(code.len() as u64)?;
+    let from_end = |n: usize| code.get(code.len().checked_sub(n)?..);
     if cfg!(target_arch = "x86_64") {
-        let from_end = |n: usize| code.get(code.len().checked_sub(n)?..);
         if let Some(&[0xE9, a, b, c, d]) = from_end(5) {
-            return Some(end.wrapping_add_signed(i64::from(i32::from_le_bytes([a, b, c, d]))));
+            let displacement = i64::from(i32::from_le_bytes([a, b, c, d]));
+            return Some(Jump::To(end.wrapping_add_signed(displacement)));
         }
-        match from_end(2) {
-            Some(&[0xEB, near]) => Some(end.wrapping_add_signed(i64::from(near as i8))),
+        if let Some(&[0xFF, 0x25, ..]) = from_end(6) {
+            return Some(Jump::Table);
+        }
+        // `jmp *8(%rax)`: through a vtable (not `%rsp`'s form, 0x64,
+        // which takes one byte more).
+        if let Some(&[0xFF, 0x60..=0x63 | 0x65..=0x67, _]) = from_end(3) {
+            return Some(Jump::Table);
+        }
+        match *from_end(2)? {
+            [0xEB, near] => Some(Jump::To(end.wrapping_add_signed(i64::from(near as i8)))),
+            // `jmp *%rax` .. `jmp *%rdi`, and with a REX prefix the rest.
+            [0xFF, 0xE0..=0xE7] => Some(Jump::Register),
             _ => None,
         }
     } else if cfg!(target_arch = "aarch64") {
-        let tail: [u8; 4] = code.get(code.len().checked_sub(4)?..)?.try_into().ok()?;
+        let tail: [u8; 4] = from_end(4)?.try_into().ok()?;
         let word = u32::from_le_bytes(tail);
-        if word & 0xFC00_0000 != 0x1400_0000 {
-            return None;
+        if word & 0xFC00_0000 == 0x1400_0000 {
+            // imm26, sign-extended, in instructions of 4 bytes.
+            let words = i64::from(((word << 6) as i32) >> 6);
+            return Some(Jump::To((end - 4).wrapping_add_signed(words * 4)));
         }
-        // imm26, sign-extended, in instructions of 4 bytes.
-        let words = i64::from(((word << 6) as i32) >> 6);
-        Some((end - 4).wrapping_add_signed(words * 4))
+        // `br xN` (not `ret`, which is `br` of x30 under its own opcode).
+        (word & 0xFFFF_FC1F == 0xD61F_0000).then_some(Jump::Register)
     } else {
         None
     }
