@@ -1219,6 +1219,36 @@ fn has_link_checksum(path: &std::path::Path, link: &[u8], endian: NativeEndian) 
     Mapped::new(&file).is_some_and(|map| crc32fast::hash(map.bytes()) == wanted)
 }
 
+/// Calls `f` with the ELF file at `path` mapped (its bytes, byte order
+/// and sections) and its symbol table: `.symtab`, or `.dynsym` where the
+/// file has no `.symtab` and `needs_symtab` is false. `None` if the file
+/// cannot be read or has no such table.
+fn with_symbols<R>(
+    path: &std::path::Path,
+    needs_symtab: bool,
+    f: impl FnOnce(
+        &[u8],
+        NativeEndian,
+        &SectionTable<'_, Elf>,
+        &object::read::elf::SymbolTable<'_, Elf>,
+    ) -> Option<R>,
+) -> Option<R> {
+    let file = File::open(path).ok()?;
+    let map = Mapped::new(&file)?;
+    let data = map.bytes();
+    let header = Elf::parse(data).ok()?;
+    let endian = header.endian().ok()?;
+    let sections = header.sections(endian, data).ok()?;
+    let mut table = sections.symbols(endian, data, elf::SHT_SYMTAB).ok()?;
+    if table.is_empty() {
+        if needs_symtab {
+            return None;
+        }
+        table = sections.symbols(endian, data, elf::SHT_DYNSYM).ok()?;
+    }
+    f(data, endian, &sections, &table)
+}
+
 /// Whether the ELF file at `path` has a function symbol whose name, as
 /// [`super::names`] gives it, `matches`: from `.symtab`, or `.dynsym` where
 /// `needs_symtab` is false and the file has no `.symtab` (a shared
@@ -1233,19 +1263,29 @@ pub(super) fn has_function(
     identifier: &str,
     matches: &dyn Fn(&str) -> bool,
 ) -> Option<bool> {
-    let file = File::open(path).ok()?;
-    let map = Mapped::new(&file)?;
-    let data = map.bytes();
-    let header = Elf::parse(data).ok()?;
-    let endian = header.endian().ok()?;
-    let sections = header.sections(endian, data).ok()?;
-    let mut table = sections.symbols(endian, data, elf::SHT_SYMTAB).ok()?;
-    if table.is_empty() {
-        if needs_symtab {
-            return None;
-        }
-        table = sections.symbols(endian, data, elf::SHT_DYNSYM).ok()?;
-    }
+    with_symbols(path, needs_symtab, |data, endian, sections, table| {
+        function_in(
+            data,
+            endian,
+            sections,
+            table,
+            identifier,
+            needs_symtab,
+            matches,
+        )
+    })
+}
+
+/// [`has_function`] in one file's mapped bytes and symbol table.
+fn function_in(
+    data: &[u8],
+    endian: NativeEndian,
+    sections: &SectionTable<'_, Elf>,
+    table: &object::read::elf::SymbolTable<'_, Elf>,
+    identifier: &str,
+    needs_symtab: bool,
+    matches: &dyn Fn(&str) -> bool,
+) -> Option<bool> {
     let strings = table.strings();
     let found = table.iter().any(|sym| {
         sym.st_type() == elf::STT_FUNC
@@ -1297,16 +1337,19 @@ pub(super) fn tail_call(
     path: &std::path::Path,
     matches: &dyn Fn(&str) -> bool,
 ) -> Option<(String, String)> {
-    let file = File::open(path).ok()?;
-    let map = Mapped::new(&file)?;
-    let data = map.bytes();
-    let header = Elf::parse(data).ok()?;
-    let endian = header.endian().ok()?;
-    let sections = header.sections(endian, data).ok()?;
-    let mut table = sections.symbols(endian, data, elf::SHT_SYMTAB).ok()?;
-    if table.is_empty() {
-        table = sections.symbols(endian, data, elf::SHT_DYNSYM).ok()?;
-    }
+    with_symbols(path, false, |data, endian, sections, table| {
+        tail_call_in(data, endian, sections, table, matches)
+    })
+}
+
+/// [`tail_call`] in one file's mapped bytes and symbol table.
+fn tail_call_in(
+    data: &[u8],
+    endian: NativeEndian,
+    sections: &SectionTable<'_, Elf>,
+    table: &object::read::elf::SymbolTable<'_, Elf>,
+    matches: &dyn Fn(&str) -> bool,
+) -> Option<(String, String)> {
     let strings = table.strings();
     let functions: Vec<_> = table
         .iter()
