@@ -227,18 +227,7 @@ fn overflow_slot(labels: LabelSetId) -> usize {
 }
 
 static TABLE: Table = Table {
-    stripes: [const {
-        Mutex::new(Stripe {
-            by_hash: HashMap::with_hasher(BuildHasherDefault::new()),
-            sites: Vec::new(),
-            frames: Vec::new(),
-            clock: 0,
-            unused_frames: 0,
-            hand: 0,
-            deaths: 0,
-            none_dead_at: u64::MAX,
-        })
-    }; STRIPES],
+    stripes: [const { Mutex::new(Stripe::empty()) }; STRIPES],
     not_unwound: Mutex::new(NO_COUNTS),
     sites: AtomicUsize::new(0),
     frames: AtomicUsize::new(0),
@@ -977,6 +966,20 @@ pub(crate) fn memory_bytes() -> usize {
 }
 
 impl Stripe {
+    /// A stripe with no sites.
+    const fn empty() -> Stripe {
+        Stripe {
+            by_hash: HashMap::with_hasher(BuildHasherDefault::new()),
+            sites: Vec::new(),
+            frames: Vec::new(),
+            clock: 0,
+            unused_frames: 0,
+            hand: 0,
+            deaths: 0,
+            none_dead_at: u64::MAX,
+        }
+    }
+
     /// The bytes this stripe's vectors and index hold (they never shrink).
     fn bytes(&self) -> usize {
         self.sites.capacity() * std::mem::size_of::<StoredSite>()

@@ -544,16 +544,7 @@ fn deltas_take_retired_sites_out_of_the_overflow_site() {
 /// A stripe of `n` sites, site `i` last sampled at `i`; the sites in
 /// `live` hold a block, the others nothing.
 fn stripe_of(n: usize, live: impl Fn(usize) -> bool) -> Stripe {
-    let mut stripe = Stripe {
-        by_hash: HashMap::with_hasher(BuildHasherDefault::new()),
-        sites: Vec::new(),
-        frames: Vec::new(),
-        clock: 0,
-        unused_frames: 0,
-        hand: 0,
-        deaths: 0,
-        none_dead_at: u64::MAX,
-    };
+    let mut stripe = Stripe::empty();
     for i in 0..n {
         let mut counts = SiteCounts::default();
         counts.add_alloc(64, 1.0);
