@@ -164,8 +164,9 @@ struct Stripe {
 /// recently sampled of them ([`Stripe::least_recent_dead`]). The hand
 /// moves round the stripe a window at a time, as a clock's does, so a
 /// site with nothing live is looked at once a sweep, and the one that
-/// goes is the oldest of its window rather than of the stripe: the cost
-/// of a retirement is bounded, whatever `HEAPPROF_MAX_SITES` is.
+/// goes is the oldest of its window rather than of the stripe: where
+/// sites with nothing live are common, a retirement costs a window's
+/// look, whatever `HEAPPROF_MAX_SITES` is.
 const RETIRE_LOOKS: usize = 64;
 
 /// The keys are already good hashes.
@@ -355,7 +356,8 @@ impl Stripe {
     /// whose frames a retirement frees. `None` when no site of the stripe
     /// qualifies: a search that goes round them all finds that out once,
     /// and later ones return at once until a site dies. So a full table
-    /// costs a sample a window's look, not a look at every site.
+    /// costs a sample a window's look, not a look at every site, unless
+    /// the sites it could retire are few and far from the hand.
     fn least_recent_dead(&mut self, but: Option<usize>) -> Option<usize> {
         let n = self.sites.len();
         if n == 0 || (but.is_none() && self.none_dead_at == self.deaths) {
