@@ -355,6 +355,23 @@ fn a_setting_in_another_case_is_reported() {
     }
 }
 
+/// A malformed URL is reported without the password it carries.
+#[test]
+fn a_malformed_url_is_reported_without_its_password() {
+    let (_, stderr) = run_child(
+        "child_reports_rate",
+        &[(
+            "HEAPPROF_PYROSCOPE_URL",
+            "ftp://bob:PWSECRET77@127.0.0.1:1/ingest",
+        )],
+    );
+    assert!(!stderr.contains("PWSECRET77"), "{stderr}");
+    assert!(
+        stderr.contains("ignoring HEAPPROF_PYROSCOPE_URL=\"ftp://…@127.0.0.1:1/ingest\""),
+        "{stderr}"
+    );
+}
+
 /// Every setting, set to nothing (`HEAPPROF_X= cmd`): taken as unset, with
 /// nothing on stderr, and the defaults in force.
 #[test]

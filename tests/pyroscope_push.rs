@@ -385,7 +385,9 @@ fn failed_pushes_warn_once_and_the_next_covers_them() {
         // Three failures, then success.
         let status = if pushes.len() < 3 { 500 } else { 200 };
         pushes.push((from, until, status));
-        pending.answer(status, "ingester unavailable");
+        // Longer than the part a warning quotes: its start is quoted.
+        let body = format!("ingester unavailable{}", "; try again later".repeat(20));
+        pending.answer(status, &body);
         if pushes.len() > 3 && child.is_finished() {
             break;
         }

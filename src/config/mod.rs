@@ -599,12 +599,31 @@ fn lookup<T>(
     let raw = var(name)?;
     let value = raw.to_str().and_then(|s| parse(s.trim()));
     if value.is_none() {
+        // A URL's password is not for stderr, even in a malformed one.
+        let shown: OsString = match raw.to_str() {
+            Some(text) => without_credentials(text).into_owned().into(),
+            None => raw,
+        };
         report::warn(format_args!(
             "heapprof: ignoring {name}={}: expected {expected}; {fallback}",
-            Shown::new(&raw)
+            Shown::new(&shown)
         ));
     }
     value
+}
+
+/// `url` without the `user:password@` part a URL may carry, for messages.
+pub(crate) fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.into();
+    };
+    let authority_end = url[scheme_end..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| scheme_end + i);
+    match url[scheme_end..authority_end].rfind('@') {
+        Some(at) => format!("{}…@{}", &url[..scheme_end], &url[scheme_end + at + 1..]).into(),
+        None => url.into(),
+    }
 }
 
 /// The variable `name`, `None` if it is unset or set to nothing.

@@ -125,7 +125,7 @@ impl std::fmt::Debug for Pusher {
     /// Everything but the credentials, which are shown as set or not.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pusher")
-            .field("url", &without_credentials(&self.url))
+            .field("url", &crate::config::without_credentials(&self.url))
             .field("name", &self.name)
             .field("labels", &self.labels)
             .field("every", &self.every)
@@ -251,7 +251,7 @@ impl Pusher {
         });
         let seen = Arc::clone(&control);
         let thread = own_thread::spawn(c"heapprof-push", THREAD_STACK_BYTES, move |wake| {
-            let url = without_credentials(&self.url).into_owned();
+            let url = crate::config::without_credentials(&self.url).into_owned();
             // Nothing the thread calls is known to panic; if something
             // does, the pushes end with a line saying so, and `stop` and
             // the push at exit do not wait for them.
@@ -271,7 +271,7 @@ impl Pusher {
 
     fn check(&self) -> io::Result<()> {
         let invalid = |why: String| Err(io::Error::new(io::ErrorKind::InvalidInput, why));
-        let url = without_credentials(&self.url);
+        let url = crate::config::without_credentials(&self.url);
         let url = Shown::new(&*url);
         if !(self.url.starts_with("http://") || self.url.starts_with("https://"))
             || self.url.contains(['?', '#'])
@@ -403,7 +403,7 @@ impl Pusher {
                     mark = now;
                     failures.succeeded();
                 }
-                Err(e) => failures.failed(&without_credentials(&self.url), &e),
+                Err(e) => failures.failed(&crate::config::without_credentials(&self.url), &e),
             }
             if stopping {
                 control.finished.store(true, Release);
@@ -549,29 +549,18 @@ impl Client {
         if status.is_success() {
             return Ok(now);
         }
-        let answer = response
-            .body_mut()
-            .with_config()
-            .limit(QUOTED_ANSWER_BYTES)
-            .lossy_utf8(true)
-            .read_to_string()
-            .unwrap_or_default();
-        let answer: String = answer.trim().chars().filter(|c| !c.is_control()).collect();
+        // The start of a longer answer (a proxy's error page), not nothing.
+        let mut start = Vec::new();
+        let _ = std::io::Read::read_to_end(
+            &mut std::io::Read::take(response.body_mut().as_reader(), QUOTED_ANSWER_BYTES),
+            &mut start,
+        );
+        let answer: String = String::from_utf8_lossy(&start)
+            .trim()
+            .chars()
+            .filter(|c| !c.is_control())
+            .collect();
         Err(format!("the server answered {status}: {answer:?}"))
-    }
-}
-
-/// `url` without the `user:password@` part a URL may carry, for messages.
-fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.into();
-    };
-    let authority_end = url[scheme_end..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| scheme_end + i);
-    match url[scheme_end..authority_end].rfind('@') {
-        Some(at) => format!("{}…@{}", &url[..scheme_end], &url[scheme_end + at + 1..]).into(),
-        None => url.into(),
     }
 }
 
@@ -823,11 +812,14 @@ mod tests {
     #[test]
     fn credentials_stay_out_of_messages() {
         assert_eq!(
-            without_credentials("https://user:s3cret@host:443/p@x"),
+            crate::config::without_credentials("https://user:s3cret@host:443/p@x"),
             "https://…@host:443/p@x"
         );
-        assert_eq!(without_credentials("http://host/a@b"), "http://host/a@b");
-        assert_eq!(without_credentials("not a url"), "not a url");
+        assert_eq!(
+            crate::config::without_credentials("http://host/a@b"),
+            "http://host/a@b"
+        );
+        assert_eq!(crate::config::without_credentials("not a url"), "not a url");
         let p = Pusher::new("http://u:pw@h", "a");
         assert!(!format!("{p:?}").contains("pw"), "{p:?}");
     }
