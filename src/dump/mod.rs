@@ -1086,7 +1086,7 @@ impl Series {
 /// Writes the live profile as the next file of the series on `base`
 /// (already expanded), numbered `seq` or after ([`next_in_series`]). The
 /// profile is built first; its file is then published only under a name
-/// nothing holds at that instant ([`publish_new`]), so two processes
+/// nothing holds at that instant ([`Staged::publish`]), so two processes
 /// writing one series at once take two numbers.
 fn write_in_series(base: &Path, seq: &mut u64) -> io::Result<()> {
     let _inside = reentry::Inside::enter();
@@ -1108,7 +1108,9 @@ fn write_in_series(base: &Path, seq: &mut u64) -> io::Result<()> {
 
 /// Names a series takes before giving up, when each one it picks is taken
 /// between being looked at and being published (by other processes
-/// writing the same series).
+/// writing the same series). The profile is written once, before the
+/// first name is tried, so a loss needs another writer to publish in the
+/// instant between a look and a rename.
 const SERIES_NAMES_TRIED: usize = 64;
 
 /// Publishes `bytes` as the next file of the series on `base`: under the
@@ -1116,15 +1118,21 @@ const SERIES_NAMES_TRIED: usize = 64;
 /// name first, under the next free one. The null device, the series' only
 /// name that is not a regular file, is written through.
 fn publish_in_series(base: &Path, seq: &mut u64, bytes: &[u8]) -> io::Result<()> {
+    let mut staged: Option<Staged> = None;
     for _ in 0..SERIES_NAMES_TRIED {
         let path = next_in_series(base, seq)?;
         let with_path = naming(&path);
         let target = target(&path).map_err(&with_path)?;
-        let published = match target {
-            Target::Replace => without_file_size_signal(|| publish_new(&path, bytes)),
-            Target::Through => return put(&path, target, bytes).map_err(with_path),
+        if let Target::Through = target {
+            return put(&path, target, bytes).map_err(with_path);
+        }
+        let staged = match &mut staged {
+            Some(staged) => staged,
+            None => staged.insert(
+                without_file_size_signal(|| Staged::write(&path, bytes)).map_err(&with_path)?,
+            ),
         };
-        match published {
+        match staged.publish(&path) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => *seq = seq.saturating_add(1),
             published => return published.map_err(with_path),
         }
@@ -1137,17 +1145,44 @@ fn publish_in_series(base: &Path, seq: &mut u64, bytes: &[u8]) -> io::Result<()>
     )))
 }
 
-/// Writes `bytes` to a new file at `path`, whole: through a temporary file
-/// beside it, which is then renamed to `path` only if nothing is there
-/// ([`rename_new`]). `AlreadyExists` if something is; whatever it is keeps
-/// its bytes, and the temporary file is removed.
-fn publish_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let (tmp, mut file) = create_temporary(path)?;
-    let published = file.write_all(bytes).and_then(|()| rename_new(&tmp, path));
-    if published.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+/// A file's bytes written whole under a temporary name, waiting to be
+/// published under a name nothing holds; removed when dropped unpublished.
+struct Staged {
+    /// The temporary file's path, beside the names it may be published as.
+    tmp: PathBuf,
+    /// Whether it is published: its temporary name is then gone.
+    published: bool,
+}
+
+impl Staged {
+    /// Writes `bytes` to a new temporary file beside `path`
+    /// ([`create_temporary`]).
+    fn write(path: &Path, bytes: &[u8]) -> io::Result<Staged> {
+        let (tmp, mut file) = create_temporary(path)?;
+        let staged = Staged {
+            tmp,
+            published: false,
+        };
+        file.write_all(bytes)?;
+        Ok(staged)
     }
-    published
+
+    /// Renames the file to `path` only if nothing is there ([`rename_new`]):
+    /// `AlreadyExists` if something is, which keeps its bytes, and the
+    /// file stays staged for another name.
+    fn publish(&mut self, path: &Path) -> io::Result<()> {
+        rename_new(&self.tmp, path)?;
+        self.published = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// Renames `from` to `to` unless `to` exists, in one step
@@ -1487,14 +1522,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("heap.0001.pb.gz");
         std::fs::write(&path, b"theirs").unwrap();
-        let e = super::publish_new(&path, b"ours").unwrap_err();
+        let mut staged = super::Staged::write(&path, b"ours").unwrap();
+        let e = staged.publish(&path).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "{e}");
         assert_eq!(std::fs::read(&path).unwrap(), b"theirs");
-        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(left.len(), 1, "{left:?}");
         let fresh = dir.path().join("heap.0002.pb.gz");
-        super::publish_new(&fresh, b"ours").unwrap();
+        staged.publish(&fresh).unwrap();
+        drop(staged);
         assert_eq!(std::fs::read(&fresh).unwrap(), b"ours");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        let mut unpublished = super::Staged::write(&path, b"ours").unwrap();
+        unpublished.publish(&path).unwrap_err();
+        drop(unpublished);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 2, "a temporary file is left: {left:?}");
     }
 
     /// Where `RENAME_NOREPLACE` is not to be had, a hard link publishes
