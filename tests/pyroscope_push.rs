@@ -410,6 +410,106 @@ fn failed_pushes_warn_once_and_the_next_covers_them() {
     assert_eq!(pushes[1].0, pushes[0].0, "{pushes:?}");
 }
 
+/// A server that is busy (`429` with `Retry-After`) gets no push until the
+/// time it asked for, though the period is shorter, and the warning says
+/// so; one that redirects is not followed, and the warning names where it
+/// points, without the password the address carries.
+#[test]
+fn a_server_that_asks_to_wait_is_left_alone_and_redirects_are_named() {
+    /// The wait the busy server asks for, four periods.
+    const WAIT: Duration = Duration::from_secs(4);
+    if is_child() {
+        let pushers: Vec<_> = ["BUSY_URL", "MOVED_URL"]
+            .into_iter()
+            .map(|var| {
+                let url = std::env::var(var).unwrap();
+                Pusher::new(url, var)
+                    .every(Duration::from_secs(1))
+                    .start()
+                    .unwrap()
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs(
+            std::env::var("CHILD_SECONDS").unwrap().parse().unwrap(),
+        ));
+        pushers.into_iter().for_each(|p| p.stop());
+        return;
+    }
+    let _watchdog = watchdog("a_server_that_asks_to_wait", Duration::from_secs(120));
+    let (busy, moved) = (Receiver::start(), Receiver::start());
+    let (busy_url, moved_url) = (busy.url(), moved.url());
+    let (busy_at, moved_at) = (busy_url.clone(), moved_url.clone());
+    let child = std::thread::spawn(move || {
+        run_child(
+            "a_server_that_asks_to_wait_is_left_alone_and_redirects_are_named",
+            &[
+                ("BUSY_URL", &busy_url),
+                ("MOVED_URL", &moved_url),
+                ("CHILD_SECONDS", "8"),
+            ],
+        )
+    });
+    let child_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let redirects = std::thread::spawn({
+        let child_done = child_done.clone();
+        move || {
+            let mut answered = 0;
+            while !child_done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(pending) = moved.next(Duration::from_millis(200)) {
+                    let to = [("Location", "http://user:hunter2@elsewhere.example/ingest")];
+                    pending.answer_with(308, &to, "");
+                    answered += 1;
+                }
+            }
+            answered
+        }
+    });
+    let mut arrivals = Vec::new();
+    while !child.is_finished() {
+        let Some(pending) = busy.next(Duration::from_millis(200)) else {
+            continue;
+        };
+        arrivals.push(Instant::now());
+        if arrivals.len() == 1 {
+            let wait = WAIT.as_secs().to_string();
+            pending.answer_with(429, &[("Retry-After", &wait)], "slow down");
+        } else {
+            pending.answer(200, "");
+        }
+    }
+    let (stdout, stderr) = child.join().unwrap();
+    child_done.store(true, std::sync::atomic::Ordering::Relaxed);
+    println!("child:\n{stdout}\n{stderr}");
+    assert!(arrivals.len() >= 2, "{} pushes", arrivals.len());
+    let gap = arrivals[1] - arrivals[0];
+    assert!(
+        gap >= WAIT,
+        "a push {gap:?} after the server asked for none for {WAIT:?}"
+    );
+    // Pushes every period again once it has been.
+    assert!(arrivals.len() >= 4, "{} pushes", arrivals.len());
+    // Refused over and over, and still followed nowhere.
+    assert!(redirects.join().unwrap() >= 4);
+    let warnings = push_warnings(&stderr);
+    assert_eq!(warnings.len(), 2, "one warning a pusher: {stderr}");
+    let of = |server: &str| *warnings.iter().find(|w| w.contains(server)).unwrap();
+    let busy_warning = of(&busy_at);
+    assert!(
+        busy_warning.contains("429")
+            && busy_warning.contains("slow down")
+            && busy_warning.contains("no push for 4 s (Retry-After)"),
+        "{busy_warning}"
+    );
+    let moved_warning = of(&moved_at);
+    assert!(
+        moved_warning.contains("308")
+            && moved_warning.contains("elsewhere.example/ingest")
+            && moved_warning.contains("follows no redirect"),
+        "{moved_warning}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
 /// An endpoint where nothing listens: the pushes fail, one warning is
 /// printed, and the program's own allocations are what they would be
 /// without a pusher.

@@ -59,7 +59,9 @@
 //! slow past the [timeout](Pusher::timeout), or answers an error) is
 //! reported on stderr at most once a minute ([`WARN_EVERY`]), and the
 //! next push covers both periods: nothing is queued, and nothing is lost
-//! but what the server did not take.
+//! but what the server did not take. A server that asks for time
+//! (`Retry-After`, at most [`MAX_RETRY_AFTER`] is taken) gets no push
+//! before then; a redirect is reported, not followed.
 
 use std::io;
 use std::sync::Arc;
@@ -107,6 +109,11 @@ pub const MAX_REQUEST_TARGET_BYTES: usize = 8 * 1024;
 
 /// The most of a failed push's answer quoted in its warning.
 const QUOTED_ANSWER_BYTES: u64 = 200;
+
+/// The longest wait a server's `Retry-After` gets (an hour): a longer
+/// one, or a date further off, is taken as this, so that a server's typo
+/// does not end the pushes for good.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
 
 /// Settings of a push to Pyroscope; [`start`](Pusher::start) starts it.
 #[derive(Clone)]
@@ -398,12 +405,17 @@ impl Pusher {
                 wake.wait(left);
             }
             let stopping = control.stop.load(Acquire);
+            let mut asked_to_wait = None;
             match client.push(&self, &mark) {
                 Ok(now) => {
                     mark = now;
                     failures.succeeded();
                 }
-                Err(e) => failures.failed(&crate::config::without_credentials(&self.url), &e),
+                Err(failed) => {
+                    asked_to_wait = failed.retry_after;
+                    let url = crate::config::without_credentials(&self.url);
+                    failures.failed(&url, &failed.why);
+                }
             }
             if stopping {
                 control.finished.store(true, Release);
@@ -411,11 +423,15 @@ impl Pusher {
             }
             // The next push is a period after this one was due; if
             // pushing took longer than a period, a period from now: missed
-            // pushes are not made up (the next one covers their time).
+            // pushes are not made up (the next one covers their time). A
+            // server that asked for none before a time gets none.
             next += self.every;
             let now = Instant::now();
             if next <= now {
                 next = now + self.every;
+            }
+            if let Some(wait) = asked_to_wait {
+                next = next.max(now + wait);
             }
         }
     }
@@ -507,7 +523,7 @@ impl Client {
 
     /// Pushes the profile of the period since `since`; returns the mark
     /// where the next period starts.
-    fn push(&self, settings: &Pusher, since: &Mark) -> Result<Mark, String> {
+    fn push(&self, settings: &Pusher, since: &Mark) -> Result<Mark, Failed> {
         let now = Mark::now();
         let mut profile = Vec::new();
         // Pyroscope makes each sample's labels part of a series' name, and
@@ -529,7 +545,7 @@ impl Client {
             options,
             &mut profile,
         )
-        .map_err(|e| format!("could not build the profile: {e}"))?;
+        .map_err(|e| Failed::because(format!("could not build the profile: {e}")))?;
         let (content_type, body) = multipart(&profile);
         drop(profile);
         let mut request = self
@@ -544,24 +560,90 @@ impl Client {
         for (name, value) in settings.headers() {
             request = request.header(name, value);
         }
-        let mut response = request.send(&body[..]).map_err(|e| e.to_string())?;
+        let mut response = request
+            .send(&body[..])
+            .map_err(|e| Failed::because(e.to_string()))?;
         let status = response.status();
         if status.is_success() {
             return Ok(now);
         }
-        // The start of a longer answer (a proxy's error page), not nothing.
-        let mut start = Vec::new();
-        let _ = std::io::Read::read_to_end(
-            &mut std::io::Read::take(response.body_mut().as_reader(), QUOTED_ANSWER_BYTES),
-            &mut start,
-        );
-        let answer: String = String::from_utf8_lossy(&start)
-            .trim()
-            .chars()
-            .filter(|c| !c.is_control())
-            .collect();
-        Err(format!("the server answered {status}: {answer:?}"))
+        let header = |name| {
+            let value = response.headers().get(name)?.to_str().ok()?;
+            Some(quoted(value.as_bytes()))
+        };
+        let retry_after = header("retry-after")
+            .and_then(|value| retry_after(&value, SystemTime::now()))
+            .filter(|wait| !wait.is_zero());
+        let mut why = if status.is_redirection() {
+            // Following would send the profile and the credentials
+            // wherever the answer points.
+            let to = header("location").map(|to| config::without_credentials(&to).into_owned());
+            format!(
+                "the server answered {status}, to {:?}; a push follows no redirect: set the URL \
+                 to where it points",
+                to.unwrap_or_default()
+            )
+        } else {
+            // The start of a longer answer (a proxy's error page), not
+            // nothing.
+            let mut start = Vec::new();
+            let _ = std::io::Read::read_to_end(
+                &mut std::io::Read::take(response.body_mut().as_reader(), QUOTED_ANSWER_BYTES),
+                &mut start,
+            );
+            format!("the server answered {status}: {:?}", quoted(&start))
+        };
+        if let Some(wait) = retry_after {
+            why += &format!(
+                "; it asked for no push for {} s (Retry-After), and gets none",
+                wait.as_secs()
+            );
+        }
+        Err(Failed { why, retry_after })
     }
+}
+
+/// A push that did not get through.
+struct Failed {
+    /// Why, for the warning.
+    why: String,
+    /// How long the server asked to be left alone (`Retry-After`).
+    retry_after: Option<Duration>,
+}
+
+impl Failed {
+    fn because(why: String) -> Failed {
+        Failed {
+            why,
+            retry_after: None,
+        }
+    }
+}
+
+/// Up to [`QUOTED_ANSWER_BYTES`] of what a server sent, as one line of
+/// text: trimmed, without control characters.
+fn quoted(bytes: &[u8]) -> String {
+    let start = &bytes[..bytes.len().min(QUOTED_ANSWER_BYTES as usize)];
+    String::from_utf8_lossy(start)
+        .trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect()
+}
+
+/// The wait a `Retry-After` value asks for at `now`: a number of seconds,
+/// or an HTTP date (a date past is no wait); at most [`MAX_RETRY_AFTER`].
+/// `None` for anything else.
+fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let wait = if value.bytes().all(|b| b.is_ascii_digit()) && !value.is_empty() {
+        // Digits past what a u64 holds are a wait past the bound.
+        Duration::from_secs(value.parse().unwrap_or(u64::MAX))
+    } else {
+        let until = httpdate::parse_http_date(value).ok()?;
+        until.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// Seconds since the Unix epoch, the unit of `from` and `until`.
@@ -834,6 +916,27 @@ mod tests {
             .every(Duration::ZERO)
             .timeout(Duration::ZERO);
         assert_eq!((p.every, p.timeout), (MIN_EVERY, Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_a_date_and_at_most_an_hour() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let secs = Duration::from_secs;
+        assert_eq!(retry_after("120", now), Some(secs(120)));
+        assert_eq!(retry_after(" 0 ", now), Some(secs(0)));
+        assert_eq!(
+            retry_after("99999999999999999999999", now),
+            Some(MAX_RETRY_AFTER)
+        );
+        let later = httpdate::fmt_http_date(now + secs(90));
+        assert_eq!(retry_after(&later, now), Some(secs(90)));
+        let earlier = httpdate::fmt_http_date(now - secs(90));
+        assert_eq!(retry_after(&earlier, now), Some(secs(0)));
+        let far = httpdate::fmt_http_date(now + secs(7 * 24 * 3600));
+        assert_eq!(retry_after(&far, now), Some(MAX_RETRY_AFTER));
+        for malformed in ["", "-5", "1.5", "soon", "Tue, 99 Foo 2026"] {
+            assert_eq!(retry_after(malformed, now), None, "{malformed:?}");
+        }
     }
 
     #[test]

@@ -73,10 +73,19 @@ impl Pending {
     /// Answers with `status` and a text `body`, then closes the connection;
     /// returns the push (panics if the request was not a valid one). A
     /// client that gave up meanwhile is not an error.
-    pub fn answer(mut self, status: u16, body: &str) -> Push {
+    pub fn answer(self, status: u16, body: &str) -> Push {
+        self.answer_with(status, &[], body)
+    }
+
+    /// [`Pending::answer`] with more header lines (`("Retry-After", "3")`).
+    pub fn answer_with(mut self, status: u16, headers: &[(&str, &str)], body: &str) -> Push {
+        let more: String = headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}\r\n"))
+            .collect();
         let reply = format!(
             "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
-             Connection: close\r\n\r\n{body}",
+             {more}Connection: close\r\n\r\n{body}",
             body.len()
         );
         let _ = self.stream.write_all(reply.as_bytes());
