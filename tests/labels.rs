@@ -309,6 +309,67 @@ fn a_labelled_future_carries_its_labels_to_every_thread_that_polls_it() {
     drop(blocks);
 }
 
+/// Polls `fut` once on this thread; whether it finished.
+fn poll_once<F: Future>(fut: F) -> bool {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = Context::from_waker(Waker::noop());
+    fut.as_mut().poll(&mut cx).is_ready()
+}
+
+/// An empty value in a future's labels takes its key out of the labels
+/// the polling thread has in force, as in a nested `with_labels`.
+#[test]
+fn an_empty_value_in_a_futures_labels_takes_the_outer_key_out() {
+    let outer = [("tenant", "acme"), ("route", "/x")];
+    let (scoped, polled) = heapprof::with_labels(&outer, || {
+        let scoped = heapprof::with_labels(&[("tenant", "")], heapprof::current_labels);
+        let mut polled = Vec::new();
+        let fut = async { polled = heapprof::current_labels() };
+        assert!(poll_once(fut.heap_labels(&[("tenant", "")])));
+        (scoped, polled)
+    });
+    assert_eq!(without_thread(scoped), pairs(&[("route", "/x")]));
+    assert_eq!(without_thread(polled), pairs(&[("route", "/x")]));
+}
+
+#[test]
+fn child_nested_futures() {
+    if !is_child() {
+        return;
+    }
+    heapprof::set_sample_rate(1);
+    heapprof::set_thread_label(false);
+    // 3 000 sets, each carried by a sample: fewer than the table holds,
+    // though each future's own labels are a set of their own too.
+    const TASKS: usize = 3000;
+    let mut held = Vec::with_capacity(TASKS);
+    for i in 0..TASKS {
+        let tenant = format!("t{i:04}");
+        heapprof::with_labels(&[("route", "/a")], || {
+            let fut = async { held.push(alloc_block(1000, 6)) };
+            assert!(poll_once(fut.heap_labels(&[("tenant", &tenant)])));
+        });
+    }
+    let snap = heapprof::snapshot();
+    let overflow = snap.inuse_bytes_with_label("heapprof_overflow", "label sets");
+    let labelled = snapshot_labelled(&snap, "route", "/a", "alloc_block");
+    println!("overflow={overflow} labelled={labelled}");
+    assert_eq!(overflow, 0);
+    assert_eq!(labelled, (TASKS * 1000) as i64);
+    drop(held);
+    println!("NESTED-OK");
+}
+
+/// A labelled future polled inside other labels takes a place in the
+/// label table for the set its polls put in force, not one more for its
+/// own labels: as many tasks as the table has places all keep theirs.
+#[test]
+fn nested_labelled_futures_take_places_only_for_what_samples_carry() {
+    let _watchdog = watchdog("nested futures", Duration::from_secs(120));
+    let (stdout, _) = run_child("child_nested_futures", &[]);
+    assert!(stdout.contains("NESTED-OK"), "{stdout}");
+}
+
 #[test]
 fn a_labelled_future_dropped_while_pending_frees_and_allocates_under_its_labels() {
     heapprof::set_sample_rate(1);
@@ -379,6 +440,8 @@ fn the_thread_label_is_the_threads_name() {
         name_of("a-rather-long-thread-name"),
         pairs(&[("thread", "a-rather-long-t")])
     );
+    // ...even inside a character: the whole characters before the cut.
+    assert_eq!(name_of("üüüüüüüüüü"), pairs(&[("thread", "üüüüüüü")]));
     // A label `thread` of the program's own wins.
     let own = std::thread::Builder::new()
         .name("labels-own".into())

@@ -6,7 +6,6 @@ use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use super::table::{self, Kind};
 use super::{LabelSetId, Scope, current};
 use crate::support::reentry;
 
@@ -27,41 +26,58 @@ use crate::support::reentry;
 /// # }
 /// ```
 ///
-/// The labels are interned once, by [`Labeled::new`]; a poll made inside
-/// other labels (a labelled future in a labelled future, or in
-/// [`with_labels`](crate::with_labels)) adds its own to them, as nested
-/// scopes do. Label limits as for [`with_labels`](crate::with_labels).
+/// The labels are copied by [`Labeled::new`]. Each poll puts them in
+/// force over the polling thread's own labels, as a nested
+/// [`with_labels`](crate::with_labels) scope would, an empty value taking
+/// its key out; the set that makes is looked up when the thread's labels
+/// differ from the last poll's. Only the sets polls put in force take
+/// places in the label table. Label limits as for
+/// [`with_labels`](crate::with_labels).
 pub struct Labeled<F> {
     /// Never moved once pinned: polled and dropped in place.
     inner: ManuallyDrop<F>,
-    labels: LabelSetId,
-    /// The last (outer set, merged set) a poll used.
-    merged: (LabelSetId, LabelSetId),
+    /// The labels as given; allocated and freed as heapprof's own.
+    labels: ManuallyDrop<Box<[OwnedLabel]>>,
+    /// The last (outer set, set in force) a poll used; none before the
+    /// first.
+    merged: Option<(LabelSetId, LabelSetId)>,
 }
+
+/// A label's key and value, copied.
+type OwnedLabel = (Box<str>, Box<str>);
 
 impl<F> Labeled<F> {
     /// Wraps `future` so that it runs with `labels` in force.
     pub fn new(future: F, labels: &[(&str, &str)]) -> Labeled<F> {
         let labels = {
             let _inside = reentry::Inside::enter();
-            table::merge(LabelSetId::NONE, labels, Kind::Program)
+            labels.iter().map(|&(k, v)| (k.into(), v.into())).collect()
         };
         Labeled {
             inner: ManuallyDrop::new(future),
-            labels,
-            merged: (LabelSetId::NONE, labels),
+            labels: ManuallyDrop::new(labels),
+            merged: None,
         }
     }
 
-    /// Puts this future's labels in force on the calling thread, merged
-    /// with the thread's own, until the returned scope is dropped.
-    fn enter(merged: &mut (LabelSetId, LabelSetId), labels: LabelSetId) -> Scope {
+    /// Puts this future's labels in force on the calling thread, over the
+    /// thread's own, until the returned scope is dropped.
+    fn enter(&mut self) -> Scope {
         let outer = current();
-        if merged.0 != outer {
-            let _inside = reentry::Inside::enter();
-            *merged = (outer, table::merge_sets(outer, labels, Kind::Program));
-        }
-        Scope::enter(merged.1)
+        let set = match self.merged {
+            Some((last_outer, set)) if last_outer == outer => set,
+            _ => {
+                let set = {
+                    let _inside = reentry::Inside::enter();
+                    let pairs: Vec<(&str, &str)> =
+                        self.labels.iter().map(|(k, v)| (&**k, &**v)).collect();
+                    super::scope_set(&pairs)
+                };
+                self.merged = Some((outer, set));
+                set
+            }
+        };
+        Scope::enter(set)
     }
 }
 
@@ -73,7 +89,7 @@ impl<F: Future> Future for Labeled<F> {
         // it is polled through the pin below and dropped in place by
         // `Drop`; the other fields are plain data, never pinned.
         let this = unsafe { self.get_unchecked_mut() };
-        let _scope = Self::enter(&mut this.merged, this.labels);
+        let _scope = this.enter();
         // SAFETY: as above, `inner` stays where it is until dropped.
         let inner = unsafe { Pin::new_unchecked(&mut *this.inner) };
         inner.poll(cx)
@@ -84,17 +100,22 @@ impl<F: Future> Future for Labeled<F> {
 /// destructors allocate is labelled too.
 impl<F> Drop for Labeled<F> {
     fn drop(&mut self) {
-        let _scope = Self::enter(&mut self.merged, self.labels);
-        // SAFETY: dropped once, here, in place (as pinning requires); the
-        // field is not used after.
-        unsafe { ManuallyDrop::drop(&mut self.inner) };
+        {
+            let _scope = self.enter();
+            // SAFETY: dropped once, here, in place (as pinning requires);
+            // the field is not used after.
+            unsafe { ManuallyDrop::drop(&mut self.inner) };
+        }
+        let _inside = reentry::Inside::enter();
+        // SAFETY: dropped once, here; the field is not used after.
+        unsafe { ManuallyDrop::drop(&mut self.labels) };
     }
 }
 
 impl<F> std::fmt::Debug for Labeled<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Labeled")
-            .field("labels", &table::get(self.labels))
+            .field("labels", &self.labels)
             .finish_non_exhaustive()
     }
 }

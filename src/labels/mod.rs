@@ -104,7 +104,7 @@ pub fn with_labels<R>(labels: &[(&str, &str)], f: impl FnOnce() -> R) -> R {
 /// The set a scope of `labels` entered now puts in force: one of the
 /// thread's last few, if it is one of those (checked against the table,
 /// which is read without a lock), else merged and interned.
-fn scope_set(labels: &[(&str, &str)]) -> LabelSetId {
+pub(super) fn scope_set(labels: &[(&str, &str)]) -> LabelSetId {
     let outer = current();
     let remembered = thread::with(|l| {
         l.labels.scopes.iter().map(Cell::get).find(|&(o, set)| {
@@ -172,8 +172,8 @@ pub fn current_labels() -> Vec<(String, String)> {
 ///
 /// The label is the thread's name as the operating system has it (what
 /// `top -H` shows), read at the thread's first sample: a Rust thread's
-/// name cut to 15 bytes, the Linux limit (tokio's workers are
-/// `tokio-rt-worker`), `main` for the main thread. Reading it there,
+/// name cut to 15 bytes, the Linux limit, back to a whole character
+/// (tokio's workers are `tokio-rt-worker`), `main` for the main thread. Reading it there,
 /// rather than through `std::thread::current()`, works in any thread and
 /// cannot recurse into the allocator. A label `thread` of the program's
 /// own wins over it.
@@ -331,9 +331,14 @@ fn thread_name(buf: &mut [u8; 64]) -> Option<&str> {
             return None;
         }
         let len = buf.iter().position(|&b| b == 0)?;
-        std::str::from_utf8(&buf[..len])
-            .ok()
-            .filter(|s| !s.is_empty())
+        // The system cuts a name at a byte count, maybe inside a
+        // character (and a C library may name a thread in another
+        // encoding): the text before the first byte that is not UTF-8.
+        let name = match std::str::from_utf8(&buf[..len]) {
+            Ok(name) => name,
+            Err(e) => std::str::from_utf8(&buf[..e.valid_up_to()]).ok()?,
+        };
+        Some(name).filter(|s| !s.is_empty())
     }
     #[cfg(not(any(target_os = "linux", target_os = "macos")))]
     {

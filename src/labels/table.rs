@@ -460,6 +460,28 @@ pub(crate) fn merge_sets(outer: LabelSetId, inner: LabelSetId, kind: Kind) -> La
     intern(set, kind)
 }
 
+/// `middle`'s labels over `base`'s and `top`'s over both, as
+/// `merge(merge_sets(base, middle), top)` makes them, stored as one set:
+/// no place is taken by the set of the first two alone, which no sample
+/// carries.
+#[cfg(feature = "tracing")]
+pub(crate) fn merge_layers(
+    base: LabelSetId,
+    middle: LabelSetId,
+    top: &[(&str, &str)],
+    kind: Kind,
+) -> LabelSetId {
+    let middle = get(middle);
+    let Some(mut set) = Pending::with_room(get(base), middle.len() + top.len()) else {
+        MEMORY_FAILURES.fetch_add(1, Relaxed);
+        return LabelSetId::OVERFLOW;
+    };
+    for &(k, v) in middle.iter().chain(top) {
+        set.set(k, v);
+    }
+    intern(set, kind)
+}
+
 /// Bytes the table holds, for the profiler's own memory. Takes no lock.
 pub(crate) fn memory_bytes() -> usize {
     TABLE.bytes()

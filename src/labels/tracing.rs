@@ -66,7 +66,17 @@ use crate::thread::labels::StackedSpan;
 /// the scope it entered the span in; only the latest few spans closed
 /// that way are looked for, and one missed keeps its labels on that
 /// thread. A thread keeps the labelled spans it has entered on a small
-/// stack; a span entered deeper than it holds changes no labels.
+/// stack; a span entered deeper than it holds changes no labels. An
+/// entry stays on that stack until the span exits on that thread or
+/// closes: guards dropped on another worker leave their spans' entries
+/// on the first one's stack until the spans close, and a worker with
+/// more such spans open than its stack holds enters later spans without
+/// their labels (a [`Labeled`](crate::Labeled) future is not held on
+/// any stack).
+///
+/// A span whose parent has labels keeps its own fields as a set of the
+/// label table besides the set it puts in force: one more place of the
+/// table's bound for each distinct set of fields.
 #[derive(Clone, Debug)]
 pub struct LabelLayer {
     fields: Vec<String>,
@@ -195,8 +205,7 @@ impl SpanLabels {
         }
         let merged = {
             let _inside = reentry::Inside::enter();
-            let enclosing = table::merge_sets(self.inherited, outer, Kind::Program);
-            table::merge(enclosing, &pairs(&self.fields), Kind::Program)
+            table::merge_layers(self.inherited, outer, &pairs(&self.fields), Kind::Program)
         };
         // Release: a thread that reads `merged` here reads its table slot.
         self.last_merge
@@ -400,8 +409,8 @@ fn inside_stacked(outer: LabelSetId, span: &StackedSpan) -> LabelSetId {
         return set;
     }
     let _inside = reentry::Inside::enter();
-    let enclosing = table::merge_sets(inherited, outer, Kind::Program);
-    table::merge_sets(enclosing, LabelSetId(span.own), Kind::Program)
+    let own = table::get(LabelSetId(span.own));
+    table::merge_layers(inherited, outer, own, Kind::Program)
 }
 
 /// How many spans closed while on some thread's span stack are remembered
