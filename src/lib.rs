@@ -248,9 +248,11 @@
 //! * For async code, [`measure_future`] counts what a future's own polls
 //!   do, on whichever threads poll it (`measure(|| rt.block_on(f))` counts
 //!   every task the runtime runs on the thread meanwhile). What a runtime
-//!   builds once per worker, lazily inside a poll (tokio's list of
-//!   deferred wakeups), counts in the first polls on each worker: run
-//!   the future once before asserting that it leaves nothing behind.
+//!   builds per worker, lazily inside a poll, counts in that poll; tokio's
+//!   list of deferred wakeups also grows whenever more tasks yield at once
+//!   than ever before. For exact assertions on net bytes, measure on a
+//!   `current_thread` runtime with nothing else running, or use
+//!   `assert_no_leak`.
 //!
 //! With the `criterion` feature, `heapprof::criterion` has criterion measurements
 //! of bytes and allocations per iteration and a profiler that writes a

@@ -327,6 +327,24 @@ fn spawned_threads_are_not_counted() {
     drop(v);
 }
 
+/// Printing a snapshot (`{snapshot}`, as a failing test's message does)
+/// builds its table as heapprof's own work: only the text, in the
+/// caller's buffer, is the caller's.
+#[test]
+fn printing_a_snapshot_counts_only_the_text() {
+    let _rate = at_rate(1);
+    let kept: Vec<Vec<u8>> = (0..50).map(|i| vec![0u8; 1000 + i]).collect();
+    let snapshot = heapprof::snapshot();
+    let mut text = String::with_capacity(1 << 20);
+    let ((), m) = measure(|| {
+        use std::fmt::Write as _;
+        write!(text, "{snapshot}").unwrap();
+    });
+    assert!(text.contains("live bytes"), "{text}");
+    assert_eq!(m.allocations, 0, "{m}");
+    drop(kept);
+}
+
 fn panic_message(f: impl FnOnce()) -> String {
     heapprof_testkit::check::panic_message(f).expect("the assertion fails")
 }

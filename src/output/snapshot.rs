@@ -1252,9 +1252,31 @@ fn write_message_svg(w: &mut impl io::Write, title: &str, message: &str) -> io::
     writeln!(w, "</svg>")
 }
 
-/// A `pprof -top`-like table of live bytes.
+/// A `pprof -top`-like table of live bytes. What the table is built from
+/// is heapprof's own memory (as a snapshot's is); the text written is the
+/// caller's.
 impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (rows, numbers) = {
+            let _inside = reentry::Inside::enter();
+            (self.top(20), sample::what_the_numbers_are(self.rate))
+        };
+        let written = self.write_top(f, &rows, &numbers);
+        let _inside = reentry::Inside::enter();
+        drop((rows, numbers));
+        written
+    }
+}
+
+impl Snapshot {
+    /// Writes [`Display`](fmt::Display)'s table of `rows`, under a header
+    /// saying what the numbers are.
+    fn write_top(
+        &self,
+        f: &mut fmt::Formatter<'_>,
+        rows: &[FunctionBytes],
+        numbers: &str,
+    ) -> fmt::Result {
         let total = self.total_inuse_bytes();
         // Of the sites' live bytes taken without their sign, as pprof
         // does: a delta's net total may be small, zero or negative.
@@ -1270,18 +1292,14 @@ impl fmt::Display for Snapshot {
                 100.0 * x as f64 / scale as f64
             }
         };
-        writeln!(
-            f,
-            "heapprof: {total} live bytes; values are {}",
-            sample::what_the_numbers_are(self.rate)
-        )?;
+        writeln!(f, "heapprof: {total} live bytes; values are {numbers}")?;
         writeln!(
             f,
             "{:>12} {:>6} {:>6} {:>12} {:>6}  function",
             "flat", "flat%", "sum%", "cum", "cum%"
         )?;
         let mut sum = 0;
-        for row in self.top(20) {
+        for row in rows {
             sum += row.flat;
             writeln!(
                 f,
