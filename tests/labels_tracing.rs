@@ -643,3 +643,31 @@ fn two_label_layers_share_a_span() {
     });
     assert!(labels_now().is_empty());
 }
+
+/// Spans entered inside scopes that have ended and exited on another
+/// thread (guards dropped on another worker) keep their entries on the
+/// first thread's span stack until they close; more of them than the
+/// stack holds leave room for a span entered now all the same.
+#[test]
+fn spans_left_by_ended_scopes_leave_room_for_new_ones() {
+    install();
+    let spans: Vec<tracing::Span> = (0..40)
+        .map(|i| tracing::info_span!("connection", tenant = i))
+        .collect();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for span in &spans {
+                let id = span.id().unwrap();
+                heapprof::with_labels(&[("route", "/poll")], || enter_raw(&id));
+            }
+            std::thread::scope(|s| {
+                s.spawn(|| spans.iter().for_each(|span| exit_raw(&span.id().unwrap())));
+            });
+            assert!(labels_now().is_empty(), "{:?}", labels_now());
+            let probe = tracing::info_span!("probe", tenant = "probe");
+            assert_eq!(probe.in_scope(labels_now), pairs(&[("tenant", "probe")]));
+            let scoped = heapprof::with_labels(&[("route", "/x")], || probe.in_scope(labels_now));
+            assert_eq!(scoped, pairs(&[("route", "/x"), ("tenant", "probe")]));
+        });
+    });
+}

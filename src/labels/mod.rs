@@ -223,6 +223,11 @@ impl Scope {
             let enclosing = {
                 let serial = l.last_scope.get().wrapping_add(1);
                 l.last_scope.set(serial);
+                let depth = l.open_depth.get();
+                if let Some(slot) = l.open_scopes.get(depth) {
+                    slot.set(serial);
+                }
+                l.open_depth.set(depth + 1);
                 l.innermost_scope.replace(serial)
             };
             #[cfg(not(feature = "tracing"))]
@@ -243,7 +248,11 @@ impl Drop for Scope {
         thread::with(|l| {
             l.labels.current.set(self.outer);
             #[cfg(feature = "tracing")]
-            l.labels.innermost_scope.set(self.enclosing);
+            {
+                l.labels.innermost_scope.set(self.enclosing);
+                let depth = &l.labels.open_depth;
+                depth.set(depth.get().saturating_sub(1));
+            }
         });
     }
 }

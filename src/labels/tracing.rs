@@ -24,7 +24,7 @@ use super::LabelSetId;
 use super::table::{self, Kind};
 use crate::support::reentry;
 use crate::thread;
-use crate::thread::labels::StackedSpan;
+use crate::thread::labels::{SPANS_KEPT, StackedSpan};
 
 /// A [`Layer`] that turns chosen span fields into heap-profile labels
 /// while the span is entered: every allocation sampled on a thread inside
@@ -66,13 +66,12 @@ use crate::thread::labels::StackedSpan;
 /// the scope it entered the span in; only the latest few spans closed
 /// that way are looked for, and one missed keeps its labels on that
 /// thread. A thread keeps the labelled spans it has entered on a small
-/// stack; a span entered deeper than it holds changes no labels. An
-/// entry stays on that stack until the span exits on that thread or
-/// closes: guards dropped on another worker leave their spans' entries
-/// on the first one's stack until the spans close, and a worker with
-/// more such spans open than its stack holds enters later spans without
-/// their labels (a [`Labeled`](crate::Labeled) future is not held on
-/// any stack).
+/// stack; a span entered deeper than it holds changes no labels. A span
+/// whose guard is dropped on another worker keeps its entry on the first
+/// one's stack until it closes; a full stack makes room by dropping the
+/// entries of scopes that have ended (a [`Labeled`](crate::Labeled) poll's, a
+/// [`with_labels`](crate::with_labels) closure's), so only spans of
+/// scopes still open crowd out new ones.
 ///
 /// A span whose parent has labels keeps its own fields as a set of the
 /// label table besides the set it puts in force: one more place of the
@@ -279,11 +278,30 @@ fn push_span(mut span: StackedSpan) -> bool {
                 return true;
             }
         }
-        let Some(slot) = labels.spans.get(depth) else {
+        let depth = if depth < SPANS_KEPT {
+            depth
+        } else if let Some(ended) = labels
+            .spans
+            .iter()
+            .position(|s| !labels.may_be_open(s.get().scope))
+        {
+            // A full stack makes room by dropping an entry of a scope that
+            // has ended: it changes no labels (the scope's end put its set
+            // back), and the span's exit or close, if it comes here, finds
+            // nothing to do.
+            if labels.spans[ended].get().exited {
+                let waiting = &labels.exits_waiting;
+                waiting.set(waiting.get().saturating_sub(1));
+            }
+            for j in ended + 1..SPANS_KEPT {
+                labels.spans[j - 1].set(labels.spans[j].get());
+            }
+            SPANS_KEPT - 1
+        } else {
             return false;
         };
         span.scope = innermost;
-        slot.set(span);
+        labels.spans[depth].set(span);
         labels.span_depth.set(depth + 1);
         true
     })

@@ -18,6 +18,24 @@ pub(crate) const SCOPES_KEPT: usize = 4;
 #[cfg(feature = "tracing")]
 pub(crate) const SPANS_KEPT: usize = 16;
 
+/// How many nested scopes' serials a thread keeps
+/// ([`LabelState::open_scopes`]); deeper ones are open too, but unnamed.
+#[cfg(feature = "tracing")]
+pub(crate) const OPEN_SCOPES_KEPT: usize = 16;
+
+impl LabelState {
+    /// Whether the scope `serial` is one of those open on this thread, as
+    /// far as it can tell: 0 (no scope) always is; with more scopes open
+    /// than it keeps the serials of, any may be.
+    #[cfg(feature = "tracing")]
+    pub(crate) fn may_be_open(&self, serial: u64) -> bool {
+        let depth = self.open_depth.get();
+        serial == 0
+            || depth > OPEN_SCOPES_KEPT
+            || self.open_scopes[..depth].iter().any(|s| s.get() == serial)
+    }
+}
+
 /// A thread's label-set ids (`labels::LabelSetId`; 0 is the empty set).
 pub(crate) struct LabelState {
     /// The set in force: the merge of every scope the thread is in
@@ -65,6 +83,13 @@ pub(crate) struct LabelState {
     pub(crate) innermost_scope: Cell<u64>,
     #[cfg(feature = "tracing")]
     pub(crate) last_scope: Cell<u64>,
+    /// The serials of the scopes open on this thread, outermost first: the
+    /// first [`OPEN_SCOPES_KEPT`] of `open_depth`. A span entry of a scope
+    /// not among them has ended (`labels::tracing::push_span`).
+    #[cfg(feature = "tracing")]
+    pub(crate) open_scopes: [Cell<u64>; OPEN_SCOPES_KEPT],
+    #[cfg(feature = "tracing")]
+    pub(crate) open_depth: Cell<usize>,
     /// Entries of `spans` exited and not yet taken off
     /// ([`StackedSpan::exited`]).
     #[cfg(feature = "tracing")]
@@ -136,6 +161,10 @@ impl LabelState {
             innermost_scope: Cell::new(0),
             #[cfg(feature = "tracing")]
             last_scope: Cell::new(0),
+            #[cfg(feature = "tracing")]
+            open_scopes: [const { Cell::new(0) }; OPEN_SCOPES_KEPT],
+            #[cfg(feature = "tracing")]
+            open_depth: Cell::new(0),
             #[cfg(feature = "tracing")]
             exits_waiting: Cell::new(0),
             #[cfg(feature = "tracing")]
