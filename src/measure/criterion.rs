@@ -238,7 +238,8 @@ impl ValueFormatter for AllocationsFormatter {
 /// iterations fit in the profile time; the profile's totals are for the
 /// iterations that ran, and its shares are what to read. The rate is
 /// process-wide, and the site table counts every thread: what other
-/// threads allocate during the run is in the profile too.
+/// threads allocate during the run is in the profile too, as is an
+/// `iter_batched` setup's work and what the first iterations build once.
 ///
 /// A profile that cannot be written is reported on stderr in one line;
 /// the benchmarks go on.
