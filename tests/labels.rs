@@ -339,8 +339,9 @@ fn child_nested_futures() {
     }
     heapprof::set_sample_rate(1);
     heapprof::set_thread_label(false);
-    // 3 000 sets, each carried by a sample: fewer than the table holds,
-    // though each future's own labels are a set of their own too.
+    // 3 000 sets, each carried by a sample: fewer than the table holds.
+    // Were each future's own labels a set of their own too, 6 000 would
+    // not fit.
     const TASKS: usize = 3000;
     let mut held = Vec::with_capacity(TASKS);
     for i in 0..TASKS {

@@ -670,4 +670,22 @@ fn spans_left_by_ended_scopes_leave_room_for_new_ones() {
             assert_eq!(scoped, pairs(&[("route", "/x"), ("tenant", "probe")]));
         });
     });
+    // Entries of a scope still open are never the ones dropped: a span
+    // entered past them changes nothing, and each exit puts back the
+    // labels from before its enter.
+    let open: Vec<tracing::Span> = (0..40)
+        .map(|i| tracing::info_span!("open", tenant = i))
+        .collect();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            heapprof::with_labels(&[("route", "/open")], || {
+                let guards: Vec<_> = open.iter().map(tracing::Span::enter).collect();
+                let deepest = labels_now();
+                let probe = tracing::info_span!("probe", tenant = "probe");
+                assert_eq!(probe.in_scope(labels_now), deepest);
+                drop(guards);
+                assert_eq!(labels_now(), pairs(&[("route", "/open")]));
+            });
+        });
+    });
 }

@@ -456,8 +456,12 @@ fn a_server_that_asks_to_wait_is_left_alone_and_redirects_are_named() {
             let mut answered = 0;
             while !child_done.load(std::sync::atomic::Ordering::Relaxed) {
                 if let Some(pending) = moved.next(Duration::from_millis(200)) {
-                    let to = [("Location", "http://user:hunter2@elsewhere.example/ingest")];
-                    pending.answer_with(308, &to, "");
+                    // A password longer than the part of an answer quoted.
+                    let to = format!(
+                        "http://user:hunter2{}@elsewhere.example/ingest",
+                        "x".repeat(300)
+                    );
+                    pending.answer_with(308, &[("Location", &to)], "");
                     answered += 1;
                 }
             }

@@ -612,10 +612,13 @@ fn lookup<T>(
     value
 }
 
-/// `url` without the `user:password@` part a URL may carry, for messages.
+/// `url` without the `user:password@` part a URL may carry, for messages;
+/// also in a reference without a scheme (`//user:password@host/`).
 pub(crate) fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.into();
+    let scheme_end = match url.find("://") {
+        Some(i) => i + 3,
+        None if url.starts_with("//") => 2,
+        None => return url.into(),
     };
     let authority_end = url[scheme_end..]
         .find(['/', '?', '#'])

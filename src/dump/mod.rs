@@ -1124,7 +1124,14 @@ fn publish_in_series(base: &Path, seq: &mut u64, bytes: &[u8]) -> io::Result<()>
         let with_path = naming(&path);
         let target = target(&path).map_err(&with_path)?;
         if let Target::Through = target {
-            return put(&path, target, bytes).map_err(with_path);
+            if path == base {
+                return put(&path, target, bytes).map_err(with_path);
+            }
+            // Something appeared at the name since it was looked at (a
+            // file another writer is publishing, hard-linked there for an
+            // instant): the name is taken.
+            *seq = seq.saturating_add(1);
+            continue;
         }
         let staged = match &mut staged {
             Some(staged) => staged,

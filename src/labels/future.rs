@@ -30,14 +30,15 @@ use crate::support::reentry;
 /// force over the polling thread's own labels, as a nested
 /// [`with_labels`](crate::with_labels) scope would, an empty value taking
 /// its key out; the set that makes is looked up when the thread's labels
-/// differ from the last poll's. Only the sets polls put in force take
-/// places in the label table. Label limits as for
+/// differ from the last poll's. The future takes places in the label
+/// table for the sets its polls and its drop put in force, none for its
+/// own labels alone. Label limits as for
 /// [`with_labels`](crate::with_labels).
 pub struct Labeled<F> {
     /// Never moved once pinned: polled and dropped in place.
     inner: ManuallyDrop<F>,
-    /// The labels as given; allocated and freed as heapprof's own.
-    labels: ManuallyDrop<Box<[OwnedLabel]>>,
+    /// The labels as given, heapprof's own memory.
+    labels: reentry::Own<Box<[OwnedLabel]>>,
     /// The last (outer set, set in force) a poll used; none before the
     /// first.
     merged: Option<(LabelSetId, LabelSetId)>,
@@ -49,13 +50,11 @@ type OwnedLabel = (Box<str>, Box<str>);
 impl<F> Labeled<F> {
     /// Wraps `future` so that it runs with `labels` in force.
     pub fn new(future: F, labels: &[(&str, &str)]) -> Labeled<F> {
-        let labels = {
-            let _inside = reentry::Inside::enter();
-            labels.iter().map(|&(k, v)| (k.into(), v.into())).collect()
-        };
         Labeled {
             inner: ManuallyDrop::new(future),
-            labels: ManuallyDrop::new(labels),
+            labels: reentry::Own::make(|| {
+                labels.iter().map(|&(k, v)| (k.into(), v.into())).collect()
+            }),
             merged: None,
         }
     }
@@ -100,15 +99,10 @@ impl<F: Future> Future for Labeled<F> {
 /// destructors allocate is labelled too.
 impl<F> Drop for Labeled<F> {
     fn drop(&mut self) {
-        {
-            let _scope = self.enter();
-            // SAFETY: dropped once, here, in place (as pinning requires);
-            // the field is not used after.
-            unsafe { ManuallyDrop::drop(&mut self.inner) };
-        }
-        let _inside = reentry::Inside::enter();
-        // SAFETY: dropped once, here; the field is not used after.
-        unsafe { ManuallyDrop::drop(&mut self.labels) };
+        let _scope = self.enter();
+        // SAFETY: dropped once, here, in place (as pinning requires); the
+        // field is not used after.
+        unsafe { ManuallyDrop::drop(&mut self.inner) };
     }
 }
 

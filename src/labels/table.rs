@@ -461,9 +461,10 @@ pub(crate) fn merge_sets(outer: LabelSetId, inner: LabelSetId, kind: Kind) -> La
 }
 
 /// `middle`'s labels over `base`'s and `top`'s over both, as
-/// `merge(merge_sets(base, middle), top)` makes them, stored as one set:
-/// no place is taken by the set of the first two alone, which no sample
-/// carries.
+/// `merge(merge_sets(base, middle), top)` makes them (past
+/// [`MAX_LABELS_PER_SET`] cut once instead of twice, which may keep other
+/// keys), stored as one set: no place is taken by the set of the first
+/// two alone, which no sample carries.
 #[cfg(feature = "tracing")]
 pub(crate) fn merge_layers(
     base: LabelSetId,

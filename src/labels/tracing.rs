@@ -73,9 +73,10 @@ use crate::thread::labels::{SPANS_KEPT, StackedSpan};
 /// [`with_labels`](crate::with_labels) closure's), so only spans of
 /// scopes still open crowd out new ones.
 ///
-/// A span whose parent has labels keeps its own fields as a set of the
-/// label table besides the set it puts in force: one more place of the
-/// table's bound for each distinct set of fields.
+/// A span keeps its own fields as a set of the label table besides the
+/// set it puts in force (the same set where it has no labelled parent):
+/// a span under a labelled parent takes one more place of the table's
+/// bound for each distinct set of fields.
 #[derive(Clone, Debug)]
 pub struct LabelLayer {
     fields: Vec<String>,

@@ -1257,14 +1257,9 @@ fn write_message_svg(w: &mut impl io::Write, title: &str, message: &str) -> io::
 /// caller's.
 impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (rows, numbers) = {
-            let _inside = reentry::Inside::enter();
-            (self.top(20), sample::what_the_numbers_are(self.rate))
-        };
-        let written = self.write_top(f, &rows, &numbers);
-        let _inside = reentry::Inside::enter();
-        drop((rows, numbers));
-        written
+        let rows = reentry::Own::make(|| self.top(20));
+        let numbers = reentry::Own::make(|| sample::what_the_numbers_are(self.rate));
+        self.write_top(f, &rows, &numbers)
     }
 }
 

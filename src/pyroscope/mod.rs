@@ -60,8 +60,9 @@
 //! reported on stderr at most once a minute ([`WARN_EVERY`]), and the
 //! next push covers both periods: nothing is queued, and nothing is lost
 //! but what the server did not take. A server that asks for time
-//! (`Retry-After`, at most [`MAX_RETRY_AFTER`] is taken) gets no push
-//! before then; a redirect is reported, not followed.
+//! (`Retry-After`, at most [`MAX_RETRY_AFTER`] is taken) gets no periodic
+//! push before then (the last one, at [`stop`](PusherHandle::stop) or
+//! exit, is made all the same); a redirect is reported, not followed.
 
 use std::io;
 use std::sync::Arc;
@@ -568,8 +569,12 @@ impl Client {
             return Ok(now);
         }
         let header = |name| {
-            let value = response.headers().get(name)?.to_str().ok()?;
-            Some(quoted(value.as_bytes()))
+            response
+                .headers()
+                .get(name)?
+                .to_str()
+                .ok()
+                .map(str::to_owned)
         };
         let retry_after = header("retry-after")
             .and_then(|value| retry_after(&value, SystemTime::now()))
@@ -577,7 +582,9 @@ impl Client {
         let mut why = if status.is_redirection() {
             // Following would send the profile and the credentials
             // wherever the answer points.
-            let to = header("location").map(|to| config::without_credentials(&to).into_owned());
+            // Masked whole, then cut: a password may run past the cut.
+            let to =
+                header("location").map(|to| quoted(config::without_credentials(&to).as_bytes()));
             format!(
                 "the server answered {status}, to {:?}; a push follows no redirect: set the URL \
                  to where it points",
@@ -595,8 +602,9 @@ impl Client {
         };
         if let Some(wait) = retry_after {
             why += &format!(
-                "; it asked for no push for {} s (Retry-After), and gets none",
-                wait.as_secs()
+                "; it asked for no push for {} s (Retry-After), and gets none but the last, \
+                 at stop",
+                wait.as_secs_f64().ceil()
             );
         }
         Err(Failed { why, retry_after })
@@ -902,6 +910,10 @@ mod tests {
             "http://host/a@b"
         );
         assert_eq!(crate::config::without_credentials("not a url"), "not a url");
+        assert_eq!(
+            crate::config::without_credentials("//user:s3cret@host/p"),
+            "//…@host/p"
+        );
         let p = Pusher::new("http://u:pw@h", "a");
         assert!(!format!("{p:?}").contains("pw"), "{p:?}");
     }

@@ -79,6 +79,39 @@ impl Drop for Inside {
     }
 }
 
+/// A value made inside the profiler that is dropped inside it too, however
+/// it goes out of scope (unwinding included): what it holds is heapprof's
+/// own from its first byte to its last.
+pub(crate) struct Own<T>(std::mem::ManuallyDrop<T>);
+
+impl<T> Own<T> {
+    /// Makes the value inside the profiler.
+    pub(crate) fn make(make: impl FnOnce() -> T) -> Own<T> {
+        Own(std::mem::ManuallyDrop::new(Inside::enter_for(make)))
+    }
+}
+
+impl<T> std::ops::Deref for Own<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> Drop for Own<T> {
+    fn drop(&mut self) {
+        let _inside = Inside::enter();
+        // SAFETY: dropped once, here; the field is not used after.
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.0) };
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Own<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (*self.0).fmt(f)
+    }
+}
+
 /// Sets the flag; returns whether it was set already.
 fn enter() -> bool {
     thread::with(|l| {
