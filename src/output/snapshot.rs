@@ -950,8 +950,15 @@ impl Snapshot {
         }
         assert!(
             counted <= max_bytes,
-            "heapprof: `{function}` {} {held} live bytes{also}, more than the {max_bytes} allowed\n{self}",
-            if self.delta { "added" } else { "holds" }
+            "heapprof: `{function}` {} {held} live bytes{also}, more than the {max_bytes} \
+             allowed; {}:\n{self}",
+            if self.delta { "added" } else { "holds" },
+            if self.delta {
+                "the whole process's net change meanwhile, every thread's (another test's \
+                 frees can cancel out the bytes counted here)"
+            } else {
+                "the whole process's live memory"
+            }
         );
     }
 
