@@ -26,10 +26,13 @@
 //! ```text
 //! go tool pprof -top ./target/release/myprog heap.pb.gz        # who holds memory now
 //! go tool pprof -sample_index=alloc_space -top heap.pb.gz      # who allocated the most
-//! go tool pprof -list 'myprog::build_index' heap.pb.gz         # line by line
+//! go tool pprof -list 'myprog::main' ./target/release/myprog heap.pb.gz  # line by line
 //! go tool pprof -base before.pb.gz -top after.pb.gz            # what grew in between
 //! go tool pprof -http=:8080 heap.pb.gz                         # graph (needs Graphviz), flame graph
 //! ```
+//!
+//! `-list` needs line tables in the binary: Cargo's release profile has
+//! none by default; `[profile.release] debug = "limited"` keeps them.
 //!
 //! Stacks end where the program's own code starts, as Go's end at
 //! `main.main`: at its `main`, a thread's own closure, or the test
@@ -406,7 +409,7 @@
 //! | `HEAPPROF_MEMORY_LIMIT` | unset | a limit on the resident size for `HEAPPROF_DUMP_AT_LIMIT` (`2GiB`; 1 MiB or more), watched beside the cgroup's, and kept clear of by name lookups |
 //! | `HEAPPROF_CGROUP_DIR` | the process's cgroup | the cgroup v2 directory `HEAPPROF_DUMP_AT_LIMIT` and name lookups read, for tests and unusual mounts |
 //! | `HEAPPROF_MAX_SITES` | `16384` | distinct stacks kept; past it, stacks with nothing live make room for new ones, and what they counted (with new stacks that find no room) goes to a `[heapprof overflow…]` site per label set |
-//! | `HEAPPROF_SEED` | random | fixed seed for reproducible sampling: each thread's generator is seeded from it and the order in which threads start sampling, so runs repeat where threads start in the same order and allocate the same (a thread pool serving requests does not) |
+//! | `HEAPPROF_SEED` | random | fixed seed for reproducible sampling: each thread's generator is seeded from it and the order in which threads start sampling, so runs repeat where threads start in the same order and allocate the same (a thread pool serving requests does not), and where the allocator returns the same addresses: heapprof's own allocations, which move with them, draw on the same countdown, so with address randomization on (the default) a seeded run takes as many samples but some of them a few allocations apart; `setarch -R` repeats it exactly |
 //! | `HEAPPROF_PEAK_GROWTH` | `10%` | growth past the last peak copy before a new one is kept |
 //! | `HEAPPROF_UNWIND` | `auto` | `auto`: frame pointers if the program was built with them (`-C force-frame-pointers=yes`), DWARF unwind tables otherwise and for stacks that leave its code (each return address's rule cached for the executable and the C library, libgcc's walk elsewhere and through a signal handler's frame); `dwarf`; or `frame-pointers` (also `fp`; no periodic check against DWARF) |
 //! | `HEAPPROF_FULL_STACKS` | `0` | `1` keeps the process, thread and test start-up frames below the program's code |
@@ -632,7 +635,9 @@ pub mod __bench {
 
 /// Seeds the sampler's random generators, for reproducible runs: the
 /// calling thread restarts from this seed, and each thread that starts
-/// sampling later is seeded from it and its start order.
+/// sampling later is seeded from it and its start order. A run repeats
+/// exactly where the allocator also returns the same addresses (see
+/// `HEAPPROF_SEED` in the crate docs).
 pub fn set_seed(seed: u64) {
     record::countdown::set_seed(seed)
 }
