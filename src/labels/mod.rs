@@ -173,9 +173,9 @@ pub fn current_labels() -> Vec<(String, String)> {
 /// The label is the thread's name as the operating system has it (what
 /// `top -H` shows), read at the thread's first sample: a Rust thread's
 /// name cut to 15 bytes, the Linux limit, back to a whole character
-/// (tokio's workers are `tokio-rt-worker`), `main` for the main thread. Reading it there,
-/// rather than through `std::thread::current()`, works in any thread and
-/// cannot recurse into the allocator. A label `thread` of the program's
+/// (tokio's workers are `tokio-rt-worker`), `main` for the main thread.
+/// Reading it there, rather than through `std::thread::current()`, works
+/// in any thread and cannot recurse into the allocator. A label `thread` of the program's
 /// own wins over it.
 pub fn set_thread_label(on: bool) {
     THREAD_LABEL.store(if on { ON } else { OFF }, Relaxed);

@@ -23,19 +23,6 @@ pub(crate) const SPANS_KEPT: usize = 16;
 #[cfg(feature = "tracing")]
 pub(crate) const OPEN_SCOPES_KEPT: usize = 16;
 
-impl LabelState {
-    /// Whether the scope `serial` is one of those open on this thread, as
-    /// far as it can tell: 0 (no scope) always is; with more scopes open
-    /// than it keeps the serials of, any may be.
-    #[cfg(feature = "tracing")]
-    pub(crate) fn may_be_open(&self, serial: u64) -> bool {
-        let depth = self.open_depth.get();
-        serial == 0
-            || depth > OPEN_SCOPES_KEPT
-            || self.open_scopes[..depth].iter().any(|s| s.get() == serial)
-    }
-}
-
 /// A thread's label-set ids (`labels::LabelSetId`; 0 is the empty set).
 pub(crate) struct LabelState {
     /// The set in force: the merge of every scope the thread is in
@@ -170,5 +157,16 @@ impl LabelState {
             #[cfg(feature = "tracing")]
             stranded_seen: Cell::new(0),
         }
+    }
+
+    /// Whether the scope `serial` is one of those open on this thread, as
+    /// far as it can tell: 0 (no scope) always is; with more scopes open
+    /// than it keeps the serials of, any may be.
+    #[cfg(feature = "tracing")]
+    pub(crate) fn may_be_open(&self, serial: u64) -> bool {
+        let depth = self.open_depth.get();
+        serial == 0
+            || depth > OPEN_SCOPES_KEPT
+            || self.open_scopes[..depth].iter().any(|s| s.get() == serial)
     }
 }
