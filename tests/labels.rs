@@ -11,6 +11,7 @@
 use heapprof_testkit::check::assert_estimate;
 use heapprof_testkit::child::{is_child, printed_number, run_child, wait_with_timeout};
 use heapprof_testkit::labels::{pairs, without_thread};
+use heapprof_testkit::poll::poll_once;
 use heapprof_testkit::profile::{self, INUSE_SPACE, decode, stack_names, string};
 use heapprof_testkit::proto::Profile;
 use heapprof_testkit::tools::{go_available, go_pprof, parse_size};
@@ -309,13 +310,6 @@ fn a_labelled_future_carries_its_labels_to_every_thread_that_polls_it() {
     drop(blocks);
 }
 
-/// Polls `fut` once on this thread; whether it finished.
-fn poll_once<F: Future>(fut: F) -> bool {
-    let mut fut = std::pin::pin!(fut);
-    let mut cx = Context::from_waker(Waker::noop());
-    fut.as_mut().poll(&mut cx).is_ready()
-}
-
 /// An empty value in a future's labels takes its key out of the labels
 /// the polling thread has in force, as in a nested `with_labels`.
 #[test]
@@ -323,9 +317,11 @@ fn an_empty_value_in_a_futures_labels_takes_the_outer_key_out() {
     let outer = [("tenant", "acme"), ("route", "/x")];
     let (scoped, polled) = heapprof::with_labels(&outer, || {
         let scoped = heapprof::with_labels(&[("tenant", "")], heapprof::current_labels);
-        let mut polled = Vec::new();
-        let fut = async { polled = heapprof::current_labels() };
-        assert!(poll_once(fut.heap_labels(&[("tenant", "")])));
+        let mut fut =
+            std::pin::pin!(async { heapprof::current_labels() }.heap_labels(&[("tenant", "")]));
+        let std::task::Poll::Ready(polled) = poll_once(&mut fut) else {
+            panic!("ready at the first poll");
+        };
         (scoped, polled)
     });
     assert_eq!(without_thread(scoped), pairs(&[("route", "/x")]));
@@ -348,7 +344,8 @@ fn child_nested_futures() {
         let tenant = format!("t{i:04}");
         heapprof::with_labels(&[("route", "/a")], || {
             let fut = async { held.push(alloc_block(1000, 6)) };
-            assert!(poll_once(fut.heap_labels(&[("tenant", &tenant)])));
+            let mut fut = std::pin::pin!(fut.heap_labels(&[("tenant", &tenant)]));
+            assert!(poll_once(&mut fut).is_ready());
         });
     }
     let snap = heapprof::snapshot();
