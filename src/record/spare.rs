@@ -11,13 +11,23 @@
 //! `threads2`).
 //!
 //! So small sampled blocks are allocated in power-of-two classes
-//! ([`MIN_CLASS`] to [`MAX_CLASS`], which is `blocks::LARGE`) and, when
-//! freed, kept here for later samples of the same class instead of being
-//! returned. Sampled blocks are rare (one per 512 KiB allocated at the
-//! default rate), so [`PER_CLASS`] per class cover the turnover; past the
-//! bound (under 1 MiB in all), blocks go back to the inner allocator.
-//! Larger sampled blocks are returned at once: glibc serves those from `mmap` (no recycling), and
-//! other allocators recycle them rarely enough.
+//! ([`MIN_CLASS`] to [`MAX_CLASS`], which is `blocks::LARGE`). When freed,
+//! a block of a class under a page is kept here for a later sample of the
+//! same class instead of being returned. Sampled blocks are rare (one per
+//! 512 KiB allocated at the default rate), so [`PER_CLASS`] per class cover
+//! the turnover; past the bound (a quarter of a MiB in all), blocks go back
+//! to the inner allocator.
+//!
+//! Blocks of a page or more go back at once. They take a page or more
+//! anyway, so a recycled one leaves ordinary blocks no sparser than they
+//! are, and its frees cost the second filter's one load. Keeping them would
+//! cost the program: a kept block pins its place in the inner allocator's
+//! heap, and glibc can then no longer serve a program's large buffers,
+//! allocated and freed in turn, from the same memory; spread over more
+//! memory, they miss the caches more: with the 64 KiB class kept,
+//! `dev/benches`' `large_blocks` (zeroed buffers of 64 KiB to 4 MiB) lands
+//! its buffers at three addresses instead of one and takes about 1 % longer.
+//! Larger sampled blocks are not page aligned at all (`blocks::LARGE`).
 //!
 //! Only the blocks of an allocator the whole process shares are kept: a
 //! stateless one (`System`, `MiMalloc`), or the global allocator, whatever
@@ -39,18 +49,21 @@ use crate::record::blocks::PAGE;
 const CLASSES: usize = 13;
 const MIN_CLASS: usize = 16;
 const MAX_CLASS: usize = MIN_CLASS << (CLASSES - 1);
-/// Spare blocks kept per class: `PER_CLASS`, or as many as fit in
-/// `PER_CLASS_BYTES` for the classes above `PER_CLASS_BYTES / PER_CLASS`
-/// (2 KiB), so that all the pools together hold at most
-/// 64 × (16 B + … + 2 KiB) + 5 × 128 KiB ≈ 0.9 MiB.
+/// Spare blocks kept per class under a page, so that all the pools
+/// together hold at most 64 × (16 B + … + 2 KiB), about 255 KiB.
 const PER_CLASS: usize = 64;
-const PER_CLASS_BYTES: usize = 128 * 1024;
 
 // Every page-aligned sampled block has a class (see `blocks::LARGE`).
 const _: () = assert!(MAX_CLASS == crate::record::blocks::LARGE);
 
+/// Spare blocks kept of `class`: none from a page up (see the module's
+/// docs).
 fn kept_per_class(class: usize) -> usize {
-    PER_CLASS.min(PER_CLASS_BYTES / (MIN_CLASS << class))
+    if MIN_CLASS << class < PAGE {
+        PER_CLASS
+    } else {
+        0
+    }
 }
 
 static POOLS: [Mutex<{ rank::SPARE }, Vec<usize>>; CLASSES] =
@@ -187,13 +200,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn full_pools_hold_under_a_mebibyte() {
+    fn full_pools_hold_a_quarter_mebibyte_of_blocks_under_a_page() {
         let most: usize = (0..CLASSES)
             .map(|c| kept_per_class(c) * (MIN_CLASS << c))
             .sum();
-        assert!(most < 1 << 20, "{most}");
+        assert_eq!(most, 64 * (4096 - 16), "{most}");
         assert_eq!(kept_per_class(0), 64);
-        assert_eq!(kept_per_class(CLASSES - 1), 2);
+        assert_eq!(kept_per_class(7), 64, "2 KiB");
+        assert_eq!(kept_per_class(8), 0, "a page");
+        assert_eq!(kept_per_class(CLASSES - 1), 0);
     }
 
     #[test]

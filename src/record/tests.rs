@@ -521,37 +521,47 @@ fn realloc_into_a_page_aligned_sample_moves_the_block() {
 }
 
 /// Past what the spare pool keeps of a class, a freed page-aligned sample
-/// goes back to the inner allocator at once, with its class layout.
+/// goes back to the inner allocator at once, with its class layout; a
+/// class of a page or more is not kept at all.
 #[test]
 fn past_the_pools_bound_samples_go_back_with_their_class_layout() {
     let _serial = serialized();
-    let ledger = Ledger::default();
-    let size = 40_000;
-    let class = spare::layout_for(layout(size));
-    assert_eq!((class.size(), class.align()), (64 * 1024, PAGE));
-    {
-        let inner = Inner(&ledger);
-        let _forget = Forget(&inner);
-        let ptrs: Vec<*mut u8> = (0..8)
-            .map(|_| {
-                next_is_sampled(PAGE_ALIGN_MIN_RATE);
-                // SAFETY: a non-zero size.
-                unsafe { alloc(&inner, layout(size), false) }
-            })
-            .collect();
-        for &p in &ptrs {
-            assert!(entry(&inner, p).unwrap().page_aligned);
-            assert_eq!(ledger.layout_of(p), Some(class));
+    // (size, blocks, the class's size, how many of them go back at once)
+    for (size, n, class_size, back_at_once) in [
+        (1000, 70, 1024, 1..70),
+        (3000, 8, 4096, 8..9),
+        (40_000, 8, 64 * 1024, 8..9),
+    ] {
+        let ledger = Ledger::default();
+        let class = spare::layout_for(layout(size));
+        assert_eq!((class.size(), class.align()), (class_size, PAGE));
+        {
+            let inner = Inner(&ledger);
+            let _forget = Forget(&inner);
+            let ptrs: Vec<*mut u8> = (0..n)
+                .map(|_| {
+                    next_is_sampled(PAGE_ALIGN_MIN_RATE);
+                    // SAFETY: a non-zero size.
+                    unsafe { alloc(&inner, layout(size), false) }
+                })
+                .collect();
+            for &p in &ptrs {
+                assert!(entry(&inner, p).unwrap().page_aligned);
+                assert_eq!(ledger.layout_of(p), Some(class));
+            }
+            for &p in &ptrs {
+                // SAFETY: allocated above with this layout.
+                unsafe { dealloc(&inner, p, layout(size)) };
+            }
+            let back = ptrs
+                .iter()
+                .filter(|&&p| ledger.layout_of(p).is_none())
+                .count();
+            assert!(
+                back_at_once.contains(&back),
+                "{size}: {back} of {n} given back at once"
+            );
         }
-        for &p in &ptrs {
-            // SAFETY: allocated above with this layout.
-            unsafe { dealloc(&inner, p, layout(size)) };
-        }
-        let back = ptrs
-            .iter()
-            .filter(|&&p| ledger.layout_of(p).is_none())
-            .count();
-        assert!((1..8).contains(&back), "{back} of 8 given back at once");
+        ledger.assert_balanced();
     }
-    ledger.assert_balanced();
 }
