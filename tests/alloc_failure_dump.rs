@@ -76,7 +76,7 @@ fn child_scenarios() {
     let Ok(how) = std::env::var("HEAPPROF_TEST_CHILD") else {
         return;
     };
-    if how == "1" {
+    if how == "1" || how == "file_size" {
         return;
     }
     let out = PathBuf::from(std::env::var_os("HEAPPROF_OUT").unwrap());
@@ -198,6 +198,83 @@ fn a_failed_allocation_writes_the_prepared_peak_once() {
 #[test]
 fn a_failed_realloc_writes_the_prepared_peak_once() {
     run("realloc");
+}
+
+/// The prepared profile is larger than the process may write
+/// (`RLIMIT_FSIZE`), and `SIGXFSZ` is at its default action, which ends
+/// the program: the write fails with `EFBIG`, a line says so, and the
+/// program goes on.
+#[test]
+fn a_file_size_limit_fails_the_write_and_spares_the_program() {
+    let out = tempfile::tempdir().unwrap();
+    let base = out.path().join("heap.pb.gz");
+    let log = out.path().join("stderr.log");
+    let no_cgroup = tempfile::tempdir().unwrap();
+    let (stdout, _) = run_child(
+        "child_past_the_file_size_limit",
+        &[
+            ("HEAPPROF_TEST_CHILD", "file_size"),
+            ("HEAPPROF_DUMP_AT_LIMIT", "95%"),
+            ("HEAPPROF_MEMORY_LIMIT", "1GiB"),
+            ("HEAPPROF_CGROUP_DIR", no_cgroup.path().to_str().unwrap()),
+            ("HEAPPROF_OUT", base.to_str().unwrap()),
+            ("HEAPPROF_TEST_STDERR_LOG", log.to_str().unwrap()),
+        ],
+    );
+    assert!(stdout.contains("the program went on"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "heapprof: an allocation of {FAILING} bytes failed"
+        )) && stdout.contains(&format!("errno {}", libc::EFBIG)),
+        "{stdout}"
+    );
+    let names: Vec<String> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["stderr.log"]);
+}
+
+/// The child's side: stderr goes to a log it reads (a file open for
+/// appending, where heapprof's lines still go), and it fails allocations
+/// until heapprof's line about the write is there.
+#[test]
+fn child_past_the_file_size_limit() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if std::env::var("HEAPPROF_TEST_CHILD").as_deref() != Ok("file_size") {
+        return;
+    }
+    let log_path = PathBuf::from(std::env::var_os("HEAPPROF_TEST_STDERR_LOG").unwrap());
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&log_path)
+        .unwrap();
+    // SAFETY: both descriptors are open; dup2 makes 2 name the log.
+    assert_eq!(unsafe { libc::dup2(log.as_raw_fd(), 2) }, 2);
+    // Below any profile's size, above the line's.
+    let limit = libc::rlimit {
+        rlim_cur: 512,
+        rlim_max: 512,
+    };
+    // SAFETY: setrlimit reads the live `limit`.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &limit) }, 0);
+    let held = held_at_the_peak();
+    let deadline = Instant::now() + PATIENCE;
+    let said = loop {
+        fail("alloc", FAILING);
+        let said = std::fs::read_to_string(&log_path).unwrap();
+        if said.contains("heapprof: an allocation of") {
+            break said;
+        }
+        assert!(Instant::now() < deadline, "no line after {PATIENCE:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(held);
+    println!("{said}");
+    println!("the program went on after the failures");
 }
 
 /// Under `RLIMIT_AS`, a request past it could never succeed and writes

@@ -125,6 +125,12 @@ fn child_scenarios() {
         // SAFETY: setrlimit reads the live `limit`.
         assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &limit) }, 0);
     }
+    if std::env::var_os("HEAPPROF_TEST_SIGPIPE_DEFAULT").is_some() {
+        // As command-line tools do: a write to a pipe whose reader is gone
+        // then ends the program, unless the writer blocks the signal.
+        // SAFETY: sets a signal's disposition to its default; no handler.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     std::mem::forget(held_until_exit());
     if let Some(ms) = std::env::var("HEAPPROF_TEST_CHURN_MS")
         .ok()
@@ -388,6 +394,110 @@ fn a_file_size_limit_fails_the_dumps_and_spares_the_program() {
             "{kind}: {stderr}"
         );
     }
+}
+
+/// A program at `SIGPIPE`'s default action (a command-line tool's) whose
+/// stderr is a pipe nobody reads any more: heapprof's line about a failed
+/// exit dump fails with `EPIPE`, and the program still exits as it would.
+#[test]
+fn a_line_to_a_closed_stderr_pipe_spares_a_program_at_sigpipes_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = dir.path().join("missing").join("heap.pb.gz");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_scenarios",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("HEAPPROF_TEST_CHILD", "exit")
+        .env("HEAPPROF_TEST_SIGPIPE_DEFAULT", "1")
+        .env("HEAPPROF_OUT", &nowhere)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes before the child's exit dump fails and says so.
+    drop(child.stderr.take());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("pid="), "{stdout}");
+    assert!(
+        out.status.success(),
+        "the child ended with {}:\n{stdout}",
+        out.status
+    );
+}
+
+/// A program at `SIGPIPE`'s default action whose exit dump goes to a FIFO
+/// whose reader leaves mid-profile: the write fails with `EPIPE`, said on
+/// stderr, and the program still exits as it would.
+#[test]
+fn a_fifo_reader_that_leaves_spares_a_program_at_sigpipes_default() {
+    use std::os::fd::AsRawFd;
+    let _watchdog = watchdog("a FIFO reader that leaves", Duration::from_secs(120));
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    make_fifo(&fifo);
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    // One page: a profile at rate 1 (every block of the test binary's
+    // start-up has its stack) does not fit, so its writer waits for the
+    // reader.
+    // SAFETY: F_SETPIPE_SZ takes an int; the descriptor is the reader's.
+    let size = unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    assert_eq!(size, 4096, "{}", std::io::Error::last_os_error());
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_scenarios",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("HEAPPROF_TEST_CHILD", "exit")
+        .env("HEAPPROF_TEST_SIGPIPE_DEFAULT", "1")
+        .env("HEAPPROF_SAMPLE_RATE", "1")
+        .env("HEAPPROF_OUT", &fifo)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first bytes of the profile: the writer is in the middle of it.
+    let mut ready = libc::pollfd {
+        fd: reader.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one live pollfd.
+        let n = unsafe { libc::poll(&mut ready, 1, 60_000) };
+        assert!(n > 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR));
+        if ready.revents & libc::POLLIN != 0 {
+            break;
+        }
+    }
+    drop(reader);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the child ended with {}:\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains("could not write the exit profile") && stderr.contains("Broken pipe"),
+        "the write did not meet the reader's leaving:\n{stderr}"
+    );
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
 }
 
 /// `%p` and `%e` in `HEAPPROF_OUT` (the exit dump and its peak), in a

@@ -6,6 +6,12 @@
 //! unwinder change) are worth one line when stderr works and nothing when
 //! it does not, so they go through here and errors are dropped. Nor are
 //! they worth a line in a file the program put in stderr's place.
+//!
+//! A write that fails can also raise a signal whose default action ends
+//! the program: `SIGPIPE` when the reader of a pipe is gone, `SIGXFSZ`
+//! past the file size limit. heapprof's writes, these lines and the dumps
+//! (`dump/`), go through [`without_write_signals`], so that their failure
+//! is an error and nothing more.
 
 use std::ffi::OsStr;
 use std::io::Write;
@@ -13,11 +19,78 @@ use std::sync::atomic::{
     AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
 };
 
+/// The signals a failed write raises, with the `errno` of its failure:
+/// a pipe or FIFO with no reader left, and a file past the process's size
+/// limit (`RLIMIT_FSIZE`). Either ends the program at its default action,
+/// which a program may have put back (command-line tools do for
+/// `SIGPIPE`).
+const WRITE_SIGNALS: [(libc::c_int, i32); 2] =
+    [(libc::SIGPIPE, libc::EPIPE), (libc::SIGXFSZ, libc::EFBIG)];
+
+/// Runs `write`, one of heapprof's own writes (a dump, a line on
+/// stderr), with [`WRITE_SIGNALS`] blocked on this thread, so that its
+/// failure is an error (`EPIPE`, `EFBIG`) and not the program's end.
+/// `errno` gives the error `write` ended with, if any: the signal that
+/// error raised is taken back before the mask is restored, unless it was
+/// pending before. A thread that blocks a signal itself keeps whatever
+/// is pending for it. No allocation.
+pub(crate) fn without_write_signals<T>(
+    write: impl FnOnce() -> T,
+    errno: impl FnOnce(&T) -> Option<i32>,
+) -> T {
+    // SAFETY: `sigset_t` is plain data, valid zeroed and set up by
+    // sigemptyset/sigaddset before use; every call gets pointers to live
+    // locals; `pthread_sigmask` changes only this thread's mask; a zero
+    // timeout makes `sigtimedwait` take a pending signal of the set or
+    // return at once.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for (signal, _) in WRITE_SIGNALS {
+            libc::sigaddset(&mut set, signal);
+        }
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) != 0 {
+            return write();
+        }
+        let pending = |signal| {
+            let mut now: libc::sigset_t = std::mem::zeroed();
+            libc::sigpending(&mut now) == 0 && libc::sigismember(&now, signal) == 1
+        };
+        let pending_before = WRITE_SIGNALS.map(|(signal, _)| pending(signal));
+        let result = write();
+        let failed_with = errno(&result);
+        for ((signal, raised_by), was_pending) in WRITE_SIGNALS.into_iter().zip(pending_before) {
+            let ours = failed_with == Some(raised_by)
+                && libc::sigismember(&old, signal) == 0
+                && !was_pending
+                && pending(signal);
+            if ours {
+                let mut one: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut one);
+                libc::sigaddset(&mut one, signal);
+                let now = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                libc::sigtimedwait(&one, std::ptr::null_mut(), &now);
+            }
+        }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        result
+    }
+}
+
+/// The `errno` of an `io::Result`'s error, for [`without_write_signals`].
+pub(crate) fn io_errno<T>(result: &std::io::Result<T>) -> Option<i32> {
+    result.as_ref().err().and_then(std::io::Error::raw_os_error)
+}
+
 /// Writes one line to stderr, ignoring failure; nothing if stderr does
 /// not take messages ([`stderr_takes_messages`]).
 pub(crate) fn warn(args: std::fmt::Arguments<'_>) {
     if stderr_takes_messages() {
-        let _ = writeln!(std::io::stderr(), "{args}");
+        let _ = without_write_signals(|| writeln!(std::io::stderr(), "{args}"), io_errno);
     }
 }
 

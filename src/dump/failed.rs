@@ -59,7 +59,7 @@ use std::sync::atomic::{
     AtomicBool, AtomicPtr, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
 };
 
-use crate::config::report::Shown;
+use crate::config::report::{self, Shown};
 use crate::output::{self, Format, Source, pprof};
 use crate::record::peak;
 use crate::support::this_process::ThisProcess;
@@ -256,8 +256,65 @@ fn errno() -> Refused {
 }
 
 /// Writes `p.bytes` to `p.path` through `p.tmp` and a rename, if the path
-/// holds nothing or a regular file.
+/// holds nothing or a regular file, as it is looked at before the write
+/// and again just before the rename.
 fn write_prepared(p: &Prepared) -> Result<(), Refused> {
+    let st = replaceable(p)?;
+    // SAFETY: `p.tmp` is NUL-terminated; O_CREAT takes the mode argument.
+    let fd = unsafe {
+        libc::open(
+            p.tmp.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+            0o666 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(errno());
+    }
+    if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+        // The file replaced keeps its permission bits and, where this
+        // process may give it away, its owner: a private profile stays
+        // private. Failures leave the new file this process's.
+        // SAFETY: `fd` is the descriptor just opened; both calls only
+        // change its inode's metadata.
+        unsafe {
+            libc::fchown(fd, st.st_uid, st.st_gid);
+            libc::fchmod(fd, st.st_mode & 0o777);
+        }
+    }
+    let written = report::without_write_signals(
+        || write_all(fd, &p.bytes).map_err(|()| errno()),
+        |r| match r {
+            Err(Refused::Errno(e)) => Some(*e),
+            _ => None,
+        },
+    );
+    // SAFETY: `fd` is the descriptor opened above, closed once here.
+    let closed = if unsafe { libc::close(fd) } == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    };
+    let done = written.and(closed).and_then(|()| {
+        // What is there may have changed since the first look.
+        replaceable(p)?;
+        // SAFETY: both paths are NUL-terminated.
+        match unsafe { libc::rename(p.tmp.as_ptr(), p.path.as_ptr()) } {
+            0 => Ok(()),
+            _ => Err(errno()),
+        }
+    });
+    if done.is_err() {
+        // SAFETY: `p.tmp` is NUL-terminated; it names the file this call
+        // made.
+        unsafe { libc::unlink(p.tmp.as_ptr()) };
+    }
+    done
+}
+
+/// What is at `p.path`, if it may be replaced: nothing (a zeroed
+/// `stat`) or a regular file of one name that this process may write.
+fn replaceable(p: &Prepared) -> Result<libc::stat, Refused> {
     // SAFETY: `stat` is plain old data; all zeros is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `p.path` is NUL-terminated and `st` is a valid out-pointer.
@@ -285,48 +342,7 @@ fn write_prepared(p: &Prepared) -> Result<(), Refused> {
     } else if std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT) {
         return Err(errno());
     }
-    // SAFETY: `p.tmp` is NUL-terminated; O_CREAT takes the mode argument.
-    let fd = unsafe {
-        libc::open(
-            p.tmp.as_ptr(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
-            0o666 as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(errno());
-    }
-    if st.st_mode & libc::S_IFMT == libc::S_IFREG {
-        // The file replaced keeps its permission bits and, where this
-        // process may give it away, its owner: a private profile stays
-        // private. Failures leave the new file this process's.
-        // SAFETY: `fd` is the descriptor just opened; both calls only
-        // change its inode's metadata.
-        unsafe {
-            libc::fchown(fd, st.st_uid, st.st_gid);
-            libc::fchmod(fd, st.st_mode & 0o777);
-        }
-    }
-    let written = write_all(fd, &p.bytes).map_err(|()| errno());
-    // SAFETY: `fd` is the descriptor opened above, closed once here.
-    let closed = if unsafe { libc::close(fd) } == 0 {
-        Ok(())
-    } else {
-        Err(errno())
-    };
-    let done = written.and(closed).and_then(|()| {
-        // SAFETY: both paths are NUL-terminated.
-        match unsafe { libc::rename(p.tmp.as_ptr(), p.path.as_ptr()) } {
-            0 => Ok(()),
-            _ => Err(errno()),
-        }
-    });
-    if done.is_err() {
-        // SAFETY: `p.tmp` is NUL-terminated; it names the file this call
-        // made.
-        unsafe { libc::unlink(p.tmp.as_ptr()) };
-    }
-    done
+    Ok(st)
 }
 
 /// Writes all of `bytes` to `fd`, retrying short writes and interrupts;
@@ -394,9 +410,14 @@ fn say(parts: &[&[u8]]) {
             iov_len: part.len(),
         };
     }
-    // SAFETY: the first `n` iovecs point at live slices of their lengths;
-    // writev only reads them.
-    unsafe { libc::writev(libc::STDERR_FILENO, iov.as_ptr(), n as libc::c_int) };
+    report::without_write_signals(
+        // SAFETY: the first `n` iovecs point at live slices of their
+        // lengths; writev only reads them.
+        || unsafe { libc::writev(libc::STDERR_FILENO, iov.as_ptr(), n as libc::c_int) },
+        |&written| {
+            (written < 0).then(|| std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+        },
+    );
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use std::sync::atomic::{
 use std::time::{Duration, Instant};
 
 use crate::config;
-use crate::config::report::Shown;
+use crate::config::report::{self, Shown};
 use crate::output::{self, Format, Source, pprof};
 use crate::support::own_thread::{self, OwnThread, Wake};
 use crate::support::reentry;
@@ -232,50 +232,13 @@ fn naming(path: &Path) -> impl Fn(io::Error) -> io::Error + '_ {
 
 /// Writes `bytes` to `path` as `target` says.
 fn put(path: &Path, target: Target, bytes: &[u8]) -> io::Result<()> {
-    without_file_size_signal(|| match target {
-        Target::Replace => replace(path, bytes),
-        Target::Through => write_through(path, bytes),
-    })
-}
-
-/// Runs `f` with `SIGXFSZ` blocked on this thread, so that a write past
-/// the process's file size limit (`RLIMIT_FSIZE`) fails with `EFBIG`, an
-/// error, instead of killing the program; when `f` fails so, the signal
-/// that write raised is taken back before the mask is restored. A program
-/// that blocks the signal itself keeps whatever is pending. No
-/// allocation.
-fn without_file_size_signal<T>(f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
-    // SAFETY: `sigset_t` is plain data, set up by sigemptyset/sigaddset
-    // before use; every call gets pointers to live locals; a zero timeout
-    // makes `sigtimedwait` take a pending signal or return at once.
-    unsafe {
-        let mut signal: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut signal);
-        libc::sigaddset(&mut signal, libc::SIGXFSZ);
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        if libc::pthread_sigmask(libc::SIG_BLOCK, &signal, &mut old) != 0 {
-            return f();
-        }
-        let pending = || {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigpending(&mut set) == 0 && libc::sigismember(&set, libc::SIGXFSZ) == 1
-        };
-        let blocked_before = libc::sigismember(&old, libc::SIGXFSZ) == 1;
-        let pending_before = pending();
-        let result = f();
-        if !blocked_before {
-            let too_big = matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EFBIG));
-            if too_big && !pending_before && pending() {
-                let now = libc::timespec {
-                    tv_sec: 0,
-                    tv_nsec: 0,
-                };
-                libc::sigtimedwait(&signal, std::ptr::null_mut(), &now);
-            }
-            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        }
-        result
-    }
+    report::without_write_signals(
+        || match target {
+            Target::Replace => replace(path, bytes),
+            Target::Through => write_through(path, bytes),
+        },
+        report::io_errno,
+    )
 }
 
 /// Tells apart the temporary files of dumps that one process writes at
@@ -376,20 +339,56 @@ fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let replaced = std::fs::symlink_metadata(path).ok().filter(|m| m.is_file());
     let (tmp, mut file) = create_temporary(path)?;
     keep_access(&file, replaced.as_ref());
-    let renamed = file
-        .write_all(bytes)
-        .and_then(|()| std::fs::rename(&tmp, path));
+    let renamed = file.write_all(bytes).and_then(|()| rename_over(&tmp, path));
     let written = match renamed {
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) && replaced.is_some() => {
             rewrite_in_place(path, bytes)
         }
-        renamed => renamed,
+        Ok(Renamed::No) => write_through(path, bytes),
+        renamed => renamed.map(|_| ()),
     };
     if written.is_err() || std::fs::symlink_metadata(&tmp).is_ok() {
         let _ = std::fs::remove_file(&tmp);
     }
     written
 }
+
+/// Whether [`rename_over`] renamed.
+enum Renamed {
+    Yes,
+    /// `path` held something other than a single-named regular file by
+    /// then: it is written through instead.
+    No,
+}
+
+/// Renames `tmp` to `path` if `path` holds nothing or a regular file of
+/// one name as the rename is made: what the caller saw there may have
+/// changed while the profile was built and written (a symlink or FIFO
+/// made in its place must not be replaced). Where nothing is, the rename
+/// does not replace ([`rename_new`]), so a name taken since is seen; a
+/// regular file is looked at again just before the rename.
+fn rename_over(tmp: &Path, path: &Path) -> io::Result<Renamed> {
+    use std::os::unix::fs::MetadataExt;
+    // A name taken between the look and the rename is looked at again; a
+    // path that keeps changing is written through after a few tries.
+    for _ in 0..RENAME_TRIES {
+        match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match rename_new(tmp, path) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                renamed => return renamed.map(|()| Renamed::Yes),
+            },
+            Ok(m) if m.is_file() && m.nlink() == 1 => {
+                return std::fs::rename(tmp, path).map(|()| Renamed::Yes);
+            }
+            Ok(_) => return Ok(Renamed::No),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Renamed::No)
+}
+
+/// Looks [`rename_over`] takes at a path whose name is taken as it renames.
+const RENAME_TRIES: usize = 4;
 
 /// Truncates the regular file at `path` and writes `bytes` into it; an
 /// error if `path` is anything else by the time it is opened (a symlink
@@ -421,8 +420,8 @@ fn rewrite_in_place(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// [`THROUGH_STALL`] at a time: a reader that stops reading (a stalled
 /// pipe, a stopped terminal) fails the write, so that it cannot hold the
 /// program's exit for good. A reader that goes away mid-way makes the write
-/// fail with `EPIPE` (and raises `SIGPIPE`, which Rust programs ignore
-/// unless told otherwise).
+/// fail with `EPIPE` (its `SIGPIPE` is taken back:
+/// `report::without_write_signals`).
 fn write_through(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -1136,7 +1135,8 @@ fn publish_in_series(base: &Path, seq: &mut u64, bytes: &[u8]) -> io::Result<()>
         let staged = match &mut staged {
             Some(staged) => staged,
             None => staged.insert(
-                without_file_size_signal(|| Staged::write(&path, bytes)).map_err(&with_path)?,
+                report::without_write_signals(|| Staged::write(&path, bytes), report::io_errno)
+                    .map_err(&with_path)?,
             ),
         };
         match staged.publish(&path) {
@@ -1374,8 +1374,53 @@ pub(crate) fn start_from_env() {
 
 #[cfg(test)]
 mod tests {
-    use super::sibling;
+    use super::{sibling, write_dump};
     use std::path::Path;
+
+    /// What appears at a dump's path while its profile is built (a
+    /// second, or more, of symbolizing) is judged as the rename is made: a
+    /// symlink made then is followed, a FIFO stays (no reader: an error),
+    /// a regular file is replaced; none is replaced by a file of its own.
+    #[test]
+    fn what_appears_at_the_path_while_the_profile_is_built_is_not_replaced() {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, b"before").unwrap();
+        let written = |path: &Path, appears: &dyn Fn(&Path)| {
+            write_dump(path, |w| {
+                appears(path);
+                w.write_all(b"profile")?;
+                Ok(true)
+            })
+        };
+
+        let link = dir.path().join("link.pb.gz");
+        written(&link, &|p| {
+            std::os::unix::fs::symlink(&elsewhere, p).unwrap()
+        })
+        .unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"profile");
+
+        let fifo = dir.path().join("fifo.pb.gz");
+        let made = |p: &Path| {
+            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: `c` is a NUL-terminated path that lives across the call.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        };
+        let e = written(&fifo, &made).unwrap_err();
+        assert!(e.to_string().contains("FIFO"), "{e}");
+        let kind = std::fs::symlink_metadata(&fifo).unwrap().file_type();
+        assert!(kind.is_fifo(), "{kind:?}");
+
+        let file = dir.path().join("file.pb.gz");
+        written(&file, &|p| std::fs::write(p, b"theirs").unwrap()).unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"profile");
+
+        let names = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(names, 4, "no temporary file stays");
+    }
 
     /// A pipe whose write end does not block, as `write_through` opens a
     /// FIFO: (read end, write end).
