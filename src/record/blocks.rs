@@ -8,10 +8,10 @@
 //! at the default rate). Looking every pointer up
 //! in a shared table would put a cache miss, or a lock, on every free.
 //! Instead, at rates from [`PAGE_ALIGN_MIN_RATE`] up, sampled blocks are
-//! allocated *page aligned* (alignment raised to [`PAGE`], small sizes
-//! rounded up to their class by `spare::layout_for` so that freed ones can
-//! be reused; glibc's `memalign` returns the slack before the block to its
-//! free lists), so
+//! allocated *page aligned* (alignment raised to [`PAGE`], sizes under a
+//! page rounded up to their class by `spare::layout_for` so that freed ones
+//! can be reused; glibc's `memalign` returns the slack before the block to
+//! its free lists), so
 //! the free path first tests `ptr & PAGE_MASK == 0`. Only page-aligned
 //! pointers, about one in `PAGE / 16` small blocks plus blocks that asked for page
 //! alignment, go on to the set itself.
@@ -77,8 +77,7 @@ pub(crate) const PAGE_ALIGN_MIN_RATE: usize = 64 * 1024;
 /// every free of one through by its size instead. Page alignment would
 /// keep the inner allocator from resizing them in place (`realloc` of an
 /// over-aligned block allocates, copies and frees), and their frees are
-/// rare enough to go to the second filter. Equal to the largest class of
-/// spare blocks (`spare::MAX_CLASS`), so that every page-aligned block has one.
+/// rare enough to go to the second filter.
 pub(crate) const LARGE: usize = 64 * 1024;
 
 /// Whether a sampled block of `layout`, sampled at `rate`, is allocated

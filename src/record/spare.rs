@@ -10,15 +10,15 @@
 //! (glibc's `free` takes twice the time on `dev/benches/overhead.rs`'
 //! `threads2`).
 //!
-//! So small sampled blocks are allocated in power-of-two classes
-//! ([`MIN_CLASS`] to [`MAX_CLASS`], which is `blocks::LARGE`). When freed,
-//! a block of a class under a page is kept here for a later sample of the
-//! same class instead of being returned. Sampled blocks are rare (one per
-//! 512 KiB allocated at the default rate), so [`PER_CLASS`] per class cover
-//! the turnover; past the bound (a quarter of a MiB in all), blocks go back
-//! to the inner allocator.
+//! So sampled blocks under a page are allocated in power-of-two classes
+//! ([`MIN_CLASS`] to [`MAX_CLASS`]) and, when freed, kept here for a later
+//! sample of the same class instead of being returned. Sampled blocks are
+//! rare (one per 512 KiB allocated at the default rate), so [`PER_CLASS`]
+//! per class cover the turnover; past the bound (a quarter of a MiB in
+//! all), blocks go back to the inner allocator.
 //!
-//! Blocks of a page or more go back at once. They take a page or more
+//! Page-aligned blocks of a page or more (up to `blocks::LARGE`) keep
+//! their size and go back at once. They take a page or more
 //! anyway, so a recycled one leaves ordinary blocks no sparser than they
 //! are, and its frees cost the second filter's one load. Keeping them would
 //! cost the program: a kept block pins its place in the inner allocator's
@@ -45,26 +45,15 @@ use crate::support::lock::{Lockable, Mutex, rank};
 
 use crate::record::blocks::PAGE;
 
-/// Classes `MIN_CLASS`, twice that, …, `MAX_CLASS`.
-const CLASSES: usize = 13;
+/// Classes `MIN_CLASS`, twice that, …, `MAX_CLASS`: the sizes under a
+/// page.
+const CLASSES: usize = 8;
 const MIN_CLASS: usize = 16;
 const MAX_CLASS: usize = MIN_CLASS << (CLASSES - 1);
-/// Spare blocks kept per class under a page, so that all the pools
-/// together hold at most 64 × (16 B + … + 2 KiB), about 255 KiB.
+const _: () = assert!(MAX_CLASS * 2 == PAGE);
+/// Spare blocks kept per class, so that all the pools together hold at
+/// most 64 × (16 B + … + 2 KiB), about 255 KiB.
 const PER_CLASS: usize = 64;
-
-// Every page-aligned sampled block has a class (see `blocks::LARGE`).
-const _: () = assert!(MAX_CLASS == crate::record::blocks::LARGE);
-
-/// Spare blocks kept of `class`: none from a page up (see the module's
-/// docs).
-fn kept_per_class(class: usize) -> usize {
-    if MIN_CLASS << class < PAGE {
-        PER_CLASS
-    } else {
-        0
-    }
-}
 
 static POOLS: [Mutex<{ rank::SPARE }, Vec<usize>>; CLASSES] =
     [const { Mutex::new(Vec::new()) }; CLASSES];
@@ -107,7 +96,7 @@ fn serves(owner: usize) -> bool {
 }
 
 /// The layout a page-aligned sampled block of `layout` is allocated with:
-/// its class size for small blocks, its own size otherwise; always at least
+/// its class size under a page, its own size otherwise; always at least
 /// page alignment.
 pub(crate) fn layout_for(layout: Layout) -> Layout {
     let size = match class_of(layout) {
@@ -148,7 +137,7 @@ pub(crate) fn keep(ptr: *mut u8, actual: Layout, owner: usize) -> bool {
         return false;
     }
     let mut pool = POOLS[class].lock();
-    if pool.len() >= kept_per_class(class) || !growth::reserve_vec(&mut pool, 1) {
+    if pool.len() >= PER_CLASS || !growth::reserve_vec(&mut pool, 1) {
         return false;
     }
     pool.push(ptr as usize);
@@ -201,14 +190,11 @@ mod tests {
 
     #[test]
     fn full_pools_hold_a_quarter_mebibyte_of_blocks_under_a_page() {
-        let most: usize = (0..CLASSES)
-            .map(|c| kept_per_class(c) * (MIN_CLASS << c))
-            .sum();
+        let most: usize = (0..CLASSES).map(|c| PER_CLASS * (MIN_CLASS << c)).sum();
         assert_eq!(most, 64 * (4096 - 16), "{most}");
-        assert_eq!(kept_per_class(0), 64);
-        assert_eq!(kept_per_class(7), 64, "2 KiB");
-        assert_eq!(kept_per_class(8), 0, "a page");
-        assert_eq!(kept_per_class(CLASSES - 1), 0);
+        let l = |s| Layout::from_size_align(s, 8).unwrap();
+        assert_eq!(class_of(l(2048)), Some(CLASSES - 1));
+        assert_eq!(class_of(l(2049)), None, "4 KiB is a page: no class");
     }
 
     #[test]
@@ -216,6 +202,8 @@ mod tests {
         let l = |s, a| Layout::from_size_align(s, a).unwrap();
         assert_eq!(layout_for(l(1, 1)), l(16, PAGE));
         assert_eq!(layout_for(l(100, 8)), l(128, PAGE));
+        assert_eq!(layout_for(l(2049, 8)), l(2049, PAGE));
+        assert_eq!(layout_for(l(40_000, 8)), l(40_000, PAGE));
         assert_eq!(layout_for(l(65536, 16)), l(65536, PAGE));
         assert_eq!(layout_for(l(65537, 16)), l(65537, PAGE));
         assert_eq!(layout_for(l(100, 8192)), l(100, 8192));
