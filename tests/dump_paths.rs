@@ -474,10 +474,14 @@ fn a_fifo_reader_that_leaves_spares_a_program_at_sigpipes_default() {
     loop {
         // SAFETY: one live pollfd.
         let n = unsafe { libc::poll(&mut ready, 1, 60_000) };
-        assert!(n > 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR));
+        let e = std::io::Error::last_os_error();
+        assert!(n != 0, "no profile came through the FIFO in a minute");
+        assert!(n > 0 || e.raw_os_error() == Some(libc::EINTR), "{e}");
         if ready.revents & libc::POLLIN != 0 {
             break;
         }
+        // A writer that came and went without writing leaves a hang-up.
+        assert!(n < 0, "the FIFO hung up before any profile came");
     }
     drop(reader);
     let out = child.wait_with_output().unwrap();

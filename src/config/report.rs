@@ -31,9 +31,11 @@ const WRITE_SIGNALS: [(libc::c_int, i32); 2] =
 /// stderr), with [`WRITE_SIGNALS`] blocked on this thread, so that its
 /// failure is an error (`EPIPE`, `EFBIG`) and not the program's end.
 /// `errno` gives the error `write` ended with, if any: the signal that
-/// error raised is taken back before the mask is restored, unless it was
-/// pending before. A thread that blocks a signal itself keeps whatever
-/// is pending for it. No allocation.
+/// error raised is taken back before the mask is restored (on unwinding
+/// too), unless it was pending before. A thread that blocks a signal
+/// itself keeps whatever is pending for it. An `EPIPE` or `EFBIG` that
+/// raised no signal (a file system's own) may take back one sent to the
+/// process meanwhile. No allocation.
 pub(crate) fn without_write_signals<T>(
     write: impl FnOnce() -> T,
     errno: impl FnOnce(&T) -> Option<i32>,
@@ -53,6 +55,7 @@ pub(crate) fn without_write_signals<T>(
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) != 0 {
             return write();
         }
+        let _restore = MaskRestored(old);
         let pending = |signal| {
             let mut now: libc::sigset_t = std::mem::zeroed();
             libc::sigpending(&mut now) == 0 && libc::sigismember(&now, signal) == 1
@@ -76,8 +79,18 @@ pub(crate) fn without_write_signals<T>(
                 libc::sigtimedwait(&one, std::ptr::null_mut(), &now);
             }
         }
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         result
+    }
+}
+
+/// Puts this thread's signal mask back as it holds it when dropped.
+struct MaskRestored(libc::sigset_t);
+
+impl Drop for MaskRestored {
+    fn drop(&mut self) {
+        // SAFETY: restores a mask `pthread_sigmask` gave back; changes only
+        // this thread's.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
     }
 }
 

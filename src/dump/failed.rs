@@ -296,8 +296,33 @@ fn write_prepared(p: &Prepared) -> Result<(), Refused> {
         Err(errno())
     };
     let done = written.and(closed).and_then(|()| {
-        // What is there may have changed since the first look.
-        replaceable(p)?;
+        // What is there may have changed since the first look; where
+        // nothing is, the rename must not replace what appears meanwhile.
+        let nothing_there = replaceable(p)?.st_mode & libc::S_IFMT == 0;
+        if nothing_there {
+            // SAFETY: both paths are NUL-terminated; `renameat2` takes two
+            // directory descriptors, two paths and a flag word, and reads
+            // nothing else.
+            let renamed = unsafe {
+                libc::syscall(
+                    libc::SYS_renameat2,
+                    libc::AT_FDCWD,
+                    p.tmp.as_ptr(),
+                    libc::AT_FDCWD,
+                    p.path.as_ptr(),
+                    libc::RENAME_NOREPLACE,
+                )
+            };
+            match renamed {
+                0 => return Ok(()),
+                _ => match errno() {
+                    Refused::Errno(libc::EEXIST) => return Err(Refused::Kept),
+                    // A file system, or a seccomp filter, without the flag.
+                    Refused::Errno(libc::EINVAL | libc::ENOSYS | libc::EPERM) => {}
+                    refused => return Err(refused),
+                },
+            }
+        }
         // SAFETY: both paths are NUL-terminated.
         match unsafe { libc::rename(p.tmp.as_ptr(), p.path.as_ptr()) } {
             0 => Ok(()),

@@ -361,12 +361,13 @@ enum Renamed {
     No,
 }
 
-/// Renames `tmp` to `path` if `path` holds nothing or a regular file of
-/// one name as the rename is made: what the caller saw there may have
-/// changed while the profile was built and written (a symlink or FIFO
-/// made in its place must not be replaced). Where nothing is, the rename
-/// does not replace ([`rename_new`]), so a name taken since is seen; a
-/// regular file is looked at again just before the rename.
+/// Renames `tmp` to `path` if, as the rename is made, `path` holds
+/// nothing or a regular file of one name that this process may write
+/// (else an error): what the caller saw there may have changed while the
+/// profile was built and written, and a symlink or FIFO made in its place
+/// must not be replaced. Where nothing is, the rename does not replace
+/// ([`rename_new`]), so a name taken since is seen; a regular file is
+/// looked at again just before the rename.
 fn rename_over(tmp: &Path, path: &Path) -> io::Result<Renamed> {
     use std::os::unix::fs::MetadataExt;
     // A name taken between the look and the rename is looked at again; a
@@ -378,6 +379,9 @@ fn rename_over(tmp: &Path, path: &Path) -> io::Result<Renamed> {
                 renamed => return renamed.map(|()| Renamed::Yes),
             },
             Ok(m) if m.is_file() && m.nlink() == 1 => {
+                if !may_write(path) {
+                    return Err(read_only());
+                }
                 return std::fs::rename(tmp, path).map(|()| Renamed::Yes);
             }
             Ok(_) => return Ok(Renamed::No),
@@ -1220,7 +1224,12 @@ fn rename_new(from: &Path, to: &Path) -> io::Result<()> {
         return Ok(());
     }
     let e = io::Error::last_os_error();
-    if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
+    // EPERM: a seccomp filter that denies the call (a link and a rename
+    // fail the same way where the permission is really missing).
+    if !matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::ENOSYS | libc::EPERM)
+    ) {
         return Err(e);
     }
     link_new(from, to)
