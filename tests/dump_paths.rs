@@ -396,14 +396,10 @@ fn a_file_size_limit_fails_the_dumps_and_spares_the_program() {
     }
 }
 
-/// A program at `SIGPIPE`'s default action (a command-line tool's) whose
-/// stderr is a pipe nobody reads any more: heapprof's line about a failed
-/// exit dump fails with `EPIPE`, and the program still exits as it would.
-#[test]
-fn a_line_to_a_closed_stderr_pipe_spares_a_program_at_sigpipes_default() {
-    let dir = tempfile::tempdir().unwrap();
-    let nowhere = dir.path().join("missing").join("heap.pb.gz");
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+/// Starts the exit scenario at `SIGPIPE`'s default action, its exit dump
+/// going to `out`, with `env` and both output streams piped back.
+fn exit_child_at_sigpipes_default(out: &Path, env: &[(&str, &str)]) -> std::process::Child {
+    std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
             "child_scenarios",
@@ -412,11 +408,22 @@ fn a_line_to_a_closed_stderr_pipe_spares_a_program_at_sigpipes_default() {
         ])
         .env("HEAPPROF_TEST_CHILD", "exit")
         .env("HEAPPROF_TEST_SIGPIPE_DEFAULT", "1")
-        .env("HEAPPROF_OUT", &nowhere)
+        .env("HEAPPROF_OUT", out)
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// A program at `SIGPIPE`'s default action (a command-line tool's) whose
+/// stderr is a pipe nobody reads any more: heapprof's line about a failed
+/// exit dump fails with `EPIPE`, and the program still exits as it would.
+#[test]
+fn a_line_to_a_closed_stderr_pipe_spares_a_program_at_sigpipes_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = dir.path().join("missing").join("heap.pb.gz");
+    let mut child = exit_child_at_sigpipes_default(&nowhere, &[]);
     // The reader goes before the child's exit dump fails and says so.
     drop(child.stderr.take());
     let out = child.wait_with_output().unwrap();
@@ -450,21 +457,7 @@ fn a_fifo_reader_that_leaves_spares_a_program_at_sigpipes_default() {
     // SAFETY: F_SETPIPE_SZ takes an int; the descriptor is the reader's.
     let size = unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
     assert_eq!(size, 4096, "{}", std::io::Error::last_os_error());
-    let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_scenarios",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("HEAPPROF_TEST_CHILD", "exit")
-        .env("HEAPPROF_TEST_SIGPIPE_DEFAULT", "1")
-        .env("HEAPPROF_SAMPLE_RATE", "1")
-        .env("HEAPPROF_OUT", &fifo)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = exit_child_at_sigpipes_default(&fifo, &[("HEAPPROF_SAMPLE_RATE", "1")]);
     // The first bytes of the profile: the writer is in the middle of it.
     let mut ready = libc::pollfd {
         fd: reader.as_raw_fd(),
