@@ -300,27 +300,13 @@ fn write_prepared(p: &Prepared) -> Result<(), Refused> {
         // nothing is, the rename must not replace what appears meanwhile.
         let nothing_there = replaceable(p)?.st_mode & libc::S_IFMT == 0;
         if nothing_there {
-            // SAFETY: both paths are NUL-terminated; `renameat2` takes two
-            // directory descriptors, two paths and a flag word, and reads
-            // nothing else.
-            let renamed = unsafe {
-                libc::syscall(
-                    libc::SYS_renameat2,
-                    libc::AT_FDCWD,
-                    p.tmp.as_ptr(),
-                    libc::AT_FDCWD,
-                    p.path.as_ptr(),
-                    libc::RENAME_NOREPLACE,
-                )
-            };
-            match renamed {
-                0 => return Ok(()),
-                _ => match errno() {
-                    Refused::Errno(libc::EEXIST) => return Err(Refused::Kept),
-                    // A file system, or a seccomp filter, without the flag.
-                    Refused::Errno(libc::EINVAL | libc::ENOSYS | libc::EPERM) => {}
-                    refused => return Err(refused),
-                },
+            match super::rename_no_replace(&p.tmp, &p.path) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(Refused::Kept);
+                }
+                Err(e) if super::lacks_no_replace(&e) => {}
+                Err(e) => return Err(Refused::Errno(e.raw_os_error().unwrap_or(0))),
             }
         }
         // SAFETY: both paths are NUL-terminated.

@@ -1206,6 +1206,15 @@ fn rename_new(from: &Path, to: &Path) -> io::Result<()> {
     use std::ffi::CString;
     let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
     let (c_from, c_to) = (c(from)?, c(to)?);
+    match rename_no_replace(&c_from, &c_to) {
+        Err(e) if lacks_no_replace(&e) => link_new(from, to),
+        renamed => renamed,
+    }
+}
+
+/// `renameat2(from, to, RENAME_NOREPLACE)`: `AlreadyExists` if `to`
+/// exists. No allocation.
+pub(super) fn rename_no_replace(from: &std::ffi::CStr, to: &std::ffi::CStr) -> io::Result<()> {
     // SAFETY: both paths are NUL-terminated strings that live across the
     // call; `renameat2` takes two directory descriptors (the working
     // directory, for relative paths), two paths and an unsigned flag word,
@@ -1214,25 +1223,27 @@ fn rename_new(from: &Path, to: &Path) -> io::Result<()> {
         libc::syscall(
             libc::SYS_renameat2,
             libc::AT_FDCWD,
-            c_from.as_ptr(),
+            from.as_ptr(),
             libc::AT_FDCWD,
-            c_to.as_ptr(),
+            to.as_ptr(),
             libc::RENAME_NOREPLACE,
         )
     };
-    if renamed == 0 {
-        return Ok(());
+    match renamed {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
     }
-    let e = io::Error::last_os_error();
-    // EPERM: a seccomp filter that denies the call (a link and a rename
-    // fail the same way where the permission is really missing).
-    if !matches!(
+}
+
+/// Whether [`rename_no_replace`] failed for want of the flag: a file
+/// system without it (`EINVAL`), a kernel without the call (`ENOSYS`), or
+/// a seccomp filter that denies it (`EPERM`; where the permission is
+/// really missing, the fallbacks fail the same way).
+pub(super) fn lacks_no_replace(e: &io::Error) -> bool {
+    matches!(
         e.raw_os_error(),
         Some(libc::EINVAL | libc::ENOSYS | libc::EPERM)
-    ) {
-        return Err(e);
-    }
-    link_new(from, to)
+    )
 }
 
 /// [`rename_new`] by a hard link to `to` and an unlink of `from`, for file
