@@ -1435,8 +1435,17 @@ mod tests {
         assert!(kind.is_fifo(), "{kind:?}");
 
         let file = dir.path().join("file.pb.gz");
-        written(&file, &|p| std::fs::write(p, b"theirs").unwrap()).unwrap();
+        let private = |p: &Path| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(p, b"theirs").unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        written(&file, &private).unwrap();
         assert_eq!(std::fs::read(&file).unwrap(), b"profile");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&file).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "the file replaced keeps it private");
 
         let names = std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(names, 4, "no temporary file stays");
