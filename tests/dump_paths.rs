@@ -210,15 +210,20 @@ fn the_null_device_takes_every_profile_quietly() {
     assert!(!stderr.contains("heapprof"), "{stderr}");
 }
 
+/// `fifo` opened for reading, without waiting for a writer.
+fn open_fifo_reader(fifo: &Path) -> File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(fifo)
+        .unwrap()
+}
+
 /// Reads `fifo`, opened now (so a writer finds a reader), on a thread,
 /// until the writer has written and closed it, or `limit`. Returns what
 /// was read.
 fn read_fifo_on_a_thread(fifo: &Path, limit: Duration) -> std::thread::JoinHandle<Vec<u8>> {
-    let mut reader = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(fifo)
-        .unwrap();
+    let mut reader = open_fifo_reader(fifo);
     std::thread::spawn(move || {
         let deadline = Instant::now() + limit;
         let mut got = Vec::new();
@@ -446,11 +451,7 @@ fn a_fifo_reader_that_leaves_spares_a_program_at_sigpipes_default() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("fifo");
     make_fifo(&fifo);
-    let reader = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&fifo)
-        .unwrap();
+    let reader = open_fifo_reader(&fifo);
     // One page: a profile at rate 1 (every block of the test binary's
     // start-up has its stack) does not fit, so its writer waits for the
     // reader.
