@@ -9,8 +9,12 @@
 //! * a Rust `thread_local!` buffer touched before the first allocation is
 //!   freed after heapprof's own exit hook: those frees must still count.
 //!
-//! Exact counts, at rate 0, in a child process of its own (no harness
-//! threads allocating meanwhile).
+//! * a `pthread_key` destructor that allocates and keeps what it allocated
+//!   runs after heapprof's exit hook: those blocks must be counted, and
+//!   sampled like any other.
+//!
+//! Exact counts, at rate 0 (and rate 1 for the samples), in a child
+//! process of its own (no harness threads allocating meanwhile).
 
 use heapprof_testkit::check::stats_counts;
 use heapprof_testkit::child::{is_child, run_child};
@@ -133,4 +137,111 @@ fn c_threads_are_counted_once_and_never_read_after_exit() {
     let _watchdog = watchdog("c threads", std::time::Duration::from_secs(120));
     let (stdout, stderr) = run_child("child_c_threads", &[]);
     assert!(stdout.contains("C-THREADS-OK"), "{stdout}\n{stderr}");
+}
+
+/// What each key destructor of [`child_key_destructors_that_keep`] keeps.
+const KEPT_AT_EXIT: usize = 777;
+
+/// Blocks the key destructors keep, as addresses: reachable, so that
+/// nothing frees them.
+static KEPT: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+
+/// Allocates a block and keeps it, from a key destructor.
+#[inline(never)]
+fn kept_at_key_exit() -> usize {
+    Box::into_raw(std::hint::black_box(Box::new([3u8; KEPT_AT_EXIT]))) as usize
+}
+
+extern "C" fn keep_at_key_exit(_: *mut libc::c_void) {
+    let block = kept_at_key_exit();
+    // The vector has room: pushing allocates nothing.
+    KEPT.lock().unwrap().push(block);
+}
+
+/// The key whose destructor keeps a block of [`KEPT_AT_EXIT`] bytes. It
+/// runs after heapprof's exit hook: after the thread-local destructors, and
+/// after heapprof's own key, made before it (the process has allocated on
+/// a thread of its own by then).
+fn keeping_key() -> libc::pthread_key_t {
+    static KEY: std::sync::OnceLock<libc::pthread_key_t> = std::sync::OnceLock::new();
+    *KEY.get_or_init(|| {
+        let mut key = 0;
+        // SAFETY: `key` is an out-pointer; the destructor does not unwind.
+        let made = unsafe { libc::pthread_key_create(&mut key, Some(keep_at_key_exit)) };
+        assert_eq!(made, 0);
+        key
+    })
+}
+
+/// Allocates (heapprof arms its exit hooks for the thread) and sets the
+/// keeping key.
+extern "C" fn allocate_then_set_the_key(_: *mut libc::c_void) -> *mut libc::c_void {
+    drop(std::hint::black_box(vec![1u8; 64]));
+    // SAFETY: a valid key; the value is never dereferenced.
+    unsafe { libc::pthread_setspecific(keeping_key(), std::ptr::dangling::<u8>().cast()) };
+    std::ptr::null_mut()
+}
+
+#[test]
+fn child_key_destructors_that_keep() {
+    if !is_child() {
+        return;
+    }
+    let rate: usize = std::env::var("HEAPPROF_TEST_RATE")
+        .unwrap()
+        .parse()
+        .unwrap();
+    heapprof::set_sample_rate(rate);
+    // Heapprof's key first: a thread of the process allocates.
+    std::thread::spawn(|| drop(std::hint::black_box(vec![0u8; 8])))
+        .join()
+        .unwrap();
+    keeping_key();
+    KEPT.lock().unwrap().reserve(THREADS);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let before = stats_counts();
+    for _ in 0..THREADS {
+        on_c_thread(allocate_then_set_the_key, std::ptr::null_mut());
+    }
+    let after = stats_counts();
+    println!("before {before:?} after {after:?}");
+    assert_eq!(KEPT.lock().unwrap().len(), THREADS);
+    let live = |c: [u64; 4]| c[1] as i64 - c[3] as i64;
+    assert_eq!(
+        live(after) - live(before),
+        (THREADS * KEPT_AT_EXIT) as i64,
+        "stats() counts the kept blocks: {before:?} -> {after:?}"
+    );
+    if rate != 1 {
+        println!("KEY-DESTRUCTORS-OK");
+        return;
+    }
+    let snapshot = heapprof::snapshot();
+    assert_eq!(
+        snapshot.inuse_bytes_in("kept_at_key_exit"),
+        (THREADS * KEPT_AT_EXIT) as i64,
+        "every kept block is in the profile at rate 1"
+    );
+    assert_eq!(
+        snapshot.inuse_objects_in("kept_at_key_exit"),
+        THREADS as i64
+    );
+    println!("KEY-DESTRUCTORS-OK");
+}
+
+#[test]
+fn what_key_destructors_keep_is_counted_and_sampled() {
+    let _watchdog = watchdog("key destructors", std::time::Duration::from_secs(120));
+    // At rate 1 every allocation is a sample; at the default rate the
+    // kept blocks' allocations do not run the countdown out.
+    for rate in ["1", "524288"] {
+        let (stdout, stderr) = run_child(
+            "child_key_destructors_that_keep",
+            &[("HEAPPROF_TEST_RATE", rate)],
+        );
+        assert!(
+            stdout.contains("KEY-DESTRUCTORS-OK"),
+            "rate {rate}: {stdout}\n{stderr}"
+        );
+    }
 }

@@ -12,6 +12,11 @@
 //! would have (back to the program when it has not run out), so the
 //! samples drawn are the ones drawn without the measure, charged with the
 //! same allocations.
+//!
+//! On a thread that left the registry (its exit hook ran; its later
+//! destructors still allocate), the counter stays at zero, so that each
+//! allocation is counted on the slow path, and the whole countdown waits
+//! in the sampler ([`expired`] goes to `expired_after_exit`).
 
 use crate::sample;
 use crate::support::{reentry, registry};
@@ -31,6 +36,9 @@ use crate::thread::{self, Local};
 /// back.
 #[cold]
 pub(crate) fn expired(size: usize) -> Option<f64> {
+    if registry::exited() {
+        return expired_after_exit(size);
+    }
     thread::with(|l| {
         let epoch = sample::epoch();
         let weight = expired_on(l, size, epoch);
@@ -119,6 +127,32 @@ fn expired_on(l: &Local, size: usize, epoch: u64) -> Option<f64> {
         .expire(size, sample::rate(), || sample::thread_seed(thread_addr));
     start(l, e.countdown);
     e.weight
+}
+
+/// [`expired`] on a thread out of the registry, whose counter stays at
+/// zero: the countdown is the sampler's alone (`ThreadSampler::hold_all`).
+/// The exit hook restarted the sampler (`registry::retire`), so the
+/// thread's first allocation after it counts once, with certainty, and
+/// draws afresh; heapprof's own allocations use none of it.
+fn expired_after_exit(size: usize) -> Option<f64> {
+    thread::with(|l| {
+        if l.counters.inside() {
+            return None;
+        }
+        let restarted = restart_if_rate_moved(l, sample::epoch());
+        if !restarted && let Some(rest) = l.sampler.cover(0, size) {
+            l.sampler.hold_all(rest);
+            return None;
+        }
+        let _inside = reentry::Inside::enter();
+        let thread_addr = l as *const Local as usize;
+        let e = l
+            .sampler
+            .expire(size, sample::rate(), || sample::thread_seed(thread_addr));
+        l.sampler.hold_all(e.countdown);
+        e.weight
+    })
+    .flatten()
 }
 
 /// Starts a countdown of `bytes` on `l`, the part past

@@ -91,23 +91,20 @@ pub(crate) fn alloc<A: Allocator>(layout: Layout, zeroed: bool, inner: &A) -> *m
     if registry::exited() {
         // Allocated by a destructor after the thread left the registry: its
         // countdown stays at zero, so each such allocation comes here to be
-        // counted, and none is sampled.
+        // counted, and is sampled from the countdown the sampler holds.
         registry::flush_unlisted();
-        // SAFETY: forwarded with the caller's layout (non-zero size per the
-        // GlobalAlloc contract).
-        let ptr = unsafe { alloc_plain(inner, layout, zeroed) };
-        return after_alloc(ptr, layout.size());
-    }
-    // One thread registers the handlers, even if two make their first
-    // allocations at once (threads started from C before any Rust
-    // allocation; a Rust spawn allocates on its parent first).
-    if !INSTALLED.load(Relaxed) && !INSTALLED.swap(true, Relaxed) {
-        let _inside = reentry::Inside::enter();
-        crate::process::on_first_allocation();
-    }
-    // heapprof's own allocations reach only the global allocator.
-    if !spare::global_known() && thread::with(|l| l.counters.inside()) == Some(true) {
-        spare::note_global(inner.owner());
+    } else {
+        // One thread registers the handlers, even if two make their first
+        // allocations at once (threads started from C before any Rust
+        // allocation; a Rust spawn allocates on its parent first).
+        if !INSTALLED.load(Relaxed) && !INSTALLED.swap(true, Relaxed) {
+            let _inside = reentry::Inside::enter();
+            crate::process::on_first_allocation();
+        }
+        // heapprof's own allocations reach only the global allocator.
+        if !spare::global_known() && thread::with(|l| l.counters.inside()) == Some(true) {
+            spare::note_global(inner.owner());
+        }
     }
     let weight = unless_dropped(countdown::expired(layout.size()), layout.size());
     let ptr = match weight {

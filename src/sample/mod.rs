@@ -145,6 +145,14 @@ impl ThreadSampler {
         now
     }
 
+    /// Holds all of a countdown of `bytes` back, for a thread whose
+    /// counter stays at zero (it left the registry: every allocation of it
+    /// is counted on the slow path, which runs the countdown with
+    /// [`ThreadSampler::cover`]).
+    pub(crate) fn hold_all(&self, bytes: usize) {
+        self.beyond.set(bytes);
+    }
+
     /// For an allocation of `size` that ran the counter out, where `left`
     /// is what the counter held before it: the countdown to go on with
     /// (not a sample), if the held-back part covers the allocation.

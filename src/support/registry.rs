@@ -264,6 +264,15 @@ fn retire() {
             reentry::add_unlisted_own(own);
         }
         set_registration(Registration::Exited);
+        // From here each allocation takes the slow path, to be counted
+        // there (`flush_unlisted`) and sampled from the countdown the
+        // sampler holds (`record::countdown::expired`): the counter's
+        // countdown ends, and the next allocation counts with certainty
+        // and draws afresh.
+        thread::with(|l| {
+            l.counters.reset_countdown(0);
+            l.sampler.restart(false);
+        });
     }
     unlist_mask_copy(interrupted);
 }
