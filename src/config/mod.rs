@@ -401,7 +401,7 @@ fn pyroscope() -> Pyroscope {
     let Some(url) = optional(
         "HEAPPROF_PYROSCOPE_URL",
         "an http:// or https:// URL such as http://pyroscope:4040",
-        |s| (s.starts_with("http://") || s.starts_with("https://")).then(|| s.to_owned()),
+        |s| is_http_url(s).then(|| s.to_owned()),
     ) else {
         return Pyroscope::default();
     };
@@ -450,15 +450,43 @@ fn pyroscope() -> Pyroscope {
             None
         }
     };
+    // A header value with control characters is one the HTTP client
+    // refuses (and one that could end the header early): left out, with
+    // the value unshown (a token is a secret). Basic credentials are sent
+    // in base64 and need no such check.
+    let header = |name: &str, fallback: &str| {
+        let value = text(name)?;
+        if value.chars().any(char::is_control) {
+            report::warn(format_args!(
+                "heapprof: ignoring {name}: its value (not shown) has control characters; \
+                 {fallback}"
+            ));
+            return None;
+        }
+        Some(value)
+    };
     Pyroscope {
         url: Some(url),
         name,
         labels,
         every,
         basic_auth,
-        token: text("HEAPPROF_PYROSCOPE_TOKEN"),
-        tenant: text("HEAPPROF_PYROSCOPE_TENANT"),
+        token: header("HEAPPROF_PYROSCOPE_TOKEN", "sending no bearer token"),
+        tenant: header(
+            "HEAPPROF_PYROSCOPE_TENANT",
+            "sending no X-Scope-OrgID header",
+        ),
     }
+}
+
+/// Whether `url` starts with `http://` or `https://`, in any case (a
+/// URL's scheme is case-insensitive).
+pub(crate) fn is_http_url(url: &str) -> bool {
+    let starts = |scheme: &str| {
+        url.get(..scheme.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+    };
+    starts("http://") || starts("https://")
 }
 
 /// Whether `name` is an application name Pyroscope's ingest accepts:

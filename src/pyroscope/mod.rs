@@ -218,9 +218,9 @@ impl Pusher {
     /// [`InvalidInput`](io::ErrorKind::InvalidInput) for a URL that is not
     /// `http://` or `https://` (or has a query or a fragment), a name or
     /// label Pyroscope would refuse, a name and labels too long for a
-    /// request line ([`MAX_REQUEST_TARGET_BYTES`]), both basic
-    /// authentication and a bearer token, or a header value with control
-    /// characters; `Other` if heapprof is not the
+    /// request line ([`MAX_REQUEST_TARGET_BYTES`]), two of credentials in
+    /// the URL, basic authentication and a bearer token, or a header value
+    /// with control characters; `Other` if heapprof is not the
     /// program's global allocator; if the thread cannot start, an error of
     /// the kind of the OS's (`WouldBlock` for `EAGAIN`) whose message says
     /// so and gives the OS's error.
@@ -281,9 +281,7 @@ impl Pusher {
         let invalid = |why: String| Err(io::Error::new(io::ErrorKind::InvalidInput, why));
         let url = crate::config::without_credentials(&self.url);
         let url = Shown::new(&*url);
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://"))
-            || self.url.contains(['?', '#'])
-        {
+        if !config::is_http_url(&self.url) || self.url.contains(['?', '#']) {
             return invalid(format!(
                 "heapprof: Pusher URL {url}: expected http://host[:port][/path] or https://…, \
                  with no query or fragment"
@@ -326,12 +324,21 @@ impl Pusher {
                  bytes, over the {MAX_REQUEST_TARGET_BYTES} servers and proxies take"
             ));
         }
-        if self.basic_auth.is_some() && self.bearer_token.is_some() {
-            return invalid(
-                "heapprof: Pusher: basic_auth and bearer_token both set; a request has one \
-                 Authorization header"
-                    .into(),
-            );
+        // A request has one Authorization header: the client sends the
+        // URL's `user:password@` as one unless another is set, which would
+        // take its place without a word.
+        let in_url = uri.authority().is_some_and(|a| a.as_str().contains('@'));
+        let set = [
+            (in_url, "credentials in the URL"),
+            (self.basic_auth.is_some(), "basic_auth"),
+            (self.bearer_token.is_some(), "bearer_token"),
+        ];
+        let mut set = set.iter().filter(|(is, _)| *is).map(|(_, what)| *what);
+        if let (Some(one), Some(other)) = (set.next(), set.next()) {
+            return invalid(format!(
+                "heapprof: Pusher: {one} and {other} both set; a request has one Authorization \
+                 header"
+            ));
         }
         let mut headers = self.headers();
         if headers.any(|(_, v)| v.chars().any(|c| c.is_control())) {
@@ -470,11 +477,15 @@ impl std::fmt::Debug for Control {
 
 impl PusherHandle {
     /// Pushes what happened since the last push, and ends the thread:
-    /// returns once that push is over (each of its steps bounded by the
-    /// [timeout](Pusher::timeout)) and the thread has exited. Call it
-    /// before the program ends, or the last period is not pushed. In a
-    /// child forked after `start`, which has no copy of the thread, it
-    /// returns at once.
+    /// returns once the thread has exited, after a push in flight, if
+    /// any, and then this last one are over. Each step of a push
+    /// (connecting, sending, waiting for the answer, reading it) is
+    /// bounded by the [timeout](Pusher::timeout), not the push as a
+    /// whole: a server that accepts and never answers holds `stop` up to
+    /// twice the timeout, one that answers each step just in time longer.
+    /// Call it before the program ends, or the last period is not pushed.
+    /// In a child forked after `start`, which has no copy of the thread,
+    /// it returns at once.
     pub fn stop(self) {
         let _inside = reentry::Inside::enter();
         // Taken apart after the guard, so that what it holds is freed
@@ -602,8 +613,8 @@ impl Client {
         };
         if let Some(wait) = retry_after {
             why += &format!(
-                "; it asked for no push for {} s (Retry-After), and gets none but the last, \
-                 at stop",
+                "; it asked for no push for {} s (Retry-After), and gets none before then but \
+                 the last one",
                 wait.as_secs_f64().ceil()
             );
         }
@@ -762,6 +773,7 @@ pub(crate) fn start_from_env() {
     pusher.basic_auth = c.basic_auth.clone();
     pusher.bearer_token = c.token.clone();
     pusher.tenant = c.tenant.clone();
+    fit_request_target(&mut pusher, c.name.is_some());
     let timeout = pusher.timeout;
     // The first period starts at the program's start, as `delta_heap`'s
     // first scrape does: what was allocated before this sample started
@@ -786,9 +798,42 @@ pub(crate) fn start_from_env() {
                 libc::atexit(push_at_exit);
             }
         }
-        Err(e) => report::warn(format_args!(
-            "heapprof: HEAPPROF_PYROSCOPE_URL is set, but the pusher could not start: {e}"
-        )),
+        Err(e) => {
+            let why = e.to_string();
+            report::warn(format_args!(
+                "heapprof: HEAPPROF_PYROSCOPE_URL is set, but the pusher could not start: {}",
+                why.strip_prefix("heapprof: ").unwrap_or(&why)
+            ));
+        }
+    }
+}
+
+/// Falls back to the defaults of `HEAPPROF_PYROSCOPE_NAME` (the
+/// executable's name; `named` says it was set) and then of
+/// `HEAPPROF_PYROSCOPE_LABELS` (none) while the request target is over
+/// [`MAX_REQUEST_TARGET_BYTES`], a line on stderr for each; the name
+/// first only where it is too long without the labels. A URL too long
+/// alone is left for [`Pusher::check`] to refuse.
+fn fit_request_target(pusher: &mut Pusher, named: bool) {
+    let fits = |p: &Pusher| p.request_target_bytes() <= MAX_REQUEST_TARGET_BYTES;
+    let fallback = |name: &str, instead: &str| {
+        report::warn(format_args!(
+            "heapprof: ignoring {name}: with the URL and the other settings it makes a request \
+             target over the {MAX_REQUEST_TARGET_BYTES} bytes servers and proxies take; {instead}"
+        ));
+    };
+    if fits(pusher) {
+        return;
+    }
+    let labels = std::mem::take(&mut pusher.labels);
+    if named && !fits(pusher) {
+        fallback("HEAPPROF_PYROSCOPE_NAME", "using the executable's name");
+        pusher.name = exe_name();
+    }
+    pusher.labels = labels;
+    if !fits(pusher) && !pusher.labels.is_empty() {
+        fallback("HEAPPROF_PYROSCOPE_LABELS", "pushing no labels");
+        pusher.labels.clear();
     }
 }
 
@@ -857,6 +902,8 @@ mod tests {
         Pusher::new("http://[::1]:65535", "a").check().unwrap();
         Pusher::new("http://[::1]/", "a").check().unwrap();
         Pusher::new("http://u:p@x:1/", "a").check().unwrap();
+        Pusher::new("HTTP://x", "a").check().unwrap();
+        Pusher::new("Https://x", "a").check().unwrap();
         assert_eq!(ok.ingest_url(), "http://127.0.0.1:4040/ingest");
         assert_eq!(ok.name_with_labels(), "my-app.v2/x{env=prod=1}");
         let bad = [
@@ -878,11 +925,37 @@ mod tests {
             Pusher::new("http://x", "a")
                 .basic_auth("u", "p")
                 .bearer_token("t"),
+            Pusher::new("http://u:p@x", "a").bearer_token("t"),
+            Pusher::new("http://u@x", "a").basic_auth("v", "q"),
         ];
         for p in bad {
             let e = p.check().expect_err(&format!("{p:?}"));
             assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{p:?}: {e}");
         }
+    }
+
+    #[test]
+    fn settings_from_the_environment_fall_back_until_the_request_target_fits() {
+        let long = "n".repeat(MAX_REQUEST_TARGET_BYTES);
+        // The name is too long alone: the executable's, labels kept.
+        let mut p = Pusher::new("http://x", long.clone()).label("env", "ci");
+        fit_request_target(&mut p, true);
+        assert_eq!((p.name.as_str(), p.labels.len()), (exe_name().as_str(), 1));
+        p.check().unwrap();
+        // The labels are: none, the name kept.
+        let mut p = Pusher::new("http://x", "app").label("k", "é".repeat(2_000));
+        fit_request_target(&mut p, true);
+        assert_eq!((p.name.as_str(), p.labels.len()), ("app", 0));
+        p.check().unwrap();
+        // Neither alone, both together: the labels go, the name stays.
+        let half = "n".repeat(MAX_REQUEST_TARGET_BYTES / 2);
+        let mut p = Pusher::new("http://x", half.clone()).label("k", half.clone());
+        fit_request_target(&mut p, true);
+        assert_eq!((p.name.as_str(), p.labels.len()), (half.as_str(), 0));
+        // A URL too long alone is left for `check` to refuse.
+        let mut p = Pusher::new(format!("http://x/{long}"), "app").label("env", "ci");
+        fit_request_target(&mut p, false);
+        assert!(p.check().is_err());
     }
 
     #[test]
