@@ -253,9 +253,11 @@
 //!   every task the runtime runs on the thread meanwhile). What a runtime
 //!   builds per worker, lazily inside a poll, counts in that poll; tokio's
 //!   list of deferred wakeups also grows whenever more tasks yield at once
-//!   than ever before. For exact assertions on net bytes, measure on a
-//!   `current_thread` runtime with nothing else running, or use
-//!   `assert_no_leak`.
+//!   than ever before, and a `current_thread` runtime makes it afresh in
+//!   each `block_on` and frees it when `block_on` returns, after the
+//!   future's last poll. For exact assertions on net bytes, measure the
+//!   whole `measure(|| rt.block_on(f))` on a `current_thread` runtime with
+//!   nothing else running, or use `assert_no_leak`.
 //!
 //! With the `criterion` feature, `heapprof::criterion` has criterion measurements
 //! of bytes and allocations per iteration and a profiler that writes a

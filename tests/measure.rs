@@ -439,6 +439,25 @@ fn assert_no_leak_catches_a_leak() {
     assert!(msg.contains("leak: live memory grew by"), "{msg}");
     assert!(msg.contains("over 20 calls"), "{msg}");
     assert!(msg.contains("measure::leaky_handler"), "{msg}");
+    // A block a call: not the growth of a buffer.
+    assert!(!msg.contains("fewer than the calls"), "{msg}");
+}
+
+/// Growth held in one buffer that doubles now and then (what `println!`
+/// does to the buffer of a test's captured output) is reported, and the
+/// message says it is growth in steps rather than a block per call.
+#[test]
+fn growth_in_steps_is_told_from_a_block_per_call() {
+    let mut captured: Vec<u8> = Vec::new();
+    let msg = panic_message(|| {
+        heapprof::assert_no_leak(2, 100, || captured.extend_from_slice(b"line\n"))
+    });
+    assert!(msg.contains("leak: live memory grew by"), "{msg}");
+    assert!(
+        msg.contains("the growth is held in 1 block, fewer than the calls"),
+        "{msg}"
+    );
+    black_box(captured);
 }
 
 static CACHE: OnceLock<Vec<u8>> = OnceLock::new();

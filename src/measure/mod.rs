@@ -143,8 +143,8 @@ impl Measured {
         if self.allocations > max {
             self.fail(
                 &format!(
-                    "{} allocations, more than the {max} allowed",
-                    self.allocations
+                    "{}, more than the {max} allowed",
+                    Count(self.allocations, "allocation")
                 ),
                 Order::Allocations,
             );
@@ -345,10 +345,10 @@ impl fmt::Display for Measured {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} allocations ({}), {} frees ({}), net {}, peak {}",
-            self.allocations,
+            "{} ({}), {} ({}), net {}, peak {}",
+            Count(self.allocations, "allocation"),
             Bytes(self.allocated_bytes),
-            self.deallocations,
+            Count(self.deallocations, "free"),
             Bytes(self.freed_bytes),
             Net(self.net_bytes()),
             Bytes(self.peak_bytes),
@@ -432,6 +432,17 @@ impl fmt::Display for Bytes {
             unit += 1;
         }
         write!(f, "{value:.1} {} = {n} B", UNITS[unit])
+    }
+}
+
+/// A count of things named in the singular, `s` added unless it is one:
+/// `1 allocation`, `3 frees`.
+struct Count(u64, &'static str);
+
+impl fmt::Display for Count {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plural = if self.0 == 1 { "" } else { "s" };
+        write!(f, "{} {}{plural}", self.0, self.1)
     }
 }
 
@@ -654,6 +665,7 @@ pub fn assert_no_leak<R>(warmups: usize, iterations: usize, mut f: impl FnMut() 
     });
     let others = tracking.others_freed_bytes().wrapping_sub(others_before);
     let incomplete = tracking.incomplete();
+    let held = tracking.held();
     drop(tracking);
     let grown = m.net_bytes().wrapping_add(others as i64);
     if grown > 0 {
@@ -674,6 +686,15 @@ pub fn assert_no_leak<R>(warmups: usize, iterations: usize, mut f: impl FnMut() 
                 "; heapprof had no memory to note some blocks, whose frees count as \
                  such frees too",
             );
+        } else if let Some(held) = held.filter(|&held| held < iterations) {
+            // Growth in steps: one block per call or more is the usual leak.
+            what.push_str(&format!(
+                "; the growth is held in {}, fewer than the calls, as a buffer that \
+                 grows in steps holds it (a Vec or String that doubles, or the buffer in which \
+                 `cargo test` keeps a test's captured output, which printing in the calls \
+                 fills unless the test runs with --nocapture)",
+                Count(held as u64, "block")
+            ));
         }
         what.push_str(
             "; a block the calls hand to another thread counts as held even after that \
@@ -732,6 +753,13 @@ impl Tracking {
         // SAFETY: a non-null `tracked` is the set this guard owns; the
         // thread is outside the profiler here, so no hook is using it.
         unsafe { self.tracked.as_ref() }.map_or(0, |t| t.others_freed_bytes)
+    }
+
+    /// How many blocks allocated since the start are still held; `None`
+    /// where this guard follows none.
+    fn held(&self) -> Option<usize> {
+        // SAFETY: as in `others_freed_bytes`.
+        unsafe { self.tracked.as_ref() }.map(|t| t.held())
     }
 
     /// Whether some block went unnoted for lack of memory.

@@ -39,6 +39,11 @@ impl Tracked {
         }
     }
 
+    /// How many of the blocks allocated since the start are still held.
+    pub(crate) fn held(&self) -> usize {
+        self.live.len()
+    }
+
     /// Records the free of the `size`-byte block at `addr`. Allocates
     /// nothing.
     pub(crate) fn freed(&mut self, addr: usize, size: usize) {
