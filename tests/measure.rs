@@ -728,3 +728,34 @@ fn a_measured_future_counts_its_own_polls_on_any_thread() {
     assert_eq!(m.net_bytes(), (vector + 15_000) as i64, "{m}");
     drop((kept, background));
 }
+
+/// The docs' advice for exact net bytes on a `current_thread` runtime:
+/// measure the whole `block_on`, which frees what the runtime makes per
+/// call (tokio's list of deferred wakeups, made at the first yield) before
+/// it returns. A future that yields and keeps nothing nets zero each time;
+/// `measure_future` inside the `block_on` shows that list as held, as the
+/// docs say.
+#[test]
+fn a_whole_block_on_of_a_current_thread_runtime_is_exact() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let handler = || async {
+        let v = black_box(vec![1u8; 1000]);
+        tokio::task::yield_now().await;
+        drop(v);
+    };
+    // What the runtime builds once, the first time it runs a task.
+    rt.block_on(handler());
+    for _ in 0..3 {
+        let ((), m) = heapprof::measure(|| rt.block_on(handler()));
+        assert_eq!(m.net_bytes(), 0, "{m}");
+        assert!(m.allocated_bytes >= 1000, "{m}");
+    }
+    let ((), m) = rt.block_on(heapprof::measure_future(handler()));
+    assert!(
+        m.net_bytes() > 0,
+        "the README says measure_future inside a current_thread block_on shows tokio's \
+         list of deferred wakeups as held; it no longer does: {m}"
+    );
+}
