@@ -232,8 +232,8 @@ fn child_key_destructors_that_keep() {
 #[test]
 fn what_key_destructors_keep_is_counted_and_sampled() {
     let _watchdog = watchdog("key destructors", std::time::Duration::from_secs(120));
-    // At rate 1 every allocation is a sample; at the default rate the
-    // kept blocks' allocations do not run the countdown out.
+    // At rate 1 every allocation is a sample; at the default rate few
+    // are, and `stats()` must count every one all the same.
     for rate in ["1", "524288"] {
         let (stdout, stderr) = run_child(
             "child_key_destructors_that_keep",

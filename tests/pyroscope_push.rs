@@ -833,11 +833,11 @@ fn malformed_environment_is_reported_and_defaults_used() {
     }
 }
 
-/// Settings a request cannot carry: a tenant and a token with control
-/// characters are left out (the token unshown), and a name too long for a
-/// request line gives way to the executable's (the labels kept), one line
-/// each. Credentials both in the URL and in a variable push nothing, and
-/// the line says why once.
+/// Settings a request cannot carry: a token with control characters is
+/// left out (unshown), and a name too long for a request line gives way to
+/// the executable's (the labels kept), one line each. A tenant with
+/// control characters, or credentials both in the URL and in a variable,
+/// push nothing, and the line says why once.
 #[test]
 fn settings_a_request_cannot_carry_fall_back_or_say_why() {
     if is_child() {
@@ -849,38 +849,45 @@ fn settings_a_request_cannot_carry_fall_back_or_say_why() {
         return;
     }
     let _watchdog = watchdog("settings_a_request_cannot_carry", Duration::from_secs(120));
-    let receiver = Receiver::start();
-    let url = receiver.url();
+    let run = |env: &[(&str, &str)], with_password: bool| {
+        let receiver = Receiver::start();
+        let mut url = receiver.url();
+        if with_password {
+            url = url.replace("http://", "http://user:pw@");
+        }
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        env.push(("HEAPPROF_PYROSCOPE_URL".into(), url));
+        let child = std::thread::spawn(move || {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (&**k, &**v)).collect();
+            run_child("settings_a_request_cannot_carry_fall_back_or_say_why", &env)
+        });
+        let pushes = answer_all_until(&receiver, &child);
+        let (_, stderr) = child.join().unwrap();
+        println!("{stderr}");
+        (pushes, stderr)
+    };
+
     let long_name = "n".repeat(heapprof::pyroscope::MAX_REQUEST_TARGET_BYTES);
-    let child = std::thread::spawn(move || {
-        run_child(
-            "settings_a_request_cannot_carry_fall_back_or_say_why",
-            &[
-                ("HEAPPROF_PYROSCOPE_URL", &url),
-                ("HEAPPROF_PYROSCOPE_NAME", &long_name),
-                ("HEAPPROF_PYROSCOPE_LABELS", "env=ci"),
-                ("HEAPPROF_PYROSCOPE_TENANT", "t\nX-Other: 1"),
-                ("HEAPPROF_PYROSCOPE_TOKEN", "s3cret\u{7f}"),
-            ],
-        )
-    });
-    let pushes = answer_all_until(&receiver, &child);
-    let (_, stderr) = child.join().unwrap();
-    println!("{stderr}");
+    let (pushes, stderr) = run(
+        &[
+            ("HEAPPROF_PYROSCOPE_NAME", &long_name),
+            ("HEAPPROF_PYROSCOPE_LABELS", "env=ci"),
+            ("HEAPPROF_PYROSCOPE_TOKEN", "s3cret\u{7f}"),
+        ],
+        false,
+    );
     assert_eq!(pushes.len(), 1, "{:?}", summary(&pushes));
     let name = pushes[0].param("name");
     assert!(
         name.starts_with("pyroscope_push") && name.ends_with("{env=ci}"),
         "{name}"
     );
-    assert_eq!(pushes[0].header("x-scope-orgid"), None);
     assert_eq!(pushes[0].header("authorization"), None);
     for (var, fallback) in [
         ("HEAPPROF_PYROSCOPE_NAME", "using the executable's name"),
-        (
-            "HEAPPROF_PYROSCOPE_TENANT",
-            "sending no X-Scope-OrgID header",
-        ),
         ("HEAPPROF_PYROSCOPE_TOKEN", "sending no bearer token"),
     ] {
         let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(var)).collect();
@@ -889,26 +896,25 @@ fn settings_a_request_cannot_carry_fall_back_or_say_why() {
     }
     assert!(!stderr.contains("s3cret"), "{stderr}");
 
-    let receiver = Receiver::start();
-    let with_password = receiver.url().replace("http://", "http://user:pw@");
-    let child = std::thread::spawn(move || {
-        run_child(
-            "settings_a_request_cannot_carry_fall_back_or_say_why",
-            &[
-                ("HEAPPROF_PYROSCOPE_URL", &with_password),
-                ("HEAPPROF_PYROSCOPE_TOKEN", "tok"),
-            ],
-        )
-    });
-    let pushes = answer_all_until(&receiver, &child);
-    let (_, stderr) = child.join().unwrap();
+    let (pushes, stderr) = run(&[("HEAPPROF_PYROSCOPE_TENANT", "t\nX-Other: 1")], false);
+    assert!(pushes.is_empty(), "{:?}", summary(&pushes));
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("HEAPPROF_PYROSCOPE_TENANT"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("nothing is pushed"), "{}", lines[0]);
+
+    let (pushes, stderr) = run(&[("HEAPPROF_PYROSCOPE_TOKEN", "tok")], true);
     assert!(pushes.is_empty(), "{:?}", summary(&pushes));
     let line = stderr
         .lines()
         .find(|l| l.contains("could not start"))
         .unwrap_or_else(|| panic!("{stderr}"));
     assert!(
-        line.contains("credentials in the URL and bearer_token both set"),
+        line.contains(
+            "credentials in the URL and bearer_token (HEAPPROF_PYROSCOPE_TOKEN) both set"
+        ),
         "{line}"
     );
     assert_eq!(line.matches("heapprof:").count(), 1, "{line}");

@@ -451,19 +451,33 @@ fn pyroscope() -> Pyroscope {
         }
     };
     // A header value with control characters is one the HTTP client
-    // refuses (and one that could end the header early): left out, with
-    // the value unshown (a token is a secret). Basic credentials are sent
-    // in base64 and need no such check.
-    let header = |name: &str, fallback: &str| {
+    // refuses (and one that could end the header early), shown by name
+    // only (a token is a secret). Basic credentials are sent in base64
+    // and need no such check.
+    let header = |name: &str| {
         let value = text(name)?;
         if value.chars().any(char::is_control) {
-            report::warn(format_args!(
-                "heapprof: ignoring {name}: its value (not shown) has control characters; \
-                 {fallback}"
-            ));
-            return None;
+            return Some(Err(format!(
+                "heapprof: ignoring {name}: its value (not shown) has control characters"
+            )));
         }
-        Some(value)
+        Some(Ok(value))
+    };
+    // Without its tenant a push could land in another (a server's
+    // default): nothing is pushed. Without its token it is refused.
+    let tenant = match header("HEAPPROF_PYROSCOPE_TENANT") {
+        Some(Err(why)) => {
+            report::warn(format_args!("{why}; nothing is pushed"));
+            return Pyroscope::default();
+        }
+        tenant => tenant.and_then(Result::ok),
+    };
+    let token = match header("HEAPPROF_PYROSCOPE_TOKEN") {
+        Some(Err(why)) => {
+            report::warn(format_args!("{why}; sending no bearer token"));
+            None
+        }
+        token => token.and_then(Result::ok),
     };
     Pyroscope {
         url: Some(url),
@@ -471,11 +485,8 @@ fn pyroscope() -> Pyroscope {
         labels,
         every,
         basic_auth,
-        token: header("HEAPPROF_PYROSCOPE_TOKEN", "sending no bearer token"),
-        tenant: header(
-            "HEAPPROF_PYROSCOPE_TENANT",
-            "sending no X-Scope-OrgID header",
-        ),
+        token,
+        tenant,
     }
 }
 

@@ -330,8 +330,14 @@ impl Pusher {
         let in_url = uri.authority().is_some_and(|a| a.as_str().contains('@'));
         let set = [
             (in_url, "credentials in the URL"),
-            (self.basic_auth.is_some(), "basic_auth"),
-            (self.bearer_token.is_some(), "bearer_token"),
+            (
+                self.basic_auth.is_some(),
+                "basic_auth (HEAPPROF_PYROSCOPE_USER and _PASSWORD)",
+            ),
+            (
+                self.bearer_token.is_some(),
+                "bearer_token (HEAPPROF_PYROSCOPE_TOKEN)",
+            ),
         ];
         let mut set = set.iter().filter(|(is, _)| *is).map(|(_, what)| *what);
         if let (Some(one), Some(other)) = (set.next(), set.next()) {

@@ -130,10 +130,9 @@ fn expired_on(l: &Local, size: usize, epoch: u64) -> Option<f64> {
 }
 
 /// [`expired`] on a thread out of the registry, whose counter stays at
-/// zero: the countdown is the sampler's alone (`ThreadSampler::hold_all`).
-/// The exit hook restarted the sampler (`registry::retire`), so the
-/// thread's first allocation after it counts once, with certainty, and
-/// draws afresh; heapprof's own allocations use none of it.
+/// zero: the countdown is the sampler's alone (`ThreadSampler::hold_all`),
+/// where the exit hook put what the counter had left of it
+/// (`registry::retire`); heapprof's own allocations use none of it.
 fn expired_after_exit(size: usize) -> Option<f64> {
     thread::with(|l| {
         if l.counters.inside() {
@@ -217,14 +216,22 @@ pub(crate) fn charge(size: usize) -> bool {
 ///
 /// While a measure holds the countdown aside, the counter stays at zero
 /// (so the thread's next allocation still takes the slow path) and the
-/// held countdown takes the charge instead.
+/// held countdown takes the charge instead. On a thread out of the
+/// registry, the countdown the sampler holds takes it (heapprof's own
+/// allocations, none), and the counter, at zero, only counts the bytes.
 pub(crate) fn charge_unsampled(size: usize) {
+    let exited = registry::exited();
     thread::with(|l| {
         if l.measure.aside() {
             // Charged first: the counter's charge is what counts the bytes.
             l.counters.charge(size);
             l.counters.rezero_held();
             l.measure.set_held(l.measure.held().saturating_sub(size));
+        } else if exited {
+            l.counters.charge(size);
+            if !l.counters.inside() {
+                l.sampler.hold_all(l.sampler.cover(0, size).unwrap_or(0));
+            }
         } else if l.counters.charge(size) {
             l.counters.ran_out(size);
             start(l, 0);
@@ -365,6 +372,65 @@ mod tests {
         if let Err(failure) = ran {
             std::panic::resume_unwind(failure);
         }
+    }
+
+    /// After the exit hook the countdown runs in the sampler: a realloc
+    /// charged where no sample may be taken (`charge_unsampled`) charges it
+    /// too, rather than end it and make the next allocation a sample.
+    #[test]
+    fn after_exit_an_unsampled_charge_runs_the_held_countdown() {
+        on_a_fresh_thread_holding_the_rate(|| {
+            set_rate(1 << 20);
+            allocate(1);
+            registry::retire_for_test();
+            // The counter goes back to zero after each call, as
+            // `registry::flush_unlisted` sets it.
+            let rezero = || thread::with(|l| l.counters.reset_countdown(0)).unwrap();
+            let samples = (0..1_000)
+                .filter(|_| {
+                    charge_unsampled(16);
+                    rezero();
+                    let sampled = allocate(16).is_some();
+                    rezero();
+                    sampled
+                })
+                .count();
+            // 32 000 bytes at a mean of 1 MiB: a sample 3 times in 100.
+            assert!(samples <= 1, "{samples} samples of 1 000");
+        });
+    }
+
+    /// After the exit hook, every allocation comes to the slow path and
+    /// the sampler's countdown picks the samples: their weights add up to
+    /// the bytes allocated. 300 MB at rate 4 096 make the estimate's
+    /// relative error about 1/sqrt(300 MB / 4 096) = 0.37 % (about 58 000
+    /// samples, the sum of each allocation's chance); the bound is five
+    /// times that.
+    #[test]
+    fn after_exit_the_samples_weigh_what_was_allocated() {
+        on_a_fresh_thread_holding_the_rate(|| {
+            set_rate(4096);
+            allocate(1);
+            thread::with(|l| l.sampler.seed_exactly(0x5eed)).unwrap();
+            registry::retire_for_test();
+            let (mut bytes, mut estimate, mut samples) = (0u64, 0f64, 0u64);
+            for i in 0..200_000usize {
+                let size = 1 + (i * 7919) % 3_000;
+                bytes += size as u64;
+                if let Some(w) = allocate(size) {
+                    estimate += w * size as f64;
+                    samples += 1;
+                }
+                // No countdown runs on the counter, which goes back to zero
+                // after each, as `registry::flush_unlisted` sets it.
+                let left = thread::with(|l| l.counters.countdown()).unwrap();
+                assert!(left as isize <= 0, "a countdown of {left} runs");
+                thread::with(|l| l.counters.reset_countdown(0)).unwrap();
+            }
+            let error = (estimate / bytes as f64 - 1.0).abs();
+            assert!(samples > 50_000, "{samples} samples");
+            assert!(error < 0.0185, "estimate {estimate} of {bytes}: {error}");
+        });
     }
 
     /// A realloc charged where no sample may be taken (`charge_unsampled`)

@@ -102,7 +102,9 @@ pub(crate) struct ThreadSampler {
     /// one allocation with certainty, so with weight 1.
     drawn_at: Cell<usize>,
     rng: Cell<Option<SmallRng>>,
-    /// The part of the countdown past [`MAX_COUNTDOWN`], held back here.
+    /// The part of the countdown past [`MAX_COUNTDOWN`], held back here;
+    /// the whole countdown on a thread whose counter stays at zero
+    /// ([`ThreadSampler::hold_all`]).
     beyond: Cell<usize>,
 }
 
@@ -151,6 +153,13 @@ impl ThreadSampler {
     /// [`ThreadSampler::cover`]).
     pub(crate) fn hold_all(&self, bytes: usize) {
         self.beyond.set(bytes);
+    }
+
+    /// Holds `left`, what the counter had left of the countdown as it
+    /// stops, back with the part held already: the whole countdown
+    /// waits here from now on ([`ThreadSampler::hold_all`]).
+    pub(crate) fn hold_with(&self, left: usize) {
+        self.beyond.set(self.beyond.get().saturating_add(left));
     }
 
     /// For an allocation of `size` that ran the counter out, where `left`

@@ -263,18 +263,30 @@ fn retire() {
         if let Some(own) = thread::with(|l| l.counters.take_own()) {
             reentry::add_unlisted_own(own);
         }
-        set_registration(Registration::Exited);
-        // From here each allocation takes the slow path, to be counted
-        // there (`flush_unlisted`) and sampled from the countdown the
-        // sampler holds (`record::countdown::expired`): the counter's
-        // countdown ends, and the next allocation counts with certainty
-        // and draws afresh.
-        thread::with(|l| {
-            l.counters.reset_countdown(0);
-            l.sampler.restart(false);
-        });
+        leave_counting();
     }
     unlist_mask_copy(interrupted);
+}
+
+/// Marks this thread out of the registry for good. From here each of its
+/// allocations takes the slow path, to be counted there
+/// ([`flush_unlisted`]) and sampled from the countdown the sampler holds
+/// (`record::countdown::expired`): what the counter has left of it joins
+/// the part held there.
+fn leave_counting() {
+    set_registration(Registration::Exited);
+    thread::with(|l| {
+        let left = l.counters.countdown();
+        l.sampler.hold_with((left as isize).max(0) as usize);
+        l.counters.reset_countdown(0);
+    });
+}
+
+/// The exit hook, run now on the calling thread: for tests of what comes
+/// after it.
+#[cfg(test)]
+pub(crate) fn retire_for_test() {
+    retire();
 }
 
 /// Gives this thread a mask copy of its own, kept up to date from now on.
