@@ -63,9 +63,11 @@ use crate::thread::labels::{SPANS_KEPT, StackedSpan};
 /// (the task resumed on another worker) keeps its labels in force on the
 /// first thread until the span closes (its last handle is dropped), and
 /// then until that thread next takes a sample or enters a scope, back in
-/// the scope it entered the span in; only the latest few spans closed
-/// that way are looked for, and one missed keeps its labels on that
-/// thread. A thread keeps the labelled spans it has entered on a small
+/// the scope it entered the span in; only the latest 64 spans closed that
+/// way, across all threads, are looked for, and one missed keeps its
+/// labels on that thread for good. Enter spans in async code with
+/// `.instrument(span)`, whose enters and exits stay on one thread each
+/// poll. A thread keeps the labelled spans it has entered on a small
 /// stack; a span entered deeper than it holds changes no labels. A span
 /// whose guard is dropped on another worker keeps its entry on the first
 /// one's stack until it closes; a full stack makes room by dropping the
@@ -433,7 +435,8 @@ fn inside_stacked(outer: LabelSetId, span: &StackedSpan) -> LabelSetId {
 }
 
 /// How many spans closed while on some thread's span stack are remembered
-/// ([`strand`]) for those threads to take off ([`settle`]).
+/// ([`strand`]) for those threads to take off ([`settle`]); `LabelLayer`'s
+/// docs and the README give the number.
 const STRANDED_KEPT: usize = 64;
 
 /// Serials of spans closed while still on some thread's span stack:
