@@ -784,16 +784,21 @@ fn a_forked_child_exits_without_waiting_for_a_push() {
     assert!(ms < 5_000, "the forked child took {ms} ms to exit");
 }
 
+/// A child for the environment's pusher: at rate 1, keeps a mebibyte
+/// (from `kept_between`) and lives long enough for the push at exit.
+fn child_keeps_a_mebibyte() {
+    heapprof::set_sample_rate(1);
+    let mut kept = Vec::with_capacity(1);
+    kept_between(&mut kept, 1);
+    std::thread::sleep(Duration::from_millis(300));
+    std::mem::forget(kept);
+}
+
 /// Malformed settings: one line each on stderr, the default used.
 #[test]
 fn malformed_environment_is_reported_and_defaults_used() {
     if is_child() {
-        heapprof::set_sample_rate(1);
-        let mut kept = Vec::with_capacity(1);
-        kept_between(&mut kept, 1);
-        std::thread::sleep(Duration::from_millis(300));
-        std::mem::forget(kept);
-        return;
+        return child_keeps_a_mebibyte();
     }
     let _watchdog = watchdog("malformed_environment", Duration::from_secs(120));
     let receiver = Receiver::start();
@@ -841,12 +846,7 @@ fn malformed_environment_is_reported_and_defaults_used() {
 #[test]
 fn settings_a_request_cannot_carry_fall_back_or_say_why() {
     if is_child() {
-        heapprof::set_sample_rate(1);
-        let mut kept = Vec::with_capacity(1);
-        kept_between(&mut kept, 1);
-        std::thread::sleep(Duration::from_millis(300));
-        std::mem::forget(kept);
-        return;
+        return child_keeps_a_mebibyte();
     }
     let _watchdog = watchdog("settings_a_request_cannot_carry", Duration::from_secs(120));
     let run = |env: &[(&str, &str)], with_password: bool| {
