@@ -218,9 +218,9 @@ impl Pusher {
     /// [`InvalidInput`](io::ErrorKind::InvalidInput) for a URL that is not
     /// `http://` or `https://` (or has a query or a fragment), a name or
     /// label Pyroscope would refuse, a name and labels too long for a
-    /// request line ([`MAX_REQUEST_TARGET_BYTES`]), two of credentials in
-    /// the URL, basic authentication and a bearer token, or a header value
-    /// with control characters; `Other` if heapprof is not the
+    /// request line ([`MAX_REQUEST_TARGET_BYTES`]), credentials given more
+    /// than one way (in the URL, basic authentication, a bearer token), or
+    /// a header value with control characters; `Other` if heapprof is not the
     /// program's global allocator; if the thread cannot start, an error of
     /// the kind of the OS's (`WouldBlock` for `EAGAIN`) whose message says
     /// so and gives the OS's error.
