@@ -53,13 +53,17 @@ fn freeing_key() -> libc::pthread_key_t {
         drop(unsafe { Box::from_raw(p.cast::<Vec<u8>>()) });
     }
     static KEY: std::sync::OnceLock<libc::pthread_key_t> = std::sync::OnceLock::new();
-    *KEY.get_or_init(|| {
-        let mut key = 0;
-        // SAFETY: `key` is an out-pointer; `free_it` does not unwind.
-        let created = unsafe { libc::pthread_key_create(&mut key, Some(free_it)) };
-        assert_eq!(created, 0);
-        key
-    })
+    *KEY.get_or_init(|| new_key(free_it))
+}
+
+/// A new `pthread` key whose destructor is `destructor`.
+fn new_key(destructor: extern "C" fn(*mut libc::c_void)) -> libc::pthread_key_t {
+    let mut key = 0;
+    // SAFETY: `key` is an out-pointer; the destructors given here do not
+    // unwind.
+    let created = unsafe { libc::pthread_key_create(&mut key, Some(destructor)) };
+    assert_eq!(created, 0);
+    key
 }
 
 /// Sets the key to the block it is given, and does nothing else: its first
@@ -164,13 +168,7 @@ extern "C" fn keep_at_key_exit(_: *mut libc::c_void) {
 /// a thread of its own by then).
 fn keeping_key() -> libc::pthread_key_t {
     static KEY: std::sync::OnceLock<libc::pthread_key_t> = std::sync::OnceLock::new();
-    *KEY.get_or_init(|| {
-        let mut key = 0;
-        // SAFETY: `key` is an out-pointer; the destructor does not unwind.
-        let made = unsafe { libc::pthread_key_create(&mut key, Some(keep_at_key_exit)) };
-        assert_eq!(made, 0);
-        key
-    })
+    *KEY.get_or_init(|| new_key(keep_at_key_exit))
 }
 
 /// Allocates (heapprof arms its exit hooks for the thread) and sets the
