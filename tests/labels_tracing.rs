@@ -689,3 +689,60 @@ fn spans_left_by_ended_scopes_leave_room_for_new_ones() {
         });
     });
 }
+
+/// How many spans closed while stranded the layer remembers for the
+/// threads that still have them (`STRANDED_KEPT` in `labels::tracing`).
+const STRANDED_KEPT: usize = 64;
+
+/// A span entered here, exited on another thread and closed while more
+/// spans close that way elsewhere than the layer remembers: this thread
+/// misses it at its next sample, and lets go of it at its next span enter
+/// or exit (which asks the subscriber), keeping the live span under it.
+#[test]
+fn a_stranded_span_missed_among_many_lets_go_at_the_next_enter() {
+    use std::sync::mpsc::channel;
+    install();
+    let live = tracing::info_span!(parent: None, "live", tenant = "live-acme");
+    let missed = tracing::info_span!(parent: None, "missed", tenant = "missed-acme");
+    let (live_id, missed_id) = (live.id().unwrap(), missed.id().unwrap());
+    let (to_a, from_main) = channel::<()>();
+    let (to_main, from_a) = channel::<()>();
+    let a = std::thread::spawn(move || {
+        enter_raw(&live_id);
+        enter_raw(&missed_id);
+        to_main.send(()).unwrap();
+        from_main.recv().unwrap();
+        let missed_it = labels_now();
+        tracing::info_span!("unlabelled").in_scope(|| ());
+        let after_an_enter = labels_now();
+        exit_raw(&live_id);
+        (missed_it, after_an_enter, labels_now())
+    });
+    from_a.recv().unwrap();
+    let missed_id = missed.id().unwrap();
+    std::thread::spawn(move || exit_raw(&missed_id))
+        .join()
+        .unwrap();
+    drop(missed);
+    // More spans than the layer remembers are entered on one thread,
+    // exited on another and closed.
+    for i in 0..2 * STRANDED_KEPT {
+        let other = tracing::info_span!(parent: None, "other", tenant = i);
+        let id = other.id().unwrap();
+        let entering = id.clone();
+        std::thread::spawn(move || enter_raw(&entering))
+            .join()
+            .unwrap();
+        exit_raw(&id);
+    }
+    to_a.send(()).unwrap();
+    let (missed_it, after_an_enter, after_all) = a.join().unwrap();
+    assert_eq!(
+        missed_it,
+        pairs(&[("tenant", "missed-acme")]),
+        "the ring of closed spans was to pass this one by"
+    );
+    assert_eq!(after_an_enter, pairs(&[("tenant", "live-acme")]));
+    assert!(after_all.is_empty(), "{after_all:?}");
+    drop(live);
+}

@@ -17,6 +17,7 @@ use tracing_core::span::{Attributes, Id, Record};
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::{ExtensionsMut, LookupSpan, SpanRef};
 
+use std::cell::Cell;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 
@@ -24,7 +25,7 @@ use super::LabelSetId;
 use super::table::{self, Kind};
 use crate::support::reentry;
 use crate::thread;
-use crate::thread::labels::{SPANS_KEPT, StackedSpan};
+use crate::thread::labels::{LabelState, SPANS_KEPT, StackedSpan};
 
 /// A [`Layer`] that turns chosen span fields into heap-profile labels
 /// while the span is entered: every allocation sampled on a thread inside
@@ -63,9 +64,11 @@ use crate::thread::labels::{SPANS_KEPT, StackedSpan};
 /// (the task resumed on another worker) keeps its labels in force on the
 /// first thread until the span closes (its last handle is dropped), and
 /// then until that thread next takes a sample or enters a scope, back in
-/// the scope it entered the span in; only the latest 64 spans closed that
-/// way, across all threads, are looked for, and one missed keeps its
-/// labels on that thread for good. Enter spans in async code with
+/// the scope it entered the span in. The latest 64 spans closed that way,
+/// across all threads, are looked for there; a thread that may have
+/// missed one (more closed since it last looked) asks the subscriber
+/// which of its spans are still open at its next span enter or exit,
+/// so under load a closed span's labels can last until then. Enter spans in async code with
 /// `.instrument(span)`, whose enters and exits stay on one thread each
 /// poll. A thread keeps the labelled spans it has entered on a small
 /// stack; a span entered deeper than it holds changes no labels. A span
@@ -311,16 +314,16 @@ fn push_span(mut span: StackedSpan) -> bool {
     .unwrap_or(false)
 }
 
-/// Notes that the span `serial` was entered past this thread's full span
-/// stack; false if the list of those is full too (then its exit may take
-/// an earlier enter of the same span off the stack).
-fn note_past_stack(serial: u64) -> bool {
+/// Notes that the span `serial` (tracing id `id`) was entered past this
+/// thread's full span stack; false if the list of those is full too (then
+/// its exit may take an earlier enter of the same span off the stack).
+fn note_past_stack(serial: u64, id: u64) -> bool {
     thread::with(|l| {
         let len = l.labels.past_stack_len.get();
         let Some(slot) = l.labels.past_stack.get(len) else {
             return false;
         };
-        slot.set(serial);
+        slot.set((serial, id));
         l.labels.past_stack_len.set(len + 1);
         true
     })
@@ -333,7 +336,7 @@ fn take_past_stack(serial: u64) -> bool {
     thread::with(|l| {
         let list = &l.labels.past_stack;
         let len = l.labels.past_stack_len.get();
-        let Some(i) = list[..len].iter().rposition(|s| s.get() == serial) else {
+        let Some(i) = list[..len].iter().rposition(|s| s.get().0 == serial) else {
             return false;
         };
         for j in i + 1..len {
@@ -435,8 +438,9 @@ fn inside_stacked(outer: LabelSetId, span: &StackedSpan) -> LabelSetId {
 }
 
 /// How many spans closed while on some thread's span stack are remembered
-/// ([`strand`]) for those threads to take off ([`settle`]); `LabelLayer`'s
-/// docs and the README give the number.
+/// ([`strand`]) for those threads to take off ([`settle`]); a thread that
+/// may have missed one asks the subscriber ([`forget_closed`]).
+/// `LabelLayer`'s docs give the number.
 const STRANDED_KEPT: usize = 64;
 
 /// Serials of spans closed while still on some thread's span stack:
@@ -481,6 +485,11 @@ pub(crate) fn settle() {
         if labels.stranded_seen.get() == count && labels.exits_waiting.get() == 0 {
             return;
         }
+        if may_have_missed(labels, count)
+            && (labels.span_depth.get() > 0 || labels.past_stack_len.get() > 0)
+        {
+            labels.must_ask.set(true);
+        }
         // From the top down to the first entry of a scope still open
         // outside the innermost: entries of ended scopes change nothing
         // (their scope's end put its set back), so the done ones go and the
@@ -521,9 +530,9 @@ pub(crate) fn settle() {
         // just go.
         let mut kept = 0;
         for i in 0..labels.past_stack_len.get() {
-            let serial = labels.past_stack[i].get();
-            if !is_stranded(serial) {
-                labels.past_stack[kept].set(serial);
+            let entry = labels.past_stack[i].get();
+            if !is_stranded(entry.0) {
+                labels.past_stack[kept].set(entry);
                 kept += 1;
             }
         }
@@ -535,6 +544,107 @@ pub(crate) fn settle() {
             labels.stranded_seen.set(count);
         }
     });
+}
+
+/// Takes spans that closed unnoticed off this thread's stack: when more
+/// spans were stranded since the thread last had none of them or last
+/// asked than [`STRANDED`] keeps ([`may_have_missed`], noted by [`settle`]
+/// in [`LabelState::must_ask`]), it may have missed its own, so it asks
+/// the subscriber which of its stacked spans are still open and marks the
+/// others exited for [`settle`]. Called from the layer's enter and exit,
+/// before it reads any span's extensions (it reads those of the spans it
+/// asks about), never in the allocator.
+fn forget_closed<S>(ctx: &Context<'_, S>)
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    const MOST: usize = 2 * SPANS_KEPT;
+    let count = STRANDED_COUNT.load(Acquire);
+    let asking = thread::with(|l| {
+        let labels = &l.labels;
+        if !labels.must_ask.get() && !may_have_missed(labels, count) {
+            return None;
+        }
+        labels.must_ask.set(false);
+        labels.asked_at.set(count);
+        let mut entries = [(0, 0); MOST];
+        let stacked = labels.spans[..labels.span_depth.get()]
+            .iter()
+            .map(Cell::get)
+            .filter(|s| !s.exited)
+            .map(|s| (s.serial, s.id));
+        let past = labels.past_stack[..labels.past_stack_len.get()]
+            .iter()
+            .map(Cell::get);
+        let mut len = 0;
+        for (slot, entry) in entries.iter_mut().zip(stacked.chain(past)) {
+            *slot = entry;
+            len += 1;
+        }
+        Some((entries, len))
+    })
+    .flatten();
+    let Some((mut entries, len)) = asking else {
+        return;
+    };
+    let mut closed = 0;
+    for i in 0..len {
+        let (serial, id) = entries[i];
+        if !is_open(ctx, serial, id) {
+            entries[closed] = (serial, id);
+            closed += 1;
+        }
+    }
+    if closed == 0 {
+        return;
+    }
+    thread::with(|l| {
+        let labels = &l.labels;
+        for &(serial, _) in &entries[..closed] {
+            for entry in &labels.spans[..labels.span_depth.get()] {
+                let mut span = entry.get();
+                if span.serial == serial && !span.exited {
+                    span.exited = true;
+                    entry.set(span);
+                    let waiting = &labels.exits_waiting;
+                    waiting.set(waiting.get().saturating_add(1));
+                }
+            }
+            let mut kept = 0;
+            for i in 0..labels.past_stack_len.get() {
+                let entry = labels.past_stack[i].get();
+                if entry.0 != serial {
+                    labels.past_stack[kept].set(entry);
+                    kept += 1;
+                }
+            }
+            labels.past_stack_len.set(kept);
+        }
+    });
+    settle();
+}
+
+/// Whether more spans were stranded (`count` in all) since this thread
+/// last had none of them or asked the subscriber than [`STRANDED`] keeps.
+fn may_have_missed(labels: &LabelState, count: u64) -> bool {
+    let looked = labels.stranded_seen.get().max(labels.asked_at.get());
+    count.wrapping_sub(looked) > STRANDED_KEPT as u64
+}
+
+/// Whether the span with tracing id `id` is still the one with `serial`:
+/// a closed span's id is unknown to the subscriber or names another span.
+fn is_open<S>(ctx: &Context<'_, S>, serial: u64, id: u64) -> bool
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let Some(id) = std::num::NonZeroU64::new(id).map(Id::from_non_zero_u64) else {
+        return false;
+    };
+    ctx.span(&id).is_some_and(|span| {
+        span.extensions()
+            .get::<SpanLabels>()
+            .is_some_and(|labels| labels.serial == serial)
+    })
 }
 
 /// The labels of `span`'s parent (which the registry has resolved:
@@ -568,6 +678,7 @@ where
     }
 
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
+        forget_closed(&ctx);
         let Some(span) = ctx.span(id) else {
             return;
         };
@@ -579,6 +690,7 @@ where
         let inside = labels.in_force_inside(outer);
         let stacked = push_span(StackedSpan {
             serial: labels.serial,
+            id: id.into_u64(),
             scope: 0,
             repeats: 0,
             exited: false,
@@ -591,12 +703,13 @@ where
         if stacked {
             labels.on_stacks.fetch_add(1, Relaxed);
             super::set_current(inside);
-        } else if note_past_stack(labels.serial) {
+        } else if note_past_stack(labels.serial, id.into_u64()) {
             labels.on_stacks.fetch_add(1, Relaxed);
         }
     }
 
     fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
+        forget_closed(&ctx);
         let Some(span) = ctx.span(id) else {
             return;
         };

@@ -55,11 +55,12 @@ pub(crate) struct LabelState {
     pub(crate) spans: [Cell<StackedSpan>; SPANS_KEPT],
     #[cfg(feature = "tracing")]
     pub(crate) span_depth: Cell<usize>,
-    /// Serials of labelled spans entered while `spans` was full and not yet
-    /// exited, innermost last (the first `past_stack_len`): their enters
-    /// changed no labels, so their exits change none either.
+    /// Labelled spans entered while `spans` was full and not yet exited,
+    /// as `(serial, tracing id)` ([`StackedSpan`]), innermost last (the
+    /// first `past_stack_len`): their enters changed no labels, so their
+    /// exits change none either.
     #[cfg(feature = "tracing")]
-    pub(crate) past_stack: [Cell<u64>; SPANS_KEPT],
+    pub(crate) past_stack: [Cell<(u64, u64)>; SPANS_KEPT],
     #[cfg(feature = "tracing")]
     pub(crate) past_stack_len: Cell<usize>,
     /// The serial of the innermost scope open on this thread
@@ -86,6 +87,16 @@ pub(crate) struct LabelState {
     /// left on its stack.
     #[cfg(feature = "tracing")]
     pub(crate) stranded_seen: Cell<u64>,
+    /// The count of spans closed while on a stack when this thread last
+    /// asked the subscriber which of its stacked spans are still open
+    /// (`labels::tracing::forget_closed`).
+    #[cfg(feature = "tracing")]
+    pub(crate) asked_at: Cell<u64>,
+    /// More spans were stranded since this thread last looked than the
+    /// ring of them keeps, with spans on its stack: it asks the subscriber
+    /// at its next span enter or exit.
+    #[cfg(feature = "tracing")]
+    pub(crate) must_ask: Cell<bool>,
 }
 
 /// An entered span on a thread's stack ([`LabelState::spans`]): label-set
@@ -95,6 +106,10 @@ pub(crate) struct LabelState {
 pub(crate) struct StackedSpan {
     /// The span's serial (`labels::tracing`), unique in the process.
     pub(crate) serial: u64,
+    /// The span's `tracing` id (never 0), to ask the subscriber whether
+    /// the span is still open; the subscriber may give it to another span
+    /// once this one closes.
+    pub(crate) id: u64,
     /// [`LabelState::innermost_scope`] when the span was entered.
     pub(crate) scope: u64,
     /// Enters of the same span, by more than one `LabelLayer` or inside
@@ -128,6 +143,7 @@ impl LabelState {
             spans: [const {
                 Cell::new(StackedSpan {
                     serial: 0,
+                    id: 0,
                     scope: 0,
                     repeats: 0,
                     exited: false,
@@ -141,7 +157,7 @@ impl LabelState {
             #[cfg(feature = "tracing")]
             span_depth: Cell::new(0),
             #[cfg(feature = "tracing")]
-            past_stack: [const { Cell::new(0) }; SPANS_KEPT],
+            past_stack: [const { Cell::new((0, 0)) }; SPANS_KEPT],
             #[cfg(feature = "tracing")]
             past_stack_len: Cell::new(0),
             #[cfg(feature = "tracing")]
@@ -156,6 +172,10 @@ impl LabelState {
             exits_waiting: Cell::new(0),
             #[cfg(feature = "tracing")]
             stranded_seen: Cell::new(0),
+            #[cfg(feature = "tracing")]
+            asked_at: Cell::new(0),
+            #[cfg(feature = "tracing")]
+            must_ask: Cell::new(false),
         }
     }
 
