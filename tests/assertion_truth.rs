@@ -266,7 +266,8 @@ fn inlined_and_allocates_nothing(n: usize) -> usize {
 /// A name that no function of the program has (a typo) fails: nothing
 /// could show what it holds. A function that exists and allocated
 /// nothing passes, with a line that names it and the test's thread; so
-/// does one inlined into every caller that the debug info names.
+/// does one inlined into every caller that the debug info names, and, in
+/// a delta, one that allocated only before it, with a line that says so.
 #[test]
 fn a_name_no_function_has_fails_and_one_without_samples_passes() {
     if !is_child() {
@@ -297,6 +298,17 @@ fn a_name_no_function_has_fails_and_one_without_samples_passes() {
             "{}",
             lines[1]
         );
+        let in_between: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("no stack sampled in between names a function matching"))
+            .collect();
+        assert_eq!(in_between.len(), 1, "{stderr}");
+        assert!(
+            in_between[0].contains("assertion_truth::holds_a_lot")
+                && in_between[0].contains("passes as adding nothing; if it did allocate"),
+            "{}",
+            in_between[0]
+        );
         return;
     }
     let kept = holds_a_lot();
@@ -308,6 +320,11 @@ fn a_name_no_function_has_fails_and_one_without_samples_passes() {
     snapshot.assert_inuse_at_most("assertion_truth::allocates_nothing", 0);
     assert_eq!(inlined_and_allocates_nothing(3), 4);
     snapshot.assert_inuse_at_most("assertion_truth::inlined_and_allocates_nothing", 0);
+    // In a delta, a function that allocated before both snapshots and
+    // not in between is at no site that changed.
+    heapprof::snapshot()
+        .delta(&snapshot)
+        .assert_inuse_at_most("assertion_truth::holds_a_lot", 0);
     drop(kept);
 }
 

@@ -7,7 +7,10 @@
 //! frees. The tests share the global rate, so they take turns.
 
 use heapprof_testkit::check::assert_sane_values;
-use heapprof_testkit::profile::{ALLOC_OBJECTS, INUSE_OBJECTS, cum, flat, take_profile};
+use heapprof_testkit::child::{is_child, run_child};
+use heapprof_testkit::profile::{
+    ALLOC_OBJECTS, INUSE_OBJECTS, cum, decode, flat, string, take_profile,
+};
 use heapprof_testkit::watchdog::watchdog;
 
 use std::alloc::{Layout, alloc, dealloc};
@@ -343,4 +346,82 @@ fn a_thread_allocating_all_along_takes_each_change() {
         BUSY_ROUNDS * MARKED
     );
     assert_eq!(seen, (BUSY_ROUNDS * MARKED) as i64);
+}
+
+/// The first comment of a snapshot's pprof profile: what its values are.
+fn values_comment(s: &heapprof::Snapshot) -> String {
+    let mut gz = Vec::new();
+    s.write_pprof(&mut gz).unwrap();
+    let p = decode(&gz);
+    string(&p, p.comment[0]).to_owned()
+}
+
+#[inline(never)]
+fn keep_kibibytes(n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|i| vec![i as u8; 1024]).collect()
+}
+
+/// At rate 1 a profile says its values are exact only while every sample
+/// recorded was exact: once blocks were sampled at a higher rate, the
+/// table's header and the pprof comment of a snapshot and of a delta say
+/// that some values are estimates. A snapshot taken before keeps saying
+/// exact. In a child started at rate 1, so that no earlier sample was an
+/// estimate.
+#[test]
+fn values_are_called_exact_only_when_every_sample_was() {
+    if !is_child() {
+        let (stdout, _) = run_child(
+            "values_are_called_exact_only_when_every_sample_was",
+            &[("HEAPPROF_SAMPLE_RATE", "1")],
+        );
+        assert!(stdout.contains("checked all"), "{stdout}");
+        return;
+    }
+    let exact_words = "values are exact: every allocation is recorded (rate 1)";
+    let mixed_words = "blocks sampled earlier at a higher rate are estimates";
+    let first_line = |s: &heapprof::Snapshot| s.to_string().lines().next().unwrap().to_owned();
+    let start = heapprof::snapshot();
+    let exact_kept = keep_kibibytes(1000);
+    let exact = heapprof::snapshot();
+    for (what, s) in [("snapshot", &exact), ("delta", &exact.delta(&start))] {
+        assert!(
+            first_line(s).contains(exact_words),
+            "{what}: {}",
+            first_line(s)
+        );
+        assert!(
+            values_comment(s).contains(exact_words),
+            "{what}: {}",
+            values_comment(s)
+        );
+    }
+    // 20 MB at 512 KiB: about 40 samples, each standing for about 512
+    // blocks; none at all has odds of e^-40.
+    heapprof::set_sample_rate(512 * 1024);
+    let estimated_kept = keep_kibibytes(20_000);
+    heapprof::set_sample_rate(1);
+    let rate_one_kept = keep_kibibytes(1000);
+    let mixed = heapprof::snapshot();
+    for (what, s) in [
+        ("snapshot", &mixed),
+        ("delta over the change", &mixed.delta(&exact)),
+    ] {
+        assert!(
+            first_line(s).contains(mixed_words),
+            "{what}: {}",
+            first_line(s)
+        );
+        assert!(
+            values_comment(s).contains(mixed_words),
+            "{what}: {}",
+            values_comment(s)
+        );
+    }
+    assert!(
+        first_line(&exact).contains(exact_words),
+        "{}",
+        first_line(&exact)
+    );
+    drop((exact_kept, estimated_kept, rate_one_kept));
+    println!("checked all");
 }

@@ -305,7 +305,55 @@ fn empty_flamegraph_is_an_svg_that_says_so() {
     nothing.write_flamegraph(&mut svg).unwrap();
     let svg = String::from_utf8(svg).unwrap();
     assert!(
-        svg.contains("No site in this snapshot has inuse_space above zero"),
+        svg.contains("No site in this delta has inuse_space above zero: none grew"),
         "{svg}"
     );
+}
+
+#[inline(never)]
+fn keep_for_a_while() -> Vec<Vec<u8>> {
+    black_box((0..10).map(|_| vec![3u8; 5000]).collect())
+}
+
+/// A delta in which only frees happened draws nothing, and says so: its
+/// flame graph gives how far the live bytes fell, and its pprof comment
+/// gives the live sampled blocks as a change. At rate 1, where a site of
+/// nothing is not for want of samples.
+#[test]
+fn a_delta_of_frees_says_what_fell() {
+    let _rate = RATE.lock().unwrap();
+    heapprof::set_sample_rate(1);
+    let kept = keep_for_a_while();
+    let before = heapprof::snapshot();
+    drop(kept);
+    let freed = heapprof::snapshot().delta(&before);
+    let only_frees: Vec<heapprof::Site> = freed
+        .sites()
+        .iter()
+        .filter(|s| {
+            s.frames
+                .iter()
+                .any(|f| f.function.contains("keep_for_a_while"))
+        })
+        .cloned()
+        .collect();
+    assert!(
+        only_frees.iter().map(|s| s.inuse_bytes).sum::<i64>() <= -50_000,
+        "{only_frees:?}"
+    );
+    let mut gz = Vec::new();
+    freed.write_pprof(&mut gz).unwrap();
+    let p = decode(&gz);
+    let comment = p
+        .comment
+        .iter()
+        .map(|&i| p.string_table[i as usize].clone())
+        .find(|c| c.contains("live sampled blocks"))
+        .unwrap();
+    assert!(
+        comment.contains("live sampled blocks in between"),
+        "{comment}"
+    );
+    heapprof::set_sample_rate(512 * 1024);
+    drop(only_frees);
 }

@@ -640,7 +640,7 @@ fn index() -> Response {
     let (all, live) = sites::site_counts();
     let stats = crate::output::snapshot::stats();
     let has_peak = crate::record::peak::recorded();
-    let numbers = sample::what_the_numbers_are(sample::rate());
+    let numbers = sample::Numbers::now().describe();
     let mut page = String::new();
     let _ = write!(
         page,

@@ -204,6 +204,7 @@ pub(crate) fn write<W: io::Write>(
              aborts the program",
         ));
     }
+    options.change = matches!(source, Source::Delta { .. });
     let Some(collected) = collect(source) else {
         return Ok(false);
     };
@@ -215,9 +216,10 @@ pub(crate) fn write<W: io::Write>(
     // `HEAPPROF_SYMBOLIZE=off` holds for every profile written here; a
     // caller can ask for addresses only where the setting allows names.
     options.addresses_only |= !crate::config::get().symbolize;
-    let rate = sample::rate();
+    let numbers = sample::Numbers::now();
+    let rate = numbers.rate;
     match format {
-        Format::Pprof => pprof::encode(&pprof::build(&collected.sites, rate, options), w)?,
+        Format::Pprof => pprof::encode(&pprof::build(&collected.sites, numbers, options), w)?,
         Format::Text => text::write(
             io::BufWriter::new(w),
             &collected.sites,

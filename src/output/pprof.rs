@@ -28,6 +28,7 @@ use crate::output::proto;
 use crate::output::symbolize::{self, Symbols};
 use crate::record::sites::SiteCopy;
 use crate::record::stack::{CUT, OWN_FRAMES};
+use crate::sample::Numbers;
 use crate::support::mappings::{self, Mapping};
 
 /// The profile's `doc_url`, which pprof's web UI links as Help: the crate
@@ -71,6 +72,9 @@ pub(crate) struct Options {
     /// when its key is one of these (the series' own labels), or one an
     /// earlier label of the sample took. `None`: labels as given.
     pub series_label_keys: Option<Vec<String>>,
+    /// The sites' inuse values are changes over a span (a delta of two
+    /// tables), so the count of live sampled blocks is a change too.
+    pub change: bool,
 }
 
 /// `key` as a series label name, `[A-Za-z_][A-Za-z0-9_]*` (Prometheus's,
@@ -255,12 +259,12 @@ fn unix_nanos(when: std::time::SystemTime) -> i64 {
     }
 }
 
-/// Builds the profile message for `sites`, sampled at `rate`.
-pub(crate) fn build(sites: &[SiteCopy], rate: usize, options: Options) -> proto::Profile {
-    with_build_stack(|| build_here(sites, rate, options))
+/// Builds the profile message for `sites`, whose values are `numbers`.
+pub(crate) fn build(sites: &[SiteCopy], numbers: Numbers, options: Options) -> proto::Profile {
+    with_build_stack(|| build_here(sites, numbers, options))
 }
 
-fn build_here(sites: &[SiteCopy], rate: usize, options: Options) -> proto::Profile {
+fn build_here(sites: &[SiteCopy], numbers: Numbers, options: Options) -> proto::Profile {
     let resolved = symbolize::for_profile(sites, options.addresses_only);
     let mut b = Builder {
         strings: StringTable::new(),
@@ -278,7 +282,7 @@ fn build_here(sites: &[SiteCopy], rate: usize, options: Options) -> proto::Profi
         profile: proto::Profile::default(),
         trimmer: Trimmer::new(resolved),
     };
-    b.header(rate, &options, sites);
+    b.header(numbers, &options, sites);
     b.profile
         .sample
         .reserve_exact(sites.iter().filter(|s| shows(s)).count());
@@ -517,7 +521,7 @@ struct Builder {
 }
 
 impl Builder {
-    fn header(&mut self, rate: usize, options: &Options, sites: &[SiteCopy]) {
+    fn header(&mut self, numbers: Numbers, options: &Options, sites: &[SiteCopy]) {
         let mut value_type = |t: &str, u: &str| proto::ValueType {
             r#type: self.strings.get(t),
             unit: self.strings.get(u),
@@ -529,7 +533,7 @@ impl Builder {
             value_type("inuse_space", "bytes"),
         ];
         self.profile.period_type = Some(value_type("space", "bytes"));
-        self.profile.period = i64::try_from(rate).unwrap_or(i64::MAX);
+        self.profile.period = i64::try_from(numbers.rate).unwrap_or(i64::MAX);
         // Miri's isolation refuses the wall clock: under it a profile (of
         // nothing recorded, `fast.rs`) has no time.
         self.profile.time_nanos = match options.time {
@@ -552,18 +556,23 @@ impl Builder {
             .iter()
             .map(|s| s.counts.sampled_allocs as i64 - s.counts.sampled_frees as i64)
             .sum();
+        let live_sampled = if options.change {
+            format!("{live_sampled:+} live sampled blocks in between")
+        } else {
+            format!("{live_sampled} live sampled blocks")
+        };
         let mut comments = vec![
             format!(
                 "heapprof {}: values are {}",
                 env!("CARGO_PKG_VERSION"),
-                crate::sample::what_the_numbers_are(rate)
+                numbers.describe()
             ),
             format!(
                 "heapprof: stacks unwound with {}",
                 crate::record::stack::unwinder_name()
             ),
             format!(
-                "heapprof: {live_sampled} live sampled blocks; profiler tables use {} bytes; symbols kept use {} bytes",
+                "heapprof: {live_sampled}; profiler tables use {} bytes; symbols kept use {} bytes",
                 profiler_table_bytes(),
                 symbolize::memory_bytes()
             ),

@@ -374,6 +374,10 @@ struct Sampling {
     /// Whether the rate was 0 before the sites were read or after (a
     /// delta: at either snapshot).
     off_at_ends: bool,
+    /// Whether a sample recorded by the time the sites were read stands
+    /// for more than its block (`sample::estimated`; a delta: by its later
+    /// snapshot's).
+    estimated: bool,
 }
 
 impl Sampling {
@@ -388,6 +392,7 @@ impl Sampling {
         Sampling {
             turned_off: (turned_off, sample::times_turned_off()),
             off_at_ends: rate_before == 0 || rate == 0,
+            estimated: sample::estimated(),
         }
     }
 
@@ -396,6 +401,7 @@ impl Sampling {
         Sampling {
             turned_off: (earlier.turned_off.0, self.turned_off.1),
             off_at_ends: earlier.off_at_ends || self.off_at_ends,
+            estimated: earlier.estimated || self.estimated,
         }
     }
 
@@ -557,7 +563,15 @@ impl Snapshot {
         delta: bool,
         sampling: Sampling,
     ) -> Snapshot {
-        let profile = pprof::build(&raw, rate, pprof::Options::default());
+        let numbers = sample::Numbers {
+            rate,
+            estimated: sampling.estimated,
+        };
+        let options = pprof::Options {
+            change: delta,
+            ..pprof::Options::default()
+        };
+        let profile = pprof::build(&raw, numbers, options);
         let sites = sites_of(&profile);
         Snapshot {
             raw,
@@ -940,10 +954,20 @@ impl Snapshot {
                  build keeps one copy of the same instructions)"
                     .into()
             };
+            // A delta shows only the sites that changed in between: one
+            // that allocated nothing then is in neither snapshot's change.
+            let (stacks, passes) = if self.delta {
+                (
+                    "no stack sampled in between",
+                    "so it passes as adding nothing; if it did allocate in between, ",
+                )
+            } else {
+                ("no sampled stack", "so it passes as holding nothing; ")
+            };
             let thread = std::thread::current();
             crate::config::report::warn(format_args!(
-                "heapprof: assert_inuse_at_most (thread {}): no sampled stack names a function \
-                 matching {}, so it passes as holding nothing; {why}",
+                "heapprof: assert_inuse_at_most (thread {}): {stacks} names a function \
+                 matching {}, {passes}{why}",
                 crate::config::report::Shown::new(thread.name().unwrap_or("unnamed")),
                 crate::config::report::Shown::new(function)
             ));
@@ -1126,12 +1150,30 @@ impl Snapshot {
         if self.rate == 0 {
             return "Sampling was off (sample rate 0) when this snapshot was taken.".into();
         }
-        format!(
-            "No site in this snapshot has {} above zero. Allocations are sampled about \
-             once per {} bytes allocated, so a program that allocated little may have none.",
-            sample_type.name(),
-            self.rate
-        )
+        let name = sample_type.name();
+        if self.delta {
+            let fell: i64 = self.sites.iter().map(|s| sample_type.of(s).min(0)).sum();
+            return match fell {
+                0 => format!("No site in this delta has {name} above zero: none grew in between."),
+                _ => format!(
+                    "No site in this delta has {name} above zero: it fell by {} {} in all \
+                     (frees), and a flame graph shows only growth.",
+                    -fell,
+                    sample_type.unit()
+                ),
+            };
+        }
+        match self.rate {
+            1 => format!(
+                "No site in this snapshot has {name} above zero (every allocation is \
+                 recorded at rate 1)."
+            ),
+            rate => format!(
+                "No site in this snapshot has {name} above zero. Allocations are sampled \
+                 about once per {rate} bytes allocated, so a program that allocated little \
+                 may have none."
+            ),
+        }
     }
 }
 
@@ -1265,7 +1307,11 @@ fn write_message_svg(w: &mut impl io::Write, title: &str, message: &str) -> io::
 impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let rows = reentry::Own::make(|| self.top(20));
-        let numbers = reentry::Own::make(|| sample::what_the_numbers_are(self.rate));
+        let numbers = sample::Numbers {
+            rate: self.rate,
+            estimated: self.sampling.estimated,
+        };
+        let numbers = reentry::Own::make(|| numbers.describe());
         self.write_top(f, &rows, &numbers)
     }
 }
@@ -1565,12 +1611,9 @@ mod tests {
         }
     }
 
-    /// A delta's table gives each function its share of the bytes that
-    /// changed either way, with its sign, as `pprof -base` does; not a
-    /// share of the net change, which is negative here.
-    #[test]
-    fn a_deltas_shares_are_of_the_bytes_that_changed() {
-        let site = |function: &str, inuse_bytes| super::Site {
+    /// A snapshot made of `sites`, each a function and its live bytes.
+    fn made_of(delta: bool, sites: &[(&str, i64)]) -> super::Snapshot {
+        let site = |&(function, inuse_bytes): &(&str, i64)| super::Site {
             frames: vec![super::Frame {
                 function: function.to_owned(),
                 file: String::new(),
@@ -1582,11 +1625,11 @@ mod tests {
             inuse_objects: 0,
             inuse_bytes,
         };
-        let delta = super::Snapshot {
+        super::Snapshot {
             raw: Vec::new(),
             rate: 1,
-            delta: true,
-            sites: vec![site("app::grows", 300), site("app::shrinks", -500)],
+            delta,
+            sites: sites.iter().map(site).collect(),
             profile: Default::default(),
             blocks: None,
             gains: None,
@@ -1595,8 +1638,17 @@ mod tests {
             sampling: super::Sampling {
                 turned_off: (0, 0),
                 off_at_ends: false,
+                estimated: false,
             },
-        };
+        }
+    }
+
+    /// A delta's table gives each function its share of the bytes that
+    /// changed either way, with its sign, as `pprof -base` does; not a
+    /// share of the net change, which is negative here.
+    #[test]
+    fn a_deltas_shares_are_of_the_bytes_that_changed() {
+        let delta = made_of(true, &[("app::grows", 300), ("app::shrinks", -500)]);
         let table = delta.to_string();
         let row = |name: &str| {
             let line = table.lines().find(|l| l.ends_with(name)).unwrap();
@@ -1608,6 +1660,23 @@ mod tests {
         // The largest change first, either way, as `pprof -top -base`.
         let top: Vec<String> = delta.top(1).into_iter().map(|r| r.function).collect();
         assert_eq!(top, ["app::shrinks"]);
+    }
+
+    /// An empty flame graph says why: in a delta, how far its sites fell
+    /// or that none grew; at rate 1, not for want of samples.
+    #[cfg(feature = "flamegraph")]
+    #[test]
+    fn an_empty_flame_graph_gives_the_reason_that_holds() {
+        // The flame graph of this test binary, whose allocator is not
+        // heapprof, would say that first.
+        let svg = |s: &super::Snapshot| s.no_samples_reason(super::SampleType::InuseSpace);
+        let fell = svg(&made_of(true, &[("app::a", -300), ("app::b", -200)]));
+        assert!(fell.contains("fell by 500 bytes in all"), "{fell}");
+        let none = svg(&made_of(true, &[("app::a", 0)]));
+        assert!(none.contains("none grew in between"), "{none}");
+        let exact = svg(&made_of(false, &[]));
+        assert!(exact.contains("recorded at rate 1"), "{exact}");
+        assert!(!exact.contains("sampled about once"), "{exact}");
     }
 
     /// `stats()` reads the registry and nothing else: with every table's

@@ -349,6 +349,7 @@ struct Sample {
 fn record(s: Sample, trackable: bool) -> bool {
     let left = stack::left().unwrap_or(usize::MAX);
     let roomy = left >= stack::STACK_TO_GROW;
+    sample::note_sample(s.weight);
     let recorded = if left >= stack::STACK_TO_UNWIND {
         let stack = stack::capture(s.entered);
         let frames = stack.frames();

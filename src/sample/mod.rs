@@ -276,15 +276,64 @@ static SEED: AtomicU64 = AtomicU64::new(0);
 static SEEDED: AtomicBool = AtomicBool::new(false);
 static THREAD_ORDINAL: AtomicU64 = AtomicU64::new(0);
 
-/// What a profile's values are at `rate`, to follow "values are" in its
-/// comments and headers: what was recorded before at 0, exact at 1,
-/// estimates otherwise.
-pub(crate) fn what_the_numbers_are(rate: usize) -> String {
-    match rate {
-        0 => "what was recorded before sampling was turned off (rate 0 now)".into(),
-        1 => "exact: every allocation is recorded (rate 1)".into(),
-        _ => format!("unbiased estimates from sampling every {rate} bytes on average"),
+/// What a profile's values are: the rate in force when its sites were
+/// read, and whether a sample recorded by then stands for more than its
+/// own block ([`estimated`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Numbers {
+    pub(crate) rate: usize,
+    pub(crate) estimated: bool,
+}
+
+impl Numbers {
+    /// The rate and [`estimated`] now, read after a profile's sites.
+    pub(crate) fn now() -> Numbers {
+        Numbers {
+            rate: rate(),
+            estimated: estimated(),
+        }
     }
+
+    /// Values sampled throughout at `rate` (estimates unless it is 1).
+    #[cfg(test)]
+    pub(crate) fn assumed(rate: usize) -> Numbers {
+        Numbers {
+            rate,
+            estimated: rate > 1,
+        }
+    }
+
+    /// What the values are, to follow "values are" in a profile's
+    /// comments and headers: what was recorded before at rate 0, exact at
+    /// 1 unless earlier samples at another rate are among them, estimates
+    /// otherwise.
+    pub(crate) fn describe(self) -> String {
+        match (self.rate, self.estimated) {
+            (0, _) => "what was recorded before sampling was turned off (rate 0 now)".into(),
+            (1, false) => "exact: every allocation is recorded (rate 1)".into(),
+            (1, true) => "exact where recorded at rate 1, the rate now; blocks sampled earlier \
+                          at a higher rate are estimates"
+                .into(),
+            (rate, _) => format!("unbiased estimates from sampling every {rate} bytes on average"),
+        }
+    }
+}
+
+/// Whether a sample so far stands for more than its own block (weight
+/// above 1): then a profile at rate 1 is not exact throughout.
+static ESTIMATED: AtomicBool = AtomicBool::new(false);
+
+/// Notes a sample of `weight` before its site records it: a profile that
+/// reads the site after it reads this too (the site's lock orders them).
+pub(crate) fn note_sample(weight: f64) {
+    if weight != 1.0 && !ESTIMATED.load(Relaxed) {
+        ESTIMATED.store(true, Relaxed);
+    }
+}
+
+/// Whether some sample recorded so far is an estimate ([`note_sample`]).
+pub(crate) fn estimated() -> bool {
+    ESTIMATED.load(Relaxed)
 }
 
 /// The current sample rate in bytes, read from the configuration on first

@@ -87,7 +87,7 @@ fn function_names(p: &proto::Profile, location_id: u64) -> Vec<&str> {
 
 #[test]
 fn four_sample_types_in_gos_order() {
-    let p = build(&sites(), 4096, Options::default());
+    let p = build(&sites(), Numbers::assumed(4096), Options::default());
     let types: Vec<(&str, &str)> = p
         .sample_type
         .iter()
@@ -117,7 +117,7 @@ fn four_sample_types_in_gos_order() {
 /// allocations less the frees; a site where nothing happened has none.
 #[test]
 fn values_are_the_rounded_estimates() {
-    let p = build(&sites(), 512 * 1024, Options::default());
+    let p = build(&sites(), Numbers::assumed(512 * 1024), Options::default());
     let values: Vec<&[i64]> = p.sample.iter().map(|s| &s.value[..]).collect();
     assert_eq!(
         values,
@@ -155,7 +155,7 @@ fn a_labelled_site_carries_its_labels_as_string_labels() {
     a.labels = acme;
     let mut g = site(&[A, B], counts(&[(200, 1.0)], &[(200, 1.0)]));
     g.labels = globex;
-    let p = build(&[a, g], 1, Options::default());
+    let p = build(&[a, g], Numbers::assumed(1), Options::default());
     let labels: Vec<Vec<(&str, &str)>> = p
         .sample
         .iter()
@@ -184,7 +184,7 @@ fn a_labelled_site_carries_its_labels_as_string_labels() {
 /// one address is one location, whichever sites share it.
 #[test]
 fn tables_are_dense_and_shared() {
-    let p = build(&sites(), 512 * 1024, Options::default());
+    let p = build(&sites(), Numbers::assumed(512 * 1024), Options::default());
     assert_eq!(p.string_table[0], "");
     let mut strings = p.string_table.clone();
     strings.sort();
@@ -226,7 +226,7 @@ fn tables_are_dense_and_shared() {
 
 #[test]
 fn the_overflow_site_is_one_named_location() {
-    let p = build(&sites(), 512 * 1024, Options::default());
+    let p = build(&sites(), Numbers::assumed(512 * 1024), Options::default());
     let overflow = &p.sample[2];
     assert_eq!(overflow.location_id.len(), 1);
     assert_eq!(
@@ -244,8 +244,9 @@ fn options_set_the_default_type_the_comments_and_the_span() {
         time: Some(std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
         addresses_only: false,
         series_label_keys: None,
+        change: true,
     };
-    let p = build(&sites(), 512 * 1024, options);
+    let p = build(&sites(), Numbers::assumed(512 * 1024), options);
     assert_eq!(string(&p, p.default_sample_type), "alloc_space");
     assert_eq!(p.duration_nanos, 30_500_000_000);
     assert_eq!(p.time_nanos, 1_700_000_000_000_000_000);
@@ -255,9 +256,14 @@ fn options_set_the_default_type_the_comments_and_the_span() {
         comments[1].contains("sampling every 524288 bytes"),
         "{comments:?}"
     );
-    assert!(comments.iter().any(|c| c.contains("live sampled blocks")));
+    assert!(
+        comments
+            .iter()
+            .any(|c| c.contains("live sampled blocks in between")),
+        "a change: {comments:?}"
+    );
 
-    let at_exit = build(&sites(), 512 * 1024, Options::at_exit());
+    let at_exit = build(&sites(), Numbers::assumed(512 * 1024), Options::at_exit());
     assert_eq!(string(&at_exit, at_exit.default_sample_type), "alloc_space");
     assert!(string(&at_exit, at_exit.comment[0]).contains("as the program ended"));
 }
@@ -280,7 +286,11 @@ fn addresses_only_looks_nothing_up() {
         addresses_only: true,
         ..Options::default()
     };
-    let p = build(std::slice::from_ref(&site), 512 * 1024, options);
+    let p = build(
+        std::slice::from_ref(&site),
+        Numbers::assumed(512 * 1024),
+        options,
+    );
     assert_eq!(
         symbolize::RESOLVED.with(std::cell::Cell::get),
         before,
@@ -301,7 +311,7 @@ fn addresses_only_looks_nothing_up() {
     assert!(!mapping.has_functions && !mapping.has_line_numbers);
 
     // The same site named: the lookup this option saves.
-    let named = build(&[site], 512 * 1024, Options::default());
+    let named = build(&[site], Numbers::assumed(512 * 1024), Options::default());
     assert_eq!(
         symbolize::RESOLVED.with(std::cell::Cell::get),
         before + 2,
@@ -316,7 +326,7 @@ fn addresses_only_looks_nothing_up() {
 
 #[test]
 fn encode_writes_the_message_gzipped() {
-    let p = build(&sites(), 512 * 1024, Options::default());
+    let p = build(&sites(), Numbers::assumed(512 * 1024), Options::default());
     let mut out = Vec::new();
     encode(&p, &mut out).unwrap();
     assert_eq!(out[..2], [0x1f, 0x8b], "gzip");
