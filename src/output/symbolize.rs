@@ -904,8 +904,37 @@ pub(crate) fn is_machinery_frame(frame: &Symbol) -> bool {
         return false;
     }
     let (subject, implemented) = subject_and_trait(&frame.name);
+    if !frame.file.is_empty() && !is_std_file(&frame.file) && !in_std_module(subject) {
+        return false;
+    }
     let anyones = implemented.is_some() && !subject.starts_with("heapprof::");
     !anyones || frame.file.is_empty() || is_std_file(&frame.file)
+}
+
+/// Whether `path`, if it starts with `alloc::` or `core::`, goes on into
+/// a module of that standard crate: a program's own crate may have the
+/// same name (a binary `src/bin/alloc.rs` is the crate `alloc`), and its
+/// `alloc::main` is the program's. Other paths: true.
+fn in_std_module(path: &str) -> bool {
+    // The modules of each crate, as `library/*/src` has them.
+    const ALLOC: &str = "alloc borrow boxed bstr collections ffi fmt raw_vec rc slice str string \
+                         sync task vec wtf8";
+    const CORE: &str = "alloc any arch array ascii asserting async_iter bool borrow bstr cell \
+                        char clone cmp contracts convert default error escape f16 f32 f64 f128 \
+                        ffi field fmt future hash hint index intrinsics io iter marker mem net \
+                        num ops option os panic panicking pat pin prelude primitive process \
+                        profiling ptr random range result slice str sync task time tuple \
+                        ub_checks unicode unit unsafe_binder wtf8";
+    let mut parts = path.split("::");
+    let modules = match parts.next() {
+        Some("alloc") => ALLOC,
+        Some("core") => CORE,
+        _ => return true,
+    };
+    parts.next().is_some_and(|module| {
+        let module = &module[..module.find('<').unwrap_or(module.len())];
+        modules.split_whitespace().any(|m| m == module)
+    })
 }
 
 /// Whether `file` is a source of the standard library (or of hashbrown,
@@ -1655,6 +1684,17 @@ mod tests {
         assert!(is_machinery_frame(&frame(
             "alloc::raw_vec::finish_grow",
             "/src/x.rs"
+        )));
+        // The program's own crate named `alloc` or `core` (a binary
+        // `src/bin/alloc.rs`): its functions are not the standard
+        // library's, where the file says so.
+        for name in ["alloc::main", "alloc::grow", "core::churn::{{closure}}"] {
+            assert!(!is_machinery_frame(&frame(name, "/work/app/src/bin/x.rs")));
+            assert!(is_machinery_frame(&frame(name, "")), "{name}");
+        }
+        assert!(is_machinery_frame(&frame(
+            "core::ptr::drop_in_place<alloc::grow::Thing>",
+            "/work/app/src/bin/alloc.rs"
         )));
         assert!(is_machinery_frame(&frame(
             "heapprof::record::alloc",
