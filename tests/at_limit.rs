@@ -198,6 +198,19 @@ fn child_scenarios() {
             }
             println!("resident when written: {}", resident());
         }
+        "retry" => {
+            let cgroup = env_path("HEAPPROF_CGROUP_DIR");
+            let out = env_path("HEAPPROF_OUT");
+            let dir = out.parent().unwrap();
+            let mut held = Vec::new();
+            hold_mib(&mut held, 10);
+            set_percent(&cgroup, 85);
+            // Polls that find the threshold crossed and no directory.
+            std::thread::sleep(Duration::from_millis(500));
+            assert!(!dir.exists());
+            std::fs::create_dir(dir).unwrap();
+            wait_for_file(&dir.join("heap.limit80.pb.gz"));
+        }
         "churn" => {
             // Samples (so the dump thread would start), then time for
             // many polls.
@@ -369,6 +382,30 @@ fn a_threshold_crossed_back_and_forth_is_not_rewritten_each_time() {
     .map(String::from)
     .into();
     assert_eq!(files_in(out.path()), expected);
+}
+
+/// A threshold whose files could not be written (their directory not
+/// there yet) is tried again once the re-arm period has passed, while
+/// usage stays above it.
+#[test]
+fn a_threshold_that_failed_to_write_is_tried_again() {
+    let cgroup = fake_cgroup();
+    let out = tempfile::tempdir().unwrap();
+    let base = out.path().join("later").join("heap.pb.gz");
+    let (_, stderr) = child(
+        "retry",
+        &[
+            ("HEAPPROF_CGROUP_DIR", cgroup.path().to_str().unwrap()),
+            ("HEAPPROF_DUMP_AT_LIMIT", "80%"),
+            ("HEAPPROF_OUT", base.to_str().unwrap()),
+        ],
+    );
+    let failed = stderr
+        .lines()
+        .filter(|l| l.contains("could not write the at-limit profile"))
+        .count();
+    assert_eq!(failed, 1, "{stderr}");
+    assert_eq!(written_lines(&stderr).len(), 1, "{stderr}");
 }
 
 /// With no cgroup limit, `HEAPPROF_MEMORY_LIMIT` is watched against the

@@ -15,7 +15,9 @@
 //! [`REARM_BELOW`] of it (72 % for 80 %), but no sooner than
 //! [`REARM_PERIOD`] after its last profile; crossing it again then
 //! replaces its files with the newer moment, the one nearer to a later
-//! kill. Usage that swings around a threshold costs at most one pair of
+//! kill. One whose files could not be written (a full disk, a directory
+//! not there yet) is re-armed [`REARM_PERIOD`] after the attempt, however
+//! high usage stays. Usage that swings around a threshold costs at most one pair of
 //! profiles per threshold per [`REARM_PERIOD`], and never makes new file
 //! names.
 //!
@@ -56,8 +58,10 @@ pub(crate) fn tag(fraction: f64) -> String {
 struct Threshold {
     fraction: f64,
     tag: String,
-    /// When its profiles were last written; `None` while armed.
+    /// When its profiles were last written, or tried; `None` while armed.
     written: Option<Instant>,
+    /// The last try to write them failed.
+    failed: bool,
 }
 
 /// The thresholds of one dump thread and what it reads to decide.
@@ -89,6 +93,7 @@ impl Watcher {
                 fraction,
                 tag: tag(fraction),
                 written: None,
+                failed: false,
             })
             .collect();
         thresholds.sort_by(|a, b| b.fraction.total_cmp(&a.fraction));
@@ -157,7 +162,7 @@ impl Watcher {
                 match t.written {
                     None if fraction >= t.fraction => due.push(i),
                     Some(at)
-                        if fraction < t.fraction * REARM_BELOW
+                        if (t.failed || fraction < t.fraction * REARM_BELOW)
                             && now.duration_since(at) >= REARM_PERIOD =>
                     {
                         t.written = None;
@@ -252,6 +257,7 @@ impl Watcher {
                 ));
                 Ok(())
             });
+            t.failed = written.is_err();
             report(written, "at-limit", &FAILED);
         }
     }
