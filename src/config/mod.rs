@@ -333,7 +333,8 @@ fn report_misspellings() {
 /// the other, joined at a `_` (`RATE` and `SAMPLE_RATE`, `OUT_DIR` and
 /// `OUT`) or with at most 3 bytes more (`OUTPUT` and `OUT`; not `TIMEOUT`),
 /// or `known` of two words or more with its words shortened
-/// ([`abbreviates`]: `MEM_LIMIT`).
+/// ([`abbreviates`]: `MEM_LIMIT`), or of three words or more with one left
+/// out (`DUMP_LIMIT` for `DUMP_AT_LIMIT`).
 fn looks_like(given: &str, known: &str) -> bool {
     if given.len() < 3 {
         return false;
@@ -343,6 +344,16 @@ fn looks_like(given: &str, known: &str) -> bool {
     // (`HEAPPROF_SYM` may be another tool's).
     let words: Vec<&[u8]> = b.split(|&c| c == b'_').collect();
     if words.len() > 1 && abbreviates(a, &words) {
+        return true;
+    }
+    let given_words: Vec<&[u8]> = a.split(|&c| c == b'_').collect();
+    let one_left_out = given_words.len() >= 2
+        && given_words.len() + 1 == words.len()
+        && (0..words.len()).any(|out| {
+            let kept = words[..out].iter().chain(&words[out + 1..]);
+            kept.eq(given_words.iter())
+        });
+    if one_left_out {
         return true;
     }
     let affix = |long: &[u8], short: &[u8]| {
@@ -807,6 +818,8 @@ mod tests {
             ("MEM_LIMIT", "MEMORY_LIMIT"),
             ("MEMLIMIT", "MEMORY_LIMIT"),
             ("PYRO_URL", "PYROSCOPE_URL"),
+            ("DUMP_LIMIT", "DUMP_AT_LIMIT"),
+            ("INUSE_GROWTH", "DUMP_INUSE_GROWTH"),
         ] {
             assert_eq!(meant(given), Some(setting), "{given}");
         }
@@ -821,6 +834,10 @@ mod tests {
             "TIMEOUT",
             "DEBUG_OUTPUT_FORMAT",
             "SYM",
+            "TEST_RATE",
+            "TEST_OUT_DIR",
+            "EXPECT_FP",
+            "BENCH_ROUNDS_SHOWN",
         ] {
             assert_eq!(meant(other), None, "{other}");
         }
