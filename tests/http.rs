@@ -459,12 +459,16 @@ fn the_handler_mounts_anywhere() {
         (200, "application/octet-stream")
     );
     decode(&r.body);
-    let r = heapprof::http::handle("/debug/pprof/heap", "debug=1");
-    assert!(
-        String::from_utf8(r.body)
-            .unwrap()
-            .starts_with("heap profile: ")
-    );
+    // The query with its `?`, as a request target has it, reads the same.
+    for query in ["debug=1", "?debug=1"] {
+        let r = heapprof::http::handle("/debug/pprof/heap", query);
+        assert!(
+            String::from_utf8(r.body)
+                .unwrap()
+                .starts_with("heap profile: "),
+            "{query}"
+        );
+    }
     assert_eq!(heapprof::http::handle("/metrics", "").status, 404);
     // The path decides first: an unknown path is 404 whatever its query.
     assert_eq!(heapprof::http::handle("/metrics", "debug=x").status, 404);

@@ -131,7 +131,8 @@ const TEXT: &str = "text/plain; charset=utf-8";
 const HTML: &str = "text/html; charset=utf-8";
 
 /// Answers a request for `path` with query string `query` (the part after
-/// `?`, empty if none), as the built-in server does. For mounting heapprof
+/// `?`, empty if none; a `?` it starts with is skipped), as the built-in
+/// server does. For mounting heapprof
 /// in another server; the paths are in the [module docs](self).
 ///
 /// Blocking: building a profile takes milliseconds to (the first time,
@@ -153,6 +154,7 @@ pub fn handle_head(path: &str, query: &str) -> Response {
 
 /// [`handle`] or, with `head`, [`handle_head`].
 fn handle_request(path: &str, query: &str, head: bool) -> Response {
+    let query = query.strip_prefix('?').unwrap_or(query);
     let built = {
         let _inside = reentry::Inside::enter();
         let built = respond(path, query, head);
@@ -342,9 +344,16 @@ impl Params {
             let value = value.as_ref();
             match key.as_ref() {
                 "debug" => {
-                    p.debug = value.parse().map_err(|_| {
-                        format!("bad request: debug={value:?} is not a whole number")
-                    })?
+                    // Any level above 1 is text, so one too large to hold
+                    // is too.
+                    let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+                    p.debug = value
+                        .parse()
+                        .ok()
+                        .or(digits.then_some(u32::MAX))
+                        .ok_or_else(|| {
+                            format!("bad request: debug={value:?} is not a whole number")
+                        })?
                 }
                 "seconds" => {
                     let s = value
@@ -712,6 +721,7 @@ mod tests {
         assert!(Params::parse("%73ymbolize=%30").unwrap().addresses_only);
         assert_eq!(Params::parse("seconds=%32").unwrap().seconds, Some(2));
         assert_eq!(Params::parse("debug=+1").map(|p| p.debug).ok(), None);
+        assert_eq!(Params::parse("debug=4294967296").unwrap().debug, u32::MAX);
         assert!(!Params::parse("symbolize=1").unwrap().addresses_only);
         // The words every switch takes (`config::parse_on_off`).
         assert!(Params::parse("symbolize=no").unwrap().addresses_only);
