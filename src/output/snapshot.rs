@@ -826,17 +826,17 @@ impl Snapshot {
         };
         // Bytes heapprof could not put under a stack may be the function's:
         // counted against it (only if `held` does not hold them already),
-        // so that the assertion cannot pass for want of a stack.
+        // so that the assertion cannot pass for want of a stack. In a
+        // delta, what was allocated there in between and is still live
+        // where the live blocks tell it ([`gains`]; the entry also takes
+        // the counts of sites that retire), else all allocated there.
         let own_entries: i64 = [pprof::OVERFLOW_FUNCTION, symbolize::NOT_UNWOUND_FUNCTION]
             .into_iter()
             .filter(|own| !own.contains(function))
-            .map(|own| {
-                if self.delta {
-                    self.alloc_bytes_in(own)
-                } else {
-                    self.inuse_bytes_in(own)
-                }
-                .max(0)
+            .map(|own| match (self.delta, &self.gains) {
+                (true, Some(_)) => self.gained_in(own),
+                (true, None) => self.alloc_bytes_in(own).max(0),
+                (false, _) => self.inuse_bytes_in(own).max(0),
             })
             .fold(0, i64::saturating_add);
         // So may bytes under frames of the program heapprof could not
