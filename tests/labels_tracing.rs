@@ -2,10 +2,12 @@
 //! fields become labels while a span is entered, on whichever thread
 //! enters it.
 
+use heapprof_testkit::child::{is_child, run_child};
 use heapprof_testkit::labels::{pairs, without_thread};
 use heapprof_testkit::poll::{YieldOnce, poll_once};
 use std::hint::black_box;
 use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
 use heapprof::tracing::LabelLayer;
 use tracing::Instrument as _;
@@ -694,24 +696,71 @@ fn spans_left_by_ended_scopes_leave_room_for_new_ones() {
 /// threads that still have them (`STRANDED_KEPT` in `labels::tracing`).
 const STRANDED_KEPT: usize = 64;
 
+/// Runs the test `name` alone in a child process, unless this is that
+/// child: its flood of stranded spans would push other tests' spans out
+/// of the ring. True in the parent, which has nothing more to do.
+fn in_a_child(name: &str) -> bool {
+    if is_child() {
+        return false;
+    }
+    run_child(name, &[]);
+    true
+}
+
+/// Strands `n` spans of `dispatch`: each entered on one thread, exited
+/// on another and closed there.
+fn strand_many(dispatch: &tracing::Dispatch, n: usize, target_a: bool) {
+    for i in 0..n {
+        let span = tracing::dispatcher::with_default(dispatch, || {
+            if target_a {
+                tracing::info_span!(target: "a", "other", tenant = i)
+            } else {
+                tracing::info_span!("other", tenant = i)
+            }
+        });
+        let id = span.id().unwrap();
+        let (entering, entered) = (dispatch.clone(), id.clone());
+        std::thread::spawn(move || entering.enter(&entered))
+            .join()
+            .unwrap();
+        let exiting = dispatch.clone();
+        std::thread::spawn(move || {
+            exiting.exit(&id);
+            drop(span);
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+/// Waits for `flag` without allocating: an allocation would be a sample,
+/// which takes closed spans off this thread's stack ahead of time.
+fn spin_until(flag: &AtomicBool) {
+    while !flag.load(SeqCst) {
+        std::thread::yield_now();
+    }
+}
+
 /// A span entered here, exited on another thread and closed while more
 /// spans close that way elsewhere than the layer remembers: this thread
 /// misses it at its next sample, and lets go of it at its next span enter
 /// or exit (which asks the subscriber), keeping the live span under it.
 #[test]
 fn a_stranded_span_missed_among_many_lets_go_at_the_next_enter() {
-    use std::sync::mpsc::channel;
+    if in_a_child("a_stranded_span_missed_among_many_lets_go_at_the_next_enter") {
+        return;
+    }
+    static FLOODED: AtomicBool = AtomicBool::new(false);
     install();
     let live = tracing::info_span!(parent: None, "live", tenant = "live-acme");
     let missed = tracing::info_span!(parent: None, "missed", tenant = "missed-acme");
     let (live_id, missed_id) = (live.id().unwrap(), missed.id().unwrap());
-    let (to_a, from_main) = channel::<()>();
-    let (to_main, from_a) = channel::<()>();
+    let (to_main, from_a) = std::sync::mpsc::channel::<()>();
     let a = std::thread::spawn(move || {
         enter_raw(&live_id);
         enter_raw(&missed_id);
         to_main.send(()).unwrap();
-        from_main.recv().unwrap();
+        spin_until(&FLOODED);
         let missed_it = labels_now();
         tracing::info_span!("unlabelled").in_scope(|| ());
         let after_an_enter = labels_now();
@@ -724,18 +773,8 @@ fn a_stranded_span_missed_among_many_lets_go_at_the_next_enter() {
         .join()
         .unwrap();
     drop(missed);
-    // More spans than the layer remembers are entered on one thread,
-    // exited on another and closed.
-    for i in 0..2 * STRANDED_KEPT {
-        let other = tracing::info_span!(parent: None, "other", tenant = i);
-        let id = other.id().unwrap();
-        let entering = id.clone();
-        std::thread::spawn(move || enter_raw(&entering))
-            .join()
-            .unwrap();
-        exit_raw(&id);
-    }
-    to_a.send(()).unwrap();
+    tracing::dispatcher::get_default(|d| strand_many(d, 2 * STRANDED_KEPT, false));
+    FLOODED.store(true, SeqCst);
     let (missed_it, after_an_enter, after_all) = a.join().unwrap();
     assert_eq!(
         missed_it,
@@ -743,6 +782,81 @@ fn a_stranded_span_missed_among_many_lets_go_at_the_next_enter() {
         "the ring of closed spans was to pass this one by"
     );
     assert_eq!(after_an_enter, pairs(&[("tenant", "live-acme")]));
+    assert!(after_all.is_empty(), "{after_all:?}");
+    drop(live);
+}
+
+/// A thread asks only about the spans the asking layer entered: one that
+/// another layer's filter hides from it stays entered, with its labels,
+/// through the asking layer's enter and exit.
+#[test]
+fn asking_leaves_spans_another_layers_filter_hides() {
+    use tracing_subscriber::layer::Layer as _;
+    if in_a_child("asking_leaves_spans_another_layers_filter_hides") {
+        return;
+    }
+    static FLOODED: AtomicBool = AtomicBool::new(false);
+    heapprof::set_sample_rate(1);
+    let only =
+        |target: &'static str| tracing_subscriber::filter::filter_fn(move |m| m.target() == target);
+    let dispatch = tracing::Dispatch::new(
+        tracing_subscriber::registry()
+            .with(LabelLayer::new(["tenant"]).with_filter(only("a")))
+            .with(LabelLayer::new(["route"]).with_filter(only("b"))),
+    );
+    let (live, b) = tracing::dispatcher::with_default(&dispatch, || {
+        (
+            tracing::info_span!(target: "a", "live", tenant = "live-acme"),
+            tracing::info_span!(target: "b", "b", route = "/r"),
+        )
+    });
+    let (live_id, b_id) = (live.id().unwrap(), b.id().unwrap());
+    let on_a = dispatch.clone();
+    let a = std::thread::spawn(move || {
+        on_a.enter(&live_id);
+        spin_until(&FLOODED);
+        on_a.enter(&b_id);
+        let inside_b = labels_now();
+        on_a.exit(&b_id);
+        let after_b = labels_now();
+        on_a.exit(&live_id);
+        (inside_b, after_b, labels_now())
+    });
+    strand_many(&dispatch, 2 * STRANDED_KEPT, true);
+    FLOODED.store(true, SeqCst);
+    let (inside_b, after_b, after_all) = a.join().unwrap();
+    assert_eq!(inside_b, pairs(&[("route", "/r"), ("tenant", "live-acme")]));
+    assert_eq!(after_b, pairs(&[("tenant", "live-acme")]));
+    assert!(after_all.is_empty(), "{after_all:?}");
+}
+
+/// A span entered through one subscriber stays entered, with its labels,
+/// through an enter in another subscriber's scope, which cannot see it.
+#[test]
+fn asking_leaves_spans_of_another_subscriber() {
+    if in_a_child("asking_leaves_spans_of_another_subscriber") {
+        return;
+    }
+    static FLOODED: AtomicBool = AtomicBool::new(false);
+    install();
+    let inner =
+        tracing::Dispatch::new(tracing_subscriber::registry().with(LabelLayer::new(["route"])));
+    let live = tracing::info_span!(parent: None, "live", tenant = "live-acme");
+    let live_id = live.id().unwrap();
+    let a = std::thread::spawn(move || {
+        enter_raw(&live_id);
+        spin_until(&FLOODED);
+        tracing::dispatcher::with_default(&inner, || {
+            tracing::info_span!("unlabelled").in_scope(|| ());
+        });
+        let after = labels_now();
+        exit_raw(&live_id);
+        (after, labels_now())
+    });
+    tracing::dispatcher::get_default(|d| strand_many(d, 2 * STRANDED_KEPT, false));
+    FLOODED.store(true, SeqCst);
+    let (after, after_all) = a.join().unwrap();
+    assert_eq!(after, pairs(&[("tenant", "live-acme")]));
     assert!(after_all.is_empty(), "{after_all:?}");
     drop(live);
 }

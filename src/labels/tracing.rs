@@ -67,10 +67,10 @@ use crate::thread::labels::{LabelState, SPANS_KEPT, StackedSpan};
 /// the scope it entered the span in. The latest 64 spans closed that way,
 /// across all threads, are looked for there; a thread that may have
 /// missed one (more closed since it last looked) asks the subscriber
-/// which of its spans are still open at its next span enter or exit,
-/// so under load a closed span's labels can last until then. Enter spans in async code with
-/// `.instrument(span)`, whose enters and exits stay on one thread each
-/// poll. A thread keeps the labelled spans it has entered on a small
+/// which of its spans are still open at its next enter or exit of a span
+/// of this layer's, so under load a closed span's labels can last until
+/// then. Enter spans in async code with `.instrument(span)`, whose enters
+/// and exits stay on one thread each poll. A thread keeps the labelled spans it has entered on a small
 /// stack; a span entered deeper than it holds changes no labels. A span
 /// whose guard is dropped on another worker keeps its entry on the first
 /// one's stack until it closes; a full stack makes room by dropping the
@@ -98,6 +98,12 @@ impl LabelLayer {
         LabelLayer {
             fields: fields.into_iter().map(Into::into).collect(),
         }
+    }
+
+    /// Names this layer on the span stacks ([`StackedSpan::layer`]): its
+    /// address, fixed once the subscriber holding it is installed.
+    fn address(&self) -> usize {
+        std::ptr::from_ref(self).addr()
     }
 
     /// Stores `values`' chosen fields in `labels`; whether there were any.
@@ -314,16 +320,17 @@ fn push_span(mut span: StackedSpan) -> bool {
     .unwrap_or(false)
 }
 
-/// Notes that the span `serial` (tracing id `id`) was entered past this
-/// thread's full span stack; false if the list of those is full too (then
-/// its exit may take an earlier enter of the same span off the stack).
-fn note_past_stack(serial: u64, id: u64) -> bool {
+/// Notes that the span `serial` (tracing id `id`, entered by the layer at
+/// `layer`) was entered past this thread's full span stack; false if the
+/// list of those is full too (then its exit may take an earlier enter of
+/// the same span off the stack).
+fn note_past_stack(serial: u64, id: u64, layer: usize) -> bool {
     thread::with(|l| {
         let len = l.labels.past_stack_len.get();
         let Some(slot) = l.labels.past_stack.get(len) else {
             return false;
         };
-        slot.set((serial, id));
+        slot.set((serial, id, layer));
         l.labels.past_stack_len.set(len + 1);
         true
     })
@@ -485,7 +492,7 @@ pub(crate) fn settle() {
         if labels.stranded_seen.get() == count && labels.exits_waiting.get() == 0 {
             return;
         }
-        if may_have_missed(labels, count)
+        if may_have_missed(labels, stranded_given())
             && (labels.span_depth.get() > 0 || labels.past_stack_len.get() > 0)
         {
             labels.must_ask.set(true);
@@ -553,34 +560,40 @@ pub(crate) fn settle() {
 /// the subscriber which of its stacked spans are still open and marks the
 /// others exited for [`settle`]. Called from the layer's enter and exit,
 /// before it reads any span's extensions (it reads those of the spans it
-/// asks about), never in the allocator.
-fn forget_closed<S>(ctx: &Context<'_, S>)
+/// asks about), never in the allocator. Only the spans `layer` entered
+/// are asked about: another layer's filter, or another subscriber, may
+/// hide a span from this one; those stay for their own layer to ask.
+fn forget_closed<S>(ctx: &Context<'_, S>, layer: usize)
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     const MOST: usize = 2 * SPANS_KEPT;
-    let count = STRANDED_COUNT.load(Acquire);
+    let given = stranded_given();
     let asking = thread::with(|l| {
         let labels = &l.labels;
-        if !labels.must_ask.get() && !may_have_missed(labels, count) {
+        if !labels.must_ask.get() && !may_have_missed(labels, given) {
             return None;
         }
-        labels.must_ask.set(false);
-        labels.asked_at.set(count);
-        let mut entries = [(0, 0); MOST];
         let stacked = labels.spans[..labels.span_depth.get()]
             .iter()
             .map(Cell::get)
             .filter(|s| !s.exited)
-            .map(|s| (s.serial, s.id));
+            .map(|s| (s.serial, s.id, s.layer));
         let past = labels.past_stack[..labels.past_stack_len.get()]
             .iter()
             .map(Cell::get);
-        let mut len = 0;
-        for (slot, entry) in entries.iter_mut().zip(stacked.chain(past)) {
-            *slot = entry;
-            len += 1;
+        let mut entries = [(0, 0); MOST];
+        let (mut len, mut others) = (0, false);
+        for (serial, id, by) in stacked.chain(past) {
+            if by != layer {
+                others = true;
+            } else if let Some(slot) = entries.get_mut(len) {
+                *slot = (serial, id);
+                len += 1;
+            }
         }
+        labels.must_ask.set(others);
+        labels.asked_at.set(given);
         Some((entries, len))
     })
     .flatten();
@@ -624,11 +637,19 @@ where
     settle();
 }
 
-/// Whether more spans were stranded (`count` in all) since this thread
-/// last had none of them or asked the subscriber than [`STRANDED`] keeps.
-fn may_have_missed(labels: &LabelState, count: u64) -> bool {
+/// Whether more spans were stranded since this thread last had none of
+/// them or asked the subscriber than [`STRANDED`] keeps, `given` places
+/// in it given out so far ([`stranded_given`]).
+fn may_have_missed(labels: &LabelState, given: u64) -> bool {
     let looked = labels.stranded_seen.get().max(labels.asked_at.get());
-    count.wrapping_sub(looked) > STRANDED_KEPT as u64
+    given.saturating_sub(looked) > STRANDED_KEPT as u64
+}
+
+/// How many places in [`STRANDED`] were given out: at least
+/// [`STRANDED_COUNT`], and more while a [`strand`] is under way, whose
+/// place may already hold its serial over an older one.
+fn stranded_given() -> u64 {
+    STRANDED_NEXT.load(Acquire) as u64
 }
 
 /// Whether the span with tracing id `id` is still the one with `serial`:
@@ -678,7 +699,7 @@ where
     }
 
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
-        forget_closed(&ctx);
+        forget_closed(&ctx, self.address());
         let Some(span) = ctx.span(id) else {
             return;
         };
@@ -691,6 +712,7 @@ where
         let stacked = push_span(StackedSpan {
             serial: labels.serial,
             id: id.into_u64(),
+            layer: self.address(),
             scope: 0,
             repeats: 0,
             exited: false,
@@ -703,13 +725,13 @@ where
         if stacked {
             labels.on_stacks.fetch_add(1, Relaxed);
             super::set_current(inside);
-        } else if note_past_stack(labels.serial, id.into_u64()) {
+        } else if note_past_stack(labels.serial, id.into_u64(), self.address()) {
             labels.on_stacks.fetch_add(1, Relaxed);
         }
     }
 
     fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
-        forget_closed(&ctx);
+        forget_closed(&ctx, self.address());
         let Some(span) = ctx.span(id) else {
             return;
         };
@@ -753,6 +775,19 @@ where
 mod tests {
     use super::*;
     use tracing_subscriber::layer::SubscriberExt as _;
+
+    /// `LabelLayer`'s docs give the number of closed spans looked for.
+    #[test]
+    fn the_layer_docs_give_how_many_closed_spans_are_looked_for() {
+        let docs: String = include_str!("tracing.rs")
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("///"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let words: Vec<&str> = docs.split_whitespace().collect();
+        let said = format!("The latest {STRANDED_KEPT} spans closed that way");
+        assert!(words.join(" ").contains(&said), "{said}");
+    }
 
     /// Spans exited where they were entered put nothing in the ring of
     /// stranded spans, however many close; one entered on another thread

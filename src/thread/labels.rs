@@ -56,11 +56,11 @@ pub(crate) struct LabelState {
     #[cfg(feature = "tracing")]
     pub(crate) span_depth: Cell<usize>,
     /// Labelled spans entered while `spans` was full and not yet exited,
-    /// as `(serial, tracing id)` ([`StackedSpan`]), innermost last (the
-    /// first `past_stack_len`): their enters changed no labels, so their
-    /// exits change none either.
+    /// as `(serial, tracing id, layer)` ([`StackedSpan`]), innermost last
+    /// (the first `past_stack_len`): their enters changed no labels, so
+    /// their exits change none either.
     #[cfg(feature = "tracing")]
-    pub(crate) past_stack: [Cell<(u64, u64)>; SPANS_KEPT],
+    pub(crate) past_stack: [Cell<(u64, u64, usize)>; SPANS_KEPT],
     #[cfg(feature = "tracing")]
     pub(crate) past_stack_len: Cell<usize>,
     /// The serial of the innermost scope open on this thread
@@ -110,6 +110,9 @@ pub(crate) struct StackedSpan {
     /// the span is still open; the subscriber may give it to another span
     /// once this one closes.
     pub(crate) id: u64,
+    /// The address of the `LabelLayer` that entered it: only that layer's
+    /// subscriber, through that layer's filter, can say whether it is open.
+    pub(crate) layer: usize,
     /// [`LabelState::innermost_scope`] when the span was entered.
     pub(crate) scope: u64,
     /// Enters of the same span, by more than one `LabelLayer` or inside
@@ -144,6 +147,7 @@ impl LabelState {
                 Cell::new(StackedSpan {
                     serial: 0,
                     id: 0,
+                    layer: 0,
                     scope: 0,
                     repeats: 0,
                     exited: false,
@@ -157,7 +161,7 @@ impl LabelState {
             #[cfg(feature = "tracing")]
             span_depth: Cell::new(0),
             #[cfg(feature = "tracing")]
-            past_stack: [const { Cell::new((0, 0)) }; SPANS_KEPT],
+            past_stack: [const { Cell::new((0, 0, 0)) }; SPANS_KEPT],
             #[cfg(feature = "tracing")]
             past_stack_len: Cell::new(0),
             #[cfg(feature = "tracing")]
