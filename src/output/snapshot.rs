@@ -269,7 +269,7 @@ fn path_form(name: &str) -> Cow<'_, str> {
 
 /// An allocation site: a stack, the labels its allocations were made
 /// under, and what was allocated there. Values are estimates (exact at
-/// sample rate 1).
+/// sample rate 1, where every sample was taken at that rate).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Site {
     /// Leaf first (the function that allocated), inlined frames expanded,
@@ -742,14 +742,17 @@ impl Snapshot {
     /// Panics, with the top of the profile in the message, if functions
     /// whose name contains `function` hold more than `max_bytes` live bytes
     /// (cum; a substring match, so give the path, as in
-    /// `"my_crate::parse"`). At sample rate 1 the numbers are exact: see
-    /// the crate docs' testing section. Live bytes heapprof holds under no
-    /// stack (its overflow and not-unwound entries, see the README's
-    /// "Reading a profile"), from any thread, count against `function`
-    /// too, so that the assertion never passes for want of a stack: in a
-    /// [`delta`](Snapshot::delta), all the bytes allocated into them in
-    /// between, since frees of older blocks there (from other threads,
-    /// say) could hide what the function added. So do the bytes of samples
+    /// `"my_crate::parse"`). At sample rate 1 the numbers are exact
+    /// (where no sample was taken at another rate before): see the crate
+    /// docs' testing section. Live bytes heapprof holds under no stack (its
+    /// overflow and not-unwound entries, see the README's "Reading a
+    /// profile"), from any thread, count against `function` too, so that
+    /// the assertion never passes for want of a stack: in a
+    /// [`delta`](Snapshot::delta), those allocated into them in between
+    /// and still live (all allocated into them in between where the
+    /// snapshots could not list their live blocks), since frees of older
+    /// blocks there (from other threads, say) could hide what the function
+    /// added. So do the bytes of samples
     /// heapprof dropped, with too little stack left to record them (a
     /// signal handler on a small alternate stack): all of them, or in a
     /// delta those of samples taken in between. For the same reason, in a
@@ -959,7 +962,8 @@ impl Snapshot {
             let (stacks, passes) = if self.delta {
                 (
                     "no stack sampled in between",
-                    "so it passes as adding nothing; if it did allocate in between, ",
+                    "so it passes as adding nothing: it allocated nothing sampled in between, \
+                     or else ",
                 )
             } else {
                 ("no sampled stack", "so it passes as holding nothing; ")
@@ -1151,29 +1155,33 @@ impl Snapshot {
             return "Sampling was off (sample rate 0) when this snapshot was taken.".into();
         }
         let name = sample_type.name();
-        if self.delta {
-            let fell: i64 = self.sites.iter().map(|s| sample_type.of(s).min(0)).sum();
-            return match fell {
-                0 => format!("No site in this delta has {name} above zero: none grew in between."),
-                _ => format!(
-                    "No site in this delta has {name} above zero: it fell by {} {} in all \
-                     (frees), and a flame graph shows only growth.",
-                    -fell,
-                    sample_type.unit()
-                ),
-            };
-        }
-        match self.rate {
-            1 => format!(
-                "No site in this snapshot has {name} above zero (every allocation is \
-                 recorded at rate 1)."
-            ),
+        let sampled = match self.rate {
+            1 => " (every allocation is recorded at rate 1).".to_owned(),
             rate => format!(
-                "No site in this snapshot has {name} above zero. Allocations are sampled \
-                 about once per {rate} bytes allocated, so a program that allocated little \
-                 may have none."
+                ". Allocations are sampled about once per {rate} bytes allocated, so a program \
+                 that allocated little may have none."
             ),
+        };
+        if !self.delta {
+            return format!("No site in this snapshot has {name} above zero{sampled}");
         }
+        let fell: i64 = self.sites.iter().map(|s| sample_type.of(s).min(0)).sum();
+        let what = match sample_type {
+            SampleType::InuseSpace | SampleType::InuseObjects if fell < 0 => {
+                let unit = match sample_type {
+                    SampleType::InuseSpace => "bytes",
+                    _ => "live blocks",
+                };
+                return format!(
+                    "No site in this delta has {name} above zero: it fell by {} {unit} in all \
+                     (frees), and a flame graph shows only growth.",
+                    -fell
+                );
+            }
+            SampleType::InuseSpace | SampleType::InuseObjects => "none grew in between",
+            SampleType::AllocSpace | SampleType::AllocObjects => "none allocated in between",
+        };
+        format!("No site in this delta has {name} above zero: {what}{sampled}")
     }
 }
 
@@ -1677,6 +1685,14 @@ mod tests {
         let exact = svg(&made_of(false, &[]));
         assert!(exact.contains("recorded at rate 1"), "{exact}");
         assert!(!exact.contains("sampled about once"), "{exact}");
+        // A short delta at the default rate may have no sample at all.
+        let mut sampled = made_of(true, &[]);
+        sampled.rate = 512 * 1024;
+        let sampled = svg(&sampled);
+        assert!(
+            sampled.contains("none grew in between. Allocations are sampled about once"),
+            "{sampled}"
+        );
     }
 
     /// `stats()` reads the registry and nothing else: with every table's

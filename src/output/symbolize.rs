@@ -916,15 +916,16 @@ pub(crate) fn is_machinery_frame(frame: &Symbol) -> bool {
 /// same name (a binary `src/bin/alloc.rs` is the crate `alloc`), and its
 /// `alloc::main` is the program's. Other paths: true.
 fn in_std_module(path: &str) -> bool {
-    // The modules of each crate, as `library/*/src` has them.
+    // The modules of each crate, as `library/*/src` has them (`core_arch`
+    // and `core_simd` from `library/stdarch` and `library/portable-simd`).
     const ALLOC: &str = "alloc borrow boxed bstr collections ffi fmt raw_vec rc slice str string \
                          sync task vec wtf8";
     const CORE: &str = "alloc any arch array ascii asserting async_iter bool borrow bstr cell \
-                        char clone cmp contracts convert default error escape f16 f32 f64 f128 \
-                        ffi field fmt future hash hint index intrinsics io iter marker mem net \
-                        num ops option os panic panicking pat pin prelude primitive process \
-                        profiling ptr random range result slice str sync task time tuple \
-                        ub_checks unicode unit unsafe_binder wtf8";
+                        char clone cmp contracts convert core_arch core_simd default error \
+                        escape f16 f32 f64 f128 ffi field fmt future hash hint index intrinsics \
+                        io iter marker mem net num ops option os panic panicking pat pin \
+                        prelude primitive process profiling ptr random range result simd slice \
+                        str sync task time tuple ub_checks unicode unit unsafe_binder wtf8";
     let mut parts = path.split("::");
     let modules = match parts.next() {
         Some("alloc") => ALLOC,
@@ -944,6 +945,8 @@ fn is_std_file(file: &str) -> bool {
         "/library/std/src/",
         "/library/core/src/",
         "/library/alloc/src/",
+        "/library/stdarch/",
+        "/library/portable-simd/",
     ]
     .iter()
     .any(|p| file.contains(p))
