@@ -1081,3 +1081,36 @@ fn every_profile_format_carries_the_labels() {
     }
     drop(held);
 }
+
+/// A `Labeled` future keeps its labels cut as the label table cuts them
+/// (128 bytes), and the copies count as heapprof's own memory until the
+/// futures are dropped. In a child, so that no other test's tables grow
+/// meanwhile.
+#[test]
+fn labeled_futures_keep_their_labels_cut_and_counted() {
+    const FUTURES: usize = 200;
+    if !is_child() {
+        let (stdout, _) = run_child("labeled_futures_keep_their_labels_cut_and_counted", &[]);
+        let held = printed_number(&stdout, "held=");
+        let after = printed_number(&stdout, "after=");
+        // Each keeps at least its cut value; far less than the 1 MiB given.
+        assert!(
+            (FUTURES as i64 * 128..FUTURES as i64 * 1024).contains(&held),
+            "{stdout}"
+        );
+        assert!(after.abs() < 1024, "{stdout}");
+        return;
+    }
+    use heapprof::FutureExt as _;
+    let big = "v".repeat(1 << 20);
+    // Its drop puts the labels in force once: the table takes their set.
+    drop(async {}.heap_labels(&[("tenant", &big)]));
+    let before = heapprof::stats().profiler_bytes as i64;
+    let futures: Vec<_> = (0..FUTURES)
+        .map(|_| async {}.heap_labels(&[("tenant", &big)]))
+        .collect();
+    let held = heapprof::stats().profiler_bytes as i64 - before;
+    drop(futures);
+    let after = heapprof::stats().profiler_bytes as i64 - before;
+    println!("held={held} after={after}");
+}

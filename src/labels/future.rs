@@ -4,8 +4,10 @@
 use std::future::Future;
 use std::mem::ManuallyDrop;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::task::{Context, Poll};
 
+use super::table::cut;
 use super::{LabelSetId, Scope, current};
 use crate::support::reentry;
 
@@ -26,7 +28,9 @@ use crate::support::reentry;
 /// # }
 /// ```
 ///
-/// The labels are copied by [`Labeled::new`]. Each poll puts them in
+/// The labels are copied by [`Labeled::new`], each key and value cut as
+/// the label table cuts them (to 128 bytes); the copies count in
+/// [`Stats::profiler_bytes`](crate::Stats::profiler_bytes). Each poll puts them in
 /// force over the polling thread's own labels, as a nested
 /// [`with_labels`](crate::with_labels) scope would, an empty value taking
 /// its key out; the set that makes is looked up when the thread's labels
@@ -47,14 +51,34 @@ pub struct Labeled<F> {
 /// A label's key and value, copied.
 type OwnedLabel = (Box<str>, Box<str>);
 
+/// Bytes the labels of live [`Labeled`] futures hold.
+static COPIED_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes the labels of live [`Labeled`] futures hold, for the profiler's
+/// own memory. Takes no lock.
+pub(crate) fn copied_bytes() -> usize {
+    COPIED_BYTES.load(Relaxed)
+}
+
+/// The bytes `labels` hold: the slice and the strings.
+fn held(labels: &[OwnedLabel]) -> usize {
+    let strings: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
+    std::mem::size_of_val(labels) + strings
+}
+
 impl<F> Labeled<F> {
     /// Wraps `future` so that it runs with `labels` in force.
     pub fn new(future: F, labels: &[(&str, &str)]) -> Labeled<F> {
+        let labels: reentry::Own<Box<[OwnedLabel]>> = reentry::Own::make(|| {
+            labels
+                .iter()
+                .map(|&(k, v)| (cut(k).into(), cut(v).into()))
+                .collect()
+        });
+        COPIED_BYTES.fetch_add(held(&labels), Relaxed);
         Labeled {
             inner: ManuallyDrop::new(future),
-            labels: reentry::Own::make(|| {
-                labels.iter().map(|&(k, v)| (k.into(), v.into())).collect()
-            }),
+            labels,
             merged: None,
         }
     }
@@ -103,6 +127,7 @@ impl<F> Drop for Labeled<F> {
         // SAFETY: dropped once, here, in place (as pinning requires); the
         // field is not used after.
         unsafe { ManuallyDrop::drop(&mut self.inner) };
+        COPIED_BYTES.fetch_sub(held(&self.labels), Relaxed);
     }
 }
 

@@ -30,7 +30,7 @@ use crate::thread::{
     labels::{SCOPES_KEPT, UNKNOWN},
 };
 use table::Kind;
-pub(crate) use table::{LabelSetId, each_lock, memory_bytes};
+pub(crate) use table::{LabelSetId, each_lock};
 
 /// The key of the automatic label that names the thread.
 pub(crate) const THREAD_KEY: &str = "thread";
@@ -187,6 +187,12 @@ fn thread_label_on() -> bool {
         OFF => false,
         _ => crate::config::get().thread_label,
     }
+}
+
+/// Bytes the label table and the labels of live `Labeled` futures hold,
+/// for the profiler's own memory. Takes no lock.
+pub(crate) fn memory_bytes() -> usize {
+    table::memory_bytes() + future::copied_bytes()
 }
 
 /// The set in force on this thread (after [`tracing::settle`]).

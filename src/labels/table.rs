@@ -229,7 +229,7 @@ impl<'a> Pending<'a> {
 
 /// `s`, or its first [`MAX_LABEL_BYTES`] bytes (to a character boundary)
 /// ending in [`TRUNCATED`].
-fn cut(s: &str) -> Cow<'_, str> {
+pub(crate) fn cut(s: &str) -> Cow<'_, str> {
     if s.len() <= MAX_LABEL_BYTES {
         return Cow::Borrowed(s);
     }

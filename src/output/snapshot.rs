@@ -37,8 +37,9 @@ pub struct Stats {
     pub allocated_bytes: u64,
     /// Bytes released by all frees.
     pub freed_bytes: u64,
-    /// Memory heapprof holds for itself: the site table, the label sets,
-    /// the set of live sampled blocks and the symbol cache, and spare
+    /// Memory heapprof holds for itself: the site table, the label sets
+    /// (and the labels [`Labeled`](crate::Labeled) futures keep), the set
+    /// of live sampled blocks and the symbol cache, and spare
     /// sampled blocks (freed
     /// by the program and counted as freed above, but kept by heapprof for
     /// reuse).
