@@ -80,9 +80,10 @@ const OFF: u8 = 2;
 ///   labels in force already, samples carry the labels in force without
 ///   `thread`.
 /// * Entering one of the thread's last few scopes again finds its set by
-///   comparing labels (tens of nanoseconds, no lock); a new one interns
-///   its set under the table's lock. Leaving is a store. Allocations that
-///   are not sampled never look at labels.
+///   comparing labels (tens of nanoseconds, no lock); a new one, and one
+///   whose labels need cutting, have an empty value or a key twice, merge
+///   its set under the table's lock (hundreds of nanoseconds). Leaving is
+///   a store. Allocations that are not sampled never look at labels.
 ///
 /// For async code, where a task moves between threads, label the future
 /// instead: [`Labeled`], [`FutureExt::heap_labels`]. A thread that waits
