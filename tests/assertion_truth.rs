@@ -339,10 +339,9 @@ fn a_name_no_function_has_fails_and_one_without_samples_passes() {
             ),
             "{stdout}"
         );
-        let lines: Vec<&str> = stderr
-            .lines()
-            .filter(|l| l.contains("no sampled stack names a function matching"))
-            .collect();
+        let lines_with =
+            |phrase: &str| -> Vec<&str> { stderr.lines().filter(|l| l.contains(phrase)).collect() };
+        let lines = lines_with("no sampled stack names a function matching");
         assert_eq!(lines.len(), 2, "{stderr}");
         assert!(
             lines[0].contains("assertion_truth::allocates_nothing")
@@ -355,10 +354,7 @@ fn a_name_no_function_has_fails_and_one_without_samples_passes() {
             "{}",
             lines[1]
         );
-        let in_between: Vec<&str> = stderr
-            .lines()
-            .filter(|l| l.contains("no stack sampled in between names a function matching"))
-            .collect();
+        let in_between = lines_with("no stack sampled in between names a function matching");
         assert_eq!(in_between.len(), 1, "{stderr}");
         assert!(
             in_between[0].contains("assertion_truth::holds_a_lot")

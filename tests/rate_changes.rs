@@ -380,21 +380,17 @@ fn values_are_called_exact_only_when_every_sample_was() {
     let exact_words = "values are exact: every allocation is recorded (rate 1)";
     let mixed_words = "blocks sampled earlier at a higher rate are estimates";
     let first_line = |s: &heapprof::Snapshot| s.to_string().lines().next().unwrap().to_owned();
+    // The table's header and the pprof comment both say `words`.
+    let says = |what: &str, s: &heapprof::Snapshot, words: &str| {
+        let (header, comment) = (first_line(s), values_comment(s));
+        assert!(header.contains(words), "{what}: {header}");
+        assert!(comment.contains(words), "{what}: {comment}");
+    };
     let start = heapprof::snapshot();
     let exact_kept = keep_kibibytes(1000);
     let exact = heapprof::snapshot();
-    for (what, s) in [("snapshot", &exact), ("delta", &exact.delta(&start))] {
-        assert!(
-            first_line(s).contains(exact_words),
-            "{what}: {}",
-            first_line(s)
-        );
-        assert!(
-            values_comment(s).contains(exact_words),
-            "{what}: {}",
-            values_comment(s)
-        );
-    }
+    says("snapshot", &exact, exact_words);
+    says("delta", &exact.delta(&start), exact_words);
     // 20 MB at 512 KiB: about 40 samples, each standing for about 512
     // blocks; none at all has odds of e^-40.
     heapprof::set_sample_rate(512 * 1024);
@@ -402,21 +398,8 @@ fn values_are_called_exact_only_when_every_sample_was() {
     heapprof::set_sample_rate(1);
     let rate_one_kept = keep_kibibytes(1000);
     let mixed = heapprof::snapshot();
-    for (what, s) in [
-        ("snapshot", &mixed),
-        ("delta over the change", &mixed.delta(&exact)),
-    ] {
-        assert!(
-            first_line(s).contains(mixed_words),
-            "{what}: {}",
-            first_line(s)
-        );
-        assert!(
-            values_comment(s).contains(mixed_words),
-            "{what}: {}",
-            values_comment(s)
-        );
-    }
+    says("snapshot", &mixed, mixed_words);
+    says("delta over the change", &mixed.delta(&exact), mixed_words);
     assert!(
         first_line(&exact).contains(exact_words),
         "{}",
