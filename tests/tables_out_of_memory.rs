@@ -332,9 +332,70 @@ fn main() {
         "{later}"
     );
     drop(again);
+
+    labeled_poll_after_memory_comes_back();
     println!(
         "ok: {} of heapprof's requests refused, {} of them page aligned; no block freed with another layout",
         REFUSED.load(Relaxed),
         REFUSED_PAGE_ALIGNED.load(Relaxed)
     );
+}
+
+/// A future that keeps a block of `BLOCK` bytes at each of its two polls.
+struct TwoPolls {
+    kept: Vec<Vec<u8>>,
+}
+
+impl std::future::Future for TwoPolls {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        keep_a_block(&mut self.kept);
+        if self.kept.len() == 2 {
+            return std::task::Poll::Ready(());
+        }
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
+#[inline(never)]
+fn keep_a_block(kept: &mut Vec<Vec<u8>>) {
+    kept.push(black_box(vec![3; BLOCK]));
+}
+
+/// A `Labeled` future first polled while heapprof's memory is refused
+/// (its labels' set cannot be made) carries its labels at the next poll,
+/// once memory is back: the failed merge is not kept for it.
+fn labeled_poll_after_memory_comes_back() {
+    use heapprof::FutureExt as _;
+    heapprof::set_sample_rate(1);
+    let mut future = Box::pin(
+        TwoPolls {
+            kept: Vec::with_capacity(2),
+        }
+        .heap_labels(&[("tenant", "refused-then-granted")]),
+    );
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let before = heapprof::snapshot();
+    REFUSING.store(ALL_BUT_BLOCKS, Relaxed);
+    assert!(future.as_mut().poll(&mut cx).is_pending());
+    REFUSING.store(NOTHING, Relaxed);
+    assert!(future.as_mut().poll(&mut cx).is_ready());
+    let later = heapprof::snapshot().delta(&before);
+    let labelled: i64 = later
+        .sites()
+        .iter()
+        .filter(|s| s.has_label("tenant", "refused-then-granted"))
+        .filter(|s| s.frames.iter().any(|f| f.function.contains("keep_a_block")))
+        .map(|s| s.inuse_bytes)
+        .sum();
+    assert!(
+        labelled >= BLOCK_BYTES,
+        "the second poll's block under the future's labels: {labelled} bytes\n{later}"
+    );
+    drop(future);
 }

@@ -84,7 +84,9 @@ impl<F> Labeled<F> {
     }
 
     /// Puts this future's labels in force on the calling thread, over the
-    /// thread's own, until the returned scope is dropped.
+    /// thread's own, until the returned scope is dropped. A merge that
+    /// found no memory (the overflow set) is not kept: the next poll tries
+    /// again.
     fn enter(&mut self) -> Scope {
         let outer = current();
         let set = match self.merged {
@@ -92,11 +94,18 @@ impl<F> Labeled<F> {
             _ => {
                 let set = {
                     let _inside = reentry::Inside::enter();
-                    let pairs: Vec<(&str, &str)> =
-                        self.labels.iter().map(|(k, v)| (&**k, &**v)).collect();
-                    super::scope_set(&pairs)
+                    let mut pairs = Vec::new();
+                    match pairs.try_reserve_exact(self.labels.len()) {
+                        Ok(()) => {
+                            pairs.extend(self.labels.iter().map(|(k, v)| (&**k, &**v)));
+                            super::scope_set(&pairs)
+                        }
+                        Err(_) => LabelSetId::OVERFLOW,
+                    }
                 };
-                self.merged = Some((outer, set));
+                if set != LabelSetId::OVERFLOW {
+                    self.merged = Some((outer, set));
+                }
                 set
             }
         };
