@@ -120,6 +120,9 @@ pub(crate) struct Collected {
     pub span: Option<Duration>,
     /// When the sites are from, if not now: a peak's moment.
     pub taken: Option<SystemTime>,
+    /// The rate and exactness the sites were recorded with, if not
+    /// today's (a peak's).
+    pub numbers: Option<sample::Numbers>,
 }
 
 /// Says on stderr, once, that the site table has been full, at the first
@@ -141,12 +144,14 @@ pub(crate) fn collect(source: Source) -> Option<Collected> {
             comments: Vec::new(),
             span: None,
             taken: None,
+            numbers: None,
         }),
         Source::Peak => peak::copy().map(|p| Collected {
             comments: vec![peak_comment(&p)],
             sites: p.sites.unpack(),
             span: None,
             taken: Some(p.when),
+            numbers: Some(p.numbers),
         }),
         Source::Delta { sites, span } => Some(Collected {
             comments: vec![format!(
@@ -156,6 +161,7 @@ pub(crate) fn collect(source: Source) -> Option<Collected> {
             sites,
             span: Some(span),
             taken: None,
+            numbers: None,
         }),
         Source::AllocDelta { sites, span } => Some(Collected {
             comments: vec![match span {
@@ -171,6 +177,7 @@ pub(crate) fn collect(source: Source) -> Option<Collected> {
             sites,
             span,
             taken: None,
+            numbers: None,
         }),
     }
 }
@@ -216,7 +223,7 @@ pub(crate) fn write<W: io::Write>(
     // `HEAPPROF_SYMBOLIZE=off` holds for every profile written here; a
     // caller can ask for addresses only where the setting allows names.
     options.addresses_only |= !crate::config::get().symbolize;
-    let numbers = sample::Numbers::now();
+    let numbers = collected.numbers.unwrap_or_else(sample::Numbers::now);
     let rate = numbers.rate;
     match format {
         Format::Pprof => pprof::encode(&pprof::build(&collected.sites, numbers, options), w)?,
@@ -253,9 +260,15 @@ pub(crate) fn write_to_program<W: io::Write>(
 /// UTC), and how far below the true peak it may be: a copy is kept each
 /// time the live heap passes the last one by `HEAPPROF_PEAK_GROWTH`.
 fn peak_comment(peak: &peak::Peak) -> String {
+    let size = match peak.numbers {
+        sample::Numbers {
+            rate: 1,
+            estimated: false,
+        } => format!("{} bytes", peak.live_bytes),
+        _ => format!("about {} bytes (sampled estimate)", peak.live_bytes),
+    };
     format!(
-        "heapprof peak profile: the live heap at the largest copy kept, about {} bytes (sampled estimate), at {}; the true peak may be up to {} higher (HEAPPROF_PEAK_GROWTH)",
-        peak.live_bytes,
+        "heapprof peak profile: the live heap at the largest copy kept, {size}, at {}; the true peak may be up to {} higher (HEAPPROF_PEAK_GROWTH)",
         wall_time(peak.when),
         crate::config::get().peak_growth,
     )
@@ -267,7 +280,7 @@ const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
 /// `when` in RFC 3339 (UTC) if it has a four-digit year, else in seconds
 /// from the Unix epoch: a clock set before 1970 or past 9999 still gets a
 /// profile, with the time it read.
-fn wall_time(when: SystemTime) -> String {
+pub(crate) fn wall_time(when: SystemTime) -> String {
     match when.duration_since(UNIX_EPOCH) {
         Ok(d) if d.as_secs() <= LAST_RFC3339_SECOND => {
             humantime::format_rfc3339_seconds(when).to_string()

@@ -520,6 +520,14 @@ struct Builder {
     trimmer: Trimmer,
 }
 
+/// The sampled blocks `sites` hold live (a delta's: the change in them).
+pub(crate) fn live_sampled_blocks(sites: &[SiteCopy]) -> i64 {
+    sites
+        .iter()
+        .map(|s| s.counts.sampled_allocs as i64 - s.counts.sampled_frees as i64)
+        .sum()
+}
+
 impl Builder {
     fn header(&mut self, numbers: Numbers, options: &Options, sites: &[SiteCopy]) {
         let mut value_type = |t: &str, u: &str| proto::ValueType {
@@ -552,10 +560,7 @@ impl Builder {
         // the profiler itself costs.
         // The profile's own: a peak profile's at the peak, a delta's in
         // between.
-        let live_sampled: i64 = sites
-            .iter()
-            .map(|s| s.counts.sampled_allocs as i64 - s.counts.sampled_frees as i64)
-            .sum();
+        let live_sampled = live_sampled_blocks(sites);
         let live_sampled = if options.change {
             format!("{live_sampled:+} live sampled blocks in between")
         } else {

@@ -183,7 +183,12 @@ fn write_here<W: Write>(
         }
         writeln!(w)?;
     }
-    write_stats(&mut w, stats, rate, total[1])?;
+    write_stats(&mut w, stats, rate, sites, options)?;
+    writeln!(
+        w,
+        "# estimated_live_bytes = {} (the records' inuse_space, as pprof reads it)",
+        total[1]
+    )?;
     writeln!(w, "\nMAPPED_LIBRARIES:")?;
     for m in mapped {
         writeln!(
@@ -197,17 +202,27 @@ fn write_here<W: Write>(
 
 /// The trailer, after Go's `# runtime.MemStats` lines: the exact counters
 /// beside the sampled estimate, so the two can be compared at a glance.
+/// The counters are the process's now; records from another moment (a
+/// peak's, `options.time`) say so, and the live sampled blocks are the
+/// records' own.
 fn write_stats<W: Write>(
     w: &mut W,
     stats: &crate::Stats,
     rate: usize,
-    estimated_inuse: i64,
+    sites: &[SiteCopy],
+    options: &pprof::Options,
 ) -> io::Result<()> {
-    let live_sampled = crate::record::blocks::live_blocks();
-    writeln!(
-        w,
-        "# heapprof stats (exact counts, all threads, since start)"
-    )?;
+    match options.time {
+        Some(then) => writeln!(
+            w,
+            "# heapprof stats now (exact counts, all threads, since start; the records are from {})",
+            super::wall_time(then)
+        )?,
+        None => writeln!(
+            w,
+            "# heapprof stats (exact counts, all threads, since start)"
+        )?,
+    }
     writeln!(w, "# allocations = {}", stats.allocations)?;
     writeln!(w, "# deallocations = {}", stats.deallocations)?;
     writeln!(w, "# live_blocks = {}", stats.live_blocks())?;
@@ -223,7 +238,12 @@ fn write_stats<W: Write>(
     )?;
     writeln!(w, "# heapprof sampling")?;
     writeln!(w, "# sample_rate = {rate}")?;
-    writeln!(w, "# live_sampled_blocks = {live_sampled}")?;
+    let live_sampled = pprof::live_sampled_blocks(sites);
+    if options.change {
+        writeln!(w, "# live_sampled_blocks = {live_sampled:+} (in between)")?;
+    } else {
+        writeln!(w, "# live_sampled_blocks = {live_sampled}")?;
+    }
     writeln!(w, "# unwinder = {}", crate::record::stack::unwinder_name())?;
     if crate::labels::thread_label_dropped() {
         writeln!(w, "# {}", super::pprof::thread_label_dropped_note())?;
@@ -231,10 +251,6 @@ fn write_stats<W: Write>(
     if crate::record::sites::overflowed() {
         writeln!(w, "# {}", super::pprof::site_table_full_note())?;
     }
-    writeln!(
-        w,
-        "# estimated_live_bytes = {estimated_inuse} (the records' inuse_space, as pprof reads it)"
-    )?;
     Ok(())
 }
 

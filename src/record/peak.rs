@@ -7,8 +7,8 @@
 //! The sampled estimate of live bytes is one shared counter, changed only
 //! on sampled allocations and sampled frees (never on the fast path). When
 //! it passes the previous peak by `HEAPPROF_PEAK_GROWTH` (10 % by default), the
-//! thread that noticed copies the site table (one stripe lock at a time,
-//! like a profile write) there and then: a copy taken later, elsewhere,
+//! thread that noticed copies the site table (as a profile write does,
+//! all of it at one moment) there and then: a copy taken later, elsewhere,
 //! would no longer be the peak. A copy costs about as much as the table
 //! is large (a millisecond or so for thousands of sites), but copies
 //! happen at most log(max/`MIN_PEAK`)/log(1 + growth) times over a run:
@@ -22,6 +22,7 @@ use std::time::SystemTime;
 use crate::support::lock::{Lockable, Mutex, rank};
 
 use crate::record::sites::{self, PackedSites};
+use crate::sample;
 
 /// What to say when there is no peak copy yet.
 pub(crate) const NO_PEAK_YET: &str =
@@ -36,11 +37,17 @@ static LIVE_ESTIMATE: AtomicI64 = AtomicI64::new(0);
 /// The estimate above which the next copy is taken.
 static NEXT_PEAK: AtomicI64 = AtomicI64::new(MIN_PEAK);
 
+/// A copy of the site table taken at a peak.
 #[derive(Clone)]
 pub(crate) struct Peak {
     pub sites: PackedSites,
+    /// The copy's own live bytes ([`PackedSites::inuse_bytes`]): what its
+    /// profile adds up to.
     pub live_bytes: i64,
     pub when: SystemTime,
+    /// The rate and whether values were estimates when the copy was
+    /// taken: what its profile says, whatever the rate is by then.
+    pub numbers: sample::Numbers,
 }
 
 static PEAK: Mutex<{ rank::PEAK }, Option<Peak>> = Mutex::new(None);
@@ -88,9 +95,10 @@ pub(crate) fn on_alloc(bytes: f64, may_copy: bool) {
             return;
         };
         let copy = Peak {
+            live_bytes: sites.inuse_bytes(),
             sites,
-            live_bytes: live,
             when: SystemTime::now(),
+            numbers: sample::Numbers::now(),
         };
         // Two threads may copy two peaks at once; the larger one stays,
         // whichever finishes last. The old copy is dropped after the lock

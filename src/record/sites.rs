@@ -196,8 +196,7 @@ struct Table {
     frames: AtomicUsize,
     /// The bytes the stripes hold, kept as they change ([`memory_bytes`]).
     bytes: AtomicUsize,
-    /// Sites retired so far: a copy of the table during which this
-    /// changes may hold a retired site twice ([`try_packed`]).
+    /// Sites retired so far ([`retirements`]).
     retired: AtomicU64,
 }
 
@@ -606,8 +605,8 @@ pub(crate) struct SiteCopy {
     pub id: u32,
 }
 
-/// Copies every site out of the table, one stripe lock at a time, so
-/// that symbolization and encoding run with no lock held: the packed
+/// Copies every site out of the table, as it is at one moment
+/// ([`try_packed`]), so that symbolization and encoding run with no lock held: the packed
 /// copy, unpacked on this thread. Out of memory, it ends the program, as
 /// any allocation outside the allocator would.
 pub(crate) fn snapshot() -> Vec<SiteCopy> {
@@ -639,6 +638,15 @@ struct PackedSite {
 }
 
 impl PackedSites {
+    /// The live bytes the sites stand for, each site's rounded as a
+    /// profile shows it: the total of the copy's `inuse_space`.
+    pub(crate) fn inuse_bytes(&self) -> i64 {
+        self.sites
+            .iter()
+            .map(|s| (s.counts.alloc_bytes_est - s.counts.free_bytes_est).round() as i64)
+            .fold(0, i64::saturating_add)
+    }
+
     /// The sites as copies, one each.
     pub(crate) fn unpack(&self) -> Vec<SiteCopy> {
         self.sites
@@ -670,44 +678,29 @@ pub(crate) fn packed() -> PackedSites {
 }
 
 /// As [`packed`], or `None` if the inner allocator has no memory for it:
-/// for the peak copy, taken inside a sampled allocation. Each stripe's
-/// sites are copied under that stripe's lock, then each site kept apart
-/// (overflow, not unwound) that has samples. A site retired meanwhile
-/// may be copied twice, in its stripe and in the overflow site it moved
-/// to, so a copy made while one retired is made again, up to
-/// [`PACK_TRIES`] times in all.
+/// for the peak copy, taken inside a sampled allocation.
+///
+/// The copy is of one moment: every stripe's lock is taken, in index
+/// order, then the sites kept apart (overflow, not unwound), and all are
+/// held until every site is copied. Copied a stripe at a time, a thread
+/// that moves memory from one site to another meanwhile (frees a block
+/// of one, allocates one at another) could be seen before the move at
+/// one and after it at the other, and a profile or peak would show two
+/// functions holding more together than they ever did. Samples and
+/// sampled frees on other threads wait for the copy: about as long as
+/// copying the table's frames takes.
 pub(crate) fn try_packed() -> Option<PackedSites> {
     let mut packed = PackedSites {
         sites: Vec::new(),
         frames: Vec::new(),
     };
-    for _ in 0..PACK_TRIES {
-        packed.sites.clear();
-        packed.frames.clear();
-        let retired = TABLE.retired.load(SeqCst);
-        pack_into(&mut packed)?;
-        if TABLE.retired.load(SeqCst) == retired {
-            break;
-        }
-    }
-    Some(packed)
-}
-
-/// Copies of the table [`try_packed`] makes at most: retirements come
-/// only with new stacks once the table is full, so one retry almost
-/// always finds none.
-const PACK_TRIES: usize = 4;
-
-/// One copy of every site into `packed` (empty); `None` if the inner
-/// allocator has no memory for it.
-fn pack_into(packed: &mut PackedSites) -> Option<()> {
     let room = growth::reserve_vec(&mut packed.sites, TABLE.sites.load(Relaxed) + 2)
         && growth::reserve_vec(&mut packed.frames, TABLE.frames.load(Relaxed) + 1);
     if !room {
         return None;
     }
-    for (stripe_index, stripe) in TABLE.stripes.iter().enumerate() {
-        let stripe = stripe.lock();
+    let stripes: [_; STRIPES] = std::array::from_fn(|i| TABLE.stripes[i].lock());
+    for (stripe_index, stripe) in stripes.iter().enumerate() {
         for (index, site) in stripe.sites.iter().enumerate() {
             if site.is_empty() {
                 continue;
@@ -719,6 +712,8 @@ fn pack_into(packed: &mut PackedSites) -> Option<()> {
             packed.push(stored, site.counts, false, labels, (site.serial, id))?;
         }
     }
+    // A site retires into the overflow site under its stripe's lock, so
+    // none is between the two while the stripes are held.
     if overflowed() {
         let overflow = OVERFLOW.lock();
         for (slot, counts) in overflow.iter().enumerate() {
@@ -739,7 +734,8 @@ fn pack_into(packed: &mut PackedSites) -> Option<()> {
             kept_apart,
         )?;
     }
-    Some(())
+    drop(stripes);
+    Some(packed)
 }
 
 impl PackedSites {
