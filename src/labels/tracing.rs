@@ -70,8 +70,9 @@ use crate::thread::labels::{LabelState, SPANS_KEPT, StackedSpan};
 /// which of its spans are still open at its next enter or exit of a span
 /// of this layer's, so under load a closed span's labels can last until
 /// then. Enter spans in async code with `.instrument(span)`, whose enters
-/// and exits stay on one thread each poll. A thread keeps the labelled spans it has entered on a small
-/// stack; a span entered deeper than it holds changes no labels. A span
+/// and exits stay on one thread each poll. A thread keeps the labelled
+/// spans it has entered on a small stack; a span entered deeper than it
+/// holds changes no labels. A span
 /// whose guard is dropped on another worker keeps its entry on the first
 /// one's stack until it closes; a full stack makes room by dropping the
 /// entries of scopes that have ended (a [`Labeled`](crate::Labeled) poll's, a
@@ -82,6 +83,12 @@ use crate::thread::labels::{LabelState, SPANS_KEPT, StackedSpan};
 /// set it puts in force (the same set where it has no labelled parent):
 /// a span under a labelled parent takes one more place of the table's
 /// bound for each distinct set of fields.
+///
+/// The layer reads span extensions as spans are made (the parent's),
+/// recorded, entered and exited (the entered span's, and, when the thread
+/// asks, those of the spans on its stack). Code that holds a span's
+/// `extensions_mut()` while it makes, enters or exits another span on the
+/// same thread waits for itself.
 #[derive(Clone, Debug)]
 pub struct LabelLayer {
     fields: Vec<String>,

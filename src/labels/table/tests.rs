@@ -271,7 +271,7 @@ fn is_merge_recognizes_exactly_the_merge() {
     }
 }
 
-/// The bounds the docs state (crate docs, `with_labels`, README) are the
+/// The bounds the docs state (crate docs, `with_labels`, `Labeled`, README) are the
 /// constants'.
 #[test]
 fn the_docs_state_the_bounds() {
@@ -286,10 +286,12 @@ fn the_docs_state_the_bounds() {
             MAX_LABELS_PER_SET - 1
         ),
         format!("at most {sets}\n///   distinct sets ({mib} MiB)"),
+        format!("label table cuts them (to {MAX_LABEL_BYTES} bytes)"),
     ];
     let docs = [
         include_str!("../../lib.rs"),
         include_str!("../mod.rs"),
+        include_str!("../future.rs"),
         include_str!("../../../README.md"),
     ]
     .concat();
