@@ -52,13 +52,36 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// A host whose first calls into the library, before it allocates
+/// anything, are into heapprof: the sample rate, then a profile (with a
+/// second argument, the profile first). An alarm ends it if one hangs.
+const FIRST_CALLS_HOST: &str = r#"
+#include <dlfcn.h>
+#include <stdio.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    if (argc != 2 && argc != 3) return 2;
+    alarm(60);
+    void *lib = dlopen(argv[1], RTLD_NOW);
+    if (!lib) { fprintf(stderr, "dlopen: %s\n", dlerror()); return 3; }
+    unsigned long long (*rate)(void) = (unsigned long long (*)(void))dlsym(lib, "hp_first_rate");
+    int (*profile)(void) = (int (*)(void))dlsym(lib, "hp_write_profile");
+    if (!rate || !profile) return 4;
+    if (argc == 3) printf("PROFILE=%d\n", profile());
+    printf("RATE=%llu\n", rate());
+    if (argc == 2) printf("PROFILE=%d\n", profile());
+    fflush(stdout);
+    return 0;
+}
+"#;
+
 /// The fixture's `BLOCKS * BLOCK`.
 const KEPT_BYTES: u64 = 32 * 4096;
 
-/// Builds the fixture and the host in a fresh directory, runs the host
-/// (`own_namespace`: by `dlmopen`) at rate 1 with an exit profile, and
-/// returns its stdout and the directory.
-fn run_host(own_namespace: bool) -> (String, tempfile::TempDir) {
+/// Builds the fixture and `source` as the host in a fresh directory: the
+/// directory, with `libhp_fixture.so` and `host` in it.
+fn build_host(source: &str) -> tempfile::TempDir {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cdylib");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -80,14 +103,21 @@ fn run_host(own_namespace: bool) -> (String, tempfile::TempDir) {
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(&library, dir.path().join("libhp_fixture.so")).unwrap();
-    std::fs::write(dir.path().join("host.c"), HOST).unwrap();
+    std::fs::write(dir.path().join("host.c"), source).unwrap();
     let compiled = Command::new("gcc")
         .args(["-O1", "-o", "host", "host.c", "-ldl", "-lpthread"])
         .current_dir(dir.path())
         .output()
         .expect("gcc runs (it links every Rust program on this platform)");
     assert!(compiled.status.success(), "gcc: {compiled:?}");
+    dir
+}
 
+/// Builds the fixture and the host, runs the host (`own_namespace`: by
+/// `dlmopen`) at rate 1 with an exit profile, and returns its stdout and
+/// the directory.
+fn run_host(own_namespace: bool) -> (String, tempfile::TempDir) {
+    let dir = build_host(HOST);
     let mut host = Command::new(dir.path().join("host"));
     host.arg("./libhp_fixture.so").current_dir(dir.path());
     if own_namespace {
@@ -136,4 +166,42 @@ fn a_library_in_a_namespace_of_its_own_is_not_the_executable() {
         "{files:?}"
     );
     assert!(!files.iter().any(|f| f.ends_with("/host")), "{files:?}");
+}
+
+/// A library's first call into heapprof, before it has allocated, reads
+/// the configuration, whose read allocates: that first allocation must
+/// not wait for the read it is part of (the host hung there), and a
+/// profile asked for next must not say heapprof is not the allocator.
+#[test]
+fn a_first_call_into_heapprof_before_any_allocation_returns() {
+    let dir = build_host(FIRST_CALLS_HOST);
+    for profile_first in [false, true] {
+        first_calls(&dir, profile_first);
+    }
+}
+
+fn first_calls(dir: &tempfile::TempDir, profile_first: bool) {
+    let _ = std::fs::remove_file(dir.path().join("exit.pb.gz"));
+    let mut host = Command::new(dir.path().join("host"));
+    host.arg("./libhp_fixture.so").current_dir(dir.path());
+    if profile_first {
+        host.arg("profile-first");
+    }
+    without_heapprof_settings(&mut host);
+    host.env("HEAPPROF_SAMPLE_RATE", "4096")
+        .env("HEAPPROF_OUT", dir.path().join("exit.pb.gz"));
+    let out = host.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the host failed ({}; SIGALRM: a call hung):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(stdout.contains("RATE=4096\n"), "{stdout}");
+    assert!(stdout.contains("PROFILE=0\n"), "{stdout}\n{stderr}");
+    assert!(
+        dir.path().join("exit.pb.gz").is_file(),
+        "the exit profile is written: the setup the first allocation put off ran"
+    );
 }

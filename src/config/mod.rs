@@ -13,6 +13,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 pub(crate) mod report;
@@ -199,93 +200,131 @@ const SETTINGS: [&str; 23] = [
     "PYROSCOPE_TENANT",
 ];
 
+/// While the configuration is read ([`get`]'s first call).
+static BEING_READ: AtomicBool = AtomicBool::new(false);
+
+/// What an allocation made during the read put off until it ends
+/// ([`after_read`]).
+static AFTER_READ: OnceLock<fn()> = OnceLock::new();
+
+/// Whether some thread is reading the configuration: the process's setup
+/// (`record::set_up_once`), which reads it too, is put off until the read
+/// ends ([`after_read`]).
+pub(crate) fn being_read() -> bool {
+    BEING_READ.load(Relaxed)
+}
+
+/// Runs `then` once the read under way ends (on the reading thread), or
+/// now if it has ended. Allocates nothing.
+pub(crate) fn after_read(then: fn()) {
+    let _ = AFTER_READ.set(then);
+    if CONFIG.get().is_some() {
+        then();
+    }
+}
+
 /// The configuration, read from the environment on first use. Inside the
 /// profiler only (see the module comment).
 pub(crate) fn get() -> &'static Config {
-    CONFIG.get_or_init(|| {
-        report_misspellings();
-        Config {
-            sample_rate: at_most(
+    if let Some(config) = CONFIG.get() {
+        return config;
+    }
+    let config = CONFIG.get_or_init(|| {
+        BEING_READ.store(true, Relaxed);
+        let config = from_env();
+        BEING_READ.store(false, Relaxed);
+        config
+    });
+    if let Some(then) = AFTER_READ.get() {
+        then();
+    }
+    config
+}
+
+/// Every setting, from the environment.
+fn from_env() -> Config {
+    report_misspellings();
+    Config {
+        sample_rate: at_most(
+            "HEAPPROF_SAMPLE_RATE",
+            read(
                 "HEAPPROF_SAMPLE_RATE",
-                read(
-                    "HEAPPROF_SAMPLE_RATE",
-                    BYTES_HINT,
-                    DEFAULT_SAMPLE_RATE,
-                    parse_bytes,
-                ),
-                MAX_RATE,
+                BYTES_HINT,
+                DEFAULT_SAMPLE_RATE,
+                parse_bytes,
             ),
-            max_sites: read(
-                "HEAPPROF_MAX_SITES",
-                MAX_SITES_HINT,
-                DEFAULT_MAX_SITES,
-                |s| parse_bytes(s).filter(|&n| n > 0 && n <= MAX_SITES),
-            ),
-            peak_growth: read(
-                "HEAPPROF_PEAK_GROWTH",
-                "a percentage above 0 such as 10% or 25",
-                DEFAULT_PEAK_GROWTH,
-                parse_percent,
-            ),
-            seed: optional("HEAPPROF_SEED", "a whole number", |s| s.parse().ok()),
-            out: var("HEAPPROF_OUT").map(PathBuf::from),
-            dump_every: optional(
-                "HEAPPROF_DUMP_EVERY",
-                "a duration such as 30s, 5m or 1h",
-                |s| parse_duration(s).filter(|d| !d.is_zero()),
-            )
-            .map(|every| at_least("HEAPPROF_DUMP_EVERY", every, MIN_DUMP_EVERY)),
-            dump_every_allocated: optional("HEAPPROF_DUMP_EVERY_ALLOCATED", BYTES_HINT, |s| {
-                parse_bytes(s).filter(|&n| n > 0).map(|n| n as u64)
-            })
-            .map(|step| at_least_bytes("HEAPPROF_DUMP_EVERY_ALLOCATED", step)),
-            dump_inuse_growth: optional("HEAPPROF_DUMP_INUSE_GROWTH", BYTES_HINT, |s| {
-                parse_bytes(s).filter(|&n| n > 0).map(|n| n as u64)
-            })
-            .map(|step| at_least_bytes("HEAPPROF_DUMP_INUSE_GROWTH", step)),
-            // Unset and malformed both mean `auto`, so a malformed value
-            // must say `auto` is used, not that unwinding is off.
-            unwinder: lookup(
-                "HEAPPROF_UNWIND",
-                "auto, dwarf or frame-pointers",
-                "using the default auto",
-                |s| match s {
-                    "auto" => Some(Unwinder::Auto),
-                    "dwarf" => Some(Unwinder::Dwarf),
-                    "frame-pointers" | "fp" => Some(Unwinder::FramePointers),
-                    _ => None,
-                },
-            )
-            .unwrap_or(Unwinder::Auto),
-            full_stacks: switch("HEAPPROF_FULL_STACKS", false),
-            // Unset and malformed both mean `on`.
-            symbolize: lookup(
-                "HEAPPROF_SYMBOLIZE",
-                "on or off",
-                "using the default on",
-                parse_on_off,
-            )
-            .unwrap_or(true),
-            dump_at_limit: optional(
-                "HEAPPROF_DUMP_AT_LIMIT",
-                "percentages from 1 to 100 separated by commas, such as 80%,95%",
-                parse_thresholds,
-            ),
-            memory_limit: lookup(
-                "HEAPPROF_MEMORY_LIMIT",
-                "a size of 1 MiB or more, such as 512MiB or 2GiB",
-                "watching the cgroup's limit or physical memory instead",
-                |s| {
-                    parse_bytes(s)
-                        .map(|n| n as u64)
-                        .filter(|&n| n >= MIN_MEMORY_LIMIT)
-                },
-            ),
-            cgroup_dir: var("HEAPPROF_CGROUP_DIR").map(PathBuf::from),
-            pyroscope: pyroscope(),
-            thread_label: switch("HEAPPROF_THREAD_LABEL", true),
-        }
-    })
+            MAX_RATE,
+        ),
+        max_sites: read(
+            "HEAPPROF_MAX_SITES",
+            MAX_SITES_HINT,
+            DEFAULT_MAX_SITES,
+            |s| parse_bytes(s).filter(|&n| n > 0 && n <= MAX_SITES),
+        ),
+        peak_growth: read(
+            "HEAPPROF_PEAK_GROWTH",
+            "a percentage above 0 such as 10% or 25",
+            DEFAULT_PEAK_GROWTH,
+            parse_percent,
+        ),
+        seed: optional("HEAPPROF_SEED", "a whole number", |s| s.parse().ok()),
+        out: var("HEAPPROF_OUT").map(PathBuf::from),
+        dump_every: optional(
+            "HEAPPROF_DUMP_EVERY",
+            "a duration such as 30s, 5m or 1h",
+            |s| parse_duration(s).filter(|d| !d.is_zero()),
+        )
+        .map(|every| at_least("HEAPPROF_DUMP_EVERY", every, MIN_DUMP_EVERY)),
+        dump_every_allocated: optional("HEAPPROF_DUMP_EVERY_ALLOCATED", BYTES_HINT, |s| {
+            parse_bytes(s).filter(|&n| n > 0).map(|n| n as u64)
+        })
+        .map(|step| at_least_bytes("HEAPPROF_DUMP_EVERY_ALLOCATED", step)),
+        dump_inuse_growth: optional("HEAPPROF_DUMP_INUSE_GROWTH", BYTES_HINT, |s| {
+            parse_bytes(s).filter(|&n| n > 0).map(|n| n as u64)
+        })
+        .map(|step| at_least_bytes("HEAPPROF_DUMP_INUSE_GROWTH", step)),
+        // Unset and malformed both mean `auto`, so a malformed value
+        // must say `auto` is used, not that unwinding is off.
+        unwinder: lookup(
+            "HEAPPROF_UNWIND",
+            "auto, dwarf or frame-pointers",
+            "using the default auto",
+            |s| match s {
+                "auto" => Some(Unwinder::Auto),
+                "dwarf" => Some(Unwinder::Dwarf),
+                "frame-pointers" | "fp" => Some(Unwinder::FramePointers),
+                _ => None,
+            },
+        )
+        .unwrap_or(Unwinder::Auto),
+        full_stacks: switch("HEAPPROF_FULL_STACKS", false),
+        // Unset and malformed both mean `on`.
+        symbolize: lookup(
+            "HEAPPROF_SYMBOLIZE",
+            "on or off",
+            "using the default on",
+            parse_on_off,
+        )
+        .unwrap_or(true),
+        dump_at_limit: optional(
+            "HEAPPROF_DUMP_AT_LIMIT",
+            "percentages from 1 to 100 separated by commas, such as 80%,95%",
+            parse_thresholds,
+        ),
+        memory_limit: lookup(
+            "HEAPPROF_MEMORY_LIMIT",
+            "a size of 1 MiB or more, such as 512MiB or 2GiB",
+            "watching the cgroup's limit or physical memory instead",
+            |s| {
+                parse_bytes(s)
+                    .map(|n| n as u64)
+                    .filter(|&n| n >= MIN_MEMORY_LIMIT)
+            },
+        ),
+        cgroup_dir: var("HEAPPROF_CGROUP_DIR").map(PathBuf::from),
+        pyroscope: pyroscope(),
+        thread_label: switch("HEAPPROF_THREAD_LABEL", true),
+    }
 }
 
 /// Reports, one line each, the `HEAPPROF_` variables set that heapprof

@@ -294,6 +294,11 @@ pub(crate) fn wall_time(when: SystemTime) -> String {
 /// program's global allocator, or runs under Miri (`fast.rs`): nothing
 /// could have been recorded.
 pub(crate) fn check_installed() -> io::Result<()> {
+    if !record::installed() {
+        // Nothing has reached heapprof yet (a library's first call, before
+        // it allocated): one allocation through the global allocator tells.
+        drop(std::hint::black_box(Box::new(0u8)));
+    }
     if record::installed() {
         Ok(())
     } else if cfg!(miri) {

@@ -57,8 +57,27 @@ pub(crate) use realloc::realloc;
 /// can tell a program that forgot `#[global_allocator]`.
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
+/// Set by the one thread that runs `process::on_first_allocation`.
+static SET_UP: AtomicBool = AtomicBool::new(false);
+
 pub(crate) fn installed() -> bool {
     INSTALLED.load(Relaxed)
+}
+
+/// Runs the process's setup once, on the first allocation heapprof sees;
+/// if the configuration is being read, when the read ends: the setup
+/// reads it, and its first read allocates (a library whose first call
+/// into heapprof, before any allocation, reads a setting).
+fn set_up_once() {
+    if SET_UP.load(Relaxed) {
+        return;
+    }
+    if crate::config::being_read() {
+        crate::config::after_read(set_up_once);
+    } else if !SET_UP.swap(true, Relaxed) {
+        let _inside = reentry::Inside::enter();
+        crate::process::on_first_allocation();
+    }
 }
 
 /// The bytes the samples dropped for want of stack stand for, in all
@@ -97,10 +116,10 @@ pub(crate) fn alloc<A: Allocator>(layout: Layout, zeroed: bool, inner: &A) -> *m
         // One thread registers the handlers, even if two make their first
         // allocations at once (threads started from C before any Rust
         // allocation; a Rust spawn allocates on its parent first).
-        if !INSTALLED.load(Relaxed) && !INSTALLED.swap(true, Relaxed) {
-            let _inside = reentry::Inside::enter();
-            crate::process::on_first_allocation();
+        if !INSTALLED.load(Relaxed) {
+            INSTALLED.store(true, Relaxed);
         }
+        set_up_once();
         // heapprof's own allocations reach only the global allocator.
         if !spare::global_known() && thread::with(|l| l.counters.inside()) == Some(true) {
             spare::note_global(inner.owner());
