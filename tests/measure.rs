@@ -678,6 +678,43 @@ fn sites_that_show_the_same_frames_are_one_row() {
     drop(kept);
 }
 
+/// Wrapping a future in `measure_future` allocates nothing of the
+/// program's: an enclosing measure of the wrapped call counts what the
+/// call allocates, not the wrapper (a wrapper that boxed the future showed
+/// one allocation of the future's size).
+#[test]
+fn a_measured_future_inside_a_measure_adds_nothing() {
+    let inner = async {
+        let big = black_box([7u8; 4096]);
+        YieldOnce::new().await;
+        black_box(vec![big[0]; 100])
+    };
+    let (measured, wrapping) = measure(|| heapprof::measure_future(inner));
+    assert_eq!(
+        (wrapping.allocations, wrapping.allocated_bytes),
+        (0, 0),
+        "{wrapping}"
+    );
+    let outer = async move { measured.await };
+    let mut outer = Box::pin(heapprof::measure_future(outer));
+    let ((kept, inner), outer) = loop {
+        if let std::task::Poll::Ready(done) = poll_once(&mut outer) {
+            break done;
+        }
+    };
+    assert_eq!(
+        (inner.allocations, inner.allocated_bytes),
+        (1, 100),
+        "{inner}"
+    );
+    assert_eq!(
+        (outer.allocations, outer.allocated_bytes),
+        (1, 100),
+        "{outer}"
+    );
+    drop(kept);
+}
+
 /// A handler measured with `measure_future` while another task, polled on
 /// the same thread between the handler's polls, allocates 5 000 bytes at
 /// each of its turns; the handler's second half runs on another thread.
@@ -700,7 +737,7 @@ fn a_measured_future_counts_its_own_polls_on_any_thread() {
         }
         kept
     };
-    let mut measured = heapprof::measure_future(handler);
+    let mut measured = Box::pin(heapprof::measure_future(handler));
     let mut background: Vec<Vec<u8>> = Vec::with_capacity(64);
     // Two polls here, with the other task's turns in between...
     for _ in 0..2 {
@@ -758,4 +795,21 @@ fn a_whole_block_on_of_a_current_thread_runtime_is_exact() {
         "the README says measure_future inside a current_thread block_on shows tokio's \
          list of deferred wakeups as held; it no longer does: {m}"
     );
+}
+
+/// The README's advice for a call that spawns tasks: on a
+/// `current_thread` runtime the task is allocated and freed on the calling
+/// thread, so a call that leaks nothing passes `assert_no_leak` (on a
+/// multi-thread runtime it failed four runs in five).
+#[test]
+fn a_call_that_spawns_on_a_current_thread_runtime_does_not_leak() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    heapprof::assert_no_leak(3, 50, || {
+        rt.block_on(async {
+            let task = tokio::spawn(async { drop(black_box(vec![0u8; 64])) });
+            task.await.unwrap();
+        })
+    });
 }

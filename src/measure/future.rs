@@ -32,7 +32,10 @@ use super::{Measured, Window};
 /// * other tasks, on the same thread or others, are not counted, and
 ///   neither is what the future hands to them (a spawned task runs in its
 ///   own polls): measure that task too, or take a
-///   [`stats()`](crate::stats) delta in a test that runs alone;
+///   [`stats()`](crate::stats) delta in a test that runs alone. Tasks the
+///   future runs inside its own polls are the exception: a `LocalSet`'s
+///   `run_until`, or a `block_on` of another runtime, polls them within
+///   the future's poll, where they count;
 /// * a block the future allocates and another task frees counts as held,
 ///   as with [`measure`](super::measure);
 /// * [`Measured::peak_bytes`] is counted across polls as within one: each
@@ -41,17 +44,22 @@ use super::{Measured, Window};
 /// * the time in the report is the time spent in polls, not the time
 ///   waited between them;
 /// * a future dropped before it completes reports nothing.
+///
+/// The wrapper keeps the future in place (it allocates nothing of the
+/// program's), so wrapping a call in `measure_future` does not change what
+/// an enclosing measure counts.
 pub fn measure_future<F: Future>(future: F) -> MeasuredFuture<F> {
     MeasuredFuture {
-        inner: Box::pin(future),
+        inner: future,
         so_far: None,
     }
 }
 
 /// The future [`measure_future`] returns: `F`'s output with what its polls
-/// allocated.
+/// allocated. `Unpin` when `F` is.
 pub struct MeasuredFuture<F> {
-    inner: Pin<Box<F>>,
+    /// Pinned whenever the wrapper is ([`MeasuredFuture::poll`]).
+    inner: F,
     /// The polls so far, added up.
     so_far: Option<Measured>,
 }
@@ -59,11 +67,17 @@ pub struct MeasuredFuture<F> {
 impl<F: Future> Future for MeasuredFuture<F> {
     type Output = (F::Output, Measured);
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: `inner` is pinned with the wrapper: it is only ever
+        // reached through the pin made below, never moved out or handed
+        // out, and dropped in place with the wrapper (which has no `Drop`
+        // of its own); `so_far` is plain data, never pinned.
+        let this = unsafe { self.get_unchecked_mut() };
         let window = Window::open();
-        let polled = self.inner.as_mut().poll(cx);
+        // SAFETY: as above.
+        let polled = unsafe { Pin::new_unchecked(&mut this.inner) }.poll(cx);
         let this_poll = window.close();
-        let so_far = match self.so_far.take() {
+        let so_far = match this.so_far.take() {
             Some(mut so_far) => {
                 so_far.absorb(this_poll);
                 so_far
@@ -73,7 +87,7 @@ impl<F: Future> Future for MeasuredFuture<F> {
         match polled {
             Poll::Ready(output) => Poll::Ready((output, so_far)),
             Poll::Pending => {
-                self.so_far = Some(so_far);
+                this.so_far = Some(so_far);
                 Poll::Pending
             }
         }

@@ -618,7 +618,11 @@ impl Drop for Window {
 ///   thread frees it (see [`measure`]): a call that sends owned values to
 ///   a consumer thread, or spawns one (its handle and closure), shows
 ///   growth; check those with a [`stats()`](crate::stats) delta in a test
-///   that runs alone.
+///   that runs alone. A task spawned on a multi-thread runtime is such a
+///   block: the calling thread allocates it and whichever thread drops it
+///   last frees it, so `rt.block_on(…)` of a call that spawns shows growth
+///   in some runs; on a `current_thread` runtime the task stays on the
+///   calling thread.
 ///
 /// Every allocation and free of the calling thread takes heapprof's slow
 /// path while it runs, and heapprof keeps the address of each block the
@@ -692,14 +696,16 @@ pub fn assert_no_leak<R>(warmups: usize, iterations: usize, mut f: impl FnMut() 
                 "; the growth is held in {}, fewer than the calls, as a buffer that \
                  grows in steps holds it (a Vec or String that doubles, or the buffer in which \
                  `cargo test` keeps a test's captured output, which printing in the calls \
-                 fills unless the test runs with --nocapture)",
+                 fills unless the test runs with --nocapture), or as blocks handed to other \
+                 threads that some calls got back and others did not",
                 Count(held as u64, "block")
             ));
         }
         what.push_str(
             "; a block the calls hand to another thread counts as held even after that \
-             thread frees it, so a call that spawns a thread or sends values to one shows \
-             growth (see assert_no_leak's docs)",
+             thread frees it, so a call that spawns a thread, sends values to one, or spawns \
+             a task on a multi-thread runtime (use a current_thread runtime) shows growth \
+             (see assert_no_leak's docs)",
         );
         m.fail(&what, Order::Live);
     }
