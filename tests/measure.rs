@@ -695,8 +695,7 @@ fn a_measured_future_inside_a_measure_adds_nothing() {
         (0, 0),
         "{wrapping}"
     );
-    let outer = async move { measured.await };
-    let mut outer = Box::pin(heapprof::measure_future(outer));
+    let mut outer = Box::pin(heapprof::measure_future(measured));
     let ((kept, inner), outer) = loop {
         if let std::task::Poll::Ready(done) = poll_once(&mut outer) {
             break done;
