@@ -76,6 +76,51 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// A host that loads the library by `dlmopen` into a namespace of its
+/// own and, for 50 rounds, runs it on 4 threads that exit, then reads
+/// `stats()` on the main thread. Each thread holds a value under a key of
+/// the host's own, made before the library was loaded, and checks it is
+/// still there after the library's work. An alarm ends a host that hangs.
+const NAMESPACE_CHURN_HOST: &str = r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+
+static unsigned long long (*churn)(void);
+static pthread_key_t key;
+static int mine;
+
+static void *worker(void *arg) {
+    (void)arg;
+    pthread_setspecific(key, &mine);
+    churn();
+    if (pthread_getspecific(key) != &mine) { printf("CLOBBERED\n"); fflush(stdout); _exit(7); }
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 2) return 2;
+    alarm(120);
+    if (pthread_key_create(&key, NULL) != 0) return 3;
+    void *lib = dlmopen(LM_ID_NEWLM, argv[1], RTLD_NOW);
+    if (!lib) { fprintf(stderr, "dlmopen: %s\n", dlerror()); return 4; }
+    churn = (unsigned long long (*)(void))dlsym(lib, "hp_churn");
+    if (!churn) return 5;
+    unsigned long long live = 0;
+    for (int round = 0; round < 50; round++) {
+        pthread_t t[4];
+        for (int i = 0; i < 4; i++) if (pthread_create(&t[i], NULL, worker, NULL) != 0) return 6;
+        for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+        live = churn();
+    }
+    printf("KEY=%u LIVE=%llu\n", (unsigned)key, live);
+    fflush(stdout);
+    return 0;
+}
+"#;
+
 /// The fixture's `BLOCKS * BLOCK`.
 const KEPT_BYTES: u64 = 32 * 4096;
 
@@ -204,4 +249,37 @@ fn first_calls(dir: &tempfile::TempDir, profile_first: bool) {
         dir.path().join("exit.pb.gz").is_file(),
         "the exit profile is written: the setup the first allocation put off ran"
     );
+}
+
+/// In a namespace of its own the library has a C library of its own,
+/// whose thread-exit callbacks never run and whose `pthread` keys name
+/// slots the host's keys use: heapprof's exit hook there overwrote the
+/// host's value under its key, and threads that had exited stayed in the
+/// registry, which `stats()` then read from memory later threads were
+/// given (the host hung in four runs of six). Each thread is counted
+/// without being listed.
+#[test]
+fn threads_of_a_library_in_a_namespace_of_its_own_come_and_go() {
+    let dir = build_host(NAMESPACE_CHURN_HOST);
+    let mut host = Command::new(dir.path().join("host"));
+    host.arg("./libhp_fixture.so").current_dir(dir.path());
+    without_heapprof_settings(&mut host);
+    host.env("HEAPPROF_SAMPLE_RATE", "1");
+    let out = host.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the host failed ({}; exit 7: a key of the host's was overwritten; SIGALRM: it hung):\n\
+         {stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The library holds next to nothing between rounds: counts read from
+    // memory that is no longer a listed thread's would be anything.
+    let live: u64 = stdout
+        .split("LIVE=")
+        .nth(1)
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no LIVE= in {stdout}"));
+    assert!(live < 1 << 20, "{live} bytes live: {stdout}");
 }

@@ -8,6 +8,7 @@
 
 use std::ffi::CStr;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 
 use crate::support::lock::{Lockable, Mutex, rank};
 
@@ -212,16 +213,48 @@ pub(crate) fn keep_own_object_loaded() {
     }
 }
 
-/// Notes which objects are loaded now, once: called at heapprof's first
+/// Notes which objects are loaded now, once, and whether the first is the
+/// executable ([`namespace_of_its_own`]): called at heapprof's first
 /// allocation, holding no heapprof lock.
 pub(crate) fn note_first_objects() {
     if FIRST_OBJECTS.get().is_some() {
         return;
     }
     let mut objects = Vec::new();
-    each_object(&mut |info, _| objects.push(first_object(info)));
+    let mut executable_first = None;
+    each_object(&mut |info, executable| {
+        executable_first.get_or_insert(executable);
+        objects.push(first_object(info));
+    });
+    let own = if executable_first == Some(false) {
+        OWN
+    } else {
+        SHARED
+    };
+    NAMESPACE.store(own, Relaxed);
     let _ = FIRST_OBJECTS.set(objects.into_boxed_slice());
 }
+
+/// Whether heapprof's object is in a loader namespace of its own, with a
+/// C library of its own (a library loaded by `dlmopen` into a new
+/// namespace): there, the C library's thread-exit callbacks (thread-local
+/// and `pthread` key destructors) never run, and a `pthread` key it makes
+/// names a slot the host's C library gives out too. `None` until
+/// [`note_first_objects`] has looked.
+pub(crate) fn namespace_of_its_own() -> Option<bool> {
+    match NAMESPACE.load(Relaxed) {
+        OWN => Some(true),
+        SHARED => Some(false),
+        _ => None,
+    }
+}
+
+/// [`namespace_of_its_own`]: not known yet, a namespace of its own, or the
+/// executable's.
+static NAMESPACE: AtomicU8 = AtomicU8::new(UNKNOWN);
+const UNKNOWN: u8 = 0;
+const OWN: u8 = 1;
+const SHARED: u8 = 2;
 
 /// What [`FIRST_OBJECTS`] holds of a loaded object.
 fn first_object(info: &libc::dl_phdr_info) -> (u64, u64) {

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 
 use crate::support::growth;
 use crate::support::lock::{self, Lockable, Mutex, rank};
+use crate::support::mappings;
 use crate::support::reentry;
 use crate::support::signals;
 #[cfg(doc)]
@@ -197,6 +198,24 @@ pub(crate) fn register_thread(retry: bool) {
     let Some(addr) = own_local().filter(|_| should_try) else {
         return;
     };
+    let own_namespace = match mappings::namespace_of_its_own() {
+        Some(own) => own,
+        // Before the process's setup has looked (another thread is at it,
+        // or it waits for the configuration's read): a look needs no
+        // heapprof lock held, as on a retry; else listed at a later slow
+        // path (this thread's frees come to the slow path meanwhile).
+        None if retry => {
+            mappings::note_first_objects();
+            mappings::namespace_of_its_own() == Some(true)
+        }
+        None => return,
+    };
+    if own_namespace {
+        // Its exit hooks would never run, so an entry would outlive it:
+        // it is counted as an exiting thread is, at each call.
+        leave_counting();
+        return;
+    }
     // Listed from now: the registry's own growth below allocates, and must
     // not come back here for the lock this thread holds.
     set_registration(Registration::Listed);

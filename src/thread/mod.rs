@@ -98,7 +98,8 @@ pub(crate) enum Registration {
     Listed,
     /// The registry had no memory for the thread; tried again later.
     OutOfMemory,
-    /// Taken out of the registry at exit.
+    /// Taken out of the registry at exit, or never to be listed (in a
+    /// loader namespace of its own, where its exit is not seen).
     Exited,
 }
 
