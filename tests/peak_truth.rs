@@ -6,7 +6,7 @@
 //! case runs in a child of its own: a process keeps its largest peak.
 
 use heapprof_testkit::child::{is_child, printed_number, run_child};
-use heapprof_testkit::profile::{INUSE_SPACE, cum, decode, live_sampled_blocks, string};
+use heapprof_testkit::profile::{INUSE_SPACE, cum, decode, string};
 use heapprof_testkit::proto::Profile;
 use heapprof_testkit::watchdog::watchdog;
 
@@ -232,7 +232,8 @@ fn the_text_peak_counts_the_peaks_blocks() {
             let line = text.lines().find(|l| l.starts_with(key)).expect(key);
             line[key.len()..].trim().parse().unwrap()
         };
-        println!("binary={}", live_sampled_blocks(&binary));
+        let live_sampled_blocks = heapprof_testkit::profile::live_sampled_blocks(&binary);
+        println!("binary={live_sampled_blocks}");
         println!("text={}", trailer("# live_sampled_blocks = "));
         println!("now={}", trailer("# live_bytes = "));
         let said_now = text
