@@ -115,9 +115,14 @@ fn a_snapshot_never_shows_more_than_was_live_at_once() {
     }
 }
 
+/// Blocks of the first, larger heap: large enough that at the default
+/// rate nearly every one is sampled (each with odds 1 - e^-2), so the
+/// sampled heap passes the 1 MiB a peak needs in every run.
+const EARLY_BLOCK: usize = 1 << 20;
+
 #[inline(never)]
 fn hold_early() -> Vec<Vec<u8>> {
-    (0..32).map(|_| vec![1u8; BLOCK]).collect()
+    (0..32).map(|_| vec![1u8; EARLY_BLOCK]).collect()
 }
 
 #[inline(never)]
@@ -162,9 +167,9 @@ fn total_inuse(p: &Profile) -> i64 {
 fn a_peak_says_the_rate_it_was_recorded_at() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     if is_child() {
-        let first = std::env::var("FIRST_RATE").unwrap().parse().unwrap();
+        // The first rate is the environment's: in force from the first
+        // allocation, so that no sample before it was taken at another.
         let then = std::env::var("THEN_RATE").unwrap().parse().unwrap();
-        heapprof::set_sample_rate(first);
         drop(black_box(hold_early()));
         heapprof::set_sample_rate(then);
         let late = hold_late();
@@ -189,7 +194,7 @@ fn a_peak_says_the_rate_it_was_recorded_at() {
         let (out, err) = run_child(
             "a_peak_says_the_rate_it_was_recorded_at",
             &[
-                ("FIRST_RATE", &first.to_string()),
+                ("HEAPPROF_SAMPLE_RATE", &first.to_string()),
                 ("THEN_RATE", &then.to_string()),
             ],
         );
@@ -205,7 +210,7 @@ fn a_peak_says_the_rate_it_was_recorded_at() {
         if first == 1 {
             // Exact: the 32 blocks (and, where `collect` is not a tail
             // call, the `Vec` of them), and no word of estimates.
-            let blocks = 32 * BLOCK as i64;
+            let blocks = 32 * EARLY_BLOCK as i64;
             let with_vec = blocks + 32 * std::mem::size_of::<Vec<u8>>() as i64;
             assert!([blocks, with_vec].contains(&n("early")), "{out}");
             assert_eq!((n("exact"), n("about")), (1, 0), "{out}");
@@ -247,7 +252,7 @@ fn the_text_peak_counts_the_peaks_blocks() {
     assert!(n("binary") >= 32, "{out}{err}");
     assert_eq!(n("text"), n("binary"), "{out}");
     assert!(
-        n("now") < (32 * BLOCK) as i64,
+        n("now") < (32 * EARLY_BLOCK) as i64,
         "the blocks were freed: {out}"
     );
     assert_eq!(n("said_now"), 1, "{out}");
