@@ -13,7 +13,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst, fence};
 use std::time::Duration;
 
 pub(crate) mod report;
@@ -214,10 +214,14 @@ pub(crate) fn being_read() -> bool {
     BEING_READ.load(Relaxed)
 }
 
-/// Runs `then` once the read under way ends (on the reading thread), or
-/// now if it has ended. Allocates nothing.
+/// Has `then` run once the read under way ends: by the reading thread, by
+/// any thread whose [`get`] finds it has just ended, or here, now, if it
+/// has. Allocates nothing.
 pub(crate) fn after_read(then: fn()) {
     let _ = AFTER_READ.set(then);
+    // Against `get`'s fence: either this sees the configuration stored or
+    // `get` sees `then`.
+    fence(SeqCst);
     if CONFIG.get().is_some() {
         then();
     }
@@ -235,6 +239,8 @@ pub(crate) fn get() -> &'static Config {
         BEING_READ.store(false, Relaxed);
         config
     });
+    // Against `after_read`'s fence.
+    fence(SeqCst);
     if let Some(then) = AFTER_READ.get() {
         then();
     }

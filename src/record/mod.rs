@@ -45,7 +45,7 @@ pub(crate) mod tracked;
 use std::alloc::Layout;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
-use crate::support::{reentry, registry};
+use crate::support::{lock, reentry, registry};
 use crate::{sample, thread};
 use blocks::Entry;
 
@@ -67,9 +67,11 @@ pub(crate) fn installed() -> bool {
 /// Runs the process's setup once, on the first allocation heapprof sees;
 /// if the configuration is being read, when the read ends: the setup
 /// reads it, and its first read allocates (a library whose first call
-/// into heapprof, before any allocation, reads a setting).
+/// into heapprof, before any allocation, reads a setting). Never with a
+/// heapprof lock held (the setup walks the loaded objects under a lock
+/// of a low rank): a setup put off is run by a later allocation.
 fn set_up_once() {
-    if SET_UP.load(Relaxed) {
+    if SET_UP.load(Relaxed) || lock::any_lock_held() {
         return;
     }
     if crate::config::being_read() {

@@ -27,8 +27,12 @@
 //!
 //! Every lock has a rank, part of its type ([`Mutex`]`<RANK, T>`), declared
 //! once in [`rank`]: a thread that holds a lock may wait only for locks of
-//! a higher rank (or of the same rank, which only the fork handlers do, for
-//! the stripes of one table in index order). Debug builds check it on
+//! a higher rank, or of the same rank in a fixed order: the fork handlers
+//! and a copy of the site table (`record::sites::try_packed`) take the
+//! stripes of one table in index order, and the site table's stripes
+//! before its overflow sites and those before its not-unwound site, as a
+//! sample that retires a site does (the checker does not see that order
+//! within a rank). Debug builds check it on
 //! every wait and abort with the two ranks on a violation. `fork`'s
 //! prepare handler takes the locks of its table, `FORK_LOCKS`, in rank
 //! order (`process/fork.rs`; the HTTP locks and the symbol-lookup lock
@@ -80,7 +84,8 @@ pub(crate) mod rank {
     pub(crate) const LABELS: u8 = 6;
     /// The site table's stripes and the sites kept apart from them: the
     /// overflow site of each label set and the site of samples that were
-    /// not unwound (`record/sites.rs`).
+    /// not unwound (`record/sites.rs`). Taken together in that order, the
+    /// stripes in index order.
     pub(crate) const SITES: u8 = 7;
     /// The spare pools (`record/spare.rs`).
     pub(crate) const SPARE: u8 = 8;

@@ -226,7 +226,10 @@ pub(crate) fn note_first_objects() {
         executable_first.get_or_insert(executable);
         objects.push(first_object(info));
     });
-    let own = if executable_first == Some(false) {
+    // musl has no `dlmopen`, and a program started through its loader
+    // (`ld-musl-x86_64.so.1 ./prog`) is listed first under its name with
+    // the loader's program headers: never a namespace of its own there.
+    let own = if executable_first == Some(false) && !cfg!(target_env = "musl") {
         OWN
     } else {
         SHARED
