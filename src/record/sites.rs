@@ -680,15 +680,24 @@ pub(crate) fn packed() -> PackedSites {
 /// As [`packed`], or `None` if the inner allocator has no memory for it:
 /// for the peak copy, taken inside a sampled allocation.
 ///
-/// The copy is of one moment: every stripe's lock is taken, in index
-/// order, then the sites kept apart (overflow, not unwound), and all are
-/// held until every site is copied. Copied a stripe at a time, a thread
-/// that moves memory from one site to another meanwhile (frees a block
-/// of one, allocates one at another) could be seen before the move at
-/// one and after it at the other, and a profile or peak would show two
-/// functions holding more together than they ever did. Samples and
-/// sampled frees on other threads wait for the copy: about as long as
-/// copying the table's frames takes.
+/// The counts are of one moment. Taken a stripe at a time, a thread that
+/// moves memory from one site to another meanwhile (frees a block of
+/// one, allocates one at another) could be seen before the move at one
+/// and after it at the other, and a profile or peak would show two
+/// functions holding more together than they ever did. So the copy is
+/// made in two passes:
+///
+/// 1. each stripe's sites, stacks and counts, under that stripe's lock
+///    alone (a stored site's stack never changes, and its slot's serial
+///    tells it from a later site in the same slot);
+/// 2. every stripe's lock, in index order, then the sites kept apart
+///    (overflow, not unwound), held together while each copied site
+///    takes its counts again: a site retired since (its counts are in
+///    the overflow site by then) is dropped, one stored since is copied
+///    whole.
+///
+/// Samples and sampled frees on other threads wait for the second pass
+/// only: a read of each stored site's counts.
 pub(crate) fn try_packed() -> Option<PackedSites> {
     let mut packed = PackedSites {
         sites: Vec::new(),
@@ -699,17 +708,37 @@ pub(crate) fn try_packed() -> Option<PackedSites> {
     if !room {
         return None;
     }
+    // Where each stripe's sites start in `packed.sites`, and where the
+    // last one's end.
+    let mut firsts = [0; STRIPES + 1];
+    for (stripe_index, stripe) in TABLE.stripes.iter().enumerate() {
+        firsts[stripe_index] = packed.sites.len();
+        let stripe = stripe.lock();
+        for (index, site) in stripe.sites.iter().enumerate() {
+            packed.push_stored(stripe_index, index, site, &stripe.frames)?;
+        }
+    }
+    firsts[STRIPES] = packed.sites.len();
     let stripes: [_; STRIPES] = std::array::from_fn(|i| TABLE.stripes[i].lock());
     for (stripe_index, stripe) in stripes.iter().enumerate() {
+        // Both in slot order: the first pass's copies of this stripe, and
+        // its slots now.
+        let mut copy = firsts[stripe_index];
         for (index, site) in stripe.sites.iter().enumerate() {
-            if site.is_empty() {
-                continue;
+            if copy < firsts[stripe_index + 1] && packed.sites[copy].index() == index {
+                let copied = &mut packed.sites[copy];
+                copy += 1;
+                if !site.is_empty() && site.serial == copied.serial {
+                    copied.counts = site.counts;
+                    continue;
+                }
+                // Retired since: no counts, taken out below.
+                copied.counts = NO_COUNTS;
             }
-            let start = site.frames_start as usize;
-            let stored = &stripe.frames[start..start + site.frames_len as usize];
-            let labels = LabelSetId(site.labels.into());
-            let id = SiteId((stripe_index as u32) << SiteId::INDEX_BITS | index as u32);
-            packed.push(stored, site.counts, false, labels, (site.serial, id))?;
+            packed.push_stored(stripe_index, index, site, &stripe.frames)?;
+        }
+        for gone in &mut packed.sites[copy..firsts[stripe_index + 1]] {
+            gone.counts = NO_COUNTS;
         }
     }
     // A site retires into the overflow site under its stripe's lock, so
@@ -735,10 +764,39 @@ pub(crate) fn try_packed() -> Option<PackedSites> {
         )?;
     }
     drop(stripes);
+    // Every site has samples; those without are the retired ones.
+    packed.sites.retain(|s| s.counts.sampled_allocs > 0);
     Some(packed)
 }
 
+impl PackedSite {
+    /// The site's slot in its stripe.
+    fn index(&self) -> usize {
+        (self.id & SiteId::INDEX_MASK) as usize
+    }
+}
+
 impl PackedSites {
+    /// Appends the site stored in slot `index` of stripe `stripe_index`
+    /// (whose frames are `frames`), if the slot holds one; `None` if the
+    /// inner allocator has no memory for it.
+    fn push_stored(
+        &mut self,
+        stripe_index: usize,
+        index: usize,
+        site: &StoredSite,
+        frames: &[usize],
+    ) -> Option<()> {
+        if site.is_empty() {
+            return Some(());
+        }
+        let start = site.frames_start as usize;
+        let stored = &frames[start..start + site.frames_len as usize];
+        let labels = LabelSetId(site.labels.into());
+        let id = SiteId((stripe_index as u32) << SiteId::INDEX_BITS | index as u32);
+        self.push(stored, site.counts, false, labels, (site.serial, id))
+    }
+
     /// Appends a site, with its serial and id; `None` if the inner
     /// allocator has no memory for it.
     fn push(
