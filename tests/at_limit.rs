@@ -211,6 +211,20 @@ fn child_scenarios() {
             std::fs::create_dir(dir).unwrap();
             wait_for_file(&dir.join("heap.limit80.pb.gz"));
         }
+        "failures" => {
+            let cgroup = env_path("HEAPPROF_CGROUP_DIR");
+            let out = env_path("HEAPPROF_OUT");
+            let dir = out.parent().unwrap();
+            let mut held = Vec::new();
+            hold_mib(&mut held, 10);
+            // 50 % fails whole, then 80 % half: each is said.
+            set_percent(&cgroup, 60);
+            std::thread::sleep(Duration::from_millis(300));
+            set_percent(&cgroup, 85);
+            wait_for_file(&dir.join("heap.limit80.pb.gz"));
+            // Polls past the write, which say nothing more.
+            std::thread::sleep(Duration::from_millis(300));
+        }
         "churn" => {
             // Samples (so the dump thread would start), then time for
             // many polls.
@@ -259,6 +273,14 @@ fn comments(p: &proto::Profile) -> Vec<String> {
 
 /// The lines the watcher prints when it writes.
 fn written_lines(stderr: &str) -> Vec<&str> {
+    threshold_lines(stderr)
+        .into_iter()
+        .filter(|l| l.contains(": wrote "))
+        .collect()
+}
+
+/// The lines the watcher prints for a threshold crossed.
+fn threshold_lines(stderr: &str) -> Vec<&str> {
     stderr
         .lines()
         .filter(|l| l.starts_with("heapprof: memory at"))
@@ -402,10 +424,47 @@ fn a_threshold_that_failed_to_write_is_tried_again() {
     );
     let failed = stderr
         .lines()
-        .filter(|l| l.contains("could not write the at-limit profile"))
+        .filter(|l| l.contains("past 80%: could not write its profile"))
         .count();
     assert_eq!(failed, 1, "{stderr}");
     assert_eq!(written_lines(&stderr).len(), 1, "{stderr}");
+}
+
+/// Each threshold says on stderr what it wrote or why it could not, even
+/// after another threshold's failure: the live profile written beside a
+/// peak profile that could not be is named, since that line is what a
+/// container's log keeps after the kill.
+#[test]
+fn each_thresholds_failure_is_said_and_names_what_was_written() {
+    let cgroup = fake_cgroup();
+    let out = tempfile::tempdir().unwrap();
+    let base = out.path().join("heap.pb.gz");
+    // Names the watcher may not replace: directories.
+    std::fs::create_dir(out.path().join("heap.limit50.pb.gz")).unwrap();
+    std::fs::create_dir(out.path().join("heap.limit80.peak.pb.gz")).unwrap();
+    let (_, stderr) = child(
+        "failures",
+        &[
+            ("HEAPPROF_CGROUP_DIR", cgroup.path().to_str().unwrap()),
+            ("HEAPPROF_DUMP_AT_LIMIT", "50%,80%"),
+            ("HEAPPROF_OUT", base.to_str().unwrap()),
+            ("HEAPPROF_SAMPLE_RATE", "1"),
+        ],
+    );
+    let lines = threshold_lines(&stderr);
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[0].contains("past 50%: could not write its profile")
+            && lines[0].ends_with("further failures at this threshold are not reported"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].contains("past 80%: wrote ")
+            && lines[1].contains("heap.limit80.pb.gz")
+            && lines[1].contains("but could not write its peak profile"),
+        "{stderr}"
+    );
+    assert!(out.path().join("heap.limit80.peak.pb.gz").is_dir());
 }
 
 /// With no cgroup limit, `HEAPPROF_MEMORY_LIMIT` is watched against the

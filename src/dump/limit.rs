@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use super::{expand, failed, report, sibling, write_dump_bytes};
+use super::{expand, failed, plain, sibling, write_dump_bytes};
 use crate::config;
 use crate::config::report::Shown;
 use crate::output::{self, Format, Source, pprof};
@@ -62,6 +62,8 @@ struct Threshold {
     written: Option<Instant>,
     /// The last try to write them failed.
     failed: bool,
+    /// A failure to write them was said on stderr.
+    failure_said: bool,
 }
 
 /// The thresholds of one dump thread and what it reads to decide.
@@ -94,6 +96,7 @@ impl Watcher {
                 tag: tag(fraction),
                 written: None,
                 failed: false,
+                failure_said: false,
             })
             .collect();
         thresholds.sort_by(|a, b| b.fraction.total_cmp(&a.fraction));
@@ -138,11 +141,10 @@ impl Watcher {
         if let Err(e) = refreshed
             && !FAILED.swap(true, Relaxed)
         {
-            let e = e.to_string();
             config::report::warn(format_args!(
                 "heapprof: could not prepare the profile to write if an allocation fails ({}); \
                  only one prepared before, if any, would be written then",
-                e.strip_prefix("heapprof: ").unwrap_or(&e)
+                plain(&e)
             ));
         }
     }
@@ -206,9 +208,9 @@ impl Watcher {
     }
 
     /// Writes the profiles of thresholds `due` (indices, highest first)
-    /// for the reading `m`.
+    /// for the reading `m`, and says on stderr what each threshold wrote;
+    /// a threshold's failure is said the first time only.
     fn write(&mut self, m: &Measure, due: &[usize]) {
-        static FAILED: AtomicBool = AtomicBool::new(false);
         let percent = 100.0 * m.fraction();
         let crossed: Vec<String> = due
             .iter()
@@ -227,13 +229,6 @@ impl Watcher {
         let mut peak = Vec::new();
         let built = output::write(Source::Live, Format::Pprof, options(), &mut live)
             .and_then(|_| output::write(Source::Peak, Format::Pprof, options(), &mut peak));
-        let has_peak = match built {
-            Ok(has_peak) => has_peak,
-            Err(e) => {
-                report(Err(e), "at-limit", &FAILED);
-                return;
-            }
-        };
         let base = expand(&self.base);
         let now = Instant::now();
         for &i in due {
@@ -244,21 +239,39 @@ impl Watcher {
                 write_dump_bytes(&path, bytes)?;
                 Ok(path)
             };
-            let written = put(&t.tag, &live).and_then(|path| {
-                let mut names = Shown::path(&path).to_string();
-                if has_peak {
-                    let peak_path = put(&format!("{}.peak", t.tag), &peak)?;
-                    names = format!("{names} and {}", Shown::path(&peak_path));
+            let said = match &built {
+                Err(e) => Err(format!("could not build its profiles ({})", plain(e))),
+                Ok(has_peak) => match put(&t.tag, &live) {
+                    Err(e) => Err(format!("could not write its profile ({})", plain(&e))),
+                    Ok(path) if !has_peak => Ok(format!("wrote {}", Shown::path(&path))),
+                    Ok(path) => match put(&format!("{}.peak", t.tag), &peak) {
+                        Ok(peak_path) => Ok(format!(
+                            "wrote {} and {}",
+                            Shown::path(&path),
+                            Shown::path(&peak_path)
+                        )),
+                        Err(e) => Err(format!(
+                            "wrote {}, but could not write its peak profile ({})",
+                            Shown::path(&path),
+                            plain(&e)
+                        )),
+                    },
+                },
+            };
+            t.failed = said.is_err();
+            let line = match said {
+                Ok(line) => line,
+                Err(_) if t.failure_said => continue,
+                Err(line) => {
+                    t.failure_said = true;
+                    format!("{line}; further failures at this threshold are not reported")
                 }
-                config::report::warn(format_args!(
-                    "heapprof: memory at {percent:.1}% of the limit ({}), past {}%: wrote {names}",
-                    m.limit_name(),
-                    tag_percent(&t.tag)
-                ));
-                Ok(())
-            });
-            t.failed = written.is_err();
-            report(written, "at-limit", &FAILED);
+            };
+            config::report::warn(format_args!(
+                "heapprof: memory at {percent:.1}% of the limit ({}), past {}%: {line}",
+                m.limit_name(),
+                tag_percent(&t.tag)
+            ));
         }
     }
 

@@ -508,11 +508,19 @@ fn report(result: io::Result<()>, what: &str, flag: &AtomicBool) {
     if let Err(e) = result
         && !flag.swap(true, Relaxed)
     {
-        let e = e.to_string();
-        let e = e.strip_prefix("heapprof: ").unwrap_or(&e);
         crate::config::report::warn(format_args!(
-            "heapprof: could not write the {what} profile ({e}); further failures of this kind are not reported"
+            "heapprof: could not write the {what} profile ({}); further failures of this kind are not reported",
+            plain(&e)
         ));
+    }
+}
+
+/// `e` said inside a line that already starts with `heapprof: `.
+fn plain(e: &io::Error) -> String {
+    let e = e.to_string();
+    match e.strip_prefix("heapprof: ") {
+        Some(rest) => rest.to_string(),
+        None => e,
     }
 }
 
