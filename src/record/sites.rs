@@ -36,7 +36,8 @@
 //! site of its label set ([`SiteId::overflow`]), so totals stay whole;
 //! [`delta`] and [`alloc_delta`] take such moves into account. A sample
 //! whose site still does not fit (every site of its stripe holds live
-//! blocks) goes to that overflow site too, which the profile shows as a
+//! blocks, or none of the [`RETIRE_WINDOWS`] windows its search looks at
+//! has one that does not) goes to that overflow site too, which the profile shows as a
 //! site of its own with those labels, so nothing is dropped silently and
 //! label views (`pprof -tagfocus`) still add up. So
 //! does one whose new site the inner allocator has no memory for: the
@@ -158,16 +159,26 @@ struct Stripe {
     /// to retire (`u64::MAX` if none has): until a site dies, there is
     /// none still.
     none_dead_at: u64,
+    /// `deaths` when a search for more frames to free (one with `but`)
+    /// last went round every site and found no site with nothing live
+    /// that still holds frames (`u64::MAX` if none has).
+    none_holding_at: u64,
 }
 
 /// Sites a search for one to retire looks at before taking the least
 /// recently sampled of them ([`Stripe::least_recent_dead`]). The hand
 /// moves round the stripe a window at a time, as a clock's does, so a
 /// site with nothing live is looked at once a sweep, and the one that
-/// goes is the oldest of its window rather than of the stripe: where
-/// sites with nothing live are common, a retirement costs a window's
-/// look, whatever `HEAPPROF_MAX_SITES` is.
+/// goes is the oldest of its window rather than of the stripe.
 const RETIRE_LOOKS: usize = 64;
+
+/// Windows of [`RETIRE_LOOKS`] sites a new site's search for room looks
+/// at before it gives up and the sample goes to the overflow site: 512
+/// sites at most, whatever `HEAPPROF_MAX_SITES` is, even where sites with
+/// nothing live are few and far apart. The next search goes on from
+/// where this one stopped, so the whole stripe is still looked at.
+const RETIRE_WINDOWS: usize = 8;
+const _: () = assert!(RETIRE_LOOKS * RETIRE_WINDOWS == 512);
 
 /// The keys are already good hashes.
 #[derive(Default)]
@@ -325,19 +336,21 @@ impl Stripe {
     /// Retires a site of this stripe with nothing live (the least recently
     /// sampled of those [`Stripe::least_recent_dead`] looks at) and stores
     /// the new site in its slot; when that frees too few frames for the
-    /// new stack, more such sites too,
-    /// their slots left empty for later sites. `None`, with nothing
-    /// retired, if every site here holds live blocks; `None` after
-    /// retiring if the new frames still find no room.
+    /// new stack, more such sites too, their slots left empty for later
+    /// sites. All its searches together look at [`RETIRE_WINDOWS`]
+    /// windows at most. `None`, with nothing retired, if they find no
+    /// site with nothing live; `None` after retiring if the new frames
+    /// still find no room.
     fn reuse(&mut self, frames: &[usize], key: u64, labels: LabelSetId, now: u64) -> Option<u32> {
         #[cfg(test)]
         if tests::REUSE_OFF.load(Relaxed) {
             return None;
         }
-        let victim = self.least_recent_dead(None)?;
+        let mut looks = RETIRE_LOOKS * RETIRE_WINDOWS;
+        let victim = self.least_recent_dead(None, &mut looks)?;
         self.retire(victim);
         while !reserve_frames(frames.len()) {
-            let more = self.least_recent_dead(Some(victim))?;
+            let more = self.least_recent_dead(Some(victim), &mut looks)?;
             self.retire(more);
         }
         if !self.room_for_frames(frames.len()) || !growth::reserve_map(&mut self.by_hash, 1) {
@@ -351,23 +364,31 @@ impl Stripe {
     /// The slot of the least recently sampled site with nothing live (an
     /// empty slot first, when `but` is `None`), other than `but`, among
     /// the next [`RETIRE_LOOKS`] from the stripe's hand, or the next such
-    /// window that has one; with `but`, only slots that still hold a site,
-    /// whose frames a retirement frees. `None` when no site of the stripe
-    /// qualifies: a search that goes round them all finds that out once,
-    /// and later ones return at once until a site dies. So a full table
-    /// costs a sample a window's look, not a look at every site, unless
-    /// the sites it could retire are few and far from the hand.
-    fn least_recent_dead(&mut self, but: Option<usize>) -> Option<usize> {
+    /// window that has one, while `looks` (sites still to look at, counted
+    /// down a window at a time) lasts; with `but` (a slot already
+    /// emptied), only slots that still hold a site, whose frames a
+    /// retirement frees. `None` when none qualifies in the windows looked
+    /// at. A search that goes round the whole stripe without finding one
+    /// is not repeated, by a search of the same kind, until a site dies.
+    fn least_recent_dead(&mut self, but: Option<usize>, looks: &mut usize) -> Option<usize> {
         let n = self.sites.len();
-        if n == 0 || (but.is_none() && self.none_dead_at == self.deaths) {
+        let known_none = match but {
+            None => self.none_dead_at,
+            Some(_) => self.none_holding_at,
+        };
+        if n == 0 || known_none == self.deaths {
             return None;
         }
         let mut looked = 0;
         while looked < n {
+            if *looks == 0 {
+                return None;
+            }
             let window = RETIRE_LOOKS.min(n - looked);
             let start = self.hand;
             self.hand = (start + window) % n;
             looked += window;
+            *looks = looks.saturating_sub(window);
             let found = (0..window)
                 .map(|step| (start + step) % n)
                 .filter(|&i| {
@@ -379,8 +400,9 @@ impl Stripe {
                 return found;
             }
         }
-        if but.is_none() {
-            self.none_dead_at = self.deaths;
+        match but {
+            None => self.none_dead_at = self.deaths,
+            Some(_) => self.none_holding_at = self.deaths,
         }
         None
     }
@@ -1033,6 +1055,7 @@ impl Stripe {
             hand: 0,
             deaths: 0,
             none_dead_at: u64::MAX,
+            none_holding_at: u64::MAX,
         }
     }
 

@@ -564,6 +564,11 @@ fn stripe_of(n: usize, live: impl Fn(usize) -> bool) -> Stripe {
     stripe
 }
 
+/// What one new site's search for room may look at: one search's worth.
+fn search(stripe: &mut Stripe, but: Option<usize>) -> Option<usize> {
+    stripe.least_recent_dead(but, &mut (RETIRE_LOOKS * RETIRE_WINDOWS))
+}
+
 /// The search for a site to retire looks at a window of the stripe from
 /// its hand and takes the window's oldest site with nothing live; the
 /// next search starts past it. One that goes round a stripe whose sites
@@ -575,24 +580,65 @@ fn the_search_for_a_site_to_retire_is_bounded() {
     // The newest half of each window is dead: its oldest dead site is
     // its middle.
     let mut stripe = stripe_of(n, |i| i % RETIRE_LOOKS < RETIRE_LOOKS / 2);
-    assert_eq!(stripe.least_recent_dead(None), Some(RETIRE_LOOKS / 2));
+    assert_eq!(search(&mut stripe, None), Some(RETIRE_LOOKS / 2));
     assert_eq!(stripe.hand, RETIRE_LOOKS);
-    assert_eq!(stripe.least_recent_dead(None), Some(RETIRE_LOOKS * 3 / 2));
+    assert_eq!(search(&mut stripe, None), Some(RETIRE_LOOKS * 3 / 2));
     // A window with no dead site is passed over.
     let mut stripe = stripe_of(n, |i| i < RETIRE_LOOKS);
-    assert_eq!(stripe.least_recent_dead(None), Some(RETIRE_LOOKS));
+    assert_eq!(search(&mut stripe, None), Some(RETIRE_LOOKS));
     let mut stripe = stripe_of(n, |_| true);
-    assert_eq!(stripe.least_recent_dead(None), None);
+    assert_eq!(search(&mut stripe, None), None);
     assert_eq!(stripe.none_dead_at, stripe.deaths);
     // A site freed behind the count's back is not found: the stripe is
     // known to have none, and is not searched again...
     stripe.sites[5].counts.add_free(64, 1.0);
-    assert_eq!(stripe.least_recent_dead(None), None);
+    assert_eq!(search(&mut stripe, None), None);
     // ... until the count says a site died.
     stripe.hand = 7;
     stripe.deaths += 1;
-    assert_eq!(stripe.least_recent_dead(None), Some(5));
+    assert_eq!(search(&mut stripe, None), Some(5));
+    // A search for frames to free passes over empty slots, and one that
+    // goes round without finding a site that holds any is not repeated
+    // until a site dies either.
+    let mut stripe = stripe_of(n, |i| i != 3);
+    stripe.sites[3].counts = SiteCounts::default();
+    assert_eq!(search(&mut stripe, None), Some(3), "the empty slot");
+    assert_eq!(search(&mut stripe, Some(3)), None);
+    assert_eq!(stripe.none_holding_at, stripe.deaths);
+    stripe.sites[9].counts.add_free(64, 1.0);
+    assert_eq!(search(&mut stripe, Some(3)), None);
+    stripe.deaths += 1;
+    assert_eq!(search(&mut stripe, Some(3)), Some(9));
     let readme = include_str!("../../../README.md");
     let stated = format!("least recently sampled of the {RETIRE_LOOKS} its search looks at");
     assert!(readme.contains(&stated), "the README gives the window");
+    let most = RETIRE_LOOKS * RETIRE_WINDOWS;
+    let stated = format!("a search looks at\n{most} at most");
+    assert!(readme.contains(&stated), "the README gives the bound");
+}
+
+/// Where sites with nothing live are far apart, a search gives up after
+/// [`RETIRE_WINDOWS`] windows, and the next goes on from there: a sample
+/// never looks at more, however many sites a stripe holds.
+#[test]
+fn a_search_in_a_big_stripe_gives_up_and_the_next_goes_on() {
+    let windows = 2 * RETIRE_WINDOWS + 1;
+    let dead = windows * RETIRE_LOOKS - 1;
+    let mut stripe = stripe_of(windows * RETIRE_LOOKS, |i| i != dead);
+    assert_eq!(search(&mut stripe, None), None);
+    assert_eq!(stripe.hand, RETIRE_WINDOWS * RETIRE_LOOKS);
+    assert_ne!(stripe.none_dead_at, stripe.deaths, "not a whole sweep");
+    assert_eq!(search(&mut stripe, None), None);
+    assert_eq!(search(&mut stripe, None), Some(dead));
+    // Searches for frames to free share one budget.
+    let mut looks = RETIRE_LOOKS * RETIRE_WINDOWS;
+    stripe.hand = 0;
+    assert_eq!(stripe.least_recent_dead(Some(0), &mut looks), None);
+    assert_eq!(looks, 0);
+    assert_eq!(stripe.least_recent_dead(Some(0), &mut looks), None);
+    assert_eq!(
+        stripe.hand,
+        RETIRE_WINDOWS * RETIRE_LOOKS,
+        "no look without budget"
+    );
 }
