@@ -939,7 +939,11 @@ impl Snapshot {
             let exactly = |name: &str| {
                 name == function || name.ends_with(&suffix) || path_form(name) == wanted
             };
-            let tail_call = reentry::Inside::enter_for(|| symbolize::tail_call(&exactly));
+            // With frames of the program left unnamed, the function may be
+            // one of them: that, not a tail call, is then what hides it.
+            let tail_call = (unnamed == 0)
+                .then(|| reentry::Inside::enter_for(|| symbolize::tail_call(&exactly)))
+                .flatten();
             if let Some((own, callee)) = tail_call {
                 panic!(
                     "heapprof: cannot check what `{function}` holds: `{own}` makes a tail call \
