@@ -784,6 +784,42 @@ fn a_forked_child_exits_without_waiting_for_a_push() {
     assert!(ms < 5_000, "the forked child took {ms} ms to exit");
 }
 
+/// `HEAPPROF_PYROSCOPE_TIMEOUT` bounds how long the exit waits for its
+/// push to a server that takes the connection and never answers: the
+/// child, which lives 300 ms, exits well before the default 10 s.
+#[test]
+fn the_exit_waits_for_a_silent_server_only_as_long_as_the_timeout() {
+    if is_child() {
+        return child_keeps_a_mebibyte();
+    }
+    // Accepted by the kernel (the backlog), never read nor answered.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let took = |timeout: &str| {
+        let start = Instant::now();
+        let (_, stderr) = run_child(
+            "the_exit_waits_for_a_silent_server_only_as_long_as_the_timeout",
+            &[
+                ("HEAPPROF_PYROSCOPE_URL", &url),
+                ("HEAPPROF_PYROSCOPE_TIMEOUT", timeout),
+            ],
+        );
+        (start.elapsed(), stderr)
+    };
+    let (short, stderr) = took("300ms");
+    assert!(short < Duration::from_secs(5), "{short:?}: {stderr}");
+    // The default, against which the bound above means something.
+    let (default, stderr) = took("never");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("HEAPPROF_PYROSCOPE_TIMEOUT"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("using the default 10s"), "{}", lines[0]);
+    assert!(default >= Duration::from_secs(10), "{default:?}: {stderr}");
+    drop(silent);
+}
+
 /// A child for the environment's pusher: at rate 1, keeps a mebibyte
 /// (from `kept_between`) and lives long enough for the push at exit.
 fn child_keeps_a_mebibyte() {

@@ -153,6 +153,9 @@ pub(crate) struct Pyroscope {
     pub labels: Vec<(String, String)>,
     /// `HEAPPROF_PYROSCOPE_EVERY`: the push period.
     pub every: Duration,
+    /// `HEAPPROF_PYROSCOPE_TIMEOUT`: how long each step of a push may
+    /// take, and the exit waits for the last push.
+    pub timeout: Duration,
     /// `HEAPPROF_PYROSCOPE_USER` and `HEAPPROF_PYROSCOPE_PASSWORD`: basic
     /// authentication (Grafana Cloud's user id and access token).
     pub basic_auth: Option<(String, String)>,
@@ -170,11 +173,15 @@ pub(crate) const DEFAULT_PYROSCOPE_EVERY: Duration = Duration::from_secs(15);
 /// The shortest push period; a shorter one is raised to it.
 pub(crate) const MIN_PYROSCOPE_EVERY: Duration = Duration::from_secs(1);
 
+/// How long each step of a push may take when `HEAPPROF_PYROSCOPE_TIMEOUT`
+/// is not set; also the longest the process's exit waits for its last push.
+pub(crate) const DEFAULT_PYROSCOPE_TIMEOUT: Duration = Duration::from_secs(10);
+
 static CONFIG: OnceLock<Config> = OnceLock::new();
 
 /// Every variable heapprof reads, without its `HEAPPROF_` prefix: what a
 /// misspelled one is compared with ([`report_misspellings`]).
-const SETTINGS: [&str; 23] = [
+const SETTINGS: [&str; 24] = [
     "SAMPLE_RATE",
     "MAX_SITES",
     "PEAK_GROWTH",
@@ -194,6 +201,7 @@ const SETTINGS: [&str; 23] = [
     "PYROSCOPE_NAME",
     "PYROSCOPE_LABELS",
     "PYROSCOPE_EVERY",
+    "PYROSCOPE_TIMEOUT",
     "PYROSCOPE_USER",
     "PYROSCOPE_PASSWORD",
     "PYROSCOPE_TOKEN",
@@ -491,6 +499,13 @@ fn pyroscope() -> Pyroscope {
     .map_or(DEFAULT_PYROSCOPE_EVERY, |every| {
         at_least("HEAPPROF_PYROSCOPE_EVERY", every, MIN_PYROSCOPE_EVERY)
     });
+    let timeout = lookup(
+        "HEAPPROF_PYROSCOPE_TIMEOUT",
+        "a duration such as 10s or 500ms",
+        &format!("using the default {DEFAULT_PYROSCOPE_TIMEOUT:?}"),
+        |s| parse_duration(s).filter(|d| !d.is_zero()),
+    )
+    .unwrap_or(DEFAULT_PYROSCOPE_TIMEOUT);
     let text = |name: &str| var(name).map(|v| v.to_string_lossy().trim().to_owned());
     let basic_auth = match (
         text("HEAPPROF_PYROSCOPE_USER"),
@@ -540,6 +555,7 @@ fn pyroscope() -> Pyroscope {
         name,
         labels,
         every,
+        timeout,
         basic_auth,
         token,
         tenant,
@@ -865,6 +881,7 @@ mod tests {
             ("PYRO_URL", "PYROSCOPE_URL"),
             ("DUMP_LIMIT", "DUMP_AT_LIMIT"),
             ("INUSE_GROWTH", "DUMP_INUSE_GROWTH"),
+            ("TIMEOUT", "PYROSCOPE_TIMEOUT"),
         ] {
             assert_eq!(meant(given), Some(setting), "{given}");
         }
@@ -876,7 +893,6 @@ mod tests {
             "X",
             "DWARF",
             "BENCH_ROUNDS",
-            "TIMEOUT",
             "DEBUG_OUTPUT_FORMAT",
             "SYM",
             "TEST_RATE",

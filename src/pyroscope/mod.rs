@@ -26,6 +26,7 @@
 //! | `HEAPPROF_PYROSCOPE_NAME` | the application name; the executable's file name if unset |
 //! | `HEAPPROF_PYROSCOPE_LABELS` | `k=v,k=v` added to every profile; a key given twice keeps its last value |
 //! | `HEAPPROF_PYROSCOPE_EVERY` | the period, `15s` by default ([`DEFAULT_EVERY`]) |
+//! | `HEAPPROF_PYROSCOPE_TIMEOUT` | how long each step of a push may take, and the longest the exit waits for its last push: `10s` by default ([`DEFAULT_TIMEOUT`]) |
 //! | `HEAPPROF_PYROSCOPE_USER`, `HEAPPROF_PYROSCOPE_PASSWORD` | basic authentication (Grafana Cloud: the stack's user id and an access token) |
 //! | `HEAPPROF_PYROSCOPE_TOKEN` | a bearer token, for a proxy that wants one |
 //! | `HEAPPROF_PYROSCOPE_TENANT` | the `X-Scope-OrgID` header of a multi-tenant Pyroscope |
@@ -84,7 +85,7 @@ pub const MIN_EVERY: Duration = config::MIN_PYROSCOPE_EVERY;
 
 /// How long each step of a push may take (connecting, sending, waiting for
 /// the answer, reading it) unless [`Pusher::timeout`] says otherwise.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_TIMEOUT: Duration = config::DEFAULT_PYROSCOPE_TIMEOUT;
 
 /// A failing push is reported on stderr at most this often; the report
 /// says how many failed since the last one.
@@ -770,8 +771,9 @@ pub(crate) fn start_from_env() {
     if !crate::thread::alive() || STARTED.swap(true, Relaxed) {
         return;
     }
-    let mut pusher =
-        Pusher::new(url.clone(), c.name.clone().unwrap_or_else(exe_name)).every(c.every);
+    let mut pusher = Pusher::new(url.clone(), c.name.clone().unwrap_or_else(exe_name))
+        .every(c.every)
+        .timeout(c.timeout);
     // A key given twice keeps its last value, as `Pusher::label` has it.
     for (key, value) in &c.labels {
         pusher = pusher.label(key, value);
