@@ -820,6 +820,13 @@ fn child_overflow() {
     }
     heapprof::set_sample_rate(1);
     heapprof::set_thread_label(false);
+    let text = || {
+        let mut out = Vec::new();
+        heapprof::write_text_profile(&mut out).expect("text profile");
+        String::from_utf8(out).expect("utf-8")
+    };
+    const FULL: &str = "label-set table is full";
+    assert!(!text().contains(FULL));
     let table_before = heapprof::stats().profiler_bytes;
     // Many more distinct sets than the table holds, each with a sample.
     const SETS: usize = 5000;
@@ -883,6 +890,16 @@ fn child_overflow() {
     assert_eq!(labelled, (distinct * 1000) as i64);
     let grown = heapprof::stats().profiler_bytes - table_before;
     println!("profiler_bytes grew by {grown}");
+    // The profiles say the table is full, not only the samples' label.
+    assert!(text().contains(FULL), "the text profile's header");
+    let mut pb = Vec::new();
+    heapprof::write_profile(&mut pb).expect("profile");
+    let profile = decode(&pb);
+    let said = profile
+        .comment
+        .iter()
+        .any(|&i| string(&profile, i).contains(FULL));
+    assert!(said, "the profile's comments");
     drop(held);
     println!("OVERFLOW-OK");
 }
@@ -946,8 +963,13 @@ fn a_full_thread_label_table_is_reported() {
 #[test]
 fn past_the_table_bound_samples_carry_the_overflow_label() {
     let _watchdog = watchdog("label overflow", Duration::from_secs(120));
-    let (stdout, _) = run_child("child_overflow", &[]);
+    let (stdout, stderr) = run_child("child_overflow", &[]);
     assert!(stdout.contains("OVERFLOW-OK"), "{stdout}");
+    let said = stderr
+        .lines()
+        .filter(|l| l.contains("label-set table is full"))
+        .count();
+    assert_eq!(said, 1, "one line on stderr: {stderr}");
     assert!(printed_number(&stdout, "overflow=") > 0);
 }
 

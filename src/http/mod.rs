@@ -680,11 +680,20 @@ fn index() -> Response {
          </pre>\n\
          <p>Add <code>?seconds=N</code> to <code>heap</code> or <code>allocs</code> for what happens in the next N seconds \
          (at most {MAX_DELTA_SECONDS}).</p>\n</body></html>\n",
-        full = if sites::overflowed() {
-            format!("<p>{}</p>\n", crate::output::pprof::site_table_full_note())
-        } else {
-            String::new()
-        },
+        full = [
+            (
+                sites::overflowed(),
+                crate::output::pprof::site_table_full_note as fn() -> String
+            ),
+            (
+                crate::labels::table::program_sets_full(),
+                crate::output::pprof::label_table_full_note,
+            ),
+        ]
+        .into_iter()
+        .filter(|&(full, _)| full)
+        .map(|(_, note)| format!("<p>{}</p>\n", note()))
+        .collect::<String>(),
         peak = u8::from(has_peak),
         peak_link = if has_peak {
             "<a href=\"/debug/pprof/peak\">peak</a> (<a href=\"/debug/pprof/peak?debug=1\">text</a>)"

@@ -27,7 +27,8 @@
 use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{
-    AtomicPtr, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+    AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed,
+    Ordering::Release,
 };
 
 use crate::support::lock::{Lockable, Mutex, rank};
@@ -371,8 +372,6 @@ fn store(set: &Pending<'_>, hash: u64) -> Option<*mut Stored> {
     Some(Box::into_raw(record.into_boxed_slice()).cast())
 }
 
-/// The id of `set`, stored if new (see [`Table::intern`]). Inside the
-/// guard, with no lock held.
 /// How many merges found no memory (rather than no room): an
 /// [`LabelSetId::OVERFLOW`] while this moved may not be for good.
 static MEMORY_FAILURES: AtomicU64 = AtomicU64::new(0);
@@ -382,8 +381,32 @@ pub(crate) fn memory_failures() -> u64 {
     MEMORY_FAILURES.load(Relaxed)
 }
 
+/// Set once a set of the program's labels found no place (no room, or no
+/// memory) and went under [`LabelSetId::OVERFLOW`]; profiles say so.
+static PROGRAM_SETS_FULL: AtomicBool = AtomicBool::new(false);
+
+/// Whether a set of the program's labels has gone under the overflow set.
+pub(crate) fn program_sets_full() -> bool {
+    PROGRAM_SETS_FULL.load(Relaxed)
+}
+
+/// What a merge of `kind` that found no memory for its list gives, counted.
+fn no_memory(kind: Kind) -> LabelSetId {
+    MEMORY_FAILURES.fetch_add(1, Relaxed);
+    if kind == Kind::Program {
+        PROGRAM_SETS_FULL.store(true, Relaxed);
+    }
+    LabelSetId::OVERFLOW
+}
+
+/// The id of `set`, stored if new (see [`Table::intern`]). Inside the
+/// guard, with no lock held.
 pub(crate) fn intern(set: Pending<'_>, kind: Kind) -> LabelSetId {
-    TABLE.intern(set, kind, kind.bound())
+    let id = TABLE.intern(set, kind, kind.bound());
+    if id == LabelSetId::OVERFLOW && kind == Kind::Program {
+        PROGRAM_SETS_FULL.store(true, Relaxed);
+    }
+    id
 }
 
 /// The labels of `id`. Takes no lock and allocates nothing, so any
@@ -403,8 +426,7 @@ pub(crate) fn merge(outer: LabelSetId, inner: &[(&str, &str)], kind: Kind) -> La
     // (labels set on the sampled path are never cut, so nothing else
     // allocates before `intern`).
     let Some(mut set) = Pending::with_room(get(outer), inner.len()) else {
-        MEMORY_FAILURES.fetch_add(1, Relaxed);
-        return LabelSetId::OVERFLOW;
+        return no_memory(kind);
     };
     for &(k, v) in inner {
         set.set(k, v);
@@ -451,8 +473,7 @@ pub(crate) fn merge_sets(outer: LabelSetId, inner: LabelSetId, kind: Kind) -> La
     }
     let inner = get(inner);
     let Some(mut set) = Pending::with_room(get(outer), inner.len()) else {
-        MEMORY_FAILURES.fetch_add(1, Relaxed);
-        return LabelSetId::OVERFLOW;
+        return no_memory(kind);
     };
     for &(k, v) in inner {
         set.set(k, v);
@@ -474,8 +495,7 @@ pub(crate) fn merge_layers(
 ) -> LabelSetId {
     let middle = get(middle);
     let Some(mut set) = Pending::with_room(get(base), middle.len() + top.len()) else {
-        MEMORY_FAILURES.fetch_add(1, Relaxed);
-        return LabelSetId::OVERFLOW;
+        return no_memory(kind);
     };
     for &(k, v) in middle.iter().chain(top) {
         set.set(k, v);

@@ -125,19 +125,25 @@ pub(crate) struct Collected {
     pub numbers: Option<sample::Numbers>,
 }
 
-/// Says on stderr, once, that the site table has been full, at the first
-/// profile or snapshot since: the samples' own path never formats.
-fn say_once_if_the_site_table_is_full() {
-    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if record::sites::overflowed() && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+/// Says on stderr, once each, that the site table or the label-set table
+/// has been full, at the first profile or snapshot since: the samples'
+/// own path never formats.
+fn say_once_if_a_table_is_full() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    static SITES_SAID: AtomicBool = AtomicBool::new(false);
+    static LABELS_SAID: AtomicBool = AtomicBool::new(false);
+    if record::sites::overflowed() && !SITES_SAID.swap(true, Relaxed) {
         crate::config::report::warn(format_args!("{}", pprof::site_table_full_note()));
+    }
+    if crate::labels::table::program_sets_full() && !LABELS_SAID.swap(true, Relaxed) {
+        crate::config::report::warn(format_args!("{}", pprof::label_table_full_note()));
     }
 }
 
 /// The sites of `source`; `None` if it has none yet (no peak recorded).
 /// Inside the profiler.
 pub(crate) fn collect(source: Source) -> Option<Collected> {
-    say_once_if_the_site_table_is_full();
+    say_once_if_a_table_is_full();
     match source {
         Source::Live => Some(Collected {
             sites: record::sites::snapshot(),

@@ -175,6 +175,16 @@ pub(crate) fn thread_label_dropped_note() -> String {
     )
 }
 
+/// What profiles say once a set of the program's labels found no place in
+/// the label-set table.
+pub(crate) fn label_table_full_note() -> String {
+    format!(
+        "heapprof: the label-set table is full ({} sets, or {} KiB) or was out of memory: samples under label sets it has no place for carry heapprof_overflow=label sets instead of their labels; keep unbounded values (request ids) out of labels",
+        labels::table::MAX_LABEL_SETS,
+        labels::table::MAX_TABLE_BYTES >> 10
+    )
+}
+
 /// What profiles say once the site table has been full: how new stacks
 /// found room, where the counts of the stacks they replaced went, and how
 /// to keep more.
@@ -582,6 +592,9 @@ impl Builder {
                 symbolize::memory_bytes()
             ),
         ];
+        if labels::table::program_sets_full() {
+            comments.push(label_table_full_note());
+        }
         if labels::thread_label_dropped() {
             comments.push(thread_label_dropped_note());
         }

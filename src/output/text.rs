@@ -245,6 +245,9 @@ fn write_stats<W: Write>(
         writeln!(w, "# live_sampled_blocks = {live_sampled}")?;
     }
     writeln!(w, "# unwinder = {}", crate::record::stack::unwinder_name())?;
+    if crate::labels::table::program_sets_full() {
+        writeln!(w, "# {}", super::pprof::label_table_full_note())?;
+    }
     if crate::labels::thread_label_dropped() {
         writeln!(w, "# {}", super::pprof::thread_label_dropped_note())?;
     }
