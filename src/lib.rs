@@ -150,7 +150,13 @@
 //! ```
 //!
 //! * At rate 1 the numbers are exact; at other rates they are estimates
-//!   (see above), so assert with a tolerance. The rate is in force on
+//!   (see above): a block smaller than the rate is most often not sampled
+//!   at all, and one that is counts for about the rate, so at the default
+//!   rate an assertion on less than a few MiB decides by chance. Set rate
+//!   1 (`HEAPPROF_SAMPLE_RATE=1`) for assertions. One whose snapshots
+//!   speak for a time when the rate was above 1 (set so by another test
+//!   in between, say) says so on stderr when it passes, and in its
+//!   message when it fails. The rate is in force on
 //!   every thread from its next allocation after [`set_sample_rate`]
 //!   returns, threads already running included (the workers of a tokio
 //!   runtime built before it, as `#[tokio::test(flavor =

@@ -126,6 +126,39 @@ fn sampling_off_for_part_of_the_time_is_not_a_measurement() {
     });
 }
 
+/// A rate above 1 for part of a delta's time (set by another test, say)
+/// may leave a leak unsampled though both snapshots are at rate 1: the
+/// assertion may pass, but says on stderr that it is an estimate, and
+/// why; a delta at rate 1 throughout says nothing of the kind.
+#[test]
+fn a_coarse_rate_in_between_is_said() {
+    const SAID: &str = "passes with 0 bytes counted, but the sample rate was above 1 at or \
+                        between the two snapshots";
+    if !is_child() {
+        let (stdout, stderr) = run_child(
+            "a_coarse_rate_in_between_is_said",
+            &[("HEAPPROF_SAMPLE_RATE", "1")],
+        );
+        assert!(stdout.contains("exact: passed"), "{stdout}");
+        assert!(stdout.contains("coarse: passed"), "{stdout}");
+        assert_eq!(stderr.matches(SAID).count(), 1, "{stderr}");
+        return;
+    }
+    let before = heapprof::snapshot();
+    let delta = heapprof::snapshot().delta(&before);
+    delta.assert_inuse_at_most("assertion_truth::leaks", 0);
+    println!("exact: passed");
+    // The first allocation after a change of rate is sampled for sure;
+    // the next, one in a million at so coarse a rate.
+    heapprof::set_sample_rate(1 << 30);
+    black_box(vec![0u8; 8]);
+    leaks(1000);
+    heapprof::set_sample_rate(1);
+    let delta = heapprof::snapshot().delta(&before);
+    delta.assert_inuse_at_most("assertion_truth::leaks", 0);
+    println!("coarse: passed");
+}
+
 /// A stripped executable (`strip = true` in a Cargo profile) leaves
 /// heapprof no names for the program's frames: the bytes under them may be
 /// the function's, so the assertion fails, saying why, rather than pass

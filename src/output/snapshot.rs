@@ -379,21 +379,32 @@ struct Sampling {
     /// for more than its block (`sample::estimated`; a delta: by its later
     /// snapshot's).
     estimated: bool,
+    /// `sample::times_set_coarse` before and after, as `turned_off`.
+    set_coarse: (u64, u64),
+    /// Whether the rate was above 1 before the sites were read or after
+    /// (a delta: at either snapshot).
+    coarse_at_ends: bool,
 }
 
 impl Sampling {
-    /// Reads the count, then the rate, before a snapshot's sites are read.
-    fn before() -> (u64, usize) {
-        (sample::times_turned_off(), sample::rate())
+    /// Reads the counts, then the rate, before a snapshot's sites are read.
+    fn before() -> ((u64, u64), usize) {
+        let counts = (sample::times_turned_off(), sample::times_set_coarse());
+        (counts, sample::rate())
     }
 
-    /// The snapshot's sampling, with the rate and count read again after
-    /// its sites: a change of either while they were read is seen.
-    fn after((turned_off, rate_before): (u64, usize), rate: usize) -> Sampling {
+    /// The snapshot's sampling, with the rate and counts read again after
+    /// its sites: a change of any while they were read is seen.
+    fn after(
+        ((turned_off, set_coarse), rate_before): ((u64, u64), usize),
+        rate: usize,
+    ) -> Sampling {
         Sampling {
             turned_off: (turned_off, sample::times_turned_off()),
             off_at_ends: rate_before == 0 || rate == 0,
             estimated: sample::estimated(),
+            set_coarse: (set_coarse, sample::times_set_coarse()),
+            coarse_at_ends: rate_before > 1 || rate > 1,
         }
     }
 
@@ -403,7 +414,17 @@ impl Sampling {
             turned_off: (earlier.turned_off.0, self.turned_off.1),
             off_at_ends: earlier.off_at_ends || self.off_at_ends,
             estimated: earlier.estimated || self.estimated,
+            set_coarse: (earlier.set_coarse.0, self.set_coarse.1),
+            coarse_at_ends: earlier.coarse_at_ends || self.coarse_at_ends,
         }
+    }
+
+    /// Whether some allocation the snapshot speaks for may have been made
+    /// at a rate above 1, where a block may go unsampled: as
+    /// [`Sampling::was_off`], for a rate above 1.
+    fn was_coarse(self, delta: bool) -> bool {
+        let (before, after) = self.set_coarse;
+        self.coarse_at_ends || if delta { before != after } else { after > 0 }
     }
 
     /// Whether some allocation the snapshot speaks for may have been made
@@ -797,7 +818,10 @@ impl Snapshot {
     /// kept (64 frames), with the bytes of those stacks.
     /// Bytes under frames of the executable that heapprof could not name
     /// (a stripped binary, or `/proc` not mounted) count against
-    /// `function`, as they may be its.
+    /// `function`, as they may be its. Where the rate was above 1 for some
+    /// of the time the snapshot speaks for (as for sampling off, above),
+    /// the count is an estimate, and a block may have gone unsampled: a
+    /// pass then says so on stderr, and a failure's message too.
     #[track_caller]
     pub fn assert_inuse_at_most(&self, function: &str, max_bytes: i64) {
         // The docs above give the deepest stack kept.
@@ -902,6 +926,27 @@ impl Snapshot {
                      own entries, and may be its)"
                 )
             };
+        }
+        if self.sampling.was_coarse(self.delta) {
+            let when = if self.delta {
+                "at or between the two snapshots"
+            } else {
+                "at some time before this snapshot"
+            };
+            let why = format!(
+                "the sample rate was above 1 {when} (it is {} now), so blocks may have gone \
+                 unsampled and the count is an estimate; set_sample_rate(1) or \
+                 HEAPPROF_SAMPLE_RATE=1 before the first snapshot for an exact check",
+                self.rate
+            );
+            if counted <= max_bytes {
+                crate::config::report::warn(format_args!(
+                    "heapprof: assert_inuse_at_most: {} passes with {counted} bytes counted, \
+                     but {why}",
+                    crate::config::report::Shown::new(function)
+                ));
+            }
+            also += &format!(" (an estimate: {why})");
         }
         let cut: i64 = self
             .sites
@@ -1652,6 +1697,8 @@ mod tests {
                 turned_off: (0, 0),
                 off_at_ends: false,
                 estimated: false,
+                set_coarse: (0, 0),
+                coarse_at_ends: false,
             },
         }
     }

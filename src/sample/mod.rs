@@ -346,12 +346,15 @@ pub(crate) fn rate() -> usize {
             // Counted before it is published, as `set_rate` does, and
             // taken back if another thread or `set_rate` published first.
             let off = u64::from(from_env == 0);
+            let coarse = u64::from(from_env > 1);
             TURNED_OFF.fetch_add(off, Relaxed);
+            SET_COARSE.fetch_add(coarse, Relaxed);
             if RATE
                 .compare_exchange(RATE_UNSET, from_env, Release, Relaxed)
                 .is_err()
             {
                 TURNED_OFF.fetch_sub(off, Relaxed);
+                SET_COARSE.fetch_sub(coarse, Relaxed);
             }
             RATE.load(Acquire)
         }
@@ -380,11 +383,26 @@ pub(crate) fn times_turned_off() -> u64 {
     TURNED_OFF.load(Relaxed)
 }
 
+/// How many times the rate was set above 1 (or read so from the
+/// environment): a span of time in which it grew may have seen
+/// allocations that no sample records, so its profile is not exact even
+/// if no sample in it is an estimate.
+static SET_COARSE: AtomicU64 = AtomicU64::new(0);
+
+/// The number of times the rate was set above 1 so far ([`SET_COARSE`]),
+/// ordered as [`times_turned_off`] is.
+pub(crate) fn times_set_coarse() -> u64 {
+    SET_COARSE.load(Relaxed)
+}
+
 /// Sets the process-wide rate and moves the [`epoch`] on; the caller
 /// tells running threads (`record/countdown.rs`).
 pub(crate) fn set_rate(bytes: usize) {
     if bytes == 0 {
         TURNED_OFF.fetch_add(1, Relaxed);
+    }
+    if bytes > 1 {
+        SET_COARSE.fetch_add(1, Relaxed);
     }
     // Release, with `rate`'s acquire: a reader that sees this rate, or a
     // later one, then sees the count as of this store. So a snapshot that
