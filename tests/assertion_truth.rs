@@ -159,6 +159,28 @@ fn a_coarse_rate_in_between_is_said() {
     println!("coarse: passed");
 }
 
+/// The name is matched as a substring: a failure names the frames it
+/// matched, so that a shorter name that matched a longer one shows.
+#[test]
+fn a_failure_names_the_frames_the_name_matched() {
+    if !is_child() {
+        let (stdout, _) = run_child(
+            "a_failure_names_the_frames_the_name_matched",
+            &[("HEAPPROF_SAMPLE_RATE", "1")],
+        );
+        assert!(
+            stdout.contains("matched by frames named \"assertion_truth::leaks\""),
+            "{stdout}"
+        );
+        return;
+    }
+    let before = heapprof::snapshot();
+    leaks(1000);
+    let delta = heapprof::snapshot().delta(&before);
+    let message = panic_message(|| delta.assert_inuse_at_most("assertion_truth::leak", 0));
+    println!("panicked: {}", message.unwrap_or_default());
+}
+
 /// A stripped executable (`strip = true` in a Cargo profile) leaves
 /// heapprof no names for the program's frames: the bytes under them may be
 /// the function's, so the assertion fails, saying why, rather than pass

@@ -302,6 +302,20 @@ impl Site {
         })
     }
 
+    /// The names of the site's frames that [`Site::mentions`] `name` by.
+    fn frames_naming<'s>(&'s self, name: &str) -> impl Iterator<Item = &'s str> {
+        let wanted = path_form(name).into_owned();
+        let short = short_form(name);
+        let name = name.to_owned();
+        self.frames
+            .iter()
+            .filter(move |f| {
+                names(&f.function, &name, &wanted)
+                    || short.as_ref().is_some_and(|s| f.has_short_name(s))
+            })
+            .map(|f| f.function.as_str())
+    }
+
     /// Whether the site carries the label `key=value`.
     pub fn has_label(&self, key: &str, value: &str) -> bool {
         self.labels.iter().any(|(k, v)| k == key && v == value)
@@ -877,6 +891,33 @@ impl Snapshot {
             .saturating_add(unnamed)
             .saturating_add(dropped);
         let mut also = String::new();
+        // The name is a substring: say which frames it matched, so that a
+        // `my_crate::parse` that matched `my_crate::parse_header` shows.
+        let mut matched: Vec<&str> = self
+            .sites
+            .iter()
+            .flat_map(|s| s.frames_naming(function))
+            .collect();
+        matched.sort_unstable();
+        matched.dedup();
+        if held > 0 && !matched.is_empty() {
+            const SHOWN: usize = 4;
+            let shown: Vec<String> = matched
+                .iter()
+                .take(SHOWN)
+                .map(|n| crate::config::report::Shown::new(n).to_string())
+                .collect();
+            let more = matched.len().saturating_sub(SHOWN);
+            also += &format!(
+                " (matched by frames named {}{})",
+                shown.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            );
+        }
         let by_thread = self.held_by_thread(function);
         if !by_thread.is_empty() {
             let shown: Vec<String> = by_thread
