@@ -175,8 +175,12 @@
 //!   so),
 //!   and code that compiles to the same instructions in two functions is
 //!   kept once and named after one of them, so each may be charged with
-//!   what the other holds. Mark the functions you assert on
-//!   `#[inline(never)]`, give them bodies of their own, or use
+//!   what the other holds. Without debug info (Cargo's release default,
+//!   `debug = 0`), a function inlined into its callers (a closure, an
+//!   `async fn`'s body) is on no stack at all; an assertion that passes
+//!   in such a build says so on stderr, once. Mark the functions you
+//!   assert on `#[inline(never)]`, give them bodies of their own, build
+//!   tests with `debug = "line-tables-only"`, or use
 //!   [`measure`], which counts by call, not by name.
 //! * If heapprof is not the `#[global_allocator]` of the test binary,
 //!   [`snapshot()`] is empty and [`stats()`] all zeros;

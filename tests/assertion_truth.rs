@@ -239,6 +239,50 @@ fn a_stripped_program_cannot_pass_for_want_of_names() {
     drop(kept);
 }
 
+const NO_LINES: &str = "frames of \"assertion_truth\" have no file and line";
+
+/// A program built without debug info (here: its debug info stripped,
+/// its symbols kept) has its own functions named from the symbol table,
+/// and those inlined into their callers on no stack: an assertion that
+/// passes says so on stderr, once. One with debug info says nothing.
+#[test]
+fn a_pass_in_a_crate_without_debug_info_says_so() {
+    if !is_child() {
+        let copy =
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("assertion_truth_no_lines");
+        std::fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
+        let strip = std::process::Command::new("strip")
+            .arg("--strip-debug")
+            .arg(&copy)
+            .status()
+            .expect("run `strip` (binutils, which linking with cc needs too)");
+        assert!(strip.success(), "strip failed");
+        let (stdout, stderr) = run_child_of(
+            &copy,
+            None,
+            "a_pass_in_a_crate_without_debug_info_says_so",
+            &[("HEAPPROF_SAMPLE_RATE", "1")],
+        );
+        std::fs::remove_file(&copy).unwrap();
+        assert!(stdout.contains("passed twice"), "{stdout}");
+        assert_eq!(stderr.matches(NO_LINES).count(), 1, "{stderr}");
+        let (stdout, stderr) = run_child(
+            "a_pass_in_a_crate_without_debug_info_says_so",
+            &[("HEAPPROF_SAMPLE_RATE", "1")],
+        );
+        assert!(stdout.contains("passed twice"), "{stdout}");
+        assert!(!stderr.contains(NO_LINES), "{stderr}");
+        return;
+    }
+    let before = heapprof::snapshot();
+    let kept = holds_a_lot();
+    let delta = heapprof::snapshot().delta(&before);
+    delta.assert_inuse_at_most("assertion_truth::holds_a_lot", i64::MAX);
+    delta.assert_inuse_at_most("assertion_truth::holds_a_lot", i64::MAX);
+    println!("passed twice");
+    drop(kept);
+}
+
 #[inline(never)]
 fn grows(kept: &mut Vec<Vec<u8>>) {
     for _ in 0..5 {

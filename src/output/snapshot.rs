@@ -1003,6 +1003,9 @@ impl Snapshot {
                 crate::config::report::Shown::new(function)
             ));
         }
+        if counted <= max_bytes {
+            self.say_once_if_its_crate_has_no_lines(function);
+        }
         if !self.sites.iter().any(|s| s.mentions(function)) {
             let wanted = path_form(function);
             let named = |name: &str| names(name, function, &wanted);
@@ -1133,6 +1136,34 @@ impl Snapshot {
         }
         held.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         held
+    }
+
+    /// Says on stderr, once, when frames of `function`'s crate (its path's
+    /// first part) are named from the symbol table alone, without a file:
+    /// that crate was built without debug info, and its functions inlined
+    /// into their callers (closures, `async fn` bodies, small functions)
+    /// are on no stack, so an assertion on one may pass for want of it.
+    fn say_once_if_its_crate_has_no_lines(&self, function: &str) {
+        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let path = path_form(function);
+        let Some((krate, _)) = path.split_once("::") else {
+            return;
+        };
+        let prefix = format!("{krate}::");
+        let without_lines = self.sites.iter().flat_map(|s| &s.frames).any(|f| {
+            f.file.is_empty()
+                && (f.function.starts_with(&prefix) || path_form(&f.function).starts_with(&prefix))
+        });
+        if without_lines && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            crate::config::report::warn(format_args!(
+                "heapprof: assert_inuse_at_most: frames of {} have no file and line: it was \
+                 built without debug info, so its functions inlined into their callers (closures, \
+                 `async fn` bodies, small functions) are on no stack and an assertion on one can \
+                 pass for want of it; build tests with debug info (`debug = \"line-tables-only\"` \
+                 in the profile) or mark such functions `#[inline(never)]`",
+                crate::config::report::Shown::new(krate)
+            ));
+        }
     }
 
     /// Live bytes (in a delta: bytes allocated in between) of the sites
