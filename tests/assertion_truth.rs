@@ -141,6 +141,12 @@ fn a_coarse_rate_in_between_is_said() {
         );
         assert!(stdout.contains("exact: passed"), "{stdout}");
         assert!(stdout.contains("coarse: passed"), "{stdout}");
+        let header = stdout
+            .lines()
+            .find(|l| l.starts_with("coarse header: "))
+            .unwrap_or_default();
+        assert!(!header.contains("every allocation is recorded"), "{stdout}");
+        assert!(header.contains("are estimates"), "{stdout}");
         assert_eq!(stderr.matches(SAID).count(), 1, "{stderr}");
         return;
     }
@@ -157,6 +163,13 @@ fn a_coarse_rate_in_between_is_said() {
     let delta = heapprof::snapshot().delta(&before);
     delta.assert_inuse_at_most("assertion_truth::leaks", 0);
     println!("coarse: passed");
+    let header = delta
+        .to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    println!("coarse header: {header}");
 }
 
 /// The name is matched as a substring: a failure names the frames it

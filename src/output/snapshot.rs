@@ -433,6 +433,16 @@ impl Sampling {
         }
     }
 
+    /// How a snapshot at `rate` describes its values: a delta over a time
+    /// the rate was above 1 may miss blocks no sample recorded, though
+    /// each sample it has is exact, so it is not called exact.
+    fn numbers(self, rate: usize, delta: bool) -> sample::Numbers {
+        sample::Numbers {
+            rate,
+            estimated: self.estimated || (delta && self.was_coarse(true)),
+        }
+    }
+
     /// Whether some allocation the snapshot speaks for may have been made
     /// at a rate above 1, where a block may go unsampled: as
     /// [`Sampling::was_off`], for a rate above 1.
@@ -599,10 +609,7 @@ impl Snapshot {
         delta: bool,
         sampling: Sampling,
     ) -> Snapshot {
-        let numbers = sample::Numbers {
-            rate,
-            estimated: sampling.estimated,
-        };
+        let numbers = sampling.numbers(rate, delta);
         let options = pprof::Options {
             change: delta,
             ..pprof::Options::default()
@@ -1437,10 +1444,7 @@ fn write_message_svg(w: &mut impl io::Write, title: &str, message: &str) -> io::
 impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let rows = reentry::Own::make(|| self.top(20));
-        let numbers = sample::Numbers {
-            rate: self.rate,
-            estimated: self.sampling.estimated,
-        };
+        let numbers = self.sampling.numbers(self.rate, self.delta);
         let numbers = reentry::Own::make(|| numbers.describe());
         self.write_top(f, &rows, &numbers)
     }
