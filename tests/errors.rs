@@ -565,7 +565,8 @@ fn held_while_address_space_runs_out() -> Vec<u8> {
 
 /// The child, under `RLIMIT_AS` just above what the process uses: with
 /// 1 MiB left, `write_profile` refuses to build (an allocation failing in
-/// the build would abort the program); with 40 MiB left, it builds, but
+/// the build would abort the program), and so it does, without aborting,
+/// with that room used up to the last small block; with 40 MiB left, it builds, but
 /// does not name frames (reading the executable's debug info would take
 /// more), and says why; once the limit is raised, a profile names them.
 #[test]
@@ -577,9 +578,23 @@ fn child_runs_out_of_address_space() {
     let name = "errors::held_while_address_space_runs_out";
     let mut refused = Vec::with_capacity(4 << 20);
     let mut profile = Vec::with_capacity(4 << 20);
+    let mut filler: Vec<Vec<u8>> = Vec::with_capacity(1 << 16);
     let used = heapprof_testkit::process::status_bytes("VmSize:");
     heapprof_testkit::process::limit_address_space(used + (1 << 20));
     let tight = heapprof::write_profile(&mut refused).map_err(|e| e.kind());
+    // Then with every block the allocator could still give taken, down to
+    // the smallest: the refusal itself must allocate nothing.
+    for size in [64 << 10, 4 << 10, 256, 16] {
+        while filler.len() < filler.capacity() {
+            let mut block = Vec::new();
+            if block.try_reserve_exact(size).is_err() {
+                break;
+            }
+            filler.push(block);
+        }
+    }
+    let exhausted = heapprof::write_profile(&mut refused).map_err(|e| e.kind());
+    drop(filler);
     heapprof_testkit::process::limit_address_space(used + (40 << 20));
     let without = heapprof::snapshot().inuse_bytes_in(name);
     let written = heapprof::write_profile(&mut profile).is_ok();
@@ -591,9 +606,10 @@ fn child_runs_out_of_address_space() {
         .and_then(rlimit_as_left)
         .is_some_and(|mib| (20..=41).contains(&mib));
     println!(
-        "refused={} refused_bytes={}",
+        "refused={} refused_bytes={} exhausted={}",
         u8::from(tight == Err(std::io::ErrorKind::OutOfMemory)),
-        refused.len()
+        refused.len(),
+        u8::from(exhausted == Err(std::io::ErrorKind::OutOfMemory)),
     );
     println!(
         "without={without} written={} says_unreadable={}",
@@ -745,6 +761,7 @@ fn names_come_back_when_address_space_does() {
         &[
             ("refused=", 1),
             ("refused_bytes=", 0),
+            ("exhausted=", 1),
             ("without=", 0),
             ("written=", 1),
             ("says_unreadable=", 1),

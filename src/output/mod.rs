@@ -198,6 +198,26 @@ pub(crate) fn collect(source: Source) -> Option<Collected> {
 /// grows (`http::Body`).
 const BUILD_ROOM: usize = 32 << 20;
 
+/// Room an error with a message of its own asks for: its text and its box
+/// are two small blocks, which may need the inner allocator to map more.
+const MESSAGE_ROOM: usize = 1 << 20;
+
+/// The error of a build refused for want of [`BUILD_ROOM`]. Its message
+/// takes two allocations, and one that fails aborts the program: with
+/// less than [`MESSAGE_ROOM`] left, it is the bare kind, which allocates
+/// nothing.
+fn no_room_to_build() -> io::Error {
+    if !crate::support::room::room_for(MESSAGE_ROOM) {
+        return io::ErrorKind::OutOfMemory.into();
+    }
+    io::Error::new(
+        io::ErrorKind::OutOfMemory,
+        "heapprof: too little address space left to build a profile (RLIMIT_AS, or a strict \
+         overcommit limit): none written, rather than risk an allocation that fails and aborts \
+         the program",
+    )
+}
+
 /// Writes `source` in `format` to `w`, with `options` (whose comments come
 /// after the source's own). `Ok(false)` if the source has no profile yet
 /// (no peak); `OutOfMemory` if there is no [`BUILD_ROOM`]. Inside the
@@ -210,12 +230,7 @@ pub(crate) fn write<W: io::Write>(
     w: W,
 ) -> io::Result<bool> {
     if !crate::support::room::room_for(BUILD_ROOM) {
-        return Err(io::Error::new(
-            io::ErrorKind::OutOfMemory,
-            "heapprof: too little address space left to build a profile (RLIMIT_AS, or a strict \
-             overcommit limit): none written, rather than risk an allocation that fails and \
-             aborts the program",
-        ));
+        return Err(no_room_to_build());
     }
     options.change = matches!(source, Source::Delta { .. });
     let Some(collected) = collect(source) else {
