@@ -163,6 +163,11 @@ struct Stripe {
     /// last went round every site and found no site with nothing live
     /// that still holds frames (`u64::MAX` if none has).
     none_holding_at: u64,
+    /// Searches for a site to retire that found none since the last one
+    /// that did: the sites they passed over in all, and `deaths` and the
+    /// site count when they did. Their windows follow one another, so
+    /// once they add up to every site, the stripe has none to retire.
+    passed: (usize, u64, usize),
 }
 
 /// Sites a search for one to retire looks at before taking the least
@@ -337,18 +342,18 @@ impl Stripe {
     /// sampled of those [`Stripe::least_recent_dead`] looks at) and stores
     /// the new site in its slot; when that frees too few frames for the
     /// new stack, more such sites too, their slots left empty for later
-    /// sites. All its searches together look at [`RETIRE_WINDOWS`]
-    /// windows at most. `None`, with nothing retired, if they find no
-    /// site with nothing live; `None` after retiring if the new frames
-    /// still find no room.
+    /// sites. The search for the first, and the searches for the others
+    /// together, look at [`RETIRE_WINDOWS`] windows each at most. `None`,
+    /// with nothing retired, if the first finds no site with nothing
+    /// live; `None` after retiring if the new frames still find no room.
     fn reuse(&mut self, frames: &[usize], key: u64, labels: LabelSetId, now: u64) -> Option<u32> {
         #[cfg(test)]
         if tests::REUSE_OFF.load(Relaxed) {
             return None;
         }
-        let mut looks = RETIRE_LOOKS * RETIRE_WINDOWS;
-        let victim = self.least_recent_dead(None, &mut looks)?;
+        let victim = self.least_recent_dead(None, &mut (RETIRE_LOOKS * RETIRE_WINDOWS))?;
         self.retire(victim);
+        let mut looks = RETIRE_LOOKS * RETIRE_WINDOWS;
         while !reserve_frames(frames.len()) {
             let more = self.least_recent_dead(Some(victim), &mut looks)?;
             self.retire(more);
@@ -368,8 +373,9 @@ impl Stripe {
     /// down a window at a time) lasts; with `but` (a slot already
     /// emptied), only slots that still hold a site, whose frames a
     /// retirement frees. `None` when none qualifies in the windows looked
-    /// at. A search that goes round the whole stripe without finding one
-    /// is not repeated, by a search of the same kind, until a site dies.
+    /// at. Once a search with `but`, or the searches without it since one
+    /// last found a site, have gone round the whole stripe finding none,
+    /// searches of that kind return at once until a site dies.
     fn least_recent_dead(&mut self, but: Option<usize>, looks: &mut usize) -> Option<usize> {
         let n = self.sites.len();
         let known_none = match but {
@@ -379,16 +385,18 @@ impl Stripe {
         if n == 0 || known_none == self.deaths {
             return None;
         }
-        let mut looked = 0;
-        while looked < n {
-            if *looks == 0 {
-                return None;
-            }
-            let window = RETIRE_LOOKS.min(n - looked);
+        // Searches with `but` run only right after one without finds a
+        // site, so those without pass over windows that follow one another.
+        let mut looked = match (but, self.passed) {
+            (None, (passed, deaths, sites)) if deaths == self.deaths && sites == n => passed,
+            _ => 0,
+        };
+        while looked < n && *looks > 0 {
+            let window = RETIRE_LOOKS.min(n - looked).min(*looks);
             let start = self.hand;
             self.hand = (start + window) % n;
             looked += window;
-            *looks = looks.saturating_sub(window);
+            *looks -= window;
             let found = (0..window)
                 .map(|step| (start + step) % n)
                 .filter(|&i| {
@@ -397,12 +405,20 @@ impl Stripe {
                 })
                 .min_by_key(|&i| (!self.sites[i].is_empty(), self.sites[i].last_alloc));
             if found.is_some() {
+                if but.is_none() {
+                    self.passed = (0, self.deaths, n);
+                }
                 return found;
             }
         }
-        match but {
-            None => self.none_dead_at = self.deaths,
-            Some(_) => self.none_holding_at = self.deaths,
+        if but.is_none() {
+            self.passed = (looked, self.deaths, n);
+        }
+        if looked >= n {
+            match but {
+                None => self.none_dead_at = self.deaths,
+                Some(_) => self.none_holding_at = self.deaths,
+            }
         }
         None
     }
@@ -1056,6 +1072,7 @@ impl Stripe {
             deaths: 0,
             none_dead_at: u64::MAX,
             none_holding_at: u64::MAX,
+            passed: (0, 0, 0),
         }
     }
 

@@ -630,15 +630,39 @@ fn a_search_in_a_big_stripe_gives_up_and_the_next_goes_on() {
     assert_ne!(stripe.none_dead_at, stripe.deaths, "not a whole sweep");
     assert_eq!(search(&mut stripe, None), None);
     assert_eq!(search(&mut stripe, None), Some(dead));
-    // Searches for frames to free share one budget.
+    // Searches for frames to free share one budget, and look at no more.
     let mut looks = RETIRE_LOOKS * RETIRE_WINDOWS;
     stripe.hand = 0;
     assert_eq!(stripe.least_recent_dead(Some(0), &mut looks), None);
     assert_eq!(looks, 0);
     assert_eq!(stripe.least_recent_dead(Some(0), &mut looks), None);
+    let after = RETIRE_WINDOWS * RETIRE_LOOKS;
+    assert_eq!(stripe.hand, after, "no look without budget");
+    let mut looks = RETIRE_LOOKS / 2 + 1;
+    assert_eq!(stripe.least_recent_dead(Some(0), &mut looks), None);
     assert_eq!(
         stripe.hand,
-        RETIRE_WINDOWS * RETIRE_LOOKS,
-        "no look without budget"
+        after + RETIRE_LOOKS / 2 + 1,
+        "a window cut to the budget"
     );
+}
+
+/// In a stripe bigger than one search looks at, where every site holds
+/// memory, the searches that together go round it find that out, and the
+/// next returns at once, until a site dies.
+#[test]
+fn searches_that_go_round_a_big_stripe_together_stop_looking() {
+    let n = 2 * RETIRE_WINDOWS * RETIRE_LOOKS + RETIRE_LOOKS / 2;
+    let mut stripe = stripe_of(n, |_| true);
+    for _ in 0..3 {
+        assert_eq!(search(&mut stripe, None), None);
+    }
+    assert_eq!(stripe.none_dead_at, stripe.deaths, "round after three");
+    let hand = stripe.hand;
+    assert_eq!(search(&mut stripe, None), None);
+    assert_eq!(stripe.hand, hand, "the next looks at nothing");
+    // A death starts the count again.
+    stripe.sites[hand].counts.add_free(64, 1.0);
+    stripe.deaths += 1;
+    assert_eq!(search(&mut stripe, None), Some(hand));
 }
