@@ -148,6 +148,8 @@ fn a_coarse_rate_in_between_is_said() {
         assert!(!header.contains("every allocation is recorded"), "{stdout}");
         assert!(header.contains("are estimates"), "{stdout}");
         assert_eq!(stderr.matches(SAID).count(), 1, "{stderr}");
+        let live = "but the sample rate was above 1 at some time before this snapshot";
+        assert_eq!(stderr.matches(live).count(), 1, "once: {stderr}");
         return;
     }
     let before = heapprof::snapshot();
@@ -170,6 +172,10 @@ fn a_coarse_rate_in_between_is_said() {
         .unwrap_or_default()
         .to_owned();
     println!("coarse header: {header}");
+    // The live heap since then: every such assertion is a case, said once.
+    for _ in 0..2 {
+        heapprof::snapshot().assert_inuse_at_most("assertion_truth::leaks", 0);
+    }
 }
 
 /// The name is matched as a substring: a failure names the frames it

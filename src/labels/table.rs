@@ -385,6 +385,15 @@ pub(crate) fn memory_failures() -> u64 {
 /// memory) and went under [`LabelSetId::OVERFLOW`]; profiles say so.
 static PROGRAM_SETS_FULL: AtomicBool = AtomicBool::new(false);
 
+/// Sets [`PROGRAM_SETS_FULL`], storing only the first time: once the
+/// table is full every new scope comes here, and a store each time would
+/// make the flag's cache line bounce between the threads.
+fn say_program_sets_full() {
+    if !PROGRAM_SETS_FULL.load(Relaxed) {
+        PROGRAM_SETS_FULL.store(true, Relaxed);
+    }
+}
+
 /// Whether a set of the program's labels has gone under the overflow set.
 pub(crate) fn program_sets_full() -> bool {
     PROGRAM_SETS_FULL.load(Relaxed)
@@ -394,7 +403,7 @@ pub(crate) fn program_sets_full() -> bool {
 fn no_memory(kind: Kind) -> LabelSetId {
     MEMORY_FAILURES.fetch_add(1, Relaxed);
     if kind == Kind::Program {
-        PROGRAM_SETS_FULL.store(true, Relaxed);
+        say_program_sets_full();
     }
     LabelSetId::OVERFLOW
 }
@@ -404,7 +413,7 @@ fn no_memory(kind: Kind) -> LabelSetId {
 pub(crate) fn intern(set: Pending<'_>, kind: Kind) -> LabelSetId {
     let id = TABLE.intern(set, kind, kind.bound());
     if id == LabelSetId::OVERFLOW && kind == Kind::Program {
-        PROGRAM_SETS_FULL.store(true, Relaxed);
+        say_program_sets_full();
     }
     id
 }
