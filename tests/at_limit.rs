@@ -221,9 +221,13 @@ fn child_scenarios() {
             set_percent(&cgroup, 60);
             std::thread::sleep(Duration::from_millis(300));
             set_percent(&cgroup, 85);
-            wait_for_file(&dir.join("heap.limit80.pb.gz"));
-            // Polls past the write, which say nothing more.
-            std::thread::sleep(Duration::from_millis(300));
+            let live = dir.join("heap.limit80.pb.gz");
+            wait_for_file(&live);
+            let written = inode(&live);
+            // Past the re-arm period: 50 % is tried again and fails again,
+            // unsaid; 80 %'s live profile, written, is not written again.
+            std::thread::sleep(REARM_PERIOD + Duration::from_millis(600));
+            assert_eq!(inode(&live), written, "the live profile was rewritten");
         }
         "churn" => {
             // Samples (so the dump thread would start), then time for
@@ -461,7 +465,8 @@ fn each_thresholds_failure_is_said_and_names_what_was_written() {
     assert!(
         lines[1].contains("past 80%: wrote ")
             && lines[1].contains("heap.limit80.pb.gz")
-            && lines[1].contains("but could not write its peak profile"),
+            && lines[1].contains("but could not write its peak profile")
+            && !lines[1].contains("further failures"),
         "{stderr}"
     );
     assert!(out.path().join("heap.limit80.peak.pb.gz").is_dir());

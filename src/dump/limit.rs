@@ -250,7 +250,9 @@ impl Watcher {
                             Shown::path(&path),
                             Shown::path(&peak_path)
                         )),
-                        Err(e) => Err(format!(
+                        // The live profile stands: said each time, and
+                        // not tried again, which would rewrite it unsaid.
+                        Err(e) => Ok(format!(
                             "wrote {}, but could not write its peak profile ({})",
                             Shown::path(&path),
                             plain(&e)
