@@ -815,8 +815,22 @@ fn the_exit_waits_for_a_silent_server_only_as_long_as_the_timeout() {
         .filter(|l| l.contains("HEAPPROF_PYROSCOPE_TIMEOUT"))
         .collect();
     assert_eq!(lines.len(), 1, "{stderr}");
-    assert!(lines[0].contains("using the default 10s"), "{}", lines[0]);
-    assert!(default >= Duration::from_secs(10), "{default:?}: {stderr}");
+    let fallback = format!(
+        "using the default {:?}",
+        heapprof::pyroscope::DEFAULT_TIMEOUT
+    );
+    assert!(lines[0].contains(&fallback), "{}", lines[0]);
+    assert!(
+        default >= heapprof::pyroscope::DEFAULT_TIMEOUT,
+        "{default:?}: {stderr}"
+    );
+    // The README's row gives the default the library has.
+    let row = format!(
+        "| `HEAPPROF_PYROSCOPE_TIMEOUT` | how long each step of a push (connect, send, wait for \
+         the answer, read it) may take, `{}s` by default;",
+        heapprof::pyroscope::DEFAULT_TIMEOUT.as_secs()
+    );
+    assert!(include_str!("../README.md").contains(&row), "{row}");
     drop(silent);
 }
 
