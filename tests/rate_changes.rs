@@ -378,7 +378,7 @@ fn values_are_called_exact_only_when_every_sample_was() {
         return;
     }
     let exact_words = "values are exact: every allocation is recorded (rate 1)";
-    let mixed_words = "blocks sampled earlier at a higher rate are estimates";
+    let mixed_words = "blocks allocated while the rate was higher are estimates, or missing";
     let first_line = |s: &heapprof::Snapshot| s.to_string().lines().next().unwrap().to_owned();
     // The table's header and the pprof comment both say `words`.
     let says = |what: &str, s: &heapprof::Snapshot, words: &str| {
@@ -406,5 +406,48 @@ fn values_are_called_exact_only_when_every_sample_was() {
         first_line(&exact)
     );
     drop((exact_kept, estimated_kept, rate_one_kept));
+    println!("checked all");
+}
+
+/// A live profile taken at rate 1 that a program set itself is not called
+/// exact: blocks allocated before, at the default rate (the harness's, the
+/// program's first), may still be live and in no sample. In a child
+/// started at the default rate, as a test that calls `set_sample_rate(1)`
+/// is.
+#[test]
+fn a_live_profile_after_a_coarse_rate_is_not_called_exact() {
+    if !is_child() {
+        let (stdout, _) = run_child(
+            "a_live_profile_after_a_coarse_rate_is_not_called_exact",
+            &[("HEAPPROF_SAMPLE_RATE", "524288")],
+        );
+        assert!(stdout.contains("checked all"), "{stdout}");
+        return;
+    }
+    let mixed_words = "blocks allocated while the rate was higher are estimates, or missing";
+    let first_line = |s: &heapprof::Snapshot| s.to_string().lines().next().unwrap().to_owned();
+    heapprof::set_sample_rate(1);
+    let kept = keep_kibibytes(100);
+    let live = heapprof::snapshot();
+    assert!(
+        first_line(&live).contains(mixed_words),
+        "{}",
+        first_line(&live)
+    );
+    assert!(
+        values_comment(&live).contains(mixed_words),
+        "{}",
+        values_comment(&live)
+    );
+    // `write_profile`, for the live heap now, says the same.
+    let mut gz = Vec::new();
+    heapprof::write_profile(&mut gz).unwrap();
+    let p = decode(&gz);
+    let comments: Vec<&str> = p.comment.iter().map(|&c| string(&p, c)).collect();
+    assert!(
+        comments.iter().any(|c| c.contains(mixed_words)),
+        "{comments:?}"
+    );
+    drop(kept);
     println!("checked all");
 }

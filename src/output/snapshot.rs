@@ -433,13 +433,14 @@ impl Sampling {
         }
     }
 
-    /// How a snapshot at `rate` describes its values: a delta over a time
-    /// the rate was above 1 may miss blocks no sample recorded, though
+    /// How a snapshot at `rate` describes its values: one that speaks for
+    /// a time the rate was above 1 (a delta: at or between its ends; the
+    /// live heap: ever before) may miss blocks no sample recorded, though
     /// each sample it has is exact, so it is not called exact.
     fn numbers(self, rate: usize, delta: bool) -> sample::Numbers {
         sample::Numbers {
             rate,
-            estimated: self.estimated || (delta && self.was_coarse(true)),
+            estimated: self.estimated || self.was_coarse(delta),
         }
     }
 

@@ -277,8 +277,10 @@ static SEEDED: AtomicBool = AtomicBool::new(false);
 static THREAD_ORDINAL: AtomicU64 = AtomicU64::new(0);
 
 /// What a profile's values are: the rate in force when its sites were
-/// read, and whether a sample recorded by then stands for more than its
-/// own block ([`estimated`]).
+/// read, and whether a value may be other than exact: a sample recorded by
+/// then stands for more than its own block ([`estimated`]), or a block the
+/// profile speaks for was allocated at a rate above 1, where it may have
+/// gone unsampled ([`times_set_coarse`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Numbers {
     pub(crate) rate: usize,
@@ -286,11 +288,13 @@ pub(crate) struct Numbers {
 }
 
 impl Numbers {
-    /// The rate and [`estimated`] now, read after a profile's sites.
+    /// The live heap's numbers now, read after a profile's sites: a block
+    /// allocated while the rate was above 1 and still live may be in no
+    /// sample, so the rate having been above 1 ever makes it not exact.
     pub(crate) fn now() -> Numbers {
         Numbers {
             rate: rate(),
-            estimated: estimated(),
+            estimated: estimated() || times_set_coarse() > 0,
         }
     }
 
@@ -311,8 +315,9 @@ impl Numbers {
         match (self.rate, self.estimated) {
             (0, _) => "what was recorded before sampling was turned off (rate 0 now)".into(),
             (1, false) => "exact: every allocation is recorded (rate 1)".into(),
-            (1, true) => "exact where recorded at rate 1, the rate now; blocks sampled earlier \
-                          at a higher rate are estimates"
+            (1, true) => "exact where recorded at rate 1, the rate now; blocks allocated \
+                          while the rate was higher are estimates, or missing where no sample \
+                          recorded them"
                 .into(),
             (rate, _) => format!("unbiased estimates from sampling every {rate} bytes on average"),
         }
