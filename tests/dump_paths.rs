@@ -1,6 +1,6 @@
 //! What a dump does to what is already at its path: a regular file (or
-//! nothing) is replaced whole; a device, a FIFO or a symlink is written
-//! through and stays what it is; a directory is an error that writes
+//! nothing), or one a symlink leads to, is replaced whole; a device, a
+//! FIFO or a symlink stays what it is; a directory is an error that writes
 //! nothing anywhere. And `%p` / `%e` in a dump path.
 //!
 //! Devices and FIFOs are made with `mknod` / `mkfifo` in a temporary
@@ -308,10 +308,16 @@ fn a_symlink_is_followed_and_stays() {
     };
 
     std::fs::write(d.join("real.pb.gz"), b"not a profile yet").unwrap();
+    let inode = std::fs::metadata(d.join("real.pb.gz")).unwrap().ino();
     let to_file = link("to-file.pb.gz", "real.pb.gz");
     heapprof::ProfileGuard::new(&to_file).finish().unwrap();
     check_link(&to_file, "real.pb.gz");
     assert_eq!(read(&d.join("real.pb.gz")).sample_type.len(), 4);
+    assert_ne!(
+        std::fs::metadata(d.join("real.pb.gz")).unwrap().ino(),
+        inode,
+        "the file it leads to is replaced whole, not rewritten in place"
+    );
 
     let dangling = link("dangling.pb.gz", "created.pb.gz");
     heapprof::ProfileGuard::new(&dangling).finish().unwrap();
@@ -375,7 +381,7 @@ fn a_directory_is_an_error_that_writes_nothing() {
     let (_, stderr) = exit_child(&sub, &env);
     assert!(names(&sub).is_empty(), "stray files:\n{stderr}");
     assert_eq!(names(dir.path()), ["sub"], "stray files:\n{stderr}");
-    assert!(stderr.contains("is a directory"), "{stderr}");
+    assert!(stderr.contains("a directory's name"), "{stderr}");
 }
 
 /// A file size limit (`RLIMIT_FSIZE`) below a profile's size: each dump
@@ -399,6 +405,76 @@ fn a_file_size_limit_fails_the_dumps_and_spares_the_program() {
             "{kind}: {stderr}"
         );
     }
+}
+
+/// A write that fails (past the file size limit) through a symlink leaves
+/// the file it leads to as it was; one into a hard-linked file, which is
+/// written in place, says that the file is left partly written.
+#[test]
+fn a_failed_write_keeps_the_file_a_symlink_leads_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let kept = vec![b'k'; 1000];
+    std::fs::write(d.join("good.pb.gz"), &kept).unwrap();
+    std::os::unix::fs::symlink("good.pb.gz", d.join("link.pb.gz")).unwrap();
+    let env = [
+        ("HEAPPROF_OUT", "link.pb.gz"),
+        ("HEAPPROF_TEST_FILE_SIZE_LIMIT", "300"),
+    ];
+    let (_, stderr) = exit_child(d, &env);
+    assert!(
+        stderr.contains("could not write the exit profile") && stderr.contains("File too large"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("partly written"), "{stderr}");
+    assert_eq!(std::fs::read(d.join("good.pb.gz")).unwrap(), kept);
+    assert_eq!(names(d), ["good.pb.gz", "link.pb.gz"]);
+
+    std::fs::hard_link(d.join("good.pb.gz"), d.join("second.pb.gz")).unwrap();
+    let env = [
+        ("HEAPPROF_OUT", "second.pb.gz"),
+        ("HEAPPROF_TEST_FILE_SIZE_LIMIT", "300"),
+    ];
+    let (_, stderr) = exit_child(d, &env);
+    assert!(
+        stderr.contains("File too large")
+            && stderr.contains("the file is left truncated or partly written"),
+        "{stderr}"
+    );
+}
+
+/// `/dev/tty` in a process without a terminal (a new session) cannot be
+/// opened (`ENXIO`): the exit dump says so in the system's words, not as a
+/// FIFO without a reader.
+#[test]
+fn a_terminal_device_without_a_terminal_is_not_called_a_fifo() {
+    use std::os::unix::process::CommandExt;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child
+        .args([
+            "--exact",
+            "child_scenarios",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("HEAPPROF_TEST_CHILD", "exit")
+        .env("HEAPPROF_OUT", "/dev/tty")
+        .stdin(std::process::Stdio::null());
+    // SAFETY: setsid is async-signal-safe and touches no memory.
+    unsafe {
+        child.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        })
+    };
+    let out = child.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("could not write the exit profile") && stderr.contains("os error 6"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("FIFO"), "{stderr}");
 }
 
 /// Starts the exit scenario at `SIGPIPE`'s default action, its exit dump
@@ -607,15 +683,15 @@ fn a_long_file_name_is_written() {
     assert_eq!(names(dir.path()), [name]);
 }
 
-/// Paths that cannot be a file's: one that ends in `/`, and a symlink
-/// loop. The exit dump fails, said in one line, and no profile is made
-/// beside them (`new.peak`, `loop.0001`).
+/// Paths that cannot be a file's: one that ends in `/`, `/.` or `/..`,
+/// and a symlink loop. The exit dump fails, said in one line, and no
+/// profile is made beside them (`new.peak`, `loop.0001`).
 #[test]
 fn paths_that_cannot_be_a_files_make_nothing_beside_them() {
     let dir = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink("loop", dir.path().join("loop")).unwrap();
     let kept = ["loop"];
-    for out in ["new/", "loop"] {
+    for out in ["new/", "new/.", "new/..", "loop"] {
         let mut env = vec![("HEAPPROF_OUT", out)];
         env.extend(SERIES_ENV);
         let (_, stderr) = exit_child(dir.path(), &env);
@@ -688,16 +764,94 @@ fn a_hard_linked_file_is_written_in_place() {
 const READ_ONLY_NAME: &str = "read-only.pb.gz";
 const READ_ONLY_TEXT: &[u8] = b"kept by its owner";
 
-/// The read-only child's side: a guard, then the exit dump, aimed at a
-/// file it may not write, in a directory it may write (so a rename could
-/// replace the file).
+/// The unprivileged child's side: a guard on `HEAPPROF_TEST_GUARD_PATH`
+/// (relative to the directory it runs in), then the exit dump to
+/// `HEAPPROF_OUT`.
 #[test]
-fn child_read_only() {
-    if std::env::var("HEAPPROF_TEST_CHILD").as_deref() != Ok("read-only") {
+fn child_guard() {
+    if std::env::var("HEAPPROF_TEST_CHILD").as_deref() != Ok("guard") {
         return;
     }
-    let result = heapprof::ProfileGuard::new(READ_ONLY_NAME).finish();
+    let path = std::env::var("HEAPPROF_TEST_GUARD_PATH").unwrap();
+    let result = heapprof::ProfileGuard::new(path).finish();
     println!("guard: {result:?}");
+}
+
+/// A directory of its own in `/tmp` for a child run as user 65534, with a
+/// copy of this test binary in it that that user can run; `None`, said,
+/// where the user cannot be taken (and that is allowed).
+struct AsNobody {
+    dir: tempfile::TempDir,
+}
+
+impl AsNobody {
+    fn new() -> AsNobody {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("heapprof-as-nobody")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let d = dir.path();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let exe = d.join("child");
+        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        AsNobody { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs the guard child in `cwd` (inside this directory), as user 65534
+    /// where this process is root, with `env`; its exit must be a success.
+    /// `None` where the user cannot be taken.
+    fn run(&self, cwd: &Path, env: &[(&str, &str)]) -> Option<(String, String)> {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new(self.path().join("child"));
+        child
+            .args(["--exact", "child_guard", "--nocapture", "--test-threads=1"])
+            .current_dir(cwd)
+            .env("HEAPPROF_TEST_CHILD", "guard")
+            .envs(env.iter().copied());
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            child.uid(65534).gid(65534);
+        }
+        let out = match child.output() {
+            Ok(out) => out,
+            // Taking user 65534 fails in a user namespace without it.
+            Err(e) => {
+                assert!(
+                    std::env::var_os("HEAPPROF_REQUIRE_ROOT").is_none(),
+                    "HEAPPROF_REQUIRE_ROOT is set, but the child could not start: {e}"
+                );
+                println!("skipped: the child could not start as user 65534: {e}");
+                return None;
+            }
+        };
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        Some((stdout, stderr))
+    }
+}
+
+/// Whether this process is root, as the tests that need another user's
+/// files are in CI (`HEAPPROF_REQUIRE_ROOT`); said when it is not.
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        assert!(
+            std::env::var_os("HEAPPROF_REQUIRE_ROOT").is_none(),
+            "HEAPPROF_REQUIRE_ROOT is set, but this test does not run as root"
+        );
+        println!("skipped: not root, so no file can be given to another user");
+    }
+    root
 }
 
 /// A regular file this process may not write is not replaced, though the
@@ -707,53 +861,21 @@ fn child_read_only() {
 #[test]
 fn a_file_the_process_may_not_write_is_not_replaced() {
     use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
     let _watchdog = watchdog("the read-only child", Duration::from_secs(120));
-    let dir = tempfile::Builder::new()
-        .prefix("heapprof-read-only")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let d = dir.path();
-    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let exe = d.join("child");
-    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
-    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let nobody = AsNobody::new();
+    let d = nobody.path();
     let target = d.join(READ_ONLY_NAME);
     std::fs::write(&target, READ_ONLY_TEXT).unwrap();
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o444)).unwrap();
-    let mut child = std::process::Command::new(&exe);
-    child
-        .args([
-            "--exact",
-            "child_read_only",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .current_dir(d)
-        .env("HEAPPROF_TEST_CHILD", "read-only")
-        .env("HEAPPROF_OUT", READ_ONLY_NAME);
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        // nobody: the file is root's and read-only to everyone else.
-        child.uid(65534).gid(65534);
-    }
-    let out = match child.output() {
-        Ok(out) => out,
-        // Taking user 65534 fails in a user namespace without it.
-        Err(e) => {
-            assert!(
-                std::env::var_os("HEAPPROF_REQUIRE_ROOT").is_none(),
-                "HEAPPROF_REQUIRE_ROOT is set, but the child could not start: {e}"
-            );
-            println!("skipped: the child could not start as user 65534: {e}");
-            return;
-        }
+    let Some((stdout, stderr)) = nobody.run(
+        d,
+        &[
+            ("HEAPPROF_TEST_GUARD_PATH", READ_ONLY_NAME),
+            ("HEAPPROF_OUT", READ_ONLY_NAME),
+        ],
+    ) else {
+        return;
     };
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(
         stdout.contains("guard: Err(") && stdout.contains("may not write"),
         "{stdout}"
@@ -767,6 +889,48 @@ fn a_file_the_process_may_not_write_is_not_replaced() {
     let mut left = names(d);
     left.retain(|n| n != "child");
     assert_eq!(left, [READ_ONLY_NAME], "nothing made beside it");
+}
+
+/// A file the process may write, in a directory where it may not make or
+/// rename files, is written in place, as the shell's `>` would: one made
+/// ready for the user in a directory of root's, and root's file open to
+/// all in a sticky directory. Run as user 65534, so as root only.
+#[test]
+fn a_writable_file_in_a_directory_closed_to_the_process_is_written_in_place() {
+    use std::os::unix::fs::PermissionsExt;
+    if !is_root() {
+        return;
+    }
+    let _watchdog = watchdog("the closed-directory child", Duration::from_secs(120));
+    let nobody = AsNobody::new();
+    for (sub, mode, owner) in [("closed", 0o755, 65534), ("sticky", 0o1777, 0)] {
+        let d = nobody.path().join(sub);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).unwrap();
+        let target = d.join("heap.pb.gz");
+        std::fs::write(&target, b"made ready").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o666)).unwrap();
+        std::os::unix::fs::chown(&target, Some(owner), Some(owner)).unwrap();
+        let inode = std::fs::metadata(&target).unwrap().ino();
+        let Some((stdout, stderr)) = nobody.run(
+            &d,
+            &[
+                ("HEAPPROF_TEST_GUARD_PATH", "heap.pb.gz"),
+                ("HEAPPROF_OUT", "heap.pb.gz"),
+            ],
+        ) else {
+            return;
+        };
+        assert!(
+            stdout.contains("guard: Ok(())"),
+            "{sub}: {stdout}\n{stderr}"
+        );
+        assert!(!stderr.contains("could not write"), "{sub}: {stderr}");
+        assert_eq!(read(&target).sample_type.len(), 4, "{sub}");
+        let m = std::fs::metadata(&target).unwrap();
+        assert_eq!((m.ino(), m.uid()), (inode, owner), "{sub}: the same file");
+        assert_eq!(names(&d), ["heap.pb.gz"], "{sub}");
+    }
 }
 
 /// A series whose directory is missing at first numbers its files after

@@ -260,26 +260,36 @@ fn errno() -> Refused {
 /// and again just before the rename.
 fn write_prepared(p: &Prepared) -> Result<(), Refused> {
     let st = replaceable(p)?;
+    let replaces_a_file = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+    // A file to replace another is its owner's alone until it takes the
+    // other's bits: no one opens it meanwhile who could not read that one.
+    let mode: libc::c_uint = if replaces_a_file { 0o600 } else { 0o666 };
     // SAFETY: `p.tmp` is NUL-terminated; O_CREAT takes the mode argument.
     let fd = unsafe {
         libc::open(
             p.tmp.as_ptr(),
             libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
-            0o666 as libc::c_uint,
+            mode,
         )
     };
     if fd < 0 {
         return Err(errno());
     }
-    if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+    if replaces_a_file {
         // The file replaced keeps its permission bits and, where this
         // process may give it away, its owner: a private profile stays
-        // private. Failures leave the new file this process's.
-        // SAFETY: `fd` is the descriptor just opened; both calls only
-        // change its inode's metadata.
+        // private. Failures leave the new file this process's; a group
+        // that cannot be kept does not get the old group's bits. The
+        // group first, while the file is still this process's.
+        let mut mode = st.st_mode & 0o777;
+        // SAFETY: `fd` is the descriptor just opened; the calls only
+        // change its inode's metadata (`-1`: that id unchanged).
         unsafe {
-            libc::fchown(fd, st.st_uid, st.st_gid);
-            libc::fchmod(fd, st.st_mode & 0o777);
+            if libc::fchown(fd, libc::uid_t::MAX, st.st_gid) != 0 {
+                mode &= !0o070;
+            }
+            libc::fchown(fd, st.st_uid, libc::gid_t::MAX);
+            libc::fchmod(fd, mode);
         }
     }
     let written = report::without_write_signals(

@@ -122,8 +122,12 @@ enum Target {
     /// Nothing, or a regular file with one name: written whole or not at
     /// all ([`replace`]).
     Replace,
-    /// A symlink, a device, a FIFO, a socket, or a regular file with more
-    /// than one name (a hard link): opened and written
+    /// A symlink that leads, not through `/proc`, to a regular file with
+    /// one name, the path here: that file is replaced whole or not at all,
+    /// and the symlink stays.
+    ReplaceLinked(PathBuf),
+    /// Any other symlink, a device, a FIFO, a socket, or a regular file
+    /// with more than one name (a hard link): opened and written
     /// ([`write_through`]), so that it stays what it is and every name
     /// shows the new profile, as the shell's `>` leaves them.
     Through,
@@ -171,7 +175,7 @@ fn target(path: &Path) -> io::Result<Target> {
     if names_a_directory(path) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "ends in '/', a directory's name; nothing is written",
+            "ends in '/', '.' or '..', a directory's name; nothing is written",
         ));
     }
     match std::fs::symlink_metadata(path) {
@@ -189,16 +193,33 @@ fn target(path: &Path) -> io::Result<Target> {
                 Ok(Target::Replace)
             }
         }
+        Ok(m) if m.is_symlink() => {
+            Ok(linked_file(path).map_or(Target::Through, Target::ReplaceLinked))
+        }
         Ok(_) => Ok(Target::Through),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Target::Replace),
         Err(e) => Err(e),
     }
 }
 
+/// The regular file of one name that the symlink at `path` leads to, if it
+/// does so without passing through `/proc` (`/dev/stdout` names an open
+/// file, which must keep its inode) and this process may write it.
+fn linked_file(path: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    if through_proc(path).is_some() {
+        return None;
+    }
+    let real = std::fs::canonicalize(path).ok()?;
+    let m = std::fs::symlink_metadata(&real).ok()?;
+    (m.is_file() && m.nlink() == 1 && may_write(&real)).then_some(real)
+}
+
 /// Writes one dump to `path` (already expanded): `write` produces it, and
 /// returns false if there is nothing worth writing (then no file is made
 /// or touched). A regular file, or a path where nothing is, is replaced
-/// whole or not at all; a symlink, device, FIFO or hard-linked file is
+/// whole or not at all, as is the regular file a symlink leads to (the
+/// symlink stays); a device, FIFO, hard-linked file or other symlink is
 /// written through and stays; a directory, and a file this process may
 /// not write, are errors. The error names `path`.
 fn write_dump(
@@ -235,9 +256,10 @@ fn put(path: &Path, target: Target, bytes: &[u8]) -> io::Result<()> {
     report::without_write_signals(
         || match target {
             Target::Replace => replace(path, bytes),
+            Target::ReplaceLinked(real) => replace(&real, bytes),
             Target::Through => write_through(path, bytes),
         },
-        report::io_errno,
+        |written| written.as_ref().err().and_then(errno_of),
     )
 }
 
@@ -274,19 +296,28 @@ pub(super) fn temporary_name(path: &Path, n: u32, tag: &str) -> PathBuf {
     path.with_file_name(OsStr::from_bytes(&tmp))
 }
 
-/// Whether `path` is written as a directory's name, with a `/` at the end
-/// (which `Path::file_name` does not show).
+/// Whether `path` is written as a directory's name: with a `/`, `.` or
+/// `..` as its last part (which `Path::file_name` does not show as such).
 fn names_a_directory(path: &Path) -> bool {
-    path.as_os_str().as_bytes().ends_with(b"/")
+    let bytes = path.as_os_str().as_bytes();
+    let last = bytes.rsplit(|&b| b == b'/').next().unwrap_or_default();
+    matches!(last, b"" | b"." | b"..")
 }
 
 /// A new temporary file beside `path` ([`temporary_name`]), created new
-/// (never opened through something already at its name).
-fn create_temporary(path: &Path) -> io::Result<(PathBuf, File)> {
+/// (never opened through something already at its name) with the
+/// permission bits `mode` (less the umask).
+fn create_temporary(path: &Path, mode: u32) -> io::Result<(PathBuf, File)> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut tried = 0;
     loop {
         let tmp = temporary_name(path, TEMPORARY.fetch_add(1, Relaxed), "tmp");
-        match File::create_new(&tmp) {
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp);
+        match created {
             Ok(file) => return Ok((tmp, file)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 tried += 1;
@@ -306,6 +337,14 @@ fn create_temporary(path: &Path) -> io::Result<(PathBuf, File)> {
     }
 }
 
+/// The permission bits a temporary file is created with: its owner's only
+/// where it is to replace a file, whose bits it takes later
+/// ([`keep_access`]), so that no one opens it meanwhile who could not read
+/// the file it replaces; a new file's as the umask makes them.
+fn temporary_mode(replaced: Option<&std::fs::Metadata>) -> u32 {
+    if replaced.is_some() { 0o600 } else { 0o666 }
+}
+
 /// Gives a new file the permissions, and where this process may, the
 /// owner and group of the regular file it replaces: a profile the user
 /// made private stays private.
@@ -316,10 +355,16 @@ fn keep_access(file: &File, replaced: Option<&std::fs::Metadata>) {
     };
     use std::os::unix::fs::PermissionsExt;
     // Not being allowed to give the file away leaves it this process's,
-    // as a new file is: nothing to report. The permission bits only: a
-    // profile is never to be run, set-id or sticky.
-    let _ = std::os::unix::fs::fchown(file, Some(old.uid()), Some(old.gid()));
-    let _ = file.set_permissions(std::fs::Permissions::from_mode(old.mode() & 0o777));
+    // as a new file is: nothing to report. The group first, while the file
+    // is still this process's to change; where the old group cannot be
+    // kept, its bits are not given to this process's group. The permission
+    // bits only: a profile is never to be run, set-id or sticky.
+    let mut mode = old.mode() & 0o777;
+    if std::os::unix::fs::fchown(file, None, Some(old.gid())).is_err() {
+        mode &= !0o070;
+    }
+    let _ = std::os::unix::fs::fchown(file, Some(old.uid()), None);
+    let _ = file.set_permissions(std::fs::Permissions::from_mode(mode));
 }
 
 /// Writes `path` whole or not at all: a temporary file beside `path`
@@ -331,17 +376,26 @@ fn keep_access(file: &File, replaced: Option<&std::fs::Metadata>) {
 /// take a second), so a process that exits while a series is being
 /// written seldom leaves one behind.
 ///
-/// A regular file that is a mount point (a container's bind mount of one
-/// file, `-v ./heap.pb.gz:/app/heap.pb.gz`) cannot be renamed over: it is
-/// rewritten in place, as the shell's `>` would, and a reader may see it
-/// half written.
+/// A regular file that cannot be renamed over is rewritten in place, as
+/// the shell's `>` would, and a reader may see it half written: one that
+/// is a mount point (a container's bind mount of one file,
+/// `-v ./heap.pb.gz:/app/heap.pb.gz`), and one this process may write in a
+/// directory where it may not make or rename files (a log file made ready
+/// for a service's user in a directory of root's, or another user's file
+/// in a sticky directory such as `/tmp`).
 fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let replaced = std::fs::symlink_metadata(path).ok().filter(|m| m.is_file());
-    let (tmp, mut file) = create_temporary(path)?;
+    let (tmp, mut file) = match create_temporary(path, temporary_mode(replaced.as_ref())) {
+        Err(e) if replaced.is_some() && may_not_rename(&e) => return rewrite_in_place(path, bytes),
+        created => created?,
+    };
     keep_access(&file, replaced.as_ref());
     let renamed = file.write_all(bytes).and_then(|()| rename_over(&tmp, path));
     let written = match renamed {
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) && replaced.is_some() => {
+        Err(e)
+            if replaced.is_some()
+                && (e.raw_os_error() == Some(libc::EBUSY) || may_not_rename(&e)) =>
+        {
             rewrite_in_place(path, bytes)
         }
         Ok(Renamed::No) => write_through(path, bytes),
@@ -351,6 +405,12 @@ fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     written
+}
+
+/// Whether `e`, from making a file in a directory or renaming one there,
+/// is the directory's refusal (its permissions, or its sticky bit).
+fn may_not_rename(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM))
 }
 
 /// Whether [`rename_over`] renamed.
@@ -409,14 +469,55 @@ fn rewrite_in_place(path: &Path, bytes: &[u8]) -> io::Result<()> {
         ));
     }
     file.set_len(0)?;
-    file.write_all(bytes)
+    file.write_all(bytes).map_err(left_partly_written)
+}
+
+/// A failed write into a regular file that was truncated for it, said so:
+/// what it held before is lost.
+fn left_partly_written(e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), PartlyWritten(e))
+}
+
+/// The error of a write in place that failed ([`left_partly_written`]),
+/// which keeps the system's error number for [`errno_of`].
+#[derive(Debug)]
+struct PartlyWritten(io::Error);
+
+impl std::fmt::Display for PartlyWritten {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}; written in place, the file is left truncated or partly written",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for PartlyWritten {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// The system's error number behind `e`, one [`PartlyWritten`] holds too:
+/// the signal a failed write raised is taken back by it
+/// (`report::without_write_signals`).
+fn errno_of(e: &io::Error) -> Option<i32> {
+    e.raw_os_error().or_else(|| {
+        e.get_ref()?
+            .downcast_ref::<PartlyWritten>()?
+            .0
+            .raw_os_error()
+    })
 }
 
 /// Writes to what is at `path` without replacing it: a device, a FIFO,
-/// `/dev/stdout`, or a symlink, followed to whatever it names (a regular
-/// file there is truncated and rewritten in place, not atomically, as the
-/// shell's `>` and Go's `os.Create` do: `/dev/stdout` redirected to a file
-/// loses what the program printed there).
+/// a hard-linked file, `/dev/stdout`, or a symlink that does not lead to a
+/// regular file of one name ([`linked_file`]), followed to whatever it
+/// names (a regular file there is truncated and rewritten in place, not
+/// atomically, as the shell's `>` and Go's `os.Create` do: `/dev/stdout`
+/// redirected to a file loses what the program printed there, and a failed
+/// write says that the file is left partly written).
 ///
 /// The open does not wait: a FIFO that no process has open for reading is
 /// an error (an exit dump would otherwise hang the program's exit until
@@ -434,7 +535,12 @@ fn write_through(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ENXIO) {
+            use std::os::unix::fs::FileTypeExt;
+            // ENXIO is also a device with nothing behind it (`/dev/tty`
+            // without a terminal), said by the system's own words.
+            let fifo = std::fs::metadata(path)
+                .is_ok_and(|m| m.file_type().is_fifo() || m.file_type().is_socket());
+            if e.raw_os_error() == Some(libc::ENXIO) && fifo {
                 io::Error::new(
                     e.kind(),
                     "no process has this FIFO open for reading (or it is a socket); nothing is written",
@@ -443,7 +549,11 @@ fn write_through(path: &Path, bytes: &[u8]) -> io::Result<()> {
                 e
             }
         })?;
-    write_with_patience(&mut file, bytes, THROUGH_STALL)
+    let written = write_with_patience(&mut file, bytes, THROUGH_STALL);
+    match written {
+        Err(e) if file.metadata().is_ok_and(|m| m.is_file()) => Err(left_partly_written(e)),
+        written => written,
+    }
 }
 
 /// The longest a write through a FIFO, pipe or terminal waits for its
@@ -1134,7 +1244,9 @@ fn publish_in_series(base: &Path, seq: &mut u64, bytes: &[u8]) -> io::Result<()>
         let path = next_in_series(base, seq)?;
         let with_path = naming(&path);
         let target = target(&path).map_err(&with_path)?;
-        if let Target::Through = target {
+        // A name that is not a regular file or nothing (a symlink among
+        // them) is taken, unless it is the base's own (the null device).
+        if !matches!(target, Target::Replace) {
             if path == base {
                 return put(&path, target, bytes).map_err(with_path);
             }
@@ -1177,7 +1289,7 @@ impl Staged {
     /// Writes `bytes` to a new temporary file beside `path`
     /// ([`create_temporary`]).
     fn write(path: &Path, bytes: &[u8]) -> io::Result<Staged> {
-        let (tmp, mut file) = create_temporary(path)?;
+        let (tmp, mut file) = create_temporary(path, temporary_mode(None))?;
         let staged = Staged {
             tmp,
             published: false,
@@ -1586,7 +1698,9 @@ mod tests {
     /// same pid and start time) are stepped over, and left alone.
     #[test]
     fn taken_temporary_names_are_stepped_over() {
-        use super::{TEMPORARY, TEMPORARY_NAMES_TRIED, create_temporary, temporary_name};
+        use super::{
+            TEMPORARY, TEMPORARY_NAMES_TRIED, create_temporary, temporary_mode, temporary_name,
+        };
         use std::sync::atomic::Ordering::Relaxed;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("heap.pb.gz");
@@ -1597,11 +1711,39 @@ mod tests {
         for t in &taken {
             std::fs::write(t, b"left").unwrap();
         }
-        let (made, _) = create_temporary(&path).unwrap();
+        let (made, _) = create_temporary(&path, temporary_mode(None)).unwrap();
         assert!(!taken.contains(&made), "{made:?}");
         for t in &taken {
             assert_eq!(std::fs::read(t).unwrap(), b"left");
         }
+    }
+
+    /// The temporary file that is to replace a file is made readable by
+    /// its owner alone, whatever the umask and the replaced file's bits
+    /// (which it takes later); one for a new file is made as the umask
+    /// says.
+    #[test]
+    fn a_temporary_file_that_replaces_one_is_its_owners_alone() {
+        use super::{create_temporary, temporary_mode};
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("heap.pb.gz");
+        std::fs::write(&path, b"open to all").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let old = std::fs::metadata(&path).unwrap();
+        let mode_of = |f: &std::fs::File| f.metadata().unwrap().permissions().mode() & 0o777;
+        let (_, replacing) = create_temporary(&path, temporary_mode(Some(&old))).unwrap();
+        assert_eq!(mode_of(&replacing), 0o600);
+        // The process's umask, as the kernel shows it (read, not set: the
+        // other tests make files meanwhile).
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let umask = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .map(|m| u32::from_str_radix(m.trim(), 8).unwrap())
+            .unwrap();
+        let (_, new) = create_temporary(&path, temporary_mode(None)).unwrap();
+        assert_eq!(mode_of(&new), 0o666 & !umask);
     }
 
     /// A new file is published only where nothing is: what is there keeps
