@@ -756,13 +756,15 @@ impl Snapshot {
         let mut cum: HashMap<&str, i64> = HashMap::new();
         for site in &self.sites {
             if let Some(leaf) = site.frames.first() {
-                *flat.entry(&leaf.function).or_default() += site.inuse_bytes;
+                let flat = flat.entry(&leaf.function).or_default();
+                *flat = flat.saturating_add(site.inuse_bytes);
             }
             let mut seen: Vec<&str> = site.frames.iter().map(|f| f.function.as_str()).collect();
             seen.sort_unstable();
             seen.dedup();
             for f in seen {
-                *cum.entry(f).or_default() += site.inuse_bytes;
+                let cum = cum.entry(f).or_default();
+                *cum = cum.saturating_add(site.inuse_bytes);
             }
         }
         let mut rows: Vec<FunctionBytes> = cum
@@ -1313,7 +1315,11 @@ impl Snapshot {
         if !self.delta {
             return format!("No site in this snapshot has {name} above zero{sampled}");
         }
-        let fell: i64 = self.sites.iter().map(|s| sample_type.of(s).min(0)).sum();
+        let fell = self
+            .sites
+            .iter()
+            .map(|s| sample_type.of(s).min(0))
+            .fold(0, i64::saturating_add);
         let what = match sample_type {
             SampleType::InuseSpace | SampleType::InuseObjects if fell < 0 => {
                 let unit = match sample_type {
@@ -1323,7 +1329,7 @@ impl Snapshot {
                 return format!(
                     "No site in this delta has {name} above zero: it fell by {} {unit} in all \
                      (frees), and a flame graph shows only growth.",
-                    -fell
+                    fell.unsigned_abs()
                 );
             }
             SampleType::InuseSpace | SampleType::InuseObjects => "none grew in between",
@@ -1501,7 +1507,7 @@ impl Snapshot {
         )?;
         let mut sum = 0;
         for row in rows {
-            sum += row.flat;
+            sum = i64::saturating_add(sum, row.flat);
             writeln!(
                 f,
                 "{:>12} {:>5.1}% {:>5.1}% {:>12} {:>5.1}%  {}",
@@ -1795,6 +1801,24 @@ mod tests {
                 set_coarse: (0, 0),
                 coarse_at_ends: false,
             },
+        }
+    }
+
+    /// Sums over sites saturate: a sample taken at a rate near the largest
+    /// stands for nearly `i64::MAX` bytes, and a function's bytes, the
+    /// table's running sum and a flame graph's message must not wrap.
+    #[test]
+    fn sums_over_huge_sites_saturate() {
+        let live = made_of(false, &[("app::main", i64::MAX), ("app::main", 100)]);
+        let top = live.top(1);
+        assert_eq!((top[0].flat, top[0].cum), (i64::MAX, i64::MAX));
+        let table = live.to_string();
+        assert!(!table.contains("-9"), "{table}");
+        #[cfg(feature = "flamegraph")]
+        {
+            let fell = made_of(true, &[("app::a", i64::MIN), ("app::b", -100)]);
+            let why = fell.no_samples_reason(super::SampleType::InuseSpace);
+            assert!(why.contains("fell by 9223372036854775808 bytes"), "{why}");
         }
     }
 

@@ -71,9 +71,7 @@ pub(crate) fn live_estimate() -> i64 {
 /// peak only if `may_copy` (the copy allocates); otherwise the next
 /// sample that may copies it.
 pub(crate) fn on_alloc(bytes: f64, may_copy: bool) {
-    let live = LIVE_ESTIMATE
-        .fetch_add(bytes as i64, Relaxed)
-        .wrapping_add(bytes as i64);
+    let live = add_to_live(bytes as i64);
     let next = NEXT_PEAK.load(Relaxed);
     // One thread wins the right to copy this peak.
     let growth = crate::config::get().peak_growth.fraction();
@@ -117,7 +115,18 @@ pub(crate) fn on_alloc(bytes: f64, may_copy: bool) {
 
 /// A sampled block standing for `bytes` was freed.
 pub(crate) fn on_free(bytes: f64) {
-    LIVE_ESTIMATE.fetch_sub(bytes as i64, Relaxed);
+    add_to_live((bytes as i64).saturating_neg());
+}
+
+/// Adds `bytes` to [`LIVE_ESTIMATE`], saturating, and returns the sum: a
+/// sample taken at a rate near `config::MAX_RATE` stands for nearly
+/// `i64::MAX` bytes, and a wrapped sum would read as a negative heap (no
+/// peak ever again).
+fn add_to_live(bytes: i64) -> i64 {
+    let add = |live: i64| live.saturating_add(bytes);
+    match LIVE_ESTIMATE.fetch_update(Relaxed, Relaxed, |live| Some(add(live))) {
+        Ok(before) | Err(before) => add(before),
+    }
 }
 
 /// Whether a peak copy was taken.
@@ -135,4 +144,24 @@ pub(crate) fn copy() -> Option<Peak> {
 /// The copy's lock, for the fork table (`process/fork.rs`).
 pub(crate) fn each_lock(f: &mut dyn FnMut(&'static dyn Lockable)) {
     f(&PEAK);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LIVE_ESTIMATE, add_to_live};
+    use std::sync::atomic::Ordering::Relaxed;
+
+    /// The live estimate saturates rather than wraps to a negative heap:
+    /// two samples standing for nearly `i64::MAX` bytes each leave it at
+    /// the most, and the peak check (`live > next`) still sees a heap.
+    /// (The unit tests do not install heapprof: nothing else moves it.)
+    #[test]
+    fn the_live_estimate_saturates() {
+        let before = LIVE_ESTIMATE.swap(0, Relaxed);
+        let once = add_to_live(i64::MAX - 10);
+        let twice = add_to_live(i64::MAX - 10);
+        let fell = add_to_live(i64::MIN);
+        LIVE_ESTIMATE.store(before, Relaxed);
+        assert_eq!((once, twice, fell), (i64::MAX - 10, i64::MAX, -1));
+    }
 }

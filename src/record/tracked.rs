@@ -48,7 +48,27 @@ impl Tracked {
     /// nothing.
     pub(crate) fn freed(&mut self, addr: usize, size: usize) {
         if !self.live.remove(&addr) {
-            self.others_freed_bytes += size as u64;
+            // Wraps, as its readers expect: frees of blocks that reserve
+            // address space only can sum past `u64::MAX`.
+            self.others_freed_bytes = self.others_freed_bytes.wrapping_add(size as u64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tracked;
+
+    /// Freed bytes of other blocks wrap rather than overflow (a panic in
+    /// the allocator's free under overflow checks): blocks that only
+    /// reserve address space can sum past `u64::MAX` in a long check.
+    #[test]
+    fn others_freed_bytes_wrap() {
+        let mut t = Tracked::new();
+        let half = usize::MAX / 2 + 1;
+        t.freed(0x1000, half);
+        t.freed(0x2000, half);
+        t.freed(0x3000, 5);
+        assert_eq!(t.others_freed_bytes, 5);
     }
 }
