@@ -229,6 +229,16 @@ fn a_stripped_program_cannot_pass_for_want_of_names() {
         );
         assert!(stdout.contains("could not name"), "{stdout}");
         assert!(stderr.contains("is the executable stripped"), "{stderr}");
+        // A count by name leaves those bytes out, and says so, once.
+        assert!(stdout.contains("counted by name: 0\n"), "{stdout}");
+        let said =
+            "heapprof: Snapshot::inuse_bytes_in(\"assertion_truth::holds_a_lot\") leaves out ";
+        assert_eq!(stderr.matches(said).count(), 1, "{stderr}");
+        assert_eq!(
+            stderr.matches("Snapshot::alloc_bytes_in").count(),
+            0,
+            "{stderr}"
+        );
         // The profile says so too, for readers of pprof's -comments, and
         // so does the text profile.
         let says = |prefix: &str| {
@@ -246,6 +256,10 @@ fn a_stripped_program_cannot_pass_for_want_of_names() {
         heapprof::snapshot().assert_inuse_at_most("assertion_truth::holds_a_lot", 1024)
     });
     println!("panicked: {}", message.unwrap_or_default());
+    let snapshot = heapprof::snapshot();
+    let counted = snapshot.inuse_bytes_in("assertion_truth::holds_a_lot");
+    println!("counted by name: {counted}");
+    snapshot.alloc_bytes_in("assertion_truth::holds_a_lot");
     let profile = take_profile();
     for &c in &profile.comment {
         println!("comment: {}", string(&profile, c));

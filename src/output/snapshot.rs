@@ -683,12 +683,41 @@ impl Snapshot {
         delta
     }
 
-    fn sum_where(&self, name: &str, value: fn(&Site) -> i64) -> i64 {
+    /// The `value`s of the sites through `name`, for the query `query`
+    /// (said where frames without names may hide some).
+    fn sum_where(&self, query: &str, name: &str, value: fn(&Site) -> i64) -> i64 {
+        self.say_once_if_names_are_missing(query, name);
         self.sites
             .iter()
             .filter(|s| s.mentions(name))
             .map(value)
             .fold(0, i64::saturating_add)
+    }
+
+    /// Says on stderr, once, the first time a count by name meets bytes
+    /// under frames of the program heapprof could not name (a stripped
+    /// executable, a child forked during a lookup): the count leaves them
+    /// out, and they may be the function's. The assertions count them
+    /// instead ([`Snapshot::assert_inuse_at_most`]).
+    fn say_once_if_names_are_missing(&self, query: &str, name: &str) {
+        use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+        static SAID: AtomicBool = AtomicBool::new(false);
+        if SAID.load(Relaxed) {
+            return;
+        }
+        let unnamed = self.unnamed_program_bytes(name);
+        if unnamed > 0 && !SAID.swap(true, Relaxed) {
+            crate::config::report::warn(format_args!(
+                "heapprof: Snapshot::{query}({}) leaves out {unnamed} bytes {} under frames of                  the program that heapprof could not name, which may be its: {}",
+                crate::config::report::Shown::new(name),
+                if self.delta {
+                    "allocated in between"
+                } else {
+                    "live"
+                },
+                symbolize::no_names_hint()
+            ));
+        }
     }
 
     /// Live bytes allocated by functions whose name contains `name`, and by
@@ -697,24 +726,26 @@ impl Snapshot {
     /// [`delta`](Snapshot::delta), the net change over every stack through
     /// `name`: another thread's frees at one stack offset growth at
     /// another, which [`Snapshot::assert_inuse_at_most`] does not let
-    /// happen.
+    /// happen. Bytes under frames heapprof could not name (a stripped
+    /// executable) are left out here and in the other counts by name, and
+    /// the first such count says so on stderr; the assertion counts them.
     pub fn inuse_bytes_in(&self, name: &str) -> i64 {
-        self.sum_where(name, |s| s.inuse_bytes)
+        self.sum_where("inuse_bytes_in", name, |s| s.inuse_bytes)
     }
 
     /// Live blocks allocated in functions whose name contains `name` (cum).
     pub fn inuse_objects_in(&self, name: &str) -> i64 {
-        self.sum_where(name, |s| s.inuse_objects)
+        self.sum_where("inuse_objects_in", name, |s| s.inuse_objects)
     }
 
     /// Bytes ever allocated in functions whose name contains `name` (cum).
     pub fn alloc_bytes_in(&self, name: &str) -> i64 {
-        self.sum_where(name, |s| s.alloc_bytes)
+        self.sum_where("alloc_bytes_in", name, |s| s.alloc_bytes)
     }
 
     /// Blocks ever allocated in functions whose name contains `name` (cum).
     pub fn alloc_objects_in(&self, name: &str) -> i64 {
-        self.sum_where(name, |s| s.alloc_objects)
+        self.sum_where("alloc_objects_in", name, |s| s.alloc_objects)
     }
 
     /// Live bytes allocated under the label `key=value` (all sites that
