@@ -87,7 +87,7 @@ pub const MAX_DELTA_SECONDS: u64 = 300;
 
 /// An HTTP response, framework-neutral: hand these three to whatever
 /// server the program runs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Response {
     /// The status code: 200, or 400, 404, 500, 503 (more than
     /// four deltas at once) with a plain-text message.
@@ -125,6 +125,29 @@ impl Response {
         }
     }
 }
+
+/// The body's size, and its start where it is text: a profile's bytes
+/// (megabytes of gzip) would drown `dbg!` and a failed `assert_eq!`.
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut body = format!("{} bytes", self.body.len());
+        if self.content_type != PROTO {
+            let text = String::from_utf8_lossy(&self.body);
+            let start: String = text.chars().take(DEBUG_TEXT_CHARS).collect();
+            let more = if start.len() < text.len() { "…" } else { "" };
+            let _ = write!(body, ": {start:?}{more}");
+        }
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .field("content_type", &self.content_type)
+            .field("content_disposition", &self.content_disposition)
+            .field("body", &format_args!("{body}"))
+            .finish()
+    }
+}
+
+/// The characters of a text body that a `Response`'s `Debug` shows.
+const DEBUG_TEXT_CHARS: usize = 200;
 
 const PROTO: &str = "application/octet-stream";
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -714,6 +737,26 @@ fn index() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Debug` shows a body's size and the start of a text body, not a
+    /// profile's bytes one by one.
+    #[test]
+    fn a_responses_debug_is_short() {
+        let profile = Response {
+            status: 200,
+            content_type: PROTO,
+            content_disposition: Some("attachment; filename=\"heap\""),
+            body: vec![0x1f; 1 << 20],
+        };
+        let shown = format!("{profile:?}");
+        assert!(shown.contains("body: 1048576 bytes }"), "{shown}");
+        assert!(shown.len() < 200, "{shown}");
+        let text = Response::error(404, "x".repeat(1000));
+        let shown = format!("{text:?}");
+        let start = format!("body: 1001 bytes: \"{}\"…", "x".repeat(DEBUG_TEXT_CHARS));
+        assert!(shown.contains(&start), "{shown}");
+        assert!(shown.contains("status: 404"), "{shown}");
+    }
 
     #[test]
     fn query_parameters() {
