@@ -744,14 +744,12 @@ pub(crate) fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
 fn var(name: &str) -> Option<OsString> {
     let value = not_blank(std::env::var_os(name))?;
     if secure_execution() {
-        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            report::warn(format_args!(
-                "heapprof: ignoring {name} and every other HEAPPROF_ variable: this program runs \
-                 with privileges its user lacks (set-user-ID, set-group-ID or file capabilities), \
-                 so its environment is not trusted"
-            ));
-        }
+        static SAID: report::Once = report::Once::new();
+        SAID.warn(format_args!(
+            "heapprof: ignoring {name} and every other HEAPPROF_ variable: this program runs \
+             with privileges its user lacks (set-user-ID, set-group-ID or file capabilities), \
+             so its environment is not trusted"
+        ));
         return None;
     }
     Some(value)

@@ -107,6 +107,29 @@ pub(crate) fn warn(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// A message said at most once per process: the first [`Once::warn`]
+/// says it, later ones say nothing.
+pub(crate) struct Once(AtomicBool);
+
+impl Once {
+    pub(crate) const fn new() -> Once {
+        Once(AtomicBool::new(false))
+    }
+
+    /// Whether something was said through this.
+    pub(crate) fn said(&self) -> bool {
+        self.0.load(Relaxed)
+    }
+
+    /// Writes `args` as [`warn`] does, unless something was said through
+    /// this already.
+    pub(crate) fn warn(&self, args: std::fmt::Arguments<'_>) {
+        if !self.0.swap(true, Relaxed) {
+            warn(args);
+        }
+    }
+}
+
 /// The file descriptor 2 named when the program first allocated
 /// ([`note_stderr`]): its device and inode, valid once `STDERR_NOTED`.
 static STDERR_DEV: AtomicU64 = AtomicU64::new(0);

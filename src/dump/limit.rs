@@ -27,7 +27,7 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use super::{expand, failed, plain, sibling, write_dump_bytes};
@@ -133,15 +133,13 @@ impl Watcher {
     /// run: a heap that swings below its peak keeps none.
     pub(crate) fn poll(&mut self) {
         self.check();
-        static FAILED: AtomicBool = AtomicBool::new(false);
+        static FAILED: config::report::Once = config::report::Once::new();
         let refreshed = failed::refresh(self.id, &self.base, &mut self.prepared);
         if matches!(refreshed, Ok(true)) {
             self.check();
         }
-        if let Err(e) = refreshed
-            && !FAILED.swap(true, Relaxed)
-        {
-            config::report::warn(format_args!(
+        if let Err(e) = refreshed {
+            FAILED.warn(format_args!(
                 "heapprof: could not prepare the profile to write if an allocation fails ({}); \
                  only one prepared before, if any, would be written then",
                 plain(&e)

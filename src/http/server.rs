@@ -55,7 +55,7 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::mem::ManuallyDrop;
 use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -697,12 +697,10 @@ fn give_up_descriptor(listener: TcpListener, fd: i32, port: u16) {
 /// the thread cannot start, the closure is dropped with its connection and
 /// slots; the first failure is reported.
 fn spawn(f: impl FnOnce() + Send + 'static) {
-    static FAILED: AtomicBool = AtomicBool::new(false);
+    static FAILED: crate::config::report::Once = crate::config::report::Once::new();
     let spawned = own_thread::spawn(c"heapprof-conn", THREAD_STACK_BYTES, move |_| f());
-    if let Err(e) = spawned
-        && !FAILED.swap(true, Relaxed)
-    {
-        crate::config::report::warn(format_args!(
+    if let Err(e) = spawned {
+        FAILED.warn(format_args!(
             "heapprof: http: could not start a connection thread ({e}); dropping connections meanwhile"
         ));
     }

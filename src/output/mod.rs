@@ -129,14 +129,14 @@ pub(crate) struct Collected {
 /// has been full, at the first profile or snapshot since: the samples'
 /// own path never formats.
 fn say_once_if_a_table_is_full() {
-    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-    static SITES_SAID: AtomicBool = AtomicBool::new(false);
-    static LABELS_SAID: AtomicBool = AtomicBool::new(false);
-    if record::sites::overflowed() && !SITES_SAID.swap(true, Relaxed) {
-        crate::config::report::warn(format_args!("{}", pprof::site_table_full_note()));
+    use crate::config::report::Once;
+    static SITES_SAID: Once = Once::new();
+    static LABELS_SAID: Once = Once::new();
+    if record::sites::overflowed() {
+        SITES_SAID.warn(format_args!("{}", pprof::site_table_full_note()));
     }
-    if crate::labels::table::program_sets_full() && !LABELS_SAID.swap(true, Relaxed) {
-        crate::config::report::warn(format_args!("{}", pprof::label_table_full_note()));
+    if crate::labels::table::program_sets_full() {
+        LABELS_SAID.warn(format_args!("{}", pprof::label_table_full_note()));
     }
 }
 

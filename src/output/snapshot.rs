@@ -700,14 +700,13 @@ impl Snapshot {
     /// out, and they may be the function's. The assertions count them
     /// instead ([`Snapshot::assert_inuse_at_most`]).
     fn say_once_if_names_are_missing(&self, query: &str, name: &str) {
-        use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-        static SAID: AtomicBool = AtomicBool::new(false);
-        if SAID.load(Relaxed) {
+        static SAID: crate::config::report::Once = crate::config::report::Once::new();
+        if SAID.said() {
             return;
         }
         let unnamed = self.unnamed_program_bytes(name);
-        if unnamed > 0 && !SAID.swap(true, Relaxed) {
-            crate::config::report::warn(format_args!(
+        if unnamed > 0 {
+            SAID.warn(format_args!(
                 "heapprof: Snapshot::{query}({}) leaves out {unnamed} bytes {} under frames of                  the program that heapprof could not name, which may be its: {}",
                 crate::config::report::Shown::new(name),
                 if self.delta {
@@ -1032,16 +1031,16 @@ impl Snapshot {
             };
             // A live snapshot in a test that set rate 1 itself is such a
             // case every time: said once; a delta's coarse rate, each time.
-            static LIVE_SAID: std::sync::atomic::AtomicBool =
-                std::sync::atomic::AtomicBool::new(false);
-            let passes = counted <= max_bytes;
-            if passes && (self.delta || !LIVE_SAID.swap(true, std::sync::atomic::Ordering::Relaxed))
-            {
-                crate::config::report::warn(format_args!(
-                    "heapprof: assert_inuse_at_most: {} passes with {counted} bytes counted, \
-                     but {why}",
-                    crate::config::report::Shown::new(function)
-                ));
+            static LIVE_SAID: crate::config::report::Once = crate::config::report::Once::new();
+            let message = format_args!(
+                "heapprof: assert_inuse_at_most: {} passes with {counted} bytes counted, but \
+                 {why}",
+                crate::config::report::Shown::new(function)
+            );
+            match (counted <= max_bytes, self.delta) {
+                (true, true) => crate::config::report::warn(message),
+                (true, false) => LIVE_SAID.warn(message),
+                (false, _) => {}
             }
             also += &format!(" (an estimate: {why})");
         }
@@ -1200,7 +1199,7 @@ impl Snapshot {
     /// into their callers (closures, `async fn` bodies, small functions)
     /// are on no stack, so an assertion on one may pass for want of it.
     fn say_once_if_its_crate_has_no_lines(&self, function: &str) {
-        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        static SAID: crate::config::report::Once = crate::config::report::Once::new();
         let path = path_form(function);
         let Some((krate, _)) = path.split_once("::") else {
             return;
@@ -1213,8 +1212,8 @@ impl Snapshot {
         // no unit covers): the crate's frames must all be without.
         let mut frames = self.sites.iter().flat_map(|s| &s.frames).filter(of_crate);
         let without_lines = frames.next().is_some() && frames.all(|f| f.file.is_empty());
-        if without_lines && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            crate::config::report::warn(format_args!(
+        if without_lines {
+            SAID.warn(format_args!(
                 "heapprof: assert_inuse_at_most: frames of {} have no file and line: it was \
                  built without debug info, so its functions inlined into their callers (closures, \
                  `async fn` bodies, small functions) are on no stack and an assertion on one can \

@@ -598,15 +598,13 @@ fn unreadable_files(
     for (object, read) in &checked {
         let packed = read.as_ref().err().map_or(0, NotRead::pack);
         if let Some(why) = NotRead::unpack(packed) {
-            static SAID: AtomicBool = AtomicBool::new(false);
-            if !SAID.swap(true, Relaxed) {
-                crate::config::report::warn(format_args!(
-                    "heapprof: cannot read {} to name frames in it ({}); profiles leave them \
-                     unnamed until it can be read again",
-                    crate::config::report::Shown::new(&object.path),
-                    why.words()
-                ));
-            }
+            static SAID: crate::config::report::Once = crate::config::report::Once::new();
+            SAID.warn(format_args!(
+                "heapprof: cannot read {} to name frames in it ({}); profiles leave them \
+                 unnamed until it can be read again",
+                crate::config::report::Shown::new(&object.path),
+                why.words()
+            ));
         }
         if object.executable {
             UNREADABLE.store(packed, Relaxed);
