@@ -49,7 +49,9 @@ fn measurements_count_the_thread_exactly() {
     drop(profiled_work());
     assert_eq!(Allocations.end(start), ALLOCATIONS);
     drop(kept);
-    assert_eq!(AllocatedBytes.to_f64(&BYTES), BYTES as f64);
+    // Exact to far more digits than criterion prints.
+    let shown = AllocatedBytes.to_f64(&BYTES);
+    assert!((shown / BYTES as f64 - 1.0).abs() < 1e-8, "{shown}");
     // A batch that allocated nothing is not zero to criterion, which
     // rejects zeros, and prints as zero.
     let zero = AllocatedBytes.to_f64(&0);
@@ -121,6 +123,49 @@ fn the_profiler_writes_each_benchmark_a_profile() {
             "{top}"
         );
     }
+}
+
+/// Criterion compares each run of a benchmark with its last one. A count
+/// the same in every batch, as an unchanged benchmark's is, must still
+/// leave criterion a spread: with none, every t statistic of the
+/// comparison is 0/0, and its plot reads the first of no values. Two runs
+/// into one directory, with criterion's reports and plots, as a user's
+/// second `cargo bench` makes them.
+#[test]
+fn an_unchanged_count_is_compared_with_its_last_run() {
+    use criterion::{Criterion, PlottingBackend};
+    use std::time::Duration;
+    let _one = ONE_AT_A_TIME.lock().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let mut c = Criterion::default()
+            .output_directory(out.path())
+            .plotting_backend(PlottingBackend::Plotters)
+            .with_measurement(Allocations)
+            .sample_size(10)
+            .nresamples(1000)
+            .warm_up_time(Duration::from_millis(10))
+            .measurement_time(Duration::from_millis(50));
+        c.bench_function("one_box", |b| {
+            b.iter(|| black_box(Box::new(black_box(1u64))))
+        });
+    }
+    let change = out
+        .path()
+        .join("one_box")
+        .join("change")
+        .join("estimates.json");
+    let estimates = std::fs::read_to_string(&change).unwrap();
+    // Criterion saves the relative change of the mean: none, to the
+    // digits it prints.
+    let mean = estimates
+        .split("\"mean\"")
+        .nth(1)
+        .and_then(|s| s.split("\"point_estimate\":").nth(1))
+        .and_then(|s| s.split([',', '}']).next())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no mean change in {estimates}"));
+    assert!(mean.abs() < 1e-6, "{estimates}");
 }
 
 /// A directory that cannot be made is reported and loses nothing else:
