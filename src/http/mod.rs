@@ -672,7 +672,7 @@ fn index() -> Response {
     let (all, live) = sites::site_counts();
     let stats = crate::output::snapshot::stats();
     let has_peak = crate::record::peak::recorded();
-    let numbers = sample::Numbers::now().describe();
+    let numbers = sample::Numbers::now_live().describe();
     let mut page = String::new();
     let _ = write!(
         page,

@@ -150,7 +150,8 @@ pub(crate) fn collect(source: Source) -> Option<Collected> {
             comments: Vec::new(),
             span: None,
             taken: None,
-            numbers: None,
+            // After the sites: fields are evaluated in order.
+            numbers: Some(sample::Numbers::now_live()),
         }),
         Source::Peak => peak::copy().map(|p| Collected {
             comments: vec![peak_comment(&p)],
@@ -183,7 +184,8 @@ pub(crate) fn collect(source: Source) -> Option<Collected> {
             sites,
             span,
             taken: None,
-            numbers: None,
+            // Its inuse values are the live heap's.
+            numbers: Some(sample::Numbers::now_live()),
         }),
     }
 }

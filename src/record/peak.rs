@@ -71,7 +71,7 @@ pub(crate) fn live_estimate() -> i64 {
 /// peak only if `may_copy` (the copy allocates); otherwise the next
 /// sample that may copies it.
 pub(crate) fn on_alloc(bytes: f64, may_copy: bool) {
-    let live = add_to_live(bytes as i64);
+    let live = add_to_live(clamped(bytes));
     let next = NEXT_PEAK.load(Relaxed);
     // One thread wins the right to copy this peak.
     let growth = crate::config::get().peak_growth.fraction();
@@ -96,7 +96,7 @@ pub(crate) fn on_alloc(bytes: f64, may_copy: bool) {
             live_bytes: sites.inuse_bytes(),
             sites,
             when: SystemTime::now(),
-            numbers: sample::Numbers::now(),
+            numbers: sample::Numbers::now_live(),
         };
         // Two threads may copy two peaks at once; the larger one stays,
         // whichever finishes last. The old copy is dropped after the lock
@@ -115,18 +115,25 @@ pub(crate) fn on_alloc(bytes: f64, may_copy: bool) {
 
 /// A sampled block standing for `bytes` was freed.
 pub(crate) fn on_free(bytes: f64) {
-    add_to_live((bytes as i64).saturating_neg());
+    add_to_live(-clamped(bytes));
 }
 
-/// Adds `bytes` to [`LIVE_ESTIMATE`], saturating, and returns the sum: a
-/// sample taken at a rate near `config::MAX_RATE` stands for nearly
-/// `i64::MAX` bytes, and a wrapped sum would read as a negative heap (no
-/// peak ever again).
+/// The most one sample adds to [`LIVE_ESTIMATE`]: 256 TiB, more than a
+/// 48-bit address space holds. A sample taken at a rate near
+/// `config::MAX_RATE` stands for nearly `i64::MAX` bytes; clamped, the
+/// live estimate would need 2^15 of them live at once to wrap (and read as
+/// a negative heap, so that no peak is taken again).
+const MOST_PER_SAMPLE: i64 = 1 << 48;
+
+/// What a sample standing for `bytes` adds to [`LIVE_ESTIMATE`], the same
+/// at its allocation and its free, so that the sum comes back exactly.
+fn clamped(bytes: f64) -> i64 {
+    (bytes as i64).clamp(0, MOST_PER_SAMPLE)
+}
+
+/// Adds `bytes` to [`LIVE_ESTIMATE`] and returns the sum.
 fn add_to_live(bytes: i64) -> i64 {
-    let add = |live: i64| live.saturating_add(bytes);
-    match LIVE_ESTIMATE.fetch_update(Relaxed, Relaxed, |live| Some(add(live))) {
-        Ok(before) | Err(before) => add(before),
-    }
+    LIVE_ESTIMATE.fetch_add(bytes, Relaxed).wrapping_add(bytes)
 }
 
 /// Whether a peak copy was taken.
@@ -148,20 +155,25 @@ pub(crate) fn each_lock(f: &mut dyn FnMut(&'static dyn Lockable)) {
 
 #[cfg(test)]
 mod tests {
-    use super::{LIVE_ESTIMATE, add_to_live};
+    use super::{LIVE_ESTIMATE, MOST_PER_SAMPLE, live_estimate, on_alloc, on_free};
     use std::sync::atomic::Ordering::Relaxed;
 
-    /// The live estimate saturates rather than wraps to a negative heap:
-    /// two samples standing for nearly `i64::MAX` bytes each leave it at
-    /// the most, and the peak check (`live > next`) still sees a heap.
-    /// (The unit tests do not install heapprof: nothing else moves it.)
+    /// Samples standing for nearly `i64::MAX` bytes each do not wrap the
+    /// live estimate to a negative heap, and their frees bring it back to
+    /// exactly where it was. (The unit tests do not install heapprof:
+    /// nothing else moves it.)
     #[test]
-    fn the_live_estimate_saturates() {
+    fn huge_samples_neither_wrap_nor_skew_the_live_estimate() {
         let before = LIVE_ESTIMATE.swap(0, Relaxed);
-        let once = add_to_live(i64::MAX - 10);
-        let twice = add_to_live(i64::MAX - 10);
-        let fell = add_to_live(i64::MIN);
+        let huge = i64::MAX as f64;
+        on_alloc(1000.0, false);
+        on_alloc(huge, false);
+        on_alloc(huge, false);
+        let up = live_estimate();
+        on_free(huge);
+        on_free(huge);
+        let down = live_estimate();
         LIVE_ESTIMATE.store(before, Relaxed);
-        assert_eq!((once, twice, fell), (i64::MAX - 10, i64::MAX, -1));
+        assert_eq!((up, down), (1000 + 2 * MOST_PER_SAMPLE, 1000));
     }
 }

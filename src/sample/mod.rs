@@ -288,13 +288,23 @@ pub(crate) struct Numbers {
 }
 
 impl Numbers {
-    /// The live heap's numbers now, read after a profile's sites: a block
-    /// allocated while the rate was above 1 and still live may be in no
-    /// sample, so the rate having been above 1 ever makes it not exact.
+    /// The rate and [`estimated`] now, read after a profile's sites: the
+    /// numbers of a change over a span at the rate now.
     pub(crate) fn now() -> Numbers {
         Numbers {
             rate: rate(),
-            estimated: estimated() || times_set_coarse() > 0,
+            estimated: estimated(),
+        }
+    }
+
+    /// The live heap's numbers now, read after a profile's sites: a block
+    /// allocated while the rate was above 1 and still live may be in no
+    /// sample, so the rate having been above 1 ever makes it not exact.
+    pub(crate) fn now_live() -> Numbers {
+        let now = Numbers::now();
+        Numbers {
+            estimated: now.estimated || times_set_coarse() > 0,
+            ..now
         }
     }
 
