@@ -683,10 +683,16 @@ impl Snapshot {
         delta
     }
 
-    /// The `value`s of the sites through `name`, for the query `query`
-    /// (said where frames without names may hide some).
+    /// The `value`s of the sites through `name`, for the program's query
+    /// `query` (said where frames without names may hide some).
     fn sum_where(&self, query: &str, name: &str, value: fn(&Site) -> i64) -> i64 {
         self.say_once_if_names_are_missing(query, name);
+        self.sum_through(name, value)
+    }
+
+    /// The `value`s of the sites through `name`, nothing said: for the
+    /// assertions, which count unnamed frames themselves.
+    fn sum_through(&self, name: &str, value: fn(&Site) -> i64) -> i64 {
         self.sites
             .iter()
             .filter(|s| s.mentions(name))
@@ -707,7 +713,8 @@ impl Snapshot {
         let unnamed = self.unnamed_program_bytes(name);
         if unnamed > 0 {
             SAID.warn(format_args!(
-                "heapprof: Snapshot::{query}({}) leaves out {unnamed} bytes {} under frames of                  the program that heapprof could not name, which may be its: {}",
+                "heapprof: Snapshot::{query}({}) leaves out {unnamed} bytes {} under frames of \
+                 the program that heapprof could not name, which may be its: {}",
                 crate::config::report::Shown::new(name),
                 if self.delta {
                     "allocated in between"
@@ -904,7 +911,7 @@ impl Snapshot {
         let held = if self.delta {
             self.gained_in(function)
         } else {
-            self.inuse_bytes_in(function)
+            self.sum_through(function, |s| s.inuse_bytes)
         };
         // Bytes heapprof could not put under a stack may be the function's:
         // counted against it (only if `held` does not hold them already),
@@ -917,8 +924,8 @@ impl Snapshot {
             .filter(|own| !own.contains(function))
             .map(|own| match (self.delta, &self.gains) {
                 (true, Some(_)) => self.gained_in(own),
-                (true, None) => self.alloc_bytes_in(own).max(0),
-                (false, _) => self.inuse_bytes_in(own).max(0),
+                (true, None) => self.sum_through(own, |s| s.alloc_bytes).max(0),
+                (false, _) => self.sum_through(own, |s| s.inuse_bytes).max(0),
             })
             .fold(0, i64::saturating_add);
         // So may bytes under frames of the program heapprof could not
