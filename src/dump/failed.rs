@@ -23,7 +23,7 @@
 //! peak copy), to `<dump path>.alloc-failed.peak.pb.gz`,
 //! and one line on stderr. It writes only a file that is not there or is a
 //! regular file with one name that this process may write (replaced
-//! through a temporary file and a rename, as every dump); a symlink,
+//! through a temporary file and a rename, as other dumps replace one); a symlink,
 //! device, FIFO, hard-linked or read-only file there is left alone and
 //! nothing is written, since writing through one safely needs more than
 //! those calls.
@@ -278,18 +278,15 @@ fn write_prepared(p: &Prepared) -> Result<(), Refused> {
     if replaces_a_file {
         // The file replaced keeps its permission bits and, where this
         // process may give it away, its owner: a private profile stays
-        // private. Failures leave the new file this process's; a group
-        // that cannot be kept does not get the old group's bits. The
-        // group first, while the file is still this process's.
-        let mut mode = st.st_mode & 0o777;
+        // private. Failures leave the new file this process's
+        // (`mode_kept`). The group first, while the file is still this
+        // process's.
         // SAFETY: `fd` is the descriptor just opened; the calls only
         // change its inode's metadata (`-1`: that id unchanged).
         unsafe {
-            if libc::fchown(fd, libc::uid_t::MAX, st.st_gid) != 0 {
-                mode &= !0o070;
-            }
+            let group_kept = libc::fchown(fd, libc::uid_t::MAX, st.st_gid) == 0;
             libc::fchown(fd, st.st_uid, libc::gid_t::MAX);
-            libc::fchmod(fd, mode);
+            libc::fchmod(fd, super::mode_kept(st.st_mode, group_kept));
         }
     }
     let written = report::without_write_signals(

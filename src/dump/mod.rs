@@ -10,9 +10,10 @@
 //! Paths: `%p` and `%e` in any dump path are the process id and the
 //! executable's name ([`expand`]). What is at the path decides how it is
 //! written ([`write_dump`]): nothing or a regular file is replaced whole,
-//! by a rename; a symlink, device, FIFO, `/dev/stdout` or a file with
-//! more than one name is opened and written, and stays what it is; a
-//! directory, and a file this process may not write, are errors. Nothing is
+//! by a rename, as is the regular file a symlink leads to (the symlink
+//! stays); a device, FIFO, `/dev/stdout` or a file with more than one
+//! name is opened and written, and stays what it is; a directory, and a
+//! file this process may not write, are errors. Nothing is
 //! named after a path that is not a regular file, but for the null
 //! device, whose siblings are itself ([`sibling`]).
 
@@ -60,9 +61,9 @@ fn write_profile_at(path: &Path, options: pprof::Options) -> io::Result<()> {
 }
 
 /// Writes `source` as a pprof profile to `path`, taken as it is (no
-/// [`expand`]), as every dump is written: a regular file or nothing is
-/// replaced whole, a symlink or device written through, a directory is an
-/// error. `Ok(false)` if the source has no profile (nothing is written).
+/// [`expand`]), as every dump is written ([`write_dump`]): a regular file
+/// or nothing is replaced whole, a device written through, a directory is
+/// an error. `Ok(false)` if the source has no profile (nothing is written).
 /// The error names the path.
 #[cfg(feature = "criterion")]
 pub(crate) fn write_source(path: &Path, source: Source) -> io::Result<bool> {
@@ -122,14 +123,15 @@ enum Target {
     /// Nothing, or a regular file with one name: written whole or not at
     /// all ([`replace`]).
     Replace,
-    /// A symlink that leads, not through `/proc`, to a regular file with
-    /// one name, the path here: that file is replaced whole or not at all,
-    /// and the symlink stays.
-    ReplaceLinked(PathBuf),
-    /// Any other symlink, a device, a FIFO, a socket, or a regular file
-    /// with more than one name (a hard link): opened and written
-    /// ([`write_through`]), so that it stays what it is and every name
-    /// shows the new profile, as the shell's `>` leaves them.
+    /// A symlink: followed as the bytes are written. The regular file
+    /// with one name it leads to, not through `/proc` ([`linked_file`]),
+    /// is replaced whole or not at all; anything else is written through.
+    /// The symlink stays.
+    Linked,
+    /// A device, a FIFO, a socket, or a regular file with more than one
+    /// name (a hard link): opened and written ([`write_through`]), so that
+    /// it stays what it is and every name shows the new profile, as the
+    /// shell's `>` leaves them.
     Through,
 }
 
@@ -172,17 +174,26 @@ pub(super) fn is_refusal(errno: Option<i32>) -> bool {
 /// (a directory's name), is an error (nothing may be written in its
 /// place, nor beside it).
 fn target(path: &Path) -> io::Result<Target> {
+    if path.as_os_str().is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "is empty; nothing is written",
+        ));
+    }
+    let found = std::fs::symlink_metadata(path);
+    if found.as_ref().is_ok_and(|m| m.is_dir()) {
+        return Err(io::Error::new(
+            io::ErrorKind::IsADirectory,
+            "is a directory; nothing is written",
+        ));
+    }
     if names_a_directory(path) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "ends in '/', '.' or '..', a directory's name; nothing is written",
         ));
     }
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => Err(io::Error::new(
-            io::ErrorKind::IsADirectory,
-            "is a directory; nothing is written",
-        )),
+    match found {
         Ok(m) if m.is_file() => {
             use std::os::unix::fs::MetadataExt;
             if !may_write(path) {
@@ -193,9 +204,7 @@ fn target(path: &Path) -> io::Result<Target> {
                 Ok(Target::Replace)
             }
         }
-        Ok(m) if m.is_symlink() => {
-            Ok(linked_file(path).map_or(Target::Through, Target::ReplaceLinked))
-        }
+        Ok(m) if m.is_symlink() => Ok(Target::Linked),
         Ok(_) => Ok(Target::Through),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Target::Replace),
         Err(e) => Err(e),
@@ -256,7 +265,12 @@ fn put(path: &Path, target: Target, bytes: &[u8]) -> io::Result<()> {
     report::without_write_signals(
         || match target {
             Target::Replace => replace(path, bytes),
-            Target::ReplaceLinked(real) => replace(&real, bytes),
+            // Looked at as the bytes are written, not when the profile
+            // began: the link may point elsewhere by now.
+            Target::Linked => match linked_file(path) {
+                Some(real) => replace(&real, bytes),
+                None => write_through(path, bytes),
+            },
             Target::Through => write_through(path, bytes),
         },
         |written| written.as_ref().err().and_then(errno_of),
@@ -345,6 +359,20 @@ fn temporary_mode(replaced: Option<&std::fs::Metadata>) -> u32 {
     if replaced.is_some() { 0o600 } else { 0o666 }
 }
 
+/// The permission bits a file replacing one of mode `old` takes: the
+/// same, but where the old group could not be kept, the new group (this
+/// process's) gets no more than others do. Never set-id, sticky or more
+/// than read and write: a profile is never run.
+pub(super) fn mode_kept(old: u32, group_kept: bool) -> u32 {
+    let mode = old & 0o777;
+    if group_kept {
+        mode
+    } else {
+        let others_as_group = (mode & 0o007) << 3;
+        (mode & !0o070) | (mode & 0o070 & others_as_group)
+    }
+}
+
 /// Gives a new file the permissions, and where this process may, the
 /// owner and group of the regular file it replaces: a profile the user
 /// made private stays private.
@@ -356,13 +384,9 @@ fn keep_access(file: &File, replaced: Option<&std::fs::Metadata>) {
     use std::os::unix::fs::PermissionsExt;
     // Not being allowed to give the file away leaves it this process's,
     // as a new file is: nothing to report. The group first, while the file
-    // is still this process's to change; where the old group cannot be
-    // kept, its bits are not given to this process's group. The permission
-    // bits only: a profile is never to be run, set-id or sticky.
-    let mut mode = old.mode() & 0o777;
-    if std::os::unix::fs::fchown(file, None, Some(old.gid())).is_err() {
-        mode &= !0o070;
-    }
+    // is still this process's to change ([`mode_kept`]).
+    let group_kept = std::os::unix::fs::fchown(file, None, Some(old.gid())).is_ok();
+    let mode = mode_kept(old.mode(), group_kept);
     let _ = std::os::unix::fs::fchown(file, Some(old.uid()), None);
     let _ = file.set_permissions(std::fs::Permissions::from_mode(mode));
 }
@@ -658,7 +682,9 @@ fn sibling(base: &Path, tag: &str) -> io::Result<PathBuf> {
         return Err(refuse("has no file name".into()));
     };
     if names_a_directory(base) {
-        return Err(refuse("ends in '/', a directory's name".into()));
+        return Err(refuse(
+            "ends in '/', '.' or '..', a directory's name".into(),
+        ));
     }
     match std::fs::metadata(base) {
         // Whoever aims a dump at the null device discards it, and every
@@ -1715,6 +1741,25 @@ mod tests {
         assert!(!taken.contains(&made), "{made:?}");
         for t in &taken {
             assert_eq!(std::fs::read(t).unwrap(), b"left");
+        }
+    }
+
+    /// A replacing file keeps the old bits; where the old group cannot be
+    /// kept, its own group gets no more than others: never readable by all
+    /// but a group, never more open than the file it replaces.
+    #[test]
+    fn a_group_that_cannot_be_kept_gets_no_more_than_others() {
+        use super::mode_kept;
+        assert_eq!(mode_kept(0o100640, true), 0o640);
+        assert_eq!(mode_kept(0o104755, true), 0o755);
+        assert_eq!(mode_kept(0o640, false), 0o600);
+        assert_eq!(mode_kept(0o664, false), 0o644);
+        assert_eq!(mode_kept(0o666, false), 0o666);
+        assert_eq!(mode_kept(0o662, false), 0o622);
+        for old in 0..0o1000 {
+            let new = mode_kept(old, false);
+            assert_eq!(new & !old, 0, "{old:o} -> {new:o}: more open");
+            assert_eq!(new & 0o707, old & 0o707, "{old:o} -> {new:o}");
         }
     }
 
