@@ -382,6 +382,13 @@ fn a_directory_is_an_error_that_writes_nothing() {
     assert!(names(&sub).is_empty(), "stray files:\n{stderr}");
     assert_eq!(names(dir.path()), ["sub"], "stray files:\n{stderr}");
     assert!(stderr.contains("is a directory"), "{stderr}");
+
+    // The same from a guard, with the error kinds said.
+    let err = heapprof::ProfileGuard::new(".").finish().unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::IsADirectory, "{err}");
+    let err = heapprof::ProfileGuard::new("").finish().unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("is empty"), "{err}");
 }
 
 /// A file size limit (`RLIMIT_FSIZE`) below a profile's size: each dump
