@@ -897,6 +897,15 @@ extern "C" fn push_at_exit() {
     while !control.finished.load(Acquire) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
+    if !control.finished.load(Acquire) {
+        // The pusher's own report of its failure would come after the
+        // process is gone.
+        crate::config::report::warn(format_args!(
+            "heapprof: pyroscope: the push at exit did not end within {timeout:?} (building the \
+             profile, then the server's answer); what happened since the last push is not \
+             pushed (HEAPPROF_PYROSCOPE_TIMEOUT sets the wait)"
+        ));
+    }
 }
 
 #[cfg(test)]
