@@ -893,8 +893,10 @@ fn a_file_the_process_may_not_write_is_not_replaced() {
         "the exit dump says so once: {stderr}"
     );
     assert_eq!(std::fs::read(&target).unwrap(), READ_ONLY_TEXT);
+    // Beside it only the peak profile, where a sample or two made the
+    // child's estimated heap pass 1 MiB.
     let mut left = names(d);
-    left.retain(|n| n != "child");
+    left.retain(|n| n != "child" && n != "read-only.peak.pb.gz");
     assert_eq!(left, [READ_ONLY_NAME], "nothing made beside it");
 }
 
@@ -932,11 +934,18 @@ fn a_writable_file_in_a_directory_closed_to_the_process_is_written_in_place() {
             stdout.contains("guard: Ok(())"),
             "{sub}: {stdout}\n{stderr}"
         );
-        assert!(!stderr.contains("could not write"), "{sub}: {stderr}");
+        assert!(
+            !stderr.contains("could not write the exit profile"),
+            "{sub}: {stderr}"
+        );
         assert_eq!(read(&target).sample_type.len(), 4, "{sub}");
         let m = std::fs::metadata(&target).unwrap();
         assert_eq!((m.ino(), m.uid()), (inode, owner), "{sub}: the same file");
-        assert_eq!(names(&d), ["heap.pb.gz"], "{sub}");
+        // Beside it at most the peak profile, where a sample or two made
+        // the child's estimated heap pass 1 MiB (and the directory let it).
+        let mut left = names(&d);
+        left.retain(|n| n != "heap.peak.pb.gz");
+        assert_eq!(left, ["heap.pb.gz"], "{sub}");
     }
 }
 
