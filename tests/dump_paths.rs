@@ -900,6 +900,48 @@ fn a_file_the_process_may_not_write_is_not_replaced() {
     assert_eq!(left, [READ_ONLY_NAME], "nothing made beside it");
 }
 
+/// A symlink another user made in a sticky directory open to all (as in
+/// `/tmp`) is not resolved by hand and renamed over: it is followed by
+/// `open` alone, which the kernel's `fs.protected_symlinks` refuses where
+/// it is on (where it is off, the file is written in place and keeps its
+/// inode). This process's own link there is replaced whole. As root only,
+/// to give the link away.
+#[test]
+fn another_users_link_in_a_sticky_directory_is_left_to_the_kernel() {
+    use std::os::unix::fs::PermissionsExt;
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("heapprof-sticky")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let d = dir.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let victim = d.join("victim.pb.gz");
+    std::fs::write(&victim, b"the victim's own").unwrap();
+    let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+    let inode = ino(&victim);
+    let link = d.join("heap.pb.gz");
+    std::os::unix::fs::symlink("victim.pb.gz", &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
+    let protected =
+        std::fs::read_to_string("/proc/sys/fs/protected_symlinks").is_ok_and(|v| v.trim() == "1");
+    let result = heapprof::ProfileGuard::new(&link).finish();
+    if protected {
+        assert!(result.is_err(), "followed against fs.protected_symlinks");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"the victim's own");
+    } else {
+        result.unwrap();
+        assert_eq!(ino(&victim), inode, "renamed over, not left to open");
+    }
+    // The same link as this process's own is replaced whole.
+    std::os::unix::fs::lchown(&link, Some(0), Some(0)).unwrap();
+    heapprof::ProfileGuard::new(&link).finish().unwrap();
+    assert_ne!(ino(&victim), inode, "this process's link: replaced whole");
+    assert_eq!(read(&victim).sample_type.len(), 4);
+}
+
 /// A file the process may write, in a directory where it may not make or
 /// rename files, is written in place, as the shell's `>` would: one made
 /// ready for the user in a directory of root's, and root's file open to

@@ -211,17 +211,45 @@ fn target(path: &Path) -> io::Result<Target> {
     }
 }
 
-/// The regular file of one name that the symlink at `path` leads to, if it
-/// does so without passing through `/proc` (`/dev/stdout` names an open
-/// file, which must keep its inode) and this process may write it.
+/// The regular file of one name that the symlink at `path` leads to, in
+/// one step, if it does so without passing through `/proc` (`/dev/stdout`
+/// names an open file, which must keep its inode), the kernel would let
+/// this process follow the link ([`may_follow`]), and this process may
+/// write the file. Otherwise the link is followed by `open` alone
+/// ([`write_through`]), which the kernel judges: a chain of links is too.
 fn linked_file(path: &Path) -> Option<PathBuf> {
     use std::os::unix::fs::MetadataExt;
-    if through_proc(path).is_some() {
+    if through_proc(path).is_some() || !may_follow(path) {
         return None;
     }
     let real = std::fs::canonicalize(path).ok()?;
+    let step = path.parent()?.join(std::fs::read_link(path).ok()?);
+    if std::fs::symlink_metadata(&step).ok()?.is_symlink() {
+        return None;
+    }
     let m = std::fs::symlink_metadata(&real).ok()?;
     (m.is_file() && m.nlink() == 1 && may_write(&real)).then_some(real)
+}
+
+/// Whether the kernel's protection of links in sticky directories
+/// (`fs.protected_symlinks`, on in most distributions) lets this process
+/// follow the symlink at `path`: a link in a sticky directory that others
+/// may write (`/tmp`) is followed only by its owner, or where it belongs to
+/// the directory's owner. Resolving the link by hand and renaming over
+/// what it names must not do what `open` would be refused.
+fn may_follow(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let (Ok(link), Ok(dir)) = (std::fs::symlink_metadata(path), std::fs::metadata(dir)) else {
+        return false;
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    let sticky_and_open = dir.mode() & 0o1002 == 0o1002;
+    !sticky_and_open || link.uid() == euid || link.uid() == dir.uid()
 }
 
 /// Writes one dump to `path` (already expanded): `write` produces it, and
