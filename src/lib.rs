@@ -163,10 +163,10 @@
 //!   "multi_thread")]` builds them).
 //! * Rate 1 records a stack per allocation, and `cargo test` builds heapprof
 //!   unoptimized: a debug suite can take many times longer. Optimizing
-//!   heapprof and its unwinder in test builds alone (`opt-level = 3` for
-//!   `heapprof`, `framehop`, `gimli`, `addr2line` and `object` under
-//!   `[profile.dev.package.<name>]` in the workspace's `Cargo.toml`) takes
-//!   most of that away; the README gives the lines and numbers.
+//!   heapprof and its unwinder in the `test` profile alone (`opt-level =
+//!   3` for `heapprof`, `framehop`, `gimli`, `addr2line` and `object` under
+//!   `[profile.test.package.<name>]` in the workspace's `Cargo.toml`)
+//!   takes most of that away; the README gives the lines and numbers.
 //! * `inuse_bytes_in(name)`, `alloc_bytes_in(name)` and the `_objects_in`
 //!   twins sum every site whose stack contains a function whose name
 //!   contains `name` (pprof's cum); [`Snapshot::top`] gives the flat view.
