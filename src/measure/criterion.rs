@@ -115,23 +115,25 @@ thread_count_measurement!(Allocations, allocations, AllocationsFormatter);
 /// [`ZERO_STAND_IN`], which criterion prints as `0.0000 B` (or `allocs`),
 /// below the four decimals it shows.
 ///
-/// Each value is then moved by [`SPREAD`] of itself, up, down or not, in
-/// turn: a benchmark whose count per iteration is the same in every batch
-/// (most are) would otherwise give criterion samples with no spread at
-/// all, and its comparison with the last run divides 0 by 0 in every
-/// t statistic, which criterion's plot of that comparison does not
-/// survive. Criterion prints five significant digits at most, so the
-/// counts it shows stay exact.
+/// Each value is then moved down by one, two or three [`SPREAD`]s of
+/// itself, in turn: a benchmark whose count per iteration is the same in
+/// every batch (most are) would otherwise give criterion samples with no
+/// spread at all, and its comparison with the last run divides 0 by 0 in
+/// every t statistic, which criterion's plot of that comparison does not
+/// survive. Criterion prints five significant digits at most, so what it
+/// shows is the count, rounded; always down where the count lies halfway
+/// between two printed values (1056 B is 1.03125 KiB, printed 1.0312), so
+/// that the three numbers it prints agree.
 fn to_f64(n: u64) -> f64 {
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     static BATCHES: AtomicU64 = AtomicU64::new(0);
     let count = if n == 0 { ZERO_STAND_IN } else { n as f64 };
-    let step = (BATCHES.fetch_add(1, Relaxed) % 3) as f64 - 1.0;
-    count * (1.0 + SPREAD * step)
+    let steps = (BATCHES.fetch_add(1, Relaxed) % 3 + 1) as f64;
+    count * (1.0 - SPREAD * steps)
 }
 
-/// The part of a value [`to_f64`] moves it by: far below the five
-/// significant digits criterion prints, far above `f64`'s precision.
+/// The part of a value [`to_f64`] moves it by at each step: far below the
+/// five significant digits criterion prints, far above `f64`'s precision.
 const SPREAD: f64 = 1e-9;
 
 /// Stands for a count of zero (see [`to_f64`]): per iteration, below what

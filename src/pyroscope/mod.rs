@@ -902,8 +902,8 @@ extern "C" fn push_at_exit() {
         // process is gone.
         crate::config::report::warn(format_args!(
             "heapprof: pyroscope: the push at exit did not end within {timeout:?} (building the \
-             profile, then the server's answer); what happened since the last push is not \
-             pushed (HEAPPROF_PYROSCOPE_TIMEOUT sets the wait)"
+             profile, then the server's answer); what happened since the last push may not \
+             have reached the server (HEAPPROF_PYROSCOPE_TIMEOUT sets the wait)"
         ));
     }
 }
