@@ -118,8 +118,9 @@ pub(crate) fn on_free(bytes: f64) {
     add_to_live(-clamped(bytes));
 }
 
-/// The most one sample adds to [`LIVE_ESTIMATE`]: 256 TiB, more than a
-/// 48-bit address space holds. A sample taken at a rate near
+/// The most one sample adds to [`LIVE_ESTIMATE`]: 256 TiB, a whole 48-bit
+/// address space (twice what a process gets with 4-level page tables), so
+/// no real heap is cut short. A sample taken at a rate near
 /// `config::MAX_RATE` stands for nearly `i64::MAX` bytes; clamped, the
 /// live estimate would need 2^15 of them live at once to wrap (and read as
 /// a negative heap, so that no peak is taken again).
