@@ -23,9 +23,9 @@ pub(crate) fn stateless(owner: usize) -> bool {
 /// `A` and its name: what a `Profiler` holds.
 pub(crate) struct Owned<A> {
     inner: A,
-    /// The name of an `A` with state: 0 until first asked for, then an
-    /// even number no other `Owned` has (a stateless `A` is named by its
-    /// type, an odd number).
+    /// The name ([`Allocator::owner`]): 0 until first asked for; then, for
+    /// an `A` with state, an even number no other `Owned` has, and for a
+    /// stateless `A`, the odd hash of its type.
     id: AtomicUsize,
 }
 
@@ -61,19 +61,23 @@ impl<A: GlobalAlloc> Allocator for Owned<A> {
     /// own when first asked, which moves with it: not its address, which a
     /// move (`Box::new(profiler)`, `drop(profiler)`) changes, and which
     /// the next value in the same place takes.
+    /// The name is kept in `id` once made, a stateless one too: every
+    /// sample and every sampled free asks.
     fn owner(&self) -> usize {
+        let id = self.id.load(Relaxed);
+        if id != 0 {
+            return id;
+        }
         if std::mem::size_of::<A>() == 0 {
-            // FNV-1a.
+            // FNV-1a. Racing threads store the same name.
             let hash = std::any::type_name::<A>()
                 .bytes()
                 .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
                     (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
                 });
-            return (hash as usize) | 1;
-        }
-        let id = self.id.load(Relaxed);
-        if id != 0 {
-            return id;
+            let name = (hash as usize) | 1;
+            self.id.store(name, Relaxed);
+            return name;
         }
         let new = loop {
             // Never 0 (a counter that wraps, on a 32-bit target, skips it).

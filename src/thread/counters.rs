@@ -675,26 +675,26 @@ fn wait_for_nudger(spins: &mut usize) {
     }
 }
 
+// The two below name each field rather than map or zip the arrays: every
+// sample runs them several times, in a debug build unoptimized, where each
+// iterator adapter is a call of its own.
+
 fn load_counts(fields: &[AtomicU64; 4]) -> Counts {
-    let [a, b, d, f] = fields.each_ref().map(|c| c.load(Relaxed));
+    let [a, b, d, f] = fields;
     Counts {
-        allocations: a,
-        allocated_bytes: b,
-        deallocations: d,
-        freed_bytes: f,
+        allocations: a.load(Relaxed),
+        allocated_bytes: b.load(Relaxed),
+        deallocations: d.load(Relaxed),
+        freed_bytes: f.load(Relaxed),
     }
 }
 
 fn store_counts(fields: &[AtomicU64; 4], c: Counts) {
-    let values = [
-        c.allocations,
-        c.allocated_bytes,
-        c.deallocations,
-        c.freed_bytes,
-    ];
-    for (f, n) in fields.iter().zip(values) {
-        f.store(n, Relaxed);
-    }
+    let [a, b, d, f] = fields;
+    a.store(c.allocations, Relaxed);
+    b.store(c.allocated_bytes, Relaxed);
+    d.store(c.deallocations, Relaxed);
+    f.store(c.freed_bytes, Relaxed);
 }
 
 /// Only the owning thread writes, so load + store loses an update only to

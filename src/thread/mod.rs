@@ -161,9 +161,17 @@ impl HeldLocks {
         }
     }
 
-    /// The highest rank held, if any.
+    /// The highest rank held, if any. A plain loop: every lock taken asks,
+    /// in a debug build unoptimized.
     pub(crate) fn highest(&self) -> Option<usize> {
-        self.by_rank.iter().rposition(|c| c.get() > 0)
+        let mut rank = MAX_RANKS;
+        while rank > 0 {
+            rank -= 1;
+            if self.by_rank[rank].get() > 0 {
+                return Some(rank);
+            }
+        }
+        None
     }
 
     /// Whether a lock the free path takes is held or waited for.
@@ -248,12 +256,17 @@ impl DeferredFrees {
         true
     }
 
-    /// Takes the next one kept, if any.
+    /// Takes the next one kept, if any. A plain loop: every exit from
+    /// heapprof asks, in a debug build unoptimized.
     pub(crate) fn pop(&self) -> Option<Deferred> {
-        let slot = self
-            .0
-            .iter()
-            .find(|s| s.state.load(Relaxed) == SLOT_FULL && s.claim(SLOT_FULL, SLOT_READING))?;
+        let mut i = 0;
+        let slot = loop {
+            let s = self.0.get(i)?;
+            if s.state.load(Relaxed) == SLOT_FULL && s.claim(SLOT_FULL, SLOT_READING) {
+                break s;
+            }
+            i += 1;
+        };
         // SAFETY: the slot was full: the push that filled it wrote the
         // value before it stored `SLOT_FULL`, and nobody writes it until
         // this pop stores `SLOT_EMPTY`.

@@ -163,28 +163,39 @@ impl Directory {
     }
 
     /// The cache to look `frame` up in: the way whose entry holds it, or
-    /// else the way of its set used least recently.
+    /// else the way of its set used least recently. Plain `while` loops:
+    /// each frame of each sample asks, in a debug build unoptimized, where
+    /// each step of an iterator is a call.
     fn way(&mut self, frame: FrameAddress) -> Way {
         self.clock = self.clock.wrapping_add(1);
         let clock = self.clock;
         let tag = Self::tag(frame);
         let set = self.set(frame);
-        match set.tags.iter().position(|&t| Some(t) == tag) {
-            Some(way) => {
-                set.used[way] = clock;
-                if set.ends[way] {
-                    Way::Last
-                } else {
-                    Way::Known(way)
+        if let Some(tag) = tag {
+            let mut way = 0;
+            while way < WAYS {
+                if set.tags[way] == tag {
+                    set.used[way] = clock;
+                    return if set.ends[way] {
+                        Way::Last
+                    } else {
+                        Way::Known(way)
+                    };
                 }
+                way += 1;
             }
-            // The oldest: the longest since use, on a clock that wraps.
-            None => Way::New(
-                (0..WAYS)
-                    .max_by_key(|&w| clock.wrapping_sub(set.used[w]))
-                    .unwrap_or(0),
-            ),
         }
+        // The oldest: the longest since use, on a clock that wraps (the
+        // last of equals).
+        let mut oldest = 0;
+        let mut way = 1;
+        while way < WAYS {
+            if clock.wrapping_sub(set.used[way]) >= clock.wrapping_sub(set.used[oldest]) {
+                oldest = way;
+            }
+            way += 1;
+        }
+        Way::New(oldest)
     }
 
     /// Gives `frame`, which passed the checks, the entry of cache `way`;
