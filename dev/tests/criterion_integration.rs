@@ -157,22 +157,112 @@ fn an_unchanged_count_is_compared_with_its_last_run() {
             b.iter(|| black_box(Box::new(black_box(1u64))))
         });
     }
-    let change = out
-        .path()
-        .join("one_box")
-        .join("change")
-        .join("estimates.json");
-    let estimates = std::fs::read_to_string(&change).unwrap();
     // Criterion saves the relative change of the mean: none, to the
     // digits it prints.
-    let mean = estimates
-        .split("\"mean\"")
-        .nth(1)
-        .and_then(|s| s.split("\"point_estimate\":").nth(1))
-        .and_then(|s| s.split([',', '}']).next())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no mean change in {estimates}"));
-    assert!(mean.abs() < 1e-6, "{estimates}");
+    let (lower, mean, upper) = mean_change(&out.path().join("one_box"));
+    assert!(mean.abs() < 1e-6, "{mean} in [{lower}, {upper}]");
+}
+
+/// The relative change of the mean criterion saved in `dir`'s `change`
+/// directory: (lower bound, point, upper bound).
+fn mean_change(dir: &Path) -> (f64, f64, f64) {
+    let estimates: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("change").join("estimates.json")).unwrap(),
+    )
+    .unwrap();
+    let mean = &estimates["mean"];
+    let number = |v: &serde_json::Value| {
+        v.as_f64()
+            .unwrap_or_else(|| panic!("no number in {estimates}"))
+    };
+    (
+        number(&mean["confidence_interval"]["lower_bound"]),
+        number(&mean["point_estimate"]),
+        number(&mean["confidence_interval"]["upper_bound"]),
+    )
+}
+
+/// The values per iteration of the run criterion saved in `dir`'s
+/// `baseline` directory (`new`, the latest run).
+fn per_iteration(dir: &Path, baseline: &str) -> Vec<f64> {
+    let sample: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join(baseline).join("sample.json")).unwrap(),
+    )
+    .unwrap();
+    let numbers = |key: &str| -> Vec<f64> {
+        sample[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {key} in {sample}"))
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    let (iters, values) = (numbers("iters"), numbers("times"));
+    iters.iter().zip(&values).map(|(i, v)| v / i).collect()
+}
+
+/// Welch's t statistic of two samples, as criterion computes it to
+/// compare a run with the last one (its p value comes from resamples of
+/// both, under which a t this far from 0 or farther is common).
+fn welch_t(a: &[f64], b: &[f64]) -> f64 {
+    let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
+    let var =
+        |s: &[f64], m: f64| s.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (s.len() - 1) as f64;
+    let (ma, mb) = (mean(a), mean(b));
+    (ma - mb) / (var(a, ma) / a.len() as f64 + var(b, mb) / b.len() as f64).sqrt()
+}
+
+/// A routine that allocates nothing measures zero however fast it runs:
+/// criterion picks each batch's iterations from the routine's speed, and
+/// a run 1000 times slower than the last, or faster, must not be called
+/// a change. Criterion calls one only where the t statistic of the two
+/// runs' values per iteration is significant (at its 5 % level, about 2
+/// for 20 values each); heapprof's stand-ins for zero keep it below 1.
+#[test]
+fn a_benchmark_that_allocates_nothing_does_not_change_with_its_speed() {
+    use criterion::Criterion;
+    use std::time::Duration;
+    let _one = ONE_AT_A_TIME.lock().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let spin = |n: u64| {
+        let mut x = 0u64;
+        for i in 0..n {
+            x = black_box(x.wrapping_add(i));
+        }
+        x
+    };
+    // Each run's values, by benchmark: criterion saves only the latest.
+    let mut last_values = std::collections::HashMap::new();
+    for (run, spins) in [10, 10_000, 10].into_iter().enumerate() {
+        for measure_bytes in [true, false] {
+            let name = if measure_bytes { "bytes" } else { "allocs" };
+            let config = Criterion::default()
+                .output_directory(out.path())
+                .without_plots()
+                .sample_size(20)
+                .nresamples(2000)
+                .warm_up_time(Duration::from_millis(20))
+                .measurement_time(Duration::from_millis(100));
+            if measure_bytes {
+                let mut c = config.with_measurement(AllocatedBytes);
+                c.bench_function(name, |b| b.iter(|| spin(black_box(spins))));
+            } else {
+                let mut c = config.with_measurement(Allocations);
+                c.bench_function(name, |b| b.iter(|| spin(black_box(spins))));
+            }
+            let dir = out.path().join(name);
+            let values = per_iteration(&dir, "new");
+            let Some(last) = last_values.insert(name, values.clone()) else {
+                continue;
+            };
+            let t = welch_t(&values, &last);
+            let (lower, point, upper) = mean_change(&dir);
+            assert!(
+                t.abs() < 1.0,
+                "{name}, run {run} ({spins} spins): t = {t}, mean change {point} in [{lower}, {upper}]"
+            );
+        }
+    }
 }
 
 /// A directory that cannot be made is reported and loses nothing else:

@@ -109,37 +109,66 @@ thread_count_measurement!(Allocations, allocations, AllocationsFormatter);
 
 /// What criterion analyses for a batch of iterations that counted `n`.
 ///
-/// Criterion rejects a benchmark with a batch measured as zero ("took zero
-/// time per iteration"), and a benchmark that allocates nothing measures
-/// zero in every batch: such a batch is handed over as
-/// [`ZERO_STAND_IN`], which criterion prints as `0.0000 B` (or `allocs`),
-/// below the four decimals it shows.
+/// Each value is moved down by one, two or three [`SPREAD`]s of itself,
+/// in turn: a benchmark whose count per iteration is the same in every
+/// batch (most are) would otherwise give criterion samples with no spread
+/// at all, and its comparison with the last run divides 0 by 0 in every t
+/// statistic, which criterion's plot of that comparison does not survive.
+/// Criterion prints five significant digits at most, so what it shows is
+/// the count, rounded; always down where the count lies halfway between
+/// two printed values (1056 B is 1.03125 KiB, printed 1.0312), so that
+/// the three numbers it prints agree.
 ///
-/// Each value is then moved down by one, two or three [`SPREAD`]s of
-/// itself, in turn: a benchmark whose count per iteration is the same in
-/// every batch (most are) would otherwise give criterion samples with no
-/// spread at all, and its comparison with the last run divides 0 by 0 in
-/// every t statistic, which criterion's plot of that comparison does not
-/// survive. Criterion prints five significant digits at most, so what it
-/// shows is the count, rounded; always down where the count lies halfway
-/// between two printed values (1056 B is 1.03125 KiB, printed 1.0312), so
-/// that the three numbers it prints agree.
+/// A batch that counted nothing cannot be handed over as 0: criterion
+/// rejects a benchmark with a batch measured as zero ("took zero time per
+/// iteration"). Nor as one small number: criterion divides each batch by
+/// its iterations, which it picks from the routine's speed, so a constant
+/// would make the value per iteration follow the speed, and a benchmark
+/// that allocates nothing would be called regressed when it got faster.
+/// So such batches alternate between [`ZERO_STAND_IN`] and a shade less
+/// than its negative: their mean is almost zero beside their spread,
+/// however criterion divides them, so that no comparison of two runs that
+/// allocate nothing is significant. The t statistic of such a comparison
+/// stays below 1: at most about 0.8 where criterion samples `d, 2d, 3d, …`
+/// iterations (the mean of the alternating series is `ln 2 / n` of its
+/// first term, its spread `1.3 / sqrt(n)`), and `sqrt(n) * ZERO_TILT / 2`
+/// where it samples the same number `n` times. Criterion prints
+/// `0.0000 B` (or `allocs`): the formatters show a value below zero as 0.
 fn to_f64(n: u64) -> f64 {
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     static BATCHES: AtomicU64 = AtomicU64::new(0);
-    let count = if n == 0 { ZERO_STAND_IN } else { n as f64 };
-    let steps = (BATCHES.fetch_add(1, Relaxed) % 3 + 1) as f64;
-    count * (1.0 - SPREAD * steps)
+    let batch = BATCHES.fetch_add(1, Relaxed);
+    if n == 0 {
+        return if batch.is_multiple_of(2) {
+            ZERO_STAND_IN
+        } else {
+            -ZERO_STAND_IN * (1.0 - ZERO_TILT)
+        };
+    }
+    let steps = (batch % 3 + 1) as f64;
+    n as f64 * (1.0 - SPREAD * steps)
 }
 
 /// The part of a value [`to_f64`] moves it by at each step: far below the
 /// five significant digits criterion prints, far above `f64`'s precision.
 const SPREAD: f64 = 1e-9;
 
-/// Stands for a count of zero (see [`to_f64`]): per iteration, below what
-/// criterion prints, and still above zero after the division by a
-/// batch's iterations (at most about 10^10 of them).
+/// Stands for a count of zero, alternately above and below it (see
+/// [`to_f64`]): per iteration, below what criterion prints, and still
+/// not zero after the division by a batch's iterations (at most about
+/// 10^10 of them).
 const ZERO_STAND_IN: f64 = 1e-6;
+
+/// How much less below zero than above the stand-ins of zero lie: their
+/// mean is then not exactly zero (criterion divides by it to compare two
+/// runs), and is a small part of their spread.
+const ZERO_TILT: f64 = 1e-3;
+
+/// What the formatters show for `v`: a value below zero is a stand-in
+/// for a count of zero ([`to_f64`]).
+fn shown(v: f64) -> f64 {
+    v.max(0.0)
+}
 
 /// Formats bytes per iteration in binary units.
 struct BytesFormatter;
@@ -170,7 +199,7 @@ fn per_unit(throughput: &Throughput) -> (f64, &'static str) {
 impl ValueFormatter for BytesFormatter {
     fn scale_values(&self, typical: f64, values: &mut [f64]) -> &'static str {
         let (divisor, unit) = byte_unit(typical);
-        values.iter_mut().for_each(|v| *v /= divisor);
+        values.iter_mut().for_each(|v| *v = shown(*v) / divisor);
         unit
     }
 
@@ -183,7 +212,9 @@ impl ValueFormatter for BytesFormatter {
         let (per, suffix) = per_unit(throughput);
         let per = per.max(1.0);
         let (divisor, unit) = byte_unit(typical / per);
-        values.iter_mut().for_each(|v| *v /= per * divisor);
+        values
+            .iter_mut()
+            .for_each(|v| *v = shown(*v) / (per * divisor));
         match (unit, suffix) {
             ("B", "/B") => "B/B",
             ("B", "/bit") => "B/bit",
@@ -200,7 +231,8 @@ impl ValueFormatter for BytesFormatter {
         }
     }
 
-    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
+    fn scale_for_machines(&self, values: &mut [f64]) -> &'static str {
+        values.iter_mut().for_each(|v| *v = shown(*v));
         "bytes"
     }
 }
@@ -209,7 +241,8 @@ impl ValueFormatter for BytesFormatter {
 struct AllocationsFormatter;
 
 impl ValueFormatter for AllocationsFormatter {
-    fn scale_values(&self, _typical: f64, _values: &mut [f64]) -> &'static str {
+    fn scale_values(&self, _typical: f64, values: &mut [f64]) -> &'static str {
+        values.iter_mut().for_each(|v| *v = shown(*v));
         "allocs"
     }
 
@@ -221,7 +254,7 @@ impl ValueFormatter for AllocationsFormatter {
     ) -> &'static str {
         let (per, suffix) = per_unit(throughput);
         let per = per.max(1.0);
-        values.iter_mut().for_each(|v| *v /= per);
+        values.iter_mut().for_each(|v| *v = shown(*v) / per);
         match suffix {
             "/B" => "allocs/B",
             "/bit" => "allocs/bit",
@@ -229,7 +262,8 @@ impl ValueFormatter for AllocationsFormatter {
         }
     }
 
-    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
+    fn scale_for_machines(&self, values: &mut [f64]) -> &'static str {
+        values.iter_mut().for_each(|v| *v = shown(*v));
         "allocations"
     }
 }
