@@ -91,6 +91,41 @@ fn chosen_fields_of_entered_spans_are_labels() {
     drop(blocks);
 }
 
+/// What the layer keeps of a span (its labels, the copies of the chosen
+/// fields' values) is heapprof's memory: a measure of code that makes,
+/// enters, records into and closes a labelled span counts only the
+/// code's own blocks, at the default rate and when every allocation is
+/// sampled.
+#[test]
+fn the_layers_memory_is_not_the_programs() {
+    install();
+    let labelled = || {
+        let span = tracing::info_span!(
+            "request",
+            tenant = "acme-with-a-long-name",
+            route = tracing::field::Empty
+        );
+        span.record("route", "/orders/with/a/long/path");
+        span.in_scope(|| drop(alloc_block(100)));
+    };
+    // The registry's own slots for this thread's spans, made once.
+    labelled();
+    for rate in [512 * 1024, 1] {
+        heapprof::set_sample_rate(rate);
+        let ((), m) = heapprof::measure(labelled);
+        assert_eq!(
+            (
+                m.allocations,
+                m.allocated_bytes,
+                m.deallocations,
+                m.freed_bytes
+            ),
+            (1, 100, 1, 100),
+            "at rate {rate}: {m}"
+        );
+    }
+}
+
 #[test]
 fn a_value_recorded_later_counts_from_the_next_enter() {
     install();

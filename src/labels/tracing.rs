@@ -691,9 +691,13 @@ impl<S> Layer<S> for LabelLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
+    /// The span's labels are heapprof's memory, made inside the profiler,
+    /// as is their copy of each field's value (the value's `Debug` runs
+    /// there); `on_close` frees them inside it too.
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         if let Some(span) = ctx.span(id) {
             let inherited = parent_set(&span);
+            let _inside = reentry::Inside::enter();
             self.add_fields(&mut span.extensions_mut(), inherited, |v| attrs.record(v));
         }
     }
@@ -701,6 +705,7 @@ where
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
         if let Some(span) = ctx.span(id) {
             let inherited = parent_set(&span);
+            let _inside = reentry::Inside::enter();
             self.add_fields(&mut span.extensions_mut(), inherited, |v| values.record(v));
         }
     }
@@ -766,14 +771,19 @@ where
         }
     }
 
+    /// Frees the span's labels, inside the profiler (the registry would
+    /// free them outside it, as the program's frees). The first
+    /// `LabelLayer` to see the close takes them; a second finds none.
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
-        let left_on_a_stack = ctx.span(&id).and_then(|span| {
-            let extensions = span.extensions();
-            let labels = extensions.get::<SpanLabels>()?;
-            (labels.on_stacks.swap(0, Relaxed) > 0).then_some(labels.serial)
-        });
-        if let Some(serial) = left_on_a_stack {
-            strand(serial);
+        let Some(span) = ctx.span(&id) else {
+            return;
+        };
+        let _inside = reentry::Inside::enter();
+        let Some(labels) = span.extensions_mut().remove::<SpanLabels>() else {
+            return;
+        };
+        if labels.on_stacks.swap(0, Relaxed) > 0 {
+            strand(labels.serial);
         }
     }
 }
