@@ -427,7 +427,8 @@ impl fmt::Display for Bytes {
         }
         let mut value = n as f64 / 1024.0;
         let mut unit = 0;
-        while value >= 1024.0 && unit + 1 < UNITS.len() {
+        // The next unit from where the value would print as 1024.0.
+        while (value * 10.0).round() >= 10240.0 && unit + 1 < UNITS.len() {
             value /= 1024.0;
             unit += 1;
         }
@@ -790,5 +791,23 @@ impl Drop for Tracking {
         drop(unsafe { Box::from_raw(self.tracked) });
         drop(inside);
         drop(self.window.take().map(Window::close));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Bytes;
+
+    /// A count just below a unit's 1024 prints in the next unit, never as
+    /// 1024.0 of the one below.
+    #[test]
+    fn bytes_never_print_as_1024_of_a_unit() {
+        let shown = |n: u64| Bytes(n).to_string();
+        assert_eq!(shown(1023), "1023 B");
+        assert_eq!(shown(1536), "1.5 KiB = 1536 B");
+        assert_eq!(shown(1_048_524), "1023.9 KiB = 1048524 B");
+        assert_eq!(shown(1_048_552), "1.0 MiB = 1048552 B");
+        assert_eq!(shown((1 << 30) - 1), "1.0 GiB = 1073741823 B");
+        assert_eq!(shown(u64::MAX), "16777216.0 TiB = 18446744073709551615 B");
     }
 }
