@@ -159,8 +159,11 @@ const HTML: &str = "text/html; charset=utf-8";
 /// in another server; the paths are in the [module docs](self).
 ///
 /// Blocking: building a profile takes milliseconds to (the first time,
-/// while debug info is loaded) a second or so, and `?seconds=N` waits N
-/// seconds. From an async server, call it on a blocking thread
+/// while debug info is loaded) a second or so in an optimized build, and
+/// several seconds in an unoptimized one, whose symbolizer runs
+/// unoptimized too (4.5 to 7 s for the first scrape of an 8.8 MB
+/// `cargo build` on a loaded 2-core machine: give a scraper's first
+/// request that long); `?seconds=N` waits N seconds. From an async server, call it on a blocking thread
 /// (`tokio::task::spawn_blocking`). Its own allocations are not profiled.
 /// Answer a `HEAD` request with [`handle_head`] (axum, for one, sends
 /// `HEAD` to the `GET` route).
@@ -701,6 +704,9 @@ fn index() -> Response {
          live bytes      {live_bytes}\n\
          profiler bytes  {profiler}\n\
          </pre>\n\
+         <p>Each thread's counters are read in turn while the program runs: live blocks and bytes are at least \
+         what was live at one moment of the read, and more by what other threads allocated and freed during it \
+         (<code>heapprof::stats</code>).</p>\n\
          <p>Add <code>?seconds=N</code> to <code>heap</code> or <code>allocs</code> for what happens in the next N seconds \
          (at most {MAX_DELTA_SECONDS}).</p>\n</body></html>\n",
         full = [
