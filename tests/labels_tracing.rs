@@ -126,6 +126,60 @@ fn the_layers_memory_is_not_the_programs() {
     }
 }
 
+/// A value whose `Debug` keeps a block of [`KEPT_BY_DEBUG`] bytes, as a
+/// cache filled on first use would.
+struct KeepsABlock;
+
+const KEPT_BY_DEBUG: usize = 50_000;
+
+impl std::fmt::Debug for KeepsABlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::mem::forget(alloc_block(KEPT_BY_DEBUG));
+        f.write_str("keeps-a-block")
+    }
+}
+
+/// What a chosen field's `Debug` allocates is the program's, counted by a
+/// measure and in profiles; only the layer's copy of the text is
+/// heapprof's. A field the layer does not label is not formatted for it.
+#[test]
+fn what_a_fields_debug_allocates_is_the_programs() {
+    install();
+    // The registry's own slots for this thread's spans, made once.
+    drop(tracing::info_span!("request", tenant = "warm-up"));
+    let before = heapprof::snapshot();
+    let (span, chosen) =
+        heapprof::measure(|| tracing::info_span!("request", tenant = ?KeepsABlock));
+    let labels = span.in_scope(labels_now);
+    assert_eq!(labels, pairs(&[("tenant", "keeps-a-block")]));
+    drop(span);
+    let ((), other) = heapprof::measure(|| {
+        drop(tracing::info_span!("request", unchosen = ?KeepsABlock));
+    });
+    assert_eq!(
+        (chosen.allocations, chosen.allocated_bytes),
+        (1, KEPT_BY_DEBUG as u64),
+        "{chosen}"
+    );
+    assert_eq!(
+        (other.allocations, other.allocated_bytes),
+        (0, 0),
+        "{other}"
+    );
+    let grown = heapprof::snapshot().delta(&before);
+    let kept = grown
+        .sites()
+        .iter()
+        .filter(|site| {
+            site.frames
+                .iter()
+                .any(|f| f.function.contains("KeepsABlock"))
+        })
+        .map(|site| site.inuse_bytes)
+        .sum::<i64>();
+    assert_eq!(kept, KEPT_BY_DEBUG as i64);
+}
+
 #[test]
 fn a_value_recorded_later_counts_from_the_next_enter() {
     install();

@@ -18,6 +18,7 @@ use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::{ExtensionsMut, LookupSpan, SpanRef};
 
 use std::cell::Cell;
+use std::fmt::Write as _;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 
@@ -154,6 +155,11 @@ impl LabelLayer {
         };
         if self.collect(&mut labels, record) || labels.inherited != LabelSetId::NONE {
             labels.intern();
+            // Its box, freed inside the profiler by `on_close`. The first
+            // insert into a span slot of the registry also makes the
+            // slot's table of extensions, which the registry keeps for
+            // later spans and frees, outside, only when it is dropped.
+            let _inside = reentry::Inside::enter();
             extensions.insert(labels);
         }
     }
@@ -245,6 +251,10 @@ fn needs_merge(outer: LabelSetId, inherited: LabelSetId, set: LabelSetId) -> boo
     outer != LabelSetId::NONE && outer != inherited && outer != set
 }
 
+/// Copies the chosen fields' values into a span's labels. The values'
+/// `Debug` is the program's code and runs outside the profiler, so what
+/// it allocates is the program's; the copies are heapprof's memory, made
+/// inside it ([`OwnCopy`]).
 struct Collect<'a> {
     wanted: &'a [String],
     found: &'a mut Vec<(&'static str, String)>,
@@ -252,26 +262,51 @@ struct Collect<'a> {
 }
 
 impl Collect<'_> {
-    fn put(&mut self, field: &Field, value: String) {
+    /// The copy of `field`'s value, emptied for a new one, if the layer
+    /// labels with it; `None` (and the value is never formatted) if not.
+    fn slot(&mut self, field: &Field) -> Option<OwnCopy<'_>> {
         let name = field.name();
         if !self.wanted.iter().any(|w| w == name) {
-            return;
+            return None;
         }
         self.any = true;
-        match self.found.iter_mut().find(|(k, _)| *k == name) {
-            Some(slot) => slot.1 = value,
-            None => self.found.push((name, value)),
-        }
+        let i = match self.found.iter().position(|(k, _)| *k == name) {
+            Some(i) => i,
+            None => {
+                let _inside = reentry::Inside::enter();
+                self.found.push((name, String::new()));
+                self.found.len() - 1
+            }
+        };
+        let copy = &mut self.found[i].1;
+        copy.clear();
+        Some(OwnCopy(copy))
     }
 }
 
 impl Visit for Collect<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field, value.to_owned());
+        if let Some(mut copy) = self.slot(field) {
+            let _ = copy.write_str(value);
+        }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.put(field, format!("{value:?}"));
+        if let Some(mut copy) = self.slot(field) {
+            // A `Debug` that fails leaves what it wrote.
+            let _ = write!(copy, "{value:?}");
+        }
+    }
+}
+
+/// A span's copy of a field's value, written inside the profiler.
+struct OwnCopy<'a>(&'a mut String);
+
+impl std::fmt::Write for OwnCopy<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let _inside = reentry::Inside::enter();
+        self.0.push_str(s);
+        Ok(())
     }
 }
 
@@ -691,13 +726,9 @@ impl<S> Layer<S> for LabelLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    /// The span's labels are heapprof's memory, made inside the profiler,
-    /// as is their copy of each field's value (the value's `Debug` runs
-    /// there); `on_close` frees them inside it too.
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         if let Some(span) = ctx.span(id) {
             let inherited = parent_set(&span);
-            let _inside = reentry::Inside::enter();
             self.add_fields(&mut span.extensions_mut(), inherited, |v| attrs.record(v));
         }
     }
@@ -705,7 +736,6 @@ where
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
         if let Some(span) = ctx.span(id) {
             let inherited = parent_set(&span);
-            let _inside = reentry::Inside::enter();
             self.add_fields(&mut span.extensions_mut(), inherited, |v| values.record(v));
         }
     }
