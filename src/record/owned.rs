@@ -61,6 +61,7 @@ impl<A: GlobalAlloc> Allocator for Owned<A> {
     /// own when first asked, which moves with it: not its address, which a
     /// move (`Box::new(profiler)`, `drop(profiler)`) changes, and which
     /// the next value in the same place takes.
+    ///
     /// The name is kept in `id` once made, a stateless one too: every
     /// sample and every sampled free asks.
     fn owner(&self) -> usize {
