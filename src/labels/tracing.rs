@@ -80,6 +80,12 @@ use crate::thread::labels::{LabelState, SPANS_KEPT, StackedSpan};
 /// [`with_labels`](crate::with_labels) closure's), so only spans of
 /// scopes still open crowd out new ones.
 ///
+/// Only the chosen fields are formatted, as the span is made or a value
+/// recorded. What a value's `Debug` allocates is the program's, counted
+/// and profiled as such; the layer's copy of the text, and what it keeps
+/// of a span until the span closes, are heapprof's memory, which
+/// [`measure`](crate::measure) and [`stats`](crate::stats) leave out.
+///
 /// A span keeps its own fields as a set of the label table besides the
 /// set it puts in force (the same set where it has no labelled parent):
 /// a span under a labelled parent takes one more place of the table's
