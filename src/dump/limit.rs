@@ -11,9 +11,9 @@
 //! has ended the process). Thresholds crossed in the same poll share one
 //! build of each profile, written for the highest first.
 //!
-//! Once written, a threshold is re-armed when usage falls below
-//! [`REARM_BELOW`] of it (72 % for 80 %), but no sooner than
-//! [`REARM_PERIOD`] after its last profile; crossing it again then
+//! Once written, a threshold is re-armed once usage has fallen below
+//! [`REARM_BELOW`] of it (72 % for 80 %), at any poll since, and
+//! [`REARM_PERIOD`] has passed since its last profile; crossing it again then
 //! replaces its files with the newer moment, the one nearer to a later
 //! kill. One whose files could not be written (a full disk, a directory
 //! not there yet) is re-armed [`REARM_PERIOD`] after the attempt, however
@@ -62,6 +62,9 @@ struct Threshold {
     written: Option<Instant>,
     /// The last try to write them failed.
     failed: bool,
+    /// Usage fell below [`REARM_BELOW`] of it since its profiles were
+    /// last written.
+    fell_below: bool,
     /// A failure to write them was said on stderr.
     failure_said: bool,
 }
@@ -84,6 +87,27 @@ pub(crate) struct Watcher {
     v1_limit: Option<Option<u64>>,
 }
 
+impl Threshold {
+    /// Whether usage at `fraction` of the limit, seen at `now`, calls for
+    /// this threshold's profiles. A written threshold notes usage that
+    /// falls well below it, and is re-armed (for a later poll to find
+    /// crossed) once it has, or its write failed, and [`REARM_PERIOD`]
+    /// has passed since.
+    fn due(&mut self, fraction: f64, now: Instant) -> bool {
+        let Some(at) = self.written else {
+            return fraction >= self.fraction;
+        };
+        if fraction < self.fraction * REARM_BELOW {
+            self.fell_below = true;
+        }
+        if (self.failed || self.fell_below) && now.duration_since(at) >= REARM_PERIOD {
+            self.written = None;
+            self.fell_below = false;
+        }
+        false
+    }
+}
+
 impl Watcher {
     /// A watcher of `fractions` (checked by `AutoDump::check`) that writes
     /// beside `base`.
@@ -96,6 +120,7 @@ impl Watcher {
                 tag: tag(fraction),
                 written: None,
                 failed: false,
+                fell_below: false,
                 failure_said: false,
             })
             .collect();
@@ -159,15 +184,8 @@ impl Watcher {
             let fraction = m.fraction();
             let mut due = Vec::new();
             for (i, t) in self.thresholds.iter_mut().enumerate() {
-                match t.written {
-                    None if fraction >= t.fraction => due.push(i),
-                    Some(at)
-                        if (t.failed || fraction < t.fraction * REARM_BELOW)
-                            && now.duration_since(at) >= REARM_PERIOD =>
-                    {
-                        t.written = None;
-                    }
-                    _ => {}
+                if t.due(fraction, now) {
+                    due.push(i);
                 }
             }
             if !due.is_empty() {
@@ -232,6 +250,7 @@ impl Watcher {
         for &i in due {
             let t = &mut self.thresholds[i];
             t.written = Some(now);
+            t.fell_below = false;
             let put = |tag: &str, bytes: &[u8]| -> io::Result<PathBuf> {
                 let path = sibling(&base, tag)?;
                 write_dump_bytes(&path, bytes)?;
@@ -325,6 +344,39 @@ mod tests {
             ] {
                 assert!(docs.contains(&stated), "{name} does not say {stated:?}");
             }
+        }
+    }
+
+    /// A dip well below a written threshold re-arms it once the period
+    /// has passed, even if usage is back above it by then; usage that
+    /// stays near it does not.
+    #[test]
+    fn a_dip_between_two_crossings_rearms_the_threshold() {
+        use super::{REARM_PERIOD, Threshold};
+        use std::time::{Duration, Instant};
+        let start = Instant::now();
+        let mut t = Threshold {
+            fraction: 0.8,
+            tag: tag(0.8),
+            written: None,
+            failed: false,
+            fell_below: false,
+            failure_said: false,
+        };
+        assert!(!t.due(0.79, start));
+        assert!(t.due(0.97, start));
+        t.written = Some(start);
+        let second = |s: u64| start + Duration::from_secs(s);
+        assert!(!t.due(0.5, second(1)), "a dip is noted, not written");
+        assert!(!t.due(0.99, second(2)), "too soon");
+        assert!(!t.due(0.99, start + REARM_PERIOD), "re-armed");
+        assert!(t.due(0.99, start + REARM_PERIOD + Duration::from_millis(50)));
+
+        // Usage that never falls well below stays written.
+        t.written = Some(start);
+        t.fell_below = false;
+        for s in 1..30 {
+            assert!(!t.due(if s % 2 == 0 { 0.79 } else { 0.81 }, second(s)));
         }
     }
 
