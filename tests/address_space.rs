@@ -121,3 +121,61 @@ fn a_scrape_with_room_enough_names_the_frames() {
     assert_eq!(printed_number(&stdout, "answered="), 1, "{stdout}");
     assert_eq!(printed_number(&stdout, "named_during="), 1, "{stdout}");
 }
+
+/// The child: a `ProfileGuard` dropped, and `HEAPPROF_OUT` written at
+/// exit, after the program used up its address space (`RLIMIT_AS` just
+/// above what it has mapped, then filled down to blocks of a few bytes)
+/// and went on without the memory it could not get.
+#[test]
+fn child_ends_without_address_space() {
+    if !is_child() {
+        return;
+    }
+    let held = held_for_the_profile();
+    let guard = heapprof::ProfileGuard::new(std::env::var_os("GUARD_OUT").unwrap());
+    let mut filled: Vec<Vec<u8>> = Vec::with_capacity(1 << 20);
+    heapprof_testkit::process::limit_address_space(
+        heapprof_testkit::process::status_bytes("VmSize:") + (8 << 20),
+    );
+    for size in [16 << 20, 1 << 20, 64 << 10, 4 << 10, 256, 32] {
+        while filled.len() < filled.capacity() {
+            let mut chunk = Vec::new();
+            if chunk.try_reserve_exact(size).is_err() {
+                break;
+            }
+            filled.push(chunk);
+        }
+    }
+    drop(guard);
+    println!("filled={}", filled.len());
+    drop(held);
+    // Exits as a program does at the end of `main`, its memory still
+    // held: the exit profile is written (or refused) from here.
+    std::process::exit(0);
+}
+
+/// Neither the guard nor the exit profile aborts a program that has no
+/// address space left: each is refused with a line, and the program's
+/// own exit stands.
+#[test]
+fn profiles_at_the_end_without_address_space_do_not_abort() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard_out = dir.path().join("guard.pb.gz");
+    let exit_out = dir.path().join("exit.pb.gz");
+    let (stdout, stderr) = run_child(
+        "child_ends_without_address_space",
+        &[
+            ("GUARD_OUT", guard_out.to_str().unwrap()),
+            ("HEAPPROF_OUT", exit_out.to_str().unwrap()),
+        ],
+    );
+    assert!(printed_number(&stdout, "filled=") > 0, "{stdout}");
+    for what in ["guard", "exit"] {
+        let line = format!("heapprof: could not write the {what} profile (");
+        assert!(
+            stderr.lines().filter(|l| l.starts_with(&line)).count() == 1,
+            "no line for the {what} profile: {stderr}"
+        );
+    }
+    assert!(!guard_out.exists() && !exit_out.exists());
+}

@@ -46,6 +46,8 @@ mod limit;
 fn write_file(path: &Path) -> io::Result<()> {
     output::check_installed()?;
     reentry::refuse_under_own_lock()?;
+    // Before the path's expansion and the comment allocate.
+    output::check_room()?;
     let written =
         reentry::Inside::enter_for(|| write_profile_at(&expand(path), pprof::Options::at_exit()));
     written.map_err(reentry::as_programs)
@@ -285,7 +287,12 @@ fn write_dump_bytes(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// An error's message prefixed with the `path` it is about.
 fn naming(path: &Path) -> impl Fn(io::Error) -> io::Error + '_ {
-    move |e| io::Error::new(e.kind(), format!("heapprof: {}: {e}", Shown::path(path)))
+    move |e| {
+        io::Error::new(
+            e.kind(),
+            format!("heapprof: {}: {}", Shown::path(path), plain(&e)),
+        )
+    }
 }
 
 /// Writes `bytes` to `path` as `target` says.
@@ -670,6 +677,15 @@ fn report(result: io::Result<()>, what: &str, flag: &AtomicBool) {
     if let Err(e) = result
         && !flag.swap(true, Relaxed)
     {
+        if !output::room_for_message() {
+            // Saying the error in words allocates.
+            crate::config::report::warn(format_args!(
+                "heapprof: could not write the {what} profile ({:?}, with too little address \
+                 space left to say more); further failures of this kind are not reported",
+                e.kind()
+            ));
+            return;
+        }
         crate::config::report::warn(format_args!(
             "heapprof: could not write the {what} profile ({}); further failures of this kind are not reported",
             plain(&e)
@@ -833,7 +849,7 @@ extern "C" fn at_exit() {
         return;
     }
     let _inside = reentry::Inside::enter();
-    let Some(out) = config::get().out.as_deref().map(expand) else {
+    let Some(out) = config::get().out.as_deref() else {
         return;
     };
     if crate::support::lock::any_lock_held() {
@@ -863,6 +879,14 @@ extern "C" fn at_exit() {
     // failed too.
     static EXIT_FAILED: AtomicBool = AtomicBool::new(false);
     static PEAK_FAILED: AtomicBool = AtomicBool::new(false);
+    // Before the path's expansion and the comment allocate: with too
+    // little address space left, an allocation that fails aborts the
+    // program, and its exit status is lost.
+    if let Err(e) = output::check_room() {
+        report(Err(e), "exit", &EXIT_FAILED);
+        return;
+    }
+    let out = expand(out);
     report(
         write_profile_at(&out, pprof::Options::at_exit()),
         "exit",

@@ -204,12 +204,28 @@ const BUILD_ROOM: usize = 32 << 20;
 /// are two small blocks, which may need the inner allocator to map more.
 const MESSAGE_ROOM: usize = 1 << 20;
 
+/// `Ok` if there is [`BUILD_ROOM`] to build a profile; else the error of
+/// a build refused. For callers that allocate before they build (a path,
+/// a comment), so that they need not risk an allocation that aborts.
+pub(crate) fn check_room() -> io::Result<()> {
+    if crate::support::room::room_for(BUILD_ROOM) {
+        Ok(())
+    } else {
+        Err(no_room_to_build())
+    }
+}
+
+/// Whether there is [`MESSAGE_ROOM`] to say an error in words.
+pub(crate) fn room_for_message() -> bool {
+    crate::support::room::room_for(MESSAGE_ROOM)
+}
+
 /// The error of a build refused for want of [`BUILD_ROOM`]. Its message
 /// takes two allocations, and one that fails aborts the program: with
 /// less than [`MESSAGE_ROOM`] left, it is the bare kind, which allocates
 /// nothing.
 fn no_room_to_build() -> io::Error {
-    if !crate::support::room::room_for(MESSAGE_ROOM) {
+    if !room_for_message() {
         return io::ErrorKind::OutOfMemory.into();
     }
     io::Error::new(
@@ -231,9 +247,7 @@ pub(crate) fn write<W: io::Write>(
     mut options: pprof::Options,
     w: W,
 ) -> io::Result<bool> {
-    if !crate::support::room::room_for(BUILD_ROOM) {
-        return Err(no_room_to_build());
-    }
+    check_room()?;
     options.change = matches!(source, Source::Delta { .. });
     let Some(collected) = collect(source) else {
         return Ok(false);
