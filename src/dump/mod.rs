@@ -138,12 +138,13 @@ enum Target {
 }
 
 /// The refusal of a regular file this process may not open for writing,
-/// which a rename could still replace: its owner made it read-only, and
-/// the shell's `>` refuses it too.
+/// which a rename could still replace: read-only to this process (by its
+/// mode, or its owner's), as the shell's `>` finds it.
 fn read_only() -> io::Error {
     io::Error::new(
         io::ErrorKind::PermissionDenied,
-        "is a file this process may not write (read-only); nothing is written",
+        "is a file this process may not write (read-only to it, as the shell's `>` finds it); \
+         nothing is written",
     )
 }
 
@@ -812,7 +813,7 @@ fn kind(t: &std::fs::FileType) -> &'static str {
     } else if t.is_char_device() || t.is_block_device() {
         "device"
     } else if t.is_fifo() {
-        "FIFO"
+        "pipe or FIFO"
     } else if t.is_socket() {
         "socket"
     } else {
