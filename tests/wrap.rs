@@ -173,7 +173,7 @@ fn a_global_allocator_with_state_keeps_its_spare_blocks() {
     }
     let (allocated, freed) = (allocated.load(Relaxed), freed.load(Relaxed));
     // 20 MB at 64 KiB: about 300 samples, each freed at once.
-    let samples: i64 = heapprof::snapshot()
+    let estimated_allocations: i64 = heapprof::snapshot()
         .delta(&before)
         .sites()
         .iter()
@@ -184,13 +184,14 @@ fn a_global_allocator_with_state_keeps_its_spare_blocks() {
         })
         .map(|site| site.alloc_objects)
         .sum();
-    assert!(samples > 0, "sampled");
+    assert!(estimated_allocations > 0, "sampled");
     // The first sample may take a block another test's sample left in
     // the class's pool (then the inner allocator allocates none); each
-    // later one takes the block the one before left.
+    // later one takes the block the one before left, unless another
+    // thread's sample took it meanwhile.
     assert!(
-        freed == 0 || freed < allocated,
-        "every sampled block went back: {allocated} allocated, {freed} freed"
+        allocated <= 8 && freed < allocated.max(1),
+        "sampled blocks were not kept and taken again: {allocated} allocated, {freed} freed"
     );
     heapprof::set_sample_rate(512 * 1024);
 }

@@ -164,7 +164,9 @@ impl LabelLayer {
             // Its box, freed inside the profiler by `on_close`. The first
             // insert into a span slot of the registry also makes the
             // slot's table of extensions, which the registry keeps for
-            // later spans and frees, outside, only when it is dropped.
+            // later spans and frees, outside, only when it is dropped
+            // (or when another layer's extensions outgrow it): once per
+            // slot, heapprof's block freed as the program's.
             let _inside = reentry::Inside::enter();
             extensions.insert(labels);
         }
