@@ -184,7 +184,7 @@ fn a_device_is_written_through_and_stays() {
         !stderr.contains("could not write the exit profile"),
         "{stderr}"
     );
-    for what in ["periodic", "peak"] {
+    for what in ["series", "peak"] {
         let lines: Vec<&str> = stderr
             .lines()
             .filter(|l| l.contains(&format!("could not write the {what} profile")))
@@ -366,7 +366,7 @@ fn a_directory_is_an_error_that_writes_nothing() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("could not write the periodic profile"),
+        stderr.contains("could not write the series profile"),
         "{stderr}"
     );
     // Each line says "heapprof:" once, at its start.
@@ -405,7 +405,7 @@ fn a_file_size_limit_fails_the_dumps_and_spares_the_program() {
     let (stdout, stderr) = exit_child(dir.path(), &env);
     assert!(stdout.contains("pid="), "{stdout}");
     assert!(names(dir.path()).is_empty(), "files left:\n{stderr}");
-    for kind in ["exit", "periodic"] {
+    for kind in ["exit", "series"] {
         assert!(
             stderr.contains(&format!("could not write the {kind} profile"))
                 && stderr.contains("File too large"),

@@ -426,9 +426,7 @@ fn failing_output_path_is_reported_once() {
             ("HEAPPROF_TEST_CHURN_MS", "2500"),
         ],
     );
-    let periodic = stderr
-        .matches("could not write the periodic profile")
-        .count();
+    let periodic = stderr.matches("could not write the series profile").count();
     let exit = stderr.matches("could not write the exit profile").count();
     assert_eq!((periodic, exit), (1, 1), "one report per kind:\n{stderr}");
     assert!(

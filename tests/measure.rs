@@ -502,6 +502,50 @@ fn assert_no_leak_needs_an_iteration() {
     assert!(msg.contains("iterations is 0"), "{msg}");
 }
 
+/// The failure message's caveat about blocks handed to other threads
+/// comes only when other threads freed blocks during the calls: alone in
+/// a child process, a plain leak gets none, and calls whose blocks a
+/// consumer thread frees get it.
+#[test]
+fn the_caveat_about_other_threads_comes_when_they_freed() {
+    let test = "the_caveat_about_other_threads_comes_when_they_freed";
+    if !heapprof_testkit::child::is_child() {
+        heapprof_testkit::child::run_child(test, &[]);
+        return;
+    }
+    const CAVEAT: &str = "counts as held even after that thread frees it";
+    let msg = panic_message(|| {
+        heapprof::assert_no_leak(1, 10, || std::mem::forget(black_box(vec![0u8; 64])))
+    });
+    assert!(msg.contains("grew by 640 bytes over 10 calls"), "{msg}");
+    assert!(
+        !msg.contains(CAVEAT),
+        "no other thread freed anything:\n{msg}"
+    );
+
+    let (blocks, received) = std::sync::mpsc::sync_channel::<Vec<u8>>(0);
+    let (ack, acked) = std::sync::mpsc::sync_channel::<()>(0);
+    let consumer = std::thread::spawn(move || {
+        for block in received {
+            drop(block);
+            ack.send(()).unwrap();
+        }
+    });
+    let msg = panic_message(|| {
+        heapprof::assert_no_leak(1, 10, || {
+            blocks.send(black_box(vec![0u8; 64])).unwrap();
+            acked.recv().unwrap();
+        })
+    });
+    assert!(msg.contains("leak: live memory grew by"), "{msg}");
+    assert!(
+        msg.contains(CAVEAT),
+        "the consumer freed the calls' blocks:\n{msg}"
+    );
+    drop(blocks);
+    consumer.join().unwrap();
+}
+
 /// What the check in [`CheckedAtExit`]'s destructor found: `Some(None)`
 /// passed, `Some(Some(message))` failed.
 static AT_EXIT: Mutex<Option<Option<String>>> = Mutex::new(None);

@@ -1279,7 +1279,7 @@ impl Series {
             // directory may appear, or be filled by others, meanwhile.
             self.seq = 0;
         }
-        report(written, "periodic", &FAILED);
+        report(written, "series", &FAILED);
     }
 }
 
