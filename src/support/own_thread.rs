@@ -18,6 +18,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::support::reentry::Inside;
+use crate::support::signals::HeldOff;
 use crate::support::this_process::ThisProcess;
 
 /// A running thread of heapprof's, started by [`spawn`]. Dropping it
@@ -139,7 +140,13 @@ pub(crate) fn spawn(
         // and this one is neither.
         libc::pthread_attr_setstacksize(&mut attr, stack);
         let mut id: libc::pthread_t = std::mem::zeroed();
+        // The new thread copies the calling thread's signal mask: with all
+        // but the faults blocked there, it takes none of the signals the
+        // program directs at the process (a program that waits for SIGTERM
+        // with `sigwait` on one thread, blocked on all others, gets it).
+        let held = HeldOff::all_but_faults();
         let made = libc::pthread_create(&mut id, &attr, run, start.cast());
+        drop(held);
         libc::pthread_attr_destroy(&mut attr);
         if made != 0 {
             drop(Box::from_raw(start));
@@ -161,6 +168,7 @@ extern "C" fn run(start: *mut libc::c_void) -> *mut libc::c_void {
     // SAFETY: `spawn` passed a `Box<Start>` pointer it gave up.
     let start = unsafe { Box::from_raw(start.cast::<Start>()) };
     set_name(start.name);
+    leave_realtime();
     let Start { work, wake, .. } = *start;
     // A panic was reported by the panic hook; it must not unwind into C,
     // nor may its payload's drop (which could panic again).
@@ -204,6 +212,40 @@ impl Drop for OwnThread {
         }
         // SAFETY: dropped once, here, and not used after.
         unsafe { ManuallyDrop::drop(&mut self.wake) };
+    }
+}
+
+/// Moves the calling thread from a real-time scheduling policy, copied
+/// from the thread that started it, to the ordinary one, so that a
+/// profile built on it never preempts the program's threads. Ordinary,
+/// batch and idle policies are kept. Raw system calls: musl's wrappers
+/// of these two do nothing.
+fn leave_realtime() {
+    const SCHED_DEADLINE: libc::c_long = 6;
+    // SAFETY: asks for the calling thread's (0) policy; no memory passed.
+    let policy = unsafe { libc::syscall(libc::SYS_sched_getscheduler, 0) };
+    let policy = policy & !libc::c_long::from(libc::SCHED_RESET_ON_FORK);
+    let realtime = [
+        libc::c_long::from(libc::SCHED_FIFO),
+        libc::c_long::from(libc::SCHED_RR),
+        SCHED_DEADLINE,
+    ];
+    if realtime.contains(&policy) {
+        // SAFETY: `sched_param` is plain data; zeroed is priority 0, the
+        // ordinary policy's only one.
+        let ordinary: libc::sched_param = unsafe { std::mem::zeroed() };
+        // SAFETY: sets the calling thread's (0) policy from a valid
+        // `sched_param` that outlives the call. Leaving a real-time
+        // policy for the ordinary one needs no privilege; a failure
+        // leaves the thread as it was.
+        unsafe {
+            libc::syscall(
+                libc::SYS_sched_setscheduler,
+                0,
+                libc::SCHED_OTHER,
+                &raw const ordinary,
+            )
+        };
     }
 }
 
@@ -251,4 +293,108 @@ fn page_size() -> usize {
     // SAFETY: sysconf reads a constant of the system.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(size).unwrap_or(4096).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// What a thread of heapprof's found about itself: whether SIGTERM
+    /// and SIGSEGV are blocked on it, and its scheduling policy.
+    fn started_thread_sees() -> (bool, bool, libc::c_long) {
+        let (tx, rx) = mpsc::channel();
+        let thread = spawn(c"heapprof-test", 64 << 10, move |_| {
+            // SAFETY: reads this thread's mask into a zeroed `sigset_t`;
+            // asks for this thread's policy.
+            let seen = unsafe {
+                let mut mask: libc::sigset_t = std::mem::zeroed();
+                libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask);
+                (
+                    libc::sigismember(&mask, libc::SIGTERM) == 1,
+                    libc::sigismember(&mask, libc::SIGSEGV) == 1,
+                    libc::syscall(libc::SYS_sched_getscheduler, 0),
+                )
+            };
+            tx.send(seen).unwrap();
+        })
+        .unwrap();
+        thread.join();
+        rx.recv().unwrap()
+    }
+
+    /// This test's thread under `policy` at priority 1 until dropped.
+    struct Scheduled;
+
+    impl Scheduled {
+        fn under(policy: libc::c_int) -> io::Result<Scheduled> {
+            // SAFETY: `sched_param` is plain data; sets this thread's
+            // policy from it.
+            let set = unsafe {
+                let mut param: libc::sched_param = std::mem::zeroed();
+                param.sched_priority = 1;
+                libc::syscall(libc::SYS_sched_setscheduler, 0, policy, &raw const param)
+            };
+            if set == 0 {
+                Ok(Scheduled)
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        }
+    }
+
+    impl Drop for Scheduled {
+        fn drop(&mut self) {
+            // SAFETY: as in `under`, back to the ordinary policy.
+            unsafe {
+                let param: libc::sched_param = std::mem::zeroed();
+                libc::syscall(
+                    libc::SYS_sched_setscheduler,
+                    0,
+                    libc::SCHED_OTHER,
+                    &raw const param,
+                );
+            }
+        }
+    }
+
+    /// Started from a thread that takes every signal, heapprof's thread
+    /// takes none but the faults, so a signal sent to the process goes to
+    /// a thread of the program's.
+    #[test]
+    fn a_new_thread_takes_no_signals_but_faults() {
+        let (term_blocked, segv_blocked, _) = started_thread_sees();
+        assert!(term_blocked, "SIGTERM is not blocked on heapprof's thread");
+        assert!(
+            !segv_blocked,
+            "a fault on heapprof's thread must not be held off"
+        );
+    }
+
+    /// Started from a real-time thread, heapprof's thread runs under the
+    /// ordinary policy. Needs the privilege to use one (root here; CI
+    /// sets `HEAPPROF_REQUIRE_ROOT`).
+    #[test]
+    fn a_new_thread_leaves_a_realtime_policy() {
+        for policy in [libc::SCHED_FIFO, libc::SCHED_RR] {
+            let scheduled = match Scheduled::under(policy) {
+                Ok(s) => s,
+                Err(e) => {
+                    assert!(
+                        std::env::var_os("HEAPPROF_REQUIRE_ROOT").is_none(),
+                        "HEAPPROF_REQUIRE_ROOT is set, but no real-time policy: {e}"
+                    );
+                    eprintln!("skipped: this thread cannot take a real-time policy ({e})");
+                    return;
+                }
+            };
+            let (_, _, seen) = started_thread_sees();
+            drop(scheduled);
+            assert_eq!(
+                seen,
+                libc::c_long::from(libc::SCHED_OTHER),
+                "policy {policy}"
+            );
+        }
+    }
 }
