@@ -180,6 +180,46 @@ fn what_a_fields_debug_allocates_is_the_programs() {
     assert_eq!(kept, KEPT_BY_DEBUG as i64);
 }
 
+/// A value whose `Debug` is [`LONG_DEBUG`] bytes of text.
+struct LongDebug;
+
+const LONG_DEBUG: usize = 4 << 20;
+
+impl std::fmt::Debug for LongDebug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const CHUNK: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        for _ in 0..LONG_DEBUG / CHUNK.len() {
+            f.write_str(CHUNK)?;
+        }
+        Ok(())
+    }
+}
+
+/// A chosen field whose value formats to megabytes costs the span what
+/// its label shows, not a copy of the whole text: the label is cut to
+/// 128 bytes, and heapprof allocates far less than the text for it.
+#[test]
+fn a_long_value_keeps_only_what_its_label_shows() {
+    install();
+    drop(tracing::info_span!("request", tenant = "warm-up"));
+    let before = heapprof::stats().profiler_allocated_bytes;
+    let span = tracing::info_span!("request", tenant = ?LongDebug);
+    let spent = heapprof::stats().profiler_allocated_bytes - before;
+    let labels = span.in_scope(labels_now);
+    drop(span);
+    let [(key, value)] = &labels[..] else {
+        panic!("one label expected: {labels:?}");
+    };
+    assert_eq!(key, "tenant");
+    assert_eq!(value.len(), 128, "{value}");
+    assert!(value.starts_with("0123") && value.ends_with('…'), "{value}");
+    // Other tests' samples meanwhile take a few KiB at most.
+    assert!(
+        spent < (LONG_DEBUG / 4) as u64,
+        "heapprof allocated {spent} bytes for a span whose value is {LONG_DEBUG} bytes"
+    );
+}
+
 #[test]
 fn a_value_recorded_later_counts_from_the_next_enter() {
     install();

@@ -307,13 +307,23 @@ impl Visit for Collect<'_> {
     }
 }
 
-/// A span's copy of a field's value, written inside the profiler.
+/// A span's copy of a field's value, written inside the profiler. It
+/// keeps no more than the label table's cut needs to tell the value is
+/// too long ([`table::MAX_LABEL_BYTES`] and the rest of a character): a
+/// span whose field formats to megabytes holds a few hundred bytes.
 struct OwnCopy<'a>(&'a mut String);
 
 impl std::fmt::Write for OwnCopy<'_> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let Some(room) = (table::MAX_LABEL_BYTES + 1).checked_sub(self.0.len()) else {
+            return Ok(());
+        };
+        let mut end = room.min(s.len());
+        while !s.is_char_boundary(end) {
+            end += 1;
+        }
         let _inside = reentry::Inside::enter();
-        self.0.push_str(s);
+        self.0.push_str(&s[..end]);
         Ok(())
     }
 }
