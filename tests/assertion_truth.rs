@@ -11,6 +11,7 @@ use heapprof_testkit::check::panic_message;
 use heapprof_testkit::child::{is_child, run_child, run_child_of};
 use heapprof_testkit::profile::{string, take_profile};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
@@ -438,6 +439,87 @@ fn churn_through_a_full_table_is_not_counted_as_growth() {
     delta.assert_inuse_at_most("assertion_truth::adds_fifty_thousand", 51_000);
     println!("within its limit");
     drop(kept);
+}
+
+#[inline(never)]
+fn holds_a_mebibyte() -> Vec<u8> {
+    black_box(vec![7u8; 1 << 20])
+}
+
+/// Allocates and frees a byte under one of 2^`depth` stacks, chosen by
+/// the bits of `path`.
+#[inline(never)]
+fn through(depth: usize, path: usize) {
+    if depth == 0 {
+        drop(black_box(Box::new(0u8)));
+    } else if path & 1 == 1 {
+        left(depth - 1, path >> 1);
+    } else {
+        right(depth - 1, path >> 1);
+    }
+    black_box(());
+}
+
+#[inline(never)]
+fn left(depth: usize, path: usize) {
+    through(depth, path);
+    black_box(());
+}
+
+#[inline(never)]
+fn right(depth: usize, path: usize) {
+    black_box(());
+    through(depth, path);
+    black_box(());
+}
+
+/// While another thread keeps sampling new stacks in a full table (so
+/// that sites retire all the time), a delta still tells blocks allocated
+/// in between from older ones at the same stack: each round adds a MiB
+/// at `holds_a_mebibyte` and frees an older MiB from there, and every
+/// round's check of 100 000 bytes fails.
+#[test]
+fn stacks_churning_in_a_full_table_cannot_hide_growth_in_a_delta() {
+    let test = "stacks_churning_in_a_full_table_cannot_hide_growth_in_a_delta";
+    if !is_child() {
+        let (stdout, _) = run_child(
+            test,
+            &[("HEAPPROF_SAMPLE_RATE", "1"), ("HEAPPROF_MAX_SITES", "256")],
+        );
+        assert!(stdout.contains("passed 0 of 10 rounds"), "{stdout}");
+        return;
+    }
+    static STOP: AtomicBool = AtomicBool::new(false);
+    let churn = std::thread::spawn(|| {
+        let mut path = 0;
+        while !STOP.load(SeqCst) {
+            through(20, path);
+            path += 1;
+        }
+        path
+    });
+    // Until the table is full and sites retire.
+    while !churn.is_finished() && heapprof::snapshot().alloc_bytes_in("[heapprof overflow") == 0 {
+        std::thread::yield_now();
+    }
+    let mut older = holds_a_mebibyte();
+    let mut passed = 0;
+    for _ in 0..10 {
+        let before = heapprof::snapshot();
+        let newer = holds_a_mebibyte();
+        drop(std::mem::replace(&mut older, newer));
+        let delta = heapprof::snapshot().delta(&before);
+        let checked = panic_message(|| {
+            delta.assert_inuse_at_most("assertion_truth::holds_a_mebibyte", 100_000)
+        });
+        if checked.is_none() {
+            passed += 1;
+        }
+    }
+    STOP.store(true, SeqCst);
+    let stacks = churn.join().unwrap();
+    println!("passed {passed} of 10 rounds, with {stacks} stacks sampled meanwhile");
+    drop(older);
 }
 
 #[inline(never)]

@@ -536,8 +536,9 @@ pub(crate) fn snapshot_of(source: super::Source) -> Snapshot {
 }
 
 /// Copies of the live table taken at most, each with its list of blocks,
-/// while sites retire: retirements come only with new stacks once the
-/// table is full, so a second copy almost always finds none.
+/// while sites retire: with retirements held ([`sites::RetirementsHeld`]),
+/// only one that had begun before can end during a copy, so a second copy
+/// almost always finds none.
 const LIVE_TRIES: usize = 4;
 
 /// The live table's sites and its live sampled blocks by origin, taken
@@ -545,6 +546,7 @@ const LIVE_TRIES: usize = 4;
 /// the copy; the blocks are `None` after [`LIVE_TRIES`] copies during which
 /// sites retired, or with no memory for them.
 fn live_sites_and_blocks() -> (Vec<sites::SiteCopy>, Option<Vec<LiveBlock>>) {
+    let _held = sites::RetirementsHeld::take();
     let mut tries = 0;
     loop {
         tries += 1;

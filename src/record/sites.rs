@@ -37,7 +37,8 @@
 //! [`delta`] and [`alloc_delta`] take such moves into account. A sample
 //! whose site still does not fit (every site of its stripe holds live
 //! blocks, or none of the [`RETIRE_WINDOWS`] windows its search looks at
-//! has one that does not) goes to that overflow site too, which the profile shows as a
+//! has one that does not, or a snapshot holds retirements while it lists
+//! the live blocks: [`RetirementsHeld`]) goes to that overflow site too, which the profile shows as a
 //! site of its own with those labels, so nothing is dropped silently and
 //! label views (`pprof -tagfocus`) still add up. So
 //! does one whose new site the inner allocator has no memory for: the
@@ -214,6 +215,8 @@ struct Table {
     bytes: AtomicUsize,
     /// Sites retired so far ([`retirements`]).
     retired: AtomicU64,
+    /// Holders of [`RetirementsHeld`]: while above zero, no site retires.
+    retirements_held: AtomicUsize,
 }
 
 const NO_COUNTS: SiteCounts = SiteCounts {
@@ -249,6 +252,7 @@ static TABLE: Table = Table {
     frames: AtomicUsize::new(0),
     bytes: AtomicUsize::new(0),
     retired: AtomicU64::new(0),
+    retirements_held: AtomicUsize::new(0),
 };
 
 /// A sample's site as [`record_alloc`] recorded it: its id, and its
@@ -349,6 +353,9 @@ impl Stripe {
     fn reuse(&mut self, frames: &[usize], key: u64, labels: LabelSetId, now: u64) -> Option<u32> {
         #[cfg(test)]
         if tests::REUSE_OFF.load(Relaxed) {
+            return None;
+        }
+        if TABLE.retirements_held.load(SeqCst) != 0 {
             return None;
         }
         let victim = self.least_recent_dead(None, &mut (RETIRE_LOOKS * RETIRE_WINDOWS))?;
@@ -698,6 +705,27 @@ impl PackedSites {
                 id: s.id,
             })
             .collect()
+    }
+}
+
+/// Keeps every site in its slot until dropped: a new stack that finds the
+/// table full goes to its overflow site meanwhile, rather than retire a
+/// site. Held by a snapshot while it copies the sites and lists the live
+/// blocks, so that a site id names the same stack in both (the snapshot
+/// still checks [`retirements`]: a retirement that had begun when the hold
+/// was taken may end during it).
+pub(crate) struct RetirementsHeld(());
+
+impl RetirementsHeld {
+    pub(crate) fn take() -> RetirementsHeld {
+        TABLE.retirements_held.fetch_add(1, SeqCst);
+        RetirementsHeld(())
+    }
+}
+
+impl Drop for RetirementsHeld {
+    fn drop(&mut self) {
+        TABLE.retirements_held.fetch_sub(1, SeqCst);
     }
 }
 
