@@ -400,6 +400,10 @@ fn failed_pushes_warn_once_and_the_next_covers_them() {
     let warnings = push_warnings(&stderr);
     assert_eq!(warnings.len(), 1, "one warning a minute at most: {stderr}");
     assert!(
+        !stderr.contains("the last profile"),
+        "the last push succeeded: {stderr}"
+    );
+    assert!(
         warnings[0].contains("500") && warnings[0].contains("ingester unavailable"),
         "{}",
         warnings[0]
@@ -550,6 +554,18 @@ fn unreachable_endpoint_leaves_the_program_alone() {
     let warnings = push_warnings(&stderr);
     assert_eq!(warnings.len(), 1, "{stderr}");
     assert!(warnings[0].contains("127.0.0.1"), "{}", warnings[0]);
+    // The push at `stop` failed too, within the minute: said all the
+    // same, since no later push covers its period.
+    let last: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("could not push the last profile to Pyroscope"))
+        .collect();
+    assert_eq!(last.len(), 1, "{stderr}");
+    assert!(
+        last[0].contains("are not pushed") && !last[0].contains("next push"),
+        "{}",
+        last[0]
+    );
 }
 
 /// A server that takes the request and never answers: the program goes

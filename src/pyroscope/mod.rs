@@ -60,7 +60,8 @@
 //! slow past the [timeout](Pusher::timeout), or answers an error) is
 //! reported on stderr at most once a minute ([`WARN_EVERY`]), and the
 //! next push covers both periods: nothing is queued, and nothing is lost
-//! but what the server did not take. A server that asks for time
+//! but what the server did not take. The last push has no next one, so
+//! its failure is always reported. A server that asks for time
 //! (`Retry-After`, at most [`MAX_RETRY_AFTER`] is taken) gets no periodic
 //! push before then (the last one, at [`stop`](PusherHandle::stop) or
 //! exit, is made all the same); a redirect is reported, not followed.
@@ -429,7 +430,7 @@ impl Pusher {
                 Err(failed) => {
                     asked_to_wait = failed.retry_after;
                     let url = crate::config::without_credentials(&self.url);
-                    failures.failed(&url, &failed.why);
+                    failures.failed(&url, &failed.why, stopping);
                 }
             }
             if stopping {
@@ -719,7 +720,9 @@ fn port_of(authority: &str) -> Option<&str> {
     (outside_brackets && !port.is_empty()).then_some(port)
 }
 
-/// Failed pushes, reported at most once per [`WARN_EVERY`].
+/// Failed pushes, reported at most once per [`WARN_EVERY`], and the last
+/// one (at `stop` or exit) always: no push comes after it to cover its
+/// period.
 #[derive(Default)]
 struct Failures {
     last_report: Option<Instant>,
@@ -728,18 +731,28 @@ struct Failures {
 }
 
 impl Failures {
-    fn failed(&mut self, url: &str, error: &str) {
+    fn failed(&mut self, url: &str, error: &str, last: bool) {
         self.unreported += 1;
-        if self.last_report.is_some_and(|t| t.elapsed() < WARN_EVERY) {
+        if !last && self.last_report.is_some_and(|t| t.elapsed() < WARN_EVERY) {
             return;
         }
         let others = match self.unreported - 1 {
             0 => String::new(),
             n => format!(" ({n} more failed since the last report)"),
         };
+        let (which, then) = if last {
+            (
+                "the last profile",
+                "the allocations since the last push that succeeded are not pushed",
+            )
+        } else {
+            (
+                "the profile",
+                "the next push covers this period too; reported at most once a minute",
+            )
+        };
         report::warn(format_args!(
-            "heapprof: could not push the profile to Pyroscope at {}: {error}{others}; \
-             the next push covers this period too; reported at most once a minute",
+            "heapprof: could not push {which} to Pyroscope at {}: {error}{others}; {then}",
             Shown::new(url)
         ));
         self.last_report = Some(Instant::now());
