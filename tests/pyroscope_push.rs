@@ -770,6 +770,65 @@ fn starts_from_the_environment() {
     assert!(push_warnings(&stderr).is_empty(), "{stderr}");
 }
 
+/// A child forked before the process's first sample starts no pusher and
+/// no dump series from the environment when it samples, as one forked
+/// after it starts none: those belong to the process heapprof started in
+/// (here it never samples, so nothing is pushed or written at all).
+#[test]
+fn a_child_forked_before_the_first_sample_starts_nothing_from_the_environment() {
+    let test = "a_child_forked_before_the_first_sample_starts_nothing_from_the_environment";
+    if is_child() {
+        // The rate from the environment samples nothing before the fork.
+        // SAFETY: the forked child allocates and sleeps on its only
+        // thread (glibc's allocator and heapprof's are fork-safe), then
+        // calls `exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            heapprof::set_sample_rate(1);
+            let kept = std::hint::black_box(vec![0u8; 1 << 20]);
+            std::thread::sleep(Duration::from_millis(2500));
+            drop(kept);
+            // SAFETY: ends the forked child as a worker does, exit
+            // handlers included.
+            unsafe { libc::exit(0) };
+        }
+        let status = wait_with_timeout(pid, Duration::from_secs(60)).unwrap();
+        assert_eq!(status, 0);
+        return;
+    }
+    let receiver = Receiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("d.pb.gz");
+    run_child(
+        test,
+        &[
+            ("HEAPPROF_SAMPLE_RATE", "1073741824"),
+            ("HEAPPROF_PYROSCOPE_URL", &receiver.url()),
+            ("HEAPPROF_PYROSCOPE_EVERY", "1s"),
+            ("HEAPPROF_PYROSCOPE_TIMEOUT", "1s"),
+            ("HEAPPROF_OUT", out.to_str().unwrap()),
+            ("HEAPPROF_DUMP_EVERY", "1s"),
+        ],
+    );
+    let mut pushes = 0;
+    while receiver.next(Duration::from_millis(300)).is_some() {
+        pushes += 1;
+    }
+    // The process's own exit profile, `d.pb.gz`, is there; a series'
+    // files are numbered (`d.0001.pb.gz`).
+    let series: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("d.0"))
+        .collect();
+    assert_eq!(
+        (pushes, series),
+        (0, Vec::<String>::new()),
+        "what the forked child pushed and wrote"
+    );
+}
+
 /// A forked child that exits has no pusher thread: it exits at once,
 /// without the wait for the exit push (the pusher's timeout, 10 s).
 #[test]

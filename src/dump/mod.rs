@@ -1570,6 +1570,7 @@ pub(crate) fn start_from_env() {
         && c.dump_at_limit.is_none())
         || !crate::thread::alive()
         || STARTED.swap(true, Relaxed)
+        || !crate::support::this_process::is_first()
     {
         return;
     }

@@ -20,6 +20,7 @@ pub(crate) mod fork;
 pub(crate) fn on_first_allocation() {
     #[cfg(feature = "pyroscope")]
     crate::support::this_process::note_start();
+    crate::support::this_process::note_first();
     crate::config::report::note_stderr();
     crate::support::mappings::keep_own_object_loaded();
     crate::support::mappings::note_first_objects();
@@ -40,7 +41,8 @@ pub(crate) fn on_failed_alloc(size: usize) {
 
 /// After each recorded sample, inside the profiler: starts the dumps and
 /// the Pyroscope pusher the environment asks for, once, from a moment
-/// where a thread may be spawned.
+/// where a thread may be spawned; never in a child forked from the
+/// process heapprof started in (`this_process::is_first`).
 pub(crate) fn after_sample() {
     crate::dump::start_from_env();
     #[cfg(feature = "pyroscope")]

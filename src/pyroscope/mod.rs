@@ -781,7 +781,10 @@ pub(crate) fn start_from_env() {
     let Some(url) = &c.url else {
         return;
     };
-    if !crate::thread::alive() || STARTED.swap(true, Relaxed) {
+    if !crate::thread::alive()
+        || STARTED.swap(true, Relaxed)
+        || !crate::support::this_process::is_first()
+    {
         return;
     }
     let mut pusher = Pusher::new(url.clone(), c.name.clone().unwrap_or_else(exe_name))

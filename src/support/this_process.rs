@@ -10,7 +10,7 @@
 //! that ran heapprof and it, counted by a fork handler of its own.
 
 use std::sync::Once;
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 #[cfg(feature = "pyroscope")]
 use std::{
     sync::OnceLock,
@@ -36,6 +36,26 @@ pub(crate) fn started() -> (Instant, SystemTime) {
         .get()
         .copied()
         .unwrap_or_else(|| (Instant::now(), SystemTime::now()))
+}
+
+/// The process whose first allocation reached heapprof ([`note_first`]),
+/// as [`ThisProcess::to_bits`]; 0 before it.
+static FIRST: AtomicU64 = AtomicU64::new(0);
+
+/// Notes the calling process as the one heapprof started in, at its first
+/// allocation (`process::on_first_allocation`). A child forked later
+/// inherits the note, an `exec`uted program starts without it.
+pub(crate) fn note_first() {
+    FIRST.store(ThisProcess::get().to_bits(), Relaxed);
+}
+
+/// Whether this is the process heapprof started in ([`note_first`]), not
+/// a child forked from it: only there does the environment start threads
+/// (the dump series, the pusher), whether the fork came before the first
+/// sample or after it. True before the note.
+pub(crate) fn is_first() -> bool {
+    let first = FIRST.load(Relaxed);
+    first == 0 || first == ThisProcess::get().to_bits()
 }
 
 /// Forks between the first process that counted and this one: bumped
