@@ -770,6 +770,32 @@ fn starts_from_the_environment() {
     assert!(push_warnings(&stderr).is_empty(), "{stderr}");
 }
 
+/// Credentials in the URL are sent as the server expects them: decoded
+/// from the URL's percent-encoding (a password with `@`, `/` or `:` can
+/// only be written so there), and not in the request line.
+#[test]
+fn credentials_in_the_url_are_sent_decoded() {
+    let _watchdog = watchdog("credentials_in_the_url", Duration::from_secs(120));
+    let receiver = Receiver::start();
+    let url = receiver
+        .url()
+        .replace("http://", "http://u%40x:p%40ss%2Fw0rd:1@");
+    let pusher = Pusher::new(url, "credentials")
+        .every(Duration::from_secs(3600))
+        .start()
+        .expect("start the pusher");
+    std::thread::spawn(move || pusher.stop());
+    let pending = next_push(&receiver);
+    let push = pending.push();
+    // base64("u@x:p@ss/w0rd:1")
+    assert_eq!(
+        push.header("authorization"),
+        Some("Basic dUB4OnBAc3MvdzByZDox")
+    );
+    assert_eq!(push.path, "/ingest");
+    pending.answer(200, "");
+}
+
 /// A child forked before the process's first sample starts no pusher and
 /// no dump series from the environment when it samples, as one forked
 /// after it starts none: those belong to the process heapprof started in

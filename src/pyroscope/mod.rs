@@ -326,10 +326,10 @@ impl Pusher {
                  bytes, over the {MAX_REQUEST_TARGET_BYTES} servers and proxies take"
             ));
         }
-        // A request has one Authorization header: the client sends the
-        // URL's `user:password@` as one unless another is set, which would
-        // take its place without a word.
-        let in_url = uri.authority().is_some_and(|a| a.as_str().contains('@'));
+        // A request has one Authorization header: the URL's
+        // `user:password@` is sent as one, so another would take its
+        // place without a word.
+        let in_url = self.url_credentials().is_some();
         let set = [
             (in_url, "credentials in the URL"),
             (
@@ -357,9 +357,28 @@ impl Pusher {
         Ok(())
     }
 
-    /// `<url>/ingest`.
+    /// `<url>/ingest`, without the URL's `user:password@` (sent as a
+    /// header: [`Pusher::url_credentials`]).
     fn ingest_url(&self) -> String {
-        format!("{}/ingest", self.url.trim_end_matches('/'))
+        let url = split_userinfo(&self.url)
+            .map_or(std::borrow::Cow::Borrowed(&*self.url), |(_, url)| {
+                std::borrow::Cow::Owned(url)
+            });
+        format!("{}/ingest", url.trim_end_matches('/'))
+    }
+
+    /// The URL's `user:password@`, percent-decoded: a password with `@`,
+    /// `:` or `/` (a token's base64) can only be written encoded there, and
+    /// the server expects it as it is.
+    fn url_credentials(&self) -> Option<(String, String)> {
+        let (userinfo, _) = split_userinfo(&self.url)?;
+        let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+        let decoded = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        Some((decoded(user), decoded(password)))
     }
 
     /// The longest a push's URL can be: the ingest URL, and its query with
@@ -391,7 +410,8 @@ impl Pusher {
     /// The headers a push carries besides its content type.
     fn headers(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
         use base64::Engine as _;
-        let basic = self.basic_auth.as_ref().map(|(user, password)| {
+        let basic = self.basic_auth.clone().or_else(|| self.url_credentials());
+        let basic = basic.map(|(user, password)| {
             let pair =
                 base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
             ("Authorization", format!("Basic {pair}"))
@@ -710,6 +730,20 @@ fn multipart(profile: &[u8]) -> (String, Vec<u8>) {
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
+/// `url`'s `user:password@` (without the `@`) and `url` after it: the
+/// scheme's `://` and the rest, as two parts; `None` if it has none.
+fn split_userinfo(url: &str) -> Option<(&str, String)> {
+    let scheme_end = url.find("://")? + 3;
+    let authority_end = url[scheme_end..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| scheme_end + i);
+    let at = scheme_end + url[scheme_end..authority_end].rfind('@')?;
+    Some((
+        &url[scheme_end..at],
+        format!("{}{}", &url[..scheme_end], &url[at + 1..]),
+    ))
+}
+
 /// The port an authority (`user@host:port`, `[::1]:port`) names, as
 /// written; `None` without one (or with an empty one, the default).
 fn port_of(authority: &str) -> Option<&str> {
@@ -938,6 +972,10 @@ mod tests {
         Pusher::new("HTTP://x", "a").check().unwrap();
         Pusher::new("Https://x", "a").check().unwrap();
         assert_eq!(ok.ingest_url(), "http://127.0.0.1:4040/ingest");
+        let with_user = Pusher::new("https://u%3A1:a%2Fb:c@x:4040/p/", "a");
+        assert_eq!(with_user.ingest_url(), "https://x:4040/p/ingest");
+        let credentials = with_user.url_credentials();
+        assert_eq!(credentials, Some(("u:1".into(), "a/b:c".into())));
         assert_eq!(ok.name_with_labels(), "my-app.v2/x{env=prod=1}");
         let bad = [
             Pusher::new("pyroscope:4040", "a"),
