@@ -581,11 +581,19 @@ pub(crate) fn valid_service_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/'))
 }
 
-/// Whether `key` is a label name Pyroscope's ingest accepts: letters,
-/// digits, `_` and `.`, at least one, and not the reserved `__name__`.
+/// Labels a push's ingest adds itself: one given too would be a second
+/// label of that name, which the server refuses (`service_name` comes
+/// from the push's name).
+const SET_BY_THE_SERVER: [&str; 2] = ["service_name", "pyroscope_spy"];
+
+/// Whether `key` is a label name Pyroscope's ingest accepts and keeps:
+/// letters, digits, `_` and `.`, not a digit first; not starting with
+/// `__` (the server's own, such as `__name__`, which it drops from a
+/// push), nor one of [`SET_BY_THE_SERVER`].
 pub(crate) fn valid_label_key(key: &str) -> bool {
-    !key.is_empty()
-        && key != "__name__"
+    key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && !key.starts_with("__")
+        && !SET_BY_THE_SERVER.contains(&key)
         && key
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.'))

@@ -166,8 +166,10 @@ impl Pusher {
     }
 
     /// Adds the label `key=value` to every profile (`env=prod`,
-    /// `region=eu`). Keys are letters, digits, `_` and `.`; values may not
-    /// contain `,` or `}`. A key given twice keeps its last value.
+    /// `region=eu`). Keys are letters, digits, `_` and `.`, not a digit or
+    /// `__` first, and not `service_name` or `pyroscope_spy`, which the
+    /// server sets (the first from the name); values may not contain `,`
+    /// or `}`. A key given twice keeps its last value.
     pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Pusher {
         let key = key.into();
         self.labels.retain(|(k, _)| *k != key);
@@ -312,8 +314,9 @@ impl Pusher {
         for (k, v) in &self.labels {
             if !config::valid_label_key(k) || !config::valid_label_value(v) {
                 return invalid(format!(
-                    "heapprof: Pusher label {}={}: keys are letters, digits, _ and . \
-                     (not __name__); values are not empty, without , or }} or blanks at either end",
+                    "heapprof: Pusher label {}={}: keys are letters, digits, _ and ., not a \
+                     digit first, not __ first, not service_name or pyroscope_spy (the server \
+                     sets those); values are not empty, without , or }} or blanks at either end",
                     Shown::new(k),
                     Shown::new(v)
                 ));
@@ -989,6 +992,10 @@ mod tests {
             Pusher::new("http://x", "my app"),
             Pusher::new("http://x", "a").label("e nv", "x"),
             Pusher::new("http://x", "a").label("__name__", "x"),
+            Pusher::new("http://x", "a").label("__x", "x"),
+            Pusher::new("http://x", "a").label("9k", "x"),
+            Pusher::new("http://x", "a").label("service_name", "x"),
+            Pusher::new("http://x", "a").label("pyroscope_spy", "x"),
             Pusher::new("http://x", "a").label("k", "a,b"),
             Pusher::new("http://x", "a").label("k", "a}"),
             Pusher::new("http://x", "a").label("k", ""),
