@@ -462,7 +462,7 @@ fn a_server_that_asks_to_wait_is_left_alone_and_redirects_are_named() {
                 if let Some(pending) = moved.next(Duration::from_millis(200)) {
                     // A password longer than the part of an answer quoted.
                     let to = format!(
-                        "http://user:hunter2{}@elsewhere.example/ingest",
+                        "http://user:hunter2{}@elsewhere.example/ingest?token=sesame",
                         "x".repeat(300)
                     );
                     pending.answer_with(308, &[("Location", &to)], "");
@@ -516,6 +516,9 @@ fn a_server_that_asks_to_wait_is_left_alone_and_redirects_are_named() {
         "{moved_warning}"
     );
     assert!(!stderr.contains("hunter2"), "{stderr}");
+    // A token in the query is not shown either.
+    assert!(moved_warning.contains("ingest?…"), "{moved_warning}");
+    assert!(!stderr.contains("sesame"), "{stderr}");
 }
 
 /// An endpoint where nothing listens: the pushes fail, one warning is

@@ -305,6 +305,9 @@ impl Pusher {
                 Shown::new(port)
             ));
         }
+        if uri.host().is_none_or(str::is_empty) {
+            return invalid(format!("heapprof: Pusher URL {url}: no host"));
+        }
         if !config::valid_service_name(&self.name) {
             return invalid(format!(
                 "heapprof: Pusher name {}: Pyroscope takes letters, digits and _ . - / only",
@@ -624,9 +627,15 @@ impl Client {
         let mut why = if status.is_redirection() {
             // Following would send the profile and the credentials
             // wherever the answer points.
-            // Masked whole, then cut: a password may run past the cut.
-            let to =
-                header("location").map(|to| quoted(config::without_credentials(&to).as_bytes()));
+            // Masked whole, then cut: a password may run past the cut. A
+            // query may carry a token: only its place is shown.
+            let to = header("location").map(|to| {
+                let to = match to.split_once('?') {
+                    Some((before, _)) => format!("{before}?…"),
+                    None => to,
+                };
+                quoted(config::without_credentials(&to).as_bytes())
+            });
             format!(
                 "the server answered {status}, to {:?}; a push follows no redirect: set the URL \
                  to where it points",
@@ -671,13 +680,15 @@ impl Failed {
 }
 
 /// Up to [`QUOTED_ANSWER_BYTES`] of what a server sent, as one line of
-/// text: trimmed, without control characters.
+/// text: trimmed, without control characters, nor the invisible ones
+/// that reorder or hide the text around them on a terminal.
 fn quoted(bytes: &[u8]) -> String {
     let start = &bytes[..bytes.len().min(QUOTED_ANSWER_BYTES as usize)];
+    let invisible = |c: char| matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}');
     String::from_utf8_lossy(start)
         .trim()
         .chars()
-        .filter(|c| !c.is_control())
+        .filter(|&c| !c.is_control() && !invisible(c))
         .collect()
 }
 
@@ -991,6 +1002,8 @@ mod tests {
             Pusher::new("http://x", ""),
             Pusher::new("http://x", "my app"),
             Pusher::new("http://x", "a").label("e nv", "x"),
+            Pusher::new("http://:4040", "a"),
+            Pusher::new("http://u:p@:4040", "a"),
             Pusher::new("http://x", "a").label("__name__", "x"),
             Pusher::new("http://x", "a").label("__x", "x"),
             Pusher::new("http://x", "a").label("9k", "x"),
@@ -1010,6 +1023,14 @@ mod tests {
             let e = p.check().expect_err(&format!("{p:?}"));
             assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{p:?}: {e}");
         }
+    }
+
+    /// A server's answer is quoted without what would reorder or hide
+    /// the text of the line on a terminal.
+    #[test]
+    fn quoted_answers_lose_invisible_characters() {
+        let answer = "busy\u{202e}yrt\u{200b} \u{2066}again\r\n\u{1b}[2J".as_bytes();
+        assert_eq!(quoted(answer), "busyyrt again[2J");
     }
 
     #[test]
