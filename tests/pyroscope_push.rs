@@ -829,7 +829,7 @@ fn a_child_forked_before_the_first_sample_starts_nothing_from_the_environment() 
     let receiver = Receiver::start();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("d.pb.gz");
-    run_child(
+    let (_, stderr) = run_child(
         test,
         &[
             ("HEAPPROF_SAMPLE_RATE", "1073741824"),
@@ -856,6 +856,11 @@ fn a_child_forked_before_the_first_sample_starts_nothing_from_the_environment() 
         (0, Vec::<String>::new()),
         "what the forked child pushed and wrote"
     );
+    // Said once each, since the parent never started them either.
+    for what in ["HEAPPROF_PYROSCOPE_URL", "HEAPPROF_DUMP_*"] {
+        let said = format!("{what} is set, but this process was forked (without exec)");
+        assert_eq!(stderr.matches(&said).count(), 1, "{stderr}");
+    }
 }
 
 /// A forked child that exits has no pusher thread: it exits at once,

@@ -484,8 +484,8 @@ fn pyroscope() -> Pyroscope {
     );
     let labels = lookup(
         "HEAPPROF_PYROSCOPE_LABELS",
-        "key=value pairs separated by commas, keys of letters, digits, _ and ., \
-         values without , or }",
+        "key=value pairs separated by commas, keys as Pusher::label takes them, values \
+         without , or }",
         "pushing no labels",
         parse_labels,
     )
@@ -587,7 +587,7 @@ pub(crate) fn valid_service_name(name: &str) -> bool {
 const SET_BY_THE_SERVER: [&str; 2] = ["service_name", "pyroscope_spy"];
 
 /// Whether `key` is a label name Pyroscope's ingest accepts and keeps:
-/// letters, digits, `_` and `.`, not a digit first; not starting with
+/// letters, digits, `_` and `.`, a letter or `_` first; not starting with
 /// `__` (the server's own, such as `__name__`, which it drops from a
 /// push), nor one of [`SET_BY_THE_SERVER`].
 pub(crate) fn valid_label_key(key: &str) -> bool {

@@ -1570,8 +1570,15 @@ pub(crate) fn start_from_env() {
         && c.dump_at_limit.is_none())
         || !crate::thread::alive()
         || STARTED.swap(true, Relaxed)
-        || !crate::support::this_process::is_first()
     {
+        return;
+    }
+    if !crate::support::this_process::is_first() {
+        crate::config::report::warn(format_args!(
+            "heapprof: HEAPPROF_DUMP_* is set, but this process was forked (without exec) from \
+             the one heapprof started in, whose series it is: none is written from here; start \
+             one with the API (AutoDump) after forking"
+        ));
         return;
     }
     let mut series = AutoDump::new(

@@ -316,7 +316,9 @@ struct OwnCopy<'a>(&'a mut String);
 impl std::fmt::Write for OwnCopy<'_> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
         let Some(room) = (table::MAX_LABEL_BYTES + 1).checked_sub(self.0.len()) else {
-            return Ok(());
+            // Enough kept: an error ends the formatting of the rest, which
+            // the callers ignore.
+            return Err(std::fmt::Error);
         };
         let mut end = room.min(s.len());
         while !s.is_char_boundary(end) {

@@ -672,8 +672,8 @@ pub fn assert_no_leak<R>(warmups: usize, iterations: usize, mut f: impl FnMut() 
         }
     });
     let others = tracking.others_freed_bytes().wrapping_sub(others_before);
-    // Read before the growth is judged, so that a block handed to a
-    // thread that frees it just after the calls is among these.
+    // Frees of other threads from the calls' start to this read (a block
+    // handed over and freed after the read is not among them).
     let other_threads_freed = crate::support::registry::totals()
         .deallocations
         .saturating_sub(frees_before)

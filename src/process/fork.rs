@@ -267,6 +267,7 @@ extern "C" fn child() {
     // which leaves the lists alone if the interrupted code holds their
     // lock).
     registry::forget_other_threads_after_fork();
+    crate::record::sites::after_fork_in_child();
     symbolize::after_fork_in_child();
     // Forked from inside heapprof, this thread's interrupted code may be
     // the build lock's holder, and is its copy's to release.
@@ -284,6 +285,30 @@ extern "C" fn child() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A snapshot's hold on retirements, taken on another thread of the
+    /// parent at a fork, is not the child's: there a full table goes on
+    /// retiring sites.
+    #[test]
+    fn a_forked_child_holds_no_retirements() {
+        // Other tests' full tables retire sites meanwhile.
+        let _tables = crate::record::tests::tables_exclusive();
+        register_handlers();
+        let held = crate::record::sites::RetirementsHeld::take();
+        // SAFETY: the child reads an atomic and calls `_exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            let free = !crate::record::sites::retirements_held();
+            // SAFETY: ends the child at once, running nothing of the parent's.
+            unsafe { libc::_exit(i32::from(free)) };
+        }
+        drop(held);
+        let mut status = 0;
+        // SAFETY: waits for our own child with a valid status pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert_eq!(libc::WEXITSTATUS(status), 1, "the child holds retirements");
+    }
 
     #[test]
     fn every_fork_lock_has_a_place_in_taken() {

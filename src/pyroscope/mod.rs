@@ -166,8 +166,8 @@ impl Pusher {
     }
 
     /// Adds the label `key=value` to every profile (`env=prod`,
-    /// `region=eu`). Keys are letters, digits, `_` and `.`, not a digit or
-    /// `__` first, and not `service_name` or `pyroscope_spy`, which the
+    /// `region=eu`). Keys are letters, digits, `_` and `.`, starting with a
+    /// letter or `_` (not `__`), and not `service_name` or `pyroscope_spy`, which the
     /// server sets (the first from the name); values may not contain `,`
     /// or `}`. A key given twice keeps its last value.
     pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Pusher {
@@ -317,8 +317,8 @@ impl Pusher {
         for (k, v) in &self.labels {
             if !config::valid_label_key(k) || !config::valid_label_value(v) {
                 return invalid(format!(
-                    "heapprof: Pusher label {}={}: keys are letters, digits, _ and ., not a \
-                     digit first, not __ first, not service_name or pyroscope_spy (the server \
+                    "heapprof: Pusher label {}={}: keys are letters, digits, _ and ., starting \
+                     with a letter or _ (not __), not service_name or pyroscope_spy (the server \
                      sets those); values are not empty, without , or }} or blanks at either end",
                     Shown::new(k),
                     Shown::new(v)
@@ -373,18 +373,21 @@ impl Pusher {
         format!("{}/ingest", url.trim_end_matches('/'))
     }
 
-    /// The URL's `user:password@`, percent-decoded: a password with `@`,
-    /// `:` or `/` (a token's base64) can only be written encoded there, and
-    /// the server expects it as it is.
-    fn url_credentials(&self) -> Option<(String, String)> {
+    /// The URL's `user:password@` as Basic authentication sends it,
+    /// `user:password` with each part percent-decoded to its bytes: a
+    /// password with `@`, `:`, `/` or `%` (a token's base64) can only be
+    /// written encoded there, and the server expects it as it is. `None`
+    /// without one, or with an empty one (`http://@host`).
+    fn url_credentials(&self) -> Option<Vec<u8>> {
         let (userinfo, _) = split_userinfo(&self.url)?;
+        if userinfo.is_empty() {
+            return None;
+        }
         let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-        let decoded = |s: &str| {
-            percent_encoding::percent_decode_str(s)
-                .decode_utf8_lossy()
-                .into_owned()
-        };
-        Some((decoded(user), decoded(password)))
+        let mut pair: Vec<u8> = percent_encoding::percent_decode_str(user).collect();
+        pair.push(b':');
+        pair.extend(percent_encoding::percent_decode_str(password));
+        Some(pair)
     }
 
     /// The longest a push's URL can be: the ingest URL, and its query with
@@ -416,10 +419,12 @@ impl Pusher {
     /// The headers a push carries besides its content type.
     fn headers(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
         use base64::Engine as _;
-        let basic = self.basic_auth.clone().or_else(|| self.url_credentials());
-        let basic = basic.map(|(user, password)| {
-            let pair =
-                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let pair = match &self.basic_auth {
+            Some((user, password)) => Some(format!("{user}:{password}").into_bytes()),
+            None => self.url_credentials(),
+        };
+        let basic = pair.map(|pair| {
+            let pair = base64::engine::general_purpose::STANDARD.encode(pair);
             ("Authorization", format!("Basic {pair}"))
         });
         let bearer = self
@@ -628,10 +633,10 @@ impl Client {
             // Following would send the profile and the credentials
             // wherever the answer points.
             // Masked whole, then cut: a password may run past the cut. A
-            // query may carry a token: only its place is shown.
+            // query or fragment may carry a token: only its place is shown.
             let to = header("location").map(|to| {
-                let to = match to.split_once('?') {
-                    Some((before, _)) => format!("{before}?…"),
+                let to = match to.find(['?', '#']) {
+                    Some(at) => format!("{}{}…", &to[..at], &to[at..=at]),
                     None => to,
                 };
                 quoted(config::without_credentials(&to).as_bytes())
@@ -684,12 +689,26 @@ impl Failed {
 /// that reorder or hide the text around them on a terminal.
 fn quoted(bytes: &[u8]) -> String {
     let start = &bytes[..bytes.len().min(QUOTED_ANSWER_BYTES as usize)];
-    let invisible = |c: char| matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}');
-    String::from_utf8_lossy(start)
-        .trim()
+    // Unicode's format characters and line and paragraph separators.
+    let invisible = |c: char| {
+        matches!(
+            c,
+            '\u{ad}'
+                | '\u{61c}'
+                | '\u{180e}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{206f}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+                | '\u{e0000}'..='\u{e007f}'
+        )
+    };
+    let kept: String = String::from_utf8_lossy(start)
         .chars()
         .filter(|&c| !c.is_control() && !invisible(c))
-        .collect()
+        .collect();
+    kept.trim().to_owned()
 }
 
 /// The wait a `Retry-After` value asks for at `now`: a number of seconds,
@@ -829,10 +848,15 @@ pub(crate) fn start_from_env() {
     let Some(url) = &c.url else {
         return;
     };
-    if !crate::thread::alive()
-        || STARTED.swap(true, Relaxed)
-        || !crate::support::this_process::is_first()
-    {
+    if !crate::thread::alive() || STARTED.swap(true, Relaxed) {
+        return;
+    }
+    if !crate::support::this_process::is_first() {
+        report::warn(format_args!(
+            "heapprof: HEAPPROF_PYROSCOPE_URL is set, but this process was forked (without \
+             exec) from the one heapprof started in, whose pusher it is: nothing is pushed from \
+             here; start a pusher with the API (Pusher::start) after forking"
+        ));
         return;
     }
     let mut pusher = Pusher::new(url.clone(), c.name.clone().unwrap_or_else(exe_name))
@@ -989,7 +1013,11 @@ mod tests {
         let with_user = Pusher::new("https://u%3A1:a%2Fb:c@x:4040/p/", "a");
         assert_eq!(with_user.ingest_url(), "https://x:4040/p/ingest");
         let credentials = with_user.url_credentials();
-        assert_eq!(credentials, Some(("u:1".into(), "a/b:c".into())));
+        assert_eq!(credentials.as_deref(), Some(&b"u:1:a/b:c"[..]));
+        // Bytes as written, not text: `%ff` is one byte, `%` alone stays.
+        let raw = Pusher::new("http://u:%ff%25x%@h", "a").url_credentials();
+        assert_eq!(raw.as_deref(), Some(&b"u:\xff%x%"[..]));
+        assert_eq!(Pusher::new("http://@h", "a").url_credentials(), None);
         assert_eq!(ok.name_with_labels(), "my-app.v2/x{env=prod=1}");
         let bad = [
             Pusher::new("pyroscope:4040", "a"),
@@ -1029,7 +1057,7 @@ mod tests {
     /// the text of the line on a terminal.
     #[test]
     fn quoted_answers_lose_invisible_characters() {
-        let answer = "busy\u{202e}yrt\u{200b} \u{2066}again\r\n\u{1b}[2J".as_bytes();
+        let answer = "\u{200b} busy\u{202e}yrt\u{2028} \u{2066}again\r\n\u{1b}[2J".as_bytes();
         assert_eq!(quoted(answer), "busyyrt again[2J");
     }
 

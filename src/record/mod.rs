@@ -451,4 +451,4 @@ fn uncount_realloc(old_size: usize, new_size: usize) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -725,8 +725,24 @@ impl RetirementsHeld {
 
 impl Drop for RetirementsHeld {
     fn drop(&mut self) {
-        TABLE.retirements_held.fetch_sub(1, SeqCst);
+        // Saturating: a fork's child sets the count to zero
+        // ([`after_fork_in_child`]) while a copy of this hold may live on.
+        let _ = TABLE
+            .retirements_held
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
     }
+}
+
+/// Whether a [`RetirementsHeld`] lives.
+#[cfg(test)]
+pub(crate) fn retirements_held() -> bool {
+    TABLE.retirements_held.load(SeqCst) != 0
+}
+
+/// In a forked child: no snapshot holds retirements, though one may have
+/// been taking its copy on another thread of the parent at the fork.
+pub(crate) fn after_fork_in_child() {
+    TABLE.retirements_held.store(0, SeqCst);
 }
 
 /// How many sites have retired since the process started: while it

@@ -35,7 +35,7 @@ pub(super) fn tables_shared() -> RwLockReadGuard<'static, ()> {
     TABLES.read().unwrap_or_else(PoisonError::into_inner)
 }
 
-pub(super) fn tables_exclusive() -> RwLockWriteGuard<'static, ()> {
+pub(crate) fn tables_exclusive() -> RwLockWriteGuard<'static, ()> {
     TABLES.write().unwrap_or_else(PoisonError::into_inner)
 }
 

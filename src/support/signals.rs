@@ -30,6 +30,19 @@ static START_MASK: AtomicU64 = AtomicU64::new(0);
 /// Signals whose handler may be the standard library's.
 const FAULTS: [libc::c_int; 4] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE];
 
+/// Signals an instruction of the thread raises for itself: the faults, a
+/// system call a seccomp filter traps (`SIGSYS`) and a breakpoint
+/// (`SIGTRAP`). Blocked, one of them kills the process, whatever handler
+/// the program installed for it, so [`HeldOff`] never blocks them.
+const RAISED_BY_THE_THREAD: [libc::c_int; 6] = [
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGILL,
+    libc::SIGFPE,
+    libc::SIGSYS,
+    libc::SIGTRAP,
+];
+
 /// The signals 1 to 64 blocked on this thread, as [`START_MASK`] holds
 /// them; `None` if the mask cannot be read.
 fn blocked_now() -> Option<u64> {
@@ -78,9 +91,11 @@ fn has_handler(signal: libc::c_int) -> bool {
     }
 }
 
-/// Signals other than the faults held off on this thread until dropped
-/// (then the mask is as it was): for code other threads wait on while it
-/// runs, which a handler that waits for one of them must not interrupt.
+/// Signals other than those the thread raises for itself
+/// ([`RAISED_BY_THE_THREAD`]) held off on this thread until dropped (then
+/// the mask is as it was): for code other threads wait on while it runs,
+/// which a handler that waits for one of them must not interrupt, and
+/// for starting heapprof's own threads, which take their mask from it.
 pub(crate) struct HeldOff {
     old: Option<libc::sigset_t>,
 }
@@ -93,7 +108,7 @@ impl HeldOff {
         unsafe {
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigfillset(&mut set);
-            for n in FAULTS {
+            for n in RAISED_BY_THE_THREAD {
                 libc::sigdelset(&mut set, n);
             }
             let mut old: libc::sigset_t = std::mem::zeroed();
