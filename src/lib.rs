@@ -89,7 +89,7 @@
 //!
 //! Every allocation sampled inside [`with_labels`], or while a [`Labeled`]
 //! future is polled (on whichever thread), or inside a span entered under
-//! [`tracing::LabelLayer`] (cargo feature `tracing`), carries the labels,
+//! `tracing::LabelLayer` (cargo feature `tracing`), carries the labels,
 //! and keeps them until it is freed, by whatever thread: in-use memory by
 //! label is right even when another tenant's task frees the block. Each
 //! sample also carries a `thread` label, the thread's name
@@ -138,10 +138,12 @@
 //!
 //! #[test]
 //! fn parse_keeps_nothing_but_its_result() {
+//!     let rate = heapprof::sample_rate();
 //!     heapprof::set_sample_rate(1); // record every allocation: exact numbers
 //!     let before = heapprof::snapshot();
 //!     let doc = my_crate::parse("…");
 //!     let grown = heapprof::snapshot().delta(&before);
+//!     heapprof::set_sample_rate(rate); // other tests keep the rate they expect
 //!     grown.assert_inuse_at_most("my_crate::parse", 4096);
 //!     println!("{grown}"); // a pprof -top-like table
 //! #   drop(doc);
