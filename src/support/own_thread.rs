@@ -220,7 +220,7 @@ impl Drop for OwnThread {
 /// from the thread that started it, to the ordinary one, so that a
 /// profile built on it never preempts the program's threads. Ordinary,
 /// batch and idle policies are kept. Raw system calls: musl's wrappers
-/// of these two do nothing.
+/// of these two only fail (`ENOSYS`).
 fn leave_realtime() {
     const SCHED_DEADLINE: libc::c_long = 6;
     // SAFETY: asks for the calling thread's (0) policy; no memory passed.
