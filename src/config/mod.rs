@@ -731,19 +731,27 @@ fn lookup<T>(
     value
 }
 
-/// `url` without the `user:password@` part a URL may carry, for messages;
-/// also in a reference without a scheme (`//user:password@host/`).
-pub(crate) fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
-    let scheme_end = match url.find("://") {
+/// Where the `user:password@` part a URL may carry lies: `url[start..at]`
+/// is `user:password` and `url[at]` the `@`; also in a reference without
+/// a scheme (`//user:password@host/`). `None` without one.
+pub(crate) fn userinfo_at(url: &str) -> Option<(usize, usize)> {
+    let start = match url.find("://") {
         Some(i) => i + 3,
         None if url.starts_with("//") => 2,
-        None => return url.into(),
+        None => return None,
     };
-    let authority_end = url[scheme_end..]
+    let authority_end = url[start..]
         .find(['/', '?', '#'])
-        .map_or(url.len(), |i| scheme_end + i);
-    match url[scheme_end..authority_end].rfind('@') {
-        Some(at) => format!("{}…@{}", &url[..scheme_end], &url[scheme_end + at + 1..]).into(),
+        .map_or(url.len(), |i| start + i);
+    let at = start + url[start..authority_end].rfind('@')?;
+    Some((start, at))
+}
+
+/// `url` without the `user:password@` part a URL may carry
+/// ([`userinfo_at`]), for messages.
+pub(crate) fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
+    match userinfo_at(url) {
+        Some((start, at)) => format!("{}…@{}", &url[..start], &url[at + 1..]).into(),
         None => url.into(),
     }
 }

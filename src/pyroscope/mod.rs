@@ -763,17 +763,13 @@ fn multipart(profile: &[u8]) -> (String, Vec<u8>) {
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
-/// `url`'s `user:password@` (without the `@`) and `url` after it: the
-/// scheme's `://` and the rest, as two parts; `None` if it has none.
+/// `url`'s `user:password` and `url` without its `user:password@`
+/// ([`config::userinfo_at`]); `None` if it has none.
 fn split_userinfo(url: &str) -> Option<(&str, String)> {
-    let scheme_end = url.find("://")? + 3;
-    let authority_end = url[scheme_end..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| scheme_end + i);
-    let at = scheme_end + url[scheme_end..authority_end].rfind('@')?;
+    let (start, at) = config::userinfo_at(url)?;
     Some((
-        &url[scheme_end..at],
-        format!("{}{}", &url[..scheme_end], &url[at + 1..]),
+        &url[start..at],
+        format!("{}{}", &url[..start], &url[at + 1..]),
     ))
 }
 
