@@ -36,8 +36,13 @@ pub fn use_up_descriptors() -> Vec<std::fs::File> {
 }
 
 /// Sets this process's soft address-space limit (`RLIMIT_AS`) to `bytes`,
-/// at most the hard limit; `libc::RLIM_INFINITY` lifts it again.
+/// at most the hard limit; `libc::RLIM_INFINITY` lifts it again. A limit
+/// is set only once the test harness's main thread waits for the test
+/// ([`harness_waits`]).
 pub fn limit_address_space(bytes: libc::rlim_t) {
+    if bytes != libc::RLIM_INFINITY {
+        harness_waits();
+    }
     // SAFETY: `limit` is plain data that getrlimit fills and setrlimit
     // reads; only the soft limit changes, within the hard one.
     unsafe {
@@ -45,6 +50,48 @@ pub fn limit_address_space(bytes: libc::rlim_t) {
         assert_eq!(libc::getrlimit(libc::RLIMIT_AS, &mut limit), 0);
         limit.rlim_cur = bytes.min(limit.rlim_max);
         assert_eq!(libc::setrlimit(libc::RLIMIT_AS, &limit), 0);
+    }
+}
+
+/// Returns once the main thread (the test harness's, when a test runs on
+/// a thread of its own) sleeps in a futex wait, as it does waiting for
+/// the test's result; at once when called on the main thread. Its first
+/// wait gives the thread a thread-local with a destructor, which glibc
+/// registers with an allocation, aborting the program if that fails: a
+/// harness slow to reach its wait under load would otherwise abort a test
+/// that used up its address space first. Seen three times in a row, so
+/// that a passing wait (a lock) is not taken for it; panics after
+/// `PATIENCE`.
+pub fn harness_waits() {
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+    // SAFETY: getpid and gettid take no arguments and cannot fail.
+    let (pid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
+    if pid == tid {
+        return;
+    }
+    let task = format!("/proc/self/task/{pid}");
+    let waiting = || {
+        let stat = std::fs::read_to_string(format!("{task}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        let call = std::fs::read_to_string(format!("{task}/syscall")).unwrap_or_default();
+        let number = call
+            .split(' ')
+            .next()
+            .and_then(|n| n.parse::<libc::c_long>().ok());
+        // A kernel without the file says only the state.
+        state == Some('S') && (call.is_empty() || number == Some(libc::SYS_futex))
+    };
+    let start = std::time::Instant::now();
+    let mut seen = 0;
+    while seen < 3 {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "the main thread did not wait for the test in {PATIENCE:?}"
+        );
+        seen = if waiting() { seen + 1 } else { 0 };
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
