@@ -1186,3 +1186,193 @@ fn no_connection_is_kept_between_pushes() {
     pusher.stop();
     assert!(closed, "the pusher kept its connection open after the push");
 }
+
+/// The child of the `SSL_CERT_FILE` tests: pushes once, at `stop`, to
+/// `PUSH_TO`.
+#[test]
+fn child_pushes_once_over_tls() {
+    if !is_child() {
+        return;
+    }
+    let url = std::env::var("PUSH_TO").unwrap();
+    Pusher::new(url, "tls")
+        .every(Duration::from_secs(3600))
+        .start()
+        .unwrap()
+        .stop();
+    println!("stopped");
+}
+
+/// Runs [`child_pushes_once_over_tls`] against `receiver` with
+/// `SSL_CERT_FILE` set to `roots` (if given), answering the push if one
+/// arrives: whether it arrived, and the child's stderr.
+fn push_over_tls(receiver: &Receiver, roots: Option<&std::path::Path>) -> (bool, String) {
+    let mut env = vec![("PUSH_TO".to_owned(), receiver.url())];
+    if let Some(roots) = roots {
+        env.push((
+            "SSL_CERT_FILE".to_owned(),
+            roots.to_str().unwrap().to_owned(),
+        ));
+    }
+    push_over_tls_from(receiver, move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run_child("child_pushes_once_over_tls", &env)
+    })
+}
+
+/// [`push_over_tls`] with the child run by `run`, which returns its
+/// stdout and stderr.
+fn push_over_tls_from(
+    receiver: &Receiver,
+    run: impl FnOnce() -> (String, String) + Send + 'static,
+) -> (bool, String) {
+    let child = std::thread::spawn(run);
+    let pending = receiver
+        .next(Duration::from_secs(60))
+        .expect("a connection from the pusher");
+    let pushed = pending.push.is_ok();
+    if pushed {
+        let push = pending.answer(200, "");
+        assert_eq!(push.path, "/ingest");
+        assert!(!decode(&push.profile).sample_type.is_empty());
+    }
+    let (stdout, stderr) = child.join().unwrap();
+    assert!(stdout.contains("stopped"), "{stdout}");
+    (pushed, stderr)
+}
+
+/// An `https://` server whose certificate a private authority signed is
+/// trusted when `SSL_CERT_FILE` names that authority's certificate, as
+/// OpenSSL and curl read the variable, and refused without it: the
+/// built-in roots do not know it.
+#[test]
+fn ssl_cert_file_names_the_roots_a_push_trusts() {
+    if !is_child() {
+        // In a child: the receiver's TLS allocates, and other tests here
+        // sample at rate 1 and look for TLS in their profiles.
+        run_child("ssl_cert_file_names_the_roots_a_push_trusts", &[]);
+        return;
+    }
+    let _watchdog = watchdog("ssl_cert_file", Duration::from_secs(300));
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start_tls();
+    let roots = dir.path().join("authority.pem");
+    std::fs::write(&roots, receiver.authority_pem()).unwrap();
+
+    let (pushed, stderr) = push_over_tls(&receiver, Some(&roots));
+    assert!(pushed, "{stderr}");
+    assert!(!stderr.contains("heapprof:"), "{stderr}");
+
+    let (pushed, stderr) = push_over_tls(&receiver, None);
+    assert!(!pushed, "{stderr}");
+    let refused = stderr
+        .lines()
+        .find(|l| l.contains("could not push the last profile"))
+        .unwrap_or_else(|| panic!("no failed push: {stderr}"));
+    assert!(refused.contains("certificate"), "{refused}");
+}
+
+/// An `SSL_CERT_FILE` heapprof cannot use is said in one line, and the
+/// built-in roots are used: a file with no certificate, one that is not
+/// there, and a FIFO, which is not opened for reading (a reader that never
+/// comes would hold the push, and the program's exit with it).
+#[test]
+fn an_unusable_ssl_cert_file_is_said_and_the_built_in_roots_used() {
+    if !is_child() {
+        // In a child: the receiver's TLS allocates, and other tests here
+        // sample at rate 1 and look for TLS in their profiles.
+        run_child(
+            "an_unusable_ssl_cert_file_is_said_and_the_built_in_roots_used",
+            &[],
+        );
+        return;
+    }
+    let _watchdog = watchdog("unusable_ssl_cert_file", Duration::from_secs(300));
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start_tls();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "no certificate here\n").unwrap();
+    let fifo = dir.path().join("fifo.pem");
+    let c_fifo = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads the NUL-terminated path it is given.
+    assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) }, 0);
+    for (roots, why) in [
+        (empty, "no certificate in it"),
+        (dir.path().join("missing.pem"), "No such file"),
+        (fifo, "not a regular file"),
+    ] {
+        let (pushed, stderr) = push_over_tls(&receiver, Some(&roots));
+        assert!(!pushed, "{stderr}");
+        let said: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("heapprof: ignoring SSL_CERT_FILE="))
+            .collect();
+        assert_eq!(said.len(), 1, "{stderr}");
+        assert!(
+            said[0].contains(why) && said[0].contains(roots.to_str().unwrap()),
+            "{}",
+            said[0]
+        );
+    }
+}
+
+/// A set-user-ID program does not take `SSL_CERT_FILE`: whoever runs it
+/// would choose which servers it believes. Runs a set-user-ID-root copy of
+/// this binary as `nobody`, which needs root (CI runs as root and sets
+/// `HEAPPROF_REQUIRE_ROOT=1`).
+#[test]
+fn a_set_user_id_program_ignores_ssl_cert_file() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var_os("HEAPPROF_REQUIRE_ROOT").is_none(),
+            "HEAPPROF_REQUIRE_ROOT is set, but this test does not run as root"
+        );
+        println!("skipped: making a set-user-ID-root binary needs root");
+        return;
+    }
+    if !is_child() {
+        // In a child: the receiver's TLS allocates, and other tests here
+        // sample at rate 1 and look for TLS in their profiles.
+        run_child("a_set_user_id_program_ignores_ssl_cert_file", &[]);
+        return;
+    }
+    let _watchdog = watchdog("setuid_ssl_cert_file", Duration::from_secs(300));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.path().join("setuid-copy");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let receiver = Receiver::start_tls();
+    let roots = dir.path().join("authority.pem");
+    std::fs::write(&roots, receiver.authority_pem()).unwrap();
+    let url = receiver.url();
+    let (pushed, stderr) = push_over_tls_from(&receiver, move || {
+        let out = std::process::Command::new(&exe)
+            .args([
+                "--exact",
+                "child_pushes_once_over_tls",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env_clear()
+            .env(heapprof_testkit::child::CHILD_VAR, "1")
+            .env("PUSH_TO", url)
+            .env("SSL_CERT_FILE", &roots)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        (stdout, stderr)
+    });
+    assert!(!pushed, "{stderr}");
+    assert!(
+        stderr.contains("heapprof: ignoring SSL_CERT_FILE: this program runs with privileges"),
+        "{stderr}"
+    );
+}

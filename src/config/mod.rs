@@ -771,6 +771,26 @@ fn var(name: &str) -> Option<OsString> {
     Some(value)
 }
 
+/// `SSL_CERT_FILE`, read as OpenSSL and curl read it: a PEM file of the
+/// root certificates to trust instead of those built in (for a push over
+/// `https://`). `None` when unset, or under secure execution
+/// ([`secure_execution`]: a file of roots chosen by whoever started a
+/// privileged program decides which servers it believes), said once.
+#[cfg(feature = "pyroscope")]
+pub(crate) fn tls_roots_file() -> Option<OsString> {
+    let value = not_blank(std::env::var_os("SSL_CERT_FILE"))?;
+    if secure_execution() {
+        static SAID: report::Once = report::Once::new();
+        SAID.warn(format_args!(
+            "heapprof: ignoring SSL_CERT_FILE: this program runs with privileges its user \
+             lacks, so its environment is not trusted; https:// servers are checked against \
+             the root certificates built in"
+        ));
+        return None;
+    }
+    Some(value)
+}
+
 /// Whether the kernel marked this program's start as a secure execution
 /// (`AT_SECURE`: set-user-ID, set-group-ID, or file capabilities), as
 /// glibc's `secure_getenv` asks. Then whoever started it set the

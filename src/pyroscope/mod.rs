@@ -31,6 +31,13 @@
 //! | `HEAPPROF_PYROSCOPE_TOKEN` | a bearer token, for a proxy that wants one |
 //! | `HEAPPROF_PYROSCOPE_TENANT` | the `X-Scope-OrgID` header of a multi-tenant Pyroscope |
 //!
+//! An `https://` server's certificate is checked against Mozilla's root
+//! certificates, built in, or, when `SSL_CERT_FILE` names a PEM file (as
+//! OpenSSL and curl read it), against the certificates in that file
+//! instead, for every pusher, from the environment or the API: the way to
+//! trust a private authority. A file that cannot be used is said in one
+//! line and the built-in roots are kept.
+//!
 //! Each push is Pyroscope's ingest API, which the Pyroscope server and
 //! Grafana Alloy's `pyroscope.receive_http` accept: `POST /ingest` with
 //! `name=<name>{k=v,…}`, `from` and `until` (Unix seconds),
@@ -541,6 +548,66 @@ impl PusherHandle {
     }
 }
 
+/// The largest `SSL_CERT_FILE` read: a system's whole bundle is a few
+/// hundred KiB.
+const MAX_ROOTS_FILE_BYTES: u64 = 16 << 20;
+
+/// The root certificates in the file `SSL_CERT_FILE` names
+/// ([`config::tls_roots_file`]), to trust instead of those built in;
+/// `None` to keep those: the variable unset, or its file not a readable
+/// regular file of PEM certificates, which is said once. A FIFO or a
+/// device is refused unopened for reading, so that it cannot hold the
+/// pushing thread (and the program's exit, which waits for it).
+fn roots_from_file() -> Option<ureq::tls::RootCerts> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = config::tls_roots_file()?;
+    let read = || -> Result<Vec<u8>, String> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| e.to_string())?;
+        if !file.metadata().map_err(|e| e.to_string())?.is_file() {
+            return Err("not a regular file".into());
+        }
+        let mut pem = Vec::new();
+        file.take(MAX_ROOTS_FILE_BYTES + 1)
+            .read_to_end(&mut pem)
+            .map_err(|e| e.to_string())?;
+        if pem.len() as u64 > MAX_ROOTS_FILE_BYTES {
+            return Err(format!("larger than {MAX_ROOTS_FILE_BYTES} bytes"));
+        }
+        Ok(pem)
+    };
+    let certificates = |pem: Vec<u8>| -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
+        let mut found = Vec::new();
+        for item in ureq::tls::parse_pem(&pem) {
+            match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => found.push(c),
+                Ok(_) => {}
+                Err(e) => return Err(format!("not PEM ({e})")),
+            }
+        }
+        if found.is_empty() {
+            return Err("no certificate in it".into());
+        }
+        Ok(found)
+    };
+    match read().and_then(certificates) {
+        Ok(found) => Some(ureq::tls::RootCerts::from(found)),
+        Err(why) => {
+            static SAID: report::Once = report::Once::new();
+            SAID.warn(format_args!(
+                "heapprof: ignoring SSL_CERT_FILE={}: {why}; https:// servers are checked \
+                 against the root certificates built in",
+                Shown::path(&path)
+            ));
+            None
+        }
+    }
+}
+
 /// A push's HTTP client: ureq, with a connection of its own per push, a
 /// timeout on each step of the exchange but none on name resolution,
 /// which ureq would otherwise run on a thread of its own (outside the
@@ -566,10 +633,20 @@ impl Client {
             // the next push would be written. One connection per period
             // costs a handshake per period.
             .max_idle_connections(0)
-            .user_agent(concat!("heapprof/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
-        Client { agent }
+            .user_agent(concat!("heapprof/", env!("CARGO_PKG_VERSION")));
+        let https = settings
+            .url
+            .get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"));
+        let agent = match https.then(roots_from_file).flatten() {
+            Some(roots) => {
+                agent.tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
+            }
+            None => agent,
+        };
+        Client {
+            agent: agent.build().into(),
+        }
     }
 
     /// Pushes the profile of the period since `since`; returns the mark

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -60,13 +60,20 @@ impl Push {
     }
 }
 
+/// A connection as the receiver reads and answers it: plain TCP, or TLS
+/// over it.
+trait Stream: Read + Write + Send {}
+
+impl<T: Read + Write + Send> Stream for T {}
+
 /// A request waiting for its answer: the test answers it with
 /// [`Pending::answer`], or holds it to play a slow server (dropped
 /// unanswered, the connection closes).
 pub struct Pending {
-    /// The push, or why it could not be read as one.
+    /// The push, or why it could not be read as one (over TLS, a failed
+    /// handshake too).
     pub push: Result<Push, String>,
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
 }
 
 impl Pending {
@@ -107,30 +114,96 @@ impl Pending {
 pub struct Receiver {
     addr: SocketAddr,
     requests: mpsc::Receiver<Pending>,
+    /// Over TLS: the PEM certificate of the authority that signed the
+    /// receiver's.
+    authority: Option<String>,
 }
 
 impl Receiver {
     /// Listens on a free loopback port.
     pub fn start() -> Receiver {
+        Receiver::listen(None)
+    }
+
+    /// Listens on a free loopback port over TLS, with a certificate for
+    /// `127.0.0.1` that an authority made for this receiver signed
+    /// ([`Receiver::authority_pem`]): a client trusts it only if told to
+    /// trust that authority.
+    pub fn start_tls() -> Receiver {
+        let authority_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "heapprof test authority");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let authority = rcgen::CertifiedIssuer::self_signed(params, authority_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &authority)
+            .unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        Receiver::listen(Some((std::sync::Arc::new(config), authority.pem())))
+    }
+
+    fn listen(tls: Option<(std::sync::Arc<rustls::ServerConfig>, String)>) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the receiver");
         let addr = listener.local_addr().unwrap();
         let (tx, requests) = mpsc::channel();
+        let (config, authority) = tls.unzip();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
+                let Ok(tcp) = stream else { continue };
+                tcp.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
                 let tx = tx.clone();
+                let config = config.clone();
                 std::thread::spawn(move || {
+                    let mut stream: Box<dyn Stream> = match config {
+                        Some(config) => Box::new(rustls::StreamOwned::new(
+                            rustls::ServerConnection::new(config).unwrap(),
+                            tcp,
+                        )),
+                        None => Box::new(tcp),
+                    };
                     let push = read_push(&mut stream);
                     let _ = tx.send(Pending { push, stream });
                 });
             }
         });
-        Receiver { addr, requests }
+        Receiver {
+            addr,
+            requests,
+            authority,
+        }
     }
 
-    /// `http://127.0.0.1:PORT`, for `Pusher::new`.
+    /// `http://127.0.0.1:PORT`, or `https://` over TLS, for `Pusher::new`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.authority.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Over TLS, the certificate (PEM) of the authority that signed the
+    /// receiver's; panics otherwise.
+    pub fn authority_pem(&self) -> &str {
+        self.authority.as_deref().expect("a receiver over TLS")
     }
 
     /// The next request, if one arrives within `within`.
@@ -141,8 +214,7 @@ impl Receiver {
 
 /// Reads one request from `stream` and parses it as Pyroscope's ingest
 /// handler would: the query, and the `profile` field of the form.
-fn read_push(stream: &mut TcpStream) -> Result<Push, String> {
-    stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+fn read_push(stream: &mut dyn Read) -> Result<Push, String> {
     let mut bytes = Vec::new();
     let mut chunk = [0u8; 64 * 1024];
     let (head_len, method, target, headers) = loop {
