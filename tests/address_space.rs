@@ -54,9 +54,7 @@ fn child_scraped_with_little_room() {
     // limit: a profile without names needs no lookup.
     let warm = get(server, "/debug/pprof/heap?symbolize=0", &mut answer);
     assert!(answer[..warm].starts_with(b"HTTP/1.1 200"));
-    heapprof_testkit::process::limit_address_space(
-        heapprof_testkit::process::status_bytes("VmSize:") + spare,
-    );
+    heapprof_testkit::process::limit_address_space_to_room(spare);
     let read = get(server, "/debug/pprof/heap", &mut answer);
     heapprof_testkit::process::limit_address_space(libc::RLIM_INFINITY);
     let answered = answer[..read].starts_with(b"HTTP/1.1 200");
@@ -134,9 +132,7 @@ fn child_ends_without_address_space() {
     let held = held_for_the_profile();
     let guard = heapprof::ProfileGuard::new(std::env::var_os("GUARD_OUT").unwrap());
     let mut filled: Vec<Vec<u8>> = Vec::with_capacity(1 << 20);
-    heapprof_testkit::process::limit_address_space(
-        heapprof_testkit::process::status_bytes("VmSize:") + (8 << 20),
-    );
+    heapprof_testkit::process::limit_address_space_to_room(8 << 20);
     for size in [16 << 20, 1 << 20, 64 << 10, 4 << 10, 256, 32] {
         while filled.len() < filled.capacity() {
             let mut chunk = Vec::new();

@@ -1115,8 +1115,7 @@ fn threads_that_cannot_start_say_so() {
             .every(Duration::from_secs(3600));
         // Room for small allocations from the heap already mapped, none
         // for a thread's stack of 2 MiB.
-        let vm = heapprof_testkit::process::status_bytes("VmSize:");
-        heapprof_testkit::process::limit_address_space(vm + (1 << 20));
+        heapprof_testkit::process::limit_address_space_to_room(1 << 20);
         let dumped = dump.start().err();
         let pushed = pusher.start().err();
         heapprof_testkit::process::limit_address_space(libc::RLIM_INFINITY);
@@ -1195,6 +1194,8 @@ fn child_pushes_once_over_tls() {
         return;
     }
     let url = std::env::var("PUSH_TO").unwrap();
+    // SAFETY: no preconditions.
+    println!("secure={}", unsafe { libc::getauxval(libc::AT_SECURE) });
     Pusher::new(url, "tls")
         .every(Duration::from_secs(3600))
         .start()
@@ -1207,13 +1208,13 @@ fn child_pushes_once_over_tls() {
 /// `SSL_CERT_FILE` set to `roots` (if given), answering the push if one
 /// arrives: whether it arrived, and the child's stderr.
 fn push_over_tls(receiver: &Receiver, roots: Option<&std::path::Path>) -> (bool, String) {
-    let mut env = vec![("PUSH_TO".to_owned(), receiver.url())];
-    if let Some(roots) = roots {
-        env.push((
-            "SSL_CERT_FILE".to_owned(),
-            roots.to_str().unwrap().to_owned(),
-        ));
-    }
+    // Set to nothing, the variable counts as unset (whatever the
+    // environment the tests run in sets).
+    let roots = roots.map_or("", |r| r.to_str().unwrap()).to_owned();
+    let env = [
+        ("PUSH_TO".to_owned(), receiver.url()),
+        ("SSL_CERT_FILE".to_owned(), roots),
+    ];
     push_over_tls_from(receiver, move || {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         run_child("child_pushes_once_over_tls", &env)
@@ -1227,9 +1228,10 @@ fn push_over_tls_from(
     run: impl FnOnce() -> (String, String) + Send + 'static,
 ) -> (bool, String) {
     let child = std::thread::spawn(run);
-    let pending = receiver
-        .next(Duration::from_secs(60))
-        .expect("a connection from the pusher");
+    let Some(pending) = receiver.next(Duration::from_secs(60)) else {
+        let output = child.join();
+        panic!("no connection from the pusher; the child: {output:?}");
+    };
     let pushed = pending.push.is_ok();
     if pushed {
         let push = pending.answer(200, "");
@@ -1297,7 +1299,7 @@ fn an_unusable_ssl_cert_file_is_said_and_the_built_in_roots_used() {
     // SAFETY: mkfifo reads the NUL-terminated path it is given.
     assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) }, 0);
     for (roots, why) in [
-        (empty, "no certificate in it"),
+        (empty, "no PEM CERTIFICATE block"),
         (dir.path().join("missing.pem"), "No such file"),
         (fifo, "not a regular file"),
     ] {
@@ -1368,6 +1370,10 @@ fn a_set_user_id_program_ignores_ssl_cert_file() {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert!(
+            stdout.contains("secure=1"),
+            "the copy did not run set-user-ID (a nosuid mount?):\n{stdout}"
+        );
         (stdout, stderr)
     });
     assert!(!pushed, "{stderr}");

@@ -35,8 +35,10 @@
 //! certificates, built in, or, when `SSL_CERT_FILE` names a PEM file (as
 //! OpenSSL and curl read it), against the certificates in that file
 //! instead, for every pusher, from the environment or the API: the way to
-//! trust a private authority. A file that cannot be used is said in one
-//! line and the built-in roots are kept.
+//! trust a private authority. The file is read as a pusher starts. One
+//! that cannot be used is said in one line and the built-in roots are
+//! kept (where OpenSSL would trust no server). `SSL_CERT_DIR` is not
+//! read, nor `SSL_CERT_FILE` in a set-user-ID program.
 //!
 //! Each push is Pyroscope's ingest API, which the Pyroscope server and
 //! Grafana Alloy's `pyroscope.receive_http` accept: `POST /ingest` with
@@ -554,48 +556,12 @@ const MAX_ROOTS_FILE_BYTES: u64 = 16 << 20;
 
 /// The root certificates in the file `SSL_CERT_FILE` names
 /// ([`config::tls_roots_file`]), to trust instead of those built in;
-/// `None` to keep those: the variable unset, or its file not a readable
-/// regular file of PEM certificates, which is said once. A FIFO or a
-/// device is refused unopened for reading, so that it cannot hold the
-/// pushing thread (and the program's exit, which waits for it).
+/// `None` to keep those: the variable unset, or its file one [`roots_from`]
+/// refuses, which is said once.
 fn roots_from_file() -> Option<ureq::tls::RootCerts> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = config::tls_roots_file()?;
-    let read = || -> Result<Vec<u8>, String> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|e| e.to_string())?;
-        if !file.metadata().map_err(|e| e.to_string())?.is_file() {
-            return Err("not a regular file".into());
-        }
-        let mut pem = Vec::new();
-        file.take(MAX_ROOTS_FILE_BYTES + 1)
-            .read_to_end(&mut pem)
-            .map_err(|e| e.to_string())?;
-        if pem.len() as u64 > MAX_ROOTS_FILE_BYTES {
-            return Err(format!("larger than {MAX_ROOTS_FILE_BYTES} bytes"));
-        }
-        Ok(pem)
-    };
-    let certificates = |pem: Vec<u8>| -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
-        let mut found = Vec::new();
-        for item in ureq::tls::parse_pem(&pem) {
-            match item {
-                Ok(ureq::tls::PemItem::Certificate(c)) => found.push(c),
-                Ok(_) => {}
-                Err(e) => return Err(format!("not PEM ({e})")),
-            }
-        }
-        if found.is_empty() {
-            return Err("no certificate in it".into());
-        }
-        Ok(found)
-    };
-    match read().and_then(certificates) {
-        Ok(found) => Some(ureq::tls::RootCerts::from(found)),
+    match roots_from(std::path::Path::new(&path)) {
+        Ok(roots) => Some(roots),
         Err(why) => {
             static SAID: report::Once = report::Once::new();
             SAID.warn(format_args!(
@@ -606,6 +572,58 @@ fn roots_from_file() -> Option<ureq::tls::RootCerts> {
             None
         }
     }
+}
+
+/// The root certificates in the PEM file at `path`, or why there are
+/// none: the file is missing or unreadable, is not a regular file (looked
+/// at before it is opened, so that no device or FIFO is opened: a FIFO
+/// would hold the pushing thread, and the program's exit with it), is
+/// larger than [`MAX_ROOTS_FILE_BYTES`], is not PEM, or has no
+/// `CERTIFICATE` block that TLS can take for a root (the HTTP client
+/// leaves out those it cannot, and none would trust no server).
+fn roots_from(path: &std::path::Path) -> Result<ureq::tls::RootCerts, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let regular = |m: std::fs::Metadata| {
+        m.is_file()
+            .then_some(())
+            .ok_or_else(|| "not a regular file".to_owned())
+    };
+    regular(std::fs::metadata(path).map_err(|e| e.to_string())?)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    regular(file.metadata().map_err(|e| e.to_string())?)?;
+    let mut pem = Vec::new();
+    file.take(MAX_ROOTS_FILE_BYTES + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| e.to_string())?;
+    if pem.len() as u64 > MAX_ROOTS_FILE_BYTES {
+        return Err(format!("larger than {MAX_ROOTS_FILE_BYTES} bytes"));
+    }
+    let mut found = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => found.push(c),
+            Ok(_) => {}
+            // The parser's own words quote the file's bytes at length.
+            Err(_) => {
+                return Err("not PEM (a section without its END line, or bad base64)".into());
+            }
+        }
+    }
+    let mut store = rustls::RootCertStore::empty();
+    let (usable, _) = store.add_parsable_certificates(
+        found
+            .iter()
+            .map(|c| rustls::pki_types::CertificateDer::from(c.der())),
+    );
+    if usable == 0 {
+        return Err("no PEM CERTIFICATE block in it that can be a root".into());
+    }
+    Ok(ureq::tls::RootCerts::from(found))
 }
 
 /// A push's HTTP client: ureq, with a connection of its own per push, a
@@ -1072,6 +1090,53 @@ extern "C" fn push_at_exit() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `SSL_CERT_FILE`'s file: used only when it has a certificate TLS
+    /// can take for a root; anything else is refused with the reason, and
+    /// nothing but a regular file is opened.
+    #[test]
+    fn roots_come_only_from_a_regular_file_with_a_usable_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let authority = rcgen::generate_simple_self_signed(vec!["authority".to_owned()]).unwrap();
+        let good = file("good.pem", &format!("junk\n{}", authority.cert.pem()));
+        match roots_from(&good) {
+            Ok(ureq::tls::RootCerts::Specific(certs)) => assert_eq!(certs.len(), 1),
+            other => panic!("{:?}", other.map(|_| "other roots")),
+        }
+        let fifo = dir.path().join("fifo.pem");
+        let c_fifo = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path it is given.
+        assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) }, 0);
+        // "hello" in base64: a block that is no certificate.
+        let not_der = "-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n";
+        let cut = authority.cert.pem();
+        let cut = &cut[..cut.len() / 2];
+        for (path, why) in [
+            (dir.path().join("missing.pem"), "No such file"),
+            (dir.path().to_path_buf(), "not a regular file"),
+            (fifo, "not a regular file"),
+            (
+                file("text.pem", "no certificate\n"),
+                "no PEM CERTIFICATE block",
+            ),
+            (
+                file("key.pem", &authority.signing_key.serialize_pem()),
+                "no PEM CERTIFICATE block",
+            ),
+            (file("not_der.pem", not_der), "no PEM CERTIFICATE block"),
+            (file("cut.pem", cut), "not PEM"),
+        ] {
+            match roots_from(&path) {
+                Err(said) => assert!(said.contains(why), "{path:?}: {said}"),
+                Ok(_) => panic!("{path:?} taken"),
+            }
+        }
+    }
 
     #[test]
     fn checks_what_pyroscope_would_refuse() {

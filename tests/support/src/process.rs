@@ -1,5 +1,8 @@
 //! This process as the kernel sees it: its memory, its descriptors.
 
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
 /// A size from `/proc/self/status` (`"VmRSS:"`, `"VmHWM:"`, `"RssAnon:"`,
 /// …), in bytes.
 pub fn status_bytes(key: &str) -> u64 {
@@ -35,9 +38,19 @@ pub fn use_up_descriptors() -> Vec<std::fs::File> {
     files
 }
 
+/// Limits this process's address space (`RLIMIT_AS`) to what it maps now
+/// and `room` bytes more, once the test harness waits for the test
+/// ([`harness_waits`]); returns what it maps now.
+pub fn limit_address_space_to_room(room: u64) -> u64 {
+    harness_waits();
+    let mapped = status_bytes("VmSize:");
+    limit_address_space(mapped + room);
+    mapped
+}
+
 /// Sets this process's soft address-space limit (`RLIMIT_AS`) to `bytes`,
 /// at most the hard limit; `libc::RLIM_INFINITY` lifts it again. A limit
-/// is set only once the test harness's main thread waits for the test
+/// is set only once the test harness waits for the test
 /// ([`harness_waits`]).
 pub fn limit_address_space(bytes: libc::rlim_t) {
     if bytes != libc::RLIM_INFINITY {
@@ -53,45 +66,58 @@ pub fn limit_address_space(bytes: libc::rlim_t) {
     }
 }
 
-/// Returns once the main thread (the test harness's, when a test runs on
-/// a thread of its own) sleeps in a futex wait, as it does waiting for
-/// the test's result; at once when called on the main thread. Its first
-/// wait gives the thread a thread-local with a destructor, which glibc
-/// registers with an allocation, aborting the program if that fails: a
-/// harness slow to reach its wait under load would otherwise abort a test
-/// that used up its address space first. Seen three times in a row, so
-/// that a passing wait (a lock) is not taken for it; panics after
-/// `PATIENCE`.
+/// Whether [`harness_waits`] saw the harness wait: its first wait's
+/// thread-local is then set up for good, and later calls return at once
+/// (allocating nothing, under a limit already set).
+static HARNESS_SEEN_WAITING: AtomicBool = AtomicBool::new(false);
+
+/// Returns once libtest's main thread, which runs the harness when a test
+/// runs on a thread of its own, is parked waiting for the test's result;
+/// at once when called on the main thread. Its first wait gives the thread
+/// a thread-local with a destructor, which glibc registers with an
+/// allocation, aborting the program if that fails: a harness slow to
+/// reach its wait under load would otherwise abort a test that used up its
+/// address space first. Parked is std's `thread::park`: a private
+/// `FUTEX_WAIT_BITSET` for the value `u32::MAX`, which no lock's wait has;
+/// a kernel without `/proc/…/syscall` shows only that the thread sleeps,
+/// which must then be seen three times in a row. Panics after `PATIENCE`;
+/// assumes libtest's harness.
 pub fn harness_waits() {
-    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+    const PATIENCE: Duration = Duration::from_secs(30);
+    const PARK: &str = "0x89 0xffffffff ";
+    if HARNESS_SEEN_WAITING.load(Relaxed) {
+        return;
+    }
     // SAFETY: getpid and gettid take no arguments and cannot fail.
     let (pid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
     if pid == tid {
         return;
     }
     let task = format!("/proc/self/task/{pid}");
-    let waiting = || {
+    let start = Instant::now();
+    let mut asleep = 0;
+    loop {
         let stat = std::fs::read_to_string(format!("{task}/stat")).unwrap_or_default();
-        let state = stat
+        let sleeps = stat
             .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.chars().next());
+            .is_some_and(|(_, rest)| rest.starts_with('S'));
         let call = std::fs::read_to_string(format!("{task}/syscall")).unwrap_or_default();
-        let number = call
-            .split(' ')
-            .next()
-            .and_then(|n| n.parse::<libc::c_long>().ok());
-        // A kernel without the file says only the state.
-        state == Some('S') && (call.is_empty() || number == Some(libc::SYS_futex))
-    };
-    let start = std::time::Instant::now();
-    let mut seen = 0;
-    while seen < 3 {
+        let parked = call.split_once(' ').is_some_and(|(number, args)| {
+            number.parse::<libc::c_long>() == Ok(libc::SYS_futex)
+                && args
+                    .split_once(' ')
+                    .is_some_and(|(_, rest)| rest.starts_with(PARK))
+        });
+        asleep = if sleeps { asleep + 1 } else { 0 };
+        if parked || (call.is_empty() && asleep >= 3) {
+            HARNESS_SEEN_WAITING.store(true, Relaxed);
+            return;
+        }
         assert!(
             start.elapsed() < PATIENCE,
-            "the main thread did not wait for the test in {PATIENCE:?}"
+            "libtest's main thread did not wait for the test in {PATIENCE:?}"
         );
-        seen = if waiting() { seen + 1 } else { 0 };
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
