@@ -26,6 +26,7 @@ pub(crate) fn on_first_allocation() {
     crate::support::mappings::note_first_objects();
     crate::support::mappings::note_started_by();
     crate::support::signals::note_start_mask();
+    crate::support::own_thread::note_start_cpus();
     fork::register_handlers();
     crate::dump::register_exit_dump();
     crate::record::stack::decide_early();

@@ -14,6 +14,16 @@ use std::ffi::CStr;
 use std::io;
 use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+/// Words of a CPU mask as the kernel reads and writes one (`unsigned
+/// long`s): 1024 CPUs, as glibc's `cpu_set_t`.
+const CPU_WORDS: usize = 1024 / usize::BITS as usize;
+
+/// The CPUs of the thread of heapprof's first allocation: those the
+/// process started with (`taskset`, a container's cpuset), before the
+/// program pinned any thread. Bit `n % usize::BITS` of word
+/// `n / usize::BITS` for CPU `n`; all zero until noted.
+static START_CPUS: [AtomicUsize; CPU_WORDS] = [const { AtomicUsize::new(0) }; CPU_WORDS];
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -170,6 +180,7 @@ extern "C" fn run(start: *mut libc::c_void) -> *mut libc::c_void {
     let start = unsafe { Box::from_raw(start.cast::<Start>()) };
     set_name(start.name);
     leave_realtime();
+    take_start_cpus();
     let Start { work, wake, .. } = *start;
     // A panic was reported by the panic hook; it must not unwind into C,
     // nor may its payload's drop (which could panic again).
@@ -248,6 +259,53 @@ fn leave_realtime() {
             )
         };
     }
+}
+
+/// Notes the calling thread's CPUs as those the process started with
+/// ([`START_CPUS`]). Called once, at heapprof's first allocation. No
+/// allocation; on a machine with more CPUs than a mask holds, nothing is
+/// noted.
+pub(crate) fn note_start_cpus() {
+    let mut mask = [0usize; CPU_WORDS];
+    // SAFETY: the kernel writes at most `size_of_val(&mask)` bytes into
+    // `mask`, a live local, for the calling thread (0).
+    let written = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getaffinity,
+            0,
+            std::mem::size_of_val(&mask),
+            mask.as_mut_ptr(),
+        )
+    };
+    if written > 0 {
+        for (noted, word) in START_CPUS.iter().zip(mask) {
+            noted.store(word, Relaxed);
+        }
+    }
+}
+
+/// Moves the calling thread to the CPUs the process started with, from
+/// those it copied from the thread that started it: a program may keep
+/// that thread on a CPU of its own (a thread per core), which a profile
+/// built there would take from it. The kernel keeps the thread within its
+/// cpuset; with none noted, or none of them left in the cpuset, the
+/// thread keeps the CPUs it has. Raw system calls, as in
+/// [`leave_realtime`].
+fn take_start_cpus() {
+    let mask: [usize; CPU_WORDS] = std::array::from_fn(|i| START_CPUS[i].load(Relaxed));
+    if mask.iter().all(|&word| word == 0) {
+        return;
+    }
+    // SAFETY: the kernel reads `size_of_val(&mask)` bytes of `mask`, a live
+    // local, for the calling thread (0); a refusal changes nothing.
+    unsafe {
+        libc::syscall(
+            libc::SYS_sched_setaffinity,
+            0,
+            std::mem::size_of_val(&mask),
+            mask.as_ptr(),
+        )
+    };
 }
 
 /// The most bytes of a thread name Linux keeps, its NUL not counted.
@@ -360,6 +418,79 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The calling thread's CPUs.
+    fn cpus() -> Vec<usize> {
+        let mut mask = [0usize; CPU_WORDS];
+        // SAFETY: as in `note_start_cpus`.
+        let written = unsafe {
+            libc::syscall(
+                libc::SYS_sched_getaffinity,
+                0,
+                std::mem::size_of_val(&mask),
+                mask.as_mut_ptr(),
+            )
+        };
+        assert!(written > 0, "{}", io::Error::last_os_error());
+        let bits = usize::BITS as usize;
+        (0..CPU_WORDS * bits)
+            .filter(|&n| mask[n / bits] & 1 << (n % bits) != 0)
+            .collect()
+    }
+
+    /// Pins the calling thread to `cpu`.
+    fn pin(cpu: usize) {
+        let bits = usize::BITS as usize;
+        let mut mask = [0usize; CPU_WORDS];
+        mask[cpu / bits] |= 1 << (cpu % bits);
+        // SAFETY: as in `take_start_cpus`.
+        let set = unsafe {
+            libc::syscall(
+                libc::SYS_sched_setaffinity,
+                0,
+                std::mem::size_of_val(&mask),
+                mask.as_ptr(),
+            )
+        };
+        assert_eq!(set, 0, "{}", io::Error::last_os_error());
+    }
+
+    /// Started from a thread the program pinned to one CPU, heapprof's
+    /// thread runs on the CPUs the process started with. Needs two CPUs
+    /// (CI sets `HEAPPROF_REQUIRE_TWO_CPUS`).
+    #[test]
+    fn a_new_thread_leaves_a_pinned_thread_s_cpu() {
+        let (tx, rx) = mpsc::channel();
+        // On a thread of its own, so that no test's thread stays pinned.
+        std::thread::spawn(move || {
+            let all = cpus();
+            if all.len() < 2 {
+                assert!(
+                    std::env::var_os("HEAPPROF_REQUIRE_TWO_CPUS").is_none(),
+                    "HEAPPROF_REQUIRE_TWO_CPUS is set, but this thread may run on {all:?} only"
+                );
+                eprintln!("skipped: this thread may run on one CPU only ({all:?})");
+                tx.send(None).unwrap();
+                return;
+            }
+            note_start_cpus();
+            pin(all[1]);
+            let pinned = cpus();
+            let (seen_tx, seen_rx) = mpsc::channel();
+            spawn(c"heapprof-test", 64 << 10, move |_| {
+                seen_tx.send(cpus()).unwrap()
+            })
+            .unwrap()
+            .join();
+            tx.send(Some((all, pinned, seen_rx.recv().unwrap())))
+                .unwrap();
+        });
+        let Some((all, pinned, seen)) = rx.recv().unwrap() else {
+            return;
+        };
+        assert_eq!(pinned, vec![all[1]]);
+        assert_eq!(seen, all, "heapprof's thread kept the pinned thread's CPU");
     }
 
     /// Started from a thread that takes every signal, heapprof's thread
