@@ -266,34 +266,48 @@ fn leave_realtime() {
 /// allocation; on a machine with more CPUs than a mask holds, nothing is
 /// noted.
 pub(crate) fn note_start_cpus() {
-    let mut mask = [0usize; CPU_WORDS];
-    // SAFETY: the kernel writes at most `size_of_val(&mask)` bytes into
-    // `mask`, a live local, for the calling thread (0).
-    let written = unsafe {
-        libc::syscall(
-            libc::SYS_sched_getaffinity,
-            0,
-            std::mem::size_of_val(&mask),
-            mask.as_mut_ptr(),
-        )
-    };
-    if written > 0 {
+    if let Some(mask) = cpus_of(0) {
         for (noted, word) in START_CPUS.iter().zip(mask) {
             noted.store(word, Relaxed);
         }
     }
 }
 
-/// Moves the calling thread to the CPUs the process started with, from
-/// those it copied from the thread that started it: a program may keep
-/// that thread on a CPU of its own (a thread per core), which a profile
-/// built there would take from it. The kernel keeps the thread within its
-/// cpuset; with none noted, or none of them left in the cpuset, the
-/// thread keeps the CPUs it has. Raw system calls, as in
-/// [`leave_realtime`].
+/// The CPUs thread `tid` may run on (0: the calling thread); `None` if the
+/// kernel does not say (no such thread, a mask too small).
+fn cpus_of(tid: libc::pid_t) -> Option<[usize; CPU_WORDS]> {
+    let mut mask = [0usize; CPU_WORDS];
+    // SAFETY: the kernel writes at most `size_of_val(&mask)` bytes into
+    // `mask`, a live local.
+    let written = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getaffinity,
+            tid,
+            std::mem::size_of_val(&mask),
+            mask.as_mut_ptr(),
+        )
+    };
+    (written > 0).then_some(mask)
+}
+
+/// Moves the calling thread off the CPU the thread that started it may be
+/// pinned to, since a program may keep that thread on a CPU of its own (a
+/// thread per core), which a profile built there would take from it. It
+/// goes to the CPUs the process started with, as far as the program still
+/// lets either that thread or its main thread run there: a program
+/// confined as a whole since (`taskset -a -p`, its main thread narrowing
+/// its CPUs before it starts others) keeps heapprof within the new bounds.
+/// With none noted, none in common, or none left in the cpuset, the thread
+/// keeps the CPUs it has. Raw system calls, as in [`leave_realtime`].
 fn take_start_cpus() {
-    let mask: [usize; CPU_WORDS] = std::array::from_fn(|i| START_CPUS[i].load(Relaxed));
-    if mask.iter().all(|&word| word == 0) {
+    // SAFETY: getpid takes no arguments and cannot fail.
+    let main = unsafe { libc::getpid() };
+    let (Some(starter), Some(main)) = (cpus_of(0), cpus_of(main)) else {
+        return;
+    };
+    let mask: [usize; CPU_WORDS] =
+        std::array::from_fn(|i| START_CPUS[i].load(Relaxed) & (starter[i] | main[i]));
+    if mask.iter().all(|&word| word == 0) || mask == starter {
         return;
     }
     // SAFETY: the kernel reads `size_of_val(&mask)` bytes of `mask`, a live
@@ -422,38 +436,60 @@ mod tests {
 
     /// The calling thread's CPUs.
     fn cpus() -> Vec<usize> {
-        let mut mask = [0usize; CPU_WORDS];
-        // SAFETY: as in `note_start_cpus`.
-        let written = unsafe {
-            libc::syscall(
-                libc::SYS_sched_getaffinity,
-                0,
-                std::mem::size_of_val(&mask),
-                mask.as_mut_ptr(),
-            )
-        };
-        assert!(written > 0, "{}", io::Error::last_os_error());
+        let mask = cpus_of(0).expect("this thread's CPUs");
         let bits = usize::BITS as usize;
         (0..CPU_WORDS * bits)
             .filter(|&n| mask[n / bits] & 1 << (n % bits) != 0)
             .collect()
     }
 
-    /// Pins the calling thread to `cpu`.
-    fn pin(cpu: usize) {
+    /// Limits thread `tid` (0: the calling one) to `cpus`.
+    fn pin(tid: libc::pid_t, cpus: &[usize]) {
         let bits = usize::BITS as usize;
         let mut mask = [0usize; CPU_WORDS];
-        mask[cpu / bits] |= 1 << (cpu % bits);
-        // SAFETY: as in `take_start_cpus`.
+        for cpu in cpus {
+            mask[cpu / bits] |= 1 << (cpu % bits);
+        }
+        // SAFETY: as in `take_start_cpus`, for thread `tid`.
         let set = unsafe {
             libc::syscall(
                 libc::SYS_sched_setaffinity,
-                0,
+                tid,
                 std::mem::size_of_val(&mask),
                 mask.as_ptr(),
             )
         };
         assert_eq!(set, 0, "{}", io::Error::last_os_error());
+    }
+
+    /// Held by the tests that change CPUs, one of them the harness's main
+    /// thread's, which the threads they start look at.
+    static CPUS_CHANGED: Mutex<()> = Mutex::new(());
+
+    /// The calling thread's CPUs if it has two or more; `None`, saying
+    /// that the test skips, if not.
+    fn two_cpus() -> Option<Vec<usize>> {
+        let all = cpus();
+        if all.len() >= 2 {
+            return Some(all);
+        }
+        assert!(
+            std::env::var_os("HEAPPROF_REQUIRE_TWO_CPUS").is_none(),
+            "HEAPPROF_REQUIRE_TWO_CPUS is set, but this thread may run on {all:?} only"
+        );
+        eprintln!("skipped: this thread may run on one CPU only ({all:?})");
+        None
+    }
+
+    /// The CPUs of a thread of heapprof's started from the calling one.
+    fn started_thread_cpus() -> Vec<usize> {
+        let (tx, rx) = mpsc::channel();
+        spawn(c"heapprof-test", 64 << 10, move |_| {
+            tx.send(cpus()).unwrap()
+        })
+        .unwrap()
+        .join();
+        rx.recv().unwrap()
     }
 
     /// Started from a thread the program pinned to one CPU, heapprof's
@@ -464,33 +500,50 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         // On a thread of its own, so that no test's thread stays pinned.
         std::thread::spawn(move || {
-            let all = cpus();
-            if all.len() < 2 {
-                assert!(
-                    std::env::var_os("HEAPPROF_REQUIRE_TWO_CPUS").is_none(),
-                    "HEAPPROF_REQUIRE_TWO_CPUS is set, but this thread may run on {all:?} only"
-                );
-                eprintln!("skipped: this thread may run on one CPU only ({all:?})");
+            let _alone = CPUS_CHANGED.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(all) = two_cpus() else {
                 tx.send(None).unwrap();
                 return;
-            }
+            };
             note_start_cpus();
-            pin(all[1]);
+            pin(0, &all[1..2]);
             let pinned = cpus();
-            let (seen_tx, seen_rx) = mpsc::channel();
-            spawn(c"heapprof-test", 64 << 10, move |_| {
-                seen_tx.send(cpus()).unwrap()
-            })
-            .unwrap()
-            .join();
-            tx.send(Some((all, pinned, seen_rx.recv().unwrap())))
-                .unwrap();
+            let seen = started_thread_cpus();
+            tx.send(Some((all, pinned, seen))).unwrap();
         });
         let Some((all, pinned, seen)) = rx.recv().unwrap() else {
             return;
         };
         assert_eq!(pinned, vec![all[1]]);
         assert_eq!(seen, all, "heapprof's thread kept the pinned thread's CPU");
+    }
+
+    /// A program that confines itself as a whole after its start (its
+    /// main thread and the one starting heapprof's on one CPU, as
+    /// `taskset -a -p` leaves them) keeps heapprof's new threads there.
+    #[test]
+    fn a_new_thread_stays_within_a_program_confined_since_its_start() {
+        // SAFETY: no preconditions.
+        let main = unsafe { libc::getpid() };
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _alone = CPUS_CHANGED.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(all) = two_cpus() else {
+                tx.send(None).unwrap();
+                return;
+            };
+            note_start_cpus();
+            pin(0, &all[1..2]);
+            // The harness's main thread only waits meanwhile.
+            pin(main, &all[1..2]);
+            let seen = started_thread_cpus();
+            pin(main, &all);
+            tx.send(Some((all, seen))).unwrap();
+        });
+        let Some((all, seen)) = rx.recv().unwrap() else {
+            return;
+        };
+        assert_eq!(seen, vec![all[1]]);
     }
 
     /// Started from a thread that takes every signal, heapprof's thread
