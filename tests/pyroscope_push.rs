@@ -1271,7 +1271,11 @@ fn ssl_cert_file_names_the_roots_a_push_trusts() {
         .lines()
         .find(|l| l.contains("could not push the last profile"))
         .unwrap_or_else(|| panic!("no failed push: {stderr}"));
-    assert!(refused.contains("certificate"), "{refused}");
+    assert!(
+        refused.contains("certificate")
+            && refused.contains("(checked against the built-in roots; SSL_CERT_FILE names others)"),
+        "{refused}"
+    );
 }
 
 /// An `SSL_CERT_FILE` heapprof cannot use is said in one line, and the
@@ -1314,6 +1318,10 @@ fn an_unusable_ssl_cert_file_is_said_and_the_built_in_roots_used() {
             said[0].contains(why) && said[0].contains(roots.to_str().unwrap()),
             "{}",
             said[0]
+        );
+        assert!(
+            stderr.contains("(checked against the built-in roots;"),
+            "the push did not fail on the built-in roots: {stderr}"
         );
     }
 }

@@ -632,6 +632,9 @@ fn roots_from(path: &std::path::Path) -> Result<ureq::tls::RootCerts, String> {
 /// profiler: its allocations would be counted as the program's).
 struct Client {
     agent: ureq::Agent,
+    /// Which roots a server's certificate is checked against, said with
+    /// a failure that names a certificate.
+    roots: &'static str,
 }
 
 impl Client {
@@ -656,14 +659,19 @@ impl Client {
             .url
             .get(..8)
             .is_some_and(|s| s.eq_ignore_ascii_case("https://"));
-        let agent = match https.then(roots_from_file).flatten() {
-            Some(roots) => {
-                agent.tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
-            }
-            None => agent,
+        let (agent, roots) = match https.then(roots_from_file).flatten() {
+            Some(roots) => (
+                agent.tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build()),
+                "checked against SSL_CERT_FILE's roots",
+            ),
+            None => (
+                agent,
+                "checked against the built-in roots; SSL_CERT_FILE names others",
+            ),
         };
         Client {
             agent: agent.build().into(),
+            roots,
         }
     }
 
@@ -706,9 +714,14 @@ impl Client {
         for (name, value) in settings.headers() {
             request = request.header(name, value);
         }
-        let mut response = request
-            .send(&body[..])
-            .map_err(|e| Failed::because(e.to_string()))?;
+        let mut response = request.send(&body[..]).map_err(|e| {
+            let why = e.to_string();
+            if why.contains("certificate") {
+                Failed::because(format!("{why} ({})", self.roots))
+            } else {
+                Failed::because(why)
+            }
+        })?;
         let status = response.status();
         if status.is_success() {
             return Ok(now);
