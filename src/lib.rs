@@ -138,12 +138,13 @@
 //!
 //! #[test]
 //! fn parse_keeps_nothing_but_its_result() {
-//!     let rate = heapprof::sample_rate();
-//!     heapprof::set_sample_rate(1); // record every allocation: exact numbers
+//!     // Every allocation recorded while this lives: exact numbers. Other
+//!     // tests get their rate back when the last such guard is dropped.
+//!     let exact = heapprof::exact_sampling();
 //!     let before = heapprof::snapshot();
 //!     let doc = my_crate::parse("…");
 //!     let grown = heapprof::snapshot().delta(&before);
-//!     heapprof::set_sample_rate(rate); // other tests keep the rate they expect
+//!     drop(exact);
 //!     grown.assert_inuse_at_most("my_crate::parse", 4096);
 //!     println!("{grown}"); // a pprof -top-like table
 //! #   drop(doc);
@@ -536,6 +537,7 @@ pub use measure::{Measured, MeasuredFuture, assert_no_leak, measure, measure_fut
 pub use output::snapshot::{
     Frame, FunctionBytes, SampleType, Site, Snapshot, Stats, snapshot, stats,
 };
+pub use record::countdown::ExactSampling;
 
 /// Writes the current heap profile to `w`: a gzip-compressed pprof
 /// `profile.proto` message with sample types `alloc_objects`,
@@ -612,6 +614,26 @@ pub fn write_peak_profile<W: io::Write>(w: W) -> io::Result<()> {
 /// of its thread registry.
 pub fn set_sample_rate(bytes: usize) {
     record::countdown::set_rate(bytes)
+}
+
+/// Records every allocation (sample rate 1) until the guard it returns is
+/// dropped, for exact snapshot assertions in tests. Guards nest and may be
+/// taken by tests running at once: the rate stays 1 while any is alive,
+/// and the last one dropped puts back the rate in force when the first
+/// was taken (a [`set_sample_rate`] call meanwhile is undone then). A test
+/// that saves the rate, sets 1 and restores it instead can put the rate
+/// back while a test beside it still counts on 1, which makes that test's
+/// assertion an estimate that may miss a leak.
+///
+/// ```no_run
+/// let _exact = heapprof::exact_sampling();
+/// let before = heapprof::snapshot();
+/// // … the code under test …
+/// let grown = heapprof::snapshot().delta(&before);
+/// grown.assert_inuse_at_most("my_crate::parse", 4096);
+/// ```
+pub fn exact_sampling() -> ExactSampling {
+    record::countdown::exact_sampling()
 }
 
 /// The mean number of bytes between samples (default 524288, or

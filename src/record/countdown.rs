@@ -18,6 +18,8 @@
 //! allocation is counted on the slow path, and the whole countdown waits
 //! in the sampler ([`expired`] goes to `expired_after_exit`).
 
+use std::sync::PoisonError;
+
 use crate::sample;
 use crate::support::{reentry, registry};
 use crate::thread::{self, Local};
@@ -254,6 +256,43 @@ pub(crate) fn set_rate(bytes: usize) {
     // mask calls are not supported: a test that sets the rate runs on.
     if !cfg!(miri) {
         registry::nudge_other_threads(epoch);
+    }
+}
+
+/// How many [`ExactSampling`] guards are alive, and the rate the last one
+/// to go puts back. Taken only from the public API, with none of
+/// heapprof's locks held (it is outside their ranks), and held while the
+/// rate changes, so that guards taken and dropped at once on several
+/// threads leave the rate their order says.
+static EXACT: std::sync::Mutex<(usize, usize)> = std::sync::Mutex::new((0, 0));
+
+/// Every allocation recorded while this guard, or another one, is alive:
+/// `heapprof::exact_sampling` tells how.
+#[must_use = "the sample rate goes back when the guard is dropped"]
+#[derive(Debug)]
+pub struct ExactSampling(());
+
+/// Takes a guard of exact sampling: rate 1 from the first guard, the rate
+/// before it back when the last one is dropped.
+pub(crate) fn exact_sampling() -> ExactSampling {
+    let mut exact = EXACT.lock().unwrap_or_else(PoisonError::into_inner);
+    if exact.0 == 0 {
+        exact.1 = rate();
+        if exact.1 != 1 {
+            set_rate(1);
+        }
+    }
+    exact.0 += 1;
+    ExactSampling(())
+}
+
+impl Drop for ExactSampling {
+    fn drop(&mut self) {
+        let mut exact = EXACT.lock().unwrap_or_else(PoisonError::into_inner);
+        exact.0 -= 1;
+        if exact.0 == 0 && exact.1 != 1 {
+            set_rate(exact.1);
+        }
     }
 }
 
