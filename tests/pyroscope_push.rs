@@ -1334,13 +1334,7 @@ fn an_unusable_ssl_cert_file_is_said_and_the_built_in_roots_used() {
 fn a_set_user_id_program_ignores_ssl_cert_file() {
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var_os("HEAPPROF_REQUIRE_ROOT").is_none(),
-            "HEAPPROF_REQUIRE_ROOT is set, but this test does not run as root"
-        );
-        println!("skipped: making a set-user-ID-root binary needs root");
+    if !heapprof_testkit::process::runs_as_root("making a set-user-ID-root binary") {
         return;
     }
     if !is_child() {

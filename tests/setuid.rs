@@ -30,13 +30,7 @@ fn child_runs_set_user_id() {
 
 #[test]
 fn set_user_id_programs_ignore_heapprof_variables() {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var_os("HEAPPROF_REQUIRE_ROOT").is_none(),
-            "HEAPPROF_REQUIRE_ROOT is set, but this test does not run as root"
-        );
-        println!("skipped: making a set-user-ID-root binary needs root");
+    if !heapprof_testkit::process::runs_as_root("making a set-user-ID-root binary") {
         return;
     }
     let dir = std::env::temp_dir().join(format!("heapprof-setuid-{}", std::process::id()));

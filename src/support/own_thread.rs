@@ -466,19 +466,29 @@ mod tests {
     /// thread's, which the threads they start look at.
     static CPUS_CHANGED: Mutex<()> = Mutex::new(());
 
-    /// The calling thread's CPUs if it has two or more; `None`, saying
-    /// that the test skips, if not.
-    fn two_cpus() -> Option<Vec<usize>> {
-        let all = cpus();
-        if all.len() >= 2 {
-            return Some(all);
-        }
-        assert!(
-            std::env::var_os("HEAPPROF_REQUIRE_TWO_CPUS").is_none(),
-            "HEAPPROF_REQUIRE_TWO_CPUS is set, but this thread may run on {all:?} only"
-        );
-        eprintln!("skipped: this thread may run on one CPU only ({all:?})");
-        None
+    /// Runs `test` with the CPUs it may use, after noting them as the
+    /// process's start ones, on a thread of its own (so that no test's
+    /// thread stays pinned) and alone among the tests that change CPUs;
+    /// `None`, saying that the test skips, with fewer than two CPUs.
+    fn with_two_cpus<R: Send + 'static>(
+        test: impl FnOnce(&[usize]) -> R + Send + 'static,
+    ) -> Option<R> {
+        std::thread::spawn(move || {
+            let _alone = CPUS_CHANGED.lock().unwrap_or_else(PoisonError::into_inner);
+            let all = cpus();
+            if all.len() < 2 {
+                assert!(
+                    std::env::var_os("HEAPPROF_REQUIRE_TWO_CPUS").is_none(),
+                    "HEAPPROF_REQUIRE_TWO_CPUS is set, but this thread may run on {all:?} only"
+                );
+                eprintln!("skipped: this thread may run on one CPU only ({all:?})");
+                return None;
+            }
+            note_start_cpus();
+            Some(test(&all))
+        })
+        .join()
+        .unwrap()
     }
 
     /// The CPUs of a thread of heapprof's started from the calling one.
@@ -497,21 +507,10 @@ mod tests {
     /// (CI sets `HEAPPROF_REQUIRE_TWO_CPUS`).
     #[test]
     fn a_new_thread_leaves_a_pinned_thread_s_cpu() {
-        let (tx, rx) = mpsc::channel();
-        // On a thread of its own, so that no test's thread stays pinned.
-        std::thread::spawn(move || {
-            let _alone = CPUS_CHANGED.lock().unwrap_or_else(PoisonError::into_inner);
-            let Some(all) = two_cpus() else {
-                tx.send(None).unwrap();
-                return;
-            };
-            note_start_cpus();
+        let Some((all, pinned, seen)) = with_two_cpus(|all| {
             pin(0, &all[1..2]);
-            let pinned = cpus();
-            let seen = started_thread_cpus();
-            tx.send(Some((all, pinned, seen))).unwrap();
-        });
-        let Some((all, pinned, seen)) = rx.recv().unwrap() else {
+            (all.to_vec(), cpus(), started_thread_cpus())
+        }) else {
             return;
         };
         assert_eq!(pinned, vec![all[1]]);
@@ -525,22 +524,14 @@ mod tests {
     fn a_new_thread_stays_within_a_program_confined_since_its_start() {
         // SAFETY: no preconditions.
         let main = unsafe { libc::getpid() };
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _alone = CPUS_CHANGED.lock().unwrap_or_else(PoisonError::into_inner);
-            let Some(all) = two_cpus() else {
-                tx.send(None).unwrap();
-                return;
-            };
-            note_start_cpus();
+        let Some((all, seen)) = with_two_cpus(move |all| {
             pin(0, &all[1..2]);
             // The harness's main thread only waits meanwhile.
             pin(main, &all[1..2]);
             let seen = started_thread_cpus();
-            pin(main, &all);
-            tx.send(Some((all, seen))).unwrap();
-        });
-        let Some((all, seen)) = rx.recv().unwrap() else {
+            pin(main, all);
+            (all.to_vec(), seen)
+        }) else {
             return;
         };
         assert_eq!(seen, vec![all[1]]);

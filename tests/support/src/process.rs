@@ -145,3 +145,19 @@ pub fn stack_left() -> usize {
     sp.checked_sub(lowest)
         .expect("a frame above the stack's end")
 }
+
+/// Whether this test runs as root; if not, says on stdout that it skips
+/// because `needs` needs root, and panics instead where
+/// `HEAPPROF_REQUIRE_ROOT` is set (CI runs as root and sets it).
+pub fn runs_as_root(needs: &str) -> bool {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var_os("HEAPPROF_REQUIRE_ROOT").is_none(),
+        "HEAPPROF_REQUIRE_ROOT is set, but this test does not run as root"
+    );
+    println!("skipped: {needs} needs root");
+    false
+}
