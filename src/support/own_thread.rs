@@ -14,16 +14,6 @@ use std::ffi::CStr;
 use std::io;
 use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-
-/// Words of a CPU mask as the kernel reads and writes one (`unsigned
-/// long`s): 1024 CPUs, as glibc's `cpu_set_t`.
-const CPU_WORDS: usize = 1024 / usize::BITS as usize;
-
-/// The CPUs of the thread of heapprof's first allocation: those the
-/// process started with (`taskset`, a container's cpuset), before the
-/// program pinned any thread. Bit `n % usize::BITS` of word
-/// `n / usize::BITS` for CPU `n`; all zero until noted.
-static START_CPUS: [AtomicUsize; CPU_WORDS] = [const { AtomicUsize::new(0) }; CPU_WORDS];
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -261,6 +251,16 @@ fn leave_realtime() {
     }
 }
 
+/// Words of a CPU mask as the kernel reads and writes one (`unsigned
+/// long`s): 1024 CPUs, as glibc's `cpu_set_t`.
+const CPU_WORDS: usize = 1024 / usize::BITS as usize;
+
+/// The CPUs of the thread of heapprof's first allocation: those the
+/// process started with (`taskset`, a container's cpuset), before the
+/// program pinned any thread. Bit `n % usize::BITS` of word
+/// `n / usize::BITS` for CPU `n`; all zero until noted.
+static START_CPUS: [AtomicUsize; CPU_WORDS] = [const { AtomicUsize::new(0) }; CPU_WORDS];
+
 /// Notes the calling thread's CPUs as those the process started with
 /// ([`START_CPUS`]). Called once, at heapprof's first allocation. No
 /// allocation; on a machine with more CPUs than a mask holds, nothing is
@@ -310,16 +310,24 @@ fn take_start_cpus() {
     if mask.iter().all(|&word| word == 0) || mask == starter {
         return;
     }
-    // SAFETY: the kernel reads `size_of_val(&mask)` bytes of `mask`, a live
-    // local, for the calling thread (0); a refusal changes nothing.
-    unsafe {
+    // A refusal changes nothing.
+    set_cpus(0, &mask);
+}
+
+/// Limits thread `tid` (0: the calling thread) to the CPUs of `mask`;
+/// whether the kernel took it.
+fn set_cpus(tid: libc::pid_t, mask: &[usize; CPU_WORDS]) -> bool {
+    // SAFETY: the kernel reads `size_of_val(mask)` bytes of `mask`, which
+    // the reference keeps alive for the call.
+    let set = unsafe {
         libc::syscall(
             libc::SYS_sched_setaffinity,
-            0,
-            std::mem::size_of_val(&mask),
+            tid,
+            std::mem::size_of_val(mask),
             mask.as_ptr(),
         )
     };
+    set == 0
 }
 
 /// The most bytes of a thread name Linux keeps, its NUL not counted.
@@ -450,16 +458,7 @@ mod tests {
         for cpu in cpus {
             mask[cpu / bits] |= 1 << (cpu % bits);
         }
-        // SAFETY: as in `take_start_cpus`, for thread `tid`.
-        let set = unsafe {
-            libc::syscall(
-                libc::SYS_sched_setaffinity,
-                tid,
-                std::mem::size_of_val(&mask),
-                mask.as_ptr(),
-            )
-        };
-        assert_eq!(set, 0, "{}", io::Error::last_os_error());
+        assert!(set_cpus(tid, &mask), "{}", io::Error::last_os_error());
     }
 
     /// Held by the tests that change CPUs, one of them the harness's main
