@@ -517,6 +517,46 @@ fn spans_deeper_than_the_stack_change_nothing_and_leave_nothing() {
     }
 }
 
+/// Spans past the stack that only inherit their parent's labels lose
+/// nothing and say nothing; the first one whose labels are left out is
+/// said on stderr, once however many follow.
+#[test]
+fn labels_left_out_past_the_stack_are_said_once() {
+    let test = "labels_left_out_past_the_stack_are_said_once";
+    if !is_child() {
+        let (_, stderr) = run_child(test, &[]);
+        let said: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("heapprof: tracing: spans nested more than 16 deep"))
+            .collect();
+        assert_eq!(said.len(), 1, "{stderr}");
+        let marker = stderr.find("plain spans done").expect("the child's marker");
+        let line = stderr.find(said[0]).unwrap();
+        assert!(
+            marker < line,
+            "said before any labels were left out:\n{stderr}"
+        );
+        return;
+    }
+    install();
+    fn nest(depth: usize, max: usize, labelled: bool) {
+        if depth == max {
+            return;
+        }
+        let span = if labelled {
+            tracing::info_span!("level", route = format!("/said-{depth}"))
+        } else {
+            tracing::info_span!("level", other = depth)
+        };
+        span.in_scope(|| nest(depth + 1, max, labelled));
+    }
+    let outer = tracing::info_span!(parent: None, "said", tenant = "said-acme");
+    outer.in_scope(|| nest(0, 24, false));
+    eprintln!("plain spans done");
+    outer.in_scope(|| nest(0, 24, true));
+    outer.in_scope(|| nest(0, 24, true));
+}
+
 /// A span entered on two threads at once, and entered on a third and
 /// exited on a fourth, stays in force on the threads still inside it,
 /// also after another span is closed while stranded.

@@ -73,7 +73,9 @@ use crate::thread::labels::{LabelState, SPANS_KEPT, StackedSpan};
 /// then. Enter spans in async code with `.instrument(span)`, whose enters
 /// and exits stay on one thread each poll. A thread keeps the labelled
 /// spans it has entered on a small stack; a span entered deeper than it
-/// holds changes no labels. A span
+/// holds changes no labels, and the first such span that would have is
+/// said once on stderr (a span that adds no label of its own still takes
+/// a place on the stack, but its enter past it is not worth a line). A span
 /// whose guard is dropped on another worker keeps its entry on the first
 /// one's stack until it closes; a full stack makes room by dropping the
 /// entries of scopes that have ended (a [`Labeled`](crate::Labeled) poll's, a
@@ -415,6 +417,16 @@ fn take_past_stack(serial: u64) -> bool {
         true
     })
     .unwrap_or(false)
+}
+
+/// Says, once per process, that a span entered past a full stack would
+/// have changed the labels: the program nests its labelled spans deeper
+/// than heapprof follows, and samples there carry the outer spans' labels.
+fn say_labels_left_out() {
+    static SAID: crate::config::report::Once = crate::config::report::Once::new();
+    SAID.warn(format_args!(
+        "heapprof: tracing: spans nested more than {SPANS_KEPT} deep on one thread; the labels of deeper ones are left out"
+    ));
 }
 
 /// What an exit did to this thread's labels ([`exit_span`]).
@@ -787,7 +799,12 @@ where
         if stacked {
             labels.on_stacks.fetch_add(1, Relaxed);
             super::set_current(inside);
-        } else if note_past_stack(labels.serial, id.into_u64(), self.address()) {
+            return;
+        }
+        if inside != outer {
+            say_labels_left_out();
+        }
+        if note_past_stack(labels.serial, id.into_u64(), self.address()) {
             labels.on_stacks.fetch_add(1, Relaxed);
         }
     }
