@@ -246,3 +246,128 @@ fn cached_rules_leave_signal_frames_to_libgcc() {
         "the cached rules were not in use at the end:\n{stdout}"
     );
 }
+
+/// In frame-pointer builds too, many stacks of many depths on two threads,
+/// each compared with DWARF the first time it is seen, agree with it: the
+/// comparison does not turn frame pointers off for nothing.
+#[test]
+fn frame_pointer_stacks_agree_with_dwarf_over_many_stacks() {
+    let (stdout, stderr) = run_child("child_samples_many_stacks", &[("HEAPPROF_UNWIND", "auto")]);
+    assert!(
+        !stderr.contains("disagreed"),
+        "an unwinder disagreed with another:\n{stderr}"
+    );
+    if std::env::var("HEAPPROF_EXPECT_FP").as_deref() == Ok("1") {
+        assert!(
+            stdout.contains("unwound with frame pointers"),
+            "frame pointers were not in use at the end:\n{stdout}"
+        );
+    }
+}
+
+// A function that keeps no frame pointer and calls back into Rust, as C
+// code built without them does: it leaves `rbp` as its caller set it, so a
+// walk of the frame-pointer chain from the callback skips its caller. Its
+// unwind table entry (the `.cfi_` lines) lets DWARF walk through it.
+#[cfg(target_arch = "x86_64")]
+std::arch::global_asm!(
+    ".globl heapprof_test_no_frame_pointer",
+    ".type heapprof_test_no_frame_pointer,@function",
+    "heapprof_test_no_frame_pointer:",
+    ".cfi_startproc",
+    "sub rsp, 8",
+    ".cfi_adjust_cfa_offset 8",
+    "call rdi",
+    "add rsp, 8",
+    ".cfi_adjust_cfa_offset -8",
+    "ret",
+    ".cfi_endproc",
+    ".size heapprof_test_no_frame_pointer, .-heapprof_test_no_frame_pointer",
+);
+
+#[cfg(target_arch = "x86_64")]
+unsafe extern "C" {
+    /// Calls `f` (the assembly above).
+    fn heapprof_test_no_frame_pointer(f: extern "C" fn());
+}
+
+/// The block the callback below allocates: its size finds its sample.
+const CALLED_BACK_BYTES: usize = 5432;
+
+/// Blocks allocated by the callback, kept live for the profile.
+static CALLED_BACK: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+#[inline(never)]
+extern "C" fn allocate_in_callback() {
+    let block = std::hint::black_box(vec![0u8; CALLED_BACK_BYTES]);
+    CALLED_BACK.lock().unwrap().push(block);
+}
+
+/// Calls [`allocate_in_callback`] through the function without a frame
+/// pointer: the frame a frame-pointer walk skips.
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+fn call_through_code_without_frame_pointers() {
+    // SAFETY: the assembly keeps the stack aligned for the call, calls its
+    // argument, a valid `extern "C" fn()`, and returns.
+    unsafe { heapprof_test_no_frame_pointer(allocate_in_callback) };
+    std::hint::black_box(());
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn child_calls_back_through_code_without_frame_pointers() {
+    if !is_child() {
+        return;
+    }
+    heapprof::set_sample_rate(1);
+    // Past the first stacks, which are all compared: only a stack's first
+    // sighting has it compared now.
+    let warm: Vec<Vec<u8>> = (0..200).map(|i| vec![0u8; 8 + i]).collect();
+    call_through_code_without_frame_pointers();
+    let p = take_profile();
+    let site = p
+        .sample
+        .iter()
+        .find(|s| s.value[3] == CALLED_BACK_BYTES as i64)
+        .expect("the callback's site");
+    let names: Vec<String> = stack_names(&p, site)
+        .into_iter()
+        .take_while(|n| !n.contains("child_calls_back"))
+        .collect();
+    println!("STACK={}", names.join(" < "));
+    drop(warm);
+}
+
+/// A C function without a frame pointer that calls back into Rust, rarely
+/// and after the program's first stacks: the callback's first stack is
+/// compared with DWARF, which sees the C function's caller that the
+/// frame-pointer chain skips, and the sample keeps DWARF's stack.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_callback_through_code_without_frame_pointers_keeps_its_callers() {
+    let (stdout, stderr) = run_child(
+        "child_calls_back_through_code_without_frame_pointers",
+        &[("HEAPPROF_UNWIND", "auto")],
+    );
+    let stack = stdout
+        .lines()
+        .find_map(|l| l.split_once("STACK=").map(|(_, stack)| stack))
+        .unwrap_or_else(|| panic!("no stack in {stdout}"));
+    let order = [
+        "allocate_in_callback",
+        "heapprof_test_no_frame_pointer",
+        "call_through_code_without_frame_pointers",
+    ];
+    let at: Vec<Option<usize>> = order.iter().map(|f| stack.find(f)).collect();
+    assert!(
+        at.iter().all(Option::is_some) && at.windows(2).all(|w| w[0] < w[1]),
+        "the callback's stack lost a caller: {stack}"
+    );
+    if std::env::var("HEAPPROF_EXPECT_FP").as_deref() == Ok("1") {
+        assert!(
+            stderr.contains("disagreed with the DWARF unwinder"),
+            "frame pointers were in use, and nothing said they were left:\n{stderr}"
+        );
+    }
+}

@@ -47,16 +47,18 @@
 //!    misaligned, or not above the previous one) before reaching a root is
 //!    unwound with DWARF too.
 //!
-//! What this cannot see: C or assembly code compiled *into the same
-//! module* without frame pointers (a `-sys` crate's C sources) that calls
-//! back into Rust, which then allocates. As a last guard, every
-//! `RECHECK_EVERY`th frame-pointer stack (and each of the first
-//! `RECHECK_FIRST`) is compared with DWARF, and a
-//! disagreement switches the process to DWARF for good, with one line on
-//! stderr.
+//! What these rules cannot see: C or assembly code compiled *into the
+//! same module* without frame pointers (a C library built by its own
+//! build system, a prebuilt archive) that calls back into Rust, which then
+//! allocates: the walk skips the C function's caller. So a frame-pointer
+//! stack is compared with DWARF the first time it is seen (a skipped
+//! frame makes a stack that no other path makes), besides each of the
+//! first `RECHECK_FIRST` and every `RECHECK_EVERY`th, and a disagreement
+//! switches the process to DWARF for good, with one line on stderr; the
+//! stack that disagreed is DWARF's.
 //!
 //! `HEAPPROF_UNWIND=dwarf` forces DWARF. `HEAPPROF_UNWIND=frame-pointers`
-//! skips the periodic comparison, but not rule 1: on code without frame
+//! skips the comparisons, but not rule 1: on code without frame
 //! pointers it says so on stderr and uses DWARF, rather than record stacks
 //! without the program's frames.
 
@@ -195,9 +197,9 @@ pub(crate) const OWN_FRAMES: [usize; 2] = [NOT_UNWOUND, CUT];
 
 const UNDECIDED: u8 = 0;
 const USE_DWARF: u8 = 1;
-/// Frame pointers, checked against DWARF every `RECHECK_EVERY` stacks.
+/// Frame pointers, checked against DWARF ([`due_for_check`]).
 const USE_FP_CHECKED: u8 = 2;
-/// Frame pointers, forced by the configuration: no periodic check.
+/// Frame pointers, forced by the configuration: no comparison with DWARF.
 const USE_FP_FORCED: u8 = 3;
 static MODE: AtomicU8 = AtomicU8::new(UNDECIDED);
 static SAMPLES: AtomicU64 = AtomicU64::new(0);
@@ -216,6 +218,33 @@ const ROOT_FRAMES: usize = 4;
 /// tables, ends libgcc's walk at its callee while its frame record is
 /// still in the chain.
 const FP_ROOT_FRAMES: usize = 1;
+
+/// Frame-pointer stacks seen so far, one bit per hash of a stack's
+/// frames ([`due_for_check`]) in `SEEN_WORDS` words of 64. Once about as
+/// many distinct stacks were seen as there are bits, most new ones find
+/// their bit set and are left to the periodic check.
+const SEEN_WORDS: usize = 1 << 10;
+static SEEN: [AtomicU64; SEEN_WORDS] = [const { AtomicU64::new(0) }; SEEN_WORDS];
+
+/// Whether the frame-pointer stack `fp` is to be compared with DWARF: each
+/// of the first [`RECHECK_FIRST`], every [`RECHECK_EVERY`]th, and the first
+/// sighting of each stack. A function without a frame pointer between two
+/// that keep one (C code calling back into Rust) makes stacks no other
+/// path makes, so the first of them is compared, however rare the path.
+fn due_for_check(fp: &Stack) -> bool {
+    let n = SAMPLES.fetch_add(1, Relaxed);
+    if n < RECHECK_FIRST || n % RECHECK_EVERY == RECHECK_EVERY - 1 {
+        return true;
+    }
+    let hash = fp.frames().iter().fold(0u64, |h, &f| {
+        (h ^ f as u64)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29)
+    });
+    let bit = 1u64 << (hash >> 58);
+    let word = &SEEN[(hash as usize >> 16) % SEEN_WORDS];
+    word.fetch_or(bit, Relaxed) & bit == 0
+}
 
 /// The code of the module heapprof is linked into, as [start, end):
 /// where a frame-pointer walk may go (rule 2). Set by [`decide`].
@@ -249,10 +278,7 @@ fn walk(entered: Entered) -> Stack {
     }
     match walk_frame_pointers(entered) {
         Walk::Whole(fp) => {
-            let n = SAMPLES.fetch_add(1, Relaxed);
-            if mode == USE_FP_FORCED
-                || (n >= RECHECK_FIRST && n % RECHECK_EVERY != RECHECK_EVERY - 1)
-                || agrees(&fp, &capture_dwarf(entered))
+            if mode == USE_FP_FORCED || !due_for_check(&fp) || agrees(&fp, &capture_dwarf(entered))
             {
                 return fp;
             }
