@@ -643,6 +643,12 @@ fn a_server_that_cannot_accept_says_so_once() {
 
 /// Whether this process holds a listening socket bound to `port`.
 fn listens_on(port: u16) -> bool {
+    holds_socket_on(port, true)
+}
+
+/// Whether this process holds a socket bound to `port` on this side that
+/// is `listening`, or a connection accepted there.
+fn holds_socket_on(port: u16, listening_wanted: bool) -> bool {
     (0..4096).any(|fd| {
         // SAFETY: getsockname/getsockopt on any number only fill the live
         // locals they are given, failing for what is not a socket.
@@ -661,7 +667,7 @@ fn listens_on(port: u16) -> bool {
                     (&raw mut listening).cast(),
                     &mut int_len,
                 ) == 0
-                && listening == 1
+                && (listening == 1) == listening_wanted
         }
     })
 }
@@ -686,4 +692,75 @@ fn a_forked_child_does_not_keep_the_port() {
         Ok(0),
         "the forked child still listens on the server's port"
     );
+}
+
+/// A forked child has no server thread: it keeps no copy of the server's
+/// connections either, which would keep a client the parent is done with
+/// waiting for the end of its connection until the child exits; and none
+/// of the parent's deltas in progress take the child's places.
+#[test]
+fn a_forked_child_keeps_no_connection_and_no_delta() {
+    let test = "a_forked_child_keeps_no_connection_and_no_delta";
+    if !heapprof_testkit::child::is_child() {
+        // The child fills every place for a delta, which the other tests
+        // in this process would find taken.
+        heapprof_testkit::child::run_child(test, &[]);
+        return;
+    }
+    let _watchdog = watchdog("fork with connections", Duration::from_secs(120));
+    let addr = heapprof::http::serve("127.0.0.1:0").expect("start the server");
+    // Deltas that wait as long as their client stays.
+    let ask = || {
+        let mut client = TcpStream::connect(addr).unwrap();
+        client
+            .write_all(b"GET /debug/pprof/heap?seconds=120 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        client.set_nonblocking(true).unwrap();
+        client
+    };
+    let mut clients: Vec<TcpStream> = (0..4).map(|_| ask()).collect();
+    // All four are in progress once another is refused. The check holds a
+    // place for a second when it is not: a client refused meanwhile (an
+    // answer, or the end of its connection, to read) asks again.
+    while heapprof::http::handle("/debug/pprof/heap", "seconds=1").status != 503 {
+        for client in &mut clients {
+            if client.peek(&mut [0u8; 1]).is_ok() {
+                *client = ask();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    assert!(
+        holds_socket_on(addr.port(), false),
+        "the check sees the parent's connections"
+    );
+    // SAFETY: the child looks at its descriptors, asks for a delta (its
+    // only thread, with heapprof's locks freed by its fork handlers) and
+    // leaves with `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        let code = if holds_socket_on(addr.port(), false) {
+            1
+        } else if heapprof::http::handle("/debug/pprof/heap", "seconds=1").status != 200 {
+            2
+        } else {
+            0
+        };
+        // SAFETY: leaves the child at once, running nothing of the parent's.
+        unsafe { libc::_exit(code) };
+    }
+    let outcome = heapprof_testkit::child::wait_with_timeout(pid, Duration::from_secs(60));
+    assert_ne!(
+        outcome,
+        Ok(1),
+        "the forked child kept a connection of the server's"
+    );
+    assert_ne!(
+        outcome,
+        Ok(2),
+        "the forked child found the parent's deltas in progress"
+    );
+    assert_eq!(outcome, Ok(0));
+    drop(clients);
 }

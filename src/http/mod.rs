@@ -74,7 +74,6 @@ use crate::support;
 use crate::support::lock::{Mutex, rank};
 use crate::{record::sites, sample, support::reentry};
 
-pub(crate) use server::close_listeners_after_fork;
 pub use server::{
     DEFAULT_CONNECTIONS_PER_PEER, DEFAULT_HEAD_BYTES, DEFAULT_HEADER_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_RESPONSE_BUDGET, DEFAULT_WRITE_TIMEOUT, LARGEST_HEAD_BYTES,
@@ -449,9 +448,21 @@ fn unescape(s: &str) -> Result<std::borrow::Cow<'_, str>, String> {
 /// starts where the one before ended.
 static BUILDING: Mutex<{ rank::HTTP_BUILD }, Option<output::Mark>> = Mutex::new(None);
 
-/// In a forked child, whose only thread builds nothing: free the build
-/// lock if a thread of the parent held it at the fork.
-pub(crate) fn reset_after_fork() {
+/// In a forked child, whose only thread serves nothing: no delta is in
+/// progress; the build lock is freed if a thread of the parent held it
+/// at the fork (unless the fork came `from_inside` heapprof, a signal
+/// handler's, whose interrupted code may hold it and releases it); the
+/// servers' sockets are closed (`server::close_sockets_after_fork`).
+pub(crate) fn after_fork_in_child(from_inside: bool) {
+    DELTAS.store(0, Relaxed);
+    if !from_inside {
+        free_build_lock();
+    }
+    server::close_sockets_after_fork();
+}
+
+/// Frees the build lock if a thread of the parent held it at the fork.
+fn free_build_lock() {
     if BUILDING.is_locked() {
         // SAFETY: held by a thread that does not exist in this process
         // (the forking thread was running the fork, not a build), and no
@@ -534,7 +545,9 @@ fn profile_response(
     }
     let span = Duration::from_secs(seconds);
     let sites = delta(span, gone);
-    DELTAS.fetch_sub(1, Relaxed);
+    // Never below 0: a fork from inside the wait (a signal handler of the
+    // waiting thread) leaves the child's count at 0 and this delta in it.
+    let _ = DELTAS.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
     let Some(sites) = sites else {
         return Ok(Response::error(
             503,

@@ -264,35 +264,79 @@ impl Server {
         // Listed only now that the thread owns the socket for good: a
         // listener dropped on a failed start leaves its number free for
         // the program's next file, which no fork may close.
-        remember_listener(fd, ours);
+        let _ = LISTENERS.list(fd, ours);
         Ok(local)
     }
 }
 
-/// The listening sockets of the servers started, as descriptors (-1: a
-/// free place), for [`close_listeners_after_fork`]. Servers past the
-/// first few are not listed.
-static LISTENERS: [AtomicI32; 8] = [const { AtomicI32::new(-1) }; 8];
+/// Sockets of the servers' making, each as its descriptor (-1: a free
+/// place) and its inode, for a forked child to close
+/// ([`close_sockets_after_fork`]). Past `N` at once, the rest are not
+/// listed.
+struct Sockets<const N: usize> {
+    fds: [AtomicI32; N],
+    /// The inode of the socket in the same place of `fds`: the descriptor
+    /// may name another file by the time of a fork (the program closed the
+    /// socket and opened something else); 0 while not known.
+    inodes: [AtomicU64; N],
+}
 
-/// The inode of each socket in [`LISTENERS`], in the same place: the
-/// descriptor may name another file by the time of a fork (the program
-/// closed the socket and opened something else).
-static LISTENER_INODES: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+impl<const N: usize> Sockets<N> {
+    const fn new() -> Self {
+        Sockets {
+            fds: [const { AtomicI32::new(-1) }; N],
+            inodes: [const { AtomicU64::new(0) }; N],
+        }
+    }
 
-/// Lists `fd`, a listening socket a server thread owns until the process
-/// ends, which is `ours`.
-fn remember_listener(fd: i32, ours: Socket) {
-    let Socket::Known(_, inode) = ours else {
-        return;
-    };
-    for (place, inode_place) in LISTENERS.iter().zip(&LISTENER_INODES) {
-        if place.compare_exchange(-1, fd, Relaxed, Relaxed).is_ok() {
-            // A fork in between finds no inode, and leaves the socket open.
-            inode_place.store(wide_inode(inode), Relaxed);
-            return;
+    /// Lists `fd`, a socket known as `socket`; its place, if it has one.
+    fn list(&self, fd: i32, socket: Socket) -> Option<usize> {
+        let Socket::Known(_, inode) = socket else {
+            return None;
+        };
+        let place = self
+            .fds
+            .iter()
+            .position(|place| place.compare_exchange(-1, fd, Relaxed, Relaxed).is_ok())?;
+        // A fork in between finds no inode, and leaves the socket open.
+        self.inodes[place].store(wide_inode(inode), Relaxed);
+        Some(place)
+    }
+
+    /// Takes `fd` off its place, once the server closed it or left it to
+    /// the program.
+    fn unlist(&self, place: usize, fd: i32) {
+        self.inodes[place].store(0, Relaxed);
+        let _ = self.fds[place].compare_exchange(fd, -1, Relaxed, Relaxed);
+    }
+
+    /// Closes each listed descriptor that still names its socket.
+    /// Async-signal-safe: `fstat` and `close` only.
+    fn close_all(&self) {
+        for (place, inode) in self.fds.iter().zip(&self.inodes) {
+            let fd = place.swap(-1, Relaxed);
+            let ours = matches!(Socket::of(fd), Socket::Known(_, i) if wide_inode(i) == inode.load(Relaxed));
+            if fd >= 0 && ours {
+                // SAFETY: `fd` is this process's copy of a socket a server
+                // thread of the parent owned, which nothing in the child
+                // uses.
+                unsafe { libc::close(fd) };
+            }
         }
     }
 }
+
+/// The servers' listening sockets. Servers past the first few are not
+/// listed.
+static LISTENERS: Sockets<8> = Sockets::new();
+
+/// The servers' connections, and the second descriptor of each that a
+/// build holds ([`Conn::try_clone`]): a server at its default limits
+/// holds up to twice [`DEFAULT_MAX_CONNECTIONS`] of them and
+/// [`REJECTERS`] more, so three such servers are listed whole.
+static CONNECTIONS: Sockets<CONNECTIONS_LISTED> = Sockets::new();
+const CONNECTIONS_LISTED: usize = 512;
+const _: () = assert!(CONNECTIONS_LISTED >= 3 * (2 * DEFAULT_MAX_CONNECTIONS + REJECTERS));
 
 /// An inode number as 64 bits (`ino_t` is 32 bits on some targets).
 #[allow(clippy::unnecessary_cast)]
@@ -300,21 +344,15 @@ fn wide_inode(inode: libc::ino_t) -> u64 {
     inode as u64
 }
 
-/// In a forked child, which has no server thread: closes its copies of
-/// the listening sockets, so that once the parent is gone the port
-/// refuses connections (rather than queueing them for no one) and can be
-/// bound again. Async-signal-safe: `close` only.
-pub(crate) fn close_listeners_after_fork() {
-    for (place, inode) in LISTENERS.iter().zip(&LISTENER_INODES) {
-        let fd = place.swap(-1, Relaxed);
-        let ours =
-            matches!(Socket::of(fd), Socket::Known(_, i) if wide_inode(i) == inode.load(Relaxed));
-        if fd >= 0 && ours {
-            // SAFETY: `fd` is this process's copy of a listening socket a
-            // server of the parent owned, which nothing in the child uses.
-            unsafe { libc::close(fd) };
-        }
-    }
+/// In a forked child, which has no server thread: closes its copies of the
+/// servers' sockets. A listening socket's copy would hold the port once
+/// the parent is gone (queueing connections for no one, refusing a
+/// restarted server); a connection's would keep its client waiting, after
+/// the parent closed it, for an end that comes only when the child exits.
+/// Async-signal-safe.
+pub(crate) fn close_sockets_after_fork() {
+    LISTENERS.close_all();
+    CONNECTIONS.close_all();
 }
 
 /// Threads that only answer 503 to connections over a limit (see
@@ -532,6 +570,8 @@ fn stat(fd: i32) -> Result<libc::stat, i32> {
 struct Conn {
     stream: ManuallyDrop<TcpStream>,
     socket: Socket,
+    /// Its place in [`CONNECTIONS`], if listed there.
+    place: Option<usize>,
 }
 
 /// What the server knows of the socket a descriptor named when it took
@@ -579,9 +619,16 @@ impl Socket {
 impl Conn {
     fn new(stream: TcpStream) -> Conn {
         let socket = Socket::of(std::os::fd::AsRawFd::as_raw_fd(&stream));
+        Conn::listed(stream, socket)
+    }
+
+    /// `stream`, known as `socket`, listed for a forked child to close.
+    fn listed(stream: TcpStream, socket: Socket) -> Conn {
+        let place = CONNECTIONS.list(std::os::fd::AsRawFd::as_raw_fd(&stream), socket);
         Conn {
             stream: ManuallyDrop::new(stream),
             socket,
+            place,
         }
     }
 
@@ -607,18 +654,16 @@ impl Conn {
     /// descriptor that names another file is this server's own, and is
     /// closed.
     fn try_clone(&self) -> io::Result<Conn> {
-        let clone = Conn {
-            stream: ManuallyDrop::new(self.with(TcpStream::try_clone)?),
-            socket: self.socket,
-        };
-        if !clone.is_ours() {
+        let stream = self.with(TcpStream::try_clone)?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+        if !self.socket.still_named_by(fd) {
+            std::mem::forget(stream);
             // SAFETY: the descriptor was made by the `dup` just above, for
-            // this server alone, and `clone.stream` is never used again.
-            unsafe { libc::close(clone.fd()) };
-            std::mem::forget(clone);
+            // this server alone, and its `TcpStream` is forgotten.
+            unsafe { libc::close(fd) };
             return Err(gone());
         }
-        Ok(clone)
+        Ok(Conn::listed(stream, self.socket))
     }
 
     fn set_nodelay(&self, on: bool) -> io::Result<()> {
@@ -666,6 +711,11 @@ impl Drop for Conn {
             // after this; a `TcpStream` holds nothing but its descriptor.
             unsafe { libc::close(self.fd()) };
         }
+        // Unlisted after the close: a fork in between finds the number
+        // closed, or naming another socket, and leaves it alone.
+        if let Some(place) = self.place {
+            CONNECTIONS.unlist(place, self.fd());
+        }
     }
 }
 
@@ -684,9 +734,13 @@ fn gone() -> io::Error {
 /// and closing it would close the program's file.
 fn give_up_descriptor(listener: TcpListener, fd: i32, port: u16) {
     std::mem::forget(listener);
-    let _ = LISTENERS
+    if let Some(place) = LISTENERS
+        .fds
         .iter()
-        .find(|place| place.compare_exchange(fd, -1, Relaxed, Relaxed).is_ok());
+        .position(|place| place.load(Relaxed) == fd)
+    {
+        LISTENERS.unlist(place, fd);
+    }
     crate::config::report::warn(format_args!(
         "heapprof: the /debug/pprof server's socket (port {port}, descriptor {fd}) was closed \
          by the program, and the descriptor names another file now; the server stops"

@@ -272,11 +272,7 @@ extern "C" fn child() {
     // Forked from inside heapprof, this thread's interrupted code may be
     // the build lock's holder, and is its copy's to release.
     #[cfg(feature = "http")]
-    if !partial {
-        crate::http::reset_after_fork();
-    }
-    #[cfg(feature = "http")]
-    crate::http::close_listeners_after_fork();
+    crate::http::after_fork_in_child(partial);
     // SAFETY: this is the child's only thread, before it starts others.
     unsafe { open_gate_in_child() };
     reentry::leave_forgotten(was_inside);
