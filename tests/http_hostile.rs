@@ -516,3 +516,50 @@ fn deltas_whose_clients_hung_up_give_their_places_back() {
         started.elapsed()
     );
 }
+
+/// One peer cannot take every delta's place: its third delta at once is
+/// refused at once, naming its address, while another peer's is served.
+#[test]
+fn one_peer_holds_at_most_two_deltas() {
+    let test = "one_peer_holds_at_most_two_deltas";
+    if !is_child() {
+        // Its waiting deltas would take the places of other tests' here.
+        run_child(test, &[]);
+        return;
+    }
+    let _watchdog = watchdog(test, Duration::from_secs(120));
+    let addr = heapprof::http::serve("127.0.0.1:0").unwrap();
+    let ask = || {
+        let mut s = connect_from(loopback(40), addr);
+        s.write_all(b"GET /debug/pprof/heap?seconds=300 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        s.set_nonblocking(true).unwrap();
+        s
+    };
+    let mut waiting = [ask(), ask()];
+    // The third from the same address: refused once the two wait. A probe
+    // that found a place waited its second, and one of the two may have
+    // been refused meanwhile (an answer to read): it asks again.
+    let refused = loop {
+        let probe = http_get_from(loopback(40), addr, "/debug/pprof/heap?seconds=1");
+        if probe.status == 503 {
+            break probe;
+        }
+        for s in &mut waiting {
+            if s.peek(&mut [0u8; 1]).is_ok() {
+                *s = ask();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    assert!(
+        refused
+            .text()
+            .contains("2 delta profiles from your address"),
+        "{}",
+        refused.text()
+    );
+    let other = http_get_from(loopback(41), addr, "/debug/pprof/heap?seconds=1");
+    assert_eq!(other.status, 200, "{}", other.text());
+    drop(waiting);
+}

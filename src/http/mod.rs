@@ -473,7 +473,7 @@ fn free_build_lock() {
 
 /// Deltas in progress at once, at most: each holds a connection and two
 /// copies of the table for up to [`MAX_DELTA_SECONDS`].
-const MAX_DELTAS: usize = 4;
+pub(super) const MAX_DELTAS: usize = 4;
 // `Response::status` says "four".
 const _: () = assert!(MAX_DELTAS == 4);
 static DELTAS: AtomicUsize = AtomicUsize::new(0);

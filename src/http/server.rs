@@ -411,8 +411,16 @@ fn start_builder() -> Option<mpsc::Sender<Job>> {
 /// `stream` has reset the connection by then);
 /// here a page that builds no profile (the index, a 404), a delta (which
 /// waits its N seconds first, unless the client goes away, and of which
-/// only a few run at once), or anything when the builder is not there.
-fn respond(shared: &Shared, stream: &Conn, path: &str, query: &str, head: bool) -> Response {
+/// only a few run at once, fewer from one peer of `place`'s), or anything
+/// when the builder is not there.
+fn respond(
+    shared: &Shared,
+    stream: &Conn,
+    place: &PeerPlace,
+    path: &str,
+    query: &str,
+    head: bool,
+) -> Response {
     if !stream.is_ours() {
         // Nobody to answer: no build.
         return Response::error(
@@ -420,7 +428,19 @@ fn respond(shared: &Shared, stream: &Conn, path: &str, query: &str, head: bool) 
             "heapprof: the program closed the connection's descriptor",
         );
     }
-    if !super::waits(query)
+    let waits = super::waits(query);
+    let _delta = match waits.then(|| place.take_delta()) {
+        Some(None) => {
+            return Response::error(
+                503,
+                format!(
+                    "heapprof: {DELTAS_PER_PEER} delta profiles from your address are already in progress"
+                ),
+            );
+        }
+        taken => taken.flatten(),
+    };
+    if !waits
         && super::builds_profile(path)
         && let Some(builder) = &shared.builder
     {
@@ -523,7 +543,7 @@ fn accept_loop(listener: TcpListener, local: SocketAddr, ours: Socket, shared: A
                 let slot = Slot::take(&active);
                 let shared = Arc::clone(&shared);
                 spawn(move || {
-                    serve_connection(stream, &shared);
+                    serve_connection(stream, &shared, &place);
                     drop((place, slot));
                 });
                 continue;
@@ -777,13 +797,25 @@ impl Drop for Slot {
     }
 }
 
-/// The connections being served, counted by peer. A peer has an entry
-/// only while it holds a connection, so the table has at most as many
-/// entries as connections are served.
+/// The connections being served, and the `?seconds=` deltas among them,
+/// counted by peer. A peer has an entry only while it holds a connection,
+/// so the table has at most as many entries as connections are served.
 struct Peers {
     limit: usize,
-    held: Mutex<{ rank::HTTP_PEERS }, HashMap<IpAddr, usize>>,
+    held: Mutex<{ rank::HTTP_PEERS }, HashMap<IpAddr, Held>>,
 }
+
+/// What one peer holds.
+#[derive(Default)]
+struct Held {
+    connections: usize,
+    deltas: usize,
+}
+
+/// The deltas one peer may have in progress at once: fewer than the
+/// process's, so that one client cannot take every place for the
+/// longest delta's wait.
+const DELTAS_PER_PEER: usize = super::MAX_DELTAS / 2;
 
 impl Peers {
     /// A place for one more connection from `ip`, or `None` if its peer
@@ -791,7 +823,7 @@ impl Peers {
     fn admit(shared: &Arc<Shared>, ip: IpAddr) -> Option<PeerPlace> {
         let peer = peer_of(ip);
         let mut held = shared.peers.held.lock();
-        let n = held.entry(peer).or_insert(0);
+        let n = &mut held.entry(peer).or_default().connections;
         if *n >= shared.peers.limit {
             return None;
         }
@@ -809,14 +841,40 @@ struct PeerPlace {
     peer: IpAddr,
 }
 
+impl PeerPlace {
+    /// A place for a delta of this connection's peer, or `None` if it has
+    /// [`DELTAS_PER_PEER`] in progress already.
+    fn take_delta(&self) -> Option<DeltaPlace<'_>> {
+        let mut held = self.shared.peers.held.lock();
+        let n = &mut held.get_mut(&self.peer)?.deltas;
+        if *n >= DELTAS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(DeltaPlace(self))
+    }
+}
+
 impl Drop for PeerPlace {
     fn drop(&mut self) {
         let mut held = self.shared.peers.held.lock();
-        if let Some(n) = held.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(h) = held.get_mut(&self.peer) {
+            h.connections -= 1;
+            if h.connections == 0 {
                 held.remove(&self.peer);
             }
+        }
+    }
+}
+
+/// A delta's place in its peer's count ([`PeerPlace::take_delta`]), given
+/// back when dropped.
+struct DeltaPlace<'a>(&'a PeerPlace);
+
+impl Drop for DeltaPlace<'_> {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.shared.peers.held.lock().get_mut(&self.0.peer) {
+            h.deltas -= 1;
         }
     }
 }
@@ -973,14 +1031,14 @@ struct Request {
     query: String,
 }
 
-fn serve_connection(mut stream: Conn, shared: &Shared) {
+fn serve_connection(mut stream: Conn, shared: &Shared, place: &PeerPlace) {
     let _ = stream.set_nodelay(true);
     let (mut response, head_only) = match read_request(&mut stream, &shared.limits) {
         // Building a body that could not be held anyway would only cost
         // the time of the build.
         Ok(Some(req)) if !req.head_only && shared.budget.spent() => (over_budget(), false),
         Ok(Some(req)) => (
-            respond(shared, &stream, &req.path, &req.query, req.head_only),
+            respond(shared, &stream, place, &req.path, &req.query, req.head_only),
             req.head_only,
         ),
         // The client went away, or the read failed: nobody to answer.
