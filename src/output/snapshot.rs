@@ -23,10 +23,12 @@ use crate::{
 /// the sampled profile's `inuse_space` is an estimate of this same number.
 ///
 /// heapprof's own allocations (its tables, stack capture, symbolization,
-/// encoding, the memory of a [`Snapshot`], a profile written to a `Vec`)
-/// go through the same allocator but are not counted in the first four
-/// fields, as Go's `MemStats` leaves its profiler's buckets out of the
-/// heap: they are in the `profiler_*` fields.
+/// encoding, the memory of a [`Snapshot`]) go through the same allocator
+/// but are not counted in the first four fields, as Go's `MemStats`
+/// leaves its profiler's buckets out of the heap: they are in the
+/// `profiler_*` fields. What the program's writer does with a profile
+/// (a `Vec` growing to hold it, an HTTP body handed back by
+/// `http::handle`) is the program's, counted here.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Blocks allocated (a `realloc` counts as one allocation and one free).
@@ -1538,7 +1540,14 @@ impl Snapshot {
                 100.0 * x as f64 / scale as f64
             }
         };
-        writeln!(f, "heapprof: {total} live bytes; values are {numbers}")?;
+        if self.delta {
+            writeln!(
+                f,
+                "heapprof: {total:+} live bytes since the earlier snapshot; values are {numbers}"
+            )?;
+        } else {
+            writeln!(f, "heapprof: {total} live bytes; values are {numbers}")?;
+        }
         writeln!(
             f,
             "{:>12} {:>6} {:>6} {:>12} {:>6}  function",
@@ -1874,7 +1883,17 @@ mod tests {
         };
         assert_eq!(row("app::grows"), "37.5%", "{table}");
         assert_eq!(row("app::shrinks"), "-62.5%", "{table}");
-        assert!(table.starts_with("heapprof: -200 live bytes"), "{table}");
+        assert!(
+            table.starts_with("heapprof: -200 live bytes since the earlier snapshot"),
+            "{table}"
+        );
+        let grew = made_of(true, &[("app::grows", 300)]).to_string();
+        assert!(
+            grew.starts_with("heapprof: +300 live bytes since"),
+            "{grew}"
+        );
+        let live = made_of(false, &[("app::grows", 300)]).to_string();
+        assert!(live.starts_with("heapprof: 300 live bytes;"), "{live}");
         // The largest change first, either way, as `pprof -top -base`.
         let top: Vec<String> = delta.top(1).into_iter().map(|r| r.function).collect();
         assert_eq!(top, ["app::shrinks"]);
