@@ -328,7 +328,7 @@ impl<const N: usize> Sockets<N> {
 
 /// The servers' listening sockets. Servers past the first few are not
 /// listed.
-static LISTENERS: Sockets<8> = Sockets::new();
+static LISTENERS: Sockets<32> = Sockets::new();
 
 /// The servers' connections, and the second descriptor of each that a
 /// build holds ([`Conn::try_clone`]): a server at its default limits
