@@ -292,12 +292,15 @@ unsafe extern "C" {
 }
 
 /// The block the callback below allocates: its size finds its sample.
+#[cfg(target_arch = "x86_64")]
 const CALLED_BACK_BYTES: usize = 5432;
 
 /// Blocks allocated by the callback, kept live for the profile.
+#[cfg(target_arch = "x86_64")]
 static CALLED_BACK: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
 
 #[inline(never)]
+#[cfg(target_arch = "x86_64")]
 extern "C" fn allocate_in_callback() {
     let block = std::hint::black_box(vec![0u8; CALLED_BACK_BYTES]);
     CALLED_BACK.lock().unwrap().push(block);

@@ -226,21 +226,30 @@ const FP_ROOT_FRAMES: usize = 1;
 const SEEN_WORDS: usize = 1 << 10;
 static SEEN: [AtomicU64; SEEN_WORDS] = [const { AtomicU64::new(0) }; SEEN_WORDS];
 
-/// Whether the frame-pointer stack `fp` is to be compared with DWARF: each
+/// The sum of `stack`'s frames, which [`due_for_check`] knows a stack by:
+/// one add a frame, since stacks run to dozens of frames and this runs on
+/// every frame-pointer sample. Order is lost, which only makes stacks of
+/// the same frames share a bit.
+#[inline(always)]
+fn frames_sum(stack: &Stack) -> u64 {
+    stack
+        .frames()
+        .iter()
+        .fold(0u64, |h, &f| h.wrapping_add(f as u64))
+}
+
+/// Whether the frame-pointer stack whose [`frames_sum`] is `sum` is to be
+/// compared with DWARF: each
 /// of the first [`RECHECK_FIRST`], every [`RECHECK_EVERY`]th, and the first
 /// sighting of each stack. A function without a frame pointer between two
 /// that keep one (C code calling back into Rust) makes stacks no other
 /// path makes, so the first of them is compared, however rare the path.
-fn due_for_check(fp: &Stack) -> bool {
+fn due_for_check(sum: u64) -> bool {
     let n = SAMPLES.fetch_add(1, Relaxed);
     if n < RECHECK_FIRST || n % RECHECK_EVERY == RECHECK_EVERY - 1 {
         return true;
     }
-    let hash = fp.frames().iter().fold(0u64, |h, &f| {
-        (h ^ f as u64)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .rotate_left(29)
-    });
+    let hash = (sum ^ (sum >> 31)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let bit = 1u64 << (hash >> 58);
     let word = &SEEN[(hash as usize >> 16) % SEEN_WORDS];
     word.fetch_or(bit, Relaxed) & bit == 0
@@ -277,8 +286,8 @@ fn walk(entered: Entered) -> Stack {
         return capture_dwarf(entered);
     }
     match walk_frame_pointers(entered) {
-        Walk::Whole(fp) => {
-            if mode == USE_FP_FORCED || !due_for_check(&fp) || agrees(&fp, &capture_dwarf(entered))
+        Walk::Whole(fp, sum) => {
+            if mode == USE_FP_FORCED || !due_for_check(sum) || agrees(&fp, &capture_dwarf(entered))
             {
                 return fp;
             }
@@ -510,8 +519,9 @@ fn capture_libgcc(entered: Entered) -> Stack {
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 enum Walk {
     /// Every frame, down to this thread's known root, to a zero frame
-    /// pointer (the ABI's end of the chain), or to [`MAX_FRAMES`].
-    Whole(Stack),
+    /// pointer (the ABI's end of the chain), or to [`MAX_FRAMES`]; and
+    /// their [`frames_sum`].
+    Whole(Stack, u64),
     /// A return address outside the program's code at frame record
     /// `record` (its stack slot and the address): the thread's root, or a
     /// foreign caller the chain cannot be trusted past. `partial` ends with
@@ -564,7 +574,8 @@ fn walk_frame_pointers(entered: Entered) -> Walk {
             let more = stack.push(ret, fp + 16);
             if !(code_start..code_end).contains(&ret) {
                 if (fp, ret) == root {
-                    return Walk::Whole(stack);
+                    let sum = frames_sum(&stack);
+                    return Walk::Whole(stack, sum);
                 }
                 return Walk::LeftModule {
                     partial: stack,
@@ -572,7 +583,8 @@ fn walk_frame_pointers(entered: Entered) -> Walk {
                 };
             }
             if !more || next == 0 {
-                return Walk::Whole(stack);
+                let sum = frames_sum(&stack);
+                return Walk::Whole(stack, sum);
             }
             // Frames grow towards higher addresses as we go up the stack.
             if next <= fp {

@@ -151,7 +151,7 @@ fn a_walk_agrees_with_dwarf_unless_it_skips_a_frame() {
     }
     let (walk, dwarf) = both_unwinders();
     let walked = match walk {
-        Walk::Whole(s) | Walk::LeftModule { partial: s, .. } => s,
+        Walk::Whole(s, _) | Walk::LeftModule { partial: s, .. } => s,
         Walk::Broken => panic!("the chain broke"),
     };
     assert!(walked.frames().len() >= 5, "{:?}", walked.frames());
@@ -216,7 +216,7 @@ fn a_walk_cut_at_max_frames_agrees_with_dwarf() {
     }
     for depth in [MAX_FRAMES - 8, MAX_FRAMES, 2 * MAX_FRAMES] {
         let (walk, dwarf) = zig(depth, &mut both_unwinders);
-        let Walk::Whole(walked) = walk else {
+        let Walk::Whole(walked, _) = walk else {
             panic!("depth {depth}: the chain did not reach the root")
         };
         assert!(agrees(&walked, &dwarf), "depth {depth}");
@@ -265,7 +265,7 @@ fn deep_stacks_stop_at_max_frames() {
     }
     let dwarf = recurse(2 * MAX_FRAMES, &mut || capture_dwarf(Entered::NONE));
     let walk = recurse(2 * MAX_FRAMES, &mut || walk_frame_pointers(Entered::NONE));
-    let Walk::Whole(walked) = walk else {
+    let Walk::Whole(walked, _) = walk else {
         panic!("a full walk is whole")
     };
     for stack in [&dwarf, &walked] {
@@ -540,7 +540,7 @@ fn every_unwinder_starts_at_the_caller_of_the_marked_function() {
         check(
             "frame pointers",
             &mut |entered| match walk_frame_pointers(entered) {
-                Walk::Whole(s) | Walk::LeftModule { partial: s, .. } => s,
+                Walk::Whole(s, _) | Walk::LeftModule { partial: s, .. } => s,
                 Walk::Broken => panic!("the walk broke"),
             },
         );
@@ -550,7 +550,7 @@ fn every_unwinder_starts_at_the_caller_of_the_marked_function() {
     // thread's shallow stack too: two of one call site agree.
     let compare = || {
         let frame_pointers = |entered| match walk_frame_pointers(entered) {
-            Walk::Whole(s) | Walk::LeftModule { partial: s, .. } => s,
+            Walk::Whole(s, _) | Walk::LeftModule { partial: s, .. } => s,
             Walk::Broken => panic!("the walk broke"),
         };
         if own_code_keeps_frame_pointers() {
@@ -598,7 +598,7 @@ fn every_unwinder_starts_at_the_caller_of_the_marked_function() {
                 two.push(calls_the_marked_function(&mut |entered| {
                     if which == 0 {
                         match walk_frame_pointers(entered) {
-                            Walk::Whole(s) | Walk::LeftModule { partial: s, .. } => s,
+                            Walk::Whole(s, _) | Walk::LeftModule { partial: s, .. } => s,
                             Walk::Broken => panic!("the walk broke"),
                         }
                     } else {
