@@ -527,7 +527,7 @@ fn labels_left_out_past_the_stack_are_said_once() {
         let (_, stderr) = run_child(test, &[]);
         let said: Vec<&str> = stderr
             .lines()
-            .filter(|l| l.starts_with("heapprof: tracing: spans nested more than 16 deep"))
+            .filter(|l| l.starts_with("heapprof: tracing: more than 16 labelled spans in force"))
             .collect();
         assert_eq!(said.len(), 1, "{stderr}");
         let marker = stderr.find("plain spans done").expect("the child's marker");

@@ -55,7 +55,9 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::mem::ManuallyDrop;
 use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicI32, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -297,17 +299,34 @@ impl<const N: usize> Sockets<N> {
         let place = self
             .fds
             .iter()
-            .position(|place| place.compare_exchange(-1, fd, Relaxed, Relaxed).is_ok())?;
-        // A fork in between finds no inode, and leaves the socket open.
+            .position(|place| place.compare_exchange(-1, fd, Acquire, Relaxed).is_ok())?;
+        // A fork in between finds no inode (a free place's is 0), and
+        // leaves the socket open.
         self.inodes[place].store(wide_inode(inode), Relaxed);
         Some(place)
     }
 
-    /// Takes `fd` off its place, once the server closed it or left it to
-    /// the program.
+    /// Takes `fd` off `place`, once the server closed it or left it to the
+    /// program; nothing if the place holds another descriptor by now.
     fn unlist(&self, place: usize, fd: i32) {
-        self.inodes[place].store(0, Relaxed);
-        let _ = self.fds[place].compare_exchange(fd, -1, Relaxed, Relaxed);
+        if self.fds[place].load(Relaxed) == fd {
+            self.inodes[place].store(0, Relaxed);
+            let _ = self.fds[place].compare_exchange(fd, -1, Release, Relaxed);
+        }
+    }
+
+    /// Takes `fd`, listed as `socket`, off its place, if it is listed.
+    fn unlist_socket(&self, fd: i32, socket: Socket) {
+        let Socket::Known(_, inode) = socket else {
+            return;
+        };
+        let listed = |place: usize| {
+            self.fds[place].load(Relaxed) == fd
+                && self.inodes[place].load(Relaxed) == wide_inode(inode)
+        };
+        if let Some(place) = (0..N).find(|&place| listed(place)) {
+            self.unlist(place, fd);
+        }
     }
 
     /// Closes each listed descriptor that still names its socket.
@@ -315,8 +334,12 @@ impl<const N: usize> Sockets<N> {
     fn close_all(&self) {
         for (place, inode) in self.fds.iter().zip(&self.inodes) {
             let fd = place.swap(-1, Relaxed);
-            let ours = matches!(Socket::of(fd), Socket::Known(_, i) if wide_inode(i) == inode.load(Relaxed));
-            if fd >= 0 && ours {
+            let inode = inode.swap(0, Relaxed);
+            if fd < 0 {
+                continue;
+            }
+            let ours = matches!(Socket::of(fd), Socket::Known(_, i) if wide_inode(i) == inode);
+            if ours {
                 // SAFETY: `fd` is this process's copy of a socket a server
                 // thread of the parent owned, which nothing in the child
                 // uses.
@@ -514,7 +537,7 @@ fn accept_loop(listener: TcpListener, local: SocketAddr, ours: Socket, shared: A
     let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
     loop {
         if !ours.still_named_by(fd) {
-            give_up_descriptor(listener, fd, local.port());
+            give_up_descriptor(listener, fd, ours, local.port());
             return;
         }
         let (stream, peer) = match listener.accept() {
@@ -752,15 +775,9 @@ fn gone() -> io::Error {
 /// none: the server of `port` stops, says so, and leaves `fd` alone.
 /// Accepting on it would answer the program's own clients with profiles,
 /// and closing it would close the program's file.
-fn give_up_descriptor(listener: TcpListener, fd: i32, port: u16) {
+fn give_up_descriptor(listener: TcpListener, fd: i32, ours: Socket, port: u16) {
     std::mem::forget(listener);
-    if let Some(place) = LISTENERS
-        .fds
-        .iter()
-        .position(|place| place.load(Relaxed) == fd)
-    {
-        LISTENERS.unlist(place, fd);
-    }
+    LISTENERS.unlist_socket(fd, ours);
     crate::config::report::warn(format_args!(
         "heapprof: the /debug/pprof server's socket (port {port}, descriptor {fd}) was closed \
          by the program, and the descriptor names another file now; the server stops"

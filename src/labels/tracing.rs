@@ -425,7 +425,7 @@ fn take_past_stack(serial: u64) -> bool {
 fn say_labels_left_out() {
     static SAID: crate::config::report::Once = crate::config::report::Once::new();
     SAID.warn(format_args!(
-        "heapprof: tracing: spans nested more than {SPANS_KEPT} deep on one thread; the labels of deeper ones are left out"
+        "heapprof: tracing: more than {SPANS_KEPT} labelled spans in force on one thread; the labels of spans entered past them are left out"
     ));
 }
 

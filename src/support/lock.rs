@@ -65,7 +65,8 @@ pub(crate) mod rank {
     /// across a whole profile build; not taken by `fork`.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) const HTTP_BUILD: u8 = 1;
-    /// The HTTP server's bodies held per peer (`http/server.rs`).
+    /// The HTTP server's connections and deltas counted per peer
+    /// (`http/server.rs`).
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) const HTTP_PEERS: u8 = 2;
     /// Held around every symbol lookup (`output/symbolize.rs`); `fork`
