@@ -710,28 +710,14 @@ fn a_forked_child_keeps_no_connection_and_no_delta() {
     let _watchdog = watchdog("fork with connections", Duration::from_secs(120));
     let addr = heapprof::http::serve("127.0.0.1:0").expect("start the server");
     // Deltas that wait as long as their client stays, two from each of two
-    // addresses (a peer's most).
-    let ask = |i: u8| {
-        let from = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 50 + i % 2));
-        let mut client = heapprof_testkit::http::connect_from(from, addr);
-        client
-            .write_all(b"GET /debug/pprof/heap?seconds=120 HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        client.set_nonblocking(true).unwrap();
-        client
-    };
-    let mut clients: Vec<TcpStream> = (0..4).map(ask).collect();
-    // All four are in progress once another is refused. The check holds a
-    // place for a second when it is not: a client refused meanwhile (an
-    // answer, or the end of its connection, to read) asks again.
-    while heapprof::http::handle("/debug/pprof/heap", "seconds=1").status != 503 {
-        for (i, client) in (0..).zip(&mut clients) {
-            if client.peek(&mut [0u8; 1]).is_ok() {
-                *client = ask(i);
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
+    // addresses (a peer's most); all four are in progress once another is
+    // refused.
+    let from: Vec<std::net::IpAddr> = (0..4u8)
+        .map(|i| std::net::Ipv4Addr::new(127, 0, 0, 50 + i % 2).into())
+        .collect();
+    let (clients, ()) = heapprof_testkit::http::hold_deltas(addr, &from, || {
+        (heapprof::http::handle("/debug/pprof/heap", "seconds=1").status == 503).then_some(())
+    });
     assert!(
         holds_socket_on(addr.port(), false),
         "the check sees the parent's connections"

@@ -6,7 +6,7 @@
 //! of its own.
 
 use heapprof_testkit::child::{is_child, run_child};
-use heapprof_testkit::http::{connect_from, http_get, http_get_from, http_raw};
+use heapprof_testkit::http::{connect_from, hold_deltas, http_get, http_get_from, http_raw};
 use heapprof_testkit::watchdog::watchdog;
 
 use std::io::{Read, Write};
@@ -529,29 +529,11 @@ fn one_peer_holds_at_most_two_deltas() {
     }
     let _watchdog = watchdog(test, Duration::from_secs(120));
     let addr = heapprof::http::serve("127.0.0.1:0").unwrap();
-    let ask = || {
-        let mut s = connect_from(loopback(40), addr);
-        s.write_all(b"GET /debug/pprof/heap?seconds=300 HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        s.set_nonblocking(true).unwrap();
-        s
-    };
-    let mut waiting = [ask(), ask()];
-    // The third from the same address: refused once the two wait. A probe
-    // that found a place waited its second, and one of the two may have
-    // been refused meanwhile (an answer to read): it asks again.
-    let refused = loop {
+    // The third from the same address: refused once the two wait.
+    let (waiting, refused) = hold_deltas(addr, &[loopback(40), loopback(40)], || {
         let probe = http_get_from(loopback(40), addr, "/debug/pprof/heap?seconds=1");
-        if probe.status == 503 {
-            break probe;
-        }
-        for s in &mut waiting {
-            if s.peek(&mut [0u8; 1]).is_ok() {
-                *s = ask();
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    };
+        (probe.status == 503).then_some(probe)
+    });
     assert!(
         refused
             .text()

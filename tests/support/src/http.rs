@@ -94,3 +94,36 @@ fn exchange(mut stream: TcpStream, request: &[u8]) -> HttpReply {
         body: reply[split + 4..].to_vec(),
     }
 }
+
+/// Clients of the server at `addr` that each wait on a long `?seconds=`
+/// delta, one from each address of `from`, kept waiting until `full`
+/// gives a value: the check that every place the test wants is taken.
+/// A check that finds a place free holds it for its own delta, and a
+/// client refused meanwhile (an answer, or the end of its connection, to
+/// read) asks again. Dropping the clients ends their deltas.
+pub fn hold_deltas<T>(
+    addr: SocketAddr,
+    from: &[IpAddr],
+    mut full: impl FnMut() -> Option<T>,
+) -> (Vec<TcpStream>, T) {
+    let ask = |from: IpAddr| {
+        let mut client = connect_from(from, addr);
+        client
+            .write_all(b"GET /debug/pprof/heap?seconds=300 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        client.set_nonblocking(true).unwrap();
+        client
+    };
+    let mut clients: Vec<TcpStream> = from.iter().map(|&ip| ask(ip)).collect();
+    loop {
+        if let Some(value) = full() {
+            return (clients, value);
+        }
+        for (client, &ip) in clients.iter_mut().zip(from) {
+            if client.peek(&mut [0u8; 1]).is_ok() {
+                *client = ask(ip);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
