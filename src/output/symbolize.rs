@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use crate::record::sites::SiteCopy;
 use crate::record::stack::{CUT, NOT_UNWOUND, OWN_FRAMES};
-use crate::support::lock::{Lockable, Mutex, rank};
+use crate::support::lock::{self, Lockable, Mutex, rank};
 use crate::support::mappings::{self, LoaderCounts, Mapping};
 use crate::support::room;
 
@@ -36,9 +36,10 @@ mod own;
 /// What to check when the executable's frames have no names.
 pub(crate) fn no_names_hint() -> Cow<'static, str> {
     let unreadable = UNREADABLE.load(Relaxed);
-    if LOOKUPS_LOST.load(Relaxed) {
-        "this process was forked while its parent was looking names up, and makes no \
-         lookups of its own (names in the cache stay)"
+    if BACKTRACE_LOST.load(Relaxed) {
+        "this process was forked while its parent was looking names up, and names frames \
+         only from the objects' own symbol tables and debug info, not from separate debug \
+         files (names in the cache stay)"
             .into()
     } else if let Some(not_read) = NotRead::unpack(unreadable) {
         let why = match not_read {
@@ -206,10 +207,11 @@ static RESOLVING: Mutex<{ rank::SYMBOL_LOOKUP }, Option<own::UnitIndex>> = Mutex
 static HELD_FOR_FORK: AtomicBool = AtomicBool::new(false);
 
 /// Set in a forked child whose parent was in the middle of a lookup: the
-/// thread that held backtrace's lock is gone, so this process never calls
-/// backtrace again, and addresses not in the cache stay unnamed (pprof
-/// can name them from the binary, with the profile's mappings).
-static LOOKUPS_LOST: AtomicBool = AtomicBool::new(false);
+/// thread that may have held backtrace's lock is gone, so this process
+/// never calls backtrace again. heapprof's own reader names what it can
+/// of every object; the rest stays unnamed (pprof can name it from the
+/// binary, with the profile's mappings).
+static BACKTRACE_LOST: AtomicBool = AtomicBool::new(false);
 
 /// For `fork`'s prepare handler, before the fork table's locks. A cold
 /// lookup takes a second or so, and `fork` does not wait for it:
@@ -236,11 +238,25 @@ pub(crate) fn each_lock(f: &mut dyn FnMut(&'static dyn Lockable)) {
 }
 
 /// In a forked child, after [`after_fork`]: if a lookup was under way in the
-/// parent, its thread is not here, and neither [`RESOLVING`] nor
-/// backtrace's lock will ever be released: lookups stop for good.
+/// parent, backtrace's lock may be held by a thread that is not here, and
+/// backtrace is not called again. [`RESOLVING`], held by that thread, is
+/// taken back, with the unit index it guards forgotten (it may be half
+/// made), so that heapprof's own reader goes on naming frames. Not when
+/// this thread holds it (a signal handler's fork that interrupted its own
+/// lookup): its copy here finishes the lookup and releases it.
 pub(crate) fn after_fork_in_child() {
-    if !HELD_FOR_FORK.load(Relaxed) {
-        LOOKUPS_LOST.store(true, Relaxed);
+    if HELD_FOR_FORK.load(Relaxed) {
+        return;
+    }
+    BACKTRACE_LOST.store(true, Relaxed);
+    if !lock::this_thread_holds(rank::SYMBOL_LOOKUP) {
+        // SAFETY: the child has one thread, this one, which neither holds
+        // nor waits for the lock: no reference to its data exists here.
+        // The index is overwritten without being dropped.
+        unsafe {
+            RESOLVING.data_ptr().write(None);
+            RESOLVING.force_unlock();
+        }
     }
 }
 
@@ -374,14 +390,6 @@ fn resolve_all_within(
     if missing.is_empty() {
         return out;
     }
-    if LOOKUPS_LOST.load(Relaxed) {
-        // A forked child whose parent was mid-lookup: unnamed, not hung.
-        // `missing`, counted in the window above, is freed here, outside it.
-        let list_bytes = missing.capacity() * std::mem::size_of::<usize>();
-        KEPT_BYTES.fetch_sub(list_bytes as i64, Relaxed);
-        out.extend(missing.into_iter().map(|a| (a, Symbols::from(Vec::new()))));
-        return out;
-    }
     // What the lookup keeps (backtrace's parsed debug info, this cache's
     // entries) is the profiler's memory as much as its tables are: the
     // change in this thread's net allocated bytes across it, less the
@@ -402,6 +410,9 @@ fn resolve_all_within(
     // rest, and what `own` leaves, by backtrace, which knows only the
     // objects loaded when it was first used, so objects loaded later are
     // read by `own` too ([`route`]).
+    // In a child forked mid-lookup, `own` reads every object, and what it
+    // leaves stays unnamed.
+    let backtrace_lost = BACKTRACE_LOST.load(Relaxed);
     let own_object = own::OwnObject::find();
     let mut resolved: Vec<(usize, Symbols)> = {
         let mut resolving = RESOLVING.lock();
@@ -413,7 +424,7 @@ fn resolve_all_within(
             backtrace: mut for_backtrace,
             later,
             nowhere,
-        } = route(others, &objects, loader);
+        } = route(others, &objects, loader, backtrace_lost);
         // An address in no object loaded now was in one unloaded since:
         // unnamed, rather than named after what is there now.
         resolved.extend(nowhere.into_iter().map(|a| (a, Symbols::from(Vec::new()))));
@@ -450,6 +461,10 @@ fn resolve_all_within(
                 resolved.extend(left.into_iter().map(|a| (a, Symbols::from(Vec::new()))));
             }
             later_objects.push(object);
+        }
+        if backtrace_lost {
+            let unnamed = for_backtrace.drain(..);
+            resolved.extend(unnamed.map(|a| (a, Symbols::from(Vec::new()))));
         }
         if !for_backtrace.is_empty() {
             let from = resolved.len();
@@ -684,14 +699,22 @@ struct Routes {
 /// an object loaded later than heapprof's start, or may hold one unloaded
 /// since, in whose place another now is: so an address in a later object
 /// goes to backtrace only when `own` cannot name it and no object was ever
-/// unloaded (then no address can have changed objects).
-fn route(addrs: Vec<usize>, objects: &[Mapping], loader: LoaderCounts) -> Routes {
+/// unloaded (then no address can have changed objects). With
+/// `own_reads_all`, every object with a file goes to `own`.
+fn route(
+    addrs: Vec<usize>,
+    objects: &[Mapping],
+    loader: LoaderCounts,
+    own_reads_all: bool,
+) -> Routes {
     let mut routes = Routes::default();
     let mut by_object: HashMap<(&str, &str, u64), Vec<usize>> = HashMap::new();
     for addr in addrs {
         match object_of(objects, addr) {
             None => routes.nowhere.push(addr),
-            Some(m) if m.loaded_at_start || m.path.is_empty() => routes.backtrace.push(addr),
+            Some(m) if m.path.is_empty() || (m.loaded_at_start && !own_reads_all) => {
+                routes.backtrace.push(addr)
+            }
             Some(m) => by_object
                 .entry((&m.path, &m.build_id, m.base))
                 .or_default()

@@ -131,6 +131,11 @@ pub(crate) fn any_lock_held() -> bool {
     thread::with(|l| l.locks.highest().is_some()).unwrap_or(false)
 }
 
+/// Whether this thread holds, or waits for, a lock of `rank`.
+pub(crate) fn this_thread_holds(rank: u8) -> bool {
+    thread::with(|l| l.locks.holds(rank as usize)).unwrap_or(false)
+}
+
 /// Counts a lock of `RANK` held (`up`) or released; before a wait, checks
 /// the rank order in debug builds.
 fn count_held<const RANK: u8>(up: bool, waits: bool) {

@@ -174,6 +174,11 @@ impl HeldLocks {
         None
     }
 
+    /// Whether a lock of `rank` is held or waited for.
+    pub(crate) fn holds(&self, rank: usize) -> bool {
+        self.by_rank[rank % MAX_RANKS].get() > 0
+    }
+
     /// Whether a lock the free path takes is held or waited for.
     pub(crate) fn free_path_held(&self) -> bool {
         self.free_path.get() > 0
