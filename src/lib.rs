@@ -37,8 +37,10 @@
 //! Stacks end where the program's own code starts, as Go's end at
 //! `main.main`: at its `main`, a thread's own closure, or the test
 //! function; the process, thread and test start-up frames below are left
-//! out (`HEAPPROF_FULL_STACKS=1` keeps them). Closure names have one form,
-//! `{{closure}}`.
+//! out (`HEAPPROF_FULL_STACKS=1` keeps them). What the standard library
+//! allocates as it starts a process or thread, with no frame of the
+//! program's, keeps them: they say where it was made. Closure names have
+//! one form, `{{closure}}`.
 //!
 //! To wrap another allocator: `heapprof::Profiler::wrap(mimalloc::MiMalloc)`.
 //!

@@ -333,8 +333,10 @@ pub(crate) struct Shown {
 /// An address with no symbol stops the leaf cut, and the root cut unless
 /// the frame it calls is start-up. A stack that is all
 /// machinery (an allocation made by the runtime itself) keeps everything
-/// above the leaf cut's limit, and one that is all start-up keeps its
-/// start-up frames.
+/// above the leaf cut's limit, and one that is all start-up, or has no
+/// frame but the standard library's between the cuts (what `std` allocates
+/// as it starts the process), keeps its start-up frames, which say where
+/// it was made.
 pub(crate) struct Trimmer {
     /// The names of the addresses of the stacks trimmed.
     resolved: HashMap<usize, Symbols>,
@@ -354,6 +356,7 @@ pub(crate) struct Trimmer {
 struct Kind {
     machinery: bool,
     startup: bool,
+    standard_library: bool,
 }
 
 impl Kind {
@@ -370,6 +373,7 @@ impl Kind {
                 // unwound: shown, whatever their name says.
                 machinery: !OWN_FRAMES.contains(&addr) && symbolize::is_machinery_frame(symbol),
                 startup: symbolize::is_startup_frame(symbol),
+                standard_library: symbolize::is_standard_library_frame(symbol),
             })
             .collect()
     }
@@ -465,6 +469,10 @@ impl Trimmer {
                 {
                     end -= 1;
                 }
+            }
+            let standard_library = |k: usize| lines[k].kind.is_some_and(|k| k.standard_library);
+            if end > start && (start..end).all(standard_library) {
+                end = root;
             }
         }
         let shown = &mut self.shown;

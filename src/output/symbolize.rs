@@ -1156,6 +1156,17 @@ pub(crate) fn is_startup_frame(frame: &Symbol) -> bool {
         || (!C_ENTRY_NAMES.contains(&frame.name.as_str()) && is_startup(&frame.name))
 }
 
+/// Whether a frame is the standard library's (`core`, `alloc`, `std`), by
+/// its source file; false for a frame without one.
+pub(crate) fn is_standard_library_frame(frame: &Symbol) -> bool {
+    const PARTS: &[&str] = &[
+        "/library/core/src/",
+        "/library/alloc/src/",
+        "/library/std/src/",
+    ];
+    PARTS.iter().any(|p| frame.file.contains(p))
+}
+
 /// Source files of the standard library's process, thread and test
 /// start-up, and of the calls a closure is started through.
 fn is_startup_file(file: &str) -> bool {

@@ -544,6 +544,52 @@ fn trim_never_leaves_a_stack_empty() {
     );
 }
 
+/// What the standard library allocates as it starts the process has none
+/// of the program's frames: it keeps the
+/// start-up frames that say where it was made. A stack with a frame of
+/// the program's loses them.
+#[test]
+fn a_standard_library_start_up_allocation_keeps_its_start_up_frames() {
+    assert_start_up_frames_are_cut();
+    let std_frame = |name: &str, file: &str| Symbol {
+        name: name.to_owned(),
+        system_name: String::new(),
+        file: format!("/rustc/0123/library/{file}"),
+        line: 7,
+    };
+    let mut r = resolved(&[(0x10, &["__rust_alloc"]), (0x50, &["app::main"])]);
+    r.insert(
+        0x20,
+        Symbols::from(vec![
+            std_frame("std::io::stdio::stdout", "std/src/io/stdio.rs"),
+            std_frame("std::sys::pal::unix::init", "std/src/sys/pal/unix/mod.rs"),
+        ]),
+    );
+    r.insert(
+        0x30,
+        Symbols::from(vec![std_frame("std::rt::init", "std/src/rt.rs")]),
+    );
+    r.insert(
+        0x40,
+        Symbols::from(vec![std_frame(
+            "std::rt::lang_start_internal",
+            "std/src/rt.rs",
+        )]),
+    );
+    assert_eq!(
+        trim(&[0x10, 0x20, 0x30, 0x40], &r),
+        [
+            shown(0x20, (0, 2)),
+            shown(0x30, (0, 1)),
+            shown(0x40, (0, 1))
+        ]
+    );
+    assert_eq!(
+        trim(&[0x10, 0x20, 0x50, 0x40], &r),
+        [shown(0x20, (0, 2)), shown(0x50, (0, 1))]
+    );
+}
+
 /// The closure a test or a spawn wraps its function in goes with the
 /// start-up frames; another function's closure stays.
 #[test]
