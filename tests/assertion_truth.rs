@@ -660,6 +660,7 @@ fn holds_its_own(keep: &mut Vec<Vec<u8>>) {
     keep.push(black_box(vec![1u8; 1000]));
 }
 
+#[cfg(target_arch = "x86_64")]
 extern "C" fn called_from_generated_code(keep: *mut Vec<Vec<u8>>) {
     // SAFETY: `keep` is the live vector `through_generated_code` passed.
     let keep = unsafe { &mut *keep };

@@ -230,6 +230,7 @@ static SEEN: [AtomicU64; SEEN_WORDS] = [const { AtomicU64::new(0) }; SEEN_WORDS]
 /// one add a frame, since stacks run to dozens of frames and this runs on
 /// every frame-pointer sample. Order is lost, which only makes stacks of
 /// the same frames share a bit.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn frames_sum(stack: &Stack) -> u64 {
     stack

@@ -31,7 +31,7 @@ pub fn run_child_of(
     test: &str,
     env: &[(&str, &str)],
 ) -> (String, String) {
-    let mut child = Command::new(exe);
+    let mut child = with_runner(exe);
     child
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(CHILD_VAR, "1")
@@ -48,6 +48,23 @@ pub fn run_child_of(
         out.status
     );
     (stdout, stderr)
+}
+
+/// A command that runs the test binary `exe`: through the runner
+/// `HEAPPROF_TEST_RUNNER` names, if set (words split on spaces: `qemu-aarch64
+/// -L /usr/aarch64-linux-gnu` for a test binary of another architecture,
+/// which this machine cannot start on its own), or directly.
+pub fn with_runner(exe: &Path) -> Command {
+    let runner = std::env::var("HEAPPROF_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(words).arg(exe);
+            command
+        }
+        None => Command::new(exe),
+    }
 }
 
 /// Whether this process is a child started by [`run_child`].
