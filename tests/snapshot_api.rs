@@ -281,6 +281,39 @@ fn a_name_with_a_semicolon_is_one_frame() {
     drop(kept);
 }
 
+#[inline(never)]
+fn grow_a_little() -> Vec<u8> {
+    black_box(vec![1u8; 3000])
+}
+
+/// A delta in which one site shrank and another grew draws the growth,
+/// and its subtitle says how much fell and was left out: a graph of the
+/// 3 000 bytes that grew must not read as the change when 50 240 (ten
+/// blocks of 5 000 and their list) fell.
+#[test]
+fn a_deltas_flame_graph_says_what_fell() {
+    let _rate = RATE.lock().unwrap();
+    heapprof::set_sample_rate(1);
+    let held = keep_for_a_while();
+    let before = heapprof::snapshot();
+    drop(held);
+    let grown = grow_a_little();
+    let d = heapprof::snapshot().delta(&before);
+    heapprof::set_sample_rate(512 * 1024);
+
+    let svg = flamegraph_of(&d, heapprof::SampleType::InuseSpace);
+    assert!(svg.contains("grow_a_little (3,000 bytes,"), "{svg}");
+    assert!(!svg.contains("keep_for_a_while ("), "{svg}");
+    assert!(
+        svg.contains("Growth only: sites whose inuse_space fell, by 50240 bytes in all"),
+        "{svg}"
+    );
+    // Where nothing fell, no subtitle.
+    let alloc_space = flamegraph_of(&d, heapprof::SampleType::AllocSpace);
+    assert!(!alloc_space.contains("Growth only"), "{alloc_space}");
+    drop(grown);
+}
+
 /// A snapshot with nothing to draw still gives a well-formed SVG, one that
 /// says so, and no error.
 #[test]

@@ -1290,7 +1290,7 @@ impl Snapshot {
     /// Writes an SVG flame graph of one of the four sample types: one box
     /// per function, as wide as the value of `sample_type` under it. Sites
     /// whose value is zero or negative (frees in a [`delta`](Snapshot::delta))
-    /// are left out.
+    /// are left out, and the graph's subtitle gives their total.
     ///
     /// With nothing to draw (an empty snapshot, or heapprof not the
     /// program's `#[global_allocator]`) it still writes a well-formed SVG,
@@ -1336,6 +1336,17 @@ impl Snapshot {
         let mut options = inferno::flamegraph::Options::default();
         options.title = title;
         options.count_name = sample_type.unit().into();
+        // A delta's shrinking sites have no width to draw: the graph says
+        // how much it leaves out, so that growth is not read as the change.
+        let fell: i64 = self.sites.iter().map(|s| sample_type.of(s).min(0)).sum();
+        if fell < 0 {
+            options.subtitle = Some(format!(
+                "Growth only: sites whose {} fell, by {} {} in all, are not drawn",
+                sample_type.name(),
+                -fell,
+                sample_type.unit()
+            ));
+        }
         inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), w)
             .map_err(io::Error::other)
     }
