@@ -277,6 +277,27 @@ fn child_reports_rate() {
     }
 }
 
+/// With sampling off no peak is ever recorded, and the error says so
+/// rather than that the heap is still small.
+#[test]
+fn without_sampling_the_missing_peak_is_put_down_to_it() {
+    if is_child() {
+        let held = std::hint::black_box(vec![1u8; 8 << 20]);
+        let e = heapprof::write_peak_profile(Vec::new()).unwrap_err();
+        println!("kind={:?} error={e}", e.kind());
+        drop(held);
+        return;
+    }
+    let (stdout, _) = run_child(
+        "without_sampling_the_missing_peak_is_put_down_to_it",
+        &[("HEAPPROF_SAMPLE_RATE", "0")],
+    );
+    assert!(
+        stdout.contains("kind=NotFound") && stdout.contains("sampling is off (sample rate 0)"),
+        "{stdout}"
+    );
+}
+
 fn child_with_rate(value: &str) -> (usize, String) {
     let (stdout, stderr) = run_child("child_reports_rate", &[("HEAPPROF_SAMPLE_RATE", value)]);
     (printed_number(&stdout, "rate=") as usize, stderr)

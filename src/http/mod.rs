@@ -578,7 +578,7 @@ fn build(
     };
     let mut body = Body::new(format == Format::Text);
     if !output::write(source(&mut one_at_a_time), format, options, &mut body)? {
-        return Ok(Response::error(404, crate::record::peak::NO_PEAK_YET));
+        return Ok(Response::error(404, crate::record::peak::no_peak_yet()));
     }
     let body = body.bytes;
     Ok(match format {

@@ -288,7 +288,7 @@ pub(crate) fn write_to_program<W: io::Write>(
         if write(source, format, pprof::Options::default(), w)? {
             Ok(())
         } else {
-            Err(io::Error::new(io::ErrorKind::NotFound, peak::NO_PEAK_YET))
+            Err(io::Error::new(io::ErrorKind::NotFound, peak::no_peak_yet()))
         }
     })
 }

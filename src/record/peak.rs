@@ -24,9 +24,16 @@ use crate::support::lock::{Lockable, Mutex, rank};
 use crate::record::sites::{self, PackedSites};
 use crate::sample;
 
-/// What to say when there is no peak copy yet.
-pub(crate) const NO_PEAK_YET: &str =
-    "heapprof: no peak recorded yet (the sampled live heap has not reached 1 MiB)";
+/// What to say when there is no peak copy yet: why, and whether one can
+/// come (a peak is recorded from samples, which a rate of 0 stops).
+pub(crate) fn no_peak_yet() -> &'static str {
+    if sample::rate() == 0 {
+        "heapprof: no peak recorded: sampling is off (sample rate 0), and a peak is recorded \
+         from samples"
+    } else {
+        "heapprof: no peak recorded yet (the sampled live heap has not reached 1 MiB)"
+    }
+}
 // The messages here and in `dump::at_exit` state the minimum.
 const _: () = assert!(MIN_PEAK == 1 << 20);
 
