@@ -355,6 +355,37 @@ fn a_misspelled_variable_is_reported() {
     );
 }
 
+/// A name in one of heapprof's families of settings (`HEAPPROF_PYROSCOPE_`,
+/// `HEAPPROF_DUMP_`) that is none of them is reported in one line listing
+/// the family's settings, however unlike any of them it is.
+#[test]
+fn an_unknown_name_in_a_family_of_settings_is_reported() {
+    let (_, stderr) = run_child(
+        "child_reports_rate",
+        &[
+            ("HEAPPROF_PYROSCOPE_PERIOD", "5s"),
+            ("HEAPPROF_DUMP_DIRECTORY", "/tmp"),
+            ("HEAPPROF_OTHER_TOOL", "1"),
+        ],
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("heapprof")).collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"HEAPPROF_PYROSCOPE_PERIOD\"")
+                && l.contains("its HEAPPROF_PYROSCOPE_ settings are URL, NAME, LABELS, EVERY,")),
+        "{stderr}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"HEAPPROF_DUMP_DIRECTORY\"")
+                && l.contains("its HEAPPROF_DUMP_ settings are EVERY, EVERY_ALLOCATED,")),
+        "{stderr}"
+    );
+}
+
 /// A setting's name in another case is another variable: reported in one
 /// line naming the one meant, and not read.
 #[test]

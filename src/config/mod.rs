@@ -344,9 +344,10 @@ fn from_env() -> Config {
 /// Reports, one line each, the `HEAPPROF_` variables set that heapprof
 /// does not read but that look like one it does (`HEAPPROF_SAMPLERATE`,
 /// `HEAPPROF_OUTPUT`, `HEAPPROF_RATE`, and any name in another case,
-/// `HEAPPROF_out` or `heapprof_out`: names are case-sensitive): silence
-/// would read as "it worked". Other `HEAPPROF_` names are left alone, as
-/// another tool's may be.
+/// `HEAPPROF_out` or `heapprof_out`: names are case-sensitive), or that
+/// start like a family of its settings (`HEAPPROF_PYROSCOPE_PERIOD`):
+/// silence would read as "it worked". Other `HEAPPROF_` names are left
+/// alone, as another tool's may be.
 fn report_misspellings() {
     const PREFIX: &str = "HEAPPROF_";
     for (name, _) in std::env::vars_os() {
@@ -371,14 +372,40 @@ fn report_misspellings() {
             .find(|&&known| upper == known || looks_like(&upper, known));
         // Asked only with something to say, as `var` asks: an environment
         // that is not trusted gets one line for all its variables there.
-        if let Some(meant) = meant.filter(|_| !secure_execution()) {
+        if let Some(meant) = meant {
+            if !secure_execution() {
+                report::warn(format_args!(
+                    "heapprof: ignoring {}: heapprof reads no such variable; did you mean \
+                     HEAPPROF_{meant}?",
+                    Shown::new(&name)
+                ));
+            }
+        } else if let Some(family) = family(&upper).filter(|_| !secure_execution()) {
+            let members: Vec<&str> = SETTINGS
+                .iter()
+                .filter_map(|s| s.strip_prefix(family))
+                .collect();
             report::warn(format_args!(
-                "heapprof: ignoring {}: heapprof reads no such variable; did you mean \
-                 HEAPPROF_{meant}?",
-                Shown::new(&name)
+                "heapprof: ignoring {}: heapprof reads no such variable; its HEAPPROF_{family} \
+                 settings are {}",
+                Shown::new(&name),
+                members.join(", ")
             ));
         }
     }
+}
+
+/// The family of settings whose first word `given` (upper case) starts
+/// with, followed by `_`, when two or more settings share that word
+/// (`PYROSCOPE_`, `DUMP_`): a name there is heapprof's, whatever follows.
+fn family(given: &str) -> Option<&'static str> {
+    let (word, _) = given.split_once('_')?;
+    let mut members = SETTINGS
+        .iter()
+        .filter(|s| s.split_once('_').is_some_and(|(first, _)| first == word));
+    let first = members.next()?;
+    members.next()?;
+    Some(&first[..word.len() + 1])
 }
 
 /// Whether `given` looks like a misspelling of `known`: two edits or fewer
