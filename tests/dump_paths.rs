@@ -594,7 +594,8 @@ fn percent_p_and_e_name_the_process() {
     // Two processes with one setting: two profiles (and their peaks).
     let mut pids = Vec::new();
     for _ in 0..2 {
-        let (stdout, _) = exit_child(dir.path(), &[("HEAPPROF_OUT", out.to_str().unwrap())]);
+        let (stdout, stderr) = exit_child(dir.path(), &[("HEAPPROF_OUT", out.to_str().unwrap())]);
+        assert!(!stderr.contains("kept in the file name"), "{stderr}");
         pids.push(printed_number(&stdout, "pid="));
     }
     let mut expected: Vec<String> = pids
@@ -632,6 +633,26 @@ fn percent_p_and_e_name_the_process() {
         sub.path().join(format!("guard-{pid}.pb.gz")).exists(),
         "{:?}",
         names(sub.path())
+    );
+}
+
+/// A `%` in `HEAPPROF_OUT` that starts no placeholder (`%t`, a trailing
+/// `%`) stays in the name, and is said in one line.
+#[test]
+fn a_percent_that_is_no_placeholder_is_kept_and_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("heap-%t-100%.pb.gz");
+    let (_, stderr) = exit_child(dir.path(), &[("HEAPPROF_OUT", out.to_str().unwrap())]);
+    let said: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("is kept in the file name as it is"))
+        .collect();
+    assert_eq!(said.len(), 1, "{stderr}");
+    assert!(said[0].contains("heap-%t-100%.pb.gz"), "{stderr}");
+    assert!(
+        names(dir.path()).contains(&"heap-%t-100%.pb.gz".to_owned()),
+        "{:?}",
+        names(dir.path())
     );
 }
 

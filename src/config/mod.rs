@@ -282,7 +282,7 @@ fn from_env() -> Config {
             parse_percent,
         ),
         seed: optional("HEAPPROF_SEED", "a whole number", |s| s.parse().ok()),
-        out: var("HEAPPROF_OUT").map(PathBuf::from),
+        out: out_path(),
         dump_every: optional(
             "HEAPPROF_DUMP_EVERY",
             "a duration such as 30s, 5m or 1h",
@@ -796,6 +796,29 @@ fn var(name: &str) -> Option<OsString> {
         return None;
     }
     Some(value)
+}
+
+/// `HEAPPROF_OUT`. A `%` that starts none of the placeholders dump paths
+/// take (`%p`, `%e`, `%%`) stays in the name as it is, and is said in one
+/// line: `heap-%t.pb.gz` may have meant a placeholder another tool has.
+fn out_path() -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let value = var("HEAPPROF_OUT")?;
+    let mut rest = value.as_bytes();
+    while let Some(at) = rest.iter().position(|&c| c == b'%') {
+        match rest.get(at + 1) {
+            Some(b'p' | b'e' | b'%') => rest = &rest[at + 2..],
+            _ => {
+                report::warn(format_args!(
+                    "heapprof: HEAPPROF_OUT={}: a % that is not %p (process id), %e \
+                     (executable's name) or %% (a %) is kept in the file name as it is",
+                    Shown::path(&value)
+                ));
+                break;
+            }
+        }
+    }
+    Some(PathBuf::from(value))
 }
 
 /// `SSL_CERT_FILE`, read as OpenSSL and curl read it: a PEM file of the
