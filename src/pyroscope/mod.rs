@@ -203,7 +203,8 @@ impl Pusher {
     }
 
     /// Sends `Authorization: Basic` with `user` and `password` (Grafana
-    /// Cloud: the stack's user id and an access token).
+    /// Cloud: the stack's user id and an access token). A `user` with a
+    /// `:` cannot be sent that way: [`start`](Pusher::start) refuses it.
     pub fn basic_auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Pusher {
         self.basic_auth = Some((user.into(), password.into()));
         self
@@ -362,6 +363,19 @@ impl Pusher {
                 "heapprof: Pusher: {one} and {other} both set; a request has one Authorization \
                  header"
             ));
+        }
+        // Basic authentication joins the name and the password with `:`,
+        // so a server reads the name up to the first one.
+        let user_has_colon = match &self.basic_auth {
+            Some((user, _)) => user.contains(':'),
+            None => url_user_has_colon(&self.url),
+        };
+        if user_has_colon {
+            return invalid(
+                "heapprof: Pusher: the basic authentication user name has a `:`, where the \
+                 server would end the name; Basic authentication cannot send it"
+                    .into(),
+            );
         }
         let mut headers = self.headers();
         if headers.any(|(_, v)| v.chars().any(|c| c.is_control())) {
@@ -871,6 +885,16 @@ fn multipart(profile: &[u8]) -> (String, Vec<u8>) {
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
+/// Whether the user name of `url`'s `user:password@`, decoded, has a `:`
+/// (written `%3A` there).
+fn url_user_has_colon(url: &str) -> bool {
+    let Some((userinfo, _)) = split_userinfo(url) else {
+        return false;
+    };
+    let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+    percent_encoding::percent_decode_str(user).any(|b| b == b':')
+}
+
 /// `url`'s `user:password` and `url` without its `user:password@`
 /// ([`config::userinfo_at`]); `None` if it has none.
 fn split_userinfo(url: &str) -> Option<(&str, String)> {
@@ -1161,10 +1185,10 @@ mod tests {
         Pusher::new("HTTP://x", "a").check().unwrap();
         Pusher::new("Https://x", "a").check().unwrap();
         assert_eq!(ok.ingest_url(), "http://127.0.0.1:4040/ingest");
-        let with_user = Pusher::new("https://u%3A1:a%2Fb:c@x:4040/p/", "a");
+        let with_user = Pusher::new("https://u%401:a%2Fb:c@x:4040/p/", "a");
         assert_eq!(with_user.ingest_url(), "https://x:4040/p/ingest");
         let credentials = with_user.url_credentials();
-        assert_eq!(credentials.as_deref(), Some(&b"u:1:a/b:c"[..]));
+        assert_eq!(credentials.as_deref(), Some(&b"u@1:a/b:c"[..]));
         // Bytes as written, not text: `%ff` is one byte, `%` alone stays.
         let raw = Pusher::new("http://u:%ff%25x%@h", "a").url_credentials();
         assert_eq!(raw.as_deref(), Some(&b"u:\xff%x%"[..]));
@@ -1197,6 +1221,8 @@ mod tests {
                 .bearer_token("t"),
             Pusher::new("http://u:p@x", "a").bearer_token("t"),
             Pusher::new("http://u@x", "a").basic_auth("v", "q"),
+            Pusher::new("http://us%3Aer:p@x", "a"),
+            Pusher::new("http://x", "a").basic_auth("us:er", "p"),
         ];
         for p in bad {
             let e = p.check().expect_err(&format!("{p:?}"));
