@@ -557,47 +557,6 @@ fn labels_left_out_past_the_stack_are_said_once() {
     outer.in_scope(|| nest(0, 24, true));
 }
 
-/// Spans that change no label take no place on the thread's span stack:
-/// a labelled span entered under more of them than the stack holds
-/// still puts its labels in force, and every exit puts back the labels
-/// before it.
-#[test]
-fn plain_spans_leave_room_for_labelled_ones() {
-    install();
-    fn plain(depth: usize, inner: &dyn Fn() -> Vec<(String, String)>) -> Vec<(String, String)> {
-        if depth == 0 {
-            return inner();
-        }
-        tracing::info_span!("plain", other = depth).in_scope(|| {
-            let seen = plain(depth - 1, inner);
-            assert_eq!(labels_now(), pairs(&[("tenant", "deep-acme")]));
-            seen
-        })
-    }
-    let outer = tracing::info_span!(parent: None, "request", tenant = "deep-acme");
-    let deepest = outer.in_scope(|| {
-        let seen = plain(40, &|| {
-            tracing::info_span!("handler", route = "/deep").in_scope(labels_now)
-        });
-        assert_eq!(labels_now(), pairs(&[("tenant", "deep-acme")]));
-        seen
-    });
-    assert_eq!(
-        deepest,
-        pairs(&[("route", "/deep"), ("tenant", "deep-acme")])
-    );
-    assert_eq!(labels_now(), pairs(&[]));
-    // The same span entered again inside itself, by a plain enter, still
-    // holds its place until its outer exit.
-    let twice = tracing::info_span!(parent: None, "twice", tenant = "twice-acme");
-    let after_inner_exit = twice.in_scope(|| {
-        twice.in_scope(|| ());
-        labels_now()
-    });
-    assert_eq!(after_inner_exit, pairs(&[("tenant", "twice-acme")]));
-    assert_eq!(labels_now(), pairs(&[]));
-}
-
 /// A span entered on two threads at once, and entered on a third and
 /// exited on a fourth, stays in force on the threads still inside it,
 /// also after another span is closed while stranded.

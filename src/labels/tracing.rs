@@ -74,8 +74,8 @@ use crate::thread::labels::{LabelState, SPANS_KEPT, StackedSpan};
 /// and exits stay on one thread each poll. A thread keeps the labelled
 /// spans it has entered on a small stack; a span entered deeper than it
 /// holds changes no labels, and the first such span that would have is
-/// said once on stderr. A span whose enter changes no label (one without
-/// chosen fields, entered inside its labelled parent) takes no place. A span
+/// said once on stderr (a span that adds no label of its own still takes
+/// a place on the stack, but its enter past it is not worth a line). A span
 /// whose guard is dropped on another worker keeps its entry on the first
 /// one's stack until it closes; a full stack makes room by dropping the
 /// entries of scopes that have ended (a [`Labeled`](crate::Labeled) poll's, a
@@ -380,22 +380,6 @@ fn push_span(mut span: StackedSpan) -> bool {
         labels.spans[depth].set(span);
         labels.span_depth.set(depth + 1);
         true
-    })
-    .unwrap_or(false)
-}
-
-/// Whether this thread follows an enter of the span `serial`: on its span
-/// stack and not exited, or past the stack.
-fn follows(serial: u64) -> bool {
-    thread::with(|l| {
-        let labels = &l.labels;
-        let stacked = labels.spans[..labels.span_depth.get()]
-            .iter()
-            .any(|s| s.get().serial == serial && !s.get().exited);
-        let past = labels.past_stack[..labels.past_stack_len.get()]
-            .iter()
-            .any(|s| s.get().0 == serial);
-        stacked || past
     })
     .unwrap_or(false)
 }
@@ -799,13 +783,6 @@ where
             return;
         };
         let inside = labels.in_force_inside(outer);
-        // An enter that changes no label takes no place on the stack, so
-        // plain spans inside a labelled one do not crowd out labelled spans
-        // deeper in. Unless this thread follows an earlier enter of the
-        // same span: its exit would then take that one's entry.
-        if inside == outer && !follows(labels.serial) {
-            return;
-        }
         let stacked = push_span(StackedSpan {
             serial: labels.serial,
             id: id.into_u64(),
