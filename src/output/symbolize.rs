@@ -36,12 +36,7 @@ mod own;
 /// What to check when the executable's frames have no names.
 pub(crate) fn no_names_hint() -> Cow<'static, str> {
     let unreadable = UNREADABLE.load(Relaxed);
-    if BACKTRACE_LOST.load(Relaxed) {
-        "this process was forked while its parent was looking names up, and names frames \
-         only from the objects' own symbol tables and debug info, not from separate debug \
-         files (names in the cache stay)"
-            .into()
-    } else if let Some(not_read) = NotRead::unpack(unreadable) {
+    if let Some(not_read) = NotRead::unpack(unreadable) {
         let why = match not_read {
             Unpacked::Errno(libc::EMFILE | libc::ENFILE) => {
                 "too few descriptors left (RLIMIT_NOFILE)? "
@@ -53,6 +48,12 @@ pub(crate) fn no_names_hint() -> Cow<'static, str> {
             not_read.words()
         )
         .into()
+    } else if BACKTRACE_LOST.load(Relaxed) {
+        "is the executable stripped (`strip = true`, or by a linker that drops the symbol table \
+         with the debug info, as `nm` would show), or its debug info in a separate file? This \
+         process was forked, and a forked process reads names only from the objects' own \
+         files (names found before the fork stay)"
+            .into()
     } else {
         "is the executable stripped (`strip = true`, or by a linker that drops the symbol table \
          with the debug info, as `nm` would show)? Or, with /proc not mounted, does the path it \
@@ -196,8 +197,9 @@ fn object_of(objects: &[Mapping], addr: usize) -> Option<&Mapping> {
 
 /// Held around every lookup (heapprof's own reader and every call into
 /// `backtrace::resolve`), so that the fork handlers can tell whether a
-/// thread is inside a lookup, and backtrace's own (unreachable) lock, when
-/// the process forks. Nobody who holds backtrace's
+/// thread is inside one of heapprof's lookups when the process forks
+/// (backtrace's own lock, which the program may take too, they cannot
+/// see: a child never calls backtrace). Nobody who holds backtrace's
 /// lock ever asks for this one, so holding it across `resolve` cannot
 /// deadlock. It guards what heapprof's own reader keeps between lookups:
 /// the unit index of heapprof's object, once a lookup has made it.
@@ -206,11 +208,11 @@ static RESOLVING: Mutex<{ rank::SYMBOL_LOOKUP }, Option<own::UnitIndex>> = Mutex
 /// Whether `fork`'s prepare handler holds [`RESOLVING`] (it found it free).
 static HELD_FOR_FORK: AtomicBool = AtomicBool::new(false);
 
-/// Set in a forked child whose parent was in the middle of a lookup: the
-/// thread that may have held backtrace's lock is gone, so this process
-/// never calls backtrace again. heapprof's own reader names what it can
-/// of every object; the rest stays unnamed (pprof can name it from the
-/// binary, with the profile's mappings).
+/// Set in a forked child: the thread that may have held backtrace's lock
+/// is gone, so this process never calls backtrace again. heapprof's own
+/// reader names what it can of every object; the rest (names in separate
+/// debug files) stays unnamed (pprof can name it from the binary, with the
+/// profile's mappings).
 static BACKTRACE_LOST: AtomicBool = AtomicBool::new(false);
 
 /// For `fork`'s prepare handler, before the fork table's locks. A cold
@@ -237,18 +239,20 @@ pub(crate) fn each_lock(f: &mut dyn FnMut(&'static dyn Lockable)) {
     f(&CACHE);
 }
 
-/// In a forked child, after [`after_fork`]: if a lookup was under way in the
-/// parent, backtrace's lock may be held by a thread that is not here, and
-/// backtrace is not called again. [`RESOLVING`], held by that thread, is
-/// taken back, with the unit index it guards forgotten (it may be half
-/// made), so that heapprof's own reader goes on naming frames. Not when
-/// this thread holds it (a signal handler's fork that interrupted its own
-/// lookup): its copy here finishes the lookup and releases it.
+/// In a forked child, after [`after_fork`]: backtrace's lock may be held
+/// by a thread that is not here (in a lookup of heapprof's, or in the
+/// program's own use of the `backtrace` crate, which no lock of heapprof's
+/// shows), so backtrace is not called again. If a lookup was under way in
+/// the parent, [`RESOLVING`], held by its thread, is taken back, with the
+/// unit index it guards forgotten (it may be half made), so that
+/// heapprof's own reader goes on naming frames. Not when this thread holds
+/// or waits for it (a signal handler's fork that interrupted its own
+/// lookup): its copy here goes on with the lookup and releases it.
 pub(crate) fn after_fork_in_child() {
+    BACKTRACE_LOST.store(true, Relaxed);
     if HELD_FOR_FORK.load(Relaxed) {
         return;
     }
-    BACKTRACE_LOST.store(true, Relaxed);
     if !lock::this_thread_holds(rank::SYMBOL_LOOKUP) {
         // SAFETY: the child has one thread, this one, which neither holds
         // nor waits for the lock: no reference to its data exists here.

@@ -34,8 +34,8 @@
 //! symbolization (a second or so) and `fork` must not wait that long: the
 //! HTTP server's build lock, which guards no data, so the child simply
 //! resets it; and the symbolizer's lookup lock, taken only if free (a child
-//! forked in the middle of a lookup takes it back and names frames without
-//! backtrace, whose lock it may never get: `output/symbolize.rs`).
+//! forked in the middle of a lookup takes it back; every child names frames
+//! without backtrace, whose lock it may never get: `output/symbolize.rs`).
 //!
 //! In the child, the registries of running threads (the exact counters'
 //! and the free filter's mask copies) still list the parent's other
