@@ -334,9 +334,9 @@ pub(crate) struct Shown {
 /// the frame it calls is start-up. A stack that is all
 /// machinery (an allocation made by the runtime itself) keeps everything
 /// above the leaf cut's limit, and one that is all start-up, or has no
-/// frame but the standard library's between the cuts (what `std` allocates
-/// as it starts the process), keeps its start-up frames, which say where
-/// it was made.
+/// frame but the standard library's between the cuts and never reached the
+/// program's code (what `std` allocates as it starts the process or a
+/// thread), keeps its start-up frames, which say where it was made.
 pub(crate) struct Trimmer {
     /// The names of the addresses of the stacks trimmed.
     resolved: HashMap<usize, Symbols>,
@@ -470,8 +470,19 @@ impl Trimmer {
                     end -= 1;
                 }
             }
+            // `__rust_begin_short_backtrace` is where std hands over to the
+            // program's `main`, thread closure or test: a stack that passed
+            // it is the program's, though its own frame may be gone (a tail
+            // call), and loses its start-up frames.
             let standard_library = |k: usize| lines[k].kind.is_some_and(|k| k.standard_library);
-            if end > start && (start..end).all(standard_library) {
+            let handed_over = |k: usize| {
+                let Line { frame, line, kind } = lines[k];
+                kind.is_some()
+                    && self.resolved[&frames[frame]][line]
+                        .name
+                        .contains("__rust_begin_short_backtrace")
+            };
+            if end > start && (start..end).all(standard_library) && !(end..root).any(handed_over) {
                 end = root;
             }
         }

@@ -547,7 +547,8 @@ fn trim_never_leaves_a_stack_empty() {
 /// What the standard library allocates as it starts the process has none
 /// of the program's frames: it keeps the
 /// start-up frames that say where it was made. A stack with a frame of
-/// the program's loses them.
+/// the program's loses them, and so does one that passed std's hand-over
+/// to the program.
 #[test]
 fn a_standard_library_start_up_allocation_keeps_its_start_up_frames() {
     assert_start_up_frames_are_cut();
@@ -588,6 +589,16 @@ fn a_standard_library_start_up_allocation_keeps_its_start_up_frames() {
         trim(&[0x10, 0x20, 0x50, 0x40], &r),
         [shown(0x20, (0, 2)), shown(0x50, (0, 1))]
     );
+    // Below std's hand-over to the program, std frames alone are the
+    // program's call whose own frame a tail call took away.
+    r.insert(
+        0x60,
+        Symbols::from(vec![std_frame(
+            "std::sys::backtrace::__rust_begin_short_backtrace",
+            "std/src/sys/backtrace.rs",
+        )]),
+    );
+    assert_eq!(trim(&[0x10, 0x20, 0x60, 0x40], &r), [shown(0x20, (0, 1))]);
 }
 
 /// The closure a test or a spawn wraps its function in goes with the
