@@ -51,8 +51,8 @@ pub(crate) fn no_names_hint() -> Cow<'static, str> {
     } else if BACKTRACE_LOST.load(Relaxed) {
         "is the executable stripped (`strip = true`, or by a linker that drops the symbol table \
          with the debug info, as `nm` would show), or its debug info in a separate file? This \
-         process was forked, and a forked process reads names only from the objects' own \
-         files (names found before the fork stay)"
+         process was forked from one with other threads, and reads names only from the \
+         objects' own files (names found before the fork stay)"
             .into()
     } else {
         "is the executable stripped (`strip = true`, or by a linker that drops the symbol table \
@@ -208,8 +208,9 @@ static RESOLVING: Mutex<{ rank::SYMBOL_LOOKUP }, Option<own::UnitIndex>> = Mutex
 /// Whether `fork`'s prepare handler holds [`RESOLVING`] (it found it free).
 static HELD_FOR_FORK: AtomicBool = AtomicBool::new(false);
 
-/// Set in a forked child: the thread that may have held backtrace's lock
-/// is gone, so this process never calls backtrace again. heapprof's own
+/// Set in a forked child whose parent had other threads: one of them may
+/// have held backtrace's lock, so this process never calls backtrace
+/// again. heapprof's own
 /// reader names what it can of every object; the rest (names in separate
 /// debug files) stays unnamed (pprof can name it from the binary, with the
 /// profile's mappings).
@@ -239,18 +240,24 @@ pub(crate) fn each_lock(f: &mut dyn FnMut(&'static dyn Lockable)) {
     f(&CACHE);
 }
 
-/// In a forked child, after [`after_fork`]: backtrace's lock may be held
-/// by a thread that is not here (in a lookup of heapprof's, or in the
-/// program's own use of the `backtrace` crate, which no lock of heapprof's
-/// shows), so backtrace is not called again. If a lookup was under way in
-/// the parent, [`RESOLVING`], held by its thread, is taken back, with the
-/// unit index it guards forgotten (it may be half made), so that
-/// heapprof's own reader goes on naming frames. Not when this thread holds
-/// or waits for it (a signal handler's fork that interrupted its own
-/// lookup): its copy here goes on with the lookup and releases it.
-pub(crate) fn after_fork_in_child() {
-    BACKTRACE_LOST.store(true, Relaxed);
-    if HELD_FOR_FORK.load(Relaxed) {
+/// In a forked child, after [`after_fork`]; `parent_had_others`: whether
+/// the parent may have had threads besides the forking one. Then
+/// backtrace's lock may be held by a thread that is not here (in a lookup
+/// of heapprof's, or in the program's own use of the `backtrace` crate,
+/// which no lock of heapprof's shows), so backtrace is not called again.
+/// A child of a parent with one thread (a daemon forking at start) keeps
+/// it, and the names it finds in separate debug files. If a lookup was
+/// under way in the parent, [`RESOLVING`], held by its thread, is taken
+/// back, with the unit index it guards forgotten (it may be half made),
+/// so that heapprof's own reader goes on naming frames. Not when this
+/// thread holds or waits for it (a signal handler's fork that interrupted
+/// its own lookup): its copy here goes on with the lookup and releases it.
+pub(crate) fn after_fork_in_child(parent_had_others: bool) {
+    let held = HELD_FOR_FORK.load(Relaxed);
+    if parent_had_others || !held {
+        BACKTRACE_LOST.store(true, Relaxed);
+    }
+    if held {
         return;
     }
     if !lock::this_thread_holds(rank::SYMBOL_LOOKUP) {

@@ -34,8 +34,9 @@
 //! symbolization (a second or so) and `fork` must not wait that long: the
 //! HTTP server's build lock, which guards no data, so the child simply
 //! resets it; and the symbolizer's lookup lock, taken only if free (a child
-//! forked in the middle of a lookup takes it back; every child names frames
-//! without backtrace, whose lock it may never get: `output/symbolize.rs`).
+//! forked in the middle of a lookup takes it back; a child of a parent with
+//! other threads names frames without backtrace, whose lock it may never
+//! get: `output/symbolize.rs`).
 //!
 //! In the child, the registries of running threads (the exact counters'
 //! and the free filter's mask copies) still list the parent's other
@@ -267,9 +268,9 @@ extern "C" fn child() {
     // memory can be reused (see `registry::forget_other_threads_after_fork`,
     // which leaves the lists alone if the interrupted code holds their
     // lock).
-    registry::forget_other_threads_after_fork();
+    let parent_had_others = registry::forget_other_threads_after_fork();
     crate::record::sites::after_fork_in_child();
-    symbolize::after_fork_in_child();
+    symbolize::after_fork_in_child(parent_had_others);
     // Forked from inside heapprof, this thread's interrupted code may be
     // the build lock's holder, and is its copy's to release.
     #[cfg(feature = "http")]

@@ -559,17 +559,20 @@ pub(crate) fn own_totals() -> Counts {
 /// at this point, but glibc recycles, and may unmap, their stacks, where
 /// the thread-locals live, as soon as the child starts threads of its
 /// own), and their entries go, so that nothing reads that memory later.
-pub(crate) fn forget_other_threads_after_fork() {
+/// Returns whether the parent may have had other threads: true unless the
+/// list was readable and held this thread alone.
+pub(crate) fn forget_other_threads_after_fork() -> bool {
     let Some(own) = own_local() else {
-        return;
+        return true;
     };
     thread::with(|l| l.counters.end_nudge_after_fork());
     // Free, as the fork handlers left them, unless this thread forked from
     // a signal handler while its interrupted code held one (then that code
     // is changing the list: it is left as it is, see `process/fork.rs`).
     let Some(mut live) = LIVE.try_lock() else {
-        return;
+        return true;
     };
+    let others = live.iter().any(|&a| a != own);
     for &addr in live.iter().filter(|&&a| a != own) {
         // SAFETY: still the parent's thread-local memory, copied into the
         // child and mapped until the child creates or reaps threads; this
@@ -590,6 +593,7 @@ pub(crate) fn forget_other_threads_after_fork() {
         copies.retain(|&a| a == own);
         MASK_LIST.kept_only(&copies, own);
     }
+    others
 }
 
 /// The registry's locks, for the fork table (`process/fork.rs`).
