@@ -30,6 +30,15 @@
 //! returns from the handler and reaches it; exec and `_exit`, what such
 //! children do, touch no lock.
 //!
+//! A signal handler can also fork between the handlers of its own
+//! thread's fork, in a process that never started a thread (C libraries
+//! otherwise hold a lock of their own across the handlers). That fork
+//! passes through heapprof's handlers untouched: the fork it interrupted
+//! holds the locks and keeps the thread inside heapprof, and that fork's
+//! own handler, which runs in both processes once the signal handler
+//! returns, releases them, and in the nested fork's child settles the
+//! child too.
+//!
 //! Two locks are not waited for, since each may be held for a whole cold
 //! symbolization (a second or so) and `fork` must not wait that long: the
 //! HTTP server's build lock, which guards no data, so the child simply
@@ -85,9 +94,9 @@ static GATE: Mutex<{ rank::FORK }, ()> = Mutex::new(());
 static GATE_OWNER: AtomicUsize = AtomicUsize::new(0);
 
 /// Forks the gate's owner made from a signal handler that interrupted its
-/// own fork, under way: they pass the gate without taking it, and their
-/// `parent` leaves it to the fork they interrupted. Only the owner's
-/// thread changes it.
+/// own fork, under way: they take nothing and record nothing, and their
+/// `parent` and `child` leave the locks and the child's work to the fork
+/// they interrupted. Only the owner's thread changes it.
 static NESTED: AtomicUsize = AtomicUsize::new(0);
 
 fn this_thread() -> usize {
@@ -148,12 +157,16 @@ fn each_fork_lock(f: &mut dyn FnMut(usize, &'static dyn Lockable)) {
 }
 
 extern "C" fn prepare() {
+    if GATE_OWNER.load(Relaxed) == this_thread() {
+        // A signal handler's fork inside this thread's own fork, whose
+        // handlers hold what they take and keep this thread inside
+        // heapprof: this fork takes nothing and records nothing.
+        NESTED.fetch_add(1, Relaxed);
+        return;
+    }
     let partial = lock::any_lock_held();
     let inside = reentry::Inside::enter();
-    if GATE_OWNER.load(Relaxed) == this_thread() {
-        // A signal handler's fork inside this thread's own fork.
-        NESTED.fetch_add(1, Relaxed);
-    } else if !partial {
+    if !partial {
         GATE.lock_and_keep();
         GATE_OWNER.store(this_thread(), Relaxed);
     } else if take_within(&GATE, TRY_EACH_FOR) {
@@ -212,18 +225,23 @@ unsafe fn unlock_all() {
     unsafe { symbolize::after_fork() };
 }
 
+/// Whether this handler ends a fork nested in one of this thread's (see
+/// [`NESTED`]); if so, counts it out.
+fn leave_nested() -> bool {
+    let nested = GATE_OWNER.load(Relaxed) == this_thread() && NESTED.load(Relaxed) > 0;
+    if nested {
+        NESTED.fetch_sub(1, Relaxed);
+    }
+    nested
+}
+
 /// In the parent: lets the next fork through the handlers, if this
-/// fork's `prepare` took the gate (not one nested in a fork of this
-/// thread's that holds it).
+/// fork's `prepare` took the gate.
 ///
 /// # Safety
 /// Only on the thread that ran `prepare`, just after the fork.
 unsafe fn open_gate_in_parent() {
     if GATE_OWNER.load(Relaxed) != this_thread() {
-        return;
-    }
-    if NESTED.load(Relaxed) > 0 {
-        NESTED.fetch_sub(1, Relaxed);
         return;
     }
     GATE_OWNER.store(0, Relaxed);
@@ -247,23 +265,52 @@ unsafe fn open_gate_in_child() {
 }
 
 extern "C" fn parent() {
+    if leave_nested() {
+        return;
+    }
     let was_inside = WAS_INSIDE.load(Relaxed);
+    // Read before `unlock_all` clears it.
+    let partial = PARTIAL.load(Relaxed);
     // SAFETY: `prepare` ran on this thread just before the fork.
     unsafe {
         unlock_all();
         open_gate_in_parent();
     }
+    if CHILD_WORK_PENDING.swap(false, Relaxed) {
+        // This process is the child of a fork nested in this one.
+        settle_child(partial);
+    }
     reentry::leave_forgotten(was_inside);
 }
 
 extern "C" fn child() {
+    if leave_nested() {
+        // The fork this one interrupted still holds the locks here, and
+        // its own handler, which runs in this process when the signal
+        // handler returns, releases them and then settles the child.
+        CHILD_WORK_PENDING.store(true, Relaxed);
+        return;
+    }
+    CHILD_WORK_PENDING.store(false, Relaxed);
     let was_inside = WAS_INSIDE.load(Relaxed);
     // Read before `unlock_all` clears it.
-    #[cfg(feature = "http")]
     let partial = PARTIAL.load(Relaxed);
     // SAFETY: the child's only thread is the copy of the one that ran
     // `prepare`.
     unsafe { unlock_all() };
+    settle_child(partial);
+    // SAFETY: this is the child's only thread, before it starts others.
+    unsafe { open_gate_in_child() };
+    reentry::leave_forgotten(was_inside);
+}
+
+/// Set in the child of a fork nested in another (see [`NESTED`]) for the
+/// other's handler: the child's work waits for the locks it holds.
+static CHILD_WORK_PENDING: AtomicBool = AtomicBool::new(false);
+
+/// A child's work once the fork's locks are free; `from_inside`: the fork
+/// came from a signal handler that interrupted heapprof.
+fn settle_child(from_inside: bool) {
     // The parent's other threads are gone; forget them before their
     // memory can be reused (see `registry::forget_other_threads_after_fork`,
     // which leaves the lists alone if the interrupted code holds their
@@ -274,10 +321,9 @@ extern "C" fn child() {
     // Forked from inside heapprof, this thread's interrupted code may be
     // the build lock's holder, and is its copy's to release.
     #[cfg(feature = "http")]
-    crate::http::after_fork_in_child(partial);
-    // SAFETY: this is the child's only thread, before it starts others.
-    unsafe { open_gate_in_child() };
-    reentry::leave_forgotten(was_inside);
+    crate::http::after_fork_in_child(from_inside);
+    #[cfg(not(feature = "http"))]
+    let _ = from_inside;
 }
 
 #[cfg(test)]
