@@ -1340,10 +1340,12 @@ impl Snapshot {
         // how much it leaves out, so that growth is not read as the change.
         let fell: i64 = self.sites.iter().map(|s| sample_type.of(s).min(0)).sum();
         if fell < 0 {
+            let mut grouped = num_format::Buffer::default();
+            grouped.write_formatted(&fell.unsigned_abs(), &num_format::Locale::en);
             options.subtitle = Some(format!(
                 "Growth only: sites whose {} fell, by {} {} in all, are not drawn",
                 sample_type.name(),
-                -fell,
+                grouped.as_str(),
                 sample_type.unit()
             ));
         }
