@@ -262,7 +262,8 @@
 //!   thread's samples in the window (all of its allocations at
 //!   [`set_sample_rate`]`(1)`).
 //! * Only the calling thread is counted; for a call that spawns threads,
-//!   take a [`stats()`] delta in a test that runs alone (see [`measure`]).
+//!   take a [`stats()`] delta in a test that runs alone, after joining
+//!   their handles (see [`measure`]).
 //!   [`measure`]'s `net_bytes()` counts every free of the thread, of other
 //!   threads' blocks too; [`assert_no_leak`] counts only frees of blocks
 //!   the thread allocated since it began, so that dropping what a worker

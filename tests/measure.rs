@@ -8,6 +8,7 @@ use std::hint::black_box;
 use std::panic::catch_unwind;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
 
 use heapprof::{Measured, measure};
 use heapprof_testkit::poll::{YieldOnce, poll_once};
@@ -623,6 +624,161 @@ fn frees_of_other_threads_blocks_do_not_hide_a_leak() {
         ),
         "{msg}"
     );
+}
+
+/// Something built once on first use counts as growth without warm-up
+/// calls, and the message says to give some; one is enough.
+#[test]
+fn a_first_use_without_warm_ups_is_put_down_to_them() {
+    let built: OnceLock<Vec<u8>> = OnceLock::new();
+    let msg = panic_message(|| {
+        heapprof::assert_no_leak(0, 10, || {
+            black_box(built.get_or_init(|| vec![1u8; 4096]));
+        })
+    });
+    assert!(msg.contains("grew by 4096 bytes over 10 calls"), "{msg}");
+    assert!(
+        msg.contains("give assert_no_leak a warm-up call or more"),
+        "{msg}"
+    );
+    let again: OnceLock<Vec<u8>> = OnceLock::new();
+    heapprof::assert_no_leak(1, 10, || {
+        black_box(again.get_or_init(|| vec![1u8; 4096]));
+    });
+}
+
+/// Where a block waits between the calls and [`ResizingWorker`]'s
+/// thread.
+enum Handoff {
+    Empty,
+    ToWorker(Vec<u8>),
+    Back(Vec<u8>),
+    Stop,
+}
+
+/// A thread that resizes, in place, each block the calls hand it (`resize`
+/// gives the new capacity from the block's usable size) and hands it
+/// back. A mutex and a condition variable carry the blocks: they allocate
+/// nothing on the calling thread, which a channel's waiting may. The
+/// thread panics if a block moved: the tests below need the address kept.
+struct ResizingWorker {
+    handoff: std::sync::Arc<(Mutex<Handoff>, std::sync::Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ResizingWorker {
+    fn start(resize: fn(usize) -> usize) -> ResizingWorker {
+        let handoff = std::sync::Arc::new((Mutex::new(Handoff::Empty), std::sync::Condvar::new()));
+        let theirs = std::sync::Arc::clone(&handoff);
+        let thread = std::thread::spawn(move || {
+            let (slot, changed) = &*theirs;
+            let mut slot = slot.lock().unwrap();
+            loop {
+                match std::mem::replace(&mut *slot, Handoff::Empty) {
+                    Handoff::ToWorker(mut block) => {
+                        let at = block.as_ptr();
+                        // SAFETY: a live block of the system allocator
+                        // (unsampled at the tests' rate, so heapprof
+                        // passed it on as it came).
+                        let usable = unsafe { libc::malloc_usable_size(block.as_mut_ptr().cast()) };
+                        let capacity = resize(usable);
+                        if capacity > block.capacity() {
+                            block.reserve_exact(capacity);
+                        } else {
+                            block.shrink_to(capacity);
+                        }
+                        assert_eq!(block.as_ptr(), at, "the C library moved the block");
+                        *slot = Handoff::Back(block);
+                        changed.notify_all();
+                    }
+                    Handoff::Stop => return,
+                    other => {
+                        *slot = other;
+                        slot = changed.wait(slot).unwrap();
+                    }
+                }
+            }
+        });
+        ResizingWorker {
+            handoff,
+            thread: Some(thread),
+        }
+    }
+
+    /// Hands `block` to the thread and waits for it back, resized.
+    fn resize(&self, block: Vec<u8>) -> Vec<u8> {
+        let (slot, changed) = &*self.handoff;
+        let mut slot = slot.lock().unwrap();
+        *slot = Handoff::ToWorker(block);
+        changed.notify_all();
+        loop {
+            match std::mem::replace(&mut *slot, Handoff::Empty) {
+                Handoff::Back(block) => return block,
+                other => {
+                    *slot = other;
+                    slot = changed.wait(slot).unwrap();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ResizingWorker {
+    fn drop(&mut self) {
+        let (slot, changed) = &*self.handoff;
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Handoff::Stop;
+        changed.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let joined = thread.join();
+            if !std::thread::panicking() {
+                joined.unwrap();
+            }
+        }
+    }
+}
+
+/// A block the calls allocate and another thread grows in place (a
+/// worker appending to a buffer it was sent) is the calls' own only up to
+/// the size they allocated: the rest of its free was the worker's
+/// allocation, and offsets nothing, so it cannot hide a leak of as much.
+#[test]
+fn a_block_grown_in_place_by_another_thread_hides_no_leak() {
+    let _rate = at_rate(1 << 30);
+    let worker = ResizingWorker::start(|usable| usable);
+    let grown = std::cell::Cell::new(0);
+    let leaked: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::with_capacity(32));
+    let msg = panic_message(|| {
+        heapprof::assert_no_leak(2, 20, || {
+            let block = worker.resize(Vec::with_capacity(100));
+            grown.set(block.capacity() - 100);
+            // A leak of as many bytes as the worker added.
+            leaked
+                .lock()
+                .unwrap()
+                .push(black_box(vec![0u8; grown.get()]));
+            drop(block);
+        })
+    });
+    drop(worker);
+    assert!(
+        grown.get() > 0,
+        "the block did not grow: the test shows nothing"
+    );
+    assert!(
+        msg.contains(&format!("grew by {} bytes over 20 calls", 20 * grown.get())),
+        "{msg}"
+    );
+}
+
+/// A block the calls allocate and another thread shrinks in place, and
+/// that the calls then free, is gone whole: no leak.
+#[test]
+fn a_block_shrunk_in_place_by_another_thread_is_freed_whole() {
+    let _rate = at_rate(1 << 30);
+    let worker = ResizingWorker::start(|_| 16);
+    heapprof::assert_no_leak(2, 20, || {
+        drop(worker.resize(Vec::with_capacity(100_000)));
+    });
 }
 
 /// A call that replaces a value set up before `assert_no_leak` frees what

@@ -613,21 +613,27 @@ impl Drop for Window {
 ///   another thread, offsets nothing: a call that drops a reply a worker
 ///   thread allocated (`block_on` of a spawned task) cannot hide a leak.
 ///   A call that replaces a value set up before `assert_no_leak` needs a
-///   warm-up call, after which it frees what an earlier call allocated;
+///   warm-up call, after which it frees what an earlier call allocated.
+///   A block of the calls that another thread resized in place (a worker
+///   that appends to a buffer it was sent, then sends it back) is theirs
+///   up to the size they allocated: what it grew by offsets nothing, and
+///   what it shrank by counts as freed;
 /// * what other threads allocate is not counted, but a block the calls
 ///   allocate and hand to another thread counts as held even after that
 ///   thread frees it (see [`measure`]): a call that sends owned values to
 ///   a consumer thread, or spawns one (its handle and closure), shows
 ///   growth; check those with a [`stats()`](crate::stats) delta in a test
-///   that runs alone. A task spawned on a multi-thread runtime is such a
+///   that runs alone, taken after joining the threads' handles
+///   (`std::thread::scope` can return while its threads still free their
+///   thread-locals). A task spawned on a multi-thread runtime is such a
 ///   block: the calling thread allocates it and whichever thread drops it
 ///   last frees it, so `rt.block_on(…)` of a call that spawns shows growth
 ///   in some runs; on a `current_thread` runtime the task stays on the
 ///   calling thread.
 ///
 /// Every allocation and free of the calling thread takes heapprof's slow
-/// path while it runs, and heapprof keeps the address of each block the
-/// calls allocated and still hold, in memory of its own that neither the
+/// path while it runs, and heapprof keeps the address and size of each
+/// block the calls allocated and still hold, in memory of its own that neither the
 /// program's counts nor
 /// [`Stats::profiler_bytes`](crate::Stats::profiler_bytes) include. A
 /// call of `assert_no_leak` inside `f` checks with
@@ -664,14 +670,16 @@ pub fn assert_no_leak<R>(warmups: usize, iterations: usize, mut f: impl FnMut() 
     for _ in 0..warmups {
         drop(f());
     }
-    let others_before = tracking.others_freed_bytes();
+    let (others_before, shrunk_before) = tracking.others_freed_bytes();
     let frees_before = crate::support::registry::totals().deallocations;
     let ((), m) = measure(|| {
         for _ in 0..iterations {
             drop(f());
         }
     });
-    let others = tracking.others_freed_bytes().wrapping_sub(others_before);
+    let (others_after, shrunk_after) = tracking.others_freed_bytes();
+    let others = others_after.wrapping_sub(others_before);
+    let shrunk = shrunk_after.wrapping_sub(shrunk_before);
     // Frees of other threads from the calls' start to this read (a block
     // handed over and freed after the read is not among them).
     let other_threads_freed = crate::support::registry::totals()
@@ -681,7 +689,10 @@ pub fn assert_no_leak<R>(warmups: usize, iterations: usize, mut f: impl FnMut() 
     let incomplete = tracking.incomplete();
     let held = tracking.held();
     drop(tracking);
-    let grown = m.net_bytes().wrapping_add(others as i64);
+    let grown = m
+        .net_bytes()
+        .wrapping_add(others as i64)
+        .wrapping_sub(shrunk as i64);
     if grown > 0 {
         let mut what = format!(
             "leak: live memory grew by {grown} bytes over {iterations} calls (about {:.1} \
@@ -694,6 +705,13 @@ pub fn assert_no_leak<R>(warmups: usize, iterations: usize, mut f: impl FnMut() 
                  assert_no_leak began or on other threads, which offset nothing \
                  (a warm-up call lets a call free what an earlier one allocated)"
             ));
+        }
+        if warmups == 0 {
+            what.push_str(
+                "; with no warm-up calls, memory the first call builds once and keeps (a \
+                 cache, a OnceLock or thread-local first used in the calls) counts too: give \
+                 assert_no_leak a warm-up call or more",
+            );
         }
         if incomplete {
             what.push_str(
@@ -769,11 +787,13 @@ impl Tracking {
         }
     }
 
-    /// Bytes the thread has freed of blocks not allocated since the start.
-    fn others_freed_bytes(&self) -> u64 {
+    /// Bytes the thread has freed of blocks not allocated since the start,
+    /// and bytes of those blocks that other threads freed by shrinking
+    /// them (`record::tracked::Tracked`'s two sums).
+    fn others_freed_bytes(&self) -> (u64, u64) {
         // SAFETY: a non-null `tracked` is the set this guard owns; the
         // thread is outside the profiler here, so no hook is using it.
-        unsafe { self.tracked.as_ref() }.map_or(0, |t| t.others_freed_bytes)
+        unsafe { self.tracked.as_ref() }.map_or((0, 0), |t| (t.others_freed_bytes, t.shrunk_bytes))
     }
 
     /// How many blocks allocated since the start are still held; `None`

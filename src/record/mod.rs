@@ -152,16 +152,16 @@ fn after_alloc(ptr: *mut u8, size: usize) -> *mut u8 {
         crate::process::on_failed_alloc(size);
     } else {
         note_live(size as u64);
-        track_alloc(ptr);
+        track_alloc(ptr, size);
     }
     ptr
 }
 
 /// While an `assert_no_leak` tracks this thread's blocks
-/// ([`tracked::Tracked`]): records the program's allocation at
-/// `ptr`. Every allocation of such a thread comes here (a measure holds
+/// ([`tracked::Tracked`]): records the program's allocation of `size`
+/// bytes at `ptr`. Every allocation of such a thread comes here (a measure holds
 /// its countdown at zero); heapprof's own are left out.
-pub(crate) fn track_alloc(ptr: *mut u8) {
+pub(crate) fn track_alloc(ptr: *mut u8, size: usize) {
     thread::with(|l| {
         let tracked = l.measure.tracked().cast::<tracked::Tracked>();
         if tracked.is_null() || l.counters.inside() {
@@ -172,7 +172,7 @@ pub(crate) fn track_alloc(ptr: *mut u8) {
         // (`measure::Tracking`, on this thread) installed; nothing else
         // holds a reference to it now: a reentrant call (the set growing)
         // finds the thread inside the profiler and returns above.
-        unsafe { (*tracked).allocated(ptr as usize) };
+        unsafe { (*tracked).allocated(ptr as usize, size) };
     });
 }
 

@@ -38,7 +38,7 @@ pub(crate) unsafe fn realloc<A: Allocator>(
         // new one; the live bytes moved by the difference.
         super::note_live((new_size as u64).wrapping_sub(layout.size() as u64));
         super::track_free(ptr, layout.size());
-        super::track_alloc(new_ptr);
+        super::track_alloc(new_ptr, new_size);
     }
     // A thread out of the registry (exiting) passes its counts on here too.
     registry::flush_unlisted();
