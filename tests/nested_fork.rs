@@ -1,11 +1,10 @@
 //! A fork from a signal handler that interrupted the same thread's own
 //! fork, between the fork handlers (heapprof's hold its locks there).
 //!
-//! C libraries serialize the fork handlers of a process that has started
-//! threads (glibc's and musl's `fork` hold a lock of their own across
-//! them), so there such a nested fork waits for that lock whatever
-//! heapprof does. A process that never started a thread runs the handlers
-//! unlocked, and reaches heapprof's twice: once for the interrupted fork,
+//! In a process with other threads, glibc and musl hold a lock of their
+//! own across the clone, so a fork nested there waits for it whatever
+//! heapprof does. A process with one thread takes no such lock, and
+//! reaches heapprof's handlers twice: once for the interrupted fork,
 //! once, nested, for the handler's. The nested fork must leave what the
 //! outer one recorded for its own parent handler alone; otherwise the
 //! thread stays marked as inside heapprof (never profiled again) and the

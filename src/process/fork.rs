@@ -30,14 +30,18 @@
 //! returns from the handler and reaches it; exec and `_exit`, what such
 //! children do, touch no lock.
 //!
-//! A signal handler can also fork between the handlers of its own
-//! thread's fork, in a process that never started a thread (C libraries
-//! otherwise hold a lock of their own across the handlers). That fork
-//! passes through heapprof's handlers untouched: the fork it interrupted
-//! holds the locks and keeps the thread inside heapprof, and that fork's
-//! own handler, which runs in both processes once the signal handler
-//! returns, releases them, and in the nested fork's child settles the
-//! child too.
+//! A signal handler can also fork while its thread is inside a fork of
+//! its own and reach heapprof's handlers again: glibc holds its own fork
+//! lock across the clone but not while a handler runs, and takes none in
+//! a process with one thread; musl takes none once the process has one
+//! thread. That nested fork passes through heapprof's handlers untouched:
+//! the fork it interrupted holds the locks and keeps the thread inside
+//! heapprof, and that fork's own handler, which runs in both processes
+//! once the signal handler returns, releases them, and in the nested
+//! fork's child settles the child too. (musl starts a fork nested in the
+//! handlers after a fork where the interrupted one had got to, so there
+//! heapprof's parent or child handler runs once for both; a second
+//! release of a lock by its only thread changes nothing.)
 //!
 //! Two locks are not waited for, since each may be held for a whole cold
 //! symbolization (a second or so) and `fork` must not wait that long: the
@@ -291,7 +295,6 @@ extern "C" fn child() {
         CHILD_WORK_PENDING.store(true, Relaxed);
         return;
     }
-    CHILD_WORK_PENDING.store(false, Relaxed);
     let was_inside = WAS_INSIDE.load(Relaxed);
     // Read before `unlock_all` clears it.
     let partial = PARTIAL.load(Relaxed);
@@ -301,6 +304,9 @@ extern "C" fn child() {
     settle_child(partial);
     // SAFETY: this is the child's only thread, before it starts others.
     unsafe { open_gate_in_child() };
+    // Only with the gate's owner cleared: a fork nested anywhere above set
+    // this in its child, which this handler has now settled.
+    CHILD_WORK_PENDING.store(false, Relaxed);
     reentry::leave_forgotten(was_inside);
 }
 
