@@ -42,7 +42,8 @@
 //! installed; so do files laid out in ways this reader leaves alone:
 //! debug info in another file (a `.gnu_debuglink`, a build-ID file under
 //! `/usr/lib/debug`), or compressed sections; and so do the addresses in
-//! split units (whose debug info is in `.dwo` files or a `.dwp` package).
+//! split units (whose debug info is in `.dwo` files or a `.dwp` package)
+//! whose file holds the unit of this build ([`SplitFiles`]).
 //! What backtrace names gets its path from the symbol table where the
 //! debug info gives a short name ([`add_paths`]). A file with no debug
 //! info is named from its symbol table, as backtrace does; so is one
@@ -733,14 +734,14 @@ struct Lookup {
     unnamed: Vec<(usize, Option<usize>, u64)>,
     /// Addresses left to backtrace.
     left: Vec<usize>,
-    /// Whether the object has a `.dwp` beside it ([`frames_at`]).
-    package: bool,
+    /// Where the object's split units are ([`frames_at`]).
+    split: SplitFiles,
 }
 
 impl Lookup {
     /// Looks up `addr`, at `probe` in the file, in `cx`.
     fn one(&mut self, cx: &addr2line::Context<Reader<'_>>, addr: usize, probe: u64) {
-        match frames_at(cx, probe, self.package) {
+        match frames_at(cx, probe, &mut self.split) {
             Some(frames) => self.found(addr, probe, frames),
             None => self.left.push(addr),
         }
@@ -829,7 +830,10 @@ pub(super) fn resolve(
         looked_up: Vec::with_capacity(addrs.len()),
         unnamed: Vec::new(),
         left: Vec::new(),
-        package: std::path::Path::new(&format!("{}.dwp", first.path)).exists(),
+        split: SplitFiles {
+            package: std::path::Path::new(&format!("{}.dwp", first.path)).exists(),
+            ..SplitFiles::default()
+        },
     };
     // (unit, address) of the addresses the index vouches for, and the rest.
     let (mut by_unit, mut whole): (Vec<(u32, usize)>, Vec<usize>) = (Vec::new(), Vec::new());
@@ -1074,22 +1078,21 @@ fn is_loaded_build(
 /// left empty where the debug info has none; `None` when they are in a
 /// split unit whose debug info is in another file, for backtrace to read.
 ///
-/// `package` says the object has a `.dwp` beside it, which backtrace
-/// reads split units from. Where neither it nor the unit's `.dwo` is
-/// there (a `.dwo` deleted, a binary copied without its `.dwp`), none: the
-/// symbol table names the function, with no line. The
-/// skeleton unit's line table alone would give the innermost inlined
-/// code's file and line (heapprof's own `GlobalAlloc::alloc`) to the
-/// program's function.
+/// Where backtrace would not find the unit's debug info of this build
+/// ([`SplitFiles::hold`]: a `.dwo` deleted or rewritten by a later build,
+/// a binary copied without its `.dwp`), none: the symbol table names the
+/// function, with no line. The skeleton unit's line table alone would
+/// give the innermost inlined code's file and line (heapprof's own
+/// `GlobalAlloc::alloc`) to the program's function.
 fn frames_at(
     cx: &addr2line::Context<Reader<'_>>,
     probe: u64,
-    package: bool,
+    split: &mut SplitFiles,
 ) -> Option<Vec<Symbol>> {
     let iter = match cx.find_frames(probe) {
         addr2line::LookupResult::Output(iter) => iter,
         addr2line::LookupResult::Load { load, .. } => {
-            return (!(package || split_file_exists(&load))).then(Vec::new);
+            return (!split.hold(&load)).then(Vec::new);
         }
     };
     let mut frames = Vec::new();
@@ -1114,21 +1117,131 @@ fn frames_at(
     Some(frames)
 }
 
-/// Whether the `.dwo` file a split unit names is there.
-fn split_file_exists(load: &addr2line::SplitDwarfLoad<Reader<'_>>) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Some(name) = &load.path else {
-        return false;
-    };
-    let name = std::path::Path::new(std::ffi::OsStr::from_bytes(name.slice()));
-    match &load.comp_dir {
-        Some(dir) if name.is_relative() => {
-            std::path::Path::new(std::ffi::OsStr::from_bytes(dir.slice()))
-                .join(name)
-                .exists()
+/// Where backtrace finds the debug info of the object's split units: in
+/// a `.dwp` package beside the object, or in the `.dwo` file each unit
+/// names, which is read here (once per lookup) for the IDs of the units it
+/// holds. A `.dwo` rewritten since the object was built (cargo rebuilds
+/// over the same file names while a binary built earlier is kept) holds a
+/// unit of another ID, whose names and lines backtrace would take
+/// unchecked: for the object's code, they are wrong. The ID is a hash of
+/// the unit's entries; LLVM leaves line attributes out of it, so a unit
+/// rebuilt where only lines moved keeps its ID, and backtrace gives the
+/// later build's line numbers with the right names.
+#[derive(Default)]
+struct SplitFiles {
+    /// Whether the object has a `.dwp` beside it. backtrace looks units
+    /// up there by their ID.
+    package: bool,
+    /// What each `.dwo` file read holds.
+    read: std::collections::HashMap<std::path::PathBuf, SplitFile>,
+}
+
+/// What a `.dwo` file holds, as far as this reader tells.
+enum SplitFile {
+    /// No file at the path.
+    Missing,
+    /// The IDs of its compilation units.
+    Units(Vec<gimli::DwoId>),
+    /// A file this reader does not parse (compressed sections, not ELF):
+    /// backtrace reads it as it is.
+    Unread,
+}
+
+impl SplitFiles {
+    /// Whether backtrace finds the unit `load` asks for, of this build.
+    fn hold(&mut self, load: &addr2line::SplitDwarfLoad<Reader<'_>>) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        if self.package {
+            return true;
         }
-        _ => name.exists(),
+        let Some(name) = &load.path else {
+            return false;
+        };
+        let name = std::path::Path::new(std::ffi::OsStr::from_bytes(name.slice()));
+        let path = match &load.comp_dir {
+            Some(dir) if name.is_relative() => {
+                std::path::Path::new(std::ffi::OsStr::from_bytes(dir.slice())).join(name)
+            }
+            _ => name.to_path_buf(),
+        };
+        match self.read.entry(path) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let file = split_file(e.key());
+                e.insert(file)
+            }
+        }
+        .holds(load.dwo_id)
     }
+}
+
+impl SplitFile {
+    /// Whether backtrace finds the unit `id` here.
+    fn holds(&self, id: gimli::DwoId) -> bool {
+        match self {
+            SplitFile::Missing => false,
+            SplitFile::Units(ids) => ids.contains(&id),
+            SplitFile::Unread => true,
+        }
+    }
+}
+
+/// What the `.dwo` file at `path` holds.
+fn split_file(path: &std::path::Path) -> SplitFile {
+    let Ok(file) = File::open(path) else {
+        return SplitFile::Missing;
+    };
+    split_units(&file).map_or(SplitFile::Unread, SplitFile::Units)
+}
+
+/// The IDs of the split compilation units in the `.dwo` file `file`;
+/// `None` where its `.debug_info.dwo` is not read here.
+fn split_units(file: &File) -> Option<Vec<gimli::DwoId>> {
+    let map = Mapped::new(file)?;
+    let data = map.bytes();
+    let header = Elf::parse(data).ok()?;
+    let endian = header.endian().ok()?;
+    let sections = header.sections(endian, data).ok()?;
+    let mut compressed = false;
+    let dwarf = gimli::Dwarf::load(|id| -> Result<Reader<'_>, ()> {
+        let bytes = id
+            .dwo_name()
+            .and_then(|name| sections.section_by_name(endian, name.as_bytes()))
+            .map_or(&[][..], |(_, s)| {
+                compressed |= s.sh_flags(endian).contains(elf::SHF_COMPRESSED);
+                s.data(endian, data).unwrap_or(&[])
+            });
+        Ok(Reader::new(bytes, gimli::NativeEndian))
+    })
+    .ok()?;
+    if compressed {
+        return None;
+    }
+    let mut ids = Vec::new();
+    let mut headers = dwarf.units();
+    while let Ok(Some(unit)) = headers.next() {
+        let id = match unit.type_() {
+            // DWARF 5 gives the ID in the unit's header.
+            gimli::UnitType::SplitCompilation(id) => Some(id),
+            // DWARF 4 (rustc's default), in an attribute of its root entry.
+            gimli::UnitType::Compilation => {
+                let abbrevs = unit.abbreviations(&dwarf.debug_abbrev).ok()?;
+                let mut entries = unit.entries(&abbrevs);
+                match entries
+                    .next_dfs()
+                    .ok()
+                    .flatten()
+                    .and_then(|root| root.attr_value(gimli::DW_AT_GNU_dwo_id))
+                {
+                    Some(gimli::AttributeValue::DwoId(id)) => Some(id),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        ids.extend(id);
+    }
+    Some(ids)
 }
 
 /// Whether the file holds its own debug info (or none), uncompressed: the
@@ -1633,7 +1746,8 @@ mod tests {
     #![allow(clippy::single_range_in_vec_init)]
 
     use super::{
-        Elf, FileIdentity, Narrowable, Place, UnitIndex, dwarf_over, frames_at, plain_layout,
+        Elf, FileIdentity, Narrowable, Place, SplitFiles, UnitIndex, dwarf_over, frames_at,
+        plain_layout,
     };
     use object::read::elf::{FileHeader, SectionHeader};
     use std::path::{Path, PathBuf};
@@ -1641,29 +1755,33 @@ mod tests {
     /// Two C files, one with a function in a section of its own (so its
     /// unit has more than one range), built by gcc with `flags`.
     fn c_program(dir: &Path, flags: &[&str]) -> PathBuf {
-        let main = dir.join("main.c");
-        let other = dir.join("other.c");
         std::fs::write(
-            &main,
+            dir.join("main.c"),
             "int helper(int);\n\
              __attribute__((noinline, section(\".text.apart\"))) int apart(int x) { return x * 3 + 1; }\n\
              int main(int argc, char **argv) { (void)argv; return helper(argc) + apart(argc); }\n",
         )
         .unwrap();
         std::fs::write(
-            &other,
+            dir.join("other.c"),
             "static int twice(int x) { return x * 2; }\n\
              __attribute__((noinline)) int helper(int x) { int s = 0; for (int i = 0; i < x; i++) s += twice(i); return s; }\n",
         )
         .unwrap();
+        c_program_from_sources(dir, flags)
+    }
+
+    /// The program of the C files [`c_program`] wrote in `dir`, built by
+    /// gcc with `flags`.
+    fn c_program_from_sources(dir: &Path, flags: &[&str]) -> PathBuf {
         let exe = dir.join("program");
         let out = std::process::Command::new("gcc")
             .args(flags)
             .arg("-O1")
             .arg("-o")
             .arg(&exe)
-            .arg(&main)
-            .arg(&other)
+            .arg("main.c")
+            .arg("other.c")
             .current_dir(dir)
             .output()
             .expect("gcc runs (it links every Rust program on this platform)");
@@ -1699,7 +1817,7 @@ mod tests {
         for probe in start..start + text.sh_size(endian) {
             let place = index.place(probe);
             nowhere += usize::from(place == Place::Nowhere);
-            if frames_at(&cx, probe, false).is_some_and(|f| !f.is_empty()) {
+            if frames_at(&cx, probe, &mut SplitFiles::default()).is_some_and(|f| !f.is_empty()) {
                 found.push(place);
             }
         }
@@ -1828,13 +1946,10 @@ mod tests {
         assert!(read_here(&exe), "another build's debug file");
     }
 
-    /// Split units whose `.dwo` is there are left to backtrace; where it
-    /// is gone, the symbol table names their addresses, with no line.
-    #[test]
-    fn split_units_without_their_files_are_named_without_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        let exe = c_program(dir.path(), &["-g", "-gsplit-dwarf"]);
-        let data = std::fs::read(&exe).unwrap();
+    /// How many addresses of the `.text` of the program at `exe` are in
+    /// split units left to backtrace, and whether the rest have no frames.
+    fn left_to_backtrace(exe: &Path) -> (usize, bool) {
+        let data = std::fs::read(exe).unwrap();
         let data = &data[..];
         let header = Elf::parse(data).unwrap();
         let endian = header.endian().unwrap();
@@ -1847,40 +1962,82 @@ mod tests {
         };
         let (_, text) = sections.section_by_name(endian, b".text").unwrap();
         let start = text.sh_addr(endian);
-        let probes = start..start + text.sh_size(endian);
-        let cx = || {
-            addr2line::Context::from_dwarf(
-                dwarf_over(section(".debug_info"), true, section).unwrap(),
-            )
-            .unwrap()
-        };
-        let left_to_backtrace = |cx: &addr2line::Context<super::Reader<'_>>| {
-            probes
-                .clone()
-                .filter(|&p| frames_at(cx, p, false).is_none())
-                .count()
-        };
-        assert!(left_to_backtrace(&cx()) > 0, "the .dwo files are there");
-        let mut removed = 0;
-        for entry in std::fs::read_dir(dir.path()).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "dwo") {
-                std::fs::remove_file(path).unwrap();
-                removed += 1;
+        let cx = addr2line::Context::from_dwarf(
+            dwarf_over(section(".debug_info"), true, section).unwrap(),
+        )
+        .unwrap();
+        let mut split = SplitFiles::default();
+        let (mut left, mut rest_empty) = (0, true);
+        for probe in start..start + text.sh_size(endian) {
+            match frames_at(&cx, probe, &mut split) {
+                None => left += 1,
+                Some(frames) => rest_empty &= frames.is_empty(),
             }
         }
-        assert!(
-            removed > 0,
-            "gcc wrote .dwo files in {}",
-            dir.path().display()
+        (left, rest_empty)
+    }
+
+    /// The `.dwo` files in `dir`.
+    fn split_files(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "dwo"))
+            .collect()
+    }
+
+    /// Split units whose `.dwo` is there are left to backtrace; where it
+    /// is gone, the symbol table names their addresses, with no line.
+    #[test]
+    fn split_units_without_their_files_are_named_without_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = c_program(dir.path(), &["-g", "-gsplit-dwarf"]);
+        assert!(left_to_backtrace(&exe).0 > 0, "the .dwo files are there");
+        let files = split_files(dir.path());
+        assert!(!files.is_empty(), "gcc wrote .dwo files in {dir:?}");
+        files.iter().for_each(|f| std::fs::remove_file(f).unwrap());
+        assert_eq!(
+            left_to_backtrace(&exe),
+            (0, true),
+            "the .dwo files are gone"
         );
-        let cx = cx();
-        assert_eq!(left_to_backtrace(&cx), 0, "the .dwo files are gone");
-        assert!(
-            probes
-                .clone()
-                .all(|p| frames_at(&cx, p, false).is_some_and(|f| f.is_empty()))
-        );
+    }
+
+    /// A program kept while a later build rewrites the `.dwo` files it
+    /// names (same names, other units) has its split units named from the
+    /// symbol table too, with DWARF 4's IDs (an attribute, as rustc
+    /// writes them) and DWARF 5's (in the unit header).
+    #[test]
+    fn split_units_whose_files_a_later_build_rewrote_are_named_without_lines() {
+        for version in ["-gdwarf-4", "-gdwarf-5"] {
+            let dir = tempfile::tempdir().unwrap();
+            let flags = ["-g", "-gsplit-dwarf", version];
+            let exe = c_program(dir.path(), &flags);
+            let kept = dir.path().join("kept");
+            std::fs::copy(&exe, &kept).unwrap();
+            let (left, _) = left_to_backtrace(&kept);
+            assert!(left > 0, "{version}: the .dwo files are of this build");
+            let before: Vec<_> = split_files(dir.path())
+                .into_iter()
+                .map(|f| std::fs::read(f).unwrap())
+                .collect();
+            // The same sources a line lower: the same functions, other
+            // declaration lines, so other units under the same file names.
+            for source in ["main.c", "other.c"] {
+                let path = dir.path().join(source);
+                let text = std::fs::read_to_string(&path).unwrap();
+                std::fs::write(&path, format!("\n{text}")).unwrap();
+            }
+            let exe = c_program_from_sources(dir.path(), &flags);
+            let after: Vec<_> = split_files(dir.path())
+                .into_iter()
+                .map(|f| std::fs::read(f).unwrap())
+                .collect();
+            assert_eq!(before.len(), after.len(), "{version}: the same .dwo names");
+            assert!(before != after, "{version}: the .dwo files were rewritten");
+            assert_eq!(left_to_backtrace(&exe).0, left, "{version}: new build");
+            assert_eq!(left_to_backtrace(&kept), (0, true), "{version}: kept build");
+        }
     }
 
     #[test]
