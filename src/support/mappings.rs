@@ -147,7 +147,7 @@ fn read_started_by() -> Option<std::path::PathBuf> {
 
 /// Opens `path` for reading only if it is a regular file: opening a FIFO
 /// or a device there could block, or take input meant for the program.
-fn open_regular(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+pub(crate) fn open_regular(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)

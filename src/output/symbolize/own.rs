@@ -1186,9 +1186,10 @@ impl SplitFile {
     }
 }
 
-/// What the `.dwo` file at `path` holds.
+/// What the `.dwo` file at `path` holds; not a regular file (a FIFO's
+/// open would wait for a writer), none.
 fn split_file(path: &std::path::Path) -> SplitFile {
-    let Ok(file) = File::open(path) else {
+    let Ok(file) = mappings::open_regular(path) else {
         return SplitFile::Missing;
     };
     split_units(&file).map_or(SplitFile::Unread, SplitFile::Units)
@@ -1746,8 +1747,8 @@ mod tests {
     #![allow(clippy::single_range_in_vec_init)]
 
     use super::{
-        Elf, FileIdentity, Narrowable, Place, SplitFiles, UnitIndex, dwarf_over, frames_at,
-        plain_layout,
+        Elf, FileIdentity, Narrowable, Place, SplitFile, SplitFiles, UnitIndex, dwarf_over,
+        frames_at, plain_layout, split_file,
     };
     use object::read::elf::{FileHeader, SectionHeader};
     use std::path::{Path, PathBuf};
@@ -2038,6 +2039,23 @@ mod tests {
             assert_eq!(left_to_backtrace(&exe).0, left, "{version}: new build");
             assert_eq!(left_to_backtrace(&kept), (0, true), "{version}: kept build");
         }
+    }
+
+    /// A FIFO where a `.dwo` is named is not opened (the open would
+    /// wait for a writer) and counts as no file.
+    #[test]
+    fn a_fifo_named_as_a_split_file_is_no_file() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("unit.dwo");
+        let name = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path; mkfifo only creates the node.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        assert!(matches!(split_file(&fifo), SplitFile::Missing));
+        assert!(matches!(
+            split_file(&dir.path().join("gone.dwo")),
+            SplitFile::Missing
+        ));
     }
 
     #[test]
