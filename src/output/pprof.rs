@@ -620,6 +620,9 @@ impl Builder {
         if crate::record::sites::overflowed() {
             comments.push(site_table_full_note());
         }
+        if !options.addresses_only && symbolize::split_debug_unread() {
+            comments.push(symbolize::SPLIT_UNREAD_NOTE.to_owned());
+        }
         for c in options.comments.iter().chain(&comments) {
             let i = self.strings.get(c);
             self.profile.comment.push(i);

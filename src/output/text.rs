@@ -139,6 +139,9 @@ fn write_here<W: Write>(
         if !unnamed.is_empty() {
             writeln!(w, "# {}", pprof::unnamed_note(unnamed.len()))?;
         }
+        if symbolize::split_debug_unread() {
+            writeln!(w, "# {}", symbolize::SPLIT_UNREAD_NOTE)?;
+        }
     }
     for r in &records {
         let v = r.values;

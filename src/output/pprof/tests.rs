@@ -659,3 +659,22 @@ fn series_keys_are_label_names_that_keep_keys_apart() {
         assert_eq!(key(servers), None, "{servers}");
     }
 }
+
+/// Once a lookup has named split units without their debug info, every
+/// profile with names says so; one with addresses only names nothing.
+#[test]
+fn profiles_say_when_split_units_are_named_without_their_debug_info() {
+    let note = |addresses_only| {
+        let options = Options {
+            addresses_only,
+            ..Options::at_exit()
+        };
+        let p = build(&sites(), Numbers::assumed(512 * 1024), options);
+        p.comment
+            .iter()
+            .any(|&c| string(&p, c) == crate::output::symbolize::SPLIT_UNREAD_NOTE)
+    };
+    crate::output::symbolize::SPLIT_UNREAD.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(note(false));
+    assert!(!note(true));
+}

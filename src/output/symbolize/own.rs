@@ -936,8 +936,11 @@ pub(super) fn resolve(
         mut looked_up,
         unnamed,
         left,
-        ..
+        split,
     } = lookup;
+    if split.unread {
+        super::SPLIT_UNREAD.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     if !unnamed.is_empty() {
         let mut probes: Vec<u64> = unnamed.iter().map(|u| u.2).collect();
         probes.sort_unstable();
@@ -1134,6 +1137,8 @@ struct SplitFiles {
     package: bool,
     /// What each `.dwo` file read holds.
     read: std::collections::HashMap<std::path::PathBuf, SplitFile>,
+    /// Whether a unit was found without its debug info of this build.
+    unread: bool,
 }
 
 /// What a `.dwo` file holds, as far as this reader tells.
@@ -1155,6 +1160,7 @@ impl SplitFiles {
             return true;
         }
         let Some(name) = &load.path else {
+            self.unread = true;
             return false;
         };
         let name = std::path::Path::new(std::ffi::OsStr::from_bytes(name.slice()));
@@ -1164,14 +1170,16 @@ impl SplitFiles {
             }
             _ => name.to_path_buf(),
         };
-        match self.read.entry(path) {
+        let held = match self.read.entry(path) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
                 let file = split_file(e.key());
                 e.insert(file)
             }
         }
-        .holds(load.dwo_id)
+        .holds(load.dwo_id);
+        self.unread |= !held;
+        held
     }
 }
 
@@ -1948,7 +1956,8 @@ mod tests {
     }
 
     /// How many addresses of the `.text` of the program at `exe` are in
-    /// split units left to backtrace, and whether the rest have no frames.
+    /// split units left to backtrace, and whether the rest have no frames
+    /// and were found so for want of their split debug info.
     fn left_to_backtrace(exe: &Path) -> (usize, bool) {
         let data = std::fs::read(exe).unwrap();
         let data = &data[..];
@@ -1968,14 +1977,17 @@ mod tests {
         )
         .unwrap();
         let mut split = SplitFiles::default();
-        let (mut left, mut rest_empty) = (0, true);
+        let (mut left, mut rest) = (0, 0);
         for probe in start..start + text.sh_size(endian) {
             match frames_at(&cx, probe, &mut split) {
                 None => left += 1,
-                Some(frames) => rest_empty &= frames.is_empty(),
+                Some(frames) => {
+                    assert!(frames.is_empty(), "{probe:#x} named from the skeleton");
+                    rest += 1;
+                }
             }
         }
-        (left, rest_empty)
+        (left, rest > 0 && split.unread)
     }
 
     /// The `.dwo` files in `dir`.
