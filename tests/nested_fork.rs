@@ -238,15 +238,7 @@ fn grandchild_keeps_its_thread() -> i32 {
         })
     };
     started.wait();
-    // SAFETY: the child only leaves with `_exit`; the parent reaps it.
-    unsafe {
-        let pid = libc::fork();
-        if pid == 0 {
-            libc::_exit(0);
-        }
-        let mut status = 0;
-        while pid > 0 && libc::waitpid(pid, &mut status, 0) < 0 {}
-    }
+    fork_and_reap();
     let before = heapprof::stats();
     forked.wait();
     allocated.wait();
