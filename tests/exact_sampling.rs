@@ -69,4 +69,12 @@ fn a_guard_dropped_beside_another_leaves_its_count_exact() {
     assert_eq!(heapprof::sample_rate(), 1);
     drop(outer);
     assert_eq!(heapprof::sample_rate(), 64 << 10);
+
+    // Taken when the rate was already 1: a rate set while it lives is
+    // undone all the same.
+    heapprof::set_sample_rate(1);
+    let guard = heapprof::exact_sampling();
+    heapprof::set_sample_rate(4096);
+    drop(guard);
+    assert_eq!(heapprof::sample_rate(), 1, "the rate set meanwhile stayed");
 }
