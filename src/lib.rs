@@ -417,8 +417,8 @@
 //! absolute, as Pyroscope adds them up; see the `pyroscope` module.
 //!
 //! Every profile's `doc_url`, which pprof's web UI shows as Help, links
-//! the section [above](#what-the-numbers-mean) for the version that wrote
-//! it.
+//! the section [above](#what-the-numbers-mean) on docs.rs for the version
+//! that wrote it, once that version is published on crates.io.
 //!
 //! ## Configuration
 //!
@@ -437,7 +437,7 @@
 //! | `HEAPPROF_PEAK_GROWTH` | `10%` | growth past the last peak copy before a new one is kept |
 //! | `HEAPPROF_UNWIND` | `auto` | `auto`: frame pointers if the program was built with them (`-C force-frame-pointers=yes`), DWARF unwind tables otherwise and for stacks that leave its code (each return address's rule cached for the executable and the C library, libgcc's walk elsewhere and through a signal handler's frame; each frame-pointer stack is compared with DWARF when first seen, and code without frame pointers calling back into Rust switches to DWARF, with a line on stderr); `dwarf`; or `frame-pointers` (also `fp`; no comparison with DWARF) |
 //! | `HEAPPROF_FULL_STACKS` | `0` | `1` keeps the process, thread and test start-up frames below the program's code |
-//! | `HEAPPROF_PYROSCOPE_URL` | unset | push profiles to this Pyroscope server; `HEAPPROF_PYROSCOPE_NAME`, `_LABELS`, `_EVERY`, `_USER`, `_PASSWORD`, `_TOKEN`, `_TENANT` as in the `pyroscope` module (feature `pyroscope`) |
+//! | `HEAPPROF_PYROSCOPE_URL` | unset | push profiles to this Pyroscope server; `HEAPPROF_PYROSCOPE_NAME`, `_LABELS`, `_EVERY`, `_USER`, `_PASSWORD`, `_TOKEN`, `_TENANT`, `_TIMEOUT` as in the `pyroscope` module (feature `pyroscope`) |
 //! | `HEAPPROF_THREAD_LABEL` | `1` | `0` leaves out the automatic `thread` label (see Labels; [`set_thread_label`] at run time) |
 //! | `HEAPPROF_SYMBOLIZE` | `on` | `off`: profiles carry mappings (with GNU build IDs) and addresses only, no function names, and the process never looks a symbol up, so never parses its debug info (tens of MiB at its peak for a large binary); for servers that symbolize (Parca, Pyroscope with debug info uploaded), or `go tool pprof ./myprog heap.pb.gz`. Stacks then start where the program entered the allocator (in a debug build, at heapprof's `GlobalAlloc::alloc`) and keep the allocation and start-up frames (trimming those needs the names). `?symbolize=0` asks the same of one HTTP request. Snapshots, and the sites a failed `measure` assertion lists, have names wherever the process can find them (not in a stripped executable: see the README) |
 //!

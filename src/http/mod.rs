@@ -84,12 +84,13 @@ pub use server::{
 /// write timeout; a delta holds a connection open for its whole span.
 pub const MAX_DELTA_SECONDS: u64 = 300;
 
-/// An HTTP response, framework-neutral: hand these three to whatever
+/// An HTTP response, framework-neutral: hand these four to whatever
 /// server the program runs.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Response {
-    /// The status code: 200, or 400, 404, 500, 503 (more than
-    /// four deltas at once) with a plain-text message.
+    /// The status code: 200, or 400, 404, 500, 503 (more than four
+    /// deltas at once, no memory for the profile or its copy, or a client
+    /// that closed its end during a delta) with a plain-text message.
     pub status: u16,
     /// The `Content-Type` header's value.
     pub content_type: &'static str,

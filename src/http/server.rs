@@ -116,12 +116,14 @@ pub const LARGEST_HEAD_BYTES: usize = 1024 * 1024;
 // The docs above state the ratio.
 const _: () = assert!(LARGEST_HEAD_BYTES == 128 * DEFAULT_HEAD_BYTES);
 
-/// The stack of each of the server's threads (listener, connections,
-/// rejecters), set explicitly so that `RUST_MIN_STACK` (which sets the
-/// default for threads spawned without a size) cannot make it too small.
-/// A connection thread builds the profile it serves, which needs up to
-/// `output::pprof::BUILD_STACK_NEED` of stack (a build with less left
-/// moves to a fresh segment). Only the pages a thread touches are ever
+/// The stack of each of the server's threads (listener, profile builder,
+/// connections, rejecters), set explicitly so that `RUST_MIN_STACK`
+/// (which sets the default for threads spawned without a size) cannot
+/// make it too small. The builder builds the profiles served, and a
+/// connection thread its deltas and pages (and the profiles too if the
+/// builder could not be started); a build needs up to
+/// `output::pprof::BUILD_STACK_NEED` of stack (one with less left moves
+/// to a fresh segment). Only the pages a thread touches are ever
 /// resident.
 pub const THREAD_STACK_BYTES: usize = 256 * 1024;
 
