@@ -830,10 +830,7 @@ pub(super) fn resolve(
         looked_up: Vec::with_capacity(addrs.len()),
         unnamed: Vec::new(),
         left: Vec::new(),
-        split: SplitFiles {
-            package: std::path::Path::new(&format!("{}.dwp", first.path)).exists(),
-            ..SplitFiles::default()
-        },
+        split: SplitFiles::of(first),
     };
     // (unit, address) of the addresses the index vouches for, and the rest.
     let (mut by_unit, mut whole): (Vec<(u32, usize)>, Vec<usize>) = (Vec::new(), Vec::new());
@@ -1121,46 +1118,66 @@ fn frames_at(
 }
 
 /// Where backtrace finds the debug info of the object's split units: in
-/// a `.dwp` package beside the object, or in the `.dwo` file each unit
-/// names, which is read here (once per lookup) for the IDs of the units it
-/// holds. A `.dwo` rewritten since the object was built (cargo rebuilds
-/// over the same file names while a binary built earlier is kept) holds a
-/// unit of another ID, whose names and lines backtrace would take
-/// unchecked: for the object's code, they are wrong. The ID is a hash of
-/// the unit's entries; LLVM leaves line attributes out of it, so a unit
-/// rebuilt where only lines moved keeps its ID, and backtrace gives the
-/// later build's line numbers with the right names.
+/// a `.dwp` package beside the object, looked up by the unit's ID, or else
+/// in the `.dwo` file the unit names, which backtrace reads unchecked.
+/// Here the package's index and each `.dwo` file (once per lookup) are
+/// read for the IDs of the units they hold, and a unit is left to
+/// backtrace only where one of them holds its ID. A `.dwo` rewritten
+/// since the object was built (cargo builds again over the same file
+/// names while a binary built earlier is kept) holds a unit of another
+/// ID, whose names and lines are wrong for the object's code.
+///
+/// The ID is a hash of the unit's entries. LLVM leaves line attributes
+/// out of it, so a unit rebuilt where only lines moved keeps its ID, and
+/// backtrace gives the later build's line numbers with the right names;
+/// and any other change to the unit's code changes it, so its lines are
+/// not read even where they would still be right.
 #[derive(Default)]
 struct SplitFiles {
-    /// Whether the object has a `.dwp` beside it. backtrace looks units
-    /// up there by their ID.
-    package: bool,
-    /// What each `.dwo` file read holds.
-    read: std::collections::HashMap<std::path::PathBuf, SplitFile>,
+    /// The `.debug_cu_index` of the `.dwp` beside the object, if there is
+    /// one this reader reads (a copy: a few bytes a unit).
+    package: Option<Vec<u8>>,
+    /// Whether the object's path names another file by now (a deploy
+    /// replaced it): backtrace reads the file at that path, whose units
+    /// are at other addresses, so no split unit is left to it.
+    replaced: bool,
+    /// The IDs of the units in each `.dwo` file read; none for a file
+    /// that is missing or not read here.
+    read: std::collections::HashMap<std::path::PathBuf, Vec<gimli::DwoId>>,
     /// Whether a unit was found without its debug info of this build.
     unread: bool,
 }
 
-/// What a `.dwo` file holds, as far as this reader tells.
-enum SplitFile {
-    /// No file at the path.
-    Missing,
-    /// The IDs of its compilation units.
-    Units(Vec<gimli::DwoId>),
-    /// A file this reader does not parse (compressed sections, not ELF):
-    /// backtrace reads it as it is.
-    Unread,
-}
-
 impl SplitFiles {
+    /// For the object whose (executable) mapping is `first`.
+    fn of(first: &Mapping) -> SplitFiles {
+        SplitFiles {
+            package: package_index(std::path::Path::new(&format!("{}.dwp", first.path))),
+            replaced: first.replaced(),
+            ..SplitFiles::default()
+        }
+    }
+
     /// Whether backtrace finds the unit `load` asks for, of this build.
     fn hold(&mut self, load: &addr2line::SplitDwarfLoad<Reader<'_>>) -> bool {
+        let held = !self.replaced && (self.in_package(load.dwo_id) || self.in_split_file(load));
+        self.unread |= !held;
+        held
+    }
+
+    /// Whether the `.dwp`'s index lists unit `id`.
+    fn in_package(&self, id: gimli::DwoId) -> bool {
+        self.package.as_deref().is_some_and(|index| {
+            gimli::DebugCuIndex::new(index, gimli::NativeEndian)
+                .index()
+                .is_ok_and(|index| index.find(id.0).is_some())
+        })
+    }
+
+    /// Whether the `.dwo` file `load` names holds its unit.
+    fn in_split_file(&mut self, load: &addr2line::SplitDwarfLoad<Reader<'_>>) -> bool {
         use std::os::unix::ffi::OsStrExt;
-        if self.package {
-            return true;
-        }
         let Some(name) = &load.path else {
-            self.unread = true;
             return false;
         };
         let name = std::path::Path::new(std::ffi::OsStr::from_bytes(name.slice()));
@@ -1170,43 +1187,39 @@ impl SplitFiles {
             }
             _ => name.to_path_buf(),
         };
-        let held = match self.read.entry(path) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let file = split_file(e.key());
-                e.insert(file)
-            }
-        }
-        .holds(load.dwo_id);
-        self.unread |= !held;
-        held
+        self.read
+            .entry(path)
+            .or_insert_with_key(|path| split_units(path).unwrap_or_default())
+            .contains(&load.dwo_id)
     }
 }
 
-impl SplitFile {
-    /// Whether backtrace finds the unit `id` here.
-    fn holds(&self, id: gimli::DwoId) -> bool {
-        match self {
-            SplitFile::Missing => false,
-            SplitFile::Units(ids) => ids.contains(&id),
-            SplitFile::Unread => true,
-        }
+/// A copy of the `.debug_cu_index` of the package at `path`; `None` where
+/// there is no package this reader reads (backtrace then reads none
+/// either, or its index says nothing this one would not).
+fn package_index(path: &std::path::Path) -> Option<Vec<u8>> {
+    let file = mappings::open_regular(path).ok()?;
+    let map = Mapped::new(&file)?;
+    let data = map.bytes();
+    let header = Elf::parse(data).ok()?;
+    let endian = header.endian().ok()?;
+    let sections = header.sections(endian, data).ok()?;
+    let (_, index) = sections.section_by_name(endian, b".debug_cu_index")?;
+    if index.sh_flags(endian).contains(elf::SHF_COMPRESSED) {
+        return None;
     }
+    Some(index.data(endian, data).ok()?.to_vec())
 }
 
-/// What the `.dwo` file at `path` holds; not a regular file (a FIFO's
-/// open would wait for a writer), none.
-fn split_file(path: &std::path::Path) -> SplitFile {
-    let Ok(file) = mappings::open_regular(path) else {
-        return SplitFile::Missing;
-    };
-    split_units(&file).map_or(SplitFile::Unread, SplitFile::Units)
-}
-
-/// The IDs of the split compilation units in the `.dwo` file `file`;
-/// `None` where its `.debug_info.dwo` is not read here.
-fn split_units(file: &File) -> Option<Vec<gimli::DwoId>> {
-    let map = Mapped::new(file)?;
+/// The IDs of the split compilation units in the `.dwo` file at `path`;
+/// `None` for a file that is missing, not a regular file (a FIFO's open
+/// would wait for a writer), or not read here (not ELF, cut short,
+/// compressed sections): backtrace, reading it unchecked, would take the
+/// skeleton unit's lines, which give the innermost inlined code's line to
+/// the function, or another unit's names.
+fn split_units(path: &std::path::Path) -> Option<Vec<gimli::DwoId>> {
+    let file = mappings::open_regular(path).ok()?;
+    let map = Mapped::new(&file)?;
     let data = map.bytes();
     let header = Elf::parse(data).ok()?;
     let endian = header.endian().ok()?;
@@ -1228,7 +1241,11 @@ fn split_units(file: &File) -> Option<Vec<gimli::DwoId>> {
     }
     let mut ids = Vec::new();
     let mut headers = dwarf.units();
-    while let Ok(Some(unit)) = headers.next() {
+    loop {
+        let unit = headers.next().ok()?;
+        let Some(unit) = unit else {
+            break;
+        };
         let id = match unit.type_() {
             // DWARF 5 gives the ID in the unit's header.
             gimli::UnitType::SplitCompilation(id) => Some(id),
@@ -1238,8 +1255,7 @@ fn split_units(file: &File) -> Option<Vec<gimli::DwoId>> {
                 let mut entries = unit.entries(&abbrevs);
                 match entries
                     .next_dfs()
-                    .ok()
-                    .flatten()
+                    .ok()?
                     .and_then(|root| root.attr_value(gimli::DW_AT_GNU_dwo_id))
                 {
                     Some(gimli::AttributeValue::DwoId(id)) => Some(id),
@@ -1755,8 +1771,8 @@ mod tests {
     #![allow(clippy::single_range_in_vec_init)]
 
     use super::{
-        Elf, FileIdentity, Narrowable, Place, SplitFile, SplitFiles, UnitIndex, dwarf_over,
-        frames_at, plain_layout, split_file,
+        Elf, FileIdentity, Narrowable, Place, SplitFiles, UnitIndex, dwarf_over, frames_at,
+        plain_layout, split_units,
     };
     use object::read::elf::{FileHeader, SectionHeader};
     use std::path::{Path, PathBuf};
@@ -1959,6 +1975,11 @@ mod tests {
     /// split units left to backtrace, and whether the rest have no frames
     /// and were found so for want of their split debug info.
     fn left_to_backtrace(exe: &Path) -> (usize, bool) {
+        left_to_backtrace_with(exe, SplitFiles::default())
+    }
+
+    /// As [`left_to_backtrace`], with the package `split` says.
+    fn left_to_backtrace_with(exe: &Path, mut split: SplitFiles) -> (usize, bool) {
         let data = std::fs::read(exe).unwrap();
         let data = &data[..];
         let header = Elf::parse(data).unwrap();
@@ -1976,7 +1997,6 @@ mod tests {
             dwarf_over(section(".debug_info"), true, section).unwrap(),
         )
         .unwrap();
-        let mut split = SplitFiles::default();
         let (mut left, mut rest) = (0, 0);
         for probe in start..start + text.sh_size(endian) {
             match frames_at(&cx, probe, &mut split) {
@@ -2053,6 +2073,87 @@ mod tests {
         }
     }
 
+    /// A `.dwo` cut short or not ELF (a build writing it, a disk full)
+    /// is read as no file: backtrace would take the skeleton's lines.
+    #[test]
+    fn split_files_cut_short_are_no_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = c_program(dir.path(), &["-g", "-gsplit-dwarf"]);
+        let files = split_files(dir.path());
+        let (left, _) = left_to_backtrace(&exe);
+        assert!(left > 0);
+        let whole = std::fs::read(&files[0]).unwrap();
+        for cut in [0, 100, whole.len() / 2] {
+            for f in &files {
+                let bytes = std::fs::read(f).unwrap();
+                std::fs::write(f, &bytes[..cut.min(bytes.len())]).unwrap();
+            }
+            assert_eq!(left_to_backtrace(&exe), (0, true), "cut at {cut}");
+        }
+        for f in &files {
+            std::fs::write(f, b"not an ELF file at all").unwrap();
+        }
+        assert_eq!(left_to_backtrace(&exe), (0, true), "not ELF");
+    }
+
+    /// A `.dwp` package beside the program is read by unit ID: one of this
+    /// build holds its units; one of a later build (or an empty file) does
+    /// not, and the `.dwo` files, backtrace's next place, are checked then.
+    #[test]
+    fn a_package_holds_only_the_units_of_its_build() {
+        let dir = tempfile::tempdir().unwrap();
+        // binutils' dwp reads DWARF 4's split units.
+        let flags = ["-g", "-gsplit-dwarf", "-gdwarf-4"];
+        let exe = c_program(dir.path(), &flags);
+        let package = |exe: &Path| {
+            let out = std::process::Command::new("dwp")
+                .arg("-e")
+                .arg(exe)
+                .arg("-o")
+                .arg(dir.path().join("program.dwp"))
+                .current_dir(dir.path())
+                .output()
+                .expect("binutils' dwp runs (binutils comes with the C toolchain)");
+            assert!(out.status.success(), "dwp: {out:?}");
+            let index = super::package_index(&dir.path().join("program.dwp"));
+            assert!(index.is_some(), "the package has a unit index");
+            SplitFiles {
+                package: index,
+                ..SplitFiles::default()
+            }
+        };
+        let (left, _) = left_to_backtrace(&exe);
+        let own = package(&exe);
+        split_files(dir.path())
+            .iter()
+            .for_each(|f| std::fs::remove_file(f).unwrap());
+        assert_eq!(left_to_backtrace_with(&exe, own).0, left, "its own package");
+
+        // A kept build beside a later build's package and `.dwo` files.
+        let kept = dir.path().join("kept");
+        std::fs::copy(&exe, &kept).unwrap();
+        for source in ["main.c", "other.c"] {
+            let path = dir.path().join(source);
+            let text = std::fs::read_to_string(&path).unwrap();
+            std::fs::write(
+                &path,
+                format!("int moved_{}(void) {{ return 1; }}\n{text}", source.len()),
+            )
+            .unwrap();
+        }
+        let exe = c_program_from_sources(dir.path(), &flags);
+        let later = package(&exe);
+        assert_eq!(
+            left_to_backtrace_with(&kept, later),
+            (0, true),
+            "later package"
+        );
+        let empty = dir.path().join("empty.dwp");
+        std::fs::write(&empty, b"").unwrap();
+        assert_eq!(super::package_index(&empty), None);
+        assert_eq!(left_to_backtrace(&kept), (0, true), "later .dwo files");
+    }
+
     /// A FIFO where a `.dwo` is named is not opened (the open would
     /// wait for a writer) and counts as no file.
     #[test]
@@ -2063,11 +2164,8 @@ mod tests {
         let name = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
         // SAFETY: a NUL-terminated path; mkfifo only creates the node.
         assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
-        assert!(matches!(split_file(&fifo), SplitFile::Missing));
-        assert!(matches!(
-            split_file(&dir.path().join("gone.dwo")),
-            SplitFile::Missing
-        ));
+        assert_eq!(split_units(&fifo), None);
+        assert_eq!(split_units(&dir.path().join("gone.dwo")), None);
     }
 
     #[test]
