@@ -267,7 +267,8 @@
 //!   [`measure`]'s `net_bytes()` counts every free of the thread, of other
 //!   threads' blocks too; [`assert_no_leak`] counts only frees of blocks
 //!   the thread allocated since it began, so that dropping what a worker
-//!   thread allocated cannot hide a leak.
+//!   thread allocated does not hide a leak (its docs give the exception:
+//!   an address a worker freed and reused).
 //! * While a measure is active, each allocation of its thread costs a trip
 //!   through the slow path (`BENCHMARKS.md`); other threads pay nothing.
 //! * For async code, [`measure_future`] counts what a future's own polls

@@ -594,6 +594,11 @@ impl Drop for Window {
     }
 }
 
+// `assert_no_leak`'s docs give the sampled blocks that always move.
+const _: () = assert!(
+    record::blocks::PAGE_ALIGN_MIN_RATE == 64 * 1024 && record::blocks::LARGE == 64 * 1024
+);
+
 /// Panics if `f` leaks: after `warmups` calls, `iterations` more calls
 /// must leave the calling thread's live memory no larger than it was
 /// before them.
@@ -611,13 +616,18 @@ impl Drop for Window {
 ///   that the next one frees;
 /// * freeing a block allocated before `assert_no_leak` began, or by
 ///   another thread, offsets nothing: a call that drops a reply a worker
-///   thread allocated (`block_on` of a spawned task) cannot hide a leak.
+///   thread allocated (`block_on` of a spawned task) does not hide a leak.
 ///   A call that replaces a value set up before `assert_no_leak` needs a
 ///   warm-up call, after which it frees what an earlier call allocated.
 ///   A block of the calls that another thread resized in place (a worker
 ///   that appends to a buffer it was sent, then sends it back) is theirs
 ///   up to the size they allocated: what it grew by offsets nothing, and
-///   what it shrank by counts as freed;
+///   what it shrank by counts as freed. A resize that moves the block is
+///   the other thread freeing it (below), and at sample rates from
+///   64 KiB (the default is 512 KiB) a block heapprof sampled, if no
+///   larger than that, always moves: check such a worker under
+///   [`exact_sampling`](crate::exact_sampling), where blocks keep their
+///   place;
 /// * what other threads allocate is not counted, but a block the calls
 ///   allocate and hand to another thread counts as held even after that
 ///   thread frees it (see [`measure`]): a call that sends owned values to
@@ -629,7 +639,17 @@ impl Drop for Window {
 ///   block: the calling thread allocates it and whichever thread drops it
 ///   last frees it, so `rt.block_on(…)` of a call that spawns shows growth
 ///   in some runs; on a `current_thread` runtime the task stays on the
-///   calling thread.
+///   calling thread. So do std's `mpsc` channels (the sending side
+///   allocates a block for every 31 messages, which the receiving side
+///   frees; a `Mutex` and `Condvar` hand-off allocates nothing) and work
+///   submitted to a thread pool from outside it (rayon's `par_iter` from
+///   a test's thread);
+/// * the other way round, the address of a block the calls handed to
+///   another thread that freed it can come back in a block that thread
+///   allocates and hands back (a reply of the same size); the calls' free
+///   of that block then counts as theirs, and hides up to its size of a
+///   leak. Warm-up calls that send blocks off to be dropped, and measured
+///   calls that send fewer, can hide a leak so.
 ///
 /// Every allocation and free of the calling thread takes heapprof's slow
 /// path while it runs, and heapprof keeps the address and size of each
