@@ -595,9 +595,8 @@ impl Drop for Window {
 }
 
 // `assert_no_leak`'s docs give the sampled blocks that always move.
-const _: () = assert!(
-    record::blocks::PAGE_ALIGN_MIN_RATE == 64 * 1024 && record::blocks::LARGE == 64 * 1024
-);
+const _: () =
+    assert!(record::blocks::PAGE_ALIGN_MIN_RATE == 64 * 1024 && record::blocks::LARGE == 64 * 1024);
 
 /// Panics if `f` leaks: after `warmups` calls, `iterations` more calls
 /// must leave the calling thread's live memory no larger than it was
