@@ -1080,8 +1080,8 @@ fn is_loaded_build(
 ///
 /// Where backtrace would not find the unit's debug info of this build
 /// ([`SplitFiles::hold`]: a `.dwo` deleted or rewritten by a later build,
-/// a binary copied without its `.dwp`), none: the symbol table names the
-/// function, with no line. The skeleton unit's line table alone would
+/// a binary copied without its `.dwp`, an executable a deploy replaced),
+/// none: the symbol table names the function, with no line. The skeleton unit's line table alone would
 /// give the innermost inlined code's file and line (heapprof's own
 /// `GlobalAlloc::alloc`) to the program's function.
 fn frames_at(
@@ -1195,8 +1195,8 @@ impl SplitFiles {
 }
 
 /// A copy of the `.debug_cu_index` of the package at `path`; `None` where
-/// there is no package this reader reads (backtrace then reads none
-/// either, or its index says nothing this one would not).
+/// there is none, or none this reader reads (not ELF, a compressed
+/// index): the `.dwo` files decide then.
 fn package_index(path: &std::path::Path) -> Option<Vec<u8>> {
     let file = mappings::open_regular(path).ok()?;
     let map = Mapped::new(&file)?;
@@ -1241,11 +1241,7 @@ fn split_units(path: &std::path::Path) -> Option<Vec<gimli::DwoId>> {
     }
     let mut ids = Vec::new();
     let mut headers = dwarf.units();
-    loop {
-        let unit = headers.next().ok()?;
-        let Some(unit) = unit else {
-            break;
-        };
+    while let Some(unit) = headers.next().ok()? {
         let id = match unit.type_() {
             // DWARF 5 gives the ID in the unit's header.
             gimli::UnitType::SplitCompilation(id) => Some(id),
