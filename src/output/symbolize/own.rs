@@ -2016,12 +2016,23 @@ mod tests {
     }
 
     /// Split units whose `.dwo` is there are left to backtrace; where it
-    /// is gone, the symbol table names their addresses, with no line.
+    /// is gone, or the executable was replaced, the symbol table names
+    /// their addresses, with no line.
     #[test]
     fn split_units_without_their_files_are_named_without_lines() {
         let dir = tempfile::tempdir().unwrap();
         let exe = c_program(dir.path(), &["-g", "-gsplit-dwarf"]);
         assert!(left_to_backtrace(&exe).0 > 0, "the .dwo files are there");
+        // backtrace would read the file now at the executable's path.
+        let replaced = SplitFiles {
+            replaced: true,
+            ..SplitFiles::default()
+        };
+        assert_eq!(
+            left_to_backtrace_with(&exe, replaced),
+            (0, true),
+            "the executable replaced"
+        );
         let files = split_files(dir.path());
         assert!(!files.is_empty(), "gcc wrote .dwo files in {dir:?}");
         files.iter().for_each(|f| std::fs::remove_file(f).unwrap());
