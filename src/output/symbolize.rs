@@ -218,14 +218,16 @@ static BACKTRACE_LOST: AtomicBool = AtomicBool::new(false);
 
 /// Set once a lookup has named an address in a split unit from the
 /// symbol table, with no line, because the unit's `.dwo` or `.dwp` is
-/// missing or holds another build's units. Never cleared: the frames
-/// named so stay cached.
+/// missing, unreadable here or holds another build's units, or the
+/// executable was replaced. Never cleared: the frames named so stay
+/// cached.
 pub(in crate::output) static SPLIT_UNREAD: AtomicBool = AtomicBool::new(false);
 
 /// What a profile says when [`split_debug_unread`].
 pub(crate) const SPLIT_UNREAD_NOTE: &str = "heapprof: some frames in split units are named from \
      the symbol table, without lines or inlined calls: their `.dwo` files or `.dwp` package are \
-     missing, or a later build has rewritten them";
+     missing, unreadable or rewritten by a later build, or the executable was replaced since \
+     the program started";
 
 /// Whether some frames of this process's profiles are named without the
 /// split debug info they were built with ([`SPLIT_UNREAD_NOTE`]).

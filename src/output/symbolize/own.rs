@@ -1127,23 +1127,25 @@ fn frames_at(
 /// names while a binary built earlier is kept) holds a unit of another
 /// ID, whose names and lines are wrong for the object's code.
 ///
-/// The ID is a hash of the unit's entries. LLVM leaves line attributes
-/// out of it, so a unit rebuilt where only lines moved keeps its ID, and
-/// backtrace gives the later build's line numbers with the right names;
-/// and any other change to the unit's code changes it, so its lines are
-/// not read even where they would still be right.
+/// The ID is a hash of the unit's entries, without their line numbers in
+/// LLVM's: a unit rebuilt where only lines moved keeps its ID (backtrace
+/// gives the later build's line numbers, with the right names), and one
+/// whose entries changed gets another (its lines are not read then, even
+/// where they would still be right).
 #[derive(Default)]
 struct SplitFiles {
     /// The `.debug_cu_index` of the `.dwp` beside the object, if there is
     /// one this reader reads (a copy: a few bytes a unit).
     package: Option<Vec<u8>>,
-    /// Whether the object's path names another file by now (a deploy
-    /// replaced it): backtrace reads the file at that path, whose units
-    /// are at other addresses, so no split unit is left to it.
+    /// Whether the executable's path no longer names the running file (a
+    /// deploy replaced it, or `/proc` is not there to tell): backtrace
+    /// opens the executable by that path, which then names another file
+    /// or none (Linux appends " (deleted)"), so no split unit is left to
+    /// it.
     replaced: bool,
-    /// The IDs of the units in each `.dwo` file read; none for a file
-    /// that is missing or not read here.
-    read: std::collections::HashMap<std::path::PathBuf, Vec<gimli::DwoId>>,
+    /// The ID of the first unit of each `.dwo` file read; none for a
+    /// file that is missing or not read here.
+    read: std::collections::HashMap<std::path::PathBuf, Option<gimli::DwoId>>,
     /// Whether a unit was found without its debug info of this build.
     unread: bool,
 }
@@ -1187,10 +1189,11 @@ impl SplitFiles {
             }
             _ => name.to_path_buf(),
         };
-        self.read
+        *self
+            .read
             .entry(path)
-            .or_insert_with_key(|path| split_units(path).unwrap_or_default())
-            .contains(&load.dwo_id)
+            .or_insert_with_key(|path| split_unit(path))
+            == Some(load.dwo_id)
     }
 }
 
@@ -1198,71 +1201,165 @@ impl SplitFiles {
 /// there is none, or none this reader reads (not ELF, a compressed
 /// index): the `.dwo` files decide then.
 fn package_index(path: &std::path::Path) -> Option<Vec<u8>> {
-    let file = mappings::open_regular(path).ok()?;
-    let map = Mapped::new(&file)?;
-    let data = map.bytes();
-    let header = Elf::parse(data).ok()?;
-    let endian = header.endian().ok()?;
-    let sections = header.sections(endian, data).ok()?;
-    let (_, index) = sections.section_by_name(endian, b".debug_cu_index")?;
-    if index.sh_flags(endian).contains(elf::SHF_COMPRESSED) {
-        return None;
-    }
-    Some(index.data(endian, data).ok()?.to_vec())
+    ReadElf::open(path)?.section(b".debug_cu_index", SPLIT_SECTION_MAX, false)
 }
 
-/// The IDs of the split compilation units in the `.dwo` file at `path`;
-/// `None` for a file that is missing, not a regular file (a FIFO's open
-/// would wait for a writer), or not read here (not ELF, cut short,
-/// compressed sections): backtrace, reading it unchecked, would take the
-/// skeleton unit's lines, which give the innermost inlined code's line to
-/// the function, or another unit's names.
-fn split_units(path: &std::path::Path) -> Option<Vec<gimli::DwoId>> {
-    let file = mappings::open_regular(path).ok()?;
-    let map = Mapped::new(&file)?;
-    let data = map.bytes();
-    let header = Elf::parse(data).ok()?;
-    let endian = header.endian().ok()?;
-    let sections = header.sections(endian, data).ok()?;
-    let mut compressed = false;
+/// The ID of the first unit of the `.dwo` file at `path`, the one
+/// backtrace reads (addr2line takes a `.dwo`'s first unit as the split
+/// unit, unchecked); `None` for a file that is missing, not a regular file
+/// (a FIFO's open would wait for a writer), or not read here (not ELF, cut
+/// short, compressed sections, a first unit that is not a compilation
+/// unit): backtrace would take the skeleton unit's lines from it, which
+/// give the innermost inlined code's line to the function, or another
+/// unit's names.
+fn split_unit(path: &std::path::Path) -> Option<gimli::DwoId> {
+    let elf = ReadElf::open(path)?;
+    let abbrev = elf.section(b".debug_abbrev.dwo", SPLIT_SECTION_MAX, false)?;
+    let info = elf.section(b".debug_info.dwo", FIRST_ENTRY_BYTES, true)?;
     let dwarf = gimli::Dwarf::load(|id| -> Result<Reader<'_>, ()> {
-        let bytes = id
-            .dwo_name()
-            .and_then(|name| sections.section_by_name(endian, name.as_bytes()))
-            .map_or(&[][..], |(_, s)| {
-                compressed |= s.sh_flags(endian).contains(elf::SHF_COMPRESSED);
-                s.data(endian, data).unwrap_or(&[])
-            });
+        let bytes = match id {
+            gimli::SectionId::DebugInfo => &info[..],
+            gimli::SectionId::DebugAbbrev => &abbrev[..],
+            _ => &[],
+        };
         Ok(Reader::new(bytes, gimli::NativeEndian))
     })
     .ok()?;
-    if compressed {
-        return None;
-    }
-    let mut ids = Vec::new();
-    let mut headers = dwarf.units();
-    while let Some(unit) = headers.next().ok()? {
-        let id = match unit.type_() {
-            // DWARF 5 gives the ID in the unit's header.
-            gimli::UnitType::SplitCompilation(id) => Some(id),
-            // DWARF 4 (rustc's default), in an attribute of its root entry.
-            gimli::UnitType::Compilation => {
-                let abbrevs = unit.abbreviations(&dwarf.debug_abbrev).ok()?;
-                let mut entries = unit.entries(&abbrevs);
-                match entries
-                    .next_dfs()
-                    .ok()?
-                    .and_then(|root| root.attr_value(gimli::DW_AT_GNU_dwo_id))
-                {
-                    Some(gimli::AttributeValue::DwoId(id)) => Some(id),
-                    _ => None,
-                }
+    let unit = dwarf.units().next().ok()??;
+    match unit.type_() {
+        // DWARF 5 gives the ID in the unit's header.
+        gimli::UnitType::SplitCompilation(id) => Some(id),
+        // DWARF 4 (rustc's default), in an attribute of its root entry.
+        gimli::UnitType::Compilation => {
+            let abbrevs = unit.abbreviations(&dwarf.debug_abbrev).ok()?;
+            let mut entries = unit.entries(&abbrevs);
+            match entries
+                .next_dfs()
+                .ok()??
+                .attr_value(gimli::DW_AT_GNU_dwo_id)
+            {
+                Some(gimli::AttributeValue::DwoId(id)) => Some(id),
+                _ => None,
             }
-            _ => None,
-        };
-        ids.extend(id);
+        }
+        _ => None,
     }
-    Some(ids)
+}
+
+/// The most bytes of a section of a split debug file read whole (a
+/// `.dwo`'s abbreviations, a package's index: a few KiB to a few hundred).
+const SPLIT_SECTION_MAX: usize = 16 << 20;
+
+/// Bytes of a `.dwo`'s `.debug_info.dwo` read for its first unit's header
+/// and root entry, which names its producer, name and directory by string
+/// index and gives the ID.
+const FIRST_ENTRY_BYTES: usize = 16 << 10;
+
+/// An ELF file whose sections are read with `pread` into the heap, not
+/// mapped: a build may cut a `.dwo` or `.dwp` short and write it again
+/// while it is read (a build over the same names is what the ID check is
+/// for), and a mapped page past the new end would fault (`SIGBUS`).
+struct ReadElf {
+    file: File,
+    endian: NativeEndian,
+    headers: Vec<<Elf as FileHeader>::SectionHeader>,
+    names: Vec<u8>,
+}
+
+impl ReadElf {
+    /// The regular file at `path`, if it is ELF of this target's class.
+    fn open(path: &std::path::Path) -> Option<ReadElf> {
+        use object::read::elf::SectionHeader as _;
+        let file = mappings::open_regular(path).ok()?;
+        let head = read_aligned(&file, 0, std::mem::size_of::<Elf>())?;
+        let header = Elf::parse(object::pod::bytes_of_slice(&head[..])).ok()?;
+        let endian = header.endian().ok()?;
+        let entry = std::mem::size_of::<<Elf as FileHeader>::SectionHeader>();
+        let count = usize::from(header.e_shnum(endian));
+        // No index: more sections than the header counts, whose count is
+        // elsewhere (no split debug file has so many), or no names.
+        let names_at = usize::from(header.e_shstrndx(endian).index()?);
+        if count == 0 || names_at >= count || usize::from(header.e_shentsize(endian)) != entry {
+            return None;
+        }
+        let table = read_aligned(&file, header.e_shoff(endian).into(), count * entry)?;
+        let table = object::pod::bytes_of_slice(&table[..]);
+        let headers: Vec<<Elf as FileHeader>::SectionHeader> =
+            object::pod::slice_from_all_bytes(&table[..count * entry])
+                .ok()?
+                .to_vec();
+        let names = &headers[names_at];
+        let names = read_bytes(
+            &file,
+            names.sh_offset(endian).into(),
+            usize::try_from(names.sh_size(endian))
+                .ok()?
+                .min(SPLIT_SECTION_MAX),
+        )?;
+        Some(ReadElf {
+            file,
+            endian,
+            headers,
+            names,
+        })
+    }
+
+    /// The section called `name`, uncompressed; at most `most` bytes of
+    /// it, and none of a longer one unless `prefix` (whose first unit's
+    /// length, if longer than the bytes read, is cut to them, so that
+    /// gimli reads the unit's header and first entries from them).
+    fn section(&self, name: &[u8], most: usize, prefix: bool) -> Option<Vec<u8>> {
+        use object::read::elf::SectionHeader as _;
+        let strings = object::read::StringTable::new(&self.names[..], 0, self.names.len() as u64);
+        let table = SectionTable::<Elf>::new(&self.headers, strings);
+        let (_, header) = table.section_by_name(self.endian, name)?;
+        if header.sh_flags(self.endian).contains(elf::SHF_COMPRESSED) {
+            return None;
+        }
+        let len = usize::try_from(header.sh_size(self.endian)).ok()?;
+        if len > most && !prefix {
+            return None;
+        }
+        let mut bytes = read_bytes(
+            &self.file,
+            header.sh_offset(self.endian).into(),
+            len.min(most),
+        )?;
+        if len > most {
+            cut_first_unit(&mut bytes);
+        }
+        Some(bytes)
+    }
+}
+
+/// Cuts the length of the unit at the start of `info` to the bytes there.
+fn cut_first_unit(info: &mut [u8]) {
+    let n = info.len();
+    if n >= 12 && info[..4] == [0xff; 4] {
+        // 64-bit DWARF: an escape, then the length in 8 bytes.
+        let had = u64::from_ne_bytes(info[4..12].try_into().unwrap_or([0; 8]));
+        info[4..12].copy_from_slice(&had.min(n as u64 - 12).to_ne_bytes());
+    } else if n >= 4 {
+        let had = u32::from_ne_bytes(info[..4].try_into().unwrap_or([0; 4]));
+        let most = u32::try_from(n - 4).unwrap_or(u32::MAX);
+        info[..4].copy_from_slice(&had.min(most).to_ne_bytes());
+    }
+}
+
+/// `len` bytes of `file` from `offset`.
+fn read_bytes(file: &File, offset: u64, len: usize) -> Option<Vec<u8>> {
+    let mut bytes = vec![0; len];
+    file.read_exact_at(&mut bytes, offset).ok()?;
+    Some(bytes)
+}
+
+/// `len` bytes of `file` from `offset`, in words, so that ELF structures
+/// can be read from them in place.
+fn read_aligned(file: &File, offset: u64, len: usize) -> Option<Vec<u64>> {
+    let mut words = vec![0u64; len.div_ceil(8)];
+    let bytes = object::pod::bytes_of_slice_mut(&mut words[..]);
+    file.read_exact_at(&mut bytes[..len], offset).ok()?;
+    Some(words)
 }
 
 /// Whether the file holds its own debug info (or none), uncompressed: the
@@ -1768,7 +1865,7 @@ mod tests {
 
     use super::{
         Elf, FileIdentity, Narrowable, Place, SplitFiles, UnitIndex, dwarf_over, frames_at,
-        plain_layout, split_units,
+        plain_layout, split_unit,
     };
     use object::read::elf::{FileHeader, SectionHeader};
     use std::path::{Path, PathBuf};
@@ -2080,6 +2177,43 @@ mod tests {
         }
     }
 
+    /// A `.dwo` whose first unit is longer than the bytes read for its
+    /// root entry is still read for its ID, in DWARF 4 and 5.
+    #[test]
+    fn a_long_split_unit_is_read_for_its_id() {
+        for version in ["-gdwarf-4", "-gdwarf-5"] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut source =
+                String::from("int main(int argc, char **argv) { (void)argv; return argc; }\n");
+            for i in 0..2000 {
+                source.push_str(&format!(
+                    "int function_{i}(int x) {{ return x * {i} + 1; }}\n"
+                ));
+            }
+            std::fs::write(dir.path().join("long.c"), source).unwrap();
+            let exe = dir.path().join("long");
+            let out = std::process::Command::new("gcc")
+                .args(["-g", "-gsplit-dwarf", version, "-O1", "-o"])
+                .arg(&exe)
+                .arg("long.c")
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "gcc: {out:?}");
+            let files = split_files(dir.path());
+            assert_eq!(files.len(), 1);
+            let elf = super::ReadElf::open(&files[0]).unwrap();
+            let info = elf.section(b".debug_info.dwo", usize::MAX, false).unwrap();
+            assert!(
+                info.len() > super::FIRST_ENTRY_BYTES,
+                "{version}: {} bytes",
+                info.len()
+            );
+            assert!(split_unit(&files[0]).is_some(), "{version}");
+            assert!(left_to_backtrace(&exe).0 > 0, "{version}");
+        }
+    }
+
     /// A `.dwo` cut short or not ELF (a build writing it, a disk full)
     /// is read as no file: backtrace would take the skeleton's lines.
     #[test]
@@ -2171,8 +2305,8 @@ mod tests {
         let name = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
         // SAFETY: a NUL-terminated path; mkfifo only creates the node.
         assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
-        assert_eq!(split_units(&fifo), None);
-        assert_eq!(split_units(&dir.path().join("gone.dwo")), None);
+        assert_eq!(split_unit(&fifo), None);
+        assert_eq!(split_unit(&dir.path().join("gone.dwo")), None);
     }
 
     #[test]
