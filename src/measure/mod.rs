@@ -595,8 +595,11 @@ impl Drop for Window {
 }
 
 // `assert_no_leak`'s docs give the sampled blocks that always move.
-const _: () =
-    assert!(record::blocks::PAGE_ALIGN_MIN_RATE == 64 * 1024 && record::blocks::LARGE == 64 * 1024);
+const _: () = assert!(
+    record::blocks::PAGE_ALIGN_MIN_RATE == 64 * 1024
+        && record::blocks::LARGE == 64 * 1024
+        && crate::config::DEFAULT_SAMPLE_RATE == 512 * 1024
+);
 
 /// Panics if `f` leaks: after `warmups` calls, `iterations` more calls
 /// must leave the calling thread's live memory no larger than it was
@@ -638,8 +641,8 @@ const _: () =
 ///   block: the calling thread allocates it and whichever thread drops it
 ///   last frees it, so `rt.block_on(…)` of a call that spawns shows growth
 ///   in some runs; on a `current_thread` runtime the task stays on the
-///   calling thread. So do std's `mpsc` channels (the sending side
-///   allocates a block for every 31 messages, which the receiving side
+///   calling thread. So do std's `mpsc::channel` (the sending side
+///   allocates a block every few dozen messages, which the receiving side
 ///   frees; a `Mutex` and `Condvar` hand-off allocates nothing) and work
 ///   submitted to a thread pool from outside it (rayon's `par_iter` from
 ///   a test's thread);

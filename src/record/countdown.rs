@@ -290,7 +290,8 @@ impl Drop for ExactSampling {
     fn drop(&mut self) {
         let mut exact = EXACT.lock().unwrap_or_else(PoisonError::into_inner);
         exact.0 -= 1;
-        // Whatever was set meanwhile, even over a rate of 1 at the start.
+        // The rate in force when the first guard was taken, whatever was
+        // set meanwhile.
         if exact.0 == 0 && rate() != exact.1 {
             set_rate(exact.1);
         }
