@@ -31,7 +31,8 @@ static ALLOC: heapprof::Profiler = heapprof::Profiler::new();
 
 /// How long each scenario may take: the first forks for about a second,
 /// then writes a profile (symbolizing a debug test binary on a loaded
-/// machine can take several seconds); the second forks for about five.
+/// machine can take several seconds); the second's [`CHILD_ROUNDS`] take
+/// a few seconds.
 const LIMIT: Duration = Duration::from_secs(60);
 /// Forks the first scenario's thread makes itself.
 const OWN_FORKS: usize = 400;
@@ -64,15 +65,30 @@ extern "C" fn on_alarm(_: libc::c_int) {
 }
 
 fn fork_and_reap() {
-    // SAFETY: the child only leaves with `_exit`; the parent reaps it,
-    // retrying a wait a signal interrupted.
-    unsafe {
-        let pid = libc::fork();
-        if pid == 0 {
-            libc::_exit(0);
+    // SAFETY: the child only leaves with `_exit`.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: ends the child at once.
+        unsafe { libc::_exit(0) };
+    }
+    if pid > 0 {
+        reap(pid);
+    }
+}
+
+/// Waits for child `pid`, again when a signal interrupts the wait: its
+/// wait status, or `None` if it cannot be waited for.
+fn reap(pid: libc::pid_t) -> Option<libc::c_int> {
+    let mut status = 0;
+    loop {
+        // SAFETY: a wait for our own child, with a valid status pointer.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
+            return Some(status);
         }
-        let mut status = 0;
-        while pid > 0 && libc::waitpid(pid, &mut status, 0) < 0 {}
+        // SAFETY: errno is this thread's.
+        if unsafe { *libc::__errno_location() } != libc::EINTR {
+            return None;
+        }
     }
 }
 
@@ -192,23 +208,20 @@ extern "C" fn last_child_handler() {
 /// interrupted. The parent waits for it and records how it ended.
 extern "C" fn fork_and_return(_: libc::c_int) {
     let stage = STAGE.load(Relaxed);
-    // SAFETY: fork in a process with one thread; the parent only waits,
-    // retrying a wait a signal interrupted, and stores to atomics.
-    unsafe {
-        let pid = libc::fork();
-        if pid == 0 {
-            IS_GRANDCHILD.store(true, Relaxed);
-            return;
-        }
-        let mut status = 0;
-        while pid > 0 && libc::waitpid(pid, &mut status, 0) < 0 {}
-        let code = if libc::WIFEXITED(status) {
-            libc::WEXITSTATUS(status) as u32
-        } else {
-            9
-        };
-        OUTCOME.store(stage + 10 * code.min(20), Relaxed);
+    // SAFETY: fork in a process with one thread; the parent only waits
+    // and stores to atomics.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        IS_GRANDCHILD.store(true, Relaxed);
+        return;
     }
+    // A fork or wait that failed counts as a lost thread: the round
+    // checked nothing.
+    let code = match (pid > 0).then(|| reap(pid)).flatten() {
+        Some(status) if libc::WIFEXITED(status) => libc::WEXITSTATUS(status) as u32,
+        _ => 19,
+    };
+    OUTCOME.store(stage + 10 * code.min(20), Relaxed);
 }
 
 /// In the signal handler's child: starts a thread, forks once (an
