@@ -97,6 +97,15 @@ static GATE: Mutex<{ rank::FORK }, ()> = Mutex::new(());
 /// child shares), 0 when none.
 static GATE_OWNER: AtomicUsize = AtomicUsize::new(0);
 
+/// The thread taking [`GATE`] for its fork or releasing it after, 0 when
+/// none. Between the lock and [`GATE_OWNER`], a signal handler's fork on
+/// that thread is not seen as nested, yet may find the gate held by its
+/// own thread: it goes on at once without the gate, taking the other
+/// locks as a fork from inside heapprof does, rather than try for the
+/// gate. (A timer that forks more often than such a try lasts would
+/// otherwise keep the thread there.)
+static GATE_MOVING: AtomicUsize = AtomicUsize::new(0);
+
 /// Forks the gate's owner made from a signal handler that interrupted its
 /// own fork, under way: they take nothing and record nothing, and their
 /// `parent` and `child` leave the locks and the child's work to the fork
@@ -168,13 +177,22 @@ extern "C" fn prepare() {
         NESTED.fetch_add(1, Relaxed);
         return;
     }
-    let partial = lock::any_lock_held();
+    let me = this_thread();
+    let gate_moving_here = GATE_MOVING.load(Relaxed) == me;
+    let partial = gate_moving_here || lock::any_lock_held();
     let inside = reentry::Inside::enter();
-    if !partial {
-        GATE.lock_and_keep();
-        GATE_OWNER.store(this_thread(), Relaxed);
-    } else if take_within(&GATE, TRY_EACH_FOR) {
-        GATE_OWNER.store(this_thread(), Relaxed);
+    if !gate_moving_here {
+        GATE_MOVING.store(me, Relaxed);
+        let taken = if partial {
+            take_within(&GATE, TRY_EACH_FOR)
+        } else {
+            GATE.lock_and_keep();
+            true
+        };
+        if taken {
+            GATE_OWNER.store(me, Relaxed);
+        }
+        GATE_MOVING.store(0, Relaxed);
     }
     symbolize::before_fork();
     let mut last_rank = 0;
@@ -248,9 +266,11 @@ unsafe fn open_gate_in_parent() {
     if GATE_OWNER.load(Relaxed) != this_thread() {
         return;
     }
+    GATE_MOVING.store(this_thread(), Relaxed);
     GATE_OWNER.store(0, Relaxed);
     // SAFETY: `prepare` took the gate on this thread and forgot the guard.
     unsafe { GATE.release_kept() };
+    GATE_MOVING.store(0, Relaxed);
 }
 
 /// In the child, whose only thread is the forking one's copy: the gate is
@@ -261,11 +281,13 @@ unsafe fn open_gate_in_parent() {
 /// # Safety
 /// Only in the child, before any other thread starts.
 unsafe fn open_gate_in_child() {
+    GATE_MOVING.store(this_thread(), Relaxed);
     GATE_OWNER.store(0, Relaxed);
     NESTED.store(0, Relaxed);
     // SAFETY: no thread of the child holds the gate, and the lock is a
     // futex word, which the child's unlock leaves free.
     unsafe { GATE.release_kept() };
+    GATE_MOVING.store(0, Relaxed);
 }
 
 extern "C" fn parent() {
