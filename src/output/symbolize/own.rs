@@ -1247,7 +1247,8 @@ fn split_unit(path: &std::path::Path) -> Option<gimli::DwoId> {
 }
 
 /// The most bytes of a section of a split debug file read whole (a
-/// `.dwo`'s abbreviations, a package's index: a few KiB to a few hundred).
+/// `.dwo`'s abbreviations, a package's index); a file with a larger one
+/// is read as none.
 const SPLIT_SECTION_MAX: usize = 16 << 20;
 
 /// Bytes of a `.dwo`'s `.debug_info.dwo` read for its first unit's header
